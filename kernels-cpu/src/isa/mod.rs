@@ -1,0 +1,139 @@
+//! Instruction sets. One module per ISA, each exposing the same lookup functions; the table is
+//! chosen once at run time (`is_x86_feature_detected!`), and every kernel an ISA lacks falls back
+//! to the next lower ISA and finally to `scalar` (the specification).
+//!
+//! `LLAMAFILE_ISA=scalar|avx2|avx512` forces a lower set (never a higher one than the CPU has),
+//! so tests can cover every module on one machine.
+
+use crate::types::WeightType;
+use std::sync::OnceLock;
+
+pub mod scalar;
+#[cfg(target_arch = "x86_64")]
+pub mod avx2;
+#[cfg(target_arch = "x86_64")]
+pub mod avx512;
+
+/// Dot product of one weight row with one activation row, both `n` elements long.
+/// `w` holds `n / block_size` blocks of the weight type; `x` holds `n` elements in the weight
+/// type's `vec_dot_type` (e.g. Q8_K blocks for Q4_K weights, f32 for F32 weights).
+pub type VecDotFn = fn(n: usize, w: &[u8], x: &[u8]) -> f32;
+
+/// A tile of dot products: `nr` weight rows (row `r` at `w[r * w_stride..]`) against `nc`
+/// activation rows (row `c` at `x[c * x_stride..]`), each `n` elements long;
+/// writes `out[c * out_stride + r]`. Lets an ISA reuse each loaded weight block for several
+/// tokens. `nr`/`nc` are at most the sizes the ISA reports in `Kernels::tile`.
+pub type GemmTileFn = fn(
+    n: usize,
+    w: &[u8],
+    w_stride: usize,
+    nr: usize,
+    x: &[u8],
+    x_stride: usize,
+    nc: usize,
+    out: &mut [f32],
+    out_stride: usize,
+);
+
+/// Quantize `src.len()` f32 values (a multiple of the block size) into `dst` in this format.
+pub type QuantizeFn = fn(src: &[f32], dst: &mut [u8]);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Isa {
+    Scalar,
+    Avx2,
+    Avx512,
+}
+
+impl Isa {
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+        }
+    }
+    /// The best set this CPU supports.
+    pub fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if avx512::available() {
+                return Isa::Avx512;
+            }
+            if avx2::available() {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Scalar
+    }
+    /// `detect()`, lowered by `LLAMAFILE_ISA` if set.
+    pub fn from_env() -> Isa {
+        let best = Isa::detect();
+        match std::env::var("LLAMAFILE_ISA").ok().as_deref() {
+            Some("scalar") => Isa::Scalar,
+            Some("avx2") => best.min(Isa::Avx2),
+            Some("avx512") => best.min(Isa::Avx512),
+            _ => best,
+        }
+    }
+    /// Every set this CPU can run (for tests).
+    pub fn available() -> Vec<Isa> {
+        let best = Isa::detect();
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512].into_iter().filter(|i| *i <= best).collect()
+    }
+}
+
+/// The kernels for one type, resolved with fallbacks.
+#[derive(Clone, Copy)]
+pub struct TypeKernels {
+    pub vec_dot: VecDotFn,
+    /// Optional tiled kernel with the tile shape (rows, cols) it handles at most.
+    pub gemm: Option<(GemmTileFn, usize, usize)>,
+    /// Quantizer into this type (used for activations in the `vec_dot_type`).
+    pub quantize: Option<QuantizeFn>,
+}
+
+pub struct Kernels {
+    pub isa: Isa,
+    table: Vec<(WeightType, TypeKernels)>,
+}
+
+impl Kernels {
+    /// Build the table for `isa`: each kernel from `isa`, else the next lower one, else scalar.
+    pub fn for_isa(isa: Isa) -> Kernels {
+        let mut table = Vec::new();
+        for info in crate::types::TYPES {
+            let t = info.ty;
+            let mut vec_dot = scalar::vec_dot(t);
+            let mut gemm = scalar::gemm(t);
+            let mut quantize = scalar::quantize(t);
+            #[cfg(target_arch = "x86_64")]
+            {
+                if isa >= Isa::Avx2 {
+                    vec_dot = avx2::vec_dot(t).or(vec_dot);
+                    gemm = avx2::gemm(t).or(gemm);
+                    quantize = avx2::quantize(t).or(quantize);
+                }
+                if isa >= Isa::Avx512 {
+                    vec_dot = avx512::vec_dot(t).or(vec_dot);
+                    gemm = avx512::gemm(t).or(gemm);
+                    quantize = avx512::quantize(t).or(quantize);
+                }
+            }
+            if let Some(vec_dot) = vec_dot {
+                table.push((t, TypeKernels { vec_dot, gemm, quantize }));
+            }
+        }
+        Kernels { isa, table }
+    }
+    /// Kernels for a weight type; `None` if no dot product exists for it.
+    pub fn get(&self, t: WeightType) -> Option<&TypeKernels> {
+        self.table.iter().find(|(ty, _)| *ty == t).map(|(_, k)| k)
+    }
+}
+
+/// The process-wide table, chosen once (`Isa::from_env()`).
+pub fn kernels() -> &'static Kernels {
+    static K: OnceLock<Kernels> = OnceLock::new();
+    K.get_or_init(|| Kernels::for_isa(Isa::from_env()))
+}

@@ -1,0 +1,1 @@
+//! f32 helpers for the transformer (rmsnorm, softmax, rope, silu, gelu, ...).

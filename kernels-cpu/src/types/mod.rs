@@ -1,0 +1,107 @@
+//! GGUF/ggml weight types. Adding a type = its own file + one line in `TYPES`.
+
+/// ggml type ids as stored in GGUF tensor infos.
+#[allow(non_camel_case_types)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u32)]
+pub enum WeightType {
+    F32 = 0,
+    F16 = 1,
+    Q4_0 = 2,
+    Q4_1 = 3,
+    Q5_0 = 6,
+    Q5_1 = 7,
+    Q8_0 = 8,
+    Q8_1 = 9,
+    Q2_K = 10,
+    Q3_K = 11,
+    Q4_K = 12,
+    Q5_K = 13,
+    Q6_K = 14,
+    Q8_K = 15,
+    BF16 = 30,
+}
+
+/// Static facts about one type: (type, name, elements per block, bytes per block, activation
+/// format its integer dot product takes).
+pub struct TypeInfo {
+    pub ty: WeightType,
+    pub name: &'static str,
+    pub block_size: usize,
+    pub type_size: usize,
+    pub vec_dot_type: WeightType,
+}
+
+macro_rules! info {
+    ($t:ident, $bs:expr, $ts:expr, $vd:ident) => {
+        TypeInfo {
+            ty: WeightType::$t,
+            name: stringify!($t),
+            block_size: $bs,
+            type_size: $ts,
+            vec_dot_type: WeightType::$vd,
+        }
+    };
+}
+
+/// The table of supported types.
+pub static TYPES: &[TypeInfo] = &[
+    info!(F32, 1, 4, F32),
+    info!(F16, 1, 2, F16),
+    info!(BF16, 1, 2, BF16),
+    info!(Q4_0, 32, 18, Q8_0),
+    info!(Q4_1, 32, 20, Q8_1),
+    info!(Q5_0, 32, 22, Q8_0),
+    info!(Q5_1, 32, 24, Q8_1),
+    info!(Q8_0, 32, 34, Q8_0),
+    info!(Q8_1, 32, 36, Q8_1),
+    info!(Q2_K, 256, 84, Q8_K),
+    info!(Q3_K, 256, 110, Q8_K),
+    info!(Q4_K, 256, 144, Q8_K),
+    info!(Q5_K, 256, 176, Q8_K),
+    info!(Q6_K, 256, 210, Q8_K),
+    info!(Q8_K, 256, 292, Q8_K),
+];
+
+impl WeightType {
+    /// From a ggml type id; `None` for ids this crate does not know.
+    pub fn from_ggml(id: u32) -> Option<Self> {
+        TYPES.iter().find(|i| i.ty as u32 == id).map(|i| i.ty)
+    }
+    pub fn info(self) -> &'static TypeInfo {
+        TYPES.iter().find(|i| i.ty == self).expect("every WeightType is in TYPES")
+    }
+    /// ggml spelling, e.g. "Q4_K".
+    pub fn name(self) -> &'static str {
+        self.info().name
+    }
+    /// Elements per block.
+    pub fn block_size(self) -> usize {
+        self.info().block_size
+    }
+    /// Bytes per block.
+    pub fn type_size(self) -> usize {
+        self.info().type_size
+    }
+    /// Bytes of a row of `n` elements (`n` must be a multiple of the block size).
+    pub fn row_bytes(self, n: usize) -> usize {
+        n / self.block_size() * self.type_size()
+    }
+    /// The activation format the integer dot product of this weight type takes.
+    pub fn vec_dot_type(self) -> WeightType {
+        self.info().vec_dot_type
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn table_round_trips_ids() {
+        for i in TYPES {
+            assert_eq!(WeightType::from_ggml(i.ty as u32), Some(i.ty));
+        }
+        assert_eq!(WeightType::from_ggml(4), None);
+        assert_eq!(WeightType::Q4_K.row_bytes(4096), 16 * 144);
+    }
+}
