@@ -1,18 +1,17 @@
-//! scalar kernels. Same function names in every ISA module; `None` = not provided here (fall back).
+//! Scalar kernels: the specification. Each type's file in `types/` holds its scalar dot product
+//! and quantizer; this module only exposes them under the names every ISA module has.
 
 use super::{GemmTileFn, QuantizeFn, VecDotFn};
 use crate::types::WeightType;
 
-
-
-pub fn vec_dot(_t: WeightType) -> Option<VecDotFn> {
-    None
+pub fn vec_dot(t: WeightType) -> Option<VecDotFn> {
+    Some(t.info().vec_dot)
 }
 
 pub fn gemm(_t: WeightType) -> Option<(GemmTileFn, usize, usize)> {
     None
 }
 
-pub fn quantize(_t: WeightType) -> Option<QuantizeFn> {
-    None
+pub fn quantize(t: WeightType) -> Option<QuantizeFn> {
+    Some(t.info().quantize)
 }

@@ -1,4 +1,24 @@
 //! GGUF/ggml weight types. Adding a type = its own file + one line in `TYPES`.
+//!
+//! Each type's file holds: the `#[repr(C)]` block with a compile-time size assertion,
+//! `dequantize`, `quantize` (from f32) and `vec_dot` (the scalar dot product against the type's
+//! `vec_dot_type`), which is the specification the SIMD kernels are tested against.
+
+pub mod f32;
+pub mod f16;
+pub mod bf16;
+pub mod q4_0;
+pub mod q4_1;
+pub mod q5_0;
+pub mod q5_1;
+pub mod q8_0;
+pub mod q8_1;
+pub mod q2_k;
+pub mod q3_k;
+pub mod q4_k;
+pub mod q5_k;
+pub mod q6_k;
+pub mod q8_k;
 
 /// ggml type ids as stored in GGUF tensor infos.
 #[allow(non_camel_case_types)]
@@ -30,37 +50,46 @@ pub struct TypeInfo {
     pub block_size: usize,
     pub type_size: usize,
     pub vec_dot_type: WeightType,
+    /// Dequantize whole blocks: `src` holds `dst.len() / block_size` blocks.
+    pub dequantize: fn(src: &[u8], dst: &mut [f32]),
+    /// Quantize whole blocks: `src.len()` is a multiple of `block_size`.
+    pub quantize: fn(src: &[f32], dst: &mut [u8]),
+    /// Scalar dot product of `n` elements: `w` in this type, `x` in `vec_dot_type`.
+    pub vec_dot: fn(n: usize, w: &[u8], x: &[u8]) -> f32,
 }
 
 macro_rules! info {
-    ($t:ident, $bs:expr, $ts:expr, $vd:ident) => {
+    ($t:ident, $m:ident, $bs:expr, $ts:expr, $vd:ident) => {
         TypeInfo {
             ty: WeightType::$t,
             name: stringify!($t),
             block_size: $bs,
             type_size: $ts,
             vec_dot_type: WeightType::$vd,
+            dequantize: $m::dequantize,
+            quantize: $m::quantize,
+            vec_dot: $m::vec_dot,
         }
     };
 }
 
 /// The table of supported types.
 pub static TYPES: &[TypeInfo] = &[
-    info!(F32, 1, 4, F32),
-    info!(F16, 1, 2, F16),
-    info!(BF16, 1, 2, BF16),
-    info!(Q4_0, 32, 18, Q8_0),
-    info!(Q4_1, 32, 20, Q8_1),
-    info!(Q5_0, 32, 22, Q8_0),
-    info!(Q5_1, 32, 24, Q8_1),
-    info!(Q8_0, 32, 34, Q8_0),
-    info!(Q8_1, 32, 36, Q8_1),
-    info!(Q2_K, 256, 84, Q8_K),
-    info!(Q3_K, 256, 110, Q8_K),
-    info!(Q4_K, 256, 144, Q8_K),
-    info!(Q5_K, 256, 176, Q8_K),
-    info!(Q6_K, 256, 210, Q8_K),
-    info!(Q8_K, 256, 292, Q8_K),
+    info!(F32, f32, 1, 4, F32),
+    info!(F16, f16, 1, 2, F16),
+    info!(BF16, bf16, 1, 2, BF16),
+    info!(Q4_0, q4_0, 32, 18, Q8_0),
+    info!(Q4_1, q4_1, 32, 20, Q8_1),
+    info!(Q5_0, q5_0, 32, 22, Q8_0),
+    info!(Q5_1, q5_1, 32, 24, Q8_1),
+    info!(Q8_0, q8_0, 32, 34, Q8_0),
+    info!(Q8_1, q8_1, 32, 36, Q8_1),
+    info!(Q2_K, q2_k, 256, 84, Q8_K),
+    info!(Q3_K, q3_k, 256, 110, Q8_K),
+    info!(Q4_K, q4_k, 256, 144, Q8_K),
+    info!(Q5_K, q5_k, 256, 176, Q8_K),
+    info!(Q6_K, q6_k, 256, 210, Q8_K),
+    info!(Q8_K, q8_k, 256, 292, Q8_K),
 ];
 
 impl WeightType {
@@ -91,6 +120,16 @@ impl WeightType {
     pub fn vec_dot_type(self) -> WeightType {
         self.info().vec_dot_type
     }
+}
+
+/// Dequantize a row (or several): `src` holds `dst.len() / block_size` blocks of `t`.
+pub fn dequantize_row(t: WeightType, src: &[u8], dst: &mut [f32]) {
+    (t.info().dequantize)(src, dst)
+}
+
+/// Quantize `src` (a multiple of the block size) into `dst` as type `t`.
+pub fn quantize_row(t: WeightType, src: &[f32], dst: &mut [u8]) {
+    (t.info().quantize)(src, dst)
 }
 
 #[cfg(test)]

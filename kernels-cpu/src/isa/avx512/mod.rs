@@ -1,0 +1,30 @@
+//! avx512 kernels. Every ISA module has the same three lookups; `None` = not provided here, and
+//! `Kernels::for_isa` falls back to a lower ISA. The kernels themselves live in `legacy`
+//! (F16/BF16/Q4_0..Q8_1) and `kquants` (Q2_K..Q8_K); they are only installed when
+//! `available()` is true, which is what makes calling their `#[target_feature]` code sound.
+
+use super::{GemmTileFn, QuantizeFn, VecDotFn};
+use crate::types::WeightType;
+
+mod kquants;
+mod legacy;
+
+/// AVX-512 F/BW/VL (VNNI and BF16 are checked per kernel, with fallbacks).
+pub fn available() -> bool {
+    is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
+        && super::avx2::available()
+}
+
+pub fn vec_dot(t: WeightType) -> Option<VecDotFn> {
+    legacy::vec_dot(t).or_else(|| kquants::vec_dot(t))
+}
+
+pub fn gemm(t: WeightType) -> Option<(GemmTileFn, usize, usize)> {
+    legacy::gemm(t).or_else(|| kquants::gemm(t))
+}
+
+pub fn quantize(t: WeightType) -> Option<QuantizeFn> {
+    legacy::quantize(t).or_else(|| kquants::quantize(t))
+}

@@ -1,0 +1,16 @@
+//! F32. (being written: issue #3)
+
+pub fn dequantize(src: &[u8], dst: &mut [f32]) {
+    let _ = (src, dst);
+    unimplemented!("F32 dequantize")
+}
+
+pub fn quantize(src: &[f32], dst: &mut [u8]) {
+    let _ = (src, dst);
+    unimplemented!("F32 quantize")
+}
+
+pub fn vec_dot(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    let _ = (n, w, x);
+    unimplemented!("F32 vec_dot")
+}

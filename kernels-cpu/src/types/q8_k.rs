@@ -1,0 +1,16 @@
+//! Q8_K. (being written: issue #3)
+
+pub fn dequantize(src: &[u8], dst: &mut [f32]) {
+    let _ = (src, dst);
+    unimplemented!("Q8_K dequantize")
+}
+
+pub fn quantize(src: &[f32], dst: &mut [u8]) {
+    let _ = (src, dst);
+    unimplemented!("Q8_K quantize")
+}
+
+pub fn vec_dot(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    let _ = (n, w, x);
+    unimplemented!("Q8_K vec_dot")
+}

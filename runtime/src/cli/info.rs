@@ -1,0 +1,8 @@
+//! (being written)
+
+use super::Args;
+
+pub fn run(args: &Args) -> anyhow::Result<i32> {
+    let _ = args;
+    anyhow::bail!("info: not implemented yet")
+}
