@@ -1,16 +1,127 @@
-//! Q5_K. (being written: issue #3)
+//! Q5_K: as Q4_K with a fifth bit per value (ggml `block_q5_K`): value =
+//! `d * sc[j] * q - dmin * m[j]`, `q` in 0..32. The low 4 bits are laid out as in Q4_K; the fifth
+//! bit of value `l` of group `k` (sub-blocks `2k`, `2k+1`) is bit `2k` / `2k+1` of `qh[l]`.
+
+use super::q4_k::{fit_scales_mins, pack_scales_mins_k4, requantize, scale_min_k4, scales_mins_k4};
+use super::q8_k::{blocks_mut, f16_to_f32, f32_to_f16, first_blocks, BlockQ8K, ByteBlock, QK_K};
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct BlockQ5K {
+    pub d: [u8; 2],
+    pub dmin: [u8; 2],
+    pub scales: [u8; 12],
+    pub qh: [u8; QK_K / 8],
+    pub qs: [u8; QK_K / 2],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ5K>() == 176);
+const _: () = assert!(std::mem::align_of::<BlockQ5K>() == 1);
+// SAFETY: repr(C), byte arrays only (alignment 1, no padding, any bit pattern valid).
+unsafe impl ByteBlock for BlockQ5K {}
+
+/// The 5-bit level of value `l` (0..32) of sub-block `j` (0..8).
+#[inline]
+fn level(b: &BlockQ5K, j: usize, l: usize) -> u8 {
+    let k = j / 2;
+    let low = if j % 2 == 0 { b.qs[32 * k + l] & 0xF } else { b.qs[32 * k + l] >> 4 };
+    low | (((b.qh[l] >> j) & 1) << 4)
+}
 
 pub fn dequantize(src: &[u8], dst: &mut [f32]) {
-    let _ = (src, dst);
-    unimplemented!("Q5_K dequantize")
+    let nb = dst.len() / QK_K;
+    for (b, y) in first_blocks::<BlockQ5K>(src, nb, "Q5_K dequantize").iter().zip(dst.chunks_exact_mut(QK_K)) {
+        let d = f16_to_f32(b.d);
+        let min = f16_to_f32(b.dmin);
+        for j in 0..8 {
+            let (sc, m) = scale_min_k4(j, &b.scales);
+            let (dl, ml) = (d * sc as f32, min * m as f32);
+            for l in 0..32 {
+                y[32 * j + l] = dl * level(b, j, l) as f32 - ml;
+            }
+        }
+    }
 }
 
+/// Quantize as the reference does without an importance matrix (`quantize_row_q5_K_ref`).
 pub fn quantize(src: &[f32], dst: &mut [u8]) {
-    let _ = (src, dst);
-    unimplemented!("Q5_K quantize")
+    assert!(src.len() % QK_K == 0, "Q5_K quantize: {} values is not a multiple of {QK_K}", src.len());
+    let out = blocks_mut::<BlockQ5K>(dst);
+    assert!(out.len() >= src.len() / QK_K, "Q5_K quantize: output too short");
+    for (x, y) in src.chunks_exact(QK_K).zip(out.iter_mut()) {
+        let (ls, lm, d, dmin) = fit_scales_mins(x, 31, -0.5, 0.1, 15);
+        y.scales = pack_scales_mins_k4(&ls, &lm);
+        y.d = f32_to_f16(d);
+        y.dmin = f32_to_f16(dmin);
+        let l = requantize(x, y.d, y.dmin, &y.scales, 31);
+        y.qh = [0; QK_K / 8];
+        for k in 0..4 {
+            for i in 0..32 {
+                let (l1, l2) = (l[64 * k + i], l[64 * k + 32 + i]);
+                y.qs[32 * k + i] = (l1 & 0xF) | ((l2 & 0xF) << 4);
+                y.qh[i] |= ((l1 >> 4) << (2 * k)) | ((l2 >> 4) << (2 * k + 1));
+            }
+        }
+    }
 }
 
+/// The specification: exact integer sums per block, then `d * x.d * sumi - dmin * x.d * summ`.
 pub fn vec_dot(n: usize, w: &[u8], x: &[u8]) -> f32 {
-    let _ = (n, w, x);
-    unimplemented!("Q5_K vec_dot")
+    let nb = n / QK_K;
+    let wb = first_blocks::<BlockQ5K>(w, nb, "Q5_K vec_dot weights");
+    let xb = first_blocks::<BlockQ8K>(x, nb, "Q5_K vec_dot activations");
+    let mut sum = 0.0f32;
+    for (b, a) in wb.iter().zip(xb) {
+        let (sc, m) = scales_mins_k4(&b.scales);
+        let summ: i32 = (0..16).map(|j| a.bsum(j) * m[j / 2] as i32).sum();
+        let mut sumi = 0i32;
+        for j in 0..8 {
+            let s: i32 = (0..32).map(|l| level(b, j, l) as i32 * a.qs[32 * j + l] as i32).sum();
+            sumi += sc[j] as i32 * s;
+        }
+        let d = f16_to_f32(b.d) * a.d();
+        let dmin = f16_to_f32(b.dmin) * a.d();
+        sum += d * sumi as f32 - dmin * summ as f32;
+    }
+    sum
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::q8_k::{self, test_util::*};
+    use super::*;
+
+    #[test]
+    fn quantize_dequantize_error_bound() {
+        let mut r = Rng(15);
+        let x: Vec<f32> = (0..8 * QK_K).map(|_| r.gauss()).collect();
+        let mut q = vec![0u8; 8 * 176];
+        quantize(&x, &mut q);
+        let mut y = vec![0f32; x.len()];
+        dequantize(&q, &mut y);
+        let e = rel_rms(&x, &y);
+        assert!(e < 0.045, "Q5_K relative RMS error {e}");
+        let mut q = vec![0x55u8; 176];
+        quantize(&[0.0; QK_K], &mut q);
+        dequantize(&q, &mut y[..QK_K]);
+        assert!(y[..QK_K].iter().all(|&v| v == 0.0));
+    }
+
+    #[test]
+    fn vec_dot_matches_dequantized_dot() {
+        let mut r = Rng(19);
+        let n = 4 * QK_K;
+        let w: Vec<f32> = (0..n).map(|_| r.gauss()).collect();
+        let x: Vec<f32> = (0..n).map(|_| r.gauss()).collect();
+        let mut qw = vec![0u8; 4 * 176];
+        quantize(&w, &mut qw);
+        let mut qx = vec![0u8; 4 * 292];
+        q8_k::quantize(&x, &mut qx);
+        let (mut dw, mut dx) = (vec![0f32; n], vec![0f32; n]);
+        dequantize(&qw, &mut dw);
+        q8_k::dequantize(&qx, &mut dx);
+        let want: f64 = dw.iter().zip(&dx).map(|(a, b)| *a as f64 * *b as f64).sum();
+        let scale: f64 = dw.iter().zip(&dx).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
+        let got = vec_dot(n, &qw, &qx) as f64;
+        assert!((got - want).abs() < 1e-5 * scale, "{got} vs {want}");
+    }
 }

@@ -1,16 +1,145 @@
-//! Q6_K. (being written: issue #3)
+//! Q6_K: 256 values in 16 sub-blocks of 16, value = `d * sc[j] * (q - 32)`, `q` in 0..64, with
+//! signed 8-bit sub-block scales (ggml `block_q6_K`).
+//!
+//! Layout per half `h` (values `128h..128h+128`): `ql[64h..64h+64]` holds the low 4 bits (bytes
+//! 0..32: values +0 (low nibble) and +64 (high nibble); bytes 32..64: values +32 and +96) and
+//! `qh[32h..32h+32]` the top 2 bits (bits 0-1: +0, 2-3: +32, 4-5: +64, 6-7: +96).
+
+use super::q8_k::{blocks_mut, f16_to_f32, f32_to_f16, first_blocks, make_qx_quants, nearest_int, BlockQ8K, ByteBlock, QK_K};
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct BlockQ6K {
+    pub ql: [u8; QK_K / 2],
+    pub qh: [u8; QK_K / 4],
+    pub scales: [i8; QK_K / 16],
+    pub d: [u8; 2],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ6K>() == 210);
+const _: () = assert!(std::mem::align_of::<BlockQ6K>() == 1);
+// SAFETY: repr(C), byte arrays only (alignment 1, no padding, any bit pattern valid).
+unsafe impl ByteBlock for BlockQ6K {}
+
+/// The signed level `q - 32` (-32..32) of value `i` (0..256).
+#[inline]
+fn level(b: &BlockQ6K, i: usize) -> i32 {
+    let (h, r) = (i / 128, i % 128);
+    let (quarter, l) = (r / 32, r % 32);
+    let ql = b.ql[64 * h + l + if quarter % 2 == 1 { 32 } else { 0 }];
+    let low = if quarter < 2 { ql & 0xF } else { ql >> 4 };
+    let high = (b.qh[32 * h + l] >> (2 * quarter)) & 3;
+    (low | (high << 4)) as i32 - 32
+}
 
 pub fn dequantize(src: &[u8], dst: &mut [f32]) {
-    let _ = (src, dst);
-    unimplemented!("Q6_K dequantize")
+    let nb = dst.len() / QK_K;
+    for (b, y) in first_blocks::<BlockQ6K>(src, nb, "Q6_K dequantize").iter().zip(dst.chunks_exact_mut(QK_K)) {
+        let d = f16_to_f32(b.d);
+        for (i, o) in y.iter_mut().enumerate() {
+            *o = d * b.scales[i / 16] as f32 * level(b, i) as f32;
+        }
+    }
 }
 
+/// Quantize as the reference does without an importance matrix (`quantize_row_q6_K_ref`).
 pub fn quantize(src: &[f32], dst: &mut [u8]) {
-    let _ = (src, dst);
-    unimplemented!("Q6_K quantize")
+    assert!(src.len() % QK_K == 0, "Q6_K quantize: {} values is not a multiple of {QK_K}", src.len());
+    let out = blocks_mut::<BlockQ6K>(dst);
+    assert!(out.len() >= src.len() / QK_K, "Q6_K quantize: output too short");
+    for (x, y) in src.chunks_exact(QK_K).zip(out.iter_mut()) {
+        let mut l = [0i8; QK_K];
+        let mut scales = [0f32; 16];
+        let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
+        for j in 0..16 {
+            scales[j] = make_qx_quants(&x[16 * j..16 * j + 16], 32, &mut l[16 * j..16 * j + 16]);
+            if scales[j].abs() > max_abs_scale {
+                max_abs_scale = scales[j].abs();
+                max_scale = scales[j];
+            }
+        }
+        if max_abs_scale < 1e-15 {
+            *y = BlockQ6K { ql: [0; QK_K / 2], qh: [0; QK_K / 4], scales: [0; 16], d: f32_to_f16(0.0) };
+            continue;
+        }
+        let iscale = -128.0f32 / max_scale;
+        y.d = f32_to_f16(1.0 / iscale);
+        for j in 0..16 {
+            y.scales[j] = nearest_int(iscale * scales[j]).min(127) as i8;
+        }
+        for j in 0..16 {
+            let d = f16_to_f32(y.d) * y.scales[j] as f32;
+            if d == 0.0 {
+                continue;
+            }
+            for i in 16 * j..16 * j + 16 {
+                l[i] = (nearest_int(x[i] / d).clamp(-32, 31) + 32) as i8;
+            }
+        }
+        for h in 0..2 {
+            for i in 0..32 {
+                let q = |k: usize| l[128 * h + 32 * k + i] as u8;
+                y.ql[64 * h + i] = (q(0) & 0xF) | ((q(2) & 0xF) << 4);
+                y.ql[64 * h + 32 + i] = (q(1) & 0xF) | ((q(3) & 0xF) << 4);
+                y.qh[32 * h + i] = (q(0) >> 4) | ((q(1) >> 4) << 2) | ((q(2) >> 4) << 4) | ((q(3) >> 4) << 6);
+            }
+        }
+    }
 }
 
+/// The specification: exact integer sum of `scale[j] * Σ (q - 32) * x` per block, times `d * x.d`.
 pub fn vec_dot(n: usize, w: &[u8], x: &[u8]) -> f32 {
-    let _ = (n, w, x);
-    unimplemented!("Q6_K vec_dot")
+    let nb = n / QK_K;
+    let wb = first_blocks::<BlockQ6K>(w, nb, "Q6_K vec_dot weights");
+    let xb = first_blocks::<BlockQ8K>(x, nb, "Q6_K vec_dot activations");
+    let mut sum = 0.0f32;
+    for (b, a) in wb.iter().zip(xb) {
+        let mut sumi = 0i32;
+        for j in 0..16 {
+            let s: i32 = (16 * j..16 * j + 16).map(|i| level(b, i) * a.qs[i] as i32).sum();
+            sumi += b.scales[j] as i32 * s;
+        }
+        sum += f16_to_f32(b.d) * a.d() * sumi as f32;
+    }
+    sum
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::q8_k::{self, test_util::*};
+    use super::*;
+
+    #[test]
+    fn quantize_dequantize_error_bound() {
+        let mut r = Rng(25);
+        let x: Vec<f32> = (0..8 * QK_K).map(|_| r.gauss()).collect();
+        let mut q = vec![0u8; 8 * 210];
+        quantize(&x, &mut q);
+        let mut y = vec![0f32; x.len()];
+        dequantize(&q, &mut y);
+        let e = rel_rms(&x, &y);
+        assert!(e < 0.025, "Q6_K relative RMS error {e}");
+        let mut q = vec![0x77u8; 210];
+        quantize(&[0.0; QK_K], &mut q);
+        dequantize(&q, &mut y[..QK_K]);
+        assert!(y[..QK_K].iter().all(|&v| v == 0.0));
+    }
+
+    #[test]
+    fn vec_dot_matches_dequantized_dot() {
+        let mut r = Rng(29);
+        let n = 4 * QK_K;
+        let w: Vec<f32> = (0..n).map(|_| r.gauss()).collect();
+        let x: Vec<f32> = (0..n).map(|_| r.gauss()).collect();
+        let mut qw = vec![0u8; 4 * 210];
+        quantize(&w, &mut qw);
+        let mut qx = vec![0u8; 4 * 292];
+        q8_k::quantize(&x, &mut qx);
+        let (mut dw, mut dx) = (vec![0f32; n], vec![0f32; n]);
+        dequantize(&qw, &mut dw);
+        q8_k::dequantize(&qx, &mut dx);
+        let want: f64 = dw.iter().zip(&dx).map(|(a, b)| *a as f64 * *b as f64).sum();
+        let scale: f64 = dw.iter().zip(&dx).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
+        let got = vec_dot(n, &qw, &qx) as f64;
+        assert!((got - want).abs() < 1e-5 * scale, "{got} vs {want}");
+    }
 }

@@ -1,16 +1,420 @@
-//! Q8_K. (being written: issue #3)
+//! Q8_K: the activation format of the K-quant dot products (ggml `block_q8_K`).
+//!
+//! A block is 256 values: `f32 d; i8 qs[256]; i16 bsums[16]` (292 bytes), value = `d * qs[i]`,
+//! `bsums[j]` = sum of `qs[16j..16j+16]` (the K-quant kernels use them to apply the minimums).
+//!
+//! This file also holds what every K-quant file shares: `QK_K`, viewing bytes as blocks, the f16
+//! fields, the reference's rounding (`nearest_int`) and its scale searches (`make_qx_quants`,
+//! `make_q3_quants`, `make_qkx2_quants`), written from the ggml quantizer's description.
+
+use half::f16;
+
+/// Elements per K-quant super-block.
+pub const QK_K: usize = 256;
+
+/// Block types that are plain bytes: `#[repr(C)]`, alignment 1, no padding, and every bit
+/// pattern is a valid value.
+///
+/// # Safety
+/// Implement only for types meeting all of the above (checked by const asserts beside each).
+pub(crate) unsafe trait ByteBlock: Copy {}
+
+/// View whole blocks of `T` in `b` (a trailing partial block is ignored).
+pub(crate) fn blocks<T: ByteBlock>(b: &[u8]) -> &[T] {
+    let n = b.len() / std::mem::size_of::<T>();
+    // SAFETY: T has alignment 1 and no invalid bit patterns (ByteBlock contract), and
+    // n * size_of::<T>() <= b.len(), so the slice covers only bytes of `b`.
+    unsafe { std::slice::from_raw_parts(b.as_ptr() as *const T, n) }
+}
+
+/// Mutable view of whole blocks of `T` in `b`.
+pub(crate) fn blocks_mut<T: ByteBlock>(b: &mut [u8]) -> &mut [T] {
+    let n = b.len() / std::mem::size_of::<T>();
+    // SAFETY: as `blocks`; the exclusive borrow of `b` is carried over to the result.
+    unsafe { std::slice::from_raw_parts_mut(b.as_mut_ptr() as *mut T, n) }
+}
+
+/// The first `nb` blocks of `b`, with a clear panic if the buffer is too short (a caller bug).
+#[inline]
+pub(crate) fn first_blocks<'a, T: ByteBlock>(b: &'a [u8], nb: usize, what: &str) -> &'a [T] {
+    let v = blocks::<T>(b);
+    assert!(v.len() >= nb, "{what}: buffer holds {} blocks, {nb} needed", v.len());
+    &v[..nb]
+}
+
+#[inline]
+pub(crate) fn f16_to_f32(h: [u8; 2]) -> f32 {
+    f16::from_le_bytes(h).to_f32()
+}
+
+#[inline]
+pub(crate) fn f32_to_f16(x: f32) -> [u8; 2] {
+    f16::from_f32(x).to_le_bytes()
+}
+
+/// Round to nearest, ties to even, exactly as ggml's `nearest_int` (valid for |x| < 2^22).
+#[inline]
+pub(crate) fn nearest_int(x: f32) -> i32 {
+    let v = x + 12582912.0f32;
+    (v.to_bits() as i32 & 0x007f_ffff) - 0x0040_0000
+}
+
+const GROUP_MAX_EPS: f32 = 1e-15;
+
+/// Symmetric quantization of `x` to levels `-nmax..nmax-1` (stored in `l` offset by `nmax`),
+/// weighted by `x²` (ggml's `make_qx_quants` with rmse_type 1 and no importance weights):
+/// a first guess from the largest magnitude, then 18 nearby scales tried. Returns the scale.
+pub(crate) fn make_qx_quants(x: &[f32], nmax: i32, l: &mut [i8]) -> f32 {
+    let n = x.len();
+    let (mut max, mut amax) = (0.0f32, 0.0f32);
+    for &v in x {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    if amax < GROUP_MAX_EPS {
+        l[..n].fill(0);
+        return 0.0;
+    }
+    let quant = |iscale: f32, v: f32| nearest_int(iscale * v).clamp(-nmax, nmax - 1);
+    let mut iscale = -(nmax as f32) / max;
+    let (mut sumlx, mut suml2) = (0.0f32, 0.0f32);
+    for i in 0..n {
+        let q = quant(iscale, x[i]);
+        l[i] = (q + nmax) as i8;
+        let w = x[i] * x[i];
+        sumlx += w * x[i] * q as f32;
+        suml2 += w * (q * q) as f32;
+    }
+    let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
+    let mut best = scale * sumlx;
+    for is in -9..=9 {
+        if is == 0 {
+            continue;
+        }
+        iscale = -(nmax as f32 + 0.1 * is as f32) / max;
+        sumlx = 0.0;
+        suml2 = 0.0;
+        for &v in x {
+            let q = quant(iscale, v);
+            let w = v * v;
+            sumlx += w * v * q as f32;
+            suml2 += w * (q * q) as f32;
+        }
+        if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
+            for i in 0..n {
+                l[i] = (quant(iscale, x[i]) + nmax) as i8;
+            }
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    scale
+}
+
+/// Symmetric quantization to `-nmax..nmax-1` (stored offset by `nmax`) refined by coordinate
+/// descent on the x²-weighted error (ggml's `make_q3_quants` with rmse). Returns the scale.
+pub(crate) fn make_q3_quants(x: &[f32], nmax: i32, l: &mut [i8]) -> f32 {
+    let n = x.len();
+    let (mut max, mut amax) = (0.0f32, 0.0f32);
+    for &v in x {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    if amax < GROUP_MAX_EPS {
+        l[..n].fill(0);
+        return 0.0;
+    }
+    let iscale = -(nmax as f32) / max;
+    let (mut sumlx, mut suml2) = (0.0f32, 0.0f32);
+    for i in 0..n {
+        let q = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1);
+        l[i] = q as i8;
+        let w = x[i] * x[i];
+        sumlx += w * x[i] * q as f32;
+        suml2 += w * (q * q) as f32;
+    }
+    for _ in 0..5 {
+        let mut changed = 0;
+        for i in 0..n {
+            let w = x[i] * x[i];
+            let li = l[i] as f32;
+            let mut slx = sumlx - w * x[i] * li;
+            if slx > 0.0 {
+                let mut sl2 = suml2 - w * li * li;
+                let new_l = nearest_int(x[i] * sl2 / slx).clamp(-nmax, nmax - 1);
+                if new_l != l[i] as i32 {
+                    slx += w * x[i] * new_l as f32;
+                    sl2 += w * (new_l * new_l) as f32;
+                    if sl2 > 0.0 && slx * slx * suml2 > sumlx * sumlx * sl2 {
+                        l[i] = new_l as i8;
+                        sumlx = slx;
+                        suml2 = sl2;
+                        changed += 1;
+                    }
+                }
+            }
+        }
+        if changed == 0 {
+            break;
+        }
+    }
+    for v in l[..n].iter_mut() {
+        *v += nmax as i8;
+    }
+    if suml2 > 0.0 {
+        sumlx / suml2
+    } else {
+        0.0
+    }
+}
+
+/// Asymmetric quantization `x ≈ scale * l - min`, `l` in `0..=nmax`, searching `nstep + 1`
+/// scales around the range's (ggml's `make_qkx2_quants`). Returns `(scale, min)` with
+/// `min >= 0` being subtracted.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn make_qkx2_quants(
+    x: &[f32],
+    weights: &[f32],
+    nmax: i32,
+    l: &mut [u8],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+    use_mad: bool,
+) -> (f32, f32) {
+    let n = x.len();
+    let mut laux = [0u8; 32];
+    let (mut min, mut max) = (x[0], x[0]);
+    let mut sum_w = weights[0];
+    let mut sum_x = sum_w * x[0];
+    for i in 1..n {
+        min = min.min(x[i]);
+        max = max.max(x[i]);
+        sum_w += weights[i];
+        sum_x += weights[i] * x[i];
+    }
+    if min > 0.0 {
+        min = 0.0;
+    }
+    if max == min {
+        l[..n].fill(0);
+        return (0.0, -min);
+    }
+    let err = |d: f32| if use_mad { d.abs() } else { d * d };
+    let mut iscale = nmax as f32 / (max - min);
+    let mut scale = 1.0 / iscale;
+    let mut best_error = 0.0f32;
+    for i in 0..n {
+        let q = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
+        l[i] = q as u8;
+        best_error += weights[i] * err(scale * q as f32 + min - x[i]);
+    }
+    for is in 0..=nstep {
+        iscale = (rmin + rdelta * is as f32 + nmax as f32) / (max - min);
+        let (mut sum_l, mut sum_l2, mut sum_xl) = (0.0f32, 0.0f32, 0.0f32);
+        for i in 0..n {
+            let q = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
+            laux[i] = q as u8;
+            let (w, qf) = (weights[i], q as f32);
+            sum_l += w * qf;
+            sum_l2 += w * qf * qf;
+            sum_xl += w * qf * x[i];
+        }
+        let det = sum_w * sum_l2 - sum_l * sum_l;
+        if det > 0.0 {
+            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / det;
+            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det;
+            if this_min > 0.0 {
+                this_min = 0.0;
+                this_scale = sum_xl / sum_l2;
+            }
+            let mut cur_error = 0.0f32;
+            for i in 0..n {
+                cur_error += weights[i] * err(this_scale * laux[i] as f32 + this_min - x[i]);
+            }
+            if cur_error < best_error {
+                l[..n].copy_from_slice(&laux[..n]);
+                best_error = cur_error;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    (scale, -min)
+}
+
+/// One Q8_K block. `d` and `bsums` are kept as little-endian bytes so the block has alignment 1
+/// and can be viewed in place in any byte buffer; the layout is ggml's `block_q8_K`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct BlockQ8K {
+    pub d: [u8; 4],
+    pub qs: [i8; QK_K],
+    pub bsums: [[u8; 2]; QK_K / 16],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ8K>() == 292);
+const _: () = assert!(std::mem::align_of::<BlockQ8K>() == 1);
+// SAFETY: repr(C), byte arrays only (alignment 1, no padding, any bit pattern valid).
+unsafe impl ByteBlock for BlockQ8K {}
+
+impl BlockQ8K {
+    #[inline]
+    pub fn d(&self) -> f32 {
+        f32::from_le_bytes(self.d)
+    }
+    #[inline]
+    pub fn bsum(&self, j: usize) -> i32 {
+        i16::from_le_bytes(self.bsums[j]) as i32
+    }
+}
 
 pub fn dequantize(src: &[u8], dst: &mut [f32]) {
-    let _ = (src, dst);
-    unimplemented!("Q8_K dequantize")
+    let nb = dst.len() / QK_K;
+    for (b, y) in first_blocks::<BlockQ8K>(src, nb, "Q8_K dequantize").iter().zip(dst.chunks_exact_mut(QK_K)) {
+        let d = b.d();
+        for (o, &q) in y.iter_mut().zip(b.qs.iter()) {
+            *o = d * q as f32;
+        }
+    }
 }
 
+/// Quantize exactly as the reference quantizes activations (`quantize_row_q8_K_ref`): scale
+/// from the value of largest magnitude mapped to -127, round to nearest even, clamp at 127.
 pub fn quantize(src: &[f32], dst: &mut [u8]) {
-    let _ = (src, dst);
-    unimplemented!("Q8_K quantize")
+    assert!(src.len() % QK_K == 0, "Q8_K quantize: {} values is not a multiple of {QK_K}", src.len());
+    let nb = src.len() / QK_K;
+    let out = blocks_mut::<BlockQ8K>(dst);
+    assert!(out.len() >= nb, "Q8_K quantize: output holds {} blocks, {nb} needed", out.len());
+    for (x, y) in src.chunks_exact(QK_K).zip(out.iter_mut()) {
+        quantize_block(x, y);
+    }
 }
 
+#[inline]
+pub(crate) fn quantize_block(x: &[f32], y: &mut BlockQ8K) {
+    let (mut max, mut amax) = (0.0f32, 0.0f32);
+    for &v in x {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    if amax == 0.0 {
+        *y = BlockQ8K { d: [0; 4], qs: [0; QK_K], bsums: [[0; 2]; QK_K / 16] };
+        return;
+    }
+    let iscale = -127.0f32 / max;
+    for (q, &v) in y.qs.iter_mut().zip(x) {
+        *q = nearest_int(iscale * v).min(127) as i8;
+    }
+    for j in 0..QK_K / 16 {
+        let s: i32 = y.qs[16 * j..16 * j + 16].iter().map(|&q| q as i32).sum();
+        y.bsums[j] = (s as i16).to_le_bytes();
+    }
+    y.d = (1.0 / iscale).to_le_bytes();
+}
+
+/// Q8_K · Q8_K (not used by ggml for weights; provided so the type is complete).
 pub fn vec_dot(n: usize, w: &[u8], x: &[u8]) -> f32 {
-    let _ = (n, w, x);
-    unimplemented!("Q8_K vec_dot")
+    let nb = n / QK_K;
+    let a = first_blocks::<BlockQ8K>(w, nb, "Q8_K vec_dot weights");
+    let b = first_blocks::<BlockQ8K>(x, nb, "Q8_K vec_dot activations");
+    let mut sum = 0.0f32;
+    for (a, b) in a.iter().zip(b) {
+        let s: i32 = a.qs.iter().zip(b.qs.iter()).map(|(&p, &q)| p as i32 * q as i32).sum();
+        sum += a.d() * b.d() * s as f32;
+    }
+    sum
+}
+
+#[cfg(test)]
+pub(crate) mod test_util {
+    /// Deterministic pseudo-random f32 in [-1, 1) (xorshift), so tests need no extra crate.
+    pub struct Rng(pub u64);
+    impl Rng {
+        pub fn next_u32(&mut self) -> u32 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 >> 32) as u32
+        }
+        pub fn f32(&mut self) -> f32 {
+            self.next_u32() as f32 / 2147483648.0 - 1.0
+        }
+        /// Gaussian-ish (sum of 4 uniforms), the shape of real weights.
+        pub fn gauss(&mut self) -> f32 {
+            (self.f32() + self.f32() + self.f32() + self.f32()) * 0.5
+        }
+    }
+
+    /// Relative RMS error of `b` against `a`.
+    pub fn rel_rms(a: &[f32], b: &[f32]) -> f32 {
+        let num: f32 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
+        let den: f32 = a.iter().map(|x| x * x).sum();
+        (num / den).sqrt()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_util::*;
+    use super::*;
+
+    #[test]
+    fn nearest_int_rounds_half_to_even() {
+        assert_eq!(nearest_int(0.5), 0);
+        assert_eq!(nearest_int(1.5), 2);
+        assert_eq!(nearest_int(-2.5), -2);
+        assert_eq!(nearest_int(-127.4), -127);
+        assert_eq!(nearest_int(3.7), 4);
+    }
+
+    #[test]
+    fn quantize_matches_reference_rule_and_bsums() {
+        let mut r = Rng(7);
+        let mut x: Vec<f32> = (0..2 * QK_K).map(|_| r.gauss() * 3.0).collect();
+        x[300] = -9.0; // largest magnitude: maps to -127 with a positive d
+        let mut q = vec![0u8; 2 * 292];
+        quantize(&x, &mut q);
+        let b = blocks::<BlockQ8K>(&q);
+        assert_eq!(b[1].qs[300 - QK_K], -127);
+        assert!((b[1].d() - 9.0 / 127.0).abs() < 1e-7);
+        for blk in b {
+            for j in 0..16 {
+                let s: i32 = blk.qs[16 * j..16 * j + 16].iter().map(|&v| v as i32).sum();
+                assert_eq!(blk.bsum(j), s);
+            }
+        }
+        let mut y = vec![0f32; 2 * QK_K];
+        dequantize(&q, &mut y);
+        for (a, b) in x.iter().zip(&y) {
+            assert!((a - b).abs() <= 9.0 / 127.0 * 0.5 + 1e-6, "{a} vs {b}");
+        }
+        // all zeros: d = 0 and zero quants
+        let mut q = vec![0xffu8; 292];
+        quantize(&[0.0; QK_K], &mut q);
+        let b = &blocks::<BlockQ8K>(&q)[0];
+        assert_eq!(b.d(), 0.0);
+        assert!(b.qs.iter().all(|&v| v == 0) && (0..16).all(|j| b.bsum(j) == 0));
+    }
+
+    #[test]
+    fn vec_dot_matches_dequantized_dot() {
+        let mut r = Rng(11);
+        let a: Vec<f32> = (0..4 * QK_K).map(|_| r.gauss()).collect();
+        let b: Vec<f32> = (0..4 * QK_K).map(|_| r.gauss()).collect();
+        let (mut qa, mut qb) = (vec![0u8; 4 * 292], vec![0u8; 4 * 292]);
+        quantize(&a, &mut qa);
+        quantize(&b, &mut qb);
+        let (mut da, mut db) = (vec![0f32; 4 * QK_K], vec![0f32; 4 * QK_K]);
+        dequantize(&qa, &mut da);
+        dequantize(&qb, &mut db);
+        let want: f64 = da.iter().zip(&db).map(|(x, y)| *x as f64 * *y as f64).sum();
+        let got = vec_dot(4 * QK_K, &qa, &qb) as f64;
+        assert!((got - want).abs() < 1e-4 * want.abs().max(1.0), "{got} vs {want}");
+    }
 }
