@@ -4,14 +4,88 @@
 //! Layout convention (ggml's): a weight matrix of `rows` x `cols` is `rows` rows, each `cols`
 //! elements (`ne0 = cols`) stored as `WeightType::row_bytes(cols)` bytes. Activations are
 //! row-major f32, one row of `cols` per token. `y[t * rows + r] = dot(W[r], x[t])`.
+//!
+//! How the work is cut:
+//! - activations are first quantized into the weight type's `vec_dot_type` (once; several
+//!   matrices of the same input can share it: `quantize_activations` + `matmul_quantized`);
+//! - tokens are taken in chunks whose quantized rows fit in cache (`TOKEN_CHUNK_BYTES`);
+//! - for each token chunk, the rows are cut into blocks (a few hundred KiB of weights, so a
+//!   block stays in L2 while every token of the chunk passes over it) and rayon spreads the row
+//!   blocks over the threads;
+//! - inside a block, the ISA's `gemm` tile kernel (several rows x several tokens, each weight
+//!   block loaded once per tile) when it has one, else one `vec_dot` per (row, token).
+//!
+//! Nothing here allocates once the `Scratch` has grown to the largest input seen.
 
+use crate::isa::{kernels, Kernels, TypeKernels};
 use crate::types::WeightType;
+use rayon::prelude::*;
 
-/// Reusable buffers (quantized activations). Grows to the largest size seen, never shrinks:
-/// after the first call of a given size, no allocation.
+/// Quantized activations ready for `matmul_quantized`, and reusable buffers. Grows to the
+/// largest size seen, never shrinks: after the first call of a given size, no allocation.
 #[derive(Default)]
 pub struct Scratch {
+    /// `n_tokens` rows of `cols` values in `act_type`, each `act_type.row_bytes(cols)` bytes.
     pub quantized: Vec<u8>,
+    /// What `quantized` holds: (activation type, cols, n_tokens); `None` before the first call.
+    held: Option<(WeightType, usize, usize)>,
+}
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        Scratch::default()
+    }
+    /// The activation format, row length and token count currently held, if any.
+    pub fn held(&self) -> Option<(WeightType, usize, usize)> {
+        self.held
+    }
+}
+
+/// Token chunk budget: quantized activation bytes processed against the whole weight matrix
+/// before moving to the next chunk (keeps them in L2/L3 while the weights stream past).
+const TOKEN_CHUNK_BYTES: usize = 1 << 20;
+/// Target weight bytes per row block (one rayon task; stays in L2 across a token chunk).
+const ROW_BLOCK_BYTES: usize = 256 << 10;
+/// Largest tile a gemm kernel may declare (bounds the on-stack output tile).
+pub const MAX_TILE: usize = 16;
+
+/// Quantize `x` (`n_tokens` rows of `cols` f32) into `wtype`'s activation format, into
+/// `scratch`, with the process-wide kernel table.
+pub fn quantize_activations(wtype: WeightType, x: &[f32], n_tokens: usize, cols: usize, scratch: &mut Scratch) {
+    quantize_activations_with(kernels(), wtype, x, n_tokens, cols, scratch)
+}
+
+/// `quantize_activations` with an explicit kernel table (tests use one per ISA).
+pub fn quantize_activations_with(
+    k: &Kernels,
+    wtype: WeightType,
+    x: &[f32],
+    n_tokens: usize,
+    cols: usize,
+    scratch: &mut Scratch,
+) {
+    let at = wtype.vec_dot_type();
+    assert!(cols % at.block_size() == 0, "{} activations: row of {cols} is not a whole number of blocks", at.name());
+    assert_eq!(x.len(), n_tokens * cols, "activations: {} values for {n_tokens} x {cols}", x.len());
+    let rb = at.row_bytes(cols);
+    let need = rb * n_tokens;
+    if scratch.quantized.len() < need {
+        scratch.quantized.resize(need, 0);
+    }
+    let quantize = k
+        .get(at)
+        .and_then(|t| t.quantize)
+        .unwrap_or(at.info().quantize);
+    let dst = &mut scratch.quantized[..need];
+    if n_tokens >= 4 && need >= (64 << 10) {
+        // Several tokens: in parallel, one token row per task at least.
+        dst.par_chunks_mut(rb).zip(x.par_chunks(cols)).with_min_len(1).for_each(|(d, s)| quantize(s, d));
+    } else {
+        for (d, s) in dst.chunks_exact_mut(rb).zip(x.chunks_exact(cols)) {
+            quantize(s, d);
+        }
+    }
+    scratch.held = Some((at, cols, n_tokens));
 }
 
 /// y[n_tokens x rows] = x[n_tokens x cols] * W^T. Quantizes `x` into the weight type's
@@ -27,11 +101,153 @@ pub fn matmul(
     y: &mut [f32],
     scratch: &mut Scratch,
 ) {
-    let _ = (w, wtype, rows, cols, x, n_tokens, y, scratch);
-    unimplemented!("kernels-cpu matmul: being written (issue 3)")
+    matmul_with(kernels(), w, wtype, rows, cols, x, n_tokens, y, scratch)
 }
 
 /// One token: y[rows] = W x.
 pub fn matvec(w: &[u8], wtype: WeightType, rows: usize, cols: usize, x: &[f32], y: &mut [f32], scratch: &mut Scratch) {
     matmul(w, wtype, rows, cols, x, 1, y, scratch)
+}
+
+/// `matmul` with an explicit kernel table.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_with(
+    k: &Kernels,
+    w: &[u8],
+    wtype: WeightType,
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    n_tokens: usize,
+    y: &mut [f32],
+    scratch: &mut Scratch,
+) {
+    quantize_activations_with(k, wtype, x, n_tokens, cols, scratch);
+    matmul_quantized_with(k, w, wtype, rows, cols, scratch, y)
+}
+
+/// y[n_tokens x rows] = W * (the activations `scratch` holds), which must have been quantized
+/// for a weight type with the same `vec_dot_type` and the same `cols` (e.g. Q4_K and Q6_K
+/// matrices share Q8_K activations; q, k and v share one quantization of the normed input).
+pub fn matmul_quantized(w: &[u8], wtype: WeightType, rows: usize, cols: usize, scratch: &Scratch, y: &mut [f32]) {
+    matmul_quantized_with(kernels(), w, wtype, rows, cols, scratch, y)
+}
+
+/// Raw output pointer shared by the row-block tasks: each task writes only the `y` entries of
+/// its own rows, so the writes never overlap.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: used only to write disjoint elements (distinct rows) from different threads while the
+// `&mut [f32]` it came from is borrowed for the whole parallel section.
+unsafe impl Send for OutPtr {}
+// SAFETY: as above.
+unsafe impl Sync for OutPtr {}
+
+/// `matmul_quantized` with an explicit kernel table.
+pub fn matmul_quantized_with(
+    k: &Kernels,
+    w: &[u8],
+    wtype: WeightType,
+    rows: usize,
+    cols: usize,
+    scratch: &Scratch,
+    y: &mut [f32],
+) {
+    let at = wtype.vec_dot_type();
+    let (held_type, held_cols, n_tokens) = scratch.held.expect("matmul_quantized: no activations quantized yet");
+    assert!(
+        held_type == at && held_cols == cols,
+        "matmul_quantized: {} weights of {cols} columns need {} activations of {cols}, scratch holds {} of {held_cols}",
+        wtype.name(),
+        at.name(),
+        held_type.name()
+    );
+    let wrb = wtype.row_bytes(cols);
+    let xrb = at.row_bytes(cols);
+    assert!(cols % wtype.block_size() == 0, "{}: row of {cols} is not a whole number of blocks", wtype.name());
+    assert!(w.len() >= wrb * rows, "{} weights: {} bytes for {rows} x {cols} ({} needed)", wtype.name(), w.len(), wrb * rows);
+    assert!(y.len() >= n_tokens * rows, "matmul output: {} values for {n_tokens} x {rows}", y.len());
+    if rows == 0 || n_tokens == 0 {
+        return;
+    }
+    let tk = *k.get(wtype).unwrap_or_else(|| panic!("no dot product for {} weights", wtype.name()));
+    let x = &scratch.quantized[..xrb * n_tokens];
+
+    // Row blocks: about ROW_BLOCK_BYTES of weights, but enough of them to keep every thread
+    // busy (4 per thread for load balance), and a whole number of gemm row tiles.
+    let threads = rayon::current_num_threads().max(1);
+    let tile_r = tk.gemm.map(|g| g.1).unwrap_or(1);
+    let mut block_rows = (ROW_BLOCK_BYTES / wrb.max(1)).max(1);
+    block_rows = block_rows.min(rows.div_ceil(4 * threads)).max(1);
+    block_rows = block_rows.div_ceil(tile_r) * tile_r;
+    let n_blocks = rows.div_ceil(block_rows);
+
+    let chunk_tokens = (TOKEN_CHUNK_BYTES / xrb.max(1)).clamp(1, n_tokens);
+    let out = OutPtr(y.as_mut_ptr());
+    for t0 in (0..n_tokens).step_by(chunk_tokens) {
+        let nt = chunk_tokens.min(n_tokens - t0);
+        let xs = &x[t0 * xrb..(t0 + nt) * xrb];
+        let run = |b: usize| {
+            let r0 = b * block_rows;
+            let nr = block_rows.min(rows - r0);
+            row_block(&tk, cols, &w[r0 * wrb..(r0 + nr) * wrb], wrb, nr, xs, xrb, nt, out, rows, t0, r0);
+        };
+        if n_blocks == 1 || threads == 1 {
+            (0..n_blocks).for_each(run);
+        } else {
+            (0..n_blocks).into_par_iter().for_each(run);
+        }
+    }
+}
+
+/// One task: rows `r0..r0+nr` (their bytes in `w`) against tokens `t0..t0+nt` (in `x`).
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn row_block(
+    tk: &TypeKernels,
+    cols: usize,
+    w: &[u8],
+    wrb: usize,
+    nr: usize,
+    x: &[u8],
+    xrb: usize,
+    nt: usize,
+    out: OutPtr,
+    rows: usize,
+    t0: usize,
+    r0: usize,
+) {
+    let put = |t: usize, r: usize, v: f32| {
+        // SAFETY: t < n_tokens and r < rows (callers stay inside the chunk and block), so the
+        // index is inside `y`, whose length was checked; each (t, r) belongs to exactly one
+        // task because row blocks do not overlap.
+        unsafe { *out.0.add((t0 + t) * rows + r0 + r) = v }
+    };
+    match tk.gemm {
+        Some((gemm, tr, tc)) => {
+            let (tr, tc) = (tr.min(MAX_TILE), tc.min(MAX_TILE));
+            let mut tile = [0f32; MAX_TILE * MAX_TILE];
+            for c0 in (0..nt).step_by(tc) {
+                let nc = tc.min(nt - c0);
+                let xt = &x[c0 * xrb..(c0 + nc) * xrb];
+                for rr in (0..nr).step_by(tr) {
+                    let n_r = tr.min(nr - rr);
+                    gemm(cols, &w[rr * wrb..(rr + n_r) * wrb], wrb, n_r, xt, xrb, nc, &mut tile, n_r);
+                    for c in 0..nc {
+                        for r in 0..n_r {
+                            put(c0 + c, rr + r, tile[c * n_r + r]);
+                        }
+                    }
+                }
+            }
+        }
+        None => {
+            for t in 0..nt {
+                let xt = &x[t * xrb..(t + 1) * xrb];
+                for r in 0..nr {
+                    put(t, r, (tk.vec_dot)(cols, &w[r * wrb..(r + 1) * wrb], xt));
+                }
+            }
+        }
+    }
 }

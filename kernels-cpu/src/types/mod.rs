@@ -20,6 +20,66 @@ pub mod q5_k;
 pub mod q6_k;
 pub mod q8_k;
 
+/// A quantization block as laid out in GGUF/ggml.
+///
+/// # Safety
+/// Implementors must be `#[repr(C)]`, have alignment 1 (multi-byte fields stored as byte
+/// arrays, little-endian), no padding, and accept every bit pattern as a valid value. Then any
+/// `&[u8]` whose length is a multiple of the block size can be viewed as `&[Self]`, wherever
+/// it lies in the mmap.
+pub unsafe trait Block: Copy + Sized + 'static {
+    /// View `bytes` as blocks. Panics if the length is not a whole number of blocks (callers
+    /// pass row lengths computed with `WeightType::row_bytes`, so this is a programming error).
+    #[inline(always)]
+    fn slice(bytes: &[u8]) -> &[Self] {
+        let size = std::mem::size_of::<Self>();
+        debug_assert_eq!(std::mem::align_of::<Self>(), 1);
+        assert!(bytes.len() % size == 0, "{} bytes is not a whole number of {size}-byte blocks", bytes.len());
+        // SAFETY: `Block` guarantees alignment 1, no padding and that every bit pattern is valid;
+        // the length is a whole number of blocks, so the view covers exactly `bytes`.
+        unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const Self, bytes.len() / size) }
+    }
+    /// Mutable view of `bytes` as blocks (same rules as `slice`).
+    #[inline(always)]
+    fn slice_mut(bytes: &mut [u8]) -> &mut [Self] {
+        let size = std::mem::size_of::<Self>();
+        debug_assert_eq!(std::mem::align_of::<Self>(), 1);
+        assert!(bytes.len() % size == 0, "{} bytes is not a whole number of {size}-byte blocks", bytes.len());
+        // SAFETY: as in `slice`; the exclusive borrow of `bytes` is carried over to the result.
+        unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr() as *mut Self, bytes.len() / size) }
+    }
+}
+
+/// An IEEE half stored little-endian in a block (alignment 1), ggml's `ggml_half`.
+#[inline(always)]
+pub fn f16_to_f32(h: [u8; 2]) -> f32 {
+    half::f16::from_bits(u16::from_le_bytes(h)).to_f32()
+}
+
+/// f32 to IEEE half, round to nearest even (what F16C's `vcvtps2ph` with mode 0 and ggml do).
+#[inline(always)]
+pub fn f32_to_f16(x: f32) -> [u8; 2] {
+    half::f16::from_f32(x).to_bits().to_le_bytes()
+}
+
+/// bfloat16 (the top half of an f32) to f32: exact.
+#[inline(always)]
+pub fn bf16_to_f32(h: [u8; 2]) -> f32 {
+    f32::from_bits((u16::from_le_bytes(h) as u32) << 16)
+}
+
+/// f32 to bfloat16 as ggml does it: round to nearest even, NaN kept quiet.
+#[inline(always)]
+pub fn f32_to_bf16(x: f32) -> [u8; 2] {
+    let u = x.to_bits();
+    let h = if (u & 0x7fff_ffff) > 0x7f80_0000 {
+        (u >> 16) | 64
+    } else {
+        (u + (0x7fff + ((u >> 16) & 1))) >> 16
+    };
+    (h as u16).to_le_bytes()
+}
+
 /// ggml type ids as stored in GGUF tensor infos.
 #[allow(non_camel_case_types)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
