@@ -1,0 +1,97 @@
+//! The CPU backend: `model::transformer` over a range of layers, with an f16 KV cache.
+//! Threads: whatever rayon pool the caller runs in (the engine installs its `-t` pool).
+
+use super::{Backend, BackendState};
+use crate::model::transformer::{layer_forward, output_forward, LayerKv, RopeTable, Workspace};
+use crate::model::Model;
+use anyhow::{bail, Result};
+use std::ops::Range;
+use std::sync::Arc;
+
+pub struct CpuBackend {
+    model: Arc<Model>,
+    layers: Range<usize>,
+    output: bool,
+}
+
+impl CpuBackend {
+    pub fn new(model: Arc<Model>, layers: Range<usize>, output: bool) -> CpuBackend {
+        CpuBackend { model, layers, output }
+    }
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> String {
+        format!("cpu ({})", kernels_cpu::kernels().isa.name())
+    }
+    fn layers(&self) -> Range<usize> {
+        self.layers.clone()
+    }
+    fn runs_output(&self) -> bool {
+        self.output
+    }
+    fn new_state(&self, n_ctx: usize, max_batch: usize) -> Result<Box<dyn BackendState>> {
+        let hp = &self.model.hp;
+        // One RoPE table per distinct (base, scale) among this backend's layers (Gemma 3: two).
+        let mut tables: Vec<(f32, f32, Arc<RopeTable>)> = Vec::new();
+        let mut rope = Vec::with_capacity(self.layers.len());
+        for il in self.layers.clone() {
+            let la = hp.layers[il];
+            let t = match tables.iter().find(|(b, s, _)| *b == la.rope_base && *s == la.rope_freq_scale) {
+                Some((_, _, t)) => t.clone(),
+                None => {
+                    let t = Arc::new(RopeTable::new(n_ctx, hp.n_rot, la.rope_base, la.rope_freq_scale));
+                    tables.push((la.rope_base, la.rope_freq_scale, t.clone()));
+                    t
+                }
+            };
+            rope.push(t);
+        }
+        Ok(Box::new(CpuState {
+            model: self.model.clone(),
+            layers: self.layers.clone(),
+            output: self.output,
+            n_ctx,
+            kv: self.layers.clone().map(|_| LayerKv::new(hp, n_ctx)).collect(),
+            rope,
+            ws: Workspace::new(hp, max_batch, n_ctx),
+        }))
+    }
+}
+
+pub struct CpuState {
+    model: Arc<Model>,
+    layers: Range<usize>,
+    output: bool,
+    n_ctx: usize,
+    kv: Vec<LayerKv>,
+    rope: Vec<Arc<RopeTable>>,
+    ws: Workspace,
+}
+
+impl BackendState for CpuState {
+    fn forward(&mut self, x: &mut [f32], n_tokens: usize, pos: usize, logits: Option<&mut [f32]>) -> Result<()> {
+        let e = self.model.hp.n_embd;
+        if n_tokens == 0 || n_tokens > self.ws.max_batch || x.len() < n_tokens * e {
+            bail!("cpu backend: batch of {n_tokens} tokens (buffers hold {})", self.ws.max_batch);
+        }
+        if pos + n_tokens > self.n_ctx {
+            bail!("cpu backend: positions {pos}..{} exceed the context of {}", pos + n_tokens, self.n_ctx);
+        }
+        for (i, il) in self.layers.clone().enumerate() {
+            layer_forward(&self.model, il, x, n_tokens, pos, &mut self.kv[i], &mut self.ws, &self.rope[i]);
+        }
+        match (logits, self.output) {
+            (Some(l), true) => output_forward(&self.model, x, n_tokens, l, &mut self.ws),
+            (Some(_), false) => bail!("cpu backend asked for logits but does not run the output layer"),
+            (None, _) => {}
+        }
+        Ok(())
+    }
+    fn truncate(&mut self, _pos: usize) {
+        // Positions beyond `pos` are simply overwritten by the next forward; nothing to free.
+    }
+    fn bytes(&self) -> usize {
+        self.kv.iter().map(|k| k.bytes()).sum::<usize>() + self.ws.bytes()
+    }
+}

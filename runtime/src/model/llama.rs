@@ -1,0 +1,28 @@
+//! `llama`: Llama/Mistral as stored in GGUF. GQA, RMSNorm, SiLU-gated FFN, RoPE on adjacent pairs
+//! (the converter permutes q/k rows so ggml's normal mode applies) with the base from the
+//! metadata, untied output (tied when `output.weight` is absent), sliding-window attention on
+//! every layer when `llama.attention.sliding_window` is declared.
+
+use super::{common_hparams, Architecture, FfnActivation, Hparams, Recipe, RopeStyle};
+use crate::gguf::GgufFile;
+use anyhow::Result;
+
+pub struct Llama;
+
+pub const RECIPE: Recipe = Recipe {
+    rope: RopeStyle::Normal,
+    ffn_act: FfnActivation::Silu,
+    qkv_bias: false,
+    qk_norm: false,
+    post_norms: false,
+    scale_embeddings: false,
+};
+
+impl Architecture for Llama {
+    fn name(&self) -> &'static str {
+        "llama"
+    }
+    fn hparams(&self, g: &GgufFile) -> Result<Hparams> {
+        common_hparams(g, "llama", RECIPE)
+    }
+}

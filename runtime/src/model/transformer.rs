@@ -1,0 +1,428 @@
+//! The shared transformer block on the CPU, driven by the architecture's `Recipe`.
+//!
+//! Every buffer is allocated once (`Workspace::new`, `LayerKv::new`) for at most `max_batch`
+//! tokens and `n_ctx` positions; a forward pass allocates nothing. Shapes are written as
+//! [rows x cols], row-major, one row per token unless said otherwise.
+//!
+//! Per layer (x = the residual stream [n x n_embd]):
+//!   xn = rmsnorm(x) * attn_norm
+//!   q = xn Wq^T (+bq) [n x n_head*hd]; k = xn Wk^T (+bk) [n x n_kv*hd]; v = xn Wv^T (+bv)
+//!   (Gemma) q, k per head: rmsnorm * q_norm / k_norm
+//!   RoPE(q, k) at positions pos..pos+n; k, v appended to the f16 cache
+//!   att[t, h] = softmax(scale * q[t,h] . K[g(h)]^T over the visible positions) V[g(h)]
+//!   o = att Wo^T [n x n_embd]; (Gemma) o = rmsnorm(o) * post_attention_norm; x += o
+//!   xn = rmsnorm(x) * ffn_norm; f = act(xn Wgate^T) * (xn Wup^T) [n x n_ff]
+//!   o = f Wdown^T; (Gemma) o = rmsnorm(o) * post_ffw_norm; x += o
+//! Output: logits = (rmsnorm(x) * output_norm) Wout^T [n x n_vocab].
+
+use super::{FfnActivation, Hparams, LayerAttn, Model, RopeStyle, Weight};
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+use kernels_cpu::matmul::{matmul, Scratch};
+use rayon::prelude::*;
+
+/// The FFN runs over at most this many tokens at a time, so its two [n x n_ff] buffers stay
+/// small (a 7B model's would be 58 MB for 512 tokens); each weight block is still reused for
+/// this many tokens.
+pub const FFN_CHUNK: usize = 128;
+
+/// cos/sin of every position for one (base, scale) pair: [n_ctx x n_rot/2] each.
+/// Computed the way ggml does (theta = p * scale * base^(-2i/n_rot), built by repeated
+/// multiplication in f32) so positions agree with the reference to the last bit or so.
+pub struct RopeTable {
+    pub n_ctx: usize,
+    pub half: usize,
+    pub cos: Vec<f32>,
+    pub sin: Vec<f32>,
+}
+
+impl RopeTable {
+    pub fn new(n_ctx: usize, n_rot: usize, base: f32, freq_scale: f32) -> RopeTable {
+        let half = n_rot / 2;
+        let mut cos = vec![0f32; n_ctx * half];
+        let mut sin = vec![0f32; n_ctx * half];
+        let theta_scale = base.powf(-2.0 / n_rot as f32);
+        for p in 0..n_ctx {
+            let mut theta = p as f32;
+            for i in 0..half {
+                let t = freq_scale * theta;
+                cos[p * half + i] = t.cos();
+                sin[p * half + i] = t.sin();
+                theta *= theta_scale;
+            }
+        }
+        RopeTable { n_ctx, half, cos, sin }
+    }
+
+    /// Rotate one head `x` [head_dim] at position `p`.
+    #[inline]
+    pub fn apply(&self, style: RopeStyle, x: &mut [f32], p: usize) {
+        let c = &self.cos[p * self.half..(p + 1) * self.half];
+        let s = &self.sin[p * self.half..(p + 1) * self.half];
+        match style {
+            RopeStyle::Normal => {
+                for i in 0..self.half {
+                    let (x0, x1) = (x[2 * i], x[2 * i + 1]);
+                    x[2 * i] = x0 * c[i] - x1 * s[i];
+                    x[2 * i + 1] = x0 * s[i] + x1 * c[i];
+                }
+            }
+            RopeStyle::Neox => {
+                let h = self.half;
+                for i in 0..h {
+                    let (x0, x1) = (x[i], x[i + h]);
+                    x[i] = x0 * c[i] - x1 * s[i];
+                    x[i + h] = x0 * s[i] + x1 * c[i];
+                }
+            }
+        }
+    }
+}
+
+/// One layer's cache: keys [n_ctx x k_dim] and values [n_ctx x v_dim], f16.
+pub struct LayerKv {
+    pub k: Vec<f16>,
+    pub v: Vec<f16>,
+}
+
+impl LayerKv {
+    pub fn new(hp: &Hparams, n_ctx: usize) -> LayerKv {
+        LayerKv { k: vec![f16::ZERO; n_ctx * hp.k_dim()], v: vec![f16::ZERO; n_ctx * hp.v_dim()] }
+    }
+    pub fn bytes(&self) -> usize {
+        (self.k.len() + self.v.len()) * 2
+    }
+}
+
+/// Activation buffers for up to `max_batch` tokens, allocated once.
+pub struct Workspace {
+    pub max_batch: usize,
+    pub n_ctx: usize,
+    /// [B x n_embd] normalised input of the current sub-block.
+    xn: Vec<f32>,
+    /// [B x q_dim]
+    q: Vec<f32>,
+    /// [B x k_dim]
+    k: Vec<f32>,
+    /// [B x v_dim]
+    v: Vec<f32>,
+    /// [n_head x B x head_dim_v] attention output, head-major (each head's task writes its own).
+    att_hm: Vec<f32>,
+    /// [B x n_head*head_dim_v] attention output, token-major (input of Wo).
+    att: Vec<f32>,
+    /// [B x n_embd] output of Wo / Wdown.
+    proj: Vec<f32>,
+    /// [FFN_CHUNK x n_ff] each.
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    /// [n_head x n_ctx] attention probabilities, one row per head.
+    scores: Vec<f32>,
+    /// [n_head x max(head_dim, head_dim_v)] one f16 row converted to f32, per head.
+    row: Vec<f32>,
+    scratch: Scratch,
+}
+
+impl Workspace {
+    pub fn new(hp: &Hparams, max_batch: usize, n_ctx: usize) -> Workspace {
+        let b = max_batch.max(1);
+        let fc = b.min(FFN_CHUNK);
+        let hd = hp.head_dim.max(hp.head_dim_v);
+        Workspace {
+            max_batch: b,
+            n_ctx,
+            xn: vec![0.0; b * hp.n_embd],
+            q: vec![0.0; b * hp.q_dim()],
+            k: vec![0.0; b * hp.k_dim()],
+            v: vec![0.0; b * hp.v_dim()],
+            att_hm: vec![0.0; b * hp.n_head * hp.head_dim_v],
+            att: vec![0.0; b * hp.n_head * hp.head_dim_v],
+            proj: vec![0.0; b * hp.n_embd],
+            gate: vec![0.0; fc * hp.n_ff],
+            up: vec![0.0; fc * hp.n_ff],
+            scores: vec![0.0; hp.n_head * n_ctx],
+            row: vec![0.0; hp.n_head * hd],
+            scratch: Scratch::default(),
+        }
+    }
+    pub fn bytes(&self) -> usize {
+        4 * (self.xn.len()
+            + self.q.len()
+            + self.k.len()
+            + self.v.len()
+            + self.att_hm.len()
+            + self.att.len()
+            + self.proj.len()
+            + self.gate.len()
+            + self.up.len()
+            + self.scores.len()
+            + self.row.len())
+    }
+}
+
+/// `out = x / sqrt(mean(x^2) + eps) * w` for one row (sum of squares in f64, as ggml).
+#[inline]
+pub fn rmsnorm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
+    let ss: f64 = x.iter().map(|v| (*v as f64) * (*v as f64)).sum();
+    let scale = 1.0 / ((ss / x.len() as f64) as f32 + eps).sqrt();
+    for ((o, xi), wi) in out.iter_mut().zip(x).zip(w) {
+        *o = xi * scale * wi;
+    }
+}
+
+/// In place: `x = x / sqrt(mean(x^2) + eps) * w`.
+#[inline]
+pub fn rmsnorm_inplace(x: &mut [f32], w: &[f32], eps: f32) {
+    let ss: f64 = x.iter().map(|v| (*v as f64) * (*v as f64)).sum();
+    let scale = 1.0 / ((ss / x.len() as f64) as f32 + eps).sqrt();
+    for (xi, wi) in x.iter_mut().zip(w) {
+        *xi = *xi * scale * wi;
+    }
+}
+
+#[inline]
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+#[inline]
+fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044715 * x * x)).tanh())
+}
+
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Eight independent accumulators so the compiler can vectorise without reassociating.
+    let mut acc = [0f32; 8];
+    let n8 = a.len() / 8 * 8;
+    for (ca, cb) in a[..n8].chunks_exact(8).zip(b[..n8].chunks_exact(8)) {
+        for i in 0..8 {
+            acc[i] += ca[i] * cb[i];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for i in n8..a.len() {
+        s += a[i] * b[i];
+    }
+    s
+}
+
+/// y[n x w.rows] = x[n x w.cols] W^T, straight on the mapped bytes.
+#[inline]
+fn project(model: &Model, w: &Weight, x: &[f32], n: usize, y: &mut [f32], scratch: &mut Scratch) {
+    matmul(model.bytes(w), w.wtype, w.rows, w.cols, &x[..n * w.cols], n, &mut y[..n * w.rows], scratch);
+}
+
+fn add_bias(y: &mut [f32], b: &Option<Vec<f32>>, n: usize) {
+    if let Some(b) = b {
+        for row in y.chunks_exact_mut(b.len()).take(n) {
+            row.iter_mut().zip(b).for_each(|(v, bi)| *v += bi);
+        }
+    }
+}
+
+/// Run layer `il` over `n` tokens at positions `pos..pos+n`: `x` [n x n_embd] in and out.
+/// The layer's keys/values for these positions are written into `kv`.
+#[allow(clippy::too_many_arguments)]
+pub fn layer_forward(
+    model: &Model,
+    il: usize,
+    x: &mut [f32],
+    n: usize,
+    pos: usize,
+    kv: &mut LayerKv,
+    ws: &mut Workspace,
+    rope: &RopeTable,
+) {
+    let hp = &model.hp;
+    let lw = &model.layers[il];
+    let la = hp.layers[il];
+    let (e, hd, hdv) = (hp.n_embd, hp.head_dim, hp.head_dim_v);
+    let (qd, kd, vd) = (hp.q_dim(), hp.k_dim(), hp.v_dim());
+    debug_assert!(n <= ws.max_batch && pos + n <= ws.n_ctx && pos + n <= rope.n_ctx);
+    let eps = hp.rms_eps;
+
+    // ---- attention ----
+    for t in 0..n {
+        rmsnorm(&mut ws.xn[t * e..(t + 1) * e], &x[t * e..(t + 1) * e], &lw.attn_norm, eps);
+    }
+    project(model, &lw.wq, &ws.xn, n, &mut ws.q, &mut ws.scratch);
+    project(model, &lw.wk, &ws.xn, n, &mut ws.k, &mut ws.scratch);
+    project(model, &lw.wv, &ws.xn, n, &mut ws.v, &mut ws.scratch);
+    add_bias(&mut ws.q, &lw.bq, n);
+    add_bias(&mut ws.k, &lw.bk, n);
+    add_bias(&mut ws.v, &lw.bv, n);
+    let style = hp.recipe.rope;
+    let n_rot = hp.n_rot;
+    for t in 0..n {
+        let p = pos + t;
+        for h in ws.q[t * qd..(t + 1) * qd].chunks_exact_mut(hd) {
+            if let Some(w) = &lw.q_norm {
+                rmsnorm_inplace(h, w, eps);
+            }
+            rope.apply(style, &mut h[..n_rot], p);
+        }
+        for h in ws.k[t * kd..(t + 1) * kd].chunks_exact_mut(hd) {
+            if let Some(w) = &lw.k_norm {
+                rmsnorm_inplace(h, w, eps);
+            }
+            rope.apply(style, &mut h[..n_rot], p);
+        }
+        kv.k[p * kd..(p + 1) * kd].convert_from_f32_slice(&ws.k[t * kd..(t + 1) * kd]);
+        kv.v[p * vd..(p + 1) * vd].convert_from_f32_slice(&ws.v[t * vd..(t + 1) * vd]);
+    }
+    attention(hp, la, n, pos, kv, ws);
+    // head-major -> token-major
+    let hv = hp.n_head * hdv;
+    for h in 0..hp.n_head {
+        for t in 0..n {
+            let src = &ws.att_hm[(h * ws.max_batch + t) * hdv..][..hdv];
+            ws.att[t * hv + h * hdv..][..hdv].copy_from_slice(src);
+        }
+    }
+    project(model, &lw.wo, &ws.att, n, &mut ws.proj, &mut ws.scratch);
+    residual_add(x, &mut ws.proj, n, e, lw.attn_post_norm.as_deref(), eps);
+
+    // ---- feed-forward, in chunks of FFN_CHUNK tokens ----
+    for t in 0..n {
+        rmsnorm(&mut ws.xn[t * e..(t + 1) * e], &x[t * e..(t + 1) * e], &lw.ffn_norm, eps);
+    }
+    let nf = hp.n_ff;
+    let chunk = ws.gate.len() / nf;
+    let mut t0 = 0;
+    while t0 < n {
+        let m = chunk.min(n - t0);
+        let xn = &ws.xn[t0 * e..(t0 + m) * e];
+        project(model, &lw.ffn_gate, xn, m, &mut ws.gate, &mut ws.scratch);
+        project(model, &lw.ffn_up, xn, m, &mut ws.up, &mut ws.scratch);
+        let act = hp.recipe.ffn_act;
+        ws.gate[..m * nf].par_chunks_mut(4096).zip(ws.up[..m * nf].par_chunks(4096)).for_each(|(g, u)| match act {
+            FfnActivation::Silu => g.iter_mut().zip(u).for_each(|(g, u)| *g = silu(*g) * u),
+            FfnActivation::GeluTanh => g.iter_mut().zip(u).for_each(|(g, u)| *g = gelu_tanh(*g) * u),
+        });
+        project(model, &lw.ffn_down, &ws.gate, m, &mut ws.proj[t0 * e..], &mut ws.scratch);
+        t0 += m;
+    }
+    residual_add(x, &mut ws.proj, n, e, lw.ffn_post_norm.as_deref(), eps);
+}
+
+/// x += (post_norm ? rmsnorm(o) * w : o), row by row.
+fn residual_add(x: &mut [f32], o: &mut [f32], n: usize, e: usize, post_norm: Option<&[f32]>, eps: f32) {
+    for t in 0..n {
+        let o = &mut o[t * e..(t + 1) * e];
+        if let Some(w) = post_norm {
+            rmsnorm_inplace(o, w, eps);
+        }
+        x[t * e..(t + 1) * e].iter_mut().zip(o.iter()).for_each(|(a, b)| *a += b);
+    }
+}
+
+/// Causal attention of the `n` new queries (positions pos..pos+n) over the cache, one rayon task
+/// per head; each task owns its row of `scores`, its conversion row and its slice of `att_hm`.
+fn attention(hp: &Hparams, la: LayerAttn, n: usize, pos: usize, kv: &LayerKv, ws: &mut Workspace) {
+    let (hd, hdv, qd, kd, vd) = (hp.head_dim, hp.head_dim_v, hp.q_dim(), hp.k_dim(), hp.v_dim());
+    let group = hp.n_head / hp.n_head_kv;
+    let scale = hp.attn_scale;
+    let n_ctx = ws.n_ctx;
+    let bmax = ws.max_batch;
+    let rw = hd.max(hdv);
+    let q = &ws.q;
+    ws.scores
+        .par_chunks_mut(n_ctx)
+        .zip(ws.row.par_chunks_mut(rw))
+        .zip(ws.att_hm.par_chunks_mut(bmax * hdv))
+        .enumerate()
+        .for_each(|(h, ((scores, row), out))| {
+            let g = h / group;
+            for t in 0..n {
+                let p = pos + t;
+                let lo = match la.window {
+                    Some(w) => (p + 1).saturating_sub(w),
+                    None => 0,
+                };
+                let qh = &q[t * qd + h * hd..][..hd];
+                let sc = &mut scores[..p + 1 - lo];
+                let mut max = f32::NEG_INFINITY;
+                for (j, s) in (lo..=p).zip(sc.iter_mut()) {
+                    let krow = &kv.k[j * kd + g * hd..][..hd];
+                    krow.convert_to_f32_slice(&mut row[..hd]);
+                    *s = dot(qh, &row[..hd]) * scale;
+                    max = max.max(*s);
+                }
+                let mut sum = 0f32;
+                for s in sc.iter_mut() {
+                    *s = (*s - max).exp();
+                    sum += *s;
+                }
+                let inv = 1.0 / sum;
+                let o = &mut out[t * hdv..(t + 1) * hdv];
+                o.fill(0.0);
+                for (j, s) in (lo..=p).zip(sc.iter()) {
+                    let vrow = &kv.v[j * vd + g * hdv..][..hdv];
+                    vrow.convert_to_f32_slice(&mut row[..hdv]);
+                    let w = s * inv;
+                    o.iter_mut().zip(&row[..hdv]).for_each(|(a, b)| *a += w * b);
+                }
+            }
+        });
+}
+
+/// Logits of the last token (`logits.len() == n_vocab`) or of every token
+/// (`logits.len() == n * n_vocab`) from the residual stream `x` [n x n_embd].
+pub fn output_forward(model: &Model, x: &[f32], n: usize, logits: &mut [f32], ws: &mut Workspace) {
+    let hp = &model.hp;
+    let e = hp.n_embd;
+    let nv = hp.n_vocab;
+    let (first, rows) = if logits.len() == nv { (n - 1, 1) } else { (0, n) };
+    assert_eq!(logits.len(), rows * nv, "logits buffer must hold n_vocab or n_tokens * n_vocab values");
+    for r in 0..rows {
+        let t = first + r;
+        rmsnorm(&mut ws.xn[r * e..(r + 1) * e], &x[t * e..(t + 1) * e], &model.output_norm, hp.rms_eps);
+    }
+    project(model, &model.output, &ws.xn, rows, logits, &mut ws.scratch);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rope_rotates_pairs_by_position_angle() {
+        // base 10000, 4 dims: pair i rotates by p * 10000^(-2i/4).
+        let t = RopeTable::new(8, 4, 10000.0, 1.0);
+        let mut x = [1.0, 0.0, 1.0, 0.0];
+        t.apply(RopeStyle::Normal, &mut x, 3);
+        assert!((x[0] - 3f32.cos()).abs() < 1e-6 && (x[1] - 3f32.sin()).abs() < 1e-6);
+        let a = 3.0 * 0.01f32;
+        assert!((x[2] - a.cos()).abs() < 1e-6 && (x[3] - a.sin()).abs() < 1e-6);
+        // NEOX pairs (0,2) and (1,3).
+        let mut y = [1.0, 1.0, 0.0, 0.0];
+        t.apply(RopeStyle::Neox, &mut y, 3);
+        assert!((y[0] - 3f32.cos()).abs() < 1e-6 && (y[2] - 3f32.sin()).abs() < 1e-6);
+        assert!((y[1] - a.cos()).abs() < 1e-6 && (y[3] - a.sin()).abs() < 1e-6);
+        // position 0 is the identity; norms are preserved.
+        let mut z = [0.3, -0.7, 1.1, 2.0];
+        t.apply(RopeStyle::Normal, &mut z, 0);
+        assert_eq!(z, [0.3, -0.7, 1.1, 2.0]);
+    }
+
+    #[test]
+    fn rmsnorm_matches_definition() {
+        let x = [1.0f32, -2.0, 3.0, -4.0];
+        let w = [1.0f32, 2.0, 0.5, 1.0];
+        let mut out = [0f32; 4];
+        rmsnorm(&mut out, &x, &w, 0.0);
+        let rms = ((1.0 + 4.0 + 9.0 + 16.0) / 4.0f32).sqrt();
+        for i in 0..4 {
+            assert!((out[i] - x[i] / rms * w[i]).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn activations() {
+        assert!((silu(1.0) - 0.731_058_6).abs() < 1e-6);
+        assert_eq!(silu(0.0), 0.0);
+        assert!((gelu_tanh(1.0) - 0.841_192).abs() < 1e-5);
+        assert!(gelu_tanh(-10.0).abs() < 1e-6);
+    }
+}
