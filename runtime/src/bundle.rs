@@ -1,9 +1,31 @@
-//! Finding the GGUF: a plain file, an entry of a zip/llamafile, or `archive.zip@name.gguf`;
-//! mapping exactly its byte range. (Zip reading is being written: plain files work now.)
+//! Finding the weights and mapping exactly their bytes.
+//!
+//! A model is given as one of:
+//! - a plain `.gguf` file;
+//! - a zip or a llamafile (an executable with a zip appended, as `pack` and the upstream
+//!   llamafile project make them): its single `.gguf` entry, which must be stored uncompressed;
+//! - `archive.zip@name.gguf`: that entry of that zip (when no file of that literal name exists);
+//! - nothing: the running executable's own embedded weights.
+//!
+//! The zip's central directory (EOCD, ZIP64 records, prefixed data) is read with the `zip` crate;
+//! the entry's byte range is then mapped with memmap2 at an offset rounded down to 64 KiB (a
+//! multiple of every page size Linux/macOS use), without copying or extracting anything.
+//!
+//! `.args` inside the executable's zip hold default arguments, merged before clap parses
+//! (see [`parse_args_file`] and [`merge_args`]).
 
 use anyhow::{bail, Context};
+use std::ffi::OsString;
 use std::fs::File;
-use std::path::Path;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// Mapping offsets are rounded down to this: a multiple of the 4 KiB, 16 KiB and 64 KiB pages
+/// of the platforms we run on, so no runtime page-size query is needed.
+pub const MAP_GRANULARITY: u64 = 65536;
+
+/// Name of the default-arguments entry inside a llamafile.
+pub const ARGS_ENTRY: &str = ".args";
 
 /// A mapped GGUF: `map[start..start + len]` is the GGUF, which begins at `file_offset` in the file.
 pub struct Region {
@@ -13,7 +35,7 @@ pub struct Region {
     pub file_offset: u64,
     /// The zip entry's name, when the GGUF came from one.
     pub entry: Option<String>,
-    pub path: std::path::PathBuf,
+    pub path: PathBuf,
 }
 
 impl Region {
@@ -26,15 +48,432 @@ impl Region {
     }
 }
 
-/// Map the GGUF that `path` designates.
-pub fn map_gguf(path: &Path) -> anyhow::Result<Region> {
+/// One entry of a zip's central directory, with the absolute position of its data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ZipEntry {
+    pub name: String,
+    /// Bytes as stored (equal to `size` for a stored entry).
+    pub compressed_size: u64,
+    /// Bytes once extracted.
+    pub size: u64,
+    /// Compression method as its zip name ("Stored", "Deflated"...).
+    pub method: String,
+    pub stored: bool,
+    /// Absolute offset of the local file header in the file.
+    pub header_offset: u64,
+    /// Absolute offset of the entry's first data byte in the file.
+    pub data_offset: u64,
+    pub crc32: u32,
+}
+
+/// The central directory of the zip at the end of `path`, `Ok(None)` when the file has no zip
+/// end-of-central-directory record (i.e. it is not a zip), an error when it has one that is broken.
+pub fn zip_entries(path: &Path) -> anyhow::Result<Option<Vec<ZipEntry>>> {
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let len = file.metadata().with_context(|| format!("cannot stat {}", path.display()))?.len();
-    if len == 0 {
+    let reader = std::io::BufReader::new(file);
+    let mut archive = match zip::ZipArchive::new(reader) {
+        Ok(a) => a,
+        Err(_) if !has_eocd(path)? => return Ok(None),
+        Err(e) => bail!("{}: broken zip: {e}", path.display()),
+    };
+    let mut out = Vec::with_capacity(archive.len());
+    for i in 0..archive.len() {
+        let f = archive.by_index_raw(i).with_context(|| format!("{}: broken zip entry {i}", path.display()))?;
+        let name = f.name().with_context(|| format!("{}: zip entry {i} has an unreadable name", path.display()))?.to_string();
+        let data_offset = f
+            .data_start()
+            .ok_or_else(|| anyhow::anyhow!("{}: zip entry '{}' has no readable local header", path.display(), name))?;
+        out.push(ZipEntry {
+            name,
+            compressed_size: f.compressed_size(),
+            size: f.size(),
+            method: format!("{:?}", f.compression()),
+            stored: f.compression() == zip::CompressionMethod::Stored,
+            header_offset: f.header_start(),
+            data_offset,
+            crc32: f.crc32(),
+        });
+    }
+    Ok(Some(out))
+}
+
+/// Whether the file ends with a zip end-of-central-directory record: its signature followed by
+/// 18 bytes and a comment whose length field reaches exactly the end of the file. (The comment is
+/// at most 65535 bytes, so only the last 64 KiB + 22 bytes need looking at; requiring the length
+/// to match keeps a stray "PK\x05\x06" in an executable's data from counting.)
+fn has_eocd(path: &Path) -> anyhow::Result<bool> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let len = f.metadata()?.len();
+    let tail = len.min(65535 + 22);
+    f.seek(SeekFrom::Start(len - tail))?;
+    let mut buf = Vec::with_capacity(tail as usize);
+    f.take(tail).read_to_end(&mut buf)?;
+    Ok((0..buf.len().saturating_sub(21)).rev().any(|i| {
+        buf[i..i + 4] == *b"PK\x05\x06" && i + 22 + u16::from_le_bytes([buf[i + 20], buf[i + 21]]) as usize == buf.len()
+    }))
+}
+
+fn is_gguf_name(name: &str) -> bool {
+    !name.ends_with('/') && name.to_ascii_lowercase().ends_with(".gguf")
+}
+
+/// Split `archive.zip@name.gguf` when `path` itself does not exist and the part before the last
+/// `@` does.
+fn split_entry(path: &Path) -> Option<(PathBuf, String)> {
+    if path.exists() {
+        return None;
+    }
+    let s = path.to_str()?;
+    let (archive, entry) = s.rsplit_once('@')?;
+    if archive.is_empty() || entry.is_empty() || !Path::new(archive).is_file() {
+        return None;
+    }
+    Some((PathBuf::from(archive), entry.to_string()))
+}
+
+/// Which entry of `entries` holds the GGUF: `wanted`, or else the single `.gguf` entry.
+pub fn select_gguf_entry<'a>(path: &Path, entries: &'a [ZipEntry], wanted: Option<&str>) -> anyhow::Result<&'a ZipEntry> {
+    let ggufs: Vec<&ZipEntry> = entries.iter().filter(|e| is_gguf_name(&e.name)).collect();
+    let e = match wanted {
+        Some(w) => match entries.iter().find(|e| e.name == w) {
+            Some(e) => e,
+            None => bail!(
+                "{}: no entry named '{w}' in the zip (its .gguf entries: {})",
+                path.display(),
+                if ggufs.is_empty() { "none".to_string() } else { ggufs.iter().map(|e| e.name.as_str()).collect::<Vec<_>>().join(", ") }
+            ),
+        },
+        None => match ggufs.as_slice() {
+            [] => bail!("{}: the zip has no .gguf entry ({} entries, none ending in .gguf)", path.display(), entries.len()),
+            [one] => one,
+            many => bail!(
+                "{}: the zip has {} .gguf entries ({}); choose one with {}@NAME.gguf",
+                path.display(),
+                many.len(),
+                many.iter().map(|e| e.name.as_str()).collect::<Vec<_>>().join(", "),
+                path.display()
+            ),
+        },
+    };
+    if !e.stored {
+        bail!(
+            "{}: zip entry '{}' is compressed ({}); weights must be stored uncompressed to be mapped (zip -0, or use pack)",
+            path.display(),
+            e.name,
+            e.method
+        );
+    }
+    Ok(e)
+}
+
+/// Map `len` bytes at `offset` of `file`; returns the mapping and where the range starts in it.
+fn map_range(file: &File, path: &Path, offset: u64, len: u64) -> anyhow::Result<(memmap2::Mmap, usize)> {
+    let aligned = offset - offset % MAP_GRANULARITY;
+    let delta = (offset - aligned) as usize;
+    let total = usize::try_from(len).ok().and_then(|l| l.checked_add(delta)).context("entry too large to map on this platform")?;
+    // SAFETY: a read-only private mapping of a range inside the file (checked by the callers
+    // against its length); the file is not modified by this process. A model file truncated or
+    // rewritten by another process while we run is outside what any mmap-based loader can guard.
+    let map = unsafe { memmap2::MmapOptions::new().offset(aligned).len(total).map(file) }
+        .with_context(|| format!("cannot map {} ({} bytes at offset {})", path.display(), len, offset))?;
+    Ok((map, delta))
+}
+
+/// Map the GGUF that `path` designates: a plain .gguf, a zip/llamafile's single .gguf entry, or
+/// `archive@entry`.
+pub fn map_gguf(path: &Path) -> anyhow::Result<Region> {
+    let (path, wanted) = match split_entry(path) {
+        Some((archive, entry)) => (archive, Some(entry)),
+        None => (path.to_path_buf(), None),
+    };
+    let file = File::open(&path).with_context(|| format!("cannot open model {}", path.display()))?;
+    let meta = file.metadata().with_context(|| format!("cannot stat {}", path.display()))?;
+    if meta.is_dir() {
+        bail!("{} is a directory, not a model file", path.display());
+    }
+    let file_len = meta.len();
+    if file_len == 0 {
         bail!("{}: the file is empty", path.display());
     }
-    // SAFETY: read-only private mapping; the file is not modified by this process, and a model
-    // file changed underneath a running program is outside what any mmap-based loader guards.
-    let map = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?;
-    Ok(Region { len: map.len(), map, start: 0, file_offset: 0, entry: None, path: path.to_path_buf() })
+    let mut head = [0u8; 4];
+    let n = (&file).take(4).read(&mut head).with_context(|| format!("cannot read {}", path.display()))?;
+    if wanted.is_none() && head[..n] == *b"GGUF" {
+        let (map, start) = map_range(&file, &path, 0, file_len)?;
+        return Ok(Region { len: file_len as usize, map, start, file_offset: 0, entry: None, path });
+    }
+    let Some(entries) = zip_entries(&path)? else {
+        bail!(
+            "{}: not a model: neither a GGUF file (it starts with {:02x?}, not \"GGUF\") nor a zip/llamafile holding one",
+            path.display(),
+            &head[..n]
+        );
+    };
+    let e = select_gguf_entry(&path, &entries, wanted.as_deref())?;
+    let end = e.data_offset.checked_add(e.size);
+    if end.is_none_or(|end| end > file_len) {
+        bail!(
+            "{}: zip entry '{}' ({} bytes at offset {}) extends past the end of the file ({} bytes): the file is truncated",
+            path.display(),
+            e.name,
+            e.size,
+            e.data_offset,
+            file_len
+        );
+    }
+    let (map, start) = map_range(&file, &path, e.data_offset, e.size)?;
+    Ok(Region { len: e.size as usize, map, start, file_offset: e.data_offset, entry: Some(e.name.clone()), path })
+}
+
+/// The running executable.
+pub fn own_executable() -> anyhow::Result<PathBuf> {
+    std::env::current_exe().context("cannot find the path of the running executable")
+}
+
+/// What to open when the user gave `model` (`-m`) or not: the given path, else this executable
+/// when it embeds a `.gguf`, else an error saying how to give a model.
+pub fn model_path(model: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(m) = model {
+        return Ok(m.to_path_buf());
+    }
+    let exe = own_executable()?;
+    let embedded = zip_entries(&exe).ok().flatten().is_some_and(|es| es.iter().any(|e| is_gguf_name(&e.name)));
+    if embedded {
+        Ok(exe)
+    } else {
+        bail!(
+            "no model: give one with -m FILE.gguf (or a .llamafile / archive.zip@name.gguf), or pack weights into this executable with `pack`"
+        )
+    }
+}
+
+/// Open the model the user asked for (see [`model_path`]).
+pub fn open_model(model: Option<&Path>) -> anyhow::Result<crate::gguf::GgufFile> {
+    crate::gguf::GgufFile::open(&model_path(model)?)
+}
+
+/// The text of the `.args` entry of the zip in `path`, if any (stored or deflated is not
+/// supported: `.args` must be stored, as `pack` and upstream's zipalign write it).
+pub fn read_args_entry(path: &Path) -> anyhow::Result<Option<String>> {
+    let Some(entries) = zip_entries(path)? else { return Ok(None) };
+    let Some(e) = entries.iter().find(|e| e.name == ARGS_ENTRY) else { return Ok(None) };
+    if !e.stored {
+        bail!("{}: the {ARGS_ENTRY} entry is compressed ({}); it must be stored", path.display(), e.method);
+    }
+    if e.size > 1 << 20 {
+        bail!("{}: the {ARGS_ENTRY} entry is {} bytes; at most 1 MiB expected", path.display(), e.size);
+    }
+    use std::io::{Seek, SeekFrom};
+    let mut f = File::open(path)?;
+    f.seek(SeekFrom::Start(e.data_offset))?;
+    let mut buf = Vec::with_capacity(e.size as usize);
+    f.take(e.size).read_to_end(&mut buf)?;
+    if buf.len() as u64 != e.size {
+        bail!("{}: the {ARGS_ENTRY} entry is truncated", path.display());
+    }
+    let text = String::from_utf8(buf).map_err(|_| anyhow::anyhow!("{}: the {ARGS_ENTRY} entry is not UTF-8 text", path.display()))?;
+    Ok(Some(text))
+}
+
+/// One item of a parsed `.args`: an argument, or the `...` marker for the user's arguments.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ArgItem {
+    Arg(String),
+    UserArgs,
+}
+
+/// Parse `.args` text: arguments separated by whitespace (newlines included); `'single'` quotes
+/// take everything literally, `"double"` quotes honour `\"` and `\\`; quoted and unquoted parts
+/// next to each other join into one argument (`--prompt="a b"`); `#` at the start of an
+/// argument comments out the rest of the line; an unquoted `...` marks where the user's own
+/// arguments go.
+pub fn parse_args_file(text: &str) -> anyhow::Result<Vec<ArgItem>> {
+    let mut out = Vec::new();
+    let mut chars = text.chars().peekable();
+    let mut line = 1;
+    loop {
+        while let Some(&c) = chars.peek() {
+            if !c.is_whitespace() {
+                break;
+            }
+            if c == '\n' {
+                line += 1;
+            }
+            chars.next();
+        }
+        let Some(&first) = chars.peek() else { break };
+        if first == '#' {
+            for c in chars.by_ref() {
+                if c == '\n' {
+                    line += 1;
+                    break;
+                }
+            }
+            continue;
+        }
+        let mut arg = String::new();
+        let mut quoted = false;
+        while let Some(&c) = chars.peek() {
+            if c.is_whitespace() {
+                break;
+            }
+            chars.next();
+            match c {
+                '\'' => {
+                    quoted = true;
+                    let start = line;
+                    loop {
+                        match chars.next() {
+                            Some('\'') => break,
+                            Some(c) => {
+                                line += (c == '\n') as usize;
+                                arg.push(c)
+                            }
+                            None => bail!(".args: the single quote opened on line {start} is never closed"),
+                        }
+                    }
+                }
+                '"' => {
+                    quoted = true;
+                    let start = line;
+                    loop {
+                        match chars.next() {
+                            Some('"') => break,
+                            Some('\\') if matches!(chars.peek(), Some('"') | Some('\\')) => arg.push(chars.next().unwrap()),
+                            Some(c) => {
+                                line += (c == '\n') as usize;
+                                arg.push(c)
+                            }
+                            None => bail!(".args: the double quote opened on line {start} is never closed"),
+                        }
+                    }
+                }
+                c => arg.push(c),
+            }
+        }
+        if !quoted && arg == "..." {
+            out.push(ArgItem::UserArgs);
+        } else {
+            out.push(ArgItem::Arg(arg));
+        }
+    }
+    Ok(out)
+}
+
+/// Put the `.args` items around the user's arguments: `argv[0]`, the items before `...`, the
+/// user's arguments, the items after it; without `...` the user's arguments come last.
+pub fn merge_args(items: &[ArgItem], argv: Vec<OsString>) -> Vec<OsString> {
+    let mut argv = argv.into_iter();
+    let mut out: Vec<OsString> = argv.next().into_iter().collect();
+    let user: Vec<OsString> = argv.collect();
+    let mut user = Some(user);
+    for it in items {
+        match it {
+            ArgItem::Arg(a) => out.push(OsString::from(a)),
+            ArgItem::UserArgs => {
+                // A second `...` inserts nothing more.
+                if let Some(u) = user.take() {
+                    out.extend(u);
+                }
+            }
+        }
+    }
+    if let Some(u) = user {
+        out.extend(u);
+    }
+    out
+}
+
+/// The command line with this executable's `.args` merged in (unchanged when it has none).
+pub fn with_embedded_args(argv: Vec<OsString>) -> anyhow::Result<Vec<OsString>> {
+    let exe = own_executable()?;
+    match read_args_entry(&exe)? {
+        None => Ok(argv),
+        Some(text) => {
+            let items = parse_args_file(&text).with_context(|| format!("{}: bad {ARGS_ENTRY}", exe.display()))?;
+            Ok(merge_args(&items, argv))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(v: &[ArgItem]) -> Vec<String> {
+        v.iter()
+            .map(|a| match a {
+                ArgItem::Arg(s) => s.clone(),
+                ArgItem::UserArgs => "<...>".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn args_whitespace_comments_and_marker() {
+        let t = "-m\tmodel.gguf  # the weights\n# a whole-line comment -n 5\n-c 2048\n...\n--temp 0\n";
+        assert_eq!(args(&parse_args_file(t).unwrap()), ["-m", "model.gguf", "-c", "2048", "<...>", "--temp", "0"]);
+    }
+
+    #[test]
+    fn args_quotes() {
+        let t = r#"-p "hello world" --system 'it''s \n raw' "say \"hi\" \\ ok" --x="a b"c '...' "#;
+        assert_eq!(
+            args(&parse_args_file(t).unwrap()),
+            ["-p", "hello world", "--system", r"its \n raw", r#"say "hi" \ ok"#, "--x=a bc", "..."]
+        );
+        // A quoted `...` is an argument, not the marker; an empty quoted string is an argument.
+        assert_eq!(parse_args_file("'...' ''").unwrap(), [ArgItem::Arg("...".into()), ArgItem::Arg(String::new())]);
+        // `#` inside an argument or quotes is not a comment.
+        assert_eq!(args(&parse_args_file("a#b '#c' \"# d\"").unwrap()), ["a#b", "#c", "# d"]);
+        // Quotes may span lines.
+        assert_eq!(args(&parse_args_file("-p 'line one\nline two'").unwrap()), ["-p", "line one\nline two"]);
+    }
+
+    #[test]
+    fn args_unclosed_quote_is_an_error() {
+        let e = parse_args_file("-m x\n-p \"oops\n").unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("never closed"), "{e}");
+        assert!(parse_args_file("'x").is_err());
+        assert!(parse_args_file("").unwrap().is_empty());
+        assert!(parse_args_file("  # only a comment").unwrap().is_empty());
+    }
+
+    #[test]
+    fn merge_places_user_args_at_the_marker_or_last() {
+        let argv = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
+        let items = parse_args_file("-m w.gguf ... -n 8").unwrap();
+        assert_eq!(merge_args(&items, argv(&["prog", "-p", "hi"])), argv(&["prog", "-m", "w.gguf", "-p", "hi", "-n", "8"]));
+        let items = parse_args_file("-m w.gguf").unwrap();
+        assert_eq!(merge_args(&items, argv(&["prog", "-p", "hi"])), argv(&["prog", "-m", "w.gguf", "-p", "hi"]));
+        assert_eq!(merge_args(&items, argv(&["prog"])), argv(&["prog", "-m", "w.gguf"]));
+        let items = parse_args_file("... -a ...").unwrap();
+        assert_eq!(merge_args(&items, argv(&["prog", "-x"])), argv(&["prog", "-x", "-a"]));
+    }
+
+    fn entry(name: &str, stored: bool) -> ZipEntry {
+        ZipEntry {
+            name: name.into(),
+            compressed_size: 10,
+            size: 10,
+            method: if stored { "Stored" } else { "Deflated" }.into(),
+            stored,
+            header_offset: 0,
+            data_offset: 30,
+            crc32: 0,
+        }
+    }
+
+    #[test]
+    fn entry_selection_errors() {
+        let p = Path::new("x.zip");
+        let e = |v: &[ZipEntry], w: Option<&str>| select_gguf_entry(p, v, w).map(|e| e.name.clone()).map_err(|e| e.to_string());
+        assert_eq!(e(&[entry(".args", true), entry("a.gguf", true)], None).unwrap(), "a.gguf");
+        assert!(e(&[entry(".args", true)], None).unwrap_err().contains("no .gguf entry"));
+        let many = e(&[entry("a.gguf", true), entry("b.GGUF", true)], None).unwrap_err();
+        assert!(many.contains("2 .gguf entries") && many.contains("a.gguf, b.GGUF") && many.contains("x.zip@NAME.gguf"), "{many}");
+        assert_eq!(e(&[entry("a.gguf", true), entry("b.gguf", true)], Some("b.gguf")).unwrap(), "b.gguf");
+        assert!(e(&[entry("a.gguf", true)], Some("c.gguf")).unwrap_err().contains("no entry named 'c.gguf'"));
+        assert!(e(&[entry("a.gguf", false)], None).unwrap_err().contains("compressed (Deflated)"));
+    }
 }
