@@ -139,6 +139,7 @@ fn rewrite_llama_cpp_spellings(args: Vec<OsString>) -> Vec<OsString> {
 /// Run the program with these arguments (argv[0] included); returns the exit code.
 pub fn run(args: Vec<OsString>) -> anyhow::Result<i32> {
     // `.args` embedded in the bundle are merged here (issue #2: crate::bundle).
+    let args = crate::bundle::with_embedded_args(args)?;
     let args = rewrite_llama_cpp_spellings(args);
     let args = match Args::try_parse_from(args) {
         Ok(a) => a,
