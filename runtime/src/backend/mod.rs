@@ -25,6 +25,7 @@
 //! To plug in the GPU: `plan()` below is the one place that decides the chain (`-ngl`, `--gpu`).
 
 pub mod cpu;
+pub mod gpu;
 
 use crate::model::Model;
 use anyhow::Result;
@@ -73,11 +74,20 @@ pub struct PlanOptions<'a> {
 /// not. Returns the chain in layer order; the last element runs the output.
 pub fn plan(model: &Arc<Model>, opts: &PlanOptions) -> Result<Vec<Arc<dyn Backend>>> {
     let n_layer = model.hp.n_layer;
-    // GPU offload (issue #7) hooks in here: when `opts.n_gpu_layers > 0` and `opts.gpu` allows,
-    // load the offload backend for layers `n_layer - min(ngl, n_layer)..n_layer` + output; on
-    // failure print one warning and fall through to the CPU.
-    if opts.n_gpu_layers > 0 && opts.gpu != "disable" {
-        eprintln!("warning: no GPU backend in this build; running all {n_layer} layers on the CPU");
+    // GPU offload (issue #7, `gpu.rs`): the last min(ngl, n_layer) layers + the output on the
+    // backend; on any failure one warning and the CPU runs everything.
+    let mut chain: Option<Vec<Arc<dyn Backend>>> = None;
+    if opts.n_gpu_layers > 0 && !opts.gpu.eq_ignore_ascii_case("disable") {
+        match gpu::plan_offload(model, opts) {
+            Ok(c) => chain = Some(c),
+            Err(e) => eprintln!("warning: GPU offload unavailable: {e:#}; running all {n_layer} layers on the CPU"),
+        }
     }
-    Ok(vec![Arc::new(cpu::CpuBackend::new(model.clone(), 0..n_layer, true))])
+    let chain = chain.unwrap_or_else(|| vec![Arc::new(cpu::CpuBackend::new(model.clone(), 0..n_layer, true))]);
+    if opts.verbose {
+        for line in gpu::describe_chain(&chain, n_layer) {
+            eprintln!("{line}");
+        }
+    }
+    Ok(chain)
 }
