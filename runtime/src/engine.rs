@@ -1,10 +1,33 @@
 //! The engine: KV cache, batching, generation loop, sampler. The CLI and the server use only
 //! this API, never model internals. CONTRACT (owner: engine issue #5): the server is written
 //! against these names; extend, don't break.
+//!
+//! - `Engine::load` maps the model (weights stay in the mmap), builds the tokenizer and chat
+//!   template, decides which backend runs which layers (`crate::backend::plan`) and makes the
+//!   rayon pool (`-t`).
+//! - `Session` = one KV cache (per backend) sized at creation for `n_ctx` positions and batches of
+//!   `n_batch` tokens, plus every buffer a request needs: generating allocates nothing per token
+//!   in the forward pass.
+//! - `Session::generate` reuses the longest common prefix of the cached tokens and the new prompt
+//!   (the server's prompt cache; `--chat` keeps earlier turns this way).
 
+pub mod sampler;
+
+use crate::backend::{self, Backend, BackendState, PlanOptions};
+use crate::gguf::GgufFile;
+use crate::model::Model;
 use crate::tokenizer::chat::ChatTemplate;
-use crate::tokenizer::Tokenizer;
+use crate::tokenizer::{StreamDecoder, Tokenizer};
+use anyhow::{bail, Context, Result};
+use sampler::Sampler;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Default context when the model's is larger (`-c 0`).
+pub const DEFAULT_MAX_CTX: usize = 4096;
+/// Default largest batch of prompt tokens processed at once (`-b`).
+pub const DEFAULT_BATCH: usize = 512;
 
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
@@ -22,6 +45,20 @@ pub struct LoadOptions {
     pub verbose: bool,
 }
 
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            model: PathBuf::new(),
+            n_ctx: None,
+            n_threads: None,
+            n_gpu_layers: 0,
+            gpu: "auto".into(),
+            chat_template: None,
+            verbose: false,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct SamplingParams {
     /// 0 = greedy.
@@ -36,6 +73,13 @@ pub struct SamplingParams {
     pub repeat_penalty: f32,
     pub repeat_last_n: usize,
     pub seed: u64,
+}
+
+impl Default for SamplingParams {
+    /// llama.cpp's defaults.
+    fn default() -> Self {
+        SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.95, min_p: 0.05, repeat_penalty: 1.0, repeat_last_n: 64, seed: 0 }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -70,41 +114,284 @@ pub struct GenerationStats {
     pub stop: StopReason,
 }
 
+struct Inner {
+    model: Arc<Model>,
+    tokenizer: Tokenizer,
+    template: ChatTemplate,
+    backends: Vec<Arc<dyn Backend>>,
+    pool: rayon::ThreadPool,
+    name: String,
+    n_ctx: usize,
+    n_batch: usize,
+    load_ms: f64,
+}
+
 /// A loaded model: weights (mmapped), tokenizer, template. `Send + Sync`; share it with `Arc`.
 pub struct Engine {
-    _private: (),
+    inner: Arc<Inner>,
 }
 
 impl Engine {
     pub fn load(opts: &LoadOptions) -> anyhow::Result<Engine> {
-        let _ = opts;
-        todo!()
+        Engine::load_with_batch(opts, DEFAULT_BATCH)
+    }
+    /// `load`, with the largest batch of prompt tokens processed at once (`-b`): sessions size
+    /// their buffers for it.
+    pub fn load_with_batch(opts: &LoadOptions, n_batch: usize) -> anyhow::Result<Engine> {
+        let t0 = Instant::now();
+        let path = &opts.model;
+        let file = GgufFile::open(path).with_context(|| format!("{}", path.display()))?;
+        let name = file
+            .get_str("general.name")
+            .map(str::to_string)
+            .unwrap_or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
+        let tokenizer = Tokenizer::from_gguf(&file).with_context(|| format!("{}: tokenizer", path.display()))?;
+        let template = match ChatTemplate::from_gguf(&file, opts.chat_template.as_deref()) {
+            Ok(t) => t,
+            Err(e) if opts.chat_template.is_none() => {
+                eprintln!("warning: {}: chat template: {e:#}; using chatml", path.display());
+                ChatTemplate::from_gguf(&file, Some("chatml"))?
+            }
+            Err(e) => return Err(e.context("--chat-template")),
+        };
+        let model = Arc::new(Model::load(file).with_context(|| format!("{}", path.display()))?);
+        let hp = &model.hp;
+        if tokenizer.vocab_size() > hp.n_vocab {
+            bail!("{}: the tokenizer has {} tokens but the embeddings only {}", path.display(), tokenizer.vocab_size(), hp.n_vocab);
+        }
+        let n_ctx = match opts.n_ctx {
+            Some(c) if c > 0 => {
+                if c > hp.n_ctx_train {
+                    eprintln!("warning: context {c} is longer than the {} the model was trained with", hp.n_ctx_train);
+                }
+                c
+            }
+            _ => hp.n_ctx_train.min(DEFAULT_MAX_CTX),
+        };
+        let n_threads = opts.n_threads.filter(|t| *t > 0).unwrap_or_else(|| {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        });
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(n_threads)
+            .thread_name(|i| format!("llamafile-{i}"))
+            .build()
+            .context("starting the thread pool")?;
+        let backends =
+            backend::plan(&model, &PlanOptions { n_gpu_layers: opts.n_gpu_layers, gpu: &opts.gpu, verbose: opts.verbose })?;
+        check_chain(&backends, hp.n_layer)?;
+        if opts.verbose {
+            for b in &backends {
+                let l = b.layers();
+                eprintln!(
+                    "layers {}..{} on {}{}",
+                    l.start,
+                    l.end,
+                    b.name(),
+                    if b.runs_output() { " (+ output)" } else { "" }
+                );
+            }
+        }
+        let n_batch = n_batch.clamp(1, n_ctx);
+        let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+        Ok(Engine {
+            inner: Arc::new(Inner { model, tokenizer, template, backends, pool, name, n_ctx, n_batch, load_ms }),
+        })
     }
     pub fn model_name(&self) -> &str {
-        todo!()
+        &self.inner.name
     }
     /// Context length of each session.
     pub fn n_ctx(&self) -> usize {
-        todo!()
+        self.inner.n_ctx
     }
     pub fn tokenizer(&self) -> &Tokenizer {
-        todo!()
+        &self.inner.tokenizer
     }
     pub fn chat_template(&self) -> &ChatTemplate {
-        todo!()
+        &self.inner.template
     }
     /// A conversation slot with its own KV cache (allocated here, once).
+    ///
+    /// Panics only if a backend cannot allocate its state; use `try_new_session` to get the error.
     pub fn new_session(&self) -> Session {
-        todo!()
+        self.try_new_session().expect("allocating a session")
     }
+    /// `new_session`, with the backend's error instead of a panic.
+    pub fn try_new_session(&self) -> Result<Session> {
+        let inner = self.inner.clone();
+        let hp = &inner.model.hp;
+        let states = inner
+            .backends
+            .iter()
+            .map(|b| b.new_state(inner.n_ctx, inner.n_batch))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Session {
+            x: vec![0.0; inner.n_batch * hp.n_embd],
+            logits: vec![0.0; hp.n_vocab],
+            sampler: Sampler::new(hp.n_vocab),
+            tokens: Vec::with_capacity(inner.n_ctx),
+            states,
+            inner,
+        })
+    }
+    /// The model (hyperparameters, tensor views).
+    pub fn model(&self) -> &Model {
+        &self.inner.model
+    }
+    /// Where the layers run, in order.
+    pub fn backends(&self) -> &[Arc<dyn Backend>] {
+        &self.inner.backends
+    }
+    pub fn n_threads(&self) -> usize {
+        self.inner.pool.current_num_threads()
+    }
+    pub fn n_batch(&self) -> usize {
+        self.inner.n_batch
+    }
+    /// Time `load` took (map, tokenizer, tensor table), in milliseconds.
+    pub fn load_ms(&self) -> f64 {
+        self.inner.load_ms
+    }
+}
+
+// The server shares the engine between threads and moves sessions into blocking tasks.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    const fn send<T: Send>() {}
+    send_sync::<Engine>();
+    send::<Session>();
+};
+
+fn check_chain(backends: &[Arc<dyn Backend>], n_layer: usize) -> Result<()> {
+    let mut next = 0;
+    for (i, b) in backends.iter().enumerate() {
+        let l = b.layers();
+        if l.start != next || l.end < l.start {
+            bail!("backend {} takes layers {:?}, expected to start at {next}", b.name(), l);
+        }
+        if b.runs_output() != (i + 1 == backends.len()) {
+            bail!("backend chain: the output layer must run on the last backend");
+        }
+        next = l.end;
+    }
+    if next != n_layer || backends.is_empty() {
+        bail!("backend chain covers {next} of {n_layer} layers");
+    }
+    Ok(())
 }
 
 /// One KV cache. Keeps the tokens it holds so the next request reuses the common prefix.
 pub struct Session {
-    _private: (),
+    inner: Arc<Inner>,
+    states: Vec<Box<dyn BackendState>>,
+    /// The tokens whose keys/values are in the cache, in order.
+    tokens: Vec<u32>,
+    /// [n_batch x n_embd] residual stream of the batch being processed.
+    x: Vec<f32>,
+    /// [n_vocab] logits of the last token processed.
+    logits: Vec<f32>,
+    sampler: Sampler,
 }
 
+/// Largest logits buffer `eval_all` uses (values), so a 262k vocabulary does not need GBs.
+const EVAL_LOGITS_BUDGET: usize = 32 << 20;
+
 impl Session {
+    /// Tokens in the cache.
+    pub fn n_past(&self) -> usize {
+        self.tokens.len()
+    }
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+    pub fn n_ctx(&self) -> usize {
+        self.inner.n_ctx
+    }
+    /// Logits after the last `eval` (of its last token).
+    pub fn logits(&self) -> &[f32] {
+        &self.logits
+    }
+    /// Forget everything from position `n` on.
+    pub fn truncate(&mut self, n: usize) {
+        if n < self.tokens.len() {
+            self.tokens.truncate(n);
+            for s in &mut self.states {
+                s.truncate(n);
+            }
+        }
+    }
+    pub fn clear(&mut self) {
+        self.truncate(0);
+    }
+
+    /// Run one batch (at most n_batch tokens) through the chain at the current position.
+    fn forward_batch(&mut self, toks: &[u32], logits: Option<&mut [f32]>) -> Result<()> {
+        let inner = &*self.inner;
+        let e = inner.model.hp.n_embd;
+        let n = toks.len();
+        let pos = self.tokens.len();
+        if pos + n > inner.n_ctx {
+            bail!("{} tokens do not fit: {pos} of the context of {} are used", n, inner.n_ctx);
+        }
+        for (t, &id) in toks.iter().enumerate() {
+            inner.model.embed(id, &mut self.x[t * e..(t + 1) * e])?;
+        }
+        let x = &mut self.x[..n * e];
+        let states = &mut self.states;
+        let last = states.len() - 1;
+        let mut logits = logits;
+        inner.pool.install(|| -> Result<()> {
+            for (i, s) in states.iter_mut().enumerate() {
+                let l = if i == last { logits.as_deref_mut() } else { None };
+                s.forward(x, n, pos, l)?;
+            }
+            Ok(())
+        })?;
+        self.tokens.extend_from_slice(toks);
+        Ok(())
+    }
+
+    /// Append `tokens` to the cache, in batches; with `want_logits`, `logits()` then holds the
+    /// last token's.
+    pub fn eval(&mut self, tokens: &[u32], want_logits: bool) -> Result<()> {
+        let nb = self.inner.n_batch;
+        let mut logits = std::mem::take(&mut self.logits);
+        let mut r = Ok(());
+        for (i, chunk) in tokens.chunks(nb).enumerate() {
+            let last = (i + 1) * nb >= tokens.len();
+            r = self.forward_batch(chunk, if last && want_logits { Some(&mut logits) } else { None });
+            if r.is_err() {
+                break;
+            }
+        }
+        self.logits = logits;
+        r
+    }
+
+    /// Append `tokens`, calling `f(i, logits of tokens[i])` for every one of them
+    /// (teacher-forced evaluation, perplexity).
+    pub fn eval_all(&mut self, tokens: &[u32], f: &mut dyn FnMut(usize, &[f32]) -> Result<()>) -> Result<()> {
+        let nv = self.inner.model.hp.n_vocab;
+        let nb = self.inner.n_batch.min((EVAL_LOGITS_BUDGET / nv).max(1));
+        let mut buf = vec![0f32; nb.min(tokens.len().max(1)) * nv];
+        let mut done = 0;
+        let mut last_n = 0;
+        for chunk in tokens.chunks(nb) {
+            let n = chunk.len();
+            let out = &mut buf[..n * nv];
+            self.forward_batch(chunk, Some(if n == 1 { &mut out[..nv] } else { out }))?;
+            for t in 0..n {
+                f(done + t, &buf[t * nv..(t + 1) * nv])?;
+            }
+            done += n;
+            last_n = n;
+        }
+        if last_n > 0 {
+            self.logits.copy_from_slice(&buf[(last_n - 1) * nv..last_n * nv]);
+        }
+        Ok(())
+    }
+
     /// Process the prompt (reusing the cached prefix), then generate. `on_text` gets each piece of
     /// text as it becomes final (stop strings held back); return `false` to cancel.
     pub fn generate(
@@ -112,7 +399,160 @@ impl Session {
         req: &GenerateRequest,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> anyhow::Result<GenerationStats> {
-        let _ = (req, on_text);
-        todo!()
+        let inner = self.inner.clone();
+        let n_ctx = inner.n_ctx;
+        let prompt = &req.prompt;
+        if prompt.is_empty() {
+            bail!("empty prompt");
+        }
+        if prompt.len() > n_ctx {
+            bail!("the prompt is {} tokens, longer than the context of {n_ctx} tokens", prompt.len());
+        }
+        if let Some(bad) = prompt.iter().find(|t| **t as usize >= inner.model.hp.n_vocab) {
+            bail!("token id {bad} is outside the vocabulary ({} tokens)", inner.model.hp.n_vocab);
+        }
+        // Reuse the common prefix, but always evaluate at least the last prompt token (its logits).
+        let common = self.tokens.iter().zip(prompt.iter()).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
+        self.truncate(common);
+        let t0 = Instant::now();
+        self.eval(&prompt[common..], true)?;
+        let prompt_ms = t0.elapsed().as_secs_f64() * 1e3;
+
+        self.sampler.reseed(req.sampling.seed);
+        let tok = &inner.tokenizer;
+        let mut decoder = StreamDecoder::default();
+        let mut stopper = StopStrings::new(&req.stop);
+        let t1 = Instant::now();
+        let mut generated = 0;
+        let stop = loop {
+            if generated >= req.max_tokens {
+                break StopReason::MaxTokens;
+            }
+            let mut logits = std::mem::take(&mut self.logits);
+            let id = self.sampler.sample(&mut logits, &self.tokens, &req.sampling);
+            self.logits = logits;
+            if !req.ignore_eos && tok.end_tokens().contains(&id) {
+                break StopReason::EndToken;
+            }
+            generated += 1;
+            let piece = decoder.push(tok, id);
+            match stopper.push(&piece) {
+                StopOutcome::Emit(s) => {
+                    if !s.is_empty() && !on_text(&s) {
+                        break StopReason::Cancelled;
+                    }
+                }
+                StopOutcome::Stop(s) => {
+                    if !s.is_empty() {
+                        on_text(&s);
+                    }
+                    break StopReason::StopString;
+                }
+            }
+            if generated >= req.max_tokens {
+                break StopReason::MaxTokens;
+            }
+            if self.tokens.len() >= n_ctx {
+                break StopReason::ContextFull;
+            }
+            let mut logits = std::mem::take(&mut self.logits);
+            let r = self.forward_batch(&[id], Some(&mut logits));
+            self.logits = logits;
+            r?;
+        };
+        // Whatever the decoder and the stop-string buffer still hold is final now.
+        if stop != StopReason::StopString && stop != StopReason::Cancelled {
+            let mut rest = decoder.finish();
+            rest.insert_str(0, &stopper.flush());
+            if !rest.is_empty() {
+                on_text(&rest);
+            }
+        }
+        Ok(GenerationStats {
+            prompt_tokens: prompt.len(),
+            cached_tokens: common,
+            generated_tokens: generated,
+            prompt_ms,
+            generation_ms: t1.elapsed().as_secs_f64() * 1e3,
+            stop,
+        })
+    }
+
+}
+
+/// Holds back text that might be the start of a stop string.
+struct StopStrings<'a> {
+    stops: &'a [String],
+    pending: String,
+}
+
+enum StopOutcome {
+    /// Text that is final.
+    Emit(String),
+    /// A stop string was found: the text before it, then stop.
+    Stop(String),
+}
+
+impl<'a> StopStrings<'a> {
+    fn new(stops: &'a [String]) -> Self {
+        StopStrings { stops, pending: String::new() }
+    }
+    fn push(&mut self, piece: &str) -> StopOutcome {
+        if self.stops.iter().all(|s| s.is_empty()) {
+            return StopOutcome::Emit(piece.to_string());
+        }
+        self.pending.push_str(piece);
+        if let Some(at) = self.stops.iter().filter(|s| !s.is_empty()).filter_map(|s| self.pending.find(s.as_str())).min() {
+            let out = self.pending[..at].to_string();
+            self.pending.clear();
+            return StopOutcome::Stop(out);
+        }
+        // Keep the longest suffix that is a prefix of some stop string.
+        let mut keep = 0;
+        for s in self.stops {
+            for (i, _) in self.pending.char_indices() {
+                let suffix = &self.pending[i..];
+                if suffix.len() > keep && s.starts_with(suffix) {
+                    keep = suffix.len();
+                }
+            }
+        }
+        let cut = self.pending.len() - keep;
+        let out = self.pending[..cut].to_string();
+        self.pending.drain(..cut);
+        StopOutcome::Emit(out)
+    }
+    fn flush(&mut self) -> String {
+        std::mem::take(&mut self.pending)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(stops: &[&str], pieces: &[&str]) -> (String, bool) {
+        let stops: Vec<String> = stops.iter().map(|s| s.to_string()).collect();
+        let mut s = StopStrings::new(&stops);
+        let mut out = String::new();
+        for p in pieces {
+            match s.push(p) {
+                StopOutcome::Emit(t) => out.push_str(&t),
+                StopOutcome::Stop(t) => {
+                    out.push_str(&t);
+                    return (out, true);
+                }
+            }
+        }
+        out.push_str(&s.flush());
+        (out, false)
+    }
+
+    #[test]
+    fn stop_strings_split_across_pieces_are_held_back_and_cut() {
+        assert_eq!(run(&["</s>"], &["Hello", " wor", "ld</", "s> more"]), ("Hello world".into(), true));
+        assert_eq!(run(&["STOP"], &["a S", "T", "x"]), ("a STx".into(), false));
+        assert_eq!(run(&[], &["a", "b"]), ("ab".into(), false));
+        assert_eq!(run(&["ab", "b"], &["xab"]), ("x".into(), true));
     }
 }

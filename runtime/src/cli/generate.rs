@@ -1,8 +1,514 @@
-//! (being written)
+//! Text generation from the command line: a prompt (`-p`/`-f`), an interactive conversation
+//! (`--chat`), and the measurement modes: `--eval-tokens` (teacher-forced logits as JSON),
+//! `--perplexity -f FILE`, `--bench` (pp512/tg128 and peak RSS).
+//!
+//! Generated text goes to stdout as it comes; logs and timings go to stderr (`--log-disable`
+//! silences them).
 
 use super::Args;
+use crate::engine::{Engine, GenerateRequest, GenerationStats, LoadOptions, SamplingParams, StopReason};
+use crate::tokenizer::chat::ChatMessage;
+use anyhow::{anyhow, bail, Context, Result};
+use std::io::{BufRead, IsTerminal, Write};
+use std::time::Instant;
 
-pub fn run(args: &Args) -> anyhow::Result<i32> {
-    let _ = args;
-    anyhow::bail!("generate: not implemented yet")
+macro_rules! log {
+    ($args:expr, $($t:tt)*) => {
+        if !$args.log_disable {
+            eprintln!($($t)*);
+        }
+    };
+}
+
+pub fn run(args: &Args) -> Result<i32> {
+    let model = args.model.clone().ok_or_else(|| anyhow!("no model: give one with -m FILE.gguf"))?;
+    if args.bench {
+        return bench(args, &model);
+    }
+    let mut opts = load_options(args, &model);
+    if args.perplexity && args.ctx_size == 0 {
+        opts.n_ctx = Some(512);
+    }
+    let engine = Engine::load_with_batch(&opts, args.batch_size.max(1))?;
+    log!(args, "{}", describe(&engine));
+    if let Some(list) = &args.eval_tokens {
+        return eval_tokens(args, &engine, list);
+    }
+    if args.perplexity {
+        return perplexity(args, &engine);
+    }
+    if args.chat {
+        return chat(args, &engine);
+    }
+    prompt(args, &engine)
+}
+
+/// The engine's load options from the command line.
+pub fn load_options(args: &Args, model: &std::path::Path) -> LoadOptions {
+    LoadOptions {
+        model: model.to_path_buf(),
+        n_ctx: (args.ctx_size > 0).then_some(args.ctx_size),
+        n_threads: args.threads,
+        n_gpu_layers: args.n_gpu_layers,
+        gpu: args.gpu.clone(),
+        chat_template: args.chat_template.clone(),
+        verbose: args.verbose,
+    }
+}
+
+/// Sampling parameters from the command line (`-s -1` = a random seed).
+pub fn sampling(args: &Args) -> SamplingParams {
+    let seed = if args.seed < 0 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    } else {
+        args.seed as u64
+    };
+    SamplingParams {
+        temperature: args.temp,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        min_p: args.min_p,
+        repeat_penalty: args.repeat_penalty,
+        repeat_last_n: args.repeat_last_n,
+        seed,
+    }
+}
+
+fn describe(e: &Engine) -> String {
+    let hp = &e.model().hp;
+    let backends: Vec<String> = e.backends().iter().map(|b| b.name()).collect();
+    format!(
+        "loaded {} ({}, {} layers, embedding {}, {} heads / {} KV) in {:.0} ms; context {}, {} threads, {}",
+        e.model_name(),
+        hp.arch,
+        hp.n_layer,
+        hp.n_embd,
+        hp.n_head,
+        hp.n_head_kv,
+        e.load_ms(),
+        e.n_ctx(),
+        e.n_threads(),
+        backends.join(" + ")
+    )
+}
+
+/// `-e`: \n \t \r \\ \" \' and \xNN.
+pub fn process_escapes(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars().peekable();
+    while let Some(c) = it.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match it.next() {
+            Some('n') => out.push('\n'),
+            Some('t') => out.push('\t'),
+            Some('r') => out.push('\r'),
+            Some('\\') => out.push('\\'),
+            Some('"') => out.push('"'),
+            Some('\'') => out.push('\''),
+            Some('x') => {
+                let hex: String = it.clone().take(2).collect();
+                match u8::from_str_radix(&hex, 16) {
+                    Ok(b) if hex.len() == 2 => {
+                        out.push(b as char);
+                        it.next();
+                        it.next();
+                    }
+                    _ => out.push_str("\\x"),
+                }
+            }
+            Some(o) => {
+                out.push('\\');
+                out.push(o);
+            }
+            None => out.push('\\'),
+        }
+    }
+    out
+}
+
+fn timings(args: &Args, s: &GenerationStats) {
+    let rate = |n: usize, ms: f64| if ms > 0.0 { n as f64 * 1e3 / ms } else { 0.0 };
+    let evaluated = s.prompt_tokens - s.cached_tokens;
+    log!(
+        args,
+        "\nprompt: {} tokens ({} cached) in {:.0} ms, {:.2} tokens/s | generation: {} tokens in {:.0} ms, {:.2} tokens/s | stop: {:?}",
+        s.prompt_tokens,
+        s.cached_tokens,
+        s.prompt_ms,
+        rate(evaluated, s.prompt_ms),
+        s.generated_tokens,
+        s.generation_ms,
+        rate(s.generated_tokens, s.generation_ms),
+        s.stop
+    );
+}
+
+fn max_tokens(args: &Args) -> usize {
+    if args.n_predict < 0 {
+        usize::MAX
+    } else {
+        args.n_predict as usize
+    }
+}
+
+/// Encode with BOS as the model wants, special tokens recognised, and no doubled BOS when the
+/// text (a rendered template) already starts with it.
+fn encode_prompt(engine: &Engine, text: &str) -> Result<Vec<u32>> {
+    let tok = engine.tokenizer();
+    let mut ids = tok.encode(text, true, true)?;
+    if let Some(bos) = tok.bos() {
+        if ids.len() >= 2 && ids[0] == bos && ids[1] == bos {
+            ids.remove(0);
+        }
+    }
+    Ok(ids)
+}
+
+fn prompt(args: &Args, engine: &Engine) -> Result<i32> {
+    let mut text = match (&args.prompt, &args.file) {
+        (Some(p), _) => p.clone(),
+        (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("{}: cannot read the prompt file", f.display()))?,
+        (None, None) => String::new(),
+    };
+    if args.escape {
+        text = process_escapes(&text);
+    }
+    let ids = encode_prompt(engine, &text)?;
+    if ids.is_empty() {
+        bail!("the prompt is empty");
+    }
+    let mut session = engine.try_new_session()?;
+    let mut out = std::io::stdout().lock();
+    if !args.no_display_prompt {
+        out.write_all(text.as_bytes())?;
+        out.flush()?;
+    }
+    let req = GenerateRequest {
+        prompt: ids,
+        max_tokens: max_tokens(args),
+        sampling: sampling(args),
+        stop: Vec::new(),
+        ignore_eos: args.ignore_eos,
+    };
+    let mut write_err = None;
+    let stats = session.generate(&req, &mut |piece| match out.write_all(piece.as_bytes()).and_then(|_| out.flush()) {
+        Ok(()) => true,
+        Err(e) => {
+            write_err = Some(e);
+            false
+        }
+    })?;
+    if let Some(e) = write_err {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            return Err(anyhow::Error::new(e).context("writing to stdout"));
+        }
+    }
+    if std::io::stdout().is_terminal() {
+        writeln!(out)?;
+    }
+    timings(args, &stats);
+    if stats.stop == StopReason::ContextFull {
+        log!(args, "stopped: the context of {} tokens is full (use -c to make it larger)", engine.n_ctx());
+    }
+    Ok(0)
+}
+
+fn chat(args: &Args, engine: &Engine) -> Result<i32> {
+    let mut session = engine.try_new_session()?;
+    let mut messages: Vec<ChatMessage> = Vec::new();
+    if let Some(s) = &args.system {
+        messages.push(ChatMessage { role: "system".into(), content: s.clone() });
+    }
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    let mut first_prompt = args.prompt.clone();
+    let interactive = std::io::stdin().is_terminal();
+    log!(args, "chat with {} (template {}); end with Ctrl-D or /exit", engine.model_name(), engine.chat_template().name());
+    loop {
+        let user = if let Some(p) = first_prompt.take() {
+            p
+        } else {
+            if interactive {
+                print!("\n> ");
+                std::io::stdout().flush()?;
+            }
+            match lines.next() {
+                None => break,
+                Some(l) => l.context("reading stdin")?,
+            }
+        };
+        let user = if args.escape { process_escapes(&user) } else { user };
+        if user.trim() == "/exit" {
+            break;
+        }
+        if user.trim().is_empty() {
+            continue;
+        }
+        messages.push(ChatMessage { role: "user".into(), content: user });
+        let text = engine.chat_template().render(&messages, true)?;
+        let ids = encode_prompt(engine, &text)?;
+        if ids.len() >= engine.n_ctx() {
+            bail!("the conversation is {} tokens, longer than the context of {} (use -c to make it larger)", ids.len(), engine.n_ctx());
+        }
+        let req = GenerateRequest {
+            prompt: ids,
+            max_tokens: max_tokens(args),
+            sampling: sampling(args),
+            stop: Vec::new(),
+            ignore_eos: false,
+        };
+        let mut reply = String::new();
+        let mut out = std::io::stdout().lock();
+        let stats = session.generate(&req, &mut |piece| {
+            reply.push_str(piece);
+            out.write_all(piece.as_bytes()).and_then(|_| out.flush()).is_ok()
+        })?;
+        writeln!(out)?;
+        drop(out);
+        if args.verbose {
+            timings(args, &stats);
+        }
+        messages.push(ChatMessage { role: "assistant".into(), content: reply.trim().to_string() });
+        if stats.stop == StopReason::ContextFull {
+            log!(args, "the context of {} tokens is full; ending the conversation (use -c to make it larger)", engine.n_ctx());
+            break;
+        }
+    }
+    Ok(0)
+}
+
+/// log-softmax of `logits` at `id`, in f64.
+fn log_prob(logits: &[f32], id: u32) -> f64 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let sum: f64 = logits.iter().map(|l| (*l as f64 - max).exp()).sum();
+    logits[id as usize] as f64 - max - sum.ln()
+}
+
+/// The `k` largest logits, largest first (ties by id).
+fn top_k(logits: &[f32], k: usize, idx: &mut Vec<u32>) -> Vec<(u32, f32)> {
+    idx.clear();
+    idx.extend(0..logits.len() as u32);
+    let k = k.min(idx.len());
+    let cmp = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b));
+    if k > 0 && k < idx.len() {
+        idx.select_nth_unstable_by(k - 1, cmp);
+    }
+    idx.truncate(k);
+    idx.sort_unstable_by(cmp);
+    idx.iter().map(|i| (*i, logits[*i as usize])).collect()
+}
+
+fn eval_tokens(args: &Args, engine: &Engine, list: &str) -> Result<i32> {
+    let n_vocab = engine.model().hp.n_vocab;
+    let tokens: Vec<u32> = list
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim().parse::<u32>().map_err(|_| anyhow!("--eval-tokens: '{}' is not a token id", s.trim())))
+        .collect::<Result<_>>()?;
+    if tokens.is_empty() {
+        bail!("--eval-tokens: no token ids");
+    }
+    if let Some(bad) = tokens.iter().find(|t| **t as usize >= n_vocab) {
+        bail!("--eval-tokens: token id {bad} is outside the vocabulary ({n_vocab} tokens)");
+    }
+    if tokens.len() > engine.n_ctx() {
+        bail!("--eval-tokens: {} tokens, longer than the context of {} (use -c)", tokens.len(), engine.n_ctx());
+    }
+    let mut session = engine.try_new_session()?;
+    let mut top = Vec::with_capacity(tokens.len());
+    let mut nll = Vec::with_capacity(tokens.len());
+    let mut idx = Vec::new();
+    let t0 = Instant::now();
+    session.eval_all(&tokens, &mut |i, logits| {
+        top.push(top_k(logits, args.top, &mut idx));
+        if i + 1 < tokens.len() {
+            nll.push(-log_prob(logits, tokens[i + 1]));
+        }
+        Ok(())
+    })?;
+    let eval_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let n_greedy = args.n_predict.max(0) as usize;
+    let mut greedy = Vec::with_capacity(n_greedy);
+    for i in 0..n_greedy {
+        let id = crate::engine::sampler::argmax(session.logits());
+        greedy.push(id);
+        if i + 1 < n_greedy {
+            if session.n_past() >= session.n_ctx() {
+                break;
+            }
+            session.eval(&[id], true)?;
+        }
+    }
+    log!(args, "evaluated {} tokens in {:.0} ms", tokens.len(), eval_ms);
+    let json = serde_json::json!({
+        "tokens": tokens,
+        "top10": top.iter().map(|r| r.iter().map(|(i, l)| serde_json::json!([i, l])).collect::<Vec<_>>()).collect::<Vec<_>>(),
+        "nll": nll,
+        "greedy": greedy,
+    });
+    println!("{json}");
+    Ok(0)
+}
+
+/// llama.cpp's method: the text is cut into chunks of n_ctx tokens, each starting with BOS (when
+/// the model uses one); each chunk is evaluated from scratch and only its second half is scored,
+/// so every scored token has at least n_ctx/2 tokens of context.
+fn perplexity(args: &Args, engine: &Engine) -> Result<i32> {
+    let file = args.file.as_ref().ok_or_else(|| anyhow!("--perplexity needs a text file: -f FILE"))?;
+    let text = std::fs::read_to_string(file).with_context(|| format!("{}: cannot read", file.display()))?;
+    let tok = engine.tokenizer();
+    let ids = tok.encode(&text, false, false)?;
+    let n_ctx = engine.n_ctx();
+    if ids.len() < 2 * n_ctx {
+        bail!(
+            "{}: {} tokens; perplexity with a context of {n_ctx} needs at least {} (use a smaller -c)",
+            file.display(),
+            ids.len(),
+            2 * n_ctx
+        );
+    }
+    let n_chunks = ids.len() / n_ctx;
+    let first = n_ctx / 2;
+    let mut session = engine.try_new_session()?;
+    let mut nll_sum = 0f64;
+    let mut nll2_sum = 0f64;
+    let mut count = 0usize;
+    let t0 = Instant::now();
+    let mut chunk_toks = Vec::with_capacity(n_ctx);
+    for c in 0..n_chunks {
+        chunk_toks.clear();
+        chunk_toks.extend_from_slice(&ids[c * n_ctx..(c + 1) * n_ctx]);
+        if tok.adds_bos() {
+            if let Some(b) = tok.bos() {
+                chunk_toks[0] = b;
+            }
+        }
+        session.clear();
+        let target = &ids[c * n_ctx..(c + 1) * n_ctx];
+        session.eval_all(&chunk_toks, &mut |i, logits| {
+            if i >= first && i + 1 < n_ctx {
+                let v = -log_prob(logits, target[i + 1]);
+                nll_sum += v;
+                nll2_sum += v * v;
+                count += 1;
+            }
+            Ok(())
+        })?;
+        if !args.log_disable {
+            eprint!("[{}]{:.4},", c + 1, (nll_sum / count as f64).exp());
+            if c == 0 {
+                let s = t0.elapsed().as_secs_f64();
+                eprint!(" ({:.2} s per chunk, about {:.1} minutes in all) ", s, s * n_chunks as f64 / 60.0);
+            }
+        }
+    }
+    log!(args, "");
+    let mean = nll_sum / count as f64;
+    let var = (nll2_sum / count as f64 - mean * mean).max(0.0);
+    let ppl = mean.exp();
+    let err = ppl * (var / (count as f64 - 1.0).max(1.0)).sqrt();
+    println!("Final estimate: PPL = {ppl:.4} +/- {err:.5} ({n_chunks} chunks of {n_ctx} tokens, {count} scored)");
+    Ok(0)
+}
+
+/// Peak resident set size of this process, in bytes (Linux: VmHWM, the value getrusage's
+/// ru_maxrss reports).
+pub fn peak_rss() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+fn bench(args: &Args, model: &std::path::Path) -> Result<i32> {
+    let (pp, tg) = (args.bench_pp, args.bench_tg);
+    let mut opts = load_options(args, model);
+    if args.ctx_size == 0 {
+        opts.n_ctx = Some((pp + tg).max(1));
+    }
+    let t0 = Instant::now();
+    let engine = Engine::load_with_batch(&opts, args.batch_size.max(1))?;
+    let load_s = t0.elapsed().as_secs_f64();
+    let n_vocab = engine.model().hp.n_vocab as u64;
+    if pp + tg > engine.n_ctx() {
+        bail!("--bench: {pp} + {tg} tokens do not fit the context of {}", engine.n_ctx());
+    }
+    let mut rng = crate::engine::sampler::Rng::new(1234);
+    let prompt: Vec<u32> = (0..pp).map(|_| (rng.next_u64() % n_vocab) as u32).collect();
+    let mut session = engine.try_new_session()?;
+    // Warm-up: one token touches every weight page once (a cold mmap reads from disk).
+    let tw = Instant::now();
+    session.eval(&prompt[..1.min(pp)], true)?;
+    let warm_s = tw.elapsed().as_secs_f64();
+    session.clear();
+
+    let mut pp_rate = 0.0;
+    if pp > 0 {
+        let t = Instant::now();
+        session.eval(&prompt, true)?;
+        pp_rate = pp as f64 / t.elapsed().as_secs_f64();
+    }
+    session.clear();
+    let mut tg_rate = 0.0;
+    if tg > 0 {
+        let mut id = prompt.first().copied().unwrap_or(1);
+        let t = Instant::now();
+        for _ in 0..tg {
+            session.eval(&[id], true)?;
+            id = crate::engine::sampler::argmax(session.logits());
+        }
+        tg_rate = tg as f64 / t.elapsed().as_secs_f64();
+    }
+    let file_bytes = std::fs::metadata(model).map(|m| m.len()).unwrap_or(0);
+    let hp = &engine.model().hp;
+    let kv_bytes = (engine.n_ctx() * hp.n_layer * (hp.k_dim() + hp.v_dim()) * 2) as u64;
+    let mb = |b: u64| b as f64 / (1 << 20) as f64;
+    println!(
+        "model: {} ({}, {:.0} MiB), threads: {}, isa: {}, batch: {}",
+        engine.model_name(),
+        hp.arch,
+        mb(file_bytes),
+        engine.n_threads(),
+        kernels_cpu::kernels().isa.name(),
+        engine.n_batch()
+    );
+    println!("load: {:.2} s (first pass over the weights: {:.2} s)", load_s, warm_s);
+    println!("pp{pp}: {pp_rate:.2} tokens/s");
+    println!("tg{tg}: {tg_rate:.2} tokens/s");
+    match peak_rss() {
+        Some(r) => println!(
+            "peak RSS: {:.0} MiB (file {:.0} MiB + KV cache {:.0} MiB = {:.0} MiB; overhead {:.0} MiB)",
+            mb(r),
+            mb(file_bytes),
+            mb(kv_bytes),
+            mb(file_bytes + kv_bytes),
+            mb(r) - mb(file_bytes + kv_bytes)
+        ),
+        None => println!("peak RSS: unknown on this system"),
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes() {
+        assert_eq!(process_escapes(r#"a\nb\tc\\d\"e\x41\q"#), "a\nb\tc\\d\"eA\\q");
+        assert_eq!(process_escapes(r"end\"), "end\\");
+    }
+
+    #[test]
+    fn top_k_and_log_prob() {
+        let l = [1.0f32, 3.0, 2.0, 3.0];
+        let mut idx = Vec::new();
+        assert_eq!(top_k(&l, 3, &mut idx), vec![(1, 3.0), (3, 3.0), (2, 2.0)]);
+        let lp: f64 = (0..4).map(|i| log_prob(&l, i).exp()).sum();
+        assert!((lp - 1.0).abs() < 1e-12);
+        assert!((log_prob(&[0.0, 0.0], 1) - 0.5f64.ln()).abs() < 1e-12);
+    }
 }

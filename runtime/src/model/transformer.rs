@@ -18,7 +18,7 @@
 use super::{FfnActivation, Hparams, LayerAttn, Model, RopeStyle, Weight};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
-use kernels_cpu::matmul::{matmul, Scratch};
+use kernels_cpu::matmul::{matmul, matmul_quantized, quantize_activations, Scratch};
 use rayon::prelude::*;
 
 /// The FFN runs over at most this many tokens at a time, so its two [n x n_ff] buffers stay
@@ -213,6 +213,19 @@ fn project(model: &Model, w: &Weight, x: &[f32], n: usize, y: &mut [f32], scratc
     matmul(model.bytes(w), w.wtype, w.rows, w.cols, &x[..n * w.cols], n, &mut y[..n * w.rows], scratch);
 }
 
+/// Several projections of the same input `x` [n x cols]: the activations are quantized once per
+/// activation format (q, k, v of a Q4_K_M model share one Q8_K quantization even when v is Q6_K).
+fn project_many(model: &Model, ws: &[&Weight], x: &[f32], n: usize, ys: [&mut [f32]; 3], count: usize, scratch: &mut Scratch) {
+    for (i, y) in ys.into_iter().enumerate().take(count) {
+        let w = ws[i];
+        let at = w.wtype.vec_dot_type();
+        if scratch.held() != Some((at, w.cols, n)) || i == 0 {
+            quantize_activations(w.wtype, &x[..n * w.cols], n, w.cols, scratch);
+        }
+        matmul_quantized(model.bytes(w), w.wtype, w.rows, w.cols, scratch, &mut y[..n * w.rows]);
+    }
+}
+
 fn add_bias(y: &mut [f32], b: &Option<Vec<f32>>, n: usize) {
     if let Some(b) = b {
         for row in y.chunks_exact_mut(b.len()).take(n) {
@@ -246,9 +259,7 @@ pub fn layer_forward(
     for t in 0..n {
         rmsnorm(&mut ws.xn[t * e..(t + 1) * e], &x[t * e..(t + 1) * e], &lw.attn_norm, eps);
     }
-    project(model, &lw.wq, &ws.xn, n, &mut ws.q, &mut ws.scratch);
-    project(model, &lw.wk, &ws.xn, n, &mut ws.k, &mut ws.scratch);
-    project(model, &lw.wv, &ws.xn, n, &mut ws.v, &mut ws.scratch);
+    project_many(model, &[&lw.wq, &lw.wk, &lw.wv], &ws.xn, n, [&mut ws.q, &mut ws.k, &mut ws.v], 3, &mut ws.scratch);
     add_bias(&mut ws.q, &lw.bq, n);
     add_bias(&mut ws.k, &lw.bk, n);
     add_bias(&mut ws.v, &lw.bv, n);
@@ -293,8 +304,8 @@ pub fn layer_forward(
     while t0 < n {
         let m = chunk.min(n - t0);
         let xn = &ws.xn[t0 * e..(t0 + m) * e];
-        project(model, &lw.ffn_gate, xn, m, &mut ws.gate, &mut ws.scratch);
-        project(model, &lw.ffn_up, xn, m, &mut ws.up, &mut ws.scratch);
+        let mut none: [f32; 0] = [];
+        project_many(model, &[&lw.ffn_gate, &lw.ffn_up], xn, m, [&mut ws.gate, &mut ws.up, &mut none], 2, &mut ws.scratch);
         let act = hp.recipe.ffn_act;
         ws.gate[..m * nf].par_chunks_mut(4096).zip(ws.up[..m * nf].par_chunks(4096)).for_each(|(g, u)| match act {
             FfnActivation::Silu => g.iter_mut().zip(u).for_each(|(g, u)| *g = silu(*g) * u),

@@ -1,0 +1,201 @@
+//! Token sampling: repeat penalty, then greedy, or top-k -> top-p -> min-p -> temperature ->
+//! a draw (llama.cpp's default chain order). The candidate buffer is allocated once per session.
+
+use super::SamplingParams;
+
+/// SplitMix64: a tiny, well-known generator. Hand-written rather than the `rand` crate so that a
+/// seed gives the same tokens whatever crate versions are resolved (rand's `StdRng` algorithm may
+/// change between versions), with no new dependency for ten lines.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [0, 1).
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+pub struct Sampler {
+    cand: Vec<(u32, f32)>,
+    rng: Rng,
+}
+
+/// Index of the largest value (the first one on ties).
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, v) in logits.iter().enumerate() {
+        if *v > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+impl Sampler {
+    pub fn new(n_vocab: usize) -> Sampler {
+        Sampler { cand: Vec::with_capacity(n_vocab), rng: Rng::new(0) }
+    }
+
+    pub fn reseed(&mut self, seed: u64) {
+        self.rng = Rng::new(seed);
+    }
+
+    /// Apply the repeat penalty in place: for each distinct token among `recent`, a positive logit
+    /// is divided by `penalty`, a negative one multiplied (as the reference does).
+    pub fn apply_repeat_penalty(logits: &mut [f32], recent: &[u32], penalty: f32) {
+        if penalty == 1.0 || recent.is_empty() {
+            return;
+        }
+        // Each token at most once: mark visited by flipping through a second pass (no allocation):
+        // tokens are few (repeat_last_n), so a quadratic scan over `recent` is cheap.
+        for (i, &t) in recent.iter().enumerate() {
+            if recent[..i].contains(&t) {
+                continue;
+            }
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l = if *l > 0.0 { *l / penalty } else { *l * penalty };
+            }
+        }
+    }
+
+    /// Pick the next token from `logits` (modified in place by the penalty). `recent` are the
+    /// tokens of the context, most recent last.
+    pub fn sample(&mut self, logits: &mut [f32], recent: &[u32], p: &SamplingParams) -> u32 {
+        let last_n = p.repeat_last_n.min(recent.len());
+        Self::apply_repeat_penalty(logits, &recent[recent.len() - last_n..], p.repeat_penalty);
+        if p.temperature <= 0.0 {
+            return argmax(logits);
+        }
+        let c = &mut self.cand;
+        c.clear();
+        c.extend(logits.iter().enumerate().map(|(i, l)| (i as u32, *l)));
+        let by_logit = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        // top-k: keep the k largest, sorted.
+        if p.top_k > 0 && p.top_k < c.len() {
+            c.select_nth_unstable_by(p.top_k - 1, by_logit);
+            c.truncate(p.top_k);
+        }
+        c.sort_unstable_by(by_logit);
+        // softmax over what is left (values become probabilities)
+        softmax(c);
+        // top-p: smallest prefix whose mass reaches p (at least one token).
+        if p.top_p < 1.0 {
+            let mut cum = 0.0;
+            let mut keep = c.len();
+            for (i, (_, pr)) in c.iter().enumerate() {
+                cum += pr;
+                if cum >= p.top_p {
+                    keep = i + 1;
+                    break;
+                }
+            }
+            c.truncate(keep.max(1));
+        }
+        // min-p: drop tokens below min_p times the best probability.
+        if p.min_p > 0.0 && !c.is_empty() {
+            let thr = c[0].1 * p.min_p;
+            let keep = c.iter().take_while(|(_, pr)| *pr >= thr).count();
+            c.truncate(keep.max(1));
+        }
+        // temperature on the survivors: p^(1/T) renormalised == softmax(logit / T).
+        let inv_t = 1.0 / p.temperature;
+        for (_, pr) in c.iter_mut() {
+            *pr = pr.powf(inv_t);
+        }
+        let sum: f32 = c.iter().map(|(_, pr)| pr).sum();
+        let mut r = self.rng.next_f64() as f32 * sum;
+        for (id, pr) in c.iter() {
+            if r < *pr {
+                return *id;
+            }
+            r -= pr;
+        }
+        c.last().map(|(id, _)| *id).unwrap_or_else(|| argmax(logits))
+    }
+}
+
+/// Logits -> probabilities, in place (the candidates are sorted, largest first).
+fn softmax(c: &mut [(u32, f32)]) {
+    let Some(max) = c.first().map(|x| x.1) else { return };
+    let mut sum = 0.0;
+    for (_, v) in c.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    for (_, v) in c.iter_mut() {
+        *v /= sum;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(t: f32) -> SamplingParams {
+        SamplingParams { temperature: t, top_k: 0, top_p: 1.0, min_p: 0.0, repeat_penalty: 1.0, repeat_last_n: 64, seed: 1 }
+    }
+
+    #[test]
+    fn greedy_is_argmax() {
+        let mut s = Sampler::new(4);
+        let mut l = vec![0.1, 2.0, -1.0, 2.0];
+        assert_eq!(s.sample(&mut l, &[], &params(0.0)), 1);
+    }
+
+    #[test]
+    fn repeat_penalty_divides_positive_and_multiplies_negative() {
+        let mut l = vec![2.0, -2.0, 1.0];
+        Sampler::apply_repeat_penalty(&mut l, &[0, 1, 0], 2.0);
+        assert_eq!(l, vec![1.0, -4.0, 1.0]);
+        // with the penalty, greedy moves off token 0
+        let mut s = Sampler::new(3);
+        let mut l = vec![2.0, -2.0, 1.5];
+        let p = SamplingParams { repeat_penalty: 2.0, ..params(0.0) };
+        assert_eq!(s.sample(&mut l, &[0], &p), 2);
+    }
+
+    #[test]
+    fn same_seed_same_draws_and_distribution_follows_probabilities() {
+        let logits = vec![0.0f32, (3.0f32).ln(), -30.0];
+        let mut a = Sampler::new(3);
+        let mut b = Sampler::new(3);
+        a.reseed(42);
+        b.reseed(42);
+        let mut counts = [0usize; 3];
+        for _ in 0..4000 {
+            let ta = a.sample(&mut logits.clone(), &[], &params(1.0));
+            let tb = b.sample(&mut logits.clone(), &[], &params(1.0));
+            assert_eq!(ta, tb);
+            counts[ta as usize] += 1;
+        }
+        // p = 0.25, 0.75, ~0
+        assert!((counts[1] as f64 / 4000.0 - 0.75).abs() < 0.03, "{counts:?}");
+        assert_eq!(counts[2], 0);
+    }
+
+    #[test]
+    fn top_k_top_p_min_p_restrict_the_candidates() {
+        let logits = vec![3.0f32, 2.9, 0.0, -1.0];
+        let mut s = Sampler::new(4);
+        s.reseed(7);
+        for _ in 0..200 {
+            let t = s.sample(&mut logits.clone(), &[], &SamplingParams { top_k: 1, ..params(1.0) });
+            assert_eq!(t, 0);
+            let t = s.sample(&mut logits.clone(), &[], &SamplingParams { top_p: 0.5, ..params(1.0) });
+            assert_eq!(t, 0);
+            let t = s.sample(&mut logits.clone(), &[], &SamplingParams { min_p: 0.5, ..params(1.0) });
+            assert!(t <= 1);
+        }
+    }
+}

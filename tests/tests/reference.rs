@@ -1,0 +1,267 @@
+//! Golden tests: the engine against the reference engine's answers in ../shared/reference/*.json,
+//! within the tolerances of ../shared/README.md, through the real binary's evaluation mode
+//! (`llamafile -m M --eval-tokens ... --top K -n 32`), with several thread counts and ISAs
+//! (`LLAMAFILE_ISA` on the child process).
+//!
+//! Per case: mean |logit - reference| over the reference's top-10 ids at every position
+//! (<= 0.15 tiny models, <= 0.25 real ones), top-1 agreement >= 90% of positions (all but 2 for
+//! short inputs), mean NLL within 2%. Greedy continuations are compared and reported.
+//! The real models (gemma-3-270m, Qwen2.5-Coder 0.5B) are used when scripts/fetch-model has put
+//! them in ~/.cache/llamafile-rs/models (or $LLAMAFILE_RS_MODELS); otherwise they are skipped
+//! with a message.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// How many of our logits per position the binary prints: the reference's top-10 ids must be
+/// among them to compare their logits (a correct engine ranks them within the first ~15).
+const OUR_TOP: usize = 40;
+
+struct Case {
+    name: String,
+    tokens: Vec<u32>,
+    top10: Vec<Vec<(u32, f32)>>,
+    nll: Vec<f64>,
+    greedy: Vec<u32>,
+}
+
+fn load_reference(path: &Path) -> Vec<Case> {
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    v["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| Case {
+            name: c["name"].as_str().unwrap().to_string(),
+            tokens: ids(&c["tokens"]),
+            top10: c["top10"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|pos| pos.as_array().unwrap().iter().map(|p| (p[0].as_u64().unwrap() as u32, p[1].as_f64().unwrap() as f32)).collect())
+                .collect(),
+            nll: c["nll"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect(),
+            greedy: ids(&c["greedy"]),
+        })
+        .collect()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+struct Ours {
+    top: Vec<Vec<(u32, f32)>>,
+    nll: Vec<f64>,
+    greedy: Vec<u32>,
+}
+
+fn run_eval(model: &Path, tokens: &[u32], threads: usize, isa: Option<&str>, n_greedy: usize) -> Ours {
+    let list: Vec<String> = tokens.iter().map(|t| t.to_string()).collect();
+    let mut cmd = Command::new(e2e::bin("llamafile"));
+    cmd.arg("-m")
+        .arg(model)
+        .args(["--eval-tokens", &list.join(","), "--top", &OUR_TOP.to_string(), "-n", &n_greedy.to_string()])
+        .args(["-t", &threads.to_string(), "--log-disable"]);
+    match isa {
+        Some(i) => cmd.env("LLAMAFILE_ISA", i),
+        None => cmd.env_remove("LLAMAFILE_ISA"),
+    };
+    let out = cmd.output().expect("running llamafile");
+    assert!(
+        out.status.success(),
+        "llamafile --eval-tokens failed on {}: {}",
+        model.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("eval output is one JSON object");
+    assert_eq!(ids(&v["tokens"]), tokens, "echoed tokens");
+    Ours {
+        top: v["top10"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|pos| pos.as_array().unwrap().iter().map(|p| (p[0].as_u64().unwrap() as u32, p[1].as_f64().unwrap() as f32)).collect())
+            .collect(),
+        nll: v["nll"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect(),
+        greedy: ids(&v["greedy"]),
+    }
+}
+
+struct Verdict {
+    mean_diff: f64,
+    top1: usize,
+    positions: usize,
+    nll_ours: f64,
+    nll_ref: f64,
+    greedy_prefix: usize,
+    missing: usize,
+}
+
+fn compare(c: &Case, o: &Ours) -> Verdict {
+    assert_eq!(o.top.len(), c.top10.len(), "{}: positions", c.name);
+    assert_eq!(o.nll.len(), c.nll.len(), "{}: nll entries", c.name);
+    let mut sum = 0.0;
+    let mut n = 0usize;
+    let mut missing = 0;
+    let mut top1 = 0;
+    for (r, ours) in c.top10.iter().zip(&o.top) {
+        if ours[0].0 == r[0].0 {
+            top1 += 1;
+        }
+        let floor = ours.last().unwrap().1;
+        for (id, l) in r {
+            let d = match ours.iter().find(|(i, _)| i == id) {
+                Some((_, ol)) => (ol - l).abs() as f64,
+                None => {
+                    // Not among our OUR_TOP: our logit is below our last one printed.
+                    missing += 1;
+                    (*l - floor).max(0.0) as f64 + 1.0
+                }
+            };
+            sum += d;
+            n += 1;
+        }
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let greedy_prefix = o.greedy.iter().zip(&c.greedy).take_while(|(a, b)| a == b).count();
+    Verdict {
+        mean_diff: sum / n as f64,
+        top1,
+        positions: c.top10.len(),
+        nll_ours: mean(&o.nll),
+        nll_ref: mean(&c.nll),
+        greedy_prefix,
+        missing,
+    }
+}
+
+fn check(model: &Path, reference: &Path, max_diff: f64, runs: &[(usize, Option<&str>)], cases: Option<&[&str]>) {
+    let all = load_reference(reference);
+    let isas = available_isas();
+    let mut failures = Vec::new();
+    for c in all.iter().filter(|c| cases.is_none_or(|w| w.contains(&c.name.as_str()))) {
+        for &(threads, isa) in runs {
+            if let Some(i) = isa {
+                if !isas.contains(&i) {
+                    continue;
+                }
+            }
+            let o = run_eval(model, &c.tokens, threads, isa, c.greedy.len());
+            let v = compare(c, &o);
+            let need_top1 = if v.positions >= 20 { (v.positions as f64 * 0.9).ceil() as usize } else { v.positions.saturating_sub(2) };
+            let nll_rel = (v.nll_ours - v.nll_ref).abs() / v.nll_ref.abs().max(1e-9);
+            let line = format!(
+                "{} {} t={} isa={}: mean|dlogit| {:.4} (max {max_diff}), top-1 {}/{} (need {need_top1}), mean NLL {:.4} vs {:.4} ({:.2}%), greedy agrees for {}/{} tokens, {} ref ids outside our top-{OUR_TOP}",
+                model.file_name().unwrap().to_string_lossy(),
+                c.name,
+                threads,
+                isa.unwrap_or("best"),
+                v.mean_diff,
+                v.top1,
+                v.positions,
+                v.nll_ours,
+                v.nll_ref,
+                nll_rel * 100.0,
+                v.greedy_prefix,
+                c.greedy.len(),
+                v.missing
+            );
+            eprintln!("{line}");
+            if v.mean_diff > max_diff || v.top1 < need_top1 || nll_rel > 0.02 {
+                failures.push(line);
+            }
+        }
+    }
+    assert!(failures.is_empty(), "outside the tolerances:\n{}", failures.join("\n"));
+}
+
+/// ISAs this CPU can run, from the binary's own detection (`--info`-free: asks the kernels crate
+/// through the environment contract: forcing a higher set than the CPU has is lowered anyway).
+fn available_isas() -> Vec<&'static str> {
+    let mut v = vec!["scalar"];
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        v.push("avx2");
+    }
+    if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bw") {
+        v.push("avx512");
+    }
+    v
+}
+
+fn tiny(ty: &str) {
+    let shared = e2e::shared();
+    let model = shared.join(format!("models/tiny-mistral-{ty}.gguf"));
+    let reference = shared.join(format!("reference/tiny-mistral-{ty}.json"));
+    // Every case with the best ISA on 2 threads; the short ones also on 1 thread with the
+    // scalar specification and on 3 threads with AVX2 (thread split and ISA must not matter).
+    check(&model, &reference, 0.15, &[(2, None)], None);
+    check(&model, &reference, 0.15, &[(1, Some("scalar")), (3, Some("avx2"))], Some(&["fox", "code"]));
+}
+
+#[test]
+fn tiny_mistral_f16() {
+    tiny("f16");
+}
+#[test]
+fn tiny_mistral_q8_0() {
+    tiny("q8_0");
+}
+#[test]
+fn tiny_mistral_q6_k() {
+    tiny("q6_k");
+}
+#[test]
+fn tiny_mistral_q5_k_m() {
+    tiny("q5_k_m");
+}
+#[test]
+fn tiny_mistral_q5_0() {
+    tiny("q5_0");
+}
+#[test]
+fn tiny_mistral_q4_k_m() {
+    tiny("q4_k_m");
+}
+#[test]
+fn tiny_mistral_q4_0() {
+    tiny("q4_0");
+}
+#[test]
+fn tiny_mistral_q3_k_m() {
+    tiny("q3_k_m");
+}
+#[test]
+fn tiny_mistral_q2_k() {
+    tiny("q2_k");
+}
+
+fn real_model(file: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("LLAMAFILE_RS_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/llamafile-rs/models"));
+    let p = dir.join(file);
+    if p.exists() {
+        Some(p)
+    } else {
+        eprintln!("SKIPPED: {} is not there (run scripts/fetch-model to get it)", p.display());
+        None
+    }
+}
+
+#[test]
+fn gemma3_270m() {
+    let Some(model) = real_model("gemma-3-270m-q4_k_m.gguf") else { return };
+    let reference = e2e::shared().join("reference/gemma-3-270m-q4_k_m.json");
+    check(&model, &reference, 0.25, &[(2, None)], None);
+    check(&model, &reference, 0.25, &[(1, Some("avx2"))], Some(&["chat"]));
+}
+
+#[test]
+fn qwen2_5_coder_0_5b() {
+    let Some(model) = real_model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf") else { return };
+    let reference = e2e::shared().join("reference/qwen2.5-coder-0.5b-instruct-q4_k_m.json");
+    check(&model, &reference, 0.25, &[(2, None)], None);
+    check(&model, &reference, 0.25, &[(1, Some("avx2"))], Some(&["chat"]));
+}
