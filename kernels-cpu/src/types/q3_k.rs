@@ -21,16 +21,34 @@ const _: () = assert!(std::mem::align_of::<BlockQ3K>() == 1);
 // SAFETY: repr(C), byte arrays only (alignment 1, no padding, any bit pattern valid).
 unsafe impl ByteBlock for BlockQ3K {}
 
-/// The 16 signed scales (`sc - 32`, in -32..32).
+/// The 16 signed scales (`sc - 32`, in -32..32), with word operations on the packed bytes.
 #[inline]
 pub fn scales_q3k(s: &[u8; 12]) -> [i8; 16] {
+    const M4: u32 = 0x0f0f_0f0f;
+    const M2: u32 = 0x0303_0303;
+    let w = |i: usize| u32::from_le_bytes([s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]]);
+    let (a, b, hi) = (w(0), w(1), w(2));
+    let words = [
+        (a & M4) | ((hi & M2) << 4),
+        (b & M4) | (((hi >> 2) & M2) << 4),
+        ((a >> 4) & M4) | (((hi >> 4) & M2) << 4),
+        ((b >> 4) & M4) | (((hi >> 6) & M2) << 4),
+    ];
     let mut out = [0i8; 16];
-    for (j, o) in out.iter_mut().enumerate() {
-        let low = if j < 8 { s[j] & 0xF } else { s[j - 8] >> 4 };
-        let high = (s[8 + j % 4] >> (2 * (j / 4))) & 3;
-        *o = (low | (high << 4)) as i8 - 32;
+    for (i, word) in words.iter().enumerate() {
+        for (j, byte) in word.to_le_bytes().iter().enumerate() {
+            out[4 * i + j] = *byte as i8 - 32;
+        }
     }
     out
+}
+
+/// Scale `j` straight from the format's description (the test checks `scales_q3k` against it).
+#[cfg(test)]
+fn scale_q3k_by_definition(s: &[u8; 12], j: usize) -> i8 {
+    let low = if j < 8 { s[j] & 0xF } else { s[j - 8] >> 4 };
+    let high = (s[8 + j % 4] >> (2 * (j / 4))) & 3;
+    (low | (high << 4)) as i8 - 32
 }
 
 /// The signed level (-4..4) of value `i` (0..256).
@@ -139,6 +157,19 @@ pub fn vec_dot(n: usize, w: &[u8], x: &[u8]) -> f32 {
 mod tests {
     use super::super::q8_k::{self, test_util::*};
     use super::*;
+
+    #[test]
+    fn scale_unpacking_matches_definition() {
+        let mut r = Rng(41);
+        for _ in 0..200 {
+            let mut s = [0u8; 12];
+            s.iter_mut().for_each(|b| *b = r.next_u32() as u8);
+            let fast = scales_q3k(&s);
+            for j in 0..16 {
+                assert_eq!(fast[j], scale_q3k_by_definition(&s, j));
+            }
+        }
+    }
 
     #[test]
     fn quantize_dequantize_error_bound() {

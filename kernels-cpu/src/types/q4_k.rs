@@ -43,6 +43,27 @@ pub fn scales_mins_k4(q: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
     (sc, m)
 }
 
+/// All 8 scales then all 8 mins as 16 bytes, with word operations on the packed 12 bytes
+/// (the same values as `scales_mins_k4`; used by the SIMD kernels).
+#[inline]
+pub fn scales_mins_k4_bytes(q: &[u8; 12]) -> [u8; 16] {
+    const M6: u32 = 0x3f3f_3f3f;
+    const M4: u32 = 0x0f0f_0f0f;
+    const M2: u32 = 0x0303_0303;
+    let w = |i: usize| u32::from_le_bytes([q[4 * i], q[4 * i + 1], q[4 * i + 2], q[4 * i + 3]]);
+    let (a, b, c) = (w(0), w(1), w(2));
+    let scales_lo = a & M6;
+    let scales_hi = (c & M4) | (((a >> 6) & M2) << 4);
+    let mins_lo = b & M6;
+    let mins_hi = ((c >> 4) & M4) | (((b >> 6) & M2) << 4);
+    let mut out = [0u8; 16];
+    out[0..4].copy_from_slice(&scales_lo.to_le_bytes());
+    out[4..8].copy_from_slice(&scales_hi.to_le_bytes());
+    out[8..12].copy_from_slice(&mins_lo.to_le_bytes());
+    out[12..16].copy_from_slice(&mins_hi.to_le_bytes());
+    out
+}
+
 /// Inverse of `scale_min_k4` for all sub-blocks (values must be < 64).
 pub(crate) fn pack_scales_mins_k4(ls: &[u8; 8], lm: &[u8; 8]) -> [u8; 12] {
     let mut s = [0u8; 12];
@@ -186,8 +207,17 @@ mod tests {
                 ls[j] = (r.next_u32() % 64) as u8;
                 lm[j] = (r.next_u32() % 64) as u8;
             }
-            let (s, m) = scales_mins_k4(&pack_scales_mins_k4(&ls, &lm));
+            let packed = pack_scales_mins_k4(&ls, &lm);
+            let (s, m) = scales_mins_k4(&packed);
             assert_eq!((s, m), (ls, lm));
+            let bytes = scales_mins_k4_bytes(&packed);
+            assert_eq!((&bytes[..8], &bytes[8..]), (&ls[..], &lm[..]));
+            // any 12 bytes: the word version agrees with the per-sub-block definition
+            let mut any = [0u8; 12];
+            any.iter_mut().for_each(|b| *b = r.next_u32() as u8);
+            let (s, m) = scales_mins_k4(&any);
+            let bytes = scales_mins_k4_bytes(&any);
+            assert_eq!((&bytes[..8], &bytes[8..]), (&s[..], &m[..]));
         }
     }
 

@@ -1,16 +1,405 @@
-//! avx512 kernels for the kquants types.
+//! avx512 kernels for the K-quant types: AVX-512 F/BW/VL with VNNI (`vpdpwssd`).
+//!
+//! Every weight block is first *unpacked* into the form the integer dot product wants, in the
+//! activations' order: four 64-byte vectors of unsigned levels (`lv`, 0..64), four vectors of
+//! 16-bit sub-block scales, one per pair of values (`sc`, matching `vpmaddubsw`'s output), and
+//! a 16-lane correction applied to the Q8_K group sums (`c16`: the minimums of Q2_K/Q4_K/Q5_K,
+//! or the level offset of Q3_K/Q6_K times the scales). Then, for any type:
+//! `sumi = Σ_k dpwssd(maddubs(lv[k], q8[k]), sc[k])` (exact, 32-bit), plus `c16 · bsums`
+//! either folded into `sumi` (offsets: same factor `d`) or as a float term (minimums, `dmin`).
+//! This is the scalar specification's arithmetic: integer sums per block, then scales.
+//!
+//! The tile kernel unpacks each weight block once and uses it for several tokens.
+//!
+//! A kernel here is installed only when AVX-512 F/BW/VL, AVX2/FMA and VNNI are all detected
+//! (checked in the lookups below), which is what makes calling its `#[target_feature]` code sound.
+
+use core::arch::x86_64::*;
 
 use crate::isa::{GemmTileFn, QuantizeFn, VecDotFn};
+use crate::types::q2_k::BlockQ2K;
+use crate::types::q3_k::{scales_q3k, BlockQ3K};
+use crate::types::q4_k::{scales_mins_k4_bytes, BlockQ4K};
+use crate::types::q5_k::BlockQ5K;
+use crate::types::q6_k::BlockQ6K;
+use crate::types::q8_k::{f16_to_f32, first_blocks, BlockQ8K, QK_K};
 use crate::types::WeightType;
 
-pub fn vec_dot(_t: WeightType) -> Option<VecDotFn> {
-    None
+/// Everything these kernels need, detected at run time.
+fn supported() -> bool {
+    super::available() && is_x86_feature_detected!("avx512vnni")
 }
 
-pub fn gemm(_t: WeightType) -> Option<(GemmTileFn, usize, usize)> {
-    None
+pub fn vec_dot(t: WeightType) -> Option<VecDotFn> {
+    if !supported() {
+        return None;
+    }
+    Some(match t {
+        WeightType::Q2_K => q2k::vec_dot,
+        WeightType::Q3_K => q3k::vec_dot,
+        WeightType::Q4_K => q4k::vec_dot,
+        WeightType::Q5_K => q5k::vec_dot,
+        WeightType::Q6_K => q6k::vec_dot,
+        _ => return None,
+    })
+}
+
+/// Rows handled per tile call (a plain loop: any number works) and tokens per tile.
+const TILE_ROWS: usize = 16;
+const TILE_TOKENS: usize = 8;
+
+pub fn gemm(t: WeightType) -> Option<(GemmTileFn, usize, usize)> {
+    if !supported() {
+        return None;
+    }
+    let f: GemmTileFn = match t {
+        WeightType::Q2_K => q2k::gemm,
+        WeightType::Q3_K => q3k::gemm,
+        WeightType::Q4_K => q4k::gemm,
+        WeightType::Q5_K => q5k::gemm,
+        WeightType::Q6_K => q6k::gemm,
+        _ => return None,
+    };
+    Some((f, TILE_ROWS, TILE_TOKENS))
 }
 
 pub fn quantize(_t: WeightType) -> Option<QuantizeFn> {
     None
 }
+
+/// One weight block ready for the integer dot product (see the module comment).
+#[derive(Clone, Copy)]
+struct Unpacked {
+    lv: [__m512i; 4],
+    sc: [__m512i; 4],
+    c16: __m256i,
+    /// Factor of `sumi`.
+    d: f32,
+    /// Factor of `c16 · bsums` when it is not folded into `sumi`.
+    f: f32,
+}
+
+/// 16-bit lane `i` -> `i / 16` (sub-blocks of 32 values: two per 64-value chunk).
+static IDX_SUB32: [i16; 32] = {
+    let mut a = [0i16; 32];
+    let mut i = 0;
+    while i < 32 {
+        a[i] = (i / 16) as i16;
+        i += 1;
+    }
+    a
+};
+/// 16-bit lane `i` -> `i / 8` (sub-blocks of 16 values: four per 64-value chunk).
+static IDX_SUB16: [i16; 32] = {
+    let mut a = [0i16; 32];
+    let mut i = 0;
+    while i < 32 {
+        a[i] = (i / 8) as i16;
+        i += 1;
+    }
+    a
+};
+
+/// The scale vectors of the 4 chunks from 16 scales (16-bit) in `s16`, `per_chunk` scales per
+/// 64-value chunk (2 for sub-blocks of 32, 4 for sub-blocks of 16).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+fn scale_vectors(s16: __m256i, per_chunk: i16) -> [__m512i; 4] {
+    let base: &[i16; 32] = if per_chunk == 2 { &IDX_SUB32 } else { &IDX_SUB16 };
+    // SAFETY: `base` is 64 readable bytes; the load is unaligned.
+    let base = unsafe { _mm512_loadu_si512(base.as_ptr() as *const __m512i) };
+    let s = _mm512_zextsi256_si512(s16);
+    let mut out = [_mm512_setzero_si512(); 4];
+    for (k, o) in out.iter_mut().enumerate() {
+        let idx = _mm512_add_epi16(base, _mm512_set1_epi16(per_chunk * k as i16));
+        *o = _mm512_permutexvar_epi16(idx, s);
+    }
+    out
+}
+
+/// 32 bytes at `p`, copied into both halves of a 64-byte vector.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+fn broadcast32(p: &[u8]) -> __m512i {
+    assert!(p.len() >= 32);
+    // SAFETY: 32 readable bytes (checked above); the load is unaligned.
+    _mm512_broadcast_i64x4(unsafe { _mm256_loadu_si256(p.as_ptr() as *const __m256i) })
+}
+
+/// Per-64-bit-lane shift counts: `lo` for the lower 32 bytes, `hi` for the upper 32.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+fn shifts(lo: i64, hi: i64) -> __m512i {
+    _mm512_set_epi64(hi, hi, hi, hi, lo, lo, lo, lo)
+}
+
+/// Byte mask vector: `lo` in the lower 32 bytes, `hi` in the upper 32.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+fn bytes2(lo: u8, hi: u8) -> __m512i {
+    _mm512_inserti64x4::<1>(_mm512_set1_epi8(lo as i8), _mm256_set1_epi8(hi as i8))
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+fn unpack_q4k(b: &BlockQ4K) -> Unpacked {
+    let sm = scales_mins_k4_bytes(&b.scales);
+    // SAFETY: `sm` is 16 readable bytes.
+    let smv = unsafe { _mm_loadu_si128(sm.as_ptr() as *const __m128i) };
+    let s16 = _mm256_cvtepu8_epi16(smv);
+    // mins m0 m0 m1 m1 ... m7 m7: one per group of 16 values, as the bsums
+    let c16 = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(smv, smv));
+    let m4 = _mm512_set1_epi8(0x0F);
+    let sh = shifts(0, 4);
+    let mut lv = [_mm512_setzero_si512(); 4];
+    for (k, l) in lv.iter_mut().enumerate() {
+        *l = _mm512_and_si512(_mm512_srlv_epi64(broadcast32(&b.qs[32 * k..]), sh), m4);
+    }
+    Unpacked { lv, sc: scale_vectors(s16, 2), c16, d: f16_to_f32(b.d), f: -f16_to_f32(b.dmin) }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+fn unpack_q5k(b: &BlockQ5K) -> Unpacked {
+    let sm = scales_mins_k4_bytes(&b.scales);
+    // SAFETY: `sm` is 16 readable bytes.
+    let smv = unsafe { _mm_loadu_si128(sm.as_ptr() as *const __m128i) };
+    let s16 = _mm256_cvtepu8_epi16(smv);
+    let c16 = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(smv, smv));
+    let m4 = _mm512_set1_epi8(0x0F);
+    let sixteen = _mm512_set1_epi8(16);
+    let sh = shifts(0, 4);
+    let qh = broadcast32(&b.qh);
+    let mut lv = [_mm512_setzero_si512(); 4];
+    for (k, l) in lv.iter_mut().enumerate() {
+        let low = _mm512_and_si512(_mm512_srlv_epi64(broadcast32(&b.qs[32 * k..]), sh), m4);
+        let high = _mm512_test_epi8_mask(qh, bytes2(1 << (2 * k), 1 << (2 * k + 1)));
+        *l = _mm512_mask_add_epi8(low, high, low, sixteen);
+    }
+    Unpacked { lv, sc: scale_vectors(s16, 2), c16, d: f16_to_f32(b.d), f: -f16_to_f32(b.dmin) }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+fn unpack_q6k(b: &BlockQ6K) -> Unpacked {
+    // SAFETY: `scales` is 16 readable bytes.
+    let s16 = _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(b.scales.as_ptr() as *const __m128i) });
+    // value = d * sc * (level - 32): the offset is -32 * sc per group of 16, folded into sumi
+    let c16 = _mm256_mullo_epi16(s16, _mm256_set1_epi16(-32));
+    let m4 = _mm512_set1_epi8(0x0F);
+    let m2 = _mm512_set1_epi8(3);
+    let mut lv = [_mm512_setzero_si512(); 4];
+    for h in 0..2 {
+        // SAFETY: `ql[64h..64h+64]` is inside the 128-byte array.
+        let ql = unsafe { _mm512_loadu_si512(b.ql.as_ptr().add(64 * h) as *const __m512i) };
+        let qh = broadcast32(&b.qh[32 * h..]);
+        let lo0 = _mm512_and_si512(ql, m4);
+        let lo1 = _mm512_and_si512(_mm512_srli_epi16::<4>(ql), m4);
+        let hi0 = _mm512_and_si512(_mm512_srlv_epi64(qh, shifts(0, 2)), m2);
+        let hi1 = _mm512_and_si512(_mm512_srlv_epi64(qh, shifts(4, 6)), m2);
+        lv[2 * h] = _mm512_or_si512(lo0, _mm512_slli_epi16::<4>(hi0));
+        lv[2 * h + 1] = _mm512_or_si512(lo1, _mm512_slli_epi16::<4>(hi1));
+    }
+    Unpacked { lv, sc: scale_vectors(s16, 4), c16, d: f16_to_f32(b.d), f: 0.0 }
+}
+
+/// The 2-bit levels of Q2_K/Q3_K (`qs` has the same layout in both).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+fn levels_2bit(qs: &[u8; 64]) -> [__m512i; 4] {
+    let m2 = _mm512_set1_epi8(3);
+    let mut lv = [_mm512_setzero_si512(); 4];
+    for h in 0..2 {
+        let q = broadcast32(&qs[32 * h..]);
+        lv[2 * h] = _mm512_and_si512(_mm512_srlv_epi64(q, shifts(0, 2)), m2);
+        lv[2 * h + 1] = _mm512_and_si512(_mm512_srlv_epi64(q, shifts(4, 6)), m2);
+    }
+    lv
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+fn unpack_q2k(b: &BlockQ2K) -> Unpacked {
+    // SAFETY: `scales` is 16 readable bytes.
+    let s = unsafe { _mm_loadu_si128(b.scales.as_ptr() as *const __m128i) };
+    let s16 = _mm256_cvtepu8_epi16(_mm_and_si128(s, _mm_set1_epi8(0x0F)));
+    let c16 = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(s), _mm_set1_epi8(0x0F)));
+    Unpacked {
+        lv: levels_2bit(&b.qs),
+        sc: scale_vectors(s16, 4),
+        c16,
+        d: f16_to_f32(b.d),
+        f: -f16_to_f32(b.dmin),
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+fn unpack_q3k(b: &BlockQ3K) -> Unpacked {
+    let sc = scales_q3k(&b.scales);
+    // SAFETY: `sc` is 16 readable bytes.
+    let s16 = _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(sc.as_ptr() as *const __m128i) });
+    // value = d * sc * (level - 4) with level = low 2 bits + 4 * high bit
+    let c16 = _mm256_mullo_epi16(s16, _mm256_set1_epi16(-4));
+    let mut lv = levels_2bit(&b.qs);
+    let hm = broadcast32(&b.hmask);
+    let four = _mm512_set1_epi8(4);
+    for (c, l) in lv.iter_mut().enumerate() {
+        let high = _mm512_test_epi8_mask(hm, bytes2(1 << (2 * c), 1 << (2 * c + 1)));
+        *l = _mm512_mask_add_epi8(*l, high, *l, four);
+    }
+    Unpacked { lv, sc: scale_vectors(s16, 4), c16, d: f16_to_f32(b.d), f: 0.0 }
+}
+
+/// Integer part of one block against one Q8_K block: `Σ sc * Σ lv * q8` (+ the folded offset).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+fn block_sumi(u: &Unpacked, a: &BlockQ8K, fold: bool) -> (__m512i, __m256i) {
+    let q8 = a.qs.as_ptr() as *const __m512i;
+    let mut sumi = _mm512_setzero_si512();
+    for k in 0..4 {
+        // SAFETY: `qs` is 256 bytes, chunk k covers bytes 64k..64k+64; the load is unaligned.
+        let x = unsafe { _mm512_loadu_si512(q8.add(k)) };
+        sumi = _mm512_dpwssd_epi32(sumi, _mm512_maddubs_epi16(u.lv[k], x), u.sc[k]);
+    }
+    // SAFETY: `bsums` is 32 readable bytes.
+    let bs = unsafe { _mm256_loadu_si256(a.bsums.as_ptr() as *const __m256i) };
+    let g = _mm256_madd_epi16(u.c16, bs);
+    if fold {
+        sumi = _mm512_add_epi32(sumi, _mm512_zextsi256_si512(g));
+    }
+    (sumi, g)
+}
+
+/// Adds one block's result into the float accumulator.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+fn accumulate(acc: __m512, u: &Unpacked, a: &BlockQ8K, fold: bool) -> __m512 {
+    let (sumi, g) = block_sumi(u, a, fold);
+    let xd = a.d();
+    let acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi), _mm512_set1_ps(u.d * xd), acc);
+    if fold {
+        acc
+    } else {
+        _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_zextsi256_si512(g)), _mm512_set1_ps(u.f * xd), acc)
+    }
+}
+
+/// vec_dot and the tile kernel of one type, from its block type and unpacker.
+macro_rules! kquant_kernels {
+    ($m:ident, $Block:ty, $unpack:ident, $fold:expr, $name:expr) => {
+        mod $m {
+            use super::*;
+
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+            fn vec_dot_tf(n: usize, w: &[u8], x: &[u8]) -> f32 {
+                let nb = n / QK_K;
+                let wb = first_blocks::<$Block>(w, nb, concat!($name, " vec_dot weights"));
+                let xb = first_blocks::<BlockQ8K>(x, nb, concat!($name, " vec_dot activations"));
+                let mut acc = _mm512_setzero_ps();
+                for (b, a) in wb.iter().zip(xb) {
+                    acc = accumulate(acc, &$unpack(b), a, $fold);
+                }
+                _mm512_reduce_add_ps(acc)
+            }
+
+            pub fn vec_dot(n: usize, w: &[u8], x: &[u8]) -> f32 {
+                // SAFETY: installed only when `supported()` (all enabled features detected).
+                unsafe { vec_dot_tf(n, w, x) }
+            }
+
+            /// `NC` tokens against rows `0..nr`: each weight block is unpacked once per row and
+            /// used for all `NC` tokens.
+            #[inline]
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+            #[allow(clippy::too_many_arguments)]
+            fn tile<const NC: usize>(
+                nb: usize,
+                w: &[u8],
+                w_stride: usize,
+                nr: usize,
+                x: &[u8],
+                x_stride: usize,
+                out: &mut [f32],
+                out_stride: usize,
+            ) {
+                let xb: [&[BlockQ8K]; NC] = core::array::from_fn(|t| {
+                    first_blocks::<BlockQ8K>(&x[t * x_stride..], nb, concat!($name, " gemm activations"))
+                });
+                for r in 0..nr {
+                    let wb = first_blocks::<$Block>(&w[r * w_stride..], nb, concat!($name, " gemm weights"));
+                    let mut acc = [_mm512_setzero_ps(); NC];
+                    for (i, b) in wb.iter().enumerate() {
+                        let u = $unpack(b);
+                        for t in 0..NC {
+                            acc[t] = accumulate(acc[t], &u, &xb[t][i], $fold);
+                        }
+                    }
+                    for t in 0..NC {
+                        out[t * out_stride + r] = _mm512_reduce_add_ps(acc[t]);
+                    }
+                }
+            }
+
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+            #[allow(clippy::too_many_arguments)]
+            fn gemm_tf(
+                n: usize,
+                w: &[u8],
+                w_stride: usize,
+                nr: usize,
+                x: &[u8],
+                x_stride: usize,
+                nc: usize,
+                out: &mut [f32],
+                out_stride: usize,
+            ) {
+                let nb = n / QK_K;
+                let mut c0 = 0;
+                while c0 < nc {
+                    let (xs, os) = (&x[c0 * x_stride..], &mut out[c0 * out_stride..]);
+                    c0 += match nc - c0 {
+                        8.. => {
+                            tile::<8>(nb, w, w_stride, nr, xs, x_stride, os, out_stride);
+                            8
+                        }
+                        4.. => {
+                            tile::<4>(nb, w, w_stride, nr, xs, x_stride, os, out_stride);
+                            4
+                        }
+                        2.. => {
+                            tile::<2>(nb, w, w_stride, nr, xs, x_stride, os, out_stride);
+                            2
+                        }
+                        _ => {
+                            tile::<1>(nb, w, w_stride, nr, xs, x_stride, os, out_stride);
+                            1
+                        }
+                    };
+                }
+            }
+
+            #[allow(clippy::too_many_arguments)]
+            pub fn gemm(
+                n: usize,
+                w: &[u8],
+                w_stride: usize,
+                nr: usize,
+                x: &[u8],
+                x_stride: usize,
+                nc: usize,
+                out: &mut [f32],
+                out_stride: usize,
+            ) {
+                // SAFETY: installed only when `supported()` (all enabled features detected).
+                unsafe { gemm_tf(n, w, w_stride, nr, x, x_stride, nc, out, out_stride) }
+            }
+        }
+    };
+}
+
+kquant_kernels!(q2k, BlockQ2K, unpack_q2k, false, "Q2_K");
+kquant_kernels!(q3k, BlockQ3K, unpack_q3k, true, "Q3_K");
+kquant_kernels!(q4k, BlockQ4K, unpack_q4k, false, "Q4_K");
+kquant_kernels!(q5k, BlockQ5K, unpack_q5k, false, "Q5_K");
+kquant_kernels!(q6k, BlockQ6K, unpack_q6k, true, "Q6_K");
