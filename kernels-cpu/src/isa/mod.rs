@@ -100,7 +100,9 @@ pub struct Kernels {
 
 impl Kernels {
     /// Build the table for `isa`: each kernel from `isa`, else the next lower one, else scalar.
+    /// `isa` is lowered to what this CPU has: asking for more is never unsound, only ignored.
     pub fn for_isa(isa: Isa) -> Kernels {
+        let isa = isa.min(Isa::detect());
         let mut table = Vec::new();
         for info in crate::types::TYPES {
             let t = info.ty;
