@@ -1,6 +1,260 @@
-//! The chat page and the OpenAI-compatible HTTP API (issue #6). Talks to `crate::engine` only.
+//! The chat page and the OpenAI-compatible HTTP API (issue #6). Talks to `crate::engine` only
+//! (through the `model::Model` seam).
+//!
+//! - `routes`      the endpoints; `types` request bodies and their validation; `error` the
+//!                 OpenAI-style error bodies and the JSON extractor
+//! - `slots`       N sessions (`--parallel`), a FIFO queue, prefix affinity for the prompt cache
+//! - `generation`  runs the engine on blocking threads; client gone = generation cancelled
+//! - `assets`      the chat page (one self-contained HTML document built from `assets/`)
+//!
+//! Concurrency: up to `--parallel` requests generate at once, each in its own slot (its own KV
+//! cache); the others wait in arrival order.
+
+pub mod assets;
+pub mod error;
+pub mod generation;
+pub mod model;
+pub mod routes;
+pub mod slots;
+#[cfg(test)]
+pub mod testing;
+#[cfg(test)]
+mod tests;
+pub mod types;
+
+use crate::engine::{Engine, LoadOptions, SamplingParams};
+use anyhow::Context;
+use model::Model;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// What every handler shares.
+pub struct AppState {
+    pub model: Arc<dyn Model>,
+    pub pool: Arc<slots::SlotPool>,
+    /// Sampling when a request does not say (the command line's `--temp`, `--top-k`...).
+    pub defaults: SamplingParams,
+    /// `-n` when positive: the most tokens a request generates unless it asks for fewer/more.
+    pub default_max_tokens: Option<usize>,
+    /// `--system`: the chat page's default system prompt.
+    pub system_prompt: Option<String>,
+    /// Set once on Ctrl-C: every generation's callback returns false.
+    pub shutting_down: AtomicBool,
+    pub shutdown: watch::Sender<bool>,
+    /// Log requests and generations to stderr (off with `--log-disable`).
+    pub log: bool,
+    /// Unix time the server started (`created` of `/v1/models`).
+    pub started: u64,
+}
+
+impl AppState {
+    pub fn new(model: Arc<dyn Model>, parallel: usize, defaults: SamplingParams) -> Arc<AppState> {
+        let pool = slots::SlotPool::new(&*model, parallel);
+        Arc::new(AppState {
+            model,
+            pool,
+            defaults,
+            default_max_tokens: None,
+            system_prompt: None,
+            shutting_down: AtomicBool::new(false),
+            shutdown: watch::channel(false).0,
+            log: true,
+            started: types::unix_time(),
+        })
+    }
+
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        self.shutdown.send_replace(true);
+    }
+}
 
 pub fn run(args: &crate::cli::Args) -> anyhow::Result<i32> {
-    let _ = args;
-    anyhow::bail!("server: not implemented yet")
+    // `-m`, else the weights inside this executable (one clear line when there are none).
+    let path = crate::bundle::model_path(args.model.as_deref())?;
+    let opts = LoadOptions {
+        model: path.clone(),
+        n_ctx: (args.ctx_size > 0).then_some(args.ctx_size),
+        n_threads: args.threads,
+        n_gpu_layers: args.n_gpu_layers,
+        gpu: args.gpu.clone(),
+        chat_template: args.chat_template.clone(),
+        verbose: args.verbose,
+    };
+    if args.parallel == 0 {
+        anyhow::bail!("--parallel must be at least 1");
+    }
+    let engine = Engine::load(&opts).with_context(|| format!("cannot load the model from {}", path.display()))?;
+    let model: Arc<dyn Model> = Arc::new(model::EngineModel(Arc::new(engine)));
+    let defaults = SamplingParams {
+        temperature: args.temp.max(0.0),
+        top_k: args.top_k,
+        top_p: args.top_p,
+        min_p: args.min_p,
+        repeat_penalty: args.repeat_penalty,
+        repeat_last_n: args.repeat_last_n,
+        seed: 0, // per request: given, or random
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        // HTTP work is light; generation runs on the blocking pool, one thread per busy slot.
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async {
+        let mut state = AppState::new(model, args.parallel, defaults);
+        {
+            let st = Arc::get_mut(&mut state).expect("not shared yet");
+            st.default_max_tokens = (args.n_predict > 0).then_some(args.n_predict as usize);
+            st.system_prompt = args.system.clone();
+            st.log = !args.log_disable;
+        }
+        serve(state, &args.host, args.port, !args.nobrowser).await
+    })?;
+    Ok(0)
+}
+
+/// Bind `host:port`, or the next free port above it (up to 100 tries) if it is taken.
+async fn bind(host: &str, port: u16) -> anyhow::Result<TcpListener> {
+    let tries = if port == 0 { 1 } else { 100 };
+    let mut last_err = None;
+    for p in (port..=u16::MAX).take(tries) {
+        match TcpListener::bind((host, p)).await {
+            Ok(l) => {
+                if p != port {
+                    eprintln!("note: port {port} is taken; using {p}");
+                }
+                return Ok(l);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => last_err = Some(e),
+            Err(e) => return Err(e).with_context(|| format!("cannot listen on {host}:{p}")),
+        }
+    }
+    Err(last_err.expect("tried at least once")).with_context(|| format!("cannot listen on {host}: ports {port} to {} are all taken", port.saturating_add(99)))
+}
+
+/// The address a browser on this machine uses for `addr` (0.0.0.0 is not browsable).
+fn browse_url(addr: SocketAddr) -> String {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => format!("http://127.0.0.1:{}/", addr.port()),
+        IpAddr::V6(ip) if ip.is_unspecified() => format!("http://[::1]:{}/", addr.port()),
+        IpAddr::V4(ip) => format!("http://{ip}:{}/", addr.port()),
+        IpAddr::V6(ip) => format!("http://[{ip}]:{}/", addr.port()),
+    }
+}
+
+/// Whether a browser can be shown: on Linux and the BSDs only with an X or Wayland display.
+fn has_display() -> bool {
+    if cfg!(any(target_os = "macos", target_os = "windows")) {
+        return true;
+    }
+    ["DISPLAY", "WAYLAND_DISPLAY"].iter().any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()))
+}
+
+fn open_browser(url: &str) {
+    let mut cmd = if cfg!(target_os = "windows") {
+        let mut c = std::process::Command::new("cmd");
+        c.args(["/C", "start", "", url]);
+        c
+    } else if cfg!(target_os = "macos") {
+        let mut c = std::process::Command::new("open");
+        c.arg(url);
+        c
+    } else {
+        let mut c = std::process::Command::new("xdg-open");
+        c.arg(url);
+        c
+    };
+    cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    match cmd.spawn() {
+        // Reap it when it exits, so no zombie is left behind.
+        Ok(mut child) => drop(std::thread::spawn(move || child.wait())),
+        Err(e) => eprintln!("note: could not open a browser ({e}); open {url} yourself"),
+    }
+}
+
+/// Resolves on the first Ctrl-C (or SIGTERM); a second Ctrl-C exits at once.
+async fn stop_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tokio::spawn(async {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("stopping now");
+            std::process::exit(130);
+        }
+    });
+}
+
+/// Serve until Ctrl-C: print the URL, open the browser, then stop cleanly (generations are
+/// cancelled, streams end, connections close; after 5 s whatever is left is dropped).
+pub async fn serve(state: Arc<AppState>, host: &str, port: u16, browser: bool) -> anyhow::Result<()> {
+    let listener = bind(host, port).await?;
+    let addr = listener.local_addr().context("cannot read the listening address")?;
+    let url = browse_url(addr);
+    if !addr.ip().is_loopback() {
+        eprintln!(
+            "warning: listening on {addr}, which other machines can reach: anyone who can connect can use \
+             the model (there is no authentication). Use --host 127.0.0.1 to keep it on this machine."
+        );
+    }
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        // Tests and scripts read this line to find the server.
+        let _ = writeln!(out, "llamafile: serving {} at {url}", state.model.name());
+        let _ = out.flush();
+    }
+    eprintln!(
+        "{} slot(s) of {} tokens; requests beyond that wait in arrival order. Press Ctrl-C to stop.",
+        state.pool.len(),
+        state.model.n_ctx()
+    );
+    if browser {
+        if has_display() {
+            open_browser(&url);
+        } else {
+            eprintln!("note: no display; open {url} in a browser");
+        }
+    }
+
+    let app = routes::router(state.clone());
+    let (stopped_tx, mut stopped_rx) = watch::channel(false);
+    let st = state.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        stop_signal().await;
+        eprintln!("stopping: cancelling generations and closing connections");
+        st.begin_shutdown();
+        let _ = stopped_tx.send(true);
+    });
+    tokio::select! {
+        r = server => r.context("the server failed")?,
+        _ = async {
+            let _ = stopped_rx.wait_for(|&s| s).await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        } => eprintln!("some connections did not close within 5 s; stopping anyway"),
+    }
+    eprintln!("llamafile: stopped");
+    Ok(())
 }

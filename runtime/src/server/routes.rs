@@ -1,0 +1,461 @@
+//! The HTTP routes: the chat page, OpenAI's API, llama.cpp's, and the status endpoints.
+
+use super::error::{ApiError, ApiJson, BODY_LIMIT};
+use super::generation::{self, finish_reason, stop_type, timings, usage, GenEvent};
+use super::model::chat_prompt;
+use super::types::*;
+use super::{assets, AppState};
+use crate::engine::GenerateRequest;
+use crate::tokenizer::chat::ChatMessage;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderValue, Method, Uri};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::stream::{self, Stream, StreamExt};
+use serde_json::{json, Value};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_stream::wrappers::ReceiverStream;
+
+type St = State<Arc<AppState>>;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/index.html", get(page))
+        .route("/health", get(health))
+        .route("/props", get(props))
+        .route("/slots", get(slots))
+        .route("/v1/models", get(models))
+        .route("/models", get(models))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(completions))
+        .route("/completions", post(completions))
+        .route("/completion", post(llama_completion))
+        .route("/tokenize", post(tokenize))
+        .route("/detokenize", post(detokenize))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(state.clone(), log_requests))
+        .with_state(state)
+}
+
+async fn log_requests(State(st): St, req: Request, next: Next) -> Response {
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let t0 = Instant::now();
+    let resp = next.run(req).await;
+    if st.log {
+        eprintln!("{method} {path} {} {:.1} ms", resp.status().as_u16(), t0.elapsed().as_secs_f64() * 1e3);
+    }
+    resp
+}
+
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::not_found(format!("no such route: {method} {}", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::method_not_allowed(format!("{method} is not allowed on {}", uri.path()))
+}
+
+async fn page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8")),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+            // Everything the page needs is inline; nothing may be fetched from elsewhere.
+            (
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(
+                    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                     img-src data:; connect-src 'self'; base-uri 'none'; form-action 'none'",
+                ),
+            ),
+        ],
+        assets::page(),
+    )
+        .into_response()
+}
+
+async fn health(State(st): St) -> Json<Value> {
+    let busy = st.pool.info().iter().filter(|s| s.is_processing).count();
+    Json(json!({
+        "status": "ok",
+        "slots_idle": st.pool.len() - busy,
+        "slots_processing": busy,
+        "queued": st.pool.queued(),
+    }))
+}
+
+async fn props(State(st): St) -> Json<Value> {
+    let d = &st.defaults;
+    Json(json!({
+        "model": st.model.name(),
+        "n_ctx": st.model.n_ctx(),
+        "total_slots": st.pool.len(),
+        "chat_template": st.model.template_name(),
+        "system_prompt": st.system_prompt.clone().unwrap_or_default(),
+        "default_generation_settings": {
+            "temperature": d.temperature,
+            "top_k": d.top_k,
+            "top_p": d.top_p,
+            "min_p": d.min_p,
+            "repeat_penalty": d.repeat_penalty,
+            "repeat_last_n": d.repeat_last_n,
+            "max_tokens": st.default_max_tokens,
+        },
+    }))
+}
+
+async fn slots(State(st): St) -> Json<Value> {
+    Json(json!(st.pool.info()))
+}
+
+async fn models(State(st): St) -> Json<Value> {
+    Json(json!({
+        "object": "list",
+        "data": [{
+            "id": st.model.name(),
+            "object": "model",
+            "created": st.started,
+            "owned_by": "llamafile",
+            "meta": { "n_ctx": st.model.n_ctx(), "n_vocab": st.model.vocab_size() },
+        }],
+    }))
+}
+
+/// Run a CPU-bound step (template, tokenizer) on a blocking thread.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::internal(format!("worker failed: {e}")))
+}
+
+/// Check the prompt against the context and settle how many tokens may be generated.
+fn generate_request(st: &AppState, prompt: Vec<u32>, param: &str, max_tokens: Option<usize>, s: Sampling) -> Result<GenerateRequest, ApiError> {
+    let n_ctx = st.model.n_ctx();
+    if prompt.is_empty() {
+        return Err(ApiError::invalid_field(param, "the prompt is empty"));
+    }
+    if prompt.len() >= n_ctx {
+        return Err(ApiError::context_exceeded(param, prompt.len(), n_ctx));
+    }
+    let room = n_ctx - prompt.len();
+    let max_tokens = max_tokens.or(st.default_max_tokens).unwrap_or(room).min(room);
+    Ok(GenerateRequest { prompt, max_tokens, sampling: s.params, stop: s.stop, ignore_eos: s.ignore_eos })
+}
+
+/// OpenAI's `max_tokens`: absent, or at least 1.
+fn openai_max_tokens(v: Option<i64>, name: &str) -> Result<Option<usize>, ApiError> {
+    match v {
+        None => Ok(None),
+        Some(n) if n >= 1 => Ok(Some(n as usize)),
+        Some(n) => Err(ApiError::invalid_field(name, format!("'{name}' must be at least 1, got {n}"))),
+    }
+}
+
+fn convert_messages(messages: Vec<InMessage>) -> Result<Vec<ChatMessage>, ApiError> {
+    if messages.is_empty() {
+        return Err(ApiError::invalid_field("messages", "'messages' must hold at least one message"));
+    }
+    let mut out = Vec::with_capacity(messages.len());
+    for (i, m) in messages.into_iter().enumerate() {
+        let role = match m.role.as_str() {
+            "system" | "developer" => "system",
+            "user" => "user",
+            "assistant" => "assistant",
+            other => {
+                return Err(ApiError::invalid_field(
+                    &format!("messages[{i}].role"),
+                    format!("unsupported role '{other}' in messages[{i}] (system, user and assistant are)"),
+                ))
+            }
+        };
+        let content = match m.content {
+            None => String::new(),
+            Some(MessageContent::Text(t)) => t,
+            Some(MessageContent::Parts(parts)) => {
+                let mut text = Vec::with_capacity(parts.len());
+                for (j, p) in parts.into_iter().enumerate() {
+                    match (p.kind.as_str(), p.text) {
+                        ("text", Some(t)) => text.push(t),
+                        ("text", None) => {
+                            return Err(ApiError::invalid_field(&format!("messages[{i}].content[{j}].text"), "a text part needs 'text'"))
+                        }
+                        (kind, _) => {
+                            return Err(ApiError::invalid_field(
+                                &format!("messages[{i}].content[{j}].type"),
+                                format!("content parts of type '{kind}' are not supported (only 'text')"),
+                            ))
+                        }
+                    }
+                }
+                text.join("\n")
+            }
+        };
+        out.push(ChatMessage { role: role.to_string(), content });
+    }
+    Ok(out)
+}
+
+fn sse_data(v: &Value) -> Event {
+    sse_text(v.to_string())
+}
+
+fn sse_text(s: impl AsRef<str>) -> Event {
+    Event::default().data(s.as_ref())
+}
+
+fn sse_response<S>(events: S) -> Response
+where
+    S: Stream<Item = Result<Event, Infallible>> + Send + 'static,
+{
+    Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(10))).into_response()
+}
+
+/// Turn the generation's events into SSE events with `f` (which returns the events for one).
+fn sse_from<F>(first: Vec<Event>, rx: tokio::sync::mpsc::Receiver<GenEvent>, mut f: F) -> Response
+where
+    F: FnMut(GenEvent) -> Vec<Event> + Send + 'static,
+{
+    let rest = ReceiverStream::new(rx).flat_map(move |ev| stream::iter(f(ev).into_iter().map(Ok)));
+    sse_response(stream::iter(first.into_iter().map(Ok)).chain(rest))
+}
+
+async fn chat_completions(State(st): St, ApiJson(req): ApiJson<ChatRequest>) -> Result<Response, ApiError> {
+    let sampling = validate_sampling(req.sampling_fields(), req.n, &st.defaults)?;
+    let max_tokens = match req.max_completion_tokens {
+        Some(v) => openai_max_tokens(Some(v), "max_completion_tokens")?,
+        None => openai_max_tokens(req.max_tokens, "max_tokens")?,
+    };
+    let messages = convert_messages(req.messages)?;
+    let model = st.model.clone();
+    let prompt = blocking(move || chat_prompt(&*model, &messages))
+        .await?
+        .map_err(|e| ApiError::invalid_field("messages", format!("the chat template could not render these messages: {e:#}")))?;
+    let gen = generate_request(&st, prompt, "messages", max_tokens, sampling)?;
+    let rx = generation::start(&st, gen);
+    let id = format!("chatcmpl-{:016x}", random_u64());
+    let created = unix_time();
+    let model_name = st.model.name().to_string();
+
+    if !req.stream.unwrap_or(false) {
+        let (text, stats) = generation::collect(rx).await?;
+        return Ok(Json(json!({
+            "id": id,
+            "object": "chat.completion",
+            "created": created,
+            "model": model_name,
+            "system_fingerprint": null,
+            "choices": [{
+                "index": 0,
+                "message": { "role": "assistant", "content": text },
+                "logprobs": null,
+                "finish_reason": finish_reason(stats.stop),
+            }],
+            "usage": usage(&stats),
+            "timings": timings(&stats),
+        }))
+        .into_response());
+    }
+
+    let include_usage = req.stream_options.and_then(|o| o.include_usage).unwrap_or(false);
+    let chunk = move |delta: Value, finish: Option<&str>| {
+        json!({
+            "id": id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model_name,
+            "system_fingerprint": null,
+            "choices": [{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish }],
+        })
+    };
+    let first = vec![sse_data(&chunk(json!({"role": "assistant", "content": ""}), None))];
+    Ok(sse_from(first, rx, move |ev| match ev {
+        GenEvent::Text(t) => vec![sse_data(&chunk(json!({ "content": t }), None))],
+        GenEvent::Done(stats) => {
+            let mut last = chunk(json!({}), Some(finish_reason(stats.stop)));
+            last["timings"] = timings(&stats);
+            let mut out = vec![sse_text(last.to_string())];
+            if include_usage {
+                let mut u = last.clone();
+                u["choices"] = json!([]);
+                u["usage"] = usage(&stats);
+                u.as_object_mut().map(|o| o.remove("timings"));
+                out.push(sse_text(u.to_string()));
+            }
+            out.push(sse_text("[DONE]"));
+            out
+        }
+        GenEvent::Failed(e) => vec![sse_text(e.body().to_string())],
+    }))
+}
+
+/// Tokenize a completion prompt: text gets BOS as the model wants and special tokens parsed
+/// (as llama.cpp does); token ids are checked against the vocabulary.
+async fn completion_prompt(st: &AppState, prompt: Prompt) -> Result<(Vec<u32>, Option<String>), ApiError> {
+    match prompt.single()? {
+        PromptInput::Text(text) => {
+            let model = st.model.clone();
+            let t = text.clone();
+            let ids = blocking(move || model.tokenize(&t, true, true))
+                .await?
+                .map_err(|e| ApiError::invalid_field("prompt", format!("could not tokenize the prompt: {e:#}")))?;
+            Ok((ids, Some(text)))
+        }
+        PromptInput::Tokens(ids) => {
+            check_ids(st, ids.iter().map(|&i| i as i64), "prompt")?;
+            Ok((ids, None))
+        }
+    }
+}
+
+fn check_ids(st: &AppState, ids: impl Iterator<Item = i64>, param: &str) -> Result<(), ApiError> {
+    let n_vocab = st.model.vocab_size() as i64;
+    for (i, id) in ids.enumerate() {
+        if id < 0 || id >= n_vocab {
+            return Err(ApiError::invalid_field(
+                param,
+                format!("token id {id} at position {i} is outside the vocabulary (0..{n_vocab})"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn completions(State(st): St, ApiJson(req): ApiJson<CompletionRequest>) -> Result<Response, ApiError> {
+    let sampling = validate_sampling(req.sampling_fields(), req.n, &st.defaults)?;
+    let max_tokens = openai_max_tokens(req.max_tokens, "max_tokens")?;
+    let (prompt, prompt_text) = completion_prompt(&st, req.prompt).await?;
+    let echo = if req.echo.unwrap_or(false) {
+        prompt_text.unwrap_or_else(|| st.model.detokenize(&prompt))
+    } else {
+        String::new()
+    };
+    let gen = generate_request(&st, prompt, "prompt", max_tokens, sampling)?;
+    let rx = generation::start(&st, gen);
+    let id = format!("cmpl-{:016x}", random_u64());
+    let created = unix_time();
+    let model_name = st.model.name().to_string();
+
+    if !req.stream.unwrap_or(false) {
+        let (text, stats) = generation::collect(rx).await?;
+        return Ok(Json(json!({
+            "id": id,
+            "object": "text_completion",
+            "created": created,
+            "model": model_name,
+            "system_fingerprint": null,
+            "choices": [{ "index": 0, "text": echo + &text, "logprobs": null, "finish_reason": finish_reason(stats.stop) }],
+            "usage": usage(&stats),
+            "timings": timings(&stats),
+        }))
+        .into_response());
+    }
+
+    let include_usage = req.stream_options.and_then(|o| o.include_usage).unwrap_or(false);
+    let chunk = move |text: &str, finish: Option<&str>| {
+        json!({
+            "id": id,
+            "object": "text_completion",
+            "created": created,
+            "model": model_name,
+            "system_fingerprint": null,
+            "choices": [{ "index": 0, "text": text, "logprobs": null, "finish_reason": finish }],
+        })
+    };
+    let first = if echo.is_empty() { vec![] } else { vec![sse_text(chunk(&echo, None).to_string())] };
+    Ok(sse_from(first, rx, move |ev| match ev {
+        GenEvent::Text(t) => vec![sse_text(chunk(&t, None).to_string())],
+        GenEvent::Done(stats) => {
+            let mut last = chunk("", Some(finish_reason(stats.stop)));
+            last["timings"] = timings(&stats);
+            let mut out = vec![sse_text(last.to_string())];
+            if include_usage {
+                let mut u = chunk("", None);
+                u["choices"] = json!([]);
+                u["usage"] = usage(&stats);
+                out.push(sse_text(u.to_string()));
+            }
+            out.push(sse_text("[DONE]"));
+            out
+        }
+        GenEvent::Failed(e) => vec![sse_text(e.body().to_string())],
+    }))
+}
+
+/// llama.cpp's `/completion`: `n_predict` (-1 = no limit), `content`/`stop` fields, and a
+/// stream of `data: {"content": ..., "stop": false}` events ending with `"stop": true`.
+async fn llama_completion(State(st): St, ApiJson(req): ApiJson<LlamaCompletionRequest>) -> Result<Response, ApiError> {
+    let sampling = validate_sampling(req.sampling_fields(), None, &st.defaults)?;
+    let max_tokens = match req.n_predict {
+        None | Some(-1) => None,
+        Some(n) if n >= 0 => Some(n as usize),
+        Some(n) => return Err(ApiError::invalid_field("n_predict", format!("'n_predict' must be -1 (no limit) or more, got {n}"))),
+    };
+    let (prompt, _) = completion_prompt(&st, req.prompt).await?;
+    let gen = generate_request(&st, prompt, "prompt", max_tokens, sampling)?;
+    let rx = generation::start(&st, gen);
+    let model_name = st.model.name().to_string();
+    let final_fields = move |content: String, s: &crate::engine::GenerationStats| {
+        json!({
+            "content": content,
+            "stop": true,
+            "model": model_name,
+            "tokens_predicted": s.generated_tokens,
+            "tokens_evaluated": s.prompt_tokens,
+            "tokens_cached": s.cached_tokens,
+            "stop_type": stop_type(s.stop),
+            "stopped_eos": s.stop == crate::engine::StopReason::EndToken,
+            "stopped_limit": matches!(s.stop, crate::engine::StopReason::MaxTokens | crate::engine::StopReason::ContextFull),
+            "stopped_word": s.stop == crate::engine::StopReason::StopString,
+            "truncated": false,
+            "timings": timings(s),
+        })
+    };
+    if !req.stream.unwrap_or(false) {
+        let (text, stats) = generation::collect(rx).await?;
+        return Ok(Json(final_fields(text, &stats)).into_response());
+    }
+    Ok(sse_from(vec![], rx, move |ev| match ev {
+        GenEvent::Text(t) => vec![sse_text(json!({ "content": t, "stop": false }).to_string())],
+        GenEvent::Done(stats) => vec![sse_text(final_fields(String::new(), &stats).to_string())],
+        GenEvent::Failed(e) => vec![sse_text(e.body().to_string())],
+    }))
+}
+
+async fn tokenize(State(st): St, ApiJson(req): ApiJson<TokenizeRequest>) -> Result<Json<Value>, ApiError> {
+    let model = st.model.clone();
+    let (add, parse) = (req.add_special, req.parse_special);
+    let content = req.content;
+    let ids = blocking(move || model.tokenize(&content, add, parse))
+        .await?
+        .map_err(|e| ApiError::invalid_field("content", format!("could not tokenize: {e:#}")))?;
+    if !req.with_pieces {
+        return Ok(Json(json!({ "tokens": ids })));
+    }
+    let tokens: Vec<Value> = ids
+        .iter()
+        .map(|&id| {
+            let bytes = st.model.token_bytes(id);
+            // A piece that is not valid UTF-8 on its own (part of a character) is given as bytes.
+            match String::from_utf8(bytes) {
+                Ok(s) => json!({ "id": id, "piece": s }),
+                Err(e) => json!({ "id": id, "piece": e.into_bytes() }),
+            }
+        })
+        .collect();
+    Ok(Json(json!({ "tokens": tokens })))
+}
+
+async fn detokenize(State(st): St, ApiJson(req): ApiJson<DetokenizeRequest>) -> Result<Json<Value>, ApiError> {
+    check_ids(&st, req.tokens.iter().copied(), "tokens")?;
+    let ids: Vec<u32> = req.tokens.iter().map(|&i| i as u32).collect();
+    let model = st.model.clone();
+    let content = blocking(move || model.detokenize(&ids)).await?;
+    Ok(Json(json!({ "content": content })))
+}
