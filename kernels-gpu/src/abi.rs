@@ -306,7 +306,7 @@ pub fn row_bytes(ggml_type: u32, cols: u64) -> Option<u64> {
         14 => (256, 210), // Q6_K
         _ => return None,
     };
-    if cols % block != 0 {
+    if !cols.is_multiple_of(block) {
         return None;
     }
     Some(cols / block * size)

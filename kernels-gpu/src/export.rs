@@ -163,8 +163,13 @@ unsafe fn in_ref<'a, T>(p: *const T) -> Result<&'a T> {
     Ok(unsafe { &*p })
 }
 
+#[allow(clippy::missing_safety_doc)]
 pub mod trampolines {
     //! One `extern "C"` function per table entry, generic over the backend.
+    //!
+    //! # Safety
+    //! Called only through the table, with the arguments the ABI (`kernels_gpu::abi`) describes:
+    //! contexts and streams this backend created, valid pointers for outputs and parameters.
     use super::*;
 
     pub unsafe extern "C" fn device_count<D: Device>(out: *mut u32) -> Status {

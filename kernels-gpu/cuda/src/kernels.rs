@@ -1,0 +1,142 @@
+//! The CUDA C sources embedded in the library, and their compilation to PTX with NVRTC (loaded
+//! at run time), cached on disk so that later starts skip the compiler.
+
+/// Helpers every source starts with.
+pub const COMMON: &str = include_str!("kernels/common.cuh");
+
+/// (name, source) of every kernel file; each is compiled as `COMMON + source`.
+pub const SOURCES: &[(&str, &str)] = &[("matmul.cu", include_str!("kernels/matmul.cu")), ("ops.cu", include_str!("kernels/ops.cu"))];
+
+/// The whole program the backend compiles (one module).
+pub fn program() -> String {
+    let mut s = String::from(COMMON);
+    for (name, src) in SOURCES {
+        s.push_str(&format!("\n// ---- {name} ----\n"));
+        s.push_str(src);
+    }
+    s
+}
+
+/// Matrix kernel name for a ggml weight type, if there is one.
+pub fn matmul_kernel(ggml_type: u32) -> Option<&'static str> {
+    Some(match ggml_type {
+        0 => "matmul_f32",
+        1 => "matmul_f16",
+        30 => "matmul_bf16",
+        2 => "matmul_q4_0",
+        3 => "matmul_q4_1",
+        6 => "matmul_q5_0",
+        7 => "matmul_q5_1",
+        8 => "matmul_q8_0",
+        10 => "matmul_q2_k",
+        12 => "matmul_q4_k",
+        13 => "matmul_q5_k",
+        14 => "matmul_q6_k",
+        _ => return None,
+    })
+}
+
+/// Every weight type with a kernel.
+pub const WEIGHT_TYPES: &[u32] = &[0, 1, 30, 2, 3, 6, 7, 8, 10, 12, 13, 14];
+
+/// The other kernels the backend loads.
+pub const OP_KERNELS: &[&str] = &["rmsnorm", "rope", "add", "mul", "add_rows", "scale", "glu", "copy_f32_f16", "copy_f32_f32", "attention"];
+
+/// Cache folder for compiled PTX: `LLAMAFILE_CACHE`, `$XDG_CACHE_HOME/llamafile-rs` or
+/// `~/.cache/llamafile-rs`, then `ptx/`.
+pub fn ptx_cache_dir() -> Option<std::path::PathBuf> {
+    use std::path::PathBuf;
+    let root = if let Some(d) = std::env::var_os("LLAMAFILE_CACHE") {
+        PathBuf::from(d)
+    } else if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        PathBuf::from(d).join("llamafile-rs")
+    } else {
+        PathBuf::from(std::env::var_os("HOME")?).join(".cache").join("llamafile-rs")
+    };
+    Some(root.join("ptx"))
+}
+
+/// Cache file name for `src` compiled for `arch` (e.g. "compute_86").
+pub fn cache_key(src: &str, arch: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(arch.as_bytes());
+    h.update([0]);
+    h.update(src.as_bytes());
+    let hex: String = h.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!("{arch}-{hex}.ptx")
+}
+
+#[cfg(feature = "cuda")]
+pub mod nvrtc {
+    //! Compilation with NVRTC (libnvrtc loaded at run time).
+    use cudarc::nvrtc::{compile_ptx_with_opts, CompileError, CompileOptions};
+
+    /// Whether libnvrtc can be loaded (cudarc panics on first use when it cannot).
+    pub fn available() -> bool {
+        // SAFETY: only tries to dlopen the library by its usual names.
+        unsafe { cudarc::nvrtc::sys::is_culib_present() }
+    }
+
+    /// Compiles `src` to PTX for `arch` ("compute_86"); the error carries NVRTC's log.
+    pub fn compile(src: &str, arch: &'static str) -> Result<String, String> {
+        if !available() {
+            return Err("libnvrtc not found (install the CUDA runtime compiler, e.g. `pip install nvidia-cuda-nvrtc-cu12` and add its lib folder to LD_LIBRARY_PATH)".into());
+        }
+        let opts = CompileOptions { arch: Some(arch), use_fast_math: Some(false), ..Default::default() };
+        match compile_ptx_with_opts(src, opts) {
+            Ok(ptx) => Ok(ptx.to_src()),
+            Err(CompileError::CompileError { log, .. }) => Err(format!("NVRTC: {}", log.to_string_lossy())),
+            Err(e) => Err(format!("NVRTC: {e}")),
+        }
+    }
+
+    /// PTX for `src` and `arch` from the cache, or compiled and stored there.
+    pub fn compile_cached(src: &str, arch: &'static str) -> Result<String, String> {
+        let path = super::ptx_cache_dir().map(|d| d.join(super::cache_key(src, arch)));
+        if let Some(p) = &path {
+            if let Ok(ptx) = std::fs::read_to_string(p) {
+                if ptx.contains(".entry") {
+                    return Ok(ptx);
+                }
+            }
+        }
+        let ptx = compile(src, arch)?;
+        if let Some(p) = &path {
+            // A cache that cannot be written only costs a compile next time.
+            if let Some(dir) = p.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            let tmp = p.with_extension(format!("tmp{}", std::process::id()));
+            if std::fs::write(&tmp, &ptx).is_ok() {
+                let _ = std::fs::rename(&tmp, p);
+            }
+        }
+        Ok(ptx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kernel_name_is_defined_in_the_sources() {
+        let prog = program();
+        for t in WEIGHT_TYPES {
+            let k = matmul_kernel(*t).unwrap();
+            assert!(prog.contains(&format!("DEFINE_MATMUL({k},")), "{k} missing");
+        }
+        for k in OP_KERNELS {
+            assert!(prog.contains(&format!("void {k}(")), "{k} missing");
+        }
+        assert_eq!(matmul_kernel(11), None, "Q3_K has no kernel (falls back to the CPU)");
+    }
+
+    #[test]
+    fn cache_keys_depend_on_source_and_arch() {
+        assert_ne!(cache_key("a", "compute_86"), cache_key("b", "compute_86"));
+        assert_ne!(cache_key("a", "compute_86"), cache_key("a", "compute_75"));
+        assert!(cache_key("a", "compute_86").starts_with("compute_86-"));
+    }
+}

@@ -1,0 +1,20 @@
+//! The CUDA backend of the GPU offload ABI (`kernels_gpu::abi`).
+//!
+//! Needs only the NVIDIA driver on the user's machine: libcuda and libnvrtc are loaded at run
+//! time (cudarc's dynamic loading), the kernels are CUDA C embedded in this library
+//! ([`kernels`]), compiled by NVRTC for the device's architecture at first use and the PTX cached
+//! (`~/.cache/llamafile-rs/ptx/`), so later starts skip the compiler. No toolkit, no nvcc.
+//!
+//! Weight types with a matrix kernel: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q4_K,
+//! Q5_K, Q6_K (the runtime keeps the model on the CPU when a tensor has another type, e.g. Q3_K).
+//!
+//! Built with the `cuda` feature (default). Without it the library exports no backend symbol,
+//! and the runtime says so and runs on the CPU.
+
+pub mod kernels;
+
+#[cfg(feature = "cuda")]
+pub mod device;
+
+#[cfg(feature = "cuda")]
+kernels_gpu::export_backend!(device::Cuda);
