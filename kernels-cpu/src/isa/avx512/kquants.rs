@@ -18,11 +18,11 @@ use core::arch::x86_64::*;
 
 use crate::isa::{GemmTileFn, QuantizeFn, VecDotFn};
 use crate::types::q2_k::BlockQ2K;
-use crate::types::q3_k::{scales_q3k, BlockQ3K};
+use crate::types::q3_k::BlockQ3K;
 use crate::types::q4_k::{scales_mins_k4_bytes, BlockQ4K};
 use crate::types::q5_k::BlockQ5K;
 use crate::types::q6_k::BlockQ6K;
-use crate::types::q8_k::{f16_to_f32, first_blocks, BlockQ8K, QK_K};
+use crate::types::q8_k::{first_blocks, BlockQ8K, QK_K};
 use crate::types::WeightType;
 
 /// Everything these kernels need, detected at run time.
@@ -103,7 +103,7 @@ static IDX_SUB16: [i16; 32] = {
 /// The scale vectors of the 4 chunks from 16 scales (16-bit) in `s16`, `per_chunk` scales per
 /// 64-value chunk (2 for sub-blocks of 32, 4 for sub-blocks of 16).
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn scale_vectors(s16: __m256i, per_chunk: i16) -> [__m512i; 4] {
     let base: &[i16; 32] = if per_chunk == 2 { &IDX_SUB32 } else { &IDX_SUB16 };
     // SAFETY: `base` is 64 readable bytes; the load is unaligned.
@@ -117,9 +117,17 @@ fn scale_vectors(s16: __m256i, per_chunk: i16) -> [__m512i; 4] {
     out
 }
 
+/// Two f16 fields (e.g. `d`, `dmin`) to f32 with F16C.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn f16x2(a: [u8; 2], b: [u8; 2]) -> (f32, f32) {
+    let v = _mm_cvtph_ps(_mm_cvtsi32_si128(u32::from_le_bytes([a[0], a[1], b[0], b[1]]) as i32));
+    (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_movehdup_ps(v)))
+}
+
 /// 32 bytes at `p`, copied into both halves of a 64-byte vector.
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn broadcast32(p: &[u8]) -> __m512i {
     assert!(p.len() >= 32);
     // SAFETY: 32 readable bytes (checked above); the load is unaligned.
@@ -128,20 +136,20 @@ fn broadcast32(p: &[u8]) -> __m512i {
 
 /// Per-64-bit-lane shift counts: `lo` for the lower 32 bytes, `hi` for the upper 32.
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn shifts(lo: i64, hi: i64) -> __m512i {
     _mm512_set_epi64(hi, hi, hi, hi, lo, lo, lo, lo)
 }
 
 /// Byte mask vector: `lo` in the lower 32 bytes, `hi` in the upper 32.
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn bytes2(lo: u8, hi: u8) -> __m512i {
     _mm512_inserti64x4::<1>(_mm512_set1_epi8(lo as i8), _mm256_set1_epi8(hi as i8))
 }
 
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn unpack_q4k(b: &BlockQ4K) -> Unpacked {
     let sm = scales_mins_k4_bytes(&b.scales);
     // SAFETY: `sm` is 16 readable bytes.
@@ -155,11 +163,12 @@ fn unpack_q4k(b: &BlockQ4K) -> Unpacked {
     for (k, l) in lv.iter_mut().enumerate() {
         *l = _mm512_and_si512(_mm512_srlv_epi64(broadcast32(&b.qs[32 * k..]), sh), m4);
     }
-    Unpacked { lv, sc: scale_vectors(s16, 2), c16, d: f16_to_f32(b.d), f: -f16_to_f32(b.dmin) }
+    let (d, dmin) = f16x2(b.d, b.dmin);
+    Unpacked { lv, sc: scale_vectors(s16, 2), c16, d, f: -dmin }
 }
 
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn unpack_q5k(b: &BlockQ5K) -> Unpacked {
     let sm = scales_mins_k4_bytes(&b.scales);
     // SAFETY: `sm` is 16 readable bytes.
@@ -176,11 +185,12 @@ fn unpack_q5k(b: &BlockQ5K) -> Unpacked {
         let high = _mm512_test_epi8_mask(qh, bytes2(1 << (2 * k), 1 << (2 * k + 1)));
         *l = _mm512_mask_add_epi8(low, high, low, sixteen);
     }
-    Unpacked { lv, sc: scale_vectors(s16, 2), c16, d: f16_to_f32(b.d), f: -f16_to_f32(b.dmin) }
+    let (d, dmin) = f16x2(b.d, b.dmin);
+    Unpacked { lv, sc: scale_vectors(s16, 2), c16, d, f: -dmin }
 }
 
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn unpack_q6k(b: &BlockQ6K) -> Unpacked {
     // SAFETY: `scales` is 16 readable bytes.
     let s16 = _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(b.scales.as_ptr() as *const __m128i) });
@@ -200,12 +210,12 @@ fn unpack_q6k(b: &BlockQ6K) -> Unpacked {
         lv[2 * h] = _mm512_or_si512(lo0, _mm512_slli_epi16::<4>(hi0));
         lv[2 * h + 1] = _mm512_or_si512(lo1, _mm512_slli_epi16::<4>(hi1));
     }
-    Unpacked { lv, sc: scale_vectors(s16, 4), c16, d: f16_to_f32(b.d), f: 0.0 }
+    Unpacked { lv, sc: scale_vectors(s16, 4), c16, d: f16x2(b.d, [0; 2]).0, f: 0.0 }
 }
 
 /// The 2-bit levels of Q2_K/Q3_K (`qs` has the same layout in both).
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn levels_2bit(qs: &[u8; 64]) -> [__m512i; 4] {
     let m2 = _mm512_set1_epi8(3);
     let mut lv = [_mm512_setzero_si512(); 4];
@@ -218,27 +228,37 @@ fn levels_2bit(qs: &[u8; 64]) -> [__m512i; 4] {
 }
 
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn unpack_q2k(b: &BlockQ2K) -> Unpacked {
     // SAFETY: `scales` is 16 readable bytes.
     let s = unsafe { _mm_loadu_si128(b.scales.as_ptr() as *const __m128i) };
     let s16 = _mm256_cvtepu8_epi16(_mm_and_si128(s, _mm_set1_epi8(0x0F)));
     let c16 = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(s), _mm_set1_epi8(0x0F)));
-    Unpacked {
-        lv: levels_2bit(&b.qs),
-        sc: scale_vectors(s16, 4),
-        c16,
-        d: f16_to_f32(b.d),
-        f: -f16_to_f32(b.dmin),
-    }
+    let (d, dmin) = f16x2(b.d, b.dmin);
+    Unpacked { lv: levels_2bit(&b.qs), sc: scale_vectors(s16, 4), c16, d, f: -dmin }
+}
+
+/// The 16 Q3_K scales (`sc - 32`) as bytes, as `types::q3_k::scales_q3k` computes them.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn q3k_scales(s: &[u8; 12]) -> __m128i {
+    const M4: u32 = 0x0f0f_0f0f;
+    const M2: u32 = 0x0303_0303;
+    let w = |i: usize| u32::from_le_bytes([s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]]);
+    let (a, b, hi) = (w(0), w(1), w(2));
+    let v = _mm_set_epi32(
+        (((b >> 4) & M4) | (((hi >> 6) & M2) << 4)) as i32,
+        (((a >> 4) & M4) | (((hi >> 4) & M2) << 4)) as i32,
+        ((b & M4) | (((hi >> 2) & M2) << 4)) as i32,
+        ((a & M4) | ((hi & M2) << 4)) as i32,
+    );
+    _mm_sub_epi8(v, _mm_set1_epi8(32))
 }
 
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn unpack_q3k(b: &BlockQ3K) -> Unpacked {
-    let sc = scales_q3k(&b.scales);
-    // SAFETY: `sc` is 16 readable bytes.
-    let s16 = _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(sc.as_ptr() as *const __m128i) });
+    let s16 = _mm256_cvtepi8_epi16(q3k_scales(&b.scales));
     // value = d * sc * (level - 4) with level = low 2 bits + 4 * high bit
     let c16 = _mm256_mullo_epi16(s16, _mm256_set1_epi16(-4));
     let mut lv = levels_2bit(&b.qs);
@@ -248,12 +268,12 @@ fn unpack_q3k(b: &BlockQ3K) -> Unpacked {
         let high = _mm512_test_epi8_mask(hm, bytes2(1 << (2 * c), 1 << (2 * c + 1)));
         *l = _mm512_mask_add_epi8(*l, high, *l, four);
     }
-    Unpacked { lv, sc: scale_vectors(s16, 4), c16, d: f16_to_f32(b.d), f: 0.0 }
+    Unpacked { lv, sc: scale_vectors(s16, 4), c16, d: f16x2(b.d, [0; 2]).0, f: 0.0 }
 }
 
 /// Integer part of one block against one Q8_K block: `Σ sc * Σ lv * q8` (+ the folded offset).
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn block_sumi(u: &Unpacked, a: &BlockQ8K, fold: bool) -> (__m512i, __m256i) {
     let q8 = a.qs.as_ptr() as *const __m512i;
     let mut sumi = _mm512_setzero_si512();
@@ -273,7 +293,7 @@ fn block_sumi(u: &Unpacked, a: &BlockQ8K, fold: bool) -> (__m512i, __m256i) {
 
 /// Adds one block's result into the float accumulator.
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn accumulate(acc: __m512, u: &Unpacked, a: &BlockQ8K, fold: bool) -> __m512 {
     let (sumi, g) = block_sumi(u, a, fold);
     let xd = a.d();
@@ -291,7 +311,7 @@ macro_rules! kquant_kernels {
         mod $m {
             use super::*;
 
-            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
             fn vec_dot_tf(n: usize, w: &[u8], x: &[u8]) -> f32 {
                 let nb = n / QK_K;
                 let wb = first_blocks::<$Block>(w, nb, concat!($name, " vec_dot weights"));
@@ -311,7 +331,7 @@ macro_rules! kquant_kernels {
             /// `NC` tokens against rows `0..nr`: each weight block is unpacked once per row and
             /// used for all `NC` tokens.
             #[inline]
-            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
             #[allow(clippy::too_many_arguments)]
             fn tile<const NC: usize>(
                 nb: usize,
@@ -341,7 +361,7 @@ macro_rules! kquant_kernels {
                 }
             }
 
-            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
             #[allow(clippy::too_many_arguments)]
             fn gemm_tf(
                 n: usize,
