@@ -1,4 +1,99 @@
+//! `pack --runtime PATH --gguf PATH [-o OUT] [--args "ARGS" | --args-file FILE] [--force]`
+//! `pack --list FILE`
+
+use anyhow::Context;
+use clap::Parser;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "pack",
+    version,
+    about = "Make one executable file from the llamafile runtime and GGUF weights",
+    after_help = "The output runs as `./OUT.llamafile -p \"...\"`; `pack --list OUT.llamafile` shows what is inside."
+)]
+struct Cli {
+    /// The runtime executable (default: the `llamafile` binary beside `pack`).
+    #[arg(long, value_name = "PATH")]
+    runtime: Option<PathBuf>,
+    /// The weights: a .gguf, or a llamafile/zip holding one, or archive.zip@name.gguf.
+    #[arg(long, value_name = "PATH", required_unless_present = "list")]
+    gguf: Option<PathBuf>,
+    /// Output file (default: <gguf stem>.llamafile in the current directory).
+    #[arg(short = 'o', long = "output", value_name = "OUT")]
+    out: Option<PathBuf>,
+    /// Default arguments stored in the file (`.args`); `...` marks where the user's go.
+    #[arg(long, value_name = "ARGS", conflicts_with = "args_file", allow_hyphen_values = true)]
+    args: Option<String>,
+    /// Like --args, read from a file (one or more per line, `#` comments, quotes).
+    #[arg(long, value_name = "FILE")]
+    args_file: Option<PathBuf>,
+    /// Replace OUT if it exists.
+    #[arg(long)]
+    force: bool,
+    /// Print the entries of a llamafile or zip (offsets, sizes, alignment) and a GGUF summary.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["gguf", "runtime", "out", "args", "args_file", "force"])]
+    list: Option<PathBuf>,
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(path) = &cli.list {
+        print!("{}", packer::list(path)?);
+        return Ok(());
+    }
+    let gguf = cli.gguf.expect("clap requires --gguf without --list");
+    let runtime = match cli.runtime {
+        Some(r) => r,
+        None => {
+            let r = packer::default_runtime()?;
+            if !r.exists() {
+                anyhow::bail!("no --runtime given and no llamafile binary beside pack ({}); build it with `cargo build --release`", r.display());
+            }
+            r
+        }
+    };
+    let args = match (&cli.args, &cli.args_file) {
+        (Some(a), _) => Some(a.clone()),
+        (None, Some(f)) => Some(std::fs::read_to_string(f).with_context(|| format!("cannot read --args-file {}", f.display()))?),
+        (None, None) => None,
+    };
+    let out = cli.out.unwrap_or_else(|| packer::default_out(&gguf));
+    let opts = packer::PackOptions {
+        runtime,
+        gguf,
+        out,
+        args,
+        extra: Vec::new(),
+        force: cli.force,
+        progress: std::io::stderr().is_terminal(),
+    };
+    let r = packer::pack(&opts)?;
+    eprintln!(
+        "wrote {} ({} bytes): {} {} runtime, {} at offset {} ({} bytes)",
+        r.out.display(),
+        r.size,
+        r.runtime.format,
+        r.runtime.arch,
+        r.gguf_entry,
+        r.gguf_offset,
+        r.gguf_size
+    );
+    Ok(())
+}
+
 fn main() {
-    eprintln!("error: not implemented yet");
-    std::process::exit(1);
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    if let Err(e) = run(cli) {
+        // The whole chain on one line (newlines inside messages would break "one line").
+        eprintln!("pack: error: {}", format!("{e:#}").replace('\n', " "));
+        std::process::exit(1);
+    }
 }

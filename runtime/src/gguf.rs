@@ -240,6 +240,10 @@ struct Inner {
     len: usize,
     file_offset: u64,
     path: PathBuf,
+    /// The file the bytes are in (`path` without an `@entry` suffix).
+    file_path: PathBuf,
+    /// The zip entry the GGUF is, if any.
+    entry: Option<String>,
     parsed: Parsed,
 }
 
@@ -285,6 +289,8 @@ impl GgufFile {
                 len: region.len,
                 file_offset: region.file_offset,
                 path: path.to_path_buf(),
+                file_path: region.path,
+                entry: region.entry,
                 storage: Storage::Mapped(region.map),
                 parsed,
             }),
@@ -299,6 +305,8 @@ impl GgufFile {
                 len: bytes.len(),
                 file_offset: 0,
                 path: PathBuf::from(name),
+                file_path: PathBuf::from(name),
+                entry: None,
                 storage: Storage::Owned(bytes),
                 parsed,
             }),
@@ -357,6 +365,14 @@ impl GgufFile {
     /// The path that was opened.
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+    /// The file holding the GGUF: `path()` without an `@entry` suffix.
+    pub fn file_path(&self) -> &Path {
+        &self.inner.file_path
+    }
+    /// The zip entry holding the GGUF, when it came from a zip or llamafile.
+    pub fn entry(&self) -> Option<&str> {
+        self.inner.entry.as_deref()
     }
     /// GGUF format version (2 or 3).
     pub fn version(&self) -> u32 {

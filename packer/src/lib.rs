@@ -1,0 +1,309 @@
+//! `pack`: the runtime executable + a GGUF (+ optional `.args`) -> one executable llamafile.
+//!
+//! Output layout: the runtime's bytes, then a zip whose GGUF entry is stored with its data at a
+//! multiple of [`GGUF_ALIGN`] from the start of the file (so the runtime maps it in place), then
+//! `.args` and any extra entries, the central directory, and ZIP64 records when needed. The file
+//! is written under a temporary name in the output's directory and renamed at the end.
+
+pub mod validate;
+pub mod zip_writer;
+
+use anyhow::{bail, Context};
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use zip_writer::{Source, ZipWriter};
+
+/// Alignment of the GGUF data in the output (a multiple of every page size in use).
+pub const GGUF_ALIGN: u64 = 65536;
+
+/// An extra stored entry (e.g. a GPU backend library): name in the zip, file, alignment.
+#[derive(Clone, Debug)]
+pub struct ExtraEntry {
+    pub name: String,
+    pub path: PathBuf,
+    pub align: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct PackOptions {
+    pub runtime: PathBuf,
+    pub gguf: PathBuf,
+    pub out: PathBuf,
+    /// Text of the `.args` entry (already read from `--args` or `--args-file`).
+    pub args: Option<String>,
+    pub extra: Vec<ExtraEntry>,
+    pub force: bool,
+    /// Show a progress bar (the caller decides: only on a terminal).
+    pub progress: bool,
+}
+
+/// What `pack` wrote.
+#[derive(Clone, Debug)]
+pub struct PackReport {
+    pub out: PathBuf,
+    pub size: u64,
+    pub gguf_entry: String,
+    pub gguf_offset: u64,
+    pub gguf_size: u64,
+    pub runtime: validate::RuntimeInfo,
+}
+
+/// The default output: `<gguf stem>.llamafile` in the current directory.
+pub fn default_out(gguf: &Path) -> PathBuf {
+    let name = gguf.to_string_lossy();
+    // For `archive.zip@name.gguf` the stem is the entry's.
+    let base = name.rsplit(['/', '@']).next().unwrap_or(&name);
+    let stem = Path::new(base).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+    PathBuf::from(format!("{stem}.llamafile"))
+}
+
+/// The default runtime: the `llamafile` binary beside this executable.
+pub fn default_runtime() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot find the path of pack itself")?;
+    Ok(exe.with_file_name("llamafile"))
+}
+
+/// (device, inode) of an existing file, to tell whether two paths are the same file.
+fn file_id(p: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Check every input, then write the llamafile. Nothing is left behind on failure.
+pub fn pack(o: &PackOptions) -> anyhow::Result<PackReport> {
+    // 1. Inputs, before anything is written.
+    let runtime_bytes = std::fs::read(&o.runtime).with_context(|| format!("cannot read runtime {}", o.runtime.display()))?;
+    let runtime = validate::check_runtime(&o.runtime, &runtime_bytes)?;
+    let gguf = validate::check_gguf(&o.gguf)?;
+    if let Some(text) = &o.args {
+        llamafile::bundle::parse_args_file(text).context("bad --args")?;
+    }
+    for e in &o.extra {
+        std::fs::File::open(&e.path).with_context(|| format!("cannot read {}", e.path.display()))?;
+        if e.name == llamafile::bundle::ARGS_ENTRY || e.name.to_ascii_lowercase().ends_with(".gguf") {
+            bail!("extra entry name '{}' is reserved", e.name);
+        }
+    }
+    // 2. The output: never an input; an existing one only with --force.
+    let out_id = file_id(&o.out);
+    if let Some(id) = out_id {
+        for (what, p) in [("runtime", &o.runtime), ("GGUF", &gguf.file_path().to_path_buf())] {
+            if file_id(p) == Some(id) {
+                bail!("output {} is the {what} input; choose another -o", o.out.display());
+            }
+        }
+        if o.extra.iter().any(|e| file_id(&e.path) == Some(id)) {
+            bail!("output {} is one of the inputs; choose another -o", o.out.display());
+        }
+        if std::fs::metadata(&o.out)?.is_dir() {
+            bail!("output {} is a directory", o.out.display());
+        }
+        if !o.force {
+            bail!("output {} already exists (use --force to replace it)", o.out.display());
+        }
+    }
+    let out_name = o.out.file_name().with_context(|| format!("output {} has no file name", o.out.display()))?.to_string_lossy().into_owned();
+    let dir = match o.out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !dir.is_dir() {
+        bail!("output directory {} does not exist", dir.display());
+    }
+    let entry_name = gguf
+        .entry()
+        .map(|e| e.rsplit('/').next().unwrap_or(e).to_string())
+        .unwrap_or_else(|| gguf.file_path().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model.gguf".into()));
+    let entry_name = if entry_name.to_ascii_lowercase().ends_with(".gguf") { entry_name } else { format!("{entry_name}.gguf") };
+
+    // 3. Write under a temporary name (removed on drop if anything fails), then rename.
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{out_name}."))
+        .suffix(".tmp")
+        .tempfile_in(&dir)
+        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
+    let mut f = tmp.as_file().try_clone().context("cannot reopen the temporary file")?;
+    f.write_all(&runtime_bytes).with_context(|| format!("cannot write {}", tmp.path().display()))?;
+    let mut w = ZipWriter::new(f)?;
+    let src = std::fs::File::open(gguf.file_path()).with_context(|| format!("cannot open {}", gguf.file_path().display()))?;
+    let bar = o.progress.then(|| {
+        let b = indicatif::ProgressBar::new(2 * gguf.len());
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{msg:9} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} {eta}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        b
+    });
+    let total = gguf.len();
+    let mut phase = 0u64; // 0 while checksumming, `total` while copying
+    let mut last = 0u64;
+    let mut progress = |done: u64, _: u64| {
+        if let Some(b) = &bar {
+            if done < last {
+                phase = total;
+                b.set_message("copying");
+            } else if phase == 0 {
+                b.set_message("checksum");
+            }
+            last = done;
+            b.set_position(phase + done);
+        }
+    };
+    let e = w.add_stored(&entry_name, Source::Range { file: &src, offset: gguf.file_offset(), len: gguf.len() }, GGUF_ALIGN, &mut progress)?;
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    if let Some(text) = &o.args {
+        w.add_stored(llamafile::bundle::ARGS_ENTRY, Source::Bytes(text.as_bytes()), 1, &mut |_, _| {})?;
+    }
+    for x in &o.extra {
+        w.add_stored_entry(&x.name, &x.path, x.align)?;
+    }
+    let f = w.finish()?;
+    let size = f.metadata()?.len();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).context("cannot make the output executable")?;
+    drop(f);
+    tmp.persist(&o.out).with_context(|| format!("cannot rename the temporary file to {}", o.out.display()))?;
+    Ok(PackReport { out: o.out.clone(), size, gguf_entry: entry_name, gguf_offset: e.data_offset, gguf_size: e.size, runtime })
+}
+
+/// Largest power of two dividing `offset`, capped at 1 MiB (0 counts as aligned to anything).
+fn alignment_of(offset: u64) -> u64 {
+    if offset == 0 {
+        1 << 20
+    } else {
+        (1u64 << offset.trailing_zeros()).min(1 << 20)
+    }
+}
+
+fn human_align(a: u64) -> String {
+    if a >= 1 << 20 {
+        "1 MiB+".into()
+    } else if a >= 1024 {
+        format!("{} KiB", a / 1024)
+    } else {
+        format!("{a} B")
+    }
+}
+
+/// `pack --list`: the zip's entries (offsets, sizes, alignment), `.args`, and a GGUF summary.
+pub fn list(path: &Path) -> anyhow::Result<String> {
+    use std::fmt::Write as _;
+    let len = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?.len();
+    let Some(entries) = llamafile::bundle::zip_entries(path)? else {
+        bail!("{}: not a llamafile or zip (no zip end record at the end of the file)", path.display());
+    };
+    let mut s = String::new();
+    let prefix = entries.iter().map(|e| e.header_offset).min().unwrap_or(0);
+    let _ = writeln!(s, "{}: {} bytes, {} zip entries after {} bytes of executable", path.display(), len, entries.len(), prefix);
+    let _ = writeln!(s, "{:>14} {:>14} {:>8} {:>8}  name", "offset", "size", "method", "align");
+    for e in &entries {
+        let _ = writeln!(s, "{:>14} {:>14} {:>8} {:>8}  {}", e.data_offset, e.size, e.method, human_align(alignment_of(e.data_offset)), e.name);
+    }
+    if let Some(args) = llamafile::bundle::read_args_entry(path)? {
+        let _ = writeln!(s, "\n.args:");
+        for line in args.lines() {
+            let _ = writeln!(s, "  {line}");
+        }
+    }
+    if entries.iter().any(|e| e.name.to_ascii_lowercase().ends_with(".gguf")) {
+        let g = llamafile::gguf::GgufFile::open(path)?;
+        let _ = writeln!(s, "\nGGUF entry {}:", g.entry().unwrap_or("?"));
+        for line in llamafile::cli::info::describe(&g).lines().filter(|l| !l.starts_with("kernels:") && !l.starts_with("file:")) {
+            let _ = writeln!(s, "  {line}");
+        }
+    }
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use llamafile::gguf::writer::{build, TensorSpec};
+    use llamafile::gguf::MetaValue;
+
+    fn tiny_gguf(dir: &Path) -> PathBuf {
+        let data: Vec<u8> = (0..64u32 * 4).flat_map(|i| (i as f32).to_le_bytes()).collect();
+        let bytes = build(
+            &[("general.architecture", MetaValue::String("llama".into())), ("general.name", MetaValue::String("t".into()))],
+            &[TensorSpec { name: "w", dims: &[64, 4], ggml_type: 0, data: &data }],
+            32,
+        );
+        let p = dir.join("tiny.gguf");
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    fn runtime() -> PathBuf {
+        // Any x86-64/aarch64 executable stands in for the runtime here: this test binary.
+        std::env::current_exe().unwrap()
+    }
+
+    #[test]
+    fn packed_gguf_maps_to_the_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let gguf = tiny_gguf(dir.path());
+        let out = dir.path().join("t.llamafile");
+        let o = PackOptions {
+            runtime: runtime(),
+            gguf: gguf.clone(),
+            out: out.clone(),
+            args: Some("-n 4 ...\n".into()),
+            extra: vec![],
+            force: false,
+            progress: false,
+        };
+        let r = pack(&o).unwrap();
+        assert_eq!(r.gguf_offset % GGUF_ALIGN, 0);
+        assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o755);
+        let g = llamafile::gguf::GgufFile::open(&out).unwrap();
+        assert_eq!(g.file_offset(), r.gguf_offset);
+        assert_eq!(g.bytes(), &std::fs::read(&gguf).unwrap()[..]);
+        assert_eq!(llamafile::bundle::read_args_entry(&out).unwrap().as_deref(), Some("-n 4 ...\n"));
+        let listing = list(&out).unwrap();
+        assert!(listing.contains(&format!("{:>14} {:>14}   Stored", r.gguf_offset, r.gguf_size)) && listing.contains("-n 4 ...") && listing.contains("architecture:    llama"), "{listing}");
+        // Again without --force: refused, the first output untouched; with --force: replaced.
+        let e = pack(&o).unwrap_err().to_string();
+        assert!(e.contains("already exists"), "{e}");
+        pack(&PackOptions { force: true, ..o.clone() }).unwrap();
+        // Repacking from the llamafile itself (its GGUF entry) into a new file works too.
+        let again = dir.path().join("again.llamafile");
+        pack(&PackOptions { gguf: out.clone(), out: again.clone(), args: None, ..o.clone() }).unwrap();
+        assert_eq!(llamafile::gguf::GgufFile::open(&again).unwrap().bytes(), g.bytes());
+        // Output = an input: refused even with --force.
+        let e = pack(&PackOptions { out: gguf.clone(), force: true, ..o.clone() }).unwrap_err().to_string();
+        assert!(e.contains("is the GGUF input"), "{e}");
+        let names: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert!(!names.iter().any(|n| n.ends_with(".tmp")), "temporary file left: {names:?}");
+    }
+
+    #[test]
+    fn bad_inputs_leave_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let gguf = tiny_gguf(dir.path());
+        let out = dir.path().join("x.llamafile");
+        let base = PackOptions { runtime: runtime(), gguf: gguf.clone(), out: out.clone(), args: None, extra: vec![], force: false, progress: false };
+        let cases = [
+            (PackOptions { runtime: gguf.clone(), ..base.clone() }, "GGUF model, not the runtime"),
+            (PackOptions { gguf: runtime(), ..base.clone() }, "not a model"),
+            (PackOptions { gguf: dir.path().join("missing.gguf"), ..base.clone() }, "cannot open model"),
+            (PackOptions { args: Some("-p 'unclosed".into()), ..base.clone() }, "never closed"),
+        ];
+        for (o, want) in cases {
+            let e = format!("{:#}", pack(&o).unwrap_err());
+            assert!(e.contains(want), "expected {want:?} in {e:?}");
+            assert!(!e.contains('\n'), "one line: {e:?}");
+            assert!(!out.exists());
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "only the input is left");
+    }
+
+    #[test]
+    fn default_names() {
+        assert_eq!(default_out(Path::new("/m/qwen2.5-coder.gguf")), PathBuf::from("qwen2.5-coder.llamafile"));
+        assert_eq!(default_out(Path::new("a.zip@dir/x.gguf")), PathBuf::from("x.llamafile"));
+        assert_eq!(alignment_of(65536 * 3), 65536);
+        assert_eq!(alignment_of(96), 32);
+    }
+}

@@ -1,0 +1,76 @@
+//! Input checks done before anything is written: the runtime is an executable for a CPU we run
+//! on (parsed with `object`) and not already a llamafile; the GGUF parses (header, metadata,
+//! tensor table and every tensor's range, via the runtime's reader over gguf-rs-lib).
+
+use anyhow::bail;
+use object::{Architecture, Object, ObjectKind};
+use std::path::Path;
+
+/// What the runtime check found.
+#[derive(Clone, Debug)]
+pub struct RuntimeInfo {
+    pub format: String,
+    pub arch: String,
+    pub size: u64,
+}
+
+fn arch_name(a: Architecture) -> String {
+    match a {
+        Architecture::X86_64 => "x86-64".into(),
+        Architecture::Aarch64 => "aarch64".into(),
+        Architecture::I386 => "x86 (32-bit)".into(),
+        Architecture::Arm => "ARM (32-bit)".into(),
+        a => format!("{a:?}"),
+    }
+}
+
+/// Check `bytes` (the file at `path`) is an executable for x86-64 or aarch64 without a zip
+/// already appended.
+pub fn check_runtime(path: &Path, bytes: &[u8]) -> anyhow::Result<RuntimeInfo> {
+    let obj = match object::File::parse(bytes) {
+        Ok(o) => o,
+        Err(_) => {
+            let head: Vec<u8> = bytes.iter().take(4).copied().collect();
+            if head.starts_with(b"GGUF") {
+                bail!("runtime {}: this is a GGUF model, not the runtime executable (did you swap --runtime and --gguf?)", path.display());
+            }
+            bail!(
+                "runtime {}: not an executable (no ELF, Mach-O or PE header; it starts with {:02x?})",
+                path.display(),
+                head
+            );
+        }
+    };
+    let format = format!("{:?}", obj.format()).replace("MachO", "Mach-O").replace("Elf", "ELF").replace("Pe", "PE");
+    let arch = arch_name(obj.architecture());
+    let kind = obj.kind();
+    // A position-independent executable is a "dynamic" object with an entry point; a shared
+    // library usually has none.
+    let executable = kind == ObjectKind::Executable || (kind == ObjectKind::Dynamic && obj.entry() != 0);
+    if !executable {
+        let what = match kind {
+            ObjectKind::Relocatable => "a relocatable object file",
+            ObjectKind::Dynamic => "a shared library",
+            ObjectKind::Core => "a core dump",
+            _ => "not an executable",
+        };
+        bail!("runtime {}: {format} {what} for {arch}, not an executable", path.display());
+    }
+    if !matches!(obj.architecture(), Architecture::X86_64 | Architecture::Aarch64) {
+        bail!("runtime {}: {format} executable for {arch}; llamafiles run on x86-64 or aarch64 only", path.display());
+    }
+    if let Ok(Some(entries)) = llamafile::bundle::zip_entries(path) {
+        bail!(
+            "runtime {}: it already has a zip appended ({} entries: it is a llamafile); give the bare runtime (target/release/llamafile)",
+            path.display(),
+            entries.len()
+        );
+    }
+    Ok(RuntimeInfo { format, arch, size: bytes.len() as u64 })
+}
+
+/// Open and fully check the GGUF (plain, or inside a zip/llamafile, or `archive@entry`).
+pub fn check_gguf(path: &Path) -> anyhow::Result<llamafile::gguf::GgufFile> {
+    // The reader's errors already name the file.
+    llamafile::gguf::GgufFile::open(path)
+}
