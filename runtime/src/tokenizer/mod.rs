@@ -20,6 +20,7 @@
 //! tokens and end generation (`end_tokens`).
 
 pub mod chat;
+mod index;
 mod pretok;
 mod special;
 mod spm;
@@ -28,6 +29,7 @@ mod tests;
 
 use crate::gguf::{GgufFile, MetaValue};
 use anyhow::{anyhow, bail, Context, Result};
+use index::{Packed, TokenIndex};
 use special::{Fragment, SpecialMatcher};
 use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::Model;
@@ -211,40 +213,19 @@ fn meta_int(v: &MetaValue) -> Option<i64> {
     })
 }
 
-/// Strings stored back to back: one allocation for the whole vocabulary instead of one per token.
-struct Packed {
-    data: Vec<u8>,
-    /// `ends[i]` = end of item i; item i starts at `ends[i-1]` (0 for the first).
-    ends: Vec<u32>,
-}
-
-impl Packed {
-    fn with_capacity(n: usize, bytes: usize) -> Packed {
-        Packed { data: Vec::with_capacity(bytes), ends: Vec::with_capacity(n) }
-    }
-    fn push(&mut self, b: &[u8]) {
-        self.data.extend_from_slice(b);
-        self.ends.push(self.data.len() as u32);
-    }
-    fn get(&self, i: usize) -> &[u8] {
-        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
-        &self.data[start..self.ends[i] as usize]
-    }
-}
-
 enum Pipeline {
-    Spm { add_space_prefix: bool },
-    Bpe { pre: pretok::PreTokenizer, byte_chars: Box<[char; 256]> },
+    Spm { model: spm::SpmModel, add_space_prefix: bool },
+    Bpe { model: BPE, pre: pretok::PreTokenizer, byte_chars: Box<[char; 256]> },
 }
 
 /// A tokenizer for one model: text <-> token ids exactly as the reference engine.
 pub struct Tokenizer {
     kind: VocabKind,
-    model: BPE,
     pipeline: Pipeline,
     specials: SpecialMatcher,
     /// Token texts as stored in the vocabulary (valid UTF-8: they come from `&str`s).
     texts: Packed,
+    index: TokenIndex,
     /// The bytes each token stands for (what decoding emits).
     pieces: Packed,
     attrs: Vec<u8>,
@@ -305,12 +286,14 @@ impl Tokenizer {
             spec.tokens.iter().map(|t| if t.is_empty() { empty_iter.next().unwrap().as_str() } else { *t }).collect();
 
         // text -> id (the reference refuses duplicate texts, so do we).
-        let mut vocab = Vocab::with_capacity(n);
-        for (i, t) in tokens.iter().enumerate() {
-            if let Some(prev) = vocab.insert(t.to_string(), i as u32) {
-                bail!("token text {t:?} appears twice in the vocabulary (ids {prev} and {i})");
-            }
+        let total: usize = tokens.iter().map(|t| t.len()).sum();
+        let mut texts = Packed::with_capacity(n, total);
+        for t in &tokens {
+            texts.push(t.as_bytes());
         }
+        let index = TokenIndex::build(&texts).map_err(|(a, b)| {
+            anyhow!("token text {:?} appears twice in the vocabulary (ids {a} and {b})", tokens[b as usize])
+        })?;
 
         let mut attrs: Vec<u8> = if spec.token_types.is_empty() {
             vec![attr::NORMAL; n]
@@ -323,9 +306,8 @@ impl Tokenizer {
         let eos = check_id("EOS", spec.eos)?;
         let mut eot = check_id("EOT", spec.eot)?;
         let eom = check_id("EOM", spec.eom)?;
-        check_id("UNK", spec.unk)?;
         check_id("PAD", spec.pad)?;
-        let lookup = |t: &str| vocab.get(t).copied();
+        let lookup = |t: &str| index.get(&texts, t.as_bytes());
         if eot.is_none() {
             eot = EOT_TEXTS.iter().find_map(|t| lookup(t));
         }
@@ -379,53 +361,54 @@ impl Tokenizer {
             .collect();
         let specials = SpecialMatcher::new(&specials)?;
 
-        let (model, pipeline, add_bos_default, add_eos_default, clean_spaces, add_space_prefix) = match spec.kind {
+        let (pipeline, add_bos_default, add_eos_default, clean_spaces, add_space_prefix) = match spec.kind {
             VocabKind::Spm => {
                 let scores: Vec<f32> = if spec.scores.is_empty() { vec![0.0; n] } else { spec.scores.clone() };
-                let merges = spm::synthesize_merges(&tokens, &scores, &vocab);
-                let model = BPE::builder()
-                    .vocab_and_merges(vocab, merges)
-                    .byte_fallback(true)
-                    .build()
-                    .map_err(|e| anyhow!("building the SentencePiece model: {e}"))?;
+                let model = spm::SpmModel::new(&texts, &index, scores, check_id("UNK", spec.unk)?)?;
                 let asp = spec.add_space_prefix.unwrap_or(true);
-                (model, Pipeline::Spm { add_space_prefix: asp }, true, false, false, asp)
+                (Pipeline::Spm { model, add_space_prefix: asp }, true, false, false, asp)
             }
             VocabKind::Bpe => {
                 let pre_name = spec.pre.unwrap_or("default");
                 let cfg = pretok::config_for(pre_name)?;
                 let pre = pretok::PreTokenizer::new(cfg.exprs)?;
                 let mut merges = Vec::with_capacity(spec.merges.len());
+                let mut joined = String::new();
                 for (i, m) in spec.merges.iter().enumerate() {
-                    // The reference splits at the first space after the first character.
+                    // The reference splits at the first space after the first byte.
                     let Some(sp) = m.as_bytes().iter().skip(1).position(|&b| b == b' ').map(|p| p + 1) else {
                         bail!("tokenizer.ggml.merges[{i}] = {m:?} is not \"left right\"");
                     };
                     let (l, r) = (&m[..sp], &m[sp + 1..]);
+                    joined.clear();
+                    joined.push_str(l);
+                    joined.push_str(r);
                     // A merge whose parts or result are not tokens can never produce a token; the
                     // `tokenizers` builder refuses them, the reference ignores them: skip.
-                    if vocab.contains_key(l) && vocab.contains_key(r) && vocab.contains_key(&format!("{l}{r}")) {
+                    let known = |t: &str| index.get(&texts, t.as_bytes()).is_some();
+                    if known(l) && known(r) && known(&joined) {
                         merges.push((l.to_string(), r.to_string()));
                     }
+                }
+                let mut vocab = Vocab::with_capacity(n);
+                for (i, t) in tokens.iter().enumerate() {
+                    vocab.insert(t.to_string(), i as u32);
                 }
                 let model = BPE::builder()
                     .vocab_and_merges(vocab, merges)
                     .ignore_merges(cfg.ignore_merges)
                     .build()
                     .map_err(|e| anyhow!("building the byte-level BPE model: {e}"))?;
-                let pipeline = Pipeline::Bpe { pre, byte_chars: Box::new(pretok::byte_to_char_table()) };
-                (model, pipeline, cfg.add_bos_default.unwrap_or(false), false, cfg.clean_spaces, false)
+                let pipeline = Pipeline::Bpe { model, pre, byte_chars: Box::new(pretok::byte_to_char_table()) };
+                (pipeline, cfg.add_bos_default.unwrap_or(false), false, cfg.clean_spaces, false)
             }
         };
 
-        // Texts and decoded bytes, packed.
-        let total: usize = tokens.iter().map(|t| t.len()).sum();
-        let mut texts = Packed::with_capacity(n, total);
+        // Decoded bytes, packed.
         let mut pieces = Packed::with_capacity(n, total);
         let char_to_byte = pretok::char_to_byte_table();
         let mut buf = Vec::new();
         for (i, t) in tokens.iter().enumerate() {
-            texts.push(t.as_bytes());
             buf.clear();
             let a = attrs[i];
             if a & (attr::CONTROL | attr::UNKNOWN | attr::USER_DEFINED) != 0 {
@@ -462,10 +445,10 @@ impl Tokenizer {
         }
         Ok(Tokenizer {
             kind: spec.kind,
-            model,
             pipeline,
             specials,
             texts,
+            index,
             pieces,
             attrs,
             bos,
@@ -496,6 +479,7 @@ impl Tokenizer {
         self.specials.partition(text, parse_special, &mut fragments);
         let mut buf = String::new();
         let (mut ranges, mut tmp) = (Vec::new(), Vec::new());
+        let mut scratch = spm::Scratch::default();
         let mut prev_special = true;
         for f in fragments {
             match f {
@@ -506,20 +490,21 @@ impl Tokenizer {
                 Fragment::Text(s, e) => {
                     let frag = &text[s..e];
                     match &self.pipeline {
-                        Pipeline::Spm { add_space_prefix } => {
+                        Pipeline::Spm { model, add_space_prefix } => {
                             buf.clear();
                             if *add_space_prefix && prev_special {
                                 buf.push('▁');
                             }
                             spm::escape_whitespace(frag, &mut buf);
-                            self.run_model(&buf, out)?;
+                            model.encode(&self.texts, &self.index, &buf, out, &mut scratch)?;
                         }
-                        Pipeline::Bpe { pre, byte_chars } => {
+                        Pipeline::Bpe { model, pre, byte_chars } => {
                             pre.split(frag, &mut ranges, &mut tmp)?;
                             for &(a, b) in &ranges {
                                 buf.clear();
                                 buf.extend(frag.as_bytes()[a..b].iter().map(|&x| byte_chars[x as usize]));
-                                self.run_model(&buf, out)?;
+                                let toks = model.tokenize(&buf).map_err(|e| anyhow!("tokenizing: {e}"))?;
+                                out.extend(toks.iter().map(|t| t.id));
                             }
                         }
                     }
@@ -530,15 +515,6 @@ impl Tokenizer {
         if add_special && self.add_eos {
             out.extend(self.eos);
         }
-        Ok(())
-    }
-
-    fn run_model(&self, word: &str, out: &mut Vec<u32>) -> Result<()> {
-        if word.is_empty() {
-            return Ok(());
-        }
-        let toks = self.model.tokenize(word).map_err(|e| anyhow!("tokenizing: {e}"))?;
-        out.extend(toks.iter().map(|t| t.id));
         Ok(())
     }
 
@@ -604,7 +580,7 @@ impl Tokenizer {
 
     /// The id of the token with exactly this vocabulary text.
     pub fn token_id(&self, text: &str) -> Option<u32> {
-        self.model.token_to_id(text)
+        self.index.get(&self.texts, text.as_bytes())
     }
 
     /// The reference's attribute bits of a token (see [`attr`]); 0 outside the vocabulary.
