@@ -1,0 +1,167 @@
+//! Kernel benchmark (a command, not a test):
+//!
+//! ```text
+//! cargo run --profile release -p kernels-cpu --example bench [-- TYPE...] [--shape RxC]
+//! ```
+//!
+//! 1. A STREAM-like read bandwidth probe: sum of 1 GiB, 1 and 2 threads (best of 3).
+//! 2. For Mistral-7B-sized matrices (14336x4096 and 4096x14336) and each weight type:
+//!    `matvec` GB/s of weight bytes with 1 and 2 threads (and % of the 2-thread probe),
+//!    `matmul` with 512 tokens in GFLOP/s (2 threads).
+//!
+//! Weights are random rows quantized with this crate's quantizers, replicated to size, and
+//! several copies (over 256 MiB in all) are cycled so that no matvec reads from cache.
+//! `LLAMAFILE_ISA` lowers the instruction set as everywhere else.
+
+use kernels_cpu::matmul::{self, Scratch};
+use kernels_cpu::types::{quantize_row, WeightType};
+use kernels_cpu::{kernels, Isa};
+use std::time::{Duration, Instant};
+
+fn pool(threads: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("thread pool")
+}
+
+/// splitmix64 noise in [-1, 1).
+fn noise(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            ((z >> 40) as f32 / (1u64 << 23) as f32) - 1.0
+        })
+        .collect()
+}
+
+/// Read bandwidth in GB/s: sum every u64 of a 1 GiB buffer, split over the pool's threads.
+fn bandwidth(threads: usize) -> f64 {
+    let buf: Vec<u64> = (0..(1usize << 30) / 8).map(|i| i as u64).collect();
+    let p = pool(threads);
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let s: u64 = p.install(|| {
+            use rayon::prelude::*;
+            buf.par_chunks(1 << 16)
+                .map(|c| {
+                    // Four independent sums so the adds are not one dependency chain.
+                    let mut a = [0u64; 4];
+                    for q in c.chunks_exact(4) {
+                        for k in 0..4 {
+                            a[k] = a[k].wrapping_add(q[k]);
+                        }
+                    }
+                    a[0].wrapping_add(a[1]).wrapping_add(a[2]).wrapping_add(a[3])
+                })
+                .reduce(|| 0, |a, b| a.wrapping_add(b))
+        });
+        std::hint::black_box(s);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    (1u64 << 30) as f64 / best / 1e9
+}
+
+/// `copies` matrices of `rows x cols` in type `t` (one quantized 64-row slab, replicated).
+fn weights(t: WeightType, rows: usize, cols: usize, copies: usize) -> Vec<Vec<u8>> {
+    let slab_rows = 64.min(rows);
+    let rb = t.row_bytes(cols);
+    let mut slab = vec![0u8; rb * slab_rows];
+    for r in 0..slab_rows {
+        quantize_row(t, &noise(cols, r as u64 + 1), &mut slab[r * rb..(r + 1) * rb]);
+    }
+    (0..copies)
+        .map(|_| {
+            let mut m = Vec::with_capacity(rb * rows);
+            while m.len() < rb * rows {
+                let take = slab.len().min(rb * rows - m.len());
+                m.extend_from_slice(&slab[..take]);
+            }
+            m
+        })
+        .collect()
+}
+
+/// Run `f` repeatedly for at least `budget` (and at least `min_iters` times); seconds per call.
+fn time(budget: Duration, min_iters: usize, mut f: impl FnMut(usize)) -> f64 {
+    f(0); // warm up (grows the scratch, faults the pages)
+    let t = Instant::now();
+    let mut i = 0;
+    while i < min_iters || t.elapsed() < budget {
+        f(i + 1);
+        i += 1;
+    }
+    t.elapsed().as_secs_f64() / i as f64
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut shapes = vec![(14336usize, 4096usize), (4096, 14336)];
+    let mut only: Vec<WeightType> = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        if args[i] == "--shape" {
+            let s = args.get(i + 1).expect("--shape RxC");
+            let (r, c) = s.split_once('x').expect("--shape RxC");
+            shapes = vec![(r.parse().expect("rows"), c.parse().expect("cols"))];
+            i += 2;
+            continue;
+        }
+        match kernels_cpu::types::TYPES.iter().find(|t| t.name.eq_ignore_ascii_case(&args[i])) {
+            Some(t) => only.push(t.ty),
+            None => {
+                eprintln!("bench: unknown type or option {:?} (types: F16 BF16 Q4_0 ... Q6_K; --shape RxC)", args[i]);
+                std::process::exit(2);
+            }
+        }
+        i += 1;
+    }
+    use WeightType::*;
+    let types = if only.is_empty() {
+        vec![F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K]
+    } else {
+        only
+    };
+
+    println!("ISA: {} (best on this CPU: {})", kernels().isa.name(), Isa::detect().name());
+    let bw1 = bandwidth(1);
+    let bw2 = bandwidth(2);
+    println!("read bandwidth (sum over 1 GiB): 1 thread {bw1:.1} GB/s, 2 threads {bw2:.1} GB/s\n");
+    println!("| shape | type | matvec 1T GB/s | matvec 2T GB/s | % of 2T bandwidth | matmul 512 tok 2T GFLOP/s |");
+    println!("|---|---|---|---|---|---|");
+    let (p1, p2) = (pool(1), pool(2));
+    for &(rows, cols) in &shapes {
+        let x1 = noise(cols, 99);
+        let x512 = noise(512 * cols, 7);
+        for &t in &types {
+            let bytes = t.row_bytes(cols) * rows;
+            let copies = (256usize << 20).div_ceil(bytes).max(2);
+            let ws = weights(t, rows, cols, copies);
+            let mut y = vec![0f32; rows * 512];
+            let mut s = Scratch::default();
+            let mut mv = |p: &rayon::ThreadPool| {
+                let sec = p.install(|| {
+                    time(Duration::from_millis(700), 10, |i| {
+                        matmul::matvec(&ws[i % copies], t, rows, cols, &x1, &mut y[..rows], &mut s)
+                    })
+                });
+                bytes as f64 / sec / 1e9
+            };
+            let g1 = mv(&p1);
+            let g2 = mv(&p2);
+            let sec = p2.install(|| {
+                time(Duration::from_millis(1500), 2, |i| {
+                    matmul::matmul(&ws[i % copies], t, rows, cols, &x512, 512, &mut y, &mut s)
+                })
+            });
+            let gflops = 2.0 * rows as f64 * cols as f64 * 512.0 / sec / 1e9;
+            println!(
+                "| {rows}x{cols} | {} | {g1:.1} | {g2:.1} | {:.0}% | {gflops:.0} |",
+                t.name(),
+                100.0 * g2 / bw2
+            );
+        }
+    }
+}
