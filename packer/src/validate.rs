@@ -35,9 +35,9 @@ pub fn check_runtime(path: &Path, bytes: &[u8]) -> anyhow::Result<RuntimeInfo> {
                 bail!("runtime {}: this is a GGUF model, not the runtime executable (did you swap --runtime and --gguf?)", path.display());
             }
             bail!(
-                "runtime {}: not an executable (no ELF, Mach-O or PE header; it starts with {:02x?})",
+                "runtime {}: not an executable (no ELF, Mach-O or PE header; it starts with \"{}\")",
                 path.display(),
-                head
+                head.escape_ascii()
             );
         }
     };
@@ -49,12 +49,12 @@ pub fn check_runtime(path: &Path, bytes: &[u8]) -> anyhow::Result<RuntimeInfo> {
     let executable = kind == ObjectKind::Executable || (kind == ObjectKind::Dynamic && obj.entry() != 0);
     if !executable {
         let what = match kind {
-            ObjectKind::Relocatable => "a relocatable object file",
-            ObjectKind::Dynamic => "a shared library",
-            ObjectKind::Core => "a core dump",
-            _ => "not an executable",
+            ObjectKind::Relocatable => "relocatable object file",
+            ObjectKind::Dynamic => "shared library",
+            ObjectKind::Core => "core dump",
+            _ => "file of unknown kind",
         };
-        bail!("runtime {}: {format} {what} for {arch}, not an executable", path.display());
+        bail!("runtime {}: an {format} {what} for {arch}, not an executable", path.display());
     }
     if !matches!(obj.architecture(), Architecture::X86_64 | Architecture::Aarch64) {
         bail!("runtime {}: {format} executable for {arch}; llamafiles run on x86-64 or aarch64 only", path.display());

@@ -204,9 +204,9 @@ pub fn map_gguf(path: &Path) -> anyhow::Result<Region> {
     }
     let Some(entries) = zip_entries(&path)? else {
         bail!(
-            "{}: not a model: neither a GGUF file (it starts with {:02x?}, not \"GGUF\") nor a zip/llamafile holding one",
+            "{}: not a model: not a GGUF file (it starts with \"{}\", not \"GGUF\"), nor a zip/llamafile holding one",
             path.display(),
-            &head[..n]
+            head[..n].escape_ascii()
         );
     };
     let e = select_gguf_entry(&path, &entries, wanted.as_deref())?;

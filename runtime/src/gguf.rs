@@ -447,7 +447,7 @@ fn parse(bytes: &[u8]) -> anyhow::Result<Parsed> {
     }
     let magic = r.u32(&|| "magic".into())?;
     if magic != GGUF_MAGIC {
-        bail!("not a GGUF file: the first bytes are {:02x?}, not \"GGUF\"", magic.to_le_bytes());
+        bail!("not a GGUF file: it starts with \"{}\", not \"GGUF\"", magic.to_le_bytes().escape_ascii());
     }
     let version = r.u32(&|| "header (version)".into())?;
     if !SUPPORTED_VERSIONS.contains(&version) {
