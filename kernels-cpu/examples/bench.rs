@@ -84,16 +84,30 @@ fn weights(t: WeightType, rows: usize, cols: usize, copies: usize) -> Vec<Vec<u8
         .collect()
 }
 
-/// Run `f` repeatedly for at least `budget` (and at least `min_iters` times); seconds per call.
-fn time(budget: Duration, min_iters: usize, mut f: impl FnMut(usize)) -> f64 {
+/// CPU seconds used by this process so far (all threads), from /proc/self/stat (Linux;
+/// 0 elsewhere). On a busy machine, work per CPU-second shows what the kernels do when they get
+/// the cores, which wall time alone does not.
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
+    // Fields after the ")" closing the command name: state is field 3; utime, stime are 14, 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(14) + ticks(15)) / 100.0
+}
+
+/// Run `f` repeatedly for at least `budget` (and at least `min_iters` times); (wall seconds,
+/// CPU seconds) per call.
+fn time(budget: Duration, min_iters: usize, mut f: impl FnMut(usize)) -> (f64, f64) {
     f(0); // warm up (grows the scratch, faults the pages)
     let t = Instant::now();
+    let c = cpu_seconds();
     let mut i = 0;
     while i < min_iters || t.elapsed() < budget {
         f(i + 1);
         i += 1;
     }
-    t.elapsed().as_secs_f64() / i as f64
+    (t.elapsed().as_secs_f64() / i as f64, (cpu_seconds() - c) / i as f64)
 }
 
 fn main() {
@@ -129,6 +143,8 @@ fn main() {
     let bw1 = bandwidth(1);
     let bw2 = bandwidth(2);
     println!("read bandwidth (sum over 1 GiB): 1 thread {bw1:.1} GB/s, 2 threads {bw2:.1} GB/s\n");
+    println!("Figures are per wall-clock second; in brackets, per CPU-second x threads (what the");
+    println!("kernels do when they get the cores; equal on an idle machine).\n");
     println!("| shape | type | matvec 1T GB/s | matvec 2T GB/s | % of 2T bandwidth | matmul 512 tok 2T GFLOP/s |");
     println!("|---|---|---|---|---|---|");
     let (p1, p2) = (pool(1), pool(2));
@@ -141,26 +157,33 @@ fn main() {
             let ws = weights(t, rows, cols, copies);
             let mut y = vec![0f32; rows * 512];
             let mut s = Scratch::default();
-            let mut mv = |p: &rayon::ThreadPool| {
+            let per = |(wall, cpu): (f64, f64), threads: f64, work: f64| (work / wall, work / (cpu / threads).max(1e-9));
+            let mut mv = |p: &rayon::ThreadPool, threads: f64| {
                 let sec = p.install(|| {
                     time(Duration::from_millis(700), 10, |i| {
                         matmul::matvec(&ws[i % copies], t, rows, cols, &x1, &mut y[..rows], &mut s)
                     })
                 });
-                bytes as f64 / sec / 1e9
+                per(sec, threads, bytes as f64 / 1e9)
             };
-            let g1 = mv(&p1);
-            let g2 = mv(&p2);
+            let g1 = mv(&p1, 1.0);
+            let g2 = mv(&p2, 2.0);
             let sec = p2.install(|| {
                 time(Duration::from_millis(1500), 2, |i| {
                     matmul::matmul(&ws[i % copies], t, rows, cols, &x512, 512, &mut y, &mut s)
                 })
             });
-            let gflops = 2.0 * rows as f64 * cols as f64 * 512.0 / sec / 1e9;
+            let gf = per(sec, 2.0, 2.0 * rows as f64 * cols as f64 * 512.0 / 1e9);
             println!(
-                "| {rows}x{cols} | {} | {g1:.1} | {g2:.1} | {:.0}% | {gflops:.0} |",
+                "| {rows}x{cols} | {} | {:.1} [{:.1}] | {:.1} [{:.1}] | {:.0}% | {:.0} [{:.0}] |",
                 t.name(),
-                100.0 * g2 / bw2
+                g1.0,
+                g1.1,
+                g2.0,
+                g2.1,
+                100.0 * g2.0 / bw2,
+                gf.0,
+                gf.1
             );
         }
     }

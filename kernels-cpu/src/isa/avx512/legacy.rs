@@ -1,6 +1,6 @@
 //! avx512 kernels for the legacy 32-element block types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 against
 //! Q8_0 / Q8_1 activations), with AVX-512 VNNI (`vpdpbusd`: u8 x i8, four products per i32
-//! lane, exact).
+//! lane, exact) and VBMI (byte permutes to unpack nibbles and fifth bits).
 //!
 //! Two blocks (64 values) per 512-bit register. The weights are made unsigned once per block
 //! and row (nibbles are already 0..15 or 0..31; Q8_0 quants get +128), and the offset comes
@@ -19,8 +19,10 @@ use crate::isa::{GemmTileFn, QuantizeFn, VecDotFn};
 use crate::types::WeightType;
 use std::arch::x86_64::*;
 
+/// VNNI for the products, VBMI for the byte permutes that unpack blocks (Ice Lake, Zen 4 and
+/// later; elsewhere the avx2 kernels are used).
 fn supported() -> bool {
-    super::available() && is_x86_feature_detected!("avx512vnni")
+    super::available() && is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vbmi")
 }
 
 pub fn vec_dot(t: WeightType) -> Option<VecDotFn> {
@@ -69,134 +71,179 @@ trait WeightBlocks {
     /// Whether blocks carry a minimum (`value = d * q + m`).
     const HAS_MIN: bool;
     /// Quants of the blocks at `p` (and `p + BYTES` when `two`; else zeros) as 64 unsigned
-    /// bytes, and their scales as f32 `[d0, d1, m0, m1]` (zeros for a missing second block).
+    /// bytes, the scales in lanes (0..8: first block, 8..16: second) and the minimums in lanes
+    /// 0 and 8 (zeros elsewhere and for types without one).
     ///
     /// # Safety
-    /// `p` must point at one readable block, two when `two`; the CPU must have AVX-512 F/BW/VL.
-    unsafe fn load(p: *const u8, two: bool) -> (__m512i, __m128);
+    /// `p` must point at one readable block, two when `two`; the CPU has the kernel's features.
+    unsafe fn load(p: *const u8, two: bool) -> (__m512i, __m512, __m512);
 }
 
 /// Two consecutive activation blocks (Q8_0 or Q8_1).
 trait ActBlocks {
     const BYTES: usize;
-    /// Offset of the 32 quants in a block.
-    const QS: usize;
-    /// The signed quants (zeros for a missing second block) and `[d0, d1, s0, s1]`.
+    /// The signed quants (zeros for a missing second block), the scales in lanes as for the
+    /// weights, and the Q8_1 sums `s` in lanes (0..8 first block, 8..16 second).
     ///
     /// # Safety
     /// As `WeightBlocks::load`.
-    unsafe fn load(p: *const u8, two: bool) -> (__m512i, __m128);
+    unsafe fn load(p: *const u8, two: bool) -> (__m512i, __m512, __m512);
 }
 
+/// The first `n` bytes at `p` (n <= 64) in a register, zeros above; never reads past them
+/// (masked-off bytes of an AVX-512 masked load do not fault).
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn rd16(p: *const u8) -> i16 {
-    i16::from_le_bytes([*p, *p.add(1)])
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn head(p: *const u8, n: usize) -> __m512i {
+    let mask = if n >= 64 { u64::MAX } else { (1u64 << n) - 1 };
+    _mm512_maskz_loadu_epi8(mask, p as *const i8)
 }
 
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn rd32(p: *const u8) -> u32 {
-    u32::from_le_bytes([*p, *p.add(1), *p.add(2), *p.add(3)])
+/// `vpermw` index: words 0..8 take word `w0`, words 8..16 word `w1`.
+const fn pick_words(w0: usize, w1: usize) -> [u16; 32] {
+    let mut a = [0u16; 32];
+    let mut i = 0;
+    while i < 32 {
+        a[i] = if i < 8 { w0 as u16 } else { w1 as u16 };
+        i += 1;
+    }
+    a
 }
 
-/// Four f16 (as raw i16 bits) to f32.
+/// `vpermb` index gathering each block's 16 quant bytes twice (see `nibbles`).
+const fn nibble_bytes(qs: usize, bytes: usize) -> [u8; 64] {
+    let mut a = [0u8; 64];
+    let mut i = 0;
+    while i < 64 {
+        a[i] = (qs + (i / 32) * bytes + i % 16) as u8;
+        i += 1;
+    }
+    a
+}
+
+/// `vpmultishiftqb` control: bits 0..8 of each byte for the first copy, 4..12 for the second.
+const NIBBLE_SHIFTS: [u8; 64] = {
+    let mut a = [0u8; 64];
+    let mut i = 0;
+    while i < 64 {
+        a[i] = ((i % 8) * 8 + if (i / 16) % 2 == 1 { 4 } else { 0 }) as u8;
+        i += 1;
+    }
+    a
+};
+
+/// `vpermb` index putting, for each quant, the byte of `qh` holding its fifth bit.
+const fn fifth_bytes(qh: usize, bytes: usize) -> [u8; 64] {
+    let mut a = [0u8; 64];
+    let mut i = 0;
+    while i < 64 {
+        a[i] = (qh + (i / 32) * bytes + (i % 32) / 8) as u8;
+        i += 1;
+    }
+    a
+}
+
+/// The bit each quant tests in its `qh` byte.
+const FIFTH_BITS: [u8; 64] = {
+    let mut a = [0u8; 64];
+    let mut i = 0;
+    while i < 64 {
+        a[i] = 1 << (i % 8);
+        i += 1;
+    }
+    a
+};
+
+#[inline(always)]
+unsafe fn ld<T>(a: &'static T) -> __m512i {
+    debug_assert!(std::mem::size_of::<T>() == 64);
+    _mm512_loadu_si512(a as *const T as *const _)
+}
+
+/// f16 words of `h` picked into f32 lanes: lane i (of 16) takes word `w0` for i < 8 and `w1`
+/// for i >= 8; with `only_first`, lanes other than 0 and 8 are zero.
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn halves(a: i16, b: i16, c: i16, d: i16) -> __m128 {
-    _mm_cvtph_ps(_mm_setr_epi16(a, b, c, d, 0, 0, 0, 0))
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn half_lanes(h: __m512i, idx: &'static [u16; 32], only_first: bool) -> __m512 {
+    let idx = ld(idx);
+    let words = if only_first { _mm512_maskz_permutexvar_epi16(0x0101, idx, h) } else { _mm512_permutexvar_epi16(idx, h) };
+    _mm512_cvtph_ps(_mm512_castsi512_si256(words))
+}
+
+/// Nibbles of the two blocks' 16 quant bytes (at byte `qs` of each block in `h`) as 64 bytes
+/// 0..15: [block 0 low nibbles, block 0 high nibbles, block 1 low, block 1 high].
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn nibbles(h: __m512i, idx: &'static [u8; 64]) -> __m512i {
+    // Gather each block's 16 bytes twice (qwords: lo lo' lo lo' per block), then let
+    // vpmultishiftqb take bits 0..8 of each byte for the first copy and bits 4..12 for the second.
+    let v = _mm512_permutexvar_epi8(ld(idx), h);
+    let v = _mm512_multishift_epi64_epi8(ld(&NIBBLE_SHIFTS), v);
+    _mm512_and_si512(v, _mm512_set1_epi8(0x0f))
+}
+
+/// Adds 16 to each quant whose fifth bit (bit j of the block's u32 at byte `qh`) is set.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn fifth_bits(q: __m512i, h: __m512i, idx: &'static [u8; 64]) -> __m512i {
+    let v = _mm512_permutexvar_epi8(ld(idx), h);
+    let set = _mm512_test_epi8_mask(v, ld(&FIFTH_BITS));
+    _mm512_mask_add_epi8(q, set, q, _mm512_set1_epi8(16))
 }
 
 /// 32 bytes at `p` and, when `two`, 32 bytes at `q`, as one register.
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
 unsafe fn two32(p: *const u8, q: *const u8, two: bool) -> __m512i {
-    let lo = _mm512_castsi256_si512(_mm256_loadu_si256(p as *const __m256i));
+    let lo = _mm256_loadu_si256(p as *const __m256i);
     if two {
-        _mm512_inserti64x4(lo, _mm256_loadu_si256(q as *const __m256i), 1)
+        _mm512_inserti64x4(_mm512_castsi256_si512(lo), _mm256_loadu_si256(q as *const __m256i), 1)
     } else {
-        _mm512_zextsi256_si512(_mm512_castsi512_si256(lo))
+        _mm512_zextsi256_si512(lo)
     }
 }
 
-/// 16 bytes of nibbles at `p` and (when `two`) at `q` as 64 bytes 0..15:
-/// [p low nibbles, p high nibbles, q low, q high] (each block's elements in order).
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn two_nibbles(p: *const u8, q: *const u8, two: bool) -> __m512i {
-    let a = _mm_loadu_si128(p as *const __m128i);
-    let b = if two { _mm_loadu_si128(q as *const __m128i) } else { _mm_setzero_si128() };
-    let ab = _mm512_castsi256_si512(_mm256_set_m128i(b, a));
-    let v = _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 1, 0, 1, 2, 3, 2, 3), ab);
-    let v = _mm512_mask_blend_epi64(0b1100_1100, v, _mm512_srli_epi16(v, 4));
-    _mm512_and_si512(v, _mm512_set1_epi8(0x0f))
+/// A small block type whose pair fits in 64 bytes: (bytes, d, m or none, qh or none, qs).
+macro_rules! small_weight {
+    ($T:ident, $bytes:expr, $offset:expr, $m:expr, $qh:expr, $qs:expr) => {
+        struct $T;
+        impl WeightBlocks for $T {
+            const BYTES: usize = $bytes;
+            const OFFSET: u8 = $offset;
+            const HAS_MIN: bool = { let m: Option<usize> = $m; m.is_some() };
+            #[inline]
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+            unsafe fn load(p: *const u8, two: bool) -> (__m512i, __m512, __m512) {
+                const NIB: [u8; 64] = nibble_bytes($qs, $bytes);
+                const D: [u16; 32] = pick_words(0, $bytes / 2);
+                const QH: Option<[u8; 64]> = match { let o: Option<usize> = $qh; o } {
+                    Some(qh) => Some(fifth_bytes(qh, $bytes)),
+                    None => None,
+                };
+                const M: Option<[u16; 32]> = match { let o: Option<usize> = $m; o } {
+                    Some(m) => Some(pick_words(m / 2, ($bytes + m) / 2)),
+                    None => None,
+                };
+                let h = head(p, if two { 2 * $bytes } else { $bytes });
+                let mut q = nibbles(h, &NIB);
+                if let Some(qh) = &QH {
+                    q = fifth_bits(q, h, qh);
+                }
+                let d = half_lanes(h, &D, false);
+                let m = match &M {
+                    Some(m) => half_lanes(h, m, true),
+                    None => _mm512_setzero_ps(),
+                };
+                (q, d, m)
+            }
+        }
+    };
 }
 
-/// Fifth bits (u32 little-endian at `p`, and at `q` when `two`) as 0x10 bytes.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn two_fifth_bits(p: *const u8, q: *const u8, two: bool) -> __m512i {
-    let m = rd32(p) as u64 | if two { (rd32(q) as u64) << 32 } else { 0 };
-    _mm512_maskz_mov_epi8(m, _mm512_set1_epi8(0x10))
-}
-
-struct Q4_0;
-impl WeightBlocks for Q4_0 {
-    const BYTES: usize = 18;
-    const OFFSET: u8 = 8;
-    const HAS_MIN: bool = false;
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    unsafe fn load(p: *const u8, two: bool) -> (__m512i, __m128) {
-        let q = p.add(Self::BYTES);
-        let d1 = if two { rd16(q) } else { 0 };
-        (two_nibbles(p.add(2), q.add(2), two), halves(rd16(p), d1, 0, 0))
-    }
-}
-
-struct Q4_1;
-impl WeightBlocks for Q4_1 {
-    const BYTES: usize = 20;
-    const OFFSET: u8 = 0;
-    const HAS_MIN: bool = true;
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    unsafe fn load(p: *const u8, two: bool) -> (__m512i, __m128) {
-        let q = p.add(Self::BYTES);
-        let (d1, m1) = if two { (rd16(q), rd16(q.add(2))) } else { (0, 0) };
-        (two_nibbles(p.add(4), q.add(4), two), halves(rd16(p), d1, rd16(p.add(2)), m1))
-    }
-}
-
-struct Q5_0;
-impl WeightBlocks for Q5_0 {
-    const BYTES: usize = 22;
-    const OFFSET: u8 = 16;
-    const HAS_MIN: bool = false;
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    unsafe fn load(p: *const u8, two: bool) -> (__m512i, __m128) {
-        let q = p.add(Self::BYTES);
-        let d1 = if two { rd16(q) } else { 0 };
-        let v = _mm512_or_si512(two_nibbles(p.add(6), q.add(6), two), two_fifth_bits(p.add(2), q.add(2), two));
-        (v, halves(rd16(p), d1, 0, 0))
-    }
-}
-
-struct Q5_1;
-impl WeightBlocks for Q5_1 {
-    const BYTES: usize = 24;
-    const OFFSET: u8 = 0;
-    const HAS_MIN: bool = true;
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    unsafe fn load(p: *const u8, two: bool) -> (__m512i, __m128) {
-        let q = p.add(Self::BYTES);
-        let (d1, m1) = if two { (rd16(q), rd16(q.add(2))) } else { (0, 0) };
-        let v = _mm512_or_si512(two_nibbles(p.add(8), q.add(8), two), two_fifth_bits(p.add(4), q.add(4), two));
-        (v, halves(rd16(p), d1, rd16(p.add(2)), m1))
-    }
-}
+small_weight!(Q4_0, 18, 8, None, None, 2);
+small_weight!(Q4_1, 20, 0, Some(2), None, 4);
+small_weight!(Q5_0, 22, 16, None, Some(2), 6);
+small_weight!(Q5_1, 24, 0, Some(2), Some(4), 8);
 
 struct Q8_0;
 impl WeightBlocks for Q8_0 {
@@ -204,41 +251,46 @@ impl WeightBlocks for Q8_0 {
     const OFFSET: u8 = 128;
     const HAS_MIN: bool = false;
     #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    unsafe fn load(p: *const u8, two: bool) -> (__m512i, __m128) {
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+    unsafe fn load(p: *const u8, two: bool) -> (__m512i, __m512, __m512) {
         let q = p.add(Self::BYTES);
-        let d1 = if two { rd16(q) } else { 0 };
-        // +128 as a flip of the sign bit; a missing second block must stay all zeros.
-        let flip = if two { _mm512_set1_epi8(-128) } else { _mm512_zextsi256_si512(_mm256_set1_epi8(-128)) };
-        (_mm512_xor_si512(two32(p.add(2), q.add(2), two), flip), halves(rd16(p), d1, 0, 0))
+        let h = head(p, if two { 2 * Self::BYTES } else { Self::BYTES });
+        // +128 as a flip of the sign bit (a missing second block meets zero activations).
+        let v = _mm512_xor_si512(two32(p.add(2), q.add(2), two), _mm512_set1_epi8(-128));
+        const D: [u16; 32] = pick_words(0, 17);
+        (v, half_lanes(h, &D, false), _mm512_setzero_ps())
     }
 }
 
-struct A8_0;
-impl ActBlocks for A8_0 {
-    const BYTES: usize = 34;
-    const QS: usize = 2;
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    unsafe fn load(p: *const u8, two: bool) -> (__m512i, __m128) {
-        let q = p.add(Self::BYTES);
-        let d1 = if two { rd16(q) } else { 0 };
-        (two32(p.add(Self::QS), q.add(Self::QS), two), halves(rd16(p), d1, 0, 0))
-    }
+/// Q8_0 (`s` none) or Q8_1 (`s` at byte 2) activations with their quants at byte `qs`.
+macro_rules! act {
+    ($T:ident, $bytes:expr, $s:expr, $qs:expr) => {
+        struct $T;
+        impl ActBlocks for $T {
+            const BYTES: usize = $bytes;
+            #[inline]
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+            unsafe fn load(p: *const u8, two: bool) -> (__m512i, __m512, __m512) {
+                let h = head(p, if two { 2 * $bytes } else { $bytes });
+                let v = two32(p.add($qs), p.add($bytes + $qs), two);
+                const D: [u16; 32] = pick_words(0, $bytes / 2);
+                const S: Option<[u16; 32]> = match { let o: Option<usize> = $s; o } {
+                    Some(s) => Some(pick_words(s / 2, ($bytes + s) / 2)),
+                    None => None,
+                };
+                let d = half_lanes(h, &D, false);
+                let s = match &S {
+                    Some(s) => half_lanes(h, s, false),
+                    None => _mm512_setzero_ps(),
+                };
+                (v, d, s)
+            }
+        }
+    };
 }
 
-struct A8_1;
-impl ActBlocks for A8_1 {
-    const BYTES: usize = 36;
-    const QS: usize = 4;
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    unsafe fn load(p: *const u8, two: bool) -> (__m512i, __m128) {
-        let q = p.add(Self::BYTES);
-        let (d1, s1) = if two { (rd16(q), rd16(q.add(2))) } else { (0, 0) };
-        (two32(p.add(Self::QS), q.add(Self::QS), two), halves(rd16(p), d1, rd16(p.add(2)), s1))
-    }
-}
+act!(A8_0, 34, None, 2);
+act!(A8_1, 36, Some(2), 4);
 
 /// `R` rows x `C` tokens over `nb` blocks: `out[c * os + r] = dot(row r, token c)`.
 ///
@@ -246,7 +298,7 @@ impl ActBlocks for A8_1 {
 /// Rows `r < R` hold `nb` blocks at `w + r * ws`, tokens `c < C` hold `nb` blocks at
 /// `x + c * xs`, `out + c * os + r` is writable; the CPU has the features enabled below.
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
 unsafe fn tile<W: WeightBlocks, A: ActBlocks, const R: usize, const C: usize>(
     nb: usize,
     w: *const u8,
@@ -256,10 +308,6 @@ unsafe fn tile<W: WeightBlocks, A: ActBlocks, const R: usize, const C: usize>(
     out: *mut f32,
     os: usize,
 ) {
-    // Lane patterns: lanes 0..8 take element 0 of a [e0, e1, e2, e3] vector, lanes 8..16
-    // element 1; the minimum / sum terms go to lanes 0 and 8 only (once per block).
-    let pick_d = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
-    let pick_m = _mm512_setr_epi32(2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
     let offset = _mm512_set1_epi8(W::OFFSET as i8);
     let zero = _mm512_setzero_si512();
     let mut acc = [[_mm512_setzero_ps(); C]; R];
@@ -270,21 +318,12 @@ unsafe fn tile<W: WeightBlocks, A: ActBlocks, const R: usize, const C: usize>(
         let mut dw = [_mm512_setzero_ps(); R];
         let mut mw = [_mm512_setzero_ps(); R];
         for r in 0..R {
-            let (q, s) = W::load(w.add(r * ws + b * W::BYTES), two);
-            let s = _mm512_castps128_ps512(s);
-            qw[r] = q;
-            dw[r] = _mm512_permutexvar_ps(pick_d, s);
-            if W::HAS_MIN {
-                mw[r] = _mm512_maskz_permutexvar_ps(0x0101, pick_m, s);
-            }
+            (qw[r], dw[r], mw[r]) = W::load(w.add(r * ws + b * W::BYTES), two);
         }
         for c in 0..C {
-            let (qx, s) = A::load(x.add(c * xs + b * A::BYTES), two);
-            let s = _mm512_castps128_ps512(s);
-            let dx = _mm512_permutexvar_ps(pick_d, s);
+            let (qx, dx, sx) = A::load(x.add(c * xs + b * A::BYTES), two);
             // -(offset * x) per lane: added back to every row's dpbusd below.
             let base = if W::OFFSET != 0 { _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, offset, qx)) } else { zero };
-            let sx = if W::HAS_MIN { _mm512_permutexvar_ps(pick_m, s) } else { _mm512_setzero_ps() };
             for r in 0..R {
                 let i = _mm512_dpbusd_epi32(base, qw[r], qx);
                 acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_mul_ps(dw[r], dx), acc[r][c]);
@@ -307,7 +346,7 @@ macro_rules! legacy_kernels {
         mod $m {
             use super::*;
 
-            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
             unsafe fn vec_dot_tf(nb: usize, w: *const u8, x: *const u8) -> f32 {
                 let mut out = 0f32;
                 tile::<$W, $A, 1, 1>(nb, w, 0, x, 0, &mut out, 0);
@@ -327,7 +366,7 @@ macro_rules! legacy_kernels {
                 unsafe { vec_dot_tf(nb, w.as_ptr(), x.as_ptr()) }
             }
 
-            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
             #[allow(clippy::too_many_arguments)]
             unsafe fn gemm_tf(nb: usize, w: *const u8, ws: usize, nr: usize, x: *const u8, xs: usize, nc: usize, out: *mut f32, os: usize) {
                 macro_rules! by_c {
