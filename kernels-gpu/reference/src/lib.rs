@@ -72,6 +72,23 @@ pub struct RefStream {
     mm: MatmulScratch,
 }
 
+/// Dot product with eight independent accumulators (the order the CPU path sums in, so both
+/// round alike).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let n8 = a.len() / 8 * 8;
+    for (ca, cb) in a[..n8].chunks_exact(8).zip(b[..n8].chunks_exact(8)) {
+        for i in 0..8 {
+            acc[i] += ca[i] * cb[i];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for i in n8..a.len() {
+        s += a[i] * b[i];
+    }
+    s
+}
+
 fn limit_from_env() -> u64 {
     std::env::var("LLAMAFILE_REFERENCE_MEMORY").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(u64::MAX)
 }
@@ -273,8 +290,9 @@ impl Device for Reference {
             self.read_f32(weight, dim, &mut s.b, "rmsnorm weight")?;
         }
         for row in s.a.chunks_exact_mut(dim.max(1)) {
+            // As ggml (and the CPU path): sum of squares in f64, mean + eps in f32.
             let ss: f64 = row.iter().map(|&v| (v as f64) * (v as f64)).sum();
-            let scale = (1.0 / (ss / dim as f64 + eps as f64).sqrt()) as f32;
+            let scale = 1.0 / ((ss / dim as f64) as f32 + eps).sqrt();
             for (i, v) in row.iter_mut().enumerate() {
                 *v *= scale;
                 if has_w {
@@ -291,13 +309,17 @@ impl Device for Reference {
             return Err(Error::invalid(format!("rope: n_rot {nr} with head_dim {hd}")));
         }
         self.read_f32(x, nt * nh * hd, &mut s.a, "rope")?;
+        // theta_i = pos * base^(-2i/n_rot), built by repeated multiplication in f32 as ggml does,
+        // so positions agree with the CPU path to the last bit or so.
+        let theta_scale = p.freq_base.powf(-2.0 / nr as f32);
         for t in 0..nt {
-            let pos = (p.pos0 as usize + t) as f32 * p.freq_scale;
+            let pos = (p.pos0 as usize + t) as f32;
             for h in 0..nh {
                 let head = &mut s.a[(t * nh + h) * hd..][..hd];
+                let mut theta = pos;
                 for i in 0..nr / 2 {
-                    let theta = pos * p.freq_base.powf(-2.0 * i as f32 / nr as f32);
-                    let (sin, cos) = theta.sin_cos();
+                    let (sin, cos) = (p.freq_scale * theta).sin_cos();
+                    theta *= theta_scale;
                     let (a, b) = if p.mode == abi::ROPE_NEOX { (i, i + nr / 2) } else { (2 * i, 2 * i + 1) };
                     let (x0, x1) = (head[a], head[b]);
                     head[a] = x0 * cos - x1 * sin;
@@ -386,7 +408,7 @@ impl Device for Reference {
                 let mut max = f32::NEG_INFINITY;
                 for j in first..=i {
                     let kj = &s.k[j * stride + kvo..][..hd];
-                    let mut sc = qh.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * p.scale;
+                    let mut sc = dot(qh, kj) * p.scale;
                     if p.softcap > 0.0 {
                         sc = p.softcap * (sc / p.softcap).tanh();
                     }
@@ -399,9 +421,10 @@ impl Device for Reference {
                     s.scores[j] = e;
                     sum += e;
                 }
+                let inv = 1.0 / sum;
                 let o = &mut s.c[(t * nh + h) * hd..][..hd];
                 for j in first..=i {
-                    let w = s.scores[j] / sum;
+                    let w = s.scores[j] * inv;
                     let vj = &s.v[j * stride + kvo..][..hd];
                     for (a, b) in o.iter_mut().zip(vj) {
                         *a += w * b;

@@ -281,7 +281,8 @@ pub fn describe_chain(chain: &[Arc<dyn Backend>], n_layer: usize) -> Vec<String>
 
 /// A weight matrix on the device.
 struct DevWeight {
-    buf: Buffer,
+    /// Owns the device memory `w` points into.
+    _buf: Buffer,
     w: abi::Weight,
 }
 
@@ -337,7 +338,7 @@ fn upload_weight(dev: &Arc<Device>, s: &mut GpuStream, model: &Model, w: &Weight
     let buf = dev.alloc(bytes.len() as u64).with_context(|| format!("allocating {} ({} bytes)", w.name, bytes.len()))?;
     s.upload(buf.view(), bytes).with_context(|| format!("uploading {}", w.name))?;
     let aw = abi::Weight { data: buf.view(), ggml_type: w.wtype as u32, _reserved: 0, rows: w.rows as u64, cols: w.cols as u64 };
-    Ok(DevWeight { buf, w: aw })
+    Ok(DevWeight { _buf: buf, w: aw })
 }
 
 fn upload_vec(dev: &Arc<Device>, s: &mut GpuStream, v: &[f32], what: &str) -> Result<DevVec> {

@@ -77,7 +77,8 @@ pub fn plan(model: &Arc<Model>, opts: &PlanOptions) -> Result<Vec<Arc<dyn Backen
     // GPU offload (issue #7, `gpu.rs`): the last min(ngl, n_layer) layers + the output on the
     // backend; on any failure one warning and the CPU runs everything.
     let mut chain: Option<Vec<Arc<dyn Backend>>> = None;
-    if opts.n_gpu_layers > 0 && !opts.gpu.eq_ignore_ascii_case("disable") {
+    let choice = gpu::parse_choice(opts.gpu)?; // a misspelt --gpu is an error, not a warning
+    if opts.n_gpu_layers > 0 && choice != gpu::GpuChoice::Disable {
         match gpu::plan_offload(model, opts) {
             Ok(c) => chain = Some(c),
             Err(e) => eprintln!("warning: GPU offload unavailable: {e:#}; running all {n_layer} layers on the CPU"),
