@@ -1,4 +1,4 @@
-//! `pack --runtime PATH --gguf PATH [-o OUT] [--args "ARGS" | --args-file FILE] [--force]`
+//! `pack --runtime PATH --gguf PATH [-o OUT] [--args "ARGS" | --args-file FILE] [--gpu-backend FILE]... [--force]`
 //! `pack --list FILE`
 
 use anyhow::Context;
@@ -32,8 +32,12 @@ struct Cli {
     /// Replace OUT if it exists.
     #[arg(long)]
     force: bool,
+    /// Embed a GPU backend library (e.g. libllamafile_gpu_cuda.so) as `gpu/<name>`: the
+    /// llamafile then offloads with `-ngl N` wherever its device exists. Repeatable.
+    #[arg(long = "gpu-backend", value_name = "FILE")]
+    gpu_backend: Vec<PathBuf>,
     /// Print the entries of a llamafile or zip (offsets, sizes, alignment) and a GGUF summary.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["gguf", "runtime", "out", "args", "args_file", "force"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["gguf", "runtime", "out", "args", "args_file", "force", "gpu_backend"])]
     list: Option<PathBuf>,
 }
 
@@ -58,13 +62,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         (None, Some(f)) => Some(std::fs::read_to_string(f).with_context(|| format!("cannot read --args-file {}", f.display()))?),
         (None, None) => None,
     };
+    // GPU backends (issue #7): checked to be loadable backends of this ABI before packing.
+    let mut extra = Vec::new();
+    for path in &cli.gpu_backend {
+        let (name, _backend) = llamafile::backend::gpu::check_backend_file(path)?;
+        if extra.iter().any(|e: &packer::ExtraEntry| e.name == name) {
+            anyhow::bail!("--gpu-backend {}: a backend named {name} is already given", path.display());
+        }
+        extra.push(packer::ExtraEntry { name, path: path.clone(), align: 4096 });
+    }
     let out = cli.out.unwrap_or_else(|| packer::default_out(&gguf));
     let opts = packer::PackOptions {
         runtime,
         gguf,
         out,
         args,
-        extra: Vec::new(),
+        extra,
         force: cli.force,
         progress: std::io::stderr().is_terminal(),
     };

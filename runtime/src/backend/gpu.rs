@@ -136,6 +136,24 @@ fn zip_candidates(zip_path: &Path, out: &mut Vec<Candidate>, why: &mut Vec<Strin
     }
 }
 
+/// For `pack --gpu-backend FILE`: checks that FILE is a backend this runtime can load (the
+/// symbol, ABI version and table size: no device is needed) and returns the zip entry name to
+/// store it under (`gpu/<file name>`) and the backend's name.
+pub fn check_backend_file(path: &Path) -> Result<(String, String)> {
+    let file_name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| anyhow!("--gpu-backend {}: not a file name", path.display()))?;
+    if !dll_name_ok(file_name) {
+        bail!("--gpu-backend {}: a backend library must end in {}", path.display(), std::env::consts::DLL_SUFFIX);
+    }
+    if !path.is_file() {
+        bail!("--gpu-backend {}: no such file", path.display());
+    }
+    let lib = Library::open(path).map_err(|e| anyhow!("--gpu-backend {}: {e}", path.display()))?;
+    Ok((format!("{ZIP_DIR}{file_name}"), lib.name().to_string()))
+}
+
 /// Every candidate library, in order of preference of their origin.
 pub fn candidates(model: &Model, why: &mut Vec<String>) -> Vec<Candidate> {
     let mut out = Vec::new();
