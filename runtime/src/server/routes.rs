@@ -95,6 +95,8 @@ async fn health(State(st): St) -> Json<Value> {
 
 async fn props(State(st): St) -> Json<Value> {
     let d = &st.defaults;
+    // f32 settings as the decimal the user typed (0.8, not 0.800000011920929)
+    let dec = |x: f32| -> Value { x.to_string().parse::<f64>().map(Value::from).unwrap_or(Value::Null) };
     Json(json!({
         "model": st.model.name(),
         "n_ctx": st.model.n_ctx(),
@@ -102,11 +104,11 @@ async fn props(State(st): St) -> Json<Value> {
         "chat_template": st.model.template_name(),
         "system_prompt": st.system_prompt.clone().unwrap_or_default(),
         "default_generation_settings": {
-            "temperature": d.temperature,
+            "temperature": dec(d.temperature),
             "top_k": d.top_k,
-            "top_p": d.top_p,
-            "min_p": d.min_p,
-            "repeat_penalty": d.repeat_penalty,
+            "top_p": dec(d.top_p),
+            "min_p": dec(d.min_p),
+            "repeat_penalty": dec(d.repeat_penalty),
             "repeat_last_n": d.repeat_last_n,
             "max_tokens": st.default_max_tokens,
         },

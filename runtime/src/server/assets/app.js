@@ -88,7 +88,7 @@
     const strings = lang === "py" ? '"""[\\s\\S]*?(?:"""|$)|\'\'\'[\\s\\S]*?(?:\'\'\'|$)|"(?:\\\\.|[^"\\\\\\n])*"?|\'(?:\\\\.|[^\'\\\\\\n])*\'?'
       : lang === "rs" ? '"(?:\\\\.|[^"\\\\])*"?|\'(?:\\\\.|[^\'\\\\\\n]){1,2}\'' // lifetimes are not strings
       : '`(?:\\\\.|[^`\\\\])*`?|"(?:\\\\.|[^"\\\\\\n])*"?|\'(?:\\\\.|[^\'\\\\\\n])*\'?';
-    const re = new RegExp("(" + comment + ")|(" + strings + ")|(\\b(?:0[xX][0-9a-fA-F_]+|\\d[\\d_]*(?:\\.\\d+)?(?:[eE][+-]?\\d+)?)[a-zA-Z0-9]*\\b)|([A-Za-z_$][\\w$]*)(\\s*\\()?", "g");
+    const re = new RegExp("(" + comment + ")|(" + strings + ")|(\\b(?:0[xX][0-9a-fA-F_]+|\\d[\\d_]*(?:\\.\\d+)?(?:[eE][+-]?\\d+)?)[a-zA-Z0-9]*\\b)|([A-Za-z_$][\\w$]*)(!?\\s*\\()?", "g");
     const kws = kwSet(lang);
     let out = "", last = 0, m;
     while ((m = re.exec(code)) !== null) {
@@ -326,11 +326,11 @@
   function showSettings() {
     const s = effective();
     el.system.value = s.system || "";
+    const num = (v) => (typeof v === "number" ? String(+v.toPrecision(6)) : v == null ? "" : String(v));
     for (const k of NUMERIC) {
-      const input = $(k);
-      input.value = s[k] == null ? "" : s[k];
+      $(k).value = num(s[k]);
       const out = $(k + "-out");
-      if (out) out.textContent = s[k];
+      if (out) out.textContent = num(s[k]);
     }
     el.serverInfo.textContent = serverInfo;
   }
