@@ -193,7 +193,7 @@ impl Device for Cuda {
         let minor = attribute(dev, sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
         // NVRTC takes the architecture as &'static str; one small string per process.
         let arch: &'static str = Box::leak(format!("compute_{major}{minor}").into_boxed_str());
-        let ptx = kernels::nvrtc::compile_cached(&kernels::program(), arch).map_err(|e| Error::new(abi::ERR_NO_DEVICE, e))?;
+        let ptx = kernels::nvrtc::ptx_for_device(&kernels::program(), arch).map_err(|e| Error::new(abi::ERR_NO_DEVICE, e))?;
         // SAFETY: retain/release paired in Drop (or below on failure).
         let ctx = unsafe { result::primary_ctx::retain(dev) }.map_err(|e| derr("cuDevicePrimaryCtxRetain", e))?;
         let setup = || -> Result<(sys::CUmodule, Funcs)> {

@@ -17,6 +17,14 @@ pub fn program() -> String {
     s
 }
 
+/// PTX of [`program()`] for [`PREBUILT_ARCH`], compiled by build.rs when NVRTC was available at
+/// build time (empty otherwise): the driver JIT-compiles it for the actual GPU, so a user
+/// without NVRTC still runs.
+pub const PREBUILT_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/prebuilt.ptx"));
+/// The program text PREBUILT_PTX was compiled from (empty when there is none).
+pub const PREBUILT_SRC: &str = include_str!(concat!(env!("OUT_DIR"), "/prebuilt.src"));
+pub const PREBUILT_ARCH: &str = "compute_61";
+
 /// Matrix kernel name for a ggml weight type, if there is one.
 pub fn matmul_kernel(ggml_type: u32) -> Option<&'static str> {
     Some(match ggml_type {
@@ -91,6 +99,16 @@ pub mod nvrtc {
         }
     }
 
+    /// PTX for the device: from the cache, else compiled by NVRTC for `arch` and cached, else
+    /// the PTX embedded at build time (JIT-compiled by the driver).
+    pub fn ptx_for_device(src: &str, arch: &'static str) -> Result<String, String> {
+        match compile_cached(src, arch) {
+            Ok(p) => Ok(p),
+            Err(_) if !super::PREBUILT_PTX.is_empty() && src == super::PREBUILT_SRC => Ok(super::PREBUILT_PTX.to_string()),
+            Err(e) => Err(format!("{e}; and this library was built without prebuilt PTX")),
+        }
+    }
+
     /// PTX for `src` and `arch` from the cache, or compiled and stored there.
     pub fn compile_cached(src: &str, arch: &'static str) -> Result<String, String> {
         let path = super::ptx_cache_dir().map(|d| d.join(super::cache_key(src, arch)));
@@ -131,6 +149,19 @@ mod tests {
             assert!(prog.contains(&format!("void {k}(")), "{k} missing");
         }
         assert_eq!(matmul_kernel(11), None, "Q3_K has no kernel (falls back to the CPU)");
+    }
+
+    #[test]
+    fn prebuilt_ptx_is_of_these_sources() {
+        if PREBUILT_PTX.is_empty() {
+            eprintln!("note: built without NVRTC: no prebuilt PTX (users then need NVRTC)");
+            return;
+        }
+        assert_eq!(PREBUILT_SRC, program(), "build.rs assembled another program than kernels::program()");
+        for k in OP_KERNELS.iter().copied().chain(WEIGHT_TYPES.iter().map(|t| matmul_kernel(*t).unwrap())) {
+            assert!(PREBUILT_PTX.contains(&format!(".entry {k}(")), "{k} missing from the prebuilt PTX");
+        }
+        assert!(PREBUILT_PTX.contains(".target sm_61"));
     }
 
     #[test]

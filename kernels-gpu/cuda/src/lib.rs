@@ -3,7 +3,9 @@
 //! Needs only the NVIDIA driver on the user's machine: libcuda and libnvrtc are loaded at run
 //! time (cudarc's dynamic loading), the kernels are CUDA C embedded in this library
 //! ([`kernels`]), compiled by NVRTC for the device's architecture at first use and the PTX cached
-//! (`~/.cache/llamafile-rs/ptx/`), so later starts skip the compiler. No toolkit, no nvcc.
+//! (`~/.cache/llamafile-rs/ptx/`), so later starts skip the compiler. No toolkit, no nvcc. When
+//! NVRTC was loadable at build time, build.rs also embeds PTX for compute_61, which the driver
+//! JIT-compiles: then the driver alone is enough.
 //!
 //! Weight types with a matrix kernel: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q4_K,
 //! Q5_K, Q6_K (the runtime keeps the model on the CPU when a tensor has another type, e.g. Q3_K).
