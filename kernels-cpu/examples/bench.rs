@@ -153,7 +153,10 @@ fn main() {
         let x512 = noise(512 * cols, 7);
         for &t in &types {
             let bytes = t.row_bytes(cols) * rows;
-            let copies = (256usize << 20).div_ceil(bytes).max(2);
+            // BENCH_HOT=1: one copy, read from cache when it fits (to see compute alone).
+            let hot = std::env::var_os("BENCH_HOT").is_some();
+            let copies = if hot { 1 } else { (256usize << 20).div_ceil(bytes).max(2) };
+            let copies = std::env::var("BENCH_COPIES").ok().and_then(|v| v.parse().ok()).unwrap_or(copies);
             let ws = weights(t, rows, cols, copies);
             let mut y = vec![0f32; rows * 512];
             let mut s = Scratch::default();

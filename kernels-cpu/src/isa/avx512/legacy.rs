@@ -26,6 +26,9 @@ fn supported() -> bool {
 }
 
 pub fn vec_dot(t: WeightType) -> Option<VecDotFn> {
+    if let Some(f) = float::vec_dot(t) {
+        return Some(f);
+    }
     if !supported() {
         return None;
     }
@@ -39,11 +42,17 @@ pub fn vec_dot(t: WeightType) -> Option<VecDotFn> {
     })
 }
 
+/// How far ahead of the current block the weights are prefetched (bytes).
+const PREFETCH: usize = 1024;
+
 /// Tile shape: rows x tokens.
 const TILE_ROWS: usize = 4;
 const TILE_TOKENS: usize = 4;
 
 pub fn gemm(t: WeightType) -> Option<(GemmTileFn, usize, usize)> {
+    if let Some(g) = float::gemm(t) {
+        return Some(g);
+    }
     if !supported() {
         return None;
     }
@@ -318,7 +327,10 @@ unsafe fn tile<W: WeightBlocks, A: ActBlocks, const R: usize, const C: usize>(
         let mut dw = [_mm512_setzero_ps(); R];
         let mut mw = [_mm512_setzero_ps(); R];
         for r in 0..R {
-            (qw[r], dw[r], mw[r]) = W::load(w.add(r * ws + b * W::BYTES), two);
+            let p = w.add(r * ws + b * W::BYTES);
+            // Stream the weights into cache ahead of use (a hint: never faults).
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH) as *const i8);
+            (qw[r], dw[r], mw[r]) = W::load(p, two);
         }
         for c in 0..C {
             let (qx, dx, sx) = A::load(x.add(c * xs + b * A::BYTES), two);
@@ -425,3 +437,223 @@ legacy_kernels!(q4_1, Q4_1, A8_1, "Q4_1");
 legacy_kernels!(q5_0, Q5_0, A8_0, "Q5_0");
 legacy_kernels!(q5_1, Q5_1, A8_1, "Q5_1");
 legacy_kernels!(q8_0, Q8_0, A8_0, "Q8_0");
+
+/// F32, F16 and BF16 weights (against activations of the same type): 16 values per step
+/// converted to f32 (F16C's `vcvtph2ps`, a shift for BF16) and multiply-added, or for BF16 on
+/// CPUs with AVX512-BF16, `vdpbf16ps` (32 pairs of bf16 products per instruction, exact
+/// products, f32 sums). Tiles of 4 rows x 6 tokens: 24 accumulators in registers.
+mod float {
+    use super::*;
+
+    const ROWS: usize = 4;
+    const TOKENS: usize = 6;
+
+    fn has_bf16() -> bool {
+        is_x86_feature_detected!("avx512bf16")
+    }
+
+    pub fn vec_dot(t: WeightType) -> Option<VecDotFn> {
+        // The F16/F32 kernels need only the base avx512 set (checked by `super::super`).
+        Some(match t {
+            WeightType::F32 => f32k::vec_dot,
+            WeightType::F16 => f16k::vec_dot,
+            WeightType::BF16 if has_bf16() => bf16dp::vec_dot,
+            WeightType::BF16 => bf16k::vec_dot,
+            _ => return None,
+        })
+    }
+
+    pub fn gemm(t: WeightType) -> Option<(GemmTileFn, usize, usize)> {
+        let f: GemmTileFn = match t {
+            WeightType::F32 => f32k::gemm,
+            WeightType::F16 => f16k::gemm,
+            WeightType::BF16 if has_bf16() => bf16dp::gemm,
+            WeightType::BF16 => bf16k::gemm,
+            _ => return None,
+        };
+        Some((f, ROWS, TOKENS))
+    }
+
+    /// A float element type: how `n <= LANES` values at `p` become f32 lanes (zeros above).
+    trait Floats {
+        const BYTES: usize;
+        /// Values consumed per step.
+        const LANES: usize;
+        /// # Safety
+        /// `n` values are readable at `p`; the CPU has avx512f/bw and F16C.
+        unsafe fn load(p: *const u8, n: usize) -> __m512;
+        /// `acc + dot(w, x)` lane-wise over one step (for the bf16 pair instruction, two
+        /// values per lane). The default multiplies converted f32 lanes.
+        #[inline(always)]
+        unsafe fn madd(acc: __m512, w: __m512, x: __m512) -> __m512 {
+            _mm512_fmadd_ps(w, x, acc)
+        }
+    }
+
+    struct F32;
+    impl Floats for F32 {
+        const BYTES: usize = 4;
+        const LANES: usize = 16;
+        #[inline(always)]
+        unsafe fn load(p: *const u8, n: usize) -> __m512 {
+            if n >= 16 {
+                _mm512_loadu_ps(p as *const f32)
+            } else {
+                _mm512_maskz_loadu_ps((1u16 << n).wrapping_sub(1), p as *const f32)
+            }
+        }
+    }
+
+    struct F16;
+    impl Floats for F16 {
+        const BYTES: usize = 2;
+        const LANES: usize = 16;
+        #[inline(always)]
+        unsafe fn load(p: *const u8, n: usize) -> __m512 {
+            let h = if n >= 16 {
+                _mm256_loadu_si256(p as *const __m256i)
+            } else {
+                _mm256_maskz_loadu_epi16((1u16 << n).wrapping_sub(1), p as *const i16)
+            };
+            _mm512_cvtph_ps(h)
+        }
+    }
+
+    struct BF16;
+    impl Floats for BF16 {
+        const BYTES: usize = 2;
+        const LANES: usize = 16;
+        #[inline(always)]
+        unsafe fn load(p: *const u8, n: usize) -> __m512 {
+            let h = if n >= 16 {
+                _mm256_loadu_si256(p as *const __m256i)
+            } else {
+                _mm256_maskz_loadu_epi16((1u16 << n).wrapping_sub(1), p as *const i16)
+            };
+            _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
+        }
+    }
+
+    /// BF16 with `vdpbf16ps`: 32 values per step, kept as raw bf16 pairs in the f32 lanes.
+    struct BF16Pairs;
+    impl Floats for BF16Pairs {
+        const BYTES: usize = 2;
+        const LANES: usize = 32;
+        #[inline(always)]
+        unsafe fn load(p: *const u8, n: usize) -> __m512 {
+            let v = if n >= 32 {
+                _mm512_loadu_si512(p as *const _)
+            } else {
+                _mm512_maskz_loadu_epi16((1u32 << n).wrapping_sub(1), p as *const i16)
+            };
+            _mm512_castsi512_ps(v)
+        }
+        #[inline(always)]
+        unsafe fn madd(acc: __m512, w: __m512, x: __m512) -> __m512 {
+            // SAFETY (of the transmutes): __m512 and __m512bh are both 64-byte vectors of plain
+            // bits; the lanes hold bf16 pairs as loaded.
+            _mm512_dpbf16_ps(acc, std::mem::transmute::<__m512, __m512bh>(w), std::mem::transmute::<__m512, __m512bh>(x))
+        }
+    }
+
+    /// `R` rows x `C` tokens of `n` values: `out[c * os + r] = dot(row r, token c)`.
+    ///
+    /// # Safety
+    /// Rows `r < R` hold `n` values at `w + r * ws`, tokens `c < C` at `x + c * xs`,
+    /// `out + c * os + r` is writable; the CPU has the features enabled by the caller.
+    #[inline(always)]
+    unsafe fn tile<T: Floats, const R: usize, const C: usize>(n: usize, w: *const u8, ws: usize, x: *const u8, xs: usize, out: *mut f32, os: usize) {
+        let mut acc = [[_mm512_setzero_ps(); C]; R];
+        let mut k = 0;
+        while k < n {
+            let m = T::LANES.min(n - k);
+            let mut wv = [_mm512_setzero_ps(); R];
+            for r in 0..R {
+                let p = w.add(r * ws + k * T::BYTES);
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH) as *const i8);
+                wv[r] = T::load(p, m);
+            }
+            for c in 0..C {
+                let xv = T::load(x.add(c * xs + k * T::BYTES), m);
+                for r in 0..R {
+                    acc[r][c] = T::madd(acc[r][c], wv[r], xv);
+                }
+            }
+            k += T::LANES;
+        }
+        for r in 0..R {
+            for c in 0..C {
+                *out.add(c * os + r) = _mm512_reduce_add_ps(acc[r][c]);
+            }
+        }
+    }
+
+    macro_rules! float_kernels {
+        ($m:ident, $T:ty, $bytes:expr, $features:literal, $name:expr) => {
+            mod $m {
+                use super::*;
+
+                #[target_feature(enable = $features)]
+                unsafe fn vec_dot_tf(n: usize, w: *const u8, x: *const u8) -> f32 {
+                    let mut out = 0f32;
+                    tile::<$T, 1, 1>(n, w, 0, x, 0, &mut out, 0);
+                    out
+                }
+
+                pub fn vec_dot(n: usize, w: &[u8], x: &[u8]) -> f32 {
+                    assert!(w.len() >= n * $bytes && x.len() >= n * $bytes, concat!($name, " vec_dot: {} values, {} and {} bytes"), n, w.len(), x.len());
+                    // SAFETY: installed only on CPUs with these features (`for_isa` lowers the ISA
+                    // to the CPU's; the bf16 pair kernel is picked only after detecting
+                    // avx512bf16); both buffers hold `n` values.
+                    unsafe { vec_dot_tf(n, w.as_ptr(), x.as_ptr()) }
+                }
+
+                #[target_feature(enable = $features)]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn gemm_tf(n: usize, w: *const u8, ws: usize, nr: usize, x: *const u8, xs: usize, nc: usize, out: *mut f32, os: usize) {
+                    macro_rules! by_c {
+                        ($r:literal) => {
+                            match nc {
+                                1 => tile::<$T, $r, 1>(n, w, ws, x, xs, out, os),
+                                2 => tile::<$T, $r, 2>(n, w, ws, x, xs, out, os),
+                                3 => tile::<$T, $r, 3>(n, w, ws, x, xs, out, os),
+                                4 => tile::<$T, $r, 4>(n, w, ws, x, xs, out, os),
+                                5 => tile::<$T, $r, 5>(n, w, ws, x, xs, out, os),
+                                _ => tile::<$T, $r, 6>(n, w, ws, x, xs, out, os),
+                            }
+                        };
+                    }
+                    match nr {
+                        1 => by_c!(1),
+                        2 => by_c!(2),
+                        3 => by_c!(3),
+                        _ => by_c!(4),
+                    }
+                }
+
+                #[allow(clippy::too_many_arguments)]
+                pub fn gemm(n: usize, w: &[u8], w_stride: usize, nr: usize, x: &[u8], x_stride: usize, nc: usize, out: &mut [f32], out_stride: usize) {
+                    assert!(
+                        (1..=ROWS).contains(&nr)
+                            && (1..=TOKENS).contains(&nc)
+                            && w.len() >= (nr - 1) * w_stride + n * $bytes
+                            && x.len() >= (nc - 1) * x_stride + n * $bytes
+                            && out.len() > (nc - 1) * out_stride + nr - 1,
+                        concat!($name, " gemm: tile {}x{} of {} values does not fit its buffers"),
+                        nr,
+                        nc,
+                        n
+                    );
+                    // SAFETY: as `vec_dot`; every row, token and output the tile touches was just
+                    // checked to be inside the slices.
+                    unsafe { gemm_tf(n, w.as_ptr(), w_stride, nr, x.as_ptr(), x_stride, nc, out.as_mut_ptr(), out_stride) }
+                }
+            }
+        };
+    }
+
+    float_kernels!(f32k, F32, 4, "avx512f,avx512bw,avx512vl,avx2,fma,f16c", "F32");
+    float_kernels!(f16k, F16, 2, "avx512f,avx512bw,avx512vl,avx2,fma,f16c", "F16");
+    float_kernels!(bf16k, BF16, 2, "avx512f,avx512bw,avx512vl,avx2,fma,f16c", "BF16");
+    float_kernels!(bf16dp, BF16Pairs, 2, "avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c", "BF16");
+}
