@@ -1,11 +1,8 @@
 // Shared helpers for the llamafile-rs CUDA kernels. Compiled at run time by NVRTC, so no
 // toolkit headers are used: f16 conversions are done with inline PTX.
-// With LLAMAFILE_HOST_TEST defined the same sources compile as C++ on the CPU (g++), so the
-// weight-format code can be checked against kernels-cpu on machines without a GPU.
-#ifdef LLAMAFILE_HOST_TEST
-#define __device__
-#define __forceinline__ inline
-#endif
+// With LLAMAFILE_HOST_TEST defined the same sources compile as C++ on the CPU (g++), after a
+// prelude that emulates threads, warps and blocks (tests/host.rs), so every kernel can be
+// checked on machines without a GPU.
 
 typedef unsigned char u8;
 typedef signed char i8;
@@ -26,9 +23,28 @@ __device__ __forceinline__ u16 f32_to_f16(float f) {
     return h;
 }
 #else
-#include <string.h>
-inline float __uint_as_float(u32 u) { float f; memcpy(&f, &u, 4); return f; }
-// IEEE half -> float, subnormals included (host test only).
+// IEEE half <-> float, subnormals included (host test only; the prelude defines the casts).
+inline u16 f32_to_f16(float f) {
+    const u32 x = __float_as_uint(f);
+    const u32 sign = (x >> 16) & 0x8000;
+    const int exp = (int)((x >> 23) & 0xFF) - 127 + 15;
+    u32 man = x & 0x7FFFFF;
+    if (((x >> 23) & 0xFF) == 0xFF) return sign | 0x7C00 | (man ? 0x200 : 0);
+    if (exp >= 31) return sign | 0x7C00;
+    if (exp <= 0) {
+        if (exp < -10) return sign;
+        man |= 0x800000;
+        const int shift = 14 - exp;
+        u32 h = man >> shift;
+        const u32 rem = man & ((1u << shift) - 1), half = 1u << (shift - 1);
+        if (rem > half || (rem == half && (h & 1))) h++;
+        return sign | h;
+    }
+    u32 h = sign | ((u32)exp << 10) | (man >> 13);
+    const u32 rem = man & 0x1FFF;
+    if (rem > 0x1000 || (rem == 0x1000 && (h & 1))) h++;
+    return h;
+}
 inline float f16_to_f32(u16 h) {
     const u32 sign = (u32)(h & 0x8000) << 16;
     u32 exp = (h >> 10) & 0x1F, man = h & 0x3FF;
@@ -53,7 +69,6 @@ __device__ __forceinline__ u32 ld_u32(const u8* p) {
     return (u32)p[0] | ((u32)p[1] << 8) | ((u32)p[2] << 16) | ((u32)p[3] << 24);
 }
 
-#ifndef LLAMAFILE_HOST_TEST
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
@@ -63,4 +78,3 @@ __device__ __forceinline__ float warp_max(float v) {
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
 }
-#endif

@@ -159,7 +159,6 @@ __device__ __forceinline__ void dequant_q6_k(const u8* row, int sub, float* w) {
     }
 }
 
-#ifndef LLAMAFILE_HOST_TEST
 #define DEFINE_MATMUL(NAME, DEQUANT)                                                              \
 extern "C" __global__ void NAME(const u8* __restrict__ W, u64 row_bytes, int rows, int cols,     \
                                 const float* __restrict__ x, int n_tokens, float* __restrict__ y) { \
@@ -188,33 +187,6 @@ extern "C" __global__ void NAME(const u8* __restrict__ W, u64 row_bytes, int row
     }                                                                                             \
 }
 
-#else
-// Host test: the same work, with the 32 lanes of a warp and the token tiles run one after the
-// other (same per-lane partial sums, summed at the end).
-#define DEFINE_MATMUL(NAME, DEQUANT)                                                              \
-extern "C" void NAME(const u8* W, u64 row_bytes, int rows, int cols, const float* x,             \
-                     int n_tokens, float* y) {                                                    \
-    float w[32];                                                                                  \
-    for (int r = 0; r < rows; r++) {                                                              \
-        const u8* row = W + (u64)r * row_bytes;                                                   \
-        for (int t = 0; t < n_tokens; t++) {                                                      \
-            float total = 0.0f;                                                                   \
-            for (int lane = 0; lane < 32; lane++) {                                               \
-                float acc = 0.0f;                                                                 \
-                for (int sub = lane; sub < cols / 32; sub += 32) {                                \
-                    DEQUANT(row, sub, w);                                                         \
-                    const float* xs = x + (u64)t * cols + sub * 32;                               \
-                    float s = 0.0f;                                                               \
-                    for (int l = 0; l < 32; l++) s += w[l] * xs[l];                               \
-                    acc += s;                                                                     \
-                }                                                                                 \
-                total += acc;                                                                     \
-            }                                                                                     \
-            y[(u64)t * rows + r] = total;                                                         \
-        }                                                                                         \
-    }                                                                                             \
-}
-#endif
 
 DEFINE_MATMUL(matmul_f32, dequant_f32)
 DEFINE_MATMUL(matmul_f16, dequant_f16)
