@@ -176,7 +176,7 @@ pub fn matmul_quantized_with(
     // Row blocks: about ROW_BLOCK_BYTES of weights, but enough of them to keep every thread
     // busy (4 per thread for load balance), and a whole number of gemm row tiles.
     let threads = rayon::current_num_threads().max(1);
-    let tile_r = tk.gemm.map(|g| g.1).unwrap_or(1);
+    let tile_r = if n_tokens == 1 { 1 } else { tk.gemm.map(|g| g.1).unwrap_or(1) };
     let mut block_rows = (ROW_BLOCK_BYTES / wrb.max(1)).max(1);
     block_rows = block_rows.min(rows.div_ceil(4 * threads)).max(1);
     block_rows = block_rows.div_ceil(tile_r) * tile_r;
@@ -223,7 +223,11 @@ fn row_block(
         // task because row blocks do not overlap.
         unsafe { *out.0.add((t0 + t) * rows + r0 + r) = v }
     };
-    match tk.gemm {
+    // One token: one row at a time (`vec_dot`), so each row is a single sequential stream,
+    // which the hardware prefetchers follow best (measured: up to 2x the GB/s of 4-row tiles
+    // when the weights come from DRAM).
+    let gemm = if nt == 1 { None } else { tk.gemm };
+    match gemm {
         Some((gemm, tr, tc)) => {
             let (tr, tc) = (tr.min(MAX_TILE), tc.min(MAX_TILE));
             let mut tile = [0f32; MAX_TILE * MAX_TILE];
