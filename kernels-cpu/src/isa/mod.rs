@@ -128,6 +128,29 @@ impl Kernels {
         }
         Kernels { isa, table }
     }
+    /// The ISA with the optional extensions its kernels use, e.g. `avx512 (vnni, vbmi, bf16)`
+    /// (for `--info` / `--verbose`).
+    pub fn describe(&self) -> String {
+        let mut ext: Vec<&str> = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        if self.isa == Isa::Avx512 {
+            for (name, on) in [
+                ("vnni", is_x86_feature_detected!("avx512vnni")),
+                ("vbmi", is_x86_feature_detected!("avx512vbmi")),
+                ("bf16", is_x86_feature_detected!("avx512bf16")),
+            ] {
+                if on {
+                    ext.push(name);
+                }
+            }
+        }
+        if ext.is_empty() {
+            self.isa.name().to_string()
+        } else {
+            format!("{} ({})", self.isa.name(), ext.join(", "))
+        }
+    }
+
     /// Kernels for a weight type; `None` if no dot product exists for it.
     pub fn get(&self, t: WeightType) -> Option<&TypeKernels> {
         self.table.iter().find(|(ty, _)| *ty == t).map(|(_, k)| k)
