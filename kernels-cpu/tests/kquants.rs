@@ -205,3 +205,45 @@ fn kquant_gemm_tiles_of_every_shape_match_scalar_on_every_isa() {
     }
     eprintln!("K-quant tile kernels tested: {tiled} (type x ISA)");
 }
+
+/// The Q8_K activation quantizer of every ISA writes the scalar one's bytes, on edge cases:
+/// ties between +max and -max (the first wins), all -0.0, exact .5 rounding points, a huge
+/// range, infinities, single non-zero values.
+#[test]
+fn q8k_quantizer_of_every_isa_is_byte_identical_to_scalar_on_edge_cases() {
+    let mut rng = Rng(0x9_8b);
+    let scalar = Kernels::for_isa(Isa::Scalar);
+    let want_q = scalar.get(WeightType::Q8_K).unwrap().quantize.unwrap();
+    let mut cases: Vec<Vec<f32>> = Vec::new();
+    let mut tie = vec![0.5f32; QK_K];
+    tie[10] = 3.0;
+    tie[200] = -3.0;
+    cases.push(tie.clone());
+    tie[10] = -3.0;
+    tie[200] = 3.0;
+    cases.push(tie);
+    cases.push(vec![-0.0; QK_K]);
+    // values landing exactly on k + 0.5 after scaling by -127 / max (max = -127)
+    cases.push((0..QK_K).map(|i| if i == 0 { -127.0 } else { (i % 254) as f32 - 126.5 }).collect());
+    cases.push((0..QK_K).map(|i| if i % 3 == 0 { 1e30 } else { 1e-30 * i as f32 }).collect());
+    let mut inf = vec![1.0f32; QK_K];
+    inf[7] = f32::INFINITY;
+    inf[9] = f32::NEG_INFINITY;
+    cases.push(inf);
+    let mut single = vec![0.0f32; QK_K];
+    single[255] = -1e-7;
+    cases.push(single);
+    for _ in 0..50 {
+        cases.push((0..QK_K).map(|_| (rng.below(2001) as f32 - 1000.0) * 0.25).collect());
+    }
+    for isa in Isa::available() {
+        let k = Kernels::for_isa(isa);
+        let q = k.get(WeightType::Q8_K).unwrap().quantize.expect("Q8_K has a quantizer");
+        for (i, x) in cases.iter().enumerate() {
+            let (mut a, mut b) = (vec![0u8; Q8K_BYTES], vec![0xAAu8; Q8K_BYTES]);
+            want_q(x, &mut a);
+            q(x, &mut b);
+            assert!(a == b, "{} Q8_K quantize case {i}: bytes differ from scalar", isa.name());
+        }
+    }
+}

@@ -63,8 +63,61 @@ pub fn gemm(t: WeightType) -> Option<(GemmTileFn, usize, usize)> {
     Some((f, TILE_ROWS, TILE_TOKENS))
 }
 
-pub fn quantize(_t: WeightType) -> Option<QuantizeFn> {
-    None
+pub fn quantize(t: WeightType) -> Option<QuantizeFn> {
+    if !supported() || t != WeightType::Q8_K {
+        return None;
+    }
+    Some(quantize_q8_k)
+}
+
+/// Q8_K activations, byte for byte what the scalar `types::q8_k::quantize` (the reference's
+/// rule) writes: the largest magnitude (first one on ties) maps to -127, values are rounded to
+/// nearest even (`vcvtps2dq` under the default rounding mode, as `nearest_int` for |v| < 2^22),
+/// clamped at 127.
+fn quantize_q8_k(src: &[f32], dst: &mut [u8]) {
+    assert!(src.len() % QK_K == 0, "Q8_K quantize: {} values is not a multiple of {QK_K}", src.len());
+    let out = crate::types::q8_k::blocks_mut::<BlockQ8K>(dst);
+    assert!(out.len() >= src.len() / QK_K, "Q8_K quantize: output too short");
+    for (x, y) in src.chunks_exact(QK_K).zip(out.iter_mut()) {
+        // SAFETY: installed only when `supported()` (all enabled features detected).
+        unsafe { quantize_block_q8_k(x.try_into().expect("a block is 256 values"), y) }
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn quantize_block_q8_k(x: &[f32; QK_K], y: &mut BlockQ8K) {
+    // SAFETY: 16 x 16 floats inside `x`; the loads are unaligned.
+    let v: [__m512; 16] = core::array::from_fn(|j| unsafe { _mm512_loadu_ps(x.as_ptr().add(16 * j)) });
+    let mut amax = _mm512_setzero_ps();
+    for vj in &v {
+        // a NaN in the first operand leaves the running maximum: the scalar loop skips NaNs too
+        amax = _mm512_max_ps(_mm512_abs_ps(*vj), amax);
+    }
+    let amax = _mm512_reduce_max_ps(amax);
+    if amax == 0.0 {
+        *y = BlockQ8K { d: [0; 4], qs: [0; QK_K], bsums: [[0; 2]; QK_K / 16] };
+        return;
+    }
+    let target = _mm512_set1_ps(amax);
+    let first = (0..16)
+        .find_map(|j| {
+            let m = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(_mm512_abs_ps(v[j]), target);
+            (m != 0).then(|| 16 * j + m.trailing_zeros() as usize)
+        })
+        .expect("the maximum magnitude is one of the values");
+    let iscale = -127.0f32 / x[first];
+    let s = _mm512_set1_ps(iscale);
+    let top = _mm512_set1_epi32(127);
+    for (j, vj) in v.iter().enumerate() {
+        let p = _mm512_mul_ps(s, *vj);
+        // NaN (from inf * 0) -> 0, as `nearest_int` gives for the default NaN
+        let ordered = _mm512_cmp_ps_mask::<_CMP_ORD_Q>(p, p);
+        let q = _mm512_min_epi32(_mm512_maskz_cvtps_epi32(ordered, p), top);
+        // SAFETY: bytes 16j..16j+16 of the 256-byte `qs`; the store is unaligned.
+        unsafe { _mm_storeu_si128(y.qs.as_mut_ptr().add(16 * j) as *mut __m128i, _mm512_cvtepi32_epi8(q)) };
+        y.bsums[j] = (_mm512_reduce_add_epi32(q) as i16).to_le_bytes();
+    }
+    y.d = (1.0 / iscale).to_le_bytes();
 }
 
 /// One weight block ready for the integer dot product (see the module comment).
