@@ -30,8 +30,16 @@ pub fn vec_dot(t: WeightType) -> Option<VecDotFn> {
     })
 }
 
-pub fn gemm(_t: WeightType) -> Option<(GemmTileFn, usize, usize)> {
-    None
+pub fn gemm(t: WeightType) -> Option<(GemmTileFn, usize, usize)> {
+    let f: GemmTileFn = match t {
+        WeightType::Q4_0 => tiles::q4_0,
+        WeightType::Q4_1 => tiles::q4_1,
+        WeightType::Q5_0 => tiles::q5_0,
+        WeightType::Q5_1 => tiles::q5_1,
+        WeightType::Q8_0 => tiles::q8_0,
+        _ => return None,
+    };
+    Some((f, tiles::ROWS, tiles::TOKENS))
 }
 
 pub fn quantize(t: WeightType) -> Option<QuantizeFn> {
@@ -337,4 +345,198 @@ fn quantize_q8_1(src: &[f32], dst: &mut [u8]) {
     assert!(src.len() % 32 == 0 && dst.len() == src.len() / 32 * 36, "Q8_1 quantize: {} values into {} bytes", src.len(), dst.len());
     // SAFETY: installed only when AVX2/FMA/F16C were detected; whole blocks, lengths checked.
     unsafe { quantize_q8_1_k(src, dst) }
+}
+
+/// Tile kernels (3 rows x 4 tokens) for the 32-element block types: each weight block is
+/// unpacked once per tile and used for 4 tokens, each activation block loaded once and used
+/// for 3 rows. Unsigned levels (nibbles, fifth bits) go straight into `vpmaddubsw` (no
+/// saturation: 31 * 127 * 2 < 2^15) and the level offset comes back in the integer domain once
+/// per activation block (`-offset * sum(x)` per lane); Q8_0 weights use the sign trick
+/// (|w| and x with w's sign), |w| taken once per block.
+mod tiles {
+    use super::*;
+
+    pub const ROWS: usize = 3;
+    pub const TOKENS: usize = 4;
+
+    /// One weight block: the 32 levels, the scale, the minimum (0 without), as the kernel wants.
+    trait W {
+        const BYTES: usize;
+        /// Subtracted from the levels (0 for types with a minimum and for Q8_0).
+        const OFFSET: i8;
+        const SIGNED: bool;
+        const HAS_MIN: bool;
+        /// # Safety
+        /// One block readable at `p`; AVX2/FMA/F16C.
+        unsafe fn load(p: *const u8) -> (__m256i, f32, f32);
+    }
+
+    struct Q4_0;
+    impl W for Q4_0 {
+        const BYTES: usize = 18;
+        const OFFSET: i8 = 8;
+        const SIGNED: bool = false;
+        const HAS_MIN: bool = false;
+        #[inline(always)]
+        unsafe fn load(p: *const u8) -> (__m256i, f32, f32) {
+            (nibbles(p.add(2)), h2f(p), 0.0)
+        }
+    }
+    struct Q4_1;
+    impl W for Q4_1 {
+        const BYTES: usize = 20;
+        const OFFSET: i8 = 0;
+        const SIGNED: bool = false;
+        const HAS_MIN: bool = true;
+        #[inline(always)]
+        unsafe fn load(p: *const u8) -> (__m256i, f32, f32) {
+            (nibbles(p.add(4)), h2f(p), h2f(p.add(2)))
+        }
+    }
+    struct Q5_0;
+    impl W for Q5_0 {
+        const BYTES: usize = 22;
+        const OFFSET: i8 = 16;
+        const SIGNED: bool = false;
+        const HAS_MIN: bool = false;
+        #[inline(always)]
+        unsafe fn load(p: *const u8) -> (__m256i, f32, f32) {
+            (_mm256_or_si256(nibbles(p.add(6)), fifth_bits(p.add(2))), h2f(p), 0.0)
+        }
+    }
+    struct Q5_1;
+    impl W for Q5_1 {
+        const BYTES: usize = 24;
+        const OFFSET: i8 = 0;
+        const SIGNED: bool = false;
+        const HAS_MIN: bool = true;
+        #[inline(always)]
+        unsafe fn load(p: *const u8) -> (__m256i, f32, f32) {
+            (_mm256_or_si256(nibbles(p.add(8)), fifth_bits(p.add(4))), h2f(p), h2f(p.add(2)))
+        }
+    }
+    struct Q8_0;
+    impl W for Q8_0 {
+        const BYTES: usize = 34;
+        const OFFSET: i8 = 0;
+        const SIGNED: bool = true;
+        const HAS_MIN: bool = false;
+        #[inline(always)]
+        unsafe fn load(p: *const u8) -> (__m256i, f32, f32) {
+            (_mm256_loadu_si256(p.add(2) as *const __m256i), h2f(p), 0.0)
+        }
+    }
+
+    /// `R` rows x `C` tokens of `nb` blocks against Q8_0 (`XB` = 34, `XQ` = 2) or Q8_1
+    /// (36, 4, with `s` at 2) activations.
+    ///
+    /// # Safety
+    /// Rows `r < R` hold `nb` blocks at `w + r * ws`, tokens `c < C` at `x + c * xs`,
+    /// `out + c * os + r` is writable; AVX2/FMA/F16C.
+    #[inline(always)]
+    unsafe fn tile<T: W, const XB: usize, const XQ: usize, const R: usize, const C: usize>(
+        nb: usize,
+        w: *const u8,
+        ws: usize,
+        x: *const u8,
+        xs: usize,
+        out: *mut f32,
+        os: usize,
+    ) {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [[_mm256_setzero_ps(); C]; R];
+        let mut mins = [[0f32; C]; R];
+        for b in 0..nb {
+            let mut qw = [_mm256_setzero_si256(); R];
+            let mut dw = [0f32; R];
+            let mut mw = [0f32; R];
+            for r in 0..R {
+                let p = w.add(r * ws + b * T::BYTES);
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(768) as *const i8);
+                let (q, d, m) = T::load(p);
+                qw[r] = if T::SIGNED { _mm256_sign_epi8(q, q) } else { q };
+                dw[r] = d;
+                mw[r] = m;
+            }
+            for c in 0..C {
+                let xp = x.add(c * xs + b * XB);
+                let qx = _mm256_loadu_si256(xp.add(XQ) as *const __m256i);
+                let dx = h2f(xp);
+                let base = if T::OFFSET != 0 {
+                    let s = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(T::OFFSET), qx), ones);
+                    _mm256_sub_epi32(_mm256_setzero_si256(), s)
+                } else {
+                    _mm256_setzero_si256()
+                };
+                for r in 0..R {
+                    let y = if T::SIGNED {
+                        // Reload the signed weights' sign from the original quants.
+                        let q = _mm256_loadu_si256(w.add(r * ws + b * T::BYTES + 2) as *const __m256i);
+                        _mm256_sign_epi8(qx, q)
+                    } else {
+                        qx
+                    };
+                    let i = _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(qw[r], y), ones), base);
+                    acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_set1_ps(dw[r] * dx), acc[r][c]);
+                    if T::HAS_MIN {
+                        mins[r][c] += mw[r] * h2f(xp.add(2));
+                    }
+                }
+            }
+        }
+        for r in 0..R {
+            for c in 0..C {
+                *out.add(c * os + r) = hsum(acc[r][c]) + mins[r][c];
+            }
+        }
+    }
+
+    macro_rules! tile_fn {
+        ($name:ident, $T:ty, $xb:literal, $xq:literal, $label:expr) => {
+            #[allow(clippy::too_many_arguments)]
+            pub fn $name(n: usize, w: &[u8], w_stride: usize, nr: usize, x: &[u8], x_stride: usize, nc: usize, out: &mut [f32], out_stride: usize) {
+                #[target_feature(enable = "avx2,fma,f16c")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn go(nb: usize, w: *const u8, ws: usize, nr: usize, x: *const u8, xs: usize, nc: usize, out: *mut f32, os: usize) {
+                    macro_rules! by_c {
+                        ($r:literal) => {
+                            match nc {
+                                1 => tile::<$T, $xb, $xq, $r, 1>(nb, w, ws, x, xs, out, os),
+                                2 => tile::<$T, $xb, $xq, $r, 2>(nb, w, ws, x, xs, out, os),
+                                3 => tile::<$T, $xb, $xq, $r, 3>(nb, w, ws, x, xs, out, os),
+                                _ => tile::<$T, $xb, $xq, $r, 4>(nb, w, ws, x, xs, out, os),
+                            }
+                        };
+                    }
+                    match nr {
+                        1 => by_c!(1),
+                        2 => by_c!(2),
+                        _ => by_c!(3),
+                    }
+                }
+                let nb = n / 32;
+                assert!(
+                    n % 32 == 0
+                        && (1..=ROWS).contains(&nr)
+                        && (1..=TOKENS).contains(&nc)
+                        && w.len() >= (nr - 1) * w_stride + nb * <$T>::BYTES
+                        && x.len() >= (nc - 1) * x_stride + nb * $xb
+                        && out.len() > (nc - 1) * out_stride + nr - 1,
+                    concat!($label, " gemm: tile {}x{} of {} elements does not fit its buffers"),
+                    nr,
+                    nc,
+                    n
+                );
+                // SAFETY: installed only when AVX2/FMA/F16C were detected; every row, token and
+                // output the tile touches was just checked to be inside the slices.
+                unsafe { go(nb, w.as_ptr(), w_stride, nr, x.as_ptr(), x_stride, nc, out.as_mut_ptr(), out_stride) }
+            }
+        };
+    }
+
+    tile_fn!(q4_0, Q4_0, 34, 2, "Q4_0");
+    tile_fn!(q4_1, Q4_1, 36, 4, "Q4_1");
+    tile_fn!(q5_0, Q5_0, 34, 2, "Q5_0");
+    tile_fn!(q5_1, Q5_1, 36, 4, "Q5_1");
+    tile_fn!(q8_0, Q8_0, 34, 2, "Q8_0");
 }
