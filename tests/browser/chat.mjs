@@ -47,7 +47,7 @@ try {
   // Settings: a long reply so that there is something to stop, and a fixed seed.
   await page.click("#toggle-settings");
   check(await page.isVisible("#settings"), "the settings panel opens");
-  await page.fill("#max_tokens", "3000");
+  await page.fill("#max_tokens", "3900"); // long enough (seconds) that stop comes first
   await page.fill("#seed", "42");
   await page.fill("#system", "");
   await page.click("#close-settings");
