@@ -17,7 +17,7 @@
 
 use super::{FfnActivation, Hparams, LayerAttn, Model, RopeStyle, Weight};
 use half::f16;
-use half::slice::HalfFloatSliceExt;
+use kernels_cpu::ops;
 use kernels_cpu::matmul::{matmul, matmul_quantized, quantize_activations, Scratch};
 use rayon::prelude::*;
 
@@ -115,9 +115,11 @@ pub struct Workspace {
     /// [FFN_CHUNK x n_ff] each.
     gate: Vec<f32>,
     up: Vec<f32>,
-    /// [n_head x n_ctx] attention probabilities, one row per head.
-    scores: Vec<f32>,
-    /// [n_head x max(head_dim, head_dim_v)] one f16 row converted to f32, per head.
+    /// [n_head x head_dim] the query of one head rounded to f16.
+    q16: Vec<f16>,
+    /// [n_head x head_dim_v] attention accumulator of one head (f16, as the reference).
+    acc16: Vec<f16>,
+    /// [n_head x head_dim_v] the same, widened to f32 while it is updated.
     row: Vec<f32>,
     scratch: Scratch,
 }
@@ -126,7 +128,6 @@ impl Workspace {
     pub fn new(hp: &Hparams, max_batch: usize, n_ctx: usize) -> Workspace {
         let b = max_batch.max(1);
         let fc = b.min(FFN_CHUNK);
-        let hd = hp.head_dim.max(hp.head_dim_v);
         Workspace {
             max_batch: b,
             n_ctx,
@@ -139,8 +140,9 @@ impl Workspace {
             proj: vec![0.0; b * hp.n_embd],
             gate: vec![0.0; fc * hp.n_ff],
             up: vec![0.0; fc * hp.n_ff],
-            scores: vec![0.0; hp.n_head * n_ctx],
-            row: vec![0.0; hp.n_head * hd],
+            q16: vec![f16::ZERO; hp.n_head * hp.head_dim],
+            acc16: vec![f16::ZERO; hp.n_head * hp.head_dim_v],
+            row: vec![0.0; hp.n_head * hp.head_dim_v],
             scratch: Scratch::default(),
         }
     }
@@ -154,57 +156,21 @@ impl Workspace {
             + self.proj.len()
             + self.gate.len()
             + self.up.len()
-            + self.scores.len()
             + self.row.len())
+            + 2 * (self.q16.len() + self.acc16.len())
     }
 }
 
-/// `out = x / sqrt(mean(x^2) + eps) * w` for one row (sum of squares in f64, as ggml).
+/// `out = x / sqrt(mean(x^2) + eps) * w` for one row.
 #[inline]
 pub fn rmsnorm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
-    let ss: f64 = x.iter().map(|v| (*v as f64) * (*v as f64)).sum();
-    let scale = 1.0 / ((ss / x.len() as f64) as f32 + eps).sqrt();
-    for ((o, xi), wi) in out.iter_mut().zip(x).zip(w) {
-        *o = xi * scale * wi;
-    }
+    ops::rmsnorm(x, w, eps, out)
 }
 
 /// In place: `x = x / sqrt(mean(x^2) + eps) * w`.
 #[inline]
 pub fn rmsnorm_inplace(x: &mut [f32], w: &[f32], eps: f32) {
-    let ss: f64 = x.iter().map(|v| (*v as f64) * (*v as f64)).sum();
-    let scale = 1.0 / ((ss / x.len() as f64) as f32 + eps).sqrt();
-    for (xi, wi) in x.iter_mut().zip(w) {
-        *xi = *xi * scale * wi;
-    }
-}
-
-#[inline]
-fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
-}
-
-#[inline]
-fn gelu_tanh(x: f32) -> f32 {
-    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044715 * x * x)).tanh())
-}
-
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight independent accumulators so the compiler can vectorise without reassociating.
-    let mut acc = [0f32; 8];
-    let n8 = a.len() / 8 * 8;
-    for (ca, cb) in a[..n8].chunks_exact(8).zip(b[..n8].chunks_exact(8)) {
-        for i in 0..8 {
-            acc[i] += ca[i] * cb[i];
-        }
-    }
-    let mut s: f32 = acc.iter().sum();
-    for i in n8..a.len() {
-        s += a[i] * b[i];
-    }
-    s
+    ops::rmsnorm_inplace(x, w, eps)
 }
 
 /// y[n x w.rows] = x[n x w.cols] W^T, straight on the mapped bytes.
@@ -279,8 +245,8 @@ pub fn layer_forward(
             }
             rope.apply(style, &mut h[..n_rot], p);
         }
-        kv.k[p * kd..(p + 1) * kd].convert_from_f32_slice(&ws.k[t * kd..(t + 1) * kd]);
-        kv.v[p * vd..(p + 1) * vd].convert_from_f32_slice(&ws.v[t * vd..(t + 1) * vd]);
+        ops::f32_to_f16_slice(&ws.k[t * kd..(t + 1) * kd], &mut kv.k[p * kd..(p + 1) * kd]);
+        ops::f32_to_f16_slice(&ws.v[t * vd..(t + 1) * vd], &mut kv.v[p * vd..(p + 1) * vd]);
     }
     attention(hp, la, n, pos, kv, ws);
     // head-major -> token-major
@@ -308,8 +274,9 @@ pub fn layer_forward(
         project_many(model, &[&lw.ffn_gate, &lw.ffn_up], xn, m, [&mut ws.gate, &mut ws.up, &mut none], 2, &mut ws.scratch);
         let act = hp.recipe.ffn_act;
         ws.gate[..m * nf].par_chunks_mut(4096).zip(ws.up[..m * nf].par_chunks(4096)).for_each(|(g, u)| match act {
-            FfnActivation::Silu => g.iter_mut().zip(u).for_each(|(g, u)| *g = silu(*g) * u),
-            FfnActivation::GeluTanh => g.iter_mut().zip(u).for_each(|(g, u)| *g = gelu_tanh(*g) * u),
+            FfnActivation::Silu => ops::silu_mul(g, u),
+            // GELU through the reference's f16 table (visible in Gemma's logits).
+            FfnActivation::GeluTanh => ops::gelu_mul(g, u),
         });
         project(model, &lw.ffn_down, &ws.gate, m, &mut ws.proj[t0 * e..], &mut ws.scratch);
         t0 += m;
@@ -329,21 +296,27 @@ fn residual_add(x: &mut [f32], o: &mut [f32], n: usize, e: usize, post_norm: Opt
 }
 
 /// Causal attention of the `n` new queries (positions pos..pos+n) over the cache, one rayon task
-/// per head; each task owns its row of `scores`, its conversion row and its slice of `att_hm`.
+/// per head; each task owns its rows of `q16`, `acc16`, `row` and its slice of `att_hm`.
+///
+/// The numerics follow the reference engine's CPU flash attention with an f16 cache, because
+/// they are visible in the logits (measured: 4x closer to the reference on the f16 tiny model
+/// than an exact f32 softmax): the query is rounded to f16 and dotted with the f16 keys (f32
+/// sums); a single pass keeps the running maximum M and sum S (online softmax), and the value
+/// accumulator is held in f16 — rescaled by exp(M_old - M) when the maximum grows, then
+/// `acc += v * exp(s - M)` — and divided by S at the end.
 fn attention(hp: &Hparams, la: LayerAttn, n: usize, pos: usize, kv: &LayerKv, ws: &mut Workspace) {
     let (hd, hdv, qd, kd, vd) = (hp.head_dim, hp.head_dim_v, hp.q_dim(), hp.k_dim(), hp.v_dim());
     let group = hp.n_head / hp.n_head_kv;
     let scale = hp.attn_scale;
-    let n_ctx = ws.n_ctx;
     let bmax = ws.max_batch;
-    let rw = hd.max(hdv);
     let q = &ws.q;
-    ws.scores
-        .par_chunks_mut(n_ctx)
-        .zip(ws.row.par_chunks_mut(rw))
+    ws.q16
+        .par_chunks_mut(hd)
+        .zip(ws.acc16.par_chunks_mut(hdv))
+        .zip(ws.row.par_chunks_mut(hdv))
         .zip(ws.att_hm.par_chunks_mut(bmax * hdv))
         .enumerate()
-        .for_each(|(h, ((scores, row), out))| {
+        .for_each(|(h, (((q16, acc16), acc), out))| {
             let g = h / group;
             for t in 0..n {
                 let p = pos + t;
@@ -351,29 +324,32 @@ fn attention(hp: &Hparams, la: LayerAttn, n: usize, pos: usize, kv: &LayerKv, ws
                     Some(w) => (p + 1).saturating_sub(w),
                     None => 0,
                 };
-                let qh = &q[t * qd + h * hd..][..hd];
-                let sc = &mut scores[..p + 1 - lo];
-                let mut max = f32::NEG_INFINITY;
-                for (j, s) in (lo..=p).zip(sc.iter_mut()) {
-                    let krow = &kv.k[j * kd + g * hd..][..hd];
-                    krow.convert_to_f32_slice(&mut row[..hd]);
-                    *s = dot(qh, &row[..hd]) * scale;
-                    max = max.max(*s);
-                }
+                ops::f32_to_f16_slice(&q[t * qd + h * hd..][..hd], q16);
+                let mut m = f32::NEG_INFINITY;
                 let mut sum = 0f32;
-                for s in sc.iter_mut() {
-                    *s = (*s - max).exp();
-                    sum += *s;
+                acc16.fill(f16::ZERO);
+                for j in lo..=p {
+                    let s = ops::dot_f16(q16, &kv.k[j * kd + g * hd..][..hd]) * scale;
+                    let (mut ms, mut vs) = (1.0f32, 1.0f32);
+                    ops::f16_to_f32_slice(acc16, acc);
+                    if s > m {
+                        ms = if m == f32::NEG_INFINITY { 0.0 } else { (m - s).exp() };
+                        m = s;
+                        if ms != 1.0 {
+                            ops::scale(acc, ms);
+                            ops::f32_to_f16_slice(acc, acc16);
+                            ops::f16_to_f32_slice(acc16, acc);
+                        }
+                    } else {
+                        vs = (s - m).exp();
+                    }
+                    ops::axpy_f16(acc, vs, &kv.v[j * vd + g * hdv..][..hdv]);
+                    ops::f32_to_f16_slice(acc, acc16);
+                    sum = sum * ms + vs;
                 }
-                let inv = 1.0 / sum;
                 let o = &mut out[t * hdv..(t + 1) * hdv];
-                o.fill(0.0);
-                for (j, s) in (lo..=p).zip(sc.iter()) {
-                    let vrow = &kv.v[j * vd + g * hdv..][..hdv];
-                    vrow.convert_to_f32_slice(&mut row[..hdv]);
-                    let w = s * inv;
-                    o.iter_mut().zip(&row[..hdv]).for_each(|(a, b)| *a += w * b);
-                }
+                ops::f16_to_f32_slice(acc16, o);
+                ops::scale(o, if sum == 0.0 { 0.0 } else { 1.0 / sum });
             }
         });
 }
@@ -429,11 +405,4 @@ mod tests {
         }
     }
 
-    #[test]
-    fn activations() {
-        assert!((silu(1.0) - 0.731_058_6).abs() < 1e-6);
-        assert_eq!(silu(0.0), 0.0);
-        assert!((gelu_tanh(1.0) - 0.841_192).abs() < 1e-5);
-        assert!(gelu_tanh(-10.0).abs() < 1e-6);
-    }
 }
