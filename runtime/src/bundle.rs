@@ -232,8 +232,20 @@ pub fn own_executable() -> anyhow::Result<PathBuf> {
 
 /// What to open when the user gave `model` (`-m`) or not: the given path, else this executable
 /// when it embeds a `.gguf`, else an error saying how to give a model.
+/// A `-m NAME` that is not a file but names an entry of this executable's zip (optionally as
+/// `/zip/NAME`, as upstream llamafiles' `.args` write it) means that entry.
 pub fn model_path(model: Option<&Path>) -> anyhow::Result<PathBuf> {
     if let Some(m) = model {
+        if !m.exists() {
+            if let (Some(name), Ok(exe)) = (m.to_str(), own_executable()) {
+                let name = name.strip_prefix("/zip/").unwrap_or(name);
+                if let Ok(Some(entries)) = zip_entries(&exe) {
+                    if entries.iter().any(|e| e.name == name) {
+                        return Ok(PathBuf::from(format!("{}@{name}", exe.display())));
+                    }
+                }
+            }
+        }
         return Ok(m.to_path_buf());
     }
     let exe = own_executable()?;

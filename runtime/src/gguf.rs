@@ -785,6 +785,48 @@ mod tests {
     }
 
     #[test]
+    fn every_value_type_round_trips_including_nested_arrays() {
+        use MetaValue::*;
+        let values = vec![
+            ("a.u8", U8(200)),
+            ("a.i8", I8(-5)),
+            ("a.u16", U16(60000)),
+            ("a.i16", I16(-300)),
+            ("a.u32", U32(4_000_000_000)),
+            ("a.i32", I32(-7)),
+            ("a.u64", U64(1 << 40)),
+            ("a.i64", I64(-(1 << 40))),
+            ("a.f32", F32(0.5)),
+            ("a.f64", F64(-2.25)),
+            ("a.bool", Bool(true)),
+            ("a.str", String("héllo".into())),
+            ("a.empty", Array(vec![])),
+            ("a.ints", Array(vec![I32(1), I32(-2)])),
+            ("a.bools", Array(vec![Bool(false), Bool(true)])),
+            ("a.f64s", Array(vec![F64(1.5), F64(2.5)])),
+            ("a.nested", Array(vec![Array(vec![String("x".into())]), Array(vec![String("y".into()), String("z".into())])])),
+        ];
+        let g = GgufFile::from_bytes("all", build(&values, &[], 32)).unwrap();
+        assert_eq!(g.metadata().len(), values.len());
+        for ((k, v), (k2, v2)) in values.iter().zip(g.metadata()) {
+            assert_eq!((*k, v), (k2.as_str(), v2));
+        }
+        assert_eq!(g.get_u64("a.u8"), Some(200));
+        assert_eq!(g.get_u64("a.i64"), None);
+        assert_eq!(g.get_f32("a.f64"), Some(-2.25));
+        assert_eq!(g.get_f32("a.i32"), Some(-7.0));
+        assert_eq!(g.get_bool("a.bool"), Some(true));
+        assert_eq!(g.get_str("a.str"), Some("héllo"));
+        // A bool array element that is neither 0 nor 1 is an error.
+        let mut b = build(&[("b", Array(vec![Bool(true)]))], &[], 32);
+        let at = 24 + (8 + 1) + 4 + 4 + 8; // header, key "b", value type, element type, count
+        assert_eq!(b[at], 1);
+        b[at] = 2;
+        let e = format!("{:#}", GgufFile::from_bytes("b", b).unwrap_err());
+        assert!(e.contains("bool of value 2"), "{e}");
+    }
+
+    #[test]
     fn unknown_type_id_opens_and_is_reported_on_use() {
         let data = vec![0u8; 64];
         // 16 = IQ2_XXS (gguf-rs-lib knows its size, the kernels don't); 250 = nobody knows.

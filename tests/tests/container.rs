@@ -166,6 +166,12 @@ fn default_output_name_runtime_and_list() {
     let info = run(&mut Command::new(&out));
     assert!(info.status.success(), "{}", text(&info.stderr));
     assert!(text(&info.stdout).contains("name:            small"), "{}", text(&info.stdout));
+    // `-m NAME` naming the embedded entry (upstream llamafiles' .args say `-m /zip/NAME.gguf`).
+    for m in ["small-model.gguf", "/zip/small-model.gguf"] {
+        let r = run(Command::new(&out).current_dir(std::env::temp_dir()).args(["-m", m]));
+        assert!(r.status.success(), "-m {m}: {}", text(&r.stderr));
+        assert!(text(&r.stdout).contains("name:            small"));
+    }
     // --list: entries with offsets, sizes and alignment, .args, a GGUF summary.
     let l = run(Command::new(pack()).arg("--list").arg(&out));
     let t = text(&l.stdout);
