@@ -21,7 +21,8 @@ macro_rules! log {
 }
 
 pub fn run(args: &Args) -> Result<i32> {
-    let model = args.model.clone().ok_or_else(|| anyhow!("no model: give one with -m FILE.gguf"))?;
+    // -m, else this executable's own embedded weights (crate::bundle, issue #2).
+    let model = crate::bundle::model_path(args.model.as_deref())?;
     if args.bench {
         return bench(args, &model);
     }
