@@ -56,8 +56,74 @@ pub fn gemm(t: WeightType) -> Option<(GemmTileFn, usize, usize)> {
     Some((f, TILE_ROWS, TILE_TOKENS))
 }
 
-pub fn quantize(_t: WeightType) -> Option<QuantizeFn> {
-    None
+pub fn quantize(t: WeightType) -> Option<QuantizeFn> {
+    if !super::available() || t != WeightType::Q8_K {
+        return None;
+    }
+    Some(quantize_q8_k)
+}
+
+/// Q8_K activations, byte for byte what the scalar `types::q8_k::quantize` (the reference's
+/// rule) writes: the largest magnitude (first one on ties) maps to -127, values are rounded to
+/// nearest even (`vcvtps2dq` under the default rounding mode, as `nearest_int` for |v| < 2^22),
+/// clamped at 127.
+fn quantize_q8_k(src: &[f32], dst: &mut [u8]) {
+    assert!(src.len() % QK_K == 0, "Q8_K quantize: {} values is not a multiple of {QK_K}", src.len());
+    let out = crate::types::q8_k::blocks_mut::<BlockQ8K>(dst);
+    assert!(out.len() >= src.len() / QK_K, "Q8_K quantize: output too short");
+    for (x, y) in src.chunks_exact(QK_K).zip(out.iter_mut()) {
+        // SAFETY: installed only when AVX2, FMA and F16C are detected.
+        unsafe { quantize_block_q8_k(x.try_into().expect("a block is 256 values"), y) }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn quantize_block_q8_k(x: &[f32; QK_K], y: &mut BlockQ8K) {
+    // SAFETY: 32 x 8 floats inside `x`; the loads are unaligned.
+    let v: [__m256; 32] = core::array::from_fn(|j| unsafe { _mm256_loadu_ps(x.as_ptr().add(8 * j)) });
+    let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+    let mut amax = _mm256_setzero_ps();
+    for vj in &v {
+        // a NaN in the first operand leaves the running maximum: the scalar loop skips NaNs too
+        amax = _mm256_max_ps(_mm256_and_ps(*vj, abs_mask), amax);
+    }
+    let m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps::<1>(amax));
+    let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+    if amax == 0.0 {
+        *y = BlockQ8K { d: [0; 4], qs: [0; QK_K], bsums: [[0; 2]; QK_K / 16] };
+        return;
+    }
+    let target = _mm256_set1_ps(amax);
+    let first = (0..32)
+        .find_map(|j| {
+            let m = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(_mm256_and_ps(v[j], abs_mask), target));
+            (m != 0).then(|| 8 * j + m.trailing_zeros() as usize)
+        })
+        .expect("the maximum magnitude is one of the values");
+    let iscale = -127.0f32 / x[first];
+    let s = _mm256_set1_ps(iscale);
+    let top = _mm256_set1_epi32(127);
+    let quant = |vj: __m256| {
+        let p = _mm256_mul_ps(s, vj);
+        // NaN (from inf * 0) -> 0, as `nearest_int` gives for the default NaN
+        let ordered = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_ORD_Q>(p, p));
+        _mm256_min_epi32(_mm256_and_si256(_mm256_cvtps_epi32(p), ordered), top)
+    };
+    for j in 0..16 {
+        let (q0, q1) = (quant(v[2 * j]), quant(v[2 * j + 1]));
+        // 16 x i32 -> i16 in order (packs works per 128-bit half) -> i8
+        let w = _mm256_permute4x64_epi64::<0xD8>(_mm256_packs_epi32(q0, q1));
+        let b = _mm_packs_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256::<1>(w));
+        // SAFETY: bytes 16j..16j+16 of the 256-byte `qs`; the store is unaligned.
+        unsafe { _mm_storeu_si128(y.qs.as_mut_ptr().add(16 * j) as *mut __m128i, b) };
+        let t = _mm256_add_epi32(q0, q1);
+        let t = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256::<1>(t));
+        let t = _mm_add_epi32(t, _mm_shuffle_epi32::<0x4E>(t));
+        let t = _mm_add_epi32(t, _mm_shuffle_epi32::<0xB1>(t));
+        y.bsums[j] = (_mm_cvtsi128_si32(t) as i16).to_le_bytes();
+    }
+    y.d = (1.0 / iscale).to_le_bytes();
 }
 
 /// One weight block ready for the integer dot product (see the module comment).
