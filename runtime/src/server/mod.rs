@@ -1,11 +1,12 @@
 //! The chat page and the OpenAI-compatible HTTP API (issue #6). Talks to `crate::engine` only
 //! (through the `model::Model` seam).
 //!
-//! - `routes`      the endpoints; `types` request bodies and their validation; `error` the
-//!                 OpenAI-style error bodies and the JSON extractor
-//! - `slots`       N sessions (`--parallel`), a FIFO queue, prefix affinity for the prompt cache
-//! - `generation`  runs the engine on blocking threads; client gone = generation cancelled
-//! - `assets`      the chat page (one self-contained HTML document built from `assets/`)
+//! - `routes`: the endpoints; `types`: request bodies and their validation; `error`: the
+//!   OpenAI-style error bodies and the JSON extractor
+//! - `slots`: N sessions (`--parallel`), a FIFO queue, prefix affinity for the prompt cache
+//! - `generation`: runs the engine on blocking threads; client gone = generation cancelled
+//! - `model`: the trait the server needs from the engine (a fake one in `testing` for unit tests)
+//! - `assets`: the chat page (one self-contained HTML document built from `assets/`)
 //!
 //! Concurrency: up to `--parallel` requests generate at once, each in its own slot (its own KV
 //! cache); the others wait in arrival order.
@@ -228,7 +229,7 @@ pub async fn serve(state: Arc<AppState>, host: &str, port: u16, browser: bool) -
     }
     eprintln!(
         "{} slot(s) of {} tokens; requests beyond that wait in arrival order. Press Ctrl-C to stop.",
-        state.pool.len(),
+        state.pool.slots(),
         state.model.n_ctx()
     );
     if browser {

@@ -87,7 +87,7 @@ async fn health(State(st): St) -> Json<Value> {
     let busy = st.pool.info().iter().filter(|s| s.is_processing).count();
     Json(json!({
         "status": "ok",
-        "slots_idle": st.pool.len() - busy,
+        "slots_idle": st.pool.slots() - busy,
         "slots_processing": busy,
         "queued": st.pool.queued(),
     }))
@@ -100,7 +100,7 @@ async fn props(State(st): St) -> Json<Value> {
     Json(json!({
         "model": st.model.name(),
         "n_ctx": st.model.n_ctx(),
-        "total_slots": st.pool.len(),
+        "total_slots": st.pool.slots(),
         "chat_template": st.model.template_name(),
         "system_prompt": st.system_prompt.clone().unwrap_or_default(),
         "default_generation_settings": {

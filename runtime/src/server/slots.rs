@@ -98,7 +98,8 @@ impl SlotPool {
         })
     }
 
-    pub fn len(&self) -> usize {
+    /// How many slots (at least 1).
+    pub fn slots(&self) -> usize {
         self.n
     }
 
@@ -223,7 +224,7 @@ mod tests {
     fn sessions_are_made_once() {
         let m = FakeModel::new();
         let pool = SlotPool::new(&m, 3);
-        assert_eq!(pool.len(), 3);
+        assert_eq!(pool.slots(), 3);
         assert_eq!(m.counters.sessions.load(Ordering::SeqCst), 3);
         rt().block_on(async {
             for _ in 0..10 {

@@ -31,6 +31,12 @@ pub struct FakeModel {
     pub counters: Arc<Counters>,
 }
 
+impl Default for FakeModel {
+    fn default() -> Self {
+        FakeModel::new()
+    }
+}
+
 impl FakeModel {
     pub fn new() -> FakeModel {
         FakeModel { n_ctx: 256, token_delay_us: Arc::new(AtomicU64::new(0)), counters: Arc::new(Counters::default()) }
@@ -77,7 +83,7 @@ impl Model for FakeModel {
         match id {
             BOS => b"<s>".to_vec(),
             EOS => b"</s>".to_vec(),
-            id if id >= BYTE0 && id < BYTE0 + 256 => vec![(id - BYTE0) as u8],
+            id if (BYTE0..BYTE0 + 256).contains(&id) => vec![(id - BYTE0) as u8],
             _ => Vec::new(),
         }
     }
