@@ -88,6 +88,49 @@ impl TokenIndex {
     }
 }
 
+/// The same multiply-rotate step as a `Hasher` for integer keys (the BPE merge table).
+#[derive(Default, Clone, Copy)]
+pub(crate) struct FxHasher(u64);
+
+impl std::hash::Hasher for FxHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.write_u64(hash(bytes));
+    }
+    fn write_u64(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+pub(crate) type FxBuild = std::hash::BuildHasherDefault<FxHasher>;
+
+/// Pieces already tokenized during one `encode` call (text repeats words a lot): ids for each
+/// distinct short piece, kept for the call only, so there is no shared state and no lock.
+#[derive(Default)]
+pub(crate) struct WordCache {
+    map: std::collections::HashMap<Box<str>, (u32, u32), FxBuild>,
+    ids: Vec<u32>,
+}
+
+impl WordCache {
+    /// Longer pieces are rare and not worth keeping.
+    pub const MAX_LEN: usize = 64;
+
+    pub fn get(&self, piece: &str) -> Option<&[u32]> {
+        self.map.get(piece).map(|&(s, n)| &self.ids[s as usize..(s + n) as usize])
+    }
+
+    pub fn put(&mut self, piece: &str, ids: &[u32]) {
+        if piece.len() <= Self::MAX_LEN {
+            let start = self.ids.len() as u32;
+            self.ids.extend_from_slice(ids);
+            self.map.insert(piece.into(), (start, ids.len() as u32));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,7 +19,7 @@
 //! none, Gemma 3 one: `>▁</`), so the text is cut there first, except inside occurrences of those
 //! pieces. The result is identical; each cut is tokenized on its own.
 
-use super::index::{Packed, TokenIndex};
+use super::index::{Packed, TokenIndex, WordCache};
 use aho_corasick::AhoCorasick;
 use anyhow::{bail, Result};
 use std::collections::BinaryHeap;
@@ -62,10 +62,16 @@ impl Ord for Bigram {
 /// Buffers reused across the pieces of one `encode` call.
 #[derive(Default)]
 pub(crate) struct Scratch {
-    syms: Vec<Sym>,
-    heap: BinaryHeap<Bigram>,
+    work: Work,
     cuts: Vec<usize>,
     blocked: Vec<usize>,
+    cache: WordCache,
+}
+
+#[derive(Default)]
+struct Work {
+    syms: Vec<Sym>,
+    heap: BinaryHeap<Bigram>,
 }
 
 pub(crate) struct SpmModel {
@@ -118,8 +124,15 @@ impl SpmModel {
         let mut start = 0;
         for i in 0..=sc.cuts.len() {
             let end = if i < sc.cuts.len() { sc.cuts[i] } else { text.len() };
-            self.encode_piece(texts, index, &text[start..end], out, sc)?;
+            let piece = &text[start..end];
             start = end;
+            if let Some(ids) = sc.cache.get(piece) {
+                out.extend_from_slice(ids);
+                continue;
+            }
+            let before = out.len();
+            self.encode_piece(texts, index, piece, out, &mut sc.work)?;
+            sc.cache.put(piece, &out[before..]);
         }
         Ok(())
     }
@@ -127,10 +140,10 @@ impl SpmModel {
     /// The reference's way, with no cuts (tests compare the two).
     #[cfg(test)]
     pub fn encode_uncut(&self, texts: &Packed, index: &TokenIndex, text: &str, out: &mut Vec<u32>) -> Result<()> {
-        self.encode_piece(texts, index, text, out, &mut Scratch::default())
+        self.encode_piece(texts, index, text, out, &mut Work::default())
     }
 
-    fn encode_piece(&self, texts: &Packed, index: &TokenIndex, text: &str, out: &mut Vec<u32>, sc: &mut Scratch) -> Result<()> {
+    fn encode_piece(&self, texts: &Packed, index: &TokenIndex, text: &str, out: &mut Vec<u32>, sc: &mut Work) -> Result<()> {
         if text.is_empty() {
             return Ok(());
         }

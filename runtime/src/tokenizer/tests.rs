@@ -6,6 +6,8 @@ use crate::gguf::GgufFile;
 use serde_json::Value;
 use std::path::PathBuf;
 use std::sync::OnceLock;
+use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::Model;
 
 pub(crate) fn shared() -> PathBuf {
     if let Ok(p) = std::env::var("LLAMAFILE_SHARED") {
@@ -296,4 +298,61 @@ fn spm_cuts_do_not_change_ids() {
         seen_bridge |= cut.contains(&bridge);
     }
     assert!(seen_bridge, "no test text produced the bridge piece");
+}
+
+/// The byte-level BPE merge loop against the `tokenizers` BPE built from the same merges, on
+/// Qwen2.5's vocabulary: every pre-token of the license text and of random strings.
+#[test]
+fn bpe_agrees_with_tokenizers_bpe_oracle() {
+    let g = GgufFile::open(&shared().join("vocab/qwen2.5-coder.vocab.gguf")).unwrap();
+    let spec = VocabSpec::from_gguf(&g).unwrap();
+    let mut vocab = Vocab::with_capacity(spec.tokens.len());
+    for (i, t) in spec.tokens.iter().enumerate() {
+        vocab.insert(t.to_string(), i as u32);
+    }
+    let merges: Vec<(String, String)> = spec
+        .merges
+        .iter()
+        .map(|m| {
+            let (l, r) = m.split_once(' ').unwrap();
+            (l.to_string(), r.to_string())
+        })
+        .collect();
+    let oracle = BPE::builder().vocab_and_merges(vocab, merges).build().unwrap();
+    let tok = qwen();
+    let Pipeline::Bpe { model, pre, byte_chars } = &tok.pipeline else { panic!("qwen is byte-level BPE") };
+    let mut inputs: Vec<String> =
+        std::fs::read_to_string(shared().join("reference/long.txt")).unwrap().lines().map(String::from).collect();
+    let alphabet: Vec<char> =
+        "abcdefghijklmnopqrstuvwxyz ABCXYZ  0123456789.,;:!?'\"()[]{}<>/\\-_=+*&^%$#@~`\n\téèüßøñçЖжДпривет日本語中文한국어🦙🚀👍🏽\u{a0}\u{200b}"
+            .chars()
+            .collect();
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    for _ in 0..3000 {
+        let len = {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % 40) as usize
+        };
+        let mut s = String::new();
+        for _ in 0..len {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            s.push(alphabet[(state % alphabet.len() as u64) as usize]);
+        }
+        inputs.push(s);
+    }
+    let (mut ranges, mut tmp, mut sc) = (vec![], vec![], bpe::Scratch::default());
+    for text in inputs {
+        pre.split(&text, &mut ranges, &mut tmp).unwrap();
+        for &(a, b) in &ranges {
+            let word: String = text.as_bytes()[a..b].iter().map(|&x| byte_chars[x as usize]).collect();
+            let want: Vec<u32> = oracle.tokenize(&word).unwrap().iter().map(|t| t.id).collect();
+            let mut got = vec![];
+            model.encode_word(&tok.texts, &tok.index, &word, &mut got, &mut sc);
+            assert_eq!(got, want, "{word:?} in {text:?}");
+        }
+    }
 }
