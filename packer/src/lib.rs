@@ -126,28 +126,25 @@ pub fn pack(o: &PackOptions) -> anyhow::Result<PackReport> {
     f.write_all(&runtime_bytes).with_context(|| format!("cannot write {}", tmp.path().display()))?;
     let mut w = ZipWriter::new(f)?;
     let src = std::fs::File::open(gguf.file_path()).with_context(|| format!("cannot open {}", gguf.file_path().display()))?;
+    // Two passes over the GGUF: the CRC-32 (reads), then the copy (by the kernel).
     let bar = o.progress.then(|| {
-        let b = indicatif::ProgressBar::new(2 * gguf.len());
+        let b = indicatif::ProgressBar::new(gguf.len());
         b.set_style(
             indicatif::ProgressStyle::with_template("{msg:9} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} {eta}")
                 .expect("valid template")
                 .progress_chars("=> "),
         );
+        b.set_message("checksum");
         b
     });
-    let total = gguf.len();
-    let mut phase = 0u64; // 0 while checksumming, `total` while copying
     let mut last = 0u64;
     let mut progress = |done: u64, _: u64| {
         if let Some(b) = &bar {
             if done < last {
-                phase = total;
                 b.set_message("copying");
-            } else if phase == 0 {
-                b.set_message("checksum");
             }
             last = done;
-            b.set_position(phase + done);
+            b.set_position(done);
         }
     };
     let e = w.add_stored(&entry_name, Source::Range { file: &src, offset: gguf.file_offset(), len: gguf.len() }, GGUF_ALIGN, &mut progress)?;

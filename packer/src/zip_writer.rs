@@ -322,6 +322,7 @@ fn crc32_of_range(file: &File, offset: u64, len: u64, progress: Progress) -> any
 /// filesystem can, and falls back to read/write across filesystems); holes stay holes.
 fn copy_range(src: &File, src_off: u64, len: u64, mut dst: &File, dst_off: u64, progress: Progress) -> anyhow::Result<()> {
     const CHUNK: u64 = 256 << 20;
+    progress(0, len);
     let mut src_pos = src;
     for (s, e) in data_segments(src, src_off, len) {
         let mut p = s;
