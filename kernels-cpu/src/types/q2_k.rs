@@ -4,7 +4,8 @@
 //! Value `i` is bits `2s..2s+2` of `qs[32h + l]` with `h = i / 128`, `s = (i % 128) / 32`,
 //! `l = i % 32`; its sub-block is `i / 16`.
 
-use super::q8_k::{blocks_mut, f16_to_f32, f32_to_f16, first_blocks, make_qkx2_quants, nearest_int, BlockQ8K, ByteBlock, QK_K};
+use super::Block;
+use super::q8_k::{blocks_mut, f16_to_f32, f32_to_f16, first_blocks, make_qkx2_quants, nearest_int, BlockQ8K, QK_K};
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -17,7 +18,7 @@ pub struct BlockQ2K {
 const _: () = assert!(std::mem::size_of::<BlockQ2K>() == 84);
 const _: () = assert!(std::mem::align_of::<BlockQ2K>() == 1);
 // SAFETY: repr(C), byte arrays only (alignment 1, no padding, any bit pattern valid).
-unsafe impl ByteBlock for BlockQ2K {}
+unsafe impl Block for BlockQ2K {}
 
 /// The 2-bit level of value `i` (0..256).
 #[inline]

@@ -6,7 +6,8 @@
 //! Scale `j`: low 4 bits from `scales[j]` (j < 8) or `scales[j - 8] >> 4`, top 2 bits from
 //! `scales[8 + j % 4] >> (2 * (j / 4))`.
 
-use super::q8_k::{blocks_mut, f16_to_f32, f32_to_f16, first_blocks, make_q3_quants, nearest_int, BlockQ8K, ByteBlock, QK_K};
+use super::Block;
+use super::q8_k::{blocks_mut, f16_to_f32, f32_to_f16, first_blocks, make_q3_quants, nearest_int, BlockQ8K, QK_K};
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -19,7 +20,7 @@ pub struct BlockQ3K {
 const _: () = assert!(std::mem::size_of::<BlockQ3K>() == 110);
 const _: () = assert!(std::mem::align_of::<BlockQ3K>() == 1);
 // SAFETY: repr(C), byte arrays only (alignment 1, no padding, any bit pattern valid).
-unsafe impl ByteBlock for BlockQ3K {}
+unsafe impl Block for BlockQ3K {}
 
 /// The 16 signed scales (`sc - 32`, in -32..32), with word operations on the packed bytes.
 #[inline]

@@ -4,8 +4,9 @@
 //! `qs` holds 4 groups of 32 bytes; group `k` has sub-block `2k` in its low nibbles and `2k+1`
 //! in its high nibbles.
 
+use super::Block;
 use super::q8_k::{
-    blocks_mut, f16_to_f32, f32_to_f16, first_blocks, make_qkx2_quants, nearest_int, BlockQ8K, ByteBlock, QK_K,
+    blocks_mut, f16_to_f32, f32_to_f16, first_blocks, make_qkx2_quants, nearest_int, BlockQ8K, QK_K,
 };
 
 #[repr(C)]
@@ -19,7 +20,7 @@ pub struct BlockQ4K {
 const _: () = assert!(std::mem::size_of::<BlockQ4K>() == 144);
 const _: () = assert!(std::mem::align_of::<BlockQ4K>() == 1);
 // SAFETY: repr(C), byte arrays only (alignment 1, no padding, any bit pattern valid).
-unsafe impl ByteBlock for BlockQ4K {}
+unsafe impl Block for BlockQ4K {}
 
 /// Scale and min of sub-block `j` (0..8) from the 12 packed bytes (ggml's `get_scale_min_k4`):
 /// sub-blocks 0..4 use the low 6 bits of bytes `j` and `j+4`; 4..8 take 4 bits from byte `j+4`

@@ -3,7 +3,8 @@
 //! bit of value `l` of group `k` (sub-blocks `2k`, `2k+1`) is bit `2k` / `2k+1` of `qh[l]`.
 
 use super::q4_k::{fit_scales_mins, pack_scales_mins_k4, requantize, scale_min_k4, scales_mins_k4};
-use super::q8_k::{blocks_mut, f16_to_f32, f32_to_f16, first_blocks, BlockQ8K, ByteBlock, QK_K};
+use super::Block;
+use super::q8_k::{blocks_mut, f16_to_f32, f32_to_f16, first_blocks, BlockQ8K, QK_K};
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -17,7 +18,7 @@ pub struct BlockQ5K {
 const _: () = assert!(std::mem::size_of::<BlockQ5K>() == 176);
 const _: () = assert!(std::mem::align_of::<BlockQ5K>() == 1);
 // SAFETY: repr(C), byte arrays only (alignment 1, no padding, any bit pattern valid).
-unsafe impl ByteBlock for BlockQ5K {}
+unsafe impl Block for BlockQ5K {}
 
 /// The 5-bit level of value `l` (0..32) of sub-block `j` (0..8).
 #[inline]

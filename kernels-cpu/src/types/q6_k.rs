@@ -5,7 +5,8 @@
 //! 0..32: values +0 (low nibble) and +64 (high nibble); bytes 32..64: values +32 and +96) and
 //! `qh[32h..32h+32]` the top 2 bits (bits 0-1: +0, 2-3: +32, 4-5: +64, 6-7: +96).
 
-use super::q8_k::{blocks_mut, f16_to_f32, f32_to_f16, first_blocks, make_qx_quants, nearest_int, BlockQ8K, ByteBlock, QK_K};
+use super::Block;
+use super::q8_k::{blocks_mut, f16_to_f32, f32_to_f16, first_blocks, make_qx_quants, nearest_int, BlockQ8K, QK_K};
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -18,7 +19,7 @@ pub struct BlockQ6K {
 const _: () = assert!(std::mem::size_of::<BlockQ6K>() == 210);
 const _: () = assert!(std::mem::align_of::<BlockQ6K>() == 1);
 // SAFETY: repr(C), byte arrays only (alignment 1, no padding, any bit pattern valid).
-unsafe impl ByteBlock for BlockQ6K {}
+unsafe impl Block for BlockQ6K {}
 
 /// The signed level `q - 32` (-32..32) of value `i` (0..256).
 #[inline]

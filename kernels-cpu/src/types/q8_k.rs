@@ -7,52 +7,33 @@
 //! fields, the reference's rounding (`nearest_int`) and its scale searches (`make_qx_quants`,
 //! `make_q3_quants`, `make_qkx2_quants`), written from the ggml quantizer's description.
 
-use half::f16;
+pub(crate) use super::{f16_to_f32, f32_to_f16};
+use super::Block;
 
 /// Elements per K-quant super-block.
 pub const QK_K: usize = 256;
 
-/// Block types that are plain bytes: `#[repr(C)]`, alignment 1, no padding, and every bit
-/// pattern is a valid value.
-///
-/// # Safety
-/// Implement only for types meeting all of the above (checked by const asserts beside each).
-pub(crate) unsafe trait ByteBlock: Copy {}
-
-/// View whole blocks of `T` in `b` (a trailing partial block is ignored).
-pub(crate) fn blocks<T: ByteBlock>(b: &[u8]) -> &[T] {
-    let n = b.len() / std::mem::size_of::<T>();
-    // SAFETY: T has alignment 1 and no invalid bit patterns (ByteBlock contract), and
-    // n * size_of::<T>() <= b.len(), so the slice covers only bytes of `b`.
-    unsafe { std::slice::from_raw_parts(b.as_ptr() as *const T, n) }
+/// The first whole blocks of `T` in `b` (a trailing partial block is ignored).
+#[cfg(test)]
+pub(crate) fn blocks<T: Block>(b: &[u8]) -> &[T] {
+    let size = std::mem::size_of::<T>();
+    T::slice(&b[..b.len() / size * size])
 }
 
-/// Mutable view of whole blocks of `T` in `b`.
-pub(crate) fn blocks_mut<T: ByteBlock>(b: &mut [u8]) -> &mut [T] {
-    let n = b.len() / std::mem::size_of::<T>();
-    // SAFETY: as `blocks`; the exclusive borrow of `b` is carried over to the result.
-    unsafe { std::slice::from_raw_parts_mut(b.as_mut_ptr() as *mut T, n) }
+/// Mutable view of the whole blocks of `T` in `b`.
+pub(crate) fn blocks_mut<T: Block>(b: &mut [u8]) -> &mut [T] {
+    let whole = b.len() / std::mem::size_of::<T>() * std::mem::size_of::<T>();
+    T::slice_mut(&mut b[..whole])
 }
 
 /// The first `nb` blocks of `b`, with a clear panic if the buffer is too short (a caller bug).
 #[inline]
-pub(crate) fn first_blocks<'a, T: ByteBlock>(b: &'a [u8], nb: usize, what: &str) -> &'a [T] {
-    let v = blocks::<T>(b);
-    assert!(v.len() >= nb, "{what}: buffer holds {} blocks, {nb} needed", v.len());
-    &v[..nb]
+pub(crate) fn first_blocks<'a, T: Block>(b: &'a [u8], nb: usize, what: &str) -> &'a [T] {
+    let size = std::mem::size_of::<T>();
+    assert!(b.len() >= nb * size, "{what}: buffer holds {} blocks, {nb} needed", b.len() / size);
+    T::slice(&b[..nb * size])
 }
 
-#[inline]
-pub(crate) fn f16_to_f32(h: [u8; 2]) -> f32 {
-    f16::from_le_bytes(h).to_f32()
-}
-
-#[inline]
-pub(crate) fn f32_to_f16(x: f32) -> [u8; 2] {
-    f16::from_f32(x).to_le_bytes()
-}
-
-/// Round to nearest, ties to even, exactly as ggml's `nearest_int` (valid for |x| < 2^22).
 #[inline]
 pub(crate) fn nearest_int(x: f32) -> i32 {
     let v = x + 12582912.0f32;
@@ -276,7 +257,7 @@ pub struct BlockQ8K {
 const _: () = assert!(std::mem::size_of::<BlockQ8K>() == 292);
 const _: () = assert!(std::mem::align_of::<BlockQ8K>() == 1);
 // SAFETY: repr(C), byte arrays only (alignment 1, no padding, any bit pattern valid).
-unsafe impl ByteBlock for BlockQ8K {}
+unsafe impl Block for BlockQ8K {}
 
 impl BlockQ8K {
     #[inline]
