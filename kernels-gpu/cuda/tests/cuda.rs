@@ -188,7 +188,8 @@ fn gpu_ops_match_formulas() {
                 for d in 0..hd {
                     let want: f32 = (first..=i).zip(&sc).map(|(j, v)| (v - m).exp() / z * h16(vv[j * nkv * hd + g * hd + d])).sum();
                     let gv = got[(t * nh + h) * hd + d];
-                    assert!((gv - want).abs() < 1e-3, "window {window} t {t} h {h} d {d}: {gv} vs {want}");
+                    // f16 query and accumulator (the CPU path's numerics): a few f16 ulps.
+                    assert!((gv - want).abs() < 3e-3 * (1.0 + want.abs()), "window {window} t {t} h {h} d {d}: {gv} vs {want}");
                 }
             }
         }

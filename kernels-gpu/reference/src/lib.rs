@@ -69,6 +69,11 @@ pub struct RefStream {
     k: Vec<f32>,
     v: Vec<f32>,
     scores: Vec<f32>,
+    k16: Vec<f16>,
+    v16: Vec<f16>,
+    q16: Vec<f16>,
+    acc16: Vec<f16>,
+    ones: Vec<f32>,
     mm: MatmulScratch,
 }
 
@@ -152,6 +157,73 @@ impl Reference {
             *x = f(*x, *y);
         }
         self.write_f32(out, &s.a, what)
+    }
+}
+
+impl Reference {
+    /// Copies `n` f16 values at `v` into `dst`.
+    fn read_f16(&self, v: View, n: usize, dst: &mut Vec<f16>, what: &str) -> Result<()> {
+        let p = self.span(v, n as u64 * 2, what)?;
+        dst.resize(n, f16::ZERO);
+        // SAFETY: `p` is valid for n*2 bytes (span); `dst` holds n f16 (2 bytes each, any bit
+        // pattern valid); host scratch and device memory do not overlap.
+        unsafe { std::ptr::copy_nonoverlapping(p, dst.as_mut_ptr() as *mut u8, n * 2) };
+        Ok(())
+    }
+
+    /// Attention over an f16 cache with the CPU path's numerics (those of the reference engine's
+    /// CPU flash attention): the query rounded to f16, f16·f16 dot products summed in f32, one
+    /// pass with a running maximum and sum, the value accumulator held in f16. Queries are in
+    /// `s.a` already.
+    fn attention_f16(&self, s: &mut RefStream, k: View, v: View, out: View, p: &AttentionParams, cache_elems: usize) -> Result<()> {
+        use kernels_cpu::ops;
+        let (nt, nh, nkv, hd) = (p.n_tokens as usize, p.n_head as usize, p.n_head_kv as usize, p.head_dim as usize);
+        let stride = p.kv_stride as usize;
+        self.read_f16(k, cache_elems, &mut s.k16, "attention k")?;
+        self.read_f16(v, cache_elems, &mut s.v16, "attention v")?;
+        s.c.clear();
+        s.c.resize(nt * nh * hd, 0.0);
+        s.q16.resize(hd, f16::ZERO);
+        s.acc16.resize(hd, f16::ZERO);
+        s.scores.resize(hd, 0.0); // the f32 view of the accumulator
+        let group = nh / nkv;
+        for t in 0..nt {
+            let i = p.pos0 as usize + t;
+            let first = if p.window > 0 { (i + 1).saturating_sub(p.window as usize) } else { 0 };
+            for h in 0..nh {
+                let kvo = (h / group) * hd;
+                ops::f32_to_f16_slice(&s.a[(t * nh + h) * hd..][..hd], &mut s.q16);
+                let (mut m, mut sum) = (f32::NEG_INFINITY, 0f32);
+                s.acc16.fill(f16::ZERO);
+                let acc = &mut s.scores[..hd];
+                for j in first..=i {
+                    let mut sc = ops::dot_f16(&s.q16, &s.k16[j * stride + kvo..][..hd]) * p.scale;
+                    if p.softcap > 0.0 {
+                        sc = p.softcap * (sc / p.softcap).tanh();
+                    }
+                    let (mut ms, mut vs) = (1.0f32, 1.0f32);
+                    ops::f16_to_f32_slice(&s.acc16, acc);
+                    if sc > m {
+                        ms = if m == f32::NEG_INFINITY { 0.0 } else { (m - sc).exp() };
+                        m = sc;
+                        if ms != 1.0 {
+                            ops::scale(acc, ms);
+                            ops::f32_to_f16_slice(acc, &mut s.acc16);
+                            ops::f16_to_f32_slice(&s.acc16, acc);
+                        }
+                    } else {
+                        vs = (sc - m).exp();
+                    }
+                    ops::axpy_f16(acc, vs, &s.v16[j * stride + kvo..][..hd]);
+                    ops::f32_to_f16_slice(acc, &mut s.acc16);
+                    sum = sum * ms + vs;
+                }
+                let o = &mut s.c[(t * nh + h) * hd..][..hd];
+                ops::f16_to_f32_slice(&s.acc16, o);
+                ops::scale(o, if sum == 0.0 { 0.0 } else { 1.0 / sum });
+            }
+        }
+        self.write_f32(out, &s.c, "attention output")
     }
 }
 
@@ -285,20 +357,15 @@ impl Device for Reference {
     fn rmsnorm(&self, s: &mut RefStream, x: View, weight: View, n_rows: u32, dim: u32, eps: f32, out: View) -> Result<()> {
         let (rows, dim) = (n_rows as usize, dim as usize);
         self.read_f32(x, rows * dim, &mut s.a, "rmsnorm input")?;
-        let has_w = !weight.is_none();
-        if has_w {
+        let w: &[f32] = if weight.is_none() {
+            s.ones.resize(dim, 1.0);
+            &s.ones
+        } else {
             self.read_f32(weight, dim, &mut s.b, "rmsnorm weight")?;
-        }
+            &s.b
+        };
         for row in s.a.chunks_exact_mut(dim.max(1)) {
-            // As ggml (and the CPU path): sum of squares in f64, mean + eps in f32.
-            let ss: f64 = row.iter().map(|&v| (v as f64) * (v as f64)).sum();
-            let scale = 1.0 / ((ss / dim as f64) as f32 + eps).sqrt();
-            for (i, v) in row.iter_mut().enumerate() {
-                *v *= scale;
-                if has_w {
-                    *v *= s.b[i];
-                }
-            }
+            kernels_cpu::ops::rmsnorm_inplace(row, w, eps);
         }
         self.write_f32(out, &s.a, "rmsnorm output")
     }
@@ -357,14 +424,18 @@ impl Device for Reference {
     }
 
     fn glu(&self, s: &mut RefStream, gate: View, up: View, out: View, n: u64, act: u32) -> Result<()> {
-        match act {
-            abi::GLU_SILU => self.elementwise(s, gate, up, out, n, "glu", |g, u| g / (1.0 + (-g).exp()) * u),
-            abi::GLU_GELU_TANH => self.elementwise(s, gate, up, out, n, "glu", |g, u| {
-                const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-                0.5 * g * (1.0 + (SQRT_2_OVER_PI * (g + 0.044715 * g * g * g)).tanh()) * u
-            }),
-            a => Err(Error::unsupported(format!("glu activation {a}"))),
-        }
+        // kernels-cpu's activations, the CPU path's numerics (GELU through the reference
+        // engine's f16 table).
+        let f: fn(&mut [f32], &[f32]) = match act {
+            abi::GLU_SILU => kernels_cpu::ops::silu_mul,
+            abi::GLU_GELU_TANH => kernels_cpu::ops::gelu_mul,
+            a => return Err(Error::unsupported(format!("glu activation {a}"))),
+        };
+        let n = n as usize;
+        self.read_f32(gate, n, &mut s.a, "glu gate")?;
+        self.read_f32(up, n, &mut s.b, "glu up")?;
+        f(&mut s.a, &s.b);
+        self.write_f32(out, &s.a, "glu output")
     }
 
     fn copy(&self, s: &mut RefStream, src: View, dst: View, dst_type: u32, n: u64) -> Result<()> {
@@ -393,6 +464,9 @@ impl Device for Reference {
         let n_pos = p.pos0 as usize + nt;
         let cache_elems = (n_pos - 1) * stride + nkv * hd;
         self.read_f32(q, nt * nh * hd, &mut s.a, "attention q")?;
+        if p.kv_type == abi::TYPE_F16 {
+            return self.attention_f16(s, k, v, out, p, cache_elems);
+        }
         self.read_kv(k, cache_elems, p.kv_type, &mut s.k, "attention k")?;
         self.read_kv(v, cache_elems, p.kv_type, &mut s.v, "attention v")?;
         s.c.clear();

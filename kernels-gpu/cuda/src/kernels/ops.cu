@@ -66,7 +66,12 @@ extern "C" __global__ void scale(float* x, float s, u64 n) {
     if (i < n) x[i] *= s;
 }
 
-// act 0 = SiLU, 1 = GELU (tanh approximation).
+__device__ __forceinline__ float f16_round(float x) {
+    return f16_to_f32(f32_to_f16(x));
+}
+
+// act 0 = SiLU, 1 = GELU (tanh approximation) as the reference engine's CPU evaluates it: 0
+// below -10, identity above 10, else its f16 table (input and result rounded to f16).
 extern "C" __global__ void glu(const float* gate, const float* up, float* out, u64 n, int act) {
     const u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
@@ -74,8 +79,13 @@ extern "C" __global__ void glu(const float* gate, const float* up, float* out, u
     float a;
     if (act == 0) {
         a = g / (1.0f + expf(-g));
+    } else if (g <= -10.0f) {
+        a = 0.0f;
+    } else if (g >= 10.0f) {
+        a = g;
     } else {
-        a = 0.5f * g * (1.0f + tanhf(0.7978845608f * (g + 0.044715f * g * g * g)));
+        const float x = f16_round(g);
+        a = f16_round(0.5f * x * (1.0f + tanhf(0.7978846f * x * (1.0f + 0.044715f * x * x))));
     }
     out[i] = a * up[i];
 }
@@ -98,6 +108,10 @@ __device__ __forceinline__ float kv_load(const void* base, int kv_f16, u64 i) {
 
 // One warp per (token, query head), online softmax over the visible positions (no scratch
 // memory, any context length). Lane l holds output dimensions l, l + 32, ... (head_dim <= 256).
+// With an f16 cache the numerics are those of the reference engine's CPU flash attention (and
+// of the CPU path): the query rounded to f16, the value accumulator rounded to f16 after every
+// update. The score is the same on every lane (the xor reduction is symmetric), so the branches
+// below are warp-uniform.
 extern "C" __global__ void attention(const float* q, const void* k, const void* v, float* out,
                                      int n_tokens, int pos0, int n_head, int n_head_kv, int head_dim,
                                      int kv_stride, int kv_f16, int window, float scale, float softcap) {
@@ -114,7 +128,7 @@ extern "C" __global__ void attention(const float* q, const void* k, const void* 
     const int per_lane = (head_dim + 31) / 32;
     for (int c = 0; c < per_lane; c++) {
         const int d = lane + 32 * c;
-        qr[c] = d < head_dim ? qh[d] : 0.0f;
+        qr[c] = d < head_dim ? (kv_f16 ? f16_round(qh[d]) : qh[d]) : 0.0f;
         acc[c] = 0.0f;
     }
     float m = -__int_as_float(0x7f800000), l = 0.0f;  // -inf without math headers
@@ -127,20 +141,26 @@ extern "C" __global__ void attention(const float* q, const void* k, const void* 
         }
         s = warp_sum(s) * scale;
         if (softcap > 0.0f) s = softcap * tanhf(s / softcap);
-        const float m_new = fmaxf(m, s);
-        const float corr = expf(m - m_new);
-        const float p = expf(s - m_new);
-        l = l * corr + p;
+        float ms = 1.0f, vs = 1.0f;
+        if (s > m) {
+            ms = m == -__int_as_float(0x7f800000) ? 0.0f : expf(m - s);
+            m = s;
+            if (ms != 1.0f) {
+                for (int c = 0; c < per_lane; c++) acc[c] = kv_f16 ? f16_round(acc[c] * ms) : acc[c] * ms;
+            }
+        } else {
+            vs = expf(s - m);
+        }
         for (int c = 0; c < per_lane; c++) {
             const int d = lane + 32 * c;
             const float vv = d < head_dim ? kv_load(v, kv_f16, base + d) : 0.0f;
-            acc[c] = acc[c] * corr + p * vv;
+            acc[c] = kv_f16 ? f16_round(acc[c] + vs * vv) : acc[c] + vs * vv;
         }
-        m = m_new;
+        l = l * ms + vs;
     }
     float* o = out + ((u64)t * n_head + h) * head_dim;
     for (int c = 0; c < per_lane; c++) {
         const int d = lane + 32 * c;
-        if (d < head_dim) o[d] = acc[c] / l;
+        if (d < head_dim) o[d] = l == 0.0f ? 0.0f : acc[c] * (1.0f / l);
     }
 }
