@@ -339,3 +339,18 @@ fn matmul_quantized_refuses_activations_of_another_format() {
     matmul::matmul_quantized(&w, WeightType::Q4_K, 1, cols, &s, &mut y);
 }
 
+
+#[test]
+fn matmul_of_float_types_with_rows_of_any_length() {
+    // F32/F16/BF16 have blocks of one value: rows of any length, including ragged tails of the
+    // 16- and 32-value SIMD steps.
+    let mut rng = Rng(7);
+    let mut scratch = Scratch::default();
+    for (_, k) in isas() {
+        for t in [WeightType::F32, WeightType::F16, WeightType::BF16] {
+            for &(rows, cols, n_tokens) in &[(5, 1, 3), (9, 37, 1), (11, 100, 7), (6, 1000, 13), (17, 33, 2)] {
+                check_matmul(&k, t, rows, cols, n_tokens, &mut rng, &mut scratch);
+            }
+        }
+    }
+}
