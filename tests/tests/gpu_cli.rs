@@ -214,3 +214,28 @@ fn auto_skips_a_non_accelerator_and_disable_loads_nothing() {
     let (ok, bad) = run_status(&["-ngl", "99", "--gpu", "tpu"]);
     assert!(!ok && bad.trim().lines().count() == 1 && bad.contains("--gpu tpu"), "{bad}");
 }
+
+/// The two real models (after scripts/fetch-model): Qwen2 (q/k/v biases, NEOX RoPE) and Gemma 3
+/// (q/k norms, post norms, GELU, sliding windows, two RoPE bases) offloaded in part and in full,
+/// within the shared tolerance for real models (0.25) of the CPU run.
+#[test]
+fn real_models_offload_match_the_cpu() {
+    let dir = std::env::var_os("LLAMAFILE_RS_MODELS")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/llamafile-rs/models")));
+    let lib = reference_lib();
+    for m in ["qwen2.5-coder-0.5b-instruct-q4_k_m", "gemma-3-270m-q4_k_m"] {
+        let Some(path) = dir.as_ref().map(|d| d.join(format!("{m}.gguf"))).filter(|p| p.exists()) else {
+            eprintln!("SKIPPED {m}: not fetched (scripts/fetch-model all)");
+            continue;
+        };
+        let toks = case_tokens(m, "code");
+        let cpu = eval(&path, &toks, &[], &[]);
+        for ngl in ["3", "99"] {
+            let g = eval(&path, &toks, &["-ngl", ngl], &[("LLAMAFILE_GPU_BACKEND", lib.to_str().unwrap())]);
+            assert!(warnings(&g.stderr).is_empty(), "{}", g.stderr);
+            let d = assert_close(&format!("{m} -ngl {ngl}"), &cpu, &g);
+            assert!(d <= 0.25, "{m} -ngl {ngl}: {d}");
+        }
+    }
+}

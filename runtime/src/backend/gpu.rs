@@ -577,10 +577,12 @@ impl GpuState {
 
 impl BackendState for GpuState {
     fn forward(&mut self, x: &mut [f32], n_tokens: usize, pos: usize, logits: Option<&mut [f32]>) -> Result<()> {
+        // An Arc clone, not a copy: nothing here allocates per token (names are formatted only
+        // on errors).
         let w = self.w.clone();
         let hp = &w.model.hp;
         let (e, nv, eps) = (hp.n_embd, hp.n_vocab, hp.rms_eps);
-        let name = w.name.clone();
+        let name = &w.name;
         if n_tokens == 0 || n_tokens > self.max_batch || x.len() < n_tokens * e {
             bail!("{name}: batch of {n_tokens} tokens (buffers hold {})", self.max_batch);
         }
