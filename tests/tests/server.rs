@@ -247,3 +247,25 @@ fn server_opens_the_browser_only_with_a_display() {
         }
     }
 }
+
+/// The real Qwen2.5-Coder 0.5B (ChatML template, byte-level BPE) answers through the server, and
+/// its second turn reuses the first turn's KV cache.
+#[test]
+fn server_real_model_answers_and_caches_the_conversation() {
+    let Some(m) = real_model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf") else { return };
+    let s = Server::start(&m, &["--server", "-c", "1024", "-t", "2"]);
+    let q = "What is the capital of France? Answer in one word.";
+    let r1 = s.post("/v1/chat/completions", &json!({ "messages": user(q), "max_tokens": 8, "temperature": 0 })).json();
+    let answer = r1["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    assert!(answer.contains("Paris"), "{r1}");
+    assert_eq!(r1["choices"][0]["finish_reason"], "stop", "ended at <|im_end|>: {r1}");
+    let turn2 = json!([
+        { "role": "user", "content": q },
+        { "role": "assistant", "content": answer },
+        { "role": "user", "content": "And of Italy?" },
+    ]);
+    let r2 = s.post("/v1/chat/completions", &json!({ "messages": turn2, "max_tokens": 8, "temperature": 0 })).json();
+    assert!(r2["choices"][0]["message"]["content"].as_str().unwrap().contains("Rome"), "{r2}");
+    let cached = r2["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap();
+    assert!(cached >= r1["usage"]["prompt_tokens"].as_u64().unwrap(), "turn 2 reused only {cached} tokens: {r2}");
+}

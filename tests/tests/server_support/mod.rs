@@ -25,6 +25,21 @@ pub fn tiny_model() -> Option<PathBuf> {
     }
 }
 
+/// A real model fetched by `scripts/fetch-model` (cached in `$LLAMAFILE_RS_MODELS` or
+/// `~/.cache/llamafile-rs/models`); `None` (the test skips with a message) if absent.
+pub fn real_model(file: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("LLAMAFILE_RS_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/llamafile-rs/models"));
+    let p = dir.join(file);
+    if p.exists() {
+        Some(p)
+    } else {
+        eprintln!("SKIP: {} not found (run scripts/fetch-model)", p.display());
+        None
+    }
+}
+
 pub struct Server {
     pub child: Child,
     /// `http://127.0.0.1:PORT/`
@@ -37,16 +52,26 @@ pub struct Server {
 }
 
 impl Server {
-    /// `llamafile -m MODEL --nobrowser --port 0 -t 1 ARGS...`, waiting for its URL line.
+    /// `llamafile -m MODEL --nobrowser --port 0 -t 1 ARGS...` (unless ARGS give them), waiting
+    /// for its URL line.
     pub fn start(model: &Path, args: &[&str]) -> Server {
-        Server::start_with(model, args, |_| {})
+        let mut all = args.to_vec();
+        if !all.contains(&"--nobrowser") {
+            all.push("--nobrowser");
+        }
+        Server::start_with(model, &all, |_| {})
     }
+
+    /// As `start` but without adding `--nobrowser`, and with `tweak` applied to the command.
 
     pub fn start_with(model: &Path, args: &[&str], tweak: impl FnOnce(&mut Command)) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let stderr_path = dir.path().join("stderr.txt");
         let mut cmd = Command::new(e2e::bin("llamafile"));
-        cmd.arg("-m").arg(model).args(["-t", "1"]);
+        cmd.arg("-m").arg(model);
+        if !args.contains(&"-t") {
+            cmd.args(["-t", "1"]);
+        }
         if !args.contains(&"--port") {
             cmd.args(["--port", "0"]);
         }
