@@ -213,7 +213,10 @@ macro_rules! binary_op {
                 x.copy_from_slice(&(load8(x) $op load8(y)).to_array());
             }
             for i in n8..a.len() {
-                a[i] = a[i] $op b[i];
+                #[allow(clippy::assign_op_pattern)]
+                {
+                    a[i] = a[i] $op b[i];
+                }
             }
         }
     };

@@ -6,6 +6,9 @@
 //! the buffer lengths; the wrappers are handed out only by the lookups below, which
 //! `Kernels::for_isa` calls only when `super::available()` is true.
 
+// Tile loops index several register arrays by row and token on purpose.
+#![allow(clippy::needless_range_loop)]
+
 use crate::isa::{GemmTileFn, QuantizeFn, VecDotFn};
 use crate::types::q4_0::BlockQ4_0;
 use crate::types::q4_1::BlockQ4_1;

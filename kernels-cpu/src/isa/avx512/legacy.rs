@@ -15,6 +15,9 @@
 //! Installed only when AVX-512 F/BW/VL, VNNI and the avx2 set are detected (see `supported`),
 //! which is what makes calling the `#[target_feature]` code sound.
 
+// Tile loops index several register arrays by row and token on purpose.
+#![allow(clippy::needless_range_loop)]
+
 use crate::isa::{GemmTileFn, QuantizeFn, VecDotFn};
 use crate::types::WeightType;
 use std::arch::x86_64::*;
