@@ -77,7 +77,9 @@ pub fn quantize_activations_with(
         .and_then(|t| t.quantize)
         .unwrap_or(at.info().quantize);
     let dst = &mut scratch.quantized[..need];
-    if n_tokens >= 4 && need >= (64 << 10) {
+    if rb == 0 {
+        // Rows of zero columns: nothing to quantize.
+    } else if n_tokens >= 4 && need >= (64 << 10) {
         // Several tokens: in parallel, one token row per task at least.
         dst.par_chunks_mut(rb).zip(x.par_chunks(cols)).with_min_len(1).for_each(|(d, s)| quantize(s, d));
     } else {
@@ -168,6 +170,10 @@ pub fn matmul_quantized_with(
     assert!(w.len() >= wrb * rows, "{} weights: {} bytes for {rows} x {cols} ({} needed)", wtype.name(), w.len(), wrb * rows);
     assert!(y.len() >= n_tokens * rows, "matmul output: {} values for {n_tokens} x {rows}", y.len());
     if rows == 0 || n_tokens == 0 {
+        return;
+    }
+    if cols == 0 {
+        y[..n_tokens * rows].fill(0.0);
         return;
     }
     let tk = *k.get(wtype).unwrap_or_else(|| panic!("no dot product for {} weights", wtype.name()));

@@ -354,3 +354,17 @@ fn matmul_of_float_types_with_rows_of_any_length() {
         }
     }
 }
+
+#[test]
+fn empty_shapes_do_not_panic() {
+    let mut s = Scratch::default();
+    let mut y = vec![1f32; 6];
+    // No columns: every output is an empty sum.
+    matmul::matmul(&[], WeightType::Q8_0, 3, 0, &[], 2, &mut y, &mut s);
+    assert_eq!(y, vec![0.0; 6]);
+    // No rows or no tokens: nothing written.
+    let mut y = vec![1f32; 2];
+    matmul::matmul(&[], WeightType::Q4_0, 0, 32, &vec![0.5; 64], 2, &mut y, &mut s);
+    matmul::matmul(&quantized(WeightType::Q4_0, &[1.0; 32]), WeightType::Q4_0, 1, 32, &[], 0, &mut y, &mut s);
+    assert_eq!(y, vec![1.0; 2]);
+}
