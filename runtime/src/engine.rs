@@ -145,6 +145,8 @@ impl Engine {
             .get_str("general.name")
             .map(str::to_string)
             .unwrap_or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
+        // The model first: an unsupported architecture or a missing tensor is the clearest error.
+        let model = Arc::new(Model::load(file.clone()).with_context(|| format!("{}", path.display()))?);
         let tokenizer = Tokenizer::from_gguf(&file).with_context(|| format!("{}: tokenizer", path.display()))?;
         let template = match ChatTemplate::from_gguf(&file, opts.chat_template.as_deref()) {
             Ok(t) => t,
@@ -154,7 +156,6 @@ impl Engine {
             }
             Err(e) => return Err(e.context("--chat-template")),
         };
-        let model = Arc::new(Model::load(file).with_context(|| format!("{}", path.display()))?);
         let hp = &model.hp;
         if tokenizer.vocab_size() > hp.n_vocab {
             bail!("{}: the tokenizer has {} tokens but the embeddings only {}", path.display(), tokenizer.vocab_size(), hp.n_vocab);
@@ -531,7 +532,125 @@ impl<'a> StopStrings<'a> {
 mod tests {
     use super::*;
 
-    fn run(stops: &[&str], pieces: &[&str]) -> (String, bool) {
+    fn tiny_engine(n_ctx: usize) -> Option<Engine> {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/models/tiny-mistral-q8_0.gguf");
+        if !p.exists() {
+            eprintln!("SKIPPED: {} not found", p.display());
+            return None;
+        }
+        let opts = LoadOptions { model: p, n_ctx: Some(n_ctx), n_threads: Some(2), ..Default::default() };
+        Some(Engine::load_with_batch(&opts, 16).unwrap())
+    }
+
+    fn greedy(_max_tokens: usize) -> SamplingParams {
+        SamplingParams { temperature: 0.0, ..Default::default() }
+    }
+
+    fn run(s: &mut Session, prompt: &[u32], n: usize, sampling: SamplingParams) -> (String, GenerationStats) {
+        let req = GenerateRequest { prompt: prompt.to_vec(), max_tokens: n, sampling, stop: vec![], ignore_eos: true };
+        let mut text = String::new();
+        let st = s
+            .generate(&req, &mut |t| {
+                text.push_str(t);
+                true
+            })
+            .unwrap();
+        (text, st)
+    }
+
+    #[test]
+    fn prefix_reuse_gives_the_same_tokens_as_a_fresh_session() {
+        let Some(e) = tiny_engine(256) else { return };
+        let prompt: Vec<u32> = vec![1, 415, 2936, 9060, 285, 1142, 461, 10575, 754, 272, 17898, 3914, 28723];
+        let mut a = e.new_session();
+        let (t1, s1) = run(&mut a, &prompt, 12, greedy(12));
+        assert_eq!(s1.cached_tokens, 0);
+        assert_eq!(s1.generated_tokens, 12);
+        assert_eq!(s1.stop, StopReason::MaxTokens);
+        // same prompt again: all but the last token come from the cache, same continuation
+        let (t2, s2) = run(&mut a, &prompt, 12, greedy(12));
+        assert_eq!(s2.cached_tokens, prompt.len() - 1);
+        assert_eq!(t1, t2);
+        // a prompt that shares a prefix, in a session that has seen something else, equals a fresh one
+        let other: Vec<u32> = vec![1, 415, 2936, 9060, 28705, 28740];
+        let (t3, s3) = run(&mut a, &other, 8, greedy(8));
+        assert_eq!(s3.cached_tokens, 4);
+        let (t4, _) = run(&mut e.new_session(), &other, 8, greedy(8));
+        assert_eq!(t3, t4);
+        assert!(!t1.is_empty());
+    }
+
+    #[test]
+    fn batch_size_does_not_change_logits() {
+        let Some(e) = tiny_engine(128) else { return };
+        let toks: Vec<u32> = (0..40).map(|i| 100 + i * 37).collect();
+        let mut a = e.new_session();
+        a.eval(&toks, true).unwrap();
+        let mut b = e.new_session();
+        for t in &toks {
+            b.eval(&[*t], true).unwrap();
+        }
+        let d = a.logits().iter().zip(b.logits()).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(d < 1e-3, "batch vs token by token: max |dlogit| {d}");
+        assert_eq!(a.n_past(), 40);
+    }
+
+    #[test]
+    fn seeds_reproduce_and_context_limits_are_enforced() {
+        let Some(e) = tiny_engine(24) else { return };
+        let prompt: Vec<u32> = vec![1, 415, 2936, 9060];
+        let warm = SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0, seed: 7, ..Default::default() };
+        let (a, _) = run(&mut e.new_session(), &prompt, 10, warm.clone());
+        let (b, _) = run(&mut e.new_session(), &prompt, 10, warm.clone());
+        assert_eq!(a, b, "same seed, same text");
+        let seeds: Vec<String> = (8..12)
+            .map(|seed| run(&mut e.new_session(), &prompt, 10, SamplingParams { seed, ..warm.clone() }).0)
+            .collect();
+        assert!(seeds.iter().any(|t| *t != a), "other seeds give other texts");
+        // generation stops cleanly when the context is full
+        let (_, st) = run(&mut e.new_session(), &prompt, 100, greedy(100));
+        assert_eq!(st.stop, StopReason::ContextFull);
+        assert_eq!(st.generated_tokens, 24 - prompt.len() + 1);
+        // a prompt over the context is an error, not a panic
+        let long: Vec<u32> = vec![415; 25];
+        let req = GenerateRequest { prompt: long, max_tokens: 1, sampling: greedy(1), stop: vec![], ignore_eos: true };
+        let err = e.new_session().generate(&req, &mut |_| true).unwrap_err().to_string();
+        assert!(err.contains("longer than the context"), "{err}");
+    }
+
+    #[test]
+    fn cancel_and_stop_strings() {
+        let Some(e) = tiny_engine(64) else { return };
+        let prompt: Vec<u32> = vec![1, 415, 2936, 9060];
+        let mut n = 0;
+        let req = GenerateRequest { prompt: prompt.clone(), max_tokens: 20, sampling: greedy(20), stop: vec![], ignore_eos: true };
+        let st = e
+            .new_session()
+            .generate(&req, &mut |_| {
+                n += 1;
+                n < 3
+            })
+            .unwrap();
+        assert_eq!(st.stop, StopReason::Cancelled);
+        assert_eq!(n, 3);
+        // stop at a piece of the greedy text: the text returned ends right before it
+        let (full, _) = run(&mut e.new_session(), &prompt, 12, greedy(12));
+        let cut = full.char_indices().nth(full.chars().count() / 2).unwrap().0;
+        let stop = full[cut..].chars().take(3).collect::<String>();
+        let req = GenerateRequest { stop: vec![stop.clone()], max_tokens: 12, ..req };
+        let mut text = String::new();
+        let st = e
+            .new_session()
+            .generate(&req, &mut |t| {
+                text.push_str(t);
+                true
+            })
+            .unwrap();
+        assert_eq!(st.stop, StopReason::StopString);
+        assert_eq!(text, full[..full.find(&stop).unwrap()]);
+    }
+
+    fn stop_run(stops: &[&str], pieces: &[&str]) -> (String, bool) {
         let stops: Vec<String> = stops.iter().map(|s| s.to_string()).collect();
         let mut s = StopStrings::new(&stops);
         let mut out = String::new();
@@ -550,9 +669,9 @@ mod tests {
 
     #[test]
     fn stop_strings_split_across_pieces_are_held_back_and_cut() {
-        assert_eq!(run(&["</s>"], &["Hello", " wor", "ld</", "s> more"]), ("Hello world".into(), true));
-        assert_eq!(run(&["STOP"], &["a S", "T", "x"]), ("a STx".into(), false));
-        assert_eq!(run(&[], &["a", "b"]), ("ab".into(), false));
-        assert_eq!(run(&["ab", "b"], &["xab"]), ("x".into(), true));
+        assert_eq!(stop_run(&["</s>"], &["Hello", " wor", "ld</", "s> more"]), ("Hello world".into(), true));
+        assert_eq!(stop_run(&["STOP"], &["a S", "T", "x"]), ("a STx".into(), false));
+        assert_eq!(stop_run(&[], &["a", "b"]), ("ab".into(), false));
+        assert_eq!(stop_run(&["ab", "b"], &["xab"]), ("x".into(), true));
     }
 }
