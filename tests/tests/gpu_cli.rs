@@ -146,7 +146,9 @@ fn every_failure_warns_once_and_runs_on_the_cpu() {
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
     let libc = maps.split_whitespace().find(|w| w.contains("/libc.so") || w.contains("/libc-")).map(str::to_string);
 
-    let mut cases: Vec<(Vec<(&str, String)>, Vec<&str>, &str)> = vec![
+    // (environment, extra arguments, what the warning must say)
+    type Case<'a> = (Vec<(&'a str, String)>, Vec<&'a str>, &'a str);
+    let mut cases: Vec<Case> = vec![
         (vec![("LLAMAFILE_GPU_BACKEND", not_a_lib.display().to_string())], vec![], "cannot load"),
         (vec![("LLAMAFILE_GPU_BACKEND", lib.into()), ("LLAMAFILE_REFERENCE_FAULT", "version".into())], vec![], "ABI version 1001"),
         (vec![("LLAMAFILE_GPU_BACKEND", lib.into()), ("LLAMAFILE_REFERENCE_FAULT", "init".into())], vec![], "initialisation failed"),

@@ -130,6 +130,7 @@ impl Cuda {
         unsafe { result::launch_kernel(f, grid, block, 0, s.s, args) }.map_err(|e| derr("cuLaunchKernel", e))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn elementwise(&self, f: sys::CUfunction, s: &CuStream, a: View, b: View, out: View, n: u64, what: &str) -> Result<()> {
         let (mut pa, mut pb, mut po) = (self.f32s(a, n, what)?, self.f32s(b, n, what)?, self.f32s(out, n, what)?);
         let mut n_ = n;
@@ -143,7 +144,7 @@ impl Cuda {
     }
 }
 
-fn u32_arg(v: &mut i32) -> *mut c_void {
+fn i32_arg(v: &mut i32) -> *mut c_void {
     v as *mut i32 as *mut c_void
 }
 
@@ -300,7 +301,7 @@ impl Device for Cuda {
             .map(|(_, f)| *f)
             .ok_or_else(|| Error::unsupported(format!("weight type {}", w.ggml_type)))?;
         let row_bytes = abi::row_bytes(w.ggml_type, w.cols)
-            .filter(|_| w.cols % 32 == 0)
+            .filter(|_| w.cols.is_multiple_of(32))
             .ok_or_else(|| Error::invalid(format!("{} columns of type {}: rows must hold whole blocks of 32", w.cols, w.ggml_type)))?;
         if w.rows > i32::MAX as u64 || w.cols > i32::MAX as u64 {
             return Err(Error::invalid("matrix too large"));
@@ -312,10 +313,10 @@ impl Device for Cuda {
         let mut args = [
             &mut pw as *mut u64 as *mut c_void,
             &mut rb as *mut u64 as *mut c_void,
-            u32_arg(&mut rows),
-            u32_arg(&mut cols),
+            i32_arg(&mut rows),
+            i32_arg(&mut cols),
             &mut px as *mut u64 as *mut c_void,
-            u32_arg(&mut nt),
+            i32_arg(&mut nt),
             &mut py as *mut u64 as *mut c_void,
         ];
         // Block: 4 warps = 4 rows; grid.y: tiles of 8 tokens (MM_ROWS_PER_BLOCK, MM_TOKENS).
@@ -332,7 +333,7 @@ impl Device for Cuda {
         let mut args = [
             &mut px as *mut u64 as *mut c_void,
             &mut pw as *mut u64 as *mut c_void,
-            u32_arg(&mut d),
+            i32_arg(&mut d),
             &mut e as *mut f32 as *mut c_void,
             &mut po as *mut u64 as *mut c_void,
         ];
@@ -343,7 +344,7 @@ impl Device for Cuda {
     }
 
     fn rope(&self, s: &mut CuStream, x: View, p: &RopeParams) -> Result<()> {
-        if p.n_rot > p.head_dim || p.n_rot % 2 != 0 {
+        if p.n_rot > p.head_dim || !p.n_rot.is_multiple_of(2) {
             return Err(Error::invalid(format!("rope: n_rot {} with head_dim {}", p.n_rot, p.head_dim)));
         }
         let n = p.n_tokens as u64 * p.n_heads as u64 * p.head_dim as u64;
@@ -353,12 +354,12 @@ impl Device for Cuda {
         let (mut base, mut fs) = (p.freq_base, p.freq_scale);
         let mut args = [
             &mut px as *mut u64 as *mut c_void,
-            u32_arg(&mut nt),
-            u32_arg(&mut nh),
-            u32_arg(&mut hd),
-            u32_arg(&mut nr),
-            u32_arg(&mut p0),
-            u32_arg(&mut mode),
+            i32_arg(&mut nt),
+            i32_arg(&mut nh),
+            i32_arg(&mut hd),
+            i32_arg(&mut nr),
+            i32_arg(&mut p0),
+            i32_arg(&mut mode),
             &mut base as *mut f32 as *mut c_void,
             &mut fs as *mut f32 as *mut c_void,
         ];
@@ -382,7 +383,7 @@ impl Device for Cuda {
         let mut args = [
             &mut px as *mut u64 as *mut c_void,
             &mut pb as *mut u64 as *mut c_void,
-            u32_arg(&mut d),
+            i32_arg(&mut d),
             &mut n_ as *mut u64 as *mut c_void,
         ];
         self.launch(self.f.add_rows, (grid_for(n)?, 1, 1), (BLOCK, 1, 1), s, &mut args)
@@ -406,7 +407,7 @@ impl Device for Cuda {
             &mut pu as *mut u64 as *mut c_void,
             &mut po as *mut u64 as *mut c_void,
             &mut n_ as *mut u64 as *mut c_void,
-            u32_arg(&mut a),
+            i32_arg(&mut a),
         ];
         self.launch(self.f.glu, (grid_for(n)?, 1, 1), (BLOCK, 1, 1), s, &mut args)
     }
@@ -459,14 +460,14 @@ impl Device for Cuda {
             &mut pk as *mut u64 as *mut c_void,
             &mut pv as *mut u64 as *mut c_void,
             &mut po as *mut u64 as *mut c_void,
-            u32_arg(i0),
-            u32_arg(i1),
-            u32_arg(i2),
-            u32_arg(i3),
-            u32_arg(i4),
-            u32_arg(i5),
-            u32_arg(i6),
-            u32_arg(i7),
+            i32_arg(i0),
+            i32_arg(i1),
+            i32_arg(i2),
+            i32_arg(i3),
+            i32_arg(i4),
+            i32_arg(i5),
+            i32_arg(i6),
+            i32_arg(i7),
             &mut sc as *mut f32 as *mut c_void,
             &mut cap as *mut f32 as *mut c_void,
         ];

@@ -97,6 +97,7 @@ type RopeFn = unsafe extern "C" fn(*mut f32, i32, i32, i32, i32, i32, i32, f32, 
 type GluFn = unsafe extern "C" fn(*const f32, *const f32, *mut f32, u64, i32);
 type AddRowsFn = unsafe extern "C" fn(*mut f32, *const f32, i32, u64);
 type CopyFn = unsafe extern "C" fn(*const f32, *mut u16, u64);
+type Att32Fn = unsafe extern "C" fn(*const f32, *const f32, *const f32, *mut f32, i32, i32, i32, i32, i32, i32, i32, i32, f32, f32);
 type AttFn = unsafe extern "C" fn(*const f32, *const u16, *const u16, *mut f32, i32, i32, i32, i32, i32, i32, i32, i32, f32, f32);
 
 fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
@@ -288,8 +289,7 @@ fn every_kernel_on_the_host_matches_kernels_cpu_and_formulas() {
             close(&format!("attention window {window} softcap {softcap}"), &o, &want, 3e-3);
             if window == 0 && softcap == 0.0 {
                 let mut o32 = vec![0f32; nt * nh * hd];
-                let att32: libloading::Symbol<unsafe extern "C" fn(*const f32, *const f32, *const f32, *mut f32, i32, i32, i32, i32, i32, i32, i32, i32, f32, f32)> =
-                    lib.get(b"host_attention").unwrap();
+                let att32: libloading::Symbol<Att32Fn> = lib.get(b"host_attention").unwrap();
                 att32(q.as_ptr(), kr.as_ptr(), vr.as_ptr(), o32.as_mut_ptr(), nt as i32, pos0 as i32, nh as i32, nkv as i32, hd as i32, stride as i32, 0, 0, scale, 0.0);
                 close("attention over an f32 cache", &o32, &want, 1e-5);
             }

@@ -149,6 +149,7 @@ impl Reference {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn elementwise(&self, s: &mut RefStream, a: View, b: View, out: View, n: u64, what: &str, f: impl Fn(f32, f32) -> f32) -> Result<()> {
         let n = n as usize;
         self.read_f32(a, n, &mut s.a, what)?;
@@ -372,7 +373,7 @@ impl Device for Reference {
 
     fn rope(&self, s: &mut RefStream, x: View, p: &RopeParams) -> Result<()> {
         let (nt, nh, hd, nr) = (p.n_tokens as usize, p.n_heads as usize, p.head_dim as usize, p.n_rot as usize);
-        if nr > hd || nr % 2 != 0 {
+        if nr > hd || !nr.is_multiple_of(2) {
             return Err(Error::invalid(format!("rope: n_rot {nr} with head_dim {hd}")));
         }
         self.read_f32(x, nt * nh * hd, &mut s.a, "rope")?;
@@ -458,7 +459,7 @@ impl Device for Reference {
     fn attention(&self, s: &mut RefStream, q: View, k: View, v: View, out: View, p: &AttentionParams) -> Result<()> {
         let (nt, nh, nkv, hd) = (p.n_tokens as usize, p.n_head as usize, p.n_head_kv as usize, p.head_dim as usize);
         let stride = p.kv_stride as usize;
-        if nkv == 0 || nh % nkv != 0 || stride < nkv * hd {
+        if nkv == 0 || !nh.is_multiple_of(nkv) || stride < nkv * hd {
             return Err(Error::invalid(format!("attention: {nh} heads over {nkv} KV heads, stride {stride}")));
         }
         let n_pos = p.pos0 as usize + nt;
