@@ -131,7 +131,9 @@ fn last_token_logits_only() {
     }
     let mut last = vec![0f32; nv];
     st.forward(&mut x, 6, 0, Some(&mut last)).unwrap();
-    assert_eq!(last, all[5 * nv..]);
+    // The same row (one-token and many-token matrix kernels may round differently).
+    let worst = last.iter().zip(&all[5 * nv..]).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(worst < 1e-3, "last-token logits differ from the last row by up to {worst}");
     // Too large a batch is a clear error, not a crash.
     let mut big = vec![0f32; 7 * e];
     let err = st.forward(&mut big, 7, 0, None).unwrap_err().to_string();

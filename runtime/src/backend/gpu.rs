@@ -264,15 +264,18 @@ pub fn plan_offload(model: &Arc<Model>, opts: &PlanOptions) -> Result<Vec<Arc<dy
         format!("{} backend ({}, {})", chosen.lib.name(), abi::name_str(&chosen.info.name), chosen.lib.path().display())
     })?;
     if opts.verbose {
+        let free = match chosen.info.free_memory {
+            u64::MAX => "no memory limit".to_string(),
+            f => format!("{} MiB free", f >> 20),
+        };
         eprintln!(
-            "gpu: {} backend from {} ({}), device {} \"{}\" score {}, {} MiB free",
+            "gpu: {} backend from {} ({}), device {} \"{}\" score {}, {free}",
             chosen.lib.name(),
             chosen.origin,
             chosen.lib.path().display(),
             chosen.device,
             abi::name_str(&chosen.info.name),
             chosen.info.score,
-            chosen.info.free_memory >> 20
         );
     }
     let mut chain: Vec<Arc<dyn Backend>> = Vec::new();
@@ -384,9 +387,14 @@ impl GpuBackend {
             need += [&l.wq, &l.wk, &l.wv, &l.wo, &l.ffn_gate, &l.ffn_up, &l.ffn_down].iter().map(|w| w.len as u64).sum::<u64>();
         }
         need += model.output.len as u64;
+        // Plus a KV cache (f16) of the default context, so that a model that only just fits is
+        // refused here rather than when the first session is created. (A larger -c can still
+        // fail then, with an error naming the allocation.)
+        let ctx = hp.n_ctx_train.clamp(1, 4096) as u64;
+        need += ctx * (hp.k_dim() + hp.v_dim()) as u64 * 2 * layers.len() as u64;
         if chosen.info.free_memory > 0 && need > chosen.info.free_memory {
             bail!(
-                "out of device memory: {} MiB of weights, {} MiB free (offload fewer layers with -ngl)",
+                "out of device memory: {} MiB needed for the weights and a {ctx}-position KV cache, {} MiB free (offload fewer layers with -ngl)",
                 need >> 20,
                 chosen.info.free_memory >> 20
             );
