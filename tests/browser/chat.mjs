@@ -71,10 +71,16 @@ try {
   const stats = await page.textContent(".msg.assistant:last-child .stats");
   check(/tokens\/s/.test(stats), `tokens/s is shown (${stats})`);
   // The server cancelled the generation and freed the slot.
-  const slotsFree = await page.waitForFunction(async () => {
-    const h = await (await fetch("/health")).json();
-    return h.slots_processing === 0;
-  }, null, { timeout: 5000, polling: 100 }).then(() => true, () => false);
+  // (polled inside the page: waitForFunction does not wait for an async predicate's promise)
+  const slotsFree = await page.evaluate(async () => {
+    const end = Date.now() + 5000;
+    while (Date.now() < end) {
+      const h = await (await fetch("/health")).json();
+      if (h.slots_processing === 0) return true;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    return false;
+  });
   check(slotsFree, "the server freed the slot after stop");
   const slots = await page.evaluate(async () => (await fetch("/slots")).json());
   check(slots.some((s) => s.last_stop === "cancelled"), "the server's generation ended as cancelled: " + JSON.stringify(slots));
