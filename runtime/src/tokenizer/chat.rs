@@ -588,6 +588,44 @@ mod tests {
         assert_eq!(t.render(&msgs(&[("user", "x")]), true).unwrap(), "[user]x");
     }
 
+    /// The built-ins render the reference's chat-shaped `tokenize` strings exactly, and
+    /// `encode_prompt` gives the reference's ids for them on every vocabulary (BOS as the model says).
+    #[test]
+    fn builtins_render_the_reference_strings() {
+        let cases = [
+            ("chatml", msgs(&[("system", "You are a helpful assistant."), ("user", "Hi")]), true),
+            ("vicuna", msgs(&[("system", "A chat between a curious user and an artificial intelligence assistant."), ("user", "Hi")]), true),
+        ];
+        for (json, tok) in [
+            ("tiny-mistral-q4_0.json", mistral()),
+            ("gemma-3-270m-q4_k_m.json", gemma()),
+            ("qwen2.5-coder-0.5b-instruct-q4_k_m.json", qwen()),
+        ] {
+            let r: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(shared().join("reference").join(json)).unwrap()).unwrap();
+            let entry = |text: &str| -> Vec<u32> {
+                let e = r["tokenize"].as_array().unwrap().iter().find(|e| e["text"] == text && e["parse_special"] == true);
+                serde_json::from_value(e.unwrap_or_else(|| panic!("{json}: no entry {text:?}"))["ids"].clone()).unwrap()
+            };
+            let bos = tok.bos().map(|b| tok.token_text(b)).unwrap_or("");
+            for (name, m, gen) in &cases {
+                let text = ChatTemplate::builtin(name, bos, "").unwrap().render(m, *gen).unwrap();
+                assert_eq!(encode_prompt(tok, &text).unwrap(), entry(&text), "{json}: {name}");
+            }
+            // Gemma's turn format, with the BOS the template writes (or not: same ids).
+            let text = ChatTemplate::builtin("gemma", bos, "").unwrap().render(&msgs(&[("user", "Hi")]), true).unwrap();
+            let want = entry(text.strip_prefix(bos).unwrap());
+            let ids = encode_prompt(tok, &text).unwrap();
+            if tok.adds_bos() {
+                assert_eq!(ids, want, "{json}: gemma with BOS text");
+            } else {
+                // A model that adds no BOS keeps the one its template writes.
+                assert_eq!((ids[0], &ids[1..]), (tok.bos().unwrap(), &want[..]), "{json}: gemma with BOS text");
+            }
+            assert_eq!(encode_prompt(tok, text.strip_prefix(bos).unwrap()).unwrap(), want, "{json}: gemma without");
+        }
+    }
+
     #[test]
     fn builtin_choice_by_architecture_and_name() {
         let none = |_: &str| false;
