@@ -35,6 +35,11 @@ pub type GemmTileFn = fn(
     out_stride: usize,
 );
 
+/// Several weight rows against one token: `out[r] = dot(W[r], x)` for `r < nr`, row `r` at
+/// `w[r * w_stride..]`, each `n` elements; `x` in the weight type's `vec_dot_type`. Lets an
+/// ISA unpack the activations once for all the rows (the one-token case of `matmul`).
+pub type GemvFn = fn(n: usize, w: &[u8], w_stride: usize, nr: usize, x: &[u8], out: &mut [f32]);
+
 /// Quantize `src.len()` f32 values (a multiple of the block size) into `dst` in this format.
 pub type QuantizeFn = fn(src: &[f32], dst: &mut [u8]);
 
@@ -91,6 +96,8 @@ pub struct TypeKernels {
     pub gemm: Option<(GemmTileFn, usize, usize)>,
     /// Quantizer into this type (used for activations in the `vec_dot_type`).
     pub quantize: Option<QuantizeFn>,
+    /// Optional many-rows-one-token kernel (else `matmul` calls `vec_dot` row by row).
+    pub gemv: Option<GemvFn>,
 }
 
 pub struct Kernels {
@@ -109,21 +116,24 @@ impl Kernels {
             let mut vec_dot = scalar::vec_dot(t);
             let mut gemm = scalar::gemm(t);
             let mut quantize = scalar::quantize(t);
+            let mut gemv = scalar::gemv(t);
             #[cfg(target_arch = "x86_64")]
             {
                 if isa >= Isa::Avx2 {
                     vec_dot = avx2::vec_dot(t).or(vec_dot);
                     gemm = avx2::gemm(t).or(gemm);
                     quantize = avx2::quantize(t).or(quantize);
+                    gemv = avx2::gemv(t).or(gemv);
                 }
                 if isa >= Isa::Avx512 {
                     vec_dot = avx512::vec_dot(t).or(vec_dot);
                     gemm = avx512::gemm(t).or(gemm);
                     quantize = avx512::quantize(t).or(quantize);
+                    gemv = avx512::gemv(t).or(gemv);
                 }
             }
             if let Some(vec_dot) = vec_dot {
-                table.push((t, TypeKernels { vec_dot, gemm, quantize }));
+                table.push((t, TypeKernels { vec_dot, gemm, quantize, gemv }));
             }
         }
         Kernels { isa, table }

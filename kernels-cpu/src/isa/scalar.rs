@@ -1,7 +1,7 @@
 //! Scalar kernels: the specification. Each type's file in `types/` holds its scalar dot product
 //! and quantizer; this module only exposes them under the names every ISA module has.
 
-use super::{GemmTileFn, QuantizeFn, VecDotFn};
+use super::{GemmTileFn, GemvFn, QuantizeFn, VecDotFn};
 use crate::types::WeightType;
 
 pub fn vec_dot(t: WeightType) -> Option<VecDotFn> {
@@ -14,4 +14,8 @@ pub fn gemm(_t: WeightType) -> Option<(GemmTileFn, usize, usize)> {
 
 pub fn quantize(t: WeightType) -> Option<QuantizeFn> {
     Some(t.info().quantize)
+}
+
+pub fn gemv(_t: WeightType) -> Option<GemvFn> {
+    None
 }

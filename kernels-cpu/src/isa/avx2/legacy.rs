@@ -153,6 +153,27 @@ unsafe fn dot_i8_i8(a: __m256i, b: __m256i) -> __m256 {
     dot_u8_i8(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a))
 }
 
+/// `sum over blocks b < nb of d_b * v_b` (lane-wise, then summed) where `f(b) = (d_b, v_b)`,
+/// with two accumulators for even and odd blocks: a single chain of FMAs would be bound by
+/// their latency.
+#[inline(always)]
+unsafe fn sum_blocks(nb: usize, mut f: impl FnMut(usize) -> (__m256, __m256)) -> f32 {
+    let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut b = 0;
+    while b + 2 <= nb {
+        let (d, v) = f(b);
+        a0 = _mm256_fmadd_ps(d, v, a0);
+        let (d, v) = f(b + 1);
+        a1 = _mm256_fmadd_ps(d, v, a1);
+        b += 2;
+    }
+    if b < nb {
+        let (d, v) = f(b);
+        a0 = _mm256_fmadd_ps(d, v, a0);
+    }
+    hsum(_mm256_add_ps(a0, a1))
+}
+
 // ---- float types ----
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -229,79 +250,66 @@ unsafe fn dot_bf16_k(n: usize, w: *const u8, x: *const u8) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q4_0_k(n: usize, w: *const u8, x: *const u8) -> f32 {
     let (w, x) = (w as *const BlockQ4_0, x as *const BlockQ8_0);
-    let mut acc = _mm256_setzero_ps();
-    for b in 0..n / 32 {
+    sum_blocks(n / 32, |b| {
         let (wb, xb) = (&*w.add(b), &*x.add(b));
         let y = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
         // (q - 8) . y as q . y - 8 . y on 16-bit pair sums (|sum| <= 15*128*2: no overflow).
         let p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(nibbles(wb.qs.as_ptr()), y), _mm256_maddubs_epi16(_mm256_set1_epi8(8), y));
         let i = _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
-        let d = _mm256_set1_ps(h2f(wb.d.as_ptr()) * h2f(xb.d.as_ptr()));
-        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(i), acc);
-    }
-    hsum(acc)
+        (_mm256_set1_ps(h2f(wb.d.as_ptr()) * h2f(xb.d.as_ptr())), _mm256_cvtepi32_ps(i))
+    })
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q4_1_k(n: usize, w: *const u8, x: *const u8) -> f32 {
     let (w, x) = (w as *const BlockQ4_1, x as *const BlockQ8_1);
-    let mut acc = _mm256_setzero_ps();
     let mut mins = 0f32;
-    for b in 0..n / 32 {
+    let dots = sum_blocks(n / 32, |b| {
         let (wb, xb) = (&*w.add(b), &*x.add(b));
         let y = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
-        let d = _mm256_set1_ps(h2f(wb.d.as_ptr()) * h2f(xb.d.as_ptr()));
-        acc = _mm256_fmadd_ps(d, dot_u8_i8(nibbles(wb.qs.as_ptr()), y), acc);
         mins += h2f(wb.m.as_ptr()) * h2f(xb.s.as_ptr());
-    }
-    hsum(acc) + mins
+        (_mm256_set1_ps(h2f(wb.d.as_ptr()) * h2f(xb.d.as_ptr())), dot_u8_i8(nibbles(wb.qs.as_ptr()), y))
+    });
+    dots + mins
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q5_0_k(n: usize, w: *const u8, x: *const u8) -> f32 {
     let (w, x) = (w as *const BlockQ5_0, x as *const BlockQ8_0);
-    let mut acc = _mm256_setzero_ps();
-    for b in 0..n / 32 {
+    sum_blocks(n / 32, |b| {
         let (wb, xb) = (&*w.add(b), &*x.add(b));
         let q = _mm256_or_si256(nibbles(wb.qs.as_ptr()), fifth_bits(wb.qh.as_ptr()));
         let y = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
         // (q - 16) . y as q . y - 16 . y on 16-bit pair sums (|sum| <= 31*128*2: no overflow).
         let p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(q, y), _mm256_maddubs_epi16(_mm256_set1_epi8(16), y));
         let i = _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
-        let d = _mm256_set1_ps(h2f(wb.d.as_ptr()) * h2f(xb.d.as_ptr()));
-        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(i), acc);
-    }
-    hsum(acc)
+        (_mm256_set1_ps(h2f(wb.d.as_ptr()) * h2f(xb.d.as_ptr())), _mm256_cvtepi32_ps(i))
+    })
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q5_1_k(n: usize, w: *const u8, x: *const u8) -> f32 {
     let (w, x) = (w as *const BlockQ5_1, x as *const BlockQ8_1);
-    let mut acc = _mm256_setzero_ps();
     let mut mins = 0f32;
-    for b in 0..n / 32 {
+    let dots = sum_blocks(n / 32, |b| {
         let (wb, xb) = (&*w.add(b), &*x.add(b));
         let q = _mm256_or_si256(nibbles(wb.qs.as_ptr()), fifth_bits(wb.qh.as_ptr()));
         let y = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
-        let d = _mm256_set1_ps(h2f(wb.d.as_ptr()) * h2f(xb.d.as_ptr()));
-        acc = _mm256_fmadd_ps(d, dot_u8_i8(q, y), acc);
         mins += h2f(wb.m.as_ptr()) * h2f(xb.s.as_ptr());
-    }
-    hsum(acc) + mins
+        (_mm256_set1_ps(h2f(wb.d.as_ptr()) * h2f(xb.d.as_ptr())), dot_u8_i8(q, y))
+    });
+    dots + mins
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q8_0_k(n: usize, w: *const u8, x: *const u8) -> f32 {
     let (w, x) = (w as *const BlockQ8_0, x as *const BlockQ8_0);
-    let mut acc = _mm256_setzero_ps();
-    for b in 0..n / 32 {
+    sum_blocks(n / 32, |b| {
         let (wb, xb) = (&*w.add(b), &*x.add(b));
         let q = _mm256_loadu_si256(wb.qs.as_ptr() as *const __m256i);
         let y = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
-        let d = _mm256_set1_ps(h2f(wb.d.as_ptr()) * h2f(xb.d.as_ptr()));
-        acc = _mm256_fmadd_ps(d, dot_i8_i8(q, y), acc);
-    }
-    hsum(acc)
+        (_mm256_set1_ps(h2f(wb.d.as_ptr()) * h2f(xb.d.as_ptr())), dot_i8_i8(q, y))
+    })
 }
 
 // ---- activation quantizers ----

@@ -3,7 +3,7 @@
 //! (F16/BF16/Q4_0..Q8_1) and `kquants` (Q2_K..Q8_K); they are only installed when
 //! `available()` is true, which is what makes calling their `#[target_feature]` code sound.
 
-use super::{GemmTileFn, QuantizeFn, VecDotFn};
+use super::{GemmTileFn, GemvFn, QuantizeFn, VecDotFn};
 use crate::types::WeightType;
 
 mod kquants;
@@ -24,6 +24,11 @@ pub fn gemm(t: WeightType) -> Option<(GemmTileFn, usize, usize)> {
 
 pub fn quantize(t: WeightType) -> Option<QuantizeFn> {
     legacy::quantize(t).or_else(|| kquants::quantize(t))
+}
+
+/// Many rows against one token: none at this level yet (`vec_dot` row by row).
+pub fn gemv(_t: WeightType) -> Option<GemvFn> {
+    None
 }
 
 /// f16 helpers for the KV cache (used by `ops`). Callers must have checked `available()`.

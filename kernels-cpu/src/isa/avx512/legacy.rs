@@ -18,7 +18,8 @@
 // Tile loops index several register arrays by row and token on purpose.
 #![allow(clippy::needless_range_loop)]
 
-use crate::isa::{GemmTileFn, QuantizeFn, VecDotFn};
+use crate::isa::{GemmTileFn, GemvFn, QuantizeFn, VecDotFn};
+use std::mem::MaybeUninit;
 use crate::types::WeightType;
 use std::arch::x86_64::*;
 
@@ -72,6 +73,20 @@ pub fn gemm(t: WeightType) -> Option<(GemmTileFn, usize, usize)> {
 
 pub fn quantize(_t: WeightType) -> Option<QuantizeFn> {
     None
+}
+
+pub fn gemv(t: WeightType) -> Option<GemvFn> {
+    if !supported() {
+        return None;
+    }
+    Some(match t {
+        WeightType::Q4_0 => q4_0::gemv,
+        WeightType::Q4_1 => q4_1::gemv,
+        WeightType::Q5_0 => q5_0::gemv,
+        WeightType::Q5_1 => q5_1::gemv,
+        WeightType::Q8_0 => q8_0::gemv,
+        _ => return None,
+    })
 }
 
 /// Two consecutive blocks of a weight type as the kernel wants them.
@@ -356,6 +371,84 @@ unsafe fn tile<W: WeightBlocks, A: ActBlocks, const R: usize, const C: usize>(
     }
 }
 
+/// One activation block pair prepared once for every row of a `gemv` call.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Prepared {
+    q: __m512i,
+    d: __m512,
+    /// `-offset * x` per lane (zeros for types without an offset).
+    base: __m512i,
+    /// Q8_1 sums (zeros for Q8_0).
+    s: __m512,
+}
+
+/// Largest row (in block pairs, i.e. 64 values) whose activations `gemv` prepares on the stack
+/// (16384 values, 64 KiB); longer rows go through the tile kernel one row at a time.
+const GEMV_MAX_PAIRS: usize = 256;
+
+/// `nr` rows (at `w + r * ws`) against one token `x`: `out[r] = dot(row r, x)`. The
+/// activations are unpacked once (quants, scales, offset correction) and every row then costs
+/// only its own unpacking and the products; each row is read as one sequential stream.
+///
+/// # Safety
+/// Rows `r < nr` hold `nb` blocks at `w + r * ws`, `x` holds `nb` blocks, `out[..nr]` is
+/// writable; the CPU has the features enabled by the caller.
+#[inline(always)]
+unsafe fn gemv_rows<W: WeightBlocks, A: ActBlocks>(nb: usize, w: *const u8, ws: usize, nr: usize, x: *const u8, out: *mut f32) {
+    let npairs = nb.div_ceil(2);
+    if npairs > GEMV_MAX_PAIRS {
+        for r in 0..nr {
+            tile::<W, A, 1, 1>(nb, w.add(r * ws), 0, x, 0, out.add(r), 0);
+        }
+        return;
+    }
+    let mut prep = [const { MaybeUninit::<Prepared>::uninit() }; GEMV_MAX_PAIRS];
+    let offset = _mm512_set1_epi8(W::OFFSET as i8);
+    let zero = _mm512_setzero_si512();
+    for (p, slot) in prep[..npairs].iter_mut().enumerate() {
+        let b = 2 * p;
+        let (q, d, s) = A::load(x.add(b * A::BYTES), b + 1 < nb);
+        let base = if W::OFFSET != 0 { _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, offset, q)) } else { zero };
+        slot.write(Prepared { q, d, base, s });
+    }
+    // SAFETY: the first `npairs` slots were all written just above.
+    let prep = std::slice::from_raw_parts(prep.as_ptr() as *const Prepared, npairs);
+    for r in 0..nr {
+        let row = w.add(r * ws);
+        // Four independent accumulators (pairs p, p+1, p+2, p+3), minimum terms in two more:
+        // a single chain of multiply-adds would wait on each other's latency.
+        let (mut a0, mut a1, mut a2, mut a3) = (_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps());
+        let (mut m0, mut m1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        let step = |acc: &mut __m512, mins: &mut __m512, p: usize| {
+            let b = 2 * p;
+            let pw = row.add(b * W::BYTES);
+            _mm_prefetch::<_MM_HINT_T0>(pw.wrapping_add(PREFETCH) as *const i8);
+            let (qw, dw, mw) = W::load(pw, b + 1 < nb);
+            let a = &prep[p];
+            let i = _mm512_dpbusd_epi32(a.base, qw, a.q);
+            *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_mul_ps(dw, a.d), *acc);
+            if W::HAS_MIN {
+                *mins = _mm512_fmadd_ps(mw, a.s, *mins);
+            }
+        };
+        let mut p = 0;
+        while p + 4 <= npairs {
+            step(&mut a0, &mut m0, p);
+            step(&mut a1, &mut m1, p + 1);
+            step(&mut a2, &mut m0, p + 2);
+            step(&mut a3, &mut m1, p + 3);
+            p += 4;
+        }
+        while p < npairs {
+            step(&mut a0, &mut m0, p);
+            p += 1;
+        }
+        let sum = _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
+        *out.add(r) = _mm512_reduce_add_ps(_mm512_add_ps(sum, _mm512_add_ps(m0, m1)));
+    }
+}
+
 macro_rules! legacy_kernels {
     ($m:ident, $W:ty, $A:ty, $name:expr) => {
         mod $m {
@@ -364,7 +457,7 @@ macro_rules! legacy_kernels {
             #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
             unsafe fn vec_dot_tf(nb: usize, w: *const u8, x: *const u8) -> f32 {
                 let mut out = 0f32;
-                tile::<$W, $A, 1, 1>(nb, w, 0, x, 0, &mut out, 0);
+                gemv_rows::<$W, $A>(nb, w, 0, 1, x, &mut out);
                 out
             }
 
@@ -379,6 +472,27 @@ macro_rules! legacy_kernels {
                 );
                 // SAFETY: installed only when `supported()`; both buffers hold `nb` blocks.
                 unsafe { vec_dot_tf(nb, w.as_ptr(), x.as_ptr()) }
+            }
+
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+            unsafe fn gemv_tf(nb: usize, w: *const u8, ws: usize, nr: usize, x: *const u8, out: *mut f32) {
+                gemv_rows::<$W, $A>(nb, w, ws, nr, x, out)
+            }
+
+            pub fn gemv(n: usize, w: &[u8], w_stride: usize, nr: usize, x: &[u8], out: &mut [f32]) {
+                let nb = n / 32;
+                assert!(
+                    n % 32 == 0
+                        && out.len() >= nr
+                        && (nr == 0 || w.len() >= (nr - 1) * w_stride + nb * <$W>::BYTES)
+                        && x.len() >= nb * <$A>::BYTES,
+                    concat!($name, " gemv: {} rows of {} elements do not fit their buffers"),
+                    nr,
+                    n
+                );
+                // SAFETY: installed only when `supported()`; every row, the activations and the
+                // outputs were just checked to be inside the slices.
+                unsafe { gemv_tf(nb, w.as_ptr(), w_stride, nr, x.as_ptr(), out.as_mut_ptr()) }
             }
 
             #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
@@ -591,6 +705,33 @@ mod float {
         }
     }
 
+    /// One row against one token with four accumulators (a single chain of multiply-adds
+    /// would be bound by their latency).
+    ///
+    /// # Safety
+    /// `n` values readable at `w` and at `x`; the CPU has the caller's features.
+    #[inline(always)]
+    unsafe fn dot<T: Floats>(n: usize, w: *const u8, x: *const u8) -> f32 {
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let l = T::LANES;
+        let mut k = 0;
+        while k + 4 * l <= n {
+            _mm_prefetch::<_MM_HINT_T0>(w.add(k * T::BYTES).wrapping_add(PREFETCH) as *const i8);
+            for (j, a) in acc.iter_mut().enumerate() {
+                let o = (k + j * l) * T::BYTES;
+                *a = T::madd(*a, T::load(w.add(o), l), T::load(x.add(o), l));
+            }
+            k += 4 * l;
+        }
+        while k < n {
+            let m = l.min(n - k);
+            let o = k * T::BYTES;
+            acc[0] = T::madd(acc[0], T::load(w.add(o), m), T::load(x.add(o), m));
+            k += l;
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])))
+    }
+
     macro_rules! float_kernels {
         ($m:ident, $T:ty, $bytes:expr, $features:literal, $name:expr) => {
             mod $m {
@@ -598,9 +739,7 @@ mod float {
 
                 #[target_feature(enable = $features)]
                 unsafe fn vec_dot_tf(n: usize, w: *const u8, x: *const u8) -> f32 {
-                    let mut out = 0f32;
-                    tile::<$T, 1, 1>(n, w, 0, x, 0, &mut out, 0);
-                    out
+                    dot::<$T>(n, w, x)
                 }
 
                 pub fn vec_dot(n: usize, w: &[u8], x: &[u8]) -> f32 {

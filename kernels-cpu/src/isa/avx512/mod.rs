@@ -3,7 +3,7 @@
 //! (F16/BF16/Q4_0..Q8_1) and `kquants` (Q2_K..Q8_K); they are only installed when
 //! `available()` is true, which is what makes calling their `#[target_feature]` code sound.
 
-use super::{GemmTileFn, QuantizeFn, VecDotFn};
+use super::{GemmTileFn, GemvFn, QuantizeFn, VecDotFn};
 use crate::types::WeightType;
 
 mod kquants;
@@ -27,4 +27,8 @@ pub fn gemm(t: WeightType) -> Option<(GemmTileFn, usize, usize)> {
 
 pub fn quantize(t: WeightType) -> Option<QuantizeFn> {
     legacy::quantize(t).or_else(|| kquants::quantize(t))
+}
+
+pub fn gemv(t: WeightType) -> Option<GemvFn> {
+    legacy::gemv(t)
 }
