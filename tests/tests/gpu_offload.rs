@@ -152,3 +152,23 @@ fn unsupported_weight_types_and_small_devices_are_refused() {
     assert!(err.contains("out of device memory"), "{err}");
     assert!(abi::name_str(&ch.info.name).starts_with("CPU reference"));
 }
+
+#[test]
+fn sessions_on_one_device_run_concurrently() {
+    // The server runs several sessions at once: each has its own stream and KV cache on the
+    // device, the weights are shared. Four threads, different prompts, each must get exactly
+    // what it gets alone.
+    let m = "tiny-mistral-q4_k_m";
+    let path = e2e::shared().join("models").join(format!("{m}.gguf"));
+    let model = Arc::new(Model::load(GgufFile::open(&path).unwrap()).unwrap());
+    let n_layer = model.hp.n_layer;
+    let chain: Vec<Arc<dyn Backend>> = vec![Arc::new(GpuBackend::new(model.clone(), &chosen(), 0..n_layer).unwrap())];
+    let prompts: Vec<Vec<u32>> = (0..4).map(|i| tokens(m, 30 + 5 * i)[5 * i..].to_vec()).collect();
+    let alone: Vec<Vec<f32>> = prompts.iter().map(|p| run(&model, &chain, p, 8)).collect();
+    std::thread::scope(|sc| {
+        let handles: Vec<_> = prompts.iter().map(|p| sc.spawn(|| run(&model, &chain, p, 8))).collect();
+        for (h, want) in handles.into_iter().zip(&alone) {
+            assert!(h.join().unwrap() == *want, "a concurrent session got other logits");
+        }
+    });
+}

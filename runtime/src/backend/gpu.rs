@@ -162,7 +162,8 @@ pub fn candidates(model: &Model, why: &mut Vec<String>) -> Vec<Candidate> {
     }
     let exe = std::env::current_exe().ok();
     let mut zips: Vec<PathBuf> = exe.iter().cloned().collect();
-    let model_path = model.file.path().to_path_buf();
+    // The file itself (for `archive.zip@name.gguf`, the archive).
+    let model_path = model.file.file_path().to_path_buf();
     if !zips.contains(&model_path) {
         zips.push(model_path);
     }
