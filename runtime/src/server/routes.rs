@@ -32,6 +32,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/slots", get(slots))
         .route("/v1/models", get(models))
         .route("/models", get(models))
+        .route("/v1/models/{*id}", get(model_by_id))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
@@ -119,17 +120,26 @@ async fn slots(State(st): St) -> Json<Value> {
     Json(json!(st.pool.info()))
 }
 
+fn model_object(st: &AppState) -> Value {
+    json!({
+        "id": st.model.name(),
+        "object": "model",
+        "created": st.started,
+        "owned_by": "llamafile",
+        "meta": { "n_ctx": st.model.n_ctx(), "n_vocab": st.model.vocab_size() },
+    })
+}
+
 async fn models(State(st): St) -> Json<Value> {
-    Json(json!({
-        "object": "list",
-        "data": [{
-            "id": st.model.name(),
-            "object": "model",
-            "created": st.started,
-            "owned_by": "llamafile",
-            "meta": { "n_ctx": st.model.n_ctx(), "n_vocab": st.model.vocab_size() },
-        }],
-    }))
+    Json(json!({ "object": "list", "data": [model_object(&st)] }))
+}
+
+async fn model_by_id(State(st): St, axum::extract::Path(id): axum::extract::Path<String>) -> Result<Json<Value>, ApiError> {
+    if id == st.model.name() {
+        Ok(Json(model_object(&st)))
+    } else {
+        Err(ApiError::not_found(format!("no model '{id}' here; this server has '{}'", st.model.name())))
+    }
 }
 
 /// Run a CPU-bound step (template, tokenizer) on a blocking thread.
@@ -229,6 +239,7 @@ where
 }
 
 async fn chat_completions(State(st): St, ApiJson(req): ApiJson<ChatRequest>) -> Result<Response, ApiError> {
+    req.check_unsupported()?;
     let sampling = validate_sampling(req.sampling_fields(), req.n, &st.defaults)?;
     let max_tokens = match req.max_completion_tokens {
         Some(v) => openai_max_tokens(Some(v), "max_completion_tokens")?,

@@ -134,6 +134,8 @@ fn status_routes_and_page() {
         let m = get(s.addr, "/v1/models").await.json();
         assert_eq!(m["object"], "list");
         assert_eq!(m["data"][0]["id"], "fake-model");
+        assert_eq!(get(s.addr, "/v1/models/fake-model").await.json()["id"], "fake-model");
+        assert_error(&get(s.addr, "/v1/models/gpt-4").await, 404, "fake-model");
         let p = get(s.addr, "/props").await.json();
         assert_eq!((p["n_ctx"].as_u64(), p["total_slots"].as_u64()), (Some(256), Some(2)));
         let page = get(s.addr, "/").await;
@@ -234,6 +236,7 @@ fn bad_requests() {
         assert_error(&post(a, "/v1/chat/completions", json!({ "messages": [{"role": "tool", "content": "x"}] })).await, 400, "role 'tool'");
         let img = json!([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:"}}]}]);
         assert_error(&post(a, "/v1/chat/completions", json!({ "messages": img })).await, 400, "image_url");
+        assert_error(&post(a, "/v1/chat/completions", json!({ "messages": user("x"), "tools": [{"type": "function"}] })).await, 400, "tools");
         let j = assert_error(&post(a, "/v1/chat/completions", json!({ "messages": [{"role": "assistant", "content": "x"}] })).await, 400, "alternate");
         assert_eq!(j["error"]["param"], "messages");
         // over the context

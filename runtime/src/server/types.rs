@@ -84,6 +84,31 @@ pub struct ChatRequest {
     pub stop: Option<OneOrMany>,
     pub ignore_eos: Option<bool>,
     pub n: Option<i64>,
+    /// Not supported: refused when non-empty rather than silently ignored.
+    pub tools: Option<serde_json::Value>,
+    /// Only `{"type": "text"}` is supported.
+    pub response_format: Option<serde_json::Value>,
+}
+
+impl ChatRequest {
+    /// Refuse what the server cannot honour, instead of answering as if it had.
+    pub fn check_unsupported(&self) -> Result<(), ApiError> {
+        if let Some(t) = &self.tools {
+            if !(t.is_null() || t.as_array().is_some_and(|a| a.is_empty())) {
+                return Err(ApiError::invalid_field("tools", "tools (function calling) are not supported by this server"));
+            }
+        }
+        if let Some(f) = &self.response_format {
+            let kind = f.get("type").and_then(|v| v.as_str()).unwrap_or("");
+            if !f.is_null() && kind != "text" {
+                return Err(ApiError::invalid_field(
+                    "response_format",
+                    format!("response_format of type '{kind}' is not supported (only 'text')"),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A completion prompt: text, or token ids (a batch of one is accepted too).
@@ -342,6 +367,16 @@ mod tests {
         assert!(r.messages[2].content.is_none());
         assert!(matches!(r.stop, Some(OneOrMany::One(ref s)) if s == "END"));
         assert_eq!(r.stream_options.unwrap().include_usage, Some(true));
+    }
+
+    #[test]
+    fn unsupported_features_are_refused() {
+        let ok: ChatRequest = parse_json(br#"{"messages":[],"tools":[],"response_format":{"type":"text"}}"#).unwrap();
+        assert!(ok.check_unsupported().is_ok());
+        let r: ChatRequest = parse_json(br#"{"messages":[],"tools":[{"type":"function"}]}"#).unwrap();
+        assert_eq!(r.check_unsupported().unwrap_err().param.as_deref(), Some("tools"));
+        let r: ChatRequest = parse_json(br#"{"messages":[],"response_format":{"type":"json_object"}}"#).unwrap();
+        assert!(r.check_unsupported().unwrap_err().message.contains("json_object"));
     }
 
     #[test]

@@ -406,7 +406,11 @@
       });
       if (!resp.ok) {
         let text = resp.status + " " + resp.statusText;
-        try { const j = await resp.json(); if (j.error && j.error.message) text = j.error.message; } catch (_) { /* not JSON */ }
+        try {
+          const j = await resp.json();
+          if (j.error && j.error.message) text = j.error.message;
+          if (j.error && j.error.code === "context_length_exceeded") text += ". Start a new chat to go on.";
+        } catch (_) { /* not JSON */ }
         throw new Error(text);
       }
       const reader = resp.body.getReader();
