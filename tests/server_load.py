@@ -213,6 +213,9 @@ def main():
     if rss_before:
         print(f"server memory (RSS): {summary['rss_before_mib']} MiB after warm-up, {summary['rss_after_mib']} MiB after, "
               f"peak {summary['rss_peak_mib']} MiB")
+        every = max(1, len(rss_samples) // 6)
+        series = [f"{s / 1024:.1f}" for s in rss_samples[::every] if s]
+        print(f"RSS during the run, every {every} s (MiB): {' '.join(series)}")
     print(f"afterwards: slots idle and queue empty: {summary['idle_after']}, server alive: {alive}")
     for e in stats.errors[:10]:
         print("error:", e)
