@@ -30,10 +30,11 @@ pub fn run(args: &Args) -> Result<i32> {
     if args.perplexity && args.ctx_size == 0 {
         opts.n_ctx = Some(512);
     }
+    let eval_list = args.eval_tokens.as_deref().map(parse_token_list).transpose()?;
     let engine = Engine::load_with_batch(&opts, args.batch_size.max(1))?;
     log!(args, "{}", describe(&engine));
-    if let Some(list) = &args.eval_tokens {
-        return eval_tokens(args, &engine, list);
+    if let Some(tokens) = eval_list {
+        return eval_tokens(args, &engine, tokens);
     }
     if args.perplexity {
         return perplexity(args, &engine);
@@ -302,8 +303,8 @@ fn top_k(logits: &[f32], k: usize, idx: &mut Vec<u32>) -> Vec<(u32, f32)> {
     idx.iter().map(|i| (*i, logits[*i as usize])).collect()
 }
 
-fn eval_tokens(args: &Args, engine: &Engine, list: &str) -> Result<i32> {
-    let n_vocab = engine.model().hp.n_vocab;
+/// `--eval-tokens 1,415,2936`.
+fn parse_token_list(list: &str) -> Result<Vec<u32>> {
     let tokens: Vec<u32> = list
         .split(',')
         .filter(|s| !s.trim().is_empty())
@@ -312,6 +313,11 @@ fn eval_tokens(args: &Args, engine: &Engine, list: &str) -> Result<i32> {
     if tokens.is_empty() {
         bail!("--eval-tokens: no token ids");
     }
+    Ok(tokens)
+}
+
+fn eval_tokens(args: &Args, engine: &Engine, tokens: Vec<u32>) -> Result<i32> {
+    let n_vocab = engine.model().hp.n_vocab;
     if let Some(bad) = tokens.iter().find(|t| **t as usize >= n_vocab) {
         bail!("--eval-tokens: token id {bad} is outside the vocabulary ({n_vocab} tokens)");
     }

@@ -254,6 +254,18 @@ impl Model {
             anyhow!("unsupported architecture '{arch_name}' (supported: {})", known.join(", "))
         })?;
         let hp = arch.hparams(&file).with_context(|| format!("reading {arch_name} hyperparameters"))?;
+        let group = hp.n_head / hp.n_head_kv;
+        if hp.head_dim.max(hp.head_dim_v) > transformer::MAX_HEAD_DIM
+            || group * hp.head_dim.max(hp.head_dim_v) > transformer::MAX_GROUP_DIM
+            || group > 64
+        {
+            bail!(
+                "attention shape not supported: head size {}/{}, {} query heads per KV head",
+                hp.head_dim,
+                hp.head_dim_v,
+                group
+            );
+        }
         let r = hp.recipe;
         let g = &file;
         let e = hp.n_embd;

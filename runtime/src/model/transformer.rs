@@ -106,8 +106,6 @@ pub struct Workspace {
     k: Vec<f32>,
     /// [B x v_dim]
     v: Vec<f32>,
-    /// [n_head x B x head_dim_v] attention output, head-major (each head's task writes its own).
-    att_hm: Vec<f32>,
     /// [B x n_head*head_dim_v] attention output, token-major (input of Wo).
     att: Vec<f32>,
     /// [B x n_embd] output of Wo / Wdown.
@@ -115,12 +113,6 @@ pub struct Workspace {
     /// [FFN_CHUNK x n_ff] each.
     gate: Vec<f32>,
     up: Vec<f32>,
-    /// [n_head x head_dim] the query of one head rounded to f16.
-    q16: Vec<f16>,
-    /// [n_head x head_dim_v] attention accumulator of one head (f16, as the reference).
-    acc16: Vec<f16>,
-    /// [n_head x head_dim_v] the same, widened to f32 while it is updated.
-    row: Vec<f32>,
     scratch: Scratch,
 }
 
@@ -135,14 +127,10 @@ impl Workspace {
             q: vec![0.0; b * hp.q_dim()],
             k: vec![0.0; b * hp.k_dim()],
             v: vec![0.0; b * hp.v_dim()],
-            att_hm: vec![0.0; b * hp.n_head * hp.head_dim_v],
             att: vec![0.0; b * hp.n_head * hp.head_dim_v],
             proj: vec![0.0; b * hp.n_embd],
             gate: vec![0.0; fc * hp.n_ff],
             up: vec![0.0; fc * hp.n_ff],
-            q16: vec![f16::ZERO; hp.n_head * hp.head_dim],
-            acc16: vec![f16::ZERO; hp.n_head * hp.head_dim_v],
-            row: vec![0.0; hp.n_head * hp.head_dim_v],
             scratch: Scratch::default(),
         }
     }
@@ -151,13 +139,11 @@ impl Workspace {
             + self.q.len()
             + self.k.len()
             + self.v.len()
-            + self.att_hm.len()
             + self.att.len()
             + self.proj.len()
             + self.gate.len()
-            + self.up.len()
-            + self.row.len())
-            + 2 * (self.q16.len() + self.acc16.len())
+            + self.up.len())
+            + self.scratch.quantized.len()
     }
 }
 
@@ -216,7 +202,7 @@ pub fn layer_forward(
     let hp = &model.hp;
     let lw = &model.layers[il];
     let la = hp.layers[il];
-    let (e, hd, hdv) = (hp.n_embd, hp.head_dim, hp.head_dim_v);
+    let (e, hd) = (hp.n_embd, hp.head_dim);
     let (qd, kd, vd) = (hp.q_dim(), hp.k_dim(), hp.v_dim());
     debug_assert!(n <= ws.max_batch && pos + n <= ws.n_ctx && pos + n <= rope.n_ctx);
     let eps = hp.rms_eps;
@@ -248,15 +234,7 @@ pub fn layer_forward(
         ops::f32_to_f16_slice(&ws.k[t * kd..(t + 1) * kd], &mut kv.k[p * kd..(p + 1) * kd]);
         ops::f32_to_f16_slice(&ws.v[t * vd..(t + 1) * vd], &mut kv.v[p * vd..(p + 1) * vd]);
     }
-    attention(hp, la, n, pos, kv, ws);
-    // head-major -> token-major
-    let hv = hp.n_head * hdv;
-    for h in 0..hp.n_head {
-        for t in 0..n {
-            let src = &ws.att_hm[(h * ws.max_batch + t) * hdv..][..hdv];
-            ws.att[t * hv + h * hdv..][..hdv].copy_from_slice(src);
-        }
-    }
+    attention(hp, la, n, pos, kv, &ws.q, &mut ws.att);
     project(model, &lw.wo, &ws.att, n, &mut ws.proj, &mut ws.scratch);
     residual_add(x, &mut ws.proj, n, e, lw.attn_post_norm.as_deref(), eps);
 
@@ -295,63 +273,86 @@ fn residual_add(x: &mut [f32], o: &mut [f32], n: usize, e: usize, post_norm: Opt
     }
 }
 
-/// Causal attention of the `n` new queries (positions pos..pos+n) over the cache, one rayon task
-/// per head; each task owns its rows of `q16`, `acc16`, `row` and its slice of `att_hm`.
+/// Largest `group * head_dim` (query heads per KV head x head size) the attention's on-stack
+/// buffers hold; `Model::load` refuses larger models.
+pub const MAX_GROUP_DIM: usize = 4096;
+/// Largest head size.
+pub const MAX_HEAD_DIM: usize = 512;
+
+/// Round to the nearest f16-representable value (11 significant bits), in f32 arithmetic:
+/// Veltkamp's split with 2^13 + 1 keeps the top 24 - 13 = 11 bits of the significand. Used to
+/// hold the attention accumulator at f16 precision as the reference does, without a conversion
+/// round trip per element. (Differs from a true f16 store only for |x| below f16's normal range,
+/// 6.1e-5, and above its maximum, where nothing in an attention output lives.)
+#[inline(always)]
+fn round_f16(x: f32) -> f32 {
+    let c = x * 8193.0;
+    c - (c - x)
+}
+
+/// Causal attention of the `n` new queries (positions pos..pos+n) over the cache: `q`
+/// [n x n_head*head_dim] in, `att` [n x n_head*head_dim_v] out. One rayon task per (token, KV
+/// head): the query heads sharing a KV head read each cached key/value row once.
 ///
 /// The numerics follow the reference engine's CPU flash attention with an f16 cache, because
 /// they are visible in the logits (measured: 4x closer to the reference on the f16 tiny model
 /// than an exact f32 softmax): the query is rounded to f16 and dotted with the f16 keys (f32
-/// sums); a single pass keeps the running maximum M and sum S (online softmax), and the value
-/// accumulator is held in f16 — rescaled by exp(M_old - M) when the maximum grows, then
-/// `acc += v * exp(s - M)` — and divided by S at the end.
-fn attention(hp: &Hparams, la: LayerAttn, n: usize, pos: usize, kv: &LayerKv, ws: &mut Workspace) {
+/// sums); one pass keeps the running maximum M and sum S (online softmax), and the value
+/// accumulator is held at f16 precision: rescaled by exp(M_old - M) when the maximum grows,
+/// then `acc += v * exp(s - M)`, and divided by S at the end.
+fn attention(hp: &Hparams, la: LayerAttn, n: usize, pos: usize, kv: &LayerKv, q: &[f32], att: &mut [f32]) {
     let (hd, hdv, qd, kd, vd) = (hp.head_dim, hp.head_dim_v, hp.q_dim(), hp.k_dim(), hp.v_dim());
     let group = hp.n_head / hp.n_head_kv;
+    let n_kv = hp.n_head_kv;
     let scale = hp.attn_scale;
-    let bmax = ws.max_batch;
-    let q = &ws.q;
-    ws.q16
-        .par_chunks_mut(hd)
-        .zip(ws.acc16.par_chunks_mut(hdv))
-        .zip(ws.row.par_chunks_mut(hdv))
-        .zip(ws.att_hm.par_chunks_mut(bmax * hdv))
-        .enumerate()
-        .for_each(|(h, (((q16, acc16), acc), out))| {
-            let g = h / group;
-            for t in 0..n {
-                let p = pos + t;
-                let lo = match la.window {
-                    Some(w) => (p + 1).saturating_sub(w),
-                    None => 0,
-                };
-                ops::f32_to_f16_slice(&q[t * qd + h * hd..][..hd], q16);
-                let mut m = f32::NEG_INFINITY;
-                let mut sum = 0f32;
-                acc16.fill(f16::ZERO);
-                for j in lo..=p {
-                    let s = ops::dot_f16(q16, &kv.k[j * kd + g * hd..][..hd]) * scale;
-                    let (mut ms, mut vs) = (1.0f32, 1.0f32);
-                    ops::f16_to_f32_slice(acc16, acc);
-                    if s > m {
-                        ms = if m == f32::NEG_INFINITY { 0.0 } else { (m - s).exp() };
-                        m = s;
-                        if ms != 1.0 {
-                            ops::scale(acc, ms);
-                            ops::f32_to_f16_slice(acc, acc16);
-                            ops::f16_to_f32_slice(acc16, acc);
-                        }
-                    } else {
-                        vs = (s - m).exp();
-                    }
-                    ops::axpy_f16(acc, vs, &kv.v[j * vd + g * hdv..][..hdv]);
-                    ops::f32_to_f16_slice(acc, acc16);
-                    sum = sum * ms + vs;
-                }
-                let o = &mut out[t * hdv..(t + 1) * hdv];
-                ops::f16_to_f32_slice(acc16, o);
-                ops::scale(o, if sum == 0.0 { 0.0 } else { 1.0 / sum });
+    att[..n * hp.n_head * hdv].par_chunks_mut(group * hdv).enumerate().for_each(|(i, out)| {
+        let (t, g) = (i / n_kv, i % n_kv);
+        let p = pos + t;
+        let lo = match la.window {
+            Some(w) => (p + 1).saturating_sub(w),
+            None => 0,
+        };
+        // this group's queries rounded to f16 (kept as f32), accumulators, one widened K/V row
+        let mut qs = [0f32; MAX_GROUP_DIM];
+        let mut acc = [0f32; MAX_GROUP_DIM];
+        let mut row = [0f32; MAX_HEAD_DIM];
+        let mut q16 = [f16::ZERO; MAX_HEAD_DIM];
+        let (qs, acc) = (&mut qs[..group * hd], &mut acc[..group * hdv]);
+        for (hq, qh) in qs.chunks_exact_mut(hd).enumerate() {
+            let src = &q[t * qd + (g * group + hq) * hd..][..hd];
+            ops::f32_to_f16_slice(src, &mut q16[..hd]);
+            ops::f16_to_f32_slice(&q16[..hd], qh);
+        }
+        let mut m = [f32::NEG_INFINITY; 64];
+        let mut sum = [0f32; 64];
+        let mut s = [0f32; 64];
+        for j in lo..=p {
+            ops::f16_to_f32_slice(&kv.k[j * kd + g * hd..][..hd], &mut row[..hd]);
+            for (hq, qh) in qs.chunks_exact(hd).enumerate() {
+                s[hq] = ops::dot(qh, &row[..hd]) * scale;
             }
-        });
+            ops::f16_to_f32_slice(&kv.v[j * vd + g * hdv..][..hdv], &mut row[..hdv]);
+            let v = &row[..hdv];
+            for (hq, a) in acc.chunks_exact_mut(hdv).enumerate() {
+                let (mut ms, mut vs) = (1.0f32, 1.0f32);
+                if s[hq] > m[hq] {
+                    ms = if m[hq] == f32::NEG_INFINITY { 0.0 } else { (m[hq] - s[hq]).exp() };
+                    m[hq] = s[hq];
+                    if ms != 1.0 {
+                        a.iter_mut().for_each(|x| *x = round_f16(*x * ms));
+                    }
+                } else {
+                    vs = (s[hq] - m[hq]).exp();
+                }
+                a.iter_mut().zip(v).for_each(|(x, vv)| *x = round_f16(*x + vv * vs));
+                sum[hq] = sum[hq] * ms + vs;
+            }
+        }
+        for (hq, (o, a)) in out.chunks_exact_mut(hdv).zip(acc.chunks_exact(hdv)).enumerate() {
+            let inv = if sum[hq] == 0.0 { 0.0 } else { 1.0 / sum[hq] };
+            o.iter_mut().zip(a).for_each(|(o, a)| *o = a * inv);
+        }
+    });
 }
 
 /// Logits of the last token (`logits.len() == n_vocab`) or of every token
