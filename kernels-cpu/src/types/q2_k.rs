@@ -3,6 +3,7 @@
 //!
 //! Value `i` is bits `2s..2s+2` of `qs[32h + l]` with `h = i / 128`, `s = (i % 128) / 32`,
 //! `l = i % 32`; its sub-block is `i / 16`.
+#![allow(clippy::needless_range_loop)] // positions index several arrays, as in the format's description
 
 use super::Block;
 use super::q8_k::{blocks_mut, f16_to_f32, f32_to_f16, first_blocks, make_qkx2_quants, nearest_int, BlockQ8K, QK_K};
@@ -44,7 +45,7 @@ pub fn dequantize(src: &[u8], dst: &mut [f32]) {
 
 /// Quantize as the reference does without an importance matrix (`quantize_row_q2_K_ref`).
 pub fn quantize(src: &[f32], dst: &mut [u8]) {
-    assert!(src.len() % QK_K == 0, "Q2_K quantize: {} values is not a multiple of {QK_K}", src.len());
+    assert!(src.len().is_multiple_of(QK_K), "Q2_K quantize: {} values is not a multiple of {QK_K}", src.len());
     let out = blocks_mut::<BlockQ2K>(dst);
     assert!(out.len() >= src.len() / QK_K, "Q2_K quantize: output too short");
     const Q4SCALE: f32 = 15.0;

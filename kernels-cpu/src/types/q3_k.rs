@@ -5,6 +5,7 @@
 //! of `qs[32h + l]`; `q = low - 4` unless bit `i / 32` of `hmask[l]` is set (then `q = low`).
 //! Scale `j`: low 4 bits from `scales[j]` (j < 8) or `scales[j - 8] >> 4`, top 2 bits from
 //! `scales[8 + j % 4] >> (2 * (j / 4))`.
+#![allow(clippy::needless_range_loop)] // positions index several arrays, as in the format's description
 
 use super::Block;
 use super::q8_k::{blocks_mut, f16_to_f32, f32_to_f16, first_blocks, make_q3_quants, nearest_int, BlockQ8K, QK_K};
@@ -80,7 +81,7 @@ pub fn dequantize(src: &[u8], dst: &mut [f32]) {
 
 /// Quantize as the reference does without an importance matrix (`quantize_row_q3_K_ref`).
 pub fn quantize(src: &[f32], dst: &mut [u8]) {
-    assert!(src.len() % QK_K == 0, "Q3_K quantize: {} values is not a multiple of {QK_K}", src.len());
+    assert!(src.len().is_multiple_of(QK_K), "Q3_K quantize: {} values is not a multiple of {QK_K}", src.len());
     let out = blocks_mut::<BlockQ3K>(dst);
     assert!(out.len() >= src.len() / QK_K, "Q3_K quantize: output too short");
     for (x, y) in src.chunks_exact(QK_K).zip(out.iter_mut()) {

@@ -3,6 +3,7 @@
 //!
 //! `qs` holds 4 groups of 32 bytes; group `k` has sub-block `2k` in its low nibbles and `2k+1`
 //! in its high nibbles.
+#![allow(clippy::needless_range_loop)] // positions index several arrays, as in the format's description
 
 use super::Block;
 use super::q8_k::{
@@ -104,7 +105,7 @@ pub fn dequantize(src: &[u8], dst: &mut [f32]) {
 /// Quantize as the reference does without an importance matrix (`quantize_row_q4_K_ref`):
 /// per sub-block a weighted asymmetric fit, then 6-bit scales/mins relative to the largest.
 pub fn quantize(src: &[f32], dst: &mut [u8]) {
-    assert!(src.len() % QK_K == 0, "Q4_K quantize: {} values is not a multiple of {QK_K}", src.len());
+    assert!(src.len().is_multiple_of(QK_K), "Q4_K quantize: {} values is not a multiple of {QK_K}", src.len());
     let out = blocks_mut::<BlockQ4K>(dst);
     assert!(out.len() >= src.len() / QK_K, "Q4_K quantize: output too short");
     for (x, y) in src.chunks_exact(QK_K).zip(out.iter_mut()) {

@@ -1,6 +1,7 @@
 //! Q5_K: as Q4_K with a fifth bit per value (ggml `block_q5_K`): value =
 //! `d * sc[j] * q - dmin * m[j]`, `q` in 0..32. The low 4 bits are laid out as in Q4_K; the fifth
 //! bit of value `l` of group `k` (sub-blocks `2k`, `2k+1`) is bit `2k` / `2k+1` of `qh[l]`.
+#![allow(clippy::needless_range_loop)] // positions index several arrays, as in the format's description
 
 use super::q4_k::{fit_scales_mins, pack_scales_mins_k4, requantize, scale_min_k4, scales_mins_k4};
 use super::Block;
@@ -24,7 +25,7 @@ unsafe impl Block for BlockQ5K {}
 #[inline]
 fn level(b: &BlockQ5K, j: usize, l: usize) -> u8 {
     let k = j / 2;
-    let low = if j % 2 == 0 { b.qs[32 * k + l] & 0xF } else { b.qs[32 * k + l] >> 4 };
+    let low = if j.is_multiple_of(2) { b.qs[32 * k + l] & 0xF } else { b.qs[32 * k + l] >> 4 };
     low | (((b.qh[l] >> j) & 1) << 4)
 }
 
@@ -45,7 +46,7 @@ pub fn dequantize(src: &[u8], dst: &mut [f32]) {
 
 /// Quantize as the reference does without an importance matrix (`quantize_row_q5_K_ref`).
 pub fn quantize(src: &[f32], dst: &mut [u8]) {
-    assert!(src.len() % QK_K == 0, "Q5_K quantize: {} values is not a multiple of {QK_K}", src.len());
+    assert!(src.len().is_multiple_of(QK_K), "Q5_K quantize: {} values is not a multiple of {QK_K}", src.len());
     let out = blocks_mut::<BlockQ5K>(dst);
     assert!(out.len() >= src.len() / QK_K, "Q5_K quantize: output too short");
     for (x, y) in src.chunks_exact(QK_K).zip(out.iter_mut()) {

@@ -4,6 +4,7 @@
 //! Layout per half `h` (values `128h..128h+128`): `ql[64h..64h+64]` holds the low 4 bits (bytes
 //! 0..32: values +0 (low nibble) and +64 (high nibble); bytes 32..64: values +32 and +96) and
 //! `qh[32h..32h+32]` the top 2 bits (bits 0-1: +0, 2-3: +32, 4-5: +64, 6-7: +96).
+#![allow(clippy::needless_range_loop)] // positions index several arrays, as in the format's description
 
 use super::Block;
 use super::q8_k::{blocks_mut, f16_to_f32, f32_to_f16, first_blocks, make_qx_quants, nearest_int, BlockQ8K, QK_K};
@@ -44,7 +45,7 @@ pub fn dequantize(src: &[u8], dst: &mut [f32]) {
 
 /// Quantize as the reference does without an importance matrix (`quantize_row_q6_K_ref`).
 pub fn quantize(src: &[f32], dst: &mut [u8]) {
-    assert!(src.len() % QK_K == 0, "Q6_K quantize: {} values is not a multiple of {QK_K}", src.len());
+    assert!(src.len().is_multiple_of(QK_K), "Q6_K quantize: {} values is not a multiple of {QK_K}", src.len());
     let out = blocks_mut::<BlockQ6K>(dst);
     assert!(out.len() >= src.len() / QK_K, "Q6_K quantize: output too short");
     for (x, y) in src.chunks_exact(QK_K).zip(out.iter_mut()) {

@@ -6,6 +6,7 @@
 //! This file also holds what every K-quant file shares: `QK_K`, viewing bytes as blocks, the f16
 //! fields, the reference's rounding (`nearest_int`) and its scale searches (`make_qx_quants`,
 //! `make_q3_quants`, `make_qkx2_quants`), written from the ggml quantizer's description.
+#![allow(clippy::needless_range_loop)] // positions index several arrays, as in the format's description
 
 pub(crate) use super::{f16_to_f32, f32_to_f16};
 use super::Block;
@@ -198,7 +199,7 @@ pub(crate) fn make_qkx2_quants(
     // The search keeps 8 partial sums per quantity (lanes of a vector once compiled), summed in
     // a fixed order at the end: same result on every machine, several times faster than one
     // running sum (n is 16 or 32).
-    debug_assert!(n % 8 == 0);
+    debug_assert!(n.is_multiple_of(8));
     for is in 0..=nstep {
         iscale = (rmin + rdelta * is as f32 + nmax as f32) / (max - min);
         let (mut sum_l, mut sum_l2, mut sum_xl) = ([0.0f32; 8], [0.0f32; 8], [0.0f32; 8]);
@@ -283,7 +284,7 @@ pub fn dequantize(src: &[u8], dst: &mut [f32]) {
 /// Quantize exactly as the reference quantizes activations (`quantize_row_q8_K_ref`): scale
 /// from the value of largest magnitude mapped to -127, round to nearest even, clamp at 127.
 pub fn quantize(src: &[f32], dst: &mut [u8]) {
-    assert!(src.len() % QK_K == 0, "Q8_K quantize: {} values is not a multiple of {QK_K}", src.len());
+    assert!(src.len().is_multiple_of(QK_K), "Q8_K quantize: {} values is not a multiple of {QK_K}", src.len());
     let nb = src.len() / QK_K;
     let out = blocks_mut::<BlockQ8K>(dst);
     assert!(out.len() >= nb, "Q8_K quantize: output holds {} blocks, {nb} needed", out.len());

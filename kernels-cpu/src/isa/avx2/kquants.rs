@@ -68,7 +68,7 @@ pub fn quantize(t: WeightType) -> Option<QuantizeFn> {
 /// nearest even (`vcvtps2dq` under the default rounding mode, as `nearest_int` for |v| < 2^22),
 /// clamped at 127.
 fn quantize_q8_k(src: &[f32], dst: &mut [u8]) {
-    assert!(src.len() % QK_K == 0, "Q8_K quantize: {} values is not a multiple of {QK_K}", src.len());
+    assert!(src.len().is_multiple_of(QK_K), "Q8_K quantize: {} values is not a multiple of {QK_K}", src.len());
     let out = crate::types::q8_k::blocks_mut::<BlockQ8K>(dst);
     assert!(out.len() >= src.len() / QK_K, "Q8_K quantize: output too short");
     for (x, y) in src.chunks_exact(QK_K).zip(out.iter_mut()) {
@@ -171,7 +171,7 @@ fn scale_vectors(s16: __m256i, per_chunk: usize) -> [__m256i; 8] {
     let lo = _mm256_unpacklo_epi16(s16, s16);
     let hi = _mm256_unpackhi_epi16(s16, s16);
     let pick = |j: usize| -> (__m256i, i32) {
-        let src = if (j / 4) % 2 == 0 { lo } else { hi };
+        let src = if (j / 4).is_multiple_of(2) { lo } else { hi };
         (src, (j % 4 + if j >= 8 { 4 } else { 0 }) as i32)
     };
     let mut out = [_mm256_setzero_si256(); 8];

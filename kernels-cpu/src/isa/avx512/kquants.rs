@@ -75,7 +75,7 @@ pub fn quantize(t: WeightType) -> Option<QuantizeFn> {
 /// nearest even (`vcvtps2dq` under the default rounding mode, as `nearest_int` for |v| < 2^22),
 /// clamped at 127.
 fn quantize_q8_k(src: &[f32], dst: &mut [u8]) {
-    assert!(src.len() % QK_K == 0, "Q8_K quantize: {} values is not a multiple of {QK_K}", src.len());
+    assert!(src.len().is_multiple_of(QK_K), "Q8_K quantize: {} values is not a multiple of {QK_K}", src.len());
     let out = crate::types::q8_k::blocks_mut::<BlockQ8K>(dst);
     assert!(out.len() >= src.len() / QK_K, "Q8_K quantize: output too short");
     for (x, y) in src.chunks_exact(QK_K).zip(out.iter_mut()) {
