@@ -88,9 +88,9 @@ fn compare(name: &str, cpu: &[f32], ours: &[f32], nv: usize) {
 
 #[test]
 fn offload_matches_cpu_on_tiny_models() {
-    let models = ["tiny-mistral-q4_0", "tiny-mistral-q8_0", "tiny-mistral-q4_k_m", "tiny-mistral-q6_k", "tiny-mistral-f16"];
+    let models = ["f16", "q8_0", "q6_k", "q5_k_m", "q5_0", "q4_k_m", "q4_0", "q3_k_m", "q2_k"].map(|t| format!("tiny-mistral-{t}"));
     let ch = chosen();
-    for m in models {
+    for m in &models {
         let path = e2e::shared().join("models").join(format!("{m}.gguf"));
         let model = Arc::new(Model::load(GgufFile::open(&path).unwrap()).unwrap());
         let n_layer = model.hp.n_layer;
