@@ -130,6 +130,9 @@ struct Unpacked {
     d: f32,
     /// Factor of `c16 · bsums` when it is not folded into `sumi`.
     f: f32,
+    /// `lv` already holds level x scale (Q2_K: at most 3 x 15, a byte): `sc` is unused and each
+    /// chunk is one `vpdpbusd`.
+    premul: bool,
 }
 
 /// 16-bit lane `i` -> `i / 16` (sub-blocks of 32 values: two per 64-value chunk).
@@ -217,7 +220,7 @@ fn unpack_q4k(b: &BlockQ4K) -> Unpacked {
         *l = _mm512_and_si512(_mm512_srlv_epi64(broadcast32(&b.qs[32 * k..]), sh), m4);
     }
     let (d, dmin) = f16x2(b.d, b.dmin);
-    Unpacked { lv, sc: scale_vectors(s16, 2), c16, d, f: -dmin }
+    Unpacked { lv, sc: scale_vectors(s16, 2), c16, d, f: -dmin, premul: false }
 }
 
 #[inline]
@@ -239,7 +242,7 @@ fn unpack_q5k(b: &BlockQ5K) -> Unpacked {
         *l = _mm512_mask_add_epi8(low, high, low, sixteen);
     }
     let (d, dmin) = f16x2(b.d, b.dmin);
-    Unpacked { lv, sc: scale_vectors(s16, 2), c16, d, f: -dmin }
+    Unpacked { lv, sc: scale_vectors(s16, 2), c16, d, f: -dmin, premul: false }
 }
 
 #[inline]
@@ -263,7 +266,7 @@ fn unpack_q6k(b: &BlockQ6K) -> Unpacked {
         lv[2 * h] = _mm512_or_si512(lo0, _mm512_slli_epi16::<4>(hi0));
         lv[2 * h + 1] = _mm512_or_si512(lo1, _mm512_slli_epi16::<4>(hi1));
     }
-    Unpacked { lv, sc: scale_vectors(s16, 4), c16, d: f16x2(b.d, [0; 2]).0, f: 0.0 }
+    Unpacked { lv, sc: scale_vectors(s16, 4), c16, d: f16x2(b.d, [0; 2]).0, f: 0.0, premul: false }
 }
 
 /// The 2-bit levels of Q2_K/Q3_K (`qs` has the same layout in both).
@@ -285,11 +288,26 @@ fn levels_2bit(qs: &[u8; 64]) -> [__m512i; 4] {
 fn unpack_q2k(b: &BlockQ2K) -> Unpacked {
     // SAFETY: `scales` is 16 readable bytes.
     let s = unsafe { _mm_loadu_si128(b.scales.as_ptr() as *const __m128i) };
-    let s16 = _mm256_cvtepu8_epi16(_mm_and_si128(s, _mm_set1_epi8(0x0F)));
     let c16 = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(s), _mm_set1_epi8(0x0F)));
+    // Level x scale fits a byte (<= 45), so the scales are applied by a table lookup: for
+    // sub-block j, the bytes [0, s, 2s, 3s] = s * 0x03020100 (no carries), one 16-byte lane of a
+    // chunk per sub-block, indexed by the 2-bit levels with `vpshufb`.
+    let s32 = _mm512_cvtepu8_epi32(_mm_and_si128(s, _mm_set1_epi8(0x0F)));
+    let tables = _mm512_mullo_epi32(s32, _mm512_set1_epi32(0x0302_0100));
+    // SAFETY: `IDX_SUB16_32` is 64 readable bytes; the load is unaligned.
+    let base = unsafe { _mm512_loadu_si512(IDX_SUB16_32.as_ptr() as *const __m512i) };
+    let mut lv = levels_2bit(&b.qs);
+    for (c, l) in lv.iter_mut().enumerate() {
+        let t = _mm512_permutexvar_epi32(_mm512_add_epi32(base, _mm512_set1_epi32(4 * c as i32)), tables);
+        *l = _mm512_shuffle_epi8(t, *l);
+    }
     let (d, dmin) = f16x2(b.d, b.dmin);
-    Unpacked { lv: levels_2bit(&b.qs), sc: scale_vectors(s16, 4), c16, d, f: -dmin }
+    let z = _mm512_setzero_si512();
+    Unpacked { lv, sc: [z; 4], c16, d, f: -dmin, premul: true }
 }
+
+/// 32-bit lane `i` -> `i / 4` (the 16-byte lane of a chunk holding sub-block `4c + i / 4`).
+static IDX_SUB16_32: [i32; 16] = [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3];
 
 /// The 16 Q3_K scales (`sc - 32`) as bytes, as `types::q3_k::scales_q3k` computes them.
 #[inline]
@@ -321,7 +339,7 @@ fn unpack_q3k(b: &BlockQ3K) -> Unpacked {
         let high = _mm512_test_epi8_mask(hm, bytes2(1 << (2 * c), 1 << (2 * c + 1)));
         *l = _mm512_mask_add_epi8(*l, high, *l, four);
     }
-    Unpacked { lv, sc: scale_vectors(s16, 4), c16, d: f16x2(b.d, [0; 2]).0, f: 0.0 }
+    Unpacked { lv, sc: scale_vectors(s16, 4), c16, d: f16x2(b.d, [0; 2]).0, f: 0.0, premul: false }
 }
 
 /// Integer part of one block against one Q8_K block: `Σ sc * Σ lv * q8` (+ the folded offset).
@@ -329,12 +347,20 @@ fn unpack_q3k(b: &BlockQ3K) -> Unpacked {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn block_sumi(u: &Unpacked, a: &BlockQ8K, fold: bool) -> (__m512i, __m256i) {
     let q8 = a.qs.as_ptr() as *const __m512i;
-    let mut sumi = _mm512_setzero_si512();
-    for k in 0..4 {
-        // SAFETY: `qs` is 256 bytes, chunk k covers bytes 64k..64k+64; the load is unaligned.
-        let x = unsafe { _mm512_loadu_si512(q8.add(k)) };
-        sumi = _mm512_dpwssd_epi32(sumi, _mm512_maddubs_epi16(u.lv[k], x), u.sc[k]);
-    }
+    // SAFETY: `qs` is 256 bytes, chunk k covers bytes 64k..64k+64; the loads are unaligned.
+    let x: [__m512i; 4] = core::array::from_fn(|k| unsafe { _mm512_loadu_si512(q8.add(k)) });
+    let mut sumi = if u.premul {
+        // four independent products and a tree: no chain of dependent `vpdpbusd`
+        let z = _mm512_setzero_si512();
+        let p: [__m512i; 4] = core::array::from_fn(|k| _mm512_dpbusd_epi32(z, u.lv[k], x[k]));
+        _mm512_add_epi32(_mm512_add_epi32(p[0], p[1]), _mm512_add_epi32(p[2], p[3]))
+    } else {
+        let mut sumi = _mm512_setzero_si512();
+        for k in 0..4 {
+            sumi = _mm512_dpwssd_epi32(sumi, _mm512_maddubs_epi16(u.lv[k], x[k]), u.sc[k]);
+        }
+        sumi
+    };
     // SAFETY: `bsums` is 32 readable bytes.
     let bs = unsafe { _mm256_loadu_si256(a.bsums.as_ptr() as *const __m256i) };
     let g = _mm256_madd_epi16(u.c16, bs);
