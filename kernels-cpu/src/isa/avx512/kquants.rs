@@ -288,6 +288,19 @@ fn levels_2bit(qs: &[u8; 64]) -> [__m512i; 4] {
 fn unpack_q2k(b: &BlockQ2K) -> Unpacked {
     // SAFETY: `scales` is 16 readable bytes.
     let s = unsafe { _mm_loadu_si128(b.scales.as_ptr() as *const __m128i) };
+    let s16 = _mm256_cvtepu8_epi16(_mm_and_si128(s, _mm_set1_epi8(0x0F)));
+    let c16 = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(s), _mm_set1_epi8(0x0F)));
+    let (d, dmin) = f16x2(b.d, b.dmin);
+    Unpacked { lv: levels_2bit(&b.qs), sc: scale_vectors(s16, 4), c16, d, f: -dmin, premul: false }
+}
+
+/// Q2_K for the tile kernel, where the unpacking is shared by several tokens: scales applied
+/// to the levels once, so each token's chunk is a single `vpdpbusd`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn unpack_q2k_premul(b: &BlockQ2K) -> Unpacked {
+    // SAFETY: `scales` is 16 readable bytes.
+    let s = unsafe { _mm_loadu_si128(b.scales.as_ptr() as *const __m128i) };
     let c16 = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(s), _mm_set1_epi8(0x0F)));
     // Level x scale fits a byte (<= 45), so the scales are applied by a table lookup: for
     // sub-block j, the bytes [0, s, 2s, 3s] = s * 0x03020100 (no carries), one 16-byte lane of a
@@ -347,20 +360,16 @@ fn unpack_q3k(b: &BlockQ3K) -> Unpacked {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn block_sumi(u: &Unpacked, a: &BlockQ8K, fold: bool) -> (__m512i, __m256i) {
     let q8 = a.qs.as_ptr() as *const __m512i;
-    // SAFETY: `qs` is 256 bytes, chunk k covers bytes 64k..64k+64; the loads are unaligned.
-    let x: [__m512i; 4] = core::array::from_fn(|k| unsafe { _mm512_loadu_si512(q8.add(k)) });
-    let mut sumi = if u.premul {
-        // four independent products and a tree: no chain of dependent `vpdpbusd`
-        let z = _mm512_setzero_si512();
-        let p: [__m512i; 4] = core::array::from_fn(|k| _mm512_dpbusd_epi32(z, u.lv[k], x[k]));
-        _mm512_add_epi32(_mm512_add_epi32(p[0], p[1]), _mm512_add_epi32(p[2], p[3]))
-    } else {
-        let mut sumi = _mm512_setzero_si512();
-        for k in 0..4 {
-            sumi = _mm512_dpwssd_epi32(sumi, _mm512_maddubs_epi16(u.lv[k], x[k]), u.sc[k]);
-        }
-        sumi
-    };
+    let mut sumi = _mm512_setzero_si512();
+    for k in 0..4 {
+        // SAFETY: `qs` is 256 bytes, chunk k covers bytes 64k..64k+64; the load is unaligned.
+        let x = unsafe { _mm512_loadu_si512(q8.add(k)) };
+        sumi = if u.premul {
+            _mm512_dpbusd_epi32(sumi, u.lv[k], x)
+        } else {
+            _mm512_dpwssd_epi32(sumi, _mm512_maddubs_epi16(u.lv[k], x), u.sc[k])
+        };
+    }
     // SAFETY: `bsums` is 32 readable bytes.
     let bs = unsafe { _mm256_loadu_si256(a.bsums.as_ptr() as *const __m256i) };
     let g = _mm256_madd_epi16(u.c16, bs);
@@ -386,7 +395,7 @@ fn accumulate(acc: __m512, u: &Unpacked, a: &BlockQ8K, fold: bool) -> __m512 {
 
 /// vec_dot and the tile kernel of one type, from its block type and unpacker.
 macro_rules! kquant_kernels {
-    ($m:ident, $Block:ty, $unpack:ident, $fold:expr, $name:expr) => {
+    ($m:ident, $Block:ty, $unpack:ident, $unpack_tile:ident, $fold:expr, $name:expr) => {
         mod $m {
             use super::*;
 
@@ -429,7 +438,8 @@ macro_rules! kquant_kernels {
                     let wb = first_blocks::<$Block>(&w[r * w_stride..], nb, concat!($name, " gemm weights"));
                     let mut acc = [_mm512_setzero_ps(); NC];
                     for (i, b) in wb.iter().enumerate() {
-                        let u = $unpack(b);
+                        // one token (matvec): the unpacking that is cheapest for a single use
+                        let u = if NC == 1 { $unpack(b) } else { $unpack_tile(b) };
                         for t in 0..NC {
                             acc[t] = accumulate(acc[t], &u, &xb[t][i], $fold);
                         }
@@ -497,8 +507,8 @@ macro_rules! kquant_kernels {
     };
 }
 
-kquant_kernels!(q2k, BlockQ2K, unpack_q2k, false, "Q2_K");
-kquant_kernels!(q3k, BlockQ3K, unpack_q3k, true, "Q3_K");
-kquant_kernels!(q4k, BlockQ4K, unpack_q4k, false, "Q4_K");
-kquant_kernels!(q5k, BlockQ5K, unpack_q5k, false, "Q5_K");
-kquant_kernels!(q6k, BlockQ6K, unpack_q6k, true, "Q6_K");
+kquant_kernels!(q2k, BlockQ2K, unpack_q2k, unpack_q2k_premul, false, "Q2_K");
+kquant_kernels!(q3k, BlockQ3K, unpack_q3k, unpack_q3k, true, "Q3_K");
+kquant_kernels!(q4k, BlockQ4K, unpack_q4k, unpack_q4k, false, "Q4_K");
+kquant_kernels!(q5k, BlockQ5K, unpack_q5k, unpack_q5k, false, "Q5_K");
+kquant_kernels!(q6k, BlockQ6K, unpack_q6k, unpack_q6k, true, "Q6_K");
