@@ -130,9 +130,11 @@ struct Unpacked {
     d: f32,
     /// Factor of `c16 · bsums` when it is not folded into `sumi`.
     f: f32,
-    /// `lv` already holds level x scale (Q2_K: at most 3 x 15, a byte): `sc` is unused and each
-    /// chunk is one `vpdpbusd`.
+    /// `lv` already holds level x scale (Q2_K: at most 3 x 15, a byte; Q3_K: offset by `off`):
+    /// `sc` is unused and each chunk is one `vpdpbusd` (two with an offset).
     premul: bool,
+    /// Byte added to every premultiplied value to make it unsigned; removed lane by lane.
+    off: u8,
 }
 
 /// 16-bit lane `i` -> `i / 16` (sub-blocks of 32 values: two per 64-value chunk).
@@ -220,7 +222,7 @@ fn unpack_q4k(b: &BlockQ4K) -> Unpacked {
         *l = _mm512_and_si512(_mm512_srlv_epi64(broadcast32(&b.qs[32 * k..]), sh), m4);
     }
     let (d, dmin) = f16x2(b.d, b.dmin);
-    Unpacked { lv, sc: scale_vectors(s16, 2), c16, d, f: -dmin, premul: false }
+    Unpacked { lv, sc: scale_vectors(s16, 2), c16, d, f: -dmin, premul: false, off: 0 }
 }
 
 #[inline]
@@ -242,7 +244,7 @@ fn unpack_q5k(b: &BlockQ5K) -> Unpacked {
         *l = _mm512_mask_add_epi8(low, high, low, sixteen);
     }
     let (d, dmin) = f16x2(b.d, b.dmin);
-    Unpacked { lv, sc: scale_vectors(s16, 2), c16, d, f: -dmin, premul: false }
+    Unpacked { lv, sc: scale_vectors(s16, 2), c16, d, f: -dmin, premul: false, off: 0 }
 }
 
 #[inline]
@@ -266,7 +268,7 @@ fn unpack_q6k(b: &BlockQ6K) -> Unpacked {
         lv[2 * h] = _mm512_or_si512(lo0, _mm512_slli_epi16::<4>(hi0));
         lv[2 * h + 1] = _mm512_or_si512(lo1, _mm512_slli_epi16::<4>(hi1));
     }
-    Unpacked { lv, sc: scale_vectors(s16, 4), c16, d: f16x2(b.d, [0; 2]).0, f: 0.0, premul: false }
+    Unpacked { lv, sc: scale_vectors(s16, 4), c16, d: f16x2(b.d, [0; 2]).0, f: 0.0, premul: false, off: 0 }
 }
 
 /// The 2-bit levels of Q2_K/Q3_K (`qs` has the same layout in both).
@@ -291,7 +293,7 @@ fn unpack_q2k(b: &BlockQ2K) -> Unpacked {
     let s16 = _mm256_cvtepu8_epi16(_mm_and_si128(s, _mm_set1_epi8(0x0F)));
     let c16 = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(s), _mm_set1_epi8(0x0F)));
     let (d, dmin) = f16x2(b.d, b.dmin);
-    Unpacked { lv: levels_2bit(&b.qs), sc: scale_vectors(s16, 4), c16, d, f: -dmin, premul: false }
+    Unpacked { lv: levels_2bit(&b.qs), sc: scale_vectors(s16, 4), c16, d, f: -dmin, premul: false, off: 0 }
 }
 
 /// Q2_K for the tile kernel, where the unpacking is shared by several tokens: scales applied
@@ -316,7 +318,7 @@ fn unpack_q2k_premul(b: &BlockQ2K) -> Unpacked {
     }
     let (d, dmin) = f16x2(b.d, b.dmin);
     let z = _mm512_setzero_si512();
-    Unpacked { lv, sc: [z; 4], c16, d, f: -dmin, premul: true }
+    Unpacked { lv, sc: [z; 4], c16, d, f: -dmin, premul: true, off: 0 }
 }
 
 /// 32-bit lane `i` -> `i / 4` (the 16-byte lane of a chunk holding sub-block `4c + i / 4`).
@@ -352,8 +354,49 @@ fn unpack_q3k(b: &BlockQ3K) -> Unpacked {
         let high = _mm512_test_epi8_mask(hm, bytes2(1 << (2 * c), 1 << (2 * c + 1)));
         *l = _mm512_mask_add_epi8(*l, high, *l, four);
     }
-    Unpacked { lv, sc: scale_vectors(s16, 4), c16, d: f16x2(b.d, [0; 2]).0, f: 0.0, premul: false }
+    Unpacked { lv, sc: scale_vectors(s16, 4), c16, d: f16x2(b.d, [0; 2]).0, f: 0.0, premul: false, off: 0 }
 }
+
+/// Q3_K for the tile kernel: the signed products `sc * (level - 4)` lie in -124..=128 -- one
+/// byte once offset by 124 -- so a `vpshufb` table per sub-block turns each 3-bit level into
+/// `sc * (level - 4) + 124` (0..=252); each token's chunk is one `vpdpbusd` for the products and
+/// one for `124 * x`, subtracted lane by lane (through the group sums instead, the offset would
+/// cancel only across lanes, after the float conversion, and cost precision).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn unpack_q3k_premul(b: &BlockQ3K) -> Unpacked {
+    let s32 = _mm512_cvtepi8_epi32(q3k_scales(&b.scales));
+    // bytes [124-4s, 124-3s, 124-2s, 124-s] and [124, 124+s, 124+2s, 124+3s]: no byte ever
+    // leaves 0..=252 for |s| <= 32, so whole-word arithmetic never carries between bytes
+    let base = _mm512_set1_epi32(0x7C7C_7C7C);
+    let lo = _mm512_sub_epi32(base, _mm512_mullo_epi32(s32, _mm512_set1_epi32(0x0102_0304)));
+    let hi = _mm512_add_epi32(base, _mm512_mullo_epi32(s32, _mm512_set1_epi32(0x0302_0100)));
+    // SAFETY: `IDX_Q3K_TABLES` is 64 readable bytes; the load is unaligned.
+    let idx = unsafe { _mm512_loadu_si512(IDX_Q3K_TABLES.as_ptr() as *const __m512i) };
+    let mut lv = levels_2bit(&b.qs);
+    let hm = broadcast32(&b.hmask);
+    let four = _mm512_set1_epi8(4);
+    for (c, l) in lv.iter_mut().enumerate() {
+        let high = _mm512_test_epi8_mask(hm, bytes2(1 << (2 * c), 1 << (2 * c + 1)));
+        let level = _mm512_mask_add_epi8(*l, high, *l, four);
+        let t = _mm512_permutex2var_epi32(lo, _mm512_add_epi32(idx, _mm512_set1_epi32(4 * c as i32)), hi);
+        *l = _mm512_shuffle_epi8(t, level);
+    }
+    let z = _mm512_setzero_si512();
+    Unpacked {
+        lv,
+        sc: [z; 4],
+        c16: _mm256_setzero_si256(),
+        d: f16x2(b.d, [0; 2]).0,
+        f: 0.0,
+        premul: true,
+        off: 124,
+    }
+}
+
+/// For chunk 0: 16-byte lane `j` gets words [lo[j], hi[j]] (index 16 + j picks from `hi`);
+/// chunk `c` adds `4c`.
+static IDX_Q3K_TABLES: [i32; 16] = [0, 16, 0, 0, 1, 17, 1, 1, 2, 18, 2, 2, 3, 19, 3, 3];
 
 /// Integer part of one block against one Q8_K block: `Σ sc * Σ lv * q8` (+ the folded offset).
 #[inline]
@@ -361,14 +404,23 @@ fn unpack_q3k(b: &BlockQ3K) -> Unpacked {
 fn block_sumi(u: &Unpacked, a: &BlockQ8K, fold: bool) -> (__m512i, __m256i) {
     let q8 = a.qs.as_ptr() as *const __m512i;
     let mut sumi = _mm512_setzero_si512();
+    let mut offset = _mm512_setzero_si512();
     for k in 0..4 {
         // SAFETY: `qs` is 256 bytes, chunk k covers bytes 64k..64k+64; the load is unaligned.
         let x = unsafe { _mm512_loadu_si512(q8.add(k)) };
-        sumi = if u.premul {
-            _mm512_dpbusd_epi32(sumi, u.lv[k], x)
+        if u.premul {
+            sumi = _mm512_dpbusd_epi32(sumi, u.lv[k], x);
+            if u.off != 0 {
+                offset = _mm512_dpbusd_epi32(offset, _mm512_set1_epi8(u.off as i8), x);
+            }
         } else {
-            _mm512_dpwssd_epi32(sumi, _mm512_maddubs_epi16(u.lv[k], x), u.sc[k])
-        };
+            sumi = _mm512_dpwssd_epi32(sumi, _mm512_maddubs_epi16(u.lv[k], x), u.sc[k]);
+        }
+    }
+    if u.premul && u.off != 0 {
+        // the offset leaves each lane exactly (same positions), so no lane ever holds more
+        // than its own products: the float conversion stays as accurate as the spec's
+        return (_mm512_sub_epi32(sumi, offset), _mm256_setzero_si256());
     }
     // SAFETY: `bsums` is 32 readable bytes.
     let bs = unsafe { _mm256_loadu_si256(a.bsums.as_ptr() as *const __m256i) };
@@ -508,7 +560,7 @@ macro_rules! kquant_kernels {
 }
 
 kquant_kernels!(q2k, BlockQ2K, unpack_q2k, unpack_q2k_premul, false, "Q2_K");
-kquant_kernels!(q3k, BlockQ3K, unpack_q3k, unpack_q3k, true, "Q3_K");
+kquant_kernels!(q3k, BlockQ3K, unpack_q3k, unpack_q3k_premul, true, "Q3_K");
 kquant_kernels!(q4k, BlockQ4K, unpack_q4k, unpack_q4k, false, "Q4_K");
 kquant_kernels!(q5k, BlockQ5K, unpack_q5k, unpack_q5k, false, "Q5_K");
 kquant_kernels!(q6k, BlockQ6K, unpack_q6k, unpack_q6k, true, "Q6_K");
