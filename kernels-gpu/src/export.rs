@@ -3,7 +3,9 @@
 //! trampolines. Every trampoline catches panics (`catch_unwind`) and turns errors into a status
 //! code plus a thread-local message, so nothing unwinds across the C boundary.
 
-use crate::abi::{self, AttentionParams, Context, DeviceInfo, GpuApi, RopeParams, Status, Stream, View, Weight};
+use crate::abi::{
+    self, AttentionParams, Context, DeviceInfo, GpuApi, RopeParams, Status, Stream, View, Weight,
+};
 use std::cell::RefCell;
 use std::ffi::c_char;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -17,7 +19,10 @@ pub struct Error {
 
 impl Error {
     pub fn new(code: i32, message: impl Into<String>) -> Error {
-        Error { code, message: message.into() }
+        Error {
+            code,
+            message: message.into(),
+        }
     }
     pub fn invalid(message: impl Into<String>) -> Error {
         Error::new(abi::ERR_INVALID_ARGUMENT, message)
@@ -56,19 +61,59 @@ pub trait Device: Sized + Send + Sync + 'static {
     fn upload(&self, s: &mut Self::Stream, dst: View, src: &[u8]) -> Result<()>;
     fn download(&self, s: &mut Self::Stream, src: View, dst: &mut [u8]) -> Result<()>;
 
-    fn matmul(&self, s: &mut Self::Stream, w: &Weight, x: View, n_tokens: u32, y: View) -> Result<()>;
+    fn matmul(
+        &self,
+        s: &mut Self::Stream,
+        w: &Weight,
+        x: View,
+        n_tokens: u32,
+        y: View,
+    ) -> Result<()>;
     #[allow(clippy::too_many_arguments)]
-    fn rmsnorm(&self, s: &mut Self::Stream, x: View, weight: View, n_rows: u32, dim: u32, eps: f32, out: View) -> Result<()>;
+    fn rmsnorm(
+        &self,
+        s: &mut Self::Stream,
+        x: View,
+        weight: View,
+        n_rows: u32,
+        dim: u32,
+        eps: f32,
+        out: View,
+    ) -> Result<()>;
     fn rope(&self, s: &mut Self::Stream, x: View, p: &RopeParams) -> Result<()>;
     fn add(&self, s: &mut Self::Stream, a: View, b: View, out: View, n: u64) -> Result<()>;
     fn mul(&self, s: &mut Self::Stream, a: View, b: View, out: View, n: u64) -> Result<()>;
-    fn add_rows(&self, s: &mut Self::Stream, x: View, bias: View, n_rows: u32, dim: u32) -> Result<()>;
+    fn add_rows(
+        &self,
+        s: &mut Self::Stream,
+        x: View,
+        bias: View,
+        n_rows: u32,
+        dim: u32,
+    ) -> Result<()>;
     fn scale(&self, s: &mut Self::Stream, x: View, factor: f32, n: u64) -> Result<()>;
     #[allow(clippy::too_many_arguments)]
-    fn glu(&self, s: &mut Self::Stream, gate: View, up: View, out: View, n: u64, act: u32) -> Result<()>;
-    fn copy(&self, s: &mut Self::Stream, src: View, dst: View, dst_type: u32, n: u64) -> Result<()>;
+    fn glu(
+        &self,
+        s: &mut Self::Stream,
+        gate: View,
+        up: View,
+        out: View,
+        n: u64,
+        act: u32,
+    ) -> Result<()>;
+    fn copy(&self, s: &mut Self::Stream, src: View, dst: View, dst_type: u32, n: u64)
+        -> Result<()>;
     #[allow(clippy::too_many_arguments)]
-    fn attention(&self, s: &mut Self::Stream, q: View, k: View, v: View, out: View, p: &AttentionParams) -> Result<()>;
+    fn attention(
+        &self,
+        s: &mut Self::Stream,
+        q: View,
+        k: View,
+        v: View,
+        out: View,
+        p: &AttentionParams,
+    ) -> Result<()>;
 
     /// The ABI version this backend reports; only the reference backend's fault injection
     /// overrides it (to test the runtime's version check).
@@ -259,7 +304,13 @@ pub mod trampolines {
             d.synchronize(s)
         })
     }
-    pub unsafe extern "C" fn upload<D: Device>(ctx: Context, stream: Stream, dst: View, src: *const u8, bytes: u64) -> Status {
+    pub unsafe extern "C" fn upload<D: Device>(
+        ctx: Context,
+        stream: Stream,
+        dst: View,
+        src: *const u8,
+        bytes: u64,
+    ) -> Status {
         guard("upload", || {
             // SAFETY: see ctx_ref / stream_mut.
             let (d, s) = unsafe { (ctx_ref::<D>(ctx)?, stream_mut::<D>(stream)?) };
@@ -275,7 +326,13 @@ pub mod trampolines {
             d.upload(s, dst, src)
         })
     }
-    pub unsafe extern "C" fn download<D: Device>(ctx: Context, stream: Stream, src: View, dst: *mut u8, bytes: u64) -> Status {
+    pub unsafe extern "C" fn download<D: Device>(
+        ctx: Context,
+        stream: Stream,
+        src: View,
+        dst: *mut u8,
+        bytes: u64,
+    ) -> Status {
         guard("download", || {
             // SAFETY: see ctx_ref / stream_mut.
             let (d, s) = unsafe { (ctx_ref::<D>(ctx)?, stream_mut::<D>(stream)?) };
@@ -291,7 +348,14 @@ pub mod trampolines {
             d.download(s, src, dst)
         })
     }
-    pub unsafe extern "C" fn matmul<D: Device>(ctx: Context, stream: Stream, w: *const Weight, x: View, n_tokens: u32, y: View) -> Status {
+    pub unsafe extern "C" fn matmul<D: Device>(
+        ctx: Context,
+        stream: Stream,
+        w: *const Weight,
+        x: View,
+        n_tokens: u32,
+        y: View,
+    ) -> Status {
         guard("matmul", || {
             // SAFETY: see ctx_ref / stream_mut / in_ref.
             let (d, s, w) = unsafe { (ctx_ref::<D>(ctx)?, stream_mut::<D>(stream)?, in_ref(w)?) };
@@ -299,63 +363,127 @@ pub mod trampolines {
         })
     }
     #[allow(clippy::too_many_arguments)]
-    pub unsafe extern "C" fn rmsnorm<D: Device>(ctx: Context, stream: Stream, x: View, weight: View, n_rows: u32, dim: u32, eps: f32, out: View) -> Status {
+    pub unsafe extern "C" fn rmsnorm<D: Device>(
+        ctx: Context,
+        stream: Stream,
+        x: View,
+        weight: View,
+        n_rows: u32,
+        dim: u32,
+        eps: f32,
+        out: View,
+    ) -> Status {
         guard("rmsnorm", || {
             // SAFETY: see ctx_ref / stream_mut.
             let (d, s) = unsafe { (ctx_ref::<D>(ctx)?, stream_mut::<D>(stream)?) };
             d.rmsnorm(s, x, weight, n_rows, dim, eps, out)
         })
     }
-    pub unsafe extern "C" fn rope<D: Device>(ctx: Context, stream: Stream, x: View, p: *const RopeParams) -> Status {
+    pub unsafe extern "C" fn rope<D: Device>(
+        ctx: Context,
+        stream: Stream,
+        x: View,
+        p: *const RopeParams,
+    ) -> Status {
         guard("rope", || {
             // SAFETY: see ctx_ref / stream_mut / in_ref.
             let (d, s, p) = unsafe { (ctx_ref::<D>(ctx)?, stream_mut::<D>(stream)?, in_ref(p)?) };
             d.rope(s, x, p)
         })
     }
-    pub unsafe extern "C" fn add<D: Device>(ctx: Context, stream: Stream, a: View, b: View, out: View, n: u64) -> Status {
+    pub unsafe extern "C" fn add<D: Device>(
+        ctx: Context,
+        stream: Stream,
+        a: View,
+        b: View,
+        out: View,
+        n: u64,
+    ) -> Status {
         guard("add", || {
             // SAFETY: see ctx_ref / stream_mut.
             let (d, s) = unsafe { (ctx_ref::<D>(ctx)?, stream_mut::<D>(stream)?) };
             d.add(s, a, b, out, n)
         })
     }
-    pub unsafe extern "C" fn mul<D: Device>(ctx: Context, stream: Stream, a: View, b: View, out: View, n: u64) -> Status {
+    pub unsafe extern "C" fn mul<D: Device>(
+        ctx: Context,
+        stream: Stream,
+        a: View,
+        b: View,
+        out: View,
+        n: u64,
+    ) -> Status {
         guard("mul", || {
             // SAFETY: see ctx_ref / stream_mut.
             let (d, s) = unsafe { (ctx_ref::<D>(ctx)?, stream_mut::<D>(stream)?) };
             d.mul(s, a, b, out, n)
         })
     }
-    pub unsafe extern "C" fn add_rows<D: Device>(ctx: Context, stream: Stream, x: View, bias: View, n_rows: u32, dim: u32) -> Status {
+    pub unsafe extern "C" fn add_rows<D: Device>(
+        ctx: Context,
+        stream: Stream,
+        x: View,
+        bias: View,
+        n_rows: u32,
+        dim: u32,
+    ) -> Status {
         guard("add_rows", || {
             // SAFETY: see ctx_ref / stream_mut.
             let (d, s) = unsafe { (ctx_ref::<D>(ctx)?, stream_mut::<D>(stream)?) };
             d.add_rows(s, x, bias, n_rows, dim)
         })
     }
-    pub unsafe extern "C" fn scale<D: Device>(ctx: Context, stream: Stream, x: View, f: f32, n: u64) -> Status {
+    pub unsafe extern "C" fn scale<D: Device>(
+        ctx: Context,
+        stream: Stream,
+        x: View,
+        f: f32,
+        n: u64,
+    ) -> Status {
         guard("scale", || {
             // SAFETY: see ctx_ref / stream_mut.
             let (d, s) = unsafe { (ctx_ref::<D>(ctx)?, stream_mut::<D>(stream)?) };
             d.scale(s, x, f, n)
         })
     }
-    pub unsafe extern "C" fn glu<D: Device>(ctx: Context, stream: Stream, gate: View, up: View, out: View, n: u64, act: u32) -> Status {
+    pub unsafe extern "C" fn glu<D: Device>(
+        ctx: Context,
+        stream: Stream,
+        gate: View,
+        up: View,
+        out: View,
+        n: u64,
+        act: u32,
+    ) -> Status {
         guard("glu", || {
             // SAFETY: see ctx_ref / stream_mut.
             let (d, s) = unsafe { (ctx_ref::<D>(ctx)?, stream_mut::<D>(stream)?) };
             d.glu(s, gate, up, out, n, act)
         })
     }
-    pub unsafe extern "C" fn copy<D: Device>(ctx: Context, stream: Stream, src: View, dst: View, dst_type: u32, n: u64) -> Status {
+    pub unsafe extern "C" fn copy<D: Device>(
+        ctx: Context,
+        stream: Stream,
+        src: View,
+        dst: View,
+        dst_type: u32,
+        n: u64,
+    ) -> Status {
         guard("copy", || {
             // SAFETY: see ctx_ref / stream_mut.
             let (d, s) = unsafe { (ctx_ref::<D>(ctx)?, stream_mut::<D>(stream)?) };
             d.copy(s, src, dst, dst_type, n)
         })
     }
-    pub unsafe extern "C" fn attention<D: Device>(ctx: Context, stream: Stream, q: View, k: View, v: View, out: View, p: *const AttentionParams) -> Status {
+    pub unsafe extern "C" fn attention<D: Device>(
+        ctx: Context,
+        stream: Stream,
+        q: View,
+        k: View,
+        v: View,
+        out: View,
+        p: *const AttentionParams,
+    ) -> Status {
         guard("attention", || {
             // SAFETY: see ctx_ref / stream_mut / in_ref.
             let (d, s, p) = unsafe { (ctx_ref::<D>(ctx)?, stream_mut::<D>(stream)?, in_ref(p)?) };
@@ -406,7 +534,9 @@ macro_rules! export_backend {
         #[no_mangle]
         pub extern "C" fn llamafile_gpu_backend() -> *const $crate::abi::GpuApi {
             static API: ::std::sync::OnceLock<$crate::abi::GpuApi> = ::std::sync::OnceLock::new();
-            match ::std::panic::catch_unwind(|| API.get_or_init($crate::export::api::<$ty>) as *const _) {
+            match ::std::panic::catch_unwind(|| {
+                API.get_or_init($crate::export::api::<$ty>) as *const _
+            }) {
                 Ok(p) => p,
                 Err(_) => ::std::ptr::null(),
             }

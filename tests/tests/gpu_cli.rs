@@ -14,7 +14,11 @@ const MAX_MEAN_TOP10_DIFF: f64 = 0.15;
 fn reference_lib() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let deps = exe.parent().unwrap();
-    let name = format!("{}llamafile_gpu_reference{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX);
+    let name = format!(
+        "{}llamafile_gpu_reference{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    );
     for dir in [deps, deps.parent().unwrap()] {
         if dir.join(&name).exists() {
             return dir.join(&name);
@@ -28,10 +32,22 @@ fn model(name: &str) -> PathBuf {
 }
 
 fn case_tokens(model: &str, case: &str) -> Vec<u32> {
-    let path = e2e::shared().join("reference").join(format!("{model}.json"));
+    let path = e2e::shared()
+        .join("reference")
+        .join(format!("{model}.json"));
     let v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let c = v["cases"].as_array().unwrap().iter().find(|c| c["name"] == case).unwrap();
-    c["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect()
+    let c = v["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == case)
+        .unwrap();
+    c["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap() as u32)
+        .collect()
 }
 
 struct Eval {
@@ -45,24 +61,55 @@ struct Eval {
 fn eval(model: &Path, tokens: &[u32], args: &[&str], env: &[(&str, &str)]) -> Eval {
     let list: Vec<String> = tokens.iter().map(|t| t.to_string()).collect();
     let mut cmd = Command::new(e2e::bin("llamafile"));
-    cmd.arg("-m").arg(model).args(["--eval-tokens", &list.join(","), "--top", "20", "-n", "2", "-t", "2"]).args(args);
-    for v in ["LLAMAFILE_GPU_BACKEND", "LLAMAFILE_REFERENCE_FAULT", "LLAMAFILE_REFERENCE_MEMORY"] {
+    cmd.arg("-m")
+        .arg(model)
+        .args([
+            "--eval-tokens",
+            &list.join(","),
+            "--top",
+            "20",
+            "-n",
+            "2",
+            "-t",
+            "2",
+        ])
+        .args(args);
+    for v in [
+        "LLAMAFILE_GPU_BACKEND",
+        "LLAMAFILE_REFERENCE_FAULT",
+        "LLAMAFILE_REFERENCE_MEMORY",
+    ] {
         cmd.env_remove(v);
     }
     cmd.envs(env.iter().copied());
     let out = cmd.output().expect("running llamafile");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "llamafile {args:?} {env:?} failed: {stderr}");
+    assert!(
+        out.status.success(),
+        "llamafile {args:?} {env:?} failed: {stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stderr}"));
+    let v: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stderr}"));
     Eval {
         top: v["top10"]
             .as_array()
             .unwrap()
             .iter()
-            .map(|p| p.as_array().unwrap().iter().map(|x| (x[0].as_u64().unwrap() as u32, x[1].as_f64().unwrap() as f32)).collect())
+            .map(|p| {
+                p.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| (x[0].as_u64().unwrap() as u32, x[1].as_f64().unwrap() as f32))
+                    .collect()
+            })
             .collect(),
-        nll: v["nll"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect(),
+        nll: v["nll"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect(),
         stderr,
     }
 }
@@ -76,7 +123,11 @@ fn assert_close(what: &str, cpu: &Eval, gpu: &Eval) -> f64 {
         top1 += (c[0].0 == g[0].0) as usize;
         let floor = g.last().unwrap().1;
         for (id, l) in c.iter().take(10) {
-            let ours = g.iter().find(|(i, _)| i == id).map(|x| x.1).unwrap_or(floor - 1.0);
+            let ours = g
+                .iter()
+                .find(|(i, _)| i == id)
+                .map(|x| x.1)
+                .unwrap_or(floor - 1.0);
             sum += (ours - l).abs() as f64;
             n += 1;
         }
@@ -86,26 +137,47 @@ fn assert_close(what: &str, cpu: &Eval, gpu: &Eval) -> f64 {
     let nll = |e: &Eval| e.nll.iter().sum::<f64>() / e.nll.len() as f64;
     let (nc, ng) = (nll(cpu), nll(gpu));
     eprintln!("{what}: mean |Δlogit| top-10 {mean:.5}, top-1 {top1}/{positions}, mean NLL {ng:.5} vs {nc:.5}");
-    assert!(mean <= MAX_MEAN_TOP10_DIFF, "{what}: mean top-10 logit difference {mean}");
-    assert!(top1 * 10 >= positions * 9 || top1 + 2 >= positions, "{what}: top-1 {top1}/{positions}");
-    assert!((ng - nc).abs() <= 0.02 * nc.abs(), "{what}: mean NLL {ng} vs {nc}");
+    assert!(
+        mean <= MAX_MEAN_TOP10_DIFF,
+        "{what}: mean top-10 logit difference {mean}"
+    );
+    assert!(
+        top1 * 10 >= positions * 9 || top1 + 2 >= positions,
+        "{what}: top-1 {top1}/{positions}"
+    );
+    assert!(
+        (ng - nc).abs() <= 0.02 * nc.abs(),
+        "{what}: mean NLL {ng} vs {nc}"
+    );
     mean
 }
 
 fn warnings(stderr: &str) -> Vec<&str> {
-    stderr.lines().filter(|l| l.starts_with("warning:")).collect()
+    stderr
+        .lines()
+        .filter(|l| l.starts_with("warning:"))
+        .collect()
 }
 
 #[test]
 fn ngl_0_2_and_all_layers_match_the_cpu() {
     let lib = reference_lib();
     let lib = lib.to_str().unwrap();
-    for m in ["tiny-mistral-q4_k_m", "tiny-mistral-q8_0", "tiny-mistral-q5_k_m"] {
+    for m in [
+        "tiny-mistral-q4_k_m",
+        "tiny-mistral-q8_0",
+        "tiny-mistral-q5_k_m",
+    ] {
         let path = model(m);
         let toks = case_tokens(m, "chat");
         let cpu = eval(&path, &toks, &[], &[]);
         for ngl in ["0", "2", "99"] {
-            let g = eval(&path, &toks, &["-ngl", ngl], &[("LLAMAFILE_GPU_BACKEND", lib)]);
+            let g = eval(
+                &path,
+                &toks,
+                &["-ngl", ngl],
+                &[("LLAMAFILE_GPU_BACKEND", lib)],
+            );
             assert!(warnings(&g.stderr).is_empty(), "-ngl {ngl}: {}", g.stderr);
             let d = assert_close(&format!("{m} -ngl {ngl}"), &cpu, &g);
             if ngl == "0" {
@@ -119,15 +191,35 @@ fn ngl_0_2_and_all_layers_match_the_cpu() {
 fn verbose_says_where_each_layer_runs() {
     let m = model("tiny-mistral-q4_0");
     let toks = case_tokens("tiny-mistral-q4_0", "fox");
-    let g = eval(&m, &toks, &["-ngl", "2", "--verbose"], &[("LLAMAFILE_GPU_BACKEND", reference_lib().to_str().unwrap())]);
-    let layer = |i: usize| g.stderr.lines().find(|l| l.starts_with(&format!("layer {i:>3}:"))).unwrap_or_else(|| panic!("no line for layer {i}:\n{}", g.stderr)).to_string();
+    let g = eval(
+        &m,
+        &toks,
+        &["-ngl", "2", "--verbose"],
+        &[("LLAMAFILE_GPU_BACKEND", reference_lib().to_str().unwrap())],
+    );
+    let layer = |i: usize| {
+        g.stderr
+            .lines()
+            .find(|l| l.starts_with(&format!("layer {i:>3}:")))
+            .unwrap_or_else(|| panic!("no line for layer {i}:\n{}", g.stderr))
+            .to_string()
+    };
     assert!(layer(0).contains("cpu"), "{}", layer(0));
     assert!(layer(1).contains("cpu"), "{}", layer(1));
     assert!(layer(2).contains("reference"), "{}", layer(2));
     assert!(layer(3).contains("reference"), "{}", layer(3));
-    let out = g.stderr.lines().find(|l| l.starts_with("output")).expect("output line");
+    let out = g
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("output"))
+        .expect("output line");
     assert!(out.contains("reference"), "{out}");
-    assert!(g.stderr.contains("gpu: reference backend from LLAMAFILE_GPU_BACKEND"), "{}", g.stderr);
+    assert!(
+        g.stderr
+            .contains("gpu: reference backend from LLAMAFILE_GPU_BACKEND"),
+        "{}",
+        g.stderr
+    );
 }
 
 /// A library that is not a backend, one with the wrong version, one whose init fails, a device
@@ -144,21 +236,71 @@ fn every_failure_warns_once_and_runs_on_the_cpu() {
     std::fs::write(&not_a_lib, b"this is not an ELF file").unwrap();
     // A real shared library without the symbol: the C library this test runs with.
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
-    let libc = maps.split_whitespace().find(|w| w.contains("/libc.so") || w.contains("/libc-")).map(str::to_string);
+    let libc = maps
+        .split_whitespace()
+        .find(|w| w.contains("/libc.so") || w.contains("/libc-"))
+        .map(str::to_string);
 
     // (environment, extra arguments, what the warning must say)
     type Case<'a> = (Vec<(&'a str, String)>, Vec<&'a str>, &'a str);
     let mut cases: Vec<Case> = vec![
-        (vec![("LLAMAFILE_GPU_BACKEND", not_a_lib.display().to_string())], vec![], "cannot load"),
-        (vec![("LLAMAFILE_GPU_BACKEND", lib.into()), ("LLAMAFILE_REFERENCE_FAULT", "version".into())], vec![], "ABI version 1001"),
-        (vec![("LLAMAFILE_GPU_BACKEND", lib.into()), ("LLAMAFILE_REFERENCE_FAULT", "init".into())], vec![], "initialisation failed"),
-        (vec![("LLAMAFILE_GPU_BACKEND", lib.into()), ("LLAMAFILE_REFERENCE_FAULT", "no-device".into())], vec![], "no device"),
-        (vec![("LLAMAFILE_GPU_BACKEND", lib.into()), ("LLAMAFILE_REFERENCE_MEMORY", "100000".into())], vec![], "out of device memory"),
-        (vec![("LLAMAFILE_GPU_BACKEND", lib.into())], vec!["--gpu", "cuda"], "is the reference backend, not cuda"),
-        (vec![("LLAMAFILE_GPU_BACKEND", "/nonexistent/libllamafile_gpu_x.so".into())], vec![], "cannot load"),
+        (
+            vec![("LLAMAFILE_GPU_BACKEND", not_a_lib.display().to_string())],
+            vec![],
+            "cannot load",
+        ),
+        (
+            vec![
+                ("LLAMAFILE_GPU_BACKEND", lib.into()),
+                ("LLAMAFILE_REFERENCE_FAULT", "version".into()),
+            ],
+            vec![],
+            "ABI version 1001",
+        ),
+        (
+            vec![
+                ("LLAMAFILE_GPU_BACKEND", lib.into()),
+                ("LLAMAFILE_REFERENCE_FAULT", "init".into()),
+            ],
+            vec![],
+            "initialisation failed",
+        ),
+        (
+            vec![
+                ("LLAMAFILE_GPU_BACKEND", lib.into()),
+                ("LLAMAFILE_REFERENCE_FAULT", "no-device".into()),
+            ],
+            vec![],
+            "no device",
+        ),
+        (
+            vec![
+                ("LLAMAFILE_GPU_BACKEND", lib.into()),
+                ("LLAMAFILE_REFERENCE_MEMORY", "100000".into()),
+            ],
+            vec![],
+            "out of device memory",
+        ),
+        (
+            vec![("LLAMAFILE_GPU_BACKEND", lib.into())],
+            vec!["--gpu", "cuda"],
+            "is the reference backend, not cuda",
+        ),
+        (
+            vec![(
+                "LLAMAFILE_GPU_BACKEND",
+                "/nonexistent/libllamafile_gpu_x.so".into(),
+            )],
+            vec![],
+            "cannot load",
+        ),
     ];
     if let Some(c) = &libc {
-        cases.push((vec![("LLAMAFILE_GPU_BACKEND", c.clone())], vec![], "no symbol `llamafile_gpu_backend`"));
+        cases.push((
+            vec![("LLAMAFILE_GPU_BACKEND", c.clone())],
+            vec![],
+            "no symbol `llamafile_gpu_backend`",
+        ));
     } else {
         eprintln!("note: libc not found in /proc/self/maps; the no-symbol case is covered by the ABI tests only");
     }
@@ -168,8 +310,17 @@ fn every_failure_warns_once_and_runs_on_the_cpu() {
         args.extend(extra);
         let g = eval(&m, &toks, &args, &env);
         let w = warnings(&g.stderr);
-        assert_eq!(w.len(), 1, "{env:?}: expected one warning, got:\n{}", g.stderr);
-        assert!(w[0].contains(why) && w[0].contains("running all 4 layers on the CPU"), "{env:?}: {}", w[0]);
+        assert_eq!(
+            w.len(),
+            1,
+            "{env:?}: expected one warning, got:\n{}",
+            g.stderr
+        );
+        assert!(
+            w[0].contains(why) && w[0].contains("running all 4 layers on the CPU"),
+            "{env:?}: {}",
+            w[0]
+        );
         assert_eq!(g.top, cpu.top, "{env:?}: the fallback must be the CPU path");
     }
 }
@@ -194,7 +345,10 @@ fn auto_skips_a_non_accelerator_and_disable_loads_nothing() {
             .env_remove("LLAMAFILE_GPU_BACKEND")
             .output()
             .unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let run = |args: &[&str]| {
         let (ok, stderr) = run_status(args);
@@ -214,7 +368,10 @@ fn auto_skips_a_non_accelerator_and_disable_loads_nothing() {
     assert!(warnings(&run(&[])).is_empty());
     // An unknown --gpu value is an error on one clear line.
     let (ok, bad) = run_status(&["-ngl", "99", "--gpu", "tpu"]);
-    assert!(!ok && bad.trim().lines().count() == 1 && bad.contains("--gpu tpu"), "{bad}");
+    assert!(
+        !ok && bad.trim().lines().count() == 1 && bad.contains("--gpu tpu"),
+        "{bad}"
+    );
 }
 
 /// The two real models (after scripts/fetch-model): Qwen2 (q/k/v biases, NEOX RoPE) and Gemma 3
@@ -224,17 +381,28 @@ fn auto_skips_a_non_accelerator_and_disable_loads_nothing() {
 fn real_models_offload_match_the_cpu() {
     let dir = std::env::var_os("LLAMAFILE_RS_MODELS")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/llamafile-rs/models")));
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/llamafile-rs/models"))
+        });
     let lib = reference_lib();
     for m in ["qwen2.5-coder-0.5b-instruct-q4_k_m", "gemma-3-270m-q4_k_m"] {
-        let Some(path) = dir.as_ref().map(|d| d.join(format!("{m}.gguf"))).filter(|p| p.exists()) else {
+        let Some(path) = dir
+            .as_ref()
+            .map(|d| d.join(format!("{m}.gguf")))
+            .filter(|p| p.exists())
+        else {
             eprintln!("SKIPPED {m}: not fetched (scripts/fetch-model all)");
             continue;
         };
         let toks = case_tokens(m, "code");
         let cpu = eval(&path, &toks, &[], &[]);
         for ngl in ["3", "99"] {
-            let g = eval(&path, &toks, &["-ngl", ngl], &[("LLAMAFILE_GPU_BACKEND", lib.to_str().unwrap())]);
+            let g = eval(
+                &path,
+                &toks,
+                &["-ngl", ngl],
+                &[("LLAMAFILE_GPU_BACKEND", lib.to_str().unwrap())],
+            );
             assert!(warnings(&g.stderr).is_empty(), "{}", g.stderr);
             let d = assert_close(&format!("{m} -ngl {ngl}"), &cpu, &g);
             assert!(d <= 0.25, "{m} -ngl {ngl}: {d}");

@@ -5,7 +5,10 @@
 pub const COMMON: &str = include_str!("kernels/common.cuh");
 
 /// (name, source) of every kernel file; each is compiled as `COMMON + source`.
-pub const SOURCES: &[(&str, &str)] = &[("matmul.cu", include_str!("kernels/matmul.cu")), ("ops.cu", include_str!("kernels/ops.cu"))];
+pub const SOURCES: &[(&str, &str)] = &[
+    ("matmul.cu", include_str!("kernels/matmul.cu")),
+    ("ops.cu", include_str!("kernels/ops.cu")),
+];
 
 /// The whole program the backend compiles (one module).
 pub fn program() -> String {
@@ -48,7 +51,18 @@ pub fn matmul_kernel(ggml_type: u32) -> Option<&'static str> {
 pub const WEIGHT_TYPES: &[u32] = &[0, 1, 30, 2, 3, 6, 7, 8, 10, 12, 13, 14];
 
 /// The other kernels the backend loads.
-pub const OP_KERNELS: &[&str] = &["rmsnorm", "rope", "add", "mul", "add_rows", "scale", "glu", "copy_f32_f16", "copy_f32_f32", "attention"];
+pub const OP_KERNELS: &[&str] = &[
+    "rmsnorm",
+    "rope",
+    "add",
+    "mul",
+    "add_rows",
+    "scale",
+    "glu",
+    "copy_f32_f16",
+    "copy_f32_f32",
+    "attention",
+];
 
 /// Cache folder for compiled PTX: `LLAMAFILE_CACHE`, `$XDG_CACHE_HOME/llamafile-rs` or
 /// `~/.cache/llamafile-rs`, then `ptx/`.
@@ -59,7 +73,9 @@ pub fn ptx_cache_dir() -> Option<std::path::PathBuf> {
     } else if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
         PathBuf::from(d).join("llamafile-rs")
     } else {
-        PathBuf::from(std::env::var_os("HOME")?).join(".cache").join("llamafile-rs")
+        PathBuf::from(std::env::var_os("HOME")?)
+            .join(".cache")
+            .join("llamafile-rs")
     };
     Some(root.join("ptx"))
 }
@@ -71,7 +87,12 @@ pub fn cache_key(src: &str, arch: &str) -> String {
     h.update(arch.as_bytes());
     h.update([0]);
     h.update(src.as_bytes());
-    let hex: String = h.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect();
+    let hex: String = h
+        .finalize()
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect();
     format!("{arch}-{hex}.ptx")
 }
 
@@ -91,10 +112,16 @@ pub mod nvrtc {
         if !available() {
             return Err("libnvrtc not found (install the CUDA runtime compiler, e.g. `pip install nvidia-cuda-nvrtc-cu12` and add its lib folder to LD_LIBRARY_PATH)".into());
         }
-        let opts = CompileOptions { arch: Some(arch), use_fast_math: Some(false), ..Default::default() };
+        let opts = CompileOptions {
+            arch: Some(arch),
+            use_fast_math: Some(false),
+            ..Default::default()
+        };
         match compile_ptx_with_opts(src, opts) {
             Ok(ptx) => Ok(ptx.to_src()),
-            Err(CompileError::CompileError { log, .. }) => Err(format!("NVRTC: {}", log.to_string_lossy())),
+            Err(CompileError::CompileError { log, .. }) => {
+                Err(format!("NVRTC: {}", log.to_string_lossy()))
+            }
             Err(e) => Err(format!("NVRTC: {e}")),
         }
     }
@@ -104,8 +131,12 @@ pub mod nvrtc {
     pub fn ptx_for_device(src: &str, arch: &'static str) -> Result<String, String> {
         match compile_cached(src, arch) {
             Ok(p) => Ok(p),
-            Err(_) if !super::PREBUILT_PTX.is_empty() && src == super::PREBUILT_SRC => Ok(super::PREBUILT_PTX.to_string()),
-            Err(e) => Err(format!("{e}; and this library was built without prebuilt PTX")),
+            Err(_) if !super::PREBUILT_PTX.is_empty() && src == super::PREBUILT_SRC => {
+                Ok(super::PREBUILT_PTX.to_string())
+            }
+            Err(e) => Err(format!(
+                "{e}; and this library was built without prebuilt PTX"
+            )),
         }
     }
 
@@ -148,7 +179,11 @@ mod tests {
         for k in OP_KERNELS {
             assert!(prog.contains(&format!("void {k}(")), "{k} missing");
         }
-        assert_eq!(matmul_kernel(11), None, "Q3_K has no kernel (falls back to the CPU)");
+        assert_eq!(
+            matmul_kernel(11),
+            None,
+            "Q3_K has no kernel (falls back to the CPU)"
+        );
     }
 
     #[test]
@@ -157,9 +192,20 @@ mod tests {
             eprintln!("note: built without NVRTC: no prebuilt PTX (users then need NVRTC)");
             return;
         }
-        assert_eq!(PREBUILT_SRC, program(), "build.rs assembled another program than kernels::program()");
-        for k in OP_KERNELS.iter().copied().chain(WEIGHT_TYPES.iter().map(|t| matmul_kernel(*t).unwrap())) {
-            assert!(PREBUILT_PTX.contains(&format!(".entry {k}(")), "{k} missing from the prebuilt PTX");
+        assert_eq!(
+            PREBUILT_SRC,
+            program(),
+            "build.rs assembled another program than kernels::program()"
+        );
+        for k in OP_KERNELS
+            .iter()
+            .copied()
+            .chain(WEIGHT_TYPES.iter().map(|t| matmul_kernel(*t).unwrap()))
+        {
+            assert!(
+                PREBUILT_PTX.contains(&format!(".entry {k}(")),
+                "{k} missing from the prebuilt PTX"
+            );
         }
         assert!(PREBUILT_PTX.contains(".target sm_61"));
     }

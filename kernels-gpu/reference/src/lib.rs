@@ -37,6 +37,9 @@ struct Allocation {
 }
 
 pub struct Reference {
+    /// LLAMAFILE_REFERENCE_FAULT=panic, read once at init (not per call: no allocation in the
+    /// hot loop).
+    panic_fault: bool,
     buffers: Mutex<HashMap<u64, Allocation>>,
     next: AtomicU64,
     used: AtomicU64,
@@ -54,7 +57,12 @@ impl Drop for Reference {
         let map = self.buffers.get_mut().unwrap_or_else(|e| e.into_inner());
         for (_, a) in map.drain() {
             // SAFETY: allocated in `alloc` with this layout, freed once (removed from the map).
-            unsafe { std::alloc::dealloc(a.ptr, std::alloc::Layout::from_size_align_unchecked(a.len, ALIGN)) };
+            unsafe {
+                std::alloc::dealloc(
+                    a.ptr,
+                    std::alloc::Layout::from_size_align_unchecked(a.len, ALIGN),
+                )
+            };
         }
     }
 }
@@ -95,15 +103,23 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 fn limit_from_env() -> u64 {
-    std::env::var("LLAMAFILE_REFERENCE_MEMORY").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(u64::MAX)
+    std::env::var("LLAMAFILE_REFERENCE_MEMORY")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(u64::MAX)
 }
 
 impl Reference {
     /// The start of `bytes` bytes at `v`, bounds-checked.
     fn span(&self, v: View, bytes: u64, what: &str) -> Result<*mut u8> {
         let map = self.buffers.lock().unwrap_or_else(|e| e.into_inner());
-        let a = map.get(&v.buf).ok_or_else(|| Error::invalid(format!("{what}: unknown buffer handle {}", v.buf)))?;
-        let end = v.offset.checked_add(bytes).ok_or_else(|| Error::invalid(format!("{what}: size overflow")))?;
+        let a = map
+            .get(&v.buf)
+            .ok_or_else(|| Error::invalid(format!("{what}: unknown buffer handle {}", v.buf)))?;
+        let end = v
+            .offset
+            .checked_add(bytes)
+            .ok_or_else(|| Error::invalid(format!("{what}: size overflow")))?;
         if end > a.len as u64 {
             return Err(Error::invalid(format!(
                 "{what}: {bytes} bytes at offset {} overrun buffer {} of {} bytes",
@@ -132,7 +148,14 @@ impl Reference {
     }
 
     /// Reads `n` elements of a KV cache (f16 or f32) as f32.
-    fn read_kv(&self, v: View, n: usize, kv_type: u32, dst: &mut Vec<f32>, what: &str) -> Result<()> {
+    fn read_kv(
+        &self,
+        v: View,
+        n: usize,
+        kv_type: u32,
+        dst: &mut Vec<f32>,
+        what: &str,
+    ) -> Result<()> {
         match kv_type {
             abi::TYPE_F32 => self.read_f32(v, n, dst, what),
             abi::TYPE_F16 => {
@@ -150,7 +173,16 @@ impl Reference {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn elementwise(&self, s: &mut RefStream, a: View, b: View, out: View, n: u64, what: &str, f: impl Fn(f32, f32) -> f32) -> Result<()> {
+    fn elementwise(
+        &self,
+        s: &mut RefStream,
+        a: View,
+        b: View,
+        out: View,
+        n: u64,
+        what: &str,
+        f: impl Fn(f32, f32) -> f32,
+    ) -> Result<()> {
         let n = n as usize;
         self.read_f32(a, n, &mut s.a, what)?;
         self.read_f32(b, n, &mut s.b, what)?;
@@ -176,9 +208,22 @@ impl Reference {
     /// CPU flash attention): the query rounded to f16, f16·f16 dot products summed in f32, one
     /// pass with a running maximum and sum, the value accumulator held in f16. Queries are in
     /// `s.a` already.
-    fn attention_f16(&self, s: &mut RefStream, k: View, v: View, out: View, p: &AttentionParams, cache_elems: usize) -> Result<()> {
+    fn attention_f16(
+        &self,
+        s: &mut RefStream,
+        k: View,
+        v: View,
+        out: View,
+        p: &AttentionParams,
+        cache_elems: usize,
+    ) -> Result<()> {
         use kernels_cpu::ops;
-        let (nt, nh, nkv, hd) = (p.n_tokens as usize, p.n_head as usize, p.n_head_kv as usize, p.head_dim as usize);
+        let (nt, nh, nkv, hd) = (
+            p.n_tokens as usize,
+            p.n_head as usize,
+            p.n_head_kv as usize,
+            p.head_dim as usize,
+        );
         let stride = p.kv_stride as usize;
         self.read_f16(k, cache_elems, &mut s.k16, "attention k")?;
         self.read_f16(v, cache_elems, &mut s.v16, "attention v")?;
@@ -190,7 +235,11 @@ impl Reference {
         let group = nh / nkv;
         for t in 0..nt {
             let i = p.pos0 as usize + t;
-            let first = if p.window > 0 { (i + 1).saturating_sub(p.window as usize) } else { 0 };
+            let first = if p.window > 0 {
+                (i + 1).saturating_sub(p.window as usize)
+            } else {
+                0
+            };
             for h in 0..nh {
                 let kvo = (h / group) * hd;
                 ops::f32_to_f16_slice(&s.a[(t * nh + h) * hd..][..hd], &mut s.q16);
@@ -205,7 +254,11 @@ impl Reference {
                     let (mut ms, mut vs) = (1.0f32, 1.0f32);
                     ops::f16_to_f32_slice(&s.acc16, acc);
                     if sc > m {
-                        ms = if m == f32::NEG_INFINITY { 0.0 } else { (m - sc).exp() };
+                        ms = if m == f32::NEG_INFINITY {
+                            0.0
+                        } else {
+                            (m - sc).exp()
+                        };
                         m = sc;
                         if ms != 1.0 {
                             ops::scale(acc, ms);
@@ -234,7 +287,10 @@ impl Device for Reference {
 
     fn device_count() -> Result<u32> {
         if fault().as_deref() == Some("no-device") {
-            return Err(Error::new(abi::ERR_NO_DEVICE, "no device (LLAMAFILE_REFERENCE_FAULT=no-device)"));
+            return Err(Error::new(
+                abi::ERR_NO_DEVICE,
+                "no device (LLAMAFILE_REFERENCE_FAULT=no-device)",
+            ));
         }
         Ok(1)
     }
@@ -244,7 +300,10 @@ impl Device for Reference {
             return Err(Error::invalid(format!("no device {device}")));
         }
         let limit = limit_from_env();
-        let name = format!("CPU reference (kernels-cpu, {})", kernels_cpu::kernels().isa.name());
+        let name = format!(
+            "CPU reference (kernels-cpu, {})",
+            kernels_cpu::kernels().isa.name()
+        );
         Ok(DeviceInfo {
             name: abi::name_field(&name),
             total_memory: limit,
@@ -259,12 +318,21 @@ impl Device for Reference {
 
     fn init(device: u32) -> Result<Self> {
         if fault().as_deref() == Some("init") {
-            return Err(Error::new(abi::ERR_DEVICE, "device initialisation failed (LLAMAFILE_REFERENCE_FAULT=init)"));
+            return Err(Error::new(
+                abi::ERR_DEVICE,
+                "device initialisation failed (LLAMAFILE_REFERENCE_FAULT=init)",
+            ));
         }
         if device != 0 {
             return Err(Error::invalid(format!("no device {device}")));
         }
-        Ok(Reference { buffers: Mutex::new(HashMap::new()), next: AtomicU64::new(1), used: AtomicU64::new(0), limit: limit_from_env() })
+        Ok(Reference {
+            panic_fault: fault().as_deref() == Some("panic"),
+            buffers: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(1),
+            used: AtomicU64::new(0),
+            limit: limit_from_env(),
+        })
     }
 
     fn reported_abi_version() -> u32 {
@@ -286,28 +354,47 @@ impl Device for Reference {
             self.used.fetch_sub(bytes, Ordering::SeqCst);
             return Err(Error::new(
                 abi::ERR_OUT_OF_MEMORY,
-                format!("cannot allocate {bytes} bytes: {used} of {} in use", self.limit),
+                format!(
+                    "cannot allocate {bytes} bytes: {used} of {} in use",
+                    self.limit
+                ),
             ));
         }
         let len = (bytes as usize).max(1);
-        let layout = std::alloc::Layout::from_size_align(len, ALIGN).map_err(|e| Error::invalid(e.to_string()))?;
+        let layout = std::alloc::Layout::from_size_align(len, ALIGN)
+            .map_err(|e| Error::invalid(e.to_string()))?;
         // SAFETY: layout has a non-zero size.
         let ptr = unsafe { std::alloc::alloc(layout) };
         if ptr.is_null() {
             self.used.fetch_sub(bytes, Ordering::SeqCst);
-            return Err(Error::new(abi::ERR_OUT_OF_MEMORY, format!("cannot allocate {bytes} bytes")));
+            return Err(Error::new(
+                abi::ERR_OUT_OF_MEMORY,
+                format!("cannot allocate {bytes} bytes"),
+            ));
         }
         let h = self.next.fetch_add(1, Ordering::SeqCst);
-        self.buffers.lock().unwrap_or_else(|e| e.into_inner()).insert(h, Allocation { ptr, len });
+        self.buffers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(h, Allocation { ptr, len });
         Ok(h)
     }
 
     fn free(&self, buf: u64) {
-        let a = self.buffers.lock().unwrap_or_else(|e| e.into_inner()).remove(&buf);
+        let a = self
+            .buffers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&buf);
         if let Some(a) = a {
             self.used.fetch_sub(a.len as u64, Ordering::SeqCst);
             // SAFETY: allocated in `alloc` with this layout; removed from the map, so freed once.
-            unsafe { std::alloc::dealloc(a.ptr, std::alloc::Layout::from_size_align_unchecked(a.len, ALIGN)) };
+            unsafe {
+                std::alloc::dealloc(
+                    a.ptr,
+                    std::alloc::Layout::from_size_align_unchecked(a.len, ALIGN),
+                )
+            };
         }
     }
 
@@ -335,15 +422,19 @@ impl Device for Reference {
     }
 
     fn matmul(&self, s: &mut RefStream, w: &Weight, x: View, n_tokens: u32, y: View) -> Result<()> {
-        if fault().as_deref() == Some("panic") {
+        if self.panic_fault {
             panic!("injected panic (LLAMAFILE_REFERENCE_FAULT=panic)");
         }
         let wtype = WeightType::from_ggml(w.ggml_type)
             .filter(|_| self.supports_type(w.ggml_type))
             .ok_or_else(|| Error::unsupported(format!("weight type {}", w.ggml_type)))?;
         let (rows, cols, n) = (w.rows as usize, w.cols as usize, n_tokens as usize);
-        let row_bytes = abi::row_bytes(w.ggml_type, w.cols)
-            .ok_or_else(|| Error::invalid(format!("{cols} columns is not a whole number of {} blocks", wtype.name())))?;
+        let row_bytes = abi::row_bytes(w.ggml_type, w.cols).ok_or_else(|| {
+            Error::invalid(format!(
+                "{cols} columns is not a whole number of {} blocks",
+                wtype.name()
+            ))
+        })?;
         let wbytes = row_bytes * w.rows;
         let wp = self.span(w.data, wbytes, "matmul weight")?;
         // SAFETY: `wp` is valid for wbytes bytes (span); weights are written only by upload, which
@@ -355,7 +446,16 @@ impl Device for Reference {
         self.write_f32(y, &s.b, "matmul output")
     }
 
-    fn rmsnorm(&self, s: &mut RefStream, x: View, weight: View, n_rows: u32, dim: u32, eps: f32, out: View) -> Result<()> {
+    fn rmsnorm(
+        &self,
+        s: &mut RefStream,
+        x: View,
+        weight: View,
+        n_rows: u32,
+        dim: u32,
+        eps: f32,
+        out: View,
+    ) -> Result<()> {
         let (rows, dim) = (n_rows as usize, dim as usize);
         self.read_f32(x, rows * dim, &mut s.a, "rmsnorm input")?;
         let w: &[f32] = if weight.is_none() {
@@ -372,9 +472,16 @@ impl Device for Reference {
     }
 
     fn rope(&self, s: &mut RefStream, x: View, p: &RopeParams) -> Result<()> {
-        let (nt, nh, hd, nr) = (p.n_tokens as usize, p.n_heads as usize, p.head_dim as usize, p.n_rot as usize);
+        let (nt, nh, hd, nr) = (
+            p.n_tokens as usize,
+            p.n_heads as usize,
+            p.head_dim as usize,
+            p.n_rot as usize,
+        );
         if nr > hd || !nr.is_multiple_of(2) {
-            return Err(Error::invalid(format!("rope: n_rot {nr} with head_dim {hd}")));
+            return Err(Error::invalid(format!(
+                "rope: n_rot {nr} with head_dim {hd}"
+            )));
         }
         self.read_f32(x, nt * nh * hd, &mut s.a, "rope")?;
         // theta_i = pos * base^(-2i/n_rot), built by repeated multiplication in f32 as ggml does,
@@ -388,7 +495,11 @@ impl Device for Reference {
                 for i in 0..nr / 2 {
                     let (sin, cos) = (p.freq_scale * theta).sin_cos();
                     theta *= theta_scale;
-                    let (a, b) = if p.mode == abi::ROPE_NEOX { (i, i + nr / 2) } else { (2 * i, 2 * i + 1) };
+                    let (a, b) = if p.mode == abi::ROPE_NEOX {
+                        (i, i + nr / 2)
+                    } else {
+                        (2 * i, 2 * i + 1)
+                    };
                     let (x0, x1) = (head[a], head[b]);
                     head[a] = x0 * cos - x1 * sin;
                     head[b] = x0 * sin + x1 * cos;
@@ -406,7 +517,14 @@ impl Device for Reference {
         self.elementwise(s, a, b, out, n, "mul", |x, y| x * y)
     }
 
-    fn add_rows(&self, s: &mut RefStream, x: View, bias: View, n_rows: u32, dim: u32) -> Result<()> {
+    fn add_rows(
+        &self,
+        s: &mut RefStream,
+        x: View,
+        bias: View,
+        n_rows: u32,
+        dim: u32,
+    ) -> Result<()> {
         let (rows, dim) = (n_rows as usize, dim as usize);
         self.read_f32(x, rows * dim, &mut s.a, "add_rows input")?;
         self.read_f32(bias, dim, &mut s.b, "add_rows bias")?;
@@ -424,7 +542,15 @@ impl Device for Reference {
         self.write_f32(x, &s.a, "scale")
     }
 
-    fn glu(&self, s: &mut RefStream, gate: View, up: View, out: View, n: u64, act: u32) -> Result<()> {
+    fn glu(
+        &self,
+        s: &mut RefStream,
+        gate: View,
+        up: View,
+        out: View,
+        n: u64,
+        act: u32,
+    ) -> Result<()> {
         // kernels-cpu's activations, the CPU path's numerics (GELU through the reference
         // engine's f16 table).
         let f: fn(&mut [f32], &[f32]) = match act {
@@ -456,11 +582,26 @@ impl Device for Reference {
         }
     }
 
-    fn attention(&self, s: &mut RefStream, q: View, k: View, v: View, out: View, p: &AttentionParams) -> Result<()> {
-        let (nt, nh, nkv, hd) = (p.n_tokens as usize, p.n_head as usize, p.n_head_kv as usize, p.head_dim as usize);
+    fn attention(
+        &self,
+        s: &mut RefStream,
+        q: View,
+        k: View,
+        v: View,
+        out: View,
+        p: &AttentionParams,
+    ) -> Result<()> {
+        let (nt, nh, nkv, hd) = (
+            p.n_tokens as usize,
+            p.n_head as usize,
+            p.n_head_kv as usize,
+            p.head_dim as usize,
+        );
         let stride = p.kv_stride as usize;
         if nkv == 0 || !nh.is_multiple_of(nkv) || stride < nkv * hd {
-            return Err(Error::invalid(format!("attention: {nh} heads over {nkv} KV heads, stride {stride}")));
+            return Err(Error::invalid(format!(
+                "attention: {nh} heads over {nkv} KV heads, stride {stride}"
+            )));
         }
         let n_pos = p.pos0 as usize + nt;
         let cache_elems = (n_pos - 1) * stride + nkv * hd;
@@ -476,7 +617,11 @@ impl Device for Reference {
         let group = nh / nkv;
         for t in 0..nt {
             let i = p.pos0 as usize + t;
-            let first = if p.window > 0 { (i + 1).saturating_sub(p.window as usize) } else { 0 };
+            let first = if p.window > 0 {
+                (i + 1).saturating_sub(p.window as usize)
+            } else {
+                0
+            };
             for h in 0..nh {
                 let qh = &s.a[(t * nh + h) * hd..][..hd];
                 let kvo = (h / group) * hd;
