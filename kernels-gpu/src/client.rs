@@ -38,8 +38,10 @@ pub struct Library {
     api: *const GpuApi,
     path: PathBuf,
     name: String,
-    // Declared last: dropped after everything that could call into it.
-    _lib: libloading::Library,
+    /// Never unloaded: a backend may keep threads of its own (a rayon pool, the CUDA driver's)
+    /// running in its code after its last context is gone, and dlclose under them would crash
+    /// the process. Each library is loaded at most a few times per process.
+    _lib: std::mem::ManuallyDrop<libloading::Library>,
 }
 
 // SAFETY: the table is immutable static data inside the library, which stays loaded as long as
@@ -107,12 +109,12 @@ impl Library {
             api,
             path: path.to_path_buf(),
             name,
-            _lib: lib,
+            _lib: std::mem::ManuallyDrop::new(lib),
         }))
     }
 
     fn api(&self) -> &GpuApi {
-        // SAFETY: checked in `open`; valid while `_lib` is loaded (as long as self).
+        // SAFETY: checked in `open`; the library is never unloaded.
         unsafe { &*self.api }
     }
 
