@@ -321,6 +321,8 @@
   function effective() {
     const s = Object.assign({}, serverDefaults);
     for (const k of Object.keys(settings || {})) if (settings[k] !== undefined && settings[k] !== null && settings[k] !== "") s[k] = settings[k];
+    // an emptied system prompt stays empty even when the server has a default one
+    if (settings && typeof settings.system === "string") s.system = settings.system;
     return s;
   }
   function showSettings() {
@@ -335,12 +337,14 @@
     el.serverInfo.textContent = serverInfo;
   }
   let serverInfo = "";
+  // Only what differs from the server's defaults is kept, so a later `--temp` etc. still applies.
   function readSettingsFromForm() {
-    settings = settings || {};
-    settings.system = el.system.value;
+    settings = {};
+    if (el.system.value !== (serverDefaults.system || "")) settings.system = el.system.value;
     for (const k of NUMERIC) {
       const v = $(k).value.trim();
-      settings[k] = v === "" ? null : Number(v);
+      const n = v === "" ? null : Number(v);
+      if (n !== null && !Number.isNaN(n) && n !== serverDefaults[k]) settings[k] = n;
       const out = $(k + "-out");
       if (out) out.textContent = v;
     }
