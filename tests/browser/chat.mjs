@@ -47,6 +47,8 @@ try {
   // Settings: a long reply so that there is something to stop, and a fixed seed.
   await page.click("#toggle-settings");
   check(await page.isVisible("#settings"), "the settings panel opens");
+  const props = await page.evaluate(async () => (await fetch("/props")).json());
+  check((await page.inputValue("#system")) === props.system_prompt, `the server's --system is the default system prompt (${JSON.stringify(props.system_prompt)})`);
   await page.fill("#max_tokens", "3900"); // long enough (seconds) that stop comes first
   await page.fill("#seed", "42");
   await page.fill("#system", "");

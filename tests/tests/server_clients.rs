@@ -42,7 +42,7 @@ fn server_chat_page_in_chromium() {
         return;
     }
     // -c 4096 so that a long reply is still streaming when the test presses stop.
-    let s = Server::start(&m, &["--server", "--nobrowser", "-c", "4096", "--parallel", "1"]);
+    let s = Server::start(&m, &["--server", "--nobrowser", "-c", "4096", "--parallel", "1", "--system", "You are a terse assistant."]);
     let artifacts = e2e::root().join("tests/artifacts/browser");
     let out = Command::new("node").arg(dir.join("chat.mjs")).arg(&s.url).arg(&artifacts).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
