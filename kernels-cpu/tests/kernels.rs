@@ -272,7 +272,7 @@ fn matmul_and_matvec_match_f64_reference_for_every_type_isa_and_shape() {
             let t = info.ty;
             // Shapes off every tile size: odd row counts, token counts around tile edges;
             // rows of 256 elements (a whole number of blocks for every type).
-            // (2, 65, 1): a row longer than what one-token kernels prepare on the stack.
+            // (2, 65, 1): a row longer than the parts one-token kernels prepare at a time.
             for &(rows, blocks, n_tokens) in &[(1, 1, 1), (7, 2, 1), (37, 3, 5), (64, 2, 13), (129, 1, 33), (3, 4, 70), (2, 65, 1)] {
                 let cols = blocks * 256;
                 check_matmul(&k, t, rows, cols, n_tokens, &mut rng, &mut scratch);
