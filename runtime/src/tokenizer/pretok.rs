@@ -4,10 +4,18 @@
 //! The reference applies a *list* of expressions one after the other: each expression splits every
 //! piece produced so far into its matches and the text between them (nothing is dropped). The
 //! expressions below are the reference's own (after its rewrite of `(?i:'s|...)` into explicit
-//! case classes, which is equivalent); fancy-regex gives the `(?!\S)` look-ahead.
-
+//! case classes, which is equivalent).
+//!
+//! Their only look-around is a final `\s+(?!\S)` (optionally followed by `|\s+`): a run of
+//! whitespace, less its last character when a non-space follows. A backtracking engine
+//! (fancy-regex, as the `tokenizers` crate uses) needs one stack entry per character of such a
+//! run and fails on a megabyte of spaces ("max stack size exceeded"), so that alternative is
+//! applied by hand and the rest runs on the `regex` crate (linear time): at each position, the
+//! other alternatives are tried first (they come first in the expression); where none matches
+//! and whitespace starts, the run is taken whole at the end of the piece or when it is one
+//! character, else all but its last character (left for the next word's leading space).
 use anyhow::{bail, Context, Result};
-use fancy_regex::Regex;
+use regex::Regex;
 
 /// What a `tokenizer.ggml.pre` value means for a byte-level BPE vocabulary.
 pub(crate) struct PreTokenizerConfig {
@@ -82,18 +90,36 @@ pub(crate) fn config_for(pre: &str) -> Result<PreTokenizerConfig> {
     })
 }
 
+/// One compiled expression.
+enum Expr {
+    /// Matches and the text between them become pieces.
+    Plain(Regex),
+    /// The expression without its trailing `\s+(?!\S)` (and `|\s+`), applied as described above.
+    SpaceRuns(Regex),
+}
+
 /// The compiled expressions for one vocabulary.
 pub(crate) struct PreTokenizer {
-    regexes: Vec<Regex>,
+    exprs: Vec<Expr>,
 }
 
 impl PreTokenizer {
     pub fn new(exprs: &[&str]) -> Result<PreTokenizer> {
-        let regexes = exprs
+        let exprs = exprs
             .iter()
-            .map(|e| Regex::new(e).with_context(|| format!("compiling pre-tokenizer expression {e:?}")))
+            .map(|&e| {
+                let (body, runs) = match e.strip_suffix(r"|\s+(?!\S)|\s+").or_else(|| e.strip_suffix(r"|\s+(?!\S)")) {
+                    Some(body) => (body, true),
+                    None => (e, false),
+                };
+                if body.contains("(?=") || body.contains("(?!") || body.contains("(?<") {
+                    bail!("pre-tokenizer expression {e:?} has look-around this tokenizer does not implement");
+                }
+                let re = Regex::new(body).with_context(|| format!("compiling pre-tokenizer expression {e:?}"))?;
+                Ok(if runs { Expr::SpaceRuns(re) } else { Expr::Plain(re) })
+            })
             .collect::<Result<Vec<_>>>()?;
-        Ok(PreTokenizer { regexes })
+        Ok(PreTokenizer { exprs })
     }
 
     /// Split `text` into byte ranges, appended to `out` (cleared first); `tmp` is scratch space.
@@ -103,29 +129,89 @@ impl PreTokenizer {
             return Ok(());
         }
         out.push((0, text.len()));
-        for re in &self.regexes {
+        for expr in &self.exprs {
             tmp.clear();
             for &(s, e) in out.iter() {
                 let piece = &text[s..e];
-                let mut last = 0;
-                for m in re.find_iter(piece) {
-                    let m = m.context("pre-tokenizer regex failed (backtrack limit)")?;
-                    if m.start() == m.end() {
-                        continue;
-                    }
-                    if m.start() > last {
-                        tmp.push((s + last, s + m.start()));
-                    }
-                    tmp.push((s + m.start(), s + m.end()));
-                    last = m.end();
-                }
-                if last < piece.len() {
-                    tmp.push((s + last, e));
+                let mut emit = |a: usize, b: usize| tmp.push((s + a, s + b));
+                match expr {
+                    Expr::Plain(re) => split_plain(re, piece, &mut emit),
+                    Expr::SpaceRuns(re) => split_space_runs(re, piece, &mut emit),
                 }
             }
             std::mem::swap(out, tmp);
         }
         Ok(())
+    }
+}
+
+/// Matches and the gaps between them, in order.
+fn split_plain(re: &Regex, piece: &str, emit: &mut impl FnMut(usize, usize)) {
+    let mut last = 0;
+    for m in re.find_iter(piece) {
+        if m.start() == m.end() {
+            continue;
+        }
+        if m.start() > last {
+            emit(last, m.start());
+        }
+        emit(m.start(), m.end());
+        last = m.end();
+    }
+    if last < piece.len() {
+        emit(last, piece.len());
+    }
+}
+
+/// `re` followed by the alternative `\s+(?!\S)|\s+`, without backtracking.
+fn split_space_runs(re: &Regex, piece: &str, emit: &mut impl FnMut(usize, usize)) {
+    let len = piece.len();
+    let (mut pos, mut last) = (0, 0);
+    // The first whitespace at or after `pos` (recomputed when `pos` passes it).
+    let mut ws = 0;
+    let mut ws_valid = false;
+    while pos < len {
+        if !ws_valid || ws < pos {
+            ws = piece[pos..].char_indices().find(|(_, c)| c.is_whitespace()).map_or(len, |(i, _)| pos + i);
+            ws_valid = true;
+        }
+        let m = re.find_at(piece, pos).filter(|m| m.end() > m.start());
+        let m_start = m.map_or(len, |m| m.start());
+        if ws < m_start {
+            // No other alternative matches before this run: the whitespace alternative does.
+            let mut run_end = ws;
+            let mut last_char = 0;
+            for c in piece[ws..].chars() {
+                if !c.is_whitespace() {
+                    break;
+                }
+                last_char = c.len_utf8();
+                run_end += last_char;
+            }
+            let single = run_end - ws == last_char;
+            let end = if run_end == len || single { run_end } else { run_end - last_char };
+            if ws > last {
+                emit(last, ws);
+            }
+            emit(ws, end);
+            pos = end;
+            last = end;
+            continue;
+        }
+        match m {
+            Some(m) => {
+                if m.start() > last {
+                    emit(last, m.start());
+                }
+                emit(m.start(), m.end());
+                pos = m.end();
+                last = m.end();
+            }
+            None => break,
+        }
+    }
+    if last < len {
+        emit(last, len);
     }
 }
 
@@ -194,6 +280,74 @@ mod tests {
         assert_eq!(split("qwen2", "a  b"), ["a", " ", " b"]);
         assert_eq!(split("qwen2", "I'LL do"), ["I", "'LL", " do"]);
         assert_eq!(split("qwen2", "x\n\n  y"), ["x", "\n\n", " ", " y"]);
+    }
+
+    #[test]
+    fn whitespace_runs_follow_the_look_ahead_rule() {
+        // A run before a word keeps its last space for the word; at the end it is taken whole;
+        // a lone non-space whitespace before a digit is its own piece.
+        assert_eq!(split("qwen2", "a   b"), ["a", "  ", " b"]);
+        assert_eq!(split("qwen2", "a   "), ["a", "   "]);
+        assert_eq!(split("qwen2", "a\t1"), ["a", "\t", "1"]);
+        assert_eq!(split("qwen2", "a \t 1"), ["a", " \t", " ", "1"]);
+        assert_eq!(split("gpt-2", "a\t\tb  "), ["a", "\t", "\t", "b", "  "]);
+        assert_eq!(split("gpt-2", "Hello   world 1"), ["Hello", "  ", " world", " 1"]);
+        assert_eq!(split("gpt-2", "x\u{a0}\u{a0}y"), ["x", "\u{a0}", "\u{a0}", "y"]);
+        let long = " ".repeat(1 << 20);
+        assert_eq!(split("qwen2", &long), [long.clone()]);
+    }
+
+    /// The same splits as the expressions run whole on a backtracking engine (fancy-regex, with
+    /// the look-ahead), on random strings rich in whitespace, for every known pre-tokenizer.
+    #[test]
+    fn agrees_with_backtracking_regex() {
+        let alphabet: Vec<char> = "ab Z1 2 \t\n\r\u{a0}\u{3000}.!'sS,é日🦙-".chars().collect();
+        let mut state = 0x1234_5678_9abc_def1u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let texts: Vec<String> = (0..1500)
+            .map(|_| {
+                let n = (next() % 24) as usize;
+                (0..n).map(|_| alphabet[(next() % alphabet.len() as u64) as usize]).collect()
+            })
+            .collect();
+        for pre in ["default", "gpt-2", "llama-bpe", "qwen2", "deepseek-llm", "deepseek-coder", "deepseek-v3", "starcoder", "falcon"] {
+            let cfg = config_for(pre).unwrap();
+            let fancy: Vec<fancy_regex::Regex> = cfg.exprs.iter().map(|e| fancy_regex::Regex::new(e).unwrap()).collect();
+            let ours = PreTokenizer::new(cfg.exprs).unwrap();
+            let (mut out, mut tmp) = (vec![], vec![]);
+            for t in &texts {
+                let mut pieces = vec![t.clone()];
+                for re in &fancy {
+                    let mut nextp = vec![];
+                    for p in &pieces {
+                        let mut last = 0;
+                        for m in re.find_iter(p) {
+                            let m = m.unwrap();
+                            if m.start() == m.end() {
+                                continue;
+                            }
+                            if m.start() > last {
+                                nextp.push(p[last..m.start()].to_string());
+                            }
+                            nextp.push(m.as_str().to_string());
+                            last = m.end();
+                        }
+                        if last < p.len() {
+                            nextp.push(p[last..].to_string());
+                        }
+                    }
+                    pieces = nextp;
+                }
+                ours.split(t, &mut out, &mut tmp).unwrap();
+                let got: Vec<&str> = out.iter().map(|&(a, b)| &t[a..b]).collect();
+                assert_eq!(got, pieces, "{pre}: {t:?}");
+            }
+        }
     }
 
     #[test]

@@ -92,15 +92,23 @@ impl SpecialMatcher {
             return;
         };
         // Which lengths occur (usually none: then this is the only scan).
-        let mut present = std::collections::BTreeSet::new();
+        let mut present = vec![false; set.classes[0].len + 1];
+        let (mut distinct, wanted) = (0, set.classes.len());
         for m in set.any.find_overlapping_iter(text) {
-            present.insert(set.any_len[m.pattern().as_usize()]);
+            let seen = &mut present[set.any_len[m.pattern().as_usize()]];
+            if !*seen {
+                *seen = true;
+                distinct += 1;
+                if distinct == wanted {
+                    break;
+                }
+            }
         }
-        if present.is_empty() {
+        if distinct == 0 {
             return;
         }
         let mut next = Vec::with_capacity(16);
-        for class in set.classes.iter().filter(|c| present.contains(&c.len)) {
+        for class in set.classes.iter().filter(|c| present[c.len]) {
             next.clear();
             for &f in out.iter() {
                 let Fragment::Text(s, e) = f else {

@@ -356,3 +356,20 @@ fn bpe_agrees_with_tokenizers_bpe_oracle() {
         }
     }
 }
+
+#[test]
+fn long_runs_encode_and_decode() {
+    // Pathological but legal inputs: long runs of one character class. (The pre-tokenizer's own
+    // test splits a 1 MB run of spaces, which a backtracking regex engine cannot.)
+    let n = 1 << 16;
+    let q = qwen();
+    for text in [" ".repeat(n), format!("a{}b", " ".repeat(n)), "\n".repeat(n), "9".repeat(n), "\t \n".repeat(n / 3)] {
+        let ids = q.encode(&text, false, false).unwrap_or_else(|e| panic!("{} bytes: {e:#}", text.len()));
+        assert_eq!(q.decode(&ids), text);
+    }
+    let g = gemma();
+    for text in [" ".repeat(n), "\n".repeat(n), "a".repeat(n)] {
+        let ids = g.encode(&text, false, false).unwrap();
+        assert_eq!(g.decode(&ids), text);
+    }
+}
