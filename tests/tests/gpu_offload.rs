@@ -144,16 +144,30 @@ fn offload_matches_cpu_on_tiny_models() {
             vec![Arc::new(CpuBackend::new(model.clone(), 0..n_layer, true))];
         let want = run(&model, &cpu, &toks, 24);
         for ngl in [1usize, 2, n_layer] {
+            // As backend::plan builds it: the output on the device only with every layer.
             let k = n_layer - ngl;
-            let g = GpuBackend::new(model.clone(), &ch, k..n_layer).unwrap();
+            let all = k == 0;
+            let g = GpuBackend::new(model.clone(), &ch, k..n_layer, all).unwrap();
             let mut chain: Vec<Arc<dyn Backend>> = Vec::new();
             if k > 0 {
                 chain.push(Arc::new(CpuBackend::new(model.clone(), 0..k, false)));
             }
             chain.push(Arc::new(g));
+            if !all {
+                chain.push(Arc::new(CpuBackend::new(
+                    model.clone(),
+                    n_layer..n_layer,
+                    true,
+                )));
+            }
             let lines = gpu::describe_chain(&chain, n_layer);
             assert!(lines[n_layer - 1].contains("reference"), "{lines:?}");
-            assert_eq!(lines[0].contains("reference"), k == 0, "{lines:?}");
+            assert_eq!(lines[0].contains("reference"), all, "{lines:?}");
+            assert_eq!(
+                lines[n_layer].contains("reference"),
+                all,
+                "output: {lines:?}"
+            );
             let got = run(&model, &chain, &toks, 24);
             compare(&format!("{m} -ngl {ngl}"), &want, &got, model.hp.n_vocab);
         }
@@ -169,7 +183,7 @@ fn last_token_logits_only() {
     let (n_layer, e, nv) = (model.hp.n_layer, model.hp.n_embd, model.hp.n_vocab);
     let toks = tokens(m, 6);
     let chain: Vec<Arc<dyn Backend>> = vec![Arc::new(
-        GpuBackend::new(model.clone(), &chosen(), 0..n_layer).unwrap(),
+        GpuBackend::new(model.clone(), &chosen(), 0..n_layer, true).unwrap(),
     )];
     let all = run(&model, &chain, &toks, 6);
     let mut st = chain[0].new_state(16, 6).unwrap();
@@ -203,7 +217,7 @@ fn unsupported_weight_types_and_small_devices_are_refused() {
     let model = Arc::new(Model::load(GgufFile::open(&path).unwrap()).unwrap());
     let mut ch = chosen();
     ch.info.free_memory = 1000;
-    let err = GpuBackend::new(model.clone(), &ch, 0..model.hp.n_layer)
+    let err = GpuBackend::new(model.clone(), &ch, 0..model.hp.n_layer, true)
         .err()
         .expect("must not fit")
         .to_string();
@@ -221,7 +235,7 @@ fn sessions_on_one_device_run_concurrently() {
     let model = Arc::new(Model::load(GgufFile::open(&path).unwrap()).unwrap());
     let n_layer = model.hp.n_layer;
     let chain: Vec<Arc<dyn Backend>> = vec![Arc::new(
-        GpuBackend::new(model.clone(), &chosen(), 0..n_layer).unwrap(),
+        GpuBackend::new(model.clone(), &chosen(), 0..n_layer, true).unwrap(),
     )];
     let prompts: Vec<Vec<u32>> = (0..4)
         .map(|i| tokens(m, 30 + 5 * i)[5 * i..].to_vec())

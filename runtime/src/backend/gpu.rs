@@ -15,7 +15,8 @@
 //! type the backend lacks, not enough device memory — prints ONE warning saying why and the model
 //! runs on the CPU.
 //!
-//! The offload backend runs the last N layers (and the output layer) with the layer recipe of
+//! The offload backend runs the last N layers (and the output layer too when N >= the layer
+//! count; otherwise the CPU applies it after them) with the layer recipe of
 //! `model::transformer` composed from the ABI's operations; weights are uploaded once, straight
 //! from the mmap; each session has its own stream, KV cache (f16) and activation buffers on the
 //! device, so a forward pass allocates nothing.
@@ -308,14 +309,19 @@ pub fn plan_offload(model: &Arc<Model>, opts: &PlanOptions) -> Result<Vec<Arc<dy
     };
     let n_layer = model.hp.n_layer;
     let k = n_layer - opts.n_gpu_layers.min(n_layer);
-    let gpu = GpuBackend::new(model.clone(), &chosen, k..n_layer).with_context(|| {
-        format!(
-            "{} backend ({}, {})",
-            chosen.lib.name(),
-            abi::name_str(&chosen.info.name),
-            chosen.lib.path().display()
-        )
-    })?;
+    // All layers: the output layer goes to the device too; fewer: it stays on the CPU (as
+    // llama.cpp does), so that a device too small for every layer does not also hold the
+    // vocabulary matrix.
+    let output_on_gpu = opts.n_gpu_layers >= n_layer;
+    let gpu =
+        GpuBackend::new(model.clone(), &chosen, k..n_layer, output_on_gpu).with_context(|| {
+            format!(
+                "{} backend ({}, {})",
+                chosen.lib.name(),
+                abi::name_str(&chosen.info.name),
+                chosen.lib.path().display()
+            )
+        })?;
     if opts.verbose {
         let free = match chosen.info.free_memory {
             u64::MAX => "no memory limit".to_string(),
@@ -340,6 +346,14 @@ pub fn plan_offload(model: &Arc<Model>, opts: &PlanOptions) -> Result<Vec<Arc<dy
         )));
     }
     chain.push(Arc::new(gpu));
+    if !output_on_gpu {
+        // The output alone (no layers) on the CPU, last in the chain.
+        chain.push(Arc::new(super::cpu::CpuBackend::new(
+            model.clone(),
+            n_layer..n_layer,
+            true,
+        )));
+    }
     Ok(chain)
 }
 
@@ -407,8 +421,8 @@ struct Weights {
     name: String,
     layers: Range<usize>,
     dev_layers: Vec<DevLayer>,
-    output_norm: DevVec,
-    output: DevWeight,
+    /// The final norm and output matrix, when this backend runs the output layer.
+    output: Option<(DevVec, DevWeight)>,
 }
 
 pub struct GpuBackend {
@@ -463,9 +477,14 @@ fn upload_opt(
 }
 
 impl GpuBackend {
-    /// Opens the device, checks that the model fits, and uploads the weights of `layers` and the
-    /// output layer.
-    pub fn new(model: Arc<Model>, chosen: &Chosen, layers: Range<usize>) -> Result<GpuBackend> {
+    /// Opens the device, checks that the model fits, and uploads the weights of `layers` and,
+    /// with `output`, of the output layer.
+    pub fn new(
+        model: Arc<Model>,
+        chosen: &Chosen,
+        layers: Range<usize>,
+        output: bool,
+    ) -> Result<GpuBackend> {
         let hp = &model.hp;
         if hp.head_dim != hp.head_dim_v {
             bail!("key head size {} differs from value head size {}: not supported by the offload path", hp.head_dim, hp.head_dim_v);
@@ -487,7 +506,9 @@ impl GpuBackend {
             .map(|w| w.len as u64)
             .sum::<u64>();
         }
-        need += model.output.len as u64;
+        if output {
+            need += model.output.len as u64;
+        }
         // Plus a KV cache (f16) of the default context, so that a model that only just fits is
         // refused here rather than when the first session is created. (A larger -c can still
         // fail then, with an error naming the allocation.)
@@ -531,8 +552,14 @@ impl GpuBackend {
                 ffn_post_norm: upload_opt(d, &mut s, &l.ffn_post_norm, &n("post_ffw_norm"))?,
             });
         }
-        let output_norm = upload_vec(&device, &mut s, &model.output_norm, "output_norm")?;
-        let output = upload_weight(&device, &mut s, &model, &model.output)?;
+        let output = if output {
+            Some((
+                upload_vec(&device, &mut s, &model.output_norm, "output_norm")?,
+                upload_weight(&device, &mut s, &model, &model.output)?,
+            ))
+        } else {
+            None
+        };
         s.synchronize()?;
         let name = format!(
             "{} ({})",
@@ -546,7 +573,6 @@ impl GpuBackend {
                 name,
                 layers,
                 dev_layers,
-                output_norm,
                 output,
             }),
         })
@@ -561,7 +587,7 @@ impl Backend for GpuBackend {
         self.w.layers.clone()
     }
     fn runs_output(&self) -> bool {
-        true
+        self.w.output.is_some()
     }
     fn new_state(&self, n_ctx: usize, max_batch: usize) -> Result<Box<dyn BackendState>> {
         let st = GpuState::new(self.w.clone(), n_ctx, max_batch.max(1)).with_context(|| {
@@ -837,7 +863,9 @@ impl BackendState for GpuState {
                 } else {
                     bail!("logits buffer of {} values for {n_tokens} tokens of a {nv}-token vocabulary", l.len());
                 };
-                let (on, ow) = (&w.output_norm, &w.output);
+                let Some((on, ow)) = &w.output else {
+                    bail!("asked for logits, but the output layer is not on this backend");
+                };
                 let src = st.x.at((first * e * 4) as u64);
                 st.s.rmsnorm(src, on.view(), rows as u32, e as u32, eps, st.xn.view())?;
                 st.s.matmul(&ow.w, st.xn.view(), rows as u32, st.logits.view())?;
