@@ -301,58 +301,118 @@ fn round_f16(x: f32) -> f32 {
 /// accumulator is held at f16 precision: rescaled by exp(M_old - M) when the maximum grows,
 /// then `acc += v * exp(s - M)`, and divided by S at the end.
 fn attention(hp: &Hparams, la: LayerAttn, n: usize, pos: usize, kv: &LayerKv, q: &[f32], att: &mut [f32]) {
-    let (hd, hdv, qd, kd, vd) = (hp.head_dim, hp.head_dim_v, hp.q_dim(), hp.k_dim(), hp.v_dim());
     let group = hp.n_head / hp.n_head_kv;
     let n_kv = hp.n_head_kv;
-    let scale = hp.attn_scale;
-    att[..n * hp.n_head * hdv].par_chunks_mut(group * hdv).enumerate().for_each(|(i, out)| {
+    let avx2 = cfg!(target_arch = "x86_64") && kernels_cpu::kernels().isa >= kernels_cpu::Isa::Avx2;
+    att[..n * hp.n_head * hp.head_dim_v].par_chunks_mut(group * hp.head_dim_v).enumerate().for_each(|(i, out)| {
         let (t, g) = (i / n_kv, i % n_kv);
-        let p = pos + t;
-        let lo = match la.window {
-            Some(w) => (p + 1).saturating_sub(w),
-            None => 0,
-        };
-        // this group's queries rounded to f16 (kept as f32), accumulators, one widened K/V row
-        let mut qs = [0f32; MAX_GROUP_DIM];
-        let mut acc = [0f32; MAX_GROUP_DIM];
-        let mut row = [0f32; MAX_HEAD_DIM];
-        let mut q16 = [f16::ZERO; MAX_HEAD_DIM];
-        let (qs, acc) = (&mut qs[..group * hd], &mut acc[..group * hdv]);
-        for (hq, qh) in qs.chunks_exact_mut(hd).enumerate() {
-            let src = &q[t * qd + (g * group + hq) * hd..][..hd];
-            ops::f32_to_f16_slice(src, &mut q16[..hd]);
-            ops::f16_to_f32_slice(&q16[..hd], qh);
+        #[cfg(target_arch = "x86_64")]
+        if avx2 {
+            // SAFETY: the kernels report AVX2 only when the CPU has AVX2, FMA and F16C.
+            unsafe { attend_group_avx2(hp, la, pos + t, g, kv, &q[t * hp.q_dim()..(t + 1) * hp.q_dim()], out) };
+            return;
         }
-        let mut m = [f32::NEG_INFINITY; 64];
-        let mut sum = [0f32; 64];
-        let mut s = [0f32; 64];
-        for j in lo..=p {
-            ops::f16_to_f32_slice(&kv.k[j * kd + g * hd..][..hd], &mut row[..hd]);
+        let _ = avx2;
+        attend_group(hp, la, pos + t, g, kv, &q[t * hp.q_dim()..(t + 1) * hp.q_dim()], out);
+    });
+}
+
+/// `attend_group` compiled for AVX2 + FMA (the same code; wider vectors for its loops).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attend_group_avx2(hp: &Hparams, la: LayerAttn, p: usize, g: usize, kv: &LayerKv, q: &[f32], out: &mut [f32]) {
+    attend_group(hp, la, p, g, kv, q, out)
+}
+
+/// f32 dot product with 8 independent sums (vectorises without reassociation).
+#[inline(always)]
+fn dot8(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let n8 = a.len() / 8 * 8;
+    for (x, y) in a[..n8].chunks_exact(8).zip(b[..n8].chunks_exact(8)) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for i in n8..a.len() {
+        s += a[i] * b[i];
+    }
+    s
+}
+
+/// Positions handled per step: their scores and weights are computed together.
+const ATT_BLOCK: usize = 32;
+
+/// The query heads of KV head `g` for the token at position `p` (`q` = that token's queries):
+/// writes `out` [group x head_dim_v].
+#[inline(always)]
+fn attend_group(hp: &Hparams, la: LayerAttn, p: usize, g: usize, kv: &LayerKv, q: &[f32], out: &mut [f32]) {
+    let (hd, hdv, kd, vd) = (hp.head_dim, hp.head_dim_v, hp.k_dim(), hp.v_dim());
+    let group = hp.n_head / hp.n_head_kv;
+    let scale = hp.attn_scale;
+    let lo = match la.window {
+        Some(w) => (p + 1).saturating_sub(w),
+        None => 0,
+    };
+    // this group's queries rounded to f16 (kept as f32), accumulators, widened K/V rows
+    let mut qs = [0f32; MAX_GROUP_DIM];
+    let mut acc = [0f32; MAX_GROUP_DIM];
+    let mut row = [0f32; MAX_HEAD_DIM];
+    let mut q16 = [f16::ZERO; MAX_HEAD_DIM];
+    let (qs, acc) = (&mut qs[..group * hd], &mut acc[..group * hdv]);
+    for (hq, qh) in qs.chunks_exact_mut(hd).enumerate() {
+        ops::f32_to_f16_slice(&q[(g * group + hq) * hd..][..hd], &mut q16[..hd]);
+        ops::f16_to_f32_slice(&q16[..hd], qh);
+    }
+    let mut m = [f32::NEG_INFINITY; 64];
+    let mut sum = [0f32; 64];
+    // per block: scores [group x ATT_BLOCK], then the rescale (ms) and weight (vs) of each
+    // position exactly as the one-position-at-a-time online softmax defines them
+    let mut sc = [0f32; 64 * ATT_BLOCK];
+    let mut ms = [1f32; 64 * ATT_BLOCK];
+    let mut vs = [1f32; 64 * ATT_BLOCK];
+    let mut j0 = lo;
+    while j0 <= p {
+        let nb = ATT_BLOCK.min(p + 1 - j0);
+        for b in 0..nb {
+            ops::f16_to_f32_slice(&kv.k[(j0 + b) * kd + g * hd..][..hd], &mut row[..hd]);
             for (hq, qh) in qs.chunks_exact(hd).enumerate() {
-                s[hq] = ops::dot(qh, &row[..hd]) * scale;
+                sc[hq * ATT_BLOCK + b] = dot8(qh, &row[..hd]) * scale;
             }
-            ops::f16_to_f32_slice(&kv.v[j * vd + g * hdv..][..hdv], &mut row[..hdv]);
+        }
+        for hq in 0..group {
+            let base = hq * ATT_BLOCK;
+            for b in 0..nb {
+                let s = sc[base + b];
+                if s > m[hq] {
+                    ms[base + b] = if m[hq] == f32::NEG_INFINITY { 0.0 } else { (m[hq] - s).exp() };
+                    vs[base + b] = 1.0;
+                    m[hq] = s;
+                } else {
+                    ms[base + b] = 1.0;
+                    vs[base + b] = (s - m[hq]).exp();
+                }
+            }
+        }
+        for b in 0..nb {
+            ops::f16_to_f32_slice(&kv.v[(j0 + b) * vd + g * hdv..][..hdv], &mut row[..hdv]);
             let v = &row[..hdv];
             for (hq, a) in acc.chunks_exact_mut(hdv).enumerate() {
-                let (mut ms, mut vs) = (1.0f32, 1.0f32);
-                if s[hq] > m[hq] {
-                    ms = if m[hq] == f32::NEG_INFINITY { 0.0 } else { (m[hq] - s[hq]).exp() };
-                    m[hq] = s[hq];
-                    if ms != 1.0 {
-                        a.iter_mut().for_each(|x| *x = round_f16(*x * ms));
-                    }
-                } else {
-                    vs = (s[hq] - m[hq]).exp();
+                let (msc, w) = (ms[hq * ATT_BLOCK + b], vs[hq * ATT_BLOCK + b]);
+                if msc != 1.0 {
+                    a.iter_mut().for_each(|x| *x = round_f16(*x * msc));
                 }
-                a.iter_mut().zip(v).for_each(|(x, vv)| *x = round_f16(*x + vv * vs));
-                sum[hq] = sum[hq] * ms + vs;
+                a.iter_mut().zip(v).for_each(|(x, vv)| *x = round_f16(*x + vv * w));
+                sum[hq] = sum[hq] * msc + w;
             }
         }
-        for (hq, (o, a)) in out.chunks_exact_mut(hdv).zip(acc.chunks_exact(hdv)).enumerate() {
-            let inv = if sum[hq] == 0.0 { 0.0 } else { 1.0 / sum[hq] };
-            o.iter_mut().zip(a).for_each(|(o, a)| *o = a * inv);
-        }
-    });
+        j0 += nb;
+    }
+    for (hq, (o, a)) in out.chunks_exact_mut(hdv).zip(acc.chunks_exact(hdv)).enumerate() {
+        let inv = if sum[hq] == 0.0 { 0.0 } else { 1.0 / sum[hq] };
+        o.iter_mut().zip(a.iter()).for_each(|(o, a)| *o = a * inv);
+    }
 }
 
 /// Logits of the last token (`logits.len() == n_vocab`) or of every token
