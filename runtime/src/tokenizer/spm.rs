@@ -76,7 +76,7 @@ struct Work {
 
 pub(crate) struct SpmModel {
     scores: Vec<f32>,
-    byte_ids: [Option<u32>; 256],
+    byte_ids: Box<[Option<u32>; 256]>,
     unk: Option<u32>,
     /// Pieces that contain a character followed by `▁` (text must not be cut inside them).
     bridges: Option<AhoCorasick>,
@@ -84,7 +84,7 @@ pub(crate) struct SpmModel {
 
 impl SpmModel {
     pub fn new(texts: &Packed, index: &TokenIndex, scores: Vec<f32>, unk: Option<u32>) -> Result<SpmModel> {
-        let mut byte_ids = [None; 256];
+        let mut byte_ids = Box::new([None; 256]);
         for (b, slot) in byte_ids.iter_mut().enumerate() {
             *slot = index.get(texts, format!("<0x{b:02X}>").as_bytes());
         }
