@@ -50,7 +50,7 @@ impl Tensor {
 }
 
 fn mix(kind: &str, name: &str, layer: Option<usize>) -> WeightType {
-    let more_bits = |l: usize| l < N_LAYER / 8 || l >= 7 * N_LAYER / 8 || (l - N_LAYER / 8) % 3 == 2;
+    let more_bits = |l: usize| !(N_LAYER / 8..7 * N_LAYER / 8).contains(&l) || (l - N_LAYER / 8) % 3 == 2;
     let sensitive = name.ends_with("attn_v.weight") || name.ends_with("ffn_down.weight");
     match kind {
         "q4_k_m" => {

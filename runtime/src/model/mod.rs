@@ -198,7 +198,7 @@ pub(crate) fn common_hparams(g: &GgufFile, arch: &str, recipe: Recipe) -> Result
     let head_dim = opt_u64(g, &k("attention.key_length")).unwrap_or(n_embd / n_head);
     let head_dim_v = opt_u64(g, &k("attention.value_length")).unwrap_or(head_dim);
     let n_rot = opt_u64(g, &k("rope.dimension_count")).unwrap_or(head_dim);
-    if head_dim == 0 || n_rot > head_dim || n_rot % 2 != 0 {
+    if head_dim == 0 || n_rot > head_dim || !n_rot.is_multiple_of(2) {
         bail!("inconsistent hyperparameters: head size {head_dim}, RoPE dimensions {n_rot}");
     }
     let n_ctx_train = opt_u64(g, &k("context_length")).unwrap_or(2048);
@@ -362,7 +362,7 @@ fn weight(g: &GgufFile, name: &str, rows: usize, cols: usize) -> Result<Weight> 
     if kernels_cpu::kernels().get(wtype).is_none() {
         bail!("tensor {name} has weight type {}, which has no matrix kernel", wtype.name());
     }
-    if cols % wtype.block_size() != 0 {
+    if !cols.is_multiple_of(wtype.block_size()) {
         bail!("tensor {name}: row length {cols} is not a multiple of the {} block size {}", wtype.name(), wtype.block_size());
     }
     let len = wtype.row_bytes(cols) * rows;
@@ -382,7 +382,7 @@ fn vector(g: &GgufFile, name: &str, len: usize) -> Result<Vec<f32>> {
     let wtype = t
         .wtype
         .ok_or_else(|| anyhow!("tensor {name} has weight type id {}, which this build does not support", t.ggml_type))?;
-    if len % wtype.block_size() != 0 || wtype.row_bytes(len) != t.size as usize {
+    if !len.is_multiple_of(wtype.block_size()) || wtype.row_bytes(len) != t.size as usize {
         bail!("tensor {name}: {} bytes of data do not hold {len} {} elements", t.size, wtype.name());
     }
     let mut out = vec![0f32; len];

@@ -381,17 +381,17 @@ fn attend_group(hp: &Hparams, la: LayerAttn, p: usize, g: usize, kv: &LayerKv, q
                 sc[hq * ATT_BLOCK + b] = dot8(qh, &row[..hd]) * scale;
             }
         }
-        for hq in 0..group {
+        for (hq, mh) in m[..group].iter_mut().enumerate() {
             let base = hq * ATT_BLOCK;
             for b in 0..nb {
                 let s = sc[base + b];
-                if s > m[hq] {
-                    ms[base + b] = if m[hq] == f32::NEG_INFINITY { 0.0 } else { (m[hq] - s).exp() };
+                if s > *mh {
+                    ms[base + b] = if *mh == f32::NEG_INFINITY { 0.0 } else { (*mh - s).exp() };
                     vs[base + b] = 1.0;
-                    m[hq] = s;
+                    *mh = s;
                 } else {
                     ms[base + b] = 1.0;
-                    vs[base + b] = (s - m[hq]).exp();
+                    vs[base + b] = (s - *mh).exp();
                 }
             }
         }
