@@ -180,18 +180,6 @@ impl Engine {
         let backends =
             backend::plan(&model, &PlanOptions { n_gpu_layers: opts.n_gpu_layers, gpu: &opts.gpu, verbose: opts.verbose })?;
         check_chain(&backends, hp.n_layer)?;
-        if opts.verbose {
-            for b in &backends {
-                let l = b.layers();
-                eprintln!(
-                    "layers {}..{} on {}{}",
-                    l.start,
-                    l.end,
-                    b.name(),
-                    if b.runs_output() { " (+ output)" } else { "" }
-                );
-            }
-        }
         let n_batch = n_batch.clamp(1, n_ctx);
         let load_ms = t0.elapsed().as_secs_f64() * 1e3;
         Ok(Engine {
