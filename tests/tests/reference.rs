@@ -275,12 +275,27 @@ fn gemma3_270m() {
     let Some(model) = real_model("gemma-3-270m-q4_k_m.gguf") else { return };
     let reference = e2e::shared().join("reference/gemma-3-270m-q4_k_m.json");
     // KNOWN DEVIATION, measured: the 700-token case meets the README's limits (0.21, NLL 0.04%),
-    // but the three short ones (7-17 positions) are dominated by a few positions at special
-    // tokens (<start_of_turn>, <end_of_turn>) where Gemma's residual stream reaches 1e5 and the
-    // logits move by ~1 for f32 rounding-level differences (the reference itself moves by 0.22
-    // on average between batch and token-by-token processing). Measured: fox 0.22 / NLL 2.8%,
-    // chat 0.43 / 0.2% / top-1 14 of 17 (the 3 misses are near-ties), code 0.27 / 1.3%. They are
-    // held to 0.5, 4% and all but 3 top-1 so that a real error
+    // the three short ones (7-17 positions) do not: fox 0.18-0.34, chat 0.21-0.39, code 0.17-0.22,
+    // NLL up to 3.4% (code, scalar), depending on the ISA. Investigated (gemma follow-up of
+    // issue #5): this is the model's sensitivity to rounding, not a wrong computation, and not
+    // the 1e5 residual (the BOS row, which holds it, is the row that diverges least):
+    // - our own ISAs differ from each other as much as from the reference: scalar vs avx2 vs
+    //   avx512 mean |dlogit| 0.22-0.36 (fox), 0.31-0.37 (chat), 0.13-0.17 (code), 0.22-0.23
+    //   (first 200 tokens of long); the reference moves 0.22 between batch and token-by-token;
+    // - layer 0 stage by stage, scalar vs avx512 differ by 1e-7 relative (summation order)
+    //   except where a rounding step flips: the f16 attention accumulator (1e-5) and above all
+    //   the Q8_0 activation quantization of ffn_gate/ffn_up (an input change of 7e-6 becomes
+    //   1e-3 in the projection); Gemma's 18 layers then grow 1e-3 into 2-3e-2 of the hidden
+    //   state, i.e. ~0.3 in the logits. The reference plays the same rounding lottery with
+    //   its own summation order, so only averages over many positions converge (the long case);
+    // - nothing converted to f16 comes near its range: max |q|, |k|, |v|, attention output
+    //   <= 100 in every layer, GELU inputs >= 10 bypass the f16 table; the 1e5 residual stays
+    //   f32 (as in the reference), so no inf;
+    // - gemma3 details checked against the reference's graph: sqrt(n_embd) scale in f32 after
+    //   the embedding lookup, q scaled by 1/sqrt(key_length) = 1/16 (exact in f16) before
+    //   attention, per-head q/k RMSNorm before NEOX RoPE, post-attention/post-FFN norms, local
+    //   layers = il % 6 < 5 with base 10000, window 512, no softcapping (no key in the file).
+    // The short cases are therefore held to 0.5, 4% and all but 3 top-1 so that a real error
     // (which misses by orders of magnitude) still fails, and the long case to the README's.
     let limits = |name: &str| {
         if name == "long" {
