@@ -16,7 +16,7 @@
 
 use core::arch::x86_64::*;
 
-use crate::isa::{GemmTileFn, QuantizeFn, VecDotFn};
+use crate::isa::{GemmTileFn, GemvFn, QuantizeFn, VecDotFn};
 use crate::types::q2_k::BlockQ2K;
 use crate::types::q3_k::BlockQ3K;
 use crate::types::q4_k::BlockQ4K;
@@ -582,3 +582,321 @@ kquant_kernels!(q3k, BlockQ3K, unpack_q3k, unpack_q3k_premul, true, "Q3_K");
 kquant_kernels!(q4k, BlockQ4K, unpack_q4k, unpack_q4k, false, "Q4_K");
 kquant_kernels!(q5k, BlockQ5K, unpack_q5k, unpack_q5k, false, "Q5_K");
 kquant_kernels!(q6k, BlockQ6K, unpack_q6k, unpack_q6k, true, "Q6_K");
+
+// ---------------------------------------------------------------------------------------------
+// One-token kernels (`gemv`): many rows against one token.
+//
+// The activations are prepared once per call (a block of rows) in the order the weights load
+// best, so each weight block is unpacked with whole 64-byte loads, shifts and masks only:
+// - Q4_K: `qs[64h..64h+64]` gives, as low nibbles, values 128h+0..32 and 128h+64..96, as high
+//   nibbles 128h+32..64 and 128h+96..128; the activations are permuted to match.
+// - Q2_K: `qs[0..64] >> 2s` gives values 32s..32s+32 and 128+32s..128+32s+32; same idea.
+// - Q6_K: loads in natural order already; it reads the Q8_K blocks as they are.
+// The sub-block scales are spread over their lanes with one `vpshufb` per 64 values from a
+// broadcast of the packed scale bytes (zero- or sign-extended words), instead of cross-lane
+// permutes. Each row is one sequential stream; two float accumulators per row.
+// ---------------------------------------------------------------------------------------------
+
+/// A Q8_K block of activations rearranged for one weight type (see above).
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct Prep {
+    qs: [i8; QK_K],
+    /// Q4_K: sums of 32 values (pairs of `bsums`) in 0..8; Q2_K: the 16 `bsums`.
+    bs: [i16; 16],
+    d: f32,
+}
+
+/// Blocks prepared at most (rows of up to 16384 values, 20 KiB on the stack); longer rows
+/// use `vec_dot` row by row.
+const PREP_MAX: usize = 64;
+
+pub fn gemv(t: WeightType) -> Option<GemvFn> {
+    if !supported() {
+        return None;
+    }
+    Some(match t {
+        WeightType::Q2_K => gemv_q2k,
+        WeightType::Q4_K => gemv_q4k,
+        WeightType::Q6_K => gemv_q6k,
+        _ => return None,
+    })
+}
+
+/// `bsums[j]` of a Q8_K block.
+#[inline]
+fn bsum(a: &BlockQ8K, j: usize) -> i16 {
+    i16::from_le_bytes(a.bsums[j])
+}
+
+/// The activations for Q4_K (`pair_sums`, halves 64 apart) or Q2_K (halves 128 apart).
+fn prepare(xb: &[BlockQ8K], prep: &mut [Prep], q4k: bool) {
+    for (a, p) in xb.iter().zip(prep.iter_mut()) {
+        for c in 0..4 {
+            let (base, gap) = if q4k { (128 * (c / 2) + 32 * (c % 2), 64) } else { (32 * c, 128) };
+            p.qs[64 * c..64 * c + 32].copy_from_slice(&a.qs[base..base + 32]);
+            p.qs[64 * c + 32..64 * c + 64].copy_from_slice(&a.qs[base + gap..base + gap + 32]);
+        }
+        for j in 0..16 {
+            p.bs[j] = if q4k {
+                if j < 8 {
+                    bsum(a, 2 * j) + bsum(a, 2 * j + 1)
+                } else {
+                    0
+                }
+            } else {
+                bsum(a, j)
+            };
+        }
+        p.d = a.d();
+    }
+}
+
+/// `vpshufb` control: in 16-byte lane `l`, every word takes byte `idx[l]` (zero-extended when
+/// `sign` is false; else bytes `2 idx[l]`, `2 idx[l] + 1`: the low word of a 32-bit lane).
+const fn word_ctl(idx: [u8; 4], sign: bool) -> [u8; 64] {
+    let mut a = [0u8; 64];
+    let mut i = 0;
+    while i < 64 {
+        let j = idx[i / 16];
+        a[i] = if sign {
+            if i % 2 == 0 {
+                4 * j
+            } else {
+                4 * j + 1
+            }
+        } else if i % 2 == 0 {
+            j
+        } else {
+            0x80
+        };
+        i += 1;
+    }
+    a
+}
+
+/// Q4_K: scale byte (0..8) of each 16-byte lane of the four 64-value vectors.
+static CTL_Q4K: [[u8; 64]; 4] = [
+    word_ctl([0, 0, 2, 2], false),
+    word_ctl([1, 1, 3, 3], false),
+    word_ctl([4, 4, 6, 6], false),
+    word_ctl([5, 5, 7, 7], false),
+];
+/// Q2_K: scale byte (0..16) of each 16-byte lane (one sub-block of 16 values each).
+static CTL_Q2K: [[u8; 64]; 4] = [
+    word_ctl([0, 1, 8, 9], false),
+    word_ctl([2, 3, 10, 11], false),
+    word_ctl([4, 5, 12, 13], false),
+    word_ctl([6, 7, 14, 15], false),
+];
+/// Q6_K: 32-bit lane `k` of every 16-byte lane (the transposed scales, see `gemv_q6k_tf`).
+static CTL_Q6K: [[u8; 64]; 4] = [
+    word_ctl([0, 0, 0, 0], true),
+    word_ctl([1, 1, 1, 1], true),
+    word_ctl([2, 2, 2, 2], true),
+    word_ctl([3, 3, 3, 3], true),
+];
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn ctl4(c: &[[u8; 64]; 4]) -> [__m512i; 4] {
+    // SAFETY: each row is 64 readable bytes; the loads are unaligned.
+    core::array::from_fn(|k| unsafe { _mm512_loadu_si512(c[k].as_ptr() as *const __m512i) })
+}
+
+/// `[d * xd, dmin * xd, 0, 0]` from the two f16 fields.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn dx2(d: [u8; 2], dmin: [u8; 2], xd: f32) -> __m128 {
+    let bits = u32::from_le_bytes([d[0], d[1], dmin[0], dmin[1]]);
+    _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)), _mm_set1_ps(xd))
+}
+
+/// Rows longer than `PREP_MAX` blocks: the plain dot product row by row.
+fn gemv_fallback(vec_dot: VecDotFn, n: usize, w: &[u8], w_stride: usize, nr: usize, x: &[u8], out: &mut [f32]) {
+    for (r, o) in out[..nr].iter_mut().enumerate() {
+        *o = vec_dot(n, &w[r * w_stride..], x);
+    }
+}
+
+fn gemv_q4k(n: usize, w: &[u8], w_stride: usize, nr: usize, x: &[u8], out: &mut [f32]) {
+    let nb = n / QK_K;
+    if nb > PREP_MAX {
+        return gemv_fallback(q4k::vec_dot, n, w, w_stride, nr, x, out);
+    }
+    let xb = first_blocks::<BlockQ8K>(x, nb, "Q4_K gemv activations");
+    let mut prep = [Prep { qs: [0; QK_K], bs: [0; 16], d: 0.0 }; PREP_MAX];
+    prepare(xb, &mut prep[..nb], true);
+    // SAFETY: installed only when `supported()` (all enabled features detected).
+    unsafe { gemv_q4k_tf(nb, w, w_stride, nr, &prep[..nb], out) }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn gemv_q4k_tf(nb: usize, w: &[u8], w_stride: usize, nr: usize, prep: &[Prep], out: &mut [f32]) {
+    let ctl = ctl4(&CTL_Q4K);
+    let m4 = _mm512_set1_epi8(0x0F);
+    let ctl_min = _mm_setr_epi8(8, -128, 9, -128, 10, -128, 11, -128, 12, -128, 13, -128, 14, -128, 15, -128);
+    for (r, o) in out[..nr].iter_mut().enumerate() {
+        let wb = first_blocks::<BlockQ4K>(&w[r * w_stride..], nb, "Q4_K gemv weights");
+        let mut acc = [_mm512_setzero_ps(); 2];
+        let mut accm = _mm_setzero_ps();
+        for (i, (b, p)) in wb.iter().zip(prep).enumerate() {
+            let smv = k4_scales_mins(b);
+            let sb = _mm512_broadcast_i32x4(smv);
+            // SAFETY: `qs` is 128 readable bytes; `p.qs` 256 (64-byte aligned).
+            let (q0, q1, xv) = unsafe {
+                let q = b.qs.as_ptr() as *const __m512i;
+                let xp = p.qs.as_ptr() as *const __m512i;
+                (
+                    _mm512_loadu_si512(q),
+                    _mm512_loadu_si512(q.add(1)),
+                    [_mm512_load_si512(xp), _mm512_load_si512(xp.add(1)), _mm512_load_si512(xp.add(2)), _mm512_load_si512(xp.add(3))],
+                )
+            };
+            let lv = [
+                _mm512_and_si512(q0, m4),
+                _mm512_and_si512(_mm512_srli_epi16::<4>(q0), m4),
+                _mm512_and_si512(q1, m4),
+                _mm512_and_si512(_mm512_srli_epi16::<4>(q1), m4),
+            ];
+            let mut s = _mm512_setzero_si512();
+            for k in 0..4 {
+                s = _mm512_dpwssd_epi32(s, _mm512_maddubs_epi16(lv[k], xv[k]), _mm512_shuffle_epi8(sb, ctl[k]));
+            }
+            // SAFETY: `bs` is 32 readable bytes (64-byte aligned struct, offset 256).
+            let bs = unsafe { _mm_load_si128(p.bs.as_ptr() as *const __m128i) };
+            let g = _mm_madd_epi16(_mm_shuffle_epi8(smv, ctl_min), bs);
+            let dx = dx2(b.d, b.dmin, p.d);
+            acc[i & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_broadcastss_ps(dx), acc[i & 1]);
+            accm = _mm_fmadd_ps(_mm_cvtepi32_ps(g), _mm_permute_ps::<0b01_01_01_01>(dx), accm);
+        }
+        *o = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1])) - hsum128(accm);
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn hsum128(v: __m128) -> f32 {
+    let s = _mm_add_ps(v, _mm_movehl_ps(v, v));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+}
+
+fn gemv_q2k(n: usize, w: &[u8], w_stride: usize, nr: usize, x: &[u8], out: &mut [f32]) {
+    let nb = n / QK_K;
+    if nb > PREP_MAX {
+        return gemv_fallback(q2k::vec_dot, n, w, w_stride, nr, x, out);
+    }
+    let xb = first_blocks::<BlockQ8K>(x, nb, "Q2_K gemv activations");
+    let mut prep = [Prep { qs: [0; QK_K], bs: [0; 16], d: 0.0 }; PREP_MAX];
+    prepare(xb, &mut prep[..nb], false);
+    // SAFETY: installed only when `supported()` (all enabled features detected).
+    unsafe { gemv_q2k_tf(nb, w, w_stride, nr, &prep[..nb], out) }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn gemv_q2k_tf(nb: usize, w: &[u8], w_stride: usize, nr: usize, prep: &[Prep], out: &mut [f32]) {
+    let ctl = ctl4(&CTL_Q2K);
+    let m2 = _mm512_set1_epi8(3);
+    let m4 = _mm_set1_epi8(0x0F);
+    for (r, o) in out[..nr].iter_mut().enumerate() {
+        let wb = first_blocks::<BlockQ2K>(&w[r * w_stride..], nb, "Q2_K gemv weights");
+        let mut acc = [_mm512_setzero_ps(); 2];
+        let mut accm = _mm256_setzero_ps();
+        for (i, (b, p)) in wb.iter().zip(prep).enumerate() {
+            // SAFETY: `scales` 16 and `qs` 64 readable bytes; `p.qs` 256 and `p.bs` 32
+            // (64-byte aligned struct).
+            let (sc, q, xv, bs) = unsafe {
+                let xp = p.qs.as_ptr() as *const __m512i;
+                (
+                    _mm_loadu_si128(b.scales.as_ptr() as *const __m128i),
+                    _mm512_loadu_si512(b.qs.as_ptr() as *const __m512i),
+                    [_mm512_load_si512(xp), _mm512_load_si512(xp.add(1)), _mm512_load_si512(xp.add(2)), _mm512_load_si512(xp.add(3))],
+                    _mm256_load_si256(p.bs.as_ptr() as *const __m256i),
+                )
+            };
+            let sb = _mm512_broadcast_i32x4(_mm_and_si128(sc, m4));
+            let lv = [
+                _mm512_and_si512(q, m2),
+                _mm512_and_si512(_mm512_srli_epi16::<2>(q), m2),
+                _mm512_and_si512(_mm512_srli_epi16::<4>(q), m2),
+                _mm512_and_si512(_mm512_srli_epi16::<6>(q), m2),
+            ];
+            let mut s = _mm512_setzero_si512();
+            for k in 0..4 {
+                s = _mm512_dpwssd_epi32(s, _mm512_maddubs_epi16(lv[k], xv[k]), _mm512_shuffle_epi8(sb, ctl[k]));
+            }
+            let mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(sc), m4));
+            let g = _mm256_madd_epi16(mins, bs);
+            let dx = dx2(b.d, b.dmin, p.d);
+            acc[i & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_broadcastss_ps(dx), acc[i & 1]);
+            accm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(g), _mm256_broadcastss_ps(_mm_movehdup_ps(dx)), accm);
+        }
+        let m = _mm_add_ps(_mm256_castps256_ps128(accm), _mm256_extractf128_ps::<1>(accm));
+        *o = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1])) - hsum128(m);
+    }
+}
+
+/// 4x4 byte transpose: lane `l` of the result holds bytes `l, 4 + l, 8 + l, 12 + l`.
+static TRANSPOSE4X4: [u8; 16] = [0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15];
+
+fn gemv_q6k(n: usize, w: &[u8], w_stride: usize, nr: usize, x: &[u8], out: &mut [f32]) {
+    let nb = n / QK_K;
+    let xb = first_blocks::<BlockQ8K>(x, nb, "Q6_K gemv activations");
+    // SAFETY: installed only when `supported()` (all enabled features detected).
+    unsafe { gemv_q6k_tf(nb, w, w_stride, nr, xb, out) }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn gemv_q6k_tf(nb: usize, w: &[u8], w_stride: usize, nr: usize, xb: &[BlockQ8K], out: &mut [f32]) {
+    let ctl = ctl4(&CTL_Q6K);
+    // SAFETY: 16 readable bytes; the load is unaligned.
+    let tr = unsafe { _mm_loadu_si128(TRANSPOSE4X4.as_ptr() as *const __m128i) };
+    let m4 = _mm512_set1_epi8(0x0F);
+    let m30 = _mm512_set1_epi8(0x30);
+    for (r, o) in out[..nr].iter_mut().enumerate() {
+        let wb = first_blocks::<BlockQ6K>(&w[r * w_stride..], nb, "Q6_K gemv weights");
+        let mut acc = [_mm512_setzero_ps(); 2];
+        for (i, (b, a)) in wb.iter().zip(xb).enumerate() {
+            // SAFETY: `ql` 128, `qh` 64, `scales` 16, `qs` 256 and `bsums` 32 readable bytes;
+            // the loads are unaligned.
+            let (sc, xv, bs) = unsafe {
+                let xp = a.qs.as_ptr() as *const __m512i;
+                (
+                    _mm_loadu_si128(b.scales.as_ptr() as *const __m128i),
+                    [_mm512_loadu_si512(xp), _mm512_loadu_si512(xp.add(1)), _mm512_loadu_si512(xp.add(2)), _mm512_loadu_si512(xp.add(3))],
+                    _mm256_loadu_si256(a.bsums.as_ptr() as *const __m256i),
+                )
+            };
+            // 16-byte lane l holds scales l, 4 + l, 8 + l, 12 + l as 32-bit lanes: vector k
+            // (values 64k..64k+64, sub-blocks 4k..4k+4) takes 32-bit lane k of every lane
+            let st = _mm512_cvtepi8_epi32(_mm_shuffle_epi8(sc, tr));
+            let mut s = _mm512_setzero_si512();
+            for h in 0..2 {
+                // SAFETY: `ql[64h..64h+64]` and `qh[32h..32h+32]` are inside the arrays.
+                let (ql, qh) = unsafe {
+                    (
+                        _mm512_loadu_si512(b.ql.as_ptr().add(64 * h) as *const __m512i),
+                        broadcast32(&b.qh[32 * h..]),
+                    )
+                };
+                // high bits in place (bits 4..6): qh << 4 / << 2 for values 0..32 / 32..64 of
+                // the first vector, qh / qh >> 2 for the second
+                let h0 = _mm512_sllv_epi64(qh, shifts(4, 2));
+                let h1 = _mm512_srlv_epi64(qh, shifts(0, 2));
+                let lo0 = _mm512_and_si512(ql, m4);
+                let lo1 = _mm512_and_si512(_mm512_srli_epi16::<4>(ql), m4);
+                // lo | (h & m30) in one vpternlog
+                let l0 = _mm512_ternarylogic_epi32::<0xF8>(lo0, h0, m30);
+                let l1 = _mm512_ternarylogic_epi32::<0xF8>(lo1, h1, m30);
+                s = _mm512_dpwssd_epi32(s, _mm512_maddubs_epi16(l0, xv[2 * h]), _mm512_shuffle_epi8(st, ctl[2 * h]));
+                s = _mm512_dpwssd_epi32(s, _mm512_maddubs_epi16(l1, xv[2 * h + 1]), _mm512_shuffle_epi8(st, ctl[2 * h + 1]));
+            }
+            // value = d * sc * (level - 32): -32 * Σ sc * bsums, folded into the integer sum
+            let g = _mm256_madd_epi16(_mm256_cvtepi8_epi16(sc), bs);
+            s = _mm512_sub_epi32(s, _mm512_zextsi256_si512(_mm256_slli_epi32::<5>(g)));
+            let dx = dx2(b.d, [0; 2], a.d());
+            acc[i & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_broadcastss_ps(dx), acc[i & 1]);
+        }
+        *o = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
+    }
+}

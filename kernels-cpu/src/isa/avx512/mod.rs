@@ -29,8 +29,7 @@ pub fn quantize(t: WeightType) -> Option<QuantizeFn> {
     legacy::quantize(t).or_else(|| kquants::quantize(t))
 }
 
-/// Many rows against one token (`matmul` with one token); a K-quant version would be added
-/// here as `.or_else(|| kquants::gemv(t))`.
+/// Many rows against one token (`matmul` with one token).
 pub fn gemv(t: WeightType) -> Option<GemvFn> {
-    legacy::gemv(t)
+    legacy::gemv(t).or_else(|| kquants::gemv(t))
 }
