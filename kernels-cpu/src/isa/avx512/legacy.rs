@@ -126,6 +126,20 @@ unsafe fn head(p: *const u8, n: usize) -> __m512i {
     _mm512_maskz_loadu_epi8(mask, p as *const i8)
 }
 
+/// The 16-bit words of two consecutive blocks of `bytes` bytes at `p` selected by `first` (bit
+/// i = word i of the first block; the same words of the second block when `two`), zeros
+/// elsewhere; reads only those words. For the scales of blocks whose quants are loaded
+/// separately: a sparse mask keeps this one small load, where loading the whole 64 bytes lets
+/// LLVM rebuild the separately loaded quants out of it with a chain of shuffles.
+///
+/// # Safety
+/// The selected words are readable; the CPU has avx512bw (inlined into the kernels' features).
+#[inline(always)]
+unsafe fn words(p: *const u8, bytes: usize, first: u32, two: bool) -> __m512i {
+    let mask = if two { first | first << (bytes / 2) } else { first };
+    _mm512_maskz_loadu_epi16(mask, p as *const i16)
+}
+
 /// `vpermw` index: words 0..8 take word `w0`, words 8..16 word `w1`.
 const fn pick_words(w0: usize, w1: usize) -> [u16; 32] {
     let mut a = [0u16; 32];
@@ -181,10 +195,32 @@ const FIFTH_BITS: [u8; 64] = {
     a
 };
 
+/// 64 bytes at `p`, any alignment. The loads in this file are all-ones masked loads (LLVM
+/// emits a plain `vmovdqu` for them) rather than `_mm512_loadu_si512` / `_mm256_loadu_si256`:
+/// those are a `copy_nonoverlapping` into a stack temporary, which with debug assertions on
+/// (the `ci` profile everything is tested and measured with) keeps a runtime overlap check, a
+/// branch and a store/reload through the stack for every load in the hot loops.
+///
+/// # Safety
+/// 64 bytes readable at `p`; the CPU has avx512bw (inlined into the kernels' features).
+#[inline(always)]
+unsafe fn load64(p: *const u8) -> __m512i {
+    _mm512_maskz_loadu_epi8(u64::MAX, p as *const i8)
+}
+
+/// 32 bytes at `p`, any alignment (see `load64`).
+///
+/// # Safety
+/// 32 bytes readable at `p`; the CPU has avx512bw/vl (inlined into the kernels' features).
+#[inline(always)]
+unsafe fn load32(p: *const u8) -> __m256i {
+    _mm256_maskz_loadu_epi8(u32::MAX, p as *const i8)
+}
+
 #[inline(always)]
 unsafe fn ld<T>(a: &'static T) -> __m512i {
     debug_assert!(std::mem::size_of::<T>() == 64);
-    _mm512_loadu_si512(a as *const T as *const _)
+    load64(a as *const T as *const u8)
 }
 
 /// f16 words of `h` picked into f32 lanes: lane i (of 16) takes word `w0` for i < 8 and `w1`
@@ -222,9 +258,9 @@ unsafe fn fifth_bits(q: __m512i, h: __m512i, idx: &'static [u8; 64]) -> __m512i 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
 unsafe fn two32(p: *const u8, q: *const u8, two: bool) -> __m512i {
-    let lo = _mm256_loadu_si256(p as *const __m256i);
+    let lo = load32(p);
     if two {
-        _mm512_inserti64x4(_mm512_castsi256_si512(lo), _mm256_loadu_si256(q as *const __m256i), 1)
+        _mm512_inserti64x4(_mm512_castsi256_si512(lo), load32(q), 1)
     } else {
         _mm512_zextsi256_si512(lo)
     }
@@ -281,7 +317,7 @@ impl WeightBlocks for Q8_0 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
     unsafe fn load(p: *const u8, two: bool) -> (__m512i, __m512, __m512) {
         let q = p.add(Self::BYTES);
-        let h = head(p, if two { 2 * Self::BYTES } else { Self::BYTES });
+        let h = words(p, Self::BYTES, 1, two);
         // +128 as a flip of the sign bit (a missing second block meets zero activations).
         let v = _mm512_xor_si512(two32(p.add(2), q.add(2), two), _mm512_set1_epi8(-128));
         const D: [u16; 32] = pick_words(0, 17);
@@ -298,7 +334,12 @@ macro_rules! act {
             #[inline]
             #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
             unsafe fn load(p: *const u8, two: bool) -> (__m512i, __m512, __m512) {
-                let h = head(p, if two { 2 * $bytes } else { $bytes });
+                // Word 0 (d) and, for Q8_1, the word holding `s`.
+                const FIRST: u32 = match { let o: Option<usize> = $s; o } {
+                    Some(s) => 1 | 1 << (s / 2),
+                    None => 1,
+                };
+                let h = words(p, $bytes, FIRST, two);
                 let v = two32(p.add($qs), p.add($bytes + $qs), two);
                 const D: [u16; 32] = pick_words(0, $bytes / 2);
                 const S: Option<[u16; 32]> = match { let o: Option<usize> = $s; o } {
@@ -421,37 +462,68 @@ unsafe fn gemv_rows<W: WeightBlocks, A: ActBlocks>(nb: usize, w: *const u8, ws: 
 /// `nb` blocks readable at `w` and at `x`; the CPU has the caller's features.
 #[inline(always)]
 unsafe fn dot_inline<W: WeightBlocks, A: ActBlocks>(nb: usize, w: *const u8, x: *const u8) -> f32 {
-    let offset = _mm512_set1_epi8(W::OFFSET as i8);
-    let zero = _mm512_setzero_si512();
     let (mut a0, mut a1, mut a2, mut a3) = (_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps());
     let (mut m0, mut m1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-    let step = |acc: &mut __m512, mins: &mut __m512, b: usize| {
-        let two = b + 1 < nb;
-        let pw = w.add(b * W::BYTES);
-        _mm_prefetch::<_MM_HINT_T0>(pw.wrapping_add(PREFETCH) as *const i8);
-        let (qw, dw, mw) = W::load(pw, two);
-        let (qx, dx, sx) = A::load(x.add(b * A::BYTES), two);
-        let base = if W::OFFSET != 0 { _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, offset, qx)) } else { zero };
-        let i = _mm512_dpbusd_epi32(base, qw, qx);
-        *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_mul_ps(dw, dx), *acc);
-        if W::HAS_MIN {
-            *mins = _mm512_fmadd_ps(mw, sx, *mins);
-        }
-    };
     let mut b = 0;
+    // Whole pairs only in the unrolled loop (no per-step test for a missing second block).
     while b + 8 <= nb {
-        step(&mut a0, &mut m0, b);
-        step(&mut a1, &mut m1, b + 2);
-        step(&mut a2, &mut m0, b + 4);
-        step(&mut a3, &mut m1, b + 6);
+        dot_step::<W, A>(w, x, b, true, &mut a0, &mut m0);
+        dot_step::<W, A>(w, x, b + 2, true, &mut a1, &mut m1);
+        dot_step::<W, A>(w, x, b + 4, true, &mut a2, &mut m0);
+        dot_step::<W, A>(w, x, b + 6, true, &mut a3, &mut m1);
         b += 8;
     }
     while b < nb {
-        step(&mut a0, &mut m0, b);
+        dot_step::<W, A>(w, x, b, b + 1 < nb, &mut a0, &mut m0);
         b += 2;
     }
     let sum = _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
     _mm512_reduce_add_ps(_mm512_add_ps(sum, _mm512_add_ps(m0, m1)))
+}
+
+// The per-block steps below are `#[inline(always)]` functions, not closures: a closure inside
+// an `#[inline(always)]` helper does not get the target features of the `#[target_feature]`
+// function it ends up in, so it was compiled as a separate baseline-x86-64 function in which
+// every intrinsic (`vpdpbusd`, `vmulps`, the loads) was an out-of-line call. Everything from
+// the `*_tf` entry points down is `#[inline(always)]` (or `#[inline]` with the same features),
+// so all of it is compiled with the entry point's features.
+
+/// One block pair (blocks `b`, and `b + 1` when `two`) of `dot_inline` into `acc` / `mins`.
+///
+/// # Safety
+/// As `dot_inline`, with `b < nb` and `two` only if `b + 1 < nb`.
+#[inline(always)]
+unsafe fn dot_step<W: WeightBlocks, A: ActBlocks>(w: *const u8, x: *const u8, b: usize, two: bool, acc: &mut __m512, mins: &mut __m512) {
+    let pw = w.add(b * W::BYTES);
+    // Stream the weights into cache ahead of use (a hint: never faults).
+    _mm_prefetch::<_MM_HINT_T0>(pw.wrapping_add(PREFETCH) as *const i8);
+    let (qw, dw, mw) = W::load(pw, two);
+    let (qx, dx, sx) = A::load(x.add(b * A::BYTES), two);
+    let zero = _mm512_setzero_si512();
+    let base = if W::OFFSET != 0 { _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, _mm512_set1_epi8(W::OFFSET as i8), qx)) } else { zero };
+    let i = _mm512_dpbusd_epi32(base, qw, qx);
+    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_mul_ps(dw, dx), *acc);
+    if W::HAS_MIN {
+        *mins = _mm512_fmadd_ps(mw, sx, *mins);
+    }
+}
+
+/// One block pair (pair `p` of a row at `row`: blocks `2p`, and `2p + 1` when `two`) of
+/// `gemv_part` against the prepared activations `a`, into `acc` / `mins`.
+///
+/// # Safety
+/// As `gemv_part`, with `2p < nb` and `two` only if `2p + 1 < nb`.
+#[inline(always)]
+unsafe fn part_step<W: WeightBlocks>(row: *const u8, p: usize, two: bool, a: &Prepared, acc: &mut __m512, mins: &mut __m512) {
+    let pw = row.add(2 * p * W::BYTES);
+    // A hint: never faults.
+    _mm_prefetch::<_MM_HINT_T0>(pw.wrapping_add(PREFETCH) as *const i8);
+    let (qw, dw, mw) = W::load(pw, two);
+    let i = _mm512_dpbusd_epi32(a.base, qw, a.q);
+    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_mul_ps(dw, a.d), *acc);
+    if W::HAS_MIN {
+        *mins = _mm512_fmadd_ps(mw, a.s, *mins);
+    }
 }
 
 /// One part of `gemv_rows`: `nb <= 2 * GEMV_CHUNK_PAIRS` blocks; adds into `out` when `add`.
@@ -479,28 +551,17 @@ unsafe fn gemv_part<W: WeightBlocks, A: ActBlocks>(nb: usize, w: *const u8, ws: 
         // a single chain of multiply-adds would wait on each other's latency.
         let (mut a0, mut a1, mut a2, mut a3) = (_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps());
         let (mut m0, mut m1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-        let step = |acc: &mut __m512, mins: &mut __m512, p: usize| {
-            let b = 2 * p;
-            let pw = row.add(b * W::BYTES);
-            _mm_prefetch::<_MM_HINT_T0>(pw.wrapping_add(PREFETCH) as *const i8);
-            let (qw, dw, mw) = W::load(pw, b + 1 < nb);
-            let a = &prep[p];
-            let i = _mm512_dpbusd_epi32(a.base, qw, a.q);
-            *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_mul_ps(dw, a.d), *acc);
-            if W::HAS_MIN {
-                *mins = _mm512_fmadd_ps(mw, a.s, *mins);
-            }
-        };
         let mut p = 0;
-        while p + 4 <= npairs {
-            step(&mut a0, &mut m0, p);
-            step(&mut a1, &mut m1, p + 1);
-            step(&mut a2, &mut m0, p + 2);
-            step(&mut a3, &mut m1, p + 3);
+        // Whole pairs only in the unrolled loop (no per-step test for a missing second block).
+        while 2 * (p + 4) <= nb {
+            part_step::<W>(row, p, true, &prep[p], &mut a0, &mut m0);
+            part_step::<W>(row, p + 1, true, &prep[p + 1], &mut a1, &mut m1);
+            part_step::<W>(row, p + 2, true, &prep[p + 2], &mut a2, &mut m0);
+            part_step::<W>(row, p + 3, true, &prep[p + 3], &mut a3, &mut m1);
             p += 4;
         }
         while p < npairs {
-            step(&mut a0, &mut m0, p);
+            part_step::<W>(row, p, 2 * p + 1 < nb, &prep[p], &mut a0, &mut m0);
             p += 1;
         }
         let sum = _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
@@ -856,4 +917,67 @@ mod float {
     float_kernels!(f16k, F16, 2, "avx512f,avx512bw,avx512vl,avx2,fma,f16c", "F16");
     float_kernels!(bf16k, BF16, 2, "avx512f,avx512bw,avx512vl,avx2,fma,f16c", "BF16");
     float_kernels!(bf16dp, BF16Pairs, 2, "avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c", "BF16");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::quantize_row;
+
+    /// Deterministic values in [-1, 1) with a few large ones (splitmix64).
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|i| {
+                s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                let mut z = s;
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                let v = (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
+                if i % 97 == 0 { 8.0 * v } else { v }
+            })
+            .collect()
+    }
+
+    /// The one-token kernel and `vec_dot` against the scalar specification for every block
+    /// count parity and both `gemv` paths (rows prepared in one part, and rows longer than a
+    /// part streamed one at a time), including odd block counts where the last pair is half.
+    #[test]
+    fn gemv_and_vec_dot_match_scalar_for_odd_and_long_rows() {
+        if !supported() {
+            eprintln!("skipped: this CPU lacks AVX-512 VNNI/VBMI");
+            return;
+        }
+        use WeightType::*;
+        for t in [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0] {
+            let at = t.vec_dot_type();
+            let scalar = crate::isa::scalar::vec_dot(t).unwrap();
+            for nb in [1usize, 2, 3, 7, 8, 9, 17, 127, 128, 129, 2 * GEMV_CHUNK_PAIRS + 3, 448] {
+                let n = nb * 32;
+                let rows = 5;
+                let wrb = t.row_bytes(n);
+                // A row stride longer than a row (rows need not be contiguous), the gaps filled
+                // with bytes that make a plausible block (scale ~1.06): reading past a row's end
+                // changes the result.
+                let ws = wrb + 34;
+                let mut w = vec![0x3cu8; ws * rows];
+                for r in 0..rows {
+                    quantize_row(t, &values(n, 1 + r as u64 + 10 * nb as u64), &mut w[r * ws..r * ws + wrb]);
+                }
+                let mut x = vec![0u8; at.row_bytes(n)];
+                quantize_row(at, &values(n, 1000 + nb as u64), &mut x);
+                let mut out = vec![f32::NAN; rows];
+                gemv(t).unwrap()(n, &w, ws, rows, &x, &mut out);
+                for r in 0..rows {
+                    let row = &w[r * ws..r * ws + wrb];
+                    let want = scalar(n, row, &x);
+                    let dot = vec_dot(t).unwrap()(n, row, &x);
+                    // Same quantized operands, only the summation order differs.
+                    let tol = 1e-4 * (n as f32).sqrt() * want.abs().max(1.0);
+                    assert!((out[r] - want).abs() <= tol, "{t:?} nb {nb} row {r}: gemv {} vs scalar {want}", out[r]);
+                    assert!((dot - want).abs() <= tol, "{t:?} nb {nb} row {r}: vec_dot {dot} vs scalar {want}");
+                }
+            }
+        }
+    }
 }
