@@ -88,6 +88,37 @@ safe_dot!(dot_q8_0, dot_q8_0_k, 32, 34, 32, 34);
 
 // ---- helpers (inlined into the target_feature functions that call them) ----
 
+/// 32 bytes at `p`, any alignment. The loads in this file are all-ones masked loads, which
+/// LLVM emits as plain `vmovdqu`/`vmovups`, rather than `_mm256_loadu_si256` & co.: those are
+/// a `copy_nonoverlapping` into a stack temporary, which with debug assertions on (the `ci`
+/// profile everything is tested and measured with) keeps a runtime overlap check, a branch and
+/// a store to the stack for every load in the hot loops.
+///
+/// # Safety
+/// 32 bytes readable at `p`; AVX2 (inlined into the kernels' features).
+#[inline(always)]
+unsafe fn ld256<T>(p: *const T) -> __m256i {
+    _mm256_maskload_epi32(p as *const i32, _mm256_set1_epi32(-1))
+}
+
+/// 16 bytes at `p`, any alignment (see `ld256`).
+///
+/// # Safety
+/// 16 bytes readable at `p`; AVX2.
+#[inline(always)]
+unsafe fn ld128<T>(p: *const T) -> __m128i {
+    _mm_maskload_epi32(p as *const i32, _mm_set1_epi32(-1))
+}
+
+/// 8 f32 at `p`, any alignment (see `ld256`).
+///
+/// # Safety
+/// 32 bytes readable at `p`; AVX.
+#[inline(always)]
+unsafe fn ld_ps(p: *const f32) -> __m256 {
+    _mm256_maskload_ps(p, _mm256_set1_epi32(-1))
+}
+
 /// Sum of the 8 lanes.
 #[inline(always)]
 unsafe fn hsum(v: __m256) -> f32 {
@@ -120,7 +151,7 @@ unsafe fn h2f(p: *const u8) -> f32 {
 /// 16 bytes of nibbles at `p` as 32 bytes: low nibbles first (elements 0..16), then high.
 #[inline(always)]
 unsafe fn nibbles(p: *const u8) -> __m256i {
-    let v = _mm_loadu_si128(p as *const __m128i);
+    let v = ld128(p);
     let lo = _mm_and_si128(v, _mm_set1_epi8(0x0f));
     let hi = _mm_and_si128(_mm_srli_epi16(v, 4), _mm_set1_epi8(0x0f));
     _mm256_set_m128i(hi, lo)
@@ -155,21 +186,16 @@ unsafe fn dot_i8_i8(a: __m256i, b: __m256i) -> __m256 {
 
 /// `sum over blocks b < nb of d_b * v_b` (lane-wise, then summed) where `f(b) = (d_b, v_b)`,
 /// with two accumulators for even and odd blocks: a single chain of FMAs would be bound by
-/// their latency.
+/// their latency. `f` is called at one place only: with several call sites LLVM kept the
+/// closure out of line (a call per block, its vectors passed through memory).
 #[inline(always)]
 unsafe fn sum_blocks(nb: usize, mut f: impl FnMut(usize) -> (__m256, __m256)) -> f32 {
     let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    let mut b = 0;
-    while b + 2 <= nb {
+    for b in 0..nb {
         let (d, v) = f(b);
         a0 = _mm256_fmadd_ps(d, v, a0);
-        let (d, v) = f(b + 1);
-        a1 = _mm256_fmadd_ps(d, v, a1);
-        b += 2;
-    }
-    if b < nb {
-        let (d, v) = f(b);
-        a0 = _mm256_fmadd_ps(d, v, a0);
+        // The next block goes into the other accumulator (register renaming, no data moved).
+        std::mem::swap(&mut a0, &mut a1);
     }
     hsum(_mm256_add_ps(a0, a1))
 }
@@ -184,7 +210,7 @@ unsafe fn dot_f32_k(n: usize, w: *const u8, x: *const u8) -> f32 {
     let mut i = 0;
     while i < n32 {
         for (k, a) in acc.iter_mut().enumerate() {
-            *a = _mm256_fmadd_ps(_mm256_loadu_ps(w.add(i + 8 * k)), _mm256_loadu_ps(x.add(i + 8 * k)), *a);
+            *a = _mm256_fmadd_ps(ld_ps(w.add(i + 8 * k)), ld_ps(x.add(i + 8 * k)), *a);
         }
         i += 32;
     }
@@ -204,8 +230,8 @@ unsafe fn dot_f16_k(n: usize, w: *const u8, x: *const u8) -> f32 {
     while i < n32 {
         for (k, a) in acc.iter_mut().enumerate() {
             let o = 2 * (i + 8 * k);
-            let wv = _mm256_cvtph_ps(_mm_loadu_si128(w.add(o) as *const __m128i));
-            let xv = _mm256_cvtph_ps(_mm_loadu_si128(x.add(o) as *const __m128i));
+            let wv = _mm256_cvtph_ps(ld128(w.add(o)));
+            let xv = _mm256_cvtph_ps(ld128(x.add(o)));
             *a = _mm256_fmadd_ps(wv, xv, *a);
         }
         i += 32;
@@ -221,7 +247,7 @@ unsafe fn dot_f16_k(n: usize, w: *const u8, x: *const u8) -> f32 {
 /// 8 bf16 at `p` as f32 (shift each into the top half of a 32-bit lane).
 #[inline(always)]
 unsafe fn bf16x8(p: *const u8) -> __m256 {
-    _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i)), 16))
+    _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(ld128(p)), 16))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -252,7 +278,7 @@ unsafe fn dot_q4_0_k(n: usize, w: *const u8, x: *const u8) -> f32 {
     let (w, x) = (w as *const BlockQ4_0, x as *const BlockQ8_0);
     sum_blocks(n / 32, |b| {
         let (wb, xb) = (&*w.add(b), &*x.add(b));
-        let y = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
+        let y = ld256(xb.qs.as_ptr());
         // (q - 8) . y as q . y - 8 . y on 16-bit pair sums (|sum| <= 15*128*2: no overflow).
         let p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(nibbles(wb.qs.as_ptr()), y), _mm256_maddubs_epi16(_mm256_set1_epi8(8), y));
         let i = _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
@@ -266,7 +292,7 @@ unsafe fn dot_q4_1_k(n: usize, w: *const u8, x: *const u8) -> f32 {
     let mut mins = 0f32;
     let dots = sum_blocks(n / 32, |b| {
         let (wb, xb) = (&*w.add(b), &*x.add(b));
-        let y = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
+        let y = ld256(xb.qs.as_ptr());
         mins += h2f(wb.m.as_ptr()) * h2f(xb.s.as_ptr());
         (_mm256_set1_ps(h2f(wb.d.as_ptr()) * h2f(xb.d.as_ptr())), dot_u8_i8(nibbles(wb.qs.as_ptr()), y))
     });
@@ -279,7 +305,7 @@ unsafe fn dot_q5_0_k(n: usize, w: *const u8, x: *const u8) -> f32 {
     sum_blocks(n / 32, |b| {
         let (wb, xb) = (&*w.add(b), &*x.add(b));
         let q = _mm256_or_si256(nibbles(wb.qs.as_ptr()), fifth_bits(wb.qh.as_ptr()));
-        let y = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
+        let y = ld256(xb.qs.as_ptr());
         // (q - 16) . y as q . y - 16 . y on 16-bit pair sums (|sum| <= 31*128*2: no overflow).
         let p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(q, y), _mm256_maddubs_epi16(_mm256_set1_epi8(16), y));
         let i = _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
@@ -294,7 +320,7 @@ unsafe fn dot_q5_1_k(n: usize, w: *const u8, x: *const u8) -> f32 {
     let dots = sum_blocks(n / 32, |b| {
         let (wb, xb) = (&*w.add(b), &*x.add(b));
         let q = _mm256_or_si256(nibbles(wb.qs.as_ptr()), fifth_bits(wb.qh.as_ptr()));
-        let y = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
+        let y = ld256(xb.qs.as_ptr());
         mins += h2f(wb.m.as_ptr()) * h2f(xb.s.as_ptr());
         (_mm256_set1_ps(h2f(wb.d.as_ptr()) * h2f(xb.d.as_ptr())), dot_u8_i8(q, y))
     });
@@ -306,8 +332,8 @@ unsafe fn dot_q8_0_k(n: usize, w: *const u8, x: *const u8) -> f32 {
     let (w, x) = (w as *const BlockQ8_0, x as *const BlockQ8_0);
     sum_blocks(n / 32, |b| {
         let (wb, xb) = (&*w.add(b), &*x.add(b));
-        let q = _mm256_loadu_si256(wb.qs.as_ptr() as *const __m256i);
-        let y = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
+        let q = ld256(wb.qs.as_ptr());
+        let y = ld256(xb.qs.as_ptr());
         (_mm256_set1_ps(h2f(wb.d.as_ptr()) * h2f(xb.d.as_ptr())), dot_i8_i8(q, y))
     })
 }
@@ -318,7 +344,7 @@ unsafe fn dot_q8_0_k(n: usize, w: *const u8, x: *const u8) -> f32 {
 /// stores the 32 quants at `q`.
 #[inline(always)]
 unsafe fn quantize_block_q8(x: *const f32, q: *mut u8) -> (f32, i32) {
-    let v = [_mm256_loadu_ps(x), _mm256_loadu_ps(x.add(8)), _mm256_loadu_ps(x.add(16)), _mm256_loadu_ps(x.add(24))];
+    let v = [ld_ps(x), ld_ps(x.add(8)), ld_ps(x.add(16)), ld_ps(x.add(24))];
     let sign = _mm256_set1_ps(-0.0);
     let mut m = _mm256_andnot_ps(sign, v[0]);
     for vi in &v[1..] {
@@ -451,7 +477,7 @@ mod tiles {
         const HAS_MIN: bool = false;
         #[inline(always)]
         unsafe fn load(p: *const u8) -> (__m256i, f32, f32) {
-            (_mm256_loadu_si256(p.add(2) as *const __m256i), h2f(p), 0.0)
+            (ld256(p.add(2)), h2f(p), 0.0)
         }
     }
 
@@ -488,7 +514,7 @@ mod tiles {
             }
             for c in 0..C {
                 let xp = x.add(c * xs + b * XB);
-                let qx = _mm256_loadu_si256(xp.add(XQ) as *const __m256i);
+                let qx = ld256(xp.add(XQ));
                 let dx = h2f(xp);
                 let base = if T::OFFSET != 0 {
                     let s = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(T::OFFSET), qx), ones);
@@ -499,7 +525,7 @@ mod tiles {
                 for r in 0..R {
                     let y = if T::SIGNED {
                         // Reload the signed weights' sign from the original quants.
-                        let q = _mm256_loadu_si256(w.add(r * ws + b * T::BYTES + 2) as *const __m256i);
+                        let q = ld256(w.add(r * ws + b * T::BYTES + 2));
                         _mm256_sign_epi8(qx, q)
                     } else {
                         qx
