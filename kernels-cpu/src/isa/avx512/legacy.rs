@@ -733,7 +733,7 @@ mod float {
         #[inline(always)]
         unsafe fn load(p: *const u8, n: usize) -> __m512 {
             if n >= 16 {
-                _mm512_loadu_ps(p as *const f32)
+                _mm512_castsi512_ps(load64(p))
             } else {
                 _mm512_maskz_loadu_ps((1u16 << n).wrapping_sub(1), p as *const f32)
             }
@@ -747,7 +747,7 @@ mod float {
         #[inline(always)]
         unsafe fn load(p: *const u8, n: usize) -> __m512 {
             let h = if n >= 16 {
-                _mm256_loadu_si256(p as *const __m256i)
+                load32(p)
             } else {
                 _mm256_maskz_loadu_epi16((1u16 << n).wrapping_sub(1), p as *const i16)
             };
@@ -762,7 +762,7 @@ mod float {
         #[inline(always)]
         unsafe fn load(p: *const u8, n: usize) -> __m512 {
             let h = if n >= 16 {
-                _mm256_loadu_si256(p as *const __m256i)
+                load32(p)
             } else {
                 _mm256_maskz_loadu_epi16((1u16 << n).wrapping_sub(1), p as *const i16)
             };
@@ -778,7 +778,7 @@ mod float {
         #[inline(always)]
         unsafe fn load(p: *const u8, n: usize) -> __m512 {
             let v = if n >= 32 {
-                _mm512_loadu_si512(p as *const _)
+                load64(p)
             } else {
                 _mm512_maskz_loadu_epi16((1u32 << n).wrapping_sub(1), p as *const i16)
             };
