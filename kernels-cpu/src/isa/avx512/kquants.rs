@@ -591,6 +591,7 @@ kquant_kernels!(q6k, BlockQ6K, unpack_q6k, unpack_q6k, true, "Q6_K");
 // - Q4_K: `qs[64h..64h+64]` gives, as low nibbles, values 128h+0..32 and 128h+64..96, as high
 //   nibbles 128h+32..64 and 128h+96..128; the activations are permuted to match.
 // - Q2_K: `qs[0..64] >> 2s` gives values 32s..32s+32 and 128+32s..128+32s+32; same idea.
+// - Q5_K reads like Q4_K, Q3_K like Q2_K, plus their high bits from a broadcast `qh`/`hmask`.
 // - Q6_K: loads in natural order already; it reads the Q8_K blocks as they are.
 // The sub-block scales are spread over their lanes with one `vpshufb` per 64 values from a
 // broadcast of the packed scale bytes (zero- or sign-extended words), instead of cross-lane
@@ -617,7 +618,9 @@ pub fn gemv(t: WeightType) -> Option<GemvFn> {
     }
     Some(match t {
         WeightType::Q2_K => gemv_q2k,
+        WeightType::Q3_K => gemv_q3k,
         WeightType::Q4_K => gemv_q4k,
+        WeightType::Q5_K => gemv_q5k,
         WeightType::Q6_K => gemv_q6k,
         _ => return None,
     })
@@ -719,25 +722,78 @@ fn gemv_fallback(vec_dot: VecDotFn, n: usize, w: &[u8], w_stride: usize, nr: usi
     }
 }
 
+/// The blocks sharing Q4_K's scales and nibble layout (Q5_K adds a fifth bit).
+trait K4Block: crate::types::Block {
+    const NAME: &'static str;
+    fn d_dmin(&self) -> ([u8; 2], [u8; 2]);
+    fn qs(&self) -> &[u8; QK_K / 2];
+    /// Q5_K's high bits (`None` for Q4_K).
+    fn qh(&self) -> Option<&[u8; QK_K / 8]>;
+}
+
+impl K4Block for BlockQ4K {
+    const NAME: &'static str = "Q4_K";
+    #[inline]
+    fn d_dmin(&self) -> ([u8; 2], [u8; 2]) {
+        (self.d, self.dmin)
+    }
+    #[inline]
+    fn qs(&self) -> &[u8; QK_K / 2] {
+        &self.qs
+    }
+    #[inline]
+    fn qh(&self) -> Option<&[u8; QK_K / 8]> {
+        None
+    }
+}
+
+impl K4Block for BlockQ5K {
+    const NAME: &'static str = "Q5_K";
+    #[inline]
+    fn d_dmin(&self) -> ([u8; 2], [u8; 2]) {
+        (self.d, self.dmin)
+    }
+    #[inline]
+    fn qs(&self) -> &[u8; QK_K / 2] {
+        &self.qs
+    }
+    #[inline]
+    fn qh(&self) -> Option<&[u8; QK_K / 8]> {
+        Some(&self.qh)
+    }
+}
+
 fn gemv_q4k(n: usize, w: &[u8], w_stride: usize, nr: usize, x: &[u8], out: &mut [f32]) {
+    gemv_k4::<BlockQ4K>(q4k::vec_dot, n, w, w_stride, nr, x, out)
+}
+
+fn gemv_q5k(n: usize, w: &[u8], w_stride: usize, nr: usize, x: &[u8], out: &mut [f32]) {
+    gemv_k4::<BlockQ5K>(q5k::vec_dot, n, w, w_stride, nr, x, out)
+}
+
+#[inline]
+fn gemv_k4<B: K4Block>(vec_dot: VecDotFn, n: usize, w: &[u8], w_stride: usize, nr: usize, x: &[u8], out: &mut [f32]) {
     let nb = n / QK_K;
     if nb > PREP_MAX {
-        return gemv_fallback(q4k::vec_dot, n, w, w_stride, nr, x, out);
+        return gemv_fallback(vec_dot, n, w, w_stride, nr, x, out);
     }
-    let xb = first_blocks::<BlockQ8K>(x, nb, "Q4_K gemv activations");
+    let xb = first_blocks::<BlockQ8K>(x, nb, "Q8_K gemv activations");
     let mut prep = [Prep { qs: [0; QK_K], bs: [0; 16], d: 0.0 }; PREP_MAX];
     prepare(xb, &mut prep[..nb], true);
     // SAFETY: installed only when `supported()` (all enabled features detected).
-    unsafe { gemv_q4k_tf(nb, w, w_stride, nr, &prep[..nb], out) }
+    unsafe { gemv_k4_tf::<B>(nb, w, w_stride, nr, &prep[..nb], out) }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn gemv_q4k_tf(nb: usize, w: &[u8], w_stride: usize, nr: usize, prep: &[Prep], out: &mut [f32]) {
+fn gemv_k4_tf<B: K4Block>(nb: usize, w: &[u8], w_stride: usize, nr: usize, prep: &[Prep], out: &mut [f32]) {
     let ctl = ctl4(&CTL_Q4K);
     let m4 = _mm512_set1_epi8(0x0F);
     let ctl_min = _mm_setr_epi8(8, -128, 9, -128, 10, -128, 11, -128, 12, -128, 13, -128, 14, -128, 15, -128);
+    // Q5_K: the fifth bit of vector c's halves is bit 4 (c / 2) + c % 2 of `qh` / that + 2
+    let hbit = [bytes2(1, 4), bytes2(2, 8), bytes2(16, 64), bytes2(32, 128)];
+    let sixteen = _mm512_set1_epi8(16);
     for (r, o) in out[..nr].iter_mut().enumerate() {
-        let wb = first_blocks::<BlockQ4K>(&w[r * w_stride..], nb, "Q4_K gemv weights");
+        let wb = first_blocks::<B>(&w[r * w_stride..], nb, B::NAME);
         let mut acc = [_mm512_setzero_ps(); 2];
         let mut accm = _mm_setzero_ps();
         for (i, (b, p)) in wb.iter().zip(prep).enumerate() {
@@ -745,7 +801,7 @@ fn gemv_q4k_tf(nb: usize, w: &[u8], w_stride: usize, nr: usize, prep: &[Prep], o
             let sb = _mm512_broadcast_i32x4(smv);
             // SAFETY: `qs` is 128 readable bytes; `p.qs` 256 (64-byte aligned).
             let (q0, q1, xv) = unsafe {
-                let q = b.qs.as_ptr() as *const __m512i;
+                let q = b.qs().as_ptr() as *const __m512i;
                 let xp = p.qs.as_ptr() as *const __m512i;
                 (
                     _mm512_loadu_si512(q),
@@ -753,12 +809,18 @@ fn gemv_q4k_tf(nb: usize, w: &[u8], w_stride: usize, nr: usize, prep: &[Prep], o
                     [_mm512_load_si512(xp), _mm512_load_si512(xp.add(1)), _mm512_load_si512(xp.add(2)), _mm512_load_si512(xp.add(3))],
                 )
             };
-            let lv = [
+            let mut lv = [
                 _mm512_and_si512(q0, m4),
                 _mm512_and_si512(_mm512_srli_epi16::<4>(q0), m4),
                 _mm512_and_si512(q1, m4),
                 _mm512_and_si512(_mm512_srli_epi16::<4>(q1), m4),
             ];
+            if let Some(qh) = b.qh() {
+                let qh = broadcast32(qh);
+                for (l, hb) in lv.iter_mut().zip(hbit) {
+                    *l = _mm512_mask_add_epi8(*l, _mm512_test_epi8_mask(qh, hb), *l, sixteen);
+                }
+            }
             let mut s = _mm512_setzero_si512();
             for k in 0..4 {
                 s = _mm512_dpwssd_epi32(s, _mm512_maddubs_epi16(lv[k], xv[k]), _mm512_shuffle_epi8(sb, ctl[k]));
@@ -766,7 +828,8 @@ fn gemv_q4k_tf(nb: usize, w: &[u8], w_stride: usize, nr: usize, prep: &[Prep], o
             // SAFETY: `bs` is 32 readable bytes (64-byte aligned struct, offset 256).
             let bs = unsafe { _mm_load_si128(p.bs.as_ptr() as *const __m128i) };
             let g = _mm_madd_epi16(_mm_shuffle_epi8(smv, ctl_min), bs);
-            let dx = dx2(b.d, b.dmin, p.d);
+            let (d, dmin) = b.d_dmin();
+            let dx = dx2(d, dmin, p.d);
             acc[i & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_broadcastss_ps(dx), acc[i & 1]);
             accm = _mm_fmadd_ps(_mm_cvtepi32_ps(g), _mm_permute_ps::<0b01_01_01_01>(dx), accm);
         }
@@ -833,6 +896,63 @@ fn gemv_q2k_tf(nb: usize, w: &[u8], w_stride: usize, nr: usize, prep: &[Prep], o
         }
         let m = _mm_add_ps(_mm256_castps256_ps128(accm), _mm256_extractf128_ps::<1>(accm));
         *o = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1])) - hsum128(m);
+    }
+}
+
+fn gemv_q3k(n: usize, w: &[u8], w_stride: usize, nr: usize, x: &[u8], out: &mut [f32]) {
+    let nb = n / QK_K;
+    if nb > PREP_MAX {
+        return gemv_fallback(q3k::vec_dot, n, w, w_stride, nr, x, out);
+    }
+    let xb = first_blocks::<BlockQ8K>(x, nb, "Q3_K gemv activations");
+    let mut prep = [Prep { qs: [0; QK_K], bs: [0; 16], d: 0.0 }; PREP_MAX];
+    prepare(xb, &mut prep[..nb], false);
+    // SAFETY: installed only when `supported()` (all enabled features detected).
+    unsafe { gemv_q3k_tf(nb, w, w_stride, nr, &prep[..nb], out) }
+}
+
+/// Q3_K scales (sub-blocks of 16) to 32-bit lanes: 16-byte lane `l` of vector `s` (Q2_K
+/// order) holds sub-block `[2s, 2s + 1, 8 + 2s, 9 + 2s][l]`, taken from 32-bit lane `s`.
+static Q3K_SCALE_ORDER: [u8; 16] = [0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15];
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn gemv_q3k_tf(nb: usize, w: &[u8], w_stride: usize, nr: usize, prep: &[Prep], out: &mut [f32]) {
+    let ctl = ctl4(&CTL_Q6K);
+    // SAFETY: 16 readable bytes; the load is unaligned.
+    let order = unsafe { _mm_loadu_si128(Q3K_SCALE_ORDER.as_ptr() as *const __m128i) };
+    let m2 = _mm512_set1_epi8(3);
+    let four = _mm512_set1_epi8(4);
+    // the high bit of vector s's halves: bit s / 4 + s of `hmask`
+    let hbit = [bytes2(1, 16), bytes2(2, 32), bytes2(4, 64), bytes2(8, 128)];
+    for (r, o) in out[..nr].iter_mut().enumerate() {
+        let wb = first_blocks::<BlockQ3K>(&w[r * w_stride..], nb, "Q3_K gemv weights");
+        let mut acc = [_mm512_setzero_ps(); 2];
+        for (i, (b, p)) in wb.iter().zip(prep).enumerate() {
+            // SAFETY: `qs` 64 readable bytes; `p.qs` 256 and `p.bs` 32 (64-byte aligned struct).
+            let (q, xv, bs) = unsafe {
+                let xp = p.qs.as_ptr() as *const __m512i;
+                (
+                    _mm512_loadu_si512(b.qs.as_ptr() as *const __m512i),
+                    [_mm512_load_si512(xp), _mm512_load_si512(xp.add(1)), _mm512_load_si512(xp.add(2)), _mm512_load_si512(xp.add(3))],
+                    _mm256_load_si256(p.bs.as_ptr() as *const __m256i),
+                )
+            };
+            let sc = q3k_scales(b);
+            let st = _mm512_cvtepi8_epi32(_mm_shuffle_epi8(sc, order));
+            let hm = broadcast32(&b.hmask);
+            let mut s = _mm512_setzero_si512();
+            for k in 0..4 {
+                let l = _mm512_and_si512(_mm512_srlv_epi16(q, _mm512_set1_epi16(2 * k as i16)), m2);
+                let l = _mm512_mask_add_epi8(l, _mm512_test_epi8_mask(hm, hbit[k]), l, four);
+                s = _mm512_dpwssd_epi32(s, _mm512_maddubs_epi16(l, xv[k]), _mm512_shuffle_epi8(st, ctl[k]));
+            }
+            // value = d * sc * (level - 4): -4 * Σ sc * bsums, folded into the integer sum
+            let g = _mm256_madd_epi16(_mm256_cvtepi8_epi16(sc), bs);
+            s = _mm512_sub_epi32(s, _mm512_zextsi256_si512(_mm256_slli_epi32::<2>(g)));
+            let dx = dx2(b.d, [0; 2], p.d);
+            acc[i & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_broadcastss_ps(dx), acc[i & 1]);
+        }
+        *o = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
     }
 }
 
