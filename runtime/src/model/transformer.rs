@@ -296,24 +296,41 @@ fn round_f16(x: f32) -> f32 {
 ///
 /// The numerics follow the reference engine's CPU flash attention with an f16 cache, because
 /// they are visible in the logits (measured: 4x closer to the reference on the f16 tiny model
-/// than an exact f32 softmax): the query is rounded to f16 and dotted with the f16 keys (f32
-/// sums); one pass keeps the running maximum M and sum S (online softmax), and the value
-/// accumulator is held at f16 precision: rescaled by exp(M_old - M) when the maximum grows,
-/// then `acc += v * exp(s - M)`, and divided by S at the end.
+/// than an exact f32 softmax). The reference has two paths, chosen by the batch size:
+/// - fewer than `FA_TILE` queries (generation, short prompts): the query is rounded to f16 and
+///   dotted with the f16 keys (f32 sums); one pass keeps the running maximum M and sum S
+///   (online softmax), and the value accumulator is held at f16 precision: rescaled by
+///   exp(M_old - M) when the maximum grows, then `acc += v * exp(s - M)`, divided by S at the end;
+/// - `FA_TILE` queries or more (prompt batches): the tiled kernel keeps the query and the
+///   accumulator in f32 and updates the maximum once per tile of `FA_TILE` cache positions
+///   (see `attend_group_tiled`). Measured on gemma-3-270m's 700-token case: mean |dlogit| 0.214
+///   with the f16 path for every batch, 0.201 with f32 query and accumulator.
 fn attention(hp: &Hparams, la: LayerAttn, n: usize, pos: usize, kv: &LayerKv, q: &[f32], att: &mut [f32]) {
     let group = hp.n_head / hp.n_head_kv;
     let n_kv = hp.n_head_kv;
     let avx2 = cfg!(target_arch = "x86_64") && kernels_cpu::kernels().isa >= kernels_cpu::Isa::Avx2;
+    let tiled = n >= FA_TILE && hp.n_head / hp.n_head_kv <= MAX_TILED_GROUP;
     att[..n * hp.n_head * hp.head_dim_v].par_chunks_mut(group * hp.head_dim_v).enumerate().for_each(|(i, out)| {
         let (t, g) = (i / n_kv, i % n_kv);
+        let qt = &q[t * hp.q_dim()..(t + 1) * hp.q_dim()];
         #[cfg(target_arch = "x86_64")]
         if avx2 {
             // SAFETY: the kernels report AVX2 only when the CPU has AVX2, FMA and F16C.
-            unsafe { attend_group_avx2(hp, la, pos + t, g, kv, &q[t * hp.q_dim()..(t + 1) * hp.q_dim()], out) };
+            unsafe {
+                if tiled {
+                    attend_group_tiled_avx2(hp, la, pos + t, g, kv, qt, out)
+                } else {
+                    attend_group_avx2(hp, la, pos + t, g, kv, qt, out)
+                }
+            };
             return;
         }
         let _ = avx2;
-        attend_group(hp, la, pos + t, g, kv, &q[t * hp.q_dim()..(t + 1) * hp.q_dim()], out);
+        if tiled {
+            attend_group_tiled(hp, la, pos + t, g, kv, qt, out);
+        } else {
+            attend_group(hp, la, pos + t, g, kv, qt, out);
+        }
     });
 }
 
@@ -322,6 +339,86 @@ fn attention(hp: &Hparams, la: LayerAttn, n: usize, pos: usize, kv: &LayerKv, q:
 #[target_feature(enable = "avx2,fma")]
 unsafe fn attend_group_avx2(hp: &Hparams, la: LayerAttn, p: usize, g: usize, kv: &LayerKv, q: &[f32], out: &mut [f32]) {
     attend_group(hp, la, p, g, kv, q, out)
+}
+
+/// `attend_group_tiled` compiled for AVX2 + FMA (its `mul_add` becomes one instruction).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attend_group_tiled_avx2(hp: &Hparams, la: LayerAttn, p: usize, g: usize, kv: &LayerKv, q: &[f32], out: &mut [f32]) {
+    attend_group_tiled(hp, la, p, g, kv, q, out)
+}
+
+/// Cache positions per tile (and the batch size from which the reference uses its tiled
+/// flash attention: ggml's `GGML_FA_TILE_Q` = `GGML_FA_TILE_KV` = 64).
+pub const FA_TILE: usize = 64;
+/// Largest group (query heads per KV head) the tiled path's on-stack scores hold; larger
+/// groups (none of the supported models) take the one-pass path.
+const MAX_TILED_GROUP: usize = 16;
+
+/// The query heads of KV head `g` for the token at position `p`, as the reference's tiled flash
+/// attention computes a row of a prompt batch: the query stays f32; the cache is walked in
+/// tiles of `FA_TILE` positions aligned to position 0; per tile, the scores `scale * q.k`, the
+/// tile's maximum, and when it raises the running maximum M, the f32 accumulator and the sum S
+/// are rescaled by exp(M_old - M); the tile's weights exp(s - M) are summed in f64 and added to
+/// S, and `acc += w * v` with one fused multiply-add per element, position by position.
+#[inline(always)]
+fn attend_group_tiled(hp: &Hparams, la: LayerAttn, p: usize, g: usize, kv: &LayerKv, q: &[f32], out: &mut [f32]) {
+    let (hd, hdv, kd, vd) = (hp.head_dim, hp.head_dim_v, hp.k_dim(), hp.v_dim());
+    let group = hp.n_head / hp.n_head_kv;
+    let scale = hp.attn_scale;
+    let lo = match la.window {
+        Some(w) => (p + 1).saturating_sub(w),
+        None => 0,
+    };
+    let mut acc = [0f32; MAX_GROUP_DIM];
+    let mut row = [0f32; MAX_HEAD_DIM];
+    let mut sc = [0f32; MAX_TILED_GROUP * FA_TILE];
+    let acc = &mut acc[..group * hdv];
+    let qs = &q[g * group * hd..(g + 1) * group * hd];
+    let mut m = [f32::NEG_INFINITY; MAX_TILED_GROUP];
+    let mut sum = [0f32; MAX_TILED_GROUP];
+    let mut t0 = lo / FA_TILE * FA_TILE;
+    while t0 <= p {
+        // the visible positions of this tile (the others are masked: weight 0)
+        let (a, b) = (t0.max(lo), (t0 + FA_TILE).min(p + 1));
+        let nb = b - a;
+        for j in 0..nb {
+            ops::f16_to_f32_slice(&kv.k[(a + j) * kd + g * hd..][..hd], &mut row[..hd]);
+            for (hq, qh) in qs.chunks_exact(hd).enumerate() {
+                sc[hq * FA_TILE + j] = dot8(qh, &row[..hd]) * scale;
+            }
+        }
+        for hq in 0..group {
+            let s = &mut sc[hq * FA_TILE..hq * FA_TILE + nb];
+            let tile_max = s.iter().fold(f32::NEG_INFINITY, |x, &y| x.max(y));
+            let m_new = m[hq].max(tile_max);
+            if m_new > m[hq] {
+                let ms = (m[hq] - m_new).exp();
+                acc[hq * hdv..(hq + 1) * hdv].iter_mut().for_each(|x| *x *= ms);
+                sum[hq] *= ms;
+            }
+            m[hq] = m_new;
+            let mut tile_sum = 0f64;
+            for x in s.iter_mut() {
+                *x = (*x - m_new).exp();
+                tile_sum += *x as f64;
+            }
+            sum[hq] += tile_sum as f32;
+        }
+        for j in 0..nb {
+            ops::f16_to_f32_slice(&kv.v[(a + j) * vd + g * hdv..][..hdv], &mut row[..hdv]);
+            let v = &row[..hdv];
+            for (hq, acc_h) in acc.chunks_exact_mut(hdv).enumerate() {
+                let w = sc[hq * FA_TILE + j];
+                acc_h.iter_mut().zip(v).for_each(|(x, vv)| *x = w.mul_add(*vv, *x));
+            }
+        }
+        t0 += FA_TILE;
+    }
+    for (hq, (o, a)) in out.chunks_exact_mut(hdv).zip(acc.chunks_exact(hdv)).enumerate() {
+        let inv = if sum[hq] == 0.0 { 0.0 } else { 1.0 / sum[hq] };
+        o.iter_mut().zip(a.iter()).for_each(|(o, a)| *o = a * inv);
+    }
 }
 
 /// f32 dot product with 8 independent sums (vectorises without reassociation).
@@ -452,6 +549,74 @@ mod tests {
         let mut z = [0.3, -0.7, 1.1, 2.0];
         t.apply(RopeStyle::Normal, &mut z, 0);
         assert_eq!(z, [0.3, -0.7, 1.1, 2.0]);
+    }
+
+    /// Both attention paths (one-pass f16, tiled f32) against an exact f64 softmax attention,
+    /// causal and with a sliding window, over several tiles of the cache.
+    #[test]
+    fn attention_paths_match_exact_softmax() {
+        use crate::model::gemma3::RECIPE;
+        let (n_head, n_kv, hd) = (4, 2, 16);
+        let hp = Hparams {
+            arch: "test".into(),
+            n_layer: 1,
+            n_embd: n_head * hd,
+            n_ff: 1,
+            n_head,
+            n_head_kv: n_kv,
+            head_dim: hd,
+            head_dim_v: hd,
+            n_vocab: 1,
+            n_ctx_train: 256,
+            rms_eps: 1e-6,
+            n_rot: hd,
+            attn_scale: 0.25,
+            layers: vec![],
+            recipe: RECIPE,
+        };
+        let n_ctx = 200;
+        let mut seed = 12345u32;
+        let mut rnd = || {
+            seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
+            (seed >> 8) as f32 / (1u32 << 24) as f32 * 4.0 - 2.0
+        };
+        let mut kv = LayerKv::new(&hp, n_ctx);
+        kv.k.iter_mut().chain(kv.v.iter_mut()).for_each(|x| *x = f16::from_f32(rnd()));
+        let q: Vec<f32> = (0..hp.q_dim()).map(|_| rnd()).collect();
+        for window in [None, Some(70)] {
+            let la = LayerAttn { rope_base: 1e4, rope_freq_scale: 1.0, window };
+            for p in [0usize, 5, 63, 64, 150, 199] {
+                let lo = window.map_or(0, |w| (p + 1).saturating_sub(w));
+                for g in 0..n_kv {
+                    let group = n_head / n_kv;
+                    let mut one = vec![0f32; group * hd];
+                    let mut tiled = vec![0f32; group * hd];
+                    attend_group(&hp, la, p, g, &kv, &q, &mut one);
+                    attend_group_tiled(&hp, la, p, g, &kv, &q, &mut tiled);
+                    for hq in 0..group {
+                        let qh = &q[(g * group + hq) * hd..][..hd];
+                        let s: Vec<f64> = (lo..=p)
+                            .map(|j| {
+                                let k = &kv.k[j * hp.k_dim() + g * hd..][..hd];
+                                0.25 * qh.iter().zip(k).map(|(a, b)| *a as f64 * b.to_f64()).sum::<f64>()
+                            })
+                            .collect();
+                        let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                        let z: f64 = s.iter().map(|x| (x - mx).exp()).sum();
+                        for d in 0..hd {
+                            let want: f64 = (lo..=p)
+                                .zip(&s)
+                                .map(|(j, sj)| (sj - mx).exp() / z * kv.v[j * hp.v_dim() + g * hd + d].to_f64())
+                                .sum();
+                            let (a, b) = (one[hq * hd + d] as f64, tiled[hq * hd + d] as f64);
+                            // f16 query and accumulator: ~1e-3 relative; f32 path: ~1e-6.
+                            assert!((a - want).abs() < 1e-2, "one-pass p={p} {window:?}: {a} vs {want}");
+                            assert!((b - want).abs() < 1e-5, "tiled p={p} {window:?}: {b} vs {want}");
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]
