@@ -26,9 +26,9 @@ pub fn quantize(t: WeightType) -> Option<QuantizeFn> {
     legacy::quantize(t).or_else(|| kquants::quantize(t))
 }
 
-/// Many rows against one token: none at this level yet (`vec_dot` row by row).
-pub fn gemv(_t: WeightType) -> Option<GemvFn> {
-    None
+/// Many rows against one token (K-quants: Q4_K only; others use `vec_dot` row by row).
+pub fn gemv(t: WeightType) -> Option<GemvFn> {
+    kquants::gemv(t)
 }
 
 /// f16 helpers for the KV cache (used by `ops`). Callers must have checked `available()`.
