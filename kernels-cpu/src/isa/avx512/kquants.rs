@@ -633,26 +633,34 @@ fn bsum(a: &BlockQ8K, j: usize) -> i16 {
 }
 
 /// The activations for Q4_K (`pair_sums`, halves 64 apart) or Q2_K (halves 128 apart).
-fn prepare(xb: &[BlockQ8K], prep: &mut [Prep], q4k: bool) {
-    for (a, p) in xb.iter().zip(prep.iter_mut()) {
+/// Uninitialised room for the prepared blocks (only the `nb` used are written: no memset).
+type PrepBuf = [core::mem::MaybeUninit<Prep>; PREP_MAX];
+
+/// The activations for Q4_K/Q5_K (`q4k`: pair sums, halves 64 apart) or Q2_K/Q3_K (halves 128
+/// apart), into the first `xb.len()` (at most `PREP_MAX`) entries of `buf`.
+fn prepare<'a>(xb: &[BlockQ8K], buf: &'a mut PrepBuf, q4k: bool) -> &'a [Prep] {
+    assert!(xb.len() <= PREP_MAX);
+    for (a, slot) in xb.iter().zip(buf.iter_mut()) {
+        let mut p = Prep { qs: [0; QK_K], bs: [0; 16], d: a.d() };
         for c in 0..4 {
             let (base, gap) = if q4k { (128 * (c / 2) + 32 * (c % 2), 64) } else { (32 * c, 128) };
             p.qs[64 * c..64 * c + 32].copy_from_slice(&a.qs[base..base + 32]);
             p.qs[64 * c + 32..64 * c + 64].copy_from_slice(&a.qs[base + gap..base + gap + 32]);
         }
         for j in 0..16 {
-            p.bs[j] = if q4k {
-                if j < 8 {
-                    bsum(a, 2 * j) + bsum(a, 2 * j + 1)
-                } else {
-                    0
-                }
-            } else {
+            p.bs[j] = if !q4k {
                 bsum(a, j)
+            } else if j < 8 {
+                bsum(a, 2 * j) + bsum(a, 2 * j + 1)
+            } else {
+                0
             };
         }
-        p.d = a.d();
+        slot.write(p);
     }
+    // SAFETY: the first `xb.len()` entries were just written (the loop above covers them all,
+    // `xb.len() <= PREP_MAX` was checked), and `MaybeUninit<Prep>` has `Prep`'s layout.
+    unsafe { std::slice::from_raw_parts(buf.as_ptr() as *const Prep, xb.len()) }
 }
 
 /// `vpshufb` control: in 16-byte lane `l`, every word takes byte `idx[l]` (zero-extended when
@@ -778,10 +786,10 @@ fn gemv_k4<B: K4Block>(vec_dot: VecDotFn, n: usize, w: &[u8], w_stride: usize, n
         return gemv_fallback(vec_dot, n, w, w_stride, nr, x, out);
     }
     let xb = first_blocks::<BlockQ8K>(x, nb, "Q8_K gemv activations");
-    let mut prep = [Prep { qs: [0; QK_K], bs: [0; 16], d: 0.0 }; PREP_MAX];
-    prepare(xb, &mut prep[..nb], true);
+    let mut buf: PrepBuf = [const { core::mem::MaybeUninit::uninit() }; PREP_MAX];
+    let prep = prepare(xb, &mut buf, true);
     // SAFETY: installed only when `supported()` (all enabled features detected).
-    unsafe { gemv_k4_tf::<B>(nb, w, w_stride, nr, &prep[..nb], out) }
+    unsafe { gemv_k4_tf::<B>(nb, w, w_stride, nr, prep, out) }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
@@ -850,10 +858,10 @@ fn gemv_q2k(n: usize, w: &[u8], w_stride: usize, nr: usize, x: &[u8], out: &mut 
         return gemv_fallback(q2k::vec_dot, n, w, w_stride, nr, x, out);
     }
     let xb = first_blocks::<BlockQ8K>(x, nb, "Q2_K gemv activations");
-    let mut prep = [Prep { qs: [0; QK_K], bs: [0; 16], d: 0.0 }; PREP_MAX];
-    prepare(xb, &mut prep[..nb], false);
+    let mut buf: PrepBuf = [const { core::mem::MaybeUninit::uninit() }; PREP_MAX];
+    let prep = prepare(xb, &mut buf, false);
     // SAFETY: installed only when `supported()` (all enabled features detected).
-    unsafe { gemv_q2k_tf(nb, w, w_stride, nr, &prep[..nb], out) }
+    unsafe { gemv_q2k_tf(nb, w, w_stride, nr, prep, out) }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
@@ -905,10 +913,10 @@ fn gemv_q3k(n: usize, w: &[u8], w_stride: usize, nr: usize, x: &[u8], out: &mut 
         return gemv_fallback(q3k::vec_dot, n, w, w_stride, nr, x, out);
     }
     let xb = first_blocks::<BlockQ8K>(x, nb, "Q3_K gemv activations");
-    let mut prep = [Prep { qs: [0; QK_K], bs: [0; 16], d: 0.0 }; PREP_MAX];
-    prepare(xb, &mut prep[..nb], false);
+    let mut buf: PrepBuf = [const { core::mem::MaybeUninit::uninit() }; PREP_MAX];
+    let prep = prepare(xb, &mut buf, false);
     // SAFETY: installed only when `supported()` (all enabled features detected).
-    unsafe { gemv_q3k_tf(nb, w, w_stride, nr, &prep[..nb], out) }
+    unsafe { gemv_q3k_tf(nb, w, w_stride, nr, prep, out) }
 }
 
 /// Q3_K scales (sub-blocks of 16) to 32-bit lanes: 16-byte lane `l` of vector `s` (Q2_K
@@ -1018,5 +1026,56 @@ fn gemv_q6k_tf(nb: usize, w: &[u8], w_stride: usize, nr: usize, xb: &[BlockQ8K],
             acc[i & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_broadcastss_ps(dx), acc[i & 1]);
         }
         *o = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{quantize_row, TYPES};
+
+    /// Every K-quant gemv against the scalar dot product, row by row, for row lengths around
+    /// the prepared-activation limit (64 blocks: prepared; 65: the fallback) and a wide range
+    /// of scales (so a wrong sub-block scale, minimum or high bit shows).
+    #[test]
+    fn gemv_matches_scalar_vec_dot_for_every_k_quant() {
+        if !supported() {
+            eprintln!("skipped: the CPU lacks AVX-512 VNNI");
+            return;
+        }
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut rand = move || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        };
+        for t in [WeightType::Q2_K, WeightType::Q3_K, WeightType::Q4_K, WeightType::Q5_K, WeightType::Q6_K] {
+            let gemv = super::gemv(t).expect("a gemv for every K-quant");
+            let scalar = TYPES.iter().find(|i| i.ty == t).expect("listed").vec_dot;
+            for (rows, nb) in [(1, 1), (5, 3), (3, 64), (2, 65)] {
+                let n = nb * QK_K;
+                // rows with block-to-block and value-to-value magnitudes varying over 1e3
+                let wf: Vec<f32> = (0..rows * n).map(|i| rand() * (1.0 + 30.0 * ((i / 97) % 7) as f32)).collect();
+                let xf: Vec<f32> = (0..n).map(|i| rand() * (1.0 + ((i / 61) % 5) as f32)).collect();
+                let wrb = t.row_bytes(n);
+                let mut w = vec![0u8; rows * wrb];
+                for (src, dst) in wf.chunks_exact(n).zip(w.chunks_exact_mut(wrb)) {
+                    quantize_row(t, src, dst);
+                }
+                let mut x = vec![0u8; WeightType::Q8_K.row_bytes(n)];
+                quantize_row(WeightType::Q8_K, &xf, &mut x);
+                let mut out = vec![f32::NAN; rows];
+                gemv(n, &w, wrb, rows, &x, &mut out);
+                for r in 0..rows {
+                    let want = scalar(n, &w[r * wrb..(r + 1) * wrb], &x);
+                    let tol = 1e-5 * (nb as f32) * (1.0 + want.abs());
+                    assert!(
+                        (out[r] - want).abs() <= tol,
+                        "{} gemv {rows}x{nb} blocks, row {r}: {} vs scalar {want}",
+                        t.name(),
+                        out[r]
+                    );
+                }
+            }
+        }
     }
 }
