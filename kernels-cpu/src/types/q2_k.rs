@@ -126,41 +126,18 @@ pub fn vec_dot(n: usize, w: &[u8], x: &[u8]) -> f32 {
 
 #[cfg(test)]
 mod tests {
-    use super::super::q8_k::{self, test_util::*};
+    use super::super::q8_k::test_util::*;
     use super::*;
+
+    const KQ: KQuant = KQuant { name: "Q2_K", type_size: 84, quantize, dequantize, vec_dot };
 
     #[test]
     fn quantize_dequantize_error_bound() {
-        let mut r = Rng(35);
-        let x: Vec<f32> = (0..8 * QK_K).map(|_| r.gauss()).collect();
-        let mut q = vec![0u8; 8 * 84];
-        quantize(&x, &mut q);
-        let mut y = vec![0f32; x.len()];
-        dequantize(&q, &mut y);
-        let e = rel_rms(&x, &y);
-        assert!(e < 0.35, "Q2_K relative RMS error {e}");
-        let mut q = vec![0x33u8; 84];
-        quantize(&[0.0; QK_K], &mut q);
-        dequantize(&q, &mut y[..QK_K]);
-        assert!(y[..QK_K].iter().all(|&v| v == 0.0));
+        KQ.check_error_bound(35, 0.35, 0x33);
     }
 
     #[test]
     fn vec_dot_matches_dequantized_dot() {
-        let mut r = Rng(39);
-        let n = 4 * QK_K;
-        let w: Vec<f32> = (0..n).map(|_| r.gauss()).collect();
-        let x: Vec<f32> = (0..n).map(|_| r.gauss()).collect();
-        let mut qw = vec![0u8; 4 * 84];
-        quantize(&w, &mut qw);
-        let mut qx = vec![0u8; 4 * 292];
-        q8_k::quantize(&x, &mut qx);
-        let (mut dw, mut dx) = (vec![0f32; n], vec![0f32; n]);
-        dequantize(&qw, &mut dw);
-        q8_k::dequantize(&qx, &mut dx);
-        let want: f64 = dw.iter().zip(&dx).map(|(a, b)| *a as f64 * *b as f64).sum();
-        let scale: f64 = dw.iter().zip(&dx).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
-        let got = vec_dot(n, &qw, &qx) as f64;
-        assert!((got - want).abs() < 1e-5 * scale, "{got} vs {want}");
+        KQ.check_vec_dot(39);
     }
 }

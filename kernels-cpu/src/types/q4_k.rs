@@ -196,7 +196,7 @@ pub fn vec_dot(n: usize, w: &[u8], x: &[u8]) -> f32 {
 
 #[cfg(test)]
 mod tests {
-    use super::super::q8_k::{self, test_util::*};
+    use super::super::q8_k::test_util::*;
     use super::*;
 
     #[test]
@@ -223,41 +223,16 @@ mod tests {
         }
     }
 
+    const KQ: KQuant = KQuant { name: "Q4_K", type_size: 144, quantize, dequantize, vec_dot };
+
     #[test]
     fn quantize_dequantize_error_bound() {
-        let mut r = Rng(5);
-        let x: Vec<f32> = (0..8 * QK_K).map(|_| r.gauss()).collect();
-        let mut q = vec![0u8; 8 * 144];
-        quantize(&x, &mut q);
-        let mut y = vec![0f32; x.len()];
-        dequantize(&q, &mut y);
-        let e = rel_rms(&x, &y);
         // 4 bits + asymmetric fit: ~4.5 effective bits, typically 0.05..0.07
-        assert!(e < 0.09, "Q4_K relative RMS error {e}");
-        // zeros stay zeros
-        let mut q = vec![0xAAu8; 144];
-        quantize(&[0.0; QK_K], &mut q);
-        let mut y = vec![1f32; QK_K];
-        dequantize(&q, &mut y);
-        assert!(y.iter().all(|&v| v == 0.0));
+        KQ.check_error_bound(5, 0.09, 0xAA);
     }
 
     #[test]
     fn vec_dot_matches_dequantized_dot() {
-        let mut r = Rng(9);
-        let n = 4 * QK_K;
-        let w: Vec<f32> = (0..n).map(|_| r.gauss()).collect();
-        let x: Vec<f32> = (0..n).map(|_| r.gauss()).collect();
-        let mut qw = vec![0u8; 4 * 144];
-        quantize(&w, &mut qw);
-        let mut qx = vec![0u8; 4 * 292];
-        q8_k::quantize(&x, &mut qx);
-        let (mut dw, mut dx) = (vec![0f32; n], vec![0f32; n]);
-        dequantize(&qw, &mut dw);
-        q8_k::dequantize(&qx, &mut dx);
-        let want: f64 = dw.iter().zip(&dx).map(|(a, b)| *a as f64 * *b as f64).sum();
-        let got = vec_dot(n, &qw, &qx) as f64;
-        let scale: f64 = dw.iter().zip(&dx).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
-        assert!((got - want).abs() < 1e-5 * scale, "{got} vs {want}");
+        KQ.check_vec_dot(9);
     }
 }

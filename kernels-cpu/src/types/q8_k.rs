@@ -356,6 +356,57 @@ pub(crate) mod test_util {
         let den: f32 = a.iter().map(|x| x * x).sum();
         (num / den).sqrt()
     }
+
+    /// The checks every K-quant weight type's unit tests share. `quantize`/`dequantize`/`vec_dot`
+    /// are the type's own (its TYPES entry); `type_size` its block bytes.
+    pub struct KQuant {
+        pub name: &'static str,
+        pub type_size: usize,
+        pub quantize: fn(&[f32], &mut [u8]),
+        pub dequantize: fn(&[u8], &mut [f32]),
+        pub vec_dot: fn(usize, &[u8], &[u8]) -> f32,
+    }
+
+    impl KQuant {
+        /// 8 gaussian blocks quantize -> dequantize within `bound` relative RMS error; an all-zero
+        /// block (into a buffer pre-filled with `fill`) dequantizes to exact zeros.
+        pub fn check_error_bound(&self, seed: u64, bound: f32, fill: u8) {
+            let qk = super::QK_K;
+            let mut r = Rng(seed);
+            let x: Vec<f32> = (0..8 * qk).map(|_| r.gauss()).collect();
+            let mut q = vec![0u8; 8 * self.type_size];
+            (self.quantize)(&x, &mut q);
+            let mut y = vec![0f32; x.len()];
+            (self.dequantize)(&q, &mut y);
+            let e = rel_rms(&x, &y);
+            assert!(e < bound, "{} relative RMS error {e}", self.name);
+            let mut q = vec![fill; self.type_size];
+            (self.quantize)(&vec![0.0; qk], &mut q);
+            let mut y = vec![1f32; qk];
+            (self.dequantize)(&q, &mut y);
+            assert!(y.iter().all(|&v| v == 0.0), "{}: zeros did not stay zeros", self.name);
+        }
+
+        /// The scalar dot product against Q8_K equals the f64 dot product of the dequantized
+        /// values (4 blocks of gaussian weights and activations).
+        pub fn check_vec_dot(&self, seed: u64) {
+            let n = 4 * super::QK_K;
+            let mut r = Rng(seed);
+            let w: Vec<f32> = (0..n).map(|_| r.gauss()).collect();
+            let x: Vec<f32> = (0..n).map(|_| r.gauss()).collect();
+            let mut qw = vec![0u8; 4 * self.type_size];
+            (self.quantize)(&w, &mut qw);
+            let mut qx = vec![0u8; 4 * 292];
+            super::quantize(&x, &mut qx);
+            let (mut dw, mut dx) = (vec![0f32; n], vec![0f32; n]);
+            (self.dequantize)(&qw, &mut dw);
+            super::dequantize(&qx, &mut dx);
+            let want: f64 = dw.iter().zip(&dx).map(|(a, b)| *a as f64 * *b as f64).sum();
+            let scale: f64 = dw.iter().zip(&dx).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
+            let got = (self.vec_dot)(n, &qw, &qx) as f64;
+            assert!((got - want).abs() < 1e-5 * scale, "{}: {got} vs {want}", self.name);
+        }
+    }
 }
 
 #[cfg(test)]
