@@ -621,6 +621,24 @@ struct GpuState {
     bytes: usize,
 }
 
+/// The residual step after attention and after the FFN: `x += proj`, with the architecture's
+/// optional post-norm (Gemma 3) applied to `proj` in place first. `x`/`proj`: [n_rows x dim].
+fn residual_add(
+    s: &mut GpuStream,
+    x: View,
+    proj: View,
+    post_norm: Option<View>,
+    n_rows: u32,
+    dim: usize,
+    eps: f32,
+) -> Result<()> {
+    if let Some(pn) = post_norm {
+        s.rmsnorm(proj, pn, n_rows, dim as u32, eps, proj)?;
+    }
+    s.add(x, proj, x, n_rows as u64 * dim as u64)?;
+    Ok(())
+}
+
 impl GpuState {
     fn new(w: Arc<Weights>, n_ctx: usize, b: usize) -> Result<GpuState> {
         let hp = &w.model.hp;
@@ -763,21 +781,14 @@ impl GpuState {
         };
         s.attention(self.q.view(), kc.view(), vc.view(), self.att.view(), &ap)?;
         s.matmul(&l.wo.w, self.att.view(), n32, self.proj.view())?;
-        if let Some(pn) = &l.attn_post_norm {
-            s.rmsnorm(
-                self.proj.view(),
-                pn.view(),
-                n32,
-                e as u32,
-                eps,
-                self.proj.view(),
-            )?;
-        }
-        s.add(
+        residual_add(
+            s,
             self.x.view(),
             self.proj.view(),
-            self.x.view(),
-            (n * e) as u64,
+            l.attn_post_norm.as_ref().map(|v| v.view()),
+            n32,
+            e,
+            eps,
         )?;
 
         s.rmsnorm(
@@ -802,21 +813,14 @@ impl GpuState {
             act,
         )?;
         s.matmul(&l.ffn_down.w, self.gate.view(), n32, self.proj.view())?;
-        if let Some(pn) = &l.ffn_post_norm {
-            s.rmsnorm(
-                self.proj.view(),
-                pn.view(),
-                n32,
-                e as u32,
-                eps,
-                self.proj.view(),
-            )?;
-        }
-        s.add(
+        residual_add(
+            s,
             self.x.view(),
             self.proj.view(),
-            self.x.view(),
-            (n * e) as u64,
+            l.ffn_post_norm.as_ref().map(|v| v.view()),
+            n32,
+            e,
+            eps,
         )?;
         Ok(())
     }
