@@ -46,6 +46,11 @@ impl Scratch {
 const TOKEN_CHUNK_BYTES: usize = 1 << 20;
 /// Target weight bytes per row block (one rayon task; stays in L2 across a token chunk).
 const ROW_BLOCK_BYTES: usize = 256 << 10;
+/// Fewest tokens in a chunk for which a type's `panel` kernel (when it has one) is used instead
+/// of its tile kernel: the panel repacks the weights once per call, which pays over many tokens.
+pub const PANEL_MIN_TOKENS: usize = 16;
+/// Rows of a row block are a multiple of this when the panel kernel is used (its micro-tile).
+const PANEL_ROWS: usize = 16;
 /// Largest tile a gemm kernel may declare (bounds the on-stack output tile).
 pub const MAX_TILE: usize = 16;
 
@@ -182,7 +187,14 @@ pub fn matmul_quantized_with(
     // Row blocks: about ROW_BLOCK_BYTES of weights, but enough of them to keep every thread
     // busy (4 per thread for load balance), and a whole number of gemm row tiles.
     let threads = rayon::current_num_threads().max(1);
-    let tile_r = if n_tokens == 1 { 1 } else { tk.gemm.map(|g| g.1).unwrap_or(1) };
+    let use_panel = tk.panel.is_some() && n_tokens >= PANEL_MIN_TOKENS;
+    let tile_r = if n_tokens == 1 {
+        1
+    } else if use_panel {
+        PANEL_ROWS
+    } else {
+        tk.gemm.map(|g| g.1).unwrap_or(1)
+    };
     let mut block_rows = (ROW_BLOCK_BYTES / wrb.max(1)).max(1);
     block_rows = block_rows.min(rows.div_ceil(4 * threads)).max(1);
     block_rows = block_rows.div_ceil(tile_r) * tile_r;
@@ -204,6 +216,11 @@ pub fn matmul_quantized_with(
             (0..n_blocks).into_par_iter().for_each(run);
         }
     }
+}
+
+thread_local! {
+    /// Each thread's output block for `panel` kernels (grows to the largest block, then reused).
+    static PANEL_OUT: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// One task: rows `r0..r0+nr` (their bytes in `w`) against tokens `t0..t0+nt` (in `x`).
@@ -235,6 +252,23 @@ fn row_block(
             // overlap) and lie inside `y`, whose length was checked.
             let ys = unsafe { std::slice::from_raw_parts_mut(out.0.add(t0 * rows + r0), nr) };
             gemv(cols, w, wrb, nr, x, ys);
+            return;
+        }
+    }
+    if nt >= PANEL_MIN_TOKENS {
+        if let Some(panel) = tk.panel {
+            PANEL_OUT.with(|buf| {
+                let mut buf = buf.borrow_mut();
+                if buf.len() < nr * nt {
+                    buf.resize(nr * nt, 0.0);
+                }
+                panel(cols, w, wrb, nr, x, xrb, nt, &mut buf[..nr * nt], nr);
+                for t in 0..nt {
+                    for r in 0..nr {
+                        put(t, r, buf[t * nr + r]);
+                    }
+                }
+            });
             return;
         }
     }

@@ -40,6 +40,13 @@ pub type GemmTileFn = fn(
 /// ISA unpack the activations once for all the rows (the one-token case of `matmul`).
 pub type GemvFn = fn(n: usize, w: &[u8], w_stride: usize, nr: usize, x: &[u8], out: &mut [f32]);
 
+/// A whole block of a matrix product: `nr` weight rows against `nc` tokens, any sizes, same
+/// arguments and output layout as `GemmTileFn`. For kernels that repack a panel of weights (and
+/// the tokens) once into a form an integer GEMM micro-kernel streams best, which pays only when
+/// it is reused over many tokens: `matmul` calls it for token chunks of at least
+/// `PANEL_MIN_TOKENS` and keeps the tile kernel for fewer.
+pub type PanelFn = GemmTileFn;
+
 /// Quantize `src.len()` f32 values (a multiple of the block size) into `dst` in this format.
 pub type QuantizeFn = fn(src: &[f32], dst: &mut [u8]);
 
@@ -98,6 +105,8 @@ pub struct TypeKernels {
     pub quantize: Option<QuantizeFn>,
     /// Optional many-rows-one-token kernel (else `matmul` calls `vec_dot` row by row).
     pub gemv: Option<GemvFn>,
+    /// Optional whole-block kernel for many tokens (see `PanelFn`).
+    pub panel: Option<PanelFn>,
 }
 
 pub struct Kernels {
@@ -117,6 +126,7 @@ impl Kernels {
             let mut gemm = scalar::gemm(t);
             let mut quantize = scalar::quantize(t);
             let mut gemv = scalar::gemv(t);
+            let mut panel: Option<PanelFn> = None;
             #[cfg(target_arch = "x86_64")]
             {
                 if isa >= Isa::Avx2 {
@@ -130,10 +140,11 @@ impl Kernels {
                     gemm = avx512::gemm(t).or(gemm);
                     quantize = avx512::quantize(t).or(quantize);
                     gemv = avx512::gemv(t).or(gemv);
+                    panel = avx512::panel(t).or(panel);
                 }
             }
             if let Some(vec_dot) = vec_dot {
-                table.push((t, TypeKernels { vec_dot, gemm, quantize, gemv }));
+                table.push((t, TypeKernels { vec_dot, gemm, quantize, gemv, panel }));
             }
         }
         Kernels { isa, table }

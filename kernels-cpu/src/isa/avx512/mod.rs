@@ -3,11 +3,13 @@
 //! (F16/BF16/Q4_0..Q8_1) and `kquants` (Q2_K..Q8_K); they are only installed when
 //! `available()` is true, which is what makes calling their `#[target_feature]` code sound.
 
-use super::{GemmTileFn, GemvFn, QuantizeFn, VecDotFn};
+use super::{GemmTileFn, GemvFn, PanelFn, QuantizeFn, VecDotFn};
 use crate::types::WeightType;
 
+mod kpanel;
 mod kquants;
 mod legacy;
+mod lpanel;
 
 /// AVX-512 F/BW/VL (VNNI and BF16 are checked per kernel, with fallbacks).
 pub fn available() -> bool {
@@ -32,4 +34,9 @@ pub fn quantize(t: WeightType) -> Option<QuantizeFn> {
 /// Many rows against one token (`matmul` with one token).
 pub fn gemv(t: WeightType) -> Option<GemvFn> {
     legacy::gemv(t).or_else(|| kquants::gemv(t))
+}
+
+/// Whole row blocks against many tokens (`matmul` with at least `PANEL_MIN_TOKENS` tokens).
+pub fn panel(t: WeightType) -> Option<PanelFn> {
+    kpanel::panel(t).or_else(|| lpanel::panel(t))
 }
