@@ -1,8 +1,642 @@
-//! (in progress) panel kernels, see `PanelFn`.
+//! avx512 VNNI panel kernels for the legacy 32-value block types (Q4_0, Q4_1, Q5_0, Q5_1,
+//! Q8_0 weights against Q8_0 / Q8_1 activations), for many tokens at once (see `PanelFn`).
+//!
+//! Each call repacks its weight rows once, 16 rows at a time, into a "panel": per block, eight
+//! 64-byte lines, line `g` holding bytes `4g..4g+4` of each of the 16 rows (lane `r` = row
+//! `r`), the quants made unsigned (nibbles as they are: Q4 0..15, Q5 0..31; Q8_0 `q + 128`),
+//! then the 16 row scales as f32 and, for Q4_1/Q5_1, the 16 minimums. The activations are
+//! used as they are stored: four consecutive quants of one token are one 32-bit broadcast, the
+//! signed operand of `vpdpbusd`. So the micro-kernel, 16 rows x `TOKENS` tokens, does per block
+//! and token eight `vpdpbusd` (one per 4-value group, 16 rows each, exact integer sums), then
+//! one convert and two float operations: `acc += f32(sum) * (d_w * d_x)` over the 16 rows.
+//! The offset of the unsigned codes comes back exactly in the integer domain: the sum starts at
+//! `-offset * sum(x)` of the token's block (computed once per call and token), so it equals the
+//! scalar specification's `sum((q - offset) * x)`. Q4_1/Q5_1 add `m * s` (Q8_1's `s`) per block.
+//!
+//! Rows come out 16 per vector, which is the output layout (`out[c * os + r]`): one store per
+//! token and panel, masked for a ragged last panel (padded with zero rows). The weight panel and
+//! the per-token block data live in a thread-local scratch that grows once and is reused.
+//! Installed only when AVX-512 F/BW/VL and VNNI (and the avx2 set) are detected (see
+//! `supported`), which is what makes calling the `#[target_feature]` code sound.
+
+// Micro-kernels index register arrays by token on purpose.
+#![allow(clippy::needless_range_loop)]
 
 use crate::isa::PanelFn;
 use crate::types::WeightType;
+use std::arch::x86_64::*;
+use std::cell::RefCell;
 
-pub fn panel(_t: WeightType) -> Option<PanelFn> {
-    None
+/// Tokens per micro-kernel: 2 * TOKENS vector registers hold the integer and float
+/// accumulators, the rest the weight line, the scales and the minimums.
+const TOKENS: usize = 8;
+
+/// Rows per panel: one 512-bit vector of i32/f32 lanes.
+const ROWS: usize = 16;
+
+/// Values per block (all the legacy types).
+const QK: usize = 32;
+
+/// VNNI for the products (the avx2 set, with FMA and F16C, comes with `available`).
+fn supported() -> bool {
+    super::available() && is_x86_feature_detected!("avx512vnni")
+}
+
+pub fn panel(t: WeightType) -> Option<PanelFn> {
+    if !supported() {
+        return None;
+    }
+    Some(match t {
+        WeightType::Q4_0 => q4_0::panel,
+        WeightType::Q4_1 => q4_1::panel,
+        WeightType::Q5_0 => q5_0::panel,
+        WeightType::Q5_1 => q5_1::panel,
+        WeightType::Q8_0 => q8_0::panel,
+        _ => return None,
+    })
+}
+
+/// One 64-byte line of the packed panel (aligned so the micro-kernel's loads are too).
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+/// Per token and block: the activation scale `d` and either `-offset * sum(q)` (i32 bits; types
+/// without a minimum) or Q8_1's `s` (f32 bits).
+type Side = [u32; 2];
+
+/// The scratch of one thread: the packed weight panels and the per-token block data.
+#[derive(Default)]
+struct Scratch {
+    lines: Vec<Line>,
+    side: Vec<Side>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// A legacy weight type as the panel kernel packs it.
+trait Weights {
+    /// Bytes per block.
+    const BYTES: usize;
+    /// What the unsigned codes hold above the signed quants (0 for the types with a minimum).
+    const OFFSET: i32;
+    /// Whether blocks carry a minimum (`value = d * q + m`), against Q8_1 activations.
+    const HAS_MIN: bool;
+    /// The block's 32 unsigned codes in value order.
+    ///
+    /// # Safety
+    /// One block readable at `p`; the CPU has the kernel's features.
+    unsafe fn codes(p: *const u8) -> __m256i;
+    /// The scale and (for types with one) the minimum, as f16 bits.
+    ///
+    /// # Safety
+    /// As `codes`.
+    unsafe fn scales(p: *const u8) -> (u16, u16);
+}
+
+/// Lines per packed block: 8 of codes, the scales, the minimums.
+const fn block_lines<W: Weights>() -> usize {
+    if W::HAS_MIN { 10 } else { 9 }
+}
+
+/// The f16 at `p` (little-endian, any alignment).
+///
+/// # Safety
+/// Two bytes readable at `p`.
+#[inline(always)]
+unsafe fn half(p: *const u8) -> u16 {
+    u16::from_le_bytes(std::ptr::read_unaligned(p as *const [u8; 2]))
+}
+
+/// 16 bytes of nibbles at `p` as 32 codes 0..15: the low nibbles (values 0..16), then the high
+/// ones (values 16..32), as the Q4/Q5 blocks order them.
+///
+/// # Safety
+/// 16 bytes readable at `p`; the CPU has avx512bw/vl (inlined into the kernels' features).
+#[inline(always)]
+unsafe fn nibbles(p: *const u8) -> __m256i {
+    let v = _mm_maskz_loadu_epi8(u16::MAX, p as *const i8);
+    let m = _mm_set1_epi8(0x0f);
+    let lo = _mm_and_si128(v, m);
+    let hi = _mm_and_si128(_mm_srli_epi16(v, 4), m);
+    _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1)
+}
+
+/// `codes + 16` where bit `j` of the little-endian u32 at `p` is set (the fifth bits of Q5).
+///
+/// # Safety
+/// Four bytes readable at `p`; the CPU has avx512bw/vl.
+#[inline(always)]
+unsafe fn fifth(codes: __m256i, p: *const u8) -> __m256i {
+    let qh = u32::from_le_bytes(std::ptr::read_unaligned(p as *const [u8; 4]));
+    _mm256_mask_add_epi8(codes, qh, codes, _mm256_set1_epi8(16))
+}
+
+macro_rules! nibble_weights {
+    ($T:ident, $bytes:expr, $offset:expr, $m:expr, $qh:expr, $qs:expr) => {
+        struct $T;
+        impl Weights for $T {
+            const BYTES: usize = $bytes;
+            const OFFSET: i32 = $offset;
+            const HAS_MIN: bool = { let m: Option<usize> = $m; m.is_some() };
+            #[inline(always)]
+            unsafe fn codes(p: *const u8) -> __m256i {
+                let c = nibbles(p.add($qs));
+                match { let o: Option<usize> = $qh; o } {
+                    Some(qh) => fifth(c, p.add(qh)),
+                    None => c,
+                }
+            }
+            #[inline(always)]
+            unsafe fn scales(p: *const u8) -> (u16, u16) {
+                let m = match { let o: Option<usize> = $m; o } {
+                    Some(m) => half(p.add(m)),
+                    None => 0,
+                };
+                (half(p), m)
+            }
+        }
+    };
+}
+
+// (bytes, offset, minimum at, fifth bits at, nibbles at)
+nibble_weights!(Q4_0, 18, 8, None, None, 2);
+nibble_weights!(Q4_1, 20, 0, Some(2), None, 4);
+nibble_weights!(Q5_0, 22, 16, None, Some(2), 6);
+nibble_weights!(Q5_1, 24, 0, Some(2), Some(4), 8);
+
+struct Q8_0;
+impl Weights for Q8_0 {
+    const BYTES: usize = 34;
+    const OFFSET: i32 = 128;
+    const HAS_MIN: bool = false;
+    #[inline(always)]
+    unsafe fn codes(p: *const u8) -> __m256i {
+        // +128 as a flip of the sign bit.
+        _mm256_xor_si256(_mm256_maskz_loadu_epi8(u32::MAX, p.add(2) as *const i8), _mm256_set1_epi8(-128))
+    }
+    #[inline(always)]
+    unsafe fn scales(p: *const u8) -> (u16, u16) {
+        (half(p), 0)
+    }
+}
+
+/// The activation formats: Q8_0 (`d`, 32 quants) and Q8_1 (`d`, `s`, 32 quants).
+trait Acts {
+    const BYTES: usize;
+    /// Where the quants start in a block.
+    const QS: usize;
+}
+struct A8_0;
+impl Acts for A8_0 {
+    const BYTES: usize = 34;
+    const QS: usize = 2;
+}
+struct A8_1;
+impl Acts for A8_1 {
+    const BYTES: usize = 36;
+    const QS: usize = 4;
+}
+
+/// The 16x8 transpose of 32-bit groups: `vpermt2d` indices for three stages, each pairing
+/// registers that differ in one bit of their index. Before stage `s`, bit `s` of a register's
+/// index is a row bit; after it, bit `s` of the group index `g` (selected from both sources).
+/// Input register `i` holds rows `2i` (lanes 0..8) and `2i + 1` (lanes 8..16), group `g` in
+/// lane `g`; output register `g` holds group `g` of row `r` in lane `r`. Computed by following
+/// the (row, group) label of every lane; within a register, labels are kept sorted, so that the
+/// last stage leaves lane `r` = row `r`.
+const TRANSPOSE: [[[u32; 16]; 8]; 3] = {
+    // labels[reg][lane] = row * 8 + group
+    let mut labels = [[0u32; 16]; 8];
+    let mut i = 0;
+    while i < 8 {
+        let mut l = 0;
+        while l < 16 {
+            labels[i][l] = ((2 * i + l / 8) * 8 + l % 8) as u32;
+            l += 1;
+        }
+        i += 1;
+    }
+    let mut idx = [[[0u32; 16]; 8]; 3];
+    let mut s = 0;
+    while s < 3 {
+        let mut next = [[0u32; 16]; 8];
+        let mut j = 0;
+        while j < 8 {
+            let bit = (j >> s) & 1;
+            let a = j & !(1 << s);
+            let b = j | (1 << s);
+            // Pick the labels of both sources whose group bit `s` is `bit`, in label order.
+            let mut n = 0;
+            let mut want = 0u32;
+            while want < 128 {
+                if ((want as usize % 8) >> s) & 1 == bit {
+                    let mut l = 0;
+                    while l < 32 {
+                        let lab = if l < 16 { labels[a][l] } else { labels[b][l - 16] };
+                        if lab == want {
+                            idx[s][j][n] = l as u32;
+                            next[j][n] = want;
+                            n += 1;
+                        }
+                        l += 1;
+                    }
+                }
+                want += 1;
+            }
+            assert!(n == 16, "transpose stage does not select 16 lanes");
+            j += 1;
+        }
+        labels = next;
+        s += 1;
+    }
+    // The result is the transpose: register g, lane r = (r, g).
+    let mut g = 0;
+    while g < 8 {
+        let mut r = 0;
+        while r < 16 {
+            assert!(labels[g][r] == (r * 8 + g) as u32, "transpose network is wrong");
+            r += 1;
+        }
+        g += 1;
+    }
+    idx
+};
+
+/// Packs rows `0..nr` (`nr <= 16`, at `w + r * ws`, `nb` blocks each) into `nb` packed blocks
+/// at `dst` (see the module comment); rows `nr..16` are zeros.
+///
+/// # Safety
+/// The rows are readable; `dst` has room for `nb * block_lines::<W>()` lines; the CPU has the
+/// kernel's features.
+#[inline(always)]
+unsafe fn pack_panel<W: Weights>(nb: usize, w: *const u8, ws: usize, nr: usize, dst: *mut Line) {
+    let lines = block_lines::<W>();
+    let zero = _mm256_setzero_si256();
+    for b in 0..nb {
+        let mut regs = [_mm512_setzero_si512(); 8];
+        let mut d = [0u16; ROWS];
+        let mut m = [0u16; ROWS];
+        for i in 0..8 {
+            let (r0, r1) = (2 * i, 2 * i + 1);
+            let c0 = if r0 < nr {
+                let p = w.add(r0 * ws + b * W::BYTES);
+                (d[r0], m[r0]) = W::scales(p);
+                W::codes(p)
+            } else {
+                zero
+            };
+            let c1 = if r1 < nr {
+                let p = w.add(r1 * ws + b * W::BYTES);
+                (d[r1], m[r1]) = W::scales(p);
+                W::codes(p)
+            } else {
+                zero
+            };
+            regs[i] = _mm512_inserti64x4(_mm512_castsi256_si512(c0), c1, 1);
+        }
+        for s in 0..3 {
+            let mut next = regs;
+            for j in 0..8 {
+                let a = regs[j & !(1 << s)];
+                let c = regs[j | (1 << s)];
+                let idx = _mm512_maskz_loadu_epi32(u16::MAX, TRANSPOSE[s][j].as_ptr() as *const i32);
+                next[j] = _mm512_permutex2var_epi32(a, idx, c);
+            }
+            regs = next;
+        }
+        let out = dst.add(b * lines);
+        for g in 0..8 {
+            _mm512_store_si512(out.add(g) as *mut __m512i, regs[g]);
+        }
+        let dv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(u16::MAX, d.as_ptr() as *const i16));
+        _mm512_store_ps(out.add(8) as *mut f32, dv);
+        if W::HAS_MIN {
+            let mv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(u16::MAX, m.as_ptr() as *const i16));
+            _mm512_store_ps(out.add(9) as *mut f32, mv);
+        }
+    }
+}
+
+/// Fills `side[b]` for one token's `nb` activation blocks at `x`: the scale and, for weights
+/// with an offset, `-offset * sum(q)`, else (Q8_1) `s`.
+///
+/// # Safety
+/// `nb` blocks readable at `x`; `side` has room for `nb` entries; the CPU has the kernel's
+/// features.
+#[inline(always)]
+unsafe fn prepare_token<W: Weights, A: Acts>(nb: usize, x: *const u8, side: *mut Side) {
+    let mut b = 0;
+    while b < nb {
+        // Scales 16 blocks at a time through one vcvtph2ps.
+        let n = (nb - b).min(16);
+        let mut d = [0u16; 16];
+        let mut s = [0u16; 16];
+        for k in 0..n {
+            let p = x.add((b + k) * A::BYTES);
+            d[k] = half(p);
+            if W::HAS_MIN {
+                s[k] = half(p.add(2));
+            }
+        }
+        let dv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(u16::MAX, d.as_ptr() as *const i16));
+        let sv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(u16::MAX, s.as_ptr() as *const i16));
+        let mut df = [0f32; 16];
+        let mut sf = [0f32; 16];
+        _mm512_storeu_ps(df.as_mut_ptr(), dv);
+        _mm512_storeu_ps(sf.as_mut_ptr(), sv);
+        for k in 0..n {
+            let e = &mut *side.add(b + k);
+            e[0] = df[k].to_bits();
+            e[1] = if W::HAS_MIN {
+                sf[k].to_bits()
+            } else {
+                // sum(q) exactly: |q + 128| summed in groups of 8 bytes (vpsadbw), less 32 * 128.
+                let q = _mm256_maskz_loadu_epi8(u32::MAX, x.add((b + k) * A::BYTES + A::QS) as *const i8);
+                let sad = _mm256_sad_epu8(_mm256_xor_si256(q, _mm256_set1_epi8(-128)), _mm256_setzero_si256());
+                let h = _mm_add_epi64(_mm256_castsi256_si128(sad), _mm256_extracti128_si256(sad, 1));
+                let sum = _mm_cvtsi128_si32(_mm_add_epi64(h, _mm_unpackhi_epi64(h, h))) - 32 * 128;
+                (-W::OFFSET * sum) as u32
+            };
+        }
+        b += 16;
+    }
+}
+
+/// 16 packed rows x `T` tokens over `nb` blocks: `out[c * os + r] = dot(row r, token c)` for
+/// `r < nr`.
+///
+/// # Safety
+/// `panel` holds `nb` packed blocks of `W`; tokens `c < T` hold `nb` blocks at `x + c * xs`
+/// and their side data at `side + c * nb`; `out + c * os + r` is writable for `r < nr <= 16`;
+/// the CPU has the kernel's features.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn micro<W: Weights, A: Acts, const T: usize>(
+    nb: usize,
+    panel: *const Line,
+    x: *const u8,
+    xs: usize,
+    side: *const Side,
+    out: *mut f32,
+    os: usize,
+    nr: usize,
+) {
+    let lines = block_lines::<W>();
+    let mut acc = [_mm512_setzero_ps(); T];
+    for b in 0..nb {
+        let wl = panel.add(b * lines);
+        let xb = x.add(b * A::BYTES + A::QS);
+        let mut sum = [_mm512_setzero_si512(); T];
+        if W::OFFSET != 0 {
+            for c in 0..T {
+                sum[c] = _mm512_set1_epi32((*side.add(c * nb + b))[1] as i32);
+            }
+        }
+        for g in 0..8 {
+            let wv = _mm512_load_si512(wl.add(g) as *const __m512i);
+            for c in 0..T {
+                let xv = std::ptr::read_unaligned(xb.add(c * xs + 4 * g) as *const i32);
+                sum[c] = _mm512_dpbusd_epi32(sum[c], wv, _mm512_set1_epi32(xv));
+            }
+        }
+        let dw = _mm512_load_ps(wl.add(8) as *const f32);
+        for c in 0..T {
+            let e = *side.add(c * nb + b);
+            let d = _mm512_mul_ps(dw, _mm512_set1_ps(f32::from_bits(e[0])));
+            acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[c]), d, acc[c]);
+        }
+        if W::HAS_MIN {
+            let mw = _mm512_load_ps(wl.add(9) as *const f32);
+            for c in 0..T {
+                let e = *side.add(c * nb + b);
+                acc[c] = _mm512_fmadd_ps(mw, _mm512_set1_ps(f32::from_bits(e[1])), acc[c]);
+            }
+        }
+    }
+    let mask = if nr >= ROWS { u16::MAX } else { (1u16 << nr) - 1 };
+    for c in 0..T {
+        _mm512_mask_storeu_ps(out.add(c * os), mask, acc[c]);
+    }
+}
+
+/// The whole call: pack the rows, prepare the tokens, then every (token group, panel) pair.
+///
+/// # Safety
+/// Rows `r < nr` hold `nb` blocks at `w + r * ws`, tokens `c < nc` hold `nb` blocks at
+/// `x + c * xs`, `out + c * os + r` is writable for those; the CPU has the kernel's features.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn run<W: Weights, A: Acts>(nb: usize, w: *const u8, ws: usize, nr: usize, x: *const u8, xs: usize, nc: usize, out: *mut f32, os: usize) {
+    let lines = block_lines::<W>();
+    let panels = nr.div_ceil(ROWS);
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        let s = &mut *s;
+        let need_lines = panels * nb * lines;
+        if s.lines.len() < need_lines {
+            s.lines.resize(need_lines, Line([0; 64]));
+        }
+        if s.side.len() < nc * nb {
+            s.side.resize(nc * nb, [0; 2]);
+        }
+        let lp = s.lines.as_mut_ptr();
+        let sp = s.side.as_mut_ptr();
+        for p in 0..panels {
+            let r0 = p * ROWS;
+            pack_panel::<W>(nb, w.add(r0 * ws), ws, (nr - r0).min(ROWS), lp.add(p * nb * lines));
+        }
+        for c in 0..nc {
+            prepare_token::<W, A>(nb, x.add(c * xs), sp.add(c * nb));
+        }
+        let mut c0 = 0;
+        while c0 < nc {
+            let tc = (nc - c0).min(TOKENS);
+            let (xc, sc, oc) = (x.add(c0 * xs), sp.add(c0 * nb) as *const Side, out.add(c0 * os));
+            for p in 0..panels {
+                let r0 = p * ROWS;
+                let (pl, o, n) = (lp.add(p * nb * lines) as *const Line, oc.add(r0), (nr - r0).min(ROWS));
+                macro_rules! by_tokens {
+                    ($($t:literal)*) => {
+                        match tc {
+                            $($t => micro::<W, A, $t>(nb, pl, xc, xs, sc, o, os, n),)*
+                            _ => micro::<W, A, TOKENS>(nb, pl, xc, xs, sc, o, os, n),
+                        }
+                    };
+                }
+                by_tokens!(1 2 3 4 5 6 7);
+            }
+            c0 += tc;
+        }
+    });
+}
+
+macro_rules! panel_kernel {
+    ($m:ident, $W:ident, $A:ident, $name:expr) => {
+        mod $m {
+            use super::*;
+
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn panel_tf(nb: usize, w: *const u8, ws: usize, nr: usize, x: *const u8, xs: usize, nc: usize, out: *mut f32, os: usize) {
+                run::<$W, $A>(nb, w, ws, nr, x, xs, nc, out, os)
+            }
+
+            #[allow(clippy::too_many_arguments)]
+            pub fn panel(n: usize, w: &[u8], w_stride: usize, nr: usize, x: &[u8], x_stride: usize, nc: usize, out: &mut [f32], out_stride: usize) {
+                if nr == 0 || nc == 0 {
+                    return;
+                }
+                assert!(
+                    n % QK == 0
+                        && nr <= out_stride.max(1)
+                        && w.len() >= (nr - 1) * w_stride + n / QK * $W::BYTES
+                        && x.len() >= (nc - 1) * x_stride + n / QK * $A::BYTES
+                        && out.len() >= (nc - 1) * out_stride + nr,
+                    concat!($name, " panel: {} rows x {} tokens of {} values do not fit their buffers"),
+                    nr,
+                    nc,
+                    n
+                );
+                // SAFETY: installed only on CPUs with these features (`panel` checks
+                // `supported`, and `for_isa` lowers the ISA to the CPU's); every row, token
+                // and output the kernel touches was just checked to be inside the slices
+                // (outputs `c * out_stride + r` for r < nr <= out_stride never overlap).
+                unsafe { panel_tf(n / QK, w.as_ptr(), w_stride, nr, x.as_ptr(), x_stride, nc, out.as_mut_ptr(), out_stride) }
+            }
+        }
+    };
+}
+
+panel_kernel!(q4_0, Q4_0, A8_0, "Q4_0");
+panel_kernel!(q4_1, Q4_1, A8_1, "Q4_1");
+panel_kernel!(q5_0, Q5_0, A8_0, "Q5_0");
+panel_kernel!(q5_1, Q5_1, A8_1, "Q5_1");
+panel_kernel!(q8_0, Q8_0, A8_0, "Q8_0");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::quantize_row;
+
+    /// Deterministic values in [-1, 1) times `scale`, with a few 8x larger ones (splitmix64).
+    fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|i| {
+                s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                let mut z = s;
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                let v = (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
+                scale * if i % 97 == 0 { 8.0 * v } else { v }
+            })
+            .collect()
+    }
+
+    /// Every legacy type, ragged row and token counts (around the 16-row panel and the token
+    /// group), short and long rows, row and token strides longer than a row, weights of tiny
+    /// and huge scale (and all-zero rows), against the scalar `vec_dot` per (row, token).
+    #[test]
+    fn panel_matches_scalar_vec_dot() {
+        if !supported() {
+            eprintln!("skipped: this CPU lacks AVX-512 VNNI");
+            return;
+        }
+        use WeightType::*;
+        let shapes: [(usize, usize, usize); 9] =
+            [(1, 16, 1), (16, 16, 2), (7, 17, 3), (17, 23, 8), (33, 31, 5), (40, 50, 100), (8, 24, 64), (32, 16, 129), (23, 41, 37)];
+        for t in [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0] {
+            let at = t.vec_dot_type();
+            let scalar = crate::isa::scalar::vec_dot(t).unwrap();
+            let f = panel(t).unwrap();
+            for (si, &(nr, nc, nb)) in shapes.iter().enumerate() {
+                let n = nb * QK;
+                let (wrb, xrb) = (t.row_bytes(n), at.row_bytes(n));
+                // Strides longer than a row, the gaps filled with bytes that decode as a
+                // plausible block: reading past a row changes the result.
+                let (ws, xs) = (wrb + 22, xrb + 36);
+                let mut w = vec![0x3cu8; ws * nr];
+                for r in 0..nr {
+                    let scale = match (r + si) % 5 {
+                        0 => 1e-4,
+                        1 => 3e3,
+                        2 => 0.0,
+                        _ => 1.0,
+                    };
+                    quantize_row(t, &values(n, 1 + r as u64 + 100 * si as u64, scale), &mut w[r * ws..r * ws + wrb]);
+                }
+                let mut x = vec![0x3cu8; xs * nc];
+                for c in 0..nc {
+                    let scale = if c % 7 == 3 { 50.0 } else { 1.0 };
+                    quantize_row(at, &values(n, 5000 + c as u64 + 100 * si as u64, scale), &mut x[c * xs..c * xs + xrb]);
+                }
+                // An output stride above nr, the gaps poisoned: the kernel must not write them.
+                let os = nr + 3;
+                let mut out = vec![f32::NAN; os * nc];
+                f(n, &w, ws, nr, &x, xs, nc, &mut out, os);
+                for c in 0..nc {
+                    for r in 0..nr {
+                        let want = scalar(n, &w[r * ws..r * ws + wrb], &x[c * xs..c * xs + xrb]);
+                        let got = out[c * os + r];
+                        // Same quantized operands and exact integer block sums: only the float
+                        // combination of the blocks differs (order, fused multiply-adds). Bound
+                        // it by the sum of the block terms' magnitudes.
+                        let mag = scalar_magnitude(t, n, &w[r * ws..r * ws + wrb], &x[c * xs..c * xs + xrb]);
+                        let tol = 1e-5 * (nb as f32).sqrt() * mag + f32::MIN_POSITIVE;
+                        assert!((got - want).abs() <= tol, "{t:?} {nr}x{nc}x{nb} row {r} token {c}: panel {got} vs scalar {want} (tol {tol})");
+                    }
+                    for r in nr..os {
+                        assert!(out[c * os + r].is_nan(), "{t:?} {nr}x{nc}x{nb}: wrote outside the rows at token {c} row {r}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// `sum over blocks of |d_w d_x sum(q_w q_x)| + |m s|`: the scale of the rounding error of any
+    /// order of the per-block float operations (from the dequantized values).
+    fn scalar_magnitude(t: WeightType, n: usize, w: &[u8], x: &[u8]) -> f32 {
+        let at = t.vec_dot_type();
+        let mut wf = vec![0f32; n];
+        let mut xf = vec![0f32; n];
+        crate::types::dequantize_row(t, w, &mut wf);
+        crate::types::dequantize_row(at, x, &mut xf);
+        wf.chunks(QK).zip(xf.chunks(QK)).map(|(a, b)| a.iter().zip(b).map(|(p, q)| (p * q).abs()).sum::<f32>()).sum()
+    }
+
+    /// Calling again with other shapes reuses and grows the scratch without mixing up calls:
+    /// a large call, then a small one, then the large one again gives the same numbers.
+    #[test]
+    fn scratch_reuse_is_consistent() {
+        if !supported() {
+            eprintln!("skipped: this CPU lacks AVX-512 VNNI");
+            return;
+        }
+        let t = WeightType::Q5_0;
+        let at = t.vec_dot_type();
+        let f = panel(t).unwrap();
+        let run = |nr: usize, nc: usize, nb: usize| {
+            let n = nb * QK;
+            let (wrb, xrb) = (t.row_bytes(n), at.row_bytes(n));
+            let mut w = vec![0u8; wrb * nr];
+            for r in 0..nr {
+                quantize_row(t, &values(n, 7 + r as u64, 1.0), &mut w[r * wrb..(r + 1) * wrb]);
+            }
+            let mut x = vec![0u8; xrb * nc];
+            for c in 0..nc {
+                quantize_row(at, &values(n, 900 + c as u64, 1.0), &mut x[c * xrb..(c + 1) * xrb]);
+            }
+            let mut out = vec![0f32; nr * nc];
+            f(n, &w, wrb, nr, &x, xrb, nc, &mut out, nr);
+            out
+        };
+        let big = run(48, 40, 20);
+        let small = run(16, 16, 3);
+        assert_eq!(run(48, 40, 20), big);
+        assert_eq!(run(16, 16, 3), small);
+        assert!(big.iter().any(|v| *v != 0.0));
+    }
 }
