@@ -44,6 +44,10 @@ impl Scratch {
 /// Token chunk budget: quantized activation bytes processed against the whole weight matrix
 /// before moving to the next chunk (keeps them in L2/L3 while the weights stream past).
 const TOKEN_CHUNK_BYTES: usize = 1 << 20;
+/// The same budget when a `panel` kernel is used: it repacks its row block once per call, so
+/// larger chunks amortise that over more tokens, and it reads only 8 tokens' activations at a
+/// time (they need not stay in cache for the whole chunk).
+const PANEL_CHUNK_BYTES: usize = 8 << 20;
 /// Target weight bytes per row block (one rayon task; stays in L2 across a token chunk).
 const ROW_BLOCK_BYTES: usize = 256 << 10;
 /// Fewest tokens in a chunk for which a type's `panel` kernel (when it has one) is used instead
@@ -200,7 +204,8 @@ pub fn matmul_quantized_with(
     block_rows = block_rows.div_ceil(tile_r) * tile_r;
     let n_blocks = rows.div_ceil(block_rows);
 
-    let chunk_tokens = (TOKEN_CHUNK_BYTES / xrb.max(1)).clamp(1, n_tokens);
+    let chunk_bytes = if use_panel { PANEL_CHUNK_BYTES } else { TOKEN_CHUNK_BYTES };
+    let chunk_tokens = (chunk_bytes / xrb.max(1)).clamp(1, n_tokens);
     let out = OutPtr(y.as_mut_ptr());
     for t0 in (0..n_tokens).step_by(chunk_tokens) {
         let nt = chunk_tokens.min(n_tokens - t0);
