@@ -47,7 +47,7 @@ pub fn vec_dot(t: WeightType) -> Option<VecDotFn> {
 }
 
 /// How far ahead of the current block the weights are prefetched (bytes).
-const PREFETCH: usize = 1024;
+const PREFETCH: usize = 8192;
 
 /// Tile shape: rows x tokens.
 const TILE_ROWS: usize = 4;
