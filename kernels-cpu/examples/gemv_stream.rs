@@ -7,7 +7,7 @@
 //! Also prints the read bandwidth probed the same way (best of many passes over 512 MiB).
 
 use kernels_cpu::matmul::{self, Scratch};
-use kernels_cpu::types::{quantize_row, WeightType};
+use kernels_cpu::types::quantize_row;
 use std::time::Instant;
 
 fn main() {

@@ -367,6 +367,7 @@ macro_rules! kquant_kernels {
                 let xb = first_blocks::<BlockQ8K>(x, nb, concat!($name, " vec_dot activations"));
                 let mut acc = _mm256_setzero_ps();
                 for (b, a) in wb.iter().zip(xb) {
+                    crate::isa::prefetch_ahead(b);
                     acc = accumulate(acc, &$unpack(b), a, $fold);
                 }
                 hsum(acc)
@@ -524,6 +525,7 @@ fn gemv_q4k_tf(nb: usize, w: &[u8], w_stride: usize, nr: usize, xb: &[BlockQ8K],
         let mut acc = [_mm256_setzero_ps(); 2];
         let mut accm = _mm256_setzero_ps();
         for (i, (b, a)) in wb.iter().zip(xb).enumerate() {
+            crate::isa::prefetch_ahead(b);
             let smv = k4_scales_mins_v(b);
             let sb = _mm256_broadcastsi128_si256(smv);
             let mut s = [_mm256_setzero_si256(); 2];

@@ -278,6 +278,7 @@ unsafe fn dot_q4_0_k(n: usize, w: *const u8, x: *const u8) -> f32 {
     let (w, x) = (w as *const BlockQ4_0, x as *const BlockQ8_0);
     sum_blocks(n / 32, |b| {
         let (wb, xb) = (&*w.add(b), &*x.add(b));
+        crate::isa::prefetch_ahead(wb);
         let y = ld256(xb.qs.as_ptr());
         // (q - 8) . y as q . y - 8 . y on 16-bit pair sums (|sum| <= 15*128*2: no overflow).
         let p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(nibbles(wb.qs.as_ptr()), y), _mm256_maddubs_epi16(_mm256_set1_epi8(8), y));
@@ -292,6 +293,7 @@ unsafe fn dot_q4_1_k(n: usize, w: *const u8, x: *const u8) -> f32 {
     let mut mins = 0f32;
     let dots = sum_blocks(n / 32, |b| {
         let (wb, xb) = (&*w.add(b), &*x.add(b));
+        crate::isa::prefetch_ahead(wb);
         let y = ld256(xb.qs.as_ptr());
         mins += h2f(wb.m.as_ptr()) * h2f(xb.s.as_ptr());
         (_mm256_set1_ps(h2f(wb.d.as_ptr()) * h2f(xb.d.as_ptr())), dot_u8_i8(nibbles(wb.qs.as_ptr()), y))
@@ -304,6 +306,7 @@ unsafe fn dot_q5_0_k(n: usize, w: *const u8, x: *const u8) -> f32 {
     let (w, x) = (w as *const BlockQ5_0, x as *const BlockQ8_0);
     sum_blocks(n / 32, |b| {
         let (wb, xb) = (&*w.add(b), &*x.add(b));
+        crate::isa::prefetch_ahead(wb);
         let q = _mm256_or_si256(nibbles(wb.qs.as_ptr()), fifth_bits(wb.qh.as_ptr()));
         let y = ld256(xb.qs.as_ptr());
         // (q - 16) . y as q . y - 16 . y on 16-bit pair sums (|sum| <= 31*128*2: no overflow).
@@ -319,6 +322,7 @@ unsafe fn dot_q5_1_k(n: usize, w: *const u8, x: *const u8) -> f32 {
     let mut mins = 0f32;
     let dots = sum_blocks(n / 32, |b| {
         let (wb, xb) = (&*w.add(b), &*x.add(b));
+        crate::isa::prefetch_ahead(wb);
         let q = _mm256_or_si256(nibbles(wb.qs.as_ptr()), fifth_bits(wb.qh.as_ptr()));
         let y = ld256(xb.qs.as_ptr());
         mins += h2f(wb.m.as_ptr()) * h2f(xb.s.as_ptr());
@@ -332,6 +336,7 @@ unsafe fn dot_q8_0_k(n: usize, w: *const u8, x: *const u8) -> f32 {
     let (w, x) = (w as *const BlockQ8_0, x as *const BlockQ8_0);
     sum_blocks(n / 32, |b| {
         let (wb, xb) = (&*w.add(b), &*x.add(b));
+        crate::isa::prefetch_ahead(wb);
         let q = ld256(wb.qs.as_ptr());
         let y = ld256(xb.qs.as_ptr());
         (_mm256_set1_ps(h2f(wb.d.as_ptr()) * h2f(xb.d.as_ptr())), dot_i8_i8(q, y))

@@ -16,6 +16,7 @@
 
 use core::arch::x86_64::*;
 
+use crate::isa::prefetch_ahead;
 use crate::isa::{GemmTileFn, GemvFn, QuantizeFn, VecDotFn};
 use crate::types::q2_k::BlockQ2K;
 use crate::types::q3_k::BlockQ3K;
@@ -721,26 +722,6 @@ fn ctl4(c: &[[u8; 64]; 4]) -> [__m512i; 4] {
 fn dx2(d: [u8; 2], dmin: [u8; 2], xd: f32) -> __m128 {
     let bits = u32::from_le_bytes([d[0], d[1], dmin[0], dmin[1]]);
     _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)), _mm_set1_ps(xd))
-}
-
-/// How far ahead of the current weight block the one-token kernels prefetch (bytes). The
-/// hardware prefetchers stop at 4 KiB pages, and mmapped weights sit in 4 KiB pages: without
-/// this, every page boundary of the stream is a stall. Measured on the 4096x14336 shape, 2
-/// threads, best of 5 interleaved runs (`examples/gemv_stream`): Q2_K 38.7 -> 49.4 GB/s, Q3_K
-/// 39.1 -> 45.9, Q4_K 38.6 -> 46.6 with 8 KiB (4 KiB: 47.3, 45.0, 44.9), read probe ~52.
-const PREFETCH_AHEAD: usize = 8192;
-
-/// Prefetch every cache line of the block `PREFETCH_AHEAD` bytes after `b`.
-#[inline(always)]
-fn prefetch_ahead<T>(b: &T) {
-    let p = (b as *const T as *const i8).wrapping_add(PREFETCH_AHEAD);
-    let mut o = 0;
-    while o < core::mem::size_of::<T>() + 63 {
-        // SAFETY: a prefetch is only a hint: any address is allowed, none is dereferenced
-        // (wrapping_add: no overflow UB either).
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(o)) }
-        o += 64;
-    }
 }
 
 /// Rows longer than `PREP_MAX` blocks: the plain dot product row by row.
