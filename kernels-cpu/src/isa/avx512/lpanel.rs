@@ -61,15 +61,14 @@ pub fn panel(t: WeightType) -> Option<PanelFn> {
 #[repr(C, align(64))]
 struct Line([u8; 64]);
 
-/// Per token and block: the activation scale `d` and either `-offset * sum(q)` (i32 bits; types
-/// without a minimum) or Q8_1's `s` (f32 bits).
-type Side = [u32; 2];
-
-/// The scratch of one thread: the packed weight panels and the per-token block data.
+/// The scratch of one thread: the packed weight panels and the per-token block data ("side":
+/// two planes of `nc * nb` words, token `c` block `b` at `c * nb + b`: the activation scales
+/// `d` as f32, then either `-offset * sum(q)` as i32 (weights with an offset) or Q8_1's `s`
+/// as f32).
 #[derive(Default)]
 struct Scratch {
     lines: Vec<Line>,
-    side: Vec<Side>,
+    side: Vec<u32>,
 }
 
 thread_local! {
@@ -320,46 +319,79 @@ unsafe fn pack_panel<W: Weights>(nb: usize, w: *const u8, ws: usize, nr: usize, 
     }
 }
 
-/// Fills `side[b]` for one token's `nb` activation blocks at `x`: the scale and, for weights
-/// with an offset, `-offset * sum(q)`, else (Q8_1) `s`.
+/// `vpermt2d` indices adding neighbours: `PAIRS[0]` picks lanes `4k, 4k + 1` (k = lane / 2,
+/// lane parity the second), `PAIRS[1]` lanes `4k + 2, 4k + 3`; `PAIRS[2]` / `PAIRS[3]` lanes
+/// `2k` / `2k + 1` (32 source lanes: the first register, then the second).
+const PAIRS: [[u32; 16]; 4] = {
+    let mut a = [[0u32; 16]; 4];
+    let mut k = 0;
+    while k < 16 {
+        a[0][k] = (4 * (k / 2) + k % 2) as u32;
+        a[1][k] = (4 * (k / 2) + k % 2 + 2) as u32;
+        a[2][k] = (2 * k) as u32;
+        a[3][k] = (2 * k + 1) as u32;
+        k += 1;
+    }
+    a
+};
+
+/// 16 i32 or u32 lanes of a constant table.
 ///
 /// # Safety
-/// `nb` blocks readable at `x`; `side` has room for `nb` entries; the CPU has the kernel's
-/// features.
+/// The CPU has avx512f (inlined into the kernels' features).
 #[inline(always)]
-unsafe fn prepare_token<W: Weights, A: Acts>(nb: usize, x: *const u8, side: *mut Side) {
+unsafe fn lanes(a: &[u32; 16]) -> __m512i {
+    _mm512_maskz_loadu_epi32(u16::MAX, a.as_ptr() as *const i32)
+}
+
+/// Fills the side planes for one token's `nb` activation blocks at `x` (`d` at `sd[b]`, the
+/// offset term or `s` at `sc[b]`), 16 blocks per step: the scales (and Q8_1's `s`) by one
+/// gather of each block's first 32 bits, the quant sums by `vpsadbw` (sums of `q + 128` over
+/// 8 bytes) and an adding tree.
+///
+/// # Safety
+/// `nb` blocks readable at `x`; `sd` and `sc` have room for `nb` entries; the CPU has the
+/// kernel's features.
+#[inline(always)]
+unsafe fn prepare_token<W: Weights, A: Acts>(nb: usize, x: *const u8, sd: *mut f32, sc: *mut u32) {
+    let step = _mm512_mullo_epi32(_mm512_set1_epi32(A::BYTES as i32), lanes(&[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]));
+    let flip = _mm512_set1_epi8(-128);
     let mut b = 0;
     while b < nb {
-        // Scales 16 blocks at a time through one vcvtph2ps.
         let n = (nb - b).min(16);
-        let mut d = [0u16; 16];
-        let mut s = [0u16; 16];
-        for k in 0..n {
-            let p = x.add((b + k) * A::BYTES);
-            d[k] = half(p);
-            if W::HAS_MIN {
-                s[k] = half(p.add(2));
+        let mask = if n == 16 { u16::MAX } else { (1u16 << n) - 1 };
+        let p = x.add(b * A::BYTES);
+        // The masked-off lanes are not read (no fault), and come back as zeros.
+        let head = _mm512_mask_i32gather_epi32::<1>(_mm512_setzero_si512(), mask, step, p as *const i32);
+        let d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(head));
+        _mm512_mask_storeu_ps(sd.add(b), mask, d);
+        if W::HAS_MIN {
+            let s = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(head, 16)));
+            _mm512_mask_storeu_ps(sc.add(b) as *mut f32, mask, s);
+        } else {
+            // Per block pair: 8 partial sums (4 per block) of q + 128, as 32-bit lanes; four
+            // blocks per register, then neighbours added twice over to one sum per block.
+            let mut z = [_mm512_setzero_si512(); 4];
+            for j in 0..4 {
+                let mut half = [_mm256_setzero_si256(); 2];
+                for h in 0..2 {
+                    let k = 4 * j + 2 * h;
+                    let q0 = _mm256_maskz_loadu_epi8(if k < n { u32::MAX } else { 0 }, p.add(k * A::BYTES + A::QS) as *const i8);
+                    let q1 = _mm256_maskz_loadu_epi8(if k + 1 < n { u32::MAX } else { 0 }, p.add((k + 1) * A::BYTES + A::QS) as *const i8);
+                    let q = _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1), flip);
+                    half[h] = _mm512_cvtepi64_epi32(_mm512_sad_epu8(q, _mm512_setzero_si512()));
+                }
+                z[j] = _mm512_inserti64x4(_mm512_castsi256_si512(half[0]), half[1], 1);
             }
-        }
-        let dv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(u16::MAX, d.as_ptr() as *const i16));
-        let sv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(u16::MAX, s.as_ptr() as *const i16));
-        let mut df = [0f32; 16];
-        let mut sf = [0f32; 16];
-        _mm512_storeu_ps(df.as_mut_ptr(), dv);
-        _mm512_storeu_ps(sf.as_mut_ptr(), sv);
-        for k in 0..n {
-            let e = &mut *side.add(b + k);
-            e[0] = df[k].to_bits();
-            e[1] = if W::HAS_MIN {
-                sf[k].to_bits()
-            } else {
-                // sum(q) exactly: |q + 128| summed in groups of 8 bytes (vpsadbw), less 32 * 128.
-                let q = _mm256_maskz_loadu_epi8(u32::MAX, x.add((b + k) * A::BYTES + A::QS) as *const i8);
-                let sad = _mm256_sad_epu8(_mm256_xor_si256(q, _mm256_set1_epi8(-128)), _mm256_setzero_si256());
-                let h = _mm_add_epi64(_mm256_castsi256_si128(sad), _mm256_extracti128_si256(sad, 1));
-                let sum = _mm_cvtsi128_si32(_mm_add_epi64(h, _mm_unpackhi_epi64(h, h))) - 32 * 128;
-                (-W::OFFSET * sum) as u32
-            };
+            let (e, o) = (lanes(&PAIRS[0]), lanes(&PAIRS[1]));
+            let u0 = _mm512_add_epi32(_mm512_permutex2var_epi32(z[0], e, z[1]), _mm512_permutex2var_epi32(z[0], o, z[1]));
+            let u1 = _mm512_add_epi32(_mm512_permutex2var_epi32(z[2], e, z[3]), _mm512_permutex2var_epi32(z[2], o, z[3]));
+            let (e, o) = (lanes(&PAIRS[2]), lanes(&PAIRS[3]));
+            let sum = _mm512_add_epi32(_mm512_permutex2var_epi32(u0, e, u1), _mm512_permutex2var_epi32(u0, o, u1));
+            // Missing blocks summed zeros (not 128s): masked off by the store.
+            let sum = _mm512_sub_epi32(sum, _mm512_set1_epi32(32 * 128));
+            let term = _mm512_mullo_epi32(sum, _mm512_set1_epi32(-W::OFFSET));
+            _mm512_mask_storeu_epi32(sc.add(b) as *mut i32, mask, term);
         }
         b += 16;
     }
@@ -370,7 +402,8 @@ unsafe fn prepare_token<W: Weights, A: Acts>(nb: usize, x: *const u8, side: *mut
 ///
 /// # Safety
 /// `panel` holds `nb` packed blocks of `W`; tokens `c < T` hold `nb` blocks at `x + c * xs`
-/// and their side data at `side + c * nb`; `out + c * os + r` is writable for `r < nr <= 16`;
+/// and their side data at `sd + c * nb`, `sc + c * nb`; `out + c * os + r` is writable for
+/// `r < nr <= 16`;
 /// the CPU has the kernel's features.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -379,7 +412,8 @@ unsafe fn micro<W: Weights, A: Acts, const T: usize>(
     panel: *const Line,
     x: *const u8,
     xs: usize,
-    side: *const Side,
+    sd: *const f32,
+    sc: *const u32,
     out: *mut f32,
     os: usize,
     nr: usize,
@@ -392,7 +426,7 @@ unsafe fn micro<W: Weights, A: Acts, const T: usize>(
         let mut sum = [_mm512_setzero_si512(); T];
         if W::OFFSET != 0 {
             for c in 0..T {
-                sum[c] = _mm512_set1_epi32((*side.add(c * nb + b))[1] as i32);
+                sum[c] = _mm512_set1_epi32(*sc.add(c * nb + b) as i32);
             }
         }
         for g in 0..8 {
@@ -404,15 +438,13 @@ unsafe fn micro<W: Weights, A: Acts, const T: usize>(
         }
         let dw = _mm512_load_ps(wl.add(8) as *const f32);
         for c in 0..T {
-            let e = *side.add(c * nb + b);
-            let d = _mm512_mul_ps(dw, _mm512_set1_ps(f32::from_bits(e[0])));
+            let d = _mm512_mul_ps(dw, _mm512_set1_ps(*sd.add(c * nb + b)));
             acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[c]), d, acc[c]);
         }
         if W::HAS_MIN {
             let mw = _mm512_load_ps(wl.add(9) as *const f32);
             for c in 0..T {
-                let e = *side.add(c * nb + b);
-                acc[c] = _mm512_fmadd_ps(mw, _mm512_set1_ps(f32::from_bits(e[1])), acc[c]);
+                acc[c] = _mm512_fmadd_ps(mw, _mm512_set1_ps(f32::from_bits(*sc.add(c * nb + b))), acc[c]);
             }
         }
     }
@@ -422,55 +454,75 @@ unsafe fn micro<W: Weights, A: Acts, const T: usize>(
     }
 }
 
+/// Grows this thread's scratch to `lines` packed lines and `sides` side entries (once: later
+/// calls of the same or smaller size reuse it) and hands its buffers to `f`. Called outside the
+/// `#[target_feature]` code: a closure does not inherit its caller's features, so the kernels
+/// must not run inside one.
+fn with_scratch<R>(lines: usize, sides: usize, f: impl FnOnce(*mut Line, *mut u32) -> R) -> R {
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        let s = &mut *s;
+        if s.lines.len() < lines {
+            s.lines.resize(lines, Line([0; 64]));
+        }
+        if s.side.len() < sides {
+            s.side.resize(sides, 0);
+        }
+        f(s.lines.as_mut_ptr(), s.side.as_mut_ptr())
+    })
+}
+
 /// The whole call: pack the rows, prepare the tokens, then every (token group, panel) pair.
 ///
 /// # Safety
 /// Rows `r < nr` hold `nb` blocks at `w + r * ws`, tokens `c < nc` hold `nb` blocks at
-/// `x + c * xs`, `out + c * os + r` is writable for those; the CPU has the kernel's features.
+/// `x + c * xs`, `out + c * os + r` is writable for those; `lp` has room for
+/// `nr.div_ceil(16) * nb * block_lines::<W>()` lines and `sp` for `2 * nc * nb` words; the CPU
+/// has the kernel's features.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn run<W: Weights, A: Acts>(nb: usize, w: *const u8, ws: usize, nr: usize, x: *const u8, xs: usize, nc: usize, out: *mut f32, os: usize) {
+unsafe fn run<W: Weights, A: Acts>(
+    nb: usize,
+    w: *const u8,
+    ws: usize,
+    nr: usize,
+    x: *const u8,
+    xs: usize,
+    nc: usize,
+    out: *mut f32,
+    os: usize,
+    lp: *mut Line,
+    sp: *mut u32,
+) {
     let lines = block_lines::<W>();
     let panels = nr.div_ceil(ROWS);
-    SCRATCH.with(|s| {
-        let mut s = s.borrow_mut();
-        let s = &mut *s;
-        let need_lines = panels * nb * lines;
-        if s.lines.len() < need_lines {
-            s.lines.resize(need_lines, Line([0; 64]));
-        }
-        if s.side.len() < nc * nb {
-            s.side.resize(nc * nb, [0; 2]);
-        }
-        let lp = s.lines.as_mut_ptr();
-        let sp = s.side.as_mut_ptr();
+    for p in 0..panels {
+        let r0 = p * ROWS;
+        pack_panel::<W>(nb, w.add(r0 * ws), ws, (nr - r0).min(ROWS), lp.add(p * nb * lines));
+    }
+    for c in 0..nc {
+        prepare_token::<W, A>(nb, x.add(c * xs), sp.add(c * nb) as *mut f32, sp.add((nc + c) * nb));
+    }
+    let mut c0 = 0;
+    while c0 < nc {
+        let tc = (nc - c0).min(TOKENS);
+        let (xc, oc) = (x.add(c0 * xs), out.add(c0 * os));
+        let (sd, sc) = (sp.add(c0 * nb) as *const f32, sp.add((nc + c0) * nb) as *const u32);
         for p in 0..panels {
             let r0 = p * ROWS;
-            pack_panel::<W>(nb, w.add(r0 * ws), ws, (nr - r0).min(ROWS), lp.add(p * nb * lines));
-        }
-        for c in 0..nc {
-            prepare_token::<W, A>(nb, x.add(c * xs), sp.add(c * nb));
-        }
-        let mut c0 = 0;
-        while c0 < nc {
-            let tc = (nc - c0).min(TOKENS);
-            let (xc, sc, oc) = (x.add(c0 * xs), sp.add(c0 * nb) as *const Side, out.add(c0 * os));
-            for p in 0..panels {
-                let r0 = p * ROWS;
-                let (pl, o, n) = (lp.add(p * nb * lines) as *const Line, oc.add(r0), (nr - r0).min(ROWS));
-                macro_rules! by_tokens {
-                    ($($t:literal)*) => {
-                        match tc {
-                            $($t => micro::<W, A, $t>(nb, pl, xc, xs, sc, o, os, n),)*
-                            _ => micro::<W, A, TOKENS>(nb, pl, xc, xs, sc, o, os, n),
-                        }
-                    };
-                }
-                by_tokens!(1 2 3 4 5 6 7);
+            let (pl, o, n) = (lp.add(p * nb * lines) as *const Line, oc.add(r0), (nr - r0).min(ROWS));
+            macro_rules! by_tokens {
+                ($($t:literal)*) => {
+                    match tc {
+                        $($t => micro::<W, A, $t>(nb, pl, xc, xs, sd, sc, o, os, n),)*
+                        _ => micro::<W, A, TOKENS>(nb, pl, xc, xs, sd, sc, o, os, n),
+                    }
+                };
             }
-            c0 += tc;
+            by_tokens!(1 2 3 4 5 6 7);
         }
-    });
+        c0 += tc;
+    }
 }
 
 macro_rules! panel_kernel {
@@ -480,8 +532,8 @@ macro_rules! panel_kernel {
 
             #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
             #[allow(clippy::too_many_arguments)]
-            unsafe fn panel_tf(nb: usize, w: *const u8, ws: usize, nr: usize, x: *const u8, xs: usize, nc: usize, out: *mut f32, os: usize) {
-                run::<$W, $A>(nb, w, ws, nr, x, xs, nc, out, os)
+            unsafe fn panel_tf(nb: usize, w: *const u8, ws: usize, nr: usize, x: *const u8, xs: usize, nc: usize, out: *mut f32, os: usize, lp: *mut Line, sp: *mut u32) {
+                run::<$W, $A>(nb, w, ws, nr, x, xs, nc, out, os, lp, sp)
             }
 
             #[allow(clippy::too_many_arguments)]
@@ -503,8 +555,12 @@ macro_rules! panel_kernel {
                 // SAFETY: installed only on CPUs with these features (`panel` checks
                 // `supported`, and `for_isa` lowers the ISA to the CPU's); every row, token
                 // and output the kernel touches was just checked to be inside the slices
-                // (outputs `c * out_stride + r` for r < nr <= out_stride never overlap).
-                unsafe { panel_tf(n / QK, w.as_ptr(), w_stride, nr, x.as_ptr(), x_stride, nc, out.as_mut_ptr(), out_stride) }
+                // (outputs `c * out_stride + r` for r < nr <= out_stride never overlap); the
+                // scratch was grown to what `run` uses.
+                let nb = n / QK;
+                with_scratch(nr.div_ceil(ROWS) * nb * block_lines::<$W>(), 2 * nc * nb, |lp, sp| unsafe {
+                    panel_tf(nb, w.as_ptr(), w_stride, nr, x.as_ptr(), x_stride, nc, out.as_mut_ptr(), out_stride, lp, sp)
+                })
             }
         }
     };
