@@ -33,7 +33,7 @@ use crate::isa::PanelFn;
 use crate::types::q3_k::scales_q3k;
 use crate::types::q4_k::scales_mins_k4_bytes;
 use crate::types::q8_k::QK_K;
-use crate::types::{f16_to_f32, WeightType};
+use crate::types::WeightType;
 
 /// Everything these kernels need, detected at run time (the same rule as `kquants.rs`).
 fn supported() -> bool {
@@ -88,6 +88,8 @@ const Q8K_BYTES: usize = 292;
 const Q8K_QS: usize = 4;
 const Q8K_BSUMS: usize = 260;
 
+/// How many blocks ahead `unpack_panel` prefetches each row.
+const PREFETCH_BLOCKS: usize = 2;
 /// Rows per unpacked group (the lanes of a 512-bit vector of i32) and tokens per micro-kernel.
 const ROWS: usize = 16;
 const TOKENS: usize = 8;
@@ -192,6 +194,14 @@ unsafe fn unpack_panel<const T: u8>(w: *const u8, w_stride: usize, nr: usize, nb
         let rows = ROWS.min(nr - g * ROWS);
         for b in 0..nb {
             for r in 0..ROWS {
+                if r < rows && b + PREFETCH_BLOCKS < nb {
+                    // The weights usually come from DRAM (the mmap): ask for this row's block
+                    // a few steps ahead (16 interleaved streams defeat the hardware prefetcher).
+                    let ahead = w.wrapping_add((g * ROWS + r) * w_stride + (b + PREFETCH_BLOCKS) * block_bytes(T));
+                    for line in 0..block_bytes(T).div_ceil(64) + 1 {
+                        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line) as *const i8);
+                    }
+                }
                 if r < rows {
                     // SAFETY: row g*16+r < nr and block b < nb lie inside the weights (caller).
                     unsafe { unpack_row::<T>(w.add((g * ROWS + r) * w_stride + b * block_bytes(T)), st, r) };
@@ -289,7 +299,7 @@ unsafe fn unpack_row<const T: u8>(blk: *const u8, st: *mut Line, r: usize) {
     // d 108; Q4_K d 0, dmin 2, scales 4, qs 16; Q5_K d 0, dmin 2, scales 4, qh 16, qs 48;
     // Q6_K ql 0, qh 128, scales 192, d 208); every write is one of this row's stage lines.
     unsafe {
-        let f16 = |off: usize| f16_to_f32([*blk.add(off), *blk.add(off + 1)]);
+        let f16 = |off: usize| _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128((blk.add(off) as *const u16).read_unaligned() as i32)));
         let (d, dmin);
         match T {
             Q4 | Q5 => {
