@@ -310,27 +310,20 @@ fn attention(hp: &Hparams, la: LayerAttn, n: usize, pos: usize, kv: &LayerKv, q:
     let n_kv = hp.n_head_kv;
     let avx2 = cfg!(target_arch = "x86_64") && kernels_cpu::kernels().isa >= kernels_cpu::Isa::Avx2;
     let tiled = n >= FA_TILE && hp.n_head / hp.n_head_kv <= MAX_TILED_GROUP;
+    if tiled {
+        return attention_tiled(hp, la, n, pos, kv, q, att, avx2);
+    }
     att[..n * hp.n_head * hp.head_dim_v].par_chunks_mut(group * hp.head_dim_v).enumerate().for_each(|(i, out)| {
         let (t, g) = (i / n_kv, i % n_kv);
         let qt = &q[t * hp.q_dim()..(t + 1) * hp.q_dim()];
         #[cfg(target_arch = "x86_64")]
         if avx2 {
             // SAFETY: the kernels report AVX2 only when the CPU has AVX2, FMA and F16C.
-            unsafe {
-                if tiled {
-                    attend_group_tiled_avx2(hp, la, pos + t, g, kv, qt, out)
-                } else {
-                    attend_group_avx2(hp, la, pos + t, g, kv, qt, out)
-                }
-            };
+            unsafe { attend_group_avx2(hp, la, pos + t, g, kv, qt, out) };
             return;
         }
         let _ = avx2;
-        if tiled {
-            attend_group_tiled(hp, la, pos + t, g, kv, qt, out);
-        } else {
-            attend_group(hp, la, pos + t, g, kv, qt, out);
-        }
+        attend_group(hp, la, pos + t, g, kv, qt, out);
     });
 }
 
@@ -341,12 +334,6 @@ unsafe fn attend_group_avx2(hp: &Hparams, la: LayerAttn, p: usize, g: usize, kv:
     attend_group(hp, la, p, g, kv, q, out)
 }
 
-/// `attend_group_tiled` compiled for AVX2 + FMA (its `mul_add` becomes one instruction).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn attend_group_tiled_avx2(hp: &Hparams, la: LayerAttn, p: usize, g: usize, kv: &LayerKv, q: &[f32], out: &mut [f32]) {
-    attend_group_tiled(hp, la, p, g, kv, q, out)
-}
 
 /// Cache positions per tile (and the batch size from which the reference uses its tiled
 /// flash attention: ggml's `GGML_FA_TILE_Q` = `GGML_FA_TILE_KV` = 64).
@@ -355,13 +342,14 @@ pub const FA_TILE: usize = 64;
 /// groups (none of the supported models) take the one-pass path.
 const MAX_TILED_GROUP: usize = 16;
 
-/// The query heads of KV head `g` for the token at position `p`, as the reference's tiled flash
-/// attention computes a row of a prompt batch: the query stays f32; the cache is walked in
+/// The specification of the tiled path (`attention_tiled` computes the same per query row,
+/// blocked; the tests compare them). The query heads of KV head `g` for the token at position
+/// `p`, as the reference's tiled flash attention computes a row of a prompt batch: the query stays f32; the cache is walked in
 /// tiles of `FA_TILE` positions aligned to position 0; per tile, the scores `scale * q.k`, the
 /// tile's maximum, and when it raises the running maximum M, the f32 accumulator and the sum S
 /// are rescaled by exp(M_old - M); the tile's weights exp(s - M) are summed in f64 and added to
 /// S, and `acc += w * v` with one fused multiply-add per element, position by position.
-#[inline(always)]
+#[cfg_attr(not(test), allow(dead_code))]
 fn attend_group_tiled(hp: &Hparams, la: LayerAttn, p: usize, g: usize, kv: &LayerKv, q: &[f32], out: &mut [f32]) {
     let (hd, hdv, kd, vd) = (hp.head_dim, hp.head_dim_v, hp.k_dim(), hp.v_dim());
     let group = hp.n_head / hp.n_head_kv;
@@ -418,6 +406,259 @@ fn attend_group_tiled(hp: &Hparams, la: LayerAttn, p: usize, g: usize, kv: &Laye
     for (hq, (o, a)) in out.chunks_exact_mut(hdv).zip(acc.chunks_exact(hdv)).enumerate() {
         let inv = if sum[hq] == 0.0 { 0.0 } else { 1.0 / sum[hq] };
         o.iter_mut().zip(a.iter()).for_each(|(o, a)| *o = a * inv);
+    }
+}
+
+/// Query tokens per task of the tiled path: each tile of the cache is widened to f32 (keys
+/// transposed) once for all of them, and the scores and the weighted sums of values are small
+/// matrix products (`tile_scores`, `tile_pv`) instead of one dot product per (query, position).
+const FA_QBLOCK: usize = 16;
+
+thread_local! {
+    /// Each thread's buffers for `attend_block_tiled` (grow to the largest shape, then reused).
+    static FA_SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The tiled path (prompt batches of `FA_TILE` tokens or more): tasks of `FA_QBLOCK` tokens,
+/// every KV head, rayon over the tasks. Same arithmetic per query row as `attend_group_tiled`
+/// (the specification, kept for the tests) except the order of the terms of each q.k sum.
+#[allow(clippy::too_many_arguments)]
+fn attention_tiled(hp: &Hparams, la: LayerAttn, n: usize, pos: usize, kv: &LayerKv, q: &[f32], att: &mut [f32], avx2: bool) {
+    let row_out = hp.n_head * hp.head_dim_v;
+    let qd = hp.q_dim();
+    att[..n * row_out].par_chunks_mut(FA_QBLOCK * row_out).enumerate().for_each(|(b, out)| {
+        let t0 = b * FA_QBLOCK;
+        let nq = out.len() / row_out;
+        FA_SCRATCH.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            for g in 0..hp.n_head_kv {
+                let qs = &q[t0 * qd..(t0 + nq) * qd];
+                #[cfg(target_arch = "x86_64")]
+                if avx2 {
+                    if kernels_cpu::kernels().isa >= kernels_cpu::Isa::Avx512 {
+                        // SAFETY: the kernels report AVX-512 only when the CPU has AVX-512 F
+                        // (and the AVX2/FMA set).
+                        unsafe { attend_block_avx512(hp, la, pos + t0, nq, g, kv, qs, out, &mut buf) };
+                    } else {
+                        // SAFETY: the kernels report AVX2 only when the CPU has AVX2, FMA, F16C.
+                        unsafe { attend_block_avx2(hp, la, pos + t0, nq, g, kv, qs, out, &mut buf) };
+                    }
+                    continue;
+                }
+                let _ = avx2;
+                attend_block_tiled::<2>(hp, la, pos + t0, nq, g, kv, qs, out, &mut buf);
+            }
+        });
+    });
+}
+
+/// `attend_block_tiled` for AVX-512 (4 query rows per register block).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_block_avx512(hp: &Hparams, la: LayerAttn, p0: usize, nq: usize, g: usize, kv: &LayerKv, q: &[f32], out: &mut [f32], buf: &mut Vec<f32>) {
+    attend_block_tiled::<4>(hp, la, p0, nq, g, kv, q, out, buf)
+}
+
+/// `attend_block_tiled` for AVX2 + FMA (2 query rows per register block: 16 registers).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_block_avx2(hp: &Hparams, la: LayerAttn, p0: usize, nq: usize, g: usize, kv: &LayerKv, q: &[f32], out: &mut [f32], buf: &mut Vec<f32>) {
+    attend_block_tiled::<2>(hp, la, p0, nq, g, kv, q, out, buf)
+}
+
+/// KV head `g` for the `nq` tokens at positions `p0..p0+nq` (`q`: their query rows [nq x
+/// q_dim]; `out`: their attention rows [nq x n_head*head_dim_v]). Rows r = t * group + hq.
+/// Per cache tile of `FA_TILE` positions: the keys widened and transposed [hd x FA_TILE], the
+/// values widened [FA_TILE x hdv] (positions no row can see: zeros); scores for every row;
+/// per row the masked online-softmax update of `attend_group_tiled`; `acc += w * v`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn attend_block_tiled<const RB: usize>(
+    hp: &Hparams,
+    la: LayerAttn,
+    p0: usize,
+    nq: usize,
+    g: usize,
+    kv: &LayerKv,
+    q: &[f32],
+    out: &mut [f32],
+    buf: &mut Vec<f32>,
+) {
+    let (hd, hdv, kd, vd, qd) = (hp.head_dim, hp.head_dim_v, hp.k_dim(), hp.v_dim(), hp.q_dim());
+    let group = hp.n_head / hp.n_head_kv;
+    let rows = nq * group;
+    let row_out = hp.n_head * hdv;
+    let lo_of = |p: usize| la.window.map_or(0, |w| (p + 1).saturating_sub(w));
+    let need = hd * FA_TILE + FA_TILE * hdv + rows * (hd + FA_TILE + hdv + 2);
+    if buf.len() < need {
+        buf.resize(need, 0.0);
+    }
+    let (kt, rest) = buf.split_at_mut(hd * FA_TILE);
+    let (vt, rest) = rest.split_at_mut(FA_TILE * hdv);
+    let (qs, rest) = rest.split_at_mut(rows * hd);
+    let (sc, rest) = rest.split_at_mut(rows * FA_TILE);
+    let (acc, rest) = rest.split_at_mut(rows * hdv);
+    let (m, rest) = rest.split_at_mut(rows);
+    let sum = &mut rest[..rows];
+    for t in 0..nq {
+        for hq in 0..group {
+            let r = t * group + hq;
+            qs[r * hd..(r + 1) * hd].copy_from_slice(&q[t * qd + (g * group + hq) * hd..][..hd]);
+        }
+    }
+    acc.fill(0.0);
+    m.fill(f32::NEG_INFINITY);
+    sum.fill(0.0);
+    let (lo_min, p_max) = (lo_of(p0), p0 + nq - 1);
+    let mut row = [0f32; MAX_HEAD_DIM];
+    let mut t0 = lo_min / FA_TILE * FA_TILE;
+    while t0 <= p_max {
+        let (a, b) = (t0.max(lo_min), (t0 + FA_TILE).min(p_max + 1));
+        // widen this tile's keys (transposed) and values; zeros where no row looks
+        for j in 0..FA_TILE {
+            let pj = t0 + j;
+            if pj >= a && pj < b {
+                ops::f16_to_f32_slice(&kv.k[pj * kd + g * hd..][..hd], &mut row[..hd]);
+                for d in 0..hd {
+                    kt[d * FA_TILE + j] = row[d];
+                }
+                ops::f16_to_f32_slice(&kv.v[pj * vd + g * hdv..][..hdv], &mut vt[j * hdv..(j + 1) * hdv]);
+            } else {
+                for d in 0..hd {
+                    kt[d * FA_TILE + j] = 0.0;
+                }
+                vt[j * hdv..(j + 1) * hdv].fill(0.0);
+            }
+        }
+        tile_scores::<RB>(qs, hd, kt, sc, rows, hp.attn_scale);
+        for r in 0..rows {
+            let p = p0 + r / group;
+            let s = &mut sc[r * FA_TILE..(r + 1) * FA_TILE];
+            let (va, vb) = (t0.max(lo_of(p)), (t0 + FA_TILE).min(p + 1));
+            if va >= vb {
+                s.fill(0.0);
+                continue;
+            }
+            let (ja, jb) = (va - t0, vb - t0);
+            let tile_max = s[ja..jb].iter().fold(f32::NEG_INFINITY, |x, &y| x.max(y));
+            let m_new = m[r].max(tile_max);
+            if m_new > m[r] {
+                let ms = (m[r] - m_new).exp();
+                acc[r * hdv..(r + 1) * hdv].iter_mut().for_each(|x| *x *= ms);
+                sum[r] *= ms;
+            }
+            m[r] = m_new;
+            // four partial f64 sums (one chain of dependent adds was a tenth of the time);
+            // in f64 the order does not show in the f32 result
+            let mut ts = [0f64; 4];
+            for (j, x) in s.iter_mut().enumerate() {
+                if j < ja || j >= jb {
+                    *x = 0.0;
+                } else {
+                    *x = (*x - m_new).exp();
+                    ts[j % 4] += *x as f64;
+                }
+            }
+            sum[r] += ((ts[0] + ts[1]) + (ts[2] + ts[3])) as f32;
+        }
+        tile_pv::<RB>(sc, vt, acc, rows, hdv);
+        t0 += FA_TILE;
+    }
+    for r in 0..rows {
+        let (t, hq) = (r / group, r % group);
+        let inv = if sum[r] == 0.0 { 0.0 } else { 1.0 / sum[r] };
+        let o = &mut out[t * row_out + (g * group + hq) * hdv..][..hdv];
+        o.iter_mut().zip(&acc[r * hdv..(r + 1) * hdv]).for_each(|(o, a)| *o = a * inv);
+    }
+}
+
+/// `sc[r][j] = scale * q_r . k_j` for `rows` query rows (`qs` [rows x hd]) and the `FA_TILE`
+/// keys of a tile (`kt` [hd x FA_TILE], transposed): `RB` rows at a time, each score one
+/// multiply-add chain over d, the `RB x FA_TILE` sums held in registers.
+#[inline(always)]
+fn tile_scores<const RB: usize>(qs: &[f32], hd: usize, kt: &[f32], sc: &mut [f32], rows: usize, scale: f32) {
+    let kt = &kt[..hd * FA_TILE];
+    let mut r = 0;
+    while r < rows {
+        let rb = RB.min(rows - r);
+        // rows past `rows` (last block) repeat the last row: computed, never stored
+        let q: [&[f32]; RB] = core::array::from_fn(|i| &qs[(r + i.min(rb - 1)) * hd..][..hd]);
+        let mut acc = [[0f32; FA_TILE]; RB];
+        for d in 0..hd {
+            let k: &[f32; FA_TILE] = kt[d * FA_TILE..(d + 1) * FA_TILE].try_into().unwrap();
+            for i in 0..RB {
+                let qv = q[i][d];
+                for j in 0..FA_TILE {
+                    acc[i][j] = qv.mul_add(k[j], acc[i][j]);
+                }
+            }
+        }
+        for i in 0..RB {
+            if i < rb {
+                let o: &mut [f32; FA_TILE] = (&mut sc[(r + i) * FA_TILE..(r + i + 1) * FA_TILE]).try_into().unwrap();
+                for j in 0..FA_TILE {
+                    o[j] = acc[i][j] * scale;
+                }
+            }
+        }
+        r += rb;
+    }
+}
+
+/// Values per step of `tile_pv` (a register block is `RB` rows x `PV_STEP`).
+const PV_STEP: usize = 32;
+
+/// `acc[r] += sum_j w[r][j] * v_j` over the tile, position by position (one multiply-add per
+/// element and position, in position order), `RB` rows x `PV_STEP` values in registers.
+#[inline(always)]
+fn tile_pv<const RB: usize>(w: &[f32], vt: &[f32], acc: &mut [f32], rows: usize, hdv: usize) {
+    const { assert!(RB == 2 || RB == 4) };
+    let vt = &vt[..FA_TILE * hdv];
+    let mut r = 0;
+    while r < rows {
+        let rb = RB.min(rows - r);
+        // rows past `rows` (last block) repeat the last row: computed, never stored
+        let wr: [&[f32; FA_TILE]; RB] =
+            core::array::from_fn(|i| w[(r + i.min(rb - 1)) * FA_TILE..][..FA_TILE].try_into().unwrap());
+        let mut d0 = 0;
+        while d0 + PV_STEP <= hdv {
+            // One named accumulator per row (a0..a3), so that the compiler keeps them in
+            // registers (an array indexed by row was kept on the stack: load, FMA, store).
+            let load = |i: usize| -> [f32; PV_STEP] { acc[(r + i.min(rb - 1)) * hdv + d0..][..PV_STEP].try_into().unwrap() };
+            let (mut a0, mut a1, mut a2, mut a3) = (load(0), load(1), load(2), load(3));
+            for j in 0..FA_TILE {
+                let v: &[f32; PV_STEP] = vt[j * hdv + d0..][..PV_STEP].try_into().unwrap();
+                let (w0, w1) = (wr[0][j], wr[1.min(RB - 1)][j]);
+                for e in 0..PV_STEP {
+                    a0[e] = w0.mul_add(v[e], a0[e]);
+                    a1[e] = w1.mul_add(v[e], a1[e]);
+                }
+                if RB == 4 {
+                    let (w2, w3) = (wr[2.min(RB - 1)][j], wr[3.min(RB - 1)][j]);
+                    for e in 0..PV_STEP {
+                        a2[e] = w2.mul_add(v[e], a2[e]);
+                        a3[e] = w3.mul_add(v[e], a3[e]);
+                    }
+                }
+            }
+            for (i, a) in [a0, a1, a2, a3].iter().enumerate().take(rb) {
+                acc[(r + i) * hdv + d0..][..PV_STEP].copy_from_slice(a);
+            }
+            d0 += PV_STEP;
+        }
+        // head sizes that are not a multiple of PV_STEP: the rest element by element
+        for i in 0..rb {
+            for j in 0..FA_TILE {
+                let wv = wr[i][j];
+                for e in d0..hdv {
+                    let x = &mut acc[(r + i) * hdv + e];
+                    *x = wv.mul_add(vt[j * hdv + e], *x);
+                }
+            }
+        }
+        r += rb;
     }
 }
 
@@ -612,6 +853,82 @@ mod tests {
                             // f16 query and accumulator: ~1e-3 relative; f32 path: ~1e-6.
                             assert!((a - want).abs() < 1e-2, "one-pass p={p} {window:?}: {a} vs {want}");
                             assert!((b - want).abs() < 1e-5, "tiled p={p} {window:?}: {b} vs {want}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The blocked tiled path (`attention_tiled`, every ISA) against its per-row specification
+    /// (`attend_group_tiled`): batches that start mid-cache, end mid-block and mid-tile, with
+    /// and without a sliding window, GQA groups of 1 and 3, head sizes that are and are not a
+    /// multiple of the value step.
+    #[test]
+    fn blocked_tiled_attention_matches_its_specification() {
+        use crate::model::gemma3::RECIPE;
+        for (n_head, n_kv, hd) in [(6usize, 2usize, 40usize), (2, 2, 64)] {
+            let hp = Hparams {
+                arch: "test".into(),
+                n_layer: 1,
+                n_embd: n_head * hd,
+                n_ff: 1,
+                n_head,
+                n_head_kv: n_kv,
+                head_dim: hd,
+                head_dim_v: hd,
+                n_vocab: 1,
+                n_ctx_train: 512,
+                rms_eps: 1e-6,
+                n_rot: hd,
+                attn_scale: 0.3,
+                layers: vec![],
+                recipe: RECIPE,
+            };
+            let n_ctx = 300;
+            let mut seed = 777u32;
+            let mut rnd = || {
+                seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
+                (seed >> 8) as f32 / (1u32 << 24) as f32 * 4.0 - 2.0
+            };
+            let mut kv = LayerKv::new(&hp, n_ctx);
+            kv.k.iter_mut().chain(kv.v.iter_mut()).for_each(|x| *x = f16::from_f32(rnd()));
+            let (pos, n) = (37usize, 203usize);
+            let q: Vec<f32> = (0..n * hp.q_dim()).map(|_| rnd()).collect();
+            let row_out = n_head * hd;
+            for window in [None, Some(70)] {
+                let la = LayerAttn { rope_base: 1e4, rope_freq_scale: 1.0, window };
+                for isa in kernels_cpu::Isa::available() {
+                    let avx2 = isa >= kernels_cpu::Isa::Avx2;
+                    let mut got = vec![0f32; n * row_out];
+                    let mut buf = Vec::new();
+                    for (b, out) in got.chunks_mut(FA_QBLOCK * row_out).enumerate() {
+                        let t0 = b * FA_QBLOCK;
+                        let nq = out.len() / row_out;
+                        for g in 0..n_kv {
+                            let qs = &q[t0 * hp.q_dim()..(t0 + nq) * hp.q_dim()];
+                            #[cfg(target_arch = "x86_64")]
+                            if isa == kernels_cpu::Isa::Avx512 {
+                                // SAFETY: `Isa::available()` lists AVX-512 only when the CPU has it.
+                                unsafe { attend_block_avx512(&hp, la, pos + t0, nq, g, &kv, qs, out, &mut buf) };
+                                continue;
+                            } else if avx2 {
+                                // SAFETY: `Isa::available()` lists AVX2 only when the CPU has it.
+                                unsafe { attend_block_avx2(&hp, la, pos + t0, nq, g, &kv, qs, out, &mut buf) };
+                                continue;
+                            }
+                            attend_block_tiled::<2>(&hp, la, pos + t0, nq, g, &kv, qs, out, &mut buf);
+                        }
+                    }
+                    let group = n_head / n_kv;
+                    for t in 0..n {
+                        for g in 0..n_kv {
+                            let mut want = vec![0f32; group * hd];
+                            attend_group_tiled(&hp, la, pos + t, g, &kv, &q[t * hp.q_dim()..(t + 1) * hp.q_dim()], &mut want);
+                            let have = &got[t * row_out + g * group * hd..][..group * hd];
+                            for (a, b) in have.iter().zip(&want) {
+                                assert!((a - b).abs() <= 2e-5 * (1.0 + b.abs()), "{isa:?} t={t} g={g} {window:?}: {a} vs {b}");
+                            }
                         }
                     }
                 }
