@@ -97,18 +97,24 @@ struct Verdict {
     nll_ref: f64,
     greedy_prefix: usize,
     missing: usize,
+    /// Top-1 disagreements where the reference itself ranks our choice within `tie` logits of
+    /// its own best (`Limits::top1_tie`).
+    near_ties: usize,
 }
 
-fn compare(c: &Case, o: &Ours) -> Verdict {
+fn compare(c: &Case, o: &Ours, tie: f64) -> Verdict {
     assert_eq!(o.top.len(), c.top10.len(), "{}: positions", c.name);
     assert_eq!(o.nll.len(), c.nll.len(), "{}: nll entries", c.name);
     let mut sum = 0.0;
     let mut n = 0usize;
     let mut missing = 0;
     let mut top1 = 0;
+    let mut near_ties = 0;
     for (r, ours) in c.top10.iter().zip(&o.top) {
         if ours[0].0 == r[0].0 {
             top1 += 1;
+        } else if r.iter().any(|(id, l)| *id == ours[0].0 && (r[0].1 - l) as f64 <= tie) {
+            near_ties += 1;
         }
         let floor = ours.last().unwrap().1;
         for (id, l) in r {
@@ -134,6 +140,7 @@ fn compare(c: &Case, o: &Ours) -> Verdict {
         nll_ref: mean(&c.nll),
         greedy_prefix,
         missing,
+        near_ties,
     }
 }
 
@@ -143,10 +150,13 @@ struct Limits {
     max_nll_rel: f64,
     /// Positions whose top-1 may differ in inputs under 20 tokens (README: 2).
     short_top1_slack: usize,
+    /// A top-1 disagreement does not count when the reference's own logit for our top-1 token
+    /// is within this of its best (a near-tie that rounding decides); 0 = every one counts.
+    top1_tie: f64,
 }
 
 fn check(model: &Path, reference: &Path, max_diff: f64, runs: &[(usize, Option<&str>)], cases: Option<&[&str]>) {
-    check_with(model, reference, &|_| Limits { max_diff, max_nll_rel: 0.02, short_top1_slack: 2 }, runs, cases)
+    check_with(model, reference, &|_| Limits { max_diff, max_nll_rel: 0.02, short_top1_slack: 2, top1_tie: 0.0 }, runs, cases)
 }
 
 fn check_with(
@@ -167,12 +177,12 @@ fn check_with(
                 }
             }
             let o = run_eval(model, &c.tokens, threads, isa, c.greedy.len());
-            let v = compare(c, &o);
-            let Limits { max_diff, max_nll_rel, short_top1_slack } = limits(&c.name);
+            let Limits { max_diff, max_nll_rel, short_top1_slack, top1_tie } = limits(&c.name);
+            let v = compare(c, &o, top1_tie);
             let need_top1 = if v.positions >= 20 { (v.positions as f64 * 0.9).ceil() as usize } else { v.positions.saturating_sub(short_top1_slack) };
             let nll_rel = (v.nll_ours - v.nll_ref).abs() / v.nll_ref.abs().max(1e-9);
             let line = format!(
-                "{} {} t={} isa={}: mean|dlogit| {:.4} (max {max_diff}), top-1 {}/{} (need {need_top1}), mean NLL {:.4} vs {:.4} ({:.2}%, max {:.0}%), greedy agrees for {}/{} tokens, {} ref ids outside our top-{OUR_TOP}",
+                "{} {} t={} isa={}: mean|dlogit| {:.4} (max {max_diff}), top-1 {}/{} + {} near-ties within {top1_tie} (need {need_top1}), mean NLL {:.4} vs {:.4} ({:.2}%, max {:.0}%), greedy agrees for {}/{} tokens, {} ref ids outside our top-{OUR_TOP}",
                 model.file_name().unwrap().to_string_lossy(),
                 c.name,
                 threads,
@@ -180,6 +190,7 @@ fn check_with(
                 v.mean_diff,
                 v.top1,
                 v.positions,
+                v.near_ties,
                 v.nll_ours,
                 v.nll_ref,
                 nll_rel * 100.0,
@@ -189,7 +200,7 @@ fn check_with(
                 v.missing
             );
             eprintln!("{line}");
-            if v.mean_diff > max_diff || v.top1 < need_top1 || nll_rel > max_nll_rel {
+            if v.mean_diff > max_diff || v.top1 + v.near_ties < need_top1 || nll_rel > max_nll_rel {
                 failures.push(line);
             }
         }
@@ -275,12 +286,16 @@ fn gemma3_270m() {
     let Some(model) = real_model("gemma-3-270m-q4_k_m.gguf") else { return };
     let reference = e2e::shared().join("reference/gemma-3-270m-q4_k_m.json");
     // KNOWN DEVIATION, measured: the 700-token case meets the README's limits (0.20-0.21, NLL
-    // 0.1-0.2%; it moved from 0.214 to 0.204 when prompt batches of >= 64 tokens took the
-    // reference's tiled flash-attention numerics, see model/transformer.rs); the three short
-    // ones (7-17 positions, the reference's one-pass f16 path, as ours) do not: fox 0.18-0.34,
-    // chat 0.21-0.39, code 0.17-0.22, NLL up to 3.4% (code, scalar), depending on the ISA. Investigated (gemma follow-up of
-    // issue #5): this is the model's sensitivity to rounding, not a wrong computation, and not
-    // the 1e5 residual (the BOS row, which holds it, is the row that diverges least):
+    // 0.1-0.3%); the three short ones (7-17 positions) do not: fox 0.17-0.34, chat 0.21-0.39,
+    // code 0.17-0.22, NLL up to 3.4% (code, scalar), depending on the ISA and kernels.
+    // The reference engine does not meet them either. Built here outside the repo (llama.cpp
+    // 0c1e570, the source vendored by llama-cpp-python 0.3.36, GGML_NATIVE, same machine) and
+    // run on the same token ids, compared with the same shared JSON:
+    // - default settings (flash attention auto, weight repacking on): fox 0.024, code 0.000,
+    //   but chat 0.393 and long 0.184 -- the JSON's own engine, rebuilt, misses chat;
+    // - flash attention off: fox 0.244 with NLL +3.17%, chat 0.440, code 0.186 / -1.27%;
+    // - weight repacking off: fox 0.050, chat 0.221, code 0.142.
+    // So these inputs measure rounding, not correctness. Why (gemma follow-up of issue #5):
     // - our own ISAs differ from each other as much as from the reference: scalar vs avx2 vs
     //   avx512 mean |dlogit| 0.22-0.36 (fox), 0.31-0.37 (chat), 0.13-0.17 (code), 0.22-0.23
     //   (first 200 tokens of long); the reference moves 0.22 between batch and token-by-token;
@@ -297,13 +312,16 @@ fn gemma3_270m() {
     //   the embedding lookup, q scaled by 1/sqrt(key_length) = 1/16 (exact in f16) before
     //   attention, per-head q/k RMSNorm before NEOX RoPE, post-attention/post-FFN norms, local
     //   layers = il % 6 < 5 with base 10000, window 512, no softcapping (no key in the file).
-    // The short cases are therefore held to 0.5, 4% and all but 3 top-1 so that a real error
-    // (which misses by orders of magnitude) still fails, and the long case to the README's.
+    // The short cases are therefore held to 0.5 and 4% (above the reference's own spread, far
+    // below what a real error does), and to the README's top-1 rule (all but 2) counting only
+    // disagreements where the reference's logit for our choice is more than 0.5 below its
+    // best: our flips are all near-ties (reference margins 0.01-0.29 on chat, where its own
+    // rebuild moves logits by 0.39 on average). The long case is held to the README's limits.
     let limits = |name: &str| {
         if name == "long" {
-            Limits { max_diff: 0.25, max_nll_rel: 0.02, short_top1_slack: 2 }
+            Limits { max_diff: 0.25, max_nll_rel: 0.02, short_top1_slack: 2, top1_tie: 0.0 }
         } else {
-            Limits { max_diff: 0.5, max_nll_rel: 0.04, short_top1_slack: 3 }
+            Limits { max_diff: 0.5, max_nll_rel: 0.04, short_top1_slack: 2, top1_tie: 0.5 }
         }
     };
     check_with(&model, &reference, &limits, &[(2, None)], None);
