@@ -44,27 +44,7 @@ fn noise(n: usize, seed: u64) -> Vec<f32> {
 fn bandwidth(threads: usize) -> f64 {
     let buf: Vec<u64> = (0..(1usize << 30) / 8).map(|i| i as u64).collect();
     let p = pool(threads);
-    let mut best = f64::MAX;
-    for _ in 0..3 {
-        let t = Instant::now();
-        let s: u64 = p.install(|| {
-            use rayon::prelude::*;
-            buf.par_chunks(1 << 16)
-                .map(|c| {
-                    // Four independent sums so the adds are not one dependency chain.
-                    let mut a = [0u64; 4];
-                    for q in c.chunks_exact(4) {
-                        for k in 0..4 {
-                            a[k] = a[k].wrapping_add(q[k]);
-                        }
-                    }
-                    a[0].wrapping_add(a[1]).wrapping_add(a[2]).wrapping_add(a[3])
-                })
-                .reduce(|| 0, |a, b| a.wrapping_add(b))
-        });
-        std::hint::black_box(s);
-        best = best.min(t.elapsed().as_secs_f64());
-    }
+    let best = (0..3).map(|_| probe_pass(&p, &buf)).fold(f64::MAX, f64::min);
     (1u64 << 30) as f64 / best / 1e9
 }
 

@@ -53,7 +53,7 @@ pub type QuantizeFn = fn(src: &[f32], dst: &mut [u8]);
 /// How far ahead of the current weight block the one-token kernels prefetch (bytes). The
 /// hardware prefetchers stop at 4 KiB pages, and mmapped weights sit in 4 KiB pages: without
 /// this, every page boundary of the stream is a stall. Measured on the 4096x14336 shape, 2
-/// threads, best of 5 interleaved runs (`examples/gemv_stream`): Q2_K 38.7 -> 49.4 GB/s, Q3_K
+/// threads, best of 5 interleaved runs (`examples/bench`, best passes): Q2_K 38.7 -> 49.4 GB/s, Q3_K
 /// 39.1 -> 45.9, Q4_K 38.6 -> 46.6 with 8 KiB (4 KiB: 47.3, 45.0, 44.9), read probe ~52.
 pub(crate) const PREFETCH_AHEAD: usize = 8192;
 

@@ -792,13 +792,9 @@ mod tests {
         assert_eq!(z, [0.3, -0.7, 1.1, 2.0]);
     }
 
-    /// Both attention paths (one-pass f16, tiled f32) against an exact f64 softmax attention,
-    /// causal and with a sliding window, over several tiles of the cache.
-    #[test]
-    fn attention_paths_match_exact_softmax() {
-        use crate::model::gemma3::RECIPE;
-        let (n_head, n_kv, hd) = (4, 2, 16);
-        let hp = Hparams {
+    /// Attention-only hyper-parameters for the tests (one layer, head sizes as given).
+    fn attn_hparams(n_head: usize, n_kv: usize, hd: usize, attn_scale: f32) -> Hparams {
+        Hparams {
             arch: "test".into(),
             n_layer: 1,
             n_embd: n_head * hd,
@@ -808,21 +804,38 @@ mod tests {
             head_dim: hd,
             head_dim_v: hd,
             n_vocab: 1,
-            n_ctx_train: 256,
+            n_ctx_train: 512,
             rms_eps: 1e-6,
             n_rot: hd,
-            attn_scale: 0.25,
+            attn_scale,
             layers: vec![],
-            recipe: RECIPE,
-        };
-        let n_ctx = 200;
-        let mut seed = 12345u32;
-        let mut rnd = || {
+            recipe: crate::model::gemma3::RECIPE,
+        }
+    }
+
+    /// Uniform values in [-2, 2) from a linear congruential generator.
+    fn lcg(mut seed: u32) -> impl FnMut() -> f32 {
+        move || {
             seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
             (seed >> 8) as f32 / (1u32 << 24) as f32 * 4.0 - 2.0
-        };
-        let mut kv = LayerKv::new(&hp, n_ctx);
+        }
+    }
+
+    /// A cache of `n_ctx` positions filled with random f16 keys and values.
+    fn random_kv(hp: &Hparams, n_ctx: usize, rnd: &mut impl FnMut() -> f32) -> LayerKv {
+        let mut kv = LayerKv::new(hp, n_ctx);
         kv.k.iter_mut().chain(kv.v.iter_mut()).for_each(|x| *x = f16::from_f32(rnd()));
+        kv
+    }
+
+    /// Both attention paths (one-pass f16, tiled f32) against an exact f64 softmax attention,
+    /// causal and with a sliding window, over several tiles of the cache.
+    #[test]
+    fn attention_paths_match_exact_softmax() {
+        let (n_head, n_kv, hd) = (4, 2, 16);
+        let hp = attn_hparams(n_head, n_kv, hd, 0.25);
+        let mut rnd = lcg(12345);
+        let kv = random_kv(&hp, 200, &mut rnd);
         let q: Vec<f32> = (0..hp.q_dim()).map(|_| rnd()).collect();
         for window in [None, Some(70)] {
             let la = LayerAttn { rope_base: 1e4, rope_freq_scale: 1.0, window };
@@ -866,33 +879,10 @@ mod tests {
     /// multiple of the value step.
     #[test]
     fn blocked_tiled_attention_matches_its_specification() {
-        use crate::model::gemma3::RECIPE;
         for (n_head, n_kv, hd) in [(6usize, 2usize, 40usize), (2, 2, 64)] {
-            let hp = Hparams {
-                arch: "test".into(),
-                n_layer: 1,
-                n_embd: n_head * hd,
-                n_ff: 1,
-                n_head,
-                n_head_kv: n_kv,
-                head_dim: hd,
-                head_dim_v: hd,
-                n_vocab: 1,
-                n_ctx_train: 512,
-                rms_eps: 1e-6,
-                n_rot: hd,
-                attn_scale: 0.3,
-                layers: vec![],
-                recipe: RECIPE,
-            };
-            let n_ctx = 300;
-            let mut seed = 777u32;
-            let mut rnd = || {
-                seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
-                (seed >> 8) as f32 / (1u32 << 24) as f32 * 4.0 - 2.0
-            };
-            let mut kv = LayerKv::new(&hp, n_ctx);
-            kv.k.iter_mut().chain(kv.v.iter_mut()).for_each(|x| *x = f16::from_f32(rnd()));
+            let hp = attn_hparams(n_head, n_kv, hd, 0.3);
+            let mut rnd = lcg(777);
+            let kv = random_kv(&hp, 300, &mut rnd);
             let (pos, n) = (37usize, 203usize);
             let q: Vec<f32> = (0..n * hp.q_dim()).map(|_| rnd()).collect();
             let row_out = n_head * hd;
