@@ -13,6 +13,11 @@
 //! `-offset * sum(x)` of the token's block (computed once per call and token), so it equals the
 //! scalar specification's `sum((q - offset) * x)`. Q4_1/Q5_1 add `m * s` (Q8_1's `s`) per block.
 //!
+//! Rows, not tokens, are the vector lanes: the activations then need no transposing (only the
+//! weights are repacked, once per call, and reused by every token), the broadcast folds into
+//! `vpdpbusd`'s memory operand, and the results are already in the output's row order.
+//! `TOKENS` = 8 measured faster than 12 (register pressure).
+//!
 //! Rows come out 16 per vector, which is the output layout (`out[c * os + r]`): one store per
 //! token and panel, masked for a ragged last panel (padded with zero rows). The weight panel and
 //! the per-token block data live in a thread-local scratch that grows once and is reused.
@@ -274,28 +279,30 @@ const TRANSPOSE: [[[u32; 16]; 8]; 3] = {
 unsafe fn pack_panel<W: Weights>(nb: usize, w: *const u8, ws: usize, nr: usize, dst: *mut Line) {
     let lines = block_lines::<W>();
     let zero = _mm256_setzero_si256();
+    let rows = if nr >= ROWS { u16::MAX } else { (1u16 << nr) - 1 };
+    // The scales (and the minimums, in the same 32 bits) of the 16 rows by one gather, when
+    // the row offsets fit its 32-bit indices (any real matrix); else one row at a time.
+    let gather = ws <= i32::MAX as usize / ROWS;
+    let offsets = _mm512_mullo_epi32(_mm512_set1_epi32(if gather { ws as i32 } else { 0 }), lanes(&[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]));
     for b in 0..nb {
         let mut regs = [_mm512_setzero_si512(); 8];
-        let mut d = [0u16; ROWS];
-        let mut m = [0u16; ROWS];
         for i in 0..8 {
             let (r0, r1) = (2 * i, 2 * i + 1);
-            let c0 = if r0 < nr {
-                let p = w.add(r0 * ws + b * W::BYTES);
-                (d[r0], m[r0]) = W::scales(p);
-                W::codes(p)
-            } else {
-                zero
-            };
-            let c1 = if r1 < nr {
-                let p = w.add(r1 * ws + b * W::BYTES);
-                (d[r1], m[r1]) = W::scales(p);
-                W::codes(p)
-            } else {
-                zero
-            };
+            let c0 = if r0 < nr { W::codes(w.add(r0 * ws + b * W::BYTES)) } else { zero };
+            let c1 = if r1 < nr { W::codes(w.add(r1 * ws + b * W::BYTES)) } else { zero };
             regs[i] = _mm512_inserti64x4(_mm512_castsi256_si512(c0), c1, 1);
         }
+        let heads = if gather {
+            // Masked-off rows are not read and come back as zeros.
+            _mm512_mask_i32gather_epi32::<1>(_mm512_setzero_si512(), rows, offsets, w.add(b * W::BYTES) as *const i32)
+        } else {
+            let mut h = [0u32; ROWS];
+            for r in 0..nr {
+                let (d, m) = W::scales(w.add(r * ws + b * W::BYTES));
+                h[r] = d as u32 | (m as u32) << 16;
+            }
+            lanes(&h)
+        };
         for s in 0..3 {
             let mut next = regs;
             for j in 0..8 {
@@ -310,10 +317,10 @@ unsafe fn pack_panel<W: Weights>(nb: usize, w: *const u8, ws: usize, nr: usize, 
         for g in 0..8 {
             _mm512_store_si512(out.add(g) as *mut __m512i, regs[g]);
         }
-        let dv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(u16::MAX, d.as_ptr() as *const i16));
+        let dv = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(heads));
         _mm512_store_ps(out.add(8) as *mut f32, dv);
         if W::HAS_MIN {
-            let mv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(u16::MAX, m.as_ptr() as *const i16));
+            let mv = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(heads, 16)));
             _mm512_store_ps(out.add(9) as *mut f32, mv);
         }
     }
@@ -543,7 +550,7 @@ macro_rules! panel_kernel {
                 }
                 assert!(
                     n % QK == 0
-                        && nr <= out_stride.max(1)
+                        && (nc == 1 || nr <= out_stride)
                         && w.len() >= (nr - 1) * w_stride + n / QK * $W::BYTES
                         && x.len() >= (nc - 1) * x_stride + n / QK * $A::BYTES
                         && out.len() >= (nc - 1) * out_stride + nr,
@@ -552,12 +559,12 @@ macro_rules! panel_kernel {
                     nc,
                     n
                 );
+                let nb = n / QK;
                 // SAFETY: installed only on CPUs with these features (`panel` checks
                 // `supported`, and `for_isa` lowers the ISA to the CPU's); every row, token
                 // and output the kernel touches was just checked to be inside the slices
                 // (outputs `c * out_stride + r` for r < nr <= out_stride never overlap); the
                 // scratch was grown to what `run` uses.
-                let nb = n / QK;
                 with_scratch(nr.div_ceil(ROWS) * nb * block_lines::<$W>(), 2 * nc * nb, |lp, sp| unsafe {
                     panel_tf(nb, w.as_ptr(), w_stride, nr, x.as_ptr(), x_stride, nc, out.as_mut_ptr(), out_stride, lp, sp)
                 })
@@ -602,8 +609,20 @@ mod tests {
             return;
         }
         use WeightType::*;
-        let shapes: [(usize, usize, usize); 9] =
-            [(1, 16, 1), (16, 16, 2), (7, 17, 3), (17, 23, 8), (33, 31, 5), (40, 50, 100), (8, 24, 64), (32, 16, 129), (23, 41, 37)];
+        // (rows, tokens, blocks); matmul calls with >= 16 tokens, but any count must work.
+        let shapes: [(usize, usize, usize); 11] = [
+            (1, 16, 1),
+            (16, 16, 2),
+            (7, 17, 3),
+            (17, 23, 8),
+            (33, 31, 5),
+            (40, 50, 100),
+            (8, 24, 64),
+            (32, 16, 129),
+            (23, 41, 37),
+            (3, 1, 4),
+            (18, 9, 2),
+        ];
         for t in [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0] {
             let at = t.vec_dot_type();
             let scalar = crate::isa::scalar::vec_dot(t).unwrap();
