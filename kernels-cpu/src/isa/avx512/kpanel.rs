@@ -14,7 +14,8 @@
 //! 2. **Multiply**: a micro-kernel of 16 rows x 8 tokens. Per 4 values: one 64-byte load of
 //!    codes and, per token, one `vpdpbusd` whose signed operand is the token's 4 Q8_K bytes
 //!    broadcast straight from the activation row (embedded broadcast: the activations need no
-//!    repacking at all). Per sub-block, `s1 += scale * raw` (`vpmulld`); per block the
+//!    repacking at all). Per sub-block, `s1 += scale * raw` (`vpmulld`; Q2_K instead stores its
+//!    codes already multiplied by their 4-bit scales, at most 45); per block the
 //!    corrections come from the Q8_K group sums (`bsums`, read in pairs as one dword) with one
 //!    `vpdpwssd` per pair of groups, into `s1` (code offsets, same factor `d`) or `s2`
 //!    (minimums, factor `dmin`); then in f32 `acc += d_x * (d_w * s1 - dmin_w * s2)`.
@@ -25,6 +26,7 @@
 //! Installed only when AVX-512 F/BW/VL, AVX2/FMA and VNNI are all detected (`supported()`),
 //! which is what makes calling the `#[target_feature]` functions below sound.
 #![allow(clippy::too_many_arguments)]
+#![allow(clippy::needless_range_loop)] // token t indexes several register arrays at once
 
 use core::arch::x86_64::*;
 use std::cell::RefCell;
@@ -218,7 +220,8 @@ unsafe fn unpack_panel<const T: u8>(w: *const u8, w_stride: usize, nr: usize, nb
                 for q in 0..4 {
                     transpose16(st.add(q * ROWS), unit.add(16 * q), 16);
                 }
-                transpose16(st.add(4 * ROWS), unit.add(SCALE_LINE), QK_K / sub_size(T));
+                // (Q2_K: the scales are folded into the codes)
+                transpose16(st.add(4 * ROWS), unit.add(SCALE_LINE), if T == Q2 { 0 } else { QK_K / sub_size(T) });
                 transpose16(st.add(5 * ROWS), unit.add(CORR_LINE), UNIT_LINES - CORR_LINE);
             }
         }
@@ -267,6 +270,22 @@ unsafe fn transpose16(src: *const Line, dst: *mut Line, n_out: usize) {
     }
 }
 
+/// 0, 1, .., 31 as the 16-bit words of a vector.
+#[repr(C, align(64))]
+struct WordIndex([i16; 32]);
+impl WordIndex {
+    const fn new() -> WordIndex {
+        let mut w = [0i16; 32];
+        let mut i = 0;
+        while i < 32 {
+            w[i] = i as i16;
+            i += 1;
+        }
+        WordIndex(w)
+    }
+}
+static WORD_INDEX: WordIndex = WordIndex::new();
+
 /// Bytes `lo` in the low 256 bits and `hi` in the high 256 bits.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
@@ -297,7 +316,8 @@ unsafe fn unpack_row<const T: u8>(blk: *const u8, st: *mut Line, r: usize) {
     // SAFETY (whole body): every read is inside the block (offsets from the ggml layouts in
     // types/q*_k.rs: Q2_K scales 0, qs 16, d 80, dmin 82; Q3_K hmask 0, qs 32, scales 96,
     // d 108; Q4_K d 0, dmin 2, scales 4, qs 16; Q5_K d 0, dmin 2, scales 4, qh 16, qs 48;
-    // Q6_K ql 0, qh 128, scales 192, d 208); every write is one of this row's stage lines.
+    // Q6_K ql 0, qh 128, scales 192, d 208); every write is one of this row's stage lines;
+    // `WORD_INDEX` is a 64-byte aligned static of 64 bytes.
     unsafe {
         let f16 = |off: usize| _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128((blk.add(off) as *const u16).read_unaligned() as i32)));
         let (d, dmin);
@@ -358,6 +378,19 @@ unsafe fn unpack_row<const T: u8>(blk: *const u8, st: *mut Line, r: usize) {
                     let v = _mm512_broadcast_i64x4(_mm256_loadu_si256(blk.add(qs + 32 * (q / 2)) as *const _));
                     let sh = 4 * (q as i16 % 2);
                     let mut c = _mm512_and_si512(_mm512_srlv_epi16(v, halves_epi16(sh, sh + 2)), _mm512_set1_epi8(3));
+                    if T == Q2 {
+                        // Q2_K codes (0..3) times their 4-bit scales fit a byte (<= 45): store
+                        // the products and skip the per-sub-block vpmulld. 16-bit multiplies:
+                        // both bytes of a word share a sub-block and the low product (< 256)
+                        // cannot carry into the high byte.
+                        let sc16 = _mm512_zextsi256_si512(_mm256_cvtepu8_epi16(_mm_and_si128(
+                            _mm_loadu_si128(blk as *const _),
+                            _mm_set1_epi8(0x0F),
+                        )));
+                        // word w of code line q is in sub-block 4q + w / 8
+                        let idx = _mm512_add_epi16(_mm512_set1_epi16(4 * q as i16), _mm512_srli_epi16::<3>(_mm512_load_si512(WORD_INDEX.0.as_ptr() as *const _)));
+                        c = _mm512_mullo_epi16(c, _mm512_permutexvar_epi16(idx, sc16));
+                    }
                     if T == Q3 {
                         // hmask bit (64q + l) / 32 set: level = low, else low - 4; code = level + 4
                         let k = _mm512_test_epi8_mask(hm, halves_epi8((1u8 << (2 * q)) as i8, (1u8 << (2 * q + 1)) as i8));
@@ -445,7 +478,16 @@ unsafe fn micro<const T: u8>(units: *const Line, nb: usize, tokens: Tokens, out:
             let xb: [*const u8; TOKENS] = core::array::from_fn(|t| tokens.x[t].add(b * Q8K_BYTES));
             let act = |t: usize, off: usize| _mm512_set1_epi32((xb[t].add(off) as *const i32).read_unaligned());
             let mut s1 = [_mm512_setzero_si512(); TOKENS];
-            for j in 0..n_sub {
+            if T == Q2 {
+                // codes already carry their scales (see `unpack_row`)
+                for kg in 0..CODE_LINES {
+                    let codes = _mm512_load_si512(u.add(kg) as *const _);
+                    for t in 0..TOKENS {
+                        s1[t] = _mm512_dpbusd_epi32(s1[t], codes, act(t, Q8K_QS + 4 * kg));
+                    }
+                }
+            }
+            for j in 0..if T == Q2 { 0 } else { n_sub } {
                 let mut raw = [_mm512_setzero_si512(); TOKENS];
                 for k in 0..groups_per_sub {
                     let kg = j * groups_per_sub + k;
