@@ -158,6 +158,9 @@ pub fn pack(o: &PackOptions) -> anyhow::Result<PackReport> {
         w.add_stored_entry(&x.name, &x.path, x.align)?;
     }
     let f = w.finish()?;
+    // On disk before the rename makes it visible: a crash right after `pack` returns must not
+    // leave an executable whose tail is still only in the page cache (lost: a truncated file).
+    f.sync_all().with_context(|| format!("cannot flush {} to disk", tmp.path().display()))?;
     let size = f.metadata()?.len();
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).context("cannot make the output executable")?;
     drop(f);
