@@ -272,20 +272,26 @@ const TRANSPOSE: [[[u32; 16]; 8]; 3] = {
     idx
 };
 
+/// Whether the 16 row offsets of a panel with row stride `ws` fit a gather's i32 indices.
+fn can_gather(ws: usize) -> bool {
+    ws <= i32::MAX as usize / ROWS
+}
+
 /// Packs rows `0..nr` (`nr <= 16`, at `w + r * ws`, `nb` blocks each) into `nb` packed blocks
-/// at `dst` (see the module comment); rows `nr..16` are zeros.
+/// at `dst` (see the module comment); rows `nr..16` are zeros. `gather`: read the scales with
+/// one gather per block (needs `16 * ws` to fit an i32, see `can_gather`), else row by row.
 ///
 /// # Safety
 /// The rows are readable; `dst` has room for `nb * block_lines::<W>()` lines; the CPU has the
 /// kernel's features.
 #[inline(always)]
-unsafe fn pack_panel<W: Weights>(nb: usize, w: *const u8, ws: usize, nr: usize, dst: *mut Line) {
+unsafe fn pack_panel<W: Weights>(nb: usize, w: *const u8, ws: usize, nr: usize, dst: *mut Line, gather: bool) {
     let lines = block_lines::<W>();
     let zero = _mm256_setzero_si256();
     let rows = if nr >= ROWS { u16::MAX } else { (1u16 << nr) - 1 };
     // The scales (and the minimums, in the same 32 bits) of the 16 rows by one gather, when
     // the row offsets fit its 32-bit indices (any real matrix); else one row at a time.
-    let gather = ws <= i32::MAX as usize / ROWS;
+    let gather = gather && can_gather(ws);
     let offsets = _mm512_mullo_epi32(_mm512_set1_epi32(if gather { ws as i32 } else { 0 }), lanes(&[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]));
     for b in 0..nb {
         let mut regs = [_mm512_setzero_si512(); 8];
@@ -518,7 +524,7 @@ unsafe fn run<W: Weights, A: Acts>(
     let panels = nr.div_ceil(ROWS);
     for p in 0..panels {
         let r0 = p * ROWS;
-        pack_panel::<W>(nb, w.add(r0 * ws), ws, (nr - r0).min(ROWS), lp.add(p * nb * lines));
+        pack_panel::<W>(nb, w.add(r0 * ws), ws, (nr - r0).min(ROWS), lp.add(p * nb * lines), true);
     }
     for c in 0..nc {
         prepare_token::<W, A>(nb, x.add(c * xs), sp.add(c * nb) as *mut f32, sp.add((nc + c) * nb));
@@ -693,6 +699,42 @@ mod tests {
         crate::types::dequantize_row(t, w, &mut wf);
         crate::types::dequantize_row(at, x, &mut xf);
         wf.chunks(QK).zip(xf.chunks(QK)).map(|(a, b)| a.iter().zip(b).map(|(p, q)| (p * q).abs()).sum::<f32>()).sum()
+    }
+
+    /// The two ways of reading the row scales while packing (one gather, or row by row for
+    /// strides too long for its 32-bit offsets) give the same panel, ragged rows included.
+    #[test]
+    fn pack_gathered_and_row_by_row_agree() {
+        if !supported() {
+            eprintln!("skipped: this CPU lacks AVX-512 VNNI");
+            return;
+        }
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+        unsafe fn pack<W: Weights>(nb: usize, w: &[u8], ws: usize, nr: usize, gather: bool) -> Vec<[u8; 64]> {
+            let mut dst = vec![Line([0xee; 64]); nb * block_lines::<W>()];
+            pack_panel::<W>(nb, w.as_ptr(), ws, nr, dst.as_mut_ptr(), gather);
+            dst.iter().map(|l| l.0).collect()
+        }
+        fn check<W: Weights>(t: WeightType) {
+            let (nb, nr) = (5, 11);
+            let n = nb * QK;
+            let ws = t.row_bytes(n) + 6;
+            let mut w = vec![0x5au8; ws * nr];
+            for r in 0..nr {
+                quantize_row(t, &values(n, 40 + r as u64, 1.0 + r as f32), &mut w[r * ws..r * ws + t.row_bytes(n)]);
+            }
+            // SAFETY: the CPU has the features (checked above); `nr` rows of `nb` blocks lie in `w`.
+            let (a, b) = unsafe { (pack::<W>(nb, &w, ws, nr, true), pack::<W>(nb, &w, ws, nr, false)) };
+            assert!(a == b, "{t:?}: gathered and row-by-row scales pack differently");
+            // Scale lines: rows 0..nr nonzero, padding rows zero.
+            let d = &a[8];
+            assert!(d[..4 * nr].chunks(4).all(|c| c != [0; 4]) && d[4 * nr..].iter().all(|&v| v == 0), "{t:?}: scale line {d:?}");
+        }
+        check::<Q4_0>(WeightType::Q4_0);
+        check::<Q4_1>(WeightType::Q4_1);
+        check::<Q5_0>(WeightType::Q5_0);
+        check::<Q5_1>(WeightType::Q5_1);
+        check::<Q8_0>(WeightType::Q8_0);
     }
 
     /// Calling again with other shapes reuses and grows the scratch without mixing up calls:
