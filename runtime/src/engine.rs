@@ -580,15 +580,19 @@ mod tests {
             assert_eq!(s.n_past(), 40);
             s.logits().to_vec()
         };
-        let (b16, b7, b1) = (eval_in(16), eval_in(7), eval_in(1));
-        // Batches of any size take the same matrix kernels: same numbers.
-        let d = b16.iter().zip(&b7).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-        assert!(d < 1e-3, "batches of 16 vs 7: max |dlogit| {d}");
-        // One token at a time may take the kernels' matrix-vector path, whose float sums are
-        // ordered differently: rounding noise only (the reference moves by 0.07 this way).
-        let mean = b16.iter().zip(&b1).map(|(x, y)| (x - y).abs() as f64).sum::<f64>() / b1.len() as f64;
-        assert!(mean < 0.1, "batch vs token by token: mean |dlogit| {mean}");
-        assert_eq!(sampler::argmax(&b16), sampler::argmax(&b1));
+        let (b16, b10, b7, b1) = (eval_in(16), eval_in(10), eval_in(7), eval_in(1));
+        // Batches that take the same matrix kernels (8 tokens or more: the panel kernels where
+        // the ISA has them) give the same numbers whatever their size.
+        let d = b16.iter().zip(&b10).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(d < 1e-3, "batches of 16 vs 10: max |dlogit| {d}");
+        // Fewer tokens take the tile kernels, one token the matrix-vector path: the same integer
+        // sums, combined in another float order: rounding noise only (the reference moves by
+        // 0.07 between batch and token by token).
+        for (name, other) in [("7", &b7), ("1", &b1)] {
+            let mean = b16.iter().zip(other).map(|(x, y)| (x - y).abs() as f64).sum::<f64>() / other.len() as f64;
+            assert!(mean < 0.1, "batches of 16 vs {name}: mean |dlogit| {mean}");
+            assert_eq!(sampler::argmax(&b16), sampler::argmax(other), "batches of 16 vs {name}: top token");
+        }
     }
 
     #[test]
