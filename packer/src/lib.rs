@@ -70,6 +70,62 @@ fn file_id(p: &Path) -> Option<(u64, u64)> {
 }
 
 /// Check every input, then write the llamafile. Nothing is left behind on failure.
+/// The temporary output being written, as a NUL-terminated path for the signal handler (null
+/// when none). A raw pointer in an atomic: all that an async-signal-safe handler may touch.
+static TMP_FOR_SIGNAL: std::sync::atomic::AtomicPtr<libc::c_char> = std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+
+/// SIGINT/SIGTERM/SIGHUP while packing: remove the temporary output (nothing half-written is
+/// left behind, not even hidden), then die of the same signal (the default action).
+extern "C" fn remove_tmp_and_reraise(sig: libc::c_int) {
+    let p = TMP_FOR_SIGNAL.swap(std::ptr::null_mut(), std::sync::atomic::Ordering::SeqCst);
+    // SAFETY: unlink, signal and raise are async-signal-safe; `p` is null or the NUL-terminated
+    // path leaked by `TmpGuard::new`, never freed while registered (swapped out first).
+    unsafe {
+        if !p.is_null() {
+            libc::unlink(p);
+        }
+        libc::signal(sig, libc::SIG_DFL);
+        libc::raise(sig);
+    }
+}
+
+/// For the `pack` command: on SIGINT, SIGTERM or SIGHUP during `pack`, remove the temporary
+/// output before exiting. (A library user that handles these signals itself should not call it.)
+pub fn remove_partial_output_on_signal() {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: installs a handler that only calls async-signal-safe functions.
+        unsafe { libc::signal(sig, remove_tmp_and_reraise as *const () as libc::sighandler_t) };
+    }
+}
+
+/// Registers the temporary output's path for the signal handler while it exists.
+struct TmpGuard;
+
+impl TmpGuard {
+    fn new(path: &Path) -> TmpGuard {
+        use std::os::unix::ffi::OsStrExt;
+        if let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) {
+            let old = TMP_FOR_SIGNAL.swap(c.into_raw(), std::sync::atomic::Ordering::SeqCst);
+            free_path(old);
+        }
+        TmpGuard
+    }
+}
+
+impl Drop for TmpGuard {
+    fn drop(&mut self) {
+        free_path(TMP_FOR_SIGNAL.swap(std::ptr::null_mut(), std::sync::atomic::Ordering::SeqCst));
+    }
+}
+
+fn free_path(p: *mut libc::c_char) {
+    if !p.is_null() {
+        // SAFETY: every non-null pointer stored in TMP_FOR_SIGNAL came from `CString::into_raw`
+        // and was swapped out of it before this call, so it is freed exactly once.
+        drop(unsafe { std::ffi::CString::from_raw(p) });
+    }
+}
+
 pub fn pack(o: &PackOptions) -> anyhow::Result<PackReport> {
     // 1. Inputs, before anything is written.
     let runtime_bytes = std::fs::read(&o.runtime).with_context(|| format!("cannot read runtime {}", o.runtime.display()))?;
@@ -122,6 +178,7 @@ pub fn pack(o: &PackOptions) -> anyhow::Result<PackReport> {
         .suffix(".tmp")
         .tempfile_in(&dir)
         .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
+    let _signal_guard = TmpGuard::new(tmp.path());
     let mut f = tmp.as_file().try_clone().context("cannot reopen the temporary file")?;
     f.write_all(&runtime_bytes).with_context(|| format!("cannot write {}", tmp.path().display()))?;
     let mut w = ZipWriter::new(f)?;

@@ -104,6 +104,7 @@ fn main() {
             std::process::exit(code);
         }
     };
+    packer::remove_partial_output_on_signal();
     if let Err(e) = run(cli) {
         // The whole chain on one line (newlines inside messages would break "one line").
         eprintln!("pack: error: {}", format!("{e:#}").replace('\n', " "));

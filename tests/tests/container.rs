@@ -185,6 +185,53 @@ fn default_output_name_runtime_and_list() {
     assert!(t.contains(".args:\n  --info ...") && t.contains("architecture:    llama"), "{t}");
 }
 
+/// Ctrl-C (SIGINT) or SIGTERM in the middle of packing a big input leaves nothing behind: no
+/// output, and no hidden temporary file either; `pack` dies of the signal.
+#[test]
+fn interrupted_pack_leaves_no_partial_output() {
+    use std::os::unix::process::ExitStatusExt;
+    for sig in [libc_sig::INT, libc_sig::TERM] {
+        let dir = tempfile::tempdir().unwrap();
+        let n: u64 = (4u64 << 30) / 4; // 4 GiB of F32 data, sparse: the checksum pass reads it
+        let header = gguf_header(&[("general.architecture", "llama"), ("general.name", "big")], n);
+        let g = dir.path().join("big.gguf");
+        {
+            let f = std::fs::File::create(&g).unwrap();
+            use std::io::Write;
+            (&f).write_all(&header).unwrap();
+            f.set_len(header.len() as u64 + 4 * n).unwrap();
+        }
+        let out = dir.path().join("big.llamafile");
+        let mut child = Command::new(pack()).arg("--runtime").arg(runtime()).arg("--gguf").arg(&g).arg("-o").arg(&out).spawn().unwrap();
+        // Wait until the temporary output exists (pack is then writing), then interrupt.
+        let t = std::time::Instant::now();
+        let tmp_exists = || std::fs::read_dir(dir.path()).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().ends_with(".tmp"));
+        while !tmp_exists() && t.elapsed() < std::time::Duration::from_secs(20) {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        if child.try_wait().unwrap().is_some() {
+            eprintln!("SKIPPED (signal {sig}): pack finished before it could be interrupted");
+            continue;
+        }
+        assert!(tmp_exists(), "pack made no temporary output within 20 s");
+        let killed = Command::new("kill").arg(format!("-{sig}")).arg(child.id().to_string()).status().unwrap();
+        assert!(killed.success());
+        let status = child.wait().unwrap();
+        assert_eq!(status.signal(), Some(sig), "pack should die of signal {sig}: {status:?}");
+        let left: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert_eq!(left, vec!["big.gguf".to_string()], "files left after signal {sig}");
+    }
+}
+
+/// Signal numbers (Linux, x86-64 and the others this project builds for).
+mod libc_sig {
+    pub const INT: i32 = 2;
+    pub const TERM: i32 = 15;
+}
+
 #[test]
 fn sparse_gguf_over_4_gib_packs_with_zip64() {
     let dir = tempfile::tempdir().unwrap();
