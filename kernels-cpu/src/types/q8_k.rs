@@ -350,6 +350,22 @@ pub(crate) mod test_util {
         }
     }
 
+    /// Deterministic values in [-1, 1) times `scale`, every 97th 8x larger (splitmix64): the
+    /// kernels' tests use them for weights and activations with a few outliers.
+    pub fn spiky_values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|i| {
+                s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                let mut z = s;
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                let v = (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
+                scale * if i % 97 == 0 { 8.0 * v } else { v }
+            })
+            .collect()
+    }
+
     /// Relative RMS error of `b` against `a`.
     pub fn rel_rms(a: &[f32], b: &[f32]) -> f32 {
         let num: f32 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();

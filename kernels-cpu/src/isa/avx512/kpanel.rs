@@ -39,7 +39,7 @@ use crate::types::WeightType;
 
 /// Everything these kernels need, detected at run time (the same rule as `kquants.rs`).
 fn supported() -> bool {
-    super::available() && is_x86_feature_detected!("avx512vnni")
+    super::vnni()
 }
 
 pub fn panel(t: WeightType) -> Option<PanelFn> {

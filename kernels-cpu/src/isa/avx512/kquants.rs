@@ -28,7 +28,7 @@ use crate::types::WeightType;
 
 /// Everything these kernels need, detected at run time.
 fn supported() -> bool {
-    super::available() && is_x86_feature_detected!("avx512vnni")
+    super::vnni()
 }
 
 pub fn vec_dot(t: WeightType) -> Option<VecDotFn> {

@@ -926,17 +926,7 @@ mod tests {
 
     /// Deterministic values in [-1, 1) with a few large ones (splitmix64).
     fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|i| {
-                s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
-                let mut z = s;
-                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-                let v = (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
-                if i % 97 == 0 { 8.0 * v } else { v }
-            })
-            .collect()
+        crate::types::q8_k::test_util::spiky_values(n, seed, 1.0)
     }
 
     /// The one-token kernel and `vec_dot` against the scalar specification for every block

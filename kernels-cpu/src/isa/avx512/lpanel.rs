@@ -47,7 +47,7 @@ const QK: usize = 32;
 
 /// VNNI for the products (the avx2 set, with FMA and F16C, comes with `available`).
 fn supported() -> bool {
-    super::available() && is_x86_feature_detected!("avx512vnni")
+    super::vnni()
 }
 
 pub fn panel(t: WeightType) -> Option<PanelFn> {
@@ -605,17 +605,7 @@ mod tests {
 
     /// Deterministic values in [-1, 1) times `scale`, with a few 8x larger ones (splitmix64).
     fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|i| {
-                s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
-                let mut z = s;
-                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-                let v = (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
-                scale * if i % 97 == 0 { 8.0 * v } else { v }
-            })
-            .collect()
+        crate::types::q8_k::test_util::spiky_values(n, seed, scale)
     }
 
     /// Every legacy type, ragged row and token counts (around the 16-row panel and the token

@@ -19,6 +19,11 @@ pub fn available() -> bool {
         && super::avx2::available()
 }
 
+/// AVX-512 with VNNI (`vpdpbusd`/`vpdpwssd`): what the K-quant and panel kernels need.
+fn vnni() -> bool {
+    available() && is_x86_feature_detected!("avx512vnni")
+}
+
 pub fn vec_dot(t: WeightType) -> Option<VecDotFn> {
     legacy::vec_dot(t).or_else(|| kquants::vec_dot(t))
 }
