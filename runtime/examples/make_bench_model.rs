@@ -21,7 +21,7 @@ use kernels_cpu::types::quantize_row;
 use kernels_cpu::WeightType;
 use llamafile::gguf::{GgufFile, MetaValue};
 use std::collections::HashMap;
-use std::io::{BufWriter, Seek, Write};
+use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 
 const N_LAYER: usize = 32;
@@ -90,54 +90,6 @@ impl Gauss {
     }
 }
 
-fn write_str(w: &mut impl Write, s: &str) -> Result<()> {
-    w.write_all(&(s.len() as u64).to_le_bytes())?;
-    w.write_all(s.as_bytes())?;
-    Ok(())
-}
-
-fn type_id(v: &MetaValue) -> u32 {
-    match v {
-        MetaValue::U8(_) => 0,
-        MetaValue::I8(_) => 1,
-        MetaValue::U16(_) => 2,
-        MetaValue::I16(_) => 3,
-        MetaValue::U32(_) => 4,
-        MetaValue::I32(_) => 5,
-        MetaValue::F32(_) => 6,
-        MetaValue::Bool(_) => 7,
-        MetaValue::String(_) => 8,
-        MetaValue::Array(_) => 9,
-        MetaValue::U64(_) => 10,
-        MetaValue::I64(_) => 11,
-        MetaValue::F64(_) => 12,
-    }
-}
-
-fn write_value(w: &mut impl Write, v: &MetaValue) -> Result<()> {
-    match v {
-        MetaValue::U8(x) => w.write_all(&x.to_le_bytes())?,
-        MetaValue::I8(x) => w.write_all(&x.to_le_bytes())?,
-        MetaValue::U16(x) => w.write_all(&x.to_le_bytes())?,
-        MetaValue::I16(x) => w.write_all(&x.to_le_bytes())?,
-        MetaValue::U32(x) => w.write_all(&x.to_le_bytes())?,
-        MetaValue::I32(x) => w.write_all(&x.to_le_bytes())?,
-        MetaValue::F32(x) => w.write_all(&x.to_le_bytes())?,
-        MetaValue::Bool(x) => w.write_all(&[*x as u8])?,
-        MetaValue::String(s) => write_str(w, s)?,
-        MetaValue::Array(a) => {
-            w.write_all(&a.first().map(type_id).unwrap_or(4).to_le_bytes())?;
-            w.write_all(&(a.len() as u64).to_le_bytes())?;
-            for x in a {
-                write_value(w, x)?;
-            }
-        }
-        MetaValue::U64(x) => w.write_all(&x.to_le_bytes())?,
-        MetaValue::I64(x) => w.write_all(&x.to_le_bytes())?,
-        MetaValue::F64(x) => w.write_all(&x.to_le_bytes())?,
-    }
-    Ok(())
-}
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -206,28 +158,9 @@ fn main() -> Result<()> {
     let tmp = out.with_extension("gguf.partial");
     let file = std::fs::File::create(&tmp).with_context(|| format!("{}", tmp.display()))?;
     let mut w = BufWriter::with_capacity(8 << 20, file);
-    w.write_all(b"GGUF")?;
-    w.write_all(&3u32.to_le_bytes())?;
-    w.write_all(&(tensors.len() as u64).to_le_bytes())?;
-    w.write_all(&(meta.len() as u64).to_le_bytes())?;
-    for (k, v) in &meta {
-        write_str(&mut w, k)?;
-        w.write_all(&type_id(v).to_le_bytes())?;
-        write_value(&mut w, v)?;
-    }
-    let mut offset = 0u64;
-    for t in &tensors {
-        write_str(&mut w, &t.name)?;
-        w.write_all(&(t.dims.len() as u32).to_le_bytes())?;
-        for d in &t.dims {
-            w.write_all(&d.to_le_bytes())?;
-        }
-        w.write_all(&(t.ty as u32).to_le_bytes())?;
-        w.write_all(&offset.to_le_bytes())?;
-        offset = (offset + t.bytes()).div_ceil(ALIGN) * ALIGN;
-    }
-    let pos = w.stream_position()?;
-    w.write_all(&vec![0u8; (pos.div_ceil(ALIGN) * ALIGN - pos) as usize])?;
+    let infos: Vec<(&str, &[u64], u32, u64)> = tensors.iter().map(|t| (t.name.as_str(), t.dims.as_slice(), t.ty as u32, t.bytes())).collect();
+    let meta_refs: Vec<(&str, MetaValue)> = meta.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    w.write_all(&llamafile::gguf::writer::header(&meta_refs, &infos, ALIGN))?;
 
     // data
     let mut pools: HashMap<(WeightType, usize), Vec<u8>> = HashMap::new();

@@ -699,8 +699,10 @@ pub mod writer {
         pub data: &'a [u8],
     }
 
-    /// A complete GGUF v3 in memory.
-    pub fn build(metadata: &[(&str, MetaValue)], tensors: &[TensorSpec], alignment: u64) -> Vec<u8> {
+    /// The part of a GGUF v3 before the tensor data: header, metadata, tensor infos (data
+    /// offsets laid out at `alignment`) and the padding up to the data section. `tensors`: name,
+    /// dims (ggml order), ggml type id, data length in bytes. For writers that stream the data.
+    pub fn header(metadata: &[(&str, MetaValue)], tensors: &[(&str, &[u64], u32, u64)], alignment: u64) -> Vec<u8> {
         let mut out = Vec::new();
         out.extend_from_slice(b"GGUF");
         out.extend_from_slice(&3u32.to_le_bytes());
@@ -712,23 +714,30 @@ pub mod writer {
             put_value(&mut out, v);
         }
         let mut offset = 0u64;
-        let mut offsets = Vec::new();
-        for t in tensors {
-            put_str(&mut out, t.name);
-            out.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
-            for d in t.dims {
+        for (name, dims, ggml_type, len) in tensors {
+            put_str(&mut out, name);
+            out.extend_from_slice(&(dims.len() as u32).to_le_bytes());
+            for d in *dims {
                 out.extend_from_slice(&d.to_le_bytes());
             }
-            out.extend_from_slice(&t.ggml_type.to_le_bytes());
+            out.extend_from_slice(&ggml_type.to_le_bytes());
             out.extend_from_slice(&offset.to_le_bytes());
-            offsets.push(offset);
-            offset = (offset + t.data.len() as u64).div_ceil(alignment) * alignment;
+            offset = (offset + len).div_ceil(alignment) * alignment;
         }
-        let data_start = (out.len() as u64).div_ceil(alignment) * alignment;
-        out.resize(data_start as usize, 0);
-        for (t, off) in tensors.iter().zip(offsets) {
+        out.resize((out.len() as u64).div_ceil(alignment) as usize * alignment as usize, 0);
+        out
+    }
+
+    /// A complete GGUF v3 in memory.
+    pub fn build(metadata: &[(&str, MetaValue)], tensors: &[TensorSpec], alignment: u64) -> Vec<u8> {
+        let infos: Vec<(&str, &[u64], u32, u64)> = tensors.iter().map(|t| (t.name, t.dims, t.ggml_type, t.data.len() as u64)).collect();
+        let mut out = header(metadata, &infos, alignment);
+        let data_start = out.len() as u64;
+        let mut off = 0u64;
+        for t in tensors {
             out.resize((data_start + off) as usize, 0);
             out.extend_from_slice(t.data);
+            off = (off + t.data.len() as u64).div_ceil(alignment) * alignment;
         }
         out
     }
