@@ -311,7 +311,7 @@ fn attention(hp: &Hparams, la: LayerAttn, n: usize, pos: usize, kv: &LayerKv, q:
     let avx2 = cfg!(target_arch = "x86_64") && kernels_cpu::kernels().isa >= kernels_cpu::Isa::Avx2;
     let tiled = n >= FA_TILE && hp.n_head / hp.n_head_kv <= MAX_TILED_GROUP;
     if tiled {
-        return attention_tiled(hp, la, n, pos, kv, q, att, avx2);
+        return attention_tiled(hp, la, n, pos, kv, q, att);
     }
     att[..n * hp.n_head * hp.head_dim_v].par_chunks_mut(group * hp.head_dim_v).enumerate().for_each(|(i, out)| {
         let (t, g) = (i / n_kv, i % n_kv);
@@ -334,6 +334,10 @@ unsafe fn attend_group_avx2(hp: &Hparams, la: LayerAttn, p: usize, g: usize, kv:
     attend_group(hp, la, p, g, kv, q, out)
 }
 
+/// The first cache position the token at position `p` sees (its sliding window, if any).
+fn window_start(la: LayerAttn, p: usize) -> usize {
+    la.window.map_or(0, |w| (p + 1).saturating_sub(w))
+}
 
 /// Cache positions per tile (and the batch size from which the reference uses its tiled
 /// flash attention: ggml's `GGML_FA_TILE_Q` = `GGML_FA_TILE_KV` = 64).
@@ -354,10 +358,7 @@ fn attend_group_tiled(hp: &Hparams, la: LayerAttn, p: usize, g: usize, kv: &Laye
     let (hd, hdv, kd, vd) = (hp.head_dim, hp.head_dim_v, hp.k_dim(), hp.v_dim());
     let group = hp.n_head / hp.n_head_kv;
     let scale = hp.attn_scale;
-    let lo = match la.window {
-        Some(w) => (p + 1).saturating_sub(w),
-        None => 0,
-    };
+    let lo = window_start(la, p);
     let mut acc = [0f32; MAX_GROUP_DIM];
     let mut row = [0f32; MAX_HEAD_DIM];
     let mut sc = [0f32; MAX_TILED_GROUP * FA_TILE];
@@ -423,7 +424,8 @@ thread_local! {
 /// every KV head, rayon over the tasks. Same arithmetic per query row as `attend_group_tiled`
 /// (the specification, kept for the tests) except the order of the terms of each q.k sum.
 #[allow(clippy::too_many_arguments)]
-fn attention_tiled(hp: &Hparams, la: LayerAttn, n: usize, pos: usize, kv: &LayerKv, q: &[f32], att: &mut [f32], avx2: bool) {
+fn attention_tiled(hp: &Hparams, la: LayerAttn, n: usize, pos: usize, kv: &LayerKv, q: &[f32], att: &mut [f32]) {
+    let isa = kernels_cpu::kernels().isa;
     let row_out = hp.n_head * hp.head_dim_v;
     let qd = hp.q_dim();
     att[..n * row_out].par_chunks_mut(FA_QBLOCK * row_out).enumerate().for_each(|(b, out)| {
@@ -433,23 +435,30 @@ fn attention_tiled(hp: &Hparams, la: LayerAttn, n: usize, pos: usize, kv: &Layer
             let mut buf = buf.borrow_mut();
             for g in 0..hp.n_head_kv {
                 let qs = &q[t0 * qd..(t0 + nq) * qd];
-                #[cfg(target_arch = "x86_64")]
-                if avx2 {
-                    if kernels_cpu::kernels().isa >= kernels_cpu::Isa::Avx512 {
-                        // SAFETY: the kernels report AVX-512 only when the CPU has AVX-512 F
-                        // (and the AVX2/FMA set).
-                        unsafe { attend_block_avx512(hp, la, pos + t0, nq, g, kv, qs, out, &mut buf) };
-                    } else {
-                        // SAFETY: the kernels report AVX2 only when the CPU has AVX2, FMA, F16C.
-                        unsafe { attend_block_avx2(hp, la, pos + t0, nq, g, kv, qs, out, &mut buf) };
-                    }
-                    continue;
-                }
-                let _ = avx2;
-                attend_block_tiled::<2>(hp, la, pos + t0, nq, g, kv, qs, out, &mut buf);
+                attend_block(isa, hp, la, pos + t0, nq, g, kv, qs, out, &mut buf);
             }
         });
     });
+}
+
+/// `attend_block_tiled` compiled for the best of `isa` (the process's kernel ISA, or one the
+/// tests choose from `Isa::available()`).
+#[allow(clippy::too_many_arguments)]
+fn attend_block(isa: kernels_cpu::Isa, hp: &Hparams, la: LayerAttn, p0: usize, nq: usize, g: usize, kv: &LayerKv, q: &[f32], out: &mut [f32], buf: &mut Vec<f32>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if isa >= kernels_cpu::Isa::Avx512 {
+            // SAFETY: an ISA is reported (kernels table, `Isa::available`) only when the CPU has
+            // it; Avx512 includes AVX-512 F and the AVX2/FMA/F16C set.
+            return unsafe { attend_block_avx512(hp, la, p0, nq, g, kv, q, out, buf) };
+        }
+        if isa >= kernels_cpu::Isa::Avx2 {
+            // SAFETY: as above; Avx2 means AVX2, FMA and F16C.
+            return unsafe { attend_block_avx2(hp, la, p0, nq, g, kv, q, out, buf) };
+        }
+    }
+    let _ = isa;
+    attend_block_tiled::<2>(hp, la, p0, nq, g, kv, q, out, buf)
 }
 
 /// `attend_block_tiled` for AVX-512 (4 query rows per register block).
@@ -490,7 +499,7 @@ fn attend_block_tiled<const RB: usize>(
     let group = hp.n_head / hp.n_head_kv;
     let rows = nq * group;
     let row_out = hp.n_head * hdv;
-    let lo_of = |p: usize| la.window.map_or(0, |w| (p + 1).saturating_sub(w));
+    let lo_of = |p: usize| window_start(la, p);
     let need = hd * FA_TILE + FA_TILE * hdv + rows * (hd + FA_TILE + hdv + 2);
     if buf.len() < need {
         buf.resize(need, 0.0);
@@ -689,10 +698,7 @@ fn attend_group(hp: &Hparams, la: LayerAttn, p: usize, g: usize, kv: &LayerKv, q
     let (hd, hdv, kd, vd) = (hp.head_dim, hp.head_dim_v, hp.k_dim(), hp.v_dim());
     let group = hp.n_head / hp.n_head_kv;
     let scale = hp.attn_scale;
-    let lo = match la.window {
-        Some(w) => (p + 1).saturating_sub(w),
-        None => 0,
-    };
+    let lo = window_start(la, p);
     // this group's queries rounded to f16 (kept as f32), accumulators, widened K/V rows
     let mut qs = [0f32; MAX_GROUP_DIM];
     let mut acc = [0f32; MAX_GROUP_DIM];
@@ -889,7 +895,6 @@ mod tests {
             for window in [None, Some(70)] {
                 let la = LayerAttn { rope_base: 1e4, rope_freq_scale: 1.0, window };
                 for isa in kernels_cpu::Isa::available() {
-                    let avx2 = isa >= kernels_cpu::Isa::Avx2;
                     let mut got = vec![0f32; n * row_out];
                     let mut buf = Vec::new();
                     for (b, out) in got.chunks_mut(FA_QBLOCK * row_out).enumerate() {
@@ -897,17 +902,7 @@ mod tests {
                         let nq = out.len() / row_out;
                         for g in 0..n_kv {
                             let qs = &q[t0 * hp.q_dim()..(t0 + nq) * hp.q_dim()];
-                            #[cfg(target_arch = "x86_64")]
-                            if isa == kernels_cpu::Isa::Avx512 {
-                                // SAFETY: `Isa::available()` lists AVX-512 only when the CPU has it.
-                                unsafe { attend_block_avx512(&hp, la, pos + t0, nq, g, &kv, qs, out, &mut buf) };
-                                continue;
-                            } else if avx2 {
-                                // SAFETY: `Isa::available()` lists AVX2 only when the CPU has it.
-                                unsafe { attend_block_avx2(&hp, la, pos + t0, nq, g, &kv, qs, out, &mut buf) };
-                                continue;
-                            }
-                            attend_block_tiled::<2>(&hp, la, pos + t0, nq, g, &kv, qs, out, &mut buf);
+                            attend_block(isa, &hp, la, pos + t0, nq, g, &kv, qs, out, &mut buf);
                         }
                     }
                     let group = n_head / n_kv;
