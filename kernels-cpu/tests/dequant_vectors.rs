@@ -8,8 +8,9 @@ use kernels_cpu::types::{dequantize_row, WeightType};
 use std::fs::File;
 use std::path::PathBuf;
 
+/// `../shared` beside the checkout; `LLAMAFILE_SHARED` overrides (as for the other crates).
 fn shared() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared")
+    std::env::var_os("LLAMAFILE_SHARED").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared"))
 }
 
 #[test]

@@ -98,9 +98,7 @@ fn main() -> Result<()> {
     if !["q4_k_m", "q8_0", "q6_k", "q2_k"].contains(&kind) {
         bail!("unknown type {kind}: q4_k_m, q8_0, q6_k or q2_k");
     }
-    let shared = std::env::var("LLAMAFILE_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared"));
+    let shared = llamafile::shared_fixtures();
     let src_path = shared.join("models/tiny-mistral-q4_k_m.gguf");
     let src = GgufFile::open(&src_path).with_context(|| format!("{}", src_path.display()))?;
 

@@ -521,7 +521,7 @@ mod tests {
     use super::*;
 
     fn tiny_engine(n_ctx: usize) -> Option<Engine> {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/models/tiny-mistral-q8_0.gguf");
+        let p = crate::shared_fixtures().join("models/tiny-mistral-q8_0.gguf");
         if !p.exists() {
             eprintln!("SKIPPED: {} not found", p.display());
             return None;

@@ -749,7 +749,7 @@ mod tests {
     use super::*;
 
     fn shared() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared")
+        crate::shared_fixtures()
     }
 
     fn small() -> Vec<u8> {

@@ -10,10 +10,7 @@ use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::Model;
 
 pub(crate) fn shared() -> PathBuf {
-    if let Ok(p) = std::env::var("LLAMAFILE_SHARED") {
-        return PathBuf::from(p);
-    }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared")
+    crate::shared_fixtures()
 }
 
 fn load(rel: &str) -> Tokenizer {

@@ -20,7 +20,7 @@ pub fn tiny_model() -> Option<PathBuf> {
     if p.exists() {
         Some(p)
     } else {
-        eprintln!("SKIP: {} not found (the shared fixtures are expected at ../shared)", p.display());
+        eprintln!("SKIP: {} not found (the shared fixtures are expected at ../shared, or where LLAMAFILE_SHARED says)", p.display());
         None
     }
 }
