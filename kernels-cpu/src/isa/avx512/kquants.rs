@@ -16,8 +16,7 @@
 
 use core::arch::x86_64::*;
 
-use crate::isa::prefetch_ahead;
-use crate::isa::{GemmTileFn, GemvFn, QuantizeFn, VecDotFn};
+use crate::isa::{prefetch_ahead, GemmTileFn, GemvFn, QuantizeFn, VecDotFn};
 use crate::types::q2_k::BlockQ2K;
 use crate::types::q3_k::BlockQ3K;
 use crate::types::q4_k::BlockQ4K;

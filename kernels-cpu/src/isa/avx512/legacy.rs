@@ -47,7 +47,7 @@ pub fn vec_dot(t: WeightType) -> Option<VecDotFn> {
 }
 
 /// How far ahead of the current block the weights are prefetched (bytes).
-const PREFETCH: usize = 8192;
+const PREFETCH: usize = crate::isa::PREFETCH_AHEAD;
 
 /// Tile shape: rows x tokens.
 const TILE_ROWS: usize = 4;
