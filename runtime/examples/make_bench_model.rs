@@ -1,7 +1,7 @@
 //! Write a Mistral-7B-shaped GGUF with random weights, for benchmarks (`scripts/make-bench-model`).
 //!
 //! `cargo run --profile release -p runtime --example make_bench_model -- OUT.gguf [TYPE]`
-//! TYPE: q4_k_m (default), q8_0, q6_k, q2_k.
+//! TYPE: q4_k_m (default), q8_0, q6_k, q2_k, q4_0.
 //!
 //! The layout, metadata and vocabulary are the shared tiny models' (architecture `llama`, the
 //! Mistral vocabulary and chat template), with Mistral 7B's shape: 32 blocks, embedding 4096,
@@ -71,6 +71,8 @@ fn mix(kind: &str, name: &str, layer: Option<usize>) -> WeightType {
         }
         "q6_k" => WeightType::Q6_K,
         "q8_0" => WeightType::Q8_0,
+        "q4_0" if name == "output.weight" => WeightType::Q6_K,
+        "q4_0" => WeightType::Q4_0,
         _ => unreachable!(),
     }
 }
@@ -93,10 +95,10 @@ impl Gauss {
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let out = PathBuf::from(args.get(1).ok_or_else(|| anyhow!("usage: make_bench_model OUT.gguf [q4_k_m|q8_0|q6_k|q2_k]"))?);
+    let out = PathBuf::from(args.get(1).ok_or_else(|| anyhow!("usage: make_bench_model OUT.gguf [q4_k_m|q8_0|q6_k|q2_k|q4_0]"))?);
     let kind = args.get(2).map(String::as_str).unwrap_or("q4_k_m");
-    if !["q4_k_m", "q8_0", "q6_k", "q2_k"].contains(&kind) {
-        bail!("unknown type {kind}: q4_k_m, q8_0, q6_k or q2_k");
+    if !["q4_k_m", "q8_0", "q6_k", "q2_k", "q4_0"].contains(&kind) {
+        bail!("unknown type {kind}: q4_k_m, q8_0, q6_k, q2_k or q4_0");
     }
     let shared = llamafile::shared_fixtures();
     let src_path = shared.join("models/tiny-mistral-q4_k_m.gguf");
@@ -112,7 +114,7 @@ fn main() -> Result<()> {
         ("llama.attention.head_count_kv", MetaValue::U32(N_HEAD_KV as u32)),
         ("llama.rope.dimension_count", MetaValue::U32(HEAD_DIM as u32)),
         ("llama.context_length", MetaValue::U32(32768)),
-        ("general.file_type", MetaValue::U32(match kind { "q4_k_m" => 15, "q8_0" => 7, "q6_k" => 18, _ => 10 })),
+        ("general.file_type", MetaValue::U32(match kind { "q4_k_m" => 15, "q8_0" => 7, "q6_k" => 18, "q4_0" => 2, _ => 10 })),
     ]
     .into_iter()
     .collect();
