@@ -26,9 +26,10 @@ pub fn quantize(t: WeightType) -> Option<QuantizeFn> {
     legacy::quantize(t).or_else(|| kquants::quantize(t))
 }
 
-/// Many rows against one token (K-quants: Q4_K only; others use `vec_dot` row by row).
+/// Many rows against one token (Q4_0, Q4_1, Q5_0, Q5_1 and Q4_K; others use `vec_dot` row
+/// by row).
 pub fn gemv(t: WeightType) -> Option<GemvFn> {
-    kquants::gemv(t)
+    legacy::gemv(t).or_else(|| kquants::gemv(t))
 }
 
 /// f16 helpers for the KV cache (used by `ops`). Callers must have checked `available()`.
