@@ -34,12 +34,22 @@ pub fn vec_dot(t: WeightType) -> Option<VecDotFn> {
 }
 
 pub fn gemm(t: WeightType) -> Option<(GemmTileFn, usize, usize)> {
-    let f: GemmTileFn = match t {
-        WeightType::Q4_0 => tiles::q4_0,
-        WeightType::Q4_1 => tiles::q4_1,
-        WeightType::Q5_0 => tiles::q5_0,
-        WeightType::Q5_1 => tiles::q5_1,
-        WeightType::Q8_0 => tiles::q8_0,
+    gemm_with(t, is_x86_feature_detected!("avxvnni"))
+}
+
+/// The tile kernels, with AVX-VNNI (Alder Lake, Zen 5 and later) or without.
+fn gemm_with(t: WeightType, vnni: bool) -> Option<(GemmTileFn, usize, usize)> {
+    let f: GemmTileFn = match (t, vnni) {
+        (WeightType::Q4_0, false) => tiles::q4_0,
+        (WeightType::Q4_1, false) => tiles::q4_1,
+        (WeightType::Q5_0, false) => tiles::q5_0,
+        (WeightType::Q5_1, false) => tiles::q5_1,
+        (WeightType::Q8_0, false) => tiles::q8_0,
+        (WeightType::Q4_0, true) => tiles::q4_0_vnni,
+        (WeightType::Q4_1, true) => tiles::q4_1_vnni,
+        (WeightType::Q5_0, true) => tiles::q5_0_vnni,
+        (WeightType::Q5_1, true) => tiles::q5_1_vnni,
+        (WeightType::Q8_0, true) => tiles::q8_0_vnni,
         _ => return None,
     };
     Some((f, tiles::ROWS, tiles::TOKENS))
@@ -411,7 +421,11 @@ fn quantize_q8_1(src: &[f32], dst: &mut [u8]) {
 /// for 3 rows. Unsigned levels (nibbles, fifth bits) go straight into `vpmaddubsw` (no
 /// saturation: 31 * 127 * 2 < 2^15) and the level offset comes back in the integer domain once
 /// per activation block (`-offset * sum(x)` per lane); Q8_0 weights use the sign trick
-/// (|w| and x with w's sign), |w| taken once per block.
+/// (|w| and x with w's sign), |w| taken once per block. With AVX-VNNI (Alder Lake, Zen 5 and
+/// later; chosen at run time) each (row, token, block) is one `vpdpbusd` onto the offset term
+/// instead of `vpmaddubsw` + `vpmaddwd` + add (Q8_0 weights made unsigned by a sign-bit flip,
+/// offset 128): matmul 512 tokens 2T, 4096x14336, Q4_0 195 -> 247-259 GFLOP/s, Q8_0 192-200
+/// -> 258-260, Q4_1 169-180 -> 186-194.
 mod tiles {
     use super::*;
 
@@ -493,7 +507,7 @@ mod tiles {
     /// Rows `r < R` hold `nb` blocks at `w + r * ws`, tokens `c < C` at `x + c * xs`,
     /// `out + c * os + r` is writable; AVX2/FMA/F16C.
     #[inline(always)]
-    unsafe fn tile<T: W, const XB: usize, const XQ: usize, const R: usize, const C: usize>(
+    unsafe fn tile<T: W, const XB: usize, const XQ: usize, const R: usize, const C: usize, const V: bool>(
         nb: usize,
         w: *const u8,
         ws: usize,
@@ -513,7 +527,12 @@ mod tiles {
                 let p = w.add(r * ws + b * T::BYTES);
                 _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(768) as *const i8);
                 let (q, d, m) = T::load(p);
-                qw[r] = if T::SIGNED { _mm256_sign_epi8(q, q) } else { q };
+                qw[r] = match (T::SIGNED, V) {
+                    // AVX-VNNI: signed quants + 128 (a sign-bit flip), the 128 taken back below
+                    (true, true) => _mm256_xor_si256(q, _mm256_set1_epi8(-128)),
+                    (true, false) => _mm256_sign_epi8(q, q),
+                    (false, _) => q,
+                };
                 dw[r] = d;
                 mw[r] = m;
             }
@@ -521,13 +540,26 @@ mod tiles {
                 let xp = x.add(c * xs + b * XB);
                 let qx = ld256(xp.add(XQ));
                 let dx = h2f(xp);
-                let base = if T::OFFSET != 0 {
-                    let s = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(T::OFFSET), qx), ones);
+                let offset: u8 = if T::SIGNED && V { 128 } else { T::OFFSET as u8 };
+                let base = if offset == 0 {
+                    _mm256_setzero_si256()
+                } else if V {
+                    let s = _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(offset as i8), qx);
                     _mm256_sub_epi32(_mm256_setzero_si256(), s)
                 } else {
-                    _mm256_setzero_si256()
+                    let s = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(offset as i8), qx), ones);
+                    _mm256_sub_epi32(_mm256_setzero_si256(), s)
                 };
                 for r in 0..R {
+                    if V {
+                        // one instruction for the 32 products, added to the offset term
+                        let i = _mm256_dpbusd_avx_epi32(base, qw[r], qx);
+                        acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_set1_ps(dw[r] * dx), acc[r][c]);
+                        if T::HAS_MIN {
+                            mins[r][c] += mw[r] * h2f(xp.add(2));
+                        }
+                        continue;
+                    }
                     let y = if T::SIGNED {
                         // Reload the signed weights' sign from the original quants.
                         let q = ld256(w.add(r * ws + b * T::BYTES + 2));
@@ -551,53 +583,78 @@ mod tiles {
     }
 
     macro_rules! tile_fn {
-        ($name:ident, $T:ty, $xb:literal, $xq:literal, $label:expr) => {
+        ($name:ident, $vnni:ident, $T:ty, $xb:literal, $xq:literal, $label:expr) => {
             #[allow(clippy::too_many_arguments)]
             pub fn $name(n: usize, w: &[u8], w_stride: usize, nr: usize, x: &[u8], x_stride: usize, nc: usize, out: &mut [f32], out_stride: usize) {
                 #[target_feature(enable = "avx2,fma,f16c")]
                 #[allow(clippy::too_many_arguments)]
                 unsafe fn go(nb: usize, w: *const u8, ws: usize, nr: usize, x: *const u8, xs: usize, nc: usize, out: *mut f32, os: usize) {
-                    macro_rules! by_c {
-                        ($r:literal) => {
-                            match nc {
-                                1 => tile::<$T, $xb, $xq, $r, 1>(nb, w, ws, x, xs, out, os),
-                                2 => tile::<$T, $xb, $xq, $r, 2>(nb, w, ws, x, xs, out, os),
-                                3 => tile::<$T, $xb, $xq, $r, 3>(nb, w, ws, x, xs, out, os),
-                                _ => tile::<$T, $xb, $xq, $r, 4>(nb, w, ws, x, xs, out, os),
-                            }
-                        };
-                    }
-                    match nr {
-                        1 => by_c!(1),
-                        2 => by_c!(2),
-                        _ => by_c!(3),
-                    }
+                    tile_shapes!($T, $xb, $xq, false, nb, w, ws, nr, x, xs, nc, out, os)
                 }
-                let nb = n / 32;
-                assert!(
-                    n % 32 == 0
-                        && (1..=ROWS).contains(&nr)
-                        && (1..=TOKENS).contains(&nc)
-                        && w.len() >= (nr - 1) * w_stride + nb * <$T>::BYTES
-                        && x.len() >= (nc - 1) * x_stride + nb * $xb
-                        && out.len() > (nc - 1) * out_stride + nr - 1,
-                    concat!($label, " gemm: tile {}x{} of {} elements does not fit its buffers"),
-                    nr,
-                    nc,
-                    n
-                );
+                let nb = check_tile(n, w.len(), w_stride, nr, x.len(), x_stride, nc, out.len(), out_stride, <$T>::BYTES, $xb, $label);
                 // SAFETY: installed only when AVX2/FMA/F16C were detected; every row, token and
                 // output the tile touches was just checked to be inside the slices.
+                unsafe { go(nb, w.as_ptr(), w_stride, nr, x.as_ptr(), x_stride, nc, out.as_mut_ptr(), out_stride) }
+            }
+
+            /// The same with AVX-VNNI (`vpdpbusd` on 256-bit vectors).
+            #[allow(clippy::too_many_arguments)]
+            pub fn $vnni(n: usize, w: &[u8], w_stride: usize, nr: usize, x: &[u8], x_stride: usize, nc: usize, out: &mut [f32], out_stride: usize) {
+                #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn go(nb: usize, w: *const u8, ws: usize, nr: usize, x: *const u8, xs: usize, nc: usize, out: *mut f32, os: usize) {
+                    tile_shapes!($T, $xb, $xq, true, nb, w, ws, nr, x, xs, nc, out, os)
+                }
+                let nb = check_tile(n, w.len(), w_stride, nr, x.len(), x_stride, nc, out.len(), out_stride, <$T>::BYTES, $xb, $label);
+                // SAFETY: installed only when AVX2/FMA/F16C and AVX-VNNI were detected; every
+                // row, token and output the tile touches was just checked to be inside the slices.
                 unsafe { go(nb, w.as_ptr(), w_stride, nr, x.as_ptr(), x_stride, nc, out.as_mut_ptr(), out_stride) }
             }
         };
     }
 
-    tile_fn!(q4_0, Q4_0, 34, 2, "Q4_0");
-    tile_fn!(q4_1, Q4_1, 36, 4, "Q4_1");
-    tile_fn!(q5_0, Q5_0, 34, 2, "Q5_0");
-    tile_fn!(q5_1, Q5_1, 36, 4, "Q5_1");
-    tile_fn!(q8_0, Q8_0, 34, 2, "Q8_0");
+    /// The tile kernel instantiated for the tile's shape (`nr` x `nc`).
+    macro_rules! tile_shapes {
+        ($T:ty, $xb:literal, $xq:literal, $v:literal, $nb:ident, $w:ident, $ws:ident, $nr:ident, $x:ident, $xs:ident, $nc:ident, $out:ident, $os:ident) => {{
+            macro_rules! by_c {
+                ($r:literal) => {
+                    match $nc {
+                        1 => tile::<$T, $xb, $xq, $r, 1, $v>($nb, $w, $ws, $x, $xs, $out, $os),
+                        2 => tile::<$T, $xb, $xq, $r, 2, $v>($nb, $w, $ws, $x, $xs, $out, $os),
+                        3 => tile::<$T, $xb, $xq, $r, 3, $v>($nb, $w, $ws, $x, $xs, $out, $os),
+                        _ => tile::<$T, $xb, $xq, $r, 4, $v>($nb, $w, $ws, $x, $xs, $out, $os),
+                    }
+                };
+            }
+            match $nr {
+                1 => by_c!(1),
+                2 => by_c!(2),
+                _ => by_c!(3),
+            }
+        }};
+    }
+
+    /// The bounds a tile call must meet; returns the number of blocks.
+    #[allow(clippy::too_many_arguments)]
+    fn check_tile(n: usize, wl: usize, ws: usize, nr: usize, xl: usize, xs: usize, nc: usize, ol: usize, os: usize, wb: usize, xb: usize, label: &str) -> usize {
+        let nb = n / 32;
+        assert!(
+            n % 32 == 0
+                && (1..=ROWS).contains(&nr)
+                && (1..=TOKENS).contains(&nc)
+                && wl >= (nr - 1) * ws + nb * wb
+                && xl >= (nc - 1) * xs + nb * xb
+                && ol > (nc - 1) * os + nr - 1,
+            "{label} gemm: tile {nr}x{nc} of {n} elements does not fit its buffers"
+        );
+        nb
+    }
+
+    tile_fn!(q4_0, q4_0_vnni, Q4_0, 34, 2, "Q4_0");
+    tile_fn!(q4_1, q4_1_vnni, Q4_1, 36, 4, "Q4_1");
+    tile_fn!(q5_0, q5_0_vnni, Q5_0, 34, 2, "Q5_0");
+    tile_fn!(q5_1, q5_1_vnni, Q5_1, 36, 4, "Q5_1");
+    tile_fn!(q8_0, q8_0_vnni, Q8_0, 34, 2, "Q8_0");
 }
 
 // ---- one token against many rows (Q4_0, Q4_1, Q5_0, Q5_1) ----
@@ -838,6 +895,58 @@ pub fn gemv(t: WeightType) -> Option<crate::isa::GemvFn> {
 mod tests {
     use super::*;
     use crate::types::quantize_row;
+
+    /// The tile kernels, with and without AVX-VNNI (where the CPU has it), against the scalar
+    /// specification for every tile shape, odd and even block counts, strided rows and tokens.
+    #[test]
+    fn tiles_with_and_without_vnni_match_scalar() {
+        if !super::super::available() {
+            eprintln!("skipped: this CPU lacks AVX2/FMA/F16C");
+            return;
+        }
+        let variants: &[bool] = if is_x86_feature_detected!("avxvnni") { &[false, true] } else { &[false] };
+        if variants.len() == 1 {
+            eprintln!("note: no AVX-VNNI here, only the plain AVX2 tiles are checked");
+        }
+        use WeightType::*;
+        for t in [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0] {
+            let at = t.vec_dot_type();
+            let scalar = crate::isa::scalar::vec_dot(t).unwrap();
+            for &vnni in variants {
+                let (tile, rows, tokens) = gemm_with(t, vnni).unwrap();
+                for nb in [1usize, 2, 7, 64] {
+                    let n = nb * 32;
+                    let (wrb, xrb) = (t.row_bytes(n), at.row_bytes(n));
+                    let (ws, xs) = (wrb + 34, xrb + 36);
+                    let mut w = vec![0x3cu8; ws * rows];
+                    for r in 0..rows {
+                        let v = crate::types::q8_k::test_util::spiky_values(n, 3 + r as u64 + 10 * nb as u64, 1.0);
+                        quantize_row(t, &v, &mut w[r * ws..r * ws + wrb]);
+                    }
+                    let mut x = vec![0u8; xs * tokens];
+                    for c in 0..tokens {
+                        let v = crate::types::q8_k::test_util::spiky_values(n, 500 + c as u64 + 10 * nb as u64, 1.0);
+                        quantize_row(at, &v, &mut x[c * xs..c * xs + xrb]);
+                    }
+                    for nr in 1..=rows {
+                        for nc in 1..=tokens {
+                            let os = rows + 1;
+                            let mut out = vec![f32::NAN; os * tokens];
+                            tile(n, &w, ws, nr, &x, xs, nc, &mut out, os);
+                            for r in 0..nr {
+                                for c in 0..nc {
+                                    let want = scalar(n, &w[r * ws..r * ws + wrb], &x[c * xs..c * xs + xrb]);
+                                    let got = out[c * os + r];
+                                    let tol = 1e-4 * (n as f32).sqrt() * want.abs().max(1.0);
+                                    assert!((got - want).abs() <= tol, "{t:?} vnni {vnni} nb {nb} tile {nr}x{nc} ({r}, {c}): {got} vs scalar {want}");
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     /// The one-token kernels of the nibble types against the scalar specification: odd and
     /// even block counts (a last block alone), a single block, long rows, and a row stride
