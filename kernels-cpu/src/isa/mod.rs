@@ -171,7 +171,7 @@ impl Kernels {
         Kernels { isa, table }
     }
     /// The ISA with the optional extensions its kernels use, e.g. `avx512 (vnni, vbmi, bf16)`
-    /// (for `--info` / `--verbose`).
+    /// or `avx2 (avx-vnni)` (for `--info` / `--verbose`).
     pub fn describe(&self) -> String {
         let mut ext: Vec<&str> = Vec::new();
         #[cfg(target_arch = "x86_64")]
@@ -185,6 +185,10 @@ impl Kernels {
                     ext.push(name);
                 }
             }
+        }
+        #[cfg(target_arch = "x86_64")]
+        if self.isa == Isa::Avx2 && is_x86_feature_detected!("avxvnni") {
+            ext.push("avx-vnni");
         }
         if ext.is_empty() {
             self.isa.name().to_string()

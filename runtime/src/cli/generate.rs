@@ -479,7 +479,7 @@ fn bench(args: &Args, model: &std::path::Path) -> Result<i32> {
         hp.arch,
         mb(file_bytes),
         engine.n_threads(),
-        kernels_cpu::kernels().isa.name(),
+        kernels_cpu::kernels().describe(),
         engine.n_batch()
     );
     println!("load: {:.2} s (first pass over the weights: {:.2} s)", load_s, warm_s);

@@ -102,7 +102,7 @@ pub fn describe(g: &GgufFile) -> String {
     );
     let tmpl = g.get_str("tokenizer.chat_template");
     let _ = writeln!(s, "chat template:   {}", tmpl.map_or("no".to_string(), |t| format!("yes ({} bytes)", t.len())));
-    let _ = writeln!(s, "kernels:         {}", kernels_cpu::kernels().isa.name());
+    let _ = writeln!(s, "kernels:         {}", kernels_cpu::kernels().describe());
     s
 }
 
