@@ -745,16 +745,28 @@ mod pairs {
     }
 
     pub(super) fn gemv(t: WeightType) -> Option<GemvFn> {
+        if is_x86_feature_detected!("avxvnni") {
+            gemv_with::<true>(t)
+        } else {
+            gemv_with::<false>(t)
+        }
+    }
+
+    /// The kernels with (`V`) or without AVX-VNNI; `V` only where the CPU has it.
+    pub(super) fn gemv_with<const V: bool>(t: WeightType) -> Option<GemvFn> {
+        if V && !is_x86_feature_detected!("avxvnni") {
+            return None;
+        }
         Some(match t {
-            WeightType::Q4_0 => gemv_safe::<Q40>,
-            WeightType::Q4_1 => gemv_safe::<Q41>,
-            WeightType::Q5_0 => gemv_safe::<Q50>,
-            WeightType::Q5_1 => gemv_safe::<Q51>,
+            WeightType::Q4_0 => gemv_safe::<Q40, V>,
+            WeightType::Q4_1 => gemv_safe::<Q41, V>,
+            WeightType::Q5_0 => gemv_safe::<Q50, V>,
+            WeightType::Q5_1 => gemv_safe::<Q51, V>,
             _ => return None,
         })
     }
 
-    fn gemv_safe<L: Layout>(n: usize, w: &[u8], w_stride: usize, nr: usize, x: &[u8], out: &mut [f32]) {
+    fn gemv_safe<L: Layout, const V: bool>(n: usize, w: &[u8], w_stride: usize, nr: usize, x: &[u8], out: &mut [f32]) {
         let nb = n / 32;
         assert!(
             n % 32 == 0
@@ -770,10 +782,16 @@ mod pairs {
             if prep.len() < nb / 2 {
                 prep.resize(nb / 2, PairX { y: [[0; 32]; 2], extra: [0; 8], d: [0.0; 8] });
             }
-            // SAFETY: installed only when AVX2/FMA/F16C were detected; every row, the
-            // activations and the outputs were checked to be inside the slices, and `prep`
-            // holds `nb / 2` pairs.
-            unsafe { gemv_k::<L>(nb, w.as_ptr(), w_stride, nr, x.as_ptr(), out.as_mut_ptr(), prep.as_mut_ptr()) }
+            // SAFETY: installed only when AVX2/FMA/F16C were detected (and AVX-VNNI for the
+            // second); every row, the activations and the outputs were checked to be inside the
+            // slices, and `prep` holds `nb / 2` pairs.
+            unsafe {
+                if V {
+                    gemv_k_vnni::<L>(nb, w.as_ptr(), w_stride, nr, x.as_ptr(), out.as_mut_ptr(), prep.as_mut_ptr())
+                } else {
+                    gemv_k::<L>(nb, w.as_ptr(), w_stride, nr, x.as_ptr(), out.as_mut_ptr(), prep.as_mut_ptr())
+                }
+            }
         })
     }
 
@@ -782,6 +800,21 @@ mod pairs {
     /// activation blocks, `out[..nr]` is writable, `prep` has room for `nb / 2` pairs.
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn gemv_k<L: Layout>(nb: usize, w: *const u8, ws: usize, nr: usize, x: *const u8, out: *mut f32, prep: *mut PairX) {
+        gemv_body::<L, false>(nb, w, ws, nr, x, out, prep)
+    }
+
+    /// `gemv_k` with AVX-VNNI: the two products of a pair are two `vpdpbusd` onto the offset
+    /// term (instead of two `vpmaddubsw`, an add, a `vpmaddwd` and an add).
+    ///
+    /// # Safety
+    /// As `gemv_k`, and the CPU has AVX-VNNI.
+    #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+    unsafe fn gemv_k_vnni<L: Layout>(nb: usize, w: *const u8, ws: usize, nr: usize, x: *const u8, out: *mut f32, prep: *mut PairX) {
+        gemv_body::<L, true>(nb, w, ws, nr, x, out, prep)
+    }
+
+    #[inline(always)]
+    unsafe fn gemv_body<L: Layout, const V: bool>(nb: usize, w: *const u8, ws: usize, nr: usize, x: *const u8, out: *mut f32, prep: *mut PairX) {
         let np = nb / 2;
         let xq = L::X_BYTES - 32;
         let ones8 = _mm256_set1_epi8(1);
@@ -805,7 +838,7 @@ mod pairs {
         }
         let prep = std::slice::from_raw_parts(prep as *const PairX, np);
         for r in 0..nr {
-            *out.add(r) = row::<L>(nb, w.add(r * ws), x, prep);
+            *out.add(r) = row::<L, V>(nb, w.add(r * ws), x, prep);
         }
     }
 
@@ -832,7 +865,7 @@ mod pairs {
 
     /// One row: whole pairs, then a last odd block through the row-by-row kernel.
     #[inline(always)]
-    unsafe fn row<L: Layout>(nb: usize, w: *const u8, x: *const u8, prep: &[PairX]) -> f32 {
+    unsafe fn row<L: Layout, const V: bool>(nb: usize, w: *const u8, x: *const u8, prep: &[PairX]) -> f32 {
         let m4 = _mm256_set1_epi8(0x0f);
         let ones16 = _mm256_set1_epi16(1);
         let spread = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
@@ -855,11 +888,18 @@ mod pairs {
                 v2 = _mm256_or_si256(v2, fifth(rep, true));
             }
             let y = a.y.as_ptr() as *const __m256i;
-            let p16 = _mm256_add_epi16(_mm256_maddubs_epi16(v1, _mm256_load_si256(y)), _mm256_maddubs_epi16(v2, _mm256_load_si256(y.add(1))));
-            let mut i = _mm256_madd_epi16(p16, ones16);
-            if L::OFFSET != 0 {
-                i = _mm256_add_epi32(i, _mm256_load_si256(a.extra.as_ptr() as *const __m256i));
-            }
+            let base = if L::OFFSET != 0 { _mm256_load_si256(a.extra.as_ptr() as *const __m256i) } else { _mm256_setzero_si256() };
+            let i = if V {
+                _mm256_dpbusd_avx_epi32(_mm256_dpbusd_avx_epi32(base, v1, _mm256_load_si256(y)), v2, _mm256_load_si256(y.add(1)))
+            } else {
+                let p16 = _mm256_add_epi16(_mm256_maddubs_epi16(v1, _mm256_load_si256(y)), _mm256_maddubs_epi16(v2, _mm256_load_si256(y.add(1))));
+                let i = _mm256_madd_epi16(p16, ones16);
+                if L::OFFSET != 0 {
+                    _mm256_add_epi32(i, base)
+                } else {
+                    i
+                }
+            };
             // [d0, d1, m0, m1] of the weights in one conversion
             let mut bits = half_bits(pa) | half_bits(pb) << 16;
             if let Some(m) = L::M {
@@ -948,8 +988,9 @@ mod tests {
         }
     }
 
-    /// The one-token kernels of the nibble types against the scalar specification: odd and
-    /// even block counts (a last block alone), a single block, long rows, and a row stride
+    /// The one-token kernels of the nibble types (with and without AVX-VNNI, where the CPU has
+    /// it) against the scalar specification: odd and even block counts (a last block alone), a
+    /// single block, long rows, and a row stride
     /// longer than a row with plausible blocks in the gaps (reading past a row changes the
     /// result).
     #[test]
@@ -975,11 +1016,15 @@ mod tests {
                 let mut x = vec![0u8; at.row_bytes(n)];
                 quantize_row(at, &crate::types::q8_k::test_util::spiky_values(n, 99 + nb as u64, 1.0), &mut x);
                 let mut out = vec![f32::NAN; rows];
-                gemv(t).unwrap()(n, &w, ws, rows, &x, &mut out);
-                for r in 0..rows {
-                    let want = scalar(n, &w[r * ws..r * ws + wrb], &x);
-                    let tol = 1e-4 * (n as f32).sqrt() * want.abs().max(1.0);
-                    assert!((out[r] - want).abs() <= tol, "{t:?} nb {nb} row {r}: gemv {} vs scalar {want}", out[r]);
+                let variants = [pairs::gemv_with::<false>(t), pairs::gemv_with::<true>(t)];
+                for (vnni, g) in variants.iter().enumerate() {
+                    let Some(g) = g else { continue };
+                    g(n, &w, ws, rows, &x, &mut out);
+                    for r in 0..rows {
+                        let want = scalar(n, &w[r * ws..r * ws + wrb], &x);
+                        let tol = 1e-4 * (n as f32).sqrt() * want.abs().max(1.0);
+                        assert!((out[r] - want).abs() <= tol, "{t:?} vnni {vnni} nb {nb} row {r}: gemv {} vs scalar {want}", out[r]);
+                    }
                 }
             }
         }
