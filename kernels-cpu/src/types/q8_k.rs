@@ -350,6 +350,20 @@ pub(crate) mod test_util {
         }
     }
 
+    /// `rows` rows of `n` values of type `t` (from `spiky_values`, seeds `seed + r`) at a stride
+    /// `extra` bytes longer than a row, the gaps filled with bytes that make plausible blocks
+    /// (scale ~1.06), so a kernel reading past a row's end changes its result. Returns the
+    /// buffer and the stride.
+    pub fn strided_rows(t: crate::types::WeightType, n: usize, rows: usize, extra: usize, seed: u64) -> (Vec<u8>, usize) {
+        let wrb = t.row_bytes(n);
+        let ws = wrb + extra;
+        let mut w = vec![0x3cu8; ws * rows];
+        for r in 0..rows {
+            crate::types::quantize_row(t, &spiky_values(n, seed + r as u64, 1.0), &mut w[r * ws..r * ws + wrb]);
+        }
+        (w, ws)
+    }
+
     /// Deterministic values in [-1, 1) times `scale`, every 97th 8x larger (splitmix64): the
     /// kernels' tests use them for weights and activations with a few outliers.
     pub fn spiky_values(n: usize, seed: u64, scale: f32) -> Vec<f32> {

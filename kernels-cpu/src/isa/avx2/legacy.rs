@@ -934,6 +934,7 @@ pub fn gemv(t: WeightType) -> Option<crate::isa::GemvFn> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::q8_k::test_util::strided_rows;
     use crate::types::quantize_row;
 
     /// The tile kernels, with and without AVX-VNNI (where the CPU has it), against the scalar
@@ -957,17 +958,8 @@ mod tests {
                 for nb in [1usize, 2, 7, 64] {
                     let n = nb * 32;
                     let (wrb, xrb) = (t.row_bytes(n), at.row_bytes(n));
-                    let (ws, xs) = (wrb + 34, xrb + 36);
-                    let mut w = vec![0x3cu8; ws * rows];
-                    for r in 0..rows {
-                        let v = crate::types::q8_k::test_util::spiky_values(n, 3 + r as u64 + 10 * nb as u64, 1.0);
-                        quantize_row(t, &v, &mut w[r * ws..r * ws + wrb]);
-                    }
-                    let mut x = vec![0u8; xs * tokens];
-                    for c in 0..tokens {
-                        let v = crate::types::q8_k::test_util::spiky_values(n, 500 + c as u64 + 10 * nb as u64, 1.0);
-                        quantize_row(at, &v, &mut x[c * xs..c * xs + xrb]);
-                    }
+                    let (w, ws) = strided_rows(t, n, rows, 34, 3 + 10 * nb as u64);
+                    let (x, xs) = strided_rows(at, n, tokens, 36, 500 + 10 * nb as u64);
                     for nr in 1..=rows {
                         for nc in 1..=tokens {
                             let os = rows + 1;
@@ -990,9 +982,8 @@ mod tests {
 
     /// The one-token kernels of the nibble types (with and without AVX-VNNI, where the CPU has
     /// it) against the scalar specification: odd and even block counts (a last block alone), a
-    /// single block, long rows, and a row stride
-    /// longer than a row with plausible blocks in the gaps (reading past a row changes the
-    /// result).
+    /// single block, long rows, and a row stride longer than a row with plausible blocks in the
+    /// gaps (reading past a row changes the result).
     #[test]
     fn gemv_matches_scalar_for_odd_even_and_long_rows() {
         if !super::super::available() {
@@ -1007,12 +998,7 @@ mod tests {
                 let n = nb * 32;
                 let rows = 4;
                 let wrb = t.row_bytes(n);
-                let ws = wrb + 34;
-                let mut w = vec![0x3cu8; ws * rows];
-                for r in 0..rows {
-                    let v = crate::types::q8_k::test_util::spiky_values(n, 7 + r as u64 + 10 * nb as u64, 1.0);
-                    quantize_row(t, &v, &mut w[r * ws..r * ws + wrb]);
-                }
+                let (w, ws) = strided_rows(t, n, rows, 34, 7 + 10 * nb as u64);
                 let mut x = vec![0u8; at.row_bytes(n)];
                 quantize_row(at, &crate::types::q8_k::test_util::spiky_values(n, 99 + nb as u64, 1.0), &mut x);
                 let mut out = vec![f32::NAN; rows];

@@ -1289,14 +1289,9 @@ mod tests {
                 let n = nb * 32;
                 let rows = 5;
                 let wrb = t.row_bytes(n);
-                // A row stride longer than a row (rows need not be contiguous), the gaps filled
-                // with bytes that make a plausible block (scale ~1.06): reading past a row's end
-                // changes the result.
-                let ws = wrb + 34;
-                let mut w = vec![0x3cu8; ws * rows];
-                for r in 0..rows {
-                    quantize_row(t, &values(n, 1 + r as u64 + 10 * nb as u64), &mut w[r * ws..r * ws + wrb]);
-                }
+                // A row stride longer than a row (rows need not be contiguous), the gaps making
+                // plausible blocks: reading past a row's end changes the result.
+                let (w, ws) = crate::types::q8_k::test_util::strided_rows(t, n, rows, 34, 1 + 10 * nb as u64);
                 let mut x = vec![0u8; at.row_bytes(n)];
                 quantize_row(at, &values(n, 1000 + nb as u64), &mut x);
                 let mut out = vec![f32::NAN; rows];
