@@ -155,6 +155,7 @@ impl Kernels {
                     gemm = avx2::gemm(t).or(gemm);
                     quantize = avx2::quantize(t).or(quantize);
                     gemv = avx2::gemv(t).or(gemv);
+                    panel = avx2::panel(t).or(panel);
                 }
                 if isa >= Isa::Avx512 {
                     vec_dot = avx512::vec_dot(t).or(vec_dot);

@@ -107,7 +107,7 @@ safe_dot!(dot_q8_0, dot_q8_0_k, 32, 34, 32, 34);
 /// # Safety
 /// 32 bytes readable at `p`; AVX2 (inlined into the kernels' features).
 #[inline(always)]
-unsafe fn ld256<T>(p: *const T) -> __m256i {
+pub(super) unsafe fn ld256<T>(p: *const T) -> __m256i {
     _mm256_maskload_epi32(p as *const i32, _mm256_set1_epi32(-1))
 }
 
@@ -116,7 +116,7 @@ unsafe fn ld256<T>(p: *const T) -> __m256i {
 /// # Safety
 /// 16 bytes readable at `p`; AVX2.
 #[inline(always)]
-unsafe fn ld128<T>(p: *const T) -> __m128i {
+pub(super) unsafe fn ld128<T>(p: *const T) -> __m128i {
     _mm_maskload_epi32(p as *const i32, _mm_set1_epi32(-1))
 }
 
@@ -152,7 +152,7 @@ static F16_TO_F32: [f32; 65536] = {
 
 /// An f16 stored at `p` (little-endian, any alignment) as f32.
 #[inline(always)]
-unsafe fn h2f(p: *const u8) -> f32 {
+pub(super) unsafe fn h2f(p: *const u8) -> f32 {
     let h = u16::from_le_bytes([*p, *p.add(1)]);
     // SAFETY (of the unchecked index): a u16 is always < 65536.
     *F16_TO_F32.get_unchecked(h as usize)

@@ -3,11 +3,12 @@
 //! (F16/BF16/Q4_0..Q8_1) and `kquants` (Q2_K..Q8_K); they are only installed when
 //! `available()` is true, which is what makes calling their `#[target_feature]` code sound.
 
-use super::{GemmTileFn, GemvFn, QuantizeFn, VecDotFn};
+use super::{GemmTileFn, GemvFn, PanelFn, QuantizeFn, VecDotFn};
 use crate::types::WeightType;
 
 mod kquants;
 mod legacy;
+mod lpanel;
 
 /// AVX2 + FMA + F16C.
 pub fn available() -> bool {
@@ -30,6 +31,11 @@ pub fn quantize(t: WeightType) -> Option<QuantizeFn> {
 /// by row).
 pub fn gemv(t: WeightType) -> Option<GemvFn> {
     legacy::gemv(t).or_else(|| kquants::gemv(t))
+}
+
+/// Many tokens at once for the legacy types (see `lpanel`).
+pub fn panel(t: WeightType) -> Option<PanelFn> {
+    lpanel::panel(t)
 }
 
 /// f16 helpers for the KV cache (used by `ops`). Callers must have checked `available()`.

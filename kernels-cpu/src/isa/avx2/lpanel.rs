@@ -1,0 +1,516 @@
+//! avx2 panel kernels for the legacy 32-value block types (Q4_0, Q4_1, Q5_0, Q5_1, and Q8_0
+//! with AVX-VNNI), for many tokens at once (see `PanelFn`): the avx512 `lpanel` design on
+//! 256-bit vectors.
+//!
+//! Each call repacks its weight rows once, 8 rows at a time, into a panel: per block, eight
+//! 32-byte lines, line `g` holding values `4g..4g+4` of each of the 8 rows (lane `r` = row `r`)
+//! as unsigned codes (nibbles as they are, Q8_0 `q + 128`), then the 8 row scales as f32 and,
+//! for Q4_1/Q5_1, the 8 minimums. Four consecutive activation quants of one token are one
+//! 32-bit broadcast. Per block and token, the micro-kernel (8 rows x 4 tokens) then does, with
+//! AVX-VNNI, eight `vpdpbusd` (8 rows x 4 values each, exact) or, without, four `vpmaddubsw`
+//! summed in 16 bits (codes <= 31: |sum| <= 4 * 2 * 31 * 128 < 2^15) then one `vpmaddwd`, twice;
+//! then one convert and two float operations for the 8 rows. The offset of the unsigned codes
+//! starts the integer sum as `-offset * sum(x)` of the token's block (exact), Q4_1/Q5_1 add
+//! `m * s`. Q8_0 codes reach 255, too large for the 16-bit sums: without AVX-VNNI it keeps the
+//! tile kernel.
+//!
+//! Rows are the vector lanes, so the activations need no transposing and the results come out
+//! in the output's row order. Measured (`examples/bench`, LLAMAFILE_ISA=avx2, matmul of 512
+//! tokens on 4096x14336, 2 threads, GFLOP/s), against the tile kernels: with AVX-VNNI Q4_0
+//! 239-251 -> 571-583, Q4_1 180-185 -> 567-581, Q5_0 185-204 -> 527-576, Q8_0 247-249 ->
+//! 527-583; without (plain AVX2) Q4_0 195 -> 455-473, Q4_1 169-180 -> 538-557, Q5_0 471-476,
+//! Q5_1 543-560. Installed only when AVX2/FMA/F16C are detected (and AVX-VNNI for
+//! the `vnni` variants), which is what makes calling the `#[target_feature]` code sound.
+
+// Micro-kernels index register arrays by token on purpose.
+#![allow(clippy::needless_range_loop)]
+
+use super::legacy::{h2f, ld128, ld256};
+use crate::isa::PanelFn;
+use crate::types::WeightType;
+use std::arch::x86_64::*;
+use std::cell::RefCell;
+
+/// Tokens per micro-kernel (2 x 4 accumulators, the weight line, the scales, temporaries).
+const TOKENS: usize = 4;
+/// Rows per panel: one 256-bit vector of i32/f32 lanes.
+const ROWS: usize = 8;
+/// Values per block.
+const QK: usize = 32;
+/// How far ahead of the block being packed each weight row is prefetched (bytes).
+const PREFETCH: usize = 512;
+
+pub fn panel(t: WeightType) -> Option<PanelFn> {
+    panel_with(t, is_x86_feature_detected!("avxvnni"))
+}
+
+/// The panel kernels with or without AVX-VNNI (`vnni` only where the CPU has it).
+pub(super) fn panel_with(t: WeightType, vnni: bool) -> Option<PanelFn> {
+    if vnni && !is_x86_feature_detected!("avxvnni") {
+        return None;
+    }
+    Some(match (t, vnni) {
+        (WeightType::Q4_0, false) => q4_0::panel,
+        (WeightType::Q4_1, false) => q4_1::panel,
+        (WeightType::Q5_0, false) => q5_0::panel,
+        (WeightType::Q5_1, false) => q5_1::panel,
+        (WeightType::Q4_0, true) => q4_0::panel_vnni,
+        (WeightType::Q4_1, true) => q4_1::panel_vnni,
+        (WeightType::Q5_0, true) => q5_0::panel_vnni,
+        (WeightType::Q5_1, true) => q5_1::panel_vnni,
+        (WeightType::Q8_0, true) => q8_0::panel_vnni,
+        _ => return None,
+    })
+}
+
+/// One 32-byte line of a packed panel.
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+struct Line([u8; 32]);
+
+/// One thread's scratch: packed panels, and per token and block the activation scale `d`
+/// (f32) and either `-offset * sum(q)` (i32) or Q8_1's `s` (f32).
+#[derive(Default)]
+struct Scratch {
+    lines: Vec<Line>,
+    side: Vec<u32>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// A legacy weight type as the panel packs it.
+trait Weights {
+    const BYTES: usize;
+    /// What the unsigned codes hold above the signed quants (0 with a minimum).
+    const OFFSET: i32;
+    const HAS_MIN: bool;
+    /// Byte of the f16 minimum.
+    const M: usize = 2;
+    /// The block's 32 unsigned codes in value order.
+    ///
+    /// # Safety
+    /// One block readable at `p`; AVX2.
+    unsafe fn codes(p: *const u8) -> __m256i;
+}
+
+/// 16 nibble bytes at `p`: the low nibbles (values 0..16), then the high ones.
+#[inline(always)]
+unsafe fn nibbles(p: *const u8) -> __m256i {
+    let v = ld128(p);
+    let m = _mm_set1_epi8(0x0f);
+    _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m), _mm_and_si128(v, m))
+}
+
+/// 0x10 where bit `j` of the little-endian u32 at `p` is set (Q5's fifth bits).
+#[inline(always)]
+unsafe fn fifth(p: *const u8) -> __m256i {
+    let bits = u32::from_le_bytes(std::ptr::read_unaligned(p as *const [u8; 4]));
+    let rep = _mm256_shuffle_epi8(
+        _mm256_set1_epi32(bits as i32),
+        _mm256_setr_epi64x(0, 0x0101_0101_0101_0101, 0x0202_0202_0202_0202, 0x0303_0303_0303_0303),
+    );
+    let sel = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(rep, sel), sel), _mm256_set1_epi8(0x10))
+}
+
+macro_rules! nibble_weights {
+    ($T:ident, $bytes:expr, $offset:expr, $min:expr, $qh:expr, $qs:expr) => {
+        struct $T;
+        impl Weights for $T {
+            const BYTES: usize = $bytes;
+            const OFFSET: i32 = $offset;
+            const HAS_MIN: bool = $min;
+            #[inline(always)]
+            unsafe fn codes(p: *const u8) -> __m256i {
+                let c = nibbles(p.add($qs));
+                match { let o: Option<usize> = $qh; o } {
+                    Some(qh) => _mm256_or_si256(c, fifth(p.add(qh))),
+                    None => c,
+                }
+            }
+        }
+    };
+}
+
+// (bytes, offset, minimum, fifth bits at, nibbles at)
+nibble_weights!(Q4_0, 18, 8, false, None, 2);
+nibble_weights!(Q4_1, 20, 0, true, None, 4);
+nibble_weights!(Q5_0, 22, 16, false, Some(2), 6);
+nibble_weights!(Q5_1, 24, 0, true, Some(4), 8);
+
+struct Q8_0;
+impl Weights for Q8_0 {
+    const BYTES: usize = 34;
+    const OFFSET: i32 = 128;
+    const HAS_MIN: bool = false;
+    #[inline(always)]
+    unsafe fn codes(p: *const u8) -> __m256i {
+        // +128 as a flip of the sign bit
+        _mm256_xor_si256(ld256(p.add(2)), _mm256_set1_epi8(-128))
+    }
+}
+
+/// Activations: Q8_0 (34 bytes, quants at 2) or Q8_1 (36 bytes, `s` at 2, quants at 4).
+trait Acts {
+    const BYTES: usize;
+    const QS: usize;
+}
+struct A8_0;
+impl Acts for A8_0 {
+    const BYTES: usize = 34;
+    const QS: usize = 2;
+}
+struct A8_1;
+impl Acts for A8_1 {
+    const BYTES: usize = 36;
+    const QS: usize = 4;
+}
+
+/// Lines per packed block: 8 of codes, the scales, the minimums.
+const fn block_lines<W: Weights>() -> usize {
+    if W::HAS_MIN {
+        10
+    } else {
+        9
+    }
+}
+
+/// Packs rows `0..nr` (`nr <= 8`) into `nb` packed blocks at `dst`; rows `nr..8` are zeros.
+///
+/// # Safety
+/// The rows are readable; `dst` has room for `nb * block_lines::<W>()` lines; AVX2/FMA/F16C.
+#[inline(always)]
+unsafe fn pack_panel<W: Weights>(nb: usize, w: *const u8, ws: usize, nr: usize, dst: *mut Line) {
+    let lines = block_lines::<W>();
+    for b in 0..nb {
+        let mut r = [_mm256_setzero_si256(); 8];
+        let mut d = [0f32; 8];
+        let mut m = [0f32; 8];
+        for i in 0..nr {
+            let p = w.add(i * ws + b * W::BYTES);
+            // 8 interleaved row streams from the mmap: ask for each PREFETCH ahead (a hint).
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH) as *const i8);
+            r[i] = W::codes(p);
+            d[i] = h2f(p);
+            if W::HAS_MIN {
+                m[i] = h2f(p.add(W::M));
+            }
+        }
+        // 8x8 transpose of 32-bit groups: line g, lane i = group g of row i
+        let t: [__m256i; 8] = core::array::from_fn(|k| {
+            let (a, c) = (r[2 * (k / 2)], r[2 * (k / 2) + 1]);
+            if k % 2 == 0 {
+                _mm256_unpacklo_epi32(a, c)
+            } else {
+                _mm256_unpackhi_epi32(a, c)
+            }
+        });
+        // u[4h + j]: rows 4h..4h+4, group j (lanes 0..4) and group j + 4 (lanes 4..8)
+        let u: [__m256i; 8] = core::array::from_fn(|k| {
+            let (h, j) = (k / 4, k % 4);
+            let (a, c) = (t[4 * h + j / 2], t[4 * h + 2 + j / 2]);
+            if j % 2 == 0 {
+                _mm256_unpacklo_epi64(a, c)
+            } else {
+                _mm256_unpackhi_epi64(a, c)
+            }
+        });
+        let out = dst.add(b * lines);
+        for j in 0..4 {
+            _mm256_store_si256(out.add(j) as *mut __m256i, _mm256_permute2x128_si256::<0x20>(u[j], u[4 + j]));
+            _mm256_store_si256(out.add(j + 4) as *mut __m256i, _mm256_permute2x128_si256::<0x31>(u[j], u[4 + j]));
+        }
+        _mm256_store_ps(out.add(8) as *mut f32, _mm256_loadu_ps(d.as_ptr()));
+        if W::HAS_MIN {
+            _mm256_store_ps(out.add(9) as *mut f32, _mm256_loadu_ps(m.as_ptr()));
+        }
+    }
+}
+
+/// One token's side data: `d` of each block at `sd[b]`, and `-offset * sum(q)` (i32) or Q8_1's
+/// `s` (f32) at `sc[b]`.
+///
+/// # Safety
+/// `nb` blocks readable at `x`; `sd`, `sc` have room for `nb` entries; AVX2.
+#[inline(always)]
+unsafe fn prepare_token<W: Weights, A: Acts>(nb: usize, x: *const u8, sd: *mut f32, sc: *mut u32) {
+    let ones8 = _mm256_set1_epi8(1);
+    let ones16 = _mm256_set1_epi16(1);
+    for b in 0..nb {
+        let p = x.add(b * A::BYTES);
+        *sd.add(b) = h2f(p);
+        *sc.add(b) = if W::HAS_MIN {
+            h2f(p.add(2)).to_bits()
+        } else {
+            let s = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, ld256(p.add(A::QS))), ones16);
+            let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+            (_mm_cvtsi128_si32(s).wrapping_mul(-W::OFFSET)) as u32
+        };
+    }
+}
+
+/// The four bytes at `p` in every 32-bit lane (a function, not a closure: closures do not
+/// inherit the `#[target_feature]`s of the code they are inlined into).
+#[inline(always)]
+unsafe fn bcast4(p: *const u8) -> __m256i {
+    _mm256_set1_epi32(std::ptr::read_unaligned(p as *const i32))
+}
+
+/// 8 packed rows x `T` tokens over `nb` blocks: `out[c * os + r]` for `r < nr`.
+///
+/// # Safety
+/// `panel` holds `nb` packed blocks of `W`; tokens `c < T` hold `nb` blocks at `x + c * xs`
+/// and side data at `sd + c * nb`, `sc + c * nb`; the outputs are writable; AVX2/FMA/F16C (and
+/// AVX-VNNI when `V`).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn micro<W: Weights, A: Acts, const T: usize, const V: bool>(
+    nb: usize,
+    panel: *const Line,
+    x: *const u8,
+    xs: usize,
+    sd: *const f32,
+    sc: *const u32,
+    out: *mut f32,
+    os: usize,
+    nr: usize,
+) {
+    let lines = block_lines::<W>();
+    let ones16 = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); T];
+    for b in 0..nb {
+        let wl = panel.add(b * lines);
+        let xb = x.add(b * A::BYTES + A::QS);
+        let mut sum = [_mm256_setzero_si256(); T];
+        if W::OFFSET != 0 {
+            for c in 0..T {
+                sum[c] = _mm256_set1_epi32(*sc.add(c * nb + b) as i32);
+            }
+        }
+        if V {
+            for g in 0..8 {
+                let wv = _mm256_load_si256(wl.add(g) as *const __m256i);
+                for c in 0..T {
+                    sum[c] = _mm256_dpbusd_avx_epi32(sum[c], wv, bcast4(xb.add(c * xs + 4 * g)));
+                }
+            }
+        } else {
+            for half in 0..2 {
+                let mut p16 = [_mm256_setzero_si256(); T];
+                for g in 4 * half..4 * half + 4 {
+                    let wv = _mm256_load_si256(wl.add(g) as *const __m256i);
+                    for c in 0..T {
+                        p16[c] = _mm256_add_epi16(p16[c], _mm256_maddubs_epi16(wv, bcast4(xb.add(c * xs + 4 * g))));
+                    }
+                }
+                for c in 0..T {
+                    sum[c] = _mm256_add_epi32(sum[c], _mm256_madd_epi16(p16[c], ones16));
+                }
+            }
+        }
+        let dw = _mm256_load_ps(wl.add(8) as *const f32);
+        for c in 0..T {
+            let d = _mm256_mul_ps(dw, _mm256_set1_ps(*sd.add(c * nb + b)));
+            acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[c]), d, acc[c]);
+        }
+        if W::HAS_MIN {
+            let mw = _mm256_load_ps(wl.add(9) as *const f32);
+            for c in 0..T {
+                acc[c] = _mm256_fmadd_ps(mw, _mm256_set1_ps(f32::from_bits(*sc.add(c * nb + b))), acc[c]);
+            }
+        }
+    }
+    for c in 0..T {
+        if nr >= ROWS {
+            _mm256_storeu_ps(out.add(c * os), acc[c]);
+        } else {
+            let mut tmp = [0f32; ROWS];
+            _mm256_storeu_ps(tmp.as_mut_ptr(), acc[c]);
+            for r in 0..nr {
+                *out.add(c * os + r) = tmp[r];
+            }
+        }
+    }
+}
+
+/// Grows this thread's scratch (once) and hands its buffers to `f`; called outside the
+/// `#[target_feature]` code (a closure would not inherit its features).
+fn with_scratch<R>(lines: usize, sides: usize, f: impl FnOnce(*mut Line, *mut u32) -> R) -> R {
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        let s = &mut *s;
+        if s.lines.len() < lines {
+            s.lines.resize(lines, Line([0; 32]));
+        }
+        if s.side.len() < sides {
+            s.side.resize(sides, 0);
+        }
+        f(s.lines.as_mut_ptr(), s.side.as_mut_ptr())
+    })
+}
+
+/// The whole call: pack the rows, prepare the tokens, then every (token group, panel) pair.
+///
+/// # Safety
+/// As the avx512 `lpanel::run`, with 8-row panels: `lp` has room for
+/// `nr.div_ceil(8) * nb * block_lines::<W>()` lines, `sp` for `2 * nc * nb` words.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn run<W: Weights, A: Acts, const V: bool>(
+    nb: usize,
+    w: *const u8,
+    ws: usize,
+    nr: usize,
+    x: *const u8,
+    xs: usize,
+    nc: usize,
+    out: *mut f32,
+    os: usize,
+    lp: *mut Line,
+    sp: *mut u32,
+) {
+    let lines = block_lines::<W>();
+    let panels = nr.div_ceil(ROWS);
+    for p in 0..panels {
+        let r0 = p * ROWS;
+        pack_panel::<W>(nb, w.add(r0 * ws), ws, (nr - r0).min(ROWS), lp.add(p * nb * lines));
+    }
+    for c in 0..nc {
+        prepare_token::<W, A>(nb, x.add(c * xs), sp.add(c * nb) as *mut f32, sp.add((nc + c) * nb));
+    }
+    let mut c0 = 0;
+    while c0 < nc {
+        let tc = (nc - c0).min(TOKENS);
+        let (xc, oc) = (x.add(c0 * xs), out.add(c0 * os));
+        let (sd, sc) = (sp.add(c0 * nb) as *const f32, sp.add((nc + c0) * nb) as *const u32);
+        for p in 0..panels {
+            let r0 = p * ROWS;
+            let (pl, o, n) = (lp.add(p * nb * lines) as *const Line, oc.add(r0), (nr - r0).min(ROWS));
+            match tc {
+                1 => micro::<W, A, 1, V>(nb, pl, xc, xs, sd, sc, o, os, n),
+                2 => micro::<W, A, 2, V>(nb, pl, xc, xs, sd, sc, o, os, n),
+                3 => micro::<W, A, 3, V>(nb, pl, xc, xs, sd, sc, o, os, n),
+                _ => micro::<W, A, TOKENS, V>(nb, pl, xc, xs, sd, sc, o, os, n),
+            }
+        }
+        c0 += tc;
+    }
+}
+
+/// Checks a call's buffers; returns the number of blocks.
+#[allow(clippy::too_many_arguments)]
+fn check(name: &str, n: usize, wl: usize, ws: usize, nr: usize, wb: usize, xl: usize, xs: usize, nc: usize, xb: usize, ol: usize, os: usize) -> usize {
+    assert!(
+        n % QK == 0 && (nc == 1 || nr <= os) && wl >= (nr - 1) * ws + n / QK * wb && xl >= (nc - 1) * xs + n / QK * xb && ol >= (nc - 1) * os + nr,
+        "{name} panel: {nr} rows x {nc} tokens of {n} values do not fit their buffers"
+    );
+    n / QK
+}
+
+macro_rules! panel_kernel {
+    ($m:ident, $W:ident, $A:ident, $name:expr) => {
+        mod $m {
+            use super::*;
+
+            #[target_feature(enable = "avx2,fma,f16c")]
+            #[allow(clippy::too_many_arguments, dead_code)]
+            unsafe fn plain_tf(nb: usize, w: *const u8, ws: usize, nr: usize, x: *const u8, xs: usize, nc: usize, out: *mut f32, os: usize, lp: *mut Line, sp: *mut u32) {
+                run::<$W, $A, false>(nb, w, ws, nr, x, xs, nc, out, os, lp, sp)
+            }
+
+            #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn vnni_tf(nb: usize, w: *const u8, ws: usize, nr: usize, x: *const u8, xs: usize, nc: usize, out: *mut f32, os: usize, lp: *mut Line, sp: *mut u32) {
+                run::<$W, $A, true>(nb, w, ws, nr, x, xs, nc, out, os, lp, sp)
+            }
+
+            /// Without AVX-VNNI (the nibble types only: see the module text).
+            #[allow(clippy::too_many_arguments, dead_code)]
+            pub fn panel(n: usize, w: &[u8], w_stride: usize, nr: usize, x: &[u8], x_stride: usize, nc: usize, out: &mut [f32], out_stride: usize) {
+                assert!($W::OFFSET < 128, "16-bit sums need codes below 32");
+                if nr == 0 || nc == 0 {
+                    return;
+                }
+                let nb = check($name, n, w.len(), w_stride, nr, $W::BYTES, x.len(), x_stride, nc, $A::BYTES, out.len(), out_stride);
+                // SAFETY: installed only when AVX2/FMA/F16C were detected; every row, token and
+                // output touched was just checked to be inside the slices (outputs
+                // `c * out_stride + r`, r < nr <= out_stride, never overlap); the scratch was
+                // grown to what `run` uses.
+                with_scratch(nr.div_ceil(ROWS) * nb * block_lines::<$W>(), 2 * nc * nb, |lp, sp| unsafe {
+                    plain_tf(nb, w.as_ptr(), w_stride, nr, x.as_ptr(), x_stride, nc, out.as_mut_ptr(), out_stride, lp, sp)
+                })
+            }
+
+            /// With AVX-VNNI.
+            #[allow(clippy::too_many_arguments)]
+            pub fn panel_vnni(n: usize, w: &[u8], w_stride: usize, nr: usize, x: &[u8], x_stride: usize, nc: usize, out: &mut [f32], out_stride: usize) {
+                if nr == 0 || nc == 0 {
+                    return;
+                }
+                let nb = check($name, n, w.len(), w_stride, nr, $W::BYTES, x.len(), x_stride, nc, $A::BYTES, out.len(), out_stride);
+                // SAFETY: as `panel`, and installed only when AVX-VNNI was detected too.
+                with_scratch(nr.div_ceil(ROWS) * nb * block_lines::<$W>(), 2 * nc * nb, |lp, sp| unsafe {
+                    vnni_tf(nb, w.as_ptr(), w_stride, nr, x.as_ptr(), x_stride, nc, out.as_mut_ptr(), out_stride, lp, sp)
+                })
+            }
+        }
+    };
+}
+
+panel_kernel!(q4_0, Q4_0, A8_0, "Q4_0");
+panel_kernel!(q4_1, Q4_1, A8_1, "Q4_1");
+panel_kernel!(q5_0, Q5_0, A8_0, "Q5_0");
+panel_kernel!(q5_1, Q5_1, A8_1, "Q5_1");
+panel_kernel!(q8_0, Q8_0, A8_0, "Q8_0");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::q8_k::test_util::strided_rows;
+
+    /// Every legacy type with and without AVX-VNNI (where the CPU has it), ragged row and
+    /// token counts around the 8-row panel and the 4-token group, strided rows and tokens,
+    /// against the scalar `vec_dot` per (row, token).
+    #[test]
+    fn panel_matches_scalar_vec_dot() {
+        if !super::super::available() {
+            eprintln!("skipped: this CPU lacks AVX2/FMA/F16C");
+            return;
+        }
+        use WeightType::*;
+        let shapes: [(usize, usize, usize); 7] = [(1, 8, 1), (8, 8, 2), (7, 9, 3), (17, 13, 8), (9, 3, 37), (24, 16, 64), (3, 1, 4)];
+        for t in [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0] {
+            let at = t.vec_dot_type();
+            let scalar = crate::isa::scalar::vec_dot(t).unwrap();
+            for vnni in [false, true] {
+                let Some(f) = panel_with(t, vnni) else { continue };
+                for (si, &(nr, nc, nb)) in shapes.iter().enumerate() {
+                    let n = nb * QK;
+                    let (wrb, xrb) = (t.row_bytes(n), at.row_bytes(n));
+                    let (w, ws) = strided_rows(t, n, nr, 34, 10 * si as u64);
+                    let (x, xs) = strided_rows(at, n, nc, 36, 500 + 10 * si as u64);
+                    // an output stride above nr, the gaps poisoned: the kernel must not write them
+                    let os = nr + 3;
+                    let mut out = vec![f32::NAN; os * nc];
+                    f(n, &w, ws, nr, &x, xs, nc, &mut out, os);
+                    for c in 0..nc {
+                        for r in 0..os {
+                            let got = out[c * os + r];
+                            if r >= nr {
+                                assert!(got.is_nan(), "{t:?} vnni {vnni} {nr}x{nc}: wrote the gap at ({r}, {c})");
+                                continue;
+                            }
+                            let want = scalar(n, &w[r * ws..r * ws + wrb], &x[c * xs..c * xs + xrb]);
+                            let tol = 1e-4 * (n as f32).sqrt() * want.abs().max(1.0);
+                            assert!((got - want).abs() <= tol, "{t:?} vnni {vnni} {nr}x{nc}x{nb} ({r}, {c}): {got} vs scalar {want}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
