@@ -26,6 +26,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::legacy::{h2f, ld128, ld256};
+use crate::isa::lpanels::{run, with_scratch, Acts, Scratch, Steps, A8_0, A8_1};
 use crate::isa::PanelFn;
 use crate::types::WeightType;
 use std::arch::x86_64::*;
@@ -68,16 +69,8 @@ pub(super) fn panel_with(t: WeightType, vnni: bool) -> Option<PanelFn> {
 #[repr(C, align(32))]
 struct Line([u8; 32]);
 
-/// One thread's scratch: packed panels, and per token and block the activation scale `d`
-/// (f32) and either `-offset * sum(q)` (i32) or Q8_1's `s` (f32).
-#[derive(Default)]
-struct Scratch {
-    lines: Vec<Line>,
-    side: Vec<u32>,
-}
-
 thread_local! {
-    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+    static SCRATCH: RefCell<Scratch<Line>> = const { RefCell::new(Scratch::new()) };
 }
 
 /// A legacy weight type as the panel packs it.
@@ -150,22 +143,6 @@ impl Weights for Q8_0 {
         // +128 as a flip of the sign bit
         _mm256_xor_si256(ld256(p.add(2)), _mm256_set1_epi8(-128))
     }
-}
-
-/// Activations: Q8_0 (34 bytes, quants at 2) or Q8_1 (36 bytes, `s` at 2, quants at 4).
-trait Acts {
-    const BYTES: usize;
-    const QS: usize;
-}
-struct A8_0;
-impl Acts for A8_0 {
-    const BYTES: usize = 34;
-    const QS: usize = 2;
-}
-struct A8_1;
-impl Acts for A8_1 {
-    const BYTES: usize = 36;
-    const QS: usize = 4;
 }
 
 /// Lines per packed block: 8 of codes, the scales, the minimums.
@@ -337,67 +314,31 @@ unsafe fn micro<W: Weights, A: Acts, const T: usize, const V: bool>(
     }
 }
 
-/// Grows this thread's scratch (once) and hands its buffers to `f`; called outside the
-/// `#[target_feature]` code (a closure would not inherit its features).
-fn with_scratch<R>(lines: usize, sides: usize, f: impl FnOnce(*mut Line, *mut u32) -> R) -> R {
-    SCRATCH.with(|s| {
-        let mut s = s.borrow_mut();
-        let s = &mut *s;
-        if s.lines.len() < lines {
-            s.lines.resize(lines, Line([0; 32]));
-        }
-        if s.side.len() < sides {
-            s.side.resize(sides, 0);
-        }
-        f(s.lines.as_mut_ptr(), s.side.as_mut_ptr())
-    })
-}
+/// The kernel for one weight type and activation format, with (`V`) or without AVX-VNNI (the
+/// driver is `lpanels::run`).
+struct Kernel<W, A, const V: bool>(std::marker::PhantomData<(W, A)>);
 
-/// The whole call: pack the rows, prepare the tokens, then every (token group, panel) pair.
-///
-/// # Safety
-/// As the avx512 `lpanel::run`, with 8-row panels: `lp` has room for
-/// `nr.div_ceil(8) * nb * block_lines::<W>()` lines, `sp` for `2 * nc * nb` words.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn run<W: Weights, A: Acts, const V: bool>(
-    nb: usize,
-    w: *const u8,
-    ws: usize,
-    nr: usize,
-    x: *const u8,
-    xs: usize,
-    nc: usize,
-    out: *mut f32,
-    os: usize,
-    lp: *mut Line,
-    sp: *mut u32,
-) {
-    let lines = block_lines::<W>();
-    let panels = nr.div_ceil(ROWS);
-    for p in 0..panels {
-        let r0 = p * ROWS;
-        pack_panel::<W>(nb, w.add(r0 * ws), ws, (nr - r0).min(ROWS), lp.add(p * nb * lines));
+impl<W: Weights, A: Acts, const V: bool> Steps for Kernel<W, A, V> {
+    type Line = Line;
+    const ROWS: usize = ROWS;
+    const TOKENS: usize = TOKENS;
+    const LINES: usize = block_lines::<W>();
+    #[inline(always)]
+    unsafe fn pack(nb: usize, w: *const u8, ws: usize, nr: usize, dst: *mut Line) {
+        pack_panel::<W>(nb, w, ws, nr, dst)
     }
-    for c in 0..nc {
-        prepare_token::<W, A>(nb, x.add(c * xs), sp.add(c * nb) as *mut f32, sp.add((nc + c) * nb));
+    #[inline(always)]
+    unsafe fn prepare(nb: usize, x: *const u8, sd: *mut f32, sc: *mut u32) {
+        prepare_token::<W, A>(nb, x, sd, sc)
     }
-    let mut c0 = 0;
-    while c0 < nc {
-        let tc = (nc - c0).min(TOKENS);
-        let (xc, oc) = (x.add(c0 * xs), out.add(c0 * os));
-        let (sd, sc) = (sp.add(c0 * nb) as *const f32, sp.add((nc + c0) * nb) as *const u32);
-        for p in 0..panels {
-            let r0 = p * ROWS;
-            let (pl, o, n) = (lp.add(p * nb * lines) as *const Line, oc.add(r0), (nr - r0).min(ROWS));
-            match tc {
-                1 => micro::<W, A, 1, V>(nb, pl, xc, xs, sd, sc, o, os, n),
-                2 => micro::<W, A, 2, V>(nb, pl, xc, xs, sd, sc, o, os, n),
-                3 => micro::<W, A, 3, V>(nb, pl, xc, xs, sd, sc, o, os, n),
-                _ => micro::<W, A, TOKENS, V>(nb, pl, xc, xs, sd, sc, o, os, n),
-            }
+    #[inline(always)]
+    unsafe fn micro(tc: usize, nb: usize, pl: *const Line, xc: *const u8, xs: usize, sd: *const f32, sc: *const u32, o: *mut f32, os: usize, n: usize) {
+        match tc {
+            1 => micro::<W, A, 1, V>(nb, pl, xc, xs, sd, sc, o, os, n),
+            2 => micro::<W, A, 2, V>(nb, pl, xc, xs, sd, sc, o, os, n),
+            3 => micro::<W, A, 3, V>(nb, pl, xc, xs, sd, sc, o, os, n),
+            _ => micro::<W, A, TOKENS, V>(nb, pl, xc, xs, sd, sc, o, os, n),
         }
-        c0 += tc;
     }
 }
 
@@ -419,13 +360,13 @@ macro_rules! panel_kernel {
             #[target_feature(enable = "avx2,fma,f16c")]
             #[allow(clippy::too_many_arguments, dead_code)]
             unsafe fn plain_tf(nb: usize, w: *const u8, ws: usize, nr: usize, x: *const u8, xs: usize, nc: usize, out: *mut f32, os: usize, lp: *mut Line, sp: *mut u32) {
-                run::<$W, $A, false>(nb, w, ws, nr, x, xs, nc, out, os, lp, sp)
+                run::<Kernel<$W, $A, false>>(nb, w, ws, nr, x, xs, nc, out, os, lp, sp)
             }
 
             #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
             #[allow(clippy::too_many_arguments)]
             unsafe fn vnni_tf(nb: usize, w: *const u8, ws: usize, nr: usize, x: *const u8, xs: usize, nc: usize, out: *mut f32, os: usize, lp: *mut Line, sp: *mut u32) {
-                run::<$W, $A, true>(nb, w, ws, nr, x, xs, nc, out, os, lp, sp)
+                run::<Kernel<$W, $A, true>>(nb, w, ws, nr, x, xs, nc, out, os, lp, sp)
             }
 
             /// Without AVX-VNNI (the nibble types only: see the module text).
@@ -440,7 +381,7 @@ macro_rules! panel_kernel {
                 // output touched was just checked to be inside the slices (outputs
                 // `c * out_stride + r`, r < nr <= out_stride, never overlap); the scratch was
                 // grown to what `run` uses.
-                with_scratch(nr.div_ceil(ROWS) * nb * block_lines::<$W>(), 2 * nc * nb, |lp, sp| unsafe {
+                with_scratch(&SCRATCH, nr.div_ceil(ROWS) * nb * block_lines::<$W>(), 2 * nc * nb, Line([0; 32]), |lp, sp| unsafe {
                     plain_tf(nb, w.as_ptr(), w_stride, nr, x.as_ptr(), x_stride, nc, out.as_mut_ptr(), out_stride, lp, sp)
                 })
             }
@@ -453,7 +394,7 @@ macro_rules! panel_kernel {
                 }
                 let nb = check($name, n, w.len(), w_stride, nr, $W::BYTES, x.len(), x_stride, nc, $A::BYTES, out.len(), out_stride);
                 // SAFETY: as `panel`, and installed only when AVX-VNNI was detected too.
-                with_scratch(nr.div_ceil(ROWS) * nb * block_lines::<$W>(), 2 * nc * nb, |lp, sp| unsafe {
+                with_scratch(&SCRATCH, nr.div_ceil(ROWS) * nb * block_lines::<$W>(), 2 * nc * nb, Line([0; 32]), |lp, sp| unsafe {
                     vnni_tf(nb, w.as_ptr(), w_stride, nr, x.as_ptr(), x_stride, nc, out.as_mut_ptr(), out_stride, lp, sp)
                 })
             }

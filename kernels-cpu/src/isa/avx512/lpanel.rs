@@ -27,6 +27,7 @@
 // Micro-kernels index register arrays by token on purpose.
 #![allow(clippy::needless_range_loop)]
 
+use crate::isa::lpanels::{run, with_scratch, Acts, Scratch, Steps, A8_0, A8_1};
 use crate::isa::PanelFn;
 use crate::types::WeightType;
 use std::arch::x86_64::*;
@@ -69,18 +70,8 @@ pub fn panel(t: WeightType) -> Option<PanelFn> {
 #[repr(C, align(64))]
 struct Line([u8; 64]);
 
-/// The scratch of one thread: the packed weight panels and the per-token block data ("side":
-/// two planes of `nc * nb` words, token `c` block `b` at `c * nb + b`: the activation scales
-/// `d` as f32, then either `-offset * sum(q)` as i32 (weights with an offset) or Q8_1's `s`
-/// as f32).
-#[derive(Default)]
-struct Scratch {
-    lines: Vec<Line>,
-    side: Vec<u32>,
-}
-
 thread_local! {
-    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+    static SCRATCH: RefCell<Scratch<Line>> = const { RefCell::new(Scratch::new()) };
 }
 
 /// A legacy weight type as the panel kernel packs it.
@@ -188,23 +179,6 @@ impl Weights for Q8_0 {
     unsafe fn scales(p: *const u8) -> (u16, u16) {
         (half(p), 0)
     }
-}
-
-/// The activation formats: Q8_0 (`d`, 32 quants) and Q8_1 (`d`, `s`, 32 quants).
-trait Acts {
-    const BYTES: usize;
-    /// Where the quants start in a block.
-    const QS: usize;
-}
-struct A8_0;
-impl Acts for A8_0 {
-    const BYTES: usize = 34;
-    const QS: usize = 2;
-}
-struct A8_1;
-impl Acts for A8_1 {
-    const BYTES: usize = 36;
-    const QS: usize = 4;
 }
 
 /// The 16x8 transpose of 32-bit groups: `vpermt2d` indices for three stages, each pairing
@@ -480,74 +454,33 @@ unsafe fn micro<W: Weights, A: Acts, const T: usize>(
     }
 }
 
-/// Grows this thread's scratch to `lines` packed lines and `sides` side entries (once: later
-/// calls of the same or smaller size reuse it) and hands its buffers to `f`. Called outside the
-/// `#[target_feature]` code: a closure does not inherit its caller's features, so the kernels
-/// must not run inside one.
-fn with_scratch<R>(lines: usize, sides: usize, f: impl FnOnce(*mut Line, *mut u32) -> R) -> R {
-    SCRATCH.with(|s| {
-        let mut s = s.borrow_mut();
-        let s = &mut *s;
-        if s.lines.len() < lines {
-            s.lines.resize(lines, Line([0; 64]));
-        }
-        if s.side.len() < sides {
-            s.side.resize(sides, 0);
-        }
-        f(s.lines.as_mut_ptr(), s.side.as_mut_ptr())
-    })
-}
+/// The kernel for one weight type and activation format (the driver is `lpanels::run`).
+struct Kernel<W, A>(std::marker::PhantomData<(W, A)>);
 
-/// The whole call: pack the rows, prepare the tokens, then every (token group, panel) pair.
-///
-/// # Safety
-/// Rows `r < nr` hold `nb` blocks at `w + r * ws`, tokens `c < nc` hold `nb` blocks at
-/// `x + c * xs`, `out + c * os + r` is writable for those; `lp` has room for
-/// `nr.div_ceil(16) * nb * block_lines::<W>()` lines and `sp` for `2 * nc * nb` words; the CPU
-/// has the kernel's features.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn run<W: Weights, A: Acts>(
-    nb: usize,
-    w: *const u8,
-    ws: usize,
-    nr: usize,
-    x: *const u8,
-    xs: usize,
-    nc: usize,
-    out: *mut f32,
-    os: usize,
-    lp: *mut Line,
-    sp: *mut u32,
-) {
-    let lines = block_lines::<W>();
-    let panels = nr.div_ceil(ROWS);
-    for p in 0..panels {
-        let r0 = p * ROWS;
-        pack_panel::<W>(nb, w.add(r0 * ws), ws, (nr - r0).min(ROWS), lp.add(p * nb * lines), true);
+impl<W: Weights, A: Acts> Steps for Kernel<W, A> {
+    type Line = Line;
+    const ROWS: usize = ROWS;
+    const TOKENS: usize = TOKENS;
+    const LINES: usize = block_lines::<W>();
+    #[inline(always)]
+    unsafe fn pack(nb: usize, w: *const u8, ws: usize, nr: usize, dst: *mut Line) {
+        pack_panel::<W>(nb, w, ws, nr, dst, true)
     }
-    for c in 0..nc {
-        prepare_token::<W, A>(nb, x.add(c * xs), sp.add(c * nb) as *mut f32, sp.add((nc + c) * nb));
+    #[inline(always)]
+    unsafe fn prepare(nb: usize, x: *const u8, sd: *mut f32, sc: *mut u32) {
+        prepare_token::<W, A>(nb, x, sd, sc)
     }
-    let mut c0 = 0;
-    while c0 < nc {
-        let tc = (nc - c0).min(TOKENS);
-        let (xc, oc) = (x.add(c0 * xs), out.add(c0 * os));
-        let (sd, sc) = (sp.add(c0 * nb) as *const f32, sp.add((nc + c0) * nb) as *const u32);
-        for p in 0..panels {
-            let r0 = p * ROWS;
-            let (pl, o, n) = (lp.add(p * nb * lines) as *const Line, oc.add(r0), (nr - r0).min(ROWS));
-            macro_rules! by_tokens {
-                ($($t:literal)*) => {
-                    match tc {
-                        $($t => micro::<W, A, $t>(nb, pl, xc, xs, sd, sc, o, os, n),)*
-                        _ => micro::<W, A, TOKENS>(nb, pl, xc, xs, sd, sc, o, os, n),
-                    }
-                };
-            }
-            by_tokens!(1 2 3 4 5 6 7);
+    #[inline(always)]
+    unsafe fn micro(tc: usize, nb: usize, pl: *const Line, xc: *const u8, xs: usize, sd: *const f32, sc: *const u32, o: *mut f32, os: usize, n: usize) {
+        macro_rules! by_tokens {
+            ($($t:literal)*) => {
+                match tc {
+                    $($t => micro::<W, A, $t>(nb, pl, xc, xs, sd, sc, o, os, n),)*
+                    _ => micro::<W, A, TOKENS>(nb, pl, xc, xs, sd, sc, o, os, n),
+                }
+            };
         }
-        c0 += tc;
+        by_tokens!(1 2 3 4 5 6 7);
     }
 }
 
@@ -559,7 +492,7 @@ macro_rules! panel_kernel {
             #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
             #[allow(clippy::too_many_arguments)]
             unsafe fn panel_tf(nb: usize, w: *const u8, ws: usize, nr: usize, x: *const u8, xs: usize, nc: usize, out: *mut f32, os: usize, lp: *mut Line, sp: *mut u32) {
-                run::<$W, $A>(nb, w, ws, nr, x, xs, nc, out, os, lp, sp)
+                run::<Kernel<$W, $A>>(nb, w, ws, nr, x, xs, nc, out, os, lp, sp)
             }
 
             #[allow(clippy::too_many_arguments)]
@@ -584,7 +517,7 @@ macro_rules! panel_kernel {
                 // and output the kernel touches was just checked to be inside the slices
                 // (outputs `c * out_stride + r` for r < nr <= out_stride never overlap); the
                 // scratch was grown to what `run` uses.
-                with_scratch(nr.div_ceil(ROWS) * nb * block_lines::<$W>(), 2 * nc * nb, |lp, sp| unsafe {
+                with_scratch(&SCRATCH, nr.div_ceil(ROWS) * nb * block_lines::<$W>(), 2 * nc * nb, Line([0; 64]), |lp, sp| unsafe {
                     panel_tf(nb, w.as_ptr(), w_stride, nr, x.as_ptr(), x_stride, nc, out.as_mut_ptr(), out_stride, lp, sp)
                 })
             }
