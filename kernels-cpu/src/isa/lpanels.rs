@@ -3,8 +3,111 @@
 //! panels, prepares each token's side data, and runs the micro-kernel over every (token group,
 //! panel) pair. The ISA-specific steps come in through `Steps`.
 
+use std::arch::x86_64::*;
 use std::cell::RefCell;
 use std::thread::LocalKey;
+
+/// A legacy weight type as the panel kernels pack it: 32 unsigned codes per block, a scale
+/// and (Q4_1/Q5_1) a minimum. AVX2 intrinsics only, inlined into both ISAs' entry points.
+pub(crate) trait Weights {
+    /// Bytes per block.
+    const BYTES: usize;
+    /// What the unsigned codes hold above the signed quants (0 for the types with a minimum).
+    const OFFSET: i32;
+    /// Whether blocks carry a minimum (`value = d * q + m`), against Q8_1 activations.
+    const HAS_MIN: bool;
+    /// The block's 32 unsigned codes in value order.
+    ///
+    /// # Safety
+    /// One block readable at `p`; the CPU has AVX2.
+    unsafe fn codes(p: *const u8) -> __m256i;
+    /// The scale and (for types with one) the minimum, as f16 bits.
+    ///
+    /// # Safety
+    /// As `codes`.
+    #[inline(always)]
+    unsafe fn scales(p: *const u8) -> (u16, u16) {
+        (half(p), if Self::HAS_MIN { half(p.add(2)) } else { 0 })
+    }
+}
+
+/// The f16 at `p` (little-endian, any alignment).
+///
+/// # Safety
+/// Two bytes readable at `p`.
+#[inline(always)]
+pub(crate) unsafe fn half(p: *const u8) -> u16 {
+    u16::from_le_bytes(std::ptr::read_unaligned(p as *const [u8; 2]))
+}
+
+/// 16 nibble bytes at `p` as 32 codes: the low nibbles (values 0..16), then the high ones.
+#[inline(always)]
+unsafe fn nibbles(p: *const u8) -> __m256i {
+    // a masked load (a plain `vmovdqu`): `_mm_loadu_si128` keeps a copy through the stack in
+    // the `ci` profile (debug assertions)
+    let v = _mm_maskload_epi32(p as *const i32, _mm_set1_epi32(-1));
+    let m = _mm_set1_epi8(0x0f);
+    _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m), _mm_and_si128(v, m))
+}
+
+/// 0x10 where bit `j` of the little-endian u32 at `p` is set (Q5's fifth bits).
+#[inline(always)]
+unsafe fn fifth(p: *const u8) -> __m256i {
+    let bits = u32::from_le_bytes(std::ptr::read_unaligned(p as *const [u8; 4]));
+    let rep = _mm256_shuffle_epi8(
+        _mm256_set1_epi32(bits as i32),
+        _mm256_setr_epi64x(0, 0x0101_0101_0101_0101, 0x0202_0202_0202_0202, 0x0303_0303_0303_0303),
+    );
+    let sel = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(rep, sel), sel), _mm256_set1_epi8(0x10))
+}
+
+macro_rules! nibble_weights {
+    ($T:ident, $bytes:expr, $offset:expr, $min:expr, $qh:expr, $qs:expr) => {
+        pub(crate) struct $T;
+        impl Weights for $T {
+            const BYTES: usize = $bytes;
+            const OFFSET: i32 = $offset;
+            const HAS_MIN: bool = $min;
+            #[inline(always)]
+            unsafe fn codes(p: *const u8) -> __m256i {
+                let c = nibbles(p.add($qs));
+                match { let o: Option<usize> = $qh; o } {
+                    Some(qh) => _mm256_or_si256(c, fifth(p.add(qh))),
+                    None => c,
+                }
+            }
+        }
+    };
+}
+
+// (bytes, offset, minimum, fifth bits at, nibbles at)
+nibble_weights!(Q4_0, 18, 8, false, None, 2);
+nibble_weights!(Q4_1, 20, 0, true, None, 4);
+nibble_weights!(Q5_0, 22, 16, false, Some(2), 6);
+nibble_weights!(Q5_1, 24, 0, true, Some(4), 8);
+
+pub(crate) struct Q8_0;
+impl Weights for Q8_0 {
+    const BYTES: usize = 34;
+    const OFFSET: i32 = 128;
+    const HAS_MIN: bool = false;
+    #[inline(always)]
+    unsafe fn codes(p: *const u8) -> __m256i {
+        // +128 as a flip of the sign bit
+        let q = _mm256_maskload_epi32(p.add(2) as *const i32, _mm256_set1_epi32(-1));
+        _mm256_xor_si256(q, _mm256_set1_epi8(-128))
+    }
+}
+
+/// Lines per packed block: 8 of codes, the scales, the minimums.
+pub(crate) const fn block_lines<W: Weights>() -> usize {
+    if W::HAS_MIN {
+        10
+    } else {
+        9
+    }
+}
 
 /// The activation formats: Q8_0 (`d`, 32 quants) and Q8_1 (`d`, `s`, 32 quants).
 pub(crate) trait Acts {

@@ -25,8 +25,8 @@
 // Micro-kernels index register arrays by token on purpose.
 #![allow(clippy::needless_range_loop)]
 
-use super::legacy::{h2f, ld128, ld256};
-use crate::isa::lpanels::{run, with_scratch, Acts, Scratch, Steps, A8_0, A8_1};
+use super::legacy::{h2f, ld256};
+use crate::isa::lpanels::{block_lines, run, with_scratch, Acts, Scratch, Steps, Weights, A8_0, A8_1, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
 use crate::isa::PanelFn;
 use crate::types::WeightType;
 use std::arch::x86_64::*;
@@ -73,87 +73,6 @@ thread_local! {
     static SCRATCH: RefCell<Scratch<Line>> = const { RefCell::new(Scratch::new()) };
 }
 
-/// A legacy weight type as the panel packs it.
-trait Weights {
-    const BYTES: usize;
-    /// What the unsigned codes hold above the signed quants (0 with a minimum).
-    const OFFSET: i32;
-    const HAS_MIN: bool;
-    /// Byte of the f16 minimum.
-    const M: usize = 2;
-    /// The block's 32 unsigned codes in value order.
-    ///
-    /// # Safety
-    /// One block readable at `p`; AVX2.
-    unsafe fn codes(p: *const u8) -> __m256i;
-}
-
-/// 16 nibble bytes at `p`: the low nibbles (values 0..16), then the high ones.
-#[inline(always)]
-unsafe fn nibbles(p: *const u8) -> __m256i {
-    let v = ld128(p);
-    let m = _mm_set1_epi8(0x0f);
-    _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m), _mm_and_si128(v, m))
-}
-
-/// 0x10 where bit `j` of the little-endian u32 at `p` is set (Q5's fifth bits).
-#[inline(always)]
-unsafe fn fifth(p: *const u8) -> __m256i {
-    let bits = u32::from_le_bytes(std::ptr::read_unaligned(p as *const [u8; 4]));
-    let rep = _mm256_shuffle_epi8(
-        _mm256_set1_epi32(bits as i32),
-        _mm256_setr_epi64x(0, 0x0101_0101_0101_0101, 0x0202_0202_0202_0202, 0x0303_0303_0303_0303),
-    );
-    let sel = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
-    _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(rep, sel), sel), _mm256_set1_epi8(0x10))
-}
-
-macro_rules! nibble_weights {
-    ($T:ident, $bytes:expr, $offset:expr, $min:expr, $qh:expr, $qs:expr) => {
-        struct $T;
-        impl Weights for $T {
-            const BYTES: usize = $bytes;
-            const OFFSET: i32 = $offset;
-            const HAS_MIN: bool = $min;
-            #[inline(always)]
-            unsafe fn codes(p: *const u8) -> __m256i {
-                let c = nibbles(p.add($qs));
-                match { let o: Option<usize> = $qh; o } {
-                    Some(qh) => _mm256_or_si256(c, fifth(p.add(qh))),
-                    None => c,
-                }
-            }
-        }
-    };
-}
-
-// (bytes, offset, minimum, fifth bits at, nibbles at)
-nibble_weights!(Q4_0, 18, 8, false, None, 2);
-nibble_weights!(Q4_1, 20, 0, true, None, 4);
-nibble_weights!(Q5_0, 22, 16, false, Some(2), 6);
-nibble_weights!(Q5_1, 24, 0, true, Some(4), 8);
-
-struct Q8_0;
-impl Weights for Q8_0 {
-    const BYTES: usize = 34;
-    const OFFSET: i32 = 128;
-    const HAS_MIN: bool = false;
-    #[inline(always)]
-    unsafe fn codes(p: *const u8) -> __m256i {
-        // +128 as a flip of the sign bit
-        _mm256_xor_si256(ld256(p.add(2)), _mm256_set1_epi8(-128))
-    }
-}
-
-/// Lines per packed block: 8 of codes, the scales, the minimums.
-const fn block_lines<W: Weights>() -> usize {
-    if W::HAS_MIN {
-        10
-    } else {
-        9
-    }
-}
-
 /// Packs rows `0..nr` (`nr <= 8`) into `nb` packed blocks at `dst`; rows `nr..8` are zeros.
 ///
 /// # Safety
@@ -172,7 +91,7 @@ unsafe fn pack_panel<W: Weights>(nb: usize, w: *const u8, ws: usize, nr: usize, 
             r[i] = W::codes(p);
             d[i] = h2f(p);
             if W::HAS_MIN {
-                m[i] = h2f(p.add(W::M));
+                m[i] = h2f(p.add(2));
             }
         }
         // 8x8 transpose of 32-bit groups: line g, lane i = group g of row i

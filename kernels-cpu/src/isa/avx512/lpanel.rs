@@ -27,7 +27,7 @@
 // Micro-kernels index register arrays by token on purpose.
 #![allow(clippy::needless_range_loop)]
 
-use crate::isa::lpanels::{run, with_scratch, Acts, Scratch, Steps, A8_0, A8_1};
+use crate::isa::lpanels::{block_lines, run, with_scratch, Acts, Scratch, Steps, Weights, A8_0, A8_1, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
 use crate::isa::PanelFn;
 use crate::types::WeightType;
 use std::arch::x86_64::*;
@@ -72,113 +72,6 @@ struct Line([u8; 64]);
 
 thread_local! {
     static SCRATCH: RefCell<Scratch<Line>> = const { RefCell::new(Scratch::new()) };
-}
-
-/// A legacy weight type as the panel kernel packs it.
-trait Weights {
-    /// Bytes per block.
-    const BYTES: usize;
-    /// What the unsigned codes hold above the signed quants (0 for the types with a minimum).
-    const OFFSET: i32;
-    /// Whether blocks carry a minimum (`value = d * q + m`), against Q8_1 activations.
-    const HAS_MIN: bool;
-    /// The block's 32 unsigned codes in value order.
-    ///
-    /// # Safety
-    /// One block readable at `p`; the CPU has the kernel's features.
-    unsafe fn codes(p: *const u8) -> __m256i;
-    /// The scale and (for types with one) the minimum, as f16 bits.
-    ///
-    /// # Safety
-    /// As `codes`.
-    unsafe fn scales(p: *const u8) -> (u16, u16);
-}
-
-/// Lines per packed block: 8 of codes, the scales, the minimums.
-const fn block_lines<W: Weights>() -> usize {
-    if W::HAS_MIN { 10 } else { 9 }
-}
-
-/// The f16 at `p` (little-endian, any alignment).
-///
-/// # Safety
-/// Two bytes readable at `p`.
-#[inline(always)]
-unsafe fn half(p: *const u8) -> u16 {
-    u16::from_le_bytes(std::ptr::read_unaligned(p as *const [u8; 2]))
-}
-
-/// 16 bytes of nibbles at `p` as 32 codes 0..15: the low nibbles (values 0..16), then the high
-/// ones (values 16..32), as the Q4/Q5 blocks order them.
-///
-/// # Safety
-/// 16 bytes readable at `p`; the CPU has avx512bw/vl (inlined into the kernels' features).
-#[inline(always)]
-unsafe fn nibbles(p: *const u8) -> __m256i {
-    let v = _mm_maskz_loadu_epi8(u16::MAX, p as *const i8);
-    let m = _mm_set1_epi8(0x0f);
-    let lo = _mm_and_si128(v, m);
-    let hi = _mm_and_si128(_mm_srli_epi16(v, 4), m);
-    _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1)
-}
-
-/// `codes + 16` where bit `j` of the little-endian u32 at `p` is set (the fifth bits of Q5).
-///
-/// # Safety
-/// Four bytes readable at `p`; the CPU has avx512bw/vl.
-#[inline(always)]
-unsafe fn fifth(codes: __m256i, p: *const u8) -> __m256i {
-    let qh = u32::from_le_bytes(std::ptr::read_unaligned(p as *const [u8; 4]));
-    _mm256_mask_add_epi8(codes, qh, codes, _mm256_set1_epi8(16))
-}
-
-macro_rules! nibble_weights {
-    ($T:ident, $bytes:expr, $offset:expr, $m:expr, $qh:expr, $qs:expr) => {
-        struct $T;
-        impl Weights for $T {
-            const BYTES: usize = $bytes;
-            const OFFSET: i32 = $offset;
-            const HAS_MIN: bool = { let m: Option<usize> = $m; m.is_some() };
-            #[inline(always)]
-            unsafe fn codes(p: *const u8) -> __m256i {
-                let c = nibbles(p.add($qs));
-                match { let o: Option<usize> = $qh; o } {
-                    Some(qh) => fifth(c, p.add(qh)),
-                    None => c,
-                }
-            }
-            #[inline(always)]
-            unsafe fn scales(p: *const u8) -> (u16, u16) {
-                let m = match { let o: Option<usize> = $m; o } {
-                    Some(m) => half(p.add(m)),
-                    None => 0,
-                };
-                (half(p), m)
-            }
-        }
-    };
-}
-
-// (bytes, offset, minimum at, fifth bits at, nibbles at)
-nibble_weights!(Q4_0, 18, 8, None, None, 2);
-nibble_weights!(Q4_1, 20, 0, Some(2), None, 4);
-nibble_weights!(Q5_0, 22, 16, None, Some(2), 6);
-nibble_weights!(Q5_1, 24, 0, Some(2), Some(4), 8);
-
-struct Q8_0;
-impl Weights for Q8_0 {
-    const BYTES: usize = 34;
-    const OFFSET: i32 = 128;
-    const HAS_MIN: bool = false;
-    #[inline(always)]
-    unsafe fn codes(p: *const u8) -> __m256i {
-        // +128 as a flip of the sign bit.
-        _mm256_xor_si256(_mm256_maskz_loadu_epi8(u32::MAX, p.add(2) as *const i8), _mm256_set1_epi8(-128))
-    }
-    #[inline(always)]
-    unsafe fn scales(p: *const u8) -> (u16, u16) {
-        (half(p), 0)
-    }
 }
 
 /// The 16x8 transpose of 32-bit groups: `vpermt2d` indices for three stages, each pairing
