@@ -6,6 +6,7 @@
 use super::{GemmTileFn, GemvFn, PanelFn, QuantizeFn, VecDotFn};
 use crate::types::WeightType;
 
+mod kpanel;
 mod kquants;
 mod legacy;
 mod lpanel;
@@ -33,9 +34,9 @@ pub fn gemv(t: WeightType) -> Option<GemvFn> {
     legacy::gemv(t).or_else(|| kquants::gemv(t))
 }
 
-/// Many tokens at once for the legacy types (see `lpanel`).
+/// Many tokens at once for the legacy types and Q4_K (see `lpanel`, `kpanel`).
 pub fn panel(t: WeightType) -> Option<PanelFn> {
-    lpanel::panel(t)
+    lpanel::panel(t).or_else(|| kpanel::panel(t))
 }
 
 /// f16 helpers for the KV cache (used by `ops`). Callers must have checked `available()`.

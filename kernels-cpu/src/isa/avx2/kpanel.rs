@@ -1,0 +1,336 @@
+//! avx2 panel kernel for Q4_K weights against Q8_K activations (the most common K-quant), for
+//! many tokens at once (see `PanelFn`): the avx512 `kpanel` algorithm on 8-row ymm panels.
+//!
+//! Each call unpacks its weight rows once, 8 rows at a time: per block of 256 values, 64 lines
+//! of codes (line `4`-value group `g`: values `4g..4g+4` of each of the 8 rows, lane `r` = row
+//! `r`, the nibbles 0..15 as they are), 8 lines of sub-block scales (i32 per row), 4 lines of
+//! sub-block minimums in pairs (two i16 per row), and `d`, `dmin` as f32. Per block and token the
+//! micro-kernel (8 rows x 4 tokens) sums each 32-value sub-block's products exactly (eight
+//! `vpdpbusd` with AVX-VNNI; else eight `vpmaddubsw` summed in 16 bits -- 8 * 2 * 15 * 128 <
+//! 2^15 -- and one `vpmaddwd`), multiplies by the sub-block scale (`vpmulld`), takes the
+//! minimums against the Q8_K group sums (`bsums`, pairwise) with four `vpmaddwd`, and finishes
+//! in f32: `acc += d_x * (d_w * s1 - dmin_w * s2)`, the scalar specification's `sumi` and
+//! `summ` exactly, only the float combination differs in rounding order.
+//!
+//! Measured (`examples/bench`, LLAMAFILE_ISA=avx2, matmul of 512 tokens on 4096x14336, 2
+//! threads): 246-259 GFLOP/s with the tile kernel -> 611-634 with AVX-VNNI, 554-598 without.
+//! The other K-quants keep the tiles (the same design would carry over: Q5_K adds a fifth bit,
+//! Q2_K/Q3_K/Q6_K have 16-value sub-blocks and code offsets, as in the avx512 `kpanel`).
+//!
+//! Installed only when AVX2/FMA/F16C are detected (and AVX-VNNI for the `vnni` variant).
+
+#![allow(clippy::needless_range_loop)]
+
+use super::legacy::{h2f, ld256};
+use crate::isa::lpanels::{run, with_scratch, Scratch, Steps};
+use crate::isa::PanelFn;
+use crate::types::q4_k::{scales_mins_k4_bytes, BlockQ4K};
+use crate::types::q8_k::QK_K;
+use crate::types::WeightType;
+use std::arch::x86_64::*;
+use std::cell::RefCell;
+
+const ROWS: usize = 8;
+const TOKENS: usize = 4;
+/// Lines per packed block: codes, scales, minimum pairs, `d`, `dmin`.
+const CODE_LINES: usize = QK_K / 4;
+const SCALE_LINE: usize = CODE_LINES;
+const MIN_LINE: usize = SCALE_LINE + 8;
+const D_LINE: usize = MIN_LINE + 4;
+const LINES: usize = D_LINE + 2;
+/// Q8_K: `f32 d; i8 qs[256]; i16 bsums[16]`.
+const Q8K_BYTES: usize = 292;
+const Q8K_QS: usize = 4;
+const Q8K_BSUMS: usize = 260;
+/// How far ahead of the block being packed each weight row is prefetched (bytes).
+const PREFETCH: usize = 512;
+
+pub fn panel(t: WeightType) -> Option<PanelFn> {
+    panel_with(t, is_x86_feature_detected!("avxvnni"))
+}
+
+/// With or without AVX-VNNI (`vnni` only where the CPU has it).
+pub(super) fn panel_with(t: WeightType, vnni: bool) -> Option<PanelFn> {
+    if t != WeightType::Q4_K || (vnni && !is_x86_feature_detected!("avxvnni")) {
+        return None;
+    }
+    Some(if vnni { panel_vnni } else { panel_plain })
+}
+
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+struct Line([u8; 32]);
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch<Line>> = const { RefCell::new(Scratch::new()) };
+}
+
+/// The 8x8 transpose of 32-bit groups: `r[i]` = row `i`; stores line `g` (group `g` of every
+/// row) at `dst + g`.
+#[inline(always)]
+unsafe fn transpose8(r: &[__m256i; 8], dst: *mut Line) {
+    let t: [__m256i; 8] = core::array::from_fn(|k| {
+        let (a, c) = (r[2 * (k / 2)], r[2 * (k / 2) + 1]);
+        if k % 2 == 0 {
+            _mm256_unpacklo_epi32(a, c)
+        } else {
+            _mm256_unpackhi_epi32(a, c)
+        }
+    });
+    let u: [__m256i; 8] = core::array::from_fn(|k| {
+        let (h, j) = (k / 4, k % 4);
+        let (a, c) = (t[4 * h + j / 2], t[4 * h + 2 + j / 2]);
+        if j % 2 == 0 {
+            _mm256_unpacklo_epi64(a, c)
+        } else {
+            _mm256_unpackhi_epi64(a, c)
+        }
+    });
+    for j in 0..4 {
+        _mm256_store_si256(dst.add(j) as *mut __m256i, _mm256_permute2x128_si256::<0x20>(u[j], u[4 + j]));
+        _mm256_store_si256(dst.add(j + 4) as *mut __m256i, _mm256_permute2x128_si256::<0x31>(u[j], u[4 + j]));
+    }
+}
+
+/// Packs rows `0..nr` (`nr <= 8`) into `nb` packed blocks at `dst`; rows `nr..8` are zeros.
+///
+/// # Safety
+/// The rows are readable; `dst` has room for `nb * LINES` lines; AVX2/FMA/F16C.
+#[inline(always)]
+unsafe fn pack(nb: usize, w: *const u8, ws: usize, nr: usize, dst: *mut Line) {
+    let m4 = _mm256_set1_epi8(0x0f);
+    for b in 0..nb {
+        // chunk c (values 32c..32c+32) of every row
+        let mut chunks = [[_mm256_setzero_si256(); ROWS]; 8];
+        let mut sc = [[0i32; ROWS]; 8];
+        let mut mins = [[0u32; ROWS]; 4];
+        let (mut d, mut dmin) = ([0f32; ROWS], [0f32; ROWS]);
+        for i in 0..nr {
+            let p = w.add(i * ws + b * 144);
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH + 64) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH + 128) as *const i8);
+            let blk = &*(p as *const BlockQ4K);
+            for k in 0..4 {
+                let q = ld256(blk.qs.as_ptr().add(32 * k));
+                chunks[2 * k][i] = _mm256_and_si256(q, m4);
+                chunks[2 * k + 1][i] = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
+            }
+            let sm = scales_mins_k4_bytes(&blk.scales);
+            for j in 0..8 {
+                sc[j][i] = sm[j] as i32;
+            }
+            for pr in 0..4 {
+                mins[pr][i] = sm[8 + 2 * pr] as u32 | (sm[9 + 2 * pr] as u32) << 16;
+            }
+            d[i] = h2f(blk.d.as_ptr());
+            dmin[i] = h2f(blk.dmin.as_ptr());
+        }
+        let out = dst.add(b * LINES);
+        for c in 0..8 {
+            transpose8(&chunks[c], out.add(8 * c));
+        }
+        for j in 0..8 {
+            _mm256_store_si256(out.add(SCALE_LINE + j) as *mut __m256i, ld256(sc[j].as_ptr()));
+        }
+        for pr in 0..4 {
+            _mm256_store_si256(out.add(MIN_LINE + pr) as *mut __m256i, ld256(mins[pr].as_ptr()));
+        }
+        _mm256_store_ps(out.add(D_LINE) as *mut f32, _mm256_loadu_ps(d.as_ptr()));
+        _mm256_store_ps(out.add(D_LINE + 1) as *mut f32, _mm256_loadu_ps(dmin.as_ptr()));
+    }
+}
+
+/// The four bytes at `p` in every 32-bit lane.
+#[inline(always)]
+unsafe fn bcast4(p: *const u8) -> __m256i {
+    _mm256_set1_epi32(std::ptr::read_unaligned(p as *const i32))
+}
+
+/// 8 packed rows x `T` tokens over `nb` blocks: `out[c * os + r]` for `r < nr`.
+///
+/// # Safety
+/// `panel` holds `nb` packed blocks; tokens `c < T` hold `nb` Q8_K blocks at `x + c * xs`; the
+/// outputs are writable; AVX2/FMA/F16C (and AVX-VNNI when `V`).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn micro<const T: usize, const V: bool>(nb: usize, panel: *const Line, x: *const u8, xs: usize, out: *mut f32, os: usize, nr: usize) {
+    let ones16 = _mm256_set1_epi16(1);
+    let pair_idx = [0, 1, 4, 5];
+    let mut acc = [_mm256_setzero_ps(); T];
+    for b in 0..nb {
+        let wl = panel.add(b * LINES);
+        let xb: [*const u8; T] = core::array::from_fn(|c| x.add(c * xs + b * Q8K_BYTES));
+        let mut s1 = [_mm256_setzero_si256(); T];
+        for j in 0..8 {
+            let mut raw = [_mm256_setzero_si256(); T];
+            if V {
+                for g in 0..8 {
+                    let wv = _mm256_load_si256(wl.add(8 * j + g) as *const __m256i);
+                    for c in 0..T {
+                        raw[c] = _mm256_dpbusd_avx_epi32(raw[c], wv, bcast4(xb[c].add(Q8K_QS + 32 * j + 4 * g)));
+                    }
+                }
+            } else {
+                let mut p16 = [_mm256_setzero_si256(); T];
+                for g in 0..8 {
+                    let wv = _mm256_load_si256(wl.add(8 * j + g) as *const __m256i);
+                    for c in 0..T {
+                        p16[c] = _mm256_add_epi16(p16[c], _mm256_maddubs_epi16(wv, bcast4(xb[c].add(Q8K_QS + 32 * j + 4 * g))));
+                    }
+                }
+                for c in 0..T {
+                    raw[c] = _mm256_madd_epi16(p16[c], ones16);
+                }
+            }
+            let scale = _mm256_load_si256(wl.add(SCALE_LINE + j) as *const __m256i);
+            for c in 0..T {
+                s1[c] = _mm256_add_epi32(s1[c], _mm256_mullo_epi32(raw[c], scale));
+            }
+        }
+        let dw = _mm256_load_ps(wl.add(D_LINE) as *const f32);
+        let dmw = _mm256_load_ps(wl.add(D_LINE + 1) as *const f32);
+        for c in 0..T {
+            // sub-block sums of the activations (pairs of 16-value group sums), as i16 pairs
+            let ms = _mm256_madd_epi16(ld256(xb[c].add(Q8K_BSUMS)), ones16);
+            let packed = _mm256_packs_epi32(ms, ms);
+            let mut s2 = _mm256_setzero_si256();
+            for pr in 0..4 {
+                let m = _mm256_load_si256(wl.add(MIN_LINE + pr) as *const __m256i);
+                let xs2 = _mm256_permutevar8x32_epi32(packed, _mm256_set1_epi32(pair_idx[pr]));
+                s2 = _mm256_add_epi32(s2, _mm256_madd_epi16(m, xs2));
+            }
+            let dx = _mm256_set1_ps(std::ptr::read_unaligned(xb[c] as *const f32));
+            acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s1[c]), _mm256_mul_ps(dw, dx), acc[c]);
+            acc[c] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(s2), _mm256_mul_ps(dmw, dx), acc[c]);
+        }
+    }
+    for c in 0..T {
+        if nr >= ROWS {
+            _mm256_storeu_ps(out.add(c * os), acc[c]);
+        } else {
+            let mut tmp = [0f32; ROWS];
+            _mm256_storeu_ps(tmp.as_mut_ptr(), acc[c]);
+            for r in 0..nr {
+                *out.add(c * os + r) = tmp[r];
+            }
+        }
+    }
+}
+
+/// The kernel for the `lpanels` driver (no per-token side data: the Q8_K blocks carry it).
+struct Kernel<const V: bool>;
+
+impl<const V: bool> Steps for Kernel<V> {
+    type Line = Line;
+    const ROWS: usize = ROWS;
+    const TOKENS: usize = TOKENS;
+    const LINES: usize = LINES;
+    #[inline(always)]
+    unsafe fn pack(nb: usize, w: *const u8, ws: usize, nr: usize, dst: *mut Line) {
+        pack(nb, w, ws, nr, dst)
+    }
+    #[inline(always)]
+    unsafe fn prepare(_nb: usize, _x: *const u8, _sd: *mut f32, _sc: *mut u32) {}
+    #[inline(always)]
+    unsafe fn micro(tc: usize, nb: usize, pl: *const Line, xc: *const u8, xs: usize, _sd: *const f32, _sc: *const u32, o: *mut f32, os: usize, n: usize) {
+        match tc {
+            1 => micro::<1, V>(nb, pl, xc, xs, o, os, n),
+            2 => micro::<2, V>(nb, pl, xc, xs, o, os, n),
+            3 => micro::<3, V>(nb, pl, xc, xs, o, os, n),
+            _ => micro::<TOKENS, V>(nb, pl, xc, xs, o, os, n),
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn plain_tf(nb: usize, w: *const u8, ws: usize, nr: usize, x: *const u8, xs: usize, nc: usize, out: *mut f32, os: usize, lp: *mut Line, sp: *mut u32) {
+    run::<Kernel<false>>(nb, w, ws, nr, x, xs, nc, out, os, lp, sp)
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn vnni_tf(nb: usize, w: *const u8, ws: usize, nr: usize, x: *const u8, xs: usize, nc: usize, out: *mut f32, os: usize, lp: *mut Line, sp: *mut u32) {
+    run::<Kernel<true>>(nb, w, ws, nr, x, xs, nc, out, os, lp, sp)
+}
+
+/// Checks a call's buffers; returns the number of blocks.
+#[allow(clippy::too_many_arguments)]
+fn check(n: usize, wl: usize, ws: usize, nr: usize, xl: usize, xs: usize, nc: usize, ol: usize, os: usize) -> usize {
+    assert!(
+        n % QK_K == 0 && (nc == 1 || nr <= os) && wl >= (nr - 1) * ws + n / QK_K * 144 && xl >= (nc - 1) * xs + n / QK_K * Q8K_BYTES && ol >= (nc - 1) * os + nr,
+        "Q4_K panel: {nr} rows x {nc} tokens of {n} values do not fit their buffers"
+    );
+    n / QK_K
+}
+
+#[allow(clippy::too_many_arguments)]
+fn panel_plain(n: usize, w: &[u8], w_stride: usize, nr: usize, x: &[u8], x_stride: usize, nc: usize, out: &mut [f32], out_stride: usize) {
+    if nr == 0 || nc == 0 {
+        return;
+    }
+    let nb = check(n, w.len(), w_stride, nr, x.len(), x_stride, nc, out.len(), out_stride);
+    // SAFETY: installed only when AVX2/FMA/F16C were detected; every row, token and output
+    // touched was just checked to be inside the slices; the scratch was grown to what `run`
+    // uses.
+    with_scratch(&SCRATCH, nr.div_ceil(ROWS) * nb * LINES, 2 * nc * nb, Line([0; 32]), |lp, sp| unsafe {
+        plain_tf(nb, w.as_ptr(), w_stride, nr, x.as_ptr(), x_stride, nc, out.as_mut_ptr(), out_stride, lp, sp)
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn panel_vnni(n: usize, w: &[u8], w_stride: usize, nr: usize, x: &[u8], x_stride: usize, nc: usize, out: &mut [f32], out_stride: usize) {
+    if nr == 0 || nc == 0 {
+        return;
+    }
+    let nb = check(n, w.len(), w_stride, nr, x.len(), x_stride, nc, out.len(), out_stride);
+    // SAFETY: as `panel_plain`, and installed only when AVX-VNNI was detected too.
+    with_scratch(&SCRATCH, nr.div_ceil(ROWS) * nb * LINES, 2 * nc * nb, Line([0; 32]), |lp, sp| unsafe {
+        vnni_tf(nb, w.as_ptr(), w_stride, nr, x.as_ptr(), x_stride, nc, out.as_mut_ptr(), out_stride, lp, sp)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::q8_k::test_util::strided_rows;
+
+    /// With and without AVX-VNNI (where the CPU has it), ragged row and token counts around the
+    /// 8-row panel and the 4-token group, strided rows and tokens, against the scalar `vec_dot`.
+    #[test]
+    fn panel_matches_scalar_vec_dot() {
+        if !super::super::available() {
+            eprintln!("skipped: this CPU lacks AVX2/FMA/F16C");
+            return;
+        }
+        let t = WeightType::Q4_K;
+        let at = t.vec_dot_type();
+        let scalar = crate::isa::scalar::vec_dot(t).unwrap();
+        let shapes: [(usize, usize, usize); 6] = [(1, 8, 1), (8, 8, 2), (7, 9, 3), (17, 13, 4), (9, 3, 16), (3, 1, 1)];
+        for vnni in [false, true] {
+            let Some(f) = panel_with(t, vnni) else { continue };
+            for (si, &(nr, nc, nb)) in shapes.iter().enumerate() {
+                let n = nb * QK_K;
+                let (wrb, xrb) = (t.row_bytes(n), at.row_bytes(n));
+                let (w, ws) = strided_rows(t, n, nr, 40, 10 * si as u64);
+                let (x, xs) = strided_rows(at, n, nc, 44, 500 + 10 * si as u64);
+                let os = nr + 3;
+                let mut out = vec![f32::NAN; os * nc];
+                f(n, &w, ws, nr, &x, xs, nc, &mut out, os);
+                for c in 0..nc {
+                    for r in 0..os {
+                        let got = out[c * os + r];
+                        if r >= nr {
+                            assert!(got.is_nan(), "vnni {vnni} {nr}x{nc}: wrote the gap at ({r}, {c})");
+                            continue;
+                        }
+                        let want = scalar(n, &w[r * ws..r * ws + wrb], &x[c * xs..c * xs + xrb]);
+                        let tol = 1e-5 * (nb as f32) * (1.0 + want.abs()) + 1e-4 * want.abs();
+                        assert!((got - want).abs() <= tol, "vnni {vnni} {nr}x{nc}x{nb} ({r}, {c}): {got} vs scalar {want}");
+                    }
+                }
+            }
+        }
+    }
+}
