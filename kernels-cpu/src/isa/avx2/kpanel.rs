@@ -22,6 +22,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::legacy::{h2f, ld256};
+use super::lpanel::{bcast4, store_rows, transpose8, Line};
 use crate::isa::lpanels::{run, with_scratch, Scratch, Steps};
 use crate::isa::PanelFn;
 use crate::types::q4_k::{scales_mins_k4_bytes, BlockQ4K};
@@ -57,39 +58,8 @@ pub(super) fn panel_with(t: WeightType, vnni: bool) -> Option<PanelFn> {
     Some(if vnni { panel_vnni } else { panel_plain })
 }
 
-#[derive(Clone, Copy)]
-#[repr(C, align(32))]
-struct Line([u8; 32]);
-
 thread_local! {
     static SCRATCH: RefCell<Scratch<Line>> = const { RefCell::new(Scratch::new()) };
-}
-
-/// The 8x8 transpose of 32-bit groups: `r[i]` = row `i`; stores line `g` (group `g` of every
-/// row) at `dst + g`.
-#[inline(always)]
-unsafe fn transpose8(r: &[__m256i; 8], dst: *mut Line) {
-    let t: [__m256i; 8] = core::array::from_fn(|k| {
-        let (a, c) = (r[2 * (k / 2)], r[2 * (k / 2) + 1]);
-        if k % 2 == 0 {
-            _mm256_unpacklo_epi32(a, c)
-        } else {
-            _mm256_unpackhi_epi32(a, c)
-        }
-    });
-    let u: [__m256i; 8] = core::array::from_fn(|k| {
-        let (h, j) = (k / 4, k % 4);
-        let (a, c) = (t[4 * h + j / 2], t[4 * h + 2 + j / 2]);
-        if j % 2 == 0 {
-            _mm256_unpacklo_epi64(a, c)
-        } else {
-            _mm256_unpackhi_epi64(a, c)
-        }
-    });
-    for j in 0..4 {
-        _mm256_store_si256(dst.add(j) as *mut __m256i, _mm256_permute2x128_si256::<0x20>(u[j], u[4 + j]));
-        _mm256_store_si256(dst.add(j + 4) as *mut __m256i, _mm256_permute2x128_si256::<0x31>(u[j], u[4 + j]));
-    }
 }
 
 /// Packs rows `0..nr` (`nr <= 8`) into `nb` packed blocks at `dst`; rows `nr..8` are zeros.
@@ -139,12 +109,6 @@ unsafe fn pack(nb: usize, w: *const u8, ws: usize, nr: usize, dst: *mut Line) {
         _mm256_store_ps(out.add(D_LINE) as *mut f32, _mm256_loadu_ps(d.as_ptr()));
         _mm256_store_ps(out.add(D_LINE + 1) as *mut f32, _mm256_loadu_ps(dmin.as_ptr()));
     }
-}
-
-/// The four bytes at `p` in every 32-bit lane.
-#[inline(always)]
-unsafe fn bcast4(p: *const u8) -> __m256i {
-    _mm256_set1_epi32(std::ptr::read_unaligned(p as *const i32))
 }
 
 /// 8 packed rows x `T` tokens over `nb` blocks: `out[c * os + r]` for `r < nr`.
@@ -205,17 +169,7 @@ unsafe fn micro<const T: usize, const V: bool>(nb: usize, panel: *const Line, x:
             acc[c] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(s2), _mm256_mul_ps(dmw, dx), acc[c]);
         }
     }
-    for c in 0..T {
-        if nr >= ROWS {
-            _mm256_storeu_ps(out.add(c * os), acc[c]);
-        } else {
-            let mut tmp = [0f32; ROWS];
-            _mm256_storeu_ps(tmp.as_mut_ptr(), acc[c]);
-            for r in 0..nr {
-                *out.add(c * os + r) = tmp[r];
-            }
-        }
-    }
+    store_rows(&acc, out, os, nr);
 }
 
 /// The kernel for the `lpanels` driver (no per-token side data: the Q8_K blocks carry it).

@@ -67,7 +67,7 @@ pub(super) fn panel_with(t: WeightType, vnni: bool) -> Option<PanelFn> {
 /// One 32-byte line of a packed panel.
 #[derive(Clone, Copy)]
 #[repr(C, align(32))]
-struct Line([u8; 32]);
+pub(super) struct Line(pub(super) [u8; 32]);
 
 thread_local! {
     static SCRATCH: RefCell<Scratch<Line>> = const { RefCell::new(Scratch::new()) };
@@ -94,30 +94,8 @@ unsafe fn pack_panel<W: Weights>(nb: usize, w: *const u8, ws: usize, nr: usize, 
                 m[i] = h2f(p.add(2));
             }
         }
-        // 8x8 transpose of 32-bit groups: line g, lane i = group g of row i
-        let t: [__m256i; 8] = core::array::from_fn(|k| {
-            let (a, c) = (r[2 * (k / 2)], r[2 * (k / 2) + 1]);
-            if k % 2 == 0 {
-                _mm256_unpacklo_epi32(a, c)
-            } else {
-                _mm256_unpackhi_epi32(a, c)
-            }
-        });
-        // u[4h + j]: rows 4h..4h+4, group j (lanes 0..4) and group j + 4 (lanes 4..8)
-        let u: [__m256i; 8] = core::array::from_fn(|k| {
-            let (h, j) = (k / 4, k % 4);
-            let (a, c) = (t[4 * h + j / 2], t[4 * h + 2 + j / 2]);
-            if j % 2 == 0 {
-                _mm256_unpacklo_epi64(a, c)
-            } else {
-                _mm256_unpackhi_epi64(a, c)
-            }
-        });
         let out = dst.add(b * lines);
-        for j in 0..4 {
-            _mm256_store_si256(out.add(j) as *mut __m256i, _mm256_permute2x128_si256::<0x20>(u[j], u[4 + j]));
-            _mm256_store_si256(out.add(j + 4) as *mut __m256i, _mm256_permute2x128_si256::<0x31>(u[j], u[4 + j]));
-        }
+        transpose8(&r, out);
         _mm256_store_ps(out.add(8) as *mut f32, _mm256_loadu_ps(d.as_ptr()));
         if W::HAS_MIN {
             _mm256_store_ps(out.add(9) as *mut f32, _mm256_loadu_ps(m.as_ptr()));
@@ -149,10 +127,60 @@ unsafe fn prepare_token<W: Weights, A: Acts>(nb: usize, x: *const u8, sd: *mut f
     }
 }
 
+/// The 8x8 transpose of 32-bit groups: `r[i]` = row `i`; stores line `g` (group `g` of every
+/// row, lane `i` = row `i`) at `dst + g`.
+///
+/// # Safety
+/// `dst` has room for 8 aligned lines; AVX2.
+#[inline(always)]
+pub(super) unsafe fn transpose8(r: &[__m256i; 8], dst: *mut Line) {
+    let t: [__m256i; 8] = core::array::from_fn(|k| {
+        let (a, c) = (r[2 * (k / 2)], r[2 * (k / 2) + 1]);
+        if k % 2 == 0 {
+            _mm256_unpacklo_epi32(a, c)
+        } else {
+            _mm256_unpackhi_epi32(a, c)
+        }
+    });
+    // u[4h + j]: rows 4h..4h+4, group j (lanes 0..4) and group j + 4 (lanes 4..8)
+    let u: [__m256i; 8] = core::array::from_fn(|k| {
+        let (h, j) = (k / 4, k % 4);
+        let (a, c) = (t[4 * h + j / 2], t[4 * h + 2 + j / 2]);
+        if j % 2 == 0 {
+            _mm256_unpacklo_epi64(a, c)
+        } else {
+            _mm256_unpackhi_epi64(a, c)
+        }
+    });
+    for j in 0..4 {
+        _mm256_store_si256(dst.add(j) as *mut __m256i, _mm256_permute2x128_si256::<0x20>(u[j], u[4 + j]));
+        _mm256_store_si256(dst.add(j + 4) as *mut __m256i, _mm256_permute2x128_si256::<0x31>(u[j], u[4 + j]));
+    }
+}
+
+/// The first `nr` (of 8) row results of each token's accumulator to `out[c * os + r]`.
+///
+/// # Safety
+/// Those outputs are writable; AVX.
+#[inline(always)]
+pub(super) unsafe fn store_rows<const T: usize>(acc: &[__m256; T], out: *mut f32, os: usize, nr: usize) {
+    for c in 0..T {
+        if nr >= ROWS {
+            _mm256_storeu_ps(out.add(c * os), acc[c]);
+        } else {
+            let mut tmp = [0f32; ROWS];
+            _mm256_storeu_ps(tmp.as_mut_ptr(), acc[c]);
+            for r in 0..nr {
+                *out.add(c * os + r) = tmp[r];
+            }
+        }
+    }
+}
+
 /// The four bytes at `p` in every 32-bit lane (a function, not a closure: closures do not
 /// inherit the `#[target_feature]`s of the code they are inlined into).
 #[inline(always)]
-unsafe fn bcast4(p: *const u8) -> __m256i {
+pub(super) unsafe fn bcast4(p: *const u8) -> __m256i {
     _mm256_set1_epi32(std::ptr::read_unaligned(p as *const i32))
 }
 
@@ -220,17 +248,7 @@ unsafe fn micro<W: Weights, A: Acts, const T: usize, const V: bool>(
             }
         }
     }
-    for c in 0..T {
-        if nr >= ROWS {
-            _mm256_storeu_ps(out.add(c * os), acc[c]);
-        } else {
-            let mut tmp = [0f32; ROWS];
-            _mm256_storeu_ps(tmp.as_mut_ptr(), acc[c]);
-            for r in 0..nr {
-                *out.add(c * os + r) = tmp[r];
-            }
-        }
-    }
+    store_rows(&acc, out, os, nr);
 }
 
 /// The kernel for one weight type and activation format, with (`V`) or without AVX-VNNI (the
