@@ -364,6 +364,45 @@ pub(crate) mod test_util {
         (w, ws)
     }
 
+    /// Runs a many-token kernel (`GemmTileFn` arguments) on `nr` strided rows of `n` values
+    /// of `t` (gaps of `extra.0` bytes, seed `seed`) and `nc` strided tokens (gaps `extra.1`,
+    /// seed `seed + 500`), into an output whose stride leaves three poisoned (NaN) slots per
+    /// token, and checks every result against the scalar `vec_dot` within `tol(want)` and
+    /// that the poisoned slots are untouched. `label` names the case in a failure.
+    #[allow(clippy::too_many_arguments)]
+    pub fn check_many_tokens(
+        label: &str,
+        t: crate::types::WeightType,
+        f: crate::isa::GemmTileFn,
+        n: usize,
+        nr: usize,
+        nc: usize,
+        extra: (usize, usize),
+        seed: u64,
+        tol: impl Fn(f32) -> f32,
+    ) {
+        let at = t.vec_dot_type();
+        let scalar = crate::isa::scalar::vec_dot(t).unwrap();
+        let (wrb, xrb) = (t.row_bytes(n), at.row_bytes(n));
+        let (w, ws) = strided_rows(t, n, nr, extra.0, seed);
+        let (x, xs) = strided_rows(at, n, nc, extra.1, seed + 500);
+        // an output stride above nr, the gaps poisoned: the kernel must not write them
+        let os = nr + 3;
+        let mut out = vec![f32::NAN; os * nc];
+        f(n, &w, ws, nr, &x, xs, nc, &mut out, os);
+        for c in 0..nc {
+            for r in 0..os {
+                let got = out[c * os + r];
+                if r >= nr {
+                    assert!(got.is_nan(), "{label} {nr}x{nc}: wrote the gap at ({r}, {c})");
+                    continue;
+                }
+                let want = scalar(n, &w[r * ws..r * ws + wrb], &x[c * xs..c * xs + xrb]);
+                assert!((got - want).abs() <= tol(want), "{label} {nr}x{nc}, {n} values ({r}, {c}): {got} vs scalar {want}");
+            }
+        }
+    }
+
     /// Deterministic values in [-1, 1) times `scale`, every 97th 8x larger (splitmix64): the
     /// kernels' tests use them for weights and activations with a few outliers.
     pub fn spiky_values(n: usize, seed: u64, scale: f32) -> Vec<f32> {

@@ -55,7 +55,7 @@ pub(super) fn panel_with(t: WeightType, vnni: bool) -> Option<PanelFn> {
     if t != WeightType::Q4_K || (vnni && !is_x86_feature_detected!("avxvnni")) {
         return None;
     }
-    Some(if vnni { panel_vnni } else { panel_plain })
+    Some(if vnni { panel_entry::<true> } else { panel_entry::<false> })
 }
 
 thread_local! {
@@ -219,36 +219,26 @@ fn check(n: usize, wl: usize, ws: usize, nr: usize, xl: usize, xs: usize, nc: us
     n / QK_K
 }
 
+/// The entry point, with (`V`) or without AVX-VNNI.
 #[allow(clippy::too_many_arguments)]
-fn panel_plain(n: usize, w: &[u8], w_stride: usize, nr: usize, x: &[u8], x_stride: usize, nc: usize, out: &mut [f32], out_stride: usize) {
+fn panel_entry<const V: bool>(n: usize, w: &[u8], w_stride: usize, nr: usize, x: &[u8], x_stride: usize, nc: usize, out: &mut [f32], out_stride: usize) {
     if nr == 0 || nc == 0 {
         return;
     }
     let nb = check(n, w.len(), w_stride, nr, x.len(), x_stride, nc, out.len(), out_stride);
-    // SAFETY: installed only when AVX2/FMA/F16C were detected; every row, token and output
-    // touched was just checked to be inside the slices; the scratch was grown to what `run`
-    // uses.
+    // SAFETY: installed only when AVX2/FMA/F16C were detected (and AVX-VNNI for `V`, see
+    // `panel_with`); every row, token and output touched was just checked to be inside the
+    // slices; the scratch was grown to what `run` uses.
     with_scratch(&SCRATCH, nr.div_ceil(ROWS) * nb * LINES, 2 * nc * nb, Line([0; 32]), |lp, sp| unsafe {
-        plain_tf(nb, w.as_ptr(), w_stride, nr, x.as_ptr(), x_stride, nc, out.as_mut_ptr(), out_stride, lp, sp)
-    })
-}
-
-#[allow(clippy::too_many_arguments)]
-fn panel_vnni(n: usize, w: &[u8], w_stride: usize, nr: usize, x: &[u8], x_stride: usize, nc: usize, out: &mut [f32], out_stride: usize) {
-    if nr == 0 || nc == 0 {
-        return;
-    }
-    let nb = check(n, w.len(), w_stride, nr, x.len(), x_stride, nc, out.len(), out_stride);
-    // SAFETY: as `panel_plain`, and installed only when AVX-VNNI was detected too.
-    with_scratch(&SCRATCH, nr.div_ceil(ROWS) * nb * LINES, 2 * nc * nb, Line([0; 32]), |lp, sp| unsafe {
-        vnni_tf(nb, w.as_ptr(), w_stride, nr, x.as_ptr(), x_stride, nc, out.as_mut_ptr(), out_stride, lp, sp)
+        let tf = if V { vnni_tf } else { plain_tf };
+        tf(nb, w.as_ptr(), w_stride, nr, x.as_ptr(), x_stride, nc, out.as_mut_ptr(), out_stride, lp, sp)
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::q8_k::test_util::strided_rows;
+    use crate::types::q8_k::test_util::check_many_tokens;
 
     /// With and without AVX-VNNI (where the CPU has it), ragged row and token counts around the
     /// 8-row panel and the 4-token group, strided rows and tokens, against the scalar `vec_dot`.
@@ -259,31 +249,12 @@ mod tests {
             return;
         }
         let t = WeightType::Q4_K;
-        let at = t.vec_dot_type();
-        let scalar = crate::isa::scalar::vec_dot(t).unwrap();
         let shapes: [(usize, usize, usize); 6] = [(1, 8, 1), (8, 8, 2), (7, 9, 3), (17, 13, 4), (9, 3, 16), (3, 1, 1)];
         for vnni in [false, true] {
             let Some(f) = panel_with(t, vnni) else { continue };
             for (si, &(nr, nc, nb)) in shapes.iter().enumerate() {
-                let n = nb * QK_K;
-                let (wrb, xrb) = (t.row_bytes(n), at.row_bytes(n));
-                let (w, ws) = strided_rows(t, n, nr, 40, 10 * si as u64);
-                let (x, xs) = strided_rows(at, n, nc, 44, 500 + 10 * si as u64);
-                let os = nr + 3;
-                let mut out = vec![f32::NAN; os * nc];
-                f(n, &w, ws, nr, &x, xs, nc, &mut out, os);
-                for c in 0..nc {
-                    for r in 0..os {
-                        let got = out[c * os + r];
-                        if r >= nr {
-                            assert!(got.is_nan(), "vnni {vnni} {nr}x{nc}: wrote the gap at ({r}, {c})");
-                            continue;
-                        }
-                        let want = scalar(n, &w[r * ws..r * ws + wrb], &x[c * xs..c * xs + xrb]);
-                        let tol = 1e-5 * (nb as f32) * (1.0 + want.abs()) + 1e-4 * want.abs();
-                        assert!((got - want).abs() <= tol, "vnni {vnni} {nr}x{nc}x{nb} ({r}, {c}): {got} vs scalar {want}");
-                    }
-                }
+                let tol = |want: f32| 1e-5 * (nb as f32) * (1.0 + want.abs()) + 1e-4 * want.abs();
+                check_many_tokens(&format!("vnni {vnni}"), t, f, nb * QK_K, nr, nc, (40, 44), 10 * si as u64, tol);
             }
         }
     }

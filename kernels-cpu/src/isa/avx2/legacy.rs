@@ -39,19 +39,17 @@ pub fn gemm(t: WeightType) -> Option<(GemmTileFn, usize, usize)> {
 
 /// The tile kernels, with AVX-VNNI (Alder Lake, Zen 5 and later) or without.
 fn gemm_with(t: WeightType, vnni: bool) -> Option<(GemmTileFn, usize, usize)> {
-    let f: GemmTileFn = match (t, vnni) {
-        (WeightType::Q4_0, false) => tiles::q4_0,
-        (WeightType::Q4_1, false) => tiles::q4_1,
-        (WeightType::Q5_0, false) => tiles::q5_0,
-        (WeightType::Q5_1, false) => tiles::q5_1,
-        (WeightType::Q8_0, false) => tiles::q8_0,
-        (WeightType::Q4_0, true) => tiles::q4_0_vnni,
-        (WeightType::Q4_1, true) => tiles::q4_1_vnni,
-        (WeightType::Q5_0, true) => tiles::q5_0_vnni,
-        (WeightType::Q5_1, true) => tiles::q5_1_vnni,
-        (WeightType::Q8_0, true) => tiles::q8_0_vnni,
-        _ => return None,
-    };
+    fn of<const V: bool>(t: WeightType) -> Option<GemmTileFn> {
+        Some(match t {
+            WeightType::Q4_0 => tiles::q4_0::<V>,
+            WeightType::Q4_1 => tiles::q4_1::<V>,
+            WeightType::Q5_0 => tiles::q5_0::<V>,
+            WeightType::Q5_1 => tiles::q5_1::<V>,
+            WeightType::Q8_0 => tiles::q8_0::<V>,
+            _ => return None,
+        })
+    }
+    let f = if vnni { of::<true>(t)? } else { of::<false>(t)? };
     Some((f, tiles::ROWS, tiles::TOKENS))
 }
 
@@ -583,31 +581,25 @@ mod tiles {
     }
 
     macro_rules! tile_fn {
-        ($name:ident, $vnni:ident, $T:ty, $xb:literal, $xq:literal, $label:expr) => {
+        ($name:ident, $T:ty, $xb:literal, $xq:literal, $label:expr) => {
+            /// The tile kernel, with (`V`) or without AVX-VNNI.
             #[allow(clippy::too_many_arguments)]
-            pub fn $name(n: usize, w: &[u8], w_stride: usize, nr: usize, x: &[u8], x_stride: usize, nc: usize, out: &mut [f32], out_stride: usize) {
+            pub fn $name<const V: bool>(n: usize, w: &[u8], w_stride: usize, nr: usize, x: &[u8], x_stride: usize, nc: usize, out: &mut [f32], out_stride: usize) {
                 #[target_feature(enable = "avx2,fma,f16c")]
                 #[allow(clippy::too_many_arguments)]
                 unsafe fn go(nb: usize, w: *const u8, ws: usize, nr: usize, x: *const u8, xs: usize, nc: usize, out: *mut f32, os: usize) {
                     tile_shapes!($T, $xb, $xq, false, nb, w, ws, nr, x, xs, nc, out, os)
                 }
-                let nb = check_tile(n, w.len(), w_stride, nr, x.len(), x_stride, nc, out.len(), out_stride, <$T>::BYTES, $xb, $label);
-                // SAFETY: installed only when AVX2/FMA/F16C were detected; every row, token and
-                // output the tile touches was just checked to be inside the slices.
-                unsafe { go(nb, w.as_ptr(), w_stride, nr, x.as_ptr(), x_stride, nc, out.as_mut_ptr(), out_stride) }
-            }
-
-            /// The same with AVX-VNNI (`vpdpbusd` on 256-bit vectors).
-            #[allow(clippy::too_many_arguments)]
-            pub fn $vnni(n: usize, w: &[u8], w_stride: usize, nr: usize, x: &[u8], x_stride: usize, nc: usize, out: &mut [f32], out_stride: usize) {
                 #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
                 #[allow(clippy::too_many_arguments)]
-                unsafe fn go(nb: usize, w: *const u8, ws: usize, nr: usize, x: *const u8, xs: usize, nc: usize, out: *mut f32, os: usize) {
+                unsafe fn go_vnni(nb: usize, w: *const u8, ws: usize, nr: usize, x: *const u8, xs: usize, nc: usize, out: *mut f32, os: usize) {
                     tile_shapes!($T, $xb, $xq, true, nb, w, ws, nr, x, xs, nc, out, os)
                 }
                 let nb = check_tile(n, w.len(), w_stride, nr, x.len(), x_stride, nc, out.len(), out_stride, <$T>::BYTES, $xb, $label);
-                // SAFETY: installed only when AVX2/FMA/F16C and AVX-VNNI were detected; every
-                // row, token and output the tile touches was just checked to be inside the slices.
+                let go = if V { go_vnni } else { go };
+                // SAFETY: installed only when AVX2/FMA/F16C were detected (and AVX-VNNI for
+                // `V`, see `gemm_with`); every row, token and output the tile touches was just
+                // checked to be inside the slices.
                 unsafe { go(nb, w.as_ptr(), w_stride, nr, x.as_ptr(), x_stride, nc, out.as_mut_ptr(), out_stride) }
             }
         };
@@ -650,11 +642,11 @@ mod tiles {
         nb
     }
 
-    tile_fn!(q4_0, q4_0_vnni, Q4_0, 34, 2, "Q4_0");
-    tile_fn!(q4_1, q4_1_vnni, Q4_1, 36, 4, "Q4_1");
-    tile_fn!(q5_0, q5_0_vnni, Q5_0, 34, 2, "Q5_0");
-    tile_fn!(q5_1, q5_1_vnni, Q5_1, 36, 4, "Q5_1");
-    tile_fn!(q8_0, q8_0_vnni, Q8_0, 34, 2, "Q8_0");
+    tile_fn!(q4_0, Q4_0, 34, 2, "Q4_0");
+    tile_fn!(q4_1, Q4_1, 36, 4, "Q4_1");
+    tile_fn!(q5_0, Q5_0, 34, 2, "Q5_0");
+    tile_fn!(q5_1, Q5_1, 36, 4, "Q5_1");
+    tile_fn!(q8_0, Q8_0, 34, 2, "Q8_0");
 }
 
 // ---- one token against many rows (Q4_0, Q4_1, Q5_0, Q5_1) ----

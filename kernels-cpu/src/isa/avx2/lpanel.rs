@@ -50,16 +50,16 @@ pub(super) fn panel_with(t: WeightType, vnni: bool) -> Option<PanelFn> {
     if vnni && !is_x86_feature_detected!("avxvnni") {
         return None;
     }
-    Some(match (t, vnni) {
-        (WeightType::Q4_0, false) => q4_0::panel,
-        (WeightType::Q4_1, false) => q4_1::panel,
-        (WeightType::Q5_0, false) => q5_0::panel,
-        (WeightType::Q5_1, false) => q5_1::panel,
-        (WeightType::Q4_0, true) => q4_0::panel_vnni,
-        (WeightType::Q4_1, true) => q4_1::panel_vnni,
-        (WeightType::Q5_0, true) => q5_0::panel_vnni,
-        (WeightType::Q5_1, true) => q5_1::panel_vnni,
-        (WeightType::Q8_0, true) => q8_0::panel_vnni,
+    Some(match t {
+        WeightType::Q4_0 if vnni => q4_0::panel::<true>,
+        WeightType::Q4_1 if vnni => q4_1::panel::<true>,
+        WeightType::Q5_0 if vnni => q5_0::panel::<true>,
+        WeightType::Q5_1 if vnni => q5_1::panel::<true>,
+        WeightType::Q8_0 if vnni => q8_0::panel::<true>,
+        WeightType::Q4_0 => q4_0::panel::<false>,
+        WeightType::Q4_1 => q4_1::panel::<false>,
+        WeightType::Q5_0 => q5_0::panel::<false>,
+        WeightType::Q5_1 => q5_1::panel::<false>,
         _ => return None,
     })
 }
@@ -295,7 +295,7 @@ macro_rules! panel_kernel {
             use super::*;
 
             #[target_feature(enable = "avx2,fma,f16c")]
-            #[allow(clippy::too_many_arguments, dead_code)]
+            #[allow(clippy::too_many_arguments)]
             unsafe fn plain_tf(nb: usize, w: *const u8, ws: usize, nr: usize, x: *const u8, xs: usize, nc: usize, out: *mut f32, os: usize, lp: *mut Line, sp: *mut u32) {
                 run::<Kernel<$W, $A, false>>(nb, w, ws, nr, x, xs, nc, out, os, lp, sp)
             }
@@ -306,33 +306,22 @@ macro_rules! panel_kernel {
                 run::<Kernel<$W, $A, true>>(nb, w, ws, nr, x, xs, nc, out, os, lp, sp)
             }
 
-            /// Without AVX-VNNI (the nibble types only: see the module text).
-            #[allow(clippy::too_many_arguments, dead_code)]
-            pub fn panel(n: usize, w: &[u8], w_stride: usize, nr: usize, x: &[u8], x_stride: usize, nc: usize, out: &mut [f32], out_stride: usize) {
-                assert!($W::OFFSET < 128, "16-bit sums need codes below 32");
-                if nr == 0 || nc == 0 {
-                    return;
-                }
-                let nb = check($name, n, w.len(), w_stride, nr, $W::BYTES, x.len(), x_stride, nc, $A::BYTES, out.len(), out_stride);
-                // SAFETY: installed only when AVX2/FMA/F16C were detected; every row, token and
-                // output touched was just checked to be inside the slices (outputs
-                // `c * out_stride + r`, r < nr <= out_stride, never overlap); the scratch was
-                // grown to what `run` uses.
-                with_scratch(&SCRATCH, nr.div_ceil(ROWS) * nb * block_lines::<$W>(), 2 * nc * nb, Line([0; 32]), |lp, sp| unsafe {
-                    plain_tf(nb, w.as_ptr(), w_stride, nr, x.as_ptr(), x_stride, nc, out.as_mut_ptr(), out_stride, lp, sp)
-                })
-            }
-
-            /// With AVX-VNNI.
+            /// The entry point, with (`V`) or without AVX-VNNI (then the nibble types only:
+            /// see the module text).
             #[allow(clippy::too_many_arguments)]
-            pub fn panel_vnni(n: usize, w: &[u8], w_stride: usize, nr: usize, x: &[u8], x_stride: usize, nc: usize, out: &mut [f32], out_stride: usize) {
+            pub fn panel<const V: bool>(n: usize, w: &[u8], w_stride: usize, nr: usize, x: &[u8], x_stride: usize, nc: usize, out: &mut [f32], out_stride: usize) {
+                assert!(V || $W::OFFSET < 128, "16-bit sums need codes below 32");
                 if nr == 0 || nc == 0 {
                     return;
                 }
                 let nb = check($name, n, w.len(), w_stride, nr, $W::BYTES, x.len(), x_stride, nc, $A::BYTES, out.len(), out_stride);
-                // SAFETY: as `panel`, and installed only when AVX-VNNI was detected too.
+                // SAFETY: installed only when AVX2/FMA/F16C were detected (and AVX-VNNI for
+                // `V`, see `panel_with`); every row, token and output touched was just checked
+                // to be inside the slices (outputs `c * out_stride + r`, r < nr <= out_stride,
+                // never overlap); the scratch was grown to what `run` uses.
                 with_scratch(&SCRATCH, nr.div_ceil(ROWS) * nb * block_lines::<$W>(), 2 * nc * nb, Line([0; 32]), |lp, sp| unsafe {
-                    vnni_tf(nb, w.as_ptr(), w_stride, nr, x.as_ptr(), x_stride, nc, out.as_mut_ptr(), out_stride, lp, sp)
+                    let tf = if V { vnni_tf } else { plain_tf };
+                    tf(nb, w.as_ptr(), w_stride, nr, x.as_ptr(), x_stride, nc, out.as_mut_ptr(), out_stride, lp, sp)
                 })
             }
         }
@@ -348,7 +337,7 @@ panel_kernel!(q8_0, Q8_0, A8_0, "Q8_0");
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::q8_k::test_util::strided_rows;
+    use crate::types::q8_k::test_util::check_many_tokens;
 
     /// Every legacy type with and without AVX-VNNI (where the CPU has it), ragged row and
     /// token counts around the 8-row panel and the 4-token group, strided rows and tokens,
@@ -362,31 +351,12 @@ mod tests {
         use WeightType::*;
         let shapes: [(usize, usize, usize); 7] = [(1, 8, 1), (8, 8, 2), (7, 9, 3), (17, 13, 8), (9, 3, 37), (24, 16, 64), (3, 1, 4)];
         for t in [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0] {
-            let at = t.vec_dot_type();
-            let scalar = crate::isa::scalar::vec_dot(t).unwrap();
             for vnni in [false, true] {
                 let Some(f) = panel_with(t, vnni) else { continue };
                 for (si, &(nr, nc, nb)) in shapes.iter().enumerate() {
                     let n = nb * QK;
-                    let (wrb, xrb) = (t.row_bytes(n), at.row_bytes(n));
-                    let (w, ws) = strided_rows(t, n, nr, 34, 10 * si as u64);
-                    let (x, xs) = strided_rows(at, n, nc, 36, 500 + 10 * si as u64);
-                    // an output stride above nr, the gaps poisoned: the kernel must not write them
-                    let os = nr + 3;
-                    let mut out = vec![f32::NAN; os * nc];
-                    f(n, &w, ws, nr, &x, xs, nc, &mut out, os);
-                    for c in 0..nc {
-                        for r in 0..os {
-                            let got = out[c * os + r];
-                            if r >= nr {
-                                assert!(got.is_nan(), "{t:?} vnni {vnni} {nr}x{nc}: wrote the gap at ({r}, {c})");
-                                continue;
-                            }
-                            let want = scalar(n, &w[r * ws..r * ws + wrb], &x[c * xs..c * xs + xrb]);
-                            let tol = 1e-4 * (n as f32).sqrt() * want.abs().max(1.0);
-                            assert!((got - want).abs() <= tol, "{t:?} vnni {vnni} {nr}x{nc}x{nb} ({r}, {c}): {got} vs scalar {want}");
-                        }
-                    }
+                    let tol = |want: f32| 1e-4 * (n as f32).sqrt() * want.abs().max(1.0);
+                    check_many_tokens(&format!("{t:?} vnni {vnni}"), t, f, n, nr, nc, (34, 36), 10 * si as u64, tol);
                 }
             }
         }
