@@ -192,14 +192,22 @@ fn interrupted_pack_leaves_no_partial_output() {
     use std::os::unix::process::ExitStatusExt;
     for sig in [libc_sig::INT, libc_sig::TERM] {
         let dir = tempfile::tempdir().unwrap();
-        let n: u64 = (4u64 << 30) / 4; // 4 GiB of F32 data, sparse: the checksum pass reads it
+        // 1 GiB of F32 data, written out: pack checksums and copies holes without touching
+        // them (a sparse 4 GiB input packs in ~0.1 s, faster than the signal can be sent),
+        // data it must read and copy (about a second here)
+        let n: u64 = (1u64 << 30) / 4;
         let header = gguf_header(&[("general.architecture", "llama"), ("general.name", "big")], n);
         let g = dir.path().join("big.gguf");
         {
             let f = std::fs::File::create(&g).unwrap();
             use std::io::Write;
-            (&f).write_all(&header).unwrap();
-            f.set_len(header.len() as u64 + 4 * n).unwrap();
+            let mut w = std::io::BufWriter::new(f);
+            w.write_all(&header).unwrap();
+            let chunk = vec![0x5au8; 4 << 20];
+            for _ in 0..(4 * n) / chunk.len() as u64 {
+                w.write_all(&chunk).unwrap();
+            }
+            w.flush().unwrap();
         }
         let out = dir.path().join("big.llamafile");
         let mut child = Command::new(pack()).arg("--runtime").arg(runtime()).arg("--gguf").arg(&g).arg("-o").arg(&out).spawn().unwrap();
