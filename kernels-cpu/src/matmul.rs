@@ -86,7 +86,7 @@ pub fn quantize_activations_with(
     let quantize = k
         .get(at)
         .and_then(|t| t.quantize)
-        .unwrap_or(at.info().quantize);
+        .unwrap_or(crate::types::info(at).quantize);
     let dst = &mut scratch.quantized[..need];
     if rb == 0 {
         // Rows of zero columns: nothing to quantize.

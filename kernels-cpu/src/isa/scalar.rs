@@ -5,7 +5,7 @@ use super::{GemmTileFn, GemvFn, QuantizeFn, VecDotFn};
 use crate::types::WeightType;
 
 pub fn vec_dot(t: WeightType) -> Option<VecDotFn> {
-    Some(t.info().vec_dot)
+    Some(crate::types::info(t).vec_dot)
 }
 
 pub fn gemm(_t: WeightType) -> Option<(GemmTileFn, usize, usize)> {
@@ -13,7 +13,7 @@ pub fn gemm(_t: WeightType) -> Option<(GemmTileFn, usize, usize)> {
 }
 
 pub fn quantize(t: WeightType) -> Option<QuantizeFn> {
-    Some(t.info().quantize)
+    Some(crate::types::info(t).quantize)
 }
 
 pub fn gemv(_t: WeightType) -> Option<GemvFn> {
