@@ -352,6 +352,19 @@ fn matmul_f32_and_f16_weights() {
     );
 }
 
+#[test]
+fn supports_exactly_the_weight_types_of_the_table() {
+    // The reference backend runs every type kernels-cpu has, and those are the table's.
+    let (dev, _s) = open();
+    for info in kernels_cpu::types::TYPES {
+        assert!(dev.supports_type(info.ty.id()), "{} not supported", info.ty);
+    }
+    // Ids the table does not hold: 4 and 5 (removed from ggml), 16 (IQ2_XXS), garbage.
+    for id in [4, 5, 16, 99, u32::MAX] {
+        assert!(!dev.supports_type(id), "type id {id} claimed supported");
+    }
+}
+
 /// Runs this test binary again with `fault` injected, executing only `child_fault_case`
 /// (the reference backend reads its fault variables at init, so they need their own process).
 fn run_child(env: &[(&str, &str)]) {
