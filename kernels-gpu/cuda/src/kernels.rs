@@ -183,7 +183,10 @@ mod tests {
         let mut listed: Vec<String> = weight_types().into_iter().map(matmul_kernel).collect();
         defined.sort_unstable();
         listed.sort_unstable();
-        assert_eq!(defined, listed, "DEFINE_MATMUL lines vs the weight types found");
+        assert_eq!(
+            defined, listed,
+            "DEFINE_MATMUL lines vs the weight types found"
+        );
         assert!(listed.len() >= 12, "{listed:?}");
         assert!(
             !weight_types().contains(&WeightType::Q3_K),
@@ -206,7 +209,11 @@ mod tests {
             "build.rs assembled another program than kernels::program()"
         );
         let matmul: Vec<String> = weight_types().into_iter().map(matmul_kernel).collect();
-        for k in OP_KERNELS.iter().copied().chain(matmul.iter().map(String::as_str)) {
+        for k in OP_KERNELS
+            .iter()
+            .copied()
+            .chain(matmul.iter().map(String::as_str))
+        {
             assert!(
                 PREBUILT_PTX.contains(&format!(".entry {k}(")),
                 "{k} missing from the prebuilt PTX"
