@@ -1,5 +1,6 @@
 //! Scalar kernels: the specification. Each type's file in `types/` holds its scalar dot product
-//! and quantizer; this module only exposes them under the names every ISA module has.
+//! and quantizer; this module only exposes them under the names the ISA modules use (`vec_dot`,
+//! `gemm`, `quantize`, `gemv`; there is no scalar `panel`).
 
 use super::{GemmTileFn, GemvFn, QuantizeFn, VecDotFn};
 use crate::types::WeightType;
