@@ -330,7 +330,8 @@ try {
   await p2.waitForFunction(() => !/loading/.test(document.getElementById("model").textContent));
   const overflow = await p2.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
   check(overflow <= 0, `phone: no sideways overflow (${overflow}px)`);
-  check(await p2.isVisible("#input") && await p2.isVisible("#send") && await p2.isVisible("#ctx-meter"), "phone: the composer and the context meter are visible");
+  const meterShown = await p2.waitForSelector("#ctx-meter", { state: "visible", timeout: 5000 }).then(() => true, () => false);
+  check(await p2.isVisible("#input") && await p2.isVisible("#send") && meterShown, "phone: the composer and the context meter are visible");
   check(!(await p2.isVisible("#sidebar")), "phone: the list of conversations starts closed");
   const labels = await p2.$$eval("button", (bs) => bs.filter((b) => b.offsetParent && !(b.getAttribute("aria-label") || b.textContent.trim())).length);
   check(labels === 0, "phone: every visible button has a label");
@@ -345,7 +346,8 @@ try {
     const block = document.querySelectorAll(".codeblock")[2], s = document.getElementById("scroller");
     s.scrollTop += block.getBoundingClientRect().top - s.getBoundingClientRect().top + block.offsetHeight / 2;
   });
-  check(await p2.isVisible("#to-bottom"), "phone: scrolled up, the scroll-to-bottom button shows");
+  const phoneButton = await p2.waitForSelector("#to-bottom", { state: "visible", timeout: 2000 }).then(() => true, () => false);
+  check(phoneButton, "phone: scrolled up, the scroll-to-bottom button shows");
   await p2.screenshot({ path: path.join(artifacts, "chat-phone-long-code.png") });
   await p2.click("#toggle-settings");
   const cover = await p2.evaluate(() => document.getElementById("settings").getBoundingClientRect().width);
