@@ -302,6 +302,8 @@
     b.type = "button";
     b.className = "mini " + cls;
     b.title = title;
+    // named by aria-label: the word beside the icon is hidden on phones
+    b.setAttribute("aria-label", label || title);
     b.innerHTML = icon + "<span>" + esc(label) + "</span>";
     return b;
   }
@@ -353,8 +355,8 @@
     else if (!msg.error) {
       h = '<span class="stats">' + esc(fmtStats(msg.stats)) + "</span>";
       if (msg.stopped) h += '<span class="stopped-tag">stopped</span>';
-      h += '<button class="mini copy-msg" type="button" title="Copy the reply">' + ICON_COPY + "<span>Copy</span></button>";
-      if (isLastAssistant(node)) h += '<button class="mini retry" type="button" title="Answer again">' + ICON_RETRY + "<span>Retry</span></button>";
+      h += '<button class="mini copy-msg" type="button" title="Copy the reply" aria-label="Copy">' + ICON_COPY + "<span>Copy</span></button>";
+      if (isLastAssistant(node)) h += '<button class="mini retry" type="button" title="Answer again" aria-label="Retry">' + ICON_RETRY + "<span>Retry</span></button>";
     }
     meta.innerHTML = h;
   }
