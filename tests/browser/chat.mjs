@@ -60,8 +60,10 @@ try {
   check((await page.inputValue("#system")) === props.system_prompt, `the server's --system is the default system prompt (${JSON.stringify(props.system_prompt)})`);
   const placeholder = await page.getAttribute("#system", "placeholder");
   const help = await page.textContent("#system-help");
-  check(!/helpful assistant/i.test(placeholder) && /no system message/i.test(placeholder + help) && /template/.test(help),
-    `the empty system prompt says what it does (${JSON.stringify(placeholder)}; ${JSON.stringify(help)})`);
+  // the server tells the template's own default ("" for none); the page says which it is
+  const says = props.template_system_prompt ? help.includes("“" + props.template_system_prompt + "”") : /no system prompt/.test(placeholder) && /has no default/.test(help);
+  check(typeof props.template_system_prompt === "string" && !/helpful assistant/i.test(placeholder) && says,
+    `the empty system prompt says what it does with this model's template (default ${JSON.stringify(props.template_system_prompt)}: ${JSON.stringify(placeholder)}; ${JSON.stringify(help)})`);
   await page.fill("#max_tokens", "3900"); // long enough (seconds) that stop comes first
   await page.fill("#seed", "42");
   await page.fill("#system", "");

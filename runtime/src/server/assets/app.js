@@ -724,6 +724,19 @@
   el.closeSettings.addEventListener("click", () => toggleSettings(false));
   el.reset.addEventListener("click", () => { settings = {}; save(SETTINGS_KEY, settings); showSettings(); });
 
+  // What an empty system prompt does with this model: its template's own default, or none.
+  function describeEmptySystem(templateDefault) {
+    if (typeof templateDefault !== "string") return; // unknown: the page's general words stay
+    const help = $("system-help");
+    if (templateDefault) {
+      el.system.placeholder = "Empty: the chat template's default (below)";
+      help.textContent = "Left empty, the model's chat template puts in its own: “" + templateDefault + "”";
+    } else {
+      el.system.placeholder = "Empty: no system prompt";
+      help.textContent = "Left empty, no system prompt is used: this model's chat template has no default one.";
+    }
+  }
+
   // ---------- talking to the server ----------
   function requestBody(conv) {
     const s = effective();
@@ -953,6 +966,7 @@
         temperature: d.temperature, top_p: d.top_p, top_k: d.top_k, min_p: d.min_p,
         repeat_penalty: d.repeat_penalty, max_tokens: d.max_tokens, seed: null, system: p.system_prompt || "",
       };
+      describeEmptySystem(p.template_system_prompt);
       serverInfo = "Context: " + p.n_ctx + " tokens · " + p.total_slots + " slot(s) · template: " + p.chat_template;
       if (!el.settings.hidden) showSettings();
       renderList();
