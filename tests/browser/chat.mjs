@@ -4,7 +4,8 @@
 // bottom" button), presses stop, reloads and finds the conversation again, reads the context
 // meter, edits and resends a message, keeps two conversations and switches, renames and deletes
 // them, exports one as Markdown and JSON, checks code blocks (the copy button of a long one
-// stays on screen), a phone-sized screen and "new chat"; saves screenshots in ARTIFACT_DIR.
+// stays on screen), a phone-sized screen, "new chat", and that the conversation an earlier
+// version of the page kept is not lost; saves screenshots in ARTIFACT_DIR.
 // Exits non-zero with the failing step on stderr.
 import { chromium } from "playwright-core";
 import fs from "node:fs";
@@ -369,6 +370,16 @@ try {
   await page.screenshot({ path: path.join(artifacts, "chat-empty.png") });
   await page.click(".chat-item:not(.current) .chat-open");
   check((await page.$$(".chat-item")).length === 1 && (await store()).chats.length === 1, "switching away from an empty conversation drops it");
+
+  // The one conversation an earlier version of the page kept is taken into the list, not lost.
+  await page.evaluate(() => localStorage.setItem("llamafile.chat.v1", JSON.stringify({ messages: [
+    { role: "user", content: "A question from the old page" }, { role: "assistant", content: "Its answer" }] })));
+  await page.reload();
+  await page.waitForSelector(".msg.assistant .content");
+  const migrated = await store();
+  check((await page.textContent(".msg.user .content")) === "A question from the old page" && (await page.$$(".chat-item")).length === 2 &&
+    migrated.chats.length === 2 && await page.evaluate(() => localStorage.getItem("llamafile.chat.v1")) === null,
+    "the old page's conversation joins the list (and its old key goes)");
 } catch (e) {
   failed = true;
   console.error(String(e && e.stack || e));

@@ -48,9 +48,9 @@
   function saveStore() {
     // An empty conversation is kept only while it is the one on screen.
     const chats = store.chats.filter((c) => c.messages.length || c === chat);
-    if (!save(STORE_KEY, { current: chat ? chat.id : null, chats })) {
-      el.status.textContent = "Could not save: this browser's storage is full or disabled. Deleting old conversations frees room.";
-    }
+    if (save(STORE_KEY, { current: chat ? chat.id : null, chats })) return true;
+    el.status.textContent = "Could not save: this browser's storage is full or disabled. Deleting old conversations frees room.";
+    return false;
   }
   function newId() { return Date.now().toString(36) + Math.random().toString(36).slice(2, 8); }
   function blankChat() { const now = Date.now(); return { id: newId(), title: "", named: false, created: now, updated: now, messages: [] }; }
@@ -77,13 +77,14 @@
   function openStore() {
     store = readStore();
     const old = load(OLD_CHAT_KEY, null);
-    if (old) {
-      const c = validChat({ messages: old.messages });
-      if (c && c.messages.length) { store.chats.push(c); store.current = c.id; }
+    const c = old && validChat({ messages: old.messages });
+    if (c && c.messages.length) { store.chats.push(c); store.current = c.id; }
+    chat = store.chats.find((x) => x.id === store.current) || null;
+    if (!chat) { chat = blankChat(); store.chats.push(chat); }
+    // the old key goes only once the list holding its conversation is saved
+    if (old && saveStore()) {
       try { localStorage.removeItem(OLD_CHAT_KEY); } catch (_) { /* disabled storage */ }
     }
-    chat = store.chats.find((c) => c.id === store.current) || null;
-    if (!chat) { chat = blankChat(); store.chats.push(chat); }
   }
 
   // ---------- html helpers ----------
