@@ -44,11 +44,15 @@ fn server_chat_page_in_chromium() {
     // -c 4096 so that a long reply is still streaming when the test presses stop.
     let s = Server::start(&m, &["--server", "--nobrowser", "-c", "4096", "--parallel", "1", "--system", "You are a terse assistant."]);
     let artifacts = e2e::root().join("tests/artifacts/browser");
+    // the screenshots checked below are this run's
+    let _ = std::fs::remove_dir_all(&artifacts);
     let out = Command::new("node").arg(dir.join("chat.mjs")).arg(&s.url).arg(&artifacts).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("{stdout}");
     assert!(out.status.success(), "browser checks failed:\n{stdout}\n{}\nserver:\n{}", String::from_utf8_lossy(&out.stderr), s.stderr());
-    assert!(artifacts.join("chat-desktop.png").exists(), "screenshot kept in {}", artifacts.display());
+    for shot in ["chat-desktop.png", "chat-two-conversations.png", "chat-long-code.png", "chat-phone.png", "chat-phone-list.png"] {
+        assert!(artifacts.join(shot).exists(), "screenshot {shot} kept in {}", artifacts.display());
+    }
 }
 
 /// A short version of `tests/server_load.py` (the full one runs a minute): 16 streaming clients,
