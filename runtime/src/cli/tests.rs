@@ -162,3 +162,18 @@ fn version_names_the_commit() {
     let commit = env!("LLAMAFILE_GIT_COMMIT");
     assert!(commit == "unknown" || (commit.len() == 12 && commit.chars().all(|c| c.is_ascii_hexdigit())), "{commit}");
 }
+
+#[test]
+fn bundle_args_come_first_and_the_users_override_them() {
+    // README's example: `pack --args $'--temp 0\n...\n-n 30'`, run as `x.llamafile --temp 0.5 -p hi`
+    let items = crate::bundle::parse_args_file("--temp 0\n...\n-n 30").unwrap();
+    let argv = ["x.llamafile", "--temp", "0.5", "-p", "hi"].map(OsString::from).to_vec();
+    let a = parse(crate::bundle::merge_args(&items, argv)).unwrap();
+    assert_eq!((a.temp, a.n_predict, a.prompt.as_deref()), (0.5, 30, Some("hi")));
+    // without `...` the user's arguments come last and win
+    let items = crate::bundle::parse_args_file("-m /zip/w.gguf -c 2048 -ngl 99 -r END").unwrap();
+    let argv = ["x.llamafile", "-c", "512", "-ngl", "0", "-r", "STOP"].map(OsString::from).to_vec();
+    let a = parse(crate::bundle::merge_args(&items, argv)).unwrap();
+    assert_eq!((a.ctx_size, a.n_gpu_layers), (512, 0));
+    assert_eq!(a.reverse_prompt, ["END", "STOP"], "repeatable options accumulate");
+}
