@@ -230,3 +230,23 @@ fn ctrl_c_stops_a_reply_and_a_second_one_at_the_empty_prompt_exits() {
     assert!(py.status.success(), "{}{}", text(&py.stdout), text(&py.stderr));
     assert_eq!(text(&py.stdout).trim(), "ok");
 }
+
+/// The real Qwen2.5-Coder 0.5B Instruct (ChatML template) answers `-p` as an assistant and stops
+/// at its end-of-turn token (it used to complete the raw text: "Hellonodiscardnodiscard...").
+#[test]
+fn real_instruct_model_answers_a_prompt() {
+    let dir = std::env::var_os("LLAMAFILE_RS_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/llamafile-rs/models"));
+    let m = dir.join("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
+    if !m.exists() {
+        eprintln!("skipped: {} not found (scripts/fetch-model qwen)", m.display());
+        return;
+    }
+    let q = "What is the capital of France? Answer in one word.";
+    let o = run(&["-m", m.to_str().unwrap(), "-p", q, "-n", "16", "--temp", "0", "-c", "256"]);
+    let (out, err) = (text(&o.stdout), text(&o.stderr));
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("Paris") && !out.contains(q), "{out:?}");
+    assert!(err.contains("stop: EndToken"), "ended at <|im_end|>: {err}");
+}
