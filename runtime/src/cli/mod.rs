@@ -91,7 +91,7 @@ pub struct Args {
     #[arg(short = 'f', long = "file", help_heading = "Generation")]
     pub file: Option<PathBuf>,
     /// System prompt of the conversation (and the server's default).
-    #[arg(long = "system-prompt", alias = "system", help_heading = "Generation")]
+    #[arg(long = "system-prompt", alias = "system", allow_hyphen_values = true, help_heading = "Generation")]
     pub system: Option<String>,
     /// Read the system prompt from a file.
     #[arg(long = "system-prompt-file", help_heading = "Generation")]
@@ -118,10 +118,10 @@ pub struct Args {
     #[arg(short = 'r', long = "reverse-prompt", value_name = "TEXT", action = clap::ArgAction::Append, allow_hyphen_values = true, help_heading = "Generation")]
     pub reverse_prompt: Vec<String>,
     /// Text put before each user input of a conversation.
-    #[arg(long = "in-prefix", value_name = "TEXT", help_heading = "Generation")]
+    #[arg(long = "in-prefix", value_name = "TEXT", allow_hyphen_values = true, help_heading = "Generation")]
     pub in_prefix: Option<String>,
     /// Text put after each user input of a conversation.
-    #[arg(long = "in-suffix", value_name = "TEXT", help_heading = "Generation")]
+    #[arg(long = "in-suffix", value_name = "TEXT", allow_hyphen_values = true, help_heading = "Generation")]
     pub in_suffix: Option<String>,
     /// Process escapes (\n, \t, \", \\) in the prompt.
     #[arg(short = 'e', long = "escape", help_heading = "Generation")]

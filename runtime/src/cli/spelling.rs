@@ -87,13 +87,10 @@ impl Options {
             // An optional value (`-fa [on|off|auto]`) is only taken when it does not look like an
             // option, so the word after it is never skipped.
             let needs_value = a.get_action().takes_values() && a.get_num_args().is_none_or(|r| r.min_values() > 0);
-            for l in a.get_long_and_visible_aliases().into_iter().flatten() {
+            for l in a.get_long().into_iter().chain(a.get_all_aliases().into_iter().flatten()) {
                 long.insert(l.to_string(), needs_value);
             }
-            for l in a.get_aliases().into_iter().flatten() {
-                long.insert(l.to_string(), needs_value);
-            }
-            for s in a.get_short_and_visible_aliases().into_iter().flatten() {
+            for s in a.get_short().into_iter().chain(a.get_all_short_aliases().into_iter().flatten()) {
                 short.insert(s, needs_value);
             }
         }

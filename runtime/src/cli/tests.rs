@@ -52,6 +52,9 @@ fn llama_cpp_one_dash_spellings() {
     let a = ok(&["--system-prompt-file", "s.txt", "--predict", "5", "--n-gpu-layers", "3", "--gpu-layers", "4"]);
     assert_eq!((a.system_file.as_deref(), a.n_predict, a.n_gpu_layers), (Some(std::path::Path::new("s.txt")), 5, 4));
     assert_eq!(ok(&["-sysf", "s.txt"]).system_file.as_deref(), Some(std::path::Path::new("s.txt")));
+    // aliases: hidden ones are known to the rewriting too (their values are not rewritten)
+    assert_eq!(ok(&["--system", "-cnv"]).system.as_deref(), Some("-cnv"));
+    assert_eq!(ok(&["--max_tokens", "-1"]).n_predict, -1);
 }
 
 #[test]
@@ -126,6 +129,7 @@ fn values_out_of_range_are_range_errors_naming_the_flag() {
     assert_eq!(ok(&["-n", "-2"]).n_predict, -1);
     assert_eq!(ok(&["-s", "-1"]).seed, -1);
     assert_eq!(ok(&["-s", "-1"]).sampling().unwrap().seed, crate::engine::sampler::RANDOM_SEED);
+    assert_eq!(ok(&[]).sampling().unwrap().seed, crate::engine::sampler::RANDOM_SEED, "the server draws a seed per request");
     let s = ok(&["--temp", "0.3", "--top-k", "7", "-s", "9"]).sampling().unwrap();
     assert_eq!((s.temperature, s.top_k, s.seed), (0.3, 7, 9));
 }
