@@ -57,6 +57,12 @@ impl Interrupt {
     }
 }
 
+impl Default for Interrupt {
+    fn default() -> Interrupt {
+        Interrupt::new()
+    }
+}
+
 static INTERRUPT: Interrupt = Interrupt::new();
 
 /// Route Ctrl-C through `INTERRUPT` (once per process).
@@ -82,7 +88,7 @@ enum Input {
 /// Where the user's turns come from: a line editor on a terminal, plain lines otherwise (a pipe,
 /// or `--simple-io`).
 enum Reader {
-    Editor(rustyline::Editor<(), rustyline::history::DefaultHistory>),
+    Editor(Box<rustyline::Editor<(), rustyline::history::DefaultHistory>>),
     Plain { lines: std::io::Lines<std::io::StdinLock<'static>>, prompt: bool },
 }
 
@@ -106,7 +112,7 @@ impl Reader {
                     rustyline::KeyEvent::ctrl('c'),
                     rustyline::EventHandler::Conditional(Box::new(ClearOrInterrupt)),
                 );
-                return Reader::Editor(ed);
+                return Reader::Editor(Box::new(ed));
             }
         }
         Reader::Plain { lines: stdin.lock().lines(), prompt: terminal }
