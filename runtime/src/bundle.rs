@@ -300,76 +300,79 @@ pub enum ArgItem {
 /// argument comments out the rest of the line; an unquoted `...` marks where the user's own
 /// arguments go.
 pub fn parse_args_file(text: &str) -> anyhow::Result<Vec<ArgItem>> {
+    let mut lx = ArgsLexer { chars: text.chars().peekable(), line: 1 };
     let mut out = Vec::new();
-    let mut chars = text.chars().peekable();
-    let mut line = 1;
     loop {
-        while let Some(&c) = chars.peek() {
-            if !c.is_whitespace() {
-                break;
+        lx.skip_whitespace();
+        match lx.chars.peek() {
+            None => break,
+            Some('#') => lx.skip_line(),
+            Some(_) => {
+                let (arg, quoted) = lx.word()?;
+                out.push(if !quoted && arg == "..." { ArgItem::UserArgs } else { ArgItem::Arg(arg) });
             }
-            if c == '\n' {
-                line += 1;
-            }
-            chars.next();
         }
-        let Some(&first) = chars.peek() else { break };
-        if first == '#' {
-            for c in chars.by_ref() {
-                if c == '\n' {
-                    line += 1;
-                    break;
-                }
-            }
-            continue;
+    }
+    Ok(out)
+}
+
+/// The steps of [`parse_args_file`], over its characters; `line` is counted for errors.
+struct ArgsLexer<'a> {
+    chars: std::iter::Peekable<std::str::Chars<'a>>,
+    line: usize,
+}
+
+impl ArgsLexer<'_> {
+    fn next(&mut self) -> Option<char> {
+        let c = self.chars.next();
+        self.line += (c == Some('\n')) as usize;
+        c
+    }
+
+    fn skip_whitespace(&mut self) {
+        while self.chars.peek().is_some_and(|c| c.is_whitespace()) {
+            self.next();
         }
+    }
+
+    /// A comment: up to the end of the line.
+    fn skip_line(&mut self) {
+        while self.next().is_some_and(|c| c != '\n') {}
+    }
+
+    /// One argument, up to unquoted whitespace; and whether any of it was quoted.
+    fn word(&mut self) -> anyhow::Result<(String, bool)> {
         let mut arg = String::new();
         let mut quoted = false;
-        while let Some(&c) = chars.peek() {
-            if c.is_whitespace() {
-                break;
-            }
-            chars.next();
+        while let Some(c) = self.chars.peek().copied().filter(|c| !c.is_whitespace()) {
+            self.next();
             match c {
-                '\'' => {
+                '\'' | '"' => {
                     quoted = true;
-                    let start = line;
-                    loop {
-                        match chars.next() {
-                            Some('\'') => break,
-                            Some(c) => {
-                                line += (c == '\n') as usize;
-                                arg.push(c)
-                            }
-                            None => bail!(".args: the single quote opened on line {start} is never closed"),
-                        }
-                    }
-                }
-                '"' => {
-                    quoted = true;
-                    let start = line;
-                    loop {
-                        match chars.next() {
-                            Some('"') => break,
-                            Some('\\') if matches!(chars.peek(), Some('"') | Some('\\')) => arg.push(chars.next().unwrap()),
-                            Some(c) => {
-                                line += (c == '\n') as usize;
-                                arg.push(c)
-                            }
-                            None => bail!(".args: the double quote opened on line {start} is never closed"),
-                        }
-                    }
+                    self.quoted(c, &mut arg)?;
                 }
                 c => arg.push(c),
             }
         }
-        if !quoted && arg == "..." {
-            out.push(ArgItem::UserArgs);
-        } else {
-            out.push(ArgItem::Arg(arg));
+        Ok((arg, quoted))
+    }
+
+    /// The rest of a quoted part, its opening `quote` read: `'` takes everything literally,
+    /// `"` honours `\"` and `\\`.
+    fn quoted(&mut self, quote: char, arg: &mut String) -> anyhow::Result<()> {
+        let start = self.line;
+        loop {
+            match self.next() {
+                Some(c) if c == quote => return Ok(()),
+                Some('\\') if quote == '"' && matches!(self.chars.peek(), Some('"' | '\\')) => arg.extend(self.next()),
+                Some(c) => arg.push(c),
+                None => {
+                    let kind = if quote == '"' { "double" } else { "single" };
+                    bail!(".args: the {kind} quote opened on line {start} is never closed")
+                }
+            }
         }
     }
-    Ok(out)
 }
 
 /// Put the `.args` items around the user's arguments: `argv[0]`, the items before `...`, the

@@ -32,7 +32,7 @@ fn assert_clean_error(o: &Output, wanted: &str) {
 #[test]
 fn prompt_streams_the_prompt_then_deterministic_greedy_text_and_timings() {
     let m = model("q8_0");
-    let args = ["-m", m.to_str().unwrap(), "-p", "The quick brown fox", "-n", "12", "--temp", "0", "--ignore-eos"];
+    let args = ["-m", m.to_str().unwrap(), "--no-conversation", "-p", "The quick brown fox", "-n", "12", "--temp", "0", "--ignore-eos"];
     let a = llamafile(&args);
     assert!(a.status.success(), "{}", text(&a.stderr));
     let out = text(&a.stdout);

@@ -53,7 +53,7 @@ fn server_completion_matches_the_command_line() {
     let out = std::process::Command::new(e2e::bin("llamafile"))
         .arg("-m")
         .arg(&m)
-        .args(["-p", prompt, "-n", "16", "--temp", "0", "--no-display-prompt", "-t", "1", "--log-disable"])
+        .args(["--no-conversation", "-p", prompt, "-n", "16", "--temp", "0", "--no-display-prompt", "-t", "1", "--log-disable"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
