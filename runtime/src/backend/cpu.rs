@@ -30,8 +30,22 @@ impl Backend for CpuBackend {
     fn runs_output(&self) -> bool {
         self.output
     }
+    fn host_state_bytes(&self, n_ctx: usize, max_batch: usize) -> u64 {
+        let hp = &self.model.hp;
+        let mut tables: Vec<(f32, f32)> = Vec::new();
+        for il in self.layers.clone() {
+            let la = hp.layers[il];
+            if !tables.contains(&(la.rope_base, la.rope_freq_scale)) {
+                tables.push((la.rope_base, la.rope_freq_scale));
+            }
+        }
+        let kv = LayerKv::bytes_for(hp, n_ctx).saturating_mul(self.layers.len() as u64);
+        let rope = RopeTable::bytes_for(n_ctx, hp.n_rot).saturating_mul(tables.len() as u64);
+        kv.saturating_add(rope).saturating_add(Workspace::bytes_for(hp, max_batch))
+    }
     fn new_state(&self, n_ctx: usize, max_batch: usize) -> Result<Box<dyn BackendState>> {
         let hp = &self.model.hp;
+        crate::engine::check_memory(self.host_state_bytes(n_ctx, max_batch), n_ctx)?;
         // One RoPE table per distinct (base, scale) among this backend's layers (Gemma 3: two).
         let mut tables: Vec<(f32, f32, Arc<RopeTable>)> = Vec::new();
         let mut rope = Vec::with_capacity(self.layers.len());
