@@ -29,6 +29,9 @@ pub const MAP_GRANULARITY: u64 = 65536;
 /// Name of the default-arguments entry inside a llamafile.
 pub const ARGS_ENTRY: &str = ".args";
 
+/// Largest `.args` accepted (default arguments, not data).
+pub const MAX_ARGS_BYTES: u64 = 1 << 20;
+
 /// A mapped GGUF: `map[start..start + len]` is the GGUF, which begins at `file_offset` in the file.
 pub struct Region {
     pub map: memmap2::Mmap,
@@ -266,7 +269,7 @@ pub fn read_args_entry(path: &Path) -> anyhow::Result<Option<String>> {
     if !e.stored {
         bail!("{shown}: the {ARGS_ENTRY} entry is compressed ({}); it must be stored", escape(&e.method));
     }
-    if e.size > 1 << 20 {
+    if e.size > MAX_ARGS_BYTES {
         bail!("{shown}: the {ARGS_ENTRY} entry is {} bytes; at most 1 MiB expected", e.size);
     }
     use std::io::{Seek, SeekFrom};
