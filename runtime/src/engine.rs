@@ -148,7 +148,8 @@ impl Engine {
             .unwrap_or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
         // The model first: an unsupported architecture or a missing tensor is the clearest error.
         let model = Arc::new(Model::load(file.clone()).with_context(|| format!("{}", path.display()))?);
-        let tokenizer = Tokenizer::from_gguf(&file).with_context(|| format!("{}: tokenizer", path.display()))?;
+        // Its errors name the file.
+        let tokenizer = Tokenizer::from_gguf(&file)?;
         let template = match ChatTemplate::from_gguf(&file, opts.chat_template.as_deref()) {
             Ok(t) => t,
             Err(e) if opts.chat_template.is_none() => {

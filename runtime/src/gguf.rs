@@ -788,7 +788,8 @@ pub mod writer {
     /// A complete, loadable `llama` model with F32 weights of tiny sizes (2 blocks, embedding
     /// 32, 2 query heads of 16 sharing 1 KV head, FFN 64, 8 tokens), for tests of what the loader
     /// accepts: `meta` replaces metadata entries of the same key or adds them, `extra` adds
-    /// tensors after the model's. The weights are small deterministic values.
+    /// tensors after the model's. The weights are small deterministic values; the SentencePiece
+    /// vocabulary spells "a b" and little else.
     pub fn tiny_model(meta: &[(&str, MetaValue)], extra: &[TensorSpec]) -> Vec<u8> {
         use MetaValue::*;
         let (e, ff, q, kv, vocab, blocks) = (32u64, 64u64, 32u64, 16u64, 8u64, 2);
@@ -804,9 +805,12 @@ pub mod writer {
             ("llama.rope.freq_base", F32(10000.0)),
             ("llama.attention.layer_norm_rms_epsilon", F32(1e-5)),
             ("tokenizer.ggml.model", String("llama".into())),
-            ("tokenizer.ggml.tokens", Array((0..vocab).map(|i| String(format!("t{i}"))).collect())),
+            ("tokenizer.ggml.tokens", Array(["<unk>", "<s>", "</s>", "\u{2581}a", "\u{2581}b", "a", "b", "\u{2581}"].map(|t| String(t.into())).to_vec())),
             ("tokenizer.ggml.scores", Array((0..vocab).map(|i| F32(-(i as f32))).collect())),
-            ("tokenizer.ggml.token_type", Array((0..vocab).map(|_| I32(1)).collect())),
+            ("tokenizer.ggml.token_type", Array([2, 3, 3, 1, 1, 1, 1, 1].map(I32).to_vec())),
+            ("tokenizer.ggml.unknown_token_id", U32(0)),
+            ("tokenizer.ggml.bos_token_id", U32(1)),
+            ("tokenizer.ggml.eos_token_id", U32(2)),
         ];
         for (k, v) in meta {
             match md.iter_mut().find(|(mk, _)| mk == k) {

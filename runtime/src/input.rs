@@ -75,6 +75,20 @@ pub fn read_text_capped(path: &Path, max: u64, why: &str) -> Result<String> {
     String::from_utf8(buf).map_err(|e| anyhow::anyhow!("{}: not UTF-8 text (invalid byte at {})", escape_path(path), e.utf8_error().valid_up_to()))
 }
 
+/// Bytes of prompt text per token of context accepted from a file: tokens average about 4
+/// bytes of text, so 16 leaves room for text that tokenizes poorly.
+pub const PROMPT_BYTES_PER_TOKEN: u64 = 16;
+
+/// Largest text file read whole (perplexity corpora), independent of the context.
+pub const MAX_TEXT_BYTES: u64 = 1 << 30;
+
+/// A prompt file (`-f`) for a context of `n_ctx` tokens: at most
+/// `PROMPT_BYTES_PER_TOKEN * n_ctx` bytes plus 4 KiB, since a longer prompt cannot fit anyway.
+pub fn read_prompt_file(path: &Path, n_ctx: usize) -> Result<String> {
+    let max = PROMPT_BYTES_PER_TOKEN.saturating_mul(n_ctx as u64).saturating_add(4096);
+    read_text_capped(path, max, &format!("a prompt for a context of {n_ctx} tokens cannot be that long (use a larger -c)"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
