@@ -14,6 +14,7 @@
 pub mod sampler;
 
 use crate::backend::{self, Backend, BackendState, PlanOptions};
+use crate::escape::{escape, escape_path};
 use crate::gguf::GgufFile;
 use crate::model::Model;
 use crate::tokenizer::chat::ChatTemplate;
@@ -147,20 +148,20 @@ impl Engine {
             .map(str::to_string)
             .unwrap_or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
         // The model first: an unsupported architecture or a missing tensor is the clearest error.
-        let model = Arc::new(Model::load(file.clone()).with_context(|| format!("{}", path.display()))?);
+        let model = Arc::new(Model::load(file.clone()).with_context(|| escape_path(path))?);
         // Its errors name the file.
         let tokenizer = Tokenizer::from_gguf(&file)?;
         let template = match ChatTemplate::from_gguf(&file, opts.chat_template.as_deref()) {
             Ok(t) => t,
             Err(e) if opts.chat_template.is_none() => {
-                eprintln!("warning: {}: chat template: {e:#}; using chatml", path.display());
+                eprintln!("warning: {}: chat template: {}; using chatml", escape_path(path), escape(&format!("{e:#}")));
                 ChatTemplate::from_gguf(&file, Some("chatml"))?
             }
             Err(e) => return Err(e.context("--chat-template")),
         };
         let hp = &model.hp;
         if tokenizer.vocab_size() > hp.n_vocab {
-            bail!("{}: the tokenizer has {} tokens but the embeddings only {}", path.display(), tokenizer.vocab_size(), hp.n_vocab);
+            bail!("{}: the tokenizer has {} tokens but the embeddings only {}", escape_path(path), tokenizer.vocab_size(), hp.n_vocab);
         }
         let n_ctx = match opts.n_ctx {
             Some(c) if c > 0 => {

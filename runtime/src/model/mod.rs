@@ -187,10 +187,15 @@ pub(crate) fn opt_u64(g: &GgufFile, key: &str) -> Option<usize> {
 pub(crate) fn common_hparams(g: &GgufFile, arch: &str, recipe: Recipe) -> Result<Hparams> {
     let k = |s: &str| format!("{arch}.{s}");
     refuse_unimplemented(g, arch)?;
+    let n_vocab = g
+        .tensor("token_embd.weight")
+        .and_then(|t| t.dims.get(1).copied())
+        .ok_or_else(|| anyhow!("missing tensor token_embd.weight"))? as usize;
     let n_layer = req_u64(g, &k("block_count"))?;
-    let blocks = blocks_in_table(g)?;
-    if n_layer != blocks {
-        bail!("{} is {n_layer}, but the tensor table holds {blocks} blocks (blk.0 to blk.{})", k("block_count"), blocks as i64 - 1);
+    match blocks_in_table(g)? {
+        blocks if blocks == n_layer => {}
+        0 => bail!("{} is {n_layer}, but the tensor table holds no blocks (no blk.N tensors)", k("block_count")),
+        blocks => bail!("{} is {n_layer}, but the tensor table holds {blocks} blocks (blk.0 to blk.{})", k("block_count"), blocks - 1),
     }
     let n_embd = req_u64(g, &k("embedding_length"))?;
     let n_ff = req_u64(g, &k("feed_forward_length"))?;
@@ -217,10 +222,6 @@ pub(crate) fn common_hparams(g: &GgufFile, arch: &str, recipe: Recipe) -> Result
     let rope_base = positive_f32(g, &k("rope.freq_base"), 10000.0)?;
     let rope_freq_scale = rope_linear_scale(g, arch)?;
     let window = opt_u64(g, &k("attention.sliding_window")).filter(|w| *w > 0);
-    let n_vocab = g
-        .tensor("token_embd.weight")
-        .and_then(|t| t.dims.get(1).copied())
-        .ok_or_else(|| anyhow!("missing tensor token_embd.weight"))? as usize;
     Ok(Hparams {
         arch: arch.to_string(),
         n_layer,
