@@ -69,6 +69,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     // GPU backends (issue #7): checked to be loadable backends of this ABI before packing.
     let mut extra = Vec::new();
     for path in &cli.gpu_backend {
+        // A FIFO or device would block or fill memory in the loader: refused first.
+        llamafile::input::open_regular(path, "a GPU backend")?;
         let (name, _backend) = llamafile::backend::gpu::check_backend_file(path)?;
         if extra.iter().any(|e: &packer::ExtraEntry| e.name == name) {
             anyhow::bail!("--gpu-backend {}: a backend named {name} is already given", escape_path(&path));

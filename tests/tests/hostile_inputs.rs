@@ -210,6 +210,10 @@ fn pack_refuses_special_inputs_and_outputs() {
         pack(&["--runtime", s(&rt), "--gguf", s(&fifo), "-o", s(&out)]),
         format!("pack: error: {f}: a FIFO (named pipe), not a regular file: a model must be a regular file")
     );
+    assert_eq!(
+        pack(&["--runtime", s(&rt), "--gguf", s(&m), "-o", s(&out), "--gpu-backend", s(&fifo)]),
+        format!("pack: error: {f}: a FIFO (named pipe), not a regular file: a GPU backend must be a regular file")
+    );
     for force in [&[][..], &["--force"][..]] {
         fn with<'a>(rt: &'a str, m: &'a str, o: &'a str, force: &[&'a str]) -> Vec<&'a str> {
             [&["--runtime", rt, "--gguf", m, "-o", o][..], force].concat()
