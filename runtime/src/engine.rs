@@ -259,7 +259,7 @@ const _: () = {
 
 /// Memory the kernel says can be allocated without swapping (`MemAvailable`), in bytes; `None`
 /// where /proc/meminfo is absent.
-pub fn mem_available() -> Option<u64> {
+fn mem_available() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -278,7 +278,7 @@ fn show_bytes(b: u64) -> String {
 /// Refuse, before allocating, a session for `n_ctx` positions that needs `need` bytes of host
 /// memory when less is available: one line with what was asked, what it needs and what there is
 /// (instead of an abort, or the OOM killer, halfway through the allocation).
-pub fn check_memory(need: u64, n_ctx: usize) -> Result<()> {
+fn check_memory(need: u64, n_ctx: usize) -> Result<()> {
     match mem_available() {
         Some(avail) if need > avail => bail!(
             "a context of {n_ctx} tokens needs {} of memory for the KV cache and buffers, but {} is available; choose a smaller context (-c)",
