@@ -125,9 +125,9 @@ pub fn pack(o: &PackOptions) -> anyhow::Result<PackReport> {
 
     // 3. Write under a temporary name (removed on drop if anything fails), then rename.
     let (tmp, mut f) = tmp_output::TmpOutput::create(&dir, &out_name)?;
-    f.write_all(&runtime_bytes).with_context(|| format!("cannot write {}", escape_path(&tmp.path())))?;
+    f.write_all(&runtime_bytes).with_context(|| format!("cannot write {}", escape_path(tmp.path())))?;
     let mut w = ZipWriter::new(f)?;
-    let src = std::fs::File::open(gguf.file_path()).with_context(|| format!("cannot open {}", escape_path(&gguf.file_path())))?;
+    let src = std::fs::File::open(gguf.file_path()).with_context(|| format!("cannot open {}", escape_path(gguf.file_path())))?;
     // Two passes over the GGUF: the CRC-32 (reads), then the copy (by the kernel).
     let bar = o.progress.then(|| {
         let b = indicatif::ProgressBar::new(gguf.len());
@@ -162,7 +162,7 @@ pub fn pack(o: &PackOptions) -> anyhow::Result<PackReport> {
     let f = w.finish()?;
     // On disk before the rename makes it visible: a crash right after `pack` returns must not
     // leave an executable whose tail is still only in the page cache (lost: a truncated file).
-    f.sync_all().with_context(|| format!("cannot flush {} to disk", escape_path(&tmp.path())))?;
+    f.sync_all().with_context(|| format!("cannot flush {} to disk", escape_path(tmp.path())))?;
     let size = f.metadata()?.len();
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).context("cannot make the output executable")?;
     drop(f);
@@ -194,11 +194,11 @@ pub fn list(path: &Path) -> anyhow::Result<String> {
     use std::fmt::Write as _;
     let len = open_regular(path, "a llamafile or zip")?.metadata().with_context(|| format!("{}: cannot stat", escape_path(path)))?.len();
     let Some(entries) = llamafile::bundle::zip_entries(path)? else {
-        bail!("{}: not a llamafile or zip (no zip end record at the end of the file)", escape_path(&path));
+        bail!("{}: not a llamafile or zip (no zip end record at the end of the file)", escape_path(path));
     };
     let mut s = String::new();
     let prefix = entries.iter().map(|e| e.header_offset).min().unwrap_or(0);
-    let _ = writeln!(s, "{}: {} bytes, {} zip entries after {} bytes of executable", escape_path(&path), len, entries.len(), prefix);
+    let _ = writeln!(s, "{}: {} bytes, {} zip entries after {} bytes of executable", escape_path(path), len, entries.len(), prefix);
     let _ = writeln!(s, "{:>14} {:>14} {:>8} {:>8}  name", "offset", "size", "method", "align");
     for e in &entries {
         let _ = writeln!(s, "{:>14} {:>14} {:>8} {:>8}  {}", e.data_offset, e.size, e.method, human_align(alignment_of(e.data_offset)), escape(&e.name));

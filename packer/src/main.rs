@@ -73,7 +73,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         llamafile::input::open_regular(path, "a GPU backend")?;
         let (name, _backend) = llamafile::backend::gpu::check_backend_file(path)?;
         if extra.iter().any(|e: &packer::ExtraEntry| e.name == name) {
-            anyhow::bail!("--gpu-backend {}: a backend named {name} is already given", escape_path(&path));
+            anyhow::bail!("--gpu-backend {}: a backend named {name} is already given", escape_path(path));
         }
         extra.push(packer::ExtraEntry { name, path: path.clone(), align: 4096 });
     }

@@ -210,7 +210,7 @@ fn tensor_bytes(ggml_type: u32, ne0: u64, n_elements: u64) -> Result<Option<u64>
             _ => return Ok(None),
         }
     };
-    if ne0 % block != 0 {
+    if !ne0.is_multiple_of(block) {
         return Err(format!(
             "row length {ne0} is not a multiple of the {} block size {block}",
             ggml_type_name(ggml_type)
@@ -560,8 +560,11 @@ fn read_header(r: &mut Reader) -> anyhow::Result<(u32, u64, u64)> {
     Ok((version, n_tensors, n_kv))
 }
 
+/// Metadata in file order, and the index of each key.
+type Metadata = (Vec<(String, MetaValue)>, HashMap<String, usize>);
+
 /// The `n_kv` metadata key/value pairs, in file order, and their index by key.
-fn read_metadata(r: &mut Reader, n_kv: u64) -> anyhow::Result<(Vec<(String, MetaValue)>, HashMap<String, usize>)> {
+fn read_metadata(r: &mut Reader, n_kv: u64) -> anyhow::Result<Metadata> {
     let len = r.cur.get_ref().len();
     let mut metadata = Vec::with_capacity(n_kv as usize);
     let mut meta_index = HashMap::with_capacity(n_kv as usize);

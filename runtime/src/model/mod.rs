@@ -283,7 +283,7 @@ fn refuse_unimplemented(g: &GgufFile, arch: &str) -> Result<()> {
         let key = format!("{arch}.{cap}");
         if let Some(v) = g.get(&key) {
             match v.as_f32() {
-                Some(x) if x == 0.0 => {}
+                Some(0.0) => {}
                 Some(x) => bail!("{key} is {x}: logit soft-capping is not implemented for {arch}"),
                 None => bail!("{key} is a {}: logit soft-capping is not implemented for {arch}", v.type_name()),
             }
