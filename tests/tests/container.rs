@@ -332,13 +332,13 @@ fn bad_pack_inputs_fail_cleanly_and_leave_nothing() {
         (vec!["--gguf".into(), write("table.gguf", &orig[..header_len - 40]).display().to_string()], "truncated", "truncated tensor table"),
         (vec!["--gguf".into(), write("data.gguf", &orig[..orig.len() - 1]).display().to_string()], "'big.weight'", "truncated tensor data"),
         (vec!["--gguf".into(), d.join("missing.gguf").display().to_string()], "missing.gguf", "missing GGUF"),
-        (vec!["--gguf".into(), d.display().to_string()], "is a directory", "directory as GGUF"),
-        (vec!["--gguf".into(), good.display().to_string(), "--runtime".into(), d.join("nope").display().to_string()], "cannot read runtime", "missing runtime"),
+        (vec!["--gguf".into(), d.display().to_string()], "a directory, not a regular file: a model must be a regular file", "directory as GGUF"),
+        (vec!["--gguf".into(), good.display().to_string(), "--runtime".into(), d.join("nope").display().to_string()], "nope: cannot open: No such file", "missing runtime"),
         (vec!["--gguf".into(), good.display().to_string(), "--runtime".into(), write("text.sh", b"#!/bin/sh\necho hi\n").display().to_string()], "not an executable", "text file as runtime"),
         (vec!["--gguf".into(), good.display().to_string(), "--runtime".into(), good.display().to_string()], "GGUF model, not the runtime", "GGUF as runtime"),
         (vec!["--gguf".into(), good.display().to_string(), "--runtime".into(), write("arm", &arm_elf()).display().to_string()], "ARM (32-bit)", "other CPU"),
         (vec!["--gguf".into(), good.display().to_string(), "--args".into(), "-p 'oops".into()], "never closed", "bad --args"),
-        (vec!["--gguf".into(), good.display().to_string(), "--args-file".into(), d.join("none.args").display().to_string()], "cannot read --args-file", "missing --args-file"),
+        (vec!["--gguf".into(), good.display().to_string(), "--args-file".into(), d.join("none.args").display().to_string()], "--args-file: ", "missing --args-file"),
     ];
     let before: Vec<_> = std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name()).collect();
     let out = d.join("out.llamafile");

@@ -44,7 +44,7 @@ pub fn run(args: &Args) -> Result<i32> {
     }
     match mode(args, &engine)? {
         Mode::Raw => prompt(args, &engine),
-        Mode::Conversation(turns) => conversation::run(args, &engine, prompt_text(args)?, turns),
+        Mode::Conversation(turns) => conversation::run(args, &engine, prompt_text(args, &engine)?, turns),
     }
 }
 
@@ -198,17 +198,17 @@ pub fn encode_prompt(engine: &Engine, text: &str) -> Result<Vec<u32>> {
 }
 
 /// The prompt of `-p` or `-f`, escapes processed with `-e`.
-fn prompt_text(args: &Args) -> Result<Option<String>> {
+fn prompt_text(args: &Args, engine: &Engine) -> Result<Option<String>> {
     let text = match (&args.prompt, &args.file) {
         (Some(p), _) => p.clone(),
-        (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("{}: cannot read the prompt file", f.display()))?,
+        (None, Some(f)) => crate::input::read_prompt_file(f, engine.n_ctx())?,
         (None, None) => return Ok(None),
     };
     Ok(Some(if args.escape { process_escapes(&text) } else { text }))
 }
 
 fn prompt(args: &Args, engine: &Engine) -> Result<i32> {
-    let text = prompt_text(args)?.unwrap_or_default();
+    let text = prompt_text(args, engine)?.unwrap_or_default();
     let ids = encode_prompt(engine, &text)?;
     if ids.is_empty() {
         bail!("the prompt is empty");
@@ -333,7 +333,7 @@ fn eval_tokens(args: &Args, engine: &Engine, tokens: Vec<u32>) -> Result<i32> {
 /// so every scored token has at least n_ctx/2 tokens of context.
 fn perplexity(args: &Args, engine: &Engine) -> Result<i32> {
     let file = args.file.as_ref().ok_or_else(|| anyhow!("--perplexity needs a text file: -f FILE"))?;
-    let text = std::fs::read_to_string(file).with_context(|| format!("{}: cannot read", file.display()))?;
+    let text = crate::input::read_text_capped(file, crate::input::MAX_TEXT_BYTES, "--perplexity reads at most 1 GiB of text")?;
     let tok = engine.tokenizer();
     let ids = tok.encode(&text, false, false)?;
     let n_ctx = engine.n_ctx();
