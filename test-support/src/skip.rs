@@ -38,10 +38,11 @@ pub fn skip(what: &str, how: &str) {
     record("skip", what, how);
 }
 
-/// As [`skip`], for what needs a GPU device: expected wherever there is none (CI included), so
-/// listed at the end of `scripts/test` but never an error.
-pub fn skip_without_gpu(what: &str) {
-    record("no-gpu", what, "a machine with an NVIDIA GPU and driver");
+/// As [`skip`], for a test that needs a CUDA device (`why`: the backend's answer): expected
+/// wherever there is none (CI included), so listed at the end of `scripts/test` but never an error.
+pub fn skip_without_gpu(why: &str) {
+    eprintln!("no CUDA device: {why}");
+    record("no-gpu", "a CUDA device", "a machine with an NVIDIA GPU and driver");
 }
 
 fn record(kind: &str, what: &str, how: &str) {

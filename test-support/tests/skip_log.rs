@@ -10,7 +10,7 @@ fn skips_are_recorded_and_present_things_found() {
     std::env::set_var("LLAMAFILE_RS_MODELS", dir.join("no-models"));
     assert_eq!(test_support::require_shared(), None);
     assert_eq!(test_support::require_model("m.gguf"), None);
-    test_support::skip_without_gpu("a CUDA device");
+    test_support::skip_without_gpu("no driver");
     let text = std::fs::read_to_string(&log).unwrap();
     let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split('\t').collect()).collect();
     assert_eq!(lines.len(), 3, "{text}");

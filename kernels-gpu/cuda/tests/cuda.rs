@@ -69,7 +69,7 @@ fn gpu() -> Option<(Arc<Device>, GpuStream)> {
             );
         }
         Err(e) => {
-            test_support::skip_without_gpu(&format!("a CUDA device ({e})"));
+            test_support::skip_without_gpu(&e.to_string());
             return None;
         }
     }
