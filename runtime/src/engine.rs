@@ -559,11 +559,7 @@ mod tests {
     use super::*;
 
     fn tiny_engine(n_ctx: usize) -> Option<Engine> {
-        let p = crate::shared_fixtures().join("models/tiny-mistral-q8_0.gguf");
-        if !p.exists() {
-            eprintln!("SKIPPED: {} not found", p.display());
-            return None;
-        }
+        let p = test_support::require_shared()?.join("models/tiny-mistral-q8_0.gguf");
         let opts = LoadOptions { model: p, n_ctx: Some(n_ctx), n_threads: Some(2), ..Default::default() };
         Some(Engine::load_with_batch(&opts, 16).unwrap())
     }

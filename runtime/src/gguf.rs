@@ -854,9 +854,6 @@ mod tests {
     use super::writer::{build, TensorSpec};
     use super::*;
 
-    fn shared() -> PathBuf {
-        crate::shared_fixtures()
-    }
 
     fn small() -> Vec<u8> {
         let q8 = vec![7u8; 34 * 2]; // two Q8_0 blocks
@@ -1050,11 +1047,9 @@ mod tests {
 
     #[test]
     fn shared_models_open_with_in_range_tensors() {
-        let dir = shared().join("models");
-        let Ok(rd) = std::fs::read_dir(&dir) else {
-            eprintln!("skipping: {} not found", dir.display());
-            return;
-        };
+        let Some(shared) = test_support::require_shared() else { return };
+        let dir = shared.join("models");
+        let rd = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         let mut n = 0;
         for e in rd {
             let p = e.unwrap().path();
@@ -1078,11 +1073,8 @@ mod tests {
 
     #[test]
     fn gemma_vocab_parses_quickly() {
-        let p = shared().join("vocab/gemma-3-270m.vocab.gguf");
-        if !p.exists() {
-            eprintln!("skipping: {} not found", p.display());
-            return;
-        }
+        let Some(shared) = test_support::require_shared() else { return };
+        let p = shared.join("vocab/gemma-3-270m.vocab.gguf");
         let t = std::time::Instant::now();
         let g = GgufFile::open(&p).unwrap();
         let ms = t.elapsed().as_millis();

@@ -216,8 +216,7 @@ fn server_opens_the_browser_only_with_a_display() {
     let log = dir.path().join("opened.txt");
     // a stand-in xdg-open that records what it was asked to open
     let fake = dir.path().join("xdg-open");
-    std::fs::write(&fake, format!("#!/bin/sh\necho \"$@\" >> '{}'\n", log.display())).unwrap();
-    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    e2e::write_executable(&fake, format!("#!/bin/sh\necho \"$@\" >> '{}'\n", log.display()).as_bytes());
     let path = format!("{}:{}", dir.path().display(), std::env::var("PATH").unwrap_or_default());
 
     let s = Server::start_with(&m, &[], |c| {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 #[test]
 fn nvrtc_compiles_every_kernel_source() {
     if !kernels::nvrtc::available() {
-        eprintln!("SKIPPED: libnvrtc not found (pip install nvidia-cuda-nvrtc-cu12 and add its lib folder to LD_LIBRARY_PATH)");
+        test_support::skip("libnvrtc", "pip install nvidia-cuda-nvrtc-cu12 and add its lib folder to LD_LIBRARY_PATH");
         return;
     }
     for (name, src) in kernels::SOURCES {
@@ -50,19 +50,7 @@ fn nvrtc_compiles_every_kernel_source() {
 }
 
 fn lib_path() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let deps = exe.parent().unwrap();
-    let name = format!(
-        "{}llamafile_gpu_cuda{}",
-        std::env::consts::DLL_PREFIX,
-        std::env::consts::DLL_SUFFIX
-    );
-    for dir in [deps, deps.parent().unwrap()] {
-        if dir.join(&name).exists() {
-            return dir.join(&name);
-        }
-    }
-    panic!("{name} not found beside {}", exe.display());
+    test_support::cdylib("llamafile_gpu_cuda")
 }
 
 /// The device, or None (with a message) where there is no GPU.
@@ -80,7 +68,7 @@ fn gpu() -> Option<(Arc<Device>, GpuStream)> {
             );
         }
         Err(e) => {
-            eprintln!("SKIPPED: no CUDA device: {e}");
+            test_support::skip_without_gpu(&e.to_string());
             return None;
         }
     }

@@ -158,7 +158,7 @@ fn build(dir: &std::path::Path) -> Option<libloading::Library> {
         .map(|o| !o.status.success())
         .unwrap_or(true)
     {
-        eprintln!("SKIPPED: no C++ compiler ({cxx}) to build the CUDA sources for the host");
+        test_support::skip(&format!("a C++ compiler ({cxx}) to build the CUDA sources for the host"), "install g++, or set CXX");
         return None;
     }
     let src = dir.join("kernels_host.cpp");
@@ -190,7 +190,7 @@ fn build(dir: &std::path::Path) -> Option<libloading::Library> {
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         if err.contains("barrier") && err.contains("No such file") {
-            eprintln!("SKIPPED: {cxx} has no C++20 <barrier>");
+            test_support::skip(&format!("C++20 <barrier> in {cxx}"), "install g++ 11 or newer, or set CXX");
             return None;
         }
         panic!("the CUDA sources do not compile as host C++:\n{err}");

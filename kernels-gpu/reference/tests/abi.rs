@@ -7,22 +7,8 @@ use kernels_gpu::client::{Device, GpuStream, Library};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// The cdylib cargo built beside this test (`target/<profile>/deps/` or its parent).
 fn lib_path() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let deps = exe.parent().unwrap();
-    let name = format!(
-        "{}llamafile_gpu_reference{}",
-        std::env::consts::DLL_PREFIX,
-        std::env::consts::DLL_SUFFIX
-    );
-    for dir in [deps, deps.parent().unwrap()] {
-        let p = dir.join(&name);
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!("{name} not found beside {}", exe.display());
+    test_support::cdylib("llamafile_gpu_reference")
 }
 
 fn open() -> (Arc<Device>, GpuStream) {
