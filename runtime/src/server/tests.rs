@@ -5,6 +5,7 @@
 //! to send malformed and oversized bodies, read a stream part-way and hang up mid-response.
 
 use super::testing::{FakeModel, WORDS};
+use super::listen::Limits;
 use super::AppState;
 use crate::engine::SamplingParams;
 use serde_json::{json, Value};
@@ -19,46 +20,61 @@ fn defaults() -> SamplingParams {
     SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.95, min_p: 0.05, repeat_penalty: 1.0, repeat_last_n: 64, seed: 0 }
 }
 
-struct Server {
-    addr: SocketAddr,
-    state: Arc<AppState>,
-    counters: Arc<super::testing::Counters>,
-    delay: Arc<std::sync::atomic::AtomicU64>,
+pub(super) struct Server {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    pub counters: Arc<super::testing::Counters>,
+    pub delay: Arc<std::sync::atomic::AtomicU64>,
 }
 
-async fn server_with(n_ctx: usize, parallel: usize) -> Server {
+/// The server as the binary runs it (`listen::serve`, with `limits`) on a free loopback port,
+/// over the fake model; `setup` adjusts the state first.
+pub(super) async fn server_custom(n_ctx: usize, parallel: usize, limits: Limits, setup: impl FnOnce(&mut AppState)) -> Server {
     let mut m = FakeModel::new();
     m.n_ctx = n_ctx;
     let (counters, delay) = (m.counters.clone(), m.token_delay_us.clone());
     let mut state = AppState::new(Arc::new(m), parallel, defaults());
-    Arc::get_mut(&mut state).unwrap().log = false;
+    let st = Arc::get_mut(&mut state).unwrap();
+    st.log = false;
+    setup(st);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = super::routes::router(state.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    tokio::spawn(super::listen::serve(listener, app, limits, std::future::pending()));
     Server { addr, state, counters, delay }
 }
 
-async fn server() -> Server {
+async fn server_with(n_ctx: usize, parallel: usize) -> Server {
+    server_custom(n_ctx, parallel, Limits::default(), |_| {}).await
+}
+
+pub(super) async fn server() -> Server {
     server_with(256, 2).await
 }
 
-fn rt() -> tokio::runtime::Runtime {
+pub(super) fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
-struct Resp {
-    status: u16,
-    headers: String,
-    body: String,
+pub(super) struct Resp {
+    pub status: u16,
+    pub headers: String,
+    pub body: String,
 }
 
 impl Resp {
-    fn json(&self) -> Value {
+    pub fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
+    /// The value of header `name` (case-insensitive), if present.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.lines().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    }
     /// The `data:` payloads of an SSE body, in order.
-    fn events(&self) -> Vec<String> {
+    pub fn events(&self) -> Vec<String> {
         self.body.split("\n\n").filter_map(|ev| ev.lines().find_map(|l| l.strip_prefix("data: ")).map(str::to_string)).collect()
     }
 }
@@ -74,7 +90,7 @@ fn request_bytes(method: &str, path: &str, body: &[u8]) -> Vec<u8> {
 }
 
 /// Decode a chunked body (what streaming responses use).
-fn dechunk(raw: &str) -> String {
+pub(super) fn dechunk(raw: &str) -> String {
     let mut out = String::new();
     let mut rest = raw;
     while let Some((size, tail)) = rest.split_once("\r\n") {
@@ -89,10 +105,15 @@ fn dechunk(raw: &str) -> String {
 }
 
 async fn send(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Resp {
+    send_raw(addr, &request_bytes(method, path, body)).await
+}
+
+/// Send `request` as it is and read the response until the server closes.
+pub(super) async fn send_raw(addr: SocketAddr, request: &[u8]) -> Resp {
     let mut s = TcpStream::connect(addr).await.unwrap();
     // The server may answer (413) and close before it has read a large body: a failed write
     // is fine as long as the answer can be read.
-    let _ = s.write_all(&request_bytes(method, path, body)).await;
+    let _ = s.write_all(request).await;
     let mut raw = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut raw)).await.expect("response within 20 s");
     let raw = String::from_utf8_lossy(&raw).into_owned();
@@ -102,15 +123,15 @@ async fn send(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Resp {
     Resp { status, headers: head.to_string(), body }
 }
 
-async fn post(addr: SocketAddr, path: &str, body: Value) -> Resp {
+pub(super) async fn post(addr: SocketAddr, path: &str, body: Value) -> Resp {
     send(addr, "POST", path, body.to_string().as_bytes()).await
 }
 
-async fn get(addr: SocketAddr, path: &str) -> Resp {
+pub(super) async fn get(addr: SocketAddr, path: &str) -> Resp {
     send(addr, "GET", path, b"").await
 }
 
-fn assert_error(r: &Resp, status: u16, needle: &str) -> Value {
+pub(super) fn assert_error(r: &Resp, status: u16, needle: &str) -> Value {
     assert_eq!(r.status, status, "{}", r.body);
     assert!(r.headers.to_ascii_lowercase().contains("content-type: application/json"), "{}", r.headers);
     let j = r.json();
@@ -120,7 +141,7 @@ fn assert_error(r: &Resp, status: u16, needle: &str) -> Value {
     j
 }
 
-fn user(text: &str) -> Value {
+pub(super) fn user(text: &str) -> Value {
     json!([{ "role": "user", "content": text }])
 }
 
@@ -333,7 +354,7 @@ async fn stream_then_hang_up(addr: SocketAddr, path: &str, body: Value, n: usize
     String::from_utf8_lossy(&got).into_owned()
 }
 
-async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+pub(super) async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
