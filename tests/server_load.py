@@ -106,6 +106,27 @@ def one_request(host, port, rng, stats, timeout):
         conn.close()
 
 
+def start_server(binary, model, extra_args):
+    """Start `binary` as a server on a free loopback port; returns (process, url) once it serves."""
+    proc = subprocess.Popen(
+        [binary, "-m", model, "--server", "--nobrowser", "--port", "0", "--log-disable", *extra_args],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    line = proc.stdout.readline()
+    m = re.search(r"at (http://\S+)", line)
+    if not m:
+        proc.kill()
+        sys.exit(f"the server did not start: {line!r}")
+    return proc, m.group(1)
+
+
+def stop_server(proc):
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def get_json(host, port, path):
     conn = http.client.HTTPConnection(host, port, timeout=10)
     try:
@@ -133,16 +154,8 @@ def main():
     if args.llamafile:
         if not args.model:
             ap.error("--llamafile needs --model")
-        proc = subprocess.Popen(
-            [args.llamafile, "-m", args.model, "--server", "--nobrowser", "--port", "0", "--log-disable",
-             "--parallel", str(args.parallel), "-c", str(args.ctx)],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        line = proc.stdout.readline()
-        m = re.search(r"at (http://\S+)", line)
-        if not m:
-            proc.kill()
-            sys.exit(f"the server did not start: {line!r}")
-        args.url, args.pid = m.group(1), proc.pid
+        proc, args.url = start_server(args.llamafile, args.model, ["--parallel", str(args.parallel), "-c", str(args.ctx)])
+        args.pid = proc.pid
     if not args.url:
         ap.error("give --url (and --pid) or --llamafile and --model")
 
@@ -185,11 +198,7 @@ def main():
         alive = proc.poll() is None if proc else True
     finally:
         if proc:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_server(proc)
 
     lat = sorted(stats.latencies)
     pct = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] if lat else 0.0  # noqa: E731

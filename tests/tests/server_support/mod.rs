@@ -217,11 +217,16 @@ fn dechunk(raw: &str) -> String {
 }
 
 pub fn send(addr: &str, method: &str, path: &str, body: &[u8]) -> Resp {
+    send_raw(addr, &request_bytes(method, path, body))
+}
+
+/// Send `request` exactly as given and read the response until the server closes.
+pub fn send_raw(addr: &str, request: &[u8]) -> Resp {
     let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     // The server may answer (413) and close before reading a large body: a failed write is fine
     // as long as the answer can be read.
-    let _ = s.write_all(&request_bytes(method, path, body));
+    let _ = s.write_all(request);
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw);
     let raw = String::from_utf8_lossy(&raw).into_owned();

@@ -1,0 +1,326 @@
+#!/usr/bin/env python3
+"""Soak test for the llamafile server: N clients on loopback for a while (default 16 for 10
+minutes) mixing normal streamed requests, streams the client hangs up on mid-way, temperature-0
+requests whose answers must equal the ones the server gave sequentially before the load, and
+malformed requests (bad JSON, a foreign Host, a cross-origin POST, huge headers, headers that
+never finish, garbage bytes, an oversized body), each of which must get its own clean answer.
+The server's memory (RSS, from /proc) is sampled over the run. Standard library only; every
+loop ends by itself at the deadline and every socket has a timeout.
+
+Start a server and soak it:
+    python3 tests/server_soak.py --llamafile target/ci/llamafile \\
+        --model ~/.cache/llamafile-rs/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
+Shorter:  --seconds 60.   A running server: --url http://127.0.0.1:8080/ --pid 1234
+(then its --header-timeout should be --header-timeout given here).
+
+Exit status 1 on any unexpected answer, any temperature-0 mismatch, or a dead server.
+"""
+import argparse
+import collections
+import http.client
+import json
+import os
+import random
+import socket
+import sys
+import threading
+import time
+import urllib.parse
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from server_load import get_json, rss_kib, start_server, stop_server  # noqa: E402
+
+# Temperature-0 requests: (messages, max_tokens). Some share a conversation prefix with
+# another, so that slots reuse each other's cached prompts while others generate.
+PROMPTS = [
+    "Write a Python function that reverses a string.",
+    "What is a mutex? One sentence.",
+    "Name three sorting algorithms.",
+    "Explain what `git rebase` does in two sentences.",
+    "Write a haiku about the sea.",
+    "What does HTTP status 404 mean?",
+]
+MAX_TOKENS = 24
+
+
+def reference_requests():
+    """The temperature-0 requests, as (name, messages)."""
+    reqs = []
+    for i, p in enumerate(PROMPTS):
+        reqs.append((f"p{i}", [{"role": "user", "content": p}]))
+    return reqs
+
+
+def follow_ups(refs, answers):
+    """Second turns on the first two conversations, using the answers the server gave."""
+    out = []
+    for name, messages in refs[:2]:
+        out.append((f"{name}+", messages + [{"role": "assistant", "content": answers[name]},
+                                            {"role": "user", "content": "Now say it more briefly."}]))
+    return out
+
+
+class Tally:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.ok = collections.Counter()        # expected outcomes by kind
+        self.errors = collections.Counter()    # unexpected outcomes by kind
+        self.examples = {}                     # kind -> first unexpected outcome
+        self.mismatches = []
+
+    def good(self, kind):
+        with self.lock:
+            self.ok[kind] += 1
+
+    def bad(self, kind, what):
+        with self.lock:
+            self.errors[kind] += 1
+            self.examples.setdefault(kind, what)
+
+
+def read_sse(resp, hang_up_after=None):
+    """The text of an OpenAI chat stream; None if hung up on purpose. Raises on a bad stream."""
+    buf, text, events = b"", [], 0
+    while True:
+        chunk = resp.read1(65536)
+        if not chunk:
+            raise RuntimeError(f"stream ended without [DONE] after {events} events")
+        buf += chunk
+        while b"\n\n" in buf:
+            ev, buf = buf.split(b"\n\n", 1)
+            data = b"\n".join(l[5:].lstrip() for l in ev.split(b"\n") if l.startswith(b"data:"))
+            if not data:
+                continue
+            if data == b"[DONE]":
+                return "".join(text)
+            j = json.loads(data)
+            if "error" in j:
+                raise RuntimeError(f"error event: {j['error']}")
+            if j.get("choices"):
+                text.append(j["choices"][0]["delta"].get("content") or "")
+            events += 1
+            if hang_up_after and events >= hang_up_after:
+                return None
+
+
+def chat(host, port, messages, max_tokens, temperature, stream, timeout, hang_up_after=None):
+    body = {"messages": messages, "max_tokens": max_tokens, "temperature": temperature, "stream": stream}
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        if resp.status != 200:
+            raise RuntimeError(f"HTTP {resp.status} {resp.read()[:200]!r}")
+        if stream:
+            return read_sse(resp, hang_up_after)
+        return json.loads(resp.read())["choices"][0]["message"]["content"]
+    finally:
+        conn.close()
+
+
+def raw_exchange(host, port, data, timeout, trickle_then_wait=False):
+    """Send bytes, read until the server closes. Returns (status or None, body bytes, seconds)."""
+    t0 = time.monotonic()
+    s = socket.create_connection((host, port), timeout=timeout)
+    raw = b""
+    try:
+        try:
+            s.sendall(data)
+        except OSError:
+            pass  # the server may answer and close before all of a huge request is sent
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except (ConnectionResetError, BrokenPipeError):
+                break
+            if not chunk:
+                break
+            raw += chunk
+    finally:
+        s.close()
+    secs = time.monotonic() - t0
+    if not raw.startswith(b"HTTP/1."):
+        return None, raw, secs
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body, secs
+
+
+def request_bytes(method, path, headers, body=b""):
+    lines = [f"{method} {path} HTTP/1.1", "Connection: close", f"Content-Length: {len(body)}", *headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+CLOSED = "closed"
+
+
+def malformed(kind, host, port, rng, header_timeout):
+    """One malformed request. Returns None if the answer is the expected one, CLOSED if the
+    server closed the connection without an answer where that is acceptable (it stopped reading
+    a request too large to read; the kernel may then reset the connection before the client has
+    read the answer), else what the answer was."""
+    own = f"Host: {host}:{port}"
+    chat_body = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}).encode()
+    t = 30
+    if kind == "bad_json":
+        st, body, _ = raw_exchange(host, port, request_bytes("POST", "/v1/chat/completions", [own, "Content-Type: application/json"], b'{"messages": [{"role": "user", "content": "hi"}'), t)
+        return None if st == 400 and b"invalid_json" in body else f"{st} {body[:120]!r}"
+    if kind == "wrong_host":
+        st, body, _ = raw_exchange(host, port, request_bytes("POST", "/v1/chat/completions", ["Host: rebind.example:8080", "Content-Type: application/json"], chat_body), t)
+        return None if st == 403 and b"Host" in body else f"{st} {body[:120]!r}"
+    if kind == "cross_origin":
+        st, body, _ = raw_exchange(host, port, request_bytes("POST", "/v1/chat/completions", [own, "Origin: http://evil.example", "Content-Type: text/plain"], chat_body), t)
+        return None if st == 403 and b"cross-origin" in body else f"{st} {body[:120]!r}"
+    if kind == "huge_headers":
+        big = "X-Big: " + "a" * (1 << 20)
+        st, body, _ = raw_exchange(host, port, request_bytes("GET", "/health", [own, big]), t)
+        return None if st == 431 else CLOSED if st is None else f"{st} {body[:120]!r}"
+    if kind == "slow_headers":
+        # Part of a header, then silence: the server must close it after its header timeout.
+        st, body, secs = raw_exchange(host, port, f"GET /health HTTP/1.1\r\n{own}\r\nX-Slow: ".encode(), header_timeout + 20)
+        if st not in (None, 408) or secs > header_timeout + 10:
+            return f"{st} after {secs:.1f} s {body[:80]!r}"
+        return None if secs >= header_timeout - 1 else f"closed after {secs:.1f} s, before the header timeout"
+    if kind == "garbage":
+        junk = bytes(rng.randrange(256) for _ in range(rng.randint(1, 4096))) + b"\r\n\r\n"
+        st, body, _ = raw_exchange(host, port, junk, t)
+        return None if st == 400 else CLOSED if st is None else f"{st} {body[:120]!r}"
+    if kind == "too_large":
+        st, body, _ = raw_exchange(host, port, request_bytes("POST", "/v1/chat/completions", [own, "Content-Type: application/json"], b" " * (5 << 20)), t)
+        return None if st == 413 else CLOSED if st is None else f"{st} {body[:120]!r}"
+    raise ValueError(kind)
+
+
+MALFORMED = ["bad_json", "wrong_host", "cross_origin", "huge_headers", "slow_headers", "garbage", "too_large"]
+
+
+def client(i, host, port, deadline, seed, refs, answers, tally, header_timeout):
+    rng = random.Random(seed * 1000 + i)
+    topics = ["the sea", "a robot", "Rust", "coffee", "mountains", "a lost key"]
+    while time.monotonic() < deadline:
+        roll = rng.random()
+        try:
+            if roll < 0.35:
+                name, messages = rng.choice(refs)
+                stream = rng.random() < 0.5
+                got = chat(host, port, messages, MAX_TOKENS, 0, stream, 300)
+                if got == answers[name]:
+                    tally.good("temp0_" + ("stream" if stream else "json"))
+                else:
+                    with tally.lock:
+                        tally.mismatches.append((name, stream, answers[name], got))
+            elif roll < 0.60:
+                msg = [{"role": "user", "content": f"Tell me about {rng.choice(topics)}. ({rng.random():.6f})"}]
+                chat(host, port, msg, rng.randint(8, 48), 0.8, True, 300)
+                tally.good("stream")
+            elif roll < 0.78:
+                msg = [{"role": "user", "content": f"Write a story about {rng.choice(topics)}."}]
+                chat(host, port, msg, 200, 0.8, True, 300, hang_up_after=rng.randint(1, 6))
+                tally.good("hang_up")
+            else:
+                kind = rng.choice(MALFORMED)
+                what = malformed(kind, host, port, rng, header_timeout)
+                if what is None:
+                    tally.good(kind)
+                elif what == CLOSED:
+                    tally.good(kind + "_closed_unanswered")
+                else:
+                    tally.bad(kind, what)
+        except Exception as e:  # noqa: BLE001 - any failure is an unexpected outcome
+            tally.bad(type(e).__name__, f"{type(e).__name__}: {e}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--url")
+    ap.add_argument("--pid", type=int)
+    ap.add_argument("--llamafile", help="start this binary as the server")
+    ap.add_argument("--model", help="with --llamafile: the model to serve")
+    ap.add_argument("--parallel", type=int, default=4, help="with --llamafile: slots (default 4)")
+    ap.add_argument("--ctx", type=int, default=1024, help="with --llamafile: context per slot (default 1024)")
+    ap.add_argument("--threads", type=int, default=1, help="with --llamafile: threads per generation (default 1)")
+    ap.add_argument("--header-timeout", type=int, default=5, help="the server's --header-timeout (default 5)")
+    ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--seconds", type=float, default=600)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--json", action="store_true", help="print the summary as one JSON line too")
+    args = ap.parse_args()
+
+    proc = None
+    if args.llamafile:
+        if not args.model:
+            ap.error("--llamafile needs --model")
+        proc, args.url = start_server(args.llamafile, args.model, [
+            "--parallel", str(args.parallel), "-c", str(args.ctx), "-t", str(args.threads),
+            "--header-timeout", str(args.header_timeout)])
+        args.pid = proc.pid
+    if not args.url:
+        ap.error("give --url (and --pid) or --llamafile and --model")
+    u = urllib.parse.urlparse(args.url)
+    host, port = u.hostname, u.port or 80
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        sys.exit("the soak runs on loopback only")
+
+    tally = Tally()
+    rss = []  # (seconds since start, KiB)
+    try:
+        # Sequential references, one request at a time on an idle server.
+        refs = reference_requests()
+        answers = {name: chat(host, port, m, MAX_TOKENS, 0, False, 300) for name, m in refs}
+        refs += follow_ups(refs, answers)
+        for name, m in refs[len(PROMPTS):]:
+            answers[name] = chat(host, port, m, MAX_TOKENS, 0, False, 300)
+
+        deadline = time.monotonic() + args.seconds
+        threads = [threading.Thread(target=client, args=(i, host, port, deadline, args.seed, refs, answers, tally, args.header_timeout))
+                   for i in range(args.clients)]
+        t0 = time.monotonic()
+        for t in threads:
+            t.start()
+        while any(t.is_alive() for t in threads):
+            if args.pid:
+                kib = rss_kib(args.pid)
+                if kib:
+                    rss.append((time.monotonic() - t0, kib))
+            time.sleep(5)
+        elapsed = time.monotonic() - t0
+        # The same references again, sequentially, after the load.
+        after = {name: chat(host, port, m, MAX_TOKENS, 0, False, 300) for name, m in refs}
+        for name in after:
+            if after[name] != answers[name]:
+                tally.mismatches.append((name + " (after)", False, answers[name], after[name]))
+        health = get_json(host, port, "/health")
+        alive = proc.poll() is None if proc else True
+    finally:
+        if proc:
+            stop_server(proc)
+
+    requests = sum(tally.ok.values()) + sum(tally.errors.values()) + len(tally.mismatches)
+    mib = lambda k: round(k / 1024, 1)  # noqa: E731
+    summary = {
+        "clients": args.clients, "seconds": round(elapsed, 1), "requests": requests,
+        "expected": dict(sorted(tally.ok.items())), "unexpected": dict(sorted(tally.errors.items())),
+        "mismatches": len(tally.mismatches),
+        "rss_first_mib": mib(rss[0][1]) if rss else None, "rss_last_mib": mib(rss[-1][1]) if rss else None,
+        "rss_max_mib": mib(max(k for _, k in rss)) if rss else None,
+        "idle_after": health["slots_processing"] == 0 and health["queued"] == 0, "server_alive": alive,
+    }
+    print(f"{args.clients} clients for {summary['seconds']} s against {args.url}: {requests} requests")
+    print("expected answers by kind: " + ", ".join(f"{k} {v}" for k, v in summary["expected"].items()))
+    print("unexpected answers by kind: " + (", ".join(f"{k} {v}" for k, v in summary["unexpected"].items()) or "none"))
+    for kind, what in tally.examples.items():
+        print(f"  first unexpected {kind}: {what}")
+    print(f"temperature-0 answers different from the sequential ones: {len(tally.mismatches)}")
+    for name, stream, want, got in tally.mismatches[:5]:
+        print(f"  {name} ({'stream' if stream else 'json'}): expected {want!r}, got {got!r}")
+    if rss:
+        print(f"server RSS: first {summary['rss_first_mib']} MiB, last {summary['rss_last_mib']} MiB, max {summary['rss_max_mib']} MiB")
+        every = max(1, len(rss) // 10)
+        print("RSS over time (s: MiB): " + " ".join(f"{s:.0f}:{mib(k)}" for s, k in rss[::every]))
+    print(f"afterwards: slots idle and queue empty: {summary['idle_after']}, server alive: {alive}")
+    if args.json:
+        print(json.dumps(summary))
+    sys.exit(0 if not tally.errors and not tally.mismatches and alive and summary["idle_after"] else 1)
+
+
+if __name__ == "__main__":
+    main()
