@@ -25,10 +25,9 @@ import socket
 import sys
 import threading
 import time
-import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from server_load import get_json, rss_kib, start_server, stop_server  # noqa: E402
+from server_load import add_server_options, get_json, rss_kib, server_from_options, sse_data, stop_server  # noqa: E402
 
 # Temperature-0 requests: (messages, max_tokens). Some share a conversation prefix with
 # another, so that slots reuse each other's cached prompts while others generate.
@@ -80,27 +79,19 @@ class Tally:
 
 def read_sse(resp, hang_up_after=None):
     """The text of an OpenAI chat stream; None if hung up on purpose. Raises on a bad stream."""
-    buf, text, events = b"", [], 0
-    while True:
-        chunk = resp.read1(65536)
-        if not chunk:
-            raise RuntimeError(f"stream ended without [DONE] after {events} events")
-        buf += chunk
-        while b"\n\n" in buf:
-            ev, buf = buf.split(b"\n\n", 1)
-            data = b"\n".join(l[5:].lstrip() for l in ev.split(b"\n") if l.startswith(b"data:"))
-            if not data:
-                continue
-            if data == b"[DONE]":
-                return "".join(text)
-            j = json.loads(data)
-            if "error" in j:
-                raise RuntimeError(f"error event: {j['error']}")
-            if j.get("choices"):
-                text.append(j["choices"][0]["delta"].get("content") or "")
-            events += 1
-            if hang_up_after and events >= hang_up_after:
-                return None
+    text, events = [], 0
+    for data in sse_data(resp):
+        if data == b"[DONE]":
+            return "".join(text)
+        j = json.loads(data)
+        if "error" in j:
+            raise RuntimeError(f"error event: {j['error']}")
+        if j.get("choices"):
+            text.append(j["choices"][0]["delta"].get("content") or "")
+        events += 1
+        if hang_up_after and events >= hang_up_after:
+            return None
+    raise RuntimeError(f"stream ended without [DONE] after {events} events")
 
 
 def chat(host, port, messages, max_tokens, temperature, stream, timeout, hang_up_after=None):
@@ -231,32 +222,11 @@ def client(i, host, port, deadline, seed, refs, answers, tally, header_timeout):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--url")
-    ap.add_argument("--pid", type=int)
-    ap.add_argument("--llamafile", help="start this binary as the server")
-    ap.add_argument("--model", help="with --llamafile: the model to serve")
-    ap.add_argument("--parallel", type=int, default=4, help="with --llamafile: slots (default 4)")
-    ap.add_argument("--ctx", type=int, default=1024, help="with --llamafile: context per slot (default 1024)")
+    add_server_options(ap, ctx=1024, seconds=600)
     ap.add_argument("--threads", type=int, default=1, help="with --llamafile: threads per generation (default 1)")
     ap.add_argument("--header-timeout", type=int, default=5, help="the server's --header-timeout (default 5)")
-    ap.add_argument("--clients", type=int, default=16)
-    ap.add_argument("--seconds", type=float, default=600)
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--json", action="store_true", help="print the summary as one JSON line too")
     args = ap.parse_args()
-
-    proc = None
-    if args.llamafile:
-        if not args.model:
-            ap.error("--llamafile needs --model")
-        proc, args.url = start_server(args.llamafile, args.model, [
-            "--parallel", str(args.parallel), "-c", str(args.ctx), "-t", str(args.threads),
-            "--header-timeout", str(args.header_timeout)])
-        args.pid = proc.pid
-    if not args.url:
-        ap.error("give --url (and --pid) or --llamafile and --model")
-    u = urllib.parse.urlparse(args.url)
-    host, port = u.hostname, u.port or 80
+    proc, (host, port) = server_from_options(ap, args, ["-t", str(args.threads), "--header-timeout", str(args.header_timeout)])
     if host not in ("127.0.0.1", "localhost", "::1"):
         sys.exit("the soak runs on loopback only")
 

@@ -5,7 +5,8 @@
 //! the server as if same-origin) and through "simple" cross-origin requests a browser sends
 //! without asking first (a `text/plain` POST). So:
 //! - bound to loopback, the `Host` must name loopback (`localhost`, `*.localhost`, 127.0.0.0/8,
-//!   `[::1]`, any port): a rebinding page's requests carry its own name. Bound to another address
+//!   `[::1]`, any port): a rebinding page's requests carry its own name. A request without `Host`
+//!   (HTTP/1.0 tools) is answered, since browsers always send one. Bound to another address
 //!   (`--host 0.0.0.0`, a LAN address) the server answers whatever name reaches it;
 //! - a request with an `Origin` (browsers send one on every cross-origin request and on
 //!   same-origin POSTs) is refused unless that origin is the server's own (the `Host` it was

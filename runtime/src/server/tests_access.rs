@@ -37,6 +37,8 @@ fn loopback_server_answers_only_loopback_host_names() {
             let r = request(s.addr, "GET", "/health", &[&format!("Host: {host}")], "").await;
             assert_eq!(r.status, 200, "Host: {host}: {}", r.body);
         }
+        // No Host at all: not a browser (browsers always send one).
+        assert_eq!(request(s.addr, "GET", "/health", &[], "").await.status, 200);
         // A DNS-rebinding page's requests carry its own name.
         for host in ["evil.example", &format!("evil.example:{port}"), "localhost.evil.example", "192.168.1.10", "localhost:x"] {
             let r = request(s.addr, "GET", "/v1/models", &[&format!("Host: {host}")], "").await;
