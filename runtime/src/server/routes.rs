@@ -1,7 +1,7 @@
 //! The HTTP routes: the chat page, OpenAI's API, llama.cpp's, and the status endpoints.
 
 use super::error::{ApiError, ApiJson, BODY_LIMIT};
-use super::generation::{self, finish_reason, stop_type, timings, usage, GenEvent};
+use super::generation::{self, finish_reason, stop_type, timings, usage, GenEvent, PromptCache};
 use super::model::chat_prompt;
 use super::types::*;
 use super::{assets, AppState};
@@ -270,7 +270,7 @@ async fn chat_completions(State(st): St, ApiJson(req): ApiJson<ChatRequest>) -> 
         .await?
         .map_err(|e| ApiError::invalid_field("messages", format!("the chat template could not render these messages: {e:#}")))?;
     let gen = generate_request(&st, prompt, "messages", max_tokens, sampling)?;
-    let rx = generation::start(&st, gen);
+    let rx = generation::start(&st, gen, PromptCache::from_request(req.cache_prompt));
     let id = format!("chatcmpl-{:016x}", random_u64());
     let created = unix_time();
     note_requested_model(&st, req.model.as_deref());
@@ -370,7 +370,7 @@ async fn completions(State(st): St, ApiJson(req): ApiJson<CompletionRequest>) ->
         String::new()
     };
     let gen = generate_request(&st, prompt, "prompt", max_tokens, sampling)?;
-    let rx = generation::start(&st, gen);
+    let rx = generation::start(&st, gen, PromptCache::from_request(req.cache_prompt));
     let id = format!("cmpl-{:016x}", random_u64());
     let created = unix_time();
     note_requested_model(&st, req.model.as_deref());
@@ -433,7 +433,7 @@ async fn llama_completion(State(st): St, ApiJson(req): ApiJson<LlamaCompletionRe
     };
     let (prompt, _) = completion_prompt(&st, req.prompt).await?;
     let gen = generate_request(&st, prompt, "prompt", max_tokens, sampling)?;
-    let rx = generation::start(&st, gen);
+    let rx = generation::start(&st, gen, PromptCache::from_request(req.cache_prompt));
     note_requested_model(&st, req.model.as_deref());
     let model_name = st.model_id.clone();
     let final_fields = move |content: String, s: &crate::engine::GenerationStats| {

@@ -484,3 +484,31 @@ fn shutdown_cancels_running_and_queued_generations() {
         assert_error(&q, 503, "shutting down");
     });
 }
+
+#[test]
+fn cache_prompt_false_evaluates_the_whole_prompt() {
+    rt().block_on(async {
+        let s = server_with(256, 1).await;
+        let body = json!({ "messages": user("Hello there"), "max_tokens": 2 });
+        let first = post(s.addr, "/v1/chat/completions", body.clone()).await.json();
+        assert_eq!(first["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+        let again = post(s.addr, "/v1/chat/completions", body.clone()).await.json();
+        assert!(again["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap() > 0, "{again}");
+        let mut fresh = body.clone();
+        fresh["cache_prompt"] = json!(false);
+        let r = post(s.addr, "/v1/chat/completions", fresh).await.json();
+        assert_eq!(r["usage"]["prompt_tokens_details"]["cached_tokens"], 0, "{r}");
+        assert!(!r["choices"][0]["message"]["content"].as_str().unwrap_or_default().is_empty(), "{r}");
+        for path in ["/v1/completions", "/completion"] {
+            let b = json!({ "prompt": "Hello there", "max_tokens": 2, "n_predict": 2 });
+            post(s.addr, path, b.clone()).await;
+            let mut f = b.clone();
+            f["cache_prompt"] = json!(false);
+            let r = post(s.addr, path, f).await.json();
+            assert_eq!(r["timings"]["cache_n"], 0, "{path}: {r}");
+            assert!(post(s.addr, path, b).await.json()["timings"]["cache_n"].as_u64().unwrap() > 0, "{path}: reused by default");
+        }
+        let r = post(s.addr, "/v1/chat/completions", json!({ "messages": user("x"), "cache_prompt": "no" })).await;
+        assert_eq!(assert_error(&r, 400, "cache_prompt")["error"]["param"], "cache_prompt");
+    });
+}

@@ -72,6 +72,8 @@ pub struct ChatRequest {
     /// The model to answer: this server's one model answers whatever is named (see
     /// `routes::note_requested_model`); a non-string is refused like any mistyped field.
     pub model: Option<String>,
+    /// llama.cpp's: `false` evaluates the whole prompt instead of reusing the slot's cache.
+    pub cache_prompt: Option<bool>,
     pub max_tokens: Option<i64>,
     pub max_completion_tokens: Option<i64>,
     pub stream: Option<bool>,
@@ -160,6 +162,8 @@ pub struct CompletionRequest {
     /// The model to answer: this server's one model answers whatever is named (see
     /// `routes::note_requested_model`); a non-string is refused like any mistyped field.
     pub model: Option<String>,
+    /// llama.cpp's: `false` evaluates the whole prompt instead of reusing the slot's cache.
+    pub cache_prompt: Option<bool>,
     pub max_tokens: Option<i64>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
@@ -186,7 +190,7 @@ pub struct LlamaCompletionRequest {
     /// -1 = until an end token or the context is full.
     pub n_predict: Option<i64>,
     pub stream: Option<bool>,
-    /// Always on here; accepted for compatibility.
+    /// `false` evaluates the whole prompt instead of reusing the slot's cache.
     pub cache_prompt: Option<bool>,
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
