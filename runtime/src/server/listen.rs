@@ -75,6 +75,7 @@ pub fn raise_fd_limit() -> Option<u64> {
                 }
             }
         }
+        #[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux, not everywhere
         Some(lim.rlim_cur as u64)
     }
     #[cfg(not(unix))]

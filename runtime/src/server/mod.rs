@@ -160,7 +160,6 @@ pub fn run(args: &crate::cli::Args) -> anyhow::Result<i32> {
 fn model_id(path: &Path) -> String {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let name = name.rsplit_once('@').map_or(name.as_str(), |(_, entry)| entry);
-    let name = name.rsplit('/').next().unwrap_or(name);
     let stem = Path::new(name).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     if stem.is_empty() {
         "model".to_string()
