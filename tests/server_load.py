@@ -13,7 +13,6 @@ Exit status 1 if any request failed or the server died.
 import argparse
 import http.client
 import json
-import os
 import random
 import re
 import subprocess
@@ -58,6 +57,21 @@ class Stats:
                 self.errors.append(what)
 
 
+def sse_data(resp):
+    """The `data:` payloads of a server-sent-event response, as bytes, as they arrive."""
+    buf = b""
+    while True:
+        chunk = resp.read1(65536)
+        if not chunk:
+            return
+        buf += chunk
+        while b"\n\n" in buf:
+            ev, buf = buf.split(b"\n\n", 1)
+            data = b"\n".join(l[5:].lstrip() for l in ev.split(b"\n") if l.startswith(b"data:"))
+            if data:
+                yield data
+
+
 def one_request(host, port, rng, stats, timeout):
     max_tokens = rng.randint(8, 64)
     hang_up_after = rng.randint(1, 4) if rng.random() < 0.25 else None
@@ -75,35 +89,76 @@ def one_request(host, port, rng, stats, timeout):
         if resp.status != 200:
             stats.add("error", 0, f"{what}: HTTP {resp.status} {resp.read()[:200]!r}")
             return
-        buf, events, tokens = b"", 0, 0
-        while True:
-            chunk = resp.read1(65536)
-            if not chunk:
-                stats.add("error", 0, f"{what}: stream ended without [DONE] after {events} events")
+        events, tokens = 0, 0
+        for data in sse_data(resp):
+            if data == b"[DONE]":
+                stats.add("done", time.monotonic() - t0, what, tokens)
                 return
-            buf += chunk
-            while b"\n\n" in buf:
-                ev, buf = buf.split(b"\n\n", 1)
-                data = b"\n".join(l[5:].lstrip() for l in ev.split(b"\n") if l.startswith(b"data:"))
-                if not data:
-                    continue
-                if data == b"[DONE]":
-                    stats.add("done", time.monotonic() - t0, what, tokens)
-                    return
-                j = json.loads(data)
-                if "error" in j:
-                    stats.add("error", 0, f"{what}: {j['error']}")
-                    return
-                if j.get("choices") and j["choices"][0]["delta"].get("content"):
-                    tokens += 1
-                events += 1
-                if hang_up_after and events >= hang_up_after:
-                    stats.add("hung_up", time.monotonic() - t0, what)
-                    return  # the finally closes the socket mid-stream
+            j = json.loads(data)
+            if "error" in j:
+                stats.add("error", 0, f"{what}: {j['error']}")
+                return
+            if j.get("choices") and j["choices"][0]["delta"].get("content"):
+                tokens += 1
+            events += 1
+            if hang_up_after and events >= hang_up_after:
+                stats.add("hung_up", time.monotonic() - t0, what)
+                return  # the finally closes the socket mid-stream
+        stats.add("error", 0, f"{what}: stream ended without [DONE] after {events} events")
     except Exception as e:  # noqa: BLE001 - any failure is a failed request
         stats.add("error", 0, f"{what}: {type(e).__name__}: {e}")
     finally:
         conn.close()
+
+
+def start_server(binary, model, extra_args):
+    """Start `binary` as a server on a free loopback port; returns (process, url) once it serves."""
+    proc = subprocess.Popen(
+        [binary, "-m", model, "--server", "--nobrowser", "--port", "0", "--log-disable", *extra_args],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    line = proc.stdout.readline()
+    m = re.search(r"at (http://\S+)", line)
+    if not m:
+        proc.kill()
+        sys.exit(f"the server did not start: {line!r}")
+    return proc, m.group(1)
+
+
+def add_server_options(ap, ctx, seconds):
+    """The options server_load.py and server_soak.py share: which server, and the clients."""
+    ap.add_argument("--url")
+    ap.add_argument("--pid", type=int)
+    ap.add_argument("--llamafile", help="start this binary as the server")
+    ap.add_argument("--model", help="with --llamafile: the model to serve")
+    ap.add_argument("--parallel", type=int, default=4, help="with --llamafile: slots (default 4)")
+    ap.add_argument("--ctx", type=int, default=ctx, help=f"with --llamafile: context per slot (default {ctx})")
+    ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--seconds", type=float, default=seconds)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--json", action="store_true", help="print the summary as one JSON line too")
+
+
+def server_from_options(ap, args, extra_args=()):
+    """Start the server the options name (setting args.url and args.pid); returns its process or
+    None for a running one, and its (host, port)."""
+    proc = None
+    if args.llamafile:
+        if not args.model:
+            ap.error("--llamafile needs --model")
+        proc, args.url = start_server(args.llamafile, args.model, ["--parallel", str(args.parallel), "-c", str(args.ctx), *extra_args])
+        args.pid = proc.pid
+    if not args.url:
+        ap.error("give --url (and --pid) or --llamafile and --model")
+    u = urllib.parse.urlparse(args.url)
+    return proc, (u.hostname, u.port or 80)
+
+
+def stop_server(proc):
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def get_json(host, port, path):
@@ -117,37 +172,9 @@ def get_json(host, port, path):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--url")
-    ap.add_argument("--pid", type=int)
-    ap.add_argument("--llamafile", help="start this binary as the server")
-    ap.add_argument("--model", help="with --llamafile: the model to serve")
-    ap.add_argument("--parallel", type=int, default=4, help="with --llamafile: slots (default 4)")
-    ap.add_argument("--ctx", type=int, default=512, help="with --llamafile: context per slot (default 512)")
-    ap.add_argument("--clients", type=int, default=16)
-    ap.add_argument("--seconds", type=float, default=60)
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--json", action="store_true", help="print the summary as one JSON line too")
+    add_server_options(ap, ctx=512, seconds=60)
     args = ap.parse_args()
-
-    proc = None
-    if args.llamafile:
-        if not args.model:
-            ap.error("--llamafile needs --model")
-        proc = subprocess.Popen(
-            [args.llamafile, "-m", args.model, "--server", "--nobrowser", "--port", "0", "--log-disable",
-             "--parallel", str(args.parallel), "-c", str(args.ctx)],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        line = proc.stdout.readline()
-        m = re.search(r"at (http://\S+)", line)
-        if not m:
-            proc.kill()
-            sys.exit(f"the server did not start: {line!r}")
-        args.url, args.pid = m.group(1), proc.pid
-    if not args.url:
-        ap.error("give --url (and --pid) or --llamafile and --model")
-
-    u = urllib.parse.urlparse(args.url)
-    host, port = u.hostname, u.port or 80
+    proc, (host, port) = server_from_options(ap, args)
     try:
         health = get_json(host, port, "/health")
         slots = health["slots_idle"] + health["slots_processing"]
@@ -185,11 +212,7 @@ def main():
         alive = proc.poll() is None if proc else True
     finally:
         if proc:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_server(proc)
 
     lat = sorted(stats.latencies)
     pct = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] if lat else 0.0  # noqa: E731

@@ -19,6 +19,14 @@ impl Resp {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
     /// The `data:` payloads of an SSE body, in order.
+    /// The value of header `name` (case-insensitive), if present.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.lines().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    }
+    /// The `data:` payloads of an SSE body, in order.
     pub fn events(&self) -> Vec<String> {
         self.body.split("\n\n").filter_map(|ev| ev.lines().find_map(|l| l.strip_prefix("data: ")).map(str::to_string)).collect()
     }
@@ -63,11 +71,17 @@ pub fn dechunk(raw: &str) -> String {
 /// Send one request to `addr` (`HOST:PORT`) and read the whole response (60 s at most between
 /// reads).
 pub fn send(addr: &str, method: &str, path: &str, body: &[u8]) -> Resp {
+    send_raw(addr, &request_bytes(method, path, body))
+}
+
+/// Send `request` exactly as given (malformed, with other headers) and read the response until
+/// the server closes.
+pub fn send_raw(addr: &str, request: &[u8]) -> Resp {
     let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     // The server may answer (413) and close before reading a large body: a failed write is fine
     // as long as the answer can be read.
-    let _ = s.write_all(&request_bytes(method, path, body));
+    let _ = s.write_all(request);
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw);
     let raw = String::from_utf8_lossy(&raw).into_owned();

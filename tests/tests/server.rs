@@ -207,6 +207,88 @@ fn server_takes_the_next_port_and_warns_off_loopback() {
     assert!(s.stderr().contains("warning: listening on 0.0.0.0"), "{}", s.stderr());
     assert!(s.url.starts_with("http://127.0.0.1:"), "the printed URL is one a local browser can open: {}", s.url);
     assert_eq!(s.get("/health").status, 200);
+    // Not on loopback: whatever name reaches it is answered (other machines use theirs).
+    let r = send_raw(&s.addr, b"GET /health HTTP/1.1\r\nHost: box.lan:8080\r\nConnection: close\r\n\r\n");
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+/// `METHOD PATH` with these header lines and body, on a connection that closes after it.
+fn raw_request(method: &str, path: &str, headers: &[&str], body: &str) -> Vec<u8> {
+    let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for h in headers {
+        req.push_str(&format!("{h}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    req.into_bytes()
+}
+
+#[test]
+fn server_model_id_is_the_file_stem_or_the_alias() {
+    let Some(m) = tiny_model() else { return };
+    let stem = m.file_stem().unwrap().to_str().unwrap().to_string();
+    let s = Server::start(&m, &["--server"]);
+    assert_eq!(s.name, stem, "the URL line names the model id");
+    assert_eq!(s.get("/v1/models").json()["data"][0]["id"].as_str(), Some(stem.as_str()));
+    drop(s);
+
+    let s = Server::start(&m, &["--server", "--alias", "my-model"]);
+    assert_eq!(s.name, "my-model");
+    assert_eq!(s.get("/v1/models").json()["data"][0]["id"], "my-model");
+    let body = json!({ "model": "gpt-4o-mini", "messages": user("Hi"), "max_tokens": 2 });
+    let r = s.post("/v1/chat/completions", &body).json();
+    assert_eq!(r["model"], "my-model", "{r}");
+    assert!(s.stderr().contains("asked for model 'gpt-4o-mini'"), "{}", s.stderr());
+}
+
+#[test]
+fn server_refuses_other_hosts_and_origins() {
+    let Some(m) = tiny_model() else { return };
+    let s = Server::start(&m, &["--server", "--cors-origin", "http://app.example:3000"]);
+    let own = format!("Host: {}", s.addr);
+    let chat = json!({ "messages": user("Hi"), "max_tokens": 2 }).to_string();
+    // DNS rebinding: the page's own name reaches the loopback server.
+    send_raw(&s.addr, &raw_request("POST", "/v1/chat/completions", &["Host: rebind.example:8080"], &chat)).assert_error(403, "Host");
+    // A cross-origin "simple" request (no preflight): text/plain POST.
+    let r = send_raw(&s.addr, &raw_request("POST", "/v1/chat/completions", &[&own, "Origin: http://evil.example", "Content-Type: text/plain"], &chat));
+    r.assert_error(403, "cross-origin");
+    // The page the server serves posts with its own origin.
+    let r = send_raw(&s.addr, &raw_request("POST", "/v1/chat/completions", &[&own, &format!("Origin: http://{}", s.addr)], &chat));
+    assert_eq!(r.status, 200, "{}", r.body);
+    // An origin allowed by --cors-origin: the preflight, then the request.
+    let pre = send_raw(
+        &s.addr,
+        &raw_request("OPTIONS", "/v1/chat/completions", &[&own, "Origin: http://app.example:3000", "Access-Control-Request-Method: POST", "Access-Control-Request-Headers: content-type"], ""),
+    );
+    assert_eq!(pre.status, 204, "{}", pre.headers);
+    let h = pre.headers.to_ascii_lowercase();
+    assert!(h.contains("access-control-allow-origin: http://app.example:3000") && h.contains("access-control-allow-headers: content-type"), "{h}");
+    let r = send_raw(&s.addr, &raw_request("POST", "/v1/chat/completions", &[&own, "Origin: http://app.example:3000", "Content-Type: application/json"], &chat));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.headers.to_ascii_lowercase().contains("access-control-allow-origin: http://app.example:3000"), "{}", r.headers);
+}
+
+#[test]
+fn server_closes_idle_connections_and_caps_them() {
+    use std::io::Read;
+    let Some(m) = tiny_model() else { return };
+    let s = Server::start(&m, &["--server", "--header-timeout", "1", "--max-connections", "2"]);
+    let t0 = Instant::now();
+    let mut idle = std::net::TcpStream::connect(&s.addr).unwrap();
+    let _held = std::net::TcpStream::connect(&s.addr).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    // Both slots taken by silent sockets: the next client is told so.
+    s.get("/health").assert_error(503, "maximum of 2 connections");
+    // A silent socket is closed after the header timeout, which makes room again.
+    idle.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = Vec::new();
+    let _ = idle.read_to_end(&mut buf);
+    assert!(t0.elapsed() < Duration::from_secs(5), "closed after {:?}", t0.elapsed());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(s.get("/health").status, 200);
+    // --max-connections 0 is refused on the command line.
+    let out = std::process::Command::new(e2e::bin("llamafile")).args(["--server", "--max-connections", "0"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]

@@ -230,6 +230,22 @@ pub struct Args {
     /// How many conversations are served at once.
     #[arg(long = "parallel", default_value_t = 2, value_parser = positive, allow_negative_numbers = true, help_heading = "Server")]
     pub parallel: usize,
+
+    // Server
+    /// Server: the model's name in the API (/v1/models, each response's "model"; default: the model file's name without extension).
+    #[arg(long = "alias", short = 'a', value_name = "NAME")]
+    pub alias: Option<String>,
+    /// Server: let web pages from ORIGIN (e.g. http://localhost:3000; * for any) use the API. Repeatable.
+    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    pub cors_origin: Vec<String>,
+    /// Server: seconds a connection has to send a request's headers (and body) after it opens or after its previous response; idle connections close then.
+    #[arg(long = "header-timeout", value_name = "SECONDS", default_value_t = crate::server::listen::DEFAULT_HEADER_TIMEOUT_S,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_timeout: u64,
+    /// Server: most connections served at once; more are answered 503 (lowered to fit the open-file limit).
+    #[arg(long = "max-connections", value_name = "N", default_value_t = crate::server::listen::DEFAULT_MAX_CONNECTIONS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: u64,
 }
 
 /// A number as clap hands it over (the message is what follows "invalid value 'X' for '--flag'").

@@ -5,6 +5,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use super::listen::BodyDeadline;
 use serde::de::DeserializeOwned;
 
 /// Largest request body accepted (a full 128k-token context is well under 1 MiB of text).
@@ -44,6 +45,16 @@ impl ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "invalid_request_error",
                 format!("request body is over the limit of {} bytes", BODY_LIMIT),
+            )
+        }
+    }
+    pub fn body_timeout() -> ApiError {
+        ApiError {
+            code: Some("request_timeout"),
+            ..ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "invalid_request_error",
+                "the request body did not arrive in time (--header-timeout sets the limit)",
             )
         }
     }
@@ -133,7 +144,15 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|rej| {
+        // A body that trickles in would hold its connection forever: it has until the deadline
+        // the accept loop set (`listen::BodyDeadline`).
+        let deadline = req.extensions().get::<BodyDeadline>().map(|d| d.0);
+        let read = Bytes::from_request(req, state);
+        let read = match deadline {
+            Some(at) => tokio::time::timeout_at(at, read).await.map_err(|_| ApiError::body_timeout())?,
+            None => read.await,
+        };
+        let bytes = read.map_err(|rej| {
             if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::too_large()
             } else {

@@ -81,8 +81,30 @@ pub fn usage(s: &GenerationStats) -> serde_json::Value {
     })
 }
 
+/// Whether a generation may reuse what its slot has cached (llama.cpp's `cache_prompt`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PromptCache {
+    /// Only the part of the prompt the slot does not hold is evaluated (the default).
+    Reuse,
+    /// The whole prompt is evaluated. The engine's arithmetic varies slightly with the batch a
+    /// token is evaluated in, so at temperature 0 only this makes an answer independent of what
+    /// the slot held before (as llama.cpp documents for `cache_prompt`).
+    Fresh,
+}
+
+impl PromptCache {
+    /// From a request's `cache_prompt` (absent: reuse).
+    pub fn from_request(cache_prompt: Option<bool>) -> PromptCache {
+        if cache_prompt == Some(false) {
+            PromptCache::Fresh
+        } else {
+            PromptCache::Reuse
+        }
+    }
+}
+
 /// Queue the request and start it when a slot is free; the events come on the returned channel.
-pub fn start(state: &Arc<AppState>, req: GenerateRequest) -> mpsc::Receiver<GenEvent> {
+pub fn start(state: &Arc<AppState>, req: GenerateRequest, cache: PromptCache) -> mpsc::Receiver<GenEvent> {
     let (tx, rx) = mpsc::channel(CHANNEL);
     let state = state.clone();
     tokio::spawn(async move {
@@ -97,7 +119,7 @@ pub fn start(state: &Arc<AppState>, req: GenerateRequest) -> mpsc::Receiver<GenE
             return;
         };
         let st = state.clone();
-        let task = tokio::task::spawn_blocking(move || run_blocking(&st, lease, req, tx));
+        let task = tokio::task::spawn_blocking(move || run_blocking(&st, lease, req, cache, tx));
         if let Err(e) = task.await {
             // run_blocking catches the engine's panics itself; this would be a bug in it.
             eprintln!("server: generation task failed: {e}");
@@ -106,10 +128,14 @@ pub fn start(state: &Arc<AppState>, req: GenerateRequest) -> mpsc::Receiver<GenE
     rx
 }
 
-fn run_blocking(state: &AppState, mut lease: super::slots::SlotLease, req: GenerateRequest, tx: mpsc::Sender<GenEvent>) {
+fn run_blocking(state: &AppState, mut lease: super::slots::SlotLease, req: GenerateRequest, cache: PromptCache, tx: mpsc::Sender<GenEvent>) {
     let slot_id = lease.id();
     let result = {
         let slot = lease.slot();
+        if cache == PromptCache::Fresh {
+            slot.session.clear();
+            slot.cached.clear();
+        }
         let mut on_text = |text: &str| -> bool {
             if state.shutting_down.load(Ordering::Relaxed) {
                 return false;

@@ -7,13 +7,17 @@
 //! - `generation`: runs the engine on blocking threads; client gone = generation cancelled
 //! - `model`: the trait the server needs from the engine (a fake one in `testing` for unit tests)
 //! - `assets`: the chat page (one self-contained HTML document built from `assets/`)
+//! - `access`: the `Host`/`Origin` checks and CORS (no web page the user visits may drive it)
+//! - `listen`: the accept loop (header timeout, connection cap, graceful stop)
 //!
 //! Concurrency: up to `--parallel` requests generate at once, each in its own slot (its own KV
 //! cache); the others wait in arrival order.
 
+pub mod access;
 pub mod assets;
 pub mod error;
 pub mod generation;
+pub mod listen;
 pub mod model;
 pub mod routes;
 pub mod slots;
@@ -21,12 +25,17 @@ pub mod slots;
 pub mod testing;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_access;
+#[cfg(test)]
+mod tests_limits;
 pub mod types;
 
 use crate::engine::{Engine, LoadOptions, SamplingParams};
 use anyhow::Context;
 use model::Model;
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +45,13 @@ use tokio::sync::watch;
 /// What every handler shares.
 pub struct AppState {
     pub model: Arc<dyn Model>,
+    /// The model's name in the API (`/v1/models`, every response's `model`): `--alias`, else
+    /// the model file's name without its extension.
+    pub model_id: String,
+    /// Set once a request named another model (the note about it is printed once).
+    pub other_model_noted: AtomicBool,
+    /// Which hosts and origins may use the server.
+    pub access: access::Access,
     pub pool: Arc<slots::SlotPool>,
     /// Sampling when a request does not say (the command line's `--temp`, `--top-k`...).
     pub defaults: SamplingParams,
@@ -56,6 +72,9 @@ impl AppState {
     pub fn new(model: Arc<dyn Model>, parallel: usize, defaults: SamplingParams) -> Arc<AppState> {
         let pool = slots::SlotPool::new(&*model, parallel);
         Arc::new(AppState {
+            model_id: model.name().to_string(),
+            other_model_noted: AtomicBool::new(false),
+            access: access::Access::default(),
             model,
             pool,
             defaults,
@@ -89,11 +108,22 @@ pub fn run(args: &crate::cli::Args) -> anyhow::Result<i32> {
     if args.parallel == 0 {
         anyhow::bail!("--parallel must be at least 1");
     }
+    let model_id = match &args.alias {
+        Some(a) if a.trim().is_empty() => anyhow::bail!("--alias must not be empty"),
+        Some(a) => a.clone(),
+        None => model_id(&path),
+    };
+    let mut access = access::Access::new(true, &args.cors_origin)?;
     let engine = Engine::load(&opts).with_context(|| format!("cannot load the model from {}", path.display()))?;
     let model: Arc<dyn Model> = Arc::new(model::EngineModel(Arc::new(engine)));
     // The command line's sampling flags, checked as a request's fields are; without -s each
     // request draws its own seed.
     let defaults = args.sampling()?;
+    let (max_connections, note) = listen::fit_connections(usize::try_from(args.max_connections).unwrap_or(usize::MAX), listen::raise_fd_limit());
+    if let Some(note) = note {
+        eprintln!("note: {note}");
+    }
+    let limits = listen::Limits { header_timeout: Duration::from_secs(args.header_timeout), max_connections };
     let rt = tokio::runtime::Builder::new_multi_thread()
         // HTTP work is light; generation runs on the blocking pool, one thread per busy slot.
         .worker_threads(2)
@@ -101,16 +131,35 @@ pub fn run(args: &crate::cli::Args) -> anyhow::Result<i32> {
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async {
+        let listener = bind(&args.host, args.port).await?;
+        // Bound to loopback, only loopback names are answered; bound elsewhere, any name.
+        access.loopback_host_only = listener.local_addr().context("cannot read the listening address")?.ip().is_loopback();
         let mut state = AppState::new(model, args.parallel, defaults);
         {
             let st = Arc::get_mut(&mut state).expect("not shared yet");
             st.default_max_tokens = (args.n_predict > 0).then_some(args.n_predict as usize);
             st.system_prompt = args.system.clone();
             st.log = !args.log_disable;
+            st.model_id = model_id;
+            st.access = access;
         }
-        serve(state, &args.host, args.port, !args.nobrowser).await
+        serve(state, listener, limits, !args.nobrowser).await
     })?;
     Ok(0)
+}
+
+/// The model's default id, as llama.cpp's: the file name without its extension
+/// (`qwen2.5-coder-0.5b-instruct-q4_k_m` for `…/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf`); for
+/// `archive.zip@name.gguf`, the entry's.
+fn model_id(path: &Path) -> String {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = name.rsplit_once('@').map_or(name.as_str(), |(_, entry)| entry);
+    let stem = Path::new(name).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    if stem.is_empty() {
+        "model".to_string()
+    } else {
+        stem
+    }
 }
 
 /// Bind `host:port`, or the next free port above it (up to 100 tries) if it is taken.
@@ -204,8 +253,7 @@ async fn stop_signal() {
 
 /// Serve until Ctrl-C: print the URL, open the browser, then stop cleanly (generations are
 /// cancelled, streams end, connections close; after 5 s whatever is left is dropped).
-pub async fn serve(state: Arc<AppState>, host: &str, port: u16, browser: bool) -> anyhow::Result<()> {
-    let listener = bind(host, port).await?;
+pub async fn serve(state: Arc<AppState>, listener: TcpListener, limits: listen::Limits, browser: bool) -> anyhow::Result<()> {
     let addr = listener.local_addr().context("cannot read the listening address")?;
     let url = browse_url(addr);
     if !addr.ip().is_loopback() {
@@ -218,7 +266,7 @@ pub async fn serve(state: Arc<AppState>, host: &str, port: u16, browser: bool) -
         use std::io::Write;
         let mut out = std::io::stdout().lock();
         // Tests and scripts read this line to find the server.
-        let _ = writeln!(out, "llamafile: serving {} at {url}", state.model.name());
+        let _ = writeln!(out, "llamafile: serving {} at {url}", state.model_id);
         let _ = out.flush();
     }
     eprintln!(
@@ -237,14 +285,14 @@ pub async fn serve(state: Arc<AppState>, host: &str, port: u16, browser: bool) -
     let app = routes::router(state.clone());
     let (stopped_tx, mut stopped_rx) = watch::channel(false);
     let st = state.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let server = listen::serve(listener, app, limits, async move {
         stop_signal().await;
         eprintln!("stopping: cancelling generations and closing connections");
         st.begin_shutdown();
         let _ = stopped_tx.send(true);
     });
     tokio::select! {
-        r = server => r.context("the server failed")?,
+        _ = server => {}
         _ = async {
             let _ = stopped_rx.wait_for(|&s| s).await;
             tokio::time::sleep(Duration::from_secs(5)).await;
@@ -252,4 +300,19 @@ pub async fn serve(state: Arc<AppState>, host: &str, port: u16, browser: bool) -
     }
     eprintln!("llamafile: stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod model_id_tests {
+    use super::model_id;
+    use std::path::Path;
+
+    #[test]
+    fn file_stem() {
+        assert_eq!(model_id(Path::new("/m/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")), "qwen2.5-coder-0.5b-instruct-q4_k_m");
+        assert_eq!(model_id(Path::new("mistral-7b-instruct.Q4_K_M.llamafile")), "mistral-7b-instruct.Q4_K_M");
+        assert_eq!(model_id(Path::new("/x/archive.zip@weights/tiny.gguf")), "tiny");
+        assert_eq!(model_id(Path::new("/usr/bin/mymodel")), "mymodel");
+        assert_eq!(model_id(Path::new("/")), "model");
+    }
 }

@@ -26,6 +26,8 @@ pub trait Model: Send + Sync + 'static {
 
 pub trait ModelSession: Send {
     fn generate(&mut self, req: &GenerateRequest, on_text: &mut dyn FnMut(&str) -> bool) -> anyhow::Result<GenerationStats>;
+    /// Forget the cached tokens (the next prompt is evaluated from its start).
+    fn clear(&mut self);
 }
 
 /// The real engine behind the trait.
@@ -70,6 +72,9 @@ impl Model for EngineModel {
 impl ModelSession for Session {
     fn generate(&mut self, req: &GenerateRequest, on_text: &mut dyn FnMut(&str) -> bool) -> anyhow::Result<GenerationStats> {
         Session::generate(self, req, on_text)
+    }
+    fn clear(&mut self) {
+        Session::clear(self)
     }
 }
 

@@ -1,7 +1,7 @@
 //! The HTTP routes: the chat page, OpenAI's API, llama.cpp's, and the status endpoints.
 
 use super::error::{ApiError, ApiJson, BODY_LIMIT};
-use super::generation::{self, finish_reason, stop_type, timings, usage, GenEvent};
+use super::generation::{self, finish_reason, stop_type, timings, usage, GenEvent, PromptCache};
 use super::model::chat_prompt;
 use super::types::*;
 use super::{assets, AppState};
@@ -43,6 +43,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(state.clone(), super::access::guard))
         .layer(middleware::from_fn_with_state(state.clone(), log_requests))
         .with_state(state)
 }
@@ -99,7 +100,8 @@ async fn props(State(st): St) -> Json<Value> {
     // f32 settings as the decimal the user typed (0.8, not 0.800000011920929)
     let dec = |x: f32| -> Value { x.to_string().parse::<f64>().map(Value::from).unwrap_or(Value::Null) };
     Json(json!({
-        "model": st.model.name(),
+        "model": st.model_id,
+        "model_name": st.model.name(),
         "n_ctx": st.model.n_ctx(),
         "total_slots": st.pool.slots(),
         "chat_template": st.model.template_name(),
@@ -124,7 +126,7 @@ async fn slots(State(st): St) -> Json<Value> {
 
 fn model_object(st: &AppState) -> Value {
     json!({
-        "id": st.model.name(),
+        "id": st.model_id,
         "object": "model",
         "created": st.started,
         "owned_by": "llamafile",
@@ -137,11 +139,28 @@ async fn models(State(st): St) -> Json<Value> {
 }
 
 async fn model_by_id(State(st): St, axum::extract::Path(id): axum::extract::Path<String>) -> Result<Json<Value>, ApiError> {
-    if id == st.model.name() {
+    if id == st.model_id {
         Ok(Json(model_object(&st)))
     } else {
-        Err(ApiError::not_found(format!("no model '{id}' here; this server has '{}'", st.model.name())))
+        Err(ApiError::not_found(format!("no model '{}' here; this server has '{}'", id.escape_debug(), st.model_id)))
     }
+}
+
+/// A request's `model`: this server has one model and answers every request with it, whatever
+/// the request names (OpenAI's SDKs require the field and scripts written for OpenAI name its
+/// models); the response's `model` says which answered. Naming another model is reported once
+/// on stderr, so that the substitution is visible to whoever runs the server.
+fn note_requested_model(st: &AppState, requested: Option<&str>) {
+    let Some(m) = requested else { return };
+    if m.is_empty() || m == st.model_id || st.other_model_noted.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    let shown: String = m.chars().take(100).collect();
+    eprintln!(
+        "note: a request asked for model '{}'; this server has one model, '{}', and answers every request with it",
+        shown.escape_debug(),
+        st.model_id
+    );
 }
 
 /// Run a CPU-bound step (template, tokenizer) on a blocking thread.
@@ -253,10 +272,11 @@ async fn chat_completions(State(st): St, ApiJson(req): ApiJson<ChatRequest>) -> 
         .await?
         .map_err(|e| ApiError::invalid_field("messages", format!("the chat template could not render these messages: {e:#}")))?;
     let gen = generate_request(&st, prompt, "messages", max_tokens, sampling)?;
-    let rx = generation::start(&st, gen);
+    let rx = generation::start(&st, gen, PromptCache::from_request(req.cache_prompt));
     let id = format!("chatcmpl-{:016x}", random_u64());
     let created = unix_time();
-    let model_name = st.model.name().to_string();
+    note_requested_model(&st, req.model.as_deref());
+    let model_name = st.model_id.clone();
 
     if !req.stream.unwrap_or(false) {
         let (text, stats) = generation::collect(rx).await?;
@@ -352,10 +372,11 @@ async fn completions(State(st): St, ApiJson(req): ApiJson<CompletionRequest>) ->
         String::new()
     };
     let gen = generate_request(&st, prompt, "prompt", max_tokens, sampling)?;
-    let rx = generation::start(&st, gen);
+    let rx = generation::start(&st, gen, PromptCache::from_request(req.cache_prompt));
     let id = format!("cmpl-{:016x}", random_u64());
     let created = unix_time();
-    let model_name = st.model.name().to_string();
+    note_requested_model(&st, req.model.as_deref());
+    let model_name = st.model_id.clone();
 
     if !req.stream.unwrap_or(false) {
         let (text, stats) = generation::collect(rx).await?;
@@ -414,8 +435,9 @@ async fn llama_completion(State(st): St, ApiJson(req): ApiJson<LlamaCompletionRe
     };
     let (prompt, _) = completion_prompt(&st, req.prompt).await?;
     let gen = generate_request(&st, prompt, "prompt", max_tokens, sampling)?;
-    let rx = generation::start(&st, gen);
-    let model_name = st.model.name().to_string();
+    let rx = generation::start(&st, gen, PromptCache::from_request(req.cache_prompt));
+    note_requested_model(&st, req.model.as_deref());
+    let model_name = st.model_id.clone();
     let final_fields = move |content: String, s: &crate::engine::GenerationStats| {
         json!({
             "content": content,

@@ -136,6 +136,9 @@ impl Drop for ActiveGuard<'_> {
 }
 
 impl ModelSession for FakeSession {
+    fn clear(&mut self) {
+        self.cached.clear();
+    }
     fn generate(&mut self, req: &GenerateRequest, on_text: &mut dyn FnMut(&str) -> bool) -> anyhow::Result<GenerationStats> {
         let now = self.counters.active.fetch_add(1, Ordering::SeqCst) + 1;
         self.counters.peak.fetch_max(now, Ordering::SeqCst);

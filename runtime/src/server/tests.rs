@@ -6,10 +6,12 @@
 //! drive a `TcpStream` themselves.
 
 use super::testing::{FakeModel, WORDS};
+use super::listen::Limits;
 use super::AppState;
 use crate::engine::SamplingParams;
 use serde_json::{json, Value};
-use test_support::http::{request_bytes, Resp};
+pub(super) use test_support::http::Resp;
+use test_support::http::request_bytes;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -21,53 +23,66 @@ fn defaults() -> SamplingParams {
     SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.95, min_p: 0.05, repeat_penalty: 1.0, repeat_last_n: 64, seed: 0 }
 }
 
-struct Server {
-    addr: SocketAddr,
-    state: Arc<AppState>,
-    counters: Arc<super::testing::Counters>,
-    delay: Arc<std::sync::atomic::AtomicU64>,
+pub(super) struct Server {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    pub counters: Arc<super::testing::Counters>,
+    pub delay: Arc<std::sync::atomic::AtomicU64>,
 }
 
-async fn server_with(n_ctx: usize, parallel: usize) -> Server {
+/// The server as the binary runs it (`listen::serve`, with `limits`) on a free loopback port,
+/// over the fake model; `setup` adjusts the state first.
+pub(super) async fn server_custom(n_ctx: usize, parallel: usize, limits: Limits, setup: impl FnOnce(&mut AppState)) -> Server {
     let mut m = FakeModel::new();
     m.n_ctx = n_ctx;
     let (counters, delay) = (m.counters.clone(), m.token_delay_us.clone());
     let mut state = AppState::new(Arc::new(m), parallel, defaults());
-    Arc::get_mut(&mut state).unwrap().log = false;
+    let st = Arc::get_mut(&mut state).unwrap();
+    st.log = false;
+    setup(st);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = super::routes::router(state.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    tokio::spawn(super::listen::serve(listener, app, limits, std::future::pending()));
     Server { addr, state, counters, delay }
 }
 
-async fn server() -> Server {
+async fn server_with(n_ctx: usize, parallel: usize) -> Server {
+    server_custom(n_ctx, parallel, Limits::default(), |_| {}).await
+}
+
+pub(super) async fn server() -> Server {
     server_with(256, 2).await
 }
 
-fn rt() -> tokio::runtime::Runtime {
+pub(super) fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
 /// One request on a blocking thread, so the server's worker threads stay free.
 async fn send(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Resp {
-    let (method, path, body) = (method.to_string(), path.to_string(), body.to_vec());
-    tokio::task::spawn_blocking(move || test_support::http::send(&addr.to_string(), &method, &path, &body)).await.unwrap()
+    send_raw(addr, &request_bytes(method, path, body)).await
 }
 
-async fn post(addr: SocketAddr, path: &str, body: Value) -> Resp {
+/// Send `request` as it is and read the response until the server closes.
+pub(super) async fn send_raw(addr: SocketAddr, request: &[u8]) -> Resp {
+    let request = request.to_vec();
+    tokio::task::spawn_blocking(move || test_support::http::send_raw(&addr.to_string(), &request)).await.unwrap()
+}
+
+pub(super) async fn post(addr: SocketAddr, path: &str, body: Value) -> Resp {
     send(addr, "POST", path, body.to_string().as_bytes()).await
 }
 
-async fn get(addr: SocketAddr, path: &str) -> Resp {
+pub(super) async fn get(addr: SocketAddr, path: &str) -> Resp {
     send(addr, "GET", path, b"").await
 }
 
-fn assert_error(r: &Resp, status: u16, needle: &str) -> Value {
+pub(super) fn assert_error(r: &Resp, status: u16, needle: &str) -> Value {
     r.assert_error(status, needle)
 }
 
-fn user(text: &str) -> Value {
+pub(super) fn user(text: &str) -> Value {
     json!([{ "role": "user", "content": text }])
 }
 
@@ -280,7 +295,7 @@ async fn stream_then_hang_up(addr: SocketAddr, path: &str, body: Value, n: usize
     String::from_utf8_lossy(&got).into_owned()
 }
 
-async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+pub(super) async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
@@ -408,5 +423,33 @@ fn shutdown_cancels_running_and_queued_generations() {
         assert_eq!(r.events().last().unwrap(), "[DONE]");
         let q = tokio::time::timeout(Duration::from_secs(5), queued).await.expect("answered").unwrap();
         assert_error(&q, 503, "shutting down");
+    });
+}
+
+#[test]
+fn cache_prompt_false_evaluates_the_whole_prompt() {
+    rt().block_on(async {
+        let s = server_with(256, 1).await;
+        let body = json!({ "messages": user("Hello there"), "max_tokens": 2 });
+        let first = post(s.addr, "/v1/chat/completions", body.clone()).await.json();
+        assert_eq!(first["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+        let again = post(s.addr, "/v1/chat/completions", body.clone()).await.json();
+        assert!(again["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap() > 0, "{again}");
+        let mut fresh = body.clone();
+        fresh["cache_prompt"] = json!(false);
+        let r = post(s.addr, "/v1/chat/completions", fresh).await.json();
+        assert_eq!(r["usage"]["prompt_tokens_details"]["cached_tokens"], 0, "{r}");
+        assert!(!r["choices"][0]["message"]["content"].as_str().unwrap_or_default().is_empty(), "{r}");
+        for path in ["/v1/completions", "/completion"] {
+            let b = json!({ "prompt": "Hello there", "max_tokens": 2, "n_predict": 2 });
+            post(s.addr, path, b.clone()).await;
+            let mut f = b.clone();
+            f["cache_prompt"] = json!(false);
+            let r = post(s.addr, path, f).await.json();
+            assert_eq!(r["timings"]["cache_n"], 0, "{path}: {r}");
+            assert!(post(s.addr, path, b).await.json()["timings"]["cache_n"].as_u64().unwrap() > 0, "{path}: reused by default");
+        }
+        let r = post(s.addr, "/v1/chat/completions", json!({ "messages": user("x"), "cache_prompt": "no" })).await;
+        assert_eq!(assert_error(&r, 400, "cache_prompt")["error"]["param"], "cache_prompt");
     });
 }

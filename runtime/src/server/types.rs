@@ -66,6 +66,11 @@ pub struct StreamOptions {
 #[derive(Deserialize, Debug, Clone)]
 pub struct ChatRequest {
     pub messages: Vec<InMessage>,
+    /// The model to answer: this server's one model answers whatever is named (see
+    /// `routes::note_requested_model`); a non-string is refused like any mistyped field.
+    pub model: Option<String>,
+    /// llama.cpp's: `false` evaluates the whole prompt instead of reusing the slot's cache.
+    pub cache_prompt: Option<bool>,
     pub max_tokens: Option<i64>,
     pub max_completion_tokens: Option<i64>,
     pub stream: Option<bool>,
@@ -143,6 +148,11 @@ impl Prompt {
 #[derive(Deserialize, Debug, Clone)]
 pub struct CompletionRequest {
     pub prompt: Prompt,
+    /// The model to answer: this server's one model answers whatever is named (see
+    /// `routes::note_requested_model`); a non-string is refused like any mistyped field.
+    pub model: Option<String>,
+    /// llama.cpp's: `false` evaluates the whole prompt instead of reusing the slot's cache.
+    pub cache_prompt: Option<bool>,
     pub max_tokens: Option<i64>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
@@ -156,10 +166,13 @@ pub struct CompletionRequest {
 #[derive(Deserialize, Debug, Clone)]
 pub struct LlamaCompletionRequest {
     pub prompt: Prompt,
+    /// The model to answer: this server's one model answers whatever is named (see
+    /// `routes::note_requested_model`); a non-string is refused like any mistyped field.
+    pub model: Option<String>,
     /// -1 = until an end token or the context is full.
     pub n_predict: Option<i64>,
     pub stream: Option<bool>,
-    /// Always on here; accepted for compatibility.
+    /// `false` evaluates the whole prompt instead of reusing the slot's cache.
     pub cache_prompt: Option<bool>,
     #[serde(flatten)]
     pub sampling: SamplingFields,

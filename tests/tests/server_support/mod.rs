@@ -4,7 +4,7 @@
 
 // Not every test file uses every item.
 #[allow(unused_imports)]
-pub use e2e::http::{request_bytes, send, stream_then_hang_up, Resp};
+pub use e2e::http::{request_bytes, send, send_raw, stream_then_hang_up, Resp};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
