@@ -15,6 +15,7 @@ pub mod bundle;
 pub mod cli;
 pub mod engine;
 pub mod gguf;
+pub mod grammar;
 pub mod model;
 pub mod server;
 pub mod tokenizer;

@@ -23,6 +23,8 @@ macro_rules! log {
 pub fn run(args: &Args) -> Result<i32> {
     // -m, else this executable's own embedded weights (crate::bundle, issue #2).
     let model = crate::bundle::model_path(args.model.as_deref())?;
+    // A bad grammar or schema is reported before the model loads.
+    super::structured::grammar(args)?;
     if args.bench {
         return bench(args, &model);
     }
@@ -194,6 +196,7 @@ fn prompt(args: &Args, engine: &Engine) -> Result<i32> {
         sampling: sampling(args),
         stop: Vec::new(),
         ignore_eos: args.ignore_eos,
+        grammar: super::structured::grammar(args)?,
     };
     let mut write_err = None;
     let stats = session.generate(&req, &mut |piece| match out.write_all(piece.as_bytes()).and_then(|_| out.flush()) {
@@ -261,6 +264,7 @@ fn chat(args: &Args, engine: &Engine) -> Result<i32> {
             sampling: sampling(args),
             stop: Vec::new(),
             ignore_eos: false,
+            grammar: super::structured::grammar(args)?,
         };
         let mut reply = String::new();
         let mut out = std::io::stdout().lock();

@@ -7,6 +7,7 @@
 
 pub mod generate;
 pub mod info;
+pub mod structured;
 pub mod tokenize;
 
 use clap::Parser;
@@ -120,6 +121,20 @@ pub struct Args {
     /// Server: how many conversations are served at once.
     #[arg(long = "parallel", alias = "np", default_value_t = 2)]
     pub parallel: usize,
+
+    // Structured output (see `structured`): what the generated text must match.
+    /// A GBNF grammar (llama.cpp syntax, start rule `root`) the output must match.
+    #[arg(long = "grammar", group = "structured")]
+    pub grammar: Option<String>,
+    /// A file with a GBNF grammar.
+    #[arg(long = "grammar-file", group = "structured")]
+    pub grammar_file: Option<PathBuf>,
+    /// A JSON Schema the output must match, e.g. '{}' for any JSON object.
+    #[arg(short = 'j', long = "json-schema", group = "structured")]
+    pub json_schema: Option<String>,
+    /// A file with a JSON Schema (`-jf`).
+    #[arg(long = "json-schema-file", group = "structured")]
+    pub json_schema_file: Option<PathBuf>,
 }
 
 /// llama.cpp spells some long options with one dash (`-ngl 99`, `-sys`, `-cnv`, `-np`): clap
