@@ -17,6 +17,7 @@ pub mod generation;
 pub mod model;
 pub mod routes;
 pub mod slots;
+pub mod structured;
 #[cfg(test)]
 pub mod testing;
 #[cfg(test)]

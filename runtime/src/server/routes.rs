@@ -158,7 +158,7 @@ fn generate_request(st: &AppState, prompt: Vec<u32>, param: &str, max_tokens: Op
     }
     let room = n_ctx - prompt.len();
     let max_tokens = max_tokens.or(st.default_max_tokens).unwrap_or(room).min(room);
-    Ok(GenerateRequest { prompt, max_tokens, sampling: s.params, stop: s.stop, ignore_eos: s.ignore_eos })
+    Ok(GenerateRequest { prompt, max_tokens, sampling: s.params, stop: s.stop, ignore_eos: s.ignore_eos, grammar: None })
 }
 
 /// OpenAI's `max_tokens`: absent, or at least 1.
@@ -240,6 +240,7 @@ where
 
 async fn chat_completions(State(st): St, ApiJson(req): ApiJson<ChatRequest>) -> Result<Response, ApiError> {
     req.check_unsupported()?;
+    let grammar = super::structured::response_format(req.response_format.as_ref())?;
     let sampling = validate_sampling(req.sampling_fields(), req.n, &st.defaults)?;
     let max_tokens = match req.max_completion_tokens {
         Some(v) => openai_max_tokens(Some(v), "max_completion_tokens")?,
@@ -250,7 +251,7 @@ async fn chat_completions(State(st): St, ApiJson(req): ApiJson<ChatRequest>) -> 
     let prompt = blocking(move || chat_prompt(&*model, &messages))
         .await?
         .map_err(|e| ApiError::invalid_field("messages", format!("the chat template could not render these messages: {e:#}")))?;
-    let gen = generate_request(&st, prompt, "messages", max_tokens, sampling)?;
+    let gen = GenerateRequest { grammar, ..generate_request(&st, prompt, "messages", max_tokens, sampling)? };
     let rx = generation::start(&st, gen);
     let id = format!("chatcmpl-{:016x}", random_u64());
     let created = unix_time();
@@ -341,6 +342,7 @@ fn check_ids(st: &AppState, ids: impl Iterator<Item = i64>, param: &str) -> Resu
 }
 
 async fn completions(State(st): St, ApiJson(req): ApiJson<CompletionRequest>) -> Result<Response, ApiError> {
+    let grammar = super::structured::response_format(req.response_format.as_ref())?;
     let sampling = validate_sampling(req.sampling_fields(), req.n, &st.defaults)?;
     let max_tokens = openai_max_tokens(req.max_tokens, "max_tokens")?;
     let (prompt, prompt_text) = completion_prompt(&st, req.prompt).await?;
@@ -349,7 +351,7 @@ async fn completions(State(st): St, ApiJson(req): ApiJson<CompletionRequest>) ->
     } else {
         String::new()
     };
-    let gen = generate_request(&st, prompt, "prompt", max_tokens, sampling)?;
+    let gen = GenerateRequest { grammar, ..generate_request(&st, prompt, "prompt", max_tokens, sampling)? };
     let rx = generation::start(&st, gen);
     let id = format!("cmpl-{:016x}", random_u64());
     let created = unix_time();
@@ -404,6 +406,7 @@ async fn completions(State(st): St, ApiJson(req): ApiJson<CompletionRequest>) ->
 /// llama.cpp's `/completion`: `n_predict` (-1 = no limit), `content`/`stop` fields, and a
 /// stream of `data: {"content": ..., "stop": false}` events ending with `"stop": true`.
 async fn llama_completion(State(st): St, ApiJson(req): ApiJson<LlamaCompletionRequest>) -> Result<Response, ApiError> {
+    let grammar = super::structured::llama_fields(req.grammar.as_ref(), req.json_schema.as_ref())?;
     let sampling = validate_sampling(req.sampling_fields(), None, &st.defaults)?;
     let max_tokens = match req.n_predict {
         None | Some(-1) => None,
@@ -411,7 +414,7 @@ async fn llama_completion(State(st): St, ApiJson(req): ApiJson<LlamaCompletionRe
         Some(n) => return Err(ApiError::invalid_field("n_predict", format!("'n_predict' must be -1 (no limit) or more, got {n}"))),
     };
     let (prompt, _) = completion_prompt(&st, req.prompt).await?;
-    let gen = generate_request(&st, prompt, "prompt", max_tokens, sampling)?;
+    let gen = GenerateRequest { grammar, ..generate_request(&st, prompt, "prompt", max_tokens, sampling)? };
     let rx = generation::start(&st, gen);
     let model_name = st.model.name().to_string();
     let final_fields = move |content: String, s: &crate::engine::GenerationStats| {

@@ -86,7 +86,7 @@ pub struct ChatRequest {
     pub n: Option<i64>,
     /// Not supported: refused when non-empty rather than silently ignored.
     pub tools: Option<serde_json::Value>,
-    /// Only `{"type": "text"}` is supported.
+    /// `text`, `json_object` or `json_schema` (`server::structured`).
     pub response_format: Option<serde_json::Value>,
 }
 
@@ -96,15 +96,6 @@ impl ChatRequest {
         if let Some(t) = &self.tools {
             if !(t.is_null() || t.as_array().is_some_and(|a| a.is_empty())) {
                 return Err(ApiError::invalid_field("tools", "tools (function calling) are not supported by this server"));
-            }
-        }
-        if let Some(f) = &self.response_format {
-            let kind = f.get("type").and_then(|v| v.as_str()).unwrap_or("");
-            if !f.is_null() && kind != "text" {
-                return Err(ApiError::invalid_field(
-                    "response_format",
-                    format!("response_format of type '{kind}' is not supported (only 'text')"),
-                ));
             }
         }
         Ok(())
@@ -158,6 +149,8 @@ pub struct CompletionRequest {
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
     pub echo: Option<bool>,
+    /// `text`, `json_object` or `json_schema` (`server::structured`).
+    pub response_format: Option<serde_json::Value>,
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
     pub top_k: Option<i64>,
@@ -179,6 +172,10 @@ pub struct LlamaCompletionRequest {
     pub stream: Option<bool>,
     /// Always on here; accepted for compatibility.
     pub cache_prompt: Option<bool>,
+    /// A GBNF grammar the output must match (`server::structured`).
+    pub grammar: Option<serde_json::Value>,
+    /// A JSON Schema the output must match.
+    pub json_schema: Option<serde_json::Value>,
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
     pub top_k: Option<i64>,
@@ -375,8 +372,9 @@ mod tests {
         assert!(ok.check_unsupported().is_ok());
         let r: ChatRequest = parse_json(br#"{"messages":[],"tools":[{"type":"function"}]}"#).unwrap();
         assert_eq!(r.check_unsupported().unwrap_err().param.as_deref(), Some("tools"));
+        // response_format is structured output now (server::structured), not refused here
         let r: ChatRequest = parse_json(br#"{"messages":[],"response_format":{"type":"json_object"}}"#).unwrap();
-        assert!(r.check_unsupported().unwrap_err().message.contains("json_object"));
+        assert!(r.check_unsupported().is_ok());
     }
 
     #[test]
