@@ -153,11 +153,6 @@ impl GrammarMatcher {
     pub fn is_accepting(&mut self) -> bool {
         self.m.is_accepting().unwrap_or(false)
     }
-
-    /// Tokens the grammar forces next (none when it leaves a choice).
-    pub fn forced_tokens(&mut self) -> Vec<u32> {
-        self.m.compute_ff_tokens()
-    }
 }
 
 impl TokenConstraint for GrammarMatcher {

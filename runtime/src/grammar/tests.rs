@@ -282,3 +282,51 @@ fn the_constraint_masks_logits_before_sampling() {
         assert!(out == b"yes" || out == b"no", "{:?}", String::from_utf8_lossy(&out));
     }
 }
+
+/// The per-token mask time over the Qwen2.5 vocabulary while a nested JSON document is fed token
+/// by token (a benchmark, not a check: `cargo test --profile ci -p runtime --lib mask_time --
+/// --ignored --nocapture`).
+#[test]
+#[ignore]
+fn mask_time() {
+    let Some(tok) = vocab("qwen2.5-coder.vocab.gguf") else { return };
+    let t0 = std::time::Instant::now();
+    let f = Factory::new(&tok).unwrap();
+    let build_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "age": {"type": "integer"},
+            "address": {"type": "object", "properties": {"street": {"type": "string"}, "city": {"type": "string"}, "zip": {"type": "string", "pattern": "^[0-9]{5}$"}}, "required": ["street", "city", "zip"], "additionalProperties": false},
+            "tags": {"type": "array", "items": {"enum": ["admin", "user", "guest"]}}
+        },
+        "required": ["name", "age", "address", "tags"],
+        "additionalProperties": false
+    });
+    let doc = r#"{"name": "Ada Lovelace, née Byron", "age": 36, "address": {"street": "12 St James's Square", "city": "London", "zip": "12345"}, "tags": ["admin", "guest"]}"#;
+    let g = Grammar::json_schema(&schema).unwrap();
+    let ids = tok.encode(doc, false, false).unwrap();
+    let mut times = Vec::new();
+    let mut logits = vec![0f32; tok.vocab_size()];
+    for _ in 0..3 {
+        let mut m = f.matcher(&g).unwrap();
+        for &id in &ids {
+            let t = std::time::Instant::now();
+            m.mask(&mut logits).unwrap();
+            times.push(t.elapsed().as_secs_f64() * 1e6);
+            assert!(logits[id as usize].is_finite(), "{:?} refused", tok.token_text(id));
+            m.accept(id).unwrap();
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let mean = times.iter().sum::<f64>() / times.len() as f64;
+    eprintln!(
+        "vocabulary {} tokens, trie built in {build_ms:.0} ms; mask per token over {} steps: mean {mean:.0} us, median {:.0} us, p90 {:.0} us, max {:.0} us",
+        tok.vocab_size(),
+        times.len(),
+        times[times.len() / 2],
+        times[times.len() * 9 / 10],
+        times[times.len() - 1]
+    );
+}
