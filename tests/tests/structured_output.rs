@@ -251,3 +251,54 @@ fn openai_client_parse_with_pydantic_on_qwen() {
     assert!(out.status.success(), "openai structured output checks failed:\n{stdout}\n{}\nserver:\n{}", String::from_utf8_lossy(&out.stderr), s.stderr());
     assert_eq!(stdout.matches("ok - chat.completions.parse").count(), 3, "{stdout}");
 }
+
+/// Tools in the Hermes/Qwen format: `required` gives a call whose arguments match the tool's
+/// schema at temperature 1.0; the call and a `tool` result sent back give a text answer.
+#[test]
+fn tool_calls_round_trip_on_qwen() {
+    let Some(model) = real_model(QWEN) else { return };
+    let s = Server::start(&model, &["--server", "-c", "2048", "-t", "2"]);
+    let params = json!({"type": "object", "properties": {"city": {"type": "string", "maxLength": 40}, "unit": {"enum": ["c", "f"]}}, "required": ["city", "unit"], "additionalProperties": false});
+    let tools = json!([
+        {"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city", "parameters": params}},
+        {"type": "function", "function": {"name": "get_time", "description": "Current time in a city", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+    ]);
+    let question = json!({"role": "user", "content": "What is the weather in Paris?"});
+    for (seed, choice) in [json!("required"), json!({"type": "function", "function": {"name": "get_weather"}})].into_iter().enumerate() {
+        let r = s.post(
+            "/v1/chat/completions",
+            &json!({"messages": [question], "tools": tools, "tool_choice": choice, "temperature": 1.0, "seed": seed, "max_tokens": 200}),
+        );
+        let b = r.json();
+        assert_eq!(r.status, 200, "{b}");
+        let c = &b["choices"][0];
+        assert_eq!(c["finish_reason"], "tool_calls", "{b}");
+        let call = &c["message"]["tool_calls"][0];
+        assert_eq!(call["type"], "function");
+        assert!(call["id"].as_str().unwrap().starts_with("call_"));
+        let name = call["function"]["name"].as_str().unwrap();
+        let args: Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+        if name == "get_weather" {
+            validate(&args, &params, &params, "$").unwrap_or_else(|e| panic!("{e}: {b}"));
+        } else {
+            assert_eq!(seed, 0, "the named tool was not called: {b}");
+            assert!(args["city"].is_string(), "{b}");
+        }
+        if seed == 1 {
+            // The round trip: the call and its result go back, the model answers in text.
+            let r = s.post(
+                "/v1/chat/completions",
+                &json!({
+                    "messages": [question, c["message"], {"role": "tool", "tool_call_id": call["id"], "content": "{\"temperature\": 21, \"sky\": \"sunny\"}"}],
+                    "tools": tools, "tool_choice": "none", "temperature": 0, "max_tokens": 60
+                }),
+            );
+            let b = r.json();
+            assert_eq!(r.status, 200, "{b}");
+            let text = b["choices"][0]["message"]["content"].as_str().unwrap_or_else(|| panic!("{b}"));
+            assert!(text.contains("21") || text.to_lowercase().contains("sunny"), "the answer ignores the tool result: {text}");
+        }
+    }
+    let r = s.post("/v1/chat/completions", &json!({"messages": [question], "tools": tools, "tool_choice": {"type": "function", "function": {"name": "nope"}}}));
+    r.assert_error(400, "'nope'");
+}

@@ -60,13 +60,32 @@ impl Grammar {
             _ => return Err(anyhow!("JSON schema: must be an object or true")),
         };
         if let Some(o) = schema.as_object_mut() {
-            o.entry("x-guidance").or_insert(serde_json::json!({
-                "whitespace_flexible": false,
-                "item_separator": ", ",
-                "key_separator": ": ",
-            }));
+            o.entry("x-guidance").or_insert_with(Self::json_style);
         }
         Grammar::checked(TopLevelGrammar::from_json_schema(schema), "JSON schema")
+    }
+
+    /// Tool calls in tags, `OPEN\n{json}\nCLOSE` (one, or several on separate lines when
+    /// `parallel`), the JSON matching `schema`.
+    pub fn tool_calls(schema: &serde_json::Value, open: &str, close: &str, parallel: bool) -> Result<Grammar> {
+        let mut schema = schema.clone();
+        if let Some(o) = schema.as_object_mut() {
+            o.insert("x-guidance".into(), Self::json_style());
+        }
+        let lit = |s: String| serde_json::to_string(&s).unwrap_or_default();
+        let lark = format!(
+            "start: call{}\ncall: {} args {}\nargs: %json {}\n",
+            if parallel { " (\"\\n\" call)*" } else { "" },
+            lit(format!("{open}\n")),
+            lit(format!("\n{close}")),
+            schema
+        );
+        Grammar::checked(TopLevelGrammar::from_lark(lark), "tools")
+    }
+
+    /// JSON on one line with `", "` and `": "` between items.
+    fn json_style() -> serde_json::Value {
+        serde_json::json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "})
     }
 
     /// Any JSON object (`response_format: {"type": "json_object"}`).

@@ -18,6 +18,7 @@ pub mod model;
 pub mod routes;
 pub mod slots;
 pub mod structured;
+pub mod tools;
 #[cfg(test)]
 pub mod testing;
 #[cfg(test)]

@@ -2,7 +2,6 @@
 
 use super::error::{ApiError, ApiJson, BODY_LIMIT};
 use super::generation::{self, finish_reason, stop_type, timings, usage, GenEvent};
-use super::model::chat_prompt;
 use super::types::*;
 use super::{assets, AppState};
 use crate::engine::GenerateRequest;
@@ -170,7 +169,8 @@ fn openai_max_tokens(v: Option<i64>, name: &str) -> Result<Option<usize>, ApiErr
     }
 }
 
-fn convert_messages(messages: Vec<InMessage>) -> Result<Vec<ChatMessage>, ApiError> {
+/// `with_tools`: the request has tools, so `tool` messages and assistant `tool_calls` are taken.
+fn convert_messages(messages: Vec<InMessage>, with_tools: bool) -> Result<Vec<ChatMessage>, ApiError> {
     if messages.is_empty() {
         return Err(ApiError::invalid_field("messages", "'messages' must hold at least one message"));
     }
@@ -180,6 +180,7 @@ fn convert_messages(messages: Vec<InMessage>) -> Result<Vec<ChatMessage>, ApiErr
             "system" | "developer" => "system",
             "user" => "user",
             "assistant" => "assistant",
+            "tool" if with_tools => "tool",
             other => {
                 return Err(ApiError::invalid_field(
                     &format!("messages[{i}].role"),
@@ -208,6 +209,13 @@ fn convert_messages(messages: Vec<InMessage>) -> Result<Vec<ChatMessage>, ApiErr
                 }
                 text.join("\n")
             }
+        };
+        let content = match &m.tool_calls {
+            Some(calls) if with_tools && role == "assistant" && !calls.is_null() => {
+                let blocks = super::tools::calls_as_text(calls, i)?;
+                if content.is_empty() { blocks } else { format!("{content}\n{blocks}") }
+            }
+            _ => content,
         };
         out.push(ChatMessage { role: role.to_string(), content });
     }
@@ -240,15 +248,21 @@ where
 
 async fn chat_completions(State(st): St, ApiJson(req): ApiJson<ChatRequest>) -> Result<Response, ApiError> {
     req.check_unsupported()?;
-    let grammar = super::structured::response_format(req.response_format.as_ref())?;
+    let stream = req.stream.unwrap_or(false);
+    let tools = super::tools::plan(req.tools.as_ref(), req.tool_choice.as_ref(), req.parallel_tool_calls, stream)?;
+    let grammar = match tools.as_ref().and_then(|t| t.grammar.clone()) {
+        Some(g) => Some(g),
+        None => super::structured::response_format(req.response_format.as_ref())?,
+    };
     let sampling = validate_sampling(req.sampling_fields(), req.n, &st.defaults)?;
     let max_tokens = match req.max_completion_tokens {
         Some(v) => openai_max_tokens(Some(v), "max_completion_tokens")?,
         None => openai_max_tokens(req.max_tokens, "max_tokens")?,
     };
-    let messages = convert_messages(req.messages)?;
+    let messages = convert_messages(req.messages, tools.is_some())?;
     let model = st.model.clone();
-    let prompt = blocking(move || chat_prompt(&*model, &messages))
+    let tool_list = tools.as_ref().map(|t| t.tools.clone());
+    let prompt = blocking(move || super::model::chat_prompt_with_tools(&*model, &messages, tool_list.as_ref()))
         .await?
         .map_err(|e| ApiError::invalid_field("messages", format!("the chat template could not render these messages: {e:#}")))?;
     let gen = GenerateRequest { grammar, ..generate_request(&st, prompt, "messages", max_tokens, sampling)? };
@@ -259,6 +273,13 @@ async fn chat_completions(State(st): St, ApiJson(req): ApiJson<ChatRequest>) -> 
 
     if !req.stream.unwrap_or(false) {
         let (text, stats) = generation::collect(rx).await?;
+        let (message, finish) = match tools.as_ref().and_then(|t| t.parse(&text)) {
+            Some((before, calls)) => (
+                json!({ "role": "assistant", "content": if before.is_empty() { Value::Null } else { json!(before) }, "tool_calls": calls }),
+                "tool_calls",
+            ),
+            None => (json!({ "role": "assistant", "content": text }), finish_reason(stats.stop)),
+        };
         return Ok(Json(json!({
             "id": id,
             "object": "chat.completion",
@@ -267,9 +288,9 @@ async fn chat_completions(State(st): St, ApiJson(req): ApiJson<ChatRequest>) -> 
             "system_fingerprint": null,
             "choices": [{
                 "index": 0,
-                "message": { "role": "assistant", "content": text },
+                "message": message,
                 "logprobs": null,
-                "finish_reason": finish_reason(stats.stop),
+                "finish_reason": finish,
             }],
             "usage": usage(&stats),
             "timings": timings(&stats),

@@ -45,6 +45,9 @@ pub struct InMessage {
     pub role: String,
     #[serde(default)]
     pub content: Option<MessageContent>,
+    /// An assistant's earlier calls (`server::tools`).
+    #[serde(default)]
+    pub tool_calls: Option<serde_json::Value>,
 }
 
 /// The fields every generation request shares (OpenAI names, plus llama.cpp's extensions).
@@ -84,8 +87,10 @@ pub struct ChatRequest {
     pub stop: Option<OneOrMany>,
     pub ignore_eos: Option<bool>,
     pub n: Option<i64>,
-    /// Not supported: refused when non-empty rather than silently ignored.
+    /// Function tools, `tool_choice` and `parallel_tool_calls` (`server::tools`).
     pub tools: Option<serde_json::Value>,
+    pub tool_choice: Option<serde_json::Value>,
+    pub parallel_tool_calls: Option<bool>,
     /// `text`, `json_object` or `json_schema` (`server::structured`).
     pub response_format: Option<serde_json::Value>,
 }
@@ -93,11 +98,6 @@ pub struct ChatRequest {
 impl ChatRequest {
     /// Refuse what the server cannot honour, instead of answering as if it had.
     pub fn check_unsupported(&self) -> Result<(), ApiError> {
-        if let Some(t) = &self.tools {
-            if !(t.is_null() || t.as_array().is_some_and(|a| a.is_empty())) {
-                return Err(ApiError::invalid_field("tools", "tools (function calling) are not supported by this server"));
-            }
-        }
         Ok(())
     }
 }
@@ -370,8 +370,6 @@ mod tests {
     fn unsupported_features_are_refused() {
         let ok: ChatRequest = parse_json(br#"{"messages":[],"tools":[],"response_format":{"type":"text"}}"#).unwrap();
         assert!(ok.check_unsupported().is_ok());
-        let r: ChatRequest = parse_json(br#"{"messages":[],"tools":[{"type":"function"}]}"#).unwrap();
-        assert_eq!(r.check_unsupported().unwrap_err().param.as_deref(), Some("tools"));
         // response_format is structured output now (server::structured), not refused here
         let r: ChatRequest = parse_json(br#"{"messages":[],"response_format":{"type":"json_object"}}"#).unwrap();
         assert!(r.check_unsupported().is_ok());
