@@ -181,6 +181,17 @@ fn json_schemas_hold_at_temperature_one_on_qwen() {
     );
     let b = r.json();
     assert!([" yes.", " no."].contains(&b["content"].as_str().unwrap()), "{b}");
+    // A schema that cannot finish within max_tokens: finish_reason length and the partial text.
+    let (_, schema) = schemas().remove(0);
+    let r = s.post(
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": "Describe a person as JSON."}], "max_tokens": 4, "seed": 1,
+                "response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": schema}}}),
+    );
+    let b = r.json();
+    assert_eq!(b["choices"][0]["finish_reason"], "length", "{b}");
+    let partial = b["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(partial.starts_with("{\"name\": ") && serde_json::from_str::<Value>(partial).is_err(), "{partial}");
     // Bad input: 400s naming the field and the problem.
     let bad = |body: Value, path: &str, param: &str, needle: &str| {
         let r = s.post(path, &body);
