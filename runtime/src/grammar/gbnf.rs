@@ -128,7 +128,13 @@ fn emit(e: &Expr) -> String {
         // An empty sequence (e.g. `a ::= "" | "x"`): the empty string.
         Expr::Seq(v) if v.is_empty() => "\"\"".into(),
         Expr::Seq(v) => format!("({})", v.iter().map(emit).collect::<Vec<_>>().join(" ")),
-        Expr::Alt(v) => format!("({})", v.iter().map(emit).collect::<Vec<_>>().join(" | ")),
+        // Empty alternatives (`ws ::= | " "`) make the group optional.
+        Expr::Alt(v) => {
+            let empty = |e: &&Expr| matches!(e, Expr::Seq(x) if x.is_empty());
+            let alts: Vec<String> = v.iter().filter(|e| !empty(e)).map(emit).collect();
+            let opt = if v.iter().any(|e| empty(&e)) { "?" } else { "" };
+            format!("({}){opt}", alts.join(" | "))
+        }
         Expr::Repeat(x, 0, None) => format!("{}*", emit(x)),
         Expr::Repeat(x, 1, None) => format!("{}+", emit(x)),
         Expr::Repeat(x, 0, Some(1)) => format!("{}?", emit(x)),

@@ -65,6 +65,45 @@ fn gbnf_strings_accepted_and_rejected() {
     assert!(!accepts(&g, "xz"));
 }
 
+/// llama.cpp's grammars/json.gbnf.
+const JSON_GBNF: &str = r#"root   ::= object
+value  ::= object | array | string | number | ("true" | "false" | "null") ws
+
+object ::=
+  "{" ws (
+            string ":" ws value
+    ("," ws string ":" ws value)*
+  )? "}" ws
+
+array  ::=
+  "[" ws (
+            value
+    ("," ws value)*
+  )? "]" ws
+
+string ::=
+  "\"" (
+    [^"\\\x7F\x00-\x1F] |
+    "\\" (["\\bfnrt] | "u" [0-9a-fA-F]{4}) # escapes
+  )* "\"" ws
+
+number ::= ("-"? ([0-9] | [1-9] [0-9]{0,15})) ("." [0-9]+)? ([eE] [-+]? [0-9] [1-9]{0,15})? ws
+
+# Optional space: by convention, applied in this grammar after literal chars when allowed
+ws ::= | " " | "\n" [ \t]{0,20}
+"#;
+
+#[test]
+fn llama_cpp_json_gbnf() {
+    let g = gbnf(JSON_GBNF);
+    for s in [r#"{}"#, r#"{"a": [1, -2.5e3, "x\n\u00e9", true, null], "b" : {"c":"日本"}}"#, "{\n  \"k\": false\n}"] {
+        assert!(accepts(&g, s), "{s}");
+    }
+    for s in ["[]", r#"{"a" 1}"#, r#"{"a": 01}"#, "{\"a\": \"\u{1}\"}", r#"{"a": "\q"}"#] {
+        assert!(!accepts(&g, s), "{s}");
+    }
+}
+
 #[test]
 fn gbnf_unicode_escapes_and_multibyte_characters() {
     let g = gbnf("root ::= \"\\u00e9\" [\\u3040-\\u309f]+ \"\\x41\"\n");
