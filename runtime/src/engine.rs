@@ -20,7 +20,7 @@ use crate::model::Model;
 use crate::tokenizer::chat::ChatTemplate;
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 use anyhow::{bail, Context, Result};
-use sampler::Sampler;
+use sampler::{Sampler, TokenConstraint};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -91,6 +91,8 @@ pub struct GenerateRequest {
     /// Generation stops before any of these strings; the text returned excludes it.
     pub stop: Vec<String>,
     pub ignore_eos: bool,
+    /// What the output must match (grammar-constrained sampling); `None` = free text.
+    pub grammar: Option<crate::grammar::Grammar>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,6 +127,9 @@ struct Inner {
     n_ctx: usize,
     n_batch: usize,
     load_ms: f64,
+    /// The vocabulary's token trie for constrained sampling, built on the first request that
+    /// has a grammar (the error as text: it is reported to every such request).
+    grammar: std::sync::OnceLock<std::result::Result<Arc<crate::grammar::Factory>, String>>,
 }
 
 /// A loaded model: weights (mmapped), tokenizer, template. `Send + Sync`; share it with `Arc`.
@@ -189,7 +194,18 @@ impl Engine {
         check_memory(session.saturating_add(buffers), n_ctx)?;
         let load_ms = t0.elapsed().as_secs_f64() * 1e3;
         Ok(Engine {
-            inner: Arc::new(Inner { model, tokenizer, template, backends, pool, name, n_ctx, n_batch, load_ms }),
+            inner: Arc::new(Inner {
+                model,
+                tokenizer,
+                template,
+                backends,
+                pool,
+                name,
+                n_ctx,
+                n_batch,
+                load_ms,
+                grammar: Default::default(),
+            }),
         })
     }
     pub fn model_name(&self) -> &str {
@@ -229,6 +245,10 @@ impl Engine {
             inner,
         })
     }
+    /// The model's vocabulary prepared for constrained sampling (built once, on first use).
+    pub fn grammar_factory(&self) -> Result<Arc<crate::grammar::Factory>> {
+        self.inner.grammar_factory()
+    }
     /// The model (hyperparameters, tensor views).
     pub fn model(&self) -> &Model {
         &self.inner.model
@@ -246,6 +266,15 @@ impl Engine {
     /// Time `load` took (map, tokenizer, tensor table), in milliseconds.
     pub fn load_ms(&self) -> f64 {
         self.inner.load_ms
+    }
+}
+
+impl Inner {
+    fn grammar_factory(&self) -> Result<Arc<crate::grammar::Factory>> {
+        self.grammar
+            .get_or_init(|| crate::grammar::Factory::new(&self.tokenizer).map(Arc::new).map_err(|e| format!("{e:#}")))
+            .clone()
+            .map_err(|e| anyhow::anyhow!(e))
     }
 }
 
@@ -445,6 +474,10 @@ impl Session {
         self.eval(&prompt[common..], true)?;
         let prompt_ms = t0.elapsed().as_secs_f64() * 1e3;
 
+        let mut grammar = match &req.grammar {
+            Some(g) => Some(inner.grammar_factory()?.matcher(g)?),
+            None => None,
+        };
         self.sampler.reseed(req.sampling.seed);
         let tok = &inner.tokenizer;
         let mut decoder = StreamDecoder::default();
@@ -456,10 +489,18 @@ impl Session {
                 break StopReason::MaxTokens;
             }
             let mut logits = std::mem::take(&mut self.logits);
+            let masked = match grammar.as_mut() {
+                Some(g) => g.mask(&mut logits),
+                None => Ok(()),
+            };
             let id = self.sampler.sample(&mut logits, &self.tokens, &req.sampling);
             self.logits = logits;
-            if !req.ignore_eos && tok.end_tokens().contains(&id) {
+            masked?;
+            if (!req.ignore_eos || grammar.is_some()) && tok.end_tokens().contains(&id) {
                 break StopReason::EndToken;
+            }
+            if let Some(g) = grammar.as_mut() {
+                g.accept(id)?;
             }
             generated += 1;
             let piece = decoder.push(tok, id);
@@ -569,7 +610,7 @@ mod tests {
     }
 
     fn run(s: &mut Session, prompt: &[u32], n: usize, sampling: SamplingParams) -> (String, GenerationStats) {
-        let req = GenerateRequest { prompt: prompt.to_vec(), max_tokens: n, sampling, stop: vec![], ignore_eos: true };
+        let req = GenerateRequest { prompt: prompt.to_vec(), max_tokens: n, sampling, stop: vec![], ignore_eos: true, grammar: None };
         let mut text = String::new();
         let st = s
             .generate(&req, &mut |t| {
@@ -647,7 +688,7 @@ mod tests {
         assert_eq!(st.generated_tokens, 24 - prompt.len() + 1);
         // a prompt over the context is an error, not a panic
         let long: Vec<u32> = vec![415; 25];
-        let req = GenerateRequest { prompt: long, max_tokens: 1, sampling: greedy(1), stop: vec![], ignore_eos: true };
+        let req = GenerateRequest { prompt: long, max_tokens: 1, sampling: greedy(1), stop: vec![], ignore_eos: true, grammar: None };
         let err = e.new_session().generate(&req, &mut |_| true).unwrap_err().to_string();
         assert!(err.contains("longer than the context"), "{err}");
     }
@@ -657,7 +698,7 @@ mod tests {
         let Some(e) = tiny_engine(64) else { return };
         let prompt: Vec<u32> = vec![1, 415, 2936, 9060];
         let mut n = 0;
-        let req = GenerateRequest { prompt: prompt.clone(), max_tokens: 20, sampling: greedy(20), stop: vec![], ignore_eos: true };
+        let req = GenerateRequest { prompt: prompt.clone(), max_tokens: 20, sampling: greedy(20), stop: vec![], ignore_eos: true, grammar: None };
         let st = e
             .new_session()
             .generate(&req, &mut |_| {

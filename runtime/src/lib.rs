@@ -7,6 +7,7 @@ pub mod cli;
 pub mod engine;
 pub mod escape;
 pub mod gguf;
+pub mod grammar;
 pub mod input;
 pub mod model;
 pub mod server;

@@ -207,6 +207,7 @@ pub fn run(args: &Args, engine: &Engine, first: Option<String>, turns: Turns) ->
             sampling: sampling(args)?,
             stop: args.reverse_prompt.clone(),
             ignore_eos: args.ignore_eos,
+            grammar: super::structured::grammar(args)?,
         };
         let mut reply = String::new();
         let mut out = std::io::stdout().lock();

@@ -9,7 +9,7 @@
 use super::conversation::{self, Turns};
 use super::Args;
 use crate::engine::{Engine, GenerateRequest, GenerationStats, LoadOptions, SamplingParams, StopReason};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use std::io::{IsTerminal, Write};
 use std::time::Instant;
 
@@ -26,6 +26,8 @@ pub(crate) use log;
 pub fn run(args: &Args) -> Result<i32> {
     // -m, else this executable's own embedded weights (crate::bundle, issue #2).
     let model = crate::bundle::model_path(args.model.as_deref())?;
+    // A bad grammar or schema is reported before the model loads.
+    super::structured::grammar(args)?;
     if args.bench {
         return bench(args, &model);
     }
@@ -226,6 +228,7 @@ fn prompt(args: &Args, engine: &Engine) -> Result<i32> {
         sampling: sampling(args)?,
         stop: args.reverse_prompt.clone(),
         ignore_eos: args.ignore_eos,
+        grammar: super::structured::grammar(args)?,
     };
     let mut write_err = None;
     let stats = session.generate(&req, &mut |piece| match out.write_all(piece.as_bytes()).and_then(|_| out.flush()) {

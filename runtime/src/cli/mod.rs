@@ -10,6 +10,7 @@ pub mod conversation;
 pub mod generate;
 pub mod info;
 mod spelling;
+pub mod structured;
 pub mod tokenize;
 
 use crate::engine::sampler::{limits, SamplingOptions};
@@ -233,19 +234,33 @@ pub struct Args {
 
     // Server
     /// Server: the model's name in the API (/v1/models, each response's "model"; default: the model file's name without extension).
-    #[arg(long = "alias", short = 'a', value_name = "NAME")]
+    #[arg(long = "alias", short = 'a', value_name = "NAME", help_heading = "Server")]
     pub alias: Option<String>,
     /// Server: let web pages from ORIGIN (e.g. http://localhost:3000; * for any) use the API. Repeatable.
-    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    #[arg(long = "cors-origin", value_name = "ORIGIN", help_heading = "Server")]
     pub cors_origin: Vec<String>,
     /// Server: seconds a connection has to send a request's headers (and body) after it opens or after its previous response; idle connections close then.
-    #[arg(long = "header-timeout", value_name = "SECONDS", default_value_t = crate::server::listen::DEFAULT_HEADER_TIMEOUT_S,
+    #[arg(long = "header-timeout", value_name = "SECONDS", help_heading = "Server", default_value_t = crate::server::listen::DEFAULT_HEADER_TIMEOUT_S,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub header_timeout: u64,
     /// Server: most connections served at once; more are answered 503 (lowered to fit the open-file limit).
-    #[arg(long = "max-connections", value_name = "N", default_value_t = crate::server::listen::DEFAULT_MAX_CONNECTIONS,
+    #[arg(long = "max-connections", value_name = "N", help_heading = "Server", default_value_t = crate::server::listen::DEFAULT_MAX_CONNECTIONS,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: u64,
+
+    // Structured output (see `structured`): what the generated text must match.
+    /// A GBNF grammar (llama.cpp syntax, start rule `root`) the output must match.
+    #[arg(long = "grammar", group = "structured", help_heading = "Structured output")]
+    pub grammar: Option<String>,
+    /// A file with a GBNF grammar.
+    #[arg(long = "grammar-file", group = "structured", help_heading = "Structured output")]
+    pub grammar_file: Option<PathBuf>,
+    /// A JSON Schema the output must match, e.g. '{}' for any JSON object.
+    #[arg(short = 'j', long = "json-schema", group = "structured", help_heading = "Structured output")]
+    pub json_schema: Option<String>,
+    /// A file with a JSON Schema (`-jf`).
+    #[arg(long = "json-schema-file", group = "structured", help_heading = "Structured output")]
+    pub json_schema_file: Option<PathBuf>,
 }
 
 /// A number as clap hands it over (the message is what follows "invalid value 'X' for '--flag'").

@@ -26,6 +26,15 @@ impl Rng {
     }
 }
 
+/// A restriction on the next token (grammar-constrained sampling). `mask` runs on the logits
+/// before every other step of the chain, so the penalty, top-k, top-p and min-p see only the
+/// tokens it allows; `accept` is told the token drawn.
+pub trait TokenConstraint {
+    /// Set the logits of the tokens that may not come next to negative infinity.
+    fn mask(&mut self, logits: &mut [f32]) -> anyhow::Result<()>;
+    fn accept(&mut self, token: u32) -> anyhow::Result<()>;
+}
+
 pub struct Sampler {
     cand: Vec<(u32, f32)>,
     rng: Rng,
@@ -79,7 +88,8 @@ impl Sampler {
         }
         let c = &mut self.cand;
         c.clear();
-        c.extend(logits.iter().enumerate().map(|(i, l)| (i as u32, *l)));
+        // Tokens masked out (negative infinity) are never candidates, whatever the cut-offs keep.
+        c.extend(logits.iter().enumerate().filter(|(_, l)| **l != f32::NEG_INFINITY).map(|(i, l)| (i as u32, *l)));
         let by_logit = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
         // top-k: keep the k largest, sorted.
         if p.top_k > 0 && p.top_k < c.len() {

@@ -21,6 +21,8 @@ pub mod listen;
 pub mod model;
 pub mod routes;
 pub mod slots;
+pub mod structured;
+pub mod tools;
 #[cfg(test)]
 pub mod testing;
 #[cfg(test)]

@@ -19,6 +19,11 @@ pub trait Model: Send + Sync + 'static {
     fn adds_bos(&self) -> bool;
     /// The conversation rendered with the chat template, ready for the assistant's turn.
     fn render_chat(&self, messages: &[ChatMessage]) -> anyhow::Result<String>;
+    /// `render_chat` with OpenAI tool definitions for the template (`server::tools`).
+    fn render_chat_with_tools(&self, messages: &[ChatMessage], tools: &serde_json::Value) -> anyhow::Result<String> {
+        let _ = tools;
+        anyhow::bail!("this model's chat template cannot describe tools ({} messages)", messages.len())
+    }
     fn template_name(&self) -> String;
     /// A session with its own KV cache.
     fn new_session(&self) -> Box<dyn ModelSession>;
@@ -61,6 +66,9 @@ impl Model for EngineModel {
     fn render_chat(&self, messages: &[ChatMessage]) -> anyhow::Result<String> {
         self.0.chat_template().render(messages, true)
     }
+    fn render_chat_with_tools(&self, messages: &[ChatMessage], tools: &serde_json::Value) -> anyhow::Result<String> {
+        self.0.chat_template().render_with_tools(messages, true, Some(tools))
+    }
     fn template_name(&self) -> String {
         self.0.chat_template().name().to_string()
     }
@@ -83,10 +91,19 @@ impl ModelSession for Session {
 /// one and the template did not write it. A template that refuses a system message (Mistral's
 /// does) gets it folded into the first user message instead, as a user would expect.
 pub fn chat_prompt(model: &dyn Model, messages: &[ChatMessage]) -> anyhow::Result<Vec<u32>> {
-    let text = match model.render_chat(messages) {
+    chat_prompt_with_tools(model, messages, None)
+}
+
+/// `chat_prompt`, with tool definitions for the template when given.
+pub fn chat_prompt_with_tools(model: &dyn Model, messages: &[ChatMessage], tools: Option<&serde_json::Value>) -> anyhow::Result<Vec<u32>> {
+    let render = |m: &[ChatMessage]| match tools {
+        Some(t) => model.render_chat_with_tools(m, t),
+        None => model.render_chat(m),
+    };
+    let text = match render(messages) {
         Ok(t) => t,
         Err(e) => match fold_system(messages) {
-            Some(folded) => model.render_chat(&folded).map_err(|_| e)?,
+            Some(folded) => render(&folded).map_err(|_| e)?,
             None => return Err(e),
         },
     };

@@ -2,7 +2,6 @@
 
 use super::error::{ApiError, ApiJson, BODY_LIMIT};
 use super::generation::{self, finish_reason, stop_type, timings, usage, GenEvent, PromptCache};
-use super::model::chat_prompt;
 use super::types::*;
 use super::{assets, AppState};
 use crate::engine::GenerateRequest;
@@ -179,7 +178,7 @@ fn generate_request(st: &AppState, prompt: Vec<u32>, param: &str, max_tokens: Op
     }
     let room = n_ctx - prompt.len();
     let max_tokens = max_tokens.or(st.default_max_tokens).unwrap_or(room).min(room);
-    Ok(GenerateRequest { prompt, max_tokens, sampling: s.params, stop: s.stop, ignore_eos: s.ignore_eos })
+    Ok(GenerateRequest { prompt, max_tokens, sampling: s.params, stop: s.stop, ignore_eos: s.ignore_eos, grammar: None })
 }
 
 /// OpenAI's `max_tokens`: absent, or at least 1.
@@ -191,7 +190,8 @@ fn openai_max_tokens(v: Option<i64>, name: &str) -> Result<Option<usize>, ApiErr
     }
 }
 
-fn convert_messages(messages: Vec<InMessage>) -> Result<Vec<ChatMessage>, ApiError> {
+/// `with_tools`: the request has tools, so `tool` messages and assistant `tool_calls` are taken.
+fn convert_messages(messages: Vec<InMessage>, with_tools: bool) -> Result<Vec<ChatMessage>, ApiError> {
     if messages.is_empty() {
         return Err(ApiError::invalid_field("messages", "'messages' must hold at least one message"));
     }
@@ -201,6 +201,7 @@ fn convert_messages(messages: Vec<InMessage>) -> Result<Vec<ChatMessage>, ApiErr
             "system" | "developer" => "system",
             "user" => "user",
             "assistant" => "assistant",
+            "tool" if with_tools => "tool",
             other => {
                 return Err(ApiError::invalid_field(
                     &format!("messages[{i}].role"),
@@ -229,6 +230,13 @@ fn convert_messages(messages: Vec<InMessage>) -> Result<Vec<ChatMessage>, ApiErr
                 }
                 text.join("\n")
             }
+        };
+        let content = match &m.tool_calls {
+            Some(calls) if with_tools && role == "assistant" && !calls.is_null() => {
+                let blocks = super::tools::calls_as_text(calls, i)?;
+                if content.is_empty() { blocks } else { format!("{content}\n{blocks}") }
+            }
+            _ => content,
         };
         out.push(ChatMessage { role: role.to_string(), content });
     }
@@ -261,17 +269,24 @@ where
 
 async fn chat_completions(State(st): St, ApiJson(req): ApiJson<ChatRequest>) -> Result<Response, ApiError> {
     req.check_unsupported()?;
+    let stream = req.stream.unwrap_or(false);
+    let tools = super::tools::plan(req.tools.as_ref(), req.tool_choice.as_ref(), req.parallel_tool_calls, stream)?;
+    let grammar = match tools.as_ref().and_then(|t| t.grammar.clone()) {
+        Some(g) => Some(g),
+        None => super::structured::response_format(req.response_format.as_ref())?,
+    };
     let sampling = validate_sampling(req.sampling_fields(), req.n, &st.defaults)?;
     let max_tokens = match req.max_completion_tokens {
         Some(v) => openai_max_tokens(Some(v), "max_completion_tokens")?,
         None => openai_max_tokens(req.max_tokens, "max_tokens")?,
     };
-    let messages = convert_messages(req.messages)?;
+    let messages = convert_messages(req.messages, tools.is_some())?;
     let model = st.model.clone();
-    let prompt = blocking(move || chat_prompt(&*model, &messages))
+    let tool_list = tools.as_ref().map(|t| t.tools.clone());
+    let prompt = blocking(move || super::model::chat_prompt_with_tools(&*model, &messages, tool_list.as_ref()))
         .await?
         .map_err(|e| ApiError::invalid_field("messages", format!("the chat template could not render these messages: {e:#}")))?;
-    let gen = generate_request(&st, prompt, "messages", max_tokens, sampling)?;
+    let gen = GenerateRequest { grammar, ..generate_request(&st, prompt, "messages", max_tokens, sampling)? };
     let rx = generation::start(&st, gen, PromptCache::from_request(req.cache_prompt));
     let id = format!("chatcmpl-{:016x}", random_u64());
     let created = unix_time();
@@ -280,6 +295,13 @@ async fn chat_completions(State(st): St, ApiJson(req): ApiJson<ChatRequest>) -> 
 
     if !req.stream.unwrap_or(false) {
         let (text, stats) = generation::collect(rx).await?;
+        let (message, finish) = match tools.as_ref().and_then(|t| t.parse(&text)) {
+            Some((before, calls)) => (
+                json!({ "role": "assistant", "content": if before.is_empty() { Value::Null } else { json!(before) }, "tool_calls": calls }),
+                "tool_calls",
+            ),
+            None => (json!({ "role": "assistant", "content": text }), finish_reason(stats.stop)),
+        };
         return Ok(Json(json!({
             "id": id,
             "object": "chat.completion",
@@ -288,9 +310,9 @@ async fn chat_completions(State(st): St, ApiJson(req): ApiJson<ChatRequest>) -> 
             "system_fingerprint": null,
             "choices": [{
                 "index": 0,
-                "message": { "role": "assistant", "content": text },
+                "message": message,
                 "logprobs": null,
-                "finish_reason": finish_reason(stats.stop),
+                "finish_reason": finish,
             }],
             "usage": usage(&stats),
             "timings": timings(&stats),
@@ -363,6 +385,7 @@ fn check_ids(st: &AppState, ids: impl Iterator<Item = i64>, param: &str) -> Resu
 }
 
 async fn completions(State(st): St, ApiJson(req): ApiJson<CompletionRequest>) -> Result<Response, ApiError> {
+    let grammar = super::structured::response_format(req.response_format.as_ref())?;
     let sampling = validate_sampling(req.sampling_fields(), req.n, &st.defaults)?;
     let max_tokens = openai_max_tokens(req.max_tokens, "max_tokens")?;
     let (prompt, prompt_text) = completion_prompt(&st, req.prompt).await?;
@@ -371,7 +394,7 @@ async fn completions(State(st): St, ApiJson(req): ApiJson<CompletionRequest>) ->
     } else {
         String::new()
     };
-    let gen = generate_request(&st, prompt, "prompt", max_tokens, sampling)?;
+    let gen = GenerateRequest { grammar, ..generate_request(&st, prompt, "prompt", max_tokens, sampling)? };
     let rx = generation::start(&st, gen, PromptCache::from_request(req.cache_prompt));
     let id = format!("cmpl-{:016x}", random_u64());
     let created = unix_time();
@@ -427,6 +450,7 @@ async fn completions(State(st): St, ApiJson(req): ApiJson<CompletionRequest>) ->
 /// llama.cpp's `/completion`: `n_predict` (-1 = no limit), `content`/`stop` fields, and a
 /// stream of `data: {"content": ..., "stop": false}` events ending with `"stop": true`.
 async fn llama_completion(State(st): St, ApiJson(req): ApiJson<LlamaCompletionRequest>) -> Result<Response, ApiError> {
+    let grammar = super::structured::llama_fields(req.grammar.as_ref(), req.json_schema.as_ref())?;
     let sampling = validate_sampling(req.sampling_fields(), None, &st.defaults)?;
     let max_tokens = match req.n_predict {
         None | Some(-1) => None,
@@ -434,7 +458,7 @@ async fn llama_completion(State(st): St, ApiJson(req): ApiJson<LlamaCompletionRe
         Some(n) => return Err(ApiError::invalid_field("n_predict", format!("'n_predict' must be -1 (no limit) or more, got {n}"))),
     };
     let (prompt, _) = completion_prompt(&st, req.prompt).await?;
-    let gen = generate_request(&st, prompt, "prompt", max_tokens, sampling)?;
+    let gen = GenerateRequest { grammar, ..generate_request(&st, prompt, "prompt", max_tokens, sampling)? };
     let rx = generation::start(&st, gen, PromptCache::from_request(req.cache_prompt));
     note_requested_model(&st, req.model.as_deref());
     let model_name = st.model_id.clone();

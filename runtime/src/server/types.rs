@@ -46,6 +46,9 @@ pub struct InMessage {
     pub role: String,
     #[serde(default)]
     pub content: Option<MessageContent>,
+    /// An assistant's earlier calls (`server::tools`).
+    #[serde(default)]
+    pub tool_calls: Option<serde_json::Value>,
 }
 
 /// The fields every generation request shares (OpenAI names, plus llama.cpp's extensions):
@@ -78,29 +81,17 @@ pub struct ChatRequest {
     #[serde(flatten)]
     pub sampling: SamplingFields,
     pub n: Option<i64>,
-    /// Not supported: refused when non-empty rather than silently ignored.
+    /// Function tools, `tool_choice` and `parallel_tool_calls` (`server::tools`).
     pub tools: Option<serde_json::Value>,
-    /// Only `{"type": "text"}` is supported.
+    pub tool_choice: Option<serde_json::Value>,
+    pub parallel_tool_calls: Option<bool>,
+    /// `text`, `json_object` or `json_schema` (`server::structured`).
     pub response_format: Option<serde_json::Value>,
 }
 
 impl ChatRequest {
     /// Refuse what the server cannot honour, instead of answering as if it had.
     pub fn check_unsupported(&self) -> Result<(), ApiError> {
-        if let Some(t) = &self.tools {
-            if !(t.is_null() || t.as_array().is_some_and(|a| a.is_empty())) {
-                return Err(ApiError::invalid_field("tools", "tools (function calling) are not supported by this server"));
-            }
-        }
-        if let Some(f) = &self.response_format {
-            let kind = f.get("type").and_then(|v| v.as_str()).unwrap_or("");
-            if !f.is_null() && kind != "text" {
-                return Err(ApiError::invalid_field(
-                    "response_format",
-                    format!("response_format of type '{kind}' is not supported (only 'text')"),
-                ));
-            }
-        }
         Ok(())
     }
 }
@@ -157,6 +148,8 @@ pub struct CompletionRequest {
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
     pub echo: Option<bool>,
+    /// `text`, `json_object` or `json_schema` (`server::structured`).
+    pub response_format: Option<serde_json::Value>,
     #[serde(flatten)]
     pub sampling: SamplingFields,
     pub n: Option<i64>,
@@ -174,6 +167,10 @@ pub struct LlamaCompletionRequest {
     pub stream: Option<bool>,
     /// `false` evaluates the whole prompt instead of reusing the slot's cache.
     pub cache_prompt: Option<bool>,
+    /// A GBNF grammar the output must match (`server::structured`).
+    pub grammar: Option<serde_json::Value>,
+    /// A JSON Schema the output must match.
+    pub json_schema: Option<serde_json::Value>,
     #[serde(flatten)]
     pub sampling: SamplingFields,
 }
@@ -298,10 +295,9 @@ mod tests {
     fn unsupported_features_are_refused() {
         let ok: ChatRequest = parse_json(br#"{"messages":[],"tools":[],"response_format":{"type":"text"}}"#).unwrap();
         assert!(ok.check_unsupported().is_ok());
-        let r: ChatRequest = parse_json(br#"{"messages":[],"tools":[{"type":"function"}]}"#).unwrap();
-        assert_eq!(r.check_unsupported().unwrap_err().param.as_deref(), Some("tools"));
+        // response_format is structured output now (server::structured), not refused here
         let r: ChatRequest = parse_json(br#"{"messages":[],"response_format":{"type":"json_object"}}"#).unwrap();
-        assert!(r.check_unsupported().unwrap_err().message.contains("json_object"));
+        assert!(r.check_unsupported().is_ok());
     }
 
     #[test]

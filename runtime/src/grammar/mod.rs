@@ -1,0 +1,197 @@
+//! Grammar-constrained sampling: GBNF grammars and JSON Schemas restrict which token may come
+//! next.
+//!
+//! The engine is the `llguidance` crate (with its `toktrie`), not a hand-written GBNF matcher:
+//! - it computes the mask over the whole vocabulary by walking a trie of the tokens' exact bytes
+//!   against an Earley parser with a derivative-based lexer, so a token that spans several grammar
+//!   elements, or a multi-byte UTF-8 character split over tokens, is allowed exactly when some
+//!   continuation of it is in the language; a hand-written per-token check would have to replay
+//!   each of the 151,936 Qwen2.5 tokens through the grammar at every step;
+//! - it compiles JSON Schema itself (properties, required, additionalProperties, enum, const,
+//!   anyOf/oneOf/allOf, arrays with min/maxItems, `$ref`/`$defs`, string lengths, patterns and
+//!   formats, numeric bounds) and refuses a keyword it does not implement by name, as asked of
+//!   bad input here;
+//! - it builds on stable Rust from crates.io (MIT, pure Rust) and is what llama.cpp (as an
+//!   option) and mistral.rs use.
+//!
+//! It takes grammars in a Lark dialect, so llama.cpp's GBNF is converted first (`gbnf`).
+//! The vocabulary's trie is built once per model (`Factory`) and shared by every request.
+
+mod gbnf;
+
+use crate::engine::sampler::TokenConstraint;
+use crate::tokenizer::Tokenizer;
+use anyhow::{anyhow, Result};
+use llguidance::api::TopLevelGrammar;
+use llguidance::toktrie::{ApproximateTokEnv, InferenceCapabilities, SimpleVob, TokEnv, TokRxInfo, TokTrie};
+use llguidance::{Matcher, ParserFactory};
+use std::sync::{Arc, OnceLock};
+
+pub use gbnf::to_lark as gbnf_to_lark;
+
+/// What the output must match, checked (compiled once against a one-byte vocabulary) when made,
+/// so bad input is reported before any generation starts.
+#[derive(Clone)]
+pub struct Grammar {
+    top: TopLevelGrammar,
+    /// What it came from, for messages ("GBNF grammar", "JSON schema").
+    kind: &'static str,
+}
+
+impl std::fmt::Debug for Grammar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Grammar({})", self.kind)
+    }
+}
+
+impl Grammar {
+    /// A llama.cpp GBNF grammar (start rule `root`).
+    pub fn gbnf(src: &str) -> Result<Grammar> {
+        let lark = gbnf::to_lark(src)?;
+        Grammar::checked(TopLevelGrammar::from_lark(lark), "grammar")
+    }
+
+    /// A JSON Schema. Output is JSON on one line with `", "` and `": "` between items (no free
+    /// whitespace: a small model at a high temperature would otherwise fill the output with it).
+    pub fn json_schema(schema: &serde_json::Value) -> Result<Grammar> {
+        let mut schema = match schema {
+            serde_json::Value::Bool(true) => serde_json::json!({}),
+            serde_json::Value::Object(_) => schema.clone(),
+            _ => return Err(anyhow!("JSON schema: must be an object or true")),
+        };
+        if let Some(o) = schema.as_object_mut() {
+            o.entry("x-guidance").or_insert_with(Self::json_style);
+        }
+        Grammar::checked(TopLevelGrammar::from_json_schema(schema), "JSON schema")
+    }
+
+    /// Tool calls in tags, `OPEN\n{json}\nCLOSE` (one, or several on separate lines when
+    /// `parallel`), the JSON matching `schema`.
+    pub fn tool_calls(schema: &serde_json::Value, open: &str, close: &str, parallel: bool) -> Result<Grammar> {
+        let mut schema = schema.clone();
+        if let Some(o) = schema.as_object_mut() {
+            o.insert("x-guidance".into(), Self::json_style());
+        }
+        let lit = |s: String| serde_json::to_string(&s).unwrap_or_default();
+        let lark = format!(
+            "start: call{}\ncall: {} args {}\nargs: %json {}\n",
+            if parallel { " (\"\\n\" call)*" } else { "" },
+            lit(format!("{open}\n")),
+            lit(format!("\n{close}")),
+            schema
+        );
+        Grammar::checked(TopLevelGrammar::from_lark(lark), "tools")
+    }
+
+    /// JSON on one line with `", "` and `": "` between items.
+    fn json_style() -> serde_json::Value {
+        serde_json::json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "})
+    }
+
+    /// Any JSON object (`response_format: {"type": "json_object"}`).
+    pub fn json_object() -> Grammar {
+        Grammar::json_schema(&serde_json::json!({"type": "object"})).expect("the any-object schema compiles")
+    }
+
+    fn checked(top: TopLevelGrammar, kind: &'static str) -> Result<Grammar> {
+        static CHECKER: OnceLock<ParserFactory> = OnceLock::new();
+        let f = CHECKER.get_or_init(|| {
+            let mut f = ParserFactory::new_simple(&ApproximateTokEnv::single_byte_env()).expect("one-byte vocabulary");
+            quiet(&mut f);
+            f
+        });
+        f.create_parser(top.clone()).map_err(|e| anyhow!("{kind}: {}", one_line(&e.to_string())))?;
+        Ok(Grammar { top, kind })
+    }
+}
+
+fn quiet(f: &mut ParserFactory) {
+    f.set_stderr_log_level(0);
+    f.set_buffer_log_level(0);
+}
+
+/// llguidance's messages can span lines (a grammar excerpt); an error here is one line.
+fn one_line(s: &str) -> String {
+    s.split('\n').map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ")
+}
+
+/// The vocabulary as llguidance sees it: each token's exact bytes (byte-level BPE decoded,
+/// SentencePiece `▁` and `<0xNN>` mapped), control tokens behind the special-token marker so no
+/// text matches them, and the model's end tokens as end of generation.
+pub struct Factory {
+    inner: ParserFactory,
+}
+
+impl Factory {
+    pub fn new(tok: &Tokenizer) -> Result<Factory> {
+        let n = tok.vocab_size() as u32;
+        let words: Vec<Vec<u8>> = (0..n)
+            .map(|id| {
+                if tok.is_control(id) {
+                    let mut w = vec![TokTrie::SPECIAL_TOKEN_MARKER];
+                    w.extend_from_slice(tok.token_text(id).as_bytes());
+                    w
+                } else {
+                    tok.token_bytes(id)
+                }
+            })
+            .collect();
+        let ends = tok.end_tokens();
+        let eos = ends.first().copied().or(tok.eos()).ok_or_else(|| anyhow!("the model has no end-of-generation token"))?;
+        let mut info = TokRxInfo::new(n, eos);
+        info.tok_bos = tok.bos();
+        let ends = if ends.is_empty() { vec![eos] } else { ends.to_vec() };
+        let trie = TokTrie::from(&info, &words).with_eos_tokens(&ends);
+        let env: TokEnv = Arc::new(ApproximateTokEnv::new(trie));
+        let mut inner = ParserFactory::new(&env, InferenceCapabilities::default(), &llguidance::earley::SlicedBiasComputer::general_slices())?;
+        quiet(&mut inner);
+        Ok(Factory { inner })
+    }
+
+    /// A matcher at the start of the output.
+    pub fn matcher(&self, g: &Grammar) -> Result<GrammarMatcher> {
+        let parser = self.inner.create_parser(g.top.clone()).map_err(|e| anyhow!("{}: {}", g.kind, one_line(&e.to_string())))?;
+        Ok(GrammarMatcher { m: Matcher::new(Ok(parser)), mask: None })
+    }
+}
+
+/// One generation's position in the grammar.
+pub struct GrammarMatcher {
+    m: Matcher,
+    mask: Option<SimpleVob>,
+}
+
+impl GrammarMatcher {
+    /// The tokens allowed next (end tokens included where the grammar can end).
+    pub fn allowed(&mut self) -> Result<&SimpleVob> {
+        let v = self.m.compute_mask_or_eos().map_err(|e| anyhow!("grammar: {}", one_line(&e.to_string())))?;
+        Ok(self.mask.insert(v))
+    }
+
+    /// Whether the output so far is a complete sentence of the grammar.
+    pub fn is_accepting(&mut self) -> bool {
+        self.m.is_accepting().unwrap_or(false)
+    }
+}
+
+impl TokenConstraint for GrammarMatcher {
+    fn mask(&mut self, logits: &mut [f32]) -> Result<()> {
+        let allowed = self.allowed()?;
+        let n = allowed.len().min(logits.len());
+        for (i, l) in logits[..n].iter_mut().enumerate() {
+            if !allowed.is_allowed(i as u32) {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+        // Padding rows of the output matrix beyond the tokenizer's vocabulary are never text.
+        logits[n..].fill(f32::NEG_INFINITY);
+        Ok(())
+    }
+
+    fn accept(&mut self, token: u32) -> Result<()> {
+        self.m.consume_token(token).map_err(|e| anyhow!("grammar: {}", one_line(&e.to_string())))
+    }
+}
+
+#[cfg(test)]
+mod tests;
