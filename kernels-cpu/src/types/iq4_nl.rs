@@ -14,6 +14,18 @@ pub const QK: usize = super::WeightType::IQ4_NL.block_size();
 /// The codebook (ggml's `kvalues_iq4nl`), in increasing order.
 pub const KVALUES: [i8; 16] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
 
+/// The codebook plus 128 (1..=241): unsigned codes for the SIMD kernels' u8 x i8 products,
+/// which take the 128 back out exactly as `128 * sum(x)`.
+pub const UNSIGNED: [u8; 16] = {
+    let mut a = [0u8; 16];
+    let mut i = 0;
+    while i < 16 {
+        a[i] = (KVALUES[i] as i32 + 128) as u8;
+        i += 1;
+    }
+    a
+};
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BlockIQ4NL {
