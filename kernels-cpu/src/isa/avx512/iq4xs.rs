@@ -172,16 +172,51 @@ fn vec_dot_iq4xs(n: usize, w: &[u8], x: &[u8]) -> f32 {
     unsafe { vec_dot_tf(wb, xb) }
 }
 
+/// An activation block in the weights' order, prepared once per `gemv` call for every row.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Prep {
+    halves: [XHalf; 2],
+    dx: __m512,
+}
+
+/// Blocks prepared at most (rows of up to 16384 values: 28 KiB on the stack, in L1 while the
+/// rows stream past); longer rows unpack the activations again for every row.
+const PREP_MAX: usize = 64;
+
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn gemv_tf(nb: usize, w: &[u8], w_stride: usize, nr: usize, xb: &[BlockQ8K], out: &mut [f32]) {
+    if nb > PREP_MAX {
+        for (r, o) in out[..nr].iter_mut().enumerate() {
+            let wb = first_blocks::<BlockIQ4XS>(&w[r * w_stride..], nb, "IQ4_XS gemv weights");
+            // SAFETY: this function's features are the ones `dot` needs.
+            *o = unsafe { dot(wb, xb) };
+        }
+        return;
+    }
+    let mut buf = [const { core::mem::MaybeUninit::<Prep>::uninit() }; PREP_MAX];
+    for (slot, a) in buf.iter_mut().zip(xb) {
+        // SAFETY: this function's features are the ones `act_half` needs.
+        slot.write(unsafe { Prep { halves: [act_half(a, 0), act_half(a, 1)], dx: _mm512_set1_ps(a.d()) } });
+    }
+    // SAFETY: the first `nb` slots were all written just above.
+    let prep = unsafe { core::slice::from_raw_parts(buf.as_ptr() as *const Prep, nb) };
     for (r, o) in out[..nr].iter_mut().enumerate() {
         let wb = first_blocks::<BlockIQ4XS>(&w[r * w_stride..], nb, "IQ4_XS gemv weights");
-        // SAFETY: this function's features are the ones `dot` needs.
-        *o = unsafe { dot(wb, xb) };
+        let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        for (b, p) in wb.iter().zip(prep) {
+            prefetch_ahead(b);
+            // SAFETY: this function's features are the ones `weight_half` and `step` need.
+            unsafe {
+                a0 = step(a0, &weight_half(b, 0), &p.halves[0], p.dx);
+                a1 = step(a1, &weight_half(b, 1), &p.halves[1], p.dx);
+            }
+        }
+        *o = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
     }
 }
 
-/// Rows one after the other, each one sequential stream (the activations stay in L1).
+/// Rows one after the other, each one sequential stream, against activations prepared once.
 fn gemv_iq4xs(n: usize, w: &[u8], w_stride: usize, nr: usize, x: &[u8], out: &mut [f32]) {
     let nb = n / QK_K;
     let xb = first_blocks::<BlockQ8K>(x, nb, "IQ4_XS gemv activations");
@@ -263,6 +298,29 @@ fn gemm_iq4xs(n: usize, w: &[u8], w_stride: usize, nr: usize, x: &[u8], x_stride
 mod tests {
     use super::*;
     use crate::types::q8_k::test_util::check_many_tokens;
+
+    /// The one-token kernel with prepared activations (up to `PREP_MAX` blocks) and without
+    /// (longer rows), strided rows, against the scalar specification.
+    #[test]
+    fn gemv_matches_scalar_vec_dot_around_the_prepared_limit() {
+        if !supported() {
+            eprintln!("skipped: the CPU lacks AVX-512 VNNI");
+            return;
+        }
+        let t = WeightType::IQ4_XS;
+        let scalar = crate::isa::scalar::vec_dot(t).unwrap();
+        for (nr, nb) in [(1, 1), (5, 3), (3, PREP_MAX), (2, PREP_MAX + 1)] {
+            let n = nb * QK_K;
+            let (w, ws) = crate::types::q8_k::test_util::strided_rows(t, n, nr, 136, 3 * nb as u64);
+            let (x, _) = crate::types::q8_k::test_util::strided_rows(WeightType::Q8_K, n, 1, 0, 99);
+            let mut out = vec![f32::NAN; nr];
+            gemv_iq4xs(n, &w, ws, nr, &x, &mut out);
+            for r in 0..nr {
+                let want = scalar(n, &w[r * ws..], &x);
+                assert!((out[r] - want).abs() <= 1e-5 * (n as f32).sqrt() * want.abs().max(1.0), "{nr}x{nb} row {r}: {} vs {want}", out[r]);
+            }
+        }
+    }
 
     /// The tile kernel on every tile shape, with strides longer than a row, against the scalar
     /// specification (`check_many_tokens`); the gemv and vec_dot are covered for every type by
