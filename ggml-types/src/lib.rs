@@ -37,6 +37,8 @@ macro_rules! weight_types {
             Q5_K = 13, q5_k, 256, 176, Q8_K;
             Q6_K = 14, q6_k, 256, 210, Q8_K;
             Q8_K = 15, q8_k, 256, 292, Q8_K;
+            IQ4_NL = 20, iq4_nl, 32, 18, Q8_0;
+            IQ4_XS = 23, iq4_xs, 256, 136, Q8_K;
         }
     };
 }

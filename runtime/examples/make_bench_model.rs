@@ -1,15 +1,15 @@
 //! Write a Mistral-7B-shaped GGUF with random weights, for benchmarks (`scripts/make-bench-model`).
 //!
 //! `cargo run --profile release -p runtime --example make_bench_model -- OUT.gguf [TYPE]`
-//! TYPE: q4_k_m (default), q8_0, q6_k, q2_k, q4_0.
+//! TYPE: q4_k_m (default), q8_0, q6_k, q2_k, q4_0, iq4_xs.
 //!
 //! The layout, metadata and vocabulary are the shared tiny models' (architecture `llama`, the
 //! Mistral vocabulary and chat template), with Mistral 7B's shape: 32 blocks, embedding 4096,
 //! FFN 14336, 32 query / 8 KV heads, vocabulary 32000. Type mixes follow the reference
 //! quantizer's: Q4_K_M = Q4_K everywhere but Q6_K for `output` and for `attn_v`/`ffn_down` in
 //! the first and last eighth of the layers and every third layer between; Q2_K = Q2_K with
-//! Q3_K `attn_v`/`ffn_down` and Q6_K output; the others uniform with a Q6_K output (Q8_0 output
-//! for Q8_0).
+//! Q3_K `attn_v`/`ffn_down` and Q6_K output; IQ4_XS = IQ4_XS with Q5_K `attn_v` and Q6_K
+//! output; the others uniform with a Q6_K output (Q8_0 output for Q8_0).
 //!
 //! Weights: seeded Gaussian rows quantized with the kernels' quantizers. Quantizing 7 billion
 //! values with the reference K-quant search would take many minutes on two cores, so a pool of
@@ -73,6 +73,10 @@ fn mix(kind: &str, name: &str, layer: Option<usize>) -> WeightType {
         "q8_0" => WeightType::Q8_0,
         "q4_0" if name == "output.weight" => WeightType::Q6_K,
         "q4_0" => WeightType::Q4_0,
+        // The reference's IQ4_XS mix for a model with 4 query heads per KV head.
+        "iq4_xs" if name == "output.weight" => WeightType::Q6_K,
+        "iq4_xs" if name.ends_with("attn_v.weight") => WeightType::Q5_K,
+        "iq4_xs" => WeightType::IQ4_XS,
         _ => unreachable!(),
     }
 }
@@ -95,10 +99,10 @@ impl Gauss {
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let out = PathBuf::from(args.get(1).ok_or_else(|| anyhow!("usage: make_bench_model OUT.gguf [q4_k_m|q8_0|q6_k|q2_k|q4_0]"))?);
+    let out = PathBuf::from(args.get(1).ok_or_else(|| anyhow!("usage: make_bench_model OUT.gguf [q4_k_m|q8_0|q6_k|q2_k|q4_0|iq4_xs]"))?);
     let kind = args.get(2).map(String::as_str).unwrap_or("q4_k_m");
-    if !["q4_k_m", "q8_0", "q6_k", "q2_k", "q4_0"].contains(&kind) {
-        bail!("unknown type {kind}: q4_k_m, q8_0, q6_k, q2_k or q4_0");
+    if !["q4_k_m", "q8_0", "q6_k", "q2_k", "q4_0", "iq4_xs"].contains(&kind) {
+        bail!("unknown type {kind}: q4_k_m, q8_0, q6_k, q2_k, q4_0 or iq4_xs");
     }
     let shared = test_support::shared();
     let src_path = shared.join("models/tiny-mistral-q4_k_m.gguf");
@@ -114,7 +118,7 @@ fn main() -> Result<()> {
         ("llama.attention.head_count_kv", MetaValue::U32(N_HEAD_KV as u32)),
         ("llama.rope.dimension_count", MetaValue::U32(HEAD_DIM as u32)),
         ("llama.context_length", MetaValue::U32(32768)),
-        ("general.file_type", MetaValue::U32(match kind { "q4_k_m" => 15, "q8_0" => 7, "q6_k" => 18, "q4_0" => 2, _ => 10 })),
+        ("general.file_type", MetaValue::U32(match kind { "q4_k_m" => 15, "q8_0" => 7, "q6_k" => 18, "q4_0" => 2, "iq4_xs" => 30, _ => 10 })),
     ]
     .into_iter()
     .collect();

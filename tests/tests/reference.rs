@@ -327,3 +327,35 @@ fn qwen2_5_coder_0_5b() {
     check(&model, &reference, 0.25, &[(2, None)], None);
     check(&model, &reference, 0.25, &[(1, Some("avx2"))], Some(&["chat"]));
 }
+
+// IQ4_NL and IQ4_XS. The shared fixtures hold no model in these types: the reference's quantizer
+// made them from ../shared/models/tiny-mistral-f16.gguf (`llama-quantize F16 OUT IQ4_NL|IQ4_XS`:
+// IQ4 everywhere but a Q6_K output and Q5 attn_v), and the reference's answers on them are in
+// tests/data/reference/ (made by tests/data/make_reference.py). The models are looked for beside
+// the real ones, pinned by sha256 so that the answers are the ones for that file.
+
+/// The IQ4 tiny model `file` if it is in the models folder with the content the answers were
+/// computed on (else skipped with a message, as the real models are).
+fn iq4_model(file: &str, sha256: &str) -> Option<PathBuf> {
+    use sha2::Digest;
+    let p = real_model(file)?;
+    let got = format!("{:x}", sha2::Sha256::digest(std::fs::read(&p).unwrap()));
+    assert_eq!(got, sha256, "{}: not the file the reference answers were computed on", p.display());
+    Some(p)
+}
+
+fn tiny_iq4(ty: &str, sha256: &str) {
+    let Some(model) = iq4_model(&format!("tiny-mistral-{ty}.gguf"), sha256) else { return };
+    let reference = e2e::root().join(format!("tests/data/reference/tiny-mistral-{ty}.json"));
+    check(&model, &reference, 0.15, &[(2, None)], None);
+    check(&model, &reference, 0.15, &[(1, Some("scalar")), (3, Some("avx2"))], Some(&["fox", "code"]));
+}
+
+#[test]
+fn tiny_mistral_iq4_nl() {
+    tiny_iq4("iq4_nl", "ab402ad4d7da8a0dde69f91c75061f0a7cbaab822f90f334606022ff0c719a71");
+}
+#[test]
+fn tiny_mistral_iq4_xs() {
+    tiny_iq4("iq4_xs", "b7f42e4ac27db769d915baeebc3c6bb43ed9f3225d6bd6fceb1f5304c27e7f0a");
+}

@@ -100,6 +100,20 @@ impl Weights for Q8_0 {
     }
 }
 
+/// IQ4_NL: Q4_0's layout, the nibbles index the codebook; its codes are the codebook values
+/// + 128 (one `vpshufb`), reaching 241 like Q8_0's.
+pub(crate) struct IQ4NL;
+impl Weights for IQ4NL {
+    const BYTES: usize = 18;
+    const OFFSET: i32 = 128;
+    const HAS_MIN: bool = false;
+    #[inline(always)]
+    unsafe fn codes(p: *const u8) -> __m256i {
+        let t = _mm_maskload_epi32(crate::types::iq4_nl::UNSIGNED.as_ptr() as *const i32, _mm_set1_epi32(-1));
+        _mm256_shuffle_epi8(_mm256_set_m128i(t, t), nibbles(p.add(2)))
+    }
+}
+
 /// Lines per packed block: 8 of codes, the scales, the minimums.
 pub(crate) const fn block_lines<W: Weights>() -> usize {
     if W::HAS_MIN {

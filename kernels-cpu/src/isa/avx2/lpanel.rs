@@ -1,5 +1,5 @@
 //! avx2 panel kernels for the legacy 32-value block types (Q4_0, Q4_1, Q5_0, Q5_1, and Q8_0
-//! with AVX-VNNI), for many tokens at once (see `PanelFn`): the avx512 `lpanel` design on
+//! and IQ4_NL with AVX-VNNI), for many tokens at once (see `PanelFn`): the avx512 `lpanel` design on
 //! 256-bit vectors.
 //!
 //! Each call repacks its weight rows once, 8 rows at a time, into a panel: per block, eight
@@ -11,7 +11,7 @@
 //! summed in 16 bits (codes <= 31: |sum| <= 4 * 2 * 31 * 128 < 2^15) then one `vpmaddwd`, twice;
 //! then one convert and two float operations for the 8 rows. The offset of the unsigned codes
 //! starts the integer sum as `-offset * sum(x)` of the token's block (exact), Q4_1/Q5_1 add
-//! `m * s`. Q8_0 codes reach 255, too large for the 16-bit sums: without AVX-VNNI it keeps the
+//! `m * s`. Q8_0 codes reach 255 (IQ4_NL's 241), too large for the 16-bit sums: without AVX-VNNI it keeps the
 //! tile kernel.
 //!
 //! Rows are the vector lanes, so the activations need no transposing and the results come out
@@ -26,7 +26,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::legacy::{h2f, ld256};
-use crate::isa::lpanels::{block_lines, run, with_scratch, Acts, Scratch, Steps, Weights, A8_0, A8_1, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
+use crate::isa::lpanels::{block_lines, run, with_scratch, Acts, Scratch, Steps, Weights, A8_0, A8_1, IQ4NL, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
 use crate::isa::PanelFn;
 use crate::types::WeightType;
 use std::arch::x86_64::*;
@@ -56,6 +56,7 @@ pub(super) fn panel_with(t: WeightType, vnni: bool) -> Option<PanelFn> {
         WeightType::Q5_0 if vnni => q5_0::panel::<true>,
         WeightType::Q5_1 if vnni => q5_1::panel::<true>,
         WeightType::Q8_0 if vnni => q8_0::panel::<true>,
+        WeightType::IQ4_NL if vnni => iq4_nl::panel::<true>,
         WeightType::Q4_0 => q4_0::panel::<false>,
         WeightType::Q4_1 => q4_1::panel::<false>,
         WeightType::Q5_0 => q5_0::panel::<false>,
@@ -333,6 +334,7 @@ panel_kernel!(q4_1, Q4_1, A8_1, "Q4_1");
 panel_kernel!(q5_0, Q5_0, A8_0, "Q5_0");
 panel_kernel!(q5_1, Q5_1, A8_1, "Q5_1");
 panel_kernel!(q8_0, Q8_0, A8_0, "Q8_0");
+panel_kernel!(iq4_nl, IQ4NL, A8_0, "IQ4_NL");
 
 #[cfg(test)]
 mod tests {
@@ -350,7 +352,7 @@ mod tests {
         }
         use WeightType::*;
         let shapes: [(usize, usize, usize); 7] = [(1, 8, 1), (8, 8, 2), (7, 9, 3), (17, 13, 8), (9, 3, 37), (24, 16, 64), (3, 1, 4)];
-        for t in [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0] {
+        for t in [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL] {
             for vnni in [false, true] {
                 let Some(f) = panel_with(t, vnni) else { continue };
                 for (si, &(nr, nc, nb)) in shapes.iter().enumerate() {

@@ -1,11 +1,13 @@
 //! avx2 kernels. Every ISA module has the same three lookups; `None` = not provided here, and
 //! `Kernels::for_isa` falls back to a lower ISA. The kernels themselves live in `legacy`
-//! (F16/BF16/Q4_0..Q8_1) and `kquants` (Q2_K..Q8_K); they are only installed when
-//! `available()` is true, which is what makes calling their `#[target_feature]` code sound.
+//! (F16/BF16/Q4_0..Q8_1), `kquants` (Q2_K..Q8_K) and `iq4` (IQ4_NL, IQ4_XS); they are only
+//! installed when `available()` is true, which is what makes calling their `#[target_feature]`
+//! code sound.
 
 use super::{GemmTileFn, GemvFn, PanelFn, QuantizeFn, VecDotFn};
 use crate::types::WeightType;
 
+mod iq4;
 mod kpanel;
 mod kquants;
 mod legacy;
@@ -17,7 +19,7 @@ pub fn available() -> bool {
 }
 
 pub fn vec_dot(t: WeightType) -> Option<VecDotFn> {
-    legacy::vec_dot(t).or_else(|| kquants::vec_dot(t))
+    legacy::vec_dot(t).or_else(|| kquants::vec_dot(t)).or_else(|| iq4::vec_dot(t))
 }
 
 pub fn gemm(t: WeightType) -> Option<(GemmTileFn, usize, usize)> {

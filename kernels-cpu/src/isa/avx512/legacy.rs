@@ -1,9 +1,10 @@
-//! avx512 kernels for the legacy 32-element block types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 against
-//! Q8_0 / Q8_1 activations), with AVX-512 VNNI (`vpdpbusd`: u8 x i8, four products per i32
-//! lane, exact) and VBMI (byte permutes to unpack nibbles and fifth bits).
+//! avx512 kernels for the legacy 32-element block types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL
+//! against Q8_0 / Q8_1 activations), with AVX-512 VNNI (`vpdpbusd`: u8 x i8, four products per
+//! i32 lane, exact) and VBMI (byte permutes to unpack nibbles and fifth bits).
 //!
 //! Two blocks (64 values) per 512-bit register. The weights are made unsigned once per block
-//! and row (nibbles are already 0..15 or 0..31; Q8_0 quants get +128), and the offset comes
+//! and row (nibbles are already 0..15 or 0..31; Q8_0 quants get +128; IQ4_NL's nibbles become
+//! their codebook value + 128 with one `vpshufb` of the 16-entry table), and the offset comes
 //! back exactly in the integer domain: `dot(q - o, x) = dpbusd(q, x) - dpbusd(o, x)`, the
 //! second term computed once per activation block and used for every row of the tile. Then per
 //! (row, token) and block pair: one `vpdpbusd`, a convert, and a multiply-add by the product of
@@ -42,6 +43,7 @@ pub fn vec_dot(t: WeightType) -> Option<VecDotFn> {
         WeightType::Q5_0 => q5_0::vec_dot,
         WeightType::Q5_1 => q5_1::vec_dot,
         WeightType::Q8_0 => q8_0::vec_dot,
+        WeightType::IQ4_NL => iq4_nl::vec_dot,
         _ => return None,
     })
 }
@@ -66,6 +68,7 @@ pub fn gemm(t: WeightType) -> Option<(GemmTileFn, usize, usize)> {
         WeightType::Q5_0 => q5_0::gemm,
         WeightType::Q5_1 => q5_1::gemm,
         WeightType::Q8_0 => q8_0::gemm,
+        WeightType::IQ4_NL => iq4_nl::gemm,
         _ => return None,
     };
     Some((f, TILE_ROWS, TILE_TOKENS))
@@ -85,6 +88,7 @@ pub fn gemv(t: WeightType) -> Option<GemvFn> {
         WeightType::Q5_0 => q5_0::gemv,
         WeightType::Q5_1 => q5_1::gemv,
         WeightType::Q8_0 => q8_0::gemv,
+        WeightType::IQ4_NL => iq4_nl::gemv,
         _ => return None,
     })
 }
@@ -97,6 +101,8 @@ trait WeightBlocks {
     const OFFSET: u8;
     /// Whether blocks carry a minimum (`value = d * q + m`).
     const HAS_MIN: bool;
+    /// Whether the nibbles index IQ4_NL's codebook (`codebook`) rather than being the quants.
+    const CODEBOOK: bool = false;
     /// Quants of the blocks at `p` (and `p + BYTES` when `two`; else zeros) as 64 unsigned
     /// bytes, the scales in lanes (0..8: first block, 8..16: second) and the minimums in lanes
     /// 0 and 8 (zeros elsewhere and for types without one).
@@ -245,6 +251,13 @@ unsafe fn nibbles(h: __m512i, idx: &'static [u8; 64]) -> __m512i {
     _mm512_and_si512(v, _mm512_set1_epi8(0x0f))
 }
 
+/// IQ4_NL's codebook made unsigned (value + 128, see `types::iq4_nl::UNSIGNED`) in each
+/// 128-bit lane: the table of a `vpshufb` from nibbles to codes.
+#[inline(always)]
+unsafe fn codebook() -> __m512i {
+    _mm512_broadcast_i32x4(_mm_maskz_loadu_epi8(u16::MAX, crate::types::iq4_nl::UNSIGNED.as_ptr() as *const i8))
+}
+
 /// Adds 16 to each quant whose fifth bit (bit j of the block's u32 at byte `qh`) is set.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
@@ -268,12 +281,13 @@ unsafe fn two32(p: *const u8, q: *const u8, two: bool) -> __m512i {
 
 /// A small block type whose pair fits in 64 bytes: (bytes, d, m or none, qh or none, qs).
 macro_rules! small_weight {
-    ($T:ident, $bytes:expr, $offset:expr, $m:expr, $qh:expr, $qs:expr) => {
+    ($T:ident, $bytes:expr, $offset:expr, $m:expr, $qh:expr, $qs:expr $(, $codebook:literal)?) => {
         struct $T;
         impl WeightBlocks for $T {
             const BYTES: usize = $bytes;
             const OFFSET: u8 = $offset;
             const HAS_MIN: bool = { let m: Option<usize> = $m; m.is_some() };
+            $(const CODEBOOK: bool = $codebook;)?
             #[inline]
             #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
             unsafe fn load(p: *const u8, two: bool) -> (__m512i, __m512, __m512) {
@@ -292,6 +306,9 @@ macro_rules! small_weight {
                 if let Some(qh) = &QH {
                     q = fifth_bits(q, h, qh);
                 }
+                if Self::CODEBOOK {
+                    q = _mm512_shuffle_epi8(codebook(), q);
+                }
                 let d = half_lanes(h, &D, false);
                 let m = match &M {
                     Some(m) => half_lanes(h, m, true),
@@ -307,6 +324,7 @@ small_weight!(Q4_0, 18, 8, None, None, 2);
 small_weight!(Q4_1, 20, 0, Some(2), None, 4);
 small_weight!(Q5_0, 22, 16, None, Some(2), 6);
 small_weight!(Q5_1, 24, 0, Some(2), Some(4), 8);
+small_weight!(IQ4NL, 18, 128, None, None, 2, true);
 
 struct Q8_0;
 impl WeightBlocks for Q8_0 {
@@ -697,8 +715,9 @@ legacy_kernels!(q4_1, Q4_1, A8_1, "Q4_1", quad);
 legacy_kernels!(q5_0, Q5_0, A8_0, "Q5_0", quad);
 legacy_kernels!(q5_1, Q5_1, A8_1, "Q5_1", quad);
 legacy_kernels!(q8_0, Q8_0, A8_0, "Q8_0");
+legacy_kernels!(iq4_nl, IQ4NL, A8_0, "IQ4_NL", quad);
 
-/// The one-token kernel of the nibble types (Q4_0, Q4_1, Q5_0, Q5_1): four blocks (128
+/// The one-token kernel of the nibble types (Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL): four blocks (128
 /// values) per step instead of two.
 ///
 /// Two blocks per 512-bit register (`gemv_rows`) cost a convert and two float multiplies per
@@ -782,6 +801,11 @@ mod quad {
         const QS: usize = 8;
         const QH: Option<usize> = Some(4);
         const M: usize = 2;
+    }
+    impl Layout for IQ4NL {
+        const QS: usize = 2;
+        const QH: Option<usize> = None;
+        const M: usize = 0;
     }
 
     /// Byte `q` of a run of four `bytes`-byte blocks as an index into the register pair
@@ -983,6 +1007,10 @@ mod quad {
                 let f2 = _mm512_test_epi8_mask(_mm512_permutex2var_epi8(h1, h2idx, h2), hbit);
                 v1 = _mm512_mask_add_epi8(v1, f1, v1, sixteen);
                 v2 = _mm512_mask_add_epi8(v2, f2, v2, sixteen);
+            }
+            if W::CODEBOOK {
+                v1 = _mm512_shuffle_epi8(codebook(), v1);
+                v2 = _mm512_shuffle_epi8(codebook(), v2);
             }
             let xp = a.q.as_ptr() as *const __m512i;
             let sv = _mm_load_ps(s.s.as_ptr());

@@ -1,5 +1,5 @@
 //! avx512 VNNI panel kernels for the legacy 32-value block types (Q4_0, Q4_1, Q5_0, Q5_1,
-//! Q8_0 weights against Q8_0 / Q8_1 activations), for many tokens at once (see `PanelFn`).
+//! Q8_0, IQ4_NL weights against Q8_0 / Q8_1 activations), for many tokens at once (see `PanelFn`).
 //!
 //! Each call repacks its weight rows once, 16 rows at a time, into a "panel": per block, eight
 //! 64-byte lines, line `g` holding bytes `4g..4g+4` of each of the 16 rows (lane `r` = row
@@ -27,7 +27,7 @@
 // Micro-kernels index register arrays by token on purpose.
 #![allow(clippy::needless_range_loop)]
 
-use crate::isa::lpanels::{block_lines, run, with_scratch, Acts, Scratch, Steps, Weights, A8_0, A8_1, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
+use crate::isa::lpanels::{block_lines, run, with_scratch, Acts, Scratch, Steps, Weights, A8_0, A8_1, IQ4NL, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
 use crate::isa::PanelFn;
 use crate::types::WeightType;
 use std::arch::x86_64::*;
@@ -61,6 +61,7 @@ pub fn panel(t: WeightType) -> Option<PanelFn> {
         WeightType::Q5_0 => q5_0::panel,
         WeightType::Q5_1 => q5_1::panel,
         WeightType::Q8_0 => q8_0::panel,
+        WeightType::IQ4_NL => iq4_nl::panel,
         _ => return None,
     })
 }
@@ -423,6 +424,7 @@ panel_kernel!(q4_1, Q4_1, A8_1, "Q4_1");
 panel_kernel!(q5_0, Q5_0, A8_0, "Q5_0");
 panel_kernel!(q5_1, Q5_1, A8_1, "Q5_1");
 panel_kernel!(q8_0, Q8_0, A8_0, "Q8_0");
+panel_kernel!(iq4_nl, IQ4NL, A8_0, "IQ4_NL");
 
 #[cfg(test)]
 mod tests {
@@ -458,7 +460,7 @@ mod tests {
             (3, 1, 4),
             (18, 9, 2),
         ];
-        for t in [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0] {
+        for t in [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL] {
             let at = t.vec_dot_type();
             let scalar = crate::isa::scalar::vec_dot(t).unwrap();
             let f = panel(t).unwrap();
@@ -551,6 +553,7 @@ mod tests {
         check::<Q5_0>(WeightType::Q5_0);
         check::<Q5_1>(WeightType::Q5_1);
         check::<Q8_0>(WeightType::Q8_0);
+        check::<IQ4NL>(WeightType::IQ4_NL);
     }
 
     /// Calling again with other shapes reuses and grows the scratch without mixing up calls:

@@ -1,11 +1,13 @@
 //! avx512 kernels. Every ISA module has the same three lookups; `None` = not provided here, and
 //! `Kernels::for_isa` falls back to a lower ISA. The kernels themselves live in `legacy`
-//! (F16/BF16/Q4_0..Q8_1) and `kquants` (Q2_K..Q8_K); they are only installed when
-//! `available()` is true, which is what makes calling their `#[target_feature]` code sound.
+//! (F16/BF16/Q4_0..Q8_1, IQ4_NL), `kquants` (Q2_K..Q8_K) and `iq4xs` (IQ4_XS); they are only
+//! installed when `available()` is true, which is what makes calling their `#[target_feature]`
+//! code sound.
 
 use super::{GemmTileFn, GemvFn, PanelFn, QuantizeFn, VecDotFn};
 use crate::types::WeightType;
 
+mod iq4xs;
 mod kpanel;
 mod kquants;
 mod legacy;
@@ -25,11 +27,11 @@ fn vnni() -> bool {
 }
 
 pub fn vec_dot(t: WeightType) -> Option<VecDotFn> {
-    legacy::vec_dot(t).or_else(|| kquants::vec_dot(t))
+    legacy::vec_dot(t).or_else(|| kquants::vec_dot(t)).or_else(|| iq4xs::vec_dot(t))
 }
 
 pub fn gemm(t: WeightType) -> Option<(GemmTileFn, usize, usize)> {
-    legacy::gemm(t).or_else(|| kquants::gemm(t))
+    legacy::gemm(t).or_else(|| kquants::gemm(t)).or_else(|| iq4xs::gemm(t))
 }
 
 pub fn quantize(t: WeightType) -> Option<QuantizeFn> {
@@ -38,7 +40,7 @@ pub fn quantize(t: WeightType) -> Option<QuantizeFn> {
 
 /// Many rows against one token (`matmul` with one token).
 pub fn gemv(t: WeightType) -> Option<GemvFn> {
-    legacy::gemv(t).or_else(|| kquants::gemv(t))
+    legacy::gemv(t).or_else(|| kquants::gemv(t)).or_else(|| iq4xs::gemv(t))
 }
 
 /// Whole row blocks against many tokens (`matmul` with at least `PANEL_MIN_TOKENS` tokens).

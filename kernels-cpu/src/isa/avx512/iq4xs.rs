@@ -1,0 +1,345 @@
+//! avx512 kernels for IQ4_XS weights against Q8_K activations (AVX-512 F/BW/VL with VNNI).
+//!
+//! A block's 128 index bytes are two 64-byte halves of four sub-blocks each, 128-bit lane `k`
+//! of a half holding sub-block `k`'s 16 bytes. Per half: the low and the high nibbles (values
+//! 0..16 and 16..32 of each sub-block) become unsigned codes with one `vpshufb` each of the
+//! codebook + 128 (`types::iq4_nl::UNSIGNED`); two `vshufi64x2` put the activations' 128 quants
+//! in the same order; two `vpdpbusd` then give, per i32 lane (four per sub-block), exact sums
+//! of code x quant. The 128 comes back exactly in the integer domain: the sums start at
+//! `-128 * bsums` of the sub-block's two 16-value groups (its first two lanes). Then one
+//! convert and one multiply-add by the lane's scale `d * (ls - 32) * d_x`: the scalar
+//! specification's integer sums per sub-block, then the scales.
+//!
+//! Installed only when AVX-512 F/BW/VL, AVX2/FMA and VNNI are all detected (`supported`),
+//! which is what makes calling the `#[target_feature]` code sound.
+
+// Tile loops index several register arrays by row and token on purpose.
+#![allow(clippy::needless_range_loop)]
+
+use core::arch::x86_64::*;
+
+use crate::isa::{prefetch_ahead, GemmTileFn, GemvFn, VecDotFn};
+use crate::types::iq4_xs::BlockIQ4XS;
+use crate::types::q8_k::{first_blocks, BlockQ8K, QK_K};
+use crate::types::{f16_to_f32, WeightType};
+
+fn supported() -> bool {
+    super::vnni()
+}
+
+pub fn vec_dot(t: WeightType) -> Option<VecDotFn> {
+    (supported() && t == WeightType::IQ4_XS).then_some(vec_dot_iq4xs as VecDotFn)
+}
+
+pub fn gemv(t: WeightType) -> Option<GemvFn> {
+    (supported() && t == WeightType::IQ4_XS).then_some(gemv_iq4xs as GemvFn)
+}
+
+/// Tile shape: rows x tokens (each weight half unpacked once per tile, used for 4 tokens).
+const TILE_ROWS: usize = 4;
+const TILE_TOKENS: usize = 4;
+
+pub fn gemm(t: WeightType) -> Option<(GemmTileFn, usize, usize)> {
+    (supported() && t == WeightType::IQ4_XS).then_some((gemm_iq4xs as GemmTileFn, TILE_ROWS, TILE_TOKENS))
+}
+
+/// 64 bytes at `p`, any alignment (an all-ones masked load: a plain `vmovdqu`, see
+/// `legacy::load64`).
+///
+/// # Safety
+/// 64 bytes readable at `p`; the CPU has avx512bw (inlined into the kernels' features).
+#[inline(always)]
+unsafe fn load64(p: *const u8) -> __m512i {
+    _mm512_maskz_loadu_epi8(u64::MAX, p as *const i8)
+}
+
+/// Per-lane shift counts: lane `l` of half `h` belongs to sub-block `4h + l / 4`, whose scale
+/// bits sit at `bits * (4h + l / 4)` of the packed field.
+const fn shifts(h: usize, bits: u32) -> [u32; 16] {
+    let mut a = [0u32; 16];
+    let mut l = 0;
+    while l < 16 {
+        a[l] = bits * (4 * h + l / 4) as u32;
+        l += 1;
+    }
+    a
+}
+const SHIFT_L: [[u32; 16]; 2] = [shifts(0, 4), shifts(1, 4)];
+const SHIFT_H: [[u32; 16]; 2] = [shifts(0, 2), shifts(1, 2)];
+
+/// `vpermd` index: lanes `4k`, `4k + 1` of half `h` take `bsums[8h + 2k]`, `[8h + 2k + 1]`
+/// (the two 16-value groups of sub-block `4h + k`); the other lanes are masked to zero.
+const fn bsum_index(h: usize) -> [u32; 16] {
+    let mut a = [0u32; 16];
+    let mut l = 0;
+    while l < 16 {
+        a[l] = (8 * h + 2 * (l / 4) + l % 4 % 2) as u32;
+        l += 1;
+    }
+    a
+}
+const BSUM_IDX: [[u32; 16]; 2] = [bsum_index(0), bsum_index(1)];
+const BSUM_LANES: u16 = 0x3333;
+
+/// One half of a weight block: the codes of values 0..16 (`lo`) and 16..32 (`hi`) of its four
+/// sub-blocks, and each lane's scale `d * (ls - 32)`.
+#[derive(Clone, Copy)]
+struct WHalf {
+    lo: __m512i,
+    hi: __m512i,
+    s: __m512,
+}
+
+/// Half `h` of block `b`.
+///
+/// # Safety
+/// The CPU has the kernels' features (inlined into their `#[target_feature]` entry points).
+#[inline(always)]
+unsafe fn weight_half(b: &BlockIQ4XS, h: usize) -> WHalf {
+    let table = _mm512_broadcast_i32x4(_mm_maskz_loadu_epi8(u16::MAX, crate::types::iq4_nl::UNSIGNED.as_ptr() as *const i8));
+    let m4 = _mm512_set1_epi8(0x0F);
+    let q = load64(b.qs.as_ptr().add(64 * h));
+    let lo = _mm512_shuffle_epi8(table, _mm512_and_si512(q, m4));
+    let hi = _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi16::<4>(q), m4));
+    let sl = _mm512_set1_epi32(u32::from_le_bytes(b.scales_l) as i32);
+    let sh = _mm512_set1_epi32(u16::from_le_bytes(b.scales_h) as i32);
+    let ls_lo = _mm512_and_si512(_mm512_srlv_epi32(sl, load64(SHIFT_L[h].as_ptr() as *const u8)), _mm512_set1_epi32(0xF));
+    let ls_hi = _mm512_and_si512(_mm512_srlv_epi32(sh, load64(SHIFT_H[h].as_ptr() as *const u8)), _mm512_set1_epi32(3));
+    let ls = _mm512_sub_epi32(_mm512_or_si512(ls_lo, _mm512_slli_epi32::<4>(ls_hi)), _mm512_set1_epi32(32));
+    let s = _mm512_mul_ps(_mm512_cvtepi32_ps(ls), _mm512_set1_ps(f16_to_f32(b.d)));
+    WHalf { lo, hi, s }
+}
+
+/// One half of an activation block in the weights' order: quants 0..16 (`lo`) and 16..32
+/// (`hi`) of the four sub-blocks, and `-128 * bsums` in each sub-block's first two lanes.
+#[derive(Clone, Copy)]
+struct XHalf {
+    lo: __m512i,
+    hi: __m512i,
+    base: __m512i,
+}
+
+/// Half `h` of activation block `a`.
+///
+/// # Safety
+/// As `weight_half`.
+#[inline(always)]
+unsafe fn act_half(a: &BlockQ8K, h: usize) -> XHalf {
+    let p = a.qs.as_ptr() as *const u8;
+    let (a0, a1) = (load64(p.add(128 * h)), load64(p.add(128 * h + 64)));
+    // lanes: sub-block k's quants 0..16 are 128-bit lane 2k % 4 of a0 (k < 2) or a1
+    let lo = _mm512_shuffle_i64x2::<0x88>(a0, a1);
+    let hi = _mm512_shuffle_i64x2::<0xDD>(a0, a1);
+    let bs = _mm512_cvtepi16_epi32(_mm256_maskz_loadu_epi8(u32::MAX, a.bsums.as_ptr() as *const i8));
+    let picked = _mm512_maskz_permutexvar_epi32(BSUM_LANES, load64(BSUM_IDX[h].as_ptr() as *const u8), bs);
+    let base = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32::<7>(picked));
+    XHalf { lo, hi, base }
+}
+
+/// `acc += f32(exact sums of half w x half x) * (scales * d_x)`.
+#[inline(always)]
+unsafe fn step(acc: __m512, w: &WHalf, x: &XHalf, dx: __m512) -> __m512 {
+    let i = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(x.base, w.lo, x.lo), w.hi, x.hi);
+    _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_mul_ps(w.s, dx), acc)
+}
+
+/// One row against one token.
+///
+/// # Safety
+/// The CPU has the features of the caller's `#[target_feature]`.
+#[inline(always)]
+unsafe fn dot(wb: &[BlockIQ4XS], xb: &[BlockQ8K]) -> f32 {
+    let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    for (b, a) in wb.iter().zip(xb) {
+        prefetch_ahead(b);
+        let dx = _mm512_set1_ps(a.d());
+        a0 = step(a0, &weight_half(b, 0), &act_half(a, 0), dx);
+        a1 = step(a1, &weight_half(b, 1), &act_half(a, 1), dx);
+    }
+    _mm512_reduce_add_ps(_mm512_add_ps(a0, a1))
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn vec_dot_tf(wb: &[BlockIQ4XS], xb: &[BlockQ8K]) -> f32 {
+    // SAFETY: this function's features are the ones `dot` needs.
+    unsafe { dot(wb, xb) }
+}
+
+fn vec_dot_iq4xs(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    let nb = n / QK_K;
+    let (wb, xb) = (first_blocks::<BlockIQ4XS>(w, nb, "IQ4_XS vec_dot weights"), first_blocks::<BlockQ8K>(x, nb, "IQ4_XS vec_dot activations"));
+    // SAFETY: installed only when `supported()` (all enabled features detected).
+    unsafe { vec_dot_tf(wb, xb) }
+}
+
+/// An activation block in the weights' order, prepared once per `gemv` call for every row.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Prep {
+    halves: [XHalf; 2],
+    dx: __m512,
+}
+
+/// Blocks prepared at most (rows of up to 16384 values: 28 KiB on the stack, in L1 while the
+/// rows stream past); longer rows unpack the activations again for every row.
+const PREP_MAX: usize = 64;
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn gemv_tf(nb: usize, w: &[u8], w_stride: usize, nr: usize, xb: &[BlockQ8K], out: &mut [f32]) {
+    if nb > PREP_MAX {
+        for (r, o) in out[..nr].iter_mut().enumerate() {
+            let wb = first_blocks::<BlockIQ4XS>(&w[r * w_stride..], nb, "IQ4_XS gemv weights");
+            // SAFETY: this function's features are the ones `dot` needs.
+            *o = unsafe { dot(wb, xb) };
+        }
+        return;
+    }
+    let mut buf = [const { core::mem::MaybeUninit::<Prep>::uninit() }; PREP_MAX];
+    for (slot, a) in buf.iter_mut().zip(xb) {
+        // SAFETY: this function's features are the ones `act_half` needs.
+        slot.write(unsafe { Prep { halves: [act_half(a, 0), act_half(a, 1)], dx: _mm512_set1_ps(a.d()) } });
+    }
+    // SAFETY: the first `nb` slots were all written just above.
+    let prep = unsafe { core::slice::from_raw_parts(buf.as_ptr() as *const Prep, nb) };
+    for (r, o) in out[..nr].iter_mut().enumerate() {
+        let wb = first_blocks::<BlockIQ4XS>(&w[r * w_stride..], nb, "IQ4_XS gemv weights");
+        let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        for (b, p) in wb.iter().zip(prep) {
+            prefetch_ahead(b);
+            // SAFETY: this function's features are the ones `weight_half` and `step` need.
+            unsafe {
+                a0 = step(a0, &weight_half(b, 0), &p.halves[0], p.dx);
+                a1 = step(a1, &weight_half(b, 1), &p.halves[1], p.dx);
+            }
+        }
+        *o = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+    }
+}
+
+/// Rows one after the other, each one sequential stream, against activations prepared once.
+fn gemv_iq4xs(n: usize, w: &[u8], w_stride: usize, nr: usize, x: &[u8], out: &mut [f32]) {
+    let nb = n / QK_K;
+    let xb = first_blocks::<BlockQ8K>(x, nb, "IQ4_XS gemv activations");
+    assert!(out.len() >= nr, "IQ4_XS gemv: {} outputs for {nr} rows", out.len());
+    // SAFETY: installed only when `supported()`; rows and activations are bounds-checked slices.
+    unsafe { gemv_tf(nb, w, w_stride, nr, xb, out) }
+}
+
+/// `R` rows x `C` tokens, `out[c * os + r]`.
+///
+/// # Safety
+/// As `dot`; every row holds `nb` blocks at `w[r * ws..]`, every token at `x[c * xs..]`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<const R: usize, const C: usize>(nb: usize, w: &[u8], ws: usize, x: &[u8], xs: usize, out: &mut [f32], os: usize) {
+    let rows: [&[BlockIQ4XS]; R] = core::array::from_fn(|r| first_blocks::<BlockIQ4XS>(&w[r * ws..], nb, "IQ4_XS gemm weights"));
+    let toks: [&[BlockQ8K]; C] = core::array::from_fn(|c| first_blocks::<BlockQ8K>(&x[c * xs..], nb, "IQ4_XS gemm activations"));
+    let mut acc = [[_mm512_setzero_ps(); C]; R];
+    for b in 0..nb {
+        for h in 0..2 {
+            let mut wh = [WHalf { lo: _mm512_setzero_si512(), hi: _mm512_setzero_si512(), s: _mm512_setzero_ps() }; R];
+            for r in 0..R {
+                if h == 0 {
+                    prefetch_ahead(&rows[r][b]);
+                }
+                wh[r] = weight_half(&rows[r][b], h);
+            }
+            for c in 0..C {
+                let a = &toks[c][b];
+                let (xh, dx) = (act_half(a, h), _mm512_set1_ps(a.d()));
+                for r in 0..R {
+                    acc[r][c] = step(acc[r][c], &wh[r], &xh, dx);
+                }
+            }
+        }
+    }
+    for r in 0..R {
+        for c in 0..C {
+            out[c * os + r] = _mm512_reduce_add_ps(acc[r][c]);
+        }
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+fn gemm_tf(nb: usize, w: &[u8], ws: usize, nr: usize, x: &[u8], xs: usize, nc: usize, out: &mut [f32], os: usize) {
+    macro_rules! by_c {
+        ($r:literal) => {
+            // SAFETY: this function's features are the ones `tile` needs; slices are checked.
+            unsafe {
+                match nc {
+                    1 => tile::<$r, 1>(nb, w, ws, x, xs, out, os),
+                    2 => tile::<$r, 2>(nb, w, ws, x, xs, out, os),
+                    3 => tile::<$r, 3>(nb, w, ws, x, xs, out, os),
+                    _ => tile::<$r, 4>(nb, w, ws, x, xs, out, os),
+                }
+            }
+        };
+    }
+    match nr {
+        1 => by_c!(1),
+        2 => by_c!(2),
+        3 => by_c!(3),
+        _ => by_c!(4),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemm_iq4xs(n: usize, w: &[u8], w_stride: usize, nr: usize, x: &[u8], x_stride: usize, nc: usize, out: &mut [f32], out_stride: usize) {
+    assert!(
+        (1..=TILE_ROWS).contains(&nr) && (1..=TILE_TOKENS).contains(&nc) && out.len() > (nc - 1) * out_stride + nr - 1,
+        "IQ4_XS gemm: tile {nr}x{nc} does not fit its output"
+    );
+    // SAFETY: installed only when `supported()`; rows and tokens are bounds-checked slices.
+    unsafe { gemm_tf(n / QK_K, w, w_stride, nr, x, x_stride, nc, out, out_stride) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::q8_k::test_util::check_many_tokens;
+
+    /// The one-token kernel with prepared activations (up to `PREP_MAX` blocks) and without
+    /// (longer rows), strided rows, against the scalar specification.
+    #[test]
+    fn gemv_matches_scalar_vec_dot_around_the_prepared_limit() {
+        if !supported() {
+            eprintln!("skipped: the CPU lacks AVX-512 VNNI");
+            return;
+        }
+        let t = WeightType::IQ4_XS;
+        let scalar = crate::isa::scalar::vec_dot(t).unwrap();
+        for (nr, nb) in [(1, 1), (5, 3), (3, PREP_MAX), (2, PREP_MAX + 1)] {
+            let n = nb * QK_K;
+            let (w, ws) = crate::types::q8_k::test_util::strided_rows(t, n, nr, 136, 3 * nb as u64);
+            let (x, _) = crate::types::q8_k::test_util::strided_rows(WeightType::Q8_K, n, 1, 0, 99);
+            let mut out = vec![f32::NAN; nr];
+            gemv_iq4xs(n, &w, ws, nr, &x, &mut out);
+            for r in 0..nr {
+                let want = scalar(n, &w[r * ws..], &x);
+                assert!((out[r] - want).abs() <= 1e-5 * (n as f32).sqrt() * want.abs().max(1.0), "{nr}x{nb} row {r}: {} vs {want}", out[r]);
+            }
+        }
+    }
+
+    /// The tile kernel on every tile shape, with strides longer than a row, against the scalar
+    /// specification (`check_many_tokens`); the gemv and vec_dot are covered for every type by
+    /// tests/kernels.rs.
+    #[test]
+    fn tile_matches_scalar_vec_dot() {
+        if !supported() {
+            eprintln!("skipped: the CPU lacks AVX-512 VNNI");
+            return;
+        }
+        let t = WeightType::IQ4_XS;
+        for nr in 1..=TILE_ROWS {
+            for nc in 1..=TILE_TOKENS {
+                for nb in [1, 3] {
+                    let n = nb * QK_K;
+                    let tol = |want: f32| 1e-5 * (n as f32).sqrt() * want.abs().max(1.0);
+                    check_many_tokens("IQ4_XS tile", t, gemm_iq4xs, n, nr, nc, (136, 292), 7 * nr as u64 + nc as u64, tol);
+                }
+            }
+        }
+    }
+}
