@@ -8,6 +8,7 @@
 pub mod generate;
 pub mod info;
 pub mod tokenize;
+pub mod verify;
 
 use clap::Parser;
 use std::ffi::OsString;
@@ -120,6 +121,10 @@ pub struct Args {
     /// Server: how many conversations are served at once.
     #[arg(long = "parallel", alias = "np", default_value_t = 2)]
     pub parallel: usize,
+
+    /// Check every zip entry's CRC-32 against its bytes (this file, or -m FILE), then exit.
+    #[arg(long = "verify")]
+    pub verify: bool,
 }
 
 /// llama.cpp spells some long options with one dash (`-ngl 99`, `-sys`, `-cnv`, `-np`): clap
@@ -154,6 +159,9 @@ pub fn run(args: Vec<OsString>) -> anyhow::Result<i32> {
 }
 
 pub fn dispatch(args: &Args) -> anyhow::Result<i32> {
+    if args.verify {
+        return verify::run(args);
+    }
     if args.info {
         return info::run(args);
     }
