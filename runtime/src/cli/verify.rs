@@ -63,7 +63,8 @@ pub fn verify(path: &Path) -> anyhow::Result<String> {
     }
     let prefix = entries.iter().map(|e| e.header_offset).min().unwrap_or(0);
     let checked = entries.len() - skipped.len();
-    let mut s = format!("{}: OK: CRC-32 of all {checked} stored entries ({bytes} bytes) matches", path.display());
+    let what = if checked == 1 { "entry" } else { "entries" };
+    let mut s = format!("{}: OK: CRC-32 of {checked} stored {what} ({bytes} bytes) as recorded", path.display());
     if !skipped.is_empty() {
         s.push_str(&format!("; not checked (compressed): {}", skipped.join(", ")));
     }
