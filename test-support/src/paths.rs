@@ -30,9 +30,13 @@ pub fn models_dir() -> PathBuf {
 /// A binary built by the same `cargo` profile as this test (`target/<profile>/NAME`): the test
 /// executable lives in `target/<profile>/deps/`. `scripts/test` builds the binaries first
 /// (`cargo build --bins`), since cargo does not build other packages' binaries for tests.
+/// `LLAMAFILE_BIN_DIR` runs the suite on binaries from elsewhere (scripts/build-portable's).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
+    let dir = match std::env::var_os("LLAMAFILE_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => exe.parent().unwrap().parent().unwrap().to_path_buf(),
+    };
     let p = dir.join(name);
     assert!(p.exists(), "{} not built: run `cargo build --profile <same> --bins` first (scripts/test does)", p.display());
     p

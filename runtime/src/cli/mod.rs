@@ -12,6 +12,7 @@ pub mod info;
 mod spelling;
 pub mod structured;
 pub mod tokenize;
+pub mod verify;
 
 use crate::engine::sampler::{limits, SamplingOptions};
 use crate::engine::SamplingParams;
@@ -261,6 +262,11 @@ pub struct Args {
     /// A file with a JSON Schema (`-jf`).
     #[arg(long = "json-schema-file", group = "structured", help_heading = "Structured output")]
     pub json_schema_file: Option<PathBuf>,
+
+    // Integrity
+    /// Check every zip entry's CRC-32 against its bytes (this file, or -m FILE), then exit.
+    #[arg(long = "verify", help_heading = "Model")]
+    pub verify: bool,
 }
 
 /// A number as clap hands it over (the message is what follows "invalid value 'X' for '--flag'").
@@ -407,6 +413,9 @@ pub fn run(args: Vec<OsString>) -> anyhow::Result<i32> {
 }
 
 pub fn dispatch(args: &Args) -> anyhow::Result<i32> {
+    if args.verify {
+        return verify::run(args);
+    }
     if args.info {
         return info::run(args);
     }
