@@ -48,6 +48,9 @@ impl ChatMessage {
 /// a third of this budget is not enough for them).
 const FUEL: u64 = 1_000_000;
 
+/// Longest template line accepted, plus one (see `ChatTemplate::from_source`).
+const MAX_LINE_CHARS: usize = 65535;
+
 pub const BUILTIN_NAMES: &[&str] = &["mistral", "chatml", "vicuna", "gemma", "llama3"];
 
 const VICUNA_SYSTEM: &str = "A chat between a curious user and an artificial intelligence assistant. \
@@ -242,6 +245,11 @@ impl ChatTemplate {
 
     /// Compile a Jinja template (syntax errors are reported here, not at the first render).
     pub fn from_source(name: &str, source: &str, bos: &str, eos: &str) -> Result<ChatTemplate> {
+        // minijinja counts columns in 16 bits, and a syntax error past column 65,535 overflows
+        // that count (a panic where overflow checks are on): such lines are refused first.
+        if let Some(n) = source.split('\n').position(|l| l.chars().count() >= MAX_LINE_CHARS) {
+            bail!("invalid chat template ({name}): line {} is longer than {} characters", n + 1, MAX_LINE_CHARS - 1);
+        }
         let mut env = Environment::new();
         env.set_syntax(
             minijinja::syntax::SyntaxConfig::builder()
@@ -694,5 +702,21 @@ mod tests {
                 assert!(text.len() >= conv.iter().map(|m| m.content.len()).sum::<usize>(), "{}", t.name());
             }
         }
+    }
+
+    #[test]
+    fn a_syntax_error_far_along_a_long_line_is_an_error() {
+        for col in [65_534, 65_535, 70_000] {
+            // an unterminated string: the lexer's error at the end of the line
+            let src = format!("{{{{ '{}", "x".repeat(col));
+            let e = std::panic::catch_unwind(|| ChatTemplate::from_source("file", &src, "", "").map(|_| ()))
+                .unwrap_or_else(|_| panic!("panicked on a syntax error at column {col}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("invalid chat template"), "{e}");
+        }
+        // Many long lines are fine.
+        let long_lines = format!("{}\n", "y".repeat(60_000)).repeat(3);
+        assert!(ChatTemplate::from_source("file", &long_lines, "", "").is_ok());
     }
 }
