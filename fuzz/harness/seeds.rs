@@ -257,7 +257,7 @@ fn string_value(s: &[u8]) -> Vec<u8> {
 pub const HOSTILE_TEXT: &str = "\u{1b}]0;pwned\u{7}\u{1b}[2J\u{1b}[31mred\r\nfake: line\0end";
 
 /// Inputs for the committed corpus that reproduce the parser defects of the hardening review
-/// (target, file name, bytes). `.reject`: must be refused with a clean error; `.accept`: must
+/// and the fuzzer's findings (target, file name, bytes). `.reject`: must be refused with a clean error; `.accept`: must
 /// be accepted; no suffix: either, but within the output rules (no raw control characters).
 pub fn defect_inputs() -> Vec<(&'static str, String, Vec<u8>)> {
     let s = |x: &str| x.to_string();
@@ -372,6 +372,8 @@ pub fn defect_inputs() -> Vec<(&'static str, String, Vec<u8>)> {
         ("deep-parentheses.reject", format!("{{{{ {}1{} }}}}", "(".repeat(5000), ")".repeat(5000))),
         ("deep-lists.reject", format!("{{{{ {}1{} }}}}", "[".repeat(5000), "]".repeat(5000))),
         ("deep-if-nesting.reject", format!("{}x{}", "{% if true %}".repeat(3000), "{% endif %}".repeat(3000))),
+        // Found by the fuzzer: a syntax error past column 65,535 overflowed minijinja's column.
+        ("syntax-error-past-column-65535.reject", format!("{{{{ '{}", "x".repeat(65_534))),
         (
             "recursive-loop.reject",
             "{% for m in [1] recursive %}{{ loop([1]) }}{% endfor %}".to_string(),

@@ -152,8 +152,18 @@ fn main() {
     if let Ok(spec) = std::env::var(ENV) {
         std::process::exit(child_main(&spec));
     }
-    // `cargo test NAME` passes a filter; run unless it names something else.
-    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    // `cargo test NAME` passes a filter; run unless it names something else. (libtest options
+    // that take a value are skipped with their value.)
+    let mut filter = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if ["--skip", "--test-threads", "--format", "--color", "--logfile", "-Z"].contains(&a.as_str()) {
+            args.next();
+        } else if !a.starts_with('-') {
+            filter = Some(a);
+            break;
+        }
+    }
     if filter.as_deref().is_some_and(|f| !"fuzz_replay corpus".contains(f)) {
         println!("fuzz_replay: filtered out");
         return;
