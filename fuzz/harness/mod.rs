@@ -112,8 +112,8 @@ fn args(data: &[u8]) -> Outcome {
         Ok(_) => Ok(String::new()),
         // --help and --version print and exit 0.
         Err(e) if !e.use_stderr() => Ok(String::new()),
-        // clap's first line is the error; usage and hints follow.
-        Err(e) => Err(e.to_string().lines().next().unwrap_or("").to_string()),
+        // The error comes first; hints and usage follow after a blank line.
+        Err(e) => Err(e.to_string().split("\n\n").next().unwrap_or("").trim_end().to_string()),
     }
 }
 
@@ -215,6 +215,14 @@ fn http(data: &[u8]) -> Outcome {
     })
 }
 
+/// Run one input and panic on a violation of the output rules (for libFuzzer, which treats a
+/// panic as a crash and keeps the input).
+pub fn check(target: &str, data: &[u8]) {
+    if let Some((kind, detail)) = violation(target, &run(target, data)) {
+        panic!("{target}: {kind}: {detail}");
+    }
+}
+
 /// What is wrong with an outcome beyond panics and aborts: a kind (one per class of finding,
 /// for deduplication) and the detail.
 pub fn violation(target: &str, outcome: &Outcome) -> Option<(&'static str, String)> {
@@ -223,7 +231,8 @@ pub fn violation(target: &str, outcome: &Outcome) -> Option<(&'static str, Strin
         ("http", Err(e)) if e.starts_with("timeout") => Some(("http: request never finished", e.clone())),
         ("http", Err(e)) if e.starts_with("HTTP 5") && !e.starts_with("HTTP 503") => Some(("http: server error", shown(e))),
         ("gguf" | "zip_tail" | "args", Err(e)) => {
-            if let Some(c) = e.chars().find(|c| c.is_control()) {
+            // A tab prints as blank space: harmless, unlike escapes, returns, new lines and NULs.
+            if let Some(c) = e.chars().find(|&c| c.is_control() && c != '\t') {
                 Some(("raw control character in an error", format!("{c:?} in: {}", shown(e))))
             } else if e.chars().count() > MAX_ERROR_CHARS {
                 Some(("error line too long", format!("{} characters: {}...", e.chars().count(), shown(e))))
@@ -233,7 +242,7 @@ pub fn violation(target: &str, outcome: &Outcome) -> Option<(&'static str, Strin
         }
         ("gguf" | "zip_tail", Ok(report)) => report
             .lines()
-            .find(|l| l.chars().any(|c| c.is_control()))
+            .find(|l| l.chars().any(|c| c.is_control() && c != '\t'))
             .map(|l| ("raw control character in --info", shown(l))),
         _ => None,
     }

@@ -358,6 +358,9 @@ pub fn defect_inputs() -> Vec<(&'static str, String, Vec<u8>)> {
     v.push(("args", s("repeated-flag-in-args.accept"), b"-n 30\n-n 40\n-c 256 -c 512\n".to_vec()));
     v.push(("args", s("unclosed-quote.reject"), b"-p \"never closed\n".to_vec()));
     v.push(("args", s("control-bytes-in-unknown-argument.reject"), format!("--bogus{HOSTILE_TEXT}").into_bytes()));
+    // Found by the fuzzer: clap quotes an unknown argument whole, new lines and all.
+    v.push(("args", s("5-kb-unknown-argument.reject"), format!("--{}", "x".repeat(5000)).into_bytes()));
+    v.push(("args", s("new-line-in-unknown-argument.reject"), b"'--bogus\nfake: line'".to_vec()));
 
     // Templates: a runaway loop, a string doubled to terabytes, unbounded recursion, deep
     // nesting; each must end in an error quickly, without exhausting memory or the stack.

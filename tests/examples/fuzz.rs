@@ -143,6 +143,11 @@ impl Mutator {
 
     fn mutate(&mut self) -> Vec<u8> {
         let pick = self.rng.below(self.pool.len());
+        if self.target == "http" && self.rng.chance(2) {
+            if let Some(d) = mutate_request(&self.pool[pick].0, &mut self.rng) {
+                return d;
+            }
+        }
         let mut d = self.pool[pick].0.clone();
         let structural = self.pool[pick].1.clone();
         let rounds = 1 + self.rng.below(4);
@@ -233,6 +238,104 @@ impl Mutator {
         d.truncate(INPUT_MAX);
         d
     }
+}
+
+/// Field names of the request types, for JSON-aware mutations.
+const REQUEST_FIELDS: [&str; 28] = [
+    "messages", "max_tokens", "max_completion_tokens", "stream", "stream_options", "include_usage", "temperature", "top_p",
+    "top_k", "min_p", "repeat_penalty", "repeat_last_n", "seed", "stop", "ignore_eos", "n", "tools", "response_format", "prompt",
+    "n_predict", "content", "add_special", "parse_special", "with_pieces", "tokens", "role", "type", "text",
+];
+
+/// A request with its JSON body mutated as a value (so the body stays JSON and the mutation
+/// reaches the request types and routes): one node replaced by a boundary value of any type,
+/// deleted, doubled, nested, or a known field added. `None` when the body is not JSON.
+fn mutate_request(data: &[u8], r: &mut Rng) -> Option<Vec<u8>> {
+    use serde_json::{json, Value};
+    let split = data.iter().position(|&b| b == b'\n')?;
+    let mut body: Value = serde_json::from_slice(&data[split + 1..]).ok()?;
+    fn pointers(v: &Value, at: String, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => m.iter().for_each(|(k, x)| pointers(x, format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")), out)),
+            Value::Array(a) => a.iter().enumerate().for_each(|(i, x)| pointers(x, format!("{at}/{i}"), out)),
+            _ => {}
+        }
+        out.push(at);
+    }
+    for _ in 0..1 + r.below(3) {
+        let mut all = Vec::new();
+        pointers(&body, String::new(), &mut all);
+        let p = all[r.below(all.len())].clone();
+        let boundary = || -> Vec<Value> {
+            vec![
+                Value::Null,
+                json!(true),
+                json!(-1),
+                json!(0),
+                json!(1),
+                json!(2),
+                json!(1e308),
+                json!(-1e308),
+                json!(1e-45),
+                json!(i64::MIN),
+                json!(u64::MAX),
+                json!(9007199254740993u64),
+                json!(0.5),
+                json!(""),
+                json!("\u{1b}[2J\0"),
+                json!("a".repeat(70_000)),
+                json!([]),
+                json!({}),
+                json!(["a", "b"]),
+                json!([{"role": "user", "content": "a"}]),
+                json!({"type": "text", "text": "a"}),
+            ]
+        };
+        let node = body.pointer(&p).cloned().unwrap_or(Value::Null);
+        match r.below(5) {
+            0 | 1 => {
+                let b = boundary();
+                if let Some(n) = body.pointer_mut(&p) {
+                    *n = b[r.below(b.len())].clone();
+                }
+            }
+            2 if !p.is_empty() => {
+                let (parent, key) = p.rsplit_once('/').expect("a child pointer");
+                match body.pointer_mut(parent) {
+                    Some(Value::Object(m)) => {
+                        m.remove(&key.replace("~1", "/").replace("~0", "~"));
+                    }
+                    Some(Value::Array(a)) => {
+                        if let Ok(i) = key.parse::<usize>() {
+                            if i < a.len() {
+                                a.remove(i);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            3 => {
+                if let Some(n) = body.pointer_mut(&p) {
+                    *n = if r.chance(2) { json!([node.clone(), node]) } else { json!({"a": node}) };
+                }
+            }
+            _ => {
+                if let Some(Value::Object(m)) = body.pointer_mut(&p) {
+                    let b = boundary();
+                    m.insert(REQUEST_FIELDS[r.below(REQUEST_FIELDS.len())].to_string(), b[r.below(b.len())].clone());
+                } else if let Some(Value::Array(a)) = body.pointer_mut(&p) {
+                    let most = if r.chance(8) { 5000 } else { 3 };
+                    let n = 1 + r.below(most);
+                    let item = a.first().cloned().unwrap_or(Value::Null);
+                    a.extend(std::iter::repeat_n(item, n));
+                }
+            }
+        }
+    }
+    let mut out = data[..=split].to_vec();
+    out.extend(serde_json::to_vec(&body).ok()?);
+    Some(out)
 }
 
 /// An outcome's class for novelty: the error with digits dropped, cut to 80 characters.
