@@ -324,6 +324,12 @@ pub fn defect_inputs() -> Vec<(&'static str, String, Vec<u8>)> {
     v.push(("gguf", s("control-bytes-in-key"), tiny_with_raw_entry(key.as_bytes(), 8, &string_value(b"x"))));
     let long = "k".repeat(60_000);
     v.push(("gguf", s("60-kb-key-of-unknown-type.reject"), tiny_with_raw_entry(long.as_bytes(), 99, &[0; 8])));
+    // Found by the fuzzer: a tensor name whose length field runs into the fields after it.
+    let mut g = tiny_gguf();
+    let name = "token_embd.weight";
+    let at = tensor_offset_field(&g, name) - 8 - 4 - 8 - 4 - name.len() - 8; // its name's length
+    g[at..at + 8].copy_from_slice(&(name.len() as u64 + 12).to_le_bytes());
+    v.push(("gguf", s("tensor-name-length-overrun.reject"), g));
     let arch = format!("llama{HOSTILE_TEXT}");
     v.push(("gguf", s("control-bytes-in-architecture.reject"), tiny_gguf_with("general.architecture", MetaValue::String(arch))));
 
