@@ -15,7 +15,8 @@
 //! Mutations: bit flips, random bytes, boundary values (0, 1, 2^31, 2^32-1, 2^63, 2^64-1...) as
 //! 1/2/4/8-byte little-endian integers written at the seed's structural positions (where it
 //! holds a length, count or offset: a small integer) or anywhere, truncations, deletions,
-//! duplications, splices of two inputs, and for text targets insertions of the format's tokens.
+//! duplications, splices of two inputs, for text targets insertions of the format's tokens, and
+//! for requests mutations of the JSON body as a value (see `mutate_request`).
 //! Inputs whose outcome is new (an error message not seen before, digits ignored) join the pool.
 
 #[path = "../../fuzz/harness/mod.rs"]
