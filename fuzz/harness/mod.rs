@@ -102,13 +102,13 @@ fn zip_tail(data: &[u8]) -> Outcome {
     Ok(llamafile::cli::info::describe(&g))
 }
 
-/// `.args` text merged with the user's arguments and parsed as the command line.
+/// `.args` text merged with the user's arguments and parsed as the command line (as `cli::run`
+/// does).
 fn args(data: &[u8]) -> Outcome {
-    use clap::Parser;
     let text = std::str::from_utf8(data).map_err(|_| "the .args entry is not UTF-8 text".to_string())?;
     let items = bundle::parse_args_file(text).map_err(msg)?;
     let argv = bundle::merge_args(&items, USER_ARGS.iter().map(Into::into).collect());
-    match llamafile::cli::Args::try_parse_from(argv) {
+    match llamafile::cli::parse(argv) {
         Ok(_) => Ok(String::new()),
         // --help and --version print and exit 0.
         Err(e) if !e.use_stderr() => Ok(String::new()),

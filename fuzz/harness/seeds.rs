@@ -141,7 +141,7 @@ pub fn tiny_llamafile(args: &str, gguf: &[u8]) -> Vec<u8> {
 /// parser reads), or nothing when the fixtures are absent.
 fn fixture_head(rel: &str, n: usize) -> Option<Vec<u8>> {
     use std::io::Read;
-    let f = std::fs::File::open(llamafile::shared_fixtures().join(rel)).ok()?;
+    let f = std::fs::File::open(test_support::shared().join(rel)).ok()?;
     let mut buf = Vec::new();
     f.take(n as u64).read_to_end(&mut buf).ok()?;
     Some(buf)
@@ -151,7 +151,7 @@ fn fixture_head(rel: &str, n: usize) -> Option<Vec<u8>> {
 fn shared_templates() -> Vec<Vec<u8>> {
     ["vocab/gemma-3-270m.vocab.gguf", "vocab/qwen2.5-coder.vocab.gguf", "models/tiny-mistral-q8_0.gguf"]
         .iter()
-        .filter_map(|rel| GgufFile::open(&llamafile::shared_fixtures().join(rel)).ok())
+        .filter_map(|rel| GgufFile::open(&test_support::shared().join(rel)).ok())
         .filter_map(|g| g.get_str("tokenizer.chat_template").map(|s| s.as_bytes().to_vec()))
         .collect()
 }
@@ -363,6 +363,9 @@ pub fn defect_inputs() -> Vec<(&'static str, String, Vec<u8>)> {
     v.push(("args", s("readme-defaults-then-user-temp.accept"), b"--temp 0\n-n 30\n".to_vec()));
     v.push(("args", s("repeated-flag-in-args.accept"), b"-n 30\n-n 40\n-c 256 -c 512\n".to_vec()));
     v.push(("args", s("unclosed-quote.reject"), b"-p \"never closed\n".to_vec()));
+    v.push(("args", s("temp-nan.reject"), b"--temp nan\n".to_vec()));
+    v.push(("args", s("min-p-2.reject"), b"--min-p 2\n".to_vec()));
+    v.push(("args", s("negative-seed-and-n-predict.accept"), b"-s -1 -n -1\n".to_vec()));
     v.push(("args", s("control-bytes-in-unknown-argument.reject"), format!("--bogus{HOSTILE_TEXT}").into_bytes()));
     // Found by the fuzzer: clap quotes an unknown argument whole, new lines and all.
     v.push(("args", s("5-kb-unknown-argument.reject"), format!("--{}", "x".repeat(5000)).into_bytes()));

@@ -128,7 +128,7 @@ fn main() {
             i += 2;
             continue;
         }
-        match kernels_cpu::types::TYPES.iter().find(|t| t.name.eq_ignore_ascii_case(&args[i])) {
+        match kernels_cpu::types::TYPES.iter().find(|t| t.ty.name().eq_ignore_ascii_case(&args[i])) {
             Some(t) => only.push(t.ty),
             None => {
                 eprintln!("bench: unknown type or option {:?} (types: F16 BF16 Q4_0 ... Q6_K; --shape RxC)", args[i]);

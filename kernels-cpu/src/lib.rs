@@ -5,7 +5,7 @@
 //! - `matmul`: `matvec` / `matmul` straight on the mmapped bytes, threaded with rayon.
 //! - `ops`: f32 helpers (rmsnorm, softmax, rope, silu, gelu, ...).
 //!
-//! This crate depends on no other crate of the project.
+//! Of the project's crates it depends only on `ggml-types` (the weight-type table).
 
 pub mod isa;
 pub mod matmul;

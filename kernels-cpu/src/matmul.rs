@@ -52,8 +52,8 @@ const PANEL_CHUNK_BYTES: usize = 8 << 20;
 const ROW_BLOCK_BYTES: usize = 256 << 10;
 /// Fewest tokens in a chunk for which a type's `panel` kernel (when it has one) is used instead
 /// of its tile kernel: the panel repacks the weights once per call, which pays over many tokens
-/// (measured on 4096x4096, 2 threads: at 8 tokens every panel type already beats its tile
-/// kernel, e.g. Q4_K 546 vs 152, Q8_0 395 vs 310 GFLOP/s; at 4 tokens the tile kernels win).
+/// (at 8 tokens every panel type beats its tile kernel, at 4 the tile kernels win; figures in
+/// docs/benchmarks.md).
 pub const PANEL_MIN_TOKENS: usize = 8;
 /// Rows of a row block are a multiple of this when the panel kernel is used (its micro-tile).
 const PANEL_ROWS: usize = 16;
@@ -86,7 +86,7 @@ pub fn quantize_activations_with(
     let quantize = k
         .get(at)
         .and_then(|t| t.quantize)
-        .unwrap_or(at.info().quantize);
+        .unwrap_or(crate::types::info(at).quantize);
     let dst = &mut scratch.quantized[..need];
     if rb == 0 {
         // Rows of zero columns: nothing to quantize.

@@ -6,16 +6,11 @@
 use gguf_rs_lib::reader::GGUFFileReader;
 use kernels_cpu::types::{dequantize_row, WeightType};
 use std::fs::File;
-use std::path::PathBuf;
-
-/// `../shared` beside the checkout; `LLAMAFILE_SHARED` overrides (as for the other crates).
-fn shared() -> PathBuf {
-    std::env::var_os("LLAMAFILE_SHARED").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared"))
-}
 
 #[test]
 fn dequantize_matches_shared_vectors_for_every_type() {
-    let path = shared().join("vectors/dequant.json");
+    let Some(shared) = test_support::require_shared() else { return };
+    let path = shared.join("vectors/dequant.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let json: serde_json::Value = serde_json::from_str(&text).expect("dequant.json parses");
     let entries = json["entries"].as_array().expect("entries is an array");
@@ -33,7 +28,7 @@ fn dequantize_matches_shared_vectors_for_every_type() {
         assert_eq!(want.len(), rows * row_len);
         let label = format!("{model} {tensor} ({tname})");
 
-        let file = File::open(shared().join("models").join(model)).unwrap_or_else(|e| panic!("{model}: {e}"));
+        let file = File::open(shared.join("models").join(model)).unwrap_or_else(|e| panic!("{model}: {e}"));
         let mut reader = GGUFFileReader::new(file).unwrap_or_else(|e| panic!("{model}: {e}"));
         let info = reader.get_tensor_info(tensor).unwrap_or_else(|| panic!("{label}: no such tensor"));
         let ggml_id = info.tensor_type() as u32;

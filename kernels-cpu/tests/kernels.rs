@@ -133,7 +133,7 @@ fn every_isa_is_listed_and_builds_a_full_table() {
     for (isa, k) in isas() {
         assert_eq!(k.isa, isa);
         for info in TYPES {
-            assert!(k.get(info.ty).is_some(), "{}: no kernels for {}", isa.name(), info.name);
+            assert!(k.get(info.ty).is_some(), "{}: no kernels for {}", isa.name(), info.ty.name());
         }
     }
     eprintln!("ISAs tested here: {:?}", av);
@@ -161,13 +161,13 @@ fn vec_dot_of_every_type_on_every_isa_matches_scalar() {
                     ((got as f64) - (want as f64)).abs() <= tol,
                     "{} {} case {case}: {got} vs scalar {want} (tol {tol})",
                     isa.name(),
-                    info.name
+                    info.ty.name()
                 );
                 // The scalar specification itself agrees with the dequantized values.
                 assert!(
                     ((want as f64) - exact).abs() <= tol_exact,
                     "scalar {} case {case}: {want} vs dequantized dot {exact}",
-                    info.name
+                    info.ty.name()
                 );
             }
         }
@@ -194,26 +194,6 @@ fn activation_quantizers_on_every_isa_are_byte_identical_to_scalar() {
     }
 }
 
-/// RMS error of quantize -> dequantize on unit gaussians, relative to the RMS of the input:
-/// bounds a little above what each format's step size gives (e.g. Q8_0: step amax/127,
-/// error ~0.005), so a broken rounding or a wrong scale fails loudly.
-fn error_bound(t: WeightType) -> f32 {
-    use WeightType::*;
-    match t {
-        F32 => 0.0,
-        F16 => 5e-4,
-        BF16 => 4e-3,
-        Q8_0 | Q8_1 => 8e-3,
-        // 256-value blocks: the largest magnitude (the scale) is larger than over 32.
-        Q8_K => 0.01,
-        Q6_K => 0.02,
-        Q5_0 | Q5_1 | Q5_K => 0.05,
-        Q4_0 | Q4_1 | Q4_K => 0.1,
-        Q3_K => 0.19,
-        Q2_K => 0.40,
-    }
-}
-
 #[test]
 fn quantize_dequantize_error_within_each_formats_bound() {
     let mut rng = Rng(3);
@@ -225,11 +205,12 @@ fn quantize_dequantize_error_within_each_formats_bound() {
         let err: f64 = x.iter().zip(&y).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>();
         let sig: f64 = x.iter().map(|a| (*a as f64).powi(2)).sum();
         let rel = (err / sig).sqrt() as f32;
-        eprintln!("{:5} relative RMS error {rel:.5} (bound {})", info.name, error_bound(t));
-        assert!(rel <= error_bound(t), "{}: relative RMS error {rel} above {}", info.name, error_bound(t));
+        let bound = info.max_rms_error;
+        eprintln!("{:5} relative RMS error {rel:.5} (bound {bound})", t.name());
+        assert!(rel <= bound, "{}: relative RMS error {rel} above {bound}", t.name());
         // Zeros stay exactly zero.
         let z = dequantized(t, &quantized(t, &vec![0f32; test_len(t)]), test_len(t));
-        assert!(z.iter().all(|v| *v == 0.0), "{}: zeros do not survive", info.name);
+        assert!(z.iter().all(|v| *v == 0.0), "{}: zeros do not survive", t.name());
     }
 }
 
@@ -343,12 +324,14 @@ fn matmul_quantized_refuses_activations_of_another_format() {
 
 #[test]
 fn matmul_of_float_types_with_rows_of_any_length() {
-    // F32/F16/BF16 have blocks of one value: rows of any length, including ragged tails of the
-    // 16- and 32-value SIMD steps.
+    // Types with blocks of one value (F32, F16, BF16) take rows of any length, including ragged
+    // tails of the 16- and 32-value SIMD steps.
     let mut rng = Rng(7);
     let mut scratch = Scratch::default();
+    let float_types: Vec<WeightType> = TYPES.iter().map(|i| i.ty).filter(|t| t.block_size() == 1).collect();
+    assert!(float_types.len() >= 3, "{float_types:?}");
     for (_, k) in isas() {
-        for t in [WeightType::F32, WeightType::F16, WeightType::BF16] {
+        for &t in &float_types {
             for &(rows, cols, n_tokens) in &[(5, 1, 3), (9, 37, 1), (11, 100, 7), (6, 1000, 13), (17, 33, 2)] {
                 check_matmul(&k, t, rows, cols, n_tokens, &mut rng, &mut scratch);
             }

@@ -1,7 +1,8 @@
-//! The versioned C ABI between the runtime and a dynamically loaded GPU backend. CONTRACT
-//! (owner: GPU issue #7): backends (CUDA, the CPU reference, a future Metal one) and the runtime
-//! are built separately and meet only here, so every type is `#[repr(C)]` and every function
-//! `extern "C"`.
+//! The versioned C ABI between the runtime and a dynamically loaded GPU backend. Backends (CUDA,
+//! the CPU reference, a future Metal one) and the runtime are built separately and meet only
+//! here, so every type is `#[repr(C)]` and every function `extern "C"`. Weight types are named
+//! by their ggml ids; their facts (block size, bytes) come from the `ggml-types` table, which
+//! has no dependencies, so this crate links no kernels.
 //!
 //! A backend is a shared library exporting one symbol, [`ENTRY_SYMBOL`], of type [`EntryFn`]:
 //! it returns a pointer to a static [`GpuApi`] table. The runtime checks `abi_version` (must equal
@@ -21,6 +22,9 @@
 //!   are not allowed.
 
 use std::ffi::{c_char, c_void};
+
+/// The weight types, by ggml id (`WeightType::id`, `WeightType::from_ggml`).
+pub use ggml_types::WeightType;
 
 /// Bumped on any incompatible change of [`GpuApi`] or the structures it takes.
 pub const ABI_VERSION: u32 = 1;
@@ -66,8 +70,8 @@ pub fn status_name(code: i32) -> &'static str {
 // ---- enumerations passed as u32 ----
 /// ggml type ids (the same numbers as in GGUF tensor infos) used for buffers of activations and
 /// KV caches; weights may be any type the backend's `supports_type` accepts.
-pub const TYPE_F32: u32 = 0;
-pub const TYPE_F16: u32 = 1;
+pub const TYPE_F32: u32 = WeightType::F32.id();
+pub const TYPE_F16: u32 = WeightType::F16.id();
 
 /// RoPE layouts: `NORMAL` rotates adjacent pairs (x[2i], x[2i+1]) (llama, Mistral); `NEOX`
 /// rotates (x[i], x[i + n_rot/2]) (Qwen2, Gemma).
@@ -367,30 +371,10 @@ pub const fn name_field(s: &str) -> [u8; NAME_LEN] {
     out
 }
 
-/// Bytes of one row of `cols` elements of a ggml type, or `None` for a type id this ABI does not
-/// know or a `cols` that is not a whole number of blocks. Kept here (not taken from
-/// kernels-cpu) so that the ABI crate stays free of the CPU kernels; the numbers are ggml's.
+/// Bytes of one row of `cols` elements of a ggml type, or `None` for a type id the table does
+/// not hold or a `cols` that is not a whole number of blocks.
 pub fn row_bytes(ggml_type: u32, cols: u64) -> Option<u64> {
-    let (block, size) = match ggml_type {
-        0 => (1, 4),      // F32
-        1 => (1, 2),      // F16
-        30 => (1, 2),     // BF16
-        2 => (32, 18),    // Q4_0
-        3 => (32, 20),    // Q4_1
-        6 => (32, 22),    // Q5_0
-        7 => (32, 24),    // Q5_1
-        8 => (32, 34),    // Q8_0
-        10 => (256, 84),  // Q2_K
-        11 => (256, 110), // Q3_K
-        12 => (256, 144), // Q4_K
-        13 => (256, 176), // Q5_K
-        14 => (256, 210), // Q6_K
-        _ => return None,
-    };
-    if !cols.is_multiple_of(block) {
-        return None;
-    }
-    Some(cols / block * size)
+    WeightType::from_ggml(ggml_type)?.checked_row_bytes(cols)
 }
 
 #[cfg(test)]
@@ -423,11 +407,12 @@ mod tests {
     }
 
     #[test]
-    fn row_bytes_match_ggml() {
+    fn row_bytes_come_from_the_type_table() {
         assert_eq!(row_bytes(12, 4096), Some(16 * 144));
         assert_eq!(row_bytes(8, 64), Some(68));
         assert_eq!(row_bytes(1, 3), Some(6));
         assert_eq!(row_bytes(12, 100), None);
+        assert_eq!(row_bytes(4, 256), None);
         assert_eq!(row_bytes(99, 256), None);
     }
 }

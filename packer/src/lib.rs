@@ -5,12 +5,19 @@
 //! `.args` and any extra entries, the central directory, and ZIP64 records when needed. The file
 //! is written under a temporary name in the output's directory and renamed at the end.
 
+pub mod tmp_output;
 pub mod validate;
 pub mod zip_writer;
 
+pub use tmp_output::remove_partial_output_on_signal;
+
 use anyhow::{bail, Context};
+use llamafile::escape::{escape, escape_path};
+use llamafile::input::{open_regular, read_regular, refuse_special};
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+#[cfg(test)]
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use zip_writer::{Source, ZipWriter};
 
@@ -69,102 +76,46 @@ fn file_id(p: &Path) -> Option<(u64, u64)> {
     std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
 }
 
-/// Check every input, then write the llamafile. Nothing is left behind on failure.
-/// The temporary output being written, as a NUL-terminated path for the signal handler (null
-/// when none). A raw pointer in an atomic: all that an async-signal-safe handler may touch.
-static TMP_FOR_SIGNAL: std::sync::atomic::AtomicPtr<libc::c_char> = std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
-
-/// SIGINT/SIGTERM/SIGHUP while packing: remove the temporary output (nothing half-written is
-/// left behind, not even hidden), then die of the same signal (the default action).
-extern "C" fn remove_tmp_and_reraise(sig: libc::c_int) {
-    let p = TMP_FOR_SIGNAL.swap(std::ptr::null_mut(), std::sync::atomic::Ordering::SeqCst);
-    // SAFETY: unlink, signal and raise are async-signal-safe; `p` is null or the NUL-terminated
-    // path leaked by `TmpGuard::new`, never freed while registered (swapped out first).
-    unsafe {
-        if !p.is_null() {
-            libc::unlink(p);
-        }
-        libc::signal(sig, libc::SIG_DFL);
-        libc::raise(sig);
-    }
-}
-
-/// For the `pack` command: on SIGINT, SIGTERM or SIGHUP during `pack`, remove the temporary
-/// output before exiting. (A library user that handles these signals itself should not call it.)
-pub fn remove_partial_output_on_signal() {
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: installs a handler that only calls async-signal-safe functions.
-        unsafe { libc::signal(sig, remove_tmp_and_reraise as *const () as libc::sighandler_t) };
-    }
-}
-
-/// Registers the temporary output's path for the signal handler while it exists.
-struct TmpGuard;
-
-impl TmpGuard {
-    fn new(path: &Path) -> TmpGuard {
-        use std::os::unix::ffi::OsStrExt;
-        if let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) {
-            let old = TMP_FOR_SIGNAL.swap(c.into_raw(), std::sync::atomic::Ordering::SeqCst);
-            free_path(old);
-        }
-        TmpGuard
-    }
-}
-
-impl Drop for TmpGuard {
-    fn drop(&mut self) {
-        free_path(TMP_FOR_SIGNAL.swap(std::ptr::null_mut(), std::sync::atomic::Ordering::SeqCst));
-    }
-}
-
-fn free_path(p: *mut libc::c_char) {
-    if !p.is_null() {
-        // SAFETY: every non-null pointer stored in TMP_FOR_SIGNAL came from `CString::into_raw`
-        // and was swapped out of it before this call, so it is freed exactly once.
-        drop(unsafe { std::ffi::CString::from_raw(p) });
-    }
-}
-
+/// Check every input, then write the llamafile. Nothing is left behind on failure, nor on
+/// SIGINT/SIGTERM/SIGHUP once [`remove_partial_output_on_signal`] is installed.
 pub fn pack(o: &PackOptions) -> anyhow::Result<PackReport> {
     // 1. Inputs, before anything is written.
-    let runtime_bytes = std::fs::read(&o.runtime).with_context(|| format!("cannot read runtime {}", o.runtime.display()))?;
+    let runtime_bytes = read_regular(&o.runtime, "the runtime")?;
     let runtime = validate::check_runtime(&o.runtime, &runtime_bytes)?;
     let gguf = validate::check_gguf(&o.gguf)?;
     if let Some(text) = &o.args {
         llamafile::bundle::parse_args_file(text).context("bad --args")?;
     }
     for e in &o.extra {
-        std::fs::File::open(&e.path).with_context(|| format!("cannot read {}", e.path.display()))?;
+        open_regular(&e.path, "a packed file")?;
         if e.name == llamafile::bundle::ARGS_ENTRY || e.name.to_ascii_lowercase().ends_with(".gguf") {
-            bail!("extra entry name '{}' is reserved", e.name);
+            bail!("extra entry name '{}' is reserved", escape(&e.name));
         }
     }
-    // 2. The output: never an input; an existing one only with --force.
+    // 2. The output: never an input, never a device, FIFO, socket or directory (renaming over
+    //    one would replace it); an existing file only with --force.
+    refuse_special(&o.out, "the output")?;
     let out_id = file_id(&o.out);
     if let Some(id) = out_id {
         for (what, p) in [("runtime", &o.runtime), ("GGUF", &gguf.file_path().to_path_buf())] {
             if file_id(p) == Some(id) {
-                bail!("output {} is the {what} input; choose another -o", o.out.display());
+                bail!("output {} is the {what} input; choose another -o", escape_path(&o.out));
             }
         }
         if o.extra.iter().any(|e| file_id(&e.path) == Some(id)) {
-            bail!("output {} is one of the inputs; choose another -o", o.out.display());
-        }
-        if std::fs::metadata(&o.out)?.is_dir() {
-            bail!("output {} is a directory", o.out.display());
+            bail!("output {} is one of the inputs; choose another -o", escape_path(&o.out));
         }
         if !o.force {
-            bail!("output {} already exists (use --force to replace it)", o.out.display());
+            bail!("output {} already exists (use --force to replace it)", escape_path(&o.out));
         }
     }
-    let out_name = o.out.file_name().with_context(|| format!("output {} has no file name", o.out.display()))?.to_string_lossy().into_owned();
+    let out_name = o.out.file_name().with_context(|| format!("output {} has no file name", escape_path(&o.out)))?.to_string_lossy().into_owned();
     let dir = match o.out.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
     if !dir.is_dir() {
-        bail!("output directory {} does not exist", dir.display());
+        bail!("output directory {} does not exist", escape_path(&dir));
     }
     let entry_name = gguf
         .entry()
@@ -173,16 +124,10 @@ pub fn pack(o: &PackOptions) -> anyhow::Result<PackReport> {
     let entry_name = if entry_name.to_ascii_lowercase().ends_with(".gguf") { entry_name } else { format!("{entry_name}.gguf") };
 
     // 3. Write under a temporary name (removed on drop if anything fails), then rename.
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{out_name}."))
-        .suffix(".tmp")
-        .tempfile_in(&dir)
-        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
-    let _signal_guard = TmpGuard::new(tmp.path());
-    let mut f = tmp.as_file().try_clone().context("cannot reopen the temporary file")?;
-    f.write_all(&runtime_bytes).with_context(|| format!("cannot write {}", tmp.path().display()))?;
+    let (tmp, mut f) = tmp_output::TmpOutput::create(&dir, &out_name)?;
+    f.write_all(&runtime_bytes).with_context(|| format!("cannot write {}", escape_path(tmp.path())))?;
     let mut w = ZipWriter::new(f)?;
-    let src = std::fs::File::open(gguf.file_path()).with_context(|| format!("cannot open {}", gguf.file_path().display()))?;
+    let src = std::fs::File::open(gguf.file_path()).with_context(|| format!("cannot open {}", escape_path(gguf.file_path())))?;
     // Two passes over the GGUF: the CRC-32 (reads), then the copy (by the kernel).
     let bar = o.progress.then(|| {
         let b = indicatif::ProgressBar::new(gguf.len());
@@ -217,11 +162,11 @@ pub fn pack(o: &PackOptions) -> anyhow::Result<PackReport> {
     let f = w.finish()?;
     // On disk before the rename makes it visible: a crash right after `pack` returns must not
     // leave an executable whose tail is still only in the page cache (lost: a truncated file).
-    f.sync_all().with_context(|| format!("cannot flush {} to disk", tmp.path().display()))?;
+    f.sync_all().with_context(|| format!("cannot flush {} to disk", escape_path(tmp.path())))?;
     let size = f.metadata()?.len();
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).context("cannot make the output executable")?;
     drop(f);
-    tmp.persist(&o.out).with_context(|| format!("cannot rename the temporary file to {}", o.out.display()))?;
+    tmp.persist(&o.out)?;
     Ok(PackReport { out: o.out.clone(), size, gguf_entry: entry_name, gguf_offset: e.data_offset, gguf_size: e.size, runtime })
 }
 
@@ -247,26 +192,26 @@ fn human_align(a: u64) -> String {
 /// `pack --list`: the zip's entries (offsets, sizes, alignment), `.args`, and a GGUF summary.
 pub fn list(path: &Path) -> anyhow::Result<String> {
     use std::fmt::Write as _;
-    let len = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?.len();
+    let len = open_regular(path, "a llamafile or zip")?.metadata().with_context(|| format!("{}: cannot stat", escape_path(path)))?.len();
     let Some(entries) = llamafile::bundle::zip_entries(path)? else {
-        bail!("{}: not a llamafile or zip (no zip end record at the end of the file)", path.display());
+        bail!("{}: not a llamafile or zip (no zip end record at the end of the file)", escape_path(path));
     };
     let mut s = String::new();
     let prefix = entries.iter().map(|e| e.header_offset).min().unwrap_or(0);
-    let _ = writeln!(s, "{}: {} bytes, {} zip entries after {} bytes of executable", path.display(), len, entries.len(), prefix);
+    let _ = writeln!(s, "{}: {} bytes, {} zip entries after {} bytes of executable", escape_path(path), len, entries.len(), prefix);
     let _ = writeln!(s, "{:>14} {:>14} {:>8} {:>8}  name", "offset", "size", "method", "align");
     for e in &entries {
-        let _ = writeln!(s, "{:>14} {:>14} {:>8} {:>8}  {}", e.data_offset, e.size, e.method, human_align(alignment_of(e.data_offset)), e.name);
+        let _ = writeln!(s, "{:>14} {:>14} {:>8} {:>8}  {}", e.data_offset, e.size, e.method, human_align(alignment_of(e.data_offset)), escape(&e.name));
     }
     if let Some(args) = llamafile::bundle::read_args_entry(path)? {
         let _ = writeln!(s, "\n.args:");
         for line in args.lines() {
-            let _ = writeln!(s, "  {line}");
+            let _ = writeln!(s, "  {}", escape(line));
         }
     }
     if entries.iter().any(|e| e.name.to_ascii_lowercase().ends_with(".gguf")) {
         let g = llamafile::gguf::GgufFile::open(path)?;
-        let _ = writeln!(s, "\nGGUF entry {}:", g.entry().unwrap_or("?"));
+        let _ = writeln!(s, "\nGGUF entry {}:", escape(g.entry().unwrap_or("?")));
         for line in llamafile::cli::info::describe(&g).lines().filter(|l| !l.starts_with("kernels:") && !l.starts_with("file:")) {
             let _ = writeln!(s, "  {line}");
         }
@@ -299,6 +244,7 @@ mod tests {
 
     #[test]
     fn packed_gguf_maps_to_the_same_bytes() {
+        let _one = tmp_output::TEST_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::tempdir().unwrap();
         let gguf = tiny_gguf(dir.path());
         let out = dir.path().join("t.llamafile");
@@ -337,6 +283,7 @@ mod tests {
 
     #[test]
     fn bad_inputs_leave_nothing() {
+        let _one = tmp_output::TEST_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::tempdir().unwrap();
         let gguf = tiny_gguf(dir.path());
         let out = dir.path().join("x.llamafile");
@@ -344,7 +291,7 @@ mod tests {
         let cases = [
             (PackOptions { runtime: gguf.clone(), ..base.clone() }, "GGUF model, not the runtime"),
             (PackOptions { gguf: runtime(), ..base.clone() }, "not a model"),
-            (PackOptions { gguf: dir.path().join("missing.gguf"), ..base.clone() }, "cannot open model"),
+            (PackOptions { gguf: dir.path().join("missing.gguf"), ..base.clone() }, "missing.gguf: cannot open: No such file"),
             (PackOptions { args: Some("-p 'unclosed".into()), ..base.clone() }, "never closed"),
         ];
         for (o, want) in cases {
@@ -354,6 +301,50 @@ mod tests {
             assert!(!out.exists());
         }
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "only the input is left");
+    }
+
+    #[test]
+    fn special_files_are_refused_as_inputs_and_outputs() {
+        let _one = tmp_output::TEST_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = tempfile::tempdir().unwrap();
+        let gguf = tiny_gguf(dir.path());
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        let base = PackOptions { runtime: runtime(), gguf: gguf.clone(), out: dir.path().join("x.llamafile"), args: None, extra: vec![], force: false, progress: false };
+        let refused = |o: PackOptions| format!("{:#}", pack(&o).unwrap_err());
+        let f = fifo.display();
+        assert_eq!(refused(PackOptions { runtime: fifo.clone(), ..base.clone() }), format!("{f}: a FIFO (named pipe), not a regular file: the runtime must be a regular file"));
+        assert_eq!(refused(PackOptions { gguf: fifo.clone(), ..base.clone() }), format!("{f}: a FIFO (named pipe), not a regular file: a model must be a regular file"));
+        assert!(refused(PackOptions { runtime: "/dev/zero".into(), ..base.clone() }).starts_with("/dev/zero: a character device, not a regular file"));
+        for force in [false, true] {
+            assert_eq!(refused(PackOptions { out: fifo.clone(), force, ..base.clone() }), format!("{f}: a FIFO (named pipe), not a regular file: the output must be a regular file"));
+            let e = refused(PackOptions { out: sub.clone(), force, ..base.clone() });
+            assert!(e.ends_with("sub: a directory, not a regular file: the output must be a regular file"), "{e}");
+        }
+        // As root, /dev/null is writable and rename would replace it: refused before that.
+        let e = refused(PackOptions { out: "/dev/null".into(), force: true, ..base.clone() });
+        assert_eq!(e, "/dev/null: a character device, not a regular file: the output must be a regular file");
+        assert!(std::fs::metadata("/dev/null").unwrap().file_type().is_char_device());
+        let mut names: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        assert_eq!(names, ["fifo", "sub", "tiny.gguf"], "nothing written");
+    }
+
+    #[test]
+    fn listing_escapes_names_from_the_file() {
+        let _one = tmp_output::TEST_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = tempfile::tempdir().unwrap();
+        let gguf = tiny_gguf(dir.path());
+        let out = dir.path().join("t.llamafile");
+        let o = PackOptions { runtime: runtime(), gguf, out: out.clone(), args: Some("-p '\x1b]0;owned\x07'\n".into()), extra: vec![], force: false, progress: false };
+        pack(&o).unwrap();
+        let listing = list(&out).unwrap();
+        assert!(listing.contains("-p '\\x1b]0;owned\\x07'"), "{listing}");
+        assert!(!listing.chars().any(|c| c.is_control() && c != '\n'), "{listing:?}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! `pack --list FILE`
 
 use anyhow::Context;
+use llamafile::escape::escape_path;
 use clap::Parser;
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -52,22 +53,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         None => {
             let r = packer::default_runtime()?;
             if !r.exists() {
-                anyhow::bail!("no --runtime given and no llamafile binary beside pack ({}); build it with `cargo build --release`", r.display());
+                anyhow::bail!("no --runtime given and no llamafile binary beside pack ({}); build it with `cargo build --release`", escape_path(&r));
             }
             r
         }
     };
     let args = match (&cli.args, &cli.args_file) {
         (Some(a), _) => Some(a.clone()),
-        (None, Some(f)) => Some(std::fs::read_to_string(f).with_context(|| format!("cannot read --args-file {}", f.display()))?),
+        (None, Some(f)) => Some(
+            llamafile::input::read_text_capped(f, llamafile::bundle::MAX_ARGS_BYTES, "an .args file holds at most 1 MiB")
+                .context("--args-file")?,
+        ),
         (None, None) => None,
     };
     // GPU backends (issue #7): checked to be loadable backends of this ABI before packing.
     let mut extra = Vec::new();
     for path in &cli.gpu_backend {
+        // A FIFO or device would block or fill memory in the loader: refused first.
+        llamafile::input::open_regular(path, "a GPU backend")?;
         let (name, _backend) = llamafile::backend::gpu::check_backend_file(path)?;
         if extra.iter().any(|e: &packer::ExtraEntry| e.name == name) {
-            anyhow::bail!("--gpu-backend {}: a backend named {name} is already given", path.display());
+            anyhow::bail!("--gpu-backend {}: a backend named {name} is already given", escape_path(path));
         }
         extra.push(packer::ExtraEntry { name, path: path.clone(), align: 4096 });
     }
@@ -84,7 +90,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let r = packer::pack(&opts)?;
     eprintln!(
         "wrote {} ({} bytes): {} {} runtime, {} at offset {} ({} bytes)",
-        r.out.display(),
+        escape_path(&r.out),
         r.size,
         r.runtime.format,
         r.runtime.arch,

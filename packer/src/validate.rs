@@ -3,6 +3,7 @@
 //! tensor table and every tensor's range, via the runtime's reader over gguf-rs-lib).
 
 use anyhow::bail;
+use llamafile::escape::escape_path;
 use object::{Architecture, Object, ObjectKind};
 use std::path::Path;
 
@@ -32,11 +33,11 @@ pub fn check_runtime(path: &Path, bytes: &[u8]) -> anyhow::Result<RuntimeInfo> {
         Err(_) => {
             let head: Vec<u8> = bytes.iter().take(4).copied().collect();
             if head.starts_with(b"GGUF") {
-                bail!("runtime {}: this is a GGUF model, not the runtime executable (did you swap --runtime and --gguf?)", path.display());
+                bail!("runtime {}: this is a GGUF model, not the runtime executable (did you swap --runtime and --gguf?)", escape_path(path));
             }
             bail!(
                 "runtime {}: not an executable (no ELF, Mach-O or PE header; it starts with \"{}\")",
-                path.display(),
+                escape_path(path),
                 head.escape_ascii()
             );
         }
@@ -54,15 +55,15 @@ pub fn check_runtime(path: &Path, bytes: &[u8]) -> anyhow::Result<RuntimeInfo> {
             ObjectKind::Core => "core dump",
             _ => "file of unknown kind",
         };
-        bail!("runtime {}: an {format} {what} for {arch}, not an executable", path.display());
+        bail!("runtime {}: an {format} {what} for {arch}, not an executable", escape_path(path));
     }
     if !matches!(obj.architecture(), Architecture::X86_64 | Architecture::Aarch64) {
-        bail!("runtime {}: {format} executable for {arch}; llamafiles run on x86-64 or aarch64 only", path.display());
+        bail!("runtime {}: {format} executable for {arch}; llamafiles run on x86-64 or aarch64 only", escape_path(path));
     }
     if let Ok(Some(entries)) = llamafile::bundle::zip_entries(path) {
         bail!(
             "runtime {}: it already has a zip appended ({} entries: it is a llamafile); give the bare runtime (target/release/llamafile)",
-            path.display(),
+            escape_path(path),
             entries.len()
         );
     }

@@ -100,7 +100,7 @@ fn main() -> Result<()> {
     if !["q4_k_m", "q8_0", "q6_k", "q2_k", "q4_0"].contains(&kind) {
         bail!("unknown type {kind}: q4_k_m, q8_0, q6_k, q2_k or q4_0");
     }
-    let shared = llamafile::shared_fixtures();
+    let shared = test_support::shared();
     let src_path = shared.join("models/tiny-mistral-q4_k_m.gguf");
     let src = GgufFile::open(&src_path).with_context(|| format!("{}", src_path.display()))?;
 

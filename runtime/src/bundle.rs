@@ -14,6 +14,8 @@
 //! `.args` inside the executable's zip hold default arguments, merged before clap parses
 //! (see [`parse_args_file`] and [`merge_args`]).
 
+use crate::escape::{escape, escape_path};
+use crate::input::open_regular;
 use anyhow::{bail, Context};
 use std::ffi::OsString;
 use std::fs::File;
@@ -27,6 +29,9 @@ pub const MAP_GRANULARITY: u64 = 65536;
 /// Name of the default-arguments entry inside a llamafile.
 pub const ARGS_ENTRY: &str = ".args";
 
+/// Largest `.args` accepted (default arguments, not data).
+pub const MAX_ARGS_BYTES: u64 = 1 << 20;
+
 /// A mapped GGUF: `map[start..start + len]` is the GGUF, which begins at `file_offset` in the file.
 pub struct Region {
     pub map: memmap2::Mmap,
@@ -39,11 +44,11 @@ pub struct Region {
 }
 
 impl Region {
-    /// How errors name what was opened: the path, and the entry when there is one.
+    /// How errors name what was opened: the path, and the entry when there is one (escaped).
     pub fn describe(&self) -> String {
         match &self.entry {
-            Some(e) => format!("{}@{}", self.path.display(), e),
-            None => self.path.display().to_string(),
+            Some(e) => format!("{}@{}", escape_path(&self.path), escape(e)),
+            None => escape_path(&self.path),
         }
     }
 }
@@ -69,20 +74,21 @@ pub struct ZipEntry {
 /// The central directory of the zip at the end of `path`, `Ok(None)` when the file has no zip
 /// end-of-central-directory record (i.e. it is not a zip), an error when it has one that is broken.
 pub fn zip_entries(path: &Path) -> anyhow::Result<Option<Vec<ZipEntry>>> {
-    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let file = open_regular(path, "a llamafile or zip")?;
+    let shown = escape_path(path);
     let reader = std::io::BufReader::new(file);
     let mut archive = match zip::ZipArchive::new(reader) {
         Ok(a) => a,
         Err(_) if !has_eocd(path)? => return Ok(None),
-        Err(e) => bail!("{}: broken zip: {e}", path.display()),
+        Err(e) => bail!("{shown}: broken zip: {}", escape(&e.to_string())),
     };
     let mut out = Vec::with_capacity(archive.len());
     for i in 0..archive.len() {
-        let f = archive.by_index_raw(i).with_context(|| format!("{}: broken zip entry {i}", path.display()))?;
-        let name = f.name().with_context(|| format!("{}: zip entry {i} has an unreadable name", path.display()))?.to_string();
+        let f = archive.by_index_raw(i).map_err(|e| anyhow::anyhow!("{shown}: broken zip entry {i}: {}", escape(&e.to_string())))?;
+        let name = f.name().map_err(|_| anyhow::anyhow!("{shown}: zip entry {i} has an unreadable name"))?.to_string();
         let data_offset = f
             .data_start()
-            .ok_or_else(|| anyhow::anyhow!("{}: zip entry '{}' has no readable local header", path.display(), name))?;
+            .ok_or_else(|| anyhow::anyhow!("{shown}: zip entry '{}' has no readable local header", escape(&name)))?;
         out.push(ZipEntry {
             name,
             compressed_size: f.compressed_size(),
@@ -103,7 +109,7 @@ pub fn zip_entries(path: &Path) -> anyhow::Result<Option<Vec<ZipEntry>>> {
 /// to match keeps a stray "PK\x05\x06" in an executable's data from counting.)
 fn has_eocd(path: &Path) -> anyhow::Result<bool> {
     use std::io::{Seek, SeekFrom};
-    let mut f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut f = open_regular(path, "a llamafile or zip")?;
     let len = f.metadata()?.len();
     let tail = len.min(65535 + 22);
     f.seek(SeekFrom::Start(len - tail))?;
@@ -135,33 +141,28 @@ fn split_entry(path: &Path) -> Option<(PathBuf, String)> {
 /// Which entry of `entries` holds the GGUF: `wanted`, or else the single `.gguf` entry.
 pub fn select_gguf_entry<'a>(path: &Path, entries: &'a [ZipEntry], wanted: Option<&str>) -> anyhow::Result<&'a ZipEntry> {
     let ggufs: Vec<&ZipEntry> = entries.iter().filter(|e| is_gguf_name(&e.name)).collect();
+    let names = |v: &[&ZipEntry]| v.iter().map(|e| escape(&e.name)).collect::<Vec<_>>().join(", ");
+    let shown = escape_path(path);
     let e = match wanted {
         Some(w) => match entries.iter().find(|e| e.name == w) {
             Some(e) => e,
             None => bail!(
-                "{}: no entry named '{w}' in the zip (its .gguf entries: {})",
-                path.display(),
-                if ggufs.is_empty() { "none".to_string() } else { ggufs.iter().map(|e| e.name.as_str()).collect::<Vec<_>>().join(", ") }
+                "{shown}: no entry named '{}' in the zip (its .gguf entries: {})",
+                escape(w),
+                if ggufs.is_empty() { "none".to_string() } else { names(&ggufs) }
             ),
         },
         None => match ggufs.as_slice() {
-            [] => bail!("{}: the zip has no .gguf entry ({} entries, none ending in .gguf)", path.display(), entries.len()),
+            [] => bail!("{shown}: the zip has no .gguf entry ({} entries, none ending in .gguf)", entries.len()),
             [one] => one,
-            many => bail!(
-                "{}: the zip has {} .gguf entries ({}); choose one with {}@NAME.gguf",
-                path.display(),
-                many.len(),
-                many.iter().map(|e| e.name.as_str()).collect::<Vec<_>>().join(", "),
-                path.display()
-            ),
+            many => bail!("{shown}: the zip has {} .gguf entries ({}); choose one with {shown}@NAME.gguf", many.len(), names(many)),
         },
     };
     if !e.stored {
         bail!(
-            "{}: zip entry '{}' is compressed ({}); weights must be stored uncompressed to be mapped (zip -0, or use pack)",
-            path.display(),
-            e.name,
-            e.method
+            "{shown}: zip entry '{}' is compressed ({}); weights must be stored uncompressed to be mapped (zip -0, or use pack)",
+            escape(&e.name),
+            escape(&e.method)
         );
     }
     Ok(e)
@@ -176,7 +177,7 @@ fn map_range(file: &File, path: &Path, offset: u64, len: u64) -> anyhow::Result<
     // against its length); the file is not modified by this process. A model file truncated or
     // rewritten by another process while we run is outside what any mmap-based loader can guard.
     let map = unsafe { memmap2::MmapOptions::new().offset(aligned).len(total).map(file) }
-        .with_context(|| format!("cannot map {} ({} bytes at offset {})", path.display(), len, offset))?;
+        .with_context(|| format!("{}: cannot map {len} bytes at offset {offset}", escape_path(path)))?;
     Ok((map, delta))
 }
 
@@ -187,25 +188,21 @@ pub fn map_gguf(path: &Path) -> anyhow::Result<Region> {
         Some((archive, entry)) => (archive, Some(entry)),
         None => (path.to_path_buf(), None),
     };
-    let file = File::open(&path).with_context(|| format!("cannot open model {}", path.display()))?;
-    let meta = file.metadata().with_context(|| format!("cannot stat {}", path.display()))?;
-    if meta.is_dir() {
-        bail!("{} is a directory, not a model file", path.display());
-    }
-    let file_len = meta.len();
+    let file = open_regular(&path, "a model")?;
+    let shown = escape_path(&path);
+    let file_len = file.metadata().with_context(|| format!("{shown}: cannot stat"))?.len();
     if file_len == 0 {
-        bail!("{}: the file is empty", path.display());
+        bail!("{shown}: the file is empty");
     }
     let mut head = [0u8; 4];
-    let n = (&file).take(4).read(&mut head).with_context(|| format!("cannot read {}", path.display()))?;
+    let n = (&file).take(4).read(&mut head).with_context(|| format!("{shown}: cannot read"))?;
     if wanted.is_none() && head[..n] == *b"GGUF" {
         let (map, start) = map_range(&file, &path, 0, file_len)?;
         return Ok(Region { len: file_len as usize, map, start, file_offset: 0, entry: None, path });
     }
     let Some(entries) = zip_entries(&path)? else {
         bail!(
-            "{}: not a model: not a GGUF file (it starts with \"{}\", not \"GGUF\"), nor a zip/llamafile holding one",
-            path.display(),
+            "{shown}: not a model: not a GGUF file (it starts with \"{}\", not \"GGUF\"), nor a zip/llamafile holding one",
             head[..n].escape_ascii()
         );
     };
@@ -213,9 +210,8 @@ pub fn map_gguf(path: &Path) -> anyhow::Result<Region> {
     let end = e.data_offset.checked_add(e.size);
     if end.is_none_or(|end| end > file_len) {
         bail!(
-            "{}: zip entry '{}' ({} bytes at offset {}) extends past the end of the file ({} bytes): the file is truncated",
-            path.display(),
-            e.name,
+            "{shown}: zip entry '{}' ({} bytes at offset {}) extends past the end of the file ({} bytes): the file is truncated",
+            escape(&e.name),
             e.size,
             e.data_offset,
             file_len
@@ -269,21 +265,22 @@ pub fn open_model(model: Option<&Path>) -> anyhow::Result<crate::gguf::GgufFile>
 pub fn read_args_entry(path: &Path) -> anyhow::Result<Option<String>> {
     let Some(entries) = zip_entries(path)? else { return Ok(None) };
     let Some(e) = entries.iter().find(|e| e.name == ARGS_ENTRY) else { return Ok(None) };
+    let shown = escape_path(path);
     if !e.stored {
-        bail!("{}: the {ARGS_ENTRY} entry is compressed ({}); it must be stored", path.display(), e.method);
+        bail!("{shown}: the {ARGS_ENTRY} entry is compressed ({}); it must be stored", escape(&e.method));
     }
-    if e.size > 1 << 20 {
-        bail!("{}: the {ARGS_ENTRY} entry is {} bytes; at most 1 MiB expected", path.display(), e.size);
+    if e.size > MAX_ARGS_BYTES {
+        bail!("{shown}: the {ARGS_ENTRY} entry is {} bytes; at most 1 MiB expected", e.size);
     }
     use std::io::{Seek, SeekFrom};
-    let mut f = File::open(path)?;
+    let mut f = open_regular(path, "a llamafile or zip")?;
     f.seek(SeekFrom::Start(e.data_offset))?;
     let mut buf = Vec::with_capacity(e.size as usize);
     f.take(e.size).read_to_end(&mut buf)?;
     if buf.len() as u64 != e.size {
-        bail!("{}: the {ARGS_ENTRY} entry is truncated", path.display());
+        bail!("{shown}: the {ARGS_ENTRY} entry is truncated");
     }
-    let text = String::from_utf8(buf).map_err(|_| anyhow::anyhow!("{}: the {ARGS_ENTRY} entry is not UTF-8 text", path.display()))?;
+    let text = String::from_utf8(buf).map_err(|_| anyhow::anyhow!("{shown}: the {ARGS_ENTRY} entry is not UTF-8 text"))?;
     Ok(Some(text))
 }
 
@@ -300,76 +297,79 @@ pub enum ArgItem {
 /// argument comments out the rest of the line; an unquoted `...` marks where the user's own
 /// arguments go.
 pub fn parse_args_file(text: &str) -> anyhow::Result<Vec<ArgItem>> {
+    let mut lx = ArgsLexer { chars: text.chars().peekable(), line: 1 };
     let mut out = Vec::new();
-    let mut chars = text.chars().peekable();
-    let mut line = 1;
     loop {
-        while let Some(&c) = chars.peek() {
-            if !c.is_whitespace() {
-                break;
+        lx.skip_whitespace();
+        match lx.chars.peek() {
+            None => break,
+            Some('#') => lx.skip_line(),
+            Some(_) => {
+                let (arg, quoted) = lx.word()?;
+                out.push(if !quoted && arg == "..." { ArgItem::UserArgs } else { ArgItem::Arg(arg) });
             }
-            if c == '\n' {
-                line += 1;
-            }
-            chars.next();
         }
-        let Some(&first) = chars.peek() else { break };
-        if first == '#' {
-            for c in chars.by_ref() {
-                if c == '\n' {
-                    line += 1;
-                    break;
-                }
-            }
-            continue;
+    }
+    Ok(out)
+}
+
+/// The steps of [`parse_args_file`], over its characters; `line` is counted for errors.
+struct ArgsLexer<'a> {
+    chars: std::iter::Peekable<std::str::Chars<'a>>,
+    line: usize,
+}
+
+impl ArgsLexer<'_> {
+    fn next(&mut self) -> Option<char> {
+        let c = self.chars.next();
+        self.line += (c == Some('\n')) as usize;
+        c
+    }
+
+    fn skip_whitespace(&mut self) {
+        while self.chars.peek().is_some_and(|c| c.is_whitespace()) {
+            self.next();
         }
+    }
+
+    /// A comment: up to the end of the line.
+    fn skip_line(&mut self) {
+        while self.next().is_some_and(|c| c != '\n') {}
+    }
+
+    /// One argument, up to unquoted whitespace; and whether any of it was quoted.
+    fn word(&mut self) -> anyhow::Result<(String, bool)> {
         let mut arg = String::new();
         let mut quoted = false;
-        while let Some(&c) = chars.peek() {
-            if c.is_whitespace() {
-                break;
-            }
-            chars.next();
+        while let Some(c) = self.chars.peek().copied().filter(|c| !c.is_whitespace()) {
+            self.next();
             match c {
-                '\'' => {
+                '\'' | '"' => {
                     quoted = true;
-                    let start = line;
-                    loop {
-                        match chars.next() {
-                            Some('\'') => break,
-                            Some(c) => {
-                                line += (c == '\n') as usize;
-                                arg.push(c)
-                            }
-                            None => bail!(".args: the single quote opened on line {start} is never closed"),
-                        }
-                    }
-                }
-                '"' => {
-                    quoted = true;
-                    let start = line;
-                    loop {
-                        match chars.next() {
-                            Some('"') => break,
-                            Some('\\') if matches!(chars.peek(), Some('"') | Some('\\')) => arg.push(chars.next().unwrap()),
-                            Some(c) => {
-                                line += (c == '\n') as usize;
-                                arg.push(c)
-                            }
-                            None => bail!(".args: the double quote opened on line {start} is never closed"),
-                        }
-                    }
+                    self.quoted(c, &mut arg)?;
                 }
                 c => arg.push(c),
             }
         }
-        if !quoted && arg == "..." {
-            out.push(ArgItem::UserArgs);
-        } else {
-            out.push(ArgItem::Arg(arg));
+        Ok((arg, quoted))
+    }
+
+    /// The rest of a quoted part, its opening `quote` read: `'` takes everything literally,
+    /// `"` honours `\"` and `\\`.
+    fn quoted(&mut self, quote: char, arg: &mut String) -> anyhow::Result<()> {
+        let start = self.line;
+        loop {
+            match self.next() {
+                Some(c) if c == quote => return Ok(()),
+                Some('\\') if quote == '"' && matches!(self.chars.peek(), Some('"' | '\\')) => arg.extend(self.next()),
+                Some(c) => arg.push(c),
+                None => {
+                    let kind = if quote == '"' { "double" } else { "single" };
+                    bail!(".args: the {kind} quote opened on line {start} is never closed")
+                }
+            }
         }
     }
-    Ok(out)
 }
 
 /// Put the `.args` items around the user's arguments: `argv[0]`, the items before `...`, the

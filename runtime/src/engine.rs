@@ -14,6 +14,7 @@
 pub mod sampler;
 
 use crate::backend::{self, Backend, BackendState, PlanOptions};
+use crate::escape::{escape, escape_path};
 use crate::gguf::GgufFile;
 use crate::model::Model;
 use crate::tokenizer::chat::ChatTemplate;
@@ -140,25 +141,27 @@ impl Engine {
     pub fn load_with_batch(opts: &LoadOptions, n_batch: usize) -> anyhow::Result<Engine> {
         let t0 = Instant::now();
         let path = &opts.model;
-        let file = GgufFile::open(path).with_context(|| format!("{}", path.display()))?;
+        // The reader's errors name the path (once) themselves.
+        let file = GgufFile::open(path)?;
         let name = file
             .get_str("general.name")
             .map(str::to_string)
             .unwrap_or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
         // The model first: an unsupported architecture or a missing tensor is the clearest error.
-        let model = Arc::new(Model::load(file.clone()).with_context(|| format!("{}", path.display()))?);
-        let tokenizer = Tokenizer::from_gguf(&file).with_context(|| format!("{}: tokenizer", path.display()))?;
+        let model = Arc::new(Model::load(file.clone()).with_context(|| escape_path(path))?);
+        // Its errors name the file.
+        let tokenizer = Tokenizer::from_gguf(&file)?;
         let template = match ChatTemplate::from_gguf(&file, opts.chat_template.as_deref()) {
             Ok(t) => t,
             Err(e) if opts.chat_template.is_none() => {
-                eprintln!("warning: {}: chat template: {e:#}; using chatml", path.display());
+                eprintln!("warning: {}: chat template: {}; using chatml", escape_path(path), escape(&format!("{e:#}")));
                 ChatTemplate::from_gguf(&file, Some("chatml"))?
             }
             Err(e) => return Err(e.context("--chat-template")),
         };
         let hp = &model.hp;
         if tokenizer.vocab_size() > hp.n_vocab {
-            bail!("{}: the tokenizer has {} tokens but the embeddings only {}", path.display(), tokenizer.vocab_size(), hp.n_vocab);
+            bail!("{}: the tokenizer has {} tokens but the embeddings only {}", escape_path(path), tokenizer.vocab_size(), hp.n_vocab);
         }
         let n_ctx = match opts.n_ctx {
             Some(c) if c > 0 => {
@@ -181,6 +184,9 @@ impl Engine {
             backend::plan(&model, &PlanOptions { n_gpu_layers: opts.n_gpu_layers, gpu: &opts.gpu, verbose: opts.verbose })?;
         check_chain(&backends, hp.n_layer)?;
         let n_batch = n_batch.clamp(1, n_ctx);
+        let session = backends.iter().fold(0u64, |a, b| a.saturating_add(b.host_state_bytes(n_ctx, n_batch)));
+        let buffers = 4 * (n_ctx as u64 + (n_batch * hp.n_embd) as u64 + 3 * hp.n_vocab as u64);
+        check_memory(session.saturating_add(buffers), n_ctx)?;
         let load_ms = t0.elapsed().as_secs_f64() * 1e3;
         Ok(Engine {
             inner: Arc::new(Inner { model, tokenizer, template, backends, pool, name, n_ctx, n_batch, load_ms }),
@@ -250,6 +256,38 @@ const _: () = {
     send_sync::<Engine>();
     send::<Session>();
 };
+
+/// Memory the kernel says can be allocated without swapping (`MemAvailable`), in bytes; `None`
+/// where /proc/meminfo is absent.
+fn mem_available() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// `1.5 GiB`, `12 MiB`.
+fn show_bytes(b: u64) -> String {
+    if b >= 1 << 30 {
+        format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
+    } else {
+        format!("{} MiB", b.div_ceil(1 << 20))
+    }
+}
+
+/// Refuse, before allocating, a session for `n_ctx` positions that needs `need` bytes of host
+/// memory when less is available: one line with what was asked, what it needs and what there is
+/// (instead of an abort, or the OOM killer, halfway through the allocation).
+fn check_memory(need: u64, n_ctx: usize) -> Result<()> {
+    match mem_available() {
+        Some(avail) if need > avail => bail!(
+            "a context of {n_ctx} tokens needs {} of memory for the KV cache and buffers, but {} is available; choose a smaller context (-c)",
+            show_bytes(need),
+            show_bytes(avail)
+        ),
+        _ => Ok(()),
+    }
+}
 
 fn check_chain(backends: &[Arc<dyn Backend>], n_layer: usize) -> Result<()> {
     let mut next = 0;
@@ -521,11 +559,7 @@ mod tests {
     use super::*;
 
     fn tiny_engine(n_ctx: usize) -> Option<Engine> {
-        let p = crate::shared_fixtures().join("models/tiny-mistral-q8_0.gguf");
-        if !p.exists() {
-            eprintln!("SKIPPED: {} not found", p.display());
-            return None;
-        }
+        let p = test_support::require_shared()?.join("models/tiny-mistral-q8_0.gguf");
         let opts = LoadOptions { model: p, n_ctx: Some(n_ctx), n_threads: Some(2), ..Default::default() };
         Some(Engine::load_with_batch(&opts, 16).unwrap())
     }

@@ -20,6 +20,7 @@
 //!   version 3 (llama.cpp still reads version 2, which has the same encoding).
 //!   So the header, the keys and the tensor table (a few fixed-size fields each) are read here.
 
+use crate::escape::escape;
 use anyhow::{bail, Context};
 use gguf_rs_lib::format::{GGUFTensorType, GGUFValueType, MetadataValue};
 use gguf_rs_lib::GGUFError;
@@ -178,7 +179,7 @@ impl TensorInfo {
         self.wtype.ok_or_else(|| {
             anyhow::anyhow!(
                 "tensor '{}' has weight type {} (ggml type id {}), which this engine does not support",
-                self.name,
+                escape(&self.name),
                 self.type_name(),
                 self.ggml_type
             )
@@ -209,7 +210,7 @@ fn tensor_bytes(ggml_type: u32, ne0: u64, n_elements: u64) -> Result<Option<u64>
             _ => return Ok(None),
         }
     };
-    if ne0 % block != 0 {
+    if !ne0.is_multiple_of(block) {
         return Err(format!(
             "row length {ne0} is not a multiple of the {} block size {block}",
             ggml_type_name(ggml_type)
@@ -447,6 +448,7 @@ impl<'a> Reader<'a> {
 /// (best of 10) for the token strings alone, versus 23 ms for the whole file's metadata with
 /// this function (same machine), and the tokenizer must be built in under 300 ms in total.
 fn read_flat_array(r: &mut Reader, key: &str) -> anyhow::Result<Option<MetaValue>> {
+    let key = &escape(key);
     let start = r.pos();
     let elem = r.u32(&|| format!("element type of metadata '{key}'"))?;
     let Ok(etype) = GGUFValueType::from_u32(elem) else {
@@ -516,12 +518,25 @@ fn read_flat_array(r: &mut Reader, key: &str) -> anyhow::Result<Option<MetaValue
     Ok(Some(MetaValue::Array(out)))
 }
 
-/// Parse the header, metadata and tensor table of a GGUF held in `bytes`, and check that every
-/// tensor lies inside `bytes`.
+/// Parse the header, metadata and tensor table of a GGUF held in `bytes`, and check the table
+/// as llama.cpp does: every tensor lies in the data section at the offset its predecessors'
+/// sizes put it.
 fn parse(bytes: &[u8]) -> anyhow::Result<Parsed> {
     let mut r = Reader { cur: Cursor::new(bytes) };
-    if bytes.len() < 4 {
-        bail!("not a GGUF file: {} bytes long, too short for a GGUF header", bytes.len());
+    let (version, n_tensors, n_kv) = read_header(&mut r)?;
+    let (metadata, meta_index) = read_metadata(&mut r, n_kv)?;
+    let alignment = alignment(&metadata, &meta_index)?;
+    let (mut tensors, tensor_index) = read_tensor_table(&mut r, n_tensors)?;
+    let data_offset = r.pos().div_ceil(alignment) * alignment;
+    place_tensors(&mut tensors, alignment, data_offset, bytes.len() as u64)?;
+    Ok(Parsed { version, metadata, meta_index, tensors, tensor_index, alignment, data_offset })
+}
+
+/// Magic, version, tensor count and metadata count; the counts bounded by the file's size.
+fn read_header(r: &mut Reader) -> anyhow::Result<(u32, u64, u64)> {
+    let len = r.cur.get_ref().len();
+    if len < 4 {
+        bail!("not a GGUF file: {len} bytes long, too short for a GGUF header");
     }
     let magic = r.u32(&|| "magic".into())?;
     if magic != GGUF_MAGIC {
@@ -534,110 +549,140 @@ fn parse(bytes: &[u8]) -> anyhow::Result<Parsed> {
     let n_tensors = r.u64(&|| "header (tensor count)".into())?;
     let n_kv = r.u64(&|| "header (metadata count)".into())?;
     // Each entry takes at least a few bytes: counts beyond that are corruption, and bounding them
-    // keeps the allocations below proportional to the file.
-    let rest = (bytes.len() as u64).saturating_sub(r.pos());
+    // keeps the allocations that follow proportional to the file.
+    let rest = (len as u64).saturating_sub(r.pos());
     if n_kv > rest / 12 {
-        bail!("corrupt GGUF header: {n_kv} metadata entries cannot fit in {} bytes", bytes.len());
+        bail!("corrupt GGUF header: {n_kv} metadata entries cannot fit in {len} bytes");
     }
     if n_tensors > rest / 24 {
-        bail!("corrupt GGUF header: {n_tensors} tensors cannot fit in {} bytes", bytes.len());
+        bail!("corrupt GGUF header: {n_tensors} tensors cannot fit in {len} bytes");
     }
+    Ok((version, n_tensors, n_kv))
+}
 
+/// Metadata in file order, and the index of each key.
+type Metadata = (Vec<(String, MetaValue)>, HashMap<String, usize>);
+
+/// The `n_kv` metadata key/value pairs, in file order, and their index by key.
+fn read_metadata(r: &mut Reader, n_kv: u64) -> anyhow::Result<Metadata> {
+    let len = r.cur.get_ref().len();
     let mut metadata = Vec::with_capacity(n_kv as usize);
     let mut meta_index = HashMap::with_capacity(n_kv as usize);
     for i in 0..n_kv {
         let key = r.string(65_535, &|| format!("key of metadata entry {i}"))?;
-        let type_id = r.u32(&|| format!("type of metadata '{key}'"))?;
+        let shown = escape(&key);
+        let type_id = r.u32(&|| format!("type of metadata '{shown}'"))?;
         let vtype = GGUFValueType::from_u32(type_id)
-            .map_err(|_| anyhow::anyhow!("metadata '{key}' has unknown value type id {type_id}"))?;
+            .map_err(|_| anyhow::anyhow!("metadata '{shown}' has unknown value type id {type_id}"))?;
         let at = r.pos();
-        if vtype == GGUFValueType::Array {
-            if let Some(v) = read_flat_array(&mut r, &key)? {
-                if meta_index.insert(key.clone(), metadata.len()).is_some() {
-                    bail!("metadata key '{key}' appears twice");
+        let flat = if vtype == GGUFValueType::Array { read_flat_array(r, &key)? } else { None };
+        let value = match flat {
+            Some(v) => v,
+            None => MetaValue::from_lib(MetadataValue::read_from(&mut r.cur, vtype).map_err(|e| match e {
+                GGUFError::Io(ref io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    anyhow::anyhow!("truncated GGUF: metadata '{shown}' at byte {at} runs past the end ({len} bytes)")
                 }
-                metadata.push((key, v));
-                continue;
-            }
-        }
-        let value = MetadataValue::read_from(&mut r.cur, vtype).map_err(|e| match e {
-            GGUFError::Io(ref io) if io.kind() == std::io::ErrorKind::UnexpectedEof => anyhow::anyhow!(
-                "truncated GGUF: metadata '{key}' at byte {at} runs past the end ({} bytes)",
-                bytes.len()
-            ),
-            GGUFError::UnexpectedEof => {
-                anyhow::anyhow!("truncated GGUF: metadata '{key}' at byte {at} runs past the end ({} bytes)", bytes.len())
-            }
-            e => anyhow::anyhow!("metadata '{key}' at byte {at}: {e}"),
-        })?;
+                GGUFError::UnexpectedEof => {
+                    anyhow::anyhow!("truncated GGUF: metadata '{shown}' at byte {at} runs past the end ({len} bytes)")
+                }
+                e => anyhow::anyhow!("metadata '{shown}' at byte {at}: {}", escape(&e.to_string())),
+            })?),
+        };
         if meta_index.insert(key.clone(), metadata.len()).is_some() {
-            bail!("metadata key '{key}' appears twice");
+            bail!("metadata key '{shown}' appears twice");
         }
-        metadata.push((key, MetaValue::from_lib(value)));
+        metadata.push((key, value));
     }
+    Ok((metadata, meta_index))
+}
 
-    let alignment = match meta_index.get("general.alignment").map(|&i| &metadata[i].1) {
-        None => DEFAULT_ALIGNMENT,
+/// `general.alignment` (a power of two), or the default.
+fn alignment(metadata: &[(String, MetaValue)], meta_index: &HashMap<String, usize>) -> anyhow::Result<u64> {
+    match meta_index.get("general.alignment").map(|&i| &metadata[i].1) {
+        None => Ok(DEFAULT_ALIGNMENT),
         Some(v) => match v.as_u64() {
-            Some(a) if a > 0 && a.is_power_of_two() => a,
-            _ => bail!("general.alignment must be a power of two, found {v:?}"),
+            Some(a) if a > 0 && a.is_power_of_two() => Ok(a),
+            _ => bail!("general.alignment must be a power of two, found {}", escape(&format!("{v:?}"))),
         },
-    };
+    }
+}
 
+/// The `n_tensors` entries of the tensor table (offsets still relative to the data section),
+/// and their index by name.
+fn read_tensor_table(r: &mut Reader, n_tensors: u64) -> anyhow::Result<(Vec<TensorInfo>, HashMap<String, usize>)> {
     let mut tensors: Vec<TensorInfo> = Vec::with_capacity(n_tensors as usize);
     let mut tensor_index = HashMap::with_capacity(n_tensors as usize);
     for i in 0..n_tensors {
         let name = r.string(4096, &|| format!("name of tensor {i}"))?;
-        let n_dims = r.u32(&|| format!("dimension count of tensor '{name}'"))?;
+        let shown = escape(&name);
+        let n_dims = r.u32(&|| format!("dimension count of tensor '{shown}'"))?;
         if n_dims == 0 || n_dims > MAX_DIMS {
-            bail!("tensor '{name}' has {n_dims} dimensions (1 to {MAX_DIMS} expected): the tensor table is corrupt");
+            bail!("tensor '{shown}' has {n_dims} dimensions (1 to {MAX_DIMS} expected): the tensor table is corrupt");
         }
         let mut dims = Vec::with_capacity(n_dims as usize);
         for d in 0..n_dims {
-            dims.push(r.u64(&|| format!("dimension {d} of tensor '{name}'"))?);
+            dims.push(r.u64(&|| format!("dimension {d} of tensor '{shown}'"))?);
         }
-        let ggml_type = r.u32(&|| format!("type of tensor '{name}'"))?;
-        let rel_offset = r.u64(&|| format!("offset of tensor '{name}'"))?;
+        let ggml_type = r.u32(&|| format!("type of tensor '{shown}'"))?;
+        let offset = r.u64(&|| format!("offset of tensor '{shown}'"))?;
         let n_elements = dims
             .iter()
             .try_fold(1u64, |a, &d| a.checked_mul(d))
-            .ok_or_else(|| anyhow::anyhow!("tensor '{name}' has dimensions {dims:?} whose product overflows"))?;
-        let size = tensor_bytes(ggml_type, dims[0], n_elements).map_err(|e| anyhow::anyhow!("tensor '{name}' {dims:?}: {e}"))?;
-        if rel_offset % alignment != 0 {
-            bail!("tensor '{name}' data offset {rel_offset} is not a multiple of the alignment {alignment}");
-        }
+            .ok_or_else(|| anyhow::anyhow!("tensor '{shown}' has dimensions {dims:?} whose product overflows"))?;
+        let size = tensor_bytes(ggml_type, dims[0], n_elements).map_err(|e| anyhow::anyhow!("tensor '{shown}' {dims:?}: {e}"))?;
         if tensor_index.insert(name.clone(), tensors.len()).is_some() {
-            bail!("tensor '{name}' appears twice in the tensor table");
+            bail!("tensor '{shown}' appears twice in the tensor table");
         }
         tensors.push(TensorInfo {
             name,
             dims,
             ggml_type,
             wtype: WeightType::from_ggml(ggml_type),
-            offset: rel_offset, // made absolute below
+            offset,
             // Unknown type id: its size cannot be known; `wtype` is None, so whoever needs the
-            // tensor reports it, and the range check below covers its start only.
+            // tensor reports it (see `place_tensors` for the layout check).
             size: size.unwrap_or(0),
         });
     }
+    Ok((tensors, tensor_index))
+}
 
-    let table_end = r.pos();
-    let data_offset = table_end.div_ceil(alignment) * alignment;
-    let len = bytes.len() as u64;
-    for t in &mut tensors {
+/// Check the layout as llama.cpp's loader does and make the offsets absolute: each tensor's data
+/// starts exactly where the previous one's ends, padded to `alignment` (so data offsets are in
+/// table order, aligned and never overlap, and each tensor has exactly its type's size), and
+/// ends inside the GGUF (`len` bytes). After a tensor of an unknown type (its size unknown) the
+/// next one may start anywhere later.
+fn place_tensors(tensors: &mut [TensorInfo], alignment: u64, data_offset: u64, len: u64) -> anyhow::Result<()> {
+    let mut expected = 0u64;
+    let mut size_known = true;
+    for t in tensors.iter_mut() {
+        let shown = escape(&t.name);
+        if t.offset % alignment != 0 {
+            bail!("tensor '{shown}' data offset {} is not a multiple of the alignment {alignment}", t.offset);
+        }
+        if (size_known && t.offset != expected) || t.offset < expected {
+            bail!(
+                "tensor '{shown}' data offset {} is wrong: the tensors before it end at {expected} \
+                 (tensor data lies in table order, each padded to {alignment} bytes): the tensor table is corrupt",
+                t.offset
+            );
+        }
         let start = data_offset.checked_add(t.offset);
         let end = start.and_then(|s| s.checked_add(t.size));
         match (start, end) {
-            (Some(s), Some(e)) if e <= len => t.offset = s,
+            (Some(s), Some(e)) if e <= len => {
+                expected = (t.offset + t.size).div_ceil(alignment) * alignment;
+                size_known = t.wtype.is_some() || t.size > 0;
+                t.offset = s;
+            }
             _ => bail!(
-                "truncated GGUF: tensor '{}' ({} bytes at data offset {}) ends past the end of the file ({len} bytes)",
-                t.name,
+                "truncated GGUF: tensor '{shown}' ({} bytes at data offset {}) ends past the end of the file ({len} bytes)",
                 t.size,
                 t.offset
             ),
         }
     }
-    Ok(Parsed { version, metadata, meta_index, tensors, tensor_index, alignment, data_offset })
+    Ok(())
 }
 
 /// Writes GGUF files for tests (of this crate and others): metadata in the order given,
@@ -692,6 +737,7 @@ pub mod writer {
     }
 
     /// One tensor to write: name, dims (ggml order), ggml type id, data bytes.
+    #[derive(Clone, Copy)]
     pub struct TensorSpec<'a> {
         pub name: &'a str,
         pub dims: &'a [u64],
@@ -741,6 +787,66 @@ pub mod writer {
         }
         out
     }
+
+    /// A complete, loadable `llama` model with F32 weights of tiny sizes (2 blocks, embedding
+    /// 32, 2 query heads of 16 sharing 1 KV head, FFN 64, 8 tokens), for tests of what the loader
+    /// accepts: `meta` replaces metadata entries of the same key or adds them, `extra` adds
+    /// tensors after the model's. The weights are small deterministic values; the SentencePiece
+    /// vocabulary spells "a b" and little else.
+    pub fn tiny_model(meta: &[(&str, MetaValue)], extra: &[TensorSpec]) -> Vec<u8> {
+        use MetaValue::*;
+        let (e, ff, q, kv, vocab, blocks) = (32u64, 64u64, 32u64, 16u64, 8u64, 2);
+        let mut md: Vec<(&str, MetaValue)> = vec![
+            ("general.architecture", String("llama".into())),
+            ("general.name", String("tiny".into())),
+            ("llama.context_length", U32(256)),
+            ("llama.embedding_length", U32(e as u32)),
+            ("llama.block_count", U32(blocks)),
+            ("llama.feed_forward_length", U32(ff as u32)),
+            ("llama.attention.head_count", U32(2)),
+            ("llama.attention.head_count_kv", U32(1)),
+            ("llama.rope.freq_base", F32(10000.0)),
+            ("llama.attention.layer_norm_rms_epsilon", F32(1e-5)),
+            ("tokenizer.ggml.model", String("llama".into())),
+            ("tokenizer.ggml.tokens", Array(["<unk>", "<s>", "</s>", "\u{2581}a", "\u{2581}b", "a", "b", "\u{2581}"].map(|t| String(t.into())).to_vec())),
+            ("tokenizer.ggml.scores", Array((0..vocab).map(|i| F32(-(i as f32))).collect())),
+            ("tokenizer.ggml.token_type", Array([2, 3, 3, 1, 1, 1, 1, 1].map(I32).to_vec())),
+            ("tokenizer.ggml.unknown_token_id", U32(0)),
+            ("tokenizer.ggml.bos_token_id", U32(1)),
+            ("tokenizer.ggml.eos_token_id", U32(2)),
+        ];
+        for (k, v) in meta {
+            match md.iter_mut().find(|(mk, _)| mk == k) {
+                Some(slot) => slot.1 = v.clone(),
+                None => md.push((k, v.clone())),
+            }
+        }
+        let mut shapes: Vec<(std::string::String, Vec<u64>)> =
+            vec![("token_embd.weight".into(), vec![e, vocab]), ("output_norm.weight".into(), vec![e])];
+        for b in 0..blocks {
+            for (n, dims) in [
+                ("attn_norm.weight", vec![e]),
+                ("attn_q.weight", vec![e, q]),
+                ("attn_k.weight", vec![e, kv]),
+                ("attn_v.weight", vec![e, kv]),
+                ("attn_output.weight", vec![q, e]),
+                ("ffn_norm.weight", vec![e]),
+                ("ffn_gate.weight", vec![e, ff]),
+                ("ffn_up.weight", vec![e, ff]),
+                ("ffn_down.weight", vec![ff, e]),
+            ] {
+                shapes.push((format!("blk.{b}.{n}"), dims));
+            }
+        }
+        let data: Vec<Vec<u8>> = shapes
+            .iter()
+            .map(|(_, d)| (0..d.iter().product::<u64>()).flat_map(|i| (((i % 7) as f32 - 3.0) * 0.05).to_le_bytes()).collect())
+            .collect();
+        let mut tensors: Vec<TensorSpec> =
+            shapes.iter().zip(&data).map(|((name, dims), data)| TensorSpec { name, dims, ggml_type: 0, data }).collect();
+        tensors.extend_from_slice(extra);
+        build(&md, &tensors, 32)
+    }
 }
 
 #[cfg(test)]
@@ -748,9 +854,6 @@ mod tests {
     use super::writer::{build, TensorSpec};
     use super::*;
 
-    fn shared() -> PathBuf {
-        crate::shared_fixtures()
-    }
 
     fn small() -> Vec<u8> {
         let q8 = vec![7u8; 34 * 2]; // two Q8_0 blocks
@@ -867,6 +970,58 @@ mod tests {
         assert!(msg.contains("truncated") && msg.contains("'v'"), "{msg}");
     }
 
+    /// Where the tensor table stores `name`'s data offset in `b`.
+    fn offset_field(b: &[u8], name: &str) -> usize {
+        let mut key = (name.len() as u64).to_le_bytes().to_vec();
+        key.extend_from_slice(name.as_bytes());
+        let at = b.windows(key.len()).position(|w| w == key).expect("tensor in the table") + key.len();
+        let n_dims = u32::from_le_bytes(b[at..at + 4].try_into().unwrap()) as usize;
+        at + 4 + 8 * n_dims + 4
+    }
+
+    fn set_offset(b: &mut [u8], name: &str, offset: u64) {
+        let at = offset_field(b, name);
+        b[at..at + 8].copy_from_slice(&offset.to_le_bytes());
+    }
+
+    #[test]
+    fn tensor_data_must_follow_the_table_exactly() {
+        let open = |b: Vec<u8>| GgufFile::from_bytes("t", b).map(|_| ()).map_err(|e| format!("{e:#}"));
+        assert_eq!(open(small()), Ok(()));
+        // 'v' placed on top of 'w'.
+        let mut b = small();
+        set_offset(&mut b, "v", 0);
+        let e = open(b).unwrap_err();
+        assert_eq!(e, "t: tensor 'v' data offset 0 is wrong: the tensors before it end at 96 (tensor data lies in table order, each padded to 32 bytes): the tensor table is corrupt");
+        // 'v' moved by 32 bytes (still aligned and inside the file once the file is longer).
+        let mut b = small();
+        set_offset(&mut b, "v", 128);
+        b.extend_from_slice(&[0; 64]);
+        assert!(open(b).unwrap_err().contains("tensor 'v' data offset 128 is wrong: the tensors before it end at 96"));
+        // Misaligned.
+        let mut b = small();
+        set_offset(&mut b, "v", 100);
+        assert!(open(b).unwrap_err().contains("tensor 'v' data offset 100 is not a multiple of the alignment 32"));
+        // The first tensor not at the start of the data section.
+        let mut b = small();
+        set_offset(&mut b, "w", 32);
+        assert!(open(b).unwrap_err().contains("tensor 'w' data offset 32 is wrong: the tensors before it end at 0"));
+    }
+
+    #[test]
+    fn names_from_the_file_are_escaped_in_errors() {
+        let q8 = vec![0u8; 34];
+        let name = format!("evil\x1b]0;title\x07\n{}", "z".repeat(1000));
+        let b = build(&[], &[TensorSpec { name: &name, dims: &[33], ggml_type: 8, data: &q8 }], 32);
+        let e = format!("{:#}", GgufFile::from_bytes("r", b).unwrap_err());
+        assert!(e.contains("tensor 'evil\\x1b]0;title\\x07\\nzzz"), "{e}");
+        assert!(!e.chars().any(|c| c.is_control()), "{e:?}");
+        assert!(e.len() < 400, "cut: {} bytes", e.len());
+        let b = build(&[("bad\u{1b}[2Jkey", MetaValue::U32(1)), ("bad\u{1b}[2Jkey", MetaValue::U32(2))], &[], 32);
+        let e = format!("{:#}", GgufFile::from_bytes("k", b).unwrap_err());
+        assert_eq!(e, "k: metadata key 'bad\\x1b[2Jkey' appears twice");
+    }
+
     #[test]
     fn bad_magic_and_version() {
         let mut b = small();
@@ -892,11 +1047,9 @@ mod tests {
 
     #[test]
     fn shared_models_open_with_in_range_tensors() {
-        let dir = shared().join("models");
-        let Ok(rd) = std::fs::read_dir(&dir) else {
-            eprintln!("skipping: {} not found", dir.display());
-            return;
-        };
+        let Some(shared) = test_support::require_shared() else { return };
+        let dir = shared.join("models");
+        let rd = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         let mut n = 0;
         for e in rd {
             let p = e.unwrap().path();
@@ -920,11 +1073,8 @@ mod tests {
 
     #[test]
     fn gemma_vocab_parses_quickly() {
-        let p = shared().join("vocab/gemma-3-270m.vocab.gguf");
-        if !p.exists() {
-            eprintln!("skipping: {} not found", p.display());
-            return;
-        }
+        let Some(shared) = test_support::require_shared() else { return };
+        let p = shared.join("vocab/gemma-3-270m.vocab.gguf");
         let t = std::time::Instant::now();
         let g = GgufFile::open(&p).unwrap();
         let ms = t.elapsed().as_millis();

@@ -1,27 +1,10 @@
-//! Helpers for the end-to-end tests: where the built binaries and the shared fixtures are.
+//! Helpers for the end-to-end tests: the workspace's test support (where the built binaries, the
+//! shared fixtures and the real models are; recorded skips; the HTTP client), and the GPU
+//! reference backend.
 
-use std::path::PathBuf;
+pub use test_support::*;
 
-/// The workspace root.
-pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
-
-/// `../shared` beside the checkout (CI lays it there too); `LLAMAFILE_SHARED` overrides.
-pub fn shared() -> PathBuf {
-    if let Ok(p) = std::env::var("LLAMAFILE_SHARED") {
-        return PathBuf::from(p);
-    }
-    root().parent().unwrap().join("shared")
-}
-
-/// A binary built by the same `cargo` invocation profile as this test (`target/<profile>/NAME`):
-/// the test executable lives in `target/<profile>/deps/`. `scripts/test` builds the binaries
-/// first (`cargo build --bins`), since cargo does not build other packages' binaries for tests.
-pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    let p = dir.join(name);
-    assert!(p.exists(), "{} not built: run `cargo build --profile <same> --bins` first (scripts/test does)", p.display());
-    p
+/// The CPU reference GPU backend (a cdylib dev-dependency of these tests).
+pub fn reference_lib() -> std::path::PathBuf {
+    cdylib("llamafile_gpu_reference")
 }

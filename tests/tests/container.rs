@@ -120,7 +120,7 @@ fn check_packed(packed: &Path, original: &Path) {
         assert_eq!(*size, orig.len() as u64);
         assert_eq!(data_offset(packed, *header), offset);
     } else {
-        eprintln!("python3 not found: zipfile check skipped");
+        e2e::skip("python3 (the zipfile check)", "install python3");
     }
     // unzip -l lists it.
     if have("unzip") {
@@ -128,13 +128,14 @@ fn check_packed(packed: &Path, original: &Path) {
         let t = text(&out.stdout);
         assert!(out.status.success() && t.contains(entry) && t.contains(&orig.len().to_string()), "unzip -l: {t}{}", text(&out.stderr));
     } else {
-        eprintln!("unzip not found: `unzip -l` check skipped (.ci/run installs it)");
+        e2e::skip("unzip (the `unzip -l` check)", "apt-get install unzip");
     }
 }
 
 #[test]
 fn packs_every_shared_model() {
-    let models = e2e::shared().join("models");
+    let Some(shared) = e2e::require_shared() else { return };
+    let models = shared.join("models");
     let mut paths: Vec<PathBuf> = std::fs::read_dir(&models)
         .unwrap_or_else(|e| panic!("{}: {e}", models.display()))
         .map(|e| e.unwrap().path())
@@ -332,13 +333,13 @@ fn bad_pack_inputs_fail_cleanly_and_leave_nothing() {
         (vec!["--gguf".into(), write("table.gguf", &orig[..header_len - 40]).display().to_string()], "truncated", "truncated tensor table"),
         (vec!["--gguf".into(), write("data.gguf", &orig[..orig.len() - 1]).display().to_string()], "'big.weight'", "truncated tensor data"),
         (vec!["--gguf".into(), d.join("missing.gguf").display().to_string()], "missing.gguf", "missing GGUF"),
-        (vec!["--gguf".into(), d.display().to_string()], "is a directory", "directory as GGUF"),
-        (vec!["--gguf".into(), good.display().to_string(), "--runtime".into(), d.join("nope").display().to_string()], "cannot read runtime", "missing runtime"),
+        (vec!["--gguf".into(), d.display().to_string()], "a directory, not a regular file: a model must be a regular file", "directory as GGUF"),
+        (vec!["--gguf".into(), good.display().to_string(), "--runtime".into(), d.join("nope").display().to_string()], "nope: cannot open: No such file", "missing runtime"),
         (vec!["--gguf".into(), good.display().to_string(), "--runtime".into(), write("text.sh", b"#!/bin/sh\necho hi\n").display().to_string()], "not an executable", "text file as runtime"),
         (vec!["--gguf".into(), good.display().to_string(), "--runtime".into(), good.display().to_string()], "GGUF model, not the runtime", "GGUF as runtime"),
         (vec!["--gguf".into(), good.display().to_string(), "--runtime".into(), write("arm", &arm_elf()).display().to_string()], "ARM (32-bit)", "other CPU"),
         (vec!["--gguf".into(), good.display().to_string(), "--args".into(), "-p 'oops".into()], "never closed", "bad --args"),
-        (vec!["--gguf".into(), good.display().to_string(), "--args-file".into(), d.join("none.args").display().to_string()], "cannot read --args-file", "missing --args-file"),
+        (vec!["--gguf".into(), good.display().to_string(), "--args-file".into(), d.join("none.args").display().to_string()], "--args-file: ", "missing --args-file"),
     ];
     let before: Vec<_> = std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name()).collect();
     let out = d.join("out.llamafile");
@@ -402,7 +403,7 @@ fn runtime_model_errors_are_one_line() {
         python_zip(&p, entries).then_some(p)
     };
     let Some(two) = z("two.zip", &[("a.gguf", &a, false), ("b.gguf", &b, false)]) else {
-        eprintln!("python3 not found: zip error cases skipped");
+        e2e::skip("python3 (the zip error cases)", "install python3");
         return;
     };
     let r = run(Command::new(runtime()).arg("-m").arg(&two).arg("--info"));
@@ -435,17 +436,10 @@ fn runtime_model_errors_are_one_line() {
 
 #[test]
 fn real_models_pack_and_describe_themselves() {
-    let cache = std::env::var_os("LLAMAFILE_RS_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/llamafile-rs/models"));
     let models = [("gemma-3-270m-q4_k_m.gguf", "gemma3"), ("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", "qwen2")];
     let dir = tempfile::tempdir().unwrap();
     for (file, arch) in models {
-        let g = cache.join(file);
-        if !g.exists() {
-            eprintln!("skipping {file}: not in {} (run scripts/fetch-model)", cache.display());
-            continue;
-        }
+        let Some(g) = e2e::require_model(file) else { continue };
         let out = dir.path().join("m.llamafile");
         let r = run(Command::new(pack()).arg("--runtime").arg(runtime()).arg("--gguf").arg(&g).arg("-o").arg(&out).arg("--force"));
         assert!(r.status.success(), "{}", text(&r.stderr));

@@ -7,27 +7,12 @@
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use e2e::reference_lib;
 
 /// The shared tolerances of ../shared/README.md for the tiny models.
 const MAX_MEAN_TOP10_DIFF: f64 = 0.15;
 /// ... and for the real models.
 const MAX_MEAN_TOP10_DIFF_REAL: f64 = 0.25;
-
-fn reference_lib() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let deps = exe.parent().unwrap();
-    let name = format!(
-        "{}llamafile_gpu_reference{}",
-        std::env::consts::DLL_PREFIX,
-        std::env::consts::DLL_SUFFIX
-    );
-    for dir in [deps, deps.parent().unwrap()] {
-        if dir.join(&name).exists() {
-            return dir.join(&name);
-        }
-    }
-    panic!("{name} not built beside {}", exe.display());
-}
 
 fn model(name: &str) -> PathBuf {
     e2e::shared().join("models").join(format!("{name}.gguf"))
@@ -163,6 +148,7 @@ fn warnings(stderr: &str) -> Vec<&str> {
 
 #[test]
 fn ngl_0_2_and_all_layers_match_the_cpu() {
+    let Some(_) = e2e::require_shared() else { return };
     let lib = reference_lib();
     let lib = lib.to_str().unwrap();
     for m in [
@@ -191,6 +177,7 @@ fn ngl_0_2_and_all_layers_match_the_cpu() {
 
 #[test]
 fn verbose_says_where_each_layer_runs() {
+    let Some(_) = e2e::require_shared() else { return };
     let m = model("tiny-mistral-q4_0");
     let toks = case_tokens("tiny-mistral-q4_0", "fox");
     let g = eval(
@@ -241,6 +228,7 @@ fn verbose_says_where_each_layer_runs() {
 /// too small: each gives exactly one warning saying why, and exactly the CPU's answer.
 #[test]
 fn every_failure_warns_once_and_runs_on_the_cpu() {
+    let Some(_) = e2e::require_shared() else { return };
     let m = model("tiny-mistral-q4_0");
     let toks = case_tokens("tiny-mistral-q4_0", "fox");
     let cpu = eval(&m, &toks, &[], &[]);
@@ -342,14 +330,15 @@ fn every_failure_warns_once_and_runs_on_the_cpu() {
 
 #[test]
 fn auto_skips_a_non_accelerator_and_disable_loads_nothing() {
+    let Some(_) = e2e::require_shared() else { return };
     let m = model("tiny-mistral-q4_0");
     let toks = case_tokens("tiny-mistral-q4_0", "fox");
     let lib = reference_lib();
     let dir = tempfile::tempdir().unwrap();
     // Beside a copy of the executable: found, but score 0 is only used when named.
     let exe = dir.path().join("llamafile");
-    std::fs::copy(e2e::bin("llamafile"), &exe).unwrap();
-    std::fs::copy(&lib, dir.path().join(lib.file_name().unwrap())).unwrap();
+    e2e::copy_executable(&e2e::bin("llamafile"), &exe);
+    e2e::copy_executable(&lib, &dir.path().join(lib.file_name().unwrap()));
     let run_status = |args: &[&str]| {
         let list: Vec<String> = toks.iter().map(|t| t.to_string()).collect();
         let out = Command::new(&exe)
@@ -394,21 +383,10 @@ fn auto_skips_a_non_accelerator_and_disable_loads_nothing() {
 /// within the shared tolerance for real models (0.25) of the CPU run.
 #[test]
 fn real_models_offload_match_the_cpu() {
-    let dir = std::env::var_os("LLAMAFILE_RS_MODELS")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/llamafile-rs/models"))
-        });
+    let Some(_) = e2e::require_shared() else { return };
     let lib = reference_lib();
     for m in ["qwen2.5-coder-0.5b-instruct-q4_k_m", "gemma-3-270m-q4_k_m"] {
-        let Some(path) = dir
-            .as_ref()
-            .map(|d| d.join(format!("{m}.gguf")))
-            .filter(|p| p.exists())
-        else {
-            eprintln!("SKIPPED {m}: not fetched (scripts/fetch-model all)");
-            continue;
-        };
+        let Some(path) = e2e::require_model(&format!("{m}.gguf")) else { continue };
         let toks = case_tokens(m, "code");
         let cpu = eval(&path, &toks, &[], &[]);
         for ngl in ["3", "99"] {

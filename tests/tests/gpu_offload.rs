@@ -10,25 +10,8 @@ use llamafile::backend::{Backend, BackendState};
 use llamafile::gguf::GgufFile;
 use llamafile::model::Model;
 use serde_json::Value;
-use std::path::PathBuf;
 use std::sync::Arc;
-
-/// The reference backend cdylib cargo built for this test (a dev-dependency).
-fn reference_lib() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let deps = exe.parent().unwrap();
-    let name = format!(
-        "{}llamafile_gpu_reference{}",
-        std::env::consts::DLL_PREFIX,
-        std::env::consts::DLL_SUFFIX
-    );
-    for dir in [deps, deps.parent().unwrap()] {
-        if dir.join(&name).exists() {
-            return dir.join(&name);
-        }
-    }
-    panic!("{name} not built beside {}", exe.display());
-}
+use e2e::reference_lib;
 
 fn tokens(model: &str, n: usize) -> Vec<u32> {
     let path = e2e::shared()
@@ -130,6 +113,7 @@ fn compare(name: &str, cpu: &[f32], ours: &[f32], nv: usize) {
 
 #[test]
 fn offload_matches_cpu_on_tiny_models() {
+    let Some(_) = e2e::require_shared() else { return };
     let models = [
         "f16", "q8_0", "q6_k", "q5_k_m", "q5_0", "q4_k_m", "q4_0", "q3_k_m", "q2_k",
     ]
@@ -176,6 +160,7 @@ fn offload_matches_cpu_on_tiny_models() {
 
 #[test]
 fn last_token_logits_only() {
+    let Some(_) = e2e::require_shared() else { return };
     // A logits buffer of n_vocab values gets the last token's row.
     let m = "tiny-mistral-q8_0";
     let path = e2e::shared().join("models").join(format!("{m}.gguf"));
@@ -211,6 +196,7 @@ fn last_token_logits_only() {
 
 #[test]
 fn unsupported_weight_types_and_small_devices_are_refused() {
+    let Some(_) = e2e::require_shared() else { return };
     // A device with less free memory than the weights: refused before anything is uploaded.
     let m = "tiny-mistral-q4_k_m";
     let path = e2e::shared().join("models").join(format!("{m}.gguf"));
@@ -227,6 +213,7 @@ fn unsupported_weight_types_and_small_devices_are_refused() {
 
 #[test]
 fn sessions_on_one_device_run_concurrently() {
+    let Some(_) = e2e::require_shared() else { return };
     // The server runs several sessions at once: each has its own stream and KV cache on the
     // device, the weights are shared. Four threads, different prompts, each must get exactly
     // what it gets alone.

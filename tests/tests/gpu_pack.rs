@@ -5,22 +5,7 @@
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn reference_lib() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let deps = exe.parent().unwrap();
-    let name = format!(
-        "{}llamafile_gpu_reference{}",
-        std::env::consts::DLL_PREFIX,
-        std::env::consts::DLL_SUFFIX
-    );
-    for dir in [deps, deps.parent().unwrap()] {
-        if dir.join(&name).exists() {
-            return dir.join(&name);
-        }
-    }
-    panic!("{name} not built beside {}", exe.display());
-}
+use e2e::reference_lib;
 
 fn pack(args: &[&std::ffi::OsStr]) -> std::process::Output {
     Command::new(e2e::bin("pack"))
@@ -67,6 +52,7 @@ fn run(exe: &Path, cache: &Path, args: &[&str]) -> (Vec<u64>, String) {
 
 #[test]
 fn embedded_backend_is_extracted_once_and_used() {
+    let Some(_) = e2e::require_shared() else { return };
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("tiny.llamafile");
     let gguf = e2e::shared().join("models/tiny-mistral-q4_k_m.gguf");

@@ -222,7 +222,7 @@ fn available_isas() -> Vec<&'static str> {
 }
 
 fn tiny(ty: &str) {
-    let shared = e2e::shared();
+    let Some(shared) = e2e::require_shared() else { return };
     let model = shared.join(format!("models/tiny-mistral-{ty}.gguf"));
     let reference = shared.join(format!("reference/tiny-mistral-{ty}.json"));
     // Every case with the best ISA on 2 threads; the short ones also on 1 thread with the
@@ -269,16 +269,8 @@ fn tiny_mistral_q2_k() {
 }
 
 fn real_model(file: &str) -> Option<PathBuf> {
-    let dir = std::env::var_os("LLAMAFILE_RS_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/llamafile-rs/models"));
-    let p = dir.join(file);
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!("SKIPPED: {} is not there (run scripts/fetch-model to get it)", p.display());
-        None
-    }
+    e2e::require_shared()?;
+    e2e::require_model(file)
 }
 
 #[test]

@@ -31,8 +31,9 @@ fn assert_clean_error(o: &Output, wanted: &str) {
 
 #[test]
 fn prompt_streams_the_prompt_then_deterministic_greedy_text_and_timings() {
+    let Some(_) = e2e::require_shared() else { return };
     let m = model("q8_0");
-    let args = ["-m", m.to_str().unwrap(), "-p", "The quick brown fox", "-n", "12", "--temp", "0", "--ignore-eos"];
+    let args = ["-m", m.to_str().unwrap(), "--no-conversation", "-p", "The quick brown fox", "-n", "12", "--temp", "0", "--ignore-eos"];
     let a = llamafile(&args);
     assert!(a.status.success(), "{}", text(&a.stderr));
     let out = text(&a.stdout);
@@ -52,6 +53,7 @@ fn prompt_streams_the_prompt_then_deterministic_greedy_text_and_timings() {
 
 #[test]
 fn seeds_reproduce_sampled_text() {
+    let Some(_) = e2e::require_shared() else { return };
     let m = model("q4_0");
     let run = |seed: &str| {
         let o = llamafile(&["-m", m.to_str().unwrap(), "-p", "Once", "-n", "16", "--temp", "1.0", "-s", seed, "--ignore-eos", "--log-disable"]);
@@ -64,6 +66,7 @@ fn seeds_reproduce_sampled_text() {
 
 #[test]
 fn context_limits() {
+    let Some(_) = e2e::require_shared() else { return };
     let m = model("q8_0");
     let long = "word ".repeat(100);
     let o = llamafile(&["-m", m.to_str().unwrap(), "-c", "32", "-p", &long, "-n", "4"]);
@@ -76,6 +79,7 @@ fn context_limits() {
 
 #[test]
 fn bad_inputs_are_one_line_errors() {
+    let Some(_) = e2e::require_shared() else { return };
     let m = model("q8_0");
     assert_clean_error(&llamafile(&["-m", "/nonexistent/model.gguf", "-p", "hi"]), "/nonexistent/model.gguf");
     // metadata-only GGUF: the architecture is known, the tensors are missing
@@ -104,6 +108,7 @@ fn bad_inputs_are_one_line_errors() {
 
 #[test]
 fn eval_tokens_prints_one_json_object() {
+    let Some(_) = e2e::require_shared() else { return };
     let m = model("q8_0");
     let o = llamafile(&["-m", m.to_str().unwrap(), "--eval-tokens", "1,415,2936,9060", "--top", "5", "-n", "3", "--log-disable"]);
     assert!(o.status.success(), "{}", text(&o.stderr));
@@ -126,6 +131,7 @@ fn eval_tokens_prints_one_json_object() {
 
 #[test]
 fn chat_keeps_earlier_turns_in_the_cache() {
+    let Some(_) = e2e::require_shared() else { return };
     let m = model("q8_0");
     let mut child = Command::new(e2e::bin("llamafile"))
         .args(["-m", m.to_str().unwrap(), "--chat", "-n", "6", "--temp", "0", "--verbose"])
@@ -150,6 +156,7 @@ fn chat_keeps_earlier_turns_in_the_cache() {
 
 #[test]
 fn perplexity_over_a_file() {
+    let Some(_) = e2e::require_shared() else { return };
     let m = model("q8_0");
     let f = e2e::shared().join("reference/long.txt");
     let o = llamafile(&["-m", m.to_str().unwrap(), "--perplexity", "-f", f.to_str().unwrap(), "-c", "128", "--log-disable"]);
@@ -162,6 +169,7 @@ fn perplexity_over_a_file() {
 
 #[test]
 fn bench_reports_rates_and_peak_rss() {
+    let Some(_) = e2e::require_shared() else { return };
     let m = model("q4_k_m");
     let o = llamafile(&["-m", m.to_str().unwrap(), "--bench", "--bench-pp", "32", "--bench-tg", "8", "-t", "2"]);
     assert!(o.status.success(), "{}", text(&o.stderr));

@@ -53,7 +53,7 @@ fn server_completion_matches_the_command_line() {
     let out = std::process::Command::new(e2e::bin("llamafile"))
         .arg("-m")
         .arg(&m)
-        .args(["-p", prompt, "-n", "16", "--temp", "0", "--no-display-prompt", "-t", "1", "--log-disable"])
+        .args(["--no-conversation", "-p", prompt, "-n", "16", "--temp", "0", "--no-display-prompt", "-t", "1", "--log-disable"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -216,8 +216,7 @@ fn server_opens_the_browser_only_with_a_display() {
     let log = dir.path().join("opened.txt");
     // a stand-in xdg-open that records what it was asked to open
     let fake = dir.path().join("xdg-open");
-    std::fs::write(&fake, format!("#!/bin/sh\necho \"$@\" >> '{}'\n", log.display())).unwrap();
-    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    e2e::write_executable(&fake, format!("#!/bin/sh\necho \"$@\" >> '{}'\n", log.display()).as_bytes());
     let path = format!("{}:{}", dir.path().display(), std::env::var("PATH").unwrap_or_default());
 
     let s = Server::start_with(&m, &[], |c| {

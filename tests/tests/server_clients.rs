@@ -16,7 +16,7 @@ fn have(cmd: &str, args: &[&str]) -> bool {
 fn server_openai_python_client() {
     let Some(m) = tiny_model() else { return };
     if !have("python3", &["-c", "import openai"]) {
-        eprintln!("SKIP: the `openai` Python package is not installed (pip install openai)");
+        e2e::skip("the `openai` Python package", "pip install openai");
         return;
     }
     let s = Server::start(&m, &["--server", "-c", "1024"]);
@@ -34,21 +34,25 @@ fn server_chat_page_in_chromium() {
     let dir = e2e::root().join("tests/browser");
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     if !Path::new(&chromium).exists() {
-        eprintln!("SKIP: {chromium} not found (apt-get install chromium)");
+        e2e::skip(&chromium, "apt-get install chromium, or set CHROMIUM to a Chromium binary");
         return;
     }
     if !have("node", &["--version"]) || !dir.join("node_modules/playwright-core").exists() {
-        eprintln!("SKIP: node or playwright-core missing (cd tests/browser && npm ci)");
+        e2e::skip("node or playwright-core", "install node, then: cd tests/browser && npm ci");
         return;
     }
     // -c 4096 so that a long reply is still streaming when the test presses stop.
     let s = Server::start(&m, &["--server", "--nobrowser", "-c", "4096", "--parallel", "1", "--system", "You are a terse assistant."]);
     let artifacts = e2e::root().join("tests/artifacts/browser");
+    // the screenshots checked below are this run's
+    let _ = std::fs::remove_dir_all(&artifacts);
     let out = Command::new("node").arg(dir.join("chat.mjs")).arg(&s.url).arg(&artifacts).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("{stdout}");
     assert!(out.status.success(), "browser checks failed:\n{stdout}\n{}\nserver:\n{}", String::from_utf8_lossy(&out.stderr), s.stderr());
-    assert!(artifacts.join("chat-desktop.png").exists(), "screenshot kept in {}", artifacts.display());
+    for shot in ["chat-desktop.png", "chat-two-conversations.png", "chat-long-code.png", "chat-phone.png", "chat-phone-list.png"] {
+        assert!(artifacts.join(shot).exists(), "screenshot {shot} kept in {}", artifacts.display());
+    }
 }
 
 /// A short version of `tests/server_load.py` (the full one runs a minute): 16 streaming clients,
@@ -58,7 +62,7 @@ fn server_chat_page_in_chromium() {
 fn server_short_load_run() {
     let Some(m) = tiny_model() else { return };
     if !have("python3", &["--version"]) {
-        eprintln!("SKIP: python3 not found");
+        e2e::skip("python3", "install python3");
         return;
     }
     let script = e2e::root().join("tests/server_load.py");

@@ -43,6 +43,7 @@ fn sample(entries: &[Value]) -> Vec<&Value> {
 
 #[test]
 fn tokenize_matches_reference_samples() {
+    let Some(_) = e2e::require_shared() else { return };
     let shared = e2e::shared();
     for (model, json) in [
         ("models/tiny-mistral-q4_0.gguf", "tiny-mistral-q4_0.json"),
@@ -64,6 +65,7 @@ fn tokenize_matches_reference_samples() {
 
 #[test]
 fn tokenize_prompt_file_and_escapes() {
+    let Some(_) = e2e::require_shared() else { return };
     let model = e2e::shared().join("models/tiny-mistral-q4_0.gguf");
     let m = model.to_str().unwrap();
     let dir = tempfile::tempdir().unwrap();

@@ -3,6 +3,9 @@
 
 use super::{bf16_to_f32, f32_to_bf16};
 
+/// Relative RMS error bound of quantize -> dequantize (see `TypeInfo::max_rms_error`).
+pub const MAX_RMS_ERROR: f32 = 4e-3;
+
 pub fn dequantize(src: &[u8], dst: &mut [f32]) {
     assert_eq!(src.len(), dst.len() * 2, "BF16: {} bytes for {} values", src.len(), dst.len());
     for (d, s) in dst.iter_mut().zip(src.chunks_exact(2)) {

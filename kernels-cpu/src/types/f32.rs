@@ -1,5 +1,8 @@
 //! F32: plain little-endian floats (block size 1). Its dot product takes f32 activations.
 
+/// Relative RMS error bound of quantize -> dequantize (see `TypeInfo::max_rms_error`).
+pub const MAX_RMS_ERROR: f32 = 0.0;
+
 /// Dequantize: a byte copy reinterpreted as f32.
 pub fn dequantize(src: &[u8], dst: &mut [f32]) {
     assert_eq!(src.len(), dst.len() * 4, "F32: {} bytes for {} values", src.len(), dst.len());

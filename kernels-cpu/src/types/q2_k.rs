@@ -16,7 +16,7 @@ pub struct BlockQ2K {
     pub d: [u8; 2],
     pub dmin: [u8; 2],
 }
-const _: () = assert!(std::mem::size_of::<BlockQ2K>() == 84);
+const _: () = assert!(std::mem::size_of::<BlockQ2K>() == super::WeightType::Q2_K.type_size());
 const _: () = assert!(std::mem::align_of::<BlockQ2K>() == 1);
 // SAFETY: repr(C), byte arrays only (alignment 1, no padding, any bit pattern valid).
 unsafe impl Block for BlockQ2K {}
@@ -27,6 +27,9 @@ fn level(b: &BlockQ2K, i: usize) -> u8 {
     let (h, s, l) = (i / 128, (i % 128) / 32, i % 32);
     (b.qs[32 * h + l] >> (2 * s)) & 3
 }
+
+/// Relative RMS error bound of quantize -> dequantize (see `TypeInfo::max_rms_error`).
+pub const MAX_RMS_ERROR: f32 = 0.40;
 
 pub fn dequantize(src: &[u8], dst: &mut [f32]) {
     let nb = dst.len() / QK_K;
@@ -127,13 +130,13 @@ pub fn vec_dot(n: usize, w: &[u8], x: &[u8]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::super::q8_k::test_util::*;
-    use super::*;
+    use crate::types::WeightType;
 
-    const KQ: KQuant = KQuant { name: "Q2_K", type_size: 84, quantize, dequantize, vec_dot };
+    const KQ: KQuant = KQuant(WeightType::Q2_K);
 
     #[test]
     fn quantize_dequantize_error_bound() {
-        KQ.check_error_bound(35, 0.35, 0x33);
+        KQ.check_error_bound(35, 0x33);
     }
 
     #[test]

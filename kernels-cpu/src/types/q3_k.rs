@@ -18,7 +18,7 @@ pub struct BlockQ3K {
     pub scales: [u8; 12],
     pub d: [u8; 2],
 }
-const _: () = assert!(std::mem::size_of::<BlockQ3K>() == 110);
+const _: () = assert!(std::mem::size_of::<BlockQ3K>() == super::WeightType::Q3_K.type_size());
 const _: () = assert!(std::mem::align_of::<BlockQ3K>() == 1);
 // SAFETY: repr(C), byte arrays only (alignment 1, no padding, any bit pattern valid).
 unsafe impl Block for BlockQ3K {}
@@ -64,6 +64,9 @@ fn level(b: &BlockQ3K, i: usize) -> i32 {
         low - 4
     }
 }
+
+/// Relative RMS error bound of quantize -> dequantize (see `TypeInfo::max_rms_error`).
+pub const MAX_RMS_ERROR: f32 = 0.19;
 
 pub fn dequantize(src: &[u8], dst: &mut [f32]) {
     let nb = dst.len() / QK_K;
@@ -159,6 +162,7 @@ pub fn vec_dot(n: usize, w: &[u8], x: &[u8]) -> f32 {
 mod tests {
     use super::super::q8_k::test_util::*;
     use super::*;
+    use crate::types::WeightType;
 
     #[test]
     fn scale_unpacking_matches_definition() {
@@ -173,11 +177,11 @@ mod tests {
         }
     }
 
-    const KQ: KQuant = KQuant { name: "Q3_K", type_size: 110, quantize, dequantize, vec_dot };
+    const KQ: KQuant = KQuant(WeightType::Q3_K);
 
     #[test]
     fn quantize_dequantize_error_bound() {
-        KQ.check_error_bound(45, 0.2, 0x99);
+        KQ.check_error_bound(45, 0x99);
     }
 
     #[test]

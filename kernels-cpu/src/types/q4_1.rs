@@ -5,7 +5,7 @@
 use super::q8_1::BlockQ8_1;
 use super::{f16_to_f32, f32_to_f16, Block};
 
-pub const QK: usize = 32;
+pub const QK: usize = super::WeightType::Q4_1.block_size();
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -17,9 +17,12 @@ pub struct BlockQ4_1 {
     /// Low nibble of byte j = element j, high nibble = element j + 16.
     pub qs: [u8; QK / 2],
 }
-const _: () = assert!(std::mem::size_of::<BlockQ4_1>() == 20);
+const _: () = assert!(std::mem::size_of::<BlockQ4_1>() == super::WeightType::Q4_1.type_size());
 // SAFETY: repr(C) of byte arrays only: alignment 1, no padding, every bit pattern valid.
 unsafe impl Block for BlockQ4_1 {}
+
+/// Relative RMS error bound of quantize -> dequantize (see `TypeInfo::max_rms_error`).
+pub const MAX_RMS_ERROR: f32 = 0.1;
 
 pub fn dequantize(src: &[u8], dst: &mut [f32]) {
     let blocks = BlockQ4_1::slice(src);

@@ -4,7 +4,7 @@
 use super::q8_0::BlockQ8_0;
 use super::{f16_to_f32, f32_to_f16, Block};
 
-pub const QK: usize = 32;
+pub const QK: usize = super::WeightType::Q5_0.block_size();
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -16,7 +16,7 @@ pub struct BlockQ5_0 {
     /// Low nibble of byte j = element j, high nibble = element j + 16.
     pub qs: [u8; QK / 2],
 }
-const _: () = assert!(std::mem::size_of::<BlockQ5_0>() == 22);
+const _: () = assert!(std::mem::size_of::<BlockQ5_0>() == super::WeightType::Q5_0.type_size());
 // SAFETY: repr(C) of byte arrays only: alignment 1, no padding, every bit pattern valid.
 unsafe impl Block for BlockQ5_0 {}
 
@@ -33,6 +33,9 @@ impl BlockQ5_0 {
         q
     }
 }
+
+/// Relative RMS error bound of quantize -> dequantize (see `TypeInfo::max_rms_error`).
+pub const MAX_RMS_ERROR: f32 = 0.05;
 
 pub fn dequantize(src: &[u8], dst: &mut [f32]) {
     let blocks = BlockQ5_0::slice(src);

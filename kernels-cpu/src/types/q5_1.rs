@@ -4,7 +4,7 @@
 use super::q8_1::BlockQ8_1;
 use super::{f16_to_f32, f32_to_f16, Block};
 
-pub const QK: usize = 32;
+pub const QK: usize = super::WeightType::Q5_1.block_size();
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -18,7 +18,7 @@ pub struct BlockQ5_1 {
     /// Low nibble of byte j = element j, high nibble = element j + 16.
     pub qs: [u8; QK / 2],
 }
-const _: () = assert!(std::mem::size_of::<BlockQ5_1>() == 24);
+const _: () = assert!(std::mem::size_of::<BlockQ5_1>() == super::WeightType::Q5_1.type_size());
 // SAFETY: repr(C) of byte arrays only: alignment 1, no padding, every bit pattern valid.
 unsafe impl Block for BlockQ5_1 {}
 
@@ -35,6 +35,9 @@ impl BlockQ5_1 {
         q
     }
 }
+
+/// Relative RMS error bound of quantize -> dequantize (see `TypeInfo::max_rms_error`).
+pub const MAX_RMS_ERROR: f32 = 0.05;
 
 pub fn dequantize(src: &[u8], dst: &mut [f32]) {
     let blocks = BlockQ5_1::slice(src);

@@ -16,7 +16,7 @@ pub struct BlockQ5K {
     pub qh: [u8; QK_K / 8],
     pub qs: [u8; QK_K / 2],
 }
-const _: () = assert!(std::mem::size_of::<BlockQ5K>() == 176);
+const _: () = assert!(std::mem::size_of::<BlockQ5K>() == super::WeightType::Q5_K.type_size());
 const _: () = assert!(std::mem::align_of::<BlockQ5K>() == 1);
 // SAFETY: repr(C), byte arrays only (alignment 1, no padding, any bit pattern valid).
 unsafe impl Block for BlockQ5K {}
@@ -28,6 +28,9 @@ fn level(b: &BlockQ5K, j: usize, l: usize) -> u8 {
     let low = if j.is_multiple_of(2) { b.qs[32 * k + l] & 0xF } else { b.qs[32 * k + l] >> 4 };
     low | (((b.qh[l] >> j) & 1) << 4)
 }
+
+/// Relative RMS error bound of quantize -> dequantize (see `TypeInfo::max_rms_error`).
+pub const MAX_RMS_ERROR: f32 = 0.05;
 
 pub fn dequantize(src: &[u8], dst: &mut [f32]) {
     let nb = dst.len() / QK_K;
@@ -90,13 +93,13 @@ pub fn vec_dot(n: usize, w: &[u8], x: &[u8]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::super::q8_k::test_util::*;
-    use super::*;
+    use crate::types::WeightType;
 
-    const KQ: KQuant = KQuant { name: "Q5_K", type_size: 176, quantize, dequantize, vec_dot };
+    const KQ: KQuant = KQuant(WeightType::Q5_K);
 
     #[test]
     fn quantize_dequantize_error_bound() {
-        KQ.check_error_bound(15, 0.045, 0x55);
+        KQ.check_error_bound(15, 0x55);
     }
 
     #[test]

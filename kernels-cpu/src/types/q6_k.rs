@@ -17,7 +17,7 @@ pub struct BlockQ6K {
     pub scales: [i8; QK_K / 16],
     pub d: [u8; 2],
 }
-const _: () = assert!(std::mem::size_of::<BlockQ6K>() == 210);
+const _: () = assert!(std::mem::size_of::<BlockQ6K>() == super::WeightType::Q6_K.type_size());
 const _: () = assert!(std::mem::align_of::<BlockQ6K>() == 1);
 // SAFETY: repr(C), byte arrays only (alignment 1, no padding, any bit pattern valid).
 unsafe impl Block for BlockQ6K {}
@@ -32,6 +32,9 @@ fn level(b: &BlockQ6K, i: usize) -> i32 {
     let high = (b.qh[32 * h + l] >> (2 * quarter)) & 3;
     (low | (high << 4)) as i32 - 32
 }
+
+/// Relative RMS error bound of quantize -> dequantize (see `TypeInfo::max_rms_error`).
+pub const MAX_RMS_ERROR: f32 = 0.02;
 
 pub fn dequantize(src: &[u8], dst: &mut [f32]) {
     let nb = dst.len() / QK_K;
@@ -108,13 +111,13 @@ pub fn vec_dot(n: usize, w: &[u8], x: &[u8]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::super::q8_k::test_util::*;
-    use super::*;
+    use crate::types::WeightType;
 
-    const KQ: KQuant = KQuant { name: "Q6_K", type_size: 210, quantize, dequantize, vec_dot };
+    const KQ: KQuant = KQuant(WeightType::Q6_K);
 
     #[test]
     fn quantize_dequantize_error_bound() {
-        KQ.check_error_bound(25, 0.025, 0x77);
+        KQ.check_error_bound(25, 0x77);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use super::{f16_to_f32, f32_to_f16, Block};
 
-pub const QK: usize = 32;
+pub const QK: usize = super::WeightType::Q8_0.block_size();
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -12,9 +12,12 @@ pub struct BlockQ8_0 {
     pub d: [u8; 2],
     pub qs: [i8; QK],
 }
-const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == 34);
+const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == super::WeightType::Q8_0.type_size());
 // SAFETY: repr(C) of byte arrays only: alignment 1, no padding, every bit pattern valid.
 unsafe impl Block for BlockQ8_0 {}
+
+/// Relative RMS error bound of quantize -> dequantize (see `TypeInfo::max_rms_error`).
+pub const MAX_RMS_ERROR: f32 = 8e-3;
 
 pub fn dequantize(src: &[u8], dst: &mut [f32]) {
     let blocks = BlockQ8_0::slice(src);

@@ -12,7 +12,7 @@ pub(crate) use super::{f16_to_f32, f32_to_f16};
 use super::Block;
 
 /// Elements per K-quant super-block.
-pub const QK_K: usize = 256;
+pub const QK_K: usize = super::WeightType::Q8_K.block_size();
 
 /// The first whole blocks of `T` in `b` (a trailing partial block is ignored).
 #[cfg(test)]
@@ -255,7 +255,7 @@ pub struct BlockQ8K {
     pub qs: [i8; QK_K],
     pub bsums: [[u8; 2]; QK_K / 16],
 }
-const _: () = assert!(std::mem::size_of::<BlockQ8K>() == 292);
+const _: () = assert!(std::mem::size_of::<BlockQ8K>() == super::WeightType::Q8_K.type_size());
 const _: () = assert!(std::mem::align_of::<BlockQ8K>() == 1);
 // SAFETY: repr(C), byte arrays only (alignment 1, no padding, any bit pattern valid).
 unsafe impl Block for BlockQ8K {}
@@ -270,6 +270,10 @@ impl BlockQ8K {
         i16::from_le_bytes(self.bsums[j]) as i32
     }
 }
+
+/// Relative RMS error bound of quantize -> dequantize (see `TypeInfo::max_rms_error`);
+/// 256-value blocks: the largest magnitude (the scale) is larger than over 32.
+pub const MAX_RMS_ERROR: f32 = 0.01;
 
 pub fn dequantize(src: &[u8], dst: &mut [f32]) {
     let nb = dst.len() / QK_K;
@@ -426,54 +430,51 @@ pub(crate) mod test_util {
         (num / den).sqrt()
     }
 
-    /// The checks every K-quant weight type's unit tests share. `quantize`/`dequantize`/`vec_dot`
-    /// are the type's own (its TYPES entry); `type_size` its block bytes.
-    pub struct KQuant {
-        pub name: &'static str,
-        pub type_size: usize,
-        pub quantize: fn(&[f32], &mut [u8]),
-        pub dequantize: fn(&[u8], &mut [f32]),
-        pub vec_dot: fn(usize, &[u8], &[u8]) -> f32,
-    }
+    /// The checks every K-quant weight type's unit tests share, on the type's `TYPES` entry.
+    pub struct KQuant(pub crate::types::WeightType);
 
     impl KQuant {
-        /// 8 gaussian blocks quantize -> dequantize within `bound` relative RMS error; an all-zero
-        /// block (into a buffer pre-filled with `fill`) dequantizes to exact zeros.
-        pub fn check_error_bound(&self, seed: u64, bound: f32, fill: u8) {
-            let qk = super::QK_K;
+        fn info(&self) -> &'static crate::types::TypeInfo {
+            crate::types::info(self.0)
+        }
+
+        /// 8 gaussian blocks quantize -> dequantize within the type's `MAX_RMS_ERROR`; an
+        /// all-zero block (into a buffer pre-filled with `fill`) dequantizes to exact zeros.
+        pub fn check_error_bound(&self, seed: u64, fill: u8) {
+            let (t, info, qk) = (self.0, self.info(), super::QK_K);
             let mut r = Rng(seed);
             let x: Vec<f32> = (0..8 * qk).map(|_| r.gauss()).collect();
-            let mut q = vec![0u8; 8 * self.type_size];
-            (self.quantize)(&x, &mut q);
+            let mut q = vec![0u8; t.row_bytes(x.len())];
+            (info.quantize)(&x, &mut q);
             let mut y = vec![0f32; x.len()];
-            (self.dequantize)(&q, &mut y);
+            (info.dequantize)(&q, &mut y);
             let e = rel_rms(&x, &y);
-            assert!(e < bound, "{} relative RMS error {e}", self.name);
-            let mut q = vec![fill; self.type_size];
-            (self.quantize)(&vec![0.0; qk], &mut q);
+            assert!(e <= info.max_rms_error, "{t} relative RMS error {e} above {}", info.max_rms_error);
+            let mut q = vec![fill; t.row_bytes(qk)];
+            (info.quantize)(&vec![0.0; qk], &mut q);
             let mut y = vec![1f32; qk];
-            (self.dequantize)(&q, &mut y);
-            assert!(y.iter().all(|&v| v == 0.0), "{}: zeros did not stay zeros", self.name);
+            (info.dequantize)(&q, &mut y);
+            assert!(y.iter().all(|&v| v == 0.0), "{t}: zeros did not stay zeros");
         }
 
         /// The scalar dot product against Q8_K equals the f64 dot product of the dequantized
         /// values (4 blocks of gaussian weights and activations).
         pub fn check_vec_dot(&self, seed: u64) {
-            let n = 4 * super::QK_K;
+            let (t, info, n) = (self.0, self.info(), 4 * super::QK_K);
             let mut r = Rng(seed);
             let w: Vec<f32> = (0..n).map(|_| r.gauss()).collect();
             let x: Vec<f32> = (0..n).map(|_| r.gauss()).collect();
-            let mut qw = vec![0u8; 4 * self.type_size];
-            (self.quantize)(&w, &mut qw);
-            let mut qx = vec![0u8; 4 * 292];
+            let mut qw = vec![0u8; t.row_bytes(n)];
+            (info.quantize)(&w, &mut qw);
+            let mut qx = vec![0u8; t.vec_dot_type().row_bytes(n)];
             super::quantize(&x, &mut qx);
             let (mut dw, mut dx) = (vec![0f32; n], vec![0f32; n]);
-            (self.dequantize)(&qw, &mut dw);
+            (info.dequantize)(&qw, &mut dw);
             super::dequantize(&qx, &mut dx);
             let want: f64 = dw.iter().zip(&dx).map(|(a, b)| *a as f64 * *b as f64).sum();
             let scale: f64 = dw.iter().zip(&dx).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
-            let got = (self.vec_dot)(n, &qw, &qx) as f64;
-            assert!((got - want).abs() < 1e-5 * scale, "{}: {got} vs {want}", self.name);
+            let got = (info.vec_dot)(n, &qw, &qx) as f64;
+            assert!((got - want).abs() < 1e-5 * scale, "{t}: {got} vs {want}");
         }
     }
 }

@@ -272,8 +272,8 @@ impl Device for Cuda {
                     .map_err(|e| derr(&format!("kernel {name}"), e))
             };
             let mut matmul = Vec::new();
-            for t in kernels::WEIGHT_TYPES {
-                matmul.push((*t, get(kernels::matmul_kernel(*t).unwrap())?));
+            for t in kernels::weight_types() {
+                matmul.push((t.id(), get(&kernels::matmul_kernel(t))?));
             }
             let f = Funcs {
                 matmul,

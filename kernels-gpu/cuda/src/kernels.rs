@@ -1,6 +1,8 @@
 //! The CUDA C sources embedded in the library, and their compilation to PTX with NVRTC (loaded
 //! at run time), cached on disk so that later starts skip the compiler.
 
+use ggml_types::WeightType;
+
 /// Helpers every source starts with.
 pub const COMMON: &str = include_str!("kernels/common.cuh");
 
@@ -28,27 +30,25 @@ pub const PREBUILT_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/prebuilt.
 pub const PREBUILT_SRC: &str = include_str!(concat!(env!("OUT_DIR"), "/prebuilt.src"));
 pub const PREBUILT_ARCH: &str = "compute_61";
 
-/// Matrix kernel name for a ggml weight type, if there is one.
-pub fn matmul_kernel(ggml_type: u32) -> Option<&'static str> {
-    Some(match ggml_type {
-        0 => "matmul_f32",
-        1 => "matmul_f16",
-        30 => "matmul_bf16",
-        2 => "matmul_q4_0",
-        3 => "matmul_q4_1",
-        6 => "matmul_q5_0",
-        7 => "matmul_q5_1",
-        8 => "matmul_q8_0",
-        10 => "matmul_q2_k",
-        12 => "matmul_q4_k",
-        13 => "matmul_q5_k",
-        14 => "matmul_q6_k",
-        _ => return None,
-    })
+/// Name of the matrix kernel for weight type `t`: `matmul_` and the type's name in lower case
+/// (`matmul_q4_k`), defined in `matmul.cu` by a `DEFINE_MATMUL(matmul_q4_k, ...)` line.
+pub fn matmul_kernel(t: WeightType) -> String {
+    format!("matmul_{}", t.name().to_ascii_lowercase())
 }
 
-/// Every weight type with a kernel.
-pub const WEIGHT_TYPES: &[u32] = &[0, 1, 30, 2, 3, 6, 7, 8, 10, 12, 13, 14];
+/// The weight types with a matrix kernel: those of the type table whose kernel `matmul.cu`
+/// defines (the others stay on the CPU). Read once, when the backend loads its kernels.
+pub fn weight_types() -> Vec<WeightType> {
+    let matmul = SOURCES
+        .iter()
+        .find(|(name, _)| *name == "matmul.cu")
+        .map_or("", |(_, src)| *src);
+    ggml_types::TYPES
+        .iter()
+        .map(|f| f.ty)
+        .filter(|t| matmul.contains(&format!("DEFINE_MATMUL({},", matmul_kernel(*t))))
+        .collect()
+}
 
 /// The other kernels the backend loads.
 pub const OP_KERNELS: &[&str] = &[
@@ -170,20 +170,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_kernel_name_is_defined_in_the_sources() {
+    fn every_matmul_kernel_in_the_sources_is_of_a_listed_type() {
         let prog = program();
-        for t in WEIGHT_TYPES {
-            let k = matmul_kernel(*t).unwrap();
-            assert!(prog.contains(&format!("DEFINE_MATMUL({k},")), "{k} missing");
-        }
+        // Every DEFINE_MATMUL(name, ...) line (but the macro's own definition) names the kernel
+        // of a type in the table: a misspelt or unlisted one would never be loaded.
+        let mut defined: Vec<&str> = prog
+            .split("DEFINE_MATMUL(")
+            .skip(1)
+            .filter_map(|rest| rest.split_once(',').map(|(name, _)| name.trim()))
+            .filter(|name| *name != "NAME")
+            .collect();
+        let mut listed: Vec<String> = weight_types().into_iter().map(matmul_kernel).collect();
+        defined.sort_unstable();
+        listed.sort_unstable();
+        assert_eq!(
+            defined, listed,
+            "DEFINE_MATMUL lines vs the weight types found"
+        );
+        assert!(listed.len() >= 12, "{listed:?}");
+        assert!(
+            !weight_types().contains(&WeightType::Q3_K),
+            "Q3_K has no kernel (falls back to the CPU)"
+        );
         for k in OP_KERNELS {
             assert!(prog.contains(&format!("void {k}(")), "{k} missing");
         }
-        assert_eq!(
-            matmul_kernel(11),
-            None,
-            "Q3_K has no kernel (falls back to the CPU)"
-        );
     }
 
     #[test]
@@ -197,10 +208,11 @@ mod tests {
             program(),
             "build.rs assembled another program than kernels::program()"
         );
+        let matmul: Vec<String> = weight_types().into_iter().map(matmul_kernel).collect();
         for k in OP_KERNELS
             .iter()
             .copied()
-            .chain(WEIGHT_TYPES.iter().map(|t| matmul_kernel(*t).unwrap()))
+            .chain(matmul.iter().map(String::as_str))
         {
             assert!(
                 PREBUILT_PTX.contains(&format!(".entry {k}(")),

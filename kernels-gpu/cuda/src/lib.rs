@@ -7,8 +7,9 @@
 //! NVRTC was loadable at build time, build.rs also embeds PTX for compute_61, which the driver
 //! JIT-compiles: then the driver alone is enough.
 //!
-//! Weight types with a matrix kernel: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q4_K,
-//! Q5_K, Q6_K (the runtime keeps the model on the CPU when a tensor has another type, e.g. Q3_K).
+//! Weight types with a matrix kernel: those of the `ggml-types` table with a
+//! `DEFINE_MATMUL(matmul_<type>, ...)` line in `kernels/matmul.cu` ([`kernels::weight_types`]);
+//! the runtime keeps the model on the CPU when a tensor has another type (e.g. Q3_K).
 //!
 //! Built with the `cuda` feature (default). Without it the library exports no backend symbol,
 //! and the runtime says so and runs on the CPU.

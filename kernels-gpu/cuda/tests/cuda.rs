@@ -4,7 +4,6 @@
 //! - `gpu_*`: need an NVIDIA GPU and driver; skipped with a message otherwise. They compare the
 //!   backend, through the C ABI, with kernels-cpu's dequantization and plain formulas.
 
-use kernels_cpu::WeightType;
 use kernels_gpu::abi::{self, AttentionParams, RopeParams, View, Weight};
 use kernels_gpu::client::{Device, GpuStream, Library};
 use llamafile_gpu_cuda::kernels;
@@ -14,7 +13,7 @@ use std::sync::Arc;
 #[test]
 fn nvrtc_compiles_every_kernel_source() {
     if !kernels::nvrtc::available() {
-        eprintln!("SKIPPED: libnvrtc not found (pip install nvidia-cuda-nvrtc-cu12 and add its lib folder to LD_LIBRARY_PATH)");
+        test_support::skip("libnvrtc", "pip install nvidia-cuda-nvrtc-cu12 and add its lib folder to LD_LIBRARY_PATH");
         return;
     }
     for (name, src) in kernels::SOURCES {
@@ -27,8 +26,8 @@ fn nvrtc_compiles_every_kernel_source() {
     for arch in ["compute_61", "compute_90"] {
         let ptx = kernels::nvrtc::compile(&kernels::program(), arch)
             .unwrap_or_else(|e| panic!("{arch}:\n{e}"));
-        for t in kernels::WEIGHT_TYPES {
-            let k = kernels::matmul_kernel(*t).unwrap();
+        for t in kernels::weight_types() {
+            let k = kernels::matmul_kernel(t);
             assert!(
                 ptx.contains(&format!(".entry {k}(")),
                 "{arch}: kernel {k} missing from the PTX"
@@ -51,19 +50,7 @@ fn nvrtc_compiles_every_kernel_source() {
 }
 
 fn lib_path() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let deps = exe.parent().unwrap();
-    let name = format!(
-        "{}llamafile_gpu_cuda{}",
-        std::env::consts::DLL_PREFIX,
-        std::env::consts::DLL_SUFFIX
-    );
-    for dir in [deps, deps.parent().unwrap()] {
-        if dir.join(&name).exists() {
-            return dir.join(&name);
-        }
-    }
-    panic!("{name} not found beside {}", exe.display());
+    test_support::cdylib("llamafile_gpu_cuda")
 }
 
 /// The device, or None (with a message) where there is no GPU.
@@ -81,7 +68,7 @@ fn gpu() -> Option<(Arc<Device>, GpuStream)> {
             );
         }
         Err(e) => {
-            eprintln!("SKIPPED: no CUDA device: {e}");
+            test_support::skip_without_gpu(&e.to_string());
             return None;
         }
     }
@@ -135,9 +122,8 @@ fn gpu_matmul_every_weight_type() {
     let x = rand_vec(n * cols, 1);
     let xb = up(&dev, &mut s, &x);
     let yb = dev.alloc((n * rows * 4) as u64).unwrap();
-    for &t in kernels::WEIGHT_TYPES {
-        let wt = WeightType::from_ggml(t).unwrap();
-        let wf = rand_vec(rows * cols, 2 + t as u64);
+    for wt in kernels::weight_types() {
+        let wf = rand_vec(rows * cols, 2 + wt.id() as u64);
         let mut q = vec![0u8; wt.row_bytes(cols) * rows];
         kernels_cpu::types::quantize_row(wt, &wf, &mut q);
         let mut deq = vec![0f32; rows * cols];
@@ -146,7 +132,7 @@ fn gpu_matmul_every_weight_type() {
         s.upload(wb.view(), &q).unwrap();
         let w = Weight {
             data: wb.view(),
-            ggml_type: t,
+            ggml_type: wt.id(),
             _reserved: 0,
             rows: rows as u64,
             cols: cols as u64,

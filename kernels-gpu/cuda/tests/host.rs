@@ -5,7 +5,6 @@
 //! compared with kernels-cpu's dequantization and plain formulas. Skipped with a message when no
 //! C++20 compiler is found.
 
-use kernels_cpu::WeightType;
 use llamafile_gpu_cuda::kernels;
 use std::process::Command;
 
@@ -68,14 +67,12 @@ template <class F> void launch(unsigned gx, unsigned gy, unsigned bx, unsigned b
 "#;
 
 /// Launch wrappers with the shapes of src/device.rs (BLOCK = 256; matmul 32x4 threads, tiles of
-/// 4 rows x 8 tokens; attention 32x4 threads, one warp per (token, head)).
+/// 4 rows x 8 tokens; attention 32x4 threads, one warp per (token, head)). `build` adds a
+/// `HOST_MATMUL` line per kernel of `kernels::weight_types()`.
 const WRAPPERS: &str = r#"
 static unsigned cdiv(unsigned long long a, unsigned long long b) { return (unsigned)((a + b - 1) / b); }
 #define HOST_MATMUL(NAME) extern "C" void host_##NAME(const u8* W, u64 rb, int rows, int cols, const float* x, int n, float* y) { \
     launch(cdiv(rows, 4), cdiv(n, 8), 32, 4, [&] { NAME(W, rb, rows, cols, x, n, y); }); }
-HOST_MATMUL(matmul_f32) HOST_MATMUL(matmul_f16) HOST_MATMUL(matmul_bf16) HOST_MATMUL(matmul_q4_0)
-HOST_MATMUL(matmul_q4_1) HOST_MATMUL(matmul_q5_0) HOST_MATMUL(matmul_q5_1) HOST_MATMUL(matmul_q8_0)
-HOST_MATMUL(matmul_q2_k) HOST_MATMUL(matmul_q4_k) HOST_MATMUL(matmul_q5_k) HOST_MATMUL(matmul_q6_k)
 extern "C" void host_rmsnorm(const float* x, const float* w, int rows, int dim, float eps, float* out) {
     launch(rows, 1, 256, 1, [&] { rmsnorm(x, w, dim, eps, out); }); }
 extern "C" void host_rope(float* x, int nt, int nh, int hd, int nr, int pos0, int mode, float base, float fs) {
@@ -161,13 +158,17 @@ fn build(dir: &std::path::Path) -> Option<libloading::Library> {
         .map(|o| !o.status.success())
         .unwrap_or(true)
     {
-        eprintln!("SKIPPED: no C++ compiler ({cxx}) to build the CUDA sources for the host");
+        test_support::skip(&format!("a C++ compiler ({cxx}) to build the CUDA sources for the host"), "install g++, or set CXX");
         return None;
     }
     let src = dir.join("kernels_host.cpp");
+    let matmuls: String = kernels::weight_types()
+        .into_iter()
+        .map(|t| format!("HOST_MATMUL({})\n", kernels::matmul_kernel(t)))
+        .collect();
     std::fs::write(
         &src,
-        format!("{PRELUDE}\n{}\n{WRAPPERS}", kernels::program()),
+        format!("{PRELUDE}\n{}\n{WRAPPERS}\n{matmuls}", kernels::program()),
     )
     .unwrap();
     let so = dir.join("libkernels_host.so");
@@ -189,7 +190,7 @@ fn build(dir: &std::path::Path) -> Option<libloading::Library> {
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         if err.contains("barrier") && err.contains("No such file") {
-            eprintln!("SKIPPED: {cxx} has no C++20 <barrier>");
+            test_support::skip(&format!("C++20 <barrier> in {cxx}"), "install g++ 11 or newer, or set CXX");
             return None;
         }
         panic!("the CUDA sources do not compile as host C++:\n{err}");
@@ -208,11 +209,10 @@ fn every_kernel_on_the_host_matches_kernels_cpu_and_formulas() {
         // ---- matmul, every weight type, 5 rows x 1024 columns, 11 tokens (two token tiles) ----
         let (rows, cols, n) = (5usize, 1024usize, 11usize);
         let x = rand_vec(n * cols, 1);
-        for &t in kernels::WEIGHT_TYPES {
-            let wt = WeightType::from_ggml(t).unwrap();
-            let name = format!("host_{}", kernels::matmul_kernel(t).unwrap());
+        for wt in kernels::weight_types() {
+            let name = format!("host_{}", kernels::matmul_kernel(wt));
             let f: libloading::Symbol<MatmulFn> = lib.get(name.as_bytes()).unwrap();
-            let wf: Vec<f32> = rand_vec(rows * cols, 7 + t as u64)
+            let wf: Vec<f32> = rand_vec(rows * cols, 7 + wt.id() as u64)
                 .iter()
                 .map(|v| v * 3.0)
                 .collect();

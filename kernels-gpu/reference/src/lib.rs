@@ -345,7 +345,6 @@ impl Device for Reference {
 
     fn supports_type(&self, ggml_type: u32) -> bool {
         WeightType::from_ggml(ggml_type).is_some_and(|t| kernels_cpu::kernels().get(t).is_some())
-            && abi::row_bytes(ggml_type, 256).is_some()
     }
 
     fn alloc(&self, bytes: u64) -> Result<u64> {

@@ -7,22 +7,8 @@ use kernels_gpu::client::{Device, GpuStream, Library};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// The cdylib cargo built beside this test (`target/<profile>/deps/` or its parent).
 fn lib_path() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let deps = exe.parent().unwrap();
-    let name = format!(
-        "{}llamafile_gpu_reference{}",
-        std::env::consts::DLL_PREFIX,
-        std::env::consts::DLL_SUFFIX
-    );
-    for dir in [deps, deps.parent().unwrap()] {
-        let p = dir.join(&name);
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!("{name} not found beside {}", exe.display());
+    test_support::cdylib("llamafile_gpu_reference")
 }
 
 fn open() -> (Arc<Device>, GpuStream) {
@@ -350,6 +336,19 @@ fn matmul_f32_and_f16_weights() {
             .code,
         abi::ERR_UNSUPPORTED
     );
+}
+
+#[test]
+fn supports_exactly_the_weight_types_of_the_table() {
+    // The reference backend runs every type kernels-cpu has, and those are the table's.
+    let (dev, _s) = open();
+    for info in kernels_cpu::types::TYPES {
+        assert!(dev.supports_type(info.ty.id()), "{} not supported", info.ty);
+    }
+    for id in (0..256).chain([u32::MAX]) {
+        let listed = kernels_cpu::WeightType::from_ggml(id).is_some();
+        assert_eq!(dev.supports_type(id), listed, "type id {id}");
+    }
 }
 
 /// Runs this test binary again with `fault` injected, executing only `child_fault_case`

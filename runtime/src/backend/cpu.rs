@@ -30,6 +30,19 @@ impl Backend for CpuBackend {
     fn runs_output(&self) -> bool {
         self.output
     }
+    fn host_state_bytes(&self, n_ctx: usize, max_batch: usize) -> u64 {
+        let hp = &self.model.hp;
+        let mut tables: Vec<(f32, f32)> = Vec::new();
+        for il in self.layers.clone() {
+            let la = hp.layers[il];
+            if !tables.contains(&(la.rope_base, la.rope_freq_scale)) {
+                tables.push((la.rope_base, la.rope_freq_scale));
+            }
+        }
+        let kv = LayerKv::bytes_for(hp, n_ctx).saturating_mul(self.layers.len() as u64);
+        let rope = RopeTable::bytes_for(n_ctx, hp.n_rot).saturating_mul(tables.len() as u64);
+        kv.saturating_add(rope).saturating_add(Workspace::bytes_for(hp, max_batch))
+    }
     fn new_state(&self, n_ctx: usize, max_batch: usize) -> Result<Box<dyn BackendState>> {
         let hp = &self.model.hp;
         // One RoPE table per distinct (base, scale) among this backend's layers (Gemma 3: two).
@@ -93,5 +106,25 @@ impl BackendState for CpuState {
     }
     fn bytes(&self) -> usize {
         self.kv.iter().map(|k| k.bytes()).sum::<usize>() + self.ws.bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::{writer::tiny_model, GgufFile};
+    use crate::model::transformer::RopeTable;
+
+    #[test]
+    fn the_memory_estimate_covers_what_a_state_allocates() {
+        let model = Arc::new(Model::load(GgufFile::from_bytes("tiny", tiny_model(&[], &[])).unwrap()).unwrap());
+        let b = CpuBackend::new(model.clone(), 0..2, true);
+        for (ctx, batch) in [(16, 1), (256, 64), (1000, 512)] {
+            let allocated = b.new_state(ctx, batch).unwrap().bytes() as u64 + RopeTable::bytes_for(ctx, model.hp.n_rot);
+            let estimate = b.host_state_bytes(ctx, batch);
+            assert!(estimate >= allocated && estimate < 2 * allocated, "ctx {ctx} batch {batch}: estimate {estimate}, allocated {allocated}");
+        }
+        // Sizes that overflow saturate instead of wrapping to something small.
+        assert_eq!(b.host_state_bytes(usize::MAX, 1), u64::MAX);
     }
 }

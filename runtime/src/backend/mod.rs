@@ -42,6 +42,11 @@ pub trait Backend: Send + Sync {
     fn runs_output(&self) -> bool;
     /// A KV cache for `n_ctx` positions and buffers for batches of up to `max_batch` tokens.
     fn new_state(&self, n_ctx: usize, max_batch: usize) -> Result<Box<dyn BackendState>>;
+    /// Host memory `new_state(n_ctx, max_batch)` allocates, for refusing a context that cannot
+    /// fit before allocating it; 0 for a backend whose state lives on a device.
+    fn host_state_bytes(&self, _n_ctx: usize, _max_batch: usize) -> u64 {
+        0
+    }
 }
 
 /// One session's state on a backend: its layers' KV cache and activation buffers.

@@ -1,17 +1,19 @@
-//! Text generation from the command line: a prompt (`-p`/`-f`), an interactive conversation
-//! (`--chat`), and the measurement modes: `--eval-tokens` (teacher-forced logits as JSON),
-//! `--perplexity -f FILE`, `--bench` (pp512/tg128 and peak RSS).
+//! Text generation from the command line: a prompt (`-p`/`-f`) as a conversation turn when the
+//! model has a chat template (`conversation`) or as raw text completion, and the measurement
+//! modes: `--eval-tokens` (teacher-forced logits as JSON), `--perplexity -f FILE`, `--bench`
+//! (pp512/tg128 and peak RSS).
 //!
 //! Generated text goes to stdout as it comes; logs and timings go to stderr (`--log-disable`
 //! silences them).
 
+use super::conversation::{self, Turns};
 use super::Args;
 use crate::engine::{Engine, GenerateRequest, GenerationStats, LoadOptions, SamplingParams, StopReason};
-use crate::tokenizer::chat::ChatMessage;
 use anyhow::{anyhow, bail, Context, Result};
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{IsTerminal, Write};
 use std::time::Instant;
 
+/// A log line on stderr, unless `--log-disable`.
 macro_rules! log {
     ($args:expr, $($t:tt)*) => {
         if !$args.log_disable {
@@ -19,6 +21,7 @@ macro_rules! log {
         }
     };
 }
+pub(crate) use log;
 
 pub fn run(args: &Args) -> Result<i32> {
     // -m, else this executable's own embedded weights (crate::bundle, issue #2).
@@ -39,10 +42,39 @@ pub fn run(args: &Args) -> Result<i32> {
     if args.perplexity {
         return perplexity(args, &engine);
     }
-    if args.chat {
-        return chat(args, &engine);
+    match mode(args, &engine)? {
+        Mode::Raw => prompt(args, &engine),
+        Mode::Conversation(turns) => conversation::run(args, &engine, prompt_text(args, &engine)?, turns),
     }
-    prompt(args, &engine)
+}
+
+/// What a prompt run does.
+#[derive(Debug, PartialEq, Eq)]
+enum Mode {
+    /// Raw text completion of the prompt.
+    Raw,
+    /// Turns through the chat template.
+    Conversation(Turns),
+}
+
+/// As llama.cpp: a conversation when asked for (`-cnv`, `-i`), or by default when the model
+/// (or `--chat-template`) has a chat template; raw completion with `--no-conversation` or
+/// without a template. `-p` alone is then one turn; with `-cnv`/`-i` the conversation goes on.
+fn mode(args: &Args, engine: &Engine) -> Result<Mode> {
+    let interactive = args.chat || args.interactive || args.interactive_first;
+    if args.no_conversation {
+        if interactive {
+            bail!("an interactive session without the chat template is not supported: drop --no-conversation");
+        }
+        return Ok(Mode::Raw);
+    }
+    if interactive {
+        return Ok(Mode::Conversation(Turns::Interactive));
+    }
+    // The engine falls back on a built-in template guessed from the model's name; only a
+    // template of the model's own, or one the user chose, makes -p a conversation.
+    let has_template = args.chat_template.is_some() || engine.chat_template().name() == "gguf";
+    Ok(if has_template { Mode::Conversation(Turns::One) } else { Mode::Raw })
 }
 
 /// The engine's load options from the command line.
@@ -58,21 +90,17 @@ pub fn load_options(args: &Args, model: &std::path::Path) -> LoadOptions {
     }
 }
 
-/// Sampling parameters from the command line (`-s -1` = a random seed).
-pub fn sampling(args: &Args) -> SamplingParams {
-    let seed = if args.seed < 0 {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
-    } else {
-        args.seed as u64
-    };
-    SamplingParams {
-        temperature: args.temp,
-        top_k: args.top_k,
-        top_p: args.top_p,
-        min_p: args.min_p,
-        repeat_penalty: args.repeat_penalty,
-        repeat_last_n: args.repeat_last_n,
-        seed,
+/// Sampling parameters of one reply (`-s -1`: a fresh random seed each time).
+pub fn sampling(args: &Args) -> Result<SamplingParams> {
+    let mut p = args.sampling()?;
+    p.seed = crate::engine::sampler::fresh_seed(p.seed);
+    Ok(p)
+}
+
+/// `--verbose`: the token ids sent to the model.
+pub fn log_prompt(args: &Args, ids: &[u32]) {
+    if args.verbose {
+        log!(args, "prompt tokens: {ids:?}");
     }
 }
 
@@ -131,7 +159,7 @@ pub fn process_escapes(s: &str) -> String {
     out
 }
 
-fn timings(args: &Args, s: &GenerationStats) {
+pub fn timings(args: &Args, s: &GenerationStats) {
     let rate = |n: usize, ms: f64| if ms > 0.0 { n as f64 * 1e3 / ms } else { 0.0 };
     let evaluated = s.prompt_tokens - s.cached_tokens;
     log!(
@@ -148,7 +176,7 @@ fn timings(args: &Args, s: &GenerationStats) {
     );
 }
 
-fn max_tokens(args: &Args) -> usize {
+pub fn max_tokens(args: &Args) -> usize {
     if args.n_predict < 0 {
         usize::MAX
     } else {
@@ -158,7 +186,7 @@ fn max_tokens(args: &Args) -> usize {
 
 /// Encode with BOS as the model wants, special tokens recognised, and no doubled BOS when the
 /// text (a rendered template) already starts with it.
-fn encode_prompt(engine: &Engine, text: &str) -> Result<Vec<u32>> {
+pub fn encode_prompt(engine: &Engine, text: &str) -> Result<Vec<u32>> {
     let tok = engine.tokenizer();
     let mut ids = tok.encode(text, true, true)?;
     if let Some(bos) = tok.bos() {
@@ -169,19 +197,23 @@ fn encode_prompt(engine: &Engine, text: &str) -> Result<Vec<u32>> {
     Ok(ids)
 }
 
-fn prompt(args: &Args, engine: &Engine) -> Result<i32> {
-    let mut text = match (&args.prompt, &args.file) {
+/// The prompt of `-p` or `-f`, escapes processed with `-e`.
+fn prompt_text(args: &Args, engine: &Engine) -> Result<Option<String>> {
+    let text = match (&args.prompt, &args.file) {
         (Some(p), _) => p.clone(),
-        (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("{}: cannot read the prompt file", f.display()))?,
-        (None, None) => String::new(),
+        (None, Some(f)) => crate::input::read_prompt_file(f, engine.n_ctx())?,
+        (None, None) => return Ok(None),
     };
-    if args.escape {
-        text = process_escapes(&text);
-    }
+    Ok(Some(if args.escape { process_escapes(&text) } else { text }))
+}
+
+fn prompt(args: &Args, engine: &Engine) -> Result<i32> {
+    let text = prompt_text(args, engine)?.unwrap_or_default();
     let ids = encode_prompt(engine, &text)?;
     if ids.is_empty() {
         bail!("the prompt is empty");
     }
+    log_prompt(args, &ids);
     let mut session = engine.try_new_session()?;
     let mut out = std::io::stdout().lock();
     if !args.no_display_prompt {
@@ -191,8 +223,8 @@ fn prompt(args: &Args, engine: &Engine) -> Result<i32> {
     let req = GenerateRequest {
         prompt: ids,
         max_tokens: max_tokens(args),
-        sampling: sampling(args),
-        stop: Vec::new(),
+        sampling: sampling(args)?,
+        stop: args.reverse_prompt.clone(),
         ignore_eos: args.ignore_eos,
     };
     let mut write_err = None;
@@ -214,70 +246,6 @@ fn prompt(args: &Args, engine: &Engine) -> Result<i32> {
     timings(args, &stats);
     if stats.stop == StopReason::ContextFull {
         log!(args, "stopped: the context of {} tokens is full (use -c to make it larger)", engine.n_ctx());
-    }
-    Ok(0)
-}
-
-fn chat(args: &Args, engine: &Engine) -> Result<i32> {
-    let mut session = engine.try_new_session()?;
-    let mut messages: Vec<ChatMessage> = Vec::new();
-    if let Some(s) = &args.system {
-        messages.push(ChatMessage { role: "system".into(), content: s.clone() });
-    }
-    let stdin = std::io::stdin();
-    let mut lines = stdin.lock().lines();
-    let mut first_prompt = args.prompt.clone();
-    let interactive = std::io::stdin().is_terminal();
-    log!(args, "chat with {} (template {}); end with Ctrl-D or /exit", engine.model_name(), engine.chat_template().name());
-    loop {
-        let user = if let Some(p) = first_prompt.take() {
-            p
-        } else {
-            if interactive {
-                print!("\n> ");
-                std::io::stdout().flush()?;
-            }
-            match lines.next() {
-                None => break,
-                Some(l) => l.context("reading stdin")?,
-            }
-        };
-        let user = if args.escape { process_escapes(&user) } else { user };
-        if user.trim() == "/exit" {
-            break;
-        }
-        if user.trim().is_empty() {
-            continue;
-        }
-        messages.push(ChatMessage { role: "user".into(), content: user });
-        let text = engine.chat_template().render(&messages, true)?;
-        let ids = encode_prompt(engine, &text)?;
-        if ids.len() >= engine.n_ctx() {
-            bail!("the conversation is {} tokens, longer than the context of {} (use -c to make it larger)", ids.len(), engine.n_ctx());
-        }
-        let req = GenerateRequest {
-            prompt: ids,
-            max_tokens: max_tokens(args),
-            sampling: sampling(args),
-            stop: Vec::new(),
-            ignore_eos: false,
-        };
-        let mut reply = String::new();
-        let mut out = std::io::stdout().lock();
-        let stats = session.generate(&req, &mut |piece| {
-            reply.push_str(piece);
-            out.write_all(piece.as_bytes()).and_then(|_| out.flush()).is_ok()
-        })?;
-        writeln!(out)?;
-        drop(out);
-        if args.verbose {
-            timings(args, &stats);
-        }
-        messages.push(ChatMessage { role: "assistant".into(), content: reply.trim().to_string() });
-        if stats.stop == StopReason::ContextFull {
-            log!(args, "the context of {} tokens is full; ending the conversation (use -c to make it larger)", engine.n_ctx());
-            break;
-        }
     }
     Ok(0)
 }
@@ -365,7 +333,7 @@ fn eval_tokens(args: &Args, engine: &Engine, tokens: Vec<u32>) -> Result<i32> {
 /// so every scored token has at least n_ctx/2 tokens of context.
 fn perplexity(args: &Args, engine: &Engine) -> Result<i32> {
     let file = args.file.as_ref().ok_or_else(|| anyhow!("--perplexity needs a text file: -f FILE"))?;
-    let text = std::fs::read_to_string(file).with_context(|| format!("{}: cannot read", file.display()))?;
+    let text = crate::input::read_text_capped(file, crate::input::MAX_TEXT_BYTES, "--perplexity reads at most 1 GiB of text")?;
     let tok = engine.tokenizer();
     let ids = tok.encode(&text, false, false)?;
     let n_ctx = engine.n_ctx();

@@ -3,6 +3,7 @@
 //! is reported here as an error.
 
 use super::Args;
+use crate::escape::{escape, escape_path};
 use crate::gguf::GgufFile;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -18,7 +19,7 @@ fn thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::with_capacity(s.len() + s.len() / 3);
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -48,12 +49,13 @@ fn tokenizer_kind(model: &str) -> &'static str {
     }
 }
 
-/// The report `--info` prints: one `key: value` line each.
+/// The report `--info` prints: one `key: value` line each. Every string from the file is
+/// escaped (see `crate::escape`).
 pub fn describe(g: &GgufFile) -> String {
     let mut s = String::new();
-    let arch = g.architecture().unwrap_or("(none: general.architecture is missing)");
+    let arch = g.architecture().map(escape).unwrap_or_else(|| "(none: general.architecture is missing)".into());
     let key = |k: &str| format!("{}.{k}", g.architecture().unwrap_or(""));
-    let _ = writeln!(s, "file:            {}", g.path().display());
+    let _ = writeln!(s, "file:            {}", escape_path(g.path()));
     let _ = writeln!(s, "format:          GGUF v{}, {} bytes", g.version(), thousands(g.len()));
     let _ = writeln!(
         s,
@@ -63,7 +65,7 @@ pub fn describe(g: &GgufFile) -> String {
         thousands(g.file_offset() + g.data_offset())
     );
     let _ = writeln!(s, "architecture:    {arch}");
-    let _ = writeln!(s, "name:            {}", g.get_str("general.name").unwrap_or("(unnamed)"));
+    let _ = writeln!(s, "name:            {}", g.get_str("general.name").map(escape).unwrap_or_else(|| "(unnamed)".into()));
     let params: u64 = g.tensors().iter().map(|t| t.n_elements()).sum();
     let _ = writeln!(s, "parameters:      {} ({})", human(params), thousands(params));
     let mut by_type: BTreeMap<String, (usize, u64)> = BTreeMap::new();
@@ -80,7 +82,7 @@ pub fn describe(g: &GgufFile) -> String {
             s,
             "unsupported:     {} tensor(s) of a type this engine lacks (first: {})",
             unsupported.len(),
-            unsupported[0]
+            escape(unsupported[0])
         );
     }
     let ctx = g.get_u64(&key("context_length"));
@@ -92,12 +94,12 @@ pub fn describe(g: &GgufFile) -> String {
     }
     let n_vocab = g.get_array("tokenizer.ggml.tokens").map(|a| a.len());
     let model = g.get_str("tokenizer.ggml.model");
-    let pre = g.get_str("tokenizer.ggml.pre").map(|p| format!(", pre-tokenizer {p}")).unwrap_or_default();
+    let pre = g.get_str("tokenizer.ggml.pre").map(|p| format!(", pre-tokenizer {}", escape(p))).unwrap_or_default();
     let _ = writeln!(
         s,
         "vocabulary:      {} tokens, tokenizer {}{}",
         n_vocab.map_or("(no)".into(), |n| thousands(n as u64)),
-        model.map_or("(none)".to_string(), |m| format!("{m}: {}", tokenizer_kind(m))),
+        model.map_or("(none)".to_string(), |m| format!("{}: {}", escape(m), tokenizer_kind(m))),
         pre
     );
     let tmpl = g.get_str("tokenizer.chat_template");
@@ -120,6 +122,27 @@ mod tests {
         assert_eq!(thousands(268098176), "268,098,176");
         assert_eq!(human(268_098_176), "268.10 M");
         assert_eq!(human(7_241_732_096), "7.24 B");
+    }
+
+    #[test]
+    fn strings_from_the_file_are_escaped_and_cut() {
+        let evil = format!("\x1b]0;pwned\x07\x1b[2J\nfake: line\0{}", "A".repeat(5000));
+        let bytes = build(
+            &[
+                ("general.architecture", MetaValue::String(evil.clone())),
+                ("general.name", MetaValue::String(evil.clone())),
+                ("tokenizer.ggml.model", MetaValue::String(evil.clone())),
+                ("tokenizer.ggml.pre", MetaValue::String(evil)),
+            ],
+            &[],
+            32,
+        );
+        let d = describe(&GgufFile::from_bytes("evil\n.gguf", bytes).unwrap());
+        assert!(!d.chars().any(|c| c.is_control() && c != '\n'), "{d:?}");
+        assert!(d.contains("name:            \\x1b]0;pwned\\x07\\x1b[2J\\nfake: line\\0AAA"), "{d}");
+        assert!(d.contains("file:            evil\\n.gguf\n"), "{d}");
+        assert!(d.lines().all(|l| l.chars().count() < 500), "long values are cut:\n{d}");
+        assert!(!d.lines().any(|l| l.starts_with("fake:")), "no fake lines:\n{d}");
     }
 
     #[test]

@@ -125,6 +125,139 @@ impl Sampler {
     }
 }
 
+/// `SamplingParams::seed` value that means "draw a fresh seed each time" (`-s -1`, a request
+/// without a seed): llama.cpp's `-1`, as the unsigned value it wraps to.
+pub const RANDOM_SEED: u64 = u64::MAX;
+
+/// Sampling settings as a user gives them, on the command line or in a request body: each
+/// unset field takes the default. `resolve` is the one place where their ranges are checked,
+/// for the command line and the server alike.
+#[derive(serde::Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct SamplingOptions {
+    pub temperature: Option<f32>,
+    pub top_k: Option<i64>,
+    pub top_p: Option<f32>,
+    pub min_p: Option<f32>,
+    pub repeat_penalty: Option<f32>,
+    pub repeat_last_n: Option<i64>,
+    pub seed: Option<i64>,
+}
+
+/// A sampling setting out of its range: which one (the request field's name, as in
+/// `SamplingOptions`) and what is wrong, without the name (the caller names the flag or field).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutOfRange {
+    pub field: &'static str,
+    pub message: String,
+}
+
+/// The range of each setting. Every function returns the value as the engine takes it, or
+/// what is wrong with it.
+pub mod limits {
+    fn finite(v: f32) -> Result<f32, String> {
+        if v.is_finite() {
+            Ok(v)
+        } else {
+            Err(format!("must be a finite number, got {v}"))
+        }
+    }
+    /// 0 (greedy) to 2, as OpenAI's API and llama.cpp's server take it.
+    pub fn temperature(t: f32) -> Result<f32, String> {
+        let t = finite(t)?;
+        if (0.0..=2.0).contains(&t) {
+            Ok(t)
+        } else {
+            Err(format!("must be between 0 and 2 (0 = greedy), got {t}"))
+        }
+    }
+    /// Above 0, at most 1 (1 = off).
+    pub fn top_p(p: f32) -> Result<f32, String> {
+        let p = finite(p)?;
+        if p > 0.0 && p <= 1.0 {
+            Ok(p)
+        } else {
+            Err(format!("must be above 0 and at most 1 (off), got {p}"))
+        }
+    }
+    /// 0 (off) to 1.
+    pub fn min_p(p: f32) -> Result<f32, String> {
+        let p = finite(p)?;
+        if (0.0..=1.0).contains(&p) {
+            Ok(p)
+        } else {
+            Err(format!("must be between 0 (off) and 1, got {p}"))
+        }
+    }
+    /// 0 (off) or more.
+    pub fn top_k(k: i64) -> Result<usize, String> {
+        usize::try_from(k).map_err(|_| format!("must be 0 (off) or more, got {k}"))
+    }
+    /// Above 0 (1 = off; below 1 favours repetition).
+    pub fn repeat_penalty(r: f32) -> Result<f32, String> {
+        let r = finite(r)?;
+        if r > 0.0 {
+            Ok(r)
+        } else {
+            Err(format!("must be above 0 (1 = off), got {r}"))
+        }
+    }
+    /// 0 (off) or more.
+    pub fn repeat_last_n(n: i64) -> Result<usize, String> {
+        usize::try_from(n).map_err(|_| format!("must be 0 (off) or more, got {n}"))
+    }
+    /// -1 (a random seed) or 0 or more.
+    pub fn seed(s: i64) -> Result<u64, String> {
+        match s {
+            -1 => Ok(super::RANDOM_SEED),
+            s if s >= 0 => Ok(s as u64),
+            s => Err(format!("must be -1 (random) or 0 or more, got {s}")),
+        }
+    }
+}
+
+impl SamplingOptions {
+    /// Check every given setting and fill the others from `defaults`. The seed stays
+    /// `RANDOM_SEED` when neither gives one: see [`fresh_seed`].
+    pub fn resolve(&self, defaults: &SamplingParams) -> Result<SamplingParams, OutOfRange> {
+        fn check<T, U>(field: &'static str, v: Option<T>, default: U, f: impl Fn(T) -> Result<U, String>) -> Result<U, OutOfRange> {
+            match v {
+                None => Ok(default),
+                Some(v) => f(v).map_err(|message| OutOfRange { field, message }),
+            }
+        }
+        Ok(SamplingParams {
+            temperature: check("temperature", self.temperature, defaults.temperature, limits::temperature)?,
+            top_k: check("top_k", self.top_k, defaults.top_k, limits::top_k)?,
+            top_p: check("top_p", self.top_p, defaults.top_p, limits::top_p)?,
+            min_p: check("min_p", self.min_p, defaults.min_p, limits::min_p)?,
+            repeat_penalty: check("repeat_penalty", self.repeat_penalty, defaults.repeat_penalty, limits::repeat_penalty)?,
+            repeat_last_n: check("repeat_last_n", self.repeat_last_n, defaults.repeat_last_n, limits::repeat_last_n)?,
+            seed: check("seed", self.seed, defaults.seed, limits::seed)?,
+        })
+    }
+}
+
+/// `seed`, or a fresh random one when it is `RANDOM_SEED`. `std`'s `RandomState` is seeded
+/// from the OS once per process and perturbed per instance: enough here, without a `rand`
+/// dependency.
+pub fn fresh_seed(seed: u64) -> u64 {
+    if seed != RANDOM_SEED {
+        return seed;
+    }
+    random_u64()
+}
+
+/// A random 64-bit number (seeds, response ids).
+pub fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    h.finish()
+}
+
 /// Logits -> probabilities, in place (the candidates are sorted, largest first).
 fn softmax(c: &mut [(u32, f32)]) {
     let Some(max) = c.first().map(|x| x.1) else { return };

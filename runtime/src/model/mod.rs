@@ -13,9 +13,12 @@ pub mod llama;
 pub mod qwen2;
 pub mod transformer;
 
+use crate::escape::escape;
 use crate::gguf::GgufFile;
 use anyhow::{anyhow, bail, Context, Result};
 use kernels_cpu::WeightType;
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashSet};
 
 /// How RoPE pairs dimensions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -179,15 +182,21 @@ pub(crate) fn opt_u64(g: &GgufFile, key: &str) -> Option<usize> {
     g.get_u64(key).map(|v| v as usize)
 }
 
-pub(crate) fn opt_f32(g: &GgufFile, key: &str) -> Option<f32> {
-    g.get_f32(key)
-}
-
 /// The hyperparameters every architecture here shares, read from `<arch>.*` keys; the
 /// architecture then adjusts what differs (recipe, per-layer RoPE/windows, scale).
 pub(crate) fn common_hparams(g: &GgufFile, arch: &str, recipe: Recipe) -> Result<Hparams> {
     let k = |s: &str| format!("{arch}.{s}");
+    refuse_unimplemented(g, arch)?;
+    let n_vocab = g
+        .tensor("token_embd.weight")
+        .and_then(|t| t.dims.get(1).copied())
+        .ok_or_else(|| anyhow!("missing tensor token_embd.weight"))? as usize;
     let n_layer = req_u64(g, &k("block_count"))?;
+    match blocks_in_table(g)? {
+        blocks if blocks == n_layer => {}
+        0 => bail!("{} is {n_layer}, but the tensor table holds no blocks (no blk.N tensors)", k("block_count")),
+        blocks => bail!("{} is {n_layer}, but the tensor table holds {blocks} blocks (blk.0 to blk.{})", k("block_count"), blocks - 1),
+    }
     let n_embd = req_u64(g, &k("embedding_length"))?;
     let n_ff = req_u64(g, &k("feed_forward_length"))?;
     let n_head = req_u64(g, &k("attention.head_count"))?;
@@ -197,19 +206,22 @@ pub(crate) fn common_hparams(g: &GgufFile, arch: &str, recipe: Recipe) -> Result
     }
     let head_dim = opt_u64(g, &k("attention.key_length")).unwrap_or(n_embd / n_head);
     let head_dim_v = opt_u64(g, &k("attention.value_length")).unwrap_or(head_dim);
+    // Products the tensor shapes are checked against later must not overflow first.
+    if [head_dim, head_dim_v].iter().any(|d| d.checked_mul(n_head).is_none_or(|q| q > u32::MAX as usize)) {
+        bail!("inconsistent hyperparameters: {n_head} heads of size {head_dim}/{head_dim_v}");
+    }
     let n_rot = opt_u64(g, &k("rope.dimension_count")).unwrap_or(head_dim);
-    if head_dim == 0 || n_rot > head_dim || !n_rot.is_multiple_of(2) {
-        bail!("inconsistent hyperparameters: head size {head_dim}, RoPE dimensions {n_rot}");
+    if head_dim == 0 {
+        bail!("inconsistent hyperparameters: head size 0");
+    }
+    if n_rot == 0 || n_rot > head_dim || !n_rot.is_multiple_of(2) {
+        bail!("{} is {n_rot}: an even number of dimensions from 2 to the head size {head_dim} expected", k("rope.dimension_count"));
     }
     let n_ctx_train = opt_u64(g, &k("context_length")).unwrap_or(2048);
-    let rms_eps = opt_f32(g, &k("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5);
-    let rope_base = opt_f32(g, &k("rope.freq_base")).unwrap_or(10000.0);
-    let rope_freq_scale = rope_linear_scale(g, arch);
+    let rms_eps = positive_f32(g, &k("attention.layer_norm_rms_epsilon"), 1e-5)?;
+    let rope_base = positive_f32(g, &k("rope.freq_base"), 10000.0)?;
+    let rope_freq_scale = rope_linear_scale(g, arch)?;
     let window = opt_u64(g, &k("attention.sliding_window")).filter(|w| *w > 0);
-    let n_vocab = g
-        .tensor("token_embd.weight")
-        .and_then(|t| t.dims.get(1).copied())
-        .ok_or_else(|| anyhow!("missing tensor token_embd.weight"))? as usize;
     Ok(Hparams {
         arch: arch.to_string(),
         n_layer,
@@ -229,13 +241,69 @@ pub(crate) fn common_hparams(g: &GgufFile, arch: &str, recipe: Recipe) -> Result
     })
 }
 
-/// `rope.scaling.type = linear` with `rope.scaling.factor` f: positions are multiplied by 1/f.
-pub(crate) fn rope_linear_scale(g: &GgufFile, arch: &str) -> f32 {
+/// A float key that must be positive and finite when present, else `default`.
+fn positive_f32(g: &GgufFile, key: &str, default: f32) -> Result<f32> {
+    match g.get(key) {
+        None => Ok(default),
+        Some(v) => match v.as_f32() {
+            Some(x) if x > 0.0 && x.is_finite() => Ok(x),
+            Some(x) => bail!("{key} is {x}: a positive finite number expected"),
+            None => bail!("{key} is a {}, not a number", v.type_name()),
+        },
+    }
+}
+
+/// `rope.scaling.type = linear` (or absent) with `rope.scaling.factor` f: positions are
+/// multiplied by 1/f. `none` or no factor: 1.
+pub(crate) fn rope_linear_scale(g: &GgufFile, arch: &str) -> Result<f32> {
     let ty = g.get_str(&format!("{arch}.rope.scaling.type"));
-    let factor = opt_f32(g, &format!("{arch}.rope.scaling.factor"));
-    match (ty, factor) {
-        (Some("linear") | None, Some(f)) if f > 0.0 && f != 1.0 => 1.0 / f,
-        _ => 1.0,
+    if ty == Some("none") {
+        return Ok(1.0);
+    }
+    let factor = positive_f32(g, &format!("{arch}.rope.scaling.factor"), 1.0)?;
+    Ok(1.0 / factor)
+}
+
+/// Metadata and tensors that change the maths in ways the shared block does not implement: a
+/// model that declares them would load and run silently wrong, so it is refused, naming them.
+fn refuse_unimplemented(g: &GgufFile, arch: &str) -> Result<()> {
+    let key = format!("{arch}.rope.scaling.type");
+    match g.get(&key) {
+        None => {}
+        Some(v) => match v.as_str() {
+            Some("none" | "linear") => {}
+            Some(other) => bail!("{key} is '{}': only none and linear RoPE scaling are implemented", escape(other)),
+            None => bail!("{key} is a {}, not a string", v.type_name()),
+        },
+    }
+    if g.tensor("rope_freqs.weight").is_some() {
+        bail!("tensor rope_freqs.weight (per-dimension RoPE frequency factors, as Llama 3.1 uses) is not implemented");
+    }
+    for cap in ["attn_logit_softcapping", "final_logit_softcapping"] {
+        let key = format!("{arch}.{cap}");
+        if let Some(v) = g.get(&key) {
+            match v.as_f32() {
+                Some(0.0) => {}
+                Some(x) => bail!("{key} is {x}: logit soft-capping is not implemented for {arch}"),
+                None => bail!("{key} is a {}: logit soft-capping is not implemented for {arch}", v.type_name()),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How many transformer blocks the tensor table holds: the `blk.N.` prefixes, which must be
+/// 0..count with none missing.
+fn blocks_in_table(g: &GgufFile) -> Result<usize> {
+    let blocks: BTreeSet<usize> =
+        g.tensors().iter().filter_map(|t| t.name.strip_prefix("blk.")?.split('.').next()?.parse().ok()).collect();
+    match blocks.last() {
+        None => Ok(0),
+        Some(&last) if last + 1 == blocks.len() => Ok(blocks.len()),
+        Some(&last) => {
+            let missing = (0..last).find(|i| !blocks.contains(i)).unwrap_or(last);
+            bail!("the tensor table has tensors of block {last} but none of block {missing}")
+        }
     }
 }
 
@@ -251,7 +319,7 @@ impl Model {
             .to_string();
         let arch = find_architecture(&arch_name).ok_or_else(|| {
             let known: Vec<&str> = ARCHITECTURES.iter().map(|a| a.name()).collect();
-            anyhow!("unsupported architecture '{arch_name}' (supported: {})", known.join(", "))
+            anyhow!("unsupported architecture '{}' (supported: {})", escape(&arch_name), known.join(", "))
         })?;
         let hp = arch.hparams(&file).with_context(|| format!("reading {arch_name} hyperparameters"))?;
         let group = hp.n_head / hp.n_head_kv;
@@ -267,11 +335,11 @@ impl Model {
             );
         }
         let r = hp.recipe;
-        let g = &file;
+        let g = &Tensors { file: &file, used: RefCell::new(HashSet::new()) };
         let e = hp.n_embd;
         let token_embd = weight(g, "token_embd.weight", hp.n_vocab, e)?;
         let output_norm = vector(g, "output_norm.weight", e)?;
-        let output = if g.tensor("output.weight").is_some() {
+        let output = if g.file.tensor("output.weight").is_some() {
             weight(g, "output.weight", hp.n_vocab, e)?
         } else {
             token_embd.clone()
@@ -305,6 +373,7 @@ impl Model {
                 ffn_post_norm: opt_vec("post_ffw_norm.weight", e, r.post_norms)?,
             });
         }
+        g.check_all_used(&arch_name)?;
         Ok(Model { file, hp, token_embd, output_norm, output, layers })
     }
 
@@ -343,9 +412,37 @@ impl Model {
     }
 }
 
+/// The tensor table as the loader reads it: remembers which tensors the recipe took.
+struct Tensors<'a> {
+    file: &'a GgufFile,
+    used: RefCell<HashSet<String>>,
+}
+
+impl Tensors<'_> {
+    fn take(&self, name: &str) -> Result<&crate::gguf::TensorInfo> {
+        let t = self.file.tensor(name).ok_or_else(|| anyhow!("missing tensor {name}"))?;
+        self.used.borrow_mut().insert(name.to_string());
+        Ok(t)
+    }
+    fn tensor_data(&self, t: &crate::gguf::TensorInfo) -> &[u8] {
+        self.file.tensor_data(t)
+    }
+    /// A tensor the recipe did not take means the recipe does not match the file.
+    fn check_all_used(&self, arch: &str) -> Result<()> {
+        let used = self.used.borrow();
+        match self.file.tensors().iter().find(|t| !used.contains(&t.name)) {
+            Some(t) => bail!(
+                "tensor '{}' is in the file but the {arch} architecture does not use it (its recipe does not match this model)",
+                escape(&t.name)
+            ),
+            None => Ok(()),
+        }
+    }
+}
+
 /// A matrix tensor `name` of `rows` x `cols` in a type the kernels can multiply.
-fn weight(g: &GgufFile, name: &str, rows: usize, cols: usize) -> Result<Weight> {
-    let t = g.tensor(name).ok_or_else(|| anyhow!("missing tensor {name}"))?;
+fn weight(g: &Tensors, name: &str, rows: usize, cols: usize) -> Result<Weight> {
+    let t = g.take(name)?;
     let dims: Vec<usize> = t.dims.iter().map(|d| *d as usize).collect();
     let (c, r) = match dims.as_slice() {
         [c] => (*c, 1),
@@ -373,8 +470,8 @@ fn weight(g: &GgufFile, name: &str, rows: usize, cols: usize) -> Result<Weight> 
 }
 
 /// A 1-D tensor of `len` elements (norm weight, bias), dequantized to f32.
-fn vector(g: &GgufFile, name: &str, len: usize) -> Result<Vec<f32>> {
-    let t = g.tensor(name).ok_or_else(|| anyhow!("missing tensor {name}"))?;
+fn vector(g: &Tensors, name: &str, len: usize) -> Result<Vec<f32>> {
+    let t = g.take(name)?;
     let n: u64 = t.dims.iter().product();
     if n as usize != len {
         bail!("tensor {name} has {n} elements ({:?}), expected {len}", t.dims);
@@ -388,4 +485,84 @@ fn vector(g: &GgufFile, name: &str, len: usize) -> Result<Vec<f32>> {
     let mut out = vec![0f32; len];
     kernels_cpu::types::dequantize_row(wtype, g.tensor_data(t), &mut out);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::writer::{tiny_model, TensorSpec};
+    use crate::gguf::MetaValue::{self, *};
+
+    fn load(meta: &[(&str, MetaValue)], extra: &[TensorSpec]) -> Result<Model> {
+        Model::load(GgufFile::from_bytes("tiny.gguf", tiny_model(meta, extra))?)
+    }
+
+    /// The one-line error loading the tiny model with these changes gives.
+    fn refused(meta: &[(&str, MetaValue)], extra: &[TensorSpec]) -> std::string::String {
+        let e = format!("{:#}", load(meta, extra).err().expect("the loader accepted it"));
+        assert!(!e.contains('\n'), "one line: {e:?}");
+        e
+    }
+
+    #[test]
+    fn the_tiny_model_loads() {
+        let m = load(&[], &[]).unwrap();
+        assert_eq!((m.hp.n_layer, m.hp.n_embd, m.hp.n_vocab, m.hp.head_dim), (2, 32, 8, 16));
+        let m = load(&[("llama.rope.scaling.type", String("linear".into())), ("llama.rope.scaling.factor", F32(4.0))], &[]).unwrap();
+        assert_eq!(m.hp.layers[0].rope_freq_scale, 0.25);
+    }
+
+    #[test]
+    fn block_count_must_match_the_tensor_table() {
+        let e = refused(&[("llama.block_count", U32(u32::MAX))], &[]);
+        assert!(e.ends_with("llama.block_count is 4294967295, but the tensor table holds 2 blocks (blk.0 to blk.1)"), "{e}");
+        let e = refused(&[("llama.block_count", U32(1))], &[]);
+        assert!(e.contains("llama.block_count is 1, but the tensor table holds 2 blocks"), "{e}");
+        let f = [0u8; 128];
+        let e = refused(&[], &[TensorSpec { name: "blk.5.attn_norm.weight", dims: &[32], ggml_type: 0, data: &f }]);
+        assert!(e.contains("tensors of block 5 but none of block 2"), "{e}");
+    }
+
+    #[test]
+    fn invalid_rope_and_norm_values_are_refused_naming_the_key() {
+        let base = "llama.rope.freq_base";
+        let eps = "llama.attention.layer_norm_rms_epsilon";
+        let dims = "llama.rope.dimension_count";
+        for (key, value, want) in [
+            (base, F32(0.0), "llama.rope.freq_base is 0: a positive finite number expected"),
+            (base, F32(-10000.0), "llama.rope.freq_base is -10000: a positive"),
+            (base, F32(f32::NAN), "llama.rope.freq_base is NaN: a positive"),
+            (base, F32(f32::INFINITY), "llama.rope.freq_base is inf: a positive"),
+            (base, String("x".into()), "llama.rope.freq_base is a string, not a number"),
+            (eps, F32(0.0), "llama.attention.layer_norm_rms_epsilon is 0: a positive"),
+            (eps, F32(-1e-5), "llama.attention.layer_norm_rms_epsilon is -0.00001: a positive"),
+            (eps, F32(f32::NAN), "llama.attention.layer_norm_rms_epsilon is NaN: a positive"),
+            (dims, U32(0), "llama.rope.dimension_count is 0: an even number of dimensions from 2 to the head size 16 expected"),
+            (dims, U32(18), "llama.rope.dimension_count is 18: an even number"),
+            (dims, U32(3), "llama.rope.dimension_count is 3: an even number"),
+            ("llama.rope.scaling.factor", F32(0.0), "llama.rope.scaling.factor is 0: a positive"),
+        ] {
+            let e = refused(&[(key, value)], &[]);
+            assert!(e.contains(want), "{key}: expected {want:?} in {e:?}");
+        }
+    }
+
+    #[test]
+    fn unimplemented_maths_and_unused_tensors_are_refused() {
+        for ty in ["yarn", "longrope", "llama3"] {
+            let e = refused(&[("llama.rope.scaling.type", String(ty.into()))], &[]);
+            assert!(e.contains(&format!("llama.rope.scaling.type is '{ty}': only none and linear RoPE scaling are implemented")), "{e}");
+        }
+        let f = [0u8; 32];
+        let e = refused(&[], &[TensorSpec { name: "rope_freqs.weight", dims: &[8], ggml_type: 0, data: &f }]);
+        assert!(e.contains("tensor rope_freqs.weight (per-dimension RoPE frequency factors"), "{e}");
+        for key in ["llama.final_logit_softcapping", "llama.attn_logit_softcapping"] {
+            let e = refused(&[(key, F32(30.0))], &[]);
+            assert!(e.contains(&format!("{key} is 30: logit soft-capping is not implemented for llama")), "{e}");
+        }
+        assert!(load(&[("llama.final_logit_softcapping", F32(0.0))], &[]).is_ok(), "0 means no soft-capping");
+        let bias = [0u8; 128];
+        let e = refused(&[], &[TensorSpec { name: "blk.0.attn_q.bias", dims: &[32], ggml_type: 0, data: &bias }]);
+        assert!(e.contains("tensor 'blk.0.attn_q.bias' is in the file but the llama architecture does not use it"), "{e}");
+    }
 }

@@ -54,6 +54,11 @@ impl RopeTable {
         RopeTable { n_ctx, half, cos, sin }
     }
 
+    /// Bytes `new(n_ctx, n_rot, ..)` allocates (saturating: a size that overflows cannot fit).
+    pub fn bytes_for(n_ctx: usize, n_rot: usize) -> u64 {
+        (n_ctx as u64).saturating_mul((n_rot / 2) as u64).saturating_mul(2 * 4)
+    }
+
     /// Rotate one head `x` [head_dim] at position `p`.
     #[inline]
     pub fn apply(&self, style: RopeStyle, x: &mut [f32], p: usize) {
@@ -91,6 +96,10 @@ impl LayerKv {
     }
     pub fn bytes(&self) -> usize {
         (self.k.len() + self.v.len()) * 2
+    }
+    /// Bytes `new(hp, n_ctx)` allocates (saturating).
+    pub fn bytes_for(hp: &Hparams, n_ctx: usize) -> u64 {
+        (n_ctx as u64).saturating_mul((hp.k_dim() + hp.v_dim()) as u64 * 2)
     }
 }
 
@@ -133,6 +142,15 @@ impl Workspace {
             up: vec![0.0; fc * hp.n_ff],
             scratch: Scratch::default(),
         }
+    }
+    /// Bytes `new(hp, max_batch, _)` allocates, the scratch for quantized activations counted
+    /// at its largest (one byte per input value of the widest projection, plus block scales).
+    pub fn bytes_for(hp: &Hparams, max_batch: usize) -> u64 {
+        let b = max_batch.max(1) as u64;
+        let fc = b.min(FFN_CHUNK as u64);
+        let per_token = 2 * hp.n_embd + hp.q_dim() + hp.k_dim() + hp.v_dim() + hp.n_head * hp.head_dim_v;
+        let scratch = b.saturating_mul(2 * hp.n_embd.max(hp.n_ff).max(hp.n_head * hp.head_dim_v) as u64);
+        b.saturating_mul(4 * per_token as u64).saturating_add(fc * 8 * hp.n_ff as u64).saturating_add(scratch)
     }
     pub fn bytes(&self) -> usize {
         4 * (self.xn.len()

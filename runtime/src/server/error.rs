@@ -99,7 +99,10 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let value: T = match serde_path_to_error::deserialize(&mut de) {
         Ok(v) => v,
         Err(e) => {
-            let path = e.path().to_string();
+            let mut path = e.path().to_string();
+            if path == "." {
+                path = super::types::flattened_field_error(bytes).unwrap_or(path);
+            }
             let inner = e.into_inner();
             return Err(match inner.classify() {
                 serde_json::error::Category::Data => {

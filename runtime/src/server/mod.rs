@@ -91,15 +91,9 @@ pub fn run(args: &crate::cli::Args) -> anyhow::Result<i32> {
     }
     let engine = Engine::load(&opts).with_context(|| format!("cannot load the model from {}", path.display()))?;
     let model: Arc<dyn Model> = Arc::new(model::EngineModel(Arc::new(engine)));
-    let defaults = SamplingParams {
-        temperature: args.temp.max(0.0),
-        top_k: args.top_k,
-        top_p: args.top_p,
-        min_p: args.min_p,
-        repeat_penalty: args.repeat_penalty,
-        repeat_last_n: args.repeat_last_n,
-        seed: 0, // per request: given, or random
-    };
+    // The command line's sampling flags, checked as a request's fields are; without -s each
+    // request draws its own seed.
+    let defaults = args.sampling()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         // HTTP work is light; generation runs on the blocking pool, one thread per busy slot.
         .worker_threads(2)

@@ -111,10 +111,47 @@ fn fold_system(messages: &[ChatMessage]) -> Option<Vec<ChatMessage>> {
     Some(out)
 }
 
+/// The system prompt the chat template puts in by itself when a conversation has none (Qwen's
+/// "You are Qwen, created by Alibaba Cloud. …"), for the chat page to say what an empty system
+/// prompt does. Found by rendering a conversation without a system message and with a marker
+/// one (folded into the user's message, as `chat_prompt` does, where the template refuses a
+/// system message): the default is what stands where the marker stands. `Some("")` when the
+/// template adds none; `None` when the template fails.
+pub fn template_default_system(render: impl Fn(&[ChatMessage]) -> anyhow::Result<String>) -> Option<String> {
+    const MARK: &str = "\u{1}system\u{1}";
+    let user = ChatMessage::new("user", "\u{1}user\u{1}");
+    let without = render(std::slice::from_ref(&user)).ok()?;
+    let messages = [ChatMessage::new("system", MARK), user];
+    let with = render(&messages).or_else(|e| fold_system(&messages).map_or(Err(e), |folded| render(&folded))).ok()?;
+    let (prefix, suffix) = with.split_once(MARK)?;
+    let default = without
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.strip_suffix(suffix))
+        // a template that writes no system part at all without a system message has no default
+        .unwrap_or("");
+    Some(default.trim().to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::server::testing::FakeModel;
+    use crate::tokenizer::chat::ChatTemplate;
+
+    #[test]
+    fn the_template_default_system_prompt() {
+        let of = |t: ChatTemplate| template_default_system(|m| t.render(m, true));
+        let qwen_like = "{% if messages[0].role != 'system' %}<|im_start|>system\nYou are Qwen.<|im_end|>\n{% endif %}\
+            {% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}\
+            {% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+        assert_eq!(of(ChatTemplate::from_source("qwen-like", qwen_like, "", "").unwrap()).as_deref(), Some("You are Qwen."));
+        assert_eq!(of(ChatTemplate::builtin("chatml", "", "").unwrap()).as_deref(), Some(""), "chatml has no default");
+        let vicuna = of(ChatTemplate::builtin("vicuna", "", "").unwrap()).unwrap();
+        assert!(vicuna.starts_with("A chat between a curious"), "vicuna's default: {vicuna}");
+        let m = FakeModel::new(); // refuses a system message (like Mistral's): it has no default
+        assert_eq!(template_default_system(|msgs| m.render_chat(msgs)).as_deref(), Some(""));
+        assert_eq!(template_default_system(|_| anyhow::bail!("broken template")), None);
+    }
 
     fn msg(role: &str, content: &str) -> ChatMessage {
         ChatMessage { role: role.into(), content: content.into() }

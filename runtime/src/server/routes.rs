@@ -104,6 +104,8 @@ async fn props(State(st): St) -> Json<Value> {
         "total_slots": st.pool.slots(),
         "chat_template": st.model.template_name(),
         "system_prompt": st.system_prompt.clone().unwrap_or_default(),
+        // what the template uses when a conversation has no system message ("" none, null unknown)
+        "template_system_prompt": super::model::template_default_system(|m| st.model.render_chat(m)),
         "default_generation_settings": {
             "temperature": dec(d.temperature),
             "top_k": d.top_k,

@@ -1,13 +1,15 @@
 //! The server over real sockets with the fake model (`testing`): routes, errors, streaming,
 //! queueing, cancellation on disconnect, prompt-cache affinity, shutdown.
 //!
-//! The client is a few lines over `TcpStream` rather than an HTTP client crate: these tests need
-//! to send malformed and oversized bodies, read a stream part-way and hang up mid-response.
+//! The client is the workspace's test client (`test_support::http`, blocking, run off the
+//! runtime's worker threads); the tests that read a stream part-way or hang up mid-response
+//! drive a `TcpStream` themselves.
 
 use super::testing::{FakeModel, WORDS};
 use super::AppState;
 use crate::engine::SamplingParams;
 use serde_json::{json, Value};
+use test_support::http::{request_bytes, Resp};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -47,59 +49,10 @@ fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
-struct Resp {
-    status: u16,
-    headers: String,
-    body: String,
-}
-
-impl Resp {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
-    }
-    /// The `data:` payloads of an SSE body, in order.
-    fn events(&self) -> Vec<String> {
-        self.body.split("\n\n").filter_map(|ev| ev.lines().find_map(|l| l.strip_prefix("data: ")).map(str::to_string)).collect()
-    }
-}
-
-fn request_bytes(method: &str, path: &str, body: &[u8]) -> Vec<u8> {
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    req.extend_from_slice(body);
-    req
-}
-
-/// Decode a chunked body (what streaming responses use).
-fn dechunk(raw: &str) -> String {
-    let mut out = String::new();
-    let mut rest = raw;
-    while let Some((size, tail)) = rest.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || tail.len() < n {
-            break;
-        }
-        out.push_str(&tail[..n]);
-        rest = tail[n..].strip_prefix("\r\n").unwrap_or(&tail[n..]);
-    }
-    out
-}
-
+/// One request on a blocking thread, so the server's worker threads stay free.
 async fn send(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Resp {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    // The server may answer (413) and close before it has read a large body: a failed write
-    // is fine as long as the answer can be read.
-    let _ = s.write_all(&request_bytes(method, path, body)).await;
-    let mut raw = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut raw)).await.expect("response within 20 s");
-    let raw = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no HTTP response: {raw:?}"));
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
-    Resp { status, headers: head.to_string(), body }
+    let (method, path, body) = (method.to_string(), path.to_string(), body.to_vec());
+    tokio::task::spawn_blocking(move || test_support::http::send(&addr.to_string(), &method, &path, &body)).await.unwrap()
 }
 
 async fn post(addr: SocketAddr, path: &str, body: Value) -> Resp {
@@ -111,13 +64,7 @@ async fn get(addr: SocketAddr, path: &str) -> Resp {
 }
 
 fn assert_error(r: &Resp, status: u16, needle: &str) -> Value {
-    assert_eq!(r.status, status, "{}", r.body);
-    assert!(r.headers.to_ascii_lowercase().contains("content-type: application/json"), "{}", r.headers);
-    let j = r.json();
-    let msg = j["error"]["message"].as_str().unwrap_or_else(|| panic!("no error.message: {j}"));
-    assert!(msg.contains(needle), "{msg:?} does not mention {needle:?}");
-    assert!(j["error"]["type"].is_string());
-    j
+    r.assert_error(status, needle)
 }
 
 fn user(text: &str) -> Value {

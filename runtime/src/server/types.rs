@@ -4,6 +4,7 @@
 //! known fields with the wrong type are an error naming the field.
 
 use super::error::ApiError;
+use crate::engine::sampler::{fresh_seed, SamplingOptions};
 use crate::engine::SamplingParams;
 use serde::Deserialize;
 
@@ -47,16 +48,12 @@ pub struct InMessage {
     pub content: Option<MessageContent>,
 }
 
-/// The fields every generation request shares (OpenAI names, plus llama.cpp's extensions).
+/// The fields every generation request shares (OpenAI names, plus llama.cpp's extensions):
+/// the sampling settings the command line takes too, stop strings and `ignore_eos`.
 #[derive(Deserialize, Debug, Clone, Default)]
 pub struct SamplingFields {
-    pub temperature: Option<f32>,
-    pub top_p: Option<f32>,
-    pub top_k: Option<i64>,
-    pub min_p: Option<f32>,
-    pub repeat_penalty: Option<f32>,
-    pub repeat_last_n: Option<i64>,
-    pub seed: Option<i64>,
+    #[serde(flatten)]
+    pub sampling: SamplingOptions,
     pub stop: Option<OneOrMany>,
     pub ignore_eos: Option<bool>,
 }
@@ -73,16 +70,8 @@ pub struct ChatRequest {
     pub max_completion_tokens: Option<i64>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
-    // Not `#[serde(flatten)]`: flattening loses the field path in error messages.
-    pub temperature: Option<f32>,
-    pub top_p: Option<f32>,
-    pub top_k: Option<i64>,
-    pub min_p: Option<f32>,
-    pub repeat_penalty: Option<f32>,
-    pub repeat_last_n: Option<i64>,
-    pub seed: Option<i64>,
-    pub stop: Option<OneOrMany>,
-    pub ignore_eos: Option<bool>,
+    #[serde(flatten)]
+    pub sampling: SamplingFields,
     pub n: Option<i64>,
     /// Not supported: refused when non-empty rather than silently ignored.
     pub tools: Option<serde_json::Value>,
@@ -158,15 +147,8 @@ pub struct CompletionRequest {
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
     pub echo: Option<bool>,
-    pub temperature: Option<f32>,
-    pub top_p: Option<f32>,
-    pub top_k: Option<i64>,
-    pub min_p: Option<f32>,
-    pub repeat_penalty: Option<f32>,
-    pub repeat_last_n: Option<i64>,
-    pub seed: Option<i64>,
-    pub stop: Option<OneOrMany>,
-    pub ignore_eos: Option<bool>,
+    #[serde(flatten)]
+    pub sampling: SamplingFields,
     pub n: Option<i64>,
 }
 
@@ -179,15 +161,8 @@ pub struct LlamaCompletionRequest {
     pub stream: Option<bool>,
     /// Always on here; accepted for compatibility.
     pub cache_prompt: Option<bool>,
-    pub temperature: Option<f32>,
-    pub top_p: Option<f32>,
-    pub top_k: Option<i64>,
-    pub min_p: Option<f32>,
-    pub repeat_penalty: Option<f32>,
-    pub repeat_last_n: Option<i64>,
-    pub seed: Option<i64>,
-    pub stop: Option<OneOrMany>,
-    pub ignore_eos: Option<bool>,
+    #[serde(flatten)]
+    pub sampling: SamplingFields,
 }
 
 /// `POST /tokenize`.
@@ -212,28 +187,31 @@ pub struct DetokenizeRequest {
     pub tokens: Vec<i64>,
 }
 
-macro_rules! sampling_fields {
-    ($t:ty) => {
-        impl $t {
-            pub fn sampling_fields(&self) -> SamplingFields {
-                SamplingFields {
-                    temperature: self.temperature,
-                    top_p: self.top_p,
-                    top_k: self.top_k,
-                    min_p: self.min_p,
-                    repeat_penalty: self.repeat_penalty,
-                    repeat_last_n: self.repeat_last_n,
-                    seed: self.seed,
-                    stop: self.stop.clone(),
-                    ignore_eos: self.ignore_eos,
-                }
-            }
-        }
-    };
+/// The top-level field of a request body that `SamplingFields` cannot take, if any.
+/// `#[serde(flatten)]` deserializes those fields from a buffer, out of sight of the path
+/// tracking of `error::parse_json`, which asks here when an error has no path.
+pub fn flattened_field_error(body: &[u8]) -> Option<String> {
+    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body).ok()?;
+    map.into_iter().map(|(k, v)| (k.clone(), serde_json::Map::from_iter([(k, v)]))).find_map(|(k, one)| {
+        serde_json::from_value::<SamplingFields>(serde_json::Value::Object(one)).is_err().then_some(k)
+    })
 }
-sampling_fields!(ChatRequest);
-sampling_fields!(CompletionRequest);
-sampling_fields!(LlamaCompletionRequest);
+
+impl ChatRequest {
+    pub fn sampling_fields(&self) -> SamplingFields {
+        self.sampling.clone()
+    }
+}
+impl CompletionRequest {
+    pub fn sampling_fields(&self) -> SamplingFields {
+        self.sampling.clone()
+    }
+}
+impl LlamaCompletionRequest {
+    pub fn sampling_fields(&self) -> SamplingFields {
+        self.sampling.clone()
+    }
+}
 
 /// Most stop strings one request may give.
 pub const MAX_STOP: usize = 16;
@@ -245,99 +223,32 @@ pub struct Sampling {
     pub ignore_eos: bool,
 }
 
-/// Check ranges and fill unset fields from `defaults` (the command line's sampling flags).
-/// `n` (OpenAI's number of choices) must be 1 if given. A missing seed (or -1) means a fresh random one.
+/// Check ranges (the same checks as the command line's) and fill unset fields from `defaults`
+/// (the command line's sampling flags). `n` (OpenAI's number of choices) must be 1 if given.
+/// A seed of -1, or none when the command line gave none, means a fresh random one.
 pub fn validate_sampling(f: SamplingFields, n: Option<i64>, defaults: &SamplingParams) -> Result<Sampling, ApiError> {
     if let Some(n) = n {
         if n != 1 {
             return Err(ApiError::invalid_field("n", format!("only n = 1 is supported, got {n}")));
         }
     }
-    let finite = |name: &str, v: f32| {
-        if v.is_finite() {
-            Ok(v)
-        } else {
-            Err(ApiError::invalid_field(name, format!("'{name}' must be a finite number")))
-        }
-    };
-    let temperature = match f.temperature {
-        None => defaults.temperature,
-        Some(t) => {
-            let t = finite("temperature", t)?;
-            if !(0.0..=2.0).contains(&t) {
-                return Err(ApiError::invalid_field("temperature", format!("'temperature' must be between 0 and 2, got {t}")));
-            }
-            t
-        }
-    };
-    let top_p = match f.top_p {
-        None => defaults.top_p,
-        Some(p) => {
-            let p = finite("top_p", p)?;
-            if !(p > 0.0 && p <= 1.0) {
-                return Err(ApiError::invalid_field("top_p", format!("'top_p' must be in (0, 1], got {p}")));
-            }
-            p
-        }
-    };
-    let min_p = match f.min_p {
-        None => defaults.min_p,
-        Some(p) => {
-            let p = finite("min_p", p)?;
-            if !(0.0..=1.0).contains(&p) {
-                return Err(ApiError::invalid_field("min_p", format!("'min_p' must be in [0, 1], got {p}")));
-            }
-            p
-        }
-    };
-    let top_k = match f.top_k {
-        None => defaults.top_k,
-        Some(k) if k < 0 => return Err(ApiError::invalid_field("top_k", format!("'top_k' must be 0 (off) or more, got {k}"))),
-        Some(k) => k as usize,
-    };
-    let repeat_penalty = match f.repeat_penalty {
-        None => defaults.repeat_penalty,
-        Some(r) => {
-            let r = finite("repeat_penalty", r)?;
-            if r <= 0.0 {
-                return Err(ApiError::invalid_field("repeat_penalty", format!("'repeat_penalty' must be above 0, got {r}")));
-            }
-            r
-        }
-    };
-    let repeat_last_n = match f.repeat_last_n {
-        None => defaults.repeat_last_n,
-        Some(n) if n < 0 => {
-            return Err(ApiError::invalid_field("repeat_last_n", format!("'repeat_last_n' must be 0 or more, got {n}")))
-        }
-        Some(n) => n as usize,
-    };
-    let seed = match f.seed {
-        None | Some(-1) => random_u64(),
-        Some(s) => s as u64,
-    };
+    let mut params = f
+        .sampling
+        .resolve(defaults)
+        .map_err(|e| ApiError::invalid_field(e.field, format!("'{}' {}", e.field, e.message)))?;
+    params.seed = fresh_seed(params.seed);
     let stop: Vec<String> = f.stop.map(OneOrMany::into_vec).unwrap_or_default().into_iter().filter(|s| !s.is_empty()).collect();
     if stop.len() > MAX_STOP {
         return Err(ApiError::invalid_field("stop", format!("at most {MAX_STOP} stop strings, got {}", stop.len())));
     }
     Ok(Sampling {
-        params: SamplingParams { temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed },
+        params,
         stop,
         ignore_eos: f.ignore_eos.unwrap_or(false),
     })
 }
 
-/// A random 64-bit number for seeds and response ids. `std`'s `RandomState` is seeded from the
-/// OS once per process and perturbed per instance: enough here, without a `rand` dependency.
-pub fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
-    h.finish()
-}
+pub use crate::engine::sampler::random_u64;
 
 pub fn unix_time() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
@@ -349,7 +260,7 @@ mod tests {
     use super::*;
 
     fn defaults() -> SamplingParams {
-        SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.95, min_p: 0.05, repeat_penalty: 1.0, repeat_last_n: 64, seed: 0 }
+        SamplingParams { seed: crate::engine::sampler::RANDOM_SEED, ..SamplingParams::default() }
     }
 
     #[test]
@@ -365,7 +276,8 @@ mod tests {
         assert_eq!(r.messages.len(), 3);
         assert!(matches!(r.messages[1].content, Some(MessageContent::Parts(ref p)) if p[0].text.as_deref() == Some("hi")));
         assert!(r.messages[2].content.is_none());
-        assert!(matches!(r.stop, Some(OneOrMany::One(ref s)) if s == "END"));
+        assert!(matches!(r.sampling.stop, Some(OneOrMany::One(ref s)) if s == "END"));
+        assert_eq!(r.sampling.sampling.temperature, Some(0.0));
         assert_eq!(r.stream_options.unwrap().include_usage, Some(true));
     }
 
@@ -403,23 +315,31 @@ mod tests {
         assert!(parse_json::<CompletionRequest>(br#"{"prompt":{"a":1}}"#).is_err());
     }
 
+    fn opts(sampling: SamplingOptions) -> SamplingFields {
+        SamplingFields { sampling, ..Default::default() }
+    }
+
     #[test]
     fn sampling_defaults_and_ranges() {
         let s = validate_sampling(SamplingFields::default(), None, &defaults()).unwrap();
         assert_eq!(s.params.temperature, 0.8);
         assert_eq!(s.params.top_k, 40);
         assert!(s.stop.is_empty());
-        let f = SamplingFields { temperature: Some(0.0), seed: Some(42), stop: Some(OneOrMany::Many(vec!["".into(), "x".into()])), ..Default::default() };
+        let f = SamplingFields {
+            sampling: SamplingOptions { temperature: Some(0.0), seed: Some(42), ..Default::default() },
+            stop: Some(OneOrMany::Many(vec!["".into(), "x".into()])),
+            ..Default::default()
+        };
         let s = validate_sampling(f, Some(1), &defaults()).unwrap();
         assert_eq!((s.params.temperature, s.params.seed), (0.0, 42));
         assert_eq!(s.stop, vec!["x".to_string()]);
         for (f, param) in [
-            (SamplingFields { temperature: Some(-1.0), ..Default::default() }, "temperature"),
-            (SamplingFields { temperature: Some(f32::NAN), ..Default::default() }, "temperature"),
-            (SamplingFields { top_p: Some(0.0), ..Default::default() }, "top_p"),
-            (SamplingFields { top_k: Some(-2), ..Default::default() }, "top_k"),
-            (SamplingFields { min_p: Some(2.0), ..Default::default() }, "min_p"),
-            (SamplingFields { repeat_penalty: Some(0.0), ..Default::default() }, "repeat_penalty"),
+            (opts(SamplingOptions { temperature: Some(-1.0), ..Default::default() }), "temperature"),
+            (opts(SamplingOptions { temperature: Some(f32::NAN), ..Default::default() }), "temperature"),
+            (opts(SamplingOptions { top_p: Some(0.0), ..Default::default() }), "top_p"),
+            (opts(SamplingOptions { top_k: Some(-2), ..Default::default() }), "top_k"),
+            (opts(SamplingOptions { min_p: Some(2.0), ..Default::default() }), "min_p"),
+            (opts(SamplingOptions { repeat_penalty: Some(0.0), ..Default::default() }), "repeat_penalty"),
         ] {
             let e = validate_sampling(f, None, &defaults()).err().unwrap();
             assert_eq!(e.param.as_deref(), Some(param));
@@ -429,5 +349,24 @@ mod tests {
         let a = validate_sampling(SamplingFields::default(), None, &defaults()).unwrap().params.seed;
         let b = validate_sampling(SamplingFields::default(), None, &defaults()).unwrap().params.seed;
         assert_ne!(a, b);
+        // -1 asks for a random seed too; other negative seeds are out of range
+        let f = opts(SamplingOptions { seed: Some(-1), ..Default::default() });
+        assert_ne!(validate_sampling(f.clone(), None, &defaults()).unwrap().params.seed, validate_sampling(f, None, &defaults()).unwrap().params.seed);
+        let e = validate_sampling(opts(SamplingOptions { seed: Some(-5), ..Default::default() }), None, &defaults()).err().unwrap();
+        assert_eq!(e.param.as_deref(), Some("seed"));
+        // the command line's -s is the default seed of requests without one
+        let fixed = SamplingParams { seed: 7, ..defaults() };
+        assert_eq!(validate_sampling(SamplingFields::default(), None, &fixed).unwrap().params.seed, 7);
+    }
+
+    #[test]
+    fn sampling_fields_of_the_wrong_type_are_named() {
+        for body in [&br#"{"messages":[],"temperature":"hot"}"#[..], br#"{"messages":[],"seed":1.5}"#, br#"{"messages":[],"ignore_eos":3}"#] {
+            let e = parse_json::<ChatRequest>(body).unwrap_err();
+            let field = ["temperature", "seed", "ignore_eos"].into_iter().find(|f| std::str::from_utf8(body).unwrap().contains(f)).unwrap();
+            assert_eq!(e.param.as_deref(), Some(field), "{}", e.message);
+        }
+        let r: LlamaCompletionRequest = parse_json(br#"{"prompt":"x","top_k":5,"stop":["a"]}"#).unwrap();
+        assert_eq!(r.sampling.sampling.top_k, Some(5));
     }
 }

@@ -463,6 +463,7 @@ mod tests {
 
     #[test]
     fn mistral_instruct_model_card_prompt() {
+        let Some(_) = test_support::require_shared() else { return };
         let g = open("models/tiny-mistral-q4_0.gguf");
         let t = ChatTemplate::from_gguf(&g, None).unwrap();
         assert_eq!(t.name(), "gguf");
@@ -488,6 +489,7 @@ mod tests {
 
     #[test]
     fn mistral_role_order_and_unknown_roles_are_errors() {
+        let Some(_) = test_support::require_shared() else { return };
         let g = open("models/tiny-mistral-q4_0.gguf");
         for t in [ChatTemplate::from_gguf(&g, None).unwrap(), ChatTemplate::builtin("mistral", "<s>", "</s>").unwrap()] {
             let e = t.render(&msgs(&[("user", "a"), ("user", "b")]), true).unwrap_err().to_string();
@@ -531,6 +533,7 @@ mod tests {
 
     #[test]
     fn gemma3_has_no_template_and_gets_the_gemma_builtin() {
+        let Some(_) = test_support::require_shared() else { return };
         let g = open("vocab/gemma-3-270m.vocab.gguf");
         let t = ChatTemplate::from_gguf(&g, None).unwrap();
         assert_eq!(t.name(), "gemma");
@@ -548,6 +551,7 @@ mod tests {
 
     #[test]
     fn qwen25_template_renders_with_and_without_tools() {
+        let Some(_) = test_support::require_shared() else { return };
         let g = open("vocab/qwen2.5-coder.vocab.gguf");
         let t = ChatTemplate::from_gguf(&g, None).unwrap();
         let m = msgs(&[("system", "You are a helpful assistant."), ("user", "Write a haiku about the sea.")]);
@@ -610,6 +614,7 @@ mod tests {
     /// `encode_prompt` gives the reference's ids for them on every vocabulary (BOS as the model says).
     #[test]
     fn builtins_render_the_reference_strings() {
+        let Some(_) = test_support::require_shared() else { return };
         let cases = [
             ("chatml", msgs(&[("system", "You are a helpful assistant."), ("user", "Hi")]), true),
             ("vicuna", msgs(&[("system", "A chat between a curious user and an artificial intelligence assistant."), ("user", "Hi")]), true),

@@ -9,8 +9,10 @@ use std::sync::OnceLock;
 use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::Model;
 
+/// The shared fixtures; each test that reads them first returns through
+/// `test_support::require_shared()` when they are absent.
 pub(crate) fn shared() -> PathBuf {
-    crate::shared_fixtures()
+    test_support::shared()
 }
 
 fn load(rel: &str) -> Tokenizer {
@@ -77,11 +79,13 @@ fn check_reference(tok: &Tokenizer, json: &str) {
 
 #[test]
 fn mistral_matches_reference() {
+    let Some(_) = test_support::require_shared() else { return };
     check_reference(mistral(), "tiny-mistral-q4_0.json");
 }
 
 #[test]
 fn every_tiny_mistral_file_matches_its_reference() {
+    let Some(_) = test_support::require_shared() else { return };
     // All nine files carry the same vocabulary; build each one's tokenizer from its own metadata.
     for q in ["f16", "q8_0", "q6_k", "q5_k_m", "q5_0", "q4_k_m", "q3_k_m", "q2_k"] {
         let tok = load(&format!("models/tiny-mistral-{q}.gguf"));
@@ -91,16 +95,19 @@ fn every_tiny_mistral_file_matches_its_reference() {
 
 #[test]
 fn gemma3_matches_reference() {
+    let Some(_) = test_support::require_shared() else { return };
     check_reference(gemma(), "gemma-3-270m-q4_k_m.json");
 }
 
 #[test]
 fn qwen25_matches_reference() {
+    let Some(_) = test_support::require_shared() else { return };
     check_reference(qwen(), "qwen2.5-coder-0.5b-instruct-q4_k_m.json");
 }
 
 #[test]
 fn special_ids_and_flags() {
+    let Some(_) = test_support::require_shared() else { return };
     let m = mistral();
     assert_eq!((m.bos(), m.eos(), m.adds_bos(), m.adds_eos()), (Some(1), Some(2), true, false));
     assert_eq!(m.end_tokens(), &[2]);
@@ -127,6 +134,7 @@ fn special_ids_and_flags() {
 
 #[test]
 fn add_special_false_adds_nothing() {
+    let Some(_) = test_support::require_shared() else { return };
     assert_eq!(mistral().encode("Hello world", false, false).unwrap(), [22557, 1526]);
     assert_eq!(gemma().encode("Hello world", false, false).unwrap(), [9259, 1902]);
     assert!(mistral().encode("", false, true).unwrap().is_empty());
@@ -134,6 +142,7 @@ fn add_special_false_adds_nothing() {
 
 #[test]
 fn decode_roundtrips_reference_strings() {
+    let Some(_) = test_support::require_shared() else { return };
     let r = reference("tiny-mistral-q4_0.json");
     for tok in [mistral(), gemma(), qwen()] {
         for e in r["tokenize"].as_array().unwrap() {
@@ -146,6 +155,7 @@ fn decode_roundtrips_reference_strings() {
 
 #[test]
 fn decode_renders_or_drops_special_tokens() {
+    let Some(_) = test_support::require_shared() else { return };
     let m = mistral();
     let ids = m.encode("<s>[INST] Hi [/INST]", true, true).unwrap();
     assert_eq!(ids[..2], [1, 1]);
@@ -161,6 +171,7 @@ fn decode_renders_or_drops_special_tokens() {
 
 #[test]
 fn stream_decoder_holds_back_split_characters() {
+    let Some(_) = test_support::require_shared() else { return };
     let m = mistral();
     // "🦙" is four byte-fallback tokens in the Mistral vocabulary.
     let ids = m.encode("a🦙b", false, false).unwrap();
@@ -234,6 +245,7 @@ fn tiny_spm_from_vectors() {
 /// over the reference license text line by line and a few thousand random strings.
 #[test]
 fn spm_agrees_with_tokenizers_bpe_oracle() {
+    let Some(_) = test_support::require_shared() else { return };
     let g = GgufFile::open(&shared().join("models/tiny-mistral-q4_0.gguf")).unwrap();
     let spec = VocabSpec::from_gguf(&g).unwrap();
     let mut vocab = Vocab::with_capacity(spec.tokens.len());
@@ -278,6 +290,7 @@ fn spm_agrees_with_tokenizers_bpe_oracle() {
 
 #[test]
 fn spm_cuts_do_not_change_ids() {
+    let Some(_) = test_support::require_shared() else { return };
     // Cutting before each `▁` that follows another character must give the reference's ids
     // (one uncut merge loop). Gemma 3 has one piece spanning such a point, ">▁</".
     let g = gemma();
@@ -301,6 +314,7 @@ fn spm_cuts_do_not_change_ids() {
 /// Qwen2.5's vocabulary: every pre-token of the license text and of random strings.
 #[test]
 fn bpe_agrees_with_tokenizers_bpe_oracle() {
+    let Some(_) = test_support::require_shared() else { return };
     let g = GgufFile::open(&shared().join("vocab/qwen2.5-coder.vocab.gguf")).unwrap();
     let spec = VocabSpec::from_gguf(&g).unwrap();
     let mut vocab = Vocab::with_capacity(spec.tokens.len());
@@ -356,6 +370,7 @@ fn bpe_agrees_with_tokenizers_bpe_oracle() {
 
 #[test]
 fn long_runs_encode_and_decode() {
+    let Some(_) = test_support::require_shared() else { return };
     // Pathological but legal inputs: long runs of one character class. (The pre-tokenizer's own
     // test splits a 1 MB run of spaces, which a backtracking regex engine cannot.)
     let n = 1 << 16;

@@ -1,11 +1,14 @@
 "use strict";
 // The llamafile chat page. No libraries and no network beyond this server: the markdown
 // renderer and the code highlighter below are small on purpose (the page must be one
-// self-contained file embedded in the binary). Everything the model writes is escaped before
-// any markup is added, so its output can never inject HTML.
+// self-contained file embedded in the binary). Everything the model or the user writes is
+// escaped (or set as text) before any markup is added, so it can never inject HTML.
 
 (function () {
-  const CHAT_KEY = "llamafile.chat.v1";
+  // Every conversation lives in this browser's localStorage under one key.
+  const STORE_KEY = "llamafile.chats.v2";
+  // The single conversation of earlier versions of this page: taken into the list once.
+  const OLD_CHAT_KEY = "llamafile.chat.v1";
   const SETTINGS_KEY = "llamafile.settings.v1";
   const $ = (id) => document.getElementById(id);
   const el = {
@@ -13,27 +16,76 @@
     form: $("form"), input: $("input"), send: $("send"), stop: $("stop"), status: $("status"),
     settings: $("settings"), toggleSettings: $("toggle-settings"), closeSettings: $("close-settings"),
     newChat: $("new-chat"), reset: $("reset-settings"), system: $("system"), serverInfo: $("server-info"),
+    sidebar: $("sidebar"), toggleSidebar: $("toggle-sidebar"), closeSidebar: $("close-sidebar"), chatList: $("chat-list"),
+    exportBtn: $("export"), exportMenu: $("export-menu"), exportMd: $("export-md"), exportJson: $("export-json"),
+    toBottom: $("to-bottom"), meter: $("ctx-meter"), meterFill: $("ctx-fill"), meterText: $("ctx-text"),
+    confirm: $("confirm"), confirmText: $("confirm-text"), confirmOk: $("confirm-ok"), confirmCancel: $("confirm-cancel"),
   };
   const NUMERIC = ["temperature", "top_p", "top_k", "min_p", "max_tokens", "seed", "repeat_penalty"];
   let serverDefaults = { temperature: 0.8, top_p: 0.95, top_k: 40, min_p: 0.05, repeat_penalty: 1.0, max_tokens: null, system: "" };
   let settings = null;          // what the user chose (persisted)
-  let chat = { messages: [] };  // {role, content, stats?, stopped?, error?}
+  // chats: {id, title, named, created, updated, system?, messages: [{role, content, stats?, usage?, stopped?, error?}]}
+  let store = { current: null, chats: [] };
+  let chat = null;              // the conversation on screen (one of store.chats)
   let controller = null;        // AbortController of the running request
   let live = null;              // {msg, node, t0, chunks}
+  let nCtx = 0;                 // the model's context size (from /props)
+  let modelName = "";
 
   // ---------- storage ----------
   function load(key, fallback) {
     try { const v = JSON.parse(localStorage.getItem(key)); return v == null ? fallback : v; } catch (_) { return fallback; }
   }
   function save(key, value) {
-    try { localStorage.setItem(key, JSON.stringify(value)); } catch (_) { /* storage full or disabled */ }
+    try { localStorage.setItem(key, JSON.stringify(value)); return true; } catch (_) { return false; }
   }
   let saveTimer = null;
   function saveChatSoon() {
     if (saveTimer) return;
-    saveTimer = setTimeout(() => { saveTimer = null; save(CHAT_KEY, chat); }, 250);
+    saveTimer = setTimeout(() => { saveTimer = null; saveStore(); }, 250);
   }
-  function saveChatNow() { clearTimeout(saveTimer); saveTimer = null; save(CHAT_KEY, chat); }
+  function saveChatNow() { clearTimeout(saveTimer); saveTimer = null; saveStore(); }
+  function saveStore() {
+    // An empty conversation is kept only while it is the one on screen.
+    const chats = store.chats.filter((c) => c.messages.length || c === chat);
+    if (save(STORE_KEY, { current: chat ? chat.id : null, chats })) return true;
+    el.status.textContent = "Could not save: this browser's storage is full or disabled. Deleting old conversations frees room.";
+    return false;
+  }
+  function newId() { return Date.now().toString(36) + Math.random().toString(36).slice(2, 8); }
+  function blankChat() { const now = Date.now(); return { id: newId(), title: "", named: false, created: now, updated: now, messages: [] }; }
+  function validChat(c) {
+    if (!c || typeof c !== "object" || !Array.isArray(c.messages)) return null;
+    c.messages = c.messages.filter((m) => m && typeof m === "object" && typeof m.role === "string" && typeof (m.content || "") === "string")
+      .map((m) => Object.assign(m, { content: m.content || "" }));
+    if (typeof c.id !== "string" || !c.id) c.id = newId();
+    if (typeof c.title !== "string") c.title = "";
+    c.named = !!c.named && !!c.title;
+    if (typeof c.created !== "number") c.created = Date.now();
+    if (typeof c.updated !== "number") c.updated = c.created;
+    // a reply cut short by a reload is kept, marked as stopped
+    for (const m of c.messages) if (m.role === "assistant" && m.pending) { delete m.pending; m.stopped = true; }
+    return c;
+  }
+  function readStore() {
+    const s = load(STORE_KEY, null);
+    const chats = s && Array.isArray(s.chats) ? s.chats.map(validChat).filter(Boolean) : [];
+    const seen = new Set();
+    const unique = chats.filter((c) => !seen.has(c.id) && seen.add(c.id));
+    return { current: s && typeof s.current === "string" ? s.current : null, chats: unique };
+  }
+  function openStore() {
+    store = readStore();
+    const old = load(OLD_CHAT_KEY, null);
+    const c = old && validChat({ messages: old.messages });
+    if (c && c.messages.length) { store.chats.push(c); store.current = c.id; }
+    chat = store.chats.find((x) => x.id === store.current) || null;
+    if (!chat) { chat = blankChat(); store.chats.push(chat); }
+    // the old key goes only once the list holding its conversation is saved
+    if (old && saveStore()) {
+      try { localStorage.removeItem(OLD_CHAT_KEY); } catch (_) { /* disabled storage */ }
+    }
+  }
 
   // ---------- html helpers ----------
   function esc(s) {
@@ -42,6 +94,8 @@
   const ICON_COPY = '<svg viewBox="0 0 24 24" aria-hidden="true"><rect x="9" y="9" width="11" height="11" rx="2"/><path d="M5 15V6a2 2 0 0 1 2-2h9"/></svg>';
   const ICON_CHECK = '<svg viewBox="0 0 24 24" aria-hidden="true"><path d="M5 12l5 5L20 7"/></svg>';
   const ICON_RETRY = '<svg viewBox="0 0 24 24" aria-hidden="true"><path d="M4 12a8 8 0 1 0 2.3-5.6M4 4v4h4"/></svg>';
+  const ICON_EDIT = '<svg viewBox="0 0 24 24" aria-hidden="true"><path d="M4 20h4L19 9l-4-4L4 16z"/><path d="M13.5 6.5l4 4"/></svg>';
+  const ICON_TRASH = '<svg viewBox="0 0 24 24" aria-hidden="true"><path d="M5 7h14M10 11v6M14 11v6M6 7l1 13h10l1-13M9 7V4h6v3"/></svg>';
 
   // ---------- syntax highlighting ----------
   const KW = {
@@ -244,6 +298,17 @@
     return parts.join(" · ");
   }
 
+  function miniButton(cls, icon, label, title) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = "mini " + cls;
+    b.title = title;
+    // named by aria-label: the word beside the icon is hidden on phones
+    b.setAttribute("aria-label", label || title);
+    b.innerHTML = icon + "<span>" + esc(label) + "</span>";
+    return b;
+  }
+
   function messageNode(msg, index) {
     const node = document.createElement("div");
     node.className = "msg " + (msg.error ? "error" : msg.role);
@@ -251,7 +316,7 @@
     const content = document.createElement("div");
     content.className = "content";
     node.appendChild(content);
-    if (msg.role === "assistant") {
+    if (msg.role === "assistant" || msg.role === "user") {
       const meta = document.createElement("div");
       meta.className = "meta";
       node.appendChild(meta);
@@ -278,17 +343,23 @@
       }
     }
     const meta = node.querySelector(".meta");
-    if (meta) {
-      let h = "";
-      if (streaming) h = live && live.chunks > 1 ? '<span class="stats">' + liveRate() + "</span>" : "";
-      else {
-        h = '<span class="stats">' + esc(fmtStats(msg.stats)) + "</span>";
-        if (msg.stopped) h += '<span class="stopped-tag">stopped</span>';
-        h += '<button class="mini copy-msg" type="button" title="Copy the reply">' + ICON_COPY + "<span>Copy</span></button>";
-        if (isLastAssistant(node)) h += '<button class="mini retry" type="button" title="Answer again">' + ICON_RETRY + "<span>Retry</span></button>";
+    if (!meta) return;
+    if (msg.role === "user") {
+      if (!meta.firstChild) {
+        meta.appendChild(miniButton("copy-msg", ICON_COPY, "Copy", "Copy the message"));
+        meta.appendChild(miniButton("edit", ICON_EDIT, "Edit", "Edit and send again (the replies after it are replaced)"));
       }
-      meta.innerHTML = h;
+      return;
     }
+    let h = "";
+    if (streaming) h = live && live.chunks > 1 ? '<span class="stats">' + liveRate() + "</span>" : "";
+    else if (!msg.error) {
+      h = '<span class="stats">' + esc(fmtStats(msg.stats)) + "</span>";
+      if (msg.stopped) h += '<span class="stopped-tag">stopped</span>';
+      h += '<button class="mini copy-msg" type="button" title="Copy the reply" aria-label="Copy">' + ICON_COPY + "<span>Copy</span></button>";
+      if (isLastAssistant(node)) h += '<button class="mini retry" type="button" title="Answer again" aria-label="Retry">' + ICON_RETRY + "<span>Retry</span></button>";
+    }
+    meta.innerHTML = h;
   }
 
   function isLastAssistant(node) {
@@ -305,17 +376,310 @@
     el.messages.textContent = "";
     chat.messages.forEach((m, i) => el.messages.appendChild(messageNode(m, i)));
     el.empty.hidden = chat.messages.length > 0;
+    el.exportBtn.disabled = chat.messages.length === 0;
     scrollToBottom(true);
+    renderList();
+    updateMeter();
   }
 
+  // ---------- scrolling ----------
+  // Following the reply while it streams, unless the user scrolled up to read: then a button
+  // brings them back down.
   let stick = true;
-  el.scroller.addEventListener("scroll", () => {
+  function onScroll() {
     const s = el.scroller;
     stick = s.scrollHeight - s.scrollTop - s.clientHeight < 80;
-  });
+    el.toBottom.hidden = stick;
+  }
+  el.scroller.addEventListener("scroll", onScroll);
   function scrollToBottom(force) {
     if (force || stick) el.scroller.scrollTop = el.scroller.scrollHeight;
+    onScroll();
   }
+  el.toBottom.addEventListener("click", () => { scrollToBottom(true); el.input.focus(); });
+
+  // ---------- the list of conversations ----------
+  function autoTitle(c) {
+    const first = c.messages.find((m) => m.role === "user" && m.content.trim());
+    if (!first) return "";
+    const line = first.content.trim().split("\n")[0].replace(/\s+/g, " ");
+    return line.length > 60 ? line.slice(0, 57).trimEnd() + "…" : line;
+  }
+  function titleOf(c) { return (c.named && c.title) || autoTitle(c) || "New chat"; }
+
+  function renderList() {
+    const items = store.chats.filter((c) => c.messages.length || c === chat).sort((a, b) => b.updated - a.updated);
+    el.chatList.textContent = "";
+    for (const c of items) {
+      const li = document.createElement("li");
+      li.className = "chat-item" + (c === chat ? " current" : "");
+      li.dataset.id = c.id;
+      const open = document.createElement("button");
+      open.type = "button";
+      open.className = "chat-open";
+      open.textContent = titleOf(c);
+      open.title = titleOf(c);
+      if (c === chat) open.setAttribute("aria-current", "page");
+      const rename = miniButton("chat-rename", ICON_EDIT, "", "Rename");
+      rename.setAttribute("aria-label", "Rename: " + titleOf(c));
+      const del = miniButton("chat-delete", ICON_TRASH, "", "Delete");
+      del.setAttribute("aria-label", "Delete: " + titleOf(c));
+      li.append(open, rename, del);
+      el.chatList.appendChild(li);
+    }
+    document.title = (chat.messages.length ? titleOf(chat) + " · " : "") + (modelName || "llamafile");
+  }
+
+  function switchTo(id) {
+    const next = store.chats.find((c) => c.id === id);
+    if (!next || next === chat) return;
+    stop();
+    chat = next;
+    store.chats = store.chats.filter((c) => c.messages.length || c === chat);
+    saveChatNow();
+    renderAll();
+    el.status.textContent = "";
+    if (isPhone()) toggleSidebar(false);
+  }
+
+  function newChat() {
+    stop();
+    if (chat.messages.length) {
+      chat = blankChat();
+      store.chats.push(chat);
+    }
+    saveChatNow();
+    renderAll();
+    el.status.textContent = "";
+    if (isPhone()) toggleSidebar(false);
+    el.input.focus();
+  }
+
+  async function deleteChat(id) {
+    const c = store.chats.find((x) => x.id === id);
+    if (!c) return;
+    if (c.messages.length && !(await confirmDialog("Delete “" + titleOf(c) + "”? This cannot be undone.", "Delete"))) return;
+    if (c === chat) stop();
+    store.chats = store.chats.filter((x) => x !== c);
+    if (c === chat) {
+      chat = store.chats.filter((x) => x.messages.length).sort((a, b) => b.updated - a.updated)[0] || blankChat();
+      if (!store.chats.includes(chat)) store.chats.push(chat);
+      renderAll();
+    } else {
+      renderList();
+    }
+    saveChatNow();
+  }
+
+  function startRename(li) {
+    const c = store.chats.find((x) => x.id === li.dataset.id);
+    if (!c) return;
+    const input = document.createElement("input");
+    input.className = "chat-title-input";
+    input.value = titleOf(c);
+    input.setAttribute("aria-label", "Conversation name");
+    input.maxLength = 200;
+    let done = false;
+    const finish = (keep) => {
+      if (done) return;
+      done = true;
+      if (keep) {
+        const t = input.value.trim().replace(/\s+/g, " ");
+        // an emptied name goes back to the automatic one (from the first message)
+        c.named = !!t && t !== autoTitle(c);
+        c.title = c.named ? t : "";
+        saveChatNow();
+      }
+      renderList();
+    };
+    input.addEventListener("keydown", (e) => {
+      if (e.key === "Enter") { e.preventDefault(); finish(true); }
+      else if (e.key === "Escape") { e.preventDefault(); e.stopPropagation(); finish(false); }
+    });
+    input.addEventListener("blur", () => finish(true));
+    li.querySelector(".chat-open").replaceWith(input);
+    input.focus();
+    input.select();
+  }
+
+  el.chatList.addEventListener("click", (e) => {
+    const li = e.target.closest(".chat-item");
+    if (!li) return;
+    if (e.target.closest(".chat-open")) switchTo(li.dataset.id);
+    else if (e.target.closest(".chat-rename")) startRename(li);
+    else if (e.target.closest(".chat-delete")) deleteChat(li.dataset.id);
+  });
+
+  function isPhone() { return window.matchMedia("(max-width: 720px)").matches; }
+  function toggleSidebar(open) {
+    const show = open === undefined ? el.sidebar.hidden : open;
+    el.sidebar.hidden = !show;
+    el.toggleSidebar.setAttribute("aria-expanded", String(show));
+    if (show && isPhone()) toggleSettings(false);
+  }
+  el.toggleSidebar.addEventListener("click", () => toggleSidebar());
+  el.closeSidebar.addEventListener("click", () => toggleSidebar(false));
+
+  // A yes/no question in a modal dialog; resolves true for yes.
+  function confirmDialog(text, okLabel) {
+    return new Promise((resolve) => {
+      el.confirmText.textContent = text;
+      el.confirmOk.textContent = okLabel;
+      const close = (v) => () => el.confirm.close(v);
+      const ok = close("ok"), cancel = close("cancel");
+      el.confirmOk.addEventListener("click", ok);
+      el.confirmCancel.addEventListener("click", cancel);
+      el.confirm.addEventListener("close", () => {
+        el.confirmOk.removeEventListener("click", ok);
+        el.confirmCancel.removeEventListener("click", cancel);
+        resolve(el.confirm.returnValue === "ok");
+      }, { once: true });
+      el.confirm.returnValue = "";
+      el.confirm.showModal();
+      el.confirmCancel.focus();
+    });
+  }
+
+  // ---------- editing a sent message ----------
+  function startEdit(node) {
+    if (controller || node.classList.contains("editing")) return;
+    const index = +node.dataset.index;
+    const msg = chat.messages[index];
+    if (!msg || msg.role !== "user") return;
+    node.classList.add("editing");
+    const content = node.querySelector(".content");
+    const meta = node.querySelector(".meta");
+    const form = document.createElement("form");
+    form.className = "edit-form";
+    const box = document.createElement("textarea");
+    box.className = "edit-box";
+    box.value = msg.content;
+    box.rows = Math.min(12, msg.content.split("\n").length + 1);
+    box.setAttribute("aria-label", "Edit the message");
+    const buttons = document.createElement("div");
+    buttons.className = "edit-buttons";
+    const cancel = document.createElement("button");
+    cancel.type = "button"; cancel.className = "btn outline"; cancel.textContent = "Cancel";
+    const ok = document.createElement("button");
+    ok.type = "submit"; ok.className = "btn primary edit-send"; ok.textContent = "Send";
+    ok.title = "Send the edited message; the replies after it are replaced";
+    buttons.append(cancel, ok);
+    form.append(box, buttons);
+    content.hidden = true;
+    meta.hidden = true;
+    node.insertBefore(form, meta);
+    const end = () => { form.remove(); content.hidden = false; meta.hidden = false; node.classList.remove("editing"); };
+    cancel.addEventListener("click", end);
+    box.addEventListener("keydown", (e) => {
+      if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); form.requestSubmit(); }
+      else if (e.key === "Escape") { e.preventDefault(); e.stopPropagation(); end(); }
+    });
+    form.addEventListener("submit", (e) => {
+      e.preventDefault();
+      const text = box.value.trim();
+      if (!text || controller) return;
+      chat.messages.splice(index);
+      chat.messages.push({ role: "user", content: text });
+      chat.updated = Date.now();
+      renderAll();
+      generate();
+    });
+    box.focus();
+    box.setSelectionRange(box.value.length, box.value.length);
+  }
+
+  // ---------- context meter ----------
+  // Tokens of the context the conversation fills: exact from the last reply's `usage` (the
+  // server counts the template and the system prompt too); what came after it (a stopped reply,
+  // a new question) is added as counted by /tokenize, and the figure is then marked "≈".
+  let meterTimer = null, meterSeq = 0;
+  function updateMeter() {
+    clearTimeout(meterTimer);
+    meterTimer = setTimeout(measure, 150);
+  }
+  async function measure() {
+    if (!nCtx) return;
+    const seq = ++meterSeq;
+    const msgs = chat.messages.filter((m) => !m.error && !m.pending && m.content);
+    let k = -1;
+    for (let i = msgs.length - 1; i >= 0; i--) if (msgs[i].usage) { k = i; break; }
+    const known = k >= 0 ? msgs[k].usage.prompt + msgs[k].usage.completion : 0;
+    const rest = msgs.slice(k + 1).map((m) => m.content);
+    if (k < 0 && rest.length) { const sys = effective().system; if (sys && sys.trim()) rest.unshift(sys); }
+    if (!rest.length) { showMeter(known, false); return; }
+    let extra = 0;
+    try {
+      const r = await fetch("/tokenize", {
+        method: "POST", headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ content: rest.join("\n"), add_special: false, parse_special: false }),
+      });
+      if (r.ok) extra = ((await r.json()).tokens || []).length;
+    } catch (_) { /* the server is gone: show what is known */ }
+    if (seq === meterSeq) showMeter(known + extra, true);
+  }
+  function showMeter(used, approx) {
+    const pct = Math.min(100, (used / nCtx) * 100);
+    const fmt = (n) => n.toLocaleString("en-US");
+    el.meter.hidden = false;
+    el.meter.setAttribute("aria-valuemax", String(nCtx));
+    el.meter.setAttribute("aria-valuenow", String(Math.min(used, nCtx)));
+    el.meter.setAttribute("aria-valuetext", (approx ? "about " : "") + fmt(used) + " of " + fmt(nCtx) + " tokens");
+    el.meter.dataset.used = String(used);
+    el.meter.classList.toggle("warn", pct >= 75 && pct < 95);
+    el.meter.classList.toggle("full", pct >= 95);
+    el.meterFill.style.width = pct.toFixed(1) + "%";
+    el.meterText.textContent = (approx ? "≈ " : "") + fmt(used) + " / " + fmt(nCtx) + " tokens";
+    el.meter.title = "Context: " + (approx ? "about " : "") + fmt(used) + " of the model's " + fmt(nCtx) + " tokens used (" +
+      pct.toFixed(0) + "%). When it is full, start a new chat.";
+  }
+
+  // ---------- export ----------
+  function fileName(c, ext) {
+    const base = titleOf(c).replace(/[^\p{L}\p{N} _-]+/gu, "").trim().replace(/\s+/g, "-").slice(0, 60) || "conversation";
+    return base + "." + ext;
+  }
+  function exportMarkdown(c) {
+    const out = ["# " + titleOf(c), "", "_" + (modelName ? modelName + " · " : "") + new Date(c.updated).toISOString() + "_", ""];
+    if (c.system) out.push("**System:** " + c.system, "");
+    for (const m of c.messages) {
+      if (m.error) continue;
+      out.push("## " + (m.role === "user" ? "User" : "Assistant") + (m.stopped ? " (stopped)" : ""), "", m.content, "");
+    }
+    return out.join("\n");
+  }
+  function exportJson(c) {
+    return JSON.stringify({
+      title: titleOf(c), model: modelName || null,
+      created: new Date(c.created).toISOString(), updated: new Date(c.updated).toISOString(),
+      system: c.system || null,
+      messages: c.messages.filter((m) => !m.error).map((m) => {
+        const o = { role: m.role, content: m.content };
+        if (m.stopped) o.stopped = true;
+        if (m.usage) o.usage = { prompt_tokens: m.usage.prompt, completion_tokens: m.usage.completion };
+        return o;
+      }),
+    }, null, 2) + "\n";
+  }
+  function download(name, type, text) {
+    const url = URL.createObjectURL(new Blob([text], { type }));
+    const a = document.createElement("a");
+    a.href = url;
+    a.download = name;
+    document.body.appendChild(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
+  }
+  function toggleExportMenu(open) {
+    const show = open === undefined ? el.exportMenu.hidden : open;
+    el.exportMenu.hidden = !show;
+    el.exportBtn.setAttribute("aria-expanded", String(show));
+    if (show) el.exportMd.focus();
+  }
+  el.exportBtn.addEventListener("click", (e) => { e.stopPropagation(); toggleExportMenu(); });
+  el.exportMd.addEventListener("click", () => { toggleExportMenu(false); download(fileName(chat, "md"), "text/markdown;charset=utf-8", exportMarkdown(chat)); });
+  el.exportJson.addEventListener("click", () => { toggleExportMenu(false); download(fileName(chat, "json"), "application/json", exportJson(chat)); });
+  document.addEventListener("click", (e) => { if (!el.exportMenu.hidden && !e.target.closest(".menu-wrap")) toggleExportMenu(false); });
 
   // ---------- settings ----------
   function effective() {
@@ -355,18 +719,31 @@
     const show = open === undefined ? el.settings.hidden : open;
     el.settings.hidden = !show;
     el.toggleSettings.setAttribute("aria-expanded", String(show));
-    if (show) showSettings();
+    if (show) { showSettings(); if (isPhone()) toggleSidebar(false); }
   }
   el.toggleSettings.addEventListener("click", () => toggleSettings());
   el.closeSettings.addEventListener("click", () => toggleSettings(false));
   el.reset.addEventListener("click", () => { settings = {}; save(SETTINGS_KEY, settings); showSettings(); });
 
+  // What an empty system prompt does with this model: its template's own default, or none.
+  function describeEmptySystem(templateDefault) {
+    if (typeof templateDefault !== "string") return; // unknown: the page's general words stay
+    const help = $("system-help");
+    if (templateDefault) {
+      el.system.placeholder = "Empty: the chat template's default (below)";
+      help.textContent = "Left empty, the model's chat template puts in its own: “" + templateDefault + "”";
+    } else {
+      el.system.placeholder = "Empty: no system prompt";
+      help.textContent = "Left empty, no system prompt is used: this model's chat template has no default one.";
+    }
+  }
+
   // ---------- talking to the server ----------
-  function requestBody() {
+  function requestBody(conv) {
     const s = effective();
     const messages = [];
     if (s.system && s.system.trim()) messages.push({ role: "system", content: s.system });
-    for (const m of chat.messages) {
+    for (const m of conv.messages) {
       if (m.error || (m.role === "assistant" && !m.content)) continue;
       messages.push({ role: m.role, content: m.content });
     }
@@ -386,16 +763,21 @@
   function updateSendEnabled() { el.send.disabled = !el.input.value.trim(); }
 
   async function generate() {
+    // The conversation this reply belongs to, even if the user switches to another meanwhile.
+    const conv = chat;
     const msg = { role: "assistant", content: "", pending: true };
-    chat.messages.push(msg);
-    const index = chat.messages.length - 1;
+    conv.messages.push(msg);
+    conv.updated = Date.now();
+    const index = conv.messages.length - 1;
     const node = messageNode(msg, index);
     el.messages.appendChild(node);
     // the previous reply loses its Retry button
     el.messages.querySelectorAll(".retry").forEach((b) => { if (b.closest(".msg") !== node) b.remove(); });
     el.empty.hidden = true;
+    el.exportBtn.disabled = false;
     updateNode(node, msg, true);
     scrollToBottom(true);
+    renderList();
     saveChatNow();
     controller = new AbortController();
     live = { msg, node, t0: performance.now(), tFirst: 0, chunks: 0 };
@@ -403,10 +785,13 @@
     el.status.textContent = "Generating…";
     let frame = 0;
     const paint = () => { frame = 0; updateNode(node, msg, true); scrollToBottom(false); };
+    const body = requestBody(conv);
+    // the system prompt this conversation was last answered with, for its export
+    conv.system = body.messages[0]?.role === "system" ? body.messages[0].content : "";
     try {
       const resp = await fetch("/v1/chat/completions", {
         method: "POST", headers: { "Content-Type": "application/json" },
-        body: JSON.stringify(requestBody()), signal: controller.signal,
+        body: JSON.stringify(body), signal: controller.signal,
       });
       if (!resp.ok) {
         let text = resp.status + " " + resp.statusText;
@@ -442,7 +827,10 @@
             if (!frame) frame = requestAnimationFrame(paint);
           }
           if (j.timings) msg.stats = { tokens: j.timings.predicted_n, tps: j.timings.predicted_per_second, cached: j.timings.cache_n };
-          if (j.usage && msg.stats) msg.stats.tokens = j.usage.completion_tokens;
+          if (j.usage) {
+            msg.usage = { prompt: j.usage.prompt_tokens, completion: j.usage.completion_tokens };
+            if (msg.stats) msg.stats.tokens = j.usage.completion_tokens;
+          }
           if (choice && choice.finish_reason === "length") msg.truncated = true;
         }
       }
@@ -450,10 +838,10 @@
       if (e.name === "AbortError") {
         msg.stopped = true;
       } else {
-        chat.messages.splice(index, 1);
+        conv.messages.splice(index, 1);
         node.remove();
-        chat.messages.push({ role: "assistant", error: String(e.message || e), content: "" });
-        el.messages.appendChild(messageNode(chat.messages[chat.messages.length - 1], chat.messages.length - 1));
+        conv.messages.push({ role: "assistant", error: String(e.message || e), content: "" });
+        if (conv === chat) el.messages.appendChild(messageNode(conv.messages[conv.messages.length - 1], conv.messages.length - 1));
       }
     } finally {
       if (frame) cancelAnimationFrame(frame);
@@ -466,7 +854,10 @@
       live = null;
       if (node.isConnected) updateNode(node, msg, false);
       setBusy(false);
-      el.status.textContent = msg.stopped ? "Stopped." : msg.truncated ? "The reply hit the token limit." : "";
+      if (conv === chat) {
+        el.status.textContent = msg.stopped ? "Stopped." : msg.truncated ? "The reply hit the token limit." : "";
+        updateMeter();
+      }
       saveChatNow();
       scrollToBottom(false);
     }
@@ -478,6 +869,7 @@
     // a failed previous attempt is replaced by this one
     if (chat.messages.length && chat.messages[chat.messages.length - 1].error) chat.messages.pop();
     chat.messages.push({ role: "user", content: text });
+    chat.updated = Date.now();
     el.input.value = "";
     autosize();
     renderAll();
@@ -492,15 +884,6 @@
     if (!chat.messages.length) return;
     renderAll();
     generate();
-  }
-
-  function newChat() {
-    stop();
-    chat = { messages: [] };
-    saveChatNow();
-    renderAll();
-    el.status.textContent = "";
-    el.input.focus();
   }
 
   async function copy(text, button) {
@@ -519,7 +902,7 @@
     const old = label ? label.textContent : "";
     const oldIcon = button.querySelector("svg") ? button.querySelector("svg").outerHTML : "";
     button.innerHTML = (ok ? ICON_CHECK : "") + "<span>" + (ok ? "Copied" : "Copy failed") + "</span>";
-    setTimeout(() => { button.innerHTML = oldIcon + "<span>" + old + "</span>"; }, 1500);
+    setTimeout(() => { button.innerHTML = oldIcon + "<span>" + esc(old) + "</span>"; }, 1500);
   }
 
   // ---------- events ----------
@@ -533,7 +916,11 @@
     if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); send(el.input.value); }
   });
   document.addEventListener("keydown", (e) => {
-    if (e.key === "Escape") { if (controller) stop(); else if (!el.settings.hidden) toggleSettings(false); }
+    if (e.key !== "Escape" || el.confirm.open) return;
+    if (controller) stop();
+    else if (!el.exportMenu.hidden) { toggleExportMenu(false); el.exportBtn.focus(); }
+    else if (!el.settings.hidden) toggleSettings(false);
+    else if (!el.sidebar.hidden && isPhone()) toggleSidebar(false);
   });
   el.form.addEventListener("submit", (e) => { e.preventDefault(); send(el.input.value); });
   el.stop.addEventListener("click", stop);
@@ -547,34 +934,44 @@
     if (codeCopy) { copy(codeCopy.closest(".codeblock").querySelector("code").textContent, codeCopy); return; }
     const msgCopy = e.target.closest(".copy-msg");
     if (msgCopy) { const m = chat.messages[+msgCopy.closest(".msg").dataset.index]; if (m) copy(m.content, msgCopy); return; }
+    const edit = e.target.closest(".edit");
+    if (edit) { startEdit(edit.closest(".msg")); return; }
     if (e.target.closest(".retry")) retry();
   });
   window.addEventListener("storage", (e) => {
-    // another tab changed the conversation: follow it when idle
-    if (e.key === CHAT_KEY && !controller) { chat = load(CHAT_KEY, { messages: [] }); renderAll(); }
+    // another tab changed the conversations: follow it when idle, staying on this tab's one
+    if (e.key !== STORE_KEY || controller || el.messages.querySelector(".editing")) return;
+    const id = chat.id;
+    store = readStore();
+    chat = store.chats.find((c) => c.id === id) || blankChat();
+    if (!store.chats.includes(chat)) store.chats.push(chat);
+    renderAll();
   });
 
   // ---------- start ----------
   function start() {
     settings = load(SETTINGS_KEY, {});
-    chat = load(CHAT_KEY, { messages: [] });
-    if (!chat || !Array.isArray(chat.messages)) chat = { messages: [] };
-    // a reply cut short by a reload is kept, marked as stopped
-    for (const m of chat.messages) if (m.role === "assistant" && m.pending) { delete m.pending; m.stopped = true; }
+    openStore();
+    toggleSidebar(window.matchMedia("(min-width: 1000px)").matches);
+    el.meter.hidden = true;
     renderAll();
     autosize();
     el.input.focus();
     fetch("/props").then((r) => r.json()).then((p) => {
+      modelName = p.model || "";
       el.model.textContent = p.model || "model";
       el.model.title = (p.model || "") + " · context " + p.n_ctx + " tokens · template " + p.chat_template;
-      document.title = (p.model || "llamafile") + " · llamafile";
+      nCtx = +p.n_ctx || 0;
       const d = p.default_generation_settings || {};
       serverDefaults = {
         temperature: d.temperature, top_p: d.top_p, top_k: d.top_k, min_p: d.min_p,
         repeat_penalty: d.repeat_penalty, max_tokens: d.max_tokens, seed: null, system: p.system_prompt || "",
       };
+      describeEmptySystem(p.template_system_prompt);
       serverInfo = "Context: " + p.n_ctx + " tokens · " + p.total_slots + " slot(s) · template: " + p.chat_template;
       if (!el.settings.hidden) showSettings();
+      renderList();
+      updateMeter();
     }).catch(() => { el.model.textContent = "server unreachable"; });
   }
   // Test hook: the markdown renderer and highlighter, for checks from the browser tests.
