@@ -40,6 +40,17 @@ impl ChatMessage {
 }
 
 /// Names of the built-in templates (for `--chat-template NAME`).
+/// Work one render may do, in minijinja fuel: one unit per instruction, and one per 64 bytes
+/// of strings made or written. Templates come from files and must end: a runaway loop or a
+/// string doubled in a loop runs out after a million instructions or 64 MB of data (a
+/// fraction of a second), while real templates render conversations as large as the largest
+/// request body (4 MiB, as 256 long messages or 20,000 short ones) within it (see the tests;
+/// a third of this budget is not enough for them).
+const FUEL: u64 = 1_000_000;
+
+/// Longest template line accepted, plus one (see `ChatTemplate::from_source`).
+const MAX_LINE_CHARS: usize = 65535;
+
 pub const BUILTIN_NAMES: &[&str] = &["mistral", "chatml", "vicuna", "gemma", "llama3"];
 
 const VICUNA_SYSTEM: &str = "A chat between a curious user and an artificial intelligence assistant. \
@@ -153,7 +164,8 @@ const LLAMA3: &str = r#"
 {%- endif -%}
 "#;
 
-fn builtin_source(name: &str) -> Option<&'static str> {
+/// The Jinja source of a built-in template (`None` for an unknown name).
+pub fn builtin_source(name: &str) -> Option<&'static str> {
     Some(match name {
         "mistral" | "llama2" | "mistral-instruct" => MISTRAL,
         "chatml" => CHATML,
@@ -233,6 +245,11 @@ impl ChatTemplate {
 
     /// Compile a Jinja template (syntax errors are reported here, not at the first render).
     pub fn from_source(name: &str, source: &str, bos: &str, eos: &str) -> Result<ChatTemplate> {
+        // minijinja counts columns in 16 bits, and a syntax error past column 65,535 overflows
+        // that count (a panic where overflow checks are on): such lines are refused first.
+        if let Some(n) = source.split('\n').position(|l| l.chars().count() >= MAX_LINE_CHARS) {
+            bail!("invalid chat template ({name}): line {} is longer than {} characters", n + 1, MAX_LINE_CHARS - 1);
+        }
         let mut env = Environment::new();
         env.set_syntax(
             minijinja::syntax::SyntaxConfig::builder()
@@ -242,6 +259,7 @@ impl ChatTemplate {
                 .map_err(|e| anyhow!("chat template syntax configuration: {e}"))?,
         );
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.set_fuel(Some(FUEL));
         env.add_function("raise_exception", |msg: String| -> Result<Value, Error> {
             Err(Error::new(ErrorKind::InvalidOperation, msg))
         });
@@ -646,5 +664,64 @@ mod tests {
             t.render(&msgs(&[("system", "S"), ("user", "U")]), true).unwrap(),
             "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nS<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nU<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
         );
+    }
+
+    /// Renders `src` on another thread; `None` if it has not finished within 20 s (a hang).
+    fn render_within(src: &str) -> Option<Result<String>> {
+        let t = ChatTemplate::from_source("file", src, "<s>", "</s>").unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(t.render(&msgs(&[("user", "hi")]), true));
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(20)).ok()
+    }
+
+    #[test]
+    fn runaway_templates_end_in_an_error() {
+        for src in [
+            // 10 billion iterations
+            "{% for a in range(100000) %}{% for b in range(100000) %}{{ a }}{% endfor %}{% endfor %}",
+            // 100 MB in one expression (under minijinja's own repeat limit)
+            "{{ 'ab' * 50000000 }}",
+            // a string doubled 40 times: a terabyte
+            "{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}",
+        ] {
+            let r = render_within(src).unwrap_or_else(|| panic!("still rendering after 20 s: {src}"));
+            let e = r.err().unwrap_or_else(|| panic!("rendered: {src}")).to_string();
+            assert!(e.contains("out of fuel"), "{src}: {e}");
+        }
+    }
+
+    #[test]
+    fn real_templates_render_conversations_as_large_as_a_request() {
+        // A request body holds at most 4 MiB: as a few long messages, and as many short ones.
+        let long: Vec<ChatMessage> =
+            (0..256).map(|i| ChatMessage::new(if i % 2 == 0 { "user" } else { "assistant" }, &"word ".repeat(3200))).collect();
+        let short: Vec<ChatMessage> =
+            (0..20_000).map(|i| ChatMessage::new(if i % 2 == 0 { "user" } else { "assistant" }, "hi")).collect();
+        let mut templates: Vec<ChatTemplate> = BUILTIN_NAMES.iter().map(|n| ChatTemplate::builtin(n, "<s>", "</s>").unwrap()).collect();
+        templates.push(ChatTemplate::from_gguf(&open("vocab/qwen2.5-coder.vocab.gguf"), None).unwrap());
+        for t in &templates {
+            for conv in [&long, &short] {
+                let text = t.render(conv, true).unwrap_or_else(|e| panic!("{}: {e}", t.name()));
+                assert!(text.len() >= conv.iter().map(|m| m.content.len()).sum::<usize>(), "{}", t.name());
+            }
+        }
+    }
+
+    #[test]
+    fn a_syntax_error_far_along_a_long_line_is_an_error() {
+        for col in [65_534, 65_535, 70_000] {
+            // an unterminated string: the lexer's error at the end of the line
+            let src = format!("{{{{ '{}", "x".repeat(col));
+            let e = std::panic::catch_unwind(|| ChatTemplate::from_source("file", &src, "", "").map(|_| ()))
+                .unwrap_or_else(|_| panic!("panicked on a syntax error at column {col}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("invalid chat template"), "{e}");
+        }
+        // Many long lines are fine.
+        let long_lines = format!("{}\n", "y".repeat(60_000)).repeat(3);
+        assert!(ChatTemplate::from_source("file", &long_lines, "", "").is_ok());
     }
 }
