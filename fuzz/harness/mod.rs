@@ -87,6 +87,7 @@ fn gguf(data: &[u8]) -> Outcome {
         sampling: SamplingParams { temperature: 0.0, ..Default::default() },
         stop: vec![],
         ignore_eos: true,
+        grammar: None,
     };
     session.generate(&req, &mut |_| true).map_err(msg)?;
     Ok(report)
