@@ -388,8 +388,26 @@ pub fn parse(argv: Vec<OsString>) -> Result<Args, clap::Error> {
     let mut cmd = command();
     cmd.build();
     let argv = spelling::rewrite(&cmd, argv).map_err(|m| cmd.error(clap::error::ErrorKind::UnknownArgument, m))?;
-    let matches = cmd.try_get_matches_from_mut(argv)?;
-    Args::from_arg_matches(&matches)
+    let matches = cmd.try_get_matches_from_mut(argv).map_err(escape_error)?;
+    Args::from_arg_matches(&matches).map_err(escape_error)
+}
+
+/// Clap quotes the offending argument as given: from `.args` in a file it may hold control
+/// characters or run to kilobytes, so each quoted value is escaped and cut before it is shown.
+fn escape_error(mut e: clap::Error) -> clap::Error {
+    use clap::error::ContextValue;
+    let quoted: Vec<_> = e
+        .context()
+        .filter_map(|(kind, value)| match value {
+            ContextValue::String(s) => Some((kind, ContextValue::String(crate::escape::escape(s)))),
+            ContextValue::Strings(v) => Some((kind, ContextValue::Strings(v.iter().map(|s| crate::escape::escape(s)).collect()))),
+            _ => None,
+        })
+        .collect();
+    for (kind, value) in quoted {
+        e.insert(kind, value);
+    }
+    e
 }
 
 /// Run the program with these arguments (argv[0] included); returns the exit code.

@@ -181,3 +181,17 @@ fn bundle_args_come_first_and_the_users_override_them() {
     assert_eq!((a.ctx_size, a.n_gpu_layers), (512, 0));
     assert_eq!(a.reverse_prompt, ["END", "STOP"], "repeatable options accumulate");
 }
+
+#[test]
+fn arguments_quoted_in_errors_are_escaped_and_cut() {
+    // As `.args` in a file can hold them: a raw new line and escape sequence, and a 5 KB word.
+    let nasty = "--x\n\x1b]0;title\x07";
+    let long = format!("--{}", "a".repeat(5000));
+    for bad in [nasty, long.as_str()] {
+        let e = err(&[bad]);
+        let first = e.split("\n\n").next().unwrap();
+        assert!(!first.chars().any(|c| c.is_control()), "{first:?}");
+        assert!(first.chars().count() < 400, "{} characters", first.chars().count());
+    }
+    assert!(err(&[nasty]).contains("--x\\n"), "the escaped argument is still named");
+}
