@@ -1,7 +1,7 @@
-//! The GPU offload ABI (issue #7): a versioned C function table that a backend shared library
+//! The GPU offload ABI: a versioned C function table that a backend shared library
 //! exports and the runtime loads at run time.
 //!
-//! - [`abi`]: the `#[repr(C)]` table, its structures, `ABI_VERSION`, status codes (CONTRACT).
+//! - [`abi`]: the `#[repr(C)]` table, its structures, `ABI_VERSION`, status codes; backends and the runtime are built against it, so it changes only with `ABI_VERSION`.
 //! - [`export`]: the backend side: implement [`export::Device`], then `export_backend!(Type)`;
 //!   every entry point catches panics and reports errors as codes + a message.
 //! - [`client`]: the runtime side: load a library, check symbol/version/size, call it safely.

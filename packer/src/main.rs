@@ -66,7 +66,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         ),
         (None, None) => None,
     };
-    // GPU backends (issue #7): checked to be loadable backends of this ABI before packing.
+    // GPU backends: checked to be loadable backends of this ABI before packing.
     let mut extra = Vec::new();
     for path in &cli.gpu_backend {
         // A FIFO or device would block or fill memory in the loader: refused first.

@@ -1,6 +1,6 @@
 //! The engine: KV cache, batching, generation loop, sampler. The CLI and the server use only
-//! this API, never model internals. CONTRACT (owner: engine issue #5): the server is written
-//! against these names; extend, don't break.
+//! this API, never model internals: the server is written against these names, so they are
+//! extended, not broken.
 //!
 //! - `Engine::load` maps the model (weights stay in the mmap), builds the tokenizer and chat
 //!   template, decides which backend runs which layers (`crate::backend::plan`) and makes the

@@ -1,6 +1,6 @@
 //! GGUF metadata and tensor table over gguf-rs-lib, with bounds-checked views into the mapped
-//! bytes. CONTRACT used by the tokenizer, model and engine (owner: container issue #2):
-//! the signatures below are relied on by other modules; extend, don't break.
+//! bytes. The tokenizer, model and engine rely on the signatures below: they are extended, not
+//! broken.
 //!
 //! Layout (GGUF v2/v3, little-endian): header (magic "GGUF", version u32, tensor count u64,
 //! metadata count u64), the metadata key/value pairs, the tensor table (name, n_dims u32,

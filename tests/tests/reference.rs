@@ -287,7 +287,7 @@ fn gemma3_270m() {
     //   but chat 0.393 and long 0.184 -- the JSON's own engine, rebuilt, misses chat;
     // - flash attention off: fox 0.244 with NLL +3.17%, chat 0.440, code 0.186 / -1.27%;
     // - weight repacking off: fox 0.050, chat 0.221, code 0.142.
-    // So these inputs measure rounding, not correctness. Why (gemma follow-up of issue #5):
+    // So these inputs measure rounding, not correctness. Why:
     // - our own ISAs differ from each other as much as from the reference: scalar vs avx2 vs
     //   avx512 mean |dlogit| 0.22-0.36 (fox), 0.31-0.37 (chat), 0.13-0.17 (code), 0.22-0.23
     //   (first 200 tokens of long); the reference moves 0.22 between batch and token-by-token;

@@ -1,5 +1,5 @@
 //! The server end to end: the built `llamafile` binary serving the tiny shared Mistral-layout
-//! model over HTTP (issue #6). Each test starts its own server on a free port.
+//! model over HTTP. Each test starts its own server on a free port.
 
 mod server_support;
 

@@ -1,5 +1,5 @@
 //! GPU offload (`-ngl N`, `--gpu auto|cuda|metal|reference|disable`) through a backend shared
-//! library that implements the C ABI of `kernels_gpu::abi` (owner: GPU issue #7).
+//! library that implements the C ABI of `kernels_gpu::abi`.
 //!
 //! Where backends are looked for, in this order:
 //! 1. `LLAMAFILE_GPU_BACKEND=PATH` (explicit: a backend with score 0, such as the CPU reference,

@@ -1,5 +1,5 @@
-//! Where the layers run: the seam between the engine and the devices. CONTRACT (owner: engine,
-//! issue #5; the GPU offload, issue #7, implements it in `gpu.rs`).
+//! Where the layers run: the seam between the engine and the devices (the GPU offload
+//! implements it in `gpu.rs`).
 //!
 //! The engine turns token ids into embeddings (`Model::embed`) and then hands the residual stream
 //! to a chain of backends, each owning a contiguous range of layers, in layer order:
@@ -79,7 +79,7 @@ pub struct PlanOptions<'a> {
 /// not. Returns the chain in layer order; the last element runs the output.
 pub fn plan(model: &Arc<Model>, opts: &PlanOptions) -> Result<Vec<Arc<dyn Backend>>> {
     let n_layer = model.hp.n_layer;
-    // GPU offload (issue #7, `gpu.rs`): the last min(ngl, n_layer) layers + the output on the
+    // GPU offload (`gpu.rs`): the last min(ngl, n_layer) layers + the output on the
     // backend; on any failure one warning and the CPU runs everything.
     let mut chain: Option<Vec<Arc<dyn Backend>>> = None;
     let choice = gpu::parse_choice(opts.gpu)?; // a misspelt --gpu is an error, not a warning

@@ -24,7 +24,7 @@ macro_rules! log {
 pub(crate) use log;
 
 pub fn run(args: &Args) -> Result<i32> {
-    // -m, else this executable's own embedded weights (crate::bundle, issue #2).
+    // -m, else this executable's own embedded weights (crate::bundle).
     let model = crate::bundle::model_path(args.model.as_deref())?;
     // A bad grammar or schema is reported before the model loads.
     super::structured::grammar(args)?;

@@ -1,4 +1,4 @@
-//! The chat page and the OpenAI-compatible HTTP API (issue #6). Talks to `crate::engine` only
+//! The chat page and the OpenAI-compatible HTTP API. Talks to `crate::engine` only
 //! (through the `model::Model` seam).
 //!
 //! - `routes`: the endpoints; `types`: request bodies and their validation; `error`: the

@@ -1,5 +1,5 @@
 //! Chat templates: `tokenizer.chat_template` rendered with minijinja (Python-compatible string
-//! methods), or a built-in one chosen by architecture/model name. CONTRACT (owner: issue #4).
+//! methods), or a built-in one chosen by architecture/model name.
 //!
 //! The environment mirrors what Hugging Face `transformers` gives chat templates: `trim_blocks`
 //! and `lstrip_blocks` on, Python string/dict/list methods (`strip`, `startswith`, `split`,

@@ -1,5 +1,5 @@
 //! Tokenizer built from GGUF metadata, and chat templates (minijinja).
-//! CONTRACT used by the engine, CLI and server (owner: tokenizer issue #4): extend, don't break.
+//! The engine, CLI and server rely on its API: it is extended, not broken.
 //!
 //! The ids must be exactly the reference engine's (llama.cpp), so the pipeline follows it step by
 //! step:
