@@ -331,10 +331,10 @@ fn qwen2_5_coder_0_5b() {
 // IQ4_NL and IQ4_XS. The shared fixtures hold no model in these types, so the test makes them
 // from ../shared/models/tiny-mistral-f16.gguf with the project's GGUF writer and quantizers, in
 // the reference quantizer's mix (`llama-quantize F16 OUT IQ4_NL|IQ4_XS`: IQ4 everywhere but a
-// Q6_K output and Q5_K attn_v). The files equal llama-quantize's but for a few Q6_K blocks of
-// `output` (a rounding difference of our Q6_K quantizer), so the reference's answers in
-// tests/data/reference/ (made by tests/data/make_reference.py) are computed on the files made
-// here, and each is pinned by sha256 so that the answers are the ones for its content.
+// Q6_K output and Q5_K attn_v). The quantizers are the reference's bit for bit, so the files are
+// llama-quantize's, byte for byte; the reference's answers on them are in tests/data/reference/
+// (made by tests/data/make_reference.py), and each file is pinned by sha256 so that the answers
+// are the ones for its content.
 
 /// The tensor type the reference quantizer gives tensor `name` of the f16 model in an IQ4 mix
 /// whose main type is `main` (vectors stay F32 as they are in the source).
@@ -426,9 +426,9 @@ fn tiny_iq4(ty: &str, sha256: &str) {
 
 #[test]
 fn tiny_mistral_iq4_nl() {
-    tiny_iq4("iq4_nl", "d51a0ed1b7dcc349aff56a721be816dd5b8a814823c9e52d7130d1997eaf3dc4");
+    tiny_iq4("iq4_nl", "ab402ad4d7da8a0dde69f91c75061f0a7cbaab822f90f334606022ff0c719a71");
 }
 #[test]
 fn tiny_mistral_iq4_xs() {
-    tiny_iq4("iq4_xs", "e4eff95e6a736b0997c911db5c06bc9bf1edb505b477e386fae0f53cf1ec45e8");
+    tiny_iq4("iq4_xs", "b7f42e4ac27db769d915baeebc3c6bb43ed9f3225d6bd6fceb1f5304c27e7f0a");
 }
