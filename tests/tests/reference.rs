@@ -328,24 +328,97 @@ fn qwen2_5_coder_0_5b() {
     check(&model, &reference, 0.25, &[(1, Some("avx2"))], Some(&["chat"]));
 }
 
-// IQ4_NL and IQ4_XS. The shared fixtures hold no model in these types: the reference's quantizer
-// made them from ../shared/models/tiny-mistral-f16.gguf (`llama-quantize F16 OUT IQ4_NL|IQ4_XS`:
-// IQ4 everywhere but a Q6_K output and Q5 attn_v), and the reference's answers on them are in
-// tests/data/reference/ (made by tests/data/make_reference.py). The models are looked for beside
-// the real ones, pinned by sha256 so that the answers are the ones for that file.
+// IQ4_NL and IQ4_XS. The shared fixtures hold no model in these types, so the test makes them
+// from ../shared/models/tiny-mistral-f16.gguf with the project's GGUF writer and quantizers, in
+// the reference quantizer's mix (`llama-quantize F16 OUT IQ4_NL|IQ4_XS`: IQ4 everywhere but a
+// Q6_K output and Q5_K attn_v). The quantizers are the reference's bit for bit, so the files are
+// llama-quantize's, byte for byte; the reference's answers on them are in tests/data/reference/
+// (made by tests/data/make_reference.py), and each file is pinned by sha256 so that the answers
+// are the ones for its content.
 
-/// The IQ4 tiny model `file` if it is in the models folder with the content the answers were
-/// computed on (else skipped with a message, as the real models are).
-fn iq4_model(file: &str, sha256: &str) -> Option<PathBuf> {
+/// The tensor type the reference quantizer gives tensor `name` of the f16 model in an IQ4 mix
+/// whose main type is `main` (vectors stay F32 as they are in the source).
+fn iq4_mix(main: kernels_cpu::WeightType, name: &str) -> kernels_cpu::WeightType {
+    use kernels_cpu::WeightType;
+    if name == "output.weight" {
+        WeightType::Q6_K
+    } else if name.ends_with(".attn_v.weight") {
+        WeightType::Q5_K
+    } else {
+        main
+    }
+}
+
+/// `src` (an F16/F32 GGUF) with every matrix quantized by the reference quantizer's IQ4 mix
+/// of main type `main`, and its `general.file_type` set to `file_type`; metadata, tensor order
+/// and vectors are kept.
+fn quantize_gguf(src: &Path, main: kernels_cpu::WeightType, file_type: u32) -> Vec<u8> {
+    use kernels_cpu::types::{dequantize_row, quantize_row};
+    use kernels_cpu::WeightType;
+    use llamafile::gguf::{writer, GgufFile, MetaValue};
+    let f = GgufFile::open(src).unwrap();
+    let meta: Vec<(&str, MetaValue)> = f
+        .metadata()
+        .iter()
+        .map(|(k, v)| (k.as_str(), if k == "general.file_type" { MetaValue::U32(file_type) } else { v.clone() }))
+        .collect();
+    let data: Vec<(WeightType, Vec<u8>)> = f
+        .tensors()
+        .iter()
+        .map(|t| {
+            let from = t.wtype.unwrap();
+            let raw = f.tensor_data(t);
+            if t.dims.len() == 1 {
+                return (from, raw.to_vec());
+            }
+            let to = iq4_mix(main, &t.name);
+            let cols = t.dims[0] as usize;
+            let rows = t.dims[1..].iter().product::<u64>() as usize;
+            let (rb_in, rb_out) = (from.row_bytes(cols), to.row_bytes(cols));
+            let mut row = vec![0f32; cols];
+            let mut out = vec![0u8; rb_out * rows];
+            for r in 0..rows {
+                dequantize_row(from, &raw[r * rb_in..(r + 1) * rb_in], &mut row);
+                quantize_row(to, &row, &mut out[r * rb_out..(r + 1) * rb_out]);
+            }
+            (to, out)
+        })
+        .collect();
+    let specs: Vec<writer::TensorSpec> = f
+        .tensors()
+        .iter()
+        .zip(&data)
+        .map(|(t, (ty, d))| writer::TensorSpec { name: &t.name, dims: &t.dims, ggml_type: *ty as u32, data: d })
+        .collect();
+    writer::build(&meta, &specs, f.alignment())
+}
+
+/// The IQ4 tiny model of type `ty` made from the shared f16 model, checked against `sha256`
+/// (the file the reference answers were computed on) and kept in the test's target folder.
+fn iq4_model(shared: &Path, ty: &str, sha256: &str) -> PathBuf {
+    use kernels_cpu::WeightType;
     use sha2::Digest;
-    let p = real_model(file)?;
-    let got = format!("{:x}", sha2::Sha256::digest(std::fs::read(&p).unwrap()));
-    assert_eq!(got, sha256, "{}: not the file the reference answers were computed on", p.display());
-    Some(p)
+    let (main, file_type) = match ty {
+        "iq4_nl" => (WeightType::IQ4_NL, 25),
+        "iq4_xs" => (WeightType::IQ4_XS, 30),
+        _ => unreachable!(),
+    };
+    let p = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("tiny-mistral-{ty}.gguf"));
+    let hash = |b: &[u8]| format!("{:x}", sha2::Sha256::digest(b));
+    if std::fs::read(&p).is_ok_and(|b| hash(&b) == sha256) {
+        return p;
+    }
+    let bytes = quantize_gguf(&shared.join("models/tiny-mistral-f16.gguf"), main, file_type);
+    let tmp = p.with_extension(format!("partial.{}", std::process::id()));
+    std::fs::write(&tmp, &bytes).unwrap();
+    std::fs::rename(&tmp, &p).unwrap();
+    assert_eq!(hash(&bytes), sha256, "{} (made from tiny-mistral-f16.gguf): not the file the reference answers were computed on", p.display());
+    p
 }
 
 fn tiny_iq4(ty: &str, sha256: &str) {
-    let Some(model) = iq4_model(&format!("tiny-mistral-{ty}.gguf"), sha256) else { return };
+    let Some(shared) = e2e::require_shared() else { return };
+    let model = iq4_model(&shared, ty, sha256);
     let reference = e2e::root().join(format!("tests/data/reference/tiny-mistral-{ty}.json"));
     check(&model, &reference, 0.15, &[(2, None)], None);
     check(&model, &reference, 0.15, &[(1, Some("scalar")), (3, Some("avx2"))], Some(&["fox", "code"]));

@@ -46,6 +46,9 @@ const GROUP_MAX_EPS: f32 = 1e-15;
 /// Symmetric quantization of `x` to levels `-nmax..nmax-1` (stored in `l` offset by `nmax`),
 /// weighted by `x²` (ggml's `make_qx_quants` with rmse_type 1 and no importance weights):
 /// a first guess from the largest magnitude, then 18 nearby scales tried. Returns the scale.
+/// The weighted sums round as the reference's do (`w*l*l` is `(w*l)*l`, two f32 roundings, here
+/// and in `make_q3_quants`): the scale search compares near-equal sums, so another order picks
+/// another scale in a few blocks and the bytes stop being the reference quantizer's.
 pub(crate) fn make_qx_quants(x: &[f32], nmax: i32, l: &mut [i8]) -> f32 {
     let n = x.len();
     let (mut max, mut amax) = (0.0f32, 0.0f32);
@@ -67,7 +70,7 @@ pub(crate) fn make_qx_quants(x: &[f32], nmax: i32, l: &mut [i8]) -> f32 {
         l[i] = (q + nmax) as i8;
         let w = x[i] * x[i];
         sumlx += w * x[i] * q as f32;
-        suml2 += w * (q * q) as f32;
+        suml2 += w * q as f32 * q as f32;
     }
     let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
     let mut best = scale * sumlx;
@@ -82,7 +85,7 @@ pub(crate) fn make_qx_quants(x: &[f32], nmax: i32, l: &mut [i8]) -> f32 {
             let q = quant(iscale, v);
             let w = v * v;
             sumlx += w * v * q as f32;
-            suml2 += w * (q * q) as f32;
+            suml2 += w * q as f32 * q as f32;
         }
         if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
             for i in 0..n {
@@ -117,7 +120,7 @@ pub(crate) fn make_q3_quants(x: &[f32], nmax: i32, l: &mut [i8]) -> f32 {
         l[i] = q as i8;
         let w = x[i] * x[i];
         sumlx += w * x[i] * q as f32;
-        suml2 += w * (q * q) as f32;
+        suml2 += w * q as f32 * q as f32;
     }
     for _ in 0..5 {
         let mut changed = 0;
@@ -130,7 +133,7 @@ pub(crate) fn make_q3_quants(x: &[f32], nmax: i32, l: &mut [i8]) -> f32 {
                 let new_l = nearest_int(x[i] * sl2 / slx).clamp(-nmax, nmax - 1);
                 if new_l != l[i] as i32 {
                     slx += w * x[i] * new_l as f32;
-                    sl2 += w * (new_l * new_l) as f32;
+                    sl2 += w * new_l as f32 * new_l as f32;
                     if sl2 > 0.0 && slx * slx * suml2 > sumlx * sumlx * sl2 {
                         l[i] = new_l as i8;
                         sumlx = slx;
