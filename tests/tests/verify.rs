@@ -9,14 +9,13 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-fn pack(dir: &Path) -> PathBuf {
-    let gguf = e2e::shared().join("models/tiny-mistral-q4_k_m.gguf");
+fn pack(dir: &Path, gguf: &Path) -> PathBuf {
     let out = dir.join("tiny.llamafile");
     let r = Command::new(e2e::bin("pack"))
         .arg("--runtime")
         .arg(e2e::bin("llamafile"))
         .arg("--gguf")
-        .arg(&gguf)
+        .arg(gguf)
         .args(["--args", "-n 4", "-o"])
         .arg(&out)
         .output()
@@ -39,8 +38,10 @@ fn expect_corrupt(out: &Output, entry: &str) {
 
 #[test]
 fn verify_checks_every_entry_and_finds_one_flipped_byte() {
+    let Some(shared) = e2e::require_shared() else { return };
+    let plain = shared.join("models/tiny-mistral-q4_k_m.gguf");
     let dir = tempfile::tempdir().unwrap();
-    let packed = pack(dir.path());
+    let packed = pack(dir.path(), &plain);
     let entries = llamafile::bundle::zip_entries(&packed).unwrap().unwrap();
     let gguf_bytes: u64 = entries.iter().map(|e| e.size).sum();
 
@@ -69,7 +70,6 @@ fn verify_checks_every_entry_and_finds_one_flipped_byte() {
     }
 
     // A plain GGUF has no zip to verify: one line, non-zero.
-    let plain = e2e::shared().join("models/tiny-mistral-q4_k_m.gguf");
     let out = verify(Command::new(e2e::bin("llamafile")).arg("-m").arg(&plain));
     let err = text(&out.stderr);
     assert!(!out.status.success() && err.lines().count() == 1 && err.contains("nothing to verify"), "{err:?}");
