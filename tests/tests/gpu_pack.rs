@@ -139,7 +139,7 @@ fn pack_refuses_what_is_not_a_backend() {
     for (bad, why) in [
         (&fake, "cannot load"),
         (&wrong_ext, "must end in"),
-        (&dir.path().join("missing.so"), "no such file"),
+        (&dir.path().join("missing.so"), "No such file"),
     ] {
         let o = pack(&[
             "--gguf".as_ref(),
