@@ -9,11 +9,6 @@ use kernels_cpu::types::{dequantize_row, quantize_row, WeightType};
 use std::fs::File;
 use std::path::PathBuf;
 
-/// `../shared` beside the checkout; `LLAMAFILE_SHARED` overrides (as for the other crates).
-fn shared() -> PathBuf {
-    std::env::var_os("LLAMAFILE_SHARED").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared"))
-}
-
 struct Entry {
     label: String,
     tensor: String,
@@ -69,7 +64,8 @@ fn dequantize_matches_the_gguf_package_bit_for_bit() {
 
 #[test]
 fn quantize_gives_the_reference_quantizers_bytes() {
-    let path = shared().join("models/tiny-mistral-f16.gguf");
+    let Some(shared) = test_support::require_shared() else { return };
+    let path = shared.join("models/tiny-mistral-f16.gguf");
     let mut reader = GGUFFileReader::new(File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap();
     for e in entries() {
         let data = reader.load_tensor_data(&e.tensor).unwrap().unwrap();

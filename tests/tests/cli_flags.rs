@@ -1,13 +1,17 @@
 //! The command line as llama.cpp and llamafile users type it, through the real binary on a tiny
-//! shared model (Mistral's chat template): `-p` as one conversation turn (the exact token ids
+//! shared model (Mistral's chat template; the runtime's own tiny model where neither the
+//! vocabulary nor the text matters): `-p` as one conversation turn (the exact token ids
 //! sent), `--no-conversation`, llama.cpp's one-dash spellings, range errors, `.args` defaults a
 //! user overrides, `--help`, `--version`, and Ctrl-C in a conversation on a pseudo-terminal.
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-fn model() -> PathBuf {
-    e2e::shared().join("models/tiny-mistral-q8_0.gguf")
+const MODEL: &str = "models/tiny-mistral-q8_0.gguf";
+
+/// The tiny shared model, or `None` (the skip recorded) without the shared fixtures.
+fn model() -> Option<PathBuf> {
+    e2e::require_shared().map(|s| s.join(MODEL))
 }
 
 fn run(args: &[&str]) -> Output {
@@ -20,10 +24,18 @@ fn text(b: &[u8]) -> String {
 
 /// `--tokenize` of `text` (BOS added, special tokens parsed): what the model must be sent.
 fn tokenize(text: &str) -> String {
-    let m = model();
+    let m = e2e::shared().join(MODEL);
     let o = run(&["-m", m.to_str().unwrap(), "--tokenize", "-p", text]);
     assert!(o.status.success(), "{}", self::text(&o.stderr));
     self::text(&o.stdout).trim().to_string()
+}
+
+/// The runtime's own tiny model (`gguf::writer::tiny_model`) written into `dir`: for the tests
+/// whose point is the flags, not the Mistral vocabulary or template, so they run without fixtures.
+fn tiny(dir: &std::path::Path) -> PathBuf {
+    let p = dir.join("tiny.gguf");
+    std::fs::write(&p, llamafile::gguf::writer::tiny_model(&[], &[])).unwrap();
+    p
 }
 
 /// The ids `--verbose` says were sent to the model.
@@ -35,7 +47,7 @@ fn sent_ids(o: &Output) -> String {
 
 #[test]
 fn a_prompt_is_one_user_turn_through_the_chat_template() {
-    let m = model();
+    let Some(m) = model() else { return };
     let m = m.to_str().unwrap();
     let o = run(&["-m", m, "-p", "Hi", "-n", "4", "--temp", "0", "--ignore-eos", "--verbose"]);
     assert!(o.status.success(), "{}", text(&o.stderr));
@@ -66,7 +78,7 @@ fn a_prompt_is_one_user_turn_through_the_chat_template() {
 
 #[test]
 fn llama_cpp_flags_are_taken_and_flags_without_effect_say_so_once() {
-    let m = model();
+    let Some(m) = model() else { return };
     let m = m.to_str().unwrap();
     let o = run(&["-m", m, "-co", "-tb", "2", "-fa", "--mlock", "--no-mmap", "--no-warmup", "-mg", "0", "-ngl", "0", "--jinja", "--ctx_size", "256", "--top_k", "1", "-p", "Hi", "-n", "2"]);
     let err = text(&o.stderr);
@@ -102,7 +114,8 @@ fn assert_usage_error(args: &[&str], wanted: &[&str]) {
 
 #[test]
 fn bad_values_and_unknown_spellings_are_one_line_errors() {
-    let m = model();
+    let dir = tempfile::tempdir().unwrap();
+    let m = tiny(dir.path());
     let m = m.to_str().unwrap();
     assert_usage_error(&["-m", m, "-p", "x", "--temp", "nan"], &["--temp", "finite"]);
     assert_usage_error(&["-m", m, "-p", "x", "--temp", "-1"], &["--temp", "between 0 and 2"]);
@@ -143,13 +156,14 @@ fn help_and_version() {
 #[test]
 fn bundle_args_are_defaults_the_user_overrides() {
     let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path());
     let out = dir.path().join("x.llamafile");
     // README's example
     let p = Command::new(e2e::bin("pack"))
         .arg("--runtime")
         .arg(e2e::bin("llamafile"))
         .arg("--gguf")
-        .arg(model())
+        .arg(&model)
         .arg("-o")
         .arg(&out)
         .args(["--args", "--temp 0\n...\n-n 30"])
@@ -220,10 +234,11 @@ fail("Ctrl-C at the empty prompt did not end the program")
 
 #[test]
 fn ctrl_c_stops_a_reply_and_a_second_one_at_the_empty_prompt_exits() {
-    let py = match Command::new("python3").arg("-c").arg(PTY_CHAT).arg(e2e::bin("llamafile")).arg(model()).output() {
+    let Some(model) = model() else { return };
+    let py = match Command::new("python3").arg("-c").arg(PTY_CHAT).arg(e2e::bin("llamafile")).arg(model).output() {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("skipped: python3 is needed to drive a pseudo-terminal ({e})");
+            e2e::skip(&format!("python3 ({e})"), "install python3");
             return;
         }
     };
@@ -235,14 +250,7 @@ fn ctrl_c_stops_a_reply_and_a_second_one_at_the_empty_prompt_exits() {
 /// at its end-of-turn token (it used to complete the raw text: "Hellonodiscardnodiscard...").
 #[test]
 fn real_instruct_model_answers_a_prompt() {
-    let dir = std::env::var_os("LLAMAFILE_RS_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/llamafile-rs/models"));
-    let m = dir.join("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
-    if !m.exists() {
-        eprintln!("skipped: {} not found (scripts/fetch-model qwen)", m.display());
-        return;
-    }
+    let Some(m) = e2e::require_model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf") else { return };
     let q = "What is the capital of France? Answer in one word.";
     let o = run(&["-m", m.to_str().unwrap(), "-p", q, "-n", "16", "--temp", "0", "-c", "256"]);
     let (out, err) = (text(&o.stdout), text(&o.stderr));

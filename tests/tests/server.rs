@@ -193,7 +193,8 @@ fn server_starts_without_a_prompt_and_stops_on_ctrl_c() {
 
 #[test]
 fn server_takes_the_next_port_and_warns_off_loopback() {
-    let Some(m) = tiny_model() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let m = writer_model(dir.path());
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     let s = Server::start(&m, &["--server", "--nobrowser", "--port", &port.to_string()]);
@@ -225,7 +226,8 @@ fn raw_request(method: &str, path: &str, headers: &[&str], body: &str) -> Vec<u8
 
 #[test]
 fn server_model_id_is_the_file_stem_or_the_alias() {
-    let Some(m) = tiny_model() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let m = writer_model(dir.path());
     let stem = m.file_stem().unwrap().to_str().unwrap().to_string();
     let s = Server::start(&m, &["--server"]);
     assert_eq!(s.name, stem, "the URL line names the model id");
@@ -243,7 +245,8 @@ fn server_model_id_is_the_file_stem_or_the_alias() {
 
 #[test]
 fn server_refuses_other_hosts_and_origins() {
-    let Some(m) = tiny_model() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let m = writer_model(dir.path());
     let s = Server::start(&m, &["--server", "--cors-origin", "http://app.example:3000"]);
     let own = format!("Host: {}", s.addr);
     let chat = json!({ "messages": user("Hi"), "max_tokens": 2 }).to_string();
@@ -271,7 +274,8 @@ fn server_refuses_other_hosts_and_origins() {
 #[test]
 fn server_closes_idle_connections_and_caps_them() {
     use std::io::Read;
-    let Some(m) = tiny_model() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let m = writer_model(dir.path());
     let s = Server::start(&m, &["--server", "--header-timeout", "1", "--max-connections", "2"]);
     let t0 = Instant::now();
     let mut idle = std::net::TcpStream::connect(&s.addr).unwrap();

@@ -252,7 +252,7 @@ fn openai_client_parse_with_pydantic_on_qwen() {
     let Some(model) = real_model(QWEN) else { return };
     let have = Command::new("python3").args(["-c", "import openai, pydantic"]).output().map(|o| o.status.success()).unwrap_or(false);
     if !have {
-        eprintln!("SKIP: the `openai` Python package (with pydantic) is not installed (pip install openai)");
+        e2e::skip("the `openai` Python package (with pydantic)", "pip install openai");
         return;
     }
     let s = Server::start(&model, &["--server", "-c", "2048", "-t", "2"]);

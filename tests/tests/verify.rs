@@ -9,14 +9,13 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-fn pack(dir: &Path) -> PathBuf {
-    let gguf = e2e::shared().join("models/tiny-mistral-q4_k_m.gguf");
+fn pack(dir: &Path, gguf: &Path) -> PathBuf {
     let out = dir.join("tiny.llamafile");
     let r = Command::new(e2e::bin("pack"))
         .arg("--runtime")
         .arg(e2e::bin("llamafile"))
         .arg("--gguf")
-        .arg(&gguf)
+        .arg(gguf)
         .args(["--args", "-n 4", "-o"])
         .arg(&out)
         .output()
@@ -39,8 +38,11 @@ fn expect_corrupt(out: &Output, entry: &str) {
 
 #[test]
 fn verify_checks_every_entry_and_finds_one_flipped_byte() {
+    // The runtime's own tiny model: what is checked is the container, not the weights.
     let dir = tempfile::tempdir().unwrap();
-    let packed = pack(dir.path());
+    let plain = dir.path().join("tiny.gguf");
+    std::fs::write(&plain, llamafile::gguf::writer::tiny_model(&[], &[])).unwrap();
+    let packed = pack(dir.path(), &plain);
     let entries = llamafile::bundle::zip_entries(&packed).unwrap().unwrap();
     let gguf_bytes: u64 = entries.iter().map(|e| e.size).sum();
 
@@ -54,7 +56,7 @@ fn verify_checks_every_entry_and_finds_one_flipped_byte() {
 
     // One byte flipped in the middle of the weights, then the last of `.args` ("-n 4" becomes
     // "-n 5": still arguments the embedded run accepts, so it is --verify that fails).
-    for (entry, at) in [("tiny-mistral-q4_k_m.gguf", 0.5), (".args", 1.0)] {
+    for (entry, at) in [("tiny.gguf", 0.5), (".args", 1.0)] {
         let bad = dir.path().join(format!("bad{}.llamafile", entry.len()));
         std::fs::copy(&packed, &bad).unwrap();
         let e = entries.iter().find(|e| e.name == entry).unwrap();
@@ -69,7 +71,6 @@ fn verify_checks_every_entry_and_finds_one_flipped_byte() {
     }
 
     // A plain GGUF has no zip to verify: one line, non-zero.
-    let plain = e2e::shared().join("models/tiny-mistral-q4_k_m.gguf");
     let out = verify(Command::new(e2e::bin("llamafile")).arg("-m").arg(&plain));
     let err = text(&out.stderr);
     assert!(!out.status.success() && err.lines().count() == 1 && err.contains("nothing to verify"), "{err:?}");

@@ -17,6 +17,14 @@ pub fn tiny_model() -> Option<PathBuf> {
     Some(e2e::require_shared()?.join("models/tiny-mistral-q8_0.gguf"))
 }
 
+/// The runtime's own tiny model (`gguf::writer::tiny_model`, no chat template) written into
+/// `dir`: for the tests of the HTTP layer, which need some model but not the Mistral one.
+pub fn writer_model(dir: &Path) -> PathBuf {
+    let p = dir.join("tiny.gguf");
+    std::fs::write(&p, llamafile::gguf::writer::tiny_model(&[], &[])).unwrap();
+    p
+}
+
 /// A real model fetched by `scripts/fetch-model`; `None` (the skip recorded) if absent.
 pub fn real_model(file: &str) -> Option<PathBuf> {
     e2e::require_model(file)
