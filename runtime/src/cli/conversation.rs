@@ -4,9 +4,9 @@
 //! stops the reply being generated and returns to the prompt, and Ctrl-C at an empty prompt
 //! (or Ctrl-D, or `/exit`) ends the program.
 
-use super::generate::{encode_prompt, log_prompt, max_tokens, process_escapes, sampling, timings};
+use super::generate::{encode_prompt, generate_request, log_prompt, process_escapes, timings};
 use super::Args;
-use crate::engine::{Engine, GenerateRequest, StopReason};
+use crate::engine::{Engine, StopReason};
 use crate::tokenizer::chat::ChatMessage;
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, IsTerminal, Write};
@@ -201,14 +201,7 @@ pub fn run(args: &Args, engine: &Engine, first: Option<String>, turns: Turns) ->
             bail!("the conversation is {} tokens, longer than the context of {} (use -c to make it larger)", ids.len(), engine.n_ctx());
         }
         log_prompt(args, &ids);
-        let req = GenerateRequest {
-            prompt: ids,
-            max_tokens: max_tokens(args),
-            sampling: sampling(args)?,
-            stop: args.reverse_prompt.clone(),
-            ignore_eos: args.ignore_eos,
-            grammar: super::structured::grammar(args)?,
-        };
+        let req = generate_request(args, ids)?;
         let mut reply = String::new();
         let mut out = std::io::stdout().lock();
         INTERRUPT.start();

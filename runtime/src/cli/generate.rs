@@ -178,6 +178,18 @@ pub fn timings(args: &Args, s: &GenerationStats) {
     );
 }
 
+/// What the command line asks of one generation: `-n`, sampling, `-r` stop strings, the grammar.
+pub fn generate_request(args: &Args, prompt: Vec<u32>) -> Result<GenerateRequest> {
+    Ok(GenerateRequest {
+        prompt,
+        max_tokens: max_tokens(args),
+        sampling: sampling(args)?,
+        stop: args.reverse_prompt.clone(),
+        ignore_eos: args.ignore_eos,
+        grammar: super::structured::grammar(args)?,
+    })
+}
+
 pub fn max_tokens(args: &Args) -> usize {
     if args.n_predict < 0 {
         usize::MAX
@@ -222,14 +234,7 @@ fn prompt(args: &Args, engine: &Engine) -> Result<i32> {
         out.write_all(text.as_bytes())?;
         out.flush()?;
     }
-    let req = GenerateRequest {
-        prompt: ids,
-        max_tokens: max_tokens(args),
-        sampling: sampling(args)?,
-        stop: args.reverse_prompt.clone(),
-        ignore_eos: args.ignore_eos,
-        grammar: super::structured::grammar(args)?,
-    };
+    let req = generate_request(args, ids)?;
     let mut write_err = None;
     let stats = session.generate(&req, &mut |piece| match out.write_all(piece.as_bytes()).and_then(|_| out.flush()) {
         Ok(()) => true,
