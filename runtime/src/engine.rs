@@ -44,6 +44,9 @@ pub struct LoadOptions {
     /// `--chat-template NAME|FILE`.
     pub chat_template: Option<String>,
     pub verbose: bool,
+    /// Sessions the caller keeps open at once (the server's slots): the memory they need is
+    /// checked at load, so that making them later cannot fail halfway.
+    pub n_sessions: usize,
 }
 
 impl Default for LoadOptions {
@@ -56,6 +59,7 @@ impl Default for LoadOptions {
             gpu: "auto".into(),
             chat_template: None,
             verbose: false,
+            n_sessions: 1,
         }
     }
 }
@@ -191,7 +195,7 @@ impl Engine {
         let n_batch = n_batch.clamp(1, n_ctx);
         let session = backends.iter().fold(0u64, |a, b| a.saturating_add(b.host_state_bytes(n_ctx, n_batch)));
         let buffers = 4 * (n_ctx as u64 + (n_batch * hp.n_embd) as u64 + 3 * hp.n_vocab as u64);
-        check_memory(session.saturating_add(buffers), n_ctx)?;
+        check_memory(session.saturating_add(buffers).saturating_mul(opts.n_sessions.max(1) as u64), n_ctx, opts.n_sessions)?;
         let load_ms = t0.elapsed().as_secs_f64() * 1e3;
         Ok(Engine {
             inner: Arc::new(Inner {
@@ -307,8 +311,13 @@ fn show_bytes(b: u64) -> String {
 /// Refuse, before allocating, a session for `n_ctx` positions that needs `need` bytes of host
 /// memory when less is available: one line with what was asked, what it needs and what there is
 /// (instead of an abort, or the OOM killer, halfway through the allocation).
-fn check_memory(need: u64, n_ctx: usize) -> Result<()> {
+fn check_memory(need: u64, n_ctx: usize, n_sessions: usize) -> Result<()> {
     match mem_available() {
+        Some(avail) if need > avail && n_sessions > 1 => bail!(
+            "{n_sessions} slots with a context of {n_ctx} tokens each need {} of memory for their KV caches and buffers, but {} is available; choose fewer slots (--parallel) or a smaller context (-c)",
+            show_bytes(need),
+            show_bytes(avail)
+        ),
         Some(avail) if need > avail => bail!(
             "a context of {n_ctx} tokens needs {} of memory for the KV cache and buffers, but {} is available; choose a smaller context (-c)",
             show_bytes(need),

@@ -96,6 +96,16 @@ fn a_context_larger_than_memory_is_an_error_not_an_abort() {
 }
 
 #[test]
+fn server_slots_larger_than_memory_are_an_error_before_serving() {
+    // Each slot has its own KV cache: all of them are checked at load, not when a slot is made.
+    let dir = tempfile::tempdir().unwrap();
+    let m = write(dir.path(), "tiny.gguf", &tiny_model(&[], &[]));
+    let e = one_line_error(&run("llamafile", &["-m", s(&m), "--server", "--nobrowser", "--port", "0", "-np", "100000000", "-c", "100000"]));
+    assert!(e.contains("100000000 slots with a context of 100000 tokens each need "), "{e}");
+    assert!(e.ends_with(" is available; choose fewer slots (--parallel) or a smaller context (-c)"), "{e}");
+}
+
+#[test]
 fn invalid_metadata_is_refused_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     for (key, value, want) in [

@@ -89,6 +89,7 @@ pub fn load_options(args: &Args, model: &std::path::Path) -> LoadOptions {
         gpu: args.gpu.clone(),
         chat_template: args.chat_template.clone(),
         verbose: args.verbose,
+        n_sessions: 1,
     }
 }
 

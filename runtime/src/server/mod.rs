@@ -98,15 +98,8 @@ impl AppState {
 pub fn run(args: &crate::cli::Args) -> anyhow::Result<i32> {
     // `-m`, else the weights inside this executable (one clear line when there are none).
     let path = crate::bundle::model_path(args.model.as_deref())?;
-    let opts = LoadOptions {
-        model: path.clone(),
-        n_ctx: (args.ctx_size > 0).then_some(args.ctx_size),
-        n_threads: args.threads,
-        n_gpu_layers: args.n_gpu_layers,
-        gpu: args.gpu.clone(),
-        chat_template: args.chat_template.clone(),
-        verbose: args.verbose,
-    };
+    // One KV cache per slot: all of them are checked against memory at load.
+    let opts = LoadOptions { n_sessions: args.parallel, ..crate::cli::generate::load_options(args, &path) };
     if args.parallel == 0 {
         anyhow::bail!("--parallel must be at least 1");
     }
