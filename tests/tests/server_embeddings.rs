@@ -5,6 +5,7 @@
 
 mod server_support;
 
+use llamafile::engine::embed::cosine;
 use serde_json::{json, Value};
 use server_support::*;
 use std::process::Command;
@@ -13,14 +14,6 @@ const QWEN: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
 
 fn floats(v: &Value) -> Vec<f32> {
     v.as_array().unwrap_or_else(|| panic!("not an array: {v}")).iter().map(|x| x.as_f64().unwrap() as f32).collect()
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len(), "widths differ");
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
-    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    dot / (na * nb)
 }
 
 fn ok(r: &Resp) -> Value {
@@ -47,6 +40,7 @@ fn server_embeddings_agree_with_the_reference_on_qwen() {
         assert_eq!(got.len(), n);
         for (i, g) in got.iter().enumerate() {
             let want = floats(&r["embeddings"][pooling][i]);
+            assert_eq!(g.len(), want.len(), "width");
             let c = cosine(g, &want);
             eprintln!("{pooling} text {i}: cosine {c:.6}");
             assert!(c >= 0.999, "{pooling} text {i}: cosine {c} with llama-embedding");
@@ -101,5 +95,22 @@ fn server_embeddings_langchain_client() {
     assert!(cosine(&docs[0], &docs[1]) < 0.99999, "different texts, different vectors");
     // --embedding is accepted and said once to have no effect
     let err = s.stderr();
+    assert_eq!(err.matches("--embedding is accepted for llama.cpp compatibility and has no effect").count(), 1, "{err}");
+}
+
+#[test]
+fn embedding_flags_are_checked_and_noted() {
+    let Some(m) = tiny_model() else { return };
+    let run = |args: &[&str]| Command::new(e2e::bin("llamafile")).arg("-m").arg(&m).args(args).output().unwrap();
+    for (value, wanted) in [("avg", "unknown pooling 'avg'"), ("rank", "pooling 'rank' (reranking) is not supported")] {
+        let o = run(&["--pooling", value, "-p", "x", "-n", "1"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "--pooling {value}: {err}");
+        assert!(err.contains("--pooling") && err.contains(wanted), "--pooling {value}: {err}");
+        assert_eq!(err.lines().filter(|l| l.starts_with("error")).count(), 1, "one line: {err}");
+    }
+    let o = run(&["--embeddings", "-p", "x", "-n", "1", "-c", "64"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
     assert_eq!(err.matches("--embedding is accepted for llama.cpp compatibility and has no effect").count(), 1, "{err}");
 }
