@@ -10,6 +10,7 @@
 //!   in the forward pass.
 //! - `Session::generate` reuses the longest common prefix of the cached tokens and the new prompt
 //!   (the server's prompt cache; `--chat` keeps earlier turns this way).
+//! - `Session::embed` (`embed`): pooled final hidden states of several inputs, batched together.
 
 pub mod embed;
 pub mod sampler;

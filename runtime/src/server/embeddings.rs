@@ -175,7 +175,8 @@ async fn embed(st: &Arc<AppState>, ids: Vec<Vec<u32>>, pooling: Pooling, normali
             *guard = Some(model.embedder().map_err(|e| ApiError::unavailable(format!("cannot compute embeddings: {e:#}")))?);
         }
         let s = guard.as_mut().expect("made above");
-        s.embed(&ids, pooling, normalize).map_err(|e| ApiError::bad_request(format!("{e:#}")))
+        // The inputs were checked above: what fails here is the server's fault.
+        s.embed(&ids, pooling, normalize).map_err(|e| ApiError::internal(format!("computing embeddings: {e:#}")))
     })
     .await
     .map_err(|e| ApiError::internal(format!("worker failed: {e}")))?
