@@ -10,7 +10,9 @@
 //!   in the forward pass.
 //! - `Session::generate` reuses the longest common prefix of the cached tokens and the new prompt
 //!   (the server's prompt cache; `--chat` keeps earlier turns this way).
+//! - `Session::embed` (`embed`): pooled final hidden states of several inputs, batched together.
 
+pub mod embed;
 pub mod sampler;
 
 use crate::backend::{self, Backend, BackendState, PlanOptions};
@@ -269,6 +271,14 @@ impl Engine {
     }
     pub fn n_batch(&self) -> usize {
         self.inner.n_batch
+    }
+    /// Width of the hidden states (and of the embeddings).
+    pub fn n_embd(&self) -> usize {
+        self.inner.model.hp.n_embd
+    }
+    /// The pooling the model's GGUF declares for embeddings (`embed::Pooling::from_model`).
+    pub fn pooling(&self) -> Result<Option<embed::Pooling>> {
+        embed::Pooling::from_model(&self.inner.model)
     }
     /// Time `load` took (map, tokenizer, tensor table), in milliseconds.
     pub fn load_ms(&self) -> f64 {

@@ -249,6 +249,17 @@ pub struct Args {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: u64,
 
+    // Embeddings (see `server::embeddings`): the endpoints are always on.
+    /// Accepted for llama.cpp compatibility: /v1/embeddings and /embedding are always served.
+    #[arg(long = "embedding", alias = "embeddings", help_heading = "Embeddings")]
+    pub embedding: bool,
+    /// Pooling of the token vectors into one embedding: none (one per token), mean, cls (first token), last (default: the model's, else none).
+    #[arg(long = "pooling", value_name = "none|mean|cls|last", value_parser = pooling, help_heading = "Embeddings")]
+    pub pooling: Option<crate::engine::embed::Pooling>,
+    /// Normalization of embeddings: -1 none, 0 max absolute (int16 range), 1 taxicab, 2 euclidean (default), N > 2 p-norm.
+    #[arg(long = "embd-normalize", value_name = "N", allow_negative_numbers = true, help_heading = "Embeddings")]
+    pub embd_normalize: Option<i32>,
+
     // Structured output (see `structured`): what the generated text must match.
     /// A GBNF grammar (llama.cpp syntax, start rule `root`) the output must match.
     #[arg(long = "grammar", group = "structured", help_heading = "Structured output")]
@@ -278,6 +289,11 @@ fn number<T: std::str::FromStr>(s: &str) -> Result<T, String> {
 fn count(s: &str) -> Result<usize, String> {
     let v: i64 = number(s)?;
     usize::try_from(v).map_err(|_| format!("must be 0 or more, got {v}"))
+}
+
+/// `--pooling`.
+fn pooling(s: &str) -> Result<crate::engine::embed::Pooling, String> {
+    crate::engine::embed::Pooling::parse(s).map_err(|e| e.to_string())
 }
 
 /// 1 or more.
@@ -350,6 +366,7 @@ impl Args {
             (self.split_mode.is_some(), "--split-mode"),
             (self.device.is_some(), "--device"),
             (self.flash_attn.is_some(), "--flash-attn"),
+            (self.embedding, "--embedding"),
         ]
         .into_iter()
         .filter_map(|(given, name)| given.then_some(name))

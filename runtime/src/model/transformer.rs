@@ -217,12 +217,41 @@ pub fn layer_forward(
     ws: &mut Workspace,
     rope: &RopeTable,
 ) {
+    layer_forward_spans(model, il, x, &[Span { first: 0, len: n, pos }], kv, ws, rope)
+}
+
+/// One sequence's tokens in a batch: rows `first..first + len` of the residual stream, at
+/// positions `pos..pos + len` (also their rows in the cache).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    pub first: usize,
+    pub len: usize,
+    pub pos: usize,
+}
+
+/// `layer_forward` over independent sequences packed in one batch (`spans` cover the rows of
+/// `x` in order): the projections and the FFN run over every token at once, and each span
+/// attends only to its own keys. Spans are handled one after another, each writing its keys
+/// and attending right away, so spans may share cache rows (several sequences each from
+/// position 0): a later span overwrites keys that an earlier one no longer needs.
+#[allow(clippy::too_many_arguments)]
+pub fn layer_forward_spans(
+    model: &Model,
+    il: usize,
+    x: &mut [f32],
+    spans: &[Span],
+    kv: &mut LayerKv,
+    ws: &mut Workspace,
+    rope: &RopeTable,
+) {
+    let n = spans.last().map_or(0, |s| s.first + s.len);
     let hp = &model.hp;
     let lw = &model.layers[il];
     let la = hp.layers[il];
     let (e, hd) = (hp.n_embd, hp.head_dim);
     let (qd, kd, vd) = (hp.q_dim(), hp.k_dim(), hp.v_dim());
-    debug_assert!(n <= ws.max_batch && pos + n <= ws.n_ctx && pos + n <= rope.n_ctx);
+    debug_assert!(n <= ws.max_batch);
+    debug_assert!(spans.iter().all(|s| s.pos + s.len <= ws.n_ctx && s.pos + s.len <= rope.n_ctx));
     let eps = hp.rms_eps;
 
     // ---- attention ----
@@ -235,24 +264,28 @@ pub fn layer_forward(
     add_bias(&mut ws.v, &lw.bv, n);
     let style = hp.recipe.rope;
     let n_rot = hp.n_rot;
-    for t in 0..n {
-        let p = pos + t;
-        for h in ws.q[t * qd..(t + 1) * qd].chunks_exact_mut(hd) {
-            if let Some(w) = &lw.q_norm {
-                rmsnorm_inplace(h, w, eps);
+    let ao = hp.n_head * hp.head_dim_v;
+    for s in spans {
+        for t in s.first..s.first + s.len {
+            let p = s.pos + (t - s.first);
+            for h in ws.q[t * qd..(t + 1) * qd].chunks_exact_mut(hd) {
+                if let Some(w) = &lw.q_norm {
+                    rmsnorm_inplace(h, w, eps);
+                }
+                rope.apply(style, &mut h[..n_rot], p);
             }
-            rope.apply(style, &mut h[..n_rot], p);
-        }
-        for h in ws.k[t * kd..(t + 1) * kd].chunks_exact_mut(hd) {
-            if let Some(w) = &lw.k_norm {
-                rmsnorm_inplace(h, w, eps);
+            for h in ws.k[t * kd..(t + 1) * kd].chunks_exact_mut(hd) {
+                if let Some(w) = &lw.k_norm {
+                    rmsnorm_inplace(h, w, eps);
+                }
+                rope.apply(style, &mut h[..n_rot], p);
             }
-            rope.apply(style, &mut h[..n_rot], p);
+            ops::f32_to_f16_slice(&ws.k[t * kd..(t + 1) * kd], &mut kv.k[p * kd..(p + 1) * kd]);
+            ops::f32_to_f16_slice(&ws.v[t * vd..(t + 1) * vd], &mut kv.v[p * vd..(p + 1) * vd]);
         }
-        ops::f32_to_f16_slice(&ws.k[t * kd..(t + 1) * kd], &mut kv.k[p * kd..(p + 1) * kd]);
-        ops::f32_to_f16_slice(&ws.v[t * vd..(t + 1) * vd], &mut kv.v[p * vd..(p + 1) * vd]);
+        let (q, att) = (&ws.q[s.first * qd..], &mut ws.att[s.first * ao..(s.first + s.len) * ao]);
+        attention(hp, la, s.len, s.pos, kv, q, att);
     }
-    attention(hp, la, n, pos, kv, &ws.q, &mut ws.att);
     project(model, &lw.wo, &ws.att, n, &mut ws.proj, &mut ws.scratch);
     residual_add(x, &mut ws.proj, n, e, lw.attn_post_norm.as_deref(), eps);
 

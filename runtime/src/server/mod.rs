@@ -15,6 +15,7 @@
 
 pub mod access;
 pub mod assets;
+pub mod embeddings;
 pub mod error;
 pub mod generation;
 pub mod listen;
@@ -29,6 +30,8 @@ pub mod testing;
 mod tests;
 #[cfg(test)]
 mod tests_access;
+#[cfg(test)]
+mod tests_embeddings;
 #[cfg(test)]
 mod tests_limits;
 pub mod types;
@@ -68,12 +71,16 @@ pub struct AppState {
     pub log: bool,
     /// Unix time the server started (`created` of `/v1/models`).
     pub started: u64,
+    /// `/v1/embeddings` and `/embedding`: pooling, normalization, their session.
+    pub embeddings: embeddings::Embeddings,
 }
 
 impl AppState {
     pub fn new(model: Arc<dyn Model>, parallel: usize, defaults: SamplingParams) -> Arc<AppState> {
         let pool = slots::SlotPool::new(&*model, parallel);
+        let embeddings = embeddings::Embeddings::new(&*model, None, None);
         Arc::new(AppState {
+            embeddings,
             model_id: model.name().to_string(),
             other_model_noted: AtomicBool::new(false),
             access: access::Access::default(),
@@ -137,6 +144,7 @@ pub fn run(args: &crate::cli::Args) -> anyhow::Result<i32> {
             st.log = !args.log_disable;
             st.model_id = model_id;
             st.access = access;
+            st.embeddings = embeddings::Embeddings::new(&*st.model, args.pooling, args.embd_normalize);
         }
         serve(state, listener, limits, !args.nobrowser).await
     })?;

@@ -27,6 +27,21 @@ pub trait Model: Send + Sync + 'static {
     fn template_name(&self) -> String;
     /// A session with its own KV cache.
     fn new_session(&self) -> Box<dyn ModelSession>;
+
+    // Embeddings (`server::embeddings`).
+    /// Width of the embeddings (0 for a model that computes none).
+    fn n_embd(&self) -> usize {
+        0
+    }
+    /// The pooling the model declares (`None`: it declares none); an error for one that cannot
+    /// be served (rank).
+    fn declared_pooling(&self) -> anyhow::Result<Option<crate::engine::embed::Pooling>> {
+        Ok(None)
+    }
+    /// A session for embeddings only, apart from the chat slots.
+    fn embedder(&self) -> anyhow::Result<Box<dyn super::embeddings::Embedder>> {
+        anyhow::bail!("this model computes no embeddings")
+    }
 }
 
 pub trait ModelSession: Send {
@@ -74,6 +89,15 @@ impl Model for EngineModel {
     }
     fn new_session(&self) -> Box<dyn ModelSession> {
         Box::new(self.0.new_session())
+    }
+    fn n_embd(&self) -> usize {
+        self.0.n_embd()
+    }
+    fn declared_pooling(&self) -> anyhow::Result<Option<crate::engine::embed::Pooling>> {
+        self.0.pooling()
+    }
+    fn embedder(&self) -> anyhow::Result<Box<dyn super::embeddings::Embedder>> {
+        Ok(Box::new(self.0.try_new_session()?))
     }
 }
 

@@ -39,6 +39,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/completion", post(llama_completion))
         .route("/tokenize", post(tokenize))
         .route("/detokenize", post(detokenize))
+        .route("/v1/embeddings", post(super::embeddings::v1_embeddings))
+        .route("/embeddings", post(super::embeddings::llama_embedding))
+        .route("/embedding", post(super::embeddings::llama_embedding))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -149,7 +152,7 @@ async fn model_by_id(State(st): St, axum::extract::Path(id): axum::extract::Path
 /// the request names (OpenAI's SDKs require the field and scripts written for OpenAI name its
 /// models); the response's `model` says which answered. Naming another model is reported once
 /// on stderr, so that the substitution is visible to whoever runs the server.
-fn note_requested_model(st: &AppState, requested: Option<&str>) {
+pub(super) fn note_requested_model(st: &AppState, requested: Option<&str>) {
     let Some(m) = requested else { return };
     if m.is_empty() || m == st.model_id || st.other_model_noted.swap(true, std::sync::atomic::Ordering::Relaxed) {
         return;

@@ -110,6 +110,15 @@ impl Model for FakeModel {
     fn template_name(&self) -> String {
         "fake".into()
     }
+    fn n_embd(&self) -> usize {
+        super::tests_embeddings::FAKE_N_EMBD
+    }
+    fn declared_pooling(&self) -> anyhow::Result<Option<crate::engine::embed::Pooling>> {
+        Ok(Some(crate::engine::embed::Pooling::Mean))
+    }
+    fn embedder(&self) -> anyhow::Result<Box<dyn super::embeddings::Embedder>> {
+        Ok(Box::new(super::tests_embeddings::FakeEmbedder))
+    }
     fn new_session(&self) -> Box<dyn ModelSession> {
         self.counters.sessions.fetch_add(1, Ordering::SeqCst);
         Box::new(FakeSession {
