@@ -78,7 +78,8 @@ fn server_embeddings_langchain_client() {
         e2e::skip("the `langchain-community` Python package", "pip install langchain-community");
         return;
     }
-    let s = Server::start(&m, &["--server", "-c", "512", "--pooling", "mean", "--embedding"]);
+    // No --pooling: a chat model's embeddings work out of the box (mean pooling).
+    let s = Server::start(&m, &["--server", "-c", "512", "--embedding"]);
     let script = e2e::root().join("tests/langchain_embeddings.py");
     let out = Command::new("python3").arg(&script).arg(&s.url).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

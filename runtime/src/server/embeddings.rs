@@ -3,10 +3,11 @@
 //! - One session, apart from the chat slots, serves every embedding request (made on the first
 //!   one); requests take turns on it, so chat generation goes on undisturbed beside them. All
 //!   the inputs of a request go through it together (batched by the engine).
-//! - Pooling: `--pooling`, else the model's (`<arch>.pooling_type`), else `none` as the
-//!   reference engine does for a model that declares none. `/v1/embeddings` needs one vector
-//!   per input, so with `none` it answers 400 saying to start with `--pooling` (as llama.cpp's
-//!   server does); `/embedding` then gives one vector per token.
+//! - Pooling: `--pooling`, else the model's (`<arch>.pooling_type`), else `mean`. The chat
+//!   models declare none; the reference's `llama-embedding` then gives one vector per token,
+//!   which the clients of these endpoints (OpenAI's SDK, LangChain) cannot use, so a server
+//!   started without flags answers them with the mean. With `none` (asked for, or declared as 0)
+//!   `/v1/embeddings` answers 400 and `/embedding` gives one vector per token.
 //! - Normalization: the request's `embd_normalize` (llama.cpp's field), else `--embd-normalize`
 //!   (default 2, euclidean); per-token vectors are not normalized (as llama.cpp's server).
 //! - Inputs: a string, an array of strings, an array of token ids, or an array of those. Text
@@ -51,7 +52,7 @@ impl Embeddings {
     pub fn new(model: &dyn super::model::Model, pooling: Option<Pooling>, normalize: Option<i32>) -> Embeddings {
         let pooling = match pooling {
             Some(p) => Ok(p),
-            None => model.declared_pooling().map(|p| p.unwrap_or(Pooling::None)).map_err(|e| format!("{e:#}")),
+            None => model.declared_pooling().map(|p| p.unwrap_or(Pooling::Mean)).map_err(|e| format!("{e:#}")),
         };
         Embeddings { pooling, normalize: normalize.unwrap_or(DEFAULT_NORMALIZE), session: Arc::default() }
     }
@@ -194,7 +195,7 @@ pub async fn v1_embeddings(State(st): State<Arc<AppState>>, ApiJson(req): ApiJso
     let (pooling, normalize) = settings(&st, &req)?;
     if pooling == Pooling::None {
         return Err(ApiError::bad_request(
-            "the pooling is 'none' (one vector per token; the model declares no pooling type), which /v1/embeddings cannot return: \
+            "the pooling is 'none' (one vector per token), which /v1/embeddings cannot return: \
              start the server with --pooling mean, cls or last, or use /embedding for the per-token vectors",
         ));
     }
