@@ -249,6 +249,17 @@ pub struct Args {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: u64,
 
+    // Server: metrics and API keys (server/metrics.rs, server/auth.rs)
+    /// Server: serve Prometheus metrics at /metrics (llama.cpp's metric names).
+    #[arg(long = "metrics", help_heading = "Server")]
+    pub metrics: bool,
+    /// Server: requests must carry this key (Authorization: Bearer KEY, or x-api-key: KEY); several comma-separated, or repeat the flag. /health and the chat page are open.
+    #[arg(long = "api-key", value_name = "KEY", help_heading = "Server")]
+    pub api_key: Vec<String>,
+    /// Server: a file of API keys, one per line (as --api-key). Repeatable.
+    #[arg(long = "api-key-file", value_name = "FILE", help_heading = "Server")]
+    pub api_key_file: Vec<PathBuf>,
+
     // Structured output (see `structured`): what the generated text must match.
     /// A GBNF grammar (llama.cpp syntax, start rule `root`) the output must match.
     #[arg(long = "grammar", group = "structured", help_heading = "Structured output")]
