@@ -6,7 +6,7 @@
 //! which is what its clients read. `POST /v1/messages/count_tokens` counts a request's prompt.
 
 use super::error::{ApiError, ApiJson};
-use super::generation::{self, GenEvent};
+use super::generation::{self, GenEvent, PromptCache};
 use super::routes::{blocking, sse_response};
 use super::turn::{self, TurnRequest};
 use super::types::{random_u64, validate_sampling, OneOrMany, SamplingFields};
@@ -78,6 +78,8 @@ pub struct MessagesRequest {
     pub sampling: SamplingOptions,
     pub tools: Option<Value>,
     pub tool_choice: Option<Value>,
+    /// llama.cpp's: `false` evaluates the whole prompt instead of reusing the slot's cache.
+    pub cache_prompt: Option<bool>,
 }
 
 /// The text of `text` blocks (or a string); `what` names the field in errors.
@@ -262,8 +264,9 @@ fn prepare(st: &AppState, req: MessagesRequest) -> Result<Prepared, ApiError> {
     let fields = SamplingFields { sampling: req.sampling, stop: Some(OneOrMany::Many(stops.clone())), ignore_eos: None };
     let sampling = validate_sampling(fields, None, &st.defaults)?;
     let messages = chat_messages(req.system.as_ref(), &req.messages)?;
+    let cache = PromptCache::from_request(req.cache_prompt);
     Ok(Prepared {
-        turn: TurnRequest { messages, tools: plan, grammar: None, max_tokens: Some(max_tokens), sampling, model: req.model, param: "messages" },
+        turn: TurnRequest { messages, tools: plan, grammar: None, max_tokens: Some(max_tokens), sampling, model: req.model, param: "messages", cache },
         stops,
         calls,
     })

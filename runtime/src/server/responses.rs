@@ -8,7 +8,7 @@
 //! are refused, since a later request could not find what they refer to.
 
 use super::error::{ApiError, ApiJson};
-use super::generation::{finish_reason, GenEvent};
+use super::generation::{finish_reason, GenEvent, PromptCache};
 use super::routes::sse_response;
 use super::turn::{self, TurnRequest};
 use super::types::{random_u64, unix_time, validate_sampling, SamplingFields};
@@ -52,6 +52,8 @@ pub struct ResponsesRequest {
     pub background: Option<bool>,
     pub conversation: Option<Value>,
     pub metadata: Option<Value>,
+    /// llama.cpp's: `false` evaluates the whole prompt instead of reusing the slot's cache.
+    pub cache_prompt: Option<bool>,
 }
 
 fn stateless(field: &str) -> ApiError {
@@ -354,7 +356,7 @@ pub async fn create(State(st): State<Arc<AppState>>, ApiJson(req): ApiJson<Respo
         Some(n) => return Err(ApiError::invalid_field("max_output_tokens", format!("'max_output_tokens' must be at least 1, got {n}"))),
     };
     let messages = input_messages(req.instructions.clone(), req.input)?;
-    let t = turn::start(&st, TurnRequest { messages, tools: plan, grammar, max_tokens, sampling, model: req.model.clone(), param: "input" }).await?;
+    let t = turn::start(&st, TurnRequest { messages, tools: plan, grammar, max_tokens, sampling, model: req.model.clone(), param: "input", cache: PromptCache::from_request(req.cache_prompt) }).await?;
     let shape = Shape {
         id: format!("resp_{:016x}{:016x}", random_u64(), random_u64()),
         created_at: unix_time(),

@@ -28,6 +28,8 @@ pub struct TurnRequest {
     pub model: Option<String>,
     /// The request field errors about the conversation name (`input`, `messages`).
     pub param: &'static str,
+    /// llama.cpp's `cache_prompt` (`false`: evaluate the whole prompt).
+    pub cache: PromptCache,
 }
 
 /// A queued turn: its events, and what is known before it runs.
@@ -52,7 +54,7 @@ pub async fn start(st: &Arc<AppState>, t: TurnRequest) -> Result<Turn, ApiError>
     let prompt_tokens = prompt.len();
     let grammar = t.tools.as_ref().and_then(|p| p.grammar.clone()).or(t.grammar);
     let gen = GenerateRequest { grammar, ..generate_request(st, prompt, param, t.max_tokens, t.sampling)? };
-    let rx = generation::start(st, gen, PromptCache::Reuse);
+    let rx = generation::start(st, gen, t.cache);
     note_requested_model(st, t.model.as_deref());
     Ok(Turn { rx, prompt_tokens, tools: t.tools })
 }
