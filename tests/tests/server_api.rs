@@ -189,6 +189,8 @@ fn server_responses_api() {
         (json!({"input": [{"type": "input_image", "image_url": "x"}]}), "input[0].type"),
         (json!({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}), "input[0].content[0].type"),
         (json!({"input": "x", "tools": [{"type": "web_search"}]}), "tools[0].type"),
+        (json!({"input": "x", "tools": [{"type": "function", "name": "a b"}]}), "tools[0].name"),
+        (json!({"input": "x", "tools": [{"type": "function", "name": "f"}], "tool_choice": {"type": "function", "name": "g"}}), "tool_choice.name"),
         (json!({"input": 5}), "input"),
         (json!({"input": "x", "temperature": 9}), "temperature"),
     ] {

@@ -258,7 +258,11 @@ fn prepare(st: &AppState, req: MessagesRequest) -> Result<Prepared, ApiError> {
     let (tools, choice, parallel) = chat_tools(req.tools.as_ref(), req.tool_choice.as_ref())?;
     let no_calls = choice.as_ref().and_then(Value::as_str) == Some("none");
     // calls are read from the whole reply; a stream that may hold them is sent once it is read
-    let plan = super::tools::plan(tools.as_ref(), choice.as_ref(), parallel, false)?;
+    let plan = super::tools::plan(tools.as_ref(), choice.as_ref(), parallel, false).map_err(|e| {
+        // errors name the fields as this API spells them (`tools[0].input_schema`)
+        let param = e.param.as_deref().map(|p| p.replace(".function.parameters", ".input_schema").replace(".function.", "."));
+        ApiError { param, ..e }
+    })?;
     let calls = plan.is_some() && !no_calls;
     let stops = req.stop_sequences.unwrap_or_default();
     let fields = SamplingFields { sampling: req.sampling, stop: Some(OneOrMany::Many(stops.clone())), ignore_eos: None };

@@ -345,7 +345,9 @@ pub async fn create(State(st): State<Arc<AppState>>, ApiJson(req): ApiJson<Respo
     let no_calls = choice.as_ref().and_then(Value::as_str) == Some("none");
     // A reply that may hold calls is read whole before it is streamed (tools::plan is asked as
     // for a non-streaming request).
-    let plan = super::tools::plan(tools.as_ref(), choice.as_ref(), req.parallel_tool_calls, false)?;
+    let plan = super::tools::plan(tools.as_ref(), choice.as_ref(), req.parallel_tool_calls, false)
+        // errors name the fields as this API spells them (`tools[0].name`)
+        .map_err(|e| ApiError { param: e.param.as_deref().map(|p| p.replace(".function.", ".")), ..e })?;
     let buffered = stream && plan.is_some() && !no_calls;
     let format = response_format(req.text.as_ref())?;
     let grammar = if plan.as_ref().is_some_and(|p| p.grammar.is_some()) { None } else { super::structured::response_format(format.as_ref())? };
