@@ -223,7 +223,7 @@ fn server_messages_api() {
     if text.chars().count() >= 4 {
         let stop: String = text.chars().skip(2).take(2).collect();
         let mut b = body.clone();
-        b["stop_sequences"] = json!(["\u{2603}never", stop]);
+        b["stop_sequences"] = json!(["", "\u{2603}never", stop]);
         let c = s.post("/v1/messages", &b).json();
         assert_eq!((c["stop_reason"].as_str(), c["stop_sequence"].as_str()), (Some("stop_sequence"), Some(stop.as_str())), "{c}");
         assert_eq!(c["content"][0]["text"].as_str().unwrap(), &text[..text.find(&stop).unwrap()]);

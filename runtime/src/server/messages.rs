@@ -264,9 +264,10 @@ fn prepare(st: &AppState, req: MessagesRequest) -> Result<Prepared, ApiError> {
         ApiError { param, ..e }
     })?;
     let calls = plan.is_some() && !no_calls;
-    let stops = req.stop_sequences.unwrap_or_default();
-    let fields = SamplingFields { sampling: req.sampling, stop: Some(OneOrMany::Many(stops.clone())), ignore_eos: None };
+    let fields = SamplingFields { sampling: req.sampling, stop: req.stop_sequences.map(OneOrMany::Many), ignore_eos: None };
     let sampling = validate_sampling(fields, None, &st.defaults)?;
+    // the list the engine got (empty strings dropped): `stop_index` counts in it
+    let stops = sampling.stop.clone();
     let messages = chat_messages(req.system.as_ref(), &req.messages)?;
     let cache = PromptCache::from_request(req.cache_prompt);
     Ok(Prepared {
