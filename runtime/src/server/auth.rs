@@ -29,6 +29,14 @@ pub struct ApiKeys {
     digests: Vec<[u8; 32]>,
 }
 
+/// A key is sent in an HTTP header: no spaces or control characters (`place` names its source).
+fn check_key(key: &str, place: &str) -> anyhow::Result<()> {
+    if let Some(c) = key.chars().find(|c| c.is_control() || c.is_whitespace()) {
+        bail!("{place}: an API key may not hold spaces or control characters (found {c:?})");
+    }
+    Ok(())
+}
+
 /// Says how many keys there are, never what they are.
 impl std::fmt::Debug for ApiKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -51,6 +59,7 @@ impl ApiKeys {
                 if k.is_empty() {
                     bail!("--api-key: an empty key (give KEY or KEY1,KEY2)");
                 }
+                check_key(k, "--api-key")?;
                 all.push(k.to_string());
             }
         }
@@ -63,14 +72,15 @@ impl ApiKeys {
             }
             let text = String::from_utf8(buf).map_err(|_| anyhow::anyhow!("{}: not UTF-8 text: an --api-key-file holds one key per line", escape_path(path)))?;
             let before = all.len();
-            all.extend(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from));
+            for (i, line) in text.lines().enumerate() {
+                let k = line.trim();
+                if !k.is_empty() {
+                    check_key(k, &format!("{} line {}", escape_path(path), i + 1))?;
+                    all.push(k.to_string());
+                }
+            }
             if all.len() == before {
                 bail!("{}: no key in it: an --api-key-file holds one key per line", escape_path(path));
-            }
-        }
-        for k in &all {
-            if let Some(c) = k.chars().find(|c| c.is_control() || c.is_whitespace()) {
-                bail!("an API key may not hold spaces or control characters (found {:?})", c);
             }
         }
         Ok(ApiKeys { digests: all.iter().map(|k| digest(k.as_bytes())).collect() })
@@ -141,7 +151,11 @@ mod tests {
         }
         assert!(ApiKeys::load(&[], &[]).unwrap().is_empty());
         assert!(ApiKeys::load(&["a,,b".into()], &[]).unwrap_err().to_string().contains("empty key"));
-        assert!(ApiKeys::load(&["a b".into()], &[]).is_err());
+        assert!(ApiKeys::load(&["a b".into()], &[]).unwrap_err().to_string().starts_with("--api-key: an API key may not hold spaces"));
+        let tab = dir.path().join("tab");
+        std::fs::write(&tab, "ok\nx\ty\n").unwrap();
+        let e = ApiKeys::load(&[], &[tab]).unwrap_err().to_string();
+        assert!(e.contains("tab line 2: an API key may not hold") && e.contains("'\\t'"), "{e}");
         let empty = dir.path().join("empty");
         std::fs::write(&empty, "\n\n").unwrap();
         assert!(ApiKeys::load(&[], &[empty]).unwrap_err().to_string().contains("no key"));
