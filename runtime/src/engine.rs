@@ -123,6 +123,10 @@ pub struct GenerationStats {
     pub prompt_ms: f64,
     pub generation_ms: f64,
     pub stop: StopReason,
+    /// Forward passes this generation ran (prompt batches plus one per token fed back).
+    pub decode_calls: usize,
+    /// With `StopReason::StopString`: which of the request's `stop` strings was met.
+    pub stop_index: Option<usize>,
 }
 
 struct Inner {
@@ -248,6 +252,7 @@ impl Engine {
             x: vec![0.0; inner.n_batch * hp.n_embd],
             logits: vec![0.0; hp.n_vocab],
             sampler: Sampler::new(hp.n_vocab),
+            decode_calls: 0,
             tokens: Vec::with_capacity(inner.n_ctx),
             exact: 0,
             states,
@@ -372,6 +377,8 @@ pub struct Session {
     /// [n_vocab] logits of the last token processed.
     logits: Vec<f32>,
     sampler: Sampler,
+    /// Forward passes run so far (`GenerationStats::decode_calls` is the difference).
+    decode_calls: usize,
 }
 
 /// Largest logits buffer `eval_all` uses (values), so a 262k vocabulary does not need GBs.
@@ -433,6 +440,7 @@ impl Session {
             self.exact = pos + n;
         }
         self.tokens.extend_from_slice(toks);
+        self.decode_calls += 1;
         Ok(())
     }
 
@@ -510,6 +518,7 @@ impl Session {
             }
         }
         self.truncate(common);
+        let decodes_before = self.decode_calls;
         let t0 = Instant::now();
         self.eval(&prompt[common..], true)?;
         let prompt_ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -524,6 +533,7 @@ impl Session {
         let mut stopper = StopStrings::new(&req.stop);
         let t1 = Instant::now();
         let mut generated = 0;
+        let mut stop_index = None;
         let stop = loop {
             if generated >= req.max_tokens {
                 break StopReason::MaxTokens;
@@ -550,10 +560,11 @@ impl Session {
                         break StopReason::Cancelled;
                     }
                 }
-                StopOutcome::Stop(s) => {
+                StopOutcome::Stop(s, which) => {
                     if !s.is_empty() {
                         on_text(&s);
                     }
+                    stop_index = Some(which);
                     break StopReason::StopString;
                 }
             }
@@ -583,6 +594,8 @@ impl Session {
             prompt_ms,
             generation_ms: t1.elapsed().as_secs_f64() * 1e3,
             stop,
+            decode_calls: self.decode_calls - decodes_before,
+            stop_index,
         })
     }
 
@@ -597,8 +610,8 @@ struct StopStrings<'a> {
 enum StopOutcome {
     /// Text that is final.
     Emit(String),
-    /// A stop string was found: the text before it, then stop.
-    Stop(String),
+    /// A stop string was found: the text before it and which string it was, then stop.
+    Stop(String, usize),
 }
 
 impl<'a> StopStrings<'a> {
@@ -610,10 +623,11 @@ impl<'a> StopStrings<'a> {
             return StopOutcome::Emit(piece.to_string());
         }
         self.pending.push_str(piece);
-        if let Some(at) = self.stops.iter().filter(|s| !s.is_empty()).filter_map(|s| self.pending.find(s.as_str())).min() {
+        let found = self.stops.iter().enumerate().filter(|(_, s)| !s.is_empty()).filter_map(|(i, s)| Some((self.pending.find(s.as_str())?, i))).min();
+        if let Some((at, which)) = found {
             let out = self.pending[..at].to_string();
             self.pending.clear();
-            return StopOutcome::Stop(out);
+            return StopOutcome::Stop(out, which);
         }
         // Keep the longest suffix that is a prefix of some stop string.
         let mut keep = 0;
@@ -676,6 +690,8 @@ mod tests {
         assert_eq!(s1.cached_tokens, 0);
         assert_eq!(s1.generated_tokens, 12);
         assert_eq!(s1.stop, StopReason::MaxTokens);
+        // one prompt batch (13 tokens, batches of 16), then each token but the last fed back
+        assert_eq!(s1.decode_calls, 1 + 11);
         // same prompt again: all but the last token come from the cache, same continuation
         let (t2, s2) = run(&mut a, &prompt, 12, top1());
         assert_eq!(s2.cached_tokens, prompt.len() - 1);
@@ -804,31 +820,35 @@ mod tests {
             })
             .unwrap();
         assert_eq!(st.stop, StopReason::StopString);
+        assert_eq!(st.stop_index, Some(0));
         assert_eq!(text, full[..full.find(&stop).unwrap()]);
     }
 
-    fn stop_run(stops: &[&str], pieces: &[&str]) -> (String, bool) {
+    /// The text let through, and which stop string ended it (if one did).
+    fn stop_run(stops: &[&str], pieces: &[&str]) -> (String, Option<usize>) {
         let stops: Vec<String> = stops.iter().map(|s| s.to_string()).collect();
         let mut s = StopStrings::new(&stops);
         let mut out = String::new();
         for p in pieces {
             match s.push(p) {
                 StopOutcome::Emit(t) => out.push_str(&t),
-                StopOutcome::Stop(t) => {
+                StopOutcome::Stop(t, which) => {
                     out.push_str(&t);
-                    return (out, true);
+                    return (out, Some(which));
                 }
             }
         }
         out.push_str(&s.flush());
-        (out, false)
+        (out, None)
     }
 
     #[test]
     fn stop_strings_split_across_pieces_are_held_back_and_cut() {
-        assert_eq!(stop_run(&["</s>"], &["Hello", " wor", "ld</", "s> more"]), ("Hello world".into(), true));
-        assert_eq!(stop_run(&["STOP"], &["a S", "T", "x"]), ("a STx".into(), false));
-        assert_eq!(stop_run(&[], &["a", "b"]), ("ab".into(), false));
-        assert_eq!(stop_run(&["ab", "b"], &["xab"]), ("x".into(), true));
+        assert_eq!(stop_run(&["</s>"], &["Hello", " wor", "ld</", "s> more"]), ("Hello world".into(), Some(0)));
+        assert_eq!(stop_run(&["STOP"], &["a S", "T", "x"]), ("a STx".into(), None));
+        assert_eq!(stop_run(&[], &["a", "b"]), ("ab".into(), None));
+        assert_eq!(stop_run(&["ab", "b"], &["xab"]), ("x".into(), Some(0)));
+        // the string met first is reported, whatever its place in the list
+        assert_eq!(stop_run(&["zz", "", "b"], &["xa", "b"]), ("xa".into(), Some(2)));
     }
 }

@@ -253,12 +253,22 @@ pub struct Args {
     /// Accepted for llama.cpp compatibility: /v1/embeddings and /embedding are always served.
     #[arg(long = "embedding", alias = "embeddings", help_heading = "Embeddings")]
     pub embedding: bool,
-    /// Pooling of the token vectors into one embedding: none (one per token), mean, cls (first token), last (default: the model's, else none).
+    /// Pooling of the token vectors into one embedding: none (one per token), mean, cls (first token), last (default: the model's, else mean).
     #[arg(long = "pooling", value_name = "none|mean|cls|last", value_parser = pooling, help_heading = "Embeddings")]
     pub pooling: Option<crate::engine::embed::Pooling>,
     /// Normalization of embeddings: -1 none, 0 max absolute (int16 range), 1 taxicab, 2 euclidean (default), N > 2 p-norm.
     #[arg(long = "embd-normalize", value_name = "N", allow_negative_numbers = true, help_heading = "Embeddings")]
     pub embd_normalize: Option<i32>,
+    // Server: metrics and API keys (server/metrics.rs, server/auth.rs)
+    /// Server: serve Prometheus metrics at /metrics (llama.cpp's metric names).
+    #[arg(long = "metrics", help_heading = "Server")]
+    pub metrics: bool,
+    /// Server: requests must carry this key (Authorization: Bearer KEY, or x-api-key: KEY); several comma-separated, or repeat the flag. /health and the chat page are open.
+    #[arg(long = "api-key", value_name = "KEY", help_heading = "Server")]
+    pub api_key: Vec<String>,
+    /// Server: a file of API keys, one per line (as --api-key). Repeatable.
+    #[arg(long = "api-key-file", value_name = "FILE", help_heading = "Server")]
+    pub api_key_file: Vec<PathBuf>,
 
     // Structured output (see `structured`): what the generated text must match.
     /// A GBNF grammar (llama.cpp syntax, start rule `root`) the output must match.

@@ -146,6 +146,7 @@ fn run_blocking(state: &AppState, mut lease: super::slots::SlotLease, req: Gener
     };
     let event = match result {
         Ok(Ok(stats)) => {
+            state.metrics.record(&stats);
             let slot = lease.slot();
             slot.cached.clear();
             slot.cached.extend_from_slice(&req.prompt);

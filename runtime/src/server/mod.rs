@@ -16,14 +16,19 @@
 pub mod access;
 pub mod assets;
 pub mod embeddings;
+pub mod auth;
 pub mod error;
 pub mod generation;
 pub mod listen;
+pub mod messages;
+pub mod metrics;
 pub mod model;
+pub mod responses;
 pub mod routes;
 pub mod slots;
 pub mod structured;
 pub mod tools;
+pub mod turn;
 #[cfg(test)]
 pub mod testing;
 #[cfg(test)]
@@ -73,6 +78,11 @@ pub struct AppState {
     pub started: u64,
     /// `/v1/embeddings` and `/embedding`: pooling, normalization, their session.
     pub embeddings: embeddings::Embeddings,
+    /// `--metrics`: serve `/metrics`; the counters are kept either way.
+    pub metrics_enabled: bool,
+    pub metrics: metrics::Metrics,
+    /// `--api-key`/`--api-key-file`: the keys requests must carry (none: no check).
+    pub api_keys: auth::ApiKeys,
 }
 
 impl AppState {
@@ -93,6 +103,9 @@ impl AppState {
             shutdown: watch::channel(false).0,
             log: true,
             started: types::unix_time(),
+            metrics_enabled: false,
+            metrics: metrics::Metrics::default(),
+            api_keys: auth::ApiKeys::default(),
         })
     }
 
@@ -116,6 +129,7 @@ pub fn run(args: &crate::cli::Args) -> anyhow::Result<i32> {
         None => model_id(&path),
     };
     let mut access = access::Access::new(true, &args.cors_origin)?;
+    let api_keys = auth::ApiKeys::load(&args.api_key, &args.api_key_file)?;
     let engine = Engine::load(&opts).with_context(|| format!("cannot load the model from {}", path.display()))?;
     let model: Arc<dyn Model> = Arc::new(model::EngineModel(Arc::new(engine)));
     // The command line's sampling flags, checked as a request's fields are; without -s each
@@ -145,6 +159,8 @@ pub fn run(args: &crate::cli::Args) -> anyhow::Result<i32> {
             st.model_id = model_id;
             st.access = access;
             st.embeddings = embeddings::Embeddings::new(&*st.model, args.pooling, args.embd_normalize);
+            st.metrics_enabled = args.metrics;
+            st.api_keys = api_keys;
         }
         serve(state, listener, limits, !args.nobrowser).await
     })?;
@@ -259,10 +275,10 @@ async fn stop_signal() {
 pub async fn serve(state: Arc<AppState>, listener: TcpListener, limits: listen::Limits, browser: bool) -> anyhow::Result<()> {
     let addr = listener.local_addr().context("cannot read the listening address")?;
     let url = browse_url(addr);
-    if !addr.ip().is_loopback() {
+    if !addr.ip().is_loopback() && state.api_keys.is_empty() {
         eprintln!(
             "warning: listening on {addr}, which other machines can reach: anyone who can connect can use \
-             the model (there is no authentication). Use --host 127.0.0.1 to keep it on this machine."
+             the model (there is no authentication). Use --host 127.0.0.1 to keep it on this machine, or --api-key."
         );
     }
     {

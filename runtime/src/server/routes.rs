@@ -42,9 +42,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/embeddings", post(super::embeddings::v1_embeddings))
         .route("/embeddings", post(super::embeddings::llama_embedding))
         .route("/embedding", post(super::embeddings::llama_embedding))
+        // Prometheus metrics, API keys, the Responses and Messages APIs (their own files)
+        .route("/metrics", get(super::metrics::handler))
+        .route("/v1/responses", post(super::responses::create))
+        .route("/responses", post(super::responses::create))
+        .route("/v1/messages", post(super::messages::create))
+        .route("/v1/messages/count_tokens", post(super::messages::count_tokens))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(state.clone(), super::auth::guard))
         .layer(middleware::from_fn_with_state(state.clone(), super::access::guard))
         .layer(middleware::from_fn_with_state(state.clone(), log_requests))
         .with_state(state)
@@ -166,12 +173,12 @@ pub(super) fn note_requested_model(st: &AppState, requested: Option<&str>) {
 }
 
 /// Run a CPU-bound step (template, tokenizer) on a blocking thread.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+pub(super) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::internal(format!("worker failed: {e}")))
 }
 
 /// Check the prompt against the context and settle how many tokens may be generated.
-fn generate_request(st: &AppState, prompt: Vec<u32>, param: &str, max_tokens: Option<usize>, s: Sampling) -> Result<GenerateRequest, ApiError> {
+pub(super) fn generate_request(st: &AppState, prompt: Vec<u32>, param: &str, max_tokens: Option<usize>, s: Sampling) -> Result<GenerateRequest, ApiError> {
     let n_ctx = st.model.n_ctx();
     if prompt.is_empty() {
         return Err(ApiError::invalid_field(param, "the prompt is empty"));
@@ -254,7 +261,7 @@ fn sse_text(s: impl AsRef<str>) -> Event {
     Event::default().data(s.as_ref())
 }
 
-fn sse_response<S>(events: S) -> Response
+pub(super) fn sse_response<S>(events: S) -> Response
 where
     S: Stream<Item = Result<Event, Infallible>> + Send + 'static,
 {
