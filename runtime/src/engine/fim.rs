@@ -5,14 +5,18 @@
 //! spelling of them (`<|fim_prefix|>`...), as the reference does: Qwen2.5-Coder's GGUF names
 //! none but spells all six.
 //!
-//! The prompt, with the repository-level layout where the model has the repository and file
-//! separator markers (Qwen2.5-Coder's training format):
+//! The prompt is `[BOS] <PRE>{prefix}{prompt}<SUF>{suffix}<MID>`. With extra files, where the
+//! model has the repository and file separator markers, they come first in the repository-level
+//! layout (Qwen2.5-Coder's training format):
 //!
 //! ```text
 //! [BOS] <REP>myproject\n <SEP>{file}\n{text} ... <SEP>filename\n <PRE>{prefix}{prompt}<SUF>{suffix}<MID>
 //! ```
 //!
-//! Without them, each extra file is put in front after a `--- snippet ---` line. `prompt` is text
+//! without them, each after a `--- snippet ---` line. Without extra files the repository header
+//! is left out: Qwen2.5-Coder-Instruct then answers the plain layout with code where it answers
+//! the header with prose about the code (the reference leaves it out too whenever its batch
+//! leaves no room for extra context, its default). `prompt` is text
 //! typed after the prefix (the reference's placement: it continues the prefix). BOS, when the
 //! model wants one, comes first: the model saw it at position 0 in training.
 
@@ -106,7 +110,7 @@ pub fn prompt(tok: &Tokenizer, fim: &FimTokens, input: &FimInput, budget: usize)
     let suffix = enc(input.suffix)?;
     let typed = enc(input.prompt)?;
     let mut extra = Vec::new();
-    if let Some(rep) = fim.rep {
+    if let (Some(rep), false) = (fim.rep, input.extra.is_empty()) {
         extra.push(rep);
         extra.extend(enc("myproject\n")?);
     }
@@ -120,7 +124,7 @@ pub fn prompt(tok: &Tokenizer, fim: &FimTokens, input: &FimInput, budget: usize)
         }
         extra.extend(enc(&f.text)?);
     }
-    if let Some(sep) = fim.sep {
+    if let (Some(sep), false) = (fim.sep, input.extra.is_empty()) {
         extra.push(sep);
         extra.extend(enc("filename\n")?);
     }

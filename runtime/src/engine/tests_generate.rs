@@ -216,4 +216,6 @@ fn fill_in_the_middle_prompt_layout() {
     ]);
     let want = layout(&[&[0], &enc("myproject\n"), &[2], &enc("x.py\n"), &b, &[2], &enc("filename\n"), &[5], &b, &[6], &a, &[7]]);
     assert_eq!(repo.fim_prompt(&extra, 100).unwrap().unwrap(), want);
+    // without extra files, the plain layout
+    assert_eq!(repo.fim_prompt(&input, 100).unwrap().unwrap(), layout(&[&[5], &b, &[6], &a, &[7]]));
 }
