@@ -61,12 +61,9 @@ fn finite(lp: f32) -> f32 {
     }
 }
 
-/// Chat's `logprobs.content`.
-pub fn chat_content(model: &dyn Model, tokens: &[TokenLogprob]) -> Value {
-    let entry = |id: u32, lp: f32| {
-        let (token, bytes) = text_of(model, id);
-        json!({ "token": token, "logprob": finite(lp), "bytes": bytes })
-    };
+/// One entry per token, made by `entry` (id, log-probability), with its alternatives made the
+/// same way under `top_logprobs`.
+fn with_top(tokens: &[TokenLogprob], entry: impl Fn(u32, f32) -> Value) -> Value {
     Value::Array(
         tokens
             .iter()
@@ -77,6 +74,14 @@ pub fn chat_content(model: &dyn Model, tokens: &[TokenLogprob]) -> Value {
             })
             .collect(),
     )
+}
+
+/// Chat's `logprobs.content`.
+pub fn chat_content(model: &dyn Model, tokens: &[TokenLogprob]) -> Value {
+    with_top(tokens, |id, lp| {
+        let (token, bytes) = text_of(model, id);
+        json!({ "token": token, "logprob": finite(lp), "bytes": bytes })
+    })
 }
 
 /// The completions API's `logprobs` object. `text` is the choice's text (so far, when
@@ -109,20 +114,10 @@ pub fn legacy(model: &dyn Model, tokens: &[TokenLogprob], text: &str, before: &s
 
 /// llama.cpp's `completion_probabilities`.
 pub fn llama(model: &dyn Model, tokens: &[TokenLogprob]) -> Value {
-    let entry = |id: u32, lp: f32| {
+    with_top(tokens, |id, lp| {
         let (token, bytes) = text_of(model, id);
         json!({ "id": id, "token": token, "bytes": bytes, "logprob": finite(lp) })
-    };
-    Value::Array(
-        tokens
-            .iter()
-            .map(|t| {
-                let mut e = entry(t.id, t.logprob);
-                e["top_logprobs"] = t.top.iter().map(|&(id, lp)| entry(id, lp)).collect();
-                e
-            })
-            .collect(),
-    )
+    })
 }
 
 #[cfg(test)]
