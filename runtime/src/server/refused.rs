@@ -18,6 +18,10 @@ pub struct Unhonoured {
     pub mirostat: Option<Value>,
     pub typical_p: Option<Value>,
     pub post_sampling_probs: Option<Value>,
+    pub dry_multiplier: Option<Value>,
+    pub xtc_probability: Option<Value>,
+    pub dynatemp_range: Option<Value>,
+    pub tfs_z: Option<Value>,
 }
 
 fn is_number(v: &Value, x: f64) -> bool {
@@ -34,7 +38,7 @@ fn is_empty(v: &Value) -> bool {
 
 impl Unhonoured {
     pub fn check(&self) -> Result<(), ApiError> {
-        let fields: [(&str, &Option<Value>, &dyn Fn(&Value) -> bool, &str); 7] = [
+        let fields: [(&str, &Option<Value>, &dyn Fn(&Value) -> bool, &str); 11] = [
             ("presence_penalty", &self.presence_penalty, &|v| is_number(v, 0.0), "0"),
             ("frequency_penalty", &self.frequency_penalty, &|v| is_number(v, 0.0), "0"),
             ("logit_bias", &self.logit_bias, &is_empty, "empty"),
@@ -42,6 +46,10 @@ impl Unhonoured {
             ("mirostat", &self.mirostat, &|v| is_number(v, 0.0), "0"),
             ("typical_p", &self.typical_p, &|v| is_number(v, 1.0), "1"),
             ("post_sampling_probs", &self.post_sampling_probs, &|v| *v == Value::Bool(false), "false"),
+            ("dry_multiplier", &self.dry_multiplier, &|v| is_number(v, 0.0), "0"),
+            ("xtc_probability", &self.xtc_probability, &|v| is_number(v, 0.0), "0"),
+            ("dynatemp_range", &self.dynatemp_range, &|v| is_number(v, 0.0), "0"),
+            ("tfs_z", &self.tfs_z, &|v| is_number(v, 1.0), "1"),
         ];
         for (name, value, neutral, shown) in fields {
             match value {
@@ -70,7 +78,7 @@ mod tests {
 
     #[test]
     fn neutral_values_pass_and_others_are_refused() {
-        let ok = parse(r#"{"presence_penalty":0,"frequency_penalty":0.0,"logit_bias":{},"best_of":1,"mirostat":0,"typical_p":1.0,"post_sampling_probs":false,"user":"x"}"#);
+        let ok = parse(r#"{"presence_penalty":0,"frequency_penalty":0.0,"logit_bias":{},"best_of":1,"mirostat":0,"typical_p":1.0,"post_sampling_probs":false,"user":"x","dry_multiplier":0,"xtc_probability":0.0,"dynatemp_range":0,"tfs_z":1}"#);
         assert!(ok.check().is_ok());
         assert!(parse(r#"{"logit_bias":null}"#).check().is_ok());
         for (body, field) in [
@@ -82,6 +90,10 @@ mod tests {
             (r#"{"typical_p":0.9}"#, "typical_p"),
             (r#"{"post_sampling_probs":true}"#, "post_sampling_probs"),
             (r#"{"presence_penalty":"high"}"#, "presence_penalty"),
+            (r#"{"dry_multiplier":0.8}"#, "dry_multiplier"),
+            (r#"{"xtc_probability":0.5}"#, "xtc_probability"),
+            (r#"{"dynatemp_range":0.5}"#, "dynatemp_range"),
+            (r#"{"tfs_z":0.95}"#, "tfs_z"),
         ] {
             let e = parse(body).check().unwrap_err();
             assert_eq!(e.param.as_deref(), Some(field), "{body}");
