@@ -18,10 +18,12 @@ pub mod sampler;
 use crate::backend::{self, Backend, BackendState, PlanOptions};
 use crate::escape::{escape, escape_path};
 use crate::gguf::GgufFile;
+use crate::model::transformer::INVARIANT_BATCH;
 use crate::model::Model;
 use crate::tokenizer::chat::ChatTemplate;
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 use anyhow::{bail, Context, Result};
+use kernels_cpu::matmul::balanced_chunks;
 use sampler::{Sampler, TokenConstraint};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -272,6 +274,7 @@ impl Engine {
             logits: vec![0.0; hp.n_vocab],
             sampler: Sampler::new(hp.n_vocab),
             tokens: Vec::with_capacity(inner.n_ctx),
+            exact: 0,
             states,
             inner,
         })
@@ -387,6 +390,9 @@ pub struct Session {
     states: Vec<Box<dyn BackendState>>,
     /// The tokens whose keys/values are in the cache, in order.
     tokens: Vec<u32>,
+    /// How many of the first `tokens` were computed in batches of `INVARIANT_BATCH` or more
+    /// (their keys and values do not depend on how the prompt was cut).
+    exact: usize,
     /// [n_batch x n_embd] residual stream of the batch being processed.
     x: Vec<f32>,
     /// [n_vocab] logits of the last token processed.
@@ -414,6 +420,7 @@ impl Session {
     }
     /// Forget everything from position `n` on.
     pub fn truncate(&mut self, n: usize) {
+        self.exact = self.exact.min(n);
         if n < self.tokens.len() {
             self.tokens.truncate(n);
             for s in &mut self.states {
@@ -448,19 +455,22 @@ impl Session {
             }
             Ok(())
         })?;
+        if n >= INVARIANT_BATCH && self.exact == pos {
+            self.exact = pos + n;
+        }
         self.tokens.extend_from_slice(toks);
         Ok(())
     }
 
     /// Append `tokens` to the cache, in batches; with `want_logits`, `logits()` then holds the
-    /// last token's.
+    /// last token's. No batch is shorter than `INVARIANT_BATCH` unless `tokens` is.
     pub fn eval(&mut self, tokens: &[u32], want_logits: bool) -> Result<()> {
         let nb = self.inner.n_batch;
         let mut logits = std::mem::take(&mut self.logits);
         let mut r = Ok(());
-        for (i, chunk) in tokens.chunks(nb).enumerate() {
-            let last = (i + 1) * nb >= tokens.len();
-            r = self.forward_batch(chunk, if last && want_logits { Some(&mut logits) } else { None });
+        for c in balanced_chunks(tokens.len(), nb, INVARIANT_BATCH) {
+            let last = c.end == tokens.len();
+            r = self.forward_batch(&tokens[c], if last && want_logits { Some(&mut logits) } else { None });
             if r.is_err() {
                 break;
             }
@@ -531,7 +541,18 @@ impl Session {
             bail!("token id {bad} is outside the vocabulary ({} tokens)", inner.model.hp.n_vocab);
         }
         // Reuse the common prefix, but always evaluate at least the last prompt token (its logits).
-        let common = self.tokens.iter().zip(prompt.iter()).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
+        let mut common = self.tokens.iter().zip(prompt.iter()).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
+        if req.sampling.temperature <= 0.0 {
+            // Greedy answers are the same whatever the cache held: reuse only keys and values
+            // computed in batches of `INVARIANT_BATCH` or more, and evaluate the rest as a fresh
+            // prompt would be (`eval` makes no batch shorter than that): the result is then
+            // bit-identical to evaluating the whole prompt. Costs the re-evaluation of the
+            // previous answer's tokens (computed one by one) and of a short prompt tail.
+            common = common.min(self.exact);
+            if prompt.len() - common < INVARIANT_BATCH {
+                common = prompt.len().saturating_sub(INVARIANT_BATCH);
+            }
+        }
         self.truncate(common);
         let t0 = Instant::now();
         self.eval(&prompt[common..], true)?;
@@ -739,26 +760,68 @@ mod tests {
         (text, st)
     }
 
+    /// Top-1 sampling at temperature 1: the same tokens as greedy, but not a greedy request, so
+    /// the whole common prefix is reused.
+    fn top1() -> SamplingParams {
+        SamplingParams { temperature: 1.0, top_k: 1, ..Default::default() }
+    }
+
     #[test]
     fn prefix_reuse_gives_the_same_tokens_as_a_fresh_session() {
         let Some(e) = tiny_engine(256) else { return };
         let prompt: Vec<u32> = vec![1, 415, 2936, 9060, 285, 1142, 461, 10575, 754, 272, 17898, 3914, 28723];
         let mut a = e.new_session();
-        let (t1, s1) = run(&mut a, &prompt, 12, greedy(12));
+        let (t1, s1) = run(&mut a, &prompt, 12, top1());
         assert_eq!(s1.cached_tokens, 0);
         assert_eq!(s1.generated_tokens, 12);
         assert_eq!(s1.stop, StopReason::MaxTokens);
         // same prompt again: all but the last token come from the cache, same continuation
-        let (t2, s2) = run(&mut a, &prompt, 12, greedy(12));
+        let (t2, s2) = run(&mut a, &prompt, 12, top1());
         assert_eq!(s2.cached_tokens, prompt.len() - 1);
         assert_eq!(t1, t2);
         // a prompt that shares a prefix, in a session that has seen something else, equals a fresh one
         let other: Vec<u32> = vec![1, 415, 2936, 9060, 28705, 28740];
-        let (t3, s3) = run(&mut a, &other, 8, greedy(8));
+        let (t3, s3) = run(&mut a, &other, 8, top1());
         assert_eq!(s3.cached_tokens, 4);
-        let (t4, _) = run(&mut e.new_session(), &other, 8, greedy(8));
+        let (t4, _) = run(&mut e.new_session(), &other, 8, top1());
         assert_eq!(t3, t4);
         assert!(!t1.is_empty());
+    }
+
+    /// A greedy answer after a cached prefix is bit-identical to a fresh session's, also when the
+    /// cache holds a previous answer (computed token by token) and the new prompt continues it
+    /// (a chat's next turn); the prefix computed in a full batch is still reused.
+    #[test]
+    fn greedy_answers_do_not_depend_on_what_the_cache_holds() {
+        let Some(dir) = test_support::require_shared() else { return };
+        for ty in ["q8_0", "q4_k_m", "f16"] {
+            let opts = LoadOptions {
+                model: dir.join(format!("models/tiny-mistral-{ty}.gguf")),
+                n_ctx: Some(512),
+                n_threads: Some(2),
+                ..Default::default()
+            };
+            let e = Engine::load(&opts).unwrap();
+            let ids = |n: u32, salt: u32| -> Vec<u32> { (0..n).map(|i| (i * 7919 + salt) % 30000 + 3).collect() };
+            let p1 = ids(100, 5);
+            let mut a = e.new_session();
+            run(&mut a, &p1, 20, greedy(20));
+            // The next turn: the previous prompt, the answer, and more.
+            let mut p2 = a.tokens().to_vec();
+            p2.extend(ids(70, 11));
+            let (ta, sa) = run(&mut a, &p2, 20, greedy(20));
+            let mut fresh = e.new_session();
+            let (tf, sf) = run(&mut fresh, &p2, 20, greedy(20));
+            assert!(a.logits() == fresh.logits(), "{ty}: last logits are not bit-identical");
+            assert_eq!(ta, tf, "{ty}: greedy text after the cache vs fresh");
+            assert_eq!(sf.cached_tokens, 0);
+            assert_eq!(sa.cached_tokens, p1.len(), "{ty}: the first prompt's batch is reused");
+            // A short prompt sharing the cache: evaluated whole, as fresh.
+            let p3 = ids(30, 5);
+            let (tc, sc) = run(&mut a, &p3, 10, greedy(10));
+            assert_eq!(sc.cached_tokens, 0);
+            assert_eq!(tc, run(&mut e.new_session(), &p3, 10, greedy(10)).0, "{ty}: short prompt");
+        }
     }
 
     #[test]

@@ -18,7 +18,7 @@
 use super::{FfnActivation, Hparams, LayerAttn, Model, RopeStyle, Weight};
 use half::f16;
 use kernels_cpu::ops;
-use kernels_cpu::matmul::{matmul, matmul_quantized, quantize_activations, Scratch};
+use kernels_cpu::matmul::{balanced_chunks, matmul, matmul_quantized, quantize_activations, Scratch, PANEL_MIN_TOKENS};
 use rayon::prelude::*;
 
 /// The FFN runs over at most this many tokens at a time, so its two [n x n_ff] buffers stay
@@ -262,9 +262,9 @@ pub fn layer_forward(
     }
     let nf = hp.n_ff;
     let chunk = ws.gate.len() / nf;
-    let mut t0 = 0;
-    while t0 < n {
-        let m = chunk.min(n - t0);
+    // No short last chunk: the matmul's arithmetic for a token would change with the cut.
+    for c in balanced_chunks(n, chunk, PANEL_MIN_TOKENS) {
+        let (t0, m) = (c.start, c.len());
         let xn = &ws.xn[t0 * e..(t0 + m) * e];
         let mut none: [f32; 0] = [];
         project_many(model, &[&lw.ffn_gate, &lw.ffn_up], xn, m, [&mut ws.gate, &mut ws.up, &mut none], 2, &mut ws.scratch);
@@ -275,7 +275,6 @@ pub fn layer_forward(
             FfnActivation::GeluTanh => ops::gelu_mul(g, u),
         });
         project(model, &lw.ffn_down, &ws.gate, m, &mut ws.proj[t0 * e..], &mut ws.scratch);
-        t0 += m;
     }
     residual_add(x, &mut ws.proj, n, e, lw.ffn_post_norm.as_deref(), eps);
 }
@@ -360,6 +359,14 @@ fn window_start(la: LayerAttn, p: usize) -> usize {
 /// Cache positions per tile (and the batch size from which the reference uses its tiled
 /// flash attention: ggml's `GGML_FA_TILE_Q` = `GGML_FA_TILE_KV` = 64).
 pub const FA_TILE: usize = 64;
+
+/// The smallest batch from which a token's arithmetic no longer depends on the batch it is in:
+/// the attention is tiled from `FA_TILE` queries and every projection then runs the panel
+/// kernels (the feed-forward and matmul cuts keep each piece at least `PANEL_MIN_TOKENS` long).
+/// Keys and values computed in such batches are bit-identical however the prompt was cut,
+/// which is what lets a cached prefix give the same answer as a fresh evaluation.
+pub const INVARIANT_BATCH: usize = FA_TILE;
+const _: () = assert!(PANEL_MIN_TOKENS <= INVARIANT_BATCH && 2 * PANEL_MIN_TOKENS <= FFN_CHUNK);
 /// Largest group (query heads per KV head) the tiled path's on-stack scores hold; larger
 /// groups (none of the supported models) take the one-pass path.
 const MAX_TILED_GROUP: usize = 16;
