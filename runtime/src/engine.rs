@@ -13,6 +13,8 @@
 //! - `Session::embed` (`embed`): pooled final hidden states of several inputs, batched together.
 
 pub mod embed;
+pub mod fim;
+pub mod logprobs;
 pub mod sampler;
 
 use crate::backend::{self, Backend, BackendState, PlanOptions};
@@ -103,6 +105,27 @@ pub struct GenerateRequest {
     pub grammar: Option<crate::grammar::Grammar>,
 }
 
+/// What a generation gives besides one text (`Session::generate_with`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GenerateOptions {
+    /// How many answers ("choices") to generate from the prompt; 0 is taken as 1.
+    pub n: usize,
+    /// Report each generated token's log-probability with this many likeliest alternatives
+    /// (`None` = no report; at most `logprobs::MAX_TOP_LOGPROBS` is sensible).
+    pub logprobs: Option<usize>,
+}
+
+/// What `Session::generate_with` reports, for choice number `.0`.
+#[derive(Debug)]
+pub enum Output<'a> {
+    /// A piece of the choice's text that is final.
+    Text(usize, &'a str),
+    /// A generated token, just before the text it begins (only with `GenerateOptions::logprobs`).
+    Token(usize, &'a logprobs::TokenLogprob),
+    /// The choice ended: its statistics (the prompt's figures are the generation's).
+    Done(usize, &'a GenerationStats),
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StopReason {
     /// An end token (EOS/EOT...).
@@ -142,6 +165,8 @@ struct Inner {
     /// The vocabulary's token trie for constrained sampling, built on the first request that
     /// has a grammar (the error as text: it is reported to every such request).
     grammar: std::sync::OnceLock<std::result::Result<Arc<crate::grammar::Factory>, String>>,
+    /// The fill-in-the-middle markers (`engine::fim`).
+    fim: fim::FimTokens,
 }
 
 /// A loaded model: weights (mmapped), tokenizer, template. `Send + Sync`; share it with `Arc`.
@@ -168,6 +193,7 @@ impl Engine {
         let model = Arc::new(Model::load(file.clone()).with_context(|| escape_path(path))?);
         // Its errors name the file.
         let tokenizer = Tokenizer::from_gguf(&file)?;
+        let fim = fim::FimTokens::from_gguf(&file, &tokenizer);
         let template = match ChatTemplate::from_gguf(&file, opts.chat_template.as_deref()) {
             Ok(t) => t,
             Err(e) if opts.chat_template.is_none() => {
@@ -217,6 +243,7 @@ impl Engine {
                 n_batch,
                 load_ms,
                 grammar: Default::default(),
+                fim,
             }),
         })
     }
@@ -262,6 +289,15 @@ impl Engine {
     /// The model's vocabulary prepared for constrained sampling (built once, on first use).
     pub fn grammar_factory(&self) -> Result<Arc<crate::grammar::Factory>> {
         self.inner.grammar_factory()
+    }
+    /// The model's fill-in-the-middle markers.
+    pub fn fim_tokens(&self) -> fim::FimTokens {
+        self.inner.fim
+    }
+    /// A fill-in-the-middle prompt of at most `budget` tokens (`engine::fim`); the inner error
+    /// says what the model lacks or what does not fit.
+    pub fn fim_prompt(&self, input: &fim::FimInput, budget: usize) -> Result<std::result::Result<Vec<u32>, String>> {
+        fim::prompt(&self.inner.tokenizer, &self.inner.fim, input, budget)
     }
     /// The model (hyperparameters, tensor views).
     pub fn model(&self) -> &Model {
@@ -492,6 +528,24 @@ impl Session {
         req: &GenerateRequest,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> anyhow::Result<GenerationStats> {
+        self.generate_with(req, &GenerateOptions::default(), &mut |out| match out {
+            Output::Text(_, text) => on_text(text),
+            Output::Token(..) | Output::Done(..) => true,
+        })
+    }
+
+    /// `generate`, with what `opts` asks for besides one text: `opts.n` choices from one
+    /// evaluation of the prompt (each choice starts from the prompt's cache and its logits,
+    /// with its own seed, `sampler::choice_seed`; the choices run one after another), and each
+    /// generated token's log-probabilities. `out` gets them as they come; return `false` to
+    /// cancel. The statistics returned count the prompt once and the tokens of every choice;
+    /// their `stop` is the last choice's (`Cancelled` when cancelled).
+    pub fn generate_with(
+        &mut self,
+        req: &GenerateRequest,
+        opts: &GenerateOptions,
+        out: &mut dyn FnMut(Output) -> bool,
+    ) -> anyhow::Result<GenerationStats> {
         let inner = self.inner.clone();
         let n_ctx = inner.n_ctx;
         let prompt = &req.prompt;
@@ -523,15 +577,85 @@ impl Session {
         self.eval(&prompt[common..], true)?;
         let prompt_ms = t0.elapsed().as_secs_f64() * 1e3;
 
+        let n = opts.n.max(1);
+        // Every choice starts from these: the prompt is evaluated once.
+        let prompt_logits = if n > 1 { self.logits.clone() } else { Vec::new() };
+        let mut total = GenerationStats {
+            prompt_tokens: prompt.len(),
+            cached_tokens: common,
+            generated_tokens: 0,
+            prompt_ms,
+            generation_ms: 0.0,
+            stop: StopReason::MaxTokens,
+            decode_calls: 0,
+            stop_index: None,
+        };
+        for choice in 0..n {
+            if choice > 0 {
+                self.truncate(prompt.len());
+                self.logits.copy_from_slice(&prompt_logits);
+            }
+            let t1 = Instant::now();
+            let (generated, stop, stop_index) = self.decode(req, opts, choice, out)?;
+            let stats = GenerationStats {
+                generated_tokens: generated,
+                generation_ms: t1.elapsed().as_secs_f64() * 1e3,
+                stop,
+                stop_index,
+                decode_calls: self.decode_calls - decodes_before,
+                ..total.clone()
+            };
+            total.generated_tokens += generated;
+            total.generation_ms += stats.generation_ms;
+            total.stop = stop;
+            total.stop_index = stop_index;
+            total.decode_calls = stats.decode_calls;
+            if stop == StopReason::Cancelled || !out(Output::Done(choice, &stats)) {
+                total.stop = StopReason::Cancelled;
+                break;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Generate one choice from the logits of the last token in the cache: how many tokens, why
+    /// it stopped, and which stop string stopped it.
+    fn decode(
+        &mut self,
+        req: &GenerateRequest,
+        opts: &GenerateOptions,
+        choice: usize,
+        out: &mut dyn FnMut(Output) -> bool,
+    ) -> Result<(usize, StopReason, Option<usize>)> {
+        let inner = self.inner.clone();
+        let n_ctx = inner.n_ctx;
         let mut grammar = match &req.grammar {
             Some(g) => Some(inner.grammar_factory()?.matcher(g)?),
             None => None,
         };
-        self.sampler.reseed(req.sampling.seed);
+        self.sampler.reseed(sampler::choice_seed(req.sampling.seed, choice));
         let tok = &inner.tokenizer;
         let mut decoder = StreamDecoder::default();
         let mut stopper = StopStrings::new(&req.stop);
-        let t1 = Instant::now();
+        // With log-probabilities: the raw logits of the step (the sampler changes them in place),
+        // and the tokens whose text has not been given out yet, each reported right before the
+        // text it begins; those of a stop string are never reported.
+        let mut raw = if opts.logprobs.is_some() { vec![0f32; self.logits.len()] } else { Vec::new() };
+        let mut pending: std::collections::VecDeque<logprobs::TokenLogprob> = Default::default();
+        let (mut produced, mut emitted) = (0usize, 0usize);
+        let mut give = |text: &str, emitted: &mut usize, pending: &mut std::collections::VecDeque<logprobs::TokenLogprob>, all: bool| -> bool {
+            *emitted += text.len();
+            while let Some(t) = pending.front() {
+                if !all && t.offset >= *emitted {
+                    break;
+                }
+                let t = pending.pop_front().expect("front exists");
+                if !out(Output::Token(choice, &t)) {
+                    return false;
+                }
+            }
+            text.is_empty() || out(Output::Text(choice, text))
+        };
         let mut generated = 0;
         let mut stop_index = None;
         let stop = loop {
@@ -539,6 +663,9 @@ impl Session {
                 break StopReason::MaxTokens;
             }
             let mut logits = std::mem::take(&mut self.logits);
+            if opts.logprobs.is_some() {
+                raw.copy_from_slice(&logits);
+            }
             let masked = match grammar.as_mut() {
                 Some(g) => g.mask(&mut logits),
                 None => Ok(()),
@@ -554,16 +681,19 @@ impl Session {
             }
             generated += 1;
             let piece = decoder.push(tok, id);
+            if let Some(k) = opts.logprobs {
+                pending.push_back(logprobs::token_logprob(&raw, id, k, produced));
+            }
+            produced += piece.len();
             match stopper.push(&piece) {
                 StopOutcome::Emit(s) => {
-                    if !s.is_empty() && !on_text(&s) {
+                    if !give(&s, &mut emitted, &mut pending, false) {
                         break StopReason::Cancelled;
                     }
                 }
                 StopOutcome::Stop(s, which) => {
-                    if !s.is_empty() {
-                        on_text(&s);
-                    }
+                    give(&s, &mut emitted, &mut pending, false);
+                    pending.clear();
                     stop_index = Some(which);
                     break StopReason::StopString;
                 }
@@ -583,20 +713,11 @@ impl Session {
         if stop != StopReason::StopString && stop != StopReason::Cancelled {
             let mut rest = decoder.finish();
             rest.insert_str(0, &stopper.flush());
-            if !rest.is_empty() {
-                on_text(&rest);
+            if !give(&rest, &mut emitted, &mut pending, true) {
+                return Ok((generated, StopReason::Cancelled, None));
             }
         }
-        Ok(GenerationStats {
-            prompt_tokens: prompt.len(),
-            cached_tokens: common,
-            generated_tokens: generated,
-            prompt_ms,
-            generation_ms: t1.elapsed().as_secs_f64() * 1e3,
-            stop,
-            decode_calls: self.decode_calls - decodes_before,
-            stop_index,
-        })
+        Ok((generated, stop, stop_index))
     }
 
 }
@@ -648,6 +769,9 @@ impl<'a> StopStrings<'a> {
         std::mem::take(&mut self.pending)
     }
 }
+
+#[cfg(test)]
+mod tests_generate;
 
 #[cfg(test)]
 mod tests {

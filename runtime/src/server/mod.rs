@@ -9,20 +9,27 @@
 //! - `assets`: the chat page (one self-contained HTML document built from `assets/`)
 //! - `access`: the `Host`/`Origin` checks and CORS (no web page the user visits may drive it)
 //! - `listen`: the accept loop (header timeout, connection cap, graceful stop)
+//! - `choices`: several choices (`n`) and log-probabilities (`logprobs`: their JSON shapes);
+//!   `infill`: fill in the middle; `refused`: fields that change the answer and are not
+//!   implemented (a 400, never silence)
 //!
 //! Concurrency: up to `--parallel` requests generate at once, each in its own slot (its own KV
 //! cache); the others wait in arrival order.
 
 pub mod access;
 pub mod assets;
-pub mod embeddings;
 pub mod auth;
+pub mod choices;
+pub mod embeddings;
 pub mod error;
 pub mod generation;
+pub mod infill;
 pub mod listen;
+pub mod logprobs;
 pub mod messages;
 pub mod metrics;
 pub mod model;
+pub mod refused;
 pub mod responses;
 pub mod routes;
 pub mod slots;
@@ -37,6 +44,8 @@ mod tests;
 mod tests_access;
 #[cfg(test)]
 mod tests_embeddings;
+#[cfg(test)]
+mod tests_choices;
 #[cfg(test)]
 mod tests_limits;
 pub mod types;
