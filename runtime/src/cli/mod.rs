@@ -2,6 +2,7 @@
 //! parsing, and llama.cpp's spellings rewritten (`spelling`). Each mode lives in its own file
 //! with `pub fn run(args: &Args) -> anyhow::Result<i32>`:
 //! - `info`      `--info`
+//! - `verify`    `--verify [--pubkey KEY.pub]`
 //! - `tokenize`  `--tokenize`
 //! - `generate`  prompt, conversation, `--eval-tokens`, `--perplexity`, `--bench`
 //! - server      no prompt / `--server`, in `crate::server`
@@ -267,6 +268,11 @@ pub struct Args {
     /// Check every zip entry's CRC-32 against its bytes (this file, or -m FILE), then exit.
     #[arg(long = "verify", help_heading = "Model")]
     pub verify: bool,
+
+    // Distribution: signatures and the bug-report summary
+    /// With --verify: also check the file's signature (`pack --sign`) with this minisign public key (NAME.pub).
+    #[arg(long = "pubkey", value_name = "NAME.pub", requires = "verify", help_heading = "Model")]
+    pub pubkey: Option<PathBuf>,
 }
 
 /// A number as clap hands it over (the message is what follows "invalid value 'X' for '--flag'").
