@@ -79,7 +79,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!("warning: the signature of key {id} is dropped (it covered the old runtime); give --sign KEY to sign the result");
         }
         eprintln!(
-            "wrote {} ({} bytes): {} {} runtime ({} bytes, was {} bytes before the zip), {} entries copied{}",
+            "wrote {} ({} bytes): {} {} runtime ({} bytes, was {} bytes before the zip), {} {} copied{}",
             escape_path(&r.out),
             r.size,
             r.runtime.format,
@@ -87,6 +87,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             r.runtime.size,
             r.old_prefix,
             r.entries,
+            if r.entries == 1 { "entry" } else { "entries" },
             r.signed_by.map(|id| format!(", signed by key {id}")).unwrap_or_default()
         );
         return Ok(());

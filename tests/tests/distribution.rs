@@ -225,3 +225,35 @@ fn upgrade_swaps_the_runtime_and_keeps_every_entry() {
     let names: Vec<String> = std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
 }
+
+#[test]
+fn doctor_reports_every_section_on_the_binary_and_on_a_packed_llamafile() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(&run(pack().arg("--keygen").arg(d.join("k"))));
+    let packed = pack_tiny(d, "doc.llamafile", &["--sign", d.join("k.key").to_str().unwrap()]);
+    let sections = ["== system", "== cpu", "kernels:", "== memory", "available:", "== gpu", "searched:", "nvidia:", "== file", "== binfmt_misc"];
+    // The plain binary: no model, nothing embedded.
+    let plain = ok(&run(llamafile().arg("--doctor")));
+    for want in sections.iter().chain(&["model:       none", "zip:         none"]) {
+        assert!(plain.contains(want), "missing {want:?} in:\n{plain}");
+    }
+    // The packed llamafile (its `.args` merged), and the same file through -m: the model's
+    // memory at -c, the file intact and signed.
+    let mut via_m = llamafile();
+    via_m.arg("-m").arg(&packed).args(["--doctor", "-c", "128"]);
+    let mut itself = Command::new(&packed);
+    itself.args(["--doctor", "-c", "128"]);
+    for mut cmd in [via_m, itself] {
+        let out = ok(&run(&mut cmd));
+        for want in sections.iter().chain(&["context:     128 tokens (-c)", "KV cache:", "needs:", "intact:      OK: CRC-32 of 4 stored entries", "signed:      yes, by key"]) {
+            assert!(out.contains(want), "missing {want:?} in:\n{out}");
+        }
+        assert!(out.contains(&packed.display().to_string()), "{out}");
+    }
+    // A corrupted byte in the weights: reported in the file section, still exit 0.
+    let e = llamafile::bundle::zip_entries(&packed).unwrap().unwrap().into_iter().find(|e| e.name == "tiny.gguf").unwrap();
+    flip(&packed, e.data_offset + e.size - 1);
+    let out = ok(&run(llamafile().arg("-m").arg(&packed).arg("--doctor")));
+    assert!(out.contains("intact:      NO: ") && out.contains("entry 'tiny.gguf' is corrupt"), "{out}");
+}
