@@ -119,7 +119,7 @@ fn memory(s: &mut String, args: &Args, model: Option<&Path>, model_err: Option<&
         let _ = writeln!(s, "model:       none ({why})");
         return;
     };
-    let loaded = crate::gguf::GgufFile::open(path).and_then(|f| crate::model::Model::load(f));
+    let loaded = crate::gguf::GgufFile::open(path).and_then(crate::model::Model::load);
     let m = match loaded {
         Ok(m) => Arc::new(m),
         Err(e) => {
