@@ -206,15 +206,10 @@ impl Engine {
         if tokenizer.vocab_size() > hp.n_vocab {
             bail!("{}: the tokenizer has {} tokens but the embeddings only {}", escape_path(path), tokenizer.vocab_size(), hp.n_vocab);
         }
-        let n_ctx = match opts.n_ctx {
-            Some(c) if c > 0 => {
-                if c > hp.n_ctx_train {
-                    eprintln!("warning: context {c} is longer than the {} the model was trained with", hp.n_ctx_train);
-                }
-                c
-            }
-            _ => hp.n_ctx_train.min(DEFAULT_MAX_CTX),
-        };
+        let n_ctx = context_length(opts.n_ctx, hp.n_ctx_train);
+        if n_ctx > hp.n_ctx_train {
+            eprintln!("warning: context {n_ctx} is longer than the {} the model was trained with", hp.n_ctx_train);
+        }
         let n_threads = opts.n_threads.filter(|t| *t > 0).unwrap_or_else(|| {
             std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
         });
@@ -227,9 +222,7 @@ impl Engine {
             backend::plan(&model, &PlanOptions { n_gpu_layers: opts.n_gpu_layers, gpu: &opts.gpu, verbose: opts.verbose })?;
         check_chain(&backends, hp.n_layer)?;
         let n_batch = n_batch.clamp(1, n_ctx);
-        let session = backends.iter().fold(0u64, |a, b| a.saturating_add(b.host_state_bytes(n_ctx, n_batch)));
-        let buffers = 4 * (n_ctx as u64 + (n_batch * hp.n_embd) as u64 + 3 * hp.n_vocab as u64);
-        check_memory(session.saturating_add(buffers).saturating_mul(opts.n_sessions.max(1) as u64), n_ctx, opts.n_sessions)?;
+        check_memory(session_bytes(&backends, hp, n_ctx, n_batch).saturating_mul(opts.n_sessions.max(1) as u64), n_ctx, opts.n_sessions)?;
         let load_ms = t0.elapsed().as_secs_f64() * 1e3;
         Ok(Engine {
             inner: Arc::new(Inner {
@@ -344,17 +337,41 @@ const _: () = {
     send::<Session>();
 };
 
-/// Memory the kernel says can be allocated without swapping (`MemAvailable`), in bytes; `None`
-/// where /proc/meminfo is absent.
-fn mem_available() -> Option<u64> {
+/// The context a session gets: `requested` (`-c`) when given and non-zero, else the model's
+/// training context capped at [`DEFAULT_MAX_CTX`].
+pub fn context_length(requested: Option<usize>, n_ctx_train: usize) -> usize {
+    match requested {
+        Some(c) if c > 0 => c,
+        _ => n_ctx_train.min(DEFAULT_MAX_CTX),
+    }
+}
+
+/// Host memory one session of `n_ctx` positions allocates on `backends` (their KV caches and
+/// workspaces) plus the engine's own buffers for batches of `n_batch` tokens: what a load
+/// checks against the available memory, per slot.
+pub fn session_bytes(backends: &[Arc<dyn Backend>], hp: &crate::model::Hparams, n_ctx: usize, n_batch: usize) -> u64 {
+    let session = backends.iter().fold(0u64, |a, b| a.saturating_add(b.host_state_bytes(n_ctx, n_batch)));
+    let buffers = 4 * (n_ctx as u64 + (n_batch * hp.n_embd) as u64 + 3 * hp.n_vocab as u64);
+    session.saturating_add(buffers)
+}
+
+/// A value of /proc/meminfo (`MemTotal`, `MemAvailable`...) in bytes; `None` where the file or
+/// the line is absent.
+pub fn meminfo(key: &str) -> Option<u64> {
     let s = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let line = s.lines().find(|l| l.strip_prefix(key).is_some_and(|r| r.starts_with(':')))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
 
+/// Memory the kernel says can be allocated without swapping (`MemAvailable`), in bytes; `None`
+/// where /proc/meminfo is absent.
+pub fn mem_available() -> Option<u64> {
+    meminfo("MemAvailable")
+}
+
 /// `1.5 GiB`, `12 MiB`.
-fn show_bytes(b: u64) -> String {
+pub fn show_bytes(b: u64) -> String {
     if b >= 1 << 30 {
         format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
     } else {

@@ -2,11 +2,14 @@
 //! parsing, and llama.cpp's spellings rewritten (`spelling`). Each mode lives in its own file
 //! with `pub fn run(args: &Args) -> anyhow::Result<i32>`:
 //! - `info`      `--info`
+//! - `verify`    `--verify [--pubkey KEY.pub]`
+//! - `doctor`    `--doctor`
 //! - `tokenize`  `--tokenize`
 //! - `generate`  prompt, conversation, `--eval-tokens`, `--perplexity`, `--bench`
 //! - server      no prompt / `--server`, in `crate::server`
 
 pub mod conversation;
+pub mod doctor;
 pub mod generate;
 pub mod info;
 mod spelling;
@@ -288,6 +291,14 @@ pub struct Args {
     /// Check every zip entry's CRC-32 against its bytes (this file, or -m FILE), then exit.
     #[arg(long = "verify", help_heading = "Model")]
     pub verify: bool,
+
+    // Distribution: signatures and the bug-report summary
+    /// With --verify: also check the file's signature (`pack --sign`) with this minisign public key (NAME.pub).
+    #[arg(long = "pubkey", value_name = "NAME.pub", requires = "verify", help_heading = "Model")]
+    pub pubkey: Option<PathBuf>,
+    /// Print what a bug report needs (CPU and kernels, memory for the model at -c, GPU backends searched, the file's integrity and signature, binfmt_misc), then exit. No network.
+    #[arg(long = "doctor", help_heading = "Model")]
+    pub doctor: bool,
 }
 
 /// A number as clap hands it over (the message is what follows "invalid value 'X' for '--flag'").
@@ -458,6 +469,9 @@ pub fn run(args: Vec<OsString>) -> anyhow::Result<i32> {
 }
 
 pub fn dispatch(args: &Args) -> anyhow::Result<i32> {
+    if args.doctor {
+        return doctor::run(args);
+    }
     if args.verify {
         return verify::run(args);
     }
