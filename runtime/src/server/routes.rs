@@ -231,14 +231,12 @@ fn convert_messages(messages: Vec<InMessage>, with_tools: bool) -> Result<Vec<Ch
                 text.join("\n")
             }
         };
-        let content = match &m.tool_calls {
-            Some(calls) if with_tools && role == "assistant" && !calls.is_null() => {
-                let blocks = super::tools::calls_as_text(calls, i)?;
-                if content.is_empty() { blocks } else { format!("{content}\n{blocks}") }
-            }
-            _ => content,
+        let tool_calls = match &m.tool_calls {
+            Some(calls) if with_tools && role == "assistant" && !calls.is_null() => Some(super::tools::check_calls(calls, i)?),
+            _ => None,
         };
-        out.push(ChatMessage { role: role.to_string(), content });
+        let (tool_call_id, name) = if role == "tool" { (m.tool_call_id, m.name) } else { (None, None) };
+        out.push(ChatMessage { role: role.to_string(), content, tool_calls, tool_call_id, name });
     }
     Ok(out)
 }
@@ -270,7 +268,9 @@ where
 async fn chat_completions(State(st): St, ApiJson(req): ApiJson<ChatRequest>) -> Result<Response, ApiError> {
     req.check_unsupported()?;
     let stream = req.stream.unwrap_or(false);
-    let tools = super::tools::plan(req.tools.as_ref(), req.tool_choice.as_ref(), req.parallel_tool_calls, stream)?;
+    let format = super::tools::Format::of_template(&st.model.template_source());
+    let trigger = super::tools::trigger_token(&*st.model, format);
+    let tools = super::tools::plan(req.tools.as_ref(), req.tool_choice.as_ref(), req.parallel_tool_calls, format, trigger)?;
     let grammar = match tools.as_ref().and_then(|t| t.grammar.clone()) {
         Some(g) => Some(g),
         None => super::structured::response_format(req.response_format.as_ref())?,
@@ -281,8 +281,13 @@ async fn chat_completions(State(st): St, ApiJson(req): ApiJson<ChatRequest>) -> 
         None => openai_max_tokens(req.max_tokens, "max_tokens")?,
     };
     let messages = convert_messages(req.messages, tools.is_some())?;
+    let messages = match &tools {
+        Some(t) => t.messages(messages),
+        None => messages,
+    };
     let model = st.model.clone();
-    let tool_list = tools.as_ref().map(|t| t.tools.clone());
+    // Templates without tool support get the tools in the system turn instead (`tools`).
+    let tool_list = tools.as_ref().filter(|t| t.format.native()).map(|t| t.tools.clone());
     let prompt = blocking(move || super::model::chat_prompt_with_tools(&*model, &messages, tool_list.as_ref()))
         .await?
         .map_err(|e| ApiError::invalid_field("messages", format!("the chat template could not render these messages: {e:#}")))?;
@@ -293,7 +298,7 @@ async fn chat_completions(State(st): St, ApiJson(req): ApiJson<ChatRequest>) -> 
     note_requested_model(&st, req.model.as_deref());
     let model_name = st.model_id.clone();
 
-    if !req.stream.unwrap_or(false) {
+    if !stream {
         let (text, stats) = generation::collect(rx).await?;
         let (message, finish) = match tools.as_ref().and_then(|t| t.parse(&text)) {
             Some((before, calls)) => (
@@ -332,12 +337,25 @@ async fn chat_completions(State(st): St, ApiJson(req): ApiJson<ChatRequest>) -> 
         })
     };
     let first = vec![sse_data(&chunk(json!({"role": "assistant", "content": ""}), None))];
+    // With tools, the text goes through the reader of the model's call format.
+    let mut calls = tools.filter(|t| t.reads_calls()).map(|t| (t, super::tools::stream::ToolStream::default()));
     Ok(sse_from(first, rx, move |ev| match ev {
-        GenEvent::Text(t) => vec![sse_data(&chunk(json!({ "content": t }), None))],
+        GenEvent::Text(t) => match calls.as_mut() {
+            Some((plan, reader)) => reader.push(plan, &t).into_iter().map(|d| sse_data(&chunk(d, None))).collect(),
+            None => vec![sse_data(&chunk(json!({ "content": t }), None))],
+        },
         GenEvent::Done(stats) => {
-            let mut last = chunk(json!({}), Some(finish_reason(stats.stop)));
+            let mut out = Vec::new();
+            let mut finish = finish_reason(stats.stop);
+            if let Some((plan, reader)) = calls.as_mut() {
+                out.extend(reader.finish(plan).into_iter().map(|d| sse_data(&chunk(d, None))));
+                if reader.has_calls() && finish == "stop" {
+                    finish = "tool_calls";
+                }
+            }
+            let mut last = chunk(json!({}), Some(finish));
             last["timings"] = timings(&stats);
-            let mut out = vec![sse_text(last.to_string())];
+            out.push(sse_text(last.to_string()));
             if include_usage {
                 let mut u = last.clone();
                 u["choices"] = json!([]);

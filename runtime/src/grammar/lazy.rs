@@ -1,0 +1,159 @@
+//! Lazy grammars, as llama.cpp has them for tool calls with `tool_choice: "auto"`: the model
+//! writes freely until its output contains a trigger (the text that opens a call in the
+//! model's format, e.g. `<tool_call>`); from there on the grammar applies, so a call it starts
+//! always parses.
+//!
+//! The grammar describes the output from the trigger on (the trigger included). When the trigger
+//! appears, the trigger and whatever the model wrote after it in the same token are fed to the
+//! grammar. Were they not to fit (the model wrote them before the grammar could steer it), the
+//! grammar stays off: the output is then read as it is, as without a grammar, rather than
+//! failing the request. A control token's text is matched as text here, so the grammar writes
+//! such a trigger as text too.
+
+use super::GrammarMatcher;
+use anyhow::Result;
+use llguidance::toktrie::TokTrie;
+
+/// Where a generation stands with its grammar.
+pub(super) enum Phase {
+    /// The grammar restricts every token.
+    On,
+    /// Free text until a trigger.
+    Waiting(Waiting),
+    /// Free text to the end.
+    Off,
+}
+
+impl Phase {
+    /// `On` for a grammar without triggers. A trigger written `^text` counts only at the start
+    /// of the output (after white space).
+    pub(super) fn start(triggers: &[String]) -> Phase {
+        if triggers.is_empty() {
+            return Phase::On;
+        }
+        let (at_start, anywhere): (Vec<&String>, Vec<&String>) = triggers.iter().partition(|t| t.starts_with('^'));
+        Phase::Waiting(Waiting {
+            at_start: at_start.iter().map(|t| t.as_bytes()[1..].to_vec()).filter(|t| !t.is_empty()).collect(),
+            anywhere: anywhere.iter().map(|t| t.as_bytes().to_vec()).filter(|t| !t.is_empty()).collect(),
+            seen: Vec::new(),
+        })
+    }
+
+    pub(super) fn is_on(&self) -> bool {
+        matches!(self, Phase::On)
+    }
+}
+
+pub(super) struct Waiting {
+    at_start: Vec<Vec<u8>>,
+    anywhere: Vec<Vec<u8>>,
+    /// The output's bytes: all of it while a trigger at the start is still possible, else the
+    /// tail that may hold the beginning of a trigger.
+    seen: Vec<u8>,
+}
+
+impl Waiting {
+    /// Take the next token's bytes; when the output now holds a trigger, the bytes from the
+    /// trigger on.
+    pub(super) fn push(&mut self, bytes: &[u8]) -> Option<Vec<u8>> {
+        self.seen.extend_from_slice(bytes);
+        if !self.at_start.is_empty() {
+            let text = self.seen.trim_ascii_start();
+            let skipped = self.seen.len() - text.len();
+            if self.at_start.iter().any(|t| text.starts_with(t)) {
+                return Some(self.seen[skipped..].to_vec());
+            }
+            // Still possible while the output so far is the beginning of one of them.
+            self.at_start.retain(|t| t.starts_with(text));
+        }
+        if let Some(at) = self.anywhere.iter().filter_map(|t| find(&self.seen, t)).min() {
+            return Some(self.seen[at..].to_vec());
+        }
+        if self.at_start.is_empty() {
+            let keep = self.anywhere.iter().map(|t| t.len() - 1).max().unwrap_or(0);
+            let cut = self.seen.len().saturating_sub(keep);
+            self.seen.drain(..cut);
+        }
+        None
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// `GrammarMatcher::accept` while the grammar is not on: watch for a trigger and switch on.
+pub(super) fn accept(g: &mut GrammarMatcher, token: u32) -> Result<()> {
+    let Phase::Waiting(w) = &mut g.phase else { return Ok(()) };
+    let env = g.m.tok_env().map_err(|e| anyhow::anyhow!("grammar: {e}"))?;
+    let trie = env.tok_trie();
+    // Control tokens carry a marker byte before their text (see `Factory::new`).
+    let bytes = trie.token(token);
+    let bytes = bytes.strip_prefix(&[TokTrie::SPECIAL_TOKEN_MARKER]).unwrap_or(bytes);
+    let Some(rest) = w.push(bytes) else { return Ok(()) };
+    // Any split of the bytes into tokens will do: the grammar reads bytes.
+    let tokens = trie.greedy_tokenize(&rest);
+    let fits = g.m.try_consume_tokens(&tokens).is_ok_and(|n| n == tokens.len());
+    g.phase = if fits { Phase::On } else { Phase::Off };
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiting(triggers: &[&str]) -> Waiting {
+        match Phase::start(&triggers.iter().map(|t| t.to_string()).collect::<Vec<_>>()) {
+            Phase::Waiting(w) => w,
+            _ => panic!("triggers make a waiting phase"),
+        }
+    }
+
+    #[test]
+    fn triggers_found_across_tokens() {
+        let mut w = waiting(&["<tool_call>"]);
+        assert_eq!(w.push(b"Let me check. <to"), None);
+        assert_eq!(w.push(b"ol_"), None);
+        assert_eq!(w.push(b"call>\n{\"na").as_deref(), Some(&b"<tool_call>\n{\"na"[..]));
+        let mut w = waiting(&["<tool_call>"]);
+        for _ in 0..1000 {
+            assert_eq!(w.push(b"no call here "), None);
+        }
+        assert!(w.seen.len() < 20, "only a trigger's length is kept: {}", w.seen.len());
+    }
+
+    #[test]
+    fn anchored_triggers_only_at_the_start() {
+        let mut w = waiting(&["^{\"name\": \"", "<|python_tag|>"]);
+        assert_eq!(w.push(b" \n{\"na"), None);
+        assert_eq!(w.push(b"me\": \"get").as_deref(), Some(&b"{\"name\": \"get"[..]));
+        let mut w = waiting(&["^{\"name\": \""]);
+        assert_eq!(w.push(b"Sure: "), None);
+        assert_eq!(w.push(b"{\"name\": \"x\"}"), None, "not at the start");
+        let mut w = waiting(&["^[TOOL_CALLS]", "<|python_tag|>"]);
+        assert_eq!(w.push(b"Hi "), None);
+        assert_eq!(w.push(b"<|python_tag|>{").as_deref(), Some(&b"<|python_tag|>{"[..]));
+    }
+}
+
+#[cfg(test)]
+impl super::Grammar {
+    /// Whether `text` is a complete output under this grammar, fed one byte at a time to a
+    /// matcher over the 256 single bytes (while the grammar is on, each byte must be allowed
+    /// before it is taken), lazy triggers included.
+    pub(crate) fn accepts(&self, text: &str) -> bool {
+        use crate::engine::sampler::TokenConstraint;
+        use llguidance::toktrie::ApproximateTokEnv;
+        use llguidance::{Matcher, ParserFactory};
+        let mut f = ParserFactory::new_simple(&ApproximateTokEnv::single_byte_env()).unwrap();
+        super::quiet(&mut f);
+        let mut g = GrammarMatcher { m: Matcher::new(f.create_parser(self.top.clone())), mask: None, phase: Phase::start(&self.triggers) };
+        for b in text.bytes() {
+            if g.is_on() && (g.m.is_stopped() || !g.allowed().unwrap().is_allowed(b as u32)) {
+                return false;
+            }
+            g.accept(b as u32).unwrap();
+        }
+        g.is_accepting()
+    }
+}
