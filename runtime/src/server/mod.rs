@@ -31,6 +31,8 @@ mod tests;
 mod tests_access;
 #[cfg(test)]
 mod tests_limits;
+#[cfg(test)]
+mod tests_tools;
 pub mod types;
 
 use crate::engine::{Engine, LoadOptions, SamplingParams};
