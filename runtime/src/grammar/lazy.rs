@@ -24,16 +24,21 @@ pub(super) enum Phase {
     Off,
 }
 
+/// How far into the output a trigger at its start is looked for.
+const START_WINDOW: usize = 64;
+
 impl Phase {
-    /// `On` for a grammar without triggers. A trigger written `^text` counts only at the start
-    /// of the output (after white space).
+    /// `On` for a grammar without triggers. A trigger written `^regex` is a regular expression
+    /// that counts only at the start of the output (after white space, within its first
+    /// `START_WINDOW` bytes); any other is a text that counts anywhere.
     pub(super) fn start(triggers: &[String]) -> Phase {
         if triggers.is_empty() {
             return Phase::On;
         }
         let (at_start, anywhere): (Vec<&String>, Vec<&String>) = triggers.iter().partition(|t| t.starts_with('^'));
         Phase::Waiting(Waiting {
-            at_start: at_start.iter().map(|t| t.as_bytes()[1..].to_vec()).filter(|t| !t.is_empty()).collect(),
+            // A trigger that is not a valid expression is a bug in the caller: it never fires.
+            at_start: at_start.iter().filter_map(|t| regex::bytes::Regex::new(t).ok()).collect(),
             anywhere: anywhere.iter().map(|t| t.as_bytes().to_vec()).filter(|t| !t.is_empty()).collect(),
             seen: Vec::new(),
         })
@@ -45,10 +50,10 @@ impl Phase {
 }
 
 pub(super) struct Waiting {
-    at_start: Vec<Vec<u8>>,
+    at_start: Vec<regex::bytes::Regex>,
     anywhere: Vec<Vec<u8>>,
-    /// The output's bytes: all of it while a trigger at the start is still possible, else the
-    /// tail that may hold the beginning of a trigger.
+    /// The output's bytes: all of it while a trigger at the start is still looked for, else
+    /// the tail that may hold the beginning of a trigger.
     seen: Vec<u8>,
 }
 
@@ -60,11 +65,12 @@ impl Waiting {
         if !self.at_start.is_empty() {
             let text = self.seen.trim_ascii_start();
             let skipped = self.seen.len() - text.len();
-            if self.at_start.iter().any(|t| text.starts_with(t)) {
+            if self.at_start.iter().any(|t| t.is_match(text)) {
                 return Some(self.seen[skipped..].to_vec());
             }
-            // Still possible while the output so far is the beginning of one of them.
-            self.at_start.retain(|t| t.starts_with(text));
+            if self.seen.len() > START_WINDOW {
+                self.at_start.clear();
+            }
         }
         if let Some(at) = self.anywhere.iter().filter_map(|t| find(&self.seen, t)).min() {
             return Some(self.seen[at..].to_vec());
@@ -124,13 +130,19 @@ mod tests {
 
     #[test]
     fn anchored_triggers_only_at_the_start() {
-        let mut w = waiting(&["^{\"name\": \"", "<|python_tag|>"]);
+        let call = r#"^(```(json)?\s*)?\{\s*"name""#;
+        let mut w = waiting(&[call, "<|python_tag|>"]);
         assert_eq!(w.push(b" \n{\"na"), None);
         assert_eq!(w.push(b"me\": \"get").as_deref(), Some(&b"{\"name\": \"get"[..]));
-        let mut w = waiting(&["^{\"name\": \""]);
+        let mut w = waiting(&[call]);
+        assert_eq!(w.push(b"```json\n{\n  \"name\"").as_deref(), Some(&b"```json\n{\n  \"name\""[..]));
+        let mut w = waiting(&[call]);
         assert_eq!(w.push(b"Sure: "), None);
         assert_eq!(w.push(b"{\"name\": \"x\"}"), None, "not at the start");
-        let mut w = waiting(&["^[TOOL_CALLS]", "<|python_tag|>"]);
+        let mut w = waiting(&[call]);
+        assert_eq!(w.push(&[b' '; 70]), None);
+        assert_eq!(w.push(b"{\"name\""), None, "past the window at the start");
+        let mut w = waiting(&[call, "<|python_tag|>"]);
         assert_eq!(w.push(b"Hi "), None);
         assert_eq!(w.push(b"<|python_tag|>{").as_deref(), Some(&b"<|python_tag|>{"[..]));
     }

@@ -74,17 +74,24 @@ impl Grammar {
         Grammar::checked(TopLevelGrammar::from_lark(src), kind)
     }
 
-    /// `%json {schema}` for a Lark grammar, in the output style of `json_schema`.
-    pub fn lark_json(schema: &serde_json::Value) -> String {
+    /// `%json {schema}` for a Lark grammar, in the output style of `json_schema`; `loose`: with
+    /// up to 24 characters of white space wherever JSON allows it (for JSON the model has begun
+    /// in its own layout, as a lazy grammar takes over).
+    pub fn lark_json(schema: &serde_json::Value, loose: bool) -> String {
         let mut schema = schema.clone();
+        let style = if loose {
+            serde_json::json!({"whitespace_pattern": "[\\x20\\x0A\\x0D\\x09]{1,24}", "item_separator": ",", "key_separator": ":"})
+        } else {
+            Self::json_style()
+        };
         if let Some(o) = schema.as_object_mut() {
-            o.insert("x-guidance".into(), Self::json_style());
+            o.insert("x-guidance".into(), style);
         }
         format!("%json {schema}")
     }
 
-    /// This grammar, off until the output contains one of `triggers`; from there on the output
-    /// after the trigger must match it (see `lazy`).
+    /// This grammar, off until the output contains one of `triggers`; from there on the output,
+    /// from the trigger on, must match it (see `lazy`).
     pub fn lazy(mut self, triggers: Vec<String>) -> Grammar {
         self.triggers = triggers;
         self

@@ -118,13 +118,16 @@ impl Format {
             (true, Some(id)) => format!("<[{id}]>"),
             _ => lit(t),
         };
-        let json = Grammar::lark_json(call);
+        let json = Grammar::lark_json(call, !forced);
+        // A reply that starts as a call object, maybe in a code fence (what small models write
+        // when they do not use the format's tags).
+        let bare = r#"^(```(json)?\s*)?\{\s*"name""#.to_string();
         let (src, triggers) = match self {
             Format::Hermes => {
                 let more = if parallel { "(\"\\n<tool_call>\\n\" call \"\\n</tool_call>\")*" } else { "" };
                 let tagged = format!("tagged: {} \"\\n\" call \"\\n</tool_call>\" {more}\n", trig("<tool_call>"));
-                let start = if forced { "start: tagged\n" } else { "start: tagged | call\n" };
-                (format!("{start}{tagged}call: {json}\n"), vec!["<tool_call>".to_string(), "^{\"name\"".to_string()])
+                let start = if forced { "start: tagged\n" } else { "start: tagged | call | fenced\nfenced: \"```\" \"json\"? WS? call WS? \"```\"\nWS: /[ \\t\\n]+/\n" };
+                (format!("{start}{tagged}call: {json}\n"), vec!["<tool_call>".to_string(), bare])
             }
             Format::Mistral => {
                 let more = if parallel { "(\", \" call)*" } else { "" };
@@ -134,8 +137,12 @@ impl Format {
                 )
             }
             Format::Llama3 => {
-                let start = if forced { "start: call\n".to_string() } else { format!("start: {}? call\n", lit("<|python_tag|>")) };
-                (format!("{start}call: {json}\n"), vec!["^{\"name\"".to_string(), "<|python_tag|>".to_string()])
+                let start = if forced {
+                    "start: call\n".to_string()
+                } else {
+                    format!("start: {}? call | fenced\nfenced: \"```\" \"json\"? WS? call WS? \"```\"\nWS: /[ \\t\\n]+/\n", lit("<|python_tag|>"))
+                };
+                (format!("{start}call: {json}\n"), vec![bare, "<|python_tag|>".to_string()])
             }
             Format::Generic => {
                 let mut list = json!({"type": "array", "items": call, "minItems": 1});
@@ -166,9 +173,19 @@ impl Format {
         if self == Format::Generic {
             return reader.generic(text).unwrap_or_else(|| Parsed { content: if done { text.to_string() } else { String::new() }, calls: vec![] });
         }
-        // A reply that is a call object from its start (Llama's plain form; Hermes without tags).
+        // A reply that is a call object from its start (Llama's plain form; Hermes without tags),
+        // maybe in a code fence.
         let bare = scan::ws(text);
-        if matches!(self, Format::Hermes | Format::Llama3) && (bare.starts_with('{') || (bare.is_empty() && !done)) {
+        let fence = ["```json", "```"].into_iter().find(|f| bare.starts_with(f));
+        let bare_calls = matches!(self, Format::Hermes | Format::Llama3);
+        if bare_calls && !done && "```json".starts_with(bare) {
+            return Parsed::default();
+        }
+        let bare = scan::ws(fence.map_or(bare, |f| &bare[f.len()..]));
+        if bare_calls && bare.is_empty() && !done && fence.is_some() {
+            return Parsed::default();
+        }
+        if bare_calls && bare.starts_with('{') {
             let mut calls = Vec::new();
             return match reader.list(bare, &mut calls, Sep::Llama) {
                 Ok(()) if !calls.is_empty() || (!done && !calls_ruled_out(bare)) => Parsed { content: String::new(), calls },

@@ -135,6 +135,16 @@ fn hermes_prompt_grammar_and_parsing() {
     assert_eq!((content.trim_end(), calls.len()), ("Let me check.", 2));
     stream_all_ways(&p, "No call: a < b and <tool is not a tag.");
     stream_all_ways(&p, "  {\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}");
+    // A call in a code fence, laid out over lines (what Qwen2.5-Coder 0.5B often writes).
+    let fenced = "```json\n{\n  \"name\": \"get_weather\",\n  \"arguments\": {\n    \"city\": \"Paris\"\n  }\n}\n```";
+    assert!(g.accepts(fenced), "{fenced}");
+    assert!(!g.accepts("```json\n{\n  \"name\": \"get_weather\",\n  \"arguments\": {}\n}\n```"), "city is required");
+    let (text, calls) = stream_all_ways(&p, fenced);
+    assert_eq!((text.as_str(), calls.len()), ("", 1));
+    assert_eq!(calls[0].1, "{\n    \"city\": \"Paris\"\n  }");
+    let (text, calls) = stream_all_ways(&p, "```python\nprint(1)\n```");
+    assert_eq!((text.as_str(), calls.len()), ("```python\nprint(1)\n```", 0));
+    assert!(g.accepts("```python\nprint(1)\n```"), "a code block is free text");
     let (text, calls) = stream_all_ways(&p, "{\"answer\": 42}");
     assert_eq!((text.as_str(), calls.len()), ("{\"answer\": 42}", 0), "JSON that is no call is text");
 }
