@@ -190,8 +190,10 @@ fn openai_max_tokens(v: Option<i64>, name: &str) -> Result<Option<usize>, ApiErr
     }
 }
 
-/// `with_tools`: the request has tools, so `tool` messages and assistant `tool_calls` are taken.
-fn convert_messages(messages: Vec<InMessage>, with_tools: bool) -> Result<Vec<ChatMessage>, ApiError> {
+/// The request's messages for the template: `tool` messages and assistant `tool_calls` are
+/// taken with or without `tools` in the request (a client may send a conversation's calls
+/// back without offering tools again).
+fn convert_messages(messages: Vec<InMessage>) -> Result<Vec<ChatMessage>, ApiError> {
     if messages.is_empty() {
         return Err(ApiError::invalid_field("messages", "'messages' must hold at least one message"));
     }
@@ -201,11 +203,11 @@ fn convert_messages(messages: Vec<InMessage>, with_tools: bool) -> Result<Vec<Ch
             "system" | "developer" => "system",
             "user" => "user",
             "assistant" => "assistant",
-            "tool" if with_tools => "tool",
+            "tool" => "tool",
             other => {
                 return Err(ApiError::invalid_field(
                     &format!("messages[{i}].role"),
-                    format!("unsupported role '{other}' in messages[{i}] (system, user and assistant are)"),
+                    format!("unsupported role '{other}' in messages[{i}] (system, user, assistant and tool are)"),
                 ))
             }
         };
@@ -232,7 +234,7 @@ fn convert_messages(messages: Vec<InMessage>, with_tools: bool) -> Result<Vec<Ch
             }
         };
         let tool_calls = match &m.tool_calls {
-            Some(calls) if with_tools && role == "assistant" && !calls.is_null() => Some(super::tools::check_calls(calls, i)?),
+            Some(calls) if role == "assistant" && !calls.is_null() => Some(super::tools::check_calls(calls, i)?),
             _ => None,
         };
         let (tool_call_id, name) = if role == "tool" { (m.tool_call_id, m.name) } else { (None, None) };
@@ -280,10 +282,10 @@ async fn chat_completions(State(st): St, ApiJson(req): ApiJson<ChatRequest>) -> 
         Some(v) => openai_max_tokens(Some(v), "max_completion_tokens")?,
         None => openai_max_tokens(req.max_tokens, "max_tokens")?,
     };
-    let messages = convert_messages(req.messages, tools.is_some())?;
+    let messages = convert_messages(req.messages)?;
     let messages = match &tools {
         Some(t) => t.messages(messages),
-        None => messages,
+        None => super::tools::messages_without_tools(format, messages),
     };
     let model = st.model.clone();
     // Templates without tool support get the tools in the system turn instead (`tools`).

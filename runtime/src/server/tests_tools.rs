@@ -127,9 +127,12 @@ fn a_call_and_its_result_go_back_through_the_template() {
         assert!(prompt.contains("<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>"));
         assert!(prompt.contains("<tool_response>\nsunny, 21 C\n</tool_response>"));
         assert_eq!(j["usage"]["prompt_tokens"].as_u64().unwrap() as usize, prompt.len() + 1, "the prompt is the template's (plus BOS)");
-        // A result without tools in the request is refused, as before.
+        // Without tools in the request, the call and its result are still taken and rendered.
         let mut no_tools = body;
         no_tools.as_object_mut().unwrap().remove("tools");
-        super::tests::assert_error(&post(a, "/v1/chat/completions", no_tools).await, 400, "role 'tool'");
+        let j = post(a, "/v1/chat/completions", no_tools).await.json();
+        let without = t.render(&msgs, true).unwrap();
+        assert!(without.contains("<tool_response>\nsunny, 21 C\n</tool_response>"));
+        assert_eq!(j["usage"]["prompt_tokens"].as_u64().unwrap() as usize, without.len() + 1, "{j}");
     });
 }

@@ -163,6 +163,16 @@ impl ToolPlan {
     }
 }
 
+/// A request's messages for a template in `format` when the request offers no tools (earlier
+/// calls and results in the conversation are still written in the template's way).
+pub fn messages_without_tools(format: Format, messages: Vec<ChatMessage>) -> Vec<ChatMessage> {
+    if messages.iter().any(|m| m.tool_calls.is_some() || m.role == "tool") {
+        prepare_messages(format, messages, None)
+    } else {
+        messages
+    }
+}
+
 /// An assistant message's `tool_calls`, checked, as templates read them: OpenAI's objects with
 /// `function.arguments` an object (a JSON string is parsed).
 pub fn check_calls(calls: &Value, at: usize) -> Result<Value, ApiError> {
