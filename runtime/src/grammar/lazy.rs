@@ -149,6 +149,59 @@ mod tests {
 }
 
 #[cfg(test)]
+mod real_vocabulary {
+    use super::super::{Factory, Grammar};
+    use crate::engine::sampler::TokenConstraint;
+    use crate::gguf::GgufFile;
+    use crate::tokenizer::Tokenizer;
+
+    /// On Qwen2.5's vocabulary (where `<tool_call>` is one token): free text passes unmasked,
+    /// the trigger token switches the grammar on, and from there only the call may follow.
+    #[test]
+    fn the_trigger_token_switches_the_grammar_on() {
+        let Some(dir) = test_support::require_shared() else { return };
+        let tok = Tokenizer::from_gguf(&GgufFile::open(&dir.join("vocab/qwen2.5-coder.vocab.gguf")).unwrap()).unwrap();
+        let f = Factory::new(&tok).unwrap();
+        let g = Grammar::lark("start: \"<tool_call>\" \"\\n\" %json {\"type\": \"object\", \"properties\": {\"city\": {\"const\": \"Paris\"}}, \"required\": [\"city\"]}\n".into(), "test")
+            .unwrap()
+            .lazy(vec!["<tool_call>".into()]);
+        let mut m = f.matcher(&g).unwrap();
+        let free = tok.encode("Let me check the weather.\n", false, true).unwrap();
+        let n = tok.vocab_size();
+        for &id in &free {
+            let mut logits = vec![0f32; n];
+            m.mask(&mut logits).unwrap();
+            assert!(logits.iter().all(|l| *l == 0.0), "nothing is masked before the trigger");
+            m.accept(id).unwrap();
+            assert!(!m.is_on() && m.is_accepting());
+        }
+        let call = tok.encode("<tool_call>", false, true).unwrap();
+        assert_eq!(call.len(), 1, "one token in Qwen's vocabulary");
+        m.accept(call[0]).unwrap();
+        assert!(m.is_on() && !m.is_accepting());
+        let hello = tok.encode("Hello", false, false).unwrap()[0];
+        let newline = tok.encode("\n", false, false).unwrap()[0];
+        let mut logits = vec![0f32; n];
+        m.mask(&mut logits).unwrap();
+        assert!(logits[hello as usize].is_infinite() && logits[newline as usize] == 0.0);
+        for id in tok.encode("\n{\"city\": \"Paris\"}", false, false).unwrap() {
+            assert!(m.allowed().unwrap().is_allowed(id), "{:?}", tok.token_text(id));
+            m.accept(id).unwrap();
+        }
+        assert!(m.is_accepting());
+
+        // A trigger inside a token, with more text after it in that token: fed to the grammar.
+        let mut m = f.matcher(&g).unwrap();
+        for id in tok.encode("ok<tool_call>\n{\"ci", false, false).unwrap() {
+            m.accept(id).unwrap();
+        }
+        assert!(m.is_on(), "on after the trigger spelled out in text");
+        let ty = tok.encode("ty", false, false).unwrap()[0];
+        assert!(m.allowed().unwrap().is_allowed(ty));
+    }
+}
+
+#[cfg(test)]
 impl super::Grammar {
     /// Whether `text` is a complete output under this grammar, fed one byte at a time to a
     /// matcher over the 256 single bytes (while the grammar is on, each byte must be allowed

@@ -11,12 +11,11 @@ use std::sync::Arc;
 
 const CALLS: &str = "Checking.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}\n</tool_call>";
 
-/// A server whose every reply is `reply`.
-async fn server(reply: &str) -> std::net::SocketAddr {
-    let qwen = crate::gguf::GgufFile::open(&test_support::shared().join("vocab/qwen2.5-coder.vocab.gguf")).unwrap();
+/// A server whose every reply is `reply`, with Qwen's template.
+async fn server(template: &Arc<ChatTemplate>, reply: &str) -> std::net::SocketAddr {
     let mut m = FakeModel::new();
     m.n_ctx = 4096;
-    m.template = Some(Arc::new(ChatTemplate::from_gguf(&qwen, None).unwrap()));
+    m.template = Some(template.clone());
     m.reply = Some(reply.into());
     let mut state = AppState::new(Arc::new(m), 1, crate::engine::SamplingParams::default());
     Arc::get_mut(&mut state).unwrap().log = false;
@@ -37,8 +36,9 @@ fn request(stream: bool) -> Value {
 
 #[test]
 fn calls_in_one_message() {
+    let Some(t) = super::tools::qwen_template().map(Arc::new) else { return };
     rt().block_on(async {
-        let a = server(CALLS).await;
+        let a = server(&t, CALLS).await;
         let j = post(a, "/v1/chat/completions", request(false)).await.json();
         let c = &j["choices"][0];
         assert_eq!(c["finish_reason"], "tool_calls", "{j}");
@@ -57,8 +57,9 @@ fn calls_in_one_message() {
 
 #[test]
 fn calls_streamed_as_openai_does() {
+    let Some(t) = super::tools::qwen_template().map(Arc::new) else { return };
     rt().block_on(async {
-        let a = server(CALLS).await;
+        let a = server(&t, CALLS).await;
         let r = post(a, "/v1/chat/completions", request(true)).await;
         let events = r.events();
         assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
@@ -89,7 +90,7 @@ fn calls_streamed_as_openai_does() {
         assert!(fragments > 2, "the arguments come in pieces as they are written ({fragments} chunks)");
 
         // Text only: streamed as content, finish_reason stop.
-        let a = server("No tool is needed: 2 < 3.").await;
+        let a = server(&t, "No tool is needed: 2 < 3.").await;
         let r = post(a, "/v1/chat/completions", request(true)).await;
         let chunks: Vec<Value> = r.events().iter().filter(|e| *e != "[DONE]").map(|e| serde_json::from_str(e).unwrap()).collect();
         let text: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
@@ -100,8 +101,9 @@ fn calls_streamed_as_openai_does() {
 
 #[test]
 fn a_call_and_its_result_go_back_through_the_template() {
+    let Some(t) = super::tools::qwen_template().map(Arc::new) else { return };
     rt().block_on(async {
-        let a = server("It is sunny in Paris.").await;
+        let a = server(&t, "It is sunny in Paris.").await;
         let call = json!({"id": "call_7", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}});
         let body = json!({"messages": [
             {"role": "user", "content": "Weather in Paris?"},
@@ -113,8 +115,6 @@ fn a_call_and_its_result_go_back_through_the_template() {
         assert_eq!(j["choices"][0]["finish_reason"], "stop");
         // The rendered prompt holds the call and the result in Qwen's form (the fake's tokens
         // are bytes, so the prompt length tells the template rendered them).
-        let qwen = crate::gguf::GgufFile::open(&test_support::shared().join("vocab/qwen2.5-coder.vocab.gguf")).unwrap();
-        let t = ChatTemplate::from_gguf(&qwen, None).unwrap();
         let msgs: Vec<crate::tokenizer::chat::ChatMessage> = vec![
             crate::tokenizer::chat::ChatMessage::new("user", "Weather in Paris?"),
             crate::tokenizer::chat::ChatMessage {

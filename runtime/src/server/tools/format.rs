@@ -363,4 +363,4 @@ pub fn mistral_call_id(id: &str) -> String {
 
 #[cfg(test)]
 #[path = "format_tests.rs"]
-mod tests;
+pub(crate) mod tests;

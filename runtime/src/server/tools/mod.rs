@@ -14,6 +14,8 @@ mod scan;
 pub mod stream;
 
 pub use format::{Call, Format, Parsed};
+#[cfg(test)]
+pub(crate) use format::tests::qwen_template;
 
 use super::error::ApiError;
 use super::model::Model;
