@@ -198,6 +198,19 @@ mod real_vocabulary {
         assert!(m.is_on(), "on after the trigger spelled out in text");
         let ty = tok.encode("ty", false, false).unwrap()[0];
         assert!(m.allowed().unwrap().is_allowed(ty));
+
+        // A control token as the trigger (as Mistral's `[TOOL_CALLS]` is in its vocabulary): its
+        // text is matched, and the grammar reads it as text.
+        let g = Grammar::lark("start: \"<|im_start|>\" \"[\" %json {\"type\": \"integer\"} \"]\"\n".into(), "test").unwrap().lazy(vec!["<|im_start|>".into()]);
+        let mut m = f.matcher(&g).unwrap();
+        let start = tok.encode("<|im_start|>", false, true).unwrap();
+        assert!(start.len() == 1 && tok.is_control(start[0]));
+        m.accept(tok.encode("x", false, false).unwrap()[0]).unwrap();
+        assert!(!m.is_on());
+        m.accept(start[0]).unwrap();
+        assert!(m.is_on());
+        let open = tok.encode("[", false, false).unwrap()[0];
+        assert!(m.allowed().unwrap().is_allowed(open) && !m.allowed().unwrap().is_allowed(tok.encode("x", false, false).unwrap()[0]));
     }
 }
 

@@ -74,6 +74,14 @@ impl Grammar {
         Grammar::checked(TopLevelGrammar::from_lark(src), kind)
     }
 
+    /// A Lark grammar that names tokens of the model's vocabulary (`<[id]>`), which the one-byte
+    /// vocabulary of the check cannot hold: it is compiled against the model's vocabulary only,
+    /// when a generation starts. For grammars this program writes, checked beforehand with the
+    /// token written as text.
+    pub fn lark_with_tokens(src: String, kind: &'static str) -> Grammar {
+        Grammar { top: TopLevelGrammar::from_lark(src), kind, triggers: Vec::new() }
+    }
+
     /// `%json {schema}` for a Lark grammar, in the output style of `json_schema`; `loose`: with
     /// up to 24 characters of white space wherever JSON allows it (for JSON the model has begun
     /// in its own layout, as a lazy grammar takes over).

@@ -159,8 +159,15 @@ impl Format {
                 return Grammar::json_schema(&schema);
             }
         };
-        let g = Grammar::lark(src, "tools")?;
-        Ok(if forced { g } else { g.lazy(triggers) })
+        if forced {
+            if let Some(id) = trigger_token {
+                // Checked with the trigger as text: the check's vocabulary has no such token.
+                Grammar::lark(src.replace(&format!("<[{id}]>"), &lit(self.trigger().unwrap_or(""))), "tools")?;
+                return Ok(Grammar::lark_with_tokens(src, "tools"));
+            }
+            return Grammar::lark(src, "tools");
+        }
+        Ok(Grammar::lark(src, "tools")?.lazy(triggers))
     }
 
     /// Read `text` (the whole reply so far; `done` once it is final) into content and calls.

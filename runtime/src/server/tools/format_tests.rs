@@ -179,6 +179,30 @@ fn mistral_prompt_grammar_and_parsing() {
     stream_all_ways(&p, "No [TOOL_CALLS here, [brackets] are text.");
 }
 
+/// With `required`, a trigger that is a control token is asked for as that token (Qwen's
+/// `<|im_start|>` stands in for Mistral's `[TOOL_CALLS]`, which the shared vocabularies lack).
+#[test]
+fn forced_calls_start_with_the_control_token() {
+    let Some(dir) = test_support::require_shared() else { return };
+    let g = crate::gguf::GgufFile::open(&dir.join("vocab/qwen2.5-coder.vocab.gguf")).unwrap();
+    let tok = crate::tokenizer::Tokenizer::from_gguf(&g).unwrap();
+    let f = crate::grammar::Factory::new(&tok).unwrap();
+    let id = tok.encode("<|im_start|>", false, true).unwrap()[0];
+    let call = Format::Mistral.call_schema("get_time", &json!({"type": "object", "properties": {"zone": {"type": "string"}}, "required": ["zone"]}));
+    let grammar = Format::Mistral.grammar(&call, false, true, Some(id)).unwrap();
+    let mut m = f.matcher(&grammar).unwrap();
+    let first = m.allowed().unwrap();
+    let allowed: Vec<u32> = (0..tok.vocab_size() as u32).filter(|&i| first.is_allowed(i)).collect();
+    assert_eq!(allowed, [id], "only the control token may start the reply");
+    use crate::engine::sampler::TokenConstraint;
+    m.accept(id).unwrap();
+    for t in tok.encode("[{\"name\": \"get_time\", \"arguments\": {\"zone\": \"CET\"}}]", false, false).unwrap() {
+        assert!(m.allowed().unwrap().is_allowed(t), "{:?}", tok.token_text(t));
+        m.accept(t).unwrap();
+    }
+    assert!(m.is_accepting());
+}
+
 #[test]
 fn llama3_prompt_grammar_and_parsing() {
     let t = ChatTemplate::from_source("llama31", LLAMA31, "<|begin_of_text|>", "<|eot_id|>").unwrap();
