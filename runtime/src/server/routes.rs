@@ -273,9 +273,16 @@ async fn chat_completions(State(st): St, ApiJson(req): ApiJson<ChatRequest>) -> 
     let format = super::tools::Format::of_template(&st.model.template_source());
     let trigger = super::tools::trigger_token(&*st.model, format);
     let tools = super::tools::plan(req.tools.as_ref(), req.tool_choice.as_ref(), req.parallel_tool_calls, format, trigger)?;
-    let grammar = match tools.as_ref().and_then(|t| t.grammar.clone()) {
-        Some(g) => Some(g),
-        None => super::structured::response_format(req.response_format.as_ref())?,
+    let format_grammar = super::structured::response_format(req.response_format.as_ref())?;
+    let grammar = match (tools.as_ref().and_then(|t| t.grammar.clone()), format_grammar) {
+        // One grammar constrains a reply: the calls' or the text's, not both.
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid_field(
+                "response_format",
+                "'response_format' cannot be combined with tools the model may call; send tool_choice 'none' for a structured text answer",
+            ))
+        }
+        (calls, text) => calls.or(text),
     };
     let sampling = validate_sampling(req.sampling_fields(), req.n, &st.defaults)?;
     let max_tokens = match req.max_completion_tokens {

@@ -52,6 +52,14 @@ fn calls_in_one_message() {
         one["parallel_tool_calls"] = json!(false);
         let j = post(a, "/v1/chat/completions", one).await.json();
         assert_eq!(j["choices"][0]["message"]["tool_calls"].as_array().unwrap().len(), 1, "{j}");
+        // response_format beside callable tools is refused, not ignored; with tool_choice none
+        // it constrains the text.
+        let mut both = request(false);
+        both["response_format"] = json!({"type": "json_object"});
+        let j = super::tests::assert_error(&post(a, "/v1/chat/completions", both.clone()).await, 400, "tool_choice 'none'");
+        assert_eq!(j["error"]["param"], "response_format");
+        both["tool_choice"] = json!("none");
+        assert_eq!(post(a, "/v1/chat/completions", both).await.status, 200);
     });
 }
 
