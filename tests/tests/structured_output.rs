@@ -300,7 +300,12 @@ fn tool_calls_round_trip_on_qwen() {
             let r = s.post(
                 "/v1/chat/completions",
                 &json!({
-                    "messages": [question, c["message"], {"role": "tool", "tool_call_id": call["id"], "content": "{\"temperature\": 21, \"sky\": \"sunny\"}"}],
+                    // (the system turn keeps the 0.5B model from writing more calls as text)
+                    "messages": [
+                        {"role": "system", "content": "Answer the user in one plain sentence, using the tool results."},
+                        question, c["message"],
+                        {"role": "tool", "tool_call_id": call["id"], "content": "{\"temperature\": 21, \"sky\": \"sunny\"}"}
+                    ],
                     "tools": tools, "tool_choice": "none", "temperature": 0, "max_tokens": 60
                 }),
             );

@@ -161,7 +161,7 @@ pub fn run(args: &Args, engine: &Engine, first: Option<String>, turns: Turns) ->
     let mut session = engine.try_new_session()?;
     let mut messages: Vec<ChatMessage> = Vec::new();
     if let Some(s) = system_prompt(args)? {
-        messages.push(ChatMessage { role: "system".into(), content: s });
+        messages.push(ChatMessage::new("system", &s));
     }
     let mut reader = (turns == Turns::Interactive).then(|| Reader::new(args.simple_io));
     if turns == Turns::Interactive {
@@ -194,7 +194,7 @@ pub fn run(args: &Args, engine: &Engine, first: Option<String>, turns: Turns) ->
                 }
             }
         };
-        messages.push(ChatMessage { role: "user".into(), content: user });
+        messages.push(ChatMessage::new("user", &user));
         let text = engine.chat_template().render(&messages, true)?;
         let ids = encode_prompt(engine, &text)?;
         if ids.len() >= engine.n_ctx() {
@@ -219,7 +219,7 @@ pub fn run(args: &Args, engine: &Engine, first: Option<String>, turns: Turns) ->
         if interrupted {
             crate::cli::generate::log!(args, "(stopped)");
         }
-        messages.push(ChatMessage { role: "assistant".into(), content: reply.trim().to_string() });
+        messages.push(ChatMessage::new("assistant", reply.trim()));
         if stats.stop == StopReason::ContextFull {
             crate::cli::generate::log!(args, "stopped: the context of {} tokens is full (use -c to make it larger)", engine.n_ctx());
             break;

@@ -18,6 +18,7 @@
 //! The vocabulary's trie is built once per model (`Factory`) and shared by every request.
 
 mod gbnf;
+mod lazy;
 
 use crate::engine::sampler::TokenConstraint;
 use crate::tokenizer::Tokenizer;
@@ -36,6 +37,8 @@ pub struct Grammar {
     top: TopLevelGrammar,
     /// What it came from, for messages ("GBNF grammar", "JSON schema").
     kind: &'static str,
+    /// Texts that switch the grammar on (`lazy`); none: on from the start.
+    triggers: Vec<String>,
 }
 
 impl std::fmt::Debug for Grammar {
@@ -65,22 +68,41 @@ impl Grammar {
         Grammar::checked(TopLevelGrammar::from_json_schema(schema), "JSON schema")
     }
 
-    /// Tool calls in tags, `OPEN\n{json}\nCLOSE` (one, or several on separate lines when
-    /// `parallel`), the JSON matching `schema`.
-    pub fn tool_calls(schema: &serde_json::Value, open: &str, close: &str, parallel: bool) -> Result<Grammar> {
+    /// A grammar in llguidance's Lark dialect (`kind` names it in messages); `%json {schema}`
+    /// from `lark_json` embeds a schema.
+    pub fn lark(src: String, kind: &'static str) -> Result<Grammar> {
+        Grammar::checked(TopLevelGrammar::from_lark(src), kind)
+    }
+
+    /// A Lark grammar that names tokens of the model's vocabulary (`<[id]>`), which the one-byte
+    /// vocabulary of the check cannot hold: it is compiled against the model's vocabulary only,
+    /// when a generation starts. For grammars this program writes, checked beforehand with the
+    /// token written as text.
+    pub fn lark_with_tokens(src: String, kind: &'static str) -> Grammar {
+        Grammar { top: TopLevelGrammar::from_lark(src), kind, triggers: Vec::new() }
+    }
+
+    /// `%json {schema}` for a Lark grammar, in the output style of `json_schema`; `loose`: with
+    /// up to 24 characters of white space wherever JSON allows it (for JSON the model has begun
+    /// in its own layout, as a lazy grammar takes over).
+    pub fn lark_json(schema: &serde_json::Value, loose: bool) -> String {
         let mut schema = schema.clone();
+        let style = if loose {
+            serde_json::json!({"whitespace_pattern": "[\\x20\\x0A\\x0D\\x09]{1,24}", "item_separator": ",", "key_separator": ":"})
+        } else {
+            Self::json_style()
+        };
         if let Some(o) = schema.as_object_mut() {
-            o.insert("x-guidance".into(), Self::json_style());
+            o.insert("x-guidance".into(), style);
         }
-        let lit = |s: String| serde_json::to_string(&s).unwrap_or_default();
-        let lark = format!(
-            "start: call{}\ncall: {} args {}\nargs: %json {}\n",
-            if parallel { " (\"\\n\" call)*" } else { "" },
-            lit(format!("{open}\n")),
-            lit(format!("\n{close}")),
-            schema
-        );
-        Grammar::checked(TopLevelGrammar::from_lark(lark), "tools")
+        format!("%json {schema}")
+    }
+
+    /// This grammar, off until the output contains one of `triggers`; from there on the output,
+    /// from the trigger on, must match it (see `lazy`).
+    pub fn lazy(mut self, triggers: Vec<String>) -> Grammar {
+        self.triggers = triggers;
+        self
     }
 
     /// JSON on one line with `", "` and `": "` between items.
@@ -101,7 +123,7 @@ impl Grammar {
             f
         });
         f.create_parser(top.clone()).map_err(|e| anyhow!("{kind}: {}", one_line(&e.to_string())))?;
-        Ok(Grammar { top, kind })
+        Ok(Grammar { top, kind, triggers: Vec::new() })
     }
 }
 
@@ -151,7 +173,7 @@ impl Factory {
     /// A matcher at the start of the output.
     pub fn matcher(&self, g: &Grammar) -> Result<GrammarMatcher> {
         let parser = self.inner.create_parser(g.top.clone()).map_err(|e| anyhow!("{}: {}", g.kind, one_line(&e.to_string())))?;
-        Ok(GrammarMatcher { m: Matcher::new(Ok(parser)), mask: None })
+        Ok(GrammarMatcher { m: Matcher::new(Ok(parser)), mask: None, phase: lazy::Phase::start(&g.triggers) })
     }
 }
 
@@ -159,6 +181,8 @@ impl Factory {
 pub struct GrammarMatcher {
     m: Matcher,
     mask: Option<SimpleVob>,
+    /// Whether the grammar applies yet (a lazy grammar waits for its trigger).
+    phase: lazy::Phase,
 }
 
 impl GrammarMatcher {
@@ -168,14 +192,24 @@ impl GrammarMatcher {
         Ok(self.mask.insert(v))
     }
 
-    /// Whether the output so far is a complete sentence of the grammar.
+    /// Whether the output so far is a complete sentence of the grammar (any text is, while a
+    /// lazy grammar is off).
     pub fn is_accepting(&mut self) -> bool {
-        self.m.is_accepting().unwrap_or(false)
+        !self.phase.is_on() || self.m.is_accepting().unwrap_or(false)
+    }
+
+    /// Whether the grammar restricts the next token (false while a lazy grammar waits for its
+    /// trigger, or after the text following the trigger did not fit it).
+    pub fn is_on(&self) -> bool {
+        self.phase.is_on()
     }
 }
 
 impl TokenConstraint for GrammarMatcher {
     fn mask(&mut self, logits: &mut [f32]) -> Result<()> {
+        if !self.phase.is_on() {
+            return Ok(());
+        }
         let allowed = self.allowed()?;
         let n = allowed.len().min(logits.len());
         for (i, l) in logits[..n].iter_mut().enumerate() {
@@ -189,6 +223,9 @@ impl TokenConstraint for GrammarMatcher {
     }
 
     fn accept(&mut self, token: u32) -> Result<()> {
+        if !self.phase.is_on() {
+            return lazy::accept(self, token);
+        }
         self.m.consume_token(token).map_err(|e| anyhow!("grammar: {}", one_line(&e.to_string())))
     }
 }

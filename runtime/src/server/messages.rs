@@ -115,7 +115,7 @@ pub fn chat_messages(system: Option<&Content>, messages: &[InMessage]) -> Result
     if let Some(s) = system {
         let s = text_of(s, "system")?;
         if !s.is_empty() {
-            out.push(ChatMessage { role: "system".into(), content: s });
+            out.push(ChatMessage { role: "system".into(), content: s, ..Default::default() });
         }
     }
     for (i, m) in messages.iter().enumerate() {
@@ -125,7 +125,7 @@ pub fn chat_messages(system: Option<&Content>, messages: &[InMessage]) -> Result
         }
         let blocks = match &m.content {
             Content::Text(t) => {
-                out.push(ChatMessage { role: m.role.clone(), content: t.clone() });
+                out.push(ChatMessage { role: m.role.clone(), content: t.clone(), ..Default::default() });
                 continue;
             }
             Content::Blocks(b) => b,
@@ -138,7 +138,8 @@ pub fn chat_messages(system: Option<&Content>, messages: &[InMessage]) -> Result
                 "text" => text.push(b.get("text").and_then(Value::as_str).ok_or_else(|| ApiError::invalid_field(&here, format!("{here}: a text block needs 'text'")))?.to_string()),
                 "tool_use" if m.role == "assistant" => {
                     let name = b.get("name").and_then(Value::as_str).ok_or_else(|| ApiError::invalid_field(&here, format!("{here}: a tool_use block needs 'name'")))?;
-                    calls.push(json!({ "function": { "name": name, "arguments": b.get("input").cloned().unwrap_or(json!({})) } }));
+                    let id = b.get("id").and_then(Value::as_str).unwrap_or("");
+                    calls.push(json!({ "id": id, "function": { "name": name, "arguments": b.get("input").cloned().unwrap_or(json!({})) } }));
                 }
                 "tool_result" if m.role == "user" => {
                     let content = match b.get("content") {
@@ -150,7 +151,8 @@ pub fn chat_messages(system: Option<&Content>, messages: &[InMessage]) -> Result
                             text_of(&c, &format!("{here}.content"))?
                         }
                     };
-                    out.push(ChatMessage { role: "tool".into(), content });
+                    let id = b.get("tool_use_id").and_then(Value::as_str).map(str::to_string);
+                    out.push(ChatMessage { role: "tool".into(), content, tool_call_id: id, ..Default::default() });
                 }
                 "thinking" | "redacted_thinking" if m.role == "assistant" => {}
                 other => {
@@ -161,13 +163,10 @@ pub fn chat_messages(system: Option<&Content>, messages: &[InMessage]) -> Result
                 }
             }
         }
-        let mut content = text.join("\n");
-        if !calls.is_empty() {
-            let blocks = super::tools::calls_as_text(&Value::Array(calls), i)?;
-            content = if content.is_empty() { blocks } else { format!("{content}\n{blocks}") };
-        }
+        let content = text.join("\n");
+        let tool_calls = if calls.is_empty() { None } else { Some(super::tools::check_calls(&Value::Array(calls), i)?) };
         if !content.is_empty() || m.role == "assistant" || out.last().is_none_or(|l| l.role != "tool") {
-            out.push(ChatMessage { role: m.role.clone(), content });
+            out.push(ChatMessage { role: m.role.clone(), content, tool_calls, ..Default::default() });
         }
     }
     Ok(out)
@@ -258,7 +257,7 @@ fn prepare(st: &AppState, req: MessagesRequest) -> Result<Prepared, ApiError> {
     let (tools, choice, parallel) = chat_tools(req.tools.as_ref(), req.tool_choice.as_ref())?;
     let no_calls = choice.as_ref().and_then(Value::as_str) == Some("none");
     // calls are read from the whole reply; a stream that may hold them is sent once it is read
-    let plan = super::tools::plan(tools.as_ref(), choice.as_ref(), parallel, false).map_err(|e| {
+    let plan = super::tools::plan_for(&*st.model, tools.as_ref(), choice.as_ref(), parallel).map_err(|e| {
         // errors name the fields as this API spells them (`tools[0].input_schema`)
         let param = e.param.as_deref().map(|p| p.replace(".function.parameters", ".input_schema").replace(".function.", "."));
         ApiError { param, ..e }
@@ -402,7 +401,7 @@ pub async fn count_tokens(State(st): State<Arc<AppState>>, req: Request) -> Resp
     };
     let counted = async {
         let (tools, _, _) = chat_tools(req.tools.as_ref(), None)?;
-        let plan = super::tools::plan(tools.as_ref(), None, None, false)?;
+        let plan = super::tools::plan_for(&*st.model, tools.as_ref(), None, None)?;
         let messages = chat_messages(req.system.as_ref(), &req.messages)?;
         let model = st.model.clone();
         let list = plan.map(|p| p.tools);
@@ -442,8 +441,14 @@ mod tests {
         .unwrap();
         let roles: Vec<&str> = m.iter().map(|m| m.role.as_str()).collect();
         assert_eq!(roles, ["system", "user", "assistant", "tool", "assistant"]);
-        assert!(m[2].content.starts_with("Let me look.\n<tool_call>") && m[2].content.contains("\"city\":\"Paris\""), "{}", m[2].content);
+        // the calls go to the template as the chat route's `tool_calls` (the template writes them)
+        assert_eq!(m[2].content, "Let me look.");
+        let calls = m[2].tool_calls.as_ref().unwrap();
+        assert_eq!(calls[0]["id"], "toolu_1");
+        assert_eq!(calls[0]["function"]["name"], "get_weather");
+        assert_eq!(calls[0]["function"]["arguments"], json!({"city": "Paris"}));
         assert_eq!(m[3].content, "sunny");
+        assert_eq!(m[3].tool_call_id.as_deref(), Some("toolu_1"));
         for (bad, param) in [
             (json!([{"role": "system", "content": "x"}]), "messages[0].role"),
             (json!([{"role": "user", "content": [{"type": "image", "source": {}}]}]), "messages[0].content[0]"),

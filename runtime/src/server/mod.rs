@@ -48,6 +48,8 @@ mod tests_embeddings;
 mod tests_choices;
 #[cfg(test)]
 mod tests_limits;
+#[cfg(test)]
+mod tests_tools;
 pub mod types;
 
 use crate::engine::{Engine, LoadOptions, SamplingParams};

@@ -26,6 +26,10 @@ pub trait Model: Send + Sync + 'static {
         anyhow::bail!("this model's chat template cannot describe tools ({} messages)", messages.len())
     }
     fn template_name(&self) -> String;
+    /// The chat template's Jinja text ("" when unknown); the tool-call format is read from it.
+    fn template_source(&self) -> String {
+        String::new()
+    }
     /// A session with its own KV cache.
     fn new_session(&self) -> Box<dyn ModelSession>;
 
@@ -118,6 +122,9 @@ impl Model for EngineModel {
     fn template_name(&self) -> String {
         self.0.chat_template().name().to_string()
     }
+    fn template_source(&self) -> String {
+        self.0.chat_template().source().to_string()
+    }
     fn new_session(&self) -> Box<dyn ModelSession> {
         Box::new(self.0.new_session())
     }
@@ -183,7 +190,7 @@ pub fn chat_prompt_with_tools(model: &dyn Model, messages: &[ChatMessage], tools
 }
 
 /// The system messages joined into the first user message; `None` if there is no system message.
-fn fold_system(messages: &[ChatMessage]) -> Option<Vec<ChatMessage>> {
+pub(crate) fn fold_system(messages: &[ChatMessage]) -> Option<Vec<ChatMessage>> {
     let system: Vec<&str> = messages.iter().filter(|m| m.role == "system").map(|m| m.content.as_str()).collect();
     if system.is_empty() {
         return None;
@@ -192,7 +199,7 @@ fn fold_system(messages: &[ChatMessage]) -> Option<Vec<ChatMessage>> {
     let sys = system.join("\n\n");
     match out.iter_mut().find(|m| m.role == "user") {
         Some(first_user) => first_user.content = format!("{sys}\n\n{}", first_user.content),
-        None => out.insert(0, ChatMessage { role: "user".into(), content: sys }),
+        None => out.insert(0, ChatMessage::new("user", &sys)),
     }
     Some(out)
 }
@@ -240,7 +247,7 @@ mod tests {
     }
 
     fn msg(role: &str, content: &str) -> ChatMessage {
-        ChatMessage { role: role.into(), content: content.into() }
+        ChatMessage::new(role, content)
     }
 
     #[test]

@@ -94,11 +94,11 @@ fn item_text(content: Option<&Value>, at: &str) -> Result<String, ApiError> {
 pub fn input_messages(instructions: Option<String>, input: Input) -> Result<Vec<ChatMessage>, ApiError> {
     let mut out = Vec::new();
     if let Some(i) = instructions.filter(|i| !i.is_empty()) {
-        out.push(ChatMessage { role: "system".into(), content: i });
+        out.push(ChatMessage { role: "system".into(), content: i, ..Default::default() });
     }
     let items = match input {
         Input::Text(t) => {
-            out.push(ChatMessage { role: "user".into(), content: t });
+            out.push(ChatMessage { role: "user".into(), content: t, ..Default::default() });
             return Ok(out);
         }
         Input::Items(items) => items,
@@ -124,7 +124,7 @@ pub fn input_messages(instructions: Option<String>, input: Input) -> Result<Vec<
                         ))
                     }
                 };
-                out.push(ChatMessage { role: role.into(), content: item_text(item.get("content"), &at)? });
+                out.push(ChatMessage { role: role.into(), content: item_text(item.get("content"), &at)?, ..Default::default() });
                 calls_at = None;
             }
             "function_call" => {
@@ -132,22 +132,25 @@ pub fn input_messages(instructions: Option<String>, input: Input) -> Result<Vec<
                 let Some(name) = name else {
                     return Err(ApiError::invalid_field(&format!("{at}.name"), format!("{at}: a function_call needs 'name'")));
                 };
-                let call = json!([{ "function": { "name": name, "arguments": item.get("arguments").cloned().unwrap_or(json!("{}")) } }]);
-                let block = super::tools::calls_as_text(&call, i).map_err(|e| ApiError { param: Some(at.clone()), ..e })?;
-                match calls_at {
-                    Some(k) => out[k].content = format!("{}\n{block}", out[k].content),
-                    None => match out.last_mut() {
-                        // the text the model wrote before its calls
-                        Some(m) if m.role == "assistant" => {
-                            m.content = if m.content.is_empty() { block } else { format!("{}\n{block}", m.content) };
-                            calls_at = Some(out.len() - 1);
+                let id = item.get("call_id").and_then(Value::as_str).unwrap_or("");
+                let call = json!([{ "id": id, "function": { "name": name, "arguments": item.get("arguments").cloned().unwrap_or(json!("{}")) } }]);
+                let call = super::tools::check_calls(&call, i).map_err(|e| ApiError { param: Some(at.clone()), ..e })?;
+                let call = call.as_array().cloned().unwrap_or_default();
+                // consecutive calls go to one assistant message, after the text the model wrote before them
+                let k = match calls_at {
+                    Some(k) => k,
+                    None => {
+                        if out.last().is_none_or(|m| m.role != "assistant") {
+                            out.push(ChatMessage { role: "assistant".into(), ..Default::default() });
                         }
-                        _ => {
-                            out.push(ChatMessage { role: "assistant".into(), content: block });
-                            calls_at = Some(out.len() - 1);
-                        }
-                    },
+                        out.len() - 1
+                    }
+                };
+                match out[k].tool_calls.as_mut() {
+                    Some(Value::Array(list)) => list.extend(call),
+                    _ => out[k].tool_calls = Some(Value::Array(call)),
                 }
+                calls_at = Some(k);
             }
             "function_call_output" => {
                 let output = match item.get("output") {
@@ -155,7 +158,8 @@ pub fn input_messages(instructions: Option<String>, input: Input) -> Result<Vec<
                     Some(v @ Value::Array(_)) => item_text(Some(v), &at)?,
                     _ => return Err(ApiError::invalid_field(&format!("{at}.output"), format!("{at}: a function_call_output needs 'output' (a string)"))),
                 };
-                out.push(ChatMessage { role: "tool".into(), content: output });
+                let id = item.get("call_id").and_then(Value::as_str).map(str::to_string);
+                out.push(ChatMessage { role: "tool".into(), content: output, tool_call_id: id, ..Default::default() });
                 calls_at = None;
             }
             other => {
@@ -345,7 +349,7 @@ pub async fn create(State(st): State<Arc<AppState>>, ApiJson(req): ApiJson<Respo
     let no_calls = choice.as_ref().and_then(Value::as_str) == Some("none");
     // A reply that may hold calls is read whole before it is streamed (tools::plan is asked as
     // for a non-streaming request).
-    let plan = super::tools::plan(tools.as_ref(), choice.as_ref(), req.parallel_tool_calls, false)
+    let plan = super::tools::plan_for(&*st.model, tools.as_ref(), choice.as_ref(), req.parallel_tool_calls)
         // errors name the fields as this API spells them (`tools[0].name`)
         .map_err(|e| ApiError { param: e.param.as_deref().map(|p| p.replace(".function.", ".")), ..e })?;
     let buffered = stream && plan.is_some() && !no_calls;
@@ -539,9 +543,13 @@ mod tests {
         let roles: Vec<&str> = m.iter().map(|m| m.role.as_str()).collect();
         assert_eq!(roles, ["system", "user", "assistant", "tool", "assistant"]);
         assert_eq!(m[1].content, "a\nb");
-        assert_eq!(m[2].content.matches("<tool_call>").count(), 2, "{}", m[2].content);
-        assert!(m[2].content.contains("\"x\":1"), "{}", m[2].content);
+        // consecutive calls: one assistant message with both, as the chat route's `tool_calls`
+        let calls = m[2].tool_calls.as_ref().unwrap().as_array().unwrap().clone();
+        assert_eq!(calls.iter().map(|c| c["function"]["name"].as_str().unwrap()).collect::<Vec<_>>(), ["f", "g"]);
+        assert_eq!(calls[0]["id"], "c1");
+        assert_eq!(calls[0]["function"]["arguments"], json!({"x": 1}));
         assert_eq!(m[3].content, "42");
+        assert_eq!(m[3].tool_call_id.as_deref(), Some("c1"));
         for (bad, param) in [
             (json!([{"role": "robot", "content": "x"}]), "input[0].role"),
             (json!([{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]), "input[0].content[0].type"),

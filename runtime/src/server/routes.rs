@@ -202,8 +202,10 @@ fn openai_max_tokens(v: Option<i64>, name: &str) -> Result<Option<usize>, ApiErr
     }
 }
 
-/// `with_tools`: the request has tools, so `tool` messages and assistant `tool_calls` are taken.
-fn convert_messages(messages: Vec<InMessage>, with_tools: bool) -> Result<Vec<ChatMessage>, ApiError> {
+/// The request's messages for the template: `tool` messages and assistant `tool_calls` are
+/// taken with or without `tools` in the request (a client may send a conversation's calls
+/// back without offering tools again).
+fn convert_messages(messages: Vec<InMessage>) -> Result<Vec<ChatMessage>, ApiError> {
     if messages.is_empty() {
         return Err(ApiError::invalid_field("messages", "'messages' must hold at least one message"));
     }
@@ -213,11 +215,11 @@ fn convert_messages(messages: Vec<InMessage>, with_tools: bool) -> Result<Vec<Ch
             "system" | "developer" => "system",
             "user" => "user",
             "assistant" => "assistant",
-            "tool" if with_tools => "tool",
+            "tool" => "tool",
             other => {
                 return Err(ApiError::invalid_field(
                     &format!("messages[{i}].role"),
-                    format!("unsupported role '{other}' in messages[{i}] (system, user and assistant are)"),
+                    format!("unsupported role '{other}' in messages[{i}] (system, user, assistant and tool are)"),
                 ))
             }
         };
@@ -243,14 +245,12 @@ fn convert_messages(messages: Vec<InMessage>, with_tools: bool) -> Result<Vec<Ch
                 text.join("\n")
             }
         };
-        let content = match &m.tool_calls {
-            Some(calls) if with_tools && role == "assistant" && !calls.is_null() => {
-                let blocks = super::tools::calls_as_text(calls, i)?;
-                if content.is_empty() { blocks } else { format!("{content}\n{blocks}") }
-            }
-            _ => content,
+        let tool_calls = match &m.tool_calls {
+            Some(calls) if role == "assistant" && !calls.is_null() => Some(super::tools::check_calls(calls, i)?),
+            _ => None,
         };
-        out.push(ChatMessage { role: role.to_string(), content });
+        let (tool_call_id, name) = if role == "tool" { (m.tool_call_id, m.name) } else { (None, None) };
+        out.push(ChatMessage { role: role.to_string(), content, tool_calls, tool_call_id, name });
     }
     Ok(out)
 }
@@ -283,10 +283,19 @@ where
 async fn chat_completions(State(st): St, ApiJson(req): ApiJson<ChatRequest>) -> Result<Response, ApiError> {
     req.check_unsupported()?;
     let stream = req.stream.unwrap_or(false);
-    let tools = super::tools::plan(req.tools.as_ref(), req.tool_choice.as_ref(), req.parallel_tool_calls, stream)?;
-    let grammar = match tools.as_ref().and_then(|t| t.grammar.clone()) {
-        Some(g) => Some(g),
-        None => super::structured::response_format(req.response_format.as_ref())?,
+    let format = super::tools::Format::of_template(&st.model.template_source());
+    let trigger = super::tools::trigger_token(&*st.model, format);
+    let tools = super::tools::plan(req.tools.as_ref(), req.tool_choice.as_ref(), req.parallel_tool_calls, format, trigger)?;
+    let format_grammar = super::structured::response_format(req.response_format.as_ref())?;
+    let grammar = match (tools.as_ref().and_then(|t| t.grammar.clone()), format_grammar) {
+        // One grammar constrains a reply: the calls' or the text's, not both.
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid_field(
+                "response_format",
+                "'response_format' cannot be combined with tools the model may call; send tool_choice 'none' for a structured text answer",
+            ))
+        }
+        (calls, text) => calls.or(text),
     };
     let logprobs = super::logprobs::chat_request(req.logprobs, req.top_logprobs)?;
     let sampling = validate_sampling(req.sampling_fields(), req.n, &st.defaults)?;
@@ -295,9 +304,14 @@ async fn chat_completions(State(st): St, ApiJson(req): ApiJson<ChatRequest>) -> 
         Some(v) => openai_max_tokens(Some(v), "max_completion_tokens")?,
         None => openai_max_tokens(req.max_tokens, "max_tokens")?,
     };
-    let messages = convert_messages(req.messages, tools.is_some())?;
+    let messages = convert_messages(req.messages)?;
+    let messages = match &tools {
+        Some(t) => t.messages(messages),
+        None => super::tools::messages_without_tools(format, messages),
+    };
     let model = st.model.clone();
-    let tool_list = tools.as_ref().map(|t| t.tools.clone());
+    // Templates without tool support get the tools in the system turn instead (`tools`).
+    let tool_list = tools.as_ref().filter(|t| t.format.native()).map(|t| t.tools.clone());
     let prompt = blocking(move || super::model::chat_prompt_with_tools(&*model, &messages, tool_list.as_ref()))
         .await?
         .map_err(|e| ApiError::invalid_field("messages", format!("the chat template could not render these messages: {e:#}")))?;
@@ -313,7 +327,7 @@ async fn chat_completions(State(st): St, ApiJson(req): ApiJson<ChatRequest>) -> 
         None => Value::Null,
     };
 
-    if !req.stream.unwrap_or(false) {
+    if !stream {
         let (choices, total) = choices::collect(rx, n).await?;
         let choices: Vec<Value> = choices
             .iter()
@@ -357,39 +371,72 @@ async fn chat_completions(State(st): St, ApiJson(req): ApiJson<ChatRequest>) -> 
     let first = (0..n).map(|i| sse_data(&chunk(i, json!({"role": "assistant", "content": ""}), Value::Null, None))).collect();
     // each choice's tokens not yet sent: they go with the text they begin
     let mut pending: Vec<Vec<crate::engine::logprobs::TokenLogprob>> = vec![Vec::new(); n];
-    Ok(sse_from(first, rx, move |ev| match ev {
-        ChoiceEvent::Token(i, t) => {
-            if let Some(p) = pending.get_mut(i) {
-                p.push(t);
+    // With tools, each choice's text goes through a reader of the model's call format.
+    let mut calls: Option<(super::tools::ToolPlan, Vec<super::tools::stream::ToolStream>)> =
+        tools.filter(|t| t.reads_calls()).map(|t| (t, (0..n).map(|_| Default::default()).collect()));
+    Ok(sse_from(first, rx, move |ev| {
+        // A choice's end: what its reader still holds, then its chunk with the finish reason.
+        let mut end = |i: usize, stats: &crate::engine::GenerationStats| {
+            let mut out = Vec::new();
+            let mut finish = finish_reason(stats.stop);
+            if let Some((plan, readers)) = calls.as_mut() {
+                out.extend(readers[i].finish(plan).into_iter().map(|d| sse_data(&chunk(i, d, Value::Null, None))));
+                if readers[i].has_calls() && finish == "stop" {
+                    finish = "tool_calls";
+                }
             }
-            vec![]
-        }
-        ChoiceEvent::Text(i, t) => {
-            let lp = logprobs_json(&std::mem::take(&mut pending[i.min(n - 1)]));
-            vec![sse_data(&chunk(i, json!({ "content": t }), lp, None))]
-        }
-        // the last choice ends with the generation (below), with its timings
-        ChoiceEvent::ChoiceDone(i, s) if i + 1 < n => {
-            let lp = logprobs_json(&std::mem::take(&mut pending[i]));
-            vec![sse_data(&chunk(i, json!({}), lp, Some(finish_reason(s.stop))))]
-        }
-        ChoiceEvent::ChoiceDone(..) => vec![],
-        ChoiceEvent::Done(stats) => {
-            let lp = logprobs_json(&std::mem::take(&mut pending[n - 1]));
-            let mut last = chunk(n - 1, json!({}), lp, Some(finish_reason(stats.stop)));
-            last["timings"] = timings(&stats);
-            let mut out = vec![sse_text(last.to_string())];
-            if include_usage {
-                let mut u = last.clone();
-                u["choices"] = json!([]);
-                u["usage"] = usage(&stats);
-                u.as_object_mut().map(|o| o.remove("timings"));
-                out.push(sse_text(u.to_string()));
+            let last = chunk(i, json!({}), logprobs_json(&std::mem::take(&mut pending[i])), Some(finish));
+            (out, last)
+        };
+        match ev {
+            ChoiceEvent::Token(i, t) => {
+                if let Some(p) = pending.get_mut(i) {
+                    p.push(t);
+                }
+                vec![]
             }
-            out.push(sse_text("[DONE]"));
-            out
+            ChoiceEvent::Text(i, t) => {
+                let i = i.min(n - 1);
+                match calls.as_mut() {
+                    Some((plan, readers)) => {
+                        let deltas = readers[i].push(plan, &t);
+                        // the tokens go with the first piece the reader lets out
+                        let mut out = Vec::with_capacity(deltas.len());
+                        for d in deltas {
+                            let lp = if out.is_empty() { logprobs_json(&std::mem::take(&mut pending[i])) } else { Value::Null };
+                            out.push(sse_data(&chunk(i, d, lp, None)));
+                        }
+                        out
+                    }
+                    None => {
+                        let lp = logprobs_json(&std::mem::take(&mut pending[i]));
+                        vec![sse_data(&chunk(i, json!({ "content": t }), lp, None))]
+                    }
+                }
+            }
+            // the last choice ends with the generation (below), with its timings
+            ChoiceEvent::ChoiceDone(i, s) if i + 1 < n => {
+                let (mut out, last) = end(i, &s);
+                out.push(sse_data(&last));
+                out
+            }
+            ChoiceEvent::ChoiceDone(..) => vec![],
+            ChoiceEvent::Done(stats) => {
+                let (mut out, mut last) = end(n - 1, &stats);
+                last["timings"] = timings(&stats);
+                out.push(sse_text(last.to_string()));
+                if include_usage {
+                    let mut u = last.clone();
+                    u["choices"] = json!([]);
+                    u["usage"] = usage(&stats);
+                    u.as_object_mut().map(|o| o.remove("timings"));
+                    out.push(sse_text(u.to_string()));
+                }
+                out.push(sse_text("[DONE]"));
+                out
+            }
+            ChoiceEvent::Failed(e) => vec![sse_text(e.body().to_string())],
         }
-        ChoiceEvent::Failed(e) => vec![sse_text(e.body().to_string())],
     }))
 }
 

@@ -29,6 +29,11 @@ pub struct FakeModel {
     /// Pause per generated token, in microseconds.
     pub token_delay_us: Arc<AtomicU64>,
     pub counters: Arc<Counters>,
+    /// A chat template (rendering and the tool-call format), instead of the Mistral-like rules.
+    pub template: Option<Arc<crate::tokenizer::chat::ChatTemplate>>,
+    /// The reply every generation gives, 3 characters a "token" (grammars are not applied), instead
+    /// of the words.
+    pub reply: Option<Arc<str>>,
 }
 
 impl Default for FakeModel {
@@ -39,7 +44,13 @@ impl Default for FakeModel {
 
 impl FakeModel {
     pub fn new() -> FakeModel {
-        FakeModel { n_ctx: 256, token_delay_us: Arc::new(AtomicU64::new(0)), counters: Arc::new(Counters::default()) }
+        FakeModel {
+            n_ctx: 256,
+            token_delay_us: Arc::new(AtomicU64::new(0)),
+            counters: Arc::new(Counters::default()),
+            template: None,
+            reply: None,
+        }
     }
 }
 
@@ -94,6 +105,9 @@ impl Model for FakeModel {
         true
     }
     fn render_chat(&self, messages: &[ChatMessage]) -> anyhow::Result<String> {
+        if let Some(t) = &self.template {
+            return t.render(messages, true);
+        }
         let mut s = String::from("<s>");
         for (i, m) in messages.iter().enumerate() {
             if (m.role == "user") != (i % 2 == 0) {
@@ -106,6 +120,15 @@ impl Model for FakeModel {
             }
         }
         Ok(s)
+    }
+    fn render_chat_with_tools(&self, messages: &[ChatMessage], tools: &serde_json::Value) -> anyhow::Result<String> {
+        match &self.template {
+            Some(t) => t.render_with_tools(messages, true, Some(tools)),
+            None => anyhow::bail!("the fake model's template cannot describe tools"),
+        }
+    }
+    fn template_source(&self) -> String {
+        self.template.as_ref().map(|t| t.source().to_string()).unwrap_or_default()
     }
     fn template_name(&self) -> String {
         "fake".into()
@@ -126,6 +149,7 @@ impl Model for FakeModel {
             n_ctx: self.n_ctx,
             delay: self.token_delay_us.clone(),
             counters: self.counters.clone(),
+            reply: self.reply.clone(),
         })
     }
 }
@@ -135,6 +159,7 @@ pub struct FakeSession {
     n_ctx: usize,
     delay: Arc<AtomicU64>,
     counters: Arc<Counters>,
+    reply: Option<Arc<str>>,
 }
 
 struct ActiveGuard<'a>(&'a Counters);
@@ -174,7 +199,13 @@ impl ModelSession for FakeSession {
             if delay > 0 {
                 std::thread::sleep(Duration::from_micros(delay));
             }
-            let word = WORDS[(start + generated) % WORDS.len()];
+            let word = match &self.reply {
+                Some(r) => match r.get(text.len()..).and_then(|rest| rest.char_indices().nth(3).map(|(i, _)| &rest[..i]).or(Some(rest))) {
+                    Some("") | None => break StopReason::EndToken,
+                    Some(piece) => piece,
+                },
+                None => WORDS[(start + generated) % WORDS.len()],
+            };
             generated += 1;
             self.cached.push(BYTE0 + word.as_bytes()[0] as u32);
             let before = text.len();

@@ -49,6 +49,11 @@ pub struct InMessage {
     /// An assistant's earlier calls (`server::tools`).
     #[serde(default)]
     pub tool_calls: Option<serde_json::Value>,
+    /// A `tool` message's call id and tool name.
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 /// The fields every generation request shares (OpenAI names, plus llama.cpp's extensions):

@@ -27,15 +27,24 @@ use minijinja::value::{Kwargs, Serde};
 use minijinja::{Environment, Error, ErrorKind, Value};
 use std::path::Path;
 
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    /// An assistant's tool calls as templates read them (OpenAI's objects, `function.arguments`
+    /// an object); absent from the template's view when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<serde_json::Value>,
+    /// A `tool` message's call id and tool name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl ChatMessage {
     pub fn new(role: &str, content: &str) -> ChatMessage {
-        ChatMessage { role: role.to_string(), content: content.to_string() }
+        ChatMessage { role: role.to_string(), content: content.to_string(), ..Default::default() }
     }
 }
 
@@ -178,6 +187,8 @@ pub fn builtin_source(name: &str) -> Option<&'static str> {
 
 pub struct ChatTemplate {
     env: Environment<'static>,
+    /// The Jinja text (what tool-call format the model uses is read from it).
+    source: String,
     name: String,
     bos: String,
     eos: String,
@@ -267,7 +278,7 @@ impl ChatTemplate {
         env.add_filter("tojson", tojson);
         env.add_global("default_system", VICUNA_SYSTEM);
         env.add_template_owned("chat", source.to_string()).map_err(|e| anyhow!("invalid chat template ({name}): {e}"))?;
-        Ok(ChatTemplate { env, name: name.to_string(), bos: bos.to_string(), eos: eos.to_string() })
+        Ok(ChatTemplate { env, source: source.to_string(), name: name.to_string(), bos: bos.to_string(), eos: eos.to_string() })
     }
 
     /// Render the conversation (with the generation prompt for the assistant if asked).
@@ -308,6 +319,11 @@ impl ChatTemplate {
     /// A short name for logs ("gguf", "mistral", "chatml", ...).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The template's Jinja source.
+    pub fn source(&self) -> &str {
+        &self.source
     }
 
     /// The BOS / EOS texts the template sees.
