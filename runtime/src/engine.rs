@@ -11,6 +11,7 @@
 //! - `Session::generate` reuses the longest common prefix of the cached tokens and the new prompt
 //!   (the server's prompt cache; `--chat` keeps earlier turns this way).
 
+pub mod fast_forward;
 pub mod sampler;
 
 use crate::backend::{self, Backend, BackendState, PlanOptions};
@@ -244,6 +245,7 @@ impl Engine {
             x: vec![0.0; inner.n_batch * hp.n_embd],
             logits: vec![0.0; hp.n_vocab],
             sampler: Sampler::new(hp.n_vocab),
+            ahead: Default::default(),
             tokens: Vec::with_capacity(inner.n_ctx),
             states,
             inner,
@@ -356,6 +358,8 @@ pub struct Session {
     /// [n_vocab] logits of the last token processed.
     logits: Vec<f32>,
     sampler: Sampler,
+    /// Forced tokens evaluated ahead, and of those the ones generation kept (`fast_forward`).
+    ahead: fast_forward::Counts,
 }
 
 /// Largest logits buffer `eval_all` uses (values), so a 262k vocabulary does not need GBs.
@@ -487,6 +491,8 @@ impl Session {
             Some(g) => Some(inner.grammar_factory()?.matcher(g)?),
             None => None,
         };
+        let mut ff = fast_forward::FastForward::new(req.grammar.as_ref().is_some_and(|g| g.fast_forward()), self.tokens.len());
+        self.fast_forward_start(&mut ff, grammar.as_mut(), req.max_tokens)?;
         self.sampler.reseed(req.sampling.seed);
         let tok = &inner.tokenizer;
         let mut decoder = StreamDecoder::default();
@@ -502,7 +508,7 @@ impl Session {
                 Some(g) => g.mask(&mut logits),
                 None => Ok(()),
             };
-            let id = self.sampler.sample(&mut logits, &self.tokens, &req.sampling);
+            let id = self.sampler.sample(&mut logits, &self.tokens[..ff.kept()], &req.sampling);
             self.logits = logits;
             masked?;
             if (!req.ignore_eos || grammar.is_some()) && tok.end_tokens().contains(&id) {
@@ -529,14 +535,12 @@ impl Session {
             if generated >= req.max_tokens {
                 break StopReason::MaxTokens;
             }
-            if self.tokens.len() >= n_ctx {
+            if ff.kept() >= n_ctx {
                 break StopReason::ContextFull;
             }
-            let mut logits = std::mem::take(&mut self.logits);
-            let r = self.forward_batch(&[id], Some(&mut logits));
-            self.logits = logits;
-            r?;
+            self.advance(id, &mut ff, grammar.as_mut(), req.max_tokens - generated)?;
         };
+        self.fast_forward_finish(&ff);
         // Whatever the decoder and the stop-string buffer still hold is final now.
         if stop != StopReason::StopString && stop != StopReason::Cancelled {
             let mut rest = decoder.finish();

@@ -36,6 +36,8 @@ pub struct Grammar {
     top: TopLevelGrammar,
     /// What it came from, for messages ("GBNF grammar", "JSON schema").
     kind: &'static str,
+    /// Whether the engine evaluates the text the grammar forces ahead, in one batch.
+    fast_forward: bool,
 }
 
 impl std::fmt::Debug for Grammar {
@@ -101,7 +103,19 @@ impl Grammar {
             f
         });
         f.create_parser(top.clone()).map_err(|e| anyhow!("{kind}: {}", one_line(&e.to_string())))?;
-        Ok(Grammar { top, kind })
+        Ok(Grammar { top, kind, fast_forward: true })
+    }
+
+    /// This grammar with the fast-forward of forced text off (or on): the output is the same
+    /// either way, so this is for measuring it.
+    pub fn with_fast_forward(mut self, on: bool) -> Grammar {
+        self.fast_forward = on;
+        self
+    }
+
+    /// Whether the engine evaluates forced text ahead (`GrammarMatcher::forced_tokens`).
+    pub fn fast_forward(&self) -> bool {
+        self.fast_forward
     }
 }
 
@@ -171,6 +185,45 @@ impl GrammarMatcher {
     /// Whether the output so far is a complete sentence of the grammar.
     pub fn is_accepting(&mut self) -> bool {
         self.m.is_accepting().unwrap_or(false)
+    }
+
+    /// At most `max` tokens for the text the grammar forces next (keys, punctuation: everything
+    /// up to its next choice), a guess the engine evaluates ahead and then checks token by token
+    /// against what it samples, so it never changes the output. The guess is the tokenizer's own
+    /// encoding of that text (what the model most likely writes), or the vocabulary's longest
+    /// matches where that encoding does not give the text back (a SentencePiece space prefix),
+    /// less the tokens at its end that a longer token could replace by spanning into the text
+    /// after it (`"` before a string's first letters, `}` before `,`); empty when nothing is
+    /// forced.
+    pub fn forced_tokens(&mut self, tok: &Tokenizer, max: usize) -> Vec<u32> {
+        let Ok(env) = self.m.tok_env() else { return Vec::new() };
+        let bytes = if max == 0 { Vec::new() } else { self.m.compute_ff_bytes() };
+        // A multi-byte character cut by the end of the forced text is left to sampling.
+        let text = match std::str::from_utf8(&bytes) {
+            Ok(t) => t,
+            Err(e) => std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default(),
+        };
+        if text.is_empty() {
+            return Vec::new();
+        }
+        let trie = env.tok_trie();
+        let mut ids = match tok.encode(text, false, false) {
+            Ok(ids) if ids.iter().flat_map(|&id| tok.token_piece(id).iter().copied()).eq(text.bytes()) => ids,
+            _ => trie.greedy_tokenize(text.as_bytes()),
+        };
+        // The longest end of the text (within the last few tokens) that begins a longer token:
+        // the tokens over it are dropped.
+        let tail: usize = ids.iter().rev().take(4).map(|&id| trie.token_len(id)).sum();
+        let from = text.len() - tail.min(trie.max_token_len()).min(text.len());
+        if let Some(start) = (from..text.len()).find(|&i| trie.has_extensions(&text.as_bytes()[i..])) {
+            let mut cut = text.len() - start;
+            while cut > 0 {
+                let Some(last) = ids.pop() else { break };
+                cut = cut.saturating_sub(trie.token_len(last));
+            }
+        }
+        ids.truncate(max);
+        ids
     }
 }
 

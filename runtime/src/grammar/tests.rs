@@ -214,6 +214,13 @@ fn vocab(name: &str) -> Option<Tokenizer> {
 /// a token is allowed iff its exact bytes can be fed to the grammar one by one; an end token
 /// iff the grammar can end there; a control token never.
 fn check_mask_exact(tok: &Tokenizer, f: &Factory, g: &Grammar, prefix: &str) {
+    check_mask_exact_after(tok, f, g, prefix, false);
+    check_mask_exact_after(tok, f, g, prefix, true);
+}
+
+/// With `ff`, the forced text is computed first (as the engine's fast-forward does): the mask
+/// must not change.
+fn check_mask_exact_after(tok: &Tokenizer, f: &Factory, g: &Grammar, prefix: &str, ff: bool) {
     let mut gm = f.matcher(g).unwrap();
     let mut bm = byte_matcher(g);
     let ids = tok.encode(prefix, false, false).unwrap();
@@ -222,6 +229,15 @@ fn check_mask_exact(tok: &Tokenizer, f: &Factory, g: &Grammar, prefix: &str) {
     }
     for b in prefix.bytes() {
         bm.consume_token(b as u32).unwrap();
+    }
+    if ff {
+        let forced = gm.forced_tokens(tok, 16);
+        let text: Vec<u8> = forced.iter().flat_map(|&id| tok.token_bytes(id)).collect();
+        // The guess is text the grammar accepts next.
+        let mut probe = byte_matcher(g);
+        for b in prefix.bytes().chain(text.iter().copied()) {
+            probe.consume_token(b as u32).unwrap();
+        }
     }
     let mask = gm.allowed().unwrap().clone();
     let can_end = bm.is_accepting().unwrap();
