@@ -18,6 +18,7 @@
 //! The vocabulary's trie is built once per model (`Factory`) and shared by every request.
 
 mod gbnf;
+mod keywords;
 
 use crate::engine::sampler::TokenConstraint;
 use crate::tokenizer::Tokenizer;
@@ -61,6 +62,7 @@ impl Grammar {
             serde_json::Value::Object(_) => schema.clone(),
             _ => return Err(anyhow!("JSON schema: must be an object or true")),
         };
+        keywords::check(&schema).map_err(|e| anyhow!("JSON schema: {e}"))?;
         if let Some(o) = schema.as_object_mut() {
             o.entry("x-guidance").or_insert_with(Self::json_style);
         }
