@@ -255,6 +255,19 @@ impl Engine {
     pub fn grammar_factory(&self) -> Result<Arc<crate::grammar::Factory>> {
         self.inner.grammar_factory()
     }
+    /// Start building `grammar_factory` (1-2 s for a 150k vocabulary) on a background thread,
+    /// so that a first request with a grammar finds it ready, or waits only for the rest of it.
+    /// The thread runs at the lowest scheduling priority, so requests without a grammar keep the
+    /// CPU meanwhile.
+    pub fn prepare_grammar(&self) {
+        let inner = self.inner.clone();
+        let spawned = std::thread::Builder::new().name("grammar-vocab".into()).spawn(move || {
+            lowest_thread_priority();
+            let _ = inner.grammar_factory();
+        });
+        // Without the thread, the first request with a grammar builds it.
+        drop(spawned);
+    }
     /// The model (hyperparameters, tensor views).
     pub fn model(&self) -> &Model {
         &self.inner.model
@@ -291,6 +304,17 @@ const _: () = {
     send_sync::<Engine>();
     send::<Session>();
 };
+
+/// Lower the calling thread's priority to the least (Linux's nice values are per thread; other
+/// systems would lower the whole process, so there it is left alone).
+fn lowest_thread_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain system calls on this thread's own id; a failure only leaves the priority.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 19);
+    }
+}
 
 /// Memory the kernel says can be allocated without swapping (`MemAvailable`), in bytes; `None`
 /// where /proc/meminfo is absent.
