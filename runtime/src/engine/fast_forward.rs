@@ -204,6 +204,21 @@ mod tests {
         assert!(c.evaluated > 0, "{c:?}");
     }
 
+    /// The server builds the grammar's view of the vocabulary in the background at start.
+    #[test]
+    fn the_grammar_vocabulary_is_prepared_in_the_background() {
+        let Some(dir) = test_support::require_shared() else { return };
+        let e = load(&dir.join("models/tiny-mistral-q8_0.gguf"));
+        assert!(e.inner.grammar.get().is_none(), "built on demand only");
+        e.prepare_grammar();
+        let t0 = std::time::Instant::now();
+        while e.inner.grammar.get().is_none() {
+            assert!(t0.elapsed().as_secs() < 60, "not built in the background");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(e.grammar_factory().is_ok());
+    }
+
     #[test]
     fn fast_forward_gives_the_token_by_token_output_on_qwen() {
         let Some(path) = test_support::require_model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf") else { return };
