@@ -2,10 +2,12 @@
 """The official `openai` Python client (from PyPI) against a running llamafile server.
 
 Usage: python3 tests/openai_client.py http://127.0.0.1:PORT/
-Checks non-streaming and streaming chat completions and completions, stop strings, seeds, and
-that errors arrive as the client's own exception types. Exit status 0 when every check passes;
+Checks non-streaming and streaming chat completions and completions, stop strings, seeds,
+log-probabilities, several choices (n), and that errors arrive as the client's own exception
+types. Exit status 0 when every check passes;
 2 when the `openai` package is not installed (the Rust test that runs this skips then).
 """
+import math
 import sys
 
 try:
@@ -66,6 +68,40 @@ def main(url):
     b = client.chat.completions.create(model=model, messages=messages, max_tokens=12, temperature=1.0, seed=7)
     assert a.choices[0].message.content == b.choices[0].message.content
     ok("chat.completions: same seed, same sample")
+
+    # log-probabilities: greedy, so the chosen token leads its sorted list of alternatives;
+    # cache_prompt false: every request evaluates the prompt the same way
+    fresh = {"cache_prompt": False}
+    lp = client.chat.completions.create(
+        model=model, messages=messages, max_tokens=8, temperature=0, logprobs=True, top_logprobs=3, extra_body=fresh,
+    )
+    content = lp.choices[0].logprobs.content
+    assert len(content) == lp.usage.completion_tokens, (len(content), lp.usage)
+    for t in content:
+        tops = t.top_logprobs
+        assert len(tops) == 3, tops
+        assert [x.logprob for x in tops] == sorted((x.logprob for x in tops), reverse=True), tops
+        assert sum(math.exp(x.logprob) for x in tops) <= 1.0 + 1e-6, tops
+        assert tops[0].token == t.token and tops[0].logprob == t.logprob, (t, tops)
+        assert t.bytes is not None and t.logprob <= 0.0
+    ok(f"chat.completions logprobs: {len(content)} tokens with top_logprobs")
+
+    # several choices: each with its index, the same seed gives the same ones
+    kw = dict(model=model, messages=messages, max_tokens=8, temperature=1.0, seed=7, n=3, extra_body=fresh)
+    multi = client.chat.completions.create(**kw)
+    assert [c.index for c in multi.choices] == [0, 1, 2], multi.choices
+    assert multi.usage.prompt_tokens == lp.usage.prompt_tokens, multi.usage
+    again = client.chat.completions.create(**kw)
+    assert [c.message.content for c in again.choices] == [c.message.content for c in multi.choices]
+    greedy = client.chat.completions.create(model=model, messages=messages, max_tokens=8, temperature=0, n=2, extra_body=fresh)
+    assert greedy.choices[0].message.content == greedy.choices[1].message.content, greedy.choices
+    ok("chat.completions n=3: three choices, reproducible; n=2 greedy: identical")
+
+    legacy = client.completions.create(model=model, prompt="The quick brown", max_tokens=5, temperature=0, logprobs=2, extra_body=fresh)
+    lpl = legacy.choices[0].logprobs
+    assert len(lpl.tokens) == len(lpl.token_logprobs) == len(lpl.top_logprobs) == len(lpl.text_offset) == 5, lpl
+    assert all(len(d) <= 2 for d in lpl.top_logprobs), lpl.top_logprobs
+    ok("completions logprobs=2: tokens, token_logprobs, top_logprobs, text_offset")
 
     prompt = "The capital of France is"
     comp = client.completions.create(model=model, prompt=prompt, max_tokens=16, temperature=0)

@@ -60,6 +60,29 @@ const PANEL_ROWS: usize = 16;
 /// Largest tile a gemm kernel may declare (bounds the on-stack output tile).
 pub const MAX_TILE: usize = 16;
 
+/// Cuts `n` items into consecutive ranges of at most `max`, none shorter than `min` unless `n`
+/// itself is: a short last range borrows from the one before it (when `2 * min > max` it cannot,
+/// and the cuts are plain). The kernels pick their arithmetic by batch size (one token: `gemv`;
+/// a few: `gemm` tiles; `PANEL_MIN_TOKENS` or more: the panel), so with every range at least
+/// `PANEL_MIN_TOKENS` long a token's result does not depend on where the cuts fall.
+pub fn balanced_chunks(n: usize, max: usize, min: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let max = max.max(1);
+    let min = if 2 * min <= max { min } else { 1 };
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        if start >= n {
+            return None;
+        }
+        let mut len = max.min(n - start);
+        let rest = n - start - len;
+        if rest > 0 && rest < min {
+            len -= min - rest;
+        }
+        start += len;
+        Some(start - len..start)
+    })
+}
+
 /// Quantize `x` (`n_tokens` rows of `cols` f32) into `wtype`'s activation format, into
 /// `scratch`, with the process-wide kernel table.
 pub fn quantize_activations(wtype: WeightType, x: &[f32], n_tokens: usize, cols: usize, scratch: &mut Scratch) {
@@ -209,8 +232,8 @@ pub fn matmul_quantized_with(
     let chunk_bytes = if use_panel { PANEL_CHUNK_BYTES } else { TOKEN_CHUNK_BYTES };
     let chunk_tokens = (chunk_bytes / xrb.max(1)).clamp(1, n_tokens);
     let out = OutPtr(y.as_mut_ptr());
-    for t0 in (0..n_tokens).step_by(chunk_tokens) {
-        let nt = chunk_tokens.min(n_tokens - t0);
+    for chunk in balanced_chunks(n_tokens, chunk_tokens, PANEL_MIN_TOKENS) {
+        let (t0, nt) = (chunk.start, chunk.len());
         let xs = &x[t0 * xrb..(t0 + nt) * xrb];
         let run = |b: usize| {
             let r0 = b * block_rows;
@@ -309,5 +332,41 @@ fn row_block(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::balanced_chunks;
+
+    fn cuts(n: usize, max: usize, min: usize) -> Vec<usize> {
+        balanced_chunks(n, max, min).map(|r| r.len()).collect()
+    }
+
+    #[test]
+    fn chunks_cover_everything_in_order_and_none_is_short() {
+        for max in [1, 7, 16, 64, 128, 512] {
+            for min in [1, 8, 64] {
+                for n in 0..1100 {
+                    let rs: Vec<_> = balanced_chunks(n, max, min).collect();
+                    let mut next = 0;
+                    for r in &rs {
+                        assert_eq!(r.start, next, "n {n} max {max} min {min}: {rs:?}");
+                        assert!(!r.is_empty() && r.len() <= max, "n {n} max {max} min {min}: {rs:?}");
+                        if 2 * min <= max && n >= min {
+                            assert!(r.len() >= min, "n {n} max {max} min {min}: {rs:?}");
+                        }
+                        next = r.end;
+                    }
+                    assert_eq!(next, n);
+                }
+            }
+        }
+        assert_eq!(cuts(130, 128, 8), [122, 8]);
+        assert_eq!(cuts(515, 512, 64), [451, 64]);
+        assert_eq!(cuts(1024, 512, 64), [512, 512]);
+        assert_eq!(cuts(5, 128, 8), [5]);
+        // min above max / 2: plain cuts.
+        assert_eq!(cuts(70, 64, 64), [64, 6]);
     }
 }

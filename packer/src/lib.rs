@@ -5,7 +5,9 @@
 //! `.args` and any extra entries, the central directory, and ZIP64 records when needed. The file
 //! is written under a temporary name in the output's directory and renamed at the end.
 
+pub mod sign;
 pub mod tmp_output;
+pub mod upgrade;
 pub mod validate;
 pub mod zip_writer;
 
@@ -43,6 +45,8 @@ pub struct PackOptions {
     pub force: bool,
     /// Show a progress bar (the caller decides: only on a terminal).
     pub progress: bool,
+    /// Sign with this minisign secret key (`--sign`; see [`sign`]).
+    pub sign: Option<PathBuf>,
 }
 
 /// What `pack` wrote.
@@ -72,7 +76,7 @@ pub fn default_runtime() -> anyhow::Result<PathBuf> {
 }
 
 /// (device, inode) of an existing file, to tell whether two paths are the same file.
-fn file_id(p: &Path) -> Option<(u64, u64)> {
+pub(crate) fn file_id(p: &Path) -> Option<(u64, u64)> {
     std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
 }
 
@@ -86,9 +90,10 @@ pub fn pack(o: &PackOptions) -> anyhow::Result<PackReport> {
     if let Some(text) = &o.args {
         llamafile::bundle::parse_args_file(text).context("bad --args")?;
     }
+    let key = o.sign.as_deref().map(sign::read_secret_key).transpose()?;
     for e in &o.extra {
         open_regular(&e.path, "a packed file")?;
-        if e.name == llamafile::bundle::ARGS_ENTRY || e.name.to_ascii_lowercase().ends_with(".gguf") {
+        if e.name == llamafile::bundle::ARGS_ENTRY || llamafile::signature::is_signature_entry(&e.name) || e.name.to_ascii_lowercase().ends_with(".gguf") {
             bail!("extra entry name '{}' is reserved", escape(&e.name));
         }
     }
@@ -109,14 +114,7 @@ pub fn pack(o: &PackOptions) -> anyhow::Result<PackReport> {
             bail!("output {} already exists (use --force to replace it)", escape_path(&o.out));
         }
     }
-    let out_name = o.out.file_name().with_context(|| format!("output {} has no file name", escape_path(&o.out)))?.to_string_lossy().into_owned();
-    let dir = match o.out.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    if !dir.is_dir() {
-        bail!("output directory {} does not exist", escape_path(&dir));
-    }
+    let (dir, out_name) = output_place(&o.out)?;
     let entry_name = gguf
         .entry()
         .map(|e| e.rsplit('/').next().unwrap_or(e).to_string())
@@ -129,16 +127,7 @@ pub fn pack(o: &PackOptions) -> anyhow::Result<PackReport> {
     let mut w = ZipWriter::new(f)?;
     let src = std::fs::File::open(gguf.file_path()).with_context(|| format!("cannot open {}", escape_path(gguf.file_path())))?;
     // Two passes over the GGUF: the CRC-32 (reads), then the copy (by the kernel).
-    let bar = o.progress.then(|| {
-        let b = indicatif::ProgressBar::new(gguf.len());
-        b.set_style(
-            indicatif::ProgressStyle::with_template("{msg:9} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} {eta}")
-                .expect("valid template")
-                .progress_chars("=> "),
-        );
-        b.set_message("checksum");
-        b
-    });
+    let bar = o.progress.then(|| progress_bar(gguf.len(), "checksum"));
     let mut last = 0u64;
     let mut progress = |done: u64, _: u64| {
         if let Some(b) = &bar {
@@ -159,6 +148,41 @@ pub fn pack(o: &PackOptions) -> anyhow::Result<PackReport> {
     for x in &o.extra {
         w.add_stored_entry(&x.name, &x.path, x.align)?;
     }
+    if let Some(key) = &key {
+        sign::add_signature(&mut w, key, runtime_bytes.len() as u64)?;
+    }
+    let size = finish_output(w, tmp, &o.out)?;
+    Ok(PackReport { out: o.out.clone(), size, gguf_entry: entry_name, gguf_offset: e.data_offset, gguf_size: e.size, runtime })
+}
+
+/// The directory the output goes to (its temporary file is written there) and its file name.
+pub(crate) fn output_place(out: &Path) -> anyhow::Result<(PathBuf, String)> {
+    let out_name = out.file_name().with_context(|| format!("output {} has no file name", escape_path(out)))?.to_string_lossy().into_owned();
+    let dir = match out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !dir.is_dir() {
+        bail!("output directory {} does not exist", escape_path(&dir));
+    }
+    Ok((dir, out_name))
+}
+
+/// A progress bar over `total` bytes (what `pack` shows on a terminal).
+pub(crate) fn progress_bar(total: u64, message: &'static str) -> indicatif::ProgressBar {
+    let b = indicatif::ProgressBar::new(total);
+    b.set_style(
+        indicatif::ProgressStyle::with_template("{msg:9} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    b.set_message(message);
+    b
+}
+
+/// Write the zip's central directory, flush the temporary output to disk, make it executable
+/// and rename it over `out`; returns its size.
+pub(crate) fn finish_output(w: ZipWriter, tmp: tmp_output::TmpOutput, out: &Path) -> anyhow::Result<u64> {
     let f = w.finish()?;
     // On disk before the rename makes it visible: a crash right after `pack` returns must not
     // leave an executable whose tail is still only in the page cache (lost: a truncated file).
@@ -166,8 +190,8 @@ pub fn pack(o: &PackOptions) -> anyhow::Result<PackReport> {
     let size = f.metadata()?.len();
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).context("cannot make the output executable")?;
     drop(f);
-    tmp.persist(&o.out)?;
-    Ok(PackReport { out: o.out.clone(), size, gguf_entry: entry_name, gguf_offset: e.data_offset, gguf_size: e.size, runtime })
+    tmp.persist(out)?;
+    Ok(size)
 }
 
 /// Largest power of two dividing `offset`, capped at 1 MiB (0 counts as aligned to anything).
@@ -256,6 +280,7 @@ mod tests {
             extra: vec![],
             force: false,
             progress: false,
+            sign: None,
         };
         let r = pack(&o).unwrap();
         assert_eq!(r.gguf_offset % GGUF_ALIGN, 0);
@@ -287,7 +312,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let gguf = tiny_gguf(dir.path());
         let out = dir.path().join("x.llamafile");
-        let base = PackOptions { runtime: runtime(), gguf: gguf.clone(), out: out.clone(), args: None, extra: vec![], force: false, progress: false };
+        let base = PackOptions { runtime: runtime(), gguf: gguf.clone(), out: out.clone(), args: None, extra: vec![], force: false, progress: false, sign: None };
         let cases = [
             (PackOptions { runtime: gguf.clone(), ..base.clone() }, "GGUF model, not the runtime"),
             (PackOptions { gguf: runtime(), ..base.clone() }, "not a model"),
@@ -314,7 +339,7 @@ mod tests {
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         let sub = dir.path().join("sub");
         std::fs::create_dir(&sub).unwrap();
-        let base = PackOptions { runtime: runtime(), gguf: gguf.clone(), out: dir.path().join("x.llamafile"), args: None, extra: vec![], force: false, progress: false };
+        let base = PackOptions { runtime: runtime(), gguf: gguf.clone(), out: dir.path().join("x.llamafile"), args: None, extra: vec![], force: false, progress: false, sign: None };
         let refused = |o: PackOptions| format!("{:#}", pack(&o).unwrap_err());
         let f = fifo.display();
         assert_eq!(refused(PackOptions { runtime: fifo.clone(), ..base.clone() }), format!("{f}: a FIFO (named pipe), not a regular file: the runtime must be a regular file"));
@@ -340,7 +365,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let gguf = tiny_gguf(dir.path());
         let out = dir.path().join("t.llamafile");
-        let o = PackOptions { runtime: runtime(), gguf, out: out.clone(), args: Some("-p '\x1b]0;owned\x07'\n".into()), extra: vec![], force: false, progress: false };
+        let o = PackOptions { runtime: runtime(), gguf, out: out.clone(), args: Some("-p '\x1b]0;owned\x07'\n".into()), extra: vec![], force: false, progress: false, sign: None };
         pack(&o).unwrap();
         let listing = list(&out).unwrap();
         assert!(listing.contains("-p '\\x1b]0;owned\\x07'"), "{listing}");

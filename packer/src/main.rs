@@ -1,5 +1,7 @@
 //! `pack --runtime PATH --gguf PATH [-o OUT] [--args "ARGS" | --args-file FILE] [--gpu-backend FILE]... [--force]`
 //! `pack --list FILE`
+//! `pack --keygen NAME`; `pack ... --sign NAME.key`
+//! `pack --upgrade FILE.llamafile --runtime NEW [-o OUT] [--sign NAME.key]`
 
 use anyhow::Context;
 use llamafile::escape::escape_path;
@@ -19,7 +21,7 @@ struct Cli {
     #[arg(long, value_name = "PATH")]
     runtime: Option<PathBuf>,
     /// The weights: a .gguf, or a llamafile/zip holding one, or archive.zip@name.gguf.
-    #[arg(long, value_name = "PATH", required_unless_present = "list")]
+    #[arg(long, value_name = "PATH", required_unless_present_any = ["list", "keygen", "upgrade"], conflicts_with = "upgrade")]
     gguf: Option<PathBuf>,
     /// Output file (default: <gguf stem>.llamafile in the current directory).
     #[arg(short = 'o', long = "output", value_name = "OUT")]
@@ -40,6 +42,17 @@ struct Cli {
     /// Print the entries of a llamafile or zip (offsets, sizes, alignment) and a GGUF summary.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["gguf", "runtime", "out", "args", "args_file", "force", "gpu_backend"])]
     list: Option<PathBuf>,
+
+    // Distribution: signatures and runtime upgrades
+    /// Write a new minisign key pair: NAME.key (secret, no password) and NAME.pub (never overwritten).
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["gguf", "runtime", "out", "args", "args_file", "force", "gpu_backend", "list", "sign", "upgrade"])]
+    keygen: Option<PathBuf>,
+    /// Sign the output with this minisign secret key (a `.manifest` of SHA-256s and its `.signature`); `llamafile --verify --pubkey NAME.pub` checks it.
+    #[arg(long, value_name = "NAME.key", conflicts_with = "list")]
+    sign: Option<PathBuf>,
+    /// Replace the runtime of this llamafile with --runtime, keeping every other byte (written over it, or to -o OUT).
+    #[arg(long, value_name = "FILE", requires = "runtime", conflicts_with_all = ["list", "args", "args_file", "gpu_backend"])]
+    upgrade: Option<PathBuf>,
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -47,7 +60,39 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         print!("{}", packer::list(path)?);
         return Ok(());
     }
-    let gguf = cli.gguf.expect("clap requires --gguf without --list");
+    if let Some(name) = &cli.keygen {
+        let (key, public, id) = packer::sign::keygen(name)?;
+        eprintln!("wrote {} (secret key, no password: keep it private) and {} (public key {id})", escape_path(&key), escape_path(&public));
+        return Ok(());
+    }
+    if let Some(file) = &cli.upgrade {
+        let o = packer::upgrade::UpgradeOptions {
+            file: file.clone(),
+            runtime: cli.runtime.expect("clap requires --runtime with --upgrade"),
+            out: cli.out,
+            force: cli.force,
+            sign: cli.sign,
+            progress: std::io::stderr().is_terminal(),
+        };
+        let r = packer::upgrade::upgrade(&o)?;
+        if let Some(id) = &r.dropped_signature {
+            eprintln!("warning: the signature of key {id} is dropped (it covered the old runtime); give --sign KEY to sign the result");
+        }
+        eprintln!(
+            "wrote {} ({} bytes): {} {} runtime ({} bytes, was {} bytes before the zip), {} {} copied{}",
+            escape_path(&r.out),
+            r.size,
+            r.runtime.format,
+            r.runtime.arch,
+            r.runtime.size,
+            r.old_prefix,
+            r.entries,
+            if r.entries == 1 { "entry" } else { "entries" },
+            r.signed_by.map(|id| format!(", signed by key {id}")).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    let gguf = cli.gguf.expect("clap requires --gguf without --list, --keygen or --upgrade");
     let runtime = match cli.runtime {
         Some(r) => r,
         None => {
@@ -86,6 +131,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         extra,
         force: cli.force,
         progress: std::io::stderr().is_terminal(),
+        sign: cli.sign,
     };
     let r = packer::pack(&opts)?;
     eprintln!(

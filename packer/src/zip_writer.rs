@@ -66,6 +66,11 @@ impl ZipWriter {
         &self.entries
     }
 
+    /// The output being written (to read back what is already in it).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
     /// Add the whole file at `path` as a stored entry whose data starts at a multiple of `align`
     /// (1 = anywhere) from the start of the output.
     pub fn add_stored_entry(&mut self, name: &str, path: &Path, align: u64) -> anyhow::Result<EntryInfo> {
@@ -76,6 +81,18 @@ impl ZipWriter {
 
     /// Add a stored entry from `src`, its data at a multiple of `align` from the start of the file.
     pub fn add_stored(&mut self, name: &str, src: Source, align: u64, progress: Progress) -> anyhow::Result<EntryInfo> {
+        self.add(name, src, align, None, progress)
+    }
+
+    /// As [`ZipWriter::add_stored`], for bytes whose CRC-32 is already known (an entry copied
+    /// from another zip): the bytes are then only copied, never read here, so copying a 5 GB
+    /// entry costs what `copy_file_range` costs. A CRC that was wrong stays wrong, and
+    /// `llamafile --verify` finds it as it would have in the original.
+    pub fn add_stored_with_crc(&mut self, name: &str, src: Source, align: u64, crc32: u32, progress: Progress) -> anyhow::Result<EntryInfo> {
+        self.add(name, src, align, Some(crc32), progress)
+    }
+
+    fn add(&mut self, name: &str, src: Source, align: u64, known_crc: Option<u32>, progress: Progress) -> anyhow::Result<EntryInfo> {
         if name.is_empty() || name.len() > 0xFFFF {
             bail!("zip entry name must be 1 to 65535 bytes, got {}", name.len());
         }
@@ -89,9 +106,10 @@ impl ZipWriter {
             Source::Range { len, .. } => *len,
             Source::Bytes(b) => b.len() as u64,
         };
-        let crc32 = match &src {
-            Source::Range { file, offset, len } => crc32_of_range(file, *offset, *len, progress)?,
-            Source::Bytes(b) => crc32fast::hash(b),
+        let crc32 = match (&src, known_crc) {
+            (_, Some(crc)) => crc,
+            (Source::Range { file, offset, len }, None) => crc32_of_range(file, *offset, *len, progress)?,
+            (Source::Bytes(b), None) => crc32fast::hash(b),
         };
         let zip64 = size >= ZIP64_LIMIT;
         // Local header: signature, version needed, flags, method, time, date, crc, sizes,

@@ -134,7 +134,7 @@ fn a_pe_and_a_universal_runtime_pack_and_read_back() {
         let rt = d.join(name);
         std::fs::write(&rt, &runtime).unwrap();
         let out = d.join(format!("{name}.llamafile"));
-        let o = packer::PackOptions { runtime: rt, gguf: gguf.clone(), out: out.clone(), args: Some("-n 1\n".into()), extra: vec![], force: false, progress: false };
+        let o = packer::PackOptions { runtime: rt, gguf: gguf.clone(), out: out.clone(), args: Some("-n 1\n".into()), extra: vec![], force: false, progress: false, sign: None };
         let r = packer::pack(&o).unwrap();
         assert_eq!(r.runtime.format, format);
         let bytes = std::fs::read(&out).unwrap();

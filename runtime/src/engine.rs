@@ -10,17 +10,23 @@
 //!   in the forward pass.
 //! - `Session::generate` reuses the longest common prefix of the cached tokens and the new prompt
 //!   (the server's prompt cache; `--chat` keeps earlier turns this way).
+//! - `Session::embed` (`embed`): pooled final hidden states of several inputs, batched together.
 
+pub mod embed;
 pub mod fast_forward;
+pub mod fim;
+pub mod logprobs;
 pub mod sampler;
 
 use crate::backend::{self, Backend, BackendState, PlanOptions};
 use crate::escape::{escape, escape_path};
 use crate::gguf::GgufFile;
+use crate::model::transformer::INVARIANT_BATCH;
 use crate::model::Model;
 use crate::tokenizer::chat::ChatTemplate;
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 use anyhow::{bail, Context, Result};
+use kernels_cpu::matmul::balanced_chunks;
 use sampler::{Sampler, TokenConstraint};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -100,6 +106,27 @@ pub struct GenerateRequest {
     pub grammar: Option<crate::grammar::Grammar>,
 }
 
+/// What a generation gives besides one text (`Session::generate_with`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GenerateOptions {
+    /// How many answers ("choices") to generate from the prompt; 0 is taken as 1.
+    pub n: usize,
+    /// Report each generated token's log-probability with this many likeliest alternatives
+    /// (`None` = no report; at most `logprobs::MAX_TOP_LOGPROBS` is sensible).
+    pub logprobs: Option<usize>,
+}
+
+/// What `Session::generate_with` reports, for choice number `.0`.
+#[derive(Debug)]
+pub enum Output<'a> {
+    /// A piece of the choice's text that is final.
+    Text(usize, &'a str),
+    /// A generated token, just before the text it begins (only with `GenerateOptions::logprobs`).
+    Token(usize, &'a logprobs::TokenLogprob),
+    /// The choice ended: its statistics (the prompt's figures are the generation's).
+    Done(usize, &'a GenerationStats),
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StopReason {
     /// An end token (EOS/EOT...).
@@ -120,6 +147,10 @@ pub struct GenerationStats {
     pub prompt_ms: f64,
     pub generation_ms: f64,
     pub stop: StopReason,
+    /// Forward passes this generation ran (prompt batches plus one per token fed back).
+    pub decode_calls: usize,
+    /// With `StopReason::StopString`: which of the request's `stop` strings was met.
+    pub stop_index: Option<usize>,
 }
 
 struct Inner {
@@ -135,6 +166,8 @@ struct Inner {
     /// The vocabulary's token trie for constrained sampling, built on the first request that
     /// has a grammar (the error as text: it is reported to every such request).
     grammar: std::sync::OnceLock<std::result::Result<Arc<crate::grammar::Factory>, String>>,
+    /// The fill-in-the-middle markers (`engine::fim`).
+    fim: fim::FimTokens,
 }
 
 /// A loaded model: weights (mmapped), tokenizer, template. `Send + Sync`; share it with `Arc`.
@@ -161,6 +194,7 @@ impl Engine {
         let model = Arc::new(Model::load(file.clone()).with_context(|| escape_path(path))?);
         // Its errors name the file.
         let tokenizer = Tokenizer::from_gguf(&file)?;
+        let fim = fim::FimTokens::from_gguf(&file, &tokenizer);
         let template = match ChatTemplate::from_gguf(&file, opts.chat_template.as_deref()) {
             Ok(t) => t,
             Err(e) if opts.chat_template.is_none() => {
@@ -173,15 +207,10 @@ impl Engine {
         if tokenizer.vocab_size() > hp.n_vocab {
             bail!("{}: the tokenizer has {} tokens but the embeddings only {}", escape_path(path), tokenizer.vocab_size(), hp.n_vocab);
         }
-        let n_ctx = match opts.n_ctx {
-            Some(c) if c > 0 => {
-                if c > hp.n_ctx_train {
-                    eprintln!("warning: context {c} is longer than the {} the model was trained with", hp.n_ctx_train);
-                }
-                c
-            }
-            _ => hp.n_ctx_train.min(DEFAULT_MAX_CTX),
-        };
+        let n_ctx = context_length(opts.n_ctx, hp.n_ctx_train);
+        if n_ctx > hp.n_ctx_train {
+            eprintln!("warning: context {n_ctx} is longer than the {} the model was trained with", hp.n_ctx_train);
+        }
         let n_threads = opts.n_threads.filter(|t| *t > 0).unwrap_or_else(|| {
             std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
         });
@@ -194,9 +223,7 @@ impl Engine {
             backend::plan(&model, &PlanOptions { n_gpu_layers: opts.n_gpu_layers, gpu: &opts.gpu, verbose: opts.verbose })?;
         check_chain(&backends, hp.n_layer)?;
         let n_batch = n_batch.clamp(1, n_ctx);
-        let session = backends.iter().fold(0u64, |a, b| a.saturating_add(b.host_state_bytes(n_ctx, n_batch)));
-        let buffers = 4 * (n_ctx as u64 + (n_batch * hp.n_embd) as u64 + 3 * hp.n_vocab as u64);
-        check_memory(session.saturating_add(buffers).saturating_mul(opts.n_sessions.max(1) as u64), n_ctx, opts.n_sessions)?;
+        check_memory(session_bytes(&backends, hp, n_ctx, n_batch).saturating_mul(opts.n_sessions.max(1) as u64), n_ctx, opts.n_sessions)?;
         let load_ms = t0.elapsed().as_secs_f64() * 1e3;
         Ok(Engine {
             inner: Arc::new(Inner {
@@ -210,6 +237,7 @@ impl Engine {
                 n_batch,
                 load_ms,
                 grammar: Default::default(),
+                fim,
             }),
         })
     }
@@ -246,7 +274,9 @@ impl Engine {
             logits: vec![0.0; hp.n_vocab],
             sampler: Sampler::new(hp.n_vocab),
             ahead: Default::default(),
+            decode_calls: 0,
             tokens: Vec::with_capacity(inner.n_ctx),
+            exact: 0,
             states,
             inner,
         })
@@ -268,6 +298,15 @@ impl Engine {
         // Without the thread, the first request with a grammar builds it.
         drop(spawned);
     }
+    /// The model's fill-in-the-middle markers.
+    pub fn fim_tokens(&self) -> fim::FimTokens {
+        self.inner.fim
+    }
+    /// A fill-in-the-middle prompt of at most `budget` tokens (`engine::fim`); the inner error
+    /// says what the model lacks or what does not fit.
+    pub fn fim_prompt(&self, input: &fim::FimInput, budget: usize) -> Result<std::result::Result<Vec<u32>, String>> {
+        fim::prompt(&self.inner.tokenizer, &self.inner.fim, input, budget)
+    }
     /// The model (hyperparameters, tensor views).
     pub fn model(&self) -> &Model {
         &self.inner.model
@@ -281,6 +320,14 @@ impl Engine {
     }
     pub fn n_batch(&self) -> usize {
         self.inner.n_batch
+    }
+    /// Width of the hidden states (and of the embeddings).
+    pub fn n_embd(&self) -> usize {
+        self.inner.model.hp.n_embd
+    }
+    /// The pooling the model's GGUF declares for embeddings (`embed::Pooling::from_model`).
+    pub fn pooling(&self) -> Result<Option<embed::Pooling>> {
+        embed::Pooling::from_model(&self.inner.model)
     }
     /// Time `load` took (map, tokenizer, tensor table), in milliseconds.
     pub fn load_ms(&self) -> f64 {
@@ -316,17 +363,41 @@ fn lowest_thread_priority() {
     }
 }
 
-/// Memory the kernel says can be allocated without swapping (`MemAvailable`), in bytes; `None`
-/// where /proc/meminfo is absent.
-fn mem_available() -> Option<u64> {
+/// The context a session gets: `requested` (`-c`) when given and non-zero, else the model's
+/// training context capped at [`DEFAULT_MAX_CTX`].
+pub fn context_length(requested: Option<usize>, n_ctx_train: usize) -> usize {
+    match requested {
+        Some(c) if c > 0 => c,
+        _ => n_ctx_train.min(DEFAULT_MAX_CTX),
+    }
+}
+
+/// Host memory one session of `n_ctx` positions allocates on `backends` (their KV caches and
+/// workspaces) plus the engine's own buffers for batches of `n_batch` tokens: what a load
+/// checks against the available memory, per slot.
+pub fn session_bytes(backends: &[Arc<dyn Backend>], hp: &crate::model::Hparams, n_ctx: usize, n_batch: usize) -> u64 {
+    let session = backends.iter().fold(0u64, |a, b| a.saturating_add(b.host_state_bytes(n_ctx, n_batch)));
+    let buffers = 4 * (n_ctx as u64 + (n_batch * hp.n_embd) as u64 + 3 * hp.n_vocab as u64);
+    session.saturating_add(buffers)
+}
+
+/// A value of /proc/meminfo (`MemTotal`, `MemAvailable`...) in bytes; `None` where the file or
+/// the line is absent.
+pub fn meminfo(key: &str) -> Option<u64> {
     let s = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let line = s.lines().find(|l| l.strip_prefix(key).is_some_and(|r| r.starts_with(':')))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
 
+/// Memory the kernel says can be allocated without swapping (`MemAvailable`), in bytes; `None`
+/// where /proc/meminfo is absent.
+pub fn mem_available() -> Option<u64> {
+    meminfo("MemAvailable")
+}
+
 /// `1.5 GiB`, `12 MiB`.
-fn show_bytes(b: u64) -> String {
+pub fn show_bytes(b: u64) -> String {
     if b >= 1 << 30 {
         format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
     } else {
@@ -377,6 +448,9 @@ pub struct Session {
     states: Vec<Box<dyn BackendState>>,
     /// The tokens whose keys/values are in the cache, in order.
     tokens: Vec<u32>,
+    /// How many of the first `tokens` were computed in batches of `INVARIANT_BATCH` or more
+    /// (their keys and values do not depend on how the prompt was cut).
+    exact: usize,
     /// [n_batch x n_embd] residual stream of the batch being processed.
     x: Vec<f32>,
     /// [n_vocab] logits of the last token processed.
@@ -384,6 +458,8 @@ pub struct Session {
     sampler: Sampler,
     /// Forced tokens evaluated ahead, and of those the ones generation kept (`fast_forward`).
     ahead: fast_forward::Counts,
+    /// Forward passes run so far (`GenerationStats::decode_calls` is the difference).
+    decode_calls: usize,
 }
 
 /// Largest logits buffer `eval_all` uses (values), so a 262k vocabulary does not need GBs.
@@ -406,6 +482,7 @@ impl Session {
     }
     /// Forget everything from position `n` on.
     pub fn truncate(&mut self, n: usize) {
+        self.exact = self.exact.min(n);
         if n < self.tokens.len() {
             self.tokens.truncate(n);
             for s in &mut self.states {
@@ -440,19 +517,23 @@ impl Session {
             }
             Ok(())
         })?;
+        if n >= INVARIANT_BATCH && self.exact == pos {
+            self.exact = pos + n;
+        }
         self.tokens.extend_from_slice(toks);
+        self.decode_calls += 1;
         Ok(())
     }
 
     /// Append `tokens` to the cache, in batches; with `want_logits`, `logits()` then holds the
-    /// last token's.
+    /// last token's. No batch is shorter than `INVARIANT_BATCH` unless `tokens` is.
     pub fn eval(&mut self, tokens: &[u32], want_logits: bool) -> Result<()> {
         let nb = self.inner.n_batch;
         let mut logits = std::mem::take(&mut self.logits);
         let mut r = Ok(());
-        for (i, chunk) in tokens.chunks(nb).enumerate() {
-            let last = (i + 1) * nb >= tokens.len();
-            r = self.forward_batch(chunk, if last && want_logits { Some(&mut logits) } else { None });
+        for c in balanced_chunks(tokens.len(), nb, INVARIANT_BATCH) {
+            let last = c.end == tokens.len();
+            r = self.forward_batch(&tokens[c], if last && want_logits { Some(&mut logits) } else { None });
             if r.is_err() {
                 break;
             }
@@ -492,6 +573,24 @@ impl Session {
         req: &GenerateRequest,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> anyhow::Result<GenerationStats> {
+        self.generate_with(req, &GenerateOptions::default(), &mut |out| match out {
+            Output::Text(_, text) => on_text(text),
+            Output::Token(..) | Output::Done(..) => true,
+        })
+    }
+
+    /// `generate`, with what `opts` asks for besides one text: `opts.n` choices from one
+    /// evaluation of the prompt (each choice starts from the prompt's cache and its logits,
+    /// with its own seed, `sampler::choice_seed`; the choices run one after another), and each
+    /// generated token's log-probabilities. `out` gets them as they come; return `false` to
+    /// cancel. The statistics returned count the prompt once and the tokens of every choice;
+    /// their `stop` is the last choice's (`Cancelled` when cancelled).
+    pub fn generate_with(
+        &mut self,
+        req: &GenerateRequest,
+        opts: &GenerateOptions,
+        out: &mut dyn FnMut(Output) -> bool,
+    ) -> anyhow::Result<GenerationStats> {
         let inner = self.inner.clone();
         let n_ctx = inner.n_ctx;
         let prompt = &req.prompt;
@@ -505,29 +604,115 @@ impl Session {
             bail!("token id {bad} is outside the vocabulary ({} tokens)", inner.model.hp.n_vocab);
         }
         // Reuse the common prefix, but always evaluate at least the last prompt token (its logits).
-        let common = self.tokens.iter().zip(prompt.iter()).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
+        let mut common = self.tokens.iter().zip(prompt.iter()).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
+        if req.sampling.temperature <= 0.0 {
+            // Greedy answers are the same whatever the cache held: reuse only keys and values
+            // computed in batches of `INVARIANT_BATCH` or more, and evaluate the rest as a fresh
+            // prompt would be (`eval` makes no batch shorter than that): the result is then
+            // bit-identical to evaluating the whole prompt. Costs the re-evaluation of the
+            // previous answer's tokens (computed one by one) and of a short prompt tail.
+            common = common.min(self.exact);
+            if prompt.len() - common < INVARIANT_BATCH {
+                common = prompt.len().saturating_sub(INVARIANT_BATCH);
+            }
+        }
         self.truncate(common);
+        let decodes_before = self.decode_calls;
         let t0 = Instant::now();
         self.eval(&prompt[common..], true)?;
         let prompt_ms = t0.elapsed().as_secs_f64() * 1e3;
 
+        let n = opts.n.max(1);
+        // Every choice starts from these: the prompt is evaluated once.
+        let prompt_logits = if n > 1 { self.logits.clone() } else { Vec::new() };
+        let mut total = GenerationStats {
+            prompt_tokens: prompt.len(),
+            cached_tokens: common,
+            generated_tokens: 0,
+            prompt_ms,
+            generation_ms: 0.0,
+            stop: StopReason::MaxTokens,
+            decode_calls: 0,
+            stop_index: None,
+        };
+        for choice in 0..n {
+            if choice > 0 {
+                self.truncate(prompt.len());
+                self.logits.copy_from_slice(&prompt_logits);
+            }
+            let t1 = Instant::now();
+            let (generated, stop, stop_index) = self.decode(req, opts, choice, out)?;
+            let stats = GenerationStats {
+                generated_tokens: generated,
+                generation_ms: t1.elapsed().as_secs_f64() * 1e3,
+                stop,
+                stop_index,
+                decode_calls: self.decode_calls - decodes_before,
+                ..total.clone()
+            };
+            total.generated_tokens += generated;
+            total.generation_ms += stats.generation_ms;
+            total.stop = stop;
+            total.stop_index = stop_index;
+            total.decode_calls = stats.decode_calls;
+            if stop == StopReason::Cancelled || !out(Output::Done(choice, &stats)) {
+                total.stop = StopReason::Cancelled;
+                break;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Generate one choice from the logits of the last token in the cache: how many tokens, why
+    /// it stopped, and which stop string stopped it.
+    fn decode(
+        &mut self,
+        req: &GenerateRequest,
+        opts: &GenerateOptions,
+        choice: usize,
+        out: &mut dyn FnMut(Output) -> bool,
+    ) -> Result<(usize, StopReason, Option<usize>)> {
+        let inner = self.inner.clone();
+        let n_ctx = inner.n_ctx;
         let mut grammar = match &req.grammar {
             Some(g) => Some(inner.grammar_factory()?.matcher(g)?),
             None => None,
         };
         let mut ff = fast_forward::FastForward::new(req.grammar.as_ref().is_some_and(|g| g.fast_forward()), self.tokens.len());
         self.fast_forward_start(&mut ff, grammar.as_mut(), req.max_tokens)?;
-        self.sampler.reseed(req.sampling.seed);
+        self.sampler.reseed(sampler::choice_seed(req.sampling.seed, choice));
         let tok = &inner.tokenizer;
         let mut decoder = StreamDecoder::default();
         let mut stopper = StopStrings::new(&req.stop);
-        let t1 = Instant::now();
+        // With log-probabilities: the raw logits of the step (the sampler changes them in place),
+        // and the tokens whose text has not been given out yet, each reported right before the
+        // text it begins; those of a stop string are never reported.
+        let mut raw = if opts.logprobs.is_some() { vec![0f32; self.logits.len()] } else { Vec::new() };
+        let mut pending: std::collections::VecDeque<logprobs::TokenLogprob> = Default::default();
+        let (mut produced, mut emitted) = (0usize, 0usize);
+        let mut give = |text: &str, emitted: &mut usize, pending: &mut std::collections::VecDeque<logprobs::TokenLogprob>, all: bool| -> bool {
+            *emitted += text.len();
+            while let Some(t) = pending.front() {
+                if !all && t.offset >= *emitted {
+                    break;
+                }
+                let t = pending.pop_front().expect("front exists");
+                if !out(Output::Token(choice, &t)) {
+                    return false;
+                }
+            }
+            text.is_empty() || out(Output::Text(choice, text))
+        };
         let mut generated = 0;
+        let mut stop_index = None;
         let stop = loop {
             if generated >= req.max_tokens {
                 break StopReason::MaxTokens;
             }
             let mut logits = std::mem::take(&mut self.logits);
+            if opts.logprobs.is_some() {
+                raw.copy_from_slice(&logits);
+            }
             let masked = match grammar.as_mut() {
                 Some(g) => g.mask(&mut logits),
                 None => Ok(()),
@@ -543,16 +728,20 @@ impl Session {
             }
             generated += 1;
             let piece = decoder.push(tok, id);
+            if let Some(k) = opts.logprobs {
+                pending.push_back(logprobs::token_logprob(&raw, id, k, produced));
+            }
+            produced += piece.len();
             match stopper.push(&piece) {
                 StopOutcome::Emit(s) => {
-                    if !s.is_empty() && !on_text(&s) {
+                    if !give(&s, &mut emitted, &mut pending, false) {
                         break StopReason::Cancelled;
                     }
                 }
-                StopOutcome::Stop(s) => {
-                    if !s.is_empty() {
-                        on_text(&s);
-                    }
+                StopOutcome::Stop(s, which) => {
+                    give(&s, &mut emitted, &mut pending, false);
+                    pending.clear();
+                    stop_index = Some(which);
                     break StopReason::StopString;
                 }
             }
@@ -569,18 +758,11 @@ impl Session {
         if stop != StopReason::StopString && stop != StopReason::Cancelled {
             let mut rest = decoder.finish();
             rest.insert_str(0, &stopper.flush());
-            if !rest.is_empty() {
-                on_text(&rest);
+            if !give(&rest, &mut emitted, &mut pending, true) {
+                return Ok((generated, StopReason::Cancelled, None));
             }
         }
-        Ok(GenerationStats {
-            prompt_tokens: prompt.len(),
-            cached_tokens: common,
-            generated_tokens: generated,
-            prompt_ms,
-            generation_ms: t1.elapsed().as_secs_f64() * 1e3,
-            stop,
-        })
+        Ok((generated, stop, stop_index))
     }
 
 }
@@ -594,8 +776,8 @@ struct StopStrings<'a> {
 enum StopOutcome {
     /// Text that is final.
     Emit(String),
-    /// A stop string was found: the text before it, then stop.
-    Stop(String),
+    /// A stop string was found: the text before it and which string it was, then stop.
+    Stop(String, usize),
 }
 
 impl<'a> StopStrings<'a> {
@@ -607,10 +789,11 @@ impl<'a> StopStrings<'a> {
             return StopOutcome::Emit(piece.to_string());
         }
         self.pending.push_str(piece);
-        if let Some(at) = self.stops.iter().filter(|s| !s.is_empty()).filter_map(|s| self.pending.find(s.as_str())).min() {
+        let found = self.stops.iter().enumerate().filter(|(_, s)| !s.is_empty()).filter_map(|(i, s)| Some((self.pending.find(s.as_str())?, i))).min();
+        if let Some((at, which)) = found {
             let out = self.pending[..at].to_string();
             self.pending.clear();
-            return StopOutcome::Stop(out);
+            return StopOutcome::Stop(out, which);
         }
         // Keep the longest suffix that is a prefix of some stop string.
         let mut keep = 0;
@@ -631,6 +814,9 @@ impl<'a> StopStrings<'a> {
         std::mem::take(&mut self.pending)
     }
 }
+
+#[cfg(test)]
+mod tests_generate;
 
 #[cfg(test)]
 mod tests {
@@ -658,26 +844,70 @@ mod tests {
         (text, st)
     }
 
+    /// Top-1 sampling at temperature 1: the same tokens as greedy, but not a greedy request, so
+    /// the whole common prefix is reused.
+    fn top1() -> SamplingParams {
+        SamplingParams { temperature: 1.0, top_k: 1, ..Default::default() }
+    }
+
     #[test]
     fn prefix_reuse_gives_the_same_tokens_as_a_fresh_session() {
         let Some(e) = tiny_engine(256) else { return };
         let prompt: Vec<u32> = vec![1, 415, 2936, 9060, 285, 1142, 461, 10575, 754, 272, 17898, 3914, 28723];
         let mut a = e.new_session();
-        let (t1, s1) = run(&mut a, &prompt, 12, greedy(12));
+        let (t1, s1) = run(&mut a, &prompt, 12, top1());
         assert_eq!(s1.cached_tokens, 0);
         assert_eq!(s1.generated_tokens, 12);
         assert_eq!(s1.stop, StopReason::MaxTokens);
+        // one prompt batch (13 tokens, batches of 16), then each token but the last fed back
+        assert_eq!(s1.decode_calls, 1 + 11);
         // same prompt again: all but the last token come from the cache, same continuation
-        let (t2, s2) = run(&mut a, &prompt, 12, greedy(12));
+        let (t2, s2) = run(&mut a, &prompt, 12, top1());
         assert_eq!(s2.cached_tokens, prompt.len() - 1);
         assert_eq!(t1, t2);
         // a prompt that shares a prefix, in a session that has seen something else, equals a fresh one
         let other: Vec<u32> = vec![1, 415, 2936, 9060, 28705, 28740];
-        let (t3, s3) = run(&mut a, &other, 8, greedy(8));
+        let (t3, s3) = run(&mut a, &other, 8, top1());
         assert_eq!(s3.cached_tokens, 4);
-        let (t4, _) = run(&mut e.new_session(), &other, 8, greedy(8));
+        let (t4, _) = run(&mut e.new_session(), &other, 8, top1());
         assert_eq!(t3, t4);
         assert!(!t1.is_empty());
+    }
+
+    /// A greedy answer after a cached prefix is bit-identical to a fresh session's, also when the
+    /// cache holds a previous answer (computed token by token) and the new prompt continues it
+    /// (a chat's next turn); the prefix computed in a full batch is still reused.
+    #[test]
+    fn greedy_answers_do_not_depend_on_what_the_cache_holds() {
+        let Some(dir) = test_support::require_shared() else { return };
+        for ty in ["q8_0", "q4_k_m", "f16"] {
+            let opts = LoadOptions {
+                model: dir.join(format!("models/tiny-mistral-{ty}.gguf")),
+                n_ctx: Some(512),
+                n_threads: Some(2),
+                ..Default::default()
+            };
+            let e = Engine::load(&opts).unwrap();
+            let ids = |n: u32, salt: u32| -> Vec<u32> { (0..n).map(|i| (i * 7919 + salt) % 30000 + 3).collect() };
+            let p1 = ids(100, 5);
+            let mut a = e.new_session();
+            run(&mut a, &p1, 20, greedy(20));
+            // The next turn: the previous prompt, the answer, and more.
+            let mut p2 = a.tokens().to_vec();
+            p2.extend(ids(70, 11));
+            let (ta, sa) = run(&mut a, &p2, 20, greedy(20));
+            let mut fresh = e.new_session();
+            let (tf, sf) = run(&mut fresh, &p2, 20, greedy(20));
+            assert!(a.logits() == fresh.logits(), "{ty}: last logits are not bit-identical");
+            assert_eq!(ta, tf, "{ty}: greedy text after the cache vs fresh");
+            assert_eq!(sf.cached_tokens, 0);
+            assert_eq!(sa.cached_tokens, p1.len(), "{ty}: the first prompt's batch is reused");
+            // A short prompt sharing the cache: evaluated whole, as fresh.
+            let p3 = ids(30, 5);
+            let (tc, sc) = run(&mut a, &p3, 10, greedy(10));
+            assert_eq!(sc.cached_tokens, 0);
+            assert_eq!(tc, run(&mut e.new_session(), &p3, 10, greedy(10)).0, "{ty}: short prompt");
+        }
     }
 
     #[test]
@@ -759,31 +989,35 @@ mod tests {
             })
             .unwrap();
         assert_eq!(st.stop, StopReason::StopString);
+        assert_eq!(st.stop_index, Some(0));
         assert_eq!(text, full[..full.find(&stop).unwrap()]);
     }
 
-    fn stop_run(stops: &[&str], pieces: &[&str]) -> (String, bool) {
+    /// The text let through, and which stop string ended it (if one did).
+    fn stop_run(stops: &[&str], pieces: &[&str]) -> (String, Option<usize>) {
         let stops: Vec<String> = stops.iter().map(|s| s.to_string()).collect();
         let mut s = StopStrings::new(&stops);
         let mut out = String::new();
         for p in pieces {
             match s.push(p) {
                 StopOutcome::Emit(t) => out.push_str(&t),
-                StopOutcome::Stop(t) => {
+                StopOutcome::Stop(t, which) => {
                     out.push_str(&t);
-                    return (out, true);
+                    return (out, Some(which));
                 }
             }
         }
         out.push_str(&s.flush());
-        (out, false)
+        (out, None)
     }
 
     #[test]
     fn stop_strings_split_across_pieces_are_held_back_and_cut() {
-        assert_eq!(stop_run(&["</s>"], &["Hello", " wor", "ld</", "s> more"]), ("Hello world".into(), true));
-        assert_eq!(stop_run(&["STOP"], &["a S", "T", "x"]), ("a STx".into(), false));
-        assert_eq!(stop_run(&[], &["a", "b"]), ("ab".into(), false));
-        assert_eq!(stop_run(&["ab", "b"], &["xab"]), ("x".into(), true));
+        assert_eq!(stop_run(&["</s>"], &["Hello", " wor", "ld</", "s> more"]), ("Hello world".into(), Some(0)));
+        assert_eq!(stop_run(&["STOP"], &["a S", "T", "x"]), ("a STx".into(), None));
+        assert_eq!(stop_run(&[], &["a", "b"]), ("ab".into(), None));
+        assert_eq!(stop_run(&["ab", "b"], &["xab"]), ("x".into(), Some(0)));
+        // the string met first is reported, whatever its place in the list
+        assert_eq!(stop_run(&["zz", "", "b"], &["xa", "b"]), ("xa".into(), Some(2)));
     }
 }

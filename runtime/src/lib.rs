@@ -11,4 +11,5 @@ pub mod grammar;
 pub mod input;
 pub mod model;
 pub mod server;
+pub mod signature;
 pub mod tokenizer;

@@ -334,13 +334,15 @@ fn server_opens_the_browser_only_with_a_display() {
 }
 
 /// The real Qwen2.5-Coder 0.5B (ChatML template, byte-level BPE) answers through the server, and
-/// its second turn reuses the first turn's KV cache.
+/// its second turn reuses the first turn's KV cache (top-1 sampling: a greedy request reuses only
+/// what was computed in batches of 64 tokens or more, so that its answer never depends on the
+/// cache; checked last).
 #[test]
 fn server_real_model_answers_and_caches_the_conversation() {
     let Some(m) = real_model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf") else { return };
     let s = Server::start(&m, &["--server", "-c", "1024", "-t", "2"]);
     let q = "What is the capital of France? Answer in one word.";
-    let r1 = s.post("/v1/chat/completions", &json!({ "messages": user(q), "max_tokens": 8, "temperature": 0 })).json();
+    let r1 = s.post("/v1/chat/completions", &json!({ "messages": user(q), "max_tokens": 8, "temperature": 1, "top_k": 1 })).json();
     let answer = r1["choices"][0]["message"]["content"].as_str().unwrap().to_string();
     assert!(answer.contains("Paris"), "{r1}");
     assert_eq!(r1["choices"][0]["finish_reason"], "stop", "ended at <|im_end|>: {r1}");
@@ -349,8 +351,12 @@ fn server_real_model_answers_and_caches_the_conversation() {
         { "role": "assistant", "content": answer },
         { "role": "user", "content": "And of Italy?" },
     ]);
-    let r2 = s.post("/v1/chat/completions", &json!({ "messages": turn2, "max_tokens": 8, "temperature": 0 })).json();
+    let r2 = s.post("/v1/chat/completions", &json!({ "messages": turn2, "max_tokens": 8, "temperature": 1, "top_k": 1 })).json();
     assert!(r2["choices"][0]["message"]["content"].as_str().unwrap().contains("Rome"), "{r2}");
     let cached = r2["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap();
     assert!(cached >= r1["usage"]["prompt_tokens"].as_u64().unwrap(), "turn 2 reused only {cached} tokens: {r2}");
+    // Greedy, after the cache holds the conversation, and fresh: the same answer.
+    let greedy = |cache: bool| s.post("/v1/chat/completions", &json!({ "messages": turn2, "max_tokens": 16, "temperature": 0, "cache_prompt": cache })).json();
+    let (cached_answer, fresh_answer) = (greedy(true), greedy(false));
+    assert_eq!(cached_answer["choices"][0]["message"]["content"], fresh_answer["choices"][0]["message"]["content"]);
 }

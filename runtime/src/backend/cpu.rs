@@ -2,7 +2,7 @@
 //! Threads: whatever rayon pool the caller runs in (the engine installs its `-t` pool).
 
 use super::{Backend, BackendState};
-use crate::model::transformer::{layer_forward, output_forward, LayerKv, RopeTable, Workspace};
+use crate::model::transformer::{layer_forward, layer_forward_spans, output_forward, LayerKv, RopeTable, Span, Workspace};
 use crate::model::Model;
 use anyhow::{bail, Result};
 use std::ops::Range;
@@ -98,6 +98,30 @@ impl BackendState for CpuState {
             (Some(l), true) => output_forward(&self.model, x, n_tokens, l, &mut self.ws),
             (Some(_), false) => bail!("cpu backend asked for logits but does not run the output layer"),
             (None, _) => {}
+        }
+        Ok(())
+    }
+    /// The sequences share one batch: each layer's projections and FFN run over all of them
+    /// at once (the weights are read once per layer, not once per sequence).
+    fn forward_sequences(&mut self, x: &mut [f32], lens: &[usize]) -> Result<()> {
+        let e = self.model.hp.n_embd;
+        let mut spans = Vec::with_capacity(lens.len());
+        let mut first = 0;
+        for &len in lens.iter().filter(|l| **l > 0) {
+            if len > self.n_ctx {
+                bail!("cpu backend: a sequence of {len} tokens exceeds the context of {}", self.n_ctx);
+            }
+            spans.push(Span { first, len, pos: 0 });
+            first += len;
+        }
+        if first == 0 {
+            return Ok(());
+        }
+        if first > self.ws.max_batch || x.len() < first * e {
+            bail!("cpu backend: batch of {first} tokens (buffers hold {})", self.ws.max_batch);
+        }
+        for (i, il) in self.layers.clone().enumerate() {
+            layer_forward_spans(&self.model, il, x, &spans, &mut self.kv[i], &mut self.ws, &self.rope[i]);
         }
         Ok(())
     }

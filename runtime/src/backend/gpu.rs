@@ -183,6 +183,12 @@ pub fn check_backend_file(path: &Path) -> Result<(String, String)> {
 
 /// Every candidate library, in order of preference of their origin.
 pub fn candidates(model: &Model, why: &mut Vec<String>) -> Vec<Candidate> {
+    candidates_for(Some(model.file.file_path()), why)
+}
+
+/// [`candidates`] for the model file at `model_path` (or none: only the executable's own zip,
+/// the environment and its folder are searched).
+pub fn candidates_for(model_path: Option<&Path>, why: &mut Vec<String>) -> Vec<Candidate> {
     let mut out = Vec::new();
     if let Some(p) = std::env::var_os(BACKEND_ENV).filter(|p| !p.is_empty()) {
         out.push(Candidate {
@@ -194,9 +200,10 @@ pub fn candidates(model: &Model, why: &mut Vec<String>) -> Vec<Candidate> {
     let exe = std::env::current_exe().ok();
     let mut zips: Vec<PathBuf> = exe.iter().cloned().collect();
     // The file itself (for `archive.zip@name.gguf`, the archive).
-    let model_path = model.file.file_path().to_path_buf();
-    if !zips.contains(&model_path) {
-        zips.push(model_path);
+    if let Some(model_path) = model_path.map(Path::to_path_buf) {
+        if !zips.contains(&model_path) {
+            zips.push(model_path);
+        }
     }
     for z in &zips {
         zip_candidates(z, &mut out, why);

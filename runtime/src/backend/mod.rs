@@ -59,6 +59,23 @@ pub trait BackendState: Send {
     /// `logits` (only for a backend that `runs_output`): a buffer of `n_vocab` values gets the
     /// last token's logits; one of `n_tokens * n_vocab` gets every token's, row by row.
     fn forward(&mut self, x: &mut [f32], n_tokens: usize, pos: usize, logits: Option<&mut [f32]>) -> Result<()>;
+    /// Run this backend's layers over independent sequences packed in `x` (`lens[i]` tokens
+    /// each, in order; `x` holds exactly their rows), every one from position 0, as for
+    /// embeddings: nothing is kept for later (the cache rows are overwritten). The default
+    /// runs them one after another through `forward`; a backend that can batch them overrides it.
+    fn forward_sequences(&mut self, x: &mut [f32], lens: &[usize]) -> Result<()> {
+        let total: usize = lens.iter().sum();
+        if total == 0 {
+            return Ok(());
+        }
+        let e = x.len() / total;
+        let mut first = 0;
+        for &len in lens {
+            self.forward(&mut x[first * e..(first + len) * e], len, 0, None)?;
+            first += len;
+        }
+        Ok(())
+    }
     /// Forget positions `pos..` (the next forward starts at `pos`).
     fn truncate(&mut self, pos: usize);
     /// Bytes held (KV cache + buffers), for logs.

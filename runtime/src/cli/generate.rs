@@ -9,6 +9,7 @@
 use super::conversation::{self, Turns};
 use super::Args;
 use crate::engine::{Engine, GenerateRequest, GenerationStats, LoadOptions, SamplingParams, StopReason};
+use crate::engine::logprobs::log_prob;
 use anyhow::{anyhow, bail, Result};
 use std::io::{IsTerminal, Write};
 use std::time::Instant;
@@ -257,13 +258,6 @@ fn prompt(args: &Args, engine: &Engine) -> Result<i32> {
         log!(args, "stopped: the context of {} tokens is full (use -c to make it larger)", engine.n_ctx());
     }
     Ok(0)
-}
-
-/// log-softmax of `logits` at `id`, in f64.
-fn log_prob(logits: &[f32], id: u32) -> f64 {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let sum: f64 = logits.iter().map(|l| (*l as f64 - max).exp()).sum();
-    logits[id as usize] as f64 - max - sum.ln()
 }
 
 /// The `k` largest logits, largest first (ties by id).

@@ -2,11 +2,14 @@
 //! parsing, and llama.cpp's spellings rewritten (`spelling`). Each mode lives in its own file
 //! with `pub fn run(args: &Args) -> anyhow::Result<i32>`:
 //! - `info`      `--info`
+//! - `verify`    `--verify [--pubkey KEY.pub]`
+//! - `doctor`    `--doctor`
 //! - `tokenize`  `--tokenize`
 //! - `generate`  prompt, conversation, `--eval-tokens`, `--perplexity`, `--bench`
 //! - server      no prompt / `--server`, in `crate::server`
 
 pub mod conversation;
+pub mod doctor;
 pub mod generate;
 pub mod info;
 mod spelling;
@@ -249,6 +252,27 @@ pub struct Args {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: u64,
 
+    // Embeddings (see `server::embeddings`): the endpoints are always on.
+    /// Accepted for llama.cpp compatibility: /v1/embeddings and /embedding are always served.
+    #[arg(long = "embedding", alias = "embeddings", help_heading = "Embeddings")]
+    pub embedding: bool,
+    /// Pooling of the token vectors into one embedding: none (one per token), mean, cls (first token), last (default: the model's, else mean).
+    #[arg(long = "pooling", value_name = "none|mean|cls|last", value_parser = pooling, help_heading = "Embeddings")]
+    pub pooling: Option<crate::engine::embed::Pooling>,
+    /// Normalization of embeddings: -1 none, 0 max absolute (int16 range), 1 taxicab, 2 euclidean (default), N > 2 p-norm.
+    #[arg(long = "embd-normalize", value_name = "N", allow_negative_numbers = true, help_heading = "Embeddings")]
+    pub embd_normalize: Option<i32>,
+    // Server: metrics and API keys (server/metrics.rs, server/auth.rs)
+    /// Server: serve Prometheus metrics at /metrics (llama.cpp's metric names).
+    #[arg(long = "metrics", help_heading = "Server")]
+    pub metrics: bool,
+    /// Server: requests must carry this key (Authorization: Bearer KEY, or x-api-key: KEY); several comma-separated, or repeat the flag. /health and the chat page are open.
+    #[arg(long = "api-key", value_name = "KEY", help_heading = "Server")]
+    pub api_key: Vec<String>,
+    /// Server: a file of API keys, one per line (as --api-key). Repeatable.
+    #[arg(long = "api-key-file", value_name = "FILE", help_heading = "Server")]
+    pub api_key_file: Vec<PathBuf>,
+
     // Structured output (see `structured`): what the generated text must match.
     /// A GBNF grammar (llama.cpp syntax, start rule `root`) the output must match.
     #[arg(long = "grammar", group = "structured", help_heading = "Structured output")]
@@ -271,6 +295,14 @@ pub struct Args {
     /// Check every zip entry's CRC-32 against its bytes (this file, or -m FILE), then exit.
     #[arg(long = "verify", help_heading = "Model")]
     pub verify: bool,
+
+    // Distribution: signatures and the bug-report summary
+    /// With --verify: also check the file's signature (`pack --sign`) with this minisign public key (NAME.pub).
+    #[arg(long = "pubkey", value_name = "NAME.pub", requires = "verify", help_heading = "Model")]
+    pub pubkey: Option<PathBuf>,
+    /// Print what a bug report needs (CPU and kernels, memory for the model at -c, GPU backends searched, the file's integrity and signature, binfmt_misc), then exit. No network.
+    #[arg(long = "doctor", help_heading = "Model")]
+    pub doctor: bool,
 }
 
 /// A number as clap hands it over (the message is what follows "invalid value 'X' for '--flag'").
@@ -282,6 +314,11 @@ fn number<T: std::str::FromStr>(s: &str) -> Result<T, String> {
 fn count(s: &str) -> Result<usize, String> {
     let v: i64 = number(s)?;
     usize::try_from(v).map_err(|_| format!("must be 0 or more, got {v}"))
+}
+
+/// `--pooling`.
+fn pooling(s: &str) -> Result<crate::engine::embed::Pooling, String> {
+    crate::engine::embed::Pooling::parse(s).map_err(|e| e.to_string())
 }
 
 /// 1 or more.
@@ -354,6 +391,7 @@ impl Args {
             (self.split_mode.is_some(), "--split-mode"),
             (self.device.is_some(), "--device"),
             (self.flash_attn.is_some(), "--flash-attn"),
+            (self.embedding, "--embedding"),
         ]
         .into_iter()
         .filter_map(|(given, name)| given.then_some(name))
@@ -435,6 +473,9 @@ pub fn run(args: Vec<OsString>) -> anyhow::Result<i32> {
 }
 
 pub fn dispatch(args: &Args) -> anyhow::Result<i32> {
+    if args.doctor {
+        return doctor::run(args);
+    }
     if args.verify {
         return verify::run(args);
     }

@@ -1,7 +1,8 @@
 //! `--verify`: check every zip entry of a llamafile (this executable, or `-m FILE`) against the
 //! CRC-32 its central directory records. It reads every byte of every entry, so a flipped bit
 //! anywhere in the weights, `.args` or a GPU backend is found. The runtime's own bytes before the
-//! zip have no checksum in the format, and the report says so.
+//! zip have no checksum in the format, and the report says so. With `--pubkey KEY.pub` the
+//! signature `pack --sign` adds is checked too (see `crate::signature`), which covers the runtime.
 
 use super::Args;
 use anyhow::{bail, Context};
@@ -11,8 +12,38 @@ use std::path::{Path, PathBuf};
 
 pub fn run(args: &Args) -> anyhow::Result<i32> {
     let path = file_to_verify(args.model.as_deref())?;
-    println!("{}", verify(&path)?);
+    // The key first: a bad --pubkey is reported before minutes of reading weights.
+    let key = args.pubkey.as_deref().map(crate::signature::read_public_key).transpose()?;
+    // Both checks before anything is printed: a failure is one line on stderr.
+    let crc = verify(&path)?;
+    let signature = signature_report(&path, key.as_ref())?;
+    println!("{crc}\n{signature}");
     Ok(0)
+}
+
+/// The signature part of `--verify`: with a key, the checked manifest and who signed it; without
+/// one, who the file says signed it (unchecked) or that it is not signed.
+fn signature_report(path: &Path, key: Option<&crate::signature::PublicKey>) -> anyhow::Result<String> {
+    let shown = crate::escape::escape_path(path);
+    let entries = crate::bundle::zip_entries(path)?.unwrap_or_default();
+    let Some(key) = key else {
+        return Ok(match crate::signature::signer(path, &entries)? {
+            Some(id) => format!("{shown}: signed by key {id} (not checked: give --pubkey KEY.pub to check the signature)"),
+            None => format!("{shown}: not signed"),
+        });
+    };
+    let signed = crate::signature::check(path, &entries, key)?;
+    let mut s = format!(
+        "{shown}: signature OK: key {}, trusted comment: {}\nsigned manifest ({} entry of the file):",
+        signed.key_id,
+        crate::escape::escape(&signed.trusted_comment),
+        crate::signature::MANIFEST_ENTRY
+    );
+    for line in signed.manifest.lines() {
+        s.push_str("\n  ");
+        s.push_str(&crate::escape::escape(line));
+    }
+    Ok(s)
 }
 
 /// The file itself: `-m FILE` (for `archive.zip@name.gguf`, the archive), else this executable.

@@ -247,6 +247,16 @@ impl SamplingOptions {
     }
 }
 
+/// The seed of choice number `choice` of a request with `seed` (`n` > 1): the first choice
+/// keeps the request's seed (a request for one choice draws as before), the others get seeds
+/// mixed from it, distinct and reproducible.
+pub fn choice_seed(seed: u64, choice: usize) -> u64 {
+    if choice == 0 {
+        return seed;
+    }
+    Rng::new(seed ^ (choice as u64).wrapping_mul(0xD1B5_4A32_D192_ED03)).next_u64()
+}
+
 /// `seed`, or a fresh random one when it is `RANDOM_SEED`. `std`'s `RandomState` is seeded
 /// from the OS once per process and perturbed per instance: enough here, without a `rand`
 /// dependency.
@@ -325,6 +335,18 @@ mod tests {
         // p = 0.25, 0.75, ~0
         assert!((counts[1] as f64 / 4000.0 - 0.75).abs() < 0.03, "{counts:?}");
         assert_eq!(counts[2], 0);
+    }
+
+    #[test]
+    fn choice_seeds_keep_the_first_and_differ() {
+        assert_eq!(choice_seed(42, 0), 42);
+        let seeds: Vec<u64> = (0..16).map(|i| choice_seed(42, i)).collect();
+        let mut distinct = seeds.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 16);
+        assert_eq!(seeds, (0..16).map(|i| choice_seed(42, i)).collect::<Vec<_>>());
+        assert_ne!(choice_seed(42, 1), choice_seed(43, 1));
     }
 
     #[test]

@@ -18,7 +18,7 @@
 use super::{FfnActivation, Hparams, LayerAttn, Model, RopeStyle, Weight};
 use half::f16;
 use kernels_cpu::ops;
-use kernels_cpu::matmul::{matmul, matmul_quantized, quantize_activations, Scratch};
+use kernels_cpu::matmul::{balanced_chunks, matmul, matmul_quantized, quantize_activations, Scratch, PANEL_MIN_TOKENS};
 use rayon::prelude::*;
 
 /// The FFN runs over at most this many tokens at a time, so its two [n x n_ff] buffers stay
@@ -217,12 +217,41 @@ pub fn layer_forward(
     ws: &mut Workspace,
     rope: &RopeTable,
 ) {
+    layer_forward_spans(model, il, x, &[Span { first: 0, len: n, pos }], kv, ws, rope)
+}
+
+/// One sequence's tokens in a batch: rows `first..first + len` of the residual stream, at
+/// positions `pos..pos + len` (also their rows in the cache).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    pub first: usize,
+    pub len: usize,
+    pub pos: usize,
+}
+
+/// `layer_forward` over independent sequences packed in one batch (`spans` cover the rows of
+/// `x` in order): the projections and the FFN run over every token at once, and each span
+/// attends only to its own keys. Spans are handled one after another, each writing its keys
+/// and attending right away, so spans may share cache rows (several sequences each from
+/// position 0): a later span overwrites keys that an earlier one no longer needs.
+#[allow(clippy::too_many_arguments)]
+pub fn layer_forward_spans(
+    model: &Model,
+    il: usize,
+    x: &mut [f32],
+    spans: &[Span],
+    kv: &mut LayerKv,
+    ws: &mut Workspace,
+    rope: &RopeTable,
+) {
+    let n = spans.last().map_or(0, |s| s.first + s.len);
     let hp = &model.hp;
     let lw = &model.layers[il];
     let la = hp.layers[il];
     let (e, hd) = (hp.n_embd, hp.head_dim);
     let (qd, kd, vd) = (hp.q_dim(), hp.k_dim(), hp.v_dim());
-    debug_assert!(n <= ws.max_batch && pos + n <= ws.n_ctx && pos + n <= rope.n_ctx);
+    debug_assert!(n <= ws.max_batch);
+    debug_assert!(spans.iter().all(|s| s.pos + s.len <= ws.n_ctx && s.pos + s.len <= rope.n_ctx));
     let eps = hp.rms_eps;
 
     // ---- attention ----
@@ -235,24 +264,28 @@ pub fn layer_forward(
     add_bias(&mut ws.v, &lw.bv, n);
     let style = hp.recipe.rope;
     let n_rot = hp.n_rot;
-    for t in 0..n {
-        let p = pos + t;
-        for h in ws.q[t * qd..(t + 1) * qd].chunks_exact_mut(hd) {
-            if let Some(w) = &lw.q_norm {
-                rmsnorm_inplace(h, w, eps);
+    let ao = hp.n_head * hp.head_dim_v;
+    for s in spans {
+        for t in s.first..s.first + s.len {
+            let p = s.pos + (t - s.first);
+            for h in ws.q[t * qd..(t + 1) * qd].chunks_exact_mut(hd) {
+                if let Some(w) = &lw.q_norm {
+                    rmsnorm_inplace(h, w, eps);
+                }
+                rope.apply(style, &mut h[..n_rot], p);
             }
-            rope.apply(style, &mut h[..n_rot], p);
-        }
-        for h in ws.k[t * kd..(t + 1) * kd].chunks_exact_mut(hd) {
-            if let Some(w) = &lw.k_norm {
-                rmsnorm_inplace(h, w, eps);
+            for h in ws.k[t * kd..(t + 1) * kd].chunks_exact_mut(hd) {
+                if let Some(w) = &lw.k_norm {
+                    rmsnorm_inplace(h, w, eps);
+                }
+                rope.apply(style, &mut h[..n_rot], p);
             }
-            rope.apply(style, &mut h[..n_rot], p);
+            ops::f32_to_f16_slice(&ws.k[t * kd..(t + 1) * kd], &mut kv.k[p * kd..(p + 1) * kd]);
+            ops::f32_to_f16_slice(&ws.v[t * vd..(t + 1) * vd], &mut kv.v[p * vd..(p + 1) * vd]);
         }
-        ops::f32_to_f16_slice(&ws.k[t * kd..(t + 1) * kd], &mut kv.k[p * kd..(p + 1) * kd]);
-        ops::f32_to_f16_slice(&ws.v[t * vd..(t + 1) * vd], &mut kv.v[p * vd..(p + 1) * vd]);
+        let (q, att) = (&ws.q[s.first * qd..], &mut ws.att[s.first * ao..(s.first + s.len) * ao]);
+        attention(hp, la, s.len, s.pos, kv, q, att);
     }
-    attention(hp, la, n, pos, kv, &ws.q, &mut ws.att);
     project(model, &lw.wo, &ws.att, n, &mut ws.proj, &mut ws.scratch);
     residual_add(x, &mut ws.proj, n, e, lw.attn_post_norm.as_deref(), eps);
 
@@ -262,9 +295,9 @@ pub fn layer_forward(
     }
     let nf = hp.n_ff;
     let chunk = ws.gate.len() / nf;
-    let mut t0 = 0;
-    while t0 < n {
-        let m = chunk.min(n - t0);
+    // No short last chunk: the matmul's arithmetic for a token would change with the cut.
+    for c in balanced_chunks(n, chunk, PANEL_MIN_TOKENS) {
+        let (t0, m) = (c.start, c.len());
         let xn = &ws.xn[t0 * e..(t0 + m) * e];
         let mut none: [f32; 0] = [];
         project_many(model, &[&lw.ffn_gate, &lw.ffn_up], xn, m, [&mut ws.gate, &mut ws.up, &mut none], 2, &mut ws.scratch);
@@ -275,7 +308,6 @@ pub fn layer_forward(
             FfnActivation::GeluTanh => ops::gelu_mul(g, u),
         });
         project(model, &lw.ffn_down, &ws.gate, m, &mut ws.proj[t0 * e..], &mut ws.scratch);
-        t0 += m;
     }
     residual_add(x, &mut ws.proj, n, e, lw.ffn_post_norm.as_deref(), eps);
 }
@@ -360,6 +392,14 @@ fn window_start(la: LayerAttn, p: usize) -> usize {
 /// Cache positions per tile (and the batch size from which the reference uses its tiled
 /// flash attention: ggml's `GGML_FA_TILE_Q` = `GGML_FA_TILE_KV` = 64).
 pub const FA_TILE: usize = 64;
+
+/// The smallest batch from which a token's arithmetic no longer depends on the batch it is in:
+/// the attention is tiled from `FA_TILE` queries and every projection then runs the panel
+/// kernels (the feed-forward and matmul cuts keep each piece at least `PANEL_MIN_TOKENS` long).
+/// Keys and values computed in such batches are bit-identical however the prompt was cut,
+/// which is what lets a cached prefix give the same answer as a fresh evaluation.
+pub const INVARIANT_BATCH: usize = FA_TILE;
+const _: () = assert!(PANEL_MIN_TOKENS <= INVARIANT_BATCH && 2 * PANEL_MIN_TOKENS <= FFN_CHUNK);
 /// Largest group (query heads per KV head) the tiled path's on-stack scores hold; larger
 /// groups (none of the supported models) take the one-pass path.
 const MAX_TILED_GROUP: usize = 16;

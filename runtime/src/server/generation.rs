@@ -7,6 +7,7 @@
 //! is free again. Server shutdown stops every generation the same way.
 
 use super::error::ApiError;
+use super::model::ModelSession;
 use super::AppState;
 use crate::engine::{GenerateRequest, GenerationStats, StopReason};
 use std::panic::AssertUnwindSafe;
@@ -105,6 +106,32 @@ impl PromptCache {
 
 /// Queue the request and start it when a slot is free; the events come on the returned channel.
 pub fn start(state: &Arc<AppState>, req: GenerateRequest, cache: PromptCache) -> mpsc::Receiver<GenEvent> {
+    start_with(
+        state,
+        req,
+        cache,
+        |session, req, send| session.generate(req, &mut |t| send(GenEvent::Text(t.to_owned()))),
+        |end| match end {
+            Ok(stats) => GenEvent::Done(stats),
+            Err(e) => GenEvent::Failed(e),
+        },
+    )
+}
+
+/// How a generation runs in its slot: the session, the request, and `send` for its events
+/// (`false` once the client is gone or the server stops: then the generation should stop).
+pub type RunFn<E> = dyn FnOnce(&mut dyn ModelSession, &GenerateRequest, &mut dyn FnMut(E) -> bool) -> anyhow::Result<GenerationStats> + Send;
+
+/// `start` with the generation run by `run`, whose events are of any kind; `end` makes the last
+/// event from the outcome. The slot's bookkeeping (prompt cache, `/slots`, logs, a panic in the
+/// engine) is the same for every kind.
+pub fn start_with<E: Send + 'static>(
+    state: &Arc<AppState>,
+    req: GenerateRequest,
+    cache: PromptCache,
+    run: impl FnOnce(&mut dyn ModelSession, &GenerateRequest, &mut dyn FnMut(E) -> bool) -> anyhow::Result<GenerationStats> + Send + 'static,
+    end: fn(Result<GenerationStats, ApiError>) -> E,
+) -> mpsc::Receiver<E> {
     let (tx, rx) = mpsc::channel(CHANNEL);
     let state = state.clone();
     tokio::spawn(async move {
@@ -115,11 +142,11 @@ pub fn start(state: &Arc<AppState>, req: GenerateRequest, cache: PromptCache) ->
             _ = async { let _ = shutdown.wait_for(|&down| down).await; } => None,
         };
         let Some(lease) = lease.filter(|_| !state.shutting_down.load(Ordering::SeqCst)) else {
-            let _ = tx.send(GenEvent::Failed(ApiError::unavailable("the server is shutting down"))).await;
+            let _ = tx.send(end(Err(ApiError::unavailable("the server is shutting down")))).await;
             return;
         };
         let st = state.clone();
-        let task = tokio::task::spawn_blocking(move || run_blocking(&st, lease, req, cache, tx));
+        let task = tokio::task::spawn_blocking(move || run_blocking(&st, lease, req, cache, tx, Box::new(run), end));
         if let Err(e) = task.await {
             // run_blocking catches the engine's panics itself; this would be a bug in it.
             eprintln!("server: generation task failed: {e}");
@@ -128,7 +155,15 @@ pub fn start(state: &Arc<AppState>, req: GenerateRequest, cache: PromptCache) ->
     rx
 }
 
-fn run_blocking(state: &AppState, mut lease: super::slots::SlotLease, req: GenerateRequest, cache: PromptCache, tx: mpsc::Sender<GenEvent>) {
+fn run_blocking<E>(
+    state: &AppState,
+    mut lease: super::slots::SlotLease,
+    req: GenerateRequest,
+    cache: PromptCache,
+    tx: mpsc::Sender<E>,
+    run: Box<RunFn<E>>,
+    end: fn(Result<GenerationStats, ApiError>) -> E,
+) {
     let slot_id = lease.id();
     let result = {
         let slot = lease.slot();
@@ -136,16 +171,18 @@ fn run_blocking(state: &AppState, mut lease: super::slots::SlotLease, req: Gener
             slot.session.clear();
             slot.cached.clear();
         }
-        let mut on_text = |text: &str| -> bool {
+        let mut send = |event: E| -> bool {
             if state.shutting_down.load(Ordering::Relaxed) {
                 return false;
             }
-            tx.blocking_send(GenEvent::Text(text.to_owned())).is_ok()
+            tx.blocking_send(event).is_ok()
         };
-        std::panic::catch_unwind(AssertUnwindSafe(|| slot.session.generate(&req, &mut on_text)))
+        let session = &mut *slot.session;
+        std::panic::catch_unwind(AssertUnwindSafe(|| run(session, &req, &mut send)))
     };
-    let event = match result {
+    let outcome = match result {
         Ok(Ok(stats)) => {
+            state.metrics.record(&stats);
             let slot = lease.slot();
             slot.cached.clear();
             slot.cached.extend_from_slice(&req.prompt);
@@ -162,13 +199,13 @@ fn run_blocking(state: &AppState, mut lease: super::slots::SlotLease, req: Gener
                     stop_name(stats.stop)
                 );
             }
-            GenEvent::Done(stats)
+            Ok(stats)
         }
         Ok(Err(e)) => {
             lease.slot().cached.clear();
             state.pool.set_result(slot_id, 0, "error", 0, 0);
             eprintln!("slot {slot_id}: generation failed: {e:#}");
-            GenEvent::Failed(ApiError::internal(format!("generation failed: {e:#}")))
+            Err(ApiError::internal(format!("generation failed: {e:#}")))
         }
         Err(panic) => {
             let what = panic
@@ -182,11 +219,11 @@ fn run_blocking(state: &AppState, mut lease: super::slots::SlotLease, req: Gener
             slot.session = state.model.new_session();
             slot.cached.clear();
             state.pool.set_result(slot_id, 0, "error", 0, 0);
-            GenEvent::Failed(ApiError::internal(format!("the engine failed: {what}")))
+            Err(ApiError::internal(format!("the engine failed: {what}")))
         }
     };
     drop(lease); // the slot is free before the client hears the end
-    let _ = tx.blocking_send(event);
+    let _ = tx.blocking_send(end(outcome));
 }
 
 /// Wait for the whole reply (non-streaming requests).

@@ -9,26 +9,43 @@
 //! - `assets`: the chat page (one self-contained HTML document built from `assets/`)
 //! - `access`: the `Host`/`Origin` checks and CORS (no web page the user visits may drive it)
 //! - `listen`: the accept loop (header timeout, connection cap, graceful stop)
+//! - `choices`: several choices (`n`) and log-probabilities (`logprobs`: their JSON shapes);
+//!   `infill`: fill in the middle; `refused`: fields that change the answer and are not
+//!   implemented (a 400, never silence)
 //!
 //! Concurrency: up to `--parallel` requests generate at once, each in its own slot (its own KV
 //! cache); the others wait in arrival order.
 
 pub mod access;
 pub mod assets;
+pub mod auth;
+pub mod choices;
+pub mod embeddings;
 pub mod error;
 pub mod generation;
+pub mod infill;
 pub mod listen;
+pub mod logprobs;
+pub mod messages;
+pub mod metrics;
 pub mod model;
+pub mod refused;
+pub mod responses;
 pub mod routes;
 pub mod slots;
 pub mod structured;
 pub mod tools;
+pub mod turn;
 #[cfg(test)]
 pub mod testing;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_access;
+#[cfg(test)]
+mod tests_embeddings;
+#[cfg(test)]
+mod tests_choices;
 #[cfg(test)]
 mod tests_limits;
 pub mod types;
@@ -68,12 +85,21 @@ pub struct AppState {
     pub log: bool,
     /// Unix time the server started (`created` of `/v1/models`).
     pub started: u64,
+    /// `/v1/embeddings` and `/embedding`: pooling, normalization, their session.
+    pub embeddings: embeddings::Embeddings,
+    /// `--metrics`: serve `/metrics`; the counters are kept either way.
+    pub metrics_enabled: bool,
+    pub metrics: metrics::Metrics,
+    /// `--api-key`/`--api-key-file`: the keys requests must carry (none: no check).
+    pub api_keys: auth::ApiKeys,
 }
 
 impl AppState {
     pub fn new(model: Arc<dyn Model>, parallel: usize, defaults: SamplingParams) -> Arc<AppState> {
         let pool = slots::SlotPool::new(&*model, parallel);
+        let embeddings = embeddings::Embeddings::new(&*model, None, None);
         Arc::new(AppState {
+            embeddings,
             model_id: model.name().to_string(),
             other_model_noted: AtomicBool::new(false),
             access: access::Access::default(),
@@ -86,6 +112,9 @@ impl AppState {
             shutdown: watch::channel(false).0,
             log: true,
             started: types::unix_time(),
+            metrics_enabled: false,
+            metrics: metrics::Metrics::default(),
+            api_keys: auth::ApiKeys::default(),
         })
     }
 
@@ -109,6 +138,7 @@ pub fn run(args: &crate::cli::Args) -> anyhow::Result<i32> {
         None => model_id(&path),
     };
     let mut access = access::Access::new(true, &args.cors_origin)?;
+    let api_keys = auth::ApiKeys::load(&args.api_key, &args.api_key_file)?;
     let engine = Engine::load(&opts).with_context(|| format!("cannot load the model from {}", path.display()))?;
     // Constrained sampling's view of the vocabulary, built while the server waits for requests.
     engine.prepare_grammar();
@@ -139,6 +169,9 @@ pub fn run(args: &crate::cli::Args) -> anyhow::Result<i32> {
             st.log = !args.log_disable;
             st.model_id = model_id;
             st.access = access;
+            st.embeddings = embeddings::Embeddings::new(&*st.model, args.pooling, args.embd_normalize);
+            st.metrics_enabled = args.metrics;
+            st.api_keys = api_keys;
         }
         serve(state, listener, limits, !args.nobrowser).await
     })?;
@@ -253,10 +286,10 @@ async fn stop_signal() {
 pub async fn serve(state: Arc<AppState>, listener: TcpListener, limits: listen::Limits, browser: bool) -> anyhow::Result<()> {
     let addr = listener.local_addr().context("cannot read the listening address")?;
     let url = browse_url(addr);
-    if !addr.ip().is_loopback() {
+    if !addr.ip().is_loopback() && state.api_keys.is_empty() {
         eprintln!(
             "warning: listening on {addr}, which other machines can reach: anyone who can connect can use \
-             the model (there is no authentication). Use --host 127.0.0.1 to keep it on this machine."
+             the model (there is no authentication). Use --host 127.0.0.1 to keep it on this machine, or --api-key."
         );
     }
     {

@@ -2,7 +2,8 @@
 //! that routes, queueing and cancellation are unit-tested with a small fake model
 //! (`server::testing`) and run on the real engine in the binary.
 
-use crate::engine::{Engine, GenerateRequest, GenerationStats, Session};
+use crate::engine::fim::{FimInput, FimTokens};
+use crate::engine::{Engine, GenerateOptions, GenerateRequest, GenerationStats, Output, Session};
 use crate::tokenizer::chat::ChatMessage;
 use std::sync::Arc;
 
@@ -27,12 +28,57 @@ pub trait Model: Send + Sync + 'static {
     fn template_name(&self) -> String;
     /// A session with its own KV cache.
     fn new_session(&self) -> Box<dyn ModelSession>;
+
+    // Embeddings (`server::embeddings`).
+    /// Width of the embeddings (0 for a model that computes none).
+    fn n_embd(&self) -> usize {
+        0
+    }
+    /// The pooling the model declares (`None`: it declares none); an error for one that cannot
+    /// be served (rank).
+    fn declared_pooling(&self) -> anyhow::Result<Option<crate::engine::embed::Pooling>> {
+        Ok(None)
+    }
+    /// A session for embeddings only, apart from the chat slots.
+    fn embedder(&self) -> anyhow::Result<Box<dyn super::embeddings::Embedder>> {
+        anyhow::bail!("this model computes no embeddings")
+    }
+    /// A fill-in-the-middle prompt of at most `budget` tokens (`engine::fim`); the inner error
+    /// says what the model lacks or what does not fit.
+    fn fim_prompt(&self, input: &FimInput, budget: usize) -> anyhow::Result<Result<Vec<u32>, String>> {
+        let _ = (input, budget);
+        Ok(Err(self.fim_tokens().required().err().unwrap_or_else(|| "this model cannot build a fill-in-the-middle prompt".into())))
+    }
+    /// The model's fill-in-the-middle markers.
+    fn fim_tokens(&self) -> FimTokens {
+        FimTokens::default()
+    }
 }
 
 pub trait ModelSession: Send {
     fn generate(&mut self, req: &GenerateRequest, on_text: &mut dyn FnMut(&str) -> bool) -> anyhow::Result<GenerationStats>;
     /// Forget the cached tokens (the next prompt is evaluated from its start).
     fn clear(&mut self);
+    /// `generate` with several choices and log-probabilities (`Session::generate_with`). This
+    /// default runs `generate` once per choice and has no log-probabilities.
+    fn generate_with(&mut self, req: &GenerateRequest, opts: &GenerateOptions, out: &mut dyn FnMut(Output) -> bool) -> anyhow::Result<GenerationStats> {
+        anyhow::ensure!(opts.logprobs.is_none(), "this model reports no log-probabilities");
+        let mut total: Option<GenerationStats> = None;
+        for choice in 0..opts.n.max(1) {
+            let mut one = req.clone();
+            one.sampling.seed = crate::engine::sampler::choice_seed(req.sampling.seed, choice);
+            let st = self.generate(&one, &mut |t| out(Output::Text(choice, t)))?;
+            let cancelled = st.stop == crate::engine::StopReason::Cancelled || !out(Output::Done(choice, &st));
+            let t = total.get_or_insert_with(|| GenerationStats { generated_tokens: 0, generation_ms: 0.0, ..st.clone() });
+            t.generated_tokens += st.generated_tokens;
+            t.generation_ms += st.generation_ms;
+            t.stop = if cancelled { crate::engine::StopReason::Cancelled } else { st.stop };
+            if cancelled {
+                break;
+            }
+        }
+        Ok(total.expect("at least one choice"))
+    }
 }
 
 /// The real engine behind the trait.
@@ -75,6 +121,21 @@ impl Model for EngineModel {
     fn new_session(&self) -> Box<dyn ModelSession> {
         Box::new(self.0.new_session())
     }
+    fn n_embd(&self) -> usize {
+        self.0.n_embd()
+    }
+    fn declared_pooling(&self) -> anyhow::Result<Option<crate::engine::embed::Pooling>> {
+        self.0.pooling()
+    }
+    fn embedder(&self) -> anyhow::Result<Box<dyn super::embeddings::Embedder>> {
+        Ok(Box::new(self.0.try_new_session()?))
+    }
+    fn fim_prompt(&self, input: &FimInput, budget: usize) -> anyhow::Result<Result<Vec<u32>, String>> {
+        self.0.fim_prompt(input, budget)
+    }
+    fn fim_tokens(&self) -> FimTokens {
+        self.0.fim_tokens()
+    }
 }
 
 impl ModelSession for Session {
@@ -83,6 +144,9 @@ impl ModelSession for Session {
     }
     fn clear(&mut self) {
         Session::clear(self)
+    }
+    fn generate_with(&mut self, req: &GenerateRequest, opts: &GenerateOptions, out: &mut dyn FnMut(Output) -> bool) -> anyhow::Result<GenerationStats> {
+        Session::generate_with(self, req, opts, out)
     }
 }
 

@@ -1,10 +1,11 @@
 //! The HTTP routes: the chat page, OpenAI's API, llama.cpp's, and the status endpoints.
 
 use super::error::{ApiError, ApiJson, BODY_LIMIT};
-use super::generation::{self, finish_reason, stop_type, timings, usage, GenEvent, PromptCache};
+use super::choices::{self, ChoiceEvent};
+use super::generation::{finish_reason, stop_type, timings, usage, PromptCache};
 use super::types::*;
 use super::{assets, AppState};
-use crate::engine::GenerateRequest;
+use crate::engine::{GenerateOptions, GenerateRequest};
 use crate::tokenizer::chat::ChatMessage;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderValue, Method, Uri};
@@ -37,11 +38,22 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/completions", post(completions))
         .route("/completions", post(completions))
         .route("/completion", post(llama_completion))
+        .route("/infill", post(super::infill::infill))
         .route("/tokenize", post(tokenize))
         .route("/detokenize", post(detokenize))
+        .route("/v1/embeddings", post(super::embeddings::v1_embeddings))
+        .route("/embeddings", post(super::embeddings::llama_embedding))
+        .route("/embedding", post(super::embeddings::llama_embedding))
+        // Prometheus metrics, API keys, the Responses and Messages APIs (their own files)
+        .route("/metrics", get(super::metrics::handler))
+        .route("/v1/responses", post(super::responses::create))
+        .route("/responses", post(super::responses::create))
+        .route("/v1/messages", post(super::messages::create))
+        .route("/v1/messages/count_tokens", post(super::messages::count_tokens))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(state.clone(), super::auth::guard))
         .layer(middleware::from_fn_with_state(state.clone(), super::access::guard))
         .layer(middleware::from_fn_with_state(state.clone(), log_requests))
         .with_state(state)
@@ -149,7 +161,7 @@ async fn model_by_id(State(st): St, axum::extract::Path(id): axum::extract::Path
 /// the request names (OpenAI's SDKs require the field and scripts written for OpenAI name its
 /// models); the response's `model` says which answered. Naming another model is reported once
 /// on stderr, so that the substitution is visible to whoever runs the server.
-fn note_requested_model(st: &AppState, requested: Option<&str>) {
+pub(super) fn note_requested_model(st: &AppState, requested: Option<&str>) {
     let Some(m) = requested else { return };
     if m.is_empty() || m == st.model_id || st.other_model_noted.swap(true, std::sync::atomic::Ordering::Relaxed) {
         return;
@@ -163,12 +175,12 @@ fn note_requested_model(st: &AppState, requested: Option<&str>) {
 }
 
 /// Run a CPU-bound step (template, tokenizer) on a blocking thread.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+pub(super) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::internal(format!("worker failed: {e}")))
 }
 
 /// Check the prompt against the context and settle how many tokens may be generated.
-fn generate_request(st: &AppState, prompt: Vec<u32>, param: &str, max_tokens: Option<usize>, s: Sampling) -> Result<GenerateRequest, ApiError> {
+pub(super) fn generate_request(st: &AppState, prompt: Vec<u32>, param: &str, max_tokens: Option<usize>, s: Sampling) -> Result<GenerateRequest, ApiError> {
     let n_ctx = st.model.n_ctx();
     if prompt.is_empty() {
         return Err(ApiError::invalid_field(param, "the prompt is empty"));
@@ -251,7 +263,7 @@ fn sse_text(s: impl AsRef<str>) -> Event {
     Event::default().data(s.as_ref())
 }
 
-fn sse_response<S>(events: S) -> Response
+pub(super) fn sse_response<S>(events: S) -> Response
 where
     S: Stream<Item = Result<Event, Infallible>> + Send + 'static,
 {
@@ -259,9 +271,10 @@ where
 }
 
 /// Turn the generation's events into SSE events with `f` (which returns the events for one).
-fn sse_from<F>(first: Vec<Event>, rx: tokio::sync::mpsc::Receiver<GenEvent>, mut f: F) -> Response
+fn sse_from<E, F>(first: Vec<Event>, rx: tokio::sync::mpsc::Receiver<E>, mut f: F) -> Response
 where
-    F: FnMut(GenEvent) -> Vec<Event> + Send + 'static,
+    E: Send + 'static,
+    F: FnMut(E) -> Vec<Event> + Send + 'static,
 {
     let rest = ReceiverStream::new(rx).flat_map(move |ev| stream::iter(f(ev).into_iter().map(Ok)));
     sse_response(stream::iter(first.into_iter().map(Ok)).chain(rest))
@@ -275,7 +288,9 @@ async fn chat_completions(State(st): St, ApiJson(req): ApiJson<ChatRequest>) -> 
         Some(g) => Some(g),
         None => super::structured::response_format(req.response_format.as_ref())?,
     };
+    let logprobs = super::logprobs::chat_request(req.logprobs, req.top_logprobs)?;
     let sampling = validate_sampling(req.sampling_fields(), req.n, &st.defaults)?;
+    let n = sampling.n;
     let max_tokens = match req.max_completion_tokens {
         Some(v) => openai_max_tokens(Some(v), "max_completion_tokens")?,
         None => openai_max_tokens(req.max_tokens, "max_tokens")?,
@@ -287,55 +302,81 @@ async fn chat_completions(State(st): St, ApiJson(req): ApiJson<ChatRequest>) -> 
         .await?
         .map_err(|e| ApiError::invalid_field("messages", format!("the chat template could not render these messages: {e:#}")))?;
     let gen = GenerateRequest { grammar, ..generate_request(&st, prompt, "messages", max_tokens, sampling)? };
-    let rx = generation::start(&st, gen, PromptCache::from_request(req.cache_prompt));
+    let rx = choices::start(&st, gen, PromptCache::from_request(req.cache_prompt), GenerateOptions { n, logprobs });
     let id = format!("chatcmpl-{:016x}", random_u64());
     let created = unix_time();
     note_requested_model(&st, req.model.as_deref());
     let model_name = st.model_id.clone();
+    let model = st.model.clone();
+    let logprobs_json = move |tokens: &[crate::engine::logprobs::TokenLogprob]| match logprobs {
+        Some(_) => json!({ "content": super::logprobs::chat_content(&*model, tokens) }),
+        None => Value::Null,
+    };
 
     if !req.stream.unwrap_or(false) {
-        let (text, stats) = generation::collect(rx).await?;
-        let (message, finish) = match tools.as_ref().and_then(|t| t.parse(&text)) {
-            Some((before, calls)) => (
-                json!({ "role": "assistant", "content": if before.is_empty() { Value::Null } else { json!(before) }, "tool_calls": calls }),
-                "tool_calls",
-            ),
-            None => (json!({ "role": "assistant", "content": text }), finish_reason(stats.stop)),
-        };
+        let (choices, total) = choices::collect(rx, n).await?;
+        let choices: Vec<Value> = choices
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let stop = c.stats.as_ref().map_or(total.stop, |s| s.stop);
+                let (message, finish) = match tools.as_ref().and_then(|t| t.parse(&c.text)) {
+                    Some((before, calls)) => (
+                        json!({ "role": "assistant", "content": if before.is_empty() { Value::Null } else { json!(before) }, "tool_calls": calls }),
+                        "tool_calls",
+                    ),
+                    None => (json!({ "role": "assistant", "content": c.text }), finish_reason(stop)),
+                };
+                json!({ "index": i, "message": message, "logprobs": logprobs_json(&c.tokens), "finish_reason": finish })
+            })
+            .collect();
         return Ok(Json(json!({
             "id": id,
             "object": "chat.completion",
             "created": created,
             "model": model_name,
             "system_fingerprint": null,
-            "choices": [{
-                "index": 0,
-                "message": message,
-                "logprobs": null,
-                "finish_reason": finish,
-            }],
-            "usage": usage(&stats),
-            "timings": timings(&stats),
+            "choices": choices,
+            "usage": usage(&total),
+            "timings": timings(&total),
         }))
         .into_response());
     }
 
     let include_usage = req.stream_options.and_then(|o| o.include_usage).unwrap_or(false);
-    let chunk = move |delta: Value, finish: Option<&str>| {
+    let chunk = move |index: usize, delta: Value, logprobs: Value, finish: Option<&str>| {
         json!({
             "id": id,
             "object": "chat.completion.chunk",
             "created": created,
             "model": model_name,
             "system_fingerprint": null,
-            "choices": [{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish }],
+            "choices": [{ "index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish }],
         })
     };
-    let first = vec![sse_data(&chunk(json!({"role": "assistant", "content": ""}), None))];
+    let first = (0..n).map(|i| sse_data(&chunk(i, json!({"role": "assistant", "content": ""}), Value::Null, None))).collect();
+    // each choice's tokens not yet sent: they go with the text they begin
+    let mut pending: Vec<Vec<crate::engine::logprobs::TokenLogprob>> = vec![Vec::new(); n];
     Ok(sse_from(first, rx, move |ev| match ev {
-        GenEvent::Text(t) => vec![sse_data(&chunk(json!({ "content": t }), None))],
-        GenEvent::Done(stats) => {
-            let mut last = chunk(json!({}), Some(finish_reason(stats.stop)));
+        ChoiceEvent::Token(i, t) => {
+            if let Some(p) = pending.get_mut(i) {
+                p.push(t);
+            }
+            vec![]
+        }
+        ChoiceEvent::Text(i, t) => {
+            let lp = logprobs_json(&std::mem::take(&mut pending[i.min(n - 1)]));
+            vec![sse_data(&chunk(i, json!({ "content": t }), lp, None))]
+        }
+        // the last choice ends with the generation (below), with its timings
+        ChoiceEvent::ChoiceDone(i, s) if i + 1 < n => {
+            let lp = logprobs_json(&std::mem::take(&mut pending[i]));
+            vec![sse_data(&chunk(i, json!({}), lp, Some(finish_reason(s.stop))))]
+        }
+        ChoiceEvent::ChoiceDone(..) => vec![],
+        ChoiceEvent::Done(stats) => {
+            let lp = logprobs_json(&std::mem::take(&mut pending[n - 1]));
+            let mut last = chunk(n - 1, json!({}), lp, Some(finish_reason(stats.stop)));
             last["timings"] = timings(&stats);
             let mut out = vec![sse_text(last.to_string())];
             if include_usage {
@@ -348,13 +389,13 @@ async fn chat_completions(State(st): St, ApiJson(req): ApiJson<ChatRequest>) -> 
             out.push(sse_text("[DONE]"));
             out
         }
-        GenEvent::Failed(e) => vec![sse_text(e.body().to_string())],
+        ChoiceEvent::Failed(e) => vec![sse_text(e.body().to_string())],
     }))
 }
 
 /// Tokenize a completion prompt: text gets BOS as the model wants and special tokens parsed
 /// (as llama.cpp does); token ids are checked against the vocabulary.
-async fn completion_prompt(st: &AppState, prompt: Prompt) -> Result<(Vec<u32>, Option<String>), ApiError> {
+pub(super) async fn completion_prompt(st: &AppState, prompt: Prompt) -> Result<(Vec<u32>, Option<String>), ApiError> {
     match prompt.single()? {
         PromptInput::Text(text) => {
             let model = st.model.clone();
@@ -385,57 +426,97 @@ fn check_ids(st: &AppState, ids: impl Iterator<Item = i64>, param: &str) -> Resu
 }
 
 async fn completions(State(st): St, ApiJson(req): ApiJson<CompletionRequest>) -> Result<Response, ApiError> {
+    req.unhonoured.check()?;
     let grammar = super::structured::response_format(req.response_format.as_ref())?;
+    let logprobs = super::logprobs::completion_request(req.logprobs)?;
+    let echo = req.echo.unwrap_or(false);
+    if echo && logprobs.is_some() {
+        return Err(ApiError::invalid_field("echo", "'echo' with 'logprobs' (the prompt's log-probabilities) is not supported"));
+    }
     let sampling = validate_sampling(req.sampling_fields(), req.n, &st.defaults)?;
+    let n = sampling.n;
     let max_tokens = openai_max_tokens(req.max_tokens, "max_tokens")?;
-    let (prompt, prompt_text) = completion_prompt(&st, req.prompt).await?;
-    let echo = if req.echo.unwrap_or(false) {
-        prompt_text.unwrap_or_else(|| st.model.detokenize(&prompt))
-    } else {
-        String::new()
+    let (prompt, prompt_text) = match req.suffix.as_deref() {
+        Some(suffix) => super::infill::completion_prompt(&st, req.prompt, suffix, max_tokens).await?,
+        None => completion_prompt(&st, req.prompt).await?,
     };
+    let echo = if echo { prompt_text.unwrap_or_else(|| st.model.detokenize(&prompt)) } else { String::new() };
     let gen = GenerateRequest { grammar, ..generate_request(&st, prompt, "prompt", max_tokens, sampling)? };
-    let rx = generation::start(&st, gen, PromptCache::from_request(req.cache_prompt));
+    let rx = choices::start(&st, gen, PromptCache::from_request(req.cache_prompt), GenerateOptions { n, logprobs });
     let id = format!("cmpl-{:016x}", random_u64());
     let created = unix_time();
     note_requested_model(&st, req.model.as_deref());
     let model_name = st.model_id.clone();
+    let model = st.model.clone();
+    let echoed = echo.clone();
+    let logprobs_json = move |tokens: &[crate::engine::logprobs::TokenLogprob], text: &str| match logprobs {
+        Some(_) => super::logprobs::legacy(&*model, tokens, text, &echoed),
+        None => Value::Null,
+    };
 
     if !req.stream.unwrap_or(false) {
-        let (text, stats) = generation::collect(rx).await?;
+        let (choices, total) = choices::collect(rx, n).await?;
+        let choices: Vec<Value> = choices
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let stop = c.stats.as_ref().map_or(total.stop, |s| s.stop);
+                json!({ "index": i, "text": echo.clone() + &c.text, "logprobs": logprobs_json(&c.tokens, &c.text), "finish_reason": finish_reason(stop) })
+            })
+            .collect();
         return Ok(Json(json!({
             "id": id,
             "object": "text_completion",
             "created": created,
             "model": model_name,
             "system_fingerprint": null,
-            "choices": [{ "index": 0, "text": echo + &text, "logprobs": null, "finish_reason": finish_reason(stats.stop) }],
-            "usage": usage(&stats),
-            "timings": timings(&stats),
+            "choices": choices,
+            "usage": usage(&total),
+            "timings": timings(&total),
         }))
         .into_response());
     }
 
     let include_usage = req.stream_options.and_then(|o| o.include_usage).unwrap_or(false);
-    let chunk = move |text: &str, finish: Option<&str>| {
+    let chunk = move |index: usize, text: &str, logprobs: Value, finish: Option<&str>| {
         json!({
             "id": id,
             "object": "text_completion",
             "created": created,
             "model": model_name,
             "system_fingerprint": null,
-            "choices": [{ "index": 0, "text": text, "logprobs": null, "finish_reason": finish }],
+            "choices": [{ "index": index, "text": text, "logprobs": logprobs, "finish_reason": finish }],
         })
     };
-    let first = if echo.is_empty() { vec![] } else { vec![sse_text(chunk(&echo, None).to_string())] };
+    let first = if echo.is_empty() { vec![] } else { (0..n).map(|i| sse_text(chunk(i, &echo, Value::Null, None).to_string())).collect() };
+    // each choice's text so far (the offsets count from its start) and tokens not yet sent
+    let mut text: Vec<String> = vec![String::new(); n];
+    let mut pending: Vec<Vec<crate::engine::logprobs::TokenLogprob>> = vec![Vec::new(); n];
     Ok(sse_from(first, rx, move |ev| match ev {
-        GenEvent::Text(t) => vec![sse_text(chunk(&t, None).to_string())],
-        GenEvent::Done(stats) => {
-            let mut last = chunk("", Some(finish_reason(stats.stop)));
+        ChoiceEvent::Token(i, t) => {
+            if let Some(p) = pending.get_mut(i) {
+                p.push(t);
+            }
+            vec![]
+        }
+        ChoiceEvent::Text(i, t) => {
+            let k = i.min(n - 1);
+            text[k].push_str(&t);
+            let lp = logprobs_json(&std::mem::take(&mut pending[k]), &text[k]);
+            vec![sse_text(chunk(i, &t, lp, None).to_string())]
+        }
+        ChoiceEvent::ChoiceDone(i, s) if i + 1 < n => {
+            let lp = logprobs_json(&std::mem::take(&mut pending[i]), &text[i]);
+            vec![sse_text(chunk(i, "", lp, Some(finish_reason(s.stop))).to_string())]
+        }
+        ChoiceEvent::ChoiceDone(..) => vec![],
+        ChoiceEvent::Done(stats) => {
+            let lp = logprobs_json(&std::mem::take(&mut pending[n - 1]), &text[n - 1]);
+            let mut last = chunk(n - 1, "", lp, Some(finish_reason(stats.stop)));
             last["timings"] = timings(&stats);
             let mut out = vec![sse_text(last.to_string())];
             if include_usage {
-                let mut u = chunk("", None);
+                let mut u = chunk(0, "", Value::Null, None);
                 u["choices"] = json!([]);
                 u["usage"] = usage(&stats);
                 out.push(sse_text(u.to_string()));
@@ -443,25 +524,45 @@ async fn completions(State(st): St, ApiJson(req): ApiJson<CompletionRequest>) ->
             out.push(sse_text("[DONE]"));
             out
         }
-        GenEvent::Failed(e) => vec![sse_text(e.body().to_string())],
+        ChoiceEvent::Failed(e) => vec![sse_text(e.body().to_string())],
     }))
 }
 
 /// llama.cpp's `/completion`: `n_predict` (-1 = no limit), `content`/`stop` fields, and a
 /// stream of `data: {"content": ..., "stop": false}` events ending with `"stop": true`.
 async fn llama_completion(State(st): St, ApiJson(req): ApiJson<LlamaCompletionRequest>) -> Result<Response, ApiError> {
+    let (prompt, _) = completion_prompt(&st, req.prompt.clone()).await?;
+    llama_completion_of(st, req, prompt).await
+}
+
+/// llama.cpp's `n_predict`: -1 (or absent) = no limit.
+pub(super) fn n_predict(v: Option<i64>) -> Result<Option<usize>, ApiError> {
+    match v {
+        None | Some(-1) => Ok(None),
+        Some(n) if n >= 0 => Ok(Some(n as usize)),
+        Some(n) => Err(ApiError::invalid_field("n_predict", format!("'n_predict' must be -1 (no limit) or more, got {n}"))),
+    }
+}
+
+/// `/completion` for a prompt already made into tokens (`req.prompt` is not read; `/infill`
+/// builds its own).
+pub(super) async fn llama_completion_of(st: Arc<AppState>, req: LlamaCompletionRequest, prompt: Vec<u32>) -> Result<Response, ApiError> {
+    req.unhonoured.check()?;
     let grammar = super::structured::llama_fields(req.grammar.as_ref(), req.json_schema.as_ref())?;
+    let logprobs = super::logprobs::llama_request(req.n_probs)?;
     let sampling = validate_sampling(req.sampling_fields(), None, &st.defaults)?;
-    let max_tokens = match req.n_predict {
-        None | Some(-1) => None,
-        Some(n) if n >= 0 => Some(n as usize),
-        Some(n) => return Err(ApiError::invalid_field("n_predict", format!("'n_predict' must be -1 (no limit) or more, got {n}"))),
-    };
-    let (prompt, _) = completion_prompt(&st, req.prompt).await?;
+    let max_tokens = n_predict(req.n_predict)?;
     let gen = GenerateRequest { grammar, ..generate_request(&st, prompt, "prompt", max_tokens, sampling)? };
-    let rx = generation::start(&st, gen, PromptCache::from_request(req.cache_prompt));
+    let rx = choices::start(&st, gen, PromptCache::from_request(req.cache_prompt), GenerateOptions { n: 1, logprobs });
     note_requested_model(&st, req.model.as_deref());
     let model_name = st.model_id.clone();
+    let model = st.model.clone();
+    let with_probs = move |mut v: Value, tokens: &[crate::engine::logprobs::TokenLogprob]| {
+        if logprobs.is_some() {
+            v["completion_probabilities"] = super::logprobs::llama(&*model, tokens);
+        }
+        v
+    };
     let final_fields = move |content: String, s: &crate::engine::GenerationStats| {
         json!({
             "content": content,
@@ -479,13 +580,27 @@ async fn llama_completion(State(st): St, ApiJson(req): ApiJson<LlamaCompletionRe
         })
     };
     if !req.stream.unwrap_or(false) {
-        let (text, stats) = generation::collect(rx).await?;
-        return Ok(Json(final_fields(text, &stats)).into_response());
+        let (mut choices, stats) = choices::collect(rx, 1).await?;
+        let c = choices.pop().unwrap_or_default();
+        return Ok(Json(with_probs(final_fields(c.text, &stats), &c.tokens)).into_response());
     }
+    let mut pending = Vec::new();
     Ok(sse_from(vec![], rx, move |ev| match ev {
-        GenEvent::Text(t) => vec![sse_text(json!({ "content": t, "stop": false }).to_string())],
-        GenEvent::Done(stats) => vec![sse_text(final_fields(String::new(), &stats).to_string())],
-        GenEvent::Failed(e) => vec![sse_text(e.body().to_string())],
+        ChoiceEvent::Token(_, t) => {
+            pending.push(t);
+            vec![]
+        }
+        ChoiceEvent::Text(_, t) => {
+            let v = with_probs(json!({ "content": t, "stop": false }), &std::mem::take(&mut pending));
+            vec![sse_text(v.to_string())]
+        }
+        ChoiceEvent::ChoiceDone(..) => vec![],
+        ChoiceEvent::Done(stats) => {
+            let v = final_fields(String::new(), &stats);
+            let v = if pending.is_empty() { v } else { with_probs(v, &std::mem::take(&mut pending)) };
+            vec![sse_text(v.to_string())]
+        }
+        ChoiceEvent::Failed(e) => vec![sse_text(e.body().to_string())],
     }))
 }
 

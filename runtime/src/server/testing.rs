@@ -110,6 +110,15 @@ impl Model for FakeModel {
     fn template_name(&self) -> String {
         "fake".into()
     }
+    fn n_embd(&self) -> usize {
+        super::tests_embeddings::FAKE_N_EMBD
+    }
+    fn declared_pooling(&self) -> anyhow::Result<Option<crate::engine::embed::Pooling>> {
+        Ok(Some(crate::engine::embed::Pooling::Mean))
+    }
+    fn embedder(&self) -> anyhow::Result<Box<dyn super::embeddings::Embedder>> {
+        Ok(Box::new(super::tests_embeddings::FakeEmbedder))
+    }
     fn new_session(&self) -> Box<dyn ModelSession> {
         self.counters.sessions.fetch_add(1, Ordering::SeqCst);
         Box::new(FakeSession {
@@ -152,6 +161,7 @@ impl ModelSession for FakeSession {
         let t1 = Instant::now();
         let mut text = String::new();
         let mut generated = 0;
+        let mut stop_index = None;
         let start = (req.sampling.seed % WORDS.len() as u64) as usize;
         let stop = loop {
             if generated >= req.max_tokens {
@@ -169,10 +179,11 @@ impl ModelSession for FakeSession {
             self.cached.push(BYTE0 + word.as_bytes()[0] as u32);
             let before = text.len();
             text.push_str(word);
-            if let Some(pos) = req.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
+            if let Some((pos, which)) = req.stop.iter().enumerate().filter_map(|(i, s)| Some((text.find(s.as_str())?, i))).min() {
                 if pos > before && !on_text(&text[before..pos]) {
                     break StopReason::Cancelled;
                 }
+                stop_index = Some(which);
                 break StopReason::StopString;
             }
             if !on_text(word) {
@@ -189,6 +200,9 @@ impl ModelSession for FakeSession {
             prompt_ms,
             generation_ms: t1.elapsed().as_secs_f64() * 1e3,
             stop,
+            // one pass for the prompt, one per word fed back
+            decode_calls: 1 + generated.saturating_sub(1),
+            stop_index,
         })
     }
 }

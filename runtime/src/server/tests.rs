@@ -194,7 +194,7 @@ fn bad_requests() {
         assert_error(&post(a, "/v1/chat/completions", json!({ "messages": [] })).await, 400, "at least one message");
         assert_error(&post(a, "/v1/chat/completions", json!({ "messages": user("x"), "temperature": 3 })).await, 400, "between 0 and 2");
         assert_error(&post(a, "/v1/chat/completions", json!({ "messages": user("x"), "max_tokens": 0 })).await, 400, "max_tokens");
-        assert_error(&post(a, "/v1/chat/completions", json!({ "messages": user("x"), "n": 2 })).await, 400, "n = 1");
+        assert_error(&post(a, "/v1/chat/completions", json!({ "messages": user("x"), "n": 17 })).await, 400, "between 1 and 16");
         assert_error(&post(a, "/v1/chat/completions", json!({ "messages": [{"role": "tool", "content": "x"}] })).await, 400, "role 'tool'");
         let img = json!([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:"}}]}]);
         assert_error(&post(a, "/v1/chat/completions", json!({ "messages": img })).await, 400, "image_url");

@@ -87,12 +87,17 @@ pub struct ChatRequest {
     pub parallel_tool_calls: Option<bool>,
     /// `text`, `json_object` or `json_schema` (`server::structured`).
     pub response_format: Option<serde_json::Value>,
+    /// Log-probabilities of the answer's tokens (`server::logprobs`).
+    pub logprobs: Option<bool>,
+    pub top_logprobs: Option<i64>,
+    #[serde(flatten)]
+    pub unhonoured: super::refused::Unhonoured,
 }
 
 impl ChatRequest {
     /// Refuse what the server cannot honour, instead of answering as if it had.
     pub fn check_unsupported(&self) -> Result<(), ApiError> {
-        Ok(())
+        self.unhonoured.check()
     }
 }
 
@@ -153,6 +158,12 @@ pub struct CompletionRequest {
     #[serde(flatten)]
     pub sampling: SamplingFields,
     pub n: Option<i64>,
+    /// Log-probabilities of the answer's tokens, with this many alternatives (`server::logprobs`).
+    pub logprobs: Option<i64>,
+    /// Text after the completion: the prompt is then a fill-in-the-middle one (`server::infill`).
+    pub suffix: Option<String>,
+    #[serde(flatten)]
+    pub unhonoured: super::refused::Unhonoured,
 }
 
 /// llama.cpp's `POST /completion`.
@@ -173,6 +184,10 @@ pub struct LlamaCompletionRequest {
     pub json_schema: Option<serde_json::Value>,
     #[serde(flatten)]
     pub sampling: SamplingFields,
+    /// Log-probabilities of the answer's tokens, with this many alternatives (`server::logprobs`).
+    pub n_probs: Option<i64>,
+    #[serde(flatten)]
+    pub unhonoured: super::refused::Unhonoured,
 }
 
 /// `POST /tokenize`.
@@ -231,17 +246,21 @@ pub struct Sampling {
     pub params: SamplingParams,
     pub stop: Vec<String>,
     pub ignore_eos: bool,
+    /// How many choices (OpenAI's `n`).
+    pub n: usize,
 }
 
 /// Check ranges (the same checks as the command line's) and fill unset fields from `defaults`
-/// (the command line's sampling flags). `n` (OpenAI's number of choices) must be 1 if given.
-/// A seed of -1, or none when the command line gave none, means a fresh random one.
+/// (the command line's sampling flags). `n` (OpenAI's number of choices) is 1 to
+/// `choices::MAX_CHOICES`. A seed of -1, or none when the command line gave none, means a fresh
+/// random one.
 pub fn validate_sampling(f: SamplingFields, n: Option<i64>, defaults: &SamplingParams) -> Result<Sampling, ApiError> {
-    if let Some(n) = n {
-        if n != 1 {
-            return Err(ApiError::invalid_field("n", format!("only n = 1 is supported, got {n}")));
-        }
-    }
+    let max = super::choices::MAX_CHOICES;
+    let n = match n {
+        None => 1,
+        Some(n) if n >= 1 && n as u64 <= max as u64 => n as usize,
+        Some(n) => return Err(ApiError::invalid_field("n", format!("'n' must be between 1 and {max}, got {n}"))),
+    };
     let mut params = f
         .sampling
         .resolve(defaults)
@@ -255,6 +274,7 @@ pub fn validate_sampling(f: SamplingFields, n: Option<i64>, defaults: &SamplingP
         params,
         stop,
         ignore_eos: f.ignore_eos.unwrap_or(false),
+        n,
     })
 }
 
@@ -295,6 +315,11 @@ mod tests {
     fn unsupported_features_are_refused() {
         let ok: ChatRequest = parse_json(br#"{"messages":[],"tools":[],"response_format":{"type":"text"}}"#).unwrap();
         assert!(ok.check_unsupported().is_ok());
+        // penalties this server does not implement are refused, their neutral values pass
+        let r: ChatRequest = parse_json(br#"{"messages":[],"presence_penalty":0,"frequency_penalty":0}"#).unwrap();
+        assert!(r.check_unsupported().is_ok());
+        let r: ChatRequest = parse_json(br#"{"messages":[],"frequency_penalty":0.5}"#).unwrap();
+        assert_eq!(r.check_unsupported().unwrap_err().param.as_deref(), Some("frequency_penalty"));
         // response_format is structured output now (server::structured), not refused here
         let r: ChatRequest = parse_json(br#"{"messages":[],"response_format":{"type":"json_object"}}"#).unwrap();
         assert!(r.check_unsupported().is_ok());
@@ -353,7 +378,11 @@ mod tests {
             let e = validate_sampling(f, None, &defaults()).err().unwrap();
             assert_eq!(e.param.as_deref(), Some(param));
         }
-        assert_eq!(validate_sampling(SamplingFields::default(), Some(3), &defaults()).err().unwrap().param.as_deref(), Some("n"));
+        assert_eq!(validate_sampling(SamplingFields::default(), Some(3), &defaults()).unwrap().n, 3);
+        assert_eq!(validate_sampling(SamplingFields::default(), None, &defaults()).unwrap().n, 1);
+        for n in [0, -1, 17] {
+            assert_eq!(validate_sampling(SamplingFields::default(), Some(n), &defaults()).err().unwrap().param.as_deref(), Some("n"));
+        }
         // no seed: two requests get different random seeds
         let a = validate_sampling(SamplingFields::default(), None, &defaults()).unwrap().params.seed;
         let b = validate_sampling(SamplingFields::default(), None, &defaults()).unwrap().params.seed;

@@ -74,16 +74,15 @@ const EOT_TEXTS: &[&str] = &[
     "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>", "<EOT>", "_<EOT>",
     "[EOT]", "<end_of_utterance>",
 ];
-/// Fill-in-the-middle markers: forced to control; pad/repo/file-sep ones also end generation.
-const FIM_TEXTS: &[&str] = &[
-    "<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<PRE>", "<|code_prefix|>", "<|prefix|>",
-    "<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<SUF>", "<|code_suffix|>", "<|suffix|>",
-    "<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<MID>", "<|code_middle|>", "<|middle|>",
-];
-const FIM_EOG_TEXTS: &[&str] = &[
-    "<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]", "<|fim_repo|>", "<|repo_name|>", "<fim-repo>",
-    "<REPO>", "<reponame>", "<|file_sep|>",
-];
+/// Fill-in-the-middle markers by role, as the reference finds them when the metadata names none
+/// (`engine::fim`): prefix, suffix and middle are forced to control; pad, repository and file
+/// separator also end generation.
+pub const FIM_PRE_TEXTS: &[&str] = &["<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<PRE>", "<|code_prefix|>", "<|prefix|>"];
+pub const FIM_SUF_TEXTS: &[&str] = &["<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<SUF>", "<|code_suffix|>", "<|suffix|>"];
+pub const FIM_MID_TEXTS: &[&str] = &["<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<MID>", "<|code_middle|>", "<|middle|>"];
+pub const FIM_PAD_TEXTS: &[&str] = &["<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"];
+pub const FIM_REP_TEXTS: &[&str] = &["<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"];
+pub const FIM_SEP_TEXTS: &[&str] = &["<|file_sep|>"];
 
 /// Which algorithm a vocabulary uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -318,12 +317,12 @@ impl Tokenizer {
             eot = EOT_TEXTS.iter().find_map(|t| lookup(t));
         }
         let mut eog: Vec<u32> = Vec::new();
-        for t in EOT_TEXTS.iter().chain(FIM_TEXTS).chain(["<|eom_id|>"].iter()) {
+        for t in EOT_TEXTS.iter().chain(FIM_PRE_TEXTS).chain(FIM_SUF_TEXTS).chain(FIM_MID_TEXTS).chain(["<|eom_id|>"].iter()) {
             if let Some(id) = lookup(t) {
                 attrs[id as usize] |= attr::CONTROL;
             }
         }
-        for t in FIM_EOG_TEXTS.iter().chain(EOG_TEXTS) {
+        for t in FIM_PAD_TEXTS.iter().chain(FIM_REP_TEXTS).chain(FIM_SEP_TEXTS).chain(EOG_TEXTS) {
             if let Some(id) = lookup(t) {
                 attrs[id as usize] |= attr::CONTROL;
                 eog.push(id);

@@ -39,6 +39,36 @@
   function save(key, value) {
     try { localStorage.setItem(key, JSON.stringify(value)); return true; } catch (_) { return false; }
   }
+  // ---------- API key ----------
+  // A server started with --api-key answers 401 without one: the page asks for the key once,
+  // keeps it in this browser's localStorage and sends it with every request from then on.
+  const KEY_KEY = "llamafile.apikey.v1";
+  let asking = null;            // the prompt on screen, shared by requests that got 401 meanwhile
+  function askKey(wrong) {
+    if (!asking) {
+      asking = new Promise((resolve) => {
+        // let the 401 that led here finish rendering first
+        setTimeout(() => {
+          const typed = window.prompt(wrong ? "That API key was refused. Enter this server's API key:" : "This server needs an API key (--api-key). Enter it:");
+          if (typed && typed.trim()) save(KEY_KEY, typed.trim());
+          asking = null;
+          resolve(!!(typed && typed.trim()));
+        }, 0);
+      });
+    }
+    return asking;
+  }
+  async function api(path, opts) {
+    const send = () => {
+      const key = load(KEY_KEY, "");
+      const headers = Object.assign({}, (opts && opts.headers) || {}, key ? { Authorization: "Bearer " + key } : {});
+      return fetch(path, Object.assign({}, opts || {}, { headers }));
+    };
+    const r = await send();
+    if (r.status !== 401) return r;
+    return (await askKey(!!load(KEY_KEY, ""))) ? send() : r;
+  }
+
   let saveTimer = null;
   function saveChatSoon() {
     if (saveTimer) return;
@@ -609,7 +639,7 @@
     if (!rest.length) { showMeter(known, false); return; }
     let extra = 0;
     try {
-      const r = await fetch("/tokenize", {
+      const r = await api("/tokenize", {
         method: "POST", headers: { "Content-Type": "application/json" },
         body: JSON.stringify({ content: rest.join("\n"), add_special: false, parse_special: false }),
       });
@@ -789,7 +819,7 @@
     // the system prompt this conversation was last answered with, for its export
     conv.system = body.messages[0]?.role === "system" ? body.messages[0].content : "";
     try {
-      const resp = await fetch("/v1/chat/completions", {
+      const resp = await api("/v1/chat/completions", {
         method: "POST", headers: { "Content-Type": "application/json" },
         body: JSON.stringify(body), signal: controller.signal,
       });
@@ -957,7 +987,7 @@
     renderAll();
     autosize();
     el.input.focus();
-    fetch("/props").then((r) => r.json()).then((p) => {
+    api("/props").then((r) => r.json()).then((p) => {
       modelName = p.model || "";
       el.model.textContent = p.model || "model";
       el.model.title = (p.model || "") + " · context " + p.n_ctx + " tokens · template " + p.chat_template;
