@@ -13,6 +13,7 @@
 //! - `Session::embed` (`embed`): pooled final hidden states of several inputs, batched together.
 
 pub mod embed;
+pub mod fast_forward;
 pub mod fim;
 pub mod logprobs;
 pub mod sampler;
@@ -272,6 +273,7 @@ impl Engine {
             x: vec![0.0; inner.n_batch * hp.n_embd],
             logits: vec![0.0; hp.n_vocab],
             sampler: Sampler::new(hp.n_vocab),
+            ahead: Default::default(),
             decode_calls: 0,
             tokens: Vec::with_capacity(inner.n_ctx),
             exact: 0,
@@ -282,6 +284,19 @@ impl Engine {
     /// The model's vocabulary prepared for constrained sampling (built once, on first use).
     pub fn grammar_factory(&self) -> Result<Arc<crate::grammar::Factory>> {
         self.inner.grammar_factory()
+    }
+    /// Start building `grammar_factory` (1-2 s for a 150k vocabulary) on a background thread,
+    /// so that a first request with a grammar finds it ready, or waits only for the rest of it.
+    /// The thread runs at the lowest scheduling priority, so requests without a grammar keep the
+    /// CPU meanwhile.
+    pub fn prepare_grammar(&self) {
+        let inner = self.inner.clone();
+        let spawned = std::thread::Builder::new().name("grammar-vocab".into()).spawn(move || {
+            lowest_thread_priority();
+            let _ = inner.grammar_factory();
+        });
+        // Without the thread, the first request with a grammar builds it.
+        drop(spawned);
     }
     /// The model's fill-in-the-middle markers.
     pub fn fim_tokens(&self) -> fim::FimTokens {
@@ -336,6 +351,17 @@ const _: () = {
     send_sync::<Engine>();
     send::<Session>();
 };
+
+/// Lower the calling thread's priority to the least (Linux's nice values are per thread; other
+/// systems would lower the whole process, so there it is left alone).
+fn lowest_thread_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain system calls on this thread's own id; a failure only leaves the priority.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 19);
+    }
+}
 
 /// The context a session gets: `requested` (`-c`) when given and non-zero, else the model's
 /// training context capped at [`DEFAULT_MAX_CTX`].
@@ -430,6 +456,8 @@ pub struct Session {
     /// [n_vocab] logits of the last token processed.
     logits: Vec<f32>,
     sampler: Sampler,
+    /// Forced tokens evaluated ahead, and of those the ones generation kept (`fast_forward`).
+    ahead: fast_forward::Counts,
     /// Forward passes run so far (`GenerationStats::decode_calls` is the difference).
     decode_calls: usize,
 }
@@ -650,6 +678,8 @@ impl Session {
             Some(g) => Some(inner.grammar_factory()?.matcher(g)?),
             None => None,
         };
+        let mut ff = fast_forward::FastForward::new(req.grammar.as_ref().is_some_and(|g| g.fast_forward()), self.tokens.len());
+        self.fast_forward_start(&mut ff, grammar.as_mut(), req.max_tokens)?;
         self.sampler.reseed(sampler::choice_seed(req.sampling.seed, choice));
         let tok = &inner.tokenizer;
         let mut decoder = StreamDecoder::default();
@@ -687,7 +717,7 @@ impl Session {
                 Some(g) => g.mask(&mut logits),
                 None => Ok(()),
             };
-            let id = self.sampler.sample(&mut logits, &self.tokens, &req.sampling);
+            let id = self.sampler.sample(&mut logits, &self.tokens[..ff.kept()], &req.sampling);
             self.logits = logits;
             masked?;
             if (!req.ignore_eos || grammar.is_some()) && tok.end_tokens().contains(&id) {
@@ -718,14 +748,12 @@ impl Session {
             if generated >= req.max_tokens {
                 break StopReason::MaxTokens;
             }
-            if self.tokens.len() >= n_ctx {
+            if ff.kept() >= n_ctx {
                 break StopReason::ContextFull;
             }
-            let mut logits = std::mem::take(&mut self.logits);
-            let r = self.forward_batch(&[id], Some(&mut logits));
-            self.logits = logits;
-            r?;
+            self.advance(id, &mut ff, grammar.as_mut(), req.max_tokens - generated)?;
         };
+        self.fast_forward_finish(&ff);
         // Whatever the decoder and the stop-string buffer still hold is final now.
         if stop != StopReason::StopString && stop != StopReason::Cancelled {
             let mut rest = decoder.finish();

@@ -286,6 +286,10 @@ pub struct Args {
     /// A file with a JSON Schema (`-jf`).
     #[arg(long = "json-schema-file", group = "structured", help_heading = "Structured output")]
     pub json_schema_file: Option<PathBuf>,
+    /// Evaluate the text a grammar forces one token at a time instead of ahead in one batch (the
+    /// output is the same; for measuring the fast-forward).
+    #[arg(long = "no-grammar-fast-forward", help_heading = "Structured output")]
+    pub no_grammar_fast_forward: bool,
 
     // Integrity
     /// Check every zip entry's CRC-32 against its bytes (this file, or -m FILE), then exit.

@@ -23,7 +23,7 @@ pub fn grammar(args: &Args) -> Result<Option<Grammar>> {
     } else {
         return Ok(None);
     };
-    Ok(Some(g))
+    Ok(Some(g.with_fast_forward(!args.no_grammar_fast_forward)))
 }
 
 fn schema(text: &str) -> Result<Grammar> {
@@ -45,6 +45,8 @@ mod tests {
         assert!(grammar(&parse(&[]).unwrap()).unwrap().is_none());
         assert!(grammar(&parse(&["--grammar", "root ::= \"a\"\n"]).unwrap()).unwrap().is_some());
         assert!(grammar(&parse(&["-j", "{\"type\": \"integer\"}"]).unwrap()).unwrap().is_some());
+        assert!(grammar(&parse(&["-j", "{}"]).unwrap()).unwrap().unwrap().fast_forward());
+        assert!(!grammar(&parse(&["-j", "{}", "--no-grammar-fast-forward"]).unwrap()).unwrap().unwrap().fast_forward());
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("s.json");
         std::fs::write(&f, "{\"type\": \"object\", \"uniqueItems\": true}").unwrap();

@@ -19,6 +19,7 @@
 
 mod gbnf;
 mod lazy;
+mod keywords;
 
 use crate::engine::sampler::TokenConstraint;
 use crate::tokenizer::Tokenizer;
@@ -39,6 +40,8 @@ pub struct Grammar {
     kind: &'static str,
     /// Texts that switch the grammar on (`lazy`); none: on from the start.
     triggers: Vec<String>,
+    /// Whether the engine evaluates the text the grammar forces ahead, in one batch.
+    fast_forward: bool,
 }
 
 impl std::fmt::Debug for Grammar {
@@ -62,6 +65,7 @@ impl Grammar {
             serde_json::Value::Object(_) => schema.clone(),
             _ => return Err(anyhow!("JSON schema: must be an object or true")),
         };
+        keywords::check(&schema).map_err(|e| anyhow!("JSON schema: {e}"))?;
         if let Some(o) = schema.as_object_mut() {
             o.entry("x-guidance").or_insert_with(Self::json_style);
         }
@@ -79,7 +83,7 @@ impl Grammar {
     /// when a generation starts. For grammars this program writes, checked beforehand with the
     /// token written as text.
     pub fn lark_with_tokens(src: String, kind: &'static str) -> Grammar {
-        Grammar { top: TopLevelGrammar::from_lark(src), kind, triggers: Vec::new() }
+        Grammar { top: TopLevelGrammar::from_lark(src), kind, triggers: Vec::new(), fast_forward: true }
     }
 
     /// `%json {schema}` for a Lark grammar, in the output style of `json_schema`; `loose`: with
@@ -123,7 +127,19 @@ impl Grammar {
             f
         });
         f.create_parser(top.clone()).map_err(|e| anyhow!("{kind}: {}", one_line(&e.to_string())))?;
-        Ok(Grammar { top, kind, triggers: Vec::new() })
+        Ok(Grammar { top, kind, triggers: Vec::new(), fast_forward: true })
+    }
+
+    /// This grammar with the fast-forward of forced text off (or on): the output is the same
+    /// either way, so this is for measuring it.
+    pub fn with_fast_forward(mut self, on: bool) -> Grammar {
+        self.fast_forward = on;
+        self
+    }
+
+    /// Whether the engine evaluates forced text ahead (`GrammarMatcher::forced_tokens`).
+    pub fn fast_forward(&self) -> bool {
+        self.fast_forward
     }
 }
 
@@ -202,6 +218,49 @@ impl GrammarMatcher {
     /// trigger, or after the text following the trigger did not fit it).
     pub fn is_on(&self) -> bool {
         self.phase.is_on()
+    }
+
+    /// At most `max` tokens for the text the grammar forces next (keys, punctuation: everything
+    /// up to its next choice), a guess the engine evaluates ahead and then checks token by token
+    /// against what it samples, so it never changes the output. The guess is the tokenizer's own
+    /// encoding of that text (what the model most likely writes), or the vocabulary's longest
+    /// matches where that encoding does not give the text back (a SentencePiece space prefix),
+    /// less the tokens at its end that a longer token could replace by spanning into the text
+    /// after it (`"` before a string's first letters, `}` before `,`); empty when nothing is
+    /// forced.
+    pub fn forced_tokens(&mut self, tok: &Tokenizer, max: usize) -> Vec<u32> {
+        // A lazy grammar waiting for its trigger forces nothing.
+        if !self.phase.is_on() {
+            return Vec::new();
+        }
+        let Ok(env) = self.m.tok_env() else { return Vec::new() };
+        let bytes = if max == 0 { Vec::new() } else { self.m.compute_ff_bytes() };
+        // A multi-byte character cut by the end of the forced text is left to sampling.
+        let text = match std::str::from_utf8(&bytes) {
+            Ok(t) => t,
+            Err(e) => std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default(),
+        };
+        if text.is_empty() {
+            return Vec::new();
+        }
+        let trie = env.tok_trie();
+        let mut ids = match tok.encode(text, false, false) {
+            Ok(ids) if ids.iter().flat_map(|&id| tok.token_piece(id).iter().copied()).eq(text.bytes()) => ids,
+            _ => trie.greedy_tokenize(text.as_bytes()),
+        };
+        // The longest end of the text (within the last few tokens) that begins a longer token:
+        // the tokens over it are dropped.
+        let tail: usize = ids.iter().rev().take(4).map(|&id| trie.token_len(id)).sum();
+        let from = text.len() - tail.min(trie.max_token_len()).min(text.len());
+        if let Some(start) = (from..text.len()).find(|&i| trie.has_extensions(&text.as_bytes()[i..])) {
+            let mut cut = text.len() - start;
+            while cut > 0 {
+                let Some(last) = ids.pop() else { break };
+                cut = cut.saturating_sub(trie.token_len(last));
+            }
+        }
+        ids.truncate(max);
+        ids
     }
 }
 

@@ -214,6 +214,13 @@ fn vocab(name: &str) -> Option<Tokenizer> {
 /// a token is allowed iff its exact bytes can be fed to the grammar one by one; an end token
 /// iff the grammar can end there; a control token never.
 fn check_mask_exact(tok: &Tokenizer, f: &Factory, g: &Grammar, prefix: &str) {
+    check_mask_exact_after(tok, f, g, prefix, false);
+    check_mask_exact_after(tok, f, g, prefix, true);
+}
+
+/// With `ff`, the forced text is computed first (as the engine's fast-forward does): the mask
+/// must not change.
+fn check_mask_exact_after(tok: &Tokenizer, f: &Factory, g: &Grammar, prefix: &str, ff: bool) {
     let mut gm = f.matcher(g).unwrap();
     let mut bm = byte_matcher(g);
     let ids = tok.encode(prefix, false, false).unwrap();
@@ -222,6 +229,15 @@ fn check_mask_exact(tok: &Tokenizer, f: &Factory, g: &Grammar, prefix: &str) {
     }
     for b in prefix.bytes() {
         bm.consume_token(b as u32).unwrap();
+    }
+    if ff {
+        let forced = gm.forced_tokens(tok, 16);
+        let text: Vec<u8> = forced.iter().flat_map(|&id| tok.token_bytes(id)).collect();
+        // The guess is text the grammar accepts next.
+        let mut probe = byte_matcher(g);
+        for b in prefix.bytes().chain(text.iter().copied()) {
+            probe.consume_token(b as u32).unwrap();
+        }
     }
     let mask = gm.allowed().unwrap().clone();
     let can_end = bm.is_accepting().unwrap();
@@ -319,8 +335,9 @@ fn the_constraint_masks_logits_before_sampling() {
 }
 
 /// The per-token mask time over the Qwen2.5 vocabulary while a nested JSON document is fed token
-/// by token (a benchmark, not a check: `cargo test --profile ci -p runtime --lib mask_time --
-/// --ignored --nocapture`).
+/// by token, alone and with the forced text computed after each token as the fast-forward does
+/// (a benchmark, not a check: `cargo test --profile ci -p runtime --lib mask_time -- --ignored
+/// --nocapture`).
 #[test]
 #[ignore]
 fn mask_time() {
@@ -334,7 +351,7 @@ fn mask_time() {
             "name": {"type": "string"},
             "age": {"type": "integer"},
             "address": {"type": "object", "properties": {"street": {"type": "string"}, "city": {"type": "string"}, "zip": {"type": "string", "pattern": "^[0-9]{5}$"}}, "required": ["street", "city", "zip"], "additionalProperties": false},
-            "tags": {"type": "array", "items": {"enum": ["admin", "user", "guest"]}}
+            "tags": {"type": "array", "items": {"enum": ["admin", "guest", "user"]}}
         },
         "required": ["name", "age", "address", "tags"],
         "additionalProperties": false
@@ -342,27 +359,34 @@ fn mask_time() {
     let doc = r#"{"name": "Ada Lovelace, née Byron", "age": 36, "address": {"street": "12 St James's Square", "city": "London", "zip": "12345"}, "tags": ["admin", "guest"]}"#;
     let g = Grammar::json_schema(&schema).unwrap();
     let ids = tok.encode(doc, false, false).unwrap();
-    let mut times = Vec::new();
+    eprintln!("vocabulary {} tokens, trie built in {build_ms:.0} ms", tok.vocab_size());
     let mut logits = vec![0f32; tok.vocab_size()];
-    for _ in 0..3 {
-        let mut m = f.matcher(&g).unwrap();
-        for &id in &ids {
-            logits.fill(0.0);
-            let t = std::time::Instant::now();
-            m.mask(&mut logits).unwrap();
-            times.push(t.elapsed().as_secs_f64() * 1e6);
-            assert!(logits[id as usize].is_finite(), "{:?} refused", tok.token_text(id));
-            m.accept(id).unwrap();
+    for ff in [false, true] {
+        let mut times = Vec::new();
+        for _ in 0..5 {
+            let mut m = f.matcher(&g).unwrap();
+            for &id in &ids {
+                logits.fill(0.0);
+                let t = std::time::Instant::now();
+                if ff {
+                    m.forced_tokens(&tok, 16);
+                }
+                m.mask(&mut logits).unwrap();
+                times.push(t.elapsed().as_secs_f64() * 1e6);
+                assert!(logits[id as usize].is_finite(), "{:?} refused", tok.token_text(id));
+                m.accept(id).unwrap();
+            }
         }
+        times.sort_by(f64::total_cmp);
+        let mean = times.iter().sum::<f64>() / times.len() as f64;
+        let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+        eprintln!(
+            "mask per token{} over {} steps: mean {mean:.0} us, median {:.0} us, p99 {:.0} us, max {:.0} us",
+            if ff { " with the forced text" } else { "" },
+            times.len(),
+            at(0.5),
+            at(0.99),
+            at(1.0)
+        );
     }
-    times.sort_by(f64::total_cmp);
-    let mean = times.iter().sum::<f64>() / times.len() as f64;
-    eprintln!(
-        "vocabulary {} tokens, trie built in {build_ms:.0} ms; mask per token over {} steps: mean {mean:.0} us, median {:.0} us, p90 {:.0} us, max {:.0} us",
-        tok.vocab_size(),
-        times.len(),
-        times[times.len() / 2],
-        times[times.len() * 9 / 10],
-        times[times.len() - 1]
-    );
 }

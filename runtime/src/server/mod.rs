@@ -142,6 +142,8 @@ pub fn run(args: &crate::cli::Args) -> anyhow::Result<i32> {
     let mut access = access::Access::new(true, &args.cors_origin)?;
     let api_keys = auth::ApiKeys::load(&args.api_key, &args.api_key_file)?;
     let engine = Engine::load(&opts).with_context(|| format!("cannot load the model from {}", path.display()))?;
+    // Constrained sampling's view of the vocabulary, built while the server waits for requests.
+    engine.prepare_grammar();
     let model: Arc<dyn Model> = Arc::new(model::EngineModel(Arc::new(engine)));
     // The command line's sampling flags, checked as a request's fields are; without -s each
     // request draws its own seed.

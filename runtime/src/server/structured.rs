@@ -99,4 +99,19 @@ mod tests {
         assert_eq!(err(llama_fields(Some(&json!(3)), None)).0, "grammar");
         assert_eq!(err(llama_fields(None, Some(&json!({"type": "nope"})))).0, "json_schema");
     }
+
+    #[test]
+    fn unsupported_schema_keywords_are_400s_naming_them() {
+        let rf = |schema: serde_json::Value| json!({"type": "json_schema", "json_schema": {"name": "x", "schema": schema}});
+        let (param, msg) = err(response_format(Some(&rf(json!({"type": "object", "properties": {"a": {"type": "string", "nullable": true}}})))));
+        assert_eq!(param, "response_format.json_schema.schema");
+        assert!(msg.contains("'nullable' at /properties/a"), "{msg}");
+        let e = llama_fields(None, Some(&json!({"type": "string", "maxLenght": 3}))).unwrap_err();
+        assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST);
+        let (param, msg) = err(llama_fields(None, Some(&json!({"type": "string", "maxLenght": 3}))));
+        assert_eq!(param, "json_schema");
+        assert!(msg.contains("'maxLenght'"), "{msg}");
+        let (_, msg) = err(response_format(Some(&json!({"type": "json_object", "schema": {"not": {"type": "null"}}}))));
+        assert!(msg.contains("'not'"), "{msg}");
+    }
 }
