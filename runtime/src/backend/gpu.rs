@@ -423,6 +423,8 @@ struct Weights {
     dev_layers: Vec<DevLayer>,
     /// The final norm and output matrix, when this backend runs the output layer.
     output: Option<(DevVec, DevWeight)>,
+    /// Per-dimension RoPE frequency factors (`Hparams::rope_factors`).
+    rope_factors: Option<DevVec>,
 }
 
 pub struct GpuBackend {
@@ -552,6 +554,7 @@ impl GpuBackend {
                 ffn_post_norm: upload_opt(d, &mut s, &l.ffn_post_norm, &n("post_ffw_norm"))?,
             });
         }
+        let rope_factors = upload_opt(&device, &mut s, &model.hp.rope_factors, "rope_freqs")?;
         let output = if output {
             Some((
                 upload_vec(&device, &mut s, &model.output_norm, "output_norm")?,
@@ -574,6 +577,7 @@ impl GpuBackend {
                 layers,
                 dev_layers,
                 output,
+                rope_factors,
             }),
         })
     }
@@ -745,6 +749,7 @@ impl GpuState {
             mode,
             freq_base: la.rope_base,
             freq_scale: la.rope_freq_scale,
+            freq_factors: w.rope_factors.as_ref().map_or(View::NONE, |f| f.view()),
         };
         s.rope(self.q.view(), &rope)?;
         s.rope(

@@ -51,6 +51,9 @@ pub struct Recipe {
     pub post_norms: bool,
     /// Multiply the embeddings by sqrt(n_embd) (Gemma).
     pub scale_embeddings: bool,
+    /// Per-dimension RoPE frequency factors (`rope_freqs.weight`, Llama 3.1+) are read when the
+    /// file has them; an architecture without this flag refuses the tensor as unused.
+    pub rope_factors: bool,
 }
 
 /// Per-layer attention parameters (they differ between layers in Gemma 3).
@@ -84,6 +87,8 @@ pub struct Hparams {
     /// Multiplier of q·k before the softmax.
     pub attn_scale: f32,
     pub layers: Vec<LayerAttn>,
+    /// Per-dimension RoPE frequency divisors (`rope_freqs.weight`), n_rot/2 values, every layer.
+    pub rope_factors: Option<Vec<f32>>,
     pub recipe: Recipe,
 }
 
@@ -99,6 +104,17 @@ impl Hparams {
     /// Width of one token's values in the cache (n_head_kv * head_dim_v).
     pub fn v_dim(&self) -> usize {
         self.n_head_kv * self.head_dim_v
+    }
+    /// Layer `il`'s RoPE, as every backend applies it.
+    pub fn rope(&self, il: usize) -> kernels_cpu::ops::Rope {
+        let la = &self.layers[il];
+        kernels_cpu::ops::Rope {
+            n_rot: self.n_rot,
+            base: la.rope_base,
+            freq_scale: la.rope_freq_scale,
+            neox: self.recipe.rope == RopeStyle::Neox,
+            factors: self.rope_factors.clone(),
+        }
     }
 }
 
@@ -237,6 +253,7 @@ pub(crate) fn common_hparams(g: &GgufFile, arch: &str, recipe: Recipe) -> Result
         n_rot,
         attn_scale: 1.0 / (head_dim as f32).sqrt(),
         layers: vec![LayerAttn { rope_base, rope_freq_scale, window }; n_layer],
+        rope_factors: None,
         recipe,
     })
 }
@@ -253,31 +270,63 @@ fn positive_f32(g: &GgufFile, key: &str, default: f32) -> Result<f32> {
     }
 }
 
-/// `rope.scaling.type = linear` (or absent) with `rope.scaling.factor` f: positions are
-/// multiplied by 1/f. `none` or no factor: 1.
+/// `rope.scaling.type = linear` (or absent) with `rope.scaling.factor` (or the older
+/// `rope.scale_linear`) f: positions are multiplied by 1/f. `none` or no factor: 1.
 pub(crate) fn rope_linear_scale(g: &GgufFile, arch: &str) -> Result<f32> {
     let ty = g.get_str(&format!("{arch}.rope.scaling.type"));
     if ty == Some("none") {
         return Ok(1.0);
     }
-    let factor = positive_f32(g, &format!("{arch}.rope.scaling.factor"), 1.0)?;
+    let key = format!("{arch}.rope.scaling.factor");
+    let key = if g.get(&key).is_some() { key } else { format!("{arch}.rope.scale_linear") };
+    let factor = positive_f32(g, &key, 1.0)?;
     Ok(1.0 / factor)
 }
 
-/// Metadata and tensors that change the maths in ways the shared block does not implement: a
-/// model that declares them would load and run silently wrong, so it is refused, naming them.
+/// The `<arch>.rope.*` keys the RoPE specification (`kernels_cpu::ops::Rope`) implements; any
+/// other (YaRN's parameters, LongRoPE, separate sliding-window bases, multi-section RoPE...)
+/// changes the positions in a way it does not, so a file declaring one is refused.
+const ROPE_KEYS: &[&str] = &[
+    "rope.dimension_count",
+    "rope.freq_base",
+    "rope.scaling.type",
+    "rope.scaling.factor",
+    "rope.scale_linear",
+    "rope.scaling.attn_factor",
+    // informational: the context the scaling was made for, and whether the model was fine-tuned
+    // with it; only YaRN and LongRoPE compute with them
+    "rope.scaling.original_context_length",
+    "rope.scaling.finetuned",
+];
+
+/// Metadata that changes the maths in ways the shared block does not implement: a model that
+/// declares it would load and run silently wrong, so it is refused, naming the key.
 fn refuse_unimplemented(g: &GgufFile, arch: &str) -> Result<()> {
     let key = format!("{arch}.rope.scaling.type");
     match g.get(&key) {
         None => {}
         Some(v) => match v.as_str() {
             Some("none" | "linear") => {}
+            Some("llama3") => bail!(
+                "{key} is 'llama3': Llama 3 scaling is read from the tensor rope_freqs.weight, as the reference converter writes it, not from this key"
+            ),
             Some(other) => bail!("{key} is '{}': only none and linear RoPE scaling are implemented", escape(other)),
             None => bail!("{key} is a {}, not a string", v.type_name()),
         },
     }
-    if g.tensor("rope_freqs.weight").is_some() {
-        bail!("tensor rope_freqs.weight (per-dimension RoPE frequency factors, as Llama 3.1 uses) is not implemented");
+    let prefix = format!("{arch}.rope.");
+    for (k, _) in g.metadata() {
+        if k.starts_with(&prefix) && !ROPE_KEYS.contains(&&k[arch.len() + 1..]) {
+            bail!("{} is not implemented (RoPE keys understood: {})", escape(k), ROPE_KEYS.join(", "));
+        }
+    }
+    let key = format!("{arch}.rope.scaling.attn_factor");
+    if let Some(v) = g.get(&key) {
+        match v.as_f32() {
+            Some(1.0) => {}
+            Some(x) => bail!("{key} is {x}: only 1 (no attention scaling) is implemented"),
+            None => bail!("{key} is a {}, not a number", v.type_name()),
+        }
     }
     for cap in ["attn_logit_softcapping", "final_logit_softcapping"] {
         let key = format!("{arch}.{cap}");
@@ -321,7 +370,7 @@ impl Model {
             let known: Vec<&str> = ARCHITECTURES.iter().map(|a| a.name()).collect();
             anyhow!("unsupported architecture '{}' (supported: {})", escape(&arch_name), known.join(", "))
         })?;
-        let hp = arch.hparams(&file).with_context(|| format!("reading {arch_name} hyperparameters"))?;
+        let mut hp = arch.hparams(&file).with_context(|| format!("reading {arch_name} hyperparameters"))?;
         let group = hp.n_head / hp.n_head_kv;
         if hp.head_dim.max(hp.head_dim_v) > transformer::MAX_HEAD_DIM
             || group * hp.head_dim.max(hp.head_dim_v) > transformer::MAX_GROUP_DIM
@@ -336,6 +385,9 @@ impl Model {
         }
         let r = hp.recipe;
         let g = &Tensors { file: &file, used: RefCell::new(HashSet::new()) };
+        if r.rope_factors && file.tensor(ROPE_FACTORS).is_some() {
+            hp.rope_factors = Some(rope_factors(g, hp.n_rot / 2)?);
+        }
         let e = hp.n_embd;
         let token_embd = weight(g, "token_embd.weight", hp.n_vocab, e)?;
         let output_norm = vector(g, "output_norm.weight", e)?;
@@ -437,6 +489,18 @@ impl Tensors<'_> {
             ),
             None => Ok(()),
         }
+    }
+}
+
+/// The tensor of per-dimension RoPE frequency factors.
+const ROPE_FACTORS: &str = "rope_freqs.weight";
+
+/// `rope_freqs.weight`: `pairs` divisors of the RoPE angles, each positive and finite.
+fn rope_factors(g: &Tensors, pairs: usize) -> Result<Vec<f32>> {
+    let f = vector(g, ROPE_FACTORS, pairs)?;
+    match f.iter().position(|x| !(*x > 0.0 && x.is_finite())) {
+        Some(i) => bail!("tensor {ROPE_FACTORS}: factor {i} is {}, a positive finite number expected", f[i]),
+        None => Ok(f),
     }
 }
 
@@ -549,13 +613,26 @@ mod tests {
 
     #[test]
     fn unimplemented_maths_and_unused_tensors_are_refused() {
-        for ty in ["yarn", "longrope", "llama3"] {
+        for ty in ["yarn", "longrope", "su"] {
             let e = refused(&[("llama.rope.scaling.type", String(ty.into()))], &[]);
             assert!(e.contains(&format!("llama.rope.scaling.type is '{ty}': only none and linear RoPE scaling are implemented")), "{e}");
         }
-        let f = [0u8; 32];
-        let e = refused(&[], &[TensorSpec { name: "rope_freqs.weight", dims: &[8], ggml_type: 0, data: &f }]);
-        assert!(e.contains("tensor rope_freqs.weight (per-dimension RoPE frequency factors"), "{e}");
+        let e = refused(&[("llama.rope.scaling.type", String("llama3".into()))], &[]);
+        assert!(e.contains("llama.rope.scaling.type is 'llama3': Llama 3 scaling is read from the tensor rope_freqs.weight"), "{e}");
+        for key in [
+            "llama.rope.scaling.yarn_ext_factor",
+            "llama.rope.scaling.yarn_log_multiplier",
+            "llama.rope.scaling.alpha",
+            "llama.rope.freq_base_swa",
+            "llama.rope.dimension_sections",
+            "llama.rope.scaling.short_factor",
+        ] {
+            let e = refused(&[(key, F32(2.0))], &[]);
+            assert!(e.contains(&format!("{key} is not implemented (RoPE keys understood: rope.dimension_count")), "{e}");
+        }
+        let e = refused(&[("llama.rope.scaling.attn_factor", F32(1.2))], &[]);
+        assert!(e.contains("llama.rope.scaling.attn_factor is 1.2: only 1 (no attention scaling) is implemented"), "{e}");
+        assert!(load(&[("llama.rope.scaling.attn_factor", F32(1.0)), ("llama.rope.scaling.original_context_length", U32(8192))], &[]).is_ok());
         for key in ["llama.final_logit_softcapping", "llama.attn_logit_softcapping"] {
             let e = refused(&[(key, F32(30.0))], &[]);
             assert!(e.contains(&format!("{key} is 30: logit soft-capping is not implemented for llama")), "{e}");
@@ -564,5 +641,36 @@ mod tests {
         let bias = [0u8; 128];
         let e = refused(&[], &[TensorSpec { name: "blk.0.attn_q.bias", dims: &[32], ggml_type: 0, data: &bias }]);
         assert!(e.contains("tensor 'blk.0.attn_q.bias' is in the file but the llama architecture does not use it"), "{e}");
+    }
+
+    fn f32_bytes(v: &[f32]) -> Vec<u8> {
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn rope_factors_are_read_checked_and_given_to_every_layer() {
+        // head size 16: 8 pairs, 8 factors
+        let f = [1.0f32, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0, 8.0];
+        let data = f32_bytes(&f);
+        let m = load(&[], &[TensorSpec { name: "rope_freqs.weight", dims: &[8], ggml_type: 0, data: &data }]).unwrap();
+        assert_eq!(m.hp.rope_factors.as_deref(), Some(&f[..]));
+        for il in 0..m.hp.n_layer {
+            let r = m.hp.rope(il);
+            assert_eq!((r.n_rot, r.base, r.freq_scale, r.neox, r.factors.as_deref()), (16, 10000.0, 1.0, false, Some(&f[..])));
+        }
+        assert_eq!(load(&[], &[]).unwrap().hp.rope(0).factors, None);
+        let short = f32_bytes(&f[..4]);
+        let e = refused(&[], &[TensorSpec { name: "rope_freqs.weight", dims: &[4], ggml_type: 0, data: &short }]);
+        assert!(e.contains("tensor rope_freqs.weight has 4 elements ([4]), expected 8"), "{e}");
+        for bad in [0.0f32, -1.0, f32::NAN, f32::INFINITY] {
+            let mut g = f;
+            g[5] = bad;
+            let data = f32_bytes(&g);
+            let e = refused(&[], &[TensorSpec { name: "rope_freqs.weight", dims: &[8], ggml_type: 0, data: &data }]);
+            assert!(e.contains(&format!("tensor rope_freqs.weight: factor 5 is {bad}, a positive finite number expected")), "{e}");
+        }
+        // the older key for the linear factor
+        let m = load(&[("llama.rope.scale_linear", F32(2.0))], &[]).unwrap();
+        assert_eq!(m.hp.layers[1].rope_freq_scale, 0.5);
     }
 }

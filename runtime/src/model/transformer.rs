@@ -15,7 +15,7 @@
 //!   o = f Wdown^T; (Gemma) o = rmsnorm(o) * post_ffw_norm; x += o
 //! Output: logits = (rmsnorm(x) * output_norm) Wout^T [n x n_vocab].
 
-use super::{FfnActivation, Hparams, LayerAttn, Model, RopeStyle, Weight};
+use super::{FfnActivation, Hparams, LayerAttn, Model, Weight};
 use half::f16;
 use kernels_cpu::ops;
 use kernels_cpu::matmul::{matmul, matmul_quantized, quantize_activations, Scratch};
@@ -26,61 +26,39 @@ use rayon::prelude::*;
 /// this many tokens.
 pub const FFN_CHUNK: usize = 128;
 
-/// cos/sin of every position for one (base, scale) pair: [n_ctx x n_rot/2] each.
-/// Computed the way ggml does (theta = p * scale * base^(-2i/n_rot), built by repeated
-/// multiplication in f32) so positions agree with the reference to the last bit or so.
+/// cos/sin of every position for one RoPE specification (`ops::Rope`): [n_ctx x n_rot/2] each,
+/// computed once by `Rope::angles`, so every position is the specification's.
 pub struct RopeTable {
     pub n_ctx: usize,
     pub half: usize,
+    pub rope: ops::Rope,
     pub cos: Vec<f32>,
     pub sin: Vec<f32>,
 }
 
 impl RopeTable {
-    pub fn new(n_ctx: usize, n_rot: usize, base: f32, freq_scale: f32) -> RopeTable {
-        let half = n_rot / 2;
+    pub fn new(n_ctx: usize, rope: ops::Rope) -> RopeTable {
+        let half = rope.n_rot / 2;
         let mut cos = vec![0f32; n_ctx * half];
         let mut sin = vec![0f32; n_ctx * half];
-        let theta_scale = base.powf(-2.0 / n_rot as f32);
         for p in 0..n_ctx {
-            let mut theta = p as f32;
-            for i in 0..half {
-                let t = freq_scale * theta;
-                cos[p * half + i] = t.cos();
-                sin[p * half + i] = t.sin();
-                theta *= theta_scale;
-            }
+            rope.angles(p, &mut cos[p * half..(p + 1) * half], &mut sin[p * half..(p + 1) * half]);
         }
-        RopeTable { n_ctx, half, cos, sin }
+        RopeTable { n_ctx, half, rope, cos, sin }
     }
 
-    /// Bytes `new(n_ctx, n_rot, ..)` allocates (saturating: a size that overflows cannot fit).
+    /// Bytes `new(n_ctx, ..)` allocates for `n_rot` rotated dimensions (saturating: a size that
+    /// overflows cannot fit).
     pub fn bytes_for(n_ctx: usize, n_rot: usize) -> u64 {
         (n_ctx as u64).saturating_mul((n_rot / 2) as u64).saturating_mul(2 * 4)
     }
 
-    /// Rotate one head `x` [head_dim] at position `p`.
+    /// Rotate one head `x` (at least n_rot values) at position `p`.
     #[inline]
-    pub fn apply(&self, style: RopeStyle, x: &mut [f32], p: usize) {
+    pub fn apply(&self, x: &mut [f32], p: usize) {
         let c = &self.cos[p * self.half..(p + 1) * self.half];
         let s = &self.sin[p * self.half..(p + 1) * self.half];
-        match style {
-            RopeStyle::Normal => {
-                for i in 0..self.half {
-                    let (x0, x1) = (x[2 * i], x[2 * i + 1]);
-                    x[2 * i] = x0 * c[i] - x1 * s[i];
-                    x[2 * i + 1] = x0 * s[i] + x1 * c[i];
-                }
-            }
-            RopeStyle::Neox => {
-                let h = self.half;
-                for i in 0..h {
-                    let (x0, x1) = (x[i], x[i + h]);
-                    x[i] = x0 * c[i] - x1 * s[i];
-                    x[i + h] = x0 * s[i] + x1 * c[i];
-                }
-            }
-        }
+        self.rope.rotate(x, c, s);
     }
 }
 
@@ -233,21 +211,19 @@ pub fn layer_forward(
     add_bias(&mut ws.q, &lw.bq, n);
     add_bias(&mut ws.k, &lw.bk, n);
     add_bias(&mut ws.v, &lw.bv, n);
-    let style = hp.recipe.rope;
-    let n_rot = hp.n_rot;
     for t in 0..n {
         let p = pos + t;
         for h in ws.q[t * qd..(t + 1) * qd].chunks_exact_mut(hd) {
             if let Some(w) = &lw.q_norm {
                 rmsnorm_inplace(h, w, eps);
             }
-            rope.apply(style, &mut h[..n_rot], p);
+            rope.apply(h, p);
         }
         for h in ws.k[t * kd..(t + 1) * kd].chunks_exact_mut(hd) {
             if let Some(w) = &lw.k_norm {
                 rmsnorm_inplace(h, w, eps);
             }
-            rope.apply(style, &mut h[..n_rot], p);
+            rope.apply(h, p);
         }
         ops::f32_to_f16_slice(&ws.k[t * kd..(t + 1) * kd], &mut kv.k[p * kd..(p + 1) * kd]);
         ops::f32_to_f16_slice(&ws.v[t * vd..(t + 1) * vd], &mut kv.v[p * vd..(p + 1) * vd]);
@@ -797,23 +773,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rope_rotates_pairs_by_position_angle() {
+    fn rope_table_holds_the_specifications_angles() {
         // base 10000, 4 dims: pair i rotates by p * 10000^(-2i/4).
-        let t = RopeTable::new(8, 4, 10000.0, 1.0);
+        let t = RopeTable::new(8, ops::Rope::normal(4, 10000.0));
         let mut x = [1.0, 0.0, 1.0, 0.0];
-        t.apply(RopeStyle::Normal, &mut x, 3);
+        t.apply(&mut x, 3);
         assert!((x[0] - 3f32.cos()).abs() < 1e-6 && (x[1] - 3f32.sin()).abs() < 1e-6);
         let a = 3.0 * 0.01f32;
         assert!((x[2] - a.cos()).abs() < 1e-6 && (x[3] - a.sin()).abs() < 1e-6);
         // NEOX pairs (0,2) and (1,3).
+        let t = RopeTable::new(8, ops::Rope::neox(4, 10000.0));
         let mut y = [1.0, 1.0, 0.0, 0.0];
-        t.apply(RopeStyle::Neox, &mut y, 3);
+        t.apply(&mut y, 3);
         assert!((y[0] - 3f32.cos()).abs() < 1e-6 && (y[2] - 3f32.sin()).abs() < 1e-6);
         assert!((y[1] - a.cos()).abs() < 1e-6 && (y[3] - a.sin()).abs() < 1e-6);
-        // position 0 is the identity; norms are preserved.
-        let mut z = [0.3, -0.7, 1.1, 2.0];
-        t.apply(RopeStyle::Normal, &mut z, 0);
-        assert_eq!(z, [0.3, -0.7, 1.1, 2.0]);
+        // every position as the specification rotates it, factors included
+        let spec = ops::Rope { factors: Some(vec![1.0, 4.0]), freq_scale: 0.25, ..ops::Rope::normal(4, 10000.0) };
+        let t = RopeTable::new(8, spec.clone());
+        for p in 0..8 {
+            let (mut u, mut v) = ([0.3, -0.7, 1.1, 2.0], [0.3, -0.7, 1.1, 2.0]);
+            t.apply(&mut u, p);
+            spec.apply(&mut v, 1, 4, p);
+            assert_eq!(u, v, "position {p}");
+        }
     }
 
     /// Attention-only hyper-parameters for the tests (one layer, head sizes as given).
@@ -833,6 +815,7 @@ mod tests {
             n_rot: hd,
             attn_scale,
             layers: vec![],
+            rope_factors: None,
             recipe: crate::model::gemma3::RECIPE,
         }
     }
