@@ -14,6 +14,9 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod arch_models;
+use arch_models::{Layout, pinned};
+
 /// How many of our logits per position the binary prints: the reference's top-10 ids must be
 /// among them to compare their logits (a correct engine ranks them within the first ~15).
 const OUR_TOP: usize = 40;
@@ -397,23 +400,12 @@ fn quantize_gguf(src: &Path, main: kernels_cpu::WeightType, file_type: u32) -> V
 /// (the file the reference answers were computed on) and kept in the test's target folder.
 fn iq4_model(shared: &Path, ty: &str, sha256: &str) -> PathBuf {
     use kernels_cpu::WeightType;
-    use sha2::Digest;
     let (main, file_type) = match ty {
         "iq4_nl" => (WeightType::IQ4_NL, 25),
         "iq4_xs" => (WeightType::IQ4_XS, 30),
         _ => unreachable!(),
     };
-    let p = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("tiny-mistral-{ty}.gguf"));
-    let hash = |b: &[u8]| format!("{:x}", sha2::Sha256::digest(b));
-    if std::fs::read(&p).is_ok_and(|b| hash(&b) == sha256) {
-        return p;
-    }
-    let bytes = quantize_gguf(&shared.join("models/tiny-mistral-f16.gguf"), main, file_type);
-    let tmp = p.with_extension(format!("partial.{}", std::process::id()));
-    std::fs::write(&tmp, &bytes).unwrap();
-    std::fs::rename(&tmp, &p).unwrap();
-    assert_eq!(hash(&bytes), sha256, "{} (made from tiny-mistral-f16.gguf): not the file the reference answers were computed on", p.display());
-    p
+    pinned(&format!("tiny-mistral-{ty}.gguf"), || quantize_gguf(&shared.join("models/tiny-mistral-f16.gguf"), main, file_type), sha256)
 }
 
 fn tiny_iq4(ty: &str, sha256: &str) {
@@ -432,3 +424,64 @@ fn tiny_mistral_iq4_nl() {
 fn tiny_mistral_iq4_xs() {
     tiny_iq4("iq4_xs", "b7f42e4ac27db769d915baeebc3c6bb43ed9f3225d6bd6fceb1f5304c27e7f0a");
 }
+
+// Architectures beyond the shared fixtures: tiny models in each one's exact layout, made by
+// arch_models.rs with a real vocabulary, and the reference engine's answers on them in
+// tests/data/reference/ (the cases of the shared tiny-mistral file, so the same token ids).
+
+/// Every `tokenize` entry of `reference` tokenized by our tokenizer from `model`'s vocabulary.
+fn check_tokenize(model: &Path, reference: &Path) {
+    let g = llamafile::gguf::GgufFile::open(model).unwrap();
+    let tok = llamafile::tokenizer::Tokenizer::from_gguf(&g).unwrap();
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(reference).unwrap()).unwrap();
+    let entries = r["tokenize"].as_array().unwrap();
+    assert!(!entries.is_empty());
+    for e in entries {
+        let (text, parse) = (e["text"].as_str().unwrap(), e["parse_special"].as_bool().unwrap());
+        assert_eq!(tok.encode(text, true, parse).unwrap(), ids(&e["ids"]), "{}: {text:?} parse_special={parse}", model.display());
+    }
+}
+
+fn data_reference(name: &str) -> PathBuf {
+    e2e::root().join(format!("tests/data/reference/{name}.json"))
+}
+
+/// Llama 3.2 1B's layout scaled down: GQA, tied output (no output.weight), RoPE base 500000 with
+/// Llama 3 frequency factors (rope_freqs.weight; made for a 256-token original context so that
+/// they change the angles within the tested 700 positions), the Llama 3.2 vocabulary with the
+/// llama-bpe pre-tokenizer and <|eot_id|> as its end token.
+fn llama3_layout() -> Layout {
+    Layout {
+        arch: "llama",
+        n_layer: 4,
+        n_embd: 128,
+        n_ff: 384,
+        n_head: 4,
+        n_head_kv: 2,
+        head_dim: None,
+        rope_base: 500000.0,
+        rms_eps: 1e-5,
+        qkv_bias: false,
+        qk_norm: false,
+        tied: true,
+        rope_factors: Some(arch_models::llama3_rope_factors(32, 500000.0, 32.0, 1.0, 4.0, 256.0)),
+        extra: vec![],
+    }
+}
+
+#[test]
+fn tiny_llama3() {
+    let Some(_) = e2e::require_shared() else { return };
+    let Some(vocab) = e2e::require_model("llama-3.2-tokenizer.json") else { return };
+    let model = pinned("tiny-llama3.gguf", || arch_models::build(&llama3_layout(), &arch_models::llama3_vocab(&vocab)), TINY_LLAMA3_SHA256);
+    let reference = data_reference("tiny-llama3");
+    check_tokenize(&model, &reference);
+    check(&model, &reference, 0.15, &[(2, None)], None);
+    check(&model, &reference, 0.15, &[(1, Some("scalar")), (3, Some("avx2"))], Some(&["fox", "code"]));
+    // Llama 3's end of turn ends generation, as does the base models' end of text.
+    let g = llamafile::gguf::GgufFile::open(&model).unwrap();
+    let tok = llamafile::tokenizer::Tokenizer::from_gguf(&g).unwrap();
+    assert_eq!((tok.bos(), tok.eos(), tok.eot()), (Some(128000), Some(128009), Some(128009)));
+    assert!(tok.is_end_token(128009) && tok.is_end_token(128001), "{:?}", tok.end_tokens());
+}
+const TINY_LLAMA3_SHA256: &str = "51cd9ad690943bec42ff785b2b5a868a822ae36cacc98d33edda2685f020a351";
