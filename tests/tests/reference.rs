@@ -485,3 +485,37 @@ fn tiny_llama3() {
     assert!(tok.is_end_token(128009) && tok.is_end_token(128001), "{:?}", tok.end_tokens());
 }
 const TINY_LLAMA3_SHA256: &str = "51cd9ad690943bec42ff785b2b5a868a822ae36cacc98d33edda2685f020a351";
+
+/// Qwen3 0.6B's layout scaled down: per-head q/k RMSNorm before NEOX RoPE, no q/k/v biases, a
+/// head size (key_length 32) that is not n_embd / n_head (16), GQA, tied output, base 1e6, the
+/// Qwen2.5/Qwen3 vocabulary (byte-level BPE, qwen2 pre-tokenizer).
+fn qwen3_layout() -> Layout {
+    Layout {
+        arch: "qwen3",
+        n_layer: 4,
+        n_embd: 64,
+        n_ff: 192,
+        n_head: 4,
+        n_head_kv: 2,
+        head_dim: Some(32),
+        rope_base: 1e6,
+        rms_eps: 1e-6,
+        qkv_bias: false,
+        qk_norm: true,
+        tied: true,
+        rope_factors: None,
+        extra: vec![],
+    }
+}
+
+#[test]
+fn tiny_qwen3() {
+    let Some(shared) = e2e::require_shared() else { return };
+    let vocab = arch_models::vocab_of_gguf(&shared.join("vocab/qwen2.5-coder.vocab.gguf"));
+    let model = pinned("tiny-qwen3.gguf", || arch_models::build(&qwen3_layout(), &vocab), TINY_QWEN3_SHA256);
+    let reference = data_reference("tiny-qwen3");
+    check_tokenize(&model, &reference);
+    check(&model, &reference, 0.15, &[(2, None)], None);
+    check(&model, &reference, 0.15, &[(1, Some("scalar")), (3, Some("avx2"))], Some(&["fox", "code"]));
+}
+const TINY_QWEN3_SHA256: &str = "77db13d0e2c9f428df628d7b591eb11959da84525ab8e0be7a80794fada0f524";

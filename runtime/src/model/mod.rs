@@ -11,6 +11,7 @@
 pub mod gemma3;
 pub mod llama;
 pub mod qwen2;
+pub mod qwen3;
 pub mod transformer;
 
 use crate::escape::escape;
@@ -180,7 +181,7 @@ pub trait Architecture: Sync {
 }
 
 /// Every supported architecture, keyed by `general.architecture`.
-pub static ARCHITECTURES: &[&dyn Architecture] = &[&llama::Llama, &qwen2::Qwen2, &gemma3::Gemma3];
+pub static ARCHITECTURES: &[&dyn Architecture] = &[&llama::Llama, &qwen2::Qwen2, &qwen3::Qwen3, &gemma3::Gemma3];
 
 pub fn find_architecture(name: &str) -> Option<&'static dyn Architecture> {
     ARCHITECTURES.iter().copied().find(|a| a.name() == name)
