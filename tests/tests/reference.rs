@@ -60,13 +60,14 @@ struct Ours {
     greedy: Vec<u32>,
 }
 
-fn run_eval(model: &Path, tokens: &[u32], threads: usize, isa: Option<&str>, n_greedy: usize) -> Ours {
+fn run_eval(model: &Path, tokens: &[u32], threads: usize, isa: Option<&str>, n_greedy: usize, extra: &[&str]) -> Ours {
     let list: Vec<String> = tokens.iter().map(|t| t.to_string()).collect();
     let mut cmd = Command::new(e2e::bin("llamafile"));
     cmd.arg("-m")
         .arg(model)
         .args(["--eval-tokens", &list.join(","), "--top", &OUR_TOP.to_string(), "-n", &n_greedy.to_string()])
-        .args(["-t", &threads.to_string(), "--log-disable"]);
+        .args(["-t", &threads.to_string(), "--log-disable"])
+        .args(extra);
     match isa {
         Some(i) => cmd.env("LLAMAFILE_ISA", i),
         None => cmd.env_remove("LLAMAFILE_ISA"),
@@ -159,7 +160,13 @@ struct Limits {
 }
 
 fn check(model: &Path, reference: &Path, max_diff: f64, runs: &[(usize, Option<&str>)], cases: Option<&[&str]>) {
-    check_with(model, reference, &|_| Limits { max_diff, max_nll_rel: 0.02, short_top1_slack: 2, top1_tie: 0.0 }, runs, cases)
+    check_args(model, reference, max_diff, runs, cases, &[])
+}
+
+/// `check`, with more arguments for the binary.
+fn check_args(model: &Path, reference: &Path, max_diff: f64, runs: &[(usize, Option<&str>)], cases: Option<&[&str]>, extra: &[&str]) {
+    let limits = |_: &str| Limits { max_diff, max_nll_rel: 0.02, short_top1_slack: 2, top1_tie: 0.0 };
+    check_with_args(model, reference, &limits, runs, cases, extra)
 }
 
 fn check_with(
@@ -168,6 +175,17 @@ fn check_with(
     limits: &dyn Fn(&str) -> Limits,
     runs: &[(usize, Option<&str>)],
     cases: Option<&[&str]>,
+) {
+    check_with_args(model, reference, limits, runs, cases, &[])
+}
+
+fn check_with_args(
+    model: &Path,
+    reference: &Path,
+    limits: &dyn Fn(&str) -> Limits,
+    runs: &[(usize, Option<&str>)],
+    cases: Option<&[&str]>,
+    extra: &[&str],
 ) {
     let all = load_reference(reference);
     let isas = available_isas();
@@ -179,7 +197,7 @@ fn check_with(
                     continue;
                 }
             }
-            let o = run_eval(model, &c.tokens, threads, isa, c.greedy.len());
+            let o = run_eval(model, &c.tokens, threads, isa, c.greedy.len(), extra);
             let Limits { max_diff, max_nll_rel, short_top1_slack, top1_tie } = limits(&c.name);
             let v = compare(c, &o, top1_tie);
             let need_top1 = if v.positions >= 20 { (v.positions as f64 * 0.9).ceil() as usize } else { v.positions.saturating_sub(short_top1_slack) };
@@ -473,7 +491,7 @@ fn llama3_layout() -> Layout {
 fn tiny_llama3() {
     let Some(_) = e2e::require_shared() else { return };
     let Some(vocab) = e2e::require_model("llama-3.2-tokenizer.json") else { return };
-    let model = pinned("tiny-llama3.gguf", || arch_models::build(&llama3_layout(), &arch_models::llama3_vocab(&vocab)), TINY_LLAMA3_SHA256);
+    let model = pinned("tiny-llama3.gguf", || arch_models::build(&llama3_layout(), &arch_models::llama3_vocab(&vocab, "llama-bpe")), TINY_LLAMA3_SHA256);
     let reference = data_reference("tiny-llama3");
     check_tokenize(&model, &reference);
     check(&model, &reference, 0.15, &[(2, None)], None);
@@ -519,3 +537,46 @@ fn tiny_qwen3() {
     check(&model, &reference, 0.15, &[(1, Some("scalar")), (3, Some("avx2"))], Some(&["fox", "code"]));
 }
 const TINY_QWEN3_SHA256: &str = "77db13d0e2c9f428df628d7b591eb11959da84525ab8e0be7a80794fada0f524";
+
+/// Mistral Nemo's layout scaled down: the llama architecture with a head size (key_length 64)
+/// that is not n_embd / n_head (32), GQA, untied output, base 1e6, a Tekken-pre-tokenized
+/// byte-level BPE vocabulary (the Llama 3.2 pieces: Tekken's own vocabulary is not on the
+/// registries this project reaches), and `llama.attention.sliding_window` 64 as Mistral 7B
+/// v0.1 declares one.
+fn nemo_layout() -> Layout {
+    Layout {
+        arch: "llama",
+        n_layer: 4,
+        n_embd: 128,
+        n_ff: 384,
+        n_head: 4,
+        n_head_kv: 2,
+        head_dim: Some(64),
+        rope_base: 1e6,
+        rms_eps: 1e-5,
+        qkv_bias: false,
+        qk_norm: false,
+        tied: false,
+        rope_factors: None,
+        extra: vec![("attention.sliding_window", llamafile::gguf::MetaValue::U32(64))],
+    }
+}
+
+#[test]
+fn tiny_mistral_nemo() {
+    let Some(_) = e2e::require_shared() else { return };
+    let Some(vocab) = e2e::require_model("llama-3.2-tokenizer.json") else { return };
+    let model = pinned("tiny-nemo.gguf", || arch_models::build(&nemo_layout(), &arch_models::llama3_vocab(&vocab, "tekken")), TINY_NEMO_SHA256);
+    let reference = data_reference("tiny-nemo");
+    check_tokenize(&model, &reference);
+    // The reference ignores llama.attention.sliding_window: --swa-full gives its answers.
+    check_args(&model, &reference, 0.15, &[(2, None)], None, &["--swa-full"]);
+    check_args(&model, &reference, 0.15, &[(1, Some("scalar")), (3, Some("avx2"))], Some(&["fox", "code"]), &["--swa-full"]);
+    // Without it the window holds: inputs within it are the same, the 700-token one is not.
+    check(&model, &reference, 0.15, &[(2, None)], Some(&["fox", "chat", "code"]));
+    let all = load_reference(&reference);
+    let long = all.iter().find(|c| c.name == "long").unwrap();
+    let v = compare(long, &run_eval(&model, &long.tokens, 2, None, long.greedy.len(), &[]), 0.0);
+    assert!(v.mean_diff > 0.5, "a 64-position window over 700 tokens must change the logits: mean |dlogit| {}", v.mean_diff);
+}
+const TINY_NEMO_SHA256: &str = "d9d2c95d014507c4bef33334e18cc902717a4c4f8541673d1b685deb8ad2d472";

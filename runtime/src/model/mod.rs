@@ -106,6 +106,11 @@ impl Hparams {
     pub fn v_dim(&self) -> usize {
         self.n_head_kv * self.head_dim_v
     }
+    /// Attention over the whole context on every layer (`--swa-full`): the sliding windows the
+    /// model declares are dropped.
+    pub fn full_attention(&mut self) {
+        self.layers.iter_mut().for_each(|l| l.window = None);
+    }
     /// Layer `il`'s RoPE, as every backend applies it.
     pub fn rope(&self, il: usize) -> kernels_cpu::ops::Rope {
         let la = &self.layers[il];

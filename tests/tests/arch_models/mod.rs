@@ -154,11 +154,12 @@ pub fn vocab_of_gguf(path: &Path) -> Vec<(String, MetaValue)> {
 }
 
 /// A Llama 3.x vocabulary as the reference converter writes it, from Meta's `tokenizer.json`:
-/// byte-level BPE (`gpt2`) with the `llama-bpe` pre-tokenizer, the 128,000 pieces and merges, the
+/// byte-level BPE (`gpt2`) with the pre-tokenizer `pre` (`llama-bpe` for Llama 3 itself), the
+/// 128,000 pieces and merges, the
 /// 256 special tokens from 128000 as control tokens (ids past 128255, which only the vision
 /// models use, left out), BOS `<|begin_of_text|>`, EOS `<|eot_id|>` (the instruct models'), the
 /// Llama 3 chat template.
-pub fn llama3_vocab(tokenizer_json: &Path) -> Vec<(String, MetaValue)> {
+pub fn llama3_vocab(tokenizer_json: &Path, pre: &str) -> Vec<(String, MetaValue)> {
     use MetaValue::*;
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(tokenizer_json).unwrap()).unwrap();
     const N: usize = 128_256;
@@ -187,7 +188,7 @@ pub fn llama3_vocab(tokenizer_json: &Path) -> Vec<(String, MetaValue)> {
     let template = "{{- bos_token }}{%- for message in messages %}{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}";
     vec![
         ("tokenizer.ggml.model".into(), String("gpt2".into())),
-        ("tokenizer.ggml.pre".into(), String("llama-bpe".into())),
+        ("tokenizer.ggml.pre".into(), String(pre.into())),
         ("tokenizer.ggml.tokens".into(), Array(tokens)),
         ("tokenizer.ggml.token_type".into(), Array(types.into_iter().map(I32).collect())),
         ("tokenizer.ggml.merges".into(), Array(merges)),
