@@ -419,6 +419,9 @@ impl Session {
             }
             Ok(())
         })?;
+        if let Some(l) = logits {
+            inner.model.softcap_logits(l);
+        }
         self.tokens.extend_from_slice(toks);
         Ok(())
     }

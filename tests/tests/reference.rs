@@ -504,6 +504,7 @@ fn llama3_layout() -> Layout {
         rms_eps: 1e-5,
         qkv_bias: false,
         qk_norm: false,
+        post_norms: false,
         tied: true,
         rope_factors: Some(arch_models::llama3_rope_factors(32, 500000.0, 32.0, 1.0, 4.0, 256.0)),
         extra: vec![],
@@ -543,6 +544,7 @@ fn qwen3_layout() -> Layout {
         rms_eps: 1e-6,
         qkv_bias: false,
         qk_norm: true,
+        post_norms: false,
         tied: true,
         rope_factors: None,
         extra: vec![],
@@ -579,6 +581,7 @@ fn nemo_layout() -> Layout {
         rms_eps: 1e-5,
         qkv_bias: false,
         qk_norm: false,
+        post_norms: false,
         tied: false,
         rope_factors: None,
         extra: vec![("attention.sliding_window", llamafile::gguf::MetaValue::U32(64))],
@@ -603,3 +606,45 @@ fn tiny_mistral_nemo() {
     assert!(v.mean_diff > 0.5, "a 64-position window over 700 tokens must change the logits: mean |dlogit| {}", v.mean_diff);
 }
 const TINY_NEMO_SHA256: &str = "d9d2c95d014507c4bef33334e18cc902717a4c4f8541673d1b685deb8ad2d472";
+
+/// Gemma 2 2B's layout scaled down: embeddings scaled by sqrt(n_embd), post-attention and
+/// post-FFN norms, GELU, NEOX RoPE, tied output, head size 64 (not n_embd / n_head = 32), a
+/// sliding window of 32 positions on the even layers, and soft caps small enough (attention 2,
+/// logits 100) that they shape these random weights' scores and logits (the top logit, ~66
+/// uncapped, becomes ~58); the Gemma vocabulary (SentencePiece).
+fn gemma2_layout() -> Layout {
+    use llamafile::gguf::MetaValue::F32;
+    Layout {
+        arch: "gemma2",
+        n_layer: 4,
+        n_embd: 128,
+        n_ff: 384,
+        n_head: 4,
+        n_head_kv: 2,
+        head_dim: Some(64),
+        rope_base: 10000.0,
+        rms_eps: 1e-6,
+        qkv_bias: false,
+        qk_norm: false,
+        post_norms: true,
+        tied: true,
+        rope_factors: None,
+        extra: vec![
+            ("attention.sliding_window", llamafile::gguf::MetaValue::U32(32)),
+            ("attn_logit_softcapping", F32(2.0)),
+            ("final_logit_softcapping", F32(100.0)),
+        ],
+    }
+}
+
+#[test]
+fn tiny_gemma2() {
+    let Some(shared) = e2e::require_shared() else { return };
+    let vocab = arch_models::vocab_of_gguf(&shared.join("vocab/gemma-3-270m.vocab.gguf"));
+    let model = pinned("tiny-gemma2.gguf", || arch_models::build(&gemma2_layout(), &vocab), TINY_GEMMA2_SHA256);
+    let reference = data_reference("tiny-gemma2");
+    check_tokenize(&model, &reference);
+    check(&model, &reference, 0.15, &[(2, None)], None);
+    check(&model, &reference, 0.15, &[(1, Some("scalar")), (3, Some("avx2"))], Some(&["fox", "code"]));
+}
+const TINY_GEMMA2_SHA256: &str = "0688c8f4226c05b2f4f3ff30b2c63f3a7d8b1a154ece003cf59cc9bcb2a7ecf6";

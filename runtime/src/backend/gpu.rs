@@ -782,7 +782,7 @@ impl GpuState {
             kv_type: abi::TYPE_F16,
             window: la.window.unwrap_or(0) as u32,
             scale: hp.attn_scale,
-            softcap: 0.0,
+            softcap: hp.attn_softcap,
         };
         s.attention(self.q.view(), kc.view(), vc.view(), self.att.view(), &ap)?;
         s.matmul(&l.wo.w, self.att.view(), n32, self.proj.view())?;

@@ -8,6 +8,7 @@
 //! The hyperparameters (`Hparams`) and per-layer tensor views (`LayerWeights`) are public: an
 //! offload backend composes the same recipe from its own operations (see `crate::backend`).
 
+pub mod gemma2;
 pub mod gemma3;
 pub mod llama;
 pub mod qwen2;
@@ -87,6 +88,11 @@ pub struct Hparams {
     pub n_rot: usize,
     /// Multiplier of q·k before the softmax.
     pub attn_scale: f32,
+    /// Attention scores soft-capped to (-c, c) as `c * tanh(s / c)` (`attn_logit_softcapping`);
+    /// 0: none.
+    pub attn_softcap: f32,
+    /// Logits soft-capped the same way (`final_logit_softcapping`); 0: none.
+    pub final_softcap: f32,
     pub layers: Vec<LayerAttn>,
     /// Per-dimension RoPE frequency divisors (`rope_freqs.weight`), n_rot/2 values, every layer.
     pub rope_factors: Option<Vec<f32>>,
@@ -186,7 +192,7 @@ pub trait Architecture: Sync {
 }
 
 /// Every supported architecture, keyed by `general.architecture`.
-pub static ARCHITECTURES: &[&dyn Architecture] = &[&llama::Llama, &qwen2::Qwen2, &qwen3::Qwen3, &gemma3::Gemma3];
+pub static ARCHITECTURES: &[&dyn Architecture] = &[&llama::Llama, &qwen2::Qwen2, &qwen3::Qwen3, &gemma2::Gemma2, &gemma3::Gemma3];
 
 pub fn find_architecture(name: &str) -> Option<&'static dyn Architecture> {
     ARCHITECTURES.iter().copied().find(|a| a.name() == name)
@@ -258,10 +264,24 @@ pub(crate) fn common_hparams(g: &GgufFile, arch: &str, recipe: Recipe) -> Result
         rms_eps,
         n_rot,
         attn_scale: 1.0 / (head_dim as f32).sqrt(),
+        attn_softcap: non_negative_f32(g, &k("attn_logit_softcapping"))?,
+        final_softcap: non_negative_f32(g, &k("final_logit_softcapping"))?,
         layers: vec![LayerAttn { rope_base, rope_freq_scale, window }; n_layer],
         rope_factors: None,
         recipe,
     })
+}
+
+/// A float key that must be finite and not negative when present (0: absent).
+fn non_negative_f32(g: &GgufFile, key: &str) -> Result<f32> {
+    match g.get(key) {
+        None => Ok(0.0),
+        Some(v) => match v.as_f32() {
+            Some(x) if x >= 0.0 && x.is_finite() => Ok(x),
+            Some(x) => bail!("{key} is {x}: a finite number >= 0 expected"),
+            None => bail!("{key} is a {}, not a number", v.type_name()),
+        },
+    }
 }
 
 /// A float key that must be positive and finite when present, else `default`.
@@ -306,7 +326,8 @@ const ROPE_KEYS: &[&str] = &[
 ];
 
 /// Metadata that changes the maths in ways the shared block does not implement: a model that
-/// declares it would load and run silently wrong, so it is refused, naming the key.
+/// declares it would load and run silently wrong, so it is refused, naming the key. (Logit
+/// soft-capping is implemented for every architecture: `Hparams::attn_softcap`, `final_softcap`.)
 fn refuse_unimplemented(g: &GgufFile, arch: &str) -> Result<()> {
     let key = format!("{arch}.rope.scaling.type");
     match g.get(&key) {
@@ -332,16 +353,6 @@ fn refuse_unimplemented(g: &GgufFile, arch: &str) -> Result<()> {
             Some(1.0) => {}
             Some(x) => bail!("{key} is {x}: only 1 (no attention scaling) is implemented"),
             None => bail!("{key} is a {}, not a number", v.type_name()),
-        }
-    }
-    for cap in ["attn_logit_softcapping", "final_logit_softcapping"] {
-        let key = format!("{arch}.{cap}");
-        if let Some(v) = g.get(&key) {
-            match v.as_f32() {
-                Some(0.0) => {}
-                Some(x) => bail!("{key} is {x}: logit soft-capping is not implemented for {arch}"),
-                None => bail!("{key} is a {}: logit soft-capping is not implemented for {arch}", v.type_name()),
-            }
         }
     }
     Ok(())
@@ -455,6 +466,16 @@ impl Model {
             out.iter_mut().for_each(|v| *v *= s);
         }
         Ok(())
+    }
+
+    /// Soft-cap the logits (`final_logit_softcapping`, Gemma 2), as the reference does:
+    /// multiplied by 1/c, tanh, multiplied by c.
+    pub fn softcap_logits(&self, logits: &mut [f32]) {
+        let c = self.hp.final_softcap;
+        if c > 0.0 {
+            let inv = 1.0 / c;
+            logits.iter_mut().for_each(|x| *x = (*x * inv).tanh() * c);
+        }
     }
 
     /// Total bytes of the weight matrices (what one token's forward pass reads).
@@ -639,11 +660,17 @@ mod tests {
         let e = refused(&[("llama.rope.scaling.attn_factor", F32(1.2))], &[]);
         assert!(e.contains("llama.rope.scaling.attn_factor is 1.2: only 1 (no attention scaling) is implemented"), "{e}");
         assert!(load(&[("llama.rope.scaling.attn_factor", F32(1.0)), ("llama.rope.scaling.original_context_length", U32(8192))], &[]).is_ok());
-        for key in ["llama.final_logit_softcapping", "llama.attn_logit_softcapping"] {
-            let e = refused(&[(key, F32(30.0))], &[]);
-            assert!(e.contains(&format!("{key} is 30: logit soft-capping is not implemented for llama")), "{e}");
+        let m = load(&[("llama.final_logit_softcapping", F32(30.0)), ("llama.attn_logit_softcapping", F32(50.0))], &[]).unwrap();
+        assert_eq!((m.hp.attn_softcap, m.hp.final_softcap), (50.0, 30.0));
+        let mut l = [0.0f32, 3.0, -300.0];
+        m.softcap_logits(&mut l);
+        assert!(l[0] == 0.0 && (l[1] - 30.0 * 0.1f32.tanh()).abs() < 1e-5 && (l[2] + 30.0).abs() < 1e-3, "{l:?}");
+        for bad in [F32(-1.0), F32(f32::NAN)] {
+            let e = refused(&[("llama.final_logit_softcapping", bad.clone())], &[]);
+            assert!(e.contains("llama.final_logit_softcapping is") && e.contains("a finite number >= 0 expected"), "{e}");
         }
-        assert!(load(&[("llama.final_logit_softcapping", F32(0.0))], &[]).is_ok(), "0 means no soft-capping");
+        let m = load(&[("llama.final_logit_softcapping", F32(0.0))], &[]).unwrap();
+        assert_eq!(m.hp.final_softcap, 0.0, "0 means no soft-capping");
         let bias = [0u8; 128];
         let e = refused(&[], &[TensorSpec { name: "blk.0.attn_q.bias", dims: &[32], ggml_type: 0, data: &bias }]);
         assert!(e.contains("tensor 'blk.0.attn_q.bias' is in the file but the llama architecture does not use it"), "{e}");

@@ -10,6 +10,7 @@
 //!   (Gemma) q, k per head: rmsnorm * q_norm / k_norm
 //!   RoPE(q, k) at positions pos..pos+n; k, v appended to the f16 cache
 //!   att[t, h] = softmax(scale * q[t,h] . K[g(h)]^T over the visible positions) V[g(h)]
+//!   (Gemma 2: each score s soft-capped, c * tanh(s / c))
 //!   o = att Wo^T [n x n_embd]; (Gemma) o = rmsnorm(o) * post_attention_norm; x += o
 //!   xn = rmsnorm(x) * ffn_norm; f = act(xn Wgate^T) * (xn Wup^T) [n x n_ff]
 //!   o = f Wdown^T; (Gemma) o = rmsnorm(o) * post_ffw_norm; x += o
@@ -351,7 +352,7 @@ const MAX_TILED_GROUP: usize = 16;
 fn attend_group_tiled(hp: &Hparams, la: LayerAttn, p: usize, g: usize, kv: &LayerKv, q: &[f32], out: &mut [f32]) {
     let (hd, hdv, kd, vd) = (hp.head_dim, hp.head_dim_v, hp.k_dim(), hp.v_dim());
     let group = hp.n_head / hp.n_head_kv;
-    let scale = hp.attn_scale;
+    let (scale, cap) = score_scale(hp);
     let lo = window_start(la, p);
     let mut acc = [0f32; MAX_GROUP_DIM];
     let mut row = [0f32; MAX_HEAD_DIM];
@@ -368,7 +369,7 @@ fn attend_group_tiled(hp: &Hparams, la: LayerAttn, p: usize, g: usize, kv: &Laye
         for j in 0..nb {
             ops::f16_to_f32_slice(&kv.k[(a + j) * kd + g * hd..][..hd], &mut row[..hd]);
             for (hq, qh) in qs.chunks_exact(hd).enumerate() {
-                sc[hq * FA_TILE + j] = dot8(qh, &row[..hd]) * scale;
+                sc[hq * FA_TILE + j] = cap_score(dot8(qh, &row[..hd]) * scale, cap);
             }
         }
         for hq in 0..group {
@@ -535,7 +536,8 @@ fn attend_block_tiled<const RB: usize>(
                 vt[j * hdv..(j + 1) * hdv].fill(0.0);
             }
         }
-        tile_scores::<RB>(qs, hd, kt, sc, rows, hp.attn_scale);
+        let (scale, cap) = score_scale(hp);
+        tile_scores::<RB>(qs, hd, kt, sc, rows, scale, cap);
         for r in 0..rows {
             let p = p0 + r / group;
             let s = &mut sc[r * FA_TILE..(r + 1) * FA_TILE];
@@ -577,11 +579,11 @@ fn attend_block_tiled<const RB: usize>(
     }
 }
 
-/// `sc[r][j] = scale * q_r . k_j` for `rows` query rows (`qs` [rows x hd]) and the `FA_TILE`
+/// `sc[r][j] = cap_score(scale * q_r . k_j, cap)` for `rows` query rows (`qs` [rows x hd]) and the `FA_TILE`
 /// keys of a tile (`kt` [hd x FA_TILE], transposed): `RB` rows at a time, each score one
 /// multiply-add chain over d, the `RB x FA_TILE` sums held in registers.
 #[inline(always)]
-fn tile_scores<const RB: usize>(qs: &[f32], hd: usize, kt: &[f32], sc: &mut [f32], rows: usize, scale: f32) {
+fn tile_scores<const RB: usize>(qs: &[f32], hd: usize, kt: &[f32], sc: &mut [f32], rows: usize, scale: f32, cap: f32) {
     let kt = &kt[..hd * FA_TILE];
     let mut r = 0;
     while r < rows {
@@ -602,7 +604,7 @@ fn tile_scores<const RB: usize>(qs: &[f32], hd: usize, kt: &[f32], sc: &mut [f32
             if i < rb {
                 let o: &mut [f32; FA_TILE] = (&mut sc[(r + i) * FA_TILE..(r + i + 1) * FA_TILE]).try_into().unwrap();
                 for j in 0..FA_TILE {
-                    o[j] = acc[i][j] * scale;
+                    o[j] = cap_score(acc[i][j] * scale, cap);
                 }
             }
         }
@@ -682,6 +684,28 @@ fn dot8(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
+/// The multiplier of q.k and the soft cap (0: none) of the attention scores: a score is
+/// `scale * q.k`, or with a cap c (Gemma 2's `attn_logit_softcapping`)
+/// `c * tanh(scale * q.k / c)`, computed as the reference does, the scale divided by c first.
+#[inline(always)]
+fn score_scale(hp: &Hparams) -> (f32, f32) {
+    if hp.attn_softcap > 0.0 {
+        (hp.attn_scale / hp.attn_softcap, hp.attn_softcap)
+    } else {
+        (hp.attn_scale, 0.0)
+    }
+}
+
+/// A score (already multiplied by `score_scale`'s scale) soft-capped by `cap` (0: as it is).
+#[inline(always)]
+fn cap_score(s: f32, cap: f32) -> f32 {
+    if cap > 0.0 {
+        cap * s.tanh()
+    } else {
+        s
+    }
+}
+
 /// Positions handled per step: their scores and weights are computed together.
 const ATT_BLOCK: usize = 32;
 
@@ -691,7 +715,7 @@ const ATT_BLOCK: usize = 32;
 fn attend_group(hp: &Hparams, la: LayerAttn, p: usize, g: usize, kv: &LayerKv, q: &[f32], out: &mut [f32]) {
     let (hd, hdv, kd, vd) = (hp.head_dim, hp.head_dim_v, hp.k_dim(), hp.v_dim());
     let group = hp.n_head / hp.n_head_kv;
-    let scale = hp.attn_scale;
+    let (scale, cap) = score_scale(hp);
     let lo = window_start(la, p);
     // this group's queries rounded to f16 (kept as f32), accumulators, widened K/V rows
     let mut qs = [0f32; MAX_GROUP_DIM];
@@ -716,7 +740,7 @@ fn attend_group(hp: &Hparams, la: LayerAttn, p: usize, g: usize, kv: &LayerKv, q
         for b in 0..nb {
             ops::f16_to_f32_slice(&kv.k[(j0 + b) * kd + g * hd..][..hd], &mut row[..hd]);
             for (hq, qh) in qs.chunks_exact(hd).enumerate() {
-                sc[hq * ATT_BLOCK + b] = dot8(qh, &row[..hd]) * scale;
+                sc[hq * ATT_BLOCK + b] = cap_score(dot8(qh, &row[..hd]) * scale, cap);
             }
         }
         for (hq, mh) in m[..group].iter_mut().enumerate() {
@@ -814,6 +838,8 @@ mod tests {
             rms_eps: 1e-6,
             n_rot: hd,
             attn_scale,
+            attn_softcap: 0.0,
+            final_softcap: 0.0,
             layers: vec![],
             rope_factors: None,
             recipe: crate::model::gemma3::RECIPE,
@@ -837,10 +863,14 @@ mod tests {
 
     /// Both attention paths (one-pass f16, tiled f32) against an exact f64 softmax attention,
     /// causal and with a sliding window, over several tiles of the cache.
+    /// Both attention paths (one-pass f16, tiled f32) against an exact f64 softmax attention,
+    /// causal and with a sliding window, over several tiles of the cache, without and with a
+    /// soft cap on the scores.
     #[test]
     fn attention_paths_match_exact_softmax() {
         let (n_head, n_kv, hd) = (4, 2, 16);
-        let hp = attn_hparams(n_head, n_kv, hd, 0.25);
+        for cap in [0.0f64, 1.5] {
+        let hp = Hparams { attn_softcap: cap as f32, ..attn_hparams(n_head, n_kv, hd, 0.25) };
         let mut rnd = lcg(12345);
         let kv = random_kv(&hp, 200, &mut rnd);
         let q: Vec<f32> = (0..hp.q_dim()).map(|_| rnd()).collect();
@@ -859,7 +889,8 @@ mod tests {
                         let s: Vec<f64> = (lo..=p)
                             .map(|j| {
                                 let k = &kv.k[j * hp.k_dim() + g * hd..][..hd];
-                                0.25 * qh.iter().zip(k).map(|(a, b)| *a as f64 * b.to_f64()).sum::<f64>()
+                                let s = 0.25 * qh.iter().zip(k).map(|(a, b)| *a as f64 * b.to_f64()).sum::<f64>();
+                                if cap > 0.0 { cap * (s / cap).tanh() } else { s }
                             })
                             .collect();
                         let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -871,12 +902,13 @@ mod tests {
                                 .sum();
                             let (a, b) = (one[hq * hd + d] as f64, tiled[hq * hd + d] as f64);
                             // f16 query and accumulator: ~1e-3 relative; f32 path: ~1e-6.
-                            assert!((a - want).abs() < 1e-2, "one-pass p={p} {window:?}: {a} vs {want}");
-                            assert!((b - want).abs() < 1e-5, "tiled p={p} {window:?}: {b} vs {want}");
+                            assert!((a - want).abs() < 1e-2, "one-pass p={p} {window:?} cap {cap}: {a} vs {want}");
+                            assert!((b - want).abs() < 1e-5, "tiled p={p} {window:?} cap {cap}: {b} vs {want}");
                         }
                     }
                 }
             }
+        }
         }
     }
 
@@ -886,8 +918,8 @@ mod tests {
     /// multiple of the value step.
     #[test]
     fn blocked_tiled_attention_matches_its_specification() {
-        for (n_head, n_kv, hd) in [(6usize, 2usize, 40usize), (2, 2, 64)] {
-            let hp = attn_hparams(n_head, n_kv, hd, 0.3);
+        for (n_head, n_kv, hd, cap) in [(6usize, 2usize, 40usize, 0.0f32), (2, 2, 64, 0.0), (2, 1, 32, 2.0)] {
+            let hp = Hparams { attn_softcap: cap, ..attn_hparams(n_head, n_kv, hd, 0.3) };
             let mut rnd = lcg(777);
             let kv = random_kv(&hp, 300, &mut rnd);
             let (pos, n) = (37usize, 203usize);

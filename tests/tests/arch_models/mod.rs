@@ -27,6 +27,8 @@ pub struct Layout {
     pub qkv_bias: bool,
     /// Per-head q/k RMSNorm (`attn_q_norm`, `attn_k_norm`).
     pub qk_norm: bool,
+    /// RMSNorm of the attention and FFN outputs (`post_attention_norm`, `post_ffw_norm`).
+    pub post_norms: bool,
     /// No `output.weight`: the output is the embedding matrix.
     pub tied: bool,
     /// `rope_freqs.weight`.
@@ -112,6 +114,9 @@ pub fn build(layout: &Layout, vocab: &[(String, MetaValue)]) -> Vec<u8> {
         ];
         if l.qkv_bias {
             blk.extend([("attn_q.bias", vec![q], 0.3), ("attn_k.bias", vec![kv], 0.3), ("attn_v.bias", vec![kv], 0.3)]);
+        }
+        if l.post_norms {
+            blk.extend([("post_attention_norm.weight", vec![e], 0.1), ("post_ffw_norm.weight", vec![e], 0.1)]);
         }
         if l.qk_norm {
             blk.extend([("attn_q_norm.weight", vec![hd as u64], 0.1), ("attn_k_norm.weight", vec![hd as u64], 0.1)]);
