@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod arch_models;
-use arch_models::{Layout, pinned};
+use arch_models::pinned;
 
 /// How many of our logits per position the binary prints: the reference's top-10 ids must be
 /// among them to compare their logits (a correct engine ranks them within the first ~15).
@@ -487,35 +487,12 @@ fn data_reference(name: &str) -> PathBuf {
     e2e::root().join(format!("tests/data/reference/{name}.json"))
 }
 
-/// Llama 3.2 1B's layout scaled down: GQA, tied output (no output.weight), RoPE base 500000 with
-/// Llama 3 frequency factors (rope_freqs.weight; made for a 256-token original context so that
-/// they change the angles within the tested 700 positions), the Llama 3.2 vocabulary with the
-/// llama-bpe pre-tokenizer and <|eot_id|> as its end token.
-fn llama3_layout() -> Layout {
-    Layout {
-        arch: "llama",
-        n_layer: 4,
-        n_embd: 128,
-        n_ff: 384,
-        n_head: 4,
-        n_head_kv: 2,
-        head_dim: None,
-        rope_base: 500000.0,
-        rms_eps: 1e-5,
-        qkv_bias: false,
-        qk_norm: false,
-        post_norms: false,
-        tied: true,
-        rope_factors: Some(arch_models::llama3_rope_factors(32, 500000.0, 32.0, 1.0, 4.0, 256.0)),
-        extra: vec![],
-    }
-}
 
 #[test]
 fn tiny_llama3() {
     let Some(_) = e2e::require_shared() else { return };
     let Some(vocab) = e2e::require_model("llama-3.2-tokenizer.json") else { return };
-    let model = pinned("tiny-llama3.gguf", || arch_models::build(&llama3_layout(), &arch_models::llama3_vocab(&vocab, "llama-bpe")), TINY_LLAMA3_SHA256);
+    let model = pinned("tiny-llama3.gguf", || arch_models::build(&arch_models::llama3_layout(), &arch_models::llama3_vocab(&vocab, "llama-bpe")), TINY_LLAMA3_SHA256);
     let reference = data_reference("tiny-llama3");
     check_tokenize(&model, &reference);
     check(&model, &reference, 0.15, &[(2, None)], None);
@@ -528,34 +505,12 @@ fn tiny_llama3() {
 }
 const TINY_LLAMA3_SHA256: &str = "51cd9ad690943bec42ff785b2b5a868a822ae36cacc98d33edda2685f020a351";
 
-/// Qwen3 0.6B's layout scaled down: per-head q/k RMSNorm before NEOX RoPE, no q/k/v biases, a
-/// head size (key_length 32) that is not n_embd / n_head (16), GQA, tied output, base 1e6, the
-/// Qwen2.5/Qwen3 vocabulary (byte-level BPE, qwen2 pre-tokenizer).
-fn qwen3_layout() -> Layout {
-    Layout {
-        arch: "qwen3",
-        n_layer: 4,
-        n_embd: 64,
-        n_ff: 192,
-        n_head: 4,
-        n_head_kv: 2,
-        head_dim: Some(32),
-        rope_base: 1e6,
-        rms_eps: 1e-6,
-        qkv_bias: false,
-        qk_norm: true,
-        post_norms: false,
-        tied: true,
-        rope_factors: None,
-        extra: vec![],
-    }
-}
 
 #[test]
 fn tiny_qwen3() {
     let Some(shared) = e2e::require_shared() else { return };
     let vocab = arch_models::vocab_of_gguf(&shared.join("vocab/qwen2.5-coder.vocab.gguf"));
-    let model = pinned("tiny-qwen3.gguf", || arch_models::build(&qwen3_layout(), &vocab), TINY_QWEN3_SHA256);
+    let model = pinned("tiny-qwen3.gguf", || arch_models::build(&arch_models::qwen3_layout(), &vocab), TINY_QWEN3_SHA256);
     let reference = data_reference("tiny-qwen3");
     check_tokenize(&model, &reference);
     check(&model, &reference, 0.15, &[(2, None)], None);
@@ -563,36 +518,12 @@ fn tiny_qwen3() {
 }
 const TINY_QWEN3_SHA256: &str = "77db13d0e2c9f428df628d7b591eb11959da84525ab8e0be7a80794fada0f524";
 
-/// Mistral Nemo's layout scaled down: the llama architecture with a head size (key_length 64)
-/// that is not n_embd / n_head (32), GQA, untied output, base 1e6, a Tekken-pre-tokenized
-/// byte-level BPE vocabulary (the Llama 3.2 pieces: Tekken's own vocabulary is not on the
-/// registries this project reaches), and `llama.attention.sliding_window` 64 as Mistral 7B
-/// v0.1 declares one.
-fn nemo_layout() -> Layout {
-    Layout {
-        arch: "llama",
-        n_layer: 4,
-        n_embd: 128,
-        n_ff: 384,
-        n_head: 4,
-        n_head_kv: 2,
-        head_dim: Some(64),
-        rope_base: 1e6,
-        rms_eps: 1e-5,
-        qkv_bias: false,
-        qk_norm: false,
-        post_norms: false,
-        tied: false,
-        rope_factors: None,
-        extra: vec![("attention.sliding_window", llamafile::gguf::MetaValue::U32(64))],
-    }
-}
 
 #[test]
 fn tiny_mistral_nemo() {
     let Some(_) = e2e::require_shared() else { return };
     let Some(vocab) = e2e::require_model("llama-3.2-tokenizer.json") else { return };
-    let model = pinned("tiny-nemo.gguf", || arch_models::build(&nemo_layout(), &arch_models::llama3_vocab(&vocab, "tekken")), TINY_NEMO_SHA256);
+    let model = pinned("tiny-nemo.gguf", || arch_models::build(&arch_models::nemo_layout(), &arch_models::llama3_vocab(&vocab, "tekken")), TINY_NEMO_SHA256);
     let reference = data_reference("tiny-nemo");
     check_tokenize(&model, &reference);
     // The reference ignores llama.attention.sliding_window: --swa-full gives its answers.
@@ -607,41 +538,12 @@ fn tiny_mistral_nemo() {
 }
 const TINY_NEMO_SHA256: &str = "d9d2c95d014507c4bef33334e18cc902717a4c4f8541673d1b685deb8ad2d472";
 
-/// Gemma 2 2B's layout scaled down: embeddings scaled by sqrt(n_embd), post-attention and
-/// post-FFN norms, GELU, NEOX RoPE, tied output, head size 64 (not n_embd / n_head = 32), a
-/// sliding window of 32 positions on the even layers, and soft caps small enough (attention 2,
-/// logits 100) that they shape these random weights' scores and logits (the top logit, ~66
-/// uncapped, becomes ~58); the Gemma vocabulary (SentencePiece).
-fn gemma2_layout() -> Layout {
-    use llamafile::gguf::MetaValue::F32;
-    Layout {
-        arch: "gemma2",
-        n_layer: 4,
-        n_embd: 128,
-        n_ff: 384,
-        n_head: 4,
-        n_head_kv: 2,
-        head_dim: Some(64),
-        rope_base: 10000.0,
-        rms_eps: 1e-6,
-        qkv_bias: false,
-        qk_norm: false,
-        post_norms: true,
-        tied: true,
-        rope_factors: None,
-        extra: vec![
-            ("attention.sliding_window", llamafile::gguf::MetaValue::U32(32)),
-            ("attn_logit_softcapping", F32(2.0)),
-            ("final_logit_softcapping", F32(100.0)),
-        ],
-    }
-}
 
 #[test]
 fn tiny_gemma2() {
     let Some(shared) = e2e::require_shared() else { return };
     let vocab = arch_models::vocab_of_gguf(&shared.join("vocab/gemma-3-270m.vocab.gguf"));
-    let model = pinned("tiny-gemma2.gguf", || arch_models::build(&gemma2_layout(), &vocab), TINY_GEMMA2_SHA256);
+    let model = pinned("tiny-gemma2.gguf", || arch_models::build(&arch_models::gemma2_layout(), &vocab), TINY_GEMMA2_SHA256);
     let reference = data_reference("tiny-gemma2");
     check_tokenize(&model, &reference);
     check(&model, &reference, 0.15, &[(2, None)], None);

@@ -8,6 +8,8 @@
 //! scaled so that activations keep unit size through the layers. Vocabularies are real ones,
 //! copied from a GGUF (`tokenizer.*` keys) or converted from a Hugging Face `tokenizer.json`.
 
+#![allow(dead_code)] // each test crate that includes this module uses part of it
+
 use llamafile::gguf::{writer, GgufFile, MetaValue};
 use std::path::{Path, PathBuf};
 
@@ -239,4 +241,108 @@ pub fn pinned(name: &str, bytes: impl FnOnce() -> Vec<u8>, sha256: &str) -> Path
     std::fs::rename(&tmp, &p).unwrap();
     assert_eq!(hash(&bytes), sha256, "{}: not the file the reference answers were computed on", p.display());
     p
+}
+
+// ---- the layouts ----
+
+/// Llama 3.2 1B's layout scaled down: GQA, tied output (no output.weight), RoPE base 500000 with
+/// Llama 3 frequency factors (rope_freqs.weight; made for a 256-token original context so that
+/// they change the angles within the tested 700 positions), the Llama 3.2 vocabulary with the
+/// llama-bpe pre-tokenizer and <|eot_id|> as its end token.
+pub fn llama3_layout() -> Layout {
+    Layout {
+        arch: "llama",
+        n_layer: 4,
+        n_embd: 128,
+        n_ff: 384,
+        n_head: 4,
+        n_head_kv: 2,
+        head_dim: None,
+        rope_base: 500000.0,
+        rms_eps: 1e-5,
+        qkv_bias: false,
+        qk_norm: false,
+        post_norms: false,
+        tied: true,
+        rope_factors: Some(llama3_rope_factors(32, 500000.0, 32.0, 1.0, 4.0, 256.0)),
+        extra: vec![],
+    }
+}
+
+/// Qwen3 0.6B's layout scaled down: per-head q/k RMSNorm before NEOX RoPE, no q/k/v biases, a
+/// head size (key_length 32) that is not n_embd / n_head (16), GQA, tied output, base 1e6, the
+/// Qwen2.5/Qwen3 vocabulary (byte-level BPE, qwen2 pre-tokenizer).
+pub fn qwen3_layout() -> Layout {
+    Layout {
+        arch: "qwen3",
+        n_layer: 4,
+        n_embd: 64,
+        n_ff: 192,
+        n_head: 4,
+        n_head_kv: 2,
+        head_dim: Some(32),
+        rope_base: 1e6,
+        rms_eps: 1e-6,
+        qkv_bias: false,
+        qk_norm: true,
+        post_norms: false,
+        tied: true,
+        rope_factors: None,
+        extra: vec![],
+    }
+}
+
+/// Mistral Nemo's layout scaled down: the llama architecture with a head size (key_length 64)
+/// that is not n_embd / n_head (32), GQA, untied output, base 1e6, a Tekken-pre-tokenized
+/// byte-level BPE vocabulary (the Llama 3.2 pieces: Tekken's own vocabulary is not on the
+/// registries this project reaches), and `llama.attention.sliding_window` 64 as Mistral 7B
+/// v0.1 declares one.
+pub fn nemo_layout() -> Layout {
+    Layout {
+        arch: "llama",
+        n_layer: 4,
+        n_embd: 128,
+        n_ff: 384,
+        n_head: 4,
+        n_head_kv: 2,
+        head_dim: Some(64),
+        rope_base: 1e6,
+        rms_eps: 1e-5,
+        qkv_bias: false,
+        qk_norm: false,
+        post_norms: false,
+        tied: false,
+        rope_factors: None,
+        extra: vec![("attention.sliding_window", MetaValue::U32(64))],
+    }
+}
+
+/// Gemma 2 2B's layout scaled down: embeddings scaled by sqrt(n_embd), post-attention and
+/// post-FFN norms, GELU, NEOX RoPE, tied output, head size 64 (not n_embd / n_head = 32), a
+/// sliding window of 32 positions on the even layers, and soft caps small enough (attention 2,
+/// logits 100) that they shape these random weights' scores and logits (the top logit, ~66
+/// uncapped, becomes ~58); the Gemma vocabulary (SentencePiece).
+pub fn gemma2_layout() -> Layout {
+    use MetaValue::F32;
+    Layout {
+        arch: "gemma2",
+        n_layer: 4,
+        n_embd: 128,
+        n_ff: 384,
+        n_head: 4,
+        n_head_kv: 2,
+        head_dim: Some(64),
+        rope_base: 10000.0,
+        rms_eps: 1e-6,
+        qkv_bias: false,
+        qk_norm: false,
+        post_norms: true,
+        tied: true,
+        rope_factors: None,
+        extra: vec![
+            ("attention.sliding_window", MetaValue::U32(32)),
+            ("attn_logit_softcapping", F32(2.0)),
+            ("final_logit_softcapping", F32(100.0)),
+        ],
+    }
 }
