@@ -550,3 +550,17 @@ fn tiny_gemma2() {
     check(&model, &reference, 0.15, &[(1, Some("scalar")), (3, Some("avx2"))], Some(&["fox", "code"]));
 }
 const TINY_GEMMA2_SHA256: &str = "0688c8f4226c05b2f4f3ff30b2c63f3a7d8b1a154ece003cf59cc9bcb2a7ecf6";
+
+#[test]
+fn tiny_phi3() {
+    // A byte-level BPE vocabulary, as Phi-4-mini's (o200k, not at hand: the Llama 3.2 one here;
+    // the reference does not load the Mistral/Llama 2 SentencePiece one with phi3).
+    let Some(_) = e2e::require_shared() else { return };
+    let Some(vocab) = e2e::require_model("llama-3.2-tokenizer.json") else { return };
+    let model = pinned("tiny-phi3.gguf", || arch_models::build(&arch_models::phi3_layout(), &arch_models::llama3_vocab(&vocab, "llama-bpe")), TINY_PHI3_SHA256);
+    let reference = data_reference("tiny-phi3");
+    check_tokenize(&model, &reference);
+    check(&model, &reference, 0.15, &[(2, None)], None);
+    check(&model, &reference, 0.15, &[(1, Some("scalar")), (3, Some("avx2"))], Some(&["fox", "code"]));
+}
+const TINY_PHI3_SHA256: &str = "965b332936fe316919e3c150356534a2ea58534abecca26a9e20156d76a7b7ea";

@@ -10,6 +10,7 @@
 
 pub mod gemma2;
 pub mod gemma3;
+pub mod phi3;
 pub mod llama;
 pub mod qwen2;
 pub mod qwen3;
@@ -142,6 +143,22 @@ pub struct Weight {
     pub len: usize,
 }
 
+impl Weight {
+    /// Rows `first..first + count` of this matrix (a part of a fused tensor): whole rows are
+    /// whole blocks, so the part is a contiguous range of the same bytes.
+    pub fn rows(&self, first: usize, count: usize) -> Weight {
+        let row_bytes = self.len / self.rows;
+        Weight {
+            name: format!("{} rows {first}..{}", self.name, first + count),
+            wtype: self.wtype,
+            rows: count,
+            cols: self.cols,
+            offset: self.offset + first * row_bytes,
+            len: count * row_bytes,
+        }
+    }
+}
+
 /// One transformer block's tensors. Norm weights and biases are small and copied to f32;
 /// matrices stay in the mapping.
 #[derive(Clone, Debug)]
@@ -192,7 +209,7 @@ pub trait Architecture: Sync {
 }
 
 /// Every supported architecture, keyed by `general.architecture`.
-pub static ARCHITECTURES: &[&dyn Architecture] = &[&llama::Llama, &qwen2::Qwen2, &qwen3::Qwen3, &gemma2::Gemma2, &gemma3::Gemma3];
+pub static ARCHITECTURES: &[&dyn Architecture] = &[&llama::Llama, &qwen2::Qwen2, &qwen3::Qwen3, &gemma2::Gemma2, &gemma3::Gemma3, &phi3::Phi3];
 
 pub fn find_architecture(name: &str) -> Option<&'static dyn Architecture> {
     ARCHITECTURES.iter().copied().find(|a| a.name() == name)
@@ -423,11 +440,27 @@ impl Model {
                     Ok(None)
                 }
             };
+            // q, k and v stacked in one matrix (`attn_qkv`, Phi-3; the reference accepts it for
+            // every architecture): three row ranges of it.
+            let (q, k, v) = (hp.q_dim(), hp.k_dim(), hp.v_dim());
+            let (wq, wk, wv) = if file.tensor(&n("attn_qkv.weight")).is_some() {
+                let qkv = weight(g, &n("attn_qkv.weight"), q + k + v, e)?;
+                (qkv.rows(0, q), qkv.rows(q, k), qkv.rows(q + k, v))
+            } else {
+                (weight(g, &n("attn_q.weight"), q, e)?, weight(g, &n("attn_k.weight"), k, e)?, weight(g, &n("attn_v.weight"), v, e)?)
+            };
+            // No `ffn_gate`: `ffn_up` holds the gate's rows, then the up projection's (Phi-3).
+            let (ffn_gate, ffn_up) = if file.tensor(&n("ffn_gate.weight")).is_none() && file.tensor(&n("ffn_up.weight")).is_some() {
+                let both = weight(g, &n("ffn_up.weight"), 2 * hp.n_ff, e)?;
+                (both.rows(0, hp.n_ff), both.rows(hp.n_ff, hp.n_ff))
+            } else {
+                (weight(g, &n("ffn_gate.weight"), hp.n_ff, e)?, weight(g, &n("ffn_up.weight"), hp.n_ff, e)?)
+            };
             layers.push(LayerWeights {
                 attn_norm: vector(g, &n("attn_norm.weight"), e)?,
-                wq: weight(g, &n("attn_q.weight"), hp.q_dim(), e)?,
-                wk: weight(g, &n("attn_k.weight"), hp.k_dim(), e)?,
-                wv: weight(g, &n("attn_v.weight"), hp.v_dim(), e)?,
+                wq,
+                wk,
+                wv,
                 wo: weight(g, &n("attn_output.weight"), e, hp.n_head * hp.head_dim_v)?,
                 bq: opt_vec("attn_q.bias", hp.q_dim(), r.qkv_bias)?,
                 bk: opt_vec("attn_k.bias", hp.k_dim(), r.qkv_bias)?,
@@ -436,8 +469,8 @@ impl Model {
                 k_norm: opt_vec("attn_k_norm.weight", hp.head_dim, r.qk_norm)?,
                 attn_post_norm: opt_vec("post_attention_norm.weight", e, r.post_norms)?,
                 ffn_norm: vector(g, &n("ffn_norm.weight"), e)?,
-                ffn_gate: weight(g, &n("ffn_gate.weight"), hp.n_ff, e)?,
-                ffn_up: weight(g, &n("ffn_up.weight"), hp.n_ff, e)?,
+                ffn_gate,
+                ffn_up,
                 ffn_down: weight(g, &n("ffn_down.weight"), e, hp.n_ff)?,
                 ffn_post_norm: opt_vec("post_ffw_norm.weight", e, r.post_norms)?,
             });
@@ -671,6 +704,10 @@ mod tests {
         }
         let m = load(&[("llama.final_logit_softcapping", F32(0.0))], &[]).unwrap();
         assert_eq!(m.hp.final_softcap, 0.0, "0 means no soft-capping");
+        // LongRoPE (Phi-3 128k): its factor tensors are not read, so the file is refused
+        let f = [0u8; 32];
+        let e = refused(&[], &[TensorSpec { name: "rope_factors_long.weight", dims: &[8], ggml_type: 0, data: &f }]);
+        assert!(e.contains("tensor 'rope_factors_long.weight' is in the file but the llama architecture does not use it"), "{e}");
         let bias = [0u8; 128];
         let e = refused(&[], &[TensorSpec { name: "blk.0.attn_q.bias", dims: &[32], ggml_type: 0, data: &bias }]);
         assert!(e.contains("tensor 'blk.0.attn_q.bias' is in the file but the llama architecture does not use it"), "{e}");

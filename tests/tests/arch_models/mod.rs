@@ -35,6 +35,10 @@ pub struct Layout {
     pub tied: bool,
     /// `rope_freqs.weight`.
     pub rope_factors: Option<Vec<f32>>,
+    /// `rope.dimension_count` when it is less than the head size (partial rotary).
+    pub n_rot: Option<usize>,
+    /// q, k, v in one `attn_qkv` matrix; gate and up in one `ffn_up` (Phi-3).
+    pub fused: bool,
     /// More `<arch>.*` metadata (without the prefix).
     pub extra: Vec<(&'static str, MetaValue)>,
 }
@@ -71,7 +75,9 @@ pub fn build(layout: &Layout, vocab: &[(String, MetaValue)]) -> Vec<u8> {
     let a = |k: &str| format!("{}.{k}", l.arch);
     let mut meta: Vec<(std::string::String, MetaValue)> = vec![
         ("general.architecture".into(), String(l.arch.into())),
-        ("general.name".into(), String(format!("tiny {}", l.arch))),
+        // (not "tiny phi3": the reference gives special tokens of models named phi3 other
+        // attributes and then requires Llama 2's special tokens)
+        ("general.name".into(), String(format!("tiny {}", if l.arch == "phi3" { "phi" } else { l.arch }))),
         ("general.file_type".into(), U32(1)),
         (a("context_length"), U32(4096)),
         (a("embedding_length"), U32(l.n_embd as u32)),
@@ -82,7 +88,7 @@ pub fn build(layout: &Layout, vocab: &[(String, MetaValue)]) -> Vec<u8> {
         (a("rope.freq_base"), F32(l.rope_base)),
         (a("attention.layer_norm_rms_epsilon"), F32(l.rms_eps)),
         (a("vocab_size"), U32(n_vocab as u32)),
-        (a("rope.dimension_count"), U32(hd as u32)),
+        (a("rope.dimension_count"), U32(l.n_rot.unwrap_or(hd) as u32)),
     ];
     if let Some(d) = l.head_dim {
         meta.push((a("attention.key_length"), U32(d as u32)));
@@ -103,17 +109,19 @@ pub fn build(layout: &Layout, vocab: &[(String, MetaValue)]) -> Vec<u8> {
     }
     let w = |cols: u64| (3.0 / cols as f32).sqrt();
     for b in 0..l.n_layer {
-        let mut blk = vec![
-            ("attn_norm.weight", vec![e], 0.1),
-            ("attn_q.weight", vec![e, q], w(e)),
-            ("attn_k.weight", vec![e, kv], w(e)),
-            ("attn_v.weight", vec![e, kv], w(e)),
-            ("attn_output.weight", vec![q, e], w(q)),
-            ("ffn_norm.weight", vec![e], 0.1),
-            ("ffn_gate.weight", vec![e, ff], w(e)),
-            ("ffn_up.weight", vec![e, ff], w(e)),
-            ("ffn_down.weight", vec![ff, e], w(ff)),
-        ];
+        let mut blk = vec![("attn_norm.weight", vec![e], 0.1)];
+        if l.fused {
+            blk.push(("attn_qkv.weight", vec![e, q + 2 * kv], w(e)));
+        } else {
+            blk.extend([("attn_q.weight", vec![e, q], w(e)), ("attn_k.weight", vec![e, kv], w(e)), ("attn_v.weight", vec![e, kv], w(e))]);
+        }
+        blk.extend([("attn_output.weight", vec![q, e], w(q)), ("ffn_norm.weight", vec![e], 0.1)]);
+        if l.fused {
+            blk.push(("ffn_up.weight", vec![e, 2 * ff], w(e)));
+        } else {
+            blk.extend([("ffn_gate.weight", vec![e, ff], w(e)), ("ffn_up.weight", vec![e, ff], w(e))]);
+        }
+        blk.push(("ffn_down.weight", vec![ff, e], w(ff)));
         if l.qkv_bias {
             blk.extend([("attn_q.bias", vec![q], 0.3), ("attn_k.bias", vec![kv], 0.3), ("attn_v.bias", vec![kv], 0.3)]);
         }
@@ -265,6 +273,8 @@ pub fn llama3_layout() -> Layout {
         post_norms: false,
         tied: true,
         rope_factors: Some(llama3_rope_factors(32, 500000.0, 32.0, 1.0, 4.0, 256.0)),
+        n_rot: None,
+        fused: false,
         extra: vec![],
     }
 }
@@ -288,6 +298,8 @@ pub fn qwen3_layout() -> Layout {
         post_norms: false,
         tied: true,
         rope_factors: None,
+        n_rot: None,
+        fused: false,
         extra: vec![],
     }
 }
@@ -313,6 +325,8 @@ pub fn nemo_layout() -> Layout {
         post_norms: false,
         tied: false,
         rope_factors: None,
+        n_rot: None,
+        fused: false,
         extra: vec![("attention.sliding_window", MetaValue::U32(64))],
     }
 }
@@ -339,10 +353,37 @@ pub fn gemma2_layout() -> Layout {
         post_norms: true,
         tied: true,
         rope_factors: None,
+        n_rot: None,
+        fused: false,
         extra: vec![
             ("attention.sliding_window", MetaValue::U32(32)),
             ("attn_logit_softcapping", F32(2.0)),
             ("final_logit_softcapping", F32(100.0)),
         ],
+    }
+}
+
+/// Phi-4-mini's layout scaled down: q/k/v in one matrix, gate and up in one, NEOX RoPE on 24 of
+/// each head's 32 dimensions (partial rotary), GQA, tied output; a sliding window declared (the
+/// reference ignores Phi's).
+pub fn phi3_layout() -> Layout {
+    Layout {
+        arch: "phi3",
+        n_layer: 4,
+        n_embd: 128,
+        n_ff: 384,
+        n_head: 4,
+        n_head_kv: 2,
+        head_dim: None,
+        rope_base: 10000.0,
+        rms_eps: 1e-5,
+        qkv_bias: false,
+        qk_norm: false,
+        post_norms: false,
+        tied: true,
+        rope_factors: None,
+        n_rot: Some(24),
+        fused: true,
+        extra: vec![("attention.sliding_window", MetaValue::U32(32))],
     }
 }
