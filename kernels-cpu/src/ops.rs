@@ -75,8 +75,15 @@ pub fn softmax(x: &mut [f32]) {
     scale(x, (1.0 / sum) as f32);
 }
 
-/// Rotary position embedding, as ggml's `rope` with no context extension.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// Rotary position embedding: the one specification of RoPE. The CPU transformer's position
+/// tables and the GPU reference backend compute with it; the CUDA kernel follows the same formula.
+///
+/// Pair `i` (0 <= i < n_rot/2) of each head rotates by
+/// `theta_i(p) = freq_scale * ((p * base^(-2i/n_rot)) / factor_i)`,
+/// `factor_i = factors[i]` when per-dimension factors are given, else 1 (ggml's `rope_ext` with
+/// no YaRN extrapolation and attention factor 1). The pairs are `(2i, 2i+1)` (normal, ggml mode
+/// 0, llama/Mistral) or `(i, i + n_rot/2)` (NEOX); elements past `n_rot` are left as they are.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Rope {
     /// Dimensions rotated at the start of each head (usually the head size).
     pub n_rot: usize,
@@ -84,9 +91,11 @@ pub struct Rope {
     pub base: f32,
     /// Linear position scaling (1 / `rope.scaling.factor`; 1.0 when none).
     pub freq_scale: f32,
-    /// NEOX layout: pairs are `(i, i + n_rot/2)`; otherwise adjacent `(2i, 2i+1)` (ggml mode 0,
-    /// llama/Mistral).
+    /// NEOX layout: pairs are `(i, i + n_rot/2)`; otherwise adjacent `(2i, 2i+1)`.
     pub neox: bool,
+    /// Per-dimension frequency divisors, `n_rot / 2` of them (`rope_freqs.weight`: Llama 3.1's
+    /// frequency-dependent scaling, precomputed by the converter).
+    pub factors: Option<Vec<f32>>,
 }
 
 /// Largest `n_rot` supported (the cos/sin of one position live on the stack).
@@ -95,24 +104,46 @@ pub const MAX_ROT: usize = 1024;
 impl Rope {
     /// Normal (adjacent pairs) RoPE over the whole head.
     pub fn normal(head_dim: usize, base: f32) -> Rope {
-        Rope { n_rot: head_dim, base, freq_scale: 1.0, neox: false }
+        Rope { n_rot: head_dim, base, freq_scale: 1.0, neox: false, factors: None }
     }
     /// NEOX (halves) RoPE over the whole head.
     pub fn neox(head_dim: usize, base: f32) -> Rope {
-        Rope { n_rot: head_dim, base, freq_scale: 1.0, neox: true }
+        Rope { n_rot: head_dim, base, freq_scale: 1.0, neox: true, factors: None }
     }
 
-    /// Fill `cos`/`sin` (`n_rot / 2` each) for position `pos`: theta_i = pos * base^(-2i/n_rot),
-    /// advanced by repeated multiplication in f32 as ggml's rope cache does.
+    /// Fill `cos`/`sin` (`n_rot / 2` each) for position `pos`. `p * base^(-2i/n_rot)` is advanced
+    /// by repeated multiplication in f32 as ggml's rope cache does, then divided by the factor and
+    /// scaled in ggml's order, so positions agree with the reference to the last bit or so.
     pub fn angles(&self, pos: usize, cos: &mut [f32], sin: &mut [f32]) {
         let half = self.n_rot / 2;
         let theta_scale = self.base.powf(-2.0 / self.n_rot as f32);
         let mut theta = pos as f32;
         for i in 0..half {
-            let t = self.freq_scale * theta;
+            let ff = self.factors.as_ref().map_or(1.0, |f| f[i]);
+            let t = self.freq_scale * (theta / ff);
             cos[i] = t.cos();
             sin[i] = t.sin();
             theta *= theta_scale;
+        }
+    }
+
+    /// Rotate one head `x` (at least `n_rot` values) by the angles of one position.
+    #[inline]
+    pub fn rotate(&self, x: &mut [f32], cos: &[f32], sin: &[f32]) {
+        let half = self.n_rot / 2;
+        if self.neox {
+            let (a, b) = x[..self.n_rot].split_at_mut(half);
+            for i in 0..half {
+                let (x0, x1) = (a[i], b[i]);
+                a[i] = x0 * cos[i] - x1 * sin[i];
+                b[i] = x0 * sin[i] + x1 * cos[i];
+            }
+        } else {
+            for i in 0..half {
+                let (x0, x1) = (x[2 * i], x[2 * i + 1]);
+                x[2 * i] = x0 * cos[i] - x1 * sin[i];
+                x[2 * i + 1] = x0 * sin[i] + x1 * cos[i];
+            }
         }
     }
 
@@ -120,25 +151,13 @@ impl Rope {
     pub fn apply(&self, x: &mut [f32], n_heads: usize, head_dim: usize, pos: usize) {
         assert!(self.n_rot <= head_dim && self.n_rot % 2 == 0 && self.n_rot <= MAX_ROT, "rope: n_rot {} for heads of {head_dim}", self.n_rot);
         assert!(x.len() >= n_heads * head_dim, "rope: {} values for {n_heads} heads of {head_dim}", x.len());
+        assert!(self.factors.as_ref().is_none_or(|f| f.len() == self.n_rot / 2), "rope: factors for {} pairs", self.n_rot / 2);
         let half = self.n_rot / 2;
         let mut cos = [0f32; MAX_ROT / 2];
         let mut sin = [0f32; MAX_ROT / 2];
         self.angles(pos, &mut cos[..half], &mut sin[..half]);
         for h in x[..n_heads * head_dim].chunks_exact_mut(head_dim) {
-            if self.neox {
-                let (a, b) = h[..self.n_rot].split_at_mut(half);
-                for i in 0..half {
-                    let (x0, x1) = (a[i], b[i]);
-                    a[i] = x0 * cos[i] - x1 * sin[i];
-                    b[i] = x0 * sin[i] + x1 * cos[i];
-                }
-            } else {
-                for i in 0..half {
-                    let (x0, x1) = (h[2 * i], h[2 * i + 1]);
-                    h[2 * i] = x0 * cos[i] - x1 * sin[i];
-                    h[2 * i + 1] = x0 * sin[i] + x1 * cos[i];
-                }
-            }
+            self.rotate(h, &cos[..half], &sin[..half]);
         }
     }
 }
@@ -416,9 +435,30 @@ mod tests {
     fn rope_partial_leaves_the_tail() {
         let x = seq(16, 4);
         let mut a = x.clone();
-        Rope { n_rot: 8, base: 1e6, freq_scale: 1.0, neox: true }.apply(&mut a, 1, 16, 9);
+        Rope { n_rot: 8, base: 1e6, freq_scale: 1.0, neox: true, factors: None }.apply(&mut a, 1, 16, 9);
         assert_eq!(&a[8..], &x[8..]);
         assert_ne!(&a[..8], &x[..8]);
+    }
+
+    #[test]
+    fn rope_factors_divide_each_pairs_angle() {
+        // Factor f on pair i rotates it as if the position were p / f; freq_scale multiplies.
+        let hd = 8;
+        let x = seq(hd, 5);
+        let factors = vec![1.0, 2.0, 8.0, 0.5];
+        let with = Rope { factors: Some(factors.clone()), freq_scale: 0.5, ..Rope::normal(hd, 500000.0) };
+        let mut a = x.clone();
+        with.apply(&mut a, 1, hd, 12);
+        for (i, f) in factors.iter().enumerate() {
+            let th = 0.5 * 12.0 * 500000f64.powf(-2.0 * i as f64 / hd as f64) / *f as f64;
+            let (x0, x1) = (x[2 * i] as f64, x[2 * i + 1] as f64);
+            assert!((a[2 * i] as f64 - (x0 * th.cos() - x1 * th.sin())).abs() < 1e-5, "pair {i}");
+            assert!((a[2 * i + 1] as f64 - (x0 * th.sin() + x1 * th.cos())).abs() < 1e-5, "pair {i}");
+        }
+        let mut b = x.clone();
+        Rope { factors: None, ..with }.apply(&mut b, 1, hd, 12);
+        assert_eq!(&a[..2], &b[..2], "factor 1 is no factor");
+        assert_ne!(&a[2..], &b[2..]);
     }
 
     #[test]

@@ -54,6 +54,8 @@ pub struct LoadOptions {
     /// Sessions the caller keeps open at once (the server's slots): the memory they need is
     /// checked at load, so that making them later cannot fail halfway.
     pub n_sessions: usize,
+    /// `--swa-full`: no sliding window on any layer.
+    pub swa_full: bool,
 }
 
 impl Default for LoadOptions {
@@ -67,6 +69,7 @@ impl Default for LoadOptions {
             chat_template: None,
             verbose: false,
             n_sessions: 1,
+            swa_full: false,
         }
     }
 }
@@ -191,7 +194,11 @@ impl Engine {
             .map(str::to_string)
             .unwrap_or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
         // The model first: an unsupported architecture or a missing tensor is the clearest error.
-        let model = Arc::new(Model::load(file.clone()).with_context(|| escape_path(path))?);
+        let mut model = Model::load(file.clone()).with_context(|| escape_path(path))?;
+        if opts.swa_full {
+            model.hp.full_attention();
+        }
+        let model = Arc::new(model);
         // Its errors name the file.
         let tokenizer = Tokenizer::from_gguf(&file)?;
         let fim = fim::FimTokens::from_gguf(&file, &tokenizer);
@@ -517,6 +524,9 @@ impl Session {
             }
             Ok(())
         })?;
+        if let Some(l) = logits {
+            inner.model.softcap_logits(l);
+        }
         if n >= INVARIANT_BATCH && self.exact == pos {
             self.exact = pos + n;
         }

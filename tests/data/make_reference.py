@@ -4,7 +4,10 @@
 the 32-token greedy continuation, for the cases (same token ids) of a shared reference file.
 
 Usage: PYTHONPATH=LLAMA_CPP_PYTHON LLAMA_CPP_LIB_PATH=BUILD/bin \
-    make_reference.py MODEL.gguf ../shared/reference/tiny-mistral-q4_0.json > OUT.json
+    make_reference.py MODEL.gguf ../shared/reference/tiny-mistral-q4_0.json [--retokenize] > OUT.json
+--retokenize: the cases' texts tokenized with MODEL's own vocabulary instead (special tokens
+parsed; `long`: the first 700 tokens of ../shared/reference/long.txt), for a model whose
+vocabulary is not the cases file's.
 (llama-cpp-python's ctypes binding over the reference's own libllama; 2 threads, f16 KV cache,
 the prompt in one batch.)
 """
@@ -14,6 +17,7 @@ import llama_cpp
 from llama_cpp import Llama
 
 model, cases_from = sys.argv[1], sys.argv[2]
+retokenize = sys.argv[3:] == ["--retokenize"]
 src = json.load(open(cases_from))
 llm = Llama(model_path=model, n_ctx=1024, n_batch=1024, n_ubatch=1024, n_threads=2, logits_all=True, verbose=False)
 
@@ -26,6 +30,12 @@ out = {"model": model.split("/")[-1],
        "cases": []}
 for c in src["cases"]:
     toks = c["tokens"]
+    if retokenize:
+        if c["text"] is None:
+            long_txt = cases_from.rsplit("/", 1)[0] + "/long.txt"
+            toks = tokenize(open(long_txt).read(), True)[:700]
+        else:
+            toks = tokenize(c["text"], True)
     llm.reset()
     llm.eval(toks)
     logits = np.array(llm.scores[:len(toks)], dtype=np.float64)

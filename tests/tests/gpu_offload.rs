@@ -13,6 +13,8 @@ use serde_json::Value;
 use std::sync::Arc;
 use e2e::reference_lib;
 
+mod arch_models;
+
 fn tokens(model: &str, n: usize) -> Vec<u32> {
     let path = e2e::shared()
         .join("reference")
@@ -155,6 +157,31 @@ fn offload_matches_cpu_on_tiny_models() {
             let got = run(&model, &chain, &toks, 24);
             compare(&format!("{m} -ngl {ngl}"), &want, &got, model.hp.n_vocab);
         }
+    }
+}
+
+/// The new operations of each architecture's recipe (Llama 3's RoPE factors, Qwen3's q/k norms
+/// and head size, Gemma 2's soft-capped attention on alternating sliding windows) on the device
+/// as on the CPU: the tiny layouts with the shared Mistral vocabulary.
+#[test]
+fn offload_matches_cpu_on_every_architecture_layout() {
+    let Some(shared) = e2e::require_shared() else { return };
+    let vocab = arch_models::vocab_of_gguf(&shared.join("models/tiny-mistral-f16.gguf"));
+    let toks = tokens("tiny-mistral-f16", 80);
+    let ch = chosen();
+    for (name, layout) in [
+        ("llama3", arch_models::llama3_layout()),
+        ("qwen3", arch_models::qwen3_layout()),
+        ("gemma2", arch_models::gemma2_layout()),
+    ] {
+        let bytes = arch_models::build(&layout, &vocab);
+        let model = Arc::new(Model::load(GgufFile::from_bytes(name, bytes).unwrap()).unwrap());
+        let n_layer = model.hp.n_layer;
+        let cpu: Vec<Arc<dyn Backend>> = vec![Arc::new(CpuBackend::new(model.clone(), 0..n_layer, true))];
+        let want = run(&model, &cpu, &toks, 48);
+        let g: Arc<dyn Backend> = Arc::new(GpuBackend::new(model.clone(), &ch, 0..n_layer, true).unwrap());
+        let got = run(&model, &[g], &toks, 48);
+        compare(&format!("{name} on the device"), &want, &got, model.hp.n_vocab);
     }
 }
 

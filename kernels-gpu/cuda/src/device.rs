@@ -460,6 +460,11 @@ impl Device for Cuda {
             p.mode as i32,
         );
         let (mut base, mut fs) = (p.freq_base, p.freq_scale);
+        let mut ff = if p.freq_factors.buf == 0 {
+            0u64
+        } else {
+            self.f32s(p.freq_factors, (p.n_rot / 2) as u64, "rope factors")?
+        };
         let mut args = [
             &mut px as *mut u64 as *mut c_void,
             i32_arg(&mut nt),
@@ -470,6 +475,7 @@ impl Device for Cuda {
             i32_arg(&mut mode),
             &mut base as *mut f32 as *mut c_void,
             &mut fs as *mut f32 as *mut c_void,
+            &mut ff as *mut u64 as *mut c_void,
         ];
         let pairs = p.n_tokens as u64 * p.n_heads as u64 * (p.n_rot / 2) as u64;
         self.launch(

@@ -186,6 +186,7 @@ fn gpu_ops_match_formulas() {
         mode: abi::ROPE_NEOX,
         freq_base: 10000.0,
         freq_scale: 1.0,
+        freq_factors: View::NONE,
     };
     s.rope(qb.view(), &rp).unwrap();
     let qr = down(&mut s, qb.view(), qv.len());
@@ -198,6 +199,20 @@ fn gpu_ops_match_formulas() {
                 assert!((qr[base + i] - (x0 * th.cos() - x1 * th.sin())).abs() < 1e-4);
             }
         }
+    }
+    // per-dimension factors (Llama 3.1's rope_freqs), against the specification
+    let ff: Vec<f32> = (0..hd / 2).map(|i| 1.0 + i as f32 * 0.25).collect();
+    let fb = up(&dev, &mut s, &ff);
+    let xb = up(&dev, &mut s, &qv);
+    s.rope(xb.view(), &RopeParams { mode: abi::ROPE_NORMAL, freq_base: 500000.0, freq_factors: fb.view(), ..rp }).unwrap();
+    let got = down(&mut s, xb.view(), qv.len());
+    let spec = kernels_cpu::ops::Rope { factors: Some(ff.clone()), ..kernels_cpu::ops::Rope::normal(hd, 500000.0) };
+    let mut want = qv.clone();
+    for (t, row) in want.chunks_exact_mut(nh * hd).enumerate() {
+        spec.apply(row, nh, hd, pos0 + t);
+    }
+    for (a, b) in got.iter().zip(&want) {
+        assert!((a - b).abs() < 1e-4, "rope with factors: {a} vs {b}");
     }
     let n_pos = pos0 + nt;
     let kv = rand_vec(n_pos * nkv * hd, 10);

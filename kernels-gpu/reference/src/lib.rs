@@ -477,33 +477,28 @@ impl Device for Reference {
             p.head_dim as usize,
             p.n_rot as usize,
         );
-        if nr > hd || !nr.is_multiple_of(2) {
+        if nr > hd || !nr.is_multiple_of(2) || nr > kernels_cpu::ops::MAX_ROT {
             return Err(Error::invalid(format!(
                 "rope: n_rot {nr} with head_dim {hd}"
             )));
         }
         self.read_f32(x, nt * nh * hd, &mut s.a, "rope")?;
-        // theta_i = pos * base^(-2i/n_rot), built by repeated multiplication in f32 as ggml does,
-        // so positions agree with the CPU path to the last bit or so.
-        let theta_scale = p.freq_base.powf(-2.0 / nr as f32);
-        for t in 0..nt {
-            let pos = (p.pos0 as usize + t) as f32;
-            for h in 0..nh {
-                let head = &mut s.a[(t * nh + h) * hd..][..hd];
-                let mut theta = pos;
-                for i in 0..nr / 2 {
-                    let (sin, cos) = (p.freq_scale * theta).sin_cos();
-                    theta *= theta_scale;
-                    let (a, b) = if p.mode == abi::ROPE_NEOX {
-                        (i, i + nr / 2)
-                    } else {
-                        (2 * i, 2 * i + 1)
-                    };
-                    let (x0, x1) = (head[a], head[b]);
-                    head[a] = x0 * cos - x1 * sin;
-                    head[b] = x0 * sin + x1 * cos;
-                }
-            }
+        let factors = if p.freq_factors.buf == 0 {
+            None
+        } else {
+            let mut f = Vec::new();
+            self.read_f32(p.freq_factors, nr / 2, &mut f, "rope factors")?;
+            Some(f)
+        };
+        let rope = kernels_cpu::ops::Rope {
+            n_rot: nr,
+            base: p.freq_base,
+            freq_scale: p.freq_scale,
+            neox: p.mode == abi::ROPE_NEOX,
+            factors,
+        };
+        for (t, row) in s.a.chunks_exact_mut((nh * hd).max(1)).enumerate() {
+            rope.apply(row, nh, hd, p.pos0 as usize + t);
         }
         self.write_f32(x, &s.a, "rope")
     }

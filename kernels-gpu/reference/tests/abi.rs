@@ -165,6 +165,7 @@ fn rope_rotates_pairs_by_position() {
             mode,
             freq_base: 100.0,
             freq_scale: 1.0,
+            freq_factors: View::NONE,
         };
         s.rope(xb.view(), &p).unwrap();
         let got = download(&mut s, xb.view(), 8);
@@ -193,6 +194,46 @@ fn rope_rotates_pairs_by_position() {
         let yb = upload(&dev, &mut s, &[0.3, -0.7, 0.2, 0.9]);
         s.rope(yb.view(), &p0).unwrap();
         close(&download(&mut s, yb.view(), 4), &[0.3, -0.7, 0.2, 0.9], 0.0);
+    }
+}
+
+#[test]
+fn rope_with_factors_is_the_specification() {
+    let (dev, mut s) = open();
+    let (nt, nh, hd, nr) = (3usize, 2usize, 16usize, 12usize);
+    let factors: Vec<f32> = (0..nr / 2).map(|i| 1.0 + 3.0 * i as f32).collect();
+    let x: Vec<f32> = (0..nt * nh * hd).map(|i| (i as f32 * 0.37).sin()).collect();
+    for mode in [abi::ROPE_NORMAL, abi::ROPE_NEOX] {
+        let xb = upload(&dev, &mut s, &x);
+        let fb = upload(&dev, &mut s, &factors);
+        let p = RopeParams {
+            n_tokens: nt as u32,
+            n_heads: nh as u32,
+            head_dim: hd as u32,
+            n_rot: nr as u32,
+            pos0: 40,
+            mode,
+            freq_base: 500000.0,
+            freq_scale: 0.5,
+            freq_factors: fb.view(),
+        };
+        s.rope(xb.view(), &p).unwrap();
+        let spec = kernels_cpu::ops::Rope {
+            n_rot: nr,
+            base: 500000.0,
+            freq_scale: 0.5,
+            neox: mode == abi::ROPE_NEOX,
+            factors: Some(factors.clone()),
+        };
+        let mut want = x.clone();
+        for (t, row) in want.chunks_exact_mut(nh * hd).enumerate() {
+            spec.apply(row, nh, hd, 40 + t);
+        }
+        close(&download(&mut s, xb.view(), x.len()), &want, 0.0);
+        // without factors it is another rotation
+        let yb = upload(&dev, &mut s, &x);
+        s.rope(yb.view(), &RopeParams { freq_factors: View::NONE, ..p }).unwrap();
+        assert_ne!(download(&mut s, yb.view(), x.len()), want);
     }
 }
 
@@ -394,7 +435,7 @@ fn child_fault_case() {
             .err()
             .expect("a wrong version must be refused");
         assert_eq!(e.code, abi::ERR_UNSUPPORTED);
-        assert!(e.message.contains("ABI version 1001"), "{}", e.message);
+        assert!(e.message.contains(&format!("ABI version {}", abi::ABI_VERSION + 1000)), "{}", e.message);
         return;
     }
     let lib = Library::open(&lib_path()).unwrap();

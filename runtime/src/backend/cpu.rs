@@ -32,11 +32,11 @@ impl Backend for CpuBackend {
     }
     fn host_state_bytes(&self, n_ctx: usize, max_batch: usize) -> u64 {
         let hp = &self.model.hp;
-        let mut tables: Vec<(f32, f32)> = Vec::new();
+        let mut tables: Vec<kernels_cpu::ops::Rope> = Vec::new();
         for il in self.layers.clone() {
-            let la = hp.layers[il];
-            if !tables.contains(&(la.rope_base, la.rope_freq_scale)) {
-                tables.push((la.rope_base, la.rope_freq_scale));
+            let r = hp.rope(il);
+            if !tables.contains(&r) {
+                tables.push(r);
             }
         }
         let kv = LayerKv::bytes_for(hp, n_ctx).saturating_mul(self.layers.len() as u64);
@@ -45,16 +45,16 @@ impl Backend for CpuBackend {
     }
     fn new_state(&self, n_ctx: usize, max_batch: usize) -> Result<Box<dyn BackendState>> {
         let hp = &self.model.hp;
-        // One RoPE table per distinct (base, scale) among this backend's layers (Gemma 3: two).
-        let mut tables: Vec<(f32, f32, Arc<RopeTable>)> = Vec::new();
+        // One RoPE table per distinct specification among this backend's layers (Gemma 3: two).
+        let mut tables: Vec<Arc<RopeTable>> = Vec::new();
         let mut rope = Vec::with_capacity(self.layers.len());
         for il in self.layers.clone() {
-            let la = hp.layers[il];
-            let t = match tables.iter().find(|(b, s, _)| *b == la.rope_base && *s == la.rope_freq_scale) {
-                Some((_, _, t)) => t.clone(),
+            let r = hp.rope(il);
+            let t = match tables.iter().find(|t| t.rope == r) {
+                Some(t) => t.clone(),
                 None => {
-                    let t = Arc::new(RopeTable::new(n_ctx, hp.n_rot, la.rope_base, la.rope_freq_scale));
-                    tables.push((la.rope_base, la.rope_freq_scale, t.clone()));
+                    let t = Arc::new(RopeTable::new(n_ctx, r));
+                    tables.push(t.clone());
                     t
                 }
             };

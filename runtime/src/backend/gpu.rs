@@ -430,6 +430,8 @@ struct Weights {
     dev_layers: Vec<DevLayer>,
     /// The final norm and output matrix, when this backend runs the output layer.
     output: Option<(DevVec, DevWeight)>,
+    /// Per-dimension RoPE frequency factors (`Hparams::rope_factors`).
+    rope_factors: Option<DevVec>,
 }
 
 pub struct GpuBackend {
@@ -559,6 +561,7 @@ impl GpuBackend {
                 ffn_post_norm: upload_opt(d, &mut s, &l.ffn_post_norm, &n("post_ffw_norm"))?,
             });
         }
+        let rope_factors = upload_opt(&device, &mut s, &model.hp.rope_factors, "rope_freqs")?;
         let output = if output {
             Some((
                 upload_vec(&device, &mut s, &model.output_norm, "output_norm")?,
@@ -581,6 +584,7 @@ impl GpuBackend {
                 layers,
                 dev_layers,
                 output,
+                rope_factors,
             }),
         })
     }
@@ -752,6 +756,7 @@ impl GpuState {
             mode,
             freq_base: la.rope_base,
             freq_scale: la.rope_freq_scale,
+            freq_factors: w.rope_factors.as_ref().map_or(View::NONE, |f| f.view()),
         };
         s.rope(self.q.view(), &rope)?;
         s.rope(
@@ -784,7 +789,7 @@ impl GpuState {
             kv_type: abi::TYPE_F16,
             window: la.window.unwrap_or(0) as u32,
             scale: hp.attn_scale,
-            softcap: 0.0,
+            softcap: hp.attn_softcap,
         };
         s.attention(self.q.view(), kc.view(), vc.view(), self.att.view(), &ap)?;
         s.matmul(&l.wo.w, self.att.view(), n32, self.proj.view())?;

@@ -91,6 +91,7 @@ pub fn load_options(args: &Args, model: &std::path::Path) -> LoadOptions {
         chat_template: args.chat_template.clone(),
         verbose: args.verbose,
         n_sessions: 1,
+        swa_full: args.swa_full,
     }
 }
 

@@ -196,6 +196,13 @@ pub struct Args {
     #[arg(long = "bench-tg", default_value_t = 128, help_heading = "Measurement")]
     pub bench_tg: usize,
 
+    // ---- model architectures
+    /// Full attention on every layer: ignore a sliding window the model declares
+    /// (`<arch>.attention.sliding_window`, e.g. Mistral 7B v0.1). The reference engine ignores
+    /// it for llama-architecture files anyway; this gives its answers there.
+    #[arg(long = "swa-full", help_heading = "Generation")]
+    pub swa_full: bool,
+
     // ---- GPU
     /// Layers to offload to the GPU.
     #[arg(long = "n-gpu-layers", alias = "gpu-layers", default_value_t = 0, value_parser = count, allow_negative_numbers = true, help_heading = "GPU")]

@@ -19,6 +19,7 @@ pub const RECIPE: Recipe = Recipe {
     qk_norm: true,
     post_norms: true,
     scale_embeddings: true,
+    rope_factors: false,
 };
 
 /// RoPE base of the local (sliding-window) layers.

@@ -1,7 +1,8 @@
 //! `llama`: Llama/Mistral as stored in GGUF. GQA, RMSNorm, SiLU-gated FFN, RoPE on adjacent pairs
 //! (the converter permutes q/k rows so ggml's normal mode applies) with the base from the
-//! metadata, untied output (tied when `output.weight` is absent), sliding-window attention on
-//! every layer when `llama.attention.sliding_window` is declared.
+//! metadata and Llama 3.1's per-dimension frequency factors (`rope_freqs.weight`) when present,
+//! untied output (tied when `output.weight` is absent, as in Llama 3.2), sliding-window attention
+//! on every layer when `llama.attention.sliding_window` is declared.
 
 use super::{common_hparams, Architecture, FfnActivation, Hparams, Recipe, RopeStyle};
 use crate::gguf::GgufFile;
@@ -16,6 +17,7 @@ pub const RECIPE: Recipe = Recipe {
     qk_norm: false,
     post_norms: false,
     scale_embeddings: false,
+    rope_factors: true,
 };
 
 impl Architecture for Llama {

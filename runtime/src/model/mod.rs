@@ -8,9 +8,12 @@
 //! The hyperparameters (`Hparams`) and per-layer tensor views (`LayerWeights`) are public: an
 //! offload backend composes the same recipe from its own operations (see `crate::backend`).
 
+pub mod gemma2;
 pub mod gemma3;
+pub mod phi3;
 pub mod llama;
 pub mod qwen2;
+pub mod qwen3;
 pub mod transformer;
 
 use crate::escape::escape;
@@ -51,6 +54,9 @@ pub struct Recipe {
     pub post_norms: bool,
     /// Multiply the embeddings by sqrt(n_embd) (Gemma).
     pub scale_embeddings: bool,
+    /// Per-dimension RoPE frequency factors (`rope_freqs.weight`, Llama 3.1+) are read when the
+    /// file has them; an architecture without this flag refuses the tensor as unused.
+    pub rope_factors: bool,
 }
 
 /// Per-layer attention parameters (they differ between layers in Gemma 3).
@@ -83,7 +89,14 @@ pub struct Hparams {
     pub n_rot: usize,
     /// Multiplier of q·k before the softmax.
     pub attn_scale: f32,
+    /// Attention scores soft-capped to (-c, c) as `c * tanh(s / c)` (`attn_logit_softcapping`);
+    /// 0: none.
+    pub attn_softcap: f32,
+    /// Logits soft-capped the same way (`final_logit_softcapping`); 0: none.
+    pub final_softcap: f32,
     pub layers: Vec<LayerAttn>,
+    /// Per-dimension RoPE frequency divisors (`rope_freqs.weight`), n_rot/2 values, every layer.
+    pub rope_factors: Option<Vec<f32>>,
     pub recipe: Recipe,
 }
 
@@ -100,6 +113,22 @@ impl Hparams {
     pub fn v_dim(&self) -> usize {
         self.n_head_kv * self.head_dim_v
     }
+    /// Attention over the whole context on every layer (`--swa-full`): the sliding windows the
+    /// model declares are dropped.
+    pub fn full_attention(&mut self) {
+        self.layers.iter_mut().for_each(|l| l.window = None);
+    }
+    /// Layer `il`'s RoPE, as every backend applies it.
+    pub fn rope(&self, il: usize) -> kernels_cpu::ops::Rope {
+        let la = &self.layers[il];
+        kernels_cpu::ops::Rope {
+            n_rot: self.n_rot,
+            base: la.rope_base,
+            freq_scale: la.rope_freq_scale,
+            neox: self.recipe.rope == RopeStyle::Neox,
+            factors: self.rope_factors.clone(),
+        }
+    }
 }
 
 /// A weight matrix where it lies in the GGUF bytes: `rows` rows of `cols` elements
@@ -112,6 +141,22 @@ pub struct Weight {
     pub cols: usize,
     pub offset: usize,
     pub len: usize,
+}
+
+impl Weight {
+    /// Rows `first..first + count` of this matrix (a part of a fused tensor): whole rows are
+    /// whole blocks, so the part is a contiguous range of the same bytes.
+    pub fn rows(&self, first: usize, count: usize) -> Weight {
+        let row_bytes = self.len / self.rows;
+        Weight {
+            name: format!("{} rows {first}..{}", self.name, first + count),
+            wtype: self.wtype,
+            rows: count,
+            cols: self.cols,
+            offset: self.offset + first * row_bytes,
+            len: count * row_bytes,
+        }
+    }
 }
 
 /// One transformer block's tensors. Norm weights and biases are small and copied to f32;
@@ -164,7 +209,7 @@ pub trait Architecture: Sync {
 }
 
 /// Every supported architecture, keyed by `general.architecture`.
-pub static ARCHITECTURES: &[&dyn Architecture] = &[&llama::Llama, &qwen2::Qwen2, &gemma3::Gemma3];
+pub static ARCHITECTURES: &[&dyn Architecture] = &[&llama::Llama, &qwen2::Qwen2, &qwen3::Qwen3, &gemma2::Gemma2, &gemma3::Gemma3, &phi3::Phi3];
 
 pub fn find_architecture(name: &str) -> Option<&'static dyn Architecture> {
     ARCHITECTURES.iter().copied().find(|a| a.name() == name)
@@ -236,9 +281,24 @@ pub(crate) fn common_hparams(g: &GgufFile, arch: &str, recipe: Recipe) -> Result
         rms_eps,
         n_rot,
         attn_scale: 1.0 / (head_dim as f32).sqrt(),
+        attn_softcap: non_negative_f32(g, &k("attn_logit_softcapping"))?,
+        final_softcap: non_negative_f32(g, &k("final_logit_softcapping"))?,
         layers: vec![LayerAttn { rope_base, rope_freq_scale, window }; n_layer],
+        rope_factors: None,
         recipe,
     })
+}
+
+/// A float key that must be finite and not negative when present (0: absent).
+fn non_negative_f32(g: &GgufFile, key: &str) -> Result<f32> {
+    match g.get(key) {
+        None => Ok(0.0),
+        Some(v) => match v.as_f32() {
+            Some(x) if x >= 0.0 && x.is_finite() => Ok(x),
+            Some(x) => bail!("{key} is {x}: a finite number >= 0 expected"),
+            None => bail!("{key} is a {}, not a number", v.type_name()),
+        },
+    }
 }
 
 /// A float key that must be positive and finite when present, else `default`.
@@ -253,40 +313,63 @@ fn positive_f32(g: &GgufFile, key: &str, default: f32) -> Result<f32> {
     }
 }
 
-/// `rope.scaling.type = linear` (or absent) with `rope.scaling.factor` f: positions are
-/// multiplied by 1/f. `none` or no factor: 1.
+/// `rope.scaling.type = linear` (or absent) with `rope.scaling.factor` (or the older
+/// `rope.scale_linear`) f: positions are multiplied by 1/f. `none` or no factor: 1.
 pub(crate) fn rope_linear_scale(g: &GgufFile, arch: &str) -> Result<f32> {
     let ty = g.get_str(&format!("{arch}.rope.scaling.type"));
     if ty == Some("none") {
         return Ok(1.0);
     }
-    let factor = positive_f32(g, &format!("{arch}.rope.scaling.factor"), 1.0)?;
+    let key = format!("{arch}.rope.scaling.factor");
+    let key = if g.get(&key).is_some() { key } else { format!("{arch}.rope.scale_linear") };
+    let factor = positive_f32(g, &key, 1.0)?;
     Ok(1.0 / factor)
 }
 
-/// Metadata and tensors that change the maths in ways the shared block does not implement: a
-/// model that declares them would load and run silently wrong, so it is refused, naming them.
+/// The `<arch>.rope.*` keys the RoPE specification (`kernels_cpu::ops::Rope`) implements; any
+/// other (YaRN's parameters, LongRoPE, separate sliding-window bases, multi-section RoPE...)
+/// changes the positions in a way it does not, so a file declaring one is refused.
+const ROPE_KEYS: &[&str] = &[
+    "rope.dimension_count",
+    "rope.freq_base",
+    "rope.scaling.type",
+    "rope.scaling.factor",
+    "rope.scale_linear",
+    "rope.scaling.attn_factor",
+    // informational: the context the scaling was made for, and whether the model was fine-tuned
+    // with it; only YaRN and LongRoPE compute with them
+    "rope.scaling.original_context_length",
+    "rope.scaling.finetuned",
+];
+
+/// Metadata that changes the maths in ways the shared block does not implement: a model that
+/// declares it would load and run silently wrong, so it is refused, naming the key. (Logit
+/// soft-capping is implemented for every architecture: `Hparams::attn_softcap`, `final_softcap`.)
 fn refuse_unimplemented(g: &GgufFile, arch: &str) -> Result<()> {
     let key = format!("{arch}.rope.scaling.type");
     match g.get(&key) {
         None => {}
         Some(v) => match v.as_str() {
             Some("none" | "linear") => {}
+            Some("llama3") => bail!(
+                "{key} is 'llama3': Llama 3 scaling is read from the tensor rope_freqs.weight, as the reference converter writes it, not from this key"
+            ),
             Some(other) => bail!("{key} is '{}': only none and linear RoPE scaling are implemented", escape(other)),
             None => bail!("{key} is a {}, not a string", v.type_name()),
         },
     }
-    if g.tensor("rope_freqs.weight").is_some() {
-        bail!("tensor rope_freqs.weight (per-dimension RoPE frequency factors, as Llama 3.1 uses) is not implemented");
+    let prefix = format!("{arch}.rope.");
+    for (k, _) in g.metadata() {
+        if k.starts_with(&prefix) && !ROPE_KEYS.contains(&&k[arch.len() + 1..]) {
+            bail!("{} is not implemented (RoPE keys understood: {})", escape(k), ROPE_KEYS.join(", "));
+        }
     }
-    for cap in ["attn_logit_softcapping", "final_logit_softcapping"] {
-        let key = format!("{arch}.{cap}");
-        if let Some(v) = g.get(&key) {
-            match v.as_f32() {
-                Some(0.0) => {}
-                Some(x) => bail!("{key} is {x}: logit soft-capping is not implemented for {arch}"),
-                None => bail!("{key} is a {}: logit soft-capping is not implemented for {arch}", v.type_name()),
-            }
+    let key = format!("{arch}.rope.scaling.attn_factor");
+    if let Some(v) = g.get(&key) {
+        match v.as_f32() {
+            Some(1.0) => {}
+            Some(x) => bail!("{key} is {x}: only 1 (no attention scaling) is implemented"),
+            None => bail!("{key} is a {}, not a number", v.type_name()),
         }
     }
     Ok(())
@@ -321,7 +404,7 @@ impl Model {
             let known: Vec<&str> = ARCHITECTURES.iter().map(|a| a.name()).collect();
             anyhow!("unsupported architecture '{}' (supported: {})", escape(&arch_name), known.join(", "))
         })?;
-        let hp = arch.hparams(&file).with_context(|| format!("reading {arch_name} hyperparameters"))?;
+        let mut hp = arch.hparams(&file).with_context(|| format!("reading {arch_name} hyperparameters"))?;
         let group = hp.n_head / hp.n_head_kv;
         if hp.head_dim.max(hp.head_dim_v) > transformer::MAX_HEAD_DIM
             || group * hp.head_dim.max(hp.head_dim_v) > transformer::MAX_GROUP_DIM
@@ -336,6 +419,9 @@ impl Model {
         }
         let r = hp.recipe;
         let g = &Tensors { file: &file, used: RefCell::new(HashSet::new()) };
+        if r.rope_factors && file.tensor(ROPE_FACTORS).is_some() {
+            hp.rope_factors = Some(rope_factors(g, hp.n_rot / 2)?);
+        }
         let e = hp.n_embd;
         let token_embd = weight(g, "token_embd.weight", hp.n_vocab, e)?;
         let output_norm = vector(g, "output_norm.weight", e)?;
@@ -354,11 +440,27 @@ impl Model {
                     Ok(None)
                 }
             };
+            // q, k and v stacked in one matrix (`attn_qkv`, Phi-3; the reference accepts it for
+            // every architecture): three row ranges of it.
+            let (q, k, v) = (hp.q_dim(), hp.k_dim(), hp.v_dim());
+            let (wq, wk, wv) = if file.tensor(&n("attn_qkv.weight")).is_some() {
+                let qkv = weight(g, &n("attn_qkv.weight"), q + k + v, e)?;
+                (qkv.rows(0, q), qkv.rows(q, k), qkv.rows(q + k, v))
+            } else {
+                (weight(g, &n("attn_q.weight"), q, e)?, weight(g, &n("attn_k.weight"), k, e)?, weight(g, &n("attn_v.weight"), v, e)?)
+            };
+            // No `ffn_gate`: `ffn_up` holds the gate's rows, then the up projection's (Phi-3).
+            let (ffn_gate, ffn_up) = if file.tensor(&n("ffn_gate.weight")).is_none() && file.tensor(&n("ffn_up.weight")).is_some() {
+                let both = weight(g, &n("ffn_up.weight"), 2 * hp.n_ff, e)?;
+                (both.rows(0, hp.n_ff), both.rows(hp.n_ff, hp.n_ff))
+            } else {
+                (weight(g, &n("ffn_gate.weight"), hp.n_ff, e)?, weight(g, &n("ffn_up.weight"), hp.n_ff, e)?)
+            };
             layers.push(LayerWeights {
                 attn_norm: vector(g, &n("attn_norm.weight"), e)?,
-                wq: weight(g, &n("attn_q.weight"), hp.q_dim(), e)?,
-                wk: weight(g, &n("attn_k.weight"), hp.k_dim(), e)?,
-                wv: weight(g, &n("attn_v.weight"), hp.v_dim(), e)?,
+                wq,
+                wk,
+                wv,
                 wo: weight(g, &n("attn_output.weight"), e, hp.n_head * hp.head_dim_v)?,
                 bq: opt_vec("attn_q.bias", hp.q_dim(), r.qkv_bias)?,
                 bk: opt_vec("attn_k.bias", hp.k_dim(), r.qkv_bias)?,
@@ -367,8 +469,8 @@ impl Model {
                 k_norm: opt_vec("attn_k_norm.weight", hp.head_dim, r.qk_norm)?,
                 attn_post_norm: opt_vec("post_attention_norm.weight", e, r.post_norms)?,
                 ffn_norm: vector(g, &n("ffn_norm.weight"), e)?,
-                ffn_gate: weight(g, &n("ffn_gate.weight"), hp.n_ff, e)?,
-                ffn_up: weight(g, &n("ffn_up.weight"), hp.n_ff, e)?,
+                ffn_gate,
+                ffn_up,
                 ffn_down: weight(g, &n("ffn_down.weight"), e, hp.n_ff)?,
                 ffn_post_norm: opt_vec("post_ffw_norm.weight", e, r.post_norms)?,
             });
@@ -397,6 +499,16 @@ impl Model {
             out.iter_mut().for_each(|v| *v *= s);
         }
         Ok(())
+    }
+
+    /// Soft-cap the logits (`final_logit_softcapping`, Gemma 2), as the reference does:
+    /// multiplied by 1/c, tanh, multiplied by c.
+    pub fn softcap_logits(&self, logits: &mut [f32]) {
+        let c = self.hp.final_softcap;
+        if c > 0.0 {
+            let inv = 1.0 / c;
+            logits.iter_mut().for_each(|x| *x = (*x * inv).tanh() * c);
+        }
     }
 
     /// Total bytes of the weight matrices (what one token's forward pass reads).
@@ -437,6 +549,18 @@ impl Tensors<'_> {
             ),
             None => Ok(()),
         }
+    }
+}
+
+/// The tensor of per-dimension RoPE frequency factors.
+const ROPE_FACTORS: &str = "rope_freqs.weight";
+
+/// `rope_freqs.weight`: `pairs` divisors of the RoPE angles, each positive and finite.
+fn rope_factors(g: &Tensors, pairs: usize) -> Result<Vec<f32>> {
+    let f = vector(g, ROPE_FACTORS, pairs)?;
+    match f.iter().position(|x| !(*x > 0.0 && x.is_finite())) {
+        Some(i) => bail!("tensor {ROPE_FACTORS}: factor {i} is {}, a positive finite number expected", f[i]),
+        None => Ok(f),
     }
 }
 
@@ -549,20 +673,74 @@ mod tests {
 
     #[test]
     fn unimplemented_maths_and_unused_tensors_are_refused() {
-        for ty in ["yarn", "longrope", "llama3"] {
+        for ty in ["yarn", "longrope", "su"] {
             let e = refused(&[("llama.rope.scaling.type", String(ty.into()))], &[]);
             assert!(e.contains(&format!("llama.rope.scaling.type is '{ty}': only none and linear RoPE scaling are implemented")), "{e}");
         }
-        let f = [0u8; 32];
-        let e = refused(&[], &[TensorSpec { name: "rope_freqs.weight", dims: &[8], ggml_type: 0, data: &f }]);
-        assert!(e.contains("tensor rope_freqs.weight (per-dimension RoPE frequency factors"), "{e}");
-        for key in ["llama.final_logit_softcapping", "llama.attn_logit_softcapping"] {
-            let e = refused(&[(key, F32(30.0))], &[]);
-            assert!(e.contains(&format!("{key} is 30: logit soft-capping is not implemented for llama")), "{e}");
+        let e = refused(&[("llama.rope.scaling.type", String("llama3".into()))], &[]);
+        assert!(e.contains("llama.rope.scaling.type is 'llama3': Llama 3 scaling is read from the tensor rope_freqs.weight"), "{e}");
+        for key in [
+            "llama.rope.scaling.yarn_ext_factor",
+            "llama.rope.scaling.yarn_log_multiplier",
+            "llama.rope.scaling.alpha",
+            "llama.rope.freq_base_swa",
+            "llama.rope.dimension_sections",
+            "llama.rope.scaling.short_factor",
+        ] {
+            let e = refused(&[(key, F32(2.0))], &[]);
+            assert!(e.contains(&format!("{key} is not implemented (RoPE keys understood: rope.dimension_count")), "{e}");
         }
-        assert!(load(&[("llama.final_logit_softcapping", F32(0.0))], &[]).is_ok(), "0 means no soft-capping");
+        let e = refused(&[("llama.rope.scaling.attn_factor", F32(1.2))], &[]);
+        assert!(e.contains("llama.rope.scaling.attn_factor is 1.2: only 1 (no attention scaling) is implemented"), "{e}");
+        assert!(load(&[("llama.rope.scaling.attn_factor", F32(1.0)), ("llama.rope.scaling.original_context_length", U32(8192))], &[]).is_ok());
+        let m = load(&[("llama.final_logit_softcapping", F32(30.0)), ("llama.attn_logit_softcapping", F32(50.0))], &[]).unwrap();
+        assert_eq!((m.hp.attn_softcap, m.hp.final_softcap), (50.0, 30.0));
+        let mut l = [0.0f32, 3.0, -300.0];
+        m.softcap_logits(&mut l);
+        assert!(l[0] == 0.0 && (l[1] - 30.0 * 0.1f32.tanh()).abs() < 1e-5 && (l[2] + 30.0).abs() < 1e-3, "{l:?}");
+        for bad in [F32(-1.0), F32(f32::NAN)] {
+            let e = refused(&[("llama.final_logit_softcapping", bad.clone())], &[]);
+            assert!(e.contains("llama.final_logit_softcapping is") && e.contains("a finite number >= 0 expected"), "{e}");
+        }
+        let m = load(&[("llama.final_logit_softcapping", F32(0.0))], &[]).unwrap();
+        assert_eq!(m.hp.final_softcap, 0.0, "0 means no soft-capping");
+        // LongRoPE (Phi-3 128k): its factor tensors are not read, so the file is refused
+        let f = [0u8; 32];
+        let e = refused(&[], &[TensorSpec { name: "rope_factors_long.weight", dims: &[8], ggml_type: 0, data: &f }]);
+        assert!(e.contains("tensor 'rope_factors_long.weight' is in the file but the llama architecture does not use it"), "{e}");
         let bias = [0u8; 128];
         let e = refused(&[], &[TensorSpec { name: "blk.0.attn_q.bias", dims: &[32], ggml_type: 0, data: &bias }]);
         assert!(e.contains("tensor 'blk.0.attn_q.bias' is in the file but the llama architecture does not use it"), "{e}");
+    }
+
+    fn f32_bytes(v: &[f32]) -> Vec<u8> {
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn rope_factors_are_read_checked_and_given_to_every_layer() {
+        // head size 16: 8 pairs, 8 factors
+        let f = [1.0f32, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0, 8.0];
+        let data = f32_bytes(&f);
+        let m = load(&[], &[TensorSpec { name: "rope_freqs.weight", dims: &[8], ggml_type: 0, data: &data }]).unwrap();
+        assert_eq!(m.hp.rope_factors.as_deref(), Some(&f[..]));
+        for il in 0..m.hp.n_layer {
+            let r = m.hp.rope(il);
+            assert_eq!((r.n_rot, r.base, r.freq_scale, r.neox, r.factors.as_deref()), (16, 10000.0, 1.0, false, Some(&f[..])));
+        }
+        assert_eq!(load(&[], &[]).unwrap().hp.rope(0).factors, None);
+        let short = f32_bytes(&f[..4]);
+        let e = refused(&[], &[TensorSpec { name: "rope_freqs.weight", dims: &[4], ggml_type: 0, data: &short }]);
+        assert!(e.contains("tensor rope_freqs.weight has 4 elements ([4]), expected 8"), "{e}");
+        for bad in [0.0f32, -1.0, f32::NAN, f32::INFINITY] {
+            let mut g = f;
+            g[5] = bad;
+            let data = f32_bytes(&g);
+            let e = refused(&[], &[TensorSpec { name: "rope_freqs.weight", dims: &[8], ggml_type: 0, data: &data }]);
+            assert!(e.contains(&format!("tensor rope_freqs.weight: factor 5 is {bad}, a positive finite number expected")), "{e}");
+        }
+        // the older key for the linear factor
+        let m = load(&[("llama.rope.scale_linear", F32(2.0))], &[]).unwrap();
+        assert_eq!(m.hp.layers[1].rope_freq_scale, 0.5);
     }
 }

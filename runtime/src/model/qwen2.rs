@@ -14,6 +14,7 @@ pub const RECIPE: Recipe = Recipe {
     qk_norm: false,
     post_norms: false,
     scale_embeddings: false,
+    rope_factors: false,
 };
 
 impl Architecture for Qwen2 {

@@ -10,12 +10,13 @@
 //!   (Gemma) q, k per head: rmsnorm * q_norm / k_norm
 //!   RoPE(q, k) at positions pos..pos+n; k, v appended to the f16 cache
 //!   att[t, h] = softmax(scale * q[t,h] . K[g(h)]^T over the visible positions) V[g(h)]
+//!   (Gemma 2: each score s soft-capped, c * tanh(s / c))
 //!   o = att Wo^T [n x n_embd]; (Gemma) o = rmsnorm(o) * post_attention_norm; x += o
 //!   xn = rmsnorm(x) * ffn_norm; f = act(xn Wgate^T) * (xn Wup^T) [n x n_ff]
 //!   o = f Wdown^T; (Gemma) o = rmsnorm(o) * post_ffw_norm; x += o
 //! Output: logits = (rmsnorm(x) * output_norm) Wout^T [n x n_vocab].
 
-use super::{FfnActivation, Hparams, LayerAttn, Model, RopeStyle, Weight};
+use super::{FfnActivation, Hparams, LayerAttn, Model, Weight};
 use half::f16;
 use kernels_cpu::ops;
 use kernels_cpu::matmul::{balanced_chunks, matmul, matmul_quantized, quantize_activations, Scratch, PANEL_MIN_TOKENS};
@@ -26,61 +27,39 @@ use rayon::prelude::*;
 /// this many tokens.
 pub const FFN_CHUNK: usize = 128;
 
-/// cos/sin of every position for one (base, scale) pair: [n_ctx x n_rot/2] each.
-/// Computed the way ggml does (theta = p * scale * base^(-2i/n_rot), built by repeated
-/// multiplication in f32) so positions agree with the reference to the last bit or so.
+/// cos/sin of every position for one RoPE specification (`ops::Rope`): [n_ctx x n_rot/2] each,
+/// computed once by `Rope::angles`, so every position is the specification's.
 pub struct RopeTable {
     pub n_ctx: usize,
     pub half: usize,
+    pub rope: ops::Rope,
     pub cos: Vec<f32>,
     pub sin: Vec<f32>,
 }
 
 impl RopeTable {
-    pub fn new(n_ctx: usize, n_rot: usize, base: f32, freq_scale: f32) -> RopeTable {
-        let half = n_rot / 2;
+    pub fn new(n_ctx: usize, rope: ops::Rope) -> RopeTable {
+        let half = rope.n_rot / 2;
         let mut cos = vec![0f32; n_ctx * half];
         let mut sin = vec![0f32; n_ctx * half];
-        let theta_scale = base.powf(-2.0 / n_rot as f32);
         for p in 0..n_ctx {
-            let mut theta = p as f32;
-            for i in 0..half {
-                let t = freq_scale * theta;
-                cos[p * half + i] = t.cos();
-                sin[p * half + i] = t.sin();
-                theta *= theta_scale;
-            }
+            rope.angles(p, &mut cos[p * half..(p + 1) * half], &mut sin[p * half..(p + 1) * half]);
         }
-        RopeTable { n_ctx, half, cos, sin }
+        RopeTable { n_ctx, half, rope, cos, sin }
     }
 
-    /// Bytes `new(n_ctx, n_rot, ..)` allocates (saturating: a size that overflows cannot fit).
+    /// Bytes `new(n_ctx, ..)` allocates for `n_rot` rotated dimensions (saturating: a size that
+    /// overflows cannot fit).
     pub fn bytes_for(n_ctx: usize, n_rot: usize) -> u64 {
         (n_ctx as u64).saturating_mul((n_rot / 2) as u64).saturating_mul(2 * 4)
     }
 
-    /// Rotate one head `x` [head_dim] at position `p`.
+    /// Rotate one head `x` (at least n_rot values) at position `p`.
     #[inline]
-    pub fn apply(&self, style: RopeStyle, x: &mut [f32], p: usize) {
+    pub fn apply(&self, x: &mut [f32], p: usize) {
         let c = &self.cos[p * self.half..(p + 1) * self.half];
         let s = &self.sin[p * self.half..(p + 1) * self.half];
-        match style {
-            RopeStyle::Normal => {
-                for i in 0..self.half {
-                    let (x0, x1) = (x[2 * i], x[2 * i + 1]);
-                    x[2 * i] = x0 * c[i] - x1 * s[i];
-                    x[2 * i + 1] = x0 * s[i] + x1 * c[i];
-                }
-            }
-            RopeStyle::Neox => {
-                let h = self.half;
-                for i in 0..h {
-                    let (x0, x1) = (x[i], x[i + h]);
-                    x[i] = x0 * c[i] - x1 * s[i];
-                    x[i + h] = x0 * s[i] + x1 * c[i];
-                }
-            }
-        }
+        self.rope.rotate(x, c, s);
     }
 }
 
@@ -262,8 +241,6 @@ pub fn layer_forward_spans(
     add_bias(&mut ws.q, &lw.bq, n);
     add_bias(&mut ws.k, &lw.bk, n);
     add_bias(&mut ws.v, &lw.bv, n);
-    let style = hp.recipe.rope;
-    let n_rot = hp.n_rot;
     let ao = hp.n_head * hp.head_dim_v;
     for s in spans {
         for t in s.first..s.first + s.len {
@@ -272,13 +249,13 @@ pub fn layer_forward_spans(
                 if let Some(w) = &lw.q_norm {
                     rmsnorm_inplace(h, w, eps);
                 }
-                rope.apply(style, &mut h[..n_rot], p);
+                rope.apply(h, p);
             }
             for h in ws.k[t * kd..(t + 1) * kd].chunks_exact_mut(hd) {
                 if let Some(w) = &lw.k_norm {
                     rmsnorm_inplace(h, w, eps);
                 }
-                rope.apply(style, &mut h[..n_rot], p);
+                rope.apply(h, p);
             }
             ops::f32_to_f16_slice(&ws.k[t * kd..(t + 1) * kd], &mut kv.k[p * kd..(p + 1) * kd]);
             ops::f32_to_f16_slice(&ws.v[t * vd..(t + 1) * vd], &mut kv.v[p * vd..(p + 1) * vd]);
@@ -415,7 +392,7 @@ const MAX_TILED_GROUP: usize = 16;
 fn attend_group_tiled(hp: &Hparams, la: LayerAttn, p: usize, g: usize, kv: &LayerKv, q: &[f32], out: &mut [f32]) {
     let (hd, hdv, kd, vd) = (hp.head_dim, hp.head_dim_v, hp.k_dim(), hp.v_dim());
     let group = hp.n_head / hp.n_head_kv;
-    let scale = hp.attn_scale;
+    let (scale, cap) = score_scale(hp);
     let lo = window_start(la, p);
     let mut acc = [0f32; MAX_GROUP_DIM];
     let mut row = [0f32; MAX_HEAD_DIM];
@@ -432,7 +409,7 @@ fn attend_group_tiled(hp: &Hparams, la: LayerAttn, p: usize, g: usize, kv: &Laye
         for j in 0..nb {
             ops::f16_to_f32_slice(&kv.k[(a + j) * kd + g * hd..][..hd], &mut row[..hd]);
             for (hq, qh) in qs.chunks_exact(hd).enumerate() {
-                sc[hq * FA_TILE + j] = dot8(qh, &row[..hd]) * scale;
+                sc[hq * FA_TILE + j] = cap_score(dot8(qh, &row[..hd]) * scale, cap);
             }
         }
         for hq in 0..group {
@@ -599,7 +576,8 @@ fn attend_block_tiled<const RB: usize>(
                 vt[j * hdv..(j + 1) * hdv].fill(0.0);
             }
         }
-        tile_scores::<RB>(qs, hd, kt, sc, rows, hp.attn_scale);
+        let (scale, cap) = score_scale(hp);
+        tile_scores::<RB>(qs, hd, kt, sc, rows, scale, cap);
         for r in 0..rows {
             let p = p0 + r / group;
             let s = &mut sc[r * FA_TILE..(r + 1) * FA_TILE];
@@ -641,11 +619,11 @@ fn attend_block_tiled<const RB: usize>(
     }
 }
 
-/// `sc[r][j] = scale * q_r . k_j` for `rows` query rows (`qs` [rows x hd]) and the `FA_TILE`
+/// `sc[r][j] = cap_score(scale * q_r . k_j, cap)` for `rows` query rows (`qs` [rows x hd]) and the `FA_TILE`
 /// keys of a tile (`kt` [hd x FA_TILE], transposed): `RB` rows at a time, each score one
 /// multiply-add chain over d, the `RB x FA_TILE` sums held in registers.
 #[inline(always)]
-fn tile_scores<const RB: usize>(qs: &[f32], hd: usize, kt: &[f32], sc: &mut [f32], rows: usize, scale: f32) {
+fn tile_scores<const RB: usize>(qs: &[f32], hd: usize, kt: &[f32], sc: &mut [f32], rows: usize, scale: f32, cap: f32) {
     let kt = &kt[..hd * FA_TILE];
     let mut r = 0;
     while r < rows {
@@ -666,7 +644,7 @@ fn tile_scores<const RB: usize>(qs: &[f32], hd: usize, kt: &[f32], sc: &mut [f32
             if i < rb {
                 let o: &mut [f32; FA_TILE] = (&mut sc[(r + i) * FA_TILE..(r + i + 1) * FA_TILE]).try_into().unwrap();
                 for j in 0..FA_TILE {
-                    o[j] = acc[i][j] * scale;
+                    o[j] = cap_score(acc[i][j] * scale, cap);
                 }
             }
         }
@@ -746,6 +724,28 @@ fn dot8(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
+/// The multiplier of q.k and the soft cap (0: none) of the attention scores: a score is
+/// `scale * q.k`, or with a cap c (Gemma 2's `attn_logit_softcapping`)
+/// `c * tanh(scale * q.k / c)`, computed as the reference does, the scale divided by c first.
+#[inline(always)]
+fn score_scale(hp: &Hparams) -> (f32, f32) {
+    if hp.attn_softcap > 0.0 {
+        (hp.attn_scale / hp.attn_softcap, hp.attn_softcap)
+    } else {
+        (hp.attn_scale, 0.0)
+    }
+}
+
+/// A score (already multiplied by `score_scale`'s scale) soft-capped by `cap` (0: as it is).
+#[inline(always)]
+fn cap_score(s: f32, cap: f32) -> f32 {
+    if cap > 0.0 {
+        cap * s.tanh()
+    } else {
+        s
+    }
+}
+
 /// Positions handled per step: their scores and weights are computed together.
 const ATT_BLOCK: usize = 32;
 
@@ -755,7 +755,7 @@ const ATT_BLOCK: usize = 32;
 fn attend_group(hp: &Hparams, la: LayerAttn, p: usize, g: usize, kv: &LayerKv, q: &[f32], out: &mut [f32]) {
     let (hd, hdv, kd, vd) = (hp.head_dim, hp.head_dim_v, hp.k_dim(), hp.v_dim());
     let group = hp.n_head / hp.n_head_kv;
-    let scale = hp.attn_scale;
+    let (scale, cap) = score_scale(hp);
     let lo = window_start(la, p);
     // this group's queries rounded to f16 (kept as f32), accumulators, widened K/V rows
     let mut qs = [0f32; MAX_GROUP_DIM];
@@ -780,7 +780,7 @@ fn attend_group(hp: &Hparams, la: LayerAttn, p: usize, g: usize, kv: &LayerKv, q
         for b in 0..nb {
             ops::f16_to_f32_slice(&kv.k[(j0 + b) * kd + g * hd..][..hd], &mut row[..hd]);
             for (hq, qh) in qs.chunks_exact(hd).enumerate() {
-                sc[hq * ATT_BLOCK + b] = dot8(qh, &row[..hd]) * scale;
+                sc[hq * ATT_BLOCK + b] = cap_score(dot8(qh, &row[..hd]) * scale, cap);
             }
         }
         for (hq, mh) in m[..group].iter_mut().enumerate() {
@@ -837,23 +837,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rope_rotates_pairs_by_position_angle() {
+    fn rope_table_holds_the_specifications_angles() {
         // base 10000, 4 dims: pair i rotates by p * 10000^(-2i/4).
-        let t = RopeTable::new(8, 4, 10000.0, 1.0);
+        let t = RopeTable::new(8, ops::Rope::normal(4, 10000.0));
         let mut x = [1.0, 0.0, 1.0, 0.0];
-        t.apply(RopeStyle::Normal, &mut x, 3);
+        t.apply(&mut x, 3);
         assert!((x[0] - 3f32.cos()).abs() < 1e-6 && (x[1] - 3f32.sin()).abs() < 1e-6);
         let a = 3.0 * 0.01f32;
         assert!((x[2] - a.cos()).abs() < 1e-6 && (x[3] - a.sin()).abs() < 1e-6);
         // NEOX pairs (0,2) and (1,3).
+        let t = RopeTable::new(8, ops::Rope::neox(4, 10000.0));
         let mut y = [1.0, 1.0, 0.0, 0.0];
-        t.apply(RopeStyle::Neox, &mut y, 3);
+        t.apply(&mut y, 3);
         assert!((y[0] - 3f32.cos()).abs() < 1e-6 && (y[2] - 3f32.sin()).abs() < 1e-6);
         assert!((y[1] - a.cos()).abs() < 1e-6 && (y[3] - a.sin()).abs() < 1e-6);
-        // position 0 is the identity; norms are preserved.
-        let mut z = [0.3, -0.7, 1.1, 2.0];
-        t.apply(RopeStyle::Normal, &mut z, 0);
-        assert_eq!(z, [0.3, -0.7, 1.1, 2.0]);
+        // every position as the specification rotates it, factors included
+        let spec = ops::Rope { factors: Some(vec![1.0, 4.0]), freq_scale: 0.25, ..ops::Rope::normal(4, 10000.0) };
+        let t = RopeTable::new(8, spec.clone());
+        for p in 0..8 {
+            let (mut u, mut v) = ([0.3, -0.7, 1.1, 2.0], [0.3, -0.7, 1.1, 2.0]);
+            t.apply(&mut u, p);
+            spec.apply(&mut v, 1, 4, p);
+            assert_eq!(u, v, "position {p}");
+        }
     }
 
     /// Attention-only hyper-parameters for the tests (one layer, head sizes as given).
@@ -872,7 +878,10 @@ mod tests {
             rms_eps: 1e-6,
             n_rot: hd,
             attn_scale,
+            attn_softcap: 0.0,
+            final_softcap: 0.0,
             layers: vec![],
+            rope_factors: None,
             recipe: crate::model::gemma3::RECIPE,
         }
     }
@@ -894,10 +903,14 @@ mod tests {
 
     /// Both attention paths (one-pass f16, tiled f32) against an exact f64 softmax attention,
     /// causal and with a sliding window, over several tiles of the cache.
+    /// Both attention paths (one-pass f16, tiled f32) against an exact f64 softmax attention,
+    /// causal and with a sliding window, over several tiles of the cache, without and with a
+    /// soft cap on the scores.
     #[test]
     fn attention_paths_match_exact_softmax() {
         let (n_head, n_kv, hd) = (4, 2, 16);
-        let hp = attn_hparams(n_head, n_kv, hd, 0.25);
+        for cap in [0.0f64, 1.5] {
+        let hp = Hparams { attn_softcap: cap as f32, ..attn_hparams(n_head, n_kv, hd, 0.25) };
         let mut rnd = lcg(12345);
         let kv = random_kv(&hp, 200, &mut rnd);
         let q: Vec<f32> = (0..hp.q_dim()).map(|_| rnd()).collect();
@@ -916,7 +929,8 @@ mod tests {
                         let s: Vec<f64> = (lo..=p)
                             .map(|j| {
                                 let k = &kv.k[j * hp.k_dim() + g * hd..][..hd];
-                                0.25 * qh.iter().zip(k).map(|(a, b)| *a as f64 * b.to_f64()).sum::<f64>()
+                                let s = 0.25 * qh.iter().zip(k).map(|(a, b)| *a as f64 * b.to_f64()).sum::<f64>();
+                                if cap > 0.0 { cap * (s / cap).tanh() } else { s }
                             })
                             .collect();
                         let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -928,12 +942,13 @@ mod tests {
                                 .sum();
                             let (a, b) = (one[hq * hd + d] as f64, tiled[hq * hd + d] as f64);
                             // f16 query and accumulator: ~1e-3 relative; f32 path: ~1e-6.
-                            assert!((a - want).abs() < 1e-2, "one-pass p={p} {window:?}: {a} vs {want}");
-                            assert!((b - want).abs() < 1e-5, "tiled p={p} {window:?}: {b} vs {want}");
+                            assert!((a - want).abs() < 1e-2, "one-pass p={p} {window:?} cap {cap}: {a} vs {want}");
+                            assert!((b - want).abs() < 1e-5, "tiled p={p} {window:?} cap {cap}: {b} vs {want}");
                         }
                     }
                 }
             }
+        }
         }
     }
 
@@ -943,8 +958,8 @@ mod tests {
     /// multiple of the value step.
     #[test]
     fn blocked_tiled_attention_matches_its_specification() {
-        for (n_head, n_kv, hd) in [(6usize, 2usize, 40usize), (2, 2, 64)] {
-            let hp = attn_hparams(n_head, n_kv, hd, 0.3);
+        for (n_head, n_kv, hd, cap) in [(6usize, 2usize, 40usize, 0.0f32), (2, 2, 64, 0.0), (2, 1, 32, 2.0)] {
+            let hp = Hparams { attn_softcap: cap, ..attn_hparams(n_head, n_kv, hd, 0.3) };
             let mut rnd = lcg(777);
             let kv = random_kv(&hp, 300, &mut rnd);
             let (pos, n) = (37usize, 203usize);

@@ -30,12 +30,17 @@ pub(crate) struct PreTokenizerConfig {
 
 const GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
 const LLAMA3: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+// Mistral's Tekken (Nemo, Small 3): the reference rewrites the original's cased-letter classes
+// ([\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}] and [\p{Ll}\p{Lm}\p{Lo}\p{M}]) as "a letter that is not a-z"
+// and "a letter that is not A-Z"; these are its classes, so that the ids are its ids.
+const TEKKEN: &str = r"[^\r\n\p{L}\p{N}]?[\p{L}&&[^a-z]]*[\p{L}&&[^A-Z]]+|[^\r\n\p{L}\p{N}]?[\p{L}&&[^a-z]]+[\p{L}&&[^A-Z]]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const QWEN2: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 const DEFAULT_EXPRS: &[&str] = &[r"[\p{P}\$\+<=>\^~\|]+", GPT2, r"\p{N}+", r"[0-9][0-9][0-9]"];
 const GPT2_EXPRS: &[&str] = &[GPT2];
 const LLAMA3_EXPRS: &[&str] = &[LLAMA3];
 const QWEN2_EXPRS: &[&str] = &[QWEN2];
+const TEKKEN_EXPRS: &[&str] = &[TEKKEN];
 const STARCODER_EXPRS: &[&str] = &[r"\p{N}", GPT2];
 const FALCON_EXPRS: &[&str] = &[r"[\p{P}\$\+<=>\^~\|`]+", GPT2, r"[0-9][0-9][0-9]"];
 const DEEPSEEK_CODER_EXPRS: &[&str] = &["[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", "[一-龥ࠀ-一가-퟿]+", r"\p{N}"];
@@ -70,6 +75,7 @@ pub(crate) fn config_for(pre: &str) -> Result<PreTokenizerConfig> {
             c(LLAMA3_EXPRS, true, true, Some(true))
         }
         "dbrx" | "smaug-bpe" => c(LLAMA3_EXPRS, false, true, None),
+        "tekken" => c(TEKKEN_EXPRS, true, false, Some(true)),
         "qwen2" | "deepseek-r1-qwen" | "kormo" => c(QWEN2_EXPRS, false, false, None),
         "megrez" | "stablelm2" => c(QWEN2_EXPRS, false, true, None),
         "hunyuan" => c(QWEN2_EXPRS, false, false, None),
@@ -84,7 +90,7 @@ pub(crate) fn config_for(pre: &str) -> Result<PreTokenizerConfig> {
         "falcon" => c(FALCON_EXPRS, false, true, None),
         "glm4" | "chatglm-bpe" => c(LLAMA3_EXPRS, false, true, None),
         other => bail!(
-            "unsupported tokenizer.ggml.pre '{other}' (known: default, gpt-2, llama-bpe/llama3, qwen2, \
+            "unsupported tokenizer.ggml.pre '{other}' (known: default, gpt-2, llama-bpe/llama3, qwen2, tekken, \
              deepseek-llm, deepseek-coder, deepseek-v3, deepseek-r1-qwen, starcoder, falcon, ...)"
         ),
     })
@@ -259,7 +265,7 @@ mod tests {
     #[test]
     fn every_known_pre_compiles() {
         for pre in [
-            "default", "gpt-2", "gpt2", "llama-bpe", "llama3", "qwen2", "deepseek-llm", "deepseek-coder",
+            "default", "gpt-2", "gpt2", "llama-bpe", "llama3", "qwen2", "tekken", "deepseek-llm", "deepseek-coder",
             "deepseek-v3", "deepseek-r1-qwen", "starcoder", "falcon", "command-r", "glm4", "dbrx",
         ] {
             let cfg = config_for(pre).unwrap();
@@ -280,6 +286,12 @@ mod tests {
         assert_eq!(split("qwen2", "a  b"), ["a", " ", " b"]);
         assert_eq!(split("qwen2", "I'LL do"), ["I", "'LL", " do"]);
         assert_eq!(split("qwen2", "x\n\n  y"), ["x", "\n\n", " ", " y"]);
+    }
+
+    #[test]
+    fn tekken_splits_at_case_changes_and_single_digits() {
+        assert_eq!(split("tekken", "HelloWorld path/to 123"), ["Hello", "World", " path", "/to", " ", "1", "2", "3"]);
+        assert_eq!(split("tekken", "URLs éCOLE"), ["URLs", " é", "COLE"]);
     }
 
     #[test]

@@ -26,16 +26,18 @@ extern "C" __global__ void rmsnorm(const float* x, const float* weight, int dim,
 }
 
 // One thread per rotated pair: n_tokens * n_heads * n_rot/2 threads. mode 0 = adjacent pairs,
-// 2 = NEOX (i, i + n_rot/2).
+// 2 = NEOX (i, i + n_rot/2). `ff`: n_rot/2 per-dimension frequency divisors, or null for none
+// (the formula of kernels_cpu::ops::Rope: freq_scale * (pos * base^(-2i/n_rot) / ff[i])).
 extern "C" __global__ void rope(float* x, int n_tokens, int n_heads, int head_dim, int n_rot, int pos0,
-                                int mode, float freq_base, float freq_scale) {
+                                int mode, float freq_base, float freq_scale, const float* ff) {
     const int half = n_rot / 2;
     const u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (u64)n_tokens * n_heads * half) return;
     const int i = idx % half;
     const int h = (idx / half) % n_heads;
     const int t = idx / ((u64)half * n_heads);
-    const float theta = (float)(pos0 + t) * freq_scale * powf(freq_base, -2.0f * i / n_rot);
+    const float theta_base = (float)(pos0 + t) * powf(freq_base, -2.0f * i / n_rot);
+    const float theta = freq_scale * (ff ? theta_base / ff[i] : theta_base);
     float s, c;
     sincosf(theta, &s, &c);
     float* head = x + ((u64)t * n_heads + h) * head_dim;

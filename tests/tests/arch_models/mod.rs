@@ -1,0 +1,389 @@
+//! Tiny models in the exact layout of each architecture the runtime runs (tensor names, shapes,
+//! metadata, tokenizer kind), written deterministically by the project's own GGUF writer, so that
+//! the reference engine's answers on them (tests/data/reference/tiny-<name>.json, made by
+//! tests/data/make_reference.py) can be compared with ours. Each file is pinned by sha256: the
+//! answers hold for that content only.
+//!
+//! Weights are seeded pseudo-random numbers, F16 matrices and F32 vectors (norm weights near 1),
+//! scaled so that activations keep unit size through the layers. Vocabularies are real ones,
+//! copied from a GGUF (`tokenizer.*` keys) or converted from a Hugging Face `tokenizer.json`.
+
+#![allow(dead_code)] // each test crate that includes this module uses part of it
+
+use llamafile::gguf::{writer, GgufFile, MetaValue};
+use std::path::{Path, PathBuf};
+
+/// One architecture's tiny layout.
+pub struct Layout {
+    pub arch: &'static str,
+    pub n_layer: usize,
+    pub n_embd: usize,
+    pub n_ff: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    /// `attention.key_length` (= value_length) when it differs from n_embd / n_head.
+    pub head_dim: Option<usize>,
+    pub rope_base: f32,
+    pub rms_eps: f32,
+    /// q/k/v biases (`attn_{q,k,v}.bias`).
+    pub qkv_bias: bool,
+    /// Per-head q/k RMSNorm (`attn_q_norm`, `attn_k_norm`).
+    pub qk_norm: bool,
+    /// RMSNorm of the attention and FFN outputs (`post_attention_norm`, `post_ffw_norm`).
+    pub post_norms: bool,
+    /// No `output.weight`: the output is the embedding matrix.
+    pub tied: bool,
+    /// `rope_freqs.weight`.
+    pub rope_factors: Option<Vec<f32>>,
+    /// `rope.dimension_count` when it is less than the head size (partial rotary).
+    pub n_rot: Option<usize>,
+    /// q, k, v in one `attn_qkv` matrix; gate and up in one `ffn_up` (Phi-3).
+    pub fused: bool,
+    /// More `<arch>.*` metadata (without the prefix).
+    pub extra: Vec<(&'static str, MetaValue)>,
+}
+
+impl Layout {
+    fn head_dim(&self) -> usize {
+        self.head_dim.unwrap_or(self.n_embd / self.n_head)
+    }
+}
+
+/// xorshift64*: uniform values in [-1, 1).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let x = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d);
+        (x >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+}
+
+/// The model file for `layout` with the vocabulary `vocab` (`tokenizer.*` entries).
+pub fn build(layout: &Layout, vocab: &[(String, MetaValue)]) -> Vec<u8> {
+    use kernels_cpu::WeightType;
+    use MetaValue::*;
+    let l = layout;
+    let hd = l.head_dim();
+    let n_vocab = match vocab.iter().find(|(k, _)| k == "tokenizer.ggml.tokens") {
+        Some((_, Array(t))) => t.len(),
+        _ => panic!("vocabulary without tokenizer.ggml.tokens"),
+    };
+    let a = |k: &str| format!("{}.{k}", l.arch);
+    let mut meta: Vec<(std::string::String, MetaValue)> = vec![
+        ("general.architecture".into(), String(l.arch.into())),
+        // (not "tiny phi3": the reference gives special tokens of models named phi3 other
+        // attributes and then requires Llama 2's special tokens)
+        ("general.name".into(), String(format!("tiny {}", if l.arch == "phi3" { "phi" } else { l.arch }))),
+        ("general.file_type".into(), U32(1)),
+        (a("context_length"), U32(4096)),
+        (a("embedding_length"), U32(l.n_embd as u32)),
+        (a("block_count"), U32(l.n_layer as u32)),
+        (a("feed_forward_length"), U32(l.n_ff as u32)),
+        (a("attention.head_count"), U32(l.n_head as u32)),
+        (a("attention.head_count_kv"), U32(l.n_head_kv as u32)),
+        (a("rope.freq_base"), F32(l.rope_base)),
+        (a("attention.layer_norm_rms_epsilon"), F32(l.rms_eps)),
+        (a("vocab_size"), U32(n_vocab as u32)),
+        (a("rope.dimension_count"), U32(l.n_rot.unwrap_or(hd) as u32)),
+    ];
+    if let Some(d) = l.head_dim {
+        meta.push((a("attention.key_length"), U32(d as u32)));
+        meta.push((a("attention.value_length"), U32(d as u32)));
+    }
+    meta.extend(l.extra.iter().map(|(k, v)| (a(k), v.clone())));
+    meta.extend(vocab.iter().cloned());
+
+    let (e, ff, q, kv) = (l.n_embd as u64, l.n_ff as u64, (l.n_head * hd) as u64, (l.n_head_kv * hd) as u64);
+    // (name, dims, is a matrix, scale of the uniform values)
+    let mut shapes: Vec<(std::string::String, Vec<u64>, f32)> = vec![("token_embd.weight".into(), vec![e, n_vocab as u64], 1.0)];
+    if let Some(f) = &l.rope_factors {
+        shapes.push(("rope_freqs.weight".into(), vec![f.len() as u64], 0.0));
+    }
+    shapes.push(("output_norm.weight".into(), vec![e], 0.1));
+    if !l.tied {
+        shapes.push(("output.weight".into(), vec![e, n_vocab as u64], 1.0));
+    }
+    let w = |cols: u64| (3.0 / cols as f32).sqrt();
+    for b in 0..l.n_layer {
+        let mut blk = vec![("attn_norm.weight", vec![e], 0.1)];
+        if l.fused {
+            blk.push(("attn_qkv.weight", vec![e, q + 2 * kv], w(e)));
+        } else {
+            blk.extend([("attn_q.weight", vec![e, q], w(e)), ("attn_k.weight", vec![e, kv], w(e)), ("attn_v.weight", vec![e, kv], w(e))]);
+        }
+        blk.extend([("attn_output.weight", vec![q, e], w(q)), ("ffn_norm.weight", vec![e], 0.1)]);
+        if l.fused {
+            blk.push(("ffn_up.weight", vec![e, 2 * ff], w(e)));
+        } else {
+            blk.extend([("ffn_gate.weight", vec![e, ff], w(e)), ("ffn_up.weight", vec![e, ff], w(e))]);
+        }
+        blk.push(("ffn_down.weight", vec![ff, e], w(ff)));
+        if l.qkv_bias {
+            blk.extend([("attn_q.bias", vec![q], 0.3), ("attn_k.bias", vec![kv], 0.3), ("attn_v.bias", vec![kv], 0.3)]);
+        }
+        if l.post_norms {
+            blk.extend([("post_attention_norm.weight", vec![e], 0.1), ("post_ffw_norm.weight", vec![e], 0.1)]);
+        }
+        if l.qk_norm {
+            blk.extend([("attn_q_norm.weight", vec![hd as u64], 0.1), ("attn_k_norm.weight", vec![hd as u64], 0.1)]);
+        }
+        shapes.extend(blk.into_iter().map(|(n, d, s)| (format!("blk.{b}.{n}"), d, s)));
+    }
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ l.arch.len() as u64);
+    let data: Vec<(u32, Vec<u8>)> = shapes
+        .iter()
+        .map(|(name, dims, scale)| {
+            let n: u64 = dims.iter().product();
+            if name == "rope_freqs.weight" {
+                let f = l.rope_factors.as_ref().unwrap();
+                return (0, f.iter().flat_map(|x| x.to_le_bytes()).collect());
+            }
+            if dims.len() == 1 {
+                // norm weights 1 +- 0.1, biases +- scale
+                let base = if name.ends_with("norm.weight") { 1.0 } else { 0.0 };
+                return (0, (0..n).flat_map(|_| (base + scale * rng.next()).to_le_bytes()).collect());
+            }
+            let v: Vec<f32> = (0..n).map(|_| scale * rng.next()).collect();
+            let mut out = vec![0u8; n as usize * 2];
+            kernels_cpu::types::quantize_row(WeightType::F16, &v, &mut out);
+            (1, out)
+        })
+        .collect();
+    let specs: Vec<writer::TensorSpec> = shapes
+        .iter()
+        .zip(&data)
+        .map(|((name, dims, _), (ty, d))| writer::TensorSpec { name, dims, ggml_type: *ty, data: d })
+        .collect();
+    let meta: Vec<(&str, MetaValue)> = meta.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    writer::build(&meta, &specs, 32)
+}
+
+/// The `tokenizer.*` entries of a GGUF (a vocabulary file or a model).
+pub fn vocab_of_gguf(path: &Path) -> Vec<(String, MetaValue)> {
+    let f = GgufFile::open(path).unwrap();
+    f.metadata().iter().filter(|(k, _)| k.starts_with("tokenizer.")).cloned().collect()
+}
+
+/// A Llama 3.x vocabulary as the reference converter writes it, from Meta's `tokenizer.json`:
+/// byte-level BPE (`gpt2`) with the pre-tokenizer `pre` (`llama-bpe` for Llama 3 itself), the
+/// 128,000 pieces and merges, the
+/// 256 special tokens from 128000 as control tokens (ids past 128255, which only the vision
+/// models use, left out), BOS `<|begin_of_text|>`, EOS `<|eot_id|>` (the instruct models'), the
+/// Llama 3 chat template.
+pub fn llama3_vocab(tokenizer_json: &Path, pre: &str) -> Vec<(String, MetaValue)> {
+    use MetaValue::*;
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(tokenizer_json).unwrap()).unwrap();
+    const N: usize = 128_256;
+    let mut tokens = vec![None; N];
+    let mut types = vec![1i32; N];
+    for (piece, id) in v["model"]["vocab"].as_object().unwrap() {
+        tokens[id.as_u64().unwrap() as usize] = Some(piece.clone());
+    }
+    for t in v["added_tokens"].as_array().unwrap() {
+        let id = t["id"].as_u64().unwrap() as usize;
+        if id < N {
+            tokens[id] = Some(t["content"].as_str().unwrap().to_string());
+            types[id] = if t["special"].as_bool().unwrap() { 3 } else { 4 };
+        }
+    }
+    let tokens: Vec<MetaValue> = tokens.into_iter().enumerate().map(|(i, t)| String(t.unwrap_or_else(|| panic!("no token {i}")))).collect();
+    let merges: Vec<MetaValue> = v["model"]["merges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| match m {
+            serde_json::Value::String(s) => String(s.clone()),
+            pair => String(format!("{} {}", pair[0].as_str().unwrap(), pair[1].as_str().unwrap())),
+        })
+        .collect();
+    let template = "{{- bos_token }}{%- for message in messages %}{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}";
+    vec![
+        ("tokenizer.ggml.model".into(), String("gpt2".into())),
+        ("tokenizer.ggml.pre".into(), String(pre.into())),
+        ("tokenizer.ggml.tokens".into(), Array(tokens)),
+        ("tokenizer.ggml.token_type".into(), Array(types.into_iter().map(I32).collect())),
+        ("tokenizer.ggml.merges".into(), Array(merges)),
+        ("tokenizer.ggml.bos_token_id".into(), U32(128_000)),
+        ("tokenizer.ggml.eos_token_id".into(), U32(128_009)),
+        ("tokenizer.ggml.add_bos_token".into(), Bool(true)),
+        ("tokenizer.chat_template".into(), String(template.into())),
+    ]
+}
+
+/// The frequency factors the reference converter writes as `rope_freqs.weight` for
+/// `rope_scaling.rope_type = llama3`: 1 for wavelengths under `orig_ctx / high`, `factor` above
+/// `orig_ctx / low`, interpolated between.
+pub fn llama3_rope_factors(n_rot: usize, base: f32, factor: f32, low: f32, high: f32, orig_ctx: f32) -> Vec<f32> {
+    let (low_wavelen, high_wavelen) = (orig_ctx / low, orig_ctx / high);
+    (0..n_rot / 2)
+        .map(|i| {
+            let freq = 1.0 / base.powf(2.0 * i as f32 / n_rot as f32);
+            let wavelen = 2.0 * std::f32::consts::PI / freq;
+            if wavelen < high_wavelen {
+                1.0
+            } else if wavelen > low_wavelen {
+                factor
+            } else {
+                let smooth = (orig_ctx / wavelen - low) / (high - low);
+                1.0 / ((1.0 - smooth) / factor + smooth)
+            }
+        })
+        .collect()
+}
+
+/// `bytes` written once to the test's target folder as `name` and checked against `sha256`.
+pub fn pinned(name: &str, bytes: impl FnOnce() -> Vec<u8>, sha256: &str) -> PathBuf {
+    use sha2::Digest;
+    let p = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let hash = |b: &[u8]| format!("{:x}", sha2::Sha256::digest(b));
+    if std::fs::read(&p).is_ok_and(|b| hash(&b) == sha256) {
+        return p;
+    }
+    let bytes = bytes();
+    let tmp = p.with_extension(format!("partial.{}", std::process::id()));
+    std::fs::write(&tmp, &bytes).unwrap();
+    std::fs::rename(&tmp, &p).unwrap();
+    assert_eq!(hash(&bytes), sha256, "{}: not the file the reference answers were computed on", p.display());
+    p
+}
+
+// ---- the layouts ----
+
+/// Llama 3.2 1B's layout scaled down: GQA, tied output (no output.weight), RoPE base 500000 with
+/// Llama 3 frequency factors (rope_freqs.weight; made for a 256-token original context so that
+/// they change the angles within the tested 700 positions), the Llama 3.2 vocabulary with the
+/// llama-bpe pre-tokenizer and <|eot_id|> as its end token.
+pub fn llama3_layout() -> Layout {
+    Layout {
+        arch: "llama",
+        n_layer: 4,
+        n_embd: 128,
+        n_ff: 384,
+        n_head: 4,
+        n_head_kv: 2,
+        head_dim: None,
+        rope_base: 500000.0,
+        rms_eps: 1e-5,
+        qkv_bias: false,
+        qk_norm: false,
+        post_norms: false,
+        tied: true,
+        rope_factors: Some(llama3_rope_factors(32, 500000.0, 32.0, 1.0, 4.0, 256.0)),
+        n_rot: None,
+        fused: false,
+        extra: vec![],
+    }
+}
+
+/// Qwen3 0.6B's layout scaled down: per-head q/k RMSNorm before NEOX RoPE, no q/k/v biases, a
+/// head size (key_length 32) that is not n_embd / n_head (16), GQA, tied output, base 1e6, the
+/// Qwen2.5/Qwen3 vocabulary (byte-level BPE, qwen2 pre-tokenizer).
+pub fn qwen3_layout() -> Layout {
+    Layout {
+        arch: "qwen3",
+        n_layer: 4,
+        n_embd: 64,
+        n_ff: 192,
+        n_head: 4,
+        n_head_kv: 2,
+        head_dim: Some(32),
+        rope_base: 1e6,
+        rms_eps: 1e-6,
+        qkv_bias: false,
+        qk_norm: true,
+        post_norms: false,
+        tied: true,
+        rope_factors: None,
+        n_rot: None,
+        fused: false,
+        extra: vec![],
+    }
+}
+
+/// Mistral Nemo's layout scaled down: the llama architecture with a head size (key_length 64)
+/// that is not n_embd / n_head (32), GQA, untied output, base 1e6, a Tekken-pre-tokenized
+/// byte-level BPE vocabulary (the Llama 3.2 pieces: Tekken's own vocabulary is not on the
+/// registries this project reaches), and `llama.attention.sliding_window` 64 as Mistral 7B
+/// v0.1 declares one.
+pub fn nemo_layout() -> Layout {
+    Layout {
+        arch: "llama",
+        n_layer: 4,
+        n_embd: 128,
+        n_ff: 384,
+        n_head: 4,
+        n_head_kv: 2,
+        head_dim: Some(64),
+        rope_base: 1e6,
+        rms_eps: 1e-5,
+        qkv_bias: false,
+        qk_norm: false,
+        post_norms: false,
+        tied: false,
+        rope_factors: None,
+        n_rot: None,
+        fused: false,
+        extra: vec![("attention.sliding_window", MetaValue::U32(64))],
+    }
+}
+
+/// Gemma 2 2B's layout scaled down: embeddings scaled by sqrt(n_embd), post-attention and
+/// post-FFN norms, GELU, NEOX RoPE, tied output, head size 64 (not n_embd / n_head = 32), a
+/// sliding window of 32 positions on the even layers, and soft caps small enough (attention 2,
+/// logits 100) that they shape these random weights' scores and logits (the top logit, ~66
+/// uncapped, becomes ~58); the Gemma vocabulary (SentencePiece).
+pub fn gemma2_layout() -> Layout {
+    use MetaValue::F32;
+    Layout {
+        arch: "gemma2",
+        n_layer: 4,
+        n_embd: 128,
+        n_ff: 384,
+        n_head: 4,
+        n_head_kv: 2,
+        head_dim: Some(64),
+        rope_base: 10000.0,
+        rms_eps: 1e-6,
+        qkv_bias: false,
+        qk_norm: false,
+        post_norms: true,
+        tied: true,
+        rope_factors: None,
+        n_rot: None,
+        fused: false,
+        extra: vec![
+            ("attention.sliding_window", MetaValue::U32(32)),
+            ("attn_logit_softcapping", F32(2.0)),
+            ("final_logit_softcapping", F32(100.0)),
+        ],
+    }
+}
+
+/// Phi-4-mini's layout scaled down: q/k/v in one matrix, gate and up in one, NEOX RoPE on 24 of
+/// each head's 32 dimensions (partial rotary), GQA, tied output; a sliding window declared (the
+/// reference ignores Phi's).
+pub fn phi3_layout() -> Layout {
+    Layout {
+        arch: "phi3",
+        n_layer: 4,
+        n_embd: 128,
+        n_ff: 384,
+        n_head: 4,
+        n_head_kv: 2,
+        head_dim: None,
+        rope_base: 10000.0,
+        rms_eps: 1e-5,
+        qkv_bias: false,
+        qk_norm: false,
+        post_norms: false,
+        tied: true,
+        rope_factors: None,
+        n_rot: Some(24),
+        fused: true,
+        extra: vec![("attention.sliding_window", MetaValue::U32(32))],
+    }
+}
