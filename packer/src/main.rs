@@ -46,7 +46,8 @@ struct Cli {
     /// With --quantize: write the quantized model as a plain GGUF to OUT (no runtime, no zip).
     #[arg(long = "gguf-out", value_name = "OUT", requires = "quantize", conflicts_with_all = ["out", "args", "args_file", "gpu_backend", "runtime"])]
     gguf_out: Option<PathBuf>,
-    /// An importance matrix for --quantize (not supported yet: refused).
+    /// An importance matrix for --quantize (the GGUF llama-imatrix writes): the Q4_K, Q5_K and
+    /// Q6_K scale searches weigh each column by it.
     #[arg(long, value_name = "FILE", requires = "quantize")]
     imatrix: Option<PathBuf>,
     // --- end quantization ---

@@ -10,13 +10,14 @@
 
 use crate::quant_mix::{self, Mix, ModelFacts, TensorIn};
 use anyhow::{bail, Context};
-use kernels_cpu::types::{dequantize_row, quantize_row};
+use kernels_cpu::types::{dequantize_row, quantize_row_weighted, quantize_weights};
 use kernels_cpu::WeightType;
 use llamafile::escape::{escape, escape_path};
 use llamafile::gguf::{writer, GgufFile, MetaValue, TensorInfo};
 use rayon::prelude::*;
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 
 /// The ggml quantization version of the blocks the kernels write (ggml's `GGML_QNT_VERSION`).
 const QUANTIZATION_VERSION: u32 = 2;
@@ -29,7 +30,8 @@ const SLAB_BYTES: usize = 16 << 20;
 #[derive(Clone, Debug)]
 pub struct QuantizeOptions {
     pub mix: Mix,
-    /// An importance-matrix file (`--imatrix`): refused, see [`plan`].
+    /// An importance-matrix file (`--imatrix`, see [`crate::imatrix`]): the Q4_K, Q5_K and Q6_K
+    /// scale searches weigh each column's error by its importance.
     pub imatrix: Option<std::path::PathBuf>,
 }
 
@@ -39,6 +41,8 @@ pub struct PlannedTensor {
     pub input: usize,
     pub ggml_type: u32,
     pub size: u64,
+    /// The importance of each column (`--imatrix`), one row of them per expert.
+    pub importance: Option<Arc<Vec<f32>>>,
 }
 
 /// Everything decided before a byte is written: the header and each tensor's type.
@@ -81,12 +85,10 @@ fn is_float(t: WeightType) -> bool {
 
 /// Decide every tensor's type and lay out the output; refuses (one line) what cannot be done.
 pub fn plan(g: &GgufFile, opts: &QuantizeOptions) -> anyhow::Result<Plan> {
-    if let Some(p) = &opts.imatrix {
-        bail!(
-            "--imatrix {}: importance matrices are not supported yet (the quantizers search scales without per-column weights); quantize without --imatrix",
-            escape_path(p)
-        );
-    }
+    let imatrix = match &opts.imatrix {
+        Some(p) => Some(crate::imatrix::load(p)?),
+        None => None,
+    };
     let all = g.tensors();
     let names: Vec<&str> = all.iter().map(|t| t.name.as_str()).collect();
     let order = quant_mix::reference_order(&names);
@@ -110,7 +112,7 @@ pub fn plan(g: &GgufFile, opts: &QuantizeOptions) -> anyhow::Result<Plan> {
         let t = &all[i];
         let keep = t.wtype.is_none_or(|w| w == to);
         if keep {
-            tensors.push(PlannedTensor { input: i, ggml_type: t.ggml_type, size: t.size });
+            tensors.push(PlannedTensor { input: i, ggml_type: t.ggml_type, size: t.size, importance: None });
             continue;
         }
         let from = t.wtype.expect("unknown types are kept");
@@ -123,23 +125,65 @@ pub fn plan(g: &GgufFile, opts: &QuantizeOptions) -> anyhow::Result<Plan> {
             .checked_row_bytes(cols)
             .and_then(|rb| rb.checked_mul(rows))
             .with_context(|| format!("tensor '{}': {cols} columns do not fit type {to}", escape(&t.name)))?;
-        tensors.push(PlannedTensor { input: i, ggml_type: to.id(), size });
+        let importance = match imatrix.as_ref().and_then(|m| m.entries.get(&t.name)) {
+            Some(v) => importance_for(t, to, v, opts)?,
+            None => None,
+        };
+        tensors.push(PlannedTensor { input: i, ggml_type: to.id(), size, importance });
     }
     let alignment = g.alignment();
     let mut meta: Vec<(&str, MetaValue)> = g
         .metadata()
         .iter()
-        .filter(|(k, _)| k != "general.quantization_version" && k != "general.file_type")
+        .filter(|(k, _)| !matches!(k.as_str(), "general.quantization_version" | "general.file_type") && !k.starts_with("quantize.imatrix."))
         .map(|(k, v)| (k.as_str(), v.clone()))
         .collect();
     meta.push(("general.quantization_version", MetaValue::U32(QUANTIZATION_VERSION)));
     meta.push(("general.file_type", MetaValue::U32(opts.mix.file_type)));
+    if let (Some(m), Some(path)) = (&imatrix, &opts.imatrix) {
+        // What the reference's quantizer records of its importance matrix: the path as given
+        // and the first dataset (each cut to 127 bytes, as its fixed buffers do), the counts.
+        let cut = |s: &str| String::from_utf8_lossy(&s.as_bytes()[..s.len().min(127)]).into_owned();
+        meta.push(("quantize.imatrix.file", MetaValue::String(cut(&path.to_string_lossy()))));
+        if let Some(d) = &m.dataset {
+            meta.push(("quantize.imatrix.dataset", MetaValue::String(cut(d))));
+        }
+        meta.push(("quantize.imatrix.entries_count", MetaValue::U32(m.entries.len() as u32)));
+        if m.chunk_count > 0 {
+            meta.push(("quantize.imatrix.chunks_count", MetaValue::U32(m.chunk_count as u32)));
+        }
+    }
     let infos: Vec<(&str, &[u64], u32, u64)> =
         tensors.iter().map(|p| (all[p.input].name.as_str(), all[p.input].dims.as_slice(), p.ggml_type, p.size)).collect();
     let header = writer::header(&meta, &infos, alignment);
     // Every tensor's data is padded to the alignment, the last one's too (as the reference's).
     let size = header.len() as u64 + tensors.iter().map(|p| p.size.div_ceil(alignment) * alignment).sum::<u64>();
     Ok(Plan { mix: opts.mix, header, tensors, alignment, size, requantized })
+}
+
+/// The importances `v` of tensor `t` (going to type `to`) to quantize it with, as the reference
+/// uses them: not for types whose quantizer ignores them (Q8_0, floats), nor for a token
+/// embedding of another size; refused for a type whose weighted quantizer pack lacks.
+fn importance_for(t: &TensorInfo, to: WeightType, v: &Arc<Vec<f32>>, opts: &QuantizeOptions) -> anyhow::Result<Option<Arc<Vec<f32>>>> {
+    if matches!(to, WeightType::Q8_0 | WeightType::F16 | WeightType::F32 | WeightType::BF16) {
+        return Ok(None);
+    }
+    let experts = if t.dims.len() > 2 { t.dims[2] } else { 1 };
+    let want = t.dims[0] * experts;
+    if v.len() as u64 != want {
+        if quant_mix::kind(&t.name) == quant_mix::Kind::TokenEmbd {
+            return Ok(None);
+        }
+        bail!("--imatrix: '{}' has {} importances, the tensor needs {want} ({} columns x {experts})", escape(&t.name), v.len(), t.dims[0]);
+    }
+    if !matches!(to, WeightType::Q4_K | WeightType::Q5_K | WeightType::Q6_K) {
+        bail!(
+            "--imatrix with --quantize {}: tensor '{}' gets type {to}, whose quantizer takes no importance matrix here (Q4_K, Q5_K and Q6_K do); quantize without --imatrix",
+            opts.mix.name,
+            escape(&t.name)
+        );
+    }
+    Ok(Some(v.clone()))
 }
 
 /// Called after each slab with (input bytes done, input bytes in all, tensor name).
@@ -166,7 +210,7 @@ pub fn write(g: &GgufFile, plan: &Plan, out: &mut dyn Write, progress: Progress)
             }
         } else {
             let to = WeightType::from_ggml(p.ggml_type).expect("planned types are known");
-            convert(t, data, to, &mut slab, &mut |bytes, in_bytes| {
+            convert(t, data, to, p.importance.as_deref().map(|v| v.as_slice()), &mut slab, &mut |bytes, in_bytes| {
                 out.write_all(bytes).map_err(io)?;
                 done += in_bytes;
                 progress(done, total, &t.name);
@@ -188,6 +232,7 @@ fn convert(
     t: &TensorInfo,
     data: &[u8],
     to: WeightType,
+    importance: Option<&[f32]>,
     slab: &mut Vec<u8>,
     emit: &mut dyn FnMut(&[u8], u64) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
@@ -195,16 +240,25 @@ fn convert(
     let cols = t.dims[0] as usize;
     let (rb_in, rb_out) = (from.row_bytes(cols), to.row_bytes(cols));
     let rows = data.len() / rb_in.max(1);
+    // Rows per expert: an importance row applies to each expert's rows.
+    let rows_per_expert = t.dims.get(1).copied().unwrap_or(1).max(1) as usize;
     let slab_rows = (SLAB_BYTES / rb_out.max(1)).max(1);
     for first in (0..rows).step_by(slab_rows) {
         let n = slab_rows.min(rows - first);
         let src = &data[first * rb_in..(first + n) * rb_in];
         slab.resize(n * rb_out, 0);
-        slab.par_chunks_mut(rb_out).zip(src.par_chunks(rb_in)).with_min_len(4).for_each_init(
+        slab.par_chunks_mut(rb_out).zip(src.par_chunks(rb_in)).enumerate().with_min_len(4).for_each_init(
             || vec![0f32; cols],
-            |row, (dst, src)| {
+            |row, (r, (dst, src))| {
                 dequantize_row(from, src, row);
-                quantize_row(to, row, dst);
+                match importance {
+                    Some(v) => {
+                        let e = (first + r) / rows_per_expert;
+                        let done = quantize_row_weighted(to, row, dst, &v[e * cols..(e + 1) * cols]);
+                        debug_assert!(done, "the plan gives importances only to types that take them");
+                    }
+                    None => quantize_weights(to, row, dst),
+                }
             },
         );
         emit(slab, src.len() as u64)?;

@@ -30,6 +30,9 @@ const DEEP: Shape = Shape { name: "deep", layers: 32, embd: 256, ff: 352, heads:
 /// Rows of 96 everywhere (every K type falls back), tied embeddings, no grouped heads.
 const NARROW: Shape = Shape { name: "narrow", layers: 6, embd: 96, ff: 256, heads: 3, kv_heads: 3, vocab: 300, tied: true };
 
+/// Rows that are whole 256-blocks everywhere (no fallback types): for the importance matrix.
+const ALIGNED: Shape = Shape { name: "aligned", layers: 4, embd: 256, ff: 512, heads: 8, kv_heads: 2, vocab: 512, tied: false };
+
 /// Deterministic values in about [-0.05, 0.05] (a few larger, as real weights have).
 fn values(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -134,6 +137,7 @@ fn reference_types() -> serde_json::Value {
 fn every_mix_chooses_the_reference_types_in_its_order() {
     // The fixtures first: the script that makes the reference list reads them.
     let files = [(&DEEP, fixture_file(&DEEP)), (&NARROW, fixture_file(&NARROW))];
+    let _ = (fixture_file(&ALIGNED), imatrix_file());
     let reference = reference_types();
     for (shape, file) in files {
         let g = GgufFile::open(&file).unwrap();
@@ -149,6 +153,43 @@ fn every_mix_chooses_the_reference_types_in_its_order() {
                 want.iter().map(|e| (e[0].as_str().unwrap().to_string(), e[1].as_str().unwrap().to_string())).collect();
             assert_eq!(ours, want, "{} {}", shape.name, mix.name);
         }
+    }
+}
+
+fn sha256_hex(path: &Path) -> String {
+    use sha2::Digest;
+    format!("{:x}", sha2::Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+#[test]
+fn every_mix_writes_the_reference_quantizers_file_byte_for_byte() {
+    let reference = &reference_types()["sha256"];
+    let dir = tempfile::tempdir().unwrap();
+    for shape in [&DEEP, &NARROW] {
+        let src = fixture_file(shape);
+        for mix in MIXES {
+            let out = dir.path().join(format!("{}-{}.gguf", shape.name, mix.name));
+            quantize_to_gguf(&src, &opts(mix.name), &out, false, false).unwrap();
+            assert_eq!(sha256_hex(&out), reference[shape.name][mix.name].as_str().unwrap(), "{} {}", shape.name, mix.name);
+            std::fs::remove_file(&out).unwrap();
+        }
+    }
+    // With an importance matrix (the weighted searches of Q4_K, Q5_K and Q6_K), through the
+    // command line: the file records the --imatrix path as given, so both run beside it.
+    let (src, im) = (fixture_file(&ALIGNED), imatrix_file());
+    for mix in ["Q4_K_M", "Q5_K_S", "Q6_K"] {
+        let out = dir.path().join(format!("aligned-{mix}.gguf"));
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_pack"))
+            .current_dir(im.parent().unwrap())
+            .args(["--gguf", src.file_name().unwrap().to_str().unwrap(), "--quantize", mix, "--imatrix"])
+            .arg(im.file_name().unwrap())
+            .arg("--gguf-out")
+            .arg(&out)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        assert_eq!(sha256_hex(&out), reference["aligned-imatrix"][mix].as_str().unwrap(), "aligned {mix} with --imatrix");
     }
 }
 
@@ -273,4 +314,94 @@ fn quantized_input_is_requantized_and_reported() {
     let q4 = GgufFile::open(&out).unwrap();
     assert_eq!(q4.tensor("blk.0.attn_q.weight").unwrap().wtype, Some(WeightType::Q4_0));
     assert_eq!(q4.tensor("token_embd.weight").unwrap().wtype, Some(WeightType::Q8_0));
+}
+
+/// An importance matrix for `shape` in the reference's GGUF layout: per matrix, `NAME.in_sum2`
+/// (column sums of squared activations over `count` activations) and `NAME.counts`; the
+/// importances (sum / count) span two orders of magnitude, as real ones do.
+fn imatrix_for(shape: &Shape, count: f32) -> Vec<u8> {
+    let src = GgufFile::from_bytes("fixture", fixture(shape)).unwrap();
+    let (mut sums, mut counts) = (Vec::new(), Vec::new());
+    for (k, t) in src.tensors().iter().filter(|t| t.dims.len() == 2 && t.name != "token_embd.weight").enumerate() {
+        let s: Vec<f32> = values(t.dims[0] as usize, 1000 + k as u64).iter().map(|v| (v * 40.0).exp() * count).collect();
+        sums.push((format!("{}.in_sum2", t.name), vec![t.dims[0], 1], s.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()));
+        counts.push((format!("{}.counts", t.name), vec![1, 1], count.to_le_bytes().to_vec()));
+    }
+    // The counts first: ggml's reader wants the data section to end on the alignment, and
+    // `build` pads between tensors only (the sums are whole 32-byte units).
+    let all: Vec<_> = counts.into_iter().chain(sums).collect();
+    let specs: Vec<TensorSpec> = all.iter().map(|(n, d, b)| TensorSpec { name: n, dims: d, ggml_type: 0, data: b }).collect();
+    let meta = [
+        ("general.type", MetaValue::String("imatrix".into())),
+        ("imatrix.datasets", MetaValue::Array(vec![MetaValue::String("fixture".into())])),
+        ("imatrix.chunk_count", MetaValue::U32(1)),
+        ("imatrix.chunk_size", MetaValue::U32(512)),
+    ];
+    build(&meta, &specs, 32)
+}
+
+/// ALIGNED's importance matrix, beside the fixture (where `make_quant_mix_types.py` reads it).
+fn imatrix_file() -> PathBuf {
+    let p = Path::new(env!("CARGO_TARGET_TMPDIR")).join("quant-mix-aligned-imatrix.gguf");
+    let bytes = imatrix_for(&ALIGNED, 512.0);
+    if std::fs::read(&p).ok().as_deref() != Some(&bytes[..]) {
+        let tmp = p.with_extension(format!("partial.{}", std::process::id()));
+        std::fs::write(&tmp, &bytes).unwrap();
+        std::fs::rename(&tmp, &p).unwrap();
+    }
+    p
+}
+
+/// Σ importance · error² of `ours` against `orig`, over every row.
+fn weighted_error(ours: &[f32], orig: &[f32], importance: &[f32]) -> f64 {
+    let cols = importance.len();
+    ours.iter().zip(orig).enumerate().map(|(i, (a, b))| importance[i % cols] as f64 * ((a - b) as f64).powi(2)).sum()
+}
+
+#[test]
+fn an_importance_matrix_lowers_the_weighted_error_of_k_quants() {
+    let dir = tempfile::tempdir().unwrap();
+    let src_path = fixture_file(&ALIGNED);
+    let src = GgufFile::open(&src_path).unwrap();
+    let im_path = imatrix_file();
+    let im = packer::imatrix::load(&im_path).unwrap();
+    for mix in ["Q4_K_M", "Q5_K_S", "Q6_K"] {
+        let plain = dir.path().join(format!("{mix}.gguf"));
+        let weighted = dir.path().join(format!("{mix}-imatrix.gguf"));
+        quantize_to_gguf(&src_path, &opts(mix), &plain, false, false).unwrap();
+        let with = QuantizeOptions { imatrix: Some(im_path.clone()), ..opts(mix) };
+        quantize_to_gguf(&src_path, &with, &weighted, false, false).unwrap();
+        let (p, w) = (GgufFile::open(&plain).unwrap(), GgufFile::open(&weighted).unwrap());
+        let (mut better, mut total) = (0, 0);
+        for t in w.tensors().iter().filter(|t| im.entries.contains_key(&t.name)) {
+            let orig = dequantized(&src, &t.name);
+            let imp = &im.entries[&t.name];
+            let e_plain = weighted_error(&dequantized(&p, &t.name), &orig, imp);
+            let e_weighted = weighted_error(&dequantized(&w, &t.name), &orig, imp);
+            total += 1;
+            better += (e_weighted < e_plain) as usize;
+        }
+        assert_eq!(total, 4 * 7 + 1, "{mix}: every matrix but the token embedding has importances");
+        assert!(better == total, "{mix}: the importance-weighted error is lower on {better} of {total} tensors");
+    }
+}
+
+#[test]
+fn importance_matrices_that_do_not_fit_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let im_path = dir.path().join("im.gguf");
+    // NARROW's rows of 96 fall back to Q5_0/Q5_1, whose quantizers take no importances here.
+    std::fs::write(&im_path, imatrix_for(&NARROW, 4.0)).unwrap();
+    let out = dir.path().join("out.gguf");
+    let with = |mix: &str| QuantizeOptions { imatrix: Some(im_path.clone()), ..opts(mix) };
+    let e = format!("{:#}", quantize_to_gguf(&fixture_file(&NARROW), &with("Q4_K_M"), &out, false, false).unwrap_err());
+    assert!(e.starts_with("--imatrix with --quantize Q4_K_M: tensor '") && e.contains("gets type Q5_0"), "{e}");
+    // Another model's importances: the column counts differ.
+    let e = format!("{:#}", quantize_to_gguf(&fixture_file(&ALIGNED), &with("Q6_K"), &out, false, false).unwrap_err());
+    assert!(e.starts_with("--imatrix: '") && e.contains("importances, the tensor needs 256"), "{e}");
+    // Not an importance matrix: a model.
+    let model = QuantizeOptions { imatrix: Some(fixture_file(&NARROW)), ..opts("Q6_K") };
+    let e = format!("{:#}", quantize_to_gguf(&fixture_file(&ALIGNED), &model, &out, false, false).unwrap_err());
+    assert!(e.contains("no 'imatrix.datasets' metadata"), "{e}");
+    assert_eq!(listing(dir.path()), ["im.gguf"], "nothing written");
 }
