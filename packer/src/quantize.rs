@@ -86,6 +86,12 @@ fn is_float(t: WeightType) -> bool {
 /// Decide every tensor's type and lay out the output; refuses (one line) what cannot be done.
 pub fn plan(g: &GgufFile, opts: &QuantizeOptions) -> anyhow::Result<Plan> {
     let imatrix = match &opts.imatrix {
+        // The other mixes' main types have no weighted quantizer here (and the reference picks
+        // other types for Q4_0/Q5_0 with one): refused before the file is read.
+        Some(_) if !matches!(opts.mix.default, WeightType::Q4_K | WeightType::Q5_K | WeightType::Q6_K) => bail!(
+            "--imatrix with --quantize {}: importance matrices are taken by the Q4_K_S/M, Q5_K_S/M and Q6_K mixes only",
+            opts.mix.name
+        ),
         Some(p) => Some(crate::imatrix::load(p)?),
         None => None,
     };

@@ -396,6 +396,8 @@ fn importance_matrices_that_do_not_fit_are_refused() {
     let with = |mix: &str| QuantizeOptions { imatrix: Some(im_path.clone()), ..opts(mix) };
     let e = format!("{:#}", quantize_to_gguf(&fixture_file(&NARROW), &with("Q4_K_M"), &out, false, false).unwrap_err());
     assert!(e.starts_with("--imatrix with --quantize Q4_K_M: tensor '") && e.contains("gets type Q5_0"), "{e}");
+    let e = format!("{:#}", quantize_to_gguf(&fixture_file(&NARROW), &with("Q4_0"), &out, false, false).unwrap_err());
+    assert_eq!(e, "--imatrix with --quantize Q4_0: importance matrices are taken by the Q4_K_S/M, Q5_K_S/M and Q6_K mixes only");
     // Another model's importances: the column counts differ.
     let e = format!("{:#}", quantize_to_gguf(&fixture_file(&ALIGNED), &with("Q6_K"), &out, false, false).unwrap_err());
     assert!(e.starts_with("--imatrix: '") && e.contains("importances, the tensor needs 256"), "{e}");
