@@ -5,6 +5,9 @@
 //! `.args` and any extra entries, the central directory, and ZIP64 records when needed. The file
 //! is written under a temporary name in the output's directory and renamed at the end.
 
+pub mod imatrix;
+pub mod quant_mix;
+pub mod quantize;
 pub mod sign;
 pub mod tmp_output;
 pub mod upgrade;
@@ -80,68 +83,93 @@ pub(crate) fn file_id(p: &Path) -> Option<(u64, u64)> {
     std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
 }
 
+/// Check the output path (never an input, never a device, FIFO, socket or directory: renaming
+/// over one would replace it; an existing file only with `force`) and return its directory and
+/// file name.
+/// `inputs`: (what it is, e.g. "GGUF", or "" for an unnamed input, path).
+pub fn check_output(out: &Path, force: bool, inputs: &[(&str, &Path)]) -> anyhow::Result<(PathBuf, String)> {
+    refuse_special(out, "the output")?;
+    if let Some(id) = file_id(out) {
+        if let Some((what, _)) = inputs.iter().find(|(_, p)| file_id(p) == Some(id)) {
+            if what.is_empty() {
+                bail!("output {} is one of the inputs; choose another -o", escape_path(out));
+            }
+            bail!("output {} is the {what} input; choose another -o", escape_path(out));
+        }
+        if !force {
+            bail!("output {} already exists (use --force to replace it)", escape_path(out));
+        }
+    }
+    output_place(out)
+}
+
 /// Check every input, then write the llamafile. Nothing is left behind on failure, nor on
 /// SIGINT/SIGTERM/SIGHUP once [`remove_partial_output_on_signal`] is installed.
 pub fn pack(o: &PackOptions) -> anyhow::Result<PackReport> {
+    pack_with(o, None)
+}
+
+/// [`pack`], with the GGUF quantized on the way when `quant` is given (`--quantize`): its
+/// tensors are converted and written into the output as they are done.
+pub fn pack_with(o: &PackOptions, quant: Option<&quantize::QuantizeOptions>) -> anyhow::Result<PackReport> {
     // 1. Inputs, before anything is written.
+    let key = o.sign.as_deref().map(sign::read_secret_key).transpose()?;
     let runtime_bytes = read_regular(&o.runtime, "the runtime")?;
     let runtime = validate::check_runtime(&o.runtime, &runtime_bytes)?;
     let gguf = validate::check_gguf(&o.gguf)?;
     if let Some(text) = &o.args {
         llamafile::bundle::parse_args_file(text).context("bad --args")?;
     }
-    let key = o.sign.as_deref().map(sign::read_secret_key).transpose()?;
     for e in &o.extra {
         open_regular(&e.path, "a packed file")?;
         if e.name == llamafile::bundle::ARGS_ENTRY || llamafile::signature::is_signature_entry(&e.name) || e.name.to_ascii_lowercase().ends_with(".gguf") {
             bail!("extra entry name '{}' is reserved", escape(&e.name));
         }
     }
-    // 2. The output: never an input, never a device, FIFO, socket or directory (renaming over
-    //    one would replace it); an existing file only with --force.
-    refuse_special(&o.out, "the output")?;
-    let out_id = file_id(&o.out);
-    if let Some(id) = out_id {
-        for (what, p) in [("runtime", &o.runtime), ("GGUF", &gguf.file_path().to_path_buf())] {
-            if file_id(p) == Some(id) {
-                bail!("output {} is the {what} input; choose another -o", escape_path(&o.out));
-            }
-        }
-        if o.extra.iter().any(|e| file_id(&e.path) == Some(id)) {
-            bail!("output {} is one of the inputs; choose another -o", escape_path(&o.out));
-        }
-        if !o.force {
-            bail!("output {} already exists (use --force to replace it)", escape_path(&o.out));
-        }
-    }
-    let (dir, out_name) = output_place(&o.out)?;
+    // 2. The output: never an input, never a device, FIFO, socket or directory.
+    let mut inputs = vec![("runtime", o.runtime.as_path()), ("GGUF", gguf.file_path())];
+    inputs.extend(o.extra.iter().map(|e| ("", e.path.as_path())));
+    let (dir, out_name) = check_output(&o.out, o.force, &inputs)?;
+    let plan = match quant {
+        Some(q) => Some(quantize::plan(&gguf, q)?),
+        None => None,
+    };
     let entry_name = gguf
         .entry()
         .map(|e| e.rsplit('/').next().unwrap_or(e).to_string())
         .unwrap_or_else(|| gguf.file_path().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model.gguf".into()));
     let entry_name = if entry_name.to_ascii_lowercase().ends_with(".gguf") { entry_name } else { format!("{entry_name}.gguf") };
+    // A quantized model is another file than the input: named after the output.
+    let entry_name = match &plan {
+        Some(_) => format!("{}.gguf", Path::new(&out_name).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into())),
+        None => entry_name,
+    };
 
     // 3. Write under a temporary name (removed on drop if anything fails), then rename.
     let (tmp, mut f) = tmp_output::TmpOutput::create(&dir, &out_name)?;
     f.write_all(&runtime_bytes).with_context(|| format!("cannot write {}", escape_path(tmp.path())))?;
     let mut w = ZipWriter::new(f)?;
-    let src = std::fs::File::open(gguf.file_path()).with_context(|| format!("cannot open {}", escape_path(gguf.file_path())))?;
-    // Two passes over the GGUF: the CRC-32 (reads), then the copy (by the kernel).
-    let bar = o.progress.then(|| progress_bar(gguf.len(), "checksum"));
-    let mut last = 0u64;
-    let mut progress = |done: u64, _: u64| {
-        if let Some(b) = &bar {
-            if done < last {
-                b.set_message("copying");
+    let e = match &plan {
+        Some(plan) => {
+            quantize::warn_requantized(plan);
+            let bar = quantize::progress_bar(o.progress, &plan.mix, gguf.tensors().iter().map(|t| t.size).sum());
+            let e = w.add_stored_streamed(&entry_name, plan.size, GGUF_ALIGN, &mut |out| {
+                // Whole slabs per write: the sink writes each at its offset.
+                let mut out = std::io::BufWriter::with_capacity(1 << 20, out);
+                quantize::write(&gguf, plan, &mut out, &mut |done, _, name| {
+                    if let Some(b) = &bar {
+                        b.set_position(done);
+                        b.set_message(escape(name));
+                    }
+                })
+            })?;
+            if let Some(b) = &bar {
+                b.finish_and_clear();
             }
-            last = done;
-            b.set_position(done);
+            e
         }
+        None => copy_gguf(&mut w, &gguf, &entry_name, o.progress)?,
     };
-    let e = w.add_stored(&entry_name, Source::Range { file: &src, offset: gguf.file_offset(), len: gguf.len() }, GGUF_ALIGN, &mut progress)?;
-    if let Some(b) = &bar {
-        b.finish_and_clear();
-    }
     if let Some(text) = &o.args {
         w.add_stored(llamafile::bundle::ARGS_ENTRY, Source::Bytes(text.as_bytes()), 1, &mut |_, _| {})?;
     }
@@ -192,6 +220,28 @@ pub(crate) fn finish_output(w: ZipWriter, tmp: tmp_output::TmpOutput, out: &Path
     drop(f);
     tmp.persist(out)?;
     Ok(size)
+}
+
+
+/// Store the GGUF as it is: two passes, the CRC-32 (reads), then the copy (by the kernel).
+fn copy_gguf(w: &mut ZipWriter, gguf: &llamafile::gguf::GgufFile, entry_name: &str, show_progress: bool) -> anyhow::Result<zip_writer::EntryInfo> {
+    let src = std::fs::File::open(gguf.file_path()).with_context(|| format!("cannot open {}", escape_path(gguf.file_path())))?;
+    let bar = show_progress.then(|| progress_bar(gguf.len(), "checksum"));
+    let mut last = 0u64;
+    let mut progress = |done: u64, _: u64| {
+        if let Some(b) = &bar {
+            if done < last {
+                b.set_message("copying");
+            }
+            last = done;
+            b.set_position(done);
+        }
+    };
+    let e = w.add_stored(entry_name, Source::Range { file: &src, offset: gguf.file_offset(), len: gguf.len() }, GGUF_ALIGN, &mut progress)?;
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    Ok(e)
 }
 
 /// Largest power of two dividing `offset`, capped at 1 MiB (0 counts as aligned to anything).

@@ -2,6 +2,7 @@
 //! `pack --list FILE`
 //! `pack --keygen NAME`; `pack ... --sign NAME.key`
 //! `pack --upgrade FILE.llamafile --runtime NEW [-o OUT] [--sign NAME.key]`
+//! `pack --gguf PATH --quantize TYPE [-o OUT | --gguf-out OUT.gguf] [--force]`
 
 use anyhow::Context;
 use llamafile::escape::escape_path;
@@ -39,8 +40,21 @@ struct Cli {
     /// llamafile then offloads with `-ngl N` wherever its device exists. Repeatable.
     #[arg(long = "gpu-backend", value_name = "FILE")]
     gpu_backend: Vec<PathBuf>,
+    // --- quantization ---
+    /// Quantize the GGUF's tensors on the way, in the reference quantizer's mix TYPE (Q4_K_M,
+    /// Q5_K_M, Q6_K, Q8_0, Q4_0, ...; input F32/F16/BF16, or quantized: dequantized first).
+    #[arg(long, value_name = "TYPE")]
+    quantize: Option<String>,
+    /// With --quantize: write the quantized model as a plain GGUF to OUT (no runtime, no zip).
+    #[arg(long = "gguf-out", value_name = "OUT", requires = "quantize", conflicts_with_all = ["out", "args", "args_file", "gpu_backend", "runtime"])]
+    gguf_out: Option<PathBuf>,
+    /// An importance matrix for --quantize (the GGUF llama-imatrix writes): the Q4_K, Q5_K and
+    /// Q6_K scale searches weigh each column by it.
+    #[arg(long, value_name = "FILE", requires = "quantize")]
+    imatrix: Option<PathBuf>,
+    // --- end quantization ---
     /// Print the entries of a llamafile or zip (offsets, sizes, alignment) and a GGUF summary.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["gguf", "runtime", "out", "args", "args_file", "force", "gpu_backend"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["gguf", "runtime", "out", "args", "args_file", "force", "gpu_backend", "quantize"])]
     list: Option<PathBuf>,
 
     // Distribution: signatures and runtime upgrades
@@ -93,6 +107,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     let gguf = cli.gguf.expect("clap requires --gguf without --list, --keygen or --upgrade");
+    let quant = match &cli.quantize {
+        Some(t) => Some(packer::quantize::QuantizeOptions { mix: packer::quant_mix::Mix::parse(t)?, imatrix: cli.imatrix.clone() }),
+        None => None,
+    };
+    if let (Some(q), Some(out)) = (&quant, &cli.gguf_out) {
+        let size = packer::quantize::quantize_to_gguf(&gguf, q, out, cli.force, std::io::stderr().is_terminal())?;
+        eprintln!("wrote {} ({size} bytes): {}", escape_path(out), q.mix.name);
+        return Ok(());
+    }
     let runtime = match cli.runtime {
         Some(r) => r,
         None => {
@@ -133,7 +156,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         progress: std::io::stderr().is_terminal(),
         sign: cli.sign,
     };
-    let r = packer::pack(&opts)?;
+    let r = packer::pack_with(&opts, quant.as_ref())?;
     eprintln!(
         "wrote {} ({} bytes): {} {} runtime, {} at offset {} ({} bytes)",
         escape_path(&r.out),

@@ -66,17 +66,17 @@ impl ZipWriter {
         &self.entries
     }
 
-    /// The output being written (to read back what is already in it).
-    pub fn file(&self) -> &File {
-        &self.file
-    }
-
     /// Add the whole file at `path` as a stored entry whose data starts at a multiple of `align`
     /// (1 = anywhere) from the start of the output.
     pub fn add_stored_entry(&mut self, name: &str, path: &Path, align: u64) -> anyhow::Result<EntryInfo> {
         let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         let len = f.metadata().with_context(|| format!("cannot stat {}", path.display()))?.len();
         self.add_stored(name, Source::Range { file: &f, offset: 0, len }, align, &mut |_, _| {})
+    }
+
+    /// The output being written (to read back what is already in it).
+    pub fn file(&self) -> &File {
+        &self.file
     }
 
     /// Add a stored entry from `src`, its data at a multiple of `align` from the start of the file.
@@ -93,15 +93,7 @@ impl ZipWriter {
     }
 
     fn add(&mut self, name: &str, src: Source, align: u64, known_crc: Option<u32>, progress: Progress) -> anyhow::Result<EntryInfo> {
-        if name.is_empty() || name.len() > 0xFFFF {
-            bail!("zip entry name must be 1 to 65535 bytes, got {}", name.len());
-        }
-        if self.entries.iter().any(|e| e.name == name) {
-            bail!("zip entry '{name}' added twice");
-        }
-        if align == 0 || !align.is_power_of_two() {
-            bail!("alignment must be a power of two, got {align}");
-        }
+        self.check_new_entry(name, align)?;
         let size = match &src {
             Source::Range { len, .. } => *len,
             Source::Bytes(b) => b.len() as u64,
@@ -111,6 +103,21 @@ impl ZipWriter {
             (Source::Range { file, offset, len }, None) => crc32_of_range(file, *offset, *len, progress)?,
             (Source::Bytes(b), None) => crc32fast::hash(b),
         };
+        let (header_offset, data_offset, h) = self.local_header(name, size, crc32, align)?;
+        self.file.write_all_at(&h, header_offset).context("cannot write the output")?;
+        match src {
+            Source::Range { file, offset, len } => copy_range(file, offset, len, &self.file, data_offset, progress)?,
+            Source::Bytes(b) => self.file.write_all_at(b, data_offset).context("cannot write the output")?,
+        }
+        self.pos = data_offset + size;
+        let e = EntryInfo { name: name.to_string(), header_offset, data_offset, size, crc32 };
+        self.entries.push(e.clone());
+        Ok(e)
+    }
+
+    /// Where the next entry's local header and data go (data at a multiple of `align`), and the
+    /// header's bytes; the zeros of the gap before the header are written here.
+    fn local_header(&mut self, name: &str, size: u64, crc32: u32, align: u64) -> anyhow::Result<(u64, u64, Vec<u8>)> {
         let zip64 = size >= ZIP64_LIMIT;
         // Local header: signature, version needed, flags, method, time, date, crc, sizes,
         // name length, extra length; then the name and the ZIP64 extra (both sizes).
@@ -146,15 +153,50 @@ impl ZipWriter {
             // Write the gap's zeros explicitly so the file has no hole there.
             self.file.write_all_at(&vec![0u8; gap as usize], self.pos).context("cannot write the output")?;
         }
-        self.file.write_all_at(&h, header_offset).context("cannot write the output")?;
-        match src {
-            Source::Range { file, offset, len } => copy_range(file, offset, len, &self.file, data_offset, progress)?,
-            Source::Bytes(b) => self.file.write_all_at(b, data_offset).context("cannot write the output")?,
+        Ok((header_offset, data_offset, h))
+    }
+
+    /// Add a stored entry of exactly `size` bytes that `produce` writes in order (a file made
+    /// while it is packed, such as a model being quantized); the CRC-32 is taken on the way and
+    /// the local header written last. Fails if `produce` writes another number of bytes.
+    pub fn add_stored_streamed(
+        &mut self,
+        name: &str,
+        size: u64,
+        align: u64,
+        produce: &mut dyn FnMut(&mut dyn Write) -> anyhow::Result<()>,
+    ) -> anyhow::Result<EntryInfo> {
+        self.check_new_entry(name, align)?;
+        // The header's length depends only on the name and the size: lay it out now with a
+        // placeholder CRC, write the data after it, then the real header.
+        let (header_offset, data_offset, _) = self.local_header(name, size, 0, align)?;
+        let mut sink = CrcSink { file: &self.file, pos: data_offset, written: 0, crc: crc32fast::Hasher::new() };
+        produce(&mut sink)?;
+        let (written, crc32) = (sink.written, sink.crc.finalize());
+        if written != size {
+            bail!("zip entry '{name}': {written} bytes written where {size} were announced");
         }
+        let (h_off, d_off, h) = self.local_header(name, size, crc32, align)?;
+        debug_assert_eq!((h_off, d_off), (header_offset, data_offset));
+        self.file.write_all_at(&h, header_offset).context("cannot write the output")?;
         self.pos = data_offset + size;
         let e = EntryInfo { name: name.to_string(), header_offset, data_offset, size, crc32 };
         self.entries.push(e.clone());
         Ok(e)
+    }
+
+    /// A new entry's name and alignment are valid.
+    fn check_new_entry(&self, name: &str, align: u64) -> anyhow::Result<()> {
+        if name.is_empty() || name.len() > 0xFFFF {
+            bail!("zip entry name must be 1 to 65535 bytes, got {}", name.len());
+        }
+        if self.entries.iter().any(|e| e.name == name) {
+            bail!("zip entry '{name}' added twice");
+        }
+        if align == 0 || !align.is_power_of_two() {
+            bail!("alignment must be a power of two, got {align}");
+        }
+        Ok(())
     }
 
     /// Write the central directory and end records; returns the file (length = end of the zip).
@@ -363,6 +405,27 @@ fn copy_range(src: &File, src_off: u64, len: u64, mut dst: &File, dst_off: u64, 
     }
     progress(len, len);
     Ok(())
+}
+
+/// Writes at increasing offsets of the output, counting the bytes and their CRC-32.
+struct CrcSink<'a> {
+    file: &'a File,
+    pos: u64,
+    written: u64,
+    crc: crc32fast::Hasher,
+}
+
+impl Write for CrcSink<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file.write_all_at(buf, self.pos)?;
+        self.crc.update(buf);
+        self.pos += buf.len() as u64;
+        self.written += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! Write a Mistral-7B-shaped GGUF with random weights, for benchmarks (`scripts/make-bench-model`).
 //!
-//! `cargo run --profile release -p runtime --example make_bench_model -- OUT.gguf [TYPE]`
-//! TYPE: q4_k_m (default), q8_0, q6_k, q2_k, q4_0, iq4_xs.
+//! `cargo run --profile release -p runtime --example make_bench_model -- OUT.gguf [TYPE [LAYERS]]`
+//! TYPE: q4_k_m (default), q8_0, q6_k, q2_k, q4_0, iq4_xs, or f16 (unquantized, an input for
+//! `pack --quantize`). LAYERS: fewer blocks than the 32 of the 7B shape (a smaller file).
 //!
 //! The layout, metadata and vocabulary are the shared tiny models' (architecture `llama`, the
 //! Mistral vocabulary and chat template), with Mistral 7B's shape: 32 blocks, embedding 4096,
@@ -49,8 +50,8 @@ impl Tensor {
     }
 }
 
-fn mix(kind: &str, name: &str, layer: Option<usize>) -> WeightType {
-    let more_bits = |l: usize| !(N_LAYER / 8..7 * N_LAYER / 8).contains(&l) || (l - N_LAYER / 8) % 3 == 2;
+fn mix(kind: &str, name: &str, layer: Option<usize>, n_layer: usize) -> WeightType {
+    let more_bits = |l: usize| !(n_layer / 8..7 * n_layer / 8).contains(&l) || (l - n_layer / 8) % 3 == 2;
     let sensitive = name.ends_with("attn_v.weight") || name.ends_with("ffn_down.weight");
     match kind {
         "q4_k_m" => {
@@ -70,6 +71,7 @@ fn mix(kind: &str, name: &str, layer: Option<usize>) -> WeightType {
             }
         }
         "q6_k" => WeightType::Q6_K,
+        "f16" => WeightType::F16,
         "q8_0" => WeightType::Q8_0,
         "q4_0" if name == "output.weight" => WeightType::Q6_K,
         "q4_0" => WeightType::Q4_0,
@@ -99,11 +101,15 @@ impl Gauss {
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let out = PathBuf::from(args.get(1).ok_or_else(|| anyhow!("usage: make_bench_model OUT.gguf [q4_k_m|q8_0|q6_k|q2_k|q4_0|iq4_xs]"))?);
+    let out = PathBuf::from(args.get(1).ok_or_else(|| anyhow!("usage: make_bench_model OUT.gguf [q4_k_m|q8_0|q6_k|q2_k|q4_0|iq4_xs|f16 [LAYERS]]"))?);
     let kind = args.get(2).map(String::as_str).unwrap_or("q4_k_m");
-    if !["q4_k_m", "q8_0", "q6_k", "q2_k", "q4_0", "iq4_xs"].contains(&kind) {
-        bail!("unknown type {kind}: q4_k_m, q8_0, q6_k, q2_k, q4_0 or iq4_xs");
+    if !["q4_k_m", "q8_0", "q6_k", "q2_k", "q4_0", "iq4_xs", "f16"].contains(&kind) {
+        bail!("unknown type {kind}: q4_k_m, q8_0, q6_k, q2_k, q4_0, iq4_xs or f16");
     }
+    let n_layer = match args.get(3) {
+        Some(a) => a.parse().ok().filter(|n| (1..=N_LAYER).contains(n)).ok_or_else(|| anyhow!("LAYERS {a}: a number from 1 to {N_LAYER}"))?,
+        None => N_LAYER,
+    };
     let shared = test_support::shared();
     let src_path = shared.join("models/tiny-mistral-q4_k_m.gguf");
     let src = GgufFile::open(&src_path).with_context(|| format!("{}", src_path.display()))?;
@@ -111,14 +117,14 @@ fn main() -> Result<()> {
     // metadata: the tiny model's, with the 7B shape
     let shape: HashMap<&str, MetaValue> = [
         ("general.name", MetaValue::String(format!("mistral-7b-shaped-random-{kind}"))),
-        ("llama.block_count", MetaValue::U32(N_LAYER as u32)),
+        ("llama.block_count", MetaValue::U32(n_layer as u32)),
         ("llama.embedding_length", MetaValue::U32(N_EMBD as u32)),
         ("llama.feed_forward_length", MetaValue::U32(N_FF as u32)),
         ("llama.attention.head_count", MetaValue::U32(N_HEAD as u32)),
         ("llama.attention.head_count_kv", MetaValue::U32(N_HEAD_KV as u32)),
         ("llama.rope.dimension_count", MetaValue::U32(HEAD_DIM as u32)),
         ("llama.context_length", MetaValue::U32(32768)),
-        ("general.file_type", MetaValue::U32(match kind { "q4_k_m" => 15, "q8_0" => 7, "q6_k" => 18, "q4_0" => 2, "iq4_xs" => 30, _ => 10 })),
+        ("general.file_type", MetaValue::U32(match kind { "q4_k_m" => 15, "q8_0" => 7, "q6_k" => 18, "q4_0" => 2, "iq4_xs" => 30, "f16" => 1, _ => 10 })),
     ]
     .into_iter()
     .collect();
@@ -135,12 +141,12 @@ fn main() -> Result<()> {
 
     // tensor table, in the tiny model's order
     let mut tensors = vec![
-        Tensor { name: "output.weight".into(), dims: vec![N_EMBD as u64, N_VOCAB as u64], ty: mix(kind, "output.weight", None) },
+        Tensor { name: "output.weight".into(), dims: vec![N_EMBD as u64, N_VOCAB as u64], ty: mix(kind, "output.weight", None, n_layer) },
         Tensor { name: "output_norm.weight".into(), dims: vec![N_EMBD as u64], ty: WeightType::F32 },
-        Tensor { name: "token_embd.weight".into(), dims: vec![N_EMBD as u64, N_VOCAB as u64], ty: mix(kind, "token_embd.weight", None) },
+        Tensor { name: "token_embd.weight".into(), dims: vec![N_EMBD as u64, N_VOCAB as u64], ty: mix(kind, "token_embd.weight", None, n_layer) },
     ];
     let kv = (N_HEAD_KV * HEAD_DIM) as u64;
-    for l in 0..N_LAYER {
+    for l in 0..n_layer {
         let (e, f) = (N_EMBD as u64, N_FF as u64);
         for (n, dims) in [
             ("attn_k.weight", vec![e, kv]),
@@ -154,7 +160,7 @@ fn main() -> Result<()> {
             ("ffn_up.weight", vec![e, f]),
         ] {
             let name = format!("blk.{l}.{n}");
-            let ty = if dims.len() == 1 { WeightType::F32 } else { mix(kind, &name, Some(l)) };
+            let ty = if dims.len() == 1 { WeightType::F32 } else { mix(kind, &name, Some(l), n_layer) };
             tensors.push(Tensor { name, dims, ty });
         }
     }

@@ -115,3 +115,25 @@ pub fn dequantize_row(t: WeightType, src: &[u8], dst: &mut [f32]) {
 pub fn quantize_row(t: WeightType, src: &[f32], dst: &mut [u8]) {
     (info(t).quantize)(src, dst)
 }
+
+/// Quantize weights for a model file as the reference's file quantizer does: `quantize_row`,
+/// but Q8_0 rounds as `quantize_row_q8_0_ref` (its `quantize` is the activations' rounding).
+pub fn quantize_weights(t: WeightType, src: &[f32], dst: &mut [u8]) {
+    match t {
+        WeightType::Q8_0 => q8_0::quantize_ref(src, dst),
+        _ => quantize_row(t, src, dst),
+    }
+}
+
+/// Quantize one row `src` as type `t` with an importance matrix's values `qw` for its columns
+/// (`qw.len() == src.len()`), for the types whose scale searches take them (Q4_K, Q5_K, Q6_K);
+/// `false` (nothing written) for the others.
+pub fn quantize_row_weighted(t: WeightType, src: &[f32], dst: &mut [u8], qw: &[f32]) -> bool {
+    match t {
+        WeightType::Q4_K => q4_k::quantize_weighted(src, dst, qw),
+        WeightType::Q5_K => q5_k::quantize_weighted(src, dst, qw),
+        WeightType::Q6_K => q6_k::quantize_weighted(src, dst, qw),
+        _ => return false,
+    }
+    true
+}

@@ -7,7 +7,8 @@
 
 use super::Block;
 use super::q8_k::{
-    blocks_mut, f16_to_f32, f32_to_f16, first_blocks, make_qkx2_quants, nearest_int, BlockQ8K, QK_K,
+    blocks_mut, f16_to_f32, f32_to_f16, first_blocks, make_qkx2_quants, make_qkx3_quants, make_qp_quants, nearest_int, BlockQ8K,
+    QK_K,
 };
 
 #[repr(C)]
@@ -109,11 +110,26 @@ pub fn dequantize(src: &[u8], dst: &mut [f32]) {
 /// Quantize as the reference does without an importance matrix (`quantize_row_q4_K_ref`):
 /// per sub-block a weighted asymmetric fit, then 6-bit scales/mins relative to the largest.
 pub fn quantize(src: &[f32], dst: &mut [u8]) {
+    quantize_impl(src, dst, None)
+}
+
+/// Quantize one row with an importance matrix's values `qw` for its columns, as the reference
+/// does (`quantize_row_q4_K_impl` with `quant_weights`): a weighted search per sub-block
+/// ([`fit_scales_mins_weighted`]).
+pub fn quantize_weighted(src: &[f32], dst: &mut [u8], qw: &[f32]) {
+    assert_eq!(src.len(), qw.len(), "Q4_K quantize: one importance per column");
+    quantize_impl(src, dst, Some(qw))
+}
+
+fn quantize_impl(src: &[f32], dst: &mut [u8], qw: Option<&[f32]>) {
     assert!(src.len().is_multiple_of(QK_K), "Q4_K quantize: {} values is not a multiple of {QK_K}", src.len());
     let out = blocks_mut::<BlockQ4K>(dst);
     assert!(out.len() >= src.len() / QK_K, "Q4_K quantize: output too short");
-    for (x, y) in src.chunks_exact(QK_K).zip(out.iter_mut()) {
-        let (ls, lm, d, dmin) = fit_scales_mins(x, 15, -1.0, 0.1, 20);
+    for (b, (x, y)) in src.chunks_exact(QK_K).zip(out.iter_mut()).enumerate() {
+        let (ls, lm, d, dmin) = match qw {
+            None => fit_scales_mins(x, 15, -1.0, 0.1, 20),
+            Some(q) => fit_scales_mins_weighted(x, &q[QK_K * b..QK_K * (b + 1)], 15),
+        };
         y.scales = pack_scales_mins_k4(&ls, &lm);
         y.d = f32_to_f16(d);
         y.dmin = f32_to_f16(dmin);
@@ -151,6 +167,37 @@ pub(crate) fn fit_scales_mins(x: &[f32], nmax: i32, rmin: f32, rdelta: f32, nste
         lm[j] = nearest_int(inv_min * mins[j]).clamp(0, 63) as u8;
     }
     (ls, lm, max_scale / 63.0, max_min / 63.0)
+}
+
+/// The per-sub-block fit shared by Q4_K and Q5_K with an importance matrix: each value weighted
+/// by its importance times `sqrt(sigma² + x²)`, the scale and min searched by `make_qkx3_quants`,
+/// then the 6-bit levels of the scales and mins fitted by `make_qp_quants` weighted by each
+/// sub-block's total weight.
+pub(crate) fn fit_scales_mins_weighted(x: &[f32], qw: &[f32], nmax: i32) -> ([u8; 8], [u8; 8], f32, f32) {
+    let mut sum_x2 = 0f32;
+    for v in x {
+        sum_x2 += v * v;
+    }
+    let sigma2 = 2.0 * sum_x2 / QK_K as f32;
+    let (mut scales, mut mins, mut sw) = ([0f32; 8], [0f32; 8], [0f32; 8]);
+    let mut l = [0u8; 32];
+    let mut weights = [0f32; 32];
+    for j in 0..8 {
+        let xs = &x[32 * j..32 * j + 32];
+        for i in 0..32 {
+            weights[i] = qw[32 * j + i] * (sigma2 + xs[i] * xs[i]).sqrt();
+        }
+        let mut sumw = 0f32;
+        for w in &weights {
+            sumw += w;
+        }
+        sw[j] = sumw;
+        (scales[j], mins[j]) = make_qkx3_quants(xs, &weights, nmax, &mut l, -0.9, 0.05, 36);
+    }
+    let (mut ls, mut lm) = ([0u8; 8], [0u8; 8]);
+    let d = make_qp_quants(&scales, 63, &mut ls, &sw);
+    let dmin = make_qp_quants(&mins, 63, &mut lm, &sw);
+    (ls.map(|v| v.min(63)), lm.map(|v| v.min(63)), d, dmin)
 }
 
 /// Final levels for every value given the stored (rounded) scales, as the reference does.

@@ -3,7 +3,7 @@
 //! bit of value `l` of group `k` (sub-blocks `2k`, `2k+1`) is bit `2k` / `2k+1` of `qh[l]`.
 #![allow(clippy::needless_range_loop)] // positions index several arrays, as in the format's description
 
-use super::q4_k::{fit_scales_mins, pack_scales_mins_k4, requantize, scale_min_k4, scales_mins_k4};
+use super::q4_k::{fit_scales_mins, fit_scales_mins_weighted, pack_scales_mins_k4, requantize, scale_min_k4, scales_mins_k4};
 use super::Block;
 use super::q8_k::{blocks_mut, f16_to_f32, f32_to_f16, first_blocks, BlockQ8K, QK_K};
 
@@ -49,11 +49,25 @@ pub fn dequantize(src: &[u8], dst: &mut [f32]) {
 
 /// Quantize as the reference does without an importance matrix (`quantize_row_q5_K_ref`).
 pub fn quantize(src: &[f32], dst: &mut [u8]) {
+    quantize_impl(src, dst, None)
+}
+
+/// Quantize one row with an importance matrix's values `qw` for its columns, as the reference
+/// does (`quantize_row_q5_K_impl` with `quant_weights`).
+pub fn quantize_weighted(src: &[f32], dst: &mut [u8], qw: &[f32]) {
+    assert_eq!(src.len(), qw.len(), "Q5_K quantize: one importance per column");
+    quantize_impl(src, dst, Some(qw))
+}
+
+fn quantize_impl(src: &[f32], dst: &mut [u8], qw: Option<&[f32]>) {
     assert!(src.len().is_multiple_of(QK_K), "Q5_K quantize: {} values is not a multiple of {QK_K}", src.len());
     let out = blocks_mut::<BlockQ5K>(dst);
     assert!(out.len() >= src.len() / QK_K, "Q5_K quantize: output too short");
-    for (x, y) in src.chunks_exact(QK_K).zip(out.iter_mut()) {
-        let (ls, lm, d, dmin) = fit_scales_mins(x, 31, -0.5, 0.1, 15);
+    for (b, (x, y)) in src.chunks_exact(QK_K).zip(out.iter_mut()).enumerate() {
+        let (ls, lm, d, dmin) = match qw {
+            None => fit_scales_mins(x, 31, -0.5, 0.1, 15),
+            Some(q) => fit_scales_mins_weighted(x, &q[QK_K * b..QK_K * (b + 1)], 31),
+        };
         y.scales = pack_scales_mins_k4(&ls, &lm);
         y.d = f32_to_f16(d);
         y.dmin = f32_to_f16(dmin);

@@ -48,15 +48,27 @@ pub fn dequantize(src: &[u8], dst: &mut [f32]) {
 
 /// Quantize as the reference does without an importance matrix (`quantize_row_q6_K_ref`).
 pub fn quantize(src: &[f32], dst: &mut [u8]) {
+    quantize_impl(src, dst, None)
+}
+
+/// Quantize one row with an importance matrix's values `qw` for its columns, as the reference
+/// does (`quantize_row_q6_K_impl`): each sub-block's scale search weights its errors by `qw`.
+pub fn quantize_weighted(src: &[f32], dst: &mut [u8], qw: &[f32]) {
+    assert_eq!(src.len(), qw.len(), "Q6_K quantize: one importance per column");
+    quantize_impl(src, dst, Some(qw))
+}
+
+fn quantize_impl(src: &[f32], dst: &mut [u8], qw: Option<&[f32]>) {
     assert!(src.len().is_multiple_of(QK_K), "Q6_K quantize: {} values is not a multiple of {QK_K}", src.len());
     let out = blocks_mut::<BlockQ6K>(dst);
     assert!(out.len() >= src.len() / QK_K, "Q6_K quantize: output too short");
-    for (x, y) in src.chunks_exact(QK_K).zip(out.iter_mut()) {
+    for (b, (x, y)) in src.chunks_exact(QK_K).zip(out.iter_mut()).enumerate() {
         let mut l = [0i8; QK_K];
         let mut scales = [0f32; 16];
         let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
         for j in 0..16 {
-            scales[j] = make_qx_quants(&x[16 * j..16 * j + 16], 32, &mut l[16 * j..16 * j + 16]);
+            let w = qw.map(|q| &q[QK_K * b + 16 * j..QK_K * b + 16 * j + 16]);
+            scales[j] = make_qx_quants(&x[16 * j..16 * j + 16], 32, &mut l[16 * j..16 * j + 16], w);
             if scales[j].abs() > max_abs_scale {
                 max_abs_scale = scales[j].abs();
                 max_scale = scales[j];

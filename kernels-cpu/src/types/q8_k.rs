@@ -44,12 +44,13 @@ pub(crate) fn nearest_int(x: f32) -> i32 {
 const GROUP_MAX_EPS: f32 = 1e-15;
 
 /// Symmetric quantization of `x` to levels `-nmax..nmax-1` (stored in `l` offset by `nmax`),
-/// weighted by `x²` (ggml's `make_qx_quants` with rmse_type 1 and no importance weights):
+/// weighted by `x²` (ggml's `make_qx_quants` with rmse_type 1), or by `qw` when given:
 /// a first guess from the largest magnitude, then 18 nearby scales tried. Returns the scale.
 /// The weighted sums round as the reference's do (`w*l*l` is `(w*l)*l`, two f32 roundings, here
 /// and in `make_q3_quants`): the scale search compares near-equal sums, so another order picks
 /// another scale in a few blocks and the bytes stop being the reference quantizer's.
-pub(crate) fn make_qx_quants(x: &[f32], nmax: i32, l: &mut [i8]) -> f32 {
+/// `qw`: an importance matrix's values for these columns (the reference's `quant_weights`).
+pub(crate) fn make_qx_quants(x: &[f32], nmax: i32, l: &mut [i8], qw: Option<&[f32]>) -> f32 {
     let n = x.len();
     let (mut max, mut amax) = (0.0f32, 0.0f32);
     for &v in x {
@@ -68,7 +69,7 @@ pub(crate) fn make_qx_quants(x: &[f32], nmax: i32, l: &mut [i8]) -> f32 {
     for i in 0..n {
         let q = quant(iscale, x[i]);
         l[i] = (q + nmax) as i8;
-        let w = x[i] * x[i];
+        let w = qw.map_or(x[i] * x[i], |q| q[i]);
         sumlx += w * x[i] * q as f32;
         suml2 += w * q as f32 * q as f32;
     }
@@ -81,9 +82,9 @@ pub(crate) fn make_qx_quants(x: &[f32], nmax: i32, l: &mut [i8]) -> f32 {
         iscale = -(nmax as f32 + 0.1 * is as f32) / max;
         sumlx = 0.0;
         suml2 = 0.0;
-        for &v in x {
+        for (i, &v) in x.iter().enumerate() {
             let q = quant(iscale, v);
-            let w = v * v;
+            let w = qw.map_or(v * v, |q| q[i]);
             sumlx += w * v * q as f32;
             suml2 += w * q as f32 * q as f32;
         }
@@ -199,24 +200,19 @@ pub(crate) fn make_qkx2_quants(
         l[i] = q as u8;
         best_error += weights[i] * err(scale * q as f32 + min - x[i]);
     }
-    // The search keeps 8 partial sums per quantity (lanes of a vector once compiled), summed in
-    // a fixed order at the end: same result on every machine, several times faster than one
-    // running sum (n is 16 or 32).
-    debug_assert!(n.is_multiple_of(8));
+    // One running sum per quantity, in the reference's order: the search compares near-equal
+    // errors, so summing in another order picks another scale in a few blocks.
     for is in 0..=nstep {
         iscale = (rmin + rdelta * is as f32 + nmax as f32) / (max - min);
-        let (mut sum_l, mut sum_l2, mut sum_xl) = ([0.0f32; 8], [0.0f32; 8], [0.0f32; 8]);
-        for (c, (xs, ws)) in x.chunks_exact(8).zip(weights.chunks_exact(8)).enumerate() {
-            for j in 0..8 {
-                let q = level(iscale, xs[j], min);
-                laux[8 * c + j] = q as u8;
-                let (w, qf) = (ws[j], q as f32);
-                sum_l[j] += w * qf;
-                sum_l2[j] += w * qf * qf;
-                sum_xl[j] += w * qf * xs[j];
-            }
+        let (mut sum_l, mut sum_l2, mut sum_xl) = (0f32, 0f32, 0f32);
+        for i in 0..n {
+            let q = level(iscale, x[i], min);
+            laux[i] = q as u8;
+            let (w, qf) = (weights[i], q as f32);
+            sum_l += w * qf;
+            sum_l2 += w * qf * qf;
+            sum_xl += w * qf * x[i];
         }
-        let (sum_l, sum_l2, sum_xl) = (sum8(sum_l), sum8(sum_l2), sum8(sum_xl));
         let det = sum_w * sum_l2 - sum_l * sum_l;
         if det > 0.0 {
             let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / det;
@@ -225,13 +221,10 @@ pub(crate) fn make_qkx2_quants(
                 this_min = 0.0;
                 this_scale = sum_xl / sum_l2;
             }
-            let mut cur_error = [0.0f32; 8];
-            for (c, (xs, ws)) in x.chunks_exact(8).zip(weights.chunks_exact(8)).enumerate() {
-                for j in 0..8 {
-                    cur_error[j] += ws[j] * err(this_scale * laux[8 * c + j] as f32 + this_min - xs[j]);
-                }
+            let mut cur_error = 0f32;
+            for i in 0..n {
+                cur_error += weights[i] * err(this_scale * laux[i] as f32 + this_min - x[i]);
             }
-            let cur_error = sum8(cur_error);
             if cur_error < best_error {
                 l[..n].copy_from_slice(&laux[..n]);
                 best_error = cur_error;
@@ -243,10 +236,146 @@ pub(crate) fn make_qkx2_quants(
     (scale, -min)
 }
 
-/// Sum of 8 partial sums in a fixed order.
-#[inline]
-fn sum8(a: [f32; 8]) -> f32 {
-    ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
+/// Asymmetric quantization of `x` to levels `0..=nmax` with importance `weights`, searching
+/// `nstep + 1` scales around the range's (ggml's `make_qkx3_quants`, the K-quant search when an
+/// importance matrix is given). Returns `(scale, min)` with `min >= 0` being subtracted. The sums
+/// run in the reference's order (one running sum each).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn make_qkx3_quants(x: &[f32], weights: &[f32], nmax: i32, l: &mut [u8], rmin: f32, rdelta: f32, nstep: i32) -> (f32, f32) {
+    let n = x.len();
+    let mut laux = [0u8; 32];
+    let (mut min, mut max) = (x[0], x[0]);
+    let mut sum_w = weights[0];
+    let mut sum_x = sum_w * x[0];
+    for i in 1..n {
+        min = min.min(x[i]);
+        max = max.max(x[i]);
+        sum_w += weights[i];
+        sum_x += weights[i] * x[i];
+    }
+    if min > 0.0 {
+        min = 0.0;
+    }
+    if max <= min {
+        l[..n].fill(0);
+        return (0.0, -min);
+    }
+    let level = |iscale: f32, v: f32, min: f32| nearest_int(iscale * (v - min)).clamp(0, nmax) as u8;
+    let mut iscale = nmax as f32 / (max - min);
+    let mut scale = 1.0 / iscale;
+    let mut best = 0.0f32;
+    for i in 0..n {
+        l[i] = level(iscale, x[i], min);
+        let diff = scale * l[i] as f32 + min - x[i];
+        best += weights[i] * (diff * diff);
+    }
+    for is in 0..=nstep {
+        iscale = (rmin + rdelta * is as f32 + nmax as f32) / (max - min);
+        let (mut sum_l, mut sum_l2, mut sum_xl) = (0f32, 0f32, 0f32);
+        for i in 0..n {
+            laux[i] = level(iscale, x[i], min);
+            let (w, q) = (weights[i], laux[i] as f32);
+            sum_l += w * q;
+            sum_l2 += w * q * q;
+            sum_xl += w * q * x[i];
+        }
+        let det = sum_w * sum_l2 - sum_l * sum_l;
+        if det > 0.0 {
+            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / det;
+            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det;
+            if this_min > 0.0 {
+                this_min = 0.0;
+                this_scale = sum_xl / sum_l2;
+            }
+            let mut err = 0f32;
+            for i in 0..n {
+                let diff = this_scale * laux[i] as f32 + this_min - x[i];
+                err += weights[i] * (diff * diff);
+            }
+            if err < best {
+                l[..n].copy_from_slice(&laux[..n]);
+                best = err;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    (scale, -min)
+}
+
+/// Non-negative values `x` (sub-block scales or mins) to levels `0..=nmax` of one scale, weighted
+/// by `w`: 9 scales tried, then 5 rounds of moving single levels while the weighted fit improves
+/// (ggml's `make_qp_quants`). Returns the scale.
+pub(crate) fn make_qp_quants(x: &[f32], nmax: i32, l: &mut [u8], w: &[f32]) -> f32 {
+    let n = x.len();
+    let max = x.iter().fold(0f32, |m, &v| m.max(v));
+    if max < GROUP_MAX_EPS {
+        l[..n].fill(0);
+        return 0.0;
+    }
+    let mut iscale = nmax as f32 / max;
+    let scale = 1.0 / iscale;
+    let mut best = 0f32;
+    for i in 0..n {
+        let q = nearest_int(iscale * x[i]);
+        let diff = x[i] - scale * q as f32;
+        best += w[i] * diff * diff;
+    }
+    for is in -4..=4 {
+        if is == 0 {
+            continue;
+        }
+        let iscale_is = (0.1 * is as f32 + nmax as f32) / max;
+        let scale_is = 1.0 / iscale_is;
+        let mut mse = 0f32;
+        for i in 0..n {
+            let q = nearest_int(iscale_is * x[i]).min(nmax);
+            let diff = x[i] - scale_is * q as f32;
+            mse += w[i] * diff * diff;
+        }
+        if mse < best {
+            best = mse;
+            iscale = iscale_is;
+        }
+    }
+    let (mut sumlx, mut suml2) = (0f32, 0f32);
+    let mut li = [0i32; 32];
+    for i in 0..n {
+        li[i] = nearest_int(iscale * x[i]).min(nmax);
+        sumlx += w[i] * x[i] * li[i] as f32;
+        suml2 += w[i] * li[i] as f32 * li[i] as f32;
+    }
+    for _ in 0..5 {
+        let mut changed = false;
+        for i in 0..n {
+            let mut slx = sumlx - w[i] * x[i] * li[i] as f32;
+            let mut sl2 = suml2 - w[i] * li[i] as f32 * li[i] as f32;
+            if slx > 0.0 && sl2 > 0.0 {
+                let new_l = nearest_int(x[i] * sl2 / slx).min(nmax);
+                if new_l != li[i] {
+                    slx += w[i] * x[i] * new_l as f32;
+                    sl2 += w[i] * new_l as f32 * new_l as f32;
+                    if slx * slx * suml2 > sumlx * sumlx * sl2 {
+                        li[i] = new_l;
+                        sumlx = slx;
+                        suml2 = sl2;
+                        changed = true;
+                    }
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    for i in 0..n {
+        l[i] = li[i].clamp(0, 255) as u8;
+    }
+    if suml2 > 0.0 {
+        sumlx / suml2
+    } else {
+        0.0
+    }
 }
 
 /// One Q8_K block. `d` and `bsums` are kept as little-endian bytes so the block has alignment 1
