@@ -297,6 +297,11 @@ mod tests {
         let bad = json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "array", "uniqueItems": true}}}]);
         let e = hermes(&bad, None, None).unwrap_err();
         assert!(e.message.contains("uniqueItems"), "{}", e.message);
+        // a keyword no draft defines is refused in a tool's parameters too, never ignored
+        let bad = json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {"a": {"type": "string", "nullable": true}}}}}]);
+        let e = hermes(&bad, None, None).unwrap_err();
+        assert!(e.message.contains("'nullable' at /properties/a"), "{}", e.message);
+        assert_eq!(e.param.as_deref(), Some("tools[0].function.parameters"));
         assert!(hermes(&json!([]), None, None).unwrap().is_none());
         assert!(hermes(&json!({"a": 1}), None, None).is_err());
     }
