@@ -409,7 +409,7 @@ pub fn defect_inputs() -> Vec<(&'static str, String, Vec<u8>)> {
         ("many-stop-strings.reject", many_stops),
         ("prompt-token-outside-vocabulary.reject", "POST /v1/completions\n{\"prompt\":[1,999999],\"max_tokens\":2}".into()),
         ("detokenize-negative-and-huge.reject", "POST /detokenize\n{\"tokens\":[-1,4294967296]}".into()),
-        ("unknown-role.reject", "POST /v1/chat/completions\n{\"messages\":[{\"role\":\"tool\",\"content\":\"a\"}]}".into()),
+        ("unknown-role.reject", "POST /v1/chat/completions\n{\"messages\":[{\"role\":\"robot\",\"content\":\"a\"}]}".into()),
         ("no-messages.reject", "POST /v1/chat/completions\n{\"messages\":[]}".into()),
         ("seed-minus-1.accept", "POST /completion\n{\"prompt\":\"a\",\"n_predict\":2,\"seed\":-1}".into()),
         ("control-bytes-in-content.accept", format!("POST /v1/chat/completions\n{{\"messages\":[{{\"role\":\"user\",\"content\":{}}}],\"max_tokens\":2}}", serde_json::to_string(HOSTILE_TEXT).expect("json"))),
