@@ -169,7 +169,15 @@ fn server() -> &'static (tokio::runtime::Runtime, axum::Router) {
             ..Default::default()
         };
         let engine = Engine::load_with_batch(&opts, 8).expect("the tiny model loads");
-        let defaults = SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.95, min_p: 0.05, repeat_penalty: 1.0, repeat_last_n: 64, seed: 0 };
+        let defaults = SamplingParams {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.05,
+            repeat_penalty: 1.0,
+            repeat_last_n: 64,
+            seed: 0,
+        };
         let mut state = AppState::new(Arc::new(EngineModel(Arc::new(engine))), 1, defaults);
         Arc::get_mut(&mut state).expect("not shared yet").log = false;
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
@@ -230,7 +238,9 @@ pub fn violation(target: &str, outcome: &Outcome) -> Option<(&'static str, Strin
     let shown = |s: &str| s.chars().take(200).collect::<String>().escape_debug().to_string();
     match (target, outcome) {
         ("http", Err(e)) if e.starts_with("timeout") => Some(("http: request never finished", e.clone())),
-        ("http", Err(e)) if e.starts_with("HTTP 5") && !e.starts_with("HTTP 503") => Some(("http: server error", shown(e))),
+        ("http", Err(e)) if e.starts_with("HTTP 5") && !e.starts_with("HTTP 503") => {
+            Some(("http: server error", shown(e)))
+        }
         ("gguf" | "zip_tail" | "args", Err(e)) => {
             // A tab prints as blank space: harmless, unlike escapes, returns, new lines and NULs.
             if let Some(c) = e.chars().find(|&c| c.is_control() && c != '\t') {

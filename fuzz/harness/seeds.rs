@@ -33,7 +33,17 @@ pub fn tiny_metadata() -> Vec<(&'static str, MetaValue)> {
         ("tokenizer.ggml.scores", MetaValue::Array((0..TOKENS.len()).map(|i| MetaValue::F32(-(i as f32))).collect())),
         (
             "tokenizer.ggml.token_type",
-            MetaValue::Array((0..TOKENS.len()).map(|i| MetaValue::I32(match i { 0 => 2, 1 | 2 => 3, _ => 1 })).collect()),
+            MetaValue::Array(
+                (0..TOKENS.len())
+                    .map(|i| {
+                        MetaValue::I32(match i {
+                            0 => 2,
+                            1 | 2 => 3,
+                            _ => 1,
+                        })
+                    })
+                    .collect(),
+            ),
         ),
         ("tokenizer.ggml.bos_token_id", MetaValue::U32(1)),
         ("tokenizer.ggml.eos_token_id", MetaValue::U32(2)),
@@ -101,8 +111,10 @@ pub fn tiny_tensors() -> Vec<Tensor> {
 
 /// A GGUF from metadata and tensors, with 32-byte alignment.
 pub fn gguf_from(metadata: &[(&str, MetaValue)], tensors: &[Tensor]) -> Vec<u8> {
-    let specs: Vec<TensorSpec> =
-        tensors.iter().map(|t| TensorSpec { name: &t.name, dims: &t.dims, ggml_type: t.ggml_type, data: &t.data }).collect();
+    let specs: Vec<TensorSpec> = tensors
+        .iter()
+        .map(|t| TensorSpec { name: &t.name, dims: &t.dims, ggml_type: t.ggml_type, data: &t.data })
+        .collect();
     build(metadata, &specs, 32)
 }
 
@@ -194,8 +206,11 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
         "zip_tail" => vec![tiny_llamafile(ARGS_SEEDS[0], &gguf), tiny_llamafile("", &gguf)],
         "args" => ARGS_SEEDS.iter().map(|s| s.as_bytes().to_vec()).collect(),
         "chat_template" => {
-            let mut v: Vec<Vec<u8>> =
-                chat::BUILTIN_NAMES.iter().filter_map(|n| chat::builtin_source(n)).map(|s| s.as_bytes().to_vec()).collect();
+            let mut v: Vec<Vec<u8>> = chat::BUILTIN_NAMES
+                .iter()
+                .filter_map(|n| chat::builtin_source(n))
+                .map(|s| s.as_bytes().to_vec())
+                .collect();
             v.extend(shared_templates());
             v
         }
@@ -208,7 +223,8 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
 fn tensor_offset_field(gguf: &[u8], name: &str) -> usize {
     let mut key = (name.len() as u64).to_le_bytes().to_vec();
     key.extend_from_slice(name.as_bytes());
-    let at = gguf.windows(key.len()).position(|w| w == key).unwrap_or_else(|| panic!("tensor {name} not in the GGUF")) + key.len();
+    let at = gguf.windows(key.len()).position(|w| w == key).unwrap_or_else(|| panic!("tensor {name} not in the GGUF"))
+        + key.len();
     let n_dims = u32::from_le_bytes(gguf[at..at + 4].try_into().expect("4 bytes")) as usize;
     at + 4 + 8 * n_dims + 4
 }
@@ -234,7 +250,7 @@ fn tiny_with_raw_entry(key: &[u8], type_id: u32, value: &[u8]) -> Vec<u8> {
     // Underscores make the entry a multiple of the alignment: everything after it moves by
     // whole aligned blocks, so the tensor table still matches the data.
     let mut key = key.to_vec();
-    while (8 + key.len() + 4 + value.len()) % 32 != 0 {
+    while !(8 + key.len() + 4 + value.len()).is_multiple_of(32) {
         key.push(b'_');
     }
     let mut out = g[..16].to_vec();
@@ -308,7 +324,11 @@ pub fn defect_inputs() -> Vec<(&'static str, String, Vec<u8>)> {
     let mut g = tiny_gguf();
     g[16..24].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
     v.push(("gguf", s("metadata-count-huge.reject"), g));
-    v.push(("gguf", s("string-length-u64-max.reject"), tiny_with_raw_entry(b"general.huge", 8, &u64::MAX.to_le_bytes())));
+    v.push((
+        "gguf",
+        s("string-length-u64-max.reject"),
+        tiny_with_raw_entry(b"general.huge", 8, &u64::MAX.to_le_bytes()),
+    ));
     let mut arr = 4u32.to_le_bytes().to_vec(); // an array of u32
     arr.extend_from_slice(&(u64::MAX / 4).to_le_bytes());
     v.push(("gguf", s("array-count-huge.reject"), tiny_with_raw_entry(b"general.huge", 9, &arr)));
@@ -318,9 +338,17 @@ pub fn defect_inputs() -> Vec<(&'static str, String, Vec<u8>)> {
     v.push(("gguf", s("tensor-dimension-2-pow-62.reject"), g));
     // Control bytes from the file: in a value --info prints, in a key an error names, and a
     // multi-kilobyte key in an error.
-    v.push(("gguf", s("control-bytes-in-name"), tiny_gguf_with("general.name", MetaValue::String(HOSTILE_TEXT.into()))));
+    v.push((
+        "gguf",
+        s("control-bytes-in-name"),
+        tiny_gguf_with("general.name", MetaValue::String(HOSTILE_TEXT.into())),
+    ));
     let key = format!("evil{HOSTILE_TEXT}");
-    v.push(("gguf", s("control-bytes-in-key-of-unknown-type.reject"), tiny_with_raw_entry(key.as_bytes(), 99, &[0; 8])));
+    v.push((
+        "gguf",
+        s("control-bytes-in-key-of-unknown-type.reject"),
+        tiny_with_raw_entry(key.as_bytes(), 99, &[0; 8]),
+    ));
     v.push(("gguf", s("control-bytes-in-key"), tiny_with_raw_entry(key.as_bytes(), 8, &string_value(b"x"))));
     let long = "k".repeat(60_000);
     v.push(("gguf", s("60-kb-key-of-unknown-type.reject"), tiny_with_raw_entry(long.as_bytes(), 99, &[0; 8])));
@@ -331,7 +359,11 @@ pub fn defect_inputs() -> Vec<(&'static str, String, Vec<u8>)> {
     g[at..at + 8].copy_from_slice(&(name.len() as u64 + 12).to_le_bytes());
     v.push(("gguf", s("tensor-name-length-overrun.reject"), g));
     let arch = format!("llama{HOSTILE_TEXT}");
-    v.push(("gguf", s("control-bytes-in-architecture.reject"), tiny_gguf_with("general.architecture", MetaValue::String(arch))));
+    v.push((
+        "gguf",
+        s("control-bytes-in-architecture.reject"),
+        tiny_gguf_with("general.architecture", MetaValue::String(arch)),
+    ));
 
     // Containers: entry names with control bytes in the "which GGUF?" error, a GGUF entry
     // running past the end, a central directory pointing past the end.

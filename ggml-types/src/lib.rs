@@ -179,12 +179,7 @@ mod tests {
         // A row of whole weight blocks is then a row of whole activation blocks.
         for f in TYPES {
             let at = f.vec_dot_type;
-            assert_eq!(
-                f.block_size % at.block_size(),
-                0,
-                "{}: blocks not a multiple of {at}'s",
-                f.name
-            );
+            assert_eq!(f.block_size % at.block_size(), 0, "{}: blocks not a multiple of {at}'s", f.name);
         }
     }
 

@@ -166,7 +166,8 @@ fn main() {
             let ws = weights(t, rows, cols, copies);
             let mut y = vec![0f32; rows * 512];
             let mut s = Scratch::default();
-            let per = |(wall, cpu): (f64, f64), threads: f64, work: f64| (work / wall, work / (cpu / threads).max(1e-9));
+            let per =
+                |(wall, cpu): (f64, f64), threads: f64, work: f64| (work / wall, work / (cpu / threads).max(1e-9));
             let mut mv = |p: &rayon::ThreadPool, threads: f64| {
                 let sec = p.install(|| {
                     time(Duration::from_millis(700), 10, |i| {

@@ -14,7 +14,9 @@ use kernels_cpu::types::{quantize_row, WeightType};
 fn thread_cpu_ns() -> f64 {
     let mut ts = libc_timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes one timespec into the valid pointer given.
-    unsafe { clock_gettime(3 /* CLOCK_THREAD_CPUTIME_ID */, &mut ts) };
+    unsafe {
+        clock_gettime(3 /* CLOCK_THREAD_CPUTIME_ID */, &mut ts)
+    };
     ts.tv_sec as f64 * 1e9 + ts.tv_nsec as f64
 }
 #[repr(C)]
@@ -37,7 +39,13 @@ fn main() {
             i += 2;
             continue;
         }
-        types.push(kernels_cpu::types::TYPES.iter().map(|t| t.ty).find(|t| t.name() == args[i]).unwrap_or_else(|| panic!("unknown type {}", args[i])));
+        types.push(
+            kernels_cpu::types::TYPES
+                .iter()
+                .map(|t| t.ty)
+                .find(|t| t.name() == args[i])
+                .unwrap_or_else(|| panic!("unknown type {}", args[i])),
+        );
         i += 1;
     }
     if types.is_empty() {

@@ -99,17 +99,18 @@ pub fn quantize_activations_with(
     scratch: &mut Scratch,
 ) {
     let at = wtype.vec_dot_type();
-    assert!(cols % at.block_size() == 0, "{} activations: row of {cols} is not a whole number of blocks", at.name());
+    assert!(
+        cols.is_multiple_of(at.block_size()),
+        "{} activations: row of {cols} is not a whole number of blocks",
+        at.name()
+    );
     assert_eq!(x.len(), n_tokens * cols, "activations: {} values for {n_tokens} x {cols}", x.len());
     let rb = at.row_bytes(cols);
     let need = rb * n_tokens;
     if scratch.quantized.len() < need {
         scratch.quantized.resize(need, 0);
     }
-    let quantize = k
-        .get(at)
-        .and_then(|t| t.quantize)
-        .unwrap_or(crate::types::info(at).quantize);
+    let quantize = k.get(at).and_then(|t| t.quantize).unwrap_or(crate::types::info(at).quantize);
     let dst = &mut scratch.quantized[..need];
     if rb == 0 {
         // Rows of zero columns: nothing to quantize.
@@ -200,8 +201,14 @@ pub fn matmul_quantized_with(
     );
     let wrb = wtype.row_bytes(cols);
     let xrb = at.row_bytes(cols);
-    assert!(cols % wtype.block_size() == 0, "{}: row of {cols} is not a whole number of blocks", wtype.name());
-    assert!(w.len() >= wrb * rows, "{} weights: {} bytes for {rows} x {cols} ({} needed)", wtype.name(), w.len(), wrb * rows);
+    assert!(cols.is_multiple_of(wtype.block_size()), "{}: row of {cols} is not a whole number of blocks", wtype.name());
+    assert!(
+        w.len() >= wrb * rows,
+        "{} weights: {} bytes for {rows} x {cols} ({} needed)",
+        wtype.name(),
+        w.len(),
+        wrb * rows
+    );
     assert!(y.len() >= n_tokens * rows, "matmul output: {} values for {n_tokens} x {rows}", y.len());
     if rows == 0 || n_tokens == 0 {
         return;

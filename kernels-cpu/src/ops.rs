@@ -149,9 +149,17 @@ impl Rope {
 
     /// Rotate `n_heads` heads of `head_dim` values (contiguous in `x`) for position `pos`.
     pub fn apply(&self, x: &mut [f32], n_heads: usize, head_dim: usize, pos: usize) {
-        assert!(self.n_rot <= head_dim && self.n_rot % 2 == 0 && self.n_rot <= MAX_ROT, "rope: n_rot {} for heads of {head_dim}", self.n_rot);
+        assert!(
+            self.n_rot <= head_dim && self.n_rot.is_multiple_of(2) && self.n_rot <= MAX_ROT,
+            "rope: n_rot {} for heads of {head_dim}",
+            self.n_rot
+        );
         assert!(x.len() >= n_heads * head_dim, "rope: {} values for {n_heads} heads of {head_dim}", x.len());
-        assert!(self.factors.as_ref().is_none_or(|f| f.len() == self.n_rot / 2), "rope: factors for {} pairs", self.n_rot / 2);
+        assert!(
+            self.factors.as_ref().is_none_or(|f| f.len() == self.n_rot / 2),
+            "rope: factors for {} pairs",
+            self.n_rot / 2
+        );
         let half = self.n_rot / 2;
         let mut cos = [0f32; MAX_ROT / 2];
         let mut sin = [0f32; MAX_ROT / 2];

@@ -58,7 +58,15 @@ fn dequantize_matches_the_gguf_package_bit_for_bit() {
         let mut got = vec![0f32; e.rows * e.row_len];
         dequantize_row(e.ty, &e.bytes, &mut got);
         let bad: Vec<usize> = (0..got.len()).filter(|&i| got[i].to_bits() != e.values[i].to_bits()).collect();
-        assert!(bad.is_empty(), "{}: {} values differ, first at {}: {} vs {}", e.label, bad.len(), bad[0], got[bad[0]], e.values[bad[0]]);
+        assert!(
+            bad.is_empty(),
+            "{}: {} values differ, first at {}: {} vs {}",
+            e.label,
+            bad.len(),
+            bad[0],
+            got[bad[0]],
+            e.values[bad[0]]
+        );
     }
 }
 
@@ -66,15 +74,25 @@ fn dequantize_matches_the_gguf_package_bit_for_bit() {
 fn quantize_gives_the_reference_quantizers_bytes() {
     let Some(shared) = test_support::require_shared() else { return };
     let path = shared.join("models/tiny-mistral-f16.gguf");
-    let mut reader = GGUFFileReader::new(File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap();
+    let mut reader =
+        GGUFFileReader::new(File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap();
     for e in entries() {
         let data = reader.load_tensor_data(&e.tensor).unwrap().unwrap();
         let n = e.rows * e.row_len;
-        let src: Vec<f32> = data.as_slice()[..2 * n].chunks_exact(2).map(|h| half::f16::from_le_bytes([h[0], h[1]]).to_f32()).collect();
+        let src: Vec<f32> =
+            data.as_slice()[..2 * n].chunks_exact(2).map(|h| half::f16::from_le_bytes([h[0], h[1]]).to_f32()).collect();
         let mut got = vec![0u8; e.ty.row_bytes(n)];
         quantize_row(e.ty, &src, &mut got);
         let bs = e.ty.type_size();
-        let bad: Vec<usize> = (0..got.len() / bs).filter(|&b| got[b * bs..(b + 1) * bs] != e.bytes[b * bs..(b + 1) * bs]).collect();
-        assert!(bad.is_empty(), "{}: {} of {} blocks differ from the reference's, first {}", e.label, bad.len(), got.len() / bs, bad[0]);
+        let bad: Vec<usize> =
+            (0..got.len() / bs).filter(|&b| got[b * bs..(b + 1) * bs] != e.bytes[b * bs..(b + 1) * bs]).collect();
+        assert!(
+            bad.is_empty(),
+            "{}: {} of {} blocks differ from the reference's, first {}",
+            e.label,
+            bad.len(),
+            got.len() / bs,
+            bad[0]
+        );
     }
 }

@@ -216,7 +216,15 @@ fn quantize_dequantize_error_within_each_formats_bound() {
 
 /// matmul through the kernel table `k` against an f64 reference over the dequantized weights
 /// and the dequantized quantized activations (so only summation order may differ).
-fn check_matmul(k: &Kernels, t: WeightType, rows: usize, cols: usize, n_tokens: usize, rng: &mut Rng, scratch: &mut Scratch) {
+fn check_matmul(
+    k: &Kernels,
+    t: WeightType,
+    rows: usize,
+    cols: usize,
+    n_tokens: usize,
+    rng: &mut Rng,
+    scratch: &mut Scratch,
+) {
     let at = t.vec_dot_type();
     let w = quantized(t, &nasty(rng, rows * cols));
     let x = activations(rng, n_tokens * cols);
@@ -254,7 +262,9 @@ fn matmul_and_matvec_match_f64_reference_for_every_type_isa_and_shape() {
             // Shapes off every tile size: odd row counts, token counts around tile edges;
             // rows of 256 elements (a whole number of blocks for every type).
             // (2, 65, 1): a row longer than the parts one-token kernels prepare at a time.
-            for &(rows, blocks, n_tokens) in &[(1, 1, 1), (7, 2, 1), (37, 3, 5), (64, 2, 13), (129, 1, 33), (3, 4, 70), (2, 65, 1)] {
+            for &(rows, blocks, n_tokens) in
+                &[(1, 1, 1), (7, 2, 1), (37, 3, 5), (64, 2, 13), (129, 1, 33), (3, 4, 70), (2, 65, 1)]
+            {
                 let cols = blocks * 256;
                 check_matmul(&k, t, rows, cols, n_tokens, &mut rng, &mut scratch);
             }
@@ -320,7 +330,6 @@ fn matmul_quantized_refuses_activations_of_another_format() {
     let mut y = [0f32; 1];
     matmul::matmul_quantized(&w, WeightType::Q4_K, 1, cols, &s, &mut y);
 }
-
 
 #[test]
 fn matmul_of_float_types_with_rows_of_any_length() {

@@ -8,7 +8,8 @@
 use kernels_cpu::isa::{Isa, Kernels};
 use kernels_cpu::types::WeightType;
 
-const K_TYPES: [WeightType; 5] = [WeightType::Q2_K, WeightType::Q3_K, WeightType::Q4_K, WeightType::Q5_K, WeightType::Q6_K];
+const K_TYPES: [WeightType; 5] =
+    [WeightType::Q2_K, WeightType::Q3_K, WeightType::Q4_K, WeightType::Q5_K, WeightType::Q6_K];
 const QK_K: usize = 256;
 const Q8K_BYTES: usize = 292;
 
@@ -41,9 +42,9 @@ fn half_fields(t: WeightType) -> &'static [usize] {
 fn some_f16(rng: &mut Rng) -> [u8; 2] {
     let bits: u16 = match rng.below(6) {
         0 => 0,
-        1 => rng.below(0x0400) as u16,                   // subnormal
-        2 => 0x7bff,                                     // largest finite
-        _ => (0x2000 + rng.below(0x2800)) as u16,        // about 2^-7 .. 2^3
+        1 => rng.below(0x0400) as u16,            // subnormal
+        2 => 0x7bff,                              // largest finite
+        _ => (0x2000 + rng.below(0x2800)) as u16, // about 2^-7 .. 2^3
     } | if rng.below(2) == 0 { 0 } else { 0x8000 };
     bits.to_le_bytes()
 }
@@ -142,7 +143,12 @@ fn kquant_vec_dot_on_arbitrary_blocks_matches_scalar_on_every_isa() {
                 let want = (scalar.get(t).unwrap().vec_dot)(n, &w, &x);
                 let got = (k.get(t).unwrap().vec_dot)(n, &w, &x);
                 let mag = magnitude(t, &w, &x, n);
-                assert!(close(got, want, mag), "{} {} case {case} ({nb} blocks): {got} vs scalar {want} (magnitude {mag})", isa.name(), t.name());
+                assert!(
+                    close(got, want, mag),
+                    "{} {} case {case} ({nb} blocks): {got} vs scalar {want} (magnitude {mag})",
+                    isa.name(),
+                    t.name()
+                );
             }
         }
     }
@@ -170,7 +176,8 @@ fn kquant_gemm_tiles_of_every_shape_match_scalar_on_every_isa() {
                     // consistent Q8_K rows at the strided offsets
                     let mut xs = vec![0u8; nc * x_stride];
                     for c in 0..nc {
-                        xs[c * x_stride..c * x_stride + nb * Q8K_BYTES].copy_from_slice(&x[c * nb * Q8K_BYTES..(c + 1) * nb * Q8K_BYTES]);
+                        xs[c * x_stride..c * x_stride + nb * Q8K_BYTES]
+                            .copy_from_slice(&x[c * nb * Q8K_BYTES..(c + 1) * nb * Q8K_BYTES]);
                     }
                     let mut ws = vec![0u8; nr * w_stride];
                     for r in 0..nr {
@@ -196,7 +203,12 @@ fn kquant_gemm_tiles_of_every_shape_match_scalar_on_every_isa() {
                         }
                         // entries outside the tile are untouched
                         for r in nr..out_stride {
-                            assert!(out[c * out_stride + r].is_nan(), "{} {} tile {nr}x{nc} wrote outside", isa.name(), t.name());
+                            assert!(
+                                out[c * out_stride + r].is_nan(),
+                                "{} {} tile {nr}x{nc} wrote outside",
+                                isa.name(),
+                                t.name()
+                            );
                         }
                     }
                 }

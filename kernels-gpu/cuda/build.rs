@@ -14,11 +14,7 @@ use std::path::PathBuf;
 /// JIT-compiled by the driver for any newer GPU.
 const ARCH: &str = "compute_61";
 
-const FILES: &[&str] = &[
-    "src/kernels/common.cuh",
-    "src/kernels/matmul.cu",
-    "src/kernels/ops.cu",
-];
+const FILES: &[&str] = &["src/kernels/common.cuh", "src/kernels/matmul.cu", "src/kernels/ops.cu"];
 
 type CreateFn = unsafe extern "C" fn(
     *mut *mut c_void,
@@ -46,53 +42,24 @@ fn program() -> String {
 }
 
 fn compile(src: &str) -> Result<String, String> {
-    let names = [
-        "libnvrtc.so",
-        "libnvrtc.so.13",
-        "libnvrtc.so.12",
-        "libnvrtc.so.11",
-        "nvrtc64_120_0.dll",
-        "libnvrtc.dylib",
-    ];
+    let names =
+        ["libnvrtc.so", "libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so.11", "nvrtc64_120_0.dll", "libnvrtc.dylib"];
     // SAFETY: loading NVRTC runs only its own initialisers.
-    let lib = names
-        .iter()
-        .find_map(|n| unsafe { libloading::Library::new(*n) }.ok())
-        .ok_or("libnvrtc not found")?;
+    let lib = names.iter().find_map(|n| unsafe { libloading::Library::new(*n) }.ok()).ok_or("libnvrtc not found")?;
     // SAFETY: the signatures are NVRTC's documented C API; every pointer passed is valid for the
     // call, and the program handle is destroyed once.
     unsafe {
-        let create: libloading::Symbol<CreateFn> = lib
-            .get(b"nvrtcCreateProgram\0")
-            .map_err(|e| e.to_string())?;
-        let comp: libloading::Symbol<CompileFn> = lib
-            .get(b"nvrtcCompileProgram\0")
-            .map_err(|e| e.to_string())?;
-        let ptx_size: libloading::Symbol<SizeFn> =
-            lib.get(b"nvrtcGetPTXSize\0").map_err(|e| e.to_string())?;
-        let get_ptx: libloading::Symbol<GetFn> =
-            lib.get(b"nvrtcGetPTX\0").map_err(|e| e.to_string())?;
-        let log_size: libloading::Symbol<SizeFn> = lib
-            .get(b"nvrtcGetProgramLogSize\0")
-            .map_err(|e| e.to_string())?;
-        let get_log: libloading::Symbol<GetFn> = lib
-            .get(b"nvrtcGetProgramLog\0")
-            .map_err(|e| e.to_string())?;
-        let destroy: libloading::Symbol<DestroyFn> = lib
-            .get(b"nvrtcDestroyProgram\0")
-            .map_err(|e| e.to_string())?;
+        let create: libloading::Symbol<CreateFn> = lib.get(b"nvrtcCreateProgram\0").map_err(|e| e.to_string())?;
+        let comp: libloading::Symbol<CompileFn> = lib.get(b"nvrtcCompileProgram\0").map_err(|e| e.to_string())?;
+        let ptx_size: libloading::Symbol<SizeFn> = lib.get(b"nvrtcGetPTXSize\0").map_err(|e| e.to_string())?;
+        let get_ptx: libloading::Symbol<GetFn> = lib.get(b"nvrtcGetPTX\0").map_err(|e| e.to_string())?;
+        let log_size: libloading::Symbol<SizeFn> = lib.get(b"nvrtcGetProgramLogSize\0").map_err(|e| e.to_string())?;
+        let get_log: libloading::Symbol<GetFn> = lib.get(b"nvrtcGetProgramLog\0").map_err(|e| e.to_string())?;
+        let destroy: libloading::Symbol<DestroyFn> = lib.get(b"nvrtcDestroyProgram\0").map_err(|e| e.to_string())?;
         let csrc = CString::new(src).map_err(|e| e.to_string())?;
         let name = CString::new("llamafile_kernels.cu").unwrap();
         let mut prog: *mut c_void = std::ptr::null_mut();
-        if create(
-            &mut prog,
-            csrc.as_ptr(),
-            name.as_ptr(),
-            0,
-            std::ptr::null(),
-            std::ptr::null(),
-        ) != 0
-        {
+        if create(&mut prog, csrc.as_ptr(), name.as_ptr(), 0, std::ptr::null(), std::ptr::null()) != 0 {
             return Err("nvrtcCreateProgram failed".into());
         }
         let opt = CString::new(format!("--gpu-architecture={ARCH}")).unwrap();
@@ -103,10 +70,7 @@ fn compile(src: &str) -> Result<String, String> {
             log_size(prog, &mut n);
             let mut buf = vec![0 as c_char; n.max(1)];
             get_log(prog, buf.as_mut_ptr());
-            Err(format!(
-                "NVRTC: {}",
-                CStr::from_ptr(buf.as_ptr()).to_string_lossy()
-            ))
+            Err(format!("NVRTC: {}", CStr::from_ptr(buf.as_ptr()).to_string_lossy()))
         } else {
             let mut n = 0usize;
             ptx_size(prog, &mut n);
@@ -141,9 +105,5 @@ fn main() {
         }
     };
     std::fs::write(out.join("prebuilt.ptx"), &ptx).unwrap();
-    std::fs::write(
-        out.join("prebuilt.src"),
-        if ptx.is_empty() { "" } else { &src },
-    )
-    .unwrap();
+    std::fs::write(out.join("prebuilt.src"), if ptx.is_empty() { "" } else { &src }).unwrap();
 }

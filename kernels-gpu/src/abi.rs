@@ -138,10 +138,7 @@ impl View {
     }
     /// This view moved `bytes` further.
     pub fn at(self, bytes: u64) -> View {
-        View {
-            buf: self.buf,
-            offset: self.offset + bytes,
-        }
+        View { buf: self.buf, offset: self.offset + bytes }
     }
     pub fn is_none(self) -> bool {
         self.buf == 0
@@ -245,31 +242,13 @@ pub struct GpuApi {
     /// Waits until everything queued on `stream` has run.
     pub synchronize: unsafe extern "C" fn(ctx: Context, stream: Stream) -> Status,
     /// Copies `bytes` from host memory at `src` to `dst`. Returns once `src` may be reused.
-    pub upload: unsafe extern "C" fn(
-        ctx: Context,
-        stream: Stream,
-        dst: View,
-        src: *const u8,
-        bytes: u64,
-    ) -> Status,
+    pub upload: unsafe extern "C" fn(ctx: Context, stream: Stream, dst: View, src: *const u8, bytes: u64) -> Status,
     /// Waits for `stream`, then copies `bytes` from `src` to host memory at `dst`.
-    pub download: unsafe extern "C" fn(
-        ctx: Context,
-        stream: Stream,
-        src: View,
-        dst: *mut u8,
-        bytes: u64,
-    ) -> Status,
+    pub download: unsafe extern "C" fn(ctx: Context, stream: Stream, src: View, dst: *mut u8, bytes: u64) -> Status,
 
     /// y[t][r] = dot(W[r], x[t]) for t < n_tokens: x f32 `[n_tokens][cols]`, y f32 `[n_tokens][rows]`.
-    pub matmul: unsafe extern "C" fn(
-        ctx: Context,
-        stream: Stream,
-        w: *const Weight,
-        x: View,
-        n_tokens: u32,
-        y: View,
-    ) -> Status,
+    pub matmul:
+        unsafe extern "C" fn(ctx: Context, stream: Stream, w: *const Weight, x: View, n_tokens: u32, y: View) -> Status,
     /// Each of `n_rows` rows of `dim` f32: out = x / sqrt(mean(x²) + eps) * weight (weight f32
     /// `[dim]`; `View::NONE` = no weight). `out` may equal `x`.
     pub rmsnorm: unsafe extern "C" fn(
@@ -283,59 +262,23 @@ pub struct GpuApi {
         out: View,
     ) -> Status,
     /// In place.
-    pub rope:
-        unsafe extern "C" fn(ctx: Context, stream: Stream, x: View, p: *const RopeParams) -> Status,
+    pub rope: unsafe extern "C" fn(ctx: Context, stream: Stream, x: View, p: *const RopeParams) -> Status,
     /// out = a + b over `n` f32 (`out` may equal `a` or `b`).
-    pub add: unsafe extern "C" fn(
-        ctx: Context,
-        stream: Stream,
-        a: View,
-        b: View,
-        out: View,
-        n: u64,
-    ) -> Status,
+    pub add: unsafe extern "C" fn(ctx: Context, stream: Stream, a: View, b: View, out: View, n: u64) -> Status,
     /// out = a * b over `n` f32 (`out` may equal `a` or `b`).
-    pub mul: unsafe extern "C" fn(
-        ctx: Context,
-        stream: Stream,
-        a: View,
-        b: View,
-        out: View,
-        n: u64,
-    ) -> Status,
+    pub mul: unsafe extern "C" fn(ctx: Context, stream: Stream, a: View, b: View, out: View, n: u64) -> Status,
     /// x[r][i] += bias[i] for `n_rows` rows of `dim` f32, in place.
-    pub add_rows: unsafe extern "C" fn(
-        ctx: Context,
-        stream: Stream,
-        x: View,
-        bias: View,
-        n_rows: u32,
-        dim: u32,
-    ) -> Status,
+    pub add_rows:
+        unsafe extern "C" fn(ctx: Context, stream: Stream, x: View, bias: View, n_rows: u32, dim: u32) -> Status,
     /// x *= s over `n` f32, in place.
-    pub scale:
-        unsafe extern "C" fn(ctx: Context, stream: Stream, x: View, s: f32, n: u64) -> Status,
+    pub scale: unsafe extern "C" fn(ctx: Context, stream: Stream, x: View, s: f32, n: u64) -> Status,
     /// out = act(gate) * up over `n` f32, act = [`GLU_SILU`] or [`GLU_GELU_TANH`] (`out` may equal
     /// `gate` or `up`).
-    pub glu: unsafe extern "C" fn(
-        ctx: Context,
-        stream: Stream,
-        gate: View,
-        up: View,
-        out: View,
-        n: u64,
-        act: u32,
-    ) -> Status,
+    pub glu:
+        unsafe extern "C" fn(ctx: Context, stream: Stream, gate: View, up: View, out: View, n: u64, act: u32) -> Status,
     /// Converts `n` f32 at `src` to `dst_type` ([`TYPE_F32`] or [`TYPE_F16`]) at `dst` (KV cache
     /// writes). No overlap.
-    pub copy: unsafe extern "C" fn(
-        ctx: Context,
-        stream: Stream,
-        src: View,
-        dst: View,
-        dst_type: u32,
-        n: u64,
-    ) -> Status,
+    pub copy: unsafe extern "C" fn(ctx: Context, stream: Stream, src: View, dst: View, dst_type: u32, n: u64) -> Status,
     pub attention: unsafe extern "C" fn(
         ctx: Context,
         stream: Stream,
@@ -358,11 +301,7 @@ pub fn name_str(name: &[u8; NAME_LEN]) -> String {
 pub const fn name_field(s: &str) -> [u8; NAME_LEN] {
     let b = s.as_bytes();
     let mut out = [0u8; NAME_LEN];
-    let mut n = if b.len() < NAME_LEN - 1 {
-        b.len()
-    } else {
-        NAME_LEN - 1
-    };
+    let mut n = if b.len() < NAME_LEN - 1 { b.len() } else { NAME_LEN - 1 };
     // Never cut a UTF-8 sequence in half.
     while n > 0 && n < b.len() && (b[n] & 0xC0) == 0x80 {
         n -= 1;
@@ -404,10 +343,7 @@ mod tests {
         let long = "é".repeat(40); // 80 bytes
         let f = name_field(&long);
         let back = name_str(&f);
-        assert!(
-            back.len() < NAME_LEN && back.chars().all(|c| c == 'é'),
-            "{back}"
-        );
+        assert!(back.len() < NAME_LEN && back.chars().all(|c| c == 'é'), "{back}");
     }
 
     #[test]

@@ -24,10 +24,7 @@ impl std::error::Error for GpuError {}
 
 impl GpuError {
     fn new(code: i32, message: impl Into<String>) -> GpuError {
-        GpuError {
-            code,
-            message: message.into(),
-        }
+        GpuError { code, message: message.into() }
     }
 }
 
@@ -55,21 +52,14 @@ impl Library {
     pub fn open(path: &Path) -> Result<Arc<Library>> {
         // SAFETY: loading a library runs its initialisers; the runtime only loads files it was
         // pointed at as GPU backends (its zip, beside it, or LLAMAFILE_GPU_BACKEND).
-        let lib = unsafe { libloading::Library::new(path) }.map_err(|e| {
-            GpuError::new(
-                abi::ERR_NO_DEVICE,
-                format!("cannot load {}: {e}", path.display()),
-            )
-        })?;
+        let lib = unsafe { libloading::Library::new(path) }
+            .map_err(|e| GpuError::new(abi::ERR_NO_DEVICE, format!("cannot load {}: {e}", path.display())))?;
         // SAFETY: the symbol's type is fixed by the ABI (EntryFn).
         let entry: abi::EntryFn = unsafe {
             *lib.get::<abi::EntryFn>(abi::ENTRY_SYMBOL).map_err(|_| {
                 GpuError::new(
                     abi::ERR_NO_DEVICE,
-                    format!(
-                        "{} is not a llamafile GPU backend (no symbol `llamafile_gpu_backend`)",
-                        path.display()
-                    ),
+                    format!("{} is not a llamafile GPU backend (no symbol `llamafile_gpu_backend`)", path.display()),
                 )
             })?
         };
@@ -97,20 +87,12 @@ impl Library {
         if (size as usize) < std::mem::size_of::<GpuApi>() {
             return Err(GpuError::new(
                 abi::ERR_UNSUPPORTED,
-                format!(
-                    "{}: backend function table too small ({size} bytes)",
-                    path.display()
-                ),
+                format!("{}: backend function table too small ({size} bytes)", path.display()),
             ));
         }
         // SAFETY: version and size checked: the whole table is there.
         let name = abi::name_str(unsafe { &(*api).name });
-        Ok(Arc::new(Library {
-            api,
-            path: path.to_path_buf(),
-            name,
-            _lib: std::mem::ManuallyDrop::new(lib),
-        }))
+        Ok(Arc::new(Library { api, path: path.to_path_buf(), name, _lib: std::mem::ManuallyDrop::new(lib) }))
     }
 
     fn api(&self) -> &GpuApi {
@@ -146,12 +128,7 @@ impl Library {
         } else {
             Err(GpuError::new(
                 status,
-                format!(
-                    "{} backend: {} ({})",
-                    self.name,
-                    self.last_error(),
-                    abi::status_name(status)
-                ),
+                format!("{} backend: {} ({})", self.name, self.last_error(), abi::status_name(status)),
             ))
         }
     }
@@ -183,15 +160,9 @@ impl Library {
         // SAFETY: valid out pointer.
         self.check(unsafe { (self.api().init)(index, &mut ctx) })?;
         if ctx.is_null() {
-            return Err(GpuError::new(
-                abi::ERR_INTERNAL,
-                format!("{} backend: init returned no context", self.name),
-            ));
+            return Err(GpuError::new(abi::ERR_INTERNAL, format!("{} backend: init returned no context", self.name)));
         }
-        Ok(Arc::new(Device {
-            lib: self.clone(),
-            ctx,
-        }))
+        Ok(Arc::new(Device { lib: self.clone(), ctx }))
     }
 }
 
@@ -228,36 +199,27 @@ impl Device {
     pub fn alloc(self: &Arc<Self>, bytes: u64) -> Result<Buffer> {
         let mut h = 0u64;
         // SAFETY: valid context and out pointer.
-        self.lib
-            .check(unsafe { (self.lib.api().alloc)(self.ctx, bytes.max(1), &mut h) })?;
+        self.lib.check(unsafe { (self.lib.api().alloc)(self.ctx, bytes.max(1), &mut h) })?;
         if h == 0 {
             return Err(GpuError::new(
                 abi::ERR_INTERNAL,
                 format!("{} backend: alloc returned handle 0", self.lib.name),
             ));
         }
-        Ok(Buffer {
-            dev: self.clone(),
-            handle: h,
-            bytes,
-        })
+        Ok(Buffer { dev: self.clone(), handle: h, bytes })
     }
 
     pub fn stream(self: &Arc<Self>) -> Result<GpuStream> {
         let mut s: abi::Stream = std::ptr::null_mut();
         // SAFETY: valid context and out pointer.
-        self.lib
-            .check(unsafe { (self.lib.api().stream_create)(self.ctx, &mut s) })?;
+        self.lib.check(unsafe { (self.lib.api().stream_create)(self.ctx, &mut s) })?;
         if s.is_null() {
             return Err(GpuError::new(
                 abi::ERR_INTERNAL,
                 format!("{} backend: stream_create returned null", self.lib.name),
             ));
         }
-        Ok(GpuStream {
-            dev: self.clone(),
-            s,
-        })
+        Ok(GpuStream { dev: self.clone(), s })
     }
 }
 
@@ -272,10 +234,7 @@ impl Buffer {
     /// A view at `offset` bytes into the buffer.
     pub fn at(&self, offset: u64) -> View {
         debug_assert!(offset <= self.bytes);
-        View {
-            buf: self.handle,
-            offset,
-        }
+        View { buf: self.handle, offset }
     }
     pub fn view(&self) -> View {
         self.at(0)
@@ -327,18 +286,14 @@ impl GpuStream {
     pub fn synchronize(&mut self) -> Result<()> {
         let api = self.dev.lib.api();
         // SAFETY: valid context and stream.
-        self.dev
-            .lib
-            .check(unsafe { (api.synchronize)(self.dev.ctx, self.s) })
+        self.dev.lib.check(unsafe { (api.synchronize)(self.dev.ctx, self.s) })
     }
     pub fn upload(&mut self, dst: View, src: &[u8]) -> Result<()> {
         call!(self, upload(dst, src.as_ptr(), src.len() as u64))
     }
     pub fn upload_f32(&mut self, dst: View, src: &[f32]) -> Result<()> {
         // SAFETY: f32 has no padding; reading its bytes is sound.
-        let bytes = unsafe {
-            std::slice::from_raw_parts(src.as_ptr() as *const u8, std::mem::size_of_val(src))
-        };
+        let bytes = unsafe { std::slice::from_raw_parts(src.as_ptr() as *const u8, std::mem::size_of_val(src)) };
         self.upload(dst, bytes)
     }
     pub fn download(&mut self, src: View, dst: &mut [u8]) -> Result<()> {
@@ -346,24 +301,14 @@ impl GpuStream {
     }
     pub fn download_f32(&mut self, src: View, dst: &mut [f32]) -> Result<()> {
         // SAFETY: every bit pattern is a valid f32; the slice covers exactly dst's memory.
-        let bytes = unsafe {
-            std::slice::from_raw_parts_mut(dst.as_mut_ptr() as *mut u8, std::mem::size_of_val(dst))
-        };
+        let bytes = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr() as *mut u8, std::mem::size_of_val(dst)) };
         self.download(src, bytes)
     }
     pub fn matmul(&mut self, w: &Weight, x: View, n_tokens: u32, y: View) -> Result<()> {
         call!(self, matmul(w as *const Weight, x, n_tokens, y))
     }
     #[allow(clippy::too_many_arguments)]
-    pub fn rmsnorm(
-        &mut self,
-        x: View,
-        weight: View,
-        n_rows: u32,
-        dim: u32,
-        eps: f32,
-        out: View,
-    ) -> Result<()> {
+    pub fn rmsnorm(&mut self, x: View, weight: View, n_rows: u32, dim: u32, eps: f32, out: View) -> Result<()> {
         call!(self, rmsnorm(x, weight, n_rows, dim, eps, out))
     }
     pub fn rope(&mut self, x: View, p: &RopeParams) -> Result<()> {
@@ -387,14 +332,7 @@ impl GpuStream {
     pub fn copy(&mut self, src: View, dst: View, dst_type: u32, n: u64) -> Result<()> {
         call!(self, copy(src, dst, dst_type, n))
     }
-    pub fn attention(
-        &mut self,
-        q: View,
-        k: View,
-        v: View,
-        out: View,
-        p: &AttentionParams,
-    ) -> Result<()> {
+    pub fn attention(&mut self, q: View, k: View, v: View, out: View, p: &AttentionParams) -> Result<()> {
         call!(self, attention(q, k, v, out, p as *const AttentionParams))
     }
 }

@@ -3,9 +3,7 @@
 //! trampolines. Every trampoline catches panics (`catch_unwind`) and turns errors into a status
 //! code plus a thread-local message, so nothing unwinds across the C boundary.
 
-use crate::abi::{
-    self, AttentionParams, Context, DeviceInfo, GpuApi, RopeParams, Status, Stream, View, Weight,
-};
+use crate::abi::{self, AttentionParams, Context, DeviceInfo, GpuApi, RopeParams, Status, Stream, View, Weight};
 use std::cell::RefCell;
 use std::ffi::c_char;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -19,10 +17,7 @@ pub struct Error {
 
 impl Error {
     pub fn new(code: i32, message: impl Into<String>) -> Error {
-        Error {
-            code,
-            message: message.into(),
-        }
+        Error { code, message: message.into() }
     }
     pub fn invalid(message: impl Into<String>) -> Error {
         Error::new(abi::ERR_INVALID_ARGUMENT, message)
@@ -61,14 +56,7 @@ pub trait Device: Sized + Send + Sync + 'static {
     fn upload(&self, s: &mut Self::Stream, dst: View, src: &[u8]) -> Result<()>;
     fn download(&self, s: &mut Self::Stream, src: View, dst: &mut [u8]) -> Result<()>;
 
-    fn matmul(
-        &self,
-        s: &mut Self::Stream,
-        w: &Weight,
-        x: View,
-        n_tokens: u32,
-        y: View,
-    ) -> Result<()>;
+    fn matmul(&self, s: &mut Self::Stream, w: &Weight, x: View, n_tokens: u32, y: View) -> Result<()>;
     #[allow(clippy::too_many_arguments)]
     fn rmsnorm(
         &self,
@@ -83,37 +71,13 @@ pub trait Device: Sized + Send + Sync + 'static {
     fn rope(&self, s: &mut Self::Stream, x: View, p: &RopeParams) -> Result<()>;
     fn add(&self, s: &mut Self::Stream, a: View, b: View, out: View, n: u64) -> Result<()>;
     fn mul(&self, s: &mut Self::Stream, a: View, b: View, out: View, n: u64) -> Result<()>;
-    fn add_rows(
-        &self,
-        s: &mut Self::Stream,
-        x: View,
-        bias: View,
-        n_rows: u32,
-        dim: u32,
-    ) -> Result<()>;
+    fn add_rows(&self, s: &mut Self::Stream, x: View, bias: View, n_rows: u32, dim: u32) -> Result<()>;
     fn scale(&self, s: &mut Self::Stream, x: View, factor: f32, n: u64) -> Result<()>;
     #[allow(clippy::too_many_arguments)]
-    fn glu(
-        &self,
-        s: &mut Self::Stream,
-        gate: View,
-        up: View,
-        out: View,
-        n: u64,
-        act: u32,
-    ) -> Result<()>;
-    fn copy(&self, s: &mut Self::Stream, src: View, dst: View, dst_type: u32, n: u64)
-        -> Result<()>;
+    fn glu(&self, s: &mut Self::Stream, gate: View, up: View, out: View, n: u64, act: u32) -> Result<()>;
+    fn copy(&self, s: &mut Self::Stream, src: View, dst: View, dst_type: u32, n: u64) -> Result<()>;
     #[allow(clippy::too_many_arguments)]
-    fn attention(
-        &self,
-        s: &mut Self::Stream,
-        q: View,
-        k: View,
-        v: View,
-        out: View,
-        p: &AttentionParams,
-    ) -> Result<()>;
+    fn attention(&self, s: &mut Self::Stream, q: View, k: View, v: View, out: View, p: &AttentionParams) -> Result<()>;
 
     /// The ABI version this backend reports; only the reference backend's fault injection
     /// overrides it (to test the runtime's version check).
@@ -379,12 +343,7 @@ pub mod trampolines {
             d.rmsnorm(s, x, weight, n_rows, dim, eps, out)
         })
     }
-    pub unsafe extern "C" fn rope<D: Device>(
-        ctx: Context,
-        stream: Stream,
-        x: View,
-        p: *const RopeParams,
-    ) -> Status {
+    pub unsafe extern "C" fn rope<D: Device>(ctx: Context, stream: Stream, x: View, p: *const RopeParams) -> Status {
         guard("rope", || {
             // SAFETY: see ctx_ref / stream_mut / in_ref.
             let (d, s, p) = unsafe { (ctx_ref::<D>(ctx)?, stream_mut::<D>(stream)?, in_ref(p)?) };
@@ -433,13 +392,7 @@ pub mod trampolines {
             d.add_rows(s, x, bias, n_rows, dim)
         })
     }
-    pub unsafe extern "C" fn scale<D: Device>(
-        ctx: Context,
-        stream: Stream,
-        x: View,
-        f: f32,
-        n: u64,
-    ) -> Status {
+    pub unsafe extern "C" fn scale<D: Device>(ctx: Context, stream: Stream, x: View, f: f32, n: u64) -> Status {
         guard("scale", || {
             // SAFETY: see ctx_ref / stream_mut.
             let (d, s) = unsafe { (ctx_ref::<D>(ctx)?, stream_mut::<D>(stream)?) };
@@ -534,9 +487,7 @@ macro_rules! export_backend {
         #[no_mangle]
         pub extern "C" fn llamafile_gpu_backend() -> *const $crate::abi::GpuApi {
             static API: ::std::sync::OnceLock<$crate::abi::GpuApi> = ::std::sync::OnceLock::new();
-            match ::std::panic::catch_unwind(|| {
-                API.get_or_init($crate::export::api::<$ty>) as *const _
-            }) {
+            match ::std::panic::catch_unwind(|| API.get_or_init($crate::export::api::<$ty>) as *const _) {
                 Ok(p) => p,
                 Err(_) => ::std::ptr::null(),
             }

@@ -35,17 +35,29 @@ fn f32s(g: &GgufFile, name: &str) -> anyhow::Result<Vec<f32>> {
 
 /// Read an importance-matrix GGUF; every problem is one line naming the file.
 pub fn load(path: &Path) -> anyhow::Result<Imatrix> {
-    let g = GgufFile::open(path).map_err(|e| anyhow::anyhow!("--imatrix {}: not an importance-matrix GGUF ({e:#}); the legacy .dat format is not read", escape_path(path)))?;
+    let g = GgufFile::open(path).map_err(|e| {
+        anyhow::anyhow!(
+            "--imatrix {}: not an importance-matrix GGUF ({e:#}); the legacy .dat format is not read",
+            escape_path(path)
+        )
+    })?;
     for key in ["imatrix.datasets", "imatrix.chunk_count", "imatrix.chunk_size"] {
         if g.get(key).is_none() {
-            bail!("--imatrix {}: no '{key}' metadata: not an importance matrix written by llama-imatrix", escape_path(path));
+            bail!(
+                "--imatrix {}: no '{key}' metadata: not an importance matrix written by llama-imatrix",
+                escape_path(path)
+            );
         }
     }
     let mut entries = HashMap::new();
     for t in g.tensors() {
         let Some(name) = t.name.strip_suffix(SUMS) else {
             if !t.name.ends_with(COUNTS) {
-                bail!("--imatrix {}: tensor '{}' is neither NAME{SUMS} nor NAME{COUNTS}", escape_path(path), escape(&t.name));
+                bail!(
+                    "--imatrix {}: tensor '{}' is neither NAME{SUMS} nor NAME{COUNTS}",
+                    escape_path(path),
+                    escape(&t.name)
+                );
             }
             continue;
         };
@@ -56,7 +68,13 @@ pub fn load(path: &Path) -> anyhow::Result<Imatrix> {
         let sums = f32s(&g, &t.name)?;
         let counts = f32s(&g, &counts_name)?;
         if counts.is_empty() || !sums.len().is_multiple_of(counts.len()) {
-            bail!("--imatrix {}: '{}' has {} values for {} counts", escape_path(path), escape(name), sums.len(), counts.len());
+            bail!(
+                "--imatrix {}: '{}' has {} values for {} counts",
+                escape_path(path),
+                escape(name),
+                sums.len(),
+                counts.len()
+            );
         }
         let cols = sums.len() / counts.len();
         let mut v = sums;

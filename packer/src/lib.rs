@@ -20,9 +20,9 @@ use anyhow::{bail, Context};
 use llamafile::escape::{escape, escape_path};
 use llamafile::input::{open_regular, read_regular, refuse_special};
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 #[cfg(test)]
 use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use zip_writer::{Source, ZipWriter};
 
@@ -122,7 +122,10 @@ pub fn pack_with(o: &PackOptions, quant: Option<&quantize::QuantizeOptions>) -> 
     }
     for e in &o.extra {
         open_regular(&e.path, "a packed file")?;
-        if e.name == llamafile::bundle::ARGS_ENTRY || llamafile::signature::is_signature_entry(&e.name) || e.name.to_ascii_lowercase().ends_with(".gguf") {
+        if e.name == llamafile::bundle::ARGS_ENTRY
+            || llamafile::signature::is_signature_entry(&e.name)
+            || e.name.to_ascii_lowercase().ends_with(".gguf")
+        {
             bail!("extra entry name '{}' is reserved", escape(&e.name));
         }
     }
@@ -134,14 +137,20 @@ pub fn pack_with(o: &PackOptions, quant: Option<&quantize::QuantizeOptions>) -> 
         Some(q) => Some(quantize::plan(&gguf, q)?),
         None => None,
     };
-    let entry_name = gguf
-        .entry()
-        .map(|e| e.rsplit('/').next().unwrap_or(e).to_string())
-        .unwrap_or_else(|| gguf.file_path().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model.gguf".into()));
-    let entry_name = if entry_name.to_ascii_lowercase().ends_with(".gguf") { entry_name } else { format!("{entry_name}.gguf") };
+    let entry_name = gguf.entry().map(|e| e.rsplit('/').next().unwrap_or(e).to_string()).unwrap_or_else(|| {
+        gguf.file_path().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model.gguf".into())
+    });
+    let entry_name =
+        if entry_name.to_ascii_lowercase().ends_with(".gguf") { entry_name } else { format!("{entry_name}.gguf") };
     // A quantized model is another file than the input: named after the output.
     let entry_name = match &plan {
-        Some(_) => format!("{}.gguf", Path::new(&out_name).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into())),
+        Some(_) => format!(
+            "{}.gguf",
+            Path::new(&out_name)
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "model".into())
+        ),
         None => entry_name,
     };
 
@@ -180,12 +189,23 @@ pub fn pack_with(o: &PackOptions, quant: Option<&quantize::QuantizeOptions>) -> 
         sign::add_signature(&mut w, key, runtime_bytes.len() as u64)?;
     }
     let size = finish_output(w, tmp, &o.out)?;
-    Ok(PackReport { out: o.out.clone(), size, gguf_entry: entry_name, gguf_offset: e.data_offset, gguf_size: e.size, runtime })
+    Ok(PackReport {
+        out: o.out.clone(),
+        size,
+        gguf_entry: entry_name,
+        gguf_offset: e.data_offset,
+        gguf_size: e.size,
+        runtime,
+    })
 }
 
 /// The directory the output goes to (its temporary file is written there) and its file name.
 pub(crate) fn output_place(out: &Path) -> anyhow::Result<(PathBuf, String)> {
-    let out_name = out.file_name().with_context(|| format!("output {} has no file name", escape_path(out)))?.to_string_lossy().into_owned();
+    let out_name = out
+        .file_name()
+        .with_context(|| format!("output {} has no file name", escape_path(out)))?
+        .to_string_lossy()
+        .into_owned();
     let dir = match out.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -216,16 +236,22 @@ pub(crate) fn finish_output(w: ZipWriter, tmp: tmp_output::TmpOutput, out: &Path
     // leave an executable whose tail is still only in the page cache (lost: a truncated file).
     f.sync_all().with_context(|| format!("cannot flush {} to disk", escape_path(tmp.path())))?;
     let size = f.metadata()?.len();
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).context("cannot make the output executable")?;
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))
+        .context("cannot make the output executable")?;
     drop(f);
     tmp.persist(out)?;
     Ok(size)
 }
 
-
 /// Store the GGUF as it is: two passes, the CRC-32 (reads), then the copy (by the kernel).
-fn copy_gguf(w: &mut ZipWriter, gguf: &llamafile::gguf::GgufFile, entry_name: &str, show_progress: bool) -> anyhow::Result<zip_writer::EntryInfo> {
-    let src = std::fs::File::open(gguf.file_path()).with_context(|| format!("cannot open {}", escape_path(gguf.file_path())))?;
+fn copy_gguf(
+    w: &mut ZipWriter,
+    gguf: &llamafile::gguf::GgufFile,
+    entry_name: &str,
+    show_progress: bool,
+) -> anyhow::Result<zip_writer::EntryInfo> {
+    let src = std::fs::File::open(gguf.file_path())
+        .with_context(|| format!("cannot open {}", escape_path(gguf.file_path())))?;
     let bar = show_progress.then(|| progress_bar(gguf.len(), "checksum"));
     let mut last = 0u64;
     let mut progress = |done: u64, _: u64| {
@@ -237,7 +263,12 @@ fn copy_gguf(w: &mut ZipWriter, gguf: &llamafile::gguf::GgufFile, entry_name: &s
             b.set_position(done);
         }
     };
-    let e = w.add_stored(entry_name, Source::Range { file: &src, offset: gguf.file_offset(), len: gguf.len() }, GGUF_ALIGN, &mut progress)?;
+    let e = w.add_stored(
+        entry_name,
+        Source::Range { file: &src, offset: gguf.file_offset(), len: gguf.len() },
+        GGUF_ALIGN,
+        &mut progress,
+    )?;
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
@@ -266,16 +297,34 @@ fn human_align(a: u64) -> String {
 /// `pack --list`: the zip's entries (offsets, sizes, alignment), `.args`, and a GGUF summary.
 pub fn list(path: &Path) -> anyhow::Result<String> {
     use std::fmt::Write as _;
-    let len = open_regular(path, "a llamafile or zip")?.metadata().with_context(|| format!("{}: cannot stat", escape_path(path)))?.len();
+    let len = open_regular(path, "a llamafile or zip")?
+        .metadata()
+        .with_context(|| format!("{}: cannot stat", escape_path(path)))?
+        .len();
     let Some(entries) = llamafile::bundle::zip_entries(path)? else {
         bail!("{}: not a llamafile or zip (no zip end record at the end of the file)", escape_path(path));
     };
     let mut s = String::new();
     let prefix = entries.iter().map(|e| e.header_offset).min().unwrap_or(0);
-    let _ = writeln!(s, "{}: {} bytes, {} zip entries after {} bytes of executable", escape_path(path), len, entries.len(), prefix);
+    let _ = writeln!(
+        s,
+        "{}: {} bytes, {} zip entries after {} bytes of executable",
+        escape_path(path),
+        len,
+        entries.len(),
+        prefix
+    );
     let _ = writeln!(s, "{:>14} {:>14} {:>8} {:>8}  name", "offset", "size", "method", "align");
     for e in &entries {
-        let _ = writeln!(s, "{:>14} {:>14} {:>8} {:>8}  {}", e.data_offset, e.size, e.method, human_align(alignment_of(e.data_offset)), escape(&e.name));
+        let _ = writeln!(
+            s,
+            "{:>14} {:>14} {:>8} {:>8}  {}",
+            e.data_offset,
+            e.size,
+            e.method,
+            human_align(alignment_of(e.data_offset)),
+            escape(&e.name)
+        );
     }
     if let Some(args) = llamafile::bundle::read_args_entry(path)? {
         let _ = writeln!(s, "\n.args:");
@@ -286,7 +335,9 @@ pub fn list(path: &Path) -> anyhow::Result<String> {
     if entries.iter().any(|e| e.name.to_ascii_lowercase().ends_with(".gguf")) {
         let g = llamafile::gguf::GgufFile::open(path)?;
         let _ = writeln!(s, "\nGGUF entry {}:", escape(g.entry().unwrap_or("?")));
-        for line in llamafile::cli::info::describe(&g).lines().filter(|l| !l.starts_with("kernels:") && !l.starts_with("file:")) {
+        for line in
+            llamafile::cli::info::describe(&g).lines().filter(|l| !l.starts_with("kernels:") && !l.starts_with("file:"))
+        {
             let _ = writeln!(s, "  {line}");
         }
     }
@@ -302,7 +353,10 @@ mod tests {
     fn tiny_gguf(dir: &Path) -> PathBuf {
         let data: Vec<u8> = (0..64u32 * 4).flat_map(|i| (i as f32).to_le_bytes()).collect();
         let bytes = build(
-            &[("general.architecture", MetaValue::String("llama".into())), ("general.name", MetaValue::String("t".into()))],
+            &[
+                ("general.architecture", MetaValue::String("llama".into())),
+                ("general.name", MetaValue::String("t".into())),
+            ],
             &[TensorSpec { name: "w", dims: &[64, 4], ggml_type: 0, data: &data }],
             32,
         );
@@ -340,7 +394,12 @@ mod tests {
         assert_eq!(g.bytes(), &std::fs::read(&gguf).unwrap()[..]);
         assert_eq!(llamafile::bundle::read_args_entry(&out).unwrap().as_deref(), Some("-n 4 ...\n"));
         let listing = list(&out).unwrap();
-        assert!(listing.contains(&format!("{:>14} {:>14}   Stored", r.gguf_offset, r.gguf_size)) && listing.contains("-n 4 ...") && listing.contains("architecture:    llama"), "{listing}");
+        assert!(
+            listing.contains(&format!("{:>14} {:>14}   Stored", r.gguf_offset, r.gguf_size))
+                && listing.contains("-n 4 ...")
+                && listing.contains("architecture:    llama"),
+            "{listing}"
+        );
         // Again without --force: refused, the first output untouched; with --force: replaced.
         let e = pack(&o).unwrap_err().to_string();
         assert!(e.contains("already exists"), "{e}");
@@ -352,7 +411,10 @@ mod tests {
         // Output = an input: refused even with --force.
         let e = pack(&PackOptions { out: gguf.clone(), force: true, ..o.clone() }).unwrap_err().to_string();
         assert!(e.contains("is the GGUF input"), "{e}");
-        let names: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         assert!(!names.iter().any(|n| n.ends_with(".tmp")), "temporary file left: {names:?}");
     }
 
@@ -362,11 +424,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let gguf = tiny_gguf(dir.path());
         let out = dir.path().join("x.llamafile");
-        let base = PackOptions { runtime: runtime(), gguf: gguf.clone(), out: out.clone(), args: None, extra: vec![], force: false, progress: false, sign: None };
+        let base = PackOptions {
+            runtime: runtime(),
+            gguf: gguf.clone(),
+            out: out.clone(),
+            args: None,
+            extra: vec![],
+            force: false,
+            progress: false,
+            sign: None,
+        };
         let cases = [
             (PackOptions { runtime: gguf.clone(), ..base.clone() }, "GGUF model, not the runtime"),
             (PackOptions { gguf: runtime(), ..base.clone() }, "not a model"),
-            (PackOptions { gguf: dir.path().join("missing.gguf"), ..base.clone() }, "missing.gguf: cannot open: No such file"),
+            (
+                PackOptions { gguf: dir.path().join("missing.gguf"), ..base.clone() },
+                "missing.gguf: cannot open: No such file",
+            ),
             (PackOptions { args: Some("-p 'unclosed".into()), ..base.clone() }, "never closed"),
         ];
         for (o, want) in cases {
@@ -389,14 +463,33 @@ mod tests {
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         let sub = dir.path().join("sub");
         std::fs::create_dir(&sub).unwrap();
-        let base = PackOptions { runtime: runtime(), gguf: gguf.clone(), out: dir.path().join("x.llamafile"), args: None, extra: vec![], force: false, progress: false, sign: None };
+        let base = PackOptions {
+            runtime: runtime(),
+            gguf: gguf.clone(),
+            out: dir.path().join("x.llamafile"),
+            args: None,
+            extra: vec![],
+            force: false,
+            progress: false,
+            sign: None,
+        };
         let refused = |o: PackOptions| format!("{:#}", pack(&o).unwrap_err());
         let f = fifo.display();
-        assert_eq!(refused(PackOptions { runtime: fifo.clone(), ..base.clone() }), format!("{f}: a FIFO (named pipe), not a regular file: the runtime must be a regular file"));
-        assert_eq!(refused(PackOptions { gguf: fifo.clone(), ..base.clone() }), format!("{f}: a FIFO (named pipe), not a regular file: a model must be a regular file"));
-        assert!(refused(PackOptions { runtime: "/dev/zero".into(), ..base.clone() }).starts_with("/dev/zero: a character device, not a regular file"));
+        assert_eq!(
+            refused(PackOptions { runtime: fifo.clone(), ..base.clone() }),
+            format!("{f}: a FIFO (named pipe), not a regular file: the runtime must be a regular file")
+        );
+        assert_eq!(
+            refused(PackOptions { gguf: fifo.clone(), ..base.clone() }),
+            format!("{f}: a FIFO (named pipe), not a regular file: a model must be a regular file")
+        );
+        assert!(refused(PackOptions { runtime: "/dev/zero".into(), ..base.clone() })
+            .starts_with("/dev/zero: a character device, not a regular file"));
         for force in [false, true] {
-            assert_eq!(refused(PackOptions { out: fifo.clone(), force, ..base.clone() }), format!("{f}: a FIFO (named pipe), not a regular file: the output must be a regular file"));
+            assert_eq!(
+                refused(PackOptions { out: fifo.clone(), force, ..base.clone() }),
+                format!("{f}: a FIFO (named pipe), not a regular file: the output must be a regular file")
+            );
             let e = refused(PackOptions { out: sub.clone(), force, ..base.clone() });
             assert!(e.ends_with("sub: a directory, not a regular file: the output must be a regular file"), "{e}");
         }
@@ -404,7 +497,10 @@ mod tests {
         let e = refused(PackOptions { out: "/dev/null".into(), force: true, ..base.clone() });
         assert_eq!(e, "/dev/null: a character device, not a regular file: the output must be a regular file");
         assert!(std::fs::metadata("/dev/null").unwrap().file_type().is_char_device());
-        let mut names: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         names.sort();
         assert_eq!(names, ["fifo", "sub", "tiny.gguf"], "nothing written");
     }
@@ -415,7 +511,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let gguf = tiny_gguf(dir.path());
         let out = dir.path().join("t.llamafile");
-        let o = PackOptions { runtime: runtime(), gguf, out: out.clone(), args: Some("-p '\x1b]0;owned\x07'\n".into()), extra: vec![], force: false, progress: false, sign: None };
+        let o = PackOptions {
+            runtime: runtime(),
+            gguf,
+            out: out.clone(),
+            args: Some("-p '\x1b]0;owned\x07'\n".into()),
+            extra: vec![],
+            force: false,
+            progress: false,
+            sign: None,
+        };
         pack(&o).unwrap();
         let listing = list(&out).unwrap();
         assert!(listing.contains("-p '\\x1b]0;owned\\x07'"), "{listing}");

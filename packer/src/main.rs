@@ -5,8 +5,8 @@
 //! `pack --gguf PATH --quantize TYPE [-o OUT | --gguf-out OUT.gguf] [--force]`
 
 use anyhow::Context;
-use llamafile::escape::escape_path;
 use clap::Parser;
+use llamafile::escape::escape_path;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
@@ -76,7 +76,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     if let Some(name) = &cli.keygen {
         let (key, public, id) = packer::sign::keygen(name)?;
-        eprintln!("wrote {} (secret key, no password: keep it private) and {} (public key {id})", escape_path(&key), escape_path(&public));
+        eprintln!(
+            "wrote {} (secret key, no password: keep it private) and {} (public key {id})",
+            escape_path(&key),
+            escape_path(&public)
+        );
         return Ok(());
     }
     if let Some(file) = &cli.upgrade {
@@ -108,7 +112,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let gguf = cli.gguf.expect("clap requires --gguf without --list, --keygen or --upgrade");
     let quant = match &cli.quantize {
-        Some(t) => Some(packer::quantize::QuantizeOptions { mix: packer::quant_mix::Mix::parse(t)?, imatrix: cli.imatrix.clone() }),
+        Some(t) => Some(packer::quantize::QuantizeOptions {
+            mix: packer::quant_mix::Mix::parse(t)?,
+            imatrix: cli.imatrix.clone(),
+        }),
         None => None,
     };
     if let (Some(q), Some(out)) = (&quant, &cli.gguf_out) {
@@ -129,8 +136,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let args = match (&cli.args, &cli.args_file) {
         (Some(a), _) => Some(a.clone()),
         (None, Some(f)) => Some(
-            llamafile::input::read_text_capped(f, llamafile::bundle::MAX_ARGS_BYTES, "an .args file holds at most 1 MiB")
-                .context("--args-file")?,
+            llamafile::input::read_text_capped(
+                f,
+                llamafile::bundle::MAX_ARGS_BYTES,
+                "an .args file holds at most 1 MiB",
+            )
+            .context("--args-file")?,
         ),
         (None, None) => None,
     };

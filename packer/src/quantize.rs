@@ -109,8 +109,10 @@ pub fn plan(g: &GgufFile, opts: &QuantizeOptions) -> anyhow::Result<Plan> {
             );
         }
     }
-    let inputs: Vec<TensorIn> =
-        order.iter().map(|&i| TensorIn { name: &all[i].name, dims: &all[i].dims, ty: all[i].wtype.unwrap_or(WeightType::F32) }).collect();
+    let inputs: Vec<TensorIn> = order
+        .iter()
+        .map(|&i| TensorIn { name: &all[i].name, dims: &all[i].dims, ty: all[i].wtype.unwrap_or(WeightType::F32) })
+        .collect();
     let chosen = quant_mix::choose(&opts.mix, &model_facts(g), &inputs);
     let mut tensors = Vec::with_capacity(all.len());
     let mut requantized = Vec::new();
@@ -141,7 +143,10 @@ pub fn plan(g: &GgufFile, opts: &QuantizeOptions) -> anyhow::Result<Plan> {
     let mut meta: Vec<(&str, MetaValue)> = g
         .metadata()
         .iter()
-        .filter(|(k, _)| !matches!(k.as_str(), "general.quantization_version" | "general.file_type") && !k.starts_with("quantize.imatrix."))
+        .filter(|(k, _)| {
+            !matches!(k.as_str(), "general.quantization_version" | "general.file_type")
+                && !k.starts_with("quantize.imatrix.")
+        })
         .map(|(k, v)| (k.as_str(), v.clone()))
         .collect();
     meta.push(("general.quantization_version", MetaValue::U32(QUANTIZATION_VERSION)));
@@ -159,8 +164,10 @@ pub fn plan(g: &GgufFile, opts: &QuantizeOptions) -> anyhow::Result<Plan> {
             meta.push(("quantize.imatrix.chunks_count", MetaValue::U32(m.chunk_count as u32)));
         }
     }
-    let infos: Vec<(&str, &[u64], u32, u64)> =
-        tensors.iter().map(|p| (all[p.input].name.as_str(), all[p.input].dims.as_slice(), p.ggml_type, p.size)).collect();
+    let infos: Vec<(&str, &[u64], u32, u64)> = tensors
+        .iter()
+        .map(|p| (all[p.input].name.as_str(), all[p.input].dims.as_slice(), p.ggml_type, p.size))
+        .collect();
     let header = writer::header(&meta, &infos, alignment);
     // Every tensor's data is padded to the alignment, the last one's too (as the reference's).
     let size = header.len() as u64 + tensors.iter().map(|p| p.size.div_ceil(alignment) * alignment).sum::<u64>();
@@ -170,7 +177,12 @@ pub fn plan(g: &GgufFile, opts: &QuantizeOptions) -> anyhow::Result<Plan> {
 /// The importances `v` of tensor `t` (going to type `to`) to quantize it with, as the reference
 /// uses them: not for types whose quantizer ignores them (Q8_0, floats), nor for a token
 /// embedding of another size; refused for a type whose weighted quantizer pack lacks.
-fn importance_for(t: &TensorInfo, to: WeightType, v: &Arc<Vec<f32>>, opts: &QuantizeOptions) -> anyhow::Result<Option<Arc<Vec<f32>>>> {
+fn importance_for(
+    t: &TensorInfo,
+    to: WeightType,
+    v: &Arc<Vec<f32>>,
+    opts: &QuantizeOptions,
+) -> anyhow::Result<Option<Arc<Vec<f32>>>> {
     if matches!(to, WeightType::Q8_0 | WeightType::F16 | WeightType::F32 | WeightType::BF16) {
         return Ok(None);
     }
@@ -180,7 +192,12 @@ fn importance_for(t: &TensorInfo, to: WeightType, v: &Arc<Vec<f32>>, opts: &Quan
         if quant_mix::kind(&t.name) == quant_mix::Kind::TokenEmbd {
             return Ok(None);
         }
-        bail!("--imatrix: '{}' has {} importances, the tensor needs {want} ({} columns x {experts})", escape(&t.name), v.len(), t.dims[0]);
+        bail!(
+            "--imatrix: '{}' has {} importances, the tensor needs {want} ({} columns x {experts})",
+            escape(&t.name),
+            v.len(),
+            t.dims[0]
+        );
     }
     if !matches!(to, WeightType::Q4_K | WeightType::Q5_K | WeightType::Q6_K) {
         bail!(
@@ -277,9 +294,11 @@ pub fn progress_bar(show: bool, mix: &Mix, total_hint: u64) -> Option<indicatif:
     show.then(|| {
         let b = indicatif::ProgressBar::new(total_hint);
         b.set_style(
-            indicatif::ProgressStyle::with_template("{prefix} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} {eta} {wide_msg}")
-                .expect("valid template")
-                .progress_chars("=> "),
+            indicatif::ProgressStyle::with_template(
+                "{prefix} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} {eta} {wide_msg}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
         );
         b.set_prefix(mix.name.to_string());
         b
@@ -300,7 +319,13 @@ pub fn warn_requantized(plan: &Plan) {
 
 /// `pack --quantize TYPE --gguf-out OUT`: the quantized GGUF as a plain file, written beside
 /// `out` under a temporary name and renamed at the end (nothing left on failure).
-pub fn quantize_to_gguf(input: &Path, opts: &QuantizeOptions, out: &Path, force: bool, show_progress: bool) -> anyhow::Result<u64> {
+pub fn quantize_to_gguf(
+    input: &Path,
+    opts: &QuantizeOptions,
+    out: &Path,
+    force: bool,
+    show_progress: bool,
+) -> anyhow::Result<u64> {
     use std::os::unix::fs::PermissionsExt;
     let g = crate::validate::check_gguf(input)?;
     let plan = plan(&g, opts)?;
@@ -324,7 +349,8 @@ pub fn quantize_to_gguf(input: &Path, opts: &QuantizeOptions, out: &Path, force:
     if size != plan.size {
         bail!("internal error: wrote {size} bytes where {} were planned", plan.size);
     }
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644)).context("cannot set the output's permissions")?;
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))
+        .context("cannot set the output's permissions")?;
     drop(f);
     tmp.persist(out)?;
     Ok(size)

@@ -37,10 +37,14 @@ pub fn keygen(name: &Path) -> anyhow::Result<(PathBuf, PathBuf, String)> {
             bail!("{} already exists: a key is never overwritten (choose another NAME or remove it)", escape_path(p));
         }
     }
-    let minisign::KeyPair { pk, sk } = minisign::KeyPair::generate_unencrypted_keypair().context("cannot generate a key")?;
+    let minisign::KeyPair { pk, sk } =
+        minisign::KeyPair::generate_unencrypted_keypair().context("cannot generate a key")?;
     let id = key_id(pk.keynum());
     let pub_text = pk.to_box().context("cannot encode the public key")?.to_string();
-    let key_text = sk.to_box(Some(&format!("llamafile pack secret key {id} (no password)"))).context("cannot encode the secret key")?.to_string();
+    let key_text = sk
+        .to_box(Some(&format!("llamafile pack secret key {id} (no password)")))
+        .context("cannot encode the secret key")?
+        .to_string();
     // create_new: a file that appeared since the check above is not overwritten either; the
     // secret key is private from its first byte.
     let write = |p: &Path, text: &str, mode: u32| -> anyhow::Result<()> {
@@ -50,7 +54,9 @@ pub fn keygen(name: &Path) -> anyhow::Result<(PathBuf, PathBuf, String)> {
             .mode(mode)
             .open(p)
             .with_context(|| format!("{}: cannot create", escape_path(p)))?;
-        f.write_all(text.as_bytes()).and_then(|_| f.sync_all()).with_context(|| format!("{}: cannot write", escape_path(p)))
+        f.write_all(text.as_bytes())
+            .and_then(|_| f.sync_all())
+            .with_context(|| format!("{}: cannot write", escape_path(p)))
     };
     write(&key_path, &key_text, 0o600)?;
     if let Err(e) = write(&pub_path, &pub_text, 0o644) {
@@ -78,23 +84,31 @@ pub struct SigningKey {
 pub fn read_secret_key(path: &Path) -> anyhow::Result<SigningKey> {
     let shown = escape_path(path);
     let text = llamafile::input::read_text_capped(path, 1 << 16, "a minisign secret key is two short lines")?;
-    let bad = || format!("{shown}: not a minisign secret key (expected an 'untrusted comment:' line and the key in base64, as `pack --keygen` writes NAME.key)");
+    let bad = || {
+        format!("{shown}: not a minisign secret key (expected an 'untrusted comment:' line and the key in base64, as `pack --keygen` writes NAME.key)")
+    };
     if !text.starts_with("untrusted comment:") {
         bail!(bad());
     }
-    let sk = match minisign::SecretKey::from_unencrypted_box(minisign::SecretKeyBox::from_string(&text).map_err(|_| anyhow::anyhow!(bad()))?) {
+    let sk = match minisign::SecretKey::from_unencrypted_box(
+        minisign::SecretKeyBox::from_string(&text).map_err(|_| anyhow::anyhow!(bad()))?,
+    ) {
         Ok(sk) => sk,
         Err(e) if e.to_string().contains("encrypted") => {
             if !std::io::stdin().is_terminal() {
                 bail!("{shown}: the key is password-protected and there is no terminal to ask for the password on");
             }
             eprintln!("{shown} is password-protected");
-            minisign::SecretKey::from_box(minisign::SecretKeyBox::from_string(&text).map_err(|_| anyhow::anyhow!(bad()))?, None)
-                .map_err(|e| anyhow::anyhow!("{shown}: {}", llamafile::escape::escape(&e.to_string())))?
+            minisign::SecretKey::from_box(
+                minisign::SecretKeyBox::from_string(&text).map_err(|_| anyhow::anyhow!(bad()))?,
+                None,
+            )
+            .map_err(|e| anyhow::anyhow!("{shown}: {}", llamafile::escape::escape(&e.to_string())))?
         }
         Err(e) => bail!("{} ({})", bad(), llamafile::escape::escape(&e.to_string())),
     };
-    let pk = minisign::PublicKey::from_secret_key(&sk).map_err(|e| anyhow::anyhow!("{shown}: {}", llamafile::escape::escape(&e.to_string())))?;
+    let pk = minisign::PublicKey::from_secret_key(&sk)
+        .map_err(|e| anyhow::anyhow!("{shown}: {}", llamafile::escape::escape(&e.to_string())))?;
     Ok(SigningKey { id: key_id(sk.keynum()), sk, pk })
 }
 
@@ -111,7 +125,8 @@ pub fn sign(key: &SigningKey, file: &File, runtime_len: u64, entries: &[Part]) -
 /// Add the signature entries to a zip being written (after every other entry).
 pub fn add_signature(w: &mut crate::zip_writer::ZipWriter, key: &SigningKey, runtime_len: u64) -> anyhow::Result<()> {
     let infos = w.entries().to_vec();
-    let parts: Vec<Part> = infos.iter().map(|e| Part { name: &e.name, data_offset: e.data_offset, size: e.size }).collect();
+    let parts: Vec<Part> =
+        infos.iter().map(|e| Part { name: &e.name, data_offset: e.data_offset, size: e.size }).collect();
     let (text, sig) = sign(key, w.file(), runtime_len, &parts)?;
     use crate::zip_writer::Source;
     w.add_stored(MANIFEST_ENTRY, Source::Bytes(text.as_bytes()), 1, &mut |_, _| {})?;
@@ -149,7 +164,9 @@ mod tests {
         let vk = llamafile::signature::read_public_key(&p).unwrap();
         assert_eq!(vk.id, id);
         assert_eq!(llamafile::signature::verify_text(&vk, &text, &sig).unwrap(), TRUSTED_COMMENT);
-        let e = llamafile::signature::verify_text(&vk, &text.replace("runtime 13", "runtime 12"), &sig).unwrap_err().to_string();
+        let e = llamafile::signature::verify_text(&vk, &text.replace("runtime 13", "runtime 12"), &sig)
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("BAD signature"), "{e}");
 
         // Again: refused, both files untouched.

@@ -84,7 +84,11 @@ impl TmpOutput {
 
     /// `create`, with the function that makes the file (the tests check what is registered when
     /// it runs).
-    fn create_with(dir: &Path, out_name: &str, open: &mut dyn FnMut(&Path) -> std::io::Result<File>) -> anyhow::Result<(TmpOutput, File)> {
+    fn create_with(
+        dir: &Path,
+        out_name: &str,
+        open: &mut dyn FnMut(&Path) -> std::io::Result<File>,
+    ) -> anyhow::Result<(TmpOutput, File)> {
         let pid = std::process::id();
         for n in 0..1000 {
             let path = dir.join(format!(".{out_name}.{pid}-{n}.tmp"));
@@ -95,7 +99,9 @@ impl TmpOutput {
                 Err(e) => {
                     unregister();
                     if e.kind() != std::io::ErrorKind::AlreadyExists {
-                        return Err(e).with_context(|| format!("cannot create a temporary file in {}", llamafile::escape::escape_path(dir)));
+                        return Err(e).with_context(|| {
+                            format!("cannot create a temporary file in {}", llamafile::escape::escape_path(dir))
+                        });
                     }
                 }
             }

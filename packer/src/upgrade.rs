@@ -73,10 +73,19 @@ pub fn upgrade(o: &UpgradeOptions) -> anyhow::Result<UpgradeReport> {
     }
     for e in &entries {
         if !e.stored {
-            bail!("{shown}: entry '{}' is compressed ({}); only stored entries are copied (repack it with pack)", escape(&e.name), escape(&e.method));
+            bail!(
+                "{shown}: entry '{}' is compressed ({}); only stored entries are copied (repack it with pack)",
+                escape(&e.name),
+                escape(&e.method)
+            );
         }
         if e.data_offset.checked_add(e.size).is_none_or(|end| end > len) {
-            bail!("{shown}: entry '{}' runs past the end of the file ({} bytes at offset {}): the file is truncated", escape(&e.name), e.size, e.data_offset);
+            bail!(
+                "{shown}: entry '{}' runs past the end of the file ({} bytes at offset {}): the file is truncated",
+                escape(&e.name),
+                e.size,
+                e.data_offset
+            );
         }
     }
     let old_prefix = entries.iter().map(|e| e.header_offset).min().unwrap_or(0);

@@ -29,8 +29,12 @@ fn arch_name(a: Architecture) -> String {
 /// already appended: ELF (Linux), PE (Windows) or Mach-O (macOS, one CPU or universal).
 pub fn check_runtime(path: &Path, bytes: &[u8]) -> anyhow::Result<RuntimeInfo> {
     let (format, arch) = match object::FileKind::parse(bytes) {
-        Ok(object::FileKind::MachOFat32) => check_universal(path, object::read::macho::MachOFatFile32::parse(bytes).ok(), bytes)?,
-        Ok(object::FileKind::MachOFat64) => check_universal(path, object::read::macho::MachOFatFile64::parse(bytes).ok(), bytes)?,
+        Ok(object::FileKind::MachOFat32) => {
+            check_universal(path, object::read::macho::MachOFatFile32::parse(bytes).ok(), bytes)?
+        }
+        Ok(object::FileKind::MachOFat64) => {
+            check_universal(path, object::read::macho::MachOFatFile64::parse(bytes).ok(), bytes)?
+        }
         _ => check_image(path, bytes)?,
     };
     if let Ok(Some(entries)) = llamafile::bundle::zip_entries(path) {
@@ -56,7 +60,10 @@ fn check_image(path: &Path, bytes: &[u8]) -> anyhow::Result<(String, String)> {
         Err(_) => {
             let head: Vec<u8> = bytes.iter().take(4).copied().collect();
             if head.starts_with(b"GGUF") {
-                bail!("runtime {}: this is a GGUF model, not the runtime executable (did you swap --runtime and --gguf?)", escape_path(path));
+                bail!(
+                    "runtime {}: this is a GGUF model, not the runtime executable (did you swap --runtime and --gguf?)",
+                    escape_path(path)
+                );
             }
             bail!(
                 "runtime {}: not an executable (no ELF, Mach-O or PE header; it starts with \"{}\")",
@@ -70,7 +77,8 @@ fn check_image(path: &Path, bytes: &[u8]) -> anyhow::Result<(String, String)> {
     let kind = obj.kind();
     // An ELF position-independent executable is a "dynamic" object with an entry point; a shared
     // library usually has none. A PE DLL or a Mach-O dylib is "dynamic" whatever its entry.
-    let executable = kind == ObjectKind::Executable || (kind == ObjectKind::Dynamic && obj.format() == BinaryFormat::Elf && obj.entry() != 0);
+    let executable = kind == ObjectKind::Executable
+        || (kind == ObjectKind::Dynamic && obj.format() == BinaryFormat::Elf && obj.entry() != 0);
     if !executable {
         let what = match kind {
             ObjectKind::Relocatable => "relocatable object file",
@@ -81,7 +89,10 @@ fn check_image(path: &Path, bytes: &[u8]) -> anyhow::Result<(String, String)> {
         bail!("runtime {}: an {format} {what} for {arch}, not an executable", escape_path(path));
     }
     if !matches!(obj.architecture(), Architecture::X86_64 | Architecture::Aarch64) {
-        bail!("runtime {}: {format} executable for {arch}; llamafiles run on x86-64 or aarch64 only", escape_path(path));
+        bail!(
+            "runtime {}: {format} executable for {arch}; llamafiles run on x86-64 or aarch64 only",
+            escape_path(path)
+        );
     }
     Ok((format, arch))
 }

@@ -50,7 +50,11 @@ pub struct ZipWriter {
 /// Where a stored entry's bytes come from.
 pub enum Source<'a> {
     /// `len` bytes of `file` from `offset` (a whole file, or a GGUF inside a llamafile).
-    Range { file: &'a File, offset: u64, len: u64 },
+    Range {
+        file: &'a File,
+        offset: u64,
+        len: u64,
+    },
     Bytes(&'a [u8]),
 }
 
@@ -88,11 +92,25 @@ impl ZipWriter {
     /// from another zip): the bytes are then only copied, never read here, so copying a 5 GB
     /// entry costs what `copy_file_range` costs. A CRC that was wrong stays wrong, and
     /// `llamafile --verify` finds it as it would have in the original.
-    pub fn add_stored_with_crc(&mut self, name: &str, src: Source, align: u64, crc32: u32, progress: Progress) -> anyhow::Result<EntryInfo> {
+    pub fn add_stored_with_crc(
+        &mut self,
+        name: &str,
+        src: Source,
+        align: u64,
+        crc32: u32,
+        progress: Progress,
+    ) -> anyhow::Result<EntryInfo> {
         self.add(name, src, align, Some(crc32), progress)
     }
 
-    fn add(&mut self, name: &str, src: Source, align: u64, known_crc: Option<u32>, progress: Progress) -> anyhow::Result<EntryInfo> {
+    fn add(
+        &mut self,
+        name: &str,
+        src: Source,
+        align: u64,
+        known_crc: Option<u32>,
+        progress: Progress,
+    ) -> anyhow::Result<EntryInfo> {
         self.check_new_entry(name, align)?;
         let size = match &src {
             Source::Range { len, .. } => *len,
@@ -380,7 +398,14 @@ fn crc32_of_range(file: &File, offset: u64, len: u64, progress: Progress) -> any
 /// Copy `len` bytes of `src` from `src_off` to `dst` at `dst_off` by the kernel
 /// (`std::io::copy` between files uses copy_file_range on Linux, which reflinks where the
 /// filesystem can, and falls back to read/write across filesystems); holes stay holes.
-fn copy_range(src: &File, src_off: u64, len: u64, mut dst: &File, dst_off: u64, progress: Progress) -> anyhow::Result<()> {
+fn copy_range(
+    src: &File,
+    src_off: u64,
+    len: u64,
+    mut dst: &File,
+    dst_off: u64,
+    progress: Progress,
+) -> anyhow::Result<()> {
     const CHUNK: u64 = 256 << 20;
     progress(0, len);
     let mut src_pos = src;
@@ -390,7 +415,8 @@ fn copy_range(src: &File, src_off: u64, len: u64, mut dst: &File, dst_off: u64, 
             let n = (e - p).min(CHUNK);
             src_pos.seek(SeekFrom::Start(p))?;
             dst.seek(SeekFrom::Start(dst_off + (p - src_off)))?;
-            let copied = std::io::copy(&mut std::io::Read::take(src_pos, n), &mut dst).context("cannot copy into the output")?;
+            let copied =
+                std::io::copy(&mut std::io::Read::take(src_pos, n), &mut dst).context("cannot copy into the output")?;
             if copied != n {
                 bail!("the input shrank while being copied (got {copied} of {n} bytes at offset {p})");
             }
@@ -466,7 +492,10 @@ mod tests {
         w.finish().unwrap();
         let entries = llamafile::bundle::zip_entries(&out).unwrap().unwrap();
         assert_eq!(entries.len(), 2);
-        assert_eq!((entries[0].name.as_str(), entries[0].data_offset, entries[0].size), ("model.gguf", e.data_offset, data.len() as u64));
+        assert_eq!(
+            (entries[0].name.as_str(), entries[0].data_offset, entries[0].size),
+            ("model.gguf", e.data_offset, data.len() as u64)
+        );
         assert_eq!(entries[0].crc32, crc32fast::hash(&data));
         let bytes = std::fs::read(&out).unwrap();
         assert_eq!(&bytes[e.data_offset as usize..][..data.len()], &data[..]);

@@ -26,12 +26,15 @@ struct Shape {
 
 /// 32 layers (every layer-position rule shows), 4 query heads per KV head, an FFN width that is
 /// not a multiple of 256 (FFN down falls back to 32-block types).
-const DEEP: Shape = Shape { name: "deep", layers: 32, embd: 256, ff: 352, heads: 8, kv_heads: 2, vocab: 512, tied: false };
+const DEEP: Shape =
+    Shape { name: "deep", layers: 32, embd: 256, ff: 352, heads: 8, kv_heads: 2, vocab: 512, tied: false };
 /// Rows of 96 everywhere (every K type falls back), tied embeddings, no grouped heads.
-const NARROW: Shape = Shape { name: "narrow", layers: 6, embd: 96, ff: 256, heads: 3, kv_heads: 3, vocab: 300, tied: true };
+const NARROW: Shape =
+    Shape { name: "narrow", layers: 6, embd: 96, ff: 256, heads: 3, kv_heads: 3, vocab: 300, tied: true };
 
 /// Rows that are whole 256-blocks everywhere (no fallback types): for the importance matrix.
-const ALIGNED: Shape = Shape { name: "aligned", layers: 4, embd: 256, ff: 512, heads: 8, kv_heads: 2, vocab: 512, tied: false };
+const ALIGNED: Shape =
+    Shape { name: "aligned", layers: 4, embd: 256, ff: 512, heads: 8, kv_heads: 2, vocab: 512, tied: false };
 
 /// Deterministic values in about [-0.05, 0.05] (a few larger, as real weights have).
 fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -105,8 +108,11 @@ fn fixture(s: &Shape) -> Vec<u8> {
             }
         })
         .collect();
-    let specs: Vec<TensorSpec> =
-        shapes.iter().zip(&data).map(|((n, d), (t, b))| TensorSpec { name: n, dims: d, ggml_type: *t, data: b }).collect();
+    let specs: Vec<TensorSpec> = shapes
+        .iter()
+        .zip(&data)
+        .map(|((n, d), (t, b))| TensorSpec { name: n, dims: d, ggml_type: *t, data: b })
+        .collect();
     build(&meta, &specs, 32)
 }
 
@@ -142,7 +148,9 @@ fn every_mix_chooses_the_reference_types_in_its_order() {
     for (shape, file) in files {
         let g = GgufFile::open(&file).unwrap();
         for mix in MIXES {
-            let want = reference[shape.name][mix.name].as_array().unwrap_or_else(|| panic!("no list for {} {}", shape.name, mix.name));
+            let want = reference[shape.name][mix.name]
+                .as_array()
+                .unwrap_or_else(|| panic!("no list for {} {}", shape.name, mix.name));
             let p = plan(&g, &opts(mix.name)).unwrap();
             let ours: Vec<(String, String)> = p
                 .tensors
@@ -170,7 +178,13 @@ fn every_mix_writes_the_reference_quantizers_file_byte_for_byte() {
         for mix in MIXES {
             let out = dir.path().join(format!("{}-{}.gguf", shape.name, mix.name));
             quantize_to_gguf(&src, &opts(mix.name), &out, false, false).unwrap();
-            assert_eq!(sha256_hex(&out), reference[shape.name][mix.name].as_str().unwrap(), "{} {}", shape.name, mix.name);
+            assert_eq!(
+                sha256_hex(&out),
+                reference[shape.name][mix.name].as_str().unwrap(),
+                "{} {}",
+                shape.name,
+                mix.name
+            );
             std::fs::remove_file(&out).unwrap();
         }
     }
@@ -189,7 +203,11 @@ fn every_mix_writes_the_reference_quantizers_file_byte_for_byte() {
             .status()
             .unwrap();
         assert!(status.success());
-        assert_eq!(sha256_hex(&out), reference["aligned-imatrix"][mix].as_str().unwrap(), "aligned {mix} with --imatrix");
+        assert_eq!(
+            sha256_hex(&out),
+            reference["aligned-imatrix"][mix].as_str().unwrap(),
+            "aligned {mix} with --imatrix"
+        );
     }
 }
 
@@ -251,7 +269,16 @@ fn the_packed_gguf_is_the_one_gguf_out_writes() {
     let plain = dir.path().join("m.gguf");
     quantize_to_gguf(&src, &opts("q5_k_m"), &plain, false, false).unwrap();
     let out = dir.path().join("m.Q5_K_M.llamafile");
-    let o = packer::PackOptions { runtime: runtime(), gguf: src, out: out.clone(), args: None, extra: vec![], force: false, progress: false, sign: None };
+    let o = packer::PackOptions {
+        runtime: runtime(),
+        gguf: src,
+        out: out.clone(),
+        args: None,
+        extra: vec![],
+        force: false,
+        progress: false,
+        sign: None,
+    };
     let r = packer::pack_with(&o, Some(&opts("q5_k_m"))).unwrap();
     assert_eq!(r.gguf_entry, "m.Q5_K_M.gguf");
     assert_eq!(r.gguf_offset % packer::GGUF_ALIGN, 0);
@@ -269,7 +296,8 @@ fn the_packed_gguf_is_the_one_gguf_out_writes() {
 
 /// The names in `dir`, sorted.
 fn listing(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut v: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     v.sort();
     v
 }
@@ -288,12 +316,27 @@ fn bad_input_is_one_line_and_nothing_is_written() {
     std::fs::write(&src, bytes).unwrap();
     let out = dir.path().join("out.gguf");
     let e = format!("{:#}", quantize_to_gguf(&src, &opts("Q4_K_M"), &out, false, false).unwrap_err());
-    assert_eq!(e, format!("{}: tensor 'blk.0.attn_q.weight' has type IQ2_XS, which pack cannot dequantize to quantize it again", src.display()));
+    assert_eq!(
+        e,
+        format!(
+            "{}: tensor 'blk.0.attn_q.weight' has type IQ2_XS, which pack cannot dequantize to quantize it again",
+            src.display()
+        )
+    );
     let f16 = fixture_file(&NARROW);
     let im = QuantizeOptions { imatrix: Some(dir.path().join("imatrix.gguf")), ..opts("Q4_K_M") };
     let e = format!("{:#}", quantize_to_gguf(&f16, &im, &out, false, false).unwrap_err());
     assert!(e.starts_with("--imatrix ") && !e.contains('\n'), "{e}");
-    let o = packer::PackOptions { runtime: runtime(), gguf: src.clone(), out: dir.path().join("x.llamafile"), args: None, extra: vec![], force: false, progress: false, sign: None };
+    let o = packer::PackOptions {
+        runtime: runtime(),
+        gguf: src.clone(),
+        out: dir.path().join("x.llamafile"),
+        args: None,
+        extra: vec![],
+        force: false,
+        progress: false,
+        sign: None,
+    };
     assert!(packer::pack_with(&o, Some(&opts("Q8_0"))).is_err());
     assert_eq!(listing(dir.path()), ["in.gguf"], "nothing written");
 }
@@ -323,14 +366,20 @@ fn imatrix_for(shape: &Shape, count: f32) -> Vec<u8> {
     let src = GgufFile::from_bytes("fixture", fixture(shape)).unwrap();
     let (mut sums, mut counts) = (Vec::new(), Vec::new());
     for (k, t) in src.tensors().iter().filter(|t| t.dims.len() == 2 && t.name != "token_embd.weight").enumerate() {
-        let s: Vec<f32> = values(t.dims[0] as usize, 1000 + k as u64).iter().map(|v| (v * 40.0).exp() * count).collect();
-        sums.push((format!("{}.in_sum2", t.name), vec![t.dims[0], 1], s.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()));
+        let s: Vec<f32> =
+            values(t.dims[0] as usize, 1000 + k as u64).iter().map(|v| (v * 40.0).exp() * count).collect();
+        sums.push((
+            format!("{}.in_sum2", t.name),
+            vec![t.dims[0], 1],
+            s.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(),
+        ));
         counts.push((format!("{}.counts", t.name), vec![1, 1], count.to_le_bytes().to_vec()));
     }
     // The counts first: ggml's reader wants the data section to end on the alignment, and
     // `build` pads between tensors only (the sums are whole 32-byte units).
     let all: Vec<_> = counts.into_iter().chain(sums).collect();
-    let specs: Vec<TensorSpec> = all.iter().map(|(n, d, b)| TensorSpec { name: n, dims: d, ggml_type: 0, data: b }).collect();
+    let specs: Vec<TensorSpec> =
+        all.iter().map(|(n, d, b)| TensorSpec { name: n, dims: d, ggml_type: 0, data: b }).collect();
     let meta = [
         ("general.type", MetaValue::String("imatrix".into())),
         ("imatrix.datasets", MetaValue::Array(vec![MetaValue::String("fixture".into())])),
@@ -397,7 +446,10 @@ fn importance_matrices_that_do_not_fit_are_refused() {
     let e = format!("{:#}", quantize_to_gguf(&fixture_file(&NARROW), &with("Q4_K_M"), &out, false, false).unwrap_err());
     assert!(e.starts_with("--imatrix with --quantize Q4_K_M: tensor '") && e.contains("gets type Q5_0"), "{e}");
     let e = format!("{:#}", quantize_to_gguf(&fixture_file(&NARROW), &with("Q4_0"), &out, false, false).unwrap_err());
-    assert_eq!(e, "--imatrix with --quantize Q4_0: importance matrices are taken by the Q4_K_S/M, Q5_K_S/M and Q6_K mixes only");
+    assert_eq!(
+        e,
+        "--imatrix with --quantize Q4_0: importance matrices are taken by the Q4_K_S/M, Q5_K_S/M and Q6_K mixes only"
+    );
     // Another model's importances: the column counts differ.
     let e = format!("{:#}", quantize_to_gguf(&fixture_file(&ALIGNED), &with("Q6_K"), &out, false, false).unwrap_err());
     assert!(e.starts_with("--imatrix: '") && e.contains("importances, the tensor needs 256"), "{e}");

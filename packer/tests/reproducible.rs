@@ -9,7 +9,14 @@ use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 /// Copies of the inputs in `dir`, with the given modification time and mode.
-fn inputs(dir: &Path, runtime: &[u8], gguf: &[u8], args: &str, mtime: SystemTime, mode: u32) -> (PathBuf, PathBuf, PathBuf) {
+fn inputs(
+    dir: &Path,
+    runtime: &[u8],
+    gguf: &[u8],
+    args: &str,
+    mtime: SystemTime,
+    mode: u32,
+) -> (PathBuf, PathBuf, PathBuf) {
     std::fs::create_dir_all(dir).unwrap();
     let mut paths = Vec::new();
     for (name, bytes) in [("llamafile", runtime), ("model.gguf", gguf), ("model.args", args.as_bytes())] {
@@ -60,7 +67,16 @@ fn packing_twice_gives_identical_bytes() {
     assert_eq!(args_b.parent().unwrap(), dir_b);
     let r = Command::new(env!("CARGO_BIN_EXE_pack"))
         .current_dir(dir_b)
-        .args(["--runtime", "./llamafile", "--gguf", "model.gguf", "--args-file", "model.args", "-o", "../two.llamafile"])
+        .args([
+            "--runtime",
+            "./llamafile",
+            "--gguf",
+            "model.gguf",
+            "--args-file",
+            "model.args",
+            "-o",
+            "../two.llamafile",
+        ])
         .output()
         .unwrap();
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));

@@ -104,7 +104,11 @@ fn libraries_other_cpus_and_broken_universal_binaries_are_refused() {
         ("lib.dll", pe(MACHINE_AMD64, true), "PE shared library for x86-64, not an executable"),
         ("win32.exe", pe(MACHINE_I386, false), "x86 (32-bit); llamafiles run on x86-64 or aarch64 only"),
         ("lib.dylib", macho(CPU_ARM64, MH_DYLIB), "Mach-O shared library for aarch64"),
-        ("fat-ppc", universal(&[(CPU_X86_64, macho(CPU_X86_64, MH_EXECUTE)), (CPU_POWERPC, macho(CPU_POWERPC, MH_EXECUTE))], 0), "PowerPc"),
+        (
+            "fat-ppc",
+            universal(&[(CPU_X86_64, macho(CPU_X86_64, MH_EXECUTE)), (CPU_POWERPC, macho(CPU_POWERPC, MH_EXECUTE))], 0),
+            "PowerPc",
+        ),
         ("fat-dylib", universal(&[(CPU_ARM64, macho(CPU_ARM64, MH_DYLIB))], 0), "shared library"),
         ("fat-pe", universal(&[(CPU_X86_64, pe(MACHINE_AMD64, false))], 0), "universal binary with a PE slice"),
         ("fat-cut", universal(&[(CPU_X86_64, macho(CPU_X86_64, MH_EXECUTE))], 8), "slice past the end of the file"),
@@ -127,14 +131,27 @@ fn a_pe_and_a_universal_runtime_pack_and_read_back() {
     let d = dir.path();
     let data: Vec<u8> = (0..64u32).flat_map(|i| (i as f32).to_le_bytes()).collect();
     let gguf = d.join("m.gguf");
-    let g = build(&[("general.architecture", MetaValue::String("llama".into()))], &[TensorSpec { name: "w", dims: &[64], ggml_type: 0, data: &data }], 32);
+    let g = build(
+        &[("general.architecture", MetaValue::String("llama".into()))],
+        &[TensorSpec { name: "w", dims: &[64], ggml_type: 0, data: &data }],
+        32,
+    );
     std::fs::write(&gguf, g).unwrap();
     let fat = universal(&[(CPU_X86_64, macho(CPU_X86_64, MH_EXECUTE)), (CPU_ARM64, macho(CPU_ARM64, MH_EXECUTE))], 0);
     for (name, runtime, format) in [("win.exe", pe(MACHINE_AMD64, false), "PE"), ("mac", fat, "Mach-O universal")] {
         let rt = d.join(name);
         std::fs::write(&rt, &runtime).unwrap();
         let out = d.join(format!("{name}.llamafile"));
-        let o = packer::PackOptions { runtime: rt, gguf: gguf.clone(), out: out.clone(), args: Some("-n 1\n".into()), extra: vec![], force: false, progress: false, sign: None };
+        let o = packer::PackOptions {
+            runtime: rt,
+            gguf: gguf.clone(),
+            out: out.clone(),
+            args: Some("-n 1\n".into()),
+            extra: vec![],
+            force: false,
+            progress: false,
+            sign: None,
+        };
         let r = packer::pack(&o).unwrap();
         assert_eq!(r.runtime.format, format);
         let bytes = std::fs::read(&out).unwrap();

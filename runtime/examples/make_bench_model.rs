@@ -98,16 +98,22 @@ impl Gauss {
     }
 }
 
-
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let out = PathBuf::from(args.get(1).ok_or_else(|| anyhow!("usage: make_bench_model OUT.gguf [q4_k_m|q8_0|q6_k|q2_k|q4_0|iq4_xs|f16 [LAYERS]]"))?);
+    let out =
+        PathBuf::from(args.get(1).ok_or_else(|| {
+            anyhow!("usage: make_bench_model OUT.gguf [q4_k_m|q8_0|q6_k|q2_k|q4_0|iq4_xs|f16 [LAYERS]]")
+        })?);
     let kind = args.get(2).map(String::as_str).unwrap_or("q4_k_m");
     if !["q4_k_m", "q8_0", "q6_k", "q2_k", "q4_0", "iq4_xs", "f16"].contains(&kind) {
         bail!("unknown type {kind}: q4_k_m, q8_0, q6_k, q2_k, q4_0, iq4_xs or f16");
     }
     let n_layer = match args.get(3) {
-        Some(a) => a.parse().ok().filter(|n| (1..=N_LAYER).contains(n)).ok_or_else(|| anyhow!("LAYERS {a}: a number from 1 to {N_LAYER}"))?,
+        Some(a) => a
+            .parse()
+            .ok()
+            .filter(|n| (1..=N_LAYER).contains(n))
+            .ok_or_else(|| anyhow!("LAYERS {a}: a number from 1 to {N_LAYER}"))?,
         None => N_LAYER,
     };
     let shared = test_support::shared();
@@ -124,7 +130,18 @@ fn main() -> Result<()> {
         ("llama.attention.head_count_kv", MetaValue::U32(N_HEAD_KV as u32)),
         ("llama.rope.dimension_count", MetaValue::U32(HEAD_DIM as u32)),
         ("llama.context_length", MetaValue::U32(32768)),
-        ("general.file_type", MetaValue::U32(match kind { "q4_k_m" => 15, "q8_0" => 7, "q6_k" => 18, "q4_0" => 2, "iq4_xs" => 30, "f16" => 1, _ => 10 })),
+        (
+            "general.file_type",
+            MetaValue::U32(match kind {
+                "q4_k_m" => 15,
+                "q8_0" => 7,
+                "q6_k" => 18,
+                "q4_0" => 2,
+                "iq4_xs" => 30,
+                "f16" => 1,
+                _ => 10,
+            }),
+        ),
     ]
     .into_iter()
     .collect();
@@ -141,9 +158,17 @@ fn main() -> Result<()> {
 
     // tensor table, in the tiny model's order
     let mut tensors = vec![
-        Tensor { name: "output.weight".into(), dims: vec![N_EMBD as u64, N_VOCAB as u64], ty: mix(kind, "output.weight", None, n_layer) },
+        Tensor {
+            name: "output.weight".into(),
+            dims: vec![N_EMBD as u64, N_VOCAB as u64],
+            ty: mix(kind, "output.weight", None, n_layer),
+        },
         Tensor { name: "output_norm.weight".into(), dims: vec![N_EMBD as u64], ty: WeightType::F32 },
-        Tensor { name: "token_embd.weight".into(), dims: vec![N_EMBD as u64, N_VOCAB as u64], ty: mix(kind, "token_embd.weight", None, n_layer) },
+        Tensor {
+            name: "token_embd.weight".into(),
+            dims: vec![N_EMBD as u64, N_VOCAB as u64],
+            ty: mix(kind, "token_embd.weight", None, n_layer),
+        },
     ];
     let kv = (N_HEAD_KV * HEAD_DIM) as u64;
     for l in 0..n_layer {
@@ -168,7 +193,8 @@ fn main() -> Result<()> {
     let tmp = out.with_extension("gguf.partial");
     let file = std::fs::File::create(&tmp).with_context(|| format!("{}", tmp.display()))?;
     let mut w = BufWriter::with_capacity(8 << 20, file);
-    let infos: Vec<(&str, &[u64], u32, u64)> = tensors.iter().map(|t| (t.name.as_str(), t.dims.as_slice(), t.ty as u32, t.bytes())).collect();
+    let infos: Vec<(&str, &[u64], u32, u64)> =
+        tensors.iter().map(|t| (t.name.as_str(), t.dims.as_slice(), t.ty as u32, t.bytes())).collect();
     let meta_refs: Vec<(&str, MetaValue)> = meta.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
     w.write_all(&llamafile::gguf::writer::header(&meta_refs, &infos, ALIGN))?;
 
@@ -218,6 +244,11 @@ fn main() -> Result<()> {
     w.flush()?;
     drop(w);
     std::fs::rename(&tmp, &out)?;
-    eprintln!("\r{}: {:.2} GB, {} tensors, {kind}", out.display(), std::fs::metadata(&out)?.len() as f64 / 1e9, tensors.len());
+    eprintln!(
+        "\r{}: {:.2} GB, {} tensors, {kind}",
+        out.display(),
+        std::fs::metadata(&out)?.len() as f64 / 1e9,
+        tensors.len()
+    );
     Ok(())
 }

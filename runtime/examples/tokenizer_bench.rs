@@ -15,10 +15,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 fn main() -> anyhow::Result<()> {
-    let shared = std::env::args()
-        .nth(1)
-        .map(PathBuf::from)
-        .unwrap_or_else(test_support::shared);
+    let shared = std::env::args().nth(1).map(PathBuf::from).unwrap_or_else(test_support::shared);
     let long = std::fs::read_to_string(shared.join("reference/long.txt"))?;
     let mut text = String::with_capacity(1 << 20);
     while text.len() < 1 << 20 {

@@ -84,7 +84,9 @@ pub fn zip_entries(path: &Path) -> anyhow::Result<Option<Vec<ZipEntry>>> {
     };
     let mut out = Vec::with_capacity(archive.len());
     for i in 0..archive.len() {
-        let f = archive.by_index_raw(i).map_err(|e| anyhow::anyhow!("{shown}: broken zip entry {i}: {}", escape(&e.to_string())))?;
+        let f = archive
+            .by_index_raw(i)
+            .map_err(|e| anyhow::anyhow!("{shown}: broken zip entry {i}: {}", escape(&e.to_string())))?;
         let name = f.name().map_err(|_| anyhow::anyhow!("{shown}: zip entry {i} has an unreadable name"))?.to_string();
         let data_offset = f
             .data_start()
@@ -139,7 +141,11 @@ fn split_entry(path: &Path) -> Option<(PathBuf, String)> {
 }
 
 /// Which entry of `entries` holds the GGUF: `wanted`, or else the single `.gguf` entry.
-pub fn select_gguf_entry<'a>(path: &Path, entries: &'a [ZipEntry], wanted: Option<&str>) -> anyhow::Result<&'a ZipEntry> {
+pub fn select_gguf_entry<'a>(
+    path: &Path,
+    entries: &'a [ZipEntry],
+    wanted: Option<&str>,
+) -> anyhow::Result<&'a ZipEntry> {
     let ggufs: Vec<&ZipEntry> = entries.iter().filter(|e| is_gguf_name(&e.name)).collect();
     let names = |v: &[&ZipEntry]| v.iter().map(|e| escape(&e.name)).collect::<Vec<_>>().join(", ");
     let shown = escape_path(path);
@@ -155,7 +161,11 @@ pub fn select_gguf_entry<'a>(path: &Path, entries: &'a [ZipEntry], wanted: Optio
         None => match ggufs.as_slice() {
             [] => bail!("{shown}: the zip has no .gguf entry ({} entries, none ending in .gguf)", entries.len()),
             [one] => one,
-            many => bail!("{shown}: the zip has {} .gguf entries ({}); choose one with {shown}@NAME.gguf", many.len(), names(many)),
+            many => bail!(
+                "{shown}: the zip has {} .gguf entries ({}); choose one with {shown}@NAME.gguf",
+                many.len(),
+                names(many)
+            ),
         },
     };
     if !e.stored {
@@ -172,7 +182,10 @@ pub fn select_gguf_entry<'a>(path: &Path, entries: &'a [ZipEntry], wanted: Optio
 fn map_range(file: &File, path: &Path, offset: u64, len: u64) -> anyhow::Result<(memmap2::Mmap, usize)> {
     let aligned = offset - offset % MAP_GRANULARITY;
     let delta = (offset - aligned) as usize;
-    let total = usize::try_from(len).ok().and_then(|l| l.checked_add(delta)).context("entry too large to map on this platform")?;
+    let total = usize::try_from(len)
+        .ok()
+        .and_then(|l| l.checked_add(delta))
+        .context("entry too large to map on this platform")?;
     // SAFETY: a read-only private mapping of a range inside the file (checked by the callers
     // against its length); the file is not modified by this process. A model file truncated or
     // rewritten by another process while we run is outside what any mmap-based loader can guard.
@@ -280,7 +293,8 @@ pub fn read_args_entry(path: &Path) -> anyhow::Result<Option<String>> {
     if buf.len() as u64 != e.size {
         bail!("{shown}: the {ARGS_ENTRY} entry is truncated");
     }
-    let text = String::from_utf8(buf).map_err(|_| anyhow::anyhow!("{shown}: the {ARGS_ENTRY} entry is not UTF-8 text"))?;
+    let text =
+        String::from_utf8(buf).map_err(|_| anyhow::anyhow!("{shown}: the {ARGS_ENTRY} entry is not UTF-8 text"))?;
     Ok(Some(text))
 }
 
@@ -455,7 +469,10 @@ mod tests {
     fn merge_places_user_args_at_the_marker_or_last() {
         let argv = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
         let items = parse_args_file("-m w.gguf ... -n 8").unwrap();
-        assert_eq!(merge_args(&items, argv(&["prog", "-p", "hi"])), argv(&["prog", "-m", "w.gguf", "-p", "hi", "-n", "8"]));
+        assert_eq!(
+            merge_args(&items, argv(&["prog", "-p", "hi"])),
+            argv(&["prog", "-m", "w.gguf", "-p", "hi", "-n", "8"])
+        );
         let items = parse_args_file("-m w.gguf").unwrap();
         assert_eq!(merge_args(&items, argv(&["prog", "-p", "hi"])), argv(&["prog", "-m", "w.gguf", "-p", "hi"]));
         assert_eq!(merge_args(&items, argv(&["prog"])), argv(&["prog", "-m", "w.gguf"]));
@@ -479,11 +496,16 @@ mod tests {
     #[test]
     fn entry_selection_errors() {
         let p = Path::new("x.zip");
-        let e = |v: &[ZipEntry], w: Option<&str>| select_gguf_entry(p, v, w).map(|e| e.name.clone()).map_err(|e| e.to_string());
+        let e = |v: &[ZipEntry], w: Option<&str>| {
+            select_gguf_entry(p, v, w).map(|e| e.name.clone()).map_err(|e| e.to_string())
+        };
         assert_eq!(e(&[entry(".args", true), entry("a.gguf", true)], None).unwrap(), "a.gguf");
         assert!(e(&[entry(".args", true)], None).unwrap_err().contains("no .gguf entry"));
         let many = e(&[entry("a.gguf", true), entry("b.GGUF", true)], None).unwrap_err();
-        assert!(many.contains("2 .gguf entries") && many.contains("a.gguf, b.GGUF") && many.contains("x.zip@NAME.gguf"), "{many}");
+        assert!(
+            many.contains("2 .gguf entries") && many.contains("a.gguf, b.GGUF") && many.contains("x.zip@NAME.gguf"),
+            "{many}"
+        );
         assert_eq!(e(&[entry("a.gguf", true), entry("b.gguf", true)], Some("b.gguf")).unwrap(), "b.gguf");
         assert!(e(&[entry("a.gguf", true)], Some("c.gguf")).unwrap_err().contains("no entry named 'c.gguf'"));
         assert!(e(&[entry("a.gguf", false)], None).unwrap_err().contains("compressed (Deflated)"));

@@ -93,7 +93,15 @@ pub struct SamplingParams {
 impl Default for SamplingParams {
     /// llama.cpp's defaults.
     fn default() -> Self {
-        SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.95, min_p: 0.05, repeat_penalty: 1.0, repeat_last_n: 64, seed: 0 }
+        SamplingParams {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.05,
+            repeat_penalty: 1.0,
+            repeat_last_n: 64,
+            seed: 0,
+        }
     }
 }
 
@@ -212,25 +220,37 @@ impl Engine {
         };
         let hp = &model.hp;
         if tokenizer.vocab_size() > hp.n_vocab {
-            bail!("{}: the tokenizer has {} tokens but the embeddings only {}", escape_path(path), tokenizer.vocab_size(), hp.n_vocab);
+            bail!(
+                "{}: the tokenizer has {} tokens but the embeddings only {}",
+                escape_path(path),
+                tokenizer.vocab_size(),
+                hp.n_vocab
+            );
         }
         let n_ctx = context_length(opts.n_ctx, hp.n_ctx_train);
         if n_ctx > hp.n_ctx_train {
             eprintln!("warning: context {n_ctx} is longer than the {} the model was trained with", hp.n_ctx_train);
         }
-        let n_threads = opts.n_threads.filter(|t| *t > 0).unwrap_or_else(|| {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
-        });
+        let n_threads = opts
+            .n_threads
+            .filter(|t| *t > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(n_threads)
             .thread_name(|i| format!("llamafile-{i}"))
             .build()
             .context("starting the thread pool")?;
-        let backends =
-            backend::plan(&model, &PlanOptions { n_gpu_layers: opts.n_gpu_layers, gpu: &opts.gpu, verbose: opts.verbose })?;
+        let backends = backend::plan(
+            &model,
+            &PlanOptions { n_gpu_layers: opts.n_gpu_layers, gpu: &opts.gpu, verbose: opts.verbose },
+        )?;
         check_chain(&backends, hp.n_layer)?;
         let n_batch = n_batch.clamp(1, n_ctx);
-        check_memory(session_bytes(&backends, hp, n_ctx, n_batch).saturating_mul(opts.n_sessions.max(1) as u64), n_ctx, opts.n_sessions)?;
+        check_memory(
+            session_bytes(&backends, hp, n_ctx, n_batch).saturating_mul(opts.n_sessions.max(1) as u64),
+            n_ctx,
+            opts.n_sessions,
+        )?;
         let load_ms = t0.elapsed().as_secs_f64() * 1e3;
         Ok(Engine {
             inner: Arc::new(Inner {
@@ -271,11 +291,8 @@ impl Engine {
     pub fn try_new_session(&self) -> Result<Session> {
         let inner = self.inner.clone();
         let hp = &inner.model.hp;
-        let states = inner
-            .backends
-            .iter()
-            .map(|b| b.new_state(inner.n_ctx, inner.n_batch))
-            .collect::<Result<Vec<_>>>()?;
+        let states =
+            inner.backends.iter().map(|b| b.new_state(inner.n_ctx, inner.n_batch)).collect::<Result<Vec<_>>>()?;
         Ok(Session {
             x: vec![0.0; inner.n_batch * hp.n_embd],
             logits: vec![0.0; hp.n_vocab],
@@ -614,7 +631,8 @@ impl Session {
             bail!("token id {bad} is outside the vocabulary ({} tokens)", inner.model.hp.n_vocab);
         }
         // Reuse the common prefix, but always evaluate at least the last prompt token (its logits).
-        let mut common = self.tokens.iter().zip(prompt.iter()).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
+        let mut common =
+            self.tokens.iter().zip(prompt.iter()).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
         if req.sampling.temperature <= 0.0 {
             // Greedy answers are the same whatever the cache held: reuse only keys and values
             // computed in batches of `INVARIANT_BATCH` or more, and evaluate the rest as a fresh
@@ -688,7 +706,8 @@ impl Session {
             Some(g) => Some(inner.grammar_factory()?.matcher(g)?),
             None => None,
         };
-        let mut ff = fast_forward::FastForward::new(req.grammar.as_ref().is_some_and(|g| g.fast_forward()), self.tokens.len());
+        let mut ff =
+            fast_forward::FastForward::new(req.grammar.as_ref().is_some_and(|g| g.fast_forward()), self.tokens.len());
         self.fast_forward_start(&mut ff, grammar.as_mut(), req.max_tokens)?;
         self.sampler.reseed(sampler::choice_seed(req.sampling.seed, choice));
         let tok = &inner.tokenizer;
@@ -700,7 +719,11 @@ impl Session {
         let mut raw = if opts.logprobs.is_some() { vec![0f32; self.logits.len()] } else { Vec::new() };
         let mut pending: std::collections::VecDeque<logprobs::TokenLogprob> = Default::default();
         let (mut produced, mut emitted) = (0usize, 0usize);
-        let mut give = |text: &str, emitted: &mut usize, pending: &mut std::collections::VecDeque<logprobs::TokenLogprob>, all: bool| -> bool {
+        let mut give = |text: &str,
+                        emitted: &mut usize,
+                        pending: &mut std::collections::VecDeque<logprobs::TokenLogprob>,
+                        all: bool|
+         -> bool {
             *emitted += text.len();
             while let Some(t) = pending.front() {
                 if !all && t.offset >= *emitted {
@@ -774,7 +797,6 @@ impl Session {
         }
         Ok((generated, stop, stop_index))
     }
-
 }
 
 /// Holds back text that might be the start of a stop string.
@@ -799,7 +821,13 @@ impl<'a> StopStrings<'a> {
             return StopOutcome::Emit(piece.to_string());
         }
         self.pending.push_str(piece);
-        let found = self.stops.iter().enumerate().filter(|(_, s)| !s.is_empty()).filter_map(|(i, s)| Some((self.pending.find(s.as_str())?, i))).min();
+        let found = self
+            .stops
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.is_empty())
+            .filter_map(|(i, s)| Some((self.pending.find(s.as_str())?, i)))
+            .min();
         if let Some((at, which)) = found {
             let out = self.pending[..at].to_string();
             self.pending.clear();
@@ -843,7 +871,14 @@ mod tests {
     }
 
     fn run(s: &mut Session, prompt: &[u32], n: usize, sampling: SamplingParams) -> (String, GenerationStats) {
-        let req = GenerateRequest { prompt: prompt.to_vec(), max_tokens: n, sampling, stop: vec![], ignore_eos: true, grammar: None };
+        let req = GenerateRequest {
+            prompt: prompt.to_vec(),
+            max_tokens: n,
+            sampling,
+            stop: vec![],
+            ignore_eos: true,
+            grammar: None,
+        };
         let mut text = String::new();
         let st = s
             .generate(&req, &mut |t| {
@@ -965,7 +1000,14 @@ mod tests {
         assert_eq!(st.generated_tokens, 24 - prompt.len() + 1);
         // a prompt over the context is an error, not a panic
         let long: Vec<u32> = vec![415; 25];
-        let req = GenerateRequest { prompt: long, max_tokens: 1, sampling: greedy(1), stop: vec![], ignore_eos: true, grammar: None };
+        let req = GenerateRequest {
+            prompt: long,
+            max_tokens: 1,
+            sampling: greedy(1),
+            stop: vec![],
+            ignore_eos: true,
+            grammar: None,
+        };
         let err = e.new_session().generate(&req, &mut |_| true).unwrap_err().to_string();
         assert!(err.contains("longer than the context"), "{err}");
     }
@@ -975,7 +1017,14 @@ mod tests {
         let Some(e) = tiny_engine(64) else { return };
         let prompt: Vec<u32> = vec![1, 415, 2936, 9060];
         let mut n = 0;
-        let req = GenerateRequest { prompt: prompt.clone(), max_tokens: 20, sampling: greedy(20), stop: vec![], ignore_eos: true, grammar: None };
+        let req = GenerateRequest {
+            prompt: prompt.clone(),
+            max_tokens: 20,
+            sampling: greedy(20),
+            stop: vec![],
+            ignore_eos: true,
+            grammar: None,
+        };
         let st = e
             .new_session()
             .generate(&req, &mut |_| {

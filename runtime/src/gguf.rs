@@ -205,7 +205,10 @@ fn tensor_bytes(ggml_type: u32, ne0: u64, n_elements: u64) -> Result<Option<u64>
     let (block, bytes) = if let Some(w) = WeightType::from_ggml(ggml_type) {
         (w.block_size() as u64, w.type_size() as u64)
     } else {
-        match GGUFTensorType::from_u32(ggml_type).ok().and_then(|t| Some((t.block_size() as u64, t.block_size_bytes()? as u64))) {
+        match GGUFTensorType::from_u32(ggml_type)
+            .ok()
+            .and_then(|t| Some((t.block_size() as u64, t.block_size_bytes()? as u64)))
+        {
             Some((b, s)) if b > 0 => (b, s),
             _ => return Ok(None),
         }
@@ -436,7 +439,8 @@ impl<'a> Reader<'a> {
             bail!("truncated GGUF: {} at byte {pos} runs past the end ({} bytes)", what(), buf.len());
         };
         self.cur.set_position(end as u64);
-        String::from_utf8(buf[pos..end].to_vec()).map_err(|_| anyhow::anyhow!("{} at byte {pos} is not valid UTF-8", what()))
+        String::from_utf8(buf[pos..end].to_vec())
+            .map_err(|_| anyhow::anyhow!("{} at byte {pos} is not valid UTF-8", what()))
     }
 }
 
@@ -465,9 +469,14 @@ fn read_flat_array(r: &mut Reader, key: &str) -> anyhow::Result<Option<MetaValue
     // checking it first bounds the allocation below by the file's size.
     let min = etype.size_in_bytes().unwrap_or(8) as u64;
     if n.checked_mul(min).is_none_or(|need| need > (buf.len() - pos) as u64) {
-        bail!("truncated GGUF: metadata array '{key}' of {n} elements at byte {pos} runs past the end ({} bytes)", buf.len());
+        bail!(
+            "truncated GGUF: metadata array '{key}' of {n} elements at byte {pos} runs past the end ({} bytes)",
+            buf.len()
+        );
     }
-    let truncated = || anyhow::anyhow!("truncated GGUF: metadata array '{key}' at byte {pos} runs past the end ({} bytes)", buf.len());
+    let truncated = || {
+        anyhow::anyhow!("truncated GGUF: metadata array '{key}' at byte {pos} runs past the end ({} bytes)", buf.len())
+    };
     let mut p = pos;
     let mut take = |k: usize| -> anyhow::Result<&[u8]> {
         let s = buf.get(p..p + k).ok_or_else(truncated)?;
@@ -629,7 +638,8 @@ fn read_tensor_table(r: &mut Reader, n_tensors: u64) -> anyhow::Result<(Vec<Tens
             .iter()
             .try_fold(1u64, |a, &d| a.checked_mul(d))
             .ok_or_else(|| anyhow::anyhow!("tensor '{shown}' has dimensions {dims:?} whose product overflows"))?;
-        let size = tensor_bytes(ggml_type, dims[0], n_elements).map_err(|e| anyhow::anyhow!("tensor '{shown}' {dims:?}: {e}"))?;
+        let size = tensor_bytes(ggml_type, dims[0], n_elements)
+            .map_err(|e| anyhow::anyhow!("tensor '{shown}' {dims:?}: {e}"))?;
         if tensor_index.insert(name.clone(), tensors.len()).is_some() {
             bail!("tensor '{shown}' appears twice in the tensor table");
         }
@@ -776,7 +786,8 @@ pub mod writer {
 
     /// A complete GGUF v3 in memory.
     pub fn build(metadata: &[(&str, MetaValue)], tensors: &[TensorSpec], alignment: u64) -> Vec<u8> {
-        let infos: Vec<(&str, &[u64], u32, u64)> = tensors.iter().map(|t| (t.name, t.dims, t.ggml_type, t.data.len() as u64)).collect();
+        let infos: Vec<(&str, &[u64], u32, u64)> =
+            tensors.iter().map(|t| (t.name, t.dims, t.ggml_type, t.data.len() as u64)).collect();
         let mut out = header(metadata, &infos, alignment);
         let data_start = out.len() as u64;
         let mut off = 0u64;
@@ -808,7 +819,14 @@ pub mod writer {
             ("llama.rope.freq_base", F32(10000.0)),
             ("llama.attention.layer_norm_rms_epsilon", F32(1e-5)),
             ("tokenizer.ggml.model", String("llama".into())),
-            ("tokenizer.ggml.tokens", Array(["<unk>", "<s>", "</s>", "\u{2581}a", "\u{2581}b", "a", "b", "\u{2581}"].map(|t| String(t.into())).to_vec())),
+            (
+                "tokenizer.ggml.tokens",
+                Array(
+                    ["<unk>", "<s>", "</s>", "\u{2581}a", "\u{2581}b", "a", "b", "\u{2581}"]
+                        .map(|t| String(t.into()))
+                        .to_vec(),
+                ),
+            ),
             ("tokenizer.ggml.scores", Array((0..vocab).map(|i| F32(-(i as f32))).collect())),
             ("tokenizer.ggml.token_type", Array([2, 3, 3, 1, 1, 1, 1, 1].map(I32).to_vec())),
             ("tokenizer.ggml.unknown_token_id", U32(0)),
@@ -840,10 +858,15 @@ pub mod writer {
         }
         let data: Vec<Vec<u8>> = shapes
             .iter()
-            .map(|(_, d)| (0..d.iter().product::<u64>()).flat_map(|i| (((i % 7) as f32 - 3.0) * 0.05).to_le_bytes()).collect())
+            .map(|(_, d)| {
+                (0..d.iter().product::<u64>()).flat_map(|i| (((i % 7) as f32 - 3.0) * 0.05).to_le_bytes()).collect()
+            })
             .collect();
-        let mut tensors: Vec<TensorSpec> =
-            shapes.iter().zip(&data).map(|((name, dims), data)| TensorSpec { name, dims, ggml_type: 0, data }).collect();
+        let mut tensors: Vec<TensorSpec> = shapes
+            .iter()
+            .zip(&data)
+            .map(|((name, dims), data)| TensorSpec { name, dims, ggml_type: 0, data })
+            .collect();
         tensors.extend_from_slice(extra);
         build(&md, &tensors, 32)
     }
@@ -854,7 +877,6 @@ mod tests {
     use super::writer::{build, TensorSpec};
     use super::*;
 
-
     fn small() -> Vec<u8> {
         let q8 = vec![7u8; 34 * 2]; // two Q8_0 blocks
         let f32s: Vec<u8> = [1.0f32, 2.0, 3.0].iter().flat_map(|x| x.to_le_bytes()).collect();
@@ -864,7 +886,10 @@ mod tests {
                 ("llama.context_length", MetaValue::U32(4096)),
                 ("llama.rope.freq_base", MetaValue::F32(10000.0)),
                 ("Weird-Key.OK", MetaValue::I32(-3)),
-                ("tokenizer.ggml.tokens", MetaValue::Array(vec![MetaValue::String("a".into()), MetaValue::String("b".into())])),
+                (
+                    "tokenizer.ggml.tokens",
+                    MetaValue::Array(vec![MetaValue::String("a".into()), MetaValue::String("b".into())]),
+                ),
             ],
             &[
                 TensorSpec { name: "w", dims: &[64], ggml_type: 8, data: &q8 },
@@ -879,7 +904,16 @@ mod tests {
         let g = GgufFile::from_bytes("small", small()).unwrap();
         assert_eq!(g.version(), 3);
         let keys: Vec<&str> = g.metadata().iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(keys, ["general.architecture", "llama.context_length", "llama.rope.freq_base", "Weird-Key.OK", "tokenizer.ggml.tokens"]);
+        assert_eq!(
+            keys,
+            [
+                "general.architecture",
+                "llama.context_length",
+                "llama.rope.freq_base",
+                "Weird-Key.OK",
+                "tokenizer.ggml.tokens"
+            ]
+        );
         assert_eq!(g.architecture(), Some("llama"));
         assert_eq!(g.get_u64("llama.context_length"), Some(4096));
         assert_eq!(g.get_f32("llama.rope.freq_base"), Some(10000.0));
@@ -916,7 +950,10 @@ mod tests {
             ("a.ints", Array(vec![I32(1), I32(-2)])),
             ("a.bools", Array(vec![Bool(false), Bool(true)])),
             ("a.f64s", Array(vec![F64(1.5), F64(2.5)])),
-            ("a.nested", Array(vec![Array(vec![String("x".into())]), Array(vec![String("y".into()), String("z".into())])])),
+            (
+                "a.nested",
+                Array(vec![Array(vec![String("x".into())]), Array(vec![String("y".into()), String("z".into())])]),
+            ),
         ];
         let g = GgufFile::from_bytes("all", build(&values, &[], 32)).unwrap();
         assert_eq!(g.metadata().len(), values.len());

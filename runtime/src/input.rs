@@ -68,11 +68,15 @@ pub fn read_regular(path: &Path, what: &str) -> Result<Vec<u8>> {
 pub fn read_text_capped(path: &Path, max: u64, why: &str) -> Result<String> {
     let f = File::open(path).with_context(|| format!("{}: cannot open", escape_path(path)))?;
     let mut buf = Vec::new();
-    f.take(max.saturating_add(1)).read_to_end(&mut buf).with_context(|| format!("{}: cannot read", escape_path(path)))?;
+    f.take(max.saturating_add(1))
+        .read_to_end(&mut buf)
+        .with_context(|| format!("{}: cannot read", escape_path(path)))?;
     if buf.len() as u64 > max {
         bail!("{}: more than {max} bytes: {why}", escape_path(path));
     }
-    String::from_utf8(buf).map_err(|e| anyhow::anyhow!("{}: not UTF-8 text (invalid byte at {})", escape_path(path), e.utf8_error().valid_up_to()))
+    String::from_utf8(buf).map_err(|e| {
+        anyhow::anyhow!("{}: not UTF-8 text (invalid byte at {})", escape_path(path), e.utf8_error().valid_up_to())
+    })
 }
 
 /// Bytes of prompt text per token of context accepted from a file: tokens average about 4
@@ -86,7 +90,11 @@ pub const MAX_TEXT_BYTES: u64 = 1 << 30;
 /// `PROMPT_BYTES_PER_TOKEN * n_ctx` bytes plus 4 KiB, since a longer prompt cannot fit anyway.
 pub fn read_prompt_file(path: &Path, n_ctx: usize) -> Result<String> {
     let max = PROMPT_BYTES_PER_TOKEN.saturating_mul(n_ctx as u64).saturating_add(4096);
-    read_text_capped(path, max, &format!("a prompt for a context of {n_ctx} tokens cannot be that long (use a larger -c)"))
+    read_text_capped(
+        path,
+        max,
+        &format!("a prompt for a context of {n_ctx} tokens cannot be that long (use a larger -c)"),
+    )
 }
 
 #[cfg(test)]
@@ -105,7 +113,10 @@ mod tests {
         let fifo = dir.path().join("pipe");
         mkfifo(&fifo);
         let e = format!("{:#}", open_regular(&fifo, "a model").unwrap_err());
-        assert_eq!(e, format!("{}: a FIFO (named pipe), not a regular file: a model must be a regular file", fifo.display()));
+        assert_eq!(
+            e,
+            format!("{}: a FIFO (named pipe), not a regular file: a model must be a regular file", fifo.display())
+        );
         let e = format!("{:#}", open_regular(Path::new("/dev/zero"), "the runtime").unwrap_err());
         assert!(e.starts_with("/dev/zero: a character device, not a regular file"), "{e}");
         let e = format!("{:#}", open_regular(dir.path(), "a model").unwrap_err());
@@ -113,7 +124,10 @@ mod tests {
         assert!(refuse_special(&fifo, "the output").is_err());
         assert!(refuse_special(&dir.path().join("absent"), "the output").is_ok());
         let e = format!("{:#}", open_regular(&dir.path().join("absent"), "a model").unwrap_err());
-        assert_eq!(e, format!("{}: cannot open: No such file or directory (os error 2)", dir.path().join("absent").display()));
+        assert_eq!(
+            e,
+            format!("{}: cannot open: No such file or directory (os error 2)", dir.path().join("absent").display())
+        );
     }
 
     #[test]

@@ -98,7 +98,8 @@ pub fn manifest(file: &File, runtime_len: u64, entries: &[Part]) -> std::io::Res
     let _ = writeln!(s, "{MANIFEST_HEADER}");
     let _ = writeln!(s, "runtime {runtime_len} {}", hex(&sha256_of(file, 0, runtime_len)?));
     for e in entries.iter().filter(|e| !is_signature_entry(e.name)) {
-        let _ = writeln!(s, "entry {} {} {}", e.size, hex(&sha256_of(file, e.data_offset, e.size)?), manifest_name(e.name));
+        let _ =
+            writeln!(s, "entry {} {} {}", e.size, hex(&sha256_of(file, e.data_offset, e.size)?), manifest_name(e.name));
     }
     Ok(s)
 }
@@ -126,7 +127,9 @@ pub struct PublicKey {
 /// Read a minisign public key (`NAME.pub`: a comment line and the key in base64).
 pub fn read_public_key(path: &Path) -> anyhow::Result<PublicKey> {
     let text = crate::input::read_text_capped(path, MAX_TEXT, "a minisign public key is two short lines")?;
-    let bad = || format!("{}: not a minisign public key (expected an 'untrusted comment:' line and the key in base64, as `pack --keygen` and `minisign -G` write)", escape_path(path));
+    let bad = || {
+        format!("{}: not a minisign public key (expected an 'untrusted comment:' line and the key in base64, as `pack --keygen` and `minisign -G` write)", escape_path(path))
+    };
     let key = minisign_verify::PublicKey::decode(&text).map_err(|_| anyhow::anyhow!(bad()))?;
     let id = key_id_of_text(&text).with_context(bad)?;
     Ok(PublicKey { key, id })
@@ -148,7 +151,8 @@ fn read_entry_text(file: &File, path: &Path, e: &ZipEntry) -> anyhow::Result<Str
         bail!("{shown}: entry '{}' is not a stored entry of at most {MAX_TEXT} bytes", escape(&e.name));
     }
     let mut buf = vec![0u8; e.size as usize];
-    file.read_exact_at(&mut buf, e.data_offset).with_context(|| format!("{shown}: cannot read entry '{}'", escape(&e.name)))?;
+    file.read_exact_at(&mut buf, e.data_offset)
+        .with_context(|| format!("{shown}: cannot read entry '{}'", escape(&e.name)))?;
     String::from_utf8(buf).map_err(|_| anyhow::anyhow!("{shown}: entry '{}' is not UTF-8 text", escape(&e.name)))
 }
 
@@ -182,7 +186,9 @@ pub fn check(path: &Path, entries: &[ZipEntry], key: &PublicKey) -> anyhow::Resu
         .and_then(|l| l.split(' ').next())
         .and_then(|n| n.parse::<u64>().ok())
         .filter(|_| manifest.lines().next() == Some(MANIFEST_HEADER))
-        .with_context(|| format!("{shown}: the signed manifest is not a '{MANIFEST_HEADER}' (made by a newer pack?)"))?;
+        .with_context(|| {
+            format!("{shown}: the signed manifest is not a '{MANIFEST_HEADER}' (made by a newer pack?)")
+        })?;
     let first_header = entries.iter().map(|e| e.header_offset).min().unwrap_or(0);
     if runtime_len > first_header {
         bail!("{shown}: the signed runtime is {runtime_len} bytes, but the zip starts at byte {first_header}");
@@ -190,7 +196,8 @@ pub fn check(path: &Path, entries: &[ZipEntry], key: &PublicKey) -> anyhow::Resu
     if !all_zero(&file, runtime_len, first_header - runtime_len)? {
         bail!("{shown}: bytes {runtime_len}..{first_header} between the signed runtime and the zip are not the zero padding `pack` writes");
     }
-    let parts: Vec<Part> = entries.iter().map(|e| Part { name: &e.name, data_offset: e.data_offset, size: e.size }).collect();
+    let parts: Vec<Part> =
+        entries.iter().map(|e| Part { name: &e.name, data_offset: e.data_offset, size: e.size }).collect();
     let actual = self::manifest(&file, runtime_len, &parts).with_context(|| format!("{shown}: cannot read"))?;
     if actual != manifest {
         bail!("{shown}: {}", first_difference(&manifest, &actual));
@@ -200,14 +207,15 @@ pub fn check(path: &Path, entries: &[ZipEntry], key: &PublicKey) -> anyhow::Resu
 
 /// Check the minisign signature `sig_text` of `data` with `key`; the signature's trusted comment.
 pub fn verify_text(key: &PublicKey, data: &str, sig_text: &str) -> anyhow::Result<String> {
-    let signature = minisign_verify::Signature::decode(sig_text).map_err(|_| anyhow::anyhow!("entry '{SIGNATURE_ENTRY}' is not a minisign signature"))?;
+    let signature = minisign_verify::Signature::decode(sig_text)
+        .map_err(|_| anyhow::anyhow!("entry '{SIGNATURE_ENTRY}' is not a minisign signature"))?;
     let sig_id = key_id_of_text(sig_text).unwrap_or_else(|| "(unreadable)".into());
     if sig_id != key.id {
         bail!("signed by key {sig_id}, not by the given key {}", key.id);
     }
-    key.key
-        .verify(data.as_bytes(), &signature, false)
-        .map_err(|e| anyhow::anyhow!("BAD signature: the signature does not match the manifest under key {} ({e})", key.id))?;
+    key.key.verify(data.as_bytes(), &signature, false).map_err(|e| {
+        anyhow::anyhow!("BAD signature: the signature does not match the manifest under key {} ({e})", key.id)
+    })?;
     Ok(signature.trusted_comment().to_string())
 }
 
@@ -269,9 +277,21 @@ mod tests {
     #[test]
     fn differences_are_named() {
         let m = "llamafile manifest 1\nruntime 3 aa\nentry 1 bb x.gguf\nentry 2 cc .args\n";
-        assert_eq!(first_difference(m, &m.replace("bb", "bd")), "entry 'x.gguf' differs from the signed manifest (SHA-256 or size changed after signing)");
-        assert_eq!(first_difference(m, &m.replace("runtime 3 aa", "runtime 3 ab")), "runtime differs from the signed manifest (SHA-256 or size changed after signing)");
-        assert_eq!(first_difference(m, &format!("{m}entry 1 dd gpu/x\n")), "entry 'gpu/x' is not in the signed manifest (added after signing)");
-        assert_eq!(first_difference(m, &m.replace("entry 2 cc .args\n", "")), "entry '.args' is signed but missing from the file");
+        assert_eq!(
+            first_difference(m, &m.replace("bb", "bd")),
+            "entry 'x.gguf' differs from the signed manifest (SHA-256 or size changed after signing)"
+        );
+        assert_eq!(
+            first_difference(m, &m.replace("runtime 3 aa", "runtime 3 ab")),
+            "runtime differs from the signed manifest (SHA-256 or size changed after signing)"
+        );
+        assert_eq!(
+            first_difference(m, &format!("{m}entry 1 dd gpu/x\n")),
+            "entry 'gpu/x' is not in the signed manifest (added after signing)"
+        );
+        assert_eq!(
+            first_difference(m, &m.replace("entry 2 cc .args\n", "")),
+            "entry '.args' is signed but missing from the file"
+        );
     }
 }

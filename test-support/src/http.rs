@@ -28,7 +28,10 @@ impl Resp {
     }
     /// The `data:` payloads of an SSE body, in order.
     pub fn events(&self) -> Vec<String> {
-        self.body.split("\n\n").filter_map(|ev| ev.lines().find_map(|l| l.strip_prefix("data: ")).map(str::to_string)).collect()
+        self.body
+            .split("\n\n")
+            .filter_map(|ev| ev.lines().find_map(|l| l.strip_prefix("data: ")).map(str::to_string))
+            .collect()
     }
     /// Check an OpenAI-style error: status, JSON body, message mentioning `needle`.
     pub fn assert_error(&self, status: u16, needle: &str) -> Value {
@@ -87,7 +90,8 @@ pub fn send_raw(addr: &str, request: &[u8]) -> Resp {
     let raw = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = raw.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no HTTP response: {raw:?}"));
     let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
+    let body =
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
     Resp { status, headers: head.to_string(), body }
 }
 

@@ -38,7 +38,11 @@ pub fn bin(name: &str) -> PathBuf {
         None => exe.parent().unwrap().parent().unwrap().to_path_buf(),
     };
     let p = dir.join(name);
-    assert!(p.exists(), "{} not built: run `cargo build --profile <same> --bins` first (scripts/test does)", p.display());
+    assert!(
+        p.exists(),
+        "{} not built: run `cargo build --profile <same> --bins` first (scripts/test does)",
+        p.display()
+    );
     p
 }
 
@@ -83,5 +87,6 @@ pub fn write_executable(dst: &Path, bytes: &[u8]) {
 
 fn set_executable(p: &Path) {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755))
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
 }

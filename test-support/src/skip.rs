@@ -52,7 +52,8 @@ fn record(kind: &str, what: &str, how: &str) {
     let clean = |s: &str| s.replace(['\t', '\n'], " ");
     let line = format!("{kind}\t{}\t{}\t{}\n", clean(&test), clean(what), clean(how));
     // One short write with O_APPEND: lines from tests running in parallel do not interleave.
-    let written = std::fs::OpenOptions::new().create(true).append(true).open(&log).and_then(|mut f| f.write_all(line.as_bytes()));
+    let written =
+        std::fs::OpenOptions::new().create(true).append(true).open(&log).and_then(|mut f| f.write_all(line.as_bytes()));
     if let Err(e) = written {
         panic!("cannot record the skip in {}: {e}", PathBuf::from(log).display());
     }

@@ -86,24 +86,149 @@ const BOUNDARIES: [u64; 20] = [
 fn dictionary(target: &str) -> &'static [&'static str] {
     match target {
         "args" => &[
-            "'", "\"", "\\", "\\\"", "...", "#", "\n", " ", "--temp", "-n", "-c", "-p", "-m", "--top-p", "--min-p", "nan", "inf",
-            "-1", "1e40", "--help", "--version", "--server", "--chat", "\u{1b}[2J", "\0", "=", "--temp=0",
+            "'",
+            "\"",
+            "\\",
+            "\\\"",
+            "...",
+            "#",
+            "\n",
+            " ",
+            "--temp",
+            "-n",
+            "-c",
+            "-p",
+            "-m",
+            "--top-p",
+            "--min-p",
+            "nan",
+            "inf",
+            "-1",
+            "1e40",
+            "--help",
+            "--version",
+            "--server",
+            "--chat",
+            "\u{1b}[2J",
+            "\0",
+            "=",
+            "--temp=0",
         ],
         "chat_template" => &[
-            "{{", "}}", "{%", "%}", "{#", "#}", "{%- ", " -%}", "for m in messages", "endfor", "if ", "endif", "range(100000)",
-            "recursive", "loop(", "loop.index", "macro m() ", "endmacro", "m()", "call ", "caller()", "set x = ", "x ~ x",
-            "'ab' * 50000000", "|join", "|tojson", "|map(attribute='content')", "|sort", "[[[[[[[[", "((((((((", "namespace(",
-            "raise_exception('x')", "strftime_now('%Y')", "messages", "tools", "bos_token", "|length", "|list", "|items",
-            "}}{{", ".split(", ".strip()", "|string", "include 'chat'", "import 'chat' as c", "extends 'chat'", "|batch(",
-            "|indent(", "|replace(", "|format(", "%s", "|unique", "|reverse", "9999999999999999999", "-1", "\0",
+            "{{",
+            "}}",
+            "{%",
+            "%}",
+            "{#",
+            "#}",
+            "{%- ",
+            " -%}",
+            "for m in messages",
+            "endfor",
+            "if ",
+            "endif",
+            "range(100000)",
+            "recursive",
+            "loop(",
+            "loop.index",
+            "macro m() ",
+            "endmacro",
+            "m()",
+            "call ",
+            "caller()",
+            "set x = ",
+            "x ~ x",
+            "'ab' * 50000000",
+            "|join",
+            "|tojson",
+            "|map(attribute='content')",
+            "|sort",
+            "[[[[[[[[",
+            "((((((((",
+            "namespace(",
+            "raise_exception('x')",
+            "strftime_now('%Y')",
+            "messages",
+            "tools",
+            "bos_token",
+            "|length",
+            "|list",
+            "|items",
+            "}}{{",
+            ".split(",
+            ".strip()",
+            "|string",
+            "include 'chat'",
+            "import 'chat' as c",
+            "extends 'chat'",
+            "|batch(",
+            "|indent(",
+            "|replace(",
+            "|format(",
+            "%s",
+            "|unique",
+            "|reverse",
+            "9999999999999999999",
+            "-1",
+            "\0",
         ],
         "http" => &[
-            "{", "}", "[", "]", "\"", ":", ",", "null", "true", "false", "-1", "0", "1e999", "-1e999", "1.5", "9223372036854775808",
-            "18446744073709551616", "\"messages\"", "\"max_tokens\"", "\"temperature\"", "\"top_k\"", "\"top_p\"", "\"min_p\"",
-            "\"repeat_penalty\"", "\"repeat_last_n\"", "\"seed\"", "\"stop\"", "\"stream\"", "\"n\"", "\"n_predict\"", "\"prompt\"",
-            "\"tokens\"", "\"content\"", "\"role\"", "\"user\"", "\"system\"", "\"assistant\"", "\"tools\"", "\"response_format\"",
-            "\"text\"", "\"type\"", "\\u0000", "\\ud800", "[[[[[[[[[[[[[[[[", "GET ", "POST ", "OPTIONS ", "/v1/chat/completions",
-            "/v1/completions", "/completion", "/tokenize", "/detokenize", "/health", "/slots", "/v1/models/x", "\n",
+            "{",
+            "}",
+            "[",
+            "]",
+            "\"",
+            ":",
+            ",",
+            "null",
+            "true",
+            "false",
+            "-1",
+            "0",
+            "1e999",
+            "-1e999",
+            "1.5",
+            "9223372036854775808",
+            "18446744073709551616",
+            "\"messages\"",
+            "\"max_tokens\"",
+            "\"temperature\"",
+            "\"top_k\"",
+            "\"top_p\"",
+            "\"min_p\"",
+            "\"repeat_penalty\"",
+            "\"repeat_last_n\"",
+            "\"seed\"",
+            "\"stop\"",
+            "\"stream\"",
+            "\"n\"",
+            "\"n_predict\"",
+            "\"prompt\"",
+            "\"tokens\"",
+            "\"content\"",
+            "\"role\"",
+            "\"user\"",
+            "\"system\"",
+            "\"assistant\"",
+            "\"tools\"",
+            "\"response_format\"",
+            "\"text\"",
+            "\"type\"",
+            "\\u0000",
+            "\\ud800",
+            "[[[[[[[[[[[[[[[[",
+            "GET ",
+            "POST ",
+            "OPTIONS ",
+            "/v1/chat/completions",
+            "/v1/completions",
+            "/completion",
+            "/tokenize",
+            "/detokenize",
+            "/health",
+            "/slots",
+            "/v1/models/x",
+            "\n",
         ],
         _ => &[],
     }
@@ -173,16 +298,24 @@ impl Mutator {
                         1 => v.wrapping_add(1),
                         _ => v,
                     };
-                    let i = if !structural.is_empty() && !r.chance(4) { structural[r.below(structural.len())] } else { at(r) };
+                    let i = if !structural.is_empty() && !r.chance(4) {
+                        structural[r.below(structural.len())]
+                    } else {
+                        at(r)
+                    };
                     let bytes = v.to_le_bytes();
-                    for k in 0..width {
+                    for (k, &byte) in bytes.iter().take(width).enumerate() {
                         if let Some(b) = d.get_mut(i + k) {
-                            *b = bytes[k];
+                            *b = byte;
                         }
                     }
                 }
                 4 if len > 0 => {
-                    let cut = if !structural.is_empty() && r.chance(2) { structural[r.below(structural.len())] } else { at(r) };
+                    let cut = if !structural.is_empty() && r.chance(2) {
+                        structural[r.below(structural.len())]
+                    } else {
+                        at(r)
+                    };
                     d.truncate(cut);
                 }
                 5 if len > 0 => {
@@ -243,9 +376,34 @@ impl Mutator {
 
 /// Field names of the request types, for JSON-aware mutations.
 const REQUEST_FIELDS: [&str; 28] = [
-    "messages", "max_tokens", "max_completion_tokens", "stream", "stream_options", "include_usage", "temperature", "top_p",
-    "top_k", "min_p", "repeat_penalty", "repeat_last_n", "seed", "stop", "ignore_eos", "n", "tools", "response_format", "prompt",
-    "n_predict", "content", "add_special", "parse_special", "with_pieces", "tokens", "role", "type", "text",
+    "messages",
+    "max_tokens",
+    "max_completion_tokens",
+    "stream",
+    "stream_options",
+    "include_usage",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repeat_penalty",
+    "repeat_last_n",
+    "seed",
+    "stop",
+    "ignore_eos",
+    "n",
+    "tools",
+    "response_format",
+    "prompt",
+    "n_predict",
+    "content",
+    "add_special",
+    "parse_special",
+    "with_pieces",
+    "tokens",
+    "role",
+    "type",
+    "text",
 ];
 
 /// A request with its JSON body mutated as a value (so the body stays JSON and the mutation
@@ -257,7 +415,9 @@ fn mutate_request(data: &[u8], r: &mut Rng) -> Option<Vec<u8>> {
     let mut body: Value = serde_json::from_slice(&data[split + 1..]).ok()?;
     fn pointers(v: &Value, at: String, out: &mut Vec<String>) {
         match v {
-            Value::Object(m) => m.iter().for_each(|(k, x)| pointers(x, format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")), out)),
+            Value::Object(m) => m
+                .iter()
+                .for_each(|(k, x)| pointers(x, format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")), out)),
             Value::Array(a) => a.iter().enumerate().for_each(|(i, x)| pointers(x, format!("{at}/{i}"), out)),
             _ => {}
         }
@@ -525,7 +685,10 @@ fn main() {
         return write_corpus(Path::new(&dir));
     }
     let Some(target) = args.first().filter(|t| harness::TARGETS.contains(&t.as_str())).cloned() else {
-        eprintln!("usage: fuzz TARGET [--minutes M] [--cases N] [--seed S] [--out DIR]  (targets: {})", harness::TARGETS.join(", "));
+        eprintln!(
+            "usage: fuzz TARGET [--minutes M] [--cases N] [--seed S] [--out DIR]  (targets: {})",
+            harness::TARGETS.join(", ")
+        );
         std::process::exit(2);
     };
     if let Some(f) = arg(&args, "--replay") {
@@ -533,7 +696,8 @@ fn main() {
     }
     let out = PathBuf::from(arg(&args, "--out").unwrap_or_else(|| format!("target/fuzz/{target}")));
     std::fs::create_dir_all(out.join("findings")).expect("create the output folder");
-    let num = |name: &str, default: f64| arg(&args, name).map(|v| v.parse::<f64>().expect("a number")).unwrap_or(default);
+    let num =
+        |name: &str, default: f64| arg(&args, name).map(|v| v.parse::<f64>().expect("a number")).unwrap_or(default);
     if args.iter().any(|a| a == "--worker") {
         let deadline = num("--deadline", 60.0);
         worker(&target, num("--seed", 1.0) as u64, num("--cases", 1e12) as u64, deadline, &out);
@@ -561,7 +725,8 @@ fn main() {
             let slug: String = kind.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
             let path = out.join("findings").join(format!("{target}-{slug}-{n}"));
             std::fs::write(&path, &small).expect("save a finding");
-            std::fs::write(path.with_extension("txt"), format!("{kind}\n{detail}\n")).expect("save a finding's description");
+            std::fs::write(path.with_extension("txt"), format!("{kind}\n{detail}\n"))
+                .expect("save a finding's description");
             e.1.push(path);
         }
     };

@@ -41,7 +41,10 @@ fn tiny(dir: &std::path::Path) -> PathBuf {
 /// The ids `--verbose` says were sent to the model.
 fn sent_ids(o: &Output) -> String {
     let err = text(&o.stderr);
-    let line = err.lines().find_map(|l| l.strip_prefix("prompt tokens: ")).unwrap_or_else(|| panic!("no prompt tokens line: {err}"));
+    let line = err
+        .lines()
+        .find_map(|l| l.strip_prefix("prompt tokens: "))
+        .unwrap_or_else(|| panic!("no prompt tokens line: {err}"));
     line.trim().to_string()
 }
 
@@ -58,7 +61,21 @@ fn a_prompt_is_one_user_turn_through_the_chat_template() {
     assert!(text(&o.stderr).contains("generation: 4 tokens"), "{}", text(&o.stderr));
 
     // -sys is the system prompt (the built-in Mistral template puts it before the first turn)
-    let o = run(&["-m", m, "--chat-template", "mistral", "-sys", "Be brief.", "-p", "Hi", "-n", "2", "--temp", "0", "--verbose"]);
+    let o = run(&[
+        "-m",
+        m,
+        "--chat-template",
+        "mistral",
+        "-sys",
+        "Be brief.",
+        "-p",
+        "Hi",
+        "-n",
+        "2",
+        "--temp",
+        "0",
+        "--verbose",
+    ]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert_eq!(sent_ids(&o), tokenize("[INST] Be brief.\n\nHi [/INST]"));
 
@@ -80,7 +97,30 @@ fn a_prompt_is_one_user_turn_through_the_chat_template() {
 fn llama_cpp_flags_are_taken_and_flags_without_effect_say_so_once() {
     let Some(m) = model() else { return };
     let m = m.to_str().unwrap();
-    let o = run(&["-m", m, "-co", "-tb", "2", "-fa", "--mlock", "--no-mmap", "--no-warmup", "-mg", "0", "-ngl", "0", "--jinja", "--ctx_size", "256", "--top_k", "1", "-p", "Hi", "-n", "2"]);
+    let o = run(&[
+        "-m",
+        m,
+        "-co",
+        "-tb",
+        "2",
+        "-fa",
+        "--mlock",
+        "--no-mmap",
+        "--no-warmup",
+        "-mg",
+        "0",
+        "-ngl",
+        "0",
+        "--jinja",
+        "--ctx_size",
+        "256",
+        "--top_k",
+        "1",
+        "-p",
+        "Hi",
+        "-n",
+        "2",
+    ]);
     let err = text(&o.stderr);
     assert!(o.status.success(), "{err}");
     for flag in ["--color", "--threads-batch", "--flash-attn", "--mlock", "--no-mmap", "--no-warmup", "--main-gpu"] {
@@ -94,7 +134,8 @@ fn llama_cpp_flags_are_taken_and_flags_without_effect_say_so_once() {
     let greedy = run(&["-m", m, "-no-cnv", "-p", "Hi", "-n", "12", "--temp", "0", "--ignore-eos", "--log-disable"]);
     let full = text(&greedy.stdout);
     let stop = full["Hi".len()..].split_whitespace().nth(2).expect("a few words");
-    let o = run(&["-m", m, "-no-cnv", "-p", "Hi", "-n", "12", "--temp", "0", "--ignore-eos", "--log-disable", "-r", stop]);
+    let o =
+        run(&["-m", m, "-no-cnv", "-p", "Hi", "-n", "12", "--temp", "0", "--ignore-eos", "--log-disable", "-r", stop]);
     assert!(o.status.success());
     let cut = text(&o.stdout);
     assert!(cut.len() < full.len() && full.starts_with(cut.trim_end_matches('\n')), "{cut:?} is a prefix of {full:?}");
@@ -135,16 +176,30 @@ fn help_and_version() {
     let o = run(&["--help"]);
     assert!(o.status.success());
     let help = text(&o.stdout);
-    for needle in ["Model:", "Sampling:", "Generation:", "GPU:", "Server:", "-ngl", "-cnv", "-sys", "--temp", "opens the page in the browser"] {
+    for needle in [
+        "Model:",
+        "Sampling:",
+        "Generation:",
+        "GPU:",
+        "Server:",
+        "-ngl",
+        "-cnv",
+        "-sys",
+        "--temp",
+        "opens the page in the browser",
+    ] {
         assert!(help.contains(needle), "--help lacks {needle:?}: {help}");
     }
     let o = run(&["--version"]);
     assert!(o.status.success());
     let v = text(&o.stdout);
-    let commit = v.trim().strip_prefix("llamafile ").and_then(|r| r.split("(commit ").nth(1)).and_then(|r| r.strip_suffix(')'));
+    let commit =
+        v.trim().strip_prefix("llamafile ").and_then(|r| r.split("(commit ").nth(1)).and_then(|r| r.strip_suffix(')'));
     let commit = commit.unwrap_or_else(|| panic!("--version: {v:?}"));
     // In a git checkout, a commit of it (the binary may lag HEAD by a commit not yet built).
-    let git = |args: &[&str]| Command::new("git").arg("-C").arg(e2e::root()).args(args).output().ok().filter(|o| o.status.success());
+    let git = |args: &[&str]| {
+        Command::new("git").arg("-C").arg(e2e::root()).args(args).output().ok().filter(|o| o.status.success())
+    };
     if git(&["rev-parse", "HEAD"]).is_some() {
         let kind = git(&["cat-file", "-t", commit]).map(|o| text(&o.stdout));
         assert_eq!(kind.as_deref().map(str::trim), Some("commit"), "{commit} is no commit of this checkout");

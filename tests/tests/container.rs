@@ -94,7 +94,10 @@ fn data_offset(file: &Path, header: u64) -> u64 {
 
 /// The `weights offset:` value of `--info`.
 fn info_offset(info: &str) -> u64 {
-    let line = info.lines().find(|l| l.starts_with("weights offset:")).unwrap_or_else(|| panic!("no weights offset in:\n{info}"));
+    let line = info
+        .lines()
+        .find(|l| l.starts_with("weights offset:"))
+        .unwrap_or_else(|| panic!("no weights offset in:\n{info}"));
     line.split_whitespace().nth(2).unwrap().parse().unwrap()
 }
 
@@ -113,10 +116,15 @@ fn check_packed(packed: &Path, original: &Path) {
     let orig = std::fs::read(original).unwrap();
     let all = std::fs::read(packed).unwrap();
     assert!(all.len() as u64 >= offset + orig.len() as u64);
-    assert!(all[offset as usize..offset as usize + orig.len()] == orig[..], "{}: packed GGUF bytes differ", packed.display());
+    assert!(
+        all[offset as usize..offset as usize + orig.len()] == orig[..],
+        "{}: packed GGUF bytes differ",
+        packed.display()
+    );
     // Python's zipfile finds the entry at that offset with that size.
     if let Some(list) = python_zip_list(packed) {
-        let (_, header, size) = list.iter().find(|(n, _, _)| n == entry).unwrap_or_else(|| panic!("{entry} not in {list:?}"));
+        let (_, header, size) =
+            list.iter().find(|(n, _, _)| n == entry).unwrap_or_else(|| panic!("{entry} not in {list:?}"));
         assert_eq!(*size, orig.len() as u64);
         assert_eq!(data_offset(packed, *header), offset);
     } else {
@@ -126,7 +134,11 @@ fn check_packed(packed: &Path, original: &Path) {
     if have("unzip") {
         let out = run(Command::new("unzip").arg("-l").arg(packed));
         let t = text(&out.stdout);
-        assert!(out.status.success() && t.contains(entry) && t.contains(&orig.len().to_string()), "unzip -l: {t}{}", text(&out.stderr));
+        assert!(
+            out.status.success() && t.contains(entry) && t.contains(&orig.len().to_string()),
+            "unzip -l: {t}{}",
+            text(&out.stderr)
+        );
     } else {
         e2e::skip("unzip (the `unzip -l` check)", "apt-get install unzip");
     }
@@ -211,10 +223,20 @@ fn interrupted_pack_leaves_no_partial_output() {
             w.flush().unwrap();
         }
         let out = dir.path().join("big.llamafile");
-        let mut child = Command::new(pack()).arg("--runtime").arg(runtime()).arg("--gguf").arg(&g).arg("-o").arg(&out).spawn().unwrap();
+        let mut child = Command::new(pack())
+            .arg("--runtime")
+            .arg(runtime())
+            .arg("--gguf")
+            .arg(&g)
+            .arg("-o")
+            .arg(&out)
+            .spawn()
+            .unwrap();
         // Wait until the temporary output exists (pack is then writing), then interrupt.
         let t = std::time::Instant::now();
-        let tmp_exists = || std::fs::read_dir(dir.path()).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().ends_with(".tmp"));
+        let tmp_exists = || {
+            std::fs::read_dir(dir.path()).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().ends_with(".tmp"))
+        };
         while !tmp_exists() && t.elapsed() < std::time::Duration::from_secs(20) {
             if child.try_wait().unwrap().is_some() {
                 break;
@@ -230,7 +252,10 @@ fn interrupted_pack_leaves_no_partial_output() {
         assert!(killed.success());
         let status = child.wait().unwrap();
         assert_eq!(status.signal(), Some(sig), "pack should die of signal {sig}: {status:?}");
-        let left: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         assert_eq!(left, vec!["big.gguf".to_string()], "files left after signal {sig}");
     }
 }
@@ -257,7 +282,14 @@ fn sparse_gguf_over_4_gib_packs_with_zip64() {
     assert!(gguf_len > 4 << 30);
     let out = dir.path().join("big.llamafile");
     let t = std::time::Instant::now();
-    let r = run(Command::new(pack()).arg("--runtime").arg(runtime()).arg("--gguf").arg(&g).arg("-o").arg(&out).args(["--args", "-n 1"]));
+    let r = run(Command::new(pack())
+        .arg("--runtime")
+        .arg(runtime())
+        .arg("--gguf")
+        .arg(&g)
+        .arg("-o")
+        .arg(&out)
+        .args(["--args", "-n 1"]));
     assert!(r.status.success(), "{}", text(&r.stderr));
     eprintln!("packed a sparse {gguf_len}-byte GGUF in {:.2} s", t.elapsed().as_secs_f64());
     let m = std::fs::metadata(&out).unwrap();
@@ -277,12 +309,27 @@ fn sparse_gguf_over_4_gib_packs_with_zip64() {
     }
     if have("unzip") {
         let l = run(Command::new("unzip").arg("-l").arg(&out));
-        assert!(l.status.success() && text(&l.stdout).contains(&gguf_len.to_string()), "{}{}", text(&l.stdout), text(&l.stderr));
+        assert!(
+            l.status.success() && text(&l.stdout).contains(&gguf_len.to_string()),
+            "{}{}",
+            text(&l.stdout),
+            text(&l.stderr)
+        );
     }
     let l = run(Command::new(pack()).arg("--list").arg(&out));
-    assert!(l.status.success() && text(&l.stdout).contains(&format!(" {gguf_len} ")), "{}{}", text(&l.stdout), text(&l.stderr));
+    assert!(
+        l.status.success() && text(&l.stdout).contains(&format!(" {gguf_len} ")),
+        "{}{}",
+        text(&l.stdout),
+        text(&l.stderr)
+    );
     let info = run(Command::new(runtime()).arg("-m").arg(&out).arg("--info"));
-    assert!(info.status.success() && text(&info.stdout).contains("parameters:      1.07 B"), "{}{}", text(&info.stdout), text(&info.stderr));
+    assert!(
+        info.status.success() && text(&info.stdout).contains("parameters:      1.07 B"),
+        "{}{}",
+        text(&info.stdout),
+        text(&info.stderr)
+    );
 }
 
 /// A minimal ELF header: 32-bit ARM executable with an entry point and no sections.
@@ -328,18 +375,77 @@ fn bad_pack_inputs_fail_cleanly_and_leave_nothing() {
     let header_len = gguf_header(&[("general.architecture", "llama"), ("general.name", "small")], 64).len();
     let cases: Vec<(Vec<String>, &str, &str)> = vec![
         (vec!["--gguf".into(), write("magic.gguf", &bad_magic).display().to_string()], "not a GGUF", "bad magic"),
-        (vec!["--gguf".into(), write("version.gguf", &bad_version).display().to_string()], "unsupported GGUF version 7", "bad version"),
-        (vec!["--gguf".into(), write("header.gguf", &orig[..20]).display().to_string()], "truncated", "truncated header"),
-        (vec!["--gguf".into(), write("table.gguf", &orig[..header_len - 40]).display().to_string()], "truncated", "truncated tensor table"),
-        (vec!["--gguf".into(), write("data.gguf", &orig[..orig.len() - 1]).display().to_string()], "'big.weight'", "truncated tensor data"),
+        (
+            vec!["--gguf".into(), write("version.gguf", &bad_version).display().to_string()],
+            "unsupported GGUF version 7",
+            "bad version",
+        ),
+        (
+            vec!["--gguf".into(), write("header.gguf", &orig[..20]).display().to_string()],
+            "truncated",
+            "truncated header",
+        ),
+        (
+            vec!["--gguf".into(), write("table.gguf", &orig[..header_len - 40]).display().to_string()],
+            "truncated",
+            "truncated tensor table",
+        ),
+        (
+            vec!["--gguf".into(), write("data.gguf", &orig[..orig.len() - 1]).display().to_string()],
+            "'big.weight'",
+            "truncated tensor data",
+        ),
         (vec!["--gguf".into(), d.join("missing.gguf").display().to_string()], "missing.gguf", "missing GGUF"),
-        (vec!["--gguf".into(), d.display().to_string()], "a directory, not a regular file: a model must be a regular file", "directory as GGUF"),
-        (vec!["--gguf".into(), good.display().to_string(), "--runtime".into(), d.join("nope").display().to_string()], "nope: cannot open: No such file", "missing runtime"),
-        (vec!["--gguf".into(), good.display().to_string(), "--runtime".into(), write("text.sh", b"#!/bin/sh\necho hi\n").display().to_string()], "not an executable", "text file as runtime"),
-        (vec!["--gguf".into(), good.display().to_string(), "--runtime".into(), good.display().to_string()], "GGUF model, not the runtime", "GGUF as runtime"),
-        (vec!["--gguf".into(), good.display().to_string(), "--runtime".into(), write("arm", &arm_elf()).display().to_string()], "ARM (32-bit)", "other CPU"),
-        (vec!["--gguf".into(), good.display().to_string(), "--args".into(), "-p 'oops".into()], "never closed", "bad --args"),
-        (vec!["--gguf".into(), good.display().to_string(), "--args-file".into(), d.join("none.args").display().to_string()], "--args-file: ", "missing --args-file"),
+        (
+            vec!["--gguf".into(), d.display().to_string()],
+            "a directory, not a regular file: a model must be a regular file",
+            "directory as GGUF",
+        ),
+        (
+            vec!["--gguf".into(), good.display().to_string(), "--runtime".into(), d.join("nope").display().to_string()],
+            "nope: cannot open: No such file",
+            "missing runtime",
+        ),
+        (
+            vec![
+                "--gguf".into(),
+                good.display().to_string(),
+                "--runtime".into(),
+                write("text.sh", b"#!/bin/sh\necho hi\n").display().to_string(),
+            ],
+            "not an executable",
+            "text file as runtime",
+        ),
+        (
+            vec!["--gguf".into(), good.display().to_string(), "--runtime".into(), good.display().to_string()],
+            "GGUF model, not the runtime",
+            "GGUF as runtime",
+        ),
+        (
+            vec![
+                "--gguf".into(),
+                good.display().to_string(),
+                "--runtime".into(),
+                write("arm", &arm_elf()).display().to_string(),
+            ],
+            "ARM (32-bit)",
+            "other CPU",
+        ),
+        (
+            vec!["--gguf".into(), good.display().to_string(), "--args".into(), "-p 'oops".into()],
+            "never closed",
+            "bad --args",
+        ),
+        (
+            vec![
+                "--gguf".into(),
+                good.display().to_string(),
+                "--args-file".into(),
+                d.join("none.args").display().to_string(),
+            ],
+            "--args-file: ",
+            "missing --args-file",
+        ),
     ];
     let before: Vec<_> = std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name()).collect();
     let out = d.join("out.llamafile");
@@ -359,11 +465,24 @@ fn bad_pack_inputs_fail_cleanly_and_leave_nothing() {
     // output being an input.
     let r = run(Command::new(pack()).arg("--runtime").arg(runtime()).arg("--gguf").arg(&good).arg("-o").arg(&out));
     assert!(r.status.success(), "{}", text(&r.stderr));
-    let r = run(Command::new(pack()).arg("--runtime").arg(&out).arg("--gguf").arg(&good).arg("-o").arg(d.join("x.llamafile")));
+    let r = run(Command::new(pack())
+        .arg("--runtime")
+        .arg(&out)
+        .arg("--gguf")
+        .arg(&good)
+        .arg("-o")
+        .arg(d.join("x.llamafile")));
     expect_one_line_error(&r, "already has a zip appended", "llamafile as runtime");
     let r = run(Command::new(pack()).arg("--runtime").arg(runtime()).arg("--gguf").arg(&good).arg("-o").arg(&out));
     expect_one_line_error(&r, "already exists (use --force", "existing output");
-    let r = run(Command::new(pack()).arg("--runtime").arg(runtime()).arg("--gguf").arg(&good).arg("-o").arg(&good).arg("--force"));
+    let r = run(Command::new(pack())
+        .arg("--runtime")
+        .arg(runtime())
+        .arg("--gguf")
+        .arg(&good)
+        .arg("-o")
+        .arg(&good)
+        .arg("--force"));
     expect_one_line_error(&r, "is the GGUF input", "output = input");
     assert_eq!(std::fs::read(&good).unwrap(), orig, "the input was not touched");
     assert!(!d.join("x.llamafile").exists());
@@ -441,7 +560,14 @@ fn real_models_pack_and_describe_themselves() {
     for (file, arch) in models {
         let Some(g) = e2e::require_model(file) else { continue };
         let out = dir.path().join("m.llamafile");
-        let r = run(Command::new(pack()).arg("--runtime").arg(runtime()).arg("--gguf").arg(&g).arg("-o").arg(&out).arg("--force"));
+        let r = run(Command::new(pack())
+            .arg("--runtime")
+            .arg(runtime())
+            .arg("--gguf")
+            .arg(&g)
+            .arg("-o")
+            .arg(&out)
+            .arg("--force"));
         assert!(r.status.success(), "{}", text(&r.stderr));
         let info = run(Command::new(&out).arg("--info"));
         let t = text(&info.stdout);

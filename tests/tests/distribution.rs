@@ -44,7 +44,14 @@ fn tiny(dir: &Path) -> PathBuf {
 
 fn pack_tiny(dir: &Path, out: &str, extra: &[&str]) -> PathBuf {
     let out = dir.join(out);
-    ok(&run(pack().arg("--runtime").arg(e2e::bin("llamafile")).arg("--gguf").arg(tiny(dir)).args(["--args", "-n 4 --temp 0 --ignore-eos", "-o"]).arg(&out).args(extra)));
+    ok(&run(pack()
+        .arg("--runtime")
+        .arg(e2e::bin("llamafile"))
+        .arg("--gguf")
+        .arg(tiny(dir))
+        .args(["--args", "-n 4 --temp 0 --ignore-eos", "-o"])
+        .arg(&out)
+        .args(extra)));
     out
 }
 
@@ -99,17 +106,32 @@ fn sign_and_verify_with_a_key_and_reject_every_tampering() {
     std::fs::write(d.join("m"), &manifest).unwrap();
     std::fs::write(d.join("m.minisig"), read_entry(&signed, ".signature")).unwrap();
     match Command::new("minisign").arg("-Vm").arg(d.join("m")).arg("-p").arg(d.join("me.pub")).output() {
-        Ok(o) => assert!(o.status.success() && (text(&o.stderr) + &text(&o.stdout)).contains("Signature and comment signature verified"), "minisign: {}{}", text(&o.stdout), text(&o.stderr)),
+        Ok(o) => assert!(
+            o.status.success()
+                && (text(&o.stderr) + &text(&o.stdout)).contains("Signature and comment signature verified"),
+            "minisign: {}{}",
+            text(&o.stdout),
+            text(&o.stderr)
+        ),
         Err(_) => e2e::skip("the minisign tool", "apt-get install minisign"),
     }
 
     // Another key: refused, naming both key IDs.
     ok(&run(pack().arg("--keygen").arg(d.join("other"))));
-    one_line_error(&run(llamafile().arg("-m").arg(&signed).args(["--verify", "--pubkey"]).arg(d.join("other.pub"))), &format!("signed by key {id}, not by the given key"));
+    one_line_error(
+        &run(llamafile().arg("-m").arg(&signed).args(["--verify", "--pubkey"]).arg(d.join("other.pub"))),
+        &format!("signed by key {id}, not by the given key"),
+    );
     // Not a key file; an unsigned file.
-    one_line_error(&run(llamafile().arg("-m").arg(&signed).args(["--verify", "--pubkey"]).arg(d.join("m"))), "not a minisign public key");
+    one_line_error(
+        &run(llamafile().arg("-m").arg(&signed).args(["--verify", "--pubkey"]).arg(d.join("m"))),
+        "not a minisign public key",
+    );
     let plain = pack_tiny(d, "plain.llamafile", &[]);
-    one_line_error(&run(llamafile().arg("-m").arg(&plain).args(["--verify", "--pubkey"]).arg(d.join("me.pub"))), "not signed");
+    one_line_error(
+        &run(llamafile().arg("-m").arg(&plain).args(["--verify", "--pubkey"]).arg(d.join("me.pub"))),
+        "not signed",
+    );
 
     // Tampering: a byte of the runtime (no CRC covers it: the signature does), a byte of the
     // manifest (CRC fixed up, so only the signature catches it), an entry added after signing.
@@ -117,7 +139,10 @@ fn sign_and_verify_with_a_key_and_reject_every_tampering() {
     let bad = d.join("bad.llamafile");
     std::fs::copy(&signed, &bad).unwrap();
     flip(&bad, runtime_len / 2);
-    one_line_error(&run(llamafile().arg("-m").arg(&bad).args(["--verify", "--pubkey"]).arg(d.join("me.pub"))), "runtime differs from the signed manifest");
+    one_line_error(
+        &run(llamafile().arg("-m").arg(&bad).args(["--verify", "--pubkey"]).arg(d.join("me.pub"))),
+        "runtime differs from the signed manifest",
+    );
 
     let m = entries.iter().find(|e| e.name == ".manifest").unwrap();
     let mut forged = manifest.clone();
@@ -126,13 +151,23 @@ fn sign_and_verify_with_a_key_and_reject_every_tampering() {
     std::fs::copy(&signed, &bad).unwrap();
     std::fs::File::options().write(true).open(&bad).unwrap().write_all_at(&forged, m.data_offset).unwrap();
     fix_crc(&bad, ".manifest", &forged);
-    one_line_error(&run(llamafile().arg("-m").arg(&bad).args(["--verify", "--pubkey"]).arg(d.join("me.pub"))), "BAD signature");
+    one_line_error(
+        &run(llamafile().arg("-m").arg(&bad).args(["--verify", "--pubkey"]).arg(d.join("me.pub"))),
+        "BAD signature",
+    );
 
     // Upgrading without --sign drops the signature (with a warning); the result is unsigned.
     let up = d.join("up.llamafile");
     let o = run(pack().arg("--upgrade").arg(&signed).arg("--runtime").arg(e2e::bin("llamafile")).arg("-o").arg(&up));
-    assert!(o.status.success() && text(&o.stderr).contains(&format!("warning: the signature of key {id} is dropped")), "{}", text(&o.stderr));
-    one_line_error(&run(llamafile().arg("-m").arg(&up).args(["--verify", "--pubkey"]).arg(d.join("me.pub"))), "not signed");
+    assert!(
+        o.status.success() && text(&o.stderr).contains(&format!("warning: the signature of key {id} is dropped")),
+        "{}",
+        text(&o.stderr)
+    );
+    one_line_error(
+        &run(llamafile().arg("-m").arg(&up).args(["--verify", "--pubkey"]).arg(d.join("me.pub"))),
+        "not signed",
+    );
 }
 
 /// Rewrite the CRC-32 of entry `name` in its local header and the central directory (as a
@@ -155,7 +190,13 @@ fn fix_crc(path: &Path, name: &str, data: &[u8]) {
     let bytes = std::fs::read(path).unwrap();
     let old = e.crc32.to_le_bytes();
     // The central directory record: "PK\1\2", then the CRC at +16; found by its name after it.
-    let cd = bytes.windows(4).enumerate().filter(|(_, w)| *w == b"PK\x01\x02").map(|(i, _)| i).find(|&i| bytes[i + 46..].starts_with(name.as_bytes())).unwrap();
+    let cd = bytes
+        .windows(4)
+        .enumerate()
+        .filter(|(_, w)| *w == b"PK\x01\x02")
+        .map(|(i, _)| i)
+        .find(|&i| bytes[i + 46..].starts_with(name.as_bytes()))
+        .unwrap();
     assert_eq!(bytes[cd + 16..cd + 20], old);
     f.write_all_at(&crc.to_le_bytes(), cd as u64 + 16).unwrap();
 }
@@ -173,23 +214,45 @@ fn upgrade_swaps_the_runtime_and_keeps_every_entry() {
     bytes.extend(std::iter::repeat_n(0x5Au8, 70001));
     e2e::write_executable(&new_rt, &bytes);
 
-    let info = |f: &Path| ok(&run(Command::new(f).arg("--info"))).lines().filter(|l| !l.starts_with("file:") && !l.starts_with("weights offset:")).collect::<Vec<_>>().join("\n");
+    let info = |f: &Path| {
+        ok(&run(Command::new(f).arg("--info")))
+            .lines()
+            .filter(|l| !l.starts_with("file:") && !l.starts_with("weights offset:"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
     let generate = |f: &Path| ok(&run(Command::new(f).args(["-p", "a b", "--no-conversation", "--log-disable"])));
     let (info_before, text_before) = (info(&old), generate(&old));
 
     // To -o, signed again.
     let up = d.join("up.llamafile");
-    let o = run(pack().arg("--upgrade").arg(&old).arg("--runtime").arg(&new_rt).arg("-o").arg(&up).arg("--sign").arg(d.join("k.key")));
+    let o = run(pack()
+        .arg("--upgrade")
+        .arg(&old)
+        .arg("--runtime")
+        .arg(&new_rt)
+        .arg("-o")
+        .arg(&up)
+        .arg("--sign")
+        .arg(d.join("k.key")));
     assert!(o.status.success(), "{}", text(&o.stderr));
     let before = llamafile::bundle::zip_entries(&old).unwrap().unwrap();
     let after = llamafile::bundle::zip_entries(&up).unwrap().unwrap();
-    assert_eq!(after.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["tiny.gguf", ".args", ".manifest", ".signature"]);
+    assert_eq!(
+        after.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(),
+        ["tiny.gguf", ".args", ".manifest", ".signature"]
+    );
     let up_bytes = std::fs::read(&up).unwrap();
     let old_bytes = std::fs::read(&old).unwrap();
     assert_eq!(&up_bytes[..bytes.len()], &bytes[..], "the new runtime first");
     for (b, a) in before.iter().zip(&after) {
         assert_eq!((&b.name, b.size, b.crc32), (&a.name, a.size, a.crc32));
-        assert_eq!(&old_bytes[b.data_offset as usize..][..b.size as usize], &up_bytes[a.data_offset as usize..][..a.size as usize], "{} byte for byte", b.name);
+        assert_eq!(
+            &old_bytes[b.data_offset as usize..][..b.size as usize],
+            &up_bytes[a.data_offset as usize..][..a.size as usize],
+            "{} byte for byte",
+            b.name
+        );
     }
     assert_eq!(after[0].data_offset % 65536, 0, "the weights stay aligned");
     assert_ne!(after[0].data_offset, before[0].data_offset, "the offsets moved");
@@ -203,7 +266,8 @@ fn upgrade_swaps_the_runtime_and_keeps_every_entry() {
     assert!(o.status.success() && text(&o.stderr).contains("warning: the signature of key"), "{}", text(&o.stderr));
     assert_eq!(generate(&up), text_before);
     ok(&run(Command::new(&up).arg("--verify")));
-    let names: Vec<String> = std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let names: Vec<String> =
+        std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
 
     // Bad input: one line, nothing written or changed.
@@ -212,17 +276,37 @@ fn upgrade_swaps_the_runtime_and_keeps_every_entry() {
         (vec![up.clone().into(), "--runtime".into(), tiny(d).into()], "GGUF model, not the runtime"),
         (vec![tiny(d).into(), "--runtime".into(), new_rt.clone().into()], "not a llamafile"),
         (vec![up.clone().into(), "--runtime".into(), up.clone().into()], "already has a zip appended"),
-        (vec![up.clone().into(), "--runtime".into(), new_rt.clone().into(), "-o".into(), old.clone().into()], "already exists"),
-        (vec![up.clone().into(), "--runtime".into(), new_rt.clone().into(), "-o".into(), new_rt.clone().into(), "--force".into()], "is the runtime input"),
-        (vec![up.clone().into(), "--runtime".into(), new_rt.clone().into(), "--sign".into(), d.join("k.pub").into()], "not a minisign secret key"),
+        (
+            vec![up.clone().into(), "--runtime".into(), new_rt.clone().into(), "-o".into(), old.clone().into()],
+            "already exists",
+        ),
+        (
+            vec![
+                up.clone().into(),
+                "--runtime".into(),
+                new_rt.clone().into(),
+                "-o".into(),
+                new_rt.clone().into(),
+                "--force".into(),
+            ],
+            "is the runtime input",
+        ),
+        (
+            vec![up.clone().into(), "--runtime".into(), new_rt.clone().into(), "--sign".into(), d.join("k.pub").into()],
+            "not a minisign secret key",
+        ),
     ];
     for (args, want) in cases {
         let o = run(pack().arg("--upgrade").args(&args));
         let err = text(&o.stderr);
-        assert!(!o.status.success() && err.lines().count() == 1 && err.contains(want), "{args:?}: expected {want:?} in {err:?}");
+        assert!(
+            !o.status.success() && err.lines().count() == 1 && err.contains(want),
+            "{args:?}: expected {want:?} in {err:?}"
+        );
     }
     assert_eq!(std::fs::read(&up).unwrap(), snapshot);
-    let names: Vec<String> = std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let names: Vec<String> =
+        std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
 }
 
@@ -232,7 +316,18 @@ fn doctor_reports_every_section_on_the_binary_and_on_a_packed_llamafile() {
     let d = dir.path();
     ok(&run(pack().arg("--keygen").arg(d.join("k"))));
     let packed = pack_tiny(d, "doc.llamafile", &["--sign", d.join("k.key").to_str().unwrap()]);
-    let sections = ["== system", "== cpu", "kernels:", "== memory", "available:", "== gpu", "searched:", "nvidia:", "== file", "== binfmt_misc"];
+    let sections = [
+        "== system",
+        "== cpu",
+        "kernels:",
+        "== memory",
+        "available:",
+        "== gpu",
+        "searched:",
+        "nvidia:",
+        "== file",
+        "== binfmt_misc",
+    ];
     // The plain binary: no model, nothing embedded.
     let plain = ok(&run(llamafile().arg("--doctor")));
     for want in sections.iter().chain(&["model:       none", "zip:         none"]) {
@@ -246,13 +341,20 @@ fn doctor_reports_every_section_on_the_binary_and_on_a_packed_llamafile() {
     itself.args(["--doctor", "-c", "128"]);
     for mut cmd in [via_m, itself] {
         let out = ok(&run(&mut cmd));
-        for want in sections.iter().chain(&["context:     128 tokens (-c)", "KV cache:", "needs:", "intact:      OK: CRC-32 of 4 stored entries", "signed:      yes, by key"]) {
+        for want in sections.iter().chain(&[
+            "context:     128 tokens (-c)",
+            "KV cache:",
+            "needs:",
+            "intact:      OK: CRC-32 of 4 stored entries",
+            "signed:      yes, by key",
+        ]) {
             assert!(out.contains(want), "missing {want:?} in:\n{out}");
         }
         assert!(out.contains(&packed.display().to_string()), "{out}");
     }
     // A corrupted byte in the weights: reported in the file section, still exit 0.
-    let e = llamafile::bundle::zip_entries(&packed).unwrap().unwrap().into_iter().find(|e| e.name == "tiny.gguf").unwrap();
+    let e =
+        llamafile::bundle::zip_entries(&packed).unwrap().unwrap().into_iter().find(|e| e.name == "tiny.gguf").unwrap();
     flip(&packed, e.data_offset + e.size - 1);
     let out = ok(&run(llamafile().arg("-m").arg(&packed).arg("--doctor")));
     assert!(out.contains("intact:      NO: ") && out.contains("entry 'tiny.gguf' is corrupt"), "{out}");

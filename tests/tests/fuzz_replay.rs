@@ -182,7 +182,13 @@ fn main() {
             Err(why) => failures.push(format!("{}: {why}", input.name())),
         }
     }
-    println!("fuzz_replay: {} inputs, {} failed; slowest {} in {:?}", inputs.len(), failures.len(), slowest.1, slowest.0);
+    println!(
+        "fuzz_replay: {} inputs, {} failed; slowest {} in {:?}",
+        inputs.len(),
+        failures.len(),
+        slowest.1,
+        slowest.0
+    );
     if !failures.is_empty() {
         for f in &failures {
             println!("FAILED {f}");

@@ -4,10 +4,10 @@
 //! CPU result. The backend is the CPU reference cdylib (this machine has no GPU); it is
 //! chosen explicitly since it reports score 0 (not an accelerator).
 
+use e2e::reference_lib;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use e2e::reference_lib;
 
 /// The shared tolerances of ../shared/README.md for the tiny models.
 const MAX_MEAN_TOP10_DIFF: f64 = 0.15;
@@ -19,22 +19,10 @@ fn model(name: &str) -> PathBuf {
 }
 
 fn case_tokens(model: &str, case: &str) -> Vec<u32> {
-    let path = e2e::shared()
-        .join("reference")
-        .join(format!("{model}.json"));
+    let path = e2e::shared().join("reference").join(format!("{model}.json"));
     let v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let c = v["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == case)
-        .unwrap();
-    c["tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_u64().unwrap() as u32)
-        .collect()
+    let c = v["cases"].as_array().unwrap().iter().find(|c| c["name"] == case).unwrap();
+    c["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect()
 }
 
 struct Eval {
@@ -48,36 +36,16 @@ struct Eval {
 fn eval(model: &Path, tokens: &[u32], args: &[&str], env: &[(&str, &str)]) -> Eval {
     let list: Vec<String> = tokens.iter().map(|t| t.to_string()).collect();
     let mut cmd = Command::new(e2e::bin("llamafile"));
-    cmd.arg("-m")
-        .arg(model)
-        .args([
-            "--eval-tokens",
-            &list.join(","),
-            "--top",
-            "20",
-            "-n",
-            "2",
-            "-t",
-            "2",
-        ])
-        .args(args);
-    for v in [
-        "LLAMAFILE_GPU_BACKEND",
-        "LLAMAFILE_REFERENCE_FAULT",
-        "LLAMAFILE_REFERENCE_MEMORY",
-    ] {
+    cmd.arg("-m").arg(model).args(["--eval-tokens", &list.join(","), "--top", "20", "-n", "2", "-t", "2"]).args(args);
+    for v in ["LLAMAFILE_GPU_BACKEND", "LLAMAFILE_REFERENCE_FAULT", "LLAMAFILE_REFERENCE_MEMORY"] {
         cmd.env_remove(v);
     }
     cmd.envs(env.iter().copied());
     let out = cmd.output().expect("running llamafile");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        out.status.success(),
-        "llamafile {args:?} {env:?} failed: {stderr}"
-    );
+    assert!(out.status.success(), "llamafile {args:?} {env:?} failed: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
-    let v: Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stderr}"));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stderr}"));
     Eval {
         top: v["top10"]
             .as_array()
@@ -91,12 +59,7 @@ fn eval(model: &Path, tokens: &[u32], args: &[&str], env: &[(&str, &str)]) -> Ev
                     .collect()
             })
             .collect(),
-        nll: v["nll"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap())
-            .collect(),
+        nll: v["nll"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect(),
         stderr,
     }
 }
@@ -110,11 +73,7 @@ fn assert_close(what: &str, cpu: &Eval, gpu: &Eval, max_mean: f64) -> f64 {
         top1 += (c[0].0 == g[0].0) as usize;
         let floor = g.last().unwrap().1;
         for (id, l) in c.iter().take(10) {
-            let ours = g
-                .iter()
-                .find(|(i, _)| i == id)
-                .map(|x| x.1)
-                .unwrap_or(floor - 1.0);
+            let ours = g.iter().find(|(i, _)| i == id).map(|x| x.1).unwrap_or(floor - 1.0);
             sum += (ours - l).abs() as f64;
             n += 1;
         }
@@ -124,26 +83,14 @@ fn assert_close(what: &str, cpu: &Eval, gpu: &Eval, max_mean: f64) -> f64 {
     let nll = |e: &Eval| e.nll.iter().sum::<f64>() / e.nll.len() as f64;
     let (nc, ng) = (nll(cpu), nll(gpu));
     eprintln!("{what}: mean |Δlogit| top-10 {mean:.5}, top-1 {top1}/{positions}, mean NLL {ng:.5} vs {nc:.5}");
-    assert!(
-        mean <= max_mean,
-        "{what}: mean top-10 logit difference {mean}"
-    );
-    assert!(
-        top1 * 10 >= positions * 9 || top1 + 2 >= positions,
-        "{what}: top-1 {top1}/{positions}"
-    );
-    assert!(
-        (ng - nc).abs() <= 0.02 * nc.abs(),
-        "{what}: mean NLL {ng} vs {nc}"
-    );
+    assert!(mean <= max_mean, "{what}: mean top-10 logit difference {mean}");
+    assert!(top1 * 10 >= positions * 9 || top1 + 2 >= positions, "{what}: top-1 {top1}/{positions}");
+    assert!((ng - nc).abs() <= 0.02 * nc.abs(), "{what}: mean NLL {ng} vs {nc}");
     mean
 }
 
 fn warnings(stderr: &str) -> Vec<&str> {
-    stderr
-        .lines()
-        .filter(|l| l.starts_with("warning:"))
-        .collect()
+    stderr.lines().filter(|l| l.starts_with("warning:")).collect()
 }
 
 #[test]
@@ -151,21 +98,12 @@ fn ngl_0_2_and_all_layers_match_the_cpu() {
     let Some(_) = e2e::require_shared() else { return };
     let lib = reference_lib();
     let lib = lib.to_str().unwrap();
-    for m in [
-        "tiny-mistral-q4_k_m",
-        "tiny-mistral-q8_0",
-        "tiny-mistral-q5_k_m",
-    ] {
+    for m in ["tiny-mistral-q4_k_m", "tiny-mistral-q8_0", "tiny-mistral-q5_k_m"] {
         let path = model(m);
         let toks = case_tokens(m, "chat");
         let cpu = eval(&path, &toks, &[], &[]);
         for ngl in ["0", "2", "99"] {
-            let g = eval(
-                &path,
-                &toks,
-                &["-ngl", ngl],
-                &[("LLAMAFILE_GPU_BACKEND", lib)],
-            );
+            let g = eval(&path, &toks, &["-ngl", ngl], &[("LLAMAFILE_GPU_BACKEND", lib)]);
             assert!(warnings(&g.stderr).is_empty(), "-ngl {ngl}: {}", g.stderr);
             let d = assert_close(&format!("{m} -ngl {ngl}"), &cpu, &g, MAX_MEAN_TOP10_DIFF);
             if ngl == "0" {
@@ -180,12 +118,8 @@ fn verbose_says_where_each_layer_runs() {
     let Some(_) = e2e::require_shared() else { return };
     let m = model("tiny-mistral-q4_0");
     let toks = case_tokens("tiny-mistral-q4_0", "fox");
-    let g = eval(
-        &m,
-        &toks,
-        &["-ngl", "2", "--verbose"],
-        &[("LLAMAFILE_GPU_BACKEND", reference_lib().to_str().unwrap())],
-    );
+    let g =
+        eval(&m, &toks, &["-ngl", "2", "--verbose"], &[("LLAMAFILE_GPU_BACKEND", reference_lib().to_str().unwrap())]);
     let layer = |i: usize| {
         g.stderr
             .lines()
@@ -197,31 +131,14 @@ fn verbose_says_where_each_layer_runs() {
     assert!(layer(1).contains("cpu"), "{}", layer(1));
     assert!(layer(2).contains("reference"), "{}", layer(2));
     assert!(layer(3).contains("reference"), "{}", layer(3));
-    let out = g
-        .stderr
-        .lines()
-        .find(|l| l.starts_with("output"))
-        .expect("output line");
+    let out = g.stderr.lines().find(|l| l.starts_with("output")).expect("output line");
     // Not every layer on the device: the output layer stays on the CPU (as in llama.cpp).
     assert!(out.contains("cpu"), "{out}");
-    let all = eval(
-        &m,
-        &toks,
-        &["-ngl", "4", "--verbose"],
-        &[("LLAMAFILE_GPU_BACKEND", reference_lib().to_str().unwrap())],
-    );
-    let out = all
-        .stderr
-        .lines()
-        .find(|l| l.starts_with("output"))
-        .expect("output line");
+    let all =
+        eval(&m, &toks, &["-ngl", "4", "--verbose"], &[("LLAMAFILE_GPU_BACKEND", reference_lib().to_str().unwrap())]);
+    let out = all.stderr.lines().find(|l| l.starts_with("output")).expect("output line");
     assert!(out.contains("reference"), "-ngl 4 of 4 layers: {out}");
-    assert!(
-        g.stderr
-            .contains("gpu: reference backend from LLAMAFILE_GPU_BACKEND"),
-        "{}",
-        g.stderr
-    );
+    assert!(g.stderr.contains("gpu: reference backend from LLAMAFILE_GPU_BACKEND"), "{}", g.stderr);
 }
 
 /// A library that is not a backend, one with the wrong version, one whose init fails, a device
@@ -239,73 +156,39 @@ fn every_failure_warns_once_and_runs_on_the_cpu() {
     std::fs::write(&not_a_lib, b"this is not an ELF file").unwrap();
     // A real shared library without the symbol: the C library this test runs with.
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
-    let libc = maps
-        .split_whitespace()
-        .find(|w| w.contains("/libc.so") || w.contains("/libc-"))
-        .map(str::to_string);
+    let libc = maps.split_whitespace().find(|w| w.contains("/libc.so") || w.contains("/libc-")).map(str::to_string);
 
     // (environment, extra arguments, what the warning must say)
     type Case<'a> = (Vec<(&'a str, String)>, Vec<&'a str>, &'a str);
     // The reference backend's "version" fault reports the ABI version plus 1000.
     let bad_version = format!("ABI version {}", kernels_gpu::abi::ABI_VERSION + 1000);
     let mut cases: Vec<Case> = vec![
+        (vec![("LLAMAFILE_GPU_BACKEND", not_a_lib.display().to_string())], vec![], "cannot load"),
         (
-            vec![("LLAMAFILE_GPU_BACKEND", not_a_lib.display().to_string())],
-            vec![],
-            "cannot load",
-        ),
-        (
-            vec![
-                ("LLAMAFILE_GPU_BACKEND", lib.into()),
-                ("LLAMAFILE_REFERENCE_FAULT", "version".into()),
-            ],
+            vec![("LLAMAFILE_GPU_BACKEND", lib.into()), ("LLAMAFILE_REFERENCE_FAULT", "version".into())],
             vec![],
             bad_version.as_str(),
         ),
         (
-            vec![
-                ("LLAMAFILE_GPU_BACKEND", lib.into()),
-                ("LLAMAFILE_REFERENCE_FAULT", "init".into()),
-            ],
+            vec![("LLAMAFILE_GPU_BACKEND", lib.into()), ("LLAMAFILE_REFERENCE_FAULT", "init".into())],
             vec![],
             "initialisation failed",
         ),
         (
-            vec![
-                ("LLAMAFILE_GPU_BACKEND", lib.into()),
-                ("LLAMAFILE_REFERENCE_FAULT", "no-device".into()),
-            ],
+            vec![("LLAMAFILE_GPU_BACKEND", lib.into()), ("LLAMAFILE_REFERENCE_FAULT", "no-device".into())],
             vec![],
             "no device",
         ),
         (
-            vec![
-                ("LLAMAFILE_GPU_BACKEND", lib.into()),
-                ("LLAMAFILE_REFERENCE_MEMORY", "100000".into()),
-            ],
+            vec![("LLAMAFILE_GPU_BACKEND", lib.into()), ("LLAMAFILE_REFERENCE_MEMORY", "100000".into())],
             vec![],
             "out of device memory",
         ),
-        (
-            vec![("LLAMAFILE_GPU_BACKEND", lib.into())],
-            vec!["--gpu", "cuda"],
-            "is the reference backend, not cuda",
-        ),
-        (
-            vec![(
-                "LLAMAFILE_GPU_BACKEND",
-                "/nonexistent/libllamafile_gpu_x.so".into(),
-            )],
-            vec![],
-            "cannot load",
-        ),
+        (vec![("LLAMAFILE_GPU_BACKEND", lib.into())], vec!["--gpu", "cuda"], "is the reference backend, not cuda"),
+        (vec![("LLAMAFILE_GPU_BACKEND", "/nonexistent/libllamafile_gpu_x.so".into())], vec![], "cannot load"),
     ];
     if let Some(c) = &libc {
-        cases.push((
-            vec![("LLAMAFILE_GPU_BACKEND", c.clone())],
-            vec![],
-            "no symbol `llamafile_gpu_backend`",
-        ));
+        cases.push((vec![("LLAMAFILE_GPU_BACKEND", c.clone())], vec![], "no symbol `llamafile_gpu_backend`"));
     } else {
         eprintln!("note: libc not found in /proc/self/maps; the no-symbol case is covered by the ABI tests only");
     }
@@ -315,17 +198,8 @@ fn every_failure_warns_once_and_runs_on_the_cpu() {
         args.extend(extra);
         let g = eval(&m, &toks, &args, &env);
         let w = warnings(&g.stderr);
-        assert_eq!(
-            w.len(),
-            1,
-            "{env:?}: expected one warning, got:\n{}",
-            g.stderr
-        );
-        assert!(
-            w[0].contains(why) && w[0].contains("running all 4 layers on the CPU"),
-            "{env:?}: {}",
-            w[0]
-        );
+        assert_eq!(w.len(), 1, "{env:?}: expected one warning, got:\n{}", g.stderr);
+        assert!(w[0].contains(why) && w[0].contains("running all 4 layers on the CPU"), "{env:?}: {}", w[0]);
         assert_eq!(g.top, cpu.top, "{env:?}: the fallback must be the CPU path");
     }
 }
@@ -351,10 +225,7 @@ fn auto_skips_a_non_accelerator_and_disable_loads_nothing() {
             .env_remove("LLAMAFILE_GPU_BACKEND")
             .output()
             .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
     };
     let run = |args: &[&str]| {
         let (ok, stderr) = run_status(args);
@@ -374,10 +245,7 @@ fn auto_skips_a_non_accelerator_and_disable_loads_nothing() {
     assert!(warnings(&run(&[])).is_empty());
     // An unknown --gpu value is an error on one clear line.
     let (ok, bad) = run_status(&["-ngl", "99", "--gpu", "tpu"]);
-    assert!(
-        !ok && bad.trim().lines().count() == 1 && bad.contains("--gpu tpu"),
-        "{bad}"
-    );
+    assert!(!ok && bad.trim().lines().count() == 1 && bad.contains("--gpu tpu"), "{bad}");
 }
 
 /// The two real models (after scripts/fetch-model): Qwen2 (q/k/v biases, NEOX RoPE) and Gemma 3
@@ -392,19 +260,9 @@ fn real_models_offload_match_the_cpu() {
         let toks = case_tokens(m, "code");
         let cpu = eval(&path, &toks, &[], &[]);
         for ngl in ["3", "99"] {
-            let g = eval(
-                &path,
-                &toks,
-                &["-ngl", ngl],
-                &[("LLAMAFILE_GPU_BACKEND", lib.to_str().unwrap())],
-            );
+            let g = eval(&path, &toks, &["-ngl", ngl], &[("LLAMAFILE_GPU_BACKEND", lib.to_str().unwrap())]);
             assert!(warnings(&g.stderr).is_empty(), "{}", g.stderr);
-            assert_close(
-                &format!("{m} -ngl {ngl}"),
-                &cpu,
-                &g,
-                MAX_MEAN_TOP10_DIFF_REAL,
-            );
+            assert_close(&format!("{m} -ngl {ngl}"), &cpu, &g, MAX_MEAN_TOP10_DIFF_REAL);
         }
     }
 }

@@ -3,6 +3,7 @@
 //! models, and the logits must match the pure-CPU chain. Tokens are fed as one batch and then
 //! one by one, so the device-side KV cache is exercised across calls.
 
+use e2e::reference_lib;
 use kernels_gpu::abi;
 use llamafile::backend::cpu::CpuBackend;
 use llamafile::backend::gpu::{self, Candidate, GpuBackend, GpuChoice};
@@ -11,54 +12,31 @@ use llamafile::gguf::GgufFile;
 use llamafile::model::Model;
 use serde_json::Value;
 use std::sync::Arc;
-use e2e::reference_lib;
 
 mod arch_models;
 
 fn tokens(model: &str, n: usize) -> Vec<u32> {
-    let path = e2e::shared()
-        .join("reference")
-        .join(format!("{model}.json"));
+    let path = e2e::shared().join("reference").join(format!("{model}.json"));
     let v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let case = v["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "long")
-        .unwrap();
-    case["tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .take(n)
-        .map(|t| t.as_u64().unwrap() as u32)
-        .collect()
+    let case = v["cases"].as_array().unwrap().iter().find(|c| c["name"] == "long").unwrap();
+    case["tokens"].as_array().unwrap().iter().take(n).map(|t| t.as_u64().unwrap() as u32).collect()
 }
 
 /// Logits of every position: the first `batch` tokens in one forward, the rest one at a time.
 fn run(model: &Model, chain: &[Arc<dyn Backend>], toks: &[u32], batch: usize) -> Vec<f32> {
     let (e, nv) = (model.hp.n_embd, model.hp.n_vocab);
-    let mut states: Vec<Box<dyn BackendState>> = chain
-        .iter()
-        .map(|b| b.new_state(128, batch).unwrap())
-        .collect();
+    let mut states: Vec<Box<dyn BackendState>> = chain.iter().map(|b| b.new_state(128, batch).unwrap()).collect();
     let mut out = vec![0f32; toks.len() * nv];
     let mut x = vec![0f32; batch * e];
     let mut pos = 0;
     while pos < toks.len() {
         let n = if pos == 0 { batch.min(toks.len()) } else { 1 };
         for t in 0..n {
-            model
-                .embed(toks[pos + t], &mut x[t * e..(t + 1) * e])
-                .unwrap();
+            model.embed(toks[pos + t], &mut x[t * e..(t + 1) * e]).unwrap();
         }
         let last = states.len() - 1;
         for (i, st) in states.iter_mut().enumerate() {
-            let logits = if i == last {
-                Some(&mut out[pos * nv..(pos + n) * nv])
-            } else {
-                None
-            };
+            let logits = if i == last { Some(&mut out[pos * nv..(pos + n) * nv]) } else { None };
             st.forward(&mut x[..n * e], n, pos, logits).unwrap();
         }
         pos += n;
@@ -67,14 +45,10 @@ fn run(model: &Model, chain: &[Arc<dyn Backend>], toks: &[u32], batch: usize) ->
 }
 
 fn chosen() -> gpu::Chosen {
-    let cand = Candidate {
-        path: reference_lib(),
-        origin: "test".into(),
-        explicit: true,
-    };
+    let cand = Candidate { path: reference_lib(), origin: "test".into(), explicit: true };
     let mut why = Vec::new();
-    let c = gpu::choose(&[cand], GpuChoice::Auto, &mut why)
-        .unwrap_or_else(|| panic!("reference backend refused: {why:?}"));
+    let c =
+        gpu::choose(&[cand], GpuChoice::Auto, &mut why).unwrap_or_else(|| panic!("reference backend refused: {why:?}"));
     assert_eq!(c.lib.name(), "reference");
     c
 }
@@ -90,22 +64,11 @@ fn compare(name: &str, cpu: &[f32], ours: &[f32], nv: usize) {
         idx.sort_by(|&a, &b| c[b].total_cmp(&c[a]));
         let argmax_o = (0..nv).max_by(|&a, &b| o[a].total_cmp(&o[b])).unwrap();
         top1 += (argmax_o == idx[0]) as usize;
-        diff_top10 += idx[..10]
-            .iter()
-            .map(|&i| (c[i] - o[i]).abs() as f64)
-            .sum::<f64>()
-            / 10.0;
-        max_diff = max_diff.max(
-            c.iter()
-                .zip(o)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0, f32::max),
-        );
+        diff_top10 += idx[..10].iter().map(|&i| (c[i] - o[i]).abs() as f64).sum::<f64>() / 10.0;
+        max_diff = max_diff.max(c.iter().zip(o).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max));
     }
     let mean = diff_top10 / n as f64;
-    eprintln!(
-        "{name}: mean |Δlogit| over top-10 {mean:.5}, max |Δlogit| {max_diff:.5}, top-1 {top1}/{n}"
-    );
+    eprintln!("{name}: mean |Δlogit| over top-10 {mean:.5}, max |Δlogit| {max_diff:.5}, top-1 {top1}/{n}");
     // The shared tolerances. (Measured: identical to the last bit today, since the reference
     // backend uses the CPU path's kernels and summation orders; but a one-ulp change upstream of
     // an activation quantization can move random-weight logits by ~0.3, so no tighter bound.)
@@ -116,18 +79,15 @@ fn compare(name: &str, cpu: &[f32], ours: &[f32], nv: usize) {
 #[test]
 fn offload_matches_cpu_on_tiny_models() {
     let Some(_) = e2e::require_shared() else { return };
-    let models = [
-        "f16", "q8_0", "q6_k", "q5_k_m", "q5_0", "q4_k_m", "q4_0", "q3_k_m", "q2_k",
-    ]
-    .map(|t| format!("tiny-mistral-{t}"));
+    let models = ["f16", "q8_0", "q6_k", "q5_k_m", "q5_0", "q4_k_m", "q4_0", "q3_k_m", "q2_k"]
+        .map(|t| format!("tiny-mistral-{t}"));
     let ch = chosen();
     for m in &models {
         let path = e2e::shared().join("models").join(format!("{m}.gguf"));
         let model = Arc::new(Model::load(GgufFile::open(&path).unwrap()).unwrap());
         let n_layer = model.hp.n_layer;
         let toks = tokens(m, 40);
-        let cpu: Vec<Arc<dyn Backend>> =
-            vec![Arc::new(CpuBackend::new(model.clone(), 0..n_layer, true))];
+        let cpu: Vec<Arc<dyn Backend>> = vec![Arc::new(CpuBackend::new(model.clone(), 0..n_layer, true))];
         let want = run(&model, &cpu, &toks, 24);
         for ngl in [1usize, 2, n_layer] {
             // As backend::plan builds it: the output on the device only with every layer.
@@ -140,20 +100,12 @@ fn offload_matches_cpu_on_tiny_models() {
             }
             chain.push(Arc::new(g));
             if !all {
-                chain.push(Arc::new(CpuBackend::new(
-                    model.clone(),
-                    n_layer..n_layer,
-                    true,
-                )));
+                chain.push(Arc::new(CpuBackend::new(model.clone(), n_layer..n_layer, true)));
             }
             let lines = gpu::describe_chain(&chain, n_layer);
             assert!(lines[n_layer - 1].contains("reference"), "{lines:?}");
             assert_eq!(lines[0].contains("reference"), all, "{lines:?}");
-            assert_eq!(
-                lines[n_layer].contains("reference"),
-                all,
-                "output: {lines:?}"
-            );
+            assert_eq!(lines[n_layer].contains("reference"), all, "output: {lines:?}");
             let got = run(&model, &chain, &toks, 24);
             compare(&format!("{m} -ngl {ngl}"), &want, &got, model.hp.n_vocab);
         }
@@ -194,9 +146,8 @@ fn last_token_logits_only() {
     let model = Arc::new(Model::load(GgufFile::open(&path).unwrap()).unwrap());
     let (n_layer, e, nv) = (model.hp.n_layer, model.hp.n_embd, model.hp.n_vocab);
     let toks = tokens(m, 6);
-    let chain: Vec<Arc<dyn Backend>> = vec![Arc::new(
-        GpuBackend::new(model.clone(), &chosen(), 0..n_layer, true).unwrap(),
-    )];
+    let chain: Vec<Arc<dyn Backend>> =
+        vec![Arc::new(GpuBackend::new(model.clone(), &chosen(), 0..n_layer, true).unwrap())];
     let all = run(&model, &chain, &toks, 6);
     let mut st = chain[0].new_state(16, 6).unwrap();
     let mut x = vec![0f32; 6 * e];
@@ -206,15 +157,8 @@ fn last_token_logits_only() {
     let mut last = vec![0f32; nv];
     st.forward(&mut x, 6, 0, Some(&mut last)).unwrap();
     // The same row (one-token and many-token matrix kernels may round differently).
-    let worst = last
-        .iter()
-        .zip(&all[5 * nv..])
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
-    assert!(
-        worst < 1e-3,
-        "last-token logits differ from the last row by up to {worst}"
-    );
+    let worst = last.iter().zip(&all[5 * nv..]).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(worst < 1e-3, "last-token logits differ from the last row by up to {worst}");
     // Too large a batch is a clear error, not a crash.
     let mut big = vec![0f32; 7 * e];
     let err = st.forward(&mut big, 7, 0, None).unwrap_err().to_string();
@@ -230,10 +174,7 @@ fn unsupported_weight_types_and_small_devices_are_refused() {
     let model = Arc::new(Model::load(GgufFile::open(&path).unwrap()).unwrap());
     let mut ch = chosen();
     ch.info.free_memory = 1000;
-    let err = GpuBackend::new(model.clone(), &ch, 0..model.hp.n_layer, true)
-        .err()
-        .expect("must not fit")
-        .to_string();
+    let err = GpuBackend::new(model.clone(), &ch, 0..model.hp.n_layer, true).err().expect("must not fit").to_string();
     assert!(err.contains("out of device memory"), "{err}");
     assert!(abi::name_str(&ch.info.name).starts_with("CPU reference"));
 }
@@ -248,23 +189,14 @@ fn sessions_on_one_device_run_concurrently() {
     let path = e2e::shared().join("models").join(format!("{m}.gguf"));
     let model = Arc::new(Model::load(GgufFile::open(&path).unwrap()).unwrap());
     let n_layer = model.hp.n_layer;
-    let chain: Vec<Arc<dyn Backend>> = vec![Arc::new(
-        GpuBackend::new(model.clone(), &chosen(), 0..n_layer, true).unwrap(),
-    )];
-    let prompts: Vec<Vec<u32>> = (0..4)
-        .map(|i| tokens(m, 30 + 5 * i)[5 * i..].to_vec())
-        .collect();
+    let chain: Vec<Arc<dyn Backend>> =
+        vec![Arc::new(GpuBackend::new(model.clone(), &chosen(), 0..n_layer, true).unwrap())];
+    let prompts: Vec<Vec<u32>> = (0..4).map(|i| tokens(m, 30 + 5 * i)[5 * i..].to_vec()).collect();
     let alone: Vec<Vec<f32>> = prompts.iter().map(|p| run(&model, &chain, p, 8)).collect();
     std::thread::scope(|sc| {
-        let handles: Vec<_> = prompts
-            .iter()
-            .map(|p| sc.spawn(|| run(&model, &chain, p, 8)))
-            .collect();
+        let handles: Vec<_> = prompts.iter().map(|p| sc.spawn(|| run(&model, &chain, p, 8))).collect();
         for (h, want) in handles.into_iter().zip(&alone) {
-            assert!(
-                h.join().unwrap() == *want,
-                "a concurrent session got other logits"
-            );
+            assert!(h.join().unwrap() == *want, "a concurrent session got other logits");
         }
     });
 }

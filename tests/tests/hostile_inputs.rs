@@ -92,7 +92,11 @@ fn a_context_larger_than_memory_is_an_error_not_an_abort() {
     let m = write(dir.path(), "tiny.gguf", &tiny_model(&[], &[]));
     let e = one_line_error(&run("llamafile", &["-m", s(&m), "-c", "1000000000", "-p", "a", "-n", "1"]));
     assert!(e.starts_with("error: a context of 1000000000 tokens needs "), "{e}");
-    assert!(e.contains(" of memory for the KV cache and buffers, but ") && e.ends_with(" is available; choose a smaller context (-c)"), "{e}");
+    assert!(
+        e.contains(" of memory for the KV cache and buffers, but ")
+            && e.ends_with(" is available; choose a smaller context (-c)"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -100,7 +104,10 @@ fn server_slots_larger_than_memory_are_an_error_before_serving() {
     // Each slot has its own KV cache: all of them are checked at load, not when a slot is made.
     let dir = tempfile::tempdir().unwrap();
     let m = write(dir.path(), "tiny.gguf", &tiny_model(&[], &[]));
-    let e = one_line_error(&run("llamafile", &["-m", s(&m), "--server", "--nobrowser", "--port", "0", "-np", "100000000", "-c", "100000"]));
+    let e = one_line_error(&run(
+        "llamafile",
+        &["-m", s(&m), "--server", "--nobrowser", "--port", "0", "-np", "100000000", "-c", "100000"],
+    ));
     assert!(e.contains("100000000 slots with a context of 100000 tokens each need "), "{e}");
     assert!(e.ends_with(" is available; choose fewer slots (--parallel) or a smaller context (-c)"), "{e}");
 }
@@ -109,17 +116,33 @@ fn server_slots_larger_than_memory_are_an_error_before_serving() {
 fn invalid_metadata_is_refused_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     for (key, value, want) in [
-        ("llama.rope.freq_base", MetaValue::F32(f32::NAN), "llama.rope.freq_base is NaN: a positive finite number expected"),
-        ("llama.attention.layer_norm_rms_epsilon", MetaValue::F32(0.0), "llama.attention.layer_norm_rms_epsilon is 0: a positive"),
+        (
+            "llama.rope.freq_base",
+            MetaValue::F32(f32::NAN),
+            "llama.rope.freq_base is NaN: a positive finite number expected",
+        ),
+        (
+            "llama.attention.layer_norm_rms_epsilon",
+            MetaValue::F32(0.0),
+            "llama.attention.layer_norm_rms_epsilon is 0: a positive",
+        ),
         ("llama.rope.dimension_count", MetaValue::U32(0), "llama.rope.dimension_count is 0: an even number"),
-        ("llama.rope.scaling.type", MetaValue::String("yarn".into()), "llama.rope.scaling.type is 'yarn': only none and linear"),
+        (
+            "llama.rope.scaling.type",
+            MetaValue::String("yarn".into()),
+            "llama.rope.scaling.type is 'yarn': only none and linear",
+        ),
     ] {
         let m = write(dir.path(), "m.gguf", &tiny_model(&[(key, value)], &[]));
         let e = one_line_error(&run("llamafile", &["-m", s(&m), "-p", "a", "-n", "1"]));
         assert!(e.contains(want), "{key}: expected {want:?} in {e:?}");
     }
     let f = [0u8; 32];
-    let m = write(dir.path(), "m.gguf", &tiny_model(&[], &[TensorSpec { name: "rope_freqs.weight", dims: &[8], ggml_type: 0, data: &f }]));
+    let m = write(
+        dir.path(),
+        "m.gguf",
+        &tiny_model(&[], &[TensorSpec { name: "rope_freqs.weight", dims: &[8], ggml_type: 0, data: &f }]),
+    );
     let e = one_line_error(&run("llamafile", &["-m", s(&m), "-p", "a", "-n", "1"]));
     // Llama 3's per-dimension frequency factors are implemented; zeros would divide by zero.
     assert!(e.contains("tensor rope_freqs.weight: factor 0 is 0, a positive finite number expected"), "{e}");
@@ -136,7 +159,10 @@ fn overlapping_tensors_are_refused() {
     b[at..at + 8].copy_from_slice(&0u64.to_le_bytes());
     let m = write(dir.path(), "overlap.gguf", &b);
     let e = one_line_error(&run("llamafile", &["-m", s(&m), "--info"]));
-    assert!(e.starts_with(&format!("error: {}: tensor 'output_norm.weight' data offset 0 is wrong", m.display())), "{e}");
+    assert!(
+        e.starts_with(&format!("error: {}: tensor 'output_norm.weight' data offset 0 is wrong", m.display())),
+        "{e}"
+    );
 }
 
 #[test]
@@ -146,7 +172,13 @@ fn special_files_as_models_fail_at_once() {
     mkfifo(&fifo);
     for args in [vec!["-m", s(&fifo), "-p", "a"], vec!["-m", s(&fifo), "--info"]] {
         let e = one_line_error(&run("llamafile", &args));
-        assert_eq!(e, format!("error: {}: a FIFO (named pipe), not a regular file: a model must be a regular file", fifo.display()));
+        assert_eq!(
+            e,
+            format!(
+                "error: {}: a FIFO (named pipe), not a regular file: a model must be a regular file",
+                fifo.display()
+            )
+        );
     }
     let e = one_line_error(&run("llamafile", &["-m", "/dev/zero", "-p", "a"]));
     assert_eq!(e, "error: /dev/zero: a character device, not a regular file: a model must be a regular file");
@@ -156,7 +188,8 @@ fn special_files_as_models_fail_at_once() {
 fn a_prompt_file_is_read_up_to_what_the_context_holds() {
     let dir = tempfile::tempdir().unwrap();
     let m = write(dir.path(), "tiny.gguf", &tiny_model(&[], &[]));
-    let e = one_line_error(&run("llamafile", &["-m", s(&m), "-c", "64", "-f", "/dev/zero", "-n", "1", "--log-disable"]));
+    let e =
+        one_line_error(&run("llamafile", &["-m", s(&m), "-c", "64", "-f", "/dev/zero", "-n", "1", "--log-disable"]));
     assert_eq!(e, "error: /dev/zero: more than 5120 bytes: a prompt for a context of 64 tokens cannot be that long (use a larger -c)");
 }
 
@@ -184,14 +217,27 @@ fn control_bytes_from_the_file_never_reach_the_terminal() {
     // A corrupted tensor name in an error.
     let f = [0u8; 4];
     let name = &evil[..1000];
-    let m = write(dir.path(), "name.gguf", &tiny_model(&[], &[TensorSpec { name, dims: &[1], ggml_type: 0, data: &f }]));
+    let m =
+        write(dir.path(), "name.gguf", &tiny_model(&[], &[TensorSpec { name, dims: &[1], ggml_type: 0, data: &f }]));
     let e = one_line_error(&run("llamafile", &["-m", s(&m), "-p", "a"]));
     assert!(e.contains("tensor '\\x1b]0;pwned\\x07\\x1b[2J\\nfake: line\\0AAA"), "{e}");
     assert!(e.contains("…' is in the file but the llama architecture does not use it"), "{e}");
     assert!(!e.chars().any(|c| c.is_control()) && e.len() < 600, "{e:?}");
     // The packer's listing.
     let out = dir.path().join("evil.llamafile");
-    let r = run("pack", &["--runtime", s(&e2e::bin("llamafile")), "--gguf", s(&dir.path().join("evil.gguf")), "-o", s(&out), "--args", "-p '\x1b[2J'"]);
+    let r = run(
+        "pack",
+        &[
+            "--runtime",
+            s(&e2e::bin("llamafile")),
+            "--gguf",
+            s(&dir.path().join("evil.gguf")),
+            "-o",
+            s(&out),
+            "--args",
+            "-p '\x1b[2J'",
+        ],
+    );
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     let r = run("pack", &["--list", s(&out)]);
     assert_eq!(r.code, Some(0), "{}", r.stderr);
@@ -230,14 +276,24 @@ fn pack_refuses_special_inputs_and_outputs() {
             [&["--runtime", rt, "--gguf", m, "-o", o][..], force].concat()
         }
         let with = |o| with(s(&rt), s(&m), o, force);
-        assert_eq!(pack(&with(s(&fifo))), format!("pack: error: {f}: a FIFO (named pipe), not a regular file: the output must be a regular file"));
+        assert_eq!(
+            pack(&with(s(&fifo))),
+            format!("pack: error: {f}: a FIFO (named pipe), not a regular file: the output must be a regular file")
+        );
         let sub = dir.path().display().to_string();
-        assert_eq!(pack(&with(&sub)), format!("pack: error: {sub}: a directory, not a regular file: the output must be a regular file"));
-        assert_eq!(pack(&with("/dev/null")), "pack: error: /dev/null: a character device, not a regular file: the output must be a regular file");
+        assert_eq!(
+            pack(&with(&sub)),
+            format!("pack: error: {sub}: a directory, not a regular file: the output must be a regular file")
+        );
+        assert_eq!(
+            pack(&with("/dev/null")),
+            "pack: error: /dev/null: a character device, not a regular file: the output must be a regular file"
+        );
     }
     assert!(std::fs::metadata("/dev/null").map(|m| !m.is_file()).unwrap(), "/dev/null is still a device");
     assert!(!out.exists());
-    let mut names: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     names.sort();
     assert_eq!(names, ["p.fifo", "tiny.gguf"], "nothing left behind");
 }

@@ -13,7 +13,8 @@ const MAX_GLIBC: [u32; 3] = [2, 17, 0];
 /// The libraries they may link: glibc's (the dynamic loader among them) and libgcc_s, which
 /// every glibc system has. Nothing else: no libstdc++, no OpenSSL, no CUDA (GPU backends are
 /// opened at run time with dlopen).
-const ALLOWED_LIBS: [&str; 6] = ["libc.so.6", "libm.so.6", "libpthread.so.0", "libdl.so.2", "libgcc_s.so.1", "ld-linux-x86-64.so.2"];
+const ALLOWED_LIBS: [&str; 6] =
+    ["libc.so.6", "libm.so.6", "libpthread.so.0", "libdl.so.2", "libgcc_s.so.1", "ld-linux-x86-64.so.2"];
 
 /// What an ELF executable needs from the system: DT_NEEDED libraries, and every
 /// (library, symbol version) pair of its version-needs table.
@@ -25,7 +26,8 @@ struct Needs {
 fn needs(path: &Path) -> Needs {
     let data = std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     let data = &data[..];
-    let file = ElfFile64::<Endianness>::parse(data).unwrap_or_else(|e| panic!("{}: not a 64-bit ELF: {e}", path.display()));
+    let file =
+        ElfFile64::<Endianness>::parse(data).unwrap_or_else(|e| panic!("{}: not a 64-bit ELF: {e}", path.display()));
     let endian = file.endian();
     let sections = file.elf_section_table();
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
@@ -88,7 +90,8 @@ fn the_reader_finds_libc_and_its_versions_in_the_built_binaries() {
         let p = e2e::bin(name);
         let n = needs(&p);
         assert!(n.libs.iter().any(|l| l == "libc.so.6"), "{}: NEEDED {:?}", p.display(), n.libs);
-        let newest = newest_glibc(&n).unwrap_or_else(|| panic!("{}: no GLIBC_ version found in {:?}", p.display(), n.versions));
+        let newest =
+            newest_glibc(&n).unwrap_or_else(|| panic!("{}: no GLIBC_ version found in {:?}", p.display(), n.versions));
         assert!(newest >= [2, 2, 5], "{}: {newest:?}", p.display());
         eprintln!("{}: needs glibc {} and {:?}", p.display(), show(newest), n.libs);
     }
@@ -104,8 +107,19 @@ fn portable_binaries_need_glibc_2_17_and_base_libraries_only() {
         let p = e2e::bin(name);
         let n = needs(&p);
         let newest = newest_glibc(&n).unwrap_or_else(|| panic!("{}: no GLIBC_ version found", p.display()));
-        let too_new: Vec<&String> = n.versions.iter().filter(|(_, v)| glibc_version(v).is_some_and(|g| g > MAX_GLIBC)).map(|(_, v)| v).collect();
-        assert!(newest <= MAX_GLIBC, "{}: needs glibc {} (symbol versions {too_new:?}); at most {} is allowed", p.display(), show(newest), show(MAX_GLIBC));
+        let too_new: Vec<&String> = n
+            .versions
+            .iter()
+            .filter(|(_, v)| glibc_version(v).is_some_and(|g| g > MAX_GLIBC))
+            .map(|(_, v)| v)
+            .collect();
+        assert!(
+            newest <= MAX_GLIBC,
+            "{}: needs glibc {} (symbol versions {too_new:?}); at most {} is allowed",
+            p.display(),
+            show(newest),
+            show(MAX_GLIBC)
+        );
         for lib in n.libs.iter().chain(n.versions.iter().map(|(l, _)| l)) {
             assert!(ALLOWED_LIBS.contains(&lib.as_str()), "{}: links {lib}, not one of {ALLOWED_LIBS:?}", p.display());
         }

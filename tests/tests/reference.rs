@@ -42,7 +42,13 @@ fn load_reference(path: &Path) -> Vec<Case> {
                 .as_array()
                 .unwrap()
                 .iter()
-                .map(|pos| pos.as_array().unwrap().iter().map(|p| (p[0].as_u64().unwrap() as u32, p[1].as_f64().unwrap() as f32)).collect())
+                .map(|pos| {
+                    pos.as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|p| (p[0].as_u64().unwrap() as u32, p[1].as_f64().unwrap() as f32))
+                        .collect()
+                })
                 .collect(),
             nll: c["nll"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect(),
             greedy: ids(&c["greedy"]),
@@ -86,7 +92,13 @@ fn run_eval(model: &Path, tokens: &[u32], threads: usize, isa: Option<&str>, n_g
             .as_array()
             .unwrap()
             .iter()
-            .map(|pos| pos.as_array().unwrap().iter().map(|p| (p[0].as_u64().unwrap() as u32, p[1].as_f64().unwrap() as f32)).collect())
+            .map(|pos| {
+                pos.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| (p[0].as_u64().unwrap() as u32, p[1].as_f64().unwrap() as f32))
+                    .collect()
+            })
             .collect(),
         nll: v["nll"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect(),
         greedy: ids(&v["greedy"]),
@@ -164,7 +176,14 @@ fn check(model: &Path, reference: &Path, max_diff: f64, runs: &[(usize, Option<&
 }
 
 /// `check`, with more arguments for the binary.
-fn check_args(model: &Path, reference: &Path, max_diff: f64, runs: &[(usize, Option<&str>)], cases: Option<&[&str]>, extra: &[&str]) {
+fn check_args(
+    model: &Path,
+    reference: &Path,
+    max_diff: f64,
+    runs: &[(usize, Option<&str>)],
+    cases: Option<&[&str]>,
+    extra: &[&str],
+) {
     let limits = |_: &str| Limits { max_diff, max_nll_rel: 0.02, short_top1_slack: 2, top1_tie: 0.0 };
     check_with_args(model, reference, &limits, runs, cases, extra)
 }
@@ -200,7 +219,11 @@ fn check_with_args(
             let o = run_eval(model, &c.tokens, threads, isa, c.greedy.len(), extra);
             let Limits { max_diff, max_nll_rel, short_top1_slack, top1_tie } = limits(&c.name);
             let v = compare(c, &o, top1_tie);
-            let need_top1 = if v.positions >= 20 { (v.positions as f64 * 0.9).ceil() as usize } else { v.positions.saturating_sub(short_top1_slack) };
+            let need_top1 = if v.positions >= 20 {
+                (v.positions as f64 * 0.9).ceil() as usize
+            } else {
+                v.positions.saturating_sub(short_top1_slack)
+            };
             let nll_rel = (v.nll_ours - v.nll_ref).abs() / v.nll_ref.abs().max(1e-9);
             let line = format!(
                 "{} {} t={} isa={}: mean|dlogit| {:.4} (max {max_diff}), top-1 {}/{} + {} near-ties within {top1_tie} (need {need_top1}), mean NLL {:.4} vs {:.4} ({:.2}%, max {:.0}%), greedy agrees for {}/{} tokens, {} ref ids outside our top-{OUR_TOP}",
@@ -345,7 +368,13 @@ fn gemma3_270m() {
 fn qwen2_5_coder_0_5b() {
     let Some(model) = real_model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf") else { return };
     let reference = e2e::shared().join("reference/qwen2.5-coder-0.5b-instruct-q4_k_m.json");
-    check(&model, &reference, 0.25, &[(1, Some("scalar")), (2, Some("avx2")), (2, Some("avx512"))], Some(&["fox", "code"]));
+    check(
+        &model,
+        &reference,
+        0.25,
+        &[(1, Some("scalar")), (2, Some("avx2")), (2, Some("avx512"))],
+        Some(&["fox", "code"]),
+    );
 }
 
 #[test]
@@ -446,7 +475,11 @@ fn iq4_model(shared: &Path, ty: &str, sha256: &str) -> PathBuf {
         "iq4_xs" => (WeightType::IQ4_XS, 30),
         _ => unreachable!(),
     };
-    pinned(&format!("tiny-mistral-{ty}.gguf"), || quantize_gguf(&shared.join("models/tiny-mistral-f16.gguf"), main, file_type), sha256)
+    pinned(
+        &format!("tiny-mistral-{ty}.gguf"),
+        || quantize_gguf(&shared.join("models/tiny-mistral-f16.gguf"), main, file_type),
+        sha256,
+    )
 }
 
 fn tiny_iq4(ty: &str, sha256: &str) {
@@ -479,7 +512,12 @@ fn check_tokenize(model: &Path, reference: &Path) {
     assert!(!entries.is_empty());
     for e in entries {
         let (text, parse) = (e["text"].as_str().unwrap(), e["parse_special"].as_bool().unwrap());
-        assert_eq!(tok.encode(text, true, parse).unwrap(), ids(&e["ids"]), "{}: {text:?} parse_special={parse}", model.display());
+        assert_eq!(
+            tok.encode(text, true, parse).unwrap(),
+            ids(&e["ids"]),
+            "{}: {text:?} parse_special={parse}",
+            model.display()
+        );
     }
 }
 
@@ -487,12 +525,15 @@ fn data_reference(name: &str) -> PathBuf {
     e2e::root().join(format!("tests/data/reference/{name}.json"))
 }
 
-
 #[test]
 fn tiny_llama3() {
     let Some(_) = e2e::require_shared() else { return };
     let Some(vocab) = e2e::require_model("llama-3.2-tokenizer.json") else { return };
-    let model = pinned("tiny-llama3.gguf", || arch_models::build(&arch_models::llama3_layout(), &arch_models::llama3_vocab(&vocab, "llama-bpe")), TINY_LLAMA3_SHA256);
+    let model = pinned(
+        "tiny-llama3.gguf",
+        || arch_models::build(&arch_models::llama3_layout(), &arch_models::llama3_vocab(&vocab, "llama-bpe")),
+        TINY_LLAMA3_SHA256,
+    );
     let reference = data_reference("tiny-llama3");
     check_tokenize(&model, &reference);
     check(&model, &reference, 0.15, &[(2, None)], None);
@@ -505,12 +546,12 @@ fn tiny_llama3() {
 }
 const TINY_LLAMA3_SHA256: &str = "51cd9ad690943bec42ff785b2b5a868a822ae36cacc98d33edda2685f020a351";
 
-
 #[test]
 fn tiny_qwen3() {
     let Some(shared) = e2e::require_shared() else { return };
     let vocab = arch_models::vocab_of_gguf(&shared.join("vocab/qwen2.5-coder.vocab.gguf"));
-    let model = pinned("tiny-qwen3.gguf", || arch_models::build(&arch_models::qwen3_layout(), &vocab), TINY_QWEN3_SHA256);
+    let model =
+        pinned("tiny-qwen3.gguf", || arch_models::build(&arch_models::qwen3_layout(), &vocab), TINY_QWEN3_SHA256);
     let reference = data_reference("tiny-qwen3");
     check_tokenize(&model, &reference);
     check(&model, &reference, 0.15, &[(2, None)], None);
@@ -518,32 +559,46 @@ fn tiny_qwen3() {
 }
 const TINY_QWEN3_SHA256: &str = "77db13d0e2c9f428df628d7b591eb11959da84525ab8e0be7a80794fada0f524";
 
-
 #[test]
 fn tiny_mistral_nemo() {
     let Some(_) = e2e::require_shared() else { return };
     let Some(vocab) = e2e::require_model("llama-3.2-tokenizer.json") else { return };
-    let model = pinned("tiny-nemo.gguf", || arch_models::build(&arch_models::nemo_layout(), &arch_models::llama3_vocab(&vocab, "tekken")), TINY_NEMO_SHA256);
+    let model = pinned(
+        "tiny-nemo.gguf",
+        || arch_models::build(&arch_models::nemo_layout(), &arch_models::llama3_vocab(&vocab, "tekken")),
+        TINY_NEMO_SHA256,
+    );
     let reference = data_reference("tiny-nemo");
     check_tokenize(&model, &reference);
     // The reference ignores llama.attention.sliding_window: --swa-full gives its answers.
     check_args(&model, &reference, 0.15, &[(2, None)], None, &["--swa-full"]);
-    check_args(&model, &reference, 0.15, &[(1, Some("scalar")), (3, Some("avx2"))], Some(&["fox", "code"]), &["--swa-full"]);
+    check_args(
+        &model,
+        &reference,
+        0.15,
+        &[(1, Some("scalar")), (3, Some("avx2"))],
+        Some(&["fox", "code"]),
+        &["--swa-full"],
+    );
     // Without it the window holds: inputs within it are the same, the 700-token one is not.
     check(&model, &reference, 0.15, &[(2, None)], Some(&["fox", "chat", "code"]));
     let all = load_reference(&reference);
     let long = all.iter().find(|c| c.name == "long").unwrap();
     let v = compare(long, &run_eval(&model, &long.tokens, 2, None, long.greedy.len(), &[]), 0.0);
-    assert!(v.mean_diff > 0.5, "a 64-position window over 700 tokens must change the logits: mean |dlogit| {}", v.mean_diff);
+    assert!(
+        v.mean_diff > 0.5,
+        "a 64-position window over 700 tokens must change the logits: mean |dlogit| {}",
+        v.mean_diff
+    );
 }
 const TINY_NEMO_SHA256: &str = "d9d2c95d014507c4bef33334e18cc902717a4c4f8541673d1b685deb8ad2d472";
-
 
 #[test]
 fn tiny_gemma2() {
     let Some(shared) = e2e::require_shared() else { return };
     let vocab = arch_models::vocab_of_gguf(&shared.join("vocab/gemma-3-270m.vocab.gguf"));
-    let model = pinned("tiny-gemma2.gguf", || arch_models::build(&arch_models::gemma2_layout(), &vocab), TINY_GEMMA2_SHA256);
+    let model =
+        pinned("tiny-gemma2.gguf", || arch_models::build(&arch_models::gemma2_layout(), &vocab), TINY_GEMMA2_SHA256);
     let reference = data_reference("tiny-gemma2");
     check_tokenize(&model, &reference);
     check(&model, &reference, 0.15, &[(2, None)], None);
@@ -557,7 +612,11 @@ fn tiny_phi3() {
     // the reference does not load the Mistral/Llama 2 SentencePiece one with phi3).
     let Some(_) = e2e::require_shared() else { return };
     let Some(vocab) = e2e::require_model("llama-3.2-tokenizer.json") else { return };
-    let model = pinned("tiny-phi3.gguf", || arch_models::build(&arch_models::phi3_layout(), &arch_models::llama3_vocab(&vocab, "llama-bpe")), TINY_PHI3_SHA256);
+    let model = pinned(
+        "tiny-phi3.gguf",
+        || arch_models::build(&arch_models::phi3_layout(), &arch_models::llama3_vocab(&vocab, "llama-bpe")),
+        TINY_PHI3_SHA256,
+    );
     let reference = data_reference("tiny-phi3");
     check_tokenize(&model, &reference);
     check(&model, &reference, 0.15, &[(2, None)], None);

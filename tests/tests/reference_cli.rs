@@ -33,7 +33,18 @@ fn assert_clean_error(o: &Output, wanted: &str) {
 fn prompt_streams_the_prompt_then_deterministic_greedy_text_and_timings() {
     let Some(_) = e2e::require_shared() else { return };
     let m = model("q8_0");
-    let args = ["-m", m.to_str().unwrap(), "--no-conversation", "-p", "The quick brown fox", "-n", "12", "--temp", "0", "--ignore-eos"];
+    let args = [
+        "-m",
+        m.to_str().unwrap(),
+        "--no-conversation",
+        "-p",
+        "The quick brown fox",
+        "-n",
+        "12",
+        "--temp",
+        "0",
+        "--ignore-eos",
+    ];
     let a = llamafile(&args);
     assert!(a.status.success(), "{}", text(&a.stderr));
     let out = text(&a.stdout);
@@ -56,7 +67,20 @@ fn seeds_reproduce_sampled_text() {
     let Some(_) = e2e::require_shared() else { return };
     let m = model("q4_0");
     let run = |seed: &str| {
-        let o = llamafile(&["-m", m.to_str().unwrap(), "-p", "Once", "-n", "16", "--temp", "1.0", "-s", seed, "--ignore-eos", "--log-disable"]);
+        let o = llamafile(&[
+            "-m",
+            m.to_str().unwrap(),
+            "-p",
+            "Once",
+            "-n",
+            "16",
+            "--temp",
+            "1.0",
+            "-s",
+            seed,
+            "--ignore-eos",
+            "--log-disable",
+        ]);
         assert!(o.status.success(), "{}", text(&o.stderr));
         text(&o.stdout)
     };
@@ -87,7 +111,10 @@ fn bad_inputs_are_one_line_errors() {
     assert_clean_error(&llamafile(&["-m", v.to_str().unwrap(), "-p", "hi"]), "missing tensor token_embd.weight");
     assert_clean_error(&llamafile(&["-m", m.to_str().unwrap(), "--eval-tokens", "1,x"]), "'x' is not a token id");
     assert_clean_error(&llamafile(&["-m", m.to_str().unwrap(), "--eval-tokens", "1,99999"]), "outside the vocabulary");
-    assert_clean_error(&llamafile(&["-m", m.to_str().unwrap(), "-f", "/nonexistent/prompt.txt"]), "/nonexistent/prompt.txt");
+    assert_clean_error(
+        &llamafile(&["-m", m.to_str().unwrap(), "-f", "/nonexistent/prompt.txt"]),
+        "/nonexistent/prompt.txt",
+    );
     // an architecture nobody implements: a GGUF with one metadata key
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("mamba.gguf");
@@ -110,7 +137,17 @@ fn bad_inputs_are_one_line_errors() {
 fn eval_tokens_prints_one_json_object() {
     let Some(_) = e2e::require_shared() else { return };
     let m = model("q8_0");
-    let o = llamafile(&["-m", m.to_str().unwrap(), "--eval-tokens", "1,415,2936,9060", "--top", "5", "-n", "3", "--log-disable"]);
+    let o = llamafile(&[
+        "-m",
+        m.to_str().unwrap(),
+        "--eval-tokens",
+        "1,415,2936,9060",
+        "--top",
+        "5",
+        "-n",
+        "3",
+        "--log-disable",
+    ]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["tokens"], serde_json::json!([1, 415, 2936, 9060]));
@@ -146,10 +183,8 @@ fn chat_keeps_earlier_turns_in_the_cache() {
     let o = child.wait_with_output().unwrap();
     assert!(o.status.success(), "{}", text(&o.stderr));
     let err = text(&o.stderr);
-    let cached: Vec<usize> = err
-        .lines()
-        .filter_map(|l| l.split(" tokens (").nth(1)?.split(' ').next()?.parse().ok())
-        .collect();
+    let cached: Vec<usize> =
+        err.lines().filter_map(|l| l.split(" tokens (").nth(1)?.split(' ').next()?.parse().ok()).collect();
     assert_eq!(cached.len(), 2, "one timing line per turn: {err}");
     assert_eq!(cached[0], 0);
     assert!(cached[1] >= 10, "the second turn reuses the first from the cache: {err}");
@@ -161,10 +196,24 @@ fn perplexity_over_a_file() {
     let Some(_) = e2e::require_shared() else { return };
     let m = model("q8_0");
     let f = e2e::shared().join("reference/long.txt");
-    let o = llamafile(&["-m", m.to_str().unwrap(), "--perplexity", "-f", f.to_str().unwrap(), "-c", "128", "--log-disable"]);
+    let o = llamafile(&[
+        "-m",
+        m.to_str().unwrap(),
+        "--perplexity",
+        "-f",
+        f.to_str().unwrap(),
+        "-c",
+        "128",
+        "--log-disable",
+    ]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     let out = text(&o.stdout);
-    let ppl: f64 = out.split("PPL = ").nth(1).and_then(|s| s.split_whitespace().next()).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("{out}"));
+    let ppl: f64 = out
+        .split("PPL = ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
     // random weights: far from a real model, but finite and above 1
     assert!(ppl.is_finite() && ppl > 1.0, "{out}");
 }

@@ -15,10 +15,6 @@ fn fetch_model_shows_progress_and_verifies() {
     }
     let out = Command::new("python3").arg(e2e::root().join("tests/fetch_model_progress.py")).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "fetch-model checks failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "fetch-model checks failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("ok   on a terminal: a download progress bar reaching its total"), "{stdout}");
 }

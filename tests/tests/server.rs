@@ -28,7 +28,11 @@ fn server_answers_chat_completions_with_the_chat_template() {
     assert!(a["usage"]["completion_tokens"].as_u64().unwrap() <= 12, "{a}");
     // the prompt is exactly Mistral's template applied to the message
     let templated = s.post("/tokenize", &json!({ "content": "<s>[INST] Hi [/INST]" })).json();
-    assert_eq!(a["usage"]["prompt_tokens"].as_u64().unwrap() as usize, templated["tokens"].as_array().unwrap().len(), "{a}");
+    assert_eq!(
+        a["usage"]["prompt_tokens"].as_u64().unwrap() as usize,
+        templated["tokens"].as_array().unwrap().len(),
+        "{a}"
+    );
 
     // the same request streamed gives the same text, chunk by chunk, ending in [DONE]
     let mut sb = body.clone();
@@ -53,7 +57,19 @@ fn server_completion_matches_the_command_line() {
     let out = std::process::Command::new(e2e::bin("llamafile"))
         .arg("-m")
         .arg(&m)
-        .args(["--no-conversation", "-p", prompt, "-n", "16", "--temp", "0", "--no-display-prompt", "-t", "1", "--log-disable"])
+        .args([
+            "--no-conversation",
+            "-p",
+            prompt,
+            "-n",
+            "16",
+            "--temp",
+            "0",
+            "--no-display-prompt",
+            "-t",
+            "1",
+            "--log-disable",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -72,7 +88,9 @@ fn server_rejects_bad_requests_with_json_errors() {
     let Some(m) = tiny_model() else { return };
     let s = Server::start(&m, &["--server", "-c", "256"]);
     s.post_raw("/v1/chat/completions", b"{\"messages\": [}").assert_error(400, "malformed JSON");
-    let j = s.post("/v1/chat/completions", &json!({ "messages": user("x"), "max_tokens": "many" })).assert_error(400, "max_tokens");
+    let j = s
+        .post("/v1/chat/completions", &json!({ "messages": user("x"), "max_tokens": "many" }))
+        .assert_error(400, "max_tokens");
     assert_eq!(j["error"]["param"], "max_tokens");
     let long = "word ".repeat(400);
     let j = s.post("/v1/chat/completions", &json!({ "messages": user(&long) })).assert_error(400, "context");
@@ -83,7 +101,8 @@ fn server_rejects_bad_requests_with_json_errors() {
     s.get("/completion").assert_error(405, "GET");
     s.post("/detokenize", &json!({ "tokens": [1, 32000] })).assert_error(400, "32000");
     // the Mistral template only allows alternating user/assistant turns
-    s.post("/v1/chat/completions", &json!({ "messages": [{"role": "assistant", "content": "x"}] })).assert_error(400, "template");
+    s.post("/v1/chat/completions", &json!({ "messages": [{"role": "assistant", "content": "x"}] }))
+        .assert_error(400, "template");
     assert_eq!(s.get("/health").status, 200, "still serving");
 }
 
@@ -92,7 +111,12 @@ fn server_tokenizes_like_the_command_line() {
     let Some(m) = tiny_model() else { return };
     let s = Server::start(&m, &["--server"]);
     let text = "Hello world! <s> [INST]";
-    let out = std::process::Command::new(e2e::bin("llamafile")).arg("-m").arg(&m).args(["--tokenize", "-p", text]).output().unwrap();
+    let out = std::process::Command::new(e2e::bin("llamafile"))
+        .arg("-m")
+        .arg(&m)
+        .args(["--tokenize", "-p", text])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let cli: Value = serde_json::from_slice(&out.stdout).unwrap();
     let j = s.post("/tokenize", &json!({ "content": text, "add_special": true })).json();
@@ -180,7 +204,12 @@ fn server_starts_without_a_prompt_and_stops_on_ctrl_c() {
     // a stream in flight when Ctrl-C comes ends properly
     let addr = s.addr.clone();
     let stream = std::thread::spawn(move || {
-        send(&addr, "POST", "/completion", json!({ "prompt": "Hi", "n_predict": 3000, "ignore_eos": true, "stream": true }).to_string().as_bytes())
+        send(
+            &addr,
+            "POST",
+            "/completion",
+            json!({ "prompt": "Hi", "n_predict": 3000, "ignore_eos": true, "stream": true }).to_string().as_bytes(),
+        )
     });
     s.wait_until("generating", Duration::from_secs(20), |s| s.get("/health").json()["slots_processing"] == 1);
     let status = s.interrupt(Duration::from_secs(10)).expect("exits within 10 s of Ctrl-C");
@@ -251,24 +280,62 @@ fn server_refuses_other_hosts_and_origins() {
     let own = format!("Host: {}", s.addr);
     let chat = json!({ "messages": user("Hi"), "max_tokens": 2 }).to_string();
     // DNS rebinding: the page's own name reaches the loopback server.
-    send_raw(&s.addr, &raw_request("POST", "/v1/chat/completions", &["Host: rebind.example:8080"], &chat)).assert_error(403, "Host");
+    send_raw(&s.addr, &raw_request("POST", "/v1/chat/completions", &["Host: rebind.example:8080"], &chat))
+        .assert_error(403, "Host");
     // A cross-origin "simple" request (no preflight): text/plain POST.
-    let r = send_raw(&s.addr, &raw_request("POST", "/v1/chat/completions", &[&own, "Origin: http://evil.example", "Content-Type: text/plain"], &chat));
+    let r = send_raw(
+        &s.addr,
+        &raw_request(
+            "POST",
+            "/v1/chat/completions",
+            &[&own, "Origin: http://evil.example", "Content-Type: text/plain"],
+            &chat,
+        ),
+    );
     r.assert_error(403, "cross-origin");
     // The page the server serves posts with its own origin.
-    let r = send_raw(&s.addr, &raw_request("POST", "/v1/chat/completions", &[&own, &format!("Origin: http://{}", s.addr)], &chat));
+    let r = send_raw(
+        &s.addr,
+        &raw_request("POST", "/v1/chat/completions", &[&own, &format!("Origin: http://{}", s.addr)], &chat),
+    );
     assert_eq!(r.status, 200, "{}", r.body);
     // An origin allowed by --cors-origin: the preflight, then the request.
     let pre = send_raw(
         &s.addr,
-        &raw_request("OPTIONS", "/v1/chat/completions", &[&own, "Origin: http://app.example:3000", "Access-Control-Request-Method: POST", "Access-Control-Request-Headers: content-type"], ""),
+        &raw_request(
+            "OPTIONS",
+            "/v1/chat/completions",
+            &[
+                &own,
+                "Origin: http://app.example:3000",
+                "Access-Control-Request-Method: POST",
+                "Access-Control-Request-Headers: content-type",
+            ],
+            "",
+        ),
     );
     assert_eq!(pre.status, 204, "{}", pre.headers);
     let h = pre.headers.to_ascii_lowercase();
-    assert!(h.contains("access-control-allow-origin: http://app.example:3000") && h.contains("access-control-allow-headers: content-type"), "{h}");
-    let r = send_raw(&s.addr, &raw_request("POST", "/v1/chat/completions", &[&own, "Origin: http://app.example:3000", "Content-Type: application/json"], &chat));
+    assert!(
+        h.contains("access-control-allow-origin: http://app.example:3000")
+            && h.contains("access-control-allow-headers: content-type"),
+        "{h}"
+    );
+    let r = send_raw(
+        &s.addr,
+        &raw_request(
+            "POST",
+            "/v1/chat/completions",
+            &[&own, "Origin: http://app.example:3000", "Content-Type: application/json"],
+            &chat,
+        ),
+    );
     assert_eq!(r.status, 200, "{}", r.body);
-    assert!(r.headers.to_ascii_lowercase().contains("access-control-allow-origin: http://app.example:3000"), "{}", r.headers);
+    assert!(
+        r.headers.to_ascii_lowercase().contains("access-control-allow-origin: http://app.example:3000"),
+        "{}",
+        r.headers
+    );
 }
 
 #[test]
@@ -291,7 +358,10 @@ fn server_closes_idle_connections_and_caps_them() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(s.get("/health").status, 200);
     // --max-connections 0 is refused on the command line.
-    let out = std::process::Command::new(e2e::bin("llamafile")).args(["--server", "--max-connections", "0"]).output().unwrap();
+    let out = std::process::Command::new(e2e::bin("llamafile"))
+        .args(["--server", "--max-connections", "0"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
@@ -342,7 +412,9 @@ fn server_real_model_answers_and_caches_the_conversation() {
     let Some(m) = real_model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf") else { return };
     let s = Server::start(&m, &["--server", "-c", "1024", "-t", "2"]);
     let q = "What is the capital of France? Answer in one word.";
-    let r1 = s.post("/v1/chat/completions", &json!({ "messages": user(q), "max_tokens": 8, "temperature": 1, "top_k": 1 })).json();
+    let r1 = s
+        .post("/v1/chat/completions", &json!({ "messages": user(q), "max_tokens": 8, "temperature": 1, "top_k": 1 }))
+        .json();
     let answer = r1["choices"][0]["message"]["content"].as_str().unwrap().to_string();
     assert!(answer.contains("Paris"), "{r1}");
     assert_eq!(r1["choices"][0]["finish_reason"], "stop", "ended at <|im_end|>: {r1}");
@@ -351,12 +423,20 @@ fn server_real_model_answers_and_caches_the_conversation() {
         { "role": "assistant", "content": answer },
         { "role": "user", "content": "And of Italy?" },
     ]);
-    let r2 = s.post("/v1/chat/completions", &json!({ "messages": turn2, "max_tokens": 8, "temperature": 1, "top_k": 1 })).json();
+    let r2 = s
+        .post("/v1/chat/completions", &json!({ "messages": turn2, "max_tokens": 8, "temperature": 1, "top_k": 1 }))
+        .json();
     assert!(r2["choices"][0]["message"]["content"].as_str().unwrap().contains("Rome"), "{r2}");
     let cached = r2["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap();
     assert!(cached >= r1["usage"]["prompt_tokens"].as_u64().unwrap(), "turn 2 reused only {cached} tokens: {r2}");
     // Greedy, after the cache holds the conversation, and fresh: the same answer.
-    let greedy = |cache: bool| s.post("/v1/chat/completions", &json!({ "messages": turn2, "max_tokens": 16, "temperature": 0, "cache_prompt": cache })).json();
+    let greedy = |cache: bool| {
+        s.post(
+            "/v1/chat/completions",
+            &json!({ "messages": turn2, "max_tokens": 16, "temperature": 0, "cache_prompt": cache }),
+        )
+        .json()
+    };
     let (cached_answer, fresh_answer) = (greedy(true), greedy(false));
     assert_eq!(cached_answer["choices"][0]["message"]["content"], fresh_answer["choices"][0]["message"]["content"]);
 }

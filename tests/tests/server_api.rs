@@ -31,7 +31,10 @@ fn named_events(body: &str) -> Vec<(String, Value)> {
         .filter_map(|ev| {
             let name = ev.lines().find_map(|l| l.strip_prefix("event: "))?;
             let data = ev.lines().find_map(|l| l.strip_prefix("data: "))?;
-            Some((name.to_string(), serde_json::from_str(data).unwrap_or_else(|e| panic!("event data not JSON ({e}): {data}"))))
+            Some((
+                name.to_string(),
+                serde_json::from_str(data).unwrap_or_else(|e| panic!("event data not JSON ({e}): {data}")),
+            ))
         })
         .collect()
 }
@@ -48,7 +51,11 @@ fn kinds(events: &[(String, Value)]) -> Vec<&str> {
 }
 
 fn metric(text: &str, name: &str) -> f64 {
-    text.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).unwrap_or_else(|| panic!("no {name} in:\n{text}")).parse().unwrap()
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+        .parse()
+        .unwrap()
 }
 
 #[test]
@@ -60,7 +67,20 @@ fn server_api_keys_alias_and_metrics() {
     let kf = key_file.to_str().unwrap();
     let s = Server::start(
         &m,
-        &["--server", "-c", "512", "--metrics", "--api-key", "k1,k2", "--api-key-file", kf, "--alias", "my-model", "--cors-origin", "http://example.com"],
+        &[
+            "--server",
+            "-c",
+            "512",
+            "--metrics",
+            "--api-key",
+            "k1,k2",
+            "--api-key-file",
+            kf,
+            "--alias",
+            "my-model",
+            "--cors-origin",
+            "http://example.com",
+        ],
     );
     assert_eq!(s.name, "my-model");
     // open: the page and /health
@@ -73,9 +93,15 @@ fn server_api_keys_alias_and_metrics() {
     let e = r.assert_error(401, "API key");
     assert_eq!(e["error"]["code"], "invalid_api_key");
     assert_eq!(r.header("www-authenticate").as_deref(), Some("Bearer"));
-    post_key(&s, "/v1/chat/completions", "k3", &json!({"messages": [{"role": "user", "content": "hi"}]})).assert_error(401, "invalid API key");
+    post_key(&s, "/v1/chat/completions", "k3", &json!({"messages": [{"role": "user", "content": "hi"}]}))
+        .assert_error(401, "invalid API key");
     assert_eq!(s.get("/metrics").status, 401);
-    for (h, v) in [("Authorization", "Bearer k1"), ("Authorization", "bearer k2"), ("Authorization", "Bearer file-key"), ("x-api-key", "k2")] {
+    for (h, v) in [
+        ("Authorization", "Bearer k1"),
+        ("Authorization", "bearer k2"),
+        ("Authorization", "Bearer file-key"),
+        ("x-api-key", "k2"),
+    ] {
         let r = send_with(&s, "GET", "/v1/models", &[(h, v)], b"");
         assert_eq!(r.status, 200, "{h}: {v}: {}", r.body);
         assert_eq!(r.json()["data"][0]["id"], "my-model", "--alias is the model's id");
@@ -83,16 +109,31 @@ fn server_api_keys_alias_and_metrics() {
     // Anthropic's error shape on its route
     let r = s.post("/v1/messages", &json!({"max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}));
     assert_eq!(r.status, 401);
-    assert_eq!(r.json(), json!({"type": "error", "error": {"type": "authentication_error", "message": r.json()["error"]["message"].clone()}}));
+    assert_eq!(
+        r.json(),
+        json!({"type": "error", "error": {"type": "authentication_error", "message": r.json()["error"]["message"].clone()}})
+    );
     // a CORS preflight is answered without a key (browsers never send one there)
-    let pre = send_with(&s, "OPTIONS", "/v1/chat/completions", &[("Origin", "http://example.com"), ("Access-Control-Request-Method", "POST")], b"");
+    let pre = send_with(
+        &s,
+        "OPTIONS",
+        "/v1/chat/completions",
+        &[("Origin", "http://example.com"), ("Access-Control-Request-Method", "POST")],
+        b"",
+    );
     assert_eq!(pre.status, 204, "{}", pre.body);
 
     // the counters follow the usage the responses report; every response names the alias
     let before = send_with(&s, "GET", "/metrics", &[("Authorization", "Bearer k1")], b"");
     assert_eq!(before.status, 200);
     assert!(before.header("content-type").unwrap().starts_with("text/plain; version=0.0.4"), "{}", before.headers);
-    for name in ["prompt_tokens_total", "tokens_predicted_total", "requests_processing", "requests_deferred", "kv_cache_usage_ratio"] {
+    for name in [
+        "prompt_tokens_total",
+        "tokens_predicted_total",
+        "requests_processing",
+        "requests_deferred",
+        "kv_cache_usage_ratio",
+    ] {
         assert!(before.body.contains(&format!("# TYPE llamacpp:{name} ")), "{name} in {}", before.body);
     }
     let (mut prompt, mut generated) = (0.0, 0.0);
@@ -127,7 +168,13 @@ fn server_metrics_off_and_bad_key_files() {
         (vec!["--api-key-file", "/nonexistent/keys"], "cannot open"),
         (vec!["--api-key", "a,,b"], "empty key"),
     ] {
-        let out = Command::new(e2e::bin("llamafile")).arg("-m").arg(&m).args(["--server", "--nobrowser", "--port", "0"]).args(&args).output().unwrap();
+        let out = Command::new(e2e::bin("llamafile"))
+            .arg("-m")
+            .arg(&m)
+            .args(["--server", "--nobrowser", "--port", "0"])
+            .args(&args)
+            .output()
+            .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains(needle), "{args:?}: {err}");
         assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
@@ -152,10 +199,17 @@ fn server_responses_api() {
     assert_eq!(item["content"][0]["annotations"], json!([]));
     let text = item["content"][0]["text"].as_str().unwrap().to_string();
     let u = &j["usage"];
-    assert_eq!(u["total_tokens"].as_u64(), Some(u["input_tokens"].as_u64().unwrap() + u["output_tokens"].as_u64().unwrap()));
+    assert_eq!(
+        u["total_tokens"].as_u64(),
+        Some(u["input_tokens"].as_u64().unwrap() + u["output_tokens"].as_u64().unwrap())
+    );
     // the tiny model rarely ends by itself: 6 tokens is the limit, so the response is incomplete
     if u["output_tokens"] == 6 {
-        assert_eq!((j["status"].as_str(), j["incomplete_details"]["reason"].as_str()), (Some("incomplete"), Some("max_output_tokens")), "{j}");
+        assert_eq!(
+            (j["status"].as_str(), j["incomplete_details"]["reason"].as_str()),
+            (Some("incomplete"), Some("max_output_tokens")),
+            "{j}"
+        );
     }
 
     // streamed: the same text, in the API's order of events
@@ -167,14 +221,29 @@ fn server_responses_api() {
     assert_eq!(
         kinds(&events),
         [
-            "response.created", "response.in_progress", "response.output_item.added", "response.content_part.added",
-            "response.output_text.delta", "response.output_text.done", "response.content_part.done", "response.output_item.done", last,
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.content_part.added",
+            "response.output_text.delta",
+            "response.output_text.done",
+            "response.content_part.done",
+            "response.output_item.done",
+            last,
         ]
     );
     for (i, (name, data)) in events.iter().enumerate() {
-        assert_eq!((data["type"].as_str(), data["sequence_number"].as_u64()), (Some(name.as_str()), Some(i as u64)), "{data}");
+        assert_eq!(
+            (data["type"].as_str(), data["sequence_number"].as_u64()),
+            (Some(name.as_str()), Some(i as u64)),
+            "{data}"
+        );
     }
-    let streamed: String = events.iter().filter(|(k, _)| k == "response.output_text.delta").map(|(_, d)| d["delta"].as_str().unwrap()).collect();
+    let streamed: String = events
+        .iter()
+        .filter(|(k, _)| k == "response.output_text.delta")
+        .map(|(_, d)| d["delta"].as_str().unwrap())
+        .collect();
     assert_eq!(streamed, text, "input items give the same prompt as input + instructions");
     let (_, end) = events.last().unwrap();
     assert_eq!(end["response"]["output"][0]["content"][0]["text"], text.as_str());
@@ -187,10 +256,16 @@ fn server_responses_api() {
         (json!({"input": "x", "background": true}), "background"),
         (json!({"input": "x", "max_output_tokens": 0}), "max_output_tokens"),
         (json!({"input": [{"type": "input_image", "image_url": "x"}]}), "input[0].type"),
-        (json!({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}), "input[0].content[0].type"),
+        (
+            json!({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}),
+            "input[0].content[0].type",
+        ),
         (json!({"input": "x", "tools": [{"type": "web_search"}]}), "tools[0].type"),
         (json!({"input": "x", "tools": [{"type": "function", "name": "a b"}]}), "tools[0].name"),
-        (json!({"input": "x", "tools": [{"type": "function", "name": "f"}], "tool_choice": {"type": "function", "name": "g"}}), "tool_choice.name"),
+        (
+            json!({"input": "x", "tools": [{"type": "function", "name": "f"}], "tool_choice": {"type": "function", "name": "g"}}),
+            "tool_choice.name",
+        ),
         (json!({"input": 5}), "input"),
         (json!({"input": "x", "temperature": 9}), "temperature"),
     ] {
@@ -211,7 +286,10 @@ fn server_messages_api() {
     assert_eq!(r.status, 200, "unknown fields are ignored: {}", r.body);
     let j = r.json();
     assert!(j["id"].as_str().unwrap().starts_with("msg_"), "{j}");
-    assert_eq!((j["type"].as_str(), j["role"].as_str(), j["model"].as_str()), (Some("message"), Some("assistant"), Some(s.name.as_str())));
+    assert_eq!(
+        (j["type"].as_str(), j["role"].as_str(), j["model"].as_str()),
+        (Some("message"), Some("assistant"), Some(s.name.as_str()))
+    );
     assert_eq!(j["content"][0]["type"], "text");
     let text = j["content"][0]["text"].as_str().unwrap().to_string();
     let out = j["usage"]["output_tokens"].as_u64().unwrap();
@@ -225,7 +303,11 @@ fn server_messages_api() {
         let mut b = body.clone();
         b["stop_sequences"] = json!(["", "\u{2603}never", stop]);
         let c = s.post("/v1/messages", &b).json();
-        assert_eq!((c["stop_reason"].as_str(), c["stop_sequence"].as_str()), (Some("stop_sequence"), Some(stop.as_str())), "{c}");
+        assert_eq!(
+            (c["stop_reason"].as_str(), c["stop_sequence"].as_str()),
+            (Some("stop_sequence"), Some(stop.as_str())),
+            "{c}"
+        );
         assert_eq!(c["content"][0]["text"].as_str().unwrap(), &text[..text.find(&stop).unwrap()]);
     }
 
@@ -236,7 +318,15 @@ fn server_messages_api() {
     let events = named_events(&r.body);
     assert_eq!(
         kinds(&events),
-        ["message_start", "ping", "content_block_start", "content_block_delta", "content_block_stop", "message_delta", "message_stop"],
+        [
+            "message_start",
+            "ping",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop"
+        ],
         "{}",
         r.body
     );
@@ -244,12 +334,24 @@ fn server_messages_api() {
         assert_eq!(data["type"].as_str(), Some(name.as_str()));
     }
     assert_eq!(events[0].1["message"]["usage"]["input_tokens"], j["usage"]["input_tokens"]);
-    let streamed: String = events.iter().filter(|(k, _)| k == "content_block_delta").map(|(_, d)| d["delta"]["text"].as_str().unwrap()).collect();
+    let streamed: String = events
+        .iter()
+        .filter(|(k, _)| k == "content_block_delta")
+        .map(|(_, d)| d["delta"]["text"].as_str().unwrap())
+        .collect();
     assert_eq!(streamed, text);
     let delta = &events[events.len() - 2].1;
-    assert_eq!((delta["delta"]["stop_reason"].clone(), delta["usage"]["output_tokens"].clone()), (j["stop_reason"].clone(), j["usage"]["output_tokens"].clone()));
+    assert_eq!(
+        (delta["delta"]["stop_reason"].clone(), delta["usage"]["output_tokens"].clone()),
+        (j["stop_reason"].clone(), j["usage"]["output_tokens"].clone())
+    );
 
-    let n = s.post("/v1/messages/count_tokens", &json!({"system": "Be brief.", "messages": [{"role": "user", "content": "Hello"}]})).json();
+    let n = s
+        .post(
+            "/v1/messages/count_tokens",
+            &json!({"system": "Be brief.", "messages": [{"role": "user", "content": "Hello"}]}),
+        )
+        .json();
     assert_eq!(n["input_tokens"], j["usage"]["input_tokens"], "{n}");
 
     // Anthropic's errors on this route, the malformed body included
@@ -258,14 +360,22 @@ fn server_messages_api() {
         (json!({"max_tokens": 0, "messages": [{"role": "user", "content": "hi"}]}).to_string(), "at least 1"),
         (json!({"max_tokens": 4, "messages": []}).to_string(), "at least one message"),
         (json!({"max_tokens": 4, "messages": [{"role": "system", "content": "hi"}]}).to_string(), "role 'system'"),
-        (json!({"max_tokens": 4, "messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]}).to_string(), "'image'"),
+        (
+            json!({"max_tokens": 4, "messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]})
+                .to_string(),
+            "'image'",
+        ),
         (json!({"max_tokens": 4, "messages": [{"role": "user", "content": "hi"}], "top_p": 0}).to_string(), "top_p"),
         ("{\"max_tokens\": 4, \"messages\": [".to_string(), "malformed JSON"),
     ] {
         let r = s.post_raw("/v1/messages", raw.as_bytes());
         assert_eq!(r.status, 400, "{raw}: {}", r.body);
         let e = r.json();
-        assert_eq!((e["type"].as_str(), e["error"]["type"].as_str()), (Some("error"), Some("invalid_request_error")), "{e}");
+        assert_eq!(
+            (e["type"].as_str(), e["error"]["type"].as_str()),
+            (Some("error"), Some("invalid_request_error")),
+            "{e}"
+        );
         assert!(e["error"]["message"].as_str().unwrap().contains(needle), "{raw}: {e}");
     }
 }
@@ -321,6 +431,11 @@ fn server_chat_page_asks_for_the_api_key() {
     let out = Command::new("node").arg(dir.join("apikey.mjs")).arg(&s.url).arg("page-key").output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("{stdout}");
-    assert!(out.status.success(), "browser checks failed:\n{stdout}\n{}\nserver:\n{}", String::from_utf8_lossy(&out.stderr), s.stderr());
+    assert!(
+        out.status.success(),
+        "browser checks failed:\n{stdout}\n{}\nserver:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        s.stderr()
+    );
     assert!(stdout.contains("a wrong kept key is asked for again"), "{stdout}");
 }

@@ -24,7 +24,12 @@ fn server_openai_python_client() {
     let out = Command::new("python3").arg(&script).arg(&s.url).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("{stdout}");
-    assert!(out.status.success(), "openai client checks failed:\n{stdout}\n{}\nserver:\n{}", String::from_utf8_lossy(&out.stderr), s.stderr());
+    assert!(
+        out.status.success(),
+        "openai client checks failed:\n{stdout}\n{}\nserver:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        s.stderr()
+    );
     assert!(stdout.contains("chat.completions (streaming)") && stdout.contains("completions (streaming)"));
 }
 
@@ -42,15 +47,29 @@ fn server_chat_page_in_chromium() {
         return;
     }
     // -c 4096 so that a long reply is still streaming when the test presses stop.
-    let s = Server::start(&m, &["--server", "--nobrowser", "-c", "4096", "--parallel", "1", "--system", "You are a terse assistant."]);
+    let s = Server::start(
+        &m,
+        &["--server", "--nobrowser", "-c", "4096", "--parallel", "1", "--system", "You are a terse assistant."],
+    );
     let artifacts = e2e::root().join("tests/artifacts/browser");
     // the screenshots checked below are this run's
     let _ = std::fs::remove_dir_all(&artifacts);
     let out = Command::new("node").arg(dir.join("chat.mjs")).arg(&s.url).arg(&artifacts).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("{stdout}");
-    assert!(out.status.success(), "browser checks failed:\n{stdout}\n{}\nserver:\n{}", String::from_utf8_lossy(&out.stderr), s.stderr());
-    for shot in ["chat-desktop.png", "chat-two-conversations.png", "chat-long-code.png", "chat-phone.png", "chat-phone-list.png"] {
+    assert!(
+        out.status.success(),
+        "browser checks failed:\n{stdout}\n{}\nserver:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        s.stderr()
+    );
+    for shot in [
+        "chat-desktop.png",
+        "chat-two-conversations.png",
+        "chat-long-code.png",
+        "chat-phone.png",
+        "chat-phone-list.png",
+    ] {
         assert!(artifacts.join(shot).exists(), "screenshot {shot} kept in {}", artifacts.display());
     }
 }

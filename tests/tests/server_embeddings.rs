@@ -50,7 +50,8 @@ fn server_embeddings_agree_with_the_reference_on_qwen() {
             // kernels differ with the batch size (one or two tokens take the matrix-vector path),
             // which on this Q4_K model moves a two-token text's vector as far as the reference's
             // does (cosine ~0.9998), so the bound is the agreement bound
-            let alone: Vec<Vec<f32>> = texts.as_array().unwrap().iter().map(|t| v1(&s, json!({ "input": t })).remove(0)).collect();
+            let alone: Vec<Vec<f32>> =
+                texts.as_array().unwrap().iter().map(|t| v1(&s, json!({ "input": t })).remove(0)).collect();
             for (i, g) in got.iter().enumerate() {
                 let c = cosine(&alone[i], g);
                 eprintln!("text {i}: alone vs batched, cosine {c:.6}");
@@ -63,7 +64,8 @@ fn server_embeddings_agree_with_the_reference_on_qwen() {
             let b = ok(&s.post("/v1/embeddings", &json!({ "input": texts, "encoding_format": "base64" })));
             for (i, d) in b["data"].as_array().unwrap().iter().enumerate() {
                 let bytes = base64::decode(d["embedding"].as_str().unwrap()).unwrap();
-                let decoded: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+                let decoded: Vec<f32> =
+                    bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
                 assert_eq!(decoded, got[i], "text {i}: base64 vs float");
             }
         }
@@ -73,7 +75,11 @@ fn server_embeddings_agree_with_the_reference_on_qwen() {
 #[test]
 fn server_embeddings_langchain_client() {
     let Some(m) = tiny_model() else { return };
-    let have = Command::new("python3").args(["-c", "import langchain_community.embeddings"]).output().map(|o| o.status.success()).unwrap_or(false);
+    let have = Command::new("python3")
+        .args(["-c", "import langchain_community.embeddings"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
     if !have {
         e2e::skip("the `langchain-community` Python package", "pip install langchain-community");
         return;
@@ -83,7 +89,12 @@ fn server_embeddings_langchain_client() {
     let script = e2e::root().join("tests/langchain_embeddings.py");
     let out = Command::new("python3").arg(&script).arg(&s.url).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "LangChain client failed:\n{stdout}\n{}\nserver:\n{}", String::from_utf8_lossy(&out.stderr), s.stderr());
+    assert!(
+        out.status.success(),
+        "LangChain client failed:\n{stdout}\n{}\nserver:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        s.stderr()
+    );
     let v: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     // what the client got is what the OpenAI endpoint gives for the same texts
     let want = v1(&s, json!({ "input": v["texts"] }));
@@ -96,7 +107,11 @@ fn server_embeddings_langchain_client() {
     assert!(cosine(&docs[0], &docs[1]) < 0.99999, "different texts, different vectors");
     // --embedding is accepted and said once to have no effect
     let err = s.stderr();
-    assert_eq!(err.matches("--embedding is accepted for llama.cpp compatibility and has no effect").count(), 1, "{err}");
+    assert_eq!(
+        err.matches("--embedding is accepted for llama.cpp compatibility and has no effect").count(),
+        1,
+        "{err}"
+    );
 }
 
 #[test]
@@ -113,5 +128,9 @@ fn embedding_flags_are_checked_and_noted() {
     let o = run(&["--embeddings", "-p", "x", "-n", "1", "-c", "64"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
-    assert_eq!(err.matches("--embedding is accepted for llama.cpp compatibility and has no effect").count(), 1, "{err}");
+    assert_eq!(
+        err.matches("--embedding is accepted for llama.cpp compatibility and has no effect").count(),
+        1,
+        "{err}"
+    );
 }

@@ -40,9 +40,13 @@ fn logprobs_of_a_greedy_completion_equal_eval_tokens() {
         for (i, p) in probs.iter().enumerate() {
             let ours = p["logprob"].as_f64().unwrap();
             let theirs = -nll[prompt.len() - 1 + i];
-            assert!((ours - theirs).abs() < tolerance, "-b {batch}, token {i}: logprob {ours} vs --eval-tokens {theirs}");
+            assert!(
+                (ours - theirs).abs() < tolerance,
+                "-b {batch}, token {i}: logprob {ours} vs --eval-tokens {theirs}"
+            );
             // greedy: the chosen token is the likeliest, first of its list, which is sorted
-            let top: Vec<f64> = p["top_logprobs"].as_array().unwrap().iter().map(|t| t["logprob"].as_f64().unwrap()).collect();
+            let top: Vec<f64> =
+                p["top_logprobs"].as_array().unwrap().iter().map(|t| t["logprob"].as_f64().unwrap()).collect();
             assert_eq!(p["top_logprobs"][0]["id"], p["id"]);
             assert!(top.windows(2).all(|w| w[0] >= w[1]) && top.iter().map(|l| l.exp()).sum::<f64>() <= 1.0 + 1e-6);
         }
@@ -76,13 +80,17 @@ fn infill_with_qwen_coder_compiles() {
     }
     let s = Server::start(&m, &["--server", "-c", "2048", "-t", "2"]);
     let (prefix, suffix) = ("def is_even(n):\n    ", "\n\nprint(is_even(4))\n");
-    let r = s.post("/infill", &json!({ "input_prefix": prefix, "input_suffix": suffix, "n_predict": 48, "temperature": 0 })).json();
+    let r = s
+        .post("/infill", &json!({ "input_prefix": prefix, "input_suffix": suffix, "n_predict": 48, "temperature": 0 }))
+        .json();
     let middle = r["content"].as_str().unwrap_or_else(|| panic!("{r}"));
     assert!(!middle.trim().is_empty(), "{r}");
     let code = format!("{prefix}{middle}{suffix}");
     python_compiles(&code).unwrap().unwrap_or_else(|e| panic!("/infill gave code that does not compile:\n{code}\n{e}"));
     // the same through the completions API's `suffix`
-    let r = s.post("/v1/completions", &json!({ "prompt": prefix, "suffix": suffix, "max_tokens": 48, "temperature": 0 })).json();
+    let r = s
+        .post("/v1/completions", &json!({ "prompt": prefix, "suffix": suffix, "max_tokens": 48, "temperature": 0 }))
+        .json();
     let middle = r["choices"][0]["text"].as_str().unwrap_or_else(|| panic!("{r}"));
     let code = format!("{prefix}{middle}{suffix}");
     python_compiles(&code).unwrap().unwrap_or_else(|e| panic!("suffix gave code that does not compile:\n{code}\n{e}"));

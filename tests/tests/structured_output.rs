@@ -63,13 +63,17 @@ fn validate(v: &Value, s: &Value, root: &Value, path: &str) -> Result<(), String
     }
     if let Some(st) = v.as_str() {
         let n = st.chars().count() as u64;
-        if s.get("minLength").and_then(Value::as_u64).is_some_and(|m| n < m) || s.get("maxLength").and_then(Value::as_u64).is_some_and(|m| n > m) {
+        if s.get("minLength").and_then(Value::as_u64).is_some_and(|m| n < m)
+            || s.get("maxLength").and_then(Value::as_u64).is_some_and(|m| n > m)
+        {
             return fail("string length out of bounds".into());
         }
     }
     if let Some(a) = v.as_array() {
         let n = a.len() as u64;
-        if s.get("minItems").and_then(Value::as_u64).is_some_and(|m| n < m) || s.get("maxItems").and_then(Value::as_u64).is_some_and(|m| n > m) {
+        if s.get("minItems").and_then(Value::as_u64).is_some_and(|m| n < m)
+            || s.get("maxItems").and_then(Value::as_u64).is_some_and(|m| n > m)
+        {
             return fail("item count out of bounds".into());
         }
         if let Some(items) = s.get("items") {
@@ -88,7 +92,9 @@ fn validate(v: &Value, s: &Value, root: &Value, path: &str) -> Result<(), String
         for (k, x) in o {
             match props.and_then(|p| p.get(k)) {
                 Some(ps) => validate(x, ps, root, &format!("{path}.{k}"))?,
-                None if s.get("additionalProperties") == Some(&json!(false)) => return fail(format!("extra property {k}")),
+                None if s.get("additionalProperties") == Some(&json!(false)) => {
+                    return fail(format!("extra property {k}"))
+                }
                 None => {}
             }
         }
@@ -151,7 +157,10 @@ fn json_schemas_hold_at_temperature_one_on_qwen() {
                 );
                 let b = r.json();
                 assert_eq!(r.status, 200, "{b}");
-                (b["choices"][0]["message"]["content"].as_str().unwrap().to_string(), b["choices"][0]["finish_reason"].clone())
+                (
+                    b["choices"][0]["message"]["content"].as_str().unwrap().to_string(),
+                    b["choices"][0]["finish_reason"].clone(),
+                )
             } else {
                 let r = s.post(
                     "/completion",
@@ -159,10 +168,14 @@ fn json_schemas_hold_at_temperature_one_on_qwen() {
                 );
                 let b = r.json();
                 assert_eq!(r.status, 200, "{b}");
-                (b["content"].as_str().unwrap().to_string(), json!(if b["stop_type"] == "eos" { "stop" } else { "other" }))
+                (
+                    b["content"].as_str().unwrap().to_string(),
+                    json!(if b["stop_type"] == "eos" { "stop" } else { "other" }),
+                )
             };
             assert_eq!(finish, json!("stop"), "{endpoint} {prompt}: ended by length: {content}");
-            let v: Value = serde_json::from_str(&content).unwrap_or_else(|e| panic!("{endpoint} {prompt}: not JSON ({e}): {content}"));
+            let v: Value = serde_json::from_str(&content)
+                .unwrap_or_else(|e| panic!("{endpoint} {prompt}: not JSON ({e}): {content}"));
             validate(&v, &schema, &schema, "$").unwrap_or_else(|e| panic!("{endpoint} {prompt}: {e}: {content}"));
             eprintln!("{endpoint}: {content}");
         }
@@ -174,7 +187,10 @@ fn json_schemas_hold_at_temperature_one_on_qwen() {
     );
     let b = r.json();
     let content = b["choices"][0]["message"]["content"].as_str().unwrap();
-    assert!(serde_json::from_str::<Value>(content).unwrap_or_else(|e| panic!("{e}: {content}")).is_object(), "{content}");
+    assert!(
+        serde_json::from_str::<Value>(content).unwrap_or_else(|e| panic!("{e}: {content}")).is_object(),
+        "{content}"
+    );
     let r = s.post(
         "/completion",
         &json!({"prompt": "Is the sky blue? Answer:", "temperature": 1.0, "seed": 5, "n_predict": 20, "grammar": "root ::= \" \" (\"yes\" | \"no\") \".\"\n"}),
@@ -218,12 +234,19 @@ fn cli_json_schema_and_grammar_on_qwen() {
         let out = Command::new(e2e::bin("llamafile"))
             .arg("-m")
             .arg(&model)
-            .args(["-t", "2", "-c", "1024", "-n", "300", "--temp", "1", "--top-k", "0", "--top-p", "1", "--min-p", "0", "-s", "11"])
+            .args([
+                "-t", "2", "-c", "1024", "-n", "300", "--temp", "1", "--top-k", "0", "--top-p", "1", "--min-p", "0",
+                "-s", "11",
+            ])
             .args(["--no-display-prompt", "--log-disable"])
             .args(extra)
             .output()
             .unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stdout).trim().to_string(), String::from_utf8_lossy(&out.stderr).to_string())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
     };
     let schema_text = schema.to_string();
     let (code, out, err) = run(&["-p", "Describe a person as JSON.", "--json-schema", &schema_text]);
@@ -250,7 +273,11 @@ fn cli_json_schema_and_grammar_on_qwen() {
 #[test]
 fn openai_client_parse_with_pydantic_on_qwen() {
     let Some(model) = real_model(QWEN) else { return };
-    let have = Command::new("python3").args(["-c", "import openai, pydantic"]).output().map(|o| o.status.success()).unwrap_or(false);
+    let have = Command::new("python3")
+        .args(["-c", "import openai, pydantic"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
     if !have {
         e2e::skip("the `openai` Python package (with pydantic)", "pip install openai");
         return;
@@ -259,7 +286,12 @@ fn openai_client_parse_with_pydantic_on_qwen() {
     let out = Command::new("python3").arg(e2e::root().join("tests/openai_structured.py")).arg(&s.url).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("{stdout}");
-    assert!(out.status.success(), "openai structured output checks failed:\n{stdout}\n{}\nserver:\n{}", String::from_utf8_lossy(&out.stderr), s.stderr());
+    assert!(
+        out.status.success(),
+        "openai structured output checks failed:\n{stdout}\n{}\nserver:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        s.stderr()
+    );
     assert_eq!(stdout.matches("ok - chat.completions.parse").count(), 3, "{stdout}");
 }
 
@@ -275,7 +307,9 @@ fn tool_calls_round_trip_on_qwen() {
         {"type": "function", "function": {"name": "get_time", "description": "Current time in a city", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
     ]);
     let question = json!({"role": "user", "content": "What is the weather in Paris?"});
-    for (seed, choice) in [json!("required"), json!({"type": "function", "function": {"name": "get_weather"}})].into_iter().enumerate() {
+    for (seed, choice) in
+        [json!("required"), json!({"type": "function", "function": {"name": "get_weather"}})].into_iter().enumerate()
+    {
         let r = s.post(
             "/v1/chat/completions",
             &json!({"messages": [question], "tools": tools, "tool_choice": choice, "temperature": 1.0, "seed": seed, "max_tokens": 200}),
@@ -312,7 +346,10 @@ fn tool_calls_round_trip_on_qwen() {
             let b = r.json();
             assert_eq!(r.status, 200, "{b}");
             let text = b["choices"][0]["message"]["content"].as_str().unwrap_or_else(|| panic!("{b}"));
-            assert!(text.contains("21") || text.to_lowercase().contains("sunny"), "the answer ignores the tool result: {text}");
+            assert!(
+                text.contains("21") || text.to_lowercase().contains("sunny"),
+                "the answer ignores the tool result: {text}"
+            );
         }
     }
     let r = s.post("/v1/chat/completions", &json!({"messages": [question], "tools": tools, "tool_choice": {"type": "function", "function": {"name": "nope"}}}));

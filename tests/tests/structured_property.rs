@@ -38,7 +38,10 @@ impl Rng {
     }
 }
 
-const NAMES: &[&str] = &["id", "name", "title", "city", "count", "price", "tags", "owner", "items", "kind", "note", "level", "active", "score"];
+const NAMES: &[&str] = &[
+    "id", "name", "title", "city", "count", "price", "tags", "owner", "items", "kind", "note", "level", "active",
+    "score",
+];
 
 /// A schema for one value; `depth` bounds the nesting, `defs` collects `$defs` entries.
 /// `tiny`: only what a random-weight model finishes (bounded integers, no free-form formats).
@@ -58,7 +61,11 @@ fn schema(r: &mut Rng, depth: u32, defs: &mut serde_json::Map<String, Value>, ti
             json!({"type": "string", "minLength": min, "maxLength": min + 1 + r.below(12)})
         }
         5 => {
-            let formats: &[&str] = if tiny { &["date", "time", "uuid", "ipv4"] } else { &["date", "time", "date-time", "uuid", "ipv4", "email"] };
+            let formats: &[&str] = if tiny {
+                &["date", "time", "uuid", "ipv4"]
+            } else {
+                &["date", "time", "date-time", "uuid", "ipv4", "email"]
+            };
             let f = *r.pick(formats);
             // An email's parts are otherwise unbounded.
             if f == "email" {
@@ -68,7 +75,9 @@ fn schema(r: &mut Rng, depth: u32, defs: &mut serde_json::Map<String, Value>, ti
             }
         }
         6 => {
-            let vals: Vec<Value> = (0..2 + r.below(3)).map(|i| if r.below(3) == 0 { json!(i * 7) } else { json!(format!("{}{i}", r.pick(NAMES))) }).collect();
+            let vals: Vec<Value> = (0..2 + r.below(3))
+                .map(|i| if r.below(3) == 0 { json!(i * 7) } else { json!(format!("{}{i}", r.pick(NAMES))) })
+                .collect();
             json!({"enum": vals})
         }
         7 => json!({"const": r.pick(&[json!("fixed"), json!(42), json!(true), json!({"v": 1})]).clone()}),
@@ -116,7 +125,8 @@ fn top_schema(seed: u64, tiny: bool) -> Value {
 /// `(schema, output)` pairs checked by Python's `jsonschema` (Draft 2020-12, formats checked):
 /// one line per failure, empty when all validate. `None` (the skip recorded) without it.
 fn python_validate(cases: &[(Value, String)]) -> Option<Vec<String>> {
-    let ok = Command::new("python3").args(["-c", "import jsonschema"]).output().map(|o| o.status.success()).unwrap_or(false);
+    let ok =
+        Command::new("python3").args(["-c", "import jsonschema"]).output().map(|o| o.status.success()).unwrap_or(false);
     if !ok {
         e2e::skip("the `jsonschema` Python package", "pip install jsonschema");
         return None;
@@ -135,7 +145,8 @@ for i, line in enumerate(sys.stdin):
     if errors:
         print(f"case {i}: {'; '.join(errors)}")
 "#;
-    let mut child = Command::new("python3").args(["-c", script]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut child =
+        Command::new("python3").args(["-c", script]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
     {
         let mut stdin = child.stdin.take().unwrap();
         for (schema, output) in cases {
@@ -162,9 +173,13 @@ fn property(server: &Server, n: u64, tiny: bool, max_tokens: u32) {
         let r = server.post("/v1/chat/completions", &body);
         let b = r.json();
         assert_eq!(r.status, 200, "seed {seed}: {b}\nschema {schema}");
-        let content = b["choices"][0]["message"]["content"].as_str().unwrap_or_else(|| panic!("seed {seed}: {b}")).to_string();
+        let content =
+            b["choices"][0]["message"]["content"].as_str().unwrap_or_else(|| panic!("seed {seed}: {b}")).to_string();
         if b["choices"][0]["finish_reason"] != "stop" {
-            cut.push(format!("seed {seed}: cut at {max_tokens} tokens ({}): {content}\nschema {schema}", b["choices"][0]["finish_reason"]));
+            cut.push(format!(
+                "seed {seed}: cut at {max_tokens} tokens ({}): {content}\nschema {schema}",
+                b["choices"][0]["finish_reason"]
+            ));
         }
         cases.push((schema, content));
     }
@@ -213,11 +228,31 @@ fn generated_schemas_validate_on_the_tiny_model() {
 fn the_generator_covers_every_keyword() {
     // All seeds used above together use every construct the property is about.
     let all: String = (0..50).map(|seed| top_schema(seed, false).to_string()).collect();
-    for kw in ["\"properties\"", "\"minItems\"", "\"maxItems\"", "\"enum\"", "\"const\"", "\"anyOf\"", "\"integer\"", "\"number\"", "\"boolean\"", "\"null\"", "\"minLength\"", "\"maxLength\"", "\"format\"", "\"$ref\"", "\"$defs\""] {
+    for kw in [
+        "\"properties\"",
+        "\"minItems\"",
+        "\"maxItems\"",
+        "\"enum\"",
+        "\"const\"",
+        "\"anyOf\"",
+        "\"integer\"",
+        "\"number\"",
+        "\"boolean\"",
+        "\"null\"",
+        "\"minLength\"",
+        "\"maxLength\"",
+        "\"format\"",
+        "\"$ref\"",
+        "\"$defs\"",
+    ] {
         assert!(all.contains(kw), "no schema uses {kw}");
     }
     // Nested objects: an object inside a property.
-    assert!((0..50).any(|seed| top_schema(seed, false)["properties"].as_object().unwrap().values().any(|p| p["type"] == "object")));
+    assert!((0..50).any(|seed| top_schema(seed, false)["properties"]
+        .as_object()
+        .unwrap()
+        .values()
+        .any(|p| p["type"] == "object")));
     // Same seed, same schema.
     assert_eq!(top_schema(7, false), top_schema(7, false));
 }

@@ -37,7 +37,8 @@ fn tokenize(model: &Path, text: &str, parse_special: bool) -> Vec<u32> {
 /// Entries worth a process each (every entry is checked by the library's tests): those whose
 /// ids depend on parse_special, and one of byte-fallback / byte-level text.
 fn sample(entries: &[Value]) -> Vec<&Value> {
-    let wanted = |t: &str| t == "</s>" || t.starts_with("<start_of_turn>") || t.starts_with("<0x0A>") || t.starts_with("🦙");
+    let wanted =
+        |t: &str| t == "</s>" || t.starts_with("<start_of_turn>") || t.starts_with("<0x0A>") || t.starts_with("🦙");
     entries.iter().filter(|e| wanted(e["text"].as_str().unwrap())).collect()
 }
 
@@ -50,7 +51,8 @@ fn tokenize_matches_reference_samples() {
         ("vocab/gemma-3-270m.vocab.gguf", "gemma-3-270m-q4_k_m.json"),
         ("vocab/qwen2.5-coder.vocab.gguf", "qwen2.5-coder-0.5b-instruct-q4_k_m.json"),
     ] {
-        let r: Value = serde_json::from_str(&std::fs::read_to_string(shared.join("reference").join(json)).unwrap()).unwrap();
+        let r: Value =
+            serde_json::from_str(&std::fs::read_to_string(shared.join("reference").join(json)).unwrap()).unwrap();
         let entries = r["tokenize"].as_array().unwrap();
         let picked = sample(entries);
         assert_eq!(picked.len(), 8, "{json}: the sampled entries are missing");
@@ -105,7 +107,7 @@ fn vocab_gguf(path: &Path, model: &str, pre: &str, tokens: &[&str]) {
     for t in tokens {
         s(&mut b, t);
     }
-    while b.len() % 32 != 0 {
+    while !b.len().is_multiple_of(32) {
         b.push(0);
     }
     std::fs::write(path, b).unwrap();
@@ -141,7 +143,10 @@ fn tokenize_errors_are_one_clear_line() {
 
     let bert = dir.path().join("bert.gguf");
     vocab_gguf(&bert, "bert", "default", &["a"]);
-    expect_one_line_error(&run(&["-m", bert.to_str().unwrap(), "--tokenize", "-p", "a"]), "unsupported tokenizer.ggml.model 'bert'");
+    expect_one_line_error(
+        &run(&["-m", bert.to_str().unwrap(), "--tokenize", "-p", "a"]),
+        "unsupported tokenizer.ggml.model 'bert'",
+    );
 
     // A well-formed tiny byte-level vocabulary works end to end.
     let ok = dir.path().join("ok.gguf");

@@ -13,16 +13,26 @@ const QWEN: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
 
 fn run_part(part: &str, import: &str, package: &str, expect: &[&str]) {
     let Some(model) = real_model(QWEN) else { return };
-    let have = Command::new("python3").args(["-c", &format!("import {import}")]).output().map(|o| o.status.success()).unwrap_or(false);
+    let have = Command::new("python3")
+        .args(["-c", &format!("import {import}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
     if !have {
         e2e::skip(&format!("the `{package}` Python package"), &format!("pip install {package}"));
         return;
     }
     let s = Server::start(&model, &["--server", "-c", "4096", "-t", "2"]);
-    let out = Command::new("python3").arg(e2e::root().join("tests/tool_clients.py")).arg(&s.url).arg(part).output().unwrap();
+    let out =
+        Command::new("python3").arg(e2e::root().join("tests/tool_clients.py")).arg(&s.url).arg(part).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("{stdout}");
-    assert!(out.status.success(), "{part} tool checks failed:\n{stdout}\n{}\nserver:\n{}", String::from_utf8_lossy(&out.stderr), s.stderr());
+    assert!(
+        out.status.success(),
+        "{part} tool checks failed:\n{stdout}\n{}\nserver:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        s.stderr()
+    );
     for e in expect {
         assert!(stdout.contains(&format!("ok - {e}")), "missing check '{e}':\n{stdout}");
     }
@@ -34,7 +44,11 @@ fn openai_client_streamed_tool_call_and_round_trip_on_qwen() {
         "openai",
         "openai",
         "openai",
-        &["stream: the call reassembled with its arguments", "raw deltas add up to the helper's arguments", "round trip: the answer uses the tool's result"],
+        &[
+            "stream: the call reassembled with its arguments",
+            "raw deltas add up to the helper's arguments",
+            "round trip: the answer uses the tool's result",
+        ],
     );
 }
 

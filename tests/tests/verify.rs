@@ -47,7 +47,8 @@ fn verify_checks_every_entry_and_finds_one_flipped_byte() {
     let gguf_bytes: u64 = entries.iter().map(|e| e.size).sum();
 
     // Intact: `-m FILE`, and the llamafile on itself (its `.args` do not get in the way).
-    for out in [verify(Command::new(e2e::bin("llamafile")).arg("-m").arg(&packed)), verify(&mut Command::new(&packed))] {
+    for out in [verify(Command::new(e2e::bin("llamafile")).arg("-m").arg(&packed)), verify(&mut Command::new(&packed))]
+    {
         let s = text(&out.stdout);
         assert!(out.status.success(), "{s}{}", text(&out.stderr));
         assert!(s.contains("OK: CRC-32 of 2 stored entries") && s.contains(&format!("({gguf_bytes} bytes)")), "{s}");

@@ -72,7 +72,10 @@ macro_rules! nibble_weights {
             #[inline(always)]
             unsafe fn codes(p: *const u8) -> __m256i {
                 let c = nibbles(p.add($qs));
-                match { let o: Option<usize> = $qh; o } {
+                match {
+                    let o: Option<usize> = $qh;
+                    o
+                } {
                     Some(qh) => _mm256_or_si256(c, fifth(p.add(qh))),
                     None => c,
                 }
@@ -204,7 +207,18 @@ pub(crate) trait Steps {
     /// # Safety
     /// As the arguments say; the CPU has the features.
     #[allow(clippy::too_many_arguments)]
-    unsafe fn micro(tc: usize, nb: usize, panel: *const Self::Line, x: *const u8, xs: usize, sd: *const f32, sc: *const u32, out: *mut f32, os: usize, nr: usize);
+    unsafe fn micro(
+        tc: usize,
+        nb: usize,
+        panel: *const Self::Line,
+        x: *const u8,
+        xs: usize,
+        sd: *const f32,
+        sc: *const u32,
+        out: *mut f32,
+        os: usize,
+        nr: usize,
+    );
 }
 
 /// The whole call: pack the rows, prepare the tokens, then every (token group, panel) pair.
@@ -216,7 +230,19 @@ pub(crate) trait Steps {
 /// the kernel's features (this is inlined into its `#[target_feature]` entry point).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn run<S: Steps>(nb: usize, w: *const u8, ws: usize, nr: usize, x: *const u8, xs: usize, nc: usize, out: *mut f32, os: usize, lp: *mut S::Line, sp: *mut u32) {
+pub(crate) unsafe fn run<S: Steps>(
+    nb: usize,
+    w: *const u8,
+    ws: usize,
+    nr: usize,
+    x: *const u8,
+    xs: usize,
+    nc: usize,
+    out: *mut f32,
+    os: usize,
+    lp: *mut S::Line,
+    sp: *mut u32,
+) {
     let panels = nr.div_ceil(S::ROWS);
     for p in 0..panels {
         let r0 = p * S::ROWS;

@@ -8,13 +8,13 @@
 use crate::types::WeightType;
 use std::sync::OnceLock;
 
-pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512;
 #[cfg(target_arch = "x86_64")]
 mod lpanels;
+pub mod scalar;
 
 /// Dot product of one weight row with one activation row, both `n` elements long.
 /// `w` holds `n / block_size` blocks of the weight type; `x` holds `n` elements in the weight

@@ -23,7 +23,7 @@ pub unsafe trait Block: Copy + Sized + 'static {
     fn slice(bytes: &[u8]) -> &[Self] {
         let size = std::mem::size_of::<Self>();
         debug_assert_eq!(std::mem::align_of::<Self>(), 1);
-        assert!(bytes.len() % size == 0, "{} bytes is not a whole number of {size}-byte blocks", bytes.len());
+        assert!(bytes.len().is_multiple_of(size), "{} bytes is not a whole number of {size}-byte blocks", bytes.len());
         // SAFETY: `Block` guarantees alignment 1, no padding and that every bit pattern is valid;
         // the length is a whole number of blocks, so the view covers exactly `bytes`.
         unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const Self, bytes.len() / size) }
@@ -33,7 +33,7 @@ pub unsafe trait Block: Copy + Sized + 'static {
     fn slice_mut(bytes: &mut [u8]) -> &mut [Self] {
         let size = std::mem::size_of::<Self>();
         debug_assert_eq!(std::mem::align_of::<Self>(), 1);
-        assert!(bytes.len() % size == 0, "{} bytes is not a whole number of {size}-byte blocks", bytes.len());
+        assert!(bytes.len().is_multiple_of(size), "{} bytes is not a whole number of {size}-byte blocks", bytes.len());
         // SAFETY: as in `slice`; the exclusive borrow of `bytes` is carried over to the result.
         unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr() as *mut Self, bytes.len() / size) }
     }
@@ -61,11 +61,7 @@ pub fn bf16_to_f32(h: [u8; 2]) -> f32 {
 #[inline(always)]
 pub fn f32_to_bf16(x: f32) -> [u8; 2] {
     let u = x.to_bits();
-    let h = if (u & 0x7fff_ffff) > 0x7f80_0000 {
-        (u >> 16) | 64
-    } else {
-        (u + (0x7fff + ((u >> 16) & 1))) >> 16
-    };
+    let h = if (u & 0x7fff_ffff) > 0x7f80_0000 { (u >> 16) | 64 } else { (u + (0x7fff + ((u >> 16) & 1))) >> 16 };
     (h as u16).to_le_bytes()
 }
 

@@ -12,11 +12,7 @@ use std::ffi::{c_void, CString};
 use std::sync::Mutex;
 
 fn derr(what: &str, e: result::DriverError) -> Error {
-    let code = if e.0 == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
-        abi::ERR_OUT_OF_MEMORY
-    } else {
-        abi::ERR_DEVICE
-    };
+    let code = if e.0 == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY { abi::ERR_OUT_OF_MEMORY } else { abi::ERR_DEVICE };
     Error::new(code, format!("{what}: {e}"))
 }
 
@@ -24,10 +20,7 @@ fn derr(what: &str, e: result::DriverError) -> Error {
 fn init_driver() -> Result<()> {
     // SAFETY: only tries to dlopen libcuda by its usual names.
     if !unsafe { sys::is_culib_present() } {
-        return Err(Error::new(
-            abi::ERR_NO_DEVICE,
-            "the NVIDIA driver (libcuda) is not installed",
-        ));
+        return Err(Error::new(abi::ERR_NO_DEVICE, "the NVIDIA driver (libcuda) is not installed"));
     }
     result::init().map_err(|e| derr("cuInit", e))
 }
@@ -91,12 +84,7 @@ impl Drop for Cuda {
         unsafe {
             let _ = result::ctx::set_current(self.ctx);
             let _ = result::ctx::synchronize();
-            for (p, _) in self
-                .buffers
-                .get_mut()
-                .unwrap_or_else(|e| e.into_inner())
-                .drain()
-            {
+            for (p, _) in self.buffers.get_mut().unwrap_or_else(|e| e.into_inner()).drain() {
                 let _ = result::free_sync(p);
             }
             let _ = result::module::unload(self.module);
@@ -109,8 +97,7 @@ const BLOCK: u32 = 256;
 
 fn grid_for(n: u64) -> Result<u32> {
     let g = n.div_ceil(BLOCK as u64);
-    u32::try_from(g.max(1))
-        .map_err(|_| Error::invalid(format!("{n} elements is too many for one launch")))
+    u32::try_from(g.max(1)).map_err(|_| Error::invalid(format!("{n} elements is too many for one launch")))
 }
 
 impl Cuda {
@@ -122,13 +109,9 @@ impl Cuda {
     /// The device address of `bytes` bytes at `v`, bounds-checked.
     fn addr(&self, v: View, bytes: u64, what: &str) -> Result<u64> {
         let map = self.buffers.lock().unwrap_or_else(|e| e.into_inner());
-        let len = *map
-            .get(&v.buf)
-            .ok_or_else(|| Error::invalid(format!("{what}: unknown buffer handle {:#x}", v.buf)))?;
-        let end = v
-            .offset
-            .checked_add(bytes)
-            .ok_or_else(|| Error::invalid(format!("{what}: size overflow")))?;
+        let len =
+            *map.get(&v.buf).ok_or_else(|| Error::invalid(format!("{what}: unknown buffer handle {:#x}", v.buf)))?;
+        let end = v.offset.checked_add(bytes).ok_or_else(|| Error::invalid(format!("{what}: size overflow")))?;
         if end > len {
             return Err(Error::invalid(format!(
                 "{what}: {bytes} bytes at offset {} overrun a buffer of {len} bytes",
@@ -155,8 +138,7 @@ impl Cuda {
         // SAFETY: `f` is a kernel of our module; `args` point at live values whose types match
         // the kernel's parameters (checked by the NVRTC test against the sources); every device
         // address was bounds-checked by `addr`.
-        unsafe { result::launch_kernel(f, grid, block, 0, s.s, args) }
-            .map_err(|e| derr("cuLaunchKernel", e))
+        unsafe { result::launch_kernel(f, grid, block, 0, s.s, args) }.map_err(|e| derr("cuLaunchKernel", e))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -170,11 +152,7 @@ impl Cuda {
         n: u64,
         what: &str,
     ) -> Result<()> {
-        let (mut pa, mut pb, mut po) = (
-            self.f32s(a, n, what)?,
-            self.f32s(b, n, what)?,
-            self.f32s(out, n, what)?,
-        );
+        let (mut pa, mut pb, mut po) = (self.f32s(a, n, what)?, self.f32s(b, n, what)?, self.f32s(out, n, what)?);
         let mut n_ = n;
         let mut args = [
             &mut pa as *mut u64 as *mut c_void,
@@ -205,25 +183,14 @@ impl Device for Cuda {
         let dev = result::device::get(device as i32).map_err(|e| derr("cuDeviceGet", e))?;
         let name = result::device::get_name(dev).map_err(|e| derr("cuDeviceGetName", e))?;
         // SAFETY: `dev` comes from device::get.
-        let total = unsafe { result::device::total_mem(dev) }
-            .map_err(|e| derr("cuDeviceTotalMem", e))? as u64;
-        let major = attribute(
-            dev,
-            sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR,
-        )?;
-        let minor = attribute(
-            dev,
-            sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR,
-        )?;
-        let sms = attribute(
-            dev,
-            sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
-        )?;
+        let total = unsafe { result::device::total_mem(dev) }.map_err(|e| derr("cuDeviceTotalMem", e))? as u64;
+        let major = attribute(dev, sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
+        let minor = attribute(dev, sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
+        let sms = attribute(dev, sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
         // Free memory needs a context: the primary one, retained only for this query.
         // SAFETY: `dev` comes from device::get; retain/release are paired.
         let free = unsafe {
-            let ctx = result::primary_ctx::retain(dev)
-                .map_err(|e| derr("cuDevicePrimaryCtxRetain", e))?;
+            let ctx = result::primary_ctx::retain(dev).map_err(|e| derr("cuDevicePrimaryCtxRetain", e))?;
             let r = result::ctx::set_current(ctx).and_then(|_| result::mem_get_info());
             let _ = result::primary_ctx::release(dev);
             r.map_err(|e| derr("cuMemGetInfo", e))?.0 as u64
@@ -243,26 +210,18 @@ impl Device for Cuda {
     fn init(device: u32) -> Result<Self> {
         init_driver()?;
         let dev = result::device::get(device as i32).map_err(|e| derr("cuDeviceGet", e))?;
-        let major = attribute(
-            dev,
-            sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR,
-        )?;
-        let minor = attribute(
-            dev,
-            sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR,
-        )?;
+        let major = attribute(dev, sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
+        let minor = attribute(dev, sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
         // NVRTC takes the architecture as &'static str; one small string per process.
         let arch: &'static str = Box::leak(format!("compute_{major}{minor}").into_boxed_str());
-        let ptx = kernels::nvrtc::ptx_for_device(&kernels::program(), arch)
-            .map_err(|e| Error::new(abi::ERR_NO_DEVICE, e))?;
+        let ptx =
+            kernels::nvrtc::ptx_for_device(&kernels::program(), arch).map_err(|e| Error::new(abi::ERR_NO_DEVICE, e))?;
         // SAFETY: retain/release paired in Drop (or below on failure).
-        let ctx = unsafe { result::primary_ctx::retain(dev) }
-            .map_err(|e| derr("cuDevicePrimaryCtxRetain", e))?;
+        let ctx = unsafe { result::primary_ctx::retain(dev) }.map_err(|e| derr("cuDevicePrimaryCtxRetain", e))?;
         let setup = || -> Result<(sys::CUmodule, Funcs)> {
             // SAFETY: ctx was just retained.
             unsafe { result::ctx::set_current(ctx) }.map_err(|e| derr("cuCtxSetCurrent", e))?;
-            let c = CString::new(ptx)
-                .map_err(|_| Error::new(abi::ERR_INTERNAL, "PTX with a NUL byte"))?;
+            let c = CString::new(ptx).map_err(|_| Error::new(abi::ERR_INTERNAL, "PTX with a NUL byte"))?;
             // SAFETY: `c` is a NUL-terminated PTX image, alive during the call.
             let module = unsafe { result::module::load_data(c.as_ptr() as *const c_void) }
                 .map_err(|e| derr("cuModuleLoadData", e))?;
@@ -291,13 +250,7 @@ impl Device for Cuda {
             Ok((module, f))
         };
         match setup() {
-            Ok((module, f)) => Ok(Cuda {
-                dev,
-                ctx,
-                module,
-                f,
-                buffers: Mutex::new(HashMap::new()),
-            }),
+            Ok((module, f)) => Ok(Cuda { dev, ctx, module, f, buffers: Mutex::new(HashMap::new()) }),
             Err(e) => {
                 // SAFETY: balances the retain above.
                 unsafe {
@@ -317,20 +270,12 @@ impl Device for Cuda {
         // SAFETY: plain device allocation in the current context.
         let p = unsafe { result::malloc_sync(bytes.max(1) as usize) }
             .map_err(|e| derr(&format!("allocating {bytes} bytes"), e))?;
-        self.buffers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(p, bytes.max(1));
+        self.buffers.lock().unwrap_or_else(|e| e.into_inner()).insert(p, bytes.max(1));
         Ok(p)
     }
 
     fn free(&self, buf: u64) {
-        let known = self
-            .buffers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&buf)
-            .is_some();
+        let known = self.buffers.lock().unwrap_or_else(|e| e.into_inner()).remove(&buf).is_some();
         if known && self.bind().is_ok() {
             // SAFETY: `buf` was allocated by `alloc` and is freed once (removed from the table).
             unsafe {
@@ -341,8 +286,8 @@ impl Device for Cuda {
 
     fn stream_create(&self) -> Result<CuStream> {
         self.bind()?;
-        let s = result::stream::create(result::stream::StreamKind::NonBlocking)
-            .map_err(|e| derr("cuStreamCreate", e))?;
+        let s =
+            result::stream::create(result::stream::StreamKind::NonBlocking).map_err(|e| derr("cuStreamCreate", e))?;
         Ok(CuStream { s, ctx: self.ctx })
     }
 
@@ -380,22 +325,16 @@ impl Device for Cuda {
             .find(|(t, _)| *t == w.ggml_type)
             .map(|(_, f)| *f)
             .ok_or_else(|| Error::unsupported(format!("weight type {}", w.ggml_type)))?;
-        let row_bytes = abi::row_bytes(w.ggml_type, w.cols)
-            .filter(|_| w.cols.is_multiple_of(32))
-            .ok_or_else(|| {
-                Error::invalid(format!(
-                    "{} columns of type {}: rows must hold whole blocks of 32",
-                    w.cols, w.ggml_type
-                ))
-            })?;
+        let row_bytes = abi::row_bytes(w.ggml_type, w.cols).filter(|_| w.cols.is_multiple_of(32)).ok_or_else(|| {
+            Error::invalid(format!("{} columns of type {}: rows must hold whole blocks of 32", w.cols, w.ggml_type))
+        })?;
         if w.rows > i32::MAX as u64 || w.cols > i32::MAX as u64 {
             return Err(Error::invalid("matrix too large"));
         }
         let mut pw = self.addr(w.data, row_bytes * w.rows, "matmul weight")?;
         let mut px = self.f32s(x, n_tokens as u64 * w.cols, "matmul input")?;
         let mut py = self.f32s(y, n_tokens as u64 * w.rows, "matmul output")?;
-        let (mut rb, mut rows, mut cols, mut nt) =
-            (row_bytes, w.rows as i32, w.cols as i32, n_tokens as i32);
+        let (mut rb, mut rows, mut cols, mut nt) = (row_bytes, w.rows as i32, w.cols as i32, n_tokens as i32);
         let mut args = [
             &mut pw as *mut u64 as *mut c_void,
             &mut rb as *mut u64 as *mut c_void,
@@ -422,11 +361,7 @@ impl Device for Cuda {
     ) -> Result<()> {
         let n = n_rows as u64 * dim as u64;
         let mut px = self.f32s(x, n, "rmsnorm input")?;
-        let mut pw = if weight.is_none() {
-            0
-        } else {
-            self.f32s(weight, dim as u64, "rmsnorm weight")?
-        };
+        let mut pw = if weight.is_none() { 0 } else { self.f32s(weight, dim as u64, "rmsnorm weight")? };
         let mut po = self.f32s(out, n, "rmsnorm output")?;
         let (mut d, mut e) = (dim as i32, eps);
         let mut args = [
@@ -444,21 +379,12 @@ impl Device for Cuda {
 
     fn rope(&self, s: &mut CuStream, x: View, p: &RopeParams) -> Result<()> {
         if p.n_rot > p.head_dim || !p.n_rot.is_multiple_of(2) {
-            return Err(Error::invalid(format!(
-                "rope: n_rot {} with head_dim {}",
-                p.n_rot, p.head_dim
-            )));
+            return Err(Error::invalid(format!("rope: n_rot {} with head_dim {}", p.n_rot, p.head_dim)));
         }
         let n = p.n_tokens as u64 * p.n_heads as u64 * p.head_dim as u64;
         let mut px = self.f32s(x, n, "rope")?;
-        let (mut nt, mut nh, mut hd, mut nr, mut p0, mut mode) = (
-            p.n_tokens as i32,
-            p.n_heads as i32,
-            p.head_dim as i32,
-            p.n_rot as i32,
-            p.pos0 as i32,
-            p.mode as i32,
-        );
+        let (mut nt, mut nh, mut hd, mut nr, mut p0, mut mode) =
+            (p.n_tokens as i32, p.n_heads as i32, p.head_dim as i32, p.n_rot as i32, p.pos0 as i32, p.mode as i32);
         let (mut base, mut fs) = (p.freq_base, p.freq_scale);
         let mut ff = if p.freq_factors.buf == 0 {
             0u64
@@ -478,13 +404,7 @@ impl Device for Cuda {
             &mut ff as *mut u64 as *mut c_void,
         ];
         let pairs = p.n_tokens as u64 * p.n_heads as u64 * (p.n_rot / 2) as u64;
-        self.launch(
-            self.f.rope,
-            (grid_for(pairs)?, 1, 1),
-            (BLOCK, 1, 1),
-            s,
-            &mut args,
-        )
+        self.launch(self.f.rope, (grid_for(pairs)?, 1, 1), (BLOCK, 1, 1), s, &mut args)
     }
 
     fn add(&self, s: &mut CuStream, a: View, b: View, out: View, n: u64) -> Result<()> {
@@ -506,49 +426,23 @@ impl Device for Cuda {
             i32_arg(&mut d),
             &mut n_ as *mut u64 as *mut c_void,
         ];
-        self.launch(
-            self.f.add_rows,
-            (grid_for(n)?, 1, 1),
-            (BLOCK, 1, 1),
-            s,
-            &mut args,
-        )
+        self.launch(self.f.add_rows, (grid_for(n)?, 1, 1), (BLOCK, 1, 1), s, &mut args)
     }
 
     fn scale(&self, s: &mut CuStream, x: View, factor: f32, n: u64) -> Result<()> {
         let mut px = self.f32s(x, n, "scale")?;
         let (mut f, mut n_) = (factor, n);
-        let mut args = [
-            &mut px as *mut u64 as *mut c_void,
-            &mut f as *mut f32 as *mut c_void,
-            &mut n_ as *mut u64 as *mut c_void,
-        ];
-        self.launch(
-            self.f.scale,
-            (grid_for(n)?, 1, 1),
-            (BLOCK, 1, 1),
-            s,
-            &mut args,
-        )
+        let mut args =
+            [&mut px as *mut u64 as *mut c_void, &mut f as *mut f32 as *mut c_void, &mut n_ as *mut u64 as *mut c_void];
+        self.launch(self.f.scale, (grid_for(n)?, 1, 1), (BLOCK, 1, 1), s, &mut args)
     }
 
-    fn glu(
-        &self,
-        s: &mut CuStream,
-        gate: View,
-        up: View,
-        out: View,
-        n: u64,
-        act: u32,
-    ) -> Result<()> {
+    fn glu(&self, s: &mut CuStream, gate: View, up: View, out: View, n: u64, act: u32) -> Result<()> {
         if act != abi::GLU_SILU && act != abi::GLU_GELU_TANH {
             return Err(Error::unsupported(format!("glu activation {act}")));
         }
-        let (mut pg, mut pu, mut po) = (
-            self.f32s(gate, n, "glu gate")?,
-            self.f32s(up, n, "glu up")?,
-            self.f32s(out, n, "glu output")?,
-        );
+        let (mut pg, mut pu, mut po) =
+            (self.f32s(gate, n, "glu gate")?, self.f32s(up, n, "glu up")?, self.f32s(out, n, "glu output")?);
         let (mut n_, mut a) = (n, act as i32);
         let mut args = [
             &mut pg as *mut u64 as *mut c_void,
@@ -557,13 +451,7 @@ impl Device for Cuda {
             &mut n_ as *mut u64 as *mut c_void,
             i32_arg(&mut a),
         ];
-        self.launch(
-            self.f.glu,
-            (grid_for(n)?, 1, 1),
-            (BLOCK, 1, 1),
-            s,
-            &mut args,
-        )
+        self.launch(self.f.glu, (grid_for(n)?, 1, 1), (BLOCK, 1, 1), s, &mut args)
     }
 
     fn copy(&self, s: &mut CuStream, src: View, dst: View, dst_type: u32, n: u64) -> Result<()> {
@@ -583,21 +471,8 @@ impl Device for Cuda {
         self.launch(f, (grid_for(n)?, 1, 1), (BLOCK, 1, 1), s, &mut args)
     }
 
-    fn attention(
-        &self,
-        s: &mut CuStream,
-        q: View,
-        k: View,
-        v: View,
-        out: View,
-        p: &AttentionParams,
-    ) -> Result<()> {
-        let (nt, nh, nkv, hd) = (
-            p.n_tokens as u64,
-            p.n_head as u64,
-            p.n_head_kv as u64,
-            p.head_dim as u64,
-        );
+    fn attention(&self, s: &mut CuStream, q: View, k: View, v: View, out: View, p: &AttentionParams) -> Result<()> {
+        let (nt, nh, nkv, hd) = (p.n_tokens as u64, p.n_head as u64, p.n_head_kv as u64, p.head_dim as u64);
         if nkv == 0 || nh % nkv != 0 || (p.kv_stride as u64) < nkv * hd || hd > 256 || nt == 0 {
             return Err(Error::invalid(format!(
                 "attention: {nh} heads over {nkv} KV heads of {hd} (at most 256), stride {}, {nt} tokens",
@@ -644,12 +519,6 @@ impl Device for Cuda {
         ];
         // 4 warps per block, one warp per (token, head).
         let items = (nt * nh) as u32;
-        self.launch(
-            self.f.attention,
-            (items.div_ceil(4), 1, 1),
-            (32, 4, 1),
-            s,
-            &mut args,
-        )
+        self.launch(self.f.attention, (items.div_ceil(4), 1, 1), (32, 4, 1), s, &mut args)
     }
 }

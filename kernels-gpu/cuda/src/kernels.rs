@@ -7,10 +7,8 @@ use ggml_types::WeightType;
 pub const COMMON: &str = include_str!("kernels/common.cuh");
 
 /// (name, source) of every kernel file; each is compiled as `COMMON + source`.
-pub const SOURCES: &[(&str, &str)] = &[
-    ("matmul.cu", include_str!("kernels/matmul.cu")),
-    ("ops.cu", include_str!("kernels/ops.cu")),
-];
+pub const SOURCES: &[(&str, &str)] =
+    &[("matmul.cu", include_str!("kernels/matmul.cu")), ("ops.cu", include_str!("kernels/ops.cu"))];
 
 /// The whole program the backend compiles (one module).
 pub fn program() -> String {
@@ -39,10 +37,7 @@ pub fn matmul_kernel(t: WeightType) -> String {
 /// The weight types with a matrix kernel: those of the type table whose kernel `matmul.cu`
 /// defines (the others stay on the CPU). Read once, when the backend loads its kernels.
 pub fn weight_types() -> Vec<WeightType> {
-    let matmul = SOURCES
-        .iter()
-        .find(|(name, _)| *name == "matmul.cu")
-        .map_or("", |(_, src)| *src);
+    let matmul = SOURCES.iter().find(|(name, _)| *name == "matmul.cu").map_or("", |(_, src)| *src);
     ggml_types::TYPES
         .iter()
         .map(|f| f.ty)
@@ -51,18 +46,8 @@ pub fn weight_types() -> Vec<WeightType> {
 }
 
 /// The other kernels the backend loads.
-pub const OP_KERNELS: &[&str] = &[
-    "rmsnorm",
-    "rope",
-    "add",
-    "mul",
-    "add_rows",
-    "scale",
-    "glu",
-    "copy_f32_f16",
-    "copy_f32_f32",
-    "attention",
-];
+pub const OP_KERNELS: &[&str] =
+    &["rmsnorm", "rope", "add", "mul", "add_rows", "scale", "glu", "copy_f32_f16", "copy_f32_f32", "attention"];
 
 /// Cache folder for compiled PTX: `LLAMAFILE_CACHE`, `$XDG_CACHE_HOME/llamafile-rs` or
 /// `~/.cache/llamafile-rs`, then `ptx/`.
@@ -73,9 +58,7 @@ pub fn ptx_cache_dir() -> Option<std::path::PathBuf> {
     } else if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
         PathBuf::from(d).join("llamafile-rs")
     } else {
-        PathBuf::from(std::env::var_os("HOME")?)
-            .join(".cache")
-            .join("llamafile-rs")
+        PathBuf::from(std::env::var_os("HOME")?).join(".cache").join("llamafile-rs")
     };
     Some(root.join("ptx"))
 }
@@ -87,12 +70,7 @@ pub fn cache_key(src: &str, arch: &str) -> String {
     h.update(arch.as_bytes());
     h.update([0]);
     h.update(src.as_bytes());
-    let hex: String = h
-        .finalize()
-        .iter()
-        .take(16)
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hex: String = h.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect();
     format!("{arch}-{hex}.ptx")
 }
 
@@ -112,16 +90,10 @@ pub mod nvrtc {
         if !available() {
             return Err("libnvrtc not found (install the CUDA runtime compiler, e.g. `pip install nvidia-cuda-nvrtc-cu12` and add its lib folder to LD_LIBRARY_PATH)".into());
         }
-        let opts = CompileOptions {
-            arch: Some(arch),
-            use_fast_math: Some(false),
-            ..Default::default()
-        };
+        let opts = CompileOptions { arch: Some(arch), use_fast_math: Some(false), ..Default::default() };
         match compile_ptx_with_opts(src, opts) {
             Ok(ptx) => Ok(ptx.to_src()),
-            Err(CompileError::CompileError { log, .. }) => {
-                Err(format!("NVRTC: {}", log.to_string_lossy()))
-            }
+            Err(CompileError::CompileError { log, .. }) => Err(format!("NVRTC: {}", log.to_string_lossy())),
             Err(e) => Err(format!("NVRTC: {e}")),
         }
     }
@@ -134,9 +106,7 @@ pub mod nvrtc {
             Err(_) if !super::PREBUILT_PTX.is_empty() && src == super::PREBUILT_SRC => {
                 Ok(super::PREBUILT_PTX.to_string())
             }
-            Err(e) => Err(format!(
-                "{e}; and this library was built without prebuilt PTX"
-            )),
+            Err(e) => Err(format!("{e}; and this library was built without prebuilt PTX")),
         }
     }
 
@@ -183,15 +153,9 @@ mod tests {
         let mut listed: Vec<String> = weight_types().into_iter().map(matmul_kernel).collect();
         defined.sort_unstable();
         listed.sort_unstable();
-        assert_eq!(
-            defined, listed,
-            "DEFINE_MATMUL lines vs the weight types found"
-        );
+        assert_eq!(defined, listed, "DEFINE_MATMUL lines vs the weight types found");
         assert!(listed.len() >= 12, "{listed:?}");
-        assert!(
-            !weight_types().contains(&WeightType::Q3_K),
-            "Q3_K has no kernel (falls back to the CPU)"
-        );
+        assert!(!weight_types().contains(&WeightType::Q3_K), "Q3_K has no kernel (falls back to the CPU)");
         for k in OP_KERNELS {
             assert!(prog.contains(&format!("void {k}(")), "{k} missing");
         }
@@ -203,21 +167,10 @@ mod tests {
             eprintln!("note: built without NVRTC: no prebuilt PTX (users then need NVRTC)");
             return;
         }
-        assert_eq!(
-            PREBUILT_SRC,
-            program(),
-            "build.rs assembled another program than kernels::program()"
-        );
+        assert_eq!(PREBUILT_SRC, program(), "build.rs assembled another program than kernels::program()");
         let matmul: Vec<String> = weight_types().into_iter().map(matmul_kernel).collect();
-        for k in OP_KERNELS
-            .iter()
-            .copied()
-            .chain(matmul.iter().map(String::as_str))
-        {
-            assert!(
-                PREBUILT_PTX.contains(&format!(".entry {k}(")),
-                "{k} missing from the prebuilt PTX"
-            );
+        for k in OP_KERNELS.iter().copied().chain(matmul.iter().map(String::as_str)) {
+            assert!(PREBUILT_PTX.contains(&format!(".entry {k}(")), "{k} missing from the prebuilt PTX");
         }
         assert!(PREBUILT_PTX.contains(".target sm_61"));
     }

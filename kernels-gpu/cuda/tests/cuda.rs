@@ -18,34 +18,24 @@ fn nvrtc_compiles_every_kernel_source() {
     }
     for (name, src) in kernels::SOURCES {
         let full = format!("{}\n{}", kernels::COMMON, src);
-        let ptx = kernels::nvrtc::compile(&full, "compute_75")
-            .unwrap_or_else(|e| panic!("{name} does not compile:\n{e}"));
+        let ptx =
+            kernels::nvrtc::compile(&full, "compute_75").unwrap_or_else(|e| panic!("{name} does not compile:\n{e}"));
         assert!(ptx.contains(".entry"), "{name}: no kernel in the PTX");
     }
     // The whole program, for the oldest and newest architectures we expect users to have.
     for arch in ["compute_61", "compute_90"] {
-        let ptx = kernels::nvrtc::compile(&kernels::program(), arch)
-            .unwrap_or_else(|e| panic!("{arch}:\n{e}"));
+        let ptx = kernels::nvrtc::compile(&kernels::program(), arch).unwrap_or_else(|e| panic!("{arch}:\n{e}"));
         for t in kernels::weight_types() {
             let k = kernels::matmul_kernel(t);
-            assert!(
-                ptx.contains(&format!(".entry {k}(")),
-                "{arch}: kernel {k} missing from the PTX"
-            );
+            assert!(ptx.contains(&format!(".entry {k}(")), "{arch}: kernel {k} missing from the PTX");
         }
         for k in kernels::OP_KERNELS {
-            assert!(
-                ptx.contains(&format!(".entry {k}(")),
-                "{arch}: kernel {k} missing from the PTX"
-            );
+            assert!(ptx.contains(&format!(".entry {k}(")), "{arch}: kernel {k} missing from the PTX");
         }
     }
     // A source with an error is reported with NVRTC's log, not a panic.
-    let e = kernels::nvrtc::compile(
-        "extern \"C\" __global__ void k() { undefined_thing(); }",
-        "compute_75",
-    )
-    .unwrap_err();
+    let e =
+        kernels::nvrtc::compile("extern \"C\" __global__ void k() { undefined_thing(); }", "compute_75").unwrap_err();
     assert!(e.contains("undefined_thing"), "{e}");
 }
 
@@ -55,17 +45,12 @@ fn lib_path() -> PathBuf {
 
 /// The device, or None (with a message) where there is no GPU.
 fn gpu() -> Option<(Arc<Device>, GpuStream)> {
-    let lib =
-        Library::open(&lib_path()).expect("the CUDA backend library loads even without a GPU");
+    let lib = Library::open(&lib_path()).expect("the CUDA backend library loads even without a GPU");
     assert_eq!(lib.name(), "cuda");
     match lib.devices() {
         Ok(d) => {
             assert!(d[0].score > 0);
-            eprintln!(
-                "GPU: {} ({} MiB)",
-                abi::name_str(&d[0].name),
-                d[0].total_memory >> 20
-            );
+            eprintln!("GPU: {} ({} MiB)", abi::name_str(&d[0].name), d[0].total_memory >> 20);
         }
         Err(e) => {
             test_support::skip_without_gpu(&e.to_string());
@@ -81,23 +66,16 @@ fn gpu() -> Option<(Arc<Device>, GpuStream)> {
 fn without_a_gpu_the_library_says_why() {
     let lib = Library::open(&lib_path()).unwrap();
     if let Err(e) = lib.devices() {
-        assert!(
-            e.code == abi::ERR_NO_DEVICE || e.code == abi::ERR_DEVICE,
-            "{e}"
-        );
+        assert!(e.code == abi::ERR_NO_DEVICE || e.code == abi::ERR_DEVICE, "{e}");
         assert!(!e.message.is_empty());
     }
 }
 
 fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         })
         .collect()
@@ -130,20 +108,12 @@ fn gpu_matmul_every_weight_type() {
         kernels_cpu::types::dequantize_row(wt, &q, &mut deq);
         let wb = dev.alloc(q.len() as u64).unwrap();
         s.upload(wb.view(), &q).unwrap();
-        let w = Weight {
-            data: wb.view(),
-            ggml_type: wt.id(),
-            _reserved: 0,
-            rows: rows as u64,
-            cols: cols as u64,
-        };
+        let w = Weight { data: wb.view(), ggml_type: wt.id(), _reserved: 0, rows: rows as u64, cols: cols as u64 };
         s.matmul(&w, xb.view(), n as u32, yb.view()).unwrap();
         let got = down(&mut s, yb.view(), n * rows);
         for tok in 0..n {
             for r in 0..rows {
-                let want: f64 = (0..cols)
-                    .map(|c| deq[r * cols + c] as f64 * x[tok * cols + c] as f64)
-                    .sum();
+                let want: f64 = (0..cols).map(|c| deq[r * cols + c] as f64 * x[tok * cols + c] as f64).sum();
                 let g = got[tok * rows + r] as f64;
                 assert!(
                     (g - want).abs() < 1e-3 * (1.0 + want.abs()),
@@ -163,8 +133,7 @@ fn gpu_ops_match_formulas() {
     let w = rand_vec(300, 8);
     let (xb, wb) = (up(&dev, &mut s, &x), up(&dev, &mut s, &w));
     let ob = dev.alloc(3 * 300 * 4).unwrap();
-    s.rmsnorm(xb.view(), wb.view(), 3, 300, 1e-5, ob.view())
-        .unwrap();
+    s.rmsnorm(xb.view(), wb.view(), 3, 300, 1e-5, ob.view()).unwrap();
     let got = down(&mut s, ob.view(), 900);
     for r in 0..3 {
         let row = &x[r * 300..][..300];
@@ -204,7 +173,8 @@ fn gpu_ops_match_formulas() {
     let ff: Vec<f32> = (0..hd / 2).map(|i| 1.0 + i as f32 * 0.25).collect();
     let fb = up(&dev, &mut s, &ff);
     let xb = up(&dev, &mut s, &qv);
-    s.rope(xb.view(), &RopeParams { mode: abi::ROPE_NORMAL, freq_base: 500000.0, freq_factors: fb.view(), ..rp }).unwrap();
+    s.rope(xb.view(), &RopeParams { mode: abi::ROPE_NORMAL, freq_base: 500000.0, freq_factors: fb.view(), ..rp })
+        .unwrap();
     let got = down(&mut s, xb.view(), qv.len());
     let spec = kernels_cpu::ops::Rope { factors: Some(ff.clone()), ..kernels_cpu::ops::Rope::normal(hd, 500000.0) };
     let mut want = qv.clone();
@@ -218,14 +188,9 @@ fn gpu_ops_match_formulas() {
     let kv = rand_vec(n_pos * nkv * hd, 10);
     let vv = rand_vec(n_pos * nkv * hd, 11);
     let (kf, vf) = (up(&dev, &mut s, &kv), up(&dev, &mut s, &vv));
-    let (kc, vc) = (
-        dev.alloc((kv.len() * 2) as u64).unwrap(),
-        dev.alloc((vv.len() * 2) as u64).unwrap(),
-    );
-    s.copy(kf.view(), kc.view(), abi::TYPE_F16, kv.len() as u64)
-        .unwrap();
-    s.copy(vf.view(), vc.view(), abi::TYPE_F16, vv.len() as u64)
-        .unwrap();
+    let (kc, vc) = (dev.alloc((kv.len() * 2) as u64).unwrap(), dev.alloc((vv.len() * 2) as u64).unwrap());
+    s.copy(kf.view(), kc.view(), abi::TYPE_F16, kv.len() as u64).unwrap();
+    s.copy(vf.view(), vc.view(), abi::TYPE_F16, vv.len() as u64).unwrap();
     let h16 = |v: f32| half::f16::from_f32(v).to_f32();
     let ab = dev.alloc((nt * nh * hd * 4) as u64).unwrap();
     for window in [0usize, 3] {
@@ -241,34 +206,22 @@ fn gpu_ops_match_formulas() {
             scale: 0.125,
             softcap: 0.0,
         };
-        s.attention(qb.view(), kc.view(), vc.view(), ab.view(), &p)
-            .unwrap();
+        s.attention(qb.view(), kc.view(), vc.view(), ab.view(), &p).unwrap();
         let got = down(&mut s, ab.view(), nt * nh * hd);
         for t in 0..nt {
             let i = pos0 + t;
-            let first = if window > 0 {
-                (i + 1).saturating_sub(window)
-            } else {
-                0
-            };
+            let first = if window > 0 { (i + 1).saturating_sub(window) } else { 0 };
             for h in 0..nh {
                 let g = h / (nh / nkv);
                 let q = &qr[(t * nh + h) * hd..][..hd];
                 let sc: Vec<f32> = (first..=i)
-                    .map(|j| {
-                        (0..hd)
-                            .map(|d| q[d] * h16(kv[j * nkv * hd + g * hd + d]))
-                            .sum::<f32>()
-                            * 0.125
-                    })
+                    .map(|j| (0..hd).map(|d| q[d] * h16(kv[j * nkv * hd + g * hd + d])).sum::<f32>() * 0.125)
                     .collect();
                 let m = sc.iter().cloned().fold(f32::MIN, f32::max);
                 let z: f32 = sc.iter().map(|v| (v - m).exp()).sum();
                 for d in 0..hd {
-                    let want: f32 = (first..=i)
-                        .zip(&sc)
-                        .map(|(j, v)| (v - m).exp() / z * h16(vv[j * nkv * hd + g * hd + d]))
-                        .sum();
+                    let want: f32 =
+                        (first..=i).zip(&sc).map(|(j, v)| (v - m).exp() / z * h16(vv[j * nkv * hd + g * hd + d])).sum();
                     let gv = got[(t * nh + h) * hd + d];
                     // f16 query and accumulator (the CPU path's numerics): a few f16 ulps.
                     assert!(

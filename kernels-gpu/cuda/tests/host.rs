@@ -142,46 +142,27 @@ fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
 fn close(what: &str, got: &[f32], want: &[f32], tol: f32) {
     assert_eq!(got.len(), want.len());
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (g - w).abs() <= tol * (1.0 + w.abs()),
-            "{what}[{i}]: kernel {g}, expected {w}"
-        );
+        assert!((g - w).abs() <= tol * (1.0 + w.abs()), "{what}[{i}]: kernel {g}, expected {w}");
     }
 }
 
 /// Builds the kernels for the host; None (with a message) without a C++20 compiler.
 fn build(dir: &std::path::Path) -> Option<libloading::Library> {
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
-    if Command::new(&cxx)
-        .arg("--version")
-        .output()
-        .map(|o| !o.status.success())
-        .unwrap_or(true)
-    {
-        test_support::skip(&format!("a C++ compiler ({cxx}) to build the CUDA sources for the host"), "install g++, or set CXX");
+    if Command::new(&cxx).arg("--version").output().map(|o| !o.status.success()).unwrap_or(true) {
+        test_support::skip(
+            &format!("a C++ compiler ({cxx}) to build the CUDA sources for the host"),
+            "install g++, or set CXX",
+        );
         return None;
     }
     let src = dir.join("kernels_host.cpp");
-    let matmuls: String = kernels::weight_types()
-        .into_iter()
-        .map(|t| format!("HOST_MATMUL({})\n", kernels::matmul_kernel(t)))
-        .collect();
-    std::fs::write(
-        &src,
-        format!("{PRELUDE}\n{}\n{WRAPPERS}\n{matmuls}", kernels::program()),
-    )
-    .unwrap();
+    let matmuls: String =
+        kernels::weight_types().into_iter().map(|t| format!("HOST_MATMUL({})\n", kernels::matmul_kernel(t))).collect();
+    std::fs::write(&src, format!("{PRELUDE}\n{}\n{WRAPPERS}\n{matmuls}", kernels::program())).unwrap();
     let so = dir.join("libkernels_host.so");
     let out = Command::new(&cxx)
-        .args([
-            "-std=c++20",
-            "-O1",
-            "-pthread",
-            "-shared",
-            "-fPIC",
-            "-x",
-            "c++",
-        ])
+        .args(["-std=c++20", "-O1", "-pthread", "-shared", "-fPIC", "-x", "c++"])
         .arg(&src)
         .arg("-o")
         .arg(&so)
@@ -212,29 +193,17 @@ fn every_kernel_on_the_host_matches_kernels_cpu_and_formulas() {
         for wt in kernels::weight_types() {
             let name = format!("host_{}", kernels::matmul_kernel(wt));
             let f: libloading::Symbol<MatmulFn> = lib.get(name.as_bytes()).unwrap();
-            let wf: Vec<f32> = rand_vec(rows * cols, 7 + wt.id() as u64)
-                .iter()
-                .map(|v| v * 3.0)
-                .collect();
+            let wf: Vec<f32> = rand_vec(rows * cols, 7 + wt.id() as u64).iter().map(|v| v * 3.0).collect();
             let rb = wt.row_bytes(cols);
             let mut q = vec![0u8; rb * rows];
             kernels_cpu::types::quantize_row(wt, &wf, &mut q);
             let mut deq = vec![0f32; rows * cols];
             kernels_cpu::types::dequantize_row(wt, &q, &mut deq);
             let mut y = vec![0f32; n * rows];
-            f(
-                q.as_ptr(),
-                rb as u64,
-                rows as i32,
-                cols as i32,
-                x.as_ptr(),
-                n as i32,
-                y.as_mut_ptr(),
-            );
+            f(q.as_ptr(), rb as u64, rows as i32, cols as i32, x.as_ptr(), n as i32, y.as_mut_ptr());
             for tok in 0..n {
                 for r in 0..rows {
-                    let terms =
-                        (0..cols).map(|c| deq[r * cols + c] as f64 * x[tok * cols + c] as f64);
+                    let terms = (0..cols).map(|c| deq[r * cols + c] as f64 * x[tok * cols + c] as f64);
                     let want: f64 = terms.clone().sum();
                     let scale: f64 = terms.map(f64::abs).sum();
                     let got = y[tok * rows + r] as f64;
@@ -266,14 +235,7 @@ fn every_kernel_on_the_host_matches_kernels_cpu_and_formulas() {
         };
         rms(xs.as_ptr(), w.as_ptr(), 3, 300, 1e-5, out.as_mut_ptr());
         close("rmsnorm", &out, &want(true), 1e-5);
-        rms(
-            xs.as_ptr(),
-            std::ptr::null(),
-            3,
-            300,
-            1e-5,
-            out.as_mut_ptr(),
-        );
+        rms(xs.as_ptr(), std::ptr::null(), 3, 300, 1e-5, out.as_mut_ptr());
         close("rmsnorm without weight", &out, &want(false), 1e-5);
 
         // ---- rope, both layouts, partial rotation (n_rot 16 of head 32), with and without
@@ -314,24 +276,10 @@ fn every_kernel_on_the_host_matches_kernels_cpu_and_formulas() {
 
         // ---- glu, add_rows, f16 copy ----
         let glu: libloading::Symbol<GluFn> = lib.get(b"host_glu").unwrap();
-        let (g, u) = (
-            rand_vec(700, 5)
-                .iter()
-                .map(|v| v * 4.0)
-                .collect::<Vec<f32>>(),
-            rand_vec(700, 6),
-        );
+        let (g, u) = (rand_vec(700, 5).iter().map(|v| v * 4.0).collect::<Vec<f32>>(), rand_vec(700, 6));
         let mut o = vec![0f32; 700];
         glu(g.as_ptr(), u.as_ptr(), o.as_mut_ptr(), 700, 0);
-        close(
-            "silu",
-            &o,
-            &g.iter()
-                .zip(&u)
-                .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
-                .collect::<Vec<_>>(),
-            1e-6,
-        );
+        close("silu", &o, &g.iter().zip(&u).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect::<Vec<_>>(), 1e-6);
         // GELU: exactly kernels-cpu's (the reference engine's f16 table), inputs past +-10 too.
         let g: Vec<f32> = g.iter().map(|v| v * 3.0).collect();
         glu(g.as_ptr(), u.as_ptr(), o.as_mut_ptr(), 700, 1);
@@ -340,18 +288,11 @@ fn every_kernel_on_the_host_matches_kernels_cpu_and_formulas() {
         close("gelu", &o, &want, 1e-6);
         let add_rows: libloading::Symbol<AddRowsFn> = lib.get(b"host_add_rows").unwrap();
         let mut xr = rand_vec(12, 7);
-        let want: Vec<f32> = xr
-            .iter()
-            .enumerate()
-            .map(|(i, v)| v + (i % 4) as f32)
-            .collect();
+        let want: Vec<f32> = xr.iter().enumerate().map(|(i, v)| v + (i % 4) as f32).collect();
         add_rows(xr.as_mut_ptr(), [0.0f32, 1.0, 2.0, 3.0].as_ptr(), 4, 12);
         close("add_rows", &xr, &want, 0.0);
         let copy: libloading::Symbol<CopyFn> = lib.get(b"host_copy_f32_f16").unwrap();
-        let mut vals = rand_vec(1000, 8)
-            .iter()
-            .map(|v| v * 70000.0)
-            .collect::<Vec<f32>>();
+        let mut vals = rand_vec(1000, 8).iter().map(|v| v * 70000.0).collect::<Vec<f32>>();
         vals.extend([1e-6f32, -3e-7, 6.1e-5, 0.0, 65504.0, 1e9]);
         let mut h = vec![0u16; vals.len()];
         copy(vals.as_ptr(), h.as_mut_ptr(), vals.len() as u64);
@@ -367,22 +308,10 @@ fn every_kernel_on_the_host_matches_kernels_cpu_and_formulas() {
         let q = rand_vec(nt * nh * hd, 9);
         let kf = rand_vec(n_pos * stride, 10);
         let vf = rand_vec(n_pos * stride, 11);
-        let k16: Vec<u16> = kf
-            .iter()
-            .map(|v| half::f16::from_f32(*v).to_bits())
-            .collect();
-        let v16: Vec<u16> = vf
-            .iter()
-            .map(|v| half::f16::from_f32(*v).to_bits())
-            .collect();
-        let kr: Vec<f32> = k16
-            .iter()
-            .map(|b| half::f16::from_bits(*b).to_f32())
-            .collect();
-        let vr: Vec<f32> = v16
-            .iter()
-            .map(|b| half::f16::from_bits(*b).to_f32())
-            .collect();
+        let k16: Vec<u16> = kf.iter().map(|v| half::f16::from_f32(*v).to_bits()).collect();
+        let v16: Vec<u16> = vf.iter().map(|v| half::f16::from_f32(*v).to_bits()).collect();
+        let kr: Vec<f32> = k16.iter().map(|b| half::f16::from_bits(*b).to_f32()).collect();
+        let vr: Vec<f32> = v16.iter().map(|b| half::f16::from_bits(*b).to_f32()).collect();
         // Expected: exact f32 softmax (the kernel rounds the query and the accumulator to f16,
         // so the tolerance is a few f16 ulps), plus an exact run over an f32 cache below.
         for (window, softcap) in [(0usize, 0.0f32), (2, 0.0), (0, 1.5)] {
@@ -407,20 +336,13 @@ fn every_kernel_on_the_host_matches_kernels_cpu_and_formulas() {
             let mut want = vec![0f32; nt * nh * hd];
             for t in 0..nt {
                 let i = pos0 + t;
-                let first = if window > 0 {
-                    (i + 1).saturating_sub(window)
-                } else {
-                    0
-                };
+                let first = if window > 0 { (i + 1).saturating_sub(window) } else { 0 };
                 for hq in 0..nh {
                     let g = hq / (nh / nkv);
                     let qh = &q[(t * nh + hq) * hd..][..hd];
                     let sc: Vec<f32> = (first..=i)
                         .map(|j| {
-                            let s = (0..hd)
-                                .map(|d| qh[d] * kr[j * stride + g * hd + d])
-                                .sum::<f32>()
-                                * scale;
+                            let s = (0..hd).map(|d| qh[d] * kr[j * stride + g * hd + d]).sum::<f32>() * scale;
                             if softcap > 0.0 {
                                 softcap * (s / softcap).tanh()
                             } else {
@@ -431,19 +353,12 @@ fn every_kernel_on_the_host_matches_kernels_cpu_and_formulas() {
                     let m = sc.iter().cloned().fold(f32::MIN, f32::max);
                     let z: f32 = sc.iter().map(|s| (s - m).exp()).sum();
                     for d in 0..hd {
-                        want[(t * nh + hq) * hd + d] = (first..=i)
-                            .zip(&sc)
-                            .map(|(j, s)| (s - m).exp() / z * vr[j * stride + g * hd + d])
-                            .sum();
+                        want[(t * nh + hq) * hd + d] =
+                            (first..=i).zip(&sc).map(|(j, s)| (s - m).exp() / z * vr[j * stride + g * hd + d]).sum();
                     }
                 }
             }
-            close(
-                &format!("attention window {window} softcap {softcap}"),
-                &o,
-                &want,
-                3e-3,
-            );
+            close(&format!("attention window {window} softcap {softcap}"), &o, &want, 3e-3);
             if window == 0 && softcap == 0.0 {
                 let mut o32 = vec![0f32; nt * nh * hd];
                 let att32: libloading::Symbol<Att32Fn> = lib.get(b"host_attention").unwrap();

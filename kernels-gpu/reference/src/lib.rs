@@ -57,12 +57,7 @@ impl Drop for Reference {
         let map = self.buffers.get_mut().unwrap_or_else(|e| e.into_inner());
         for (_, a) in map.drain() {
             // SAFETY: allocated in `alloc` with this layout, freed once (removed from the map).
-            unsafe {
-                std::alloc::dealloc(
-                    a.ptr,
-                    std::alloc::Layout::from_size_align_unchecked(a.len, ALIGN),
-                )
-            };
+            unsafe { std::alloc::dealloc(a.ptr, std::alloc::Layout::from_size_align_unchecked(a.len, ALIGN)) };
         }
     }
 }
@@ -103,23 +98,15 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 fn limit_from_env() -> u64 {
-    std::env::var("LLAMAFILE_REFERENCE_MEMORY")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(u64::MAX)
+    std::env::var("LLAMAFILE_REFERENCE_MEMORY").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(u64::MAX)
 }
 
 impl Reference {
     /// The start of `bytes` bytes at `v`, bounds-checked.
     fn span(&self, v: View, bytes: u64, what: &str) -> Result<*mut u8> {
         let map = self.buffers.lock().unwrap_or_else(|e| e.into_inner());
-        let a = map
-            .get(&v.buf)
-            .ok_or_else(|| Error::invalid(format!("{what}: unknown buffer handle {}", v.buf)))?;
-        let end = v
-            .offset
-            .checked_add(bytes)
-            .ok_or_else(|| Error::invalid(format!("{what}: size overflow")))?;
+        let a = map.get(&v.buf).ok_or_else(|| Error::invalid(format!("{what}: unknown buffer handle {}", v.buf)))?;
+        let end = v.offset.checked_add(bytes).ok_or_else(|| Error::invalid(format!("{what}: size overflow")))?;
         if end > a.len as u64 {
             return Err(Error::invalid(format!(
                 "{what}: {bytes} bytes at offset {} overrun buffer {} of {} bytes",
@@ -148,14 +135,7 @@ impl Reference {
     }
 
     /// Reads `n` elements of a KV cache (f16 or f32) as f32.
-    fn read_kv(
-        &self,
-        v: View,
-        n: usize,
-        kv_type: u32,
-        dst: &mut Vec<f32>,
-        what: &str,
-    ) -> Result<()> {
+    fn read_kv(&self, v: View, n: usize, kv_type: u32, dst: &mut Vec<f32>, what: &str) -> Result<()> {
         match kv_type {
             abi::TYPE_F32 => self.read_f32(v, n, dst, what),
             abi::TYPE_F16 => {
@@ -218,12 +198,7 @@ impl Reference {
         cache_elems: usize,
     ) -> Result<()> {
         use kernels_cpu::ops;
-        let (nt, nh, nkv, hd) = (
-            p.n_tokens as usize,
-            p.n_head as usize,
-            p.n_head_kv as usize,
-            p.head_dim as usize,
-        );
+        let (nt, nh, nkv, hd) = (p.n_tokens as usize, p.n_head as usize, p.n_head_kv as usize, p.head_dim as usize);
         let stride = p.kv_stride as usize;
         self.read_f16(k, cache_elems, &mut s.k16, "attention k")?;
         self.read_f16(v, cache_elems, &mut s.v16, "attention v")?;
@@ -235,11 +210,7 @@ impl Reference {
         let group = nh / nkv;
         for t in 0..nt {
             let i = p.pos0 as usize + t;
-            let first = if p.window > 0 {
-                (i + 1).saturating_sub(p.window as usize)
-            } else {
-                0
-            };
+            let first = if p.window > 0 { (i + 1).saturating_sub(p.window as usize) } else { 0 };
             for h in 0..nh {
                 let kvo = (h / group) * hd;
                 ops::f32_to_f16_slice(&s.a[(t * nh + h) * hd..][..hd], &mut s.q16);
@@ -254,11 +225,7 @@ impl Reference {
                     let (mut ms, mut vs) = (1.0f32, 1.0f32);
                     ops::f16_to_f32_slice(&s.acc16, acc);
                     if sc > m {
-                        ms = if m == f32::NEG_INFINITY {
-                            0.0
-                        } else {
-                            (m - sc).exp()
-                        };
+                        ms = if m == f32::NEG_INFINITY { 0.0 } else { (m - sc).exp() };
                         m = sc;
                         if ms != 1.0 {
                             ops::scale(acc, ms);
@@ -287,10 +254,7 @@ impl Device for Reference {
 
     fn device_count() -> Result<u32> {
         if fault().as_deref() == Some("no-device") {
-            return Err(Error::new(
-                abi::ERR_NO_DEVICE,
-                "no device (LLAMAFILE_REFERENCE_FAULT=no-device)",
-            ));
+            return Err(Error::new(abi::ERR_NO_DEVICE, "no device (LLAMAFILE_REFERENCE_FAULT=no-device)"));
         }
         Ok(1)
     }
@@ -300,10 +264,7 @@ impl Device for Reference {
             return Err(Error::invalid(format!("no device {device}")));
         }
         let limit = limit_from_env();
-        let name = format!(
-            "CPU reference (kernels-cpu, {})",
-            kernels_cpu::kernels().isa.name()
-        );
+        let name = format!("CPU reference (kernels-cpu, {})", kernels_cpu::kernels().isa.name());
         Ok(DeviceInfo {
             name: abi::name_field(&name),
             total_memory: limit,
@@ -318,10 +279,7 @@ impl Device for Reference {
 
     fn init(device: u32) -> Result<Self> {
         if fault().as_deref() == Some("init") {
-            return Err(Error::new(
-                abi::ERR_DEVICE,
-                "device initialisation failed (LLAMAFILE_REFERENCE_FAULT=init)",
-            ));
+            return Err(Error::new(abi::ERR_DEVICE, "device initialisation failed (LLAMAFILE_REFERENCE_FAULT=init)"));
         }
         if device != 0 {
             return Err(Error::invalid(format!("no device {device}")));
@@ -353,47 +311,28 @@ impl Device for Reference {
             self.used.fetch_sub(bytes, Ordering::SeqCst);
             return Err(Error::new(
                 abi::ERR_OUT_OF_MEMORY,
-                format!(
-                    "cannot allocate {bytes} bytes: {used} of {} in use",
-                    self.limit
-                ),
+                format!("cannot allocate {bytes} bytes: {used} of {} in use", self.limit),
             ));
         }
         let len = (bytes as usize).max(1);
-        let layout = std::alloc::Layout::from_size_align(len, ALIGN)
-            .map_err(|e| Error::invalid(e.to_string()))?;
+        let layout = std::alloc::Layout::from_size_align(len, ALIGN).map_err(|e| Error::invalid(e.to_string()))?;
         // SAFETY: layout has a non-zero size.
         let ptr = unsafe { std::alloc::alloc(layout) };
         if ptr.is_null() {
             self.used.fetch_sub(bytes, Ordering::SeqCst);
-            return Err(Error::new(
-                abi::ERR_OUT_OF_MEMORY,
-                format!("cannot allocate {bytes} bytes"),
-            ));
+            return Err(Error::new(abi::ERR_OUT_OF_MEMORY, format!("cannot allocate {bytes} bytes")));
         }
         let h = self.next.fetch_add(1, Ordering::SeqCst);
-        self.buffers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(h, Allocation { ptr, len });
+        self.buffers.lock().unwrap_or_else(|e| e.into_inner()).insert(h, Allocation { ptr, len });
         Ok(h)
     }
 
     fn free(&self, buf: u64) {
-        let a = self
-            .buffers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&buf);
+        let a = self.buffers.lock().unwrap_or_else(|e| e.into_inner()).remove(&buf);
         if let Some(a) = a {
             self.used.fetch_sub(a.len as u64, Ordering::SeqCst);
             // SAFETY: allocated in `alloc` with this layout; removed from the map, so freed once.
-            unsafe {
-                std::alloc::dealloc(
-                    a.ptr,
-                    std::alloc::Layout::from_size_align_unchecked(a.len, ALIGN),
-                )
-            };
+            unsafe { std::alloc::dealloc(a.ptr, std::alloc::Layout::from_size_align_unchecked(a.len, ALIGN)) };
         }
     }
 
@@ -429,10 +368,7 @@ impl Device for Reference {
             .ok_or_else(|| Error::unsupported(format!("weight type {}", w.ggml_type)))?;
         let (rows, cols, n) = (w.rows as usize, w.cols as usize, n_tokens as usize);
         let row_bytes = abi::row_bytes(w.ggml_type, w.cols).ok_or_else(|| {
-            Error::invalid(format!(
-                "{cols} columns is not a whole number of {} blocks",
-                wtype.name()
-            ))
+            Error::invalid(format!("{cols} columns is not a whole number of {} blocks", wtype.name()))
         })?;
         let wbytes = row_bytes * w.rows;
         let wp = self.span(w.data, wbytes, "matmul weight")?;
@@ -471,16 +407,9 @@ impl Device for Reference {
     }
 
     fn rope(&self, s: &mut RefStream, x: View, p: &RopeParams) -> Result<()> {
-        let (nt, nh, hd, nr) = (
-            p.n_tokens as usize,
-            p.n_heads as usize,
-            p.head_dim as usize,
-            p.n_rot as usize,
-        );
+        let (nt, nh, hd, nr) = (p.n_tokens as usize, p.n_heads as usize, p.head_dim as usize, p.n_rot as usize);
         if nr > hd || !nr.is_multiple_of(2) || nr > kernels_cpu::ops::MAX_ROT {
-            return Err(Error::invalid(format!(
-                "rope: n_rot {nr} with head_dim {hd}"
-            )));
+            return Err(Error::invalid(format!("rope: n_rot {nr} with head_dim {hd}")));
         }
         self.read_f32(x, nt * nh * hd, &mut s.a, "rope")?;
         let factors = if p.freq_factors.buf == 0 {
@@ -511,14 +440,7 @@ impl Device for Reference {
         self.elementwise(s, a, b, out, n, "mul", |x, y| x * y)
     }
 
-    fn add_rows(
-        &self,
-        s: &mut RefStream,
-        x: View,
-        bias: View,
-        n_rows: u32,
-        dim: u32,
-    ) -> Result<()> {
+    fn add_rows(&self, s: &mut RefStream, x: View, bias: View, n_rows: u32, dim: u32) -> Result<()> {
         let (rows, dim) = (n_rows as usize, dim as usize);
         self.read_f32(x, rows * dim, &mut s.a, "add_rows input")?;
         self.read_f32(bias, dim, &mut s.b, "add_rows bias")?;
@@ -536,15 +458,7 @@ impl Device for Reference {
         self.write_f32(x, &s.a, "scale")
     }
 
-    fn glu(
-        &self,
-        s: &mut RefStream,
-        gate: View,
-        up: View,
-        out: View,
-        n: u64,
-        act: u32,
-    ) -> Result<()> {
+    fn glu(&self, s: &mut RefStream, gate: View, up: View, out: View, n: u64, act: u32) -> Result<()> {
         // kernels-cpu's activations, the CPU path's numerics (GELU through the reference
         // engine's f16 table).
         let f: fn(&mut [f32], &[f32]) = match act {
@@ -576,26 +490,11 @@ impl Device for Reference {
         }
     }
 
-    fn attention(
-        &self,
-        s: &mut RefStream,
-        q: View,
-        k: View,
-        v: View,
-        out: View,
-        p: &AttentionParams,
-    ) -> Result<()> {
-        let (nt, nh, nkv, hd) = (
-            p.n_tokens as usize,
-            p.n_head as usize,
-            p.n_head_kv as usize,
-            p.head_dim as usize,
-        );
+    fn attention(&self, s: &mut RefStream, q: View, k: View, v: View, out: View, p: &AttentionParams) -> Result<()> {
+        let (nt, nh, nkv, hd) = (p.n_tokens as usize, p.n_head as usize, p.n_head_kv as usize, p.head_dim as usize);
         let stride = p.kv_stride as usize;
         if nkv == 0 || !nh.is_multiple_of(nkv) || stride < nkv * hd {
-            return Err(Error::invalid(format!(
-                "attention: {nh} heads over {nkv} KV heads, stride {stride}"
-            )));
+            return Err(Error::invalid(format!("attention: {nh} heads over {nkv} KV heads, stride {stride}")));
         }
         let n_pos = p.pos0 as usize + nt;
         let cache_elems = (n_pos - 1) * stride + nkv * hd;
@@ -611,11 +510,7 @@ impl Device for Reference {
         let group = nh / nkv;
         for t in 0..nt {
             let i = p.pos0 as usize + t;
-            let first = if p.window > 0 {
-                (i + 1).saturating_sub(p.window as usize)
-            } else {
-                0
-            };
+            let first = if p.window > 0 { (i + 1).saturating_sub(p.window as usize) } else { 0 };
             for h in 0..nh {
                 let qh = &s.a[(t * nh + h) * hd..][..hd];
                 let kvo = (h / group) * hd;

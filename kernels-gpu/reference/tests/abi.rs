@@ -33,10 +33,7 @@ fn download(s: &mut GpuStream, v: View, n: usize) -> Vec<f32> {
 fn close(a: &[f32], b: &[f32], tol: f32) {
     assert_eq!(a.len(), b.len());
     for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        assert!(
-            (x - y).abs() <= tol * (1.0 + y.abs()),
-            "element {i}: {x} vs {y}\n{a:?}\n{b:?}"
-        );
+        assert!((x - y).abs() <= tol * (1.0 + y.abs()), "element {i}: {x} vs {y}\n{a:?}\n{b:?}");
     }
 }
 
@@ -88,34 +85,21 @@ fn elementwise_ops() {
     // Two rows of two plus a bias.
     let bias = upload(&dev, &mut s, &[10.0, 20.0]);
     s.add_rows(a.view(), bias.view(), 2, 2).unwrap();
-    close(
-        &download(&mut s, a.view(), 4),
-        &[13.0, 24.0, 14.0, 25.0],
-        0.0,
-    );
+    close(&download(&mut s, a.view(), 4), &[13.0, 24.0, 14.0, 25.0], 0.0);
 
     let g = [-1.0f32, 0.0, 0.5, 3.0];
     let u = [2.0f32, 1.0, -1.0, 0.25];
     let gb = upload(&dev, &mut s, &g);
     let ub = upload(&dev, &mut s, &u);
-    s.glu(gb.view(), ub.view(), o.view(), 4, abi::GLU_SILU)
-        .unwrap();
-    let silu: Vec<f32> = g
-        .iter()
-        .zip(&u)
-        .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
-        .collect();
+    s.glu(gb.view(), ub.view(), o.view(), 4, abi::GLU_SILU).unwrap();
+    let silu: Vec<f32> = g.iter().zip(&u).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
     close(&download(&mut s, o.view(), 4), &silu, 1e-6);
-    s.glu(gb.view(), ub.view(), o.view(), 4, abi::GLU_GELU_TANH)
-        .unwrap();
+    s.glu(gb.view(), ub.view(), o.view(), 4, abi::GLU_GELU_TANH).unwrap();
     let gelu: Vec<f32> = g
         .iter()
         .zip(&u)
         .map(|(&g, u)| {
-            0.5 * g
-                * (1.0
-                    + ((2.0f32 / std::f32::consts::PI).sqrt() * (g + 0.044715 * g * g * g)).tanh())
-                * u
+            0.5 * g * (1.0 + ((2.0f32 / std::f32::consts::PI).sqrt() * (g + 0.044715 * g * g * g)).tanh()) * u
         })
         .collect();
     // Through the reference engine's f16 GELU table (input and output rounded to f16).
@@ -133,8 +117,7 @@ fn rmsnorm_with_and_without_weight() {
     let wb = upload(&dev, &mut s, &w);
     let o = dev.alloc(32).unwrap();
     let eps = 1e-5f32;
-    s.rmsnorm(xb.view(), wb.view(), 2, 4, eps, o.view())
-        .unwrap();
+    s.rmsnorm(xb.view(), wb.view(), 2, 4, eps, o.view()).unwrap();
     let mut want = Vec::new();
     for row in x.chunks(4) {
         let ms = row.iter().map(|v| v * v).sum::<f32>() / 4.0;
@@ -143,8 +126,7 @@ fn rmsnorm_with_and_without_weight() {
     }
     close(&download(&mut s, o.view(), 8), &want, 1e-6);
     // No weight, in place.
-    s.rmsnorm(xb.view(), View::NONE, 2, 4, eps, xb.view())
-        .unwrap();
+    s.rmsnorm(xb.view(), View::NONE, 2, 4, eps, xb.view()).unwrap();
     let unweighted: Vec<f32> = want.iter().enumerate().map(|(i, v)| v / w[i % 4]).collect();
     close(&download(&mut s, xb.view(), 8), &unweighted, 1e-6);
 }
@@ -174,11 +156,7 @@ fn rope_rotates_pairs_by_position() {
             let pos = (3 + t) as f32;
             for i in 0..2 {
                 let theta = pos * 100f32.powf(-((2 * i) as f32) / 4.0);
-                let (a, b) = if mode == abi::ROPE_NEOX {
-                    (i, i + 2)
-                } else {
-                    (2 * i, 2 * i + 1)
-                };
+                let (a, b) = if mode == abi::ROPE_NEOX { (i, i + 2) } else { (2 * i, 2 * i + 1) };
                 let (x0, x1) = (x[t * 4 + a], x[t * 4 + b]);
                 want[t * 4 + a] = x0 * theta.cos() - x1 * theta.sin();
                 want[t * 4 + b] = x0 * theta.sin() + x1 * theta.cos();
@@ -186,11 +164,7 @@ fn rope_rotates_pairs_by_position() {
         }
         close(&got, &want, 1e-6);
         // Position 0 leaves a vector unchanged.
-        let p0 = RopeParams {
-            pos0: 0,
-            n_tokens: 1,
-            ..p
-        };
+        let p0 = RopeParams { pos0: 0, n_tokens: 1, ..p };
         let yb = upload(&dev, &mut s, &[0.3, -0.7, 0.2, 0.9]);
         s.rope(yb.view(), &p0).unwrap();
         close(&download(&mut s, yb.view(), 4), &[0.3, -0.7, 0.2, 0.9], 0.0);
@@ -270,16 +244,10 @@ fn kv_copy_and_attention() {
         let mut out = vec![0.0f32; 8];
         for t in 0..2 {
             let i: usize = 1 + t;
-            let first = if window > 0 {
-                (i + 1).saturating_sub(window)
-            } else {
-                0
-            };
+            let first = if window > 0 { (i + 1).saturating_sub(window) } else { 0 };
             for h in 0..2 {
                 let qh = &q[(t * 2 + h) * 2..][..2];
-                let sc: Vec<f32> = (first..=i)
-                    .map(|j| (qh[0] * k[j * 2] + qh[1] * k[j * 2 + 1]) * scale)
-                    .collect();
+                let sc: Vec<f32> = (first..=i).map(|j| (qh[0] * k[j * 2] + qh[1] * k[j * 2 + 1]) * scale).collect();
                 let m = sc.iter().cloned().fold(f32::MIN, f32::max);
                 let e: Vec<f32> = sc.iter().map(|x| (x - m).exp()).collect();
                 let z: f32 = e.iter().sum();
@@ -293,12 +261,10 @@ fn kv_copy_and_attention() {
         out
     };
     // The f16 path rounds the query and the value accumulator to f16, as the CPU path does.
-    s.attention(qb.view(), kc.view(), vc.view(), o.view(), &p)
-        .unwrap();
+    s.attention(qb.view(), kc.view(), vc.view(), o.view(), &p).unwrap();
     close(&download(&mut s, o.view(), 8), &naive(0), 2e-3);
     p.window = 1; // each position sees only itself
-    s.attention(qb.view(), kc.view(), vc.view(), o.view(), &p)
-        .unwrap();
+    s.attention(qb.view(), kc.view(), vc.view(), o.view(), &p).unwrap();
     let got = download(&mut s, o.view(), 8);
     close(&got, &naive(1), 2e-3);
     close(&got, &[3.0, 4.0, 3.0, 4.0, 5.0, 6.0, 5.0, 6.0], 1e-6);
@@ -308,15 +274,12 @@ fn kv_copy_and_attention() {
     s.copy(vb.view(), vc32.view(), abi::TYPE_F32, 6).unwrap();
     p.window = 0;
     p.kv_type = abi::TYPE_F32;
-    s.attention(qb.view(), kc32.view(), vc32.view(), o.view(), &p)
-        .unwrap();
+    s.attention(qb.view(), kc32.view(), vc32.view(), o.view(), &p).unwrap();
     close(&download(&mut s, o.view(), 8), &naive(0), 1e-5);
     p.kv_type = abi::TYPE_F16;
     // A cache too short for the positions asked: a clear error.
     p.pos0 = 5;
-    let e = s
-        .attention(qb.view(), kc.view(), vc.view(), o.view(), &p)
-        .unwrap_err();
+    let e = s.attention(qb.view(), kc.view(), vc.view(), o.view(), &p).unwrap_err();
     assert_eq!(e.code, abi::ERR_INVALID_ARGUMENT, "{}", e.message);
 }
 
@@ -324,12 +287,8 @@ fn kv_copy_and_attention() {
 fn matmul_f32_and_f16_weights() {
     let (dev, mut s) = open();
     let (rows, cols, n) = (3usize, 64usize, 2usize);
-    let w: Vec<f32> = (0..rows * cols)
-        .map(|i| ((i * 37 % 17) as f32 - 8.0) / 8.0)
-        .collect();
-    let x: Vec<f32> = (0..n * cols)
-        .map(|i| ((i * 11 % 13) as f32 - 6.0) / 6.0)
-        .collect();
+    let w: Vec<f32> = (0..rows * cols).map(|i| ((i * 37 % 17) as f32 - 8.0) / 8.0).collect();
+    let x: Vec<f32> = (0..n * cols).map(|i| ((i * 11 % 13) as f32 - 6.0) / 6.0).collect();
     let mut want = vec![0.0f32; n * rows];
     for t in 0..n {
         for r in 0..rows {
@@ -340,43 +299,23 @@ fn matmul_f32_and_f16_weights() {
     let yb = dev.alloc((n * rows * 4) as u64).unwrap();
     // F32 weights.
     let wb = upload(&dev, &mut s, &w);
-    let wt = Weight {
-        data: wb.view(),
-        ggml_type: abi::TYPE_F32,
-        _reserved: 0,
-        rows: rows as u64,
-        cols: cols as u64,
-    };
+    let wt = Weight { data: wb.view(), ggml_type: abi::TYPE_F32, _reserved: 0, rows: rows as u64, cols: cols as u64 };
     s.matmul(&wt, xb.view(), n as u32, yb.view()).unwrap();
     close(&download(&mut s, yb.view(), n * rows), &want, 1e-4);
     // F16 weights (the values above are exact in f16).
-    let wh: Vec<u8> = w
-        .iter()
-        .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
-        .collect();
+    let wh: Vec<u8> = w.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect();
     let whb = dev.alloc(wh.len() as u64).unwrap();
     s.upload(whb.view(), &wh).unwrap();
-    let wt = Weight {
-        data: whb.view(),
-        ggml_type: abi::TYPE_F16,
-        ..wt
-    };
+    let wt = Weight { data: whb.view(), ggml_type: abi::TYPE_F16, ..wt };
     s.matmul(&wt, xb.view(), n as u32, yb.view()).unwrap();
     close(&download(&mut s, yb.view(), n * rows), &want, 1e-2);
     // Weights shorter than rows x cols say so.
     let short = Weight { rows: 100, ..wt };
-    let e = s
-        .matmul(&short, xb.view(), n as u32, yb.view())
-        .unwrap_err();
+    let e = s.matmul(&short, xb.view(), n as u32, yb.view()).unwrap_err();
     assert_eq!(e.code, abi::ERR_INVALID_ARGUMENT, "{}", e.message);
     // A type id that does not exist.
     let bad = Weight { ggml_type: 4, ..wt };
-    assert_eq!(
-        s.matmul(&bad, xb.view(), n as u32, yb.view())
-            .unwrap_err()
-            .code,
-        abi::ERR_UNSUPPORTED
-    );
+    assert_eq!(s.matmul(&bad, xb.view(), n as u32, yb.view()).unwrap_err().code, abi::ERR_UNSUPPORTED);
 }
 
 #[test]
@@ -396,25 +335,12 @@ fn supports_exactly_the_weight_types_of_the_table() {
 /// (the reference backend reads its fault variables at init, so they need their own process).
 fn run_child(env: &[(&str, &str)]) {
     let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "child_fault_case",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(["child_fault_case", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
         .envs(env.iter().copied())
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && text.contains("1 passed"),
-        "child {env:?} failed:\n{text}"
-    );
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.contains("1 passed"), "child {env:?} failed:\n{text}");
 }
 
 #[test]
@@ -431,9 +357,7 @@ fn injected_faults_come_back_as_errors() {
 fn child_fault_case() {
     let fault = std::env::var("LLAMAFILE_REFERENCE_FAULT").unwrap_or_default();
     if fault == "version" {
-        let e = Library::open(&lib_path())
-            .err()
-            .expect("a wrong version must be refused");
+        let e = Library::open(&lib_path()).err().expect("a wrong version must be refused");
         assert_eq!(e.code, abi::ERR_UNSUPPORTED);
         assert!(e.message.contains(&format!("ABI version {}", abi::ABI_VERSION + 1000)), "{}", e.message);
         return;
@@ -453,13 +377,7 @@ fn child_fault_case() {
             let dev = lib.init(0).unwrap();
             let mut s = dev.stream().unwrap();
             let b = dev.alloc(256).unwrap();
-            let w = Weight {
-                data: b.view(),
-                ggml_type: abi::TYPE_F32,
-                _reserved: 0,
-                rows: 1,
-                cols: 32,
-            };
+            let w = Weight { data: b.view(), ggml_type: abi::TYPE_F32, _reserved: 0, rows: 1, cols: 32 };
             let e = s.matmul(&w, b.view(), 1, b.at(128)).unwrap_err();
             assert_eq!(e.code, abi::ERR_PANIC);
             assert!(e.message.contains("injected panic"), "{}", e.message);

@@ -2,7 +2,9 @@
 //! Threads: whatever rayon pool the caller runs in (the engine installs its `-t` pool).
 
 use super::{Backend, BackendState};
-use crate::model::transformer::{layer_forward, layer_forward_spans, output_forward, LayerKv, RopeTable, Span, Workspace};
+use crate::model::transformer::{
+    layer_forward, layer_forward_spans, output_forward, LayerKv, RopeTable, Span, Workspace,
+};
 use crate::model::Model;
 use anyhow::{bail, Result};
 use std::ops::Range;
@@ -146,7 +148,10 @@ mod tests {
         for (ctx, batch) in [(16, 1), (256, 64), (1000, 512)] {
             let allocated = b.new_state(ctx, batch).unwrap().bytes() as u64 + RopeTable::bytes_for(ctx, model.hp.n_rot);
             let estimate = b.host_state_bytes(ctx, batch);
-            assert!(estimate >= allocated && estimate < 2 * allocated, "ctx {ctx} batch {batch}: estimate {estimate}, allocated {allocated}");
+            assert!(
+                estimate >= allocated && estimate < 2 * allocated,
+                "ctx {ctx} batch {batch}: estimate {estimate}, allocated {allocated}"
+            );
         }
         // Sizes that overflow saturate instead of wrapping to something small.
         assert_eq!(b.host_state_bytes(usize::MAX, 1), u64::MAX);

@@ -96,9 +96,7 @@ pub fn cache_root() -> Option<PathBuf> {
 pub fn extract_cached(name: &str, bytes: &[u8], root: &Path) -> Result<PathBuf> {
     let hash = Sha256::digest(bytes);
     let hex: String = hash.iter().take(12).map(|b| format!("{b:02x}")).collect();
-    let file_name = Path::new(name)
-        .file_name()
-        .ok_or_else(|| anyhow!("bad entry name {name}"))?;
+    let file_name = Path::new(name).file_name().ok_or_else(|| anyhow!("bad entry name {name}"))?;
     let dir = root.join("gpu").join(&hex);
     let path = dir.join(file_name);
     if let Ok(existing) = std::fs::read(&path) {
@@ -107,14 +105,9 @@ pub fn extract_cached(name: &str, bytes: &[u8], root: &Path) -> Result<PathBuf> 
         }
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        file_name.to_string_lossy(),
-        std::process::id()
-    ));
+    let tmp = dir.join(format!(".{}.{}.tmp", file_name.to_string_lossy(), std::process::id()));
     std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path)
-        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
     Ok(path)
 }
 
@@ -123,16 +116,10 @@ fn zip_candidates(zip_path: &Path, out: &mut Vec<Candidate>, why: &mut Vec<Strin
     let Ok(Some(entries)) = crate::bundle::zip_entries(zip_path) else {
         return;
     };
-    for e in entries
-        .iter()
-        .filter(|e| e.name.starts_with(ZIP_DIR) && dll_name_ok(&e.name))
-    {
+    for e in entries.iter().filter(|e| e.name.starts_with(ZIP_DIR) && dll_name_ok(&e.name)) {
         let what = format!("{}@{}", zip_path.display(), e.name);
         if !e.stored {
-            why.push(format!(
-                "{what} is compressed ({}); backends must be stored",
-                e.method
-            ));
+            why.push(format!("{what} is compressed ({}); backends must be stored", e.method));
             continue;
         }
         let r = (|| -> Result<PathBuf> {
@@ -144,16 +131,13 @@ fn zip_candidates(zip_path: &Path, out: &mut Vec<Candidate>, why: &mut Vec<Strin
             if bytes.len() as u64 != e.size {
                 bail!("truncated entry");
             }
-            let root =
-                cache_root().ok_or_else(|| anyhow!("no cache directory (set LLAMAFILE_CACHE)"))?;
+            let root = cache_root().ok_or_else(|| anyhow!("no cache directory (set LLAMAFILE_CACHE)"))?;
             extract_cached(&e.name, &bytes, &root)
         })();
         match r {
-            Ok(path) => out.push(Candidate {
-                path,
-                origin: format!("embedded in {}", zip_path.display()),
-                explicit: false,
-            }),
+            Ok(path) => {
+                out.push(Candidate { path, origin: format!("embedded in {}", zip_path.display()), explicit: false })
+            }
             Err(err) => why.push(format!("cannot extract {what}: {err:#}")),
         }
     }
@@ -168,11 +152,7 @@ pub fn check_backend_file(path: &Path) -> Result<(String, String)> {
         .and_then(|n| n.to_str())
         .ok_or_else(|| anyhow!("--gpu-backend {}: not a file name", path.display()))?;
     if !dll_name_ok(file_name) {
-        bail!(
-            "--gpu-backend {}: a backend library must end in {}",
-            path.display(),
-            std::env::consts::DLL_SUFFIX
-        );
+        bail!("--gpu-backend {}: a backend library must end in {}", path.display(), std::env::consts::DLL_SUFFIX);
     }
     if !path.is_file() {
         bail!("--gpu-backend {}: no such file", path.display());
@@ -191,11 +171,7 @@ pub fn candidates(model: &Model, why: &mut Vec<String>) -> Vec<Candidate> {
 pub fn candidates_for(model_path: Option<&Path>, why: &mut Vec<String>) -> Vec<Candidate> {
     let mut out = Vec::new();
     if let Some(p) = std::env::var_os(BACKEND_ENV).filter(|p| !p.is_empty()) {
-        out.push(Candidate {
-            path: PathBuf::from(p),
-            origin: BACKEND_ENV.into(),
-            explicit: true,
-        });
+        out.push(Candidate { path: PathBuf::from(p), origin: BACKEND_ENV.into(), explicit: true });
     }
     let exe = std::env::current_exe().ok();
     let mut zips: Vec<PathBuf> = exe.iter().cloned().collect();
@@ -215,9 +191,7 @@ pub fn candidates_for(model_path: Option<&Path>, why: &mut Vec<String>) -> Vec<C
                 .flatten()
                 .map(|e| e.path())
                 .filter(|p| {
-                    p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with(&prefix) && dll_name_ok(n))
+                    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix) && dll_name_ok(n))
                 })
                 .collect();
             beside.sort();
@@ -253,11 +227,7 @@ pub fn choose(cands: &[Candidate], choice: GpuChoice, why: &mut Vec<String>) -> 
         };
         if let GpuChoice::Named(n) = choice {
             if lib.name() != n {
-                why.push(format!(
-                    "{} is the {} backend, not {n}",
-                    c.path.display(),
-                    lib.name()
-                ));
+                why.push(format!("{} is the {} backend, not {n}", c.path.display(), lib.name()));
                 continue;
             }
         }
@@ -279,16 +249,10 @@ pub fn choose(cands: &[Candidate], choice: GpuChoice, why: &mut Vec<String>) -> 
                 ));
                 continue;
             }
-            let better = best.as_ref().is_none_or(|b| {
-                (info.score, info.free_memory) > (b.info.score, b.info.free_memory)
-            });
+            let better =
+                best.as_ref().is_none_or(|b| (info.score, info.free_memory) > (b.info.score, b.info.free_memory));
             if better {
-                best = Some(Chosen {
-                    lib: lib.clone(),
-                    device: i as u32,
-                    info: *info,
-                    origin: c.origin.clone(),
-                });
+                best = Some(Chosen { lib: lib.clone(), device: i as u32, info: *info, origin: c.origin.clone() });
             }
         }
     }
@@ -320,15 +284,9 @@ pub fn plan_offload(model: &Arc<Model>, opts: &PlanOptions) -> Result<Vec<Arc<dy
     // llama.cpp does), so that a device too small for every layer does not also hold the
     // vocabulary matrix.
     let output_on_gpu = opts.n_gpu_layers >= n_layer;
-    let gpu =
-        GpuBackend::new(model.clone(), &chosen, k..n_layer, output_on_gpu).with_context(|| {
-            format!(
-                "{} backend ({}, {})",
-                chosen.lib.name(),
-                abi::name_str(&chosen.info.name),
-                chosen.lib.path().display()
-            )
-        })?;
+    let gpu = GpuBackend::new(model.clone(), &chosen, k..n_layer, output_on_gpu).with_context(|| {
+        format!("{} backend ({}, {})", chosen.lib.name(), abi::name_str(&chosen.info.name), chosen.lib.path().display())
+    })?;
     if opts.verbose {
         let free = match chosen.info.free_memory {
             u64::MAX => "no memory limit".to_string(),
@@ -346,20 +304,12 @@ pub fn plan_offload(model: &Arc<Model>, opts: &PlanOptions) -> Result<Vec<Arc<dy
     }
     let mut chain: Vec<Arc<dyn Backend>> = Vec::new();
     if k > 0 {
-        chain.push(Arc::new(super::cpu::CpuBackend::new(
-            model.clone(),
-            0..k,
-            false,
-        )));
+        chain.push(Arc::new(super::cpu::CpuBackend::new(model.clone(), 0..k, false)));
     }
     chain.push(Arc::new(gpu));
     if !output_on_gpu {
         // The output alone (no layers) on the CPU, last in the chain.
-        chain.push(Arc::new(super::cpu::CpuBackend::new(
-            model.clone(),
-            n_layer..n_layer,
-            true,
-        )));
+        chain.push(Arc::new(super::cpu::CpuBackend::new(model.clone(), n_layer..n_layer, true)));
     }
     Ok(chain)
 }
@@ -369,17 +319,10 @@ pub fn describe_chain(chain: &[Arc<dyn Backend>], n_layer: usize) -> Vec<String>
     let mut lines = Vec::with_capacity(n_layer + 1);
     for il in 0..n_layer {
         let b = chain.iter().find(|b| b.layers().contains(&il));
-        lines.push(format!(
-            "layer {il:>3}: {}",
-            b.map(|b| b.name()).unwrap_or_else(|| "nobody (bug)".into())
-        ));
+        lines.push(format!("layer {il:>3}: {}", b.map(|b| b.name()).unwrap_or_else(|| "nobody (bug)".into())));
     }
     let out = chain.iter().find(|b| b.runs_output());
-    lines.push(format!(
-        "output   : {}",
-        out.map(|b| b.name())
-            .unwrap_or_else(|| "nobody (bug)".into())
-    ));
+    lines.push(format!("output   : {}", out.map(|b| b.name()).unwrap_or_else(|| "nobody (bug)".into())));
     lines
 }
 
@@ -438,25 +381,14 @@ pub struct GpuBackend {
     w: Arc<Weights>,
 }
 
-fn upload_weight(
-    dev: &Arc<Device>,
-    s: &mut GpuStream,
-    model: &Model,
-    w: &Weight,
-) -> Result<DevWeight> {
+fn upload_weight(dev: &Arc<Device>, s: &mut GpuStream, model: &Model, w: &Weight) -> Result<DevWeight> {
     if !dev.supports_type(w.wtype as u32) {
-        bail!(
-            "{}: weight type {} is not supported by this backend",
-            w.name,
-            w.wtype.name()
-        );
+        bail!("{}: weight type {} is not supported by this backend", w.name, w.wtype.name());
     }
     let bytes = model.bytes(w);
-    let buf = dev
-        .alloc(bytes.len() as u64)
-        .with_context(|| format!("allocating {} ({} bytes)", w.name, bytes.len()))?;
-    s.upload(buf.view(), bytes)
-        .with_context(|| format!("uploading {}", w.name))?;
+    let buf =
+        dev.alloc(bytes.len() as u64).with_context(|| format!("allocating {} ({} bytes)", w.name, bytes.len()))?;
+    s.upload(buf.view(), bytes).with_context(|| format!("uploading {}", w.name))?;
     let aw = abi::Weight {
         data: buf.view(),
         ggml_type: w.wtype as u32,
@@ -468,52 +400,35 @@ fn upload_weight(
 }
 
 fn upload_vec(dev: &Arc<Device>, s: &mut GpuStream, v: &[f32], what: &str) -> Result<DevVec> {
-    let buf = dev
-        .alloc(v.len() as u64 * 4)
-        .with_context(|| format!("allocating {what}"))?;
-    s.upload_f32(buf.view(), v)
-        .with_context(|| format!("uploading {what}"))?;
+    let buf = dev.alloc(v.len() as u64 * 4).with_context(|| format!("allocating {what}"))?;
+    s.upload_f32(buf.view(), v).with_context(|| format!("uploading {what}"))?;
     Ok(DevVec { buf })
 }
 
-fn upload_opt(
-    dev: &Arc<Device>,
-    s: &mut GpuStream,
-    v: &Option<Vec<f32>>,
-    what: &str,
-) -> Result<Option<DevVec>> {
+fn upload_opt(dev: &Arc<Device>, s: &mut GpuStream, v: &Option<Vec<f32>>, what: &str) -> Result<Option<DevVec>> {
     v.as_ref().map(|v| upload_vec(dev, s, v, what)).transpose()
 }
 
 impl GpuBackend {
     /// Opens the device, checks that the model fits, and uploads the weights of `layers` and,
     /// with `output`, of the output layer.
-    pub fn new(
-        model: Arc<Model>,
-        chosen: &Chosen,
-        layers: Range<usize>,
-        output: bool,
-    ) -> Result<GpuBackend> {
+    pub fn new(model: Arc<Model>, chosen: &Chosen, layers: Range<usize>, output: bool) -> Result<GpuBackend> {
         let hp = &model.hp;
         if hp.head_dim != hp.head_dim_v {
-            bail!("key head size {} differs from value head size {}: not supported by the offload path", hp.head_dim, hp.head_dim_v);
+            bail!(
+                "key head size {} differs from value head size {}: not supported by the offload path",
+                hp.head_dim,
+                hp.head_dim_v
+            );
         }
         // Weight bytes this backend needs; refuse early rather than fail half-way.
         let mut need: u64 = 0;
         for il in layers.clone() {
             let l = &model.layers[il];
-            need += [
-                &l.wq,
-                &l.wk,
-                &l.wv,
-                &l.wo,
-                &l.ffn_gate,
-                &l.ffn_up,
-                &l.ffn_down,
-            ]
-            .iter()
-            .map(|w| w.len as u64)
-            .sum::<u64>();
+            need += [&l.wq, &l.wk, &l.wv, &l.wo, &l.ffn_gate, &l.ffn_up, &l.ffn_down]
+                .iter()
+                .map(|w| w.len as u64)
+                .sum::<u64>();
         }
         if output {
             need += model.output.len as u64;
@@ -548,12 +463,7 @@ impl GpuBackend {
                 bv: upload_opt(d, &mut s, &l.bv, &n("attn_v.bias"))?,
                 q_norm: upload_opt(d, &mut s, &l.q_norm, &n("attn_q_norm"))?,
                 k_norm: upload_opt(d, &mut s, &l.k_norm, &n("attn_k_norm"))?,
-                attn_post_norm: upload_opt(
-                    d,
-                    &mut s,
-                    &l.attn_post_norm,
-                    &n("post_attention_norm"),
-                )?,
+                attn_post_norm: upload_opt(d, &mut s, &l.attn_post_norm, &n("post_attention_norm"))?,
                 ffn_norm: upload_vec(d, &mut s, &l.ffn_norm, &n("ffn_norm"))?,
                 ffn_gate: upload_weight(d, &mut s, &model, &l.ffn_gate)?,
                 ffn_up: upload_weight(d, &mut s, &model, &l.ffn_up)?,
@@ -571,22 +481,8 @@ impl GpuBackend {
             None
         };
         s.synchronize()?;
-        let name = format!(
-            "{} ({})",
-            chosen.lib.name(),
-            abi::name_str(&chosen.info.name)
-        );
-        Ok(GpuBackend {
-            w: Arc::new(Weights {
-                model,
-                device,
-                name,
-                layers,
-                dev_layers,
-                output,
-                rope_factors,
-            }),
-        })
+        let name = format!("{} ({})", chosen.lib.name(), abi::name_str(&chosen.info.name));
+        Ok(GpuBackend { w: Arc::new(Weights { model, device, name, layers, dev_layers, output, rope_factors }) })
     }
 }
 
@@ -601,12 +497,8 @@ impl Backend for GpuBackend {
         self.w.output.is_some()
     }
     fn new_state(&self, n_ctx: usize, max_batch: usize) -> Result<Box<dyn BackendState>> {
-        let st = GpuState::new(self.w.clone(), n_ctx, max_batch.max(1)).with_context(|| {
-            format!(
-                "{}: allocating the KV cache and buffers for {n_ctx} positions",
-                self.w.name
-            )
-        })?;
+        let st = GpuState::new(self.w.clone(), n_ctx, max_batch.max(1))
+            .with_context(|| format!("{}: allocating the KV cache and buffers for {n_ctx} positions", self.w.name))?;
         Ok(Box::new(st))
     }
 }
@@ -657,10 +549,7 @@ impl GpuState {
         let f = |n: usize| -> Result<Buffer> { Ok(dev.alloc(n as u64 * 4)?) };
         let mut kv = Vec::with_capacity(w.layers.len());
         for _ in w.layers.clone() {
-            kv.push((
-                dev.alloc((n_ctx * hp.k_dim() * 2) as u64)?,
-                dev.alloc((n_ctx * hp.v_dim() * 2) as u64)?,
-            ));
+            kv.push((dev.alloc((n_ctx * hp.k_dim() * 2) as u64)?, dev.alloc((n_ctx * hp.v_dim() * 2) as u64)?));
         }
         let st = GpuState {
             s: dev.stream()?,
@@ -681,16 +570,11 @@ impl GpuState {
             w,
         };
         let mut bytes: u64 = st.kv.iter().map(|(k, v)| k.len() + v.len()).sum();
-        bytes += [
-            &st.x, &st.xn, &st.q, &st.k, &st.v, &st.att, &st.proj, &st.gate, &st.up, &st.logits,
-        ]
-        .iter()
-        .map(|b| b.len())
-        .sum::<u64>();
-        Ok(GpuState {
-            bytes: bytes as usize,
-            ..st
-        })
+        bytes += [&st.x, &st.xn, &st.q, &st.k, &st.v, &st.att, &st.proj, &st.gate, &st.up, &st.logits]
+            .iter()
+            .map(|b| b.len())
+            .sum::<u64>();
+        Ok(GpuState { bytes: bytes as usize, ..st })
     }
 
     fn layer(&mut self, i: usize, n: usize, pos: usize) -> Result<()> {
@@ -703,45 +587,20 @@ impl GpuState {
         let (qd, kd, vd) = (hp.q_dim(), hp.k_dim(), hp.v_dim());
         let (n32, eps) = (n as u32, hp.rms_eps);
         let s = &mut self.s;
-        s.rmsnorm(
-            self.x.view(),
-            l.attn_norm.view(),
-            n32,
-            e as u32,
-            eps,
-            self.xn.view(),
-        )?;
+        s.rmsnorm(self.x.view(), l.attn_norm.view(), n32, e as u32, eps, self.xn.view())?;
         s.matmul(&l.wq.w, self.xn.view(), n32, self.q.view())?;
         s.matmul(&l.wk.w, self.xn.view(), n32, self.k.view())?;
         s.matmul(&l.wv.w, self.xn.view(), n32, self.v.view())?;
-        for (b, out, dim) in [
-            (&l.bq, &self.q, qd),
-            (&l.bk, &self.k, kd),
-            (&l.bv, &self.v, vd),
-        ] {
+        for (b, out, dim) in [(&l.bq, &self.q, qd), (&l.bk, &self.k, kd), (&l.bv, &self.v, vd)] {
             if let Some(b) = b {
                 s.add_rows(out.view(), b.view(), n32, dim as u32)?;
             }
         }
         if let Some(qn) = &l.q_norm {
-            s.rmsnorm(
-                self.q.view(),
-                qn.view(),
-                (n * hp.n_head) as u32,
-                hd as u32,
-                eps,
-                self.q.view(),
-            )?;
+            s.rmsnorm(self.q.view(), qn.view(), (n * hp.n_head) as u32, hd as u32, eps, self.q.view())?;
         }
         if let Some(kn) = &l.k_norm {
-            s.rmsnorm(
-                self.k.view(),
-                kn.view(),
-                (n * hp.n_head_kv) as u32,
-                hd as u32,
-                eps,
-                self.k.view(),
-            )?;
+            s.rmsnorm(self.k.view(), kn.view(), (n * hp.n_head_kv) as u32, hd as u32, eps, self.k.view())?;
         }
         let mode = match hp.recipe.rope {
             RopeStyle::Normal => abi::ROPE_NORMAL,
@@ -759,26 +618,10 @@ impl GpuState {
             freq_factors: w.rope_factors.as_ref().map_or(View::NONE, |f| f.view()),
         };
         s.rope(self.q.view(), &rope)?;
-        s.rope(
-            self.k.view(),
-            &RopeParams {
-                n_heads: hp.n_head_kv as u32,
-                ..rope
-            },
-        )?;
+        s.rope(self.k.view(), &RopeParams { n_heads: hp.n_head_kv as u32, ..rope })?;
         let (kc, vc) = &self.kv[i];
-        s.copy(
-            self.k.view(),
-            kc.at((pos * kd * 2) as u64),
-            abi::TYPE_F16,
-            (n * kd) as u64,
-        )?;
-        s.copy(
-            self.v.view(),
-            vc.at((pos * vd * 2) as u64),
-            abi::TYPE_F16,
-            (n * vd) as u64,
-        )?;
+        s.copy(self.k.view(), kc.at((pos * kd * 2) as u64), abi::TYPE_F16, (n * kd) as u64)?;
+        s.copy(self.v.view(), vc.at((pos * vd * 2) as u64), abi::TYPE_F16, (n * vd) as u64)?;
         let ap = AttentionParams {
             n_tokens: n32,
             pos0: pos as u32,
@@ -793,59 +636,24 @@ impl GpuState {
         };
         s.attention(self.q.view(), kc.view(), vc.view(), self.att.view(), &ap)?;
         s.matmul(&l.wo.w, self.att.view(), n32, self.proj.view())?;
-        residual_add(
-            s,
-            self.x.view(),
-            self.proj.view(),
-            l.attn_post_norm.as_ref().map(|v| v.view()),
-            n32,
-            e,
-            eps,
-        )?;
+        residual_add(s, self.x.view(), self.proj.view(), l.attn_post_norm.as_ref().map(|v| v.view()), n32, e, eps)?;
 
-        s.rmsnorm(
-            self.x.view(),
-            l.ffn_norm.view(),
-            n32,
-            e as u32,
-            eps,
-            self.xn.view(),
-        )?;
+        s.rmsnorm(self.x.view(), l.ffn_norm.view(), n32, e as u32, eps, self.xn.view())?;
         s.matmul(&l.ffn_gate.w, self.xn.view(), n32, self.gate.view())?;
         s.matmul(&l.ffn_up.w, self.xn.view(), n32, self.up.view())?;
         let act = match hp.recipe.ffn_act {
             FfnActivation::Silu => abi::GLU_SILU,
             FfnActivation::GeluTanh => abi::GLU_GELU_TANH,
         };
-        s.glu(
-            self.gate.view(),
-            self.up.view(),
-            self.gate.view(),
-            (n * hp.n_ff) as u64,
-            act,
-        )?;
+        s.glu(self.gate.view(), self.up.view(), self.gate.view(), (n * hp.n_ff) as u64, act)?;
         s.matmul(&l.ffn_down.w, self.gate.view(), n32, self.proj.view())?;
-        residual_add(
-            s,
-            self.x.view(),
-            self.proj.view(),
-            l.ffn_post_norm.as_ref().map(|v| v.view()),
-            n32,
-            e,
-            eps,
-        )?;
+        residual_add(s, self.x.view(), self.proj.view(), l.ffn_post_norm.as_ref().map(|v| v.view()), n32, e, eps)?;
         Ok(())
     }
 }
 
 impl BackendState for GpuState {
-    fn forward(
-        &mut self,
-        x: &mut [f32],
-        n_tokens: usize,
-        pos: usize,
-        logits: Option<&mut [f32]>,
-    ) -> Result<()> {
+    fn forward(&mut self, x: &mut [f32], n_tokens: usize, pos: usize, logits: Option<&mut [f32]>) -> Result<()> {
         // An Arc clone, not a copy: nothing here allocates per token (names are formatted only
         // on errors).
         let w = self.w.clone();
@@ -853,17 +661,10 @@ impl BackendState for GpuState {
         let (e, nv, eps) = (hp.n_embd, hp.n_vocab, hp.rms_eps);
         let name = &w.name;
         if n_tokens == 0 || n_tokens > self.max_batch || x.len() < n_tokens * e {
-            bail!(
-                "{name}: batch of {n_tokens} tokens (buffers hold {})",
-                self.max_batch
-            );
+            bail!("{name}: batch of {n_tokens} tokens (buffers hold {})", self.max_batch);
         }
         if pos + n_tokens > self.n_ctx {
-            bail!(
-                "{name}: positions {pos}..{} exceed the context of {}",
-                pos + n_tokens,
-                self.n_ctx
-            );
+            bail!("{name}: positions {pos}..{} exceed the context of {}", pos + n_tokens, self.n_ctx);
         }
         let run = |st: &mut GpuState, x: &mut [f32], logits: Option<&mut [f32]>| -> Result<()> {
             st.s.upload_f32(st.x.view(), &x[..n_tokens * e])?;
@@ -914,10 +715,7 @@ mod tests {
         assert_eq!(parse_choice("disable").unwrap(), GpuChoice::Disable);
         let e = parse_choice("amd").unwrap_err().to_string();
         assert!(e.contains("AMD"), "{e}");
-        assert!(parse_choice("tpu")
-            .unwrap_err()
-            .to_string()
-            .contains("expected auto"));
+        assert!(parse_choice("tpu").unwrap_err().to_string().contains("expected auto"));
     }
 
     #[test]
@@ -930,10 +728,7 @@ mod tests {
         let mtime = std::fs::metadata(&a).unwrap().modified().unwrap();
         let again = extract_cached("gpu/libllamafile_gpu_x.so", b"first", dir.path()).unwrap();
         assert_eq!(a, again);
-        assert_eq!(
-            std::fs::metadata(&again).unwrap().modified().unwrap(),
-            mtime
-        );
+        assert_eq!(std::fs::metadata(&again).unwrap().modified().unwrap(), mtime);
         // Other bytes: another folder.
         let b = extract_cached("gpu/libllamafile_gpu_x.so", b"second", dir.path()).unwrap();
         assert_ne!(a.parent(), b.parent());

@@ -97,7 +97,13 @@ enum Reader {
 struct ClearOrInterrupt;
 
 impl rustyline::ConditionalEventHandler for ClearOrInterrupt {
-    fn handle(&self, _: &rustyline::Event, _: rustyline::RepeatCount, _: bool, ctx: &rustyline::EventContext) -> Option<rustyline::Cmd> {
+    fn handle(
+        &self,
+        _: &rustyline::Event,
+        _: rustyline::RepeatCount,
+        _: bool,
+        ctx: &rustyline::EventContext,
+    ) -> Option<rustyline::Cmd> {
         (!ctx.line().is_empty()).then_some(rustyline::Cmd::Kill(rustyline::Movement::WholeBuffer))
     }
 }
@@ -127,7 +133,9 @@ impl Reader {
                     }
                     Ok(Input::Line(line))
                 }
-                Err(rustyline::error::ReadlineError::Interrupted | rustyline::error::ReadlineError::Eof) => Ok(Input::End),
+                Err(rustyline::error::ReadlineError::Interrupted | rustyline::error::ReadlineError::Eof) => {
+                    Ok(Input::End)
+                }
                 Err(e) => Err(e).context("reading the terminal"),
             },
             Reader::Plain { lines, prompt } => {
@@ -151,7 +159,8 @@ fn system_prompt(args: &Args) -> Result<Option<String>> {
     }
     match &args.system_file {
         Some(f) => Ok(Some(
-            std::fs::read_to_string(f).with_context(|| format!("{}: cannot read the system prompt file", f.display()))?,
+            std::fs::read_to_string(f)
+                .with_context(|| format!("{}: cannot read the system prompt file", f.display()))?,
         )),
         None => Ok(None),
     }
@@ -189,7 +198,12 @@ pub fn run(args: &Args, engine: &Engine, first: Option<String>, turns: Turns) ->
                             continue;
                         }
                         let l = if args.escape { process_escapes(&l) } else { l };
-                        format!("{}{}{}", args.in_prefix.as_deref().unwrap_or(""), l, args.in_suffix.as_deref().unwrap_or(""))
+                        format!(
+                            "{}{}{}",
+                            args.in_prefix.as_deref().unwrap_or(""),
+                            l,
+                            args.in_suffix.as_deref().unwrap_or("")
+                        )
                     }
                 }
             }
@@ -198,7 +212,11 @@ pub fn run(args: &Args, engine: &Engine, first: Option<String>, turns: Turns) ->
         let text = engine.chat_template().render(&messages, true)?;
         let ids = encode_prompt(engine, &text)?;
         if ids.len() >= engine.n_ctx() {
-            bail!("the conversation is {} tokens, longer than the context of {} (use -c to make it larger)", ids.len(), engine.n_ctx());
+            bail!(
+                "the conversation is {} tokens, longer than the context of {} (use -c to make it larger)",
+                ids.len(),
+                engine.n_ctx()
+            );
         }
         log_prompt(args, &ids);
         let req = generate_request(args, ids)?;
@@ -221,7 +239,11 @@ pub fn run(args: &Args, engine: &Engine, first: Option<String>, turns: Turns) ->
         }
         messages.push(ChatMessage::new("assistant", reply.trim()));
         if stats.stop == StopReason::ContextFull {
-            crate::cli::generate::log!(args, "stopped: the context of {} tokens is full (use -c to make it larger)", engine.n_ctx());
+            crate::cli::generate::log!(
+                args,
+                "stopped: the context of {} tokens is full (use -c to make it larger)",
+                engine.n_ctx()
+            );
             break;
         }
         if turns == Turns::One || args.single_turn {

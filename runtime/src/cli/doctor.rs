@@ -61,8 +61,11 @@ fn system(s: &mut String, exe: Option<&Path>) {
     heading(s, "system");
     let _ = writeln!(s, "version:     {}", super::VERSION);
     let _ = writeln!(s, "executable:  {}", exe.map(escape_path).unwrap_or_else(|| "(unknown)".into()));
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|r| r.trim().to_string()).unwrap_or_else(|_| "?".into());
-    let _ = writeln!(s, "os:          {} {} (kernel {})", std::env::consts::OS, std::env::consts::ARCH, escape(&kernel));
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|r| r.trim().to_string())
+        .unwrap_or_else(|_| "?".into());
+    let _ =
+        writeln!(s, "os:          {} {} (kernel {})", std::env::consts::OS, std::env::consts::ARCH, escape(&kernel));
     let _ = writeln!(s, "libc:        {}", libc_version());
 }
 
@@ -103,7 +106,10 @@ fn cpu(s: &mut String) {
             let _ = writeln!(s, "             LLAMAFILE_ISA={} lowers the choice", escape(&v));
         }
         Err(_) => {
-            let _ = writeln!(s, "             chosen at start from the CPU's features (LLAMAFILE_ISA=scalar|avx2|avx512 lowers it)");
+            let _ = writeln!(
+                s,
+                "             chosen at start from the CPU's features (LLAMAFILE_ISA=scalar|avx2|avx512 lowers it)"
+            );
         }
     }
 }
@@ -131,13 +137,24 @@ fn memory(s: &mut String, args: &Args, model: Option<&Path>, model_err: Option<&
     let n_ctx = context_length(Some(args.ctx_size), hp.n_ctx_train);
     let n_batch = args.batch_size.clamp(1, n_ctx);
     // The engine's estimate of one session on the CPU (the chain `-ngl 0` gives).
-    let chain: Vec<Arc<dyn crate::backend::Backend>> = vec![Arc::new(crate::backend::cpu::CpuBackend::new(m.clone(), 0..hp.n_layer, true))];
+    let chain: Vec<Arc<dyn crate::backend::Backend>> =
+        vec![Arc::new(crate::backend::cpu::CpuBackend::new(m.clone(), 0..hp.n_layer, true))];
     let session = session_bytes(&chain, hp, n_ctx, n_batch);
     let weights = m.file.len();
     let _ = writeln!(s, "model:       {}", escape_path(path));
     let _ = writeln!(s, "weights:     {} (mapped from the file: page cache, shared)", show_bytes(weights));
-    let _ = writeln!(s, "context:     {n_ctx} tokens{}", if args.ctx_size == 0 { " (the model's, capped; -c sets it)" } else { " (-c)" });
-    let _ = writeln!(s, "KV cache:    {} per conversation with its buffers (the server holds --parallel {} of them: {})", show_bytes(session), args.parallel, show_bytes(session.saturating_mul(args.parallel as u64)));
+    let _ = writeln!(
+        s,
+        "context:     {n_ctx} tokens{}",
+        if args.ctx_size == 0 { " (the model's, capped; -c sets it)" } else { " (-c)" }
+    );
+    let _ = writeln!(
+        s,
+        "KV cache:    {} per conversation with its buffers (the server holds --parallel {} of them: {})",
+        show_bytes(session),
+        args.parallel,
+        show_bytes(session.saturating_mul(args.parallel as u64))
+    );
     let need = weights.saturating_add(session);
     let verdict = match avail {
         Some(a) if need <= a => "fits in the available memory".to_string(),
@@ -164,9 +181,21 @@ fn gpus(s: &mut String, model: Option<&Path>) {
             zips.push(escape_path(&m));
         }
     }
-    let _ = writeln!(s, "searched:    {}* entries in {}", gpu::ZIP_DIR, if zips.is_empty() { "(nothing)".into() } else { zips.join(", ") });
+    let _ = writeln!(
+        s,
+        "searched:    {}* entries in {}",
+        gpu::ZIP_DIR,
+        if zips.is_empty() { "(nothing)".into() } else { zips.join(", ") }
+    );
     if let Some(dir) = exe.as_ref().and_then(|e| e.parent()) {
-        let _ = writeln!(s, "             {}/{}{}*{}", escape_path(dir), std::env::consts::DLL_PREFIX, gpu::LIB_STEM, std::env::consts::DLL_SUFFIX);
+        let _ = writeln!(
+            s,
+            "             {}/{}{}*{}",
+            escape_path(dir),
+            std::env::consts::DLL_PREFIX,
+            gpu::LIB_STEM,
+            std::env::consts::DLL_SUFFIX
+        );
     }
     let mut why = Vec::new();
     let cands = gpu::candidates_for(model.map(split_archive).as_deref(), &mut why);
@@ -187,7 +216,15 @@ fn gpus(s: &mut String, model: Option<&Path>) {
                     escape(&kernels_gpu::abi::name_str(&ch.info.name)),
                     show_bytes(ch.info.free_memory),
                     show_bytes(ch.info.total_memory),
-                    if ch.info.compute_capability > 0 { format!(", compute capability {}.{}", ch.info.compute_capability / 10, ch.info.compute_capability % 10) } else { String::new() }
+                    if ch.info.compute_capability > 0 {
+                        format!(
+                            ", compute capability {}.{}",
+                            ch.info.compute_capability / 10,
+                            ch.info.compute_capability % 10
+                        )
+                    } else {
+                        String::new()
+                    }
                 );
             }
             None => {
@@ -230,8 +267,10 @@ fn file_section(s: &mut String, file: Option<&Path>) {
     match crate::bundle::zip_entries(path) {
         Ok(Some(entries)) => {
             let _ = writeln!(s, "zip:         {} entries", entries.len());
-            let crc = super::verify::verify(path).map(|r| r.split_once(": OK: ").map(|(_, r)| format!("OK: {r}")).unwrap_or(r));
-            let _ = writeln!(s, "intact:      {}", crc.unwrap_or_else(|e| format!("NO: {}", escape(&format!("{e:#}")))));
+            let crc = super::verify::verify(path)
+                .map(|r| r.split_once(": OK: ").map(|(_, r)| format!("OK: {r}")).unwrap_or(r));
+            let _ =
+                writeln!(s, "intact:      {}", crc.unwrap_or_else(|e| format!("NO: {}", escape(&format!("{e:#}")))));
             let signed = match crate::signature::signer(path, &entries) {
                 Ok(Some(id)) => format!("yes, by key {id} (check: --verify --pubkey KEY.pub)"),
                 Ok(None) => "no".into(),
@@ -311,12 +350,18 @@ fn binfmt(s: &mut String, file: Option<&Path>) {
     });
     head.truncate(n.unwrap_or(0));
     let mut names: Vec<String> = std::fs::read_dir(DIR)
-        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n != "status" && n != "register").collect())
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n != "status" && n != "register")
+                .collect()
+        })
         .unwrap_or_default();
     names.sort();
     let mut any = false;
     for name in names {
-        let Some(h) = std::fs::read_to_string(format!("{DIR}/{name}")).ok().and_then(|t| parse_handler(&name, &t)) else {
+        let Some(h) = std::fs::read_to_string(format!("{DIR}/{name}")).ok().and_then(|t| parse_handler(&name, &t))
+        else {
             continue;
         };
         let mz = h.magic.starts_with(b"MZ") && h.offset == 0;
@@ -338,7 +383,14 @@ fn binfmt(s: &mut String, file: Option<&Path>) {
         } else if this {
             notes.push("matches this file (disabled)");
         }
-        let _ = writeln!(s, "handler:     {} ({}) -> {}: {}", escape(&h.name), if h.enabled { "enabled" } else { "disabled" }, escape(&h.interpreter), notes.join("; "));
+        let _ = writeln!(
+            s,
+            "handler:     {} ({}) -> {}: {}",
+            escape(&h.name),
+            if h.enabled { "enabled" } else { "disabled" },
+            escape(&h.interpreter),
+            notes.join("; ")
+        );
     }
     if !any {
         let _ = writeln!(s, "handlers:    none for MZ executables, run-detectors or this file");
@@ -353,7 +405,10 @@ mod tests {
     fn binfmt_handlers_parse_and_match_by_magic_and_mask() {
         let wine = "enabled\ninterpreter /usr/lib/binfmt-support/run-detectors\nflags: \noffset 0\nmagic 4d5a\n";
         let h = parse_handler("wine", wine).unwrap();
-        assert_eq!((h.enabled, h.offset, h.magic.as_slice(), h.interpreter.as_str()), (true, 0, &b"MZ"[..], "/usr/lib/binfmt-support/run-detectors"));
+        assert_eq!(
+            (h.enabled, h.offset, h.magic.as_slice(), h.interpreter.as_str()),
+            (true, 0, &b"MZ"[..], "/usr/lib/binfmt-support/run-detectors")
+        );
         assert!(h.matches(b"MZqFpD='\n"));
         assert!(!h.matches(b"\x7fELF\x02\x01"));
         assert!(!h.matches(b"M"));

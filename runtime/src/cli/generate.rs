@@ -8,8 +8,8 @@
 
 use super::conversation::{self, Turns};
 use super::Args;
-use crate::engine::{Engine, GenerateRequest, GenerationStats, LoadOptions, SamplingParams, StopReason};
 use crate::engine::logprobs::log_prob;
+use crate::engine::{Engine, GenerateRequest, GenerationStats, LoadOptions, SamplingParams, StopReason};
 use anyhow::{anyhow, bail, Result};
 use std::io::{IsTerminal, Write};
 use std::time::Instant;
@@ -239,13 +239,14 @@ fn prompt(args: &Args, engine: &Engine) -> Result<i32> {
     }
     let req = generate_request(args, ids)?;
     let mut write_err = None;
-    let stats = session.generate(&req, &mut |piece| match out.write_all(piece.as_bytes()).and_then(|_| out.flush()) {
-        Ok(()) => true,
-        Err(e) => {
-            write_err = Some(e);
-            false
-        }
-    })?;
+    let stats =
+        session.generate(&req, &mut |piece| match out.write_all(piece.as_bytes()).and_then(|_| out.flush()) {
+            Ok(()) => true,
+            Err(e) => {
+                write_err = Some(e);
+                false
+            }
+        })?;
     if let Some(e) = write_err {
         if e.kind() != std::io::ErrorKind::BrokenPipe {
             return Err(anyhow::Error::new(e).context("writing to stdout"));
@@ -337,7 +338,8 @@ fn eval_tokens(args: &Args, engine: &Engine, tokens: Vec<u32>) -> Result<i32> {
 /// so every scored token has at least n_ctx/2 tokens of context.
 fn perplexity(args: &Args, engine: &Engine) -> Result<i32> {
     let file = args.file.as_ref().ok_or_else(|| anyhow!("--perplexity needs a text file: -f FILE"))?;
-    let text = crate::input::read_text_capped(file, crate::input::MAX_TEXT_BYTES, "--perplexity reads at most 1 GiB of text")?;
+    let text =
+        crate::input::read_text_capped(file, crate::input::MAX_TEXT_BYTES, "--perplexity reads at most 1 GiB of text")?;
     let tok = engine.tokenizer();
     let ids = tok.encode(&text, false, false)?;
     let n_ctx = engine.n_ctx();

@@ -65,7 +65,8 @@ pub fn describe(g: &GgufFile) -> String {
         thousands(g.file_offset() + g.data_offset())
     );
     let _ = writeln!(s, "architecture:    {arch}");
-    let _ = writeln!(s, "name:            {}", g.get_str("general.name").map(escape).unwrap_or_else(|| "(unnamed)".into()));
+    let _ =
+        writeln!(s, "name:            {}", g.get_str("general.name").map(escape).unwrap_or_else(|| "(unnamed)".into()));
     let params: u64 = g.tensors().iter().map(|t| t.n_elements()).sum();
     let _ = writeln!(s, "parameters:      {} ({})", human(params), thousands(params));
     let mut by_type: BTreeMap<String, (usize, u64)> = BTreeMap::new();
@@ -87,8 +88,14 @@ pub fn describe(g: &GgufFile) -> String {
     }
     let ctx = g.get_u64(&key("context_length"));
     let _ = writeln!(s, "context length:  {}", ctx.map_or("(not given)".into(), |c| c.to_string()));
-    let dims = [("embedding_length", "embedding"), ("block_count", "layers"), ("attention.head_count", "heads"), ("attention.head_count_kv", "kv heads")];
-    let shape: Vec<String> = dims.iter().filter_map(|(k, label)| g.get_u64(&key(k)).map(|v| format!("{label} {v}"))).collect();
+    let dims = [
+        ("embedding_length", "embedding"),
+        ("block_count", "layers"),
+        ("attention.head_count", "heads"),
+        ("attention.head_count_kv", "kv heads"),
+    ];
+    let shape: Vec<String> =
+        dims.iter().filter_map(|(k, label)| g.get_u64(&key(k)).map(|v| format!("{label} {v}"))).collect();
     if !shape.is_empty() {
         let _ = writeln!(s, "shape:           {}", shape.join(", "));
     }

@@ -381,7 +381,8 @@ impl Args {
             repeat_last_n: Some(self.repeat_last_n as i64),
             seed: Some(self.seed),
         };
-        opts.resolve(&SamplingParams::default()).map_err(|e| anyhow::anyhow!("--{}: {}", e.field.replace('_', "-"), e.message))
+        opts.resolve(&SamplingParams::default())
+            .map_err(|e| anyhow::anyhow!("--{}: {}", e.field.replace('_', "-"), e.message))
     }
 
     /// The options given that are accepted for llama.cpp compatibility but change nothing here.
@@ -417,7 +418,8 @@ pub fn command() -> clap::Command {
             for alias in a.get_all_aliases().into_iter().flatten() {
                 names.extend(one_dash_names(alias));
             }
-            (!names.is_empty()).then(|| (a.get_id().to_string(), names.iter().map(|n| format!("-{n}")).collect::<Vec<_>>().join(", ")))
+            (!names.is_empty())
+                .then(|| (a.get_id().to_string(), names.iter().map(|n| format!("-{n}")).collect::<Vec<_>>().join(", ")))
         })
         .collect();
     for (id, names) in longs {
@@ -449,7 +451,9 @@ fn escape_error(mut e: clap::Error) -> clap::Error {
         .context()
         .filter_map(|(kind, value)| match value {
             ContextValue::String(s) => Some((kind, ContextValue::String(crate::escape::escape(s)))),
-            ContextValue::Strings(v) => Some((kind, ContextValue::Strings(v.iter().map(|s| crate::escape::escape(s)).collect()))),
+            ContextValue::Strings(v) => {
+                Some((kind, ContextValue::Strings(v.iter().map(|s| crate::escape::escape(s)).collect())))
+            }
             _ => None,
         })
         .collect();

@@ -123,7 +123,8 @@ pub fn rewrite(cmd: &Command, argv: Vec<OsString>) -> Result<Vec<OsString>, Stri
                 None => (body, None),
             };
             let dashed = name.replace('_', "-");
-            let name = if !opts.long.contains_key(name) && opts.long.contains_key(&dashed) { dashed.as_str() } else { name };
+            let name =
+                if !opts.long.contains_key(name) && opts.long.contains_key(&dashed) { dashed.as_str() } else { name };
             out.push(match value {
                 Some(v) => format!("--{name}={v}").into(),
                 None => format!("--{name}").into(),
@@ -137,7 +138,8 @@ pub fn rewrite(cmd: &Command, argv: Vec<OsString>) -> Result<Vec<OsString>, Stri
                 out.push(format!("--{long}").into());
                 needs_value
             } else if body.chars().all(|c| c.is_ascii_alphabetic() || c == '-') {
-                let hint = if opts.long.contains_key(body) { format!(" (did you mean --{body}?)") } else { String::new() };
+                let hint =
+                    if opts.long.contains_key(body) { format!(" (did you mean --{body}?)") } else { String::new() };
                 return Err(format!("unknown option '-{body}'{hint}; options longer than one letter take two dashes"));
             } else {
                 // A short option with its value attached (`-n64`, `-mmodel.gguf`).

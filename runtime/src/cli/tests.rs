@@ -40,13 +40,27 @@ fn llama_cpp_one_dash_spellings() {
     assert_eq!(a.threads_batch.as_deref(), Some("2"));
     assert_eq!(a.flash_attn.as_deref(), Some("on"));
     assert_eq!(a.color.as_deref(), Some("on"));
-    assert_eq!((a.main_gpu.as_deref(), a.tensor_split.as_deref(), a.device.as_deref()), (Some("0"), Some("1,1"), Some("none")));
+    assert_eq!(
+        (a.main_gpu.as_deref(), a.tensor_split.as_deref(), a.device.as_deref()),
+        (Some("0"), Some("1,1"), Some("none"))
+    );
     assert_eq!(a.ubatch_size.as_deref(), Some("256"));
     assert_eq!(ok(&["-fa", "off", "-p", "x"]).flash_attn.as_deref(), Some("off"));
     assert!(ok(&["-i"]).interactive);
     assert!(ok(&["-if"]).interactive_first);
     assert_eq!(ok(&["-r", "User:", "--reverse-prompt", "###"]).reverse_prompt, ["User:", "###"]);
-    let a = ok(&["--in-prefix", " ", "--in-suffix", "Assistant:", "--jinja", "--simple-io", "--no-warmup", "--mlock", "--no-mmap", "--color"]);
+    let a = ok(&[
+        "--in-prefix",
+        " ",
+        "--in-suffix",
+        "Assistant:",
+        "--jinja",
+        "--simple-io",
+        "--no-warmup",
+        "--mlock",
+        "--no-mmap",
+        "--color",
+    ]);
     assert_eq!((a.in_prefix.as_deref(), a.in_suffix.as_deref()), (Some(" "), Some("Assistant:")));
     assert!(a.jinja && a.simple_io && a.no_warmup && a.mlock && a.no_mmap);
     let a = ok(&["--system-prompt-file", "s.txt", "--predict", "5", "--n-gpu-layers", "3", "--gpu-layers", "4"]);
@@ -129,7 +143,11 @@ fn values_out_of_range_are_range_errors_naming_the_flag() {
     assert_eq!(ok(&["-n", "-2"]).n_predict, -1);
     assert_eq!(ok(&["-s", "-1"]).seed, -1);
     assert_eq!(ok(&["-s", "-1"]).sampling().unwrap().seed, crate::engine::sampler::RANDOM_SEED);
-    assert_eq!(ok(&[]).sampling().unwrap().seed, crate::engine::sampler::RANDOM_SEED, "the server draws a seed per request");
+    assert_eq!(
+        ok(&[]).sampling().unwrap().seed,
+        crate::engine::sampler::RANDOM_SEED,
+        "the server draws a seed per request"
+    );
     let s = ok(&["--temp", "0.3", "--top-k", "7", "-s", "9"]).sampling().unwrap();
     assert_eq!((s.temperature, s.top_k, s.seed), (0.3, 7, 9));
 }
@@ -152,7 +170,19 @@ fn help_describes_every_option_in_groups_with_the_one_dash_spellings() {
         }
     }
     let help = cmd.render_long_help().to_string();
-    for needle in ["Model:", "Generation:", "Sampling:", "GPU:", "Server:", "-ngl", "-cnv", "-sys", "-no-cnv", "-fa", "opens the page in the browser"] {
+    for needle in [
+        "Model:",
+        "Generation:",
+        "Sampling:",
+        "GPU:",
+        "Server:",
+        "-ngl",
+        "-cnv",
+        "-sys",
+        "-no-cnv",
+        "-fa",
+        "opens the page in the browser",
+    ] {
         assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
     }
 }

@@ -30,7 +30,11 @@ fn prompt_text(args: &Args) -> Result<String> {
         (None, Some(f)) => {
             let bytes = std::fs::read(f).with_context(|| format!("reading the prompt file {}", f.display()))?;
             String::from_utf8(bytes).map_err(|e| {
-                anyhow::anyhow!("the prompt file {} is not valid UTF-8 (at byte {})", f.display(), e.utf8_error().valid_up_to())
+                anyhow::anyhow!(
+                    "the prompt file {} is not valid UTF-8 (at byte {})",
+                    f.display(),
+                    e.utf8_error().valid_up_to()
+                )
             })?
         }
         (None, None) => bail!("--tokenize needs a prompt: -p TEXT or -f FILE"),

@@ -28,7 +28,9 @@ fn signature_report(path: &Path, key: Option<&crate::signature::PublicKey>) -> a
     let entries = crate::bundle::zip_entries(path)?.unwrap_or_default();
     let Some(key) = key else {
         return Ok(match crate::signature::signer(path, &entries)? {
-            Some(id) => format!("{shown}: signed by key {id} (not checked: give --pubkey KEY.pub to check the signature)"),
+            Some(id) => {
+                format!("{shown}: signed by key {id} (not checked: give --pubkey KEY.pub to check the signature)")
+            }
             None => format!("{shown}: not signed"),
         });
     };
@@ -65,7 +67,10 @@ fn file_to_verify(model: Option<&Path>) -> anyhow::Result<PathBuf> {
 /// entry whose bytes do not match.
 pub fn verify(path: &Path) -> anyhow::Result<String> {
     let Some(entries) = crate::bundle::zip_entries(path)? else {
-        bail!("{}: not a llamafile or zip (no zip end record at the end of the file): nothing to verify", path.display());
+        bail!(
+            "{}: not a llamafile or zip (no zip end record at the end of the file): nothing to verify",
+            path.display()
+        );
     };
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let len = file.metadata().with_context(|| format!("cannot stat {}", path.display()))?.len();
@@ -79,9 +84,15 @@ pub fn verify(path: &Path) -> anyhow::Result<String> {
             continue;
         }
         if e.data_offset.checked_add(e.size).is_none_or(|end| end > len) {
-            bail!("{}: entry '{name}' runs past the end of the file ({} bytes at offset {}, file {len} bytes)", path.display(), e.size, e.data_offset);
+            bail!(
+                "{}: entry '{name}' runs past the end of the file ({} bytes at offset {}, file {len} bytes)",
+                path.display(),
+                e.size,
+                e.data_offset
+            );
         }
-        let crc = crc32_of(&file, e.data_offset, e.size).with_context(|| format!("{}: cannot read entry '{name}'", path.display()))?;
+        let crc = crc32_of(&file, e.data_offset, e.size)
+            .with_context(|| format!("{}: cannot read entry '{name}'", path.display()))?;
         if crc != e.crc32 {
             bail!(
                 "{}: entry '{name}' is corrupt: CRC-32 of its {} bytes is {crc:08x}, the zip records {:08x}",

@@ -204,7 +204,14 @@ impl Session {
 
     /// Inputs `which` (at most `n_batch` tokens together) through the backends as one batch of
     /// independent sequences.
-    fn embed_batch(&mut self, inputs: &[Vec<u32>], which: &[usize], pooling: Pooling, norm: i32, out: &mut [Option<Vec<Vec<f32>>>]) -> Result<()> {
+    fn embed_batch(
+        &mut self,
+        inputs: &[Vec<u32>],
+        which: &[usize],
+        pooling: Pooling,
+        norm: i32,
+        out: &mut [Option<Vec<Vec<f32>>>],
+    ) -> Result<()> {
         let inner = self.inner.clone();
         let e = inner.model.hp.n_embd;
         let lens: Vec<usize> = which.iter().map(|&i| inputs[i].len()).collect();
@@ -262,7 +269,10 @@ mod tests {
         };
         assert_eq!(with(-1), v);
         let close = |got: [f32; 3], want: [f64; 3]| {
-            assert!(got.iter().zip(want).all(|(g, w)| (*g as f64 - w).abs() <= 1e-6 * w.abs().max(1.0)), "{got:?} vs {want:?}")
+            assert!(
+                got.iter().zip(want).all(|(g, w)| (*g as f64 - w).abs() <= 1e-6 * w.abs().max(1.0)),
+                "{got:?} vs {want:?}"
+            )
         };
         close(with(2), [0.6, -0.8, 0.0]);
         close(with(1), [3.0 / 7.0, -4.0 / 7.0, 0.0]);
@@ -371,7 +381,9 @@ mod tests {
         let mut err = |inputs: Vec<Vec<u32>>| s.embed(&inputs, Pooling::Mean, 2).unwrap_err().to_string();
         assert_eq!(err(vec![vec![1], vec![]]), "input 1 is empty");
         assert_eq!(err(vec![vec![1; 33]]), "input 0 is 33 tokens, longer than the context of 32 tokens");
-        assert!(err(vec![vec![1], vec![1, 99999999]]).starts_with("input 1: token id 99999999 is outside the vocabulary"));
+        assert!(
+            err(vec![vec![1], vec![1, 99999999]]).starts_with("input 1: token id 99999999 is outside the vocabulary")
+        );
         // the session still works, and chat after embeddings starts from an empty cache
         assert_eq!(s.embed(&[vec![1; 32]], Pooling::Last, 2).unwrap().len(), 1);
         assert_eq!(s.n_past(), 0);
@@ -393,7 +405,9 @@ mod tests {
         assert_eq!(with(Some(MetaValue::U32(0))), Ok(Some(Pooling::None)));
         assert_eq!(with(Some(MetaValue::I32(-1))), Ok(None));
         assert!(with(Some(MetaValue::U32(4))).unwrap_err().contains("llama.pooling_type is 4 (rank)"));
-        assert!(with(Some(MetaValue::U32(9))).unwrap_err().contains("llama.pooling_type is 9: not a known pooling type"));
+        assert!(with(Some(MetaValue::U32(9)))
+            .unwrap_err()
+            .contains("llama.pooling_type is 9: not a known pooling type"));
         assert!(with(Some(MetaValue::String("mean".into()))).unwrap_err().contains("llama.pooling_type is a string"));
     }
 }

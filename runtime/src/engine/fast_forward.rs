@@ -59,7 +59,12 @@ impl Session {
     }
 
     /// Before the first token: evaluate what the grammar forces at its start.
-    pub(super) fn fast_forward_start(&mut self, ff: &mut FastForward, grammar: Option<&mut GrammarMatcher>, budget: usize) -> Result<()> {
+    pub(super) fn fast_forward_start(
+        &mut self,
+        ff: &mut FastForward,
+        grammar: Option<&mut GrammarMatcher>,
+        budget: usize,
+    ) -> Result<()> {
         self.evaluate_ahead(None, ff, grammar, budget)
     }
 
@@ -68,7 +73,13 @@ impl Session {
     /// of the guess it is there already; otherwise the rest of the guess is dropped, and `id` is
     /// evaluated with what the grammar forces after it (at most `budget` tokens: those that may
     /// still be generated).
-    pub(super) fn advance(&mut self, id: u32, ff: &mut FastForward, grammar: Option<&mut GrammarMatcher>, budget: usize) -> Result<()> {
+    pub(super) fn advance(
+        &mut self,
+        id: u32,
+        ff: &mut FastForward,
+        grammar: Option<&mut GrammarMatcher>,
+        budget: usize,
+    ) -> Result<()> {
         if ff.next < ff.ahead.len() && ff.ahead[ff.next] == id {
             let nv = self.logits.len();
             self.logits.copy_from_slice(&ff.rows[ff.next * nv..(ff.next + 1) * nv]);
@@ -86,7 +97,13 @@ impl Session {
     }
 
     /// Evaluate `first` (if any) and the grammar's forced tokens in one batch.
-    fn evaluate_ahead(&mut self, first: Option<u32>, ff: &mut FastForward, grammar: Option<&mut GrammarMatcher>, budget: usize) -> Result<()> {
+    fn evaluate_ahead(
+        &mut self,
+        first: Option<u32>,
+        ff: &mut FastForward,
+        grammar: Option<&mut GrammarMatcher>,
+        budget: usize,
+    ) -> Result<()> {
         self.truncate(ff.kept);
         ff.ahead.clear();
         ff.next = 0;
@@ -131,12 +148,31 @@ mod tests {
     use std::path::Path;
 
     fn load(path: &Path) -> Engine {
-        Engine::load(&LoadOptions { model: path.to_path_buf(), n_ctx: Some(1024), n_threads: Some(2), ..Default::default() }).unwrap()
+        Engine::load(&LoadOptions {
+            model: path.to_path_buf(),
+            n_ctx: Some(1024),
+            n_threads: Some(2),
+            ..Default::default()
+        })
+        .unwrap()
     }
 
     /// Text, tokens, why it stopped, and the forced tokens evaluated ahead / kept.
-    fn generate(e: &Engine, prompt: &[u32], g: Grammar, sampling: &SamplingParams, n: usize) -> (String, usize, StopReason, Counts) {
-        let req = GenerateRequest { prompt: prompt.to_vec(), max_tokens: n, sampling: sampling.clone(), stop: vec![], ignore_eos: false, grammar: Some(g) };
+    fn generate(
+        e: &Engine,
+        prompt: &[u32],
+        g: Grammar,
+        sampling: &SamplingParams,
+        n: usize,
+    ) -> (String, usize, StopReason, Counts) {
+        let req = GenerateRequest {
+            prompt: prompt.to_vec(),
+            max_tokens: n,
+            sampling: sampling.clone(),
+            stop: vec![],
+            ignore_eos: false,
+            grammar: Some(g),
+        };
         let mut s = e.new_session();
         let mut text = String::new();
         let st = s
@@ -146,7 +182,11 @@ mod tests {
             })
             .unwrap();
         // Only prompt and output stay in the cache.
-        assert_eq!(s.n_past(), prompt.len() + st.generated_tokens - (st.stop != StopReason::EndToken) as usize, "{text}");
+        assert_eq!(
+            s.n_past(),
+            prompt.len() + st.generated_tokens - (st.stop != StopReason::EndToken) as usize,
+            "{text}"
+        );
         (text, st.generated_tokens, st.stop, s.fast_forward_counts())
     }
 

@@ -100,7 +100,12 @@ fn take(budget: usize, prefix: usize, suffix: usize, fixed: usize, extra: usize)
 }
 
 /// The prompt's tokens, at most `budget` of them (the context less the room to generate).
-pub fn prompt(tok: &Tokenizer, fim: &FimTokens, input: &FimInput, budget: usize) -> Result<std::result::Result<Vec<u32>, String>> {
+pub fn prompt(
+    tok: &Tokenizer,
+    fim: &FimTokens,
+    input: &FimInput,
+    budget: usize,
+) -> Result<std::result::Result<Vec<u32>, String>> {
     let (pre, suf, mid) = match fim.required() {
         Ok(t) => t,
         Err(e) => return Ok(Err(e)),

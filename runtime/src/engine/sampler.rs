@@ -229,7 +229,12 @@ impl SamplingOptions {
     /// Check every given setting and fill the others from `defaults`. The seed stays
     /// `RANDOM_SEED` when neither gives one: see [`fresh_seed`].
     pub fn resolve(&self, defaults: &SamplingParams) -> Result<SamplingParams, OutOfRange> {
-        fn check<T, U>(field: &'static str, v: Option<T>, default: U, f: impl Fn(T) -> Result<U, String>) -> Result<U, OutOfRange> {
+        fn check<T, U>(
+            field: &'static str,
+            v: Option<T>,
+            default: U,
+            f: impl Fn(T) -> Result<U, String>,
+        ) -> Result<U, OutOfRange> {
             match v {
                 None => Ok(default),
                 Some(v) => f(v).map_err(|message| OutOfRange { field, message }),
@@ -240,7 +245,12 @@ impl SamplingOptions {
             top_k: check("top_k", self.top_k, defaults.top_k, limits::top_k)?,
             top_p: check("top_p", self.top_p, defaults.top_p, limits::top_p)?,
             min_p: check("min_p", self.min_p, defaults.min_p, limits::min_p)?,
-            repeat_penalty: check("repeat_penalty", self.repeat_penalty, defaults.repeat_penalty, limits::repeat_penalty)?,
+            repeat_penalty: check(
+                "repeat_penalty",
+                self.repeat_penalty,
+                defaults.repeat_penalty,
+                limits::repeat_penalty,
+            )?,
             repeat_last_n: check("repeat_last_n", self.repeat_last_n, defaults.repeat_last_n, limits::repeat_last_n)?,
             seed: check("seed", self.seed, defaults.seed, limits::seed)?,
         })
@@ -296,7 +306,15 @@ mod tests {
     use super::*;
 
     fn params(t: f32) -> SamplingParams {
-        SamplingParams { temperature: t, top_k: 0, top_p: 1.0, min_p: 0.0, repeat_penalty: 1.0, repeat_last_n: 64, seed: 1 }
+        SamplingParams {
+            temperature: t,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repeat_penalty: 1.0,
+            repeat_last_n: 64,
+            seed: 1,
+        }
     }
 
     #[test]

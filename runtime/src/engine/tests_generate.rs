@@ -30,10 +30,21 @@ struct Run {
 
 fn run(s: &mut Session, req: &GenerateRequest, opts: &GenerateOptions) -> Run {
     let n = opts.n.max(1);
-    let mut r = Run { texts: vec![String::new(); n], tokens: vec![Vec::new(); n], done: Vec::new(), total: GenerationStats {
-        prompt_tokens: 0, cached_tokens: 0, generated_tokens: 0, prompt_ms: 0.0, generation_ms: 0.0, stop: StopReason::Cancelled,
-        decode_calls: 0, stop_index: None,
-    } };
+    let mut r = Run {
+        texts: vec![String::new(); n],
+        tokens: vec![Vec::new(); n],
+        done: Vec::new(),
+        total: GenerationStats {
+            prompt_tokens: 0,
+            cached_tokens: 0,
+            generated_tokens: 0,
+            prompt_ms: 0.0,
+            generation_ms: 0.0,
+            stop: StopReason::Cancelled,
+            decode_calls: 0,
+            stop_index: None,
+        },
+    };
     let total = s
         .generate_with(req, opts, &mut |out| {
             match out {
@@ -55,7 +66,15 @@ fn run(s: &mut Session, req: &GenerateRequest, opts: &GenerateOptions) -> Run {
 fn logprobs_are_the_log_softmax_of_the_raw_logits() {
     let Some(e) = tiny_engine(128) else { return };
     // the temperature and a repeat penalty change what is drawn, never the values reported
-    let sampling = SamplingParams { temperature: 2.0, top_k: 0, top_p: 1.0, min_p: 0.0, repeat_penalty: 1.5, seed: 3, ..Default::default() };
+    let sampling = SamplingParams {
+        temperature: 2.0,
+        top_k: 0,
+        top_p: 1.0,
+        min_p: 0.0,
+        repeat_penalty: 1.5,
+        seed: 3,
+        ..Default::default()
+    };
     let r = run(&mut e.new_session(), &request(10, sampling.clone()), &GenerateOptions { n: 1, logprobs: Some(5) });
     let toks = &r.tokens[0];
     assert_eq!(toks.len(), 10, "every generated token is reported");
@@ -182,7 +201,8 @@ fn fill_in_the_middle_prompt_layout() {
     let bos = e.tokenizer().bos().filter(|_| e.tokenizer().adds_bos());
     let tok = e.tokenizer();
     let enc = |s: &str| tok.encode(s, false, false).unwrap();
-    let layout = |parts: &[&[u32]]| bos.into_iter().chain(parts.iter().flat_map(|p| p.iter().copied())).collect::<Vec<u32>>();
+    let layout =
+        |parts: &[&[u32]]| bos.into_iter().chain(parts.iter().flat_map(|p| p.iter().copied())).collect::<Vec<u32>>();
     let (b, a) = (enc("b"), enc("a"));
     assert!(!b.is_empty() && !a.is_empty());
     // BOS, PRE prefix SUF suffix MID
@@ -215,7 +235,20 @@ fn fill_in_the_middle_prompt_layout() {
         ("tokenizer.ggml.fim_rep_token_id", U32(0)),
         ("tokenizer.ggml.fim_sep_token_id", U32(2)),
     ]);
-    let want = layout(&[&[0], &enc("myproject\n"), &[2], &enc("x.py\n"), &b, &[2], &enc("filename\n"), &[5], &b, &[6], &a, &[7]]);
+    let want = layout(&[
+        &[0],
+        &enc("myproject\n"),
+        &[2],
+        &enc("x.py\n"),
+        &b,
+        &[2],
+        &enc("filename\n"),
+        &[5],
+        &b,
+        &[6],
+        &a,
+        &[7],
+    ]);
     assert_eq!(repo.fim_prompt(&extra, 100).unwrap().unwrap(), want);
     // without extra files, the plain layout
     assert_eq!(repo.fim_prompt(&input, 100).unwrap().unwrap(), layout(&[&[5], &b, &[6], &a, &[7]]));

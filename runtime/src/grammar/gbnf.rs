@@ -375,7 +375,10 @@ mod tests {
     #[test]
     fn rules_become_lark_rules() {
         let l = to_lark("root ::= \"ab\" item-x*  # comment\nitem-x ::= [a-cX] | .\n").unwrap();
-        assert_eq!(l, "start: g_root\ng_root: ((\"a\" \"b\") g_item__x*)\ng_item__x: (/[\\x{61}-\\x{63}\\x{58}]/ | /(?s:.)/)\n");
+        assert_eq!(
+            l,
+            "start: g_root\ng_root: ((\"a\" \"b\") g_item__x*)\ng_item__x: (/[\\x{61}-\\x{63}\\x{58}]/ | /(?s:.)/)\n"
+        );
     }
 
     #[test]

@@ -10,17 +10,53 @@ use serde_json::Value;
 
 /// Keywords that constrain the output (what llguidance compiles).
 const CONSTRAINTS: &[&str] = &[
-    "type", "enum", "const", "anyOf", "oneOf", "allOf", "$ref",
-    "properties", "required", "additionalProperties", "patternProperties", "minProperties", "maxProperties",
-    "items", "prefixItems", "additionalItems", "minItems", "maxItems",
-    "minLength", "maxLength", "pattern", "format",
-    "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
+    "type",
+    "enum",
+    "const",
+    "anyOf",
+    "oneOf",
+    "allOf",
+    "$ref",
+    "properties",
+    "required",
+    "additionalProperties",
+    "patternProperties",
+    "minProperties",
+    "maxProperties",
+    "items",
+    "prefixItems",
+    "additionalItems",
+    "minItems",
+    "maxItems",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "format",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "multipleOf",
 ];
 
 /// Keywords that only identify or describe (no effect on what is valid).
 const ANNOTATIONS: &[&str] = &[
-    "$defs", "definitions", "$schema", "$id", "id", "$anchor", "$comment", "title", "description", "default",
-    "examples", "readOnly", "writeOnly", "deprecated", "contentMediaType", "contentEncoding",
+    "$defs",
+    "definitions",
+    "$schema",
+    "$id",
+    "id",
+    "$anchor",
+    "$comment",
+    "title",
+    "description",
+    "default",
+    "examples",
+    "readOnly",
+    "writeOnly",
+    "deprecated",
+    "contentMediaType",
+    "contentEncoding",
     // OpenAPI's hint for a `oneOf` of objects; the `oneOf` itself is what constrains.
     "discriminator",
 ];
@@ -119,7 +155,10 @@ mod tests {
         let cases = [
             // Unknown to every draft: llguidance alone would ignore these.
             (json!({"type": "string", "maxLenght": 3}), "'maxLenght' at the top level"),
-            (json!({"type": "object", "properties": {"a": {"type": "string", "nullable": true}}}), "'nullable' at /properties/a"),
+            (
+                json!({"type": "object", "properties": {"a": {"type": "string", "nullable": true}}}),
+                "'nullable' at /properties/a",
+            ),
             (json!({"type": "array", "items": {"type": "integer", "minimun": 0}}), "'minimun' at /items"),
             (json!({"anyOf": [{"type": "string"}, {"type": "integer", "foo": 1}]}), "'foo' at /anyOf/1"),
             (json!({"$ref": "#/$defs/a", "$defs": {"a": {"type": "string", "bar": 2}}}), "'bar' at /$defs/a"),

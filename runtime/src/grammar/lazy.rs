@@ -201,7 +201,9 @@ mod real_vocabulary {
 
         // A control token as the trigger (as Mistral's `[TOOL_CALLS]` is in its vocabulary): its
         // text is matched, and the grammar reads it as text.
-        let g = Grammar::lark("start: \"<|im_start|>\" \"[\" %json {\"type\": \"integer\"} \"]\"\n".into(), "test").unwrap().lazy(vec!["<|im_start|>".into()]);
+        let g = Grammar::lark("start: \"<|im_start|>\" \"[\" %json {\"type\": \"integer\"} \"]\"\n".into(), "test")
+            .unwrap()
+            .lazy(vec!["<|im_start|>".into()]);
         let mut m = f.matcher(&g).unwrap();
         let start = tok.encode("<|im_start|>", false, true).unwrap();
         assert!(start.len() == 1 && tok.is_control(start[0]));
@@ -210,7 +212,10 @@ mod real_vocabulary {
         m.accept(start[0]).unwrap();
         assert!(m.is_on());
         let open = tok.encode("[", false, false).unwrap()[0];
-        assert!(m.allowed().unwrap().is_allowed(open) && !m.allowed().unwrap().is_allowed(tok.encode("x", false, false).unwrap()[0]));
+        assert!(
+            m.allowed().unwrap().is_allowed(open)
+                && !m.allowed().unwrap().is_allowed(tok.encode("x", false, false).unwrap()[0])
+        );
     }
 }
 
@@ -225,7 +230,11 @@ impl super::Grammar {
         use llguidance::{Matcher, ParserFactory};
         let mut f = ParserFactory::new_simple(&ApproximateTokEnv::single_byte_env()).unwrap();
         super::quiet(&mut f);
-        let mut g = GrammarMatcher { m: Matcher::new(f.create_parser(self.top.clone())), mask: None, phase: Phase::start(&self.triggers) };
+        let mut g = GrammarMatcher {
+            m: Matcher::new(f.create_parser(self.top.clone())),
+            mask: None,
+            phase: Phase::start(&self.triggers),
+        };
         for b in text.bytes() {
             if g.is_on() && (g.m.is_stopped() || !g.allowed().unwrap().is_allowed(b as u32)) {
                 return false;

@@ -18,8 +18,8 @@
 //! The vocabulary's trie is built once per model (`Factory`) and shared by every request.
 
 mod gbnf;
-mod lazy;
 mod keywords;
+mod lazy;
 
 use crate::engine::sampler::TokenConstraint;
 use crate::tokenizer::Tokenizer;
@@ -175,20 +175,26 @@ impl Factory {
             })
             .collect();
         let ends = tok.end_tokens();
-        let eos = ends.first().copied().or(tok.eos()).ok_or_else(|| anyhow!("the model has no end-of-generation token"))?;
+        let eos =
+            ends.first().copied().or(tok.eos()).ok_or_else(|| anyhow!("the model has no end-of-generation token"))?;
         let mut info = TokRxInfo::new(n, eos);
         info.tok_bos = tok.bos();
         let ends = if ends.is_empty() { vec![eos] } else { ends.to_vec() };
         let trie = TokTrie::from(&info, &words).with_eos_tokens(&ends);
         let env: TokEnv = Arc::new(ApproximateTokEnv::new(trie));
-        let mut inner = ParserFactory::new(&env, InferenceCapabilities::default(), &llguidance::earley::SlicedBiasComputer::general_slices())?;
+        let mut inner = ParserFactory::new(
+            &env,
+            InferenceCapabilities::default(),
+            &llguidance::earley::SlicedBiasComputer::general_slices(),
+        )?;
         quiet(&mut inner);
         Ok(Factory { inner })
     }
 
     /// A matcher at the start of the output.
     pub fn matcher(&self, g: &Grammar) -> Result<GrammarMatcher> {
-        let parser = self.inner.create_parser(g.top.clone()).map_err(|e| anyhow!("{}: {}", g.kind, one_line(&e.to_string())))?;
+        let parser =
+            self.inner.create_parser(g.top.clone()).map_err(|e| anyhow!("{}: {}", g.kind, one_line(&e.to_string())))?;
         Ok(GrammarMatcher { m: Matcher::new(Ok(parser)), mask: None, phase: lazy::Phase::start(&g.triggers) })
     }
 }

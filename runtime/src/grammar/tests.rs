@@ -48,9 +48,8 @@ fn gbnf_strings_accepted_and_rejected() {
     assert!(accepts(&g, "abb"));
     assert!(!accepts(&g, "abbb"));
     // Repetitions, classes, negation, any character, nested groups across lines.
-    let g = gbnf(
-        "root ::= num (\",\" ws num){1,2}\nnum ::= \"-\"? [1-9] [0-9]{0,3}\nws ::= [ \\t]*\n# trailing comment\n",
-    );
+    let g =
+        gbnf("root ::= num (\",\" ws num){1,2}\nnum ::= \"-\"? [1-9] [0-9]{0,3}\nws ::= [ \\t]*\n# trailing comment\n");
     for s in ["1,2", "-12, 3456,\t7", "9,9,9"] {
         assert!(accepts(&g, s), "{s}");
     }
@@ -249,7 +248,8 @@ fn check_mask_exact_after(tok: &Tokenizer, f: &Factory, g: &Grammar, prefix: &st
             false
         } else {
             let bytes = tok.token_bytes(id);
-            !bytes.is_empty() && bm.validate_tokens(&bytes.iter().map(|b| *b as u32).collect::<Vec<_>>()).unwrap() == bytes.len()
+            !bytes.is_empty()
+                && bm.validate_tokens(&bytes.iter().map(|b| *b as u32).collect::<Vec<_>>()).unwrap() == bytes.len()
         };
         assert_eq!(mask.is_allowed(id), want, "after {prefix:?}: token {id} {:?}", tok.token_text(id));
         n_allowed += want as usize;

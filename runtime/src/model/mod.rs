@@ -10,8 +10,8 @@
 
 pub mod gemma2;
 pub mod gemma3;
-pub mod phi3;
 pub mod llama;
+pub mod phi3;
 pub mod qwen2;
 pub mod qwen3;
 pub mod transformer;
@@ -209,7 +209,8 @@ pub trait Architecture: Sync {
 }
 
 /// Every supported architecture, keyed by `general.architecture`.
-pub static ARCHITECTURES: &[&dyn Architecture] = &[&llama::Llama, &qwen2::Qwen2, &qwen3::Qwen3, &gemma2::Gemma2, &gemma3::Gemma3, &phi3::Phi3];
+pub static ARCHITECTURES: &[&dyn Architecture] =
+    &[&llama::Llama, &qwen2::Qwen2, &qwen3::Qwen3, &gemma2::Gemma2, &gemma3::Gemma3, &phi3::Phi3];
 
 pub fn find_architecture(name: &str) -> Option<&'static dyn Architecture> {
     ARCHITECTURES.iter().copied().find(|a| a.name() == name)
@@ -218,9 +219,7 @@ pub fn find_architecture(name: &str) -> Option<&'static dyn Architecture> {
 // ---- metadata helpers shared by the architectures ----
 
 pub(crate) fn req_u64(g: &GgufFile, key: &str) -> Result<usize> {
-    g.get_u64(key)
-        .map(|v| v as usize)
-        .ok_or_else(|| anyhow!("missing or non-integer metadata key {key}"))
+    g.get_u64(key).map(|v| v as usize).ok_or_else(|| anyhow!("missing or non-integer metadata key {key}"))
 }
 
 pub(crate) fn opt_u64(g: &GgufFile, key: &str) -> Option<usize> {
@@ -240,14 +239,20 @@ pub(crate) fn common_hparams(g: &GgufFile, arch: &str, recipe: Recipe) -> Result
     match blocks_in_table(g)? {
         blocks if blocks == n_layer => {}
         0 => bail!("{} is {n_layer}, but the tensor table holds no blocks (no blk.N tensors)", k("block_count")),
-        blocks => bail!("{} is {n_layer}, but the tensor table holds {blocks} blocks (blk.0 to blk.{})", k("block_count"), blocks - 1),
+        blocks => bail!(
+            "{} is {n_layer}, but the tensor table holds {blocks} blocks (blk.0 to blk.{})",
+            k("block_count"),
+            blocks - 1
+        ),
     }
     let n_embd = req_u64(g, &k("embedding_length"))?;
     let n_ff = req_u64(g, &k("feed_forward_length"))?;
     let n_head = req_u64(g, &k("attention.head_count"))?;
     let n_head_kv = opt_u64(g, &k("attention.head_count_kv")).unwrap_or(n_head);
     if n_layer == 0 || n_embd == 0 || n_head == 0 || n_head_kv == 0 || n_head % n_head_kv != 0 {
-        bail!("inconsistent hyperparameters: {n_layer} blocks, embedding {n_embd}, {n_head} heads, {n_head_kv} KV heads");
+        bail!(
+            "inconsistent hyperparameters: {n_layer} blocks, embedding {n_embd}, {n_head} heads, {n_head_kv} KV heads"
+        );
     }
     let head_dim = opt_u64(g, &k("attention.key_length")).unwrap_or(n_embd / n_head);
     let head_dim_v = opt_u64(g, &k("attention.value_length")).unwrap_or(head_dim);
@@ -260,7 +265,10 @@ pub(crate) fn common_hparams(g: &GgufFile, arch: &str, recipe: Recipe) -> Result
         bail!("inconsistent hyperparameters: head size 0");
     }
     if n_rot == 0 || n_rot > head_dim || !n_rot.is_multiple_of(2) {
-        bail!("{} is {n_rot}: an even number of dimensions from 2 to the head size {head_dim} expected", k("rope.dimension_count"));
+        bail!(
+            "{} is {n_rot}: an even number of dimensions from 2 to the head size {head_dim} expected",
+            k("rope.dimension_count")
+        );
     }
     let n_ctx_train = opt_u64(g, &k("context_length")).unwrap_or(2048);
     let rms_eps = positive_f32(g, &k("attention.layer_norm_rms_epsilon"), 1e-5)?;
@@ -396,10 +404,8 @@ impl Model {
     /// Read the architecture's hyperparameters and locate every tensor, checking names, shapes and
     /// types. Nothing is copied but norm weights and biases.
     pub fn load(file: GgufFile) -> Result<Model> {
-        let arch_name = file
-            .architecture()
-            .ok_or_else(|| anyhow!("no general.architecture in the metadata"))?
-            .to_string();
+        let arch_name =
+            file.architecture().ok_or_else(|| anyhow!("no general.architecture in the metadata"))?.to_string();
         let arch = find_architecture(&arch_name).ok_or_else(|| {
             let known: Vec<&str> = ARCHITECTURES.iter().map(|a| a.name()).collect();
             anyhow!("unsupported architecture '{}' (supported: {})", escape(&arch_name), known.join(", "))
@@ -447,15 +453,20 @@ impl Model {
                 let qkv = weight(g, &n("attn_qkv.weight"), q + k + v, e)?;
                 (qkv.rows(0, q), qkv.rows(q, k), qkv.rows(q + k, v))
             } else {
-                (weight(g, &n("attn_q.weight"), q, e)?, weight(g, &n("attn_k.weight"), k, e)?, weight(g, &n("attn_v.weight"), v, e)?)
+                (
+                    weight(g, &n("attn_q.weight"), q, e)?,
+                    weight(g, &n("attn_k.weight"), k, e)?,
+                    weight(g, &n("attn_v.weight"), v, e)?,
+                )
             };
             // No `ffn_gate`: `ffn_up` holds the gate's rows, then the up projection's (Phi-3).
-            let (ffn_gate, ffn_up) = if file.tensor(&n("ffn_gate.weight")).is_none() && file.tensor(&n("ffn_up.weight")).is_some() {
-                let both = weight(g, &n("ffn_up.weight"), 2 * hp.n_ff, e)?;
-                (both.rows(0, hp.n_ff), both.rows(hp.n_ff, hp.n_ff))
-            } else {
-                (weight(g, &n("ffn_gate.weight"), hp.n_ff, e)?, weight(g, &n("ffn_up.weight"), hp.n_ff, e)?)
-            };
+            let (ffn_gate, ffn_up) =
+                if file.tensor(&n("ffn_gate.weight")).is_none() && file.tensor(&n("ffn_up.weight")).is_some() {
+                    let both = weight(g, &n("ffn_up.weight"), 2 * hp.n_ff, e)?;
+                    (both.rows(0, hp.n_ff), both.rows(hp.n_ff, hp.n_ff))
+                } else {
+                    (weight(g, &n("ffn_gate.weight"), hp.n_ff, e)?, weight(g, &n("ffn_up.weight"), hp.n_ff, e)?)
+                };
             layers.push(LayerWeights {
                 attn_norm: vector(g, &n("attn_norm.weight"), e)?,
                 wq,
@@ -577,14 +588,18 @@ fn weight(g: &Tensors, name: &str, rows: usize, cols: usize) -> Result<Weight> {
     if (c, r) != (cols, rows) {
         bail!("tensor {name} has shape [{c}, {r}], expected [{cols}, {rows}]");
     }
-    let wtype = t
-        .wtype
-        .ok_or_else(|| anyhow!("tensor {name} has weight type id {}, which this build does not support", t.ggml_type))?;
+    let wtype = t.wtype.ok_or_else(|| {
+        anyhow!("tensor {name} has weight type id {}, which this build does not support", t.ggml_type)
+    })?;
     if kernels_cpu::kernels().get(wtype).is_none() {
         bail!("tensor {name} has weight type {}, which has no matrix kernel", wtype.name());
     }
     if !cols.is_multiple_of(wtype.block_size()) {
-        bail!("tensor {name}: row length {cols} is not a multiple of the {} block size {}", wtype.name(), wtype.block_size());
+        bail!(
+            "tensor {name}: row length {cols} is not a multiple of the {} block size {}",
+            wtype.name(),
+            wtype.block_size()
+        );
     }
     let len = wtype.row_bytes(cols) * rows;
     if t.size as usize != len {
@@ -600,9 +615,9 @@ fn vector(g: &Tensors, name: &str, len: usize) -> Result<Vec<f32>> {
     if n as usize != len {
         bail!("tensor {name} has {n} elements ({:?}), expected {len}", t.dims);
     }
-    let wtype = t
-        .wtype
-        .ok_or_else(|| anyhow!("tensor {name} has weight type id {}, which this build does not support", t.ggml_type))?;
+    let wtype = t.wtype.ok_or_else(|| {
+        anyhow!("tensor {name} has weight type id {}, which this build does not support", t.ggml_type)
+    })?;
     if !len.is_multiple_of(wtype.block_size()) || wtype.row_bytes(len) != t.size as usize {
         bail!("tensor {name}: {} bytes of data do not hold {len} {} elements", t.size, wtype.name());
     }
@@ -632,14 +647,19 @@ mod tests {
     fn the_tiny_model_loads() {
         let m = load(&[], &[]).unwrap();
         assert_eq!((m.hp.n_layer, m.hp.n_embd, m.hp.n_vocab, m.hp.head_dim), (2, 32, 8, 16));
-        let m = load(&[("llama.rope.scaling.type", String("linear".into())), ("llama.rope.scaling.factor", F32(4.0))], &[]).unwrap();
+        let m =
+            load(&[("llama.rope.scaling.type", String("linear".into())), ("llama.rope.scaling.factor", F32(4.0))], &[])
+                .unwrap();
         assert_eq!(m.hp.layers[0].rope_freq_scale, 0.25);
     }
 
     #[test]
     fn block_count_must_match_the_tensor_table() {
         let e = refused(&[("llama.block_count", U32(u32::MAX))], &[]);
-        assert!(e.ends_with("llama.block_count is 4294967295, but the tensor table holds 2 blocks (blk.0 to blk.1)"), "{e}");
+        assert!(
+            e.ends_with("llama.block_count is 4294967295, but the tensor table holds 2 blocks (blk.0 to blk.1)"),
+            "{e}"
+        );
         let e = refused(&[("llama.block_count", U32(1))], &[]);
         assert!(e.contains("llama.block_count is 1, but the tensor table holds 2 blocks"), "{e}");
         let f = [0u8; 128];
@@ -661,7 +681,11 @@ mod tests {
             (eps, F32(0.0), "llama.attention.layer_norm_rms_epsilon is 0: a positive"),
             (eps, F32(-1e-5), "llama.attention.layer_norm_rms_epsilon is -0.00001: a positive"),
             (eps, F32(f32::NAN), "llama.attention.layer_norm_rms_epsilon is NaN: a positive"),
-            (dims, U32(0), "llama.rope.dimension_count is 0: an even number of dimensions from 2 to the head size 16 expected"),
+            (
+                dims,
+                U32(0),
+                "llama.rope.dimension_count is 0: an even number of dimensions from 2 to the head size 16 expected",
+            ),
             (dims, U32(18), "llama.rope.dimension_count is 18: an even number"),
             (dims, U32(3), "llama.rope.dimension_count is 3: an even number"),
             ("llama.rope.scaling.factor", F32(0.0), "llama.rope.scaling.factor is 0: a positive"),
@@ -675,10 +699,20 @@ mod tests {
     fn unimplemented_maths_and_unused_tensors_are_refused() {
         for ty in ["yarn", "longrope", "su"] {
             let e = refused(&[("llama.rope.scaling.type", String(ty.into()))], &[]);
-            assert!(e.contains(&format!("llama.rope.scaling.type is '{ty}': only none and linear RoPE scaling are implemented")), "{e}");
+            assert!(
+                e.contains(&format!(
+                    "llama.rope.scaling.type is '{ty}': only none and linear RoPE scaling are implemented"
+                )),
+                "{e}"
+            );
         }
         let e = refused(&[("llama.rope.scaling.type", String("llama3".into()))], &[]);
-        assert!(e.contains("llama.rope.scaling.type is 'llama3': Llama 3 scaling is read from the tensor rope_freqs.weight"), "{e}");
+        assert!(
+            e.contains(
+                "llama.rope.scaling.type is 'llama3': Llama 3 scaling is read from the tensor rope_freqs.weight"
+            ),
+            "{e}"
+        );
         for key in [
             "llama.rope.scaling.yarn_ext_factor",
             "llama.rope.scaling.yarn_log_multiplier",
@@ -688,29 +722,49 @@ mod tests {
             "llama.rope.scaling.short_factor",
         ] {
             let e = refused(&[(key, F32(2.0))], &[]);
-            assert!(e.contains(&format!("{key} is not implemented (RoPE keys understood: rope.dimension_count")), "{e}");
+            assert!(
+                e.contains(&format!("{key} is not implemented (RoPE keys understood: rope.dimension_count")),
+                "{e}"
+            );
         }
         let e = refused(&[("llama.rope.scaling.attn_factor", F32(1.2))], &[]);
-        assert!(e.contains("llama.rope.scaling.attn_factor is 1.2: only 1 (no attention scaling) is implemented"), "{e}");
-        assert!(load(&[("llama.rope.scaling.attn_factor", F32(1.0)), ("llama.rope.scaling.original_context_length", U32(8192))], &[]).is_ok());
-        let m = load(&[("llama.final_logit_softcapping", F32(30.0)), ("llama.attn_logit_softcapping", F32(50.0))], &[]).unwrap();
+        assert!(
+            e.contains("llama.rope.scaling.attn_factor is 1.2: only 1 (no attention scaling) is implemented"),
+            "{e}"
+        );
+        assert!(load(
+            &[("llama.rope.scaling.attn_factor", F32(1.0)), ("llama.rope.scaling.original_context_length", U32(8192))],
+            &[]
+        )
+        .is_ok());
+        let m = load(&[("llama.final_logit_softcapping", F32(30.0)), ("llama.attn_logit_softcapping", F32(50.0))], &[])
+            .unwrap();
         assert_eq!((m.hp.attn_softcap, m.hp.final_softcap), (50.0, 30.0));
         let mut l = [0.0f32, 3.0, -300.0];
         m.softcap_logits(&mut l);
         assert!(l[0] == 0.0 && (l[1] - 30.0 * 0.1f32.tanh()).abs() < 1e-5 && (l[2] + 30.0).abs() < 1e-3, "{l:?}");
         for bad in [F32(-1.0), F32(f32::NAN)] {
             let e = refused(&[("llama.final_logit_softcapping", bad.clone())], &[]);
-            assert!(e.contains("llama.final_logit_softcapping is") && e.contains("a finite number >= 0 expected"), "{e}");
+            assert!(
+                e.contains("llama.final_logit_softcapping is") && e.contains("a finite number >= 0 expected"),
+                "{e}"
+            );
         }
         let m = load(&[("llama.final_logit_softcapping", F32(0.0))], &[]).unwrap();
         assert_eq!(m.hp.final_softcap, 0.0, "0 means no soft-capping");
         // LongRoPE (Phi-3 128k): its factor tensors are not read, so the file is refused
         let f = [0u8; 32];
         let e = refused(&[], &[TensorSpec { name: "rope_factors_long.weight", dims: &[8], ggml_type: 0, data: &f }]);
-        assert!(e.contains("tensor 'rope_factors_long.weight' is in the file but the llama architecture does not use it"), "{e}");
+        assert!(
+            e.contains("tensor 'rope_factors_long.weight' is in the file but the llama architecture does not use it"),
+            "{e}"
+        );
         let bias = [0u8; 128];
         let e = refused(&[], &[TensorSpec { name: "blk.0.attn_q.bias", dims: &[32], ggml_type: 0, data: &bias }]);
-        assert!(e.contains("tensor 'blk.0.attn_q.bias' is in the file but the llama architecture does not use it"), "{e}");
+        assert!(
+            e.contains("tensor 'blk.0.attn_q.bias' is in the file but the llama architecture does not use it"),
+            "{e}"
+        );
     }
 
     fn f32_bytes(v: &[f32]) -> Vec<u8> {
@@ -726,7 +780,10 @@ mod tests {
         assert_eq!(m.hp.rope_factors.as_deref(), Some(&f[..]));
         for il in 0..m.hp.n_layer {
             let r = m.hp.rope(il);
-            assert_eq!((r.n_rot, r.base, r.freq_scale, r.neox, r.factors.as_deref()), (16, 10000.0, 1.0, false, Some(&f[..])));
+            assert_eq!(
+                (r.n_rot, r.base, r.freq_scale, r.neox, r.factors.as_deref()),
+                (16, 10000.0, 1.0, false, Some(&f[..]))
+            );
         }
         assert_eq!(load(&[], &[]).unwrap().hp.rope(0).factors, None);
         let short = f32_bytes(&f[..4]);
@@ -737,7 +794,10 @@ mod tests {
             g[5] = bad;
             let data = f32_bytes(&g);
             let e = refused(&[], &[TensorSpec { name: "rope_freqs.weight", dims: &[8], ggml_type: 0, data: &data }]);
-            assert!(e.contains(&format!("tensor rope_freqs.weight: factor 5 is {bad}, a positive finite number expected")), "{e}");
+            assert!(
+                e.contains(&format!("tensor rope_freqs.weight: factor 5 is {bad}, a positive finite number expected")),
+                "{e}"
+            );
         }
         // the older key for the linear factor
         let m = load(&[("llama.rope.scale_linear", F32(2.0))], &[]).unwrap();

@@ -18,8 +18,8 @@
 
 use super::{FfnActivation, Hparams, LayerAttn, Model, Weight};
 use half::f16;
-use kernels_cpu::ops;
 use kernels_cpu::matmul::{balanced_chunks, matmul, matmul_quantized, quantize_activations, Scratch, PANEL_MIN_TOKENS};
+use kernels_cpu::ops;
 use rayon::prelude::*;
 
 /// The FFN runs over at most this many tokens at a time, so its two [n x n_ff] buffers stay
@@ -164,7 +164,15 @@ fn project(model: &Model, w: &Weight, x: &[f32], n: usize, y: &mut [f32], scratc
 
 /// Several projections of the same input `x` [n x cols]: the activations are quantized once per
 /// activation format (q, k, v of a Q4_K_M model share one Q8_K quantization even when v is Q6_K).
-fn project_many(model: &Model, ws: &[&Weight], x: &[f32], n: usize, ys: [&mut [f32]; 3], count: usize, scratch: &mut Scratch) {
+fn project_many(
+    model: &Model,
+    ws: &[&Weight],
+    x: &[f32],
+    n: usize,
+    ys: [&mut [f32]; 3],
+    count: usize,
+    scratch: &mut Scratch,
+) {
     for (i, y) in ys.into_iter().enumerate().take(count) {
         let w = ws[i];
         let at = w.wtype.vec_dot_type();
@@ -277,7 +285,15 @@ pub fn layer_forward_spans(
         let (t0, m) = (c.start, c.len());
         let xn = &ws.xn[t0 * e..(t0 + m) * e];
         let mut none: [f32; 0] = [];
-        project_many(model, &[&lw.ffn_gate, &lw.ffn_up], xn, m, [&mut ws.gate, &mut ws.up, &mut none], 2, &mut ws.scratch);
+        project_many(
+            model,
+            &[&lw.ffn_gate, &lw.ffn_up],
+            xn,
+            m,
+            [&mut ws.gate, &mut ws.up, &mut none],
+            2,
+            &mut ws.scratch,
+        );
         let act = hp.recipe.ffn_act;
         ws.gate[..m * nf].par_chunks_mut(4096).zip(ws.up[..m * nf].par_chunks(4096)).for_each(|(g, u)| match act {
             FfnActivation::Silu => ops::silu_mul(g, u),
@@ -479,7 +495,18 @@ fn attention_tiled(hp: &Hparams, la: LayerAttn, n: usize, pos: usize, kv: &Layer
 /// `attend_block_tiled` compiled for the best of `isa` (the process's kernel ISA, or one the
 /// tests choose from `Isa::available()`).
 #[allow(clippy::too_many_arguments)]
-fn attend_block(isa: kernels_cpu::Isa, hp: &Hparams, la: LayerAttn, p0: usize, nq: usize, g: usize, kv: &LayerKv, q: &[f32], out: &mut [f32], buf: &mut Vec<f32>) {
+fn attend_block(
+    isa: kernels_cpu::Isa,
+    hp: &Hparams,
+    la: LayerAttn,
+    p0: usize,
+    nq: usize,
+    g: usize,
+    kv: &LayerKv,
+    q: &[f32],
+    out: &mut [f32],
+    buf: &mut Vec<f32>,
+) {
     #[cfg(target_arch = "x86_64")]
     {
         if isa >= kernels_cpu::Isa::Avx512 {
@@ -500,7 +527,17 @@ fn attend_block(isa: kernels_cpu::Isa, hp: &Hparams, la: LayerAttn, p0: usize, n
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn attend_block_avx512(hp: &Hparams, la: LayerAttn, p0: usize, nq: usize, g: usize, kv: &LayerKv, q: &[f32], out: &mut [f32], buf: &mut Vec<f32>) {
+unsafe fn attend_block_avx512(
+    hp: &Hparams,
+    la: LayerAttn,
+    p0: usize,
+    nq: usize,
+    g: usize,
+    kv: &LayerKv,
+    q: &[f32],
+    out: &mut [f32],
+    buf: &mut Vec<f32>,
+) {
     attend_block_tiled::<4>(hp, la, p0, nq, g, kv, q, out, buf)
 }
 
@@ -508,7 +545,17 @@ unsafe fn attend_block_avx512(hp: &Hparams, la: LayerAttn, p0: usize, nq: usize,
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn attend_block_avx2(hp: &Hparams, la: LayerAttn, p0: usize, nq: usize, g: usize, kv: &LayerKv, q: &[f32], out: &mut [f32], buf: &mut Vec<f32>) {
+unsafe fn attend_block_avx2(
+    hp: &Hparams,
+    la: LayerAttn,
+    p0: usize,
+    nq: usize,
+    g: usize,
+    kv: &LayerKv,
+    q: &[f32],
+    out: &mut [f32],
+    buf: &mut Vec<f32>,
+) {
     attend_block_tiled::<2>(hp, la, p0, nq, g, kv, q, out, buf)
 }
 
@@ -671,7 +718,8 @@ fn tile_pv<const RB: usize>(w: &[f32], vt: &[f32], acc: &mut [f32], rows: usize,
         while d0 + PV_STEP <= hdv {
             // One named accumulator per row (a0..a3), so that the compiler keeps them in
             // registers (an array indexed by row was kept on the stack: load, FMA, store).
-            let load = |i: usize| -> [f32; PV_STEP] { acc[(r + i.min(rb - 1)) * hdv + d0..][..PV_STEP].try_into().unwrap() };
+            let load =
+                |i: usize| -> [f32; PV_STEP] { acc[(r + i.min(rb - 1)) * hdv + d0..][..PV_STEP].try_into().unwrap() };
             let (mut a0, mut a1, mut a2, mut a3) = (load(0), load(1), load(2), load(3));
             for j in 0..FA_TILE {
                 let v: &[f32; PV_STEP] = vt[j * hdv + d0..][..PV_STEP].try_into().unwrap();
@@ -910,45 +958,49 @@ mod tests {
     fn attention_paths_match_exact_softmax() {
         let (n_head, n_kv, hd) = (4, 2, 16);
         for cap in [0.0f64, 1.5] {
-        let hp = Hparams { attn_softcap: cap as f32, ..attn_hparams(n_head, n_kv, hd, 0.25) };
-        let mut rnd = lcg(12345);
-        let kv = random_kv(&hp, 200, &mut rnd);
-        let q: Vec<f32> = (0..hp.q_dim()).map(|_| rnd()).collect();
-        for window in [None, Some(70)] {
-            let la = LayerAttn { rope_base: 1e4, rope_freq_scale: 1.0, window };
-            for p in [0usize, 5, 63, 64, 150, 199] {
-                let lo = window.map_or(0, |w| (p + 1).saturating_sub(w));
-                for g in 0..n_kv {
-                    let group = n_head / n_kv;
-                    let mut one = vec![0f32; group * hd];
-                    let mut tiled = vec![0f32; group * hd];
-                    attend_group(&hp, la, p, g, &kv, &q, &mut one);
-                    attend_group_tiled(&hp, la, p, g, &kv, &q, &mut tiled);
-                    for hq in 0..group {
-                        let qh = &q[(g * group + hq) * hd..][..hd];
-                        let s: Vec<f64> = (lo..=p)
-                            .map(|j| {
-                                let k = &kv.k[j * hp.k_dim() + g * hd..][..hd];
-                                let s = 0.25 * qh.iter().zip(k).map(|(a, b)| *a as f64 * b.to_f64()).sum::<f64>();
-                                if cap > 0.0 { cap * (s / cap).tanh() } else { s }
-                            })
-                            .collect();
-                        let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                        let z: f64 = s.iter().map(|x| (x - mx).exp()).sum();
-                        for d in 0..hd {
-                            let want: f64 = (lo..=p)
-                                .zip(&s)
-                                .map(|(j, sj)| (sj - mx).exp() / z * kv.v[j * hp.v_dim() + g * hd + d].to_f64())
-                                .sum();
-                            let (a, b) = (one[hq * hd + d] as f64, tiled[hq * hd + d] as f64);
-                            // f16 query and accumulator: ~1e-3 relative; f32 path: ~1e-6.
-                            assert!((a - want).abs() < 1e-2, "one-pass p={p} {window:?} cap {cap}: {a} vs {want}");
-                            assert!((b - want).abs() < 1e-5, "tiled p={p} {window:?} cap {cap}: {b} vs {want}");
+            let hp = Hparams { attn_softcap: cap as f32, ..attn_hparams(n_head, n_kv, hd, 0.25) };
+            let mut rnd = lcg(12345);
+            let kv = random_kv(&hp, 200, &mut rnd);
+            let q: Vec<f32> = (0..hp.q_dim()).map(|_| rnd()).collect();
+            for window in [None, Some(70)] {
+                let la = LayerAttn { rope_base: 1e4, rope_freq_scale: 1.0, window };
+                for p in [0usize, 5, 63, 64, 150, 199] {
+                    let lo = window.map_or(0, |w| (p + 1).saturating_sub(w));
+                    for g in 0..n_kv {
+                        let group = n_head / n_kv;
+                        let mut one = vec![0f32; group * hd];
+                        let mut tiled = vec![0f32; group * hd];
+                        attend_group(&hp, la, p, g, &kv, &q, &mut one);
+                        attend_group_tiled(&hp, la, p, g, &kv, &q, &mut tiled);
+                        for hq in 0..group {
+                            let qh = &q[(g * group + hq) * hd..][..hd];
+                            let s: Vec<f64> = (lo..=p)
+                                .map(|j| {
+                                    let k = &kv.k[j * hp.k_dim() + g * hd..][..hd];
+                                    let s = 0.25 * qh.iter().zip(k).map(|(a, b)| *a as f64 * b.to_f64()).sum::<f64>();
+                                    if cap > 0.0 {
+                                        cap * (s / cap).tanh()
+                                    } else {
+                                        s
+                                    }
+                                })
+                                .collect();
+                            let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                            let z: f64 = s.iter().map(|x| (x - mx).exp()).sum();
+                            for d in 0..hd {
+                                let want: f64 = (lo..=p)
+                                    .zip(&s)
+                                    .map(|(j, sj)| (sj - mx).exp() / z * kv.v[j * hp.v_dim() + g * hd + d].to_f64())
+                                    .sum();
+                                let (a, b) = (one[hq * hd + d] as f64, tiled[hq * hd + d] as f64);
+                                // f16 query and accumulator: ~1e-3 relative; f32 path: ~1e-6.
+                                assert!((a - want).abs() < 1e-2, "one-pass p={p} {window:?} cap {cap}: {a} vs {want}");
+                                assert!((b - want).abs() < 1e-5, "tiled p={p} {window:?} cap {cap}: {b} vs {want}");
+                            }
                         }
                     }
                 }
             }
-        }
         }
     }
 
@@ -982,10 +1034,21 @@ mod tests {
                     for t in 0..n {
                         for g in 0..n_kv {
                             let mut want = vec![0f32; group * hd];
-                            attend_group_tiled(&hp, la, pos + t, g, &kv, &q[t * hp.q_dim()..(t + 1) * hp.q_dim()], &mut want);
+                            attend_group_tiled(
+                                &hp,
+                                la,
+                                pos + t,
+                                g,
+                                &kv,
+                                &q[t * hp.q_dim()..(t + 1) * hp.q_dim()],
+                                &mut want,
+                            );
                             let have = &got[t * row_out + g * group * hd..][..group * hd];
                             for (a, b) in have.iter().zip(&want) {
-                                assert!((a - b).abs() <= 2e-5 * (1.0 + b.abs()), "{isa:?} t={t} g={g} {window:?}: {a} vs {b}");
+                                assert!(
+                                    (a - b).abs() <= 2e-5 * (1.0 + b.abs()),
+                                    "{isa:?} t={t} g={g} {window:?}: {a} vs {b}"
+                                );
                             }
                         }
                     }
@@ -1005,5 +1068,4 @@ mod tests {
             assert!((out[i] - x[i] / rms * w[i]).abs() < 1e-6);
         }
     }
-
 }

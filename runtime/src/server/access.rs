@@ -114,7 +114,8 @@ fn parse_origin(origin: &str) -> Option<(String, String, u16)> {
 /// Whether `origin` is the server's own as it was reached at `host`: same name and port (an
 /// `https` origin is accepted too, for a TLS proxy in front that keeps the `Host`).
 fn same_origin(origin: &str, host: Option<&str>) -> bool {
-    let (Some((scheme, o_name, o_port)), Some((h_name, h_port))) = (parse_origin(origin), host.and_then(parse_host)) else {
+    let (Some((scheme, o_name, o_port)), Some((h_name, h_port))) = (parse_origin(origin), host.and_then(parse_host))
+    else {
         return false;
     };
     let h_port = h_port.unwrap_or(if scheme == "https" { 443 } else { 80 });
@@ -188,7 +189,10 @@ fn preflight_response(headers: &HeaderMap) -> Response {
     let h = resp.headers_mut();
     h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, OPTIONS"));
     let asked = headers.get(header::ACCESS_CONTROL_REQUEST_HEADERS).cloned();
-    h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked.unwrap_or_else(|| HeaderValue::from_static("content-type, authorization")));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        asked.unwrap_or_else(|| HeaderValue::from_static("content-type, authorization")),
+    );
     h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
     h.insert(header::VARY, HeaderValue::from_static("Access-Control-Request-Method, Access-Control-Request-Headers"));
     resp
@@ -200,11 +204,29 @@ mod tests {
 
     #[test]
     fn hosts() {
-        for h in ["localhost", "LOCALHOST:8080", "127.0.0.1", "127.0.0.1:1", "127.1.2.3:80", "[::1]", "[::1]:8080", "a.localhost:9", "localhost."] {
+        for h in [
+            "localhost",
+            "LOCALHOST:8080",
+            "127.0.0.1",
+            "127.0.0.1:1",
+            "127.1.2.3:80",
+            "[::1]",
+            "[::1]:8080",
+            "a.localhost:9",
+            "localhost.",
+        ] {
             let (name, _) = parse_host(h).unwrap_or_else(|| panic!("{h} parses"));
             assert!(names_loopback(&name), "{h}");
         }
-        for h in ["evil.example", "evil.example:8080", "localhost.evil.example", "10.0.0.1", "[::2]:80", "127.0.0.1.nip.io", "0.0.0.0"] {
+        for h in [
+            "evil.example",
+            "evil.example:8080",
+            "localhost.evil.example",
+            "10.0.0.1",
+            "[::2]:80",
+            "127.0.0.1.nip.io",
+            "0.0.0.0",
+        ] {
             assert!(!parse_host(h).is_some_and(|(n, _)| names_loopback(&n)), "{h}");
         }
         for bad in ["", ":80", "localhost:", "localhost:x", "localhost:99999", "::1", "[::1]x", "[::1"] {

@@ -9,7 +9,10 @@ const JS: &str = include_str!("assets/app.js");
 
 static PAGE: LazyLock<String> = LazyLock::new(|| {
     let page = HTML.replacen("/*STYLE*/", CSS, 1).replacen("/*SCRIPT*/", JS, 1);
-    debug_assert!(page.len() == HTML.len() - "/*STYLE*//*SCRIPT*/".len() + CSS.len() + JS.len(), "both placeholders present once");
+    debug_assert!(
+        page.len() == HTML.len() - "/*STYLE*//*SCRIPT*/".len() + CSS.len() + JS.len(),
+        "both placeholders present once"
+    );
     page
 });
 

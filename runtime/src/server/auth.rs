@@ -66,11 +66,18 @@ impl ApiKeys {
         for path in files {
             let f = crate::input::open_regular(path, "an --api-key-file")?;
             let mut buf = Vec::new();
-            f.take(MAX_KEY_FILE + 1).read_to_end(&mut buf).with_context(|| format!("{}: cannot read", escape_path(path)))?;
+            f.take(MAX_KEY_FILE + 1)
+                .read_to_end(&mut buf)
+                .with_context(|| format!("{}: cannot read", escape_path(path)))?;
             if buf.len() as u64 > MAX_KEY_FILE {
-                bail!("{}: more than {MAX_KEY_FILE} bytes: an --api-key-file holds one key per line", escape_path(path));
+                bail!(
+                    "{}: more than {MAX_KEY_FILE} bytes: an --api-key-file holds one key per line",
+                    escape_path(path)
+                );
             }
-            let text = String::from_utf8(buf).map_err(|_| anyhow::anyhow!("{}: not UTF-8 text: an --api-key-file holds one key per line", escape_path(path)))?;
+            let text = String::from_utf8(buf).map_err(|_| {
+                anyhow::anyhow!("{}: not UTF-8 text: an --api-key-file holds one key per line", escape_path(path))
+            })?;
             let before = all.len();
             for (i, line) in text.lines().enumerate() {
                 let k = line.trim();
@@ -127,8 +134,15 @@ pub async fn guard(State(st): State<Arc<AppState>>, req: Request, next: Next) ->
         Some(_) => "invalid API key",
         None => "this server needs an API key: send 'Authorization: Bearer KEY' (or 'x-api-key: KEY')",
     };
-    let e = ApiError { code: Some("invalid_api_key"), ..ApiError::new(StatusCode::UNAUTHORIZED, "invalid_request_error", message) };
-    let mut resp = if super::messages::is_messages_path(req.uri().path()) { super::messages::error_response(&e) } else { e.into_response() };
+    let e = ApiError {
+        code: Some("invalid_api_key"),
+        ..ApiError::new(StatusCode::UNAUTHORIZED, "invalid_request_error", message)
+    };
+    let mut resp = if super::messages::is_messages_path(req.uri().path()) {
+        super::messages::error_response(&e)
+    } else {
+        e.into_response()
+    };
     resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     resp
 }
@@ -151,7 +165,10 @@ mod tests {
         }
         assert!(ApiKeys::load(&[], &[]).unwrap().is_empty());
         assert!(ApiKeys::load(&["a,,b".into()], &[]).unwrap_err().to_string().contains("empty key"));
-        assert!(ApiKeys::load(&["a b".into()], &[]).unwrap_err().to_string().starts_with("--api-key: an API key may not hold spaces"));
+        assert!(ApiKeys::load(&["a b".into()], &[])
+            .unwrap_err()
+            .to_string()
+            .starts_with("--api-key: an API key may not hold spaces"));
         let tab = dir.path().join("tab");
         std::fs::write(&tab, "ok\nx\ty\n").unwrap();
         let e = ApiKeys::load(&[], &[tab]).unwrap_err().to_string();

@@ -29,7 +29,12 @@ pub enum ChoiceEvent {
 }
 
 /// Queue the request and start it when a slot is free.
-pub fn start(state: &Arc<AppState>, req: GenerateRequest, cache: PromptCache, opts: GenerateOptions) -> mpsc::Receiver<ChoiceEvent> {
+pub fn start(
+    state: &Arc<AppState>,
+    req: GenerateRequest,
+    cache: PromptCache,
+    opts: GenerateOptions,
+) -> mpsc::Receiver<ChoiceEvent> {
     generation::start_with(
         state,
         req,
@@ -57,7 +62,10 @@ pub struct Choice {
 }
 
 /// Wait for every choice (non-streaming requests).
-pub async fn collect(mut rx: mpsc::Receiver<ChoiceEvent>, n: usize) -> Result<(Vec<Choice>, GenerationStats), ApiError> {
+pub async fn collect(
+    mut rx: mpsc::Receiver<ChoiceEvent>,
+    n: usize,
+) -> Result<(Vec<Choice>, GenerationStats), ApiError> {
     let mut choices: Vec<Choice> = (0..n.max(1)).map(|_| Choice::default()).collect();
     while let Some(ev) = rx.recv().await {
         let i = match &ev {
@@ -71,7 +79,9 @@ pub async fn collect(mut rx: mpsc::Receiver<ChoiceEvent>, n: usize) -> Result<(V
             }
             ChoiceEvent::Failed(e) => return Err(e.clone()),
         };
-        let c = choices.get_mut(i).ok_or_else(|| ApiError::internal(format!("the generation reported choice {i} of {n}")))?;
+        let c = choices
+            .get_mut(i)
+            .ok_or_else(|| ApiError::internal(format!("the generation reported choice {i} of {n}")))?;
         match ev {
             ChoiceEvent::Text(_, t) => c.text.push_str(&t),
             ChoiceEvent::Token(_, t) => c.tokens.push(t),

@@ -91,15 +91,27 @@ fn parse_inputs(v: &Value, field: &str, n_vocab: usize) -> Result<(Vec<Input>, b
             .enumerate()
             .map(|(j, t)| match t.as_u64() {
                 Some(id) if (id as usize) < n_vocab => Ok(id as u32),
-                Some(id) => Err(ApiError::invalid_field(&format!("{at}[{j}]"), format!("token id {id} in '{at}' is outside the vocabulary ({n_vocab} tokens)"))),
-                None => Err(ApiError::invalid_field(&format!("{at}[{j}]"), format!("'{at}[{j}]' must be a token id (an integer from 0), got {t}"))),
+                Some(id) => Err(ApiError::invalid_field(
+                    &format!("{at}[{j}]"),
+                    format!("token id {id} in '{at}' is outside the vocabulary ({n_vocab} tokens)"),
+                )),
+                None => Err(ApiError::invalid_field(
+                    &format!("{at}[{j}]"),
+                    format!("'{at}[{j}]' must be a token id (an integer from 0), got {t}"),
+                )),
             })
             .collect()
     };
-    let shape = || format!("'{field}' must be a string, an array of strings, an array of token ids, or an array of token-id arrays");
+    let shape = || {
+        format!(
+            "'{field}' must be a string, an array of strings, an array of token ids, or an array of token-id arrays"
+        )
+    };
     match v {
         Value::String(s) => Ok((vec![Input::Text(s.clone())], true)),
-        Value::Array(a) if a.is_empty() => Err(ApiError::invalid_field(field, format!("'{field}' is empty: nothing to embed"))),
+        Value::Array(a) if a.is_empty() => {
+            Err(ApiError::invalid_field(field, format!("'{field}' is empty: nothing to embed")))
+        }
         Value::Array(a) if a.iter().all(Value::is_number) => Ok((vec![Input::Tokens(tokens(a, field)?)], true)),
         Value::Array(a) => {
             let mut out = Vec::with_capacity(a.len());
@@ -119,11 +131,19 @@ fn parse_inputs(v: &Value, field: &str, n_vocab: usize) -> Result<(Vec<Input>, b
 
 /// The request's inputs as token ids, checked (not empty, within the context); whether the
 /// request gave one input rather than an array.
-async fn tokenized(st: &Arc<AppState>, req: &EmbeddingsRequest) -> Result<(Vec<Vec<u32>>, bool, &'static str), ApiError> {
+async fn tokenized(
+    st: &Arc<AppState>,
+    req: &EmbeddingsRequest,
+) -> Result<(Vec<Vec<u32>>, bool, &'static str), ApiError> {
     let (value, field) = match (&req.input, &req.content) {
         (Some(v), _) => (v, "input"),
         (None, Some(v)) => (v, "content"),
-        (None, None) => return Err(ApiError::invalid_field("input", "'input' is required: the text (or texts, or token ids) to embed")),
+        (None, None) => {
+            return Err(ApiError::invalid_field(
+                "input",
+                "'input' is required: the text (or texts, or token ids) to embed",
+            ))
+        }
     };
     let (inputs, single) = parse_inputs(value, field, st.model.vocab_size())?;
     let model = st.model.clone();
@@ -140,7 +160,9 @@ async fn tokenized(st: &Arc<AppState>, req: &EmbeddingsRequest) -> Result<(Vec<V
     })
     .await
     .map_err(|e| ApiError::internal(format!("worker failed: {e}")))?;
-    let ids = ids.map_err(|(i, e)| ApiError::invalid_field(&at(field, i, single), format!("could not tokenize {}: {e:#}", at(field, i, single))))?;
+    let ids = ids.map_err(|(i, e)| {
+        ApiError::invalid_field(&at(field, i, single), format!("could not tokenize {}: {e:#}", at(field, i, single)))
+    })?;
     let n_ctx = st.model.n_ctx();
     for (i, t) in ids.iter().enumerate() {
         let name = at(field, i, single);
@@ -150,7 +172,10 @@ async fn tokenized(st: &Arc<AppState>, req: &EmbeddingsRequest) -> Result<(Vec<V
         if t.len() > n_ctx {
             return Err(ApiError {
                 code: Some("context_length_exceeded"),
-                ..ApiError::invalid_field(&name, format!("'{name}' is {} tokens, longer than the context of {n_ctx} tokens", t.len()))
+                ..ApiError::invalid_field(
+                    &name,
+                    format!("'{name}' is {} tokens, longer than the context of {n_ctx} tokens", t.len()),
+                )
             });
         }
     }
@@ -167,13 +192,19 @@ fn at(field: &str, i: usize, single: bool) -> String {
 }
 
 /// Run the inputs through the embedding session (made on first use), on a blocking thread.
-async fn embed(st: &Arc<AppState>, ids: Vec<Vec<u32>>, pooling: Pooling, normalize: i32) -> Result<Vec<Vec<Vec<f32>>>, ApiError> {
+async fn embed(
+    st: &Arc<AppState>,
+    ids: Vec<Vec<u32>>,
+    pooling: Pooling,
+    normalize: i32,
+) -> Result<Vec<Vec<Vec<f32>>>, ApiError> {
     let session = st.embeddings.session.clone();
     let model = st.model.clone();
     tokio::task::spawn_blocking(move || {
         let mut guard = session.lock().unwrap_or_else(|e| e.into_inner());
         if guard.is_none() {
-            *guard = Some(model.embedder().map_err(|e| ApiError::unavailable(format!("cannot compute embeddings: {e:#}")))?);
+            *guard =
+                Some(model.embedder().map_err(|e| ApiError::unavailable(format!("cannot compute embeddings: {e:#}")))?);
         }
         let s = guard.as_mut().expect("made above");
         // The inputs were checked above: what fails here is the server's fault.
@@ -185,13 +216,20 @@ async fn embed(st: &Arc<AppState>, ids: Vec<Vec<u32>>, pooling: Pooling, normali
 
 /// The pooling and normalization this request gets.
 fn settings(st: &AppState, req: &EmbeddingsRequest) -> Result<(Pooling, i32), ApiError> {
-    let pooling = st.embeddings.pooling.clone().map_err(|e| ApiError::new(axum::http::StatusCode::NOT_IMPLEMENTED, "invalid_request_error", e))?;
+    let pooling = st
+        .embeddings
+        .pooling
+        .clone()
+        .map_err(|e| ApiError::new(axum::http::StatusCode::NOT_IMPLEMENTED, "invalid_request_error", e))?;
     let normalize = req.embd_normalize.unwrap_or(st.embeddings.normalize);
     Ok((pooling, if pooling == Pooling::None { -1 } else { normalize }))
 }
 
 /// `POST /v1/embeddings` (OpenAI).
-pub async fn v1_embeddings(State(st): State<Arc<AppState>>, ApiJson(req): ApiJson<EmbeddingsRequest>) -> Result<Response, ApiError> {
+pub async fn v1_embeddings(
+    State(st): State<Arc<AppState>>,
+    ApiJson(req): ApiJson<EmbeddingsRequest>,
+) -> Result<Response, ApiError> {
     let (pooling, normalize) = settings(&st, &req)?;
     if pooling == Pooling::None {
         return Err(ApiError::bad_request(
@@ -211,7 +249,10 @@ pub async fn v1_embeddings(State(st): State<Arc<AppState>>, ApiJson(req): ApiJso
     };
     let n_embd = st.model.n_embd();
     if let Some(d) = req.dimensions.filter(|d| *d != n_embd as i64) {
-        return Err(ApiError::invalid_field("dimensions", format!("'dimensions' can only be this model's width, {n_embd}, got {d}")));
+        return Err(ApiError::invalid_field(
+            "dimensions",
+            format!("'dimensions' can only be this model's width, {n_embd}, got {d}"),
+        ));
     }
     let (ids, _, _) = tokenized(&st, &req).await?;
     let n_tokens: usize = ids.iter().map(Vec::len).sum();
@@ -236,7 +277,10 @@ pub async fn v1_embeddings(State(st): State<Arc<AppState>>, ApiJson(req): ApiJso
 }
 
 /// `POST /embedding` (llama.cpp's, and llamafile's before it).
-pub async fn llama_embedding(State(st): State<Arc<AppState>>, ApiJson(req): ApiJson<EmbeddingsRequest>) -> Result<Response, ApiError> {
+pub async fn llama_embedding(
+    State(st): State<Arc<AppState>>,
+    ApiJson(req): ApiJson<EmbeddingsRequest>,
+) -> Result<Response, ApiError> {
     let (pooling, normalize) = settings(&st, &req)?;
     let (ids, single, _) = tokenized(&st, &req).await?;
     let vectors = embed(&st, ids, pooling, normalize).await?;
@@ -246,7 +290,8 @@ pub async fn llama_embedding(State(st): State<Arc<AppState>>, ApiJson(req): ApiJ
         let embedding = if pooling == Pooling::None { json!(rows) } else { json!(rows.swap_remove(0)) };
         return Ok(Json(json!({ "embedding": embedding })).into_response());
     }
-    let list: Vec<Value> = vectors.into_iter().enumerate().map(|(i, rows)| json!({ "index": i, "embedding": rows })).collect();
+    let list: Vec<Value> =
+        vectors.into_iter().enumerate().map(|(i, rows)| json!({ "index": i, "embedding": rows })).collect();
     Ok(Json(Value::Array(list)).into_response())
 }
 

@@ -1,11 +1,11 @@
 //! OpenAI-style errors (`{"error": {"message", "type", "param", "code"}}`) and a JSON body
 //! extractor whose every failure is one of them, naming the field that is wrong.
 
+use super::listen::BodyDeadline;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use super::listen::BodyDeadline;
 use serde::de::DeserializeOwned;
 
 /// Largest request body accepted (a full 128k-token context is well under 1 MiB of text).
@@ -128,11 +128,16 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
                     err.code = Some("invalid_type");
                     err
                 }
-                _ => ApiError { code: Some("invalid_json"), ..ApiError::bad_request(format!("malformed JSON: {inner}")) },
+                _ => {
+                    ApiError { code: Some("invalid_json"), ..ApiError::bad_request(format!("malformed JSON: {inner}")) }
+                }
             });
         }
     };
-    de.end().map_err(|e| ApiError { code: Some("invalid_json"), ..ApiError::bad_request(format!("malformed JSON: {e}")) })?;
+    de.end().map_err(|e| ApiError {
+        code: Some("invalid_json"),
+        ..ApiError::bad_request(format!("malformed JSON: {e}"))
+    })?;
     Ok(value)
 }
 

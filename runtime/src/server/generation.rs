@@ -120,7 +120,8 @@ pub fn start(state: &Arc<AppState>, req: GenerateRequest, cache: PromptCache) ->
 
 /// How a generation runs in its slot: the session, the request, and `send` for its events
 /// (`false` once the client is gone or the server stops: then the generation should stop).
-pub type RunFn<E> = dyn FnOnce(&mut dyn ModelSession, &GenerateRequest, &mut dyn FnMut(E) -> bool) -> anyhow::Result<GenerationStats> + Send;
+pub type RunFn<E> = dyn FnOnce(&mut dyn ModelSession, &GenerateRequest, &mut dyn FnMut(E) -> bool) -> anyhow::Result<GenerationStats>
+    + Send;
 
 /// `start` with the generation run by `run`, whose events are of any kind; `end` makes the last
 /// event from the outcome. The slot's bookkeeping (prompt cache, `/slots`, logs, a panic in the
@@ -129,7 +130,9 @@ pub fn start_with<E: Send + 'static>(
     state: &Arc<AppState>,
     req: GenerateRequest,
     cache: PromptCache,
-    run: impl FnOnce(&mut dyn ModelSession, &GenerateRequest, &mut dyn FnMut(E) -> bool) -> anyhow::Result<GenerationStats> + Send + 'static,
+    run: impl FnOnce(&mut dyn ModelSession, &GenerateRequest, &mut dyn FnMut(E) -> bool) -> anyhow::Result<GenerationStats>
+        + Send
+        + 'static,
     end: fn(Result<GenerationStats, ApiError>) -> E,
 ) -> mpsc::Receiver<E> {
     let (tx, rx) = mpsc::channel(CHANNEL);
@@ -186,9 +189,19 @@ fn run_blocking<E>(
             let slot = lease.slot();
             slot.cached.clear();
             slot.cached.extend_from_slice(&req.prompt);
-            state.pool.set_result(slot_id, req.prompt.len(), stop_name(stats.stop), stats.generated_tokens, stats.cached_tokens);
+            state.pool.set_result(
+                slot_id,
+                req.prompt.len(),
+                stop_name(stats.stop),
+                stats.generated_tokens,
+                stats.cached_tokens,
+            );
             if state.log {
-                let tps = if stats.generation_ms > 0.0 { stats.generated_tokens as f64 * 1e3 / stats.generation_ms } else { 0.0 };
+                let tps = if stats.generation_ms > 0.0 {
+                    stats.generated_tokens as f64 * 1e3 / stats.generation_ms
+                } else {
+                    0.0
+                };
                 eprintln!(
                     "slot {slot_id}: {} prompt tokens ({} cached) in {:.0} ms, {} generated in {:.0} ms ({tps:.1} tokens/s), stop: {}",
                     stats.prompt_tokens,

@@ -46,7 +46,14 @@ pub fn budget(n_ctx: usize, max_tokens: Option<usize>) -> usize {
 
 /// Build the prompt on a blocking thread: a model without FIM tokens, or markers and typed text
 /// that do not fit, is the client's error.
-async fn fim_prompt(st: &Arc<AppState>, prefix: String, suffix: String, prompt: String, extra: Vec<ExtraFile>, max_tokens: Option<usize>) -> Result<Vec<u32>, ApiError> {
+async fn fim_prompt(
+    st: &Arc<AppState>,
+    prefix: String,
+    suffix: String,
+    prompt: String,
+    extra: Vec<ExtraFile>,
+    max_tokens: Option<usize>,
+) -> Result<Vec<u32>, ApiError> {
     let model = st.model.clone();
     let budget = budget(model.n_ctx(), max_tokens);
     let built = blocking(move || {
@@ -58,28 +65,44 @@ async fn fim_prompt(st: &Arc<AppState>, prefix: String, suffix: String, prompt: 
     built.map_err(|e| ApiError::bad_request(format!("fill-in-the-middle: {e}")))
 }
 
-pub async fn infill(State(st): State<Arc<AppState>>, ApiJson(req): ApiJson<InfillRequest>) -> Result<Response, ApiError> {
+pub async fn infill(
+    State(st): State<Arc<AppState>>,
+    ApiJson(req): ApiJson<InfillRequest>,
+) -> Result<Response, ApiError> {
     let mut rest = req.rest;
     // `/completion`'s fields, with a placeholder prompt (the FIM prompt replaces it)
     rest.insert("prompt".into(), Value::String(String::new()));
     let body = serde_json::to_vec(&Value::Object(rest)).map_err(|e| ApiError::internal(e.to_string()))?;
     let opts: LlamaCompletionRequest = parse_json(&body)?;
     let max_tokens = n_predict(opts.n_predict)?;
-    let extra = req.input_extra.unwrap_or_default().into_iter().map(|c| ExtraFile { filename: c.filename, text: c.text }).collect();
-    let prompt = fim_prompt(&st, req.input_prefix, req.input_suffix, req.prompt.unwrap_or_default(), extra, max_tokens).await?;
+    let extra = req
+        .input_extra
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| ExtraFile { filename: c.filename, text: c.text })
+        .collect();
+    let prompt =
+        fim_prompt(&st, req.input_prefix, req.input_suffix, req.prompt.unwrap_or_default(), extra, max_tokens).await?;
     llama_completion_of(st, opts, prompt).await
 }
 
 /// The completions API's prompt with a `suffix`: a FIM prompt of the (text) prompt and the
 /// suffix. An empty suffix on a model without FIM tokens is a plain completion (nothing follows
 /// the hole, which is the prompt's end).
-pub async fn completion_prompt(st: &Arc<AppState>, prompt: Prompt, suffix: &str, max_tokens: Option<usize>) -> Result<(Vec<u32>, Option<String>), ApiError> {
+pub async fn completion_prompt(
+    st: &Arc<AppState>,
+    prompt: Prompt,
+    suffix: &str,
+    max_tokens: Option<usize>,
+) -> Result<(Vec<u32>, Option<String>), ApiError> {
     if suffix.is_empty() && st.model.fim_tokens().required().is_err() {
         return plain_prompt(st, prompt).await;
     }
     let text = match prompt.single()? {
         PromptInput::Text(t) => t,
-        PromptInput::Tokens(_) => return Err(ApiError::invalid_field("prompt", "'suffix' needs the prompt as text, not token ids")),
+        PromptInput::Tokens(_) => {
+            return Err(ApiError::invalid_field("prompt", "'suffix' needs the prompt as text, not token ids"))
+        }
     };
     let ids = fim_prompt(st, text.clone(), suffix.to_string(), String::new(), Vec::new(), max_tokens).await?;
     Ok((ids, Some(text)))

@@ -45,7 +45,10 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { header_timeout: Duration::from_secs(DEFAULT_HEADER_TIMEOUT_S), max_connections: DEFAULT_MAX_CONNECTIONS as usize }
+        Limits {
+            header_timeout: Duration::from_secs(DEFAULT_HEADER_TIMEOUT_S),
+            max_connections: DEFAULT_MAX_CONNECTIONS as usize,
+        }
     }
 }
 
@@ -90,7 +93,12 @@ pub fn fit_connections(wanted: usize, fd_limit: Option<u64>) -> (usize, Option<S
     if wanted <= room {
         (wanted, None)
     } else {
-        (room, Some(format!("--max-connections {wanted} is more than the open-file limit ({fds}) allows; serving at most {room}")))
+        (
+            room,
+            Some(format!(
+                "--max-connections {wanted} is more than the open-file limit ({fds}) allows; serving at most {room}"
+            )),
+        )
     }
 }
 

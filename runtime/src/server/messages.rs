@@ -94,7 +94,10 @@ fn text_of(content: &Content, what: &str) -> Result<String, ApiError> {
                     (kind, _) => {
                         return Err(ApiError::invalid_field(
                             &format!("{what}[{j}]"),
-                            format!("{what}[{j}]: only text blocks are supported here, got {}", kind.map_or("no type".into(), |k| format!("'{}'", k.escape_debug()))),
+                            format!(
+                                "{what}[{j}]: only text blocks are supported here, got {}",
+                                kind.map_or("no type".into(), |k| format!("'{}'", k.escape_debug()))
+                            ),
                         ))
                     }
                 }
@@ -121,7 +124,10 @@ pub fn chat_messages(system: Option<&Content>, messages: &[InMessage]) -> Result
     for (i, m) in messages.iter().enumerate() {
         let at = format!("messages[{i}]");
         if m.role != "user" && m.role != "assistant" {
-            return Err(ApiError::invalid_field(&format!("{at}.role"), format!("{at}: role '{}' is not user or assistant", m.role.escape_debug())));
+            return Err(ApiError::invalid_field(
+                &format!("{at}.role"),
+                format!("{at}: role '{}' is not user or assistant", m.role.escape_debug()),
+            ));
         }
         let blocks = match &m.content {
             Content::Text(t) => {
@@ -135,9 +141,16 @@ pub fn chat_messages(system: Option<&Content>, messages: &[InMessage]) -> Result
         for (j, b) in blocks.iter().enumerate() {
             let here = format!("{at}.content[{j}]");
             match b.get("type").and_then(Value::as_str).unwrap_or("") {
-                "text" => text.push(b.get("text").and_then(Value::as_str).ok_or_else(|| ApiError::invalid_field(&here, format!("{here}: a text block needs 'text'")))?.to_string()),
+                "text" => text.push(
+                    b.get("text")
+                        .and_then(Value::as_str)
+                        .ok_or_else(|| ApiError::invalid_field(&here, format!("{here}: a text block needs 'text'")))?
+                        .to_string(),
+                ),
                 "tool_use" if m.role == "assistant" => {
-                    let name = b.get("name").and_then(Value::as_str).ok_or_else(|| ApiError::invalid_field(&here, format!("{here}: a tool_use block needs 'name'")))?;
+                    let name = b.get("name").and_then(Value::as_str).ok_or_else(|| {
+                        ApiError::invalid_field(&here, format!("{here}: a tool_use block needs 'name'"))
+                    })?;
                     let id = b.get("id").and_then(Value::as_str).unwrap_or("");
                     calls.push(json!({ "id": id, "function": { "name": name, "arguments": b.get("input").cloned().unwrap_or(json!({})) } }));
                 }
@@ -146,8 +159,12 @@ pub fn chat_messages(system: Option<&Content>, messages: &[InMessage]) -> Result
                         None | Some(Value::Null) => String::new(),
                         Some(Value::String(s)) => s.clone(),
                         Some(v) => {
-                            let c: Content = serde_json::from_value(v.clone())
-                                .map_err(|_| ApiError::invalid_field(&here, format!("{here}: 'content' must be a string or text blocks")))?;
+                            let c: Content = serde_json::from_value(v.clone()).map_err(|_| {
+                                ApiError::invalid_field(
+                                    &here,
+                                    format!("{here}: 'content' must be a string or text blocks"),
+                                )
+                            })?;
                             text_of(&c, &format!("{here}.content"))?
                         }
                     };
@@ -158,13 +175,18 @@ pub fn chat_messages(system: Option<&Content>, messages: &[InMessage]) -> Result
                 other => {
                     return Err(ApiError::invalid_field(
                         &here,
-                        format!("{here}: blocks of type '{}' are not supported in {} messages", other.escape_debug(), m.role),
+                        format!(
+                            "{here}: blocks of type '{}' are not supported in {} messages",
+                            other.escape_debug(),
+                            m.role
+                        ),
                     ))
                 }
             }
         }
         let content = text.join("\n");
-        let tool_calls = if calls.is_empty() { None } else { Some(super::tools::check_calls(&Value::Array(calls), i)?) };
+        let tool_calls =
+            if calls.is_empty() { None } else { Some(super::tools::check_calls(&Value::Array(calls), i)?) };
         if !content.is_empty() || m.role == "assistant" || out.last().is_none_or(|l| l.role != "tool") {
             out.push(ChatMessage { role: m.role.clone(), content, tool_calls, ..Default::default() });
         }
@@ -172,9 +194,12 @@ pub fn chat_messages(system: Option<&Content>, messages: &[InMessage]) -> Result
     Ok(out)
 }
 
+/// The chat API's `tools`, `tool_choice` and `parallel_tool_calls`.
+type ChatTools = (Option<Value>, Option<Value>, Option<bool>);
+
 /// Anthropic's tools (`{"name", "description", "input_schema"}`) and `tool_choice` in the chat
 /// API's shape, and whether parallel calls are allowed.
-fn chat_tools(tools: Option<&Value>, choice: Option<&Value>) -> Result<(Option<Value>, Option<Value>, Option<bool>), ApiError> {
+fn chat_tools(tools: Option<&Value>, choice: Option<&Value>) -> Result<ChatTools, ApiError> {
     let tools = match tools {
         None | Some(Value::Null) => None,
         Some(Value::Array(list)) => {
@@ -205,10 +230,14 @@ fn chat_tools(tools: Option<&Value>, choice: Option<&Value>) -> Result<(Option<V
         Some("any") => json!("required"),
         Some("none") => json!("none"),
         Some("tool") => {
-            let name = c.get("name").and_then(Value::as_str).ok_or_else(|| ApiError::invalid_field("tool_choice.name", "tool_choice of type 'tool' needs 'name'"))?;
+            let name = c.get("name").and_then(Value::as_str).ok_or_else(|| {
+                ApiError::invalid_field("tool_choice.name", "tool_choice of type 'tool' needs 'name'")
+            })?;
             json!({ "type": "function", "function": { "name": name } })
         }
-        _ => return Err(ApiError::invalid_field("tool_choice.type", "tool_choice.type must be auto, any, tool or none")),
+        _ => {
+            return Err(ApiError::invalid_field("tool_choice.type", "tool_choice.type must be auto, any, tool or none"))
+        }
     };
     Ok((tools, Some(choice), parallel))
 }
@@ -220,7 +249,9 @@ fn stop_of(s: &GenerationStats, stops: &[String], tool_use: bool) -> (&'static s
     }
     match s.stop {
         StopReason::MaxTokens | StopReason::ContextFull => ("max_tokens", Value::Null),
-        StopReason::StopString => ("stop_sequence", s.stop_index.and_then(|i| stops.get(i)).map_or(Value::Null, |t| json!(t))),
+        StopReason::StopString => {
+            ("stop_sequence", s.stop_index.and_then(|i| stops.get(i)).map_or(Value::Null, |t| json!(t)))
+        }
         StopReason::EndToken | StopReason::Cancelled => ("end_turn", Value::Null),
     }
 }
@@ -252,25 +283,38 @@ fn prepare(st: &AppState, req: MessagesRequest) -> Result<Prepared, ApiError> {
     let max_tokens = match req.max_tokens {
         None => return Err(ApiError::invalid_field("max_tokens", "'max_tokens' is required")),
         Some(n) if n >= 1 => n as usize,
-        Some(n) => return Err(ApiError::invalid_field("max_tokens", format!("'max_tokens' must be at least 1, got {n}"))),
+        Some(n) => {
+            return Err(ApiError::invalid_field("max_tokens", format!("'max_tokens' must be at least 1, got {n}")))
+        }
     };
     let (tools, choice, parallel) = chat_tools(req.tools.as_ref(), req.tool_choice.as_ref())?;
     let no_calls = choice.as_ref().and_then(Value::as_str) == Some("none");
     // calls are read from the whole reply; a stream that may hold them is sent once it is read
     let plan = super::tools::plan_for(&*st.model, tools.as_ref(), choice.as_ref(), parallel).map_err(|e| {
         // errors name the fields as this API spells them (`tools[0].input_schema`)
-        let param = e.param.as_deref().map(|p| p.replace(".function.parameters", ".input_schema").replace(".function.", "."));
+        let param =
+            e.param.as_deref().map(|p| p.replace(".function.parameters", ".input_schema").replace(".function.", "."));
         ApiError { param, ..e }
     })?;
     let calls = plan.is_some() && !no_calls;
-    let fields = SamplingFields { sampling: req.sampling, stop: req.stop_sequences.map(OneOrMany::Many), ignore_eos: None };
+    let fields =
+        SamplingFields { sampling: req.sampling, stop: req.stop_sequences.map(OneOrMany::Many), ignore_eos: None };
     let sampling = validate_sampling(fields, None, &st.defaults)?;
     // the list the engine got (empty strings dropped): `stop_index` counts in it
     let stops = sampling.stop.clone();
     let messages = chat_messages(req.system.as_ref(), &req.messages)?;
     let cache = PromptCache::from_request(req.cache_prompt);
     Ok(Prepared {
-        turn: TurnRequest { messages, tools: plan, grammar: None, max_tokens: Some(max_tokens), sampling, model: req.model, param: "messages", cache },
+        turn: TurnRequest {
+            messages,
+            tools: plan,
+            grammar: None,
+            max_tokens: Some(max_tokens),
+            sampling,
+            model: req.model,
+            param: "messages",
+            cache,
+        },
         stops,
         calls,
     })
@@ -311,7 +355,13 @@ async fn run(st: Arc<AppState>, req: MessagesRequest) -> Result<Response, ApiErr
         let (text, stats) = generation::collect(t.rx).await?;
         let (text, calls) = turn::split_calls(t.tools.as_ref(), text);
         let stop = stop_of(&stats, &stops, !calls.is_empty());
-        return Ok(Json(message(content_blocks(&text, &calls), Some(stop), stats.prompt_tokens, stats.generated_tokens)).into_response());
+        return Ok(Json(message(
+            content_blocks(&text, &calls),
+            Some(stop),
+            stats.prompt_tokens,
+            stats.generated_tokens,
+        ))
+        .into_response());
     }
 
     let first = vec![
@@ -352,7 +402,10 @@ async fn run(st: Arc<AppState>, req: MessagesRequest) -> Result<Response, ApiErr
     first.push(event("content_block_start", json!({ "index": 0, "content_block": { "type": "text", "text": "" } })));
     let rest = ReceiverStream::new(t.rx).flat_map(move |e| {
         let out = match e {
-            GenEvent::Text(piece) => vec![event("content_block_delta", json!({ "index": 0, "delta": { "type": "text_delta", "text": piece } }))],
+            GenEvent::Text(piece) => vec![event(
+                "content_block_delta",
+                json!({ "index": 0, "delta": { "type": "text_delta", "text": piece } }),
+            )],
             GenEvent::Done(stats) => {
                 let mut out = vec![event("content_block_stop", json!({ "index": 0 }))];
                 out.extend(end(&stats, false));
@@ -405,9 +458,9 @@ pub async fn count_tokens(State(st): State<Arc<AppState>>, req: Request) -> Resp
         let messages = chat_messages(req.system.as_ref(), &req.messages)?;
         let model = st.model.clone();
         let list = plan.map(|p| p.tools);
-        blocking(move || super::model::chat_prompt_with_tools(&*model, &messages, list.as_ref()))
-            .await?
-            .map_err(|e| ApiError::invalid_field("messages", format!("the chat template could not render this conversation: {e:#}")))
+        blocking(move || super::model::chat_prompt_with_tools(&*model, &messages, list.as_ref())).await?.map_err(|e| {
+            ApiError::invalid_field("messages", format!("the chat template could not render this conversation: {e:#}"))
+        })
     };
     match counted.await {
         Ok(ids) => Json(json!({ "input_tokens": ids.len() })).into_response(),
@@ -427,7 +480,8 @@ mod tests {
 
     #[test]
     fn blocks_become_chat_messages() {
-        let system = Content::Blocks(vec![json!({"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}})]);
+        let system =
+            Content::Blocks(vec![json!({"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}})]);
         let m = chat_messages(
             Some(&system),
             &msgs(json!([
@@ -467,11 +521,21 @@ mod tests {
             Some(&json!({"type": "any", "disable_parallel_tool_use": true})),
         )
         .unwrap();
-        assert_eq!(tools.unwrap(), json!([{"type": "function", "function": {"name": "f", "description": "d", "parameters": {"type": "object"}}}]));
+        assert_eq!(
+            tools.unwrap(),
+            json!([{"type": "function", "function": {"name": "f", "description": "d", "parameters": {"type": "object"}}}])
+        );
         assert_eq!((choice.unwrap(), parallel), (json!("required"), Some(false)));
         assert!(chat_tools(Some(&json!([{"type": "web_search_20250305", "name": "web_search"}])), None).is_err());
         let s = |stop, stop_index| GenerationStats {
-            prompt_tokens: 1, cached_tokens: 0, generated_tokens: 1, prompt_ms: 0.0, generation_ms: 0.0, stop, decode_calls: 1, stop_index,
+            prompt_tokens: 1,
+            cached_tokens: 0,
+            generated_tokens: 1,
+            prompt_ms: 0.0,
+            generation_ms: 0.0,
+            stop,
+            decode_calls: 1,
+            stop_index,
         };
         let stops = vec!["A".to_string(), "B".to_string()];
         assert_eq!(stop_of(&s(StopReason::StopString, Some(1)), &stops, false), ("stop_sequence", json!("B")));
@@ -479,6 +543,9 @@ mod tests {
         assert_eq!(stop_of(&s(StopReason::EndToken, None), &stops, false).0, "end_turn");
         assert_eq!(stop_of(&s(StopReason::EndToken, None), &stops, true).0, "tool_use");
         let body = error_body(&ApiError::invalid_field("max_tokens", "'max_tokens' is required"));
-        assert_eq!(body, json!({"type": "error", "error": {"type": "invalid_request_error", "message": "'max_tokens' is required"}}));
+        assert_eq!(
+            body,
+            json!({"type": "error", "error": {"type": "invalid_request_error", "message": "'max_tokens' is required"}})
+        );
     }
 }

@@ -81,9 +81,14 @@ impl Metrics {
         let slots = st.pool.info();
         let processing = slots.iter().filter(|s| s.is_processing).count();
         let capacity = (st.pool.slots() * st.model.n_ctx()).max(1);
-        let kv_tokens: usize = slots.iter().map(|s| (s.n_cached_tokens + s.last_generated_tokens).min(st.model.n_ctx())).sum();
+        let kv_tokens: usize =
+            slots.iter().map(|s| (s.n_cached_tokens + s.last_generated_tokens).min(st.model.n_ctx())).sum();
         let counters = [
-            ("prompt_tokens_total", "Number of prompt tokens processed, excluding cached tokens", c(&self.prompt_tokens)),
+            (
+                "prompt_tokens_total",
+                "Number of prompt tokens processed, excluding cached tokens",
+                c(&self.prompt_tokens),
+            ),
             ("prompt_tokens_cached_total", "Number of prompt tokens reused from the cache", c(&self.prompt_cached)),
             ("prompt_seconds_total", "Total time spent processing prompts", c(&self.prompt_us) / 1e6),
             ("tokens_predicted_total", "Number of generation tokens processed", c(&self.predicted_tokens)),
@@ -92,17 +97,36 @@ impl Metrics {
             ("n_tokens_max", "Largest observed sequence length (prompt + generation)", c(&self.n_tokens_max)),
         ];
         let gauges = [
-            ("prompt_tokens_seconds", "Average prompt throughput in tokens/s", per_second(w.prompt_tokens, w.prompt_us)),
-            ("predicted_tokens_seconds", "Average generation throughput in tokens/s", per_second(w.predicted_tokens, w.predicted_us)),
+            (
+                "prompt_tokens_seconds",
+                "Average prompt throughput in tokens/s",
+                per_second(w.prompt_tokens, w.prompt_us),
+            ),
+            (
+                "predicted_tokens_seconds",
+                "Average generation throughput in tokens/s",
+                per_second(w.predicted_tokens, w.predicted_us),
+            ),
             ("requests_processing", "Number of requests processing", processing as f64),
             ("requests_deferred", "Number of requests deferred", st.pool.queued() as f64),
-            ("kv_cache_usage_ratio", "KV-cache usage (1 = all the slots' caches full)", kv_tokens as f64 / capacity as f64),
-            ("kv_cache_tokens", "Tokens held in the slots' KV caches (each slot's last prompt and reply)", kv_tokens as f64),
+            (
+                "kv_cache_usage_ratio",
+                "KV-cache usage (1 = all the slots' caches full)",
+                kv_tokens as f64 / capacity as f64,
+            ),
+            (
+                "kv_cache_tokens",
+                "Tokens held in the slots' KV caches (each slot's last prompt and reply)",
+                kv_tokens as f64,
+            ),
         ];
         let mut out = String::new();
         for (kind, items) in [("counter", &counters[..]), ("gauge", &gauges[..])] {
             for (name, help, value) in items {
-                let _ = write!(out, "# HELP llamacpp:{name} {help}\n# TYPE llamacpp:{name} {kind}\nllamacpp:{name} {value}\n");
+                let _ = write!(
+                    out,
+                    "# HELP llamacpp:{name} {help}\n# TYPE llamacpp:{name} {kind}\nllamacpp:{name} {value}\n"
+                );
             }
         }
         out
@@ -116,7 +140,8 @@ pub async fn handler(State(st): State<Arc<AppState>>) -> Response {
         return ApiError::not_found("this server does not serve /metrics; start it with --metrics").into_response();
     }
     let body = st.metrics.render(&st);
-    ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"))], body).into_response()
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"))], body)
+        .into_response()
 }
 
 #[cfg(test)]
@@ -139,15 +164,19 @@ mod tests {
 
     /// `name value` lines of the exposition.
     fn values(text: &str) -> std::collections::HashMap<String, f64> {
-        text.lines().filter(|l| !l.starts_with('#')).map(|l| {
-            let (n, v) = l.split_once(' ').unwrap();
-            (n.to_string(), v.parse().unwrap())
-        }).collect()
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| {
+                let (n, v) = l.split_once(' ').unwrap();
+                (n.to_string(), v.parse().unwrap())
+            })
+            .collect()
     }
 
     #[test]
     fn counters_add_up_and_the_window_resets() {
-        let st = crate::server::AppState::new(Arc::new(crate::server::testing::FakeModel::new()), 2, Default::default());
+        let st =
+            crate::server::AppState::new(Arc::new(crate::server::testing::FakeModel::new()), 2, Default::default());
         st.metrics.record(&stats(20, 5, 10));
         st.metrics.record(&stats(30, 0, 4));
         let text = st.metrics.render(&st);

@@ -34,8 +34,6 @@ pub mod responses;
 pub mod routes;
 pub mod slots;
 pub mod structured;
-pub mod tools;
-pub mod turn;
 #[cfg(test)]
 pub mod testing;
 #[cfg(test)]
@@ -43,13 +41,15 @@ mod tests;
 #[cfg(test)]
 mod tests_access;
 #[cfg(test)]
-mod tests_embeddings;
-#[cfg(test)]
 mod tests_choices;
+#[cfg(test)]
+mod tests_embeddings;
 #[cfg(test)]
 mod tests_limits;
 #[cfg(test)]
 mod tests_tools;
+pub mod tools;
+pub mod turn;
 pub mod types;
 
 use crate::engine::{Engine, LoadOptions, SamplingParams};
@@ -148,7 +148,8 @@ pub fn run(args: &crate::cli::Args) -> anyhow::Result<i32> {
     // The command line's sampling flags, checked as a request's fields are; without -s each
     // request draws its own seed.
     let defaults = args.sampling()?;
-    let (max_connections, note) = listen::fit_connections(usize::try_from(args.max_connections).unwrap_or(usize::MAX), listen::raise_fd_limit());
+    let (max_connections, note) =
+        listen::fit_connections(usize::try_from(args.max_connections).unwrap_or(usize::MAX), listen::raise_fd_limit());
     if let Some(note) = note {
         eprintln!("note: {note}");
     }
@@ -162,7 +163,8 @@ pub fn run(args: &crate::cli::Args) -> anyhow::Result<i32> {
     rt.block_on(async {
         let listener = bind(&args.host, args.port).await?;
         // Bound to loopback, only loopback names are answered; bound elsewhere, any name.
-        access.loopback_host_only = listener.local_addr().context("cannot read the listening address")?.ip().is_loopback();
+        access.loopback_host_only =
+            listener.local_addr().context("cannot read the listening address")?.ip().is_loopback();
         let mut state = AppState::new(model, args.parallel, defaults);
         {
             let st = Arc::get_mut(&mut state).expect("not shared yet");
@@ -210,7 +212,8 @@ async fn bind(host: &str, port: u16) -> anyhow::Result<TcpListener> {
             Err(e) => return Err(e).with_context(|| format!("cannot listen on {host}:{p}")),
         }
     }
-    Err(last_err.expect("tried at least once")).with_context(|| format!("cannot listen on {host}: ports {port} to {} are all taken", port.saturating_add(99)))
+    Err(last_err.expect("tried at least once"))
+        .with_context(|| format!("cannot listen on {host}: ports {port} to {} are all taken", port.saturating_add(99)))
 }
 
 /// The address a browser on this machine uses for `addr` (0.0.0.0 is not browsable).
@@ -285,7 +288,12 @@ async fn stop_signal() {
 
 /// Serve until Ctrl-C: print the URL, open the browser, then stop cleanly (generations are
 /// cancelled, streams end, connections close; after 5 s whatever is left is dropped).
-pub async fn serve(state: Arc<AppState>, listener: TcpListener, limits: listen::Limits, browser: bool) -> anyhow::Result<()> {
+pub async fn serve(
+    state: Arc<AppState>,
+    listener: TcpListener,
+    limits: listen::Limits,
+    browser: bool,
+) -> anyhow::Result<()> {
     let addr = listener.local_addr().context("cannot read the listening address")?;
     let url = browse_url(addr);
     if !addr.ip().is_loopback() && state.api_keys.is_empty() {
@@ -341,7 +349,10 @@ mod model_id_tests {
 
     #[test]
     fn file_stem() {
-        assert_eq!(model_id(Path::new("/m/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")), "qwen2.5-coder-0.5b-instruct-q4_k_m");
+        assert_eq!(
+            model_id(Path::new("/m/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")),
+            "qwen2.5-coder-0.5b-instruct-q4_k_m"
+        );
         assert_eq!(model_id(Path::new("mistral-7b-instruct.Q4_K_M.llamafile")), "mistral-7b-instruct.Q4_K_M");
         assert_eq!(model_id(Path::new("/x/archive.zip@weights/tiny.gguf")), "tiny");
         assert_eq!(model_id(Path::new("/usr/bin/mymodel")), "mymodel");

@@ -51,7 +51,11 @@ pub trait Model: Send + Sync + 'static {
     /// says what the model lacks or what does not fit.
     fn fim_prompt(&self, input: &FimInput, budget: usize) -> anyhow::Result<Result<Vec<u32>, String>> {
         let _ = (input, budget);
-        Ok(Err(self.fim_tokens().required().err().unwrap_or_else(|| "this model cannot build a fill-in-the-middle prompt".into())))
+        Ok(Err(self
+            .fim_tokens()
+            .required()
+            .err()
+            .unwrap_or_else(|| "this model cannot build a fill-in-the-middle prompt".into())))
     }
     /// The model's fill-in-the-middle markers.
     fn fim_tokens(&self) -> FimTokens {
@@ -60,12 +64,21 @@ pub trait Model: Send + Sync + 'static {
 }
 
 pub trait ModelSession: Send {
-    fn generate(&mut self, req: &GenerateRequest, on_text: &mut dyn FnMut(&str) -> bool) -> anyhow::Result<GenerationStats>;
+    fn generate(
+        &mut self,
+        req: &GenerateRequest,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> anyhow::Result<GenerationStats>;
     /// Forget the cached tokens (the next prompt is evaluated from its start).
     fn clear(&mut self);
     /// `generate` with several choices and log-probabilities (`Session::generate_with`). This
     /// default runs `generate` once per choice and has no log-probabilities.
-    fn generate_with(&mut self, req: &GenerateRequest, opts: &GenerateOptions, out: &mut dyn FnMut(Output) -> bool) -> anyhow::Result<GenerationStats> {
+    fn generate_with(
+        &mut self,
+        req: &GenerateRequest,
+        opts: &GenerateOptions,
+        out: &mut dyn FnMut(Output) -> bool,
+    ) -> anyhow::Result<GenerationStats> {
         anyhow::ensure!(opts.logprobs.is_none(), "this model reports no log-probabilities");
         let mut total: Option<GenerationStats> = None;
         for choice in 0..opts.n.max(1) {
@@ -73,7 +86,8 @@ pub trait ModelSession: Send {
             one.sampling.seed = crate::engine::sampler::choice_seed(req.sampling.seed, choice);
             let st = self.generate(&one, &mut |t| out(Output::Text(choice, t)))?;
             let cancelled = st.stop == crate::engine::StopReason::Cancelled || !out(Output::Done(choice, &st));
-            let t = total.get_or_insert_with(|| GenerationStats { generated_tokens: 0, generation_ms: 0.0, ..st.clone() });
+            let t =
+                total.get_or_insert_with(|| GenerationStats { generated_tokens: 0, generation_ms: 0.0, ..st.clone() });
             t.generated_tokens += st.generated_tokens;
             t.generation_ms += st.generation_ms;
             t.stop = if cancelled { crate::engine::StopReason::Cancelled } else { st.stop };
@@ -146,13 +160,22 @@ impl Model for EngineModel {
 }
 
 impl ModelSession for Session {
-    fn generate(&mut self, req: &GenerateRequest, on_text: &mut dyn FnMut(&str) -> bool) -> anyhow::Result<GenerationStats> {
+    fn generate(
+        &mut self,
+        req: &GenerateRequest,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> anyhow::Result<GenerationStats> {
         Session::generate(self, req, on_text)
     }
     fn clear(&mut self) {
         Session::clear(self)
     }
-    fn generate_with(&mut self, req: &GenerateRequest, opts: &GenerateOptions, out: &mut dyn FnMut(Output) -> bool) -> anyhow::Result<GenerationStats> {
+    fn generate_with(
+        &mut self,
+        req: &GenerateRequest,
+        opts: &GenerateOptions,
+        out: &mut dyn FnMut(Output) -> bool,
+    ) -> anyhow::Result<GenerationStats> {
         Session::generate_with(self, req, opts, out)
     }
 }
@@ -166,7 +189,11 @@ pub fn chat_prompt(model: &dyn Model, messages: &[ChatMessage]) -> anyhow::Resul
 }
 
 /// `chat_prompt`, with tool definitions for the template when given.
-pub fn chat_prompt_with_tools(model: &dyn Model, messages: &[ChatMessage], tools: Option<&serde_json::Value>) -> anyhow::Result<Vec<u32>> {
+pub fn chat_prompt_with_tools(
+    model: &dyn Model,
+    messages: &[ChatMessage],
+    tools: Option<&serde_json::Value>,
+) -> anyhow::Result<Vec<u32>> {
     let render = |m: &[ChatMessage]| match tools {
         Some(t) => model.render_chat_with_tools(m, t),
         None => model.render_chat(m),
@@ -237,7 +264,10 @@ mod tests {
         let qwen_like = "{% if messages[0].role != 'system' %}<|im_start|>system\nYou are Qwen.<|im_end|>\n{% endif %}\
             {% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}\
             {% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
-        assert_eq!(of(ChatTemplate::from_source("qwen-like", qwen_like, "", "").unwrap()).as_deref(), Some("You are Qwen."));
+        assert_eq!(
+            of(ChatTemplate::from_source("qwen-like", qwen_like, "", "").unwrap()).as_deref(),
+            Some("You are Qwen.")
+        );
         assert_eq!(of(ChatTemplate::builtin("chatml", "", "").unwrap()).as_deref(), Some(""), "chatml has no default");
         let vicuna = of(ChatTemplate::builtin("vicuna", "", "").unwrap()).unwrap();
         assert!(vicuna.starts_with("A chat between a curious"), "vicuna's default: {vicuna}");

@@ -38,7 +38,9 @@ fn is_empty(v: &Value) -> bool {
 
 impl Unhonoured {
     pub fn check(&self) -> Result<(), ApiError> {
-        let fields: [(&str, &Option<Value>, &dyn Fn(&Value) -> bool, &str); 11] = [
+        // (field, its value, whether the value is neutral, the neutral value)
+        type Field<'a> = (&'a str, &'a Option<Value>, &'a dyn Fn(&Value) -> bool, &'a str);
+        let fields: [Field; 11] = [
             ("presence_penalty", &self.presence_penalty, &|v| is_number(v, 0.0), "0"),
             ("frequency_penalty", &self.frequency_penalty, &|v| is_number(v, 0.0), "0"),
             ("logit_bias", &self.logit_bias, &is_empty, "empty"),
@@ -78,7 +80,9 @@ mod tests {
 
     #[test]
     fn neutral_values_pass_and_others_are_refused() {
-        let ok = parse(r#"{"presence_penalty":0,"frequency_penalty":0.0,"logit_bias":{},"best_of":1,"mirostat":0,"typical_p":1.0,"post_sampling_probs":false,"user":"x","dry_multiplier":0,"xtc_probability":0.0,"dynatemp_range":0,"tfs_z":1}"#);
+        let ok = parse(
+            r#"{"presence_penalty":0,"frequency_penalty":0.0,"logit_bias":{},"best_of":1,"mirostat":0,"typical_p":1.0,"post_sampling_probs":false,"user":"x","dry_multiplier":0,"xtc_probability":0.0,"dynatemp_range":0,"tfs_z":1}"#,
+        );
         assert!(ok.check().is_ok());
         assert!(parse(r#"{"logit_bias":null}"#).check().is_ok());
         for (body, field) in [

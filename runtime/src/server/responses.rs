@@ -57,7 +57,10 @@ pub struct ResponsesRequest {
 }
 
 fn stateless(field: &str) -> ApiError {
-    ApiError::invalid_field(field, format!("'{field}' is not supported: this server keeps no responses (send the whole conversation as 'input')"))
+    ApiError::invalid_field(
+        field,
+        format!("'{field}' is not supported: this server keeps no responses (send the whole conversation as 'input')"),
+    )
 }
 
 /// Text of a message item's `content`: a string, or `input_text`/`output_text` parts.
@@ -72,19 +75,28 @@ fn item_text(content: Option<&Value>, at: &str) -> Result<String, ApiError> {
                 match (kind, p.get("text").and_then(Value::as_str)) {
                     ("input_text" | "output_text" | "text", Some(t)) => out.push(t.to_string()),
                     ("input_text" | "output_text" | "text", None) => {
-                        return Err(ApiError::invalid_field(&format!("{at}.content[{j}].text"), format!("{at}.content[{j}] needs 'text'")))
+                        return Err(ApiError::invalid_field(
+                            &format!("{at}.content[{j}].text"),
+                            format!("{at}.content[{j}] needs 'text'"),
+                        ))
                     }
                     _ => {
                         return Err(ApiError::invalid_field(
                             &format!("{at}.content[{j}].type"),
-                            format!("content parts of type '{}' are not supported (input_text and output_text are)", kind.escape_debug()),
+                            format!(
+                                "content parts of type '{}' are not supported (input_text and output_text are)",
+                                kind.escape_debug()
+                            ),
                         ))
                     }
                 }
             }
             Ok(out.join("\n"))
         }
-        Some(_) => Err(ApiError::invalid_field(&format!("{at}.content"), format!("{at}.content must be a string or an array of parts"))),
+        Some(_) => Err(ApiError::invalid_field(
+            &format!("{at}.content"),
+            format!("{at}.content must be a string or an array of parts"),
+        )),
     }
 }
 
@@ -120,21 +132,32 @@ pub fn input_messages(instructions: Option<String>, input: Input) -> Result<Vec<
                     other => {
                         return Err(ApiError::invalid_field(
                             &format!("{at}.role"),
-                            format!("{at}: role {} is not one of user, assistant, system, developer", other.map_or("(none)".into(), |r| format!("'{}'", r.escape_debug()))),
+                            format!(
+                                "{at}: role {} is not one of user, assistant, system, developer",
+                                other.map_or("(none)".into(), |r| format!("'{}'", r.escape_debug()))
+                            ),
                         ))
                     }
                 };
-                out.push(ChatMessage { role: role.into(), content: item_text(item.get("content"), &at)?, ..Default::default() });
+                out.push(ChatMessage {
+                    role: role.into(),
+                    content: item_text(item.get("content"), &at)?,
+                    ..Default::default()
+                });
                 calls_at = None;
             }
             "function_call" => {
                 let name = item.get("name").and_then(Value::as_str);
                 let Some(name) = name else {
-                    return Err(ApiError::invalid_field(&format!("{at}.name"), format!("{at}: a function_call needs 'name'")));
+                    return Err(ApiError::invalid_field(
+                        &format!("{at}.name"),
+                        format!("{at}: a function_call needs 'name'"),
+                    ));
                 };
                 let id = item.get("call_id").and_then(Value::as_str).unwrap_or("");
                 let call = json!([{ "id": id, "function": { "name": name, "arguments": item.get("arguments").cloned().unwrap_or(json!("{}")) } }]);
-                let call = super::tools::check_calls(&call, i).map_err(|e| ApiError { param: Some(at.clone()), ..e })?;
+                let call =
+                    super::tools::check_calls(&call, i).map_err(|e| ApiError { param: Some(at.clone()), ..e })?;
                 let call = call.as_array().cloned().unwrap_or_default();
                 // consecutive calls go to one assistant message, after the text the model wrote before them
                 let k = match calls_at {
@@ -156,7 +179,12 @@ pub fn input_messages(instructions: Option<String>, input: Input) -> Result<Vec<
                 let output = match item.get("output") {
                     Some(Value::String(s)) => s.clone(),
                     Some(v @ Value::Array(_)) => item_text(Some(v), &at)?,
-                    _ => return Err(ApiError::invalid_field(&format!("{at}.output"), format!("{at}: a function_call_output needs 'output' (a string)"))),
+                    _ => {
+                        return Err(ApiError::invalid_field(
+                            &format!("{at}.output"),
+                            format!("{at}: a function_call_output needs 'output' (a string)"),
+                        ))
+                    }
                 };
                 let id = item.get("call_id").and_then(Value::as_str).map(str::to_string);
                 out.push(ChatMessage { role: "tool".into(), content: output, tool_call_id: id, ..Default::default() });
@@ -165,7 +193,10 @@ pub fn input_messages(instructions: Option<String>, input: Input) -> Result<Vec<
             other => {
                 return Err(ApiError::invalid_field(
                     &format!("{at}.type"),
-                    format!("{at}: items of type '{}' are not supported (message, function_call and function_call_output are)", other.escape_debug()),
+                    format!(
+                    "{at}: items of type '{}' are not supported (message, function_call and function_call_output are)",
+                    other.escape_debug()
+                ),
                 ))
             }
         }
@@ -185,7 +216,10 @@ fn chat_tools(tools: Option<&Value>, choice: Option<&Value>) -> Result<(Option<V
                 if kind != "function" {
                     return Err(ApiError::invalid_field(
                         &format!("tools[{i}].type"),
-                        format!("tools[{i}]: tools of type '{}' are not supported (only 'function')", kind.escape_debug()),
+                        format!(
+                            "tools[{i}]: tools of type '{}' are not supported (only 'function')",
+                            kind.escape_debug()
+                        ),
                     ));
                 }
                 let mut f = serde_json::Map::new();
@@ -204,10 +238,17 @@ fn chat_tools(tools: Option<&Value>, choice: Option<&Value>) -> Result<(Option<V
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(json!(s)),
         Some(c) if c.get("type").and_then(Value::as_str) == Some("function") => {
-            let name = c.get("name").and_then(Value::as_str).ok_or_else(|| ApiError::invalid_field("tool_choice.name", "tool_choice of type 'function' needs 'name'"))?;
+            let name = c.get("name").and_then(Value::as_str).ok_or_else(|| {
+                ApiError::invalid_field("tool_choice.name", "tool_choice of type 'function' needs 'name'")
+            })?;
             Some(json!({ "type": "function", "function": { "name": name } }))
         }
-        Some(_) => return Err(ApiError::invalid_field("tool_choice", "tool_choice must be none, auto, required or {\"type\": \"function\", \"name\": ...}")),
+        Some(_) => {
+            return Err(ApiError::invalid_field(
+                "tool_choice",
+                "tool_choice must be none, auto, required or {\"type\": \"function\", \"name\": ...}",
+            ))
+        }
     };
     Ok((tools, choice))
 }
@@ -225,7 +266,10 @@ fn response_format(text: Option<&Value>) -> Result<Option<Value>, ApiError> {
             }
             Ok(Some(json!({ "type": "json_schema", "json_schema": inner })))
         }
-        _ => Err(ApiError::invalid_field("text.format.type", "text.format.type must be text, json_object or json_schema")),
+        _ => Err(ApiError::invalid_field(
+            "text.format.type",
+            "text.format.type must be text, json_object or json_schema",
+        )),
     }
 }
 
@@ -331,7 +375,10 @@ fn output_items(msg_id: &str, text: &str, calls: &[Value], status: &str) -> Vec<
     out
 }
 
-pub async fn create(State(st): State<Arc<AppState>>, ApiJson(req): ApiJson<ResponsesRequest>) -> Result<Response, ApiError> {
+pub async fn create(
+    State(st): State<Arc<AppState>>,
+    ApiJson(req): ApiJson<ResponsesRequest>,
+) -> Result<Response, ApiError> {
     if req.previous_response_id.as_ref().is_some_and(|v| !v.is_null()) {
         return Err(stateless("previous_response_id"));
     }
@@ -354,15 +401,38 @@ pub async fn create(State(st): State<Arc<AppState>>, ApiJson(req): ApiJson<Respo
         .map_err(|e| ApiError { param: e.param.as_deref().map(|p| p.replace(".function.", ".")), ..e })?;
     let buffered = stream && plan.is_some() && !no_calls;
     let format = response_format(req.text.as_ref())?;
-    let grammar = if plan.as_ref().is_some_and(|p| p.grammar.is_some()) { None } else { super::structured::response_format(format.as_ref())? };
-    let sampling = validate_sampling(SamplingFields { sampling: req.sampling.clone(), ..Default::default() }, None, &st.defaults)?;
+    let grammar = if plan.as_ref().is_some_and(|p| p.grammar.is_some()) {
+        None
+    } else {
+        super::structured::response_format(format.as_ref())?
+    };
+    let sampling =
+        validate_sampling(SamplingFields { sampling: req.sampling.clone(), ..Default::default() }, None, &st.defaults)?;
     let max_tokens = match req.max_output_tokens {
         None => None,
         Some(n) if n >= 1 => Some(n as usize),
-        Some(n) => return Err(ApiError::invalid_field("max_output_tokens", format!("'max_output_tokens' must be at least 1, got {n}"))),
+        Some(n) => {
+            return Err(ApiError::invalid_field(
+                "max_output_tokens",
+                format!("'max_output_tokens' must be at least 1, got {n}"),
+            ))
+        }
     };
     let messages = input_messages(req.instructions.clone(), req.input)?;
-    let t = turn::start(&st, TurnRequest { messages, tools: plan, grammar, max_tokens, sampling, model: req.model.clone(), param: "input", cache: PromptCache::from_request(req.cache_prompt) }).await?;
+    let t = turn::start(
+        &st,
+        TurnRequest {
+            messages,
+            tools: plan,
+            grammar,
+            max_tokens,
+            sampling,
+            model: req.model.clone(),
+            param: "input",
+            cache: PromptCache::from_request(req.cache_prompt),
+        },
+    )
+    .await?;
     let shape = Shape {
         id: format!("resp_{:016x}{:016x}", random_u64(), random_u64()),
         created_at: unix_time(),
@@ -420,7 +490,10 @@ pub async fn create(State(st): State<Arc<AppState>>, ApiJson(req): ApiJson<Respo
     let mut first = first;
     let open = message_item(&msg_id, "in_progress", None);
     first.push(ev.event("response.output_item.added", json!({ "output_index": 0, "item": open })));
-    first.push(ev.event("response.content_part.added", json!({ "item_id": msg_id, "output_index": 0, "content_index": 0, "part": text_part("") })));
+    first.push(ev.event(
+        "response.content_part.added",
+        json!({ "item_id": msg_id, "output_index": 0, "content_index": 0, "part": text_part("") }),
+    ));
     let mut text = String::new();
     let rest = ReceiverStream::new(t.rx).flat_map(move |e| {
         let out = match e {
@@ -466,8 +539,14 @@ impl Events {
     fn close_message(&mut self, index: usize, item: &Value, text: &str) -> Vec<Event> {
         let id = &item["id"];
         vec![
-            self.event("response.output_text.done", json!({ "item_id": id, "output_index": index, "content_index": 0, "text": text, "logprobs": [] })),
-            self.event("response.content_part.done", json!({ "item_id": id, "output_index": index, "content_index": 0, "part": text_part(text) })),
+            self.event(
+                "response.output_text.done",
+                json!({ "item_id": id, "output_index": index, "content_index": 0, "text": text, "logprobs": [] }),
+            ),
+            self.event(
+                "response.content_part.done",
+                json!({ "item_id": id, "output_index": index, "content_index": 0, "part": text_part(text) }),
+            ),
             self.event("response.output_item.done", json!({ "output_index": index, "item": item })),
         ]
     }
@@ -480,7 +559,10 @@ impl Events {
             let open = message_item(id.as_str().unwrap_or(""), "in_progress", None);
             let mut out = vec![
                 self.event("response.output_item.added", json!({ "output_index": index, "item": open })),
-                self.event("response.content_part.added", json!({ "item_id": id, "output_index": index, "content_index": 0, "part": text_part("") })),
+                self.event(
+                    "response.content_part.added",
+                    json!({ "item_id": id, "output_index": index, "content_index": 0, "part": text_part("") }),
+                ),
             ];
             if !text.is_empty() {
                 out.push(self.event(
@@ -496,7 +578,10 @@ impl Events {
         open["status"] = json!("in_progress");
         vec![
             self.event("response.output_item.added", json!({ "output_index": index, "item": open })),
-            self.event("response.function_call_arguments.delta", json!({ "item_id": id, "output_index": index, "delta": item["arguments"] })),
+            self.event(
+                "response.function_call_arguments.delta",
+                json!({ "item_id": id, "output_index": index, "delta": item["arguments"] }),
+            ),
             self.event(
                 "response.function_call_arguments.done",
                 json!({ "item_id": id, "output_index": index, "name": item["name"], "arguments": item["arguments"] }),
@@ -527,7 +612,10 @@ mod tests {
     #[test]
     fn input_items_become_messages() {
         let m = input_messages(Some("Be brief.".into()), Input::Text("Hi".into())).unwrap();
-        assert_eq!(m.iter().map(|m| (m.role.as_str(), m.content.as_str())).collect::<Vec<_>>(), [("system", "Be brief."), ("user", "Hi")]);
+        assert_eq!(
+            m.iter().map(|m| (m.role.as_str(), m.content.as_str())).collect::<Vec<_>>(),
+            [("system", "Be brief."), ("user", "Hi")]
+        );
         let m = input_messages(
             None,
             items(json!([
@@ -552,7 +640,10 @@ mod tests {
         assert_eq!(m[3].tool_call_id.as_deref(), Some("c1"));
         for (bad, param) in [
             (json!([{"role": "robot", "content": "x"}]), "input[0].role"),
-            (json!([{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]), "input[0].content[0].type"),
+            (
+                json!([{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]),
+                "input[0].content[0].type",
+            ),
             (json!([{"type": "reasoning", "summary": []}]), "input[0].type"),
             (json!([{"type": "function_call_output", "call_id": "c"}]), "input[0].output"),
             (json!([]), "input"),
@@ -569,12 +660,21 @@ mod tests {
             Some(&json!({"type": "function", "name": "f"})),
         )
         .unwrap();
-        assert_eq!(tools.unwrap(), json!([{"type": "function", "function": {"name": "f", "description": "d", "parameters": {"type": "object"}}}]));
+        assert_eq!(
+            tools.unwrap(),
+            json!([{"type": "function", "function": {"name": "f", "description": "d", "parameters": {"type": "object"}}}])
+        );
         assert_eq!(choice.unwrap(), json!({"type": "function", "function": {"name": "f"}}));
         let e = chat_tools(Some(&json!([{"type": "web_search"}])), None).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("tools[0].type"));
-        let f = response_format(Some(&json!({"format": {"type": "json_schema", "name": "x", "schema": {"type": "object"}}}))).unwrap();
-        assert_eq!(f.unwrap(), json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}));
+        let f = response_format(Some(
+            &json!({"format": {"type": "json_schema", "name": "x", "schema": {"type": "object"}}}),
+        ))
+        .unwrap();
+        assert_eq!(
+            f.unwrap(),
+            json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}})
+        );
         assert!(response_format(Some(&json!({"format": {"type": "text"}}))).unwrap().is_none());
         assert!(response_format(Some(&json!({"format": {"type": "yaml"}}))).is_err());
     }

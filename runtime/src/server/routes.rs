@@ -1,7 +1,7 @@
 //! The HTTP routes: the chat page, OpenAI's API, llama.cpp's, and the status endpoints.
 
-use super::error::{ApiError, ApiJson, BODY_LIMIT};
 use super::choices::{self, ChoiceEvent};
+use super::error::{ApiError, ApiJson, BODY_LIMIT};
 use super::generation::{finish_reason, stop_type, timings, usage, PromptCache};
 use super::types::*;
 use super::{assets, AppState};
@@ -149,7 +149,10 @@ async fn models(State(st): St) -> Json<Value> {
     Json(json!({ "object": "list", "data": [model_object(&st)] }))
 }
 
-async fn model_by_id(State(st): St, axum::extract::Path(id): axum::extract::Path<String>) -> Result<Json<Value>, ApiError> {
+async fn model_by_id(
+    State(st): St,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Json<Value>, ApiError> {
     if id == st.model_id {
         Ok(Json(model_object(&st)))
     } else {
@@ -180,7 +183,13 @@ pub(super) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + '
 }
 
 /// Check the prompt against the context and settle how many tokens may be generated.
-pub(super) fn generate_request(st: &AppState, prompt: Vec<u32>, param: &str, max_tokens: Option<usize>, s: Sampling) -> Result<GenerateRequest, ApiError> {
+pub(super) fn generate_request(
+    st: &AppState,
+    prompt: Vec<u32>,
+    param: &str,
+    max_tokens: Option<usize>,
+    s: Sampling,
+) -> Result<GenerateRequest, ApiError> {
     let n_ctx = st.model.n_ctx();
     if prompt.is_empty() {
         return Err(ApiError::invalid_field(param, "the prompt is empty"));
@@ -190,7 +199,14 @@ pub(super) fn generate_request(st: &AppState, prompt: Vec<u32>, param: &str, max
     }
     let room = n_ctx - prompt.len();
     let max_tokens = max_tokens.or(st.default_max_tokens).unwrap_or(room).min(room);
-    Ok(GenerateRequest { prompt, max_tokens, sampling: s.params, stop: s.stop, ignore_eos: s.ignore_eos, grammar: None })
+    Ok(GenerateRequest {
+        prompt,
+        max_tokens,
+        sampling: s.params,
+        stop: s.stop,
+        ignore_eos: s.ignore_eos,
+        grammar: None,
+    })
 }
 
 /// OpenAI's `max_tokens`: absent, or at least 1.
@@ -232,7 +248,10 @@ fn convert_messages(messages: Vec<InMessage>) -> Result<Vec<ChatMessage>, ApiErr
                     match (p.kind.as_str(), p.text) {
                         ("text", Some(t)) => text.push(t),
                         ("text", None) => {
-                            return Err(ApiError::invalid_field(&format!("messages[{i}].content[{j}].text"), "a text part needs 'text'"))
+                            return Err(ApiError::invalid_field(
+                                &format!("messages[{i}].content[{j}].text"),
+                                "a text part needs 'text'",
+                            ))
                         }
                         (kind, _) => {
                             return Err(ApiError::invalid_field(
@@ -285,7 +304,8 @@ async fn chat_completions(State(st): St, ApiJson(req): ApiJson<ChatRequest>) -> 
     let stream = req.stream.unwrap_or(false);
     let format = super::tools::Format::of_template(&st.model.template_source());
     let trigger = super::tools::trigger_token(&*st.model, format);
-    let tools = super::tools::plan(req.tools.as_ref(), req.tool_choice.as_ref(), req.parallel_tool_calls, format, trigger)?;
+    let tools =
+        super::tools::plan(req.tools.as_ref(), req.tool_choice.as_ref(), req.parallel_tool_calls, format, trigger)?;
     let format_grammar = super::structured::response_format(req.response_format.as_ref())?;
     let grammar = match (tools.as_ref().and_then(|t| t.grammar.clone()), format_grammar) {
         // One grammar constrains a reply: the calls' or the text's, not both.
@@ -314,7 +334,9 @@ async fn chat_completions(State(st): St, ApiJson(req): ApiJson<ChatRequest>) -> 
     let tool_list = tools.as_ref().filter(|t| t.format.native()).map(|t| t.tools.clone());
     let prompt = blocking(move || super::model::chat_prompt_with_tools(&*model, &messages, tool_list.as_ref()))
         .await?
-        .map_err(|e| ApiError::invalid_field("messages", format!("the chat template could not render these messages: {e:#}")))?;
+        .map_err(|e| {
+            ApiError::invalid_field("messages", format!("the chat template could not render these messages: {e:#}"))
+        })?;
     let gen = GenerateRequest { grammar, ..generate_request(&st, prompt, "messages", max_tokens, sampling)? };
     let rx = choices::start(&st, gen, PromptCache::from_request(req.cache_prompt), GenerateOptions { n, logprobs });
     let id = format!("chatcmpl-{:016x}", random_u64());
@@ -368,7 +390,8 @@ async fn chat_completions(State(st): St, ApiJson(req): ApiJson<ChatRequest>) -> 
             "choices": [{ "index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish }],
         })
     };
-    let first = (0..n).map(|i| sse_data(&chunk(i, json!({"role": "assistant", "content": ""}), Value::Null, None))).collect();
+    let first =
+        (0..n).map(|i| sse_data(&chunk(i, json!({"role": "assistant", "content": ""}), Value::Null, None))).collect();
     // each choice's tokens not yet sent: they go with the text they begin
     let mut pending: Vec<Vec<crate::engine::logprobs::TokenLogprob>> = vec![Vec::new(); n];
     // With tools, each choice's text goes through a reader of the model's call format.
@@ -403,7 +426,11 @@ async fn chat_completions(State(st): St, ApiJson(req): ApiJson<ChatRequest>) -> 
                         // the tokens go with the first piece the reader lets out
                         let mut out = Vec::with_capacity(deltas.len());
                         for d in deltas {
-                            let lp = if out.is_empty() { logprobs_json(&std::mem::take(&mut pending[i])) } else { Value::Null };
+                            let lp = if out.is_empty() {
+                                logprobs_json(&std::mem::take(&mut pending[i]))
+                            } else {
+                                Value::Null
+                            };
                             out.push(sse_data(&chunk(i, d, lp, None)));
                         }
                         out
@@ -478,7 +505,10 @@ async fn completions(State(st): St, ApiJson(req): ApiJson<CompletionRequest>) ->
     let logprobs = super::logprobs::completion_request(req.logprobs)?;
     let echo = req.echo.unwrap_or(false);
     if echo && logprobs.is_some() {
-        return Err(ApiError::invalid_field("echo", "'echo' with 'logprobs' (the prompt's log-probabilities) is not supported"));
+        return Err(ApiError::invalid_field(
+            "echo",
+            "'echo' with 'logprobs' (the prompt's log-probabilities) is not supported",
+        ));
     }
     let sampling = validate_sampling(req.sampling_fields(), req.n, &st.defaults)?;
     let n = sampling.n;
@@ -535,7 +565,11 @@ async fn completions(State(st): St, ApiJson(req): ApiJson<CompletionRequest>) ->
             "choices": [{ "index": index, "text": text, "logprobs": logprobs, "finish_reason": finish }],
         })
     };
-    let first = if echo.is_empty() { vec![] } else { (0..n).map(|i| sse_text(chunk(i, &echo, Value::Null, None).to_string())).collect() };
+    let first = if echo.is_empty() {
+        vec![]
+    } else {
+        (0..n).map(|i| sse_text(chunk(i, &echo, Value::Null, None).to_string())).collect()
+    };
     // each choice's text so far (the offsets count from its start) and tokens not yet sent
     let mut text: Vec<String> = vec![String::new(); n];
     let mut pending: Vec<Vec<crate::engine::logprobs::TokenLogprob>> = vec![Vec::new(); n];
@@ -587,13 +621,19 @@ pub(super) fn n_predict(v: Option<i64>) -> Result<Option<usize>, ApiError> {
     match v {
         None | Some(-1) => Ok(None),
         Some(n) if n >= 0 => Ok(Some(n as usize)),
-        Some(n) => Err(ApiError::invalid_field("n_predict", format!("'n_predict' must be -1 (no limit) or more, got {n}"))),
+        Some(n) => {
+            Err(ApiError::invalid_field("n_predict", format!("'n_predict' must be -1 (no limit) or more, got {n}")))
+        }
     }
 }
 
 /// `/completion` for a prompt already made into tokens (`req.prompt` is not read; `/infill`
 /// builds its own).
-pub(super) async fn llama_completion_of(st: Arc<AppState>, req: LlamaCompletionRequest, prompt: Vec<u32>) -> Result<Response, ApiError> {
+pub(super) async fn llama_completion_of(
+    st: Arc<AppState>,
+    req: LlamaCompletionRequest,
+    prompt: Vec<u32>,
+) -> Result<Response, ApiError> {
     req.unhonoured.check()?;
     let grammar = super::structured::llama_fields(req.grammar.as_ref(), req.json_schema.as_ref())?;
     let logprobs = super::logprobs::llama_request(req.n_probs)?;

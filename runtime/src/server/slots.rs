@@ -78,7 +78,8 @@ fn choose(free: &[Slot], prompt: &[u32]) -> usize {
 impl SlotPool {
     pub fn new(model: &dyn Model, n: usize) -> Arc<SlotPool> {
         let n = n.max(1);
-        let free = (0..n).map(|id| Slot { id, session: model.new_session(), cached: Vec::new(), last_used: 0 }).collect();
+        let free =
+            (0..n).map(|id| Slot { id, session: model.new_session(), cached: Vec::new(), last_used: 0 }).collect();
         let info = (0..n)
             .map(|id| SlotInfo {
                 id,

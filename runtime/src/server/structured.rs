@@ -24,7 +24,10 @@ pub fn response_format(v: Option<&Value>) -> Result<Option<Grammar>, ApiError> {
         },
         "json_schema" => {
             let js = v.get("json_schema").ok_or_else(|| {
-                ApiError::invalid_field("response_format.json_schema", "type 'json_schema' needs a 'json_schema' object")
+                ApiError::invalid_field(
+                    "response_format.json_schema",
+                    "type 'json_schema' needs a 'json_schema' object",
+                )
             })?;
             if !js.is_object() {
                 return Err(ApiError::invalid_field("response_format.json_schema", "'json_schema' must be an object"));
@@ -49,7 +52,8 @@ pub fn llama_fields(grammar: Option<&Value>, json_schema: Option<&Value>) -> Res
     match (grammar, json_schema) {
         (Some(_), Some(_)) => Err(ApiError::invalid_field("grammar", "give 'grammar' or 'json_schema', not both")),
         (Some(g), None) => {
-            let src = g.as_str().ok_or_else(|| ApiError::invalid_field("grammar", "'grammar' must be a string (GBNF)"))?;
+            let src =
+                g.as_str().ok_or_else(|| ApiError::invalid_field("grammar", "'grammar' must be a string (GBNF)"))?;
             Grammar::gbnf(src).map(Some).map_err(|e| ApiError::invalid_field("grammar", format!("{e:#}")))
         }
         (None, Some(s)) => schema(s, "json_schema").map(Some),
@@ -68,7 +72,10 @@ mod tests {
 
     fn err(r: Result<Option<Grammar>, ApiError>) -> (String, String) {
         let b = r.unwrap_err().body();
-        (b["error"]["param"].as_str().unwrap_or("").to_string(), b["error"]["message"].as_str().unwrap_or("").to_string())
+        (
+            b["error"]["param"].as_str().unwrap_or("").to_string(),
+            b["error"]["message"].as_str().unwrap_or("").to_string(),
+        )
     }
 
     #[test]
@@ -76,7 +83,8 @@ mod tests {
         assert!(response_format(None).unwrap().is_none());
         assert!(response_format(Some(&json!({"type": "text"}))).unwrap().is_none());
         assert!(response_format(Some(&json!({"type": "json_object"}))).unwrap().is_some());
-        let ok = json!({"type": "json_schema", "json_schema": {"name": "x", "strict": true, "schema": {"type": "object"}}});
+        let ok =
+            json!({"type": "json_schema", "json_schema": {"name": "x", "strict": true, "schema": {"type": "object"}}});
         assert!(response_format(Some(&ok)).unwrap().is_some());
         let bad = json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "array", "uniqueItems": true}}});
         let (param, msg) = err(response_format(Some(&bad)));
@@ -102,8 +110,11 @@ mod tests {
 
     #[test]
     fn unsupported_schema_keywords_are_400s_naming_them() {
-        let rf = |schema: serde_json::Value| json!({"type": "json_schema", "json_schema": {"name": "x", "schema": schema}});
-        let (param, msg) = err(response_format(Some(&rf(json!({"type": "object", "properties": {"a": {"type": "string", "nullable": true}}})))));
+        let rf =
+            |schema: serde_json::Value| json!({"type": "json_schema", "json_schema": {"name": "x", "schema": schema}});
+        let (param, msg) = err(response_format(Some(&rf(
+            json!({"type": "object", "properties": {"a": {"type": "string", "nullable": true}}}),
+        ))));
         assert_eq!(param, "response_format.json_schema.schema");
         assert!(msg.contains("'nullable' at /properties/a"), "{msg}");
         let e = llama_fields(None, Some(&json!({"type": "string", "maxLenght": 3}))).unwrap_err();

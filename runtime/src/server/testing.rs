@@ -173,7 +173,11 @@ impl ModelSession for FakeSession {
     fn clear(&mut self) {
         self.cached.clear();
     }
-    fn generate(&mut self, req: &GenerateRequest, on_text: &mut dyn FnMut(&str) -> bool) -> anyhow::Result<GenerationStats> {
+    fn generate(
+        &mut self,
+        req: &GenerateRequest,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> anyhow::Result<GenerationStats> {
         let now = self.counters.active.fetch_add(1, Ordering::SeqCst) + 1;
         self.counters.peak.fetch_max(now, Ordering::SeqCst);
         let _guard = ActiveGuard(&self.counters);
@@ -200,7 +204,10 @@ impl ModelSession for FakeSession {
                 std::thread::sleep(Duration::from_micros(delay));
             }
             let word = match &self.reply {
-                Some(r) => match r.get(text.len()..).and_then(|rest| rest.char_indices().nth(3).map(|(i, _)| &rest[..i]).or(Some(rest))) {
+                Some(r) => match r
+                    .get(text.len()..)
+                    .and_then(|rest| rest.char_indices().nth(3).map(|(i, _)| &rest[..i]).or(Some(rest)))
+                {
                     Some("") | None => break StopReason::EndToken,
                     Some(piece) => piece,
                 },
@@ -210,7 +217,9 @@ impl ModelSession for FakeSession {
             self.cached.push(BYTE0 + word.as_bytes()[0] as u32);
             let before = text.len();
             text.push_str(word);
-            if let Some((pos, which)) = req.stop.iter().enumerate().filter_map(|(i, s)| Some((text.find(s.as_str())?, i))).min() {
+            if let Some((pos, which)) =
+                req.stop.iter().enumerate().filter_map(|(i, s)| Some((text.find(s.as_str())?, i))).min()
+            {
                 if pos > before && !on_text(&text[before..pos]) {
                     break StopReason::Cancelled;
                 }

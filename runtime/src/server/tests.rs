@@ -5,22 +5,30 @@
 //! runtime's worker threads); the tests that read a stream part-way or hang up mid-response
 //! drive a `TcpStream` themselves.
 
-use super::testing::{FakeModel, WORDS};
 use super::listen::Limits;
+use super::testing::{FakeModel, WORDS};
 use super::AppState;
 use crate::engine::SamplingParams;
 use serde_json::{json, Value};
-pub(super) use test_support::http::Resp;
-use test_support::http::request_bytes;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use test_support::http::request_bytes;
+pub(super) use test_support::http::Resp;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 fn defaults() -> SamplingParams {
-    SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.95, min_p: 0.05, repeat_penalty: 1.0, repeat_last_n: 64, seed: 0 }
+    SamplingParams {
+        temperature: 0.8,
+        top_k: 40,
+        top_p: 0.95,
+        min_p: 0.05,
+        repeat_penalty: 1.0,
+        repeat_last_n: 64,
+        seed: 0,
+    }
 }
 
 pub(super) struct Server {
@@ -32,7 +40,12 @@ pub(super) struct Server {
 
 /// The server as the binary runs it (`listen::serve`, with `limits`) on a free loopback port,
 /// over the fake model; `setup` adjusts the state first.
-pub(super) async fn server_custom(n_ctx: usize, parallel: usize, limits: Limits, setup: impl FnOnce(&mut AppState)) -> Server {
+pub(super) async fn server_custom(
+    n_ctx: usize,
+    parallel: usize,
+    limits: Limits,
+    setup: impl FnOnce(&mut AppState),
+) -> Server {
     let mut m = FakeModel::new();
     m.n_ctx = n_ctx;
     let (counters, delay) = (m.counters.clone(), m.token_delay_us.clone());
@@ -112,7 +125,8 @@ fn status_routes_and_page() {
 fn chat_completion() {
     rt().block_on(async {
         let s = server().await;
-        let r = post(s.addr, "/v1/chat/completions", json!({ "messages": user("Hi"), "max_tokens": 3, "seed": 0 })).await;
+        let r =
+            post(s.addr, "/v1/chat/completions", json!({ "messages": user("Hi"), "max_tokens": 3, "seed": 0 })).await;
         assert_eq!(r.status, 200, "{}", r.body);
         let j = r.json();
         assert_eq!(j["object"], "chat.completion");
@@ -167,13 +181,22 @@ fn stop_strings_and_system_prompt() {
     rt().block_on(async {
         let s = server().await;
         let msgs = json!([{ "role": "system", "content": "Be brief." }, { "role": "user", "content": "Hi" }]);
-        let r = post(s.addr, "/v1/chat/completions", json!({ "messages": msgs, "seed": 0, "stop": ["dolor"], "max_tokens": 10 })).await;
+        let r = post(
+            s.addr,
+            "/v1/chat/completions",
+            json!({ "messages": msgs, "seed": 0, "stop": ["dolor"], "max_tokens": 10 }),
+        )
+        .await;
         let j = r.json();
         assert_eq!(j["choices"][0]["message"]["content"], "lorem ipsum ");
         assert_eq!(j["choices"][0]["finish_reason"], "stop");
         // the system message was folded into the user's (the fake's template refuses it)
-        let plain = post(s.addr, "/v1/chat/completions", json!({ "messages": user("Hi"), "max_tokens": 1 })).await.json();
-        assert_eq!(j["usage"]["prompt_tokens"].as_u64().unwrap(), plain["usage"]["prompt_tokens"].as_u64().unwrap() + "Be brief.\n\n".len() as u64);
+        let plain =
+            post(s.addr, "/v1/chat/completions", json!({ "messages": user("Hi"), "max_tokens": 1 })).await.json();
+        assert_eq!(
+            j["usage"]["prompt_tokens"].as_u64().unwrap(),
+            plain["usage"]["prompt_tokens"].as_u64().unwrap() + "Be brief.\n\n".len() as u64
+        );
     });
 }
 
@@ -182,28 +205,62 @@ fn bad_requests() {
     rt().block_on(async {
         let s = server().await;
         let a = s.addr;
-        let j = assert_error(&send(a, "POST", "/v1/chat/completions", b"{\"messages\": [").await, 400, "malformed JSON");
+        let j =
+            assert_error(&send(a, "POST", "/v1/chat/completions", b"{\"messages\": [").await, 400, "malformed JSON");
         assert_eq!(j["error"]["code"], "invalid_json");
         assert_error(&send(a, "POST", "/v1/chat/completions", b"").await, 400, "empty");
-        let j = assert_error(&post(a, "/v1/chat/completions", json!({ "messages": user("x"), "temperature": "hot" })).await, 400, "temperature");
+        let j = assert_error(
+            &post(a, "/v1/chat/completions", json!({ "messages": user("x"), "temperature": "hot" })).await,
+            400,
+            "temperature",
+        );
         assert_eq!(j["error"]["param"], "temperature");
-        let j = assert_error(&post(a, "/v1/chat/completions", json!({ "messages": [{"role": "user", "content": 5}] })).await, 400, "messages[0].content");
+        let j = assert_error(
+            &post(a, "/v1/chat/completions", json!({ "messages": [{"role": "user", "content": 5}] })).await,
+            400,
+            "messages[0].content",
+        );
         assert_eq!(j["error"]["param"], "messages[0].content");
         assert_error(&post(a, "/v1/chat/completions", json!({ "messages": "hello" })).await, 400, "messages");
         assert_error(&post(a, "/v1/chat/completions", json!({ "model": "x" })).await, 400, "messages");
         assert_error(&post(a, "/v1/chat/completions", json!({ "messages": [] })).await, 400, "at least one message");
-        assert_error(&post(a, "/v1/chat/completions", json!({ "messages": user("x"), "temperature": 3 })).await, 400, "between 0 and 2");
-        assert_error(&post(a, "/v1/chat/completions", json!({ "messages": user("x"), "max_tokens": 0 })).await, 400, "max_tokens");
-        assert_error(&post(a, "/v1/chat/completions", json!({ "messages": user("x"), "n": 17 })).await, 400, "between 1 and 16");
-        assert_error(&post(a, "/v1/chat/completions", json!({ "messages": [{"role": "robot", "content": "x"}] })).await, 400, "role 'robot'");
+        assert_error(
+            &post(a, "/v1/chat/completions", json!({ "messages": user("x"), "temperature": 3 })).await,
+            400,
+            "between 0 and 2",
+        );
+        assert_error(
+            &post(a, "/v1/chat/completions", json!({ "messages": user("x"), "max_tokens": 0 })).await,
+            400,
+            "max_tokens",
+        );
+        assert_error(
+            &post(a, "/v1/chat/completions", json!({ "messages": user("x"), "n": 17 })).await,
+            400,
+            "between 1 and 16",
+        );
+        assert_error(
+            &post(a, "/v1/chat/completions", json!({ "messages": [{"role": "robot", "content": "x"}] })).await,
+            400,
+            "role 'robot'",
+        );
         let img = json!([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:"}}]}]);
         assert_error(&post(a, "/v1/chat/completions", json!({ "messages": img })).await, 400, "image_url");
-        assert_error(&post(a, "/v1/chat/completions", json!({ "messages": user("x"), "tools": [{"type": "function"}] })).await, 400, "tools");
-        let j = assert_error(&post(a, "/v1/chat/completions", json!({ "messages": [{"role": "assistant", "content": "x"}] })).await, 400, "alternate");
+        assert_error(
+            &post(a, "/v1/chat/completions", json!({ "messages": user("x"), "tools": [{"type": "function"}] })).await,
+            400,
+            "tools",
+        );
+        let j = assert_error(
+            &post(a, "/v1/chat/completions", json!({ "messages": [{"role": "assistant", "content": "x"}] })).await,
+            400,
+            "alternate",
+        );
         assert_eq!(j["error"]["param"], "messages");
         // over the context
         let long = "x".repeat(300);
-        let j = assert_error(&post(a, "/v1/chat/completions", json!({ "messages": user(&long) })).await, 400, "context");
+        let j =
+            assert_error(&post(a, "/v1/chat/completions", json!({ "messages": user(&long) })).await, 400, "context");
         assert_eq!(j["error"]["code"], "context_length_exceeded");
         assert_error(&post(a, "/completion", json!({ "prompt": long })).await, 400, "context");
         // body over the limit
@@ -226,11 +283,18 @@ fn bad_requests() {
 fn completions_openai_and_llama_cpp() {
     rt().block_on(async {
         let s = server().await;
-        let j = post(s.addr, "/v1/completions", json!({ "prompt": "Once", "max_tokens": 2, "seed": 2, "echo": true })).await.json();
+        let j = post(s.addr, "/v1/completions", json!({ "prompt": "Once", "max_tokens": 2, "seed": 2, "echo": true }))
+            .await
+            .json();
         assert_eq!(j["object"], "text_completion");
         assert_eq!(j["choices"][0]["text"], format!("Once{}", WORDS[2..4].concat()));
         assert_eq!(j["usage"]["prompt_tokens"], 5, "BOS + 4 bytes");
-        let r = post(s.addr, "/v1/completions", json!({ "prompt": [1, 70, 71], "max_tokens": 3, "seed": 0, "stream": true })).await;
+        let r = post(
+            s.addr,
+            "/v1/completions",
+            json!({ "prompt": [1, 70, 71], "max_tokens": 3, "seed": 0, "stream": true }),
+        )
+        .await;
         let ev = r.events();
         assert_eq!(ev.last().unwrap(), "[DONE]");
         let text: String = ev[..ev.len() - 1]
@@ -245,7 +309,8 @@ fn completions_openai_and_llama_cpp() {
         assert_eq!(j["stop_type"], "limit");
         assert_eq!(j["tokens_predicted"], 3);
         assert_eq!(j["tokens_evaluated"], 5);
-        let r = post(s.addr, "/completion", json!({ "prompt": "Once", "n_predict": 3, "seed": 0, "stream": true })).await;
+        let r =
+            post(s.addr, "/completion", json!({ "prompt": "Once", "n_predict": 3, "seed": 0, "stream": true })).await;
         let ev: Vec<Value> = r.events().iter().map(|e| serde_json::from_str(e).unwrap()).collect();
         assert!(ev[..ev.len() - 1].iter().all(|e| e["stop"] == false));
         assert_eq!(ev.last().unwrap()["stop"], true);
@@ -264,7 +329,9 @@ fn tokenize_and_detokenize() {
         let j = post(s.addr, "/tokenize", json!({ "content": "<s>hé" })).await.json();
         let ids: Vec<u64> = j["tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
         assert_eq!(ids, vec![1, 3 + b'h' as u64, 3 + 0xc3, 3 + 0xa9]);
-        let j = post(s.addr, "/tokenize", json!({ "content": "<s>", "parse_special": false, "add_special": true })).await.json();
+        let j = post(s.addr, "/tokenize", json!({ "content": "<s>", "parse_special": false, "add_special": true }))
+            .await
+            .json();
         assert_eq!(j["tokens"].as_array().unwrap().len(), 4, "BOS + 3 bytes");
         let j = post(s.addr, "/tokenize", json!({ "content": "é", "with_pieces": true })).await.json();
         // each half of 'é' alone is not UTF-8: given as bytes
@@ -351,7 +418,13 @@ fn queued_client_that_leaves_does_not_hold_a_slot() {
         wait_until("busy", || pool.info()[0].is_processing).await;
         // a second client queues, then leaves
         let mut c = TcpStream::connect(s.addr).await.unwrap();
-        c.write_all(&request_bytes("POST", "/completion", json!({ "prompt": "b", "n_predict": 5, "stream": true }).to_string().as_bytes())).await.unwrap();
+        c.write_all(&request_bytes(
+            "POST",
+            "/completion",
+            json!({ "prompt": "b", "n_predict": 5, "stream": true }).to_string().as_bytes(),
+        ))
+        .await
+        .unwrap();
         wait_until("queued", || pool.queued() == 1).await;
         drop(c);
         wait_until("left the queue", || pool.queued() == 0).await;
@@ -372,14 +445,19 @@ fn slots_limit_concurrency_and_queue_the_rest() {
             let t0 = Instant::now();
             let mut tasks = Vec::new();
             for i in 0..6 {
-                let body = json!({ "messages": user(&format!("question {i}")), "max_tokens": 20, "stream": i % 2 == 0 });
+                let body =
+                    json!({ "messages": user(&format!("question {i}")), "max_tokens": 20, "stream": i % 2 == 0 });
                 tasks.push(tokio::spawn(post(s.addr, "/v1/chat/completions", body)));
             }
             for t in tasks {
                 let r = t.await.unwrap();
                 assert_eq!(r.status, 200, "{}", r.body);
             }
-            assert_eq!(s.counters.peak.load(Ordering::SeqCst), parallel, "generations at once with --parallel {parallel}");
+            assert_eq!(
+                s.counters.peak.load(Ordering::SeqCst),
+                parallel,
+                "generations at once with --parallel {parallel}"
+            );
             assert!(t0.elapsed() < Duration::from_secs(10));
             assert_eq!(s.state.pool.queued(), 0);
         }
@@ -391,11 +469,13 @@ fn next_turn_reuses_the_conversation_prefix() {
     rt().block_on(async {
         let s = server_with(4096, 2).await;
         let turn1 = json!([{ "role": "user", "content": "Tell me a story about a cat." }]);
-        let r1 = post(s.addr, "/v1/chat/completions", json!({ "messages": turn1, "max_tokens": 8, "seed": 0 })).await.json();
+        let r1 =
+            post(s.addr, "/v1/chat/completions", json!({ "messages": turn1, "max_tokens": 8, "seed": 0 })).await.json();
         let reply = r1["choices"][0]["message"]["content"].as_str().unwrap().to_string();
         let p1 = r1["usage"]["prompt_tokens"].as_u64().unwrap();
         // another conversation in between takes the other slot
-        post(s.addr, "/v1/chat/completions", json!({ "messages": user("Something else entirely"), "max_tokens": 4 })).await;
+        post(s.addr, "/v1/chat/completions", json!({ "messages": user("Something else entirely"), "max_tokens": 4 }))
+            .await;
         let turn2 = json!([
             { "role": "user", "content": "Tell me a story about a cat." },
             { "role": "assistant", "content": reply },
@@ -413,10 +493,15 @@ fn shutdown_cancels_running_and_queued_generations() {
     rt().block_on(async {
         let s = server_with(100_000, 1).await;
         s.delay.store(2_000, Ordering::Relaxed);
-        let running = tokio::spawn(post(s.addr, "/v1/chat/completions", json!({ "messages": user("a"), "max_tokens": 10_000, "stream": true })));
+        let running = tokio::spawn(post(
+            s.addr,
+            "/v1/chat/completions",
+            json!({ "messages": user("a"), "max_tokens": 10_000, "stream": true }),
+        ));
         let pool = s.state.pool.clone();
         wait_until("running", || pool.info()[0].is_processing).await;
-        let queued = tokio::spawn(post(s.addr, "/v1/chat/completions", json!({ "messages": user("b"), "max_tokens": 10 })));
+        let queued =
+            tokio::spawn(post(s.addr, "/v1/chat/completions", json!({ "messages": user("b"), "max_tokens": 10 })));
         wait_until("queued", || pool.queued() == 1).await;
         s.state.begin_shutdown();
         let r = tokio::time::timeout(Duration::from_secs(5), running).await.expect("stream ended").unwrap();
@@ -447,7 +532,10 @@ fn cache_prompt_false_evaluates_the_whole_prompt() {
             f["cache_prompt"] = json!(false);
             let r = post(s.addr, path, f).await.json();
             assert_eq!(r["timings"]["cache_n"], 0, "{path}: {r}");
-            assert!(post(s.addr, path, b).await.json()["timings"]["cache_n"].as_u64().unwrap() > 0, "{path}: reused by default");
+            assert!(
+                post(s.addr, path, b).await.json()["timings"]["cache_n"].as_u64().unwrap() > 0,
+                "{path}: reused by default"
+            );
         }
         let r = post(s.addr, "/v1/chat/completions", json!({ "messages": user("x"), "cache_prompt": "no" })).await;
         assert_eq!(assert_error(&r, 400, "cache_prompt")["error"]["param"], "cache_prompt");

@@ -67,30 +67,75 @@ fn fields_not_honoured_are_refused() {
             b
         };
         assert_error(&post(a, "/v1/chat/completions", chat(json!({ "n": 0 }))).await, 400, "between 1 and 16");
-        assert_error(&post(a, "/v1/chat/completions", chat(json!({ "logprobs": true, "top_logprobs": 21 }))).await, 400, "top_logprobs");
-        assert_error(&post(a, "/v1/chat/completions", chat(json!({ "top_logprobs": 2 }))).await, 400, "needs 'logprobs': true");
-        assert_error(&post(a, "/v1/chat/completions", chat(json!({ "presence_penalty": 1 }))).await, 400, "presence_penalty");
-        assert_error(&post(a, "/v1/chat/completions", chat(json!({ "logit_bias": {"5": 10} }))).await, 400, "logit_bias");
-        assert_eq!(post(a, "/v1/chat/completions", chat(json!({ "logprobs": false, "presence_penalty": 0, "user": "u" }))).await.status, 200);
-        assert_error(&post(a, "/v1/completions", json!({ "prompt": "x", "logprobs": 6 })).await, 400, "between 0 and 5");
-        assert_error(&post(a, "/v1/completions", json!({ "prompt": "x", "logprobs": 1, "echo": true })).await, 400, "echo");
+        assert_error(
+            &post(a, "/v1/chat/completions", chat(json!({ "logprobs": true, "top_logprobs": 21 }))).await,
+            400,
+            "top_logprobs",
+        );
+        assert_error(
+            &post(a, "/v1/chat/completions", chat(json!({ "top_logprobs": 2 }))).await,
+            400,
+            "needs 'logprobs': true",
+        );
+        assert_error(
+            &post(a, "/v1/chat/completions", chat(json!({ "presence_penalty": 1 }))).await,
+            400,
+            "presence_penalty",
+        );
+        assert_error(
+            &post(a, "/v1/chat/completions", chat(json!({ "logit_bias": {"5": 10} }))).await,
+            400,
+            "logit_bias",
+        );
+        assert_eq!(
+            post(a, "/v1/chat/completions", chat(json!({ "logprobs": false, "presence_penalty": 0, "user": "u" })))
+                .await
+                .status,
+            200
+        );
+        assert_error(
+            &post(a, "/v1/completions", json!({ "prompt": "x", "logprobs": 6 })).await,
+            400,
+            "between 0 and 5",
+        );
+        assert_error(
+            &post(a, "/v1/completions", json!({ "prompt": "x", "logprobs": 1, "echo": true })).await,
+            400,
+            "echo",
+        );
         assert_error(&post(a, "/v1/completions", json!({ "prompt": "x", "best_of": 2 })).await, 400, "best_of");
         assert_error(&post(a, "/completion", json!({ "prompt": "x", "n_probs": -1 })).await, 400, "n_probs");
         assert_error(&post(a, "/completion", json!({ "prompt": "x", "mirostat": 2 })).await, 400, "mirostat");
         // a model without fill-in-the-middle tokens says so
-        assert_error(&post(a, "/infill", json!({ "input_prefix": "def f():\n", "input_suffix": "\n" })).await, 400, "no fill-in-the-middle");
-        assert_error(&post(a, "/v1/completions", json!({ "prompt": "def f():\n", "suffix": "\nprint(f())" })).await, 400, "no fill-in-the-middle");
+        assert_error(
+            &post(a, "/infill", json!({ "input_prefix": "def f():\n", "input_suffix": "\n" })).await,
+            400,
+            "no fill-in-the-middle",
+        );
+        assert_error(
+            &post(a, "/v1/completions", json!({ "prompt": "def f():\n", "suffix": "\nprint(f())" })).await,
+            400,
+            "no fill-in-the-middle",
+        );
         assert_error(&post(a, "/infill", json!({ "input_suffix": "x" })).await, 400, "input_prefix");
-        assert_error(&post(a, "/infill", json!({ "input_prefix": "", "input_suffix": "", "n_predict": -3 })).await, 400, "n_predict");
+        assert_error(
+            &post(a, "/infill", json!({ "input_prefix": "", "input_suffix": "", "n_predict": -3 })).await,
+            400,
+            "n_predict",
+        );
         // an empty suffix on such a model is a plain completion
-        assert_eq!(post(a, "/v1/completions", json!({ "prompt": "x", "suffix": "", "max_tokens": 2 })).await.status, 200);
+        assert_eq!(
+            post(a, "/v1/completions", json!({ "prompt": "x", "suffix": "", "max_tokens": 2 })).await.status,
+            200
+        );
     });
 }
 
 /// The server over the real engine with the shared tiny model.
 async fn engine_server() -> Option<SocketAddr> {
     let p = test_support::require_shared()?.join("models/tiny-mistral-q8_0.gguf");
-    let engine = Engine::load(&LoadOptions { model: p, n_ctx: Some(256), n_threads: Some(2), ..Default::default() }).unwrap();
+    let engine =
+        Engine::load(&LoadOptions { model: p, n_ctx: Some(256), n_threads: Some(2), ..Default::default() }).unwrap();
     let mut state = AppState::new(Arc::new(EngineModel(Arc::new(engine))), 1, SamplingParams::default());
     Arc::get_mut(&mut state).unwrap().log = false;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -57,7 +57,12 @@ fn ok(r: &Resp) -> Value {
 fn v1_embeddings_answers_openai_shapes() {
     rt().block_on(async {
         let s = server().await;
-        let v = ok(&post(s.addr, "/v1/embeddings", json!({"input": "ab", "model": "anything", "user": "u", "options": {"x": 1}})).await);
+        let v = ok(&post(
+            s.addr,
+            "/v1/embeddings",
+            json!({"input": "ab", "model": "anything", "user": "u", "options": {"x": 1}}),
+        )
+        .await);
         assert_eq!(v["object"], "list");
         assert_eq!(v["model"], "fake-model");
         assert_eq!(v["usage"], json!({"prompt_tokens": 3, "total_tokens": 3}));
@@ -103,8 +108,16 @@ fn bad_embedding_requests_are_400s_naming_the_input() {
             (json!({"input": []}), "input", "'input' is empty"),
             (json!({"input": ["a", ""]}), "input[1]", "'input[1]' is empty"),
             (json!({"input": [[1], []]}), "input[1]", "'input[1]' is empty"),
-            (json!({"input": ["short", "this one is far too long"]}), "input[1]", "'input[1]' is 25 tokens, longer than the context of 16 tokens"),
-            (json!({"input": "this one is far too long"}), "input", "'input' is 25 tokens, longer than the context of 16"),
+            (
+                json!({"input": ["short", "this one is far too long"]}),
+                "input[1]",
+                "'input[1]' is 25 tokens, longer than the context of 16 tokens",
+            ),
+            (
+                json!({"input": "this one is far too long"}),
+                "input",
+                "'input' is 25 tokens, longer than the context of 16",
+            ),
             (json!({"input": 5}), "input", "'input' must be a string, an array of strings"),
             (json!({"input": ["a", {"x": 1}]}), "input[1]", "must be a string"),
             (json!({"input": [1, -2]}), "input[1]", "must be a token id"),
@@ -120,7 +133,11 @@ fn bad_embedding_requests_are_400s_naming_the_input() {
         let r = post(s.addr, "/v1/embeddings", json!({"input": ["short", "this one is far too long"]})).await;
         assert_eq!(r.json()["error"]["code"], "context_length_exceeded");
         // malformed JSON is the usual OpenAI-style error, not a plain-text one
-        let r = super::tests::send_raw(s.addr, &test_support::http::request_bytes("POST", "/v1/embeddings", b"{\"input\": ")).await;
+        let r = super::tests::send_raw(
+            s.addr,
+            &test_support::http::request_bytes("POST", "/v1/embeddings", b"{\"input\": "),
+        )
+        .await;
         r.assert_error(400, "malformed JSON");
     });
 }
@@ -149,7 +166,9 @@ fn pooling_none_gives_tokens_on_embedding_and_a_400_on_v1() {
             st.embeddings = Embeddings::new(&*st.model, Some(Pooling::None), Some(2));
         })
         .await;
-        post(s.addr, "/v1/embeddings", json!({"input": "ab"})).await.assert_error(400, "start the server with --pooling mean, cls or last");
+        post(s.addr, "/v1/embeddings", json!({"input": "ab"}))
+            .await
+            .assert_error(400, "start the server with --pooling mean, cls or last");
         let v = ok(&post(s.addr, "/embedding", json!({"content": "ab"})).await);
         let rows: Vec<Vec<f32>> = v["embedding"].as_array().unwrap().iter().map(floats).collect();
         assert_eq!(rows, fake_vectors(&ids("ab"), Pooling::None, -1), "one raw vector per token");
@@ -170,7 +189,9 @@ fn a_model_that_declares_rank_is_refused_on_request() {
             st.embeddings.pooling = Err("qwen2.pooling_type is 4 (rank): reranking models are not supported".into());
         })
         .await;
-        post(s.addr, "/v1/embeddings", json!({"input": "ab"})).await.assert_error(501, "reranking models are not supported");
+        post(s.addr, "/v1/embeddings", json!({"input": "ab"}))
+            .await
+            .assert_error(501, "reranking models are not supported");
         // chat is unaffected
         let r = post(s.addr, "/v1/completions", json!({"prompt": "hi", "max_tokens": 2})).await;
         assert_eq!(r.status, 200, "{}", r.body);
@@ -182,7 +203,8 @@ fn embeddings_do_not_wait_for_a_busy_chat_slot() {
     rt().block_on(async {
         let s = server_custom(256, 1, Default::default(), |_| {}).await;
         let held = s.state.pool.acquire(&[]).await; // the only chat slot is busy
-        let r = tokio::time::timeout(Duration::from_secs(10), post(s.addr, "/v1/embeddings", json!({"input": "ab"}))).await;
+        let r =
+            tokio::time::timeout(Duration::from_secs(10), post(s.addr, "/v1/embeddings", json!({"input": "ab"}))).await;
         let r = r.expect("embeddings waited for the chat slot");
         assert_eq!(r.status, 200, "{}", r.body);
         drop(held);

@@ -3,10 +3,10 @@
 
 use super::listen::{fit_connections, Limits};
 use super::tests::{assert_error, rt, server_custom, user, Resp};
-use test_support::http::dechunk;
 use serde_json::json;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+use test_support::http::dechunk;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -27,7 +27,8 @@ fn parse(raw: &[u8]) -> Resp {
     let raw = String::from_utf8_lossy(raw).into_owned();
     let (head, body) = raw.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no HTTP response: {raw:?}"));
     let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
+    let body =
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
     Resp { status, headers: head.to_string(), body }
 }
 

@@ -56,7 +56,8 @@ fn calls_in_one_message() {
         // it constrains the text.
         let mut both = request(false);
         both["response_format"] = json!({"type": "json_object"});
-        let j = super::tests::assert_error(&post(a, "/v1/chat/completions", both.clone()).await, 400, "tool_choice 'none'");
+        let j =
+            super::tests::assert_error(&post(a, "/v1/chat/completions", both.clone()).await, 400, "tool_choice 'none'");
         assert_eq!(j["error"]["param"], "response_format");
         both["tool_choice"] = json!("none");
         assert_eq!(post(a, "/v1/chat/completions", both).await.status, 200);
@@ -79,7 +80,11 @@ fn calls_streamed_as_openai_does() {
             for t in d["tool_calls"].as_array().into_iter().flatten() {
                 let i = t["index"].as_u64().unwrap() as usize;
                 if let Some(id) = t["id"].as_str() {
-                    assert_eq!((i, t["type"].as_str(), t["function"]["arguments"].as_str()), (calls.len(), Some("function"), Some("")), "{t}");
+                    assert_eq!(
+                        (i, t["type"].as_str(), t["function"]["arguments"].as_str()),
+                        (calls.len(), Some("function"), Some("")),
+                        "{t}"
+                    );
                     calls.push((id.to_string(), t["function"]["name"].as_str().unwrap().to_string(), String::new()));
                 } else {
                     calls[i].2.push_str(t["function"]["arguments"].as_str().unwrap());
@@ -94,13 +99,21 @@ fn calls_streamed_as_openai_does() {
         assert_eq!(calls.len(), 2);
         assert_eq!((calls[0].1.as_str(), calls[0].2.as_str()), ("get_weather", "{\"city\": \"Paris\"}"));
         assert_eq!(calls[1].2, "{\"city\": \"Oslo\"}");
-        let fragments = chunks.iter().filter(|c| c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str().is_some_and(|a| !a.is_empty())).count();
+        let fragments = chunks
+            .iter()
+            .filter(|c| {
+                c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"]
+                    .as_str()
+                    .is_some_and(|a| !a.is_empty())
+            })
+            .count();
         assert!(fragments > 2, "the arguments come in pieces as they are written ({fragments} chunks)");
 
         // Text only: streamed as content, finish_reason stop.
         let a = server(&t, "No tool is needed: 2 < 3.").await;
         let r = post(a, "/v1/chat/completions", request(true)).await;
-        let chunks: Vec<Value> = r.events().iter().filter(|e| *e != "[DONE]").map(|e| serde_json::from_str(e).unwrap()).collect();
+        let chunks: Vec<Value> =
+            r.events().iter().filter(|e| *e != "[DONE]").map(|e| serde_json::from_str(e).unwrap()).collect();
         let text: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
         assert_eq!(text, "No tool is needed: 2 < 3.");
         assert_eq!(chunks.last().unwrap()["choices"][0]["finish_reason"], "stop");

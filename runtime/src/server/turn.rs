@@ -53,9 +53,10 @@ pub async fn start(st: &Arc<AppState>, t: TurnRequest) -> Result<Turn, ApiError>
     // Templates without tool support get the tools in the system turn instead (`tools`).
     let tool_list = t.tools.as_ref().filter(|p| p.format.native()).map(|p| p.tools.clone());
     let param = t.param;
-    let prompt = blocking(move || super::model::chat_prompt_with_tools(&*model, &messages, tool_list.as_ref()))
-        .await?
-        .map_err(|e| ApiError::invalid_field(param, format!("the chat template could not render this conversation: {e:#}")))?;
+    let prompt =
+        blocking(move || super::model::chat_prompt_with_tools(&*model, &messages, tool_list.as_ref())).await?.map_err(
+            |e| ApiError::invalid_field(param, format!("the chat template could not render this conversation: {e:#}")),
+        )?;
     let prompt_tokens = prompt.len();
     let grammar = t.tools.as_ref().and_then(|p| p.grammar.clone()).or(t.grammar);
     let gen = GenerateRequest { grammar, ..generate_request(st, prompt, param, t.max_tokens, t.sampling)? };

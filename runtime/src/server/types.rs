@@ -271,16 +271,12 @@ pub fn validate_sampling(f: SamplingFields, n: Option<i64>, defaults: &SamplingP
         .resolve(defaults)
         .map_err(|e| ApiError::invalid_field(e.field, format!("'{}' {}", e.field, e.message)))?;
     params.seed = fresh_seed(params.seed);
-    let stop: Vec<String> = f.stop.map(OneOrMany::into_vec).unwrap_or_default().into_iter().filter(|s| !s.is_empty()).collect();
+    let stop: Vec<String> =
+        f.stop.map(OneOrMany::into_vec).unwrap_or_default().into_iter().filter(|s| !s.is_empty()).collect();
     if stop.len() > MAX_STOP {
         return Err(ApiError::invalid_field("stop", format!("at most {MAX_STOP} stop strings, got {}", stop.len())));
     }
-    Ok(Sampling {
-        params,
-        stop,
-        ignore_eos: f.ignore_eos.unwrap_or(false),
-        n,
-    })
+    Ok(Sampling { params, stop, ignore_eos: f.ignore_eos.unwrap_or(false), n })
 }
 
 pub use crate::engine::sampler::random_u64;
@@ -309,7 +305,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.messages.len(), 3);
-        assert!(matches!(r.messages[1].content, Some(MessageContent::Parts(ref p)) if p[0].text.as_deref() == Some("hi")));
+        assert!(
+            matches!(r.messages[1].content, Some(MessageContent::Parts(ref p)) if p[0].text.as_deref() == Some("hi"))
+        );
         assert!(r.messages[2].content.is_none());
         assert!(matches!(r.sampling.stop, Some(OneOrMany::One(ref s)) if s == "END"));
         assert_eq!(r.sampling.sampling.temperature, Some(0.0));
@@ -386,7 +384,10 @@ mod tests {
         assert_eq!(validate_sampling(SamplingFields::default(), Some(3), &defaults()).unwrap().n, 3);
         assert_eq!(validate_sampling(SamplingFields::default(), None, &defaults()).unwrap().n, 1);
         for n in [0, -1, 17] {
-            assert_eq!(validate_sampling(SamplingFields::default(), Some(n), &defaults()).err().unwrap().param.as_deref(), Some("n"));
+            assert_eq!(
+                validate_sampling(SamplingFields::default(), Some(n), &defaults()).err().unwrap().param.as_deref(),
+                Some("n")
+            );
         }
         // no seed: two requests get different random seeds
         let a = validate_sampling(SamplingFields::default(), None, &defaults()).unwrap().params.seed;
@@ -394,8 +395,13 @@ mod tests {
         assert_ne!(a, b);
         // -1 asks for a random seed too; other negative seeds are out of range
         let f = opts(SamplingOptions { seed: Some(-1), ..Default::default() });
-        assert_ne!(validate_sampling(f.clone(), None, &defaults()).unwrap().params.seed, validate_sampling(f, None, &defaults()).unwrap().params.seed);
-        let e = validate_sampling(opts(SamplingOptions { seed: Some(-5), ..Default::default() }), None, &defaults()).err().unwrap();
+        assert_ne!(
+            validate_sampling(f.clone(), None, &defaults()).unwrap().params.seed,
+            validate_sampling(f, None, &defaults()).unwrap().params.seed
+        );
+        let e = validate_sampling(opts(SamplingOptions { seed: Some(-5), ..Default::default() }), None, &defaults())
+            .err()
+            .unwrap();
         assert_eq!(e.param.as_deref(), Some("seed"));
         // the command line's -s is the default seed of requests without one
         let fixed = SamplingParams { seed: 7, ..defaults() };
@@ -404,9 +410,16 @@ mod tests {
 
     #[test]
     fn sampling_fields_of_the_wrong_type_are_named() {
-        for body in [&br#"{"messages":[],"temperature":"hot"}"#[..], br#"{"messages":[],"seed":1.5}"#, br#"{"messages":[],"ignore_eos":3}"#] {
+        for body in [
+            &br#"{"messages":[],"temperature":"hot"}"#[..],
+            br#"{"messages":[],"seed":1.5}"#,
+            br#"{"messages":[],"ignore_eos":3}"#,
+        ] {
             let e = parse_json::<ChatRequest>(body).unwrap_err();
-            let field = ["temperature", "seed", "ignore_eos"].into_iter().find(|f| std::str::from_utf8(body).unwrap().contains(f)).unwrap();
+            let field = ["temperature", "seed", "ignore_eos"]
+                .into_iter()
+                .find(|f| std::str::from_utf8(body).unwrap().contains(f))
+                .unwrap();
             assert_eq!(e.param.as_deref(), Some(field), "{}", e.message);
         }
         let r: LlamaCompletionRequest = parse_json(br#"{"prompt":"x","top_k":5,"stop":["a"]}"#).unwrap();

@@ -128,7 +128,13 @@ impl BpeModel {
             let e = it.peek().map_or(word.len(), |p| p.0);
             let i = syms.len() as i32;
             let id = index.get(texts, &bytes[s..e]);
-            syms.push(Sym { start: s as u32, len: (e - s) as u32, id, prev: i - 1, next: if e == word.len() { -1 } else { i + 1 } });
+            syms.push(Sym {
+                start: s as u32,
+                len: (e - s) as u32,
+                id,
+                prev: i - 1,
+                next: if e == word.len() { -1 } else { i + 1 },
+            });
         }
         let try_add = |syms: &[Sym], heap: &mut BinaryHeap<Bigram>, left: i32, right: i32| {
             if left < 0 || right < 0 {

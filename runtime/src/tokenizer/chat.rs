@@ -218,8 +218,9 @@ impl ChatTemplate {
             return ChatTemplate::from_override(o, &bos, &eos);
         }
         if let Some(src) = g.get_str("tokenizer.chat_template") {
-            return ChatTemplate::from_source("gguf", src, &bos, &eos)
-                .with_context(|| format!("the chat template in {} (use --chat-template NAME to override)", g.path().display()));
+            return ChatTemplate::from_source("gguf", src, &bos, &eos).with_context(|| {
+                format!("the chat template in {} (use --chat-template NAME to override)", g.path().display())
+            });
         }
         let has_token = |t: &str| tokens.is_some_and(|arr| arr.iter().any(|v| v.as_str() == Some(t)));
         let name = [g.get_str("general.name"), g.get_str("general.basename"), g.get_str("general.finetune")]
@@ -238,8 +239,10 @@ impl ChatTemplate {
         }
         let path = Path::new(o);
         if path.is_file() {
-            let src = std::fs::read_to_string(path).with_context(|| format!("reading chat template {}", path.display()))?;
-            return ChatTemplate::from_source("file", &src, bos, eos).with_context(|| format!("chat template {}", path.display()));
+            let src =
+                std::fs::read_to_string(path).with_context(|| format!("reading chat template {}", path.display()))?;
+            return ChatTemplate::from_source("file", &src, bos, eos)
+                .with_context(|| format!("chat template {}", path.display()));
         }
         if o.contains("{{") || o.contains("{%") {
             return ChatTemplate::from_source("inline", o, bos, eos).context("the --chat-template text");
@@ -249,8 +252,9 @@ impl ChatTemplate {
 
     /// A built-in template by name.
     pub fn builtin(name: &str, bos: &str, eos: &str) -> Result<ChatTemplate> {
-        let src = builtin_source(name)
-            .ok_or_else(|| anyhow!("unknown built-in chat template '{name}' (built-ins: {})", BUILTIN_NAMES.join(", ")))?;
+        let src = builtin_source(name).ok_or_else(|| {
+            anyhow!("unknown built-in chat template '{name}' (built-ins: {})", BUILTIN_NAMES.join(", "))
+        })?;
         ChatTemplate::from_source(name, src, bos, eos)
     }
 
@@ -277,8 +281,15 @@ impl ChatTemplate {
         env.add_function("strftime_now", |fmt: String| -> Result<Value, Error> { Ok(Value::from(strftime_now(&fmt))) });
         env.add_filter("tojson", tojson);
         env.add_global("default_system", VICUNA_SYSTEM);
-        env.add_template_owned("chat", source.to_string()).map_err(|e| anyhow!("invalid chat template ({name}): {e}"))?;
-        Ok(ChatTemplate { env, source: source.to_string(), name: name.to_string(), bos: bos.to_string(), eos: eos.to_string() })
+        env.add_template_owned("chat", source.to_string())
+            .map_err(|e| anyhow!("invalid chat template ({name}): {e}"))?;
+        Ok(ChatTemplate {
+            env,
+            source: source.to_string(),
+            name: name.to_string(),
+            bos: bos.to_string(),
+            eos: eos.to_string(),
+        })
     }
 
     /// Render the conversation (with the generation prompt for the assistant if asked).
@@ -342,10 +353,15 @@ fn choose_builtin(arch: &str, name: &str, has_token: impl Fn(&str) -> bool) -> &
     if arch.starts_with("gemma") || has_token("<start_of_turn>") {
         return "gemma";
     }
-    if has_token("<|start_header_id|>") || name.contains("llama-3") || name.contains("llama 3") || name.contains("llama3") {
+    if has_token("<|start_header_id|>")
+        || name.contains("llama-3")
+        || name.contains("llama 3")
+        || name.contains("llama3")
+    {
         return "llama3";
     }
-    if has_token("<|im_start|>") || ["openorca", "hermes", "dolphin", "chatml", "qwen"].iter().any(|n| name.contains(n)) {
+    if has_token("<|im_start|>") || ["openorca", "hermes", "dolphin", "chatml", "qwen"].iter().any(|n| name.contains(n))
+    {
         return "chatml";
     }
     if name.contains("vicuna") || name.contains("claude") {
@@ -423,8 +439,20 @@ fn strftime_now(fmt: &str) -> String {
 }
 
 fn format_date(secs: u64, fmt: &str) -> String {
-    const MONTHS: [&str; 12] =
-        ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
@@ -490,7 +518,8 @@ mod tests {
             ("assistant", "Well, I'm quite partial to a good squeeze of fresh lemon juice."),
             ("user", "Do you have mayonnaise recipes?"),
         ]);
-        let want = "<s>[INST] What is your favourite condiment? [/INST]Well, I'm quite partial to a good squeeze of fresh \
+        let want =
+            "<s>[INST] What is your favourite condiment? [/INST]Well, I'm quite partial to a good squeeze of fresh \
                     lemon juice.</s>[INST] Do you have mayonnaise recipes? [/INST]";
         assert_eq!(t.render(&multi, true).unwrap(), want);
         // The built-in gives the same text.
@@ -507,7 +536,8 @@ mod tests {
     fn mistral_role_order_and_unknown_roles_are_errors() {
         let Some(_) = test_support::require_shared() else { return };
         let g = open("models/tiny-mistral-q4_0.gguf");
-        for t in [ChatTemplate::from_gguf(&g, None).unwrap(), ChatTemplate::builtin("mistral", "<s>", "</s>").unwrap()] {
+        for t in [ChatTemplate::from_gguf(&g, None).unwrap(), ChatTemplate::builtin("mistral", "<s>", "</s>").unwrap()]
+        {
             let e = t.render(&msgs(&[("user", "a"), ("user", "b")]), true).unwrap_err().to_string();
             assert!(e.contains("alternate"), "{}: {e}", t.name());
             let e = t.render(&msgs(&[("assistant", "a")]), true).unwrap_err().to_string();
@@ -604,14 +634,18 @@ mod tests {
         let src = "{{ messages[0].content.strip().upper() }}|{{ 'a,b'.split(',') | length }}|\
                    {{ messages[0].content.startswith('  hi') }}|{{ {'k': [1, 'é']} | tojson }}|{{ {'k': 1} | tojson(indent=2) }}";
         let t = ChatTemplate::from_source("test", src, "", "").unwrap();
-        assert_eq!(t.render(&msgs(&[("user", "  hi there ")]), false).unwrap(), "HI THERE|2|True|{\"k\": [1, \"é\"]}|{\n  \"k\": 1\n}");
+        assert_eq!(
+            t.render(&msgs(&[("user", "  hi there ")]), false).unwrap(),
+            "HI THERE|2|True|{\"k\": [1, \"é\"]}|{\n  \"k\": 1\n}"
+        );
         assert_eq!(format_date(0, "%d %b %Y %H:%M"), "01 Jan 1970 00:00");
         assert_eq!(format_date(1_709_251_200, "%Y-%m-%d %B"), "2024-03-01 March");
     }
 
     #[test]
     fn invalid_templates_and_overrides_are_clear_errors() {
-        let e = ChatTemplate::from_source("gguf", "{% for m in messages %}{{ m.content }", "", "").unwrap_err().to_string();
+        let e =
+            ChatTemplate::from_source("gguf", "{% for m in messages %}{{ m.content }", "", "").unwrap_err().to_string();
         assert!(e.contains("invalid chat template (gguf)"), "{e}");
         let e = ChatTemplate::from_override("no-such-template", "", "").unwrap_err().to_string();
         assert!(e.contains("no-such-template") && e.contains("chatml"), "{e}");
@@ -633,7 +667,14 @@ mod tests {
         let Some(_) = test_support::require_shared() else { return };
         let cases = [
             ("chatml", msgs(&[("system", "You are a helpful assistant."), ("user", "Hi")]), true),
-            ("vicuna", msgs(&[("system", "A chat between a curious user and an artificial intelligence assistant."), ("user", "Hi")]), true),
+            (
+                "vicuna",
+                msgs(&[
+                    ("system", "A chat between a curious user and an artificial intelligence assistant."),
+                    ("user", "Hi"),
+                ]),
+                true,
+            ),
         ];
         for (json, tok) in [
             ("tiny-mistral-q4_0.json", mistral()),
@@ -643,7 +684,8 @@ mod tests {
             let r: serde_json::Value =
                 serde_json::from_str(&std::fs::read_to_string(shared().join("reference").join(json)).unwrap()).unwrap();
             let entry = |text: &str| -> Vec<u32> {
-                let e = r["tokenize"].as_array().unwrap().iter().find(|e| e["text"] == text && e["parse_special"] == true);
+                let e =
+                    r["tokenize"].as_array().unwrap().iter().find(|e| e["text"] == text && e["parse_special"] == true);
                 serde_json::from_value(e.unwrap_or_else(|| panic!("{json}: no entry {text:?}"))["ids"].clone()).unwrap()
             };
             let bos = tok.bos().map(|b| tok.token_text(b)).unwrap_or("");
@@ -711,11 +753,13 @@ mod tests {
     #[test]
     fn real_templates_render_conversations_as_large_as_a_request() {
         // A request body holds at most 4 MiB: as a few long messages, and as many short ones.
-        let long: Vec<ChatMessage> =
-            (0..256).map(|i| ChatMessage::new(if i % 2 == 0 { "user" } else { "assistant" }, &"word ".repeat(3200))).collect();
+        let long: Vec<ChatMessage> = (0..256)
+            .map(|i| ChatMessage::new(if i % 2 == 0 { "user" } else { "assistant" }, &"word ".repeat(3200)))
+            .collect();
         let short: Vec<ChatMessage> =
             (0..20_000).map(|i| ChatMessage::new(if i % 2 == 0 { "user" } else { "assistant" }, "hi")).collect();
-        let mut templates: Vec<ChatTemplate> = BUILTIN_NAMES.iter().map(|n| ChatTemplate::builtin(n, "<s>", "</s>").unwrap()).collect();
+        let mut templates: Vec<ChatTemplate> =
+            BUILTIN_NAMES.iter().map(|n| ChatTemplate::builtin(n, "<s>", "</s>").unwrap()).collect();
         templates.push(ChatTemplate::from_gguf(&open("vocab/qwen2.5-coder.vocab.gguf"), None).unwrap());
         for t in &templates {
             for conv in [&long, &short] {

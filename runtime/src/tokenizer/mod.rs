@@ -65,21 +65,49 @@ fn attr_from_gguf_type(t: i64) -> u8 {
 
 /// Spellings the reference treats as end of generation (and forces to control tokens).
 const EOG_TEXTS: &[&str] = &[
-    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>", "<end_of_turn>",
-    "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]", "<|end_of_text|>",
-    "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>",
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<|return|>",
+    "<|call|>",
+    "<|flush|>",
+    "<|calls|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "</s>",
+    "<|eom_id|>",
+    "<EOT>",
+    "_<EOT>",
+    "[EOT]",
+    "[EOS]",
+    "<|end_of_text|>",
+    "<end_of_utterance>",
+    "<eos>",
+    "<turn|>",
+    "<|tool_response>",
 ];
 /// End-of-turn spellings (the reference's EOT auto-detection; also forced to control).
 const EOT_TEXTS: &[&str] = &[
-    "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>", "<EOT>", "_<EOT>",
-    "[EOT]", "<end_of_utterance>",
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|end_of_text|>",
+    "<EOT>",
+    "_<EOT>",
+    "[EOT]",
+    "<end_of_utterance>",
 ];
 /// Fill-in-the-middle markers by role, as the reference finds them when the metadata names none
 /// (`engine::fim`): prefix, suffix and middle are forced to control; pad, repository and file
 /// separator also end generation.
-pub const FIM_PRE_TEXTS: &[&str] = &["<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<PRE>", "<|code_prefix|>", "<|prefix|>"];
-pub const FIM_SUF_TEXTS: &[&str] = &["<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<SUF>", "<|code_suffix|>", "<|suffix|>"];
-pub const FIM_MID_TEXTS: &[&str] = &["<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<MID>", "<|code_middle|>", "<|middle|>"];
+pub const FIM_PRE_TEXTS: &[&str] =
+    &["<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<PRE>", "<|code_prefix|>", "<|prefix|>"];
+pub const FIM_SUF_TEXTS: &[&str] =
+    &["<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<SUF>", "<|code_suffix|>", "<|suffix|>"];
+pub const FIM_MID_TEXTS: &[&str] =
+    &["<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<MID>", "<|code_middle|>", "<|middle|>"];
 pub const FIM_PAD_TEXTS: &[&str] = &["<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"];
 pub const FIM_REP_TEXTS: &[&str] = &["<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"];
 pub const FIM_SEP_TEXTS: &[&str] = &["<|file_sep|>"];
@@ -182,7 +210,9 @@ impl<'a> VocabSpec<'a> {
             s.token_types = arr
                 .iter()
                 .enumerate()
-                .map(|(i, v)| meta_int(v).ok_or_else(|| anyhow!("tokenizer.ggml.token_type[{i}] is not an integer: {v:?}")))
+                .map(|(i, v)| {
+                    meta_int(v).ok_or_else(|| anyhow!("tokenizer.ggml.token_type[{i}] is not an integer: {v:?}"))
+                })
                 .collect::<Result<_>>()?;
         }
         let id = |key: &str| g.get_u64(key).map(|v| v as u32);
@@ -259,7 +289,8 @@ impl std::fmt::Debug for Tokenizer {
 impl Tokenizer {
     /// Build from `tokenizer.ggml.*` metadata (`llama` SentencePiece or `gpt2` byte-level BPE).
     pub fn from_gguf(g: &GgufFile) -> anyhow::Result<Tokenizer> {
-        let spec = VocabSpec::from_gguf(g).with_context(|| format!("reading the vocabulary of {}", g.path().display()))?;
+        let spec =
+            VocabSpec::from_gguf(g).with_context(|| format!("reading the vocabulary of {}", g.path().display()))?;
         Tokenizer::from_spec(&spec).with_context(|| format!("building the tokenizer of {}", g.path().display()))
     }
 
@@ -285,7 +316,8 @@ impl Tokenizer {
             }
         };
         // The reference replaces empty texts so that every token has a distinct, non-empty text.
-        let empty_names: Vec<String> = (0..n).filter(|&i| spec.tokens[i].is_empty()).map(|i| format!("[EMPTY_{i}]")).collect();
+        let empty_names: Vec<String> =
+            (0..n).filter(|&i| spec.tokens[i].is_empty()).map(|i| format!("[EMPTY_{i}]")).collect();
         let mut empty_iter = empty_names.iter();
         let tokens: Vec<&str> =
             spec.tokens.iter().map(|t| if t.is_empty() { empty_iter.next().unwrap().as_str() } else { *t }).collect();
@@ -317,7 +349,9 @@ impl Tokenizer {
             eot = EOT_TEXTS.iter().find_map(|t| lookup(t));
         }
         let mut eog: Vec<u32> = Vec::new();
-        for t in EOT_TEXTS.iter().chain(FIM_PRE_TEXTS).chain(FIM_SUF_TEXTS).chain(FIM_MID_TEXTS).chain(["<|eom_id|>"].iter()) {
+        for t in
+            EOT_TEXTS.iter().chain(FIM_PRE_TEXTS).chain(FIM_SUF_TEXTS).chain(FIM_MID_TEXTS).chain(["<|eom_id|>"].iter())
+        {
             if let Some(id) = lookup(t) {
                 attrs[id as usize] |= attr::CONTROL;
             }

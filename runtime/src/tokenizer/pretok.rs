@@ -265,8 +265,22 @@ mod tests {
     #[test]
     fn every_known_pre_compiles() {
         for pre in [
-            "default", "gpt-2", "gpt2", "llama-bpe", "llama3", "qwen2", "tekken", "deepseek-llm", "deepseek-coder",
-            "deepseek-v3", "deepseek-r1-qwen", "starcoder", "falcon", "command-r", "glm4", "dbrx",
+            "default",
+            "gpt-2",
+            "gpt2",
+            "llama-bpe",
+            "llama3",
+            "qwen2",
+            "tekken",
+            "deepseek-llm",
+            "deepseek-coder",
+            "deepseek-v3",
+            "deepseek-r1-qwen",
+            "starcoder",
+            "falcon",
+            "command-r",
+            "glm4",
+            "dbrx",
         ] {
             let cfg = config_for(pre).unwrap();
             PreTokenizer::new(cfg.exprs).unwrap_or_else(|e| panic!("{pre}: {e:#}"));
@@ -327,9 +341,20 @@ mod tests {
                 (0..n).map(|_| alphabet[(next() % alphabet.len() as u64) as usize]).collect()
             })
             .collect();
-        for pre in ["default", "gpt-2", "llama-bpe", "qwen2", "deepseek-llm", "deepseek-coder", "deepseek-v3", "starcoder", "falcon"] {
+        for pre in [
+            "default",
+            "gpt-2",
+            "llama-bpe",
+            "qwen2",
+            "deepseek-llm",
+            "deepseek-coder",
+            "deepseek-v3",
+            "starcoder",
+            "falcon",
+        ] {
             let cfg = config_for(pre).unwrap();
-            let fancy: Vec<fancy_regex::Regex> = cfg.exprs.iter().map(|e| fancy_regex::Regex::new(e).unwrap()).collect();
+            let fancy: Vec<fancy_regex::Regex> =
+                cfg.exprs.iter().map(|e| fancy_regex::Regex::new(e).unwrap()).collect();
             let ours = PreTokenizer::new(cfg.exprs).unwrap();
             let (mut out, mut tmp) = (vec![], vec![]);
             for t in &texts {

@@ -100,13 +100,23 @@ impl SpmModel {
         let bridges = if bridges.is_empty() {
             None
         } else {
-            Some(AhoCorasick::new(&bridges).map_err(|e| anyhow::anyhow!("building the SentencePiece cut matcher: {e}"))?)
+            Some(
+                AhoCorasick::new(&bridges)
+                    .map_err(|e| anyhow::anyhow!("building the SentencePiece cut matcher: {e}"))?,
+            )
         };
         Ok(SpmModel { scores, byte_ids, unk, bridges })
     }
 
     /// Tokenize `text` (already `▁`-escaped), appending ids to `out`.
-    pub fn encode(&self, texts: &Packed, index: &TokenIndex, text: &str, out: &mut Vec<u32>, sc: &mut Scratch) -> Result<()> {
+    pub fn encode(
+        &self,
+        texts: &Packed,
+        index: &TokenIndex,
+        text: &str,
+        out: &mut Vec<u32>,
+        sc: &mut Scratch,
+    ) -> Result<()> {
         sc.cuts.clear();
         sc.blocked.clear();
         if let Some(b) = &self.bridges {
@@ -143,7 +153,14 @@ impl SpmModel {
         self.encode_piece(texts, index, text, out, &mut Work::default())
     }
 
-    fn encode_piece(&self, texts: &Packed, index: &TokenIndex, text: &str, out: &mut Vec<u32>, sc: &mut Work) -> Result<()> {
+    fn encode_piece(
+        &self,
+        texts: &Packed,
+        index: &TokenIndex,
+        text: &str,
+        out: &mut Vec<u32>,
+        sc: &mut Work,
+    ) -> Result<()> {
         if text.is_empty() {
             return Ok(());
         }
@@ -156,7 +173,12 @@ impl SpmModel {
         while let Some((s, _)) = it.next() {
             let e = it.peek().map_or(text.len(), |p| p.0);
             let i = syms.len() as i32;
-            syms.push(Sym { start: s as u32, len: (e - s) as u32, prev: i - 1, next: if e == text.len() { -1 } else { i + 1 } });
+            syms.push(Sym {
+                start: s as u32,
+                len: (e - s) as u32,
+                prev: i - 1,
+                next: if e == text.len() { -1 } else { i + 1 },
+            });
         }
         let try_add = |syms: &[Sym], heap: &mut BinaryHeap<Bigram>, left: i32, right: i32| {
             if left < 0 || right < 0 {
@@ -165,7 +187,12 @@ impl SpmModel {
             let (l, r) = (syms[left as usize], syms[right as usize]);
             let piece = &bytes[l.start as usize..(l.start + l.len + r.len) as usize];
             if let Some(id) = index.get(texts, piece) {
-                heap.push(Bigram { score: self.scores[id as usize], left: left as u32, right: right as u32, size: piece.len() as u32 });
+                heap.push(Bigram {
+                    score: self.scores[id as usize],
+                    left: left as u32,
+                    right: right as u32,
+                    size: piece.len() as u32,
+                });
             }
         };
         for i in 1..syms.len() as i32 {
@@ -227,7 +254,8 @@ pub(crate) fn synthesize_merges<S: std::hash::BuildHasher + Sync>(
     vocab: &std::collections::HashMap<String, u32, S>,
 ) -> Vec<(String, String)> {
     use rayon::prelude::*;
-    let mut order: Vec<u32> = (0..tokens.len() as u32).filter(|&i| tokens[i as usize].chars().nth(1).is_some()).collect();
+    let mut order: Vec<u32> =
+        (0..tokens.len() as u32).filter(|&i| tokens[i as usize].chars().nth(1).is_some()).collect();
     // Highest score first; equal scores by id. `total_cmp` orders NaN deterministically.
     order.sort_by(|&a, &b| scores[b as usize].total_cmp(&scores[a as usize]).then(a.cmp(&b)));
     order

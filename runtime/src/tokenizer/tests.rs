@@ -228,7 +228,17 @@ fn tiny_spm_from_vectors() {
     let mut s = VocabSpec::new(VocabKind::Spm);
     s.tokens = toks.iter().map(|t| t.as_str()).collect();
     s.scores = (0..toks.len()).map(|i| -(i as f32)).collect();
-    s.token_types = (0..toks.len()).map(|i| if i < 3 { 3 } else if i < 259 { 6 } else { 1 }).collect();
+    s.token_types = (0..toks.len())
+        .map(|i| {
+            if i < 3 {
+                3
+            } else if i < 259 {
+                6
+            } else {
+                1
+            }
+        })
+        .collect();
     s.bos = Some(1);
     s.eos = Some(2);
     let t = Tokenizer::from_spec(&s).unwrap();
@@ -256,11 +266,8 @@ fn spm_agrees_with_tokenizers_bpe_oracle() {
     let oracle = BPE::builder().vocab_and_merges(vocab, merges).byte_fallback(true).build().unwrap();
     let tok = mistral();
 
-    let mut inputs: Vec<String> = std::fs::read_to_string(shared().join("reference/long.txt"))
-        .unwrap()
-        .lines()
-        .map(String::from)
-        .collect();
+    let mut inputs: Vec<String> =
+        std::fs::read_to_string(shared().join("reference/long.txt")).unwrap().lines().map(String::from).collect();
     let alphabet: Vec<char> =
         "abcdefghijklmnopqrstuvwxyz ABCXYZ  0123456789.,;:!?'\"()[]{}<>/\\-_=+*&^%$#@~`\n\téèüßøñçЖжДпривет日本語中文한국어🦙🚀👍🏽\u{a0}\u{200b}▁"
             .chars()

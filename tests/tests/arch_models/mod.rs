@@ -99,7 +99,8 @@ pub fn build(layout: &Layout, vocab: &[(String, MetaValue)]) -> Vec<u8> {
 
     let (e, ff, q, kv) = (l.n_embd as u64, l.n_ff as u64, (l.n_head * hd) as u64, (l.n_head_kv * hd) as u64);
     // (name, dims, is a matrix, scale of the uniform values)
-    let mut shapes: Vec<(std::string::String, Vec<u64>, f32)> = vec![("token_embd.weight".into(), vec![e, n_vocab as u64], 1.0)];
+    let mut shapes: Vec<(std::string::String, Vec<u64>, f32)> =
+        vec![("token_embd.weight".into(), vec![e, n_vocab as u64], 1.0)];
     if let Some(f) = &l.rope_factors {
         shapes.push(("rope_freqs.weight".into(), vec![f.len() as u64], 0.0));
     }
@@ -113,7 +114,11 @@ pub fn build(layout: &Layout, vocab: &[(String, MetaValue)]) -> Vec<u8> {
         if l.fused {
             blk.push(("attn_qkv.weight", vec![e, q + 2 * kv], w(e)));
         } else {
-            blk.extend([("attn_q.weight", vec![e, q], w(e)), ("attn_k.weight", vec![e, kv], w(e)), ("attn_v.weight", vec![e, kv], w(e))]);
+            blk.extend([
+                ("attn_q.weight", vec![e, q], w(e)),
+                ("attn_k.weight", vec![e, kv], w(e)),
+                ("attn_v.weight", vec![e, kv], w(e)),
+            ]);
         }
         blk.extend([("attn_output.weight", vec![q, e], w(q)), ("ffn_norm.weight", vec![e], 0.1)]);
         if l.fused {
@@ -190,7 +195,8 @@ pub fn llama3_vocab(tokenizer_json: &Path, pre: &str) -> Vec<(String, MetaValue)
             types[id] = if t["special"].as_bool().unwrap() { 3 } else { 4 };
         }
     }
-    let tokens: Vec<MetaValue> = tokens.into_iter().enumerate().map(|(i, t)| String(t.unwrap_or_else(|| panic!("no token {i}")))).collect();
+    let tokens: Vec<MetaValue> =
+        tokens.into_iter().enumerate().map(|(i, t)| String(t.unwrap_or_else(|| panic!("no token {i}")))).collect();
     let merges: Vec<MetaValue> = v["model"]["merges"]
         .as_array()
         .unwrap()

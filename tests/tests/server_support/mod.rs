@@ -53,7 +53,6 @@ impl Server {
     }
 
     /// As `start` but without adding `--nobrowser`, and with `tweak` applied to the command.
-
     pub fn start_with(model: &Path, args: &[&str], tweak: impl FnOnce(&mut Command)) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let stderr_path = dir.path().join("stderr.txt");
@@ -65,10 +64,7 @@ impl Server {
         if !args.contains(&"--port") {
             cmd.args(["--port", "0"]);
         }
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr_path).unwrap());
+        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(std::fs::File::create(&stderr_path).unwrap());
         tweak(&mut cmd);
         let mut child = cmd.spawn().expect("start llamafile");
         let stdout = child.stdout.take().unwrap();
@@ -86,18 +82,31 @@ impl Server {
                     if let Some(rest) = line.strip_prefix("llamafile: serving ") {
                         let (name, url) = rest.rsplit_once(" at ").expect("serving NAME at URL");
                         let addr = url.trim_start_matches("http://").trim_end_matches('/').to_string();
-                        return Server { child, url: url.to_string(), addr, name: name.to_string(), stderr_path, _dir: dir };
+                        return Server {
+                            child,
+                            url: url.to_string(),
+                            addr,
+                            name: name.to_string(),
+                            stderr_path,
+                            _dir: dir,
+                        };
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {}
             }
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("llamafile exited ({status}) before serving: {}", std::fs::read_to_string(&stderr_path).unwrap_or_default());
+                panic!(
+                    "llamafile exited ({status}) before serving: {}",
+                    std::fs::read_to_string(&stderr_path).unwrap_or_default()
+                );
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("llamafile did not print its URL within 60 s: {}", std::fs::read_to_string(&stderr_path).unwrap_or_default());
+                panic!(
+                    "llamafile did not print its URL within 60 s: {}",
+                    std::fs::read_to_string(&stderr_path).unwrap_or_default()
+                );
             }
         }
     }
@@ -112,7 +121,8 @@ impl Server {
 
     /// Send SIGINT (Ctrl-C) and wait for the exit; `None` if it did not exit within `timeout`.
     pub fn interrupt(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let ok = Command::new("kill").args(["-INT", &self.pid().to_string()]).status().map(|s| s.success()).unwrap_or(false);
+        let ok =
+            Command::new("kill").args(["-INT", &self.pid().to_string()]).status().map(|s| s.success()).unwrap_or(false);
         assert!(ok, "kill -INT failed");
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {

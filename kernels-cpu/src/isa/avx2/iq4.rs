@@ -84,7 +84,10 @@ fn dot_iq4nl(w: &[BlockIQ4NL], x: &[BlockQ8_0]) -> f32 {
 
 fn vec_dot_iq4nl(n: usize, w: &[u8], x: &[u8]) -> f32 {
     let nb = n / QK;
-    let (w, x) = (first_blocks::<BlockIQ4NL>(w, nb, "IQ4_NL vec_dot weights"), first_blocks::<BlockQ8_0>(x, nb, "IQ4_NL vec_dot activations"));
+    let (w, x) = (
+        first_blocks::<BlockIQ4NL>(w, nb, "IQ4_NL vec_dot weights"),
+        first_blocks::<BlockQ8_0>(x, nb, "IQ4_NL vec_dot activations"),
+    );
     // SAFETY: installed only when `super::available()`.
     unsafe { dot_iq4nl(w, x) }
 }
@@ -109,7 +112,10 @@ fn dot_iq4xs(w: &[BlockIQ4XS], x: &[BlockQ8K]) -> f32 {
 
 fn vec_dot_iq4xs(n: usize, w: &[u8], x: &[u8]) -> f32 {
     let nb = n / QK_K;
-    let (w, x) = (first_blocks::<BlockIQ4XS>(w, nb, "IQ4_XS vec_dot weights"), first_blocks::<BlockQ8K>(x, nb, "IQ4_XS vec_dot activations"));
+    let (w, x) = (
+        first_blocks::<BlockIQ4XS>(w, nb, "IQ4_XS vec_dot weights"),
+        first_blocks::<BlockQ8K>(x, nb, "IQ4_XS vec_dot activations"),
+    );
     // SAFETY: installed only when `super::available()`.
     unsafe { dot_iq4xs(w, x) }
 }

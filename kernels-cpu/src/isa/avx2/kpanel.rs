@@ -118,7 +118,15 @@ unsafe fn pack(nb: usize, w: *const u8, ws: usize, nr: usize, dst: *mut Line) {
 /// outputs are writable; AVX2/FMA/F16C (and AVX-VNNI when `V`).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn micro<const T: usize, const V: bool>(nb: usize, panel: *const Line, x: *const u8, xs: usize, out: *mut f32, os: usize, nr: usize) {
+unsafe fn micro<const T: usize, const V: bool>(
+    nb: usize,
+    panel: *const Line,
+    x: *const u8,
+    xs: usize,
+    out: *mut f32,
+    os: usize,
+    nr: usize,
+) {
     let ones16 = _mm256_set1_epi16(1);
     let pair_idx = [0, 1, 4, 5];
     let mut acc = [_mm256_setzero_ps(); T];
@@ -140,7 +148,10 @@ unsafe fn micro<const T: usize, const V: bool>(nb: usize, panel: *const Line, x:
                 for g in 0..8 {
                     let wv = _mm256_load_si256(wl.add(8 * j + g) as *const __m256i);
                     for c in 0..T {
-                        p16[c] = _mm256_add_epi16(p16[c], _mm256_maddubs_epi16(wv, bcast4(xb[c].add(Q8K_QS + 32 * j + 4 * g))));
+                        p16[c] = _mm256_add_epi16(
+                            p16[c],
+                            _mm256_maddubs_epi16(wv, bcast4(xb[c].add(Q8K_QS + 32 * j + 4 * g))),
+                        );
                     }
                 }
                 for c in 0..T {
@@ -187,7 +198,18 @@ impl<const V: bool> Steps for Kernel<V> {
     #[inline(always)]
     unsafe fn prepare(_nb: usize, _x: *const u8, _sd: *mut f32, _sc: *mut u32) {}
     #[inline(always)]
-    unsafe fn micro(tc: usize, nb: usize, pl: *const Line, xc: *const u8, xs: usize, _sd: *const f32, _sc: *const u32, o: *mut f32, os: usize, n: usize) {
+    unsafe fn micro(
+        tc: usize,
+        nb: usize,
+        pl: *const Line,
+        xc: *const u8,
+        xs: usize,
+        _sd: *const f32,
+        _sc: *const u32,
+        o: *mut f32,
+        os: usize,
+        n: usize,
+    ) {
         match tc {
             1 => micro::<1, V>(nb, pl, xc, xs, o, os, n),
             2 => micro::<2, V>(nb, pl, xc, xs, o, os, n),
@@ -199,13 +221,37 @@ impl<const V: bool> Steps for Kernel<V> {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn plain_tf(nb: usize, w: *const u8, ws: usize, nr: usize, x: *const u8, xs: usize, nc: usize, out: *mut f32, os: usize, lp: *mut Line, sp: *mut u32) {
+unsafe fn plain_tf(
+    nb: usize,
+    w: *const u8,
+    ws: usize,
+    nr: usize,
+    x: *const u8,
+    xs: usize,
+    nc: usize,
+    out: *mut f32,
+    os: usize,
+    lp: *mut Line,
+    sp: *mut u32,
+) {
     run::<Kernel<false>>(nb, w, ws, nr, x, xs, nc, out, os, lp, sp)
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn vnni_tf(nb: usize, w: *const u8, ws: usize, nr: usize, x: *const u8, xs: usize, nc: usize, out: *mut f32, os: usize, lp: *mut Line, sp: *mut u32) {
+unsafe fn vnni_tf(
+    nb: usize,
+    w: *const u8,
+    ws: usize,
+    nr: usize,
+    x: *const u8,
+    xs: usize,
+    nc: usize,
+    out: *mut f32,
+    os: usize,
+    lp: *mut Line,
+    sp: *mut u32,
+) {
     run::<Kernel<true>>(nb, w, ws, nr, x, xs, nc, out, os, lp, sp)
 }
 
@@ -213,7 +259,11 @@ unsafe fn vnni_tf(nb: usize, w: *const u8, ws: usize, nr: usize, x: *const u8, x
 #[allow(clippy::too_many_arguments)]
 fn check(n: usize, wl: usize, ws: usize, nr: usize, xl: usize, xs: usize, nc: usize, ol: usize, os: usize) -> usize {
     assert!(
-        n % QK_K == 0 && (nc == 1 || nr <= os) && wl >= (nr - 1) * ws + n / QK_K * 144 && xl >= (nc - 1) * xs + n / QK_K * Q8K_BYTES && ol >= (nc - 1) * os + nr,
+        n.is_multiple_of(QK_K)
+            && (nc == 1 || nr <= os)
+            && wl >= (nr - 1) * ws + n / QK_K * 144
+            && xl >= (nc - 1) * xs + n / QK_K * Q8K_BYTES
+            && ol >= (nc - 1) * os + nr,
         "Q4_K panel: {nr} rows x {nc} tokens of {n} values do not fit their buffers"
     );
     n / QK_K
@@ -221,7 +271,17 @@ fn check(n: usize, wl: usize, ws: usize, nr: usize, xl: usize, xs: usize, nc: us
 
 /// The entry point, with (`V`) or without AVX-VNNI.
 #[allow(clippy::too_many_arguments)]
-fn panel_entry<const V: bool>(n: usize, w: &[u8], w_stride: usize, nr: usize, x: &[u8], x_stride: usize, nc: usize, out: &mut [f32], out_stride: usize) {
+fn panel_entry<const V: bool>(
+    n: usize,
+    w: &[u8],
+    w_stride: usize,
+    nr: usize,
+    x: &[u8],
+    x_stride: usize,
+    nc: usize,
+    out: &mut [f32],
+    out_stride: usize,
+) {
     if nr == 0 || nc == 0 {
         return;
     }

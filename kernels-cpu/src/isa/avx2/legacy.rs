@@ -65,7 +65,7 @@ pub fn quantize(t: WeightType) -> Option<QuantizeFn> {
 #[inline(always)]
 fn check(n: usize, w: &[u8], wbs: usize, wts: usize, x: &[u8], xbs: usize, xts: usize) {
     assert!(
-        n % wbs == 0 && w.len() >= n / wbs * wts && x.len() >= n / xbs * xts,
+        n.is_multiple_of(wbs) && w.len() >= n / wbs * wts && x.len() >= n / xbs * xts,
         "vec_dot: {n} elements need {} weight and {} activation bytes, got {} and {}",
         n / wbs * wts,
         n / xbs * xts,
@@ -289,7 +289,10 @@ unsafe fn dot_q4_0_k(n: usize, w: *const u8, x: *const u8) -> f32 {
         crate::isa::prefetch_ahead(wb);
         let y = ld256(xb.qs.as_ptr());
         // (q - 8) . y as q . y - 8 . y on 16-bit pair sums (|sum| <= 15*128*2: no overflow).
-        let p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(nibbles(wb.qs.as_ptr()), y), _mm256_maddubs_epi16(_mm256_set1_epi8(8), y));
+        let p16 = _mm256_sub_epi16(
+            _mm256_maddubs_epi16(nibbles(wb.qs.as_ptr()), y),
+            _mm256_maddubs_epi16(_mm256_set1_epi8(8), y),
+        );
         let i = _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
         (_mm256_set1_ps(h2f(wb.d.as_ptr()) * h2f(xb.d.as_ptr())), _mm256_cvtepi32_ps(i))
     })
@@ -403,13 +406,23 @@ unsafe fn quantize_q8_1_k(src: &[f32], dst: &mut [u8]) {
 }
 
 fn quantize_q8_0(src: &[f32], dst: &mut [u8]) {
-    assert!(src.len() % 32 == 0 && dst.len() == src.len() / 32 * 34, "Q8_0 quantize: {} values into {} bytes", src.len(), dst.len());
+    assert!(
+        src.len().is_multiple_of(32) && dst.len() == src.len() / 32 * 34,
+        "Q8_0 quantize: {} values into {} bytes",
+        src.len(),
+        dst.len()
+    );
     // SAFETY: installed only when AVX2/FMA/F16C were detected; whole blocks, lengths checked.
     unsafe { quantize_q8_0_k(src, dst) }
 }
 
 fn quantize_q8_1(src: &[f32], dst: &mut [u8]) {
-    assert!(src.len() % 32 == 0 && dst.len() == src.len() / 32 * 36, "Q8_1 quantize: {} values into {} bytes", src.len(), dst.len());
+    assert!(
+        src.len().is_multiple_of(32) && dst.len() == src.len() / 32 * 36,
+        "Q8_1 quantize: {} values into {} bytes",
+        src.len(),
+        dst.len()
+    );
     // SAFETY: installed only when AVX2/FMA/F16C were detected; whole blocks, lengths checked.
     unsafe { quantize_q8_1_k(src, dst) }
 }
@@ -584,18 +597,61 @@ mod tiles {
         ($name:ident, $T:ty, $xb:literal, $xq:literal, $label:expr) => {
             /// The tile kernel, with (`V`) or without AVX-VNNI.
             #[allow(clippy::too_many_arguments)]
-            pub fn $name<const V: bool>(n: usize, w: &[u8], w_stride: usize, nr: usize, x: &[u8], x_stride: usize, nc: usize, out: &mut [f32], out_stride: usize) {
+            pub fn $name<const V: bool>(
+                n: usize,
+                w: &[u8],
+                w_stride: usize,
+                nr: usize,
+                x: &[u8],
+                x_stride: usize,
+                nc: usize,
+                out: &mut [f32],
+                out_stride: usize,
+            ) {
                 #[target_feature(enable = "avx2,fma,f16c")]
                 #[allow(clippy::too_many_arguments)]
-                unsafe fn go(nb: usize, w: *const u8, ws: usize, nr: usize, x: *const u8, xs: usize, nc: usize, out: *mut f32, os: usize) {
+                unsafe fn go(
+                    nb: usize,
+                    w: *const u8,
+                    ws: usize,
+                    nr: usize,
+                    x: *const u8,
+                    xs: usize,
+                    nc: usize,
+                    out: *mut f32,
+                    os: usize,
+                ) {
                     tile_shapes!($T, $xb, $xq, false, nb, w, ws, nr, x, xs, nc, out, os)
                 }
                 #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
                 #[allow(clippy::too_many_arguments)]
-                unsafe fn go_vnni(nb: usize, w: *const u8, ws: usize, nr: usize, x: *const u8, xs: usize, nc: usize, out: *mut f32, os: usize) {
+                unsafe fn go_vnni(
+                    nb: usize,
+                    w: *const u8,
+                    ws: usize,
+                    nr: usize,
+                    x: *const u8,
+                    xs: usize,
+                    nc: usize,
+                    out: *mut f32,
+                    os: usize,
+                ) {
                     tile_shapes!($T, $xb, $xq, true, nb, w, ws, nr, x, xs, nc, out, os)
                 }
-                let nb = check_tile(n, w.len(), w_stride, nr, x.len(), x_stride, nc, out.len(), out_stride, <$T>::BYTES, $xb, $label);
+                let nb = check_tile(
+                    n,
+                    w.len(),
+                    w_stride,
+                    nr,
+                    x.len(),
+                    x_stride,
+                    nc,
+                    out.len(),
+                    out_stride,
+                    <$T>::BYTES,
+                    $xb,
+                    $label,
+                );
                 let go = if V { go_vnni } else { go };
                 // SAFETY: installed only when AVX2/FMA/F16C were detected (and AVX-VNNI for
                 // `V`, see `gemm_with`); every row, token and output the tile touches was just
@@ -628,10 +684,23 @@ mod tiles {
 
     /// The bounds a tile call must meet; returns the number of blocks.
     #[allow(clippy::too_many_arguments)]
-    fn check_tile(n: usize, wl: usize, ws: usize, nr: usize, xl: usize, xs: usize, nc: usize, ol: usize, os: usize, wb: usize, xb: usize, label: &str) -> usize {
+    fn check_tile(
+        n: usize,
+        wl: usize,
+        ws: usize,
+        nr: usize,
+        xl: usize,
+        xs: usize,
+        nc: usize,
+        ol: usize,
+        os: usize,
+        wb: usize,
+        xb: usize,
+        label: &str,
+    ) -> usize {
         let nb = n / 32;
         assert!(
-            n % 32 == 0
+            n.is_multiple_of(32)
                 && (1..=ROWS).contains(&nr)
                 && (1..=TOKENS).contains(&nc)
                 && wl >= (nr - 1) * ws + nb * wb
@@ -761,7 +830,7 @@ mod pairs {
     fn gemv_safe<L: Layout, const V: bool>(n: usize, w: &[u8], w_stride: usize, nr: usize, x: &[u8], out: &mut [f32]) {
         let nb = n / 32;
         assert!(
-            n % 32 == 0
+            n.is_multiple_of(32)
                 && out.len() >= nr
                 && (nr == 0 || w.len() >= (nr - 1) * w_stride + nb * L::BYTES)
                 && x.len() >= nb * L::X_BYTES,
@@ -791,7 +860,15 @@ mod pairs {
     /// AVX2/FMA/F16C; rows `r < nr` hold `nb` blocks at `w + r * ws`, `x` holds `nb`
     /// activation blocks, `out[..nr]` is writable, `prep` has room for `nb / 2` pairs.
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn gemv_k<L: Layout>(nb: usize, w: *const u8, ws: usize, nr: usize, x: *const u8, out: *mut f32, prep: *mut PairX) {
+    unsafe fn gemv_k<L: Layout>(
+        nb: usize,
+        w: *const u8,
+        ws: usize,
+        nr: usize,
+        x: *const u8,
+        out: *mut f32,
+        prep: *mut PairX,
+    ) {
         gemv_body::<L, false>(nb, w, ws, nr, x, out, prep)
     }
 
@@ -801,12 +878,28 @@ mod pairs {
     /// # Safety
     /// As `gemv_k`, and the CPU has AVX-VNNI.
     #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-    unsafe fn gemv_k_vnni<L: Layout>(nb: usize, w: *const u8, ws: usize, nr: usize, x: *const u8, out: *mut f32, prep: *mut PairX) {
+    unsafe fn gemv_k_vnni<L: Layout>(
+        nb: usize,
+        w: *const u8,
+        ws: usize,
+        nr: usize,
+        x: *const u8,
+        out: *mut f32,
+        prep: *mut PairX,
+    ) {
         gemv_body::<L, true>(nb, w, ws, nr, x, out, prep)
     }
 
     #[inline(always)]
-    unsafe fn gemv_body<L: Layout, const V: bool>(nb: usize, w: *const u8, ws: usize, nr: usize, x: *const u8, out: *mut f32, prep: *mut PairX) {
+    unsafe fn gemv_body<L: Layout, const V: bool>(
+        nb: usize,
+        w: *const u8,
+        ws: usize,
+        nr: usize,
+        x: *const u8,
+        out: *mut f32,
+        prep: *mut PairX,
+    ) {
         let np = nb / 2;
         let xq = L::X_BYTES - 32;
         let ones8 = _mm256_set1_epi8(1);
@@ -846,7 +939,12 @@ mod pairs {
     #[inline(always)]
     unsafe fn fifth(rep: __m256i, high: bool) -> __m256i {
         let ctl = if high {
-            _mm256_setr_epi64x(0x0202_0202_0202_0202, 0x0303_0303_0303_0303, 0x0202_0202_0202_0202, 0x0303_0303_0303_0303)
+            _mm256_setr_epi64x(
+                0x0202_0202_0202_0202,
+                0x0303_0303_0303_0303,
+                0x0202_0202_0202_0202,
+                0x0303_0303_0303_0303,
+            )
         } else {
             _mm256_setr_epi64x(0, 0x0101_0101_0101_0101, 0, 0x0101_0101_0101_0101)
         };
@@ -880,11 +978,22 @@ mod pairs {
                 v2 = _mm256_or_si256(v2, fifth(rep, true));
             }
             let y = a.y.as_ptr() as *const __m256i;
-            let base = if L::OFFSET != 0 { _mm256_load_si256(a.extra.as_ptr() as *const __m256i) } else { _mm256_setzero_si256() };
-            let i = if V {
-                _mm256_dpbusd_avx_epi32(_mm256_dpbusd_avx_epi32(base, v1, _mm256_load_si256(y)), v2, _mm256_load_si256(y.add(1)))
+            let base = if L::OFFSET != 0 {
+                _mm256_load_si256(a.extra.as_ptr() as *const __m256i)
             } else {
-                let p16 = _mm256_add_epi16(_mm256_maddubs_epi16(v1, _mm256_load_si256(y)), _mm256_maddubs_epi16(v2, _mm256_load_si256(y.add(1))));
+                _mm256_setzero_si256()
+            };
+            let i = if V {
+                _mm256_dpbusd_avx_epi32(
+                    _mm256_dpbusd_avx_epi32(base, v1, _mm256_load_si256(y)),
+                    v2,
+                    _mm256_load_si256(y.add(1)),
+                )
+            } else {
+                let p16 = _mm256_add_epi16(
+                    _mm256_maddubs_epi16(v1, _mm256_load_si256(y)),
+                    _mm256_maddubs_epi16(v2, _mm256_load_si256(y.add(1))),
+                );
                 let i = _mm256_madd_epi16(p16, ones16);
                 if L::OFFSET != 0 {
                     _mm256_add_epi32(i, base)
@@ -962,7 +1071,10 @@ mod tests {
                                     let want = scalar(n, &w[r * ws..r * ws + wrb], &x[c * xs..c * xs + xrb]);
                                     let got = out[c * os + r];
                                     let tol = 1e-4 * (n as f32).sqrt() * want.abs().max(1.0);
-                                    assert!((got - want).abs() <= tol, "{t:?} vnni {vnni} nb {nb} tile {nr}x{nc} ({r}, {c}): {got} vs scalar {want}");
+                                    assert!(
+                                        (got - want).abs() <= tol,
+                                        "{t:?} vnni {vnni} nb {nb} tile {nr}x{nc} ({r}, {c}): {got} vs scalar {want}"
+                                    );
                                 }
                             }
                         }
@@ -1001,7 +1113,11 @@ mod tests {
                     for r in 0..rows {
                         let want = scalar(n, &w[r * ws..r * ws + wrb], &x);
                         let tol = 1e-4 * (n as f32).sqrt() * want.abs().max(1.0);
-                        assert!((out[r] - want).abs() <= tol, "{t:?} vnni {vnni} nb {nb} row {r}: gemv {} vs scalar {want}", out[r]);
+                        assert!(
+                            (out[r] - want).abs() <= tol,
+                            "{t:?} vnni {vnni} nb {nb} row {r}: gemv {} vs scalar {want}",
+                            out[r]
+                        );
                     }
                 }
             }

@@ -26,7 +26,9 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::legacy::{h2f, ld256};
-use crate::isa::lpanels::{block_lines, run, with_scratch, Acts, Scratch, Steps, Weights, A8_0, A8_1, IQ4NL, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
+use crate::isa::lpanels::{
+    block_lines, run, with_scratch, Acts, Scratch, Steps, Weights, A8_0, A8_1, IQ4NL, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
+};
 use crate::isa::PanelFn;
 use crate::types::WeightType;
 use std::arch::x86_64::*;
@@ -270,7 +272,18 @@ impl<W: Weights, A: Acts, const V: bool> Steps for Kernel<W, A, V> {
         prepare_token::<W, A>(nb, x, sd, sc)
     }
     #[inline(always)]
-    unsafe fn micro(tc: usize, nb: usize, pl: *const Line, xc: *const u8, xs: usize, sd: *const f32, sc: *const u32, o: *mut f32, os: usize, n: usize) {
+    unsafe fn micro(
+        tc: usize,
+        nb: usize,
+        pl: *const Line,
+        xc: *const u8,
+        xs: usize,
+        sd: *const f32,
+        sc: *const u32,
+        o: *mut f32,
+        os: usize,
+        n: usize,
+    ) {
         match tc {
             1 => micro::<W, A, 1, V>(nb, pl, xc, xs, sd, sc, o, os, n),
             2 => micro::<W, A, 2, V>(nb, pl, xc, xs, sd, sc, o, os, n),
@@ -282,9 +295,26 @@ impl<W: Weights, A: Acts, const V: bool> Steps for Kernel<W, A, V> {
 
 /// Checks a call's buffers; returns the number of blocks.
 #[allow(clippy::too_many_arguments)]
-fn check(name: &str, n: usize, wl: usize, ws: usize, nr: usize, wb: usize, xl: usize, xs: usize, nc: usize, xb: usize, ol: usize, os: usize) -> usize {
+fn check(
+    name: &str,
+    n: usize,
+    wl: usize,
+    ws: usize,
+    nr: usize,
+    wb: usize,
+    xl: usize,
+    xs: usize,
+    nc: usize,
+    xb: usize,
+    ol: usize,
+    os: usize,
+) -> usize {
     assert!(
-        n % QK == 0 && (nc == 1 || nr <= os) && wl >= (nr - 1) * ws + n / QK * wb && xl >= (nc - 1) * xs + n / QK * xb && ol >= (nc - 1) * os + nr,
+        n.is_multiple_of(QK)
+            && (nc == 1 || nr <= os)
+            && wl >= (nr - 1) * ws + n / QK * wb
+            && xl >= (nc - 1) * xs + n / QK * xb
+            && ol >= (nc - 1) * os + nr,
         "{name} panel: {nr} rows x {nc} tokens of {n} values do not fit their buffers"
     );
     n / QK
@@ -297,33 +327,86 @@ macro_rules! panel_kernel {
 
             #[target_feature(enable = "avx2,fma,f16c")]
             #[allow(clippy::too_many_arguments)]
-            unsafe fn plain_tf(nb: usize, w: *const u8, ws: usize, nr: usize, x: *const u8, xs: usize, nc: usize, out: *mut f32, os: usize, lp: *mut Line, sp: *mut u32) {
+            unsafe fn plain_tf(
+                nb: usize,
+                w: *const u8,
+                ws: usize,
+                nr: usize,
+                x: *const u8,
+                xs: usize,
+                nc: usize,
+                out: *mut f32,
+                os: usize,
+                lp: *mut Line,
+                sp: *mut u32,
+            ) {
                 run::<Kernel<$W, $A, false>>(nb, w, ws, nr, x, xs, nc, out, os, lp, sp)
             }
 
             #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
             #[allow(clippy::too_many_arguments)]
-            unsafe fn vnni_tf(nb: usize, w: *const u8, ws: usize, nr: usize, x: *const u8, xs: usize, nc: usize, out: *mut f32, os: usize, lp: *mut Line, sp: *mut u32) {
+            unsafe fn vnni_tf(
+                nb: usize,
+                w: *const u8,
+                ws: usize,
+                nr: usize,
+                x: *const u8,
+                xs: usize,
+                nc: usize,
+                out: *mut f32,
+                os: usize,
+                lp: *mut Line,
+                sp: *mut u32,
+            ) {
                 run::<Kernel<$W, $A, true>>(nb, w, ws, nr, x, xs, nc, out, os, lp, sp)
             }
 
             /// The entry point, with (`V`) or without AVX-VNNI (then the nibble types only:
             /// see the module text).
             #[allow(clippy::too_many_arguments)]
-            pub fn panel<const V: bool>(n: usize, w: &[u8], w_stride: usize, nr: usize, x: &[u8], x_stride: usize, nc: usize, out: &mut [f32], out_stride: usize) {
+            pub fn panel<const V: bool>(
+                n: usize,
+                w: &[u8],
+                w_stride: usize,
+                nr: usize,
+                x: &[u8],
+                x_stride: usize,
+                nc: usize,
+                out: &mut [f32],
+                out_stride: usize,
+            ) {
                 assert!(V || $W::OFFSET < 128, "16-bit sums need codes below 32");
                 if nr == 0 || nc == 0 {
                     return;
                 }
-                let nb = check($name, n, w.len(), w_stride, nr, $W::BYTES, x.len(), x_stride, nc, $A::BYTES, out.len(), out_stride);
+                let nb = check(
+                    $name,
+                    n,
+                    w.len(),
+                    w_stride,
+                    nr,
+                    $W::BYTES,
+                    x.len(),
+                    x_stride,
+                    nc,
+                    $A::BYTES,
+                    out.len(),
+                    out_stride,
+                );
                 // SAFETY: installed only when AVX2/FMA/F16C were detected (and AVX-VNNI for
                 // `V`, see `panel_with`); every row, token and output touched was just checked
                 // to be inside the slices (outputs `c * out_stride + r`, r < nr <= out_stride,
                 // never overlap); the scratch was grown to what `run` uses.
-                with_scratch(&SCRATCH, nr.div_ceil(ROWS) * nb * block_lines::<$W>(), 2 * nc * nb, Line([0; 32]), |lp, sp| unsafe {
-                    let tf = if V { vnni_tf } else { plain_tf };
-                    tf(nb, w.as_ptr(), w_stride, nr, x.as_ptr(), x_stride, nc, out.as_mut_ptr(), out_stride, lp, sp)
-                })
+                with_scratch(
+                    &SCRATCH,
+                    nr.div_ceil(ROWS) * nb * block_lines::<$W>(),
+                    2 * nc * nb,
+                    Line([0; 32]),
+                    |lp, sp| unsafe {
+                        let tf = if V { vnni_tf } else { plain_tf };
+                        tf(nb, w.as_ptr(), w_stride, nr, x.as_ptr(), x_stride, nc, out.as_mut_ptr(), out_stride, lp, sp)
+                    },
+                )
             }
         }
     };
@@ -351,7 +434,8 @@ mod tests {
             return;
         }
         use WeightType::*;
-        let shapes: [(usize, usize, usize); 7] = [(1, 8, 1), (8, 8, 2), (7, 9, 3), (17, 13, 8), (9, 3, 37), (24, 16, 64), (3, 1, 4)];
+        let shapes: [(usize, usize, usize); 7] =
+            [(1, 8, 1), (8, 8, 2), (7, 9, 3), (17, 13, 8), (9, 3, 37), (24, 16, 64), (3, 1, 4)];
         for t in [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL] {
             for vnni in [false, true] {
                 let Some(f) = panel_with(t, vnni) else { continue };

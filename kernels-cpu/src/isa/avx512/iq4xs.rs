@@ -96,14 +96,16 @@ struct WHalf {
 /// The CPU has the kernels' features (inlined into their `#[target_feature]` entry points).
 #[inline(always)]
 unsafe fn weight_half(b: &BlockIQ4XS, h: usize) -> WHalf {
-    let table = _mm512_broadcast_i32x4(_mm_maskz_loadu_epi8(u16::MAX, crate::types::iq4_nl::UNSIGNED.as_ptr() as *const i8));
+    let table =
+        _mm512_broadcast_i32x4(_mm_maskz_loadu_epi8(u16::MAX, crate::types::iq4_nl::UNSIGNED.as_ptr() as *const i8));
     let m4 = _mm512_set1_epi8(0x0F);
     let q = load64(b.qs.as_ptr().add(64 * h));
     let lo = _mm512_shuffle_epi8(table, _mm512_and_si512(q, m4));
     let hi = _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi16::<4>(q), m4));
     let sl = _mm512_set1_epi32(u32::from_le_bytes(b.scales_l) as i32);
     let sh = _mm512_set1_epi32(u16::from_le_bytes(b.scales_h) as i32);
-    let ls_lo = _mm512_and_si512(_mm512_srlv_epi32(sl, load64(SHIFT_L[h].as_ptr() as *const u8)), _mm512_set1_epi32(0xF));
+    let ls_lo =
+        _mm512_and_si512(_mm512_srlv_epi32(sl, load64(SHIFT_L[h].as_ptr() as *const u8)), _mm512_set1_epi32(0xF));
     let ls_hi = _mm512_and_si512(_mm512_srlv_epi32(sh, load64(SHIFT_H[h].as_ptr() as *const u8)), _mm512_set1_epi32(3));
     let ls = _mm512_sub_epi32(_mm512_or_si512(ls_lo, _mm512_slli_epi32::<4>(ls_hi)), _mm512_set1_epi32(32));
     let s = _mm512_mul_ps(_mm512_cvtepi32_ps(ls), _mm512_set1_ps(f16_to_f32(b.d)));
@@ -167,7 +169,10 @@ fn vec_dot_tf(wb: &[BlockIQ4XS], xb: &[BlockQ8K]) -> f32 {
 
 fn vec_dot_iq4xs(n: usize, w: &[u8], x: &[u8]) -> f32 {
     let nb = n / QK_K;
-    let (wb, xb) = (first_blocks::<BlockIQ4XS>(w, nb, "IQ4_XS vec_dot weights"), first_blocks::<BlockQ8K>(x, nb, "IQ4_XS vec_dot activations"));
+    let (wb, xb) = (
+        first_blocks::<BlockIQ4XS>(w, nb, "IQ4_XS vec_dot weights"),
+        first_blocks::<BlockQ8K>(x, nb, "IQ4_XS vec_dot activations"),
+    );
     // SAFETY: installed only when `supported()` (all enabled features detected).
     unsafe { vec_dot_tf(wb, xb) }
 }
@@ -231,9 +236,19 @@ fn gemv_iq4xs(n: usize, w: &[u8], w_stride: usize, nr: usize, x: &[u8], out: &mu
 /// As `dot`; every row holds `nb` blocks at `w[r * ws..]`, every token at `x[c * xs..]`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile<const R: usize, const C: usize>(nb: usize, w: &[u8], ws: usize, x: &[u8], xs: usize, out: &mut [f32], os: usize) {
-    let rows: [&[BlockIQ4XS]; R] = core::array::from_fn(|r| first_blocks::<BlockIQ4XS>(&w[r * ws..], nb, "IQ4_XS gemm weights"));
-    let toks: [&[BlockQ8K]; C] = core::array::from_fn(|c| first_blocks::<BlockQ8K>(&x[c * xs..], nb, "IQ4_XS gemm activations"));
+unsafe fn tile<const R: usize, const C: usize>(
+    nb: usize,
+    w: &[u8],
+    ws: usize,
+    x: &[u8],
+    xs: usize,
+    out: &mut [f32],
+    os: usize,
+) {
+    let rows: [&[BlockIQ4XS]; R] =
+        core::array::from_fn(|r| first_blocks::<BlockIQ4XS>(&w[r * ws..], nb, "IQ4_XS gemm weights"));
+    let toks: [&[BlockQ8K]; C] =
+        core::array::from_fn(|c| first_blocks::<BlockQ8K>(&x[c * xs..], nb, "IQ4_XS gemm activations"));
     let mut acc = [[_mm512_setzero_ps(); C]; R];
     for b in 0..nb {
         for h in 0..2 {
@@ -285,7 +300,17 @@ fn gemm_tf(nb: usize, w: &[u8], ws: usize, nr: usize, x: &[u8], xs: usize, nc: u
 }
 
 #[allow(clippy::too_many_arguments)]
-fn gemm_iq4xs(n: usize, w: &[u8], w_stride: usize, nr: usize, x: &[u8], x_stride: usize, nc: usize, out: &mut [f32], out_stride: usize) {
+fn gemm_iq4xs(
+    n: usize,
+    w: &[u8],
+    w_stride: usize,
+    nr: usize,
+    x: &[u8],
+    x_stride: usize,
+    nc: usize,
+    out: &mut [f32],
+    out_stride: usize,
+) {
     assert!(
         (1..=TILE_ROWS).contains(&nr) && (1..=TILE_TOKENS).contains(&nc) && out.len() > (nc - 1) * out_stride + nr - 1,
         "IQ4_XS gemm: tile {nr}x{nc} does not fit its output"
@@ -317,7 +342,11 @@ mod tests {
             gemv_iq4xs(n, &w, ws, nr, &x, &mut out);
             for r in 0..nr {
                 let want = scalar(n, &w[r * ws..], &x);
-                assert!((out[r] - want).abs() <= 1e-5 * (n as f32).sqrt() * want.abs().max(1.0), "{nr}x{nb} row {r}: {} vs {want}", out[r]);
+                assert!(
+                    (out[r] - want).abs() <= 1e-5 * (n as f32).sqrt() * want.abs().max(1.0),
+                    "{nr}x{nb} row {r}: {} vs {want}",
+                    out[r]
+                );
             }
         }
     }
@@ -337,7 +366,17 @@ mod tests {
                 for nb in [1, 3] {
                     let n = nb * QK_K;
                     let tol = |want: f32| 1e-5 * (n as f32).sqrt() * want.abs().max(1.0);
-                    check_many_tokens("IQ4_XS tile", t, gemm_iq4xs, n, nr, nc, (136, 292), 7 * nr as u64 + nc as u64, tol);
+                    check_many_tokens(
+                        "IQ4_XS tile",
+                        t,
+                        gemm_iq4xs,
+                        n,
+                        nr,
+                        nc,
+                        (136, 292),
+                        7 * nr as u64 + nc as u64,
+                        tol,
+                    );
                 }
             }
         }

@@ -319,12 +319,18 @@ unsafe fn unpack_row<const T: u8>(blk: *const u8, st: *mut Line, r: usize) {
     // Q6_K ql 0, qh 128, scales 192, d 208); every write is one of this row's stage lines;
     // `WORD_INDEX` is a 64-byte aligned static of 64 bytes.
     unsafe {
-        let f16 = |off: usize| _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128((blk.add(off) as *const u16).read_unaligned() as i32)));
+        let f16 = |off: usize| {
+            _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128((blk.add(off) as *const u16).read_unaligned() as i32)))
+        };
         let (d, dmin);
         match T {
             Q4 | Q5 => {
                 let qs = if T == Q4 { 16 } else { 48 };
-                let qh = if T == Q5 { _mm512_broadcast_i64x4(_mm256_loadu_si256(blk.add(16) as *const _)) } else { _mm512_setzero_si512() };
+                let qh = if T == Q5 {
+                    _mm512_broadcast_i64x4(_mm256_loadu_si256(blk.add(16) as *const _))
+                } else {
+                    _mm512_setzero_si512()
+                };
                 for half in 0..2 {
                     let v = _mm512_loadu_si512(blk.add(qs + 64 * half) as *const _);
                     let lo = _mm512_and_si512(v, m4);
@@ -357,7 +363,9 @@ unsafe fn unpack_row<const T: u8>(blk: *const u8, st: *mut Line, r: usize) {
                 for half in 0..2 {
                     let l = _mm512_loadu_si512(blk.add(64 * half) as *const _);
                     let h = _mm512_broadcast_i64x4(_mm256_loadu_si256(blk.add(128 + 32 * half) as *const _));
-                    let top = |shift: __m512i| _mm512_and_si512(_mm512_slli_epi16::<4>(_mm512_srlv_epi16(h, shift)), _mm512_set1_epi8(0x30));
+                    let top = |shift: __m512i| {
+                        _mm512_and_si512(_mm512_slli_epi16::<4>(_mm512_srlv_epi16(h, shift)), _mm512_set1_epi8(0x30))
+                    };
                     let lo = _mm512_or_si512(_mm512_and_si512(l, m4), top(halves_epi16(0, 2)));
                     let hi = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16::<4>(l), m4), top(halves_epi16(4, 6)));
                     _mm512_store_si512(code(2 * half), lo);
@@ -372,7 +380,11 @@ unsafe fn unpack_row<const T: u8>(blk: *const u8, st: *mut Line, r: usize) {
             }
             Q2 | Q3 => {
                 let qs = if T == Q2 { 16 } else { 32 };
-                let hm = if T == Q3 { _mm512_broadcast_i64x4(_mm256_loadu_si256(blk as *const _)) } else { _mm512_setzero_si512() };
+                let hm = if T == Q3 {
+                    _mm512_broadcast_i64x4(_mm256_loadu_si256(blk as *const _))
+                } else {
+                    _mm512_setzero_si512()
+                };
                 for q in 0..4 {
                     // value 64q + l: bits 2s..2s+2 of qs[32 * (q / 2) + l % 32], s = 2 (q % 2) + l / 32
                     let v = _mm512_broadcast_i64x4(_mm256_loadu_si256(blk.add(qs + 32 * (q / 2)) as *const _));
@@ -388,12 +400,16 @@ unsafe fn unpack_row<const T: u8>(blk: *const u8, st: *mut Line, r: usize) {
                             _mm_set1_epi8(0x0F),
                         )));
                         // word w of code line q is in sub-block 4q + w / 8
-                        let idx = _mm512_add_epi16(_mm512_set1_epi16(4 * q as i16), _mm512_srli_epi16::<3>(_mm512_load_si512(WORD_INDEX.0.as_ptr() as *const _)));
+                        let idx = _mm512_add_epi16(
+                            _mm512_set1_epi16(4 * q as i16),
+                            _mm512_srli_epi16::<3>(_mm512_load_si512(WORD_INDEX.0.as_ptr() as *const _)),
+                        );
                         c = _mm512_mullo_epi16(c, _mm512_permutexvar_epi16(idx, sc16));
                     }
                     if T == Q3 {
                         // hmask bit (64q + l) / 32 set: level = low, else low - 4; code = level + 4
-                        let k = _mm512_test_epi8_mask(hm, halves_epi8((1u8 << (2 * q)) as i8, (1u8 << (2 * q + 1)) as i8));
+                        let k =
+                            _mm512_test_epi8_mask(hm, halves_epi8((1u8 << (2 * q)) as i8, (1u8 << (2 * q + 1)) as i8));
                         c = _mm512_or_si512(c, _mm512_maskz_mov_epi8(k, _mm512_set1_epi8(4)));
                     }
                     _mm512_store_si512(code(q), c);
@@ -454,7 +470,16 @@ unsafe fn multiply<const T: u8>(
             let mask: __mmask16 = if rows == ROWS { 0xFFFF } else { (1u16 << rows) - 1 };
             // SAFETY: group g's units and the 8 token rows exist (caller); output rows g*16..
             // g*16+rows of tokens c0..c0+valid are inside `out` (caller).
-            unsafe { micro::<T>(panel.add(g * nb * UNIT_LINES), nb, tokens, out.add(c0 * out_stride + g * ROWS), out_stride, mask) };
+            unsafe {
+                micro::<T>(
+                    panel.add(g * nb * UNIT_LINES),
+                    nb,
+                    tokens,
+                    out.add(c0 * out_stride + g * ROWS),
+                    out_stride,
+                    mask,
+                )
+            };
         }
     }
 }
@@ -465,7 +490,14 @@ unsafe fn multiply<const T: u8>(
 /// Safety: `units` points at `nb` units; each `tokens.x[t]` at a Q8_K row of `nb` blocks; the
 /// stored outputs are writable; the CPU has the enabled features.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn micro<const T: u8>(units: *const Line, nb: usize, tokens: Tokens, out: *mut f32, out_stride: usize, mask: __mmask16) {
+unsafe fn micro<const T: u8>(
+    units: *const Line,
+    nb: usize,
+    tokens: Tokens,
+    out: *mut f32,
+    out_stride: usize,
+    mask: __mmask16,
+) {
     let sub = sub_size(T);
     let groups_per_sub = sub / 4;
     let n_sub = QK_K / sub;
@@ -513,7 +545,8 @@ unsafe fn micro<const T: u8>(units: *const Line, nb: usize, tokens: Tokens, out:
                 let dmin = _mm512_load_ps(u.add(DMIN_LINE) as *const f32);
                 for t in 0..TOKENS {
                     let dx = _mm512_set1_ps((xb[t] as *const f32).read_unaligned());
-                    let v = _mm512_fnmadd_ps(dmin, _mm512_cvtepi32_ps(s2[t]), _mm512_mul_ps(dw, _mm512_cvtepi32_ps(s1[t])));
+                    let v =
+                        _mm512_fnmadd_ps(dmin, _mm512_cvtepi32_ps(s2[t]), _mm512_mul_ps(dw, _mm512_cvtepi32_ps(s1[t])));
                     acc[t] = _mm512_fmadd_ps(v, dx, acc[t]);
                 }
             } else {
@@ -587,7 +620,8 @@ mod tests {
         for t in [WeightType::Q2_K, WeightType::Q3_K, WeightType::Q4_K, WeightType::Q5_K, WeightType::Q6_K] {
             let f = panel(t).expect("a panel kernel for every K-quant");
             let scalar = TYPES.iter().find(|i| i.ty == t).expect("listed").vec_dot;
-            for (nr, nc, nb) in [(1, 16, 1), (16, 16, 2), (17, 23, 3), (40, 50, 1), (8, 17, 60), (33, 16, 5), (5, 9, 2)] {
+            for (nr, nc, nb) in [(1, 16, 1), (16, 16, 2), (17, 23, 3), (40, 50, 1), (8, 17, 60), (33, 16, 5), (5, 9, 2)]
+            {
                 let n = nb * QK_K;
                 let (wrb, xrb) = (t.row_bytes(n), WeightType::Q8_K.row_bytes(n));
                 // strides larger than a row: the kernel must use them, not the row size

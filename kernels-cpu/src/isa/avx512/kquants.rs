@@ -403,15 +403,7 @@ fn unpack_q3k_premul(b: &BlockQ3K) -> Unpacked {
         *l = _mm512_shuffle_epi8(t, level);
     }
     let z = _mm512_setzero_si512();
-    Unpacked {
-        lv,
-        sc: [z; 4],
-        c16: _mm256_setzero_si256(),
-        d: f16x2(b.d, [0; 2]).0,
-        f: 0.0,
-        premul: true,
-        off: 124,
-    }
+    Unpacked { lv, sc: [z; 4], c16: _mm256_setzero_si256(), d: f16x2(b.d, [0; 2]).0, f: 0.0, premul: true, off: 124 }
 }
 
 /// For chunk 0: 16-byte lane `j` gets words [lo[j], hi[j]] (index 16 + j picks from `hi`);
@@ -817,7 +809,12 @@ fn gemv_k4_tf<B: K4Block>(nb: usize, w: &[u8], w_stride: usize, nr: usize, prep:
                 (
                     _mm512_loadu_si512(q),
                     _mm512_loadu_si512(q.add(1)),
-                    [_mm512_load_si512(xp), _mm512_load_si512(xp.add(1)), _mm512_load_si512(xp.add(2)), _mm512_load_si512(xp.add(3))],
+                    [
+                        _mm512_load_si512(xp),
+                        _mm512_load_si512(xp.add(1)),
+                        _mm512_load_si512(xp.add(2)),
+                        _mm512_load_si512(xp.add(3)),
+                    ],
                 )
             };
             let mut lv = [
@@ -885,7 +882,12 @@ fn gemv_q2k_tf(nb: usize, w: &[u8], w_stride: usize, nr: usize, prep: &[Prep], o
                 (
                     _mm_loadu_si128(b.scales.as_ptr() as *const __m128i),
                     _mm512_loadu_si512(b.qs.as_ptr() as *const __m512i),
-                    [_mm512_load_si512(xp), _mm512_load_si512(xp.add(1)), _mm512_load_si512(xp.add(2)), _mm512_load_si512(xp.add(3))],
+                    [
+                        _mm512_load_si512(xp),
+                        _mm512_load_si512(xp.add(1)),
+                        _mm512_load_si512(xp.add(2)),
+                        _mm512_load_si512(xp.add(3)),
+                    ],
                     _mm256_load_si256(p.bs.as_ptr() as *const __m256i),
                 )
             };
@@ -946,7 +948,12 @@ fn gemv_q3k_tf(nb: usize, w: &[u8], w_stride: usize, nr: usize, prep: &[Prep], o
                 let xp = p.qs.as_ptr() as *const __m512i;
                 (
                     _mm512_loadu_si512(b.qs.as_ptr() as *const __m512i),
-                    [_mm512_load_si512(xp), _mm512_load_si512(xp.add(1)), _mm512_load_si512(xp.add(2)), _mm512_load_si512(xp.add(3))],
+                    [
+                        _mm512_load_si512(xp),
+                        _mm512_load_si512(xp.add(1)),
+                        _mm512_load_si512(xp.add(2)),
+                        _mm512_load_si512(xp.add(3)),
+                    ],
                     _mm256_load_si256(p.bs.as_ptr() as *const __m256i),
                 )
             };
@@ -958,7 +965,8 @@ fn gemv_q3k_tf(nb: usize, w: &[u8], w_stride: usize, nr: usize, prep: &[Prep], o
             for k in 0..4 {
                 let l = _mm512_and_si512(_mm512_srlv_epi16(q, _mm512_set1_epi16(2 * k as i16)), m2);
                 let l = _mm512_mask_add_epi8(l, _mm512_test_epi8_mask(hm, hbit[k]), l, four);
-                sk[k & 1] = _mm512_dpwssd_epi32(sk[k & 1], _mm512_maddubs_epi16(l, xv[k]), _mm512_shuffle_epi8(st, ctl[k]));
+                sk[k & 1] =
+                    _mm512_dpwssd_epi32(sk[k & 1], _mm512_maddubs_epi16(l, xv[k]), _mm512_shuffle_epi8(st, ctl[k]));
             }
             let mut s = _mm512_add_epi32(sk[0], sk[1]);
             // value = d * sc * (level - 4): -4 * Σ sc * bsums, folded into the integer sum
@@ -999,7 +1007,12 @@ fn gemv_q6k_tf(nb: usize, w: &[u8], w_stride: usize, nr: usize, xb: &[BlockQ8K],
                 let xp = a.qs.as_ptr() as *const __m512i;
                 (
                     _mm_loadu_si128(b.scales.as_ptr() as *const __m128i),
-                    [_mm512_loadu_si512(xp), _mm512_loadu_si512(xp.add(1)), _mm512_loadu_si512(xp.add(2)), _mm512_loadu_si512(xp.add(3))],
+                    [
+                        _mm512_loadu_si512(xp),
+                        _mm512_loadu_si512(xp.add(1)),
+                        _mm512_loadu_si512(xp.add(2)),
+                        _mm512_loadu_si512(xp.add(3)),
+                    ],
                     _mm256_loadu_si256(a.bsums.as_ptr() as *const __m256i),
                 )
             };
@@ -1010,10 +1023,7 @@ fn gemv_q6k_tf(nb: usize, w: &[u8], w_stride: usize, nr: usize, xb: &[BlockQ8K],
             for h in 0..2 {
                 // SAFETY: `ql[64h..64h+64]` and `qh[32h..32h+32]` are inside the arrays.
                 let (ql, qh) = unsafe {
-                    (
-                        _mm512_loadu_si512(b.ql.as_ptr().add(64 * h) as *const __m512i),
-                        broadcast32(&b.qh[32 * h..]),
-                    )
+                    (_mm512_loadu_si512(b.ql.as_ptr().add(64 * h) as *const __m512i), broadcast32(&b.qh[32 * h..]))
                 };
                 // high bits in place (bits 4..6): qh << 4 / << 2 for values 0..32 / 32..64 of
                 // the first vector, qh / qh >> 2 for the second
@@ -1025,7 +1035,11 @@ fn gemv_q6k_tf(nb: usize, w: &[u8], w_stride: usize, nr: usize, xb: &[BlockQ8K],
                 let l0 = _mm512_ternarylogic_epi32::<0xF8>(lo0, h0, m30);
                 let l1 = _mm512_ternarylogic_epi32::<0xF8>(lo1, h1, m30);
                 s = _mm512_dpwssd_epi32(s, _mm512_maddubs_epi16(l0, xv[2 * h]), _mm512_shuffle_epi8(st, ctl[2 * h]));
-                s = _mm512_dpwssd_epi32(s, _mm512_maddubs_epi16(l1, xv[2 * h + 1]), _mm512_shuffle_epi8(st, ctl[2 * h + 1]));
+                s = _mm512_dpwssd_epi32(
+                    s,
+                    _mm512_maddubs_epi16(l1, xv[2 * h + 1]),
+                    _mm512_shuffle_epi8(st, ctl[2 * h + 1]),
+                );
             }
             // value = d * sc * (level - 32): -32 * Σ sc * bsums, folded into the integer sum
             let g = _mm256_madd_epi16(_mm256_cvtepi8_epi16(sc), bs);

@@ -20,9 +20,9 @@
 #![allow(clippy::needless_range_loop)]
 
 use crate::isa::{GemmTileFn, GemvFn, QuantizeFn, VecDotFn};
-use std::mem::MaybeUninit;
 use crate::types::WeightType;
 use std::arch::x86_64::*;
+use std::mem::MaybeUninit;
 
 /// VNNI for the products, VBMI for the byte permutes that unpack blocks (Ice Lake, Zen 4 and
 /// later; elsewhere the avx2 kernels are used).
@@ -235,7 +235,8 @@ unsafe fn ld<T>(a: &'static T) -> __m512i {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
 unsafe fn half_lanes(h: __m512i, idx: &'static [u16; 32], only_first: bool) -> __m512 {
     let idx = ld(idx);
-    let words = if only_first { _mm512_maskz_permutexvar_epi16(0x0101, idx, h) } else { _mm512_permutexvar_epi16(idx, h) };
+    let words =
+        if only_first { _mm512_maskz_permutexvar_epi16(0x0101, idx, h) } else { _mm512_permutexvar_epi16(idx, h) };
     _mm512_cvtph_ps(_mm512_castsi512_si256(words))
 }
 
@@ -353,14 +354,20 @@ macro_rules! act {
             #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
             unsafe fn load(p: *const u8, two: bool) -> (__m512i, __m512, __m512) {
                 // Word 0 (d) and, for Q8_1, the word holding `s`.
-                const FIRST: u32 = match { let o: Option<usize> = $s; o } {
+                const FIRST: u32 = match {
+                    let o: Option<usize> = $s;
+                    o
+                } {
                     Some(s) => 1 | 1 << (s / 2),
                     None => 1,
                 };
                 let h = words(p, $bytes, FIRST, two);
                 let v = two32(p.add($qs), p.add($bytes + $qs), two);
                 const D: [u16; 32] = pick_words(0, $bytes / 2);
-                const S: Option<[u16; 32]> = match { let o: Option<usize> = $s; o } {
+                const S: Option<[u16; 32]> = match {
+                    let o: Option<usize> = $s;
+                    o
+                } {
                     Some(s) => Some(pick_words(s / 2, ($bytes + s) / 2)),
                     None => None,
                 };
@@ -412,7 +419,8 @@ unsafe fn tile<W: WeightBlocks, A: ActBlocks, const R: usize, const C: usize>(
         for c in 0..C {
             let (qx, dx, sx) = A::load(x.add(c * xs + b * A::BYTES), two);
             // -(offset * x) per lane: added back to every row's dpbusd below.
-            let base = if W::OFFSET != 0 { _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, offset, qx)) } else { zero };
+            let base =
+                if W::OFFSET != 0 { _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, offset, qx)) } else { zero };
             for r in 0..R {
                 let i = _mm512_dpbusd_epi32(base, qw[r], qx);
                 acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_mul_ps(dw[r], dx), acc[r][c]);
@@ -455,7 +463,14 @@ const GEMV_CHUNK_PAIRS: usize = 64;
 /// Rows `r < nr` hold `nb` blocks at `w + r * ws`, `x` holds `nb` blocks, `out[..nr]` is
 /// writable; the CPU has the features enabled by the caller.
 #[inline(always)]
-unsafe fn gemv_rows<W: WeightBlocks, A: ActBlocks>(nb: usize, w: *const u8, ws: usize, nr: usize, x: *const u8, out: *mut f32) {
+unsafe fn gemv_rows<W: WeightBlocks, A: ActBlocks>(
+    nb: usize,
+    w: *const u8,
+    ws: usize,
+    nr: usize,
+    x: *const u8,
+    out: *mut f32,
+) {
     if nb == 0 {
         for r in 0..nr {
             *out.add(r) = 0.0;
@@ -480,7 +495,8 @@ unsafe fn gemv_rows<W: WeightBlocks, A: ActBlocks>(nb: usize, w: *const u8, ws: 
 /// `nb` blocks readable at `w` and at `x`; the CPU has the caller's features.
 #[inline(always)]
 unsafe fn dot_inline<W: WeightBlocks, A: ActBlocks>(nb: usize, w: *const u8, x: *const u8) -> f32 {
-    let (mut a0, mut a1, mut a2, mut a3) = (_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps());
+    let (mut a0, mut a1, mut a2, mut a3) =
+        (_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps());
     let (mut m0, mut m1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
     let mut b = 0;
     // Whole pairs only in the unrolled loop (no per-step test for a missing second block).
@@ -511,14 +527,25 @@ unsafe fn dot_inline<W: WeightBlocks, A: ActBlocks>(nb: usize, w: *const u8, x: 
 /// # Safety
 /// As `dot_inline`, with `b < nb` and `two` only if `b + 1 < nb`.
 #[inline(always)]
-unsafe fn dot_step<W: WeightBlocks, A: ActBlocks>(w: *const u8, x: *const u8, b: usize, two: bool, acc: &mut __m512, mins: &mut __m512) {
+unsafe fn dot_step<W: WeightBlocks, A: ActBlocks>(
+    w: *const u8,
+    x: *const u8,
+    b: usize,
+    two: bool,
+    acc: &mut __m512,
+    mins: &mut __m512,
+) {
     let pw = w.add(b * W::BYTES);
     // Stream the weights into cache ahead of use (a hint: never faults).
     _mm_prefetch::<_MM_HINT_T0>(pw.wrapping_add(PREFETCH) as *const i8);
     let (qw, dw, mw) = W::load(pw, two);
     let (qx, dx, sx) = A::load(x.add(b * A::BYTES), two);
     let zero = _mm512_setzero_si512();
-    let base = if W::OFFSET != 0 { _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, _mm512_set1_epi8(W::OFFSET as i8), qx)) } else { zero };
+    let base = if W::OFFSET != 0 {
+        _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, _mm512_set1_epi8(W::OFFSET as i8), qx))
+    } else {
+        zero
+    };
     let i = _mm512_dpbusd_epi32(base, qw, qx);
     *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_mul_ps(dw, dx), *acc);
     if W::HAS_MIN {
@@ -532,7 +559,14 @@ unsafe fn dot_step<W: WeightBlocks, A: ActBlocks>(w: *const u8, x: *const u8, b:
 /// # Safety
 /// As `gemv_part`, with `2p < nb` and `two` only if `2p + 1 < nb`.
 #[inline(always)]
-unsafe fn part_step<W: WeightBlocks>(row: *const u8, p: usize, two: bool, a: &Prepared, acc: &mut __m512, mins: &mut __m512) {
+unsafe fn part_step<W: WeightBlocks>(
+    row: *const u8,
+    p: usize,
+    two: bool,
+    a: &Prepared,
+    acc: &mut __m512,
+    mins: &mut __m512,
+) {
     let pw = row.add(2 * p * W::BYTES);
     // A hint: never faults.
     _mm_prefetch::<_MM_HINT_T0>(pw.wrapping_add(PREFETCH) as *const i8);
@@ -549,7 +583,15 @@ unsafe fn part_step<W: WeightBlocks>(row: *const u8, p: usize, two: bool, a: &Pr
 /// # Safety
 /// As `gemv_rows`.
 #[inline(always)]
-unsafe fn gemv_part<W: WeightBlocks, A: ActBlocks>(nb: usize, w: *const u8, ws: usize, nr: usize, x: *const u8, out: *mut f32, add: bool) {
+unsafe fn gemv_part<W: WeightBlocks, A: ActBlocks>(
+    nb: usize,
+    w: *const u8,
+    ws: usize,
+    nr: usize,
+    x: *const u8,
+    out: *mut f32,
+    add: bool,
+) {
     let npairs = nb.div_ceil(2);
     debug_assert!(npairs <= GEMV_CHUNK_PAIRS);
     let mut prep = [const { MaybeUninit::<Prepared>::uninit() }; GEMV_CHUNK_PAIRS];
@@ -567,7 +609,8 @@ unsafe fn gemv_part<W: WeightBlocks, A: ActBlocks>(nb: usize, w: *const u8, ws: 
         let row = w.add(r * ws);
         // Four independent accumulators (pairs p, p+1, p+2, p+3), minimum terms in two more:
         // a single chain of multiply-adds would wait on each other's latency.
-        let (mut a0, mut a1, mut a2, mut a3) = (_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps());
+        let (mut a0, mut a1, mut a2, mut a3) =
+            (_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps());
         let (mut m0, mut m1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
         let mut p = 0;
         // Whole pairs only in the unrolled loop (no per-step test for a missing second block).
@@ -607,7 +650,16 @@ macro_rules! legacy_gemv {
     ($W:ty, $A:ty, $name:expr, quad) => {
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
         #[allow(clippy::too_many_arguments)]
-        unsafe fn gemv_tf(nb: usize, w: *const u8, ws: usize, nr: usize, x: *const u8, out: *mut f32, qx: *mut quad::QuadX, sx: *mut quad::QuadScales) {
+        unsafe fn gemv_tf(
+            nb: usize,
+            w: *const u8,
+            ws: usize,
+            nr: usize,
+            x: *const u8,
+            out: *mut f32,
+            qx: *mut quad::QuadX,
+            sx: *mut quad::QuadScales,
+        ) {
             quad::gemv::<$W, $A>(nb, w, ws, nr, x, out, qx, sx)
         }
 
@@ -615,17 +667,30 @@ macro_rules! legacy_gemv {
             let nb = gemv_check::<$W, $A>($name, n, w, w_stride, nr, x, out);
             // SAFETY: installed only when `supported()`; every row, the activations and the
             // outputs were checked to be inside the slices; the buffers hold `nb / 4` quads.
-            quad::with_buffers(nb / 4, |qx, sx| unsafe { gemv_tf(nb, w.as_ptr(), w_stride, nr, x.as_ptr(), out.as_mut_ptr(), qx, sx) })
+            quad::with_buffers(nb / 4, |qx, sx| unsafe {
+                gemv_tf(nb, w.as_ptr(), w_stride, nr, x.as_ptr(), out.as_mut_ptr(), qx, sx)
+            })
         }
     };
 }
 
 /// The bounds a `gemv` call must meet (`nr` rows of `n` values at stride `w_stride`, one
 /// token); returns the number of blocks.
-fn gemv_check<W: WeightBlocks, A: ActBlocks>(name: &str, n: usize, w: &[u8], w_stride: usize, nr: usize, x: &[u8], out: &[f32]) -> usize {
+fn gemv_check<W: WeightBlocks, A: ActBlocks>(
+    name: &str,
+    n: usize,
+    w: &[u8],
+    w_stride: usize,
+    nr: usize,
+    x: &[u8],
+    out: &[f32],
+) -> usize {
     let nb = n / 32;
     assert!(
-        n % 32 == 0 && out.len() >= nr && (nr == 0 || w.len() >= (nr - 1) * w_stride + nb * W::BYTES) && x.len() >= nb * A::BYTES,
+        n.is_multiple_of(32)
+            && out.len() >= nr
+            && (nr == 0 || w.len() >= (nr - 1) * w_stride + nb * W::BYTES)
+            && x.len() >= nb * A::BYTES,
         "{name} gemv: {nr} rows of {n} elements do not fit their buffers"
     );
     nb
@@ -744,8 +809,22 @@ mod quad {
         const M: usize;
         // The permute indices, computed at compile time from the above.
         const QUANTS: [u8; 64] = quant_index(Self::BYTES, Self::QS);
-        const FIFTH_LO: [u8; 64] = fifth_index(Self::BYTES, match Self::QH { Some(q) => q, None => 0 }, false);
-        const FIFTH_HI: [u8; 64] = fifth_index(Self::BYTES, match Self::QH { Some(q) => q, None => 0 }, true);
+        const FIFTH_LO: [u8; 64] = fifth_index(
+            Self::BYTES,
+            match Self::QH {
+                Some(q) => q,
+                None => 0,
+            },
+            false,
+        );
+        const FIFTH_HI: [u8; 64] = fifth_index(
+            Self::BYTES,
+            match Self::QH {
+                Some(q) => q,
+                None => 0,
+            },
+            true,
+        );
         const SCALES: [u16; 32] = half_index(Self::BYTES, 0);
         const MINS: [u16; 32] = half_index(Self::BYTES, Self::M);
     }
@@ -963,7 +1042,11 @@ mod quad {
         _mm512_store_si512(qx.q[1].as_mut_ptr() as *mut __m512i, q2);
         // d (and Q8_1's s) of the four blocks: all within the first 128 bytes
         let halves = A::HALVES;
-        let ds = _mm256_cvtph_ps(_mm512_castsi512_si128(_mm512_permutex2var_epi16(a0, load64(halves.as_ptr() as *const u8), a1)));
+        let ds = _mm256_cvtph_ps(_mm512_castsi512_si128(_mm512_permutex2var_epi16(
+            a0,
+            load64(halves.as_ptr() as *const u8),
+            a1,
+        )));
         let d = _mm256_castps256_ps128(ds);
         let s = if W::OFFSET != 0 {
             // each block's sum of quants, times -offset (exact)
@@ -981,7 +1064,13 @@ mod quad {
 
     /// One row: the whole quads, then the tail pairs.
     #[inline(always)]
-    unsafe fn row<W: Layout, A: ActLayout>(nb: usize, w: *const u8, x: *const u8, qx: &[QuadX], sx: &[QuadScales]) -> f32 {
+    unsafe fn row<W: Layout, A: ActLayout>(
+        nb: usize,
+        w: *const u8,
+        x: *const u8,
+        qx: &[QuadX],
+        sx: &[QuadScales],
+    ) -> f32 {
         let (quants, scales, mins_idx) = (W::QUANTS, W::SCALES, W::MINS);
         let (fifth_lo, fifth_hi) = (W::FIFTH_LO, W::FIFTH_HI);
         let qidx = load64(quants.as_ptr());
@@ -1014,8 +1103,13 @@ mod quad {
             }
             let xp = a.q.as_ptr() as *const __m512i;
             let sv = _mm_load_ps(s.s.as_ptr());
-            let base = if W::OFFSET != 0 { _mm512_zextsi128_si512(_mm_castps_si128(sv)) } else { _mm512_setzero_si512() };
-            let i = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(base, v1, _mm512_load_si512(xp)), v2, _mm512_load_si512(xp.add(1)));
+            let base =
+                if W::OFFSET != 0 { _mm512_zextsi128_si512(_mm_castps_si128(sv)) } else { _mm512_setzero_si512() };
+            let i = _mm512_dpbusd_epi32(
+                _mm512_dpbusd_epi32(base, v1, _mm512_load_si512(xp)),
+                v2,
+                _mm512_load_si512(xp.add(1)),
+            );
             let dw = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutex2var_epi16(h1, didx, h2)));
             let dx = _mm512_broadcast_f32x4(_mm_load_ps(s.d.as_ptr()));
             acc[q & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_mul_ps(dw, dx), acc[q & 1]);
@@ -1149,7 +1243,11 @@ mod float {
         unsafe fn madd(acc: __m512, w: __m512, x: __m512) -> __m512 {
             // SAFETY (of the transmutes): __m512 and __m512bh are both 64-byte vectors of plain
             // bits; the lanes hold bf16 pairs as loaded.
-            _mm512_dpbf16_ps(acc, std::mem::transmute::<__m512, __m512bh>(w), std::mem::transmute::<__m512, __m512bh>(x))
+            _mm512_dpbf16_ps(
+                acc,
+                std::mem::transmute::<__m512, __m512bh>(w),
+                std::mem::transmute::<__m512, __m512bh>(x),
+            )
         }
     }
 
@@ -1159,7 +1257,15 @@ mod float {
     /// Rows `r < R` hold `n` values at `w + r * ws`, tokens `c < C` at `x + c * xs`,
     /// `out + c * os + r` is writable; the CPU has the features enabled by the caller.
     #[inline(always)]
-    unsafe fn tile<T: Floats, const R: usize, const C: usize>(n: usize, w: *const u8, ws: usize, x: *const u8, xs: usize, out: *mut f32, os: usize) {
+    unsafe fn tile<T: Floats, const R: usize, const C: usize>(
+        n: usize,
+        w: *const u8,
+        ws: usize,
+        x: *const u8,
+        xs: usize,
+        out: *mut f32,
+        os: usize,
+    ) {
         let mut acc = [[_mm512_setzero_ps(); C]; R];
         let mut k = 0;
         while k < n {
@@ -1231,7 +1337,13 @@ mod float {
                 }
 
                 pub fn vec_dot(n: usize, w: &[u8], x: &[u8]) -> f32 {
-                    assert!(w.len() >= n * $bytes && x.len() >= n * $bytes, concat!($name, " vec_dot: {} values, {} and {} bytes"), n, w.len(), x.len());
+                    assert!(
+                        w.len() >= n * $bytes && x.len() >= n * $bytes,
+                        concat!($name, " vec_dot: {} values, {} and {} bytes"),
+                        n,
+                        w.len(),
+                        x.len()
+                    );
                     // SAFETY: installed only on CPUs with these features (`for_isa` lowers the ISA
                     // to the CPU's; the bf16 pair kernel is picked only after detecting
                     // avx512bf16); both buffers hold `n` values.
@@ -1240,7 +1352,17 @@ mod float {
 
                 #[target_feature(enable = $features)]
                 #[allow(clippy::too_many_arguments)]
-                unsafe fn gemm_tf(n: usize, w: *const u8, ws: usize, nr: usize, x: *const u8, xs: usize, nc: usize, out: *mut f32, os: usize) {
+                unsafe fn gemm_tf(
+                    n: usize,
+                    w: *const u8,
+                    ws: usize,
+                    nr: usize,
+                    x: *const u8,
+                    xs: usize,
+                    nc: usize,
+                    out: *mut f32,
+                    os: usize,
+                ) {
                     macro_rules! by_c {
                         ($r:literal) => {
                             match nc {
@@ -1262,7 +1384,17 @@ mod float {
                 }
 
                 #[allow(clippy::too_many_arguments)]
-                pub fn gemm(n: usize, w: &[u8], w_stride: usize, nr: usize, x: &[u8], x_stride: usize, nc: usize, out: &mut [f32], out_stride: usize) {
+                pub fn gemm(
+                    n: usize,
+                    w: &[u8],
+                    w_stride: usize,
+                    nr: usize,
+                    x: &[u8],
+                    x_stride: usize,
+                    nc: usize,
+                    out: &mut [f32],
+                    out_stride: usize,
+                ) {
                     assert!(
                         (1..=ROWS).contains(&nr)
                             && (1..=TOKENS).contains(&nc)
@@ -1276,7 +1408,9 @@ mod float {
                     );
                     // SAFETY: as `vec_dot`; every row, token and output the tile touches was just
                     // checked to be inside the slices.
-                    unsafe { gemm_tf(n, w.as_ptr(), w_stride, nr, x.as_ptr(), x_stride, nc, out.as_mut_ptr(), out_stride) }
+                    unsafe {
+                        gemm_tf(n, w.as_ptr(), w_stride, nr, x.as_ptr(), x_stride, nc, out.as_mut_ptr(), out_stride)
+                    }
                 }
             }
         };

@@ -27,7 +27,9 @@
 // Micro-kernels index register arrays by token on purpose.
 #![allow(clippy::needless_range_loop)]
 
-use crate::isa::lpanels::{block_lines, run, with_scratch, Acts, Scratch, Steps, Weights, A8_0, A8_1, IQ4NL, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
+use crate::isa::lpanels::{
+    block_lines, run, with_scratch, Acts, Scratch, Steps, Weights, A8_0, A8_1, IQ4NL, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
+};
 use crate::isa::PanelFn;
 use crate::types::WeightType;
 use std::arch::x86_64::*;
@@ -160,7 +162,10 @@ unsafe fn pack_panel<W: Weights>(nb: usize, w: *const u8, ws: usize, nr: usize, 
     // The scales (and the minimums, in the same 32 bits) of the 16 rows by one gather, when
     // the row offsets fit its 32-bit indices (any real matrix); else one row at a time.
     let gather = gather && can_gather(ws);
-    let offsets = _mm512_mullo_epi32(_mm512_set1_epi32(if gather { ws as i32 } else { 0 }), lanes(&[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]));
+    let offsets = _mm512_mullo_epi32(
+        _mm512_set1_epi32(if gather { ws as i32 } else { 0 }),
+        lanes(&[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]),
+    );
     for b in 0..nb {
         let mut regs = [_mm512_setzero_si512(); 8];
         for i in 0..8 {
@@ -248,7 +253,10 @@ unsafe fn lanes(a: &[u32; 16]) -> __m512i {
 /// kernel's features.
 #[inline(always)]
 unsafe fn prepare_token<W: Weights, A: Acts>(nb: usize, x: *const u8, sd: *mut f32, sc: *mut u32) {
-    let step = _mm512_mullo_epi32(_mm512_set1_epi32(A::BYTES as i32), lanes(&[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]));
+    let step = _mm512_mullo_epi32(
+        _mm512_set1_epi32(A::BYTES as i32),
+        lanes(&[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]),
+    );
     let flip = _mm512_set1_epi8(-128);
     let mut b = 0;
     while b < nb {
@@ -270,16 +278,24 @@ unsafe fn prepare_token<W: Weights, A: Acts>(nb: usize, x: *const u8, sd: *mut f
                 let mut half = [_mm256_setzero_si256(); 2];
                 for h in 0..2 {
                     let k = 4 * j + 2 * h;
-                    let q0 = _mm256_maskz_loadu_epi8(if k < n { u32::MAX } else { 0 }, p.add(k * A::BYTES + A::QS) as *const i8);
-                    let q1 = _mm256_maskz_loadu_epi8(if k + 1 < n { u32::MAX } else { 0 }, p.add((k + 1) * A::BYTES + A::QS) as *const i8);
+                    let q0 = _mm256_maskz_loadu_epi8(
+                        if k < n { u32::MAX } else { 0 },
+                        p.add(k * A::BYTES + A::QS) as *const i8,
+                    );
+                    let q1 = _mm256_maskz_loadu_epi8(
+                        if k + 1 < n { u32::MAX } else { 0 },
+                        p.add((k + 1) * A::BYTES + A::QS) as *const i8,
+                    );
                     let q = _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1), flip);
                     half[h] = _mm512_cvtepi64_epi32(_mm512_sad_epu8(q, _mm512_setzero_si512()));
                 }
                 z[j] = _mm512_inserti64x4(_mm512_castsi256_si512(half[0]), half[1], 1);
             }
             let (e, o) = (lanes(&PAIRS[0]), lanes(&PAIRS[1]));
-            let u0 = _mm512_add_epi32(_mm512_permutex2var_epi32(z[0], e, z[1]), _mm512_permutex2var_epi32(z[0], o, z[1]));
-            let u1 = _mm512_add_epi32(_mm512_permutex2var_epi32(z[2], e, z[3]), _mm512_permutex2var_epi32(z[2], o, z[3]));
+            let u0 =
+                _mm512_add_epi32(_mm512_permutex2var_epi32(z[0], e, z[1]), _mm512_permutex2var_epi32(z[0], o, z[1]));
+            let u1 =
+                _mm512_add_epi32(_mm512_permutex2var_epi32(z[2], e, z[3]), _mm512_permutex2var_epi32(z[2], o, z[3]));
             let (e, o) = (lanes(&PAIRS[2]), lanes(&PAIRS[3]));
             let sum = _mm512_add_epi32(_mm512_permutex2var_epi32(u0, e, u1), _mm512_permutex2var_epi32(u0, o, u1));
             // Missing blocks summed zeros (not 128s): masked off by the store.
@@ -365,7 +381,18 @@ impl<W: Weights, A: Acts> Steps for Kernel<W, A> {
         prepare_token::<W, A>(nb, x, sd, sc)
     }
     #[inline(always)]
-    unsafe fn micro(tc: usize, nb: usize, pl: *const Line, xc: *const u8, xs: usize, sd: *const f32, sc: *const u32, o: *mut f32, os: usize, n: usize) {
+    unsafe fn micro(
+        tc: usize,
+        nb: usize,
+        pl: *const Line,
+        xc: *const u8,
+        xs: usize,
+        sd: *const f32,
+        sc: *const u32,
+        o: *mut f32,
+        os: usize,
+        n: usize,
+    ) {
         macro_rules! by_tokens {
             ($($t:literal)*) => {
                 match tc {
@@ -385,12 +412,34 @@ macro_rules! panel_kernel {
 
             #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
             #[allow(clippy::too_many_arguments)]
-            unsafe fn panel_tf(nb: usize, w: *const u8, ws: usize, nr: usize, x: *const u8, xs: usize, nc: usize, out: *mut f32, os: usize, lp: *mut Line, sp: *mut u32) {
+            unsafe fn panel_tf(
+                nb: usize,
+                w: *const u8,
+                ws: usize,
+                nr: usize,
+                x: *const u8,
+                xs: usize,
+                nc: usize,
+                out: *mut f32,
+                os: usize,
+                lp: *mut Line,
+                sp: *mut u32,
+            ) {
                 run::<Kernel<$W, $A>>(nb, w, ws, nr, x, xs, nc, out, os, lp, sp)
             }
 
             #[allow(clippy::too_many_arguments)]
-            pub fn panel(n: usize, w: &[u8], w_stride: usize, nr: usize, x: &[u8], x_stride: usize, nc: usize, out: &mut [f32], out_stride: usize) {
+            pub fn panel(
+                n: usize,
+                w: &[u8],
+                w_stride: usize,
+                nr: usize,
+                x: &[u8],
+                x_stride: usize,
+                nc: usize,
+                out: &mut [f32],
+                out_stride: usize,
+            ) {
                 if nr == 0 || nc == 0 {
                     return;
                 }
@@ -411,9 +460,27 @@ macro_rules! panel_kernel {
                 // and output the kernel touches was just checked to be inside the slices
                 // (outputs `c * out_stride + r` for r < nr <= out_stride never overlap); the
                 // scratch was grown to what `run` uses.
-                with_scratch(&SCRATCH, nr.div_ceil(ROWS) * nb * block_lines::<$W>(), 2 * nc * nb, Line([0; 64]), |lp, sp| unsafe {
-                    panel_tf(nb, w.as_ptr(), w_stride, nr, x.as_ptr(), x_stride, nc, out.as_mut_ptr(), out_stride, lp, sp)
-                })
+                with_scratch(
+                    &SCRATCH,
+                    nr.div_ceil(ROWS) * nb * block_lines::<$W>(),
+                    2 * nc * nb,
+                    Line([0; 64]),
+                    |lp, sp| unsafe {
+                        panel_tf(
+                            nb,
+                            w.as_ptr(),
+                            w_stride,
+                            nr,
+                            x.as_ptr(),
+                            x_stride,
+                            nc,
+                            out.as_mut_ptr(),
+                            out_stride,
+                            lp,
+                            sp,
+                        )
+                    },
+                )
             }
         }
     };
@@ -483,7 +550,11 @@ mod tests {
                 let mut x = vec![0x3cu8; xs * nc];
                 for c in 0..nc {
                     let scale = if c % 7 == 3 { 50.0 } else { 1.0 };
-                    quantize_row(at, &values(n, 5000 + c as u64 + 100 * si as u64, scale), &mut x[c * xs..c * xs + xrb]);
+                    quantize_row(
+                        at,
+                        &values(n, 5000 + c as u64 + 100 * si as u64, scale),
+                        &mut x[c * xs..c * xs + xrb],
+                    );
                 }
                 // An output stride above nr, the gaps poisoned: the kernel must not write them.
                 let os = nr + 3;
@@ -498,10 +569,16 @@ mod tests {
                         // it by the sum of the block terms' magnitudes.
                         let mag = scalar_magnitude(t, n, &w[r * ws..r * ws + wrb], &x[c * xs..c * xs + xrb]);
                         let tol = 1e-5 * (nb as f32).sqrt() * mag + f32::MIN_POSITIVE;
-                        assert!((got - want).abs() <= tol, "{t:?} {nr}x{nc}x{nb} row {r} token {c}: panel {got} vs scalar {want} (tol {tol})");
+                        assert!(
+                            (got - want).abs() <= tol,
+                            "{t:?} {nr}x{nc}x{nb} row {r} token {c}: panel {got} vs scalar {want} (tol {tol})"
+                        );
                     }
                     for r in nr..os {
-                        assert!(out[c * os + r].is_nan(), "{t:?} {nr}x{nc}x{nb}: wrote outside the rows at token {c} row {r}");
+                        assert!(
+                            out[c * os + r].is_nan(),
+                            "{t:?} {nr}x{nc}x{nb}: wrote outside the rows at token {c} row {r}"
+                        );
                     }
                 }
             }
@@ -546,7 +623,10 @@ mod tests {
             assert!(a == b, "{t:?}: gathered and row-by-row scales pack differently");
             // Scale lines: rows 0..nr nonzero, padding rows zero.
             let d = &a[8];
-            assert!(d[..4 * nr].chunks(4).all(|c| c != [0; 4]) && d[4 * nr..].iter().all(|&v| v == 0), "{t:?}: scale line {d:?}");
+            assert!(
+                d[..4 * nr].chunks(4).all(|c| c != [0; 4]) && d[4 * nr..].iter().all(|&v| v == 0),
+                "{t:?}: scale line {d:?}"
+            );
         }
         check::<Q4_0>(WeightType::Q4_0);
         check::<Q4_1>(WeightType::Q4_1);

@@ -126,7 +126,11 @@ impl Format {
             Format::Hermes => {
                 let more = if parallel { "(\"\\n<tool_call>\\n\" call \"\\n</tool_call>\")*" } else { "" };
                 let tagged = format!("tagged: {} \"\\n\" call \"\\n</tool_call>\" {more}\n", trig("<tool_call>"));
-                let start = if forced { "start: tagged\n" } else { "start: tagged | call | fenced\nfenced: \"```\" \"json\"? WS? call WS? \"```\"\nWS: /[ \\t\\n]+/\n" };
+                let start = if forced {
+                    "start: tagged\n"
+                } else {
+                    "start: tagged | call | fenced\nfenced: \"```\" \"json\"? WS? call WS? \"```\"\nWS: /[ \\t\\n]+/\n"
+                };
                 (format!("{start}{tagged}call: {json}\n"), vec!["<tool_call>".to_string(), bare])
             }
             Format::Mistral => {
@@ -140,7 +144,10 @@ impl Format {
                 let start = if forced {
                     "start: call\n".to_string()
                 } else {
-                    format!("start: {}? call | fenced\nfenced: \"```\" \"json\"? WS? call WS? \"```\"\nWS: /[ \\t\\n]+/\n", lit("<|python_tag|>"))
+                    format!(
+                        "start: {}? call | fenced\nfenced: \"```\" \"json\"? WS? call WS? \"```\"\nWS: /[ \\t\\n]+/\n",
+                        lit("<|python_tag|>")
+                    )
                 };
                 (format!("{start}call: {json}\n"), vec![bare, "<|python_tag|>".to_string()])
             }
@@ -178,7 +185,10 @@ impl Format {
         let reader = Reader { keys, done, names };
         let as_text = || Parsed { content: held(text, self.trigger(), done), calls: Vec::new() };
         if self == Format::Generic {
-            return reader.generic(text).unwrap_or_else(|| Parsed { content: if done { text.to_string() } else { String::new() }, calls: vec![] });
+            return reader.generic(text).unwrap_or_else(|| Parsed {
+                content: if done { text.to_string() } else { String::new() },
+                calls: vec![],
+            });
         }
         // A reply that is a call object from its start (Llama's plain form; Hermes without tags),
         // maybe in a code fence.
@@ -195,7 +205,9 @@ impl Format {
         if bare_calls && bare.starts_with('{') {
             let mut calls = Vec::new();
             return match reader.list(bare, &mut calls, Sep::Llama) {
-                Ok(()) if !calls.is_empty() || (!done && !calls_ruled_out(bare)) => Parsed { content: String::new(), calls },
+                Ok(()) if !calls.is_empty() || (!done && !calls_ruled_out(bare)) => {
+                    Parsed { content: String::new(), calls }
+                }
                 _ => as_text(),
             };
         }
@@ -267,7 +279,7 @@ impl Reader<'_> {
         let Some(name) = c.name else {
             return if c.len.is_some() { Err(NotJson) } else { Ok((None, None)) };
         };
-        if !self.names.iter().any(|n| *n == name) {
+        if !self.names.contains(&name) {
             return Err(NotJson);
         }
         let done = c.len.is_some();

@@ -32,7 +32,11 @@ fn round_trip(format: Format) -> Vec<ChatMessage> {
     vec![
         ChatMessage::new("user", "Weather in Paris?"),
         ChatMessage { tool_calls: Some(check_calls(&calls, 1).unwrap()), ..ChatMessage::new("assistant", "") },
-        ChatMessage { tool_call_id: Some(id.into()), name: Some("get_weather".into()), ..ChatMessage::new("tool", "18 C, sunny") },
+        ChatMessage {
+            tool_call_id: Some(id.into()),
+            name: Some("get_weather".into()),
+            ..ChatMessage::new("tool", "18 C, sunny")
+        },
     ]
 }
 
@@ -62,11 +66,17 @@ fn check_streaming(p: &ToolPlan, reply: &str, step: usize) -> (String, Vec<(Stri
             let i = tc["index"].as_u64().unwrap() as usize;
             if i == calls.len() {
                 assert_eq!(tc["type"], "function");
-                assert!(tc["id"].as_str().is_some_and(|id| !id.is_empty()), "the first delta of a call has its id: {tc}");
+                assert!(
+                    tc["id"].as_str().is_some_and(|id| !id.is_empty()),
+                    "the first delta of a call has its id: {tc}"
+                );
                 assert_eq!(tc["function"]["arguments"], "", "the first delta has empty arguments");
                 calls.push((tc["function"]["name"].as_str().unwrap().to_string(), String::new()));
             } else {
-                assert!(tc.get("id").is_none() && tc["function"].get("name").is_none(), "later deltas carry arguments only: {tc}");
+                assert!(
+                    tc.get("id").is_none() && tc["function"].get("name").is_none(),
+                    "later deltas carry arguments only: {tc}"
+                );
                 calls[i].1.push_str(tc["function"]["arguments"].as_str().unwrap());
             }
         }
@@ -110,32 +120,47 @@ fn hermes_prompt_grammar_and_parsing() {
     let p = tool_plan(Format::Hermes, "auto");
     let prompt = t.render_with_tools(&p.messages(round_trip(Format::Hermes)), true, Some(&p.tools)).unwrap();
     assert!(prompt.contains("<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"get_weather\""), "{prompt}");
-    assert!(prompt.contains("<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>"), "{prompt}");
+    assert!(
+        prompt.contains("<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>"),
+        "{prompt}"
+    );
     assert!(prompt.contains("<tool_response>\n18 C, sunny\n</tool_response>"), "{prompt}");
 
     let call = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>";
-    let two = format!("{call}\n<tool_call>\n{{\"name\": \"get_time\", \"arguments\": {{\"zone\": \"CET\"}}}}\n</tool_call>");
+    let two =
+        format!("{call}\n<tool_call>\n{{\"name\": \"get_time\", \"arguments\": {{\"zone\": \"CET\"}}}}\n</tool_call>");
     // auto: free text, and from `<tool_call>` on, calls that match the schemas.
     let g = p.grammar.as_ref().unwrap();
-    for ok in ["Just text, no call.", call, &two, &format!("Let me check.\n{call}"), "{\"name\": \"get_time\", \"arguments\": {\"zone\": \"UTC\"}}"] {
+    for ok in [
+        "Just text, no call.",
+        call,
+        &two,
+        &format!("Let me check.\n{call}"),
+        "{\"name\": \"get_time\", \"arguments\": {\"zone\": \"UTC\"}}",
+    ] {
         assert!(g.accepts(ok), "{ok}");
     }
-    for bad in ["<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"town\": \"Paris\"}}", "<tool_call>\n{\"name\": \"nope\"", "<tool_call> {"] {
+    for bad in [
+        "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"town\": \"Paris\"}}",
+        "<tool_call>\n{\"name\": \"nope\"",
+        "<tool_call> {",
+    ] {
         assert!(!g.accepts(bad), "{bad}");
     }
     // required: calls from the first byte; parallel false: one.
     let req = tool_plan(Format::Hermes, "required");
     assert!(req.grammar.as_ref().unwrap().accepts(&two));
     assert!(!req.grammar.as_ref().unwrap().accepts("Sure"));
-    let one = plan(Some(&weather_tools()), Some(&json!("required")), Some(false), Format::Hermes, None).unwrap().unwrap();
+    let one =
+        plan(Some(&weather_tools()), Some(&json!("required")), Some(false), Format::Hermes, None).unwrap().unwrap();
     assert!(one.grammar.as_ref().unwrap().accepts(call) && !one.grammar.as_ref().unwrap().accepts(&two));
 
     let r = Format::Hermes.parse(&format!("Let me check.\n{two}"), true, &names());
     assert_eq!(r.content, "Let me check.");
-    assert_eq!(r.calls.iter().map(|c| (c.name.as_str(), c.args.as_str(), c.done)).collect::<Vec<_>>(), [
-        ("get_weather", "{\"city\": \"Paris\"}", true),
-        ("get_time", "{\"zone\": \"CET\"}", true)
-    ]);
+    assert_eq!(
+        r.calls.iter().map(|c| (c.name.as_str(), c.args.as_str(), c.done)).collect::<Vec<_>>(),
+        [("get_weather", "{\"city\": \"Paris\"}", true), ("get_time", "{\"zone\": \"CET\"}", true)]
+    );
     let (content, calls) = stream_all_ways(&p, &format!("Let me check.\n{two}"));
     assert_eq!((content.trim_end(), calls.len()), ("Let me check.", 2));
     stream_all_ways(&p, "No call: a < b and <tool is not a tag.");
@@ -159,17 +184,32 @@ fn mistral_prompt_grammar_and_parsing() {
     let t = ChatTemplate::from_source("mistral-v3", MISTRAL_V3, "<s>", "</s>").unwrap();
     let p = tool_plan(Format::Mistral, "auto");
     let prompt = t.render_with_tools(&p.messages(round_trip(Format::Mistral)), true, Some(&p.tools)).unwrap();
-    assert!(prompt.starts_with("<s>[AVAILABLE_TOOLS] [{\"type\": \"function\", \"function\": {\"name\": \"get_weather\""), "{prompt}");
+    assert!(
+        prompt.starts_with("<s>[AVAILABLE_TOOLS] [{\"type\": \"function\", \"function\": {\"name\": \"get_weather\""),
+        "{prompt}"
+    );
     assert!(prompt.contains("[TOOL_CALLS] [{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}, \"id\": \"abcDEF123\"}]</s>"), "{prompt}");
-    assert!(prompt.contains("[TOOL_RESULTS] {\"content\": \"18 C, sunny\", \"call_id\": \"abcDEF123\"}[/TOOL_RESULTS]"), "{prompt}");
+    assert!(
+        prompt.contains("[TOOL_RESULTS] {\"content\": \"18 C, sunny\", \"call_id\": \"abcDEF123\"}[/TOOL_RESULTS]"),
+        "{prompt}"
+    );
 
     let two = "[TOOL_CALLS] [{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}, {\"name\": \"get_time\", \"arguments\": {\"zone\": \"CET\"}}]";
     let g = p.grammar.as_ref().unwrap();
-    assert!(g.accepts("Plain answer.") && g.accepts(two) && g.accepts("[TOOL_CALLS][{\"name\": \"get_time\", \"arguments\": {\"zone\": \"UTC\"}}]"));
+    assert!(
+        g.accepts("Plain answer.")
+            && g.accepts(two)
+            && g.accepts("[TOOL_CALLS][{\"name\": \"get_time\", \"arguments\": {\"zone\": \"UTC\"}}]")
+    );
     assert!(!g.accepts("[TOOL_CALLS] [{\"name\": \"get_weather\", \"arguments\": {}}]"), "city is required");
     // Forced, with the trigger a control token: the grammar asks for the token itself.
-    let forced = Format::Mistral.grammar(&Format::Mistral.call_schema("get_time", &json!({"type": "object"})), true, true, Some(5)).unwrap();
-    assert!(!forced.accepts("[TOOL_CALLS][{\"name\": \"get_time\", \"arguments\": {}}]"), "the text is not the control token");
+    let forced = Format::Mistral
+        .grammar(&Format::Mistral.call_schema("get_time", &json!({"type": "object"})), true, true, Some(5))
+        .unwrap();
+    assert!(
+        !forced.accepts("[TOOL_CALLS][{\"name\": \"get_time\", \"arguments\": {}}]"),
+        "the text is not the control token"
+    );
 
     let r = Format::Mistral.parse(two, true, &names());
     assert_eq!(r.calls.len(), 2);
@@ -188,7 +228,10 @@ fn forced_calls_start_with_the_control_token() {
     let tok = crate::tokenizer::Tokenizer::from_gguf(&g).unwrap();
     let f = crate::grammar::Factory::new(&tok).unwrap();
     let id = tok.encode("<|im_start|>", false, true).unwrap()[0];
-    let call = Format::Mistral.call_schema("get_time", &json!({"type": "object", "properties": {"zone": {"type": "string"}}, "required": ["zone"]}));
+    let call = Format::Mistral.call_schema(
+        "get_time",
+        &json!({"type": "object", "properties": {"zone": {"type": "string"}}, "required": ["zone"]}),
+    );
     let grammar = Format::Mistral.grammar(&call, false, true, Some(id)).unwrap();
     let mut m = f.matcher(&grammar).unwrap();
     let first = m.allowed().unwrap();
@@ -208,17 +251,27 @@ fn llama3_prompt_grammar_and_parsing() {
     let t = ChatTemplate::from_source("llama31", LLAMA31, "<|begin_of_text|>", "<|eot_id|>").unwrap();
     let p = tool_plan(Format::Llama3, "auto");
     let prompt = t.render_with_tools(&p.messages(round_trip(Format::Llama3)), true, Some(&p.tools)).unwrap();
-    assert!(prompt.contains("{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Paris\"}}<|eot_id|>"), "{prompt}");
+    assert!(
+        prompt.contains("{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Paris\"}}<|eot_id|>"),
+        "{prompt}"
+    );
     assert!(prompt.contains("<|start_header_id|>ipython<|end_header_id|>\n\n\"18 C, sunny\"<|eot_id|>"), "{prompt}");
     assert!(prompt.ends_with("<|start_header_id|>assistant<|end_header_id|>\n\n"), "{prompt}");
 
     let call = "{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Paris\"}}";
     let g = p.grammar.as_ref().unwrap();
     assert!(g.accepts(call) && g.accepts(&format!("<|python_tag|>{call}")) && g.accepts("It is sunny."));
-    assert!(!g.accepts("{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}"), "Llama names them parameters");
+    assert!(
+        !g.accepts("{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}"),
+        "Llama names them parameters"
+    );
     let r = Format::Llama3.parse(&format!("<|python_tag|>{call}"), true, &names());
     assert_eq!((r.content.as_str(), r.calls.len(), r.calls[0].args.as_str()), ("", 1, "{\"city\": \"Paris\"}"));
-    let r = Format::Llama3.parse(&format!("{call}; {{\"name\": \"get_time\", \"parameters\": {{\"zone\": \"CET\"}}}}"), true, &names());
+    let r = Format::Llama3.parse(
+        &format!("{call}; {{\"name\": \"get_time\", \"parameters\": {{\"zone\": \"CET\"}}}}"),
+        true,
+        &names(),
+    );
     assert_eq!(r.calls.len(), 2, "calls separated by ';'");
     stream_all_ways(&p, call);
     stream_all_ways(&p, "The weather is {unknown}.");
@@ -231,7 +284,11 @@ fn generic_prompt_grammar_and_parsing() {
     // The built-in Mistral template refuses a system turn and wants the roles to alternate.
     let msgs = crate::server::model::fold_system(&p.messages(round_trip(Format::Generic))).unwrap();
     let prompt = t.render_with_tools(&msgs, true, None).unwrap();
-    assert!(prompt.contains("You can call these tools") && prompt.contains("{\"tool_calls\":[{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Paris\"}}]}"), "{prompt}");
+    assert!(
+        prompt.contains("You can call these tools")
+            && prompt.contains("{\"tool_calls\":[{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Paris\"}}]}"),
+        "{prompt}"
+    );
     assert!(prompt.contains("\"tool_response\""), "{prompt}");
 
     let calls = "{\"tool_calls\": [{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}, {\"name\": \"get_time\", \"arguments\": {\"zone\": \"CET\"}}]}";
@@ -256,7 +313,8 @@ fn generic_prompt_grammar_and_parsing() {
 #[test]
 fn partial_replies_only_grow() {
     // Every prefix of a reply reads to content and calls that the next prefix extends.
-    let reply = "Sure.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Pa\\\"ris\"}}\n</tool_call>";
+    let reply =
+        "Sure.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Pa\\\"ris\"}}\n</tool_call>";
     let mut last = Parsed::default();
     for end in (0..=reply.len()).filter(|&e| reply.is_char_boundary(e)) {
         let p = Format::Hermes.parse(&reply[..end], false, &names());

@@ -13,9 +13,9 @@ mod format;
 mod scan;
 pub mod stream;
 
-pub use format::{Call, Format, Parsed};
 #[cfg(test)]
 pub(crate) use format::tests::qwen_template;
+pub use format::{Call, Format, Parsed};
 
 use super::error::ApiError;
 use super::model::Model;
@@ -42,7 +42,13 @@ pub struct ToolPlan {
 /// `format`; `None` when there are no tools. `trigger_token`: see `Format::grammar`. With `none`
 /// the tools still reach the template (earlier calls and results refer to them) but the reply
 /// is text.
-pub fn plan(tools: Option<&Value>, choice: Option<&Value>, parallel: Option<bool>, format: Format, trigger_token: Option<u32>) -> Result<Option<ToolPlan>, ApiError> {
+pub fn plan(
+    tools: Option<&Value>,
+    choice: Option<&Value>,
+    parallel: Option<bool>,
+    format: Format,
+    trigger_token: Option<u32>,
+) -> Result<Option<ToolPlan>, ApiError> {
     let list = match tools {
         None | Some(Value::Null) => return Ok(None),
         Some(Value::Array(a)) if a.is_empty() => return Ok(None),
@@ -53,27 +59,38 @@ pub fn plan(tools: Option<&Value>, choice: Option<&Value>, parallel: Option<bool
     let mut params = Vec::with_capacity(list.len());
     for (i, t) in list.iter().enumerate() {
         if t.get("type").and_then(Value::as_str) != Some("function") {
-            return Err(ApiError::invalid_field(&format!("tools[{i}].type"), format!("tools[{i}]: only tools of type 'function' are supported")));
+            return Err(ApiError::invalid_field(
+                &format!("tools[{i}].type"),
+                format!("tools[{i}]: only tools of type 'function' are supported"),
+            ));
         }
         let f = t.get("function").filter(|f| f.is_object()).ok_or_else(|| {
             ApiError::invalid_field(&format!("tools[{i}].function"), format!("tools[{i}] needs a 'function' object"))
         })?;
         let name = f.get("name").and_then(Value::as_str).unwrap_or("");
-        if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        if name.is_empty()
+            || name.len() > 64
+            || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
             return Err(ApiError::invalid_field(
                 &format!("tools[{i}].function.name"),
                 format!("tools[{i}]: a function name is 1 to 64 of a-z, A-Z, 0-9, '_' and '-', got {name:?}"),
             ));
         }
         if names.iter().any(|n| n == name) {
-            return Err(ApiError::invalid_field(&format!("tools[{i}].function.name"), format!("tools[{i}]: '{name}' is defined twice")));
+            return Err(ApiError::invalid_field(
+                &format!("tools[{i}].function.name"),
+                format!("tools[{i}]: '{name}' is defined twice"),
+            ));
         }
         let p = match f.get("parameters") {
             None | Some(Value::Null) => json!({"type": "object"}),
             Some(p) => p.clone(),
         };
         // Checked alone so that the error points at this tool.
-        Grammar::json_schema(&p).map_err(|e| ApiError::invalid_field(&format!("tools[{i}].function.parameters"), format!("tools[{i}]: {e:#}")))?;
+        Grammar::json_schema(&p).map_err(|e| {
+            ApiError::invalid_field(&format!("tools[{i}].function.parameters"), format!("tools[{i}]: {e:#}"))
+        })?;
         names.push(name.to_string());
         params.push(p);
     }
@@ -88,7 +105,10 @@ pub fn plan(tools: Option<&Value>, choice: Option<&Value>, parallel: Option<bool
             }
             "required" => ((0..names.len()).collect(), true),
             other => {
-                return Err(ApiError::invalid_field("tool_choice", format!("tool_choice '{other}' is not one of none, auto, required")))
+                return Err(ApiError::invalid_field(
+                    "tool_choice",
+                    format!("tool_choice '{other}' is not one of none, auto, required"),
+                ))
             }
         },
         Some(c) => {
@@ -96,7 +116,10 @@ pub fn plan(tools: Option<&Value>, choice: Option<&Value>, parallel: Option<bool
                 ApiError::invalid_field("tool_choice", "tool_choice must be none, auto, required or {\"type\": \"function\", \"function\": {\"name\": ...}}")
             })?;
             let i = names.iter().position(|n| n == name).ok_or_else(|| {
-                ApiError::invalid_field("tool_choice.function.name", format!("tool_choice names '{name}', which is not among the tools"))
+                ApiError::invalid_field(
+                    "tool_choice.function.name",
+                    format!("tool_choice names '{name}', which is not among the tools"),
+                )
             })?;
             (vec![i], true)
         }
@@ -107,14 +130,21 @@ pub fn plan(tools: Option<&Value>, choice: Option<&Value>, parallel: Option<bool
     } else {
         let schemas: Vec<Value> = which.iter().map(|&i| format.call_schema(&names[i], &params[i])).collect();
         let call = if schemas.len() == 1 { schemas[0].clone() } else { json!({"anyOf": schemas}) };
-        let g = format.grammar(&call, !single, forced, trigger_token).map_err(|e| ApiError::invalid_field("tools", format!("{e:#}")))?;
+        let g = format
+            .grammar(&call, !single, forced, trigger_token)
+            .map_err(|e| ApiError::invalid_field("tools", format!("{e:#}")))?;
         Some(g)
     };
     Ok(Some(ToolPlan { tools: Value::Array(list.clone()), names, grammar, calls, single, format }))
 }
 
 /// `plan` for `model`: its call format read from its chat template.
-pub fn plan_for(model: &dyn Model, tools: Option<&Value>, choice: Option<&Value>, parallel: Option<bool>) -> Result<Option<ToolPlan>, ApiError> {
+pub fn plan_for(
+    model: &dyn Model,
+    tools: Option<&Value>,
+    choice: Option<&Value>,
+    parallel: Option<bool>,
+) -> Result<Option<ToolPlan>, ApiError> {
     let format = Format::of_template(&model.template_source());
     plan(tools, choice, parallel, format, trigger_token(model, format))
 }
@@ -185,12 +215,16 @@ pub fn messages_without_tools(format: Format, messages: Vec<ChatMessage>) -> Vec
 /// `function.arguments` an object (a JSON string is parsed).
 pub fn check_calls(calls: &Value, at: usize) -> Result<Value, ApiError> {
     let field = format!("messages[{at}].tool_calls");
-    let list = calls.as_array().ok_or_else(|| ApiError::invalid_field(&field, format!("'{field}' must be an array")))?;
+    let list =
+        calls.as_array().ok_or_else(|| ApiError::invalid_field(&field, format!("'{field}' must be an array")))?;
     let mut out = Vec::with_capacity(list.len());
     for (j, c) in list.iter().enumerate() {
         let f = c.get("function");
         let Some(name) = f.and_then(|f| f.get("name")).and_then(Value::as_str) else {
-            return Err(ApiError::invalid_field(&format!("{field}[{j}].function.name"), format!("{field}[{j}] needs function.name")));
+            return Err(ApiError::invalid_field(
+                &format!("{field}[{j}].function.name"),
+                format!("{field}[{j}] needs function.name"),
+            ));
         };
         let args = match f.and_then(|f| f.get("arguments")) {
             Some(Value::String(s)) => serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.clone())),
@@ -235,7 +269,9 @@ fn generic_messages(messages: Vec<ChatMessage>, tools: Option<&Value>) -> Vec<Ch
     let mut results_open = false;
     for m in messages {
         if m.role == "tool" {
-            let result = json!({"tool_response": {"tool_call_id": m.tool_call_id, "name": m.name, "content": m.content}}).to_string();
+            let result =
+                json!({"tool_response": {"tool_call_id": m.tool_call_id, "name": m.name, "content": m.content}})
+                    .to_string();
             match out.last_mut() {
                 Some(last) if results_open => last.content = format!("{}\n{result}", last.content),
                 _ => out.push(ChatMessage::new("user", &result)),
@@ -246,14 +282,18 @@ fn generic_messages(messages: Vec<ChatMessage>, tools: Option<&Value>) -> Vec<Ch
         results_open = false;
         match m.tool_calls {
             Some(Value::Array(calls)) if m.role == "assistant" => {
-                let calls: Vec<Value> = calls.iter().map(|c| json!({"name": c["function"]["name"], "arguments": c["function"]["arguments"]})).collect();
+                let calls: Vec<Value> = calls
+                    .iter()
+                    .map(|c| json!({"name": c["function"]["name"], "arguments": c["function"]["arguments"]}))
+                    .collect();
                 out.push(ChatMessage::new("assistant", &json!({"tool_calls": calls}).to_string()));
             }
             _ => out.push(ChatMessage { tool_calls: None, ..m }),
         }
     }
     if let Some(tools) = tools {
-        let list: Vec<String> = tools.as_array().into_iter().flatten().map(|t| t.get("function").unwrap_or(t).to_string()).collect();
+        let list: Vec<String> =
+            tools.as_array().into_iter().flatten().map(|t| t.get("function").unwrap_or(t).to_string()).collect();
         let text = format!(
             "You can call these tools (JSON Schema for each):\n{}\n\nAnswer in JSON: either {{\"tool_calls\": [{{\"name\": <tool name>, \"arguments\": <arguments object>}}]}} to call tools, or {{\"response\": <your answer as a string>}} to answer the user.",
             list.join("\n")
@@ -320,10 +360,15 @@ mod tests {
         assert!(p.parse("no call here").is_none());
         let (bare_text, bare) = p.parse(" {\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}").unwrap();
         assert_eq!((bare_text.as_str(), bare.len()), ("", 1));
-        assert!(p.parse("{\"name\": \"get_weather\", \"city\": \"Oslo\"}").is_some_and(|(_, c)| c[0]["function"]["arguments"] == "{}"));
+        assert!(p
+            .parse("{\"name\": \"get_weather\", \"city\": \"Oslo\"}")
+            .is_some_and(|(_, c)| c[0]["function"]["arguments"] == "{}"));
         assert!(p.parse("{\"city\": \"Oslo\"}").is_none(), "not a call's shape");
         assert!(p.parse("<tool_call>\n{\"name\": \"other\", \"arguments\": {}}\n</tool_call>").is_none());
-        assert!(p.parse("<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"ci").is_none(), "cut short: no complete call");
+        assert!(
+            p.parse("<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"ci").is_none(),
+            "cut short: no complete call"
+        );
     }
 
     #[test]
@@ -363,7 +408,11 @@ mod tests {
         assert!(m[0].content.contains("\"get_weather\"") && m[0].content.contains("\"response\""), "{}", m[0].content);
         assert_eq!(m[2].content, r#"{"tool_calls":[{"name":"get_weather","arguments":{"city":"Paris"}}]}"#);
         assert!(m[2].tool_calls.is_none());
-        assert!(m[3].content.contains("18 C") && m[3].content.contains("sunny") && m[3].content.contains("call_1"), "{}", m[3].content);
+        assert!(
+            m[3].content.contains("18 C") && m[3].content.contains("sunny") && m[3].content.contains("call_1"),
+            "{}",
+            m[3].content
+        );
         let none = plan(Some(&weather()), Some(&json!("none")), None, Format::Generic, None).unwrap().unwrap();
         assert_eq!(none.messages(vec![ChatMessage::new("user", "hi")]).len(), 1, "no tools described with none");
     }

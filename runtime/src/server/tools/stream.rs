@@ -37,7 +37,8 @@ impl ToolStream {
         let p = plan.read(&self.text, done);
         let mut out = Vec::new();
         // Content stops once a call has begun (text the format puts after calls is not sent).
-        if self.calls.is_empty() && p.content.len() > self.content_sent && p.content.is_char_boundary(self.content_sent) {
+        if self.calls.is_empty() && p.content.len() > self.content_sent && p.content.is_char_boundary(self.content_sent)
+        {
             out.push(json!({"content": &p.content[self.content_sent..]}));
             self.content_sent = p.content.len();
         }
