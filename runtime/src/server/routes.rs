@@ -324,14 +324,8 @@ async fn chat_completions(State(st): St, ApiJson(req): ApiJson<ChatRequest>) -> 
         Some(v) => openai_max_tokens(Some(v), "max_completion_tokens")?,
         None => openai_max_tokens(req.max_tokens, "max_tokens")?,
     };
-    let messages = convert_messages(req.messages)?;
-    let messages = match &tools {
-        Some(t) => t.messages(messages),
-        None => super::tools::messages_without_tools(format, messages),
-    };
+    let (messages, tool_list) = super::tools::for_template(format, tools.as_ref(), convert_messages(req.messages)?);
     let model = st.model.clone();
-    // Templates without tool support get the tools in the system turn instead (`tools`).
-    let tool_list = tools.as_ref().filter(|t| t.format.native()).map(|t| t.tools.clone());
     let prompt = blocking(move || super::model::chat_prompt_with_tools(&*model, &messages, tool_list.as_ref()))
         .await?
         .map_err(|e| {

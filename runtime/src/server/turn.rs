@@ -45,13 +45,8 @@ pub async fn start(st: &Arc<AppState>, t: TurnRequest) -> Result<Turn, ApiError>
         return Err(ApiError::invalid_field(t.param, format!("'{}' holds no message", t.param)));
     }
     let format = super::tools::Format::of_template(&st.model.template_source());
-    let messages = match &t.tools {
-        Some(p) => p.messages(t.messages),
-        None => super::tools::messages_without_tools(format, t.messages),
-    };
+    let (messages, tool_list) = super::tools::for_template(format, t.tools.as_ref(), t.messages);
     let model = st.model.clone();
-    // Templates without tool support get the tools in the system turn instead (`tools`).
-    let tool_list = t.tools.as_ref().filter(|p| p.format.native()).map(|p| p.tools.clone());
     let param = t.param;
     let prompt =
         blocking(move || super::model::chat_prompt_with_tools(&*model, &messages, tool_list.as_ref())).await?.map_err(

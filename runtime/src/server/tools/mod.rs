@@ -201,6 +201,20 @@ impl ToolPlan {
     }
 }
 
+/// The messages and the tool list to render with `format`'s template: with a plan, its messages
+/// (`ToolPlan::messages`) and its tools when the template takes them itself (a template without
+/// tool support gets them in the system turn instead); without, `messages_without_tools`.
+pub fn for_template(
+    format: Format,
+    plan: Option<&ToolPlan>,
+    messages: Vec<ChatMessage>,
+) -> (Vec<ChatMessage>, Option<Value>) {
+    match plan {
+        Some(p) => (p.messages(messages), p.format.native().then(|| p.tools.clone())),
+        None => (messages_without_tools(format, messages), None),
+    }
+}
+
 /// A request's messages for a template in `format` when the request offers no tools (earlier
 /// calls and results in the conversation are still written in the template's way).
 pub fn messages_without_tools(format: Format, messages: Vec<ChatMessage>) -> Vec<ChatMessage> {
