@@ -13,10 +13,10 @@
 pub mod child;
 pub mod seeds;
 
-use llamafile::bundle;
-use llamafile::engine::{Engine, GenerateRequest, LoadOptions, SamplingParams};
-use llamafile::gguf::GgufFile;
-use llamafile::tokenizer::chat::{ChatMessage, ChatTemplate};
+use llamafile_engine::tokenizer::chat::{ChatMessage, ChatTemplate};
+use llamafile_engine::{Engine, GenerateRequest, LoadOptions, SamplingParams};
+use llamafile_format::bundle;
+use llamafile_format::gguf::GgufFile;
 use std::io::Write;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -63,7 +63,7 @@ fn temp_file(data: &[u8]) -> tempfile::NamedTempFile {
 /// tokenizer and template, generate a few tokens.
 fn gguf(data: &[u8]) -> Outcome {
     let g = GgufFile::from_bytes("fuzz.gguf", data.to_vec()).map_err(msg)?;
-    let report = llamafile::cli::info::describe(&g);
+    let report = llamafile_format::describe::describe(&g);
     drop(g);
     let f = temp_file(data);
     let opts = LoadOptions {
@@ -77,7 +77,7 @@ fn gguf(data: &[u8]) -> Outcome {
     let mut session = engine.try_new_session().map_err(msg)?;
     let messages = [ChatMessage::new("user", "ab c")];
     let rendered = engine.chat_template().render(&messages, true).map_err(msg)?;
-    let prompt = llamafile::tokenizer::chat::encode_prompt(engine.tokenizer(), &rendered).map_err(msg)?;
+    let prompt = llamafile_engine::tokenizer::chat::encode_prompt(engine.tokenizer(), &rendered).map_err(msg)?;
     if prompt.is_empty() || prompt.len() >= engine.n_ctx() {
         return Ok(report);
     }
@@ -99,8 +99,8 @@ fn zip_tail(data: &[u8]) -> Outcome {
     if let Some(text) = bundle::read_args_entry(f.path()).map_err(msg)? {
         bundle::parse_args_file(&text).map_err(msg)?;
     }
-    let g = bundle::open_model(Some(f.path())).map_err(msg)?;
-    Ok(llamafile::cli::info::describe(&g))
+    let g = llamafile_format::gguf::GgufFile::open_model(Some(f.path())).map_err(msg)?;
+    Ok(llamafile_format::describe::describe(&g))
 }
 
 /// `.args` text merged with the user's arguments and parsed as the command line (as `cli::run`

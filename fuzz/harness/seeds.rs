@@ -3,9 +3,9 @@
 //! built-in chat templates and the real models' templates from the shared vocabularies, and
 //! sample requests for each route.
 
-use llamafile::gguf::writer::{build, TensorSpec};
-use llamafile::gguf::{GgufFile, MetaValue};
-use llamafile::tokenizer::chat;
+use llamafile_engine::tokenizer::chat;
+use llamafile_format::gguf::writer::{build, TensorSpec};
+use llamafile_format::gguf::{GgufFile, MetaValue};
 
 /// The tiny model's shape: one block, embedding 32 (one Q8_0 block per row), four query heads
 /// of 8 over two KV heads, FFN 64, a 12-token SPM vocabulary.

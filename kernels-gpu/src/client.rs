@@ -47,6 +47,11 @@ unsafe impl Send for Library {}
 // SAFETY: as above.
 unsafe impl Sync for Library {}
 
+/// Whether `name` is a file name a backend library can have on this system (`.so`, `.dll`, ...).
+pub fn is_library_name(name: &str) -> bool {
+    name.ends_with(std::env::consts::DLL_SUFFIX)
+}
+
 impl Library {
     /// dlopen `path`, find [`abi::ENTRY_SYMBOL`], check the table's version and size.
     pub fn open(path: &Path) -> Result<Arc<Library>> {

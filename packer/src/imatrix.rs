@@ -6,8 +6,8 @@
 //! reference's quantizer reads them. The legacy `.dat` format is not read.
 
 use anyhow::bail;
-use llamafile::escape::{escape, escape_path};
-use llamafile::gguf::GgufFile;
+use llamafile_format::escape::{escape, escape_path};
+use llamafile_format::gguf::GgufFile;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;

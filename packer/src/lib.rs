@@ -17,8 +17,8 @@ pub mod zip_writer;
 pub use tmp_output::remove_partial_output_on_signal;
 
 use anyhow::{bail, Context};
-use llamafile::escape::{escape, escape_path};
-use llamafile::input::{open_regular, read_regular, refuse_special};
+use llamafile_format::escape::{escape, escape_path};
+use llamafile_format::input::{open_regular, read_regular, refuse_special};
 use std::io::Write;
 #[cfg(test)]
 use std::os::unix::fs::FileTypeExt;
@@ -118,12 +118,12 @@ pub fn pack_with(o: &PackOptions, quant: Option<&quantize::QuantizeOptions>) -> 
     let runtime = validate::check_runtime(&o.runtime, &runtime_bytes)?;
     let gguf = validate::check_gguf(&o.gguf)?;
     if let Some(text) = &o.args {
-        llamafile::bundle::parse_args_file(text).context("bad --args")?;
+        llamafile_format::bundle::parse_args_file(text).context("bad --args")?;
     }
     for e in &o.extra {
         open_regular(&e.path, "a packed file")?;
-        if e.name == llamafile::bundle::ARGS_ENTRY
-            || llamafile::signature::is_signature_entry(&e.name)
+        if e.name == llamafile_format::bundle::ARGS_ENTRY
+            || llamafile_format::signature::is_signature_entry(&e.name)
             || e.name.to_ascii_lowercase().ends_with(".gguf")
         {
             bail!("extra entry name '{}' is reserved", escape(&e.name));
@@ -180,7 +180,7 @@ pub fn pack_with(o: &PackOptions, quant: Option<&quantize::QuantizeOptions>) -> 
         None => copy_gguf(&mut w, &gguf, &entry_name, o.progress)?,
     };
     if let Some(text) = &o.args {
-        w.add_stored(llamafile::bundle::ARGS_ENTRY, Source::Bytes(text.as_bytes()), 1, &mut |_, _| {})?;
+        w.add_stored(llamafile_format::bundle::ARGS_ENTRY, Source::Bytes(text.as_bytes()), 1, &mut |_, _| {})?;
     }
     for x in &o.extra {
         w.add_stored_entry(&x.name, &x.path, x.align)?;
@@ -246,7 +246,7 @@ pub(crate) fn finish_output(w: ZipWriter, tmp: tmp_output::TmpOutput, out: &Path
 /// Store the GGUF as it is: two passes, the CRC-32 (reads), then the copy (by the kernel).
 fn copy_gguf(
     w: &mut ZipWriter,
-    gguf: &llamafile::gguf::GgufFile,
+    gguf: &llamafile_format::gguf::GgufFile,
     entry_name: &str,
     show_progress: bool,
 ) -> anyhow::Result<zip_writer::EntryInfo> {
@@ -301,7 +301,7 @@ pub fn list(path: &Path) -> anyhow::Result<String> {
         .metadata()
         .with_context(|| format!("{}: cannot stat", escape_path(path)))?
         .len();
-    let Some(entries) = llamafile::bundle::zip_entries(path)? else {
+    let Some(entries) = llamafile_format::bundle::zip_entries(path)? else {
         bail!("{}: not a llamafile or zip (no zip end record at the end of the file)", escape_path(path));
     };
     let mut s = String::new();
@@ -326,18 +326,16 @@ pub fn list(path: &Path) -> anyhow::Result<String> {
             escape(&e.name)
         );
     }
-    if let Some(args) = llamafile::bundle::read_args_entry(path)? {
+    if let Some(args) = llamafile_format::bundle::read_args_entry(path)? {
         let _ = writeln!(s, "\n.args:");
         for line in args.lines() {
             let _ = writeln!(s, "  {}", escape(line));
         }
     }
     if entries.iter().any(|e| e.name.to_ascii_lowercase().ends_with(".gguf")) {
-        let g = llamafile::gguf::GgufFile::open(path)?;
+        let g = llamafile_format::gguf::GgufFile::open(path)?;
         let _ = writeln!(s, "\nGGUF entry {}:", escape(g.entry().unwrap_or("?")));
-        for line in
-            llamafile::cli::info::describe(&g).lines().filter(|l| !l.starts_with("kernels:") && !l.starts_with("file:"))
-        {
+        for line in llamafile_format::describe::describe(&g).lines().filter(|l| !l.starts_with("file:")) {
             let _ = writeln!(s, "  {line}");
         }
     }
@@ -347,8 +345,8 @@ pub fn list(path: &Path) -> anyhow::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use llamafile::gguf::writer::{build, TensorSpec};
-    use llamafile::gguf::MetaValue;
+    use llamafile_format::gguf::writer::{build, TensorSpec};
+    use llamafile_format::gguf::MetaValue;
 
     fn tiny_gguf(dir: &Path) -> PathBuf {
         let data: Vec<u8> = (0..64u32 * 4).flat_map(|i| (i as f32).to_le_bytes()).collect();
@@ -389,10 +387,10 @@ mod tests {
         let r = pack(&o).unwrap();
         assert_eq!(r.gguf_offset % GGUF_ALIGN, 0);
         assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o755);
-        let g = llamafile::gguf::GgufFile::open(&out).unwrap();
+        let g = llamafile_format::gguf::GgufFile::open(&out).unwrap();
         assert_eq!(g.file_offset(), r.gguf_offset);
         assert_eq!(g.bytes(), &std::fs::read(&gguf).unwrap()[..]);
-        assert_eq!(llamafile::bundle::read_args_entry(&out).unwrap().as_deref(), Some("-n 4 ...\n"));
+        assert_eq!(llamafile_format::bundle::read_args_entry(&out).unwrap().as_deref(), Some("-n 4 ...\n"));
         let listing = list(&out).unwrap();
         assert!(
             listing.contains(&format!("{:>14} {:>14}   Stored", r.gguf_offset, r.gguf_size))
@@ -407,7 +405,7 @@ mod tests {
         // Repacking from the llamafile itself (its GGUF entry) into a new file works too.
         let again = dir.path().join("again.llamafile");
         pack(&PackOptions { gguf: out.clone(), out: again.clone(), args: None, ..o.clone() }).unwrap();
-        assert_eq!(llamafile::gguf::GgufFile::open(&again).unwrap().bytes(), g.bytes());
+        assert_eq!(llamafile_format::gguf::GgufFile::open(&again).unwrap().bytes(), g.bytes());
         // Output = an input: refused even with --force.
         let e = pack(&PackOptions { out: gguf.clone(), force: true, ..o.clone() }).unwrap_err().to_string();
         assert!(e.contains("is the GGUF input"), "{e}");

@@ -6,7 +6,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use llamafile::escape::escape_path;
+use llamafile_format::escape::escape_path;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
@@ -136,9 +136,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let args = match (&cli.args, &cli.args_file) {
         (Some(a), _) => Some(a.clone()),
         (None, Some(f)) => Some(
-            llamafile::input::read_text_capped(
+            llamafile_format::input::read_text_capped(
                 f,
-                llamafile::bundle::MAX_ARGS_BYTES,
+                llamafile_format::bundle::MAX_ARGS_BYTES,
                 "an .args file holds at most 1 MiB",
             )
             .context("--args-file")?,
@@ -149,8 +149,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let mut extra = Vec::new();
     for path in &cli.gpu_backend {
         // A FIFO or device would block or fill memory in the loader: refused first.
-        llamafile::input::open_regular(path, "a GPU backend")?;
-        let (name, _backend) = llamafile::backend::gpu::check_backend_file(path)?;
+        llamafile_format::input::open_regular(path, "a GPU backend")?;
+        let name = check_backend_file(path)?;
         if extra.iter().any(|e: &packer::ExtraEntry| e.name == name) {
             anyhow::bail!("--gpu-backend {}: a backend named {name} is already given", escape_path(path));
         }
@@ -196,4 +196,27 @@ fn main() {
         eprintln!("pack: error: {}", format!("{e:#}").replace('\n', " "));
         std::process::exit(1);
     }
+}
+
+/// For `--gpu-backend FILE`: checks that FILE is a backend the runtime can load (the symbol, ABI
+/// version and table size: no device is needed) and returns the zip entry name to store it
+/// under (`gpu/<file name>`).
+fn check_backend_file(path: &std::path::Path) -> anyhow::Result<String> {
+    let file_name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| anyhow::anyhow!("--gpu-backend {}: not a file name", escape_path(path)))?;
+    if !kernels_gpu::client::is_library_name(file_name) {
+        anyhow::bail!(
+            "--gpu-backend {}: a backend library must end in {}",
+            escape_path(path),
+            std::env::consts::DLL_SUFFIX
+        );
+    }
+    if !path.is_file() {
+        anyhow::bail!("--gpu-backend {}: no such file", escape_path(path));
+    }
+    kernels_gpu::client::Library::open(path)
+        .map_err(|e| anyhow::anyhow!("--gpu-backend {}: {e}", escape_path(path)))?;
+    Ok(format!("{}{file_name}", llamafile_format::bundle::GPU_DIR))
 }

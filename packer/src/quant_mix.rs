@@ -57,7 +57,7 @@ impl Mix {
             return Ok(*m);
         }
         let names: Vec<&str> = MIXES.iter().map(|m| m.name).collect();
-        bail!("--quantize {}: unknown type; one of {}", llamafile::escape::escape(s), names.join(", "))
+        bail!("--quantize {}: unknown type; one of {}", llamafile_format::escape::escape(s), names.join(", "))
     }
 }
 

@@ -1,5 +1,5 @@
 //! `pack --keygen NAME` and `pack --sign NAME.key`: minisign keys, and the signature entries
-//! (`.manifest`, `.signature`; format in `llamafile::signature`) added to a llamafile.
+//! (`.manifest`, `.signature`; format in `llamafile_format::signature`) added to a llamafile.
 //!
 //! Keys are minisign's own format, written by the `minisign` crate (the minisign author's Rust
 //! implementation): `NAME.pub` is what `minisign -V -p` reads, and `NAME.key` is a secret key
@@ -7,8 +7,8 @@
 //! made by `minisign -G` (password-protected) works too: the password is asked on the terminal.
 
 use anyhow::{bail, Context};
-use llamafile::escape::escape_path;
-use llamafile::signature::{manifest, Part, MANIFEST_ENTRY, SIGNATURE_ENTRY};
+use llamafile_format::escape::escape_path;
+use llamafile_format::signature::{manifest, Part, MANIFEST_ENTRY, SIGNATURE_ENTRY};
 use std::fs::File;
 use std::io::{IsTerminal, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -83,7 +83,7 @@ pub struct SigningKey {
 /// Read a minisign secret key; a password-protected one asks for its password on the terminal.
 pub fn read_secret_key(path: &Path) -> anyhow::Result<SigningKey> {
     let shown = escape_path(path);
-    let text = llamafile::input::read_text_capped(path, 1 << 16, "a minisign secret key is two short lines")?;
+    let text = llamafile_format::input::read_text_capped(path, 1 << 16, "a minisign secret key is two short lines")?;
     let bad = || {
         format!("{shown}: not a minisign secret key (expected an 'untrusted comment:' line and the key in base64, as `pack --keygen` writes NAME.key)")
     };
@@ -103,12 +103,12 @@ pub fn read_secret_key(path: &Path) -> anyhow::Result<SigningKey> {
                 minisign::SecretKeyBox::from_string(&text).map_err(|_| anyhow::anyhow!(bad()))?,
                 None,
             )
-            .map_err(|e| anyhow::anyhow!("{shown}: {}", llamafile::escape::escape(&e.to_string())))?
+            .map_err(|e| anyhow::anyhow!("{shown}: {}", llamafile_format::escape::escape(&e.to_string())))?
         }
-        Err(e) => bail!("{} ({})", bad(), llamafile::escape::escape(&e.to_string())),
+        Err(e) => bail!("{} ({})", bad(), llamafile_format::escape::escape(&e.to_string())),
     };
     let pk = minisign::PublicKey::from_secret_key(&sk)
-        .map_err(|e| anyhow::anyhow!("{shown}: {}", llamafile::escape::escape(&e.to_string())))?;
+        .map_err(|e| anyhow::anyhow!("{shown}: {}", llamafile_format::escape::escape(&e.to_string())))?;
     Ok(SigningKey { id: key_id(sk.keynum()), sk, pk })
 }
 
@@ -118,7 +118,7 @@ pub fn sign(key: &SigningKey, file: &File, runtime_len: u64, entries: &[Part]) -
     let text = manifest(file, runtime_len, entries).context("cannot read back the output to sign it")?;
     let untrusted = format!("signature from llamafile pack key {} of {MANIFEST_ENTRY}", key.id);
     let sig = minisign::sign(Some(&key.pk), &key.sk, text.as_bytes(), Some(TRUSTED_COMMENT), Some(&untrusted))
-        .map_err(|e| anyhow::anyhow!("cannot sign: {}", llamafile::escape::escape(&e.to_string())))?;
+        .map_err(|e| anyhow::anyhow!("cannot sign: {}", llamafile_format::escape::escape(&e.to_string())))?;
     Ok((text, sig.to_string()))
 }
 
@@ -161,10 +161,10 @@ mod tests {
         use std::os::unix::fs::FileExt;
         f.write_all_at(b"runtime bytes", 0).unwrap();
         let (text, sig) = sign(&key, &f, 13, &[]).unwrap();
-        let vk = llamafile::signature::read_public_key(&p).unwrap();
+        let vk = llamafile_format::signature::read_public_key(&p).unwrap();
         assert_eq!(vk.id, id);
-        assert_eq!(llamafile::signature::verify_text(&vk, &text, &sig).unwrap(), TRUSTED_COMMENT);
-        let e = llamafile::signature::verify_text(&vk, &text.replace("runtime 13", "runtime 12"), &sig)
+        assert_eq!(llamafile_format::signature::verify_text(&vk, &text, &sig).unwrap(), TRUSTED_COMMENT);
+        let e = llamafile_format::signature::verify_text(&vk, &text.replace("runtime 13", "runtime 12"), &sig)
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("BAD signature"), "{e}");

@@ -100,13 +100,16 @@ impl TmpOutput {
                     unregister();
                     if e.kind() != std::io::ErrorKind::AlreadyExists {
                         return Err(e).with_context(|| {
-                            format!("cannot create a temporary file in {}", llamafile::escape::escape_path(dir))
+                            format!("cannot create a temporary file in {}", llamafile_format::escape::escape_path(dir))
                         });
                     }
                 }
             }
         }
-        anyhow::bail!("cannot create a temporary file in {}: every name is taken", llamafile::escape::escape_path(dir))
+        anyhow::bail!(
+            "cannot create a temporary file in {}: every name is taken",
+            llamafile_format::escape::escape_path(dir)
+        )
     }
 
     pub fn path(&self) -> &Path {
@@ -115,8 +118,9 @@ impl TmpOutput {
 
     /// Rename the file over `out`.
     pub fn persist(mut self, out: &Path) -> anyhow::Result<()> {
-        std::fs::rename(&self.path, out)
-            .with_context(|| format!("cannot rename the temporary file to {}", llamafile::escape::escape_path(out)))?;
+        std::fs::rename(&self.path, out).with_context(|| {
+            format!("cannot rename the temporary file to {}", llamafile_format::escape::escape_path(out))
+        })?;
         self.done = true;
         Ok(())
     }

@@ -10,8 +10,8 @@
 use crate::zip_writer::{Source, ZipWriter};
 use crate::{file_id, finish_output, output_place, progress_bar, sign, tmp_output, validate, GGUF_ALIGN};
 use anyhow::{bail, Context};
-use llamafile::escape::{escape, escape_path};
-use llamafile::input::{open_regular, read_regular, refuse_special};
+use llamafile_format::escape::{escape, escape_path};
+use llamafile_format::input::{open_regular, read_regular, refuse_special};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -65,7 +65,7 @@ pub fn upgrade(o: &UpgradeOptions) -> anyhow::Result<UpgradeReport> {
     let src = open_regular(&o.file, "a llamafile")?;
     let shown = escape_path(&o.file);
     let len = src.metadata().with_context(|| format!("{shown}: cannot stat"))?.len();
-    let Some(entries) = llamafile::bundle::zip_entries(&o.file)? else {
+    let Some(entries) = llamafile_format::bundle::zip_entries(&o.file)? else {
         bail!("{shown}: not a llamafile (no zip at the end of the file): nothing to upgrade");
     };
     if entries.is_empty() {
@@ -89,7 +89,7 @@ pub fn upgrade(o: &UpgradeOptions) -> anyhow::Result<UpgradeReport> {
         }
     }
     let old_prefix = entries.iter().map(|e| e.header_offset).min().unwrap_or(0);
-    let old_signer = llamafile::signature::signer(&o.file, &entries)?;
+    let old_signer = llamafile_format::signature::signer(&o.file, &entries)?;
 
     // 2. The output: FILE itself by default; another path must not be an input and needs
     //    --force to be replaced.
@@ -110,7 +110,7 @@ pub fn upgrade(o: &UpgradeOptions) -> anyhow::Result<UpgradeReport> {
     let (tmp, mut f) = tmp_output::TmpOutput::create(&dir, &out_name)?;
     f.write_all(&runtime_bytes).with_context(|| format!("cannot write {}", escape_path(tmp.path())))?;
     let mut w = ZipWriter::new(f)?;
-    let kept: Vec<_> = entries.iter().filter(|e| !llamafile::signature::is_signature_entry(&e.name)).collect();
+    let kept: Vec<_> = entries.iter().filter(|e| !llamafile_format::signature::is_signature_entry(&e.name)).collect();
     let total: u64 = kept.iter().map(|e| e.size).sum();
     let bar = o.progress.then(|| progress_bar(total, "copying"));
     let mut before = 0u64;

@@ -3,7 +3,7 @@
 //! tensor table and every tensor's range, via the runtime's reader over gguf-rs-lib).
 
 use anyhow::bail;
-use llamafile::escape::escape_path;
+use llamafile_format::escape::escape_path;
 use object::{Architecture, BinaryFormat, Object, ObjectKind};
 use std::path::Path;
 
@@ -37,7 +37,7 @@ pub fn check_runtime(path: &Path, bytes: &[u8]) -> anyhow::Result<RuntimeInfo> {
         }
         _ => check_image(path, bytes)?,
     };
-    if let Ok(Some(entries)) = llamafile::bundle::zip_entries(path) {
+    if let Ok(Some(entries)) = llamafile_format::bundle::zip_entries(path) {
         bail!(
             "runtime {}: it already has a zip appended ({} entries: it is a llamafile); give the bare runtime (target/release/llamafile)",
             escape_path(path),
@@ -48,9 +48,9 @@ pub fn check_runtime(path: &Path, bytes: &[u8]) -> anyhow::Result<RuntimeInfo> {
 }
 
 /// Open and fully check the GGUF (plain, or inside a zip/llamafile, or `archive@entry`).
-pub fn check_gguf(path: &Path) -> anyhow::Result<llamafile::gguf::GgufFile> {
+pub fn check_gguf(path: &Path) -> anyhow::Result<llamafile_format::gguf::GgufFile> {
     // The reader's errors already name the file.
-    llamafile::gguf::GgufFile::open(path)
+    llamafile_format::gguf::GgufFile::open(path)
 }
 
 /// The format and CPU of one executable image, or why it cannot be a runtime.

@@ -490,7 +490,7 @@ mod tests {
         assert_eq!(a.header_offset, e.data_offset + data.len() as u64);
         assert!(w.add_stored(".args", Source::Bytes(b""), 1, &mut |_, _| {}).is_err(), "duplicate name");
         w.finish().unwrap();
-        let entries = llamafile::bundle::zip_entries(&out).unwrap().unwrap();
+        let entries = llamafile_format::bundle::zip_entries(&out).unwrap().unwrap();
         assert_eq!(entries.len(), 2);
         assert_eq!(
             (entries[0].name.as_str(), entries[0].data_offset, entries[0].size),

@@ -5,8 +5,8 @@
 
 use kernels_cpu::types::{dequantize_row, info};
 use kernels_cpu::WeightType;
-use llamafile::gguf::writer::{build, TensorSpec};
-use llamafile::gguf::{GgufFile, MetaValue};
+use llamafile_format::gguf::writer::{build, TensorSpec};
+use llamafile_format::gguf::{GgufFile, MetaValue};
 use packer::quant_mix::{Mix, MIXES};
 use packer::quantize::{plan, quantize_to_gguf, QuantizeOptions};
 use std::path::{Path, PathBuf};
@@ -155,7 +155,7 @@ fn every_mix_chooses_the_reference_types_in_its_order() {
             let ours: Vec<(String, String)> = p
                 .tensors
                 .iter()
-                .map(|t| (g.tensors()[t.input].name.clone(), llamafile::gguf::ggml_type_name(t.ggml_type)))
+                .map(|t| (g.tensors()[t.input].name.clone(), llamafile_format::gguf::ggml_type_name(t.ggml_type)))
                 .collect();
             let want: Vec<(String, String)> =
                 want.iter().map(|e| (e[0].as_str().unwrap().to_string(), e[1].as_str().unwrap().to_string())).collect();

@@ -1,8 +1,8 @@
 //! Reproducible packs: the same runtime, GGUF and `.args` give a byte-identical llamafile,
 //! whatever the inputs' modification times, permissions and paths, and wherever `pack` runs.
 
-use llamafile::gguf::writer::{build, TensorSpec};
-use llamafile::gguf::MetaValue;
+use llamafile_format::gguf::writer::{build, TensorSpec};
+use llamafile_format::gguf::MetaValue;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -96,7 +96,7 @@ fn packing_twice_gives_identical_bytes() {
     }
     // The entries: fixed order and a fixed time stamp (1980-01-01 00:00, DOS date 0x0021,
     // time 0) in every local and central header.
-    let entries = llamafile::bundle::zip_entries(&out_a).unwrap().unwrap();
+    let entries = llamafile_format::bundle::zip_entries(&out_a).unwrap().unwrap();
     let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
     assert_eq!(names, ["model.gguf", ".args"]);
     for e in &entries {

@@ -3,8 +3,8 @@
 //! other CPUs and broken universal binaries are refused with one line. The fixtures are the
 //! smallest headers `object` parses as each kind (no cross toolchain is needed to make them).
 
-use llamafile::gguf::writer::{build, TensorSpec};
-use llamafile::gguf::MetaValue;
+use llamafile_format::gguf::writer::{build, TensorSpec};
+use llamafile_format::gguf::MetaValue;
 use packer::validate::check_runtime;
 use std::path::Path;
 
@@ -156,7 +156,7 @@ fn a_pe_and_a_universal_runtime_pack_and_read_back() {
         assert_eq!(r.runtime.format, format);
         let bytes = std::fs::read(&out).unwrap();
         assert_eq!(&bytes[..runtime.len()], &runtime[..], "{name}: the runtime's bytes come first");
-        let entries = llamafile::bundle::zip_entries(&out).unwrap().unwrap();
+        let entries = llamafile_format::bundle::zip_entries(&out).unwrap().unwrap();
         let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(names, ["m.gguf", ".args"], "{name}");
         assert_eq!(entries[0].data_offset % packer::GGUF_ALIGN, 0);

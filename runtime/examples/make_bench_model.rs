@@ -20,7 +20,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 use kernels_cpu::types::quantize_row;
 use kernels_cpu::WeightType;
-use llamafile::gguf::{GgufFile, MetaValue};
+use llamafile_format::gguf::{GgufFile, MetaValue};
 use std::collections::HashMap;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
@@ -196,7 +196,7 @@ fn main() -> Result<()> {
     let infos: Vec<(&str, &[u64], u32, u64)> =
         tensors.iter().map(|t| (t.name.as_str(), t.dims.as_slice(), t.ty as u32, t.bytes())).collect();
     let meta_refs: Vec<(&str, MetaValue)> = meta.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-    w.write_all(&llamafile::gguf::writer::header(&meta_refs, &infos, ALIGN))?;
+    w.write_all(&llamafile_format::gguf::writer::header(&meta_refs, &infos, ALIGN))?;
 
     // data
     let mut pools: HashMap<(WeightType, usize), Vec<u8>> = HashMap::new();

@@ -34,7 +34,7 @@ fn tokenize(text: &str) -> String {
 /// whose point is the flags, not the Mistral vocabulary or template, so they run without fixtures.
 fn tiny(dir: &std::path::Path) -> PathBuf {
     let p = dir.join("tiny.gguf");
-    std::fs::write(&p, llamafile::gguf::writer::tiny_model(&[], &[])).unwrap();
+    std::fs::write(&p, llamafile_format::gguf::writer::tiny_model(&[], &[])).unwrap();
     p
 }
 

@@ -38,7 +38,7 @@ fn llamafile() -> Command {
 
 fn tiny(dir: &Path) -> PathBuf {
     let p = dir.join("tiny.gguf");
-    std::fs::write(&p, llamafile::gguf::writer::tiny_model(&[], &[])).unwrap();
+    std::fs::write(&p, llamafile_format::gguf::writer::tiny_model(&[], &[])).unwrap();
     p
 }
 
@@ -63,7 +63,7 @@ fn flip(path: &Path, at: u64) {
 }
 
 fn read_entry(path: &Path, name: &str) -> Vec<u8> {
-    let e = llamafile::bundle::zip_entries(path).unwrap().unwrap().into_iter().find(|e| e.name == name).unwrap();
+    let e = llamafile_format::bundle::zip_entries(path).unwrap().unwrap().into_iter().find(|e| e.name == name).unwrap();
     let mut buf = vec![0u8; e.size as usize];
     std::fs::File::open(path).unwrap().read_exact_at(&mut buf, e.data_offset).unwrap();
     buf
@@ -135,7 +135,7 @@ fn sign_and_verify_with_a_key_and_reject_every_tampering() {
 
     // Tampering: a byte of the runtime (no CRC covers it: the signature does), a byte of the
     // manifest (CRC fixed up, so only the signature catches it), an entry added after signing.
-    let entries = llamafile::bundle::zip_entries(&signed).unwrap().unwrap();
+    let entries = llamafile_format::bundle::zip_entries(&signed).unwrap().unwrap();
     let bad = d.join("bad.llamafile");
     std::fs::copy(&signed, &bad).unwrap();
     flip(&bad, runtime_len / 2);
@@ -173,7 +173,7 @@ fn sign_and_verify_with_a_key_and_reject_every_tampering() {
 /// Rewrite the CRC-32 of entry `name` in its local header and the central directory (as a
 /// forger would, so that only the signature can tell).
 fn fix_crc(path: &Path, name: &str, data: &[u8]) {
-    let e = llamafile::bundle::zip_entries(path).unwrap().unwrap().into_iter().find(|e| e.name == name).unwrap();
+    let e = llamafile_format::bundle::zip_entries(path).unwrap().unwrap().into_iter().find(|e| e.name == name).unwrap();
     let f = std::fs::File::options().read(true).write(true).open(path).unwrap();
     let crc = {
         // CRC-32 (IEEE), bitwise: enough for a few hundred bytes.
@@ -236,8 +236,8 @@ fn upgrade_swaps_the_runtime_and_keeps_every_entry() {
         .arg("--sign")
         .arg(d.join("k.key")));
     assert!(o.status.success(), "{}", text(&o.stderr));
-    let before = llamafile::bundle::zip_entries(&old).unwrap().unwrap();
-    let after = llamafile::bundle::zip_entries(&up).unwrap().unwrap();
+    let before = llamafile_format::bundle::zip_entries(&old).unwrap().unwrap();
+    let after = llamafile_format::bundle::zip_entries(&up).unwrap().unwrap();
     assert_eq!(
         after.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(),
         ["tiny.gguf", ".args", ".manifest", ".signature"]
@@ -353,8 +353,12 @@ fn doctor_reports_every_section_on_the_binary_and_on_a_packed_llamafile() {
         assert!(out.contains(&packed.display().to_string()), "{out}");
     }
     // A corrupted byte in the weights: reported in the file section, still exit 0.
-    let e =
-        llamafile::bundle::zip_entries(&packed).unwrap().unwrap().into_iter().find(|e| e.name == "tiny.gguf").unwrap();
+    let e = llamafile_format::bundle::zip_entries(&packed)
+        .unwrap()
+        .unwrap()
+        .into_iter()
+        .find(|e| e.name == "tiny.gguf")
+        .unwrap();
     flip(&packed, e.data_offset + e.size - 1);
     let out = ok(&run(llamafile().arg("-m").arg(&packed).arg("--doctor")));
     assert!(out.contains("intact:      NO: ") && out.contains("entry 'tiny.gguf' is corrupt"), "{out}");

@@ -5,11 +5,11 @@
 
 use e2e::reference_lib;
 use kernels_gpu::abi;
-use llamafile::backend::cpu::CpuBackend;
-use llamafile::backend::gpu::{self, Candidate, GpuBackend, GpuChoice};
-use llamafile::backend::{Backend, BackendState};
-use llamafile::gguf::GgufFile;
-use llamafile::model::Model;
+use llamafile_engine::backend::cpu::CpuBackend;
+use llamafile_engine::backend::gpu::{self, Candidate, GpuBackend, GpuChoice};
+use llamafile_engine::backend::{Backend, BackendState};
+use llamafile_engine::model::Model;
+use llamafile_format::gguf::GgufFile;
 use serde_json::Value;
 use std::sync::Arc;
 

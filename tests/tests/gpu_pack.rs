@@ -84,7 +84,7 @@ fn pack_refuses_what_is_not_a_backend() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("x.llamafile");
     let gguf = dir.path().join("tiny.gguf");
-    std::fs::write(&gguf, llamafile::gguf::writer::tiny_model(&[], &[])).unwrap();
+    std::fs::write(&gguf, llamafile_format::gguf::writer::tiny_model(&[], &[])).unwrap();
     let fake = dir.path().join("libllamafile_gpu_fake.so");
     std::fs::write(&fake, b"not a library").unwrap();
     let wrong_ext = dir.path().join("backend.txt");

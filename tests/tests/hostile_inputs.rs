@@ -3,8 +3,8 @@
 //! control bytes on the terminal. Models are written by the runtime's own GGUF writer
 //! (`gguf::writer::tiny_model`), so no fixtures are needed.
 
-use llamafile::gguf::writer::{tiny_model, TensorSpec};
-use llamafile::gguf::MetaValue;
+use llamafile_format::gguf::writer::{tiny_model, TensorSpec};
+use llamafile_format::gguf::MetaValue;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -428,7 +428,7 @@ fn iq4_mix(main: kernels_cpu::WeightType, name: &str) -> kernels_cpu::WeightType
 fn quantize_gguf(src: &Path, main: kernels_cpu::WeightType, file_type: u32) -> Vec<u8> {
     use kernels_cpu::types::{dequantize_row, quantize_row};
     use kernels_cpu::WeightType;
-    use llamafile::gguf::{writer, GgufFile, MetaValue};
+    use llamafile_format::gguf::{writer, GgufFile, MetaValue};
     let f = GgufFile::open(src).unwrap();
     let meta: Vec<(&str, MetaValue)> = f
         .metadata()
@@ -505,8 +505,8 @@ fn tiny_mistral_iq4_xs() {
 
 /// Every `tokenize` entry of `reference` tokenized by our tokenizer from `model`'s vocabulary.
 fn check_tokenize(model: &Path, reference: &Path) {
-    let g = llamafile::gguf::GgufFile::open(model).unwrap();
-    let tok = llamafile::tokenizer::Tokenizer::from_gguf(&g).unwrap();
+    let g = llamafile_format::gguf::GgufFile::open(model).unwrap();
+    let tok = llamafile_engine::tokenizer::Tokenizer::from_gguf(&g).unwrap();
     let r: Value = serde_json::from_str(&std::fs::read_to_string(reference).unwrap()).unwrap();
     let entries = r["tokenize"].as_array().unwrap();
     assert!(!entries.is_empty());
@@ -539,8 +539,8 @@ fn tiny_llama3() {
     check(&model, &reference, 0.15, &[(2, None)], None);
     check(&model, &reference, 0.15, &[(1, Some("scalar")), (3, Some("avx2"))], Some(&["fox", "code"]));
     // Llama 3's end of turn ends generation, as does the base models' end of text.
-    let g = llamafile::gguf::GgufFile::open(&model).unwrap();
-    let tok = llamafile::tokenizer::Tokenizer::from_gguf(&g).unwrap();
+    let g = llamafile_format::gguf::GgufFile::open(&model).unwrap();
+    let tok = llamafile_engine::tokenizer::Tokenizer::from_gguf(&g).unwrap();
     assert_eq!((tok.bos(), tok.eos(), tok.eot()), (Some(128000), Some(128009), Some(128009)));
     assert!(tok.is_end_token(128009) && tok.is_end_token(128001), "{:?}", tok.end_tokens());
 }

@@ -5,7 +5,7 @@
 
 mod server_support;
 
-use llamafile::engine::embed::cosine;
+use llamafile_engine::embed::cosine;
 use serde_json::{json, Value};
 use server_support::*;
 use std::process::Command;

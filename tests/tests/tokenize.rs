@@ -126,7 +126,7 @@ fn tokenize_errors_are_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();
     // The runtime's own tiny model: these errors come before its vocabulary matters.
     let model = dir.path().join("tiny.gguf");
-    std::fs::write(&model, llamafile::gguf::writer::tiny_model(&[], &[])).unwrap();
+    std::fs::write(&model, llamafile_format::gguf::writer::tiny_model(&[], &[])).unwrap();
     let m = model.to_str().unwrap();
     expect_one_line_error(&run(&["-m", m, "--tokenize"]), "needs a prompt");
     let missing = dir.path().join("missing.txt");

@@ -41,9 +41,9 @@ fn verify_checks_every_entry_and_finds_one_flipped_byte() {
     // The runtime's own tiny model: what is checked is the container, not the weights.
     let dir = tempfile::tempdir().unwrap();
     let plain = dir.path().join("tiny.gguf");
-    std::fs::write(&plain, llamafile::gguf::writer::tiny_model(&[], &[])).unwrap();
+    std::fs::write(&plain, llamafile_format::gguf::writer::tiny_model(&[], &[])).unwrap();
     let packed = pack(dir.path(), &plain);
-    let entries = llamafile::bundle::zip_entries(&packed).unwrap().unwrap();
+    let entries = llamafile_format::bundle::zip_entries(&packed).unwrap().unwrap();
     let gguf_bytes: u64 = entries.iter().map(|e| e.size).sum();
 
     // Intact: `-m FILE`, and the llamafile on itself (its `.args` do not get in the way).

@@ -6,9 +6,9 @@
 
 use super::generate::{encode_prompt, generate_request, log_prompt, process_escapes, timings};
 use super::Args;
-use crate::engine::{Engine, StopReason};
-use crate::tokenizer::chat::ChatMessage;
 use anyhow::{bail, Context, Result};
+use llamafile_engine::tokenizer::chat::ChatMessage;
+use llamafile_engine::{Engine, StopReason};
 use std::io::{BufRead, IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 

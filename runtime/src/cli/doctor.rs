@@ -9,9 +9,9 @@
 //! over files that start with those bytes).
 
 use super::Args;
-use crate::backend::gpu;
-use crate::engine::{context_length, meminfo, session_bytes, show_bytes};
-use crate::escape::{escape, escape_path};
+use llamafile_engine::backend::gpu;
+use llamafile_engine::{context_length, meminfo, session_bytes, show_bytes};
+use llamafile_format::escape::{escape, escape_path};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,8 +24,8 @@ pub fn run(args: &Args) -> anyhow::Result<i32> {
 /// The whole report.
 pub fn report(args: &Args) -> String {
     let mut s = String::new();
-    let exe = crate::bundle::own_executable().ok();
-    let model = crate::bundle::model_path(args.model.as_deref());
+    let exe = llamafile_format::bundle::own_executable().ok();
+    let model = llamafile_format::bundle::model_path(args.model.as_deref());
     system(&mut s, exe.as_deref());
     cpu(&mut s);
     memory(&mut s, args, model.as_ref().ok().map(PathBuf::as_path), model.as_ref().err());
@@ -125,7 +125,7 @@ fn memory(s: &mut String, args: &Args, model: Option<&Path>, model_err: Option<&
         let _ = writeln!(s, "model:       none ({why})");
         return;
     };
-    let loaded = crate::gguf::GgufFile::open(path).and_then(crate::model::Model::load);
+    let loaded = llamafile_format::gguf::GgufFile::open(path).and_then(llamafile_engine::model::Model::load);
     let m = match loaded {
         Ok(m) => Arc::new(m),
         Err(e) => {
@@ -137,8 +137,8 @@ fn memory(s: &mut String, args: &Args, model: Option<&Path>, model_err: Option<&
     let n_ctx = context_length(Some(args.ctx_size), hp.n_ctx_train);
     let n_batch = args.batch_size.clamp(1, n_ctx);
     // The engine's estimate of one session on the CPU (the chain `-ngl 0` gives).
-    let chain: Vec<Arc<dyn crate::backend::Backend>> =
-        vec![Arc::new(crate::backend::cpu::CpuBackend::new(m.clone(), 0..hp.n_layer, true))];
+    let chain: Vec<Arc<dyn llamafile_engine::backend::Backend>> =
+        vec![Arc::new(llamafile_engine::backend::cpu::CpuBackend::new(m.clone(), 0..hp.n_layer, true))];
     let session = session_bytes(&chain, hp, n_ctx, n_batch);
     let weights = m.file.len();
     let _ = writeln!(s, "model:       {}", escape_path(path));
@@ -174,7 +174,7 @@ fn gpus(s: &mut String, model: Option<&Path>) {
             let _ = writeln!(s, "{}: not set", gpu::BACKEND_ENV);
         }
     }
-    let exe = crate::bundle::own_executable().ok();
+    let exe = llamafile_format::bundle::own_executable().ok();
     let mut zips: Vec<String> = exe.iter().map(|e| escape_path(e)).collect();
     if let Some(m) = model.map(split_archive) {
         if exe.as_deref() != Some(m.as_path()) {
@@ -184,7 +184,7 @@ fn gpus(s: &mut String, model: Option<&Path>) {
     let _ = writeln!(
         s,
         "searched:    {}* entries in {}",
-        gpu::ZIP_DIR,
+        llamafile_format::bundle::GPU_DIR,
         if zips.is_empty() { "(nothing)".into() } else { zips.join(", ") }
     );
     if let Some(dir) = exe.as_ref().and_then(|e| e.parent()) {
@@ -264,14 +264,14 @@ fn file_section(s: &mut String, file: Option<&Path>) {
         return;
     };
     let _ = writeln!(s, "file:        {}", escape_path(path));
-    match crate::bundle::zip_entries(path) {
+    match llamafile_format::bundle::zip_entries(path) {
         Ok(Some(entries)) => {
             let _ = writeln!(s, "zip:         {} entries", entries.len());
             let crc = super::verify::verify(path)
                 .map(|r| r.split_once(": OK: ").map(|(_, r)| format!("OK: {r}")).unwrap_or(r));
             let _ =
                 writeln!(s, "intact:      {}", crc.unwrap_or_else(|e| format!("NO: {}", escape(&format!("{e:#}")))));
-            let signed = match crate::signature::signer(path, &entries) {
+            let signed = match llamafile_format::signature::signer(path, &entries) {
                 Ok(Some(id)) => format!("yes, by key {id} (check: --verify --pubkey KEY.pub)"),
                 Ok(None) => "no".into(),
                 Err(e) => format!("? ({})", escape(&format!("{e:#}"))),

@@ -8,9 +8,9 @@
 
 use super::conversation::{self, Turns};
 use super::Args;
-use crate::engine::logprobs::log_prob;
-use crate::engine::{Engine, GenerateRequest, GenerationStats, LoadOptions, SamplingParams, StopReason};
 use anyhow::{anyhow, bail, Result};
+use llamafile_engine::logprobs::log_prob;
+use llamafile_engine::{Engine, GenerateRequest, GenerationStats, LoadOptions, SamplingParams, StopReason};
 use std::io::{IsTerminal, Write};
 use std::time::Instant;
 
@@ -25,8 +25,8 @@ macro_rules! log {
 pub(crate) use log;
 
 pub fn run(args: &Args) -> Result<i32> {
-    // -m, else this executable's own embedded weights (crate::bundle).
-    let model = crate::bundle::model_path(args.model.as_deref())?;
+    // -m, else this executable's own embedded weights (llamafile_format::bundle).
+    let model = llamafile_format::bundle::model_path(args.model.as_deref())?;
     // A bad grammar or schema is reported before the model loads.
     super::structured::grammar(args)?;
     if args.bench {
@@ -98,7 +98,7 @@ pub fn load_options(args: &Args, model: &std::path::Path) -> LoadOptions {
 /// Sampling parameters of one reply (`-s -1`: a fresh random seed each time).
 pub fn sampling(args: &Args) -> Result<SamplingParams> {
     let mut p = args.sampling()?;
-    p.seed = crate::engine::sampler::fresh_seed(p.seed);
+    p.seed = llamafile_engine::sampler::fresh_seed(p.seed);
     Ok(p)
 }
 
@@ -218,7 +218,7 @@ pub fn encode_prompt(engine: &Engine, text: &str) -> Result<Vec<u32>> {
 fn prompt_text(args: &Args, engine: &Engine) -> Result<Option<String>> {
     let text = match (&args.prompt, &args.file) {
         (Some(p), _) => p.clone(),
-        (None, Some(f)) => crate::input::read_prompt_file(f, engine.n_ctx())?,
+        (None, Some(f)) => llamafile_format::input::read_prompt_file(f, engine.n_ctx())?,
         (None, None) => return Ok(None),
     };
     Ok(Some(if args.escape { process_escapes(&text) } else { text }))
@@ -313,7 +313,7 @@ fn eval_tokens(args: &Args, engine: &Engine, tokens: Vec<u32>) -> Result<i32> {
     let n_greedy = args.n_predict.max(0) as usize;
     let mut greedy = Vec::with_capacity(n_greedy);
     for i in 0..n_greedy {
-        let id = crate::engine::sampler::argmax(session.logits());
+        let id = llamafile_engine::sampler::argmax(session.logits());
         greedy.push(id);
         if i + 1 < n_greedy {
             if session.n_past() >= session.n_ctx() {
@@ -338,8 +338,11 @@ fn eval_tokens(args: &Args, engine: &Engine, tokens: Vec<u32>) -> Result<i32> {
 /// so every scored token has at least n_ctx/2 tokens of context.
 fn perplexity(args: &Args, engine: &Engine) -> Result<i32> {
     let file = args.file.as_ref().ok_or_else(|| anyhow!("--perplexity needs a text file: -f FILE"))?;
-    let text =
-        crate::input::read_text_capped(file, crate::input::MAX_TEXT_BYTES, "--perplexity reads at most 1 GiB of text")?;
+    let text = llamafile_format::input::read_text_capped(
+        file,
+        llamafile_format::input::MAX_TEXT_BYTES,
+        "--perplexity reads at most 1 GiB of text",
+    )?;
     let tok = engine.tokenizer();
     let ids = tok.encode(&text, false, false)?;
     let n_ctx = engine.n_ctx();
@@ -417,7 +420,7 @@ fn bench(args: &Args, model: &std::path::Path) -> Result<i32> {
     if pp + tg > engine.n_ctx() {
         bail!("--bench: {pp} + {tg} tokens do not fit the context of {}", engine.n_ctx());
     }
-    let mut rng = crate::engine::sampler::Rng::new(1234);
+    let mut rng = llamafile_engine::sampler::Rng::new(1234);
     let prompt: Vec<u32> = (0..pp).map(|_| (rng.next_u64() % n_vocab) as u32).collect();
     let mut session = engine.try_new_session()?;
     // Warm-up: one token touches every weight page once (a cold mmap reads from disk).
@@ -439,7 +442,7 @@ fn bench(args: &Args, model: &std::path::Path) -> Result<i32> {
         let t = Instant::now();
         for _ in 0..tg {
             session.eval(&[id], true)?;
-            id = crate::engine::sampler::argmax(session.logits());
+            id = llamafile_engine::sampler::argmax(session.logits());
         }
         tg_rate = tg as f64 / t.elapsed().as_secs_f64();
     }

@@ -12,14 +12,15 @@ pub mod conversation;
 pub mod doctor;
 pub mod generate;
 pub mod info;
+pub mod serve;
 mod spelling;
 pub mod structured;
 pub mod tokenize;
 pub mod verify;
 
-use crate::engine::sampler::{limits, SamplingOptions};
-use crate::engine::SamplingParams;
 use clap::{CommandFactory, FromArgMatches, Parser};
+use llamafile_engine::sampler::{limits, SamplingOptions};
+use llamafile_engine::SamplingParams;
 use std::ffi::OsString;
 use std::path::PathBuf;
 
@@ -265,7 +266,7 @@ pub struct Args {
     pub embedding: bool,
     /// Pooling of the token vectors into one embedding: none (one per token), mean, cls (first token), last (default: the model's, else mean).
     #[arg(long = "pooling", value_name = "none|mean|cls|last", value_parser = pooling, help_heading = "Embeddings")]
-    pub pooling: Option<crate::engine::embed::Pooling>,
+    pub pooling: Option<llamafile_engine::embed::Pooling>,
     /// Normalization of embeddings: -1 none, 0 max absolute (int16 range), 1 taxicab, 2 euclidean (default), N > 2 p-norm.
     #[arg(long = "embd-normalize", value_name = "N", allow_negative_numbers = true, help_heading = "Embeddings")]
     pub embd_normalize: Option<i32>,
@@ -324,8 +325,8 @@ fn count(s: &str) -> Result<usize, String> {
 }
 
 /// `--pooling`.
-fn pooling(s: &str) -> Result<crate::engine::embed::Pooling, String> {
-    crate::engine::embed::Pooling::parse(s).map_err(|e| e.to_string())
+fn pooling(s: &str) -> Result<llamafile_engine::embed::Pooling, String> {
+    llamafile_engine::embed::Pooling::parse(s).map_err(|e| e.to_string())
 }
 
 /// 1 or more.
@@ -450,9 +451,9 @@ fn escape_error(mut e: clap::Error) -> clap::Error {
     let quoted: Vec<_> = e
         .context()
         .filter_map(|(kind, value)| match value {
-            ContextValue::String(s) => Some((kind, ContextValue::String(crate::escape::escape(s)))),
+            ContextValue::String(s) => Some((kind, ContextValue::String(llamafile_format::escape::escape(s)))),
             ContextValue::Strings(v) => {
-                Some((kind, ContextValue::Strings(v.iter().map(|s| crate::escape::escape(s)).collect())))
+                Some((kind, ContextValue::Strings(v.iter().map(|s| llamafile_format::escape::escape(s)).collect())))
             }
             _ => None,
         })
@@ -465,7 +466,7 @@ fn escape_error(mut e: clap::Error) -> clap::Error {
 
 /// Run the program with these arguments (argv[0] included); returns the exit code.
 pub fn run(args: Vec<OsString>) -> anyhow::Result<i32> {
-    let args = crate::bundle::with_embedded_args(args)?;
+    let args = llamafile_format::bundle::with_embedded_args(args)?;
     let args = match parse(args) {
         Ok(a) => a,
         Err(e) => {
@@ -507,7 +508,7 @@ pub fn dispatch(args: &Args) -> anyhow::Result<i32> {
     if wants_generation && !args.server {
         return generate::run(args);
     }
-    crate::server::run(args)
+    serve::run(args)
 }
 
 #[cfg(test)]

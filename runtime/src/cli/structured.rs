@@ -1,10 +1,10 @@
 //! `--grammar`, `--grammar-file`, `--json-schema` (`-j`) and `--json-schema-file` (`-jf`), as in
 //! llama.cpp: the generated text (each reply, in `--chat`) must match a GBNF grammar or a JSON
-//! Schema (see `crate::grammar`).
+//! Schema (see `llamafile_engine::grammar`).
 
 use super::Args;
-use crate::grammar::Grammar;
 use anyhow::{anyhow, Context, Result};
+use llamafile_engine::grammar::Grammar;
 use std::path::Path;
 
 /// The grammar the options ask for, checked; `None` when none is given (clap refuses two).

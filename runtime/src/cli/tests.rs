@@ -142,10 +142,10 @@ fn values_out_of_range_are_range_errors_naming_the_flag() {
     assert_eq!(ok(&["-n", "-1"]).n_predict, -1);
     assert_eq!(ok(&["-n", "-2"]).n_predict, -1);
     assert_eq!(ok(&["-s", "-1"]).seed, -1);
-    assert_eq!(ok(&["-s", "-1"]).sampling().unwrap().seed, crate::engine::sampler::RANDOM_SEED);
+    assert_eq!(ok(&["-s", "-1"]).sampling().unwrap().seed, llamafile_engine::sampler::RANDOM_SEED);
     assert_eq!(
         ok(&[]).sampling().unwrap().seed,
-        crate::engine::sampler::RANDOM_SEED,
+        llamafile_engine::sampler::RANDOM_SEED,
         "the server draws a seed per request"
     );
     let s = ok(&["--temp", "0.3", "--top-k", "7", "-s", "9"]).sampling().unwrap();
@@ -200,14 +200,14 @@ fn version_names_the_commit() {
 #[test]
 fn bundle_args_come_first_and_the_users_override_them() {
     // README's example: `pack --args $'--temp 0\n...\n-n 30'`, run as `x.llamafile --temp 0.5 -p hi`
-    let items = crate::bundle::parse_args_file("--temp 0\n...\n-n 30").unwrap();
+    let items = llamafile_format::bundle::parse_args_file("--temp 0\n...\n-n 30").unwrap();
     let argv = ["x.llamafile", "--temp", "0.5", "-p", "hi"].map(OsString::from).to_vec();
-    let a = parse(crate::bundle::merge_args(&items, argv)).unwrap();
+    let a = parse(llamafile_format::bundle::merge_args(&items, argv)).unwrap();
     assert_eq!((a.temp, a.n_predict, a.prompt.as_deref()), (0.5, 30, Some("hi")));
     // without `...` the user's arguments come last and win
-    let items = crate::bundle::parse_args_file("-m /zip/w.gguf -c 2048 -ngl 99 -r END").unwrap();
+    let items = llamafile_format::bundle::parse_args_file("-m /zip/w.gguf -c 2048 -ngl 99 -r END").unwrap();
     let argv = ["x.llamafile", "-c", "512", "-ngl", "0", "-r", "STOP"].map(OsString::from).to_vec();
-    let a = parse(crate::bundle::merge_args(&items, argv)).unwrap();
+    let a = parse(llamafile_format::bundle::merge_args(&items, argv)).unwrap();
     assert_eq!((a.ctx_size, a.n_gpu_layers), (512, 0));
     assert_eq!(a.reverse_prompt, ["END", "STOP"], "repeatable options accumulate");
 }

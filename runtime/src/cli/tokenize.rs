@@ -5,13 +5,13 @@
 //! prints each id with its vocabulary text on stderr.
 
 use super::Args;
-use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
+use llamafile_engine::tokenizer::Tokenizer;
 use std::fmt::Write as _;
 
 pub fn run(args: &Args) -> Result<i32> {
     let text = prompt_text(args)?;
-    let g = crate::bundle::open_model(args.model.as_deref())?;
+    let g = llamafile_format::gguf::GgufFile::open_model(args.model.as_deref())?;
     let tok = Tokenizer::from_gguf(&g)?;
     let ids = tok.encode(&text, true, !args.no_parse_special)?;
     if args.verbose {

@@ -2,7 +2,7 @@
 //! CRC-32 its central directory records. It reads every byte of every entry, so a flipped bit
 //! anywhere in the weights, `.args` or a GPU backend is found. The runtime's own bytes before the
 //! zip have no checksum in the format, and the report says so. With `--pubkey KEY.pub` the
-//! signature `pack --sign` adds is checked too (see `crate::signature`), which covers the runtime.
+//! signature `pack --sign` adds is checked too (see `llamafile_format::signature`), which covers the runtime.
 
 use super::Args;
 use anyhow::{bail, Context};
@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 pub fn run(args: &Args) -> anyhow::Result<i32> {
     let path = file_to_verify(args.model.as_deref())?;
     // The key first: a bad --pubkey is reported before minutes of reading weights.
-    let key = args.pubkey.as_deref().map(crate::signature::read_public_key).transpose()?;
+    let key = args.pubkey.as_deref().map(llamafile_format::signature::read_public_key).transpose()?;
     // Both checks before anything is printed: a failure is one line on stderr.
     let crc = verify(&path)?;
     let signature = signature_report(&path, key.as_ref())?;
@@ -23,27 +23,27 @@ pub fn run(args: &Args) -> anyhow::Result<i32> {
 
 /// The signature part of `--verify`: with a key, the checked manifest and who signed it; without
 /// one, who the file says signed it (unchecked) or that it is not signed.
-fn signature_report(path: &Path, key: Option<&crate::signature::PublicKey>) -> anyhow::Result<String> {
-    let shown = crate::escape::escape_path(path);
-    let entries = crate::bundle::zip_entries(path)?.unwrap_or_default();
+fn signature_report(path: &Path, key: Option<&llamafile_format::signature::PublicKey>) -> anyhow::Result<String> {
+    let shown = llamafile_format::escape::escape_path(path);
+    let entries = llamafile_format::bundle::zip_entries(path)?.unwrap_or_default();
     let Some(key) = key else {
-        return Ok(match crate::signature::signer(path, &entries)? {
+        return Ok(match llamafile_format::signature::signer(path, &entries)? {
             Some(id) => {
                 format!("{shown}: signed by key {id} (not checked: give --pubkey KEY.pub to check the signature)")
             }
             None => format!("{shown}: not signed"),
         });
     };
-    let signed = crate::signature::check(path, &entries, key)?;
+    let signed = llamafile_format::signature::check(path, &entries, key)?;
     let mut s = format!(
         "{shown}: signature OK: key {}, trusted comment: {}\nsigned manifest ({} entry of the file):",
         signed.key_id,
-        crate::escape::escape(&signed.trusted_comment),
-        crate::signature::MANIFEST_ENTRY
+        llamafile_format::escape::escape(&signed.trusted_comment),
+        llamafile_format::signature::MANIFEST_ENTRY
     );
     for line in signed.manifest.lines() {
         s.push_str("\n  ");
-        s.push_str(&crate::escape::escape(line));
+        s.push_str(&llamafile_format::escape::escape(line));
     }
     Ok(s)
 }
@@ -51,7 +51,7 @@ fn signature_report(path: &Path, key: Option<&crate::signature::PublicKey>) -> a
 /// The file itself: `-m FILE` (for `archive.zip@name.gguf`, the archive), else this executable.
 fn file_to_verify(model: Option<&Path>) -> anyhow::Result<PathBuf> {
     let Some(m) = model else {
-        return crate::bundle::own_executable();
+        return llamafile_format::bundle::own_executable();
     };
     if !m.exists() {
         if let Some((archive, _)) = m.to_str().and_then(|s| s.rsplit_once('@')) {
@@ -66,7 +66,7 @@ fn file_to_verify(model: Option<&Path>) -> anyhow::Result<PathBuf> {
 /// Check every entry of the zip at the end of `path`; the summary, or an error naming the first
 /// entry whose bytes do not match.
 pub fn verify(path: &Path) -> anyhow::Result<String> {
-    let Some(entries) = crate::bundle::zip_entries(path)? else {
+    let Some(entries) = llamafile_format::bundle::zip_entries(path)? else {
         bail!(
             "{}: not a llamafile or zip (no zip end record at the end of the file): nothing to verify",
             path.display()

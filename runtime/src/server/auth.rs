@@ -9,12 +9,12 @@
 
 use super::error::ApiError;
 use super::AppState;
-use crate::escape::escape_path;
 use anyhow::{bail, Context};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use llamafile_format::escape::escape_path;
 use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::path::PathBuf;
@@ -64,7 +64,7 @@ impl ApiKeys {
             }
         }
         for path in files {
-            let f = crate::input::open_regular(path, "an --api-key-file")?;
+            let f = llamafile_format::input::open_regular(path, "an --api-key-file")?;
             let mut buf = Vec::new();
             f.take(MAX_KEY_FILE + 1)
                 .read_to_end(&mut buf)

@@ -7,8 +7,8 @@
 use super::error::ApiError;
 use super::generation::{self, PromptCache};
 use super::AppState;
-use crate::engine::logprobs::TokenLogprob;
-use crate::engine::{GenerateOptions, GenerateRequest, GenerationStats, Output};
+use llamafile_engine::logprobs::TokenLogprob;
+use llamafile_engine::{GenerateOptions, GenerateRequest, GenerationStats, Output};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 

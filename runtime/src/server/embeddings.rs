@@ -18,10 +18,10 @@
 
 use super::error::{ApiError, ApiJson};
 use super::AppState;
-use crate::engine::embed::{Pooling, DEFAULT_NORMALIZE};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use llamafile_engine::embed::{Pooling, DEFAULT_NORMALIZE};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
@@ -32,9 +32,9 @@ pub trait Embedder: Send {
     fn embed(&mut self, inputs: &[Vec<u32>], pooling: Pooling, normalize: i32) -> anyhow::Result<Vec<Vec<Vec<f32>>>>;
 }
 
-impl Embedder for crate::engine::Session {
+impl Embedder for llamafile_engine::Session {
     fn embed(&mut self, inputs: &[Vec<u32>], pooling: Pooling, normalize: i32) -> anyhow::Result<Vec<Vec<Vec<f32>>>> {
-        crate::engine::Session::embed(self, inputs, pooling, normalize)
+        llamafile_engine::Session::embed(self, inputs, pooling, normalize)
     }
 }
 

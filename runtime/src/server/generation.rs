@@ -9,7 +9,7 @@
 use super::error::ApiError;
 use super::model::ModelSession;
 use super::AppState;
-use crate::engine::{GenerateRequest, GenerationStats, StopReason};
+use llamafile_engine::{GenerateRequest, GenerationStats, StopReason};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

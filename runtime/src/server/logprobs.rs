@@ -12,7 +12,7 @@
 
 use super::error::ApiError;
 use super::model::Model;
-use crate::engine::logprobs::{TokenLogprob, MAX_TOP_LOGPROBS};
+use llamafile_engine::logprobs::{TokenLogprob, MAX_TOP_LOGPROBS};
 use serde_json::{json, Map, Value};
 
 /// Most alternatives per token of the legacy completions API (OpenAI's limit).

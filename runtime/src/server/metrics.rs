@@ -10,10 +10,10 @@
 
 use super::error::ApiError;
 use super::AppState;
-use crate::engine::GenerationStats;
 use axum::extract::State;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
+use llamafile_engine::GenerationStats;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -147,7 +147,7 @@ pub async fn handler(State(st): State<Arc<AppState>>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::StopReason;
+    use llamafile_engine::StopReason;
 
     fn stats(prompt: usize, cached: usize, generated: usize) -> GenerationStats {
         GenerationStats {

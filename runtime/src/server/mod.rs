@@ -1,4 +1,4 @@
-//! The chat page and the OpenAI-compatible HTTP API. Talks to `crate::engine` only
+//! The chat page and the OpenAI-compatible HTTP API. Talks to `llamafile_engine` only
 //! (through the `model::Model` seam).
 //!
 //! - `routes`: the endpoints; `types`: request bodies and their validation; `error`: the
@@ -52,11 +52,11 @@ pub mod tools;
 pub mod turn;
 pub mod types;
 
-use crate::engine::{Engine, LoadOptions, SamplingParams};
 use anyhow::Context;
+use llamafile_engine::{Engine, LoadOptions, SamplingParams};
 use model::Model;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -126,34 +126,52 @@ impl AppState {
     }
 }
 
-pub fn run(args: &crate::cli::Args) -> anyhow::Result<i32> {
-    // `-m`, else the weights inside this executable (one clear line when there are none).
-    let path = crate::bundle::model_path(args.model.as_deref())?;
-    // One KV cache per slot: all of them are checked against memory at load.
-    let opts = LoadOptions { n_sessions: args.parallel, ..crate::cli::generate::load_options(args, &path) };
-    if args.parallel == 0 {
-        anyhow::bail!("--parallel must be at least 1");
-    }
-    let model_id = match &args.alias {
-        Some(a) if a.trim().is_empty() => anyhow::bail!("--alias must not be empty"),
-        Some(a) => a.clone(),
-        None => model_id(&path),
-    };
-    let mut access = access::Access::new(true, &args.cors_origin)?;
-    let api_keys = auth::ApiKeys::load(&args.api_key, &args.api_key_file)?;
-    let engine = Engine::load(&opts).with_context(|| format!("cannot load the model from {}", path.display()))?;
+/// Everything the server starts with. The command line builds it (`cli::serve`), so the
+/// server knows nothing of flags.
+pub struct ServerOptions {
+    /// The model file (for messages; `load` opens it).
+    pub model_path: PathBuf,
+    /// With one session per slot: all of them are checked against memory at load.
+    pub load: LoadOptions,
+    /// Slots: requests generated at the same time.
+    pub parallel: usize,
+    /// The model id `/v1/models` lists and answers carry.
+    pub model_id: String,
+    pub host: String,
+    pub port: u16,
+    /// Extra origins allowed to call the API from a browser.
+    pub cors_origin: Vec<String>,
+    pub api_keys: Vec<String>,
+    pub api_key_files: Vec<PathBuf>,
+    /// The default sampling of a request that gives none.
+    pub sampling: SamplingParams,
+    pub default_max_tokens: Option<usize>,
+    pub system_prompt: Option<String>,
+    /// One line per request on stderr.
+    pub log: bool,
+    pub pooling: Option<llamafile_engine::embed::Pooling>,
+    pub embd_normalize: Option<i32>,
+    /// `/metrics` answered.
+    pub metrics: bool,
+    pub header_timeout: Duration,
+    pub max_connections: u64,
+    pub open_browser: bool,
+}
+
+pub fn run(o: ServerOptions) -> anyhow::Result<i32> {
+    let mut access = access::Access::new(true, &o.cors_origin)?;
+    let api_keys = auth::ApiKeys::load(&o.api_keys, &o.api_key_files)?;
+    let engine =
+        Engine::load(&o.load).with_context(|| format!("cannot load the model from {}", o.model_path.display()))?;
     // Constrained sampling's view of the vocabulary, built while the server waits for requests.
     engine.prepare_grammar();
     let model: Arc<dyn Model> = Arc::new(model::EngineModel(Arc::new(engine)));
-    // The command line's sampling flags, checked as a request's fields are; without -s each
-    // request draws its own seed.
-    let defaults = args.sampling()?;
     let (max_connections, note) =
-        listen::fit_connections(usize::try_from(args.max_connections).unwrap_or(usize::MAX), listen::raise_fd_limit());
+        listen::fit_connections(usize::try_from(o.max_connections).unwrap_or(usize::MAX), listen::raise_fd_limit());
     if let Some(note) = note {
         eprintln!("note: {note}");
     }
-    let limits = listen::Limits { header_timeout: Duration::from_secs(args.header_timeout), max_connections };
+    let limits = listen::Limits { header_timeout: o.header_timeout, max_connections };
     let rt = tokio::runtime::Builder::new_multi_thread()
         // HTTP work is light; generation runs on the blocking pool, one thread per busy slot.
         .worker_threads(2)
@@ -161,39 +179,25 @@ pub fn run(args: &crate::cli::Args) -> anyhow::Result<i32> {
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async {
-        let listener = bind(&args.host, args.port).await?;
+        let listener = bind(&o.host, o.port).await?;
         // Bound to loopback, only loopback names are answered; bound elsewhere, any name.
         access.loopback_host_only =
             listener.local_addr().context("cannot read the listening address")?.ip().is_loopback();
-        let mut state = AppState::new(model, args.parallel, defaults);
+        let mut state = AppState::new(model, o.parallel, o.sampling);
         {
             let st = Arc::get_mut(&mut state).expect("not shared yet");
-            st.default_max_tokens = (args.n_predict > 0).then_some(args.n_predict as usize);
-            st.system_prompt = args.system.clone();
-            st.log = !args.log_disable;
-            st.model_id = model_id;
+            st.default_max_tokens = o.default_max_tokens;
+            st.system_prompt = o.system_prompt;
+            st.log = o.log;
+            st.model_id = o.model_id;
             st.access = access;
-            st.embeddings = embeddings::Embeddings::new(&*st.model, args.pooling, args.embd_normalize);
-            st.metrics_enabled = args.metrics;
+            st.embeddings = embeddings::Embeddings::new(&*st.model, o.pooling, o.embd_normalize);
+            st.metrics_enabled = o.metrics;
             st.api_keys = api_keys;
         }
-        serve(state, listener, limits, !args.nobrowser).await
+        serve(state, listener, limits, o.open_browser).await
     })?;
     Ok(0)
-}
-
-/// The model's default id, as llama.cpp's: the file name without its extension
-/// (`qwen2.5-coder-0.5b-instruct-q4_k_m` for `…/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf`); for
-/// `archive.zip@name.gguf`, the entry's.
-fn model_id(path: &Path) -> String {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let name = name.rsplit_once('@').map_or(name.as_str(), |(_, entry)| entry);
-    let stem = Path::new(name).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    if stem.is_empty() {
-        "model".to_string()
-    } else {
-        stem
-    }
 }
 
 /// Bind `host:port`, or the next free port above it (up to 100 tries) if it is taken.
@@ -340,22 +344,4 @@ pub async fn serve(
     }
     eprintln!("llamafile: stopped");
     Ok(())
-}
-
-#[cfg(test)]
-mod model_id_tests {
-    use super::model_id;
-    use std::path::Path;
-
-    #[test]
-    fn file_stem() {
-        assert_eq!(
-            model_id(Path::new("/m/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")),
-            "qwen2.5-coder-0.5b-instruct-q4_k_m"
-        );
-        assert_eq!(model_id(Path::new("mistral-7b-instruct.Q4_K_M.llamafile")), "mistral-7b-instruct.Q4_K_M");
-        assert_eq!(model_id(Path::new("/x/archive.zip@weights/tiny.gguf")), "tiny");
-        assert_eq!(model_id(Path::new("/usr/bin/mymodel")), "mymodel");
-        assert_eq!(model_id(Path::new("/")), "model");
-    }
 }

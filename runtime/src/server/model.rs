@@ -1,10 +1,10 @@
-//! What the server needs from a model, as a trait over the engine's API (`crate::engine`), so
+//! What the server needs from a model, as a trait over the engine's API (`llamafile_engine`), so
 //! that routes, queueing and cancellation are unit-tested with a small fake model
 //! (`server::testing`) and run on the real engine in the binary.
 
-use crate::engine::fim::{FimInput, FimTokens};
-use crate::engine::{Engine, GenerateOptions, GenerateRequest, GenerationStats, Output, Session};
-use crate::tokenizer::chat::ChatMessage;
+use llamafile_engine::fim::{FimInput, FimTokens};
+use llamafile_engine::tokenizer::chat::ChatMessage;
+use llamafile_engine::{Engine, GenerateOptions, GenerateRequest, GenerationStats, Output, Session};
 use std::sync::Arc;
 
 pub trait Model: Send + Sync + 'static {
@@ -40,7 +40,7 @@ pub trait Model: Send + Sync + 'static {
     }
     /// The pooling the model declares (`None`: it declares none); an error for one that cannot
     /// be served (rank).
-    fn declared_pooling(&self) -> anyhow::Result<Option<crate::engine::embed::Pooling>> {
+    fn declared_pooling(&self) -> anyhow::Result<Option<llamafile_engine::embed::Pooling>> {
         Ok(None)
     }
     /// A session for embeddings only, apart from the chat slots.
@@ -83,14 +83,14 @@ pub trait ModelSession: Send {
         let mut total: Option<GenerationStats> = None;
         for choice in 0..opts.n.max(1) {
             let mut one = req.clone();
-            one.sampling.seed = crate::engine::sampler::choice_seed(req.sampling.seed, choice);
+            one.sampling.seed = llamafile_engine::sampler::choice_seed(req.sampling.seed, choice);
             let st = self.generate(&one, &mut |t| out(Output::Text(choice, t)))?;
-            let cancelled = st.stop == crate::engine::StopReason::Cancelled || !out(Output::Done(choice, &st));
+            let cancelled = st.stop == llamafile_engine::StopReason::Cancelled || !out(Output::Done(choice, &st));
             let t =
                 total.get_or_insert_with(|| GenerationStats { generated_tokens: 0, generation_ms: 0.0, ..st.clone() });
             t.generated_tokens += st.generated_tokens;
             t.generation_ms += st.generation_ms;
-            t.stop = if cancelled { crate::engine::StopReason::Cancelled } else { st.stop };
+            t.stop = if cancelled { llamafile_engine::StopReason::Cancelled } else { st.stop };
             if cancelled {
                 break;
             }
@@ -145,7 +145,7 @@ impl Model for EngineModel {
     fn n_embd(&self) -> usize {
         self.0.n_embd()
     }
-    fn declared_pooling(&self) -> anyhow::Result<Option<crate::engine::embed::Pooling>> {
+    fn declared_pooling(&self) -> anyhow::Result<Option<llamafile_engine::embed::Pooling>> {
         self.0.pooling()
     }
     fn embedder(&self) -> anyhow::Result<Box<dyn super::embeddings::Embedder>> {
@@ -256,7 +256,7 @@ pub fn template_default_system(render: impl Fn(&[ChatMessage]) -> anyhow::Result
 mod tests {
     use super::*;
     use crate::server::testing::FakeModel;
-    use crate::tokenizer::chat::ChatTemplate;
+    use llamafile_engine::tokenizer::chat::ChatTemplate;
 
     #[test]
     fn the_template_default_system_prompt() {

@@ -5,8 +5,6 @@ use super::error::{ApiError, ApiJson, BODY_LIMIT};
 use super::generation::{finish_reason, stop_type, timings, usage, PromptCache};
 use super::types::*;
 use super::{assets, AppState};
-use crate::engine::{GenerateOptions, GenerateRequest};
-use crate::tokenizer::chat::ChatMessage;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderValue, Method, Uri};
 use axum::middleware::{self, Next};
@@ -15,6 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::stream::{self, Stream, StreamExt};
+use llamafile_engine::tokenizer::chat::ChatMessage;
+use llamafile_engine::{GenerateOptions, GenerateRequest};
 use serde_json::{json, Value};
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -338,7 +338,7 @@ async fn chat_completions(State(st): St, ApiJson(req): ApiJson<ChatRequest>) -> 
     note_requested_model(&st, req.model.as_deref());
     let model_name = st.model_id.clone();
     let model = st.model.clone();
-    let logprobs_json = move |tokens: &[crate::engine::logprobs::TokenLogprob]| match logprobs {
+    let logprobs_json = move |tokens: &[llamafile_engine::logprobs::TokenLogprob]| match logprobs {
         Some(_) => json!({ "content": super::logprobs::chat_content(&*model, tokens) }),
         None => Value::Null,
     };
@@ -387,13 +387,13 @@ async fn chat_completions(State(st): St, ApiJson(req): ApiJson<ChatRequest>) -> 
     let first =
         (0..n).map(|i| sse_data(&chunk(i, json!({"role": "assistant", "content": ""}), Value::Null, None))).collect();
     // each choice's tokens not yet sent: they go with the text they begin
-    let mut pending: Vec<Vec<crate::engine::logprobs::TokenLogprob>> = vec![Vec::new(); n];
+    let mut pending: Vec<Vec<llamafile_engine::logprobs::TokenLogprob>> = vec![Vec::new(); n];
     // With tools, each choice's text goes through a reader of the model's call format.
     let mut calls: Option<(super::tools::ToolPlan, Vec<super::tools::stream::ToolStream>)> =
         tools.filter(|t| t.reads_calls()).map(|t| (t, (0..n).map(|_| Default::default()).collect()));
     Ok(sse_from(first, rx, move |ev| {
         // A choice's end: what its reader still holds, then its chunk with the finish reason.
-        let mut end = |i: usize, stats: &crate::engine::GenerationStats| {
+        let mut end = |i: usize, stats: &llamafile_engine::GenerationStats| {
             let mut out = Vec::new();
             let mut finish = finish_reason(stats.stop);
             if let Some((plan, readers)) = calls.as_mut() {
@@ -520,7 +520,7 @@ async fn completions(State(st): St, ApiJson(req): ApiJson<CompletionRequest>) ->
     let model_name = st.model_id.clone();
     let model = st.model.clone();
     let echoed = echo.clone();
-    let logprobs_json = move |tokens: &[crate::engine::logprobs::TokenLogprob], text: &str| match logprobs {
+    let logprobs_json = move |tokens: &[llamafile_engine::logprobs::TokenLogprob], text: &str| match logprobs {
         Some(_) => super::logprobs::legacy(&*model, tokens, text, &echoed),
         None => Value::Null,
     };
@@ -566,7 +566,7 @@ async fn completions(State(st): St, ApiJson(req): ApiJson<CompletionRequest>) ->
     };
     // each choice's text so far (the offsets count from its start) and tokens not yet sent
     let mut text: Vec<String> = vec![String::new(); n];
-    let mut pending: Vec<Vec<crate::engine::logprobs::TokenLogprob>> = vec![Vec::new(); n];
+    let mut pending: Vec<Vec<llamafile_engine::logprobs::TokenLogprob>> = vec![Vec::new(); n];
     Ok(sse_from(first, rx, move |ev| match ev {
         ChoiceEvent::Token(i, t) => {
             if let Some(p) = pending.get_mut(i) {
@@ -638,13 +638,13 @@ pub(super) async fn llama_completion_of(
     note_requested_model(&st, req.model.as_deref());
     let model_name = st.model_id.clone();
     let model = st.model.clone();
-    let with_probs = move |mut v: Value, tokens: &[crate::engine::logprobs::TokenLogprob]| {
+    let with_probs = move |mut v: Value, tokens: &[llamafile_engine::logprobs::TokenLogprob]| {
         if logprobs.is_some() {
             v["completion_probabilities"] = super::logprobs::llama(&*model, tokens);
         }
         v
     };
-    let final_fields = move |content: String, s: &crate::engine::GenerationStats| {
+    let final_fields = move |content: String, s: &llamafile_engine::GenerationStats| {
         json!({
             "content": content,
             "stop": true,
@@ -653,9 +653,9 @@ pub(super) async fn llama_completion_of(
             "tokens_evaluated": s.prompt_tokens,
             "tokens_cached": s.cached_tokens,
             "stop_type": stop_type(s.stop),
-            "stopped_eos": s.stop == crate::engine::StopReason::EndToken,
-            "stopped_limit": matches!(s.stop, crate::engine::StopReason::MaxTokens | crate::engine::StopReason::ContextFull),
-            "stopped_word": s.stop == crate::engine::StopReason::StopString,
+            "stopped_eos": s.stop == llamafile_engine::StopReason::EndToken,
+            "stopped_limit": matches!(s.stop, llamafile_engine::StopReason::MaxTokens | llamafile_engine::StopReason::ContextFull),
+            "stopped_word": s.stop == llamafile_engine::StopReason::StopString,
             "truncated": false,
             "timings": timings(s),
         })

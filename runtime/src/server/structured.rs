@@ -1,10 +1,10 @@
 //! Structured output on the HTTP API: OpenAI's `response_format` (`json_object`, `json_schema`)
 //! and llama.cpp's `grammar` (GBNF) and `json_schema` on `/completion`, checked into the
-//! engine's `Grammar` (see `crate::grammar`) before any work is queued. A bad grammar or schema
+//! engine's `Grammar` (see `llamafile_engine::grammar`) before any work is queued. A bad grammar or schema
 //! is a 400 naming the field and the problem.
 
 use super::error::ApiError;
-use crate::grammar::Grammar;
+use llamafile_engine::grammar::Grammar;
 use serde_json::Value;
 
 /// OpenAI's `response_format`: `text` (or absent) is free text.

@@ -4,8 +4,8 @@
 //! honour max_tokens, stop strings, the context and cancellation.
 
 use super::model::{Model, ModelSession};
-use crate::engine::{GenerateRequest, GenerationStats, StopReason};
-use crate::tokenizer::chat::ChatMessage;
+use llamafile_engine::tokenizer::chat::ChatMessage;
+use llamafile_engine::{GenerateRequest, GenerationStats, StopReason};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,7 +30,7 @@ pub struct FakeModel {
     pub token_delay_us: Arc<AtomicU64>,
     pub counters: Arc<Counters>,
     /// A chat template (rendering and the tool-call format), instead of the Mistral-like rules.
-    pub template: Option<Arc<crate::tokenizer::chat::ChatTemplate>>,
+    pub template: Option<Arc<llamafile_engine::tokenizer::chat::ChatTemplate>>,
     /// The reply every generation gives, 3 characters a "token" (grammars are not applied), instead
     /// of the words.
     pub reply: Option<Arc<str>>,
@@ -136,8 +136,8 @@ impl Model for FakeModel {
     fn n_embd(&self) -> usize {
         super::tests_embeddings::FAKE_N_EMBD
     }
-    fn declared_pooling(&self) -> anyhow::Result<Option<crate::engine::embed::Pooling>> {
-        Ok(Some(crate::engine::embed::Pooling::Mean))
+    fn declared_pooling(&self) -> anyhow::Result<Option<llamafile_engine::embed::Pooling>> {
+        Ok(Some(llamafile_engine::embed::Pooling::Mean))
     }
     fn embedder(&self) -> anyhow::Result<Box<dyn super::embeddings::Embedder>> {
         Ok(Box::new(super::tests_embeddings::FakeEmbedder))

@@ -8,7 +8,7 @@
 use super::listen::Limits;
 use super::testing::{FakeModel, WORDS};
 use super::AppState;
-use crate::engine::SamplingParams;
+use llamafile_engine::SamplingParams;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;

@@ -5,7 +5,7 @@
 use super::model::EngineModel;
 use super::tests::{assert_error, post, rt, server, user};
 use super::AppState;
-use crate::engine::{Engine, LoadOptions, SamplingParams};
+use llamafile_engine::{Engine, LoadOptions, SamplingParams};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -4,7 +4,7 @@
 
 use super::embeddings::{Embedder, Embeddings};
 use super::tests::{post, rt, server, server_custom, Resp};
-use crate::engine::embed::{normalize, Pooling};
+use llamafile_engine::embed::{normalize, Pooling};
 use serde_json::{json, Value};
 use std::time::Duration;
 

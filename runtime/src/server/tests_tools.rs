@@ -5,7 +5,7 @@
 use super::testing::FakeModel;
 use super::tests::{post, rt};
 use super::AppState;
-use crate::tokenizer::chat::ChatTemplate;
+use llamafile_engine::tokenizer::chat::ChatTemplate;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -17,7 +17,7 @@ async fn server(template: &Arc<ChatTemplate>, reply: &str) -> std::net::SocketAd
     m.n_ctx = 4096;
     m.template = Some(template.clone());
     m.reply = Some(reply.into());
-    let mut state = AppState::new(Arc::new(m), 1, crate::engine::SamplingParams::default());
+    let mut state = AppState::new(Arc::new(m), 1, llamafile_engine::SamplingParams::default());
     Arc::get_mut(&mut state).unwrap().log = false;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -136,13 +136,13 @@ fn a_call_and_its_result_go_back_through_the_template() {
         assert_eq!(j["choices"][0]["finish_reason"], "stop");
         // The rendered prompt holds the call and the result in Qwen's form (the fake's tokens
         // are bytes, so the prompt length tells the template rendered them).
-        let msgs: Vec<crate::tokenizer::chat::ChatMessage> = vec![
-            crate::tokenizer::chat::ChatMessage::new("user", "Weather in Paris?"),
-            crate::tokenizer::chat::ChatMessage {
+        let msgs: Vec<llamafile_engine::tokenizer::chat::ChatMessage> = vec![
+            llamafile_engine::tokenizer::chat::ChatMessage::new("user", "Weather in Paris?"),
+            llamafile_engine::tokenizer::chat::ChatMessage {
                 tool_calls: Some(json!([{"id": "call_7", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}])),
-                ..crate::tokenizer::chat::ChatMessage::new("assistant", "")
+                ..llamafile_engine::tokenizer::chat::ChatMessage::new("assistant", "")
             },
-            crate::tokenizer::chat::ChatMessage { tool_call_id: Some("call_7".into()), ..crate::tokenizer::chat::ChatMessage::new("tool", "sunny, 21 C") },
+            llamafile_engine::tokenizer::chat::ChatMessage { tool_call_id: Some("call_7".into()), ..llamafile_engine::tokenizer::chat::ChatMessage::new("tool", "sunny, 21 C") },
         ];
         let prompt = t.render_with_tools(&msgs, true, Some(&tools())).unwrap();
         assert!(prompt.contains("<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>"));

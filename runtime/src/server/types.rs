@@ -4,8 +4,8 @@
 //! known fields with the wrong type are an error naming the field.
 
 use super::error::ApiError;
-use crate::engine::sampler::{fresh_seed, SamplingOptions};
-use crate::engine::SamplingParams;
+use llamafile_engine::sampler::{fresh_seed, SamplingOptions};
+use llamafile_engine::SamplingParams;
 use serde::Deserialize;
 
 /// A string, or a list of strings (`stop`).
@@ -279,7 +279,7 @@ pub fn validate_sampling(f: SamplingFields, n: Option<i64>, defaults: &SamplingP
     Ok(Sampling { params, stop, ignore_eos: f.ignore_eos.unwrap_or(false), n })
 }
 
-pub use crate::engine::sampler::random_u64;
+pub use llamafile_engine::sampler::random_u64;
 
 pub fn unix_time() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
@@ -291,7 +291,7 @@ mod tests {
     use super::*;
 
     fn defaults() -> SamplingParams {
-        SamplingParams { seed: crate::engine::sampler::RANDOM_SEED, ..SamplingParams::default() }
+        SamplingParams { seed: llamafile_engine::sampler::RANDOM_SEED, ..SamplingParams::default() }
     }
 
     #[test]

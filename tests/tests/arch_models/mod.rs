@@ -10,7 +10,7 @@
 
 #![allow(dead_code)] // each test crate that includes this module uses part of it
 
-use llamafile::gguf::{writer, GgufFile, MetaValue};
+use llamafile_format::gguf::{writer, GgufFile, MetaValue};
 use std::path::{Path, PathBuf};
 
 /// One architecture's tiny layout.

@@ -21,7 +21,7 @@ pub fn tiny_model() -> Option<PathBuf> {
 /// `dir`: for the tests of the HTTP layer, which need some model but not the Mistral one.
 pub fn writer_model(dir: &Path) -> PathBuf {
     let p = dir.join("tiny.gguf");
-    std::fs::write(&p, llamafile::gguf::writer::tiny_model(&[], &[])).unwrap();
+    std::fs::write(&p, llamafile_format::gguf::writer::tiny_model(&[], &[])).unwrap();
     p
 }
 

@@ -16,8 +16,8 @@
 //! being written (`parse` with `done: false`), for streaming.
 
 use super::scan::{self, NotJson};
-use crate::grammar::Grammar;
 use anyhow::Result;
+use llamafile_engine::grammar::Grammar;
 use serde_json::{json, Value};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,6 +1,6 @@
 use super::*;
 use crate::server::tools::{check_calls, plan, stream::ToolStream, ToolPlan};
-use crate::tokenizer::chat::{ChatMessage, ChatTemplate};
+use llamafile_engine::tokenizer::chat::{ChatMessage, ChatTemplate};
 
 fn weather_tools() -> Value {
     json!([
@@ -13,7 +13,7 @@ fn weather_tools() -> Value {
 /// Qwen2.5-Coder's own template (from the shared vocabulary file).
 pub(crate) fn qwen_template() -> Option<ChatTemplate> {
     let dir = test_support::require_shared()?;
-    let g = crate::gguf::GgufFile::open(&dir.join("vocab/qwen2.5-coder.vocab.gguf")).unwrap();
+    let g = llamafile_format::gguf::GgufFile::open(&dir.join("vocab/qwen2.5-coder.vocab.gguf")).unwrap();
     Some(ChatTemplate::from_gguf(&g, None).unwrap())
 }
 
@@ -108,7 +108,7 @@ fn formats_are_picked_from_the_template() {
     assert_eq!(Format::of_template(t.source()), Format::Hermes);
     assert_eq!(Format::of_template(MISTRAL_V3), Format::Mistral);
     assert_eq!(Format::of_template(LLAMA31), Format::Llama3);
-    for builtin in crate::tokenizer::chat::BUILTIN_NAMES {
+    for builtin in llamafile_engine::tokenizer::chat::BUILTIN_NAMES {
         let t = ChatTemplate::builtin(builtin, "<s>", "</s>").unwrap();
         assert_eq!(Format::of_template(t.source()), Format::Generic, "{builtin}");
     }
@@ -224,9 +224,9 @@ fn mistral_prompt_grammar_and_parsing() {
 #[test]
 fn forced_calls_start_with_the_control_token() {
     let Some(dir) = test_support::require_shared() else { return };
-    let g = crate::gguf::GgufFile::open(&dir.join("vocab/qwen2.5-coder.vocab.gguf")).unwrap();
-    let tok = crate::tokenizer::Tokenizer::from_gguf(&g).unwrap();
-    let f = crate::grammar::Factory::new(&tok).unwrap();
+    let g = llamafile_format::gguf::GgufFile::open(&dir.join("vocab/qwen2.5-coder.vocab.gguf")).unwrap();
+    let tok = llamafile_engine::tokenizer::Tokenizer::from_gguf(&g).unwrap();
+    let f = llamafile_engine::grammar::Factory::new(&tok).unwrap();
     let id = tok.encode("<|im_start|>", false, true).unwrap()[0];
     let call = Format::Mistral.call_schema(
         "get_time",
@@ -237,7 +237,7 @@ fn forced_calls_start_with_the_control_token() {
     let first = m.allowed().unwrap();
     let allowed: Vec<u32> = (0..tok.vocab_size() as u32).filter(|&i| first.is_allowed(i)).collect();
     assert_eq!(allowed, [id], "only the control token may start the reply");
-    use crate::engine::sampler::TokenConstraint;
+    use llamafile_engine::sampler::TokenConstraint;
     m.accept(id).unwrap();
     for t in tok.encode("[{\"name\": \"get_time\", \"arguments\": {\"zone\": \"CET\"}}]", false, false).unwrap() {
         assert!(m.allowed().unwrap().is_allowed(t), "{:?}", tok.token_text(t));

@@ -19,8 +19,8 @@ pub use format::{Call, Format, Parsed};
 
 use super::error::ApiError;
 use super::model::Model;
-use crate::grammar::Grammar;
-use crate::tokenizer::chat::ChatMessage;
+use llamafile_engine::grammar::Grammar;
+use llamafile_engine::tokenizer::chat::ChatMessage;
 use serde_json::{json, Value};
 
 /// What a request's `tools` and `tool_choice` settle.
