@@ -1,0 +1,3 @@
+mod awq;
+mod gptq;
+pub mod quantized;
