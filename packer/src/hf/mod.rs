@@ -14,6 +14,8 @@ mod shards;
 mod special;
 mod spm;
 mod tensors;
+#[cfg(test)]
+mod tests;
 mod vocab;
 
 use anyhow::{bail, Context};
