@@ -130,3 +130,65 @@ fn group_32_checkpoints_map_onto_q4_blocks_without_rounding_twice() {
     assert_eq!(mapped.get(&("gptq", "Q4_1".into())), Some(&14), "{mapped:?}");
     assert!(!mapped.keys().any(|(k, _)| *k == "gptq-desc-act"), "{mapped:?}");
 }
+
+/// `pack --hf` on each quantized checkpoint writes the same GGUF tensors, byte for byte, as on
+/// its float twin dequantized by numpy: the same F16 weights (the q/k permutation included), so
+/// the same logits.
+#[test]
+fn pack_hf_of_a_quantized_checkpoint_equals_pack_hf_of_its_numpy_dequantized_twin() {
+    let Some(spm) = test_support::require_model("mistral-7b-v0.1-tokenizer.model") else { return };
+    let have = Command::new("python3").args(["-c", "import numpy"]).output().map(|o| o.status.success());
+    if have.ok() != Some(true) {
+        test_support::skip("python3 with numpy", "pip install numpy");
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    // The tokenizer files of hf's Llama fixture (the real Mistral SentencePiece vocabulary).
+    let base = root.path().join("base");
+    let out = Command::new("python3")
+        .arg(repo.join("tests/fixtures/make_hf_checkpoint.py"))
+        .args(["llama".as_ref(), base.as_os_str(), "--tokenizer".as_ref(), spm.as_os_str()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ckpts = root.path().join("ckpts");
+    let out = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hf_quant/make_fixtures.py"))
+        .args([ckpts.as_os_str(), "--tokenizer".as_ref(), base.as_os_str(), "--vocab".as_ref(), "32000".as_ref()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for kind in ["gptq", "gptq-desc-act", "awq"] {
+        let convert = |dir: &str| {
+            let gguf = root.path().join(format!("{dir}.gguf"));
+            packer::hf::convert_to_gguf(&ckpts.join(dir), &gguf, false, false).unwrap();
+            llamafile::gguf::GgufFile::open(&gguf).unwrap()
+        };
+        let (q, f) = (convert(kind), convert(&format!("{kind}-dequantized")));
+        let names = |g: &llamafile::gguf::GgufFile| g.tensors().iter().map(|t| t.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&q), names(&f), "{kind}");
+        for (a, b) in q.tensors().iter().zip(f.tensors()) {
+            assert_eq!((a.ggml_type, &a.dims), (b.ggml_type, &b.dims), "{kind} {}", a.name);
+            assert!(q.tensor_data(a) == f.tensor_data(b), "{kind} {}: data differs", a.name);
+        }
+        assert!(q.tensors().iter().any(|t| t.name == "blk.1.attn_q.weight"), "{kind}");
+    }
+    // Settings the tensors do not fit, or that are not supported: one line, nothing written.
+    let dir = ckpts.join("gptq-desc-act");
+    let settings = dir.join("quantize_config.json");
+    let original = std::fs::read_to_string(&settings).unwrap();
+    for (from, to, want) in [
+        ("\"group_size\": 32", "\"group_size\": 48", "tensor 'model.layers.0.mlp.down_proj.qweight': its 128 input features are not a multiple of the group size 48 ("),
+        ("\"bits\": 4", "\"bits\": 3", "quantize_config.json: bits is 3; only 4-bit GPTQ is supported"),
+    ] {
+        std::fs::write(&settings, original.replace(from, to)).unwrap();
+        let gguf = root.path().join("refused.gguf");
+        let e = format!("{:#}", packer::hf::convert_to_gguf(&dir, &gguf, false, false).unwrap_err());
+        assert!(e.contains(want), "{e:?} should contain {want:?}");
+        assert!(!e.contains('\n'), "{e:?}");
+        assert!(!gguf.exists());
+        let left: Vec<_> = std::fs::read_dir(root.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(!left.iter().any(|n| n.to_string_lossy().contains("refused")), "{left:?}");
+    }
+}

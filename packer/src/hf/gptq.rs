@@ -14,7 +14,7 @@ pub(crate) fn unpack<'a>(
     let qw = fetch(get, &qweight)?;
     let (packed_in, out) = dims2(&qw, &qweight)?;
     let inp = packed_in * 8;
-    if out % 8 != 0 {
+    if !out.is_multiple_of(8) {
         bail!("tensor '{}' has {out} output features, not a multiple of 8 (as qzeros packs them)", escape(&qweight));
     }
     let groups = group_count(c.group_size, &c.source, inp, &qweight)?;

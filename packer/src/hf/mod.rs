@@ -40,12 +40,7 @@ const QUANTIZATION_VERSION: u32 = 2;
 const SLAB_BYTES: usize = 8 << 20;
 
 /// A tensor of a shard as the GPTQ/AWQ dequantizer reads it.
-pub struct RawTensor<'a> {
-    /// The safetensors dtype name: "I32", "F16", "BF16", "F32".
-    pub dtype: &'a str,
-    pub shape: Vec<usize>,
-    pub data: &'a [u8],
-}
+pub use quantized::RawTensor;
 
 /// Dequantize the linear layer `prefix` (reading its parts through `get`) to its f32 weight,
 /// shape [out_features, in_features].
@@ -60,26 +55,21 @@ pub struct Quantized {
     pub is_part: fn(&str) -> bool,
 }
 
-/// The quantization method of the checkpoint in `dir`, if it is quantized. Until a
-/// dequantizer is built in, a GPTQ/AWQ checkpoint is refused here, naming what says so.
+/// The quantization method of the checkpoint in `dir` (4-bit GPTQ or AWQ GEMM, see
+/// [`quantized`]), if it is quantized; any other is refused naming the file and field.
 fn detect_quantized(dir: &Path, config: &Json) -> anyhow::Result<Option<Quantized>> {
-    if let Some(m) = config.get("quantization_config").and_then(|q| q.get("quant_method")).and_then(|m| m.as_str()) {
-        bail!("config.json: quantization_config.quant_method '{}' is not supported by pack --hf", escape(m));
-    }
-    for f in ["quantize_config.json", "quant_config.json"] {
-        if dir.join(f).is_file() {
-            bail!("{}: quantized checkpoints are not supported by pack --hf", escape_path(&dir.join(f)));
-        }
-    }
-    Ok(None)
+    Ok(quantized::method_from_dir(dir, config)?.map(|m| Quantized {
+        dequantize: Box::new(move |prefix, get| quantized::dequantize_linear(&m, prefix, get)),
+        is_part: quantized::is_quantization_tensor,
+    }))
 }
 
 /// Where an output tensor's data comes from.
 enum Source {
     /// A shard tensor (index in [`Shards::tensors`]), rows permuted for `Some(n_head)`.
     Shard { index: usize, permute: Option<usize> },
-    /// A quantized linear layer, dequantized when written.
-    Dequantized { prefix: String },
+    /// A quantized linear layer, dequantized when written, rows permuted for `Some(n_head)`.
+    Dequantized { prefix: String, permute: Option<usize> },
     /// Computed here (the llama3 rope factors), f32.
     Generated(Vec<f32>),
 }
@@ -141,7 +131,7 @@ fn plan_with(dir: &Path, cfg: Config, quantized: Option<Quantized>) -> anyhow::R
             Some(q) if (q.is_part)(&t.name) => match t.name.strip_suffix(".qweight") {
                 Some(prefix) => (
                     format!("{prefix}.weight"),
-                    Source::Dequantized { prefix: prefix.to_string() },
+                    Source::Dequantized { prefix: prefix.to_string(), permute: None },
                     "F32".to_string(),
                     None,
                 ),
@@ -165,6 +155,7 @@ fn plan_with(dir: &Path, cfg: Config, quantized: Option<Quantized>) -> anyhow::R
         }
         let source = match source {
             Source::Shard { index, .. } => Source::Shard { index, permute },
+            Source::Dequantized { prefix, .. } => Source::Dequantized { prefix, permute },
             s => s,
         };
         items.push((gguf_name, want, dtype, source));
@@ -243,7 +234,7 @@ impl HfPlan {
             buf.clear();
             match &t.source {
                 Source::Generated(v) => tensors::convert_f32_into(v, t.ggml_type, &mut buf),
-                Source::Dequantized { prefix } => {
+                Source::Dequantized { prefix, permute } => {
                     let q = self.quantized.as_ref().expect("planned with a dequantizer");
                     let shards = &self.shards;
                     let get = move |name: &str| -> Option<RawTensor<'_>> {
@@ -262,7 +253,17 @@ impl HfPlan {
                             t.shape
                         );
                     }
-                    tensors::convert_f32_into(&w, t.ggml_type, &mut buf);
+                    match permute {
+                        // The q/k rows in the order the runtime's RoPE reads them, as for a float checkpoint.
+                        Some(h) => {
+                            let cols = shape[1];
+                            for r in 0..shape[0] {
+                                let src = tensors::permuted_source_row(r, shape[0], *h);
+                                tensors::convert_f32_into(&w[src * cols..(src + 1) * cols], t.ggml_type, &mut buf);
+                            }
+                        }
+                        None => tensors::convert_f32_into(&w, t.ggml_type, &mut buf),
+                    }
                 }
                 Source::Shard { index, permute } => {
                     let s = &self.shards.tensors[*index];

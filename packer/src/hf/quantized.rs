@@ -157,7 +157,7 @@ pub fn exact_legacy_q4<'a>(
     }
     let u = unpack(m, prefix, get)?;
     let qk = to.block_size();
-    if u.inp % qk != 0 {
+    if !u.inp.is_multiple_of(qk) {
         return Ok(None);
     }
     let row_bytes = to.row_bytes(u.inp);
@@ -308,7 +308,7 @@ pub(crate) fn dims2(t: &RawTensor, name: &str) -> anyhow::Result<(usize, usize)>
 pub(crate) fn group_count(group_size: Option<usize>, src: &str, inp: usize, name: &str) -> anyhow::Result<usize> {
     match group_size {
         None => Ok(1),
-        Some(g) if inp % g == 0 => Ok(inp / g),
+        Some(g) if inp.is_multiple_of(g) => Ok(inp / g),
         Some(g) => bail!(
             "tensor '{}': its {inp} input features are not a multiple of the group size {g} ({src})",
             escape(name)

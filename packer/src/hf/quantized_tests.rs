@@ -116,7 +116,8 @@ fn tensors_that_do_not_fit_are_refused_naming_them() {
     };
     let m = gptq(Some(32), false);
     assert!(base().dequantize(&m).is_ok());
-    let cases: Vec<(Box<dyn Fn(&mut Store)>, &str)> = vec![
+    type Spoil = Box<dyn Fn(&mut Store)>;
+    let cases: Vec<(Spoil, &str)> = vec![
         (Box::new(|s| drop(s.0.remove("l.scales"))), "tensor 'l.scales' is missing"),
         (Box::new(|s| s.f16s("l.scales", &[2, 8], &[1.0; 16])), "tensor 'l.scales' has shape [2, 8], expected [1, 8]"),
         (Box::new(|s| s.f16s("l.qzeros", &[1, 2], &[1.0; 2])), "tensor 'l.qzeros' has dtype F16, expected I32"),
@@ -200,7 +201,9 @@ fn settings_are_read_from_each_place() {
 fn unsupported_settings_are_refused_naming_the_file_and_field() {
     let q = "quantize_config.json";
     let a = "quant_config.json";
-    let cases: &[(&[(&str, &str)], &str, &str)] = &[
+    /// (files written, config.json, the message).
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+    let cases: &[Case] = &[
         (&[(q, r#"{"bits": 8, "group_size": 128}"#)], "{}", "quantize_config.json: bits is 8; only 4-bit GPTQ is supported"),
         (&[(q, r#"{"group_size": 128}"#)], "{}", "quantize_config.json: no bits field"),
         (&[(q, r#"{"bits": 4}"#)], "{}", "quantize_config.json: no group_size field"),

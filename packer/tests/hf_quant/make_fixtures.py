@@ -13,7 +13,7 @@
 The quantization is round-to-nearest per group (the formats are what is tested, not GPTQ's or
 AWQ's search). Usage: make_fixtures.py OUT_DIR [--tokenizer DIR] (copies tokenizer.json,
 tokenizer_config.json, tokenizer.model, special_tokens_map.json from DIR when there, and sizes
-the vocabulary after tokenizer.json; 256 tokens otherwise).
+the vocabulary after tokenizer.json, or --vocab N for a tokenizer.model; 256 tokens otherwise).
 """
 import argparse
 import json
@@ -163,9 +163,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out")
     ap.add_argument("--tokenizer")
+    ap.add_argument("--vocab", type=int, default=256)
     a = ap.parse_args()
-    vocab = 256
-    if a.tokenizer:
+    vocab = a.vocab
+    if a.tokenizer and os.path.exists(os.path.join(a.tokenizer, "tokenizer.json")):
         with open(os.path.join(a.tokenizer, "tokenizer.json")) as f:
             tok = json.load(f)
         ids = list(tok["model"]["vocab"].values()) if isinstance(tok["model"]["vocab"], dict) else range(len(tok["model"]["vocab"]))
