@@ -5,6 +5,7 @@
 //! `.args` and any extra entries, the central directory, and ZIP64 records when needed. The file
 //! is written under a temporary name in the output's directory and renamed at the end.
 
+pub mod hf;
 pub mod imatrix;
 pub mod quant_mix;
 pub mod quantize;

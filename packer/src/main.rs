@@ -3,6 +3,7 @@
 //! `pack --keygen NAME`; `pack ... --sign NAME.key`
 //! `pack --upgrade FILE.llamafile --runtime NEW [-o OUT] [--sign NAME.key]`
 //! `pack --gguf PATH --quantize TYPE [-o OUT | --gguf-out OUT.gguf] [--force]`
+//! `pack --hf DIR [--quantize TYPE] [-o OUT | --gguf-out OUT.gguf] [--force]`
 
 use anyhow::Context;
 use clap::Parser;
@@ -22,7 +23,7 @@ struct Cli {
     #[arg(long, value_name = "PATH")]
     runtime: Option<PathBuf>,
     /// The weights: a .gguf, or a llamafile/zip holding one, or archive.zip@name.gguf.
-    #[arg(long, value_name = "PATH", required_unless_present_any = ["list", "keygen", "upgrade"], conflicts_with = "upgrade")]
+    #[arg(long, value_name = "PATH", required_unless_present_any = ["list", "keygen", "upgrade", "hf"], conflicts_with_all = ["upgrade", "hf"])]
     gguf: Option<PathBuf>,
     /// Output file (default: <gguf stem>.llamafile in the current directory).
     #[arg(short = 'o', long = "output", value_name = "OUT")]
@@ -46,13 +47,20 @@ struct Cli {
     #[arg(long, value_name = "TYPE")]
     quantize: Option<String>,
     /// With --quantize: write the quantized model as a plain GGUF to OUT (no runtime, no zip).
-    #[arg(long = "gguf-out", value_name = "OUT", requires = "quantize", conflicts_with_all = ["out", "args", "args_file", "gpu_backend", "runtime"])]
+    #[arg(long = "gguf-out", value_name = "OUT", conflicts_with_all = ["out", "args", "args_file", "gpu_backend", "runtime"])]
     gguf_out: Option<PathBuf>,
     /// An importance matrix for --quantize (the GGUF llama-imatrix writes): the Q4_K, Q5_K and
     /// Q6_K scale searches weigh each column by it.
     #[arg(long, value_name = "FILE", requires = "quantize")]
     imatrix: Option<PathBuf>,
     // --- end quantization ---
+    // --- Hugging Face checkpoints ---
+    /// Convert a Hugging Face checkpoint directory (config.json, safetensors, tokenizer files)
+    /// instead of reading --gguf, as the reference converter would (F16/BF16 weights); with
+    /// --gguf-out the converted GGUF is written as it is.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["list", "keygen", "upgrade"])]
+    hf: Option<PathBuf>,
+    // --- end Hugging Face checkpoints ---
     /// Print the entries of a llamafile or zip (offsets, sizes, alignment) and a GGUF summary.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["gguf", "runtime", "out", "args", "args_file", "force", "gpu_backend", "quantize"])]
     list: Option<PathBuf>,
@@ -69,7 +77,7 @@ struct Cli {
     upgrade: Option<PathBuf>,
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(mut cli: Cli) -> anyhow::Result<()> {
     if let Some(path) = &cli.list {
         print!("{}", packer::list(path)?);
         return Ok(());
@@ -110,7 +118,37 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let gguf = cli.gguf.expect("clap requires --gguf without --list, --keygen or --upgrade");
+    // --- Hugging Face checkpoints: converted first, then packed (or quantized) as a GGUF ---
+    if cli.gguf_out.is_some() && cli.quantize.is_none() && cli.hf.is_none() {
+        anyhow::bail!("--gguf-out needs --quantize (or --hf)");
+    }
+    let _hf_temp;
+    let gguf = match &cli.hf {
+        Some(dir) if cli.quantize.is_none() && cli.gguf_out.is_some() => {
+            let out = cli.gguf_out.as_ref().expect("checked");
+            let size = packer::hf::convert_to_gguf(dir, out, cli.force, std::io::stderr().is_terminal())?;
+            eprintln!("wrote {} ({size} bytes)", escape_path(out));
+            return Ok(());
+        }
+        Some(dir) => {
+            let out = cli.gguf_out.clone().or_else(|| cli.out.clone()).unwrap_or_else(|| packer::hf::default_out(dir));
+            packer::check_output(&out, cli.force, &[])?;
+            let near = match out.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            let stem = out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+            if cli.out.is_none() && cli.gguf_out.is_none() {
+                cli.out = Some(out);
+            }
+            let t = packer::hf::convert_to_temp(dir, &near, &stem, std::io::stderr().is_terminal())?;
+            let path = t.path.clone();
+            _hf_temp = t;
+            path
+        }
+        None => cli.gguf.clone().expect("clap requires --gguf without --list, --keygen, --upgrade or --hf"),
+    };
+    // --- end Hugging Face checkpoints ---
     let quant = match &cli.quantize {
         Some(t) => Some(packer::quantize::QuantizeOptions {
             mix: packer::quant_mix::Mix::parse(t)?,

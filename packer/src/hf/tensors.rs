@@ -1,0 +1,155 @@
+//! HF tensor names to GGUF names, the shapes config.json implies, the q/k row permutation of
+//! the Llama family, and the element conversion (F16/BF16/F32 in; F16, BF16 or F32 out).
+
+use super::config::{Arch, Config};
+use anyhow::bail;
+use half::{bf16, f16};
+
+/// ggml type ids of the outputs.
+pub const GGML_F32: u32 = 0;
+pub const GGML_F16: u32 = 1;
+pub const GGML_BF16: u32 = 30;
+
+/// The GGUF name of HF tensor `name` and whether its rows are permuted (Llama q/k); `None` for
+/// a tensor that is dropped (rotary inverse frequencies); an error for an unknown one.
+pub fn map_name(cfg: &Config, name: &str) -> anyhow::Result<Option<(String, Option<usize>)>> {
+    if name.ends_with(".rotary_emb.inv_freq")
+        || name.ends_with(".attention.masked_bias")
+        || name.ends_with(".attention.bias")
+    {
+        return Ok(None);
+    }
+    let fixed = match name {
+        "model.embed_tokens.weight" => Some("token_embd.weight"),
+        "model.norm.weight" => Some("output_norm.weight"),
+        "lm_head.weight" => Some("output.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Ok(Some((f.to_string(), None)));
+    }
+    if let Some(rest) = name.strip_prefix("model.layers.") {
+        if let Some((layer, tail)) = rest.split_once('.') {
+            if let Ok(bid) = layer.parse::<usize>() {
+                if bid >= cfg.n_layer {
+                    bail!("tensor '{name}': layer {bid} is past num_hidden_layers {}", cfg.n_layer);
+                }
+                let (module, suffix) = tail.rsplit_once('.').unwrap_or((tail, ""));
+                let g = match module {
+                    "input_layernorm" => "attn_norm",
+                    "post_attention_layernorm" => "ffn_norm",
+                    "self_attn.q_proj" => "attn_q",
+                    "self_attn.k_proj" => "attn_k",
+                    "self_attn.v_proj" => "attn_v",
+                    "self_attn.o_proj" => "attn_output",
+                    "mlp.gate_proj" => "ffn_gate",
+                    "mlp.up_proj" => "ffn_up",
+                    "mlp.down_proj" => "ffn_down",
+                    _ => "",
+                };
+                if !g.is_empty() && (suffix == "weight" || suffix == "bias") {
+                    // The Llama family's q and k rows are stored interleaved for HF's rotary
+                    // layout; ggml's wants each head's two halves apart: the reference permutes.
+                    let permute = match (cfg.arch, g) {
+                        (Arch::Llama, "attn_q") => Some(cfg.n_head),
+                        (Arch::Llama, "attn_k") => Some(cfg.n_head_kv),
+                        _ => None,
+                    };
+                    return Ok(Some((format!("blk.{bid}.{g}.{suffix}"), permute)));
+                }
+            }
+        }
+    }
+    bail!("tensor '{name}' has no GGUF name for {} (pack --hf cannot convert it)", cfg.hf_arch)
+}
+
+/// The shape (HF order: rows first) config.json implies for the GGUF tensor `gguf_name`.
+pub fn expected_shape(cfg: &Config, gguf_name: &str) -> Option<Vec<usize>> {
+    let (e, q, kv, f, v) =
+        (cfg.n_embd, cfg.n_head * cfg.head_dim, cfg.n_head_kv * cfg.head_dim, cfg.n_ff, cfg.vocab_size);
+    let base =
+        gguf_name.rsplit_once("blk.").map(|(_, r)| r.split_once('.').map(|(_, t)| t).unwrap_or(r)).unwrap_or(gguf_name);
+    Some(match base {
+        "token_embd.weight" | "output.weight" => vec![v, e],
+        "output_norm.weight" | "attn_norm.weight" | "ffn_norm.weight" => vec![e],
+        "attn_q.weight" => vec![q, e],
+        "attn_k.weight" | "attn_v.weight" => vec![kv, e],
+        "attn_output.weight" => vec![e, q],
+        "ffn_gate.weight" | "ffn_up.weight" => vec![f, e],
+        "ffn_down.weight" => vec![e, f],
+        "attn_q.bias" => vec![q],
+        "attn_k.bias" | "attn_v.bias" => vec![kv],
+        "attn_output.bias" => vec![e],
+        _ => return None,
+    })
+}
+
+/// The source row that output row `r` takes under the permutation for `n_head` heads of a
+/// tensor with `rows` rows: within each head, HF's interleaved (pair, half) order becomes
+/// (half, pair).
+pub fn permuted_source_row(r: usize, rows: usize, n_head: usize) -> usize {
+    let per_head = rows / n_head;
+    let half = per_head / 2;
+    let (h, within) = (r / per_head, r % per_head);
+    let (i, j) = (within / 2, within % 2);
+    h * per_head + j * half + i
+}
+
+/// Element size of a safetensors float dtype the conversion reads.
+pub fn float_size(dtype: &str) -> Option<usize> {
+    match dtype {
+        "F16" | "BF16" => Some(2),
+        "F32" => Some(4),
+        _ => None,
+    }
+}
+
+/// Convert `src` (elements of `dtype`) to ggml type `to`, appending to `out`.
+pub fn convert_into(src: &[u8], dtype: &str, to: u32, out: &mut Vec<u8>) {
+    let get = |i: usize| -> f32 {
+        match dtype {
+            "F16" => f16::from_le_bytes([src[2 * i], src[2 * i + 1]]).to_f32(),
+            "BF16" => bf16::from_le_bytes([src[2 * i], src[2 * i + 1]]).to_f32(),
+            _ => f32::from_le_bytes(src[4 * i..4 * i + 4].try_into().expect("4 bytes")),
+        }
+    };
+    let n = src.len() / float_size(dtype).unwrap_or(4);
+    match (dtype, to) {
+        ("F16", GGML_F16) | ("BF16", GGML_BF16) | ("F32", GGML_F32) => out.extend_from_slice(src),
+        (_, GGML_F16) => (0..n).for_each(|i| out.extend_from_slice(&f16::from_f32(get(i)).to_le_bytes())),
+        (_, GGML_BF16) => (0..n).for_each(|i| out.extend_from_slice(&bf16::from_f32(get(i)).to_le_bytes())),
+        _ => (0..n).for_each(|i| out.extend_from_slice(&get(i).to_le_bytes())),
+    }
+}
+
+/// Convert f32 values (a dequantized weight) to ggml type `to`, appending to `out`.
+pub fn convert_f32_into(src: &[f32], to: u32, out: &mut Vec<u8>) {
+    match to {
+        GGML_F16 => src.iter().for_each(|&x| out.extend_from_slice(&f16::from_f32(x).to_le_bytes())),
+        GGML_BF16 => src.iter().for_each(|&x| out.extend_from_slice(&bf16::from_f32(x).to_le_bytes())),
+        _ => src.iter().for_each(|&x| out.extend_from_slice(&x.to_le_bytes())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permutation_matches_reshape_swapaxes() {
+        // 2 heads of 6 rows: reshape(2, 2, 3).swapaxes(1, 2) reads rows 0,3,1,4,2,5 per head.
+        let got: Vec<usize> = (0..12).map(|r| permuted_source_row(r, 12, 2)).collect();
+        assert_eq!(got, [0, 3, 1, 4, 2, 5, 6, 9, 7, 10, 8, 11]);
+    }
+
+    #[test]
+    fn converts_bf16_to_f32_and_f16() {
+        let src = [bf16::from_f32(1.5).to_le_bytes(), bf16::from_f32(-2.0).to_le_bytes()].concat();
+        let mut out = Vec::new();
+        convert_into(&src, "BF16", GGML_F32, &mut out);
+        assert_eq!(out, [1.5f32.to_le_bytes(), (-2.0f32).to_le_bytes()].concat());
+        out.clear();
+        convert_into(&src, "BF16", GGML_F16, &mut out);
+        assert_eq!(out, [f16::from_f32(1.5).to_le_bytes(), f16::from_f32(-2.0).to_le_bytes()].concat());
+    }
+}

@@ -1,0 +1,294 @@
+//! `pack --hf` on checkpoints made here: the layout of a good one (names, types, the q/k
+//! permutation), and each kind of bad input refused in one line naming the file or field, with
+//! nothing written.
+
+use super::*;
+use half::f16;
+use serde_json::json;
+
+const HIDDEN: usize = 8;
+const HEADS: usize = 2;
+const KV: usize = 1;
+const FFN: usize = 16;
+const VOCAB: usize = 4;
+
+/// A SentencePiece model of `VOCAB` pieces.
+fn spm_model() -> Vec<u8> {
+    let mut m = Vec::new();
+    for (i, (text, kind)) in [("<unk>", 2u8), ("<s>", 3), ("</s>", 3), ("\u{2581}a", 1)].iter().enumerate() {
+        let mut p = vec![0x0a, text.len() as u8];
+        p.extend_from_slice(text.as_bytes());
+        p.push(0x15);
+        p.extend_from_slice(&(-(i as f32)).to_le_bytes());
+        p.extend_from_slice(&[0x18, *kind]);
+        m.extend([0x0a, p.len() as u8]);
+        m.extend(p);
+    }
+    m
+}
+
+fn safetensors(tensors: &[(&str, &str, Vec<usize>, Vec<u8>)]) -> Vec<u8> {
+    let mut header = serde_json::Map::new();
+    let mut data = Vec::new();
+    for (name, dtype, shape, bytes) in tensors {
+        header.insert(
+            name.to_string(),
+            json!({"dtype": dtype, "shape": shape, "data_offsets": [data.len(), data.len() + bytes.len()]}),
+        );
+        data.extend_from_slice(bytes);
+    }
+    let mut h = serde_json::to_vec(&header).unwrap();
+    while h.len() % 8 != 0 {
+        h.push(b' ');
+    }
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend(h);
+    out.extend(data);
+    out
+}
+
+/// F16 values 0, 1, 2, ... of a tensor of `shape`.
+fn counting(shape: &[usize]) -> Vec<u8> {
+    let n: usize = shape.iter().product();
+    (0..n).flat_map(|i| f16::from_f32(i as f32).to_le_bytes()).collect()
+}
+
+fn good_tensors() -> Vec<(String, Vec<usize>)> {
+    let hd = HIDDEN / HEADS;
+    let mut t = vec![
+        ("model.embed_tokens.weight".to_string(), vec![VOCAB, HIDDEN]),
+        ("model.norm.weight".to_string(), vec![HIDDEN]),
+        ("lm_head.weight".to_string(), vec![VOCAB, HIDDEN]),
+    ];
+    let p = "model.layers.0.";
+    for (n, s) in [
+        ("input_layernorm.weight", vec![HIDDEN]),
+        ("post_attention_layernorm.weight", vec![HIDDEN]),
+        ("self_attn.q_proj.weight", vec![HEADS * hd, HIDDEN]),
+        ("self_attn.k_proj.weight", vec![KV * hd, HIDDEN]),
+        ("self_attn.v_proj.weight", vec![KV * hd, HIDDEN]),
+        ("self_attn.o_proj.weight", vec![HIDDEN, HEADS * hd]),
+        ("mlp.gate_proj.weight", vec![FFN, HIDDEN]),
+        ("mlp.up_proj.weight", vec![FFN, HIDDEN]),
+        ("mlp.down_proj.weight", vec![HIDDEN, FFN]),
+    ] {
+        t.push((format!("{p}{n}"), s));
+    }
+    t
+}
+
+fn config() -> serde_json::Value {
+    json!({
+        "architectures": ["LlamaForCausalLM"],
+        "hidden_size": HIDDEN, "intermediate_size": FFN, "num_hidden_layers": 1,
+        "num_attention_heads": HEADS, "num_key_value_heads": KV, "vocab_size": VOCAB,
+        "max_position_embeddings": 128, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+        "bos_token_id": 1, "eos_token_id": 2
+    })
+}
+
+/// A good checkpoint in a new directory.
+fn checkpoint() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("config.json"), serde_json::to_vec(&config()).unwrap()).unwrap();
+    std::fs::write(d.path().join("tokenizer.model"), spm_model()).unwrap();
+    std::fs::write(d.path().join("tokenizer_config.json"), br#"{"add_bos_token": true, "chat_template": "{{ x }}"}"#)
+        .unwrap();
+    let all = good_tensors();
+    let t: Vec<(&str, &str, Vec<usize>, Vec<u8>)> =
+        all.iter().map(|(n, s)| (n.as_str(), "F16", s.clone(), counting(s))).collect();
+    std::fs::write(d.path().join("model.safetensors"), safetensors(&t)).unwrap();
+    d
+}
+
+fn rewrite_tensors(d: &Path, f: &dyn Fn(&mut Vec<(String, String, Vec<usize>, Vec<u8>)>)) {
+    let mut t: Vec<(String, String, Vec<usize>, Vec<u8>)> =
+        good_tensors().into_iter().map(|(n, s)| (n, "F16".to_string(), s.clone(), counting(&s))).collect();
+    f(&mut t);
+    let refs: Vec<(&str, &str, Vec<usize>, Vec<u8>)> =
+        t.iter().map(|(n, d, s, b)| (n.as_str(), d.as_str(), s.clone(), b.clone())).collect();
+    std::fs::write(d.join("model.safetensors"), safetensors(&refs)).unwrap();
+}
+
+fn convert(d: &Path) -> (anyhow::Result<u64>, tempfile::TempDir) {
+    let out = tempfile::tempdir().unwrap();
+    let _lock = crate::tmp_output::TEST_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    (convert_to_gguf(d, &out.path().join("m.gguf"), false, false), out)
+}
+
+/// The error of converting `d`, after checking it is one line and nothing was written.
+fn refused(d: &Path) -> String {
+    let (r, out) = convert(d);
+    let e = format!("{:#}", r.expect_err("bad input must be refused"));
+    assert!(!e.contains('\n'), "one line: {e}");
+    let left: Vec<_> = std::fs::read_dir(out.path()).unwrap().collect();
+    assert!(left.is_empty(), "nothing may be written: {left:?}");
+    e
+}
+
+#[test]
+fn good_checkpoint_converts_with_permuted_q_and_k() {
+    let d = checkpoint();
+    let (r, out) = convert(d.path());
+    r.unwrap();
+    let g = llamafile_format::gguf::GgufFile::open(&out.path().join("m.gguf")).unwrap();
+    assert_eq!(g.architecture(), Some("llama"));
+    assert_eq!(g.get_u64("llama.attention.head_count_kv"), Some(KV as u64));
+    assert_eq!(g.get_str("tokenizer.ggml.model"), Some("llama"));
+    assert_eq!(g.get_bool("tokenizer.ggml.add_bos_token"), Some(true));
+    assert_eq!(g.get_str("tokenizer.chat_template"), Some("{{ x }}"));
+    let q = g.tensor("blk.0.attn_q.weight").unwrap();
+    assert_eq!(q.dims, [HIDDEN as u64, HIDDEN as u64]);
+    assert_eq!(q.ggml_type, GGML_F16);
+    assert_eq!(g.tensor("blk.0.attn_norm.weight").unwrap().ggml_type, GGML_F32);
+    // Head size 4: each head's rows 0,1,2,3 come from HF rows 0,2,1,3.
+    let row = |t: &str, r: usize| {
+        let data = g.tensor_data(g.tensor(t).unwrap());
+        f16::from_le_bytes([data[r * HIDDEN * 2], data[r * HIDDEN * 2 + 1]]).to_f32() as usize / HIDDEN
+    };
+    assert_eq!((0..8).map(|r| row("blk.0.attn_q.weight", r)).collect::<Vec<_>>(), [0, 2, 1, 3, 4, 6, 5, 7]);
+    assert_eq!((0..4).map(|r| row("blk.0.attn_k.weight", r)).collect::<Vec<_>>(), [0, 2, 1, 3]);
+    assert_eq!((0..4).map(|r| row("blk.0.attn_v.weight", r)).collect::<Vec<_>>(), [0, 1, 2, 3]);
+}
+
+#[test]
+fn unsupported_architecture_is_named() {
+    let d = checkpoint();
+    let mut c = config();
+    c["architectures"] = json!(["GPT2LMHeadModel"]);
+    std::fs::write(d.path().join("config.json"), serde_json::to_vec(&c).unwrap()).unwrap();
+    let e = refused(d.path());
+    assert!(e.contains("config.json") && e.contains("'GPT2LMHeadModel' is not supported"), "{e}");
+}
+
+#[test]
+fn missing_config_key_is_named() {
+    let d = checkpoint();
+    let mut c = config();
+    c.as_object_mut().unwrap().remove("hidden_size");
+    std::fs::write(d.path().join("config.json"), serde_json::to_vec(&c).unwrap()).unwrap();
+    assert!(refused(d.path()).contains("config.json: missing 'hidden_size'"));
+    std::fs::remove_file(d.path().join("config.json")).unwrap();
+    assert!(refused(d.path()).contains("missing config.json"));
+}
+
+#[test]
+fn missing_shard_is_named() {
+    let d = checkpoint();
+    std::fs::rename(d.path().join("model.safetensors"), d.path().join("model-00001-of-00002.safetensors")).unwrap();
+    let mut map = serde_json::Map::new();
+    for (n, _) in good_tensors() {
+        let part =
+            if n.contains("layers") { "model-00002-of-00002.safetensors" } else { "model-00001-of-00002.safetensors" };
+        map.insert(n, json!(part));
+    }
+    std::fs::write(
+        d.path().join("model.safetensors.index.json"),
+        serde_json::to_vec(&json!({ "weight_map": map })).unwrap(),
+    )
+    .unwrap();
+    let e = refused(d.path());
+    assert!(e.contains("model-00002-of-00002.safetensors") && e.contains("missing shard"), "{e}");
+}
+
+#[test]
+fn wrong_shape_and_dtype_are_named() {
+    let d = checkpoint();
+    rewrite_tensors(d.path(), &|t| {
+        let q = t.iter_mut().find(|x| x.0.ends_with("k_proj.weight")).unwrap();
+        q.2 = vec![HIDDEN, HIDDEN];
+        q.3 = counting(&q.2);
+    });
+    let e = refused(d.path());
+    assert!(
+        e.contains("model.safetensors") && e.contains("'model.layers.0.self_attn.k_proj.weight' has shape [8, 8]"),
+        "{e}"
+    );
+    rewrite_tensors(d.path(), &|t| {
+        let n = t.iter_mut().find(|x| x.0 == "model.norm.weight").unwrap();
+        n.1 = "I32".into();
+        n.3 = vec![0; HIDDEN * 4];
+    });
+    let e = refused(d.path());
+    assert!(e.contains("'model.norm.weight' has dtype I32"), "{e}");
+    rewrite_tensors(d.path(), &|t| {
+        t.push(("model.layers.0.mlp.extra.weight".into(), "F16".into(), vec![2], counting(&[2])))
+    });
+    let e = refused(d.path());
+    assert!(e.contains("'model.layers.0.mlp.extra.weight' has no GGUF name"), "{e}");
+}
+
+#[test]
+fn bad_safetensors_headers_are_named() {
+    let d = checkpoint();
+    let f = d.path().join("model.safetensors");
+    let good = std::fs::read(&f).unwrap();
+    // Truncated inside the header.
+    std::fs::write(&f, &good[..40]).unwrap();
+    let e = refused(d.path());
+    assert!(e.contains("model.safetensors") && e.contains("not a valid safetensors file"), "{e}");
+    // A header length far past the file (and past any sane size).
+    let mut huge = u64::MAX.to_le_bytes().to_vec();
+    huge.extend_from_slice(&good[8..]);
+    std::fs::write(&f, &huge).unwrap();
+    let e = refused(d.path());
+    assert!(e.contains("not a valid safetensors file"), "{e}");
+    // Shorter than the length field itself.
+    std::fs::write(&f, b"abc").unwrap();
+    assert!(refused(d.path()).contains("not a valid safetensors file"));
+}
+
+#[test]
+fn unconvertible_tokenizers_are_named() {
+    let d = checkpoint();
+    std::fs::write(d.path().join("tokenizer.model"), b"\x0a\x05\x0a\x03").unwrap();
+    let e = refused(d.path());
+    assert!(e.contains("tokenizer.model") && e.contains("cannot read the SentencePiece model"), "{e}");
+    std::fs::remove_file(d.path().join("tokenizer.model")).unwrap();
+    let e = refused(d.path());
+    assert!(e.contains("no tokenizer.model nor tokenizer.json"), "{e}");
+    std::fs::write(d.path().join("tokenizer.json"), br#"{"model": {"type": "WordPiece", "vocab": {}}}"#).unwrap();
+    let e = refused(d.path());
+    assert!(e.contains("tokenizer.json") && e.contains("model type 'WordPiece' cannot be converted"), "{e}");
+}
+
+#[test]
+fn quantized_checkpoints_are_refused_by_name() {
+    let d = checkpoint();
+    std::fs::write(d.path().join("quantize_config.json"), br#"{"bits": 4}"#).unwrap();
+    let e = refused(d.path());
+    assert!(e.contains("quantize_config.json"), "{e}");
+}
+
+#[test]
+fn a_dequantizer_seam_supplies_the_weight_of_qweight_layers() {
+    // A stub dequantizer: the q_proj layer comes as `.qweight` + `.scales`, and the seam gives
+    // its f32 weight (all 0.5), which is converted as the HF weight would be.
+    let d = checkpoint();
+    rewrite_tensors(d.path(), &|t| {
+        let i = t.iter().position(|x| x.0.ends_with("q_proj.weight")).unwrap();
+        t.remove(i);
+        t.push(("model.layers.0.self_attn.q_proj.qweight".into(), "I32".into(), vec![1, HIDDEN], vec![0; HIDDEN * 4]));
+        t.push((
+            "model.layers.0.self_attn.q_proj.scales".into(),
+            "F16".into(),
+            vec![1, HIDDEN],
+            counting(&[1, HIDDEN]),
+        ));
+    });
+    let q = Quantized {
+        dequantize: Box::new(|prefix, get| {
+            assert_eq!(prefix, "model.layers.0.self_attn.q_proj");
+            assert_eq!(get(&format!("{prefix}.qweight")).unwrap().dtype, "I32");
+            Ok((vec![HIDDEN, HIDDEN], vec![0.5; HIDDEN * HIDDEN]))
+        }),
+        is_part: |n| n.ends_with(".qweight") || n.ends_with(".scales"),
+    };
+    let p = plan_with(d.path(), Config::read(d.path()).unwrap(), Some(q)).unwrap();
+    assert!(p.tensor_names().contains(&"blk.0.attn_q.weight"));
+    let mut out = Vec::new();
+    p.write(&mut out, &mut |_, _| {}).unwrap();
+    let g = llamafile_format::gguf::GgufFile::from_bytes("m.gguf", out).unwrap();
+    let data = g.tensor_data(g.tensor("blk.0.attn_q.weight").unwrap());
+    assert!(data.chunks(2).all(|c| f16::from_le_bytes([c[0], c[1]]).to_f32() == 0.5));
+}
