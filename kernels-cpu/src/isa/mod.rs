@@ -21,31 +21,65 @@ pub mod scalar;
 /// type's `vec_dot_type` (e.g. Q8_K blocks for Q4_K weights, f32 for F32 weights).
 pub type VecDotFn = fn(n: usize, w: &[u8], x: &[u8]) -> f32;
 
-/// A tile of dot products: `nr` weight rows (row `r` at `w[r * w_stride..]`) against `nc`
-/// activation rows (row `c` at `x[c * x_stride..]`), each `n` elements long;
-/// writes `out[c * out_stride + r]`. Lets an ISA reuse each loaded weight block for several
-/// tokens. `nr`/`nc` are at most the sizes the ISA reports in `Kernels::tile`.
-pub type GemmTileFn = fn(
-    n: usize,
-    w: &[u8],
-    w_stride: usize,
-    nr: usize,
-    x: &[u8],
-    x_stride: usize,
-    nc: usize,
-    out: &mut [f32],
-    out_stride: usize,
-);
+/// The arguments of a many-token kernel (`GemmTileFn`, `PanelFn`): `rows` weight rows (row `r`
+/// at `w[r * w_stride..]`) against `tokens` activation rows (token `c` at `x[c * x_stride..]`),
+/// each `n` elements long, `w` in the weight type and `x` in its `vec_dot_type`. The kernel
+/// writes `out[c * out_stride + r]` for every `r < rows`, `c < tokens`, and nothing else.
+pub struct Tile<'a> {
+    pub n: usize,
+    pub w: &'a [u8],
+    pub w_stride: usize,
+    pub rows: usize,
+    pub x: &'a [u8],
+    pub x_stride: usize,
+    pub tokens: usize,
+    pub out: &'a mut [f32],
+    pub out_stride: usize,
+}
+
+impl Tile<'_> {
+    /// Whether every row, token and output the tile names lies inside its slices, with weight
+    /// rows of `w_bytes` and activation rows of `x_bytes` (and, for several tokens, no two
+    /// tokens' outputs overlapping). The check the kernels that read through raw pointers make
+    /// before they start; an empty tile fits.
+    pub fn fits(&self, w_bytes: usize, x_bytes: usize) -> bool {
+        let (nr, nc) = (self.rows, self.tokens);
+        nr == 0
+            || nc == 0
+            || ((nc == 1 || nr <= self.out_stride)
+                && self.w.len() >= (nr - 1) * self.w_stride + w_bytes
+                && self.x.len() >= (nc - 1) * self.x_stride + x_bytes
+                && self.out.len() >= (nc - 1) * self.out_stride + nr)
+    }
+
+    /// Blocks of `block` values per row, after checking that `n` is a whole number of them and
+    /// that the tile `fits` rows of such blocks (`w_block` weight, `x_block` activation bytes
+    /// each); a caller's bug panics with a message naming `what` (e.g. "Q4_K panel").
+    pub fn blocks(&self, block: usize, w_block: usize, x_block: usize, what: &str) -> usize {
+        let nb = self.n / block;
+        assert!(
+            self.n.is_multiple_of(block) && self.fits(nb * w_block, nb * x_block),
+            "{what}: {} rows x {} tokens of {} values do not fit their buffers",
+            self.rows,
+            self.tokens,
+            self.n
+        );
+        nb
+    }
+}
+
+/// A tile of dot products (see `Tile`). Lets an ISA reuse each loaded weight block for several
+/// tokens. `rows`/`tokens` are at most the sizes the ISA reports in `TypeKernels::gemm`.
+pub type GemmTileFn = fn(Tile<'_>);
 
 /// Several weight rows against one token: `out[r] = dot(W[r], x)` for `r < nr`, row `r` at
 /// `w[r * w_stride..]`, each `n` elements; `x` in the weight type's `vec_dot_type`. Lets an
 /// ISA unpack the activations once for all the rows (the one-token case of `matmul`).
 pub type GemvFn = fn(n: usize, w: &[u8], w_stride: usize, nr: usize, x: &[u8], out: &mut [f32]);
 
-/// A whole block of a matrix product: `nr` weight rows against `nc` tokens, any sizes, same
-/// arguments and output layout as `GemmTileFn`. For kernels that repack a panel of weights (and
-/// the tokens) once into a form an integer GEMM micro-kernel streams best, which pays only when
-/// it is reused over many tokens: `matmul` calls it for token chunks of at least
+/// A whole block of a matrix product: a `Tile` of any size. For kernels that repack a panel of
+/// weights (and the tokens) once into a form an integer GEMM micro-kernel streams best, which
+/// pays only when it is reused over many tokens: `matmul` calls it for token chunks of at least
 /// `PANEL_MIN_TOKENS` and keeps the tile kernel for fewer.
 pub type PanelFn = GemmTileFn;
 

@@ -14,7 +14,7 @@
 
 use core::arch::x86_64::*;
 
-use crate::isa::{GemmTileFn, QuantizeFn, VecDotFn};
+use crate::isa::{GemmTileFn, QuantizeFn, Tile, VecDotFn};
 use crate::types::q2_k::BlockQ2K;
 use crate::types::q3_k::BlockQ3K;
 use crate::types::q4_k::{scales_mins_k4_bytes, BlockQ4K};
@@ -445,20 +445,10 @@ macro_rules! kquant_kernels {
                 }
             }
 
-            #[allow(clippy::too_many_arguments)]
-            pub fn gemm(
-                n: usize,
-                w: &[u8],
-                w_stride: usize,
-                nr: usize,
-                x: &[u8],
-                x_stride: usize,
-                nc: usize,
-                out: &mut [f32],
-                out_stride: usize,
-            ) {
+            pub fn gemm(t: Tile<'_>) {
+                let Tile { n, w, w_stride, rows, x, x_stride, tokens, out, out_stride } = t;
                 // SAFETY: installed only when AVX2, FMA and F16C are detected.
-                unsafe { gemm_tf(n, w, w_stride, nr, x, x_stride, nc, out, out_stride) }
+                unsafe { gemm_tf(n, w, w_stride, rows, x, x_stride, tokens, out, out_stride) }
             }
         }
     };
