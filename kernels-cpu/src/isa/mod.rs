@@ -15,6 +15,8 @@ pub mod avx512;
 #[cfg(target_arch = "x86_64")]
 mod lpanels;
 pub mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod tiles;
 
 /// Dot product of one weight row with one activation row, both `n` elements long.
 /// `w` holds `n / block_size` blocks of the weight type; `x` holds `n` elements in the weight
@@ -44,12 +46,17 @@ impl Tile<'_> {
     /// before they start; an empty tile fits.
     pub fn fits(&self, w_bytes: usize, x_bytes: usize) -> bool {
         let (nr, nc) = (self.rows, self.tokens);
+        // `len` holds `count` items `stride` apart, the last `last` long (no overflow: sizes
+        // that wrap around would pass a wrapping check and let the kernels read anywhere)
+        let holds = |len: usize, count: usize, stride: usize, last: usize| {
+            (count - 1).checked_mul(stride).and_then(|v| v.checked_add(last)).is_some_and(|need| len >= need)
+        };
         nr == 0
             || nc == 0
             || ((nc == 1 || nr <= self.out_stride)
-                && self.w.len() >= (nr - 1) * self.w_stride + w_bytes
-                && self.x.len() >= (nc - 1) * self.x_stride + x_bytes
-                && self.out.len() >= (nc - 1) * self.out_stride + nr)
+                && holds(self.w.len(), nr, self.w_stride, w_bytes)
+                && holds(self.x.len(), nc, self.x_stride, x_bytes)
+                && holds(self.out.len(), nc, self.out_stride, nr))
     }
 
     /// Blocks of `block` values per row, after checking that `n` is a whole number of them and
@@ -57,8 +64,9 @@ impl Tile<'_> {
     /// each); a caller's bug panics with a message naming `what` (e.g. "Q4_K panel").
     pub fn blocks(&self, block: usize, w_block: usize, x_block: usize, what: &str) -> usize {
         let nb = self.n / block;
+        let bytes = |b: usize| nb.saturating_mul(b);
         assert!(
-            self.n.is_multiple_of(block) && self.fits(nb * w_block, nb * x_block),
+            self.n.is_multiple_of(block) && self.fits(bytes(w_block), bytes(x_block)),
             "{what}: {} rows x {} tokens of {} values do not fit their buffers",
             self.rows,
             self.tokens,
@@ -244,4 +252,45 @@ impl Kernels {
 pub fn kernels() -> &'static Kernels {
     static K: OnceLock<Kernels> = OnceLock::new();
     K.get_or_init(|| Kernels::for_isa(Isa::from_env()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tile;
+
+    /// A tile of `rows` x `tokens` over buffers of the given lengths (strides 10 and 20).
+    fn fits(rows: usize, tokens: usize, w_len: usize, x_len: usize, out: usize, out_stride: usize) -> bool {
+        let (w, x, mut o) = (vec![0u8; w_len], vec![0u8; x_len], vec![0f32; out]);
+        let t = Tile { n: 32, w: &w, w_stride: 10, rows, x: &x, x_stride: 20, tokens, out: &mut o, out_stride };
+        t.fits(8, 16)
+    }
+
+    #[test]
+    fn a_tile_fits_exactly_its_last_row_token_and_output() {
+        // 3 rows: 2 strides + 8 bytes; 2 tokens: 1 stride + 16 bytes; outputs 1 * 4 + 3
+        assert!(fits(3, 2, 28, 36, 7, 4));
+        assert!(!fits(3, 2, 27, 36, 7, 4), "a weight byte short");
+        assert!(!fits(3, 2, 28, 35, 7, 4), "an activation byte short");
+        assert!(!fits(3, 2, 28, 36, 6, 4), "an output short");
+        assert!(!fits(3, 2, 28, 36, 7, 2), "tokens' outputs overlapping");
+        assert!(fits(3, 1, 28, 16, 3, 0), "one token: any output stride");
+        assert!(fits(0, 2, 0, 0, 0, 0) && fits(3, 0, 0, 0, 0, 0), "an empty tile");
+    }
+
+    #[test]
+    fn sizes_that_overflow_do_not_fit() {
+        let (w, x, mut o) = (vec![0u8; 64], vec![0u8; 64], vec![0f32; 8]);
+        let t = Tile {
+            n: 32,
+            w: &w,
+            w_stride: usize::MAX / 2 + 1,
+            rows: 3,
+            x: &x,
+            x_stride: 0,
+            tokens: 1,
+            out: &mut o,
+            out_stride: 8,
+        };
+        assert!(!t.fits(8, 16), "(rows - 1) * stride wraps around to 0");
+    }
 }
