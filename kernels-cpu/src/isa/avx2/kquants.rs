@@ -6,9 +6,9 @@
 //! Q2_K/Q4_K/Q5_K, or the level offset of Q3_K/Q6_K times the scales). Then
 //! `sumi = Σ_k madd(maddubs(lv[k], q8[k]), sc[k])` exactly in 32-bit integers, and the block
 //! adds `d * x.d * sumi` (+ `f * x.d * (c16 · bsums)` for the minimums) to a float accumulator:
-//! the scalar specification's arithmetic. The loops (`vec_dot`, and the tile kernel, which
-//! unpacks each block once per row and uses it for several tokens) are `isa::tiles`'s; this
-//! module supplies the unpacking and the accumulation.
+//! the scalar specification's arithmetic. The `vec_dot` loop is `isa::tiles`'s, with this
+//! module's unpacking and accumulation; the tile kernel, which unpacks each block once per row
+//! and uses it for several tokens, is written out per type (`kquant_tile!`).
 //!
 //! A kernel here is installed only when AVX2, FMA and F16C are detected (checked in the lookups
 //! below), which is what makes calling its `#[target_feature]` code sound.
