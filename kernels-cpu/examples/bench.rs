@@ -1,7 +1,7 @@
 //! Kernel benchmark (a command, not a test):
 //!
 //! ```text
-//! cargo run --profile release -p kernels-cpu --example bench [-- TYPE...] [--shape RxC]
+//! cargo run --profile release -p kernels-cpu --example bench [-- TYPE...] [--shape RxC] [--tokens N]
 //! ```
 //!
 //! 1. A STREAM-like read bandwidth probe: sum of 1 GiB, 1 and 2 threads (best of 3).
@@ -11,7 +11,8 @@
 //!    20 rounds, best of each): this machine's memory bandwidth moves between ~45 and ~75 GB/s
 //!    from one second to the next (other tenants), so a probe taken once at the start says
 //!    little about the bandwidth a later matvec had;
-//!    `matmul` with 512 tokens in GFLOP/s (2 threads).
+//!    `matmul` with 512 tokens (`--tokens N`: N) in GFLOP/s (2 threads); fewer than
+//!    `matmul::PANEL_MIN_TOKENS` measures the tile kernels instead of the panels.
 //!
 //! Weights are random rows quantized with this crate's quantizers, replicated to size, and
 //! several copies (over 256 MiB in all) are cycled so that no matvec reads from cache.
@@ -119,8 +120,14 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut shapes = vec![(14336usize, 4096usize), (4096, 14336)];
     let mut only: Vec<WeightType> = Vec::new();
+    let mut tokens = 512usize;
     let mut i = 0;
     while i < args.len() {
+        if args[i] == "--tokens" {
+            tokens = args.get(i + 1).and_then(|v| v.parse().ok()).filter(|&t| t > 0).expect("--tokens N (N > 0)");
+            i += 2;
+            continue;
+        }
         if args[i] == "--shape" {
             let s = args.get(i + 1).expect("--shape RxC");
             let (r, c) = s.split_once('x').expect("--shape RxC");
@@ -131,7 +138,10 @@ fn main() {
         match kernels_cpu::types::TYPES.iter().find(|t| t.ty.name().eq_ignore_ascii_case(&args[i])) {
             Some(t) => only.push(t.ty),
             None => {
-                eprintln!("bench: unknown type or option {:?} (types: F16 BF16 Q4_0 ... Q6_K; --shape RxC)", args[i]);
+                eprintln!(
+                    "bench: unknown type or option {:?} (types: F16 BF16 Q4_0 ... Q6_K; --shape RxC; --tokens N)",
+                    args[i]
+                );
                 std::process::exit(2);
             }
         }
@@ -150,13 +160,13 @@ fn main() {
     println!("read bandwidth (sum over 1 GiB): 1 thread {bw1:.1} GB/s, 2 threads {bw2:.1} GB/s\n");
     println!("Figures are per wall-clock second; in brackets, per CPU-second x threads (what the");
     println!("kernels do when they get the cores; equal on an idle machine).\n");
-    println!("| shape | type | matvec 1T GB/s | matvec 2T GB/s | read probe 2T GB/s (interleaved) | % of probe | matmul 512 tok 2T GFLOP/s |");
+    println!("| shape | type | matvec 1T GB/s | matvec 2T GB/s | read probe 2T GB/s (interleaved) | % of probe | matmul {tokens} tok 2T GFLOP/s |");
     println!("|---|---|---|---|---|---|---|");
     let probe: Vec<u64> = (0..(512usize << 20) / 8).map(|i| i as u64).collect();
     let (p1, p2) = (pool(1), pool(2));
     for &(rows, cols) in &shapes {
         let x1 = noise(cols, 99);
-        let x512 = noise(512 * cols, 7);
+        let x_many = noise(tokens * cols, 7);
         for &t in &types {
             let bytes = t.row_bytes(cols) * rows;
             // BENCH_HOT=1: one copy, read from cache when it fits (to see compute alone).
@@ -164,7 +174,7 @@ fn main() {
             let copies = if hot { 1 } else { (256usize << 20).div_ceil(bytes).max(2) };
             let copies = std::env::var("BENCH_COPIES").ok().and_then(|v| v.parse().ok()).unwrap_or(copies);
             let ws = weights(t, rows, cols, copies);
-            let mut y = vec![0f32; rows * 512];
+            let mut y = vec![0f32; rows * tokens];
             let mut s = Scratch::default();
             let per =
                 |(wall, cpu): (f64, f64), threads: f64, work: f64| (work / wall, work / (cpu / threads).max(1e-9));
@@ -194,10 +204,10 @@ fn main() {
             let mv_best = bytes as f64 / best_mv / 1e9;
             let sec = p2.install(|| {
                 time(Duration::from_millis(1500), 2, |i| {
-                    matmul::matmul(&ws[i % copies], t, rows, cols, &x512, 512, &mut y, &mut s)
+                    matmul::matmul(&ws[i % copies], t, rows, cols, &x_many, tokens, &mut y, &mut s)
                 })
             });
-            let gf = per(sec, 2.0, 2.0 * rows as f64 * cols as f64 * 512.0 / 1e9);
+            let gf = per(sec, 2.0, 2.0 * rows as f64 * cols as f64 * tokens as f64 / 1e9);
             println!(
                 "| {rows}x{cols} | {} | {:.1} [{:.1}] | {:.1} [{:.1}], best pass {:.1} | {:.1} | {:.0}% | {:.0} [{:.0}] |",
                 t.name(),

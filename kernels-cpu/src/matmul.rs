@@ -17,7 +17,7 @@
 //!
 //! Nothing here allocates once the `Scratch` has grown to the largest input seen.
 
-use crate::isa::{kernels, Kernels, TypeKernels};
+use crate::isa::{kernels, Kernels, Tile, TypeKernels};
 use crate::types::WeightType;
 use rayon::prelude::*;
 
@@ -299,7 +299,8 @@ fn row_block(
                 if buf.len() < nr * nt {
                     buf.resize(nr * nt, 0.0);
                 }
-                panel(cols, w, wrb, nr, x, xrb, nt, &mut buf[..nr * nt], nr);
+                let out = &mut buf[..nr * nt];
+                panel(Tile { n: cols, w, w_stride: wrb, rows: nr, x, x_stride: xrb, tokens: nt, out, out_stride: nr });
                 for t in 0..nt {
                     for r in 0..nr {
                         put(t, r, buf[t * nr + r]);
@@ -322,7 +323,18 @@ fn row_block(
                 let xt = &x[c0 * xrb..(c0 + nc) * xrb];
                 for rr in (0..nr).step_by(tr) {
                     let n_r = tr.min(nr - rr);
-                    gemm(cols, &w[rr * wrb..(rr + n_r) * wrb], wrb, n_r, xt, xrb, nc, &mut tile, n_r);
+                    let wt = &w[rr * wrb..(rr + n_r) * wrb];
+                    gemm(Tile {
+                        n: cols,
+                        w: wt,
+                        w_stride: wrb,
+                        rows: n_r,
+                        x: xt,
+                        x_stride: xrb,
+                        tokens: nc,
+                        out: &mut tile,
+                        out_stride: n_r,
+                    });
                     for c in 0..nc {
                         for r in 0..n_r {
                             put(c0 + c, rr + r, tile[c * n_r + r]);

@@ -5,7 +5,7 @@
 //! produces) with consistent group sums. Covers `vec_dot` and the tile kernel with every tile
 //! shape up to the declared maximum and with row/activation strides larger than a row.
 
-use kernels_cpu::isa::{Isa, Kernels};
+use kernels_cpu::isa::{Isa, Kernels, Tile};
 use kernels_cpu::types::WeightType;
 
 const K_TYPES: [WeightType; 5] =
@@ -186,7 +186,17 @@ fn kquant_gemm_tiles_of_every_shape_match_scalar_on_every_isa() {
                     }
                     let out_stride = nr + 2;
                     let mut out = vec![f32::NAN; nc * out_stride];
-                    gemm(n, &ws, w_stride, nr, &xs, x_stride, nc, &mut out, out_stride);
+                    gemm(Tile {
+                        n,
+                        w: &ws,
+                        w_stride,
+                        rows: nr,
+                        x: &xs,
+                        x_stride,
+                        tokens: nc,
+                        out: &mut out,
+                        out_stride,
+                    });
                     for c in 0..nc {
                         for r in 0..nr {
                             let wr = &ws[r * w_stride..r * w_stride + t.row_bytes(n)];

@@ -15,37 +15,79 @@ pub mod avx512;
 #[cfg(target_arch = "x86_64")]
 mod lpanels;
 pub mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod tiles;
 
 /// Dot product of one weight row with one activation row, both `n` elements long.
 /// `w` holds `n / block_size` blocks of the weight type; `x` holds `n` elements in the weight
 /// type's `vec_dot_type` (e.g. Q8_K blocks for Q4_K weights, f32 for F32 weights).
 pub type VecDotFn = fn(n: usize, w: &[u8], x: &[u8]) -> f32;
 
-/// A tile of dot products: `nr` weight rows (row `r` at `w[r * w_stride..]`) against `nc`
-/// activation rows (row `c` at `x[c * x_stride..]`), each `n` elements long;
-/// writes `out[c * out_stride + r]`. Lets an ISA reuse each loaded weight block for several
-/// tokens. `nr`/`nc` are at most the sizes the ISA reports in `Kernels::tile`.
-pub type GemmTileFn = fn(
-    n: usize,
-    w: &[u8],
-    w_stride: usize,
-    nr: usize,
-    x: &[u8],
-    x_stride: usize,
-    nc: usize,
-    out: &mut [f32],
-    out_stride: usize,
-);
+/// The arguments of a many-token kernel (`GemmTileFn`, `PanelFn`): `rows` weight rows (row `r`
+/// at `w[r * w_stride..]`) against `tokens` activation rows (token `c` at `x[c * x_stride..]`),
+/// each `n` elements long, `w` in the weight type and `x` in its `vec_dot_type`. The kernel
+/// writes `out[c * out_stride + r]` for every `r < rows`, `c < tokens`, and nothing else.
+pub struct Tile<'a> {
+    pub n: usize,
+    pub w: &'a [u8],
+    pub w_stride: usize,
+    pub rows: usize,
+    pub x: &'a [u8],
+    pub x_stride: usize,
+    pub tokens: usize,
+    pub out: &'a mut [f32],
+    pub out_stride: usize,
+}
+
+impl Tile<'_> {
+    /// Whether every row, token and output the tile names lies inside its slices, with weight
+    /// rows of `w_bytes` and activation rows of `x_bytes` (and, for several tokens, no two
+    /// tokens' outputs overlapping). The check the kernels that read through raw pointers make
+    /// before they start; an empty tile fits.
+    pub fn fits(&self, w_bytes: usize, x_bytes: usize) -> bool {
+        let (nr, nc) = (self.rows, self.tokens);
+        // `len` holds `count` items `stride` apart, the last `last` long (no overflow: sizes
+        // that wrap around would pass a wrapping check and let the kernels read anywhere)
+        let holds = |len: usize, count: usize, stride: usize, last: usize| {
+            (count - 1).checked_mul(stride).and_then(|v| v.checked_add(last)).is_some_and(|need| len >= need)
+        };
+        nr == 0
+            || nc == 0
+            || ((nc == 1 || nr <= self.out_stride)
+                && holds(self.w.len(), nr, self.w_stride, w_bytes)
+                && holds(self.x.len(), nc, self.x_stride, x_bytes)
+                && holds(self.out.len(), nc, self.out_stride, nr))
+    }
+
+    /// Blocks of `block` values per row, after checking that `n` is a whole number of them and
+    /// that the tile `fits` rows of such blocks (`w_block` weight, `x_block` activation bytes
+    /// each); a caller's bug panics with a message naming `what` (e.g. "Q4_K panel").
+    pub fn blocks(&self, block: usize, w_block: usize, x_block: usize, what: &str) -> usize {
+        let nb = self.n / block;
+        let bytes = |b: usize| nb.saturating_mul(b);
+        assert!(
+            self.n.is_multiple_of(block) && self.fits(bytes(w_block), bytes(x_block)),
+            "{what}: {} rows x {} tokens of {} values do not fit their buffers",
+            self.rows,
+            self.tokens,
+            self.n
+        );
+        nb
+    }
+}
+
+/// A tile of dot products (see `Tile`). Lets an ISA reuse each loaded weight block for several
+/// tokens. `rows`/`tokens` are at most the sizes the ISA reports in `TypeKernels::gemm`.
+pub type GemmTileFn = fn(Tile<'_>);
 
 /// Several weight rows against one token: `out[r] = dot(W[r], x)` for `r < nr`, row `r` at
 /// `w[r * w_stride..]`, each `n` elements; `x` in the weight type's `vec_dot_type`. Lets an
 /// ISA unpack the activations once for all the rows (the one-token case of `matmul`).
 pub type GemvFn = fn(n: usize, w: &[u8], w_stride: usize, nr: usize, x: &[u8], out: &mut [f32]);
 
-/// A whole block of a matrix product: `nr` weight rows against `nc` tokens, any sizes, same
-/// arguments and output layout as `GemmTileFn`. For kernels that repack a panel of weights (and
-/// the tokens) once into a form an integer GEMM micro-kernel streams best, which pays only when
-/// it is reused over many tokens: `matmul` calls it for token chunks of at least
+/// A whole block of a matrix product: a `Tile` of any size. For kernels that repack a panel of
+/// weights (and the tokens) once into a form an integer GEMM micro-kernel streams best, which
+/// pays only when it is reused over many tokens: `matmul` calls it for token chunks of at least
 /// `PANEL_MIN_TOKENS` and keeps the tile kernel for fewer.
 pub type PanelFn = GemmTileFn;
 
@@ -210,4 +252,45 @@ impl Kernels {
 pub fn kernels() -> &'static Kernels {
     static K: OnceLock<Kernels> = OnceLock::new();
     K.get_or_init(|| Kernels::for_isa(Isa::from_env()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tile;
+
+    /// A tile of `rows` x `tokens` over buffers of the given lengths (strides 10 and 20).
+    fn fits(rows: usize, tokens: usize, w_len: usize, x_len: usize, out: usize, out_stride: usize) -> bool {
+        let (w, x, mut o) = (vec![0u8; w_len], vec![0u8; x_len], vec![0f32; out]);
+        let t = Tile { n: 32, w: &w, w_stride: 10, rows, x: &x, x_stride: 20, tokens, out: &mut o, out_stride };
+        t.fits(8, 16)
+    }
+
+    #[test]
+    fn a_tile_fits_exactly_its_last_row_token_and_output() {
+        // 3 rows: 2 strides + 8 bytes; 2 tokens: 1 stride + 16 bytes; outputs 1 * 4 + 3
+        assert!(fits(3, 2, 28, 36, 7, 4));
+        assert!(!fits(3, 2, 27, 36, 7, 4), "a weight byte short");
+        assert!(!fits(3, 2, 28, 35, 7, 4), "an activation byte short");
+        assert!(!fits(3, 2, 28, 36, 6, 4), "an output short");
+        assert!(!fits(3, 2, 28, 36, 7, 2), "tokens' outputs overlapping");
+        assert!(fits(3, 1, 28, 16, 3, 0), "one token: any output stride");
+        assert!(fits(0, 2, 0, 0, 0, 0) && fits(3, 0, 0, 0, 0, 0), "an empty tile");
+    }
+
+    #[test]
+    fn sizes_that_overflow_do_not_fit() {
+        let (w, x, mut o) = (vec![0u8; 64], vec![0u8; 64], vec![0f32; 8]);
+        let t = Tile {
+            n: 32,
+            w: &w,
+            w_stride: usize::MAX / 2 + 1,
+            rows: 3,
+            x: &x,
+            x_stride: 0,
+            tokens: 1,
+            out: &mut o,
+            out_stride: 8,
+        };
+        assert!(!t.fits(8, 16), "(rows - 1) * stride wraps around to 0");
+    }
 }

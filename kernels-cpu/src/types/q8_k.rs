@@ -500,7 +500,7 @@ pub(crate) mod test_util {
         (w, ws)
     }
 
-    /// Runs a many-token kernel (`GemmTileFn` arguments) on `nr` strided rows of `n` values
+    /// Runs a many-token kernel (`GemmTileFn` or `PanelFn`) on `nr` strided rows of `n` values
     /// of `t` (gaps of `extra.0` bytes, seed `seed`) and `nc` strided tokens (gaps `extra.1`,
     /// seed `seed + 500`), into an output whose stride leaves three poisoned (NaN) slots per
     /// token, and checks every result against the scalar `vec_dot` within `tol(want)` and
@@ -525,7 +525,7 @@ pub(crate) mod test_util {
         // an output stride above nr, the gaps poisoned: the kernel must not write them
         let os = nr + 3;
         let mut out = vec![f32::NAN; os * nc];
-        f(n, &w, ws, nr, &x, xs, nc, &mut out, os);
+        f(crate::isa::Tile { n, w: &w, w_stride: ws, rows: nr, x: &x, x_stride: xs, tokens: nc, out: &mut out, out_stride: os });
         for c in 0..nc {
             for r in 0..os {
                 let got = out[c * os + r];

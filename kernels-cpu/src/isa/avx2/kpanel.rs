@@ -24,7 +24,7 @@
 use super::legacy::{h2f, ld256};
 use super::lpanel::{bcast4, store_rows, transpose8, Line};
 use crate::isa::lpanels::{run, with_scratch, Scratch, Steps};
-use crate::isa::PanelFn;
+use crate::isa::{PanelFn, Tile};
 use crate::types::q4_k::{scales_mins_k4_bytes, BlockQ4K};
 use crate::types::q8_k::QK_K;
 use crate::types::WeightType;
@@ -255,37 +255,13 @@ unsafe fn vnni_tf(
     run::<Kernel<true>>(nb, w, ws, nr, x, xs, nc, out, os, lp, sp)
 }
 
-/// Checks a call's buffers; returns the number of blocks.
-#[allow(clippy::too_many_arguments)]
-fn check(n: usize, wl: usize, ws: usize, nr: usize, xl: usize, xs: usize, nc: usize, ol: usize, os: usize) -> usize {
-    assert!(
-        n.is_multiple_of(QK_K)
-            && (nc == 1 || nr <= os)
-            && wl >= (nr - 1) * ws + n / QK_K * 144
-            && xl >= (nc - 1) * xs + n / QK_K * Q8K_BYTES
-            && ol >= (nc - 1) * os + nr,
-        "Q4_K panel: {nr} rows x {nc} tokens of {n} values do not fit their buffers"
-    );
-    n / QK_K
-}
-
 /// The entry point, with (`V`) or without AVX-VNNI.
-#[allow(clippy::too_many_arguments)]
-fn panel_entry<const V: bool>(
-    n: usize,
-    w: &[u8],
-    w_stride: usize,
-    nr: usize,
-    x: &[u8],
-    x_stride: usize,
-    nc: usize,
-    out: &mut [f32],
-    out_stride: usize,
-) {
+fn panel_entry<const V: bool>(t: Tile<'_>) {
+    let nb = t.blocks(QK_K, 144, Q8K_BYTES, "Q4_K panel");
+    let Tile { w, w_stride, rows: nr, x, x_stride, tokens: nc, out, out_stride, .. } = t;
     if nr == 0 || nc == 0 {
         return;
     }
-    let nb = check(n, w.len(), w_stride, nr, x.len(), x_stride, nc, out.len(), out_stride);
     // SAFETY: installed only when AVX2/FMA/F16C were detected (and AVX-VNNI for `V`, see
     // `panel_with`); every row, token and output touched was just checked to be inside the
     // slices; the scratch was grown to what `run` uses.

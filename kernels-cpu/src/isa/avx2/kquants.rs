@@ -6,15 +6,17 @@
 //! Q2_K/Q4_K/Q5_K, or the level offset of Q3_K/Q6_K times the scales). Then
 //! `sumi = Σ_k madd(maddubs(lv[k], q8[k]), sc[k])` exactly in 32-bit integers, and the block
 //! adds `d * x.d * sumi` (+ `f * x.d * (c16 · bsums)` for the minimums) to a float accumulator:
-//! the scalar specification's arithmetic. The tile kernel unpacks each block once per row and
-//! uses it for several tokens.
+//! the scalar specification's arithmetic. The `vec_dot` loop is `isa::tiles`'s, with this
+//! module's unpacking and accumulation; the tile kernel, which unpacks each block once per row
+//! and uses it for several tokens, is written out per type (`kquant_tile!`).
 //!
 //! A kernel here is installed only when AVX2, FMA and F16C are detected (checked in the lookups
 //! below), which is what makes calling its `#[target_feature]` code sound.
 
 use core::arch::x86_64::*;
 
-use crate::isa::{GemmTileFn, QuantizeFn, VecDotFn};
+use crate::isa::tiles::{self, KquantBlock, KquantIsa, Unpack};
+use crate::isa::{GemmTileFn, QuantizeFn, Tile, VecDotFn};
 use crate::types::q2_k::BlockQ2K;
 use crate::types::q3_k::BlockQ3K;
 use crate::types::q4_k::{scales_mins_k4_bytes, BlockQ4K};
@@ -28,11 +30,11 @@ pub fn vec_dot(t: WeightType) -> Option<VecDotFn> {
         return None;
     }
     Some(match t {
-        WeightType::Q2_K => q2k::vec_dot,
-        WeightType::Q3_K => q3k::vec_dot,
-        WeightType::Q4_K => q4k::vec_dot,
-        WeightType::Q5_K => q5k::vec_dot,
-        WeightType::Q6_K => q6k::vec_dot,
+        WeightType::Q2_K => kquant_vec_dot::<BlockQ2K>,
+        WeightType::Q3_K => kquant_vec_dot::<BlockQ3K>,
+        WeightType::Q4_K => kquant_vec_dot::<BlockQ4K>,
+        WeightType::Q5_K => kquant_vec_dot::<BlockQ5K>,
+        WeightType::Q6_K => kquant_vec_dot::<BlockQ6K>,
         _ => return None,
     })
 }
@@ -354,29 +356,49 @@ fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
 }
 
-/// vec_dot and the tile kernel of one type, from its block type and unpacker.
-macro_rules! kquant_kernels {
+/// This ISA's side of the shared K-quant loops (`isa::tiles`).
+struct Avx2;
+
+impl KquantIsa for Avx2 {
+    type Unpacked = Unpacked;
+    type Acc = __m256;
+    const TOKENS: usize = TILE_TOKENS;
+    const PREFETCH: bool = true;
+    #[inline(always)]
+    unsafe fn zero() -> __m256 {
+        unsafe { _mm256_setzero_ps() }
+    }
+    #[inline(always)]
+    unsafe fn accumulate(acc: __m256, u: &Unpacked, a: &BlockQ8K, fold: bool) -> __m256 {
+        unsafe { accumulate(acc, u, a, fold) }
+    }
+    #[inline(always)]
+    unsafe fn reduce(acc: __m256) -> f32 {
+        unsafe { hsum(acc) }
+    }
+}
+
+macro_rules! unpack {
+    ($($Block:ty => $unpack:ident),*) => {$(
+        impl Unpack<$Block> for Avx2 {
+            #[inline(always)]
+            unsafe fn unpack(b: &$Block) -> Unpacked {
+                unsafe { $unpack(b) }
+            }
+        }
+    )*};
+}
+unpack!(BlockQ2K => unpack_q2k, BlockQ3K => unpack_q3k, BlockQ4K => unpack_q4k, BlockQ5K => unpack_q5k, BlockQ6K => unpack_q6k);
+
+tiles::kquant_entry_points!(Avx2, "avx2,fma,f16c");
+
+/// The tile kernel of one type, written out per type rather than through the shared
+/// `tiles::gemm`: compiled from the shared loop, the AVX2 tiles spill more vector registers and
+/// run measurably slower (see docs/benchmarks.md), while the AVX-512 ones do not.
+macro_rules! kquant_tile {
     ($m:ident, $Block:ty, $unpack:ident, $fold:expr, $name:expr) => {
         mod $m {
             use super::*;
-
-            #[target_feature(enable = "avx2,fma,f16c")]
-            fn vec_dot_tf(n: usize, w: &[u8], x: &[u8]) -> f32 {
-                let nb = n / QK_K;
-                let wb = first_blocks::<$Block>(w, nb, concat!($name, " vec_dot weights"));
-                let xb = first_blocks::<BlockQ8K>(x, nb, concat!($name, " vec_dot activations"));
-                let mut acc = _mm256_setzero_ps();
-                for (b, a) in wb.iter().zip(xb) {
-                    crate::isa::prefetch_ahead(b);
-                    acc = accumulate(acc, &$unpack(b), a, $fold);
-                }
-                hsum(acc)
-            }
-
-            pub fn vec_dot(n: usize, w: &[u8], x: &[u8]) -> f32 {
-                // SAFETY: installed only when AVX2, FMA and F16C are detected.
-                unsafe { vec_dot_tf(n, w, x) }
-            }
 
             /// `NC` tokens against rows `0..nr`: each weight block is unpacked once per row and
             /// used for all `NC` tokens.
@@ -445,30 +467,20 @@ macro_rules! kquant_kernels {
                 }
             }
 
-            #[allow(clippy::too_many_arguments)]
-            pub fn gemm(
-                n: usize,
-                w: &[u8],
-                w_stride: usize,
-                nr: usize,
-                x: &[u8],
-                x_stride: usize,
-                nc: usize,
-                out: &mut [f32],
-                out_stride: usize,
-            ) {
+            pub fn gemm(t: Tile<'_>) {
+                let Tile { n, w, w_stride, rows, x, x_stride, tokens, out, out_stride } = t;
                 // SAFETY: installed only when AVX2, FMA and F16C are detected.
-                unsafe { gemm_tf(n, w, w_stride, nr, x, x_stride, nc, out, out_stride) }
+                unsafe { gemm_tf(n, w, w_stride, rows, x, x_stride, tokens, out, out_stride) }
             }
         }
     };
 }
 
-kquant_kernels!(q2k, BlockQ2K, unpack_q2k, false, "Q2_K");
-kquant_kernels!(q3k, BlockQ3K, unpack_q3k, true, "Q3_K");
-kquant_kernels!(q4k, BlockQ4K, unpack_q4k, false, "Q4_K");
-kquant_kernels!(q5k, BlockQ5K, unpack_q5k, false, "Q5_K");
-kquant_kernels!(q6k, BlockQ6K, unpack_q6k, true, "Q6_K");
+kquant_tile!(q2k, BlockQ2K, unpack_q2k, false, "Q2_K");
+kquant_tile!(q3k, BlockQ3K, unpack_q3k, true, "Q3_K");
+kquant_tile!(q4k, BlockQ4K, unpack_q4k, false, "Q4_K");
+kquant_tile!(q5k, BlockQ5K, unpack_q5k, false, "Q5_K");
+kquant_tile!(q6k, BlockQ6K, unpack_q6k, true, "Q6_K");
 
 // ---------------------------------------------------------------------------------------------
 // One-token kernel (`gemv`) for Q4_K, the most common K-quant: many rows against one token.

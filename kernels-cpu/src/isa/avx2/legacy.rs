@@ -9,7 +9,7 @@
 // Tile loops index several register arrays by row and token on purpose.
 #![allow(clippy::needless_range_loop)]
 
-use crate::isa::{GemmTileFn, QuantizeFn, VecDotFn};
+use crate::isa::{GemmTileFn, QuantizeFn, Tile, VecDotFn};
 use crate::types::q4_0::BlockQ4_0;
 use crate::types::q4_1::BlockQ4_1;
 use crate::types::q5_0::BlockQ5_0;
@@ -596,18 +596,7 @@ mod tiles {
     macro_rules! tile_fn {
         ($name:ident, $T:ty, $xb:literal, $xq:literal, $label:expr) => {
             /// The tile kernel, with (`V`) or without AVX-VNNI.
-            #[allow(clippy::too_many_arguments)]
-            pub fn $name<const V: bool>(
-                n: usize,
-                w: &[u8],
-                w_stride: usize,
-                nr: usize,
-                x: &[u8],
-                x_stride: usize,
-                nc: usize,
-                out: &mut [f32],
-                out_stride: usize,
-            ) {
+            pub fn $name<const V: bool>(t: Tile<'_>) {
                 #[target_feature(enable = "avx2,fma,f16c")]
                 #[allow(clippy::too_many_arguments)]
                 unsafe fn go(
@@ -638,25 +627,15 @@ mod tiles {
                 ) {
                     tile_shapes!($T, $xb, $xq, true, nb, w, ws, nr, x, xs, nc, out, os)
                 }
-                let nb = check_tile(
-                    n,
-                    w.len(),
-                    w_stride,
-                    nr,
-                    x.len(),
-                    x_stride,
-                    nc,
-                    out.len(),
-                    out_stride,
-                    <$T>::BYTES,
-                    $xb,
-                    $label,
-                );
+                let nb = check_tile(&t, <$T>::BYTES, $xb, concat!($label, " gemm"));
                 let go = if V { go_vnni } else { go };
+                let Tile { w, w_stride, rows, x, x_stride, tokens, out, out_stride, .. } = t;
                 // SAFETY: installed only when AVX2/FMA/F16C were detected (and AVX-VNNI for
                 // `V`, see `gemm_with`); every row, token and output the tile touches was just
                 // checked to be inside the slices.
-                unsafe { go(nb, w.as_ptr(), w_stride, nr, x.as_ptr(), x_stride, nc, out.as_mut_ptr(), out_stride) }
+                unsafe {
+                    go(nb, w.as_ptr(), w_stride, rows, x.as_ptr(), x_stride, tokens, out.as_mut_ptr(), out_stride)
+                }
             }
         };
     }
@@ -682,33 +661,12 @@ mod tiles {
         }};
     }
 
-    /// The bounds a tile call must meet; returns the number of blocks.
-    #[allow(clippy::too_many_arguments)]
-    fn check_tile(
-        n: usize,
-        wl: usize,
-        ws: usize,
-        nr: usize,
-        xl: usize,
-        xs: usize,
-        nc: usize,
-        ol: usize,
-        os: usize,
-        wb: usize,
-        xb: usize,
-        label: &str,
-    ) -> usize {
-        let nb = n / 32;
-        assert!(
-            n.is_multiple_of(32)
-                && (1..=ROWS).contains(&nr)
-                && (1..=TOKENS).contains(&nc)
-                && wl >= (nr - 1) * ws + nb * wb
-                && xl >= (nc - 1) * xs + nb * xb
-                && ol > (nc - 1) * os + nr - 1,
-            "{label} gemm: tile {nr}x{nc} of {n} elements does not fit its buffers"
-        );
-        nb
+    /// The bounds a tile call must meet (blocks of `wb` weight and `xb` activation bytes);
+    /// returns the number of blocks. `what` names the kernel in a failure.
+    fn check_tile(t: &Tile<'_>, wb: usize, xb: usize, what: &str) -> usize {
+        let (nr, nc) = (t.rows, t.tokens);
+        assert!((1..=ROWS).contains(&nr) && (1..=TOKENS).contains(&nc), "{what}: tile {nr}x{nc} is too large or empty");
+        t.blocks(32, wb, xb, what)
     }
 
     tile_fn!(q4_0, Q4_0, 34, 2, "Q4_0");
@@ -1065,7 +1023,17 @@ mod tests {
                         for nc in 1..=tokens {
                             let os = rows + 1;
                             let mut out = vec![f32::NAN; os * tokens];
-                            tile(n, &w, ws, nr, &x, xs, nc, &mut out, os);
+                            tile(Tile {
+                                n,
+                                w: &w,
+                                w_stride: ws,
+                                rows: nr,
+                                x: &x,
+                                x_stride: xs,
+                                tokens: nc,
+                                out: &mut out,
+                                out_stride: os,
+                            });
                             for r in 0..nr {
                                 for c in 0..nc {
                                     let want = scalar(n, &w[r * ws..r * ws + wrb], &x[c * xs..c * xs + xrb]);

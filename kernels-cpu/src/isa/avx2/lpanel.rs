@@ -29,7 +29,7 @@ use super::legacy::{h2f, ld256};
 use crate::isa::lpanels::{
     block_lines, run, with_scratch, Acts, Scratch, Steps, Weights, A8_0, A8_1, IQ4NL, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
 };
-use crate::isa::PanelFn;
+use crate::isa::{PanelFn, Tile};
 use crate::types::WeightType;
 use std::arch::x86_64::*;
 use std::cell::RefCell;
@@ -293,33 +293,6 @@ impl<W: Weights, A: Acts, const V: bool> Steps for Kernel<W, A, V> {
     }
 }
 
-/// Checks a call's buffers; returns the number of blocks.
-#[allow(clippy::too_many_arguments)]
-fn check(
-    name: &str,
-    n: usize,
-    wl: usize,
-    ws: usize,
-    nr: usize,
-    wb: usize,
-    xl: usize,
-    xs: usize,
-    nc: usize,
-    xb: usize,
-    ol: usize,
-    os: usize,
-) -> usize {
-    assert!(
-        n.is_multiple_of(QK)
-            && (nc == 1 || nr <= os)
-            && wl >= (nr - 1) * ws + n / QK * wb
-            && xl >= (nc - 1) * xs + n / QK * xb
-            && ol >= (nc - 1) * os + nr,
-        "{name} panel: {nr} rows x {nc} tokens of {n} values do not fit their buffers"
-    );
-    n / QK
-}
-
 macro_rules! panel_kernel {
     ($m:ident, $W:ident, $A:ident, $name:expr) => {
         mod $m {
@@ -363,36 +336,13 @@ macro_rules! panel_kernel {
 
             /// The entry point, with (`V`) or without AVX-VNNI (then the nibble types only:
             /// see the module text).
-            #[allow(clippy::too_many_arguments)]
-            pub fn panel<const V: bool>(
-                n: usize,
-                w: &[u8],
-                w_stride: usize,
-                nr: usize,
-                x: &[u8],
-                x_stride: usize,
-                nc: usize,
-                out: &mut [f32],
-                out_stride: usize,
-            ) {
+            pub fn panel<const V: bool>(t: Tile<'_>) {
                 assert!(V || $W::OFFSET < 128, "16-bit sums need codes below 32");
+                let nb = t.blocks(QK, $W::BYTES, $A::BYTES, concat!($name, " panel"));
+                let Tile { w, w_stride, rows: nr, x, x_stride, tokens: nc, out, out_stride, .. } = t;
                 if nr == 0 || nc == 0 {
                     return;
                 }
-                let nb = check(
-                    $name,
-                    n,
-                    w.len(),
-                    w_stride,
-                    nr,
-                    $W::BYTES,
-                    x.len(),
-                    x_stride,
-                    nc,
-                    $A::BYTES,
-                    out.len(),
-                    out_stride,
-                );
                 // SAFETY: installed only when AVX2/FMA/F16C were detected (and AVX-VNNI for
                 // `V`, see `panel_with`); every row, token and output touched was just checked
                 // to be inside the slices (outputs `c * out_stride + r`, r < nr <= out_stride,

@@ -18,7 +18,7 @@
 
 use core::arch::x86_64::*;
 
-use crate::isa::{prefetch_ahead, GemmTileFn, GemvFn, VecDotFn};
+use crate::isa::{prefetch_ahead, GemmTileFn, GemvFn, Tile, VecDotFn};
 use crate::types::iq4_xs::BlockIQ4XS;
 use crate::types::q8_k::{first_blocks, BlockQ8K, QK_K};
 use crate::types::{f16_to_f32, WeightType};
@@ -299,18 +299,8 @@ fn gemm_tf(nb: usize, w: &[u8], ws: usize, nr: usize, x: &[u8], xs: usize, nc: u
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn gemm_iq4xs(
-    n: usize,
-    w: &[u8],
-    w_stride: usize,
-    nr: usize,
-    x: &[u8],
-    x_stride: usize,
-    nc: usize,
-    out: &mut [f32],
-    out_stride: usize,
-) {
+fn gemm_iq4xs(t: Tile<'_>) {
+    let Tile { n, w, w_stride, rows: nr, x, x_stride, tokens: nc, out, out_stride } = t;
     assert!(
         (1..=TILE_ROWS).contains(&nr) && (1..=TILE_TOKENS).contains(&nc) && out.len() > (nc - 1) * out_stride + nr - 1,
         "IQ4_XS gemm: tile {nr}x{nc} does not fit its output"

@@ -31,7 +31,7 @@
 use core::arch::x86_64::*;
 use std::cell::RefCell;
 
-use crate::isa::PanelFn;
+use crate::isa::{PanelFn, Tile};
 use crate::types::q3_k::scales_q3k;
 use crate::types::q4_k::scales_mins_k4_bytes;
 use crate::types::q8_k::QK_K;
@@ -47,11 +47,11 @@ pub fn panel(t: WeightType) -> Option<PanelFn> {
         return None;
     }
     Some(match t {
-        WeightType::Q2_K => panel_q2_k,
-        WeightType::Q3_K => panel_q3_k,
-        WeightType::Q4_K => panel_q4_k,
-        WeightType::Q5_K => panel_q5_k,
-        WeightType::Q6_K => panel_q6_k,
+        WeightType::Q2_K => run::<Q2>,
+        WeightType::Q3_K => run::<Q3>,
+        WeightType::Q4_K => run::<Q4>,
+        WeightType::Q5_K => run::<Q5>,
+        WeightType::Q6_K => run::<Q6>,
         _ => return None,
     })
 }
@@ -119,34 +119,9 @@ thread_local! {
     static PANEL: RefCell<Vec<Line>> = const { RefCell::new(Vec::new()) };
 }
 
-fn panel_q2_k(n: usize, w: &[u8], ws: usize, nr: usize, x: &[u8], xs: usize, nc: usize, out: &mut [f32], os: usize) {
-    run::<Q2>(n, w, ws, nr, x, xs, nc, out, os)
-}
-fn panel_q3_k(n: usize, w: &[u8], ws: usize, nr: usize, x: &[u8], xs: usize, nc: usize, out: &mut [f32], os: usize) {
-    run::<Q3>(n, w, ws, nr, x, xs, nc, out, os)
-}
-fn panel_q4_k(n: usize, w: &[u8], ws: usize, nr: usize, x: &[u8], xs: usize, nc: usize, out: &mut [f32], os: usize) {
-    run::<Q4>(n, w, ws, nr, x, xs, nc, out, os)
-}
-fn panel_q5_k(n: usize, w: &[u8], ws: usize, nr: usize, x: &[u8], xs: usize, nc: usize, out: &mut [f32], os: usize) {
-    run::<Q5>(n, w, ws, nr, x, xs, nc, out, os)
-}
-fn panel_q6_k(n: usize, w: &[u8], ws: usize, nr: usize, x: &[u8], xs: usize, nc: usize, out: &mut [f32], os: usize) {
-    run::<Q6>(n, w, ws, nr, x, xs, nc, out, os)
-}
-
 /// Checks the arguments (caller bugs panic with a message), then unpacks and multiplies.
-fn run<const T: u8>(
-    n: usize,
-    w: &[u8],
-    w_stride: usize,
-    nr: usize,
-    x: &[u8],
-    x_stride: usize,
-    nc: usize,
-    out: &mut [f32],
-    out_stride: usize,
-) {
+fn run<const T: u8>(t: Tile<'_>) {
+    let Tile { n, w, w_stride, rows: nr, x, x_stride, tokens: nc, out, out_stride } = t;
     assert!(n.is_multiple_of(QK_K), "K-quant panel: row of {n} values is not a whole number of blocks");
     if nr == 0 || nc == 0 {
         return;
@@ -638,7 +613,17 @@ mod tests {
                     quantize_row(WeightType::Q8_K, &xf, &mut x[c * xs..c * xs + xrb]);
                 }
                 let mut out = vec![f32::NAN; nc * os];
-                f(n, &w, ws, nr, &x, xs, nc, &mut out, os);
+                f(Tile {
+                    n,
+                    w: &w,
+                    w_stride: ws,
+                    rows: nr,
+                    x: &x,
+                    x_stride: xs,
+                    tokens: nc,
+                    out: &mut out,
+                    out_stride: os,
+                });
                 for c in 0..nc {
                     for i in 0..os {
                         let got = out[c * os + i];

@@ -9,14 +9,17 @@
 //! either folded into `sumi` (offsets: same factor `d`) or as a float term (minimums, `dmin`).
 //! This is the scalar specification's arithmetic: integer sums per block, then scales.
 //!
-//! The tile kernel unpacks each weight block once and uses it for several tokens.
+//! The loops (`vec_dot`, and the tile kernel, which unpacks each weight block once and uses it
+//! for several tokens) are `isa::tiles`'s; this module supplies the unpacking and the
+//! accumulation.
 //!
 //! A kernel here is installed only when AVX-512 F/BW/VL, AVX2/FMA and VNNI are all detected
 //! (checked in the lookups below), which is what makes calling its `#[target_feature]` code sound.
 
 use core::arch::x86_64::*;
 
-use crate::isa::{prefetch_ahead, GemmTileFn, GemvFn, QuantizeFn, VecDotFn};
+use crate::isa::tiles::{self, KquantBlock, KquantIsa, Unpack};
+use crate::isa::{prefetch_ahead, GemmTileFn, GemvFn, QuantizeFn, Tile, VecDotFn};
 use crate::types::q2_k::BlockQ2K;
 use crate::types::q3_k::BlockQ3K;
 use crate::types::q4_k::BlockQ4K;
@@ -35,11 +38,11 @@ pub fn vec_dot(t: WeightType) -> Option<VecDotFn> {
         return None;
     }
     Some(match t {
-        WeightType::Q2_K => q2k::vec_dot,
-        WeightType::Q3_K => q3k::vec_dot,
-        WeightType::Q4_K => q4k::vec_dot,
-        WeightType::Q5_K => q5k::vec_dot,
-        WeightType::Q6_K => q6k::vec_dot,
+        WeightType::Q2_K => kquant_vec_dot::<BlockQ2K>,
+        WeightType::Q3_K => kquant_vec_dot::<BlockQ3K>,
+        WeightType::Q4_K => kquant_vec_dot::<BlockQ4K>,
+        WeightType::Q5_K => kquant_vec_dot::<BlockQ5K>,
+        WeightType::Q6_K => kquant_vec_dot::<BlockQ6K>,
         _ => return None,
     })
 }
@@ -53,11 +56,11 @@ pub fn gemm(t: WeightType) -> Option<(GemmTileFn, usize, usize)> {
         return None;
     }
     let f: GemmTileFn = match t {
-        WeightType::Q2_K => q2k::gemm,
-        WeightType::Q3_K => q3k::gemm,
-        WeightType::Q4_K => q4k::gemm,
-        WeightType::Q5_K => q5k::gemm,
-        WeightType::Q6_K => q6k::gemm,
+        WeightType::Q2_K => kquant_gemm::<BlockQ2K>,
+        WeightType::Q3_K => kquant_gemm::<BlockQ3K>,
+        WeightType::Q4_K => kquant_gemm::<BlockQ4K>,
+        WeightType::Q5_K => kquant_gemm::<BlockQ5K>,
+        WeightType::Q6_K => kquant_gemm::<BlockQ6K>,
         _ => return None,
     };
     Some((f, TILE_ROWS, TILE_TOKENS))
@@ -457,125 +460,53 @@ fn accumulate(acc: __m512, u: &Unpacked, a: &BlockQ8K, fold: bool) -> __m512 {
     }
 }
 
-/// vec_dot and the tile kernel of one type, from its block type and unpacker.
-macro_rules! kquant_kernels {
-    ($m:ident, $Block:ty, $unpack:ident, $unpack_tile:ident, $fold:expr, $name:expr) => {
-        mod $m {
-            use super::*;
+/// This ISA's side of the shared K-quant loops (`isa::tiles`).
+struct Avx512;
 
-            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-            fn vec_dot_tf(n: usize, w: &[u8], x: &[u8]) -> f32 {
-                let nb = n / QK_K;
-                let wb = first_blocks::<$Block>(w, nb, concat!($name, " vec_dot weights"));
-                let xb = first_blocks::<BlockQ8K>(x, nb, concat!($name, " vec_dot activations"));
-                let mut acc = _mm512_setzero_ps();
-                for (b, a) in wb.iter().zip(xb) {
-                    acc = accumulate(acc, &$unpack(b), a, $fold);
-                }
-                _mm512_reduce_add_ps(acc)
-            }
-
-            pub fn vec_dot(n: usize, w: &[u8], x: &[u8]) -> f32 {
-                // SAFETY: installed only when `supported()` (all enabled features detected).
-                unsafe { vec_dot_tf(n, w, x) }
-            }
-
-            /// `NC` tokens against rows `0..nr`: each weight block is unpacked once per row and
-            /// used for all `NC` tokens.
-            #[inline]
-            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-            #[allow(clippy::too_many_arguments)]
-            fn tile<const NC: usize>(
-                nb: usize,
-                w: &[u8],
-                w_stride: usize,
-                nr: usize,
-                x: &[u8],
-                x_stride: usize,
-                out: &mut [f32],
-                out_stride: usize,
-            ) {
-                let xb: [&[BlockQ8K]; NC] = core::array::from_fn(|t| {
-                    first_blocks::<BlockQ8K>(&x[t * x_stride..], nb, concat!($name, " gemm activations"))
-                });
-                for r in 0..nr {
-                    let wb = first_blocks::<$Block>(&w[r * w_stride..], nb, concat!($name, " gemm weights"));
-                    let mut acc = [_mm512_setzero_ps(); NC];
-                    for (i, b) in wb.iter().enumerate() {
-                        // one token (matvec): the unpacking that is cheapest for a single use
-                        let u = if NC == 1 { $unpack(b) } else { $unpack_tile(b) };
-                        for t in 0..NC {
-                            acc[t] = accumulate(acc[t], &u, &xb[t][i], $fold);
-                        }
-                    }
-                    for t in 0..NC {
-                        out[t * out_stride + r] = _mm512_reduce_add_ps(acc[t]);
-                    }
-                }
-            }
-
-            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-            #[allow(clippy::too_many_arguments)]
-            fn gemm_tf(
-                n: usize,
-                w: &[u8],
-                w_stride: usize,
-                nr: usize,
-                x: &[u8],
-                x_stride: usize,
-                nc: usize,
-                out: &mut [f32],
-                out_stride: usize,
-            ) {
-                let nb = n / QK_K;
-                let mut c0 = 0;
-                while c0 < nc {
-                    let (xs, os) = (&x[c0 * x_stride..], &mut out[c0 * out_stride..]);
-                    c0 += match nc - c0 {
-                        8.. => {
-                            tile::<8>(nb, w, w_stride, nr, xs, x_stride, os, out_stride);
-                            8
-                        }
-                        4.. => {
-                            tile::<4>(nb, w, w_stride, nr, xs, x_stride, os, out_stride);
-                            4
-                        }
-                        2.. => {
-                            tile::<2>(nb, w, w_stride, nr, xs, x_stride, os, out_stride);
-                            2
-                        }
-                        _ => {
-                            tile::<1>(nb, w, w_stride, nr, xs, x_stride, os, out_stride);
-                            1
-                        }
-                    };
-                }
-            }
-
-            #[allow(clippy::too_many_arguments)]
-            pub fn gemm(
-                n: usize,
-                w: &[u8],
-                w_stride: usize,
-                nr: usize,
-                x: &[u8],
-                x_stride: usize,
-                nc: usize,
-                out: &mut [f32],
-                out_stride: usize,
-            ) {
-                // SAFETY: installed only when `supported()` (all enabled features detected).
-                unsafe { gemm_tf(n, w, w_stride, nr, x, x_stride, nc, out, out_stride) }
-            }
-        }
-    };
+impl KquantIsa for Avx512 {
+    type Unpacked = Unpacked;
+    type Acc = __m512;
+    const TOKENS: usize = TILE_TOKENS;
+    const PREFETCH: bool = false;
+    #[inline(always)]
+    unsafe fn zero() -> __m512 {
+        unsafe { _mm512_setzero_ps() }
+    }
+    #[inline(always)]
+    unsafe fn accumulate(acc: __m512, u: &Unpacked, a: &BlockQ8K, fold: bool) -> __m512 {
+        unsafe { accumulate(acc, u, a, fold) }
+    }
+    #[inline(always)]
+    unsafe fn reduce(acc: __m512) -> f32 {
+        unsafe { _mm512_reduce_add_ps(acc) }
+    }
 }
 
-kquant_kernels!(q2k, BlockQ2K, unpack_q2k, unpack_q2k_premul, false, "Q2_K");
-kquant_kernels!(q3k, BlockQ3K, unpack_q3k, unpack_q3k_premul, true, "Q3_K");
-kquant_kernels!(q4k, BlockQ4K, unpack_q4k, unpack_q4k, false, "Q4_K");
-kquant_kernels!(q5k, BlockQ5K, unpack_q5k, unpack_q5k, false, "Q5_K");
-kquant_kernels!(q6k, BlockQ6K, unpack_q6k, unpack_q6k, true, "Q6_K");
+/// `Unpack` for each type: its unpacker, and for several tokens the premultiplied form where
+/// the type has one.
+macro_rules! unpack {
+    ($($Block:ty => $unpack:ident, $unpack_tile:ident);*) => {$(
+        impl Unpack<$Block> for Avx512 {
+            #[inline(always)]
+            unsafe fn unpack(b: &$Block) -> Unpacked {
+                unsafe { $unpack(b) }
+            }
+            #[inline(always)]
+            unsafe fn unpack_tile(b: &$Block) -> Unpacked {
+                unsafe { $unpack_tile(b) }
+            }
+        }
+    )*};
+}
+unpack!(
+    BlockQ2K => unpack_q2k, unpack_q2k_premul;
+    BlockQ3K => unpack_q3k, unpack_q3k_premul;
+    BlockQ4K => unpack_q4k, unpack_q4k;
+    BlockQ5K => unpack_q5k, unpack_q5k;
+    BlockQ6K => unpack_q6k, unpack_q6k
+);
+
+tiles::kquant_entry_points!(Avx512, "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c", gemm);
 
 // ---------------------------------------------------------------------------------------------
 // One-token kernels (`gemv`): many rows against one token.
@@ -766,11 +697,11 @@ impl K4Block for BlockQ5K {
 }
 
 fn gemv_q4k(n: usize, w: &[u8], w_stride: usize, nr: usize, x: &[u8], out: &mut [f32]) {
-    gemv_k4::<BlockQ4K>(q4k::vec_dot, n, w, w_stride, nr, x, out)
+    gemv_k4::<BlockQ4K>(kquant_vec_dot::<BlockQ4K>, n, w, w_stride, nr, x, out)
 }
 
 fn gemv_q5k(n: usize, w: &[u8], w_stride: usize, nr: usize, x: &[u8], out: &mut [f32]) {
-    gemv_k4::<BlockQ5K>(q5k::vec_dot, n, w, w_stride, nr, x, out)
+    gemv_k4::<BlockQ5K>(kquant_vec_dot::<BlockQ5K>, n, w, w_stride, nr, x, out)
 }
 
 #[inline]
@@ -855,7 +786,7 @@ fn hsum128(v: __m128) -> f32 {
 fn gemv_q2k(n: usize, w: &[u8], w_stride: usize, nr: usize, x: &[u8], out: &mut [f32]) {
     let nb = n / QK_K;
     if nb > PREP_MAX {
-        return gemv_fallback(q2k::vec_dot, n, w, w_stride, nr, x, out);
+        return gemv_fallback(kquant_vec_dot::<BlockQ2K>, n, w, w_stride, nr, x, out);
     }
     let xb = first_blocks::<BlockQ8K>(x, nb, "Q2_K gemv activations");
     let mut buf: PrepBuf = [const { core::mem::MaybeUninit::uninit() }; PREP_MAX];
@@ -916,7 +847,7 @@ fn gemv_q2k_tf(nb: usize, w: &[u8], w_stride: usize, nr: usize, prep: &[Prep], o
 fn gemv_q3k(n: usize, w: &[u8], w_stride: usize, nr: usize, x: &[u8], out: &mut [f32]) {
     let nb = n / QK_K;
     if nb > PREP_MAX {
-        return gemv_fallback(q3k::vec_dot, n, w, w_stride, nr, x, out);
+        return gemv_fallback(kquant_vec_dot::<BlockQ3K>, n, w, w_stride, nr, x, out);
     }
     let xb = first_blocks::<BlockQ8K>(x, nb, "Q3_K gemv activations");
     let mut buf: PrepBuf = [const { core::mem::MaybeUninit::uninit() }; PREP_MAX];

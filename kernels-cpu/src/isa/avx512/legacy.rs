@@ -19,7 +19,7 @@
 // Tile loops index several register arrays by row and token on purpose.
 #![allow(clippy::needless_range_loop)]
 
-use crate::isa::{GemmTileFn, GemvFn, QuantizeFn, VecDotFn};
+use crate::isa::{GemmTileFn, GemvFn, QuantizeFn, Tile, VecDotFn};
 use crate::types::WeightType;
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
@@ -742,31 +742,20 @@ macro_rules! legacy_kernels {
                 }
             }
 
-            #[allow(clippy::too_many_arguments)]
-            pub fn gemm(
-                n: usize,
-                w: &[u8],
-                w_stride: usize,
-                nr: usize,
-                x: &[u8],
-                x_stride: usize,
-                nc: usize,
-                out: &mut [f32],
-                out_stride: usize,
-            ) {
+            pub fn gemm(t: Tile<'_>) {
+                let (n, nr, nc) = (t.n, t.rows, t.tokens);
                 let nb = n / 32;
                 assert!(
                     n % 32 == 0
                         && (1..=TILE_ROWS).contains(&nr)
                         && (1..=TILE_TOKENS).contains(&nc)
-                        && w.len() >= (nr - 1) * w_stride + nb * <$W>::BYTES
-                        && x.len() >= (nc - 1) * x_stride + nb * <$A>::BYTES
-                        && out.len() > (nc - 1) * out_stride + nr - 1,
+                        && t.fits(nb * <$W>::BYTES, nb * <$A>::BYTES),
                     concat!($name, " gemm: tile {}x{} of {} elements does not fit its buffers"),
                     nr,
                     nc,
                     n
                 );
+                let Tile { w, w_stride, x, x_stride, out, out_stride, .. } = t;
                 // SAFETY: installed only when `supported()`; every row, token and output the
                 // tile touches was just checked to be inside the slices.
                 unsafe { gemm_tf(nb, w.as_ptr(), w_stride, nr, x.as_ptr(), x_stride, nc, out.as_mut_ptr(), out_stride) }
@@ -1383,29 +1372,16 @@ mod float {
                     }
                 }
 
-                #[allow(clippy::too_many_arguments)]
-                pub fn gemm(
-                    n: usize,
-                    w: &[u8],
-                    w_stride: usize,
-                    nr: usize,
-                    x: &[u8],
-                    x_stride: usize,
-                    nc: usize,
-                    out: &mut [f32],
-                    out_stride: usize,
-                ) {
+                pub fn gemm(t: Tile<'_>) {
+                    let (n, nr, nc) = (t.n, t.rows, t.tokens);
                     assert!(
-                        (1..=ROWS).contains(&nr)
-                            && (1..=TOKENS).contains(&nc)
-                            && w.len() >= (nr - 1) * w_stride + n * $bytes
-                            && x.len() >= (nc - 1) * x_stride + n * $bytes
-                            && out.len() > (nc - 1) * out_stride + nr - 1,
+                        (1..=ROWS).contains(&nr) && (1..=TOKENS).contains(&nc) && t.fits(n * $bytes, n * $bytes),
                         concat!($name, " gemm: tile {}x{} of {} values does not fit its buffers"),
                         nr,
                         nc,
                         n
                     );
+                    let Tile { w, w_stride, x, x_stride, out, out_stride, .. } = t;
                     // SAFETY: as `vec_dot`; every row, token and output the tile touches was just
                     // checked to be inside the slices.
                     unsafe {

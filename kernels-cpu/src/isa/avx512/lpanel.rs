@@ -30,7 +30,7 @@
 use crate::isa::lpanels::{
     block_lines, run, with_scratch, Acts, Scratch, Steps, Weights, A8_0, A8_1, IQ4NL, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
 };
-use crate::isa::PanelFn;
+use crate::isa::{PanelFn, Tile};
 use crate::types::WeightType;
 use std::arch::x86_64::*;
 use std::cell::RefCell;
@@ -428,33 +428,12 @@ macro_rules! panel_kernel {
                 run::<Kernel<$W, $A>>(nb, w, ws, nr, x, xs, nc, out, os, lp, sp)
             }
 
-            #[allow(clippy::too_many_arguments)]
-            pub fn panel(
-                n: usize,
-                w: &[u8],
-                w_stride: usize,
-                nr: usize,
-                x: &[u8],
-                x_stride: usize,
-                nc: usize,
-                out: &mut [f32],
-                out_stride: usize,
-            ) {
+            pub fn panel(t: Tile<'_>) {
+                let nb = t.blocks(QK, $W::BYTES, $A::BYTES, concat!($name, " panel"));
+                let Tile { w, w_stride, rows: nr, x, x_stride, tokens: nc, out, out_stride, .. } = t;
                 if nr == 0 || nc == 0 {
                     return;
                 }
-                assert!(
-                    n % QK == 0
-                        && (nc == 1 || nr <= out_stride)
-                        && w.len() >= (nr - 1) * w_stride + n / QK * $W::BYTES
-                        && x.len() >= (nc - 1) * x_stride + n / QK * $A::BYTES
-                        && out.len() >= (nc - 1) * out_stride + nr,
-                    concat!($name, " panel: {} rows x {} tokens of {} values do not fit their buffers"),
-                    nr,
-                    nc,
-                    n
-                );
-                let nb = n / QK;
                 // SAFETY: installed only on CPUs with these features (`panel` checks
                 // `supported`, and `for_isa` lowers the ISA to the CPU's); every row, token
                 // and output the kernel touches was just checked to be inside the slices
@@ -559,7 +538,17 @@ mod tests {
                 // An output stride above nr, the gaps poisoned: the kernel must not write them.
                 let os = nr + 3;
                 let mut out = vec![f32::NAN; os * nc];
-                f(n, &w, ws, nr, &x, xs, nc, &mut out, os);
+                f(Tile {
+                    n,
+                    w: &w,
+                    w_stride: ws,
+                    rows: nr,
+                    x: &x,
+                    x_stride: xs,
+                    tokens: nc,
+                    out: &mut out,
+                    out_stride: os,
+                });
                 for c in 0..nc {
                     for r in 0..nr {
                         let want = scalar(n, &w[r * ws..r * ws + wrb], &x[c * xs..c * xs + xrb]);
@@ -659,7 +648,17 @@ mod tests {
                 quantize_row(at, &values(n, 900 + c as u64, 1.0), &mut x[c * xrb..(c + 1) * xrb]);
             }
             let mut out = vec![0f32; nr * nc];
-            f(n, &w, wrb, nr, &x, xrb, nc, &mut out, nr);
+            f(Tile {
+                n,
+                w: &w,
+                w_stride: wrb,
+                rows: nr,
+                x: &x,
+                x_stride: xrb,
+                tokens: nc,
+                out: &mut out,
+                out_stride: nr,
+            });
             out
         };
         let big = run(48, 40, 20);
