@@ -287,7 +287,7 @@ impl Parser<'_> {
     /// One character `a` or range `a-b` of a class (a `-` before the closing `]` is a character).
     fn class_range(&mut self) -> Result<(char, char)> {
         let a = self.char_in_literal()?;
-        if !(self.rest().starts_with('-') && !self.rest().starts_with("-]")) {
+        if !self.rest().starts_with('-') || self.rest().starts_with("-]") {
             return Ok((a, a));
         }
         self.pos += 1;
