@@ -689,46 +689,16 @@ impl Session {
         let tok = &inner.tokenizer;
         let mut decoder = StreamDecoder::default();
         let mut stopper = StopStrings::new(&req.stop);
-        // With log-probabilities: the raw logits of the step (the sampler changes them in place),
-        // and the tokens whose text has not been given out yet, each reported right before the
-        // text it begins; those of a stop string are never reported.
+        // With log-probabilities: the raw logits of the step (the sampler changes them in place).
         let mut raw = if opts.logprobs.is_some() { vec![0f32; self.logits.len()] } else { Vec::new() };
-        let mut pending: std::collections::VecDeque<logprobs::TokenLogprob> = Default::default();
-        let (mut produced, mut emitted) = (0usize, 0usize);
-        let mut give = |text: &str,
-                        emitted: &mut usize,
-                        pending: &mut std::collections::VecDeque<logprobs::TokenLogprob>,
-                        all: bool|
-         -> bool {
-            *emitted += text.len();
-            while let Some(t) = pending.front() {
-                if !all && t.offset >= *emitted {
-                    break;
-                }
-                let t = pending.pop_front().expect("front exists");
-                if !out(Output::Token(choice, &t)) {
-                    return false;
-                }
-            }
-            text.is_empty() || out(Output::Text(choice, text))
-        };
+        let mut em = Emitter { choice, out, pending: Default::default(), produced: 0, emitted: 0 };
         let mut generated = 0;
         let mut stop_index = None;
         let stop = loop {
             if generated >= req.max_tokens {
                 break StopReason::MaxTokens;
             }
-            let mut logits = std::mem::take(&mut self.logits);
-            if opts.logprobs.is_some() {
-                raw.copy_from_slice(&logits);
-            }
-            let masked = match grammar.as_mut() {
-                Some(g) => g.mask(&mut logits),
-                None => Ok(()),
-            };
-            let id = self.sampler.sample(&mut logits, &self.tokens[..ff.kept()], &req.sampling);
-            self.logits = logits;
-            masked?;
+            let id = self.sample_next(req, grammar.as_mut(), ff.kept(), opts.logprobs.map(|_| &mut raw[..]))?;
             if (!req.ignore_eos || grammar.is_some()) && tok.end_tokens().contains(&id) {
                 break StopReason::EndToken;
             }
@@ -738,18 +708,18 @@ impl Session {
             generated += 1;
             let piece = decoder.push(tok, id);
             if let Some(k) = opts.logprobs {
-                pending.push_back(logprobs::token_logprob(&raw, id, k, produced));
+                em.pending.push_back(logprobs::token_logprob(&raw, id, k, em.produced));
             }
-            produced += piece.len();
+            em.produced += piece.len();
             match stopper.push(&piece) {
                 StopOutcome::Emit(s) => {
-                    if !give(&s, &mut emitted, &mut pending, false) {
+                    if !em.give(&s, false) {
                         break StopReason::Cancelled;
                     }
                 }
                 StopOutcome::Stop(s, which) => {
-                    give(&s, &mut emitted, &mut pending, false);
-                    pending.clear();
+                    em.give(&s, false);
+                    em.pending.clear();
                     stop_index = Some(which);
                     break StopReason::StopString;
                 }
@@ -767,11 +737,64 @@ impl Session {
         if stop != StopReason::StopString && stop != StopReason::Cancelled {
             let mut rest = decoder.finish();
             rest.insert_str(0, &stopper.flush());
-            if !give(&rest, &mut emitted, &mut pending, true) {
+            if !em.give(&rest, true) {
                 return Ok((generated, StopReason::Cancelled, None));
             }
         }
         Ok((generated, stop, stop_index))
+    }
+
+    /// The next token, sampled from the logits of the last token in the cache (`kept` tokens),
+    /// masked by the grammar if any; `raw` (with log-probabilities) gets the logits as they were.
+    fn sample_next(
+        &mut self,
+        req: &GenerateRequest,
+        grammar: Option<&mut crate::grammar::GrammarMatcher>,
+        kept: usize,
+        raw: Option<&mut [f32]>,
+    ) -> Result<u32> {
+        let mut logits = std::mem::take(&mut self.logits);
+        if let Some(raw) = raw {
+            raw.copy_from_slice(&logits);
+        }
+        let masked = match grammar {
+            Some(g) => g.mask(&mut logits),
+            None => Ok(()),
+        };
+        let id = self.sampler.sample(&mut logits, &self.tokens[..kept], &req.sampling);
+        self.logits = logits;
+        masked?;
+        Ok(id)
+    }
+}
+
+/// What `Session::decode` gives out for one choice, in order: each token's log-probabilities
+/// (when asked) right before the text it begins; those of a stop string are never reported.
+struct Emitter<'o> {
+    choice: usize,
+    out: &'o mut dyn FnMut(Output) -> bool,
+    /// Tokens whose text has not been given out yet.
+    pending: std::collections::VecDeque<logprobs::TokenLogprob>,
+    /// Bytes of text decoded so far, and given out so far.
+    produced: usize,
+    emitted: usize,
+}
+
+impl Emitter<'_> {
+    /// Gives out `text` after the pending tokens it begins (`all`: after every pending token);
+    /// false when the receiver cancels.
+    fn give(&mut self, text: &str, all: bool) -> bool {
+        self.emitted += text.len();
+        while let Some(t) = self.pending.front() {
+            if !all && t.offset >= self.emitted {
+                break;
+            }
+            let t = self.pending.pop_front().expect("front exists");
+            if !(self.out)(Output::Token(self.choice, &t)) {
+                return false;
+            }
+        }
+        text.is_empty() || (self.out)(Output::Text(self.choice, text))
     }
 }
 

@@ -16,16 +16,17 @@
 //! runs on the CPU.
 //!
 //! The offload backend runs the last N layers (and the output layer too when N >= the layer
-//! count; otherwise the CPU applies it after them) with the layer recipe of
-//! `model::transformer` composed from the ABI's operations; weights are uploaded once, straight
+//! count; otherwise the CPU applies it after them): `model::transformer::layer` drives the
+//! ABI's operations (`GpuLayer`); weights are uploaded once, straight
 //! from the mmap; each session has its own stream, KV cache (f16) and activation buffers on the
 //! device, so a forward pass allocates nothing.
 
 use super::{Backend, BackendState, PlanOptions};
-use crate::model::{FfnActivation, Model, RopeStyle, Weight};
+use crate::model::transformer::{self, Buf, LayerOps, Span};
+use crate::model::{FfnActivation, Hparams, LayerAttn, LayerWeights, Model, RopeStyle, Weight};
 use anyhow::{anyhow, bail, Context, Result};
 use kernels_gpu::abi::{self, AttentionParams, DeviceInfo, RopeParams, View};
-use kernels_gpu::client::{Buffer, Device, GpuStream, Library};
+use kernels_gpu::client::{Buffer, Device, GpuError, GpuStream, Library};
 use sha2::{Digest, Sha256};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -326,24 +327,8 @@ impl DevVec {
     }
 }
 
-struct DevLayer {
-    attn_norm: DevVec,
-    wq: DevWeight,
-    wk: DevWeight,
-    wv: DevWeight,
-    wo: DevWeight,
-    bq: Option<DevVec>,
-    bk: Option<DevVec>,
-    bv: Option<DevVec>,
-    q_norm: Option<DevVec>,
-    k_norm: Option<DevVec>,
-    attn_post_norm: Option<DevVec>,
-    ffn_norm: DevVec,
-    ffn_gate: DevWeight,
-    ffn_up: DevWeight,
-    ffn_down: DevWeight,
-    ffn_post_norm: Option<DevVec>,
-}
+/// One layer's weights on the device.
+type DevLayer = LayerWeights<DevWeight, DevVec>;
 
 struct Weights {
     model: Arc<Model>,
@@ -514,7 +499,7 @@ fn residual_add(
     n_rows: u32,
     dim: usize,
     eps: f32,
-) -> Result<()> {
+) -> Result<(), GpuError> {
     if let Some(pn) = post_norm {
         s.rmsnorm(proj, pn, n_rows, dim as u32, eps, proj)?;
     }
@@ -557,78 +542,148 @@ impl GpuState {
         Ok(GpuState { bytes: bytes as usize, ..st })
     }
 
+    /// Layer `i` of this backend over `n` tokens at positions `pos..pos + n`, as
+    /// `transformer::layer` writes it, with `GpuLayer`'s ABI calls.
     fn layer(&mut self, i: usize, n: usize, pos: usize) -> Result<()> {
         let w = self.w.clone();
         let hp = &w.model.hp;
-        let il = w.layers.start + i;
-        let l = &w.dev_layers[i];
-        let la = hp.layers[il];
-        let (e, hd) = (hp.n_embd, hp.head_dim);
-        let (qd, kd, vd) = (hp.q_dim(), hp.k_dim(), hp.v_dim());
-        let (n32, eps) = (n as u32, hp.rms_eps);
-        let s = &mut self.s;
-        s.rmsnorm(self.x.view(), l.attn_norm.view(), n32, e as u32, eps, self.xn.view())?;
-        s.matmul(&l.wq.w, self.xn.view(), n32, self.q.view())?;
-        s.matmul(&l.wk.w, self.xn.view(), n32, self.k.view())?;
-        s.matmul(&l.wv.w, self.xn.view(), n32, self.v.view())?;
-        for (b, out, dim) in [(&l.bq, &self.q, qd), (&l.bk, &self.k, kd), (&l.bv, &self.v, vd)] {
-            if let Some(b) = b {
-                s.add_rows(out.view(), b.view(), n32, dim as u32)?;
-            }
+        let la = hp.layers[w.layers.start + i];
+        let rope_factors = w.rope_factors.as_ref().map_or(View::NONE, |f| f.view());
+        let mut o = GpuLayer { st: self, hp, la, i, rope_factors };
+        Ok(transformer::layer(&mut o, hp, &w.dev_layers[i], &[Span { first: 0, len: n, pos }])?)
+    }
+}
+
+/// `LayerOps` on the device for layer `i` of the backend: ABI calls on the session's stream
+/// and buffers.
+struct GpuLayer<'a> {
+    st: &'a mut GpuState,
+    hp: &'a Hparams,
+    la: LayerAttn,
+    i: usize,
+    rope_factors: View,
+}
+
+impl GpuLayer<'_> {
+    /// Row `row` of buffer `b`.
+    fn at(&self, b: Buf, row: usize) -> View {
+        let st = &*self.st;
+        let buf = match b {
+            Buf::Q => &st.q,
+            Buf::K => &st.k,
+            Buf::V => &st.v,
+            Buf::Att => &st.att,
+            Buf::Gate => &st.gate,
+            Buf::Up => &st.up,
+        };
+        buf.at((row * b.cols(self.hp) * 4) as u64)
+    }
+}
+
+impl LayerOps for GpuLayer<'_> {
+    type Mat = DevWeight;
+    type Vec = DevVec;
+    type Error = GpuError;
+
+    fn norm(&mut self, w: &DevVec, n: usize) -> Result<(), GpuError> {
+        let (e, eps) = (self.hp.n_embd as u32, self.hp.rms_eps);
+        let st = &mut *self.st;
+        st.s.rmsnorm(st.x.view(), w.view(), n as u32, e, eps, st.xn.view())
+    }
+
+    fn project_in(&mut self, ws: &[(&DevWeight, Buf)], rows: Range<usize>) -> Result<(), GpuError> {
+        let xn = self.st.xn.at((rows.start * self.hp.n_embd * 4) as u64);
+        for &(w, y) in ws {
+            let y = self.at(y, 0);
+            self.st.s.matmul(&w.w, xn, rows.len() as u32, y)?;
         }
-        if let Some(qn) = &l.q_norm {
-            s.rmsnorm(self.q.view(), qn.view(), (n * hp.n_head) as u32, hd as u32, eps, self.q.view())?;
-        }
-        if let Some(kn) = &l.k_norm {
-            s.rmsnorm(self.k.view(), kn.view(), (n * hp.n_head_kv) as u32, hd as u32, eps, self.k.view())?;
-        }
+        Ok(())
+    }
+
+    fn add_bias(&mut self, y: Buf, b: &DevVec, n: usize) -> Result<(), GpuError> {
+        let out = self.at(y, 0);
+        self.st.s.add_rows(out, b.view(), n as u32, y.cols(self.hp) as u32)
+    }
+
+    fn head_norm(&mut self, y: Buf, w: &DevVec, s: Span) -> Result<(), GpuError> {
+        let (hd, eps) = (self.hp.head_dim, self.hp.rms_eps);
+        let (rows, heads) = (self.at(y, s.first), s.len * y.cols(self.hp) / hd);
+        self.st.s.rmsnorm(rows, w.view(), heads as u32, hd as u32, eps, rows)
+    }
+
+    fn rope(&mut self, y: Buf, s: Span) -> Result<(), GpuError> {
+        let hp = self.hp;
         let mode = match hp.recipe.rope {
             RopeStyle::Normal => abi::ROPE_NORMAL,
             RopeStyle::Neox => abi::ROPE_NEOX,
         };
-        let rope = RopeParams {
-            n_tokens: n32,
-            n_heads: hp.n_head as u32,
-            head_dim: hd as u32,
+        let p = RopeParams {
+            n_tokens: s.len as u32,
+            n_heads: (y.cols(hp) / hp.head_dim) as u32,
+            head_dim: hp.head_dim as u32,
             n_rot: hp.n_rot as u32,
-            pos0: pos as u32,
+            pos0: s.pos as u32,
             mode,
-            freq_base: la.rope_base,
-            freq_scale: la.rope_freq_scale,
-            freq_factors: w.rope_factors.as_ref().map_or(View::NONE, |f| f.view()),
+            freq_base: self.la.rope_base,
+            freq_scale: self.la.rope_freq_scale,
+            freq_factors: self.rope_factors,
         };
-        s.rope(self.q.view(), &rope)?;
-        s.rope(self.k.view(), &RopeParams { n_heads: hp.n_head_kv as u32, ..rope })?;
-        let (kc, vc) = &self.kv[i];
-        s.copy(self.k.view(), kc.at((pos * kd * 2) as u64), abi::TYPE_F16, (n * kd) as u64)?;
-        s.copy(self.v.view(), vc.at((pos * vd * 2) as u64), abi::TYPE_F16, (n * vd) as u64)?;
+        let rows = self.at(y, s.first);
+        self.st.s.rope(rows, &p)
+    }
+
+    fn store_kv(&mut self, s: Span) -> Result<(), GpuError> {
+        let (kd, vd) = (self.hp.k_dim(), self.hp.v_dim());
+        let (k, v) = (self.at(Buf::K, s.first), self.at(Buf::V, s.first));
+        let st = &mut *self.st;
+        let (kc, vc) = &st.kv[self.i];
+        st.s.copy(k, kc.at((s.pos * kd * 2) as u64), abi::TYPE_F16, (s.len * kd) as u64)?;
+        st.s.copy(v, vc.at((s.pos * vd * 2) as u64), abi::TYPE_F16, (s.len * vd) as u64)
+    }
+
+    fn attention(&mut self, s: Span) -> Result<(), GpuError> {
+        let hp = self.hp;
         let ap = AttentionParams {
-            n_tokens: n32,
-            pos0: pos as u32,
+            n_tokens: s.len as u32,
+            pos0: s.pos as u32,
             n_head: hp.n_head as u32,
             n_head_kv: hp.n_head_kv as u32,
-            head_dim: hd as u32,
-            kv_stride: kd as u32,
+            head_dim: hp.head_dim as u32,
+            kv_stride: hp.k_dim() as u32,
             kv_type: abi::TYPE_F16,
-            window: la.window.unwrap_or(0) as u32,
+            window: self.la.window.unwrap_or(0) as u32,
             scale: hp.attn_scale,
             softcap: hp.attn_softcap,
         };
-        s.attention(self.q.view(), kc.view(), vc.view(), self.att.view(), &ap)?;
-        s.matmul(&l.wo.w, self.att.view(), n32, self.proj.view())?;
-        residual_add(s, self.x.view(), self.proj.view(), l.attn_post_norm.as_ref().map(|v| v.view()), n32, e, eps)?;
+        let (q, att) = (self.at(Buf::Q, s.first), self.at(Buf::Att, s.first));
+        let st = &mut *self.st;
+        let (kc, vc) = &st.kv[self.i];
+        st.s.attention(q, kc.view(), vc.view(), att, &ap)
+    }
 
-        s.rmsnorm(self.x.view(), l.ffn_norm.view(), n32, e as u32, eps, self.xn.view())?;
-        s.matmul(&l.ffn_gate.w, self.xn.view(), n32, self.gate.view())?;
-        s.matmul(&l.ffn_up.w, self.xn.view(), n32, self.up.view())?;
-        let act = match hp.recipe.ffn_act {
+    fn project_out(&mut self, w: &DevWeight, src: Buf, rows: Range<usize>) -> Result<(), GpuError> {
+        let src = self.at(src, 0);
+        let proj = self.st.proj.at((rows.start * self.hp.n_embd * 4) as u64);
+        self.st.s.matmul(&w.w, src, rows.len() as u32, proj)
+    }
+
+    fn residual(&mut self, post_norm: Option<&DevVec>, n: usize) -> Result<(), GpuError> {
+        let (e, eps) = (self.hp.n_embd, self.hp.rms_eps);
+        let st = &mut *self.st;
+        residual_add(&mut st.s, st.x.view(), st.proj.view(), post_norm.map(|v| v.view()), n as u32, e, eps)
+    }
+
+    fn ffn_chunk(&self) -> usize {
+        self.st.max_batch
+    }
+
+    fn glu(&mut self, act: FfnActivation, m: usize) -> Result<(), GpuError> {
+        let act = match act {
             FfnActivation::Silu => abi::GLU_SILU,
             FfnActivation::GeluTanh => abi::GLU_GELU_TANH,
         };
-        s.glu(self.gate.view(), self.up.view(), self.gate.view(), (n * hp.n_ff) as u64, act)?;
-        s.matmul(&l.ffn_down.w, self.gate.view(), n32, self.proj.view())?;
-        residual_add(s, self.x.view(), self.proj.view(), l.ffn_post_norm.as_ref().map(|v| v.view()), n32, e, eps)?;
-        Ok(())
+        let st = &mut *self.st;
+        st.s.glu(st.gate.view(), st.up.view(), st.gate.view(), (m * self.hp.n_ff) as u64, act)
     }
 }
 

@@ -17,10 +17,10 @@
 //!   creation for `n_ctx` positions and batches of at most `max_batch` tokens: a forward pass
 //!   allocates nothing.
 //!
-//! A backend composes the layer recipe from `crate::model` (public `Hparams`, `Recipe`,
+//! A backend runs the layer recipe from `crate::model` (public `Hparams`, `Recipe`,
 //! `LayerAttn` per layer, `LayerWeights` with `Weight` views whose bytes are
-//! `Model::bytes(w)`, straight from the mmap); `model::transformer` is the CPU reference of that
-//! recipe (see its module comment for the exact order of operations).
+//! `Model::bytes(w)`, straight from the mmap): `model::transformer::layer` writes the order of
+//! operations once (see its module comment), and a backend implements its `LayerOps`.
 //!
 //! To plug in the GPU: `plan()` below is the one place that decides the chain (`-ngl`, `--gpu`).
 

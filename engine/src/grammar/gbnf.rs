@@ -219,67 +219,13 @@ impl Parser<'_> {
             self.skip_space(nested);
             let Some(c) = self.peek() else { break };
             let item = match c {
-                '"' => {
-                    self.pos += 1;
-                    let mut chars = Vec::new();
-                    loop {
-                        match self.peek() {
-                            None | Some('\n') => return Err(self.error("unterminated string literal")),
-                            Some('"') => {
-                                self.pos += 1;
-                                break;
-                            }
-                            Some(_) => chars.push(Expr::Char(self.char_in_literal()?)),
-                        }
-                    }
-                    Expr::Seq(chars)
-                }
-                '[' => {
-                    self.pos += 1;
-                    let neg = self.eat("^");
-                    let mut ranges = Vec::new();
-                    loop {
-                        match self.peek() {
-                            None | Some('\n') => return Err(self.error("unterminated character class")),
-                            Some(']') => {
-                                self.pos += 1;
-                                break;
-                            }
-                            Some(_) => {
-                                let a = self.char_in_literal()?;
-                                let b = if self.rest().starts_with('-') && !self.rest().starts_with("-]") {
-                                    self.pos += 1;
-                                    let b = self.char_in_literal()?;
-                                    if b < a {
-                                        return Err(self.error("character range is out of order"));
-                                    }
-                                    b
-                                } else {
-                                    a
-                                };
-                                ranges.push((a, b));
-                            }
-                        }
-                    }
-                    if ranges.is_empty() && !neg {
-                        return Err(self.error("empty character class"));
-                    }
-                    Expr::Class(neg, ranges)
-                }
+                '"' => self.string_literal()?,
+                '[' => self.char_class()?,
                 '.' => {
                     self.pos += 1;
                     Expr::Any
                 }
-                '(' => {
-                    self.pos += 1;
-                    self.skip_space(true);
-                    let e = self.alternatives(true)?;
-                    self.skip_space(true);
-                    if !self.eat(")") {
-                        return Err(self.error("expected ')'"));
-                    }
-                    e
-                }
+                '(' => self.group()?,
                 c if c.is_ascii_alphanumeric() || c == '-' => {
                     // A name followed by `::=` starts the next rule (a rule may end without a newline
                     // only at the end of the text, so this is an error there).
@@ -301,6 +247,69 @@ impl Parser<'_> {
         }
         Ok(if items.len() == 1 { items.pop().unwrap() } else { Expr::Seq(items) })
     }
+    /// `"..."`, the opening quote next: a sequence of its characters.
+    fn string_literal(&mut self) -> Result<Expr> {
+        self.pos += 1;
+        let mut chars = Vec::new();
+        loop {
+            match self.peek() {
+                None | Some('\n') => return Err(self.error("unterminated string literal")),
+                Some('"') => {
+                    self.pos += 1;
+                    return Ok(Expr::Seq(chars));
+                }
+                Some(_) => chars.push(Expr::Char(self.char_in_literal()?)),
+            }
+        }
+    }
+
+    /// `[...]` or `[^...]`, the opening bracket next: a character class.
+    fn char_class(&mut self) -> Result<Expr> {
+        self.pos += 1;
+        let neg = self.eat("^");
+        let mut ranges = Vec::new();
+        loop {
+            match self.peek() {
+                None | Some('\n') => return Err(self.error("unterminated character class")),
+                Some(']') => {
+                    self.pos += 1;
+                    break;
+                }
+                Some(_) => ranges.push(self.class_range()?),
+            }
+        }
+        if ranges.is_empty() && !neg {
+            return Err(self.error("empty character class"));
+        }
+        Ok(Expr::Class(neg, ranges))
+    }
+
+    /// One character `a` or range `a-b` of a class (a `-` before the closing `]` is a character).
+    fn class_range(&mut self) -> Result<(char, char)> {
+        let a = self.char_in_literal()?;
+        if !self.rest().starts_with('-') || self.rest().starts_with("-]") {
+            return Ok((a, a));
+        }
+        self.pos += 1;
+        let b = self.char_in_literal()?;
+        if b < a {
+            return Err(self.error("character range is out of order"));
+        }
+        Ok((a, b))
+    }
+
+    /// `( alternatives )`, the opening parenthesis next.
+    fn group(&mut self) -> Result<Expr> {
+        self.pos += 1;
+        self.skip_space(true);
+        let e = self.alternatives(true)?;
+        self.skip_space(true);
+        if !self.eat(")") {
+            return Err(self.error("expected ')'"));
+        }
+        Ok(e)
+    }
+
     fn repetition(&mut self) -> Result<(u32, Option<u32>)> {
         match self.bump() {
             Some('*') => Ok((0, None)),

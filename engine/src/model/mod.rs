@@ -160,33 +160,35 @@ impl Weight {
 }
 
 /// One transformer block's tensors. Norm weights and biases are small and copied to f32;
-/// matrices stay in the mapping.
+/// matrices stay in the mapping. A backend holding its own copy names its matrix and vector
+/// types (`M`, `V`: the offload backend's are in device memory), so the layer recipe
+/// (`transformer::layer`) reads the same fields whoever runs it.
 #[derive(Clone, Debug)]
-pub struct LayerWeights {
-    pub attn_norm: Vec<f32>,
+pub struct LayerWeights<M = Weight, V = Vec<f32>> {
+    pub attn_norm: V,
     /// [q_dim x n_embd]
-    pub wq: Weight,
+    pub wq: M,
     /// [k_dim x n_embd]
-    pub wk: Weight,
+    pub wk: M,
     /// [v_dim x n_embd]
-    pub wv: Weight,
+    pub wv: M,
     /// [n_embd x n_head*head_dim_v]
-    pub wo: Weight,
-    pub bq: Option<Vec<f32>>,
-    pub bk: Option<Vec<f32>>,
-    pub bv: Option<Vec<f32>>,
+    pub wo: M,
+    pub bq: Option<V>,
+    pub bk: Option<V>,
+    pub bv: Option<V>,
     /// [head_dim], applied to each head.
-    pub q_norm: Option<Vec<f32>>,
-    pub k_norm: Option<Vec<f32>>,
-    pub attn_post_norm: Option<Vec<f32>>,
-    pub ffn_norm: Vec<f32>,
+    pub q_norm: Option<V>,
+    pub k_norm: Option<V>,
+    pub attn_post_norm: Option<V>,
+    pub ffn_norm: V,
     /// [n_ff x n_embd]
-    pub ffn_gate: Weight,
+    pub ffn_gate: M,
     /// [n_ff x n_embd]
-    pub ffn_up: Weight,
+    pub ffn_up: M,
     /// [n_embd x n_ff]
-    pub ffn_down: Weight,
-    pub ffn_post_norm: Option<Vec<f32>>,
+    pub ffn_down: M,
+    pub ffn_post_norm: Option<V>,
 }
 
 /// A loaded model: the mapping, hyperparameters and tensor views.

@@ -1,4 +1,6 @@
-//! The shared transformer block on the CPU, driven by the architecture's `Recipe`.
+//! The shared transformer block, driven by the architecture's `Recipe`: the order of operations
+//! of one layer, written once (`layer`, over the `LayerOps` trait each backend implements: the
+//! CPU below, the offload backend in `backend::gpu`), and the CPU's implementation of them.
 //!
 //! Every buffer is allocated once (`Workspace::new`, `LayerKv::new`) for at most `max_batch`
 //! tokens and `n_ctx` positions; a forward pass allocates nothing. Shapes are written as
@@ -16,11 +18,12 @@
 //!   o = f Wdown^T; (Gemma) o = rmsnorm(o) * post_ffw_norm; x += o
 //! Output: logits = (rmsnorm(x) * output_norm) Wout^T [n x n_vocab].
 
-use super::{FfnActivation, Hparams, LayerAttn, Model, Weight};
+use super::{FfnActivation, Hparams, LayerAttn, LayerWeights, Model, Weight};
 use half::f16;
 use kernels_cpu::matmul::{balanced_chunks, matmul, matmul_quantized, quantize_activations, Scratch, PANEL_MIN_TOKENS};
 use kernels_cpu::ops;
 use rayon::prelude::*;
+use std::ops::Range;
 
 /// The FFN runs over at most this many tokens at a time, so its two [n x n_ff] buffers stay
 /// small (a 7B model's would be 58 MB for 512 tokens); each weight block is still reused for
@@ -162,33 +165,125 @@ fn project(model: &Model, w: &Weight, x: &[f32], n: usize, y: &mut [f32], scratc
     matmul(model.bytes(w), w.wtype, w.rows, w.cols, &x[..n * w.cols], n, &mut y[..n * w.rows], scratch);
 }
 
-/// Several projections of the same input `x` [n x cols]: the activations are quantized once per
-/// activation format (q, k, v of a Q4_K_M model share one Q8_K quantization even when v is Q6_K).
-fn project_many(
-    model: &Model,
-    ws: &[&Weight],
-    x: &[f32],
-    n: usize,
-    ys: [&mut [f32]; 3],
-    count: usize,
-    scratch: &mut Scratch,
-) {
-    for (i, y) in ys.into_iter().enumerate().take(count) {
-        let w = ws[i];
-        let at = w.wtype.vec_dot_type();
-        if scratch.held() != Some((at, w.cols, n)) || i == 0 {
-            quantize_activations(w.wtype, &x[..n * w.cols], n, w.cols, scratch);
+/// One sequence's tokens in a batch: rows `first..first + len` of the residual stream, at
+/// positions `pos..pos + len` (also their rows in the cache).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    pub first: usize,
+    pub len: usize,
+    pub pos: usize,
+}
+
+/// The activation buffers `layer` names (besides the residual stream x, the normalised input
+/// xn and the projection output proj): one row per token, except `Gate` and `Up`, which hold
+/// the current FFN chunk from row 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Buf {
+    /// [B x q_dim]
+    Q,
+    /// [B x k_dim]
+    K,
+    /// [B x v_dim]
+    V,
+    /// [B x n_head*head_dim_v], the attention output (input of Wo).
+    Att,
+    /// [chunk x n_ff]
+    Gate,
+    /// [chunk x n_ff]
+    Up,
+}
+
+impl Buf {
+    /// Values per row.
+    pub fn cols(self, hp: &Hparams) -> usize {
+        match self {
+            Buf::Q => hp.q_dim(),
+            Buf::K => hp.k_dim(),
+            Buf::V => hp.v_dim(),
+            Buf::Att => hp.n_head * hp.head_dim_v,
+            Buf::Gate | Buf::Up => hp.n_ff,
         }
-        matmul_quantized(model.bytes(w), w.wtype, w.rows, w.cols, scratch, &mut y[..n * w.rows]);
     }
 }
 
-fn add_bias(y: &mut [f32], b: &Option<Vec<f32>>, n: usize) {
-    if let Some(b) = b {
-        for row in y.chunks_exact_mut(b.len()).take(n) {
-            row.iter_mut().zip(b).for_each(|(v, bi)| *v += bi);
+/// The operations `layer` is written in. A backend implements them for one layer (it knows
+/// that layer's cache and RoPE) on its own buffers and its own copy of the weights: the CPU
+/// with its kernels (`CpuLayer` below), the offload backend with ABI calls (`backend::gpu`).
+pub trait LayerOps {
+    /// A weight matrix.
+    type Mat;
+    /// An f32 vector (norm weight, bias).
+    type Vec;
+    type Error;
+    /// xn = rmsnorm(x) * w, rows 0..n.
+    fn norm(&mut self, w: &Self::Vec, n: usize) -> Result<(), Self::Error>;
+    /// For each (W, y): y[0..rows.len()] = xn[rows] W^T. The projections of one call share
+    /// their input, so a backend may prepare it once.
+    fn project_in(&mut self, ws: &[(&Self::Mat, Buf)], rows: Range<usize>) -> Result<(), Self::Error>;
+    /// y += b on rows 0..n.
+    fn add_bias(&mut self, y: Buf, b: &Self::Vec, n: usize) -> Result<(), Self::Error>;
+    /// Each head of the span's rows of `y` (Q or K): rmsnorm(head) * w, in place.
+    fn head_norm(&mut self, y: Buf, w: &Self::Vec, s: Span) -> Result<(), Self::Error>;
+    /// RoPE on each head of the span's rows of `y` (Q or K), at positions s.pos...
+    fn rope(&mut self, y: Buf, s: Span) -> Result<(), Self::Error>;
+    /// The span's rows of k and v into the cache (f16) at positions s.pos...
+    fn store_kv(&mut self, s: Span) -> Result<(), Self::Error>;
+    /// att = attention of the span's queries over the cache (causal, the layer's window and
+    /// the model's soft cap), for the span's rows.
+    fn attention(&mut self, s: Span) -> Result<(), Self::Error>;
+    /// proj[rows] = src[0..rows.len()] W^T.
+    fn project_out(&mut self, w: &Self::Mat, src: Buf, rows: Range<usize>) -> Result<(), Self::Error>;
+    /// x += proj, proj first normalised in place by `post_norm` (rmsnorm * w) if given; rows 0..n.
+    fn residual(&mut self, post_norm: Option<&Self::Vec>, n: usize) -> Result<(), Self::Error>;
+    /// Most tokens the `Gate`/`Up` buffers hold.
+    fn ffn_chunk(&self) -> usize;
+    /// gate = act(gate) * up, rows 0..m.
+    fn glu(&mut self, act: FfnActivation, m: usize) -> Result<(), Self::Error>;
+}
+
+/// One layer over the tokens of `spans` (they cover the rows of x in order), as the module
+/// comment writes it. The projections and the FFN run over every token at once; spans are
+/// handled one after another, each writing its keys and attending right away, so spans may
+/// share cache rows (several sequences each from position 0): a later span overwrites keys
+/// that an earlier one no longer needs.
+pub fn layer<O: LayerOps>(
+    o: &mut O,
+    hp: &Hparams,
+    lw: &LayerWeights<O::Mat, O::Vec>,
+    spans: &[Span],
+) -> Result<(), O::Error> {
+    let n = spans.last().map_or(0, |s| s.first + s.len);
+
+    // ---- attention ----
+    o.norm(&lw.attn_norm, n)?;
+    o.project_in(&[(&lw.wq, Buf::Q), (&lw.wk, Buf::K), (&lw.wv, Buf::V)], 0..n)?;
+    for (b, y) in [(&lw.bq, Buf::Q), (&lw.bk, Buf::K), (&lw.bv, Buf::V)] {
+        if let Some(b) = b {
+            o.add_bias(y, b, n)?;
         }
     }
+    for &s in spans {
+        for (norm, y) in [(&lw.q_norm, Buf::Q), (&lw.k_norm, Buf::K)] {
+            if let Some(w) = norm {
+                o.head_norm(y, w, s)?;
+            }
+            o.rope(y, s)?;
+        }
+        o.store_kv(s)?;
+        o.attention(s)?;
+    }
+    o.project_out(&lw.wo, Buf::Att, 0..n)?;
+    o.residual(lw.attn_post_norm.as_ref(), n)?;
+
+    // ---- feed-forward, in chunks the Gate/Up buffers hold ----
+    o.norm(&lw.ffn_norm, n)?;
+    // No short last chunk: the matmul's arithmetic for a token would change with the cut.
+    for c in balanced_chunks(n, o.ffn_chunk(), PANEL_MIN_TOKENS) {
+        o.project_in(&[(&lw.ffn_gate, Buf::Gate), (&lw.ffn_up, Buf::Up)], c.clone())?;
+        o.glu(hp.recipe.ffn_act, c.len())?;
+        o.project_out(&lw.ffn_down, Buf::Gate, c)?;
+    }
+    o.residual(lw.ffn_post_norm.as_ref(), n)
 }
 
 /// Run layer `il` over `n` tokens at positions `pos..pos+n`: `x` [n x n_embd] in and out.
@@ -207,20 +302,8 @@ pub fn layer_forward(
     layer_forward_spans(model, il, x, &[Span { first: 0, len: n, pos }], kv, ws, rope)
 }
 
-/// One sequence's tokens in a batch: rows `first..first + len` of the residual stream, at
-/// positions `pos..pos + len` (also their rows in the cache).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Span {
-    pub first: usize,
-    pub len: usize,
-    pub pos: usize,
-}
-
 /// `layer_forward` over independent sequences packed in one batch (`spans` cover the rows of
-/// `x` in order): the projections and the FFN run over every token at once, and each span
-/// attends only to its own keys. Spans are handled one after another, each writing its keys
-/// and attending right away, so spans may share cache rows (several sequences each from
-/// position 0): a later span overwrites keys that an earlier one no longer needs.
+/// `x` in order; each attends only to its own keys, see `layer`).
 #[allow(clippy::too_many_arguments)]
 pub fn layer_forward_spans(
     model: &Model,
@@ -231,88 +314,151 @@ pub fn layer_forward_spans(
     ws: &mut Workspace,
     rope: &RopeTable,
 ) {
-    let n = spans.last().map_or(0, |s| s.first + s.len);
-    let hp = &model.hp;
-    let lw = &model.layers[il];
-    let la = hp.layers[il];
-    let (e, hd) = (hp.n_embd, hp.head_dim);
-    let (qd, kd, vd) = (hp.q_dim(), hp.k_dim(), hp.v_dim());
-    debug_assert!(n <= ws.max_batch);
+    debug_assert!(spans.last().is_none_or(|s| s.first + s.len <= ws.max_batch));
     debug_assert!(spans.iter().all(|s| s.pos + s.len <= ws.n_ctx && s.pos + s.len <= rope.n_ctx));
-    let eps = hp.rms_eps;
+    let hp = &model.hp;
+    let mut o = CpuLayer { model, la: hp.layers[il], x, kv, ws, rope };
+    let Ok(()) = layer(&mut o, hp, &model.layers[il], spans);
+}
 
-    // ---- attention ----
-    for t in 0..n {
-        rmsnorm(&mut ws.xn[t * e..(t + 1) * e], &x[t * e..(t + 1) * e], &lw.attn_norm, eps);
+/// `LayerOps` on the CPU for one layer: its cache and RoPE table, the residual stream `x` and
+/// the workspace.
+struct CpuLayer<'a> {
+    model: &'a Model,
+    la: LayerAttn,
+    x: &'a mut [f32],
+    kv: &'a mut LayerKv,
+    ws: &'a mut Workspace,
+    rope: &'a RopeTable,
+}
+
+impl CpuLayer<'_> {
+    /// The buffer `b` and the rest of the workspace the projections use.
+    fn buf(ws: &mut Workspace, b: Buf) -> (&mut [f32], &[f32], &mut Scratch) {
+        let Workspace { xn, q, k, v, att, gate, up, scratch, .. } = ws;
+        let y = match b {
+            Buf::Q => q,
+            Buf::K => k,
+            Buf::V => v,
+            Buf::Att => att,
+            Buf::Gate => gate,
+            Buf::Up => up,
+        };
+        (y, xn, scratch)
     }
-    project_many(model, &[&lw.wq, &lw.wk, &lw.wv], &ws.xn, n, [&mut ws.q, &mut ws.k, &mut ws.v], 3, &mut ws.scratch);
-    add_bias(&mut ws.q, &lw.bq, n);
-    add_bias(&mut ws.k, &lw.bk, n);
-    add_bias(&mut ws.v, &lw.bv, n);
-    let ao = hp.n_head * hp.head_dim_v;
-    for s in spans {
+
+    /// The span's rows of `y`, one head at a time (head_dim values each), with their positions.
+    fn heads(&mut self, y: Buf, s: Span, mut f: impl FnMut(&mut [f32], usize)) {
+        let hp = &self.model.hp;
+        let d = y.cols(hp);
+        let (buf, _, _) = Self::buf(self.ws, y);
         for t in s.first..s.first + s.len {
             let p = s.pos + (t - s.first);
-            for h in ws.q[t * qd..(t + 1) * qd].chunks_exact_mut(hd) {
-                if let Some(w) = &lw.q_norm {
-                    rmsnorm_inplace(h, w, eps);
-                }
-                rope.apply(h, p);
+            buf[t * d..(t + 1) * d].chunks_exact_mut(hp.head_dim).for_each(|h| f(h, p));
+        }
+    }
+}
+
+impl LayerOps for CpuLayer<'_> {
+    type Mat = Weight;
+    type Vec = Vec<f32>;
+    type Error = std::convert::Infallible;
+
+    fn norm(&mut self, w: &Vec<f32>, n: usize) -> Result<(), Self::Error> {
+        let (e, eps) = (self.model.hp.n_embd, self.model.hp.rms_eps);
+        for t in 0..n {
+            rmsnorm(&mut self.ws.xn[t * e..(t + 1) * e], &self.x[t * e..(t + 1) * e], w, eps);
+        }
+        Ok(())
+    }
+
+    /// The activations are quantized once per activation format (q, k, v of a Q4_K_M model
+    /// share one Q8_K quantization even when v is Q6_K).
+    fn project_in(&mut self, ws: &[(&Weight, Buf)], rows: Range<usize>) -> Result<(), Self::Error> {
+        let m = rows.len();
+        for (i, &(w, y)) in ws.iter().enumerate() {
+            let (y, xn, scratch) = Self::buf(self.ws, y);
+            let at = w.wtype.vec_dot_type();
+            if scratch.held() != Some((at, w.cols, m)) || i == 0 {
+                quantize_activations(w.wtype, &xn[rows.start * w.cols..rows.end * w.cols], m, w.cols, scratch);
             }
-            for h in ws.k[t * kd..(t + 1) * kd].chunks_exact_mut(hd) {
-                if let Some(w) = &lw.k_norm {
-                    rmsnorm_inplace(h, w, eps);
-                }
-                rope.apply(h, p);
-            }
+            matmul_quantized(self.model.bytes(w), w.wtype, w.rows, w.cols, scratch, &mut y[..m * w.rows]);
+        }
+        Ok(())
+    }
+
+    fn add_bias(&mut self, y: Buf, b: &Vec<f32>, n: usize) -> Result<(), Self::Error> {
+        let (y, _, _) = Self::buf(self.ws, y);
+        for row in y.chunks_exact_mut(b.len()).take(n) {
+            row.iter_mut().zip(b).for_each(|(v, bi)| *v += bi);
+        }
+        Ok(())
+    }
+
+    fn head_norm(&mut self, y: Buf, w: &Vec<f32>, s: Span) -> Result<(), Self::Error> {
+        let eps = self.model.hp.rms_eps;
+        self.heads(y, s, |h, _| rmsnorm_inplace(h, w, eps));
+        Ok(())
+    }
+
+    fn rope(&mut self, y: Buf, s: Span) -> Result<(), Self::Error> {
+        let rope = self.rope;
+        self.heads(y, s, |h, p| rope.apply(h, p));
+        Ok(())
+    }
+
+    fn store_kv(&mut self, s: Span) -> Result<(), Self::Error> {
+        let (kd, vd) = (self.model.hp.k_dim(), self.model.hp.v_dim());
+        let (ws, kv) = (&*self.ws, &mut *self.kv);
+        for t in s.first..s.first + s.len {
+            let p = s.pos + (t - s.first);
             ops::f32_to_f16_slice(&ws.k[t * kd..(t + 1) * kd], &mut kv.k[p * kd..(p + 1) * kd]);
             ops::f32_to_f16_slice(&ws.v[t * vd..(t + 1) * vd], &mut kv.v[p * vd..(p + 1) * vd]);
         }
-        let (q, att) = (&ws.q[s.first * qd..], &mut ws.att[s.first * ao..(s.first + s.len) * ao]);
-        attention(hp, la, s.len, s.pos, kv, q, att);
+        Ok(())
     }
-    project(model, &lw.wo, &ws.att, n, &mut ws.proj, &mut ws.scratch);
-    residual_add(x, &mut ws.proj, n, e, lw.attn_post_norm.as_deref(), eps);
 
-    // ---- feed-forward, in chunks of FFN_CHUNK tokens ----
-    for t in 0..n {
-        rmsnorm(&mut ws.xn[t * e..(t + 1) * e], &x[t * e..(t + 1) * e], &lw.ffn_norm, eps);
+    fn attention(&mut self, s: Span) -> Result<(), Self::Error> {
+        let hp = &self.model.hp;
+        let (qd, ao) = (hp.q_dim(), Buf::Att.cols(hp));
+        let (q, att) = (&self.ws.q[s.first * qd..], &mut self.ws.att[s.first * ao..(s.first + s.len) * ao]);
+        attention(hp, self.la, s.len, s.pos, self.kv, q, att);
+        Ok(())
     }
-    let nf = hp.n_ff;
-    let chunk = ws.gate.len() / nf;
-    // No short last chunk: the matmul's arithmetic for a token would change with the cut.
-    for c in balanced_chunks(n, chunk, PANEL_MIN_TOKENS) {
-        let (t0, m) = (c.start, c.len());
-        let xn = &ws.xn[t0 * e..(t0 + m) * e];
-        let mut none: [f32; 0] = [];
-        project_many(
-            model,
-            &[&lw.ffn_gate, &lw.ffn_up],
-            xn,
-            m,
-            [&mut ws.gate, &mut ws.up, &mut none],
-            2,
-            &mut ws.scratch,
-        );
-        let act = hp.recipe.ffn_act;
-        ws.gate[..m * nf].par_chunks_mut(4096).zip(ws.up[..m * nf].par_chunks(4096)).for_each(|(g, u)| match act {
+
+    fn project_out(&mut self, w: &Weight, src: Buf, rows: Range<usize>) -> Result<(), Self::Error> {
+        let e = self.model.hp.n_embd;
+        let Workspace { att, gate, proj, scratch, .. } = &mut *self.ws;
+        let src = if src == Buf::Att { att } else { gate };
+        project(self.model, w, src, rows.len(), &mut proj[rows.start * e..], scratch);
+        Ok(())
+    }
+
+    fn residual(&mut self, post_norm: Option<&Vec<f32>>, n: usize) -> Result<(), Self::Error> {
+        let (e, eps) = (self.model.hp.n_embd, self.model.hp.rms_eps);
+        for t in 0..n {
+            let o = &mut self.ws.proj[t * e..(t + 1) * e];
+            if let Some(w) = post_norm {
+                rmsnorm_inplace(o, w, eps);
+            }
+            self.x[t * e..(t + 1) * e].iter_mut().zip(o.iter()).for_each(|(a, b)| *a += b);
+        }
+        Ok(())
+    }
+
+    fn ffn_chunk(&self) -> usize {
+        self.ws.gate.len() / self.model.hp.n_ff
+    }
+
+    fn glu(&mut self, act: FfnActivation, m: usize) -> Result<(), Self::Error> {
+        let nf = self.model.hp.n_ff;
+        let (gate, up) = (&mut self.ws.gate[..m * nf], &self.ws.up[..m * nf]);
+        gate.par_chunks_mut(4096).zip(up.par_chunks(4096)).for_each(|(g, u)| match act {
             FfnActivation::Silu => ops::silu_mul(g, u),
             // GELU through the reference's f16 table (visible in Gemma's logits).
             FfnActivation::GeluTanh => ops::gelu_mul(g, u),
         });
-        project(model, &lw.ffn_down, &ws.gate, m, &mut ws.proj[t0 * e..], &mut ws.scratch);
-    }
-    residual_add(x, &mut ws.proj, n, e, lw.ffn_post_norm.as_deref(), eps);
-}
-
-/// x += (post_norm ? rmsnorm(o) * w : o), row by row.
-fn residual_add(x: &mut [f32], o: &mut [f32], n: usize, e: usize, post_norm: Option<&[f32]>, eps: f32) {
-    for t in 0..n {
-        let o = &mut o[t * e..(t + 1) * e];
-        if let Some(w) = post_norm {
-            rmsnorm_inplace(o, w, eps);
-        }
-        x[t * e..(t + 1) * e].iter_mut().zip(o.iter()).for_each(|(a, b)| *a += b);
+        Ok(())
     }
 }
 

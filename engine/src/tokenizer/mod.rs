@@ -248,6 +248,200 @@ fn meta_int(v: &MetaValue) -> Option<i64> {
     })
 }
 
+// ---- the steps of `Tokenizer::from_spec` ----
+
+/// The vocabulary size, after checking it and the lengths of the per-token arrays.
+fn check_counts(spec: &VocabSpec) -> Result<usize> {
+    let n = spec.tokens.len();
+    if n == 0 {
+        bail!("the vocabulary is empty");
+    }
+    if n > u32::MAX as usize / 2 {
+        bail!("the vocabulary has {n} tokens, too many");
+    }
+    if !spec.scores.is_empty() && spec.scores.len() != n {
+        bail!("tokenizer.ggml.scores has {} entries for {n} tokens", spec.scores.len());
+    }
+    if !spec.token_types.is_empty() && spec.token_types.len() != n {
+        bail!("tokenizer.ggml.token_type has {} entries for {n} tokens", spec.token_types.len());
+    }
+    Ok(n)
+}
+
+/// `id` if it is inside a vocabulary of `n` tokens (`name` says which special token it is).
+fn check_id(name: &str, id: Option<u32>, n: usize) -> Result<Option<u32>> {
+    match id {
+        Some(i) if i as usize >= n => bail!("{name} token id {i} is outside the vocabulary of {n} tokens"),
+        other => Ok(other),
+    }
+}
+
+/// Every token's text, an empty one replaced by `[EMPTY_<id>]` (kept in `names`) as the
+/// reference does, so that every token has a distinct, non-empty text.
+fn token_texts<'a>(spec: &VocabSpec<'a>, names: &'a mut Vec<String>) -> Vec<&'a str> {
+    let n = spec.tokens.len();
+    *names = (0..n).filter(|&i| spec.tokens[i].is_empty()).map(|i| format!("[EMPTY_{i}]")).collect();
+    let mut empty = names.iter();
+    spec.tokens.iter().map(|t| if t.is_empty() { empty.next().unwrap().as_str() } else { *t }).collect()
+}
+
+/// The texts packed, their index (text -> id) and their total length. The reference refuses
+/// duplicate texts, so do we.
+fn index_texts(tokens: &[&str]) -> Result<(Packed, TokenIndex, usize)> {
+    let total: usize = tokens.iter().map(|t| t.len()).sum();
+    let mut texts = Packed::with_capacity(tokens.len(), total);
+    for t in tokens {
+        texts.push(t.as_bytes());
+    }
+    let index = TokenIndex::build(&texts).map_err(|(a, b)| {
+        anyhow!("token text {:?} appears twice in the vocabulary (ids {a} and {b})", tokens[b as usize])
+    })?;
+    Ok((texts, index, total))
+}
+
+/// Marks the end-of-turn, fill-in-the-middle and end-of-generation texts present in the
+/// vocabulary as control tokens; returns the ids that end generation by their text.
+fn mark_controls(attrs: &mut [u8], lookup: &impl Fn(&str) -> Option<u32>) -> Vec<u32> {
+    let mut eog: Vec<u32> = Vec::new();
+    for t in
+        EOT_TEXTS.iter().chain(FIM_PRE_TEXTS).chain(FIM_SUF_TEXTS).chain(FIM_MID_TEXTS).chain(["<|eom_id|>"].iter())
+    {
+        if let Some(id) = lookup(t) {
+            attrs[id as usize] |= attr::CONTROL;
+        }
+    }
+    for t in FIM_PAD_TEXTS.iter().chain(FIM_REP_TEXTS).chain(FIM_SEP_TEXTS).chain(EOG_TEXTS) {
+        if let Some(id) = lookup(t) {
+            attrs[id as usize] |= attr::CONTROL;
+            eog.push(id);
+        }
+    }
+    eog
+}
+
+/// Control tokens named "unused" are unused.
+fn mark_unused(tokens: &[&str], attrs: &mut [u8]) {
+    for (i, t) in tokens.iter().enumerate() {
+        if attrs[i] & attr::CONTROL != 0 && t.contains("unused") {
+            attrs[i] |= attr::UNUSED;
+        }
+    }
+}
+
+/// The reference's exceptions to the end-of-generation set `eog` (then sorted, without
+/// repeats), and the tokens it turns into text.
+fn end_of_generation_fixups(eog: &mut Vec<u32>, attrs: &mut [u8], lookup: &impl Fn(&str) -> Option<u32>) {
+    let has = |eog: &[u32], t: &str| lookup(t).is_some_and(|id| eog.contains(&id));
+    // Harmony / solar-open: "<|end|>" does not end generation when "<|return|>"/"<|call|>" exist.
+    if let Some(end) = lookup("<|end|>") {
+        let (ret, call, calls, flush) =
+            (has(eog, "<|return|>"), has(eog, "<|call|>"), has(eog, "<|calls|>"), has(eog, "<|flush|>"));
+        if eog.contains(&end) && ((ret && call) || ((call || calls) && flush)) {
+            eog.retain(|&x| x != end);
+            attrs[end as usize] = attr::USER_DEFINED;
+        }
+    }
+    // Gemma 4 / PaddleOCR: "</s>" is text when "<|tool_response>" exists.
+    if let Some(s) = lookup("</s>") {
+        if has(eog, "<|tool_response>") {
+            eog.retain(|&x| x != s);
+            attrs[s as usize] = attr::NORMAL;
+        }
+    }
+    for t in ["<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"] {
+        if let Some(id) = lookup(t) {
+            attrs[id as usize] = attr::USER_DEFINED;
+        }
+    }
+    eog.sort_unstable();
+    eog.dedup();
+}
+
+/// The matcher of the special tokens (control, user-defined, unknown) written in a text; the
+/// user-defined ones are matched even without `parse_special`.
+fn special_matcher(tokens: &[&str], attrs: &[u8]) -> Result<SpecialMatcher> {
+    let specials: Vec<(u32, &str, bool)> = (0..tokens.len())
+        .filter(|&i| attrs[i] & (attr::CONTROL | attr::USER_DEFINED | attr::UNKNOWN) != 0)
+        .map(|i| (i as u32, tokens[i], attrs[i] & (attr::CONTROL | attr::UNKNOWN) == 0))
+        .collect();
+    SpecialMatcher::new(&specials)
+}
+
+/// The pipeline of the vocabulary's kind and the defaults that come with it.
+struct PipelineChoice {
+    pipeline: Pipeline,
+    add_bos: bool,
+    add_eos: bool,
+    clean_spaces: bool,
+    add_space_prefix: bool,
+}
+
+impl PipelineChoice {
+    fn new(spec: &VocabSpec, texts: &Packed, index: &TokenIndex) -> Result<PipelineChoice> {
+        Ok(match spec.kind {
+            VocabKind::Spm => {
+                let n = spec.tokens.len();
+                let scores: Vec<f32> = if spec.scores.is_empty() { vec![0.0; n] } else { spec.scores.clone() };
+                let model = spm::SpmModel::new(texts, index, scores, check_id("UNK", spec.unk, n)?)?;
+                let asp = spec.add_space_prefix.unwrap_or(true);
+                let pipeline = Pipeline::Spm { model, add_space_prefix: asp };
+                PipelineChoice { pipeline, add_bos: true, add_eos: false, clean_spaces: false, add_space_prefix: asp }
+            }
+            VocabKind::Bpe => {
+                let cfg = pretok::config_for(spec.pre.unwrap_or("default"))?;
+                let pre = pretok::PreTokenizer::new(cfg.exprs)?;
+                let model = bpe::BpeModel::new(texts, index, &spec.merges, cfg.ignore_merges)?;
+                let pipeline = Pipeline::Bpe { model, pre, byte_chars: Box::new(pretok::byte_to_char_table()) };
+                let add_bos = cfg.add_bos_default.unwrap_or(false);
+                PipelineChoice {
+                    pipeline,
+                    add_bos,
+                    add_eos: false,
+                    clean_spaces: cfg.clean_spaces,
+                    add_space_prefix: false,
+                }
+            }
+        })
+    }
+}
+
+/// The bytes each token stands for (what decoding emits), packed; `total`: the texts' length.
+fn decoded_pieces(kind: VocabKind, tokens: &[&str], attrs: &[u8], total: usize) -> Result<Packed> {
+    let mut pieces = Packed::with_capacity(tokens.len(), total);
+    let char_to_byte = pretok::char_to_byte_table();
+    let mut buf = Vec::new();
+    for (i, t) in tokens.iter().enumerate() {
+        buf.clear();
+        let a = attrs[i];
+        if a & (attr::CONTROL | attr::UNKNOWN | attr::USER_DEFINED) != 0 {
+            buf.extend_from_slice(t.as_bytes());
+        } else if a & attr::NORMAL != 0 {
+            match kind {
+                VocabKind::Spm => buf.extend_from_slice(t.replace('▁', " ").as_bytes()),
+                VocabKind::Bpe => byte_level_bytes(t, &char_to_byte, &mut buf),
+            }
+        } else if a & attr::BYTE != 0 && kind == VocabKind::Spm {
+            match parse_byte_token(t) {
+                Some(b) => buf.push(b),
+                None => bail!("token {i} {t:?} is marked as a byte token but is not <0xNN>"),
+            }
+        }
+        pieces.push(&buf);
+    }
+    Ok(pieces)
+}
+
+/// A byte-level BPE token's text back to its bytes, into `buf`.
+fn byte_level_bytes(t: &str, char_to_byte: &[Option<u8>], buf: &mut Vec<u8>) {
+    for c in t.chars() {
+        match char_to_byte.get(c as usize).copied().flatten() {
+            Some(b) => buf.push(b),
+            // Not a byte-level character: keep it as text.
+            None => buf.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
+        }
+    }
+}
+
 enum Pipeline {
     Spm { model: spm::SpmModel, add_space_prefix: bool },
     Bpe { model: bpe::BpeModel, pre: pretok::PreTokenizer, byte_chars: Box<[char; 256]> },
@@ -296,42 +490,10 @@ impl Tokenizer {
 
     /// Build from plain vectors (what `from_gguf` reads).
     pub fn from_spec(spec: &VocabSpec) -> Result<Tokenizer> {
-        let n = spec.tokens.len();
-        if n == 0 {
-            bail!("the vocabulary is empty");
-        }
-        if n > u32::MAX as usize / 2 {
-            bail!("the vocabulary has {n} tokens, too many");
-        }
-        if !spec.scores.is_empty() && spec.scores.len() != n {
-            bail!("tokenizer.ggml.scores has {} entries for {n} tokens", spec.scores.len());
-        }
-        if !spec.token_types.is_empty() && spec.token_types.len() != n {
-            bail!("tokenizer.ggml.token_type has {} entries for {n} tokens", spec.token_types.len());
-        }
-        let check_id = |name: &str, id: Option<u32>| -> Result<Option<u32>> {
-            match id {
-                Some(i) if i as usize >= n => bail!("{name} token id {i} is outside the vocabulary of {n} tokens"),
-                other => Ok(other),
-            }
-        };
-        // The reference replaces empty texts so that every token has a distinct, non-empty text.
-        let empty_names: Vec<String> =
-            (0..n).filter(|&i| spec.tokens[i].is_empty()).map(|i| format!("[EMPTY_{i}]")).collect();
-        let mut empty_iter = empty_names.iter();
-        let tokens: Vec<&str> =
-            spec.tokens.iter().map(|t| if t.is_empty() { empty_iter.next().unwrap().as_str() } else { *t }).collect();
-
-        // text -> id (the reference refuses duplicate texts, so do we).
-        let total: usize = tokens.iter().map(|t| t.len()).sum();
-        let mut texts = Packed::with_capacity(n, total);
-        for t in &tokens {
-            texts.push(t.as_bytes());
-        }
-        let index = TokenIndex::build(&texts).map_err(|(a, b)| {
-            anyhow!("token text {:?} appears twice in the vocabulary (ids {a} and {b})", tokens[b as usize])
-        })?;
-
+        let n = check_counts(spec)?;
+        let mut names = Vec::new();
+        let tokens = token_texts(spec, &mut names);
+        let (texts, index, total) = index_texts(&tokens)?;
         let mut attrs: Vec<u8> = if spec.token_types.is_empty() {
             vec![attr::NORMAL; n]
         } else {
@@ -339,117 +501,24 @@ impl Tokenizer {
         };
 
         // Special ids and the reference's name-based fix-ups.
-        let bos = check_id("BOS", spec.bos)?;
-        let eos = check_id("EOS", spec.eos)?;
-        let mut eot = check_id("EOT", spec.eot)?;
-        let eom = check_id("EOM", spec.eom)?;
-        check_id("PAD", spec.pad)?;
+        let bos = check_id("BOS", spec.bos, n)?;
+        let eos = check_id("EOS", spec.eos, n)?;
+        let eot = check_id("EOT", spec.eot, n)?;
+        let eom = check_id("EOM", spec.eom, n)?;
+        check_id("PAD", spec.pad, n)?;
         let lookup = |t: &str| index.get(&texts, t.as_bytes());
-        if eot.is_none() {
-            eot = EOT_TEXTS.iter().find_map(|t| lookup(t));
-        }
-        let mut eog: Vec<u32> = Vec::new();
-        for t in
-            EOT_TEXTS.iter().chain(FIM_PRE_TEXTS).chain(FIM_SUF_TEXTS).chain(FIM_MID_TEXTS).chain(["<|eom_id|>"].iter())
-        {
-            if let Some(id) = lookup(t) {
-                attrs[id as usize] |= attr::CONTROL;
-            }
-        }
-        for t in FIM_PAD_TEXTS.iter().chain(FIM_REP_TEXTS).chain(FIM_SEP_TEXTS).chain(EOG_TEXTS) {
-            if let Some(id) = lookup(t) {
-                attrs[id as usize] |= attr::CONTROL;
-                eog.push(id);
-            }
-        }
-        // Control tokens named "unused" are unused.
-        for (i, t) in tokens.iter().enumerate() {
-            if attrs[i] & attr::CONTROL != 0 && t.contains("unused") {
-                attrs[i] |= attr::UNUSED;
-            }
-        }
+        let eot = eot.or_else(|| EOT_TEXTS.iter().find_map(|t| lookup(t)));
+        let mut eog = mark_controls(&mut attrs, &lookup);
+        mark_unused(&tokens, &mut attrs);
         eog.extend([eos, eot, eom].into_iter().flatten());
-        // Harmony / solar-open: "<|end|>" does not end generation when "<|return|>"/"<|call|>" exist.
-        let has = |eog: &[u32], t: &str| lookup(t).is_some_and(|id| eog.contains(&id));
-        if let Some(end) = lookup("<|end|>") {
-            let (ret, call, calls, flush) =
-                (has(&eog, "<|return|>"), has(&eog, "<|call|>"), has(&eog, "<|calls|>"), has(&eog, "<|flush|>"));
-            if eog.contains(&end) && ((ret && call) || ((call || calls) && flush)) {
-                eog.retain(|&x| x != end);
-                attrs[end as usize] = attr::USER_DEFINED;
-            }
-        }
-        // Gemma 4 / PaddleOCR: "</s>" is text when "<|tool_response>" exists.
-        if let Some(s) = lookup("</s>") {
-            if has(&eog, "<|tool_response>") {
-                eog.retain(|&x| x != s);
-                attrs[s as usize] = attr::NORMAL;
-            }
-        }
-        for t in ["<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"] {
-            if let Some(id) = lookup(t) {
-                attrs[id as usize] = attr::USER_DEFINED;
-            }
-        }
-        eog.sort_unstable();
-        eog.dedup();
+        end_of_generation_fixups(&mut eog, &mut attrs, &lookup);
 
-        let specials: Vec<(u32, &str, bool)> = (0..n)
-            .filter(|&i| attrs[i] & (attr::CONTROL | attr::USER_DEFINED | attr::UNKNOWN) != 0)
-            .map(|i| (i as u32, tokens[i], attrs[i] & (attr::CONTROL | attr::UNKNOWN) == 0))
-            .collect();
-        let specials = SpecialMatcher::new(&specials)?;
+        let specials = special_matcher(&tokens, &attrs)?;
+        let p = PipelineChoice::new(spec, &texts, &index)?;
+        let pieces = decoded_pieces(spec.kind, &tokens, &attrs, total)?;
 
-        let (pipeline, add_bos_default, add_eos_default, clean_spaces, add_space_prefix) = match spec.kind {
-            VocabKind::Spm => {
-                let scores: Vec<f32> = if spec.scores.is_empty() { vec![0.0; n] } else { spec.scores.clone() };
-                let model = spm::SpmModel::new(&texts, &index, scores, check_id("UNK", spec.unk)?)?;
-                let asp = spec.add_space_prefix.unwrap_or(true);
-                (Pipeline::Spm { model, add_space_prefix: asp }, true, false, false, asp)
-            }
-            VocabKind::Bpe => {
-                let pre_name = spec.pre.unwrap_or("default");
-                let cfg = pretok::config_for(pre_name)?;
-                let pre = pretok::PreTokenizer::new(cfg.exprs)?;
-                let model = bpe::BpeModel::new(&texts, &index, &spec.merges, cfg.ignore_merges)?;
-                let pipeline = Pipeline::Bpe { model, pre, byte_chars: Box::new(pretok::byte_to_char_table()) };
-                (pipeline, cfg.add_bos_default.unwrap_or(false), false, cfg.clean_spaces, false)
-            }
-        };
-
-        // Decoded bytes, packed.
-        let mut pieces = Packed::with_capacity(n, total);
-        let char_to_byte = pretok::char_to_byte_table();
-        let mut buf = Vec::new();
-        for (i, t) in tokens.iter().enumerate() {
-            buf.clear();
-            let a = attrs[i];
-            if a & (attr::CONTROL | attr::UNKNOWN | attr::USER_DEFINED) != 0 {
-                buf.extend_from_slice(t.as_bytes());
-            } else if a & attr::NORMAL != 0 {
-                match spec.kind {
-                    VocabKind::Spm => buf.extend_from_slice(t.replace('▁', " ").as_bytes()),
-                    VocabKind::Bpe => {
-                        for c in t.chars() {
-                            match char_to_byte.get(c as usize).copied().flatten() {
-                                Some(b) => buf.push(b),
-                                // Not a byte-level character: keep it as text.
-                                None => buf.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
-                            }
-                        }
-                    }
-                }
-            } else if a & attr::BYTE != 0 && spec.kind == VocabKind::Spm {
-                match parse_byte_token(t) {
-                    Some(b) => buf.push(b),
-                    None => bail!("token {i} {t:?} is marked as a byte token but is not <0xNN>"),
-                }
-            }
-            pieces.push(&buf);
-        }
-
-        let add_bos = spec.add_bos.unwrap_or(add_bos_default);
-        let add_eos = spec.add_eos.unwrap_or(add_eos_default);
+        let add_bos = spec.add_bos.unwrap_or(p.add_bos);
+        let add_eos = spec.add_eos.unwrap_or(p.add_eos);
         if add_bos && bos.is_none() {
             bail!("the metadata asks for a BOS token but names none (tokenizer.ggml.bos_token_id)");
         }
@@ -458,7 +527,7 @@ impl Tokenizer {
         }
         Ok(Tokenizer {
             kind: spec.kind,
-            pipeline,
+            pipeline: p.pipeline,
             specials,
             texts,
             index,
@@ -469,8 +538,8 @@ impl Tokenizer {
             eot,
             add_bos,
             add_eos,
-            clean_spaces,
-            strip_leading_space: add_space_prefix,
+            clean_spaces: p.clean_spaces,
+            strip_leading_space: p.add_space_prefix,
             end_tokens: eog,
         })
     }
