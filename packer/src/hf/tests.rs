@@ -38,7 +38,7 @@ fn safetensors(tensors: &[(&str, &str, Vec<usize>, Vec<u8>)]) -> Vec<u8> {
         data.extend_from_slice(bytes);
     }
     let mut h = serde_json::to_vec(&header).unwrap();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = (h.len() as u64).to_le_bytes().to_vec();
@@ -101,8 +101,11 @@ fn checkpoint() -> tempfile::TempDir {
     d
 }
 
-fn rewrite_tensors(d: &Path, f: &dyn Fn(&mut Vec<(String, String, Vec<usize>, Vec<u8>)>)) {
-    let mut t: Vec<(String, String, Vec<usize>, Vec<u8>)> =
+/// (name, dtype, shape, bytes) of each tensor of a checkpoint.
+type TensorList = Vec<(String, String, Vec<usize>, Vec<u8>)>;
+
+fn rewrite_tensors(d: &Path, f: &dyn Fn(&mut TensorList)) {
+    let mut t: TensorList =
         good_tensors().into_iter().map(|(n, s)| (n, "F16".to_string(), s.clone(), counting(&s))).collect();
     f(&mut t);
     let refs: Vec<(&str, &str, Vec<usize>, Vec<u8>)> =
