@@ -22,12 +22,29 @@ fn data(name: &str) -> Value {
 /// The checkpoint of `arch` converted with `pack --hf --gguf-out`: equal, byte for byte, to
 /// the reference converter's GGUF; returns it.
 fn converted_as_the_reference(arch: &str) -> Option<(tempfile::TempDir, std::path::PathBuf)> {
+    converted_as_the_reference_named(arch, None)
+}
+
+/// As [`converted_as_the_reference`], the checkpoint's directory renamed `name` first (the
+/// converter reads the model's name, basename, size label, finetune and version from it).
+fn converted_as_the_reference_named(arch: &str, name: Option<&str>) -> Option<(tempfile::TempDir, std::path::PathBuf)> {
     let d = checkpoint(arch)?;
     let out = d.path().join(format!("{arch}.gguf"));
-    let o = pack_hf(&dir(&d, arch), &[OsStr::new("--gguf-out"), out.as_os_str()]);
+    let mut ck = dir(&d, arch);
+    if let Some(n) = name {
+        let renamed = d.path().join(n);
+        std::fs::rename(&ck, &renamed).unwrap();
+        ck = renamed;
+    }
+    let key = match name {
+        Some(n) => format!("{arch} as {n}"),
+        None => arch.to_string(),
+    };
+    let o = pack_hf(&ck, &[OsStr::new("--gguf-out"), out.as_os_str()]);
     assert!(o.status.success(), "pack --hf {arch}: {}", String::from_utf8_lossy(&o.stderr));
     let bytes = std::fs::read(&out).unwrap();
-    let want = &data("converter.json")["files"][arch];
+    let want = &data("converter.json")["files"][key.as_str()];
+    assert!(want.is_object(), "no reference for {key}");
     if sha256_hex(&bytes) != want["sha256"].as_str().unwrap() {
         // Say what differs: the metadata keys and the tensors, as our reader sees them.
         let g = llamafile::gguf::GgufFile::open(&out).unwrap();
@@ -52,6 +69,11 @@ fn llama_two_shards_f16_converts_as_the_reference() {
 #[test]
 fn mistral_bf16_converts_as_the_reference() {
     converted_as_the_reference("mistral");
+}
+
+#[test]
+fn model_id_in_the_directory_name_is_read_as_the_reference_reads_it() {
+    converted_as_the_reference_named("mistral", Some("Mistral-7B-Instruct-v0.2"));
 }
 
 #[test]

@@ -10,6 +10,7 @@
 
 mod bpe_pre;
 mod config;
+mod model_id;
 mod shards;
 mod special;
 mod spm;
