@@ -81,6 +81,11 @@ fn qwen2_bpe_tied_converts_as_the_reference() {
     converted_as_the_reference("qwen2");
 }
 
+#[test]
+fn qwen3_bf16_head_size_and_qk_norms_convert_as_the_reference() {
+    converted_as_the_reference("qwen3");
+}
+
 /// The converted vocabularies (SentencePiece and byte-level BPE) tokenize as Hugging Face's
 /// tokenizer does, special tokens added and parsed.
 #[test]

@@ -654,4 +654,9 @@ fn hf_mistral_packed() {
 fn hf_qwen2_packed() {
     hf_packed("qwen2");
 }
+
+#[test]
+fn hf_qwen3_packed() {
+    hf_packed("qwen3");
+}
 // --- end `pack --hf` ---

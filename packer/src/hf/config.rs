@@ -15,6 +15,8 @@ pub enum Arch {
     Llama,
     /// Qwen2ForCausalLM: GGUF `qwen2`, q/k/v biases, no permutation.
     Qwen2,
+    /// Qwen3ForCausalLM: GGUF `qwen3`, q/k norms, an explicit head size.
+    Qwen3,
 }
 
 impl Arch {
@@ -22,6 +24,7 @@ impl Arch {
         match self {
             Arch::Llama => "llama",
             Arch::Qwen2 => "qwen2",
+            Arch::Qwen3 => "qwen3",
         }
     }
 }
@@ -79,8 +82,9 @@ impl Config {
         let arch = match hf_arch.as_str() {
             "LlamaForCausalLM" | "MistralForCausalLM" => Arch::Llama,
             "Qwen2ForCausalLM" => Arch::Qwen2,
+            "Qwen3ForCausalLM" => Arch::Qwen3,
             other => bail!(
-                "config.json: architecture '{}' is not supported by pack --hf (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM are)",
+                "config.json: architecture '{}' is not supported by pack --hf (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM are)",
                 escape(other)
             ),
         };
@@ -165,9 +169,9 @@ impl Config {
         if let Some(eps) = j.get("rms_norm_eps").and_then(|v| v.as_f64()) {
             put("attention.layer_norm_rms_epsilon", MetaValue::F32(eps as f32));
         }
-        // The reference reads the config through transformers, whose Llama and Mistral configs
-        // always have a head_dim (Qwen2's only when config.json gives one).
-        if self.arch == Arch::Llama || j.get("head_dim").is_some_and(|v| !v.is_null()) {
+        // The reference reads the config through transformers, whose Llama, Mistral and Qwen3
+        // configs always have a head_dim (Qwen2's only when config.json gives one).
+        if self.arch != Arch::Qwen2 || j.get("head_dim").is_some_and(|v| !v.is_null()) {
             put("attention.key_length", MetaValue::U32(self.head_dim as u32));
             put("attention.value_length", MetaValue::U32(self.head_dim as u32));
         }

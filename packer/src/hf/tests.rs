@@ -295,3 +295,18 @@ fn a_dequantizer_seam_supplies_the_weight_of_qweight_layers() {
     let data = g.tensor_data(g.tensor("blk.0.attn_q.weight").unwrap());
     assert!(data.chunks(2).all(|c| f16::from_le_bytes([c[0], c[1]]).to_f32() == 0.5));
 }
+
+#[test]
+fn sentence_transformers_and_reranker_variants_are_refused() {
+    let d = checkpoint();
+    std::fs::write(d.path().join("modules.json"), b"[]").unwrap();
+    let e = refused(d.path());
+    assert!(e.contains("modules.json") && e.contains("sentence-transformers"), "{e}");
+    std::fs::remove_file(d.path().join("modules.json")).unwrap();
+    let mut c = config();
+    c["architectures"] = json!(["Qwen3ForCausalLM"]);
+    c["_name_or_path"] = json!("Qwen/Qwen3-Reranker-0.6B");
+    std::fs::write(d.path().join("config.json"), serde_json::to_vec(&c).unwrap()).unwrap();
+    let e = refused(d.path());
+    assert!(e.contains("Qwen3 reranker"), "{e}");
+}

@@ -7,12 +7,12 @@ use std::process::{Command, Output};
 /// The tokenizer file (fetched by scripts/fetch-model) each fixture architecture uses.
 fn tokenizer_for(arch: &str) -> &'static str {
     match arch {
-        "qwen2" => "qwen2.5-tokenizer.json",
+        "qwen2" | "qwen3" => "qwen2.5-tokenizer.json",
         _ => "mistral-7b-v0.1-tokenizer.model",
     }
 }
 
-/// A new checkpoint of `arch` (llama, mistral or qwen2) in a temporary directory, or `None`
+/// A new checkpoint of `arch` (llama, mistral, qwen2 or qwen3) in a temporary directory, or `None`
 /// (the skip recorded) without its tokenizer or without python3 and numpy.
 pub fn checkpoint(arch: &str) -> Option<tempfile::TempDir> {
     let tokenizer = e2e::require_model(tokenizer_for(arch))?;
