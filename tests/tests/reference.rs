@@ -623,3 +623,40 @@ fn tiny_phi3() {
     check(&model, &reference, 0.15, &[(1, Some("scalar")), (3, Some("avx2"))], Some(&["fox", "code"]));
 }
 const TINY_PHI3_SHA256: &str = "965b332936fe316919e3c150356534a2ea58534abecca26a9e20156d76a7b7ea";
+
+// --- `pack --hf`: packed llamafiles of Hugging Face checkpoints against the reference engine ---
+
+mod hf_support;
+
+/// The checkpoint of `arch` packed with `pack --hf -o X.llamafile`, its logits against the
+/// reference engine's on the reference converter's GGUF of the same checkpoint
+/// (tests/data/reference/hf-<arch>.json).
+fn hf_packed(arch: &str) {
+    let Some(d) = hf_support::checkpoint(arch) else { return };
+    let out = d.path().join(format!("{arch}.llamafile"));
+    let o = hf_support::pack_hf(&hf_support::dir(&d, arch), &[std::ffi::OsStr::new("-o"), out.as_os_str()]);
+    assert!(o.status.success(), "pack --hf {arch}: {}", String::from_utf8_lossy(&o.stderr));
+    let reference = data_reference(&format!("hf-{arch}"));
+    check(&out, &reference, 0.15, &[(2, None)], None);
+}
+
+#[test]
+fn hf_llama_packed() {
+    hf_packed("llama");
+}
+
+#[test]
+fn hf_mistral_packed() {
+    hf_packed("mistral");
+}
+
+#[test]
+fn hf_qwen2_packed() {
+    hf_packed("qwen2");
+}
+
+#[test]
+fn hf_qwen3_packed() {
+    hf_packed("qwen3");
+}
+// --- end `pack --hf` ---

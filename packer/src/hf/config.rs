@@ -15,6 +15,8 @@ pub enum Arch {
     Llama,
     /// Qwen2ForCausalLM: GGUF `qwen2`, q/k/v biases, no permutation.
     Qwen2,
+    /// Qwen3ForCausalLM: GGUF `qwen3`, q/k norms, an explicit head size.
+    Qwen3,
 }
 
 impl Arch {
@@ -22,6 +24,7 @@ impl Arch {
         match self {
             Arch::Llama => "llama",
             Arch::Qwen2 => "qwen2",
+            Arch::Qwen3 => "qwen3",
         }
     }
 }
@@ -79,8 +82,9 @@ impl Config {
         let arch = match hf_arch.as_str() {
             "LlamaForCausalLM" | "MistralForCausalLM" => Arch::Llama,
             "Qwen2ForCausalLM" => Arch::Qwen2,
+            "Qwen3ForCausalLM" => Arch::Qwen3,
             other => bail!(
-                "config.json: architecture '{}' is not supported by pack --hf (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM are)",
+                "config.json: architecture '{}' is not supported by pack --hf (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM are)",
                 escape(other)
             ),
         };
@@ -165,9 +169,9 @@ impl Config {
         if let Some(eps) = j.get("rms_norm_eps").and_then(|v| v.as_f64()) {
             put("attention.layer_norm_rms_epsilon", MetaValue::F32(eps as f32));
         }
-        // The reference reads the config through transformers, whose Llama and Mistral configs
-        // always have a head_dim (Qwen2's only when config.json gives one).
-        if self.arch == Arch::Llama || j.get("head_dim").is_some_and(|v| !v.is_null()) {
+        // The reference reads the config through transformers, whose Llama, Mistral and Qwen3
+        // configs always have a head_dim (Qwen2's only when config.json gives one).
+        if self.arch != Arch::Qwen2 || j.get("head_dim").is_some_and(|v| !v.is_null()) {
             put("attention.key_length", MetaValue::U32(self.head_dim as u32));
             put("attention.value_length", MetaValue::U32(self.head_dim as u32));
         }
@@ -188,8 +192,8 @@ fn rope_theta(j: &Json) -> Option<f64> {
 }
 
 /// `general.*` before the model's keys: type, the sampling defaults of generation_config.json,
-/// the name (from config.json's `_name_or_path` when it is a model id, else the directory's
-/// name, in title case) and the size label.
+/// the name, version, organization, finetune, basename and size label that config.json's
+/// `_name_or_path` and the directory's name give ([`super::model_id`]).
 pub fn general_meta(dir: &Path, config: &Json, total_params: u64) -> anyhow::Result<Meta> {
     let mut m = Meta::new();
     m.push(("general.type".into(), MetaValue::String("model".into())));
@@ -219,55 +223,28 @@ pub fn general_meta(dir: &Path, config: &Json, total_params: u64) -> anyhow::Res
             }
         }
     }
-    let from_config = config
-        .get("_name_or_path")
-        .and_then(|v| v.as_str())
-        .filter(|s| s.matches('/').count() <= 1 && !s.is_empty())
-        .map(|s| s.rsplit('/').next().unwrap_or(s).to_string());
     let dir_name = std::fs::canonicalize(dir)
         .ok()
         .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_else(|| "model".into());
-    let name = from_config.unwrap_or(dir_name);
-    m.push(("general.name".into(), MetaValue::String(id_to_title(&name))));
-    m.push(("general.size_label".into(), MetaValue::String(size_label(total_params))));
-    Ok(m)
-}
-
-/// A model id in title form: dashes become spaces, lower-case words are capitalized (not
-/// version numbers nor words starting with a digit).
-fn id_to_title(s: &str) -> String {
-    s.trim()
-        .replace('-', " ")
-        .split_whitespace()
-        .map(|w| {
-            let is_version =
-                (w.starts_with('v') && w.len() > 1 && w[1..].chars().all(|c| c.is_ascii_digit() || c == '.'))
-                    || w.starts_with(|c: char| c.is_ascii_digit());
-            let lower = w.chars().any(|c| c.is_lowercase()) && !w.chars().any(|c| c.is_uppercase());
-            if lower && !is_version {
-                title(w)
-            } else {
-                w.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// Python's str.title(): each run of letters starts upper-case, the rest lower-case.
-fn title(w: &str) -> String {
-    let mut out = String::new();
-    let mut prev_letter = false;
-    for c in w.chars() {
-        if prev_letter {
-            out.extend(c.to_lowercase());
-        } else {
-            out.extend(c.to_uppercase());
-        }
-        prev_letter = c.is_alphabetic();
+    let id =
+        super::model_id::from_sources(config.get("_name_or_path").and_then(|v| v.as_str()), &dir_name, total_params);
+    let s = |v: String| MetaValue::String(v);
+    m.push(("general.name".into(), s(id.name.unwrap_or(dir_name))));
+    if let Some(v) = id.version {
+        m.push(("general.version".into(), s(v)));
     }
-    out
+    if let Some(v) = id.organization {
+        m.push(("general.organization".into(), s(v)));
+    }
+    if let Some(v) = id.finetune {
+        m.push(("general.finetune".into(), s(v)));
+    }
+    if let Some(v) = id.basename {
+        m.push(("general.basename".into(), s(v)));
+    }
+    m.push(("general.size_label".into(), s(id.size_label.unwrap_or_else(|| size_label(total_params)))));
+    Ok(m)
 }
 
 /// A parameter count as the reference labels it: "4.2M", "7.2B", at least two digits.
@@ -297,12 +274,5 @@ mod tests {
         assert_eq!(size_label(7_241_732_096), "7.2B");
         assert_eq!(size_label(494_032_768), "494M");
         assert_eq!(size_label(135_000), "135K");
-    }
-
-    #[test]
-    fn titles() {
-        assert_eq!(id_to_title("llama"), "Llama");
-        assert_eq!(id_to_title("tiny-mistral-v0.2"), "Tiny Mistral v0.2");
-        assert_eq!(id_to_title("Qwen2.5-0.5B"), "Qwen2.5 0.5B");
     }
 }

@@ -13,6 +13,7 @@ mod bpe_pre;
 mod config;
 mod gptq;
 pub mod quantized;
+mod model_id;
 mod shards;
 mod special;
 mod spm;
@@ -110,6 +111,7 @@ pub fn plan(dir: &Path) -> anyhow::Result<HfPlan> {
     }
     let cfg = Config::read(dir)?;
     let quantized = detect_quantized(dir, &cfg.json)?;
+    refuse_variants(dir, &cfg)?;
     plan_with(dir, cfg, quantized)
 }
 
@@ -193,6 +195,32 @@ fn plan_with(dir: &Path, cfg: Config, quantized: Option<Quantized>) -> anyhow::R
     let header = writer::header(&meta_refs, &infos, ALIGNMENT);
     let size = header.len() as u64 + tensors_out.iter().map(|t| t.size.div_ceil(ALIGNMENT) * ALIGNMENT).sum::<u64>();
     Ok(HfPlan { shards, quantized, header, tensors: tensors_out, size, arch })
+}
+
+/// Checkpoints of a supported architecture that the reference converts otherwise (a Qwen3
+/// reranker's classifier head, a sentence-transformers model's pooling): refused, not
+/// converted as a plain language model.
+fn refuse_variants(dir: &Path, cfg: &Config) -> anyhow::Result<()> {
+    if dir.join("modules.json").is_file() {
+        bail!(
+            "{}: a sentence-transformers model (pooling) is not supported by pack --hf",
+            escape_path(&dir.join("modules.json"))
+        );
+    }
+    if cfg.arch == config::Arch::Qwen3 {
+        let readme = std::fs::read_to_string(dir.join("README.md")).unwrap_or_default().to_lowercase();
+        let dir_name =
+            std::fs::canonicalize(dir).ok().and_then(|d| d.file_name().map(|n| n.to_string_lossy().to_lowercase()));
+        let name_or_path = cfg.json.get("_name_or_path").and_then(|v| v.as_str()).unwrap_or("").to_lowercase();
+        let hints = [dir_name.unwrap_or_default(), name_or_path];
+        if readme.contains("# qwen3-reranker")
+            || readme.contains("# qwen3-vl-reranker")
+            || hints.iter().any(|h| h.contains("qwen3-reranker") || h.contains("qwen3-vl-reranker"))
+        {
+            bail!("{}: a Qwen3 reranker is not supported by pack --hf", escape_path(dir));
+        }
+    }
+    Ok(())
 }
 
 /// The llama3 rope frequency factors (one per pair of dimensions).

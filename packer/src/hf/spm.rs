@@ -35,7 +35,10 @@ fn varint(b: &[u8], i: &mut usize) -> anyhow::Result<u64> {
 /// Walk one message: call `f(field, wire, payload)` for each field (payload: the bytes of a
 /// length-delimited field, the 4 or 8 bytes of a fixed one, empty for a varint whose value is
 /// passed as `v`).
-fn fields(b: &[u8], f: &mut dyn FnMut(u64, u64, &[u8], u64) -> anyhow::Result<()>) -> anyhow::Result<()> {
+/// Called per field: (field number, wire type, payload, varint value).
+type OnField<'a> = &'a mut dyn FnMut(u64, u64, &[u8], u64) -> anyhow::Result<()>;
+
+fn fields(b: &[u8], f: OnField) -> anyhow::Result<()> {
     let mut i = 0;
     while i < b.len() {
         let key = varint(b, &mut i)?;

@@ -45,6 +45,8 @@ pub fn map_name(cfg: &Config, name: &str) -> anyhow::Result<Option<(String, Opti
                     "mlp.gate_proj" => "ffn_gate",
                     "mlp.up_proj" => "ffn_up",
                     "mlp.down_proj" => "ffn_down",
+                    "self_attn.q_norm" if cfg.arch == Arch::Qwen3 => "attn_q_norm",
+                    "self_attn.k_norm" if cfg.arch == Arch::Qwen3 => "attn_k_norm",
                     _ => "",
                 };
                 if !g.is_empty() && (suffix == "weight" || suffix == "bias") {
@@ -72,6 +74,7 @@ pub fn expected_shape(cfg: &Config, gguf_name: &str) -> Option<Vec<usize>> {
     Some(match base {
         "token_embd.weight" | "output.weight" => vec![v, e],
         "output_norm.weight" | "attn_norm.weight" | "ffn_norm.weight" => vec![e],
+        "attn_q_norm.weight" | "attn_k_norm.weight" => vec![cfg.head_dim],
         "attn_q.weight" => vec![q, e],
         "attn_k.weight" | "attn_v.weight" => vec![kv, e],
         "attn_output.weight" => vec![e, q],

@@ -38,7 +38,7 @@ fn safetensors(tensors: &[(&str, &str, Vec<usize>, Vec<u8>)]) -> Vec<u8> {
         data.extend_from_slice(bytes);
     }
     let mut h = serde_json::to_vec(&header).unwrap();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = (h.len() as u64).to_le_bytes().to_vec();
@@ -101,8 +101,11 @@ fn checkpoint() -> tempfile::TempDir {
     d
 }
 
-fn rewrite_tensors(d: &Path, f: &dyn Fn(&mut Vec<(String, String, Vec<usize>, Vec<u8>)>)) {
-    let mut t: Vec<(String, String, Vec<usize>, Vec<u8>)> =
+/// (name, dtype, shape, bytes) of each tensor of a checkpoint.
+type TensorList = Vec<(String, String, Vec<usize>, Vec<u8>)>;
+
+fn rewrite_tensors(d: &Path, f: &dyn Fn(&mut TensorList)) {
+    let mut t: TensorList =
         good_tensors().into_iter().map(|(n, s)| (n, "F16".to_string(), s.clone(), counting(&s))).collect();
     f(&mut t);
     let refs: Vec<(&str, &str, Vec<usize>, Vec<u8>)> =
@@ -291,4 +294,19 @@ fn a_dequantizer_seam_supplies_the_weight_of_qweight_layers() {
     let g = llamafile_format::gguf::GgufFile::from_bytes("m.gguf", out).unwrap();
     let data = g.tensor_data(g.tensor("blk.0.attn_q.weight").unwrap());
     assert!(data.chunks(2).all(|c| f16::from_le_bytes([c[0], c[1]]).to_f32() == 0.5));
+}
+
+#[test]
+fn sentence_transformers_and_reranker_variants_are_refused() {
+    let d = checkpoint();
+    std::fs::write(d.path().join("modules.json"), b"[]").unwrap();
+    let e = refused(d.path());
+    assert!(e.contains("modules.json") && e.contains("sentence-transformers"), "{e}");
+    std::fs::remove_file(d.path().join("modules.json")).unwrap();
+    let mut c = config();
+    c["architectures"] = json!(["Qwen3ForCausalLM"]);
+    c["_name_or_path"] = json!("Qwen/Qwen3-Reranker-0.6B");
+    std::fs::write(d.path().join("config.json"), serde_json::to_vec(&c).unwrap()).unwrap();
+    let e = refused(d.path());
+    assert!(e.contains("Qwen3 reranker"), "{e}");
 }

@@ -1,0 +1,155 @@
+//! `pack --hf`: the tiny checkpoints of tests/fixtures/make_hf_checkpoint.py converted exactly
+//! as the reference converter converts them (tests/data/hf/converter.json: the size and SHA-256
+//! of its output, and how it was run), and their text tokenized by the converted vocabulary as
+//! Hugging Face's own tokenizer does (tests/data/hf/tokenize-oracle.json). The packed
+//! llamafiles' logits are compared with the reference engine's in tests/reference.rs.
+
+use serde_json::Value;
+use std::ffi::OsStr;
+
+mod hf_support;
+use hf_support::{checkpoint, dir, pack_hf};
+use sha2::Digest;
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn data(name: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(e2e::root().join("tests/data/hf").join(name)).unwrap()).unwrap()
+}
+
+/// The checkpoint of `arch` converted with `pack --hf --gguf-out`: equal, byte for byte, to
+/// the reference converter's GGUF; returns it.
+fn converted_as_the_reference(arch: &str) -> Option<(tempfile::TempDir, std::path::PathBuf)> {
+    converted_as_the_reference_named(arch, None)
+}
+
+/// As [`converted_as_the_reference`], the checkpoint's directory renamed `name` first (the
+/// converter reads the model's name, basename, size label, finetune and version from it).
+fn converted_as_the_reference_named(arch: &str, name: Option<&str>) -> Option<(tempfile::TempDir, std::path::PathBuf)> {
+    let d = checkpoint(arch)?;
+    let out = d.path().join(format!("{arch}.gguf"));
+    let mut ck = dir(&d, arch);
+    if let Some(n) = name {
+        let renamed = d.path().join(n);
+        std::fs::rename(&ck, &renamed).unwrap();
+        ck = renamed;
+    }
+    let key = match name {
+        Some(n) => format!("{arch} as {n}"),
+        None => arch.to_string(),
+    };
+    let o = pack_hf(&ck, &[OsStr::new("--gguf-out"), out.as_os_str()]);
+    assert!(o.status.success(), "pack --hf {arch}: {}", String::from_utf8_lossy(&o.stderr));
+    let bytes = std::fs::read(&out).unwrap();
+    let want = &data("converter.json")["files"][key.as_str()];
+    assert!(want.is_object(), "no reference for {key}");
+    if sha256_hex(&bytes) != want["sha256"].as_str().unwrap() {
+        // Say what differs: the metadata keys and the tensors, as our reader sees them.
+        let g = llamafile_format::gguf::GgufFile::open(&out).unwrap();
+        let keys: Vec<&str> = g.metadata().iter().map(|(k, _)| k.as_str()).collect();
+        let tensors: Vec<String> =
+            g.tensors().iter().map(|t| format!("{} {} {:?}", t.name, t.type_name(), t.dims)).collect();
+        panic!(
+            "{arch}: {} bytes, not the reference converter's {} bytes / sha256 {}\nkeys: {keys:?}\ntensors: {tensors:?}",
+            bytes.len(),
+            want["size"],
+            want["sha256"]
+        );
+    }
+    Some((d, out))
+}
+
+#[test]
+fn llama_two_shards_f16_converts_as_the_reference() {
+    converted_as_the_reference("llama");
+}
+
+#[test]
+fn mistral_bf16_converts_as_the_reference() {
+    converted_as_the_reference("mistral");
+}
+
+#[test]
+fn model_id_in_the_directory_name_is_read_as_the_reference_reads_it() {
+    converted_as_the_reference_named("mistral", Some("Mistral-7B-Instruct-v0.2"));
+}
+
+#[test]
+fn qwen2_bpe_tied_converts_as_the_reference() {
+    converted_as_the_reference("qwen2");
+}
+
+#[test]
+fn qwen3_bf16_head_size_and_qk_norms_convert_as_the_reference() {
+    converted_as_the_reference("qwen3");
+}
+
+/// The converted vocabularies (SentencePiece and byte-level BPE) tokenize as Hugging Face's
+/// tokenizer does, special tokens added and parsed.
+#[test]
+fn converted_vocabularies_tokenize_as_hugging_face() {
+    let oracle = data("tokenize-oracle.json");
+    for arch in ["llama", "qwen2"] {
+        let Some((_d, gguf)) = converted_as_the_reference(arch) else { return };
+        let g = llamafile_format::gguf::GgufFile::open(&gguf).unwrap();
+        let tok = llamafile_engine::tokenizer::Tokenizer::from_gguf(&g).unwrap();
+        let cases = oracle["cases"][arch].as_array().unwrap();
+        assert!(cases.len() >= 10);
+        for c in cases {
+            let text = c["text"].as_str().unwrap();
+            let want: Vec<u32> = c["ids"].as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect();
+            assert_eq!(tok.encode(text, true, true).unwrap(), want, "{arch}: {text:?}");
+        }
+    }
+}
+
+/// `pack --hf DIR -o OUT.llamafile`, and with `--quantize`: a runnable llamafile whose GGUF
+/// entry is the converted (or quantized) model, and no temporary left beside it.
+#[test]
+fn packs_a_llamafile_and_quantizes_on_the_way() {
+    let Some(d) = checkpoint("mistral") else { return };
+    let out = d.path().join("m.llamafile");
+    let o = pack_hf(&dir(&d, "mistral"), &[OsStr::new("-o"), out.as_os_str()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let q = d.path().join("m-q8.llamafile");
+    let o =
+        pack_hf(&dir(&d, "mistral"), &[OsStr::new("--quantize"), OsStr::new("Q8_0"), OsStr::new("-o"), q.as_os_str()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let qg = d.path().join("m-q8.gguf");
+    let o = pack_hf(
+        &dir(&d, "mistral"),
+        &[OsStr::new("--quantize"), OsStr::new("Q8_0"), OsStr::new("--gguf-out"), qg.as_os_str()],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let g = llamafile_format::gguf::GgufFile::open(&qg).unwrap();
+    assert_eq!(g.tensor("blk.0.attn_q.weight").unwrap().type_name(), "Q8_0");
+    let mut names: Vec<String> =
+        std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert_eq!(names, ["m-q8.gguf", "m-q8.llamafile", "m.llamafile", "mistral"], "no temporary file may be left");
+    for f in [&out, &q] {
+        let r = std::process::Command::new(f)
+            .args(["-p", "Hello", "-n", "4", "--temp", "0", "--log-disable"])
+            .output()
+            .unwrap();
+        assert!(r.status.success(), "{}: {}", f.display(), String::from_utf8_lossy(&r.stderr));
+    }
+}
+
+/// Bad input through the command: one line naming what is wrong, exit 1, nothing written.
+#[test]
+fn bad_checkpoint_is_one_line_and_writes_nothing() {
+    let Some(d) = checkpoint("llama") else { return };
+    let ck = dir(&d, "llama");
+    std::fs::remove_file(ck.join("model-00002-of-00002.safetensors")).unwrap();
+    let out = d.path().join("x.llamafile");
+    let o = pack_hf(&ck, &[OsStr::new("-o"), out.as_os_str()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("model-00002-of-00002.safetensors") && err.contains("missing shard"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, [OsStr::new("llama")], "nothing may be written");
+}

@@ -1,0 +1,45 @@
+//! The tiny Hugging Face checkpoints of tests/fixtures/make_hf_checkpoint.py (real tokenizers,
+//! seeded weights) and `pack --hf` run on them.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The tokenizer file (fetched by scripts/fetch-model) each fixture architecture uses.
+fn tokenizer_for(arch: &str) -> &'static str {
+    match arch {
+        "qwen2" | "qwen3" => "qwen2.5-tokenizer.json",
+        _ => "mistral-7b-v0.1-tokenizer.model",
+    }
+}
+
+/// A new checkpoint of `arch` (llama, mistral, qwen2 or qwen3) in a temporary directory, or `None`
+/// (the skip recorded) without its tokenizer or without python3 and numpy.
+pub fn checkpoint(arch: &str) -> Option<tempfile::TempDir> {
+    let tokenizer = e2e::require_model(tokenizer_for(arch))?;
+    let numpy = Command::new("python3").args(["-c", "import numpy"]).output();
+    if !numpy.is_ok_and(|o| o.status.success()) {
+        e2e::skip("python3 with numpy", "python3 -m pip install numpy");
+        return None;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let out = Command::new("python3")
+        .arg(e2e::root().join("tests/fixtures/make_hf_checkpoint.py"))
+        .arg(arch)
+        .arg(d.path().join(arch))
+        .arg("--tokenizer")
+        .arg(&tokenizer)
+        .output()
+        .expect("running make_hf_checkpoint.py");
+    assert!(out.status.success(), "make_hf_checkpoint.py {arch}: {}", String::from_utf8_lossy(&out.stderr));
+    Some(d)
+}
+
+/// The checkpoint directory inside the temporary directory `checkpoint` made.
+pub fn dir(d: &tempfile::TempDir, arch: &str) -> PathBuf {
+    d.path().join(arch)
+}
+
+/// `pack --hf DIR ARGS...`.
+pub fn pack_hf(dir: &Path, args: &[&std::ffi::OsStr]) -> Output {
+    Command::new(e2e::bin("pack")).arg("--hf").arg(dir).args(args).output().expect("running pack")
+}
