@@ -623,3 +623,19 @@ fn tiny_phi3() {
     check(&model, &reference, 0.15, &[(1, Some("scalar")), (3, Some("avx2"))], Some(&["fox", "code"]));
 }
 const TINY_PHI3_SHA256: &str = "965b332936fe316919e3c150356534a2ea58534abecca26a9e20156d76a7b7ea";
+
+#[test]
+fn tekken_vocabulary_tokenizes_as_the_reference() {
+    // Mistral Nemo's real Tekken vocabulary (131,072 tokens, from mistral-common), converted as
+    // the reference converter converts it, against the reference's llama-tokenize on the GGUF
+    // its converter wrote (tests/data/make_tekken_reference.py): code, numbers, cased words,
+    // whitespace runs, scripts and emoji, special tokens in both modes.
+    use llamafile::gguf::{writer, MetaValue};
+    let Some(tekken) = e2e::require_model("tekken-240718.json") else { return };
+    let mut meta = vec![("general.architecture".to_string(), MetaValue::String("llama".into()))];
+    meta.extend(arch_models::tekken_vocab(&tekken));
+    let meta: Vec<(&str, MetaValue)> = meta.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("tekken.vocab.gguf");
+    std::fs::write(&path, writer::build(&meta, &[], 32)).unwrap();
+    check_tokenize(&path, &data_reference("tekken-tokenize"));
+}

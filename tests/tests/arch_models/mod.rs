@@ -393,3 +393,105 @@ pub fn phi3_layout() -> Layout {
         extra: vec![("attention.sliding_window", MetaValue::U32(32))],
     }
 }
+
+/// The special tokens mistral-common gives a Tekken file without a `special_tokens` list
+/// (versions up to v7, e.g. Mistral Nemo's v3), ids 0..20; the rest up to the file's
+/// `default_num_special_tokens` are `<SPECIAL_{id}>`.
+const TEKKEN_DEFAULT_SPECIALS: [&str; 20] = [
+    "<unk>",
+    "<s>",
+    "</s>",
+    "[INST]",
+    "[/INST]",
+    "[AVAILABLE_TOOLS]",
+    "[/AVAILABLE_TOOLS]",
+    "[TOOL_RESULTS]",
+    "[/TOOL_RESULTS]",
+    "[TOOL_CALLS]",
+    "[IMG]",
+    "<pad>",
+    "[IMG_BREAK]",
+    "[IMG_END]",
+    "[PREFIX]",
+    "[MIDDLE]",
+    "[SUFFIX]",
+    "[SYSTEM_PROMPT]",
+    "[/SYSTEM_PROMPT]",
+    "[TOOL_CONTENT]",
+];
+
+/// GPT-2's byte-to-character map: the printable bytes stand for themselves, the others for the
+/// characters from U+0100 on, in byte order.
+fn gpt2_byte_chars() -> [char; 256] {
+    let printable = |b: u8| (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || b >= 0xAE;
+    let mut out = ['\0'; 256];
+    let mut next = 0x100u32;
+    for b in 0..=255u8 {
+        out[b as usize] = if printable(b) {
+            b as char
+        } else {
+            next += 1;
+            char::from_u32(next - 1).unwrap()
+        };
+    }
+    out
+}
+
+/// Mistral's Tekken vocabulary (`tekken.json`, as mistral-common ships it) as the reference
+/// converter writes it for a Mistral-format model: byte-level BPE (`gpt2`) with the `tekken`
+/// pre-tokenizer; the special tokens first (control tokens), then the first
+/// `default_vocab_size - default_num_special_tokens` byte pieces in rank order, each written in
+/// GPT-2's byte-to-character form; merges recovered from the ranks (for each piece from rank 256
+/// on, every split into two pieces of the vocabulary, by the pieces' ranks); BOS 1, EOS 2, UNK 0,
+/// padding `<pad>` (EOS when there is none), BOS added.
+pub fn tekken_vocab(tekken_json: &Path) -> Vec<(String, MetaValue)> {
+    use MetaValue::*;
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(tekken_json).unwrap()).unwrap();
+    let n_vocab = v["config"]["default_vocab_size"].as_u64().unwrap() as usize;
+    let n_special = v["config"]["default_num_special_tokens"].as_u64().unwrap() as usize;
+    let mut specials: Vec<std::string::String> = match v.get("special_tokens") {
+        Some(list) => list.as_array().unwrap().iter().map(|t| t["token_str"].as_str().unwrap().to_string()).collect(),
+        None => TEKKEN_DEFAULT_SPECIALS.iter().map(|s| s.to_string()).collect(),
+    };
+    specials.extend((specials.len()..n_special).map(|i| format!("<SPECIAL_{i}>")));
+    let inner = n_vocab - n_special;
+    let pieces: Vec<Vec<u8>> = v["vocab"].as_array().unwrap()[..inner]
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            assert_eq!(t["rank"].as_u64(), Some(i as u64), "tekken.json: ranks in order");
+            base64::decode(t["token_bytes"].as_str().unwrap()).unwrap()
+        })
+        .collect();
+    let rank: std::collections::HashMap<&[u8], usize> =
+        pieces.iter().enumerate().map(|(i, p)| (p.as_slice(), i)).collect();
+    let chars = gpt2_byte_chars();
+    let text = |p: &[u8]| p.iter().map(|&b| chars[b as usize]).collect::<std::string::String>();
+    let mut merges = Vec::new();
+    for piece in &pieces[256..] {
+        let mut splits: Vec<(usize, usize)> =
+            (1..piece.len()).filter_map(|j| Some((*rank.get(&piece[..j])?, *rank.get(&piece[j..])?))).collect();
+        assert!(!splits.is_empty(), "tekken.json: no merge makes {piece:?}");
+        splits.sort();
+        merges.extend(splits.into_iter().map(|(l, r)| String(format!("{} {}", text(&pieces[l]), text(&pieces[r])))));
+    }
+    let n_control = specials.len();
+    let pad = specials.iter().position(|s| s == "<pad>").unwrap_or(2) as u32;
+    let tokens: Vec<MetaValue> =
+        specials.into_iter().map(String).chain(pieces.iter().map(|p| String(text(p)))).collect();
+    let types: Vec<MetaValue> = (0..n_vocab).map(|i| I32(if i < n_control { 3 } else { 1 })).collect();
+    vec![
+        ("tokenizer.ggml.model".into(), String("gpt2".into())),
+        ("tokenizer.ggml.pre".into(), String("tekken".into())),
+        ("tokenizer.ggml.merges".into(), Array(merges)),
+        ("tokenizer.ggml.bos_token_id".into(), U32(1)),
+        ("tokenizer.ggml.eos_token_id".into(), U32(2)),
+        ("tokenizer.ggml.unknown_token_id".into(), U32(0)),
+        ("tokenizer.ggml.padding_token_id".into(), U32(pad)),
+        ("tokenizer.ggml.tokens".into(), Array(tokens)),
+        ("tokenizer.ggml.scores".into(), Array((0..n_vocab).map(|_| F32(0.0)).collect())),
+        ("tokenizer.ggml.token_type".into(), Array(types)),
+        ("tokenizer.ggml.add_bos_token".into(), Bool(true)),
+        ("tokenizer.ggml.add_eos_token".into(), Bool(false)),
+    ]
+}
