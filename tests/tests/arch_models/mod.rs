@@ -259,6 +259,31 @@ pub fn pinned(name: &str, bytes: impl FnOnce() -> Vec<u8>, sha256: &str) -> Path
 
 // ---- the layouts ----
 
+/// The Llama 3 frequency factors of the tiny Llama 3 layouts for head size `n_rot`: base
+/// 500000, factor 32, low/high frequency factors 1 and 4, for a 256-token original context.
+fn tiny_llama3_factors(n_rot: usize) -> Vec<f32> {
+    llama3_rope_factors(n_rot, 500000.0, 32.0, 1.0, 4.0, 256.0)
+}
+
+/// `l` widened to rows of 256 values everywhere (embedding 256, FFN 768, head size and rotary
+/// dimensions scaled with the embedding), for the quantized tiny models: the reference quantizer
+/// gives a row that is not whole 256-blocks a 32-block type instead of Q4_K, Q6_K or IQ4_XS, so
+/// a 128-wide model would hold none of the types it is named after. What makes each layout
+/// what it is stays: a head size that is not n_embd / n_head where it was, partial rotary, the
+/// fused matrices, the factors.
+pub fn wide(mut l: Layout) -> Layout {
+    let s = 256 / l.n_embd;
+    l.n_embd = 256;
+    l.n_ff = 768;
+    l.head_dim = l.head_dim.map(|d| d * s);
+    l.n_rot = l.n_rot.map(|r| r * s);
+    if l.rope_factors.is_some() {
+        l.rope_factors = Some(tiny_llama3_factors(l.head_dim()));
+    }
+    assert!((l.n_head * l.head_dim()).is_multiple_of(256), "{}: attention rows of whole 256-blocks", l.arch);
+    l
+}
+
 /// Llama 3.2 1B's layout scaled down: GQA, tied output (no output.weight), RoPE base 500000 with
 /// Llama 3 frequency factors (rope_freqs.weight; made for a 256-token original context so that
 /// they change the angles within the tested 700 positions), the Llama 3.2 vocabulary with the
@@ -278,7 +303,7 @@ pub fn llama3_layout() -> Layout {
         qk_norm: false,
         post_norms: false,
         tied: true,
-        rope_factors: Some(llama3_rope_factors(32, 500000.0, 32.0, 1.0, 4.0, 256.0)),
+        rope_factors: Some(tiny_llama3_factors(32)),
         n_rot: None,
         fused: false,
         extra: vec![],
