@@ -42,6 +42,8 @@ pub const MIXES: &[Mix] = &[
     Mix { name: "Q5_K_S", file_type: 16, default: Q5_K },
     Mix { name: "Q5_K_M", file_type: 17, default: Q5_K },
     Mix { name: "Q6_K", file_type: 18, default: Q6_K },
+    Mix { name: "IQ4_NL", file_type: 25, default: IQ4_NL },
+    Mix { name: "IQ4_XS", file_type: 30, default: IQ4_XS },
 ];
 
 /// Short names the reference accepts for a mix.
@@ -192,6 +194,7 @@ const SENSITIVE: &[(&str, Kind, Place, WeightType)] = &[
     ("Q4_K_M", Kind::AttnV, Place::MoreBits, Q6_K),
     ("Q5_K_M", Kind::AttnV, Place::MoreBits, Q6_K),
     ("Q4_K_S", Kind::AttnV, Place::FirstN(4), Q5_K),
+    // (the IQ4 mixes' attention V: Q5_K when n_gqa >= 4, see `choose`)
     ("Q2_K", Kind::FfnDown, Place::All, Q3_K),
     ("Q3_K_M", Kind::FfnDown, Place::FirstPart(16), Q5_K),
     ("Q3_K_M", Kind::FfnDown, Place::All, Q4_K),
@@ -199,6 +202,9 @@ const SENSITIVE: &[(&str, Kind, Place, WeightType)] = &[
     ("Q4_K_M", Kind::FfnDown, Place::MoreBits, Q6_K),
     ("Q5_K_M", Kind::FfnDown, Place::MoreBits, Q6_K),
     ("Q4_K_S", Kind::FfnDown, Place::FirstPart(8), Q5_K),
+    // (without an importance matrix, which these mixes never take here)
+    ("IQ4_NL", Kind::FfnDown, Place::FirstPart(8), Q5_K),
+    ("IQ4_XS", Kind::FfnDown, Place::FirstPart(8), Q5_K),
     ("Q2_K", Kind::AttnOutput, Place::All, Q3_K),
     ("Q3_K_M", Kind::AttnOutput, Place::All, Q4_K),
     ("Q3_K_L", Kind::AttnOutput, Place::All, Q5_K),
@@ -278,6 +284,9 @@ pub fn choose(mix: &Mix, facts: &ModelFacts, tensors: &[TensorIn]) -> Vec<Weight
             if mix.name == "Q2_K" && facts.n_gqa >= 4 {
                 ty = Q4_K;
             }
+            if matches!(mix.name, "IQ4_NL" | "IQ4_XS") && facts.n_gqa >= 4 {
+                ty = Q5_K;
+            }
             if facts.is_70b && matches!(ty, Q3_K | Q4_K) {
                 ty = Q5_K;
             }
@@ -302,7 +311,7 @@ pub fn choose(mix: &Mix, facts: &ModelFacts, tensors: &[TensorIn]) -> Vec<Weight
             i_ffn_down += 1;
         } else if k == Kind::AttnOutput {
             if facts.n_expert == 8 && !falcon {
-                if matches!(mix.name, "Q2_K" | "Q3_K_S" | "Q3_K_M" | "Q4_K_S" | "Q4_K_M") {
+                if matches!(mix.name, "Q2_K" | "Q3_K_S" | "Q3_K_M" | "Q4_K_S" | "Q4_K_M" | "IQ4_NL" | "IQ4_XS") {
                     ty = Q5_K;
                 }
             } else if falcon {

@@ -190,6 +190,12 @@ fn every_kernel_on_the_host_matches_kernels_cpu_and_formulas() {
         // ---- matmul, every weight type, 5 rows x 1024 columns, 11 tokens (two token tiles) ----
         let (rows, cols, n) = (5usize, 1024usize, 11usize);
         let x = rand_vec(n * cols, 1);
+        // The types that must offload (the list is read from matmul.cu, so a dropped line would
+        // otherwise only shrink the loop).
+        use ggml_types::WeightType::*;
+        for t in [F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS] {
+            assert!(kernels::weight_types().contains(&t), "no CUDA matmul kernel for {}", t.name());
+        }
         for wt in kernels::weight_types() {
             let name = format!("host_{}", kernels::matmul_kernel(wt));
             let f: libloading::Symbol<MatmulFn> = lib.get(name.as_bytes()).unwrap();

@@ -19,7 +19,7 @@ import tempfile
 from gguf import GGUFReader
 
 MIXES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L",
-         "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K"]
+         "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K", "IQ4_NL", "IQ4_XS"]
 FIXTURES = ["deep", "narrow"]
 IMATRIX_MIXES = ["Q4_K_M", "Q5_K_S", "Q6_K"]
 

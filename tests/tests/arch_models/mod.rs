@@ -259,6 +259,31 @@ pub fn pinned(name: &str, bytes: impl FnOnce() -> Vec<u8>, sha256: &str) -> Path
 
 // ---- the layouts ----
 
+/// The Llama 3 frequency factors of the tiny Llama 3 layouts for head size `n_rot`: base
+/// 500000, factor 32, low/high frequency factors 1 and 4, for a 256-token original context.
+fn tiny_llama3_factors(n_rot: usize) -> Vec<f32> {
+    llama3_rope_factors(n_rot, 500000.0, 32.0, 1.0, 4.0, 256.0)
+}
+
+/// `l` widened to rows of 256 values everywhere (embedding 256, FFN 768, head size and rotary
+/// dimensions scaled with the embedding), for the quantized tiny models: the reference quantizer
+/// gives a row that is not whole 256-blocks a 32-block type instead of Q4_K, Q6_K or IQ4_XS, so
+/// a 128-wide model would hold none of the types it is named after. What makes each layout
+/// what it is stays: a head size that is not n_embd / n_head where it was, partial rotary, the
+/// fused matrices, the factors.
+pub fn wide(mut l: Layout) -> Layout {
+    let s = 256 / l.n_embd;
+    l.n_embd = 256;
+    l.n_ff = 768;
+    l.head_dim = l.head_dim.map(|d| d * s);
+    l.n_rot = l.n_rot.map(|r| r * s);
+    if l.rope_factors.is_some() {
+        l.rope_factors = Some(tiny_llama3_factors(l.head_dim()));
+    }
+    assert!((l.n_head * l.head_dim()).is_multiple_of(256), "{}: attention rows of whole 256-blocks", l.arch);
+    l
+}
+
 /// Llama 3.2 1B's layout scaled down: GQA, tied output (no output.weight), RoPE base 500000 with
 /// Llama 3 frequency factors (rope_freqs.weight; made for a 256-token original context so that
 /// they change the angles within the tested 700 positions), the Llama 3.2 vocabulary with the
@@ -278,7 +303,7 @@ pub fn llama3_layout() -> Layout {
         qk_norm: false,
         post_norms: false,
         tied: true,
-        rope_factors: Some(llama3_rope_factors(32, 500000.0, 32.0, 1.0, 4.0, 256.0)),
+        rope_factors: Some(tiny_llama3_factors(32)),
         n_rot: None,
         fused: false,
         extra: vec![],
@@ -392,4 +417,106 @@ pub fn phi3_layout() -> Layout {
         fused: true,
         extra: vec![("attention.sliding_window", MetaValue::U32(32))],
     }
+}
+
+/// The special tokens mistral-common gives a Tekken file without a `special_tokens` list
+/// (versions up to v7, e.g. Mistral Nemo's v3), ids 0..20; the rest up to the file's
+/// `default_num_special_tokens` are `<SPECIAL_{id}>`.
+const TEKKEN_DEFAULT_SPECIALS: [&str; 20] = [
+    "<unk>",
+    "<s>",
+    "</s>",
+    "[INST]",
+    "[/INST]",
+    "[AVAILABLE_TOOLS]",
+    "[/AVAILABLE_TOOLS]",
+    "[TOOL_RESULTS]",
+    "[/TOOL_RESULTS]",
+    "[TOOL_CALLS]",
+    "[IMG]",
+    "<pad>",
+    "[IMG_BREAK]",
+    "[IMG_END]",
+    "[PREFIX]",
+    "[MIDDLE]",
+    "[SUFFIX]",
+    "[SYSTEM_PROMPT]",
+    "[/SYSTEM_PROMPT]",
+    "[TOOL_CONTENT]",
+];
+
+/// GPT-2's byte-to-character map: the printable bytes stand for themselves, the others for the
+/// characters from U+0100 on, in byte order.
+fn gpt2_byte_chars() -> [char; 256] {
+    let printable = |b: u8| (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || b >= 0xAE;
+    let mut out = ['\0'; 256];
+    let mut next = 0x100u32;
+    for b in 0..=255u8 {
+        out[b as usize] = if printable(b) {
+            b as char
+        } else {
+            next += 1;
+            char::from_u32(next - 1).unwrap()
+        };
+    }
+    out
+}
+
+/// Mistral's Tekken vocabulary (`tekken.json`, as mistral-common ships it) as the reference
+/// converter writes it for a Mistral-format model: byte-level BPE (`gpt2`) with the `tekken`
+/// pre-tokenizer; the special tokens first (control tokens), then the first
+/// `default_vocab_size - default_num_special_tokens` byte pieces in rank order, each written in
+/// GPT-2's byte-to-character form; merges recovered from the ranks (for each piece from rank 256
+/// on, every split into two pieces of the vocabulary, by the pieces' ranks); BOS 1, EOS 2, UNK 0,
+/// padding `<pad>` (EOS when there is none), BOS added.
+pub fn tekken_vocab(tekken_json: &Path) -> Vec<(String, MetaValue)> {
+    use MetaValue::*;
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(tekken_json).unwrap()).unwrap();
+    let n_vocab = v["config"]["default_vocab_size"].as_u64().unwrap() as usize;
+    let n_special = v["config"]["default_num_special_tokens"].as_u64().unwrap() as usize;
+    let mut specials: Vec<std::string::String> = match v.get("special_tokens") {
+        Some(list) => list.as_array().unwrap().iter().map(|t| t["token_str"].as_str().unwrap().to_string()).collect(),
+        None => TEKKEN_DEFAULT_SPECIALS.iter().map(|s| s.to_string()).collect(),
+    };
+    specials.extend((specials.len()..n_special).map(|i| format!("<SPECIAL_{i}>")));
+    let inner = n_vocab - n_special;
+    let pieces: Vec<Vec<u8>> = v["vocab"].as_array().unwrap()[..inner]
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            assert_eq!(t["rank"].as_u64(), Some(i as u64), "tekken.json: ranks in order");
+            base64::decode(t["token_bytes"].as_str().unwrap()).unwrap()
+        })
+        .collect();
+    let rank: std::collections::HashMap<&[u8], usize> =
+        pieces.iter().enumerate().map(|(i, p)| (p.as_slice(), i)).collect();
+    let chars = gpt2_byte_chars();
+    let text = |p: &[u8]| p.iter().map(|&b| chars[b as usize]).collect::<std::string::String>();
+    let mut merges = Vec::new();
+    for piece in &pieces[256..] {
+        let mut splits: Vec<(usize, usize)> =
+            (1..piece.len()).filter_map(|j| Some((*rank.get(&piece[..j])?, *rank.get(&piece[j..])?))).collect();
+        assert!(!splits.is_empty(), "tekken.json: no merge makes {piece:?}");
+        splits.sort();
+        merges.extend(splits.into_iter().map(|(l, r)| String(format!("{} {}", text(&pieces[l]), text(&pieces[r])))));
+    }
+    let n_control = specials.len();
+    let pad = specials.iter().position(|s| s == "<pad>").unwrap_or(2) as u32;
+    let tokens: Vec<MetaValue> =
+        specials.into_iter().map(String).chain(pieces.iter().map(|p| String(text(p)))).collect();
+    let types: Vec<MetaValue> = (0..n_vocab).map(|i| I32(if i < n_control { 3 } else { 1 })).collect();
+    vec![
+        ("tokenizer.ggml.model".into(), String("gpt2".into())),
+        ("tokenizer.ggml.pre".into(), String("tekken".into())),
+        ("tokenizer.ggml.merges".into(), Array(merges)),
+        ("tokenizer.ggml.bos_token_id".into(), U32(1)),
+        ("tokenizer.ggml.eos_token_id".into(), U32(2)),
+        ("tokenizer.ggml.unknown_token_id".into(), U32(0)),
+        ("tokenizer.ggml.padding_token_id".into(), U32(pad)),
+        ("tokenizer.ggml.tokens".into(), Array(tokens)),
+        ("tokenizer.ggml.scores".into(), Array((0..n_vocab).map(|_| F32(0.0)).collect())),
+        ("tokenizer.ggml.token_type".into(), Array(types)),
+        ("tokenizer.ggml.add_bos_token".into(), Bool(true)),
+        ("tokenizer.ggml.add_eos_token".into(), Bool(false)),
+    ]
 }

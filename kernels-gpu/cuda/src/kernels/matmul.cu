@@ -159,6 +159,46 @@ __device__ __forceinline__ void dequant_q6_k(const u8* row, int sub, float* w) {
     }
 }
 
+// IQ4_NL/IQ4_XS: 4-bit indices into one non-linear table of 16 values (ggml's kvalues_iq4nl),
+// spaced more densely near zero where weights cluster. A switch rather than an array keeps it in
+// registers and needs no __constant__ memory.
+__device__ __forceinline__ float iq4_value(int i) {
+    switch (i & 0xF) {
+        case 0: return -127.0f; case 1: return -104.0f; case 2: return -83.0f; case 3: return -65.0f;
+        case 4: return -49.0f;  case 5: return -35.0f;  case 6: return -22.0f; case 7: return -10.0f;
+        case 8: return 1.0f;    case 9: return 13.0f;   case 10: return 25.0f; case 11: return 38.0f;
+        case 12: return 53.0f;  case 13: return 69.0f;  case 14: return 89.0f; default: return 113.0f;
+    }
+}
+
+// IQ4_NL: 18 bytes: d (f16), qs[16]; element i: table[nibble] * d, low nibbles first.
+__device__ __forceinline__ void dequant_iq4_nl(const u8* row, int sub, float* w) {
+    const u8* b = row + sub * 18;
+    const float d = ld_f16(b);
+    const u8* qs = b + 2;
+    for (int l = 0; l < 16; l++) {
+        w[l] = d * iq4_value(qs[l]);
+        w[l + 16] = d * iq4_value(qs[l] >> 4);
+    }
+}
+
+// IQ4_XS: 136 bytes per 256: d (f16), scales_h (u16: 2 high bits per sub-block), scales_l[4]
+// (4 low bits per sub-block), qs[128] (16 bytes per sub-block, low nibbles first); sub-block j's
+// scale is d * (6-bit value - 32).
+__device__ __forceinline__ void dequant_iq4_xs(const u8* row, int sub, float* w) {
+    const u8* b = row + (sub >> 3) * 136;
+    const int j = sub & 7;
+    const float d = ld_f16(b);
+    const u32 scales_h = (u32)b[2] | ((u32)b[3] << 8);
+    const int ls = ((b[4 + (j >> 1)] >> (4 * (j & 1))) & 0xF) | (((scales_h >> (2 * j)) & 3) << 4);
+    const float dl = d * (ls - 32);
+    const u8* qs = b + 8 + 16 * j;
+    for (int l = 0; l < 16; l++) {
+        w[l] = dl * iq4_value(qs[l]);
+        w[l + 16] = dl * iq4_value(qs[l] >> 4);
+    }
+}
+
 #define DEFINE_MATMUL(NAME, DEQUANT)                                                              \
 extern "C" __global__ void NAME(const u8* __restrict__ W, u64 row_bytes, int rows, int cols,     \
                                 const float* __restrict__ x, int n_tokens, float* __restrict__ y) { \
@@ -200,3 +240,5 @@ DEFINE_MATMUL(matmul_q2_k, dequant_q2_k)
 DEFINE_MATMUL(matmul_q4_k, dequant_q4_k)
 DEFINE_MATMUL(matmul_q5_k, dequant_q5_k)
 DEFINE_MATMUL(matmul_q6_k, dequant_q6_k)
+DEFINE_MATMUL(matmul_iq4_nl, dequant_iq4_nl)
+DEFINE_MATMUL(matmul_iq4_xs, dequant_iq4_xs)
