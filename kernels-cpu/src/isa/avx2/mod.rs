@@ -8,6 +8,7 @@ use super::{GemmTileFn, GemvFn, PanelFn, QuantizeFn, VecDotFn};
 use crate::types::WeightType;
 
 mod iq4;
+mod iq4panel;
 mod kpanel;
 mod kquants;
 mod legacy;
@@ -36,9 +37,10 @@ pub fn gemv(t: WeightType) -> Option<GemvFn> {
     legacy::gemv(t).or_else(|| kquants::gemv(t))
 }
 
-/// Many tokens at once for the legacy types and Q4_K (see `lpanel`, `kpanel`).
+/// Many tokens at once for the legacy types, Q4_K and IQ4_XS (see `lpanel`, `kpanel`,
+/// `iq4panel`).
 pub fn panel(t: WeightType) -> Option<PanelFn> {
-    lpanel::panel(t).or_else(|| kpanel::panel(t))
+    lpanel::panel(t).or_else(|| kpanel::panel(t)).or_else(|| iq4panel::panel(t))
 }
 
 /// f16 helpers for the KV cache (used by `ops`). Callers must have checked `available()`.
