@@ -24,17 +24,17 @@ pub fn vec_dot(t: WeightType) -> Option<VecDotFn> {
 }
 
 pub fn gemm(t: WeightType) -> Option<(GemmTileFn, usize, usize)> {
-    legacy::gemm(t).or_else(|| kquants::gemm(t))
+    legacy::gemm(t).or_else(|| kquants::gemm(t)).or_else(|| iq4::gemm(t))
 }
 
 pub fn quantize(t: WeightType) -> Option<QuantizeFn> {
     legacy::quantize(t).or_else(|| kquants::quantize(t))
 }
 
-/// Many rows against one token (Q4_0, Q4_1, Q5_0, Q5_1 and Q4_K; others use `vec_dot` row
-/// by row).
+/// Many rows against one token (Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, IQ4_NL and IQ4_XS; others use
+/// `vec_dot` row by row).
 pub fn gemv(t: WeightType) -> Option<GemvFn> {
-    legacy::gemv(t).or_else(|| kquants::gemv(t))
+    legacy::gemv(t).or_else(|| kquants::gemv(t)).or_else(|| iq4::gemv(t))
 }
 
 /// Many tokens at once for the legacy types, Q4_K and IQ4_XS (see `lpanel`, `kpanel`,
