@@ -228,6 +228,7 @@ impl Format for Xs {
 /// # Safety
 /// AVX2/FMA/F16C (inlined into `tile_tf`); each of `rows`/`toks` holds `nb` blocks.
 #[inline(always)]
+#[allow(clippy::needless_range_loop)] // r and c index the row, token and accumulator arrays together
 unsafe fn tile<F: Format, const R: usize, const C: usize>(
     nb: usize,
     rows: [&[F::W]; R],
@@ -238,8 +239,8 @@ unsafe fn tile<F: Format, const R: usize, const C: usize>(
     let mut acc = [[_mm256_setzero_ps(); C]; R];
     for b in 0..nb {
         let mut s = [[_mm256_setzero_si256(); C]; R];
-        for r in 0..R {
-            prefetch_ahead(&rows[r][b]);
+        for row in rows {
+            prefetch_ahead(&row[b]);
         }
         for j in 0..F::SUBS {
             for r in 0..R {
