@@ -1,15 +1,16 @@
-//! K-quant kernels on every ISA this host has, against the scalar specification, on blocks of
+//! K-quant (and IQ4_XS, the same 256-value super-blocks against Q8_K) kernels on every ISA this host has, against the scalar specification, on blocks of
 //! *arbitrary bytes* (every level and scale pattern the format can hold, not only what the
 //! quantizer produces: all-max levels with extreme scales, negative Q6_K scales, zero blocks)
 //! and on Q8_K activations with any value in -127..=127 (the range the reference's quantizer
-//! produces) with consistent group sums. Covers `vec_dot` and the tile kernel with every tile
-//! shape up to the declared maximum and with row/activation strides larger than a row.
+//! produces) with consistent group sums. Covers `vec_dot`, the tile kernel with every tile
+//! shape up to the declared maximum and the panel kernel with ragged row and token counts, with
+//! row/activation strides larger than a row.
 
 use kernels_cpu::isa::{Isa, Kernels, Tile};
 use kernels_cpu::types::WeightType;
 
-const K_TYPES: [WeightType; 5] =
-    [WeightType::Q2_K, WeightType::Q3_K, WeightType::Q4_K, WeightType::Q5_K, WeightType::Q6_K];
+const K_TYPES: [WeightType; 6] =
+    [WeightType::Q2_K, WeightType::Q3_K, WeightType::Q4_K, WeightType::Q5_K, WeightType::Q6_K, WeightType::IQ4_XS];
 const QK_K: usize = 256;
 const Q8K_BYTES: usize = 292;
 
@@ -33,6 +34,7 @@ fn half_fields(t: WeightType) -> &'static [usize] {
         WeightType::Q2_K => &[80, 82],
         WeightType::Q3_K => &[108],
         WeightType::Q4_K | WeightType::Q5_K => &[0, 2],
+        WeightType::IQ4_XS => &[0],
         WeightType::Q6_K => &[208],
         _ => unreachable!(),
     }
@@ -154,78 +156,90 @@ fn kquant_vec_dot_on_arbitrary_blocks_matches_scalar_on_every_isa() {
     }
 }
 
+/// Runs a many-token kernel (`GemmTileFn` arguments) on `nr` x `nc` random rows and tokens of
+/// `nb` blocks at strides larger than a row, against the scalar `vec_dot`, and checks that it
+/// leaves the output outside its rows untouched.
+fn check_many_tokens(
+    rng: &mut Rng,
+    f: kernels_cpu::isa::GemmTileFn,
+    label: &str,
+    t: WeightType,
+    nr: usize,
+    nc: usize,
+    nb: usize,
+) {
+    let vec_dot = Kernels::for_isa(Isa::Scalar).get(t).unwrap().vec_dot;
+    let n = nb * QK_K;
+    // strides larger than a row, as when a tile is cut out of a wider matrix
+    let (w_stride, x_stride) = (t.row_bytes(n) + 7, WeightType::Q8_K.row_bytes(n) + 3);
+    let w = random_weights(rng, t, (nr * w_stride).div_ceil(t.type_size()) + 1);
+    let x = random_q8k(rng, (nc * x_stride).div_ceil(Q8K_BYTES) + 1);
+    // consistent Q8_K rows at the strided offsets
+    let mut xs = vec![0u8; nc * x_stride];
+    for c in 0..nc {
+        xs[c * x_stride..c * x_stride + nb * Q8K_BYTES]
+            .copy_from_slice(&x[c * nb * Q8K_BYTES..(c + 1) * nb * Q8K_BYTES]);
+    }
+    let mut ws = vec![0u8; nr * w_stride];
+    for r in 0..nr {
+        let src = &w[r * t.row_bytes(n)..(r + 1) * t.row_bytes(n)];
+        ws[r * w_stride..r * w_stride + t.row_bytes(n)].copy_from_slice(src);
+    }
+    let out_stride = nr + 2;
+    let mut out = vec![f32::NAN; nc * out_stride];
+    f(Tile { n, w: &ws, w_stride, rows: nr, x: &xs, x_stride, tokens: nc, out: &mut out, out_stride });
+    for c in 0..nc {
+        for r in 0..nr {
+            let wr = &ws[r * w_stride..r * w_stride + t.row_bytes(n)];
+            let xr = &xs[c * x_stride..c * x_stride + nb * Q8K_BYTES];
+            let want = vec_dot(n, wr, xr);
+            let got = out[c * out_stride + r];
+            let mag = magnitude(t, wr, xr, n);
+            assert!(close(got, want, mag), "{label} {} {nr}x{nc} at ({r}, {c}): {got} vs scalar {want}", t.name());
+        }
+        // entries outside the rows are untouched
+        for r in nr..out_stride {
+            assert!(out[c * out_stride + r].is_nan(), "{label} {} {nr}x{nc} wrote outside", t.name());
+        }
+    }
+}
+
 #[test]
 fn kquant_gemm_tiles_of_every_shape_match_scalar_on_every_isa() {
     let mut rng = Rng(0x6e6d);
-    let scalar = Kernels::for_isa(Isa::Scalar);
     let mut tiled = 0;
     for isa in Isa::available() {
         let k = Kernels::for_isa(isa);
         for t in K_TYPES {
             let Some((gemm, max_r, max_c)) = k.get(t).unwrap().gemm else { continue };
             tiled += 1;
-            let vec_dot = scalar.get(t).unwrap().vec_dot;
             for nr in 1..=max_r {
                 for nc in 1..=max_c {
                     let nb = 1 + rng.below(3) as usize;
-                    let n = nb * QK_K;
-                    // strides larger than a row, as when a tile is cut out of a wider matrix
-                    let (w_stride, x_stride) = (t.row_bytes(n) + 7, WeightType::Q8_K.row_bytes(n) + 3);
-                    let w = random_weights(&mut rng, t, (nr * w_stride).div_ceil(t.type_size()) + 1);
-                    let x = random_q8k(&mut rng, (nc * x_stride).div_ceil(Q8K_BYTES) + 1);
-                    // consistent Q8_K rows at the strided offsets
-                    let mut xs = vec![0u8; nc * x_stride];
-                    for c in 0..nc {
-                        xs[c * x_stride..c * x_stride + nb * Q8K_BYTES]
-                            .copy_from_slice(&x[c * nb * Q8K_BYTES..(c + 1) * nb * Q8K_BYTES]);
-                    }
-                    let mut ws = vec![0u8; nr * w_stride];
-                    for r in 0..nr {
-                        let src = &w[r * t.row_bytes(n)..(r + 1) * t.row_bytes(n)];
-                        ws[r * w_stride..r * w_stride + t.row_bytes(n)].copy_from_slice(src);
-                    }
-                    let out_stride = nr + 2;
-                    let mut out = vec![f32::NAN; nc * out_stride];
-                    gemm(Tile {
-                        n,
-                        w: &ws,
-                        w_stride,
-                        rows: nr,
-                        x: &xs,
-                        x_stride,
-                        tokens: nc,
-                        out: &mut out,
-                        out_stride,
-                    });
-                    for c in 0..nc {
-                        for r in 0..nr {
-                            let wr = &ws[r * w_stride..r * w_stride + t.row_bytes(n)];
-                            let xr = &xs[c * x_stride..c * x_stride + nb * Q8K_BYTES];
-                            let want = vec_dot(n, wr, xr);
-                            let got = out[c * out_stride + r];
-                            let mag = magnitude(t, wr, xr, n);
-                            assert!(
-                                close(got, want, mag),
-                                "{} {} tile {nr}x{nc} at ({r}, {c}): {got} vs scalar {want}",
-                                isa.name(),
-                                t.name()
-                            );
-                        }
-                        // entries outside the tile are untouched
-                        for r in nr..out_stride {
-                            assert!(
-                                out[c * out_stride + r].is_nan(),
-                                "{} {} tile {nr}x{nc} wrote outside",
-                                isa.name(),
-                                t.name()
-                            );
-                        }
-                    }
+                    check_many_tokens(&mut rng, gemm, &format!("{} tile", isa.name()), t, nr, nc, nb);
                 }
             }
         }
     }
     eprintln!("K-quant tile kernels tested: {tiled} (type x ISA)");
+}
+
+#[test]
+fn kquant_panels_on_arbitrary_blocks_match_scalar_on_every_isa() {
+    let mut rng = Rng(0x7061);
+    let mut panels = 0;
+    for isa in Isa::available() {
+        let k = Kernels::for_isa(isa);
+        for t in K_TYPES {
+            let Some(panel) = k.get(t).unwrap().panel else { continue };
+            panels += 1;
+            for (nr, nc) in [(1, 8), (8, 9), (16, 16), (17, 11), (33, 20)] {
+                let nb = 1 + rng.below(3) as usize;
+                check_many_tokens(&mut rng, panel, &format!("{} panel", isa.name()), t, nr, nc, nb);
+            }
+        }
+    }
+    eprintln!("K-quant panel kernels tested: {panels} (type x ISA)");
 }
 
 /// The Q8_K activation quantizer of every ISA writes the scalar one's bytes, on edge cases:

@@ -11,8 +11,10 @@
 //! summed in 16 bits (codes <= 31: |sum| <= 4 * 2 * 31 * 128 < 2^15) then one `vpmaddwd`, twice;
 //! then one convert and two float operations for the 8 rows. The offset of the unsigned codes
 //! starts the integer sum as `-offset * sum(x)` of the token's block (exact), Q4_1/Q5_1 add
-//! `m * s`. Q8_0 codes reach 255 (IQ4_NL's 241), too large for the 16-bit sums: without AVX-VNNI it keeps the
-//! tile kernel.
+//! `m * s`. Q8_0 codes reach 255 (IQ4_NL's 241), too large for the 16-bit sums: without AVX-VNNI
+//! IQ4_NL takes its codes back to signed values (`code ^ 0x80`, per line, shared by the tokens)
+//! and multiplies `vpmaddubsw(|v|, sign(x, v))` (pair sums at most 2 * 127 * 127 < 2^15), one
+//! `vpmaddwd` per line, no offset to correct; Q8_0 keeps the tile kernel.
 //!
 //! Rows are the vector lanes, so the activations need no transposing and the results come out
 //! in the output's row order. Measured (`examples/bench`, LLAMAFILE_ISA=avx2, matmul of 512
@@ -63,6 +65,7 @@ pub(super) fn panel_with(t: WeightType, vnni: bool) -> Option<PanelFn> {
         WeightType::Q4_1 => q4_1::panel::<false>,
         WeightType::Q5_0 => q5_0::panel::<false>,
         WeightType::Q5_1 => q5_1::panel::<false>,
+        WeightType::IQ4_NL => iq4_nl::panel::<false>,
         _ => return None,
     })
 }
@@ -213,7 +216,9 @@ unsafe fn micro<W: Weights, A: Acts, const T: usize, const V: bool>(
         let wl = panel.add(b * lines);
         let xb = x.add(b * A::BYTES + A::QS);
         let mut sum = [_mm256_setzero_si256(); T];
-        if W::OFFSET != 0 {
+        // Without VNNI, codes above 127 are multiplied as signed values (see the module comment).
+        let signed = !V && W::OFFSET == 128;
+        if W::OFFSET != 0 && !signed {
             for c in 0..T {
                 sum[c] = _mm256_set1_epi32(*sc.add(c * nb + b) as i32);
             }
@@ -223,6 +228,16 @@ unsafe fn micro<W: Weights, A: Acts, const T: usize, const V: bool>(
                 let wv = _mm256_load_si256(wl.add(g) as *const __m256i);
                 for c in 0..T {
                     sum[c] = _mm256_dpbusd_avx_epi32(sum[c], wv, bcast4(xb.add(c * xs + 4 * g)));
+                }
+            }
+        } else if signed {
+            let flip = _mm256_set1_epi8(-128);
+            for g in 0..8 {
+                let v = _mm256_xor_si256(_mm256_load_si256(wl.add(g) as *const __m256i), flip);
+                let a = _mm256_sign_epi8(v, v);
+                for c in 0..T {
+                    let xv = _mm256_sign_epi8(bcast4(xb.add(c * xs + 4 * g)), v);
+                    sum[c] = _mm256_add_epi32(sum[c], _mm256_madd_epi16(_mm256_maddubs_epi16(a, xv), ones16));
                 }
             }
         } else {
@@ -337,7 +352,7 @@ macro_rules! panel_kernel {
             /// The entry point, with (`V`) or without AVX-VNNI (then the nibble types only:
             /// see the module text).
             pub fn panel<const V: bool>(t: Tile<'_>) {
-                assert!(V || $W::OFFSET < 128, "16-bit sums need codes below 32");
+                assert!(V || $W::OFFSET < 32 || $W::OFFSET == 128, "16-bit sums need codes below 32 or signed ones");
                 let nb = t.blocks(QK, $W::BYTES, $A::BYTES, concat!($name, " panel"));
                 let Tile { w, w_stride, rows: nr, x, x_stride, tokens: nc, out, out_stride, .. } = t;
                 if nr == 0 || nc == 0 {

@@ -8,6 +8,7 @@ use super::{GemmTileFn, GemvFn, PanelFn, QuantizeFn, VecDotFn};
 use crate::types::WeightType;
 
 mod iq4;
+mod iq4panel;
 mod kpanel;
 mod kquants;
 mod legacy;
@@ -23,22 +24,23 @@ pub fn vec_dot(t: WeightType) -> Option<VecDotFn> {
 }
 
 pub fn gemm(t: WeightType) -> Option<(GemmTileFn, usize, usize)> {
-    legacy::gemm(t).or_else(|| kquants::gemm(t))
+    legacy::gemm(t).or_else(|| kquants::gemm(t)).or_else(|| iq4::gemm(t))
 }
 
 pub fn quantize(t: WeightType) -> Option<QuantizeFn> {
     legacy::quantize(t).or_else(|| kquants::quantize(t))
 }
 
-/// Many rows against one token (Q4_0, Q4_1, Q5_0, Q5_1 and Q4_K; others use `vec_dot` row
-/// by row).
+/// Many rows against one token (Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, IQ4_NL and IQ4_XS; others use
+/// `vec_dot` row by row).
 pub fn gemv(t: WeightType) -> Option<GemvFn> {
-    legacy::gemv(t).or_else(|| kquants::gemv(t))
+    legacy::gemv(t).or_else(|| kquants::gemv(t)).or_else(|| iq4::gemv(t))
 }
 
-/// Many tokens at once for the legacy types and Q4_K (see `lpanel`, `kpanel`).
+/// Many tokens at once for the legacy types, Q4_K and IQ4_XS (see `lpanel`, `kpanel`,
+/// `iq4panel`).
 pub fn panel(t: WeightType) -> Option<PanelFn> {
-    lpanel::panel(t).or_else(|| kpanel::panel(t))
+    lpanel::panel(t).or_else(|| kpanel::panel(t)).or_else(|| iq4panel::panel(t))
 }
 
 /// f16 helpers for the KV cache (used by `ops`). Callers must have checked `available()`.

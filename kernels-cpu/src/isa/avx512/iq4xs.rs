@@ -1,4 +1,5 @@
-//! avx512 kernels for IQ4_XS weights against Q8_K activations (AVX-512 F/BW/VL with VNNI).
+//! avx512 kernels for IQ4_XS weights against Q8_K activations (AVX-512 F/BW/VL with VNNI). The
+//! many-token panel kernel is `kpanel`'s, with this file's `panel_unpack_row`.
 //!
 //! A block's 128 index bytes are two 64-byte halves of four sub-blocks each, 128-bit lane `k`
 //! of a half holding sub-block `k`'s 16 bytes. Per half: the low and the high nibbles (values
@@ -307,6 +308,49 @@ fn gemm_iq4xs(t: Tile<'_>) {
     );
     // SAFETY: installed only when `supported()`; rows and tokens are bounds-checked slices.
     unsafe { gemm_tf(n / QK_K, w, w_stride, nr, x, x_stride, nc, out, out_stride) }
+}
+
+/// One IQ4_XS block of one row unpacked for the panel kernel (`kpanel`): `code[q]` gets values
+/// 64q..64q+64 in order as unsigned codes (codebook value + 128), `scale` the eight signed
+/// sub-block scales `ls - 32` as i32, `meta` (dwords 0..8) per pair of Q8_K group sums the
+/// correction `-128 * scale` twice as i16 (a sub-block is two groups of 16), which takes the
+/// code offset back out exactly: `scale * (sum(code * x) - 128 * sum(x))`. Returns `d`.
+///
+/// # Safety
+/// One whole block readable at `blk`; `code[q]` and `scale` 64-byte aligned and writable,
+/// 32 bytes writable at `meta`; the CPU has the kernels' features (inlined into `kpanel`'s).
+#[inline(always)]
+pub(super) unsafe fn panel_unpack_row(
+    blk: *const u8,
+    code: [*mut __m512i; 4],
+    scale: *mut __m512i,
+    meta: *mut u8,
+) -> f32 {
+    let b = &*(blk as *const BlockIQ4XS);
+    let table =
+        _mm512_broadcast_i32x4(_mm_maskz_loadu_epi8(u16::MAX, crate::types::iq4_nl::UNSIGNED.as_ptr() as *const i8));
+    let m4 = _mm512_set1_epi8(0x0F);
+    for h in 0..2 {
+        // 128-bit lane k: sub-block 4h + k; low nibbles its values 0..16, high ones 16..32
+        let q = load64(b.qs.as_ptr().add(64 * h));
+        let lo = _mm512_shuffle_epi8(table, _mm512_and_si512(q, m4));
+        let hi = _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi16::<4>(q), m4));
+        // [lo0 lo1 hi0 hi1] -> [lo0 hi0 lo1 hi1]: sub-blocks 4h, 4h + 1 in value order
+        let c0 = _mm512_shuffle_i64x2::<0x44>(lo, hi);
+        let c1 = _mm512_shuffle_i64x2::<0xEE>(lo, hi);
+        _mm512_store_si512(code[2 * h], _mm512_shuffle_i64x2::<0xD8>(c0, c0));
+        _mm512_store_si512(code[2 * h + 1], _mm512_shuffle_i64x2::<0xD8>(c1, c1));
+    }
+    let mut sc = [0i32; 16];
+    let mut corr = [0i16; 16];
+    for j in 0..8 {
+        sc[j] = b.scale(j);
+        corr[2 * j] = (-128 * sc[j]) as i16;
+        corr[2 * j + 1] = corr[2 * j];
+    }
+    _mm512_store_si512(scale, load64(sc.as_ptr() as *const u8));
+    core::ptr::copy_nonoverlapping(corr.as_ptr() as *const u8, meta, 32);
+    f16_to_f32(b.d)
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! avx512 panel kernels for the K-quant weight types (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K) against
-//! Q8_K activations: an integer GEMM built on `vpdpbusd` (AVX-512 VNNI). See `PanelFn`.
+//! avx512 panel kernels for the K-quant weight types (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K) and IQ4_XS
+//! (codes = codebook value + 128, code offset 128, as Q6_K's 32) against Q8_K activations: an integer GEMM built on `vpdpbusd` (AVX-512 VNNI). See `PanelFn`.
 //!
 //! The algorithm (the one llama.cpp's "tiled" CPU path uses for K-quants; written here from its
 //! description) has two steps per call:
@@ -52,6 +52,7 @@ pub fn panel(t: WeightType) -> Option<PanelFn> {
         WeightType::Q4_K => run::<Q4>,
         WeightType::Q5_K => run::<Q5>,
         WeightType::Q6_K => run::<Q6>,
+        WeightType::IQ4_XS => run::<IQ4XS>,
         _ => return None,
     })
 }
@@ -62,6 +63,9 @@ const Q3: u8 = 3;
 const Q4: u8 = 4;
 const Q5: u8 = 5;
 const Q6: u8 = 6;
+/// IQ4_XS: not a K-quant, but the same shape (256-value blocks, 32-value sub-blocks with
+/// signed scales, Q8_K activations); its block unpacking is `super::iq4xs::panel_unpack_row`.
+const IQ4XS: u8 = 14;
 
 /// Bytes of one weight block of 256 values.
 const fn block_bytes(t: u8) -> usize {
@@ -70,13 +74,14 @@ const fn block_bytes(t: u8) -> usize {
         Q3 => 110,
         Q4 => 144,
         Q5 => 176,
+        IQ4XS => 136,
         _ => 210,
     }
 }
 /// Values per scale sub-block.
 const fn sub_size(t: u8) -> usize {
     match t {
-        Q4 | Q5 => 32,
+        Q4 | Q5 | IQ4XS => 32,
         _ => 16,
     }
 }
@@ -406,6 +411,10 @@ unsafe fn unpack_row<const T: u8>(blk: *const u8, st: *mut Line, r: usize) {
                     (d, dmin) = (f16(108), 0.0);
                 }
             }
+            IQ4XS => {
+                let code: [*mut __m512i; 4] = core::array::from_fn(code);
+                (d, dmin) = (super::iq4xs::panel_unpack_row(blk, code, scale, meta), 0.0);
+            }
             _ => unreachable!("not a K-quant panel type"),
         }
         (meta.add(32) as *mut f32).write(d);
@@ -583,7 +592,7 @@ mod tests {
     }
 
     /// The panel kernel against the scalar `vec_dot` for every (row, token), for every K-quant
-    /// type, ragged row and token counts and several row lengths, with strided rows and a
+    /// type and IQ4_XS, ragged row and token counts and several row lengths, with strided rows and a
     /// strided output (entries outside the written rows must stay untouched).
     #[test]
     fn panel_matches_scalar_vec_dot_for_every_k_quant() {
@@ -592,8 +601,15 @@ mod tests {
             return;
         }
         let mut r = Rng(0x5EED_1234_ABCD_0001);
-        for t in [WeightType::Q2_K, WeightType::Q3_K, WeightType::Q4_K, WeightType::Q5_K, WeightType::Q6_K] {
-            let f = panel(t).expect("a panel kernel for every K-quant");
+        for t in [
+            WeightType::Q2_K,
+            WeightType::Q3_K,
+            WeightType::Q4_K,
+            WeightType::Q5_K,
+            WeightType::Q6_K,
+            WeightType::IQ4_XS,
+        ] {
+            let f = panel(t).expect("a panel kernel for every K-quant and IQ4_XS");
             let scalar = TYPES.iter().find(|i| i.ty == t).expect("listed").vec_dot;
             for (nr, nc, nb) in [(1, 16, 1), (16, 16, 2), (17, 23, 3), (40, 50, 1), (8, 17, 60), (33, 16, 5), (5, 9, 2)]
             {
