@@ -166,7 +166,8 @@ fn pack_hf_of_a_quantized_checkpoint_equals_pack_hf_of_its_numpy_dequantized_twi
             llamafile_format::gguf::GgufFile::open(&gguf).unwrap()
         };
         let (q, f) = (convert(kind), convert(&format!("{kind}-dequantized")));
-        let names = |g: &llamafile_format::gguf::GgufFile| g.tensors().iter().map(|t| t.name.clone()).collect::<Vec<_>>();
+        let names =
+            |g: &llamafile_format::gguf::GgufFile| g.tensors().iter().map(|t| t.name.clone()).collect::<Vec<_>>();
         assert_eq!(names(&q), names(&f), "{kind}");
         for (a, b) in q.tensors().iter().zip(f.tensors()) {
             assert_eq!((a.ggml_type, &a.dims), (b.ggml_type, &b.dims), "{kind} {}", a.name);

@@ -16,7 +16,8 @@
 //! 3. BOS/EOS are added as the metadata says when `add_special` is set.
 //!
 //! The HF `tokenizers` crate reproduces both merge loops exactly (SentencePiece through merges
-//! synthesized from the scores, see FACTS.md), but building its model costs 1.0 s for Gemma 3's
+//! synthesized from the scores: each pair of pieces whose concatenation is a piece, ranked by
+//! that piece's score), but building its model costs 1.0 s for Gemma 3's
 //! 262,144 pieces and 0.33 s for Qwen2.5 (strings for every merge, re-hashed by its builder),
 //! against a 300 ms budget; the two loops here are the reference's own algorithms over one packed
 //! token index (`index.rs`) and build in 78 ms / ~60 ms. The crate stays as the tests' oracle:

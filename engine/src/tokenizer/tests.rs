@@ -251,7 +251,7 @@ fn tiny_spm_from_vectors() {
 }
 
 /// The hand-written SentencePiece merge loop against an independent construction: the
-/// `tokenizers` BPE with merges synthesized from the scores (FACTS.md), on Mistral's vocabulary,
+/// `tokenizers` BPE with merges synthesized from the scores (see `tokenizer/mod.rs`), on Mistral's vocabulary,
 /// over the reference license text line by line and a few thousand random strings.
 #[test]
 fn spm_agrees_with_tokenizers_bpe_oracle() {

@@ -96,9 +96,8 @@ pub type QuantizeFn = fn(src: &[f32], dst: &mut [u8]);
 
 /// How far ahead of the current weight block the one-token kernels prefetch (bytes). The
 /// hardware prefetchers stop at 4 KiB pages, and mmapped weights sit in 4 KiB pages: without
-/// this, every page boundary of the stream is a stall. Measured on the 4096x14336 shape, 2
-/// threads, best of 5 interleaved runs (`examples/bench`, best passes): Q2_K 38.7 -> 49.4 GB/s, Q3_K
-/// 39.1 -> 45.9, Q4_K 38.6 -> 46.6 with 8 KiB (4 KiB: 47.3, 45.0, 44.9), read probe ~52.
+/// this, every page boundary of the stream is a stall. 8 KiB ahead is a little faster than 4 KiB
+/// for the K-quants (`examples/bench`, one-token matvec; figures in docs/benchmarks.md).
 pub(crate) const PREFETCH_AHEAD: usize = 8192;
 
 /// Prefetch every cache line of the block `PREFETCH_AHEAD` bytes after `b`.

@@ -339,7 +339,11 @@ fn chat_template(dir: &Path, tc: &Json) -> anyhow::Result<Option<String>> {
             let jinja = dir.join("chat_template.jinja");
             let json = dir.join("chat_template.json");
             if jinja.is_file() {
-                Json::String(llamafile_format::input::read_text_capped(&jinja, 16 << 20, "a chat template is at most 16 MiB")?)
+                Json::String(llamafile_format::input::read_text_capped(
+                    &jinja,
+                    16 << 20,
+                    "a chat template is at most 16 MiB",
+                )?)
             } else if json.is_file() {
                 read_json(&json)?.get("chat_template").cloned().unwrap_or(Json::Null)
             } else {

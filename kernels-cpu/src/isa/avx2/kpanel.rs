@@ -12,9 +12,8 @@
 //! in f32: `acc += d_x * (d_w * s1 - dmin_w * s2)`, the scalar specification's `sumi` and
 //! `summ` exactly, only the float combination differs in rounding order.
 //!
-//! Measured (`examples/bench`, LLAMAFILE_ISA=avx2, matmul of 512 tokens on 4096x14336, 2
-//! threads): 246-259 GFLOP/s with the tile kernel -> 611-634 with AVX-VNNI, 554-598 without.
-//! The other K-quants keep the tiles (the same design would carry over: Q5_K adds a fifth bit,
+//! It more than doubles the prompt matmul over the tile kernel, with or without AVX-VNNI
+//! (`examples/bench`; figures in docs/benchmarks.md). The other K-quants keep the tiles (the same design would carry over: Q5_K adds a fifth bit,
 //! Q2_K/Q3_K/Q6_K have 16-value sub-blocks and code offsets, as in the avx512 `kpanel`).
 //!
 //! Installed only when AVX2/FMA/F16C are detected (and AVX-VNNI for the `vnni` variant).

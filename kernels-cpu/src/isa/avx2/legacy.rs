@@ -435,8 +435,7 @@ fn quantize_q8_1(src: &[f32], dst: &mut [u8]) {
 /// (|w| and x with w's sign), |w| taken once per block. With AVX-VNNI (Alder Lake, Zen 5 and
 /// later; chosen at run time) each (row, token, block) is one `vpdpbusd` onto the offset term
 /// instead of `vpmaddubsw` + `vpmaddwd` + add (Q8_0 weights made unsigned by a sign-bit flip,
-/// offset 128): matmul 512 tokens 2T, 4096x14336, Q4_0 195 -> 247-259 GFLOP/s, Q8_0 192-200
-/// -> 258-260, Q4_1 169-180 -> 186-194.
+/// offset 128), which is faster for every type (`examples/bench`; figures in docs/benchmarks.md).
 mod tiles {
     use super::*;
 

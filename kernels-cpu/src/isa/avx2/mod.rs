@@ -1,6 +1,7 @@
-//! avx2 kernels. Every ISA module has the same three lookups; `None` = not provided here, and
+//! avx2 kernels. Every ISA module has the same lookups (`vec_dot`, `gemm`, `gemv`, `quantize`,
+//! `panel`); `None` = not provided here, and
 //! `Kernels::for_isa` falls back to a lower ISA. The kernels themselves live in `legacy`
-//! (F16/BF16/Q4_0..Q8_1), `kquants` (Q2_K..Q8_K) and `iq4` (IQ4_NL, IQ4_XS); they are only
+//! (F16/BF16/Q4_0..Q8_1), `kquants` (Q2_K..Q8_K), `iq4` (IQ4_NL, IQ4_XS) and the panels; they are only
 //! installed when `available()` is true, which is what makes calling their `#[target_feature]`
 //! code sound.
 

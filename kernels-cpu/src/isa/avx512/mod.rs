@@ -1,4 +1,5 @@
-//! avx512 kernels. Every ISA module has the same three lookups; `None` = not provided here, and
+//! avx512 kernels. Every ISA module has the same lookups (`vec_dot`, `gemm`, `gemv`, `quantize`,
+//! `panel`); `None` = not provided here, and
 //! `Kernels::for_isa` falls back to a lower ISA. The kernels themselves live in `legacy`
 //! (F16/BF16/Q4_0..Q8_1, IQ4_NL), `kquants` (Q2_K..Q8_K) and `iq4xs` (IQ4_XS; its panel in `kpanel`); they are only
 //! installed when `available()` is true, which is what makes calling their `#[target_feature]`
