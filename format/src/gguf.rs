@@ -369,6 +369,38 @@ impl GgufFile {
         // file could still be out of range, and slicing then panics rather than reading garbage.
         &self.bytes()[t.offset as usize..(t.offset + t.size) as usize]
     }
+    // --- Page advice for one pass over the tensors (pack --quantize streams a model far larger
+    // than it wants resident).
+
+    /// Start reading `bytes` (a sub-slice of [`bytes`](Self::bytes)) from disk ahead of use.
+    /// Owned bytes: nothing to do.
+    pub fn prefetch(&self, bytes: &[u8]) {
+        if let Some((m, off)) = self.mapped_offset(bytes) {
+            // Advice only: a kernel that ignores it reads the pages on first touch instead.
+            let _ = m.advise_range(memmap2::Advice::WillNeed, off, bytes.len());
+        }
+    }
+
+    /// Drop the pages holding `bytes` (a sub-slice of [`bytes`](Self::bytes)) from this process's
+    /// resident set once they are read: a mapped file's pages stay in the page cache and fault
+    /// back in, unchanged, if read again. Owned bytes are kept as they are.
+    pub fn release(&self, bytes: &[u8]) {
+        if let Some((m, off)) = self.mapped_offset(bytes) {
+            // SAFETY: the mapping is a read-only map of a file, never written through, so
+            // MADV_DONTNEED only unmaps pages whose next read returns the same file bytes (it
+            // would zero an anonymous or written private page, which this map never has).
+            let _ = unsafe { m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, off, bytes.len()) };
+        }
+    }
+
+    /// The mapping and `bytes`' offset in it, when the GGUF is mapped and `bytes` lies in it.
+    fn mapped_offset(&self, bytes: &[u8]) -> Option<(&memmap2::Mmap, usize)> {
+        let Storage::Mapped(m) = &self.inner.storage else { return None };
+        let off = (bytes.as_ptr() as usize).checked_sub(m.as_ptr() as usize)?;
+        (off.checked_add(bytes.len())? <= m.len()).then_some((m, off))
+    }
+    // --- end of page advice.
+
     /// Where the GGUF starts in the file that was opened (0 for a plain .gguf).
     pub fn file_offset(&self) -> u64 {
         self.inner.file_offset

@@ -22,8 +22,9 @@ use std::sync::Arc;
 /// The ggml quantization version of the blocks the kernels write (ggml's `GGML_QNT_VERSION`).
 const QUANTIZATION_VERSION: u32 = 2;
 
-/// Output bytes of one slab of rows: large enough that every core has many rows, small enough
-/// that the slab (and its f32 rows) stays a few tens of MiB whatever the model.
+/// Input and output bytes of one slab of rows (each at most this): large enough that every core
+/// has many rows, small enough that the slab, its input pages and its f32 rows stay a few tens of
+/// MiB whatever the model.
 const SLAB_BYTES: usize = 16 << 20;
 
 /// What `--quantize` asks for.
@@ -228,12 +229,13 @@ pub fn write(g: &GgufFile, plan: &Plan, out: &mut dyn Write, progress: Progress)
         if p.ggml_type == t.ggml_type {
             for chunk in data.chunks(SLAB_BYTES) {
                 out.write_all(chunk).map_err(io)?;
+                g.release(chunk);
                 done += chunk.len() as u64;
                 progress(done, total, &t.name);
             }
         } else {
             let to = WeightType::from_ggml(p.ggml_type).expect("planned types are known");
-            convert(t, data, to, p.importance.as_deref().map(|v| v.as_slice()), &mut slab, &mut |bytes, in_bytes| {
+            convert(g, t, to, p.importance.as_deref().map(|v| v.as_slice()), &mut slab, &mut |bytes, in_bytes| {
                 out.write_all(bytes).map_err(io)?;
                 done += in_bytes;
                 progress(done, total, &t.name);
@@ -249,26 +251,40 @@ pub fn write(g: &GgufFile, plan: &Plan, out: &mut dyn Write, progress: Progress)
     Ok(())
 }
 
-/// Tensor `t` (its bytes `data`) converted to type `to`, handed to `emit` a slab of rows at a
-/// time with the input bytes the slab came from.
+/// Tensor `t` of `g` converted to type `to`, handed to `emit` a slab of rows at a time with the
+/// input bytes the slab came from.
+///
+/// The input stays a memory map read once front to back: each slab's pages are asked for ahead
+/// (the next slab is read from disk while this one is quantized) and dropped from the resident
+/// set once quantized, so the process holds about two slabs of the input whatever the model's
+/// size. The map (rather than reading slabs into a buffer) keeps one way of reading GGUFs and
+/// costs no copy; the page cache, which the kernel frees as it needs, keeps what was read.
 fn convert(
+    g: &GgufFile,
     t: &TensorInfo,
-    data: &[u8],
     to: WeightType,
     importance: Option<&[f32]>,
     slab: &mut Vec<u8>,
     emit: &mut dyn FnMut(&[u8], u64) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
+    let data = g.tensor_data(t);
     let from = t.wtype.expect("converted tensors have a known type");
     let cols = t.dims[0] as usize;
     let (rb_in, rb_out) = (from.row_bytes(cols), to.row_bytes(cols));
     let rows = data.len() / rb_in.max(1);
     // Rows per expert: an importance row applies to each expert's rows.
     let rows_per_expert = t.dims.get(1).copied().unwrap_or(1).max(1) as usize;
-    let slab_rows = (SLAB_BYTES / rb_out.max(1)).max(1);
+    let slab_rows = (SLAB_BYTES / rb_out.max(rb_in).max(1)).max(1);
+    let slab_src = |first: usize| &data[first * rb_in..(first + slab_rows).min(rows) * rb_in];
+    if rows > 0 {
+        g.prefetch(slab_src(0));
+    }
     for first in (0..rows).step_by(slab_rows) {
         let n = slab_rows.min(rows - first);
-        let src = &data[first * rb_in..(first + n) * rb_in];
+        let src = slab_src(first);
+        if first + n < rows {
+            g.prefetch(slab_src(first + n));
+        }
         slab.resize(n * rb_out, 0);
         slab.par_chunks_mut(rb_out).zip(src.par_chunks(rb_in)).enumerate().with_min_len(4).for_each_init(
             || vec![0f32; cols],
@@ -284,6 +300,7 @@ fn convert(
                 }
             },
         );
+        g.release(src);
         emit(slab, src.len() as u64)?;
     }
     Ok(())
