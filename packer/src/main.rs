@@ -123,6 +123,7 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
         anyhow::bail!("--gguf-out needs --quantize (or --hf)");
     }
     let _hf_temp;
+    let mut hf_precomputed = None;
     let gguf = match &cli.hf {
         Some(dir) if cli.quantize.is_none() && cli.gguf_out.is_some() => {
             let out = cli.gguf_out.as_ref().expect("checked");
@@ -143,6 +144,7 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
             }
             let t = packer::hf::convert_to_temp(dir, &near, &stem, std::io::stderr().is_terminal())?;
             let path = t.path.clone();
+            hf_precomputed = Some(t.precomputed());
             _hf_temp = t;
             path
         }
@@ -153,6 +155,7 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
         Some(t) => Some(packer::quantize::QuantizeOptions {
             mix: packer::quant_mix::Mix::parse(t)?,
             imatrix: cli.imatrix.clone(),
+            precomputed: hf_precomputed,
         }),
         None => None,
     };

@@ -17,6 +17,7 @@ use llamafile_format::gguf::{writer, GgufFile, MetaValue, TensorInfo};
 use rayon::prelude::*;
 use std::io::Write;
 use std::path::Path;
+use std::rc::Rc;
 use std::sync::Arc;
 
 /// The ggml quantization version of the blocks the kernels write (ggml's `GGML_QNT_VERSION`).
@@ -34,6 +35,25 @@ pub struct QuantizeOptions {
     /// An importance-matrix file (`--imatrix`, see [`crate::imatrix`]): the Q4_K, Q5_K and Q6_K
     /// scale searches weigh each column's error by its importance.
     pub imatrix: Option<std::path::PathBuf>,
+    /// Blocks made elsewhere for some tensors (see [`Precomputed`]), written in place of
+    /// quantizing the input's values.
+    pub precomputed: Option<Precomputed>,
+}
+
+/// A source of ready blocks: `(tensor name, target type)` gives `Some(bytes)`, the whole tensor
+/// in that type, or `None` to quantize the tensor as usual. `pack --hf` of a GPTQ/AWQ checkpoint
+/// answers with Q4_0/Q4_1 blocks that hold the checkpoint's weights exactly, which quantizing
+/// the converted F16 values again would round a second time.
+#[derive(Clone)]
+pub struct Precomputed(pub Rc<PrecomputeFn>);
+
+/// The function behind [`Precomputed`].
+pub type PrecomputeFn = dyn Fn(&str, WeightType) -> anyhow::Result<Option<Vec<u8>>>;
+
+impl std::fmt::Debug for Precomputed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Precomputed(..)")
+    }
 }
 
 /// One output tensor: which input tensor, its output type id and data size.
@@ -56,6 +76,8 @@ pub struct Plan {
     pub size: u64,
     /// Input tensors that are already quantized and get another type (dequantized first).
     pub requantized: Vec<String>,
+    /// Ready blocks asked for before a tensor is quantized.
+    pub precomputed: Option<Precomputed>,
 }
 
 /// The facts the mix rules read, from `g`'s metadata and tensor names.
@@ -172,7 +194,7 @@ pub fn plan(g: &GgufFile, opts: &QuantizeOptions) -> anyhow::Result<Plan> {
     let header = writer::header(&meta, &infos, alignment);
     // Every tensor's data is padded to the alignment, the last one's too (as the reference's).
     let size = header.len() as u64 + tensors.iter().map(|p| p.size.div_ceil(alignment) * alignment).sum::<u64>();
-    Ok(Plan { mix: opts.mix, header, tensors, alignment, size, requantized })
+    Ok(Plan { mix: opts.mix, header, tensors, alignment, size, requantized, precomputed: opts.precomputed.clone() })
 }
 
 /// The importances `v` of tensor `t` (going to type `to`) to quantize it with, as the reference
@@ -235,12 +257,38 @@ pub fn write(g: &GgufFile, plan: &Plan, out: &mut dyn Write, progress: Progress)
             }
         } else {
             let to = WeightType::from_ggml(p.ggml_type).expect("planned types are known");
-            convert(g, t, to, p.importance.as_deref().map(|v| v.as_slice()), &mut slab, &mut |bytes, in_bytes| {
-                out.write_all(bytes).map_err(io)?;
-                done += in_bytes;
-                progress(done, total, &t.name);
-                Ok(())
-            })?;
+            let ready = match &plan.precomputed {
+                Some(h) => (h.0)(&t.name, to)?,
+                None => None,
+            };
+            match ready {
+                Some(bytes) => {
+                    if bytes.len() as u64 != p.size {
+                        bail!(
+                            "internal error: {} bytes of ready {to} blocks for '{}', which takes {}",
+                            bytes.len(),
+                            escape(&t.name),
+                            p.size
+                        );
+                    }
+                    out.write_all(&bytes).map_err(io)?;
+                    done += t.size;
+                    progress(done, total, &t.name);
+                }
+                None => convert(
+                    g,
+                    t,
+                    to,
+                    p.importance.as_deref().map(|v| v.as_slice()),
+                    &mut slab,
+                    &mut |bytes, in_bytes| {
+                        out.write_all(bytes).map_err(io)?;
+                        done += in_bytes;
+                        progress(done, total, &t.name);
+                        Ok(())
+                    },
+                )?,
+            }
         }
         written += p.size;
         let pad = written.div_ceil(plan.alignment) * plan.alignment - written;

@@ -136,29 +136,7 @@ fn group_32_checkpoints_map_onto_q4_blocks_without_rounding_twice() {
 /// the same logits.
 #[test]
 fn pack_hf_of_a_quantized_checkpoint_equals_pack_hf_of_its_numpy_dequantized_twin() {
-    let Some(spm) = test_support::require_model("mistral-7b-v0.1-tokenizer.model") else { return };
-    let have = Command::new("python3").args(["-c", "import numpy"]).output().map(|o| o.status.success());
-    if have.ok() != Some(true) {
-        test_support::skip("python3 with numpy", "pip install numpy");
-        return;
-    }
-    let root = tempfile::tempdir().unwrap();
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    // The tokenizer files of hf's Llama fixture (the real Mistral SentencePiece vocabulary).
-    let base = root.path().join("base");
-    let out = Command::new("python3")
-        .arg(repo.join("tests/fixtures/make_hf_checkpoint.py"))
-        .args(["llama".as_ref(), base.as_os_str(), "--tokenizer".as_ref(), spm.as_os_str()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let ckpts = root.path().join("ckpts");
-    let out = Command::new("python3")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hf_quant/make_fixtures.py"))
-        .args([ckpts.as_os_str(), "--tokenizer".as_ref(), base.as_os_str(), "--vocab".as_ref(), "32000".as_ref()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let Some((root, ckpts)) = fixtures_with_tokenizer() else { return };
     for kind in ["gptq", "gptq-desc-act", "awq"] {
         let convert = |dir: &str| {
             let gguf = root.path().join(format!("{dir}.gguf"));
@@ -191,5 +169,151 @@ fn pack_hf_of_a_quantized_checkpoint_equals_pack_hf_of_its_numpy_dequantized_twi
         assert!(!gguf.exists());
         let left: Vec<_> = std::fs::read_dir(root.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert!(!left.iter().any(|n| n.to_string_lossy().contains("refused")), "{left:?}");
+    }
+}
+
+/// The fixture checkpoints with the real Mistral SentencePiece tokenizer (so that `pack --hf`
+/// converts them): the folder they are in and the folder of checkpoints; `None` (the skip
+/// recorded) without the tokenizer or numpy.
+fn fixtures_with_tokenizer() -> Option<(tempfile::TempDir, PathBuf)> {
+    let spm = test_support::require_model("mistral-7b-v0.1-tokenizer.model")?;
+    let have = Command::new("python3").args(["-c", "import numpy"]).output().map(|o| o.status.success());
+    if have.ok() != Some(true) {
+        test_support::skip("python3 with numpy", "pip install numpy");
+        return None;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    // The tokenizer files of hf's Llama fixture (the real Mistral SentencePiece vocabulary).
+    let base = root.path().join("base");
+    let out = Command::new("python3")
+        .arg(repo.join("tests/fixtures/make_hf_checkpoint.py"))
+        .args(["llama".as_ref(), base.as_os_str(), "--tokenizer".as_ref(), spm.as_os_str()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ckpts = root.path().join("ckpts");
+    let out = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hf_quant/make_fixtures.py"))
+        .args([ckpts.as_os_str(), "--tokenizer".as_ref(), base.as_os_str(), "--vocab".as_ref(), "32000".as_ref()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    Some((root, ckpts))
+}
+
+/// `pack ARGS` (the built binary); panics with its stderr when it fails.
+fn pack(args: &[&std::ffi::OsStr]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_pack")).args(args).output().unwrap();
+    assert!(out.status.success(), "pack {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The GGUF name of the checkpoint's linear layer `prefix` (`model.layers.N.self_attn.q_proj`),
+/// written out here rather than taken from the converter, so that the test checks the converter.
+fn gguf_name(prefix: &str) -> String {
+    let rest = prefix.strip_prefix("model.layers.").unwrap();
+    let (layer, part) = rest.split_once('.').unwrap();
+    let short = match part {
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        other => panic!("unexpected layer {other}"),
+    };
+    format!("blk.{layer}.{short}.weight")
+}
+
+/// `w` ([rows, cols]) with its rows in the order the Llama GGUF stores q/k weights: in each of
+/// `n_head` heads, the two halves of the head's rows interleaved.
+fn rope_permuted(w: &[f32], rows: usize, cols: usize, n_head: usize) -> Vec<f32> {
+    let per_head = rows / n_head;
+    let mut out = Vec::with_capacity(w.len());
+    for h in 0..n_head {
+        for i in 0..per_head / 2 {
+            for half in 0..2 {
+                let src = h * per_head + half * (per_head / 2) + i;
+                out.extend_from_slice(&w[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+/// `pack --hf GPTQ --quantize Q4_0|Q4_1` writes the symmetric group-32 checkpoint's layers as
+/// blocks that decode to exactly the checkpoint's weights (numpy's reading of them), where
+/// converting to F16 and quantizing that does not; a desc_act checkpoint, whose blocks cannot
+/// map, is quantized from F16 as before.
+#[test]
+fn pack_hf_quantize_q4_writes_the_checkpoints_own_grid() {
+    use llamafile_format::gguf::GgufFile;
+    let Some((root, ckpts)) = fixtures_with_tokenizer() else { return };
+    let tmp = root.path();
+    let os = |s: &str| std::ffi::OsString::from(s);
+    for (kind, mix) in [("gptq", "Q4_0"), ("gptq", "Q4_1"), ("gptq-desc-act", "Q4_0")] {
+        let dir = ckpts.join(kind);
+        let direct = tmp.join(format!("{kind}-{mix}-direct.gguf"));
+        let f16 = tmp.join(format!("{kind}-{mix}-f16.gguf"));
+        let twice = tmp.join(format!("{kind}-{mix}-twice.gguf"));
+        let q = os("--quantize");
+        let mix_arg = os(mix);
+        let out_arg = os("--gguf-out");
+        pack(&[os("--hf").as_ref(), dir.as_os_str(), &q, &mix_arg, &out_arg, direct.as_os_str()]);
+        pack(&[os("--hf").as_ref(), dir.as_os_str(), &out_arg, f16.as_os_str()]);
+        pack(&[os("--gguf").as_ref(), f16.as_os_str(), &q, &mix_arg, &out_arg, twice.as_os_str()]);
+        let (a, b) = (GgufFile::open(&direct).unwrap(), GgufFile::open(&twice).unwrap());
+        // One quantizer: the same metadata, names and types either way.
+        assert_eq!(a.metadata(), b.metadata(), "{kind} {mix}");
+        let infos = |g: &GgufFile| {
+            g.tensors().iter().map(|t| (t.name.clone(), t.ggml_type, t.dims.clone())).collect::<Vec<_>>()
+        };
+        assert_eq!(infos(&a), infos(&b), "{kind} {mix}");
+
+        let reference = SafeTensors::read(&ckpts.join(format!("{kind}-dequantized/model.safetensors")));
+        let cfg = config(&dir);
+        let heads = |k: &str| cfg[k].as_u64().unwrap() as usize;
+        let mut exact = Vec::new();
+        let mut twice_exact = 0;
+        let mut linear = Vec::new();
+        for p in prefixes(&SafeTensors::read(&dir.join("model.safetensors"))) {
+            let name = gguf_name(&p);
+            linear.push(name.clone());
+            let (shape, want) = reference.f32s(&format!("{p}.weight"));
+            let want = match name.split('.').nth(2) {
+                Some("attn_q") => rope_permuted(&want, shape[0], shape[1], heads("num_attention_heads")),
+                Some("attn_k") => rope_permuted(&want, shape[0], shape[1], heads("num_key_value_heads")),
+                _ => want,
+            };
+            let (ta, tb) = (a.tensor(&name).unwrap(), b.tensor(&name).unwrap());
+            let to = WeightType::from_ggml(ta.ggml_type).unwrap();
+            if !matches!(to, WeightType::Q4_0 | WeightType::Q4_1) {
+                continue;
+            }
+            if dequantize_blocks(a.tensor_data(ta), to, shape[1]) == want {
+                exact.push(name.clone());
+            } else {
+                // Not mapped: the tensor is what quantizing the F16 conversion gives.
+                assert!(a.tensor_data(ta) == b.tensor_data(tb), "{kind} {mix} {name}: neither exact nor the F16 route");
+            }
+            if dequantize_blocks(b.tensor_data(tb), to, shape[1]) == want {
+                twice_exact += 1;
+            }
+        }
+        // Every other tensor is the same bytes either way.
+        for t in a.tensors().iter().filter(|t| !linear.contains(&t.name)) {
+            assert!(a.tensor_data(t) == b.tensor_data(b.tensor(&t.name).unwrap()), "{kind} {mix} {}", t.name);
+        }
+        if kind == "gptq" {
+            assert_eq!(exact.len(), 14, "{kind} {mix}: every linear layer maps: {exact:?}");
+            assert_eq!(twice_exact, 0, "{kind} {mix}: rounding to F16 and quantizing again loses the grid");
+        } else {
+            assert!(exact.is_empty(), "{kind} {mix}: desc_act's blocks cannot map: {exact:?}");
+            assert!(
+                std::fs::read(&direct).unwrap() == std::fs::read(&twice).unwrap(),
+                "{kind} {mix}: not the F16 route"
+            );
+        }
     }
 }

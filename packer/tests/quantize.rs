@@ -129,7 +129,7 @@ fn fixture_file(s: &Shape) -> PathBuf {
 }
 
 fn opts(mix: &str) -> QuantizeOptions {
-    QuantizeOptions { mix: Mix::parse(mix).unwrap(), imatrix: None }
+    QuantizeOptions { mix: Mix::parse(mix).unwrap(), imatrix: None, precomputed: None }
 }
 
 /// `{"<fixture>": {"<mix>": [[tensor, type], ...]}}`: the reference's output, tensor by tensor

@@ -6,7 +6,9 @@
 //!
 //! Tensors are streamed from the memory-mapped shards a slab of rows at a time: the model is
 //! never whole in memory. The GGUF goes to `--gguf-out`, or to a temporary file beside the
-//! output that the ordinary pack (and `--quantize`) path then reads.
+//! output that the ordinary pack (and `--quantize`) path then reads; with `--quantize`, the
+//! GPTQ/AWQ layers that map exactly onto Q4_0/Q4_1 blocks reach the quantizer as those blocks
+//! ([`TempGguf::precomputed`]) rather than as their F16 conversion.
 
 mod awq;
 mod bpe_pre;
@@ -24,11 +26,13 @@ mod vocab;
 
 use anyhow::{bail, Context};
 use config::Config;
+use kernels_cpu::WeightType;
 use llamafile_format::escape::{escape, escape_path};
 use llamafile_format::gguf::{writer, MetaValue};
 use shards::Shards;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use tensors::{GGML_BF16, GGML_F16, GGML_F32};
 
 pub(crate) type Json = serde_json::Value;
@@ -49,19 +53,30 @@ pub use quantized::RawTensor;
 pub type Dequantize =
     Box<dyn for<'a> Fn(&str, &dyn Fn(&str) -> Option<RawTensor<'a>>) -> anyhow::Result<(Vec<usize>, Vec<f32>)>>;
 
-/// What the loader needs from a quantized-checkpoint reader: how to dequantize a layer, and
-/// which tensor names are the quantization's parts (`.qweight`, `.qzeros`, `.scales`, `.g_idx`).
+/// The linear layer `prefix` as Q4_0 or Q4_1 blocks that hold its weights exactly, or `None`
+/// (see [`quantized::exact_legacy_q4`]).
+pub type ExactQ4 =
+    Box<dyn for<'a> Fn(&str, &dyn Fn(&str) -> Option<RawTensor<'a>>, WeightType) -> anyhow::Result<Option<Vec<u8>>>>;
+
+/// What the loader needs from a quantized-checkpoint reader: how to dequantize a layer, how to
+/// map it onto Q4_0/Q4_1 blocks without rounding, and which tensor names are the quantization's
+/// parts (`.qweight`, `.qzeros`, `.scales`, `.g_idx`).
 pub struct Quantized {
     pub dequantize: Dequantize,
+    pub exact_q4: ExactQ4,
     pub is_part: fn(&str) -> bool,
 }
 
 /// The quantization method of the checkpoint in `dir` (4-bit GPTQ or AWQ GEMM, see
 /// [`quantized`]), if it is quantized; any other is refused naming the file and field.
 fn detect_quantized(dir: &Path, config: &Json) -> anyhow::Result<Option<Quantized>> {
-    Ok(quantized::method_from_dir(dir, config)?.map(|m| Quantized {
-        dequantize: Box::new(move |prefix, get| quantized::dequantize_linear(&m, prefix, get)),
-        is_part: quantized::is_quantization_tensor,
+    Ok(quantized::method_from_dir(dir, config)?.map(|m| {
+        let m2 = m.clone();
+        Quantized {
+            dequantize: Box::new(move |prefix, get| quantized::dequantize_linear(&m, prefix, get)),
+            exact_q4: Box::new(move |prefix, get, to| quantized::exact_legacy_q4(&m2, prefix, get, to)),
+            is_part: quantized::is_quantization_tensor,
+        }
     }))
 }
 
@@ -246,6 +261,41 @@ fn llama3_factors(cfg: &Config, r: config::Llama3Rope) -> Vec<f32> {
 }
 
 impl HfPlan {
+    /// Shard tensor `name` as the GPTQ/AWQ readers take it.
+    fn raw(&self, name: &str) -> Option<RawTensor<'_>> {
+        let shards = &self.shards;
+        shards.get(name).map(|s| RawTensor { dtype: s.dtype.as_str(), shape: s.shape.clone(), data: shards.data(s) })
+    }
+
+    /// Output tensor `name` as type `to` (Q4_0 or Q4_1) in blocks that decode exactly to the
+    /// checkpoint's weights, rows in the GGUF's order; `None` for a tensor that is not a
+    /// quantized linear layer, another type, or a layer whose groups do not fit the blocks.
+    pub fn exact_blocks(&self, name: &str, to: WeightType) -> anyhow::Result<Option<Vec<u8>>> {
+        if !matches!(to, WeightType::Q4_0 | WeightType::Q4_1) {
+            return Ok(None);
+        }
+        let (Some(q), Some(t)) = (&self.quantized, self.tensors.iter().find(|t| t.name == name)) else {
+            return Ok(None);
+        };
+        let Source::Dequantized { prefix, permute } = &t.source else { return Ok(None) };
+        let Some(blocks) = (q.exact_q4)(prefix, &|n| self.raw(n), to)? else { return Ok(None) };
+        let (rows, row_bytes) = (t.shape[0], to.row_bytes(t.shape[1]));
+        if blocks.len() != rows * row_bytes {
+            bail!("'{}': {} bytes of {to} blocks, expected {}", escape(prefix), blocks.len(), rows * row_bytes);
+        }
+        Ok(Some(match permute {
+            // The same row order as the converted weight's.
+            Some(h) => (0..rows)
+                .flat_map(|r| {
+                    let src = tensors::permuted_source_row(r, rows, *h);
+                    &blocks[src * row_bytes..(src + 1) * row_bytes]
+                })
+                .copied()
+                .collect(),
+            None => blocks,
+        }))
+    }
+
     /// Names of the output tensors, in order.
     pub fn tensor_names(&self) -> Vec<&str> {
         self.tensors.iter().map(|t| t.name.as_str()).collect()
@@ -264,15 +314,7 @@ impl HfPlan {
                 Source::Generated(v) => tensors::convert_f32_into(v, t.ggml_type, &mut buf),
                 Source::Dequantized { prefix, permute } => {
                     let q = self.quantized.as_ref().expect("planned with a dequantizer");
-                    let shards = &self.shards;
-                    let get = move |name: &str| -> Option<RawTensor<'_>> {
-                        shards.get(name).map(|s| RawTensor {
-                            dtype: s.dtype.as_str(),
-                            shape: s.shape.clone(),
-                            data: shards.data(s),
-                        })
-                    };
-                    let (shape, w) = (q.dequantize)(prefix, &get)?;
+                    let (shape, w) = (q.dequantize)(prefix, &|name| self.raw(name))?;
                     if shape != t.shape {
                         bail!(
                             "'{}': dequantized to shape {:?}, config.json implies {:?}",
@@ -379,6 +421,17 @@ pub fn convert_to_gguf(dir: &Path, out: &Path, force: bool, show_progress: bool)
 pub struct TempGguf {
     dir: PathBuf,
     pub path: PathBuf,
+    plan: Rc<HfPlan>,
+}
+
+impl TempGguf {
+    /// The quantizer's source of ready blocks for this checkpoint: its GPTQ/AWQ layers that
+    /// map exactly onto Q4_0/Q4_1 ([`HfPlan::exact_blocks`]) go in as they are, not by way of
+    /// the converted F16 values.
+    pub fn precomputed(&self) -> crate::quantize::Precomputed {
+        let plan = self.plan.clone();
+        crate::quantize::Precomputed(Rc::new(move |name, to| plan.exact_blocks(name, to)))
+    }
 }
 
 impl Drop for TempGguf {
@@ -394,13 +447,13 @@ pub fn convert_to_temp(dir: &Path, near: &Path, stem: &str, show_progress: bool)
     let p = plan(dir)?;
     let tmp_dir = near.join(format!(".pack-hf.{}", std::process::id()));
     std::fs::create_dir(&tmp_dir).with_context(|| format!("cannot create {}", escape_path(&tmp_dir)))?;
-    let t = TempGguf { path: tmp_dir.join(format!("{stem}.gguf")), dir: tmp_dir };
+    let t = TempGguf { path: tmp_dir.join(format!("{stem}.gguf")), dir: tmp_dir, plan: Rc::new(p) };
     let f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(&t.path)
         .with_context(|| format!("cannot create {}", escape_path(&t.path)))?;
-    p.write_file(&f, show_progress)?;
+    t.plan.write_file(&f, show_progress)?;
     Ok(t)
 }
 
