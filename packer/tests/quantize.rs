@@ -121,9 +121,7 @@ fn fixture_file(s: &Shape) -> PathBuf {
     let p = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("quant-mix-{}-f16.gguf", s.name));
     let bytes = fixture(s);
     if std::fs::read(&p).ok().as_deref() != Some(&bytes[..]) {
-        let tmp = p.with_extension(format!("partial.{}", std::process::id()));
-        std::fs::write(&tmp, &bytes).unwrap();
-        std::fs::rename(&tmp, &p).unwrap();
+        test_support::write_atomically(&p, &bytes);
     }
     p
 }
@@ -394,9 +392,7 @@ fn imatrix_file() -> PathBuf {
     let p = Path::new(env!("CARGO_TARGET_TMPDIR")).join("quant-mix-aligned-imatrix.gguf");
     let bytes = imatrix_for(&ALIGNED, 512.0);
     if std::fs::read(&p).ok().as_deref() != Some(&bytes[..]) {
-        let tmp = p.with_extension(format!("partial.{}", std::process::id()));
-        std::fs::write(&tmp, &bytes).unwrap();
-        std::fs::rename(&tmp, &p).unwrap();
+        test_support::write_atomically(&p, &bytes);
     }
     p
 }

@@ -10,5 +10,5 @@ pub mod http;
 mod paths;
 mod skip;
 
-pub use paths::{bin, cdylib, copy_executable, models_dir, root, shared, write_executable};
+pub use paths::{bin, cdylib, copy_executable, models_dir, root, shared, write_atomically, write_executable};
 pub use skip::{require_model, require_shared, skip, skip_without_gpu};

@@ -85,6 +85,19 @@ pub fn write_executable(dst: &Path, bytes: &[u8]) {
     std::fs::remove_file(&side).unwrap();
 }
 
+/// Write `bytes` to `dst` so that a reader never sees a partial file: to a temporary name unique
+/// to this call, then renamed. Tests running at once in one process may write the same fixture;
+/// each rename replaces the file whole.
+pub fn write_atomically(dst: &Path, bytes: &[u8]) {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut tmp = dst.as_os_str().to_owned();
+    tmp.push(format!(".partial.{}.{n}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, bytes).unwrap_or_else(|e| panic!("{}: {e}", tmp.display()));
+    std::fs::rename(&tmp, dst).unwrap_or_else(|e| panic!("{} -> {}: {e}", tmp.display(), dst.display()));
+}
+
 fn set_executable(p: &Path) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755))

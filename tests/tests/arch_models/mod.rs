@@ -250,9 +250,7 @@ pub fn pinned(name: &str, bytes: impl FnOnce() -> Vec<u8>, sha256: &str) -> Path
         return p;
     }
     let bytes = bytes();
-    let tmp = p.with_extension(format!("partial.{}", std::process::id()));
-    std::fs::write(&tmp, &bytes).unwrap();
-    std::fs::rename(&tmp, &p).unwrap();
+    test_support::write_atomically(&p, &bytes);
     assert_eq!(hash(&bytes), sha256, "{}: not the file the reference answers were computed on", p.display());
     p
 }
