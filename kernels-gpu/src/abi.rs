@@ -332,7 +332,9 @@ mod tests {
         // The sizes other languages (a Metal backend in Objective-C/Swift) must reproduce.
         assert_eq!(std::mem::size_of::<View>(), 16);
         assert_eq!(std::mem::size_of::<Weight>(), 40);
-        assert_eq!(std::mem::size_of::<RopeParams>(), 48);
+        assert_eq!(std::mem::size_of::<RopeParams>(), 56);
+        assert_eq!(std::mem::offset_of!(RopeParams, attn_factor), 32);
+        assert_eq!(std::mem::offset_of!(RopeParams, freq_factors), 40);
         assert_eq!(std::mem::size_of::<AttentionParams>(), 40);
         assert_eq!(std::mem::size_of::<DeviceInfo>(), NAME_LEN + 32);
         assert_eq!(std::mem::offset_of!(GpuApi, abi_version), 0);
