@@ -182,6 +182,10 @@ impl Engine {
         if opts.swa_full {
             model.hp.full_attention();
         }
+        // LongRoPE's factor set depends on the context, so it is chosen before any backend
+        // takes the model.
+        let n_ctx = context_length(opts.n_ctx, model.hp.n_ctx_train);
+        model.hp.choose_rope_factors(n_ctx);
         let model = Arc::new(model);
         // Its errors name the file.
         let tokenizer = Tokenizer::from_gguf(&file)?;
@@ -203,7 +207,6 @@ impl Engine {
                 hp.n_vocab
             );
         }
-        let n_ctx = context_length(opts.n_ctx, hp.n_ctx_train);
         if n_ctx > hp.n_ctx_train {
             eprintln!("warning: context {n_ctx} is longer than the {} the model was trained with", hp.n_ctx_train);
         }

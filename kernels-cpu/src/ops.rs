@@ -80,9 +80,11 @@ pub fn softmax(x: &mut [f32]) {
 ///
 /// Pair `i` (0 <= i < n_rot/2) of each head rotates by
 /// `theta_i(p) = freq_scale * ((p * base^(-2i/n_rot)) / factor_i)`,
-/// `factor_i = factors[i]` when per-dimension factors are given, else 1 (ggml's `rope_ext` with
-/// no YaRN extrapolation and attention factor 1). The pairs are `(2i, 2i+1)` (normal, ggml mode
-/// 0, llama/Mistral) or `(i, i + n_rot/2)` (NEOX); elements past `n_rot` are left as they are.
+/// `factor_i = factors[i]` when per-dimension factors are given, else 1, and its cos and sin are
+/// multiplied by `attn_factor` (ggml's `rope_ext` without YaRN extrapolation: the rotated
+/// elements of q and k are both scaled, so their dot products by `attn_factor^2`). The pairs are
+/// `(2i, 2i+1)` (normal, ggml mode 0, llama/Mistral) or `(i, i + n_rot/2)` (NEOX); elements past
+/// `n_rot` are left as they are, unscaled.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Rope {
     /// Dimensions rotated at the start of each head (usually the head size).
@@ -96,6 +98,9 @@ pub struct Rope {
     /// Per-dimension frequency divisors, `n_rot / 2` of them (`rope_freqs.weight`: Llama 3.1's
     /// frequency-dependent scaling, precomputed by the converter).
     pub factors: Option<Vec<f32>>,
+    /// Multiplier of the cos and sin (`rope.scaling.attn_factor`, LongRoPE's magnitude scaling;
+    /// 1.0 when none).
+    pub attn_factor: f32,
 }
 
 /// Largest `n_rot` supported (the cos/sin of one position live on the stack).
@@ -104,16 +109,17 @@ pub const MAX_ROT: usize = 1024;
 impl Rope {
     /// Normal (adjacent pairs) RoPE over the whole head.
     pub fn normal(head_dim: usize, base: f32) -> Rope {
-        Rope { n_rot: head_dim, base, freq_scale: 1.0, neox: false, factors: None }
+        Rope { n_rot: head_dim, base, freq_scale: 1.0, neox: false, factors: None, attn_factor: 1.0 }
     }
     /// NEOX (halves) RoPE over the whole head.
     pub fn neox(head_dim: usize, base: f32) -> Rope {
-        Rope { n_rot: head_dim, base, freq_scale: 1.0, neox: true, factors: None }
+        Rope { n_rot: head_dim, base, freq_scale: 1.0, neox: true, factors: None, attn_factor: 1.0 }
     }
 
     /// Fill `cos`/`sin` (`n_rot / 2` each) for position `pos`. `p * base^(-2i/n_rot)` is advanced
     /// by repeated multiplication in f32 as ggml's rope cache does, then divided by the factor and
-    /// scaled in ggml's order, so positions agree with the reference to the last bit or so.
+    /// scaled in ggml's order (the attention factor last), so positions agree with the reference
+    /// to the last bit or so.
     pub fn angles(&self, pos: usize, cos: &mut [f32], sin: &mut [f32]) {
         let half = self.n_rot / 2;
         let theta_scale = self.base.powf(-2.0 / self.n_rot as f32);
@@ -121,8 +127,8 @@ impl Rope {
         for i in 0..half {
             let ff = self.factors.as_ref().map_or(1.0, |f| f[i]);
             let t = self.freq_scale * (theta / ff);
-            cos[i] = t.cos();
-            sin[i] = t.sin();
+            cos[i] = t.cos() * self.attn_factor;
+            sin[i] = t.sin() * self.attn_factor;
             theta *= theta_scale;
         }
     }
@@ -443,7 +449,8 @@ mod tests {
     fn rope_partial_leaves_the_tail() {
         let x = seq(16, 4);
         let mut a = x.clone();
-        Rope { n_rot: 8, base: 1e6, freq_scale: 1.0, neox: true, factors: None }.apply(&mut a, 1, 16, 9);
+        Rope { n_rot: 8, base: 1e6, freq_scale: 1.0, neox: true, factors: None, attn_factor: 1.0 }
+            .apply(&mut a, 1, 16, 9);
         assert_eq!(&a[8..], &x[8..]);
         assert_ne!(&a[..8], &x[..8]);
     }
@@ -467,6 +474,22 @@ mod tests {
         Rope { factors: None, ..with }.apply(&mut b, 1, hd, 12);
         assert_eq!(&a[..2], &b[..2], "factor 1 is no factor");
         assert_ne!(&a[2..], &b[2..]);
+    }
+
+    #[test]
+    fn rope_attn_factor_scales_the_rotated_elements_only() {
+        // NEOX over 8 of 16 elements: the rotated 8 are the unscaled rotation times the factor
+        // (q and k both, so scores by its square); the 8 past n_rot are untouched.
+        let x = seq(16, 6);
+        let plain = Rope::neox(8, 10000.0);
+        let scaled = Rope { attn_factor: 1.25, ..plain.clone() };
+        let (mut a, mut b) = (x.clone(), x.clone());
+        plain.apply(&mut a, 1, 16, 7);
+        scaled.apply(&mut b, 1, 16, 7);
+        for i in 0..8 {
+            assert!((b[i] - a[i] * 1.25).abs() <= 1e-6 * a[i].abs().max(1.0), "element {i}: {} vs {}", b[i], a[i]);
+        }
+        assert_eq!(&b[8..], &x[8..]);
     }
 
     #[test]

@@ -27,7 +27,7 @@ use std::ffi::{c_char, c_void};
 pub use ggml_types::WeightType;
 
 /// Bumped on any incompatible change of [`GpuApi`] or the structures it takes.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// The one symbol a backend library exports (NUL-terminated for `dlsym`).
 pub const ENTRY_SYMBOL: &[u8] = b"llamafile_gpu_backend\0";
@@ -160,8 +160,8 @@ pub struct Weight {
 /// RoPE over `n_tokens` rows of `n_heads * head_dim` f32, token `t` at position `pos0 + t`.
 /// The first `n_rot` elements of each head are rotated; pair i by
 /// theta_i = freq_scale * (pos * freq_base^(-2i/n_rot) / factor_i), factor_i = f32 element i of
-/// `freq_factors` (`n_rot / 2` of them), or 1 for every pair when `freq_factors.buf` is 0 (the
-/// specification is `kernels_cpu::ops::Rope`).
+/// `freq_factors` (`n_rot / 2` of them), or 1 for every pair when `freq_factors.buf` is 0; the
+/// cos and sin are multiplied by `attn_factor` (the specification is `kernels_cpu::ops::Rope`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct RopeParams {
@@ -174,6 +174,9 @@ pub struct RopeParams {
     pub mode: u32,
     pub freq_base: f32,
     pub freq_scale: f32,
+    /// Multiplier of the cos and sin (1.0: none).
+    pub attn_factor: f32,
+    pub _reserved: u32,
     /// Per-dimension frequency divisors ([`View::NONE`]: none).
     pub freq_factors: View,
 }
@@ -329,7 +332,9 @@ mod tests {
         // The sizes other languages (a Metal backend in Objective-C/Swift) must reproduce.
         assert_eq!(std::mem::size_of::<View>(), 16);
         assert_eq!(std::mem::size_of::<Weight>(), 40);
-        assert_eq!(std::mem::size_of::<RopeParams>(), 48);
+        assert_eq!(std::mem::size_of::<RopeParams>(), 56);
+        assert_eq!(std::mem::offset_of!(RopeParams, attn_factor), 32);
+        assert_eq!(std::mem::offset_of!(RopeParams, freq_factors), 40);
         assert_eq!(std::mem::size_of::<AttentionParams>(), 40);
         assert_eq!(std::mem::size_of::<DeviceInfo>(), NAME_LEN + 32);
         assert_eq!(std::mem::offset_of!(GpuApi, abi_version), 0);

@@ -4,10 +4,11 @@
 the 32-token greedy continuation, for the cases (same token ids) of a shared reference file.
 
 Usage: PYTHONPATH=LLAMA_CPP_PYTHON LLAMA_CPP_LIB_PATH=BUILD/bin \
-    make_reference.py MODEL.gguf ../shared/reference/tiny-mistral-q4_0.json [--retokenize] > OUT.json
+    make_reference.py MODEL.gguf ../shared/reference/tiny-mistral-q4_0.json [--retokenize] [--n-ctx=N] > OUT.json
 --retokenize: the cases' texts tokenized with MODEL's own vocabulary instead (special tokens
 parsed; `long`: the first 700 tokens of ../shared/reference/long.txt), for a model whose
 vocabulary is not the cases file's.
+--n-ctx=N: the context size (default 1024); it selects e.g. LongRoPE's short or long factors.
 (llama-cpp-python's ctypes binding over the reference's own libllama; 2 threads, f16 KV cache,
 the prompt in one batch.)
 """
@@ -17,15 +18,19 @@ import llama_cpp
 from llama_cpp import Llama
 
 model, cases_from = sys.argv[1], sys.argv[2]
-retokenize = sys.argv[3:] == ["--retokenize"]
+flags = sys.argv[3:]
+retokenize = "--retokenize" in flags
+n_ctx = next((int(f.split("=", 1)[1]) for f in flags if f.startswith("--n-ctx=")), 1024)
+if any(f != "--retokenize" and not f.startswith("--n-ctx=") for f in flags):
+    sys.exit(f"unknown arguments {flags}")
 src = json.load(open(cases_from))
-llm = Llama(model_path=model, n_ctx=1024, n_batch=1024, n_ubatch=1024, n_threads=2, logits_all=True, verbose=False)
+llm = Llama(model_path=model, n_ctx=n_ctx, n_batch=1024, n_ubatch=1024, n_threads=2, logits_all=True, verbose=False)
 
 def tokenize(text, special):
     return llm.tokenize(text.encode(), add_bos=True, special=special)
 
 out = {"model": model.split("/")[-1],
-       "reference": f"llama.cpp as vendored in llama-cpp-python {llama_cpp.__version__} (CPU, 2 threads, f16 KV cache)",
+       "reference": f"llama.cpp as vendored in llama-cpp-python {llama_cpp.__version__} (CPU, 2 threads, f16 KV cache, context {n_ctx})",
        "tokenize": [{"text": t["text"], "parse_special": t["parse_special"], "ids": tokenize(t["text"], t["parse_special"])} for t in src["tokenize"]],
        "cases": []}
 for c in src["cases"]:

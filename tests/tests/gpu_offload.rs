@@ -128,13 +128,40 @@ fn offload_matches_cpu_on_every_architecture_layout() {
     ] {
         let bytes = arch_models::build(&layout, &vocab);
         let model = Arc::new(Model::load(GgufFile::from_bytes(name, bytes).unwrap()).unwrap());
-        let n_layer = model.hp.n_layer;
-        let cpu: Vec<Arc<dyn Backend>> = vec![Arc::new(CpuBackend::new(model.clone(), 0..n_layer, true))];
-        let want = run(&model, &cpu, &toks, 48);
-        let g: Arc<dyn Backend> = Arc::new(GpuBackend::new(model.clone(), &ch, 0..n_layer, true).unwrap());
-        let got = run(&model, &[g], &toks, 48);
-        compare(&format!("{name} on the device"), &want, &got, model.hp.n_vocab);
+        cpu_and_device_agree(name, &model, &ch, &toks);
     }
+}
+
+/// `toks` run through every layer on the CPU and on the device give the same logits (48 at a
+/// time); returns the CPU's.
+fn cpu_and_device_agree(name: &str, model: &Arc<Model>, ch: &gpu::Chosen, toks: &[u32]) -> Vec<f32> {
+    let n_layer = model.hp.n_layer;
+    let cpu: Vec<Arc<dyn Backend>> = vec![Arc::new(CpuBackend::new(model.clone(), 0..n_layer, true))];
+    let want = run(model, &cpu, toks, 48);
+    let g: Arc<dyn Backend> = Arc::new(GpuBackend::new(model.clone(), ch, 0..n_layer, true).unwrap());
+    let got = run(model, &[g], toks, 48);
+    compare(&format!("{name} on the device"), &want, &got, model.hp.n_vocab);
+    want
+}
+
+/// Phi-3's LongRoPE (the attention factor, and each factor set as a context chooses it) on the
+/// device as on the CPU.
+#[test]
+fn offload_matches_cpu_with_longrope() {
+    let Some(shared) = e2e::require_shared() else { return };
+    let vocab = arch_models::vocab_of_gguf(&shared.join("models/tiny-mistral-f16.gguf"));
+    let toks = tokens("tiny-mistral-f16", 80);
+    let ch = chosen();
+    let bytes = arch_models::build(&arch_models::phi3_longrope_layout(), &vocab);
+    let mut seen = Vec::new();
+    for n_ctx in [1024, 2048] {
+        let mut model = Model::load(GgufFile::from_bytes("phi3-longrope", bytes.clone()).unwrap()).unwrap();
+        model.hp.choose_rope_factors(n_ctx);
+        assert_ne!(model.hp.rope(0).attn_factor, 1.0);
+        let name = format!("phi3 LongRoPE for a context of {n_ctx}");
+        seen.push(cpu_and_device_agree(&name, &Arc::new(model), &ch, &toks));
+    }
+    assert_ne!(seen[0], seen[1], "the short and long factors give other logits");
 }
 
 #[test]

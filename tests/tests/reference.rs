@@ -624,6 +624,29 @@ fn tiny_phi3() {
 }
 const TINY_PHI3_SHA256: &str = "965b332936fe316919e3c150356534a2ea58534abecca26a9e20156d76a7b7ea";
 
+// --- phi3 with LongRoPE (Phi-3 128k): short factors up to the original context, long beyond ---
+
+/// The tiny Phi-3 layout with LongRoPE (original context 1024 of 32768, attention factor
+/// 1.2247), against the reference at a context of 1024 (the short factors) and 2048 (the long
+/// ones); the answers differ between the two, so each run shows the factor set that `-c` chose.
+#[test]
+fn tiny_phi3_longrope() {
+    let Some(_) = e2e::require_shared() else { return };
+    let Some(vocab) = e2e::require_model("llama-3.2-tokenizer.json") else { return };
+    let model = pinned(
+        "tiny-phi3-longrope.gguf",
+        || arch_models::build(&arch_models::phi3_longrope_layout(), &arch_models::llama3_vocab(&vocab, "llama-bpe")),
+        TINY_PHI3_LONGROPE_SHA256,
+    );
+    for (n_ctx, name) in [("1024", "tiny-phi3-longrope-short"), ("2048", "tiny-phi3-longrope-long")] {
+        let reference = data_reference(name);
+        check_tokenize(&model, &reference);
+        check_args(&model, &reference, 0.15, &[(2, None)], None, &["-c", n_ctx]);
+        check_args(&model, &reference, 0.15, &[(1, Some("scalar"))], Some(&["fox"]), &["-c", n_ctx]);
+    }
+}
+const TINY_PHI3_LONGROPE_SHA256: &str = "3d3acf1e152abd9c6c5485227989f87e280e6c34f2ecb9547de1febd6acaecff";
+
 // --- `pack --hf`: packed llamafiles of Hugging Face checkpoints against the reference engine ---
 
 mod hf_support;

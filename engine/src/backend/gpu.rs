@@ -626,6 +626,8 @@ impl LayerOps for GpuLayer<'_> {
             mode,
             freq_base: self.la.rope_base,
             freq_scale: self.la.rope_freq_scale,
+            attn_factor: hp.rope_attn_factor,
+            _reserved: 0,
             freq_factors: self.rope_factors,
         };
         let rows = self.at(y, s.first);

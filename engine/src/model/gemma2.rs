@@ -21,6 +21,7 @@ pub const RECIPE: Recipe = Recipe {
     post_norms: true,
     scale_embeddings: true,
     rope_factors: false,
+    longrope: false,
 };
 
 /// Window when the metadata declares none.

@@ -20,6 +20,7 @@ pub const RECIPE: Recipe = Recipe {
     post_norms: true,
     scale_embeddings: true,
     rope_factors: false,
+    longrope: false,
 };
 
 /// RoPE base of the local (sliding-window) layers.

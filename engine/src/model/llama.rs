@@ -18,6 +18,7 @@ pub const RECIPE: Recipe = Recipe {
     post_norms: false,
     scale_embeddings: false,
     rope_factors: true,
+    longrope: false,
 };
 
 impl Architecture for Llama {

@@ -57,6 +57,20 @@ pub struct Recipe {
     /// Per-dimension RoPE frequency factors (`rope_freqs.weight`, Llama 3.1+) are read when the
     /// file has them; an architecture without this flag refuses the tensor as unused.
     pub rope_factors: bool,
+    /// LongRoPE's two sets of frequency factors (`rope_factors_short.weight`,
+    /// `rope_factors_long.weight`, Phi-3 128k) are read when the file has them; the others refuse
+    /// them as unused.
+    pub longrope: bool,
+}
+
+/// LongRoPE: two sets of per-dimension frequency divisors, the short ones for contexts up to the
+/// one the model was first trained with and the long ones beyond it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LongRope {
+    pub short: Vec<f32>,
+    pub long: Vec<f32>,
+    /// `rope.scaling.original_context_length` (default: the training context).
+    pub n_ctx_orig: usize,
 }
 
 /// Per-layer attention parameters (they differ between layers in Gemma 3).
@@ -95,8 +109,13 @@ pub struct Hparams {
     /// Logits soft-capped the same way (`final_logit_softcapping`); 0: none.
     pub final_softcap: f32,
     pub layers: Vec<LayerAttn>,
-    /// Per-dimension RoPE frequency divisors (`rope_freqs.weight`), n_rot/2 values, every layer.
+    /// Per-dimension RoPE frequency divisors, n_rot/2 values, every layer: `rope_freqs.weight`,
+    /// or LongRoPE's set chosen for the context (`choose_rope_factors`).
     pub rope_factors: Option<Vec<f32>>,
+    /// LongRoPE's factor sets, when the model has them.
+    pub longrope: Option<LongRope>,
+    /// Multiplier of RoPE's cos and sin (`rope.scaling.attn_factor`; 1.0 when absent).
+    pub rope_attn_factor: f32,
     pub recipe: Recipe,
 }
 
@@ -118,6 +137,16 @@ impl Hparams {
     pub fn full_attention(&mut self) {
         self.layers.iter_mut().for_each(|l| l.window = None);
     }
+    /// Choose LongRoPE's factors for sessions of `n_ctx` positions, as the reference does: the
+    /// long ones when the context exceeds the original one, else the short ones. (The reference
+    /// compares its context rounded up to a multiple of 256, the same choice whenever the original
+    /// context is such a multiple, as Phi-3's 4096 is.) Without LongRoPE nothing changes.
+    pub fn choose_rope_factors(&mut self, n_ctx: usize) {
+        if let Some(l) = &self.longrope {
+            let f = if n_ctx > l.n_ctx_orig { &l.long } else { &l.short };
+            self.rope_factors = Some(f.clone());
+        }
+    }
     /// Layer `il`'s RoPE, as every backend applies it.
     pub fn rope(&self, il: usize) -> kernels_cpu::ops::Rope {
         let la = &self.layers[il];
@@ -127,6 +156,7 @@ impl Hparams {
             freq_scale: la.rope_freq_scale,
             neox: self.recipe.rope == RopeStyle::Neox,
             factors: self.rope_factors.clone(),
+            attn_factor: self.rope_attn_factor,
         }
     }
 }
@@ -295,6 +325,8 @@ pub(crate) fn common_hparams(g: &GgufFile, arch: &str, recipe: Recipe) -> Result
         final_softcap: non_negative_f32(g, &k("final_logit_softcapping"))?,
         layers: vec![LayerAttn { rope_base, rope_freq_scale, window }; n_layer],
         rope_factors: None,
+        longrope: None,
+        rope_attn_factor: positive_f32(g, &k("rope.scaling.attn_factor"), 1.0)?,
         recipe,
     })
 }
@@ -337,7 +369,7 @@ pub(crate) fn rope_linear_scale(g: &GgufFile, arch: &str) -> Result<f32> {
 }
 
 /// The `<arch>.rope.*` keys the RoPE specification (`kernels_cpu::ops::Rope`) implements; any
-/// other (YaRN's parameters, LongRoPE, separate sliding-window bases, multi-section RoPE...)
+/// other (YaRN's parameters, separate sliding-window bases, multi-section RoPE...)
 /// changes the positions in a way it does not, so a file declaring one is refused.
 const ROPE_KEYS: &[&str] = &[
     "rope.dimension_count",
@@ -346,8 +378,8 @@ const ROPE_KEYS: &[&str] = &[
     "rope.scaling.factor",
     "rope.scale_linear",
     "rope.scaling.attn_factor",
-    // informational: the context the scaling was made for, and whether the model was fine-tuned
-    // with it; only YaRN and LongRoPE compute with them
+    // the context the scaling was made for (LongRoPE's switch between its factor sets), and
+    // whether the model was fine-tuned with it (informational)
     "rope.scaling.original_context_length",
     "rope.scaling.finetuned",
 ];
@@ -372,14 +404,6 @@ fn refuse_unimplemented(g: &GgufFile, arch: &str) -> Result<()> {
     for (k, _) in g.metadata() {
         if k.starts_with(&prefix) && !ROPE_KEYS.contains(&&k[arch.len() + 1..]) {
             bail!("{} is not implemented (RoPE keys understood: {})", escape(k), ROPE_KEYS.join(", "));
-        }
-    }
-    let key = format!("{arch}.rope.scaling.attn_factor");
-    if let Some(v) = g.get(&key) {
-        match v.as_f32() {
-            Some(1.0) => {}
-            Some(x) => bail!("{key} is {x}: only 1 (no attention scaling) is implemented"),
-            None => bail!("{key} is a {}, not a number", v.type_name()),
         }
     }
     Ok(())
@@ -428,7 +452,24 @@ impl Model {
         let r = hp.recipe;
         let g = &Tensors { file: &file, used: RefCell::new(HashSet::new()) };
         if r.rope_factors && file.tensor(ROPE_FACTORS).is_some() {
-            hp.rope_factors = Some(rope_factors(g, hp.n_rot / 2)?);
+            hp.rope_factors = Some(rope_factors(g, ROPE_FACTORS, hp.n_rot / 2)?);
+        }
+        if r.longrope && (file.tensor(ROPE_FACTORS_SHORT).is_some() || file.tensor(ROPE_FACTORS_LONG).is_some()) {
+            let key = format!("{arch_name}.rope.scaling.original_context_length");
+            let n_ctx_orig = match file.get(&key) {
+                None => hp.n_ctx_train,
+                Some(v) => match v.as_u64() {
+                    Some(n) if n > 0 => n as usize,
+                    _ => bail!("{}: a positive whole number expected", escape(&key)),
+                },
+            };
+            hp.longrope = Some(LongRope {
+                short: rope_factors(g, ROPE_FACTORS_SHORT, hp.n_rot / 2)?,
+                long: rope_factors(g, ROPE_FACTORS_LONG, hp.n_rot / 2)?,
+                n_ctx_orig,
+            });
+            // until a context is chosen: the model's original one
+            hp.choose_rope_factors(n_ctx_orig);
         }
         let e = hp.n_embd;
         let token_embd = weight(g, "token_embd.weight", hp.n_vocab, e)?;
@@ -567,12 +608,19 @@ impl Tensors<'_> {
 
 /// The tensor of per-dimension RoPE frequency factors.
 const ROPE_FACTORS: &str = "rope_freqs.weight";
+/// LongRoPE's factors for contexts up to the original one, and beyond it.
+const ROPE_FACTORS_SHORT: &str = "rope_factors_short.weight";
+const ROPE_FACTORS_LONG: &str = "rope_factors_long.weight";
 
-/// `rope_freqs.weight`: `pairs` divisors of the RoPE angles, each positive and finite.
-fn rope_factors(g: &Tensors, pairs: usize) -> Result<Vec<f32>> {
-    let f = vector(g, ROPE_FACTORS, pairs)?;
+/// A tensor of RoPE frequency factors: `pairs` F32 divisors of the angles (the reference's RoPE
+/// takes only F32 factors), each positive and finite.
+fn rope_factors(g: &Tensors, name: &str, pairs: usize) -> Result<Vec<f32>> {
+    if let Some(t) = g.file.tensor(name).filter(|t| t.ggml_type != 0) {
+        bail!("tensor {name} has weight type id {}: F32 factors expected", t.ggml_type);
+    }
+    let f = vector(g, name, pairs)?;
     match f.iter().position(|x| !(*x > 0.0 && x.is_finite())) {
-        Some(i) => bail!("tensor {ROPE_FACTORS}: factor {i} is {}, a positive finite number expected", f[i]),
+        Some(i) => bail!("tensor {name}: factor {i} is {}, a positive finite number expected", f[i]),
         None => Ok(f),
     }
 }
@@ -729,11 +777,10 @@ mod tests {
                 "{e}"
             );
         }
-        let e = refused(&[("llama.rope.scaling.attn_factor", F32(1.2))], &[]);
-        assert!(
-            e.contains("llama.rope.scaling.attn_factor is 1.2: only 1 (no attention scaling) is implemented"),
-            "{e}"
-        );
+        for bad in [F32(0.0), F32(-1.2), F32(f32::NAN), String("x".into())] {
+            let e = refused(&[("llama.rope.scaling.attn_factor", bad)], &[]);
+            assert!(e.contains("llama.rope.scaling.attn_factor is"), "{e}");
+        }
         assert!(load(
             &[("llama.rope.scaling.attn_factor", F32(1.0)), ("llama.rope.scaling.original_context_length", U32(8192))],
             &[]
@@ -754,7 +801,7 @@ mod tests {
         }
         let m = load(&[("llama.final_logit_softcapping", F32(0.0))], &[]).unwrap();
         assert_eq!(m.hp.final_softcap, 0.0, "0 means no soft-capping");
-        // LongRoPE (Phi-3 128k): its factor tensors are not read, so the file is refused
+        // LongRoPE's factor tensors are read by the phi3 recipe only
         let f = [0u8; 32];
         let e = refused(&[], &[TensorSpec { name: "rope_factors_long.weight", dims: &[8], ggml_type: 0, data: &f }]);
         assert!(
@@ -801,8 +848,111 @@ mod tests {
                 "{e}"
             );
         }
+        // F32 only, as the reference's RoPE takes them
+        let e = refused(&[], &[TensorSpec { name: "rope_freqs.weight", dims: &[8], ggml_type: 1, data: &[0u8; 16] }]);
+        assert!(e.contains("tensor rope_freqs.weight has weight type id 1: F32 factors expected"), "{e}");
         // the older key for the linear factor
         let m = load(&[("llama.rope.scale_linear", F32(2.0))], &[]).unwrap();
         assert_eq!(m.hp.layers[1].rope_freq_scale, 0.5);
+    }
+
+    /// The tiny model as a `phi3` (its keys renamed; separate q/k/v and gate/up, which the
+    /// loader takes for every architecture), with `meta` and `extra` added.
+    fn load_phi3(meta: &[(&str, MetaValue)], extra: &[TensorSpec]) -> Result<Model> {
+        let mut m: Vec<(&str, MetaValue)> = vec![
+            ("general.architecture", String("phi3".into())),
+            ("phi3.context_length", U32(256)),
+            ("phi3.embedding_length", U32(32)),
+            ("phi3.block_count", U32(2)),
+            ("phi3.feed_forward_length", U32(64)),
+            ("phi3.attention.head_count", U32(2)),
+            ("phi3.attention.head_count_kv", U32(1)),
+        ];
+        m.extend(meta.iter().cloned());
+        load(&m, extra)
+    }
+
+    fn refused_phi3(meta: &[(&str, MetaValue)], extra: &[TensorSpec]) -> std::string::String {
+        let e = format!("{:#}", load_phi3(meta, extra).err().expect("the loader accepted it"));
+        assert!(!e.contains('\n'), "one line: {e:?}");
+        e
+    }
+
+    #[test]
+    fn longrope_factors_are_chosen_by_the_context() {
+        // head size 16, all rotated: 8 pairs
+        let short = [1.0f32, 1.0, 1.1, 1.2, 1.3, 1.5, 1.7, 2.0];
+        let long = [1.1f32, 1.5, 2.0, 4.0, 8.0, 16.0, 32.0, 48.0];
+        let (sd, ld) = (f32_bytes(&short), f32_bytes(&long));
+        let tensors = [
+            TensorSpec { name: "rope_factors_long.weight", dims: &[8], ggml_type: 0, data: &ld },
+            TensorSpec { name: "rope_factors_short.weight", dims: &[8], ggml_type: 0, data: &sd },
+        ];
+        let meta =
+            [("phi3.rope.scaling.original_context_length", U32(64)), ("phi3.rope.scaling.attn_factor", F32(1.19))];
+        let mut hp = load_phi3(&meta, &tensors).unwrap().hp;
+        assert_eq!(hp.longrope, Some(LongRope { short: short.to_vec(), long: long.to_vec(), n_ctx_orig: 64 }));
+        assert_eq!(hp.rope_factors.as_deref(), Some(&short[..]), "before a context is chosen: the original one's");
+        for (n_ctx, want) in [(1, &short), (64, &short), (65, &long), (256, &long), (64, &short)] {
+            hp.choose_rope_factors(n_ctx);
+            for il in 0..hp.n_layer {
+                let r = hp.rope(il);
+                assert_eq!(
+                    (r.factors.as_deref(), r.attn_factor, r.neox),
+                    (Some(&want[..]), 1.19, true),
+                    "n_ctx {n_ctx}"
+                );
+            }
+        }
+        // without original_context_length the switch is at the training context (256)
+        let mut hp = load_phi3(&[], &tensors).unwrap().hp;
+        assert_eq!((hp.longrope.as_ref().unwrap().n_ctx_orig, hp.rope(0).attn_factor), (256, 1.0));
+        hp.choose_rope_factors(256);
+        assert_eq!(hp.rope_factors.as_deref(), Some(&short[..]));
+        hp.choose_rope_factors(257);
+        assert_eq!(hp.rope_factors.as_deref(), Some(&long[..]));
+        // a model without LongRoPE keeps its factors whatever the context
+        let mut hp = load_phi3(&[], &[]).unwrap().hp;
+        hp.choose_rope_factors(100_000);
+        assert_eq!((hp.rope_factors, hp.longrope), (None, None));
+    }
+
+    #[test]
+    fn bad_longrope_factors_are_refused_naming_the_tensor() {
+        let good = f32_bytes(&[1.0; 8]);
+        fn spec<'a>(name: &'a str, dims: &'a [u64], ggml_type: u32, data: &'a [u8]) -> TensorSpec<'a> {
+            TensorSpec { name, dims, ggml_type, data }
+        }
+        let long = spec("rope_factors_long.weight", &[8], 0, &good);
+        let short = spec("rope_factors_short.weight", &[8], 0, &good);
+        let four = f32_bytes(&[1.0; 4]);
+        let e = refused_phi3(&[], &[long, spec("rope_factors_short.weight", &[4], 0, &four)]);
+        assert!(e.contains("tensor rope_factors_short.weight has 4 elements ([4]), expected 8"), "{e}");
+        let e = refused_phi3(&[], &[spec("rope_factors_long.weight", &[8], 1, &good[..16]), short]);
+        assert!(e.contains("tensor rope_factors_long.weight has weight type id 1: F32 factors expected"), "{e}");
+        for bad in [f32::NAN, 0.0, -2.0, f32::INFINITY] {
+            let mut f = [1.0f32; 8];
+            f[3] = bad;
+            let data = f32_bytes(&f);
+            let e = refused_phi3(&[], &[spec("rope_factors_long.weight", &[8], 0, &data), short]);
+            assert!(
+                e.contains(&format!(
+                    "tensor rope_factors_long.weight: factor 3 is {bad}, a positive finite number expected"
+                )),
+                "{e}"
+            );
+        }
+        // one set without the other
+        let e = refused_phi3(&[], &[short]);
+        assert!(e.contains("missing tensor rope_factors_long.weight"), "{e}");
+        let e = refused_phi3(&[], &[long]);
+        assert!(e.contains("missing tensor rope_factors_short.weight"), "{e}");
+        let e = refused_phi3(&[("phi3.rope.scaling.original_context_length", U32(0))], &[long, short]);
+        assert!(e.contains("phi3.rope.scaling.original_context_length: a positive whole number expected"), "{e}");
+        // YaRN and the other keys stay refused for phi3 too
+        let e = refused_phi3(&[("phi3.rope.scaling.yarn_beta_fast", F32(32.0))], &[long, short]);
+        assert!(e.contains("phi3.rope.scaling.yarn_beta_fast is not implemented"), "{e}");
+        let e = refused_phi3(&[("phi3.rope.scaling.type", String("yarn".into()))], &[]);
+        assert!(e.contains("phi3.rope.scaling.type is 'yarn'"), "{e}");
     }
 }

@@ -2,9 +2,9 @@
 //! (`phi3.rope.dimension_count` below the head size), q/k/v in one matrix (`attn_qkv`) and the
 //! FFN's gate and up projections in one (`ffn_up` of 2 x n_ff rows, gate first); the loader
 //! splits both. `phi3.attention.sliding_window` is ignored, as the reference does (it disables
-//! Phi's sliding window). LongRoPE (`rope_factors_long`/`rope_factors_short` tensors, the
-//! `rope.scaling.attn_factor` of the 128k models) is not implemented: such a file is refused,
-//! naming the tensor or key.
+//! Phi's sliding window). The 128k models' LongRoPE: `rope_factors_short`/`rope_factors_long`
+//! (one set chosen by the context size against `rope.scaling.original_context_length`,
+//! `Hparams::choose_rope_factors`) and `rope.scaling.attn_factor` (RoPE's cos and sin scaled).
 
 use super::{common_hparams, Architecture, FfnActivation, Hparams, Recipe, RopeStyle};
 use anyhow::Result;
@@ -20,6 +20,7 @@ pub const RECIPE: Recipe = Recipe {
     post_norms: false,
     scale_embeddings: false,
     rope_factors: false,
+    longrope: true,
 };
 
 impl Architecture for Phi3 {

@@ -17,6 +17,7 @@ pub const RECIPE: Recipe = Recipe {
     post_norms: false,
     scale_embeddings: false,
     rope_factors: false,
+    longrope: false,
 };
 
 impl Architecture for Qwen3 {

@@ -1076,6 +1076,8 @@ mod tests {
             final_softcap: 0.0,
             layers: vec![],
             rope_factors: None,
+            longrope: None,
+            rope_attn_factor: 1.0,
             recipe: crate::model::gemma3::RECIPE,
         }
     }

@@ -385,7 +385,7 @@ impl Device for Cuda {
         let mut px = self.f32s(x, n, "rope")?;
         let (mut nt, mut nh, mut hd, mut nr, mut p0, mut mode) =
             (p.n_tokens as i32, p.n_heads as i32, p.head_dim as i32, p.n_rot as i32, p.pos0 as i32, p.mode as i32);
-        let (mut base, mut fs) = (p.freq_base, p.freq_scale);
+        let (mut base, mut fs, mut af) = (p.freq_base, p.freq_scale, p.attn_factor);
         let mut ff = if p.freq_factors.buf == 0 {
             0u64
         } else {
@@ -402,6 +402,7 @@ impl Device for Cuda {
             &mut base as *mut f32 as *mut c_void,
             &mut fs as *mut f32 as *mut c_void,
             &mut ff as *mut u64 as *mut c_void,
+            &mut af as *mut f32 as *mut c_void,
         ];
         let pairs = p.n_tokens as u64 * p.n_heads as u64 * (p.n_rot / 2) as u64;
         self.launch(self.f.rope, (grid_for(pairs)?, 1, 1), (BLOCK, 1, 1), s, &mut args)

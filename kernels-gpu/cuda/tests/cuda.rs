@@ -155,6 +155,8 @@ fn gpu_ops_match_formulas() {
         mode: abi::ROPE_NEOX,
         freq_base: 10000.0,
         freq_scale: 1.0,
+        attn_factor: 1.0,
+        _reserved: 0,
         freq_factors: View::NONE,
     };
     s.rope(qb.view(), &rp).unwrap();
@@ -169,14 +171,20 @@ fn gpu_ops_match_formulas() {
             }
         }
     }
-    // per-dimension factors (Llama 3.1's rope_freqs), against the specification
+    // per-dimension factors (Llama 3.1's rope_freqs, LongRoPE's) and LongRoPE's attention factor,
+    // against the specification
     let ff: Vec<f32> = (0..hd / 2).map(|i| 1.0 + i as f32 * 0.25).collect();
     let fb = up(&dev, &mut s, &ff);
     let xb = up(&dev, &mut s, &qv);
-    s.rope(xb.view(), &RopeParams { mode: abi::ROPE_NORMAL, freq_base: 500000.0, freq_factors: fb.view(), ..rp })
-        .unwrap();
+    let p =
+        RopeParams { mode: abi::ROPE_NORMAL, freq_base: 500000.0, freq_factors: fb.view(), attn_factor: 1.2247, ..rp };
+    s.rope(xb.view(), &p).unwrap();
     let got = down(&mut s, xb.view(), qv.len());
-    let spec = kernels_cpu::ops::Rope { factors: Some(ff.clone()), ..kernels_cpu::ops::Rope::normal(hd, 500000.0) };
+    let spec = kernels_cpu::ops::Rope {
+        factors: Some(ff.clone()),
+        attn_factor: 1.2247,
+        ..kernels_cpu::ops::Rope::normal(hd, 500000.0)
+    };
     let mut want = qv.clone();
     for (t, row) in want.chunks_exact_mut(nh * hd).enumerate() {
         spec.apply(row, nh, hd, pos0 + t);

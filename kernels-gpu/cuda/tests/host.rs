@@ -75,8 +75,9 @@ static unsigned cdiv(unsigned long long a, unsigned long long b) { return (unsig
     launch(cdiv(rows, 4), cdiv(n, 8), 32, 4, [&] { NAME(W, rb, rows, cols, x, n, y); }); }
 extern "C" void host_rmsnorm(const float* x, const float* w, int rows, int dim, float eps, float* out) {
     launch(rows, 1, 256, 1, [&] { rmsnorm(x, w, dim, eps, out); }); }
-extern "C" void host_rope(float* x, int nt, int nh, int hd, int nr, int pos0, int mode, float base, float fs, const float* ff) {
-    launch(cdiv((u64)nt * nh * (nr / 2), 256), 1, 256, 1, [&] { rope(x, nt, nh, hd, nr, pos0, mode, base, fs, ff); }); }
+extern "C" void host_rope(float* x, int nt, int nh, int hd, int nr, int pos0, int mode, float base, float fs, const float* ff,
+                          float af) {
+    launch(cdiv((u64)nt * nh * (nr / 2), 256), 1, 256, 1, [&] { rope(x, nt, nh, hd, nr, pos0, mode, base, fs, ff, af); }); }
 extern "C" void host_glu(const float* g, const float* u, float* o, u64 n, int act) {
     launch(cdiv(n, 256), 1, 256, 1, [&] { glu(g, u, o, n, act); }); }
 extern "C" void host_add_rows(float* x, const float* b, int dim, u64 n) {
@@ -90,7 +91,7 @@ extern "C" void host_attention(const float* q, const void* k, const void* v, flo
 
 type MatmulFn = unsafe extern "C" fn(*const u8, u64, i32, i32, *const f32, i32, *mut f32);
 type RmsFn = unsafe extern "C" fn(*const f32, *const f32, i32, i32, f32, *mut f32);
-type RopeFn = unsafe extern "C" fn(*mut f32, i32, i32, i32, i32, i32, i32, f32, f32, *const f32);
+type RopeFn = unsafe extern "C" fn(*mut f32, i32, i32, i32, i32, i32, i32, f32, f32, *const f32, f32);
 type GluFn = unsafe extern "C" fn(*const f32, *const f32, *mut f32, u64, i32);
 type AddRowsFn = unsafe extern "C" fn(*mut f32, *const f32, i32, u64);
 type CopyFn = unsafe extern "C" fn(*const f32, *mut u16, u64);
@@ -245,11 +246,12 @@ fn every_kernel_on_the_host_matches_kernels_cpu_and_formulas() {
         close("rmsnorm without weight", &out, &want(false), 1e-5);
 
         // ---- rope, both layouts, partial rotation (n_rot 16 of head 32), with and without
-        // per-dimension factors, against the specification (kernels_cpu::ops::Rope) ----
+        // per-dimension factors and an attention factor, against the specification
+        // (kernels_cpu::ops::Rope) ----
         let rope: libloading::Symbol<RopeFn> = lib.get(b"host_rope").unwrap();
         let (nt, nh, hd, nr, pos0) = (3usize, 2usize, 32usize, 16usize, 7usize);
         let factors: Vec<f32> = (0..nr / 2).map(|i| 1.0 + i as f32 * 0.75).collect();
-        for mode in [0, 2] {
+        for (mode, af) in [(0, 1.0), (2, 1.0), (0, 1.2247), (2, 1.2247)] {
             for ff in [None, Some(factors.clone())] {
                 let x0 = rand_vec(nt * nh * hd, 4);
                 let mut x = x0.clone();
@@ -264,6 +266,7 @@ fn every_kernel_on_the_host_matches_kernels_cpu_and_formulas() {
                     10000.0,
                     0.5,
                     ff.as_ref().map_or(std::ptr::null(), |f| f.as_ptr()),
+                    af,
                 );
                 let spec = kernels_cpu::ops::Rope {
                     n_rot: nr,
@@ -271,12 +274,13 @@ fn every_kernel_on_the_host_matches_kernels_cpu_and_formulas() {
                     freq_scale: 0.5,
                     neox: mode == 2,
                     factors: ff.clone(),
+                    attn_factor: af,
                 };
                 let mut want = x0.clone();
                 for (t, row) in want.chunks_exact_mut(nh * hd).enumerate() {
                     spec.apply(row, nh, hd, pos0 + t);
                 }
-                close(&format!("rope mode {mode} factors {}", ff.is_some()), &x, &want, 1e-5);
+                close(&format!("rope mode {mode} factors {} attn_factor {af}", ff.is_some()), &x, &want, 1e-5);
             }
         }
 

@@ -425,6 +425,7 @@ impl Device for Reference {
             freq_scale: p.freq_scale,
             neox: p.mode == abi::ROPE_NEOX,
             factors,
+            attn_factor: p.attn_factor,
         };
         for (t, row) in s.a.chunks_exact_mut((nh * hd).max(1)).enumerate() {
             rope.apply(row, nh, hd, p.pos0 as usize + t);

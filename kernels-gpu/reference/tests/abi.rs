@@ -147,6 +147,8 @@ fn rope_rotates_pairs_by_position() {
             mode,
             freq_base: 100.0,
             freq_scale: 1.0,
+            attn_factor: 1.0,
+            _reserved: 0,
             freq_factors: View::NONE,
         };
         s.rope(xb.view(), &p).unwrap();
@@ -172,7 +174,7 @@ fn rope_rotates_pairs_by_position() {
 }
 
 #[test]
-fn rope_with_factors_is_the_specification() {
+fn rope_with_factors_and_attn_factor_is_the_specification() {
     let (dev, mut s) = open();
     let (nt, nh, hd, nr) = (3usize, 2usize, 16usize, 12usize);
     let factors: Vec<f32> = (0..nr / 2).map(|i| 1.0 + 3.0 * i as f32).collect();
@@ -189,6 +191,8 @@ fn rope_with_factors_is_the_specification() {
             mode,
             freq_base: 500000.0,
             freq_scale: 0.5,
+            attn_factor: 1.2,
+            _reserved: 0,
             freq_factors: fb.view(),
         };
         s.rope(xb.view(), &p).unwrap();
@@ -198,6 +202,7 @@ fn rope_with_factors_is_the_specification() {
             freq_scale: 0.5,
             neox: mode == abi::ROPE_NEOX,
             factors: Some(factors.clone()),
+            attn_factor: 1.2,
         };
         let mut want = x.clone();
         for (t, row) in want.chunks_exact_mut(nh * hd).enumerate() {
@@ -208,6 +213,10 @@ fn rope_with_factors_is_the_specification() {
         let yb = upload(&dev, &mut s, &x);
         s.rope(yb.view(), &RopeParams { freq_factors: View::NONE, ..p }).unwrap();
         assert_ne!(download(&mut s, yb.view(), x.len()), want);
+        // and without the attention factor it is smaller
+        let zb = upload(&dev, &mut s, &x);
+        s.rope(zb.view(), &RopeParams { attn_factor: 1.0, ..p }).unwrap();
+        assert_ne!(download(&mut s, zb.view(), x.len()), want);
     }
 }
 

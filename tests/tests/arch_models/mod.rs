@@ -35,11 +35,14 @@ pub struct Layout {
     pub tied: bool,
     /// `rope_freqs.weight`.
     pub rope_factors: Option<Vec<f32>>,
+    /// LongRoPE's (short, long) factors: `rope_factors_short.weight`, `rope_factors_long.weight`.
+    pub longrope: Option<(Vec<f32>, Vec<f32>)>,
     /// `rope.dimension_count` when it is less than the head size (partial rotary).
     pub n_rot: Option<usize>,
     /// q, k, v in one `attn_qkv` matrix; gate and up in one `ffn_up` (Phi-3).
     pub fused: bool,
-    /// More `<arch>.*` metadata (without the prefix).
+    /// More `<arch>.*` metadata (without the prefix); a key written anyway (`context_length`)
+    /// takes this value instead.
     pub extra: Vec<(&'static str, MetaValue)>,
 }
 
@@ -94,7 +97,12 @@ pub fn build(layout: &Layout, vocab: &[(String, MetaValue)]) -> Vec<u8> {
         meta.push((a("attention.key_length"), U32(d as u32)));
         meta.push((a("attention.value_length"), U32(d as u32)));
     }
-    meta.extend(l.extra.iter().map(|(k, v)| (a(k), v.clone())));
+    for (k, v) in &l.extra {
+        match meta.iter_mut().find(|(m, _)| *m == a(k)) {
+            Some(slot) => slot.1 = v.clone(),
+            None => meta.push((a(k), v.clone())),
+        }
+    }
     meta.extend(vocab.iter().cloned());
 
     let (e, ff, q, kv) = (l.n_embd as u64, l.n_ff as u64, (l.n_head * hd) as u64, (l.n_head_kv * hd) as u64);
@@ -103,6 +111,10 @@ pub fn build(layout: &Layout, vocab: &[(String, MetaValue)]) -> Vec<u8> {
         vec![("token_embd.weight".into(), vec![e, n_vocab as u64], 1.0)];
     if let Some(f) = &l.rope_factors {
         shapes.push(("rope_freqs.weight".into(), vec![f.len() as u64], 0.0));
+    }
+    if let Some((short, long)) = &l.longrope {
+        shapes.push(("rope_factors_long.weight".into(), vec![long.len() as u64], 0.0));
+        shapes.push(("rope_factors_short.weight".into(), vec![short.len() as u64], 0.0));
     }
     shapes.push(("output_norm.weight".into(), vec![e], 0.1));
     if !l.tied {
@@ -143,8 +155,13 @@ pub fn build(layout: &Layout, vocab: &[(String, MetaValue)]) -> Vec<u8> {
         .iter()
         .map(|(name, dims, scale)| {
             let n: u64 = dims.iter().product();
-            if name == "rope_freqs.weight" {
-                let f = l.rope_factors.as_ref().unwrap();
+            let factors = match name.as_str() {
+                "rope_freqs.weight" => l.rope_factors.as_ref(),
+                "rope_factors_short.weight" => l.longrope.as_ref().map(|f| &f.0),
+                "rope_factors_long.weight" => l.longrope.as_ref().map(|f| &f.1),
+                _ => None,
+            };
+            if let Some(f) = factors {
                 return (0, f.iter().flat_map(|x| x.to_le_bytes()).collect());
             }
             if dims.len() == 1 {
@@ -302,6 +319,7 @@ pub fn llama3_layout() -> Layout {
         post_norms: false,
         tied: true,
         rope_factors: Some(tiny_llama3_factors(32)),
+        longrope: None,
         n_rot: None,
         fused: false,
         extra: vec![],
@@ -327,6 +345,7 @@ pub fn qwen3_layout() -> Layout {
         post_norms: false,
         tied: true,
         rope_factors: None,
+        longrope: None,
         n_rot: None,
         fused: false,
         extra: vec![],
@@ -354,6 +373,7 @@ pub fn nemo_layout() -> Layout {
         post_norms: false,
         tied: false,
         rope_factors: None,
+        longrope: None,
         n_rot: None,
         fused: false,
         extra: vec![("attention.sliding_window", MetaValue::U32(64))],
@@ -382,6 +402,7 @@ pub fn gemma2_layout() -> Layout {
         post_norms: true,
         tied: true,
         rope_factors: None,
+        longrope: None,
         n_rot: None,
         fused: false,
         extra: vec![
@@ -411,10 +432,31 @@ pub fn phi3_layout() -> Layout {
         post_norms: false,
         tied: true,
         rope_factors: None,
+        longrope: None,
         n_rot: Some(24),
         fused: true,
         extra: vec![("attention.sliding_window", MetaValue::U32(32))],
     }
+}
+
+/// Phi-3-mini-128k's LongRoPE on the Phi-3 layout, scaled down: trained for 32 times the
+/// original context as the 128k model is for 4096 (original 1024, multiple of 256 as the
+/// reference rounds contexts so; training context 32768), factor sets shaped like its (short
+/// ones near 1 rising gently, long ones rising from about 1 to about 50 for the lowest
+/// frequencies) and the converter's attention factor sqrt(1 + ln(32) / ln(1024)).
+pub fn phi3_longrope_layout() -> Layout {
+    let mut l = phi3_layout();
+    let pairs = l.n_rot.unwrap() / 2;
+    let t = |i: usize| i as f32 / (pairs - 1) as f32;
+    let short = (0..pairs).map(|i| 1.0 + 0.6 * t(i) * t(i)).collect();
+    let long = (0..pairs).map(|i| 1.07 * 46f32.powf(t(i))).collect();
+    l.longrope = Some((short, long));
+    l.extra.extend([
+        ("context_length", MetaValue::U32(32768)),
+        ("rope.scaling.original_context_length", MetaValue::U32(1024)),
+        ("rope.scaling.attn_factor", MetaValue::F32((1.0 + 32f32.ln() / 1024f32.ln()).sqrt())),
+    ]);
+    l
 }
 
 /// The special tokens mistral-common gives a Tekken file without a `special_tokens` list

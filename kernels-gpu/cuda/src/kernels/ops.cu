@@ -27,9 +27,10 @@ extern "C" __global__ void rmsnorm(const float* x, const float* weight, int dim,
 
 // One thread per rotated pair: n_tokens * n_heads * n_rot/2 threads. mode 0 = adjacent pairs,
 // 2 = NEOX (i, i + n_rot/2). `ff`: n_rot/2 per-dimension frequency divisors, or null for none
-// (the formula of kernels_cpu::ops::Rope: freq_scale * (pos * base^(-2i/n_rot) / ff[i])).
+// (the formula of kernels_cpu::ops::Rope: freq_scale * (pos * base^(-2i/n_rot) / ff[i]), its cos
+// and sin multiplied by attn_factor).
 extern "C" __global__ void rope(float* x, int n_tokens, int n_heads, int head_dim, int n_rot, int pos0,
-                                int mode, float freq_base, float freq_scale, const float* ff) {
+                                int mode, float freq_base, float freq_scale, const float* ff, float attn_factor) {
     const int half = n_rot / 2;
     const u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (u64)n_tokens * n_heads * half) return;
@@ -40,6 +41,8 @@ extern "C" __global__ void rope(float* x, int n_tokens, int n_heads, int head_di
     const float theta = freq_scale * (ff ? theta_base / ff[i] : theta_base);
     float s, c;
     sincosf(theta, &s, &c);
+    s *= attn_factor;
+    c *= attn_factor;
     float* head = x + ((u64)t * n_heads + h) * head_dim;
     const int a = mode == 2 ? i : 2 * i;
     const int b = mode == 2 ? i + half : 2 * i + 1;
