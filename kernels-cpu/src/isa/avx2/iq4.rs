@@ -36,12 +36,20 @@ pub fn vec_dot(t: WeightType) -> Option<VecDotFn> {
 }
 
 pub fn gemv(t: WeightType) -> Option<GemvFn> {
-    if !super::available() {
+    gemv_with(t, super::iq4gemv::vnni())
+}
+
+/// With or without AVX-VNNI (`vnni` only where the CPU has it).
+fn gemv_with(t: WeightType, vnni: bool) -> Option<GemvFn> {
+    use super::iq4gemv::{gemv_iq4nl, gemv_iq4xs};
+    if !super::available() || (vnni && !super::iq4gemv::vnni()) {
         return None;
     }
-    Some(match t {
-        WeightType::IQ4_NL => super::iq4gemv::gemv_iq4nl,
-        WeightType::IQ4_XS => super::iq4gemv::gemv_iq4xs,
+    Some(match (t, vnni) {
+        (WeightType::IQ4_NL, false) => gemv_iq4nl::<false>,
+        (WeightType::IQ4_NL, true) => gemv_iq4nl::<true>,
+        (WeightType::IQ4_XS, false) => gemv_iq4xs::<false>,
+        (WeightType::IQ4_XS, true) => gemv_iq4xs::<true>,
         _ => return None,
     })
 }
@@ -359,10 +367,13 @@ mod tests {
             eprintln!("skipped: this CPU lacks AVX2/FMA/F16C");
             return;
         }
-        for t in [WeightType::IQ4_NL, WeightType::IQ4_XS] {
-            let f = gemv(t).expect("a gemv kernel");
+        for (t, vnni) in [WeightType::IQ4_NL, WeightType::IQ4_XS].into_iter().flat_map(|t| [(t, false), (t, true)]) {
+            let Some(f) = gemv_with(t, vnni) else {
+                eprintln!("skipped: {} with AVX-VNNI (the CPU lacks it)", t.name());
+                continue;
+            };
             let scalar = crate::isa::scalar::vec_dot(t).unwrap();
-            // odd block counts (IQ4_NL pairs blocks) and rows longer than one prepared chunk
+            // odd block counts (IQ4_NL pairs blocks), and the prepared buffer grown then reused shorter
             for (nr, n) in [(1, 256), (5, 768), (3, 4096), (2, 96), (2, 8224), (2, 16640)] {
                 if n % t.block_size() != 0 {
                     continue;
@@ -375,7 +386,7 @@ mod tests {
                     let want = scalar(n, &w[r * ws..], &x);
                     assert!(
                         (out[r] - want).abs() <= 1e-5 * (n as f32).sqrt() * want.abs().max(1.0),
-                        "{} {nr} rows of {n}, row {r}: {} vs {want}",
+                        "{} (AVX-VNNI {vnni}) {nr} rows of {n}, row {r}: {} vs {want}",
                         t.name(),
                         out[r]
                     );
