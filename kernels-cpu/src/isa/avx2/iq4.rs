@@ -373,8 +373,9 @@ mod tests {
                 continue;
             };
             let scalar = crate::isa::scalar::vec_dot(t).unwrap();
-            // odd block counts (IQ4_NL pairs blocks), and the prepared buffer grown then reused shorter
-            for (nr, n) in [(1, 256), (5, 768), (3, 4096), (2, 96), (2, 8224), (2, 16640)] {
+            // IQ4_NL block counts of every remainder mod 4 (it takes four blocks a step), and the
+            // prepared buffer grown then reused shorter
+            for (nr, n) in [(1, 256), (5, 768), (3, 4096), (2, 96), (3, 320), (2, 8224), (2, 16640)] {
                 if n % t.block_size() != 0 {
                     continue;
                 }

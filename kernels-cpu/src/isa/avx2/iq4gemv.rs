@@ -167,8 +167,8 @@ unsafe fn xs_scales<const V: bool>(b: &BlockIQ4XS) -> __m128i {
 #[inline(always)]
 unsafe fn row_xs_vnni(wb: &[BlockIQ4XS], prep: &[XsPrep]) -> f32 {
     let table = codebook::<true>();
-    let mut acc = [_mm256_setzero_ps(); 2];
-    for (i, (b, p)) in wb.iter().zip(prep).enumerate() {
+    let mut acc = _mm256_setzero_ps();
+    for (b, p) in wb.iter().zip(prep) {
         prefetch_ahead(b);
         let t: [__m256i; 4] = core::array::from_fn(|k| {
             let (lo, hi) = nibble_values(ld256(b.qs.as_ptr().add(32 * k)), table);
@@ -180,9 +180,9 @@ unsafe fn row_xs_vnni(wb: &[BlockIQ4XS], prep: &[XsPrep]) -> f32 {
         let h = _mm256_add_epi32(h, ld256(p.corr.as_ptr()));
         let sumi = _mm256_mullo_epi32(h, _mm256_cvtepi16_epi32(xs_scales::<true>(b)));
         let d = _mm256_set1_ps(h2f(b.d.as_ptr()) * p.d);
-        acc[i & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi), d, acc[i & 1]);
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi), d, acc);
     }
-    hsum(_mm256_add_ps(acc[0], acc[1]))
+    hsum(acc)
 }
 
 /// One IQ4_XS row against prepared activations.
@@ -193,8 +193,8 @@ unsafe fn row_xs<const V: bool>(wb: &[BlockIQ4XS], prep: &[XsPrep]) -> f32 {
     }
     let table = codebook::<false>();
     let ctl: [__m256i; 4] = core::array::from_fn(|k| ld256(SCALE_CTL[k].as_ptr()));
-    let mut acc = [_mm256_setzero_ps(); 2];
-    for (i, (b, p)) in wb.iter().zip(prep).enumerate() {
+    let mut acc = _mm256_setzero_ps();
+    for (b, p) in wb.iter().zip(prep) {
         prefetch_ahead(b);
         let sc = _mm256_broadcastsi128_si256(xs_scales::<false>(b));
         let mut s = [_mm256_setzero_si256(); 2];
@@ -206,9 +206,9 @@ unsafe fn row_xs<const V: bool>(wb: &[BlockIQ4XS], prep: &[XsPrep]) -> f32 {
             s[k & 1] = _mm256_add_epi32(s[k & 1], _mm256_add_epi32(p0, p1));
         }
         let d = _mm256_set1_ps(h2f(b.d.as_ptr()) * p.d);
-        acc[i & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(s[0], s[1])), d, acc[i & 1]);
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(s[0], s[1])), d, acc);
     }
-    hsum(_mm256_add_ps(acc[0], acc[1]))
+    hsum(acc)
 }
 
 #[inline(always)]
@@ -306,37 +306,61 @@ unsafe fn prepare_nl(a: &BlockQ8_0, b: Option<&BlockQ8_0>) -> NlPrep {
 /// One IQ4_NL row against prepared activations (`prep[i]`: blocks `2i`, `2i + 1`).
 #[inline(always)]
 unsafe fn row_nl<const V: bool>(wb: &[BlockIQ4NL], prep: &[NlPrep]) -> f32 {
+    // two accumulators, named (an indexed pair is kept in memory: a store-to-load chain)
+    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let quads = wb.chunks_exact(4);
+    let tail = quads.remainder();
+    for (w, p) in quads.zip(prep.chunks_exact(2)) {
+        // a line every 36 bytes: with the pairs' starts under 64 bytes apart, every line of
+        // the row (a hint: never faults)
+        let pf = (w.as_ptr() as *const i8).wrapping_add(PREFETCH_AHEAD);
+        _mm_prefetch::<_MM_HINT_T0>(pf);
+        _mm_prefetch::<_MM_HINT_T0>(pf.wrapping_add(36));
+        step_nl::<V>(&mut acc0, &p[0], &w[0], Some(&w[1]));
+        step_nl::<V>(&mut acc1, &p[1], &w[2], Some(&w[3]));
+    }
+    let p = &prep[wb.len() / 4 * 2..];
+    match tail {
+        [a] => step_nl::<V>(&mut acc0, &p[0], a, None),
+        [a, b] => step_nl::<V>(&mut acc0, &p[0], a, Some(b)),
+        [a, b, c] => {
+            step_nl::<V>(&mut acc0, &p[0], a, Some(b));
+            step_nl::<V>(&mut acc1, &p[1], c, None);
+        }
+        _ => {}
+    }
+    hsum(_mm256_add_ps(acc0, acc1))
+}
+
+/// A block pair's products and scales into `acc`; `b` None: one block (the other lanes zeros).
+/// (A function, not a closure: closures are compiled without the caller's features.)
+#[inline(always)]
+unsafe fn step_nl<const V: bool>(acc: &mut __m256, p: &NlPrep, a: &BlockIQ4NL, b: Option<&BlockIQ4NL>) {
     let table = codebook::<V>();
     let ones = _mm256_set1_epi16(1);
-    let mut acc = [_mm256_setzero_ps(); 2];
-    for (i, p) in prep.iter().enumerate() {
-        let a = &wb[2 * i];
-        // one line every 36 bytes: with the pairs' starts under 64 bytes apart, every line of
-        // the row (a hint: never faults)
-        _mm_prefetch::<_MM_HINT_T0>((a as *const BlockIQ4NL as *const i8).wrapping_add(PREFETCH_AHEAD));
-        let (q, dw) = match wb.get(2 * i + 1) {
-            Some(b) => (
-                _mm256_set_m128i(ld128(b.qs.as_ptr()), ld128(a.qs.as_ptr())),
-                _mm256_set_m128(_mm_set1_ps(h2f(b.d.as_ptr())), _mm_set1_ps(h2f(a.d.as_ptr()))),
-            ),
-            None => {
-                (_mm256_zextsi128_si256(ld128(a.qs.as_ptr())), _mm256_zextps128_ps256(_mm_set1_ps(h2f(a.d.as_ptr()))))
-            }
-        };
-        let (lo, hi) = nibble_values(q, table);
-        let s = if V {
-            // sum(code * x) - 128 * sum(x) = sum(value * x), exact
-            _mm256_dpbusd_avx_epi32(_mm256_dpbusd_avx_epi32(p.base, lo, p.lo), hi, p.hi)
-        } else {
-            _mm256_add_epi32(
-                _mm256_madd_epi16(pair_products(lo, p.lo), ones),
-                _mm256_madd_epi16(pair_products(hi, p.hi), ones),
-            )
-        };
-        acc[i & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, p.d), acc[i & 1]);
-    }
-    hsum(_mm256_add_ps(acc[0], acc[1]))
+    let dctl = ld128(DW_CTL.as_ptr());
+    let (q, db) = match b {
+        Some(b) => (_mm256_set_m128i(ld128(b.qs.as_ptr()), ld128(a.qs.as_ptr())), u16::from_le_bytes(b.d)),
+        None => (_mm256_zextsi128_si256(ld128(a.qs.as_ptr())), 0),
+    };
+    // both f16 scales converted at once, each in its lane's four floats
+    let dd = _mm_cvtsi32_si128(u16::from_le_bytes(a.d) as i32 | (db as i32) << 16);
+    let dw = _mm256_cvtph_ps(_mm_shuffle_epi8(dd, dctl));
+    let (lo, hi) = nibble_values(q, table);
+    let s = if V {
+        // sum(code * x) - 128 * sum(x) = sum(value * x), exact
+        _mm256_dpbusd_avx_epi32(_mm256_dpbusd_avx_epi32(p.base, lo, p.lo), hi, p.hi)
+    } else {
+        _mm256_add_epi32(
+            _mm256_madd_epi16(pair_products(lo, p.lo), ones),
+            _mm256_madd_epi16(pair_products(hi, p.hi), ones),
+        )
+    };
+    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, p.d), *acc);
 }
+
+/// `vpshufb` control: words 0..4 the first f16 of the register, words 4..8 the second.
+const DW_CTL: [u8; 16] = [0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3];
 
 #[inline(always)]
 unsafe fn gemv_nl<const V: bool>(
