@@ -163,14 +163,14 @@ const SUB_IDX: [[u32; 16]; 2] = [sub_index(0), sub_index(1)];
 const BLOCK_SHIFT: [u32; 16] = [0, 4, 8, 12, 16, 20, 24, 28, 0, 2, 4, 6, 8, 10, 12, 14];
 const BLOCK_MASK: [u32; 16] = [0xF, 0xF, 0xF, 0xF, 0xF, 0xF, 0xF, 0xF, 3, 3, 3, 3, 3, 3, 3, 3];
 
-/// The eight sub-block scales `(ls - 32) * dd` in lanes 0..8, decoded once per block (the
+/// The eight sub-block scales `(ls - 32) * d * dx` in lanes 0..8, decoded once per block (the
 /// one-token kernels; `weight_half` decodes per half, which the tile kernel spreads over
 /// its tokens).
 ///
 /// # Safety
 /// As `weight_half`.
 #[inline(always)]
-unsafe fn block_scales(b: &BlockIQ4XS, dd: f32) -> __m512 {
+unsafe fn block_scales(b: &BlockIQ4XS, dx: f32) -> __m512 {
     let v = _mm512_inserti64x4::<1>(
         _mm512_set1_epi32(u32::from_le_bytes(b.scales_l) as i32),
         _mm256_set1_epi32(u16::from_le_bytes(b.scales_h) as i32),
@@ -180,7 +180,10 @@ unsafe fn block_scales(b: &BlockIQ4XS, dd: f32) -> __m512 {
         load64(BLOCK_MASK.as_ptr() as *const u8),
     );
     let ls = _mm256_or_si256(_mm512_castsi512_si256(t), _mm256_slli_epi32::<4>(_mm512_extracti64x4_epi64::<1>(t)));
-    let s = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(ls, _mm256_set1_epi32(32))), _mm256_set1_ps(dd));
+    // d by F16C (the `half` crate's conversion is not compiled with this code's features)
+    let d = _mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes(b.d) as i32));
+    let dd = _mm256_broadcastss_ps(_mm_mul_ss(d, _mm_set_ss(dx)));
+    let s = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(ls, _mm256_set1_epi32(32))), dd);
     _mm512_castps256_ps512(s)
 }
 
@@ -205,7 +208,7 @@ unsafe fn half_codes(b: &BlockIQ4XS, h: usize) -> (__m512i, __m512i) {
 /// As `weight_half`.
 #[inline(always)]
 unsafe fn block_step(acc: &mut [__m512; 2], b: &BlockIQ4XS, x: &[XHalf; 2], dx: f32) {
-    let s = block_scales(b, f16_to_f32(b.d) * dx);
+    let s = block_scales(b, dx);
     for h in 0..2 {
         let (lo, hi) = half_codes(b, h);
         let i = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(x[h].base, lo, x[h].lo), hi, x[h].hi);
