@@ -6,12 +6,13 @@
 //! values 0..16 in the low nibbles and 16..32 in the high ones; IQ4_NL: two blocks, one per
 //! lane, loaded as two 16-byte halves). The activations are put in that order once per call
 //! (`prepare_*`, into a per-thread buffer: rows of 14336 values take 18 KiB (IQ4_XS) or 28 KiB
-//! (IQ4_NL), in L1 or L2 while the rows stream past), so a row costs no activation shuffles. Products: `vpmaddubsw` of `|v|` and the activations with `v`'s sign
-//! (`vpsignb`), pairs exact in 16 bits (2 * 127 * 127 < 2^15), then `vpmaddwd` by the
-//! sub-block scales `ls - 32` (IQ4_XS, per lane: eight scales decoded per block with vector
-//! operations and one `vpshufb` per sub-block pair) or by ones (IQ4_NL): exact i32 sums as in
-//! the scalar specification, then one convert and one multiply-add per block (IQ4_XS) or block
-//! pair (IQ4_NL). Rows stream one after the other, prefetched ahead.
+//! (IQ4_NL), in L1 or L2 while the rows stream past), so a row costs no activation shuffles.
+//! Products: `vpmaddubsw` of `|v|` and the activations with `v`'s sign (`vpsignb`), pairs
+//! exact in 16 bits (2 * 127 * 127 < 2^15), then `vpmaddwd` by the sub-block scales `ls - 32`
+//! (IQ4_XS, per lane: eight scales decoded per block with vector operations and one `vpshufb`
+//! per sub-block pair) or by ones (IQ4_NL): exact i32 sums as in the scalar specification,
+//! then one convert and one multiply-add per block (IQ4_XS) or block pair (IQ4_NL, two pairs
+//! a step into two accumulators). Rows stream one after the other, prefetched ahead.
 //!
 //! With AVX-VNNI (`V`, chosen at run time) the codes are unsigned instead (codebook + 128,
 //! `types::iq4_nl::UNSIGNED`) and two `vpdpbusd` give exact i32 sums of code x quant per 64
