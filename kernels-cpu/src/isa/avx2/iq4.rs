@@ -7,8 +7,7 @@
 //! bits without saturation (2 * 127 * 127 < 2^15), then `vpmaddwd` sums pairs into i32 lanes
 //! (by ones for IQ4_NL, by the sub-block scale `ls - 32` for IQ4_XS: exact integers as in the
 //! scalar specification), and each block costs one convert and one multiply-add by its scales.
-//! The one-token kernel (`gemv`) runs them row after row, each row one sequential stream
-//! prefetched ahead (`prefetch_ahead`); the few-token tile (`gemm`, 2 rows x 4 tokens) decodes
+//! The one-token kernels (`gemv`) are `iq4gemv`'s; the few-token tile (`gemm`, 2 rows x 4 tokens) decodes
 //! each weight sub-block once and uses it for its 4 tokens (the sign trick's `|v|` too; only
 //! the signed activations are per token). Many tokens take the panel kernels (`lpanel` for
 //! IQ4_NL with AVX-VNNI, `iq4panel` for IQ4_XS).
@@ -37,12 +36,20 @@ pub fn vec_dot(t: WeightType) -> Option<VecDotFn> {
 }
 
 pub fn gemv(t: WeightType) -> Option<GemvFn> {
-    if !super::available() {
+    gemv_with(t, super::iq4gemv::vnni())
+}
+
+/// With or without AVX-VNNI (`vnni` only where the CPU has it).
+fn gemv_with(t: WeightType, vnni: bool) -> Option<GemvFn> {
+    use super::iq4gemv::{gemv_iq4nl, gemv_iq4xs};
+    if !super::available() || (vnni && !super::iq4gemv::vnni()) {
         return None;
     }
-    Some(match t {
-        WeightType::IQ4_NL => gemv_iq4nl,
-        WeightType::IQ4_XS => gemv_iq4xs,
+    Some(match (t, vnni) {
+        (WeightType::IQ4_NL, false) => gemv_iq4nl::<false>,
+        (WeightType::IQ4_NL, true) => gemv_iq4nl::<true>,
+        (WeightType::IQ4_XS, false) => gemv_iq4xs::<false>,
+        (WeightType::IQ4_XS, true) => gemv_iq4xs::<true>,
         _ => return None,
     })
 }
@@ -326,28 +333,6 @@ fn gemm_iq4xs(t: Tile<'_>) {
     unsafe { tile_tf::<Xs>(n / QK_K, w, ws, nr, x, xs, nc, out, os, "IQ4_XS gemm") }
 }
 
-/// Rows one after the other (each one sequential stream, prefetched ahead).
-fn gemv_iq4nl(n: usize, w: &[u8], w_stride: usize, nr: usize, x: &[u8], out: &mut [f32]) {
-    let nb = n / QK;
-    let xb = first_blocks::<BlockQ8_0>(x, nb, "IQ4_NL gemv activations");
-    for (r, o) in out[..nr].iter_mut().enumerate() {
-        let wb = first_blocks::<BlockIQ4NL>(&w[r * w_stride..], nb, "IQ4_NL gemv weights");
-        // SAFETY: installed only when `super::available()`.
-        *o = unsafe { dot_iq4nl(wb, xb) };
-    }
-}
-
-/// As `gemv_iq4nl`.
-fn gemv_iq4xs(n: usize, w: &[u8], w_stride: usize, nr: usize, x: &[u8], out: &mut [f32]) {
-    let nb = n / QK_K;
-    let xb = first_blocks::<BlockQ8K>(x, nb, "IQ4_XS gemv activations");
-    for (r, o) in out[..nr].iter_mut().enumerate() {
-        let wb = first_blocks::<BlockIQ4XS>(&w[r * w_stride..], nb, "IQ4_XS gemv weights");
-        // SAFETY: installed only when `super::available()`.
-        *o = unsafe { dot_iq4xs(wb, xb) };
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -375,17 +360,25 @@ mod tests {
         }
     }
 
-    /// The one-token kernels, several strided rows, against the scalar `vec_dot`.
+    /// The one-token kernels (`iq4gemv`), several strided rows, against the scalar `vec_dot`.
     #[test]
     fn gemv_matches_scalar_vec_dot() {
         if !super::super::available() {
             eprintln!("skipped: this CPU lacks AVX2/FMA/F16C");
             return;
         }
-        for t in [WeightType::IQ4_NL, WeightType::IQ4_XS] {
-            let f = gemv(t).expect("a gemv kernel");
+        for (t, vnni) in [WeightType::IQ4_NL, WeightType::IQ4_XS].into_iter().flat_map(|t| [(t, false), (t, true)]) {
+            let Some(f) = gemv_with(t, vnni) else {
+                eprintln!("skipped: {} with AVX-VNNI (the CPU lacks it)", t.name());
+                continue;
+            };
             let scalar = crate::isa::scalar::vec_dot(t).unwrap();
-            for (nr, n) in [(1, 256), (5, 768), (3, 4096)] {
+            // IQ4_NL block counts of every remainder mod 4 (it takes four blocks a step), and the
+            // prepared buffer grown then reused shorter
+            for (nr, n) in [(1, 256), (5, 768), (3, 4096), (2, 96), (3, 320), (2, 8224), (2, 16640)] {
+                if n % t.block_size() != 0 {
+                    continue;
+                }
                 let (w, ws) = strided_rows(t, n, nr, 36, n as u64);
                 let (x, _) = strided_rows(t.vec_dot_type(), n, 1, 0, 99);
                 let mut out = vec![f32::NAN; nr];
@@ -394,7 +387,7 @@ mod tests {
                     let want = scalar(n, &w[r * ws..], &x);
                     assert!(
                         (out[r] - want).abs() <= 1e-5 * (n as f32).sqrt() * want.abs().max(1.0),
-                        "{} {nr} rows of {n}, row {r}: {} vs {want}",
+                        "{} (AVX-VNNI {vnni}) {nr} rows of {n}, row {r}: {} vs {want}",
                         t.name(),
                         out[r]
                     );

@@ -1,7 +1,7 @@
 //! avx2 kernels. Every ISA module has the same lookups (`vec_dot`, `gemm`, `gemv`, `quantize`,
 //! `panel`); `None` = not provided here, and
 //! `Kernels::for_isa` falls back to a lower ISA. The kernels themselves live in `legacy`
-//! (F16/BF16/Q4_0..Q8_1), `kquants` (Q2_K..Q8_K), `iq4` (IQ4_NL, IQ4_XS) and the panels; they are only
+//! (F16/BF16/Q4_0..Q8_1), `kquants` (Q2_K..Q8_K), `iq4` and `iq4gemv` (IQ4_NL, IQ4_XS) and the panels; they are only
 //! installed when `available()` is true, which is what makes calling their `#[target_feature]`
 //! code sound.
 
@@ -9,6 +9,7 @@ use super::{GemmTileFn, GemvFn, PanelFn, QuantizeFn, VecDotFn};
 use crate::types::WeightType;
 
 mod iq4;
+mod iq4gemv;
 mod iq4panel;
 mod kpanel;
 mod kquants;

@@ -146,20 +146,89 @@ unsafe fn step(acc: __m512, w: &WHalf, x: &XHalf, dx: __m512) -> __m512 {
     _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_mul_ps(w.s, dx), acc)
 }
 
+/// Lane `l` of half `h`: sub-block `4h + l / 4` (a `vpermps` index into `block_scales`).
+const fn sub_index(h: usize) -> [u32; 16] {
+    let mut a = [0u32; 16];
+    let mut l = 0;
+    while l < 16 {
+        a[l] = (4 * h + l / 4) as u32;
+        l += 1;
+    }
+    a
+}
+const SUB_IDX: [[u32; 16]; 2] = [sub_index(0), sub_index(1)];
+
+/// Shift counts and masks of `block_scales`: lanes 0..8 the low 4 bits of scale `l` (from
+/// `scales_l`), lanes 8..16 its top 2 bits (from `scales_h`).
+const BLOCK_SHIFT: [u32; 16] = [0, 4, 8, 12, 16, 20, 24, 28, 0, 2, 4, 6, 8, 10, 12, 14];
+const BLOCK_MASK: [u32; 16] = [0xF, 0xF, 0xF, 0xF, 0xF, 0xF, 0xF, 0xF, 3, 3, 3, 3, 3, 3, 3, 3];
+
+/// The eight sub-block scales `(ls - 32) * d * dx` in lanes 0..8, decoded once per block (the
+/// one-token kernels; `weight_half` decodes per half, which the tile kernel spreads over
+/// its tokens).
+///
+/// # Safety
+/// As `weight_half`.
+#[inline(always)]
+unsafe fn block_scales(b: &BlockIQ4XS, dx: f32) -> __m512 {
+    let v = _mm512_inserti64x4::<1>(
+        _mm512_set1_epi32(u32::from_le_bytes(b.scales_l) as i32),
+        _mm256_set1_epi32(u16::from_le_bytes(b.scales_h) as i32),
+    );
+    let t = _mm512_and_si512(
+        _mm512_srlv_epi32(v, load64(BLOCK_SHIFT.as_ptr() as *const u8)),
+        load64(BLOCK_MASK.as_ptr() as *const u8),
+    );
+    let ls = _mm256_or_si256(_mm512_castsi512_si256(t), _mm256_slli_epi32::<4>(_mm512_extracti64x4_epi64::<1>(t)));
+    // d by F16C (the `half` crate's conversion is not compiled with this code's features)
+    let d = _mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes(b.d) as i32));
+    let dd = _mm256_broadcastss_ps(_mm_mul_ss(d, _mm_set_ss(dx)));
+    let s = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(ls, _mm256_set1_epi32(32))), dd);
+    _mm512_castps256_ps512(s)
+}
+
+/// The codes of values 0..16 and 16..32 of half `h`'s four sub-blocks (as `WHalf`'s).
+///
+/// # Safety
+/// As `weight_half`.
+#[inline(always)]
+unsafe fn half_codes(b: &BlockIQ4XS, h: usize) -> (__m512i, __m512i) {
+    let table =
+        _mm512_broadcast_i32x4(_mm_maskz_loadu_epi8(u16::MAX, crate::types::iq4_nl::UNSIGNED.as_ptr() as *const i8));
+    let m4 = _mm512_set1_epi8(0x0F);
+    let q = load64(b.qs.as_ptr().add(64 * h));
+    let lo = _mm512_shuffle_epi8(table, _mm512_and_si512(q, m4));
+    let hi = _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi16::<4>(q), m4));
+    (lo, hi)
+}
+
+/// One block against one prepared activation block (`dx` its scale): the one-token step.
+///
+/// # Safety
+/// As `weight_half`.
+#[inline(always)]
+unsafe fn block_step(acc: &mut [__m512; 2], b: &BlockIQ4XS, x: &[XHalf; 2], dx: f32) {
+    let s = block_scales(b, dx);
+    for h in 0..2 {
+        let (lo, hi) = half_codes(b, h);
+        let i = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(x[h].base, lo, x[h].lo), hi, x[h].hi);
+        let sh = _mm512_permutexvar_ps(load64(SUB_IDX[h].as_ptr() as *const u8), s);
+        acc[h] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), sh, acc[h]);
+    }
+}
+
 /// One row against one token.
 ///
 /// # Safety
 /// The CPU has the features of the caller's `#[target_feature]`.
 #[inline(always)]
 unsafe fn dot(wb: &[BlockIQ4XS], xb: &[BlockQ8K]) -> f32 {
-    let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    let mut acc = [_mm512_setzero_ps(); 2];
     for (b, a) in wb.iter().zip(xb) {
         prefetch_ahead(b);
-        let dx = _mm512_set1_ps(a.d());
-        a0 = step(a0, &weight_half(b, 0), &act_half(a, 0), dx);
-        a1 = step(a1, &weight_half(b, 1), &act_half(a, 1), dx);
+        block_step(&mut acc, b, &[act_half(a, 0), act_half(a, 1)], a.d());
     }
-    _mm512_reduce_add_ps(_mm512_add_ps(a0, a1))
+    _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]))
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
@@ -183,7 +252,7 @@ fn vec_dot_iq4xs(n: usize, w: &[u8], x: &[u8]) -> f32 {
 #[repr(C, align(64))]
 struct Prep {
     halves: [XHalf; 2],
-    dx: __m512,
+    dx: f32,
 }
 
 /// Blocks prepared at most (rows of up to 16384 values: 28 KiB on the stack, in L1 while the
@@ -203,22 +272,19 @@ fn gemv_tf(nb: usize, w: &[u8], w_stride: usize, nr: usize, xb: &[BlockQ8K], out
     let mut buf = [const { core::mem::MaybeUninit::<Prep>::uninit() }; PREP_MAX];
     for (slot, a) in buf.iter_mut().zip(xb) {
         // SAFETY: this function's features are the ones `act_half` needs.
-        slot.write(unsafe { Prep { halves: [act_half(a, 0), act_half(a, 1)], dx: _mm512_set1_ps(a.d()) } });
+        slot.write(unsafe { Prep { halves: [act_half(a, 0), act_half(a, 1)], dx: a.d() } });
     }
     // SAFETY: the first `nb` slots were all written just above.
     let prep = unsafe { core::slice::from_raw_parts(buf.as_ptr() as *const Prep, nb) };
     for (r, o) in out[..nr].iter_mut().enumerate() {
         let wb = first_blocks::<BlockIQ4XS>(&w[r * w_stride..], nb, "IQ4_XS gemv weights");
-        let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        let mut acc = [_mm512_setzero_ps(); 2];
         for (b, p) in wb.iter().zip(prep) {
             prefetch_ahead(b);
-            // SAFETY: this function's features are the ones `weight_half` and `step` need.
-            unsafe {
-                a0 = step(a0, &weight_half(b, 0), &p.halves[0], p.dx);
-                a1 = step(a1, &weight_half(b, 1), &p.halves[1], p.dx);
-            }
+            // SAFETY: this function's features are the ones `block_step` needs.
+            unsafe { block_step(&mut acc, b, &p.halves, p.dx) };
         }
-        *o = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+        *o = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
     }
 }
 

@@ -1068,8 +1068,10 @@ mod quad {
         let (h1idx, h2idx, hbit) = (load64(fifth_lo.as_ptr()), load64(fifth_hi.as_ptr()), load64(FIFTH_BIT.as_ptr()));
         let m4 = _mm512_set1_epi8(0x0f);
         let sixteen = _mm512_set1_epi8(16);
-        let mut acc = [_mm512_setzero_ps(); 2];
-        let mut mins = [_mm512_setzero_ps(); 2];
+        // one named accumulator of each kind: an indexed pair (`acc[q & 1]`) is kept on the
+        // stack, a store-to-load chain through every step; a quad's work covers the latency
+        let mut acc = _mm512_setzero_ps();
+        let mut mins = _mm512_setzero_ps();
         for (q, (a, s)) in qx.iter().zip(sx).enumerate() {
             let p = w.add(4 * q * W::BYTES);
             // PREFETCH ahead, the lines of the quad's first byte and of 64 bytes on: with the
@@ -1101,20 +1103,20 @@ mod quad {
             );
             let dw = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutex2var_epi16(h1, didx, h2)));
             let dx = _mm512_broadcast_f32x4(_mm_load_ps(s.d.as_ptr()));
-            acc[q & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_mul_ps(dw, dx), acc[q & 1]);
+            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_mul_ps(dw, dx), acc);
             if W::HAS_MIN {
                 // minimum x s; lanes 0..4 are blocks 0..4 (the other lanes repeat them)
                 let mw = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutex2var_epi16(h1, midx, h2)));
-                mins[q & 1] = _mm512_mask3_fmadd_ps(mw, _mm512_broadcast_f32x4(sv), mins[q & 1], 0x000f);
+                mins = _mm512_mask3_fmadd_ps(mw, _mm512_broadcast_f32x4(sv), mins, 0x000f);
             }
         }
         let mut b = 4 * qx.len();
         while b < nb {
-            let (a, m) = (&mut acc[0], &mut mins[0]);
+            let (a, m) = (&mut acc, &mut mins);
             dot_step::<W, A>(w, x, b, b + 1 < nb, a, m);
             b += 2;
         }
-        _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(mins[0], mins[1])))
+        _mm512_reduce_add_ps(_mm512_add_ps(acc, mins))
     }
 }
 
