@@ -527,59 +527,46 @@ fn data_reference(name: &str) -> PathBuf {
 
 #[test]
 fn tiny_llama3() {
-    let Some(_) = e2e::require_shared() else { return };
-    let Some(vocab) = e2e::require_model("llama-3.2-tokenizer.json") else { return };
-    let model = pinned(
-        "tiny-llama3.gguf",
-        || arch_models::build(&arch_models::llama3_layout(), &arch_models::llama3_vocab(&vocab, "llama-bpe")),
-        TINY_LLAMA3_SHA256,
-    );
-    let reference = data_reference("tiny-llama3");
-    check_tokenize(&model, &reference);
-    check(&model, &reference, 0.15, &[(2, None)], None);
-    check(&model, &reference, 0.15, &[(1, Some("scalar")), (3, Some("avx2"))], Some(&["fox", "code"]));
+    let Some((model, reference)) = tiny_model("llama3", TINY_LLAMA3_SHA256) else { return };
+    check_tiny(&model, &reference, &[]);
     // Llama 3's end of turn ends generation, as does the base models' end of text.
     let g = llamafile_format::gguf::GgufFile::open(&model).unwrap();
     let tok = llamafile_engine::tokenizer::Tokenizer::from_gguf(&g).unwrap();
     assert_eq!((tok.bos(), tok.eos(), tok.eot()), (Some(128000), Some(128009), Some(128009)));
     assert!(tok.is_end_token(128009) && tok.is_end_token(128001), "{:?}", tok.end_tokens());
 }
+
+/// Tiny model `name` (layout and vocabulary from [`tiny_arch`]) written by our writer and pinned
+/// by `sha256`, with its reference answers (tests/data/reference/tiny-<name>.json) and its
+/// tokenization checked; None (skipped) when its vocabulary is not at hand.
+fn tiny_model(name: &str, sha256: &str) -> Option<(PathBuf, PathBuf)> {
+    let (layout, vocab, _) = tiny_arch(name)?;
+    let model = pinned(&format!("tiny-{name}.gguf"), || arch_models::build(&layout, &vocab), sha256);
+    let reference = data_reference(&format!("tiny-{name}"));
+    check_tokenize(&model, &reference);
+    Some((model, reference))
+}
+
+/// Every case on 2 threads, then two of them on the scalar and the AVX2 kernels, at the tiny
+/// models' limit.
+fn check_tiny(model: &Path, reference: &Path, args: &[&str]) {
+    check_args(model, reference, 0.15, &[(2, None)], None, args);
+    check_args(model, reference, 0.15, &[(1, Some("scalar")), (3, Some("avx2"))], Some(&["fox", "code"]), args);
+}
 const TINY_LLAMA3_SHA256: &str = "51cd9ad690943bec42ff785b2b5a868a822ae36cacc98d33edda2685f020a351";
 
 #[test]
 fn tiny_qwen3() {
-    let Some(shared) = e2e::require_shared() else { return };
-    let vocab = arch_models::vocab_of_gguf(&shared.join("vocab/qwen2.5-coder.vocab.gguf"));
-    let model =
-        pinned("tiny-qwen3.gguf", || arch_models::build(&arch_models::qwen3_layout(), &vocab), TINY_QWEN3_SHA256);
-    let reference = data_reference("tiny-qwen3");
-    check_tokenize(&model, &reference);
-    check(&model, &reference, 0.15, &[(2, None)], None);
-    check(&model, &reference, 0.15, &[(1, Some("scalar")), (3, Some("avx2"))], Some(&["fox", "code"]));
+    let Some((model, reference)) = tiny_model("qwen3", TINY_QWEN3_SHA256) else { return };
+    check_tiny(&model, &reference, &[]);
 }
 const TINY_QWEN3_SHA256: &str = "77db13d0e2c9f428df628d7b591eb11959da84525ab8e0be7a80794fada0f524";
 
 #[test]
 fn tiny_mistral_nemo() {
-    let Some(_) = e2e::require_shared() else { return };
-    let Some(vocab) = e2e::require_model("llama-3.2-tokenizer.json") else { return };
-    let model = pinned(
-        "tiny-nemo.gguf",
-        || arch_models::build(&arch_models::nemo_layout(), &arch_models::llama3_vocab(&vocab, "tekken")),
-        TINY_NEMO_SHA256,
-    );
-    let reference = data_reference("tiny-nemo");
-    check_tokenize(&model, &reference);
+    let Some((model, reference)) = tiny_model("nemo", TINY_NEMO_SHA256) else { return };
     // The reference ignores llama.attention.sliding_window: --swa-full gives its answers.
-    check_args(&model, &reference, 0.15, &[(2, None)], None, &["--swa-full"]);
-    check_args(
-        &model,
-        &reference,
-        0.15,
-        &[(1, Some("scalar")), (3, Some("avx2"))],
-        Some(&["fox", "code"]),
-        &["--swa-full"],
-    );
+    check_tiny(&model, &reference, &["--swa-full"]);
     // Without it the window holds: inputs within it are the same, the 700-token one is not.
     check(&model, &reference, 0.15, &[(2, None)], Some(&["fox", "chat", "code"]));
     let all = load_reference(&reference);
@@ -595,32 +582,15 @@ const TINY_NEMO_SHA256: &str = "d9d2c95d014507c4bef33334e18cc902717a4c4f8541673d
 
 #[test]
 fn tiny_gemma2() {
-    let Some(shared) = e2e::require_shared() else { return };
-    let vocab = arch_models::vocab_of_gguf(&shared.join("vocab/gemma-3-270m.vocab.gguf"));
-    let model =
-        pinned("tiny-gemma2.gguf", || arch_models::build(&arch_models::gemma2_layout(), &vocab), TINY_GEMMA2_SHA256);
-    let reference = data_reference("tiny-gemma2");
-    check_tokenize(&model, &reference);
-    check(&model, &reference, 0.15, &[(2, None)], None);
-    check(&model, &reference, 0.15, &[(1, Some("scalar")), (3, Some("avx2"))], Some(&["fox", "code"]));
+    let Some((model, reference)) = tiny_model("gemma2", TINY_GEMMA2_SHA256) else { return };
+    check_tiny(&model, &reference, &[]);
 }
 const TINY_GEMMA2_SHA256: &str = "0688c8f4226c05b2f4f3ff30b2c63f3a7d8b1a154ece003cf59cc9bcb2a7ecf6";
 
 #[test]
 fn tiny_phi3() {
-    // A byte-level BPE vocabulary, as Phi-4-mini's (o200k, not at hand: the Llama 3.2 one here;
-    // the reference does not load the Mistral/Llama 2 SentencePiece one with phi3).
-    let Some(_) = e2e::require_shared() else { return };
-    let Some(vocab) = e2e::require_model("llama-3.2-tokenizer.json") else { return };
-    let model = pinned(
-        "tiny-phi3.gguf",
-        || arch_models::build(&arch_models::phi3_layout(), &arch_models::llama3_vocab(&vocab, "llama-bpe")),
-        TINY_PHI3_SHA256,
-    );
-    let reference = data_reference("tiny-phi3");
-    check_tokenize(&model, &reference);
-    check(&model, &reference, 0.15, &[(2, None)], None);
-    check(&model, &reference, 0.15, &[(1, Some("scalar")), (3, Some("avx2"))], Some(&["fox", "code"]));
+    let Some((model, reference)) = tiny_model("phi3", TINY_PHI3_SHA256) else { return };
+    check_tiny(&model, &reference, &[]);
 }
 const TINY_PHI3_SHA256: &str = "965b332936fe316919e3c150356534a2ea58534abecca26a9e20156d76a7b7ea";
 
@@ -712,6 +682,8 @@ fn tiny_arch(name: &str) -> Option<(arch_models::Layout, Vocab, &'static [&'stat
             arch_models::vocab_of_gguf(&shared.join("vocab/gemma-3-270m.vocab.gguf")),
             &[],
         ),
+        // A byte-level BPE vocabulary, as Phi-4-mini's (o200k, not at hand: the Llama 3.2 one;
+        // the reference does not load the Mistral/Llama 2 SentencePiece one with phi3).
         "phi3" => (arch_models::phi3_layout(), llama3("llama-bpe")?, &[]),
         _ => unreachable!("no tiny layout {name}"),
     })
