@@ -64,7 +64,7 @@ pub(crate) fn make_qx_quants(x: &[f32], nmax: i32, l: &mut [i8], qw: Option<&[f3
         return 0.0;
     }
     let quant = |iscale: f32, v: f32| nearest_int(iscale * v).clamp(-nmax, nmax - 1);
-    let mut iscale = -(nmax as f32) / max;
+    let iscale = -(nmax as f32) / max;
     let (mut sumlx, mut suml2) = (0.0f32, 0.0f32);
     for i in 0..n {
         let q = quant(iscale, x[i]);
@@ -75,28 +75,59 @@ pub(crate) fn make_qx_quants(x: &[f32], nmax: i32, l: &mut [i8], qw: Option<&[f3
     }
     let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
     let mut best = scale * sumlx;
-    for is in -9..=9 {
-        if is == 0 {
-            continue;
-        }
-        iscale = -(nmax as f32 + 0.1 * is as f32) / max;
-        sumlx = 0.0;
-        suml2 = 0.0;
-        for (i, &v) in x.iter().enumerate() {
-            let q = quant(iscale, v);
-            let w = qw.map_or(v * v, |q| q[i]);
-            sumlx += w * v * q as f32;
-            suml2 += w * q as f32 * q as f32;
-        }
+    let mut iscales = [0f32; 18];
+    for (k, is) in (-9..=9).filter(|&is| is != 0).enumerate() {
+        iscales[k] = -(nmax as f32 + 0.1 * is as f32) / max;
+    }
+    let mut sums = [(0f32, 0f32); 18];
+    sym_sums(x, qw, nmax, &iscales, &mut sums);
+    let mut chosen = None;
+    for (&iscale, &(sumlx, suml2)) in iscales.iter().zip(&sums) {
         if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
-            for i in 0..n {
-                l[i] = (quant(iscale, x[i]) + nmax) as i8;
-            }
+            chosen = Some(iscale);
             scale = sumlx / suml2;
             best = scale * sumlx;
         }
     }
+    if let Some(iscale) = chosen {
+        for i in 0..n {
+            l[i] = (quant(iscale, x[i]) + nmax) as i8;
+        }
+    }
     scale
+}
+
+/// `make_qx_quants`'s sums for each of `iscales`: `(sum w·x·l, sum w·l²)` with `l` the levels of
+/// `x` at that scale, `w` = `qw` or `x²`, each summed in `x`'s order (the scalar specification
+/// of the AVX2 search, which takes eight scales at once).
+pub(crate) fn sym_sums(x: &[f32], qw: Option<&[f32]>, nmax: i32, iscales: &[f32], sums: &mut [(f32, f32)]) {
+    #[cfg(target_arch = "x86_64")]
+    if search_avx2() {
+        // SAFETY: `search_avx2` checked that the CPU has AVX2.
+        return unsafe { crate::isa::avx2::search::sym_sums(x, qw, nmax, iscales, sums) };
+    }
+    sym_sums_scalar(x, qw, nmax, iscales, sums)
+}
+
+/// `sym_sums`'s specification.
+pub(crate) fn sym_sums_scalar(x: &[f32], qw: Option<&[f32]>, nmax: i32, iscales: &[f32], sums: &mut [(f32, f32)]) {
+    for (&iscale, sum) in iscales.iter().zip(sums) {
+        let (mut sumlx, mut suml2) = (0f32, 0f32);
+        for (i, &v) in x.iter().enumerate() {
+            let q = nearest_int(iscale * v).clamp(-nmax, nmax - 1) as f32;
+            let w = qw.map_or(v * v, |q| q[i]);
+            sumlx += w * v * q;
+            suml2 += w * q * q;
+        }
+        *sum = (sumlx, suml2);
+    }
+}
+
+/// Whether the scale searches run their AVX2 form (the process's ISA, so `LLAMAFILE_ISA=scalar`
+/// runs the specification).
+#[cfg(target_arch = "x86_64")]
+fn search_avx2() -> bool {
+    crate::isa::kernels().isa >= crate::isa::Isa::Avx2
 }
 
 /// Symmetric quantization to `-nmax..nmax-1` (stored offset by `nmax`) refined by coordinate
@@ -173,7 +204,6 @@ pub(crate) fn make_qkx2_quants(
     use_mad: bool,
 ) -> (f32, f32) {
     let n = x.len();
-    let mut laux = [0u8; 32];
     let (mut min, mut max) = (x[0], x[0]);
     let mut sum_w = weights[0];
     let mut sum_x = sum_w * x[0];
@@ -191,23 +221,71 @@ pub(crate) fn make_qkx2_quants(
         return (0.0, -min);
     }
     let err = |d: f32| if use_mad { d.abs() } else { d * d };
-    let level = |iscale: f32, v: f32, min: f32| nearest_int(iscale * (v - min)).clamp(0, nmax);
-    let mut iscale = nmax as f32 / (max - min);
-    let mut scale = 1.0 / iscale;
+    let iscale = nmax as f32 / (max - min);
+    let scale = 1.0 / iscale;
     let mut best_error = 0.0f32;
     for i in 0..n {
-        let q = level(iscale, x[i], min);
-        l[i] = q as u8;
-        best_error += weights[i] * err(scale * q as f32 + min - x[i]);
+        l[i] = asym_level(iscale, x[i], min, nmax);
+        best_error += weights[i] * err(scale * l[i] as f32 + min - x[i]);
     }
-    // One running sum per quantity, in the reference's order: the search compares near-equal
-    // errors, so summing in another order picks another scale in a few blocks.
+    let fit = AsymFit { x, weights, nmax, use_mad, max, sum_w, sum_x };
+    asym_search(&fit, l, rmin, rdelta, nstep, (scale, min, best_error))
+}
+
+/// What the steps of an asymmetric search (`make_qkx2_quants`, `make_qkx3_quants`) share: the
+/// values, their weights, the top level, the error measure (absolute or squared), the range's
+/// top and the weights' sums `sum w`, `sum w·x`.
+pub(crate) struct AsymFit<'a> {
+    pub x: &'a [f32],
+    pub weights: &'a [f32],
+    pub nmax: i32,
+    pub use_mad: bool,
+    pub max: f32,
+    pub sum_w: f32,
+    pub sum_x: f32,
+}
+
+/// The level of `v` at `iscale` above `min`, in `0..=nmax`.
+#[inline]
+pub(crate) fn asym_level(iscale: f32, v: f32, min: f32, nmax: i32) -> u8 {
+    nearest_int(iscale * (v - min)).clamp(0, nmax) as u8
+}
+
+/// The inverse scale of search step `is` over the range `min..max`.
+#[inline]
+pub(crate) fn asym_iscale(rmin: f32, rdelta: f32, is: i32, nmax: i32, max: f32, min: f32) -> f32 {
+    (rmin + rdelta * is as f32 + nmax as f32) / (max - min)
+}
+
+/// Steps `0..=nstep` of an asymmetric search from the first guess `(scale, min, error)` whose
+/// levels are in `l`: each step's levels get the weighted least-squares scale and min (the min
+/// clamped to <= 0), and a step whose error is below the best so far replaces it, levels, scale
+/// and min. The later steps measure their levels from the new min (the reference's search does
+/// so, and the bytes are its). One running sum per quantity, in the reference's order: the search
+/// compares near-equal errors, so summing in another order picks another scale in a few blocks.
+/// Returns `(scale, min)`.
+pub(crate) fn asym_search(fit: &AsymFit, l: &mut [u8], rmin: f32, rdelta: f32, nstep: i32, best: (f32, f32, f32)) -> (f32, f32) {
+    #[cfg(target_arch = "x86_64")]
+    if search_avx2() {
+        // SAFETY: `search_avx2` checked that the CPU has AVX2.
+        return unsafe { crate::isa::avx2::search::asym_search(fit, l, rmin, rdelta, nstep, best) };
+    }
+    asym_search_scalar(fit, l, rmin, rdelta, nstep, best)
+}
+
+/// `asym_search`'s specification.
+pub(crate) fn asym_search_scalar(fit: &AsymFit, l: &mut [u8], rmin: f32, rdelta: f32, nstep: i32, best: (f32, f32, f32)) -> (f32, f32) {
+    let (mut scale, mut min, mut best_error) = best;
+    let AsymFit { x, weights, nmax, use_mad, max, sum_w, sum_x } = *fit;
+    let n = x.len();
+    let mut laux = [0u8; 32];
+    let err = |d: f32| if use_mad { d.abs() } else { d * d };
     for is in 0..=nstep {
-        iscale = (rmin + rdelta * is as f32 + nmax as f32) / (max - min);
+        let iscale = asym_iscale(rmin, rdelta, is, nmax, max, min);
         let (mut sum_l, mut sum_l2, mut sum_xl) = (0f32, 0f32, 0f32);
         for i in 0..n {
-            let q = level(iscale, x[i], min);
-            laux[i] = q as u8;
+            let q = asym_level(iscale, x[i], min, nmax);
+            laux[i] = q;
             let (w, qf) = (weights[i], q as f32);
             sum_l += w * qf;
             sum_l2 += w * qf * qf;
@@ -243,7 +321,6 @@ pub(crate) fn make_qkx2_quants(
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn make_qkx3_quants(x: &[f32], weights: &[f32], nmax: i32, l: &mut [u8], rmin: f32, rdelta: f32, nstep: i32) -> (f32, f32) {
     let n = x.len();
-    let mut laux = [0u8; 32];
     let (mut min, mut max) = (x[0], x[0]);
     let mut sum_w = weights[0];
     let mut sum_x = sum_w * x[0];
@@ -260,47 +337,16 @@ pub(crate) fn make_qkx3_quants(x: &[f32], weights: &[f32], nmax: i32, l: &mut [u
         l[..n].fill(0);
         return (0.0, -min);
     }
-    let level = |iscale: f32, v: f32, min: f32| nearest_int(iscale * (v - min)).clamp(0, nmax) as u8;
-    let mut iscale = nmax as f32 / (max - min);
-    let mut scale = 1.0 / iscale;
+    let iscale = nmax as f32 / (max - min);
+    let scale = 1.0 / iscale;
     let mut best = 0.0f32;
     for i in 0..n {
-        l[i] = level(iscale, x[i], min);
+        l[i] = asym_level(iscale, x[i], min, nmax);
         let diff = scale * l[i] as f32 + min - x[i];
         best += weights[i] * (diff * diff);
     }
-    for is in 0..=nstep {
-        iscale = (rmin + rdelta * is as f32 + nmax as f32) / (max - min);
-        let (mut sum_l, mut sum_l2, mut sum_xl) = (0f32, 0f32, 0f32);
-        for i in 0..n {
-            laux[i] = level(iscale, x[i], min);
-            let (w, q) = (weights[i], laux[i] as f32);
-            sum_l += w * q;
-            sum_l2 += w * q * q;
-            sum_xl += w * q * x[i];
-        }
-        let det = sum_w * sum_l2 - sum_l * sum_l;
-        if det > 0.0 {
-            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / det;
-            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det;
-            if this_min > 0.0 {
-                this_min = 0.0;
-                this_scale = sum_xl / sum_l2;
-            }
-            let mut err = 0f32;
-            for i in 0..n {
-                let diff = this_scale * laux[i] as f32 + this_min - x[i];
-                err += weights[i] * (diff * diff);
-            }
-            if err < best {
-                l[..n].copy_from_slice(&laux[..n]);
-                best = err;
-                scale = this_scale;
-                min = this_min;
-            }
-        }
-    }
-    (scale, -min)
+    let fit = AsymFit { x, weights, nmax, use_mad: false, max, sum_w, sum_x };
+    asym_search(&fit, l, rmin, rdelta, nstep, (scale, min, best))
 }
 
 /// Non-negative values `x` (sub-block scales or mins) to levels `0..=nmax` of one scale, weighted
