@@ -53,6 +53,9 @@ struct Cli {
     /// Q6_K scale searches weigh each column by it.
     #[arg(long, value_name = "FILE", requires = "quantize")]
     imatrix: Option<PathBuf>,
+    /// Threads for --quantize (default: one per core), as llama-quantize's thread count.
+    #[arg(short = 't', long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=4096))]
+    threads: Option<u16>,
     // --- end quantization ---
     // --- Hugging Face checkpoints ---
     /// Convert a Hugging Face checkpoint directory (config.json, safetensors, tokenizer files)
@@ -78,6 +81,12 @@ struct Cli {
 }
 
 fn run(mut cli: Cli) -> anyhow::Result<()> {
+    if let Some(n) = cli.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n.into())
+            .build_global()
+            .context("--threads: starting the threads")?;
+    }
     if let Some(path) = &cli.list {
         print!("{}", packer::list(path)?);
         return Ok(());
