@@ -276,7 +276,7 @@ pub(super) fn gemv_iq4xs<const V: bool>(n: usize, w: &[u8], ws: usize, nr: usize
 // ---- IQ4_NL ----
 
 /// Two Q8_0 blocks in the weights' order: `lo` their values 0..16 (one block per 128-bit
-/// lane), `hi` their values 16..32, `d` each block's scale in its lane's four floats, `base`
+/// lane), `hi` their values 16..32, `d` the two blocks' scales (then two zeros), `base`
 /// (for `V`) per i32 lane `-128 *` the sum of the eight activations that lane's `vpdpbusd`
 /// pair takes (four of `lo`, four of `hi`). A missing second block is zeros.
 #[derive(Clone, Copy)]
@@ -284,8 +284,8 @@ pub(super) fn gemv_iq4xs<const V: bool>(n: usize, w: &[u8], ws: usize, nr: usize
 struct NlPrep {
     lo: __m256i,
     hi: __m256i,
-    d: __m256,
     base: __m256i,
+    d: __m128,
 }
 
 /// Vector operations only: this runs once per block pair for every call (a block of rows),
@@ -307,7 +307,7 @@ unsafe fn prepare_nl<const V: bool>(a: &BlockQ8_0, b: Option<&BlockQ8_0>) -> NlP
     } else {
         z
     };
-    NlPrep { base, lo, hi, d: _mm256_set_m128(_mm_set1_ps(d1), _mm_set1_ps(h2f(a.d.as_ptr()))) }
+    NlPrep { base, lo, hi, d: _mm_setr_ps(h2f(a.d.as_ptr()), d1, 0.0, 0.0) }
 }
 
 /// One IQ4_NL row against prepared activations (`prep[i]`: blocks `2i`, `2i + 1`).
@@ -343,14 +343,15 @@ unsafe fn row_nl<const V: bool>(wb: &[BlockIQ4NL], prep: &[NlPrep]) -> f32 {
 unsafe fn step_nl<const V: bool>(acc: &mut __m256, p: &NlPrep, a: &BlockIQ4NL, b: Option<&BlockIQ4NL>) {
     let table = codebook::<V>();
     let ones = _mm256_set1_epi16(1);
-    let dctl = ld128(DW_CTL.as_ptr());
     let (q, db) = match b {
         Some(b) => (_mm256_set_m128i(ld128(b.qs.as_ptr()), ld128(a.qs.as_ptr())), u16::from_le_bytes(b.d)),
         None => (_mm256_zextsi128_si256(ld128(a.qs.as_ptr())), 0),
     };
-    // both f16 scales converted at once, each in its lane's four floats
+    // both f16 scales converted and multiplied by the activations' at once, then each spread
+    // over its lane's four floats
     let dd = _mm_cvtsi32_si128(u16::from_le_bytes(a.d) as i32 | (db as i32) << 16);
-    let dw = _mm256_cvtph_ps(_mm_shuffle_epi8(dd, dctl));
+    let d = _mm_mul_ps(_mm_cvtph_ps(dd), p.d);
+    let d = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(d), _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1));
     let (lo, hi) = nibble_values(q, table);
     let s = if V {
         // sum(code * x) - 128 * sum(x) = sum(value * x), exact
@@ -361,11 +362,8 @@ unsafe fn step_nl<const V: bool>(acc: &mut __m256, p: &NlPrep, a: &BlockIQ4NL, b
             _mm256_madd_epi16(pair_products(hi, p.hi), ones),
         )
     };
-    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, p.d), *acc);
+    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, *acc);
 }
-
-/// `vpshufb` control: words 0..4 the first f16 of the register, words 4..8 the second.
-const DW_CTL: [u8; 16] = [0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3];
 
 #[inline(always)]
 unsafe fn gemv_nl<const V: bool>(
