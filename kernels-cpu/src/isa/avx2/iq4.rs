@@ -373,9 +373,10 @@ mod tests {
                 continue;
             };
             let scalar = crate::isa::scalar::vec_dot(t).unwrap();
-            // IQ4_NL block counts of every remainder mod 4 (it takes four blocks a step), and the
+            // IQ4_NL block counts of every remainder mod 8 (it takes eight blocks a step), and the
             // prepared buffer grown then reused shorter
-            for (nr, n) in [(1, 256), (5, 768), (3, 4096), (2, 96), (3, 320), (2, 8224), (2, 16640)] {
+            let sizes = [(1, 256), (5, 768), (3, 4096), (2, 96), (3, 320), (2, 8224), (2, 16640), (2, 128)];
+            for (nr, n) in sizes.into_iter().chain([(3, 160), (1, 192), (2, 224), (1, 32)]) {
                 if n % t.block_size() != 0 {
                     continue;
                 }

@@ -11,13 +11,14 @@
 //! exact in 16 bits (2 * 127 * 127 < 2^15), then `vpmaddwd` by the sub-block scales `ls - 32`
 //! (IQ4_XS, per lane: eight scales decoded per block with vector operations and one `vpshufb`
 //! per sub-block pair) or by ones (IQ4_NL): exact i32 sums as in the scalar specification,
-//! then one convert and one multiply-add per block (IQ4_XS) or block pair (IQ4_NL, two pairs
+//! then one convert and one multiply-add per block (IQ4_XS) or block pair (IQ4_NL, four pairs
 //! a step into two accumulators). Rows stream one after the other, prefetched ahead.
 //!
 //! With AVX-VNNI (`V`, chosen at run time) the codes are unsigned instead (codebook + 128,
 //! `types::iq4_nl::UNSIGNED`) and two `vpdpbusd` give exact i32 sums of code x quant per 64
 //! values, no sign trick; the 128 comes back exactly in the integer domain from sums of the
-//! activations prepared once per call (`-128 * sum(x)` per block or sub-block). IQ4_XS then
+//! activations prepared once per call (`-128 * sum(x)` per sub-block; IQ4_NL: per i32 lane of
+//! the `vpdpbusd` pair, which needs no horizontal sums and keeps the step exact). IQ4_XS then
 //! reduces each sub-block's four lanes with three `vphaddd` per block (sub-blocks in the order
 //! 0, 2, 4, 6, 1, 3, 5, 7, which its scales are decoded in) and applies the scales with one
 //! `vpmulld`: the scalar specification's integer sum per block.
@@ -275,33 +276,38 @@ pub(super) fn gemv_iq4xs<const V: bool>(n: usize, w: &[u8], ws: usize, nr: usize
 // ---- IQ4_NL ----
 
 /// Two Q8_0 blocks in the weights' order: `lo` their values 0..16 (one block per 128-bit
-/// lane), `hi` their values 16..32, `d` each block's scale in its lane's four floats, `base`
-/// each block's `-128 * sum(x)` in its lane's first i32 (for `V`). A missing second block is
-/// zeros.
+/// lane), `hi` their values 16..32, `d` the two blocks' scales (then two zeros), `base`
+/// (for `V`) per i32 lane `-128 *` the sum of the eight activations that lane's `vpdpbusd`
+/// pair takes (four of `lo`, four of `hi`). A missing second block is zeros.
 #[derive(Clone, Copy)]
 #[repr(C, align(32))]
 struct NlPrep {
     lo: __m256i,
     hi: __m256i,
-    d: __m256,
     base: __m256i,
+    d: __m128,
 }
 
+/// Vector operations only: this runs once per block pair for every call (a block of rows),
+/// so a scalar sum of the activations here costs as much as several rows' worth of steps.
 #[inline(always)]
-unsafe fn prepare_nl(a: &BlockQ8_0, b: Option<&BlockQ8_0>) -> NlPrep {
+unsafe fn prepare_nl<const V: bool>(a: &BlockQ8_0, b: Option<&BlockQ8_0>) -> NlPrep {
     let x0 = ld256(a.qs.as_ptr());
     let (x1, d1) = match b {
         Some(b) => (ld256(b.qs.as_ptr()), h2f(b.d.as_ptr())),
         None => (_mm256_setzero_si256(), 0.0),
     };
-    let sum = |q: &[i8]| -128 * q.iter().map(|&v| v as i32).sum::<i32>();
-    let s1 = b.map_or(0, |b| sum(&b.qs));
-    NlPrep {
-        base: _mm256_setr_epi32(sum(&a.qs), 0, 0, 0, s1, 0, 0, 0),
-        lo: _mm256_permute2x128_si256::<0x20>(x0, x1),
-        hi: _mm256_permute2x128_si256::<0x31>(x0, x1),
-        d: _mm256_set_m128(_mm_set1_ps(d1), _mm_set1_ps(h2f(a.d.as_ptr()))),
-    }
+    let lo = _mm256_permute2x128_si256::<0x20>(x0, x1);
+    let hi = _mm256_permute2x128_si256::<0x31>(x0, x1);
+    let z = _mm256_setzero_si256();
+    let base = if V {
+        // 128 * (sum of four activations) per pair of `vpdpbusd`s, exact, then negated
+        let c = _mm256_set1_epi8(-128);
+        _mm256_sub_epi32(z, _mm256_dpbusd_avx_epi32(_mm256_dpbusd_avx_epi32(z, c, lo), c, hi))
+    } else {
+        z
+    };
+    NlPrep { base, lo, hi, d: _mm_setr_ps(h2f(a.d.as_ptr()), d1, 0.0, 0.0) }
 }
 
 /// One IQ4_NL row against prepared activations (`prep[i]`: blocks `2i`, `2i + 1`).
@@ -309,26 +315,24 @@ unsafe fn prepare_nl(a: &BlockQ8_0, b: Option<&BlockQ8_0>) -> NlPrep {
 unsafe fn row_nl<const V: bool>(wb: &[BlockIQ4NL], prep: &[NlPrep]) -> f32 {
     // two accumulators, named (an indexed pair is kept in memory: a store-to-load chain)
     let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    let quads = wb.chunks_exact(4);
-    let tail = quads.remainder();
-    for (w, p) in quads.zip(prep.chunks_exact(2)) {
-        // a line every 36 bytes: with the pairs' starts under 64 bytes apart, every line of
-        // the row (a hint: never faults)
+    let eights = wb.chunks_exact(8);
+    let tail = eights.remainder();
+    for (w, p) in eights.zip(prep.chunks_exact(4)) {
+        // eight blocks are 144 bytes: prefetches 64 bytes apart (then 16 to the next step's)
+        // touch every line of the row once or twice, as Q4_K's per-block ones (a hint: never
+        // faults)
         let pf = (w.as_ptr() as *const i8).wrapping_add(PREFETCH_AHEAD);
         _mm_prefetch::<_MM_HINT_T0>(pf);
-        _mm_prefetch::<_MM_HINT_T0>(pf.wrapping_add(36));
+        _mm_prefetch::<_MM_HINT_T0>(pf.wrapping_add(64));
+        _mm_prefetch::<_MM_HINT_T0>(pf.wrapping_add(128));
         step_nl::<V>(&mut acc0, &p[0], &w[0], Some(&w[1]));
         step_nl::<V>(&mut acc1, &p[1], &w[2], Some(&w[3]));
+        step_nl::<V>(&mut acc0, &p[2], &w[4], Some(&w[5]));
+        step_nl::<V>(&mut acc1, &p[3], &w[6], Some(&w[7]));
     }
-    let p = &prep[wb.len() / 4 * 2..];
-    match tail {
-        [a] => step_nl::<V>(&mut acc0, &p[0], a, None),
-        [a, b] => step_nl::<V>(&mut acc0, &p[0], a, Some(b)),
-        [a, b, c] => {
-            step_nl::<V>(&mut acc0, &p[0], a, Some(b));
-            step_nl::<V>(&mut acc1, &p[1], c, None);
-        }
-        _ => {}
+    // the last 0..8 blocks (their lines prefetched by the steps above or the row before)
+    for (pair, p) in tail.chunks(2).zip(&prep[wb.len() / 8 * 4..]) {
+        step_nl::<V>(&mut acc0, p, &pair[0], pair.get(1));
     }
     hsum(_mm256_add_ps(acc0, acc1))
 }
@@ -339,14 +343,15 @@ unsafe fn row_nl<const V: bool>(wb: &[BlockIQ4NL], prep: &[NlPrep]) -> f32 {
 unsafe fn step_nl<const V: bool>(acc: &mut __m256, p: &NlPrep, a: &BlockIQ4NL, b: Option<&BlockIQ4NL>) {
     let table = codebook::<V>();
     let ones = _mm256_set1_epi16(1);
-    let dctl = ld128(DW_CTL.as_ptr());
     let (q, db) = match b {
         Some(b) => (_mm256_set_m128i(ld128(b.qs.as_ptr()), ld128(a.qs.as_ptr())), u16::from_le_bytes(b.d)),
         None => (_mm256_zextsi128_si256(ld128(a.qs.as_ptr())), 0),
     };
-    // both f16 scales converted at once, each in its lane's four floats
+    // both f16 scales converted and multiplied by the activations' at once, then each spread
+    // over its lane's four floats
     let dd = _mm_cvtsi32_si128(u16::from_le_bytes(a.d) as i32 | (db as i32) << 16);
-    let dw = _mm256_cvtph_ps(_mm_shuffle_epi8(dd, dctl));
+    let d = _mm_mul_ps(_mm_cvtph_ps(dd), p.d);
+    let d = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(d), _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1));
     let (lo, hi) = nibble_values(q, table);
     let s = if V {
         // sum(code * x) - 128 * sum(x) = sum(value * x), exact
@@ -357,11 +362,8 @@ unsafe fn step_nl<const V: bool>(acc: &mut __m256, p: &NlPrep, a: &BlockIQ4NL, b
             _mm256_madd_epi16(pair_products(hi, p.hi), ones),
         )
     };
-    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, p.d), *acc);
+    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, *acc);
 }
-
-/// `vpshufb` control: words 0..4 the first f16 of the register, words 4..8 the second.
-const DW_CTL: [u8; 16] = [0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3];
 
 #[inline(always)]
 unsafe fn gemv_nl<const V: bool>(
@@ -375,7 +377,7 @@ unsafe fn gemv_nl<const V: bool>(
 ) {
     let np = nb.div_ceil(2);
     for (i, pair) in xb.chunks(2).enumerate() {
-        prep.add(i).write(prepare_nl(&pair[0], pair.get(1)));
+        prep.add(i).write(prepare_nl::<V>(&pair[0], pair.get(1)));
     }
     // the first `np` entries were all written just above
     let prep = core::slice::from_raw_parts(prep, np);
