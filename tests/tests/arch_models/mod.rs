@@ -41,6 +41,10 @@ pub struct Layout {
     pub n_rot: Option<usize>,
     /// q, k, v in one `attn_qkv` matrix; gate and up in one `ffn_up` (Phi-3).
     pub fused: bool,
+    /// Standard deviation of the logits of a unit-RMS final hidden state: the output matrix
+    /// (the embedding when tied) holds values of standard deviation `logit_std / sqrt(n_embd)`.
+    /// None: values uniform in [-1, 1) (standard deviation 0.58 whatever the width).
+    pub logit_std: Option<f32>,
     /// More `<arch>.*` metadata (without the prefix); a key written anyway (`context_length`)
     /// takes this value instead.
     pub extra: Vec<(&'static str, MetaValue)>,
@@ -106,9 +110,13 @@ pub fn build(layout: &Layout, vocab: &[(String, MetaValue)]) -> Vec<u8> {
     meta.extend(vocab.iter().cloned());
 
     let (e, ff, q, kv) = (l.n_embd as u64, l.n_ff as u64, (l.n_head * hd) as u64, (l.n_head_kv * hd) as u64);
-    // (name, dims, is a matrix, scale of the uniform values)
+    // uniform values in [-s, s) of standard deviation 1 / sqrt(cols)
+    let w = |cols: u64| (3.0 / cols as f32).sqrt();
+    let output_scale = l.logit_std.map_or(1.0, |s| s * w(e));
+    let embd_scale = if l.tied { output_scale } else { 1.0 };
+    // (name, dims, scale of the uniform values)
     let mut shapes: Vec<(std::string::String, Vec<u64>, f32)> =
-        vec![("token_embd.weight".into(), vec![e, n_vocab as u64], 1.0)];
+        vec![("token_embd.weight".into(), vec![e, n_vocab as u64], embd_scale)];
     if let Some(f) = &l.rope_factors {
         shapes.push(("rope_freqs.weight".into(), vec![f.len() as u64], 0.0));
     }
@@ -118,9 +126,8 @@ pub fn build(layout: &Layout, vocab: &[(String, MetaValue)]) -> Vec<u8> {
     }
     shapes.push(("output_norm.weight".into(), vec![e], 0.1));
     if !l.tied {
-        shapes.push(("output.weight".into(), vec![e, n_vocab as u64], 1.0));
+        shapes.push(("output.weight".into(), vec![e, n_vocab as u64], output_scale));
     }
-    let w = |cols: u64| (3.0 / cols as f32).sqrt();
     for b in 0..l.n_layer {
         let mut blk = vec![("attn_norm.weight", vec![e], 0.1)];
         if l.fused {
@@ -285,9 +292,19 @@ fn tiny_llama3_factors(n_rot: usize) -> Vec<f32> {
 /// gives a row that is not whole 256-blocks a 32-block type instead of Q4_K, Q6_K or IQ4_XS, so
 /// a 128-wide model would hold none of the types it is named after. What makes each layout
 /// what it is stays: a head size that is not n_embd / n_head where it was, partial rotary, the
-/// fused matrices, the factors.
+/// fused matrices, the factors, the windows and soft caps.
+///
+/// The output matrix has the tiny Mistral models' scale (values of standard deviation
+/// 4 / sqrt(n_embd), a top logit near 17): a quantization error moves each logit in proportion
+/// to it, so these models are held to the same limit as those. Gemma 2's final soft cap is the
+/// real model's 30, which still bends its top logits at that scale (its tied embedding, scaled
+/// by sqrt(n_embd) on the way in, makes the input token's own logit the largest by far).
 pub fn wide(mut l: Layout) -> Layout {
     let s = 256 / l.n_embd;
+    l.logit_std = Some(4.0);
+    if let Some(cap) = l.extra.iter_mut().find(|(k, _)| *k == "final_logit_softcapping") {
+        cap.1 = MetaValue::F32(30.0);
+    }
     l.n_embd = 256;
     l.n_ff = 768;
     l.head_dim = l.head_dim.map(|d| d * s);
@@ -322,6 +339,7 @@ pub fn llama3_layout() -> Layout {
         longrope: None,
         n_rot: None,
         fused: false,
+        logit_std: None,
         extra: vec![],
     }
 }
@@ -348,6 +366,7 @@ pub fn qwen3_layout() -> Layout {
         longrope: None,
         n_rot: None,
         fused: false,
+        logit_std: None,
         extra: vec![],
     }
 }
@@ -376,6 +395,7 @@ pub fn nemo_layout() -> Layout {
         longrope: None,
         n_rot: None,
         fused: false,
+        logit_std: None,
         extra: vec![("attention.sliding_window", MetaValue::U32(64))],
     }
 }
@@ -405,6 +425,7 @@ pub fn gemma2_layout() -> Layout {
         longrope: None,
         n_rot: None,
         fused: false,
+        logit_std: None,
         extra: vec![
             ("attention.sliding_window", MetaValue::U32(32)),
             ("attn_logit_softcapping", F32(2.0)),
@@ -435,6 +456,7 @@ pub fn phi3_layout() -> Layout {
         longrope: None,
         n_rot: Some(24),
         fused: true,
+        logit_std: None,
         extra: vec![("attention.sliding_window", MetaValue::U32(32))],
     }
 }
