@@ -21,14 +21,13 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::legacy::{h2f, ld256};
-use super::lpanel::{bcast4, store_rows, transpose8, Line};
-use crate::isa::lpanels::{run, with_scratch, Scratch, Steps};
+use super::lpanel::{bcast4, run_tile, store_rows, transpose8, Line};
+use crate::isa::lpanels::Steps;
 use crate::isa::{PanelFn, Tile};
 use crate::types::q4_k::{scales_mins_k4_bytes, BlockQ4K};
 use crate::types::q8_k::QK_K;
 use crate::types::WeightType;
 use std::arch::x86_64::*;
-use std::cell::RefCell;
 
 const ROWS: usize = 8;
 const TOKENS: usize = 4;
@@ -55,10 +54,6 @@ pub(super) fn panel_with(t: WeightType, vnni: bool) -> Option<PanelFn> {
         return None;
     }
     Some(if vnni { panel_entry::<true> } else { panel_entry::<false> })
-}
-
-thread_local! {
-    static SCRATCH: RefCell<Scratch<Line>> = const { RefCell::new(Scratch::new()) };
 }
 
 /// Packs rows `0..nr` (`nr <= 8`) into `nb` packed blocks at `dst`; rows `nr..8` are zeros.
@@ -218,56 +213,12 @@ impl<const V: bool> Steps for Kernel<V> {
     }
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn plain_tf(
-    nb: usize,
-    w: *const u8,
-    ws: usize,
-    nr: usize,
-    x: *const u8,
-    xs: usize,
-    nc: usize,
-    out: *mut f32,
-    os: usize,
-    lp: *mut Line,
-    sp: *mut u32,
-) {
-    run::<Kernel<false>>(nb, w, ws, nr, x, xs, nc, out, os, lp, sp)
-}
-
-#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn vnni_tf(
-    nb: usize,
-    w: *const u8,
-    ws: usize,
-    nr: usize,
-    x: *const u8,
-    xs: usize,
-    nc: usize,
-    out: *mut f32,
-    os: usize,
-    lp: *mut Line,
-    sp: *mut u32,
-) {
-    run::<Kernel<true>>(nb, w, ws, nr, x, xs, nc, out, os, lp, sp)
-}
-
 /// The entry point, with (`V`) or without AVX-VNNI.
 fn panel_entry<const V: bool>(t: Tile<'_>) {
     let nb = t.blocks(QK_K, 144, Q8K_BYTES, "Q4_K panel");
-    let Tile { w, w_stride, rows: nr, x, x_stride, tokens: nc, out, out_stride, .. } = t;
-    if nr == 0 || nc == 0 {
-        return;
-    }
     // SAFETY: installed only when AVX2/FMA/F16C were detected (and AVX-VNNI for `V`, see
-    // `panel_with`); every row, token and output touched was just checked to be inside the
-    // slices; the scratch was grown to what `run` uses.
-    with_scratch(&SCRATCH, nr.div_ceil(ROWS) * nb * LINES, 2 * nc * nb, Line([0; 32]), |lp, sp| unsafe {
-        let tf = if V { vnni_tf } else { plain_tf };
-        tf(nb, w.as_ptr(), w_stride, nr, x.as_ptr(), x_stride, nc, out.as_mut_ptr(), out_stride, lp, sp)
-    })
+    // `panel_with`); `nb` is from `Tile::blocks`.
+    unsafe { run_tile::<Kernel<V>, V>(t, nb) }
 }
 
 #[cfg(test)]

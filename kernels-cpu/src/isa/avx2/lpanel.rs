@@ -308,70 +308,75 @@ impl<W: Weights, A: Acts, const V: bool> Steps for Kernel<W, A, V> {
     }
 }
 
+/// Runs panel kernel `K` over a tile of `nb` blocks per row: what every avx2 panel shares (the
+/// per-thread scratch and the `lpanels::run` driver compiled for AVX2/FMA/F16C, and AVX-VNNI
+/// for `V`).
+///
+/// # Safety
+/// AVX2/FMA/F16C were detected, and AVX-VNNI for `V`; `nb` is what `Tile::blocks` returned for
+/// this tile and `K`'s block sizes, so every row, token and output touched is inside the slices
+/// (outputs `c * out_stride + r`, r < nr <= out_stride, never overlap).
+pub(super) unsafe fn run_tile<K: Steps<Line = Line>, const V: bool>(t: Tile<'_>, nb: usize) {
+    let Tile { w, w_stride, rows: nr, x, x_stride, tokens: nc, out, out_stride, .. } = t;
+    if nr == 0 || nc == 0 {
+        return;
+    }
+    // SAFETY: the caller's promises; the scratch is grown to what `run` uses.
+    with_scratch(&SCRATCH, nr.div_ceil(ROWS) * nb * K::LINES, 2 * nc * nb, Line([0; 32]), |lp, sp| unsafe {
+        let tf = if V { run_vnni::<K> } else { run_plain::<K> };
+        tf(nb, w.as_ptr(), w_stride, nr, x.as_ptr(), x_stride, nc, out.as_mut_ptr(), out_stride, lp, sp)
+    })
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn run_plain<K: Steps<Line = Line>>(
+    nb: usize,
+    w: *const u8,
+    ws: usize,
+    nr: usize,
+    x: *const u8,
+    xs: usize,
+    nc: usize,
+    out: *mut f32,
+    os: usize,
+    lp: *mut Line,
+    sp: *mut u32,
+) {
+    run::<K>(nb, w, ws, nr, x, xs, nc, out, os, lp, sp)
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn run_vnni<K: Steps<Line = Line>>(
+    nb: usize,
+    w: *const u8,
+    ws: usize,
+    nr: usize,
+    x: *const u8,
+    xs: usize,
+    nc: usize,
+    out: *mut f32,
+    os: usize,
+    lp: *mut Line,
+    sp: *mut u32,
+) {
+    run::<K>(nb, w, ws, nr, x, xs, nc, out, os, lp, sp)
+}
+
 macro_rules! panel_kernel {
     ($m:ident, $W:ident, $A:ident, $name:expr) => {
         mod $m {
             use super::*;
-
-            #[target_feature(enable = "avx2,fma,f16c")]
-            #[allow(clippy::too_many_arguments)]
-            unsafe fn plain_tf(
-                nb: usize,
-                w: *const u8,
-                ws: usize,
-                nr: usize,
-                x: *const u8,
-                xs: usize,
-                nc: usize,
-                out: *mut f32,
-                os: usize,
-                lp: *mut Line,
-                sp: *mut u32,
-            ) {
-                run::<Kernel<$W, $A, false>>(nb, w, ws, nr, x, xs, nc, out, os, lp, sp)
-            }
-
-            #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-            #[allow(clippy::too_many_arguments)]
-            unsafe fn vnni_tf(
-                nb: usize,
-                w: *const u8,
-                ws: usize,
-                nr: usize,
-                x: *const u8,
-                xs: usize,
-                nc: usize,
-                out: *mut f32,
-                os: usize,
-                lp: *mut Line,
-                sp: *mut u32,
-            ) {
-                run::<Kernel<$W, $A, true>>(nb, w, ws, nr, x, xs, nc, out, os, lp, sp)
-            }
 
             /// The entry point, with (`V`) or without AVX-VNNI (then the nibble types only:
             /// see the module text).
             pub fn panel<const V: bool>(t: Tile<'_>) {
                 assert!(V || $W::OFFSET < 32 || $W::OFFSET == 128, "16-bit sums need codes below 32 or signed ones");
                 let nb = t.blocks(QK, $W::BYTES, $A::BYTES, concat!($name, " panel"));
-                let Tile { w, w_stride, rows: nr, x, x_stride, tokens: nc, out, out_stride, .. } = t;
-                if nr == 0 || nc == 0 {
-                    return;
-                }
                 // SAFETY: installed only when AVX2/FMA/F16C were detected (and AVX-VNNI for
-                // `V`, see `panel_with`); every row, token and output touched was just checked
-                // to be inside the slices (outputs `c * out_stride + r`, r < nr <= out_stride,
-                // never overlap); the scratch was grown to what `run` uses.
-                with_scratch(
-                    &SCRATCH,
-                    nr.div_ceil(ROWS) * nb * block_lines::<$W>(),
-                    2 * nc * nb,
-                    Line([0; 32]),
-                    |lp, sp| unsafe {
-                        let tf = if V { vnni_tf } else { plain_tf };
-                        tf(nb, w.as_ptr(), w_stride, nr, x.as_ptr(), x_stride, nc, out.as_mut_ptr(), out_stride, lp, sp)
-                    },
-                )
+                // `V`, see `panel_with`); `nb` is from `Tile::blocks`.
+                unsafe { run_tile::<Kernel<$W, $A, V>, V>(t, nb) }
             }
         }
     };
