@@ -26,7 +26,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::legacy::{h2f, ld128, ld256};
-use super::lpanel::{bcast4, run_tile, store_rows, transpose8, Line};
+use super::lpanel::{bcast4, q8k_steps, run_tile, store_rows, transpose8, Line};
 use crate::isa::lpanels::Steps;
 use crate::isa::{PanelFn, Tile};
 use crate::types::iq4_xs::BlockIQ4XS;
@@ -164,41 +164,7 @@ unsafe fn micro<const T: usize, const V: bool>(
     store_rows(&acc, out, os, nr);
 }
 
-/// The kernel for the `lpanels` driver (no per-token side data: the Q8_K blocks carry it).
-struct Kernel<const V: bool>;
-
-impl<const V: bool> Steps for Kernel<V> {
-    type Line = Line;
-    const ROWS: usize = ROWS;
-    const TOKENS: usize = TOKENS;
-    const LINES: usize = LINES;
-    #[inline(always)]
-    unsafe fn pack(nb: usize, w: *const u8, ws: usize, nr: usize, dst: *mut Line) {
-        pack(nb, w, ws, nr, dst)
-    }
-    #[inline(always)]
-    unsafe fn prepare(_nb: usize, _x: *const u8, _sd: *mut f32, _sc: *mut u32) {}
-    #[inline(always)]
-    unsafe fn micro(
-        tc: usize,
-        nb: usize,
-        pl: *const Line,
-        xc: *const u8,
-        xs: usize,
-        _sd: *const f32,
-        _sc: *const u32,
-        o: *mut f32,
-        os: usize,
-        n: usize,
-    ) {
-        match tc {
-            1 => micro::<1, V>(nb, pl, xc, xs, o, os, n),
-            2 => micro::<2, V>(nb, pl, xc, xs, o, os, n),
-            3 => micro::<3, V>(nb, pl, xc, xs, o, os, n),
-            _ => micro::<TOKENS, V>(nb, pl, xc, xs, o, os, n),
-        }
-    }
-}
+q8k_steps!();
 
 /// The entry point, with (`V`) or without AVX-VNNI.
 fn panel_entry<const V: bool>(t: Tile<'_>) {

@@ -364,6 +364,49 @@ unsafe fn run_vnni<K: Steps<Line = Line>>(
     run::<K>(nb, w, ws, nr, x, xs, nc, out, os, lp, sp)
 }
 
+/// The `Steps` of a panel kernel over Q8_K activations (no per-token side data: the Q8_K blocks
+/// carry it): `struct Kernel<const V: bool>` for a module with `pack`, `micro::<T, V>`, `ROWS`,
+/// `TOKENS` and `LINES` (the Q4_K and IQ4_XS panels).
+macro_rules! q8k_steps {
+    () => {
+        struct Kernel<const V: bool>;
+
+        impl<const V: bool> Steps for Kernel<V> {
+            type Line = Line;
+            const ROWS: usize = ROWS;
+            const TOKENS: usize = TOKENS;
+            const LINES: usize = LINES;
+            #[inline(always)]
+            unsafe fn pack(nb: usize, w: *const u8, ws: usize, nr: usize, dst: *mut Line) {
+                pack(nb, w, ws, nr, dst)
+            }
+            #[inline(always)]
+            unsafe fn prepare(_nb: usize, _x: *const u8, _sd: *mut f32, _sc: *mut u32) {}
+            #[inline(always)]
+            unsafe fn micro(
+                tc: usize,
+                nb: usize,
+                pl: *const Line,
+                xc: *const u8,
+                xs: usize,
+                _sd: *const f32,
+                _sc: *const u32,
+                o: *mut f32,
+                os: usize,
+                n: usize,
+            ) {
+                match tc {
+                    1 => micro::<1, V>(nb, pl, xc, xs, o, os, n),
+                    2 => micro::<2, V>(nb, pl, xc, xs, o, os, n),
+                    3 => micro::<3, V>(nb, pl, xc, xs, o, os, n),
+                    _ => micro::<TOKENS, V>(nb, pl, xc, xs, o, os, n),
+                }
+            }
+        }
+    };
+}
+pub(super) use q8k_steps;
+
 macro_rules! panel_kernel {
     ($m:ident, $W:ident, $A:ident, $name:expr) => {
         mod $m {
