@@ -1,0 +1,299 @@
+//! A model card's YAML front matter read as the reference converter reads it: the lines between
+//! a first line `---` and the next `---` (all the rest when none closes it), with its two textual
+//! patches, loaded the way PyYAML's `safe_load` loads it (YAML 1.1: plain `yes`/`no`/`on`/`off`
+//! are booleans, `1_000` and `0x1f` integers, `2024-01-31` a date).
+//!
+//! The parsing is yaml-rust2's event parser: a maintained, pure-Rust YAML parser (serde_yaml is
+//! deprecated and its forks are built on a C translation; saphyr, the successor by the same
+//! maintainers, is still changing its API). Its loader resolves plain scalars by YAML 1.2, so the
+//! tree is built here from its events, with PyYAML's 1.1 resolution, and with limits on depth
+//! and on the size that aliases can multiply a document to.
+
+use regex::Regex;
+use std::collections::HashMap;
+use std::sync::LazyLock;
+use yaml_rust2::parser::{Event, Parser};
+use yaml_rust2::scanner::TScalarStyle;
+
+/// Nesting deeper than this is refused (PyYAML's recursive composer fails on deep nesting too).
+pub const MAX_DEPTH: usize = 64;
+/// Nodes plus string bytes a document may hold once its aliases are expanded.
+pub const MAX_WEIGHT: usize = 16 << 20;
+
+/// A YAML node as PyYAML's safe loader constructs it, scalars reduced to what the converter
+/// tells apart: strings, nulls, and other values' type and Python truth.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    Null,
+    Str(String),
+    Bool(bool),
+    Int { zero: bool },
+    Float { zero: bool },
+    Timestamp,
+    Seq(Vec<Value>),
+    Map(Vec<(Value, Value)>),
+}
+
+impl Value {
+    /// Python's truth of the constructed value.
+    pub fn truthy(&self) -> bool {
+        match self {
+            Value::Null => false,
+            Value::Str(s) => !s.is_empty(),
+            Value::Bool(b) => *b,
+            Value::Int { zero } | Value::Float { zero } => !zero,
+            Value::Timestamp => true,
+            Value::Seq(v) => !v.is_empty(),
+            Value::Map(v) => !v.is_empty(),
+        }
+    }
+
+    /// The Python type's name, for messages.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Value::Null => "null",
+            Value::Str(_) => "a string",
+            Value::Bool(_) => "a boolean",
+            Value::Int { .. } => "an integer",
+            Value::Float { .. } => "a number",
+            Value::Timestamp => "a date",
+            Value::Seq(_) => "a list",
+            Value::Map(_) => "a mapping",
+        }
+    }
+
+    /// The value of the string key `key` of a mapping (the last one, as a Python dict keeps).
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        match self {
+            Value::Map(entries) => {
+                entries.iter().rev().find(|(k, _)| matches!(k, Value::Str(s) if s == key)).map(|(_, v)| v)
+            }
+            _ => None,
+        }
+    }
+
+    fn weight(&self) -> usize {
+        1 + match self {
+            Value::Str(s) => s.len(),
+            Value::Seq(v) => v.iter().map(Value::weight).sum(),
+            Value::Map(v) => v.iter().map(|(k, v)| k.weight() + v.weight()).sum(),
+            _ => 0,
+        }
+    }
+}
+
+/// Python's `str.splitlines()`: the line boundaries it knows, a `\r\n` counted once.
+fn split_lines(text: &str) -> Vec<&str> {
+    let mut lines = Vec::new();
+    let mut start = 0;
+    let mut it = text.char_indices().peekable();
+    while let Some((i, c)) = it.next() {
+        if matches!(c, '\n' | '\r' | '\x0b' | '\x0c' | '\x1c' | '\x1d' | '\x1e' | '\u{85}' | '\u{2028}' | '\u{2029}') {
+            lines.push(&text[start..i]);
+            let mut end = i + c.len_utf8();
+            if c == '\r' && it.peek().is_some_and(|&(_, n)| n == '\n') {
+                it.next();
+                end += 1;
+            }
+            start = end;
+        }
+    }
+    if start < text.len() {
+        lines.push(&text[start..]);
+    }
+    lines
+}
+
+/// The YAML text of the front matter, patched as the converter patches it (`- no` quoted, the
+/// Norway problem; tabs as two spaces), or `None` when the card has none.
+pub fn front_matter(text: &str) -> Option<String> {
+    let lines = split_lines(text);
+    if lines.first() != Some(&"---") {
+        return None;
+    }
+    let body: Vec<&str> = lines[1..].iter().copied().take_while(|l| *l != "---").collect();
+    let yaml = body.join("\n") + "\n";
+    Some(yaml.replace("- no\n", "- \"no\"\n").replace('\t', "  "))
+}
+
+/// PyYAML's printable characters: anything else in the stream is an error.
+fn printable(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r' | ' '..='~' | '\u{85}' | '\u{A0}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}')
+        || c >= '\u{10000}'
+}
+
+static BOOL: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^(?:yes|Yes|YES|no|No|NO|true|True|TRUE|false|False|FALSE|on|On|ON|off|Off|OFF)$").expect("valid")
+});
+static FLOAT: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(concat!(
+        r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?",
+        r"|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?",
+        r"|[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*",
+        r"|[-+]?\.(?:inf|Inf|INF)",
+        r"|\.(?:nan|NaN|NAN))$"
+    ))
+    .expect("valid")
+});
+static INT: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(concat!(
+        r"^(?:[-+]?0b[0-1_]+",
+        r"|[-+]?0[0-7_]+",
+        r"|[-+]?(?:0|[1-9][0-9_]*)",
+        r"|[-+]?0x[0-9a-fA-F_]+",
+        r"|[-+]?[1-9][0-9_]*(?::[0-5]?[0-9])+)$"
+    ))
+    .expect("valid")
+});
+static NULL: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^(?:~|null|Null|NULL|)$").expect("valid"));
+static TIMESTAMP: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(concat!(
+        r"^(?:[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]",
+        r"|[0-9][0-9][0-9][0-9]-[0-9][0-9]?-[0-9][0-9]?",
+        r"(?:[Tt]|[ \t]+)[0-9][0-9]?",
+        r":[0-9][0-9]:[0-9][0-9](?:\.[0-9]*)?",
+        r"(?:[ \t]*(?:Z|[-+][0-9][0-9]?(?::[0-9][0-9])?))?)$"
+    ))
+    .expect("valid")
+});
+
+/// Whether a number's digits (after a `0b`/`0x` prefix, before an exponent) are all zero.
+fn all_zero(text: &str) -> bool {
+    let t = text.trim_start_matches(['-', '+']).to_ascii_lowercase();
+    let t = t.strip_prefix("0b").or_else(|| t.strip_prefix("0x")).unwrap_or(&t);
+    let mantissa = t.split('e').next().unwrap_or("");
+    mantissa.chars().filter(|c| c.is_ascii_hexdigit()).all(|c| c == '0')
+}
+
+/// A plain scalar resolved by PyYAML's implicit resolvers, in their order.
+fn resolve_plain(s: String) -> Result<Value, String> {
+    Ok(if BOOL.is_match(&s) {
+        Value::Bool(matches!(s.as_bytes()[0], b'y' | b'Y' | b't' | b'T') || s.eq_ignore_ascii_case("on"))
+    } else if FLOAT.is_match(&s) {
+        Value::Float {
+            zero: !s.to_ascii_lowercase().contains("inf") && !s.to_ascii_lowercase().contains("nan") && all_zero(&s),
+        }
+    } else if INT.is_match(&s) {
+        Value::Int { zero: all_zero(&s) }
+    } else if s == "<<" {
+        return Err("merge keys (<<) are not supported".into());
+    } else if NULL.is_match(&s) {
+        Value::Null
+    } else if TIMESTAMP.is_match(&s) {
+        Value::Timestamp
+    } else if s == "=" {
+        return Err("a plain '=' has no constructor in YAML's safe schema".into());
+    } else {
+        Value::Str(s)
+    })
+}
+
+/// A scalar with an explicit tag, as the safe constructor builds it.
+fn resolve_tagged(s: String, handle: &str, suffix: &str) -> Result<Value, String> {
+    let core = handle == "!!" || handle == "tag:yaml.org,2002:";
+    match (core, suffix) {
+        (false, "") if handle == "!" => Ok(Value::Str(s)),
+        (true, "str") => Ok(Value::Str(s)),
+        (true, "null") => Ok(Value::Null),
+        (true, "bool") if BOOL.is_match(&s) => resolve_plain(s),
+        (true, "int") if INT.is_match(&s) => resolve_plain(s),
+        (true, "float") if FLOAT.is_match(&s) || INT.is_match(&s) => Ok(Value::Float { zero: all_zero(&s) }),
+        (true, "timestamp") if TIMESTAMP.is_match(&s) => Ok(Value::Timestamp),
+        _ => Err(format!("the tag {handle}{suffix} is not one the safe loader constructs here")),
+    }
+}
+
+enum Open {
+    Seq(Vec<Value>, usize),
+    Map(Vec<(Value, Value)>, Option<Value>, usize),
+}
+
+/// Load `yaml` (one document) as PyYAML's `safe_load` does; the error is a one-line message
+/// whose line numbers are the card's (the front matter starts on its second line).
+pub fn load(yaml: &str) -> Result<Value, String> {
+    if let Some((line, c)) =
+        yaml.lines().enumerate().find_map(|(n, l)| l.chars().find(|&c| !printable(c)).map(|c| (n + 2, c)))
+    {
+        return Err(format!("a special character U+{:04X} on line {line}", c as u32));
+    }
+    let mut parser = Parser::new_from_str(yaml);
+    let mut stack: Vec<Open> = Vec::new();
+    let mut anchors: HashMap<usize, Value> = HashMap::new();
+    let mut weight = 0usize;
+    let mut root: Option<Value> = None;
+    let mut documents = 0;
+    loop {
+        let (event, mark) =
+            parser.next_token().map_err(|e| format!("{} on line {}", e.info(), e.marker().line() + 1))?;
+        let mut is_alias = false;
+        let done = match event {
+            Event::StreamEnd => break,
+            Event::DocumentStart => {
+                documents += 1;
+                if documents > 1 {
+                    return Err(format!("more than one document on line {}", mark.line() + 1));
+                }
+                continue;
+            }
+            Event::Scalar(s, style, anchor, tag) => {
+                let v = match (&tag, style) {
+                    (Some(t), _) => resolve_tagged(s, &t.handle, &t.suffix)?,
+                    (None, TScalarStyle::Plain) => resolve_plain(s)?,
+                    (None, _) => Value::Str(s),
+                };
+                (v, anchor)
+            }
+            Event::Alias(id) => {
+                let v = anchors
+                    .get(&id)
+                    .cloned()
+                    .ok_or_else(|| format!("an alias to an unknown or open anchor on line {}", mark.line() + 1))?;
+                is_alias = true;
+                (v, 0)
+            }
+            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
+                if stack.len() >= MAX_DEPTH {
+                    return Err(format!("nested more than {MAX_DEPTH} levels deep on line {}", mark.line() + 1));
+                }
+                stack.push(match event {
+                    Event::SequenceStart(..) => Open::Seq(Vec::new(), anchor),
+                    _ => Open::Map(Vec::new(), None, anchor),
+                });
+                continue;
+            }
+            Event::SequenceEnd | Event::MappingEnd => match stack.pop() {
+                Some(Open::Seq(v, anchor)) => (Value::Seq(v), anchor),
+                Some(Open::Map(v, _, anchor)) => (Value::Map(v), anchor),
+                None => return Err("an unbalanced collection".into()),
+            },
+            _ => continue,
+        };
+        let (value, anchor) = done;
+        // Each scalar once, each collection once more, each alias as the whole copy it makes.
+        weight += match (&value, is_alias) {
+            (v, true) => v.weight(),
+            (Value::Str(s), false) => 1 + s.len(),
+            _ => 1,
+        };
+        if weight > MAX_WEIGHT {
+            return Err(format!("larger than {MAX_WEIGHT} nodes and bytes once its aliases are expanded"));
+        }
+        if anchor != 0 {
+            anchors.insert(anchor, value.clone());
+        }
+        match stack.last_mut() {
+            None => root = Some(value),
+            Some(Open::Seq(v, _)) => v.push(value),
+            Some(Open::Map(entries, key, _)) => match key.take() {
+                None => {
+                    if matches!(value, Value::Seq(_) | Value::Map(_)) {
+                        return Err(format!("a list or mapping as a key on line {}", mark.line() + 1));
+                    }
+                    *key = Some(value);
+                }
+                Some(k) => entries.push((k, value)),
+            },
+        }
+    }
+    Ok(root.unwrap_or(Value::Null))
+}
