@@ -257,3 +257,92 @@ fn keys(dir: &Path, card: &Value, config: &Json, total_params: u64) -> anyhow::R
     put_array(&mut m, "general.languages", "language", &languages)?;
     Ok(m)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The descriptive keys for a directory holding `card` as README.md (the model id from
+    /// the directory's name, "ck").
+    fn keys_for(card: &[u8]) -> anyhow::Result<Meta> {
+        let d = tempfile::tempdir().unwrap();
+        let ck = d.path().join("ck");
+        std::fs::create_dir(&ck).unwrap();
+        std::fs::write(ck.join("README.md"), card).unwrap();
+        authorship_meta(&ck, &json!({}), 4_000_000)
+    }
+
+    fn err(card: &[u8]) -> String {
+        format!("{:#}", keys_for(card).unwrap_err())
+    }
+
+    fn names(m: &Meta) -> Vec<&str> {
+        m.iter().map(|(k, _)| k.as_str()).collect()
+    }
+
+    #[test]
+    fn a_card_fills_what_it_says_first_and_the_model_id_the_rest() {
+        let m =
+            keys_for(b"---\nmodel_creator: Org\nmodel_type: llama\nlicense: [a, b]\ntags: x\npipeline_tag: y\n---\n")
+                .unwrap();
+        assert_eq!(
+            names(&m),
+            [
+                "general.name",
+                "general.author",
+                "general.basename",
+                "general.size_label",
+                "general.license",
+                "general.tags"
+            ]
+        );
+        assert_eq!(m[0].1, MetaValue::String("Ck".into()));
+        assert_eq!(m[4].1, MetaValue::String("a,b".into()));
+        assert_eq!(m[5].1, MetaValue::Array(vec![MetaValue::String("x".into()), MetaValue::String("y".into())]));
+        // No card, no front matter, or one that is not a mapping: the model id's keys only.
+        for card in [&b"# just a title\n"[..], b"---\n- a list\n---\n", b"---\n---\n"] {
+            assert_eq!(names(&keys_for(card).unwrap()), ["general.name", "general.size_label"]);
+        }
+    }
+
+    #[test]
+    fn values_the_converter_skips_are_skipped() {
+        // An empty or false name is set (so no fallback) but not written; null is unset.
+        let m = keys_for(
+            b"---\nmodel_name: ''\nauthor: null\nmodel_author: 0\nmodel_creator: X\nbase_model: {a: 1}\n---\n",
+        )
+        .unwrap();
+        assert_eq!(names(&m), ["general.size_label", "general.base_model.count"]);
+        assert_eq!(m[1].1, MetaValue::U32(0));
+    }
+
+    #[test]
+    fn bad_cards_are_refused_in_one_line_naming_the_file_and_field() {
+        let e = err(b"---\nmodel_name: 2024\n---\n");
+        assert!(e.contains("README.md: 'model_name' is an integer, not a string"), "{e}");
+        let e = err(b"---\nlicense: [mit, 3]\n---\n");
+        assert!(e.contains("'license' has an item that is an integer"), "{e}");
+        let e = err(b"---\ntags: [a, {b: c}]\n---\n");
+        assert!(e.contains("'tags' has an item that is a mapping"), "{e}");
+        let e = err(b"---\nbase_model:\n  - name: [x]\n---\n");
+        assert!(e.contains("'name' is a list"), "{e}");
+        let e = err(b"---\nlicense: [apache\nname: x\n---\n");
+        assert!(e.contains("README.md: the front matter is not valid YAML") && e.contains("line 3"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+        let e = err(b"---\nlicense: mit\n---\n\xff\xfe body\n");
+        assert!(e.contains("README.md: not UTF-8 text"), "{e}");
+        // A control character in the card is named, not printed.
+        let e = err("---\na: [\u{1b}[31m\n---\n".as_bytes());
+        assert!(e.contains("U+001B") && !e.contains('\u{1b}'), "{e}");
+    }
+
+    #[test]
+    fn a_huge_card_is_refused_unread() {
+        let d = tempfile::tempdir().unwrap();
+        let f = std::fs::File::create(d.path().join("README.md")).unwrap();
+        f.set_len(MAX_CARD_BYTES + 1).unwrap();
+        let e = format!("{:#}", read(d.path()).unwrap_err());
+        assert!(e.contains("more than the 16 MiB"), "{e}");
+    }
+}

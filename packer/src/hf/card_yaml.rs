@@ -297,3 +297,105 @@ pub fn load(yaml: &str) -> Result<Value, String> {
     }
     Ok(root.unwrap_or(Value::Null))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scalar(s: &str) -> Result<Value, String> {
+        load(&format!("k: {s}\n")).map(|v| v.get("k").cloned().unwrap())
+    }
+
+    /// Plain scalars resolve to the types PyYAML 6's safe_load gives them (checked with
+    /// `yaml.safe_load("k: " + v)` for each).
+    #[test]
+    fn plain_scalars_resolve_as_pyyaml_resolves_them() {
+        let s = |x: &str| Value::Str(x.into());
+        let cases: &[(&str, Value)] = &[
+            ("yes", Value::Bool(true)),
+            ("No", Value::Bool(false)),
+            ("on", Value::Bool(true)),
+            ("OFF", Value::Bool(false)),
+            ("y", s("y")),
+            ("n", s("n")),
+            ("1.0", Value::Float { zero: false }),
+            ("1e3", s("1e3")),
+            ("1.0e+3", Value::Float { zero: false }),
+            (".5", Value::Float { zero: false }),
+            ("+.5", s("+.5")),
+            ("0.0", Value::Float { zero: true }),
+            ("-0.", Value::Float { zero: true }),
+            ("0.0e+0", Value::Float { zero: true }),
+            ("1_000", Value::Int { zero: false }),
+            ("0x1F", Value::Int { zero: false }),
+            ("0x0", Value::Int { zero: true }),
+            ("0b0", Value::Int { zero: true }),
+            ("0o17", s("0o17")),
+            ("00", Value::Int { zero: true }),
+            ("-0", Value::Int { zero: true }),
+            ("1:20", Value::Int { zero: false }),
+            ("1:20.5", Value::Float { zero: false }),
+            (".inf", Value::Float { zero: false }),
+            (".NaN", Value::Float { zero: false }),
+            ("null", Value::Null),
+            ("~", Value::Null),
+            ("", Value::Null),
+            ("2024-01-31", Value::Timestamp),
+            ("2024-01-31T10:20:30Z", Value::Timestamp),
+            ("v0.2", s("v0.2")),
+            ("apache-2.0", s("apache-2.0")),
+            ("'yes'", s("yes")),
+            ("\"0\"", s("0")),
+            ("!!str 12", s("12")),
+        ];
+        for (text, want) in cases {
+            assert_eq!(scalar(text).as_ref(), Ok(want), "{text:?}");
+        }
+        assert!(scalar("=").is_err());
+        assert!(scalar("!custom x").is_err());
+    }
+
+    #[test]
+    fn front_matter_as_the_converter_cuts_it() {
+        assert_eq!(front_matter("---\r\na: 1\r\n---\r\nbody").as_deref(), Some("a: 1\n"));
+        // Not closed: the rest of the file is the front matter.
+        assert_eq!(front_matter("---\na: 1\n# body\n").as_deref(), Some("a: 1\n# body\n"));
+        // The Norway patch and tabs.
+        assert_eq!(front_matter("---\nl:\n- no\n\t- x\n---\n").as_deref(), Some("l:\n- \"no\"\n  - x\n"));
+        // The first line must be exactly "---" (a byte-order mark makes it another).
+        assert_eq!(front_matter("\u{feff}---\na: 1\n---\n"), None);
+        assert_eq!(front_matter("# title\n---\na: 1\n---\n"), None);
+        assert_eq!(front_matter(""), None);
+    }
+
+    #[test]
+    fn hostile_documents_are_refused_not_expanded() {
+        // Deep nesting, block and flow.
+        let mut deep = String::new();
+        for i in 0..200 {
+            deep.push_str(&" ".repeat(i));
+            deep.push_str("a:\n");
+        }
+        assert!(load(&deep).unwrap_err().contains("levels deep"));
+        assert!(load(&format!("x: {}\n", "[".repeat(100_000))).is_err());
+        // Aliases that multiply a document past the limit (a billion laughs).
+        let mut bomb = String::from("a: &a [\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"]\n");
+        for (i, prev) in ["b", "c", "d", "e", "f", "g", "h", "i"].iter().zip(["a", "b", "c", "d", "e", "f", "g", "h"]) {
+            bomb.push_str(&format!("{i}: &{i} [{}]\n", vec![format!("*{prev}"); 10].join(", ")));
+        }
+        assert!(load(&bomb).unwrap_err().contains("aliases"));
+        // A control character, two documents, an unhashable key, an unknown alias.
+        assert!(load("a: \u{1}\n").unwrap_err().contains("U+0001 on line 2"));
+        assert!(load("a: 1\n---\nb: 2\n").is_err());
+        assert!(load("? [a]\n: 1\n").is_err());
+        assert!(load("a: *nope\n").is_err());
+        assert!(load("a: [b\n").unwrap_err().contains("line"));
+    }
+
+    #[test]
+    fn aliases_copy_and_last_duplicate_key_wins() {
+        let v = load("a: &x {k: v}\nb: *x\nc: 1\nc: two\n").unwrap();
+        assert_eq!(v.get("b"), v.get("a"));
+        assert_eq!(v.get("c"), Some(&Value::Str("two".into())));
+    }
+}
