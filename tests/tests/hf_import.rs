@@ -106,7 +106,9 @@ fn typed(v: &llamafile_format::gguf::MetaValue) -> (String, Value) {
 
 /// Model cards (tests/data/hf/cards/*.md as the checkpoint's README.md: a TheBloke-style card,
 /// a merge's with lists of base models and datasets as ids, URLs and mappings, a CRLF card with
-/// tabs and falsy values, a front matter that is not a mapping): the same general.* keys, types
+/// tabs and falsy values, a front matter that is not a mapping, and real-* cards shaped as
+/// Qwen2.5's, Llama 3's (gated fields, widget, model-index), TheBloke's OpenOrca and a Norwegian
+/// model's with `- no`): the same general.* keys, types
 /// and values in the same order as the reference converter writes (tests/data/hf/cards.json),
 /// and the whole file byte for byte (converter.json).
 #[test]
