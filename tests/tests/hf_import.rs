@@ -93,6 +93,7 @@ fn typed(v: &llamafile_format::gguf::MetaValue) -> (String, Value) {
         M::String(s) => ("STRING".into(), Value::from(s.as_str())),
         M::U32(n) => ("UINT32".into(), Value::from(*n)),
         M::I32(n) => ("INT32".into(), Value::from(*n)),
+        M::F32(f) if !f.is_finite() => ("FLOAT32".into(), Value::from(f.to_string())),
         M::F32(f) => ("FLOAT32".into(), Value::from(*f as f64)),
         M::Bool(b) => ("BOOL".into(), Value::from(*b)),
         M::Array(items) => {
@@ -108,7 +109,8 @@ fn typed(v: &llamafile_format::gguf::MetaValue) -> (String, Value) {
 /// a merge's with lists of base models and datasets as ids, URLs and mappings, a CRLF card with
 /// tabs and falsy values, a front matter that is not a mapping, and real-* cards shaped as
 /// Qwen2.5's, Llama 3's (gated fields, widget, model-index), TheBloke's OpenOrca and a Norwegian
-/// model's with `- no`): the same general.* keys, types
+/// model's with `- no`; tags and languages of integers, booleans and numbers): the same
+/// general.* keys, types
 /// and values in the same order as the reference converter writes (tests/data/hf/cards.json),
 /// and the whole file byte for byte (converter.json).
 #[test]

@@ -7,7 +7,8 @@
 //! The converter writes a string only when it is non-empty and an array only when it is not
 //! empty, and fails on a value of another type that Python counts as true; here such a value is
 //! refused in one line naming README.md and the field, and a false one (`0`, `false`, `null`) is
-//! skipped as it skips it.
+//! skipped as it skips it. Its arrays (tags, languages) hold items of one type: strings, or
+//! booleans, integers or numbers written as GGUF bools, INT32 and FLOAT32.
 
 use super::card_yaml::{self, Value};
 use super::vocab::Meta;
@@ -151,15 +152,28 @@ fn put(m: &mut Meta, key: &str, field: &Field) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Push an array of strings (none when empty).
+/// Push an array (none when empty) as the converter's array writer does: the items all of one
+/// type, strings, booleans, 32-bit integers or 32-bit floats.
 fn put_array(m: &mut Meta, key: &str, from: &str, items: &Option<Vec<Value>>) -> anyhow::Result<()> {
     let Some(items) = items.as_ref().filter(|i| !i.is_empty()) else { return Ok(()) };
     let mut out = Vec::new();
     for v in items {
-        match v {
-            Value::Str(s) => out.push(MetaValue::String(s.clone())),
-            v => bail!("'{from}' has an item that is {}, not a string", v.type_name()),
+        if v.type_name() != items[0].type_name() {
+            bail!("'{from}' mixes items of two types: {} and {}", items[0].type_name(), v.type_name());
         }
+        out.push(match v {
+            Value::Str(s) => MetaValue::String(s.clone()),
+            Value::Bool(b) => MetaValue::Bool(*b),
+            Value::Int(i) => match i.and_then(|i| i32::try_from(i).ok()) {
+                Some(i) => MetaValue::I32(i),
+                None => bail!("'{from}' has an integer item beyond 32 bits"),
+            },
+            Value::Float(f) if f.is_finite() && (*f as f32).is_infinite() => {
+                bail!("'{from}' has a number item beyond a 32-bit float's range")
+            }
+            Value::Float(f) => MetaValue::F32(*f as f32),
+            v => bail!("'{from}' has an item that is {}, which a GGUF array cannot hold", v.type_name()),
+        });
     }
     m.push((key.to_string(), MetaValue::Array(out)));
     Ok(())
@@ -323,8 +337,12 @@ mod tests {
         assert!(e.contains("README.md: 'model_name' is an integer, not a string"), "{e}");
         let e = err(b"---\nlicense: [mit, 3]\n---\n");
         assert!(e.contains("'license' has an item that is an integer"), "{e}");
-        let e = err(b"---\ntags: [a, {b: c}]\n---\n");
+        let e = err(b"---\ntags: [{b: c}]\n---\n");
         assert!(e.contains("'tags' has an item that is a mapping"), "{e}");
+        let e = err(b"---\ntags: [1, x]\n---\n");
+        assert!(e.contains("'tags' mixes items of two types: an integer and a string"), "{e}");
+        let e = err(b"---\ntags: [3000000000]\n---\n");
+        assert!(e.contains("'tags' has an integer item beyond 32 bits"), "{e}");
         let e = err(b"---\nbase_model:\n  - name: [x]\n---\n");
         assert!(e.contains("'name' is a list"), "{e}");
         let e = err(b"---\nlicense: [apache\nname: x\n---\n");

@@ -20,15 +20,16 @@ pub const MAX_DEPTH: usize = 64;
 /// Nodes plus string bytes a document may hold once its aliases are expanded.
 pub const MAX_WEIGHT: usize = 16 << 20;
 
-/// A YAML node as PyYAML's safe loader constructs it, scalars reduced to what the converter
-/// tells apart: strings, nulls, and other values' type and Python truth.
+/// A YAML node as PyYAML's safe loader constructs it (dates reduced to their type: the converter
+/// only fails on them).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Value {
     Null,
     Str(String),
     Bool(bool),
-    Int { zero: bool },
-    Float { zero: bool },
+    /// `None`: beyond 64 bits (Python's integers have no limit).
+    Int(Option<i64>),
+    Float(f64),
     Timestamp,
     Seq(Vec<Value>),
     Map(Vec<(Value, Value)>),
@@ -41,7 +42,8 @@ impl Value {
             Value::Null => false,
             Value::Str(s) => !s.is_empty(),
             Value::Bool(b) => *b,
-            Value::Int { zero } | Value::Float { zero } => !zero,
+            Value::Int(i) => *i != Some(0),
+            Value::Float(f) => *f != 0.0,
             Value::Timestamp => true,
             Value::Seq(v) => !v.is_empty(),
             Value::Map(v) => !v.is_empty(),
@@ -54,8 +56,8 @@ impl Value {
             Value::Null => "null",
             Value::Str(_) => "a string",
             Value::Bool(_) => "a boolean",
-            Value::Int { .. } => "an integer",
-            Value::Float { .. } => "a number",
+            Value::Int(_) => "an integer",
+            Value::Float(_) => "a number",
             Value::Timestamp => "a date",
             Value::Seq(_) => "a list",
             Value::Map(_) => "a mapping",
@@ -157,12 +159,61 @@ static TIMESTAMP: LazyLock<Regex> = LazyLock::new(|| {
     .expect("valid")
 });
 
-/// Whether a number's digits (after a `0b`/`0x` prefix, before an exponent) are all zero.
-fn all_zero(text: &str) -> bool {
-    let t = text.trim_start_matches(['-', '+']).to_ascii_lowercase();
-    let t = t.strip_prefix("0b").or_else(|| t.strip_prefix("0x")).unwrap_or(&t);
-    let mantissa = t.split('e').next().unwrap_or("");
-    mantissa.chars().filter(|c| c.is_ascii_hexdigit()).all(|c| c == '0')
+/// An integer as PyYAML constructs one: underscores dropped, `0b`, `0x`, a leading `0` octal,
+/// `a:b:c` base 60.
+fn construct_int(text: &str) -> Result<Value, String> {
+    let t = text.replace('_', "");
+    let (neg, t) = match t.as_bytes().first() {
+        Some(b'-') => (true, &t[1..]),
+        Some(b'+') => (false, &t[1..]),
+        _ => (false, &t[..]),
+    };
+    let bad = || format!("'{text}' is not an integer");
+    let magnitude: Option<i128> = if t == "0" {
+        Some(0)
+    } else if let Some(b) = t.strip_prefix("0b") {
+        if b.is_empty() {
+            return Err(bad());
+        }
+        i128::from_str_radix(b, 2).ok()
+    } else if let Some(h) = t.strip_prefix("0x") {
+        if h.is_empty() {
+            return Err(bad());
+        }
+        i128::from_str_radix(h, 16).ok()
+    } else if t.starts_with('0') {
+        i128::from_str_radix(t, 8).ok()
+    } else if t.contains(':') {
+        t.split(':').try_fold(0i128, |acc, part| acc.checked_mul(60)?.checked_add(part.parse::<i128>().ok()?))
+    } else {
+        t.parse::<i128>().ok()
+    };
+    Ok(Value::Int(magnitude.map(|m| if neg { -m } else { m }).and_then(|v| i64::try_from(v).ok())))
+}
+
+/// A float as PyYAML constructs one: underscores dropped, `.inf`/`.nan`, `a:b.c` base 60.
+fn construct_float(text: &str) -> Result<Value, String> {
+    let t = text.replace('_', "").to_ascii_lowercase();
+    let (sign, t) = match t.as_bytes().first() {
+        Some(b'-') => (-1.0, &t[1..]),
+        Some(b'+') => (1.0, &t[1..]),
+        _ => (1.0, &t[..]),
+    };
+    let bad = || format!("'{text}' is not a number");
+    let v = if t == ".inf" {
+        f64::INFINITY
+    } else if t == ".nan" {
+        return Ok(Value::Float(f64::NAN));
+    } else if t.contains(':') {
+        let mut v = 0.0;
+        for part in t.split(':') {
+            v = v * 60.0 + part.parse::<f64>().map_err(|_| bad())?;
+        }
+        v
+    } else {
+        t.parse::<f64>().map_err(|_| bad())?
+    };
+    Ok(Value::Float(sign * v))
 }
 
 /// A plain scalar resolved by PyYAML's implicit resolvers, in their order.
@@ -170,11 +221,9 @@ fn resolve_plain(s: String) -> Result<Value, String> {
     Ok(if BOOL.is_match(&s) {
         Value::Bool(matches!(s.as_bytes()[0], b'y' | b'Y' | b't' | b'T') || s.eq_ignore_ascii_case("on"))
     } else if FLOAT.is_match(&s) {
-        Value::Float {
-            zero: !s.to_ascii_lowercase().contains("inf") && !s.to_ascii_lowercase().contains("nan") && all_zero(&s),
-        }
+        construct_float(&s)?
     } else if INT.is_match(&s) {
-        Value::Int { zero: all_zero(&s) }
+        construct_int(&s)?
     } else if s == "<<" {
         return Err("merge keys (<<) are not supported".into());
     } else if NULL.is_match(&s) {
@@ -197,7 +246,7 @@ fn resolve_tagged(s: String, handle: &str, suffix: &str) -> Result<Value, String
         (true, "null") => Ok(Value::Null),
         (true, "bool") if BOOL.is_match(&s) => resolve_plain(s),
         (true, "int") if INT.is_match(&s) => resolve_plain(s),
-        (true, "float") if FLOAT.is_match(&s) || INT.is_match(&s) => Ok(Value::Float { zero: all_zero(&s) }),
+        (true, "float") if FLOAT.is_match(&s) || INT.is_match(&s) => construct_float(&s),
         (true, "timestamp") if TIMESTAMP.is_match(&s) => Ok(Value::Timestamp),
         _ => Err(format!("the tag {handle}{suffix} is not one the safe loader constructs here")),
     }
@@ -311,6 +360,7 @@ mod tests {
     #[test]
     fn plain_scalars_resolve_as_pyyaml_resolves_them() {
         let s = |x: &str| Value::Str(x.into());
+        use Value::{Float as F, Int as I};
         let cases: &[(&str, Value)] = &[
             ("yes", Value::Bool(true)),
             ("No", Value::Bool(false)),
@@ -318,25 +368,32 @@ mod tests {
             ("OFF", Value::Bool(false)),
             ("y", s("y")),
             ("n", s("n")),
-            ("1.0", Value::Float { zero: false }),
+            ("1.0", F(1.0)),
             ("1e3", s("1e3")),
-            ("1.0e+3", Value::Float { zero: false }),
-            (".5", Value::Float { zero: false }),
+            ("1.0e+3", F(1000.0)),
+            (".5", F(0.5)),
             ("+.5", s("+.5")),
-            ("0.0", Value::Float { zero: true }),
-            ("-0.", Value::Float { zero: true }),
-            ("0.0e+0", Value::Float { zero: true }),
-            ("1_000", Value::Int { zero: false }),
-            ("0x1F", Value::Int { zero: false }),
-            ("0x0", Value::Int { zero: true }),
-            ("0b0", Value::Int { zero: true }),
+            ("+1.5e-3", F(0.0015)),
+            ("6.0_1", F(6.01)),
+            ("0.0", F(0.0)),
+            ("-0.", F(-0.0)),
+            ("0.0e+0", F(0.0)),
+            ("1_000", I(Some(1000))),
+            ("-1_0", I(Some(-10))),
+            ("0x1F", I(Some(31))),
+            ("0x0", I(Some(0))),
+            ("0b0", I(Some(0))),
+            ("0b1_01", I(Some(5))),
+            ("017", I(Some(15))),
             ("0o17", s("0o17")),
-            ("00", Value::Int { zero: true }),
-            ("-0", Value::Int { zero: true }),
-            ("1:20", Value::Int { zero: false }),
-            ("1:20.5", Value::Float { zero: false }),
-            (".inf", Value::Float { zero: false }),
-            (".NaN", Value::Float { zero: false }),
+            ("00", I(Some(0))),
+            ("-0", I(Some(0))),
+            ("1:20", I(Some(80))),
+            ("1:30:00", I(Some(5400))),
+            ("99999999999999999999", I(None)),
+            ("1:20.5", F(80.5)),
+            (".inf", F(f64::INFINITY)),
+            ("-.inf", F(f64::NEG_INFINITY)),
             ("null", Value::Null),
             ("~", Value::Null),
             ("", Value::Null),
@@ -351,6 +408,7 @@ mod tests {
         for (text, want) in cases {
             assert_eq!(scalar(text).as_ref(), Ok(want), "{text:?}");
         }
+        assert!(matches!(scalar(".NaN"), Ok(Value::Float(f)) if f.is_nan()));
         assert!(scalar("=").is_err());
         assert!(scalar("!custom x").is_err());
     }
