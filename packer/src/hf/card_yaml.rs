@@ -33,6 +33,8 @@ pub enum Value {
     Timestamp,
     Seq(Vec<Value>),
     Map(Vec<(Value, Value)>),
+    /// The merge key `<<`: only while a mapping is built (its entries are then merged in).
+    Merge,
 }
 
 impl Value {
@@ -47,6 +49,7 @@ impl Value {
             Value::Timestamp => true,
             Value::Seq(v) => !v.is_empty(),
             Value::Map(v) => !v.is_empty(),
+            Value::Merge => true,
         }
     }
 
@@ -61,6 +64,7 @@ impl Value {
             Value::Timestamp => "a date",
             Value::Seq(_) => "a list",
             Value::Map(_) => "a mapping",
+            Value::Merge => "a merge key",
         }
     }
 
@@ -225,7 +229,7 @@ fn resolve_plain(s: String) -> Result<Value, String> {
     } else if INT.is_match(&s) {
         construct_int(&s)?
     } else if s == "<<" {
-        return Err("merge keys (<<) are not supported".into());
+        Value::Merge
     } else if NULL.is_match(&s) {
         Value::Null
     } else if TIMESTAMP.is_match(&s) {
@@ -250,6 +254,36 @@ fn resolve_tagged(s: String, handle: &str, suffix: &str) -> Result<Value, String
         (true, "timestamp") if TIMESTAMP.is_match(&s) => Ok(Value::Timestamp),
         _ => Err(format!("the tag {handle}{suffix} is not one the safe loader constructs here")),
     }
+}
+
+/// A mapping's entries with its merge keys (`<<: *a` or `<<: [*a, *b]`) resolved as PyYAML
+/// resolves them: the merged entries first (of a list, the first mapping's last, so it wins),
+/// then the mapping's own, so that its own win.
+fn merge(entries: Vec<(Value, Value)>) -> Result<Vec<(Value, Value)>, String> {
+    if !entries.iter().any(|(k, _)| *k == Value::Merge) {
+        return Ok(entries);
+    }
+    let (mut merged, mut own) = (Vec::new(), Vec::new());
+    for (k, v) in entries {
+        if k != Value::Merge {
+            own.push((k, v));
+            continue;
+        }
+        match v {
+            Value::Map(m) => merged.extend(m),
+            Value::Seq(items) => {
+                for item in items.into_iter().rev() {
+                    match item {
+                        Value::Map(m) => merged.extend(m),
+                        other => return Err(format!("a merge key's list holds {}, not mappings", other.type_name())),
+                    }
+                }
+            }
+            other => return Err(format!("a merge key's value is {}, not a mapping", other.type_name())),
+        }
+    }
+    merged.extend(own);
+    Ok(merged)
 }
 
 enum Open {
@@ -312,7 +346,7 @@ pub fn load(yaml: &str) -> Result<Value, String> {
             }
             Event::SequenceEnd | Event::MappingEnd => match stack.pop() {
                 Some(Open::Seq(v, anchor)) => (Value::Seq(v), anchor),
-                Some(Open::Map(v, _, anchor)) => (Value::Map(v), anchor),
+                Some(Open::Map(v, _, anchor)) => (Value::Map(merge(v)?), anchor),
                 None => return Err("an unbalanced collection".into()),
             },
             _ => continue,
@@ -329,6 +363,9 @@ pub fn load(yaml: &str) -> Result<Value, String> {
         }
         if anchor != 0 {
             anchors.insert(anchor, value.clone());
+        }
+        if value == Value::Merge && !matches!(stack.last(), Some(Open::Map(_, None, _))) {
+            return Err(format!("a merge key (<<) outside a key's place on line {}", mark.line() + 1));
         }
         match stack.last_mut() {
             None => root = Some(value),
@@ -448,6 +485,20 @@ mod tests {
         assert!(load("? [a]\n: 1\n").is_err());
         assert!(load("a: *nope\n").is_err());
         assert!(load("a: [b\n").unwrap_err().contains("line"));
+    }
+
+    /// Merge keys as PyYAML merges them (`yaml.safe_load` of the same text gives
+    /// {'x': 1, 'y': 2, 'z': 30} for `c` and {'x': 1, 'y': 2} for `d`).
+    #[test]
+    fn merge_keys_merge_as_pyyaml_merges_them() {
+        let v = load("a: &a {x: 1, y: 2}\nb: &b {x: 9, z: 3}\nc:\n  <<: [*a, *b]\n  z: 30\nd:\n  <<: *a\n").unwrap();
+        let int = |i| Value::Int(Some(i));
+        let c = v.get("c").unwrap();
+        assert_eq!((c.get("x"), c.get("y"), c.get("z")), (Some(&int(1)), Some(&int(2)), Some(&int(30))));
+        let d = v.get("d").unwrap();
+        assert_eq!((d.get("x"), d.get("y")), (Some(&int(1)), Some(&int(2))));
+        assert!(load("a: <<\n").is_err());
+        assert!(load("a:\n  <<: 1\n").is_err());
     }
 
     #[test]
