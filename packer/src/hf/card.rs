@@ -184,13 +184,15 @@ fn str_field(from: &'static str, s: Option<String>) -> Field {
 }
 
 /// The name, author, ..., tags and languages keys of the checkpoint in `dir`, in the
-/// converter's order (`total_params`: the model's, for size labels).
-pub fn authorship_meta(dir: &Path, config: &Json, total_params: u64) -> anyhow::Result<Meta> {
+/// converter's order (`total_params`: the model's, for size labels in ids; `counted_size`: the
+/// size label its parameter count gives, when neither the card nor the id has one).
+pub fn authorship_meta(dir: &Path, config: &Json, total_params: u64, counted_size: &str) -> anyhow::Result<Meta> {
     let card = read(dir)?;
-    keys(dir, &card, config, total_params).map_err(|e| anyhow::anyhow!("{}: {e}", escape_path(&dir.join("README.md"))))
+    keys(dir, &card, config, total_params, counted_size)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", escape_path(&dir.join("README.md"))))
 }
 
-fn keys(dir: &Path, card: &Value, config: &Json, total_params: u64) -> anyhow::Result<Meta> {
+fn keys(dir: &Path, card: &Value, config: &Json, total_params: u64, counted_size: &str) -> anyhow::Result<Meta> {
     let mut name = first(card, &["name", "model_name"]);
     let author = first(card, &["author", "model_author", "model_creator"]);
     let mut version = first(card, &["version", "model_version"]);
@@ -228,7 +230,7 @@ fn keys(dir: &Path, card: &Value, config: &Json, total_params: u64) -> anyhow::R
     version = version.or(str_field("version", id.version));
     size_label = size_label
         .or(str_field("size_label", id.size_label))
-        .or(str_field("size_label", Some(super::config::size_label(total_params))));
+        .or(str_field("size_label", Some(counted_size.to_string())));
 
     // A license list is written joined by commas.
     if let Some((from, Value::Seq(items))) = &license {
@@ -284,7 +286,7 @@ mod tests {
         let ck = d.path().join("ck");
         std::fs::create_dir(&ck).unwrap();
         std::fs::write(ck.join("README.md"), card).unwrap();
-        authorship_meta(&ck, &json!({}), 4_000_000)
+        authorship_meta(&ck, &json!({}), 4_000_000, "4.0M")
     }
 
     fn err(card: &[u8]) -> String {

@@ -222,7 +222,7 @@ pub fn general_meta(dir: &Path, config: &Json, total_params: u64) -> anyhow::Res
             }
         }
     }
-    m.extend(super::card::authorship_meta(dir, config, total_params)?);
+    m.extend(super::card::authorship_meta(dir, config, total_params, &size_label(total_params))?);
     Ok(m)
 }
 
