@@ -299,7 +299,10 @@ pub fn load(yaml: &str) -> Result<Value, String> {
     {
         return Err(format!("a special character U+{:04X} on line {line}", c as u32));
     }
-    let mut parser = Parser::new_from_str(yaml);
+    // A comment line after the text closes an empty block scalar (`key: |`) on the last line,
+    // which yaml-rust2 otherwise reads as "\n" where YAML (and PyYAML) read "".
+    let closed = format!("{yaml}{}#\n", if yaml.ends_with('\n') { "" } else { "\n" });
+    let mut parser = Parser::new_from_str(&closed);
     let mut stack: Vec<Open> = Vec::new();
     let mut anchors: HashMap<usize, Value> = HashMap::new();
     let mut weight = 0usize;
@@ -485,6 +488,26 @@ mod tests {
         assert!(load("? [a]\n: 1\n").is_err());
         assert!(load("a: *nope\n").is_err());
         assert!(load("a: [b\n").unwrap_err().contains("line"));
+    }
+
+    /// Block scalars, empty ones on the last line too, as PyYAML reads them (`yaml.safe_load`).
+    #[test]
+    fn block_scalars_read_as_pyyaml_reads_them() {
+        for (doc, want) in [
+            ("a: |\n", ""),
+            ("a: |+\n", ""),
+            ("a: |-\n", ""),
+            ("a: |+\n\n", "\n"),
+            ("a: |\n\n", ""),
+            ("a: >\n  \n", ""),
+            ("a: |\n  x\n", "x\n"),
+            ("a: |+\n  x\n\n", "x\n\n"),
+            ("a: >\n  x\n  y\n", "x y\n"),
+            ("a: |\n b: 1\n", "b: 1\n"),
+            ("a: |", ""),
+        ] {
+            assert_eq!(load(doc).unwrap().get("a"), Some(&Value::Str(want.into())), "{doc:?}");
+        }
     }
 
     /// Merge keys as PyYAML merges them (`yaml.safe_load` of the same text gives
