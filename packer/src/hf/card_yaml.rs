@@ -13,7 +13,7 @@ use regex::Regex;
 use std::collections::HashMap;
 use std::sync::LazyLock;
 use yaml_rust2::parser::{Event, Parser};
-use yaml_rust2::scanner::TScalarStyle;
+use yaml_rust2::scanner::{Scanner, TScalarStyle, Token, TokenType};
 
 /// Nesting deeper than this is refused (PyYAML's recursive composer fails on deep nesting too).
 pub const MAX_DEPTH: usize = 64;
@@ -302,6 +302,16 @@ pub fn load(yaml: &str) -> Result<Value, String> {
     // A comment line after the text closes an empty block scalar (`key: |`) on the last line,
     // which yaml-rust2 otherwise reads as "\n" where YAML (and PyYAML) read "".
     let closed = format!("{yaml}{}#\n", if yaml.ends_with('\n') { "" } else { "\n" });
+    // PyYAML refuses an anchor defined twice; yaml-rust2's events do not say so (they number
+    // anchors), its scanner's tokens name them.
+    let mut names = std::collections::HashSet::new();
+    for Token(mark, t) in Scanner::new(closed.chars()) {
+        if let TokenType::Anchor(name) = t {
+            if !names.insert(name) {
+                return Err(format!("an anchor defined twice on line {}", mark.line() + 1));
+            }
+        }
+    }
     let mut parser = Parser::new_from_str(&closed);
     let mut stack: Vec<Open> = Vec::new();
     let mut anchors: HashMap<usize, Value> = HashMap::new();
@@ -487,6 +497,7 @@ mod tests {
         assert!(load("a: 1\n---\nb: 2\n").is_err());
         assert!(load("? [a]\n: 1\n").is_err());
         assert!(load("a: *nope\n").is_err());
+        assert!(load("a: &x 1\nb: &x 2\n").unwrap_err().contains("anchor defined twice on line 3"));
         assert!(load("a: [b\n").unwrap_err().contains("line"));
     }
 
