@@ -86,6 +86,62 @@ fn qwen3_bf16_head_size_and_qk_norms_convert_as_the_reference() {
     converted_as_the_reference("qwen3");
 }
 
+/// A metadata value as tests/data/hf/cards.json writes it: its GGUF type's name and its value.
+fn typed(v: &llamafile_format::gguf::MetaValue) -> (String, Value) {
+    use llamafile_format::gguf::MetaValue as M;
+    match v {
+        M::String(s) => ("STRING".into(), Value::from(s.as_str())),
+        M::U32(n) => ("UINT32".into(), Value::from(*n)),
+        M::I32(n) => ("INT32".into(), Value::from(*n)),
+        M::F32(f) if !f.is_finite() => ("FLOAT32".into(), Value::from(f.to_string())),
+        M::F32(f) => ("FLOAT32".into(), Value::from(*f as f64)),
+        M::Bool(b) => ("BOOL".into(), Value::from(*b)),
+        M::Array(items) => {
+            let inner: Vec<(String, Value)> = items.iter().map(typed).collect();
+            let t = inner.first().map(|(t, _)| t.clone()).unwrap_or_default();
+            (format!("ARRAY[{t}]"), Value::Array(inner.into_iter().map(|(_, v)| v).collect()))
+        }
+        other => (format!("{other:?}"), Value::Null),
+    }
+}
+
+/// Model cards (tests/data/hf/cards/*.md as the checkpoint's README.md: a TheBloke-style card,
+/// a merge's with lists of base models and datasets as ids, URLs and mappings, a CRLF card with
+/// tabs and falsy values, a front matter that is not a mapping, and real-* cards shaped as
+/// Qwen2.5's, Llama 3's (gated fields, widget, model-index), TheBloke's OpenOrca and a Norwegian
+/// model's with `- no`; tags and languages of integers, booleans and numbers): the same
+/// general.* keys, types
+/// and values in the same order as the reference converter writes (tests/data/hf/cards.json),
+/// and the whole file byte for byte (converter.json).
+#[test]
+fn model_cards_give_the_general_keys_the_reference_writes() {
+    let Some(d) = checkpoint("mistral") else { return };
+    let ck = dir(&d, "mistral");
+    let want = data("cards.json");
+    let cards = want["cards"].as_object().unwrap();
+    assert!(cards.len() >= 4);
+    for (card, keys) in cards {
+        std::fs::copy(e2e::root().join("tests/data/hf/cards").join(card), ck.join("README.md")).unwrap();
+        let out = d.path().join(format!("{card}.gguf"));
+        let o = pack_hf(&ck, &[OsStr::new("--gguf-out"), out.as_os_str()]);
+        assert!(o.status.success(), "pack --hf with {card}: {}", String::from_utf8_lossy(&o.stderr));
+        let g = llamafile_format::gguf::GgufFile::open(&out).unwrap();
+        let got: Vec<Value> = g
+            .metadata()
+            .iter()
+            .filter(|(k, _)| k.starts_with("general."))
+            .map(|(k, v)| {
+                let (t, v) = typed(v);
+                serde_json::json!([k, t, v])
+            })
+            .collect();
+        assert_eq!(&Value::Array(got), keys, "{card}: the general.* keys differ from the reference converter's");
+        let file = &data("converter.json")["files"][format!("mistral with card {card}").as_str()];
+        let bytes = std::fs::read(&out).unwrap();
+        assert_eq!(sha256_hex(&bytes), file["sha256"].as_str().unwrap(), "{card}: not the converter's bytes");
+    }
+}
+
 /// The converted vocabularies (SentencePiece and byte-level BPE) tokenize as Hugging Face's
 /// tokenizer does, special tokens added and parsed.
 #[test]

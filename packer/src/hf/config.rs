@@ -192,8 +192,7 @@ fn rope_theta(j: &Json) -> Option<f64> {
 }
 
 /// `general.*` before the model's keys: type, the sampling defaults of generation_config.json,
-/// the name, version, organization, finetune, basename and size label that config.json's
-/// `_name_or_path` and the directory's name give ([`super::model_id`]).
+/// then the descriptive keys of the model card and the model id ([`super::card`]).
 pub fn general_meta(dir: &Path, config: &Json, total_params: u64) -> anyhow::Result<Meta> {
     let mut m = Meta::new();
     m.push(("general.type".into(), MetaValue::String("model".into())));
@@ -223,27 +222,7 @@ pub fn general_meta(dir: &Path, config: &Json, total_params: u64) -> anyhow::Res
             }
         }
     }
-    let dir_name = std::fs::canonicalize(dir)
-        .ok()
-        .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .unwrap_or_else(|| "model".into());
-    let id =
-        super::model_id::from_sources(config.get("_name_or_path").and_then(|v| v.as_str()), &dir_name, total_params);
-    let s = |v: String| MetaValue::String(v);
-    m.push(("general.name".into(), s(id.name.unwrap_or(dir_name))));
-    if let Some(v) = id.version {
-        m.push(("general.version".into(), s(v)));
-    }
-    if let Some(v) = id.organization {
-        m.push(("general.organization".into(), s(v)));
-    }
-    if let Some(v) = id.finetune {
-        m.push(("general.finetune".into(), s(v)));
-    }
-    if let Some(v) = id.basename {
-        m.push(("general.basename".into(), s(v)));
-    }
-    m.push(("general.size_label".into(), s(id.size_label.unwrap_or_else(|| size_label(total_params)))));
+    m.extend(super::card::authorship_meta(dir, config, total_params, &size_label(total_params))?);
     Ok(m)
 }
 

@@ -12,6 +12,9 @@
 
 mod awq;
 mod bpe_pre;
+// The model card's front matter (README.md) read into the descriptive general.* keys.
+mod card;
+mod card_yaml;
 mod config;
 mod gptq;
 mod model_id;
