@@ -97,6 +97,10 @@ macro_rules! cpu_types {
 
 ggml_types::weight_types!(cpu_types);
 
+/// The K-quant scale searches of `q8_k` on AVX2 (the file quantizer's hot loop).
+#[cfg(target_arch = "x86_64")]
+mod search_avx2;
+
 /// The CPU code of type `t`.
 pub fn info(t: WeightType) -> &'static TypeInfo {
     TYPES.iter().find(|i| i.ty == t).expect("every WeightType is in TYPES")

@@ -104,7 +104,7 @@ pub(crate) fn sym_sums(x: &[f32], qw: Option<&[f32]>, nmax: i32, iscales: &[f32]
     #[cfg(target_arch = "x86_64")]
     if search_avx2() {
         // SAFETY: `search_avx2` checked that the CPU has AVX2.
-        return unsafe { crate::isa::avx2::search::sym_sums(x, qw, nmax, iscales, sums) };
+        return unsafe { super::search_avx2::sym_sums(x, qw, nmax, iscales, sums) };
     }
     sym_sums_scalar(x, qw, nmax, iscales, sums)
 }
@@ -123,11 +123,12 @@ pub(crate) fn sym_sums_scalar(x: &[f32], qw: Option<&[f32]>, nmax: i32, iscales:
     }
 }
 
-/// Whether the scale searches run their AVX2 form (the process's ISA, so `LLAMAFILE_ISA=scalar`
-/// runs the specification).
+/// Whether the scale searches run their AVX2 form (`types::search_avx2`): whenever the CPU has
+/// AVX2. Its results are the specification's bits (tested there), so unlike the dot products it
+/// does not follow `LLAMAFILE_ISA`, which lives with the kernels (`isa`, which builds on `types`).
 #[cfg(target_arch = "x86_64")]
 fn search_avx2() -> bool {
-    crate::isa::kernels().isa >= crate::isa::Isa::Avx2
+    is_x86_feature_detected!("avx2")
 }
 
 /// Symmetric quantization to `-nmax..nmax-1` (stored offset by `nmax`) refined by coordinate
@@ -268,7 +269,7 @@ pub(crate) fn asym_search(fit: &AsymFit, l: &mut [u8], rmin: f32, rdelta: f32, n
     #[cfg(target_arch = "x86_64")]
     if search_avx2() {
         // SAFETY: `search_avx2` checked that the CPU has AVX2.
-        return unsafe { crate::isa::avx2::search::asym_search(fit, l, rmin, rdelta, nstep, best) };
+        return unsafe { super::search_avx2::asym_search(fit, l, rmin, rdelta, nstep, best) };
     }
     asym_search_scalar(fit, l, rmin, rdelta, nstep, best)
 }

@@ -1,4 +1,4 @@
-//! The K-quant scale searches (`types::q8_k::asym_search`, `sym_sums`) with one search step per
+//! The K-quant scale searches (`q8_k::asym_search`, `sym_sums`) with one search step per
 //! vector lane: eight candidate scales go through the values together, each lane summing in the
 //! values' order with the scalar specification's operations (no FMA), so every lane's sums, fit
 //! and error are bit for bit the scalar's and the quantized bytes stay the reference quantizer's.
@@ -222,7 +222,7 @@ mod tests {
 
     #[test]
     fn asym_search_is_the_scalar_bit_for_bit() {
-        if !crate::isa::avx2::available() {
+        if !is_x86_feature_detected!("avx2") {
             return;
         }
         let mut r = Rng(0x9e37_79b9_7f4a_7c15);
@@ -254,7 +254,7 @@ mod tests {
 
     #[test]
     fn sym_sums_are_the_scalar_bit_for_bit() {
-        if !crate::isa::avx2::available() {
+        if !is_x86_feature_detected!("avx2") {
             return;
         }
         let mut r = Rng(5);
