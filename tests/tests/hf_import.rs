@@ -86,6 +86,38 @@ fn qwen3_bf16_head_size_and_qk_norms_convert_as_the_reference() {
     converted_as_the_reference("qwen3");
 }
 
+#[test]
+fn phi3_fused_qkv_and_added_tokens_convert_as_the_reference() {
+    converted_as_the_reference("phi3");
+}
+
+#[test]
+fn phi3_longrope_and_partial_rotary_convert_as_the_reference() {
+    converted_as_the_reference("phi3-longrope");
+}
+
+/// The converted vocabularies of the other architectures tokenize as the reference engine's
+/// `llama-tokenize` does on the converter's GGUF (tests/data/hf/tokenize-reference.json): the
+/// model's own BOS setting, special tokens parsed.
+#[test]
+fn converted_vocabularies_tokenize_as_llama_tokenize() {
+    let oracle = data("tokenize-reference.json");
+    let archs: Vec<String> = oracle["cases"].as_object().unwrap().keys().cloned().collect();
+    assert!(archs.iter().any(|a| a == "phi3"), "{archs:?}");
+    for arch in &archs {
+        let Some((_d, gguf)) = converted_as_the_reference(arch) else { return };
+        let g = llamafile_format::gguf::GgufFile::open(&gguf).unwrap();
+        let tok = llamafile_engine::tokenizer::Tokenizer::from_gguf(&g).unwrap();
+        let cases = oracle["cases"][arch.as_str()].as_array().unwrap();
+        assert!(cases.len() >= 12);
+        for c in cases {
+            let text = c["text"].as_str().unwrap();
+            let want: Vec<u32> = c["ids"].as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect();
+            assert_eq!(tok.encode(text, true, true).unwrap(), want, "{arch}: {text:?}");
+        }
+    }
+}
+
 /// The converted vocabularies (SentencePiece and byte-level BPE) tokenize as Hugging Face's
 /// tokenizer does, special tokens added and parsed.
 #[test]
@@ -152,4 +184,36 @@ fn bad_checkpoint_is_one_line_and_writes_nothing() {
     assert!(err.contains("model-00002-of-00002.safetensors") && err.contains("missing shard"), "{err}");
     let left: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(left, [OsStr::new("llama")], "nothing may be written");
+}
+
+/// A Phi-3 config.json whose RoPE scaling pack cannot reproduce (an unknown type, factors that
+/// do not fit the rotary dimensions, a missing short set): one line naming the field, exit 1,
+/// nothing written.
+#[test]
+fn unsupported_phi3_rope_scaling_is_one_line_and_writes_nothing() {
+    let Some(d) = checkpoint("phi3-longrope") else { return };
+    let ck = dir(&d, "phi3-longrope");
+    let original: Value = serde_json::from_str(&std::fs::read_to_string(ck.join("config.json")).unwrap()).unwrap();
+    let cases: [(&str, fn(&mut Value)); 3] = [
+        ("rope_scaling type 'yarn'", |c| c["rope_scaling"]["type"] = "yarn".into()),
+        ("2 long and 4 short factors", |c| {
+            c["rope_scaling"]["long_factor"].as_array_mut().unwrap().truncate(2);
+        }),
+        ("no short_factor", |c| {
+            c["rope_scaling"].as_object_mut().unwrap().remove("short_factor");
+        }),
+    ];
+    for (want, change) in cases {
+        let mut c = original.clone();
+        change(&mut c);
+        std::fs::write(ck.join("config.json"), serde_json::to_string(&c).unwrap()).unwrap();
+        let out = d.path().join("x.llamafile");
+        let o = pack_hf(&ck, &[OsStr::new("-o"), out.as_os_str()]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{want}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("config.json") && err.contains(want), "{want}: {err}");
+        let left: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, [OsStr::new("phi3-longrope")], "nothing may be written");
+    }
 }

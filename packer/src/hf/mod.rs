@@ -15,6 +15,7 @@ mod bpe_pre;
 mod config;
 mod gptq;
 mod model_id;
+mod phi3;
 pub mod quantized;
 mod shards;
 mod special;
@@ -142,6 +143,11 @@ fn plan_with(dir: &Path, cfg: Config, quantized: Option<Quantized>) -> anyhow::R
             Source::Generated(llama3_factors(&cfg, r)),
         ));
     }
+    if let Some(l) = cfg.phi3.as_ref().and_then(|p| p.longrope.as_ref()) {
+        for (name, f) in [("rope_factors_long.weight", &l.long), ("rope_factors_short.weight", &l.short)] {
+            items.push((name.into(), vec![f.len()], "F32".into(), Source::Generated(f.clone())));
+        }
+    }
     for (index, t) in shards.tensors.iter().enumerate() {
         let file = || escape_path(shards.file(t));
         let (hf_name, source, dtype, shape) = match &quantized {
@@ -199,10 +205,20 @@ fn plan_with(dir: &Path, cfg: Config, quantized: Option<Quantized>) -> anyhow::R
     let total_params: u64 = tensors_out.iter().map(|t| t.shape.iter().product::<usize>() as u64).sum();
     let arch = cfg.arch.gguf_name();
     let mut meta: Vec<(String, MetaValue)> = vec![("general.architecture".into(), MetaValue::String(arch.into()))];
+    if let Some(p) = &cfg.phi3 {
+        meta.extend(p.early_meta());
+    }
     meta.extend(config::general_meta(dir, &cfg.json, total_params)?);
     meta.extend(cfg.model_meta(file_type));
     meta.push(("general.quantization_version".into(), MetaValue::U32(QUANTIZATION_VERSION)));
-    meta.extend(vocab::tokenizer_meta(dir, &cfg.json, cfg.arch == config::Arch::Llama)?);
+    let flavor = match cfg.arch {
+        config::Arch::Llama => vocab::Flavor::Llama,
+        config::Arch::Qwen2 | config::Arch::Qwen3 => vocab::Flavor::Plain,
+        config::Arch::Phi3 => vocab::Flavor::Phi3,
+        config::Arch::Gemma2 => vocab::Flavor::Gemma2,
+        config::Arch::Gemma3 => vocab::Flavor::Gemma3,
+    };
+    meta.extend(vocab::tokenizer_meta(dir, &cfg.json, flavor)?);
     let meta_refs: Vec<(&str, MetaValue)> = meta.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
     let dims: Vec<Vec<u64>> = tensors_out.iter().map(|t| t.shape.iter().rev().map(|&d| d as u64).collect()).collect();
     let infos: Vec<(&str, &[u64], u32, u64)> =

@@ -47,6 +47,9 @@ pub fn map_name(cfg: &Config, name: &str) -> anyhow::Result<Option<(String, Opti
                     "mlp.down_proj" => "ffn_down",
                     "self_attn.q_norm" if cfg.arch == Arch::Qwen3 => "attn_q_norm",
                     "self_attn.k_norm" if cfg.arch == Arch::Qwen3 => "attn_k_norm",
+                    // Phi-3 keeps q/k/v and gate/up fused (the runtime splits them).
+                    "self_attn.qkv_proj" if cfg.arch == Arch::Phi3 => "attn_qkv",
+                    "mlp.gate_up_proj" if cfg.arch == Arch::Phi3 => "ffn_up",
                     _ => "",
                 };
                 if !g.is_empty() && (suffix == "weight" || suffix == "bias") {
@@ -76,6 +79,8 @@ pub fn expected_shape(cfg: &Config, gguf_name: &str) -> Option<Vec<usize>> {
         "output_norm.weight" | "attn_norm.weight" | "ffn_norm.weight" => vec![e],
         "attn_q_norm.weight" | "attn_k_norm.weight" => vec![cfg.head_dim],
         "attn_q.weight" => vec![q, e],
+        "attn_qkv.weight" => vec![q + 2 * kv, e],
+        "ffn_up.weight" if cfg.arch == Arch::Phi3 => vec![2 * f, e],
         "attn_k.weight" | "attn_v.weight" => vec![kv, e],
         "attn_output.weight" => vec![e, q],
         "ffn_gate.weight" | "ffn_up.weight" => vec![f, e],
