@@ -96,6 +96,16 @@ fn phi3_longrope_and_partial_rotary_convert_as_the_reference() {
     converted_as_the_reference("phi3-longrope");
 }
 
+#[test]
+fn gemma3_norms_plus_one_qk_norms_and_local_rope_base_convert_as_the_reference() {
+    converted_as_the_reference("gemma3");
+}
+
+#[test]
+fn gemma2_f16_norms_plus_one_and_soft_capping_convert_as_the_reference() {
+    converted_as_the_reference("gemma2");
+}
+
 /// The converted vocabularies of the other architectures tokenize as the reference engine's
 /// `llama-tokenize` does on the converter's GGUF (tests/data/hf/tokenize-reference.json): the
 /// model's own BOS setting, special tokens parsed.
@@ -103,7 +113,9 @@ fn phi3_longrope_and_partial_rotary_convert_as_the_reference() {
 fn converted_vocabularies_tokenize_as_llama_tokenize() {
     let oracle = data("tokenize-reference.json");
     let archs: Vec<String> = oracle["cases"].as_object().unwrap().keys().cloned().collect();
-    assert!(archs.iter().any(|a| a == "phi3"), "{archs:?}");
+    for want in ["phi3", "gemma3", "gemma2"] {
+        assert!(archs.iter().any(|a| a == want), "{archs:?}");
+    }
     for arch in &archs {
         let Some((_d, gguf)) = converted_as_the_reference(arch) else { return };
         let g = llamafile_format::gguf::GgufFile::open(&gguf).unwrap();
@@ -215,5 +227,33 @@ fn unsupported_phi3_rope_scaling_is_one_line_and_writes_nothing() {
         assert!(err.contains("config.json") && err.contains(want), "{want}: {err}");
         let left: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(left, [OsStr::new("phi3-longrope")], "nothing may be written");
+    }
+}
+
+/// Gemma config.json settings the conversion would drop or the runtime would compute otherwise:
+/// one line naming the field, exit 1, nothing written.
+#[test]
+fn unsupported_gemma_settings_are_one_line_and_write_nothing() {
+    let Some(d) = checkpoint("gemma3") else { return };
+    let ck = dir(&d, "gemma3");
+    let original: Value = serde_json::from_str(&std::fs::read_to_string(ck.join("config.json")).unwrap()).unwrap();
+    let cases: [(&str, fn(&mut Value)); 4] = [
+        ("rope_scaling type 'yarn'", |c| c["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 4.0})),
+        ("query_pre_attn_scalar 64", |c| c["query_pre_attn_scalar"] = 64.into()),
+        ("layer_types", |c| c["layer_types"][0] = "full_attention".into()),
+        ("attn_logit_softcapping", |c| c["attn_logit_softcapping"] = 50.0.into()),
+    ];
+    for (want, change) in cases {
+        let mut c = original.clone();
+        change(&mut c);
+        std::fs::write(ck.join("config.json"), serde_json::to_string(&c).unwrap()).unwrap();
+        let out = d.path().join("x.llamafile");
+        let o = pack_hf(&ck, &[OsStr::new("-o"), out.as_os_str()]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{want}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("config.json") && err.contains(want), "{want}: {err}");
+        let left: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, [OsStr::new("gemma3")], "nothing may be written");
     }
 }

@@ -658,6 +658,16 @@ fn hf_phi3_packed() {
     hf_packed("phi3");
 }
 
+#[test]
+fn hf_gemma3_packed() {
+    hf_packed("gemma3");
+}
+
+#[test]
+fn hf_gemma2_packed() {
+    hf_packed("gemma2");
+}
+
 /// The LongRoPE checkpoint (original context 4096 of 131072) at a context of 1024 (the short
 /// factors) and 8192 (the long ones, and the attention factor the converter wrote).
 #[test]

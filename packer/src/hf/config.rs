@@ -113,6 +113,8 @@ impl Config {
         };
         let head_dim = if json.get("head_dim").is_some_and(|v| !v.is_null()) {
             uint(&json, &["head_dim"])?
+        } else if matches!(arch, Arch::Gemma2 | Arch::Gemma3) {
+            super::gemma::DEFAULT_HEAD_DIM
         } else {
             n_embd / n_head
         };
@@ -130,8 +132,8 @@ impl Config {
             let ty = r.get("rope_type").or_else(|| r.get("type")).and_then(|t| t.as_str()).unwrap_or("default");
             let f = |k: &str, d: f64| r.get(k).and_then(|v| v.as_f64()).unwrap_or(d);
             match ty {
-                // Phi-3's scaling is read by phi3::Phi3::read.
-                _ if arch == Arch::Phi3 => {}
+                // Phi-3's scaling is read by phi3::Phi3::read, Gemma's checked by gemma::check.
+                _ if matches!(arch, Arch::Phi3 | Arch::Gemma2 | Arch::Gemma3) => {}
                 "default" => {}
                 "llama3" if arch == Arch::Llama => {
                     llama3_rope = Some(Llama3Rope {
@@ -166,6 +168,9 @@ impl Config {
     pub fn model_meta(&self, file_type: u32) -> Meta {
         if let Some(p) = &self.phi3 {
             return p.model_meta(self, file_type);
+        }
+        if matches!(self.arch, Arch::Gemma2 | Arch::Gemma3) {
+            return super::gemma::model_meta(self, file_type);
         }
         let a = self.arch.gguf_name();
         let j = &self.json;

@@ -13,6 +13,7 @@
 mod awq;
 mod bpe_pre;
 mod config;
+mod gemma;
 mod gptq;
 mod model_id;
 mod phi3;
@@ -83,8 +84,9 @@ fn detect_quantized(dir: &Path, config: &Json) -> anyhow::Result<Option<Quantize
 
 /// Where an output tensor's data comes from.
 enum Source {
-    /// A shard tensor (index in [`Shards::tensors`]), rows permuted for `Some(n_head)`.
-    Shard { index: usize, permute: Option<usize> },
+    /// A shard tensor (index in [`Shards::tensors`]), rows permuted for `Some(n_head)`, each
+    /// value plus 1 for `plus_one` (Gemma's norms).
+    Shard { index: usize, permute: Option<usize>, plus_one: bool },
     /// A quantized linear layer, dequantized when written, rows permuted for `Some(n_head)`.
     Dequantized { prefix: String, permute: Option<usize> },
     /// Computed here (the llama3 rope factors), f32.
@@ -160,7 +162,12 @@ fn plan_with(dir: &Path, cfg: Config, quantized: Option<Quantized>) -> anyhow::R
                 ),
                 None => continue,
             },
-            _ => (t.name.clone(), Source::Shard { index, permute: None }, t.dtype.clone(), Some(t.shape.clone())),
+            _ => (
+                t.name.clone(),
+                Source::Shard { index, permute: None, plus_one: false },
+                t.dtype.clone(),
+                Some(t.shape.clone()),
+            ),
         };
         let Some((gguf_name, permute)) = tensors::map_name(&cfg, &hf_name).with_context(|| file().to_string())? else {
             continue;
@@ -177,7 +184,13 @@ fn plan_with(dir: &Path, cfg: Config, quantized: Option<Quantized>) -> anyhow::R
             }
         }
         let source = match source {
-            Source::Shard { index, .. } => Source::Shard { index, permute },
+            // Gemma's RMSNorm multiplies by (1 + w): the reference stores 1 + w.
+            Source::Shard { index, .. } => Source::Shard {
+                index,
+                permute,
+                plus_one: matches!(cfg.arch, config::Arch::Gemma2 | config::Arch::Gemma3)
+                    && hf_name.ends_with("norm.weight"),
+            },
             Source::Dequantized { prefix, .. } => Source::Dequantized { prefix, permute },
             s => s,
         };
@@ -237,6 +250,9 @@ fn refuse_variants(dir: &Path, cfg: &Config) -> anyhow::Result<()> {
             "{}: a sentence-transformers model (pooling) is not supported by pack --hf",
             escape_path(&dir.join("modules.json"))
         );
+    }
+    if matches!(cfg.arch, config::Arch::Gemma2 | config::Arch::Gemma3) {
+        gemma::check(dir, cfg)?;
     }
     if cfg.arch == config::Arch::Qwen3 {
         let readme = std::fs::read_to_string(dir.join("README.md")).unwrap_or_default().to_lowercase();
@@ -351,7 +367,7 @@ impl HfPlan {
                         None => tensors::convert_f32_into(&w, t.ggml_type, &mut buf),
                     }
                 }
-                Source::Shard { index, permute } => {
+                Source::Shard { index, permute, plus_one } => {
                     let s = &self.shards.tensors[*index];
                     let data = self.shards.data(s);
                     let rows = t.shape[0];
@@ -364,12 +380,12 @@ impl HfPlan {
                                 Some(h) => tensors::permuted_source_row(r, rows, *h),
                                 None => r,
                             };
-                            tensors::convert_into(
-                                &data[src * row_bytes..(src + 1) * row_bytes],
-                                &s.dtype,
-                                t.ggml_type,
-                                &mut buf,
-                            );
+                            let row = &data[src * row_bytes..(src + 1) * row_bytes];
+                            if *plus_one {
+                                tensors::convert_plus_one_into(row, &s.dtype, t.ggml_type, &mut buf);
+                            } else {
+                                tensors::convert_into(row, &s.dtype, t.ggml_type, &mut buf);
+                            }
                         }
                         out.write_all(&buf).map_err(io)?;
                         done += buf.len() as u64;
