@@ -28,6 +28,21 @@ fn converted_as_the_reference(arch: &str) -> Option<(tempfile::TempDir, std::pat
 /// As [`converted_as_the_reference`], the checkpoint's directory renamed `name` first (the
 /// converter reads the model's name, basename, size label, finetune and version from it).
 fn converted_as_the_reference_named(arch: &str, name: Option<&str>) -> Option<(tempfile::TempDir, std::path::PathBuf)> {
+    let key = match name {
+        Some(n) => format!("{arch} as {n}"),
+        None => arch.to_string(),
+    };
+    converted_as_the_reference_with(arch, name, &key, |_| {})
+}
+
+/// As [`converted_as_the_reference_named`], config.json changed by `edit` first; `key` names
+/// the reference's file in converter.json.
+fn converted_as_the_reference_with(
+    arch: &str,
+    name: Option<&str>,
+    key: &str,
+    edit: fn(&mut Value),
+) -> Option<(tempfile::TempDir, std::path::PathBuf)> {
     let d = checkpoint(arch)?;
     let out = d.path().join(format!("{arch}.gguf"));
     let mut ck = dir(&d, arch);
@@ -36,14 +51,14 @@ fn converted_as_the_reference_named(arch: &str, name: Option<&str>) -> Option<(t
         std::fs::rename(&ck, &renamed).unwrap();
         ck = renamed;
     }
-    let key = match name {
-        Some(n) => format!("{arch} as {n}"),
-        None => arch.to_string(),
-    };
+    let config_path = ck.join("config.json");
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    edit(&mut config);
+    std::fs::write(&config_path, serde_json::to_string(&config).unwrap()).unwrap();
     let o = pack_hf(&ck, &[OsStr::new("--gguf-out"), out.as_os_str()]);
     assert!(o.status.success(), "pack --hf {arch}: {}", String::from_utf8_lossy(&o.stderr));
     let bytes = std::fs::read(&out).unwrap();
-    let want = &data("converter.json")["files"][key.as_str()];
+    let want = &data("converter.json")["files"][key];
     assert!(want.is_object(), "no reference for {key}");
     if sha256_hex(&bytes) != want["sha256"].as_str().unwrap() {
         // Say what differs: the metadata keys and the tensors, as our reader sees them.
@@ -104,6 +119,40 @@ fn gemma3_norms_plus_one_qk_norms_and_local_rope_base_convert_as_the_reference()
 #[test]
 fn gemma2_f16_norms_plus_one_and_soft_capping_convert_as_the_reference() {
     converted_as_the_reference("gemma2");
+}
+
+/// The values config.json leaves out: the defaults of transformers' configs, which the
+/// converter reads through (Gemma 3 also with linear RoPE scaling and a final soft cap).
+#[test]
+fn defaults_of_left_out_settings_are_the_references() {
+    fn remove(c: &mut Value, keys: &[&str]) {
+        for k in keys {
+            c.as_object_mut().unwrap().remove(*k).unwrap_or_else(|| panic!("{k} not in the fixture"));
+        }
+    }
+    converted_as_the_reference_with(
+        "gemma3",
+        None,
+        "gemma3 with defaults, linear rope scaling and a final soft cap",
+        |c| {
+            c["rope_scaling"] = serde_json::json!({"rope_type": "linear", "factor": 8.0});
+            c["final_logit_softcapping"] = 30.0.into();
+            remove(
+                c,
+                &["rope_local_base_freq", "sliding_window", "max_position_embeddings", "rope_theta", "rms_norm_eps"],
+            );
+        },
+    );
+    converted_as_the_reference_with("gemma2", None, "gemma2 with defaults", |c| {
+        let keys = ["attn_logit_softcapping", "final_logit_softcapping", "sliding_window"];
+        remove(c, &keys);
+        remove(c, &["max_position_embeddings", "rms_norm_eps", "rope_theta"]);
+    });
+    converted_as_the_reference_with("phi3", None, "phi3 with defaults", |c| {
+        let keys = ["original_max_position_embeddings", "sliding_window", "max_position_embeddings"];
+        remove(c, &keys);
+        remove(c, &["rms_norm_eps", "rope_theta", "rope_scaling"]);
+    });
 }
 
 /// The converted vocabularies of the other architectures tokenize as the reference engine's
