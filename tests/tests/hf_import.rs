@@ -306,3 +306,49 @@ fn unsupported_gemma_settings_are_one_line_and_write_nothing() {
         assert_eq!(left, [OsStr::new("gemma3")], "nothing may be written");
     }
 }
+
+/// SIGINT while `pack --hf -o X` converts (or packs what it converted): the temporary GGUF and
+/// its directory are removed with the temporary output, and no output is left.
+#[test]
+fn interrupted_pack_hf_leaves_nothing_behind() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::time::{Duration, Instant};
+    let Some(d) = checkpoint("gemma3") else { return };
+    let ck = dir(&d, "gemma3");
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().join("g.llamafile");
+    let mut interrupted = 0;
+    for _ in 0..10 {
+        let mut child = std::process::Command::new(e2e::bin("pack"))
+            .arg("--hf")
+            .arg(&ck)
+            .args(["--quantize", "Q8_0", "-o"])
+            .arg(&out)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Signalled once its temporary directory exists (the conversion has begun).
+        let tmp = out_dir.path().join(format!(".pack-hf.{}", child.id()));
+        let start = Instant::now();
+        while !tmp.exists() && start.elapsed() < Duration::from_secs(60) && child.try_wait().unwrap().is_none() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let kill = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+        let status = child.wait().unwrap();
+        if kill.success() && status.signal() == Some(SIGINT) {
+            interrupted += 1;
+            let left: Vec<_> = std::fs::read_dir(out_dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+            assert!(left.is_empty(), "left behind after SIGINT: {left:?}");
+        } else {
+            // It finished before the signal: try again.
+            let _ = std::fs::remove_file(&out);
+        }
+        if interrupted >= 3 {
+            break;
+        }
+    }
+    assert!(interrupted > 0, "pack always finished before SIGINT");
+}
+
+/// SIGINT's number (2 on Linux and the BSDs).
+const SIGINT: i32 = 2;

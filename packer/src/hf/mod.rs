@@ -454,6 +454,8 @@ pub struct TempGguf {
     dir: PathBuf,
     pub path: PathBuf,
     plan: Rc<HfPlan>,
+    /// A signal meanwhile removes both too.
+    _on_signal: crate::tmp_output::TmpDirForSignal,
 }
 
 impl TempGguf {
@@ -468,6 +470,7 @@ impl TempGguf {
 
 impl Drop for TempGguf {
     fn drop(&mut self) {
+        // (`_on_signal` is dropped after this body: a signal meanwhile removes what is left.)
         let _ = std::fs::remove_file(&self.path);
         let _ = std::fs::remove_dir(&self.dir);
     }
@@ -478,8 +481,11 @@ impl Drop for TempGguf {
 pub fn convert_to_temp(dir: &Path, near: &Path, stem: &str, show_progress: bool) -> anyhow::Result<TempGguf> {
     let p = plan(dir)?;
     let tmp_dir = near.join(format!(".pack-hf.{}", std::process::id()));
+    let path = tmp_dir.join(format!("{stem}.gguf"));
+    // Registered before they exist: no moment when a signal would leave them behind.
+    let on_signal = crate::tmp_output::TmpDirForSignal::register(&tmp_dir, &path);
     std::fs::create_dir(&tmp_dir).with_context(|| format!("cannot create {}", escape_path(&tmp_dir)))?;
-    let t = TempGguf { path: tmp_dir.join(format!("{stem}.gguf")), dir: tmp_dir, plan: Rc::new(p) };
+    let t = TempGguf { path, dir: tmp_dir, plan: Rc::new(p), _on_signal: on_signal };
     let f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
