@@ -252,10 +252,7 @@ fn bad_checkpoint_is_one_line_and_writes_nothing() {
 /// nothing written.
 #[test]
 fn unsupported_phi3_rope_scaling_is_one_line_and_writes_nothing() {
-    let Some(d) = checkpoint("phi3-longrope") else { return };
-    let ck = dir(&d, "phi3-longrope");
-    let original: Value = serde_json::from_str(&std::fs::read_to_string(ck.join("config.json")).unwrap()).unwrap();
-    let cases: [(&str, fn(&mut Value)); 3] = [
+    let cases: [ConfigEdit; 3] = [
         ("rope_scaling type 'yarn'", |c| c["rope_scaling"]["type"] = "yarn".into()),
         ("2 long and 4 short factors", |c| {
             c["rope_scaling"]["long_factor"].as_array_mut().unwrap().truncate(2);
@@ -264,34 +261,31 @@ fn unsupported_phi3_rope_scaling_is_one_line_and_writes_nothing() {
             c["rope_scaling"].as_object_mut().unwrap().remove("short_factor");
         }),
     ];
-    for (want, change) in cases {
-        let mut c = original.clone();
-        change(&mut c);
-        std::fs::write(ck.join("config.json"), serde_json::to_string(&c).unwrap()).unwrap();
-        let out = d.path().join("x.llamafile");
-        let o = pack_hf(&ck, &[OsStr::new("-o"), out.as_os_str()]);
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert_eq!(o.status.code(), Some(1), "{want}: {err}");
-        assert_eq!(err.lines().count(), 1, "{err}");
-        assert!(err.contains("config.json") && err.contains(want), "{want}: {err}");
-        let left: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(left, [OsStr::new("phi3-longrope")], "nothing may be written");
-    }
+    refused_config_edits("phi3-longrope", &cases);
 }
 
 /// Gemma config.json settings the conversion would drop or the runtime would compute otherwise:
 /// one line naming the field, exit 1, nothing written.
 #[test]
 fn unsupported_gemma_settings_are_one_line_and_write_nothing() {
-    let Some(d) = checkpoint("gemma3") else { return };
-    let ck = dir(&d, "gemma3");
-    let original: Value = serde_json::from_str(&std::fs::read_to_string(ck.join("config.json")).unwrap()).unwrap();
-    let cases: [(&str, fn(&mut Value)); 4] = [
+    let cases: [ConfigEdit; 4] = [
         ("rope_scaling type 'yarn'", |c| c["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 4.0})),
         ("query_pre_attn_scalar 64", |c| c["query_pre_attn_scalar"] = 64.into()),
         ("layer_types", |c| c["layer_types"][0] = "full_attention".into()),
         ("attn_logit_softcapping", |c| c["attn_logit_softcapping"] = 50.0.into()),
     ];
+    refused_config_edits("gemma3", &cases);
+}
+
+/// A config.json change and a text the one-line error must contain.
+type ConfigEdit = (&'static str, fn(&mut Value));
+
+/// Each edit of the `arch` checkpoint's config.json (one at a time): `pack --hf -o` exits 1 with
+/// one line naming config.json and the text, and writes nothing.
+fn refused_config_edits(arch: &str, cases: &[ConfigEdit]) {
+    let Some(d) = checkpoint(arch) else { return };
+    let ck = dir(&d, arch);
+    let original: Value = serde_json::from_str(&std::fs::read_to_string(ck.join("config.json")).unwrap()).unwrap();
     for (want, change) in cases {
         let mut c = original.clone();
         change(&mut c);
@@ -303,7 +297,7 @@ fn unsupported_gemma_settings_are_one_line_and_write_nothing() {
         assert_eq!(err.lines().count(), 1, "{err}");
         assert!(err.contains("config.json") && err.contains(want), "{want}: {err}");
         let left: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(left, [OsStr::new("gemma3")], "nothing may be written");
+        assert_eq!(left, [OsStr::new(arch)], "nothing may be written");
     }
 }
 

@@ -79,7 +79,7 @@ impl Phi3 {
             })?,
         };
         let rope_dims = (rot * n_embd as f64) as usize / n_head;
-        if rope_dims == 0 || rope_dims % 2 != 0 {
+        if rope_dims == 0 || !rope_dims.is_multiple_of(2) {
             bail!("config.json: partial_rotary_factor {rot} rotates {rope_dims} dimensions of each head, not a positive even number");
         }
         let mut longrope = None;
