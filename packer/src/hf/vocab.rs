@@ -126,18 +126,22 @@ pub fn tokenizer_meta(dir: &Path, config: &Json, flavor: Flavor) -> anyhow::Resu
     Ok(meta)
 }
 
-/// A SentencePiece vocabulary: pieces padded to the model's vocab size, then the added tokens
-/// of added_tokens.json and tokenizer_config.json's `added_tokens_decoder` over them.
-fn sentencepiece(
+/// The pieces of a SentencePiece model padded (`[PAD<i>]`, UNUSED) or cut to the model's
+/// vocab size, then added_tokens.json's tokens over them (USER_DEFINED). `strict`: more pieces
+/// than the vocab size are refused (Phi-3's reading fails on them) instead of cut.
+fn pieces_and_added(
     path: &Path,
     vocab_size: Option<usize>,
-    tokenizer_config: Option<&Json>,
     dir: &Path,
+    strict: bool,
 ) -> anyhow::Result<(Vec<String>, Vec<f32>, Vec<i32>)> {
     let bytes = llamafile_format::input::read_regular(path, "a SentencePiece model")?;
     let pieces =
         spm::pieces(&bytes).with_context(|| format!("{}: cannot read the SentencePiece model", escape_path(path)))?;
     let n = vocab_size.unwrap_or(pieces.len());
+    if strict && pieces.len() > n {
+        bail!("{}: {} pieces, more than config.json's vocab_size {n}", escape_path(path), pieces.len());
+    }
     let mut tokens: Vec<String> = (0..n).map(|i| format!("[PAD{i}]")).collect();
     let mut scores = vec![-10000.0f32; n];
     let mut types = vec![UNUSED; n];
@@ -165,6 +169,19 @@ fn sentencepiece(
             }
         }
     }
+    Ok((tokens, scores, types))
+}
+
+/// A SentencePiece vocabulary: pieces padded to the model's vocab size, then the added tokens
+/// of added_tokens.json and tokenizer_config.json's `added_tokens_decoder` over them.
+fn sentencepiece(
+    path: &Path,
+    vocab_size: Option<usize>,
+    tokenizer_config: Option<&Json>,
+    dir: &Path,
+) -> anyhow::Result<(Vec<String>, Vec<f32>, Vec<i32>)> {
+    let (mut tokens, mut scores, mut types) = pieces_and_added(path, vocab_size, dir, false)?;
+    let n = tokens.len();
     if let Some(dec) = tokenizer_config.and_then(|t| t.get("added_tokens_decoder")).and_then(|d| d.as_object()) {
         for (k, v) in dec {
             let Ok(id) = k.parse::<usize>() else {
@@ -201,38 +218,8 @@ fn phi3_sentencepiece(
     tokenizer_config: Option<&Json>,
     dir: &Path,
 ) -> anyhow::Result<(Vec<String>, Vec<f32>, Vec<i32>)> {
-    let bytes = llamafile_format::input::read_regular(path, "a SentencePiece model")?;
-    let pieces =
-        spm::pieces(&bytes).with_context(|| format!("{}: cannot read the SentencePiece model", escape_path(path)))?;
-    let n = vocab_size.unwrap_or(pieces.len());
-    if pieces.len() > n {
-        bail!("{}: {} pieces, more than config.json's vocab_size {n}", escape_path(path), pieces.len());
-    }
-    let mut tokens: Vec<String> = (0..n).map(|i| format!("[PAD{i}]")).collect();
-    let mut scores = vec![-10000.0f32; n];
-    let mut types = vec![UNUSED; n];
-    for (i, p) in pieces.iter().enumerate() {
-        tokens[i] = p.text.clone();
-        scores[i] = p.score;
-        types[i] = match p.kind {
-            spm::UNKNOWN | spm::CONTROL | spm::UNUSED | spm::BYTE => p.kind,
-            _ => NORMAL,
-        };
-    }
-    let added_path = dir.join("added_tokens.json");
-    if let Some(added) = read_json_opt(&added_path)? {
-        let Some(obj) = added.as_object() else { bail!("{}: not an object", escape_path(&added_path)) };
-        for (k, v) in obj {
-            let Some(id) = v.as_u64().map(|v| v as usize) else {
-                bail!("{}: '{}' is not a token id", escape_path(&added_path), escape(k))
-            };
-            if id < n {
-                tokens[id] = k.clone();
-                scores[id] = -1000.0;
-                types[id] = USER_DEFINED;
-            }
-        }
-    }
+    let (mut tokens, mut scores, mut types) = pieces_and_added(path, vocab_size, dir, true)?;
+    let n = tokens.len();
     let mut set = |file: &str, id: u64, content: &str, special: bool| -> anyhow::Result<()> {
         let Some(i) = usize::try_from(id).ok().filter(|&i| i < n) else {
             bail!("{file}: added token id {id} is not below config.json's vocab_size {n}")
