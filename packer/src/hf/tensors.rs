@@ -175,6 +175,22 @@ mod tests {
     }
 
     #[test]
+    fn plus_one_rounds_as_the_reference() {
+        // 2^-12 is below F16's step at 1 (2^-10): F16 + 1 rounds it away, BF16 (added in F32
+        // after conversion) and F32 keep it.
+        let x = 2f32.powi(-12);
+        let mut out = Vec::new();
+        convert_plus_one_into(&f16::from_f32(x).to_le_bytes(), "F16", GGML_F32, &mut out);
+        assert_eq!(out, 1.0f32.to_le_bytes());
+        out.clear();
+        convert_plus_one_into(&bf16::from_f32(x).to_le_bytes(), "BF16", GGML_F32, &mut out);
+        assert_eq!(out, (1.0 + x).to_le_bytes());
+        out.clear();
+        convert_plus_one_into(&x.to_le_bytes(), "F32", GGML_F32, &mut out);
+        assert_eq!(out, (1.0 + x).to_le_bytes());
+    }
+
+    #[test]
     fn converts_bf16_to_f32_and_f16() {
         let src = [bf16::from_f32(1.5).to_le_bytes(), bf16::from_f32(-2.0).to_le_bytes()].concat();
         let mut out = Vec::new();
