@@ -112,6 +112,11 @@ fn phi3_longrope_and_partial_rotary_convert_as_the_reference() {
 }
 
 #[test]
+fn phi4_mini_layout_bpe_tied_converts_as_the_reference() {
+    converted_as_the_reference("phi4-mini");
+}
+
+#[test]
 fn gemma3_norms_plus_one_qk_norms_and_local_rope_base_convert_as_the_reference() {
     converted_as_the_reference("gemma3");
 }

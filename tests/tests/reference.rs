@@ -659,6 +659,11 @@ fn hf_phi3_packed() {
 }
 
 #[test]
+fn hf_phi4_mini_packed() {
+    hf_packed("phi4-mini");
+}
+
+#[test]
 fn hf_gemma3_packed() {
     hf_packed("gemma3");
 }
