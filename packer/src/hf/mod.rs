@@ -3,6 +3,8 @@
 //! writes it: the same metadata keys and values in the same order, the same tensor names,
 //! order and types (2-D weights F16, or BF16 from a BF16 checkpoint; norms and biases F32), the
 //! Llama family's q/k permutation, and the tokenizer's metadata, so tokenization is the same.
+//! What differs by architecture: config.rs (Llama, Mistral, Qwen2/3), phi3.rs, gemma.rs for the
+//! metadata; tensors.rs for the names; vocab.rs (its `Flavor`) for the tokenizer reading.
 //!
 //! Tensors are streamed from the memory-mapped shards a slab of rows at a time: the model is
 //! never whole in memory. The GGUF goes to `--gguf-out`, or to a temporary file beside the
