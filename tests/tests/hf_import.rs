@@ -351,3 +351,35 @@ fn interrupted_pack_hf_leaves_nothing_behind() {
 
 /// SIGINT's number (2 on Linux and the BSDs).
 const SIGINT: i32 = 2;
+
+/// An architecture, a text the one-line error must contain, and the change to its checkpoint.
+type TokenizerEdit = (&'static str, &'static str, fn(&std::path::Path));
+
+/// Tokenizer files the Gemma and Phi-3 conversions cannot read: no tokenizer.model (Gemma), a
+/// tokenizer_config.json without `tokenizer_class` (Phi-3's converter needs it): one line naming
+/// the file, exit 1, nothing written.
+#[test]
+fn unreadable_gemma_and_phi3_tokenizers_are_one_line_and_write_nothing() {
+    let cases: [TokenizerEdit; 2] = [
+        ("gemma3", "missing tokenizer.model", |ck| std::fs::remove_file(ck.join("tokenizer.model")).unwrap()),
+        ("phi3", "tokenizer_config.json: no 'tokenizer_class'", |ck| {
+            let p = ck.join("tokenizer_config.json");
+            let mut c: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+            c.as_object_mut().unwrap().remove("tokenizer_class").unwrap();
+            std::fs::write(&p, serde_json::to_string(&c).unwrap()).unwrap();
+        }),
+    ];
+    for (arch, want, change) in cases {
+        let Some(d) = checkpoint(arch) else { return };
+        let ck = dir(&d, arch);
+        change(&ck);
+        let out = d.path().join("x.llamafile");
+        let o = pack_hf(&ck, &[OsStr::new("-o"), out.as_os_str()]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{arch}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(want), "{arch}: {err}");
+        let left: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, [OsStr::new(arch)], "nothing may be written");
+    }
+}
