@@ -1,6 +1,8 @@
 //! The temporary file `pack` writes before renaming it over the output, and its removal on
 //! SIGINT/SIGTERM/SIGHUP. The path is registered with the signal handler *before* the file is
-//! created, so there is no moment when the file exists and a signal would leave it behind.
+//! created, so there is no moment when the file exists and a signal would leave it behind. The
+//! GGUF `pack --hf` converts into a private directory before packing it is a second slot
+//! ([`TmpDirForSignal`]): the file and its directory, removed by the same handler.
 
 use anyhow::Context;
 use std::fs::File;
@@ -11,16 +13,27 @@ use std::sync::atomic::{AtomicPtr, Ordering};
 /// The temporary output being written, as a NUL-terminated path for the signal handler (null
 /// when none). A raw pointer in an atomic: all that an async-signal-safe handler may touch.
 static TMP_FOR_SIGNAL: AtomicPtr<libc::c_char> = AtomicPtr::new(std::ptr::null_mut());
+/// The temporary GGUF of `pack --hf` and its directory, the same way.
+static TMP_GGUF_FOR_SIGNAL: AtomicPtr<libc::c_char> = AtomicPtr::new(std::ptr::null_mut());
+static TMP_DIR_FOR_SIGNAL: AtomicPtr<libc::c_char> = AtomicPtr::new(std::ptr::null_mut());
 
 /// SIGINT/SIGTERM/SIGHUP while packing: remove the temporary output (nothing half-written is
 /// left behind, not even hidden), then die of the same signal (the default action).
 extern "C" fn remove_tmp_and_reraise(sig: libc::c_int) {
     let p = TMP_FOR_SIGNAL.swap(std::ptr::null_mut(), Ordering::SeqCst);
-    // SAFETY: unlink, signal and raise are async-signal-safe; `p` is null or the NUL-terminated
-    // path leaked by `register`, never freed while registered (swapped out first).
+    let gguf = TMP_GGUF_FOR_SIGNAL.swap(std::ptr::null_mut(), Ordering::SeqCst);
+    let dir = TMP_DIR_FOR_SIGNAL.swap(std::ptr::null_mut(), Ordering::SeqCst);
+    // SAFETY: unlink, rmdir, signal and raise are async-signal-safe; each pointer is null or a
+    // NUL-terminated path leaked by a registration, never freed while registered (swapped out
+    // first).
     unsafe {
-        if !p.is_null() {
-            libc::unlink(p);
+        for f in [p, gguf] {
+            if !f.is_null() {
+                libc::unlink(f);
+            }
+        }
+        if !dir.is_null() {
+            libc::rmdir(dir);
         }
         libc::signal(sig, libc::SIG_DFL);
         libc::raise(sig);
@@ -37,14 +50,38 @@ pub fn remove_partial_output_on_signal() {
 }
 
 fn register(path: &Path) {
-    use std::os::unix::ffi::OsStrExt;
-    if let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) {
-        free_path(TMP_FOR_SIGNAL.swap(c.into_raw(), Ordering::SeqCst));
-    }
+    register_in(&TMP_FOR_SIGNAL, path);
 }
 
 fn unregister() {
     free_path(TMP_FOR_SIGNAL.swap(std::ptr::null_mut(), Ordering::SeqCst));
+}
+
+fn register_in(slot: &AtomicPtr<libc::c_char>, path: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    if let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) {
+        free_path(slot.swap(c.into_raw(), Ordering::SeqCst));
+    }
+}
+
+/// While alive, a signal removes the file `file` and the directory `dir` (which holds nothing
+/// else): `pack --hf`'s converted GGUF. Registered before either is created; dropping it
+/// unregisters them (the owner removes them then).
+pub struct TmpDirForSignal(());
+
+impl TmpDirForSignal {
+    pub fn register(dir: &Path, file: &Path) -> TmpDirForSignal {
+        register_in(&TMP_DIR_FOR_SIGNAL, dir);
+        register_in(&TMP_GGUF_FOR_SIGNAL, file);
+        TmpDirForSignal(())
+    }
+}
+
+impl Drop for TmpDirForSignal {
+    fn drop(&mut self) {
+        free_path(TMP_GGUF_FOR_SIGNAL.swap(std::ptr::null_mut(), Ordering::SeqCst));
+        free_path(TMP_DIR_FOR_SIGNAL.swap(std::ptr::null_mut(), Ordering::SeqCst));
+    }
 }
 
 fn free_path(p: *mut libc::c_char) {

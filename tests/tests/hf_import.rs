@@ -28,6 +28,21 @@ fn converted_as_the_reference(arch: &str) -> Option<(tempfile::TempDir, std::pat
 /// As [`converted_as_the_reference`], the checkpoint's directory renamed `name` first (the
 /// converter reads the model's name, basename, size label, finetune and version from it).
 fn converted_as_the_reference_named(arch: &str, name: Option<&str>) -> Option<(tempfile::TempDir, std::path::PathBuf)> {
+    let key = match name {
+        Some(n) => format!("{arch} as {n}"),
+        None => arch.to_string(),
+    };
+    converted_as_the_reference_with(arch, name, &key, |_| {})
+}
+
+/// As [`converted_as_the_reference_named`], config.json changed by `edit` first; `key` names
+/// the reference's file in converter.json.
+fn converted_as_the_reference_with(
+    arch: &str,
+    name: Option<&str>,
+    key: &str,
+    edit: fn(&mut Value),
+) -> Option<(tempfile::TempDir, std::path::PathBuf)> {
     let d = checkpoint(arch)?;
     let out = d.path().join(format!("{arch}.gguf"));
     let mut ck = dir(&d, arch);
@@ -36,14 +51,14 @@ fn converted_as_the_reference_named(arch: &str, name: Option<&str>) -> Option<(t
         std::fs::rename(&ck, &renamed).unwrap();
         ck = renamed;
     }
-    let key = match name {
-        Some(n) => format!("{arch} as {n}"),
-        None => arch.to_string(),
-    };
+    let config_path = ck.join("config.json");
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    edit(&mut config);
+    std::fs::write(&config_path, serde_json::to_string(&config).unwrap()).unwrap();
     let o = pack_hf(&ck, &[OsStr::new("--gguf-out"), out.as_os_str()]);
     assert!(o.status.success(), "pack --hf {arch}: {}", String::from_utf8_lossy(&o.stderr));
     let bytes = std::fs::read(&out).unwrap();
-    let want = &data("converter.json")["files"][key.as_str()];
+    let want = &data("converter.json")["files"][key];
     assert!(want.is_object(), "no reference for {key}");
     if sha256_hex(&bytes) != want["sha256"].as_str().unwrap() {
         // Say what differs: the metadata keys and the tensors, as our reader sees them.
@@ -142,6 +157,89 @@ fn model_cards_give_the_general_keys_the_reference_writes() {
     }
 }
 
+#[test]
+fn phi3_fused_qkv_and_added_tokens_convert_as_the_reference() {
+    converted_as_the_reference("phi3");
+}
+
+#[test]
+fn phi3_longrope_and_partial_rotary_convert_as_the_reference() {
+    converted_as_the_reference("phi3-longrope");
+}
+
+#[test]
+fn phi4_mini_layout_bpe_tied_converts_as_the_reference() {
+    converted_as_the_reference("phi4-mini");
+}
+
+#[test]
+fn gemma3_norms_plus_one_qk_norms_and_local_rope_base_convert_as_the_reference() {
+    converted_as_the_reference("gemma3");
+}
+
+#[test]
+fn gemma2_f16_norms_plus_one_and_soft_capping_convert_as_the_reference() {
+    converted_as_the_reference("gemma2");
+}
+
+/// The values config.json leaves out: the defaults of transformers' configs, which the
+/// converter reads through (Gemma 3 also with linear RoPE scaling and a final soft cap).
+#[test]
+fn defaults_of_left_out_settings_are_the_references() {
+    fn remove(c: &mut Value, keys: &[&str]) {
+        for k in keys {
+            c.as_object_mut().unwrap().remove(*k).unwrap_or_else(|| panic!("{k} not in the fixture"));
+        }
+    }
+    converted_as_the_reference_with(
+        "gemma3",
+        None,
+        "gemma3 with defaults, linear rope scaling and a final soft cap",
+        |c| {
+            c["rope_scaling"] = serde_json::json!({"rope_type": "linear", "factor": 8.0});
+            c["final_logit_softcapping"] = 30.0.into();
+            remove(
+                c,
+                &["rope_local_base_freq", "sliding_window", "max_position_embeddings", "rope_theta", "rms_norm_eps"],
+            );
+        },
+    );
+    converted_as_the_reference_with("gemma2", None, "gemma2 with defaults", |c| {
+        let keys = ["attn_logit_softcapping", "final_logit_softcapping", "sliding_window"];
+        remove(c, &keys);
+        remove(c, &["max_position_embeddings", "rms_norm_eps", "rope_theta"]);
+    });
+    converted_as_the_reference_with("phi3", None, "phi3 with defaults", |c| {
+        let keys = ["original_max_position_embeddings", "sliding_window", "max_position_embeddings"];
+        remove(c, &keys);
+        remove(c, &["rms_norm_eps", "rope_theta", "rope_scaling"]);
+    });
+}
+
+/// The converted vocabularies of the other architectures tokenize as the reference engine's
+/// `llama-tokenize` does on the converter's GGUF (tests/data/hf/tokenize-reference.json): the
+/// model's own BOS setting, special tokens parsed.
+#[test]
+fn converted_vocabularies_tokenize_as_llama_tokenize() {
+    let oracle = data("tokenize-reference.json");
+    let archs: Vec<String> = oracle["cases"].as_object().unwrap().keys().cloned().collect();
+    for want in ["phi3", "gemma3", "gemma2"] {
+        assert!(archs.iter().any(|a| a == want), "{archs:?}");
+    }
+    for arch in &archs {
+        let Some((_d, gguf)) = converted_as_the_reference(arch) else { return };
+        let g = llamafile_format::gguf::GgufFile::open(&gguf).unwrap();
+        let tok = llamafile_engine::tokenizer::Tokenizer::from_gguf(&g).unwrap();
+        let cases = oracle["cases"][arch.as_str()].as_array().unwrap();
+        assert!(cases.len() >= 12);
+        for c in cases {
+            let text = c["text"].as_str().unwrap();
+            let want: Vec<u32> = c["ids"].as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect();
+            assert_eq!(tok.encode(text, true, true).unwrap(), want, "{arch}: {text:?}");
+        }
+    }
+}
+
 /// The converted vocabularies (SentencePiece and byte-level BPE) tokenize as Hugging Face's
 /// tokenizer does, special tokens added and parsed.
 #[test]
@@ -208,4 +306,136 @@ fn bad_checkpoint_is_one_line_and_writes_nothing() {
     assert!(err.contains("model-00002-of-00002.safetensors") && err.contains("missing shard"), "{err}");
     let left: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(left, [OsStr::new("llama")], "nothing may be written");
+}
+
+/// A Phi-3 config.json whose RoPE scaling pack cannot reproduce (an unknown type, factors that
+/// do not fit the rotary dimensions, a missing short set): one line naming the field, exit 1,
+/// nothing written.
+#[test]
+fn unsupported_phi3_rope_scaling_is_one_line_and_writes_nothing() {
+    let cases: [ConfigEdit; 3] = [
+        ("rope_scaling type 'yarn'", |c| c["rope_scaling"]["type"] = "yarn".into()),
+        ("2 long and 4 short factors", |c| {
+            c["rope_scaling"]["long_factor"].as_array_mut().unwrap().truncate(2);
+        }),
+        ("no short_factor", |c| {
+            c["rope_scaling"].as_object_mut().unwrap().remove("short_factor");
+        }),
+    ];
+    refused_config_edits("phi3-longrope", &cases);
+}
+
+/// Gemma config.json settings the conversion would drop or the runtime would compute otherwise:
+/// one line naming the field, exit 1, nothing written.
+#[test]
+fn unsupported_gemma_settings_are_one_line_and_write_nothing() {
+    let cases: [ConfigEdit; 4] = [
+        ("rope_scaling type 'yarn'", |c| c["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 4.0})),
+        ("query_pre_attn_scalar 64", |c| c["query_pre_attn_scalar"] = 64.into()),
+        ("layer_types", |c| c["layer_types"][0] = "full_attention".into()),
+        ("attn_logit_softcapping", |c| c["attn_logit_softcapping"] = 50.0.into()),
+    ];
+    refused_config_edits("gemma3", &cases);
+}
+
+/// A config.json change and a text the one-line error must contain.
+type ConfigEdit = (&'static str, fn(&mut Value));
+
+/// Each edit of the `arch` checkpoint's config.json (one at a time): `pack --hf -o` exits 1 with
+/// one line naming config.json and the text, and writes nothing.
+fn refused_config_edits(arch: &str, cases: &[ConfigEdit]) {
+    let Some(d) = checkpoint(arch) else { return };
+    let ck = dir(&d, arch);
+    let original: Value = serde_json::from_str(&std::fs::read_to_string(ck.join("config.json")).unwrap()).unwrap();
+    for (want, change) in cases {
+        let mut c = original.clone();
+        change(&mut c);
+        std::fs::write(ck.join("config.json"), serde_json::to_string(&c).unwrap()).unwrap();
+        let out = d.path().join("x.llamafile");
+        let o = pack_hf(&ck, &[OsStr::new("-o"), out.as_os_str()]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{want}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("config.json") && err.contains(want), "{want}: {err}");
+        let left: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, [OsStr::new(arch)], "nothing may be written");
+    }
+}
+
+/// SIGINT while `pack --hf -o X` converts (or packs what it converted): the temporary GGUF and
+/// its directory are removed with the temporary output, and no output is left.
+#[test]
+fn interrupted_pack_hf_leaves_nothing_behind() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::time::{Duration, Instant};
+    let Some(d) = checkpoint("gemma3") else { return };
+    let ck = dir(&d, "gemma3");
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().join("g.llamafile");
+    let mut interrupted = 0;
+    for _ in 0..10 {
+        let mut child = std::process::Command::new(e2e::bin("pack"))
+            .arg("--hf")
+            .arg(&ck)
+            .args(["--quantize", "Q8_0", "-o"])
+            .arg(&out)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Signalled once its temporary directory exists (the conversion has begun).
+        let tmp = out_dir.path().join(format!(".pack-hf.{}", child.id()));
+        let start = Instant::now();
+        while !tmp.exists() && start.elapsed() < Duration::from_secs(60) && child.try_wait().unwrap().is_none() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let kill = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+        let status = child.wait().unwrap();
+        if kill.success() && status.signal() == Some(SIGINT) {
+            interrupted += 1;
+            let left: Vec<_> = std::fs::read_dir(out_dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+            assert!(left.is_empty(), "left behind after SIGINT: {left:?}");
+        } else {
+            // It finished before the signal: try again.
+            let _ = std::fs::remove_file(&out);
+        }
+        if interrupted >= 3 {
+            break;
+        }
+    }
+    assert!(interrupted > 0, "pack always finished before SIGINT");
+}
+
+/// SIGINT's number (2 on Linux and the BSDs).
+const SIGINT: i32 = 2;
+
+/// An architecture, a text the one-line error must contain, and the change to its checkpoint.
+type TokenizerEdit = (&'static str, &'static str, fn(&std::path::Path));
+
+/// Tokenizer files the Gemma and Phi-3 conversions cannot read: no tokenizer.model (Gemma), a
+/// tokenizer_config.json without `tokenizer_class` (Phi-3's converter needs it): one line naming
+/// the file, exit 1, nothing written.
+#[test]
+fn unreadable_gemma_and_phi3_tokenizers_are_one_line_and_write_nothing() {
+    let cases: [TokenizerEdit; 2] = [
+        ("gemma3", "missing tokenizer.model", |ck| std::fs::remove_file(ck.join("tokenizer.model")).unwrap()),
+        ("phi3", "tokenizer_config.json: no 'tokenizer_class'", |ck| {
+            let p = ck.join("tokenizer_config.json");
+            let mut c: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+            c.as_object_mut().unwrap().remove("tokenizer_class").unwrap();
+            std::fs::write(&p, serde_json::to_string(&c).unwrap()).unwrap();
+        }),
+    ];
+    for (arch, want, change) in cases {
+        let Some(d) = checkpoint(arch) else { return };
+        let ck = dir(&d, arch);
+        change(&ck);
+        let out = d.path().join("x.llamafile");
+        let o = pack_hf(&ck, &[OsStr::new("-o"), out.as_os_str()]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{arch}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(want), "{arch}: {err}");
+        let left: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, [OsStr::new(arch)], "nothing may be written");
+    }
 }

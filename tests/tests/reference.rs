@@ -652,6 +652,40 @@ fn hf_qwen2_packed() {
 fn hf_qwen3_packed() {
     hf_packed("qwen3");
 }
+
+#[test]
+fn hf_phi3_packed() {
+    hf_packed("phi3");
+}
+
+#[test]
+fn hf_phi4_mini_packed() {
+    hf_packed("phi4-mini");
+}
+
+#[test]
+fn hf_gemma3_packed() {
+    hf_packed("gemma3");
+}
+
+#[test]
+fn hf_gemma2_packed() {
+    hf_packed("gemma2");
+}
+
+/// The LongRoPE checkpoint (original context 4096 of 131072) at a context of 1024 (the short
+/// factors) and 8192 (the long ones, and the attention factor the converter wrote).
+#[test]
+fn hf_phi3_longrope_packed() {
+    let arch = "phi3-longrope";
+    let Some(d) = hf_support::checkpoint(arch) else { return };
+    let out = d.path().join(format!("{arch}.llamafile"));
+    let o = hf_support::pack_hf(&hf_support::dir(&d, arch), &[std::ffi::OsStr::new("-o"), out.as_os_str()]);
+    assert!(o.status.success(), "pack --hf {arch}: {}", String::from_utf8_lossy(&o.stderr));
+    for (n_ctx, name) in [("1024", "hf-phi3-longrope-short"), ("8192", "hf-phi3-longrope-long")] {
+        check_args(&out, &data_reference(name), 0.15, &[(2, None)], None, &["-c", n_ctx]);
+    }
+}
 // --- end `pack --hf` ---
 
 // The same layouts quantized: each tiny model widened to rows of 256 (arch_models::wide, so that

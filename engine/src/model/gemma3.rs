@@ -2,11 +2,13 @@
 //! RMSNorm of the attention and FFN outputs before each residual add; GELU(tanh)-gated FFN; output
 //! tied to the embeddings. Attention: q scaled by 1/sqrt(key_length); local layers use a
 //! sliding window (`gemma3.attention.sliding_window`, 512 for the small models) with RoPE base
-//! 10000 and no scaling, every 6th layer (5, 11, 17...) is global with the metadata's base and
-//! linear scaling. The converter already stores Gemma's norm weights as (1 + w), so they are
+//! `gemma3.rope.freq_base_swa` (10000 when absent, as the reference) and no scaling, every 6th
+//! layer (5, 11, 17...) is global with the metadata's base and linear scaling. The converter already stores Gemma's norm weights as (1 + w), so they are
 //! plain multipliers here.
 
-use super::{common_hparams, opt_u64, Architecture, FfnActivation, Hparams, LayerAttn, Recipe, RopeStyle};
+use super::{
+    common_hparams, opt_u64, positive_f32, Architecture, FfnActivation, Hparams, LayerAttn, Recipe, RopeStyle,
+};
 use anyhow::Result;
 use llamafile_format::gguf::GgufFile;
 
@@ -23,7 +25,7 @@ pub const RECIPE: Recipe = Recipe {
     longrope: false,
 };
 
-/// RoPE base of the local (sliding-window) layers.
+/// RoPE base of the local (sliding-window) layers when `rope.freq_base_swa` is absent.
 pub const LOCAL_ROPE_BASE: f32 = 10000.0;
 /// Every `SWA_PATTERN`-th layer is global.
 pub const SWA_PATTERN: usize = 6;
@@ -38,12 +40,13 @@ impl Architecture for Gemma3 {
         let mut hp = common_hparams(g, "gemma3", RECIPE)?;
         let window = opt_u64(g, "gemma3.attention.sliding_window").filter(|w| *w > 0).unwrap_or(DEFAULT_WINDOW);
         let pattern = opt_u64(g, "gemma3.attention.sliding_window_pattern").filter(|p| *p > 0).unwrap_or(SWA_PATTERN);
+        let local_base = positive_f32(g, "gemma3.rope.freq_base_swa", LOCAL_ROPE_BASE)?;
         for (il, l) in hp.layers.iter_mut().enumerate() {
             let global = (il + 1) % pattern == 0;
             *l = if global {
                 LayerAttn { window: None, ..*l }
             } else {
-                LayerAttn { rope_base: LOCAL_ROPE_BASE, rope_freq_scale: 1.0, window: Some(window) }
+                LayerAttn { rope_base: local_base, rope_freq_scale: 1.0, window: Some(window) }
             };
         }
         // The 27B model scales by 1/sqrt(n_embd / n_head); the others by 1/sqrt(key_length),

@@ -344,7 +344,7 @@ fn non_negative_f32(g: &GgufFile, key: &str) -> Result<f32> {
 }
 
 /// A float key that must be positive and finite when present, else `default`.
-fn positive_f32(g: &GgufFile, key: &str, default: f32) -> Result<f32> {
+pub(crate) fn positive_f32(g: &GgufFile, key: &str, default: f32) -> Result<f32> {
     match g.get(key) {
         None => Ok(default),
         Some(v) => match v.as_f32() {
@@ -384,6 +384,10 @@ const ROPE_KEYS: &[&str] = &[
     "rope.scaling.finetuned",
 ];
 
+/// `(architecture, rope key)` pairs an architecture's own `hparams` reads beyond [`ROPE_KEYS`]:
+/// Gemma 3's local layers take their base from `rope.freq_base_swa`.
+const ARCH_ROPE_KEYS: &[(&str, &str)] = &[("gemma3", "rope.freq_base_swa")];
+
 /// Metadata that changes the maths in ways the shared block does not implement: a model that
 /// declares it would load and run silently wrong, so it is refused, naming the key. (Logit
 /// soft-capping is implemented for every architecture: `Hparams::attn_softcap`, `final_softcap`.)
@@ -402,7 +406,8 @@ fn refuse_unimplemented(g: &GgufFile, arch: &str) -> Result<()> {
     }
     let prefix = format!("{arch}.rope.");
     for (k, _) in g.metadata() {
-        if k.starts_with(&prefix) && !ROPE_KEYS.contains(&&k[arch.len() + 1..]) {
+        let key = &k[arch.len() + 1..];
+        if k.starts_with(&prefix) && !ROPE_KEYS.contains(&key) && !ARCH_ROPE_KEYS.contains(&(arch, key)) {
             bail!("{} is not implemented (RoPE keys understood: {})", escape(k), ROPE_KEYS.join(", "));
         }
     }

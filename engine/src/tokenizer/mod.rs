@@ -144,6 +144,8 @@ pub struct VocabSpec<'a> {
     pub add_bos: Option<bool>,
     pub add_eos: Option<bool>,
     pub add_space_prefix: Option<bool>,
+    /// `general.name`: the reference gives Phi-3's special tokens their right-strip by it.
+    pub model_name: Option<&'a str>,
 }
 
 impl<'a> VocabSpec<'a> {
@@ -165,6 +167,7 @@ impl<'a> VocabSpec<'a> {
             add_bos: None,
             add_eos: None,
             add_space_prefix: None,
+            model_name: None,
         }
     }
 
@@ -178,6 +181,7 @@ impl<'a> VocabSpec<'a> {
         };
         let mut s = VocabSpec::new(kind);
         s.pre = g.get_str("tokenizer.ggml.pre");
+        s.model_name = g.get_str("general.name");
         let strings = |key: &str| -> Result<Vec<&'a str>> {
             match g.get_array(key) {
                 None => Ok(Vec::new()),
@@ -368,6 +372,26 @@ fn special_matcher(tokens: &[&str], attrs: &[u8]) -> Result<SpecialMatcher> {
     SpecialMatcher::new(&specials)
 }
 
+/// The special tokens that swallow the whitespace after them (the reference's RSTRIP), set by
+/// the reference for a model whose `general.name` says Phi-3: every special token and `</s>`,
+/// but not `<unk>`, `<s>` and `<|endoftext|>`.
+fn phi3_rstrip(spec: &VocabSpec, tokens: &[&str], attrs: &[u8], lookup: &impl Fn(&str) -> Option<u32>) -> Vec<u32> {
+    let name = spec.model_name.unwrap_or("").to_ascii_lowercase();
+    if !(name.contains("phi-3") || name.contains("phi3")) {
+        return Vec::new();
+    }
+    let mut ids: Vec<u32> = (0..tokens.len())
+        .filter(|&i| attrs[i] & (attr::CONTROL | attr::USER_DEFINED | attr::UNKNOWN) != 0)
+        .map(|i| i as u32)
+        .chain(lookup("</s>"))
+        .collect();
+    let keep: Vec<u32> = ["<unk>", "<s>", "<|endoftext|>"].iter().filter_map(|t| lookup(t)).collect();
+    ids.retain(|i| !keep.contains(i));
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
 /// The pipeline of the vocabulary's kind and the defaults that come with it.
 struct PipelineChoice {
     pipeline: Pipeline,
@@ -514,7 +538,7 @@ impl Tokenizer {
         eog.extend([eos, eot, eom].into_iter().flatten());
         end_of_generation_fixups(&mut eog, &mut attrs, &lookup);
 
-        let specials = special_matcher(&tokens, &attrs)?;
+        let specials = special_matcher(&tokens, &attrs)?.with_rstrip(phi3_rstrip(spec, &tokens, &attrs, &lookup));
         let p = PipelineChoice::new(spec, &texts, &index)?;
         let pieces = decoded_pieces(spec.kind, &tokens, &attrs, total)?;
 

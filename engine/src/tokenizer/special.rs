@@ -71,6 +71,8 @@ pub(crate) struct SpecialMatcher {
     all: Option<TokenSet>,
     /// User-defined tokens only: used without `parse_special`.
     user: Option<TokenSet>,
+    /// Tokens after which the whitespace up to the next text is dropped (sorted ids).
+    rstrip: Vec<u32>,
 }
 
 impl SpecialMatcher {
@@ -78,7 +80,14 @@ impl SpecialMatcher {
     pub fn new(specials: &[(u32, &str, bool)]) -> anyhow::Result<SpecialMatcher> {
         let all = specials.iter().map(|&(id, t, _)| (id, t)).collect();
         let user = specials.iter().filter(|s| s.2).map(|&(id, t, _)| (id, t)).collect();
-        Ok(SpecialMatcher { all: TokenSet::new(all)?, user: TokenSet::new(user)? })
+        Ok(SpecialMatcher { all: TokenSet::new(all)?, user: TokenSet::new(user)?, rstrip: Vec::new() })
+    }
+
+    /// The tokens `ids` (sorted) drop the ASCII whitespace that follows them, as the
+    /// reference's RSTRIP attribute does when it cuts the text at them.
+    pub fn with_rstrip(mut self, ids: Vec<u32>) -> SpecialMatcher {
+        self.rstrip = ids;
+        self
     }
 
     /// Partition `text` into fragments (appended to `out`, cleared first).
@@ -120,8 +129,13 @@ impl SpecialMatcher {
                     if s + m.start() > pos {
                         next.push(Fragment::Text(pos, s + m.start()));
                     }
-                    next.push(Fragment::Token(class.ids[m.pattern().as_usize()]));
+                    let id = class.ids[m.pattern().as_usize()];
+                    next.push(Fragment::Token(id));
                     pos = s + m.end();
+                    if self.rstrip.binary_search(&id).is_ok() {
+                        // C's isspace: space, \t, \n, \v, \f, \r.
+                        pos += text.as_bytes()[pos..e].iter().take_while(|b| matches!(b, b' ' | 9..=13)).count();
+                    }
                 }
                 if pos < e {
                     next.push(Fragment::Text(pos, e));
@@ -150,6 +164,17 @@ mod tests {
         assert_eq!(parts(&m, "a<s>b</s>", false), [Text(0, 9)]);
         assert_eq!(parts(&m, "x<tool>", false), [Text(0, 1), Token(9)]);
         assert_eq!(parts(&m, "", true), []);
+    }
+
+    #[test]
+    fn rstrip_tokens_drop_the_whitespace_after_them() {
+        let m = SpecialMatcher::new(&[(1, "<s>", false), (7, "<|end|>", false)]).unwrap().with_rstrip(vec![7]);
+        // "<|end|>\n \tx": the whitespace goes with the token; after "<s>" it stays.
+        assert_eq!(
+            parts(&m, "a<|end|>\n \tx<s> y", true),
+            [Text(0, 1), Token(7), Text(11, 12), Token(1), Text(15, 17)]
+        );
+        assert_eq!(parts(&m, "<|end|>  ", true), [Token(7)]);
     }
 
     #[test]

@@ -17,6 +17,12 @@ pub enum Arch {
     Qwen2,
     /// Qwen3ForCausalLM: GGUF `qwen3`, q/k norms, an explicit head size.
     Qwen3,
+    /// Phi3ForCausalLM: GGUF `phi3`, q/k/v and gate/up kept fused, partial rotary, LongRoPE.
+    Phi3,
+    /// Gemma2ForCausalLM: GGUF `gemma2`, norms stored as (1 + w), soft-capping, sliding window.
+    Gemma2,
+    /// Gemma3ForCausalLM (text only): GGUF `gemma3`, Gemma 2's layout plus q/k norms.
+    Gemma3,
 }
 
 impl Arch {
@@ -25,6 +31,9 @@ impl Arch {
             Arch::Llama => "llama",
             Arch::Qwen2 => "qwen2",
             Arch::Qwen3 => "qwen3",
+            Arch::Phi3 => "phi3",
+            Arch::Gemma2 => "gemma2",
+            Arch::Gemma3 => "gemma3",
         }
     }
 }
@@ -44,6 +53,8 @@ pub struct Config {
     pub vocab_size: usize,
     /// `rope_scaling` of type llama3: the rope_freqs factors tensor is generated.
     pub llama3_rope: Option<Llama3Rope>,
+    /// Phi-3's settings (rotary dimensions, original context, LongRoPE factors).
+    pub phi3: Option<super::phi3::Phi3>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -55,7 +66,7 @@ pub struct Llama3Rope {
     pub original_max_position_embeddings: f64,
 }
 
-fn uint(j: &Json, keys: &[&str]) -> anyhow::Result<usize> {
+pub(super) fn uint(j: &Json, keys: &[&str]) -> anyhow::Result<usize> {
     for k in keys {
         if let Some(v) = j.get(*k) {
             return v
@@ -83,8 +94,11 @@ impl Config {
             "LlamaForCausalLM" | "MistralForCausalLM" => Arch::Llama,
             "Qwen2ForCausalLM" => Arch::Qwen2,
             "Qwen3ForCausalLM" => Arch::Qwen3,
+            "Phi3ForCausalLM" => Arch::Phi3,
+            "Gemma2ForCausalLM" => Arch::Gemma2,
+            "Gemma3ForCausalLM" => Arch::Gemma3,
             other => bail!(
-                "config.json: architecture '{}' is not supported by pack --hf (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM are)",
+                "config.json: architecture '{}' is not supported by pack --hf (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM are)",
                 escape(other)
             ),
         };
@@ -99,6 +113,8 @@ impl Config {
         };
         let head_dim = if json.get("head_dim").is_some_and(|v| !v.is_null()) {
             uint(&json, &["head_dim"])?
+        } else if matches!(arch, Arch::Gemma2 | Arch::Gemma3) {
+            super::gemma::DEFAULT_HEAD_DIM
         } else {
             n_embd / n_head
         };
@@ -110,11 +126,14 @@ impl Config {
         }
         let vocab_size = uint(&json, &["vocab_size"])?;
         let mut llama3_rope = None;
+        let phi3 = if arch == Arch::Phi3 { Some(super::phi3::Phi3::read(&json, n_embd, n_head)?) } else { None };
         let rope = json.get("rope_scaling").or_else(|| json.get("rope_parameters")).filter(|r| !r.is_null());
         if let Some(r) = rope {
             let ty = r.get("rope_type").or_else(|| r.get("type")).and_then(|t| t.as_str()).unwrap_or("default");
             let f = |k: &str, d: f64| r.get(k).and_then(|v| v.as_f64()).unwrap_or(d);
             match ty {
+                // Phi-3's scaling is read by phi3::Phi3::read, Gemma's checked by gemma::check.
+                _ if matches!(arch, Arch::Phi3 | Arch::Gemma2 | Arch::Gemma3) => {}
                 "default" => {}
                 "llama3" if arch == Arch::Llama => {
                     llama3_rope = Some(Llama3Rope {
@@ -129,11 +148,30 @@ impl Config {
                 other => bail!("config.json: rope_scaling type '{}' is not supported by pack --hf", escape(other)),
             }
         }
-        Ok(Config { arch, hf_arch, json, n_layer, n_embd, n_ff, n_head, n_head_kv, head_dim, vocab_size, llama3_rope })
+        Ok(Config {
+            arch,
+            hf_arch,
+            json,
+            n_layer,
+            n_embd,
+            n_ff,
+            n_head,
+            n_head_kv,
+            head_dim,
+            vocab_size,
+            llama3_rope,
+            phi3,
+        })
     }
 
     /// `<arch>.*` and `general.file_type`, as the reference's `set_gguf_parameters` writes them.
     pub fn model_meta(&self, file_type: u32) -> Meta {
+        if let Some(p) = &self.phi3 {
+            return p.model_meta(self, file_type);
+        }
+        if matches!(self.arch, Arch::Gemma2 | Arch::Gemma3) {
+            return super::gemma::model_meta(self, file_type);
+        }
         let a = self.arch.gguf_name();
         let j = &self.json;
         let mut m = Meta::new();
@@ -184,7 +222,7 @@ impl Config {
     }
 }
 
-fn rope_theta(j: &Json) -> Option<f64> {
+pub fn rope_theta(j: &Json) -> Option<f64> {
     j.get("rope_theta")
         .or_else(|| j.get("rope_parameters")?.get("rope_theta"))
         .or_else(|| j.get("rotary_emb_base"))

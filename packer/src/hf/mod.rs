@@ -3,6 +3,8 @@
 //! writes it: the same metadata keys and values in the same order, the same tensor names,
 //! order and types (2-D weights F16, or BF16 from a BF16 checkpoint; norms and biases F32), the
 //! Llama family's q/k permutation, and the tokenizer's metadata, so tokenization is the same.
+//! What differs by architecture: config.rs (Llama, Mistral, Qwen2/3), phi3.rs, gemma.rs for the
+//! metadata; tensors.rs for the names; vocab.rs (its `Flavor`) for the tokenizer reading.
 //!
 //! Tensors are streamed from the memory-mapped shards a slab of rows at a time: the model is
 //! never whole in memory. The GGUF goes to `--gguf-out`, or to a temporary file beside the
@@ -16,8 +18,10 @@ mod bpe_pre;
 mod card;
 mod card_yaml;
 mod config;
+mod gemma;
 mod gptq;
 mod model_id;
+mod phi3;
 pub mod quantized;
 mod shards;
 mod special;
@@ -85,8 +89,9 @@ fn detect_quantized(dir: &Path, config: &Json) -> anyhow::Result<Option<Quantize
 
 /// Where an output tensor's data comes from.
 enum Source {
-    /// A shard tensor (index in [`Shards::tensors`]), rows permuted for `Some(n_head)`.
-    Shard { index: usize, permute: Option<usize> },
+    /// A shard tensor (index in [`Shards::tensors`]), rows permuted for `Some(n_head)`, each
+    /// value plus 1 for `plus_one` (Gemma's norms).
+    Shard { index: usize, permute: Option<usize>, plus_one: bool },
     /// A quantized linear layer, dequantized when written, rows permuted for `Some(n_head)`.
     Dequantized { prefix: String, permute: Option<usize> },
     /// Computed here (the llama3 rope factors), f32.
@@ -145,6 +150,11 @@ fn plan_with(dir: &Path, cfg: Config, quantized: Option<Quantized>) -> anyhow::R
             Source::Generated(llama3_factors(&cfg, r)),
         ));
     }
+    if let Some(l) = cfg.phi3.as_ref().and_then(|p| p.longrope.as_ref()) {
+        for (name, f) in [("rope_factors_long.weight", &l.long), ("rope_factors_short.weight", &l.short)] {
+            items.push((name.into(), vec![f.len()], "F32".into(), Source::Generated(f.clone())));
+        }
+    }
     for (index, t) in shards.tensors.iter().enumerate() {
         let file = || escape_path(shards.file(t));
         let (hf_name, source, dtype, shape) = match &quantized {
@@ -157,7 +167,12 @@ fn plan_with(dir: &Path, cfg: Config, quantized: Option<Quantized>) -> anyhow::R
                 ),
                 None => continue,
             },
-            _ => (t.name.clone(), Source::Shard { index, permute: None }, t.dtype.clone(), Some(t.shape.clone())),
+            _ => (
+                t.name.clone(),
+                Source::Shard { index, permute: None, plus_one: false },
+                t.dtype.clone(),
+                Some(t.shape.clone()),
+            ),
         };
         let Some((gguf_name, permute)) = tensors::map_name(&cfg, &hf_name).with_context(|| file().to_string())? else {
             continue;
@@ -174,7 +189,13 @@ fn plan_with(dir: &Path, cfg: Config, quantized: Option<Quantized>) -> anyhow::R
             }
         }
         let source = match source {
-            Source::Shard { index, .. } => Source::Shard { index, permute },
+            // Gemma's RMSNorm multiplies by (1 + w): the reference stores 1 + w.
+            Source::Shard { index, .. } => Source::Shard {
+                index,
+                permute,
+                plus_one: matches!(cfg.arch, config::Arch::Gemma2 | config::Arch::Gemma3)
+                    && hf_name.ends_with("norm.weight"),
+            },
             Source::Dequantized { prefix, .. } => Source::Dequantized { prefix, permute },
             s => s,
         };
@@ -202,10 +223,20 @@ fn plan_with(dir: &Path, cfg: Config, quantized: Option<Quantized>) -> anyhow::R
     let total_params: u64 = tensors_out.iter().map(|t| t.shape.iter().product::<usize>() as u64).sum();
     let arch = cfg.arch.gguf_name();
     let mut meta: Vec<(String, MetaValue)> = vec![("general.architecture".into(), MetaValue::String(arch.into()))];
+    if let Some(p) = &cfg.phi3 {
+        meta.extend(p.early_meta());
+    }
     meta.extend(config::general_meta(dir, &cfg.json, total_params)?);
     meta.extend(cfg.model_meta(file_type));
     meta.push(("general.quantization_version".into(), MetaValue::U32(QUANTIZATION_VERSION)));
-    meta.extend(vocab::tokenizer_meta(dir, &cfg.json, cfg.arch == config::Arch::Llama)?);
+    let flavor = match cfg.arch {
+        config::Arch::Llama => vocab::Flavor::Llama,
+        config::Arch::Qwen2 | config::Arch::Qwen3 => vocab::Flavor::Plain,
+        config::Arch::Phi3 => vocab::Flavor::Phi3,
+        config::Arch::Gemma2 => vocab::Flavor::Gemma2,
+        config::Arch::Gemma3 => vocab::Flavor::Gemma3,
+    };
+    meta.extend(vocab::tokenizer_meta(dir, &cfg.json, flavor)?);
     let meta_refs: Vec<(&str, MetaValue)> = meta.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
     let dims: Vec<Vec<u64>> = tensors_out.iter().map(|t| t.shape.iter().rev().map(|&d| d as u64).collect()).collect();
     let infos: Vec<(&str, &[u64], u32, u64)> =
@@ -224,6 +255,9 @@ fn refuse_variants(dir: &Path, cfg: &Config) -> anyhow::Result<()> {
             "{}: a sentence-transformers model (pooling) is not supported by pack --hf",
             escape_path(&dir.join("modules.json"))
         );
+    }
+    if matches!(cfg.arch, config::Arch::Gemma2 | config::Arch::Gemma3) {
+        gemma::check(dir, cfg)?;
     }
     if cfg.arch == config::Arch::Qwen3 {
         let readme = std::fs::read_to_string(dir.join("README.md")).unwrap_or_default().to_lowercase();
@@ -338,7 +372,7 @@ impl HfPlan {
                         None => tensors::convert_f32_into(&w, t.ggml_type, &mut buf),
                     }
                 }
-                Source::Shard { index, permute } => {
+                Source::Shard { index, permute, plus_one } => {
                     let s = &self.shards.tensors[*index];
                     let data = self.shards.data(s);
                     let rows = t.shape[0];
@@ -351,12 +385,12 @@ impl HfPlan {
                                 Some(h) => tensors::permuted_source_row(r, rows, *h),
                                 None => r,
                             };
-                            tensors::convert_into(
-                                &data[src * row_bytes..(src + 1) * row_bytes],
-                                &s.dtype,
-                                t.ggml_type,
-                                &mut buf,
-                            );
+                            let row = &data[src * row_bytes..(src + 1) * row_bytes];
+                            if *plus_one {
+                                tensors::convert_plus_one_into(row, &s.dtype, t.ggml_type, &mut buf);
+                            } else {
+                                tensors::convert_into(row, &s.dtype, t.ggml_type, &mut buf);
+                            }
                         }
                         out.write_all(&buf).map_err(io)?;
                         done += buf.len() as u64;
@@ -425,6 +459,8 @@ pub struct TempGguf {
     dir: PathBuf,
     pub path: PathBuf,
     plan: Rc<HfPlan>,
+    /// A signal meanwhile removes both too.
+    _on_signal: crate::tmp_output::TmpDirForSignal,
 }
 
 impl TempGguf {
@@ -439,6 +475,7 @@ impl TempGguf {
 
 impl Drop for TempGguf {
     fn drop(&mut self) {
+        // (`_on_signal` is dropped after this body: a signal meanwhile removes what is left.)
         let _ = std::fs::remove_file(&self.path);
         let _ = std::fs::remove_dir(&self.dir);
     }
@@ -449,8 +486,11 @@ impl Drop for TempGguf {
 pub fn convert_to_temp(dir: &Path, near: &Path, stem: &str, show_progress: bool) -> anyhow::Result<TempGguf> {
     let p = plan(dir)?;
     let tmp_dir = near.join(format!(".pack-hf.{}", std::process::id()));
+    let path = tmp_dir.join(format!("{stem}.gguf"));
+    // Registered before they exist: no moment when a signal would leave them behind.
+    let on_signal = crate::tmp_output::TmpDirForSignal::register(&tmp_dir, &path);
     std::fs::create_dir(&tmp_dir).with_context(|| format!("cannot create {}", escape_path(&tmp_dir)))?;
-    let t = TempGguf { path: tmp_dir.join(format!("{stem}.gguf")), dir: tmp_dir, plan: Rc::new(p) };
+    let t = TempGguf { path, dir: tmp_dir, plan: Rc::new(p), _on_signal: on_signal };
     let f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

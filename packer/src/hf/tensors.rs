@@ -11,11 +11,14 @@ pub const GGML_F16: u32 = 1;
 pub const GGML_BF16: u32 = 30;
 
 /// The GGUF name of HF tensor `name` and whether its rows are permuted (Llama q/k); `None` for
-/// a tensor that is dropped (rotary inverse frequencies); an error for an unknown one.
+/// a tensor that is dropped (rotary inverse frequencies, Gemma's `lm_head`, tied to the
+/// embeddings); an error for an unknown one.
 pub fn map_name(cfg: &Config, name: &str) -> anyhow::Result<Option<(String, Option<usize>)>> {
+    let gemma = matches!(cfg.arch, Arch::Gemma2 | Arch::Gemma3);
     if name.ends_with(".rotary_emb.inv_freq")
         || name.ends_with(".attention.masked_bias")
         || name.ends_with(".attention.bias")
+        || (gemma && name == "lm_head.weight")
     {
         return Ok(None);
     }
@@ -37,6 +40,10 @@ pub fn map_name(cfg: &Config, name: &str) -> anyhow::Result<Option<(String, Opti
                 let (module, suffix) = tail.rsplit_once('.').unwrap_or((tail, ""));
                 let g = match module {
                     "input_layernorm" => "attn_norm",
+                    // Gemma normalizes the attention output there; its FFN norm comes next.
+                    "post_attention_layernorm" if gemma => "post_attention_norm",
+                    "pre_feedforward_layernorm" if gemma => "ffn_norm",
+                    "post_feedforward_layernorm" if gemma => "post_ffw_norm",
                     "post_attention_layernorm" => "ffn_norm",
                     "self_attn.q_proj" => "attn_q",
                     "self_attn.k_proj" => "attn_k",
@@ -45,8 +52,11 @@ pub fn map_name(cfg: &Config, name: &str) -> anyhow::Result<Option<(String, Opti
                     "mlp.gate_proj" => "ffn_gate",
                     "mlp.up_proj" => "ffn_up",
                     "mlp.down_proj" => "ffn_down",
-                    "self_attn.q_norm" if cfg.arch == Arch::Qwen3 => "attn_q_norm",
-                    "self_attn.k_norm" if cfg.arch == Arch::Qwen3 => "attn_k_norm",
+                    "self_attn.q_norm" if matches!(cfg.arch, Arch::Qwen3 | Arch::Gemma3) => "attn_q_norm",
+                    "self_attn.k_norm" if matches!(cfg.arch, Arch::Qwen3 | Arch::Gemma3) => "attn_k_norm",
+                    // Phi-3 keeps q/k/v and gate/up fused (the runtime splits them).
+                    "self_attn.qkv_proj" if cfg.arch == Arch::Phi3 => "attn_qkv",
+                    "mlp.gate_up_proj" if cfg.arch == Arch::Phi3 => "ffn_up",
                     _ => "",
                 };
                 if !g.is_empty() && (suffix == "weight" || suffix == "bias") {
@@ -74,8 +84,11 @@ pub fn expected_shape(cfg: &Config, gguf_name: &str) -> Option<Vec<usize>> {
     Some(match base {
         "token_embd.weight" | "output.weight" => vec![v, e],
         "output_norm.weight" | "attn_norm.weight" | "ffn_norm.weight" => vec![e],
+        "post_attention_norm.weight" | "post_ffw_norm.weight" => vec![e],
         "attn_q_norm.weight" | "attn_k_norm.weight" => vec![cfg.head_dim],
         "attn_q.weight" => vec![q, e],
+        "attn_qkv.weight" => vec![q + 2 * kv, e],
+        "ffn_up.weight" if cfg.arch == Arch::Phi3 => vec![2 * f, e],
         "attn_k.weight" | "attn_v.weight" => vec![kv, e],
         "attn_output.weight" => vec![e, q],
         "ffn_gate.weight" | "ffn_up.weight" => vec![f, e],
@@ -125,6 +138,22 @@ pub fn convert_into(src: &[u8], dtype: &str, to: u32, out: &mut Vec<u8>) {
     }
 }
 
+/// As [`convert_into`], each value plus 1 first (Gemma's norm weights), with the reference's
+/// rounding: F16 values are added in F16 (the sum rounded to F16), BF16 ones after their
+/// conversion to F32, F32 ones in F32.
+pub fn convert_plus_one_into(src: &[u8], dtype: &str, to: u32, out: &mut Vec<u8>) {
+    let mut shifted = Vec::with_capacity(src.len() * 2);
+    for i in 0..src.len() / float_size(dtype).unwrap_or(4) {
+        let v = match dtype {
+            "F16" => f16::from_f32(f16::from_le_bytes([src[2 * i], src[2 * i + 1]]).to_f32() + 1.0).to_f32(),
+            "BF16" => bf16::from_le_bytes([src[2 * i], src[2 * i + 1]]).to_f32() + 1.0,
+            _ => f32::from_le_bytes(src[4 * i..4 * i + 4].try_into().expect("4 bytes")) + 1.0,
+        };
+        shifted.push(v);
+    }
+    convert_f32_into(&shifted, to, out)
+}
+
 /// Convert f32 values (a dequantized weight) to ggml type `to`, appending to `out`.
 pub fn convert_f32_into(src: &[f32], to: u32, out: &mut Vec<u8>) {
     match to {
@@ -143,6 +172,22 @@ mod tests {
         // 2 heads of 6 rows: reshape(2, 2, 3).swapaxes(1, 2) reads rows 0,3,1,4,2,5 per head.
         let got: Vec<usize> = (0..12).map(|r| permuted_source_row(r, 12, 2)).collect();
         assert_eq!(got, [0, 3, 1, 4, 2, 5, 6, 9, 7, 10, 8, 11]);
+    }
+
+    #[test]
+    fn plus_one_rounds_as_the_reference() {
+        // 2^-12 is below F16's step at 1 (2^-10): F16 + 1 rounds it away, BF16 (added in F32
+        // after conversion) and F32 keep it.
+        let x = 2f32.powi(-12);
+        let mut out = Vec::new();
+        convert_plus_one_into(&f16::from_f32(x).to_le_bytes(), "F16", GGML_F32, &mut out);
+        assert_eq!(out, 1.0f32.to_le_bytes());
+        out.clear();
+        convert_plus_one_into(&bf16::from_f32(x).to_le_bytes(), "BF16", GGML_F32, &mut out);
+        assert_eq!(out, (1.0 + x).to_le_bytes());
+        out.clear();
+        convert_plus_one_into(&x.to_le_bytes(), "F32", GGML_F32, &mut out);
+        assert_eq!(out, (1.0 + x).to_le_bytes());
     }
 
     #[test]

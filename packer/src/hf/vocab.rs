@@ -41,22 +41,54 @@ fn looks_special(t: &str) -> bool {
         || (t.starts_with("<unused") && t.ends_with('>'))
 }
 
-/// The tokenizer entries for the checkpoint in `dir` (`config`: its config.json). `add_space_prefix`:
-/// whether tokenizer_config's `add_prefix_space` is written first (the Llama family's converter does).
-pub fn tokenizer_meta(dir: &Path, config: &Json, add_space_prefix: bool) -> anyhow::Result<Meta> {
+/// How an architecture's converter class reads the tokenizer files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavor {
+    /// The Llama family: tokenizer_config's `add_prefix_space` written first.
+    Llama,
+    /// The shared SentencePiece or byte-level BPE reading, nothing more (Qwen).
+    Plain,
+    /// Phi-3's own SentencePiece reading ([`phi3_sentencepiece`]); a `GPT2Tokenizer` class is
+    /// read as byte-level BPE.
+    Phi3,
+    /// Gemma 2: SentencePiece only, `add_space_prefix` false written last.
+    Gemma2,
+    /// Gemma 3: SentencePiece (`add_space_prefix` false written last) or byte-level BPE.
+    Gemma3,
+}
+
+/// The tokenizer entries for the checkpoint in `dir` (`config`: its config.json), as the
+/// converter class of `flavor` writes them.
+pub fn tokenizer_meta(dir: &Path, config: &Json, flavor: Flavor) -> anyhow::Result<Meta> {
     let mut meta = Meta::new();
     let tc_path = dir.join("tokenizer_config.json");
     let tokenizer_config = read_json_opt(&tc_path)?;
-    if add_space_prefix {
+    let spm_path = dir.join("tokenizer.model");
+    let mut phi3_bpe = false;
+    if flavor == Flavor::Phi3 {
+        if let Some(tc) = &tokenizer_config {
+            let Some(class) = tc.get("tokenizer_class") else {
+                bail!("{}: no 'tokenizer_class' (the Phi-3 conversion needs it)", escape_path(&tc_path))
+            };
+            phi3_bpe = class.as_str() == Some("GPT2Tokenizer");
+        }
+    }
+    if matches!(flavor, Flavor::Phi3 | Flavor::Gemma2) && !phi3_bpe && !spm_path.is_file() {
+        bail!("{}: missing tokenizer.model", escape_path(dir));
+    }
+    if flavor == Flavor::Llama {
         if let Some(v) = tokenizer_config.as_ref().and_then(|t| t.get("add_prefix_space")).and_then(|v| v.as_bool()) {
             meta.push(("tokenizer.ggml.add_space_prefix".into(), MetaValue::Bool(v)));
         }
     }
     let vocab_size = config.get("vocab_size").and_then(|v| v.as_u64()).map(|v| v as usize);
-    let spm_path = dir.join("tokenizer.model");
     let json_path = dir.join("tokenizer.json");
-    let n_vocab = if spm_path.is_file() {
-        let (tokens, scores, types) = sentencepiece(&spm_path, vocab_size, tokenizer_config.as_ref(), dir)?;
+    let n_vocab = if spm_path.is_file() && !phi3_bpe {
+        let (tokens, scores, types) = if flavor == Flavor::Phi3 {
+            phi3_sentencepiece(&spm_path, vocab_size, tokenizer_config.as_ref(), dir)?
+        } else {
+            sentencepiece(&spm_path, vocab_size, tokenizer_config.as_ref(), dir)?
+        };
         let n = tokens.len();
         meta.push(("tokenizer.ggml.model".into(), MetaValue::String("llama".into())));
         meta.push(("tokenizer.ggml.pre".into(), MetaValue::String("default".into())));
@@ -86,22 +118,30 @@ pub fn tokenizer_meta(dir: &Path, config: &Json, add_space_prefix: bool) -> anyh
     } else {
         bail!("{}: no tokenizer.model nor tokenizer.json", escape_path(dir));
     };
+    let spm = n_vocab.is_some();
     meta.extend(super::special::special_meta(dir, config, tokenizer_config, n_vocab, n_vocab.is_none())?);
+    if spm && matches!(flavor, Flavor::Gemma2 | Flavor::Gemma3) {
+        meta.push(("tokenizer.ggml.add_space_prefix".into(), MetaValue::Bool(false)));
+    }
     Ok(meta)
 }
 
-/// A SentencePiece vocabulary: pieces padded to the model's vocab size, then the added tokens
-/// of added_tokens.json and tokenizer_config.json's `added_tokens_decoder` over them.
-fn sentencepiece(
+/// The pieces of a SentencePiece model padded (`[PAD<i>]`, UNUSED) or cut to the model's
+/// vocab size, then added_tokens.json's tokens over them (USER_DEFINED). `strict`: more pieces
+/// than the vocab size are refused (Phi-3's reading fails on them) instead of cut.
+fn pieces_and_added(
     path: &Path,
     vocab_size: Option<usize>,
-    tokenizer_config: Option<&Json>,
     dir: &Path,
+    strict: bool,
 ) -> anyhow::Result<(Vec<String>, Vec<f32>, Vec<i32>)> {
     let bytes = llamafile_format::input::read_regular(path, "a SentencePiece model")?;
     let pieces =
         spm::pieces(&bytes).with_context(|| format!("{}: cannot read the SentencePiece model", escape_path(path)))?;
     let n = vocab_size.unwrap_or(pieces.len());
+    if strict && pieces.len() > n {
+        bail!("{}: {} pieces, more than config.json's vocab_size {n}", escape_path(path), pieces.len());
+    }
     let mut tokens: Vec<String> = (0..n).map(|i| format!("[PAD{i}]")).collect();
     let mut scores = vec![-10000.0f32; n];
     let mut types = vec![UNUSED; n];
@@ -129,6 +169,19 @@ fn sentencepiece(
             }
         }
     }
+    Ok((tokens, scores, types))
+}
+
+/// A SentencePiece vocabulary: pieces padded to the model's vocab size, then the added tokens
+/// of added_tokens.json and tokenizer_config.json's `added_tokens_decoder` over them.
+fn sentencepiece(
+    path: &Path,
+    vocab_size: Option<usize>,
+    tokenizer_config: Option<&Json>,
+    dir: &Path,
+) -> anyhow::Result<(Vec<String>, Vec<f32>, Vec<i32>)> {
+    let (mut tokens, mut scores, mut types) = pieces_and_added(path, vocab_size, dir, false)?;
+    let n = tokens.len();
     if let Some(dec) = tokenizer_config.and_then(|t| t.get("added_tokens_decoder")).and_then(|d| d.as_object()) {
         for (k, v) in dec {
             let Ok(id) = k.parse::<usize>() else {
@@ -149,6 +202,55 @@ fn sentencepiece(
                 tokens[id] = content.replace('\u{2581}', " ");
             }
             scores[id] = -1000.0;
+        }
+    }
+    Ok((tokens, scores, types))
+}
+
+/// Phi-3's SentencePiece vocabulary: the pieces (no padding past the model's vocab size), then
+/// added_tokens.json, tokenizer_config.json's `added_tokens_decoder` and tokenizer.json's
+/// `added_tokens`, each over the previous, kept as written (the shared reading turns a
+/// user-defined token's U+2581 into a space; this one does not) and CONTROL only when marked
+/// special. An added id past the vocab size is refused (the converter fails on it).
+fn phi3_sentencepiece(
+    path: &Path,
+    vocab_size: Option<usize>,
+    tokenizer_config: Option<&Json>,
+    dir: &Path,
+) -> anyhow::Result<(Vec<String>, Vec<f32>, Vec<i32>)> {
+    let (mut tokens, mut scores, mut types) = pieces_and_added(path, vocab_size, dir, true)?;
+    let n = tokens.len();
+    let mut set = |file: &str, id: u64, content: &str, special: bool| -> anyhow::Result<()> {
+        let Some(i) = usize::try_from(id).ok().filter(|&i| i < n) else {
+            bail!("{file}: added token id {id} is not below config.json's vocab_size {n}")
+        };
+        tokens[i] = content.to_string();
+        scores[i] = -1000.0;
+        types[i] = if special { CONTROL } else { USER_DEFINED };
+        Ok(())
+    };
+    if let Some(dec) = tokenizer_config.and_then(|t| t.get("added_tokens_decoder")).and_then(|d| d.as_object()) {
+        for (k, v) in dec {
+            let Ok(id) = k.parse::<u64>() else {
+                bail!("tokenizer_config.json: added_tokens_decoder key '{}' is not a token id", escape(k))
+            };
+            let Some(content) = v.get("content").and_then(|c| c.as_str()) else {
+                bail!("tokenizer_config.json: added_tokens_decoder['{id}'] has no content")
+            };
+            let special = v.get("special").and_then(|s| s.as_bool()).unwrap_or(false);
+            set("tokenizer_config.json", id, content, special)?;
+        }
+    }
+    let json_path = dir.join("tokenizer.json");
+    if let Some(t) = read_json_opt(&json_path)? {
+        for a in t.get("added_tokens").and_then(|a| a.as_array()).map(|a| a.as_slice()).unwrap_or(&[]) {
+            let (Some(id), Some(content)) =
+                (a.get("id").and_then(|i| i.as_u64()), a.get("content").and_then(|c| c.as_str()))
+            else {
+                bail!("{}: an added token without id or content", escape_path(&json_path))
+            };
+            let special = a.get("special").and_then(|s| s.as_bool()).unwrap_or(false);
+            set("tokenizer.json", id, content, special)?;
         }
     }
     Ok((tokens, scores, types))

@@ -7,12 +7,17 @@ use std::process::{Command, Output};
 /// The tokenizer file (fetched by scripts/fetch-model) each fixture architecture uses.
 fn tokenizer_for(arch: &str) -> &'static str {
     match arch {
-        "qwen2" | "qwen3" => "qwen2.5-tokenizer.json",
+        "qwen2" | "qwen3" | "phi4-mini" => "qwen2.5-tokenizer.json",
+        // No Gemma tokenizer.model is reachable: the script writes one from this GGUF's
+        // vocabulary (Gemma 3's pieces, scores and types).
+        "gemma2" | "gemma3" => "gemma-3-270m-q4_k_m.gguf",
+        // Phi-3's SentencePiece vocabulary is Llama 2's 32000 pieces; Mistral's real one of the
+        // same kind stands in, with Phi-3's added tokens over it.
         _ => "mistral-7b-v0.1-tokenizer.model",
     }
 }
 
-/// A new checkpoint of `arch` (llama, mistral, qwen2 or qwen3) in a temporary directory, or `None`
+/// A new checkpoint of `arch` (llama, mistral, qwen2, qwen3, phi3, phi3-longrope, phi4-mini, gemma2, gemma3) in a temporary directory, or `None`
 /// (the skip recorded) without its tokenizer or without python3 and numpy.
 pub fn checkpoint(arch: &str) -> Option<tempfile::TempDir> {
     let tokenizer = e2e::require_model(tokenizer_for(arch))?;
