@@ -3,8 +3,9 @@
 //! tied to the embeddings. Attention: q scaled by 1/sqrt(key_length); local layers use a
 //! sliding window (`gemma3.attention.sliding_window`, 512 for the small models) with RoPE base
 //! `gemma3.rope.freq_base_swa` (10000 when absent, as the reference) and no scaling, every 6th
-//! layer (5, 11, 17...) is global with the metadata's base and linear scaling. The converter already stores Gemma's norm weights as (1 + w), so they are
-//! plain multipliers here.
+//! layer (5, 11, 17...) is global with the metadata's base and linear scaling. A file without a
+//! window (or with 0) has only global layers, as the reference runs it. The converter already
+//! stores Gemma's norm weights as (1 + w), so they are plain multipliers here.
 
 use super::{
     common_hparams, opt_u64, positive_f32, Architecture, FfnActivation, Hparams, LayerAttn, Recipe, RopeStyle,
@@ -29,8 +30,6 @@ pub const RECIPE: Recipe = Recipe {
 pub const LOCAL_ROPE_BASE: f32 = 10000.0;
 /// Every `SWA_PATTERN`-th layer is global.
 pub const SWA_PATTERN: usize = 6;
-/// Window when the metadata declares none.
-pub const DEFAULT_WINDOW: usize = 512;
 
 impl Architecture for Gemma3 {
     fn name(&self) -> &'static str {
@@ -38,7 +37,14 @@ impl Architecture for Gemma3 {
     }
     fn hparams(&self, g: &GgufFile) -> Result<Hparams> {
         let mut hp = common_hparams(g, "gemma3", RECIPE)?;
-        let window = opt_u64(g, "gemma3.attention.sliding_window").filter(|w| *w > 0).unwrap_or(DEFAULT_WINDOW);
+        // The 27B model scales by 1/sqrt(n_embd / n_head); the others by 1/sqrt(key_length),
+        // which common_hparams already set.
+        if hp.n_layer == 62 {
+            hp.attn_scale = 1.0 / ((hp.n_embd / hp.n_head) as f32).sqrt();
+        }
+        let Some(window) = opt_u64(g, "gemma3.attention.sliding_window").filter(|w| *w > 0) else {
+            return Ok(hp);
+        };
         let pattern = opt_u64(g, "gemma3.attention.sliding_window_pattern").filter(|p| *p > 0).unwrap_or(SWA_PATTERN);
         let local_base = positive_f32(g, "gemma3.rope.freq_base_swa", LOCAL_ROPE_BASE)?;
         for (il, l) in hp.layers.iter_mut().enumerate() {
@@ -49,11 +55,44 @@ impl Architecture for Gemma3 {
                 LayerAttn { rope_base: local_base, rope_freq_scale: 1.0, window: Some(window) }
             };
         }
-        // The 27B model scales by 1/sqrt(n_embd / n_head); the others by 1/sqrt(key_length),
-        // which common_hparams already set.
-        if hp.n_layer == 62 {
-            hp.attn_scale = 1.0 / ((hp.n_embd / hp.n_head) as f32).sqrt();
-        }
         Ok(hp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use llamafile_format::gguf::writer::tiny_model;
+    use llamafile_format::gguf::MetaValue::{self, *};
+
+    /// The tiny model's shapes as a `gemma3` file, with `extra` metadata.
+    fn hparams(extra: &[(&str, MetaValue)]) -> Hparams {
+        let mut meta = vec![
+            ("general.architecture", String("gemma3".into())),
+            ("gemma3.context_length", U32(256)),
+            ("gemma3.embedding_length", U32(32)),
+            ("gemma3.block_count", U32(2)),
+            ("gemma3.feed_forward_length", U32(64)),
+            ("gemma3.attention.head_count", U32(2)),
+            ("gemma3.attention.head_count_kv", U32(1)),
+            ("gemma3.rope.freq_base", F32(1e6)),
+            ("gemma3.attention.layer_norm_rms_epsilon", F32(1e-6)),
+        ];
+        meta.extend_from_slice(extra);
+        let g = GgufFile::from_bytes("tiny.gguf", tiny_model(&meta, &[])).unwrap();
+        Gemma3.hparams(&g).unwrap()
+    }
+
+    #[test]
+    fn a_file_without_a_window_has_only_global_layers() {
+        let window = "gemma3.attention.sliding_window";
+        for hp in [hparams(&[]), hparams(&[(window, U32(0))])] {
+            for l in &hp.layers {
+                assert_eq!((l.window, l.rope_base), (None, 1e6));
+            }
+        }
+        let hp = hparams(&[(window, U32(16)), ("gemma3.attention.sliding_window_pattern", U32(2))]);
+        let got: Vec<_> = hp.layers.iter().map(|l| (l.window, l.rope_base)).collect();
+        assert_eq!(got, [(Some(16), LOCAL_ROPE_BASE), (None, 1e6)]);
     }
 }
