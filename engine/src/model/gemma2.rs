@@ -3,12 +3,12 @@
 //! scores soft-capped at `gemma2.attn_logit_softcapping` (50 when absent) and the logits at
 //! `gemma2.final_logit_softcapping` (30 when absent), the reference's defaults. Even layers
 //! (0, 2, 4...; every layer but each `sliding_window_pattern`-th) attend within a sliding window
-//! (`gemma2.attention.sliding_window`, 4096 when absent), odd ones globally; the same RoPE on
+//! (`gemma2.attention.sliding_window`, 4096 when absent, 0 refused), odd ones globally; the same RoPE on
 //! both. q is scaled by 1/sqrt(key_length), by 1/sqrt(n_embd / n_head) in the 27B model. The
 //! converter already stores the norm weights as (1 + w).
 
 use super::{common_hparams, opt_u64, Architecture, FfnActivation, Hparams, Recipe, RopeStyle};
-use anyhow::Result;
+use anyhow::{bail, Result};
 use llamafile_format::gguf::GgufFile;
 
 pub struct Gemma2;
@@ -44,7 +44,14 @@ impl Architecture for Gemma2 {
         if g.get("gemma2.final_logit_softcapping").is_none() {
             hp.final_softcap = DEFAULT_FINAL_SOFTCAP;
         }
-        let window = opt_u64(g, "gemma2.attention.sliding_window").filter(|w| *w > 0).unwrap_or(DEFAULT_WINDOW);
+        let window = match opt_u64(g, "gemma2.attention.sliding_window") {
+            // the reference masks every position with a window of 0 (no output it could match)
+            Some(0) => {
+                bail!("gemma2.attention.sliding_window is 0: the local layers need a window of at least one token")
+            }
+            Some(w) => w,
+            None => DEFAULT_WINDOW,
+        };
         let pattern = opt_u64(g, "gemma2.attention.sliding_window_pattern").filter(|p| *p > 0).unwrap_or(SWA_PATTERN);
         for (il, l) in hp.layers.iter_mut().enumerate() {
             l.window = if (il + 1) % pattern == 0 { None } else { Some(window) };
@@ -53,5 +60,38 @@ impl Architecture for Gemma2 {
             hp.attn_scale = 1.0 / ((hp.n_embd / hp.n_head) as f32).sqrt();
         }
         Ok(hp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use llamafile_format::gguf::writer::tiny_model;
+    use llamafile_format::gguf::MetaValue::{self, *};
+
+    /// The tiny model's shapes as a `gemma2` file, with `extra` metadata.
+    fn hparams(extra: &[(&str, MetaValue)]) -> Result<Hparams> {
+        let mut meta = vec![
+            ("general.architecture", String("gemma2".into())),
+            ("gemma2.context_length", U32(256)),
+            ("gemma2.embedding_length", U32(32)),
+            ("gemma2.block_count", U32(2)),
+            ("gemma2.feed_forward_length", U32(64)),
+            ("gemma2.attention.head_count", U32(2)),
+            ("gemma2.attention.head_count_kv", U32(1)),
+            ("gemma2.rope.freq_base", F32(10000.0)),
+            ("gemma2.attention.layer_norm_rms_epsilon", F32(1e-6)),
+        ];
+        meta.extend_from_slice(extra);
+        Gemma2.hparams(&GgufFile::from_bytes("tiny.gguf", tiny_model(&meta, &[]))?)
+    }
+
+    #[test]
+    fn the_window_is_read_defaulted_and_a_zero_window_refused() {
+        let windows = |hp: Hparams| hp.layers.iter().map(|l| l.window).collect::<Vec<_>>();
+        assert_eq!(windows(hparams(&[]).unwrap()), [Some(DEFAULT_WINDOW), None]);
+        assert_eq!(windows(hparams(&[("gemma2.attention.sliding_window", U32(64))]).unwrap()), [Some(64), None]);
+        let e = format!("{:#}", hparams(&[("gemma2.attention.sliding_window", U32(0))]).unwrap_err());
+        assert!(e.starts_with("gemma2.attention.sliding_window is 0:") && !e.contains('\n'), "{e}");
     }
 }
