@@ -308,6 +308,25 @@ fn bad_checkpoint_is_one_line_and_writes_nothing() {
     assert_eq!(left, [OsStr::new("llama")], "nothing may be written");
 }
 
+/// A README.md far larger than a model card may be is refused from its size (a Qwen3
+/// checkpoint's card is also searched for a reranker's title, through the same bounded reader):
+/// a 64 GiB sparse file gives the one-line size error at once, nothing written.
+#[test]
+fn a_huge_model_card_is_refused_unread() {
+    let Some(d) = checkpoint("qwen3") else { return };
+    let ck = dir(&d, "qwen3");
+    std::fs::File::create(ck.join("README.md")).unwrap().set_len(64 << 30).unwrap();
+    let out = d.path().join("x.gguf");
+    let start = std::time::Instant::now();
+    let o = pack_hf(&ck, &[OsStr::new("--gguf-out"), out.as_os_str()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("README.md: 68719476736 bytes, more than the 16 MiB a model card may have"), "{err}");
+    assert!(start.elapsed() < std::time::Duration::from_secs(60), "read before refused: {:?}", start.elapsed());
+    assert!(!out.exists());
+}
+
 /// A Phi-3 config.json whose RoPE scaling pack cannot reproduce (an unknown type, factors that
 /// do not fit the rotary dimensions, a missing short set): one line naming the field, exit 1,
 /// nothing written.

@@ -38,10 +38,23 @@ const ENTRY_FIELDS: [&str; 9] =
 /// ignores); an unreadable file, one that is not UTF-8 or one whose front matter is not YAML is
 /// refused, as the converter fails on it.
 pub fn read(dir: &Path) -> anyhow::Result<Value> {
-    let path = dir.join("README.md");
     let empty = Value::Map(Vec::new());
+    let Some(text) = readme_text(dir)? else { return Ok(empty) };
+    let shown = escape_path(&dir.join("README.md"));
+    let Some(yaml) = card_yaml::front_matter(&text) else { return Ok(empty) };
+    match card_yaml::load(&yaml) {
+        Ok(v @ Value::Map(_)) => Ok(v),
+        Ok(_) => Ok(empty),
+        Err(e) => bail!("{shown}: the front matter is not valid YAML: {}", escape(&e)),
+    }
+}
+
+/// The text of `dir/README.md` (`None` when there is no such file), refused in one line when it is
+/// larger than a card may be (before reading it), unreadable or not UTF-8.
+pub fn readme_text(dir: &Path) -> anyhow::Result<Option<String>> {
+    let path = dir.join("README.md");
     if !path.is_file() {
-        return Ok(empty);
+        return Ok(None);
     }
     let shown = escape_path(&path);
     let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
@@ -49,14 +62,9 @@ pub fn read(dir: &Path) -> anyhow::Result<Value> {
         bail!("{shown}: {len} bytes, more than the {} MiB a model card may have", MAX_CARD_BYTES >> 20);
     }
     let bytes = std::fs::read(&path).map_err(|e| anyhow::anyhow!("{shown}: cannot read it: {e}"))?;
-    let Ok(text) = String::from_utf8(bytes) else {
-        bail!("{shown}: not UTF-8 text");
-    };
-    let Some(yaml) = card_yaml::front_matter(&text) else { return Ok(empty) };
-    match card_yaml::load(&yaml) {
-        Ok(v @ Value::Map(_)) => Ok(v),
-        Ok(_) => Ok(empty),
-        Err(e) => bail!("{shown}: the front matter is not valid YAML: {}", escape(&e)),
+    match String::from_utf8(bytes) {
+        Ok(text) => Ok(Some(text)),
+        Err(_) => bail!("{shown}: not UTF-8 text"),
     }
 }
 

@@ -260,7 +260,7 @@ fn refuse_variants(dir: &Path, cfg: &Config) -> anyhow::Result<()> {
         gemma::check(dir, cfg)?;
     }
     if cfg.arch == config::Arch::Qwen3 {
-        let readme = std::fs::read_to_string(dir.join("README.md")).unwrap_or_default().to_lowercase();
+        let readme = card::readme_text(dir)?.unwrap_or_default().to_lowercase();
         let dir_name =
             std::fs::canonicalize(dir).ok().and_then(|d| d.file_name().map(|n| n.to_string_lossy().to_lowercase()));
         let name_or_path = cfg.json.get("_name_or_path").and_then(|v| v.as_str()).unwrap_or("").to_lowercase();
