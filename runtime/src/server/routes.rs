@@ -306,17 +306,7 @@ async fn chat_completions(State(st): St, ApiJson(req): ApiJson<ChatRequest>) -> 
     let trigger = super::tools::trigger_token(&*st.model, format);
     let tools =
         super::tools::plan(req.tools.as_ref(), req.tool_choice.as_ref(), req.parallel_tool_calls, format, trigger)?;
-    let format_grammar = super::structured::response_format(req.response_format.as_ref())?;
-    let grammar = match (tools.as_ref().and_then(|t| t.grammar.clone()), format_grammar) {
-        // One grammar constrains a reply: the calls' or the text's, not both.
-        (Some(_), Some(_)) => {
-            return Err(ApiError::invalid_field(
-                "response_format",
-                "'response_format' cannot be combined with tools the model may call; send tool_choice 'none' for a structured text answer",
-            ))
-        }
-        (calls, text) => calls.or(text),
-    };
+    let grammar = chat_grammar(tools.as_ref(), req.response_format.as_ref())?;
     let logprobs = super::logprobs::chat_request(req.logprobs, req.top_logprobs)?;
     let sampling = validate_sampling(req.sampling_fields(), req.n, &st.defaults)?;
     let n = sampling.n;
@@ -333,120 +323,147 @@ async fn chat_completions(State(st): St, ApiJson(req): ApiJson<ChatRequest>) -> 
         })?;
     let gen = GenerateRequest { grammar, ..generate_request(&st, prompt, "messages", max_tokens, sampling)? };
     let rx = choices::start(&st, gen, PromptCache::from_request(req.cache_prompt), GenerateOptions { n, logprobs });
-    let id = format!("chatcmpl-{:016x}", random_u64());
-    let created = unix_time();
     note_requested_model(&st, req.model.as_deref());
-    let model_name = st.model_id.clone();
-    let model = st.model.clone();
-    let logprobs_json = move |tokens: &[llamafile_engine::logprobs::TokenLogprob]| match logprobs {
-        Some(_) => json!({ "content": super::logprobs::chat_content(&*model, tokens) }),
-        None => Value::Null,
+    let reply = ChatReply {
+        id: format!("chatcmpl-{:016x}", random_u64()),
+        created: unix_time(),
+        model_name: st.model_id.clone(),
+        model: st.model.clone(),
+        logprobs,
     };
-
     if !stream {
         let (choices, total) = choices::collect(rx, n).await?;
+        return Ok(Json(reply.completion(&choices, &total, tools.as_ref())).into_response());
+    }
+    let include_usage = req.stream_options.and_then(|o| o.include_usage).unwrap_or(false);
+    let first = (0..n)
+        .map(|i| sse_data(&reply.chunk(i, json!({"role": "assistant", "content": ""}), Value::Null, None)))
+        .collect();
+    let mut chunks = ChatStream {
+        reply,
+        n,
+        include_usage,
+        pending: vec![Vec::new(); n],
+        calls: tools.filter(|t| t.reads_calls()).map(|t| (t, (0..n).map(|_| Default::default()).collect())),
+    };
+    Ok(sse_from(first, rx, move |ev| chunks.event(ev)))
+}
+
+/// The grammar a chat reply is held to: the tool calls' or the `response_format`'s, not both.
+fn chat_grammar(
+    tools: Option<&super::tools::ToolPlan>,
+    response_format: Option<&Value>,
+) -> Result<Option<llamafile_engine::grammar::Grammar>, ApiError> {
+    let format_grammar = super::structured::response_format(response_format)?;
+    match (tools.and_then(|t| t.grammar.clone()), format_grammar) {
+        (Some(_), Some(_)) => Err(ApiError::invalid_field(
+            "response_format",
+            "'response_format' cannot be combined with tools the model may call; send tool_choice 'none' for a structured text answer",
+        )),
+        (calls, text) => Ok(calls.or(text)),
+    }
+}
+
+/// What every object of one chat completion shares: its id, time and model, and whether (with
+/// how many alternatives) its tokens' log-probabilities are asked for.
+struct ChatReply {
+    id: String,
+    created: u64,
+    model_name: String,
+    model: Arc<dyn super::Model>,
+    logprobs: Option<usize>,
+}
+
+impl ChatReply {
+    /// A choice's `logprobs` field: its tokens' when asked for, else null.
+    fn logprobs_json(&self, tokens: &[llamafile_engine::logprobs::TokenLogprob]) -> Value {
+        match self.logprobs {
+            Some(_) => json!({ "content": super::logprobs::chat_content(&*self.model, tokens) }),
+            None => Value::Null,
+        }
+    }
+
+    /// The `chat.completion` object of finished choices (each a message, or tool calls when
+    /// the reply is read as calls).
+    fn completion(
+        &self,
+        choices: &[choices::Choice],
+        total: &llamafile_engine::GenerationStats,
+        tools: Option<&super::tools::ToolPlan>,
+    ) -> Value {
         let choices: Vec<Value> = choices
             .iter()
             .enumerate()
             .map(|(i, c)| {
                 let stop = c.stats.as_ref().map_or(total.stop, |s| s.stop);
-                let (message, finish) = match tools.as_ref().and_then(|t| t.parse(&c.text)) {
+                let (message, finish) = match tools.and_then(|t| t.parse(&c.text)) {
                     Some((before, calls)) => (
                         json!({ "role": "assistant", "content": if before.is_empty() { Value::Null } else { json!(before) }, "tool_calls": calls }),
                         "tool_calls",
                     ),
                     None => (json!({ "role": "assistant", "content": c.text }), finish_reason(stop)),
                 };
-                json!({ "index": i, "message": message, "logprobs": logprobs_json(&c.tokens), "finish_reason": finish })
+                json!({ "index": i, "message": message, "logprobs": self.logprobs_json(&c.tokens), "finish_reason": finish })
             })
             .collect();
-        return Ok(Json(json!({
-            "id": id,
+        json!({
+            "id": self.id,
             "object": "chat.completion",
-            "created": created,
-            "model": model_name,
+            "created": self.created,
+            "model": self.model_name,
             "system_fingerprint": null,
             "choices": choices,
-            "usage": usage(&total),
-            "timings": timings(&total),
-        }))
-        .into_response());
+            "usage": usage(total),
+            "timings": timings(total),
+        })
     }
 
-    let include_usage = req.stream_options.and_then(|o| o.include_usage).unwrap_or(false);
-    let chunk = move |index: usize, delta: Value, logprobs: Value, finish: Option<&str>| {
+    /// One `chat.completion.chunk` of choice `index`.
+    fn chunk(&self, index: usize, delta: Value, logprobs: Value, finish: Option<&str>) -> Value {
         json!({
-            "id": id,
+            "id": self.id,
             "object": "chat.completion.chunk",
-            "created": created,
-            "model": model_name,
+            "created": self.created,
+            "model": self.model_name,
             "system_fingerprint": null,
             "choices": [{ "index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish }],
         })
-    };
-    let first =
-        (0..n).map(|i| sse_data(&chunk(i, json!({"role": "assistant", "content": ""}), Value::Null, None))).collect();
-    // each choice's tokens not yet sent: they go with the text they begin
-    let mut pending: Vec<Vec<llamafile_engine::logprobs::TokenLogprob>> = vec![Vec::new(); n];
-    // With tools, each choice's text goes through a reader of the model's call format.
-    let mut calls: Option<(super::tools::ToolPlan, Vec<super::tools::stream::ToolStream>)> =
-        tools.filter(|t| t.reads_calls()).map(|t| (t, (0..n).map(|_| Default::default()).collect()));
-    Ok(sse_from(first, rx, move |ev| {
-        // A choice's end: what its reader still holds, then its chunk with the finish reason.
-        let mut end = |i: usize, stats: &llamafile_engine::GenerationStats| {
-            let mut out = Vec::new();
-            let mut finish = finish_reason(stats.stop);
-            if let Some((plan, readers)) = calls.as_mut() {
-                out.extend(readers[i].finish(plan).into_iter().map(|d| sse_data(&chunk(i, d, Value::Null, None))));
-                if readers[i].has_calls() && finish == "stop" {
-                    finish = "tool_calls";
-                }
-            }
-            let last = chunk(i, json!({}), logprobs_json(&std::mem::take(&mut pending[i])), Some(finish));
-            (out, last)
-        };
+    }
+}
+
+/// A streamed chat completion: the generation's events as chunks.
+struct ChatStream {
+    reply: ChatReply,
+    n: usize,
+    include_usage: bool,
+    /// Each choice's tokens not yet sent: they go with the text they begin.
+    pending: Vec<Vec<llamafile_engine::logprobs::TokenLogprob>>,
+    /// With tools, each choice's text goes through a reader of the model's call format.
+    calls: Option<(super::tools::ToolPlan, Vec<super::tools::stream::ToolStream>)>,
+}
+
+impl ChatStream {
+    fn event(&mut self, ev: ChoiceEvent) -> Vec<Event> {
         match ev {
             ChoiceEvent::Token(i, t) => {
-                if let Some(p) = pending.get_mut(i) {
+                if let Some(p) = self.pending.get_mut(i) {
                     p.push(t);
                 }
                 vec![]
             }
-            ChoiceEvent::Text(i, t) => {
-                let i = i.min(n - 1);
-                match calls.as_mut() {
-                    Some((plan, readers)) => {
-                        let deltas = readers[i].push(plan, &t);
-                        // the tokens go with the first piece the reader lets out
-                        let mut out = Vec::with_capacity(deltas.len());
-                        for d in deltas {
-                            let lp = if out.is_empty() {
-                                logprobs_json(&std::mem::take(&mut pending[i]))
-                            } else {
-                                Value::Null
-                            };
-                            out.push(sse_data(&chunk(i, d, lp, None)));
-                        }
-                        out
-                    }
-                    None => {
-                        let lp = logprobs_json(&std::mem::take(&mut pending[i]));
-                        vec![sse_data(&chunk(i, json!({ "content": t }), lp, None))]
-                    }
-                }
-            }
+            ChoiceEvent::Text(i, t) => self.text(i.min(self.n - 1), &t),
             // the last choice ends with the generation (below), with its timings
-            ChoiceEvent::ChoiceDone(i, s) if i + 1 < n => {
-                let (mut out, last) = end(i, &s);
+            ChoiceEvent::ChoiceDone(i, s) if i + 1 < self.n => {
+                let (mut out, last) = self.end(i, &s);
                 out.push(sse_data(&last));
                 out
             }
             ChoiceEvent::ChoiceDone(..) => vec![],
             ChoiceEvent::Done(stats) => {
-                let (mut out, mut last) = end(n - 1, &stats);
+                let (mut out, mut last) = self.end(self.n - 1, &stats);
                 last["timings"] = timings(&stats);
                 out.push(sse_text(last.to_string()));
-                if include_usage {
+                if self.include_usage {
                     let mut u = last.clone();
                     u["choices"] = json!([]);
                     u["usage"] = usage(&stats);
@@ -458,7 +475,47 @@ async fn chat_completions(State(st): St, ApiJson(req): ApiJson<ChatRequest>) -> 
             }
             ChoiceEvent::Failed(e) => vec![sse_text(e.body().to_string())],
         }
-    }))
+    }
+
+    /// Choice `i`'s next text: one chunk, or what the tool-call reader lets out of it; the
+    /// pending tokens go with the first piece let out.
+    fn text(&mut self, i: usize, t: &str) -> Vec<Event> {
+        let deltas = match self.calls.as_mut() {
+            Some((plan, readers)) => readers[i].push(plan, t),
+            None => vec![json!({ "content": t })],
+        };
+        let mut out = Vec::with_capacity(deltas.len());
+        for d in deltas {
+            let lp = if out.is_empty() {
+                self.reply.logprobs_json(&std::mem::take(&mut self.pending[i]))
+            } else {
+                Value::Null
+            };
+            out.push(sse_data(&self.reply.chunk(i, d, lp, None)));
+        }
+        out
+    }
+
+    /// A choice's end: what its reader still holds, then its chunk with the finish reason.
+    fn end(&mut self, i: usize, stats: &llamafile_engine::GenerationStats) -> (Vec<Event>, Value) {
+        let mut out = Vec::new();
+        let mut finish = finish_reason(stats.stop);
+        if let Some((plan, readers)) = self.calls.as_mut() {
+            out.extend(
+                readers[i].finish(plan).into_iter().map(|d| sse_data(&self.reply.chunk(i, d, Value::Null, None))),
+            );
+            if readers[i].has_calls() && finish == "stop" {
+                finish = "tool_calls";
+            }
+        }
+        let last = self.reply.chunk(
+            i,
+            json!({}),
+            self.reply.logprobs_json(&std::mem::take(&mut self.pending[i])),
+            Some(finish),
+        );
+        (out, last)
+    }
 }
 
 /// Tokenize a completion prompt: text gets BOS as the model wants and special tokens parsed
