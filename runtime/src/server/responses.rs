@@ -379,18 +379,7 @@ pub async fn create(
     State(st): State<Arc<AppState>>,
     ApiJson(req): ApiJson<ResponsesRequest>,
 ) -> Result<Response, ApiError> {
-    if req.previous_response_id.as_ref().is_some_and(|v| !v.is_null()) {
-        return Err(stateless("previous_response_id"));
-    }
-    if req.store == Some(true) {
-        return Err(stateless("store"));
-    }
-    if req.conversation.as_ref().is_some_and(|v| !v.is_null()) {
-        return Err(stateless("conversation"));
-    }
-    if req.background == Some(true) {
-        return Err(stateless("background"));
-    }
+    refuse_stored_state(&req)?;
     let stream = req.stream.unwrap_or(false);
     let (tools, choice) = chat_tools(req.tools.as_ref(), req.tool_choice.as_ref())?;
     let no_calls = choice.as_ref().and_then(Value::as_str) == Some("none");
@@ -412,10 +401,8 @@ pub async fn create(
         None => None,
         Some(n) if n >= 1 => Some(n as usize),
         Some(n) => {
-            return Err(ApiError::invalid_field(
-                "max_output_tokens",
-                format!("'max_output_tokens' must be at least 1, got {n}"),
-            ))
+            let e = format!("'max_output_tokens' must be at least 1, got {n}");
+            return Err(ApiError::invalid_field("max_output_tokens", e));
         }
     };
     let messages = input_messages(req.instructions.clone(), req.input)?;
@@ -463,31 +450,56 @@ pub async fn create(
         ev.event("response.in_progress", json!({ "response": shape.object("in_progress", &[], None) })),
     ];
     if buffered {
-        // the whole reply, then its events
-        let tools = t.tools;
-        let rest = stream::once(async move {
-            let events = match super::generation::collect(t.rx).await {
-                Ok((text, stats)) => {
-                    let (text, calls) = turn::split_calls(tools.as_ref(), text);
-                    let status = status_of(&stats);
-                    let output = output_items(&msg_id, &text, &calls, status);
-                    let mut out = Vec::new();
-                    for (i, item) in output.iter().enumerate() {
-                        out.extend(ev.item_events(i, item));
-                    }
-                    out.push(ev.end(&shape, status, &output, &stats));
-                    out
-                }
-                Err(e) => vec![ev.error(&e)],
-            };
-            stream::iter(events.into_iter().map(Ok))
-        })
-        .flatten();
-        return Ok(sse_response(stream::iter(first.into_iter().map(Ok)).chain(rest)));
+        Ok(buffered_events(first, t, ev, shape, msg_id))
+    } else {
+        Ok(text_events(first, t, ev, shape, msg_id))
     }
+}
 
-    // Text as it comes: the message item opens at once.
-    let mut first = first;
+/// State kept between requests, which this server does not keep: refused, naming the field.
+fn refuse_stored_state(req: &ResponsesRequest) -> Result<(), ApiError> {
+    if req.previous_response_id.as_ref().is_some_and(|v| !v.is_null()) {
+        return Err(stateless("previous_response_id"));
+    }
+    if req.store == Some(true) {
+        return Err(stateless("store"));
+    }
+    if req.conversation.as_ref().is_some_and(|v| !v.is_null()) {
+        return Err(stateless("conversation"));
+    }
+    if req.background == Some(true) {
+        return Err(stateless("background"));
+    }
+    Ok(())
+}
+
+/// A streamed reply that may hold calls: read whole, then its items' events after `first`.
+fn buffered_events(first: Vec<Event>, t: turn::Turn, mut ev: Events, shape: Shape, msg_id: String) -> Response {
+    let tools = t.tools;
+    let rest = stream::once(async move {
+        let events = match super::generation::collect(t.rx).await {
+            Ok((text, stats)) => {
+                let (text, calls) = turn::split_calls(tools.as_ref(), text);
+                let status = status_of(&stats);
+                let output = output_items(&msg_id, &text, &calls, status);
+                let mut out = Vec::new();
+                for (i, item) in output.iter().enumerate() {
+                    out.extend(ev.item_events(i, item));
+                }
+                out.push(ev.end(&shape, status, &output, &stats));
+                out
+            }
+            Err(e) => vec![ev.error(&e)],
+        };
+        stream::iter(events.into_iter().map(Ok))
+    })
+    .flatten();
+    sse_response(stream::iter(first.into_iter().map(Ok)).chain(rest))
+}
+
+/// A streamed text reply: after `first`, the message item opens at once and its text follows
+/// as it comes.
+fn text_events(mut first: Vec<Event>, t: turn::Turn, mut ev: Events, shape: Shape, msg_id: String) -> Response {
     let open = message_item(&msg_id, "in_progress", None);
     first.push(ev.event("response.output_item.added", json!({ "output_index": 0, "item": open })));
     first.push(ev.event(
@@ -515,7 +527,7 @@ pub async fn create(
         };
         stream::iter(out.into_iter().map(Ok))
     });
-    Ok(sse_response(stream::iter(first.into_iter().map(Ok)).chain(rest)))
+    sse_response(stream::iter(first.into_iter().map(Ok)).chain(rest))
 }
 
 fn text_part(text: &str) -> Value {
