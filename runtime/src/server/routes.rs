@@ -571,93 +571,140 @@ async fn completions(State(st): St, ApiJson(req): ApiJson<CompletionRequest>) ->
     let echo = if echo { prompt_text.unwrap_or_else(|| st.model.detokenize(&prompt)) } else { String::new() };
     let gen = GenerateRequest { grammar, ..generate_request(&st, prompt, "prompt", max_tokens, sampling)? };
     let rx = choices::start(&st, gen, PromptCache::from_request(req.cache_prompt), GenerateOptions { n, logprobs });
-    let id = format!("cmpl-{:016x}", random_u64());
-    let created = unix_time();
     note_requested_model(&st, req.model.as_deref());
-    let model_name = st.model_id.clone();
-    let model = st.model.clone();
-    let echoed = echo.clone();
-    let logprobs_json = move |tokens: &[llamafile_engine::logprobs::TokenLogprob], text: &str| match logprobs {
-        Some(_) => super::logprobs::legacy(&*model, tokens, text, &echoed),
-        None => Value::Null,
+    let reply = CompletionReply {
+        id: format!("cmpl-{:016x}", random_u64()),
+        created: unix_time(),
+        model_name: st.model_id.clone(),
+        model: st.model.clone(),
+        logprobs,
+        echo,
     };
-
     if !req.stream.unwrap_or(false) {
         let (choices, total) = choices::collect(rx, n).await?;
+        return Ok(Json(reply.completion(&choices, &total)).into_response());
+    }
+    let include_usage = req.stream_options.and_then(|o| o.include_usage).unwrap_or(false);
+    let first = if reply.echo.is_empty() {
+        vec![]
+    } else {
+        (0..n).map(|i| sse_text(reply.chunk(i, &reply.echo, Value::Null, None).to_string())).collect()
+    };
+    let mut chunks =
+        CompletionStream { reply, n, include_usage, text: vec![String::new(); n], pending: vec![Vec::new(); n] };
+    Ok(sse_from(first, rx, move |ev| chunks.event(ev)))
+}
+
+/// What every object of one text completion shares: its id, time and model, whether its
+/// tokens' log-probabilities are asked for, and the prompt it echoes (empty when none).
+struct CompletionReply {
+    id: String,
+    created: u64,
+    model_name: String,
+    model: Arc<dyn super::Model>,
+    logprobs: Option<usize>,
+    echo: String,
+}
+
+impl CompletionReply {
+    /// A choice's `logprobs` field for `tokens` ending its `text` so far: the legacy object when
+    /// asked for, else null.
+    fn logprobs_json(&self, tokens: &[llamafile_engine::logprobs::TokenLogprob], text: &str) -> Value {
+        match self.logprobs {
+            Some(_) => super::logprobs::legacy(&*self.model, tokens, text, &self.echo),
+            None => Value::Null,
+        }
+    }
+
+    /// The `text_completion` object of finished choices.
+    fn completion(&self, choices: &[choices::Choice], total: &llamafile_engine::GenerationStats) -> Value {
         let choices: Vec<Value> = choices
             .iter()
             .enumerate()
             .map(|(i, c)| {
                 let stop = c.stats.as_ref().map_or(total.stop, |s| s.stop);
-                json!({ "index": i, "text": echo.clone() + &c.text, "logprobs": logprobs_json(&c.tokens, &c.text), "finish_reason": finish_reason(stop) })
+                json!({ "index": i, "text": self.echo.clone() + &c.text, "logprobs": self.logprobs_json(&c.tokens, &c.text), "finish_reason": finish_reason(stop) })
             })
             .collect();
-        return Ok(Json(json!({
-            "id": id,
+        json!({
+            "id": self.id,
             "object": "text_completion",
-            "created": created,
-            "model": model_name,
+            "created": self.created,
+            "model": self.model_name,
             "system_fingerprint": null,
             "choices": choices,
-            "usage": usage(&total),
-            "timings": timings(&total),
-        }))
-        .into_response());
+            "usage": usage(total),
+            "timings": timings(total),
+        })
     }
 
-    let include_usage = req.stream_options.and_then(|o| o.include_usage).unwrap_or(false);
-    let chunk = move |index: usize, text: &str, logprobs: Value, finish: Option<&str>| {
+    /// One streamed `text_completion` object of choice `index`.
+    fn chunk(&self, index: usize, text: &str, logprobs: Value, finish: Option<&str>) -> Value {
         json!({
-            "id": id,
+            "id": self.id,
             "object": "text_completion",
-            "created": created,
-            "model": model_name,
+            "created": self.created,
+            "model": self.model_name,
             "system_fingerprint": null,
             "choices": [{ "index": index, "text": text, "logprobs": logprobs, "finish_reason": finish }],
         })
-    };
-    let first = if echo.is_empty() {
-        vec![]
-    } else {
-        (0..n).map(|i| sse_text(chunk(i, &echo, Value::Null, None).to_string())).collect()
-    };
-    // each choice's text so far (the offsets count from its start) and tokens not yet sent
-    let mut text: Vec<String> = vec![String::new(); n];
-    let mut pending: Vec<Vec<llamafile_engine::logprobs::TokenLogprob>> = vec![Vec::new(); n];
-    Ok(sse_from(first, rx, move |ev| match ev {
-        ChoiceEvent::Token(i, t) => {
-            if let Some(p) = pending.get_mut(i) {
-                p.push(t);
+    }
+}
+
+/// A streamed text completion: the generation's events as chunks.
+struct CompletionStream {
+    reply: CompletionReply,
+    n: usize,
+    include_usage: bool,
+    /// Each choice's text so far (the log-probabilities' offsets count from its start).
+    text: Vec<String>,
+    /// Each choice's tokens not yet sent: they go with the text they begin.
+    pending: Vec<Vec<llamafile_engine::logprobs::TokenLogprob>>,
+}
+
+impl CompletionStream {
+    fn event(&mut self, ev: ChoiceEvent) -> Vec<Event> {
+        let n = self.n;
+        match ev {
+            ChoiceEvent::Token(i, t) => {
+                if let Some(p) = self.pending.get_mut(i) {
+                    p.push(t);
+                }
+                vec![]
             }
-            vec![]
-        }
-        ChoiceEvent::Text(i, t) => {
-            let k = i.min(n - 1);
-            text[k].push_str(&t);
-            let lp = logprobs_json(&std::mem::take(&mut pending[k]), &text[k]);
-            vec![sse_text(chunk(i, &t, lp, None).to_string())]
-        }
-        ChoiceEvent::ChoiceDone(i, s) if i + 1 < n => {
-            let lp = logprobs_json(&std::mem::take(&mut pending[i]), &text[i]);
-            vec![sse_text(chunk(i, "", lp, Some(finish_reason(s.stop))).to_string())]
-        }
-        ChoiceEvent::ChoiceDone(..) => vec![],
-        ChoiceEvent::Done(stats) => {
-            let lp = logprobs_json(&std::mem::take(&mut pending[n - 1]), &text[n - 1]);
-            let mut last = chunk(n - 1, "", lp, Some(finish_reason(stats.stop)));
-            last["timings"] = timings(&stats);
-            let mut out = vec![sse_text(last.to_string())];
-            if include_usage {
-                let mut u = chunk(0, "", Value::Null, None);
-                u["choices"] = json!([]);
-                u["usage"] = usage(&stats);
-                out.push(sse_text(u.to_string()));
+            ChoiceEvent::Text(i, t) => {
+                let k = i.min(n - 1);
+                self.text[k].push_str(&t);
+                let lp = self.take_logprobs(k);
+                vec![sse_text(self.reply.chunk(i, &t, lp, None).to_string())]
             }
-            out.push(sse_text("[DONE]"));
-            out
+            ChoiceEvent::ChoiceDone(i, s) if i + 1 < n => {
+                let lp = self.take_logprobs(i);
+                vec![sse_text(self.reply.chunk(i, "", lp, Some(finish_reason(s.stop))).to_string())]
+            }
+            ChoiceEvent::ChoiceDone(..) => vec![],
+            ChoiceEvent::Done(stats) => {
+                let lp = self.take_logprobs(n - 1);
+                let mut last = self.reply.chunk(n - 1, "", lp, Some(finish_reason(stats.stop)));
+                last["timings"] = timings(&stats);
+                let mut out = vec![sse_text(last.to_string())];
+                if self.include_usage {
+                    let mut u = self.reply.chunk(0, "", Value::Null, None);
+                    u["choices"] = json!([]);
+                    u["usage"] = usage(&stats);
+                    out.push(sse_text(u.to_string()));
+                }
+                out.push(sse_text("[DONE]"));
+                out
+            }
+            ChoiceEvent::Failed(e) => vec![sse_text(e.body().to_string())],
         }
-        ChoiceEvent::Failed(e) => vec![sse_text(e.body().to_string())],
-    }))
+    }
+
+    /// Choice `i`'s pending tokens' log-probabilities (sent: no longer pending).
+    fn take_logprobs(&mut self, i: usize) -> Value {
+        self.reply.logprobs_json(&std::mem::take(&mut self.pending[i]), &self.text[i])
+    }
 }
 
 /// llama.cpp's `/completion`: `n_predict` (-1 = no limit), `content`/`stop` fields, and a
