@@ -66,24 +66,12 @@ impl Architecture for Gemma2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use llamafile_format::gguf::writer::tiny_model;
+    use crate::model::tiny_gguf_as;
     use llamafile_format::gguf::MetaValue::{self, *};
 
-    /// The tiny model's shapes as a `gemma2` file, with `extra` metadata.
+    /// The tiny model as a `gemma2` file, with `extra` metadata.
     fn hparams(extra: &[(&str, MetaValue)]) -> Result<Hparams> {
-        let mut meta = vec![
-            ("general.architecture", String("gemma2".into())),
-            ("gemma2.context_length", U32(256)),
-            ("gemma2.embedding_length", U32(32)),
-            ("gemma2.block_count", U32(2)),
-            ("gemma2.feed_forward_length", U32(64)),
-            ("gemma2.attention.head_count", U32(2)),
-            ("gemma2.attention.head_count_kv", U32(1)),
-            ("gemma2.rope.freq_base", F32(10000.0)),
-            ("gemma2.attention.layer_norm_rms_epsilon", F32(1e-6)),
-        ];
-        meta.extend_from_slice(extra);
-        Gemma2.hparams(&GgufFile::from_bytes("tiny.gguf", tiny_model(&meta, &[]))?)
+        Gemma2.hparams(&tiny_gguf_as("gemma2", extra, &[]))
     }
 
     #[test]

@@ -62,25 +62,14 @@ impl Architecture for Gemma3 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use llamafile_format::gguf::writer::tiny_model;
+    use crate::model::tiny_gguf_as;
     use llamafile_format::gguf::MetaValue::{self, *};
 
-    /// The tiny model's shapes as a `gemma3` file, with `extra` metadata.
+    /// The tiny model as a `gemma3` file (RoPE base 1e6), with `extra` metadata.
     fn hparams(extra: &[(&str, MetaValue)]) -> Hparams {
-        let mut meta = vec![
-            ("general.architecture", String("gemma3".into())),
-            ("gemma3.context_length", U32(256)),
-            ("gemma3.embedding_length", U32(32)),
-            ("gemma3.block_count", U32(2)),
-            ("gemma3.feed_forward_length", U32(64)),
-            ("gemma3.attention.head_count", U32(2)),
-            ("gemma3.attention.head_count_kv", U32(1)),
-            ("gemma3.rope.freq_base", F32(1e6)),
-            ("gemma3.attention.layer_norm_rms_epsilon", F32(1e-6)),
-        ];
+        let mut meta = vec![("gemma3.rope.freq_base", F32(1e6))];
         meta.extend_from_slice(extra);
-        let g = GgufFile::from_bytes("tiny.gguf", tiny_model(&meta, &[])).unwrap();
-        Gemma3.hparams(&g).unwrap()
+        Gemma3.hparams(&tiny_gguf_as("gemma3", &meta, &[])).unwrap()
     }
 
     #[test]

@@ -681,6 +681,33 @@ fn vector(g: &Tensors, name: &str, len: usize) -> Result<Vec<f32>> {
     Ok(out)
 }
 
+/// The tiny test model (`gguf::writer::tiny_model`) as an `arch` file: its shape keys renamed
+/// to `arch`'s (others keep their defaults), with `meta` and `extra` tensors added, for tests
+/// of what an architecture reads.
+#[cfg(test)]
+pub(crate) fn tiny_gguf_as(
+    arch: &str,
+    meta: &[(&str, llamafile_format::gguf::MetaValue)],
+    extra: &[llamafile_format::gguf::writer::TensorSpec],
+) -> GgufFile {
+    use llamafile_format::gguf::MetaValue::{self, *};
+    let shape = [
+        ("context_length", 256),
+        ("embedding_length", 32),
+        ("block_count", 2),
+        ("feed_forward_length", 64),
+        ("attention.head_count", 2),
+        ("attention.head_count_kv", 1),
+    ];
+    let named: Vec<(std::string::String, MetaValue)> =
+        shape.iter().map(|(k, v)| (format!("{arch}.{k}"), U32(*v))).collect();
+    let mut m: Vec<(&str, MetaValue)> = vec![("general.architecture", String(arch.into()))];
+    m.extend(named.iter().map(|(k, v)| (k.as_str(), v.clone())));
+    m.extend(meta.iter().cloned());
+    GgufFile::from_bytes("tiny.gguf", llamafile_format::gguf::writer::tiny_model(&m, extra))
+        .expect("the tiny model parses")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -861,20 +888,10 @@ mod tests {
         assert_eq!(m.hp.layers[1].rope_freq_scale, 0.5);
     }
 
-    /// The tiny model as a `phi3` (its keys renamed; separate q/k/v and gate/up, which the
-    /// loader takes for every architecture), with `meta` and `extra` added.
+    /// The tiny model as a `phi3` (separate q/k/v and gate/up, which the loader takes for every
+    /// architecture), with `meta` and `extra` added.
     fn load_phi3(meta: &[(&str, MetaValue)], extra: &[TensorSpec]) -> Result<Model> {
-        let mut m: Vec<(&str, MetaValue)> = vec![
-            ("general.architecture", String("phi3".into())),
-            ("phi3.context_length", U32(256)),
-            ("phi3.embedding_length", U32(32)),
-            ("phi3.block_count", U32(2)),
-            ("phi3.feed_forward_length", U32(64)),
-            ("phi3.attention.head_count", U32(2)),
-            ("phi3.attention.head_count_kv", U32(1)),
-        ];
-        m.extend(meta.iter().cloned());
-        load(&m, extra)
+        Model::load(tiny_gguf_as("phi3", meta, extra))
     }
 
     fn refused_phi3(meta: &[(&str, MetaValue)], extra: &[TensorSpec]) -> std::string::String {
