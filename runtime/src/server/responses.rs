@@ -125,83 +125,92 @@ pub fn input_messages(instructions: Option<String>, input: Input) -> Result<Vec<
         let kind = item.get("type").and_then(Value::as_str).unwrap_or("message");
         match kind {
             "message" => {
-                let role = match item.get("role").and_then(Value::as_str) {
-                    Some("system" | "developer") => "system",
-                    Some("user") => "user",
-                    Some("assistant") => "assistant",
-                    other => {
-                        return Err(ApiError::invalid_field(
-                            &format!("{at}.role"),
-                            format!(
-                                "{at}: role {} is not one of user, assistant, system, developer",
-                                other.map_or("(none)".into(), |r| format!("'{}'", r.escape_debug()))
-                            ),
-                        ))
-                    }
-                };
-                out.push(ChatMessage {
-                    role: role.into(),
-                    content: item_text(item.get("content"), &at)?,
-                    ..Default::default()
-                });
+                out.push(message_of(item, &at)?);
                 calls_at = None;
             }
-            "function_call" => {
-                let name = item.get("name").and_then(Value::as_str);
-                let Some(name) = name else {
-                    return Err(ApiError::invalid_field(
-                        &format!("{at}.name"),
-                        format!("{at}: a function_call needs 'name'"),
-                    ));
-                };
-                let id = item.get("call_id").and_then(Value::as_str).unwrap_or("");
-                let call = json!([{ "id": id, "function": { "name": name, "arguments": item.get("arguments").cloned().unwrap_or(json!("{}")) } }]);
-                let call =
-                    super::tools::check_calls(&call, i).map_err(|e| ApiError { param: Some(at.clone()), ..e })?;
-                let call = call.as_array().cloned().unwrap_or_default();
-                // consecutive calls go to one assistant message, after the text the model wrote before them
-                let k = match calls_at {
-                    Some(k) => k,
-                    None => {
-                        if out.last().is_none_or(|m| m.role != "assistant") {
-                            out.push(ChatMessage { role: "assistant".into(), ..Default::default() });
-                        }
-                        out.len() - 1
-                    }
-                };
-                match out[k].tool_calls.as_mut() {
-                    Some(Value::Array(list)) => list.extend(call),
-                    _ => out[k].tool_calls = Some(Value::Array(call)),
-                }
-                calls_at = Some(k);
-            }
+            "function_call" => calls_at = Some(add_function_call(&mut out, calls_at, item, i, &at)?),
             "function_call_output" => {
-                let output = match item.get("output") {
-                    Some(Value::String(s)) => s.clone(),
-                    Some(v @ Value::Array(_)) => item_text(Some(v), &at)?,
-                    _ => {
-                        return Err(ApiError::invalid_field(
-                            &format!("{at}.output"),
-                            format!("{at}: a function_call_output needs 'output' (a string)"),
-                        ))
-                    }
-                };
-                let id = item.get("call_id").and_then(Value::as_str).map(str::to_string);
-                out.push(ChatMessage { role: "tool".into(), content: output, tool_call_id: id, ..Default::default() });
+                out.push(function_output_of(item, &at)?);
                 calls_at = None;
             }
-            other => {
-                return Err(ApiError::invalid_field(
-                    &format!("{at}.type"),
-                    format!(
+            other => return Err(ApiError::invalid_field(
+                &format!("{at}.type"),
+                format!(
                     "{at}: items of type '{}' are not supported (message, function_call and function_call_output are)",
                     other.escape_debug()
                 ),
-                ))
-            }
+            )),
         }
     }
     Ok(out)
+}
+
+/// A `message` input item (`at` names it in errors).
+fn message_of(item: &Value, at: &str) -> Result<ChatMessage, ApiError> {
+    let role = match item.get("role").and_then(Value::as_str) {
+        Some("system" | "developer") => "system",
+        Some("user") => "user",
+        Some("assistant") => "assistant",
+        other => {
+            return Err(ApiError::invalid_field(
+                &format!("{at}.role"),
+                format!(
+                    "{at}: role {} is not one of user, assistant, system, developer",
+                    other.map_or("(none)".into(), |r| format!("'{}'", r.escape_debug()))
+                ),
+            ))
+        }
+    };
+    Ok(ChatMessage { role: role.into(), content: item_text(item.get("content"), at)?, ..Default::default() })
+}
+
+/// A `function_call` input item (item `i`), added to the assistant message of the calls just
+/// before it (`calls_at`), else to the last message when the assistant wrote it (the text the
+/// model wrote before its calls), else to a new one. Returns that message's index.
+fn add_function_call(
+    out: &mut Vec<ChatMessage>,
+    calls_at: Option<usize>,
+    item: &Value,
+    i: usize,
+    at: &str,
+) -> Result<usize, ApiError> {
+    let Some(name) = item.get("name").and_then(Value::as_str) else {
+        return Err(ApiError::invalid_field(&format!("{at}.name"), format!("{at}: a function_call needs 'name'")));
+    };
+    let id = item.get("call_id").and_then(Value::as_str).unwrap_or("");
+    let call = json!([{ "id": id, "function": { "name": name, "arguments": item.get("arguments").cloned().unwrap_or(json!("{}")) } }]);
+    let call = super::tools::check_calls(&call, i).map_err(|e| ApiError { param: Some(at.to_string()), ..e })?;
+    let call = call.as_array().cloned().unwrap_or_default();
+    let k = match calls_at {
+        Some(k) => k,
+        None => {
+            if out.last().is_none_or(|m| m.role != "assistant") {
+                out.push(ChatMessage { role: "assistant".into(), ..Default::default() });
+            }
+            out.len() - 1
+        }
+    };
+    match out[k].tool_calls.as_mut() {
+        Some(Value::Array(list)) => list.extend(call),
+        _ => out[k].tool_calls = Some(Value::Array(call)),
+    }
+    Ok(k)
+}
+
+/// A `function_call_output` input item: a tool message.
+fn function_output_of(item: &Value, at: &str) -> Result<ChatMessage, ApiError> {
+    let output = match item.get("output") {
+        Some(Value::String(s)) => s.clone(),
+        Some(v @ Value::Array(_)) => item_text(Some(v), at)?,
+        _ => {
+            return Err(ApiError::invalid_field(
+                &format!("{at}.output"),
+                format!("{at}: a function_call_output needs 'output' (a string)"),
+            ))
+        }
+    };
+    let id = item.get("call_id").and_then(Value::as_str).map(str::to_string);
+    Ok(ChatMessage { role: "tool".into(), content: output, tool_call_id: id, ..Default::default() })
 }
 
 /// The Responses API's function tools (`{"type": "function", "name", "parameters"}`) and
