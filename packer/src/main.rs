@@ -100,64 +100,21 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    if let Some(file) = &cli.upgrade {
-        let o = packer::upgrade::UpgradeOptions {
-            file: file.clone(),
-            runtime: cli.runtime.expect("clap requires --runtime with --upgrade"),
-            out: cli.out,
-            force: cli.force,
-            sign: cli.sign,
-            progress: std::io::stderr().is_terminal(),
-        };
-        let r = packer::upgrade::upgrade(&o)?;
-        if let Some(id) = &r.dropped_signature {
-            eprintln!("warning: the signature of key {id} is dropped (it covered the old runtime); give --sign KEY to sign the result");
-        }
-        eprintln!(
-            "wrote {} ({} bytes): {} {} runtime ({} bytes, was {} bytes before the zip), {} {} copied{}",
-            escape_path(&r.out),
-            r.size,
-            r.runtime.format,
-            r.runtime.arch,
-            r.runtime.size,
-            r.old_prefix,
-            r.entries,
-            if r.entries == 1 { "entry" } else { "entries" },
-            r.signed_by.map(|id| format!(", signed by key {id}")).unwrap_or_default()
-        );
-        return Ok(());
+    if let Some(file) = cli.upgrade.clone() {
+        return upgrade(file, cli);
     }
     // --- Hugging Face checkpoints: converted first, then packed (or quantized) as a GGUF ---
     if cli.gguf_out.is_some() && cli.quantize.is_none() && cli.hf.is_none() {
         anyhow::bail!("--gguf-out needs --quantize (or --hf)");
     }
-    let _hf_temp;
-    let mut hf_precomputed = None;
-    let gguf = match &cli.hf {
-        Some(dir) if cli.quantize.is_none() && cli.gguf_out.is_some() => {
-            let out = cli.gguf_out.as_ref().expect("checked");
-            let size = packer::hf::convert_to_gguf(dir, out, cli.force, std::io::stderr().is_terminal())?;
-            eprintln!("wrote {} ({size} bytes)", escape_path(out));
-            return Ok(());
+    let (gguf, hf_precomputed, _hf_temp) = match cli.hf.clone() {
+        Some(dir) => match hf_input(&dir, &mut cli)? {
+            Some(t) => (t.path.clone(), Some(t.precomputed()), Some(t)),
+            None => return Ok(()),
+        },
+        None => {
+            (cli.gguf.clone().expect("clap requires --gguf without --list, --keygen, --upgrade or --hf"), None, None)
         }
-        Some(dir) => {
-            let out = cli.gguf_out.clone().or_else(|| cli.out.clone()).unwrap_or_else(|| packer::hf::default_out(dir));
-            packer::check_output(&out, cli.force, &[])?;
-            let near = match out.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-                _ => PathBuf::from("."),
-            };
-            let stem = out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
-            if cli.out.is_none() && cli.gguf_out.is_none() {
-                cli.out = Some(out);
-            }
-            let t = packer::hf::convert_to_temp(dir, &near, &stem, std::io::stderr().is_terminal())?;
-            let path = t.path.clone();
-            hf_precomputed = Some(t.precomputed());
-            _hf_temp = t;
-            path
-        }
-        None => cli.gguf.clone().expect("clap requires --gguf without --list, --keygen, --upgrade or --hf"),
     };
     // --- end Hugging Face checkpoints ---
     let quant = match &cli.quantize {
@@ -173,39 +130,12 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
         eprintln!("wrote {} ({size} bytes): {}", escape_path(out), q.mix.name);
         return Ok(());
     }
-    let runtime = match cli.runtime {
+    let runtime = match cli.runtime.take() {
         Some(r) => r,
-        None => {
-            let r = packer::default_runtime()?;
-            if !r.exists() {
-                anyhow::bail!("no --runtime given and no llamafile binary beside pack ({}); build it with `cargo build --release`", escape_path(&r));
-            }
-            r
-        }
+        None => default_runtime()?,
     };
-    let args = match (&cli.args, &cli.args_file) {
-        (Some(a), _) => Some(a.clone()),
-        (None, Some(f)) => Some(
-            llamafile_format::input::read_text_capped(
-                f,
-                llamafile_format::bundle::MAX_ARGS_BYTES,
-                "an .args file holds at most 1 MiB",
-            )
-            .context("--args-file")?,
-        ),
-        (None, None) => None,
-    };
-    // GPU backends: checked to be loadable backends of this ABI before packing.
-    let mut extra = Vec::new();
-    for path in &cli.gpu_backend {
-        // A FIFO or device would block or fill memory in the loader: refused first.
-        llamafile_format::input::open_regular(path, "a GPU backend")?;
-        let name = check_backend_file(path)?;
-        if extra.iter().any(|e: &packer::ExtraEntry| e.name == name) {
-            anyhow::bail!("--gpu-backend {}: a backend named {name} is already given", escape_path(path));
-        }
-        extra.push(packer::ExtraEntry { name, path: path.clone(), align: 4096 });
-    }
+    let args = args_of(&cli)?;
+    let extra = gpu_backends(&cli.gpu_backend)?;
     let out = cli.out.unwrap_or_else(|| packer::default_out(&gguf));
     let opts = packer::PackOptions {
         runtime,
@@ -229,6 +159,102 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
         r.gguf_size
     );
     Ok(())
+}
+
+/// `--hf DIR`: with only `--gguf-out`, converted into it (`None`: done); else converted to a
+/// temporary GGUF beside the output, to be packed or quantized from there (the output named
+/// after the checkpoint when none is given).
+fn hf_input(dir: &std::path::Path, cli: &mut Cli) -> anyhow::Result<Option<packer::hf::TempGguf>> {
+    if cli.quantize.is_none() {
+        if let Some(out) = &cli.gguf_out {
+            let size = packer::hf::convert_to_gguf(dir, out, cli.force, std::io::stderr().is_terminal())?;
+            eprintln!("wrote {} ({size} bytes)", escape_path(out));
+            return Ok(None);
+        }
+    }
+    let out = cli.gguf_out.clone().or_else(|| cli.out.clone()).unwrap_or_else(|| packer::hf::default_out(dir));
+    packer::check_output(&out, cli.force, &[])?;
+    let near = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let stem = out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+    if cli.out.is_none() && cli.gguf_out.is_none() {
+        cli.out = Some(out);
+    }
+    Ok(Some(packer::hf::convert_to_temp(dir, &near, &stem, std::io::stderr().is_terminal())?))
+}
+
+/// `--upgrade FILE`: the llamafile's weights and files onto `--runtime`.
+fn upgrade(file: PathBuf, cli: Cli) -> anyhow::Result<()> {
+    let o = packer::upgrade::UpgradeOptions {
+        file,
+        runtime: cli.runtime.expect("clap requires --runtime with --upgrade"),
+        out: cli.out,
+        force: cli.force,
+        sign: cli.sign,
+        progress: std::io::stderr().is_terminal(),
+    };
+    let r = packer::upgrade::upgrade(&o)?;
+    if let Some(id) = &r.dropped_signature {
+        eprintln!("warning: the signature of key {id} is dropped (it covered the old runtime); give --sign KEY to sign the result");
+    }
+    eprintln!(
+        "wrote {} ({} bytes): {} {} runtime ({} bytes, was {} bytes before the zip), {} {} copied{}",
+        escape_path(&r.out),
+        r.size,
+        r.runtime.format,
+        r.runtime.arch,
+        r.runtime.size,
+        r.old_prefix,
+        r.entries,
+        if r.entries == 1 { "entry" } else { "entries" },
+        r.signed_by.map(|id| format!(", signed by key {id}")).unwrap_or_default()
+    );
+    Ok(())
+}
+
+/// The llamafile binary beside pack, when no `--runtime` is given.
+fn default_runtime() -> anyhow::Result<PathBuf> {
+    let r = packer::default_runtime()?;
+    if !r.exists() {
+        anyhow::bail!(
+            "no --runtime given and no llamafile binary beside pack ({}); build it with `cargo build --release`",
+            escape_path(&r)
+        );
+    }
+    Ok(r)
+}
+
+/// The default arguments to embed: `--args`, or `--args-file`'s text (at most 1 MiB).
+fn args_of(cli: &Cli) -> anyhow::Result<Option<String>> {
+    Ok(match (&cli.args, &cli.args_file) {
+        (Some(a), _) => Some(a.clone()),
+        (None, Some(f)) => Some(
+            llamafile_format::input::read_text_capped(
+                f,
+                llamafile_format::bundle::MAX_ARGS_BYTES,
+                "an .args file holds at most 1 MiB",
+            )
+            .context("--args-file")?,
+        ),
+        (None, None) => None,
+    })
+}
+
+/// The `--gpu-backend` files, checked to be loadable backends of this ABI before packing.
+fn gpu_backends(paths: &[PathBuf]) -> anyhow::Result<Vec<packer::ExtraEntry>> {
+    let mut extra: Vec<packer::ExtraEntry> = Vec::new();
+    for path in paths {
+        // A FIFO or device would block or fill memory in the loader: refused first.
+        llamafile_format::input::open_regular(path, "a GPU backend")?;
+        let name = check_backend_file(path)?;
+        if extra.iter().any(|e| e.name == name) {
+            anyhow::bail!("--gpu-backend {}: a backend named {name} is already given", escape_path(path));
+        }
+        extra.push(packer::ExtraEntry { name, path: path.clone(), align: 4096 });
+    }
+    Ok(extra)
 }
 
 fn main() {
