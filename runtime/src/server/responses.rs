@@ -133,13 +133,11 @@ pub fn input_messages(instructions: Option<String>, input: Input) -> Result<Vec<
                 out.push(function_output_of(item, &at)?);
                 calls_at = None;
             }
-            other => return Err(ApiError::invalid_field(
-                &format!("{at}.type"),
-                format!(
-                    "{at}: items of type '{}' are not supported (message, function_call and function_call_output are)",
-                    other.escape_debug()
-                ),
-            )),
+            other => {
+                let what = "are not supported (message, function_call and function_call_output are)";
+                let e = format!("{at}: items of type '{}' {what}", other.escape_debug());
+                return Err(ApiError::invalid_field(&format!("{at}.type"), e));
+            }
         }
     }
     Ok(out)
