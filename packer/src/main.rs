@@ -3,7 +3,7 @@
 //! `pack --keygen NAME`; `pack ... --sign NAME.key`
 //! `pack --upgrade FILE.llamafile --runtime NEW [-o OUT] [--sign NAME.key]`
 //! `pack --gguf PATH --quantize TYPE [-o OUT | --gguf-out OUT.gguf] [--force]`
-//! `pack --hf DIR [--quantize TYPE] [-o OUT | --gguf-out OUT.gguf] [--force]`
+//! `pack --hf DIR [--outtype TYPE] [--quantize TYPE] [-o OUT | --gguf-out OUT.gguf] [--force]`
 
 use anyhow::Context;
 use clap::Parser;
@@ -59,10 +59,15 @@ struct Cli {
     // --- end quantization ---
     // --- Hugging Face checkpoints ---
     /// Convert a Hugging Face checkpoint directory (config.json, safetensors, tokenizer files)
-    /// instead of reading --gguf, as the reference converter would (F16/BF16 weights); with
+    /// instead of reading --gguf, as the reference converter would (weights as --outtype); with
     /// --gguf-out the converted GGUF is written as it is.
     #[arg(long, value_name = "DIR", conflicts_with_all = ["list", "keygen", "upgrade"])]
     hf: Option<PathBuf>,
+    /// The type of the converted 2-D weights, as the reference converter's --outtype: auto (F16,
+    /// or BF16 from a BF16 checkpoint), f32, f16, bf16 or q8_0. With --quantize, f32 keeps an
+    /// F32 checkpoint's values exact up to the quantizer.
+    #[arg(long, value_name = "TYPE", requires = "hf", ignore_case = true, value_parser = outtype_parser())]
+    outtype: Option<packer::hf::OutType>,
     // --- end Hugging Face checkpoints ---
     /// Print the entries of a llamafile or zip (offsets, sizes, alignment) and a GGUF summary.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["gguf", "runtime", "out", "args", "args_file", "force", "gpu_backend", "quantize"])]
@@ -106,6 +111,10 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
     // --- Hugging Face checkpoints: converted first, then packed (or quantized) as a GGUF ---
     if cli.gguf_out.is_some() && cli.quantize.is_none() && cli.hf.is_none() {
         anyhow::bail!("--gguf-out needs --quantize (or --hf)");
+    }
+    // (clap's `requires = "hf"` is not enforced next to --gguf, which conflicts with --hf.)
+    if cli.outtype.is_some() && cli.hf.is_none() {
+        anyhow::bail!("--outtype needs --hf (a GGUF's types change with --quantize)");
     }
     let (gguf, hf_precomputed, _hf_temp) = match cli.hf.clone() {
         Some(dir) => match hf_input(&dir, &mut cli)? {
@@ -161,13 +170,21 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--outtype`: one of the converter's names (clap lists them in its error and help).
+fn outtype_parser() -> impl clap::builder::TypedValueParser<Value = packer::hf::OutType> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(packer::hf::OutType::NAMES)
+        .map(|s| packer::hf::OutType::from_name(&s).expect("clap admits only the listed names"))
+}
+
 /// `--hf DIR`: with only `--gguf-out`, converted into it (`None`: done); else converted to a
 /// temporary GGUF beside the output, to be packed or quantized from there (the output named
 /// after the checkpoint when none is given).
 fn hf_input(dir: &std::path::Path, cli: &mut Cli) -> anyhow::Result<Option<packer::hf::TempGguf>> {
+    let out_type = cli.outtype.unwrap_or_default();
     if cli.quantize.is_none() {
         if let Some(out) = &cli.gguf_out {
-            let size = packer::hf::convert_to_gguf(dir, out, cli.force, std::io::stderr().is_terminal())?;
+            let size = packer::hf::convert_to_gguf(dir, out_type, out, cli.force, std::io::stderr().is_terminal())?;
             eprintln!("wrote {} ({size} bytes)", escape_path(out));
             return Ok(None);
         }
@@ -182,7 +199,7 @@ fn hf_input(dir: &std::path::Path, cli: &mut Cli) -> anyhow::Result<Option<packe
     if cli.out.is_none() && cli.gguf_out.is_none() {
         cli.out = Some(out);
     }
-    Ok(Some(packer::hf::convert_to_temp(dir, &near, &stem, std::io::stderr().is_terminal())?))
+    Ok(Some(packer::hf::convert_to_temp(dir, out_type, &near, &stem, std::io::stderr().is_terminal())?))
 }
 
 /// `--upgrade FILE`: the llamafile's weights and files onto `--runtime`.

@@ -140,7 +140,7 @@ fn pack_hf_of_a_quantized_checkpoint_equals_pack_hf_of_its_numpy_dequantized_twi
     for kind in ["gptq", "gptq-desc-act", "awq"] {
         let convert = |dir: &str| {
             let gguf = root.path().join(format!("{dir}.gguf"));
-            packer::hf::convert_to_gguf(&ckpts.join(dir), &gguf, false, false).unwrap();
+            packer::hf::convert_to_gguf(&ckpts.join(dir), Default::default(), &gguf, false, false).unwrap();
             llamafile_format::gguf::GgufFile::open(&gguf).unwrap()
         };
         let (q, f) = (convert(kind), convert(&format!("{kind}-dequantized")));
@@ -163,7 +163,7 @@ fn pack_hf_of_a_quantized_checkpoint_equals_pack_hf_of_its_numpy_dequantized_twi
     ] {
         std::fs::write(&settings, original.replace(from, to)).unwrap();
         let gguf = root.path().join("refused.gguf");
-        let e = format!("{:#}", packer::hf::convert_to_gguf(&dir, &gguf, false, false).unwrap_err());
+        let e = format!("{:#}", packer::hf::convert_to_gguf(&dir, Default::default(), &gguf, false, false).unwrap_err());
         assert!(e.contains(want), "{e:?} should contain {want:?}");
         assert!(!e.contains('\n'), "{e:?}");
         assert!(!gguf.exists());

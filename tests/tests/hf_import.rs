@@ -43,6 +43,17 @@ fn converted_as_the_reference_with(
     key: &str,
     edit: fn(&mut Value),
 ) -> Option<(tempfile::TempDir, std::path::PathBuf)> {
+    converted_as_the_reference_by(arch, name, key, edit, &[])
+}
+
+/// As [`converted_as_the_reference_with`], `pack` given `args` too.
+fn converted_as_the_reference_by(
+    arch: &str,
+    name: Option<&str>,
+    key: &str,
+    edit: fn(&mut Value),
+    args: &[&str],
+) -> Option<(tempfile::TempDir, std::path::PathBuf)> {
     let d = checkpoint(arch)?;
     let out = d.path().join(format!("{arch}.gguf"));
     let mut ck = dir(&d, arch);
@@ -55,7 +66,9 @@ fn converted_as_the_reference_with(
     let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
     edit(&mut config);
     std::fs::write(&config_path, serde_json::to_string(&config).unwrap()).unwrap();
-    let o = pack_hf(&ck, &[OsStr::new("--gguf-out"), out.as_os_str()]);
+    let mut all: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    all.extend([OsStr::new("--gguf-out"), out.as_os_str()]);
+    let o = pack_hf(&ck, &all);
     assert!(o.status.success(), "pack --hf {arch}: {}", String::from_utf8_lossy(&o.stderr));
     let bytes = std::fs::read(&out).unwrap();
     let want = &data("converter.json")["files"][key];
@@ -99,6 +112,56 @@ fn qwen2_bpe_tied_converts_as_the_reference() {
 #[test]
 fn qwen3_bf16_head_size_and_qk_norms_convert_as_the_reference() {
     converted_as_the_reference("qwen3");
+}
+
+/// `--outtype` as the converter's: every 2-D weight F32, F16, BF16 or Q8_0 (the reference's
+/// file quantizer's rounding) from an F16 (llama), BF16 (mistral) and a tied, padded-vocabulary
+/// checkpoint with biases (qwen2); `general.file_type` 0, 1, 32 or 7.
+#[test]
+fn outtypes_convert_as_the_reference() {
+    for (arch, outtype) in [
+        ("llama", "f32"),
+        ("llama", "bf16"),
+        ("llama", "q8_0"),
+        ("mistral", "f16"),
+        ("mistral", "f32"),
+        ("mistral", "q8_0"),
+        ("qwen2", "f32"),
+        ("qwen2", "Q8_0"),
+    ] {
+        let key = format!("{arch} --outtype {}", outtype.to_lowercase());
+        let Some((_d, out)) = converted_as_the_reference_by(arch, None, &key, |_| {}, &["--outtype", outtype]) else {
+            return;
+        };
+        let g = llamafile_format::gguf::GgufFile::open(&out).unwrap();
+        let want = match outtype.to_lowercase().as_str() {
+            "f32" => "F32",
+            "f16" => "F16",
+            "bf16" => "BF16",
+            _ => "Q8_0",
+        };
+        assert_eq!(g.tensor("blk.0.ffn_down.weight").unwrap().type_name(), want, "{key}");
+        assert_eq!(g.tensor("blk.0.attn_norm.weight").unwrap().type_name(), "F32", "{key}");
+    }
+}
+
+/// `--outtype` outside the converter's names, or without `--hf`: refused naming the flag,
+/// nothing written.
+#[test]
+fn unknown_outtype_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("x.gguf");
+    for args in [
+        vec!["--hf", ".", "--outtype", "tq1_0", "--gguf-out"],
+        vec!["--hf", ".", "--outtype", "q4_0", "--gguf-out"],
+        vec!["--gguf", "x.gguf", "--outtype", "f32", "--quantize", "Q8_0", "--gguf-out"],
+    ] {
+        let o = std::process::Command::new(e2e::bin("pack")).args(&args).arg(&out).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(matches!(o.status.code(), Some(1 | 2)), "{args:?}: {err}");
+        assert!(err.contains("--outtype"), "{args:?}: {err}");
+        assert!(!out.exists(), "{args:?}: nothing may be written");
+    }
 }
 
 /// A metadata value as tests/data/hf/cards.json writes it: its GGUF type's name and its value.

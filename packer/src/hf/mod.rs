@@ -1,7 +1,8 @@
 //! `pack --hf DIR`: a Hugging Face checkpoint (config.json, safetensors, tokenizer files) to a
-//! GGUF laid out as the reference converter (`convert_hf_to_gguf.py`, default `--outtype auto`)
-//! writes it: the same metadata keys and values in the same order, the same tensor names,
-//! order and types (2-D weights F16, or BF16 from a BF16 checkpoint; norms and biases F32), the
+//! GGUF laid out as the reference converter (`convert_hf_to_gguf.py`) writes it: the same
+//! metadata keys and values in the same order, the same tensor names, order and types (2-D
+//! weights as its `--outtype` says, [`OutType`]: by default F16, or BF16 from a BF16
+//! checkpoint; norms and biases F32), the
 //! Llama family's q/k permutation, and the tokenizer's metadata, so tokenization is the same.
 //! What differs by architecture: config.rs (Llama, Mistral, Qwen2/3), phi3.rs, gemma.rs for the
 //! metadata; tensors.rs for the names; vocab.rs (its `Flavor`) for the tokenizer reading.
@@ -40,7 +41,8 @@ use shards::Shards;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use tensors::{GGML_BF16, GGML_F16, GGML_F32};
+pub use tensors::OutType;
+use tensors::{GGML_F16, GGML_F32};
 
 pub(crate) type Json = serde_json::Value;
 
@@ -119,26 +121,18 @@ pub struct HfPlan {
     pub arch: &'static str,
 }
 
-fn elem_size(t: u32) -> u64 {
-    if t == GGML_F32 {
-        4
-    } else {
-        2
-    }
-}
-
-/// Read and check the checkpoint in `dir` and lay out its GGUF.
-pub fn plan(dir: &Path) -> anyhow::Result<HfPlan> {
+/// Read and check the checkpoint in `dir` and lay out its GGUF, 2-D weights in `out_type`.
+pub fn plan(dir: &Path, out_type: OutType) -> anyhow::Result<HfPlan> {
     if !dir.is_dir() {
         bail!("--hf {}: not a directory", escape_path(dir));
     }
     let cfg = Config::read(dir)?;
     let quantized = detect_quantized(dir, &cfg.json)?;
     refuse_variants(dir, &cfg)?;
-    plan_with(dir, cfg, quantized)
+    plan_with(dir, cfg, quantized, out_type)
 }
 
-fn plan_with(dir: &Path, cfg: Config, quantized: Option<Quantized>) -> anyhow::Result<HfPlan> {
+fn plan_with(dir: &Path, cfg: Config, quantized: Option<Quantized>, out_type: OutType) -> anyhow::Result<HfPlan> {
     let shards = Shards::open(dir)?;
     // (gguf name, shape, source dtype, source)
     let mut items: Vec<(String, Vec<usize>, String, Source)> = Vec::new();
@@ -206,10 +200,9 @@ fn plan_with(dir: &Path, cfg: Config, quantized: Option<Quantized>) -> anyhow::R
             bail!("{}: the checkpoint has no tensor for {required}", escape_path(dir));
         }
     }
-    // The output type of 2-D weights: the first 2-D tensor's, BF16 or F16 (F32 checkpoints
-    // become F16), as the reference's `--outtype auto` decides.
+    // `--outtype auto` looks at the first 2-D tensor (F32 checkpoints become F16).
     let first_2d = items.iter().find(|(_, s, ..)| s.len() >= 2).map(|(_, _, d, _)| d.as_str()).unwrap_or("F16");
-    let (weight_type, file_type) = if first_2d == "BF16" { (GGML_BF16, 32u32) } else { (GGML_F16, 1u32) };
+    let (weight_type, file_type) = out_type.weight_and_file_type(first_2d);
     let mut tensors_out = Vec::new();
     for (name, shape, _dtype, source) in items {
         let ggml_type = if shape.len() <= 1 || name.ends_with("_norm.weight") || !name.ends_with(".weight") {
@@ -217,7 +210,11 @@ fn plan_with(dir: &Path, cfg: Config, quantized: Option<Quantized>) -> anyhow::R
         } else {
             weight_type
         };
-        let size = shape.iter().product::<usize>() as u64 * elem_size(ggml_type);
+        // A type whose blocks do not fit the rows falls back to F16, as the converter's does.
+        let (ggml_type, size) = match tensors::tensor_bytes(ggml_type, &shape) {
+            Some(size) => (ggml_type, size),
+            None => (GGML_F16, tensors::tensor_bytes(GGML_F16, &shape).context("tensor size overflows")?),
+        };
         tensors_out.push(Planned { name, shape, ggml_type, size, source });
     }
     let total_params: u64 = tensors_out.iter().map(|t| t.shape.iter().product::<usize>() as u64).sum();
@@ -439,9 +436,15 @@ impl HfPlan {
 
 /// `pack --hf DIR --gguf-out OUT`: the converted GGUF as a plain file (written under a
 /// temporary name, renamed at the end; nothing left on failure).
-pub fn convert_to_gguf(dir: &Path, out: &Path, force: bool, show_progress: bool) -> anyhow::Result<u64> {
+pub fn convert_to_gguf(
+    dir: &Path,
+    out_type: OutType,
+    out: &Path,
+    force: bool,
+    show_progress: bool,
+) -> anyhow::Result<u64> {
     use std::os::unix::fs::PermissionsExt;
-    let p = plan(dir)?;
+    let p = plan(dir, out_type)?;
     let (out_dir, out_name) = crate::check_output(out, force, &[])?;
     let (tmp, f) = crate::tmp_output::TmpOutput::create(&out_dir, &out_name)?;
     p.write_file(&f, show_progress)?;
@@ -483,8 +486,14 @@ impl Drop for TempGguf {
 
 /// Convert the checkpoint in `dir` to `<stem>.gguf` in a new hidden directory in `near` (the
 /// output's directory: the same file system, so no other disk fills up).
-pub fn convert_to_temp(dir: &Path, near: &Path, stem: &str, show_progress: bool) -> anyhow::Result<TempGguf> {
-    let p = plan(dir)?;
+pub fn convert_to_temp(
+    dir: &Path,
+    out_type: OutType,
+    near: &Path,
+    stem: &str,
+    show_progress: bool,
+) -> anyhow::Result<TempGguf> {
+    let p = plan(dir, out_type)?;
     let tmp_dir = near.join(format!(".pack-hf.{}", std::process::id()));
     let path = tmp_dir.join(format!("{stem}.gguf"));
     // Registered before they exist: no moment when a signal would leave them behind.

@@ -1,14 +1,72 @@
 //! HF tensor names to GGUF names, the shapes config.json implies, the q/k row permutation of
-//! the Llama family, and the element conversion (F16/BF16/F32 in; F16, BF16 or F32 out).
+//! the Llama family, and the element conversion (F16/BF16/F32 in; F16, BF16, F32 or Q8_0 out).
 
 use super::config::{Arch, Config};
 use anyhow::bail;
 use half::{bf16, f16};
+use kernels_cpu::WeightType;
 
 /// ggml type ids of the outputs.
-pub const GGML_F32: u32 = 0;
-pub const GGML_F16: u32 = 1;
-pub const GGML_BF16: u32 = 30;
+pub const GGML_F32: u32 = WeightType::F32.id();
+pub const GGML_F16: u32 = WeightType::F16.id();
+pub const GGML_BF16: u32 = WeightType::BF16.id();
+pub const GGML_Q8_0: u32 = WeightType::Q8_0.id();
+
+/// The type of the 2-D weights, as the reference converter's `--outtype` names it; norms,
+/// biases and 1-D tensors stay F32 whatever it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum OutType {
+    /// BF16 when the checkpoint's first 2-D tensor is BF16, else F16.
+    #[default]
+    Auto,
+    F32,
+    F16,
+    Bf16,
+    /// Q8_0 (the reference's file quantizer's rounding), F16 for a tensor whose rows are not
+    /// whole 32-blocks, as the converter falls back.
+    Q8_0,
+}
+
+impl OutType {
+    /// The names `--outtype` takes (the converter's, less its ternary types).
+    pub const NAMES: [&'static str; 5] = ["auto", "f32", "f16", "bf16", "q8_0"];
+
+    /// The type named `s` (one of [`Self::NAMES`], any case).
+    pub fn from_name(s: &str) -> Option<OutType> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "auto" => OutType::Auto,
+            "f32" => OutType::F32,
+            "f16" => OutType::F16,
+            "bf16" => OutType::Bf16,
+            "q8_0" => OutType::Q8_0,
+            _ => return None,
+        })
+    }
+
+    /// The ggml type of the 2-D weights and `general.file_type` (the reference's
+    /// `llama_ftype`), given the checkpoint's first 2-D tensor's dtype for `Auto`.
+    pub fn weight_and_file_type(self, first_2d_dtype: &str) -> (u32, u32) {
+        match self {
+            OutType::Auto if first_2d_dtype == "BF16" => (GGML_BF16, 32),
+            OutType::Auto | OutType::F16 => (GGML_F16, 1),
+            OutType::F32 => (GGML_F32, 0),
+            OutType::Bf16 => (GGML_BF16, 32),
+            OutType::Q8_0 => (GGML_Q8_0, 7),
+        }
+    }
+}
+
+/// Bytes of a tensor of ggml type `t` (one of the output types) and shape `shape` (rows
+/// first); `None` when its rows are not whole blocks of the type.
+pub fn tensor_bytes(t: u32, shape: &[usize]) -> Option<u64> {
+    let w = WeightType::from_ggml(t)?;
+    let cols = *shape.last().unwrap_or(&1);
+    if !cols.is_multiple_of(w.block_size()) {
+        return None;
+    }
+    let rows: usize = shape.iter().rev().skip(1).product();
+    (rows as u64).checked_mul(w.row_bytes(cols) as u64)
+}
 
 /// The GGUF name of HF tensor `name` and whether its rows are permuted (Llama q/k); `None` for
 /// a tensor that is dropped (rotary inverse frequencies, Gemma's `lm_head`, tied to the
@@ -120,7 +178,7 @@ pub fn float_size(dtype: &str) -> Option<usize> {
     }
 }
 
-/// Convert `src` (elements of `dtype`) to ggml type `to`, appending to `out`.
+/// Convert `src` (elements of `dtype`; whole rows for Q8_0) to ggml type `to`, appending to `out`.
 pub fn convert_into(src: &[u8], dtype: &str, to: u32, out: &mut Vec<u8>) {
     let get = |i: usize| -> f32 {
         match dtype {
@@ -134,6 +192,7 @@ pub fn convert_into(src: &[u8], dtype: &str, to: u32, out: &mut Vec<u8>) {
         ("F16", GGML_F16) | ("BF16", GGML_BF16) | ("F32", GGML_F32) => out.extend_from_slice(src),
         (_, GGML_F16) => (0..n).for_each(|i| out.extend_from_slice(&f16::from_f32(get(i)).to_le_bytes())),
         (_, GGML_BF16) => (0..n).for_each(|i| out.extend_from_slice(&bf16::from_f32(get(i)).to_le_bytes())),
+        (_, GGML_Q8_0) => convert_f32_into(&(0..n).map(get).collect::<Vec<f32>>(), to, out),
         _ => (0..n).for_each(|i| out.extend_from_slice(&get(i).to_le_bytes())),
     }
 }
@@ -154,9 +213,16 @@ pub fn convert_plus_one_into(src: &[u8], dtype: &str, to: u32, out: &mut Vec<u8>
     convert_f32_into(&shifted, to, out)
 }
 
-/// Convert f32 values (a dequantized weight) to ggml type `to`, appending to `out`.
+/// Convert f32 values (a dequantized weight; whole rows for Q8_0) to ggml type `to`, appending
+/// to `out`.
 pub fn convert_f32_into(src: &[f32], to: u32, out: &mut Vec<u8>) {
     match to {
+        GGML_Q8_0 => {
+            let start = out.len();
+            out.resize(start + WeightType::Q8_0.row_bytes(src.len()), 0);
+            // The converter's Q8_0 (gguf-py) is bit for bit the reference's file quantizer's.
+            kernels_cpu::types::quantize_weights(WeightType::Q8_0, src, &mut out[start..]);
+        }
         GGML_F16 => src.iter().for_each(|&x| out.extend_from_slice(&f16::from_f32(x).to_le_bytes())),
         GGML_BF16 => src.iter().for_each(|&x| out.extend_from_slice(&bf16::from_f32(x).to_le_bytes())),
         _ => src.iter().for_each(|&x| out.extend_from_slice(&x.to_le_bytes())),

@@ -116,7 +116,7 @@ fn rewrite_tensors(d: &Path, f: &dyn Fn(&mut TensorList)) {
 fn convert(d: &Path) -> (anyhow::Result<u64>, tempfile::TempDir) {
     let out = tempfile::tempdir().unwrap();
     let _lock = crate::tmp_output::TEST_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    (convert_to_gguf(d, &out.path().join("m.gguf"), false, false), out)
+    (convert_to_gguf(d, OutType::Auto, &out.path().join("m.gguf"), false, false), out)
 }
 
 /// The error of converting `d`, after checking it is one line and nothing was written.
@@ -152,6 +152,57 @@ fn good_checkpoint_converts_with_permuted_q_and_k() {
     assert_eq!((0..8).map(|r| row("blk.0.attn_q.weight", r)).collect::<Vec<_>>(), [0, 2, 1, 3, 4, 6, 5, 7]);
     assert_eq!((0..4).map(|r| row("blk.0.attn_k.weight", r)).collect::<Vec<_>>(), [0, 2, 1, 3]);
     assert_eq!((0..4).map(|r| row("blk.0.attn_v.weight", r)).collect::<Vec<_>>(), [0, 1, 2, 3]);
+}
+
+/// `--outtype f32` keeps the F16 values exactly (rows permuted as for F16); `q8_0` falls back
+/// to F16 for rows that are not whole 32-blocks (every row here: 8 and 16 columns), as the
+/// converter does on its quantization error, while `general.file_type` still says Q8_0 (7).
+#[test]
+fn outtypes_f32_exact_and_q8_0_falls_back_on_short_rows() {
+    let d = checkpoint();
+    let _lock = crate::tmp_output::TEST_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let out = tempfile::tempdir().unwrap();
+    let write = |t: OutType| {
+        let path = out.path().join(format!("{t:?}.gguf"));
+        convert_to_gguf(d.path(), t, &path, false, false).unwrap();
+        llamafile_format::gguf::GgufFile::open(&path).unwrap()
+    };
+    let (auto, f32s, q8) = (write(OutType::Auto), write(OutType::F32), write(OutType::Q8_0));
+    assert_eq!(auto.get_u64("general.file_type"), Some(1));
+    assert_eq!(f32s.get_u64("general.file_type"), Some(0));
+    assert_eq!(q8.get_u64("general.file_type"), Some(7));
+    for t in auto.tensors() {
+        let (a, f, q) = (auto.tensor(&t.name).unwrap(), f32s.tensor(&t.name).unwrap(), q8.tensor(&t.name).unwrap());
+        assert_eq!(q.ggml_type, a.ggml_type, "{}", t.name);
+        assert_eq!(q8.tensor_data(q), auto.tensor_data(a), "{}", t.name);
+        assert_eq!(f.ggml_type, GGML_F32, "{}", t.name);
+        let widened: Vec<u8> = if a.ggml_type == GGML_F16 {
+            auto.tensor_data(a)
+                .chunks_exact(2)
+                .flat_map(|h| f16::from_le_bytes([h[0], h[1]]).to_f32().to_le_bytes())
+                .collect()
+        } else {
+            auto.tensor_data(a).to_vec()
+        };
+        assert_eq!(f32s.tensor_data(f), widened.as_slice(), "{}", t.name);
+    }
+}
+
+#[test]
+fn outtype_names_are_the_converters() {
+    for (name, t, types) in [
+        ("auto", OutType::Auto, (GGML_F16, 1)),
+        ("F32", OutType::F32, (GGML_F32, 0)),
+        ("f16", OutType::F16, (GGML_F16, 1)),
+        ("bf16", OutType::Bf16, (tensors::GGML_BF16, 32)),
+        ("q8_0", OutType::Q8_0, (tensors::GGML_Q8_0, 7)),
+    ] {
+        assert_eq!(OutType::from_name(name), Some(t));
+        assert_eq!(t.weight_and_file_type("F16"), types);
+    }
+    assert_eq!(OutType::Auto.weight_and_file_type("BF16"), (tensors::GGML_BF16, 32));
+    assert_eq!(OutType::F16.weight_and_file_type("BF16"), (GGML_F16, 1));
+    assert_eq!(OutType::from_name("tq1_0"), None);
 }
 
 #[test]
@@ -288,7 +339,7 @@ fn a_dequantizer_seam_supplies_the_weight_of_qweight_layers() {
         exact_q4: Box::new(|_, _, _| Ok(None)),
         is_part: |n| n.ends_with(".qweight") || n.ends_with(".scales"),
     };
-    let p = plan_with(d.path(), Config::read(d.path()).unwrap(), Some(q)).unwrap();
+    let p = plan_with(d.path(), Config::read(d.path()).unwrap(), Some(q), OutType::Auto).unwrap();
     assert!(p.tensor_names().contains(&"blk.0.attn_q.weight"));
     let mut out = Vec::new();
     p.write(&mut out, &mut |_, _| {}).unwrap();
