@@ -145,6 +145,32 @@ fn outtypes_convert_as_the_reference() {
     }
 }
 
+/// `--outtype f32 --quantize T`: the F32 conversion quantized as the reference quantizer
+/// quantizes the converter's F32 GGUF, byte for byte (tests/data/hf/quantized.json).
+#[test]
+fn f32_outtype_quantizes_as_the_reference_quantizer() {
+    for (arch, mix) in [("llama", "Q4_K_M"), ("mistral", "Q8_0"), ("qwen2", "Q6_K")] {
+        let Some(d) = checkpoint(arch) else { return };
+        let out = d.path().join("q.gguf");
+        let o = pack_hf(
+            &dir(&d, arch),
+            &[
+                OsStr::new("--outtype"),
+                OsStr::new("f32"),
+                OsStr::new("--quantize"),
+                OsStr::new(mix),
+                OsStr::new("--gguf-out"),
+                out.as_os_str(),
+            ],
+        );
+        assert!(o.status.success(), "pack --hf {arch}: {}", String::from_utf8_lossy(&o.stderr));
+        let bytes = std::fs::read(&out).unwrap();
+        let want = &data("quantized.json")["files"][format!("{arch} --outtype f32 --quantize {mix}").as_str()];
+        assert_eq!(bytes.len() as u64, want["size"].as_u64().unwrap(), "{arch} {mix}: size");
+        assert_eq!(sha256_hex(&bytes), want["sha256"].as_str().unwrap(), "{arch} {mix}: sha256");
+    }
+}
+
 /// `--outtype` outside the converter's names, or without `--hf`: refused naming the flag,
 /// nothing written.
 #[test]
