@@ -155,6 +155,23 @@ fn listed_shards(dir: &Path) -> anyhow::Result<Vec<String>> {
         .collect();
     files.sort();
     if files.is_empty() {
+        // PyTorch's pickled checkpoints can run code when they are loaded: they are not read.
+        let pickles = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .any(|n| {
+                (n.starts_with("pytorch_model") && n.ends_with(".bin"))
+                    || (n.starts_with("consolidated") && n.ends_with(".pth"))
+            });
+        if pickles {
+            bail!(
+                "{}: only PyTorch pickle weights (pytorch_model*.bin, consolidated*.pth), which pack --hf does not read (loading them can run code): \
+                 use the repository's safetensors files, or convert the checkpoint to safetensors first",
+                escape_path(dir)
+            );
+        }
         bail!(
             "{}: no model.safetensors or model.safetensors.index.json (pack --hf reads safetensors checkpoints)",
             escape_path(dir)

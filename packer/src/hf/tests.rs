@@ -245,6 +245,20 @@ fn missing_shard_is_named() {
     assert!(e.contains("model-00002-of-00002.safetensors") && e.contains("missing shard"), "{e}");
 }
 
+/// No safetensors: named as such, and PyTorch pickles (which are not read) named as the reason
+/// when they are what the directory holds.
+#[test]
+fn pickle_only_checkpoint_is_named() {
+    let d = checkpoint();
+    std::fs::remove_file(d.path().join("model.safetensors")).unwrap();
+    std::fs::write(d.path().join("training_args.bin"), b"x").unwrap();
+    let e = refused(d.path());
+    assert!(e.contains("no model.safetensors or model.safetensors.index.json"), "{e}");
+    std::fs::write(d.path().join("pytorch_model-00001-of-00002.bin"), b"x").unwrap();
+    let e = refused(d.path());
+    assert!(e.contains("only PyTorch pickle weights") && e.contains("convert the checkpoint to safetensors"), "{e}");
+}
+
 #[test]
 fn wrong_shape_and_dtype_are_named() {
     let d = checkpoint();
