@@ -205,6 +205,46 @@ fn outtype_names_are_the_converters() {
     assert_eq!(OutType::from_name("tq1_0"), None);
 }
 
+/// Llama 3's rope_freqs as the converter computes them in torch (f32 throughout), bit for bit:
+/// Llama 3.1 8B's (head size 128, factor 8) and Llama 3.2 1B's (head size 64, factor 32); the
+/// values between 1 and the factor are the ones an f64 computation gets wrong in the last bit.
+#[test]
+fn llama3_rope_factors_are_the_converters_bits() {
+    for (head_dim, factor, smooth) in [
+        (
+            128,
+            8.0,
+            &[
+                (29, 0x3f9a8ed5u32),
+                (30, 0x3fc6d64a),
+                (31, 0x4001af1d),
+                (32, 0x402c732e),
+                (33, 0x406bcace),
+                (34, 0x40a83c06),
+            ][..],
+        ),
+        (64, 32.0, &[(15, 0x3fd35ec2), (16, 0x4052b46f), (17, 0x411aaaee)][..]),
+    ] {
+        let d = checkpoint();
+        let mut c = config();
+        c["head_dim"] = json!(head_dim);
+        c["rope_theta"] = json!(500000.0);
+        c["rope_scaling"] = json!({"factor": factor, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+            "original_max_position_embeddings": 8192, "rope_type": "llama3"});
+        std::fs::write(d.path().join("config.json"), serde_json::to_vec(&c).unwrap()).unwrap();
+        let cfg = Config::read(d.path()).unwrap();
+        let f = llama3_factors(&cfg, cfg.llama3_rope.expect("llama3 scaling read"));
+        assert_eq!(f.len(), head_dim / 2);
+        for (i, v) in f.iter().enumerate() {
+            match smooth.iter().find(|(j, _)| *j == i) {
+                Some((_, bits)) => assert_eq!(v.to_bits(), *bits, "factor {i}: {v}"),
+                None if i < smooth[0].0 => assert_eq!(*v, 1.0, "factor {i}"),
+                None => assert_eq!(*v, factor as f32, "factor {i}"),
+            }
+        }
+    }
+}
+
 #[test]
 fn unsupported_architecture_is_named() {
     let d = checkpoint();
