@@ -94,6 +94,14 @@ fn llama_two_shards_f16_converts_as_the_reference() {
     converted_as_the_reference("llama");
 }
 
+/// Llama 3.2's layout: BF16, tied embeddings, the rope_freqs factors generated from
+/// rope_scaling (type llama3), Llama 3's byte-level BPE tokenizer.json (llama-bpe) whose
+/// TemplateProcessing adds <|begin_of_text|>, <|eot_id|> as EOS.
+#[test]
+fn llama3_bpe_tied_rope_factors_convert_as_the_reference() {
+    converted_as_the_reference("llama3");
+}
+
 #[test]
 fn mistral_bf16_converts_as_the_reference() {
     converted_as_the_reference("mistral");
@@ -334,7 +342,7 @@ fn converted_vocabularies_tokenize_as_llama_tokenize() {
 #[test]
 fn converted_vocabularies_tokenize_as_hugging_face() {
     let oracle = data("tokenize-oracle.json");
-    for arch in ["llama", "qwen2"] {
+    for arch in ["llama", "qwen2", "llama3"] {
         let Some((_d, gguf)) = converted_as_the_reference(arch) else { return };
         let g = llamafile_format::gguf::GgufFile::open(&gguf).unwrap();
         let tok = llamafile_engine::tokenizer::Tokenizer::from_gguf(&g).unwrap();

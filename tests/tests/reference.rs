@@ -639,6 +639,11 @@ fn hf_llama_packed() {
 }
 
 #[test]
+fn hf_llama3_packed() {
+    hf_packed("llama3");
+}
+
+#[test]
 fn hf_mistral_packed() {
     hf_packed("mistral");
 }

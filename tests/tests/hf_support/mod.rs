@@ -8,6 +8,7 @@ use std::process::{Command, Output};
 fn tokenizer_for(arch: &str) -> &'static str {
     match arch {
         "qwen2" | "qwen3" | "phi4-mini" => "qwen2.5-tokenizer.json",
+        "llama3" => "llama-3.2-tokenizer.json",
         // No Gemma tokenizer.model is reachable: the script writes one from this GGUF's
         // vocabulary (Gemma 3's pieces, scores and types).
         "gemma2" | "gemma3" => "gemma-3-270m-q4_k_m.gguf",
@@ -17,7 +18,7 @@ fn tokenizer_for(arch: &str) -> &'static str {
     }
 }
 
-/// A new checkpoint of `arch` (llama, mistral, qwen2, qwen3, phi3, phi3-longrope, phi4-mini, gemma2, gemma3) in a temporary directory, or `None`
+/// A new checkpoint of `arch` (llama, llama3, mistral, qwen2, qwen3, phi3, phi3-longrope, phi4-mini, gemma2, gemma3) in a temporary directory, or `None`
 /// (the skip recorded) without its tokenizer or without python3 and numpy.
 pub fn checkpoint(arch: &str) -> Option<tempfile::TempDir> {
     let tokenizer = e2e::require_model(tokenizer_for(arch))?;
