@@ -107,6 +107,16 @@ fn mistral_bf16_converts_as_the_reference() {
     converted_as_the_reference("mistral");
 }
 
+/// Mistral Nemo's layout: a head size that is not hidden / heads (written as key_length and
+/// value_length, q and k permuted by it).
+#[test]
+fn nemo_head_size_converts_as_the_reference() {
+    let Some((_d, gguf)) = converted_as_the_reference("nemo") else { return };
+    let g = llamafile_format::gguf::GgufFile::open(&gguf).unwrap();
+    assert_eq!(g.get_u64("llama.attention.key_length"), Some(32));
+    assert_eq!(g.tensor("blk.0.attn_q.weight").unwrap().dims, [64, 128]);
+}
+
 #[test]
 fn model_id_in_the_directory_name_is_read_as_the_reference_reads_it() {
     converted_as_the_reference_named("mistral", Some("Mistral-7B-Instruct-v0.2"));

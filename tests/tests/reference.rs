@@ -644,6 +644,11 @@ fn hf_llama3_packed() {
 }
 
 #[test]
+fn hf_nemo_packed() {
+    hf_packed("nemo");
+}
+
+#[test]
 fn hf_mistral_packed() {
     hf_packed("mistral");
 }

@@ -18,7 +18,7 @@ fn tokenizer_for(arch: &str) -> &'static str {
     }
 }
 
-/// A new checkpoint of `arch` (llama, llama3, mistral, qwen2, qwen3, phi3, phi3-longrope, phi4-mini, gemma2, gemma3) in a temporary directory, or `None`
+/// A new checkpoint of `arch` (llama, llama3, mistral, nemo, qwen2, qwen3, phi3, phi3-longrope, phi4-mini, gemma2, gemma3) in a temporary directory, or `None`
 /// (the skip recorded) without its tokenizer or without python3 and numpy.
 pub fn checkpoint(arch: &str) -> Option<tempfile::TempDir> {
     let tokenizer = e2e::require_model(tokenizer_for(arch))?;
