@@ -102,6 +102,15 @@ fn llama3_bpe_tied_rope_factors_convert_as_the_reference() {
     converted_as_the_reference("llama3");
 }
 
+/// SmolLM2's layout: tied embeddings and a GPT-2-style tokenizer.json whose fingerprint is
+/// SmolLM's pre-tokenizer (digits one by one), ChatML tokens, no BOS added.
+#[test]
+fn smollm2_gpt2_bpe_converts_as_the_reference() {
+    let Some((_d, gguf)) = converted_as_the_reference("smollm2") else { return };
+    let g = llamafile_format::gguf::GgufFile::open(&gguf).unwrap();
+    assert_eq!(g.get_str("tokenizer.ggml.pre"), Some("smollm"));
+}
+
 #[test]
 fn mistral_bf16_converts_as_the_reference() {
     converted_as_the_reference("mistral");
@@ -352,7 +361,7 @@ fn converted_vocabularies_tokenize_as_llama_tokenize() {
 #[test]
 fn converted_vocabularies_tokenize_as_hugging_face() {
     let oracle = data("tokenize-oracle.json");
-    for arch in ["llama", "qwen2", "llama3"] {
+    for arch in ["llama", "qwen2", "llama3", "smollm2"] {
         let Some((_d, gguf)) = converted_as_the_reference(arch) else { return };
         let g = llamafile_format::gguf::GgufFile::open(&gguf).unwrap();
         let tok = llamafile_engine::tokenizer::Tokenizer::from_gguf(&g).unwrap();

@@ -644,6 +644,11 @@ fn hf_llama3_packed() {
 }
 
 #[test]
+fn hf_smollm2_packed() {
+    hf_packed("smollm2");
+}
+
+#[test]
 fn hf_nemo_packed() {
     hf_packed("nemo");
 }

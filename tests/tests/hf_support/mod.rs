@@ -9,6 +9,9 @@ fn tokenizer_for(arch: &str) -> &'static str {
     match arch {
         "qwen2" | "qwen3" | "phi4-mini" => "qwen2.5-tokenizer.json",
         "llama3" => "llama-3.2-tokenizer.json",
+        // No SmolLM2 tokenizer.json is reachable: the script writes one from this GGUF's
+        // vocabulary and merges (the converter's fingerprint of it is SmolLM's).
+        "smollm2" => "SmolLM2-135M-Instruct.Q4_1.gguf",
         // No Gemma tokenizer.model is reachable: the script writes one from this GGUF's
         // vocabulary (Gemma 3's pieces, scores and types).
         "gemma2" | "gemma3" => "gemma-3-270m-q4_k_m.gguf",
@@ -18,7 +21,7 @@ fn tokenizer_for(arch: &str) -> &'static str {
     }
 }
 
-/// A new checkpoint of `arch` (llama, llama3, mistral, nemo, qwen2, qwen3, phi3, phi3-longrope, phi4-mini, gemma2, gemma3) in a temporary directory, or `None`
+/// A new checkpoint of `arch` (llama, llama3, smollm2, mistral, nemo, qwen2, qwen3, phi3, phi3-longrope, phi4-mini, gemma2, gemma3) in a temporary directory, or `None`
 /// (the skip recorded) without its tokenizer or without python3 and numpy.
 pub fn checkpoint(arch: &str) -> Option<tempfile::TempDir> {
     let tokenizer = e2e::require_model(tokenizer_for(arch))?;
