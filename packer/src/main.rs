@@ -66,7 +66,7 @@ struct Cli {
     /// The type of the converted 2-D weights, as the reference converter's --outtype: auto (F16,
     /// or BF16 from a BF16 checkpoint), f32, f16, bf16 or q8_0. With --quantize, f32 keeps an
     /// F32 checkpoint's values exact up to the quantizer.
-    #[arg(long, value_name = "TYPE", requires = "hf", ignore_case = true, value_parser = outtype_parser())]
+    #[arg(long, value_name = "TYPE", ignore_case = true, value_parser = outtype_parser())]
     outtype: Option<packer::hf::OutType>,
     // --- end Hugging Face checkpoints ---
     /// Print the entries of a llamafile or zip (offsets, sizes, alignment) and a GGUF summary.
@@ -112,7 +112,8 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
     if cli.gguf_out.is_some() && cli.quantize.is_none() && cli.hf.is_none() {
         anyhow::bail!("--gguf-out needs --quantize (or --hf)");
     }
-    // (clap's `requires = "hf"` is not enforced next to --gguf, which conflicts with --hf.)
+    // Checked here, not by clap's `requires`, which is not enforced beside --gguf (it conflicts
+    // with --hf).
     if cli.outtype.is_some() && cli.hf.is_none() {
         anyhow::bail!("--outtype needs --hf (a GGUF's types change with --quantize)");
     }
@@ -173,7 +174,7 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
 /// `--outtype`: one of the converter's names (clap lists them in its error and help).
 fn outtype_parser() -> impl clap::builder::TypedValueParser<Value = packer::hf::OutType> {
     use clap::builder::TypedValueParser;
-    clap::builder::PossibleValuesParser::new(packer::hf::OutType::NAMES)
+    clap::builder::PossibleValuesParser::new(packer::hf::OutType::ALL.map(|(name, _)| name))
         .map(|s| packer::hf::OutType::from_name(&s).expect("clap admits only the listed names"))
 }
 

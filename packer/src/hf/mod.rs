@@ -273,22 +273,22 @@ fn refuse_variants(dir: &Path, cfg: &Config) -> anyhow::Result<()> {
 }
 
 /// The llama3 rope frequency factors (one per pair of dimensions), computed as the converter
-/// computes them: in f32 throughout (torch arithmetic on f32 tensors with Python scalars), so
-/// that the tensor is the reference's bit for bit; the wavelength thresholds are compared in f64.
+/// computes them: in f32 throughout, comparisons included (torch arithmetic on f32 tensors
+/// with Python scalars), so that the tensor is the reference's bit for bit.
 fn llama3_factors(cfg: &Config, r: config::Llama3Rope) -> Vec<f32> {
     let dim = cfg.head_dim;
-    let low_wavelen = r.original_max_position_embeddings / r.low_freq_factor;
-    let high_wavelen = r.original_max_position_embeddings / r.high_freq_factor;
-    // Python evaluates `high - low` in f64 before it meets a tensor.
-    let (factor, low, span) =
-        (r.factor as f32, r.low_freq_factor as f32, (r.high_freq_factor - r.low_freq_factor) as f32);
+    // Python evaluates these in f64 before they meet a tensor.
+    let low_wavelen = (r.original_max_position_embeddings / r.low_freq_factor) as f32;
+    let high_wavelen = (r.original_max_position_embeddings / r.high_freq_factor) as f32;
+    let span = (r.high_freq_factor - r.low_freq_factor) as f32;
+    let (factor, low) = (r.factor as f32, r.low_freq_factor as f32);
     (0..dim / 2)
         .map(|i| {
             let freq = 1.0f32 / (r.base as f32).powf((2 * i) as f32 / dim as f32);
             let wavelen = (2.0 * std::f64::consts::PI) as f32 / freq;
-            if (wavelen as f64) < high_wavelen {
+            if wavelen < high_wavelen {
                 1.0
-            } else if wavelen as f64 > low_wavelen {
+            } else if wavelen > low_wavelen {
                 factor
             } else {
                 let smooth = (r.original_max_position_embeddings as f32 / wavelen - low) / span;

@@ -147,24 +147,20 @@ fn read_index(index_path: &Path) -> anyhow::Result<BTreeMap<String, String>> {
 
 /// Without an index: the directory's `model*.safetensors`, in name order.
 fn listed_shards(dir: &Path) -> anyhow::Result<Vec<String>> {
-    let mut files: Vec<String> = std::fs::read_dir(dir)
+    let names: Vec<String> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot read directory {}", escape_path(dir)))?
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("model") && n.ends_with(".safetensors"))
         .collect();
+    let mut files: Vec<String> =
+        names.iter().filter(|n| n.starts_with("model") && n.ends_with(".safetensors")).cloned().collect();
     files.sort();
     if files.is_empty() {
         // PyTorch's pickled checkpoints can run code when they are loaded: they are not read.
-        let pickles = std::fs::read_dir(dir)
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .any(|n| {
-                (n.starts_with("pytorch_model") && n.ends_with(".bin"))
-                    || (n.starts_with("consolidated") && n.ends_with(".pth"))
-            });
+        let pickles = names.iter().any(|n| {
+            (n.starts_with("pytorch_model") && n.ends_with(".bin"))
+                || (n.starts_with("consolidated") && n.ends_with(".pth"))
+        });
         if pickles {
             bail!(
                 "{}: only PyTorch pickle weights (pytorch_model*.bin, consolidated*.pth), which pack --hf does not read (loading them can run code): \

@@ -28,19 +28,18 @@ pub enum OutType {
 }
 
 impl OutType {
-    /// The names `--outtype` takes (the converter's, less its ternary types).
-    pub const NAMES: [&'static str; 5] = ["auto", "f32", "f16", "bf16", "q8_0"];
+    /// Every type by the name `--outtype` takes (the converter's, less its ternary types).
+    pub const ALL: [(&'static str, OutType); 5] = [
+        ("auto", OutType::Auto),
+        ("f32", OutType::F32),
+        ("f16", OutType::F16),
+        ("bf16", OutType::Bf16),
+        ("q8_0", OutType::Q8_0),
+    ];
 
-    /// The type named `s` (one of [`Self::NAMES`], any case).
+    /// The type named `s` (a name of [`Self::ALL`], any case).
     pub fn from_name(s: &str) -> Option<OutType> {
-        Some(match s.to_ascii_lowercase().as_str() {
-            "auto" => OutType::Auto,
-            "f32" => OutType::F32,
-            "f16" => OutType::F16,
-            "bf16" => OutType::Bf16,
-            "q8_0" => OutType::Q8_0,
-            _ => return None,
-        })
+        Self::ALL.iter().find(|(n, _)| n.eq_ignore_ascii_case(s)).map(|(_, t)| *t)
     }
 
     /// The ggml type of the 2-D weights and `general.file_type` (the reference's
